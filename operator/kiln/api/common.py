@@ -1,0 +1,104 @@
+"""Shared pieces of the Kiln API: group/version, the base model, enums."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "GROUP",
+    "VERSION",
+    "API_VERSION",
+    "KilnModel",
+    "Precision",
+    "KVCacheDtype",
+    "ServerKind",
+    "AutoscalingMode",
+    "ConditionType",
+    "Reason",
+]
+
+GROUP = "serving.kiln.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class KilnModel(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        protected_namespaces=(),
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+    def wire(self) -> dict:  # type: ignore[type-arg]
+        """The camelCase dict as it is stored in the Kubernetes object."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Precision(StrEnum):
+    """Weight precision of the engine."""
+
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+    INT8_SQ = "int8-sq"
+    INT4_AWQ = "int4-awq"
+    W4A8_AWQ = "w4a8-awq"
+    INT8_WO = "int8-wo"
+    INT4_WO = "int4-wo"
+    NVFP4 = "nvfp4"
+
+
+class KVCacheDtype(StrEnum):
+    """Element type of the paged KV cache; ``auto`` follows the precision."""
+
+    AUTO = "auto"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+    INT8 = "int8"
+
+
+class ServerKind(StrEnum):
+    TRITON = "triton"
+    DJL = "djl"
+
+
+class AutoscalingMode(StrEnum):
+    NONE = "none"
+    BUILTIN = "builtin"
+    KEDA = "keda"
+    HPA = "hpa"
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    ENGINE_READY = "EngineReady"
+    FITS = "Fits"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+
+
+class Reason(StrEnum):
+    """Every condition reason Kiln writes, PascalCase, in one place."""
+
+    SPEC_INVALID = "SpecInvalid"
+    FITS = "Fits"
+    DOES_NOT_FIT = "DoesNotFit"
+    MODEL_CONFIG_UNKNOWN = "ModelConfigUnknown"
+    ENGINE_PENDING = "EnginePending"
+    ENGINE_BUILDING = "EngineBuilding"
+    ENGINE_BUILT = "EngineBuilt"
+    ENGINE_BUILD_FAILED = "EngineBuildFailed"
+    ROLLING_OUT = "RollingOut"
+    REPLICAS_READY = "ReplicasReady"
+    SCALED_TO_ZERO = "ScaledToZero"
+    RECONCILED = "Reconciled"
+    MISSING_DEPENDENCY = "MissingDependency"

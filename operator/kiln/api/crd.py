@@ -1,0 +1,219 @@
+"""Generate the CustomResourceDefinitions from the pydantic models.
+
+The pydantic JSON Schema is turned into a structural OpenAPI v3 schema: ``$ref`` inlined,
+``Optional`` unwrapped, ``int | "auto"`` mapped to ``x-kubernetes-int-or-string``, and the
+cross-field rules attached as CEL ``x-kubernetes-validations`` (the same rules the pydantic
+validators enforce, so the API server and ``kiln render`` agree).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import BaseModel
+
+from .common import GROUP, VERSION
+from .llmengine import LLMEngineSpec, LLMEngineStatus
+from .llmservice import LLMServiceSpec, LLMServiceStatus
+
+__all__ = ["crds", "openapi_schema"]
+
+_DROP_KEYS = {"title", "additionalProperties"}
+
+# CEL rules, keyed by the dotted path of the object they sit on ("" = spec itself).
+_SERVICE_RULES: dict[str, list[dict[str, str]]] = {
+    "": [
+        {
+            "rule": "!(type(self.parallelism.tensor) == int && type(self.parallelism.pipeline) == int)"
+                    " || self.parallelism.tensor * self.parallelism.pipeline == self.gpus",
+            "message": "parallelism: tensor x pipeline must equal gpus",
+            "fieldPath": ".parallelism",
+        },
+        {
+            "rule": "type(self.parallelism.tensor) != int || self.gpus % self.parallelism.tensor == 0",
+            "message": "parallelism.tensor must divide gpus",
+            "fieldPath": ".parallelism.tensor",
+        },
+        {
+            "rule": "type(self.parallelism.pipeline) != int"
+                    " || self.gpus % self.parallelism.pipeline == 0",
+            "message": "parallelism.pipeline must divide gpus",
+            "fieldPath": ".parallelism.pipeline",
+        },
+        {
+            "rule": "self.gpus <= self.gpu.perNode || self.gpus % self.gpu.perNode == 0",
+            "message": "gpus spans nodes, so it must be a multiple of gpu.perNode",
+            "fieldPath": ".gpus",
+        },
+    ],
+    "model": [
+        {"rule": "self.source == oldSelf.source", "message": "model.source is immutable",
+         "fieldPath": ".source"},
+    ],
+    "parallelism": [
+        {"rule": f"type(self.{axis}) == string ? self.{axis} == 'auto' : self.{axis} >= 1",
+         "message": f"parallelism.{axis} must be a positive integer or auto",
+         "fieldPath": f".{axis}"}
+        for axis in ("tensor", "pipeline")
+    ],
+    "autoscaling": [
+        {"rule": "self.minReplicas <= self.maxReplicas",
+         "message": "minReplicas must not exceed maxReplicas", "fieldPath": ".minReplicas"},
+    ],
+    "engine": [
+        {"rule": "self.maxInputLen < self.maxSeqLen",
+         "message": "maxInputLen must be smaller than maxSeqLen", "fieldPath": ".maxInputLen"},
+    ],
+}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        extra = {k: v for k, v in node.items() if k != "$ref"}
+        return _structural({**target, **extra}, defs)
+    node = {k: v for k, v in node.items() if k not in _DROP_KEYS and k != "$defs"}
+    if "anyOf" in node:
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        types = {o.get("type") for o in options}
+        if types == {"integer", "string"}:
+            node["x-kubernetes-int-or-string"] = True
+            for option in options:
+                if option.get("type") == "string" and "enum" in option:
+                    node.setdefault("description", "")
+                    node["description"] = (node["description"] + " (an integer or "
+                                           + " | ".join(option["enum"]) + ")").strip()
+        elif len(options) == 1:
+            node = {**_structural(options[0], defs), **node}
+        else:
+            raise ValueError(f"cannot express anyOf {options} structurally")
+    if node.get("default", 0) is None:
+        del node["default"]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(bound), (int, float)) and not isinstance(node[bound], bool):
+            node[plain] = node.pop(bound)
+            node[bound] = True
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if "enum" in node and "type" not in node:
+        node["type"] = "string"
+    if node.get("type") == "object" and "properties" in node:
+        node["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
+        for prop in node["properties"].values():
+            # A nested object whose fields all have defaults gets {} as default, so that the
+            # API server fills in its fields' defaults too.
+            if prop.get("type") == "object" and "default" not in prop and not prop.get("required"):
+                prop["default"] = {}
+    if "items" in node:
+        node["items"] = _structural(node["items"], defs)
+    return node
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
+    if model.__doc__:
+        schema["description"] = " ".join(model.__doc__.split())
+    return schema
+
+
+def _attach_rules(schema: dict[str, Any], rules: dict[str, list[dict[str, str]]]) -> None:
+    for path, rule_list in rules.items():
+        node = schema
+        for part in filter(None, path.split(".")):
+            node = node["properties"][part]
+        node["x-kubernetes-validations"] = rule_list
+
+
+def _status_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = openapi_schema(model)
+    # kopf keeps its own bookkeeping next to Kiln's fields; keep unknown status fields.
+    schema["x-kubernetes-preserve-unknown-fields"] = True
+    return schema
+
+
+def _crd(kind: str, plural: str, scope: str, spec: dict[str, Any], status: dict[str, Any],
+         short_names: list[str], columns: list[dict[str, Any]],
+         subresources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": scope,
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural,
+                      "singular": kind.lower(), "shortNames": short_names,
+                      "categories": ["kiln"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": subresources,
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec,
+                        "status": status,
+                    },
+                    "required": ["spec"],
+                }},
+            }],
+        },
+    }
+
+
+def _condition_column(name: str, condition: str) -> dict[str, Any]:
+    return {"name": name, "type": "string",
+            "jsonPath": f'.status.conditions[?(@.type=="{condition}")].status'}
+
+
+def crds() -> list[dict[str, Any]]:
+    """Both CRDs, in a stable order (LLMEngine, LLMService)."""
+    service_spec = openapi_schema(LLMServiceSpec)
+    _attach_rules(service_spec, _SERVICE_RULES)
+    engine_spec = openapi_schema(LLMEngineSpec)
+    engine_spec["x-kubernetes-validations"] = [
+        {"rule": "self == oldSelf", "message": "an LLMEngine's spec is immutable"}]
+    age = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+    service = _crd(
+        "LLMService", "llmservices", "Namespaced", service_spec, _status_schema(LLMServiceStatus),
+        ["llms"],
+        [
+            _condition_column("Ready", "Ready"),
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpus"},
+            {"name": "Precision", "type": "string", "jsonPath": ".spec.precision"},
+            {"name": "TPxPP", "type": "string", "jsonPath": ".status.tpPp"},
+            {"name": "KV-Util", "type": "string", "jsonPath": ".status.kvCacheUtilization",
+             "priority": 0},
+            age,
+        ],
+        {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
+                                 "statusReplicasPath": ".status.replicas",
+                                 "labelSelectorPath": ".status.selector"}},
+    )
+    engine = _crd(
+        "LLMEngine", "llmengines", "Cluster", engine_spec, _status_schema(LLMEngineStatus),
+        ["llme"],
+        [
+            _condition_column("Ready", "Ready"),
+            {"name": "Model", "type": "string", "jsonPath": ".spec.modelSource"},
+            {"name": "Precision", "type": "string", "jsonPath": ".spec.precision"},
+            {"name": "TP", "type": "integer", "jsonPath": ".spec.tensorParallel"},
+            {"name": "PP", "type": "integer", "jsonPath": ".spec.pipelineParallel"},
+            {"name": "GPU", "type": "string", "jsonPath": ".spec.gpuType"},
+            age,
+        ],
+        {"status": {}},
+    )
+    return [engine, service]

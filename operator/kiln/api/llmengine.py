@@ -1,0 +1,51 @@
+"""The LLMEngine resource: a cluster-scoped record of one content-addressed engine build.
+
+Its name is ``<model-slug>-<hash10>``; ``spec.key`` is the content hash of every input that
+changes the engine's bytes. Engines outlive the services that asked for them: they are the cache.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .common import KilnModel, KVCacheDtype, Precision, ServerKind
+from .llmservice import Condition, EngineLimits
+
+__all__ = ["EngineCacheLocation", "LLMEngineSpec", "LLMEngineStatus"]
+
+
+class EngineCacheLocation(KilnModel):
+    """The PersistentVolumeClaim the engine is built into."""
+
+    namespace: str = Field(min_length=1, max_length=63)
+    claim_name: str = Field(min_length=1, max_length=253)
+
+
+class LLMEngineSpec(KilnModel):
+    """Every input of one engine build; immutable once created."""
+
+    key: str = Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$",
+                     description="sha256 over the inputs that change the engine's bytes.")
+    model_source: str = Field(max_length=256)
+    revision: str = Field(max_length=128)
+    credentials_secret: str | None = Field(default=None, max_length=253)
+    precision: Precision
+    kv_cache_dtype: KVCacheDtype
+    tensor_parallel: int = Field(ge=1, le=512)
+    pipeline_parallel: int = Field(ge=1, le=512)
+    gpu_type: str = Field(max_length=64)
+    gpu_arch: str = Field(max_length=16, description="CUDA compute capability, e.g. sm90.")
+    server: ServerKind
+    toolchain: str = Field(max_length=64, description="TensorRT-LLM version the engine is built with.")
+    limits: EngineLimits
+    cache: EngineCacheLocation
+
+
+class LLMEngineStatus(KilnModel):
+    """Where the build stands."""
+
+    conditions: list[Condition] = Field(default_factory=list)
+    build_job: str | None = None
+    storage_uri: str | None = None
+    size_bytes: int | None = None
+    build_seconds: float | None = None

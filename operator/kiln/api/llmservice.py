@@ -1,0 +1,261 @@
+"""The LLMService resource: one manifest that names a model, a precision and a GPU count.
+
+Every field's docstring becomes its CRD description. Cross-field rules live twice, on
+purpose: as CEL ``x-kubernetes-validations`` (enforced by the API server) and as pydantic
+validators here (so ``kiln render``, ``kiln plan`` and the operator give the same message).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .common import AutoscalingMode, KilnModel, KVCacheDtype, Precision, ServerKind
+
+__all__ = [
+    "MODEL_SOURCE_PATTERN",
+    "SecretRef",
+    "ModelSpec",
+    "GPUSpec",
+    "ParallelismSpec",
+    "RuntimeSpec",
+    "EngineLimits",
+    "EngineCacheSpec",
+    "AutoscalingSpec",
+    "LLMServiceSpec",
+    "Condition",
+    "PlanStatus",
+    "EngineRef",
+    "LLMServiceStatus",
+    "Auto",
+]
+
+# hf://org/name | s3://bucket/prefix | pvc://claim/path — no "..", no credentials, no spaces.
+MODEL_SOURCE_PATTERN = (
+    r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+    r"|s3://[a-z0-9][a-z0-9.-]{1,62}(/[A-Za-z0-9._-]+)*/?"
+    r"|pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(/[A-Za-z0-9._-]+)*/?)$"
+)
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+Auto = Literal["auto"]
+ParallelDegree = Annotated[int, Field(ge=1, le=64)] | Auto
+
+
+class SecretRef(KilnModel):
+    """A Secret in the service's namespace."""
+
+    secret_name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Name of the Secret. Keys read: HF_TOKEN for hf://, AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY for s3://.",
+    )
+
+
+class ModelSpec(KilnModel):
+    """Where the model's weights come from."""
+
+    source: str = Field(
+        max_length=256, pattern=MODEL_SOURCE_PATTERN,
+        description="hf://org/name, s3://bucket/prefix or pvc://claim/path. Immutable.",
+    )
+    revision: str = Field(
+        default="main", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="Branch, tag or commit. Pin a commit for reproducible engines.",
+    )
+    credentials: SecretRef | None = Field(
+        default=None, description="Secret holding the download credentials; never inline.")
+
+    @field_validator("source")
+    @classmethod
+    def _no_dot_segments(cls, value: str) -> str:
+        path = value.split("://", 1)[1]
+        if _DOT_SEGMENT.search(path):
+            raise ValueError(f"{value!r} must not contain '.' or '..' path segments")
+        return value
+
+    @property
+    def scheme(self) -> str:
+        return self.source.split("://", 1)[0]
+
+    @property
+    def location(self) -> str:
+        """The source without its scheme: org/name, bucket/prefix or claim/path."""
+        return self.source.split("://", 1)[1].rstrip("/")
+
+
+class GPUSpec(KilnModel):
+    """The GPUs a replica runs on."""
+
+    type: str = Field(
+        default="H100-80GB", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="GPU model, e.g. H100-80GB, A100-80GB, L40S, L4. Decides the engine's "
+        "architecture and, with memoryGiB unset, the memory the planner assumes.",
+    )
+    per_node: int = Field(default=8, ge=1, le=16, description="GPUs on each node.")
+    resource_name: str = Field(
+        default="nvidia.com/gpu", min_length=1, max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="Extended resource that schedules GPUs.",
+    )
+    memory_gi_b: float | None = Field(
+        default=None, alias="memoryGiB", gt=0, le=1024,
+        description="Usable memory per GPU in GiB, overriding the catalog figure.",
+    )
+
+
+class ParallelismSpec(KilnModel):
+    """How a replica's GPUs split the model; tensor x pipeline == gpus."""
+
+    tensor: ParallelDegree = Field(default="auto", description="Tensor-parallel degree or auto.")
+    pipeline: ParallelDegree = Field(default="auto", description="Pipeline-parallel degree or auto.")
+
+
+class RuntimeSpec(KilnModel):
+    """The inference server."""
+
+    server: ServerKind = Field(default=ServerKind.TRITON, description="triton or djl.")
+    image: str | None = Field(
+        default=None, max_length=512, pattern=r"^[^\s]+$",
+        description="Override of the serving image; it must hold the same TensorRT-LLM version.",
+    )
+
+
+class EngineLimits(KilnModel):
+    """Shape limits baked into the engine, plus the KV-cache memory fraction."""
+
+    max_batch_size: int = Field(default=256, ge=1, le=4096, description="trtllm-build --max_batch_size.")
+    max_input_len: int = Field(default=4096, ge=1, le=1048576, description="trtllm-build --max_input_len.")
+    max_seq_len: int = Field(default=8192, ge=2, le=1048576,
+                             description="trtllm-build --max_seq_len (input + output).")
+    max_num_tokens: int = Field(default=8192, ge=1, le=1048576, description="trtllm-build --max_num_tokens.")
+    tokens_per_block: int = Field(default=32, ge=8, le=256, description="KV-cache block size in tokens.")
+    kv_cache_free_gpu_mem_fraction: float = Field(
+        default=0.9, gt=0, lt=1,
+        description="Share of the memory left after weights and buffers given to the KV cache.",
+    )
+
+    @model_validator(mode="after")
+    def _input_fits_sequence(self) -> EngineLimits:
+        if self.max_input_len >= self.max_seq_len:
+            raise ValueError(
+                f"maxInputLen: {self.max_input_len} must be smaller than maxSeqLen={self.max_seq_len}")
+        if self.tokens_per_block & (self.tokens_per_block - 1):
+            raise ValueError(f"tokensPerBlock: {self.tokens_per_block} must be a power of two")
+        return self
+
+
+class EngineCacheSpec(KilnModel):
+    """Where built engines are kept, keyed by content."""
+
+    claim_name: str = Field(
+        default="kiln-engine-cache", min_length=1, max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="ReadWriteMany PersistentVolumeClaim in the service's namespace.",
+    )
+
+
+class AutoscalingSpec(KilnModel):
+    """Replica scaling on KV-cache pressure."""
+
+    mode: AutoscalingMode = Field(default=AutoscalingMode.NONE,
+                                  description="none (use spec.replicas), builtin, keda or hpa.")
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    target_kv_cache_utilization: float = Field(
+        default=0.75, alias="targetKVCacheUtilization", gt=0, le=1,
+        description="KV-cache block utilisation to hold replicas at.")
+    scale_down_stabilization_seconds: int = Field(
+        default=300, ge=0, le=86400, description="Quiet time before replicas are removed.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas: {self.min_replicas} must not exceed maxReplicas={self.max_replicas}")
+        return self
+
+
+class LLMServiceSpec(KilnModel):
+    """Serve this model, at this precision, on this many GPUs."""
+
+    model: ModelSpec
+    precision: Precision = Field(default=Precision.BF16, description="Weight precision.")
+    kv_cache_dtype: KVCacheDtype = Field(default=KVCacheDtype.AUTO, description="KV-cache element type.")
+    gpus: int = Field(default=1, ge=1, le=512, description="GPUs per replica.")
+    gpu: GPUSpec = Field(default_factory=GPUSpec)
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    engine: EngineLimits = Field(default_factory=EngineLimits)
+    engine_cache: EngineCacheSpec = Field(default_factory=EngineCacheSpec)
+    replicas: int = Field(default=1, ge=0, le=1000,
+                          description="Replicas when autoscaling.mode is none; the /scale target.")
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+
+    @model_validator(mode="after")
+    def _layout(self) -> LLMServiceSpec:
+        tp, pp = self.parallelism.tensor, self.parallelism.pipeline
+        if isinstance(tp, int) and isinstance(pp, int) and tp * pp != self.gpus:
+            raise ValueError(
+                f"parallelism: tensor={tp} x pipeline={pp} = {tp * pp} must equal gpus={self.gpus}")
+        for name, degree in (("tensor", tp), ("pipeline", pp)):
+            if isinstance(degree, int) and self.gpus % degree:
+                raise ValueError(f"parallelism.{name}: {degree} does not divide gpus={self.gpus}")
+        if self.gpus > self.gpu.per_node and self.gpus % self.gpu.per_node:
+            raise ValueError(
+                f"gpus: {self.gpus} spans nodes, so it must be a multiple of gpu.perNode="
+                f"{self.gpu.per_node}")
+        return self
+
+
+class Condition(KilnModel):
+    """A kstatus condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class PlanStatus(KilnModel):
+    """What the planner predicted for one replica."""
+
+    fits: bool | None = None
+    tensor_parallel: int
+    pipeline_parallel: int
+    weight_bytes_per_gpu: int | None = None
+    kv_bytes_per_token_per_gpu: int | None = None
+    kv_cache_tokens: int | None = None
+    max_concurrent_sequences: int | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+
+class EngineRef(KilnModel):
+    """The engine a service serves, or is waiting for."""
+
+    name: str
+    key: str
+    storage_uri: str
+    build_job: str | None = None
+
+
+class LLMServiceStatus(KilnModel):
+    """Observed state, kstatus style."""
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    selector: str | None = None
+    endpoint: str | None = None
+    plan: PlanStatus | None = None
+    engine: EngineRef | None = None
+    tp_pp: str | None = Field(default=None, alias="tpPp", description="TPxPP, for printing.")
+    kv_cache_utilization: str | None = Field(
+        default=None, alias="kvCacheUtilization", description="Mean KV-cache use, for printing.")
+
+

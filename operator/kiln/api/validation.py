@@ -1,0 +1,74 @@
+"""Turn pydantic validation errors into the one-line, field-path messages users see."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import SpecInvalid
+from .llmservice import LLMServiceSpec
+
+_NAMES_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9.]*: ")
+
+__all__ = ["parse_service_spec", "parse_service_manifest", "describe_error"]
+
+
+def describe_error(error: ValidationError, prefix: str) -> str:
+    """``spec.gpu.perNode: Input should be greater than or equal to 1 (got 0)``."""
+    first = error.errors(include_url=False)[0]
+    path = ".".join([prefix, *(str(part) for part in first["loc"])])
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    elif "input" in first and first["type"] not in ("value_error", "model_type"):
+        message = f"{message} (got {first['input']!r})"
+    # A model-level validator reports on the model itself; its message already names the field.
+    if first["type"] == "value_error" and _NAMES_FIELD.match(message):
+        return f"{path}.{message}"
+    return f"{path}: {message}"
+
+
+def parse_service_spec(raw: Any) -> LLMServiceSpec:
+    """Validate an LLMService ``spec``; raise SpecInvalid with one field-path message."""
+    if not isinstance(raw, dict):
+        raise SpecInvalid("spec: must be an object")
+    try:
+        return LLMServiceSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecInvalid(describe_error(error, "spec")) from None
+
+
+def parse_service_manifest(manifest: Any) -> tuple[dict[str, Any], LLMServiceSpec]:
+    """Check the envelope of an LLMService manifest and return (metadata, spec)."""
+    from .common import API_VERSION
+
+    if not isinstance(manifest, dict):
+        raise SpecInvalid("manifest: must be a YAML mapping")
+    if manifest.get("apiVersion") != API_VERSION:
+        raise SpecInvalid(f"apiVersion: must be {API_VERSION} (got {manifest.get('apiVersion')!r})")
+    if manifest.get("kind") != "LLMService":
+        raise SpecInvalid(f"kind: must be LLMService (got {manifest.get('kind')!r})")
+    metadata = manifest.get("metadata")
+    if not isinstance(metadata, dict) or not metadata.get("name"):
+        raise SpecInvalid("metadata.name: required field is missing")
+    name = metadata["name"]
+    if not isinstance(name, str) or not _is_dns_label(name):
+        raise SpecInvalid(f"metadata.name: {name!r} must be a DNS label (lowercase, digits, '-', "
+                          "at most 63 characters)")
+    namespace = metadata.get("namespace", "default")
+    if not isinstance(namespace, str) or not _is_dns_label(namespace):
+        raise SpecInvalid(f"metadata.namespace: {namespace!r} must be a DNS label")
+    unknown = set(manifest) - {"apiVersion", "kind", "metadata", "spec", "status"}
+    if unknown:
+        raise SpecInvalid(f"{sorted(unknown)[0]}: unknown field")
+    return metadata, parse_service_spec(manifest.get("spec"))
+
+
+def _is_dns_label(value: str) -> bool:
+    return bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value))

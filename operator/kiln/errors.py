@@ -1,0 +1,43 @@
+"""The errors Kiln raises, as a small tree.
+
+```
+KilnError
+├── SpecInvalid   permanent: the user must change the manifest; sets Stalled=True
+└── NotReadyYet   temporary: something Kiln waits for (a build, a rollout); retried with a delay
+```
+
+Messages name the object and the field path, e.g.
+``spec.parallelism.tensor: 3 does not divide gpus=8``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KilnError", "SpecInvalid", "NotReadyYet"]
+
+
+class KilnError(Exception):
+    """Base of every error Kiln raises on purpose."""
+
+    reason: str = "Error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class SpecInvalid(KilnError):
+    """The manifest cannot work as written; retrying will not help."""
+
+    reason = "SpecInvalid"
+
+
+class NotReadyYet(KilnError):
+    """Something the reconcile depends on is still in progress."""
+
+    reason = "Waiting"
+
+    def __init__(self, message: str, *, reason: str | None = None, delay: float = 10.0) -> None:
+        super().__init__(message, reason=reason)
+        self.delay = delay

@@ -1,0 +1,145 @@
+"""Model geometry read from a Hugging Face ``config.json``, and the catalog shipped with Kiln.
+
+Supported: the dense and MoE decoder families TensorRT-LLM builds engines for (Llama,
+Mistral, Mixtral, Qwen2/2.5/3 and Qwen3-MoE, Gemma, Phi-3/4, ChatGLM/GLM-4). Anything else,
+and sliding-window attention, is reported as unsupported rather than guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+__all__ = ["ModelConfig", "UnsupportedModel", "load_catalog", "catalog_config", "SUPPORTED"]
+
+SUPPORTED = {
+    "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "GemmaForCausalLM", "Phi3ForCausalLM",
+    "ChatGLMModel", "ChatGLMForConditionalGeneration", "Mistral3ForConditionalGeneration",
+}
+
+
+class UnsupportedModel(ValueError):
+    """The config is readable but Kiln cannot size this architecture honestly."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    qkv_bias: bool = False
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> ModelConfig:
+        """Read an HF ``config.json`` (or a Kiln catalog entry); raise ValueError if malformed."""
+        if not isinstance(raw, dict):
+            raise ValueError("config.json must be a JSON object")
+        architecture = str(raw.get("architecture") or (raw.get("architectures") or ["?"])[0])
+        architecture = architecture.split(" ", 1)[0]
+        if architecture not in SUPPORTED:
+            raise UnsupportedModel(f"architecture {architecture} is not supported by the planner")
+        text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+        merged = {**raw, **text}
+        if merged.get("use_sliding_window") or (
+                merged.get("sliding_window") and merged.get("use_sliding_window") is not False
+                and architecture.startswith("Mistral")):
+            raise UnsupportedModel("sliding-window attention does not follow the KV formula")
+
+        def num(*names: str, default: int | None = None) -> int:
+            for name in names:
+                value = merged.get(name)
+                if value is not None:
+                    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                        raise ValueError(f"config.json: {name} must be a positive number")
+                    return int(value)
+            if default is None:
+                raise ValueError(f"config.json: {names[0]} is missing")
+            return default
+
+        heads = num("num_attention_heads", "n_head")
+        hidden = num("hidden_size", "n_embd")
+        experts = num("num_local_experts", "num_experts", "n_routed_experts", default=0)
+        intermediate = num("intermediate_size", "ffn_hidden_size")
+        return cls(
+            architecture=architecture,
+            num_layers=num("num_hidden_layers", "num_layers", "n_layer"),
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_heads=heads,
+            num_kv_heads=num("num_key_value_heads", "multi_query_group_num", default=heads),
+            head_dim=num("head_dim", "kv_channels", default=hidden // heads),
+            vocab_size=num("vocab_size", "padded_vocab_size"),
+            max_position_embeddings=num("max_position_embeddings", "seq_length", default=4096),
+            tie_word_embeddings=bool(merged.get("tie_word_embeddings", False)),
+            num_experts=experts,
+            experts_per_token=num("num_experts_per_tok", default=2 if experts else 0),
+            moe_intermediate_size=num("moe_intermediate_size", default=intermediate) if experts else 0,
+            qkv_bias=architecture in ("Qwen2ForCausalLM",) or bool(merged.get("add_qkv_bias")),
+        )
+
+    # Parameter counts, as TensorRT-LLM lays the weights out.
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def layer_linear_params(self) -> int:
+        """Weights of one decoder layer that quantization applies to (attention + MLP/experts)."""
+        q_out = self.num_heads * self.head_dim
+        kv_out = self.num_kv_heads * self.head_dim
+        attention = self.hidden_size * (q_out + 2 * kv_out) + q_out * self.hidden_size
+        if self.num_experts:
+            mlp = self.num_experts * 3 * self.hidden_size * self.moe_intermediate_size
+        else:
+            mlp = 3 * self.hidden_size * self.intermediate_size
+        return attention + mlp
+
+    @property
+    def layer_other_params(self) -> int:
+        """Per-layer weights kept in 16 bit: norms, biases, the MoE router."""
+        other = 2 * self.hidden_size
+        if self.qkv_bias:
+            other += (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        if self.architecture == "Qwen3ForCausalLM" or self.architecture == "Qwen3MoeForCausalLM":
+            other += 2 * self.head_dim  # q_norm, k_norm
+        if self.num_experts:
+            other += self.hidden_size * self.num_experts
+        return other
+
+    @property
+    def hf_param_count(self) -> int:
+        """Parameters as Hugging Face counts them (lm_head only when untied)."""
+        lm_head = 0 if self.tie_word_embeddings else self.embedding_params
+        return (self.embedding_params + lm_head + self.hidden_size
+                + self.num_layers * (self.layer_linear_params + self.layer_other_params))
+
+
+@cache
+def load_catalog() -> dict[str, dict[str, Any]]:
+    """The model configs shipped with Kiln, keyed by Hugging Face id (aliases included)."""
+    text = resources.files("kiln.planner").joinpath("data/model-configs.json").read_text()
+    entries: dict[str, dict[str, Any]] = json.loads(text)
+    catalog: dict[str, dict[str, Any]] = {}
+    for name, entry in entries.items():
+        catalog[name.lower()] = entry
+        for alias in entry.get("aliases", []):
+            catalog[alias.lower()] = entry
+    return catalog
+
+
+def catalog_config(hf_id: str) -> dict[str, Any] | None:
+    return load_catalog().get(hf_id.lower())

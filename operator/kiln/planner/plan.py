@@ -1,0 +1,194 @@
+"""The planner: model config x GPU x precision x limits -> Plan. Pure: no I/O, no clock.
+
+Parallelism when ``auto``: tensor parallelism inside a node (the largest TP that divides the
+GPUs of a replica, fits on one node and divides the attention heads), pipeline parallelism
+across nodes for the rest. TP inside a node rides NVLink; PP across nodes only sends
+activations between stages, which is why multi-node serving splits this way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..api import KVCacheDtype, LLMServiceSpec, Precision
+from ..errors import SpecInvalid
+from .gpus import CUDA_CONTEXT_GIB, GPU
+from .memory import (GIB, activation_bytes, kv_bytes_per_token, kv_dtype_for,
+                     runtime_buffer_bytes, weight_bytes_per_gpu)
+from .model import ModelConfig
+
+__all__ = ["Plan", "plan", "resolve_parallelism", "SUGGESTION_GPU_COUNTS"]
+
+SUGGESTION_GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+# Smaller precisions to suggest, best quality first.
+_PRECISION_LADDER = (Precision.BF16, Precision.FP8, Precision.INT8_SQ, Precision.INT8_WO,
+                     Precision.W4A8_AWQ, Precision.INT4_AWQ, Precision.NVFP4)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one replica will look like. ``fits`` is None when the model config is unknown."""
+
+    fits: bool | None
+    tensor_parallel: int
+    pipeline_parallel: int
+    kv_cache_dtype: KVCacheDtype
+    weight_bytes_per_gpu: int | None = None
+    activation_bytes_per_gpu: int | None = None
+    kv_bytes_per_token_per_gpu: int | None = None
+    kv_pool_bytes_per_gpu: int | None = None
+    kv_cache_tokens: int | None = None
+    max_concurrent_sequences: int | None = None
+    reasons: tuple[str, ...] = field(default=())
+
+    def status(self) -> dict[str, Any]:
+        """The camelCase form used by ``status.plan`` and ``kiln plan -o json``."""
+        out: dict[str, Any] = {
+            "fits": self.fits,
+            "tensorParallel": self.tensor_parallel,
+            "pipelineParallel": self.pipeline_parallel,
+            "weightBytesPerGpu": self.weight_bytes_per_gpu,
+            "kvBytesPerTokenPerGpu": self.kv_bytes_per_token_per_gpu,
+            "kvCacheTokens": self.kv_cache_tokens,
+            "maxConcurrentSequences": self.max_concurrent_sequences,
+            "reasons": list(self.reasons),
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def resolve_parallelism(spec: LLMServiceSpec, model: ModelConfig | None) -> tuple[int, int]:
+    """(TP, PP) for the spec; raises SpecInvalid for a layout the model cannot take."""
+    tp_req, pp_req = spec.parallelism.tensor, spec.parallelism.pipeline
+    gpus = spec.gpus
+    if isinstance(tp_req, int) and isinstance(pp_req, int):
+        tp, pp = tp_req, pp_req
+    elif isinstance(tp_req, int):
+        tp, pp = tp_req, gpus // tp_req
+    elif isinstance(pp_req, int):
+        tp, pp = gpus // pp_req, pp_req
+    else:
+        candidates = [d for d in _divisors(gpus) if d <= spec.gpu.per_node
+                      and (model is None or model.num_heads % d == 0)]
+        if not candidates:
+            raise SpecInvalid(f"spec.gpus: no tensor-parallel degree divides both gpus={gpus} and "
+                              f"the model's {model.num_heads if model else '?'} attention heads")
+        tp = max(candidates)
+        pp = gpus // tp
+    if model is not None:
+        if model.num_heads % tp:
+            raise SpecInvalid(f"spec.parallelism.tensor: {tp} does not divide the model's "
+                              f"{model.num_heads} attention heads")
+        if pp > model.num_layers or model.num_layers % pp:
+            raise SpecInvalid(f"spec.parallelism.pipeline: {pp} does not divide the model's "
+                              f"{model.num_layers} layers")
+    return tp, pp
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: int) -> Plan:
+    precision = Precision(spec.precision)
+    kv_dtype = kv_dtype_for(precision, spec.kv_cache_dtype)
+    limits = spec.engine
+    reasons: list[str] = []
+    if precision in (Precision.FP8, Precision.W4A8_AWQ) and not gpu.fp8:
+        reasons.append(f"precision {precision.value} needs FP8 tensor cores (sm89 or newer); "
+                       f"{gpu.name} is {gpu.arch}")
+    if precision == Precision.NVFP4 and not gpu.fp4:
+        reasons.append(f"precision nvfp4 needs FP4 tensor cores (Blackwell); {gpu.name} is {gpu.arch}")
+    if kv_dtype == KVCacheDtype.FP8 and not gpu.fp8:
+        reasons.append(f"kvCacheDtype fp8 needs sm89 or newer; {gpu.name} is {gpu.arch}")
+    if limits.max_seq_len > model.max_position_embeddings:
+        reasons.append(f"engine.maxSeqLen {limits.max_seq_len} exceeds the model's "
+                       f"{model.max_position_embeddings} positions")
+
+    weights = weight_bytes_per_gpu(model, precision, tp, pp)
+    activations = activation_bytes(model, limits.max_num_tokens, tp)
+    buffers = runtime_buffer_bytes(model, limits.max_batch_size, limits.max_seq_len, tp)
+    total = gpu.memory_gib * GIB
+    free = total - CUDA_CONTEXT_GIB * GIB - weights - activations - buffers
+    kv_per_token = kv_bytes_per_token(model, kv_dtype, tp, pp)
+    pool = max(0.0, free * limits.kv_cache_free_gpu_mem_fraction)
+    blocks = math.ceil(pool / kv_per_token / limits.tokens_per_block) if pool else 0
+    kv_tokens = blocks * limits.tokens_per_block
+    sequences = min(kv_tokens // limits.max_seq_len, limits.max_batch_size)
+    if free <= 0:
+        reasons.append(
+            f"weights ({_gib(weights)}) plus activations and buffers ({_gib(activations + buffers)})"
+            f" need {_gib(total - free)} per GPU but a {gpu.name} has {_gib(total)}: "
+            f"{_gib(-free)} short")
+    elif kv_tokens < limits.max_seq_len:
+        reasons.append(f"the KV cache holds {kv_tokens} tokens per replica, less than one sequence "
+                       f"of engine.maxSeqLen={limits.max_seq_len}")
+    return Plan(
+        fits=not reasons, tensor_parallel=tp, pipeline_parallel=pp, kv_cache_dtype=kv_dtype,
+        weight_bytes_per_gpu=weights, activation_bytes_per_gpu=activations + buffers,
+        kv_bytes_per_token_per_gpu=kv_per_token, kv_pool_bytes_per_gpu=int(pool),
+        kv_cache_tokens=kv_tokens, max_concurrent_sequences=sequences, reasons=tuple(reasons),
+    )
+
+
+def _variant(spec: LLMServiceSpec, **changes: Any) -> LLMServiceSpec:
+    return spec.model_copy(update=changes)
+
+
+def _fits(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> bool:
+    try:
+        tp, pp = resolve_parallelism(spec, model)
+    except SpecInvalid:
+        return False
+    return bool(_evaluate(model, spec, gpu, tp, pp).fits)
+
+
+def _suggestions(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> list[str]:
+    auto = spec.parallelism.model_copy(update={"tensor": "auto", "pipeline": "auto"})
+    out: list[str] = []
+    for count in SUGGESTION_GPU_COUNTS:
+        if count > spec.gpus and _fits(model, _variant(spec, gpus=count, parallelism=auto), gpu):
+            out.append(f"gpus: {count}")
+            break
+    for precision in _PRECISION_LADDER:
+        smaller = precision != spec.precision and \
+            _weight_rank(precision) > _weight_rank(Precision(spec.precision))
+        if smaller and _fits(model, _variant(spec, precision=precision), gpu):
+            out.append(f"precision: {precision.value}")
+            break
+    seq = spec.engine.max_seq_len // 2
+    while seq > spec.engine.max_input_len and seq >= 256:
+        engine = spec.engine.model_copy(update={"max_seq_len": seq})
+        if _fits(model, _variant(spec, engine=engine), gpu):
+            out.append(f"engine.maxSeqLen: {seq}")
+            break
+        seq //= 2
+    return out
+
+
+def _weight_rank(precision: Precision) -> int:
+    return _PRECISION_LADDER.index(precision) if precision in _PRECISION_LADDER else 0
+
+
+def plan(model: ModelConfig | None, spec: LLMServiceSpec, gpu: GPU) -> Plan:
+    """Plan one replica. Raises SpecInvalid for layouts the model cannot take."""
+    tp, pp = resolve_parallelism(spec, model)
+    if model is None:
+        return Plan(fits=None, tensor_parallel=tp, pipeline_parallel=pp,
+                    kv_cache_dtype=kv_dtype_for(spec.precision, spec.kv_cache_dtype),
+                    reasons=("model config unknown: pass --model-config or use a model in "
+                             "Kiln's catalog",))
+    result = _evaluate(model, spec, gpu, tp, pp)
+    if result.fits:
+        return result
+    suggestions = _suggestions(model, spec, gpu)
+    if suggestions:
+        hint = "would fit with " + " or ".join(suggestions)
+    else:
+        hint = "nothing nearby fits: use a larger GPU type"
+    return replace(result, reasons=(*result.reasons, hint))
