@@ -2,7 +2,7 @@
 
 from .common import (API_VERSION, GROUP, VERSION, AutoscalingMode, ConditionType, KilnModel,
                      KVCacheDtype, Precision, Reason, ServerKind)
-from .llmengine import EngineCacheLocation, LLMEngineSpec, LLMEngineStatus
+from .llmengine import EngineCacheLocation, EngineShape, LLMEngineSpec, LLMEngineStatus
 from .llmservice import (AutoscalingSpec, Condition, EngineCacheSpec, EngineLimits, EngineRef,
                          GPUSpec, LLMServiceSpec, LLMServiceStatus, ModelSpec, ParallelismSpec,
                          PlanStatus, RuntimeSpec, SecretRef)
@@ -10,7 +10,7 @@ from .validation import describe_error, parse_service_manifest, parse_service_sp
 
 __all__ = [
     "API_VERSION", "GROUP", "VERSION", "AutoscalingMode", "ConditionType", "KilnModel",
-    "KVCacheDtype", "Precision", "Reason", "ServerKind", "EngineCacheLocation", "LLMEngineSpec",
+    "KVCacheDtype", "Precision", "Reason", "ServerKind", "EngineCacheLocation", "EngineShape", "LLMEngineSpec",
     "LLMEngineStatus", "AutoscalingSpec", "Condition", "EngineCacheSpec", "EngineLimits",
     "EngineRef", "GPUSpec", "LLMServiceSpec", "LLMServiceStatus", "ModelSpec", "ParallelismSpec",
     "PlanStatus", "RuntimeSpec", "SecretRef", "describe_error", "parse_service_manifest",

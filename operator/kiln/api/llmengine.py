@@ -9,9 +9,19 @@ from __future__ import annotations
 from pydantic import Field
 
 from .common import KilnModel, KVCacheDtype, Precision, ServerKind
-from .llmservice import Condition, EngineLimits
+from .llmservice import Condition
 
-__all__ = ["EngineCacheLocation", "LLMEngineSpec", "LLMEngineStatus"]
+__all__ = ["EngineCacheLocation", "EngineShape", "LLMEngineSpec", "LLMEngineStatus"]
+
+
+class EngineShape(KilnModel):
+    """The limits compiled into an engine (runtime-only settings are not part of it)."""
+
+    max_batch_size: int = Field(ge=1)
+    max_input_len: int = Field(ge=1)
+    max_seq_len: int = Field(ge=2)
+    max_num_tokens: int = Field(ge=1)
+    tokens_per_block: int = Field(ge=1)
 
 
 class EngineCacheLocation(KilnModel):
@@ -37,7 +47,7 @@ class LLMEngineSpec(KilnModel):
     gpu_arch: str = Field(max_length=16, description="CUDA compute capability, e.g. sm90.")
     server: ServerKind
     toolchain: str = Field(max_length=64, description="TensorRT-LLM version the engine is built with.")
-    limits: EngineLimits
+    limits: EngineShape
     cache: EngineCacheLocation
 
 

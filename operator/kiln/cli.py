@@ -1,0 +1,193 @@
+"""The `kiln` command line: crds | plan | render | run | demo.
+
+Bad input exits 2 with one line naming the field path; there are no tracebacks for users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .api.crd import crds
+from .api.validation import parse_service_manifest
+from .errors import KilnError, SpecInvalid
+from .planner import GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan
+from .render import ServiceRef, render
+
+__all__ = ["main"]
+
+
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(docs: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+def _load_manifest(path: str) -> dict[str, Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as error:
+        raise SpecInvalid(f"{path}: {error.strerror}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        raise SpecInvalid(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    services = [d for d in docs if isinstance(d, dict) and d.get("kind") == "LLMService"]
+    if len(services) != 1:
+        candidates = services or docs
+        if len(candidates) != 1:
+            raise SpecInvalid(f"{path}: expected one LLMService, found {len(services)}")
+        return candidates[0]  # type: ignore[no-any-return]
+    return services[0]
+
+
+def _model_config(args: argparse.Namespace, source: str) -> tuple[ModelConfig | None, str]:
+    if args.model_config:
+        try:
+            raw = json.loads(Path(args.model_config).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise SpecInvalid(f"--model-config: cannot read {args.model_config}: {error}") from None
+    elif source.startswith("hf://"):
+        raw = catalog_config(source.removeprefix("hf://"))
+        if raw is None:
+            return None, f"{source} is not in Kiln's catalog; pass --model-config config.json"
+    else:
+        return None, "pass --model-config config.json for non-hf:// sources"
+    try:
+        return ModelConfig.from_hf(raw), ""
+    except UnsupportedModel as error:
+        return None, str(error)
+    except ValueError as error:
+        raise SpecInvalid(f"--model-config: {error}") from None
+
+
+def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], Any, GPU, ModelConfig | None, Plan]:
+    manifest = _load_manifest(args.file)
+    metadata, spec = parse_service_manifest(manifest)
+    memory = getattr(args, "gpu_memory_gib", None) or spec.gpu.memory_gi_b
+    gpu = lookup_gpu(spec.gpu.type, memory)
+    if gpu is None:
+        raise SpecInvalid(f"spec.gpu.type: unknown GPU {spec.gpu.type!r}; use a catalog type "
+                          "or set spec.gpu.memoryGiB")
+    model, why = _model_config(args, spec.model.source)
+    result = plan(model, spec, gpu)
+    if model is None:
+        result = Plan(**{**result.__dict__, "reasons": (why,)})
+    return metadata, spec, gpu, model, result
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    objects = crds()
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for crd in objects:
+            (out / f"{crd['metadata']['name']}.yaml").write_text(dump_yaml([crd]))
+    else:
+        sys.stdout.write(dump_yaml(objects))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    _, spec, gpu, _, result = _prepare(args)
+    if args.output == "json":
+        print(json.dumps(result.status(), indent=2))
+    else:
+        gib = 1024**3
+        print(f"GPU            {gpu.name} ({gpu.memory_gib:.1f} GiB, {gpu.arch}) x {spec.gpus}")
+        print(f"layout         TP={result.tensor_parallel} PP={result.pipeline_parallel}")
+        if result.weight_bytes_per_gpu is not None:
+            print(f"weights/GPU    {result.weight_bytes_per_gpu / gib:.2f} GiB ({spec.precision})")
+            print(f"buffers/GPU    {(result.activation_bytes_per_gpu or 0) / gib:.2f} GiB")
+            print(f"KV/token/GPU   {result.kv_bytes_per_token_per_gpu} bytes "
+                  f"({result.kv_cache_dtype.value})")
+            print(f"KV tokens      {result.kv_cache_tokens} per replica")
+            print(f"sequences      {result.max_concurrent_sequences} at maxSeqLen="
+                  f"{spec.engine.max_seq_len}")
+        verdict = {True: "fits", False: "does NOT fit", None: "unknown"}[result.fits]
+        print(f"verdict        {verdict}")
+        for reason in result.reasons:
+            print(f"  - {reason}")
+    return {True: 0, False: 1, None: 0}[result.fits]
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    metadata, spec, gpu, _, result = _prepare(args)
+    if result.fits is False:
+        raise SpecInvalid("does not fit: " + "; ".join(result.reasons))
+    ref = ServiceRef(metadata["name"], metadata.get("namespace", "default"))
+    objects = render(ref, spec, result, gpu).objects()
+    if args.output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
+    else:
+        sys.stdout.write(dump_yaml(objects))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .controller.operator import run_against_kubeconfig
+
+    asyncio.run(run_against_kubeconfig(args.namespace or None))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
+
+    examples = Path(args.examples)
+    if not examples.is_dir():
+        raise SpecInvalid(f"--examples: {examples} is not a directory (run from the repository root)")
+    return asyncio.run(run_demo(examples, timeout=args.timeout))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="kiln", description=__doc__.splitlines()[0] if __doc__ else "")
+    sub = top.add_subparsers(dest="command", required=True)
+    crd = sub.add_parser("crds", help="print the CRDs generated from kiln.api")
+    crd.add_argument("-o", "--output-dir", help="write one file per CRD into this directory")
+    crd.set_defaults(func=cmd_crds)
+    for name, func, formats, helptext in (
+            ("plan", cmd_plan, ("text", "json"), "will it fit, and with how much KV cache"),
+            ("render", cmd_render, ("yaml", "json"), "every object the operator would apply")):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("-f", "--file", required=True, help="LLMService manifest ('-' for stdin)")
+        cmd.add_argument("--model-config", help="a Hugging Face config.json")
+        cmd.add_argument("--gpu-memory-gib", type=float, help="override the GPU memory")
+        cmd.add_argument("-o", "--output", choices=formats, default=formats[0])
+        cmd.set_defaults(func=func)
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig")
+    run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
+    demo.add_argument("--examples", default="examples", help="directory of manifests to apply")
+    demo.add_argument("--timeout", type=float, default=90.0)
+    demo.set_defaults(func=cmd_demo)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KilnError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # the last line of defence: one line, never a traceback
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

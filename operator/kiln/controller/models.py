@@ -1,0 +1,58 @@
+"""Model config resolution for the operator: Kiln's catalog first, then the Hub.
+
+For ``hf://`` sources not in the catalog, just ``config.json`` is fetched with
+huggingface_hub and the service's token, and cached per (model, revision). A failure is not
+an error: the plan says ``Fits=Unknown`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from ..api import LLMServiceSpec
+from ..planner import ModelConfig, UnsupportedModel, catalog_config
+
+__all__ = ["ModelResolver"]
+
+
+class ModelResolver:
+    def __init__(self, allow_download: bool = True) -> None:
+        self._cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self._allow_download = allow_download
+
+    async def resolve(self, spec: LLMServiceSpec, token: str | None) -> tuple[ModelConfig | None, str]:
+        """(config, reason); config is None when it cannot be had or sized."""
+        raw = self._raw(spec)
+        if raw is None and spec.model.scheme == "hf" and self._allow_download:
+            try:
+                raw = await asyncio.to_thread(self._download, spec, token)
+            except Exception as error:  # any Hub failure means "unknown", never a crash
+                return None, f"could not fetch config.json for {spec.model.source}: {error}"
+        if raw is None:
+            return None, f"no model config for {spec.model.source}; it is not in Kiln's catalog"
+        try:
+            return ModelConfig.from_hf(raw), ""
+        except UnsupportedModel as error:
+            return None, str(error)
+        except ValueError as error:
+            return None, f"malformed config.json: {error}"
+
+    def _raw(self, spec: LLMServiceSpec) -> dict[str, Any] | None:
+        cached = self._cache.get((spec.model.source, spec.model.revision))
+        if cached is not None:
+            return cached
+        if spec.model.scheme == "hf":
+            return catalog_config(spec.model.location)
+        return None
+
+    def _download(self, spec: LLMServiceSpec, token: str | None) -> dict[str, Any]:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(spec.model.location, "config.json", revision=spec.model.revision,
+                               token=token)
+        with open(path, encoding="utf-8") as handle:
+            raw: dict[str, Any] = json.load(handle)
+        self._cache[(spec.model.source, spec.model.revision)] = raw
+        return raw

@@ -1,0 +1,34 @@
+"""Run the operator: against the current kubeconfig (`kiln run`) or an emulator URL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import kopf
+
+from .handlers import OperatorContext, build_registry
+from .kube import KubeApi
+
+__all__ = ["run_operator", "run_against_kubeconfig"]
+
+
+async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threading.Event,
+                       namespaces: list[str] | None = None) -> None:
+    """Run kopf with Kiln's handlers until ``stop_flag`` is set."""
+    await kopf.operator(
+        registry=build_registry(ctx),
+        clusterwide=not namespaces,
+        namespaces=namespaces or [],
+        standalone=True,
+        stop_flag=stop_flag,
+        liveness_endpoint="http://0.0.0.0:8080/healthz" if ctx.login_url is None else None,
+    )
+
+
+async def run_against_kubeconfig(namespaces: list[str] | None = None) -> None:
+    api = await KubeApi.from_kubeconfig()
+    try:
+        await run_operator(OperatorContext(api=api), asyncio.Event(), namespaces)
+    finally:
+        await api.close()

@@ -1,0 +1,230 @@
+"""The one reconcile for an LLMService: validate, plan, build the engine, deploy, report.
+
+Idempotent: every step reads first and writes only what differs, so running it twice, or
+after a restart at any point, converges on the same objects (names are deterministic; the
+build Job is never created twice). Status is computed here and written once by the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api import API_VERSION, ConditionType, Reason
+from ..api.validation import parse_service_spec
+from ..errors import KilnError, NotReadyYet, SpecInvalid
+from ..planner import lookup_gpu, plan
+from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, render
+from ..render.meta import ENGINE_KEY_ANNOTATION, LABEL_COMPONENT, LABEL_INSTANCE
+from .conditions import get_condition, is_true, set_condition
+from .kube import KubeApi
+from .models import ModelResolver
+
+__all__ = ["Outcome", "reconcile_service", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
+
+BUILD_POLL_SECONDS = 15.0
+ROLLOUT_POLL_SECONDS = 5.0
+
+
+@dataclass
+class Outcome:
+    """What one reconcile decided: the new status, Events to post, and whether to come back."""
+
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    retry: NotReadyYet | None = None
+
+
+class _Status:
+    def __init__(self, current: dict[str, Any], generation: int | None, now: str) -> None:
+        self.data: dict[str, Any] = {k: v for k, v in current.items()
+                                     if k not in ("kopf",)}
+        self.data.setdefault("conditions", [])
+        self.generation = generation
+        self.now = now
+
+    def condition(self, type_: ConditionType, status: bool | None, reason: Reason, message: str) -> None:
+        self.data["conditions"] = set_condition(self.data["conditions"], type_.value, status,
+                                                reason.value, message, self.now, self.generation)
+
+    def stalled(self, reason: Reason, message: str) -> None:
+        self.condition(ConditionType.STALLED, True, reason, message)
+        self.condition(ConditionType.RECONCILING, False, reason, "")
+        self.condition(ConditionType.READY, False, reason, message)
+
+    def progressing(self, reason: Reason, message: str) -> None:
+        self.condition(ConditionType.STALLED, False, reason, "")
+        self.condition(ConditionType.RECONCILING, True, reason, message)
+        self.condition(ConditionType.READY, False, reason, message)
+
+
+def _job_state(job: dict[str, Any]) -> str:
+    for condition in job.get("status", {}).get("conditions", []) or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return condition["type"]
+    return "Running"
+
+
+async def _read_token(api: KubeApi, namespace: str, secret: str | None) -> tuple[bool, str | None]:
+    if not secret:
+        return True, None
+    obj = await api.get("v1", "Secret", secret, namespace)
+    if obj is None:
+        return False, None
+    value = (obj.get("data") or {}).get("HF_TOKEN")
+    return True, base64.b64decode(value).decode() if value else None
+
+
+async def _apply_if_changed(api: KubeApi, desired: dict[str, Any]) -> dict[str, Any]:
+    meta = desired["metadata"]
+    live = await api.get(desired["apiVersion"], desired["kind"], meta["name"], meta.get("namespace"))
+    wanted = meta.get("annotations", {}).get(SPEC_HASH_ANNOTATION)
+    if live is not None and live["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION) == wanted:
+        return live
+    return await api.apply(desired)
+
+
+async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
+                        out: Outcome) -> bool:
+    """Make sure the engine exists or is being built; True when it can be served."""
+    engine_obj = rendered.engine
+    name = engine_obj["metadata"]["name"]
+    live = await api.get(API_VERSION, "LLMEngine", name)
+    if live is None:
+        live = await api.apply(engine_obj)
+    conditions = (live.get("status") or {}).get("conditions", [])
+    if is_true(conditions, "Ready"):
+        return True
+    job_obj = rendered.build_job
+    job_name = job_obj["metadata"]["name"]
+    namespace = job_obj["metadata"]["namespace"]
+    job = await api.get("batch/v1", "Job", job_name, namespace)
+    if job is None:
+        await api.apply(job_obj)
+        out.events.append(("Normal", "BuildStarted", f"building engine {name} in Job {job_name}"))
+        await api.patch_status(live, {"buildJob": job_name, "conditions": set_condition(
+            conditions, "Ready", False, Reason.ENGINE_BUILDING.value,
+            f"Job {namespace}/{job_name} is building the engine", st.now)})
+        job = job_obj
+    state = _job_state(job)
+    if state == "Complete":
+        storage = f"pvc://{namespace}/{live['spec']['cache']['claimName']}/{live['spec']['key']}"
+        await api.patch_status(live, {"storageUri": storage, "buildJob": job_name,
+                                      "conditions": set_condition(
+                                          conditions, "Ready", True, Reason.ENGINE_BUILT.value,
+                                          f"built by Job {job_name}", st.now)})
+        out.events.append(("Normal", "BuildSucceeded", f"engine {name} is ready"))
+        return True
+    if state == "Failed":
+        message = (f"engine build Job {namespace}/{job_name} failed; see `kubectl logs "
+                   f"job/{job_name} -n {namespace}`, fix the cause and delete the Job to retry")
+        if not get_condition(conditions, "Ready") or \
+                get_condition(conditions, "Ready").get("reason") != Reason.ENGINE_BUILD_FAILED.value:  # type: ignore[union-attr]
+            await api.patch_status(live, {"conditions": set_condition(
+                conditions, "Ready", False, Reason.ENGINE_BUILD_FAILED.value, message, st.now)})
+            out.events.append(("Warning", "BuildFailed", message))
+        st.condition(ConditionType.ENGINE_READY, False, Reason.ENGINE_BUILD_FAILED, message)
+        raise SpecInvalid(message, reason=Reason.ENGINE_BUILD_FAILED.value)
+    st.condition(ConditionType.ENGINE_READY, False, Reason.ENGINE_BUILDING,
+                 f"Job {namespace}/{job_name} is building engine {name}")
+    return False
+
+
+async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelResolver,
+                            now: str) -> Outcome:
+    meta = body["metadata"]
+    ref = ServiceRef(meta["name"], meta["namespace"], meta.get("uid"))
+    generation = meta.get("generation")
+    st = _Status(body.get("status") or {}, generation, now)
+    out = Outcome(status=st.data)
+    try:
+        await _reconcile(body, ref, api, models, st, out)
+    except SpecInvalid as error:
+        st.stalled(Reason(error.reason) if error.reason in Reason._value2member_map_
+                   else Reason.SPEC_INVALID, error.message)
+        out.events.append(("Warning", error.reason, error.message))
+    except NotReadyYet as error:
+        out.retry = error
+    st.data["observedGeneration"] = generation
+    return out
+
+
+async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models: ModelResolver,
+                     st: _Status, out: Outcome) -> None:
+    spec = parse_service_spec(body.get("spec"))
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
+    if gpu is None:
+        raise SpecInvalid(f"spec.gpu.type: unknown GPU {spec.gpu.type!r}; use a catalog type or set "
+                          "spec.gpu.memoryGiB")
+    secret = spec.model.credentials.secret_name if spec.model.credentials else None
+    found, token = await _read_token(api, ref.namespace, secret)
+    if not found:
+        raise SpecInvalid(f"spec.model.credentials.secretName: Secret {ref.namespace}/{secret} "
+                          "not found; create it with the key HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID"
+                          " and AWS_SECRET_ACCESS_KEY (s3://)", reason=Reason.MISSING_DEPENDENCY.value)
+    model, why_unknown = await models.resolve(spec, token)
+    result = plan(model, spec, gpu)
+    st.data["plan"] = result.status()
+    st.data["tpPp"] = f"{result.tensor_parallel}x{result.pipeline_parallel}"
+    if result.fits is False:
+        message = "; ".join(result.reasons)
+        st.condition(ConditionType.FITS, False, Reason.DOES_NOT_FIT, message)
+        raise SpecInvalid(f"does not fit: {message}", reason=Reason.DOES_NOT_FIT.value)
+    if result.fits is None:
+        st.condition(ConditionType.FITS, None, Reason.MODEL_CONFIG_UNKNOWN, why_unknown)
+    else:
+        st.condition(ConditionType.FITS, True, Reason.FITS,
+                     f"{result.kv_cache_tokens} KV-cache tokens, "
+                     f"{result.max_concurrent_sequences} sequences of maxSeqLen per replica")
+
+    replicas = spec.replicas
+    rendered = render(ref, spec, result, gpu, replicas)
+    engine_name = rendered.engine["metadata"]["name"]
+    st.data["engine"] = {"name": engine_name,
+                         "key": rendered.engine["spec"]["key"],
+                         "storageUri": f"pvc://{ref.namespace}/{spec.engine_cache.claim_name}/"
+                                       f"{rendered.engine['spec']['key']}",
+                         "buildJob": rendered.build_job["metadata"]["name"]}
+    st.data["endpoint"] = endpoint(ref.name, ref.namespace)
+    st.data["selector"] = f"{LABEL_INSTANCE}={ref.name},{LABEL_COMPONENT}=server"
+
+    ready = await _engine_ready(api, rendered, st, out)
+    workload = rendered.workload
+    live = await api.get("apps/v1", "Deployment", workload["metadata"]["name"], ref.namespace)
+    if not ready:
+        serving_old = live is not None and \
+            live["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != st.data["engine"]["key"]
+        message = f"waiting for engine {engine_name} to build" + \
+            ("; the previous engine keeps serving" if serving_old else "")
+        st.progressing(Reason.ENGINE_BUILDING, message)
+        _replica_status(st, live)
+        raise NotReadyYet(message, delay=BUILD_POLL_SECONDS)
+    st.condition(ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT, f"engine {engine_name} is built")
+    live = await _apply_if_changed(api, workload)
+    await _apply_if_changed(api, rendered.service)
+    ready_replicas = _replica_status(st, live)
+    current = (live.get("status") or {}).get("observedGeneration") == live["metadata"].get("generation") \
+        or live["metadata"].get("generation") is None
+    if replicas == 0:
+        st.condition(ConditionType.STALLED, False, Reason.SCALED_TO_ZERO, "")
+        st.condition(ConditionType.RECONCILING, False, Reason.SCALED_TO_ZERO, "")
+        st.condition(ConditionType.READY, True, Reason.SCALED_TO_ZERO, "scaled to zero replicas")
+        return
+    if ready_replicas >= 1 and current:
+        st.condition(ConditionType.STALLED, False, Reason.REPLICAS_READY, "")
+        st.condition(ConditionType.RECONCILING, False, Reason.REPLICAS_READY, "")
+        st.condition(ConditionType.READY, True, Reason.REPLICAS_READY,
+                     f"{ready_replicas}/{replicas} replicas ready at {st.data['endpoint']}")
+        return
+    message = f"{ready_replicas}/{replicas} replicas ready"
+    st.progressing(Reason.ROLLING_OUT, message)
+    raise NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
+
+
+def _replica_status(st: _Status, live: dict[str, Any] | None) -> int:
+    status = (live or {}).get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    st.data["replicas"] = int(status.get("replicas") or 0)
+    st.data["readyReplicas"] = ready
+    return ready

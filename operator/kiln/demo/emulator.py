@@ -1,0 +1,229 @@
+"""An API server emulator good enough for the operator: kmock's, plus what kopf and Kiln rely on.
+
+kmock 0.8's ``KubernetesEmulator`` stores objects as plain dicts. A real API server also
+(1) creates objects on server-side apply, (2) keeps ``status`` apart from the rest behind the
+``/status`` subresource, (3) sets ``uid``, ``resourceVersion``, ``generation`` and
+``creationTimestamp``, (4) sends no watch event for a no-op write, and (5) garbage-collects
+dependents through ``ownerReferences``. This subclass adds exactly those. It does *not*
+validate schemas or CEL rules (tests check those against the generated CRDs separately),
+and server-side apply here replaces each top-level field Kiln sends, which equals the real
+merge only because Kiln is the sole manager of every field it applies.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import itertools
+import json
+import uuid
+from typing import Any
+
+import aiohttp.web
+import jsonpatch
+import attrs
+import yaml
+from kmock import KubernetesEmulator, KubernetesError, KubernetesObjectNotFoundError, action
+from kmock import KubernetesScaffold
+from kmock._internal.dicts import json_patch_dict  # kmock's own RFC 6902 implementation
+
+__all__ = ["KilnEmulator", "declare_resources", "RESOURCES"]
+
+_ALL_VERBS = ["list", "watch", "get", "create", "update", "patch", "delete"]
+
+# (resource key, kind, namespaced, subresources)
+RESOURCES: list[tuple[str, str, bool, list[str]]] = [
+    ("v1/namespaces", "Namespace", False, []),
+    ("v1/events", "Event", True, []),
+    ("events.k8s.io/v1/events", "Event", True, []),
+    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, []),
+    ("v1/nodes", "Node", False, ["status"]),
+    ("v1/secrets", "Secret", True, []),
+    ("v1/services", "Service", True, ["status"]),
+    ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, ["status"]),
+    ("apps/v1/deployments", "Deployment", True, ["status", "scale"]),
+    ("batch/v1/jobs", "Job", True, ["status"]),
+    ("serving.kiln.dev/v1alpha1/llmservices", "LLMService", True, ["status", "scale"]),
+    ("serving.kiln.dev/v1alpha1/llmengines", "LLMEngine", False, ["status"]),
+]
+
+
+def declare_resources(emulator: KubernetesEmulator) -> None:
+    for key, kind, namespaced, subresources in RESOURCES:
+        emulator.resources[key] = {"kind": kind, "namespaced": namespaced, "verbs": _ALL_VERBS,
+                                   "subresources": subresources}
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+@attrs.define(kw_only=True)
+class KilnEmulator(KubernetesEmulator):
+    """kmock's emulator with apply-creates, a status subresource, object meta and owner GC."""
+
+    _versions: itertools.count = attrs.field(factory=lambda: itertools.count(1), init=False)  # type: ignore[type-arg]
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        declare_resources(self)
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        mutating = request.action in (action.CREATE, action.UPDATE, action.DELETE)
+        if request.resource is not None and mutating and (request.name or request.action == action.CREATE):
+            async with self._lock:
+                await self._mutate(request)
+        return await KubernetesScaffold._handle(self, request)
+
+    async def _serve_watch(self, request: Any) -> Any:
+        """Mark the event bus *before* listing, so no event falls between the replay of the
+        current objects and the live stream (kmock subscribes after listing)."""
+        yield b""
+        bus = self._buses[request.resource]
+        async with self._lock:
+            mark = await bus.mark()
+            current = [obj.raw for (res, ns, _), obj in self._objects.items()
+                       if res == request.resource and not obj.deleted
+                       and (request.namespace is None or ns == request.namespace)]
+        for raw in current:
+            yield {"type": "ADDED", "object": raw}
+        try:
+            async for event in bus.stream(mark):
+                namespace = event.get("object", {}).get("metadata", {}).get("namespace")
+                if request.namespace is None or namespace == request.namespace:
+                    yield event
+        finally:
+            await bus.unmark(mark)
+
+    def _body(self, request: Any) -> Any:
+        if isinstance(request.data, (dict, list)):
+            return request.data
+        return yaml.safe_load(request.body or b"{}") or {}
+
+    def _stamp_new(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj.setdefault("metadata", {})
+        meta["uid"] = str(uuid.uuid4())
+        meta["generation"] = 1
+        meta["resourceVersion"] = str(next(self._versions))
+        meta["creationTimestamp"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return obj
+
+    async def _mutate(self, request: Any) -> None:
+        resource = request.resource
+        body = self._body(request)
+        if request.action == action.CREATE:
+            name = body.get("metadata", {}).get("name")
+            namespace = request.namespace or body.get("metadata", {}).get("namespace")
+            key = (resource, namespace, name)
+            if key in self._objects and not self._objects[key].deleted:
+                raise KubernetesError(status=409, reason="AlreadyExists",
+                                      message=f"{resource.plural} {name!r} already exists")
+            await self._store(key, self._stamp_new(copy.deepcopy(body)), "ADDED")
+            return
+        key = (resource, request.namespace, request.name)
+        exists = key in self._objects and not self._objects[key].deleted
+        if request.action == action.DELETE:
+            if not exists:
+                raise KubernetesObjectNotFoundError()
+            await self._delete(key)
+            return
+        content_type = request.headers.get("Content-Type", "")
+        if not exists:
+            if "apply-patch" not in content_type or request.subresource:
+                raise KubernetesObjectNotFoundError()
+            body.setdefault("metadata", {}).setdefault("namespace", request.namespace)
+            if request.namespace is None:
+                body["metadata"].pop("namespace", None)
+            await self._store(key, self._stamp_new(copy.deepcopy(body)), "ADDED")
+            return
+        current = copy.deepcopy(self._objects[key].raw)
+        if request.subresource == "status":
+            updated = dict(current)
+            if "apply-patch" in content_type:
+                updated["status"] = body.get("status", {})
+            else:
+                updated = _merge_patch(current, {"status": body.get("status")})
+        elif request.subresource == "scale":
+            replicas = body.get("spec", {}).get("replicas")
+            updated = _merge_patch(current, {"spec": {"replicas": replicas}})
+        elif "apply-patch" in content_type:
+            updated = dict(current)
+            for field, value in body.items():
+                if field == "metadata":
+                    meta = dict(current.get("metadata", {}))
+                    for part in ("labels", "annotations"):
+                        if part in value:
+                            meta[part] = {**meta.get(part, {}), **value[part]}
+                    if "ownerReferences" in value:
+                        meta["ownerReferences"] = value["ownerReferences"]
+                    updated["metadata"] = meta
+                elif field not in ("status", "apiVersion", "kind"):
+                    updated[field] = copy.deepcopy(value)
+        elif isinstance(body, list):  # RFC 6902 JSON patch (kopf uses it for finalizers)
+            try:
+                updated = dict(json_patch_dict(current, body))
+            except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as error:
+                raise KubernetesError(status=422, reason="Invalid", message=str(error)) from None
+        else:
+            patch = {k: v for k, v in body.items() if k != "status" or not self._has_status(resource)}
+            updated = _merge_patch(current, patch)
+        if updated == current:
+            return  # a no-op write changes nothing and sends no event, as on a real server
+        meta = updated.setdefault("metadata", {})
+        spec_changed = {k: v for k, v in updated.items() if k not in ("metadata", "status")} != \
+            {k: v for k, v in current.items() if k not in ("metadata", "status")}
+        if spec_changed:
+            meta["generation"] = int(meta.get("generation", 1)) + 1
+        meta["resourceVersion"] = str(next(self._versions))
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            await self._delete(key)
+            return
+        await self._store(key, updated, "MODIFIED")
+
+    def _has_status(self, resource: Any) -> bool:
+        try:
+            return "status" in self.resources[resource].subresources
+        except KeyError:
+            return False
+
+    async def _store(self, key: Any, obj: dict[str, Any], event: str) -> None:
+        if key in self._objects:
+            self._objects[key].create(obj)
+        else:
+            self._objects[key] = obj
+        await self._buses[key[0]].put({"type": event, "object": json.loads(json.dumps(obj))})
+
+    async def _delete(self, key: Any) -> None:
+        obj = self._objects[key]
+        meta = obj.raw.get("metadata", {})
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                updated = _merge_patch(obj.raw, {"metadata": {"deletionTimestamp": now}})
+                updated["metadata"]["resourceVersion"] = str(next(self._versions))
+                await self._store(key, updated, "MODIFIED")
+            return
+        raw = obj.raw
+        obj.delete()
+        await self._buses[key[0]].put({"type": "DELETED", "object": raw})
+        await self._collect_dependents(meta.get("uid"))
+
+    async def _collect_dependents(self, uid: str | None) -> None:
+        """Background cascading deletion, as the garbage collector does."""
+        if not uid:
+            return
+        for key, obj in list(self._objects.items()):
+            if obj.deleted:
+                continue
+            owners = obj.raw.get("metadata", {}).get("ownerReferences", [])
+            if any(owner.get("uid") == uid for owner in owners):
+                await self._delete(key)

@@ -1,0 +1,57 @@
+"""Pure rendering: (service, plan, engine) -> the Kubernetes objects Kiln applies.
+
+No environment, no clock, no API calls. The operator and ``kiln render`` call the same code,
+so what a GitOps repository holds is exactly what the operator would apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import LLMServiceSpec
+from ..planner import GPU, Plan
+from .engine import Engine, build_job, engine_for, engine_key, llm_engine
+from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
+from .serving import deployment, endpoint, server_name, service
+
+__all__ = ["ServiceRef", "Rendered", "render", "Engine", "engine_for", "engine_key",
+           "FIELD_MANAGER", "SPEC_HASH_ANNOTATION", "endpoint", "server_name", "selector",
+           "labels"]
+
+
+@dataclass(frozen=True)
+class ServiceRef:
+    """Identity of the LLMService being rendered; ``uid`` is None outside a cluster."""
+
+    name: str
+    namespace: str
+    uid: str | None = None
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The objects for one service, by role, in the order they are applied."""
+
+    engine: dict[str, Any]
+    build_job: dict[str, Any]
+    workload: dict[str, Any]
+    service: dict[str, Any]
+
+    def objects(self) -> list[dict[str, Any]]:
+        return [self.engine, self.build_job, self.workload, self.service]
+
+
+def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
+           replicas: int | None = None) -> Rendered:
+    """Every object for the service; ``replicas`` overrides spec.replicas (the autoscaler)."""
+    engine = engine_for(spec, plan, gpu, ref.namespace)
+    build_gpus = min(spec.gpus, spec.gpu.per_node)
+    return Rendered(
+        engine=llm_engine(engine, ref.name),
+        build_job=build_job(engine, ref.name, ref.namespace, gpu, spec.gpu.resource_name,
+                            build_gpus, ref.uid),
+        workload=deployment(spec, plan, engine, gpu, ref.name, ref.namespace,
+                            spec.replicas if replicas is None else replicas, ref.uid),
+        service=service(spec, ref.name, ref.namespace, ref.uid),
+    )

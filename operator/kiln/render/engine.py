@@ -1,0 +1,224 @@
+"""The engine: its content key, its LLMEngine record and the Job that builds it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import API_VERSION, EngineShape, LLMEngineSpec, LLMServiceSpec, ServerKind
+from ..planner import GPU, Plan
+from ..toolchain import DJL_IMAGE, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
+from .meta import (LABEL_ENGINE, child_name, content_hash, labels, owner_reference,
+                   stamp)
+from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
+                  restricted_pod_security, secret_env, shm_volume, tmp_volume)
+
+__all__ = ["Engine", "engine_for", "engine_key", "llm_engine", "build_job", "BUILD_SPEC_ENV"]
+
+BUILD_SPEC_ENV = "KILN_BUILD_SPEC"
+WORK_MOUNT = "/work"
+SOURCE_MOUNT = "/model-source"
+BUILD_BACKOFF_LIMIT = 2
+BUILD_TTL_SECONDS = 7 * 24 * 3600
+BUILD_DEADLINE_SECONDS = 6 * 3600
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One content-addressed engine: its record's name, its key and where it lives."""
+
+    name: str
+    key: str
+    spec: LLMEngineSpec
+
+    @property
+    def storage_uri(self) -> str:
+        cache = self.spec.cache
+        return f"pvc://{cache.namespace}/{cache.claim_name}/{self.key}"
+
+    @property
+    def path(self) -> str:
+        """Where the engine is inside a pod that mounts the cache."""
+        return f"{CACHE_MOUNT}/{self.key}"
+
+
+def engine_key(inputs: dict[str, Any]) -> str:
+    """sha256 over the inputs that change an engine's bytes, and nothing else."""
+    return content_hash(inputs)
+
+
+def _slug(source: str) -> str:
+    name = source.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1].lower()
+    return re.sub(r"[^a-z0-9-]+", "-", name).strip("-")[:52].strip("-") or "model"
+
+
+def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> Engine:
+    """The engine a service needs. The key ignores runtime-only settings (KV memory fraction,
+    replicas, autoscaling) so changing those never rebuilds."""
+    limits = spec.engine
+    inputs = {
+        "source": spec.model.source,
+        "revision": spec.model.revision,
+        "precision": spec.precision,
+        "kvCacheDtype": plan.kv_cache_dtype.value,
+        "tensorParallel": plan.tensor_parallel,
+        "pipelineParallel": plan.pipeline_parallel,
+        "gpuArch": gpu.arch,
+        "toolchain": toolchain_for(spec.runtime.server),
+        "limits": EngineShape(**limits.model_dump(exclude={"kv_cache_free_gpu_mem_fraction"})).wire(),
+    }
+    key = engine_key(inputs)
+    record = LLMEngineSpec(
+        key=key,
+        model_source=spec.model.source,
+        revision=spec.model.revision,
+        credentials_secret=spec.model.credentials.secret_name if spec.model.credentials else None,
+        precision=spec.precision,
+        kv_cache_dtype=plan.kv_cache_dtype,
+        tensor_parallel=plan.tensor_parallel,
+        pipeline_parallel=plan.pipeline_parallel,
+        gpu_type=gpu.name,
+        gpu_arch=gpu.arch,
+        server=spec.runtime.server,
+        toolchain=inputs["toolchain"],
+        limits=inputs["limits"],
+        cache={"namespace": namespace, "claimName": spec.engine_cache.claim_name},
+    )
+    # The record's name also covers the cache it lives in: the same bytes in two namespaces'
+    # caches are two records.
+    name = f"{_slug(spec.model.source)}-{content_hash([key, namespace, spec.engine_cache.claim_name])[:10]}"
+    return Engine(name=name, key=key, spec=record)
+
+
+def llm_engine(engine: Engine, instance: str) -> dict[str, Any]:
+    meta_labels = labels(instance, "engine")
+    meta_labels[LABEL_ENGINE] = engine.name
+    return stamp({
+        "apiVersion": API_VERSION,
+        "kind": "LLMEngine",
+        "metadata": {"name": engine.name, "labels": meta_labels},
+        "spec": engine.spec.wire(),
+    })
+
+
+def build_spec(engine: Engine) -> dict[str, Any]:
+    """The JSON the build container reads from $KILN_BUILD_SPEC."""
+    spec = engine.spec
+    source = spec.model_source
+    if source.startswith("pvc://"):
+        path = source.split("://", 1)[1].rstrip("/").split("/", 1)
+        source = f"{SOURCE_MOUNT}/{path[1]}" if len(path) > 1 else SOURCE_MOUNT
+    return {
+        "engineKey": engine.key,
+        "engineName": engine.name,
+        "model": {"source": source, "revision": spec.revision},
+        "precision": spec.precision,
+        "kvCacheDtype": spec.kv_cache_dtype,
+        "tensorParallel": spec.tensor_parallel,
+        "pipelineParallel": spec.pipeline_parallel,
+        "gpuArch": spec.gpu_arch,
+        "toolchain": spec.toolchain,
+        "limits": spec.limits.wire(),
+        "cacheDir": CACHE_MOUNT,
+        "workDir": WORK_MOUNT,
+    }
+
+
+def _credentials_env(engine: Engine) -> list[dict[str, Any]]:
+    secret = engine.spec.credentials_secret
+    if not secret:
+        return []
+    if engine.spec.model_source.startswith("hf://"):
+        return [secret_env("HF_TOKEN", secret, "HF_TOKEN")]
+    if engine.spec.model_source.startswith("s3://"):
+        return [secret_env(key, secret, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    return []
+
+
+def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resource: str,
+              build_gpus: int, owner_uid: str | None) -> dict[str, Any]:
+    """A Job that builds the engine into the cache; it runs on the serving GPU's architecture."""
+    spec_json = json.dumps(build_spec(engine), sort_keys=True, separators=(",", ":"))
+    env = [{"name": BUILD_SPEC_ENV, "value": spec_json},
+           {"name": "HOME", "value": WORK_MOUNT},
+           {"name": "HF_HOME", "value": f"{WORK_MOUNT}/hf"},
+           *_credentials_env(engine)]
+    volumes = [
+        {"name": "engine-cache", "persistentVolumeClaim": {"claimName": engine.spec.cache.claim_name}},
+        {"name": "work", "emptyDir": {}},
+        shm_volume("16Gi"),
+        tmp_volume(),
+    ]
+    mounts = [{"name": "engine-cache", "mountPath": CACHE_MOUNT},
+              {"name": "work", "mountPath": WORK_MOUNT},
+              {"name": "dshm", "mountPath": "/dev/shm"},
+              {"name": "tmp", "mountPath": "/tmp"}]
+    if engine.spec.model_source.startswith("pvc://"):
+        claim = engine.spec.model_source.split("://", 1)[1].split("/", 1)[0]
+        volumes.append({"name": "model-source",
+                        "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "model-source", "mountPath": SOURCE_MOUNT, "readOnly": True})
+    resources = {"requests": {"cpu": "4", "memory": "32Gi", gpu_resource: str(build_gpus)},
+                 "limits": {gpu_resource: str(build_gpus)}}
+    runtime = {"name": "build", "image": RUNTIME_IMAGE, "imagePullPolicy": "IfNotPresent",
+               "command": ["kiln-runtime", "build"], "env": env, "volumeMounts": mounts,
+               "resources": resources, "securityContext": restricted_container_security()}
+    if engine.spec.server == ServerKind.DJL:
+        containers, init = _djl_build_containers(engine, runtime)
+    else:
+        containers, init = [runtime], []
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": restricted_pod_security(),
+        "automountServiceAccountToken": False,
+        "containers": containers,
+        "volumes": volumes,
+        **gpu_scheduling(gpu, gpu_resource),
+    }
+    if init:
+        pod_spec["initContainers"] = init
+    job_labels = {**labels(instance, "engine-build"), LABEL_ENGINE: engine.name}
+    metadata: dict[str, Any] = {"name": child_name(engine.name, "build"), "namespace": namespace,
+                                "labels": job_labels}
+    if owner_uid:
+        metadata["ownerReferences"] = [owner_reference(API_VERSION, "LLMService", instance, owner_uid)]
+    return stamp({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": BUILD_BACKOFF_LIMIT,
+            "ttlSecondsAfterFinished": BUILD_TTL_SECONDS,
+            "activeDeadlineSeconds": BUILD_DEADLINE_SECONDS,
+            "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod_spec},
+        },
+    })
+
+
+def _djl_build_containers(engine: Engine, runtime: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """DJL engines are built by DJL's own partition script, with the TensorRT-LLM it loads.
+
+    kiln-runtime prepares (download + serving.properties) in an init container; the DJL image
+    partitions into a staging directory that is renamed into the cache only when complete.
+    """
+    prepare = {**runtime, "name": "prepare",
+               "command": ["kiln-runtime", "build", "--stage", "prepare-djl"],
+               "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}
+    staging = f"{CACHE_MOUNT}/.staging-{engine.key}"
+    final = f"{CACHE_MOUNT}/{engine.key}"
+    partition = [
+        "python3", DJL_PARTITION_SCRIPT,
+        "--properties_dir", f"{WORK_MOUNT}/properties",
+        "--trt_llm_model_repo", staging,
+        "--tensor_parallel_degree", str(engine.spec.tensor_parallel),
+        "--pipeline_parallel_degree", str(engine.spec.pipeline_parallel),
+        "--model_path", f"{WORK_MOUNT}/model",
+    ]
+    script = (f"set -e; rm -rf {staging}; {shlex.join(partition)}; "
+              f"test -e {final} || mv {staging} {final}")
+    build = {**runtime, "image": DJL_IMAGE, "command": ["/bin/sh", "-c", script],
+             "env": [e for e in runtime["env"] if e["name"] != BUILD_SPEC_ENV]}
+    return [build], [prepare]

@@ -1,0 +1,79 @@
+"""Names, labels, owner references and the spec-hash annotation shared by every object."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+__all__ = [
+    "MANAGED_BY",
+    "FIELD_MANAGER",
+    "SPEC_HASH_ANNOTATION",
+    "ENGINE_KEY_ANNOTATION",
+    "LABEL_NAME",
+    "LABEL_INSTANCE",
+    "LABEL_COMPONENT",
+    "LABEL_MANAGED_BY",
+    "LABEL_ENGINE",
+    "labels",
+    "selector",
+    "child_name",
+    "owner_reference",
+    "content_hash",
+    "stamp",
+]
+
+MANAGED_BY = "kiln"
+FIELD_MANAGER = "kiln"
+SPEC_HASH_ANNOTATION = "kiln.dev/spec-hash"
+ENGINE_KEY_ANNOTATION = "kiln.dev/engine-key"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_ENGINE = "kiln.dev/engine"
+_MAX_NAME = 63
+
+
+def labels(instance: str, component: str) -> dict[str, str]:
+    return {
+        LABEL_NAME: "kiln",
+        LABEL_INSTANCE: instance,
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def selector(instance: str, component: str) -> dict[str, str]:
+    """The stable subset of labels used in selectors (immutable on Deployments)."""
+    return {LABEL_INSTANCE: instance, LABEL_COMPONENT: component}
+
+
+def child_name(base: str, suffix: str, limit: int = _MAX_NAME) -> str:
+    """``{base}-{suffix}``, shortened with a hash so it fits ``limit`` characters."""
+    name = f"{base}-{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(base.encode()).hexdigest()[:6]
+    keep = limit - len(suffix) - len(digest) - 2
+    return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def content_hash(value: Any) -> str:
+    """sha256 of the canonical JSON of ``value``."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """Add the spec-hash annotation: a hash of everything Kiln sets but status and annotations."""
+    body = {k: v for k, v in obj.items() if k != "status"}
+    body["metadata"] = {k: v for k, v in obj.get("metadata", {}).items() if k != "annotations"}
+    annotations = obj.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[SPEC_HASH_ANNOTATION] = content_hash(body)[:16]
+    return obj

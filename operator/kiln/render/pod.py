@@ -1,0 +1,57 @@
+"""Pod pieces shared by the build Job and the serving workloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..planner import GPU
+
+__all__ = ["CACHE_MOUNT", "GPU_PRODUCT_LABEL", "restricted_pod_security",
+           "restricted_container_security", "gpu_scheduling", "secret_env", "shm_volume",
+           "tmp_volume"]
+
+CACHE_MOUNT = "/engines"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# The NGC Triton images ship the unprivileged user triton-server (uid 1000).
+NGC_UID = 1000
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    """Pod Security "restricted": non-root, RuntimeDefault seccomp."""
+    return {"runAsNonRoot": True, "runAsUser": NGC_UID, "runAsGroup": NGC_UID,
+            "fsGroup": NGC_UID, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """No privilege escalation, no capabilities.
+
+    The root filesystem stays writable: TensorRT-LLM and Triton's Python backend write
+    caches and stubs under their install directories, so this is the one documented
+    exception to the restricted profile.
+    """
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": False, "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def gpu_scheduling(gpu: GPU, resource: str) -> dict[str, Any]:
+    """Node selection for the GPU model (GPU feature discovery label) and the GPU taint."""
+    out: dict[str, Any] = {"tolerations": [{"key": resource, "operator": "Exists",
+                                            "effect": "NoSchedule"}]}
+    if gpu.product_label != gpu.name:
+        out["nodeSelector"] = {GPU_PRODUCT_LABEL: gpu.product_label}
+    return out
+
+
+def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    """An env var read from a Secret: credentials never appear in the object itself."""
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def shm_volume(size: str) -> dict[str, Any]:
+    """/dev/shm for NCCL and MPI between ranks, and Triton's Python backend."""
+    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+
+
+def tmp_volume() -> dict[str, Any]:
+    return {"name": "tmp", "emptyDir": {}}

@@ -1,0 +1,31 @@
+"""Every image and toolchain version Kiln renders, in one place.
+
+The TensorRT engine path (``convert_checkpoint.py``/``quantize.py`` -> ``trtllm-build`` ->
+Triton's ``tensorrtllm`` backend) exists up to TensorRT-LLM 1.2.1 and was removed after it;
+Triton 26.04-26.07 ``trtllm-python-py3`` images ship 1.2.1. The Kiln runtime image is built
+``FROM`` the Triton image (``runtime/Dockerfile``) and adds ``kiln-runtime``.
+
+DJL Serving's newest TensorRT-LLM LMI image holds TensorRT-LLM 0.21, so DJL engines are built
+by that image's own partition script: an engine is only loadable by the version that built it,
+and the toolchain is part of the engine key.
+"""
+
+from __future__ import annotations
+
+from . import __version__
+
+__all__ = ["TRTLLM_VERSION", "TRITON_IMAGE", "RUNTIME_IMAGE", "DJL_IMAGE", "DJL_TRTLLM_VERSION",
+           "DJL_PARTITION_SCRIPT", "toolchain_for"]
+
+TRTLLM_VERSION = "1.2.1"
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
+RUNTIME_IMAGE = f"ghcr.io/kiln-serving/kiln-runtime:{__version__}-trtllm{TRTLLM_VERSION}"
+
+DJL_IMAGE = "deepjavalibrary/djl-serving:0.33.0-tensorrt-llm"
+DJL_TRTLLM_VERSION = "0.21.0"
+DJL_PARTITION_SCRIPT = "/opt/djl/partition/trt_llm_partition.py"
+
+
+def toolchain_for(server: str) -> str:
+    """The TensorRT-LLM version that builds and loads engines for a server kind."""
+    return f"tensorrt-llm=={DJL_TRTLLM_VERSION if server == 'djl' else TRTLLM_VERSION}"
