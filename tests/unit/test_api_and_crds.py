@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from kiln.api import parse_service_manifest, parse_service_spec
+from kiln.api.crd import crds
+from kiln.errors import SpecInvalid
+
+from ..conftest import EXAMPLES, ROOT
+
+
+def test_crds_dir_matches_generator(tmp_path):
+    subprocess.run([sys.executable, "-m", "kiln.cli", "crds", "-o", str(tmp_path)], check=True)
+    for generated in tmp_path.iterdir():
+        assert (ROOT / "crds" / generated.name).read_text() == generated.read_text(), \
+            f"crds/{generated.name} is stale: run `kiln crds -o crds`"
+
+
+@pytest.mark.parametrize("crd", crds(), ids=lambda c: c["metadata"]["name"])
+def test_crd_is_valid_apiextensions_v1(crd):
+    kubernetes_validate.validate(crd, "1.33", strict=True)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_validates_against_generated_schema(path):
+    schema = crds()[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for doc in yaml.safe_load_all(path.read_text()):
+        # OpenAPI v3.0 schemas use draft-4 semantics (boolean exclusiveMinimum).
+        jsonschema.Draft4Validator(schema).validate(doc)
+        parse_service_manifest(doc)
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"model": {"source": "hf://a/b"}, "precision": "fp9"}, "spec.precision:"),
+    ({"model": {"source": "hf://a/b"}, "gpus": 8, "parallelism": {"tensor": 3, "pipeline": 1}},
+     "spec.parallelism"),
+    ({"model": {"source": "hf://a/b"}, "bogus": 1}, "spec.bogus: unknown field"),
+    ({"model": {"source": "hf://a/b"}, "gpus": -1}, "spec.gpus:"),
+    ({}, "spec.model: required field is missing"),
+    ({"model": {"source": "pvc://claim/../etc"}}, "spec.model.source:"),
+    ({"model": {"source": "https://user:pw@host/x"}}, "spec.model.source:"),
+])
+def test_invalid_specs_name_the_field(spec, field):
+    with pytest.raises(SpecInvalid) as error:
+        parse_service_spec(spec)
+    assert error.value.message.startswith(field)
+    assert "\n" not in error.value.message

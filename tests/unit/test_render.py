@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kiln.api import parse_service_spec
+from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
+from kiln.render import ServiceRef, engine_for, render
+
+from ..conftest import EXAMPLES, ROOT
+
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def _kiln(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_render_example_is_valid_and_golden(path, request):
+    result = _kiln("render", "-f", str(path), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    objects = json.loads(result.stdout)["items"]
+    for obj in objects:
+        if obj["kind"] != "LLMEngine":
+            kubernetes_validate.validate(obj, "1.33", strict=True)
+        assert len(obj["metadata"]["name"]) <= 63
+    golden = GOLDEN / f"{path.stem}.yaml"
+    text = yaml.safe_dump_all(objects, sort_keys=True)
+    if request.config.getoption("--update-golden"):
+        golden.write_text(text)
+    assert golden.read_text() == text, "render changed: rerun with --update-golden and review"
+
+
+@pytest.mark.parametrize("manifest, fragment", [
+    ("spec: {model: {source: hf://a/b}, precision: fp9}", "spec.precision"),
+    ("spec: {model: {source: hf://a/b}, gpus: 8, parallelism: {tensor: 3, pipeline: 1}}", "spec.parallelism"),
+    ("spec: {model: {source: hf://a/b}, extra: 1}", "spec.extra: unknown field"),
+    ("spec: {model: {source: hf://a/b}, gpus: -2}", "spec.gpus"),
+    ("spec: {precision: fp8}", "spec.model: required"),
+])
+def test_render_rejects_bad_manifests(tmp_path, manifest, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text("apiVersion: serving.kiln.dev/v1alpha1\nkind: LLMService\n"
+                    "metadata: {name: bad}\n" + manifest + "\n")
+    result = _kiln("render", "-f", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _engine(**changes):
+    spec = {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "precision": "fp8", **changes}
+    parsed = parse_service_spec(spec)
+    gpu = lookup_gpu(parsed.gpu.type, parsed.gpu.memory_gi_b)
+    result = plan(ModelConfig.from_hf(catalog_config("meta-llama/Llama-3.1-8B-Instruct")), parsed, gpu)
+    return engine_for(parsed, result, gpu, "llm").key
+
+
+@pytest.mark.parametrize("change, rebuilds", [
+    ({"replicas": 3}, False),
+    ({"engine": {"kvCacheFreeGpuMemFraction": 0.8}}, False),
+    ({"autoscaling": {"mode": "builtin", "maxReplicas": 4}}, False),
+    ({"precision": "bf16"}, True),
+    ({"kvCacheDtype": "bf16"}, True),
+    ({"engine": {"maxSeqLen": 16384}}, True),
+    ({"gpus": 2}, True),
+    ({"gpu": {"type": "L40S"}}, True),
+    ({"runtime": {"server": "djl"}}, True),
+])
+def test_engine_key_changes_iff_engine_bytes_change(change, rebuilds):
+    assert (_engine(**change) != _engine()) is rebuilds
+
+
+def test_render_is_deterministic_and_owned():
+    spec = parse_service_spec({"model": {"source": "hf://mistralai/Mistral-7B-Instruct-v0.3"}})
+    gpu = lookup_gpu("H100-80GB")
+    result = plan(ModelConfig.from_hf(catalog_config("mistralai/Mistral-7B-Instruct-v0.3")), spec, gpu)
+    a = render(ServiceRef("m", "llm", "uid-1"), spec, result, gpu).objects()
+    b = render(ServiceRef("m", "llm", "uid-1"), spec, result, gpu).objects()
+    assert a == b
+    for obj in a[1:]:
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kiln"
