@@ -6,7 +6,6 @@ import asyncio
 import base64
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,14 +32,6 @@ def load_manifests(directory: Path) -> list[dict[str, Any]]:
     for path in sorted(directory.glob("*.yaml")):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
-
-
-def _age(created: str | None) -> str:
-    if not created:
-        return "-"
-    seconds = max(0, int(time.time() - time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
-                         + time.timezone * 0))
-    return f"{seconds}s"
 
 
 def table(services: list[dict[str, Any]]) -> str:
