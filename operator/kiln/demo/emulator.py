@@ -4,7 +4,10 @@ kmock 0.8's ``KubernetesEmulator`` stores objects as plain dicts. A real API ser
 (1) creates objects on server-side apply, (2) keeps ``status`` apart from the rest behind the
 ``/status`` subresource, (3) sets ``uid``, ``resourceVersion``, ``generation`` and
 ``creationTimestamp``, (4) sends no watch event for a no-op write, and (5) garbage-collects
-dependents through ``ownerReferences``. This subclass adds exactly those. It does *not*
+dependents through ``ownerReferences``, and (6) resumes a watch from the ``resourceVersion`` a
+list returned instead of replaying every object (kmock's list says ``"..."`` and its watch replays
+all objects as ADDED; kopf lists, then watches, so it would see each object twice and stall on a
+stale ``resourceVersion`` after adding its finalizer). This subclass adds exactly those. It does *not*
 validate schemas or CEL rules (tests check those against the generated CRDs separately),
 and server-side apply here replaces each top-level field Kiln sends, which equals the real
 merge only because Kiln is the sole manager of every field it applies.
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import itertools
 import json
 import uuid
 from typing import Any
@@ -71,7 +73,10 @@ def _merge_patch(target: Any, patch: Any) -> Any:
 class KilnEmulator(KubernetesEmulator):
     """kmock's emulator with apply-creates, a status subresource, object meta and owner GC."""
 
-    _versions: itertools.count = attrs.field(factory=lambda: itertools.count(1), init=False)  # type: ignore[type-arg]
+    _last_version: int = attrs.field(default=0, init=False)
+    # Every event per resource with the resourceVersion it was sent at, so that a watch can
+    # resume where a list left off. The demo and the tests are short: it is not trimmed.
+    _history: dict[Any, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -84,18 +89,45 @@ class KilnEmulator(KubernetesEmulator):
                 await self._mutate(request)
         return await KubernetesScaffold._handle(self, request)
 
+    def history(self, plural: str) -> list[tuple[int, dict[str, Any]]]:
+        """Every event sent for a resource, with its resourceVersion (for tests and the demo)."""
+        return [item for res, events in self._history.items() if res.plural == plural
+                for item in events]
+
+    def _next_version(self) -> str:
+        self._last_version += 1
+        return str(self._last_version)
+
+    def _current(self, request: Any) -> list[dict[str, Any]]:
+        return [obj.raw for (res, ns, _), obj in self._objects.items()
+                if res == request.resource and not obj.deleted
+                and (request.namespace is None or ns == request.namespace)]
+
+    async def _serve_list(self, request: Any) -> Any:
+        """A list with a real ``resourceVersion`` to watch from."""
+        await super()._serve_list(request)  # 404 for unknown resources
+        async with self._lock:
+            return {"metadata": {"resourceVersion": str(self._last_version)},
+                    "items": self._current(request)}
+
     async def _serve_watch(self, request: Any) -> Any:
-        """Mark the event bus *before* listing, so no event falls between the replay of the
-        current objects and the live stream (kmock subscribes after listing)."""
+        """From a ``resourceVersion``: the events after it. Without one: every current object
+        as ADDED. Then the live events. The bus is marked under the same lock as the replay,
+        so no event falls in between (kmock subscribes after listing)."""
         yield b""
         bus = self._buses[request.resource]
+        since = request.params.get("resourceVersion", "")
         async with self._lock:
             mark = await bus.mark()
-            current = [obj.raw for (res, ns, _), obj in self._objects.items()
-                       if res == request.resource and not obj.deleted
-                       and (request.namespace is None or ns == request.namespace)]
-        for raw in current:
-            yield {"type": "ADDED", "object": raw}
+            if since.isdigit() and int(since) > 0:
+                replay = [event for version, event in self._history.get(request.resource, [])
+                          if version > int(since)]
+            else:
+                replay = [{"type": "ADDED", "object": raw} for raw in self._current(request)]
+        for event in replay:
+            namespace = event["object"].get("metadata", {}).get("namespace")
+            if request.namespace is None or namespace == request.namespace:
+                yield event
         try:
             async for event in bus.stream(mark):
                 namespace = event.get("object", {}).get("metadata", {}).get("namespace")
@@ -113,7 +145,7 @@ class KilnEmulator(KubernetesEmulator):
         meta = obj.setdefault("metadata", {})
         meta["uid"] = str(uuid.uuid4())
         meta["generation"] = 1
-        meta["resourceVersion"] = str(next(self._versions))
+        meta["resourceVersion"] = self._next_version()
         meta["creationTimestamp"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return obj
 
@@ -183,7 +215,7 @@ class KilnEmulator(KubernetesEmulator):
             {k: v for k, v in current.items() if k not in ("metadata", "status")}
         if spec_changed:
             meta["generation"] = int(meta.get("generation", 1)) + 1
-        meta["resourceVersion"] = str(next(self._versions))
+        meta["resourceVersion"] = self._next_version()
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             await self._delete(key)
             return
@@ -200,7 +232,13 @@ class KilnEmulator(KubernetesEmulator):
             self._objects[key].create(obj)
         else:
             self._objects[key] = obj
-        await self._buses[key[0]].put({"type": event, "object": json.loads(json.dumps(obj))})
+        await self._publish(key[0], event, obj)
+
+    async def _publish(self, resource: Any, event: str, obj: dict[str, Any]) -> None:
+        message = {"type": event, "object": json.loads(json.dumps(obj))}
+        self._history.setdefault(resource, []).append(
+            (int(obj["metadata"]["resourceVersion"]), message))
+        await self._buses[resource].put(message)
 
     async def _delete(self, key: Any) -> None:
         obj = self._objects[key]
@@ -209,12 +247,13 @@ class KilnEmulator(KubernetesEmulator):
             if not meta.get("deletionTimestamp"):
                 now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 updated = _merge_patch(obj.raw, {"metadata": {"deletionTimestamp": now}})
-                updated["metadata"]["resourceVersion"] = str(next(self._versions))
+                updated["metadata"]["resourceVersion"] = self._next_version()
                 await self._store(key, updated, "MODIFIED")
             return
-        raw = obj.raw
+        raw = copy.deepcopy(obj.raw)
+        raw.setdefault("metadata", {})["resourceVersion"] = self._next_version()
         obj.delete()
-        await self._buses[key[0]].put({"type": "DELETED", "object": raw})
+        await self._publish(key[0], "DELETED", raw)
         await self._collect_dependents(meta.get("uid"))
 
     async def _collect_dependents(self, uid: str | None) -> None:

@@ -1,0 +1,158 @@
+"""A whole simulated cluster in one process: API emulator, GPU nodes, kubelet and the operator.
+
+``kiln demo`` and the integration tests both run on it. The operator is the real one (kopf,
+the handlers, the reconcile, server-side apply over HTTP); what stands in for a cluster is
+named in :mod:`kiln.demo.emulator` and :mod:`kiln.demo.kubelet`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from kmock import Server, resource
+
+from ..api import API_VERSION
+from ..api.crd import crds
+from ..controller.handlers import OperatorContext
+from ..controller.kube import KINDS, KubeApi
+from ..controller.models import ModelResolver
+from ..controller.operator import run_operator
+from .emulator import KilnEmulator
+from .kubelet import SimulatedCluster
+
+__all__ = ["Sandbox"]
+
+
+class Sandbox:
+    """Use as ``async with Sandbox() as sb``; then ``await sb.start_operator()``."""
+
+    def __init__(self, *, build_seconds: float = 1.0, start_seconds: float = 0.5,
+                 retry_delay: float = 0.5, on_event: Callable[[str], None] | None = None,
+                 fail_builds: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        self.emulator = KilnEmulator()
+        self._server = Server(self.emulator)
+        self._build_seconds = build_seconds
+        self._start_seconds = start_seconds
+        self._retry_delay = retry_delay
+        self._on_event = on_event
+        self._fail_builds = fail_builds
+        self._operator: tuple[asyncio.Task[None], asyncio.Event] | None = None
+        self._kubelet: tuple[asyncio.Task[None], asyncio.Event] | None = None
+        self.url = ""
+        self.api: KubeApi
+
+    async def __aenter__(self) -> Sandbox:
+        await self.emulator.__aenter__()
+        await self._server.__aenter__()
+        self.url = str(self._server.url).rstrip("/")
+        self.api = KubeApi.for_url(self.url)
+        self.cluster = SimulatedCluster(self.emulator, self.api, build_seconds=self._build_seconds,
+                                        start_seconds=self._start_seconds,
+                                        fail_builds=self._fail_builds, on_event=self._on_event)
+        self.cluster.add_nodes()
+        for crd in crds():
+            await self.create(crd)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop_operator()
+        await self.stop_kubelet()
+        await self.api.close()
+        await self._server.__aexit__(*exc)
+        await self.emulator.__aexit__(*exc)
+
+    # --- the cluster ------------------------------------------------------------------
+
+    def add_namespace(self, name: str) -> None:
+        # kmock cannot route POST /api/v1/namespaces: seed the object directly.
+        self.emulator.objects[resource("v1/namespaces"), None, name] = {
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+    async def add_secret(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        await self.create({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST an object as ``kubectl create`` would."""
+        api_version, kind = obj["apiVersion"], obj["kind"]
+        namespace = obj["metadata"].get("namespace")
+        if kind == "CustomResourceDefinition":
+            path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        elif kind == "LLMService":
+            namespace = namespace or "default"
+            obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
+            path = f"/apis/{API_VERSION}/namespaces/{namespace}/llmservices"
+        else:
+            path = KINDS[(api_version, kind)].path(namespace)
+        async with self._server.client.post(path, json=obj) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"creating {kind} {obj['metadata']['name']}: "
+                                   f"{response.status} {await response.text()}")
+            return await response.json()  # type: ignore[no-any-return]
+
+    async def patch_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """A merge patch of an LLMService's spec, as ``kubectl patch --type=merge`` sends."""
+        path = f"/apis/{API_VERSION}/namespaces/{namespace}/llmservices/{name}"
+        async with self._server.client.patch(path, json={"spec": spec}, headers={
+                "Content-Type": "application/merge-patch+json"}) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"patching {name}: {response.status} {await response.text()}")
+
+    def objects(self, plural: str) -> list[dict[str, Any]]:
+        """Live objects of a kind, sorted by namespace and name."""
+        return sorted((obj.raw for (res, _, _), obj in list(self.emulator.objects.items())
+                       if res.plural == plural and not obj.deleted),
+                      key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
+
+    def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        for obj in self.objects(plural):
+            if obj["metadata"]["name"] == name and obj["metadata"].get("namespace") == namespace:
+                return obj
+        return None
+
+    def events(self, plural: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every watch event the API server sent for a kind: (type, object)."""
+        return [(e["type"], e["object"]) for _, e in self.emulator.history(plural)]
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0,
+                       what: str = "condition") -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            value = predicate()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+    # --- the moving parts ---------------------------------------------------------------
+
+    async def start_operator(self) -> None:
+        ctx = OperatorContext(api=self.api, models=ModelResolver(allow_download=False),
+                              login_url=self.url, max_retry_delay=self._retry_delay)
+        stop = asyncio.Event()
+        self._operator = (asyncio.create_task(run_operator(ctx, stop)), stop)
+
+    async def stop_operator(self) -> None:
+        if self._operator is not None:
+            task, stop = self._operator
+            self._operator = None
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=10)
+
+    def start_kubelet(self) -> None:
+        stop = asyncio.Event()
+        self._kubelet = (asyncio.create_task(self.cluster.run(stop)), stop)
+
+    async def stop_kubelet(self) -> None:
+        if self._kubelet is not None:
+            task, stop = self._kubelet
+            self._kubelet = None
+            stop.set()
+            await task
