@@ -153,7 +153,10 @@ class KilnEmulator(KubernetesEmulator):
         resource = request.resource
         body = self._body(request)
         if request.action == action.CREATE:
-            name = body.get("metadata", {}).get("name")
+            meta = body.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            name = meta.get("name")
             namespace = request.namespace or body.get("metadata", {}).get("namespace")
             key = (resource, namespace, name)
             if key in self._objects and not self._objects[key].deleted:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +40,8 @@ class Sandbox:
         self._retry_delay = retry_delay
         self._on_event = on_event
         self._fail_builds = fail_builds
-        self._operator: tuple[asyncio.Task[None], asyncio.Event] | None = None
+        self._operator: tuple[threading.Thread, threading.Event] | None = None
+        self.operator_error: BaseException | None = None
         self._kubelet: tuple[asyncio.Task[None], asyncio.Event] | None = None
         self.url = ""
         self.api: KubeApi
@@ -133,18 +134,38 @@ class Sandbox:
     # --- the moving parts ---------------------------------------------------------------
 
     async def start_operator(self) -> None:
-        ctx = OperatorContext(api=self.api, models=ModelResolver(allow_download=False),
-                              login_url=self.url, max_retry_delay=self._retry_delay)
-        stop = asyncio.Event()
-        self._operator = (asyncio.create_task(run_operator(ctx, stop)), stop)
+        """Start the operator in its own thread and event loop, as it runs in its own pod.
+
+        kopf treats every task created in its loop after startup as its own and cancels them
+        when it stops; sharing the loop with the emulator's connection handlers would tear
+        those down with it.
+        """
+        stop = threading.Event()
+        thread = threading.Thread(target=self._run_operator, args=(stop,), name="kiln-operator",
+                                  daemon=True)
+        thread.start()
+        self._operator = (thread, stop)
+
+    def _run_operator(self, stop: threading.Event) -> None:
+        async def main() -> None:
+            api = KubeApi.for_url(self.url)
+            ctx = OperatorContext(api=api, models=ModelResolver(allow_download=False),
+                                  login_url=self.url, max_retry_delay=self._retry_delay)
+            try:
+                await run_operator(ctx, stop)
+            finally:
+                await api.close()
+        try:
+            asyncio.run(main())
+        except BaseException as error:  # reported by stop_operator()
+            self.operator_error = error
 
     async def stop_operator(self) -> None:
         if self._operator is not None:
-            task, stop = self._operator
+            thread, stop = self._operator
             self._operator = None
             stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=10)
+            await asyncio.to_thread(thread.join, 30)
 
     def start_kubelet(self) -> None:
         stop = asyncio.Event()

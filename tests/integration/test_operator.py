@@ -1,0 +1,189 @@
+"""The real operator (kopf + handlers + reconcile) against the API emulator.
+
+What the emulator stands in for is listed in kiln/demo/emulator.py. It does not validate
+schemas or CEL rules: the invalid-spec cases below reach the operator here, where on a real
+cluster most would already be refused by the CRD (tests/unit checks those rules). The
+operator must still handle them, because an older CRD or a disabled validation lets them in.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kiln.controller.conditions import get_condition, is_true
+from kiln.demo.sandbox import Sandbox
+from kiln.render.meta import ENGINE_KEY_ANNOTATION
+
+from ..conftest import ROOT
+
+NS = "llm"
+MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
+
+
+def _conditions(obj):
+    return (obj.get("status") or {}).get("conditions", [])
+
+
+def _service(sb, name="mistral-7b"):
+    return sb.get("llmservices", name, NS)
+
+
+def _ready(sb, name="mistral-7b"):
+    svc = _service(sb, name)
+    return svc is not None and is_true(_conditions(svc), "Ready")
+
+
+@pytest.fixture
+async def sandbox():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        yield sb
+
+
+async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
+    sb = sandbox
+    await sb.start_operator()
+    await sb.create(copy.deepcopy(MISTRAL))
+
+    jobs = await sb.wait_for(lambda: sb.objects("jobs"), what="the build Job")
+    assert len(jobs) == 1
+    svc = await sb.wait_for(
+        lambda: (s := _service(sb)) and get_condition(_conditions(s), "EngineReady") and s,
+        what="EngineReady condition")
+    engine_ready = get_condition(_conditions(svc), "EngineReady")
+    assert engine_ready["status"] == "False" and engine_ready["reason"] == "EngineBuilding"
+    assert get_condition(_conditions(svc), "Reconciling")["status"] == "True"
+    assert sb.objects("deployments") == [], "nothing is deployed before the engine is built"
+
+    sb.start_kubelet()  # completes the Job, then marks the pods ready
+    await sb.wait_for(lambda: _ready(sb), what="Ready=True")
+    svc = _service(sb)
+    status = svc["status"]
+    assert status["observedGeneration"] == svc["metadata"]["generation"]
+    assert is_true(status["conditions"], "EngineReady")
+    assert get_condition(status["conditions"], "Stalled")["status"] == "False"
+    assert get_condition(status["conditions"], "Reconciling")["status"] == "False"
+    assert status["endpoint"] == "http://mistral-7b-server.llm.svc:8000"
+    assert status["plan"]["fits"] is True and status["tpPp"] == "1x1"
+    assert status["readyReplicas"] == 1
+    [deployment] = sb.objects("deployments")
+    [engine] = sb.objects("llmengines")
+    assert deployment["metadata"]["annotations"][ENGINE_KEY_ANNOTATION] == engine["spec"]["key"]
+    assert is_true(_conditions(engine), "Ready")
+    assert [s["metadata"]["name"] for s in sb.objects("services")] == ["mistral-7b-server"]
+    reasons = [e["reason"] for _, e in sb.events("events") if e.get("reason")]
+    assert "BuildStarted" in reasons and "BuildSucceeded" in reasons
+
+
+async def test_spec_change_rebuilds_and_rolls_only_after_the_new_engine_is_ready(sandbox):
+    sb = sandbox
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(MISTRAL))
+    await sb.wait_for(lambda: _ready(sb), what="first Ready")
+    [old_engine] = sb.objects("llmengines")
+    old_key = old_engine["spec"]["key"]
+
+    await sb.stop_kubelet()  # hold the new build
+    await sb.patch_spec(NS, "mistral-7b", {"precision": "fp8"})
+    await sb.wait_for(lambda: len(sb.objects("jobs")) == 2, what="the second build Job")
+    svc = await sb.wait_for(
+        lambda: (s := _service(sb)) and s["status"].get("observedGeneration") == 2 and s,
+        what="generation 2 observed")
+    assert get_condition(_conditions(svc), "EngineReady")["reason"] == "EngineBuilding"
+    assert "previous engine keeps serving" in get_condition(_conditions(svc), "Ready")["message"]
+    [deployment] = sb.objects("deployments")
+    assert deployment["metadata"]["annotations"][ENGINE_KEY_ANNOTATION] == old_key
+
+    sb.start_kubelet()
+    await sb.wait_for(lambda: _ready(sb) and _service(sb)["status"]["engine"]["key"] != old_key,
+                      what="Ready on the new engine")
+    new_key = _service(sb)["status"]["engine"]["key"]
+    await sb.wait_for(lambda: sb.objects("deployments")[0]["metadata"]["annotations"]
+                      [ENGINE_KEY_ANNOTATION] == new_key, what="the rollout")
+    assert len(sb.objects("llmengines")) == 2  # the old engine stays cached
+
+
+async def test_restart_mid_build_creates_no_second_job(sandbox):
+    sb = sandbox
+    await sb.start_operator()
+    await sb.create(copy.deepcopy(MISTRAL))
+    await sb.wait_for(lambda: sb.objects("jobs"), what="the build Job")
+    await sb.wait_for(lambda: (s := _service(sb)) and get_condition(_conditions(s), "EngineReady"),
+                      what="status written")
+    await sb.stop_operator()
+
+    await sb.start_operator()  # resumes every object it finds
+    sb.start_kubelet()
+    await sb.wait_for(lambda: _ready(sb), what="Ready after the restart")
+    created = [o["metadata"]["name"] for t, o in sb.events("jobs") if t == "ADDED"]
+    assert len(created) == 1, created
+    assert len(sb.objects("llmengines")) == 1
+
+
+def _invalid(spec_change):
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["metadata"]["name"] = "bad"
+    spec = manifest["spec"]
+    for key, value in spec_change.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return manifest
+
+
+INVALID = {
+    "wrong-precision": ({"precision": "fp9"}, "spec.precision"),
+    "tp-times-pp": ({"gpus": 2, "parallelism": {"tensor": 4, "pipeline": 1}}, "spec.parallelism"),
+    "unknown-field": ({"replica": 2}, "spec.replica: unknown field"),
+    "negative-gpus": ({"gpus": -1}, "spec.gpus"),
+    "missing-source": ({"model": None}, "spec.model: required"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+async def test_invalid_spec_is_stalled_with_the_render_message_and_nothing_created(sandbox, tmp_path, case):
+    change, field = INVALID[case]
+    manifest = _invalid(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    cli = subprocess.run([sys.executable, "-m", "kiln", "render", "-f", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr
+    cli_message = cli.stderr.strip()
+    assert field in cli_message
+
+    sb = sandbox
+    await sb.start_operator()
+    await sb.create(manifest)
+    svc = await sb.wait_for(lambda: (s := _service(sb, "bad")) and
+                            get_condition(_conditions(s), "Stalled") and s, what="Stalled")
+    stalled = get_condition(_conditions(svc), "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "SpecInvalid"
+    assert stalled["message"] in cli_message  # the CLI may prefix the file name
+    assert get_condition(_conditions(svc), "Ready")["status"] == "False"
+    assert svc["status"]["observedGeneration"] == 1
+    for plural in ("jobs", "deployments", "services", "llmengines"):
+        assert sb.objects(plural) == [], plural
+    warnings = [e for _, e in sb.events("events") if e.get("type") == "Warning"]
+    assert any(field in e.get("message", "") for e in warnings)
+
+
+async def test_missing_secret_is_stalled_naming_the_secret(sandbox):
+    sb = sandbox
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["spec"]["model"]["credentials"] = {"secretName": "hf-token"}
+    await sb.start_operator()
+    await sb.create(manifest)
+    svc = await sb.wait_for(lambda: (s := _service(sb)) and
+                            get_condition(_conditions(s), "Stalled") and s, what="Stalled")
+    stalled = get_condition(_conditions(svc), "Stalled")
+    assert stalled["reason"] == "MissingDependency"
+    assert "spec.model.credentials.secretName" in stalled["message"] and "llm/hf-token" in stalled["message"]
+    assert sb.objects("jobs") == []
