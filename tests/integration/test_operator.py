@@ -8,6 +8,7 @@ operator must still handle them, because an older CRD or a disabled validation l
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import subprocess
 import sys
@@ -78,6 +79,11 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     assert [s["metadata"]["name"] for s in sb.objects("services")] == ["mistral-7b-server"]
     reasons = [e["reason"] for _, e in sb.events("events") if e.get("reason")]
     assert "BuildStarted" in reasons and "BuildSucceeded" in reasons
+
+    # Steady state: nothing changes, so nothing is written (the resync tick is 30 s away).
+    before = len(sb.emulator.history("llmservices")) + len(sb.emulator.history("deployments"))
+    await asyncio.sleep(1.5)
+    assert len(sb.emulator.history("llmservices")) + len(sb.emulator.history("deployments")) == before
 
 
 async def test_spec_change_rebuilds_and_rolls_only_after_the_new_engine_is_ready(sandbox):

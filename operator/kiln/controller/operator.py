@@ -26,9 +26,10 @@ async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threadin
     )
 
 
-async def run_against_kubeconfig(namespaces: list[str] | None = None) -> None:
+async def run_against_kubeconfig(namespaces: list[str] | None = None,
+                                 stop_flag: asyncio.Event | threading.Event | None = None) -> None:
     api = await KubeApi.from_kubeconfig()
     try:
-        await run_operator(OperatorContext(api=api), asyncio.Event(), namespaces)
+        await run_operator(OperatorContext(api=api), stop_flag or asyncio.Event(), namespaces)
     finally:
         await api.close()

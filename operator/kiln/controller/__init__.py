@@ -1,0 +1,1 @@
+"""The kopf operator: thin handlers around one idempotent reconcile per kind."""
