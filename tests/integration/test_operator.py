@@ -77,8 +77,8 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     assert deployment["metadata"]["annotations"][ENGINE_KEY_ANNOTATION] == engine["spec"]["key"]
     assert is_true(_conditions(engine), "Ready")
     assert [s["metadata"]["name"] for s in sb.objects("services")] == ["mistral-7b-server"]
-    reasons = [e["reason"] for _, e in sb.events("events") if e.get("reason")]
-    assert "BuildStarted" in reasons and "BuildSucceeded" in reasons
+    await sb.wait_for(lambda: {"BuildStarted", "BuildSucceeded"} <= {
+        e.get("reason") for _, e in sb.events("events")}, what="the build Events")
 
     # Steady state: nothing changes, so nothing is written (the resync tick is 30 s away).
     before = len(sb.emulator.history("llmservices")) + len(sb.emulator.history("deployments"))
@@ -177,8 +177,9 @@ async def test_invalid_spec_is_stalled_with_the_render_message_and_nothing_creat
     assert svc["status"]["observedGeneration"] == 1
     for plural in ("jobs", "deployments", "services", "llmengines"):
         assert sb.objects(plural) == [], plural
-    warnings = [e for _, e in sb.events("events") if e.get("type") == "Warning"]
-    assert any(field in e.get("message", "") for e in warnings)
+    # kopf posts Events from a background queue: they may trail the status.
+    await sb.wait_for(lambda: any(e.get("type") == "Warning" and field in e.get("message", "")
+                                  for _, e in sb.events("events")), what="the Warning Event")
 
 
 async def test_missing_secret_is_stalled_naming_the_secret(sandbox):

@@ -205,7 +205,8 @@ def _djl_build_containers(engine: Engine, runtime: dict[str, Any]) -> tuple[list
     partitions into a staging directory that is renamed into the cache only when complete.
     """
     prepare = {**runtime, "name": "prepare",
-               "command": ["kiln-runtime", "build", "--stage", "prepare-djl"],
+               "command": ["kiln-runtime", "djl-properties", "--download",
+                           "--out", f"{WORK_MOUNT}/properties"],
                "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}
     staging = f"{CACHE_MOUNT}/.staging-{engine.key}"
     final = f"{CACHE_MOUNT}/{engine.key}"

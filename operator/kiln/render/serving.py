@@ -65,8 +65,11 @@ def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[
                                      separators=(",", ":"))}],
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"}
                   for name, port in PORTS.items()],
-        # Loading an engine takes minutes: the startup probe allows 30 of them.
-        "startupProbe": _probe("/v2/health/ready", "http", 10, 180),
+        # Loading an engine takes minutes: the startup probe allows 30 of them, and passes
+        # only once one real generation comes back through the ensemble.
+        "startupProbe": {"exec": {"command": ["kiln-runtime", "smoke", "--url",
+                                              f"localhost:{PORTS['grpc']}", "--max-tokens", "2"]},
+                         "periodSeconds": 15, "failureThreshold": 120, "timeoutSeconds": 60},
         "readinessProbe": _probe("/v2/health/ready", "http", 5, 3),
         "livenessProbe": _probe("/v2/health/live", "http", 10, 6),
         # Readiness drops first, then in-flight generations get time to finish.

@@ -1,0 +1,132 @@
+"""``kiln-runtime build``: resolve → download → checkpoint → trtllm-build → verify → publish.
+
+Each step is logged as ``[i/n] name`` with its command line, streamed output and timing.
+Failures remove the staging directory (the cache never holds a partial entry), exit 1 and
+name the step; the summary goes to the termination-message file either way, so the operator
+can show engine size and build time without reading logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import cache, source, toolchain
+from .errors import StepFailed
+from .spec import BuildSpec
+from .steps import Layout, Step, check_model, plan_steps
+
+__all__ = ["dry_run", "run_build", "termination_log_path"]
+
+
+def termination_log_path() -> Path | None:
+    configured = os.environ.get("KILN_TERMINATION_LOG")
+    if configured:
+        return Path(configured)
+    default = Path("/dev/termination-log")
+    return default if default.exists() else None
+
+
+def report(summary: dict[str, Any]) -> None:
+    path = termination_log_path()
+    if path is not None:
+        # The kubelet keeps at most 4096 bytes of it.
+        path.write_text(json.dumps(summary, sort_keys=True)[:4096])
+
+
+def dry_run(spec: BuildSpec, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The steps a build would run. Reads the model's config.json (unless given) to check the
+    model; touches nothing else."""
+    architecture = check_model(spec, config if config is not None else
+                               source.read_config(spec.source, spec.revision))
+    return {"engineKey": spec.engine_key, "architecture": architecture,
+            "steps": [step.wire() for step in plan_steps(spec, architecture)]}
+
+
+def _log(out: TextIO, message: str) -> None:
+    print(message, file=out, flush=True)
+
+
+def _run_child(step: Step, out: TextIO) -> None:
+    try:
+        process = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, bufsize=1)
+    except OSError as error:
+        raise StepFailed(step.name, f"cannot start {step.argv[0]}: {error.strerror}") from None
+    assert process.stdout is not None
+    tail: list[str] = []
+    for line in process.stdout:
+        _log(out, f"  | {line.rstrip()}")
+        tail = (tail + [line.rstrip()])[-5:]
+    process.stdout.close()
+    code = process.wait()
+    if code != 0:
+        last = f"; last output: {tail[-1]}" if tail else ""
+        raise StepFailed(step.name, f"{os.path.basename(step.argv[0])} exited with {code}{last}")
+
+
+def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
+    """Build (or reuse) the engine; returns the summary also written to the termination log."""
+    layout = Layout(spec)
+    started = time.monotonic()
+    existing = cache.complete_entry(spec.cache_dir, spec.engine_key)
+    if existing is not None:
+        _log(out, f"engine {spec.engine_key[:12]} is already in the cache: reusing it")
+        summary = {"engineKey": spec.engine_key, "result": "reused",
+                   "engineBytes": existing.get("engineBytes"), "buildSeconds": 0}
+        report(summary)
+        return summary
+    _log(out, f"[resolve] {spec.source}@{spec.revision}: reading config.json")
+    architecture = check_model(spec, source.read_config(spec.source, spec.revision))
+    steps = plan_steps(spec, architecture)
+    with cache.build_lock(layout.lock):
+        existing = cache.complete_entry(spec.cache_dir, spec.engine_key)
+        if existing is not None:  # another Job published it while this one waited
+            _log(out, "another build published this engine while waiting: reusing it")
+            summary = {"engineKey": spec.engine_key, "result": "reused",
+                       "engineBytes": existing.get("engineBytes"), "buildSeconds": 0}
+            report(summary)
+            return summary
+        shutil.rmtree(layout.staging, ignore_errors=True)  # a crashed build's leftovers
+        layout.staging.mkdir(parents=True)
+        manifest: dict[str, Any] = {}
+        try:
+            for index, step in enumerate(steps, 1):
+                _log(out, f"[{index}/{len(steps)}] {step.name}: {step.description}")
+                _log(out, f"  $ {shlex.join(step.argv)}")
+                step_started = time.monotonic()
+                if step.name == "download":
+                    source.download(spec.source, spec.revision, layout.model_dir)
+                elif step.name == "verify":
+                    cache.verify_engine(layout.staging / "engine", spec.world_size)
+                elif step.name == "publish":
+                    manifest = cache.publish(
+                        layout.staging, spec.cache_dir, spec.engine_key, layout.model_dir,
+                        spec.inputs(), {"tensorrt_llm": toolchain.TRTLLM_VERSION,
+                                        "spec": spec.toolchain},
+                        time.monotonic() - started)
+                else:
+                    _run_child(step, out)
+                _log(out, f"  done in {time.monotonic() - step_started:.1f}s")
+        except BaseException as error:
+            shutil.rmtree(layout.staging, ignore_errors=True)
+            if isinstance(error, StepFailed):
+                report({"engineKey": spec.engine_key, "result": "failed", "step": error.step,
+                        "message": str(error)[:1000]})
+            raise
+        finally:
+            shutil.rmtree(layout.checkpoint_dir, ignore_errors=True)
+    summary = {"engineKey": spec.engine_key, "result": "built",
+               "engineBytes": manifest.get("engineBytes"),
+               "buildSeconds": round(time.monotonic() - started, 1)}
+    report(summary)
+    _log(out, f"engine {spec.engine_key[:12]} published to {layout.final} "
+              f"({(manifest.get('engineBytes') or 0) / 2**30:.2f} GiB) in {summary['buildSeconds']}s")
+    return summary

@@ -1,0 +1,190 @@
+"""The ``kiln-runtime`` command: what runs inside the engine-build and serving containers.
+
+    kiln-runtime build [--spec FILE] [--dry-run]
+    kiln-runtime triton-repo --engine-dir D --out R [--templates T]
+    kiln-runtime serve
+    kiln-runtime djl-properties --spec FILE --out DIR
+    kiln-runtime smoke --url HOST:PORT
+    kiln-runtime download / verify / publish   (the build's own steps, runnable alone)
+
+Exit codes: 0 ok, 1 a step failed (the message names it), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import cache, source, toolchain
+from .build import dry_run, run_build
+from .djl import DJLSettings, write_properties
+from .errors import BadSpec, StepFailed
+from .serve import SERVE_SPEC_ENV, parse_serve_spec, prepare, run_server
+from .spec import load_build_spec
+from .steps import Layout, check_model
+from .triton_repo import RepoSettings, write_model_repo
+
+__all__ = ["main", "parser"]
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    spec = load_build_spec(args.spec)
+    if args.dry_run:
+        config = None
+        if args.model_config:
+            try:
+                config = json.loads(Path(args.model_config).read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise BadSpec(f"--model-config: cannot read {args.model_config}: {error}") from None
+        print(json.dumps(dry_run(spec, config), indent=2))
+        return 0
+    run_build(spec)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    source.download(args.source, args.revision, Path(args.out))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    cache.verify_engine(Path(args.engine_dir), args.world_size)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    staging = Path(args.staging)
+    if not staging.is_dir():
+        raise BadSpec(f"--staging: {staging} is not a directory")
+    manifest = cache.publish(staging, Path(args.cache), args.key, None, {},
+                             {"tensorrt_llm": toolchain.TRTLLM_VERSION}, 0.0)
+    print(json.dumps({"engineKey": args.key, "engineBytes": manifest["engineBytes"]}))
+    return 0
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    engine_dir = Path(args.engine_dir)
+    written = write_model_repo(Path(args.templates or toolchain.triton_templates()), Path(args.out),
+                               RepoSettings(engine_dir=engine_dir,
+                                            tokenizer_dir=Path(args.tokenizer_dir or engine_dir.parent / "tokenizer"),
+                                            kv_cache_free_gpu_mem_fraction=args.kv_cache_free_gpu_mem_fraction,
+                                            decoupled=not args.no_streaming,
+                                            instances=args.instances))
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    spec = parse_serve_spec(os.environ.get(SERVE_SPEC_ENV))
+    repo = Path(args.model_repo)
+    prepare(spec, repo, Path(args.templates or toolchain.triton_templates()))
+    return run_server(spec, repo)
+
+
+def cmd_djl_properties(args: argparse.Namespace) -> int:
+    spec = load_build_spec(args.spec)
+    limits = spec.limits
+    if args.download:  # the DJL build's first half: its partition script does the rest
+        print(f"[download] {spec.source}@{spec.revision}", file=sys.stderr, flush=True)
+        check_model(spec, source.read_config(spec.source, spec.revision))
+        source.download(spec.source, spec.revision, Layout(spec).model_dir)
+    path = write_properties(DJLSettings(
+        model_id=args.model_id or str(Layout(spec).model_dir), precision=spec.precision,
+        kv_cache_dtype=spec.kv_cache_dtype, tensor_parallel=spec.tensor_parallel,
+        pipeline_parallel=spec.pipeline_parallel, max_batch_size=limits.max_batch_size,
+        max_input_len=limits.max_input_len, max_seq_len=limits.max_seq_len,
+        max_num_tokens=limits.max_num_tokens), Path(args.out))
+    print(path)
+    return 0
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from .smoke import smoke
+
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            text = smoke(args.url, max_tokens=args.max_tokens)
+            break
+        except RuntimeError as error:
+            if time.monotonic() >= deadline:
+                raise StepFailed("smoke", str(error)) from None
+            time.sleep(5)
+    print(json.dumps({"ok": True, "text": text}))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="kiln-runtime", description="Kiln's in-container runtime")
+    sub = top.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build (or reuse) an engine into the cache")
+    build.add_argument("--spec", help="build spec JSON file (default: $KILN_BUILD_SPEC)")
+    build.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
+    build.add_argument("--model-config", help="with --dry-run: the model's config.json, instead "
+                                              "of fetching it")
+    build.set_defaults(func=cmd_build)
+    download = sub.add_parser("download", help="fetch a model (hf://, s3://, or a path)")
+    download.add_argument("--source", required=True)
+    download.add_argument("--revision", default="main")
+    download.add_argument("--out", required=True)
+    download.set_defaults(func=cmd_download)
+    verify = sub.add_parser("verify", help="check an engine directory")
+    verify.add_argument("--engine-dir", required=True)
+    verify.add_argument("--world-size", type=int, required=True)
+    verify.set_defaults(func=cmd_verify)
+    publish = sub.add_parser("publish", help="move a staged engine into the cache")
+    publish.add_argument("--staging", required=True)
+    publish.add_argument("--cache", required=True)
+    publish.add_argument("--key", required=True)
+    publish.set_defaults(func=cmd_publish)
+    repo = sub.add_parser("triton-repo", help="write the Triton model repository for an engine")
+    repo.add_argument("--engine-dir", required=True)
+    repo.add_argument("--out", required=True)
+    repo.add_argument("--templates", help="inflight_batcher_llm templates (default: the image's)")
+    repo.add_argument("--tokenizer-dir", help="default: <engine-dir>/../tokenizer")
+    repo.add_argument("--kv-cache-free-gpu-mem-fraction", type=float, default=0.9)
+    repo.add_argument("--instances", type=int, default=4)
+    repo.add_argument("--no-streaming", action="store_true")
+    repo.set_defaults(func=cmd_triton_repo)
+    serve = sub.add_parser("serve", help="run tritonserver for $KILN_SERVE_SPEC")
+    serve.add_argument("--model-repo", default="/tmp/kiln/model-repo")
+    serve.add_argument("--templates")
+    serve.set_defaults(func=cmd_serve)
+    djl = sub.add_parser("djl-properties", help="serving.properties for DJL Serving")
+    djl.add_argument("--spec", help="build spec JSON file (default: $KILN_BUILD_SPEC)")
+    djl.add_argument("--model-id", help="default: the downloaded model in the work dir")
+    djl.add_argument("--download", action="store_true", help="fetch the model into the work dir first")
+    djl.add_argument("--out", required=True)
+    djl.set_defaults(func=cmd_djl_properties)
+    smoke = sub.add_parser("smoke", help="one short generation through Triton (gRPC)")
+    smoke.add_argument("--url", default="localhost:8001")
+    smoke.add_argument("--max-tokens", type=int, default=8)
+    smoke.add_argument("--wait", type=float, default=0.0, help="keep trying for this long")
+    smoke.set_defaults(func=cmd_smoke)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BadSpec as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except StepFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # one line, never a traceback
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

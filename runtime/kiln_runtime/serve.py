@@ -1,0 +1,140 @@
+"""``kiln-runtime serve``: write the model repository, start tritonserver, watch its log.
+
+One node: a single tritonserver for TP×PP = 1, else ``mpirun`` with one rank per GPU as
+``launch_triton_server.py`` does (TensorRT-LLM 1.2.1): rank 0 serves HTTP/gRPC/metrics,
+the other ranks load only ``tensorrt_llm`` in explicit mode with their endpoints off (in
+leader mode they never return from model init). SIGTERM/SIGINT are forwarded to the child
+and its exit code becomes ours. The startup log is scanned for the KV-cache capacity the
+engine really allocated; it is logged as one JSON line and written to a file the operator
+and the metrics sidecar can read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import toolchain
+from .errors import BadSpec
+from .kvlog import KVLogParser
+from .triton_repo import RepoSettings, write_model_repo
+
+__all__ = ["ServeSpec", "parse_serve_spec", "server_argv", "run_server", "SERVE_SPEC_ENV",
+           "KV_CAPACITY_FILE"]
+
+SERVE_SPEC_ENV = "KILN_SERVE_SPEC"
+KV_CAPACITY_FILE = "/tmp/kiln/kv-capacity.json"
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    engine_root: Path  # <cache>/<key>: engine/, tokenizer/, manifest.json
+    tensor_parallel: int
+    pipeline_parallel: int
+    kv_cache_free_gpu_mem_fraction: float
+    decoupled: bool
+    ports: dict[str, int]
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel
+
+
+def parse_serve_spec(text: str | None) -> ServeSpec:
+    if not text:
+        raise BadSpec(f"no serve spec: set {SERVE_SPEC_ENV}")
+    try:
+        raw = json.loads(text)
+        spec = ServeSpec(
+            engine_root=Path(raw["engineDir"]),
+            tensor_parallel=int(raw["tensorParallel"]),
+            pipeline_parallel=int(raw["pipelineParallel"]),
+            kv_cache_free_gpu_mem_fraction=float(raw["kvCacheFreeGpuMemFraction"]),
+            decoupled=bool(raw.get("decoupled", True)),
+            ports={k: int(v) for k, v in raw.get("ports", {"http": 8000, "grpc": 8001,
+                                                             "metrics": 8002}).items()},
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise BadSpec(f"{SERVE_SPEC_ENV}: {type(error).__name__}: {error}") from None
+    if not 0 < spec.kv_cache_free_gpu_mem_fraction < 1:
+        raise BadSpec("kvCacheFreeGpuMemFraction: must be between 0 and 1 (exclusive)")
+    return spec
+
+
+def _rank_argv(spec: ServeSpec, repo: Path, rank: int) -> list[str]:
+    argv = [toolchain.tritonserver(), f"--model-repository={repo}",
+            "--disable-auto-complete-config",
+            f"--backend-config=python,shm-region-prefix-name=prefix{rank}_",
+            f"--id=rank{rank}"]
+    if rank == 0:
+        argv += [f"--http-port={spec.ports['http']}", f"--grpc-port={spec.ports['grpc']}",
+                 f"--metrics-port={spec.ports['metrics']}", "--allow-metrics=true",
+                 "--metrics-interval-ms=1000"]
+    else:
+        argv += ["--allow-http=false", "--allow-grpc=false", "--allow-metrics=false",
+                 "--model-control-mode=explicit", "--load-model=tensorrt_llm",
+                 "--log-info=false", "--log-warning=false"]
+    return argv
+
+
+def server_argv(spec: ServeSpec, repo: Path) -> list[str]:
+    if spec.world_size == 1:
+        return _rank_argv(spec, repo, 0)
+    argv = [toolchain.mpirun(), "--allow-run-as-root"]
+    for rank in range(spec.world_size):
+        argv += ["-n", "1", *_rank_argv(spec, repo, rank), ":"]
+    return argv[:-1]
+
+
+def prepare(spec: ServeSpec, repo: Path, templates: Path) -> None:
+    engine_dir = spec.engine_root / "engine"
+    if not (spec.engine_root / "manifest.json").is_file():
+        raise BadSpec(f"engineDir: {spec.engine_root} is not a complete cache entry (no manifest.json)")
+    write_model_repo(templates, repo, RepoSettings(
+        engine_dir=engine_dir, tokenizer_dir=spec.engine_root / "tokenizer",
+        kv_cache_free_gpu_mem_fraction=spec.kv_cache_free_gpu_mem_fraction,
+        decoupled=spec.decoupled))
+
+
+def _tokens_per_block(spec: ServeSpec) -> int | None:
+    try:
+        config: dict[str, Any] = json.loads((spec.engine_root / "engine" / "config.json").read_text())
+        return int(config["build_config"]["plugin_config"]["tokens_per_block"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def run_server(spec: ServeSpec, repo: Path, capacity_file: Path | None = None) -> int:
+    """Run the server in the foreground; returns its exit code."""
+    capacity_file = capacity_file or Path(os.environ.get("KILN_KV_CAPACITY_FILE", KV_CAPACITY_FILE))
+    argv = server_argv(spec, repo)
+    print(f"starting: {' '.join(argv)}", file=sys.stderr, flush=True)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               bufsize=1)
+
+    def forward(signum: int, _frame: Any) -> None:
+        process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    parser = KVLogParser(_tokens_per_block(spec))
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if found := parser.feed(line):
+                record = {"kvCacheCapacity": found.wire(), "worldSize": spec.world_size}
+                print(json.dumps(record), flush=True)
+                capacity_file.parent.mkdir(parents=True, exist_ok=True)
+                capacity_file.write_text(json.dumps(record))
+        return process.wait()
+    finally:
+        process.stdout.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,135 @@
+"""Fake TensorRT-LLM tools for build tests: same argument parsers as the real ones, tiny outputs.
+
+The parsers are built from ``reference/trtllm-build-args.json`` (the argument lists
+recorded from TensorRT-LLM's sources), so an unknown flag or a value outside the recorded
+choices fails here exactly as argparse would fail in the real tool. The outputs mimic the
+real layout: a checkpoint is ``config.json`` (with ``mapping``) + ``rank{N}.safetensors``; an
+engine is ``config.json`` (``pretrained_config.mapping``, ``build_config``) + ``rank{R}.engine``.
+
+``install(tmp_path)`` writes ``quantize.py``, ``models/core/{llama,qwen}/convert_checkpoint.py``
+and a ``trtllm-build`` executable, and returns the environment that points kiln-runtime at
+them. ``KILN_FAKE_FAIL=<tool>`` makes that tool exit 3; every call is appended to
+``KILN_FAKE_CALLS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+REFERENCE = Path(__file__).resolve().parent / "reference" / "trtllm-build-args.json"
+TOOLS = {"trtllm-build": "trtllm-build", "quantize.py": "quantize", "convert_checkpoint.py": "convert_checkpoint_llama"}
+
+
+def reference() -> dict:
+    return json.loads(REFERENCE.read_text())
+
+
+def parser_for(tool: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=tool, allow_abbrev=False)
+    for flag, info in reference()[TOOLS[tool]].items():
+        if not flag.startswith("--"):
+            continue  # short aliases such as -sq
+        kind = info["type"]
+        choices = [c for c in (info.get("choices") or []) if c is not None] or None
+        if kind == "flag":
+            parser.add_argument(flag, action="store_true")
+        elif kind.startswith("int"):
+            parser.add_argument(flag, type=int, choices=choices)
+        elif kind.startswith("float"):
+            parser.add_argument(flag, type=float)
+        elif "nargs=+" in kind:
+            parser.add_argument(flag, nargs="+")
+        else:
+            parser.add_argument(flag, choices=choices)
+    return parser
+
+
+def _record(tool: str, argv: list[str]) -> None:
+    calls = os.environ.get("KILN_FAKE_CALLS")
+    if calls:
+        with open(calls, "a") as handle:
+            handle.write(json.dumps([tool, *argv]) + "\n")
+    if os.environ.get("KILN_FAKE_FAIL") == tool:
+        print(f"{tool}: simulated failure (CUDA out of memory)", flush=True)
+        sys.exit(3)
+
+
+def checkpoint_tool(tool: str, argv: list[str]) -> None:
+    args = parser_for(tool).parse_args(argv)
+    _record(tool, argv)
+    model = json.loads((Path(args.model_dir) / "config.json").read_text())
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    world = args.tp_size * args.pp_size
+    config = {"architecture": model["architectures"][0], "dtype": "bfloat16",
+              "num_hidden_layers": model["num_hidden_layers"],
+              "mapping": {"world_size": world, "tp_size": args.tp_size, "pp_size": args.pp_size},
+              "quantization": {"quant_algo": getattr(args, "qformat", None)}}
+    (out / "config.json").write_text(json.dumps(config))
+    for rank in range(world):
+        (out / f"rank{rank}.safetensors").write_bytes(b"\0" * 64)
+        print(f"wrote rank {rank}/{world}", flush=True)
+
+
+def trtllm_build(argv: list[str]) -> None:
+    args = parser_for("trtllm-build").parse_args(argv)
+    _record("trtllm-build", argv)
+    checkpoint = json.loads((Path(args.checkpoint_dir) / "config.json").read_text())
+    mapping = checkpoint["mapping"]
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"version": "1.2.1",
+              "pretrained_config": {**checkpoint, "mapping": {**mapping, "rank": 0, "gpus_per_node": 8}},
+              "build_config": {"max_batch_size": args.max_batch_size, "max_input_len": args.max_input_len,
+                               "max_seq_len": args.max_seq_len, "max_num_tokens": args.max_num_tokens,
+                               "max_beam_width": args.max_beam_width,
+                               "plugin_config": {"tokens_per_block": args.tokens_per_block,
+                                                 "use_paged_context_fmha": args.use_paged_context_fmha == "enable"}}}
+    (out / "config.json").write_text(json.dumps(config))
+    for rank in range(mapping["world_size"]):
+        (out / f"rank{rank}.engine").write_bytes(os.urandom(256))
+        print(f"[TensorRT-LLM] [I] Engine for rank {rank} built", flush=True)
+
+
+_SCRIPT = """#!{python}
+import sys
+sys.path.insert(0, {support!r})
+from fake_trtllm import {function}
+{call}
+"""
+
+
+def install(root: Path) -> dict[str, str]:
+    """Write the fakes under ``root``; return the environment that selects them."""
+    support = str(Path(__file__).resolve().parent)
+    examples = root / "examples"
+    scripts = {
+        examples / "quantization" / "quantize.py": ("checkpoint_tool", "checkpoint_tool('quantize.py', sys.argv[1:])"),
+        examples / "models/core/llama/convert_checkpoint.py": ("checkpoint_tool", "checkpoint_tool('convert_checkpoint.py', sys.argv[1:])"),
+        examples / "models/core/qwen/convert_checkpoint.py": ("checkpoint_tool", "checkpoint_tool('convert_checkpoint.py', sys.argv[1:])"),
+        root / "bin" / "trtllm-build": ("trtllm_build", "trtllm_build(sys.argv[1:])"),
+    }
+    for path, (function, call) in scripts.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_SCRIPT.format(python=sys.executable, support=support, function=function, call=call))
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return {"KILN_TRTLLM_EXAMPLES": str(examples), "KILN_PYTHON": sys.executable,
+            "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def tiny_model(path: Path, architecture: str = "LlamaForCausalLM") -> Path:
+    """A model directory with a real-shaped config and tokenizer files (weights are fake)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({
+        "architectures": [architecture], "num_hidden_layers": 2, "hidden_size": 64,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 256, "max_position_embeddings": 2048, "torch_dtype": "bfloat16"}))
+    (path / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
+    (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
+    (path / "model.safetensors").write_bytes(b"\0" * 128)
+    return path

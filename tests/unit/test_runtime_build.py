@@ -1,0 +1,250 @@
+"""kiln-runtime build: command lines checked against the recorded CLIs, and real builds with
+fake TensorRT-LLM tools (tests/support/fake_trtllm.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kiln.api.validation import parse_service_spec
+from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
+from kiln.render.engine import build_spec, engine_for
+from kiln_runtime import build, source
+from kiln_runtime.cli import main, parser as runtime_parser
+from kiln_runtime.errors import BadSpec
+from kiln_runtime.spec import parse_build_spec
+
+from ..conftest import EXAMPLES
+from ..support import fake_trtllm
+
+REFERENCE = fake_trtllm.reference()
+PRECISIONS = ["fp16", "bf16", "fp8", "int8-sq", "int4-awq", "w4a8-awq", "int8-wo", "int4-wo", "nvfp4"]
+
+
+def _triton_examples():
+    for path in EXAMPLES:
+        manifest = yaml.safe_load(path.read_text())
+        if manifest["spec"].get("runtime", {}).get("server", "triton") == "triton":
+            yield path.stem, manifest
+
+
+def _spec_for(manifest, precision, namespace="llm"):
+    raw = copy.deepcopy(manifest["spec"])
+    raw["precision"] = precision
+    raw.pop("kvCacheDtype", None)
+    if precision == "nvfp4":
+        raw["gpu"] = {**raw.get("gpu", {}), "type": "B200-180GB"}
+    spec = parse_service_spec(raw)
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
+    repo = spec.model.source.removeprefix("hf://")
+    config = catalog_config(repo)
+    result = plan(ModelConfig.from_hf(config), spec, gpu)
+    return build_spec(engine_for(spec, result, gpu, namespace)), config
+
+
+def _check_against_reference(argv):
+    """Every flag exists in the recorded CLI of its tool, with a value of the recorded kind."""
+    tool = os.path.basename(argv[1] if argv[0].startswith("python") else argv[0])
+    table = REFERENCE[fake_trtllm.TOOLS[tool]]
+    args = argv[2:] if argv[0].startswith("python") else argv[1:]
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        assert flag in table, f"{tool} has no {flag}"
+        info = table[flag]
+        if info["type"] == "flag":
+            i += 1
+            continue
+        value = args[i + 1]
+        assert not value.startswith("--"), f"{tool} {flag} needs a value"
+        choices = [c for c in (info.get("choices") or []) if c is not None]
+        if choices:
+            assert value in [str(c) for c in choices], f"{tool} {flag} {value} not in {choices}"
+        if info["type"].startswith("int"):
+            int(value)
+        i += 2
+    fake_trtllm.parser_for(tool).parse_args(args)  # and argparse agrees
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("example", [name for name, _ in _triton_examples()])
+def test_dry_run_steps_exist_in_the_recorded_clis(example, precision):
+    manifest = dict(_triton_examples())[example]
+    raw, config = _spec_for(manifest, precision)
+    result = build.dry_run(parse_build_spec(raw), config)
+    names = [step["name"] for step in result["steps"]]
+    assert names == ["download", "checkpoint", "engine", "verify", "publish"]
+    for step in result["steps"]:
+        argv = step["argv"]
+        if argv[0] == "kiln-runtime":
+            runtime_parser().parse_args(argv[1:])  # our own subcommands, with our own flags
+        else:
+            _check_against_reference(argv)
+    checkpoint = result["steps"][1]["argv"]
+    assert ("quantize.py" in checkpoint[1]) == (precision in ("fp8", "int8-sq", "int4-awq", "w4a8-awq", "nvfp4"))
+
+
+def test_dry_run_cli_prints_steps_and_touches_nothing(tmp_path, capsys):
+    manifest = dict(_triton_examples())["llama-3.1-70b-fp8-tp4"]
+    raw, config = _spec_for(manifest, "fp8")
+    raw["cacheDir"] = str(tmp_path / "cache")
+    raw["workDir"] = str(tmp_path / "work")
+    (tmp_path / "spec.json").write_text(json.dumps(raw))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["build", "--spec", str(tmp_path / "spec.json"), "--dry-run",
+                 "--model-config", str(tmp_path / "config.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in printed["steps"]][1:3] == ["checkpoint", "engine"]
+    assert "--tp_size" in printed["steps"][1]["argv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "spec.json"]
+
+
+@pytest.fixture
+def fakes(tmp_path, monkeypatch):
+    env = fake_trtllm.install(tmp_path / "fakes")
+    calls = tmp_path / "calls.jsonl"
+    env["KILN_FAKE_CALLS"] = str(calls)
+    env["KILN_TERMINATION_LOG"] = str(tmp_path / "termination-log")
+    model = fake_trtllm.tiny_model(tmp_path / "models" / "tiny")
+    spec = {"engineKey": "ab" * 32, "engineName": "tiny-0123456789", "model": {"source": str(model), "revision": "main"},
+            "precision": "fp8", "kvCacheDtype": "fp8", "tensorParallel": 2, "pipelineParallel": 1,
+            "gpuArch": "sm90", "toolchain": "tensorrt-llm==1.2.1",
+            "limits": {"maxBatchSize": 8, "maxInputLen": 512, "maxSeqLen": 1024, "maxNumTokens": 1024,
+                       "tokensPerBlock": 32},
+            "cacheDir": str(tmp_path / "cache"), "workDir": str(tmp_path / "work")}
+    return {"env": {**os.environ, **env}, "calls": calls, "spec": spec, "root": tmp_path}
+
+
+def _run(fakes, spec=None, extra_env=None):
+    env = {**fakes["env"], "KILN_BUILD_SPEC": json.dumps(spec or fakes["spec"]), **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "kiln_runtime", "build"], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _calls(fakes):
+    if not fakes["calls"].exists():
+        return []
+    return [json.loads(line)[0] for line in fakes["calls"].read_text().splitlines()]
+
+
+def test_build_publishes_a_complete_entry_then_reuses_it(fakes):
+    first = _run(fakes)
+    assert first.returncode == 0, first.stderr
+    assert "[2/4] engine: trtllm-build" in first.stderr and "done in" in first.stderr
+    assert _calls(fakes) == ["quantize.py", "trtllm-build"]
+    entry = fakes["root"] / "cache" / ("ab" * 32)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["engineKey"] == "ab" * 32
+    assert manifest["toolchain"]["tensorrt_llm"] == "1.2.1"
+    assert manifest["inputs"]["precision"] == "fp8" and manifest["inputs"]["tensorParallel"] == 2
+    assert set(manifest["files"]) >= {"engine/config.json", "engine/rank0.engine", "engine/rank1.engine",
+                                      "tokenizer/tokenizer.json", "tokenizer/config.json"}
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+    assert manifest["engineBytes"] > 0
+    assert not (fakes["root"] / "cache" / ".staging" / ("ab" * 32)).exists()
+    report = json.loads((fakes["root"] / "termination-log").read_text())
+    assert report["result"] == "built" and report["engineBytes"] == manifest["engineBytes"]
+
+    second = _run(fakes)
+    assert second.returncode == 0, second.stderr
+    assert "reusing" in second.stderr
+    assert _calls(fakes) == ["quantize.py", "trtllm-build"]  # the fakes were not called again
+    assert json.loads((fakes["root"] / "termination-log").read_text())["result"] == "reused"
+
+
+@pytest.mark.parametrize("tool, step", [("quantize.py", "checkpoint"), ("trtllm-build", "engine")])
+def test_a_failing_step_leaves_no_partial_entry(fakes, tool, step):
+    result = _run(fakes, extra_env={"KILN_FAKE_FAIL": tool})
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: step '{step}' failed") and "exited with 3" in last
+    assert "Traceback" not in result.stderr
+    cache = fakes["root"] / "cache"
+    assert not (cache / ("ab" * 32)).exists()
+    assert not list((cache / ".staging").iterdir())
+    report = json.loads((fakes["root"] / "termination-log").read_text())
+    assert report["result"] == "failed" and report["step"] == step
+
+
+def test_weight_only_uses_the_converter(fakes):
+    spec = {**fakes["spec"], "precision": "int4-wo", "kvCacheDtype": "bf16", "engineKey": "cd" * 32}
+    result = _run(fakes, spec)
+    assert result.returncode == 0, result.stderr
+    assert _calls(fakes) == ["convert_checkpoint.py", "trtllm-build"]
+
+
+def test_an_incomplete_leftover_is_not_reused(fakes):
+    leftover = fakes["root"] / "cache" / ("ab" * 32)
+    (leftover / "engine").mkdir(parents=True)  # a crash between rename attempts: no manifest
+    result = _run(fakes)
+    assert result.returncode == 0, result.stderr
+    assert (leftover / "manifest.json").is_file()
+    assert _calls(fakes) == ["quantize.py", "trtllm-build"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"precision": "nvfp4"}, "precision: nvfp4 needs GPU architecture sm100"),
+    ({"precision": "fp9"}, "precision: 'fp9' is not one of"),
+    ({"tensorParallel": 3}, "tensorParallel: 3 does not divide the 4 attention heads"),
+    ({"limits": {"maxBatchSize": 8}}, "limits.maxInputLen: required"),
+])
+def test_bad_specs_fail_before_any_download(fakes, change, message):
+    result = _run(fakes, {**fakes["spec"], **change})
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
+    assert _calls(fakes) == []
+    assert not (fakes["root"] / "cache").exists()
+
+
+def test_gated_model_without_token_is_named(monkeypatch):
+    from huggingface_hub.errors import GatedRepoError
+
+    from types import SimpleNamespace
+
+    response = SimpleNamespace(status_code=403, headers={}, request=None)  # what the error reads
+
+    def gated(*args, **kwargs):
+        raise GatedRepoError("403 gated", response=response)
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", gated)
+    with pytest.raises(BadSpec, match="gated model and no HF_TOKEN.*secretName"):
+        source.read_config("hf://meta-llama/Llama-3.1-8B-Instruct", "main")
+
+
+def test_operator_build_spec_is_what_the_runtime_reads():
+    for _, manifest in _triton_examples():
+        raw, _ = _spec_for(manifest, manifest["spec"].get("precision", "bf16"))
+        parsed = parse_build_spec(raw)
+        assert parsed.engine_key == raw["engineKey"]
+        assert parsed.inputs()["limits"] == raw["limits"]
+
+
+def _commands(obj):
+    spec = obj.get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    for container in pod.get("initContainers", []) + pod.get("containers", []):
+        yield container.get("command") or []
+        probe = (container.get("startupProbe") or {}).get("exec")
+        if probe:
+            yield probe["command"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_rendered_runtime_command_is_one_the_runtime_has(path):
+    result = subprocess.run([sys.executable, "-m", "kiln", "render", "-f", str(path), "-o", "json"],
+                            capture_output=True, text=True, timeout=60)
+    seen = 0
+    for obj in json.loads(result.stdout)["items"]:
+        for command in _commands(obj):
+            if command[:1] == ["kiln-runtime"]:
+                runtime_parser().parse_args(command[1:])
+                seen += 1
+    assert seen >= 1

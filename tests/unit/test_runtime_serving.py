@@ -1,0 +1,213 @@
+"""kiln-runtime serving pieces: the Triton model repository (parsed with tritonclient's
+protobuf ModelConfig), the KV log parser, the launcher and DJL's serving.properties."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from kiln_runtime.djl import DJLSettings, serving_properties
+from kiln_runtime.kvlog import KVLogParser, parse_kv_log
+from kiln_runtime.serve import parse_serve_spec, run_server, server_argv
+from kiln_runtime.triton_repo import MODELS, RepoSettings, write_model_repo
+
+from ..support import fake_trtllm
+from ..support.triton_templates import PLACEHOLDERS, write_templates
+
+
+@pytest.fixture
+def engine_entry(tmp_path):
+    entry = tmp_path / "cache" / ("ab" * 32)
+    (entry / "engine").mkdir(parents=True)
+    (entry / "tokenizer").mkdir()
+    (entry / "manifest.json").write_text(json.dumps({"engineKey": "ab" * 32}))
+    (entry / "engine" / "config.json").write_text(json.dumps({
+        "pretrained_config": {"mapping": {"world_size": 2, "tp_size": 2, "pp_size": 1}},
+        "build_config": {"max_batch_size": 64, "max_beam_width": 1,
+                         "plugin_config": {"tokens_per_block": 32, "use_paged_context_fmha": True}}}))
+    return entry
+
+
+def _parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_model_repository_is_complete_and_parses(tmp_path, engine_entry):
+    templates = write_templates(tmp_path / "templates")
+    for model in MODELS:  # the stand-in templates hold every real placeholder
+        text = (templates / model / "config.pbtxt").read_text()
+        assert all("${" + name + "}" in text for name in PLACEHOLDERS[model])
+    written = write_model_repo(templates, tmp_path / "repo", RepoSettings(
+        engine_dir=engine_entry / "engine", tokenizer_dir=engine_entry / "tokenizer",
+        kv_cache_free_gpu_mem_fraction=0.85))
+    assert [p.parent.name for p in written] == list(MODELS)
+    configs = {p.parent.name: _parse(p) for p in written}
+    for model, path in zip(MODELS, written):
+        assert "${" not in path.read_text(), model
+        assert configs[model].max_batch_size == 64
+        assert (path.parent / "1").is_dir()
+    trt = configs["tensorrt_llm"]
+    assert trt.backend == "tensorrtllm"
+    assert trt.model_transaction_policy.decoupled is True
+    params = {k: v.string_value for k, v in trt.parameters.items()}
+    assert params["gpt_model_path"] == str(engine_entry / "engine")
+    assert params["gpt_model_type"] == "inflight_fused_batching"
+    assert params["kv_cache_free_gpu_mem_fraction"] == "0.85"
+    assert params["enable_kv_cache_reuse"] == "true"
+    assert params["tokenizer_dir"] == str(engine_entry / "tokenizer")
+    assert configs["preprocessing"].instance_group[0].count == 4
+    assert configs["ensemble"].platform == "ensemble"
+
+
+def test_missing_templates_are_named(tmp_path, engine_entry):
+    from kiln_runtime.errors import BadSpec
+
+    with pytest.raises(BadSpec, match="lacks preprocessing"):
+        write_model_repo(tmp_path / "nothing", tmp_path / "repo",
+                         RepoSettings(engine_dir=engine_entry / "engine", tokenizer_dir=tmp_path))
+
+
+def test_triton_repo_cli(tmp_path, engine_entry):
+    templates = write_templates(tmp_path / "templates")
+    result = subprocess.run([sys.executable, "-m", "kiln_runtime", "triton-repo", "--engine-dir",
+                             str(engine_entry / "engine"), "--out", str(tmp_path / "repo"),
+                             "--templates", str(templates)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(MODELS)
+
+
+CURRENT_LOG = textwrap.dedent("""\
+    [TensorRT-LLM][INFO] Memory usage when calculating max tokens in paged kv cache: total: 79.10 GiB, available: 64.22 GiB
+    [TensorRT-LLM][INFO] Blocks per window size:
+    [TensorRT-LLM][INFO] [windowSize=8192] {.primaryBlocks=12664, .secondayBlocks=0}
+    [TensorRT-LLM][INFO] Number of tokens per block: 32.
+    [TensorRT-LLM][INFO] [MemUsageChange] Allocated 57.80 GiB for max tokens in paged KV cache (405248).
+""")
+OLD_LOG = textwrap.dedent("""\
+    [TensorRT-LLM][INFO] Number of blocks in KV cache primary pool: 3166
+    [TensorRT-LLM][INFO] Number of blocks in KV cache secondary pool: 0, onboard blocks to primary memory before reuse: true
+    [TensorRT-LLM][INFO] Max KV cache pages per sequence: 64
+""")
+OLDEST_LOG = textwrap.dedent("""\
+    [TensorRT-LLM][INFO] Allocate 21474836480 bytes for k/v cache.
+    [TensorRT-LLM][INFO] Using 81920 tokens in paged KV cache.
+""")
+
+
+def test_kv_log_current_format():
+    found = parse_kv_log(CURRENT_LOG)
+    assert (found.tokens, found.gib) == (405248, 57.8)
+
+
+def test_kv_log_older_formats():
+    assert parse_kv_log(OLD_LOG) is None  # blocks without a block size say nothing yet
+    assert parse_kv_log(OLD_LOG, tokens_per_block=64).tokens == 3166 * 64
+    assert parse_kv_log("[TensorRT-LLM][INFO] Number of tokens per block: 128.\n" + OLD_LOG).tokens == 3166 * 128
+    found = parse_kv_log(OLDEST_LOG)
+    assert (found.tokens, found.gib) == (81920, 20.0)
+
+
+def test_kv_log_parser_reports_once():
+    parser = KVLogParser()
+    results = [parser.feed(line) for line in (CURRENT_LOG * 2).splitlines()]
+    assert len([r for r in results if r]) == 1
+
+
+def _spec(tp, pp=1):
+    return parse_serve_spec(json.dumps({"engineDir": "/engines/k", "tensorParallel": tp,
+                                        "pipelineParallel": pp, "kvCacheFreeGpuMemFraction": 0.9,
+                                        "ports": {"http": 8000, "grpc": 8001, "metrics": 8002}}))
+
+
+def test_single_gpu_runs_tritonserver_directly(tmp_path):
+    argv = server_argv(_spec(1), tmp_path)
+    assert argv[0].endswith("tritonserver") and "mpirun" not in argv
+    assert "--http-port=8000" in argv and "--metrics-port=8002" in argv
+
+
+def test_tensor_parallel_runs_one_rank_per_gpu_with_metrics_on_rank_0(tmp_path):
+    argv = server_argv(_spec(2, 2), tmp_path)
+    assert argv[:2] == ["mpirun", "--allow-run-as-root"]
+    segments = " ".join(argv[2:]).split(" : ")
+    assert len(segments) == 4
+    assert all(s.startswith("-n 1 ") for s in segments)
+    assert "--allow-metrics=true" in segments[0] and "--http-port=8000" in segments[0]
+    for rank, segment in enumerate(segments[1:], 1):
+        assert "--allow-metrics=false" in segment and "--allow-http=false" in segment
+        assert "--model-control-mode=explicit" in segment and "--load-model=tensorrt_llm" in segment
+        assert f"shm-region-prefix-name=prefix{rank}_" in segment
+
+
+def test_bad_serve_spec_is_named():
+    from kiln_runtime.errors import BadSpec
+
+    with pytest.raises(BadSpec, match="kvCacheFreeGpuMemFraction"):
+        parse_serve_spec(json.dumps({"engineDir": "/e", "tensorParallel": 1, "pipelineParallel": 1,
+                                     "kvCacheFreeGpuMemFraction": 1.2}))
+
+
+def test_server_log_yields_kv_capacity_and_exit_code(tmp_path, monkeypatch):
+    fake = tmp_path / "tritonserver"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nsys.stdout.write({CURRENT_LOG!r})\nsys.exit(7)\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("KILN_TRITONSERVER", str(fake))
+    capacity = tmp_path / "kv.json"
+    code = run_server(_spec(1), tmp_path / "repo", capacity_file=capacity)
+    assert code == 7
+    assert json.loads(capacity.read_text())["kvCacheCapacity"] == {"tokens": 405248, "gib": 57.8}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_sigterm_reaches_the_server(tmp_path):
+    fake = tmp_path / "tritonserver"
+    fake.write_text(f"#!{sys.executable}\nimport signal, sys, time\n"
+                    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+                    "print('ready', flush=True)\ntime.sleep(60)\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    entry = tmp_path / "entry"
+    (entry / "engine").mkdir(parents=True)
+    (entry / "manifest.json").write_text("{}")
+    (entry / "engine" / "config.json").write_text(json.dumps({"build_config": {"max_batch_size": 4}}))
+    templates = write_templates(tmp_path / "templates")
+    env = {**os.environ, "KILN_TRITONSERVER": str(fake), "KILN_KV_CAPACITY_FILE": str(tmp_path / "kv.json"),
+           "KILN_SERVE_SPEC": json.dumps({"engineDir": str(entry), "tensorParallel": 1, "pipelineParallel": 1,
+                                          "kvCacheFreeGpuMemFraction": 0.9})}
+    process = subprocess.Popen([sys.executable, "-m", "kiln_runtime", "serve", "--model-repo",
+                                str(tmp_path / "repo"), "--templates", str(templates)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    process.stdout.close()
+    process.stderr.close()
+    assert (tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt").is_file()
+
+
+def test_djl_properties():
+    text = serving_properties(DJLSettings(model_id="/engines/k", precision="fp8", kv_cache_dtype="fp8",
+                                          tensor_parallel=2, pipeline_parallel=1, max_batch_size=64,
+                                          max_input_len=4096, max_seq_len=8192, max_num_tokens=8192))
+    props = dict(line.split("=", 1) for line in text.splitlines())
+    assert props["engine"] == "MPI" and props["option.rolling_batch"] == "trtllm"
+    assert props["option.tensor_parallel_degree"] == "2"
+    assert props["option.max_rolling_batch_size"] == "64"
+    assert props["option.quant_algo"] == "FP8" and props["option.kv_cache_quant_algo"] == "FP8"
+    assert props["option.model_id"] == "/engines/k"
+
+
+def test_smoke_request_is_a_streaming_ensemble_call():
+    import tritonclient.grpc as grpcclient
+    from kiln_runtime.smoke import build_inputs
+
+    inputs = build_inputs(grpcclient, "Hello", 4)
+    assert [i.name() for i in inputs] == ["text_input", "max_tokens", "stream"]
+    assert [i.datatype() for i in inputs] == ["BYTES", "INT32", "BOOL"]
