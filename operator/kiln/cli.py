@@ -97,8 +97,33 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_compare(spec: Any, gpu: GPU, model: ModelConfig | None, output: str) -> int:
+    from .planner.compare import compare
+
+    if model is None:
+        raise SpecInvalid("--compare needs the model config: pass --model-config config.json")
+    rows = compare(model, spec, gpu)
+    if output == "json":
+        print(json.dumps({"gpu": gpu.name, "gpus": spec.gpus, "precisions": rows}, indent=2))
+        return 0
+    header = ("PRECISION", "FITS", "WEIGHTS/GPU", "KV TOKENS", "SEQS", "FEWEST GPUS", "DECODE", "NOTE")
+    table = [header] + [(
+        r["precision"], {True: "yes", False: "no", None: "?"}[r["fits"]],
+        f"{r['weightGiBPerGpu']:.1f} GiB", str(r["kvCacheTokens"] or 0), str(r["maxConcurrentSequences"] or 0),
+        str(r["fewestGpus"] or "-"), f"x{r['relativeDecodeSpeed']:.2f}" if r["relativeDecodeSpeed"] else "-",
+        r["note"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    print(f"{spec.gpus} x {gpu.name} ({gpu.memory_gib:.1f} GiB), maxSeqLen={spec.engine.max_seq_len}; "
+          "DECODE is the bandwidth-bound speed relative to bf16")
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    _, spec, gpu, _, result = _prepare(args)
+    _, spec, gpu, model, result = _prepare(args)
+    if args.compare:
+        return _print_compare(spec, gpu, model, args.output)
     if args.output == "json":
         print(json.dumps(result.status(), indent=2))
     else:
@@ -113,10 +138,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"KV tokens      {result.kv_cache_tokens} per replica")
             print(f"sequences      {result.max_concurrent_sequences} at maxSeqLen="
                   f"{spec.engine.max_seq_len}")
+        if result.gpu_weights_percent is not None:
+            print(f"on GPU         {result.gpu_weights_percent:.0%} of the weights (weight streaming)")
         verdict = {True: "fits", False: "does NOT fit", None: "unknown"}[result.fits]
         print(f"verdict        {verdict}")
         for reason in result.reasons:
             print(f"  - {reason}")
+        for note in result.notes:
+            print(f"  note: {note}")
     return {True: 0, False: 1, None: 0}[result.fits]
 
 
@@ -163,6 +192,9 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--model-config", help="a Hugging Face config.json")
         cmd.add_argument("--gpu-memory-gib", type=float, help="override the GPU memory")
         cmd.add_argument("-o", "--output", choices=formats, default=formats[0])
+        if name == "plan":
+            cmd.add_argument("--compare", action="store_true",
+                             help="every precision side by side: memory, KV tokens, fewest GPUs, speed")
         cmd.set_defaults(func=func)
     run = sub.add_parser("run", help="run the operator against the current kubeconfig")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")

@@ -40,6 +40,7 @@ class ServeSpec:
     kv_cache_free_gpu_mem_fraction: float
     decoupled: bool
     ports: dict[str, int]
+    gpu_weights_percent: float = 1.0
 
     @property
     def world_size(self) -> int:
@@ -59,6 +60,7 @@ def parse_serve_spec(text: str | None) -> ServeSpec:
             decoupled=bool(raw.get("decoupled", True)),
             ports={k: int(v) for k, v in raw.get("ports", {"http": 8000, "grpc": 8001,
                                                              "metrics": 8002}).items()},
+            gpu_weights_percent=float(raw.get("gpuWeightsPercent", 1.0)),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise BadSpec(f"{SERVE_SPEC_ENV}: {type(error).__name__}: {error}") from None
@@ -99,7 +101,7 @@ def prepare(spec: ServeSpec, repo: Path, templates: Path) -> None:
     write_model_repo(templates, repo, RepoSettings(
         engine_dir=engine_dir, tokenizer_dir=spec.engine_root / "tokenizer",
         kv_cache_free_gpu_mem_fraction=spec.kv_cache_free_gpu_mem_fraction,
-        decoupled=spec.decoupled))
+        decoupled=spec.decoupled, gpu_weights_percent=spec.gpu_weights_percent))
 
 
 def _tokens_per_block(spec: ServeSpec) -> int | None:

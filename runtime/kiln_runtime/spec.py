@@ -33,6 +33,7 @@ class Limits:
     max_seq_len: int
     max_num_tokens: int
     tokens_per_block: int
+    weight_streaming: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ class BuildSpec:
                     "maxInputLen": self.limits.max_input_len,
                     "maxSeqLen": self.limits.max_seq_len,
                     "maxNumTokens": self.limits.max_num_tokens,
-                    "tokensPerBlock": self.limits.tokens_per_block}}
+                    "tokensPerBlock": self.limits.tokens_per_block,
+                    **({"weightStreaming": True} if self.limits.weight_streaming else {})}}
 
 
 def _field(raw: dict[str, Any], path: str, kind: type, choices: tuple[str, ...] | None = None,
@@ -90,6 +92,15 @@ def _field(raw: dict[str, Any], path: str, kind: type, choices: tuple[str, ...] 
     return value
 
 
+def _flag(raw: dict[str, Any], path: str) -> bool:
+    value: Any = raw
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is not None and not isinstance(value, bool):
+        raise BadSpec(f"{path}: expected true or false, got {value!r}")
+    return bool(value)
+
+
 def parse_build_spec(raw: Any) -> BuildSpec:
     if not isinstance(raw, dict):
         raise BadSpec("build spec: expected a JSON object")
@@ -107,7 +118,8 @@ def parse_build_spec(raw: Any) -> BuildSpec:
         limits=Limits(**{name: _field(raw, f"limits.{camel}", int, minimum=1) for name, camel in (
             ("max_batch_size", "maxBatchSize"), ("max_input_len", "maxInputLen"),
             ("max_seq_len", "maxSeqLen"), ("max_num_tokens", "maxNumTokens"),
-            ("tokens_per_block", "tokensPerBlock"))}),
+            ("tokens_per_block", "tokensPerBlock"))},
+                      weight_streaming=_flag(raw, "limits.weightStreaming")),
         cache_dir=Path(_field(raw, "cacheDir", str)),
         work_dir=Path(_field(raw, "workDir", str)),
     )

@@ -144,7 +144,8 @@ def _build_step(spec: BuildSpec, layout: Layout) -> Step:
             "--tokens_per_block", str(limits.tokens_per_block),
             "--kv_cache_type", "paged",
             "--gpt_attention_plugin", "auto",
-            "--gemm_plugin", _gemm_plugin(spec.precision),
+            # Weight streaming needs TensorRT's own GEMMs: the plugin keeps weights resident.
+            "--gemm_plugin", "disable" if limits.weight_streaming else _gemm_plugin(spec.precision),
             "--context_fmha", "enable",
             "--remove_input_padding", "enable",
             "--use_paged_context_fmha", "enable",
@@ -152,6 +153,8 @@ def _build_step(spec: BuildSpec, layout: Layout) -> Step:
             "--multiple_profiles", "enable",
             "--workers", str(min(spec.world_size, _visible_gpus())),
             "--log_level", "info"]
+    if limits.weight_streaming:
+        argv.append("--weight_streaming")
     return Step("engine", argv, description="trtllm-build")
 
 

@@ -34,6 +34,7 @@ class RepoSettings:
     num_nodes: int = 1
     batch_scheduler_policy: str = "guaranteed_no_evict"
     max_queue_delay_microseconds: int = 0
+    gpu_weights_percent: float = 1.0  # < 1 only for engines built with --weight_streaming
 
 
 def _bool(value: bool) -> str:
@@ -117,7 +118,7 @@ def fill_values(settings: RepoSettings) -> dict[str, dict[str, str]]:
             "lookahead_verification_set_size": unset,
             "medusa_choices": unset,
             "eagle_choices": unset,
-            "gpu_weights_percent": "1.0",
+            "gpu_weights_percent": f"{settings.gpu_weights_percent:g}",
             "enable_context_fmha_fp32_acc": "false",
             "multi_block_mode": "true",
             "cuda_graph_mode": "false",

@@ -194,3 +194,22 @@ async def test_missing_secret_is_stalled_naming_the_secret(sandbox):
     assert stalled["reason"] == "MissingDependency"
     assert "spec.model.credentials.secretName" in stalled["message"] and "llm/hf-token" in stalled["message"]
     assert sb.objects("jobs") == []
+
+
+async def test_a_service_that_does_not_fit_shows_the_plan_and_builds_nothing(sandbox):
+    sb = sandbox
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["metadata"]["name"] = "too-big"
+    manifest["spec"]["model"]["source"] = "hf://meta-llama/Llama-3.1-70B-Instruct"
+    manifest["spec"]["precision"] = "bf16"
+    await sb.start_operator()
+    await sb.create(manifest)
+    svc = await sb.wait_for(lambda: (s := _service(sb, "too-big")) and
+                            get_condition(_conditions(s), "Fits") and s, what="Fits")
+    fits = get_condition(_conditions(svc), "Fits")
+    assert fits["status"] == "False" and fits["reason"] == "DoesNotFit"
+    assert "GiB short" in fits["message"] and "would fit with gpus: 2" in fits["message"]
+    assert get_condition(_conditions(svc), "Stalled")["status"] == "True"
+    plan = svc["status"]["plan"]
+    assert plan["fits"] is False and plan["weightBytesPerGpu"] > 80 * 2**30
+    assert sb.objects("jobs") == [] and sb.objects("llmengines") == []

@@ -66,3 +66,51 @@ def test_tp_must_divide_heads():
     with pytest.raises(SpecInvalid, match="attention heads"):
         _plan("Qwen/Qwen2.5-7B-Instruct", gpus=8, parallelism={"tensor": 8, "pipeline": 1})
     assert _plan("Qwen/Qwen2.5-7B-Instruct", gpus=8).tensor_parallel in (1, 2, 4, 7)
+
+
+def test_plan_status_is_what_the_crd_stores():
+    from kiln.api.llmservice import PlanStatus
+
+    for source, spec in (("meta-llama/Llama-3.1-70B-Instruct", {"precision": "bf16"}),
+                         ("meta-llama/Llama-3.1-8B-Instruct", {"engine": {"weightStreaming": True}})):
+        status = _plan(source, **spec).status()
+        assert PlanStatus.model_validate(status).wire() == status
+
+
+def test_70b_on_a_24gb_gpu_offers_weight_streaming():
+    result = _plan("meta-llama/Llama-3.1-70B-Instruct", precision="fp8", gpu={"type": "L4"})
+    assert result.fits is False
+    assert "engine.weightStreaming: true" in result.reasons[-1]
+    streamed = _plan("meta-llama/Llama-3.1-70B-Instruct", precision="int4-awq", gpu={"type": "RTX-4090"},
+                     engine={"weightStreaming": True, "maxSeqLen": 4096, "maxInputLen": 2048,
+                             "maxBatchSize": 8, "maxNumTokens": 2048})
+    assert streamed.fits and 0 < streamed.gpu_weights_percent < 1
+    assert streamed.kv_cache_tokens >= 4096
+    assert "throughput drops sharply" in streamed.notes[0]
+
+
+def test_streaming_renders_the_build_flag_and_the_triton_share():
+    import json
+
+    from kiln.render import ServiceRef, render
+
+    parsed = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-70B-Instruct"},
+                                 "precision": "int4-awq", "gpu": {"type": "RTX-4090"},
+                                 "engine": {"weightStreaming": True, "maxSeqLen": 4096, "maxInputLen": 2048,
+                                            "maxBatchSize": 8, "maxNumTokens": 2048}})
+    gpu = lookup_gpu(parsed.gpu.type, None)
+    result = plan(ModelConfig.from_hf(catalog_config("meta-llama/Llama-3.1-70B-Instruct")), parsed, gpu)
+    rendered = render(ServiceRef("big", "llm"), parsed, result, gpu)
+    build = json.loads(rendered.build_job["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
+    assert build["limits"]["weightStreaming"] is True
+    serve = json.loads(rendered.workload["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
+    assert serve["gpuWeightsPercent"] == result.gpu_weights_percent
+
+    from kiln_runtime.spec import parse_build_spec
+    from kiln_runtime.steps import plan_steps
+    from kiln_runtime.serve import parse_serve_spec
+
+    steps = {s.name: s.argv for s in plan_steps(parse_build_spec(build), "LlamaForCausalLM")}
+    assert "--weight_streaming" in steps["engine"]
+    assert steps["engine"][steps["engine"].index("--gemm_plugin") + 1] == "disable"
+    assert parse_serve_spec(json.dumps(serve)).gpu_weights_percent == result.gpu_weights_percent

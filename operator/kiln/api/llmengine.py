@@ -22,6 +22,7 @@ class EngineShape(KilnModel):
     max_seq_len: int = Field(ge=2)
     max_num_tokens: int = Field(ge=1)
     tokens_per_block: int = Field(ge=1)
+    weight_streaming: bool | None = None
 
 
 class EngineCacheLocation(KilnModel):

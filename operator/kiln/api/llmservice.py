@@ -136,6 +136,13 @@ class EngineLimits(KilnModel):
         default=0.9, gt=0, lt=1,
         description="Share of the memory left after weights and buffers given to the KV cache.",
     )
+    weight_streaming: bool | None = Field(
+        default=None,
+        description="Build with trtllm-build --weight_streaming and keep only the share of the "
+                    "weights the planner computes on the GPU (Triton gpu_weights_percent); the rest "
+                    "streams from host memory every step. For models that do not fit otherwise: "
+                    "decode throughput drops sharply.",
+    )
 
     @model_validator(mode="after")
     def _input_fits_sequence(self) -> EngineLimits:
@@ -231,7 +238,16 @@ class PlanStatus(KilnModel):
     kv_bytes_per_token_per_gpu: int | None = None
     kv_cache_tokens: int | None = None
     max_concurrent_sequences: int | None = None
+    gpu_weights_percent: float | None = Field(
+        default=None, ge=0, le=1, description="With engine.weightStreaming: share of weights on the GPU.")
     reasons: list[str] = Field(default_factory=list)
+    notes: list[str] | None = None
+    observed_kv_cache_tokens: int | None = Field(
+        default=None, alias="observedKVCacheTokens",
+        description="KV-cache tokens the running engine allocated (Triton's KV block metrics).")
+    kv_cache_tokens_error: float | None = Field(
+        default=None, alias="kvCacheTokensError",
+        description="(predicted - observed) / observed.")
 
 
 class EngineRef(KilnModel):

@@ -41,7 +41,11 @@ class Plan:
     kv_pool_bytes_per_gpu: int | None = None
     kv_cache_tokens: int | None = None
     max_concurrent_sequences: int | None = None
+    # With engine.weightStreaming: the share of the weights kept on the GPU (Triton's
+    # gpu_weights_percent); the rest crosses PCIe on every decoding step.
+    gpu_weights_percent: float | None = None
     reasons: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())
 
     def status(self) -> dict[str, Any]:
         """The camelCase form used by ``status.plan`` and ``kiln plan -o json``."""
@@ -53,7 +57,9 @@ class Plan:
             "kvBytesPerTokenPerGpu": self.kv_bytes_per_token_per_gpu,
             "kvCacheTokens": self.kv_cache_tokens,
             "maxConcurrentSequences": self.max_concurrent_sequences,
+            "gpuWeightsPercent": self.gpu_weights_percent,
             "reasons": list(self.reasons),
+            "notes": list(self.notes) or None,
         }
         return {k: v for k, v in out.items() if v is not None}
 
@@ -114,13 +120,24 @@ def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: i
     activations = activation_bytes(model, limits.max_num_tokens, tp)
     buffers = runtime_buffer_bytes(model, limits.max_batch_size, limits.max_seq_len, tp)
     total = gpu.memory_gib * GIB
-    free = total - CUDA_CONTEXT_GIB * GIB - weights - activations - buffers
     kv_per_token = kv_bytes_per_token(model, kv_dtype, tp, pp)
+    resident = weights
+    percent = None
+    notes: list[str] = []
+    if limits.weight_streaming:
+        percent = streamed_weights_percent(model, spec, gpu, tp, pp)
+        resident = int(weights * percent)
+        notes.append(f"weight streaming keeps {percent:.0%} of the weights on the GPU; the rest "
+                     "streams from host memory every decoding step, so throughput drops sharply")
+    free = total - CUDA_CONTEXT_GIB * GIB - resident - activations - buffers
     pool = max(0.0, free * limits.kv_cache_free_gpu_mem_fraction)
     blocks = math.ceil(pool / kv_per_token / limits.tokens_per_block) if pool else 0
     kv_tokens = blocks * limits.tokens_per_block
     sequences = min(kv_tokens // limits.max_seq_len, limits.max_batch_size)
-    if free <= 0:
+    if limits.weight_streaming and not percent:
+        reasons.append("even with weight streaming, activations, buffers and one sequence of KV "
+                       f"cache do not fit in a {gpu.name}")
+    elif free <= 0:
         reasons.append(
             f"weights ({_gib(weights)}) plus activations and buffers ({_gib(activations + buffers)})"
             f" need {_gib(total - free)} per GPU but a {gpu.name} has {_gib(total)}: "
@@ -132,8 +149,24 @@ def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: i
         fits=not reasons, tensor_parallel=tp, pipeline_parallel=pp, kv_cache_dtype=kv_dtype,
         weight_bytes_per_gpu=weights, activation_bytes_per_gpu=activations + buffers,
         kv_bytes_per_token_per_gpu=kv_per_token, kv_pool_bytes_per_gpu=int(pool),
-        kv_cache_tokens=kv_tokens, max_concurrent_sequences=sequences, reasons=tuple(reasons),
+        kv_cache_tokens=kv_tokens, max_concurrent_sequences=sequences, gpu_weights_percent=percent,
+        reasons=tuple(reasons), notes=tuple(notes),
     )
+
+
+def streamed_weights_percent(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int,
+                             pp: int) -> float:
+    """The largest share of the weights (two decimals, rounded down) that leaves a KV pool of
+    one maxSeqLen sequence; 0 when even that does not fit."""
+    limits = spec.engine
+    precision = Precision(spec.precision)
+    weights = weight_bytes_per_gpu(model, precision, tp, pp)
+    kv_per_token = kv_bytes_per_token(model, kv_dtype_for(precision, spec.kv_cache_dtype), tp, pp)
+    minimal_pool = limits.max_seq_len * kv_per_token / limits.kv_cache_free_gpu_mem_fraction
+    room = (gpu.memory_gib - CUDA_CONTEXT_GIB) * GIB \
+        - activation_bytes(model, limits.max_num_tokens, tp) \
+        - runtime_buffer_bytes(model, limits.max_batch_size, limits.max_seq_len, tp) - minimal_pool
+    return max(0.0, min(1.0, math.floor(room / weights * 100) / 100))
 
 
 def _variant(spec: LLMServiceSpec, **changes: Any) -> LLMServiceSpec:
@@ -161,6 +194,14 @@ def _suggestions(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> list[str
         if smaller and _fits(model, _variant(spec, precision=precision), gpu):
             out.append(f"precision: {precision.value}")
             break
+    if not spec.engine.weight_streaming:
+        streaming = spec.engine.model_copy(update={"weight_streaming": True})
+        variant = _variant(spec, engine=streaming)
+        if _fits(model, variant, gpu):
+            tp, pp = resolve_parallelism(variant, model)
+            share = streamed_weights_percent(model, variant, gpu, tp, pp)
+            out.append(f"engine.weightStreaming: true ({share:.0%} of the weights on the GPU; "
+                       "throughput drops sharply)")
     seq = spec.engine.max_seq_len // 2
     while seq > spec.engine.max_input_len and seq >= 256:
         engine = spec.engine.model_copy(update={"max_seq_len": seq})

@@ -68,7 +68,9 @@ def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> En
         "pipelineParallel": plan.pipeline_parallel,
         "gpuArch": gpu.arch,
         "toolchain": toolchain_for(spec.runtime.server),
-        "limits": EngineShape(**limits.model_dump(exclude={"kv_cache_free_gpu_mem_fraction"})).wire(),
+        "limits": EngineShape(**limits.model_dump(exclude={"kv_cache_free_gpu_mem_fraction",
+                                                            "weight_streaming"}),
+                              weight_streaming=True if limits.weight_streaming else None).wire(),
     }
     key = engine_key(inputs)
     record = LLMEngineSpec(

@@ -46,6 +46,8 @@ def serve_spec(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[str, An
         "kvCacheFreeGpuMemFraction": spec.engine.kv_cache_free_gpu_mem_fraction,
         "decoupled": True,
         "ports": PORTS,
+        **({"gpuWeightsPercent": plan.gpu_weights_percent}
+           if plan.gpu_weights_percent is not None else {}),
     }
 
 
