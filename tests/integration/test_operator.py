@@ -72,6 +72,10 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     assert status["endpoint"] == "http://mistral-7b-server.llm.svc:8000"
     assert status["plan"]["fits"] is True and status["tpPp"] == "1x1"
     assert status["readyReplicas"] == 1
+    # The loop closed: the (simulated) Triton's KV block metrics, scraped over HTTP.
+    assert abs(status["plan"]["kvCacheTokensError"]) <= 0.05
+    assert status["plan"]["observedKVCacheTokens"] > 0
+    assert status["kvCacheUtilization"] == "35%"
     [deployment] = sb.objects("deployments")
     [engine] = sb.objects("llmengines")
     assert deployment["metadata"]["annotations"][ENGINE_KEY_ANNOTATION] == engine["spec"]["key"]

@@ -69,3 +69,12 @@ def test_70b_on_one_24gb_gpu_lists_weight_streaming(tmp_path):
     result = _kiln("plan", "-f", str(path))
     assert result.returncode == 1
     assert "engine.weightStreaming: true" in result.stdout and "throughput drops sharply" in result.stdout
+
+
+def test_planner_benchmark_prints_json():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "planner.py")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["accuracy"]["kvExact"] is True
+    assert {"planMs", "baselineParseMs", "planToBaselineRatio", "meetsTarget"} <= set(report["speed"])

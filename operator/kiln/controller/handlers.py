@@ -11,6 +11,7 @@ import kopf
 
 from ..api import GROUP, VERSION
 from .kube import KubeApi
+from .metrics import MetricsSource, PodMetrics
 from .models import ModelResolver
 from .service import reconcile_service
 
@@ -29,6 +30,11 @@ class OperatorContext:
     login_url: str | None = None
     # The demo and the tests poll builds and rollouts faster than a real cluster needs.
     max_retry_delay: float | None = None
+    metrics: MetricsSource | None = None
+
+    def __post_init__(self) -> None:
+        if self.metrics is None:
+            self.metrics = PodMetrics(self.api)
 
 
 def _now() -> str:
@@ -61,7 +67,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
         raw = {"metadata": dict(body.metadata), "spec": dict(body.spec),
                "status": dict(body.status)}
-        outcome = await reconcile_service(raw, ctx.api, ctx.models, _now())
+        outcome = await reconcile_service(raw, ctx.api, ctx.models, _now(), ctx.metrics)
         diff = _status_diff(raw["status"], outcome.status)
         if diff:
             patch.status.update(diff)

@@ -47,6 +47,7 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("v1", "Service", "services", True),
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", True),
     Kind("v1", "Secret", "secrets", True),
+    Kind("v1", "Pod", "pods", True),
 )}
 
 
@@ -105,6 +106,12 @@ class KubeApi:
                 return None
             raise
 
+    async def list(self, api_version: str, kind: str, namespace: str | None = None,
+                   label_selector: str | None = None) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = await self._call("GET", KINDS[(api_version, kind)].path(namespace), query=query)
+        return list(result.get("items") or [])
+
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply, field manager ``kiln``, taking over conflicting fields."""
         kind = kind_of(obj)
@@ -114,6 +121,15 @@ class KubeApi:
             "PATCH", kind.path(meta.get("namespace"), meta["name"]), body=obj,
             content_type="application/apply-patch+yaml",
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")])
+
+    async def delete(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.writes += 1
+        try:
+            await self._call("DELETE", kind_of(obj).path(meta.get("namespace"), meta["name"]))
+        except ApiException as error:
+            if error.status != 404:
+                raise
 
     async def patch_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         kind = kind_of(obj)

@@ -9,6 +9,7 @@ import kopf
 
 from .handlers import OperatorContext, build_registry
 from .kube import KubeApi
+from .metrics import PodMetrics
 
 __all__ = ["run_operator", "run_against_kubeconfig"]
 
@@ -16,14 +17,18 @@ __all__ = ["run_operator", "run_against_kubeconfig"]
 async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threading.Event,
                        namespaces: list[str] | None = None) -> None:
     """Run kopf with Kiln's handlers until ``stop_flag`` is set."""
-    await kopf.operator(
-        registry=build_registry(ctx),
-        clusterwide=not namespaces,
-        namespaces=namespaces or [],
-        standalone=True,
-        stop_flag=stop_flag,
-        liveness_endpoint="http://0.0.0.0:8080/healthz" if ctx.login_url is None else None,
-    )
+    try:
+        await kopf.operator(
+            registry=build_registry(ctx),
+            clusterwide=not namespaces,
+            namespaces=namespaces or [],
+            standalone=True,
+            stop_flag=stop_flag,
+            liveness_endpoint="http://0.0.0.0:8080/healthz" if ctx.login_url is None else None,
+        )
+    finally:
+        if isinstance(ctx.metrics, PodMetrics):
+            await ctx.metrics.close()
 
 
 async def run_against_kubeconfig(namespaces: list[str] | None = None,

@@ -18,12 +18,16 @@ from ..planner import lookup_gpu, plan
 from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, render
 from ..render.meta import ENGINE_KEY_ANNOTATION, LABEL_COMPONENT, LABEL_INSTANCE
 from .conditions import get_condition, is_true, set_condition
+from ..autoscale import KVSample
 from .kube import KubeApi
+from .metrics import MetricsSource
 from .models import ModelResolver
 
 __all__ = ["Outcome", "reconcile_service", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
+# Relative error of the KV-token prediction above which the operator posts an Event.
+PLAN_ERROR_EVENT_THRESHOLD = 0.15
 ROLLOUT_POLL_SECONDS = 5.0
 
 
@@ -132,14 +136,14 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
 
 
 async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelResolver,
-                            now: str) -> Outcome:
+                            now: str, metrics: MetricsSource | None = None) -> Outcome:
     meta = body["metadata"]
     ref = ServiceRef(meta["name"], meta["namespace"], meta.get("uid"))
     generation = meta.get("generation")
     st = _Status(body.get("status") or {}, generation, now)
     out = Outcome(status=st.data)
     try:
-        await _reconcile(body, ref, api, models, st, out)
+        await _reconcile(body, ref, api, models, st, out, metrics)
     except SpecInvalid as error:
         st.stalled(Reason(error.reason) if error.reason in Reason._value2member_map_
                    else Reason.SPEC_INVALID, error.message)
@@ -151,7 +155,7 @@ async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelRes
 
 
 async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models: ModelResolver,
-                     st: _Status, out: Outcome) -> None:
+                     st: _Status, out: Outcome, metrics: MetricsSource | None = None) -> None:
     spec = parse_service_spec(body.get("spec"))
     gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
     if gpu is None:
@@ -212,6 +216,9 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         st.condition(ConditionType.READY, True, Reason.SCALED_TO_ZERO, "scaled to zero replicas")
         return
     if ready_replicas >= 1 and current:
+        if metrics is not None:
+            _observe(st, out, await metrics.kv_samples(ref.namespace, st.data["selector"]),
+                     ((body.get("status") or {}).get("plan") or {}).get("observedKVCacheTokens"))
         st.condition(ConditionType.STALLED, False, Reason.REPLICAS_READY, "")
         st.condition(ConditionType.RECONCILING, False, Reason.REPLICAS_READY, "")
         st.condition(ConditionType.READY, True, Reason.REPLICAS_READY,
@@ -220,6 +227,26 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     message = f"{ready_replicas}/{replicas} replicas ready"
     st.progressing(Reason.ROLLING_OUT, message)
     raise NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
+
+
+def _observe(st: _Status, out: Outcome, samples: list[KVSample], previous: int | None) -> None:
+    """Close the planner's loop with what the engines really allocated, and show the pressure."""
+    if not samples:
+        return
+    observed = min(sample.capacity_tokens for sample in samples)
+    utilization = sum(sample.utilization for sample in samples) / len(samples)
+    st.data["kvCacheUtilization"] = f"{utilization:.0%}"
+    plan = dict(st.data.get("plan") or {})
+    predicted = plan.get("kvCacheTokens")
+    plan["observedKVCacheTokens"] = observed
+    if predicted and observed:
+        error = (predicted - observed) / observed
+        plan["kvCacheTokensError"] = round(error, 3)
+        if abs(error) > PLAN_ERROR_EVENT_THRESHOLD and observed != previous:
+            out.events.append(("Warning", "PlanMismatch",
+                                f"the engine allocated {observed} KV-cache tokens per replica; the "
+                                f"planner predicted {predicted} ({error:+.0%})"))
+    st.data["plan"] = plan
 
 
 def _replica_status(st: _Status, live: dict[str, Any] | None) -> int:

@@ -41,6 +41,7 @@ RESOURCES: list[tuple[str, str, bool, list[str]]] = [
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, []),
     ("v1/nodes", "Node", False, ["status"]),
     ("v1/secrets", "Secret", True, []),
+    ("v1/pods", "Pod", True, ["status"]),
     ("v1/services", "Service", True, ["status"]),
     ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, ["status"]),
     ("apps/v1/deployments", "Deployment", True, ["status", "scale"]),

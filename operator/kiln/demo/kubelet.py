@@ -1,21 +1,27 @@
 """A simulated kubelet and controllers for the demo: honest stand-ins for what runs GPUs.
 
-It finishes build Jobs after a delay (as if ``kiln-runtime build`` ran) and marks
-Deployment replicas ready (as if Triton loaded the engine and passed its readiness probe).
-It writes through the emulator's API, like the real components, so the operator sees only
-ordinary watch events. Nothing here runs a model.
+It finishes build Jobs after a delay (as if ``kiln-runtime build`` ran), marks Deployment
+replicas ready and creates their Pods (as if Triton loaded the engine and passed its
+probes), and serves each Pod's Triton ``/metrics`` page over real HTTP on 127.0.0.1, in
+Triton's format, with a KV capacity near the planner's prediction and a steady load. It
+writes through the emulator's API, like the real components, so the operator sees only
+ordinary watch events and scrapes metrics as it would in a cluster. Nothing here runs a model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp.web
 from kmock import resource
 
+from ..autoscale.metrics import KV_METRIC, REQUEST_METRIC
 from ..controller.kube import KubeApi
+from ..render.meta import LABEL_INSTANCE
 
 __all__ = ["SimulatedCluster", "GPU_NODES"]
 
@@ -41,6 +47,9 @@ class SimulatedCluster:
         self.fail_builds = fail_builds or (lambda job: False)
         self.on_event = on_event or (lambda message: None)
         self._seen: dict[tuple[str, str, str], float] = {}
+        self._triton: dict[tuple[str, str], SimulatedTriton] = {}
+        # Share of each replica's KV blocks in use; the autoscaling demo drives it.
+        self.load: dict[str, float] = {}
 
     def _live(self, plural: str) -> list[dict[str, Any]]:
         return [obj.raw for (resource, _, _), obj in list(self.emulator.objects.items())
@@ -84,8 +93,51 @@ class SimulatedCluster:
             started = self._seen.setdefault(key, now)
             if now - started < self.start_seconds:
                 continue
+            await self._sync_pods(deployment, want)
             await self.api.patch_status(deployment, target)
             self.on_event(f"deployment/{meta['name']} {want} replica(s) ready (simulated pods)")
+
+    def _predicted_tokens(self, namespace: str, instance: str) -> int:
+        for (res, ns, name), obj in list(self.emulator.objects.items()):
+            if res.plural == "llmservices" and ns == namespace and name == instance and not obj.deleted:
+                return int(((obj.raw.get("status") or {}).get("plan") or {}).get("kvCacheTokens") or 65536)
+        return 65536
+
+    async def _sync_pods(self, deployment: dict[str, Any], want: int) -> None:
+        meta = deployment["metadata"]
+        namespace = meta["namespace"]
+        template = deployment["spec"]["template"]
+        instance = template["metadata"]["labels"].get(LABEL_INSTANCE, meta["name"])
+        for index in range(want):
+            name = f"{meta['name']}-{index}"
+            key = (namespace, name)
+            if key not in self._triton:
+                predicted = self._predicted_tokens(namespace, instance)
+                triton = SimulatedTriton(predicted, lambda i=instance: self.load.get(i, 0.35))
+                await triton.start()
+                self._triton[key] = triton
+            port = self._triton[key].port
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "namespace": namespace,
+                                "labels": dict(template["metadata"]["labels"])},
+                   "spec": {"containers": [{"name": "server", "image": "simulated",
+                                            "ports": [{"name": "metrics", "containerPort": port}]}]}}
+            await self.api.apply(pod)
+            await self.api.patch_status(pod, {
+                "phase": "Running", "podIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": _now()}]})
+        for (namespace_, name), triton in list(self._triton.items()):
+            prefix = f"{meta['name']}-"
+            if namespace_ == namespace and name.startswith(prefix) and int(name[len(prefix):]) >= want:
+                await self.api.delete({"apiVersion": "v1", "kind": "Pod",
+                                       "metadata": {"name": name, "namespace": namespace}})
+                await triton.stop()
+                del self._triton[(namespace_, name)]
+
+    async def close(self) -> None:
+        for triton in self._triton.values():
+            await triton.stop()
+        self._triton.clear()
 
     async def run(self, stop: asyncio.Event, period: float = 0.1) -> None:
         loop = asyncio.get_running_loop()
@@ -95,3 +147,49 @@ class SimulatedCluster:
                 await asyncio.wait_for(stop.wait(), timeout=period)
             except TimeoutError:
                 pass
+        await self.close()
+
+
+class SimulatedTriton:
+    """One pod's Triton metrics endpoint: the TensorRT-LLM backend's KV block and request
+    gauges, as the real server prints them on port 8002."""
+
+    TOKENS_PER_BLOCK = 32
+
+    def __init__(self, predicted_tokens: int, load: Callable[[], float]) -> None:
+        # The engine allocates within a few percent of the prediction (deterministic per size).
+        skew = int(hashlib.sha256(str(predicted_tokens).encode()).hexdigest(), 16) % 9 - 4
+        self.max_blocks = max(1, round(predicted_tokens * (1 + skew / 100) / self.TOKENS_PER_BLOCK))
+        self.load = load
+        self.port = 0
+        self._runner: aiohttp.web.AppRunner | None = None
+
+    def page(self) -> str:
+        used = min(self.max_blocks, round(self.max_blocks * max(0.0, self.load())))
+        waiting = max(0, round((self.load() - 1.0) * 20))
+        labels = 'model="tensorrt_llm",version="1"'
+        lines = [f"# HELP {KV_METRIC} TRT LLM KV cache block metrics", f"# TYPE {KV_METRIC} gauge"]
+        for kind, value in (("max", self.max_blocks), ("used", used), ("free", self.max_blocks - used),
+                            ("tokens_per", self.TOKENS_PER_BLOCK)):
+            lines.append(f'{KV_METRIC}{{kv_cache_block_type="{kind}",{labels}}} {value}')
+        lines += [f"# HELP {REQUEST_METRIC} TRT LLM request metrics", f"# TYPE {REQUEST_METRIC} gauge",
+                  f'{REQUEST_METRIC}{{{labels},request_type="waiting"}} {waiting}',
+                  f'{REQUEST_METRIC}{{{labels},request_type="active"}} {used // 64}']
+        return "\n".join(lines) + "\n"
+
+    async def start(self) -> None:
+        async def metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            return aiohttp.web.Response(text=self.page())
+
+        app = aiohttp.web.Application()
+        app.router.add_get("/metrics", metrics)
+        self._runner = aiohttp.web.AppRunner(app)
+        await self._runner.setup()
+        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,61 @@
+"""Read a Triton ``/metrics`` page (port 8002) into the figures Kiln acts on.
+
+The TensorRT-LLM backend exports, per model::
+
+    nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="max"|"free"|"used"|"tokens_per"|"fraction"}
+    nv_trt_llm_request_metrics{request_type="active"|"max"|"scheduled"|"context"|"waiting"}
+
+Parsed with prometheus_client's text parser. ``max × tokens_per`` is the replica's KV
+capacity in tokens (the block count is already the minimum over TP ranks, and only rank 0
+exports metrics); ``used / max`` is the pressure the autoscaler scales on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["KVSample", "parse_triton_metrics", "KV_METRIC", "REQUEST_METRIC"]
+
+KV_METRIC = "nv_trt_llm_kv_cache_block_metrics"
+REQUEST_METRIC = "nv_trt_llm_request_metrics"
+
+
+@dataclass(frozen=True)
+class KVSample:
+    max_blocks: int
+    used_blocks: int
+    tokens_per_block: int
+    waiting_requests: int = 0
+    active_requests: int = 0
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.max_blocks * self.tokens_per_block
+
+    @property
+    def utilization(self) -> float:
+        return self.used_blocks / self.max_blocks if self.max_blocks else 0.0
+
+
+def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | None:
+    """The KV sample of ``model``, or None when the page has no KV block metrics for it."""
+    kv: dict[str, float] = {}
+    requests: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in (KV_METRIC, REQUEST_METRIC):
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model", model) != model:
+                continue
+            if family.name == KV_METRIC:
+                kv[sample.labels.get("kv_cache_block_type", "")] = sample.value
+            else:
+                requests[sample.labels.get("request_type", "")] = sample.value
+    if "max" not in kv or "tokens_per" not in kv:
+        return None
+    return KVSample(max_blocks=int(kv["max"]), used_blocks=int(kv.get("used", 0)),
+                    tokens_per_block=int(kv["tokens_per"]),
+                    waiting_requests=int(requests.get("waiting", 0)),
+                    active_requests=int(requests.get("active", 0)))

@@ -1,0 +1,63 @@
+"""Scrape the serving pods' Triton ``/metrics`` (the port named ``metrics``) for KV figures."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import aiohttp
+
+from ..autoscale import KVSample, parse_triton_metrics
+from .kube import KubeApi
+
+__all__ = ["MetricsSource", "PodMetrics", "ready_pods"]
+
+SCRAPE_TIMEOUT_SECONDS = 3.0
+
+
+class MetricsSource(Protocol):
+    async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]: ...
+
+
+def ready_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def ready(pod: dict[str, Any]) -> bool:
+        status = pod.get("status") or {}
+        return status.get("phase") == "Running" and bool(status.get("podIP")) and any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+    return [pod for pod in pods if ready(pod) and not pod["metadata"].get("deletionTimestamp")]
+
+
+def _metrics_port(pod: dict[str, Any]) -> int | None:
+    for container in pod.get("spec", {}).get("containers", []):
+        for port in container.get("ports", []):
+            if port.get("name") == "metrics":
+                return int(port["containerPort"])
+    return None
+
+
+class PodMetrics:
+    """Reads every ready serving pod in parallel; a pod that does not answer is skipped."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _fetch(self, url: str) -> str | None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
+        try:
+            async with self._session.get(url) as response:
+                return await response.text() if response.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+
+    async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]:
+        pods = ready_pods(await self.api.list("v1", "Pod", namespace, selector))
+        urls = [f"http://{pod['status']['podIP']}:{port}/metrics" for pod in pods
+                if (port := _metrics_port(pod))]
+        pages = await asyncio.gather(*(self._fetch(url) for url in urls))
+        return [sample for page in pages if page and (sample := parse_triton_metrics(page))]
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
