@@ -1,0 +1,145 @@
+"""Kiln's autoscaling control law: replicas from KV-cache pressure and the waiting queue. Pure.
+
+An LLM replica runs out of KV-cache blocks (and then queues requests) long before its CPU
+or request rate says anything. The law, evaluated every ``period`` (15 s in the operator):
+
+1. **Signal.** Per ready replica, the mean over the last ``window_seconds`` (60 s) of its KV
+   block fraction (``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}``,
+   i.e. used/max blocks) — the window damps the sawtooth of sequences finishing — and its
+   latest waiting-request count (``nv_trt_llm_request_metrics{request_type="waiting"}``).
+   ``u`` is the mean fraction over replicas.
+2. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
+   reported within ``stale_seconds`` (45 s), the law holds the current count and says so.
+3. **Proportional target.** ``want = ceil(ready × u / target)`` (target
+   ``targetKVCacheUtilization``, default 0.75), as the HPA does for utilisation. Within the
+   ``tolerance`` band (|u/target − 1| ≤ 0.1) and with no queue, ``want`` = current.
+4. **Queue.** Requests waiting while blocks are nearly full mean the fleet is already short:
+   if the waiting count per replica exceeds ``queue_per_replica`` (2), ``want`` is at least
+   ``ready + ceil(waiting / queue_per_replica / ready)``.
+5. **Fast scale-up, counting capacity on the way.** Replicas still starting (pods created,
+   engine loading) count as capacity: scale up only if ``want`` > ready + starting, and at most
+   ``max(up_step_min, current)`` replicas per decision (double, at least 4 at a time).
+6. **Slow, stabilised scale-down.** Each decision records its ``want``; a scale-down takes the
+   highest ``want`` seen within ``stabilization_seconds`` (``scaleDownStabilizationSeconds``,
+   default 300 s — the HPA's default), and removes at most ``down_step`` (1) replica per decision.
+7. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
+
+The operator, the simulator and the tests all call :func:`decide`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Sample", "LawParams", "Decision", "Recommendations", "decide"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One scrape of one replica."""
+
+    time: float
+    replica: str
+    kv_fraction: float
+    waiting: int = 0
+    active: int = 0
+
+
+@dataclass(frozen=True)
+class LawParams:
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target: float = 0.75
+    stabilization_seconds: float = 300.0
+    tolerance: float = 0.1
+    window_seconds: float = 60.0
+    stale_seconds: float = 45.0
+    queue_per_replica: float = 2.0
+    up_step_min: int = 4
+    down_step: int = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    reason: str
+    utilization: float | None = None
+    held: bool = False  # True when the law refused to act on missing or stale metrics
+
+
+@dataclass
+class Recommendations:
+    """The ``want`` of recent decisions, for the scale-down stabilisation window."""
+
+    history: list[tuple[float, int]] = field(default_factory=list)
+
+    def add(self, now: float, want: int, horizon: float) -> None:
+        self.history.append((now, want))
+        self.history = [(t, w) for t, w in self.history if t >= now - horizon]
+
+    def highest_since(self, since: float) -> int:
+        return max((w for t, w in self.history if t >= since), default=0)
+
+
+def _clamp(value: int, params: LawParams) -> int:
+    return max(params.min_replicas, min(params.max_replicas, value))
+
+
+def decide(now: float, samples: Sequence[Sample], current: int, ready: int, starting: int,
+           params: LawParams, recommendations: Recommendations) -> Decision:
+    """Desired replicas for a fleet whose workload is set to ``current`` replicas, of which
+    ``ready`` serve and ``starting`` are on their way (``starting`` is reported in the reason)."""
+    fresh = [s for s in samples if s.time >= now - params.window_seconds]
+    latest: dict[str, Sample] = {}
+    for sample in fresh:
+        if sample.replica not in latest or sample.time > latest[sample.replica].time:
+            latest[sample.replica] = sample
+    reporting = [r for r, s in latest.items() if s.time >= now - params.stale_seconds]
+    if current < params.min_replicas or current > params.max_replicas:
+        bounded = _clamp(current, params)
+        return Decision(bounded, f"bringing {current} replicas within [{params.min_replicas}, "
+                                 f"{params.max_replicas}]")
+    if ready == 0:
+        return Decision(current, "no ready replica to measure yet: holding", held=True)
+    if len(reporting) * 2 < ready:
+        return Decision(current, f"metrics from {len(reporting)} of {ready} ready replicas: "
+                                 f"holding {current} until they report", held=True)
+
+    per_replica = {}
+    for replica in reporting:
+        values = [s.kv_fraction for s in fresh if s.replica == replica]
+        per_replica[replica] = sum(values) / len(values)
+    utilization = sum(per_replica.values()) / len(per_replica)
+    waiting = sum(latest[r].waiting for r in reporting)
+
+    want = math.ceil(ready * utilization / params.target - 1e-9)
+    ratio = utilization / params.target
+    queued = waiting > params.queue_per_replica * ready
+    if abs(ratio - 1) <= params.tolerance and not queued:
+        want = current
+        why = f"KV use {utilization:.0%} is within {params.tolerance:.0%} of the {params.target:.0%} target"
+    else:
+        why = f"KV use {utilization:.0%} against a {params.target:.0%} target"
+    if queued:
+        want = max(want, ready + math.ceil(waiting / params.queue_per_replica / ready))
+        why += f", {waiting} requests waiting"
+    want = _clamp(max(want, 0), params)
+    recommendations.add(now, want, params.stabilization_seconds)
+
+    if want > current:
+        # ``want`` is measured on the ready replicas only, so replicas still starting (part of
+        # ``current``) already count as capacity on the way.
+        step = max(params.up_step_min, current)
+        desired = _clamp(min(want, current + step), params)
+        on_the_way = f" ({starting} still starting)" if starting else ""
+        return Decision(desired, f"{why}: scaling up {current} -> {desired}{on_the_way}", utilization)
+    if want < current:
+        stable = max(want, recommendations.highest_since(now - params.stabilization_seconds))
+        if stable >= current:
+            return Decision(current, f"{why}: waiting out the {params.stabilization_seconds:.0f}s "
+                                     "scale-down stabilization", utilization)
+        desired = _clamp(max(stable, current - params.down_step), params)
+        return Decision(desired, f"{why}: scaling down {current} -> {desired}", utilization)
+    return Decision(current, f"{why}: holding {current}", utilization)

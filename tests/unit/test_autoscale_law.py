@@ -1,0 +1,101 @@
+"""The control law, pinned."""
+
+from __future__ import annotations
+
+import random
+
+from kiln.autoscale.law import LawParams, Recommendations, Sample, decide
+
+PARAMS = LawParams(min_replicas=1, max_replicas=8, target=0.75, stabilization_seconds=300)
+
+
+def _samples(now, replicas, fraction, waiting=0, span=60, period=15):
+    return [Sample(t, f"r{i}", fraction(t, i) if callable(fraction) else fraction, waiting)
+            for i in range(replicas) for t in range(int(now - span), int(now) + 1, period)]
+
+
+def test_sustained_kv_pressure_scales_up():
+    decision = decide(1000, _samples(1000, 2, 0.95), current=2, ready=2, starting=0,
+                      params=PARAMS, recommendations=Recommendations())
+    assert decision.desired == 3 and "scaling up" in decision.reason
+
+
+def test_queue_scales_up_even_at_target():
+    decision = decide(1000, _samples(1000, 2, 0.76, waiting=10), current=2, ready=2, starting=0,
+                      params=PARAMS, recommendations=Recommendations())
+    assert decision.desired >= 4 and "waiting" in decision.reason
+
+
+def test_starting_replicas_count_as_capacity():
+    # Two ready replicas at 95% need three; the third is already starting: no fourth.
+    decision = decide(1000, _samples(1000, 2, 0.95), current=3, ready=2, starting=1,
+                      params=PARAMS, recommendations=Recommendations())
+    assert decision.desired == 3
+
+
+def test_no_scale_down_inside_the_stabilization_window():
+    recs = Recommendations()
+    assert decide(0, _samples(0, 4, 0.74), 4, 4, 0, PARAMS, recs).desired == 4
+    for now in range(15, 300, 15):  # load drops; the earlier want of 4 is still in the window
+        decision = decide(now, _samples(now, 4, 0.2), 4, 4, 0, PARAMS, recs)
+        assert decision.desired == 4, now
+    assert "stabilization" in decision.reason
+    later = decide(320, _samples(320, 4, 0.2), 4, 4, 0, PARAMS, recs)
+    assert later.desired == 3  # one replica per decision
+
+
+def test_missing_or_stale_metrics_hold():
+    recs = Recommendations()
+    nothing = decide(1000, [], 5, 5, 0, PARAMS, recs)
+    assert nothing.desired == 5 and nothing.held and "holding" in nothing.reason
+    stale = decide(1000, _samples(900, 5, 0.1), 5, 5, 0, PARAMS, recs)
+    assert stale.desired == 5 and stale.held
+
+
+def test_no_flapping_on_a_noisy_flat_load():
+    rng = random.Random(7)
+    recs = Recommendations()
+    current = 3
+    changes = 0
+    history = []
+    for now in range(0, 3600, 15):
+        history += [Sample(now, f"r{i}", 0.72 + rng.uniform(-0.06, 0.06)) for i in range(current)]
+        decision = decide(now, history, current, current, 0, PARAMS, recs)
+        changes += decision.desired != current
+        current = decision.desired
+    assert changes == 0 and current == 3
+
+
+def test_respects_min_and_max():
+    full = decide(1000, _samples(1000, 8, 1.0, waiting=50), 8, 8, 0, PARAMS, Recommendations())
+    assert full.desired == 8
+    idle = LawParams(min_replicas=2, max_replicas=8, stabilization_seconds=0)
+    assert decide(1000, _samples(1000, 3, 0.0), 3, 3, 0, idle, Recommendations()).desired == 2
+    assert decide(1000, [], 12, 12, 0, PARAMS, Recommendations()).desired == 8
+
+
+def test_scale_up_is_bounded_per_decision():
+    decision = decide(1000, _samples(1000, 1, 1.0, waiting=100), 1, 1, 0,
+                      LawParams(max_replicas=64), Recommendations())
+    assert decision.desired == 5  # at most max(4, current) more at once
+
+
+def test_hpa_formula_table():
+    from kiln.autoscale.hpa import hpa_replicas
+
+    # (current, metric, target) -> desired: the examples of the HPA algorithm documentation
+    cases = [((1, 200, 100), 2), ((4, 50, 100), 2), ((3, 105, 100), 3), ((3, 111, 100), 4),
+             ((10, 91, 100), 10), ((10, 89, 100), 9), ((2, 0, 100), 0), ((0, 500, 100), 0),
+             ((5, 1.5, 1.0), 8)]
+    for (current, metric, target), desired in cases:
+        assert hpa_replicas(current, metric, target) == desired, (current, metric, target)
+
+
+def test_hpa_scale_down_waits_for_its_window():
+    from kiln.autoscale.hpa import HPA
+
+    hpa = HPA(min_replicas=1, max_replicas=10, target=1.0)
+    assert hpa.step(0, 4, 1.0) == 4
+    assert hpa.step(15, 4, 0.25) == 4       # the 4 of t=0 is inside the 300 s window
+    assert hpa.step(301, 4, 0.25) == 1
+    assert hpa.step(400, 1, None) == 1      # no metric: no change
