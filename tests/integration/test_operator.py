@@ -217,3 +217,52 @@ async def test_a_service_that_does_not_fit_shows_the_plan_and_builds_nothing(san
     plan = svc["status"]["plan"]
     assert plan["fits"] is False and plan["weightBytesPerGpu"] > 80 * 2**30
     assert sb.objects("jobs") == [] and sb.objects("llmengines") == []
+
+
+@pytest.fixture
+async def scaling_sandbox():
+    # Seconds instead of minutes: a 0.3 s control period, a 1 s sample window.
+    async with Sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, autoscale_period=0.3,
+                       autoscale_timing={"window_seconds": 1.0, "stale_seconds": 1.0}) as sb:
+        sb.add_namespace(NS)
+        yield sb
+
+
+async def test_builtin_autoscaler_follows_kv_pressure_and_holds_without_metrics(scaling_sandbox):
+    sb = scaling_sandbox
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["spec"]["autoscaling"] = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 3,
+                                       "targetKVCacheUtilization": 0.75,
+                                       "scaleDownStabilizationSeconds": 2}
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(manifest)
+    await sb.wait_for(lambda: _ready(sb), what="Ready")
+
+    def deployment_replicas():
+        return sb.objects("deployments")[0]["spec"]["replicas"]
+
+    sb.cluster.load["mistral-7b"] = 2.4  # demand for 2.4 replicas' worth of KV blocks
+    await sb.wait_for(lambda: deployment_replicas() == 3, timeout=30, what="3 replicas")
+    # kopf writes the timer's status after the workload is applied: wait for it.
+    svc = await sb.wait_for(lambda: (s := _service(sb))["status"].get("desiredReplicas") == 3 and s,
+                            what="status.desiredReplicas")
+    assert svc["spec"].get("replicas", 1) == 1  # the user's spec is never written
+    assert get_condition(_conditions(svc), "ScalingActive")["status"] == "True"
+    assert svc["status"]["autoscaling"]["lastScaleTime"]
+    await sb.wait_for(lambda: any(e.get("reason") == "ScaledUp" for _, e in sb.events("events")),
+                      what="a ScaledUp Event")
+
+    sb.cluster.metrics_outage.add("mistral-7b")  # metrics vanish while load is low
+    sb.cluster.load["mistral-7b"] = 0.2
+    svc = await sb.wait_for(lambda: (s := _service(sb)) and (get_condition(
+        _conditions(s), "ScalingActive") or {}).get("status") == "False" and s, what="ScalingActive=False")
+    assert get_condition(_conditions(svc), "ScalingActive")["reason"] == "MetricsUnavailable"
+    await asyncio.sleep(3)  # longer than the stabilization window
+    assert deployment_replicas() == 3, "no scale-down without metrics"
+
+    sb.cluster.metrics_outage.clear()
+    await sb.wait_for(lambda: deployment_replicas() == 1, timeout=30, what="back to 1 replica")
+    await sb.wait_for(lambda: any(e.get("reason") == "ScaledDown" for _, e in sb.events("events")),
+                      what="a ScaledDown Event")
+    await sb.wait_for(lambda: _service(sb)["status"].get("readyReplicas") == 1, what="status follows")

@@ -84,6 +84,7 @@ class ConditionType(StrEnum):
     FITS = "Fits"
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
+    SCALING_ACTIVE = "ScalingActive"
 
 
 class Reason(StrEnum):
@@ -102,3 +103,7 @@ class Reason(StrEnum):
     SCALED_TO_ZERO = "ScaledToZero"
     RECONCILED = "Reconciled"
     MISSING_DEPENDENCY = "MissingDependency"
+    SCALED_UP = "ScaledUp"
+    SCALED_DOWN = "ScaledDown"
+    METRICS_AVAILABLE = "MetricsAvailable"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"

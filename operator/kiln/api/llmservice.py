@@ -259,6 +259,14 @@ class EngineRef(KilnModel):
     build_job: str | None = None
 
 
+class AutoscalingStatus(KilnModel):
+    """The builtin autoscaler's last decision."""
+
+    last_decision: str = Field(description="What the control law decided and why.")
+    decision_time: str
+    last_scale_time: str | None = None
+
+
 class LLMServiceStatus(KilnModel):
     """Observed state, kstatus style."""
 
@@ -273,5 +281,8 @@ class LLMServiceStatus(KilnModel):
     tp_pp: str | None = Field(default=None, alias="tpPp", description="TPxPP, for printing.")
     kv_cache_utilization: str | None = Field(
         default=None, alias="kvCacheUtilization", description="Mean KV-cache use, for printing.")
+    desired_replicas: int | None = Field(
+        default=None, description="Replicas the builtin autoscaler wants (the workload follows).")
+    autoscaling: AutoscalingStatus | None = None
 
 

@@ -29,6 +29,7 @@ class KVSample:
     tokens_per_block: int
     waiting_requests: int = 0
     active_requests: int = 0
+    replica: str = ""  # the pod it came from, when known
 
     @property
     def capacity_tokens(self) -> int:

@@ -9,11 +9,15 @@ from typing import Any
 
 import kopf
 
-from ..api import GROUP, VERSION
+from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Reason
+from ..api.validation import parse_service_spec
+from ..errors import SpecInvalid
+from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler
+from .conditions import is_true, set_condition
 from .kube import KubeApi
 from .metrics import MetricsSource, PodMetrics
 from .models import ModelResolver
-from .service import reconcile_service
+from .service import reconcile_service, workload_replicas
 
 __all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS"]
 
@@ -31,10 +35,14 @@ class OperatorContext:
     # The demo and the tests poll builds and rollouts faster than a real cluster needs.
     max_retry_delay: float | None = None
     metrics: MetricsSource | None = None
+    autoscale_period: float = AUTOSCALE_PERIOD_SECONDS
+    # LawParams timing overrides (window_seconds, stale_seconds) for the demo and the tests.
+    autoscale_timing: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.metrics is None:
             self.metrics = PodMetrics(self.api)
+        self.autoscaler = BuiltinAutoscaler(self.api, self.metrics, dict(self.autoscale_timing))
 
 
 def _now() -> str:
@@ -64,11 +72,12 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             return kopf.ConnectionInfo(server=ctx.login_url, scheme="Bearer", token="kiln",
                                        insecure=True)
 
-    async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+    async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                        status: dict[str, Any] | None = None, **_: Any) -> None:
         raw = {"metadata": dict(body.metadata), "spec": dict(body.spec),
-               "status": dict(body.status)}
+               "status": dict(body.status) if status is None else status}
         outcome = await reconcile_service(raw, ctx.api, ctx.models, _now(), ctx.metrics)
-        diff = _status_diff(raw["status"], outcome.status)
+        diff = _status_diff(dict(body.status), outcome.status)
         if diff:
             patch.status.update(diff)
         for type_, reason, message in outcome.events:
@@ -91,5 +100,44 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             await reconcile(body, patch, logger)
         except kopf.TemporaryError:
             pass  # the next tick comes anyway
+
+    def builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
+        return (spec.get("autoscaling") or {}).get("mode") == AutoscalingMode.BUILTIN.value
+
+    @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=ctx.autoscale_period,
+                id="autoscale", when=builtin_mode)
+    async def autoscale(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+        """Builtin mode: the control law sets the workload's replicas (never the spec)."""
+        try:
+            spec = parse_service_spec(dict(body.spec))
+        except SpecInvalid:
+            return  # the reconcile reports it
+        status = dict(body.status)
+        if not is_true(status.get("conditions", []), "EngineReady"):
+            return
+        current = workload_replicas(spec, status)
+        decision = await ctx.autoscaler.evaluate(body.metadata["namespace"], body.metadata["name"],
+                                                 spec, current)
+        if decision is None:
+            return
+        now = _now()
+        previous = status.get("autoscaling") or {}
+        status["desiredReplicas"] = decision.desired
+        if decision.reason != previous.get("lastDecision") or decision.desired != current:
+            status["autoscaling"] = {**previous, "lastDecision": decision.reason, "decisionTime": now}
+        status["conditions"] = set_condition(
+            status.get("conditions", []), ConditionType.SCALING_ACTIVE.value, not decision.held,
+            (Reason.METRICS_UNAVAILABLE if decision.held else Reason.METRICS_AVAILABLE).value,
+            decision.reason, now, body.metadata.get("generation"))
+        if decision.desired != current:
+            status["autoscaling"]["lastScaleTime"] = now
+            up = decision.desired > current
+            kopf.event(body, type="Normal",
+                       reason=(Reason.SCALED_UP if up else Reason.SCALED_DOWN).value,
+                       message=decision.reason)
+        try:
+            await reconcile(body, patch, logger, status=status)
+        except kopf.TemporaryError:
+            pass  # a rollout in progress; the reconcile handler follows it
 
     return registry

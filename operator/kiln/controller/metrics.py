@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -53,10 +54,11 @@ class PodMetrics:
 
     async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]:
         pods = ready_pods(await self.api.list("v1", "Pod", namespace, selector))
-        urls = [f"http://{pod['status']['podIP']}:{port}/metrics" for pod in pods
-                if (port := _metrics_port(pod))]
-        pages = await asyncio.gather(*(self._fetch(url) for url in urls))
-        return [sample for page in pages if page and (sample := parse_triton_metrics(page))]
+        targets = [(pod["metadata"]["name"], f"http://{pod['status']['podIP']}:{port}/metrics")
+                   for pod in pods if (port := _metrics_port(pod))]
+        pages = await asyncio.gather(*(self._fetch(url) for _, url in targets))
+        return [replace(sample, replica=name) for (name, _), page in zip(targets, pages)
+                if page and (sample := parse_triton_metrics(page))]
 
     async def close(self) -> None:
         if self._session is not None:

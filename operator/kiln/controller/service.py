@@ -11,7 +11,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import API_VERSION, ConditionType, Reason
+from ..api import API_VERSION, AutoscalingMode, ConditionType, Reason
 from ..api.validation import parse_service_spec
 from ..errors import KilnError, NotReadyYet, SpecInvalid
 from ..planner import lookup_gpu, plan
@@ -182,7 +182,7 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
                      f"{result.kv_cache_tokens} KV-cache tokens, "
                      f"{result.max_concurrent_sequences} sequences of maxSeqLen per replica")
 
-    replicas = spec.replicas
+    replicas = workload_replicas(spec, body.get("status") or {})
     rendered = render(ref, spec, result, gpu, replicas)
     engine_name = rendered.engine["metadata"]["name"]
     st.data["engine"] = {"name": engine_name,
@@ -227,6 +227,19 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     message = f"{ready_replicas}/{replicas} replicas ready"
     st.progressing(Reason.ROLLING_OUT, message)
     raise NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
+
+
+def workload_replicas(spec: Any, status: dict[str, Any]) -> int:
+    """Replicas of the owned workload: the builtin autoscaler's choice in builtin mode (never
+    written to the user's spec), otherwise spec.replicas (which KEDA or an HPA may drive
+    through the /scale subresource)."""
+    scaling = spec.autoscaling
+    if scaling.mode != AutoscalingMode.BUILTIN:
+        return int(spec.replicas)
+    desired = status.get("desiredReplicas")
+    if desired is None:
+        desired = max(scaling.min_replicas, min(scaling.max_replicas, spec.replicas))
+    return max(scaling.min_replicas, min(scaling.max_replicas, int(desired)))
 
 
 def _observe(st: _Status, out: Outcome, samples: list[KVSample], previous: int | None) -> None:

@@ -48,8 +48,11 @@ class SimulatedCluster:
         self.on_event = on_event or (lambda message: None)
         self._seen: dict[tuple[str, str, str], float] = {}
         self._triton: dict[tuple[str, str], SimulatedTriton] = {}
-        # Share of each replica's KV blocks in use; the autoscaling demo drives it.
+        # Demand per service in replica-equivalents of KV blocks (0.35 = a third of one
+        # replica's blocks), spread over its pods; the autoscaling demo and tests drive it.
         self.load: dict[str, float] = {}
+        # Services whose metrics endpoints answer 503, to show that the autoscaler holds.
+        self.metrics_outage: set[str] = set()
 
     def _live(self, plural: str) -> list[dict[str, Any]]:
         return [obj.raw for (resource, _, _), obj in list(self.emulator.objects.items())
@@ -103,6 +106,10 @@ class SimulatedCluster:
                 return int(((obj.raw.get("status") or {}).get("plan") or {}).get("kvCacheTokens") or 65536)
         return 65536
 
+    def _per_pod_load(self, instance: str) -> float:
+        pods = [name for (_, name), triton in self._triton.items() if triton.instance_of == instance]
+        return self.load.get(instance, 0.35) / max(1, len(pods))
+
     async def _sync_pods(self, deployment: dict[str, Any], want: int) -> None:
         meta = deployment["metadata"]
         namespace = meta["namespace"]
@@ -113,7 +120,9 @@ class SimulatedCluster:
             key = (namespace, name)
             if key not in self._triton:
                 predicted = self._predicted_tokens(namespace, instance)
-                triton = SimulatedTriton(predicted, lambda i=instance: self.load.get(i, 0.35))
+                triton = SimulatedTriton(predicted, lambda i=instance: self._per_pod_load(i),
+                                         lambda i=instance: i in self.metrics_outage)
+                triton.instance_of = instance
                 await triton.start()
                 self._triton[key] = triton
             port = self._triton[key].port
@@ -156,11 +165,14 @@ class SimulatedTriton:
 
     TOKENS_PER_BLOCK = 32
 
-    def __init__(self, predicted_tokens: int, load: Callable[[], float]) -> None:
+    def __init__(self, predicted_tokens: int, load: Callable[[], float],
+                 outage: Callable[[], bool] = lambda: False) -> None:
         # The engine allocates within a few percent of the prediction (deterministic per size).
         skew = int(hashlib.sha256(str(predicted_tokens).encode()).hexdigest(), 16) % 9 - 4
         self.max_blocks = max(1, round(predicted_tokens * (1 + skew / 100) / self.TOKENS_PER_BLOCK))
         self.load = load
+        self.outage = outage
+        self.instance_of = ""
         self.port = 0
         self._runner: aiohttp.web.AppRunner | None = None
 
@@ -179,6 +191,8 @@ class SimulatedTriton:
 
     async def start(self) -> None:
         async def metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            if self.outage():
+                return aiohttp.web.Response(status=503, text="metrics unavailable (simulated outage)")
             return aiohttp.web.Response(text=self.page())
 
         app = aiohttp.web.Application()

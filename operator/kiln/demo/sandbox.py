@@ -32,7 +32,9 @@ class Sandbox:
 
     def __init__(self, *, build_seconds: float = 1.0, start_seconds: float = 0.5,
                  retry_delay: float = 0.5, on_event: Callable[[str], None] | None = None,
-                 fail_builds: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                 fail_builds: Callable[[dict[str, Any]], bool] | None = None,
+                 autoscale_period: float = 15.0,
+                 autoscale_timing: dict[str, float] | None = None) -> None:
         self.emulator = KilnEmulator()
         self._server = Server(self.emulator)
         self._build_seconds = build_seconds
@@ -40,6 +42,8 @@ class Sandbox:
         self._retry_delay = retry_delay
         self._on_event = on_event
         self._fail_builds = fail_builds
+        self._autoscale_period = autoscale_period
+        self._autoscale_timing = autoscale_timing or {}
         self._operator: tuple[threading.Thread, threading.Event] | None = None
         self.operator_error: BaseException | None = None
         self._kubelet: tuple[asyncio.Task[None], asyncio.Event] | None = None
@@ -150,7 +154,9 @@ class Sandbox:
         async def main() -> None:
             api = KubeApi.for_url(self.url)
             ctx = OperatorContext(api=api, models=ModelResolver(allow_download=False),
-                                  login_url=self.url, max_retry_delay=self._retry_delay)
+                                  login_url=self.url, max_retry_delay=self._retry_delay,
+                                  autoscale_period=self._autoscale_period,
+                                  autoscale_timing=self._autoscale_timing)
             try:
                 await run_operator(ctx, stop)
             finally:

@@ -1,0 +1,72 @@
+"""The builtin autoscaler: scrape, run the control law, write the decision. One per operator.
+
+Samples and recommendations live in memory per service. After an operator restart the
+history is empty: the first decision seeds the current count as a recommendation, so a
+restart never shortcuts the scale-down stabilisation window, and missing samples hold.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api import AutoscalingMode, LLMServiceSpec
+from ..autoscale import Decision, LawParams, Recommendations, Sample, decide
+from ..render.meta import LABEL_COMPONENT, LABEL_INSTANCE
+from ..render.serving import server_name
+from .kube import KubeApi
+from .metrics import MetricsSource
+
+__all__ = ["BuiltinAutoscaler", "AUTOSCALE_PERIOD_SECONDS"]
+
+AUTOSCALE_PERIOD_SECONDS = 15.0
+
+
+@dataclass
+class _Fleet:
+    samples: list[Sample] = field(default_factory=list)
+    recommendations: Recommendations = field(default_factory=Recommendations)
+
+
+@dataclass
+class BuiltinAutoscaler:
+    api: KubeApi
+    metrics: MetricsSource
+    # Overrides of LawParams timing (window, staleness) for the demo and tests.
+    timing: dict[str, float] = field(default_factory=dict)
+    clock: Any = time.monotonic
+    _fleets: dict[tuple[str, str], _Fleet] = field(default_factory=dict)
+
+    def params(self, spec: LLMServiceSpec) -> LawParams:
+        scaling = spec.autoscaling
+        return LawParams(min_replicas=scaling.min_replicas, max_replicas=scaling.max_replicas,
+                         target=scaling.target_kv_cache_utilization,
+                         stabilization_seconds=float(scaling.scale_down_stabilization_seconds),
+                         **self.timing)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._fleets.pop((namespace, name), None)
+
+    async def evaluate(self, namespace: str, name: str, spec: LLMServiceSpec,
+                       current: int) -> Decision | None:
+        """A decision for a builtin-mode service whose workload runs ``current`` replicas."""
+        if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
+            return None
+        deployment = await self.api.get("apps/v1", "Deployment", server_name(name), namespace)
+        if deployment is None:
+            return None
+        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+        now = self.clock()
+        params = self.params(spec)
+        fleet = self._fleets.get((namespace, name))
+        if fleet is None:
+            fleet = self._fleets[(namespace, name)] = _Fleet()
+            fleet.recommendations.add(now, current, params.stabilization_seconds)
+        selector = f"{LABEL_INSTANCE}={name},{LABEL_COMPONENT}=server"
+        for sample in await self.metrics.kv_samples(namespace, selector):
+            fleet.samples.append(Sample(now, sample.replica, sample.utilization,
+                                        sample.waiting_requests, sample.active_requests))
+        fleet.samples = [s for s in fleet.samples if s.time >= now - params.window_seconds]
+        return decide(now, fleet.samples, current, ready, max(0, current - ready), params,
+                      fleet.recommendations)
