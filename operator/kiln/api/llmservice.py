@@ -176,6 +176,9 @@ class AutoscalingSpec(KilnModel):
         description="KV-cache block utilisation to hold replicas at.")
     scale_down_stabilization_seconds: int = Field(
         default=300, ge=0, le=86400, description="Quiet time before replicas are removed.")
+    prometheus_url: str = Field(
+        default="http://prometheus-operated.monitoring.svc:9090", max_length=512,
+        pattern=r"^https?://", description="Prometheus that scrapes the serving pods (keda mode).")
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:

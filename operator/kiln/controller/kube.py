@@ -48,6 +48,8 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", True),
     Kind("v1", "Secret", "secrets", True),
     Kind("v1", "Pod", "pods", True),
+    Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects", True),
+    Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", True),
 )}
 
 

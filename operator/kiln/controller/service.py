@@ -207,6 +207,8 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     st.condition(ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT, f"engine {engine_name} is built")
     live = await _apply_if_changed(api, workload)
     await _apply_if_changed(api, rendered.service)
+    if rendered.scaler is not None:
+        await _apply_if_changed(api, rendered.scaler)
     ready_replicas = _replica_status(st, live)
     current = (live.get("status") or {}).get("observedGeneration") == live["metadata"].get("generation") \
         or live["metadata"].get("generation") is None

@@ -46,6 +46,8 @@ RESOURCES: list[tuple[str, str, bool, list[str]]] = [
     ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, ["status"]),
     ("apps/v1/deployments", "Deployment", True, ["status", "scale"]),
     ("batch/v1/jobs", "Job", True, ["status"]),
+    ("keda.sh/v1alpha1/scaledobjects", "ScaledObject", True, ["status"]),
+    ("autoscaling/v2/horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ["status"]),
     ("serving.kiln.dev/v1alpha1/llmservices", "LLMService", True, ["status", "scale"]),
     ("serving.kiln.dev/v1alpha1/llmengines", "LLMEngine", False, ["status"]),
 ]

@@ -13,6 +13,7 @@ from ..api import LLMServiceSpec
 from ..planner import GPU, Plan
 from .engine import Engine, build_job, engine_for, engine_key, llm_engine
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
+from .scaling import scaler
 from .serving import deployment, endpoint, server_name, service
 
 __all__ = ["ServiceRef", "Rendered", "render", "Engine", "engine_for", "engine_key",
@@ -37,9 +38,11 @@ class Rendered:
     build_job: dict[str, Any]
     workload: dict[str, Any]
     service: dict[str, Any]
+    scaler: dict[str, Any] | None = None  # KEDA ScaledObject or HPA, by autoscaling.mode
 
     def objects(self) -> list[dict[str, Any]]:
-        return [self.engine, self.build_job, self.workload, self.service]
+        objects = [self.engine, self.build_job, self.workload, self.service]
+        return objects + ([self.scaler] if self.scaler else [])
 
 
 def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
@@ -54,4 +57,5 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
         workload=deployment(spec, plan, engine, gpu, ref.name, ref.namespace,
                             spec.replicas if replicas is None else replicas, ref.uid),
         service=service(spec, ref.name, ref.namespace, ref.uid),
+        scaler=scaler(spec, ref.name, ref.namespace, ref.uid),
     )
