@@ -162,6 +162,79 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .autoscale import LawParams
+    from .sim import Fleet, PerfModel, load_trace, simulate
+    from .sim.policies import POLICIES, hpa_policy, kiln_policy, static_policy
+
+    _, spec, gpu, model, result = _prepare(args)
+    if model is None or not result.fits:
+        raise SpecInvalid("the service must fit to be simulated: " + "; ".join(result.reasons))
+    policies = args.policy or list(POLICIES)
+    unknown = sorted(set(policies) - set(POLICIES))
+    if unknown:
+        raise SpecInvalid(f"--policy: unknown {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+    outage = None
+    if args.metrics_outage:
+        try:
+            start, seconds = (float(x) for x in args.metrics_outage.split(":"))
+        except ValueError:
+            raise SpecInvalid("--metrics-outage: expected START:SECONDS") from None
+        outage = (start, seconds)
+    requests = load_trace(Path(args.trace), args.rate_scale, args.time_scale)
+    scaling = spec.autoscaling
+    low, high = max(1, scaling.min_replicas), max(scaling.max_replicas, args.max_replicas)
+    params = LawParams(min_replicas=low, max_replicas=high, target=scaling.target_kv_cache_utilization,
+                       stabilization_seconds=float(scaling.scale_down_stabilization_seconds))
+    fleet = Fleet(PerfModel.from_plan(result, spec, gpu), spec.gpus, initial=low, cold_start=args.cold_start)
+    results = {}
+    peak = 1
+    for name in sorted(policies, key=lambda n: n == "static"):  # static sizes itself on the others' peak
+        policy = {"kiln": lambda: kiln_policy(params), "hpa": lambda: hpa_policy(low, high),
+                  "static": lambda: static_policy(peak)}[name]()
+
+        def progress(share: float, name: str = name) -> None:
+            if args.output != "json" and sys.stderr.isatty():
+                print(f"\r  {name:8s} [{'#' * int(share * 30):30s}] {share:4.0%}", end="", file=sys.stderr)
+        results[name] = simulate(requests, fleet, policy, args.slo_ttft_ms / 1000, outage, progress)
+        peak = max(peak, results[name].max_replicas)
+        if args.output != "json" and sys.stderr.isatty():
+            print(file=sys.stderr)
+    if args.plot:
+        _plot(results, Path(args.plot))
+    if args.output == "json":
+        print(json.dumps({"policies": {n: r.wire() for n, r in results.items()}}, indent=2))
+        return 0
+    print(f"{len(requests)} requests, SLO: TTFT <= {args.slo_ttft_ms} ms, cold start {args.cold_start:.0f} s")
+    print(f"{'POLICY':8s} {'GPU-HOURS':>10s} {'SLO':>7s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'SCALES':>7s} {'MAX':>4s}")
+    for name, r in results.items():
+        print(f"{name:8s} {r.gpu_hours:10.2f} {r.slo_attainment:7.2%} {r.ttft_p50_ms:8.0f}ms "
+              f"{r.ttft_p99_ms:8.0f}ms {r.scale_events:7d} {r.max_replicas:4d}")
+    return 0
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SpecInvalid("--plot needs matplotlib (pip install 'kiln-operator[plot]')") from None
+    fig, (load, reps, ttft) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    first = next(iter(results.values()))
+    load.plot([t / 60 for t, *_ in first.timeline], [a for _, _, a, _ in first.timeline], color="grey")
+    load.set_ylabel("arrivals / min")
+    for name, r in results.items():
+        reps.step([t / 60 for t, *_ in r.timeline], [n for _, n, _, _ in r.timeline], where="post", label=name)
+        ttft.plot([t / 60 for t, *_ in r.timeline], [m for *_, m in r.timeline], label=name)
+    reps.set_ylabel("replicas")
+    reps.legend()
+    ttft.set_ylabel("mean TTFT (s)")
+    ttft.set_xlabel("minutes")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .controller.operator import run_against_kubeconfig
 
@@ -196,6 +269,20 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--compare", action="store_true",
                              help="every precision side by side: memory, KV tokens, fewest GPUs, speed")
         cmd.set_defaults(func=func)
+    sim = sub.add_parser("simulate", help="replay a request trace under autoscaling policies")
+    sim.add_argument("-f", "--file", required=True, help="LLMService manifest")
+    sim.add_argument("--trace", required=True, help="Azure CSV, Mooncake JSONL or timestamp_s,input_tokens,output_tokens")
+    sim.add_argument("--model-config", help="a Hugging Face config.json")
+    sim.add_argument("--policy", action="append", help="kiln, hpa or static (default: all)")
+    sim.add_argument("--slo-ttft-ms", type=float, default=2000.0)
+    sim.add_argument("--cold-start", type=float, default=90.0, help="seconds until a new replica serves")
+    sim.add_argument("--rate-scale", type=float, default=1.0)
+    sim.add_argument("--time-scale", type=float, default=1.0)
+    sim.add_argument("--max-replicas", type=int, default=16, help="upper bound for every policy")
+    sim.add_argument("--metrics-outage", help="START:SECONDS with no metrics")
+    sim.add_argument("--plot", help="write load, replicas and TTFT over time to this PNG")
+    sim.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    sim.set_defaults(func=cmd_simulate, gpu_memory_gib=None)
     run = sub.add_parser("run", help="run the operator against the current kubeconfig")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
     run.set_defaults(func=cmd_run)
