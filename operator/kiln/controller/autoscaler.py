@@ -13,7 +13,7 @@ from typing import Any
 
 from ..api import AutoscalingMode, LLMServiceSpec
 from ..autoscale import Decision, LawParams, Recommendations, Sample, decide
-from ..render.meta import LABEL_COMPONENT, LABEL_INSTANCE
+from ..render.meta import selector_string
 from ..render.serving import server_name
 from .kube import KubeApi
 from .metrics import MetricsSource
@@ -63,8 +63,7 @@ class BuiltinAutoscaler:
         if fleet is None:
             fleet = self._fleets[(namespace, name)] = _Fleet()
             fleet.recommendations.add(now, current, params.stabilization_seconds)
-        selector = f"{LABEL_INSTANCE}={name},{LABEL_COMPONENT}=server"
-        for sample in await self.metrics.kv_samples(namespace, selector):
+        for sample in await self.metrics.kv_samples(namespace, selector_string(name, "server")):
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
                                         sample.waiting_requests, sample.active_requests))
         fleet.samples = [s for s in fleet.samples if s.time >= now - params.window_seconds]

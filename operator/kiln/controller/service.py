@@ -16,7 +16,7 @@ from ..api.validation import parse_service_spec
 from ..errors import KilnError, NotReadyYet, SpecInvalid
 from ..planner import lookup_gpu, plan
 from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, render
-from ..render.meta import ENGINE_KEY_ANNOTATION, LABEL_COMPONENT, LABEL_INSTANCE
+from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
 from .kube import KubeApi
@@ -191,7 +191,7 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
                                        f"{rendered.engine['spec']['key']}",
                          "buildJob": rendered.build_job["metadata"]["name"]}
     st.data["endpoint"] = endpoint(ref.name, ref.namespace)
-    st.data["selector"] = f"{LABEL_INSTANCE}={ref.name},{LABEL_COMPONENT}=server"
+    st.data["selector"] = selector_string(ref.name, "server")
 
     ready = await _engine_ready(api, rendered, st, out)
     workload = rendered.workload

@@ -50,6 +50,11 @@ def selector(instance: str, component: str) -> dict[str, str]:
     return {LABEL_INSTANCE: instance, LABEL_COMPONENT: component}
 
 
+def selector_string(instance: str, component: str) -> str:
+    """The same selector as a label-selector string (``status.selector``, list calls)."""
+    return ",".join(f"{k}={v}" for k, v in selector(instance, component).items())
+
+
 def child_name(base: str, suffix: str, limit: int = _MAX_NAME) -> str:
     """``{base}-{suffix}``, shortened with a hash so it fits ``limit`` characters."""
     name = f"{base}-{suffix}"
