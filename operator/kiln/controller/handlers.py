@@ -129,15 +129,19 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             status.get("conditions", []), ConditionType.SCALING_ACTIVE.value, not decision.held,
             (Reason.METRICS_UNAVAILABLE if decision.held else Reason.METRICS_AVAILABLE).value,
             decision.reason, now, body.metadata.get("generation"))
+        settled = status.get("readyReplicas") == current and is_true(status.get("conditions", []), "Ready")
+        if decision.desired == current and settled:
+            # Nothing to apply or follow: write the decision only (the resync does the rest).
+            patch.status.update(_status_diff(dict(body.status), status))
+            return
         if decision.desired != current:
             status["autoscaling"]["lastScaleTime"] = now
             up = decision.desired > current
-            kopf.event(body, type="Normal",
-                       reason=(Reason.SCALED_UP if up else Reason.SCALED_DOWN).value,
+            kopf.event(body, type="Normal", reason=(Reason.SCALED_UP if up else Reason.SCALED_DOWN).value,
                        message=decision.reason)
         try:
             await reconcile(body, patch, logger, status=status)
         except kopf.TemporaryError:
-            pass  # a rollout in progress; the reconcile handler follows it
+            pass  # a rollout in progress: the next ticks follow it until it settles
 
     return registry
