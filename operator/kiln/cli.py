@@ -282,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--metrics-outage", help="START:SECONDS with no metrics")
     sim.add_argument("--plot", help="write load, replicas and TTFT over time to this PNG")
     sim.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    sim.set_defaults(func=cmd_simulate, gpu_memory_gib=None)
+    sim.set_defaults(func=cmd_simulate)
     run = sub.add_parser("run", help="run the operator against the current kubeconfig")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
     run.set_defaults(func=cmd_run)

@@ -120,9 +120,8 @@ class SimulatedCluster:
             key = (namespace, name)
             if key not in self._triton:
                 predicted = self._predicted_tokens(namespace, instance)
-                triton = SimulatedTriton(predicted, lambda i=instance: self._per_pod_load(i),
+                triton = SimulatedTriton(instance, predicted, lambda i=instance: self._per_pod_load(i),
                                          lambda i=instance: i in self.metrics_outage)
-                triton.instance_of = instance
                 await triton.start()
                 self._triton[key] = triton
             port = self._triton[key].port
@@ -165,14 +164,14 @@ class SimulatedTriton:
 
     TOKENS_PER_BLOCK = 32
 
-    def __init__(self, predicted_tokens: int, load: Callable[[], float],
+    def __init__(self, instance: str, predicted_tokens: int, load: Callable[[], float],
                  outage: Callable[[], bool] = lambda: False) -> None:
         # The engine allocates within a few percent of the prediction (deterministic per size).
         skew = int(hashlib.sha256(str(predicted_tokens).encode()).hexdigest(), 16) % 9 - 4
         self.max_blocks = max(1, round(predicted_tokens * (1 + skew / 100) / self.TOKENS_PER_BLOCK))
         self.load = load
         self.outage = outage
-        self.instance_of = ""
+        self.instance_of = instance
         self.port = 0
         self._runner: aiohttp.web.AppRunner | None = None
 

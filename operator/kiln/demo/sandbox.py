@@ -85,14 +85,11 @@ class Sandbox:
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """POST an object as ``kubectl create`` would."""
         api_version, kind = obj["apiVersion"], obj["kind"]
-        namespace = obj["metadata"].get("namespace")
         if kind == "CustomResourceDefinition":
             path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-        elif kind == "LLMService":
-            namespace = namespace or "default"
-            obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
-            path = f"/apis/{API_VERSION}/namespaces/{namespace}/llmservices"
         else:
+            namespace = obj["metadata"].get("namespace") or "default"
+            obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
             path = KINDS[(api_version, kind)].path(namespace)
         async with self._server.client.post(path, json=obj) as response:
             if response.status >= 300:

@@ -26,7 +26,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..api import LLMServiceSpec, Precision
 from ..autoscale import Sample
+from ..planner import GPU, Plan
+from ..planner.memory import WEIGHT_BYTES
 from .traces import Request
 
 __all__ = ["PerfModel", "Fleet", "SimResult", "simulate", "FleetView"]
@@ -45,17 +48,15 @@ class PerfModel:
     prefill_tokens_per_s: float  # per replica
 
     @classmethod
-    def from_plan(cls, plan: object, spec: object, gpu: object) -> PerfModel:
-        weight = float(plan.weight_bytes_per_gpu)  # type: ignore[attr-defined]
-        precision = str(spec.precision)  # type: ignore[attr-defined]
-        bytes_per_param = {"fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8-sq": 1.0, "int8-wo": 1.0}.get(precision, 0.55)
-        params_per_gpu = weight / bytes_per_param
-        speedup = 1.0 if bytes_per_param == 2.0 else 2.0
-        flops = _PEAK_FLOPS.get(gpu.arch, 300e12) * 0.4 * speedup  # type: ignore[attr-defined]
-        return cls(kv_tokens=int(plan.kv_cache_tokens), max_batch=int(spec.engine.max_batch_size),  # type: ignore[attr-defined]
-                   weight_bytes=weight, kv_bytes_per_token=float(plan.kv_bytes_per_token_per_gpu),  # type: ignore[attr-defined]
-                   bandwidth=float(gpu.bandwidth_tbs) * 1e12,  # type: ignore[attr-defined]
-                   prefill_tokens_per_s=flops / (2 * params_per_gpu))
+    def from_plan(cls, plan: Plan, spec: LLMServiceSpec, gpu: GPU) -> PerfModel:
+        weight = float(plan.weight_bytes_per_gpu or 0)
+        bytes_per_param = WEIGHT_BYTES[Precision(spec.precision)]
+        speedup = 1.0 if bytes_per_param >= 2 else 2.0  # 8- and 4-bit tensor cores
+        flops = _PEAK_FLOPS.get(gpu.arch, 300e12) * 0.4 * speedup
+        return cls(kv_tokens=int(plan.kv_cache_tokens or 0), max_batch=spec.engine.max_batch_size,
+                   weight_bytes=weight, kv_bytes_per_token=float(plan.kv_bytes_per_token_per_gpu or 0),
+                   bandwidth=gpu.bandwidth_tbs * 1e12,
+                   prefill_tokens_per_s=flops / (2 * weight / bytes_per_param))
 
     def step_seconds(self, kv_tokens_in_use: int) -> float:
         return (self.weight_bytes + kv_tokens_in_use * self.kv_bytes_per_token) / (self.bandwidth * 0.7) + 0.002

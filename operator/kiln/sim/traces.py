@@ -22,7 +22,7 @@ class Request:
 
 def _azure_time(text: str) -> float:
     whole, _, fraction = text.partition(".")
-    stamp = datetime.datetime.strptime(whole, "%Y-%m-%d %H:%M:%S")
+    stamp = datetime.datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC)
     return stamp.timestamp() + float(f"0.{fraction or 0}")
 
 
