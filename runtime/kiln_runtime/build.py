@@ -72,6 +72,13 @@ def _run_child(step: Step, out: TextIO) -> None:
         raise StepFailed(step.name, f"{os.path.basename(step.argv[0])} exited with {code}{last}")
 
 
+def _reused(spec: BuildSpec, manifest: dict[str, Any]) -> dict[str, Any]:
+    summary = {"engineKey": spec.engine_key, "result": "reused",
+               "engineBytes": manifest.get("engineBytes"), "buildSeconds": 0}
+    report(summary)
+    return summary
+
+
 def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
     """Build (or reuse) the engine; returns the summary also written to the termination log."""
     layout = Layout(spec)
@@ -79,10 +86,7 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
     existing = cache.complete_entry(spec.cache_dir, spec.engine_key)
     if existing is not None:
         _log(out, f"engine {spec.engine_key[:12]} is already in the cache: reusing it")
-        summary = {"engineKey": spec.engine_key, "result": "reused",
-                   "engineBytes": existing.get("engineBytes"), "buildSeconds": 0}
-        report(summary)
-        return summary
+        return _reused(spec, existing)
     _log(out, f"[resolve] {spec.source}@{spec.revision}: reading config.json")
     architecture = check_model(spec, source.read_config(spec.source, spec.revision))
     steps = plan_steps(spec, architecture)
@@ -90,10 +94,7 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
         existing = cache.complete_entry(spec.cache_dir, spec.engine_key)
         if existing is not None:  # another Job published it while this one waited
             _log(out, "another build published this engine while waiting: reusing it")
-            summary = {"engineKey": spec.engine_key, "result": "reused",
-                       "engineBytes": existing.get("engineBytes"), "buildSeconds": 0}
-            report(summary)
-            return summary
+            return _reused(spec, existing)
         shutil.rmtree(layout.staging, ignore_errors=True)  # a crashed build's leftovers
         layout.staging.mkdir(parents=True)
         manifest: dict[str, Any] = {}

@@ -25,7 +25,8 @@ import aiohttp.web
 import jsonpatch
 import attrs
 import yaml
-from kmock import KubernetesEmulator, KubernetesError, KubernetesObjectNotFoundError, action
+from kmock import (KubernetesEmulator, KubernetesError, KubernetesObjectNotFoundError,
+                   KubernetesResourceNotFoundError, action)
 from kmock import KubernetesScaffold
 from kmock._internal.dicts import json_patch_dict  # kmock's own RFC 6902 implementation
 
@@ -108,7 +109,8 @@ class KilnEmulator(KubernetesEmulator):
 
     async def _serve_list(self, request: Any) -> Any:
         """A list with a real ``resourceVersion`` to watch from."""
-        await super()._serve_list(request)  # 404 for unknown resources
+        if request.resource not in self._get_resources():
+            raise KubernetesResourceNotFoundError()
         async with self._lock:
             return {"metadata": {"resourceVersion": str(self._last_version)},
                     "items": self._current(request)}
