@@ -238,7 +238,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .controller.operator import run_against_kubeconfig
 
-    asyncio.run(run_against_kubeconfig(args.namespace or None))
+    asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port))
     return 0
 
 
@@ -285,6 +285,8 @@ def parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
     run = sub.add_parser("run", help="run the operator against the current kubeconfig")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
+    run.add_argument("--metrics-port", type=int, default=8081,
+                     help="serve the operator's Prometheus metrics here (0: off)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
     demo.add_argument("--examples", default="examples", help="directory of manifests to apply")

@@ -77,7 +77,9 @@ def _rank_argv(spec: ServeSpec, repo: Path, rank: int) -> list[str]:
     if rank == 0:
         argv += [f"--http-port={spec.ports['http']}", f"--grpc-port={spec.ports['grpc']}",
                  f"--metrics-port={spec.ports['metrics']}", "--allow-metrics=true",
-                 "--metrics-interval-ms=1000"]
+                 "--metrics-interval-ms=1000",
+                 # time to first token, for dashboards (decoupled/streaming models)
+                 "--metrics-config=histogram_latencies=true"]
     else:
         argv += ["--allow-http=false", "--allow-grpc=false", "--allow-metrics=false",
                  "--model-control-mode=explicit", "--load-model=tensorrt_llm",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,14 @@ from .kube import KubeApi
 from .metrics import MetricsSource, PodMetrics
 from .models import ModelResolver
 from .service import reconcile_service, workload_replicas
+from .telemetry import Telemetry
 
-__all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS"]
+__all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS", "OPERATOR_TOKEN"]
 
 RESYNC_SECONDS = 30.0
+# The bearer token the operator presents to an emulator, so that its requests can be told
+# apart from the tests' and the simulated kubelet's (the RBAC test audits them).
+OPERATOR_TOKEN = "kiln-operator"
 
 
 @dataclass
@@ -38,6 +43,7 @@ class OperatorContext:
     autoscale_period: float = AUTOSCALE_PERIOD_SECONDS
     # LawParams timing overrides (window_seconds, stale_seconds) for the demo and the tests.
     autoscale_timing: dict[str, float] = field(default_factory=dict)
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     def __post_init__(self) -> None:
         if self.metrics is None:
@@ -51,6 +57,10 @@ def _now() -> str:
 
 def _status_diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in desired.items() if current.get(k) != v}
+
+
+# Events that move the operator's build counters.
+_BUILD_EVENTS = {"BuildStarted": "started", "BuildSucceeded": "succeeded", "BuildFailed": "failed"}
 
 
 def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
@@ -69,19 +79,37 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     if ctx.login_url is not None:
         @kopf.on.login(registry=registry)
         def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=ctx.login_url, scheme="Bearer", token="kiln",
+            return kopf.ConnectionInfo(server=ctx.login_url, scheme="Bearer", token=OPERATOR_TOKEN,
                                        insecure=True)
 
     async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
                         status: dict[str, Any] | None = None, **_: Any) -> None:
         raw = {"metadata": dict(body.metadata), "spec": dict(body.spec),
                "status": dict(body.status) if status is None else status}
-        outcome = await reconcile_service(raw, ctx.api, ctx.models, _now(), ctx.metrics)
+        telemetry = ctx.telemetry
+        started = time.perf_counter()
+        try:
+            outcome = await reconcile_service(raw, ctx.api, ctx.models, _now(), ctx.metrics)
+        except Exception as error:  # kopf retries it; counted so that alerts see it
+            telemetry.reconcile_errors.labels("LLMService", type(error).__name__).inc()
+            raise
+        finally:
+            telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)
         diff = _status_diff(dict(body.status), outcome.status)
         if diff:
             patch.status.update(diff)
+        telemetry.observe_service(body.metadata["namespace"], body.metadata["name"],
+                                  raw["spec"], outcome.status)
         for type_, reason, message in outcome.events:
             kopf.event(body, type=type_, reason=reason, message=message)
+            if reason in _BUILD_EVENTS:
+                telemetry.builds.labels(_BUILD_EVENTS[reason]).inc()
+            elif reason == "EngineReused":
+                telemetry.cache_hits.inc()
+            elif type_ == "Warning":
+                telemetry.reconcile_errors.labels("LLMService", reason).inc()
+        if outcome.build_seconds is not None:
+            telemetry.build_seconds.observe(outcome.build_seconds)
         if outcome.retry is not None:
             delay = outcome.retry.delay
             if ctx.max_retry_delay is not None:
@@ -120,6 +148,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                                                  spec, current)
         if decision is None:
             return
+        direction = "up" if decision.desired > current else "down" if decision.desired < current else "hold"
+        ctx.telemetry.decisions.labels(body.metadata["namespace"], body.metadata["name"], direction).inc()
         now = _now()
         previous = status.get("autoscaling") or {}
         status["desiredReplicas"] = decision.desired
@@ -143,5 +173,14 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             await reconcile(body, patch, logger, status=status)
         except kopf.TemporaryError:
             pass  # a rollout in progress: the next ticks follow it until it settles
+
+    @kopf.on.event(GROUP, VERSION, "llmservices", registry=registry, id="forget")
+    def forget(event: kopf.RawEvent, **_: Any) -> None:
+        """A deleted service leaves no autoscaler history and no metric series behind."""
+        if event["type"] != "DELETED":
+            return
+        meta = event["object"].get("metadata") or {}
+        ctx.autoscaler.forget(meta.get("namespace", ""), meta.get("name", ""))
+        ctx.telemetry.forget_service(meta.get("namespace", ""), meta.get("name", ""))
 
     return registry

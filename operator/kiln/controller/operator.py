@@ -10,6 +10,7 @@ import kopf
 from .handlers import OperatorContext, build_registry
 from .kube import KubeApi
 from .metrics import PodMetrics
+from .telemetry import METRICS_PORT
 
 __all__ = ["run_operator", "run_against_kubeconfig"]
 
@@ -32,9 +33,14 @@ async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threadin
 
 
 async def run_against_kubeconfig(namespaces: list[str] | None = None,
-                                 stop_flag: asyncio.Event | threading.Event | None = None) -> None:
+                                 stop_flag: asyncio.Event | threading.Event | None = None,
+                                 metrics_port: int | None = METRICS_PORT) -> None:
+    """The operator as it runs in its pod: health on :8080/healthz, metrics on ``metrics_port``."""
     api = await KubeApi.from_kubeconfig()
+    ctx = OperatorContext(api=api)
+    if metrics_port:
+        ctx.telemetry.serve(metrics_port)
     try:
-        await run_operator(OperatorContext(api=api), stop_flag or asyncio.Event(), namespaces)
+        await run_operator(ctx, stop_flag or asyncio.Event(), namespaces)
     finally:
         await api.close()

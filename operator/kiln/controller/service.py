@@ -8,6 +8,7 @@ build Job is never created twice). Status is computed here and written once by t
 from __future__ import annotations
 
 import base64
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ class Outcome:
     status: dict[str, Any]
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     retry: NotReadyYet | None = None
+    build_seconds: float | None = None  # run time of a build Job that completed in this pass
 
 
 class _Status:
@@ -89,9 +91,22 @@ async def _apply_if_changed(api: KubeApi, desired: dict[str, Any]) -> dict[str, 
     return await api.apply(desired)
 
 
+def _job_seconds(job: dict[str, Any]) -> float | None:
+    status = job.get("status") or {}
+    try:
+        start = datetime.datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+        end = datetime.datetime.fromisoformat(status["completionTime"].replace("Z", "+00:00"))
+    except (KeyError, AttributeError, ValueError):
+        return None
+    return (end - start).total_seconds()
+
+
 async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
-                        out: Outcome) -> bool:
-    """Make sure the engine exists or is being built; True when it can be served."""
+                        out: Outcome, new_key: bool) -> bool:
+    """Make sure the engine exists or is being built; True when it can be served.
+
+    ``new_key``: the service did not reference this engine before, so finding it built
+    already is a cache hit (another service, or an earlier spec, built it)."""
     engine_obj = rendered.engine
     name = engine_obj["metadata"]["name"]
     live = await api.get(API_VERSION, "LLMEngine", name)
@@ -99,6 +114,8 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
         live = await api.apply(engine_obj)
     conditions = (live.get("status") or {}).get("conditions", [])
     if is_true(conditions, "Ready"):
+        if new_key:
+            out.events.append(("Normal", "EngineReused", f"engine {name} is already built; no build needed"))
         return True
     job_obj = rendered.build_job
     job_name = job_obj["metadata"]["name"]
@@ -119,6 +136,7 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
                                           conditions, "Ready", True, Reason.ENGINE_BUILT.value,
                                           f"built by Job {job_name}", st.now)})
         out.events.append(("Normal", "BuildSucceeded", f"engine {name} is ready"))
+        out.build_seconds = _job_seconds(job)
         return True
     if state == "Failed":
         message = (f"engine build Job {namespace}/{job_name} failed; see `kubectl logs "
@@ -184,6 +202,7 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
 
     replicas = workload_replicas(spec, body.get("status") or {})
     rendered = render(ref, spec, result, gpu, replicas)
+    previous_key = (st.data.get("engine") or {}).get("key")
     engine_name = rendered.engine["metadata"]["name"]
     st.data["engine"] = {"name": engine_name,
                          "key": rendered.engine["spec"]["key"],
@@ -193,7 +212,7 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     st.data["endpoint"] = endpoint(ref.name, ref.namespace)
     st.data["selector"] = selector_string(ref.name, "server")
 
-    ready = await _engine_ready(api, rendered, st, out)
+    ready = await _engine_ready(api, rendered, st, out, previous_key != st.data["engine"]["key"])
     workload = rendered.workload
     live = await api.get("apps/v1", "Deployment", workload["metadata"]["name"], ref.namespace)
     if not ready:

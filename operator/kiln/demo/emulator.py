@@ -60,6 +60,27 @@ def declare_resources(emulator: KubernetesEmulator) -> None:
                                    "subresources": subresources}
 
 
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def _audit_entry(request: Any, absent: bool) -> tuple[str, str, str, str, str | None]:
+    """The RBAC verb the API server would authorize: a server-side apply that creates the
+    object is authorized as ``create``, one that changes it as ``patch``."""
+    method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+    if method == "GET":
+        watching = str(request.params.get("watch", "")).lower() in ("true", "1")
+        verb = "watch" if watching else "get" if request.name else "list"
+    else:
+        verb = _VERBS.get(method, method.lower())
+    if verb == "patch" and absent and "apply-patch" in str(request.headers.get("Content-Type", "")):
+        verb = "create"
+    if method == "DELETE" and not request.name:
+        verb = "deletecollection"
+    token = str(request.headers.get("Authorization", "")).removeprefix("Bearer ").strip()
+    resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+    return token, verb, request.resource.group or "", resource, request.namespace
+
+
 def _merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -81,12 +102,19 @@ class KilnEmulator(KubernetesEmulator):
     # Every event per resource with the resourceVersion it was sent at, so that a watch can
     # resume where a list left off. The demo and the tests are short: it is not trimmed.
     _history: dict[Any, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
+    # Every resource request as (bearer token, RBAC verb, API group, resource[/subresource],
+    # namespace): what an audit log would show; the chart's RBAC is checked against it.
+    audit: list[tuple[str, str, str, str, str | None]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         declare_resources(self)
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.resource.plural:  # not discovery
+            key = (request.resource, request.namespace, request.name)
+            creates = key not in self._objects or self._objects[key].deleted
+            self.audit.append(_audit_entry(request, creates))
         mutating = request.action in (action.CREATE, action.UPDATE, action.DELETE)
         if request.resource is not None and mutating and (request.name or request.action == action.CREATE):
             async with self._lock:

@@ -79,9 +79,12 @@ class SimulatedCluster:
                 continue
             failed = self.fail_builds(job)
             kind = "Failed" if failed else "Complete"
+            finished = _now()
             await self.api.patch_status(job, {
+                "startTime": job["metadata"].get("creationTimestamp", finished),
+                **({} if failed else {"completionTime": finished}),
                 "succeeded": 0 if failed else 1, "failed": 1 if failed else 0,
-                "conditions": [{"type": kind, "status": "True", "lastTransitionTime": _now()}]})
+                "conditions": [{"type": kind, "status": "True", "lastTransitionTime": finished}]})
             self.on_event(f"job/{job['metadata']['name']} {'failed' if failed else 'completed'}"
                           " (simulated build)")
         for deployment in self._live("deployments"):

@@ -17,7 +17,7 @@ from kmock import Server, resource
 
 from ..api import API_VERSION
 from ..api.crd import crds
-from ..controller.handlers import OperatorContext
+from ..controller.handlers import OPERATOR_TOKEN, OperatorContext
 from ..controller.kube import KINDS, KubeApi
 from ..controller.models import ModelResolver
 from ..controller.operator import run_operator
@@ -45,6 +45,7 @@ class Sandbox:
         self._autoscale_period = autoscale_period
         self._autoscale_timing = autoscale_timing or {}
         self._operator: tuple[threading.Thread, threading.Event] | None = None
+        self.operator_context: OperatorContext | None = None
         self.operator_error: BaseException | None = None
         self._kubelet: tuple[asyncio.Task[None], asyncio.Event] | None = None
         self.url = ""
@@ -149,8 +150,8 @@ class Sandbox:
 
     def _run_operator(self, stop: threading.Event) -> None:
         async def main() -> None:
-            api = KubeApi.for_url(self.url)
-            ctx = OperatorContext(api=api, models=ModelResolver(allow_download=False),
+            api = KubeApi.for_url(self.url, token=OPERATOR_TOKEN)
+            ctx = self.operator_context = OperatorContext(api=api, models=ModelResolver(allow_download=False),
                                   login_url=self.url, max_retry_delay=self._retry_delay,
                                   autoscale_period=self._autoscale_period,
                                   autoscale_timing=self._autoscale_timing)

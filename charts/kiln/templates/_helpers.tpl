@@ -1,0 +1,81 @@
+{{- define "kiln.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kiln.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kiln.labels" -}}
+{{ include "kiln.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "kiln.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kiln.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What the operator does in a namespace with LLMServices. Exactly the calls it makes
+(tests/unit/test_chart.py checks this list against an audit of the operator's requests):
+kopf watches and patches LLMServices (finalizer, progress annotations) and posts Events; the
+reconcile reads and server-side-applies Jobs, Deployments, Services and the autoscaler
+objects (an apply that creates is authorized as create), reads the model token Secret, and
+lists the serving pods to scrape their metrics.
+*/}}
+{{- define "kiln.namespacedRules" -}}
+- apiGroups: [serving.kiln.dev]
+  resources: [llmservices]
+  verbs: [list, watch, patch]
+- apiGroups: [serving.kiln.dev]
+  resources: [llmservices/status]
+  verbs: [patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, create, patch]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, create, patch]
+{{- end -}}
+
+{{/* Cluster-scoped: engines are shared across namespaces; kopf discovers CRDs. */}}
+{{- define "kiln.clusterRules" -}}
+- apiGroups: [serving.kiln.dev]
+  resources: [llmengines]
+  verbs: [get, create]
+- apiGroups: [serving.kiln.dev]
+  resources: [llmengines/status]
+  verbs: [patch]
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end -}}

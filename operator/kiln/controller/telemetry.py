@@ -1,0 +1,99 @@
+"""The operator's own Prometheus metrics, served on their own port (``kiln run --metrics-port``).
+
+One ``Telemetry`` per operator, each with its own registry, so that tests and the demo can
+run several operators in one process. Names are what the chart's dashboard and alerts use:
+
+- ``kiln_reconcile_duration_seconds{kind}`` and ``kiln_reconcile_errors_total{kind,reason}``;
+- ``kiln_engine_builds_total{result}`` (started, succeeded, failed),
+  ``kiln_engine_build_duration_seconds`` and ``kiln_engine_cache_hits_total``;
+- ``kiln_autoscaler_decisions_total{namespace,service,direction}`` (up, down, hold) and the
+  gauges ``kiln_service_{desired,ready,max}_replicas{namespace,service}``;
+- ``kiln_plan_kv_cache_tokens`` (predicted) and ``kiln_observed_kv_cache_tokens`` per service,
+  ``kiln_service_kv_cache_utilization``, ``kiln_service_condition{condition}`` (1 when True).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["Telemetry", "METRICS_PORT"]
+
+METRICS_PORT = 8081
+_SERVICE = ("namespace", "service")
+_WATCHED_CONDITIONS = ("Ready", "Stalled", "EngineReady", "ScalingActive")
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.reconcile_seconds = Histogram(
+            "kiln_reconcile_duration_seconds", "Time spent in one reconcile", ["kind"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.reconcile_errors = Counter(
+            "kiln_reconcile_errors_total", "Reconciles that ended in an error", ["kind", "reason"],
+            registry=r)
+        self.builds = Counter("kiln_engine_builds_total", "Engine build Jobs by outcome", ["result"],
+                              registry=r)
+        self.build_seconds = Histogram(
+            "kiln_engine_build_duration_seconds", "Engine build Job run time", registry=r,
+            buckets=(60, 300, 600, 1200, 1800, 3600, 7200, 14400))
+        self.cache_hits = Counter("kiln_engine_cache_hits_total",
+                                  "Services served by an engine that was already built", registry=r)
+        self.decisions = Counter("kiln_autoscaler_decisions_total", "Builtin autoscaler decisions",
+                                 [*_SERVICE, "direction"], registry=r)
+        self.desired = Gauge("kiln_service_desired_replicas", "Replicas the service should run",
+                             _SERVICE, registry=r)
+        self.ready = Gauge("kiln_service_ready_replicas", "Replicas ready", _SERVICE, registry=r)
+        self.max = Gauge("kiln_service_max_replicas", "Upper bound of the autoscaler", _SERVICE,
+                         registry=r)
+        self.kv_predicted = Gauge("kiln_plan_kv_cache_tokens",
+                                  "KV-cache tokens per replica the planner predicted", _SERVICE, registry=r)
+        self.kv_observed = Gauge("kiln_observed_kv_cache_tokens",
+                                 "KV-cache tokens per replica the engines allocated", _SERVICE, registry=r)
+        self.kv_utilization = Gauge("kiln_service_kv_cache_utilization",
+                                    "Mean KV-cache block utilisation over ready replicas (0-1)",
+                                    _SERVICE, registry=r)
+        self.condition = Gauge("kiln_service_condition", "1 when the condition is True",
+                               [*_SERVICE, "condition"], registry=r)
+
+    def serve(self, port: int = METRICS_PORT) -> None:
+        start_http_server(port, registry=self.registry)
+
+    def observe_service(self, namespace: str, name: str, spec: dict[str, Any],
+                        status: dict[str, Any]) -> None:
+        """Export the gauges from what the reconcile wrote into status."""
+        labels = (namespace, name)
+        scaling = spec.get("autoscaling") or {}
+        desired = status.get("desiredReplicas", spec.get("replicas"))
+        if desired is not None:
+            self.desired.labels(*labels).set(desired)
+        self.ready.labels(*labels).set(status.get("readyReplicas") or 0)
+        self.max.labels(*labels).set(scaling.get("maxReplicas", spec.get("replicas") or 0))
+        plan = status.get("plan") or {}
+        if plan.get("kvCacheTokens") is not None:
+            self.kv_predicted.labels(*labels).set(plan["kvCacheTokens"])
+        if plan.get("observedKVCacheTokens") is not None:
+            self.kv_observed.labels(*labels).set(plan["observedKVCacheTokens"])
+        utilization = status.get("kvCacheUtilization")
+        if isinstance(utilization, str) and utilization.endswith("%"):
+            self.kv_utilization.labels(*labels).set(float(utilization[:-1]) / 100)
+        present = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        for condition in _WATCHED_CONDITIONS:
+            if condition in present:
+                self.condition.labels(*labels, condition).set(1 if present[condition] == "True" else 0)
+
+    def forget_service(self, namespace: str, name: str) -> None:
+        for gauge in (self.desired, self.ready, self.max, self.kv_predicted, self.kv_observed,
+                      self.kv_utilization):
+            try:
+                gauge.remove(namespace, name)
+            except KeyError:
+                pass
+        for condition in _WATCHED_CONDITIONS:
+            try:
+                self.condition.remove(namespace, name, condition)
+            except KeyError:
+                pass
