@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
 from kiln.api import parse_service_spec
 from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 from kiln.render import ServiceRef, render
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "support" / "schemas"
+from ..support import crd_schemas
 
 
 def _render(mode, **scaling):
@@ -24,16 +20,10 @@ def _render(mode, **scaling):
     return render(ServiceRef("llama", "llm", "uid-1"), spec, result, gpu)
 
 
-def _crd_schema(path):
-    crd = yaml.safe_load(path.read_text())
-    [version] = [v for v in crd["spec"]["versions"] if v.get("storage")]
-    return version["schema"]["openAPIV3Schema"]
-
-
 def test_keda_scaled_object_validates_and_targets_the_scale_subresource():
     obj = _render("keda").scaler
     assert obj["kind"] == "ScaledObject"
-    jsonschema.validate(obj, _crd_schema(SCHEMAS / "keda.sh_scaledobjects.yaml"))
+    crd_schemas.validate(obj)
     assert obj["spec"]["scaleTargetRef"] == {"apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService",
                                              "name": "llama"}
     trigger = obj["spec"]["triggers"][0]

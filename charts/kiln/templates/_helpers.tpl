@@ -31,7 +31,8 @@ What the operator does in a namespace with LLMServices. Exactly the calls it mak
 (tests/unit/test_chart.py checks this list against an audit of the operator's requests):
 kopf watches and patches LLMServices (finalizer, progress annotations) and posts Events; the
 reconcile reads and server-side-applies Jobs, Deployments, Services and the autoscaler
-objects (an apply that creates is authorized as create), reads the model token Secret, and
+objects (an apply is authorized as create when the object is absent and as patch when it
+exists, so every applied kind needs both), reads the model token Secret, and
 lists the serving pods to scrape their metrics.
 */}}
 {{- define "kiln.namespacedRules" -}}
@@ -43,7 +44,7 @@ lists the serving pods to scrape their metrics.
   verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, create]
+  verbs: [get, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, create, patch]
@@ -71,7 +72,7 @@ lists the serving pods to scrape their metrics.
 {{- define "kiln.clusterRules" -}}
 - apiGroups: [serving.kiln.dev]
   resources: [llmengines]
-  verbs: [get, create]
+  verbs: [get, create, patch]
 - apiGroups: [serving.kiln.dev]
   resources: [llmengines/status]
   verbs: [patch]

@@ -63,7 +63,7 @@ def declare_resources(emulator: KubernetesEmulator) -> None:
 _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
-def _audit_entry(request: Any, absent: bool) -> tuple[str, str, str, str, str | None]:
+def _audit_entry(request: Any, absent: bool) -> tuple[str, str, str, str, str | None, bool]:
     """The RBAC verb the API server would authorize: a server-side apply that creates the
     object is authorized as ``create``, one that changes it as ``patch``."""
     method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
@@ -72,13 +72,14 @@ def _audit_entry(request: Any, absent: bool) -> tuple[str, str, str, str, str | 
         verb = "watch" if watching else "get" if request.name else "list"
     else:
         verb = _VERBS.get(method, method.lower())
-    if verb == "patch" and absent and "apply-patch" in str(request.headers.get("Content-Type", "")):
+    applies = verb == "patch" and "apply-patch" in str(request.headers.get("Content-Type", ""))
+    if applies and absent:
         verb = "create"
     if method == "DELETE" and not request.name:
         verb = "deletecollection"
     token = str(request.headers.get("Authorization", "")).removeprefix("Bearer ").strip()
     resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-    return token, verb, request.resource.group or "", resource, request.namespace
+    return token, verb, request.resource.group or "", resource, request.namespace, applies
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
@@ -103,8 +104,9 @@ class KilnEmulator(KubernetesEmulator):
     # resume where a list left off. The demo and the tests are short: it is not trimmed.
     _history: dict[Any, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
     # Every resource request as (bearer token, RBAC verb, API group, resource[/subresource],
-    # namespace): what an audit log would show; the chart's RBAC is checked against it.
-    audit: list[tuple[str, str, str, str, str | None]] = attrs.field(factory=list, init=False)
+    # namespace, server-side apply?): what an audit log would show; the chart's RBAC is
+    # checked against it.
+    audit: list[tuple[str, str, str, str, str | None, bool]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()

@@ -1,0 +1,174 @@
+"""charts/kiln rendered by the real Helm engine (helm-python-sdk), linted, and every object
+validated: built-in kinds with kubernetes-validate (strict, 1.33), Prometheus-operator kinds
+against their CRD schemas."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from kiln.controller.telemetry import Telemetry
+
+from ..conftest import ROOT
+from ..support import crd_schemas
+
+CHART = ROOT / "charts" / "kiln"
+NAMESPACED = {"watchNamespaces": ["llm", "team-b"]}
+EVERYTHING = {**NAMESPACED, "metrics": {"serviceMonitor": {"enabled": True},
+                                        "servingPodMonitor": {"enabled": True}},
+              "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}}
+
+
+def render(values=None):
+    chart = helm.Chart.load(CHART)
+    manifests = chart.render(values or {}, name="kiln", namespace="kiln-system", is_install=True)
+    return [doc for path, text in sorted(manifests.items()) if path.endswith(".yaml")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def of_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_chart_version_follows_the_package_version():
+    package = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == package and chart["appVersion"] == package
+
+
+def test_the_charts_crds_are_the_generated_ones():
+    generated = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    assert sorted(p.name for p in (CHART / "files" / "crds").glob("*.yaml")) == generated, \
+        "run `kiln crds -o charts/kiln/files/crds`"
+    for name in generated:
+        assert (CHART / "files" / "crds" / name).read_text() == (ROOT / "crds" / name).read_text(), \
+            f"charts/kiln/files/crds/{name} differs from crds/{name}: run `kiln crds -o charts/kiln/files/crds`"
+    rendered = {o["metadata"]["name"]: o for o in of_kind(render(), "CustomResourceDefinition")}
+    for name in generated:
+        expected = yaml.safe_load((ROOT / "crds" / name).read_text())
+        got = rendered[expected["metadata"]["name"]]
+        assert got["metadata"]["annotations"].pop("helm.sh/resource-policy") == "keep"
+        if not got["metadata"]["annotations"]:
+            del got["metadata"]["annotations"]
+        assert got == expected
+
+
+def test_crds_can_be_left_to_another_tool():
+    assert of_kind(render({"crds": {"enabled": False}}), "CustomResourceDefinition") == []
+    [crd, *_] = of_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in (crd["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED, EVERYTHING], ids=["default", "namespaced", "everything"])
+def test_every_rendered_object_validates(values):
+    objects = render(values)
+    assert objects
+    for obj in objects:
+        if crd_schemas.has_schema(obj):
+            crd_schemas.validate(obj)
+        else:
+            kubernetes_validate.validate(obj, "1.33", strict=True)
+
+
+@pytest.mark.parametrize("values", [{}, EVERYTHING], ids=["default", "everything"])
+def test_helm_lint_is_clean(values):
+    report = helm.lint(CHART, values, strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_cluster_wide_mode_grants_through_one_cluster_role():
+    objects = render()
+    [role] = of_kind(objects, "ClusterRole")
+    assert {r for rule in role["rules"] for r in rule["resources"]} >= {"llmservices", "llmengines", "jobs"}
+    assert of_kind(objects, "Role") == []
+    [deployment] = of_kind(objects, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["run", "--metrics-port=8081"]
+
+
+def test_namespaced_mode_grants_namespaced_rights_only_in_the_watched_namespaces():
+    objects = render(NAMESPACED)
+    roles = of_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["llm", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in of_kind(objects, "RoleBinding")) == ["llm", "team-b"]
+    [cluster_role] = of_kind(objects, "ClusterRole")
+    cluster_resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+    assert cluster_resources == {"llmengines", "llmengines/status", "customresourcedefinitions"}
+    [deployment] = of_kind(objects, "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["run", "--metrics-port=8081", "--namespace=llm", "--namespace=team-b"]
+
+
+def test_the_operator_pod_meets_the_restricted_pod_security_standard():
+    [deployment] = of_kind(render(), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = pod["containers"]
+    ctx = container["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["readOnlyRootFilesystem"] is True
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    # kopf's liveness endpoint (kiln run serves it on :8080/healthz)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": 8080, "metrics": 8081}
+    assert container["image"] == "ghcr.io/kiln-serving/kiln-operator:" + \
+        yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"replicaCount": "two"}, "replicaCount"),
+    ({"replicaCount": 2}, "replicaCount"),
+    ({"replicas": 1}, "replicas"),
+    ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
+    ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "pullPolicy"),
+    ({"metrics": {"port": 8080}}, "port"),
+])
+def test_invalid_values_are_rejected_naming_the_key(values, key):
+    chart = helm.Chart.load(CHART)
+    with pytest.raises(helm.HelmError) as error:
+        chart.render(values, name="kiln", namespace="kiln-system")
+    assert key in str(error.value)
+
+
+def _series_names(exprs):
+    names = set()
+    for expr in exprs:
+        names |= set(re.findall(r"\b(kiln_[a-z_]+)", expr))
+    return names
+
+
+def _exported_names():
+    names = set()
+    for family in Telemetry().registry.collect():
+        names.add(family.name)
+        names |= {family.name + suffix for suffix in ("_total", "_bucket", "_sum", "_count")}
+    return names
+
+
+def test_dashboard_and_alerts_query_series_the_operator_exports():
+    objects = render(EVERYTHING)
+    [dashboard_map] = [o for o in of_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["kiln.json"])
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    titles = " ".join(panel["title"] for panel in dashboard["panels"])
+    for topic in ("KV-cache", "Queue", "Replicas", "Time to first token", "Engine builds"):
+        assert topic in titles
+    [rule] = of_kind(objects, "PrometheusRule")
+    alerts = {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {"KilnEngineBuildFailed", "KilnServiceStalled", "KilnKVCacheSaturatedAtMaxReplicas",
+            "KilnServingMetricsMissing"} <= set(alerts)
+    used = _series_names(exprs + list(alerts.values()))
+    assert used and used <= _exported_names(), used - _exported_names()
+    # Triton's series are the ones the autoscaler reads (trtllm-facts §3.7)
+    triton = " ".join(exprs)
+    assert 'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"' in triton
+    assert 'nv_trt_llm_request_metrics{request_type="waiting"' in triton
