@@ -15,6 +15,8 @@ import sys
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.controller.conditions import get_condition, is_true
 from kiln.demo.sandbox import Sandbox
@@ -32,6 +34,12 @@ def _conditions(obj):
 
 def _service(sb, name="mistral-7b"):
     return sb.get("llmservices", name, NS)
+
+
+def _operator_metrics(sb):
+    text = generate_latest(sb.operator_context.telemetry.registry).decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def _ready(sb, name="mistral-7b"):
@@ -88,6 +96,27 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     before = len(sb.emulator.history("llmservices")) + len(sb.emulator.history("deployments"))
     await asyncio.sleep(1.5)
     assert len(sb.emulator.history("llmservices")) + len(sb.emulator.history("deployments")) == before
+
+    # The operator's own metrics, read with prometheus_client's text parser.
+    metrics = _operator_metrics(sb)
+    assert metrics[("kiln_engine_builds_total", (("result", "started"),))] == 1
+    assert metrics[("kiln_engine_builds_total", (("result", "succeeded"),))] == 1
+    assert metrics[("kiln_engine_build_duration_seconds_count", ())] == 1
+    labels = (("namespace", NS), ("service", "mistral-7b"))
+    assert metrics[("kiln_service_ready_replicas", labels)] == 1
+    assert metrics[("kiln_plan_kv_cache_tokens", labels)] == status["plan"]["kvCacheTokens"]
+    assert metrics[("kiln_observed_kv_cache_tokens", labels)] == status["plan"]["observedKVCacheTokens"]
+    assert metrics[("kiln_service_condition", (("condition", "Ready"),) + labels)] == 1
+    assert metrics[("kiln_reconcile_duration_seconds_count", (("kind", "LLMService"),))] >= 2
+
+    # A second service of the same model reuses the engine: no second build.
+    other = copy.deepcopy(MISTRAL)
+    other["metadata"]["name"] = "mistral-7b-b"
+    await sb.create(other)
+    await sb.wait_for(lambda: _ready(sb, "mistral-7b-b"), what="the second service Ready")
+    assert len(sb.objects("jobs")) == 1
+    assert any(e.get("reason") == "EngineReused" for _, e in sb.events("events"))
+    assert _operator_metrics(sb)[("kiln_engine_cache_hits_total", ())] == 1
 
 
 async def test_spec_change_rebuilds_and_rolls_only_after_the_new_engine_is_ready(sandbox):

@@ -190,7 +190,10 @@ def crds() -> list[dict[str, Any]]:
         ["llms"],
         [
             _condition_column("Ready", "Ready"),
+            {"name": "Reason", "type": "string",
+             "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
             {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpus"},
             {"name": "Precision", "type": "string", "jsonPath": ".spec.precision"},
             {"name": "TPxPP", "type": "string", "jsonPath": ".status.tpPp"},

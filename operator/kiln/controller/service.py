@@ -160,12 +160,15 @@ async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelRes
     generation = meta.get("generation")
     st = _Status(body.get("status") or {}, generation, now)
     out = Outcome(status=st.data)
+    before = get_condition(st.data["conditions"], ConditionType.STALLED.value) or {}
     try:
         await _reconcile(body, ref, api, models, st, out, metrics)
     except SpecInvalid as error:
         st.stalled(Reason(error.reason) if error.reason in Reason._value2member_map_
                    else Reason.SPEC_INVALID, error.message)
-        out.events.append(("Warning", error.reason, error.message))
+        # One Event per transition, not one per resync of a service that stays stalled.
+        if (before.get("status"), before.get("message")) != ("True", error.message):
+            out.events.append(("Warning", error.reason, error.message))
     except NotReadyYet as error:
         out.retry = error
     st.data["observedGeneration"] = generation
