@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ from . import cache, source, toolchain
 from .build import dry_run, run_build
 from .djl import DJLSettings, write_properties
 from .errors import BadSpec, StepFailed
-from .serve import SERVE_SPEC_ENV, parse_serve_spec, prepare, run_server
+from .group import group_from_env, rsh_argv, wait_for_workers, wait_forever
+from .serve import SERVE_SPEC_ENV, parse_serve_spec, prepare, run_server, server_argv
 from .spec import load_build_spec
 from .steps import Layout, check_model
 from .triton_repo import RepoSettings, write_model_repo
@@ -80,10 +82,35 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """One node (``--role single``), or one pod of a multi-node LeaderWorkerSet group: the
+    leader waits for its workers and runs mpirun over the whole group; a worker writes the
+    same model repository and waits for its ranks."""
     spec = parse_serve_spec(os.environ.get(SERVE_SPEC_ENV))
     repo = Path(args.model_repo)
+    group = None
+    if args.role != "single":
+        if spec.gpus_per_node < 1:
+            raise BadSpec(f"{SERVE_SPEC_ENV}: gpusPerNode is required for --role {args.role}")
+        group = group_from_env(spec.gpus_per_node, args.leader_address, args.group_size)
+    if args.dry_run:
+        if args.role == "worker":
+            print(f"worker of {group.leader_address if group else '?'}: waits for the leader's ranks")
+        else:
+            print(shlex.join(server_argv(spec, repo, group)))
+        return 0
     prepare(spec, repo, Path(args.templates or toolchain.triton_templates()))
-    return run_server(spec, repo)
+    if args.role == "worker":
+        return wait_forever()
+    if group is not None:
+        wait_for_workers(group, args.wait_timeout)
+    return run_server(spec, repo, group=group)
+
+
+def cmd_rsh(args: argparse.Namespace) -> int:
+    """mpirun's remote launcher: start ``command`` in the worker pod ``host`` by kubectl exec."""
+    argv = rsh_argv(args.host, args.command)
+    os.execvp(argv[0], argv)
+    return 127  # not reached
 
 
 def cmd_djl_properties(args: argparse.Namespace) -> int:
@@ -154,7 +181,18 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run tritonserver for $KILN_SERVE_SPEC")
     serve.add_argument("--model-repo", default="/tmp/kiln/model-repo")
     serve.add_argument("--templates")
+    serve.add_argument("--role", choices=("single", "leader", "worker"), default="single",
+                       help="one node, or the leader/a worker of a LeaderWorkerSet group")
+    serve.add_argument("--leader-address", help="default: $LWS_LEADER_ADDRESS")
+    serve.add_argument("--group-size", type=int, help="pods in the group (default: $LWS_GROUP_SIZE)")
+    serve.add_argument("--wait-timeout", type=float, default=900.0,
+                       help="seconds the leader waits for its workers")
+    serve.add_argument("--dry-run", action="store_true", help="print the command line and exit")
     serve.set_defaults(func=cmd_serve)
+    rsh = sub.add_parser("rsh", help="mpirun's remote launcher inside a LeaderWorkerSet group")
+    rsh.add_argument("host")
+    rsh.add_argument("command", nargs=argparse.REMAINDER)
+    rsh.set_defaults(func=cmd_rsh)
     djl = sub.add_parser("djl-properties", help="serving.properties for DJL Serving")
     djl.add_argument("--spec", help="build spec JSON file (default: $KILN_BUILD_SPEC)")
     djl.add_argument("--model-id", help="default: the downloaded model in the work dir")

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import toolchain
 from .errors import BadSpec
+from .group import Group
 from .kvlog import KVLogParser
 from .triton_repo import RepoSettings, write_model_repo
 
@@ -41,6 +42,7 @@ class ServeSpec:
     decoupled: bool
     ports: dict[str, int]
     gpu_weights_percent: float = 1.0
+    gpus_per_node: int = 0  # MPI slots per pod in a multi-node group (0: one node)
 
     @property
     def world_size(self) -> int:
@@ -61,6 +63,7 @@ def parse_serve_spec(text: str | None) -> ServeSpec:
             ports={k: int(v) for k, v in raw.get("ports", {"http": 8000, "grpc": 8001,
                                                              "metrics": 8002}).items()},
             gpu_weights_percent=float(raw.get("gpuWeightsPercent", 1.0)),
+            gpus_per_node=int(raw.get("gpusPerNode", 0)),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise BadSpec(f"{SERVE_SPEC_ENV}: {type(error).__name__}: {error}") from None
@@ -87,10 +90,17 @@ def _rank_argv(spec: ServeSpec, repo: Path, rank: int) -> list[str]:
     return argv
 
 
-def server_argv(spec: ServeSpec, repo: Path) -> list[str]:
-    if spec.world_size == 1:
+def server_argv(spec: ServeSpec, repo: Path, group: Group | None = None) -> list[str]:
+    """The command line for one node, or for a whole multi-node ``group`` (run by its leader)."""
+    if spec.world_size == 1 and group is None:
         return _rank_argv(spec, repo, 0)
     argv = [toolchain.mpirun(), "--allow-run-as-root"]
+    if group is not None:
+        if group.size * group.slots != spec.world_size:
+            raise BadSpec(f"the group has {group.size} pods x {group.slots} GPUs, but the engine "
+                          f"needs TP x PP = {spec.world_size} ranks")
+        argv += ["--host", group.host_list(), "--map-by", "slot", "--bind-to", "none",
+                 "-mca", "plm_rsh_agent", "kiln-runtime rsh"]
     for rank in range(spec.world_size):
         argv += ["-n", "1", *_rank_argv(spec, repo, rank), ":"]
     return argv[:-1]
@@ -114,10 +124,11 @@ def _tokens_per_block(spec: ServeSpec) -> int | None:
         return None
 
 
-def run_server(spec: ServeSpec, repo: Path, capacity_file: Path | None = None) -> int:
+def run_server(spec: ServeSpec, repo: Path, capacity_file: Path | None = None,
+               group: Group | None = None) -> int:
     """Run the server in the foreground; returns its exit code."""
     capacity_file = capacity_file or Path(os.environ.get("KILN_KV_CAPACITY_FILE", KV_CAPACITY_FILE))
-    argv = server_argv(spec, repo)
+    argv = server_argv(spec, repo, group)
     print(f"starting: {' '.join(argv)}", file=sys.stderr, flush=True)
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1)

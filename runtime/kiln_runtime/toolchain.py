@@ -52,5 +52,9 @@ def mpirun() -> str:
     return os.environ.get("KILN_MPIRUN", "mpirun")
 
 
+def kubectl() -> str:
+    return os.environ.get("KILN_KUBECTL", "kubectl")
+
+
 def python() -> str:
     return os.environ.get("KILN_PYTHON", "python3")

@@ -13,6 +13,7 @@ from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 from kiln.render import ServiceRef, engine_for, render
 
 from ..conftest import EXAMPLES, ROOT
+from ..support import crd_schemas
 
 GOLDEN = ROOT / "tests" / "golden"
 
@@ -27,7 +28,9 @@ def test_render_example_is_valid_and_golden(path, request):
     assert result.returncode == 0, result.stderr
     objects = json.loads(result.stdout)["items"]
     for obj in objects:
-        if obj["kind"] != "LLMEngine":
+        if crd_schemas.has_schema(obj):
+            crd_schemas.validate(obj)
+        elif obj["kind"] != "LLMEngine":
             kubernetes_validate.validate(obj, "1.33", strict=True)
         assert len(obj["metadata"]["name"]) <= 63
     golden = GOLDEN / f"{path.stem}.yaml"

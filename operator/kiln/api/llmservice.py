@@ -217,6 +217,10 @@ class LLMServiceSpec(KilnModel):
             raise ValueError(
                 f"gpus: {self.gpus} spans nodes, so it must be a multiple of gpu.perNode="
                 f"{self.gpu.per_node}")
+        if self.gpus > self.gpu.per_node and self.runtime.server == ServerKind.DJL:
+            raise ValueError(
+                f"runtime.server: djl serves one node per replica; gpus: {self.gpus} spans nodes "
+                f"(gpu.perNode={self.gpu.per_node}), which needs server: triton")
         return self
 
 

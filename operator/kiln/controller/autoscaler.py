@@ -14,7 +14,7 @@ from typing import Any
 from ..api import AutoscalingMode, LLMServiceSpec
 from ..autoscale import Decision, LawParams, Recommendations, Sample, decide
 from ..render.meta import selector_string
-from ..render.serving import server_name
+from ..render.serving import workload_ref
 from .kube import KubeApi
 from .metrics import MetricsSource
 
@@ -53,10 +53,11 @@ class BuiltinAutoscaler:
         """A decision for a builtin-mode service whose workload runs ``current`` replicas."""
         if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
             return None
-        deployment = await self.api.get("apps/v1", "Deployment", server_name(name), namespace)
-        if deployment is None:
+        workload = await self.api.get(*workload_ref(spec, name), namespace)
+        if workload is None:
             return None
-        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+        # For a multi-node service these count groups: one replica is one LWS group.
+        ready = int((workload.get("status") or {}).get("readyReplicas") or 0)
         now = self.clock()
         params = self.params(spec)
         fleet = self._fleets.get((namespace, name))

@@ -50,6 +50,10 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("v1", "Pod", "pods", True),
     Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects", True),
     Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", True),
+    Kind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets", True),
+    Kind("v1", "ServiceAccount", "serviceaccounts", True),
+    Kind("rbac.authorization.k8s.io/v1", "Role", "roles", True),
+    Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", True),
 )}
 
 
@@ -63,6 +67,7 @@ class KubeApi:
     def __init__(self, api_client: aio_client.ApiClient) -> None:
         self._client = api_client
         self.writes = 0  # counted for the steady-state check: no changes, no writes
+        self._served: set[tuple[str, str]] = set()  # (apiVersion, kind) seen in discovery
 
     @classmethod
     async def from_kubeconfig(cls) -> KubeApi:
@@ -107,6 +112,26 @@ class KubeApi:
             if error.status == 404:
                 return None
             raise
+
+    async def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves this kind (e.g. is the LeaderWorkerSet CRD installed?).
+
+        Discovery, not a get: a 404 on an object cannot tell a missing object from a missing
+        API. A positive answer is remembered; a negative one is asked again next time, so
+        installing the CRD is noticed at the next reconcile."""
+        if (api_version, kind) in self._served:
+            return True
+        try:
+            found = await self._call("GET", f"/apis/{api_version}" if "/" in api_version
+                                     else f"/api/{api_version}")
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        if any(r.get("kind") == kind for r in found.get("resources") or []):
+            self._served.add((api_version, kind))
+            return True
+        return False
 
     async def list(self, api_version: str, kind: str, namespace: str | None = None,
                    label_selector: str | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from ..api import API_VERSION, AutoscalingMode, ConditionType, Reason
 from ..api.validation import parse_service_spec
 from ..errors import KilnError, NotReadyYet, SpecInvalid
 from ..planner import lookup_gpu, plan
-from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, render
+from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node, render
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
@@ -30,6 +30,8 @@ BUILD_POLL_SECONDS = 15.0
 # Relative error of the KV-token prediction above which the operator posts an Event.
 PLAN_ERROR_EVENT_THRESHOLD = 0.15
 ROLLOUT_POLL_SECONDS = 5.0
+# The LeaderWorkerSet release Kiln's multi-node workloads are written and tested against.
+LWS_MANIFESTS = "https://github.com/kubernetes-sigs/lws/releases/download/v0.10.0/manifests.yaml"
 
 
 @dataclass
@@ -215,9 +217,16 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     st.data["endpoint"] = endpoint(ref.name, ref.namespace)
     st.data["selector"] = selector_string(ref.name, "server")
 
-    ready = await _engine_ready(api, rendered, st, out, previous_key != st.data["engine"]["key"])
     workload = rendered.workload
-    live = await api.get("apps/v1", "Deployment", workload["metadata"]["name"], ref.namespace)
+    if multi_node(spec) and not await api.serves(workload["apiVersion"], workload["kind"]):
+        raise SpecInvalid(
+            f"spec.gpus: {spec.gpus} GPUs span {spec.gpus // spec.gpu.per_node} nodes, which needs "
+            f"the LeaderWorkerSet API ({workload['apiVersion']}); it is not installed in this "
+            f"cluster. Install it with `kubectl apply --server-side -f {LWS_MANIFESTS}`, or use "
+            f"gpus <= gpu.perNode={spec.gpu.per_node}", reason=Reason.MISSING_DEPENDENCY.value)
+    ready = await _engine_ready(api, rendered, st, out, previous_key != st.data["engine"]["key"])
+    live = await api.get(workload["apiVersion"], workload["kind"], workload["metadata"]["name"],
+                         ref.namespace)
     if not ready:
         serving_old = live is not None and \
             live["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != st.data["engine"]["key"]
@@ -227,6 +236,8 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         _replica_status(st, live)
         raise NotReadyYet(message, delay=BUILD_POLL_SECONDS)
     st.condition(ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT, f"engine {engine_name} is built")
+    for obj in rendered.access:  # the leader's ServiceAccount and Role come before its pods
+        await _apply_if_changed(api, obj)
     live = await _apply_if_changed(api, workload)
     await _apply_if_changed(api, rendered.service)
     if rendered.scaler is not None:

@@ -49,6 +49,10 @@ RESOURCES: list[tuple[str, str, bool, list[str]]] = [
     ("batch/v1/jobs", "Job", True, ["status"]),
     ("keda.sh/v1alpha1/scaledobjects", "ScaledObject", True, ["status"]),
     ("autoscaling/v2/horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ["status"]),
+    ("leaderworkerset.x-k8s.io/v1/leaderworkersets", "LeaderWorkerSet", True, ["status", "scale"]),
+    ("v1/serviceaccounts", "ServiceAccount", True, []),
+    ("rbac.authorization.k8s.io/v1/roles", "Role", True, []),
+    ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", True, []),
     ("serving.kiln.dev/v1alpha1/llmservices", "LLMService", True, ["status", "scale"]),
     ("serving.kiln.dev/v1alpha1/llmengines", "LLMEngine", False, ["status"]),
 ]

@@ -87,21 +87,28 @@ class SimulatedCluster:
                 "conditions": [{"type": kind, "status": "True", "lastTransitionTime": finished}]})
             self.on_event(f"job/{job['metadata']['name']} {'failed' if failed else 'completed'}"
                           " (simulated build)")
-        for deployment in self._live("deployments"):
-            meta = deployment["metadata"]
-            want = int(deployment["spec"].get("replicas", 1))
-            status = deployment.get("status") or {}
-            target = {"replicas": want, "readyReplicas": want, "availableReplicas": want,
-                      "updatedReplicas": want, "observedGeneration": meta.get("generation")}
+        # A LeaderWorkerSet replica is a group; only its leader (rank 0) serves and exposes
+        # metrics, so the simulation runs one pod per group, named as LWS names leaders.
+        workloads = [(d, d["spec"]["template"], "deployment") for d in self._live("deployments")]
+        workloads += [(g, g["spec"]["leaderWorkerTemplate"]["leaderTemplate"], "leaderworkerset")
+                      for g in self._live("leaderworkersets")]
+        for workload, template, kind in workloads:
+            meta = workload["metadata"]
+            want = int(workload["spec"].get("replicas", 1))
+            status = workload.get("status") or {}
+            target = {"replicas": want, "readyReplicas": want, "updatedReplicas": want,
+                      "observedGeneration": meta.get("generation")}
+            if kind == "deployment":
+                target["availableReplicas"] = want
             if all(status.get(k) == v for k, v in target.items()):
                 continue
-            key = ("deploy", meta["namespace"], f"{meta['name']}@{meta.get('generation')}")
+            key = (kind, meta["namespace"], f"{meta['name']}@{meta.get('generation')}")
             started = self._seen.setdefault(key, now)
             if now - started < self.start_seconds:
                 continue
-            await self._sync_pods(deployment, want)
-            await self.api.patch_status(deployment, target)
-            self.on_event(f"deployment/{meta['name']} {want} replica(s) ready (simulated pods)")
+            await self._sync_pods(workload, template, want)
+            await self.api.patch_status(workload, target)
+            self.on_event(f"{kind}/{meta['name']} {want} replica(s) ready (simulated pods)")
 
     def _predicted_tokens(self, namespace: str, instance: str) -> int:
         for (res, ns, name), obj in list(self.emulator.objects.items()):
@@ -113,10 +120,9 @@ class SimulatedCluster:
         pods = [name for (_, name), triton in self._triton.items() if triton.instance_of == instance]
         return self.load.get(instance, 0.35) / max(1, len(pods))
 
-    async def _sync_pods(self, deployment: dict[str, Any], want: int) -> None:
-        meta = deployment["metadata"]
+    async def _sync_pods(self, workload: dict[str, Any], template: dict[str, Any], want: int) -> None:
+        meta = workload["metadata"]
         namespace = meta["namespace"]
-        template = deployment["spec"]["template"]
         instance = template["metadata"]["labels"].get(LABEL_INSTANCE, meta["name"])
         for index in range(want):
             name = f"{meta['name']}-{index}"

@@ -34,8 +34,11 @@ class Sandbox:
                  retry_delay: float = 0.5, on_event: Callable[[str], None] | None = None,
                  fail_builds: Callable[[dict[str, Any]], bool] | None = None,
                  autoscale_period: float = 15.0,
-                 autoscale_timing: dict[str, float] | None = None) -> None:
+                 autoscale_timing: dict[str, float] | None = None,
+                 leader_worker_set: bool = True) -> None:
         self.emulator = KilnEmulator()
+        if not leader_worker_set:  # a cluster without the LeaderWorkerSet CRD
+            del self.emulator.resources["leaderworkerset.x-k8s.io/v1/leaderworkersets"]
         self._server = Server(self.emulator)
         self._build_seconds = build_seconds
         self._start_seconds = start_seconds

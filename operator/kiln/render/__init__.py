@@ -14,11 +14,12 @@ from ..planner import GPU, Plan
 from .engine import Engine, build_job, engine_for, engine_key, llm_engine
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
 from .scaling import scaler
-from .serving import deployment, endpoint, server_name, service
+from .serving import (endpoint, launcher_access, multi_node, server_name, service, workload,
+                      workload_ref)
 
 __all__ = ["ServiceRef", "Rendered", "render", "Engine", "engine_for", "engine_key",
            "FIELD_MANAGER", "SPEC_HASH_ANNOTATION", "endpoint", "server_name", "selector",
-           "labels"]
+           "labels", "multi_node", "workload_ref"]
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,11 @@ class Rendered:
     workload: dict[str, Any]
     service: dict[str, Any]
     scaler: dict[str, Any] | None = None  # KEDA ScaledObject or HPA, by autoscaling.mode
+    # Multi-node only: the leader's ServiceAccount, Role and RoleBinding (applied first).
+    access: tuple[dict[str, Any], ...] = ()
 
     def objects(self) -> list[dict[str, Any]]:
-        objects = [self.engine, self.build_job, self.workload, self.service]
+        objects = [self.engine, self.build_job, *self.access, self.workload, self.service]
         return objects + ([self.scaler] if self.scaler else [])
 
 
@@ -54,8 +57,9 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
         engine=llm_engine(engine, ref.name),
         build_job=build_job(engine, ref.name, ref.namespace, gpu, spec.gpu.resource_name,
                             build_gpus, ref.uid),
-        workload=deployment(spec, plan, engine, gpu, ref.name, ref.namespace,
-                            spec.replicas if replicas is None else replicas, ref.uid),
+        workload=workload(spec, plan, engine, gpu, ref.name, ref.namespace,
+                          spec.replicas if replicas is None else replicas, ref.uid),
+        access=tuple(launcher_access(spec, ref.name, ref.namespace, ref.uid)),
         service=service(spec, ref.name, ref.namespace, ref.uid),
         scaler=scaler(spec, ref.name, ref.namespace, ref.uid),
     )

@@ -1,4 +1,6 @@
-"""The serving workload (Triton or DJL Serving) and its Service, for one node per replica."""
+"""The serving workload and its Service: a Deployment when a replica fits on one node
+(Triton or DJL Serving), a LeaderWorkerSet when it spans nodes (Triton, one group of
+``gpus / perNode`` pods per replica; see kiln_runtime.group for the launch)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,14 @@ from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, child_name, labels, owne
 from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, shm_volume, tmp_volume)
 
-__all__ = ["SERVE_SPEC_ENV", "PORTS", "server_name", "deployment", "service", "endpoint"]
+__all__ = ["SERVE_SPEC_ENV", "PORTS", "server_name", "group_name", "launcher_name", "multi_node",
+           "workload", "workload_ref", "launcher_access", "deployment", "leader_worker_set",
+           "service", "endpoint", "LWS_API_VERSION"]
+
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+# Pod names in a group are <group>-<index> and <group>-<index>-<worker>; a hostname is at most
+# 63 characters, so the LeaderWorkerSet's own name stays well below that.
+_GROUP_NAME_LIMIT = 48
 
 SERVE_SPEC_ENV = "KILN_SERVE_SPEC"
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -27,6 +36,26 @@ def server_name(instance: str) -> str:
     return child_name(instance, "server")
 
 
+def group_name(instance: str) -> str:
+    """The LeaderWorkerSet (and the headless Service LWS creates for its pods)."""
+    return child_name(instance, "group", _GROUP_NAME_LIMIT)
+
+
+def launcher_name(instance: str) -> str:
+    return child_name(instance, "launcher")
+
+
+def multi_node(spec: LLMServiceSpec) -> bool:
+    return spec.gpus > spec.gpu.per_node
+
+
+def workload_ref(spec: LLMServiceSpec, instance: str) -> tuple[str, str, str]:
+    """(apiVersion, kind, name) of the object whose replicas are the service's replicas."""
+    if multi_node(spec):
+        return LWS_API_VERSION, "LeaderWorkerSet", group_name(instance)
+    return "apps/v1", "Deployment", server_name(instance)
+
+
 def endpoint(instance: str, namespace: str) -> str:
     return f"http://{server_name(instance)}.{namespace}.svc:{PORTS['http']}"
 
@@ -37,7 +66,9 @@ def _owner(instance: str, uid: str | None) -> list[dict[str, Any]]:
 
 def serve_spec(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[str, Any]:
     """The JSON `kiln-runtime serve` reads: where the engine is and how to run it."""
+    group = {"gpusPerNode": spec.gpu.per_node} if multi_node(spec) else {}
     return {
+        **group,
         "engineDir": engine.path,
         "engineKey": engine.key,
         "tensorParallel": plan.tensor_parallel,
@@ -56,12 +87,13 @@ def _probe(path: str, port: int | str, period: int, failures: int) -> dict[str, 
             "failureThreshold": failures, "timeoutSeconds": 5}
 
 
-def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[str, Any]:
+def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine,
+                      role: str | None = None) -> dict[str, Any]:
     return {
         "name": "server",
         "image": spec.runtime.image or RUNTIME_IMAGE,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["kiln-runtime", "serve"],
+        "command": ["kiln-runtime", "serve", *([f"--role={role}"] if role else [])],
         "env": [{"name": SERVE_SPEC_ENV,
                  "value": json.dumps(serve_spec(spec, plan, engine), sort_keys=True,
                                      separators=(",", ":"))}],
@@ -102,19 +134,35 @@ def _djl_container(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[str
     }
 
 
-def deployment(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, instance: str,
-               namespace: str, replicas: int, owner_uid: str | None) -> dict[str, Any]:
-    container = (_djl_container if spec.runtime.server == ServerKind.DJL
-                 else _triton_container)(spec, plan, engine)
+def _finish_container(container: dict[str, Any], spec: LLMServiceSpec, gpus: int) -> dict[str, Any]:
     container["resources"] = {"requests": {"cpu": "4", "memory": "32Gi",
-                                           spec.gpu.resource_name: str(spec.gpus)},
-                              "limits": {spec.gpu.resource_name: str(spec.gpus)}}
+                                           spec.gpu.resource_name: str(gpus)},
+                              "limits": {spec.gpu.resource_name: str(gpus)}}
     container["securityContext"] = restricted_container_security()
     container["volumeMounts"] = [
         {"name": "engine-cache", "mountPath": CACHE_MOUNT, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    return container
+
+
+def _volumes(engine: Engine) -> list[dict[str, Any]]:
+    return [{"name": "engine-cache", "persistentVolumeClaim": {
+                "claimName": engine.spec.cache.claim_name, "readOnly": True}},
+            shm_volume("16Gi"), tmp_volume()]
+
+
+def workload(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, instance: str,
+             namespace: str, replicas: int, owner_uid: str | None) -> dict[str, Any]:
+    make = leader_worker_set if multi_node(spec) else deployment
+    return make(spec, plan, engine, gpu, instance, namespace, replicas, owner_uid)
+
+
+def deployment(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, instance: str,
+               namespace: str, replicas: int, owner_uid: str | None) -> dict[str, Any]:
+    container = _finish_container((_djl_container if spec.runtime.server == ServerKind.DJL
+                                   else _triton_container)(spec, plan, engine), spec, spec.gpus)
     pod_labels = {**labels(instance, "server"), LABEL_ENGINE: engine.name}
     return stamp({
         "apiVersion": "apps/v1",
@@ -137,17 +185,101 @@ def deployment(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, insta
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "containers": [container],
-                    "volumes": [
-                        {"name": "engine-cache", "persistentVolumeClaim": {
-                            "claimName": engine.spec.cache.claim_name, "readOnly": True}},
-                        shm_volume("16Gi"),
-                        tmp_volume(),
-                    ],
+                    "volumes": _volumes(engine),
                     **gpu_scheduling(gpu, spec.gpu.resource_name),
                 },
             },
         },
     })
+
+
+def leader_worker_set(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, instance: str,
+                      namespace: str, replicas: int, owner_uid: str | None) -> dict[str, Any]:
+    """One replica = one group of ``gpus / perNode`` pods, started, restarted and scaled
+    together. The leader (rank 0 and its node's ranks) serves; the workers host the rest."""
+    per_node = spec.gpu.per_node
+    size = spec.gpus // per_node
+    env = [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+
+    def template(role: str) -> dict[str, Any]:
+        container = _finish_container(_triton_container(spec, plan, engine, role), spec, per_node)
+        container["env"] = container["env"] + env
+        leader = role == "leader"
+        if not leader:  # ranks arrive through the leader's mpirun; nothing to probe or expose
+            for key in ("ports", "startupProbe", "readinessProbe", "livenessProbe", "lifecycle"):
+                container.pop(key)
+        component = "server" if leader else "worker"
+        return {
+            "metadata": {"labels": {**labels(instance, component), LABEL_ENGINE: engine.name},
+                         "annotations": {ENGINE_KEY_ANNOTATION: engine.key}},
+            "spec": {
+                "securityContext": restricted_pod_security(),
+                # Only the leader talks to the API (kubectl exec into its workers).
+                **({"serviceAccountName": launcher_name(instance)} if leader else {}),
+                "automountServiceAccountToken": leader,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                "containers": [container],
+                "volumes": _volumes(engine),
+                **gpu_scheduling(gpu, spec.gpu.resource_name),
+            },
+        }
+
+    return stamp({
+        "apiVersion": LWS_API_VERSION,
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": group_name(instance), "namespace": namespace,
+                     "labels": labels(instance, "server"),
+                     "annotations": {ENGINE_KEY_ANNOTATION: engine.key},
+                     "ownerReferences": _owner(instance, owner_uid)},
+        "spec": {
+            "replicas": replicas,
+            "startupPolicy": "LeaderCreated",
+            # A new group must be serving before an old one goes.
+            "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdateConfiguration": {
+                "maxSurge": 1, "maxUnavailable": 0}},
+            "networkConfig": {"subdomainPolicy": "Shared"},
+            "leaderWorkerTemplate": {
+                "size": size,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": template("leader"),
+                "workerTemplate": template("worker"),
+            },
+        },
+    })
+
+
+def _worker_pods(instance: str, groups: int, size: int) -> list[str]:
+    name = group_name(instance)
+    return [f"{name}-{g}-{w}" for g in range(groups) for w in range(1, size)]
+
+
+def launcher_access(spec: LLMServiceSpec, instance: str, namespace: str,
+                    owner_uid: str | None) -> list[dict[str, Any]]:
+    """The leader's ServiceAccount, and a Role that lets it exec into its group's workers
+    only: pods and pods/exec by name, for every group up to the most replicas the service
+    may run. Empty for single-node services."""
+    if not multi_node(spec):
+        return []
+    groups = max(spec.replicas, spec.autoscaling.max_replicas)
+    pods = _worker_pods(instance, groups, spec.gpus // spec.gpu.per_node)
+    name = launcher_name(instance)
+    meta = {"name": name, "namespace": namespace, "labels": labels(instance, "launcher"),
+            "ownerReferences": _owner(instance, owner_uid)}
+    return [
+        stamp({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta),
+               "automountServiceAccountToken": False}),
+        stamp({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta),
+               "rules": [
+                   {"apiGroups": [""], "resources": ["pods"], "resourceNames": pods, "verbs": ["get"]},
+                   # kubectl exec: create (SPDY, and WebSocket since Kubernetes 1.35), get
+                   # (WebSocket on older API servers).
+                   {"apiGroups": [""], "resources": ["pods/exec"], "resourceNames": pods,
+                    "verbs": ["create", "get"]}]}),
+        stamp({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": dict(meta),
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
+    ]
 
 
 def service(spec: LLMServiceSpec, instance: str, namespace: str,
