@@ -107,7 +107,7 @@ def wait_for_workers(group: Group, timeout: float, poll: float = 5.0) -> None:
             if not ok:
                 still.append(host)
         if still and time.monotonic() > deadline:
-            raise StepFailed(f"workers not reachable after {timeout:.0f}s: {', '.join(still)}")
+            raise StepFailed("group", f"workers not reachable after {timeout:.0f}s: {', '.join(still)}")
         if still:
             print(f"[group] waiting for {len(still)}/{group.size - 1} worker(s): {', '.join(still)}",
                   file=sys.stderr, flush=True)

@@ -295,3 +295,53 @@ async def test_builtin_autoscaler_follows_kv_pressure_and_holds_without_metrics(
     await sb.wait_for(lambda: any(e.get("reason") == "ScaledDown" for _, e in sb.events("events")),
                       what="a ScaledDown Event")
     await sb.wait_for(lambda: _service(sb)["status"].get("readyReplicas") == 1, what="status follows")
+
+
+MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
+
+
+async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_group(scaling_sandbox):
+    sb = scaling_sandbox
+    await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+    manifest = copy.deepcopy(MULTI_NODE)
+    manifest["spec"]["autoscaling"].update(targetKVCacheUtilization=0.75, scaleDownStabilizationSeconds=2)
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(manifest)
+    await sb.wait_for(lambda: _ready(sb, "llama-405b"), timeout=30, what="Ready")
+    [lws] = sb.objects("leaderworkersets")
+    assert lws["metadata"]["name"] == "llama-405b-group" and lws["spec"]["replicas"] == 1
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+    assert sb.objects("deployments") == []
+    assert {o["metadata"]["name"] for plural in ("serviceaccounts", "roles", "rolebindings")
+            for o in sb.objects(plural)} == {"llama-405b-launcher"}
+    svc = _service(sb, "llama-405b")
+    assert svc["status"]["tpPp"] == "8x2" and svc["status"]["readyReplicas"] == 1
+
+    # KV pressure on the group's leader (rank 0 reports the whole engine's KV blocks).
+    sb.cluster.load["llama-405b"] = 1.6
+    await sb.wait_for(lambda: sb.objects("leaderworkersets")[0]["spec"]["replicas"] == 2,
+                      timeout=30, what="a second group")
+    await sb.wait_for(lambda: _service(sb, "llama-405b")["status"].get("readyReplicas") == 2,
+                      what="two ready groups in status")
+    assert _service(sb, "llama-405b")["spec"].get("replicas", 1) == 1
+
+
+async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_with_the_install_hint():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, leader_worker_set=False) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(copy.deepcopy(MULTI_NODE))
+        await sb.create(copy.deepcopy(MISTRAL))  # a single-node service is unaffected
+        svc = await sb.wait_for(lambda: (s := _service(sb, "llama-405b")) and (get_condition(
+            _conditions(s), "Stalled") or {}).get("status") == "True" and s, what="Stalled")
+        stalled = get_condition(_conditions(svc), "Stalled")
+        assert stalled["reason"] == "MissingDependency"
+        assert "LeaderWorkerSet API" in stalled["message"]
+        assert "kubectl apply --server-side -f https://github.com/kubernetes-sigs/lws/releases" in stalled["message"]
+        await sb.wait_for(lambda: _ready(sb), what="the single-node service Ready")
+        assert [j["metadata"]["name"] for j in sb.objects("jobs")] == \
+            [_service(sb)["status"]["engine"]["buildJob"]], "nothing built for the stalled service"
+        assert sb.operator_error is None

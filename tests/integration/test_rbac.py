@@ -4,6 +4,7 @@ The emulator records every request as the RBAC verb the API server would authori
 server-side apply that creates an object counts as ``create``). The operator runs a
 scenario that takes each path that talks to the API: a gated model (Secret read), builtin
 scaling (pods listed to scrape them, a scale-up), keda and hpa modes (their objects applied),
+a multi-node service (LeaderWorkerSet, the leader's ServiceAccount, Role and RoleBinding),
 drift in every owned object (re-applied as a patch), Events. The operator's requests (told
 apart by its token) must equal the rules of the chart's cluster-wide ClusterRole. The
 namespaced mode's Role and ClusterRole split the same rules (tests/unit/test_chart.py).
@@ -25,7 +26,9 @@ from ..conftest import ROOT
 
 NS = "llm"
 LLAMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
-OWNED = ("deployments", "services", "scaledobjects", "horizontalpodautoscalers")
+OWNED = ("deployments", "services", "scaledobjects", "horizontalpodautoscalers", "leaderworkersets",
+         "serviceaccounts", "roles", "rolebindings")
+MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
 
 
 def chart_grants() -> set[tuple[str, str, str]]:
@@ -55,11 +58,13 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
         names = {"builtin": "scaled", "keda": "keda-scaled", "hpa": "hpa-scaled"}
         for mode, name in names.items():
             await sb.create(_service(name, mode))
+        await sb.create(copy.deepcopy(MULTI_NODE))
+        names["multi-node"] = MULTI_NODE["metadata"]["name"]
 
         def all_ready():
             return all((s := sb.get("llmservices", n, NS)) and is_true(
                 (s.get("status") or {}).get("conditions", []), "Ready") for n in names.values())
-        await sb.wait_for(all_ready, timeout=30, what="three Ready services")
+        await sb.wait_for(all_ready, timeout=30, what="four Ready services")
         sb.cluster.load["scaled"] = 1.8
         await sb.wait_for(lambda: sb.get("deployments", "scaled-server", NS)["spec"]["replicas"] > 1,
                           timeout=30, what="a scale-up")
@@ -88,6 +93,11 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
     # kind the operator applies needs both.
     used |= {(group, resource, verb) for _, _, group, resource, _, applies in mine if applies
              for verb in ("create", "patch")}
+    # Rights the operator holds only to grant them (RBAC lets it create a Role with no more
+    # than it has): the rules of the Roles it created.
+    delegated = {(group, resource, verb) for role in sb.objects("roles") for rule in role["rules"]
+                 for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+    assert delegated == {("", "pods", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get")}
     granted = chart_grants()
-    assert used - granted == set(), "the operator needs rights the chart does not grant"
-    assert granted - used == set(), "the chart grants rights the operator never uses"
+    assert (used | delegated) - granted == set(), "the operator needs rights the chart does not grant"
+    assert granted - (used | delegated) == set(), "the chart grants rights the operator never uses"

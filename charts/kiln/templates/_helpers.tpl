@@ -66,6 +66,24 @@ lists the serving pods to scrape their metrics.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, create, patch]
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch]
+# Held only to be delegated: a multi-node service's leader gets a Role for `kubectl exec`
+# into its own group's worker pods (by name), and Kubernetes lets the operator create a Role
+# only with rights it holds itself. The operator never execs into a pod.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [pods/exec]
+  verbs: [create, get]
 {{- end -}}
 
 {{/* Cluster-scoped: engines are shared across namespaces; kopf discovers CRDs. */}}
