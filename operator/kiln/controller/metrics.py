@@ -42,8 +42,11 @@ class PodMetrics:
     def __init__(self, api: KubeApi) -> None:
         self.api = api
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def _fetch(self, url: str) -> str | None:
+        if self._closed:  # a scrape that outlived the operator: no new session to leak
+            return None
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
         try:
@@ -61,5 +64,7 @@ class PodMetrics:
                 if page and (sample := parse_triton_metrics(page))]
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

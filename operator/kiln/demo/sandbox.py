@@ -173,6 +173,8 @@ class Sandbox:
             self._operator = None
             stop.set()
             await asyncio.to_thread(thread.join, 30)
+            if thread.is_alive():
+                raise RuntimeError("the operator did not stop within 30 s")
 
     def start_kubelet(self) -> None:
         stop = asyncio.Event()
