@@ -290,7 +290,7 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
     demo.add_argument("--examples", default="examples", help="directory of manifests to apply")
-    demo.add_argument("--timeout", type=float, default=30.0)
+    demo.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for every service to be Ready")
     demo.set_defaults(func=cmd_demo)
     return top
 

@@ -125,8 +125,11 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
 
     @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=RESYNC_SECONDS,
                 initial_delay=RESYNC_SECONDS, id="resync")
-    async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+    async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                     stopped: kopf.DaemonStopped, **_: Any) -> None:
         """Pick up what changes outside the spec: builds finishing, replicas failing."""
+        if stopped:  # the operator is exiting: start nothing it would have to abandon
+            return
         try:
             await reconcile(body, patch, logger)
         except kopf.TemporaryError:
@@ -136,9 +139,12 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         return (spec.get("autoscaling") or {}).get("mode") == AutoscalingMode.BUILTIN.value
 
     @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=ctx.autoscale_period,
-                id="autoscale", when=builtin_mode)
-    async def autoscale(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+                initial_delay=ctx.autoscale_period, id="autoscale", when=builtin_mode)
+    async def autoscale(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                        stopped: kopf.DaemonStopped, **_: Any) -> None:
         """Builtin mode: the control law sets the workload's replicas (never the spec)."""
+        if stopped:
+            return
         try:
             spec = parse_service_spec(dict(body.spec))
         except SpecInvalid:

@@ -66,7 +66,10 @@ async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90
         "pause, no TensorRT-LLM runs) and the serving pods (marked ready, no Triton runs).")
     say("Real: validation, the planner, rendering, server-side apply, kopf, status and events.\n")
 
-    async with Sandbox(on_event=lambda m: say(f"  [cluster] {m}")) as sandbox:
+    # No autoscaling ticks in this run (its services start at their minimum and stay idle):
+    # the first would come after the demo ends. An operator stopped while a kopf timer is
+    # mid-patch leaks that patch's HTTP session inside kopf (a warning at exit).
+    async with Sandbox(on_event=lambda m: say(f"  [cluster] {m}"), autoscale_period=120.0) as sandbox:
         namespaces = sorted({m["metadata"].get("namespace", "default") for m in services})
         for namespace in namespaces:
             sandbox.add_namespace(namespace)
