@@ -153,6 +153,13 @@ def _volumes(engine: Engine) -> list[dict[str, Any]]:
             shm_volume("16Gi"), tmp_volume()]
 
 
+def _workload_meta(name: str, instance: str, namespace: str, engine: Engine,
+                   owner_uid: str | None) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels(instance, "server"),
+            "annotations": {ENGINE_KEY_ANNOTATION: engine.key},
+            "ownerReferences": _owner(instance, owner_uid)}
+
+
 def workload(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, instance: str,
              namespace: str, replicas: int, owner_uid: str | None) -> dict[str, Any]:
     make = leader_worker_set if multi_node(spec) else deployment
@@ -167,10 +174,7 @@ def deployment(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, insta
     return stamp({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": server_name(instance), "namespace": namespace,
-                     "labels": labels(instance, "server"),
-                     "annotations": {ENGINE_KEY_ANNOTATION: engine.key},
-                     "ownerReferences": _owner(instance, owner_uid)},
+        "metadata": _workload_meta(server_name(instance), instance, namespace, engine, owner_uid),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector(instance, "server")},
@@ -227,10 +231,7 @@ def leader_worker_set(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU
     return stamp({
         "apiVersion": LWS_API_VERSION,
         "kind": "LeaderWorkerSet",
-        "metadata": {"name": group_name(instance), "namespace": namespace,
-                     "labels": labels(instance, "server"),
-                     "annotations": {ENGINE_KEY_ANNOTATION: engine.key},
-                     "ownerReferences": _owner(instance, owner_uid)},
+        "metadata": _workload_meta(group_name(instance), instance, namespace, engine, owner_uid),
         "spec": {
             "replicas": replicas,
             "startupPolicy": "LeaderCreated",
