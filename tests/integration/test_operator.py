@@ -42,6 +42,15 @@ def _operator_metrics(sb):
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
+async def _with_condition(sb, name, type_, status=None):
+    """The service once it has condition ``type_`` (with ``status``, if given)."""
+    def found():
+        svc = _service(sb, name)
+        condition = svc and get_condition(_conditions(svc), type_)
+        return svc if condition and status in (None, condition["status"]) else None
+    return await sb.wait_for(found, what=f"{name}: {type_}{'=' + status if status else ''}")
+
+
 def _ready(sb, name="mistral-7b"):
     svc = _service(sb, name)
     return svc is not None and is_true(_conditions(svc), "Ready")
@@ -61,9 +70,7 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
 
     jobs = await sb.wait_for(lambda: sb.objects("jobs"), what="the build Job")
     assert len(jobs) == 1
-    svc = await sb.wait_for(
-        lambda: (s := _service(sb)) and get_condition(_conditions(s), "EngineReady") and s,
-        what="EngineReady condition")
+    svc = await _with_condition(sb, "mistral-7b", "EngineReady")
     engine_ready = get_condition(_conditions(svc), "EngineReady")
     assert engine_ready["status"] == "False" and engine_ready["reason"] == "EngineBuilding"
     assert get_condition(_conditions(svc), "Reconciling")["status"] == "True"
@@ -153,8 +160,7 @@ async def test_restart_mid_build_creates_no_second_job(sandbox):
     await sb.start_operator()
     await sb.create(copy.deepcopy(MISTRAL))
     await sb.wait_for(lambda: sb.objects("jobs"), what="the build Job")
-    await sb.wait_for(lambda: (s := _service(sb)) and get_condition(_conditions(s), "EngineReady"),
-                      what="status written")
+    await _with_condition(sb, "mistral-7b", "EngineReady")  # status written
     await sb.stop_operator()
 
     await sb.start_operator()  # resumes every object it finds
@@ -201,8 +207,7 @@ async def test_invalid_spec_is_stalled_with_the_render_message_and_nothing_creat
     sb = sandbox
     await sb.start_operator()
     await sb.create(manifest)
-    svc = await sb.wait_for(lambda: (s := _service(sb, "bad")) and
-                            get_condition(_conditions(s), "Stalled") and s, what="Stalled")
+    svc = await _with_condition(sb, "bad", "Stalled")
     stalled = get_condition(_conditions(svc), "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "SpecInvalid"
     assert stalled["message"] in cli_message  # the CLI may prefix the file name
@@ -221,8 +226,7 @@ async def test_missing_secret_is_stalled_naming_the_secret(sandbox):
     manifest["spec"]["model"]["credentials"] = {"secretName": "hf-token"}
     await sb.start_operator()
     await sb.create(manifest)
-    svc = await sb.wait_for(lambda: (s := _service(sb)) and
-                            get_condition(_conditions(s), "Stalled") and s, what="Stalled")
+    svc = await _with_condition(sb, "mistral-7b", "Stalled")
     stalled = get_condition(_conditions(svc), "Stalled")
     assert stalled["reason"] == "MissingDependency"
     assert "spec.model.credentials.secretName" in stalled["message"] and "llm/hf-token" in stalled["message"]
@@ -237,8 +241,7 @@ async def test_a_service_that_does_not_fit_shows_the_plan_and_builds_nothing(san
     manifest["spec"]["precision"] = "bf16"
     await sb.start_operator()
     await sb.create(manifest)
-    svc = await sb.wait_for(lambda: (s := _service(sb, "too-big")) and
-                            get_condition(_conditions(s), "Fits") and s, what="Fits")
+    svc = await _with_condition(sb, "too-big", "Fits")
     fits = get_condition(_conditions(svc), "Fits")
     assert fits["status"] == "False" and fits["reason"] == "DoesNotFit"
     assert "GiB short" in fits["message"] and "would fit with gpus: 2" in fits["message"]
@@ -284,8 +287,7 @@ async def test_builtin_autoscaler_follows_kv_pressure_and_holds_without_metrics(
 
     sb.cluster.metrics_outage.add("mistral-7b")  # metrics vanish while load is low
     sb.cluster.load["mistral-7b"] = 0.2
-    svc = await sb.wait_for(lambda: (s := _service(sb)) and (get_condition(
-        _conditions(s), "ScalingActive") or {}).get("status") == "False" and s, what="ScalingActive=False")
+    svc = await _with_condition(sb, "mistral-7b", "ScalingActive", "False")
     assert get_condition(_conditions(svc), "ScalingActive")["reason"] == "MetricsUnavailable"
     await asyncio.sleep(3)  # longer than the stabilization window
     assert deployment_replicas() == 3, "no scale-down without metrics"
@@ -335,8 +337,7 @@ async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_wit
         sb.start_kubelet()
         await sb.create(copy.deepcopy(MULTI_NODE))
         await sb.create(copy.deepcopy(MISTRAL))  # a single-node service is unaffected
-        svc = await sb.wait_for(lambda: (s := _service(sb, "llama-405b")) and (get_condition(
-            _conditions(s), "Stalled") or {}).get("status") == "True" and s, what="Stalled")
+        svc = await _with_condition(sb, "llama-405b", "Stalled", "True")
         stalled = get_condition(_conditions(svc), "Stalled")
         assert stalled["reason"] == "MissingDependency"
         assert "LeaderWorkerSet API" in stalled["message"]

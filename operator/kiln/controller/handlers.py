@@ -18,7 +18,7 @@ from .conditions import is_true, set_condition
 from .kube import KubeApi
 from .metrics import MetricsSource, PodMetrics
 from .models import ModelResolver
-from .service import reconcile_service, workload_replicas
+from .service import EventReason, reconcile_service, workload_replicas
 from .telemetry import Telemetry
 
 __all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS", "OPERATOR_TOKEN"]
@@ -60,7 +60,8 @@ def _status_diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, 
 
 
 # Events that move the operator's build counters.
-_BUILD_EVENTS = {"BuildStarted": "started", "BuildSucceeded": "succeeded", "BuildFailed": "failed"}
+_BUILD_EVENTS = {EventReason.BUILD_STARTED: "started", EventReason.BUILD_SUCCEEDED: "succeeded",
+                 EventReason.BUILD_FAILED: "failed"}
 
 
 def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
@@ -107,7 +108,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             kopf.event(body, type=type_, reason=reason, message=message)
             if reason in _BUILD_EVENTS:
                 telemetry.builds.labels(_BUILD_EVENTS[reason]).inc()
-            elif reason == "EngineReused":
+            elif reason == EventReason.ENGINE_REUSED:
                 telemetry.cache_hits.inc()
             elif type_ == "Warning":
                 telemetry.reconcile_errors.labels("LLMService", reason).inc()

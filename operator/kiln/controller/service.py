@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from ..api import API_VERSION, AutoscalingMode, ConditionType, Reason
@@ -24,7 +25,7 @@ from .kube import KubeApi
 from .metrics import MetricsSource
 from .models import ModelResolver
 
-__all__ = ["Outcome", "reconcile_service", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
+__all__ = ["Outcome", "EventReason", "reconcile_service", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
 # Relative error of the KV-token prediction above which the operator posts an Event.
@@ -32,6 +33,17 @@ PLAN_ERROR_EVENT_THRESHOLD = 0.15
 ROLLOUT_POLL_SECONDS = 5.0
 # The LeaderWorkerSet release Kiln's multi-node workloads are written and tested against.
 LWS_MANIFESTS = "https://github.com/kubernetes-sigs/lws/releases/download/v0.10.0/manifests.yaml"
+
+
+class EventReason(StrEnum):
+    """Reasons of the Events the reconcile posts besides condition changes (the operator's
+    build and cache-hit counters follow them)."""
+
+    BUILD_STARTED = "BuildStarted"
+    BUILD_SUCCEEDED = "BuildSucceeded"
+    BUILD_FAILED = "BuildFailed"
+    ENGINE_REUSED = "EngineReused"
+    PLAN_MISMATCH = "PlanMismatch"
 
 
 @dataclass
@@ -117,7 +129,7 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
     conditions = (live.get("status") or {}).get("conditions", [])
     if is_true(conditions, "Ready"):
         if new_key:
-            out.events.append(("Normal", "EngineReused", f"engine {name} is already built; no build needed"))
+            out.events.append(("Normal", EventReason.ENGINE_REUSED, f"engine {name} is already built; no build needed"))
         return True
     job_obj = rendered.build_job
     job_name = job_obj["metadata"]["name"]
@@ -125,7 +137,7 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
     job = await api.get("batch/v1", "Job", job_name, namespace)
     if job is None:
         await api.apply(job_obj)
-        out.events.append(("Normal", "BuildStarted", f"building engine {name} in Job {job_name}"))
+        out.events.append(("Normal", EventReason.BUILD_STARTED, f"building engine {name} in Job {job_name}"))
         await api.patch_status(live, {"buildJob": job_name, "conditions": set_condition(
             conditions, "Ready", False, Reason.ENGINE_BUILDING.value,
             f"Job {namespace}/{job_name} is building the engine", st.now)})
@@ -137,7 +149,7 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
                                       "conditions": set_condition(
                                           conditions, "Ready", True, Reason.ENGINE_BUILT.value,
                                           f"built by Job {job_name}", st.now)})
-        out.events.append(("Normal", "BuildSucceeded", f"engine {name} is ready"))
+        out.events.append(("Normal", EventReason.BUILD_SUCCEEDED, f"engine {name} is ready"))
         out.build_seconds = _job_seconds(job)
         return True
     if state == "Failed":
@@ -147,7 +159,7 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
                 get_condition(conditions, "Ready").get("reason") != Reason.ENGINE_BUILD_FAILED.value:  # type: ignore[union-attr]
             await api.patch_status(live, {"conditions": set_condition(
                 conditions, "Ready", False, Reason.ENGINE_BUILD_FAILED.value, message, st.now)})
-            out.events.append(("Warning", "BuildFailed", message))
+            out.events.append(("Warning", EventReason.BUILD_FAILED, message))
         st.condition(ConditionType.ENGINE_READY, False, Reason.ENGINE_BUILD_FAILED, message)
         raise SpecInvalid(message, reason=Reason.ENGINE_BUILD_FAILED.value)
     st.condition(ConditionType.ENGINE_READY, False, Reason.ENGINE_BUILDING,
@@ -291,7 +303,7 @@ def _observe(st: _Status, out: Outcome, samples: list[KVSample], previous: int |
         error = (predicted - observed) / observed
         plan["kvCacheTokensError"] = round(error, 3)
         if abs(error) > PLAN_ERROR_EVENT_THRESHOLD and observed != previous:
-            out.events.append(("Warning", "PlanMismatch",
+            out.events.append(("Warning", EventReason.PLAN_MISMATCH,
                                 f"the engine allocated {observed} KV-cache tokens per replica; the "
                                 f"planner predicted {predicted} ({error:+.0%})"))
     st.data["plan"] = plan
