@@ -164,8 +164,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .autoscale import LawParams
-    from .sim import Fleet, PerfModel, load_trace, simulate
-    from .sim.policies import POLICIES, hpa_policy, kiln_policy, static_policy
+    from .sim import Fleet, PerfModel, compare, load_trace
+    from .sim.policies import POLICIES
 
     _, spec, gpu, model, result = _prepare(args)
     if model is None or not result.fits:
@@ -186,29 +186,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     low, high = max(1, scaling.min_replicas), max(scaling.max_replicas, args.max_replicas)
     params = LawParams(min_replicas=low, max_replicas=high, target=scaling.target_kv_cache_utilization,
                        stabilization_seconds=float(scaling.scale_down_stabilization_seconds))
-    fleet = Fleet(PerfModel.from_plan(result, spec, gpu), spec.gpus, initial=low, cold_start=args.cold_start)
-    results = {}
-    peak = 1
-    for name in sorted(policies, key=lambda n: n == "static"):  # static sizes itself on the others' peak
-        policy = {"kiln": lambda: kiln_policy(params), "hpa": lambda: hpa_policy(low, high),
-                  "static": lambda: static_policy(peak)}[name]()
+    fleet = Fleet(PerfModel.from_plan(result, spec, gpu), spec.gpus, cold_start=args.cold_start)
+    show = args.output != "json" and sys.stderr.isatty()
 
-        def progress(share: float, name: str = name) -> None:
-            if args.output != "json" and sys.stderr.isatty():
-                print(f"\r  {name:8s} [{'#' * int(share * 30):30s}] {share:4.0%}", end="", file=sys.stderr)
-        results[name] = simulate(requests, fleet, policy, args.slo_ttft_ms / 1000, outage, progress)
-        peak = max(peak, results[name].max_replicas)
-        if args.output != "json" and sys.stderr.isatty():
-            print(file=sys.stderr)
+    def progress(name: str, share: float) -> None:
+        print(f"\r  {name:9s} [{'#' * int(share * 30):30s}] {share:4.0%}", end="", file=sys.stderr)
+
+    results = compare(requests, fleet, params, args.slo_ttft_ms / 1000, policies,
+                      outage=outage, progress=progress if show else None)
+    if show:
+        print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
     if args.plot:
-        _plot(results, Path(args.plot))
+        _plot({n: r for n, r in results.items() if r is not None}, Path(args.plot))
     if args.output == "json":
-        print(json.dumps({"policies": {n: r.wire() for n, r in results.items()}}, indent=2))
+        print(json.dumps({"policies": {n: r.wire() if r else None for n, r in results.items()}}, indent=2))
         return 0
-    print(f"{len(requests)} requests, SLO: TTFT <= {args.slo_ttft_ms} ms, cold start {args.cold_start:.0f} s")
-    print(f"{'POLICY':8s} {'GPU-HOURS':>10s} {'SLO':>7s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'SCALES':>7s} {'MAX':>4s}")
+    print(f"{len(requests)} requests, SLO: TTFT <= {args.slo_ttft_ms:.0f} ms, cold start {args.cold_start:.0f} s")
+    print(f"{'POLICY':9s} {'GPU-HOURS':>10s} {'SLO':>7s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'SCALES':>7s} {'MAX':>4s}")
     for name, r in results.items():
-        print(f"{name:8s} {r.gpu_hours:10.2f} {r.slo_attainment:7.2%} {r.ttft_p50_ms:8.0f}ms "
+        if r is None:
+            print(f"{name:9s} {'no target meets the SLO goal':>40s}")
+            continue
+        print(f"{name:9s} {r.gpu_hours:10.2f} {r.slo_attainment:7.2%} {r.ttft_p50_ms:8.0f}ms "
               f"{r.ttft_p99_ms:8.0f}ms {r.scale_events:7d} {r.max_replicas:4d}")
     return 0
 
@@ -273,9 +272,11 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("-f", "--file", required=True, help="LLMService manifest")
     sim.add_argument("--trace", required=True, help="Azure CSV, Mooncake JSONL or timestamp_s,input_tokens,output_tokens")
     sim.add_argument("--model-config", help="a Hugging Face config.json")
-    sim.add_argument("--policy", action="append", help="kiln, hpa or static (default: all)")
+    sim.add_argument("--policy", action="append",
+                     help="kiln, hpa, hpa-tuned, kpa, static or oracle; repeat for several (default: all)")
     sim.add_argument("--slo-ttft-ms", type=float, default=2000.0)
-    sim.add_argument("--cold-start", type=float, default=90.0, help="seconds until a new replica serves")
+    sim.add_argument("--cold-start", type=float, default=90.0,
+                     help="seconds until a new replica serves (default 90: 7-70B pods with cached weights take 1-2 min)")
     sim.add_argument("--rate-scale", type=float, default=1.0)
     sim.add_argument("--time-scale", type=float, default=1.0)
     sim.add_argument("--max-replicas", type=int, default=16, help="upper bound for every policy")

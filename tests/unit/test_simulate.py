@@ -37,17 +37,21 @@ def test_bad_trace_is_named(tmp_path):
 
 def test_simulate_json_for_every_policy(tmp_path):
     # A burst that needs more than one replica, then quiet.
-    rows = [(t * 0.02, 3000, 400) for t in range(30000)]
+    rows = [(t * 0.02, 3000, 400) for t in range(30000)] + [(600 + t, 3000, 400) for t in range(600)]
     path = _trace(tmp_path, rows)
     result = subprocess.run([sys.executable, "-m", "kiln", "simulate", "-f", str(ROOT / "examples" / "llama-3.1-8b-fp8.yaml"),
                              "--trace", str(path), "-o", "json", "--cold-start", "30"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     policies = json.loads(result.stdout)["policies"]
-    assert set(policies) == {"kiln", "hpa", "static"}
+    assert set(policies) == {"kiln", "hpa", "hpa-tuned", "kpa", "static", "oracle"}
     for figures in policies.values():
-        assert FIELDS <= set(figures)
+        assert figures is None or FIELDS <= set(figures)
     assert policies["kiln"]["maxReplicas"] > 1
+    # The oracle meets the SLO goal; static holds the oracle's peak for the whole trace.
+    assert policies["oracle"]["sloAttainment"] >= 0.99
+    assert policies["static"]["maxReplicas"] == policies["oracle"]["maxReplicas"]
+    assert policies["static"]["gpuHours"] >= policies["oracle"]["gpuHours"]
 
 
 def test_metrics_outage_flag_is_checked(tmp_path):
@@ -55,3 +59,43 @@ def test_metrics_outage_flag_is_checked(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kiln", "simulate", "-f", str(ROOT / "examples" / "llama-3.1-8b-fp8.yaml"),
                              "--trace", str(path), "--metrics-outage", "soon"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--metrics-outage" in result.stderr
+
+
+# TensorRT-LLM "Performance Overview" (docs/source/performance/perf-overview.md, v1.0), table
+# "Llama 3.1 8B", H100 TP1 (FP8): total output tokens/s at maximum load, by input/output tokens.
+PUBLISHED_H100_LLAMA_8B_FP8 = {(1000, 1000): 15220, (2048, 128): 3450, (5000, 500): 3459,
+                               (128, 2048): 22714, (2048, 2048): 9305, (500, 2000): 17660}
+
+
+def test_perf_model_reproduces_the_published_trtllm_figures():
+    from kiln.api.validation import parse_service_manifest
+    from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
+    from kiln.sim import PerfModel
+
+    # trtllm-bench's run: batch bounded by the KV cache, not by an engine limit.
+    _, spec = parse_service_manifest({
+        "apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService",
+        "metadata": {"name": "bench", "namespace": "x"},
+        "spec": {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "precision": "fp8",
+                 "gpu": {"type": "H100-80GB"},
+                 "engine": {"maxBatchSize": 2048, "maxSeqLen": 32768, "maxInputLen": 24000}}})
+    gpu = lookup_gpu("H100-80GB", None)
+    model = ModelConfig.from_hf(catalog_config("meta-llama/Llama-3.1-8B-Instruct"))
+    perf = PerfModel.from_plan(plan(model, spec, gpu), spec, gpu)
+    for (isl, osl), published in PUBLISHED_H100_LLAMA_8B_FP8.items():
+        modelled = perf.offline_output_tokens_per_s(isl, osl)
+        assert abs(modelled / published - 1) <= 0.08, (isl, osl, modelled, published)
+
+
+def test_kpa_panics_on_a_burst_and_holds_while_panicking():
+    from kiln.autoscale import Sample
+    from kiln.sim.engine import FleetView
+    from kiln.sim.policies import kpa_policy
+
+    policy = kpa_policy(1, 10, target_concurrency=10)
+    calm = FleetView(0, [Sample(0, "r0", 0.1, waiting=0, active=5)], 1, 1, 0)
+    assert policy(calm) == 1
+    burst = FleetView(15, [Sample(15, "r0", 0.9, waiting=30, active=10)], 1, 1, 0)
+    assert policy(burst) == 4  # panic window: 40 in flight / 10 per replica
+    after = FleetView(30, [Sample(30, "r0", 0.2, waiting=0, active=2)], 4, 1, 3)
+    assert policy(after) == 4  # no scale-down while panicking

@@ -3,11 +3,17 @@
 An LLM replica runs out of KV-cache blocks (and then queues requests) long before its CPU
 or request rate says anything. The law, evaluated every ``period`` (15 s in the operator):
 
-1. **Signal.** Per ready replica, the mean over the last ``window_seconds`` (60 s) of its KV
-   block fraction (``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}``,
-   i.e. used/max blocks) — the window damps the sawtooth of sequences finishing — and its
-   latest waiting-request count (``nv_trt_llm_request_metrics{request_type="waiting"}``).
-   ``u`` is the mean fraction over replicas.
+1. **Signal.** The fleet's mean load per replica at each scrape of the last
+   ``window_seconds`` (60 s), and the highest of those — so a burst between quiet scrapes
+   counts and the sawtooth of sequences finishing does not — plus each replica's latest
+   waiting-request count (``nv_trt_llm_request_metrics{request_type="waiting"}``). A replica's
+   load is the larger of its KV block fraction
+   (``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}``, used/max blocks)
+   and its prefill load: input tokens per second (the rate of ``nv_llm_input_token_len_sum``)
+   over the prefill speed the performance model gives for the plan
+   (:func:`kiln.planner.perf.prefill_tokens_per_second`). Long outputs fill the KV cache;
+   long prompts with short answers (code completion) saturate compute first and barely touch
+   it. ``u`` is the mean load over replicas.
 2. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
    reported within ``stale_seconds`` (45 s), the law holds the current count and says so.
 3. **Proportional target.** ``want = ceil(ready × u / target)`` (target
@@ -45,6 +51,12 @@ class Sample:
     kv_fraction: float
     waiting: int = 0
     active: int = 0
+    # Share of the replica's prefill capacity used since the previous scrape (None: unknown).
+    prefill_load: float | None = None
+
+    @property
+    def load(self) -> float:
+        return max(self.kv_fraction, self.prefill_load or 0.0)
 
 
 @dataclass(frozen=True)
@@ -107,11 +119,15 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         return Decision(current, f"metrics from {len(reporting)} of {ready} ready replicas: "
                                  f"holding {current} until they report", held=True)
 
-    per_replica = {}
-    for replica in reporting:
-        values = [s.kv_fraction for s in fresh if s.replica == replica]
-        per_replica[replica] = sum(values) / len(values)
-    utilization = sum(per_replica.values()) / len(per_replica)
+    # The fleet's load at each scrape in the window, in replicas' worth; the busiest scrape
+    # counts, so a burst between quiet scrapes is not averaged away.
+    totals: dict[float, list[float]] = {}
+    for sample in fresh:
+        if sample.replica in latest and latest[sample.replica].time >= now - params.stale_seconds:
+            totals.setdefault(sample.time, []).append(sample.load)
+    need = max(sum(loads) / len(loads) for loads in totals.values()) * len(reporting)
+    utilization = need / len(reporting)
+    kind = "prefill" if any((s.prefill_load or 0) > s.kv_fraction for s in latest.values()) else "KV"
     waiting = sum(latest[r].waiting for r in reporting)
 
     want = math.ceil(ready * utilization / params.target - 1e-9)
@@ -119,9 +135,9 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     queued = waiting > params.queue_per_replica * ready
     if abs(ratio - 1) <= params.tolerance and not queued:
         want = current
-        why = f"KV use {utilization:.0%} is within {params.tolerance:.0%} of the {params.target:.0%} target"
+        why = f"{kind} load {utilization:.0%} is within {params.tolerance:.0%} of the {params.target:.0%} target"
     else:
-        why = f"KV use {utilization:.0%} against a {params.target:.0%} target"
+        why = f"{kind} load {utilization:.0%} against a {params.target:.0%} target"
     if queued:
         want = max(want, ready + math.ceil(waiting / params.queue_per_replica / ready))
         why += f", {waiting} requests waiting"

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import kopf
 
 from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Reason
@@ -44,6 +45,8 @@ class OperatorContext:
     # LawParams timing overrides (window_seconds, stale_seconds) for the demo and the tests.
     autoscale_timing: dict[str, float] = field(default_factory=dict)
     telemetry: Telemetry = field(default_factory=Telemetry)
+    # The HTTP session kopf uses when ``login_url`` is set; closed by ``run_operator``.
+    kopf_session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
         if self.metrics is None:
@@ -82,9 +85,13 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
 
     if ctx.login_url is not None:
         @kopf.on.login(registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=ctx.login_url, scheme="Bearer", token=OPERATOR_TOKEN,
-                                       insecure=True)
+        async def login(**_: Any) -> kopf.AiohttpSession:
+            # A session the operator owns, so that it is closed even if kopf's cleanup is not.
+            if ctx.kopf_session is None or ctx.kopf_session.closed:
+                ctx.kopf_session = aiohttp.ClientSession(
+                    headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+                    connector=aiohttp.TCPConnector(ssl=False))
+            return kopf.AiohttpSession(server=ctx.login_url, aiohttp_session=ctx.kopf_session)
 
     async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
                         status: dict[str, Any] | None = None, **_: Any) -> None:

@@ -17,7 +17,13 @@ __all__ = ["run_operator", "run_against_kubeconfig"]
 
 async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threading.Event,
                        namespaces: list[str] | None = None) -> None:
-    """Run kopf with Kiln's handlers until ``stop_flag`` is set."""
+    """Run kopf with Kiln's handlers until ``stop_flag`` is set.
+
+    kopf closes its API sessions in its cleanup stage, which is skipped when that stage is
+    cancelled, and a task still finishing after it can open a new one. So on exit the
+    operator waits for such stragglers and then closes the session its login handler lent
+    to kopf (:attr:`OperatorContext.kopf_session`).
+    """
     try:
         await kopf.operator(
             registry=build_registry(ctx),
@@ -28,8 +34,21 @@ async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threadin
             liveness_endpoint="http://0.0.0.0:8080/healthz" if ctx.login_url is None else None,
         )
     finally:
+        await _finish_stragglers()
         if isinstance(ctx.metrics, PodMetrics):
             await ctx.metrics.close()
+        if ctx.kopf_session is not None:
+            await ctx.kopf_session.close()
+
+
+async def _finish_stragglers(timeout: float = 10.0) -> None:
+    """Cancel and await the tasks kopf left in this loop (posting, timers mid-request)."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
 
 
 async def run_against_kubeconfig(namespaces: list[str] | None = None,

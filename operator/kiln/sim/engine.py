@@ -1,19 +1,19 @@
 """Replay requests against a fleet of simulated replicas under an autoscaling policy.
 
-**Replica model** (first order; not calibrated against a measured TensorRT-LLM run, so read
-the results as a comparison between policies on the same model, not as absolute latencies):
+**Replica model.** Capacity comes from the planner: ``kvCacheTokens`` per replica and the
+engine's ``maxBatchSize``. Admission reserves a request's whole sequence (input + output
+tokens), as Triton's default ``guaranteed_no_evict`` scheduler does. Each simulated second a
+replica spends its time first on the prefill of newly admitted requests (in order), then on
+decode steps for everything already generating. Prefill speed and decode step time come from
+:class:`kiln.planner.perf.PerfModel`, calibrated there against published TensorRT-LLM figures.
 
-- Capacity comes from the planner: ``kvCacheTokens`` per replica and ``maxBatchSize``.
-  Admission reserves a request's whole sequence (input + output tokens), as Triton's default
-  ``guaranteed_no_evict`` scheduler does.
-- Decode is memory-bandwidth bound: one step reads the replica's weights once plus the KV
-  cache of every running sequence, at 70 % of the GPU's HBM bandwidth, plus 2 ms overhead.
-- Prefill is compute bound: 2 FLOPs per parameter per token at 40 % of the GPU's dense
-  16-bit peak (twice that for 8-bit and 4-bit precisions).
-- A new replica serves ``cold_start`` seconds after it is requested (image cached, engine
-  loaded from the cache: 90 s by default, in the 1–2 minute range typical of 7–70B pods).
-- Metrics (KV fraction, waiting requests) are sampled every ``period`` seconds, as Triton's
-  ``/metrics`` is scraped; a metrics outage blanks them.
+**Fleet.** A new replica serves ``cold_start`` seconds after it is requested (image cached,
+engine loaded from the cache: 90 s by default, in the 1–2 minute range typical of 7–70B pods).
+Requests wait in one queue and go to the ready replica with the least reserved KV. Metrics
+(KV fraction, waiting and running requests, and the input tokens prefilled since the last
+scrape, which Triton counts in ``nv_llm_input_token_len_sum``) are sampled every ``period``
+seconds, as ``/metrics`` is scraped; a metrics outage blanks them. Scaled-down replicas stop taking new
+requests and finish what they run, as the rendered preStop and grace period make them do.
 
 Every policy sees the same metrics the operator would and returns desired replicas; ``kiln``
 calls :func:`kiln.autoscale.decide`, the operator's own law.
@@ -26,57 +26,72 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..api import LLMServiceSpec, Precision
 from ..autoscale import Sample
-from ..planner import GPU, Plan
-from ..planner.memory import WEIGHT_BYTES
+from ..planner.perf import PerfModel
 from .traces import Request
 
 __all__ = ["PerfModel", "Fleet", "SimResult", "simulate", "FleetView"]
-
-# Dense 16-bit tensor throughput (FLOP/s) by GPU architecture.
-_PEAK_FLOPS = {"sm80": 312e12, "sm89": 362e12, "sm90": 989e12, "sm100": 2250e12, "sm120": 419e12}
-
-
-@dataclass(frozen=True)
-class PerfModel:
-    kv_tokens: int
-    max_batch: int
-    weight_bytes: float          # per GPU
-    kv_bytes_per_token: float    # per GPU
-    bandwidth: float             # bytes/s per GPU
-    prefill_tokens_per_s: float  # per replica
-
-    @classmethod
-    def from_plan(cls, plan: Plan, spec: LLMServiceSpec, gpu: GPU) -> PerfModel:
-        weight = float(plan.weight_bytes_per_gpu or 0)
-        bytes_per_param = WEIGHT_BYTES[Precision(spec.precision)]
-        speedup = 1.0 if bytes_per_param >= 2 else 2.0  # 8- and 4-bit tensor cores
-        flops = _PEAK_FLOPS.get(gpu.arch, 300e12) * 0.4 * speedup
-        return cls(kv_tokens=int(plan.kv_cache_tokens or 0), max_batch=spec.engine.max_batch_size,
-                   weight_bytes=weight, kv_bytes_per_token=float(plan.kv_bytes_per_token_per_gpu or 0),
-                   bandwidth=gpu.bandwidth_tbs * 1e12,
-                   prefill_tokens_per_s=flops / (2 * weight / bytes_per_param))
-
-    def step_seconds(self, kv_tokens_in_use: int) -> float:
-        return (self.weight_bytes + kv_tokens_in_use * self.kv_bytes_per_token) / (self.bandwidth * 0.7) + 0.002
 
 
 @dataclass
 class _Running:
     request: Request
+    prefill_left: float           # input tokens still to prefill
     generated: float = 0.0
-    prefill_left: float = 0.0
+    first_token_at: float = 0.0
 
 
 @dataclass
 class _Replica:
+    ident: int
     ready_at: float
     running: list[_Running] = field(default_factory=list)
     draining: bool = False
+    reserved: int = 0  # KV tokens reserved by the running requests
+    prefilled: float = 0.0  # input tokens prefilled so far (a counter, as Triton exports it)
+    scraped: float = 0.0    # ``prefilled`` at the last scrape
 
-    def reserved(self) -> int:
-        return sum(r.request.input_tokens + r.request.output_tokens for r in self.running)
+    def admit(self, request: Request) -> None:
+        self.running.append(_Running(request, prefill_left=float(request.input_tokens)))
+        self.reserved += request.input_tokens + request.output_tokens
+
+    def advance(self, now: float, dt: float, perf: PerfModel, ttfts: list[float],
+                tpots: list[float]) -> None:
+        """Spend ``dt`` seconds: prefill the newly admitted requests in order, then decode."""
+        budget, steps = dt, 0.0
+        for item in self.running:
+            if budget <= 0:
+                break
+            if item.prefill_left > 0:
+                seconds = item.prefill_left / perf.prefill_tokens_per_s
+                if seconds <= budget:
+                    budget -= seconds
+                    self.prefilled += item.prefill_left
+                    item.prefill_left = 0.0
+                    item.first_token_at = now + dt - budget
+                    item.generated = 1.0
+                    ttfts.append(item.first_token_at - item.request.arrival)
+                else:
+                    item.prefill_left -= budget * perf.prefill_tokens_per_s
+                    self.prefilled += budget * perf.prefill_tokens_per_s
+                    budget = 0.0
+        decoding = [i for i in self.running if i.prefill_left <= 0 and i.first_token_at <= now]
+        if decoding and budget > 0:
+            context = sum(i.request.input_tokens + i.generated for i in decoding)
+            steps = budget / perf.step_seconds(context)
+            for item in decoding:
+                item.generated += steps
+        still = []
+        for item in self.running:
+            out = item.request.output_tokens
+            if item.prefill_left <= 0 and item.generated >= out:
+                if out > 1:
+                    done = now + dt - max(0.0, item.generated - out) * (dt / max(steps, 1e-9))
+                    tpots.append((done - item.first_token_at) / (out - 1))
+                self.reserved -= item.request.input_tokens + out
+            else:
+                still.append(item)
+        self.running = still
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,7 @@ class Fleet:
     initial: int = 1
     cold_start: float = 90.0
     period: float = 15.0
-    dt: float = 1.0
+    dt: float = 0.25
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -132,10 +147,11 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
              outage: tuple[float, float] | None = None,
              progress: Callable[[float], None] | None = None) -> SimResult:
     perf = fleet.perf
-    replicas = [_Replica(ready_at=0.0) for _ in range(fleet.initial)]
+    ids = iter(range(1 << 30))
+    replicas = [_Replica(next(ids), ready_at=0.0) for _ in range(fleet.initial)]
     queue: deque[Request] = deque()
     pending = deque(requests)
-    end = (requests[-1].arrival if requests else 0.0) + 600.0
+    end = (requests[-1].arrival if requests else 0.0) + 60.0
     ttfts: list[float] = []
     tpots: list[float] = []
     gpu_seconds = 0.0
@@ -153,36 +169,22 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
         serving = [r for r in replicas if r.ready_at <= now and not r.draining]
         # Admission: least-loaded ready replica first, whole sequence reserved.
         while queue and serving:
-            target = min(serving, key=lambda r: r.reserved())
+            target = min(serving, key=lambda r: r.reserved)
             request = queue[0]
             need = request.input_tokens + request.output_tokens
-            if len(target.running) >= perf.max_batch or target.reserved() + need > perf.kv_tokens:
+            if len(target.running) >= perf.max_batch or target.reserved + need > perf.kv_tokens:
                 if need > perf.kv_tokens:
                     queue.popleft()  # can never fit: dropped, counted as an SLO miss
                     ttfts.append(float("inf"))
                     continue
                 break
             queue.popleft()
-            target.running.append(_Running(request, prefill_left=request.input_tokens / perf.prefill_tokens_per_s))
+            target.admit(request)
         for replica in replicas:
-            if not replica.running:
-                continue
-            step = perf.step_seconds(replica.reserved())
-            still = []
-            for item in replica.running:
-                if item.prefill_left > 0:
-                    item.prefill_left -= fleet.dt
-                    if item.prefill_left <= 0:
-                        ttft = now + fleet.dt + item.prefill_left - item.request.arrival
-                        ttfts.append(ttft)
-                        window_ttft.append(ttft)
-                        tpots.append(step)
-                    still.append(item)
-                    continue
-                item.generated += fleet.dt / step
-                if item.generated < item.request.output_tokens:
-                    still.append(item)
-            replica.running = still
+            if replica.running:
+                before = len(ttfts)
+                replica.advance(now, fleet.dt, perf, ttfts, tpots)
+                window_ttft.extend(ttfts[before:])
         replicas = [r for r in replicas if not (r.draining and not r.running)]
         gpu_seconds += len(replicas) * fleet.gpus_per_replica * fleet.dt
         if now >= next_decision:
@@ -191,17 +193,21 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
             live = [r for r in replicas if not r.draining]
             ready = [r for r in live if r.ready_at <= now]
             samples = [] if blank else [
-                Sample(now, f"r{i}", r.reserved() / perf.kv_tokens,
-                       waiting=len(queue) // max(1, len(ready)), active=len(r.running))
-                for i, r in enumerate(ready)]
+                Sample(now, f"r{r.ident}", r.reserved / perf.kv_tokens,
+                       waiting=len(queue) // max(1, len(ready)), active=len(r.running),
+                       prefill_load=(r.prefilled - r.scraped) / (fleet.period * perf.prefill_tokens_per_s))
+                for r in ready]
+            for replica in replicas:
+                replica.scraped = replica.prefilled
             view = FleetView(now, samples, len(live), len(ready), len(live) - len(ready))
             desired = max(0, policy(view))
             if desired > len(live):
-                replicas += [_Replica(ready_at=now + fleet.cold_start) for _ in range(desired - len(live))]
+                replicas += [_Replica(next(ids), ready_at=now + fleet.cold_start)
+                             for _ in range(desired - len(live))]
                 events += 1
             elif desired < len(live):
                 # Remove the replicas still starting first, then the least loaded.
-                for replica in sorted(live, key=lambda r: (r.ready_at <= now, r.reserved()))[:len(live) - desired]:
+                for replica in sorted(live, key=lambda r: (r.ready_at <= now, r.reserved))[:len(live) - desired]:
                     replica.draining = True
                 events += 1
             peak = max(peak, len([r for r in replicas if not r.draining]))

@@ -1,26 +1,53 @@
 """Autoscaling policies for the simulator. Each is ``FleetView -> desired replicas``.
 
 - ``kiln``: the operator's control law (:func:`kiln.autoscale.decide`).
-- ``hpa``: the Kubernetes HPA (:class:`kiln.autoscale.hpa.HPA`) on the Triton autoscaling
-  guide's queue:compute signal, approximated per replica by waiting / running requests, with
-  the guide's target of 1.
-- ``static``: a fixed fleet of ``peak`` replicas.
+- ``hpa``: the Kubernetes HPA (:class:`kiln.autoscale.hpa.HPA`: tolerance 0.1, 15 s sync,
+  300 s scale-down stabilisation) on the Triton autoscaling guide's ``queue:compute`` ratio,
+  ``rate(nv_inference_queue_duration_us[1m]) / rate(nv_inference_compute_infer_duration_us[1m])``,
+  with the guide's ``AverageValue`` target of 1. By Little's law those two rates are the mean
+  number of requests queued and computing, so the simulator uses waiting / running requests
+  averaged over the last minute.
+- ``hpa-tuned``: the same, with the target swept (:data:`HPA_TUNED_TARGETS`) to the cheapest
+  one that meets the SLO goal.
+- ``kpa``: Knative's pod autoscaler on concurrency (running + waiting requests per replica),
+  with a target of 70 % of ``maxBatchSize`` (Knative's default target utilisation of the
+  container concurrency), a 60 s stable window and a panic window of one scrape: when the
+  panic window wants at least twice the ready replicas, it scales on that window and does
+  not scale down until a stable window passes without panic. It evaluates at the same scrape
+  cadence as the others (Knative's own tick is 2 s).
+- ``static``: a fixed fleet at the oracle's peak.
+- ``oracle``: perfect knowledge of the future. For every two minutes of the trace it finds,
+  by replaying that window alone, the fewest warm replicas that meet the SLO goal on it; it
+  then asks, at each moment, for the most any window needs until a replica asked for now
+  would serve (so replicas are warm when their load arrives, cold start included). A margin
+  of extra replicas is added only if the whole replay misses the goal at the window
+  boundaries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-from ..autoscale import LawParams, Recommendations, decide
+from ..autoscale import LawParams, Recommendations, Sample, decide
 from ..autoscale.hpa import HPA
-from .engine import FleetView
+from .engine import Fleet, FleetView, simulate
+from .traces import Request
 
-__all__ = ["kiln_policy", "hpa_policy", "static_policy", "POLICIES"]
+__all__ = ["kiln_policy", "hpa_policy", "kpa_policy", "static_policy", "oracle_policy",
+           "oracle_schedule", "POLICIES", "HPA_TUNED_TARGETS"]
+
+POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "static", "oracle")
+HPA_TUNED_TARGETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
+
+Policy = Callable[[FleetView], int]
 
 
-def kiln_policy(params: LawParams) -> Callable[[FleetView], int]:
+def kiln_policy(params: LawParams) -> Policy:
     recommendations = Recommendations()
-    history: list = []
+    history: list[Sample] = []
 
     def policy(view: FleetView) -> int:
         nonlocal history
@@ -30,19 +57,84 @@ def kiln_policy(params: LawParams) -> Callable[[FleetView], int]:
     return policy
 
 
-def hpa_policy(min_replicas: int, max_replicas: int, target: float = 1.0) -> Callable[[FleetView], int]:
+def hpa_policy(min_replicas: int, max_replicas: int, target: float = 1.0) -> Policy:
     hpa = HPA(min_replicas=min_replicas, max_replicas=max_replicas, target=target)
+    minute: deque[tuple[float, float, float]] = deque()  # (time, waiting, running) per scrape
 
     def policy(view: FleetView) -> int:
-        if not view.samples:
+        if not view.samples:  # the HPA skips a metric it cannot read
             return hpa.step(view.now, view.current, None)
-        ratio = sum(s.waiting / max(1, s.active) for s in view.samples) / len(view.samples)
-        return hpa.step(view.now, view.current, ratio)
+        n = len(view.samples)
+        minute.append((view.now, sum(s.waiting for s in view.samples) / n,
+                       sum(s.active for s in view.samples) / n))
+        while minute[0][0] < view.now - 60:
+            minute.popleft()
+        queued = sum(w for _, w, _ in minute)
+        computing = sum(a for _, _, a in minute)
+        return hpa.step(view.now, view.current, queued / max(computing, 1.0))
     return policy
 
 
-def static_policy(replicas: int) -> Callable[[FleetView], int]:
+def kpa_policy(min_replicas: int, max_replicas: int, target_concurrency: float,
+               stable_window: float = 60.0, panic_threshold: float = 2.0) -> Policy:
+    window: deque[tuple[float, float]] = deque()  # (time, total concurrency)
+    panic_until = -math.inf
+
+    def policy(view: FleetView) -> int:
+        nonlocal panic_until
+        if not view.samples:
+            return view.current
+        total = sum(s.active + s.waiting for s in view.samples)
+        window.append((view.now, total))
+        while window[0][0] <= view.now - stable_window:
+            window.popleft()
+        stable = math.ceil(sum(c for _, c in window) / len(window) / target_concurrency - 1e-9)
+        panic = math.ceil(total / target_concurrency - 1e-9)
+        if panic >= panic_threshold * max(1, view.ready):
+            panic_until = view.now + stable_window
+        if view.now < panic_until:
+            desired = max(view.current, panic, stable)
+        else:
+            desired = stable
+        return max(min_replicas, min(max_replicas, desired))
+    return policy
+
+
+def static_policy(replicas: int) -> Policy:
     return lambda view: replicas
 
 
-POLICIES = ("kiln", "hpa", "static")
+def oracle_schedule(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float, goal: float,
+                    low: int, high: int, window: float = 120.0) -> list[int]:
+    """For each ``window`` seconds of the trace, the fewest warm replicas that serve the
+    requests arriving in it within the SLO goal (found by replaying that window alone)."""
+    if not requests:
+        return [low]
+    schedule = []
+    for w in range(int(requests[-1].arrival // window) + 1):
+        part = [Request(r.arrival - w * window, r.input_tokens, r.output_tokens)
+                for r in requests if w * window <= r.arrival < (w + 1) * window]
+        if not part:
+            schedule.append(low)
+            continue
+        lo, hi = low, high
+        while lo < hi:  # binary search on a static fleet of n
+            n = (lo + hi) // 2
+            trial = simulate(part, replace(fleet, initial=n), lambda view, n=n: n, slo_ttft_s)
+            if trial.slo_attainment >= goal:
+                hi = n
+            else:
+                lo = n + 1
+        schedule.append(lo)
+    return schedule
+
+
+def oracle_policy(schedule: Sequence[int], margin: int, fleet: Fleet, low: int, high: int,
+                  window: float = 120.0) -> Policy:
+    """Replicas for every window from now until a replica asked for now would serve."""
+    def policy(view: FleetView) -> int:
+        first = max(0, int(view.now // window))
+        last = int((view.now + fleet.cold_start + fleet.period) // window) + 1
+        want = max(schedule[first:last], default=low) + margin
+        return max(low, min(high, want))
+    return policy

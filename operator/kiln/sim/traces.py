@@ -28,7 +28,8 @@ def _azure_time(text: str) -> float:
 
 def load_trace(path: Path, rate_scale: float = 1.0, time_scale: float = 1.0) -> list[Request]:
     """Load and normalise a trace. ``rate_scale`` > 1 multiplies arrivals (each request is
-    repeated with a small offset); ``time_scale`` > 1 stretches time."""
+    repeated, the copies spread evenly until the next request); ``time_scale`` > 1 stretches
+    time."""
     try:
         text = path.read_text()
     except OSError as error:
@@ -64,8 +65,11 @@ def load_trace(path: Path, rate_scale: float = 1.0, time_scale: float = 1.0) -> 
     extra = rate_scale - copies
     for index, (t, i, o) in enumerate(rows):
         base = (t - start) * time_scale
+        # Copies spread over the gap to the next request, so a scaled trace keeps its shape
+        # instead of arriving in lock-step clumps.
+        gap = min(60.0, ((rows[index + 1][0] - start) * time_scale - base)) if index + 1 < len(rows) else 1.0
         n = copies + (1 if extra and (index * extra) % 1 + extra >= 1 else 0)
         for k in range(n):
-            requests.append(Request(base + k * 0.05, max(1, i), max(1, o)))
+            requests.append(Request(base + gap * k / n, max(1, i), max(1, o)))
     requests.sort(key=lambda r: r.arrival)
     return requests

@@ -1,0 +1,75 @@
+"""Run several autoscaling policies on one trace: what ``kiln simulate`` and
+``benchmarks/autoscaling.py`` print."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from ..autoscale import LawParams
+from .engine import Fleet, FleetView, SimResult, simulate
+from .policies import (HPA_TUNED_TARGETS, POLICIES, hpa_policy, kiln_policy, kpa_policy,
+                       oracle_policy, oracle_schedule, static_policy)
+from .traces import Request
+
+__all__ = ["compare", "ORACLE_MARGINS"]
+
+# Extra replicas the oracle tries over its per-window minimum, cheapest first.
+ORACLE_MARGINS = (0, 1, 2, 3)
+
+Progress = Callable[[str, float], None]
+
+
+def _cheapest(runs: list[tuple[object, SimResult]], goal: float) -> tuple[object, SimResult] | None:
+    meeting = [(knob, r) for knob, r in runs if r.slo_attainment >= goal]
+    return min(meeting, key=lambda kr: kr[1].gpu_hours) if meeting else None
+
+
+def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_ttft_s: float,
+            policies: Sequence[str] = POLICIES, slo_goal: float = 0.99,
+            outage: tuple[float, float] | None = None,
+            progress: Progress | None = None) -> dict[str, SimResult | None]:
+    """Each policy's result; ``hpa-tuned`` is None when no swept target meets ``slo_goal``.
+
+    Every policy starts from ``params.min_replicas`` ready replicas and is bounded by
+    ``params.max_replicas``. ``static`` is fixed at the oracle's peak (the oracle runs first
+    when static is asked for)."""
+    low, high = params.min_replicas, params.max_replicas
+
+    def run(name: str, policy: Callable[[FleetView], int], initial: int = low) -> SimResult:
+        return simulate(requests, replace(fleet, initial=initial), policy, slo_ttft_s, outage,
+                        (lambda share: progress(name, share)) if progress else None)
+
+    results: dict[str, SimResult | None] = {}
+    wanted = list(policies)
+    if "static" in wanted and "oracle" not in wanted:
+        wanted.insert(0, "oracle")
+    order = sorted(wanted, key=lambda n: n == "static")
+    for name in order:
+        if name == "kiln":
+            results[name] = run(name, kiln_policy(params))
+        elif name == "hpa":
+            results[name] = run(name, hpa_policy(low, high))
+        elif name == "hpa-tuned":
+            runs = [(t, run(name, hpa_policy(low, high, target=t))) for t in HPA_TUNED_TARGETS]
+            best = _cheapest(runs, slo_goal)
+            results[name] = best[1] if best else None
+        elif name == "kpa":
+            results[name] = run(name, kpa_policy(low, high, 0.7 * fleet.perf.max_batch))
+        elif name == "oracle":
+            schedule = oracle_schedule(requests, fleet, slo_ttft_s, slo_goal, low, high)
+            runs = []
+            for margin in ORACLE_MARGINS:
+                policy = oracle_policy(schedule, margin, fleet, low, high)
+                # It knew the load was coming: the replicas it wants at the start are warm.
+                warm = policy(FleetView(-fleet.cold_start, [], low, low, 0))
+                runs.append((margin, run(name, policy, warm)))
+                if runs[-1][1].slo_attainment >= slo_goal:
+                    break  # the margins grow, and so do GPU-hours
+            best = _cheapest(runs, slo_goal) or runs[-1]
+            results[name] = best[1]
+        elif name == "static":
+            oracle = results.get("oracle")
+            peak = oracle.max_replicas if oracle else high
+            results[name] = run(name, static_policy(peak), peak)
+    return {name: results[name] for name in wanted if name in policies}
