@@ -99,3 +99,24 @@ def test_hpa_scale_down_waits_for_its_window():
     assert hpa.step(15, 4, 0.25) == 4       # the 4 of t=0 is inside the 300 s window
     assert hpa.step(301, 4, 0.25) == 1
     assert hpa.step(400, 1, None) == 1      # no metric: no change
+
+
+def test_prefill_or_batch_saturation_scales_up_with_an_empty_kv_cache():
+    # Long prompts, short answers: the KV cache is nearly empty while compute is not.
+    prefill = [Sample(t, f"r{i}", 0.05, prefill_load=0.95) for i in range(2) for t in range(940, 1001, 15)]
+    decision = decide(1000, prefill, current=2, ready=2, starting=0, params=PARAMS,
+                      recommendations=Recommendations())
+    assert decision.desired == 3 and decision.reason.startswith("prefill load 95%")
+    batch = [Sample(t, f"r{i}", 0.05, batch_fraction=1.0) for i in range(2) for t in range(940, 1001, 15)]
+    decision = decide(1000, batch, current=2, ready=2, starting=0, params=PARAMS,
+                      recommendations=Recommendations())
+    assert decision.desired == 3 and decision.reason.startswith("batch load 100%")
+
+
+def test_a_burst_between_quiet_scrapes_counts():
+    # One scrape in the window saw the fleet saturated; the mean would have hidden it.
+    def fraction(t, i):
+        return 0.95 if t == 970 else 0.1
+    decision = decide(1000, _samples(1000, 4, fraction), current=4, ready=4, starting=0,
+                      params=PARAMS, recommendations=Recommendations())
+    assert decision.desired == 6

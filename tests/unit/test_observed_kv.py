@@ -16,6 +16,7 @@ nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction",model="tensorrt
 # TYPE nv_trt_llm_request_metrics gauge
 nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="waiting",version="1"} 3
 nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="active",version="1"} 17
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="max",version="1"} 68
 # HELP nv_inference_request_success Number of successful inference requests
 # TYPE nv_inference_request_success counter
 nv_inference_request_success{model="ensemble",version="1"} 1200
@@ -25,8 +26,9 @@ nv_inference_request_success{model="ensemble",version="1"} 1200
 def test_triton_page_parses():
     sample = parse_triton_metrics(PAGE)
     assert sample == KVSample(max_blocks=12664, used_blocks=3166, tokens_per_block=32,
-                              waiting_requests=3, active_requests=17)
+                              waiting_requests=3, active_requests=17, max_requests=68)
     assert sample.capacity_tokens == 405248 and sample.utilization == 0.25
+    assert sample.batch_fraction == 0.25
     assert parse_triton_metrics("# nothing here\n") is None
 
 

@@ -7,21 +7,24 @@ or request rate says anything. The law, evaluated every ``period`` (15 s in the 
    ``window_seconds`` (60 s), and the highest of those — so a burst between quiet scrapes
    counts and the sawtooth of sequences finishing does not — plus each replica's latest
    waiting-request count (``nv_trt_llm_request_metrics{request_type="waiting"}``). A replica's
-   load is the larger of its KV block fraction
-   (``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}``, used/max blocks)
-   and its prefill load: input tokens per second (the rate of ``nv_llm_input_token_len_sum``)
-   over the prefill speed the performance model gives for the plan
+   load is the largest of what can run out: its KV block fraction
+   (``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}``, used/max blocks),
+   its batch slots (``nv_trt_llm_request_metrics`` ``active`` over ``max``), and its prefill
+   load: input tokens per second (the rate of ``nv_llm_input_token_len_sum``) over the
+   prefill speed the performance model gives for the plan
    (:func:`kiln.planner.perf.prefill_tokens_per_second`). Long outputs fill the KV cache;
-   long prompts with short answers (code completion) saturate compute first and barely touch
-   it. ``u`` is the mean load over replicas.
+   many short ones fill the batch; long prompts with short answers (code completion)
+   saturate compute first and barely touch either. ``u`` is the mean load over replicas.
 2. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
    reported within ``stale_seconds`` (45 s), the law holds the current count and says so.
 3. **Proportional target.** ``want = ceil(ready × u / target)`` (target
    ``targetKVCacheUtilization``, default 0.75), as the HPA does for utilisation. Within the
    ``tolerance`` band (|u/target − 1| ≤ 0.1) and with no queue, ``want`` = current.
-4. **Queue.** Requests waiting while blocks are nearly full mean the fleet is already short:
-   if the waiting count per replica exceeds ``queue_per_replica`` (2), ``want`` is at least
-   ``ready + ceil(waiting / queue_per_replica / ready)``.
+4. **Queue.** Requests waiting mean the fleet is already short: if the waiting count per
+   replica exceeds ``queue_per_replica`` (2), ``want`` is at least
+   ``ceil(ready × (1 + waiting / running))`` — a saturated replica holds what it runs, so that
+   many hold the queue too. While replicas are starting, the queue asks for no more than the
+   current count: it is the backlog they will drain, and the load term still scales up.
 5. **Fast scale-up, counting capacity on the way.** Replicas still starting (pods created,
    engine loading) count as capacity: scale up only if ``want`` > ready + starting, and at most
    ``max(up_step_min, current)`` replicas per decision (double, at least 4 at a time).
@@ -36,7 +39,7 @@ The operator, the simulator and the tests all call :func:`decide`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["Sample", "LawParams", "Decision", "Recommendations", "decide"]
@@ -53,10 +56,12 @@ class Sample:
     active: int = 0
     # Share of the replica's prefill capacity used since the previous scrape (None: unknown).
     prefill_load: float | None = None
+    # Running requests over the engine's maximum batch (None: unknown).
+    batch_fraction: float | None = None
 
     @property
     def load(self) -> float:
-        return max(self.kv_fraction, self.prefill_load or 0.0)
+        return max(self.kv_fraction, self.prefill_load or 0.0, self.batch_fraction or 0.0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,15 @@ class Recommendations:
         return max((w for t, w in self.history if t >= since), default=0)
 
 
+def _busiest(samples: Iterable[Sample]) -> str:
+    totals = {"KV": 0.0, "batch": 0.0, "prefill": 0.0}
+    for s in samples:
+        totals["KV"] += s.kv_fraction
+        totals["batch"] += s.batch_fraction or 0.0
+        totals["prefill"] += s.prefill_load or 0.0
+    return max(totals, key=lambda k: totals[k])
+
+
 def _clamp(value: int, params: LawParams) -> int:
     return max(params.min_replicas, min(params.max_replicas, value))
 
@@ -127,7 +141,7 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
             totals.setdefault(sample.time, []).append(sample.load)
     need = max(sum(loads) / len(loads) for loads in totals.values()) * len(reporting)
     utilization = need / len(reporting)
-    kind = "prefill" if any((s.prefill_load or 0) > s.kv_fraction for s in latest.values()) else "KV"
+    kind = _busiest(latest.values())
     waiting = sum(latest[r].waiting for r in reporting)
 
     want = math.ceil(ready * utilization / params.target - 1e-9)
@@ -139,7 +153,13 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     else:
         why = f"{kind} load {utilization:.0%} against a {params.target:.0%} target"
     if queued:
-        want = max(want, ready + math.ceil(waiting / params.queue_per_replica / ready))
+        # Saturated: the running requests are what a ready replica holds, so the fleet that
+        # holds running + waiting is ready x (1 + waiting / running). A queue that grows while
+        # replicas are starting is the backlog they will drain, not more demand: while
+        # replicas start, the queue can only ask for what is already coming.
+        active = sum(latest[r].active for r in reporting)
+        by_queue = math.ceil(ready * (1 + waiting / max(active, 1)) - 1e-9)
+        want = max(want, by_queue if not starting else min(by_queue, current))
         why += f", {waiting} requests waiting"
     want = _clamp(max(want, 0), params)
     recommendations.add(now, want, params.stabilization_seconds)

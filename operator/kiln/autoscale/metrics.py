@@ -29,7 +29,12 @@ class KVSample:
     tokens_per_block: int
     waiting_requests: int = 0
     active_requests: int = 0
+    max_requests: int = 0  # the engine's batch slots (request_type="max")
     replica: str = ""  # the pod it came from, when known
+
+    @property
+    def batch_fraction(self) -> float | None:
+        return self.active_requests / self.max_requests if self.max_requests else None
 
     @property
     def capacity_tokens(self) -> int:
@@ -59,4 +64,5 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
     return KVSample(max_blocks=int(kv["max"]), used_blocks=int(kv.get("used", 0)),
                     tokens_per_block=int(kv["tokens_per"]),
                     waiting_requests=int(requests.get("waiting", 0)),
-                    active_requests=int(requests.get("active", 0)))
+                    active_requests=int(requests.get("active", 0)),
+                    max_requests=int(requests.get("max", 0)))

@@ -66,7 +66,8 @@ class BuiltinAutoscaler:
             fleet.recommendations.add(now, current, params.stabilization_seconds)
         for sample in await self.metrics.kv_samples(namespace, selector_string(name, "server")):
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
-                                        sample.waiting_requests, sample.active_requests))
+                                        sample.waiting_requests, sample.active_requests,
+                                        batch_fraction=sample.batch_fraction))
         fleet.samples = [s for s in fleet.samples if s.time >= now - params.window_seconds]
         return decide(now, fleet.samples, current, ready, max(0, current - ready), params,
                       fleet.recommendations)

@@ -12,7 +12,7 @@ from .policies import (HPA_TUNED_TARGETS, POLICIES, hpa_policy, kiln_policy, kpa
                        oracle_policy, oracle_schedule, static_policy)
 from .traces import Request
 
-__all__ = ["compare", "ORACLE_MARGINS"]
+__all__ = ["compare", "warm_fleet", "ORACLE_MARGINS"]
 
 # Extra replicas the oracle tries over its per-window minimum, cheapest first.
 ORACLE_MARGINS = (0, 1, 2, 3)
@@ -25,18 +25,27 @@ def _cheapest(runs: list[tuple[object, SimResult]], goal: float) -> tuple[object
     return min(meeting, key=lambda kr: kr[1].gpu_hours) if meeting else None
 
 
+def warm_fleet(schedule: Sequence[int], fleet: Fleet, params: LawParams) -> int:
+    """The replicas the oracle has warm when the trace opens."""
+    low, high = params.min_replicas, params.max_replicas
+    return oracle_policy(schedule, 0, fleet, low, high)(FleetView(-fleet.cold_start, [], low, low, 0))
+
+
 def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_ttft_s: float,
             policies: Sequence[str] = POLICIES, slo_goal: float = 0.99,
             outage: tuple[float, float] | None = None,
             progress: Progress | None = None) -> dict[str, SimResult | None]:
     """Each policy's result; ``hpa-tuned`` is None when no swept target meets ``slo_goal``.
 
-    Every policy starts from ``params.min_replicas`` ready replicas and is bounded by
-    ``params.max_replicas``. ``static`` is fixed at the oracle's peak (the oracle runs first
-    when static is asked for)."""
+    The trace is a window of a service already running when it opens: every policy starts
+    with the warm fleet the oracle finds for the first minutes, and is bounded by
+    ``params.min_replicas`` and ``params.max_replicas``. ``static`` is fixed at the oracle's
+    peak (the oracle runs first when static is asked for)."""
     low, high = params.min_replicas, params.max_replicas
+    schedule = oracle_schedule(requests, fleet, slo_ttft_s, slo_goal, low, high)
+    start = warm_fleet(schedule, fleet, params)
 
-    def run(name: str, policy: Callable[[FleetView], int], initial: int = low) -> SimResult:
+    def run(name: str, policy: Callable[[FleetView], int], initial: int = start) -> SimResult:
         return simulate(requests, replace(fleet, initial=initial), policy, slo_ttft_s, outage,
                         (lambda share: progress(name, share)) if progress else None)
 
@@ -57,12 +66,11 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
         elif name == "kpa":
             results[name] = run(name, kpa_policy(low, high, 0.7 * fleet.perf.max_batch))
         elif name == "oracle":
-            schedule = oracle_schedule(requests, fleet, slo_ttft_s, slo_goal, low, high)
             runs = []
             for margin in ORACLE_MARGINS:
                 policy = oracle_policy(schedule, margin, fleet, low, high)
                 # It knew the load was coming: the replicas it wants at the start are warm.
-                warm = policy(FleetView(-fleet.cold_start, [], low, low, 0))
+                warm = policy(FleetView(-fleet.cold_start, [], low, low, 0))  # it knew
                 runs.append((margin, run(name, policy, warm)))
                 if runs[-1][1].slo_attainment >= slo_goal:
                     break  # the margins grow, and so do GPU-hours

@@ -10,8 +10,8 @@ decode steps for everything already generating. Prefill speed and decode step ti
 **Fleet.** A new replica serves ``cold_start`` seconds after it is requested (image cached,
 engine loaded from the cache: 90 s by default, in the 1–2 minute range typical of 7–70B pods).
 Requests wait in one queue and go to the ready replica with the least reserved KV. Metrics
-(KV fraction, waiting and running requests, and the input tokens prefilled since the last
-scrape, which Triton counts in ``nv_llm_input_token_len_sum``) are sampled every ``period``
+(KV fraction, waiting and running requests, batch slots in use, and the input tokens
+prefilled since the last scrape, which Triton counts in ``nv_llm_input_token_len_sum``) are sampled every ``period``
 seconds, as ``/metrics`` is scraped; a metrics outage blanks them. Scaled-down replicas stop taking new
 requests and finish what they run, as the rendered preStop and grace period make them do.
 
@@ -195,6 +195,7 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
             samples = [] if blank else [
                 Sample(now, f"r{r.ident}", r.reserved / perf.kv_tokens,
                        waiting=len(queue) // max(1, len(ready)), active=len(r.running),
+                       batch_fraction=len(r.running) / perf.max_batch,
                        prefill_load=(r.prefilled - r.scraped) / (fleet.period * perf.prefill_tokens_per_s))
                 for r in ready]
             for replica in replicas:

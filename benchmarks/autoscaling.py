@@ -1,0 +1,117 @@
+"""Autoscaling benchmark: every policy on the three recorded traces, and a metrics outage.
+
+    python benchmarks/autoscaling.py [--traces DIR] [--plot benchmarks/autoscaling.png]
+
+Replays ``AzureLLMInferenceTrace_code`` (bursty), ``AzureLLMInferenceTrace_conv`` and the
+Mooncake conversation trace (smooth) against ``benchmarks/autoscaling-service.yaml``
+(Llama-3.1-8B FP8 on H100s, 1-16 replicas), each scaled so that the oracle needs at least 4
+replicas at peak, with a 90 s cold start and a 2 s TTFT SLO. Prints JSON: each policy's
+figures, kiln's GPU-hours as ratios to the oracle and to hpa-tuned (both measured in the same
+run), the targets and whether each holds, and a 5-minute metrics outage at the trace's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "operator"))
+
+from kiln.api.validation import parse_service_manifest  # noqa: E402
+from kiln.autoscale import LawParams  # noqa: E402
+from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan  # noqa: E402
+import yaml  # noqa: E402
+
+from kiln.sim import Fleet, PerfModel, compare, load_trace  # noqa: E402
+from kiln.sim.compare import warm_fleet  # noqa: E402
+from kiln.sim.engine import simulate  # noqa: E402
+from kiln.sim.policies import kiln_policy, oracle_schedule  # noqa: E402
+
+SLO_TTFT_S = 2.0
+SLO_GOAL = 0.99
+COLD_START_S = 90.0
+# (file, kind, rate scale): scaled so that the oracle's peak is at least 4 replicas.
+TRACES = (("azure-llm-2023/AzureLLMInferenceTrace_code.csv", "bursty", 4.0),
+          ("azure-llm-2023/AzureLLMInferenceTrace_conv.csv", "smooth", 12.0),
+          ("mooncake-fast25/conversation_trace.jsonl", "smooth", 4.0))
+ORACLE_RATIO = {"smooth": 1.15, "bursty": 1.35}
+HPA_TUNED_RATIO = 0.80
+
+
+def _fleet_and_params() -> tuple[Fleet, LawParams]:
+    manifest = yaml.safe_load((ROOT / "benchmarks" / "autoscaling-service.yaml").read_text())
+    _, spec = parse_service_manifest(manifest)
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
+    model = ModelConfig.from_hf(catalog_config(spec.model.source.removeprefix("hf://")))
+    scaling = spec.autoscaling
+    params = LawParams(min_replicas=scaling.min_replicas, max_replicas=scaling.max_replicas,
+                       target=scaling.target_kv_cache_utilization,
+                       stabilization_seconds=float(scaling.scale_down_stabilization_seconds))
+    fleet = Fleet(PerfModel.from_plan(plan(model, spec, gpu), spec, gpu), spec.gpus, cold_start=COLD_START_S)
+    return fleet, params
+
+
+def _outage(requests, fleet, params, start: int) -> dict:
+    """kiln with and without a 5-minute metrics outage starting at the busiest minute."""
+    seconds = 300.0
+    base = simulate(requests, replace(fleet, initial=start), kiln_policy(params), SLO_TTFT_S)
+    minutes: dict[int, int] = {}
+    for r in requests:
+        minutes[int(r.arrival // 60)] = minutes.get(int(r.arrival // 60), 0) + 1
+    peak = 60.0 * max(minutes, key=lambda m: minutes[m])
+    blank = simulate(requests, replace(fleet, initial=start), kiln_policy(params), SLO_TTFT_S,
+                     outage=(peak, seconds))
+    during = [n for t, n, _, _ in blank.timeline if peak <= t < peak + seconds]
+    return {"start": peak, "seconds": seconds,
+            "sloAttainmentWithout": round(base.slo_attainment, 4),
+            "sloAttainmentWith": round(blank.slo_attainment, 4),
+            "sloLossPoints": round(100 * (base.slo_attainment - blank.slo_attainment), 2),
+            "scaledDownDuringOutage": any(b < a for a, b in zip(during, during[1:]))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", default=str(ROOT.parent / "shared" / "traces"))
+    parser.add_argument("--plot", help="write load, replicas and TTFT of the bursty trace here")
+    args = parser.parse_args()
+    fleet, params = _fleet_and_params()
+    report: dict = {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
+                    "traces": {}}
+    holds = []
+    for file, kind, scale in TRACES:
+        requests = load_trace(Path(args.traces) / file, rate_scale=scale)
+        print(f"{file}: {len(requests)} requests", file=sys.stderr)
+        results = compare(requests, fleet, params, SLO_TTFT_S, slo_goal=SLO_GOAL)
+        kiln, oracle, tuned = results["kiln"], results["oracle"], results["hpa-tuned"]
+        entry = {"kind": kind, "rateScale": scale, "requests": len(requests),
+                 "policies": {n: r.wire() if r else None for n, r in results.items()},
+                 "kilnOverOracleGpuHours": round(kiln.gpu_hours / oracle.gpu_hours, 3),
+                 "kilnOverHpaTunedGpuHours": round(kiln.gpu_hours / tuned.gpu_hours, 3) if tuned else None}
+        targets = {
+            "oraclePeakAtLeast4": oracle.max_replicas >= 4,
+            "kilnSlo>=0.99": kiln.slo_attainment >= SLO_GOAL,
+            f"kilnGpuHours<={ORACLE_RATIO[kind]}xOracle": kiln.gpu_hours <= ORACLE_RATIO[kind] * oracle.gpu_hours,
+            "kilnGpuHours<=0.80xHpaTuned": (kiln.gpu_hours <= HPA_TUNED_RATIO * tuned.gpu_hours) if tuned else None,
+        }
+        entry["targets"] = targets
+        holds += [v for v in targets.values() if v is not None]
+        start = warm_fleet(oracle_schedule(requests, fleet, SLO_TTFT_S, SLO_GOAL, params.min_replicas,
+                                           params.max_replicas), fleet, params)
+        entry["metricsOutage"] = _outage(requests, fleet, params, start)
+        entry["metricsOutage"]["lossUnder1Point"] = entry["metricsOutage"]["sloLossPoints"] < 1.0
+        holds += [entry["metricsOutage"]["lossUnder1Point"], not entry["metricsOutage"]["scaledDownDuringOutage"]]
+        report["traces"][file] = entry
+        if args.plot and kind == "bursty":
+            from kiln.cli import _plot
+            _plot({n: r for n, r in results.items() if r is not None}, Path(args.plot))
+    report["allTargetsHold"] = all(holds)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
