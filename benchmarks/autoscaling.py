@@ -85,7 +85,9 @@ def main() -> int:
     for file, kind, scale in TRACES:
         requests = load_trace(Path(args.traces) / file, rate_scale=scale)
         print(f"{file}: {len(requests)} requests", file=sys.stderr)
-        results = compare(requests, fleet, params, SLO_TTFT_S, slo_goal=SLO_GOAL)
+        schedule = oracle_schedule(requests, fleet, SLO_TTFT_S, SLO_GOAL, params.min_replicas,
+                                   params.max_replicas)
+        results = compare(requests, fleet, params, SLO_TTFT_S, slo_goal=SLO_GOAL, schedule=schedule)
         kiln, oracle, tuned = results["kiln"], results["oracle"], results["hpa-tuned"]
         entry = {"kind": kind, "rateScale": scale, "requests": len(requests),
                  "policies": {n: r.wire() if r else None for n, r in results.items()},
@@ -99,9 +101,7 @@ def main() -> int:
         }
         entry["targets"] = targets
         holds += [v for v in targets.values() if v is not None]
-        start = warm_fleet(oracle_schedule(requests, fleet, SLO_TTFT_S, SLO_GOAL, params.min_replicas,
-                                           params.max_replicas), fleet, params)
-        entry["metricsOutage"] = _outage(requests, fleet, params, start)
+        entry["metricsOutage"] = _outage(requests, fleet, params, warm_fleet(schedule, fleet, params))
         entry["metricsOutage"]["lossUnder1Point"] = entry["metricsOutage"]["sloLossPoints"] < 1.0
         holds += [entry["metricsOutage"]["lossUnder1Point"], not entry["metricsOutage"]["scaledDownDuringOutage"]]
         report["traces"][file] = entry

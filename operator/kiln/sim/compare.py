@@ -34,15 +34,18 @@ def warm_fleet(schedule: Sequence[int], fleet: Fleet, params: LawParams) -> int:
 def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_ttft_s: float,
             policies: Sequence[str] = POLICIES, slo_goal: float = 0.99,
             outage: tuple[float, float] | None = None,
-            progress: Progress | None = None) -> dict[str, SimResult | None]:
+            progress: Progress | None = None,
+            schedule: Sequence[int] | None = None) -> dict[str, SimResult | None]:
     """Each policy's result; ``hpa-tuned`` is None when no swept target meets ``slo_goal``.
 
     The trace is a window of a service already running when it opens: every policy starts
     with the warm fleet the oracle finds for the first minutes, and is bounded by
     ``params.min_replicas`` and ``params.max_replicas``. ``static`` is fixed at the oracle's
-    peak (the oracle runs first when static is asked for)."""
+    peak (the oracle runs first when static is asked for). ``schedule`` is the oracle's
+    :func:`oracle_schedule`, when the caller has it already."""
     low, high = params.min_replicas, params.max_replicas
-    schedule = oracle_schedule(requests, fleet, slo_ttft_s, slo_goal, low, high)
+    if schedule is None:
+        schedule = oracle_schedule(requests, fleet, slo_ttft_s, slo_goal, low, high)
     start = warm_fleet(schedule, fleet, params)
 
     def run(name: str, policy: Callable[[FleetView], int], initial: int = start) -> SimResult:
