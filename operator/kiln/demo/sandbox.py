@@ -35,8 +35,9 @@ class Sandbox:
                  fail_builds: Callable[[dict[str, Any]], bool] | None = None,
                  autoscale_period: float = 15.0,
                  autoscale_timing: dict[str, float] | None = None,
-                 leader_worker_set: bool = True) -> None:
-        self.emulator = KilnEmulator()
+                 leader_worker_set: bool = True, emulator: KilnEmulator | None = None,
+                 exit_timeout: float | None = None) -> None:
+        self.emulator = emulator if emulator is not None else KilnEmulator()
         if not leader_worker_set:  # a cluster without the LeaderWorkerSet CRD
             del self.emulator.resources["leaderworkerset.x-k8s.io/v1/leaderworkersets"]
         self._server = Server(self.emulator)
@@ -47,6 +48,7 @@ class Sandbox:
         self._fail_builds = fail_builds
         self._autoscale_period = autoscale_period
         self._autoscale_timing = autoscale_timing or {}
+        self._exit_timeout = exit_timeout
         self._operator: tuple[threading.Thread, threading.Event] | None = None
         self.operator_context: OperatorContext | None = None
         self.operator_error: BaseException | None = None
@@ -157,7 +159,8 @@ class Sandbox:
             ctx = self.operator_context = OperatorContext(api=api, models=ModelResolver(allow_download=False),
                                   login_url=self.url, max_retry_delay=self._retry_delay,
                                   autoscale_period=self._autoscale_period,
-                                  autoscale_timing=self._autoscale_timing)
+                                  autoscale_timing=self._autoscale_timing,
+                                  exit_timeout=self._exit_timeout)
             try:
                 await run_operator(ctx, stop)
             finally:

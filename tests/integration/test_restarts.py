@@ -1,0 +1,119 @@
+"""Kill the operator at every write of a reconcile, restart it, and check it converges.
+
+The emulator freezes the operator after its k-th write (tests/support/faults.py); the
+operator is then stopped while that write hangs, so nothing after step k happens, and a new
+operator starts on whatever state was left. For every k up to the clean run's last write the
+end state must be the clean run's: the same objects, the same owner references, one build
+Job ever created, and the status complete.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+
+from kiln.controller.conditions import is_true
+from kiln.demo.sandbox import Sandbox
+
+from ..conftest import ROOT
+from ..support.faults import FreezingEmulator
+
+NS = "llm"
+MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
+# What the operator owns or creates; Events, Pods and the cluster's own objects aside.
+OWNED = ("llmservices", "llmengines", "jobs", "deployments", "services", "serviceaccounts",
+         "roles", "rolebindings", "scaledobjects", "horizontalpodautoscalers", "leaderworkersets",
+         "persistentvolumeclaims")
+
+
+def _ready(sb, name="mistral-7b"):
+    svc = sb.get("llmservices", name, NS)
+    return svc is not None and is_true((svc.get("status") or {}).get("conditions", []), "Ready")
+
+
+def _state(sb):
+    """Every owned object as (kind, namespace, name) -> the kinds and names of its owners."""
+    uids = {o["metadata"]["uid"]: (o["kind"], o["metadata"]["name"])
+            for plural in OWNED for o in sb.objects(plural)}
+    return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]):
+            sorted((ref["kind"], ref["name"], uids.get(ref["uid"], "dangling"), bool(ref.get("controller")))
+                   for ref in o["metadata"].get("ownerReferences", []))
+            for plural in OWNED for o in sb.objects(plural)}
+
+
+def _service_status(sb):
+    status = copy.deepcopy(sb.get("llmservices", "mistral-7b", NS)["status"])
+    for condition in status.get("conditions", []):
+        condition.pop("lastTransitionTime", None)
+    return {k: status[k] for k in ("engine", "endpoint", "tpPp", "readyReplicas", "conditions",
+                                   "observedGeneration")}
+
+
+def _created(sb, plural):
+    return [o["metadata"]["name"] for t, o in sb.events(plural) if t == "ADDED"]
+
+
+async def _run(freeze_after: int | None):
+    """One lifetime of the service; returns (end state, status, whether the kill happened,
+    the operator's writes before the kill, Job names ever created)."""
+    emulator = FreezingEmulator()
+    async with Sandbox(build_seconds=0.3, start_seconds=0.1, retry_delay=0.1, emulator=emulator,
+                       exit_timeout=0.05) as sb:
+        sb.add_namespace(NS)
+        emulator.freeze_after(freeze_after)
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(copy.deepcopy(MISTRAL))
+        if freeze_after is None:
+            await sb.wait_for(lambda: _ready(sb), what="Ready")
+            writes = emulator.writes
+        else:
+            await sb.wait_for(lambda: emulator.frozen or _ready(sb), what=f"write {freeze_after}")
+            writes = emulator.writes
+            killed = emulator.frozen
+            await sb.stop_kubelet()  # the cluster moves on while no operator runs
+            await sb.stop_operator()
+            emulator.release()
+            assert sb.operator_error is None
+            sb.start_kubelet()
+            await sb.start_operator()
+            await sb.wait_for(lambda: _ready(sb), what=f"Ready after a kill at write {freeze_after}")
+        # Let a resync pass settle anything still in flight, then read the end state.
+        await sb.wait_for(lambda: _ready(sb) and sb.get("llmservices", "mistral-7b", NS)["status"]
+                          .get("readyReplicas") == 1, what="status settled")
+        state, status = _state(sb), _service_status(sb)
+        jobs = _created(sb, "jobs")
+        assert sb.operator_error is None
+    return state, status, (freeze_after is not None and killed), writes, jobs
+
+
+async def test_the_clean_run_owns_exactly_what_it_creates():
+    state, status, _, writes, jobs = await _run(None)
+    engine = status["engine"]["name"]
+    assert state == {
+        ("LLMService", NS, "mistral-7b"): [],
+        # The engine record is cluster-wide and shared by every service with the same key:
+        # it outlives any one service, so no service owns it.
+        ("LLMEngine", None, engine): [],
+        ("Job", NS, status["engine"]["buildJob"]): [("LLMService", "mistral-7b", ("LLMService", "mistral-7b"), True)],
+        ("Deployment", NS, "mistral-7b-server"): [("LLMService", "mistral-7b", ("LLMService", "mistral-7b"), True)],
+        ("Service", NS, "mistral-7b-server"): [("LLMService", "mistral-7b", ("LLMService", "mistral-7b"), True)],
+    }
+    assert jobs == [status["engine"]["buildJob"]]
+    assert writes >= 5
+
+
+async def test_a_kill_at_every_write_converges_to_the_clean_end_state():
+    reference, reference_status, _, writes, _ = await _run(None)
+    killed_at = []
+    # One cluster at a time: kmock's servers cannot overlap in one event loop.
+    for k in range(writes):
+        state, status, killed, _, jobs = await _run(k)
+        assert state == reference, f"kill at write {k}"
+        assert status == reference_status, f"kill at write {k}"
+        assert jobs == [reference_status["engine"]["buildJob"]], f"kill at write {k}: Jobs {jobs}"
+        if killed:
+            killed_at.append(k)
+    # Timing decides how many writes a run makes; most kill points must really have been hit.
+    assert len(killed_at) >= writes - 2, (killed_at, writes)
