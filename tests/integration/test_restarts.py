@@ -117,3 +117,35 @@ async def test_a_kill_at_every_write_converges_to_the_clean_end_state():
             killed_at.append(k)
     # Timing decides how many writes a run makes; most kill points must really have been hit.
     assert len(killed_at) >= writes - 2, (killed_at, writes)
+
+
+async def test_a_kill_in_the_middle_of_a_scale_decision_converges_on_the_new_replica_count():
+    emulator = FreezingEmulator()
+    async with Sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.1, emulator=emulator,
+                       exit_timeout=0.05, autoscale_period=0.3,
+                       autoscale_timing={"window_seconds": 1.0, "stale_seconds": 1.0}) as sb:
+        sb.add_namespace(NS)
+        manifest = copy.deepcopy(MISTRAL)
+        manifest["spec"]["autoscaling"] = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 3,
+                                           "targetKVCacheUtilization": 0.75,
+                                           "scaleDownStabilizationSeconds": 2}
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(manifest)
+        await sb.wait_for(lambda: _ready(sb), what="Ready")
+        reference = _state(sb)
+
+        emulator.freeze_after(0)  # the next write is the scale decision's
+        sb.cluster.load["mistral-7b"] = 2.4
+        await sb.wait_for(lambda: emulator.frozen, what="the scale decision's first write")
+        await sb.stop_operator()
+        emulator.release()
+        await sb.start_operator()
+        await sb.wait_for(lambda: sb.objects("deployments")[0]["spec"]["replicas"] == 3, timeout=30,
+                          what="3 replicas after the restart")
+        svc = await sb.wait_for(lambda: (s := sb.get("llmservices", "mistral-7b", NS))["status"]
+                                .get("desiredReplicas") == 3 and s, what="status.desiredReplicas")
+        assert svc["spec"].get("replicas", 1) == 1  # the user's spec is never written
+        assert _state(sb) == reference  # no object added, lost or re-owned
+        assert len(_created(sb, "deployments")) == 1 and len(_created(sb, "jobs")) == 1
+        assert sb.operator_error is None

@@ -45,8 +45,8 @@ class OperatorContext:
     # LawParams timing overrides (window_seconds, stale_seconds) for the demo and the tests.
     autoscale_timing: dict[str, float] = field(default_factory=dict)
     telemetry: Telemetry = field(default_factory=Telemetry)
-    # Seconds a stopping operator gives each object's worker to finish its queue (kopf's
-    # default, 2 s, when None); the restart tests stop it as abruptly as a kill would.
+    # Seconds a stopping operator gives each object's worker and timer to finish (2 s and
+    # 10 s when None); the restart tests stop it as abruptly as a kill would.
     exit_timeout: float | None = None
     # The HTTP session kopf uses when ``login_url`` is set; closed by ``run_operator``.
     kopf_session: aiohttp.ClientSession | None = None
@@ -87,6 +87,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         settings.background.instant_exit_timeout = 10.0
         if ctx.exit_timeout is not None:
             settings.queueing.exit_timeout = ctx.exit_timeout
+            settings.background.instant_exit_timeout = ctx.exit_timeout
 
     if ctx.login_url is not None:
         @kopf.on.login(registry=registry)
