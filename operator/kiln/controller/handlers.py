@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import time
@@ -28,6 +29,10 @@ RESYNC_SECONDS = 30.0
 # The bearer token the operator presents to an emulator, so that its requests can be told
 # apart from the tests' and the simulated kubelet's (the RBAC test audits them).
 OPERATOR_TOKEN = "kiln-operator"
+# Reconciles in flight at once, from any trigger (watch events, the resync, the autoscaler).
+# Like controller-runtime's MaxConcurrentReconciles: a burst of a thousand new services
+# queues here instead of multiplying API-server load, and each reconcile runs at speed.
+MAX_CONCURRENT_RECONCILES = 16
 
 
 @dataclass
@@ -50,6 +55,8 @@ class OperatorContext:
     exit_timeout: float | None = None
     # The HTTP session kopf uses when ``login_url`` is set; closed by ``run_operator``.
     kopf_session: aiohttp.ClientSession | None = None
+    reconcile_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_RECONCILES))
 
     def __post_init__(self) -> None:
         if self.metrics is None:
@@ -104,14 +111,15 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         raw = {"metadata": dict(body.metadata), "spec": dict(body.spec),
                "status": dict(body.status) if status is None else status}
         telemetry = ctx.telemetry
-        started = time.perf_counter()
-        try:
-            outcome = await reconcile_service(raw, ctx.api, ctx.models, _now(), ctx.metrics)
-        except Exception as error:  # kopf retries it; counted so that alerts see it
-            telemetry.reconcile_errors.labels("LLMService", type(error).__name__).inc()
-            raise
-        finally:
-            telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)
+        async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
+            started = time.perf_counter()
+            try:
+                outcome = await reconcile_service(raw, ctx.api, ctx.models, _now(), ctx.metrics)
+            except Exception as error:  # kopf retries it; counted so that alerts see it
+                telemetry.reconcile_errors.labels("LLMService", type(error).__name__).inc()
+                raise
+            finally:
+                telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)
         diff = _status_diff(dict(body.status), outcome.status)
         if diff:
             patch.status.update(diff)

@@ -1,6 +1,7 @@
 """An API server emulator good enough for the operator: kmock's, plus what kopf and Kiln rely on.
 
-kmock 0.8's ``KubernetesEmulator`` stores objects as plain dicts. A real API server also
+kmock 0.8's ``KubernetesEmulator`` stores objects as plain dicts, and keeps every request it
+served (trimmed here to the recent ones, see :meth:`KilnEmulator._handle`). A real API server also
 (1) creates objects on server-side apply, (2) keeps ``status`` apart from the rest behind the
 ``/status`` subresource, (3) sets ``uid``, ``resourceVersion``, ``generation`` and
 ``creationTimestamp``, (4) sends no watch event for a no-op write, and (5) garbage-collects
@@ -32,6 +33,7 @@ from kmock._internal.dicts import json_patch_dict  # kmock's own RFC 6902 implem
 
 __all__ = ["KilnEmulator", "declare_resources", "RESOURCES"]
 
+_REQUEST_LOG = 100
 _ALL_VERBS = ["list", "watch", "get", "create", "update", "patch", "delete"]
 
 # (resource key, kind, namespaced, subresources)
@@ -125,6 +127,13 @@ class KilnEmulator(KubernetesEmulator):
         if request.resource is not None and mutating and (request.name or request.action == action.CREATE):
             async with self._lock:
                 await self._mutate(request)
+        # kmock finds the reaction for a request by searching its whole request log for it
+        # (``request in view`` iterates the log), so every request costs more than the last,
+        # and at a thousand services that is all the server does. Nothing here reads old
+        # requests: the log is cut to this one request just before the (synchronous) search.
+        self._requests[:] = [request]
+        for payload in self._payloads:
+            del payload._requests[:-_REQUEST_LOG]
         return await KubernetesScaffold._handle(self, request)
 
     def history(self, plural: str) -> list[tuple[int, dict[str, Any]]]:

@@ -1,0 +1,222 @@
+"""Operator scale benchmark: a thousand LLMServices against the API emulator.
+
+    python benchmarks/operator_scale.py [--services 1000] [--steady-seconds 65]
+
+The API emulator, the simulated kubelet (build Jobs, pods, one Triton ``/metrics`` endpoint
+per pod) and the service manifests live in this process; the operator runs in a child process
+exactly as ``kiln demo`` runs it (kopf, the handlers, the reconcile, server-side apply over
+HTTP), so its resident memory is measured alone, from ``/proc`` (Linux). The services cycle
+through ``examples/`` over ten namespaces; a fifth of them autoscale in builtin mode, so the
+operator also scrapes their pods every 15 s.
+
+Measured, and printed as JSON with each target and whether it holds:
+
+- ``secondsToAllReady``: from the first create to every service ``Ready=True``;
+- reconcile latency p50/p99, from the operator's own ``kiln_reconcile_duration_seconds``
+  histogram (linear within a bucket); target p99 < 1 s;
+- the operator's RSS at the end and its peak; target < 300 MiB;
+- API requests per minute at steady state, by verb, from the emulator's audit of the
+  operator's token over ``--steady-seconds`` (two resync periods by default); target: zero
+  writes (the resync and the autoscaler read, find nothing changed, and write nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "operator"))
+
+import aiohttp  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from kiln.controller.conditions import is_true  # noqa: E402
+from kiln.controller.handlers import OPERATOR_TOKEN, RESYNC_SECONDS, OperatorContext  # noqa: E402
+from kiln.controller.kube import KubeApi  # noqa: E402
+from kiln.controller.models import ModelResolver  # noqa: E402
+from kiln.controller.operator import run_operator  # noqa: E402
+from kiln.demo.run import load_manifests  # noqa: E402
+from kiln.demo.sandbox import Sandbox  # noqa: E402
+
+NAMESPACES = [f"team-{i}" for i in range(10)]
+WRITE_VERBS = ("create", "update", "patch", "delete")
+TARGETS = {"p99ReconcileSeconds": 1.0, "rssMiB": 300.0, "steadyWritesPerMinute": 0}
+
+
+def _operator(url: str, metrics_port: int) -> None:
+    """The child process: the real operator against the emulator, stopped by SIGTERM."""
+    import logging
+    logging.getLogger("kopf").setLevel(logging.CRITICAL)
+
+    async def main() -> None:
+        api = KubeApi.for_url(url, token=OPERATOR_TOKEN)
+        ctx = OperatorContext(api=api, models=ModelResolver(allow_download=False), login_url=url,
+                              max_retry_delay=1.0)
+        ctx.telemetry.serve(metrics_port)
+        try:  # kopf stops on SIGTERM itself: it runs in the main thread
+            await run_operator(ctx, asyncio.Event())
+        finally:
+            await api.close()
+    asyncio.run(main())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of a process, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _services(count: int) -> list[dict[str, Any]]:
+    examples = [m for m in load_manifests(ROOT / "examples") if m.get("kind") == "LLMService"]
+    services = []
+    for index in range(count):
+        manifest = copy.deepcopy(examples[index % len(examples)])
+        manifest["metadata"] = {"name": f"svc-{index:04d}", "namespace": NAMESPACES[index % len(NAMESPACES)]}
+        if index % 5 == 0:
+            manifest["spec"]["autoscaling"] = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 2}
+        services.append(manifest)
+    return services
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """A quantile from cumulative (upper bound, count) histogram buckets, linear within one."""
+    total = buckets[-1][1]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(cumulative - below, 1e-9)
+        lower, below = bound, cumulative
+    return lower
+
+
+async def _reconcile_histogram(port: int) -> list[tuple[float, float]]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    buckets = [(float(s.labels["le"]), s.value) for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == "kiln_reconcile_duration_seconds_bucket"]
+    return sorted(buckets)
+
+
+def _all_ready(sb: Sandbox, names: list[tuple[str, str]]) -> int:
+    ready = 0
+    for svc in sb.objects("llmservices"):
+        if is_true((svc.get("status") or {}).get("conditions", []), "Ready"):
+            ready += 1
+    return ready
+
+
+async def run(count: int, steady_seconds: float) -> dict[str, Any]:
+    async with Sandbox(build_seconds=2.0, start_seconds=0.5) as sb:
+        for namespace in NAMESPACES:
+            sb.add_namespace(namespace)
+            await sb.add_secret(namespace, "hf-token", {"HF_TOKEN": "hf_benchmark"})
+        port = _free_port()
+        child = subprocess.Popen([sys.executable, __file__, "--operator", sb.url, str(port)])
+        try:
+            sb.start_kubelet()
+            services = _services(count)
+            started = time.monotonic()
+            for manifest in services:
+                await sb.create(manifest)
+            created = time.monotonic() - started
+            names = [(m["metadata"]["namespace"], m["metadata"]["name"]) for m in services]
+            last = -1
+            while (ready := _all_ready(sb, names)) < count:
+                if child.poll() is not None:
+                    raise RuntimeError(f"the operator exited with {child.returncode}")
+                if ready != last and ready // 100 != last // 100:
+                    print(f"  {ready}/{count} Ready after {time.monotonic() - started:.0f}s", file=sys.stderr)
+                last = ready
+                if time.monotonic() - started > 1800:
+                    raise TimeoutError(f"only {ready}/{count} services Ready after 30 minutes")
+                await asyncio.sleep(0.5)
+            to_ready = time.monotonic() - started
+            print(f"  all {count} Ready after {to_ready:.0f}s; measuring {steady_seconds:.0f}s of steady state",
+                  file=sys.stderr)
+
+            # Settle for one resync period: the first scrapes after Ready still write
+            # (observed KV capacity, utilisation), once per service.
+            await asyncio.sleep(RESYNC_SECONDS + 5)
+            mark = len(sb.emulator.audit)
+            await asyncio.sleep(steady_seconds)
+            window = [e for e in sb.emulator.audit[mark:] if e[0] == OPERATOR_TOKEN]
+            per_verb: dict[str, int] = {}
+            for entry in window:
+                per_verb[entry[1]] = per_verb.get(entry[1], 0) + 1
+            minutes = steady_seconds / 60
+            writes = [e for e in window if e[1] in WRITE_VERBS]
+            buckets = await _reconcile_histogram(port)
+            rss, peak = _rss_mib(child.pid)
+            child.terminate()
+            await asyncio.to_thread(child.wait, 30)
+            await sb.stop_kubelet()
+        finally:
+            if child.poll() is None:
+                child.kill()
+
+    p50, p99 = _quantile(buckets, 0.50), _quantile(buckets, 0.99)
+    within_1s = dict(buckets).get(1.0, 0.0) / max(buckets[-1][1], 1)
+    report = {
+        "services": count, "namespaces": len(NAMESPACES),
+        "secondsToCreate": round(created, 1), "secondsToAllReady": round(to_ready, 1),
+        "reconciles": int(buckets[-1][1]),
+        "reconcileP50Seconds": round(p50, 4), "reconcileP99Seconds": round(p99, 4),
+        "reconcilesUnder1s": round(within_1s, 4),
+        "operatorRssMiB": round(rss, 1), "operatorPeakRssMiB": round(peak, 1),
+        "steadyStateSeconds": steady_seconds,
+        "steadyRequestsPerMinute": round(len(window) / minutes, 1),
+        "steadyRequestsPerMinuteByVerb": {k: round(v / minutes, 1) for k, v in sorted(per_verb.items())},
+        "steadyWritesPerMinute": round(len(writes) / minutes, 1),
+        "steadyWrites": [list(e[1:5]) for e in writes[:10]],
+        "targets": {
+            "p99Reconcile<1s": within_1s >= 0.99,
+            "peakRss<300MiB": peak < TARGETS["rssMiB"],
+            "zeroSteadyWrites": not writes,
+        },
+    }
+    report["allTargetsHold"] = all(report["targets"].values())
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--steady-seconds", type=float, default=65.0,
+                        help="steady-state window (default: two 30 s resync periods)")
+    parser.add_argument("--operator", nargs=2, metavar=("URL", "METRICS_PORT"),
+                        help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args()
+    if args.operator:
+        _operator(args.operator[0], int(args.operator[1]))
+        return 0
+    if not Path("/proc/self/status").exists():
+        print("error: the RSS measurement reads /proc: run on Linux", file=sys.stderr)
+        return 2
+    report = asyncio.run(run(args.services, args.steady_seconds))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
