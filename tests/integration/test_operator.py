@@ -346,3 +346,42 @@ async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_wit
         assert [j["metadata"]["name"] for j in sb.objects("jobs")] == \
             [_service(sb)["status"]["engine"]["buildJob"]], "nothing built for the stalled service"
         assert sb.operator_error is None
+
+
+async def test_a_failed_build_names_its_step_and_output_and_the_previous_engine_keeps_serving():
+    failing: set[str] = set()
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                       fail_builds=lambda job: job["metadata"]["name"] in failing) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(copy.deepcopy(MISTRAL))
+        await sb.wait_for(lambda: _ready(sb), what="Ready on the first engine")
+        old_key, old_job = (_service(sb)["status"]["engine"][k] for k in ("key", "buildJob"))
+
+        await sb.stop_kubelet()
+        await sb.patch_spec(NS, "mistral-7b", {"precision": "fp8"})
+        [new_job] = await sb.wait_for(lambda: [j["metadata"]["name"] for j in sb.objects("jobs")
+                                                if j["metadata"]["name"] != old_job], what="the second build Job")
+        failing.add(new_job)
+        sb.start_kubelet()
+        svc = await _with_condition(sb, "mistral-7b", "Stalled", "True")
+        engine_ready = get_condition(_conditions(svc), "EngineReady")
+        assert engine_ready["status"] == "False" and engine_ready["reason"] == "EngineBuildFailed"
+        message = engine_ready["message"]
+        assert f"{NS}/{new_job} failed at step trtllm-build (container build, exit code 1)" in message
+        assert "CUDA runtime error in cudaMalloc: out of memory" in message
+        assert "previous engine keeps serving" in message and "delete the Job to retry" in message
+        # No rollout of the broken engine: the workload still runs the old one.
+        [deployment] = sb.objects("deployments")
+        assert deployment["metadata"]["annotations"][ENGINE_KEY_ANNOTATION] == old_key
+        engines = {e["spec"]["key"]: e for e in sb.objects("llmengines")}
+        assert is_true(_conditions(engines[old_key]), "Ready")
+        [broken] = [e for k, e in engines.items() if k != old_key]
+        assert get_condition(_conditions(broken), "Ready")["reason"] == "EngineBuildFailed"
+        await sb.wait_for(lambda: any(e.get("reason") == "BuildFailed" and "out of memory" in e.get("message", "")
+                                      for e in sb.objects("events")), what="the BuildFailed Event")
+        # Retries are the Job's own (backoffLimit); the operator never creates a second Job for it.
+        await asyncio.sleep(1.0)
+        assert [n for t, o in sb.events("jobs") if t == "ADDED" for n in [o["metadata"]["name"]]].count(new_job) == 1
+        assert sb.operator_error is None

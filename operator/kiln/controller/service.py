@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -105,6 +106,42 @@ async def _apply_if_changed(api: KubeApi, desired: dict[str, Any]) -> dict[str, 
     return await api.apply(desired)
 
 
+# Lines of a failed build's output shown in its condition message and Event.
+FAILURE_LINES = 5
+
+
+async def _build_failure(api: KubeApi, namespace: str, job_name: str) -> str:
+    """What the last build pod said as it failed: the step and its last output lines.
+
+    kiln-runtime writes a JSON summary to its termination-message file (``step``,
+    ``message``); a container that died before that leaves the tail of its log there
+    (``terminationMessagePolicy: FallbackToLogsOnError``). The Job has already retried
+    ``backoffLimit`` times with the Job controller's exponential backoff."""
+    pods = await api.list("v1", "Pod", namespace, label_selector=f"job-name={job_name}")
+    pods.sort(key=lambda pod: pod["metadata"].get("creationTimestamp") or "")
+    for pod in reversed(pods):
+        status = pod.get("status") or {}
+        for container in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if not terminated or terminated.get("exitCode") == 0:
+                continue
+            text = str(terminated.get("message") or "").strip()
+            try:
+                summary = json.loads(text)
+            except ValueError:
+                summary = None
+            if isinstance(summary, dict) and summary.get("step"):
+                detail = str(summary.get("message") or "").strip()
+                where = f" at step {summary['step']}"
+            else:
+                detail, where = text, ""
+            lines = [line for line in detail.splitlines() if line.strip()][-FAILURE_LINES:]
+            exit_code = terminated.get("exitCode")
+            head = f"{where} (container {container.get('name')}, exit code {exit_code})"
+            return head + (": " + " / ".join(lines) if lines else "")
+    return ""
+
+
 def _job_seconds(job: dict[str, Any]) -> float | None:
     status = job.get("status") or {}
     try:
@@ -153,8 +190,10 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
         out.build_seconds = _job_seconds(job)
         return True
     if state == "Failed":
-        message = (f"engine build Job {namespace}/{job_name} failed; see `kubectl logs "
-                   f"job/{job_name} -n {namespace}`, fix the cause and delete the Job to retry")
+        why = await _build_failure(api, namespace, job_name)
+        message = (f"engine build Job {namespace}/{job_name} failed{why}. The previous engine keeps "
+                   f"serving; see `kubectl logs job/{job_name} -n {namespace}`, fix the cause and "
+                   "delete the Job to retry")
         if not get_condition(conditions, "Ready") or \
                 get_condition(conditions, "Ready").get("reason") != Reason.ENGINE_BUILD_FAILED.value:  # type: ignore[union-attr]
             await api.patch_status(live, {"conditions": set_condition(

@@ -145,6 +145,30 @@ class KilnEmulator(KubernetesEmulator):
         self._last_version += 1
         return str(self._last_version)
 
+    # Get, update and delete by key: kmock's own scan every stored object for each request.
+    def _by_key(self, request: Any, namespace: str | None, name: str | None) -> Any:
+        try:
+            return self._objects[request.resource, namespace, name]
+        except KeyError:
+            return None
+
+    async def _serve_fetch(self, request: Any) -> Any:
+        obj = self._by_key(request, request.namespace, request.name)
+        if obj is None or obj.deleted:
+            raise KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_create(self, request: Any) -> Any:
+        meta = request.data.get("metadata", {})
+        return self._by_key(request, request.namespace or meta.get("namespace"),
+                            request.name or meta.get("name")).raw
+
+    async def _serve_update(self, request: Any) -> Any:
+        return self._by_key(request, request.namespace, request.name).last.raw
+
+    async def _serve_delete(self, request: Any) -> Any:
+        return self._by_key(request, request.namespace, request.name).last.raw
+
     def _current(self, request: Any) -> list[dict[str, Any]]:
         return [obj.raw for (res, ns, _), obj in self._objects.items()
                 if res == request.resource and not obj.deleted

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from kmock import resource
 
 from ..autoscale.metrics import KV_METRIC, REQUEST_METRIC
 from ..controller.kube import KubeApi
-from ..render.meta import LABEL_INSTANCE
+from ..render.meta import LABEL_ENGINE, LABEL_INSTANCE
 
 __all__ = ["SimulatedCluster", "GPU_NODES"]
 
@@ -80,6 +81,8 @@ class SimulatedCluster:
             failed = self.fail_builds(job)
             kind = "Failed" if failed else "Complete"
             finished = _now()
+            if failed:
+                await self._failed_build_pod(job)
             await self.api.patch_status(job, {
                 "startTime": job["metadata"].get("creationTimestamp", finished),
                 **({} if failed else {"completionTime": finished}),
@@ -109,6 +112,27 @@ class SimulatedCluster:
             await self._sync_pods(workload, template, want)
             await self.api.patch_status(workload, target)
             self.on_event(f"{kind}/{meta['name']} {want} replica(s) ready (simulated pods)")
+
+    async def _failed_build_pod(self, job: dict[str, Any]) -> None:
+        """The Job's last pod, terminated with what kiln-runtime writes to its termination log
+        when trtllm-build runs out of GPU memory (a summary with the step and its output tail)."""
+        meta = job["metadata"]
+        summary = {"engineKey": job["spec"]["template"]["metadata"]["labels"].get(LABEL_ENGINE, ""),
+                   "result": "failed", "step": "trtllm-build",
+                   "message": "trtllm-build exited with 1; last output:\n"
+                              "[TensorRT-LLM][INFO] Total activation memory: 71.20 GiB\n"
+                              "[TensorRT-LLM][ERROR] CUDA runtime error in cudaMalloc: out of memory\n"
+                              "RuntimeError: [TensorRT-LLM][ERROR] Assertion failed: engine build failed"}
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"{meta['name']}-attempt-2", "namespace": meta["namespace"],
+                            "labels": {"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"]}},
+               "spec": {"restartPolicy": "Never",
+                        "containers": [{"name": "build", "image": "simulated"}]}}
+        await self.api.apply(pod)
+        await self.api.patch_status(pod, {"phase": "Failed", "containerStatuses": [{
+            "name": "build", "ready": False, "restartCount": 0, "image": "simulated", "imageID": "",
+            "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                                     "message": json.dumps(summary, sort_keys=True)}}}]})
 
     def _predicted_tokens(self, namespace: str, instance: str) -> int:
         for (res, ns, name), obj in list(self.emulator.objects.items()):

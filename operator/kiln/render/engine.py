@@ -167,7 +167,10 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
                  "limits": {gpu_resource: str(build_gpus)}}
     runtime = {"name": "build", "image": RUNTIME_IMAGE, "imagePullPolicy": "IfNotPresent",
                "command": ["kiln-runtime", "build"], "env": env, "volumeMounts": mounts,
-               "resources": resources, "securityContext": restricted_container_security()}
+               "resources": resources, "securityContext": restricted_container_security(),
+               # kiln-runtime writes its summary (the failing step and its last output lines)
+               # to /dev/termination-log; if it dies before, the kubelet keeps the log's tail.
+               "terminationMessagePolicy": "FallbackToLogsOnError"}
     if engine.spec.server == ServerKind.DJL:
         containers, init = _djl_build_containers(engine, runtime)
     else:
