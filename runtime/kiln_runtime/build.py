@@ -68,7 +68,7 @@ def _run_child(step: Step, out: TextIO) -> None:
     process.stdout.close()
     code = process.wait()
     if code != 0:
-        last = "; last output:\n" + "\n".join(tail) if tail else ""
+        last = "; last output: " + " | ".join(tail) if tail else ""
         raise StepFailed(step.name, f"{os.path.basename(step.argv[0])} exited with {code}{last}")
 
 

@@ -369,7 +369,7 @@ async def test_a_failed_build_names_its_step_and_output_and_the_previous_engine_
         engine_ready = get_condition(_conditions(svc), "EngineReady")
         assert engine_ready["status"] == "False" and engine_ready["reason"] == "EngineBuildFailed"
         message = engine_ready["message"]
-        assert f"{NS}/{new_job} failed at step trtllm-build (container build, exit code 1)" in message
+        assert f"{NS}/{new_job} failed at step engine (container build, exit code 1)" in message
         assert "CUDA runtime error in cudaMalloc: out of memory" in message
         assert "previous engine keeps serving" in message and "delete the Job to retry" in message
         # No rollout of the broken engine: the workload still runs the old one.

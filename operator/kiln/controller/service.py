@@ -132,6 +132,7 @@ async def _build_failure(api: KubeApi, namespace: str, job_name: str) -> str:
                 summary = None
             if isinstance(summary, dict) and summary.get("step"):
                 detail = str(summary.get("message") or "").strip()
+                detail = detail.removeprefix(f"step {summary['step']!r} failed: ")
                 where = f" at step {summary['step']}"
             else:
                 detail, where = text, ""

@@ -118,10 +118,10 @@ class SimulatedCluster:
         when trtllm-build runs out of GPU memory (a summary with the step and its output tail)."""
         meta = job["metadata"]
         summary = {"engineKey": job["spec"]["template"]["metadata"]["labels"].get(LABEL_ENGINE, ""),
-                   "result": "failed", "step": "trtllm-build",
-                   "message": "trtllm-build exited with 1; last output:\n"
-                              "[TensorRT-LLM][INFO] Total activation memory: 71.20 GiB\n"
-                              "[TensorRT-LLM][ERROR] CUDA runtime error in cudaMalloc: out of memory\n"
+                   "result": "failed", "step": "engine",
+                   "message": "step 'engine' failed: trtllm-build exited with 1; last output: "
+                              "[TensorRT-LLM][INFO] Total activation memory: 71.20 GiB | "
+                              "[TensorRT-LLM][ERROR] CUDA runtime error in cudaMalloc: out of memory | "
                               "RuntimeError: [TensorRT-LLM][ERROR] Assertion failed: engine build failed"}
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": f"{meta['name']}-attempt-2", "namespace": meta["namespace"],
