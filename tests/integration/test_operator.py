@@ -251,21 +251,29 @@ async def test_a_service_that_does_not_fit_shows_the_plan_and_builds_nothing(san
     assert sb.objects("jobs") == [] and sb.objects("llmengines") == []
 
 
+# Seconds instead of minutes: a 0.3 s control period, a 1 s sample window.
+FAST_SCALING = {"autoscale_period": 0.3, "autoscale_timing": {"window_seconds": 1.0, "stale_seconds": 1.0}}
+
+
+def autoscaled_mistral():
+    """Mistral between 1 and 3 replicas, at 75 % KV, with a 2 s scale-down stabilization."""
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["spec"]["autoscaling"] = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 3,
+                                       "targetKVCacheUtilization": 0.75,
+                                       "scaleDownStabilizationSeconds": 2}
+    return manifest
+
+
 @pytest.fixture
 async def scaling_sandbox():
-    # Seconds instead of minutes: a 0.3 s control period, a 1 s sample window.
-    async with Sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, autoscale_period=0.3,
-                       autoscale_timing={"window_seconds": 1.0, "stale_seconds": 1.0}) as sb:
+    async with Sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, **FAST_SCALING) as sb:
         sb.add_namespace(NS)
         yield sb
 
 
 async def test_builtin_autoscaler_follows_kv_pressure_and_holds_without_metrics(scaling_sandbox):
     sb = scaling_sandbox
-    manifest = copy.deepcopy(MISTRAL)
-    manifest["spec"]["autoscaling"] = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 3,
-                                       "targetKVCacheUtilization": 0.75,
-                                       "scaleDownStabilizationSeconds": 2}
+    manifest = autoscaled_mistral()
     await sb.start_operator()
     sb.start_kubelet()
     await sb.create(manifest)

@@ -18,6 +18,7 @@ from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
 from ..support.faults import FreezingEmulator
+from .test_operator import FAST_SCALING, autoscaled_mistral
 
 NS = "llm"
 MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
@@ -122,16 +123,11 @@ async def test_a_kill_at_every_write_converges_to_the_clean_end_state():
 async def test_a_kill_in_the_middle_of_a_scale_decision_converges_on_the_new_replica_count():
     emulator = FreezingEmulator()
     async with Sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.1, emulator=emulator,
-                       exit_timeout=0.05, autoscale_period=0.3,
-                       autoscale_timing={"window_seconds": 1.0, "stale_seconds": 1.0}) as sb:
+                       exit_timeout=0.05, **FAST_SCALING) as sb:
         sb.add_namespace(NS)
-        manifest = copy.deepcopy(MISTRAL)
-        manifest["spec"]["autoscaling"] = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 3,
-                                           "targetKVCacheUtilization": 0.75,
-                                           "scaleDownStabilizationSeconds": 2}
         await sb.start_operator()
         sb.start_kubelet()
-        await sb.create(manifest)
+        await sb.create(autoscaled_mistral())
         await sb.wait_for(lambda: _ready(sb), what="Ready")
         reference = _state(sb)
 
