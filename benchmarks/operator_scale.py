@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import copy
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -41,16 +40,14 @@ import aiohttp  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from kiln.controller.conditions import is_true  # noqa: E402
-from kiln.controller.handlers import OPERATOR_TOKEN, RESYNC_SECONDS, OperatorContext  # noqa: E402
-from kiln.controller.kube import KubeApi  # noqa: E402
-from kiln.controller.models import ModelResolver  # noqa: E402
+from kiln.controller.handlers import OPERATOR_TOKEN, RESYNC_SECONDS  # noqa: E402
 from kiln.controller.operator import run_operator  # noqa: E402
 from kiln.demo.run import load_manifests  # noqa: E402
-from kiln.demo.sandbox import Sandbox  # noqa: E402
+from kiln.demo.sandbox import Sandbox, emulator_operator  # noqa: E402
 
 NAMESPACES = [f"team-{i}" for i in range(10)]
 WRITE_VERBS = ("create", "update", "patch", "delete")
-TARGETS = {"p99ReconcileSeconds": 1.0, "rssMiB": 300.0, "steadyWritesPerMinute": 0}
+RSS_TARGET_MIB = 300.0
 
 
 def _operator(url: str, metrics_port: int) -> None:
@@ -59,14 +56,12 @@ def _operator(url: str, metrics_port: int) -> None:
     logging.getLogger("kopf").setLevel(logging.CRITICAL)
 
     async def main() -> None:
-        api = KubeApi.for_url(url, token=OPERATOR_TOKEN)
-        ctx = OperatorContext(api=api, models=ModelResolver(allow_download=False), login_url=url,
-                              max_retry_delay=1.0)
+        ctx = emulator_operator(url, max_retry_delay=1.0)
         ctx.telemetry.serve(metrics_port)
         try:  # kopf stops on SIGTERM itself: it runs in the main thread
             await run_operator(ctx, asyncio.Event())
         finally:
-            await api.close()
+            await ctx.api.close()
     asyncio.run(main())
 
 
@@ -117,12 +112,9 @@ async def _reconcile_histogram(port: int) -> list[tuple[float, float]]:
     return sorted(buckets)
 
 
-def _all_ready(sb: Sandbox, names: list[tuple[str, str]]) -> int:
-    ready = 0
-    for svc in sb.objects("llmservices"):
-        if is_true((svc.get("status") or {}).get("conditions", []), "Ready"):
-            ready += 1
-    return ready
+def _ready_count(sb: Sandbox) -> int:
+    return sum(is_true((svc.get("status") or {}).get("conditions", []), "Ready")
+               for svc in sb.objects("llmservices"))
 
 
 async def run(count: int, steady_seconds: float) -> dict[str, Any]:
@@ -139,9 +131,8 @@ async def run(count: int, steady_seconds: float) -> dict[str, Any]:
             for manifest in services:
                 await sb.create(manifest)
             created = time.monotonic() - started
-            names = [(m["metadata"]["namespace"], m["metadata"]["name"]) for m in services]
             last = -1
-            while (ready := _all_ready(sb, names)) < count:
+            while (ready := _ready_count(sb)) < count:
                 if child.poll() is not None:
                     raise RuntimeError(f"the operator exited with {child.returncode}")
                 if ready != last and ready // 100 != last // 100:
@@ -190,7 +181,7 @@ async def run(count: int, steady_seconds: float) -> dict[str, Any]:
         "steadyWrites": [list(e[1:5]) for e in writes[:10]],
         "targets": {
             "p99Reconcile<1s": within_1s >= 0.99,
-            "peakRss<300MiB": peak < TARGETS["rssMiB"],
+            "peakRss<300MiB": peak < RSS_TARGET_MIB,
             "zeroSteadyWrites": not writes,
         },
     }
@@ -218,5 +209,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

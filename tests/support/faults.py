@@ -31,7 +31,6 @@ class FreezingEmulator(KilnEmulator):
     # Set from the operator's thread, read from the test's: a thread-safe flag.
     _frozen: threading.Event = attrs.field(factory=threading.Event, init=False)
     _released: asyncio.Event | None = attrs.field(default=None, init=False)
-    log: list[str] = attrs.field(factory=list, init=False)
 
     def freeze_after(self, writes: int | None) -> None:
         """Freeze the operator's writes after ``writes`` more of them (None: never)."""
@@ -57,6 +56,4 @@ class FreezingEmulator(KilnEmulator):
                 await self._released.wait()
                 return aiohttp.web.Response(status=503, text="the operator was killed")
             self.writes += 1
-            self.log.append(f"{method} {request.resource.plural if request.resource else ''}"
-                                f"/{request.name or ''}")
         return await super()._handle(request)

@@ -110,6 +110,25 @@ async def _apply_if_changed(api: KubeApi, desired: dict[str, Any]) -> dict[str, 
 FAILURE_LINES = 5
 
 
+def _termination(container: dict[str, Any]) -> str | None:
+    """How a container that failed ended: its step and last output lines, or None."""
+    terminated = (container.get("state") or {}).get("terminated") or {}
+    if not terminated or terminated.get("exitCode") == 0:
+        return None
+    text = str(terminated.get("message") or "").strip()
+    try:
+        summary = json.loads(text)
+    except ValueError:
+        summary = None
+    where = ""
+    if isinstance(summary, dict) and summary.get("step"):
+        where = f" at step {summary['step']}"
+        text = str(summary.get("message") or "").strip().removeprefix(f"step {summary['step']!r} failed: ")
+    lines = [line for line in text.splitlines() if line.strip()][-FAILURE_LINES:]
+    head = f"{where} (container {container.get('name')}, exit code {terminated.get('exitCode')})"
+    return head + (": " + " / ".join(lines) if lines else "")
+
+
 async def _build_failure(api: KubeApi, namespace: str, job_name: str) -> str:
     """What the last build pod said as it failed: the step and its last output lines.
 
@@ -118,28 +137,11 @@ async def _build_failure(api: KubeApi, namespace: str, job_name: str) -> str:
     (``terminationMessagePolicy: FallbackToLogsOnError``). The Job has already retried
     ``backoffLimit`` times with the Job controller's exponential backoff."""
     pods = await api.list("v1", "Pod", namespace, label_selector=f"job-name={job_name}")
-    pods.sort(key=lambda pod: pod["metadata"].get("creationTimestamp") or "")
-    for pod in reversed(pods):
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
         status = pod.get("status") or {}
         for container in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
-            terminated = (container.get("state") or {}).get("terminated") or {}
-            if not terminated or terminated.get("exitCode") == 0:
-                continue
-            text = str(terminated.get("message") or "").strip()
-            try:
-                summary = json.loads(text)
-            except ValueError:
-                summary = None
-            if isinstance(summary, dict) and summary.get("step"):
-                detail = str(summary.get("message") or "").strip()
-                detail = detail.removeprefix(f"step {summary['step']!r} failed: ")
-                where = f" at step {summary['step']}"
-            else:
-                detail, where = text, ""
-            lines = [line for line in detail.splitlines() if line.strip()][-FAILURE_LINES:]
-            exit_code = terminated.get("exitCode")
-            head = f"{where} (container {container.get('name')}, exit code {exit_code})"
-            return head + (": " + " / ".join(lines) if lines else "")
+            if (ended := _termination(container)) is not None:
+                return ended
     return ""
 
 
@@ -154,11 +156,13 @@ def _job_seconds(job: dict[str, Any]) -> float | None:
 
 
 async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
-                        out: Outcome, new_key: bool) -> bool:
+                        out: Outcome, new_key: bool, serving_old: bool) -> bool:
     """Make sure the engine exists or is being built; True when it can be served.
 
     ``new_key``: the service did not reference this engine before, so finding it built
-    already is a cache hit (another service, or an earlier spec, built it)."""
+    already is a cache hit (another service, or an earlier spec, built it). ``serving_old``:
+    the service's workload runs another engine, which keeps serving while this one is not
+    ready."""
     engine_obj = rendered.engine
     name = engine_obj["metadata"]["name"]
     live = await api.get(API_VERSION, "LLMEngine", name)
@@ -191,15 +195,18 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
         out.build_seconds = _job_seconds(job)
         return True
     if state == "Failed":
-        why = await _build_failure(api, namespace, job_name)
-        message = (f"engine build Job {namespace}/{job_name} failed{why}. The previous engine keeps "
-                   f"serving; see `kubectl logs job/{job_name} -n {namespace}`, fix the cause and "
-                   "delete the Job to retry")
-        if not get_condition(conditions, "Ready") or \
-                get_condition(conditions, "Ready").get("reason") != Reason.ENGINE_BUILD_FAILED.value:  # type: ignore[union-attr]
+        recorded = get_condition(conditions, "Ready") or {}
+        if recorded.get("reason") == Reason.ENGINE_BUILD_FAILED.value:
+            message = recorded["message"]  # read from the pods once, when the build failed
+        else:
+            why = await _build_failure(api, namespace, job_name)
+            message = (f"engine build Job {namespace}/{job_name} failed{why}. See `kubectl logs "
+                       f"job/{job_name} -n {namespace}`, fix the cause and delete the Job to retry")
             await api.patch_status(live, {"conditions": set_condition(
                 conditions, "Ready", False, Reason.ENGINE_BUILD_FAILED.value, message, st.now)})
             out.events.append(("Warning", EventReason.BUILD_FAILED, message))
+        if serving_old:
+            message += "; the previous engine keeps serving"
         st.condition(ConditionType.ENGINE_READY, False, Reason.ENGINE_BUILD_FAILED, message)
         raise SpecInvalid(message, reason=Reason.ENGINE_BUILD_FAILED.value)
     st.condition(ConditionType.ENGINE_READY, False, Reason.ENGINE_BUILDING,
@@ -276,12 +283,13 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
             f"the LeaderWorkerSet API ({workload['apiVersion']}); it is not installed in this "
             f"cluster. Install it with `kubectl apply --server-side -f {LWS_MANIFESTS}`, or use "
             f"gpus <= gpu.perNode={spec.gpu.per_node}", reason=Reason.MISSING_DEPENDENCY.value)
-    ready = await _engine_ready(api, rendered, st, out, previous_key != st.data["engine"]["key"])
     live = await api.get(workload["apiVersion"], workload["kind"], workload["metadata"]["name"],
                          ref.namespace)
+    serving_old = live is not None and \
+        live["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != st.data["engine"]["key"]
+    ready = await _engine_ready(api, rendered, st, out, previous_key != st.data["engine"]["key"],
+                                serving_old)
     if not ready:
-        serving_old = live is not None and \
-            live["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != st.data["engine"]["key"]
         message = f"waiting for engine {engine_name} to build" + \
             ("; the previous engine keeps serving" if serving_old else "")
         st.progressing(Reason.ENGINE_BUILDING, message)

@@ -24,7 +24,15 @@ from ..controller.operator import run_operator
 from .emulator import KilnEmulator
 from .kubelet import SimulatedCluster
 
-__all__ = ["Sandbox"]
+__all__ = ["Sandbox", "emulator_operator"]
+
+
+def emulator_operator(url: str, **options: Any) -> OperatorContext:
+    """The operator's context for an emulator at ``url``: its own bearer token (so its
+    requests can be told from the tests' and the kubelet's), kopf logging in there, and only
+    catalog models (nothing downloads). ``options`` go to :class:`OperatorContext`."""
+    return OperatorContext(api=KubeApi.for_url(url, token=OPERATOR_TOKEN),
+                           models=ModelResolver(allow_download=False), login_url=url, **options)
 
 
 class Sandbox:
@@ -155,16 +163,13 @@ class Sandbox:
 
     def _run_operator(self, stop: threading.Event) -> None:
         async def main() -> None:
-            api = KubeApi.for_url(self.url, token=OPERATOR_TOKEN)
-            ctx = self.operator_context = OperatorContext(api=api, models=ModelResolver(allow_download=False),
-                                  login_url=self.url, max_retry_delay=self._retry_delay,
-                                  autoscale_period=self._autoscale_period,
-                                  autoscale_timing=self._autoscale_timing,
-                                  exit_timeout=self._exit_timeout)
+            ctx = self.operator_context = emulator_operator(
+                self.url, max_retry_delay=self._retry_delay, autoscale_period=self._autoscale_period,
+                autoscale_timing=self._autoscale_timing, exit_timeout=self._exit_timeout)
             try:
                 await run_operator(ctx, stop)
             finally:
-                await api.close()
+                await ctx.api.close()
         try:
             asyncio.run(main())
         except BaseException as error:  # reported by stop_operator()
