@@ -19,6 +19,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.controller.conditions import get_condition, is_true
+from kiln.controller.models import ModelResolver
+from kiln.controller.service import reconcile_service
 from kiln.demo.sandbox import Sandbox
 from kiln.render.meta import ENGINE_KEY_ANNOTATION
 
@@ -87,7 +89,12 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     assert status["endpoint"] == "http://mistral-7b-server.llm.svc:8000"
     assert status["plan"]["fits"] is True and status["tpPp"] == "1x1"
     assert status["readyReplicas"] == 1
-    # The loop closed: the (simulated) Triton's KV block metrics, scraped over HTTP.
+    # The loop closed: the observer scraped the (simulated) Triton's KV block metrics over
+    # HTTP, and the reconciles that follow keep what it wrote.
+    await sb.wait_for(lambda: "kvCacheTokensError" in (_service(sb)["status"].get("plan") or {}),
+                      what="the observed KV-cache tokens")
+    svc = _service(sb)
+    status = svc["status"]
     assert abs(status["plan"]["kvCacheTokensError"]) <= 0.05
     assert status["plan"]["observedKVCacheTokens"] > 0
     assert status["kvCacheUtilization"] == "35%"
@@ -103,6 +110,16 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     before = len(sb.emulator.history("llmservices")) + len(sb.emulator.history("deployments"))
     await asyncio.sleep(1.5)
     assert len(sb.emulator.history("llmservices")) + len(sb.emulator.history("deployments")) == before
+
+    # A reconcile keeps the observer's figures while the prediction they answer stands, and
+    # drops them when the prediction moved (here: as if observed against an older one).
+    models = ModelResolver(allow_download=False)
+    again = await reconcile_service(copy.deepcopy(_service(sb)), sb.api, models, "now")
+    assert again.status["plan"] == status["plan"]
+    older = copy.deepcopy(_service(sb))
+    older["status"]["plan"]["kvCacheTokens"] += 4096
+    moved = await reconcile_service(older, sb.api, models, "now")
+    assert "observedKVCacheTokens" not in moved.status["plan"]
 
     # The operator's own metrics, read with prometheus_client's text parser.
     metrics = _operator_metrics(sb)
@@ -323,8 +340,10 @@ async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_g
     assert lws["metadata"]["name"] == "llama-405b-group" and lws["spec"]["replicas"] == 1
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
     assert sb.objects("deployments") == []
-    assert {o["metadata"]["name"] for plural in ("serviceaccounts", "roles", "rolebindings")
+    assert {o["metadata"]["name"] for plural in ("roles", "rolebindings")
             for o in sb.objects(plural)} == {"llama-405b-launcher"}
+    assert {o["metadata"]["name"] for o in sb.objects("serviceaccounts")} == {
+        "llama-405b-launcher", "llama-405b-server"}
     svc = _service(sb, "llama-405b")
     assert svc["status"]["tpPp"] == "8x2" and svc["status"]["readyReplicas"] == 1
 
@@ -393,3 +412,28 @@ async def test_a_failed_build_names_its_step_and_output_and_the_previous_engine_
         await asyncio.sleep(1.0)
         assert [n for t, o in sb.events("jobs") if t == "ADDED" for n in [o["metadata"]["name"]]].count(new_job) == 1
         assert sb.operator_error is None
+
+
+async def test_deleting_a_service_mid_build_leaves_no_job_and_an_engine_the_next_service_builds(sandbox):
+    """The build Job goes with its service (owner reference, garbage collection; the kubelet
+    then kills the build, and kiln-runtime never publishes a partial entry: see
+    test_runtime_build). The shared LLMEngine stays, without a Job: the next service that
+    wants it starts a new build instead of waiting on the old one."""
+    sb = sandbox
+    await sb.start_operator()
+    await sb.create(copy.deepcopy(MISTRAL))
+    [job] = await sb.wait_for(lambda: sb.objects("jobs"), what="the build Job")
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "LLMService"
+
+    await sb.api.delete(_service(sb))
+    await sb.wait_for(lambda: not sb.objects("llmservices"), what="the service to be deleted")
+    await sb.wait_for(lambda: not sb.objects("jobs"), what="the build Job to be collected")
+    [engine] = sb.objects("llmengines")
+    assert not is_true(_conditions(engine), "Ready")
+
+    await sb.create(copy.deepcopy(MISTRAL))
+    [again] = await sb.wait_for(lambda: sb.objects("jobs"), what="a new build Job")
+    assert again["metadata"]["uid"] != job["metadata"]["uid"]
+    sb.start_kubelet()
+    await sb.wait_for(lambda: _ready(sb), what="Ready=True")
+    assert is_true(_conditions(sb.objects("llmengines")[0]), "Ready")

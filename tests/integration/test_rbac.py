@@ -4,7 +4,8 @@ The emulator records every request as the RBAC verb the API server would authori
 server-side apply that creates an object counts as ``create``). The operator runs a
 scenario that takes each path that talks to the API: a gated model (Secret read), builtin
 scaling (pods listed to scrape them, a scale-up), keda and hpa modes (their objects applied),
-a multi-node service (LeaderWorkerSet, the leader's ServiceAccount, Role and RoleBinding),
+a multi-node service (LeaderWorkerSet, the leader's ServiceAccount, Role and RoleBinding)
+with a NetworkPolicy,
 drift in every owned object (re-applied as a patch), Events. The operator's requests (told
 apart by its token) must equal the rules of the chart's cluster-wide ClusterRole. The
 namespaced mode's Role and ClusterRole split the same rules (tests/unit/test_chart.py).
@@ -27,7 +28,7 @@ from ..conftest import ROOT
 NS = "llm"
 LLAMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
 OWNED = ("deployments", "services", "scaledobjects", "horizontalpodautoscalers", "leaderworkersets",
-         "serviceaccounts", "roles", "rolebindings")
+         "serviceaccounts", "roles", "rolebindings", "networkpolicies")
 MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
 
 
@@ -58,7 +59,9 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
         names = {"builtin": "scaled", "keda": "keda-scaled", "hpa": "hpa-scaled"}
         for mode, name in names.items():
             await sb.create(_service(name, mode))
-        await sb.create(copy.deepcopy(MULTI_NODE))
+        multi_node = copy.deepcopy(MULTI_NODE)
+        multi_node["spec"]["networkPolicy"] = {"enabled": True, "metricsNamespaces": ["monitoring"]}
+        await sb.create(multi_node)
         names["multi-node"] = MULTI_NODE["metadata"]["name"]
 
         def all_ready():

@@ -98,6 +98,7 @@ async def test_the_clean_run_owns_exactly_what_it_creates():
         # it outlives any one service, so no service owns it.
         ("LLMEngine", None, engine): [],
         ("Job", NS, status["engine"]["buildJob"]): [("LLMService", "mistral-7b", ("LLMService", "mistral-7b"), True)],
+        ("ServiceAccount", NS, "mistral-7b-server"): [("LLMService", "mistral-7b", ("LLMService", "mistral-7b"), True)],
         ("Deployment", NS, "mistral-7b-server"): [("LLMService", "mistral-7b", ("LLMService", "mistral-7b"), True)],
         ("Service", NS, "mistral-7b-server"): [("LLMService", "mistral-7b", ("LLMService", "mistral-7b"), True)],
     }

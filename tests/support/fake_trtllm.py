@@ -8,8 +8,9 @@ engine is ``config.json`` (``pretrained_config.mapping``, ``build_config``) + ``
 
 ``install(tmp_path)`` writes ``quantize.py``, ``models/core/{llama,qwen}/convert_checkpoint.py``
 and a ``trtllm-build`` executable, and returns the environment that points kiln-runtime at
-them. ``KILN_FAKE_FAIL=<tool>`` makes that tool exit 3; every call is appended to
-``KILN_FAKE_CALLS``.
+them. ``KILN_FAKE_FAIL=<tool>`` makes that tool exit 3; ``KILN_FAKE_HANG=<tool>`` makes it
+write part of its output and then hang (a build the kubelet kills); every call is appended
+to ``KILN_FAKE_CALLS``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import stat
+import time
 import sys
 from pathlib import Path
 
@@ -93,6 +95,9 @@ def trtllm_build(argv: list[str]) -> None:
     (out / "config.json").write_text(json.dumps(config))
     for rank in range(mapping["world_size"]):
         (out / f"rank{rank}.engine").write_bytes(os.urandom(256))
+        if os.environ.get("KILN_FAKE_HANG") == "trtllm-build":
+            print("[TensorRT-LLM] [I] building the next rank...", flush=True)
+            time.sleep(3600)
         print(f"[TensorRT-LLM] [I] Engine for rank {rank} built", flush=True)
 
 

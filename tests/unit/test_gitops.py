@@ -100,7 +100,7 @@ def test_kiln_render_as_an_argo_cd_config_management_plugin(tmp_path):
     assert out.returncode == 0, out.stderr
     objects = [o for o in yaml.safe_load_all(out.stdout) if o]
     kinds = [o["kind"] for o in objects]
-    assert kinds == ["LLMEngine", "Job", "Deployment", "Service"]
+    assert kinds == ["LLMEngine", "Job", "ServiceAccount", "Deployment", "Service"]
     for obj in objects:
         if obj["apiVersion"] in ("batch/v1", "apps/v1", "v1"):
             kubernetes_validate.validate(obj, "1.33", strict=True)

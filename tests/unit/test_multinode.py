@@ -54,7 +54,8 @@ def test_a_16_gpu_service_on_8_gpu_nodes_is_a_leader_worker_set_of_size_2():
     leader, worker = template["leaderTemplate"], template["workerTemplate"]
     assert leader["spec"]["serviceAccountName"] == "llama-405b-launcher"
     assert leader["spec"]["automountServiceAccountToken"] is True
-    assert worker["spec"]["automountServiceAccountToken"] is False and "serviceAccountName" not in worker["spec"]
+    assert worker["spec"]["automountServiceAccountToken"] is False
+    assert worker["spec"]["serviceAccountName"] == "llama-405b-server"
     assert {p["name"] for p in leader["spec"]["containers"][0]["ports"]} == {"http", "grpc", "metrics"}
     assert "ports" not in worker["spec"]["containers"][0], "only rank 0 serves"
     # The Service (and the chart's PodMonitor, and the operator's scrape) select leaders only.
@@ -69,9 +70,16 @@ def test_a_16_gpu_service_on_8_gpu_nodes_is_a_leader_worker_set_of_size_2():
 
 def test_the_launchers_rbac_grants_nothing_beyond_the_groups_pods():
     rendered = _render(autoscaling={"mode": "builtin", "minReplicas": 1, "maxReplicas": 3})
-    kinds = {o["kind"]: o for o in rendered.access}
+    [server] = [o for o in rendered.access if o["metadata"]["name"] == "llama-405b-server"]
+    kinds = {o["kind"]: o for o in rendered.access if o is not server}
     assert set(kinds) == {"ServiceAccount", "Role", "RoleBinding"}
     assert all(o["metadata"]["namespace"] == "llm" for o in rendered.access)
+    # The workers run as the service's own account, with no token; the leader as the launcher.
+    templates = rendered.workload["spec"]["leaderWorkerTemplate"]
+    assert templates["workerTemplate"]["spec"]["serviceAccountName"] == "llama-405b-server"
+    assert templates["workerTemplate"]["spec"]["automountServiceAccountToken"] is False
+    assert templates["leaderTemplate"]["spec"]["serviceAccountName"] == "llama-405b-launcher"
+    assert server["automountServiceAccountToken"] is False
     role = kinds["Role"]
     pods = [f"llama-405b-group-{g}-1" for g in range(3)]  # worker 1 of each group up to max
     assert role["rules"] == [
@@ -86,12 +94,17 @@ def test_the_launchers_rbac_grants_nothing_beyond_the_groups_pods():
     assert kinds["ServiceAccount"]["automountServiceAccountToken"] is False  # the leader pod opts in
 
 
-def test_single_node_services_get_no_launcher():
+def test_single_node_services_get_their_own_account_and_no_launcher():
     spec = parse_service_spec({**EXAMPLE["spec"], "gpus": 8})
     gpu = lookup_gpu(spec.gpu.type, None)
     result = plan(ModelConfig.from_hf(catalog_config(LLAMA_405B)), spec, gpu)
     rendered = render(ServiceRef("llama-405b", "llm"), spec, result, gpu)
-    assert rendered.workload["kind"] == "Deployment" and rendered.access == ()
+    assert rendered.workload["kind"] == "Deployment"
+    [account] = rendered.access
+    assert (account["kind"], account["metadata"]["name"]) == ("ServiceAccount", "llama-405b-server")
+    assert account["automountServiceAccountToken"] is False
+    pod = rendered.workload["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "llama-405b-server" and pod["automountServiceAccountToken"] is False
 
 
 def _dry_run(tp, pp, per_node, size):

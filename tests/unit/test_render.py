@@ -90,3 +90,55 @@ def test_render_is_deterministic_and_owned():
     for obj in a[1:]:
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kiln"
+
+
+def _rendered(**changes):
+    source = changes.pop("source", "hf://meta-llama/Llama-3.1-8B-Instruct")
+    spec = parse_service_spec({"model": {"source": source}, **changes})
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
+    result = plan(ModelConfig.from_hf(catalog_config(source.removeprefix("hf://"))), spec, gpu)
+    return render(ServiceRef("svc", "llm", "uid-1"), spec, result, gpu)
+
+
+def test_no_network_policy_unless_enabled():
+    assert _rendered().network_policy is None
+
+
+def test_network_policy_admits_the_namespace_the_named_clients_and_the_operator():
+    policy = _rendered(networkPolicy={"enabled": True, "allowedNamespaces": ["gateway", "gateway"],
+                                      "metricsNamespaces": ["monitoring"]}).network_policy
+    kubernetes_validate.validate(policy, "1.33", strict=True)
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/instance": "svc"}}
+    assert spec["policyTypes"] == ["Ingress"]  # egress stays open
+    inference, metrics = spec["ingress"]
+    assert inference["from"] == [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]
+    assert [p["port"] for p in inference["ports"]] == ["http", "grpc"]
+    assert metrics["from"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"kiln.dev/operator": "true"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert [p["port"] for p in metrics["ports"]] == ["metrics"]
+    # The ports it names are the serving container's.
+    container = _rendered().workload["spec"]["template"]["spec"]["containers"][0]
+    assert {"http", "grpc", "metrics"} <= {p["name"] for p in container["ports"]}
+
+
+def test_network_policy_lets_a_multi_node_replicas_ranks_reach_each_other():
+    rendered = _rendered(source="hf://meta-llama/Llama-3.1-405B-Instruct", precision="fp8", gpus=16,
+                         networkPolicy={"enabled": True})
+    *_, ranks = rendered.network_policy["spec"]["ingress"]
+    assert ranks == {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "svc"}}}]}
+
+
+def test_the_operator_pod_carries_the_label_the_network_policy_admits():
+    deployment = next(d for d in yaml.safe_load_all(
+        _kiln_chart_deployment()) if d and d.get("kind") == "Deployment")
+    assert deployment["spec"]["template"]["metadata"]["labels"]["kiln.dev/operator"] == "true"
+
+
+def _kiln_chart_deployment() -> str:
+    import helm_python as helm
+    manifests = helm.Chart.load(ROOT / "charts" / "kiln").render({}, name="kiln", namespace="kiln-system")
+    return manifests[next(path for path in manifests if path.endswith("deployment.yaml"))]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -170,6 +172,35 @@ def test_a_failing_step_leaves_no_partial_entry(fakes, tool, step):
     assert not list((cache / ".staging").iterdir())
     report = json.loads((fakes["root"] / "termination-log").read_text())
     assert report["result"] == "failed" and report["step"] == step
+
+
+def test_a_build_killed_mid_step_leaves_no_entry_and_the_next_build_completes(fakes):
+    """Deleting a service (or its Job) mid-build: the kubelet kills the build container,
+    at worst with SIGKILL, which no cleanup handler sees. The cache must not hold an entry
+    that looks complete, and the next build for the key must build it whole."""
+    env = {**fakes["env"], "KILN_BUILD_SPEC": json.dumps(fakes["spec"]), "KILN_FAKE_HANG": "trtllm-build"}
+    build_process = subprocess.Popen([sys.executable, "-m", "kiln_runtime", "build"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "trtllm-build" not in _calls(fakes):
+            assert build_process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)  # one rank's engine is written; the next is being built
+    finally:
+        os.killpg(build_process.pid, signal.SIGKILL)
+        build_process.wait(30)
+    cache = fakes["root"] / "cache"
+    assert list((cache / ".staging" / ("ab" * 32)).rglob("rank0.engine")), "killed mid-step"
+    assert not (cache / ("ab" * 32)).exists()
+
+    again = _run(fakes)
+    assert again.returncode == 0, again.stderr
+    entry = cache / ("ab" * 32)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert {"engine/rank0.engine", "engine/rank1.engine"} <= set(manifest["files"])
+    assert not (cache / ".staging" / ("ab" * 32)).exists()
 
 
 def test_weight_only_uses_the_converter(fakes):

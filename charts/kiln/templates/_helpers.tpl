@@ -29,11 +29,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/*
 What the operator does in a namespace with LLMServices. Exactly the calls it makes
 (tests/unit/test_chart.py checks this list against an audit of the operator's requests):
-kopf watches and patches LLMServices (finalizer, progress annotations) and posts Events; the
-reconcile reads and server-side-applies Jobs, Deployments, Services and the autoscaler
-objects (an apply is authorized as create when the object is absent and as patch when it
-exists, so every applied kind needs both), reads the model token Secret, and
-lists the serving pods to scrape their metrics.
+kopf watches and patches LLMServices (finalizer, progress annotations) and posts Events; it
+lists and watches the Jobs, Deployments, Services and ServiceAccounts Kiln owns (the
+reconcile reads those from memory, kiln/controller/cache.py); the reconcile
+server-side-applies them and the autoscaler objects (an apply is authorized as create when
+the object is absent and as patch when it exists, so every applied kind needs both), reads
+the model token Secret, and lists the serving pods to scrape their metrics (the builtin
+autoscaler also reads its Deployment).
 */}}
 {{- define "kiln.namespacedRules" -}}
 - apiGroups: [serving.kiln.dev]
@@ -44,13 +46,13 @@ lists the serving pods to scrape their metrics.
   verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
@@ -71,9 +73,12 @@ lists the serving pods to scrape their metrics.
   verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
+  verbs: [get, create, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
   verbs: [get, create, patch]
 # Held only to be delegated: a multi-node service's leader gets a Role for `kubectl exec`
 # into its own group's worker pods (by name), and Kubernetes lets the operator create a Role

@@ -24,6 +24,7 @@ __all__ = [
     "EngineLimits",
     "EngineCacheSpec",
     "AutoscalingSpec",
+    "NetworkPolicySpec",
     "LLMServiceSpec",
     "Condition",
     "PlanStatus",
@@ -188,6 +189,27 @@ class AutoscalingSpec(KilnModel):
         return self
 
 
+NamespaceName = Annotated[str, Field(min_length=1, max_length=63,
+                                     pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class NetworkPolicySpec(KilnModel):
+    """Who may reach the serving pods: a NetworkPolicy on ingress (egress is left open: the
+    pods fetch nothing at run time). Pods of the service's own namespace may call the
+    inference ports; the Kiln operator (pods labelled kiln.dev/operator=true, in any
+    namespace) may scrape the metrics port; the ranks of one multi-node replica reach each
+    other on every port. Enforced only where the cluster's network plugin enforces
+    NetworkPolicy."""
+
+    enabled: bool = Field(default=False, description="Render and apply the NetworkPolicy.")
+    allowed_namespaces: list[NamespaceName] = Field(
+        default_factory=list, max_length=64,
+        description="Other namespaces whose pods may call the inference ports (HTTP, gRPC).")
+    metrics_namespaces: list[NamespaceName] = Field(
+        default_factory=list, max_length=64,
+        description="Namespaces whose pods may scrape the metrics port, e.g. monitoring.")
+
+
 class LLMServiceSpec(KilnModel):
     """Serve this model, at this precision, on this many GPUs."""
 
@@ -203,6 +225,7 @@ class LLMServiceSpec(KilnModel):
     replicas: int = Field(default=1, ge=0, le=1000,
                           description="Replicas when autoscaling.mode is none; the /scale target.")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
 
     @model_validator(mode="after")
     def _layout(self) -> LLMServiceSpec:

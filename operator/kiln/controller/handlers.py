@@ -16,16 +16,22 @@ from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Reason
 from ..api.validation import parse_service_spec
 from ..errors import SpecInvalid
 from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler
+from .cache import CachedKubeApi, cache_indexes, register_caches
+from ..render.meta import selector_string
 from .conditions import is_true, set_condition
 from .kube import KubeApi
 from .metrics import MetricsSource, PodMetrics
 from .models import ModelResolver
-from .service import EventReason, reconcile_service, workload_replicas
+from .service import EventReason, observed_status, reconcile_service, workload_replicas
 from .telemetry import Telemetry
 
-__all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS", "OPERATOR_TOKEN"]
+__all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS", "OBSERVE_PERIOD_SECONDS",
+           "OPERATOR_TOKEN"]
 
 RESYNC_SECONDS = 30.0
+# How often a Ready service's pods are scraped for the status's KV figures (the builtin
+# autoscaler scrapes on its own period).
+OBSERVE_PERIOD_SECONDS = 30.0
 # The bearer token the operator presents to an emulator, so that its requests can be told
 # apart from the tests' and the simulated kubelet's (the RBAC test audits them).
 OPERATOR_TOKEN = "kiln-operator"
@@ -47,6 +53,7 @@ class OperatorContext:
     max_retry_delay: float | None = None
     metrics: MetricsSource | None = None
     autoscale_period: float = AUTOSCALE_PERIOD_SECONDS
+    observe_period: float = OBSERVE_PERIOD_SECONDS
     # LawParams timing overrides (window_seconds, stale_seconds) for the demo and the tests.
     autoscale_timing: dict[str, float] = field(default_factory=dict)
     telemetry: Telemetry = field(default_factory=Telemetry)
@@ -85,7 +92,12 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="kiln.dev", key="last-handled-configuration")
-        settings.posting.level = logging.INFO
+        # Kiln posts its own Events (kopf.event): one per build, scale decision or condition
+        # change. kopf would also post a line per handler run — "failed temporarily" on every
+        # build and rollout poll, "succeeded" on every resync — which at a thousand services
+        # is a steady stream of Event writes saying nothing new. Unexpected errors are
+        # posted by the reconcile below.
+        settings.posting.level = logging.CRITICAL
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
         settings.execution.max_workers = 8
@@ -95,6 +107,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         if ctx.exit_timeout is not None:
             settings.queueing.exit_timeout = ctx.exit_timeout
             settings.background.instant_exit_timeout = ctx.exit_timeout
+
+    register_caches(registry)
 
     if ctx.login_url is not None:
         @kopf.on.login(registry=registry)
@@ -106,17 +120,30 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                     connector=aiohttp.TCPConnector(ssl=False))
             return kopf.AiohttpSession(server=ctx.login_url, aiohttp_session=ctx.kopf_session)
 
+    def post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
+        for type_, reason, message in events:
+            kopf.event(body, type=type_, reason=reason, message=message)
+            if reason in _BUILD_EVENTS:
+                ctx.telemetry.builds.labels(_BUILD_EVENTS[reason]).inc()
+            elif reason == EventReason.ENGINE_REUSED:
+                ctx.telemetry.cache_hits.inc()
+            elif type_ == "Warning":
+                ctx.telemetry.reconcile_errors.labels("LLMService", reason).inc()
+
     async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
-                        status: dict[str, Any] | None = None, **_: Any) -> None:
+                        status: dict[str, Any] | None = None, **kwargs: Any) -> None:
         raw = {"metadata": dict(body.metadata), "spec": dict(body.spec),
                "status": dict(body.status) if status is None else status}
         telemetry = ctx.telemetry
         async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
             started = time.perf_counter()
             try:
-                outcome = await reconcile_service(raw, ctx.api, ctx.models, _now(), ctx.metrics)
+                outcome = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models, _now())
             except Exception as error:  # kopf retries it; counted so that alerts see it
                 telemetry.reconcile_errors.labels("LLMService", type(error).__name__).inc()
+                said = " ".join(str(error).split())[:300]
+                kopf.event(body, type="Warning", reason="ReconcileError",
+                           message=f"{type(error).__name__}: {said}; retrying with backoff")
                 raise
             finally:
                 telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)
@@ -125,14 +152,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             patch.status.update(diff)
         telemetry.observe_service(body.metadata["namespace"], body.metadata["name"],
                                   raw["spec"], outcome.status)
-        for type_, reason, message in outcome.events:
-            kopf.event(body, type=type_, reason=reason, message=message)
-            if reason in _BUILD_EVENTS:
-                telemetry.builds.labels(_BUILD_EVENTS[reason]).inc()
-            elif reason == EventReason.ENGINE_REUSED:
-                telemetry.cache_hits.inc()
-            elif type_ == "Warning":
-                telemetry.reconcile_errors.labels("LLMService", reason).inc()
+        post(body, outcome.events)
         if outcome.build_seconds is not None:
             telemetry.build_seconds.observe(outcome.build_seconds)
         if outcome.retry is not None:
@@ -148,14 +168,30 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=RESYNC_SECONDS,
                 initial_delay=RESYNC_SECONDS, id="resync")
     async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
-                     stopped: kopf.DaemonStopped, **_: Any) -> None:
+                     stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         """Pick up what changes outside the spec: builds finishing, replicas failing."""
         if stopped:  # the operator is exiting: start nothing it would have to abandon
             return
         try:
-            await reconcile(body, patch, logger)
+            await reconcile(body, patch, logger, **cache_indexes(kwargs))
         except kopf.TemporaryError:
             pass  # the next tick comes anyway
+
+    @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=ctx.observe_period,
+                initial_delay=ctx.observe_period, id="observe")
+    async def observe(body: kopf.Body, patch: kopf.Patch, stopped: kopf.DaemonStopped,
+                      **_: Any) -> None:
+        """Scrape a Ready service's pods: the KV-cache tokens its engines really allocated
+        (next to the planner's prediction) and the KV utilisation now."""
+        status = dict(body.status)
+        if stopped or not is_true(status.get("conditions", []), "Ready"):
+            return
+        meta = body.metadata
+        samples = await ctx.metrics.kv_samples(meta["namespace"], selector_string(meta["name"], "server"))
+        outcome = observed_status(status, samples)
+        patch.status.update(_status_diff(status, outcome.status))
+        ctx.telemetry.observe_service(meta["namespace"], meta["name"], dict(body.spec), outcome.status)
+        post(body, outcome.events)
 
     def builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
         return (spec.get("autoscaling") or {}).get("mode") == AutoscalingMode.BUILTIN.value
@@ -163,7 +199,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=ctx.autoscale_period,
                 initial_delay=ctx.autoscale_period, id="autoscale", when=builtin_mode)
     async def autoscale(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
-                        stopped: kopf.DaemonStopped, **_: Any) -> None:
+                        stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         """Builtin mode: the control law sets the workload's replicas (never the spec)."""
         if stopped:
             return
@@ -201,12 +237,12 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             kopf.event(body, type="Normal", reason=(Reason.SCALED_UP if up else Reason.SCALED_DOWN).value,
                        message=decision.reason)
         try:
-            await reconcile(body, patch, logger, status=status)
+            await reconcile(body, patch, logger, status=status, **cache_indexes(kwargs))
         except kopf.TemporaryError:
             pass  # a rollout in progress: the next ticks follow it until it settles
 
     @kopf.on.event(GROUP, VERSION, "llmservices", registry=registry, id="forget")
-    def forget(event: kopf.RawEvent, **_: Any) -> None:
+    async def forget(event: kopf.RawEvent, **_: Any) -> None:
         """A deleted service leaves no autoscaler history and no metric series behind."""
         if event["type"] != "DELETED":
             return

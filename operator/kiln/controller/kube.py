@@ -54,6 +54,7 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("v1", "ServiceAccount", "serviceaccounts", True),
     Kind("rbac.authorization.k8s.io/v1", "Role", "roles", True),
     Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", True),
+    Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", True),
 )}
 
 

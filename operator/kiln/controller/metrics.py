@@ -14,6 +14,10 @@ from .kube import KubeApi
 __all__ = ["MetricsSource", "PodMetrics", "ready_pods"]
 
 SCRAPE_TIMEOUT_SECONDS = 3.0
+# Scrapes in flight at once. Each pod is its own endpoint and is read every 15-30 s, so no
+# connection is kept: a pool of idle keep-alive sockets, one per pod, is what slows aiohttp
+# down at a thousand pods (its connector wakes waiters by shuffling every endpoint's queue).
+MAX_CONCURRENT_SCRAPES = 64
 
 
 class MetricsSource(Protocol):
@@ -43,17 +47,21 @@ class PodMetrics:
         self.api = api
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_SCRAPES)
 
     async def _fetch(self, url: str) -> str | None:
         if self._closed:  # a scrape that outlived the operator: no new session to leak
             return None
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
-        try:
-            async with self._session.get(url) as response:
-                return await response.text() if response.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return None
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS),
+                connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        async with self._slots:
+            try:
+                async with self._session.get(url) as response:
+                    return await response.text() if response.status == 200 else None
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                return None
 
     async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]:
         pods = ready_pods(await self.api.list("v1", "Pod", namespace, selector))

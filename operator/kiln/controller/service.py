@@ -23,10 +23,9 @@ from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
 from .kube import KubeApi
-from .metrics import MetricsSource
 from .models import ModelResolver
 
-__all__ = ["Outcome", "EventReason", "reconcile_service", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
+__all__ = ["Outcome", "EventReason", "reconcile_service", "observed_status", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
 # Relative error of the KV-token prediction above which the operator posts an Event.
@@ -215,7 +214,7 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
 
 
 async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelResolver,
-                            now: str, metrics: MetricsSource | None = None) -> Outcome:
+                            now: str) -> Outcome:
     meta = body["metadata"]
     ref = ServiceRef(meta["name"], meta["namespace"], meta.get("uid"))
     generation = meta.get("generation")
@@ -223,7 +222,7 @@ async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelRes
     out = Outcome(status=st.data)
     before = get_condition(st.data["conditions"], ConditionType.STALLED.value) or {}
     try:
-        await _reconcile(body, ref, api, models, st, out, metrics)
+        await _reconcile(body, ref, api, models, st, out)
     except SpecInvalid as error:
         st.stalled(Reason(error.reason) if error.reason in Reason._value2member_map_
                    else Reason.SPEC_INVALID, error.message)
@@ -237,7 +236,7 @@ async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelRes
 
 
 async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models: ModelResolver,
-                     st: _Status, out: Outcome, metrics: MetricsSource | None = None) -> None:
+                     st: _Status, out: Outcome) -> None:
     spec = parse_service_spec(body.get("spec"))
     gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
     if gpu is None:
@@ -251,7 +250,11 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
                           " and AWS_SECRET_ACCESS_KEY (s3://)", reason=Reason.MISSING_DEPENDENCY.value)
     model, why_unknown = await models.resolve(spec, token)
     result = plan(model, spec, gpu)
+    previous = st.data.get("plan") or {}
     st.data["plan"] = result.status()
+    if previous.get("kvCacheTokens") == st.data["plan"].get("kvCacheTokens"):
+        # The observer's figures stand while the prediction they were compared with does.
+        st.data["plan"].update({k: v for k, v in previous.items() if k in _OBSERVED_PLAN_KEYS})
     st.data["tpPp"] = f"{result.tensor_parallel}x{result.pipeline_parallel}"
     if result.fits is False:
         message = "; ".join(result.reasons)
@@ -296,12 +299,13 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         _replica_status(st, live)
         raise NotReadyYet(message, delay=BUILD_POLL_SECONDS)
     st.condition(ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT, f"engine {engine_name} is built")
-    for obj in rendered.access:  # the leader's ServiceAccount and Role come before its pods
+    for obj in rendered.access:  # the pods' ServiceAccounts (and Role) come before the pods
         await _apply_if_changed(api, obj)
     live = await _apply_if_changed(api, workload)
     await _apply_if_changed(api, rendered.service)
-    if rendered.scaler is not None:
-        await _apply_if_changed(api, rendered.scaler)
+    for extra in (rendered.network_policy, rendered.scaler):
+        if extra is not None:
+            await _apply_if_changed(api, extra)
     ready_replicas = _replica_status(st, live)
     current = (live.get("status") or {}).get("observedGeneration") == live["metadata"].get("generation") \
         or live["metadata"].get("generation") is None
@@ -311,9 +315,6 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         st.condition(ConditionType.READY, True, Reason.SCALED_TO_ZERO, "scaled to zero replicas")
         return
     if ready_replicas >= 1 and current:
-        if metrics is not None:
-            _observe(st, out, await metrics.kv_samples(ref.namespace, st.data["selector"]),
-                     ((body.get("status") or {}).get("plan") or {}).get("observedKVCacheTokens"))
         st.condition(ConditionType.STALLED, False, Reason.REPLICAS_READY, "")
         st.condition(ConditionType.RECONCILING, False, Reason.REPLICAS_READY, "")
         st.condition(ConditionType.READY, True, Reason.REPLICAS_READY,
@@ -335,6 +336,21 @@ def workload_replicas(spec: Any, status: dict[str, Any]) -> int:
     if desired is None:
         desired = max(scaling.min_replicas, min(scaling.max_replicas, spec.replicas))
     return max(scaling.min_replicas, min(scaling.max_replicas, int(desired)))
+
+
+# Plan fields the observer writes from the engines' metrics; the reconcile keeps them.
+_OBSERVED_PLAN_KEYS = ("observedKVCacheTokens", "kvCacheTokensError")
+
+
+def observed_status(status: dict[str, Any], samples: list[KVSample]) -> Outcome:
+    """A Ready service's status with what its engines really allocated and the KV pressure
+    now, from one scrape of its pods; a PlanMismatch Event the first time an allocation is
+    far from the prediction. Not part of the reconcile: a slow metrics endpoint never holds
+    up one, and the observer (a timer) writes only what changed."""
+    st = _Status(status, None, "")
+    out = Outcome(status=st.data)
+    _observe(st, out, samples, (status.get("plan") or {}).get("observedKVCacheTokens"))
+    return out
 
 
 def _observe(st: _Status, out: Outcome, samples: list[KVSample], previous: int | None) -> None:

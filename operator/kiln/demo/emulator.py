@@ -55,6 +55,7 @@ RESOURCES: list[tuple[str, str, bool, list[str]]] = [
     ("v1/serviceaccounts", "ServiceAccount", True, []),
     ("rbac.authorization.k8s.io/v1/roles", "Role", True, []),
     ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", True, []),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, []),
     ("serving.kiln.dev/v1alpha1/llmservices", "LLMService", True, ["status", "scale"]),
     ("serving.kiln.dev/v1alpha1/llmengines", "LLMEngine", False, ["status"]),
 ]
@@ -113,6 +114,11 @@ class KilnEmulator(KubernetesEmulator):
     # namespace, server-side apply?): what an audit log would show; the chart's RBAC is
     # checked against it.
     audit: list[tuple[str, str, str, str, str | None, bool]] = attrs.field(factory=list, init=False)
+    # The stored objects by resource, so that a list or the kubelet's poll reads one kind
+    # instead of every object. Objects put into ``objects`` directly (the demo's nodes and
+    # namespaces) are picked up by a rebuild whenever the counts disagree.
+    _index: dict[Any, dict[tuple[str | None, str | None], Any]] = attrs.field(factory=dict, init=False)
+    _indexed: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -169,10 +175,36 @@ class KilnEmulator(KubernetesEmulator):
     async def _serve_delete(self, request: Any) -> Any:
         return self._by_key(request, request.namespace, request.name).last.raw
 
+    def _refresh_index(self) -> None:
+        if self._indexed != len(self._objects):
+            self._index = {}
+            for (res, ns, name), obj in self._objects.items():
+                self._index.setdefault(res, {})[ns, name] = obj
+            self._indexed = len(self._objects)
+
+    def live(self, plural: str) -> list[dict[str, Any]]:
+        """Every stored object of a resource (by its plural name) that is not deleted."""
+        self._refresh_index()
+        return [obj.raw for res, objs in list(self._index.items()) if res.plural == plural
+                for obj in list(objs.values()) if not obj.deleted]
+
+    def get_live(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """One stored object by its plural, namespace and name, or None."""
+        self._refresh_index()
+        for res, objs in self._index.items():
+            if res.plural == plural and (obj := objs.get((namespace, name))) is not None and not obj.deleted:
+                return obj.raw
+        return None
+
+    def _get_resources(self) -> list[Any]:
+        """kmock's reads every stored object's key, per request; the index has them."""
+        self._refresh_index()
+        return list({*super(KubernetesEmulator, self)._get_resources(), *self._index})
+
     def _current(self, request: Any) -> list[dict[str, Any]]:
-        return [obj.raw for (res, ns, _), obj in self._objects.items()
-                if res == request.resource and not obj.deleted
-                and (request.namespace is None or ns == request.namespace)]
+        self._refresh_index()
+        return [obj.raw for (ns, _), obj in list(self._index.get(request.resource, {}).items())
+                if not obj.deleted and (request.namespace is None or ns == request.namespace)]
 
     async def _serve_list(self, request: Any) -> Any:
         """A list with a real ``resourceVersion`` to watch from."""
@@ -292,6 +324,10 @@ class KilnEmulator(KubernetesEmulator):
             meta["generation"] = int(meta.get("generation", 1)) + 1
         meta["resourceVersion"] = self._next_version()
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            # The last finalizer of an object being deleted: it goes now, and watchers see
+            # only its DELETED event (the stored body must lose the finalizer first, or the
+            # deletion would wait for it forever).
+            self._objects[key].create(updated)
             await self._delete(key)
             return
         await self._store(key, updated, "MODIFIED")
@@ -306,7 +342,10 @@ class KilnEmulator(KubernetesEmulator):
         if key in self._objects:
             self._objects[key].create(obj)
         else:
+            self._refresh_index()
             self._objects[key] = obj
+            self._index.setdefault(key[0], {})[key[1:]] = self._objects[key]
+            self._indexed += 1
         await self._publish(key[0], event, obj)
 
     async def _publish(self, resource: Any, event: str, obj: dict[str, Any]) -> None:

@@ -49,15 +49,12 @@ class SimulatedCluster:
         self.on_event = on_event or (lambda message: None)
         self._seen: dict[tuple[str, str, str], float] = {}
         self._triton: dict[tuple[str, str], SimulatedTriton] = {}
+        self._pods: dict[str, int] = {}  # serving pods per service instance
         # Demand per service in replica-equivalents of KV blocks (0.35 = a third of one
         # replica's blocks), spread over its pods; the autoscaling demo and tests drive it.
         self.load: dict[str, float] = {}
         # Services whose metrics endpoints answer 503, to show that the autoscaler holds.
         self.metrics_outage: set[str] = set()
-
-    def _live(self, plural: str) -> list[dict[str, Any]]:
-        return [obj.raw for (resource, _, _), obj in list(self.emulator.objects.items())
-                if resource.plural == plural and not obj.deleted]
 
     def add_nodes(self) -> None:
         """Register the simulated GPU nodes, as their kubelets would."""
@@ -71,7 +68,7 @@ class SimulatedCluster:
             }
 
     async def step(self, now: float) -> None:
-        for job in self._live("jobs"):
+        for job in self.emulator.live("jobs"):
             key = ("job", job["metadata"]["namespace"], job["metadata"]["name"])
             if (job.get("status") or {}).get("conditions"):
                 continue
@@ -92,9 +89,9 @@ class SimulatedCluster:
                           " (simulated build)")
         # A LeaderWorkerSet replica is a group; only its leader (rank 0) serves and exposes
         # metrics, so the simulation runs one pod per group, named as LWS names leaders.
-        workloads = [(d, d["spec"]["template"], "deployment") for d in self._live("deployments")]
+        workloads = [(d, d["spec"]["template"], "deployment") for d in self.emulator.live("deployments")]
         workloads += [(g, g["spec"]["leaderWorkerTemplate"]["leaderTemplate"], "leaderworkerset")
-                      for g in self._live("leaderworkersets")]
+                      for g in self.emulator.live("leaderworkersets")]
         for workload, template, kind in workloads:
             meta = workload["metadata"]
             want = int(workload["spec"].get("replicas", 1))
@@ -135,14 +132,11 @@ class SimulatedCluster:
                                      "message": json.dumps(summary, sort_keys=True)}}}]})
 
     def _predicted_tokens(self, namespace: str, instance: str) -> int:
-        for (res, ns, name), obj in list(self.emulator.objects.items()):
-            if res.plural == "llmservices" and ns == namespace and name == instance and not obj.deleted:
-                return int(((obj.raw.get("status") or {}).get("plan") or {}).get("kvCacheTokens") or 65536)
-        return 65536
+        service = self.emulator.get_live("llmservices", namespace, instance) or {}
+        return int(((service.get("status") or {}).get("plan") or {}).get("kvCacheTokens") or 65536)
 
     def _per_pod_load(self, instance: str) -> float:
-        pods = [name for (_, name), triton in self._triton.items() if triton.instance_of == instance]
-        return self.load.get(instance, 0.35) / max(1, len(pods))
+        return self.load.get(instance, 0.35) / max(1, self._pods.get(instance, 0))
 
     async def _sync_pods(self, workload: dict[str, Any], template: dict[str, Any], want: int) -> None:
         meta = workload["metadata"]
@@ -157,6 +151,7 @@ class SimulatedCluster:
                                          lambda i=instance: i in self.metrics_outage)
                 await triton.start()
                 self._triton[key] = triton
+                self._pods[instance] = self._pods.get(instance, 0) + 1
             port = self._triton[key].port
             pod = {"apiVersion": "v1", "kind": "Pod",
                    "metadata": {"name": name, "namespace": namespace,
@@ -174,11 +169,13 @@ class SimulatedCluster:
                                        "metadata": {"name": name, "namespace": namespace}})
                 await triton.stop()
                 del self._triton[(namespace_, name)]
+                self._pods[triton.instance_of] -= 1
 
     async def close(self) -> None:
         for triton in self._triton.values():
             await triton.stop()
         self._triton.clear()
+        self._pods.clear()
 
     async def run(self, stop: asyncio.Event, period: float = 0.1) -> None:
         loop = asyncio.get_running_loop()

@@ -106,6 +106,11 @@ async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90
             if all_ready:
                 break
             await asyncio.sleep(0.25)
+        # The KV-UTIL column: the operator's observer scrapes each Ready service's pods.
+        observed_by = asyncio.get_running_loop().time() + 5.0
+        while all_ready and asyncio.get_running_loop().time() < observed_by and not all(
+                "kvCacheUtilization" in (s.get("status") or {}) for s in sandbox.objects("llmservices")):
+            await asyncio.sleep(0.25)
         await sandbox.stop_operator()
         await sandbox.stop_kubelet()
         say("\n$ kubectl get llms -A")

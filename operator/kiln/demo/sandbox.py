@@ -41,7 +41,7 @@ class Sandbox:
     def __init__(self, *, build_seconds: float = 1.0, start_seconds: float = 0.5,
                  retry_delay: float = 0.5, on_event: Callable[[str], None] | None = None,
                  fail_builds: Callable[[dict[str, Any]], bool] | None = None,
-                 autoscale_period: float = 15.0,
+                 autoscale_period: float = 15.0, observe_period: float = 1.0,
                  autoscale_timing: dict[str, float] | None = None,
                  leader_worker_set: bool = True, emulator: KilnEmulator | None = None,
                  exit_timeout: float | None = None) -> None:
@@ -55,6 +55,7 @@ class Sandbox:
         self._on_event = on_event
         self._fail_builds = fail_builds
         self._autoscale_period = autoscale_period
+        self._observe_period = observe_period
         self._autoscale_timing = autoscale_timing or {}
         self._exit_timeout = exit_timeout
         self._operator: tuple[threading.Thread, threading.Event] | None = None
@@ -121,15 +122,11 @@ class Sandbox:
 
     def objects(self, plural: str) -> list[dict[str, Any]]:
         """Live objects of a kind, sorted by namespace and name."""
-        return sorted((obj.raw for (res, _, _), obj in list(self.emulator.objects.items())
-                       if res.plural == plural and not obj.deleted),
+        return sorted(self.emulator.live(plural),
                       key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
 
     def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
-        for obj in self.objects(plural):
-            if obj["metadata"]["name"] == name and obj["metadata"].get("namespace") == namespace:
-                return obj
-        return None
+        return self.emulator.get_live(plural, namespace, name)
 
     def events(self, plural: str) -> list[tuple[str, dict[str, Any]]]:
         """Every watch event the API server sent for a kind: (type, object)."""
@@ -165,6 +162,7 @@ class Sandbox:
         async def main() -> None:
             ctx = self.operator_context = emulator_operator(
                 self.url, max_retry_delay=self._retry_delay, autoscale_period=self._autoscale_period,
+                observe_period=self._observe_period,
                 autoscale_timing=self._autoscale_timing, exit_timeout=self._exit_timeout)
             try:
                 await run_operator(ctx, stop)

@@ -14,8 +14,8 @@ from ..planner import GPU, Plan
 from .engine import Engine, build_job, engine_for, engine_key, llm_engine
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
 from .scaling import scaler
-from .serving import (endpoint, launcher_access, multi_node, server_name, service, workload,
-                      workload_ref)
+from .serving import (endpoint, multi_node, network_policy, server_name, service,
+                      service_accounts, workload, workload_ref)
 
 __all__ = ["ServiceRef", "Rendered", "render", "Engine", "engine_for", "engine_key",
            "FIELD_MANAGER", "SPEC_HASH_ANNOTATION", "endpoint", "server_name", "selector",
@@ -40,12 +40,14 @@ class Rendered:
     workload: dict[str, Any]
     service: dict[str, Any]
     scaler: dict[str, Any] | None = None  # KEDA ScaledObject or HPA, by autoscaling.mode
-    # Multi-node only: the leader's ServiceAccount, Role and RoleBinding (applied first).
+    # The serving pods' ServiceAccount; multi-node also the leader's, its Role and
+    # RoleBinding. Applied before the workload.
     access: tuple[dict[str, Any], ...] = ()
+    network_policy: dict[str, Any] | None = None  # spec.networkPolicy.enabled
 
     def objects(self) -> list[dict[str, Any]]:
         objects = [self.engine, self.build_job, *self.access, self.workload, self.service]
-        return objects + ([self.scaler] if self.scaler else [])
+        return objects + [obj for obj in (self.network_policy, self.scaler) if obj]
 
 
 def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
@@ -59,7 +61,8 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
                             build_gpus, ref.uid),
         workload=workload(spec, plan, engine, gpu, ref.name, ref.namespace,
                           spec.replicas if replicas is None else replicas, ref.uid),
-        access=tuple(launcher_access(spec, ref.name, ref.namespace, ref.uid)),
+        access=tuple(service_accounts(spec, ref.name, ref.namespace, ref.uid)),
+        network_policy=network_policy(spec, ref.name, ref.namespace, ref.uid),
         service=service(spec, ref.name, ref.namespace, ref.uid),
         scaler=scaler(spec, ref.name, ref.namespace, ref.uid),
     )

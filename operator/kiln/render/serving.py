@@ -11,13 +11,13 @@ from ..api import API_VERSION, LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
 from ..toolchain import DJL_IMAGE, RUNTIME_IMAGE
 from .engine import Engine
-from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, child_name, labels, owner_reference,
+from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, LABEL_INSTANCE, child_name, labels, owner_reference,
                    selector, stamp)
 from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, shm_volume, tmp_volume)
 
 __all__ = ["SERVE_SPEC_ENV", "PORTS", "server_name", "group_name", "launcher_name", "multi_node",
-           "workload", "workload_ref", "launcher_access", "deployment", "leader_worker_set",
+           "workload", "workload_ref", "service_accounts", "network_policy", "OPERATOR_POD_LABEL", "deployment", "leader_worker_set",
            "service", "endpoint", "LWS_API_VERSION"]
 
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
@@ -186,6 +186,7 @@ def deployment(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, insta
                              "annotations": {ENGINE_KEY_ANNOTATION: engine.key}},
                 "spec": {
                     "securityContext": restricted_pod_security(),
+                    "serviceAccountName": server_name(instance),
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "containers": [container],
@@ -219,7 +220,7 @@ def leader_worker_set(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU
             "spec": {
                 "securityContext": restricted_pod_security(),
                 # Only the leader talks to the API (kubectl exec into its workers).
-                **({"serviceAccountName": launcher_name(instance)} if leader else {}),
+                "serviceAccountName": launcher_name(instance) if leader else server_name(instance),
                 "automountServiceAccountToken": leader,
                 "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "containers": [container],
@@ -254,19 +255,24 @@ def _worker_pods(instance: str, groups: int, size: int) -> list[str]:
     return [f"{name}-{g}-{w}" for g in range(groups) for w in range(1, size)]
 
 
-def launcher_access(spec: LLMServiceSpec, instance: str, namespace: str,
-                    owner_uid: str | None) -> list[dict[str, Any]]:
-    """The leader's ServiceAccount, and a Role that lets it exec into its group's workers
-    only: pods and pods/exec by name, for every group up to the most replicas the service
-    may run. Empty for single-node services."""
+def service_accounts(spec: LLMServiceSpec, instance: str, namespace: str,
+                     owner_uid: str | None) -> list[dict[str, Any]]:
+    """The service's own ServiceAccount for its serving pods (no token mounted: they never
+    call the API), and for a multi-node service the leader's, with a Role that lets it
+    exec into its group's workers only: pods and pods/exec by name, for every group up to
+    the most replicas the service may run."""
+    server = {"name": server_name(instance), "namespace": namespace,
+              "labels": labels(instance, "server"), "ownerReferences": _owner(instance, owner_uid)}
+    objects = [stamp({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": server,
+                      "automountServiceAccountToken": False})]
     if not multi_node(spec):
-        return []
+        return objects
     groups = max(spec.replicas, spec.autoscaling.max_replicas)
     pods = _worker_pods(instance, groups, spec.gpus // spec.gpu.per_node)
     name = launcher_name(instance)
     meta = {"name": name, "namespace": namespace, "labels": labels(instance, "launcher"),
             "ownerReferences": _owner(instance, owner_uid)}
-    return [
+    return objects + [
         stamp({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta),
                "automountServiceAccountToken": False}),
         stamp({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta),
@@ -281,6 +287,49 @@ def launcher_access(spec: LLMServiceSpec, instance: str, namespace: str,
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
     ]
+
+
+# The label the operator's pods carry (charts/kiln), so that a NetworkPolicy can let
+# them, and only them, scrape the serving pods' metrics.
+OPERATOR_POD_LABEL = ("kiln.dev/operator", "true")
+
+
+def network_policy(spec: LLMServiceSpec, instance: str, namespace: str,
+                   owner_uid: str | None) -> dict[str, Any] | None:
+    """Ingress to the service's pods (see :class:`~kiln.api.NetworkPolicySpec`), or None
+    when ``spec.networkPolicy.enabled`` is off."""
+    policy = spec.network_policy
+    if not policy.enabled:
+        return None
+
+    def namespaces(names: list[str]) -> list[dict[str, Any]]:
+        return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+                for name in sorted(set(names))]
+
+    def ports(*names: str) -> list[dict[str, Any]]:
+        return [{"protocol": "TCP", "port": name} for name in names]
+
+    djl = spec.runtime.server == ServerKind.DJL
+    operator = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict([OPERATOR_POD_LABEL])}}
+    rules = [
+        {"from": [{"podSelector": {}}, *namespaces(policy.allowed_namespaces)],
+         "ports": ports("http") if djl else ports("http", "grpc")},
+        # DJL Serving has one port (HTTP), covered by the first rule.
+        *([] if djl else [{"from": [operator, *namespaces(policy.metrics_namespaces)],
+                           "ports": ports("metrics")}]),
+        # The ranks of a multi-node replica: MPI and NCCL on ports chosen at run time.
+        *([{"from": [{"podSelector": {"matchLabels": {LABEL_INSTANCE: instance}}}]}]
+          if multi_node(spec) else []),
+    ]
+    return stamp({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": server_name(instance), "namespace": namespace,
+                     "labels": labels(instance, "server"),
+                     "ownerReferences": _owner(instance, owner_uid)},
+        "spec": {"podSelector": {"matchLabels": {LABEL_INSTANCE: instance}},
+                 "policyTypes": ["Ingress"], "ingress": rules},
+    })
 
 
 def service(spec: LLMServiceSpec, instance: str, namespace: str,

@@ -1,0 +1,95 @@
+"""Watch-fed caches of the objects Kiln owns, so that a reconcile reads memory, not the API.
+
+A controller-runtime controller reads its owned objects from informers; this is the same
+with kopf's indexes: kopf lists and watches each kind below (objects labelled
+``app.kubernetes.io/managed-by: kiln``), keeps a slim copy of each (what the reconcile
+reads: identity, Kiln's annotations, generation and status), and holds every handler back
+until the first list is in. A resync of a settled service then costs two reads (the
+model-token Secret, never cached, and the cluster-scoped LLMEngine) instead of seven.
+
+A cache can trail the server by one watch event. The reconcile is written for that: a
+missing object is applied (server-side apply of an object that exists is a no-op, and
+names are deterministic, so nothing is created twice), and an out-of-date one is
+re-applied or polled again. Kinds whose API may be absent (LeaderWorkerSet, KEDA, the
+autoscaling API) and the RBAC kinds are read from the API as before.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from ..render.meta import LABEL_MANAGED_BY, MANAGED_BY
+from .kube import KubeApi
+
+__all__ = ["CACHED_KINDS", "CachedKubeApi", "cache_indexes", "register_caches"]
+
+# (apiVersion, kind) -> (group, version, plural)
+CACHED_KINDS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("apps/v1", "Deployment"): ("apps", "v1", "deployments"),
+    ("batch/v1", "Job"): ("batch", "v1", "jobs"),
+    ("v1", "Service"): ("", "v1", "services"),
+    ("v1", "ServiceAccount"): ("", "v1", "serviceaccounts"),
+}
+
+
+_PREFIX = "kiln_cache_"
+
+
+def _index_id(plural: str) -> str:
+    return _PREFIX + plural
+
+
+def cache_indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The caches among a handler's keyword arguments (to hand on to another call)."""
+    return {key: value for key, value in kwargs.items() if key.startswith(_PREFIX)}
+
+
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconcile reads of an owned object."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+        "metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "generation": meta.get("generation"), "resourceVersion": meta.get("resourceVersion"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                            if k.startswith("kiln.dev/")},
+        },
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
+def register_caches(registry: kopf.OperatorRegistry) -> None:
+    def index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): slim(body)}
+
+    for group, version, plural in CACHED_KINDS.values():
+        kopf.index(group, version, plural, registry=registry, id=_index_id(plural),
+                   labels={LABEL_MANAGED_BY: MANAGED_BY})(index)
+
+
+class CachedKubeApi:
+    """A :class:`KubeApi` whose ``get`` of a cached kind reads the index kopf passed to the
+    handler (``indexes``: the handler's keyword arguments); every other call goes through."""
+
+    def __init__(self, api: KubeApi, indexes: Mapping[str, Any]) -> None:
+        self._api = api
+        self._indexes = {key: indexes[_index_id(plural)]
+                         for key, (_, _, plural) in CACHED_KINDS.items() if _index_id(plural) in indexes}
+
+    async def get(self, api_version: str, kind: str, name: str,
+                  namespace: str | None = None) -> dict[str, Any] | None:
+        index = self._indexes.get((api_version, kind))
+        if index is None:
+            return await self._api.get(api_version, kind, name, namespace)
+        for cached in index.get((namespace, name), ()):
+            return copy.deepcopy(cached)
+        return None
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._api, attribute)
