@@ -1,4 +1,5 @@
-"""Fault injection for the restart tests: an API server that freezes the operator mid-reconcile.
+"""Fault injection: an API server that freezes the operator mid-reconcile (the restart
+tests), and one that answers the operator with conflicts and outages.
 
 A crashed operator is one whose next write never reaches the API server. kmock has no fault
 injection, so :class:`FreezingEmulator` adds it: after the operator's ``k``-th write (by its
@@ -19,7 +20,7 @@ import attrs
 from kiln.controller.handlers import OPERATOR_TOKEN
 from kiln.demo.emulator import KilnEmulator
 
-__all__ = ["FreezingEmulator"]
+__all__ = ["FreezingEmulator", "FlakyEmulator"]
 
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -56,4 +57,41 @@ class FreezingEmulator(KilnEmulator):
                 await self._released.wait()
                 return aiohttp.web.Response(status=503, text="the operator was killed")
             self.writes += 1
+        return await super()._handle(request)
+
+
+@attrs.define(kw_only=True)
+class FlakyEmulator(KilnEmulator):
+    """Answers the operator's requests with what a busy or failing API server sends, and
+    counts what it refused. kmock has no fault injection; this is it.
+
+    - ``conflicts``: the next n server-side applies of the kind fail with 409 Conflict (an
+      apply whose field manager lost a race, or an optimistic-lock failure);
+    - ``outage``: while set, every request from the operator gets 503 Service Unavailable
+      (an API server restarting, an overloaded aggregation layer).
+    """
+
+    conflicts: dict[str, int] = attrs.field(factory=dict, init=False)
+    outage: bool = attrs.field(default=False, init=False)
+    refused: list[tuple[int, str, str]] = attrs.field(factory=list, init=False)
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        method = str(getattr(request.method, "value", request.method)).upper()
+        token = str(request.headers.get("Authorization", "")).removeprefix("Bearer ").strip()
+        plural = request.resource.plural if request.resource is not None else ""
+        if token == OPERATOR_TOKEN and self.outage:
+            self.refused.append((503, method, plural))
+            return aiohttp.web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503,
+                 "reason": "ServiceUnavailable", "message": "the API server is unavailable"},
+                status=503)
+        applies = method == "PATCH" and "apply-patch" in str(request.headers.get("Content-Type", ""))
+        if token == OPERATOR_TOKEN and applies and self.conflicts.get(plural, 0) > 0:
+            self.conflicts[plural] -= 1
+            self.refused.append((409, method, plural))
+            return aiohttp.web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409,
+                 "reason": "Conflict", "message": f"Operation cannot be fulfilled on {plural}: "
+                 "the object has been modified; please apply your changes to the latest version"},
+                status=409)
         return await super()._handle(request)

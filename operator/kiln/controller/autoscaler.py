@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import AutoscalingMode, LLMServiceSpec
-from ..autoscale import Decision, LawParams, Recommendations, Sample, decide
+from ..autoscale import Decision, KVSample, LawParams, Recommendations, Sample, decide
 from ..render.meta import selector_string
 from ..render.serving import workload_ref
 from .kube import KubeApi
@@ -27,6 +27,7 @@ AUTOSCALE_PERIOD_SECONDS = 15.0
 class _Fleet:
     samples: list[Sample] = field(default_factory=list)
     recommendations: Recommendations = field(default_factory=Recommendations)
+    latest: list[KVSample] = field(default_factory=list)  # the last scrape, for the status
 
 
 @dataclass
@@ -48,6 +49,11 @@ class BuiltinAutoscaler:
     def forget(self, namespace: str, name: str) -> None:
         self._fleets.pop((namespace, name), None)
 
+    def latest(self, namespace: str, name: str) -> list[KVSample]:
+        """What the last scrape of a service's pods read (empty before the first)."""
+        fleet = self._fleets.get((namespace, name))
+        return list(fleet.latest) if fleet else []
+
     async def evaluate(self, namespace: str, name: str, spec: LLMServiceSpec,
                        current: int) -> Decision | None:
         """A decision for a builtin-mode service whose workload runs ``current`` replicas."""
@@ -64,7 +70,8 @@ class BuiltinAutoscaler:
         if fleet is None:
             fleet = self._fleets[(namespace, name)] = _Fleet()
             fleet.recommendations.add(now, current, params.stabilization_seconds)
-        for sample in await self.metrics.kv_samples(namespace, selector_string(name, "server")):
+        fleet.latest = await self.metrics.kv_samples(namespace, selector_string(name, "server"))
+        for sample in fleet.latest:
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
                                         sample.waiting_requests, sample.active_requests,
                                         batch_fraction=sample.batch_fraction))

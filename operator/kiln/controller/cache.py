@@ -17,7 +17,7 @@ autoscaling API) and the RBAC kinds are read from the API as before.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -64,13 +64,22 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def register_caches(registry: kopf.OperatorRegistry) -> None:
+def register_caches(registry: kopf.OperatorRegistry, changed: Callable[[str], None]) -> None:
+    """The caches, and ``changed(owner uid)`` on every event of an owned object (a Job that
+    completed, a Deployment whose replicas became ready, one someone edited or deleted), so
+    that the owner's next resync tick reconciles it (see ``handlers.resync``)."""
     def index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): slim(body)}
 
+    def notice(event: kopf.RawEvent, **_: Any) -> None:
+        for owner in (event.get("object") or {}).get("metadata", {}).get("ownerReferences") or []:
+            if owner.get("uid"):
+                changed(owner["uid"])
+
     for group, version, plural in CACHED_KINDS.values():
-        kopf.index(group, version, plural, registry=registry, id=_index_id(plural),
-                   labels={LABEL_MANAGED_BY: MANAGED_BY})(index)
+        selection = {"registry": registry, "labels": {LABEL_MANAGED_BY: MANAGED_BY}}
+        kopf.index(group, version, plural, id=_index_id(plural), **selection)(index)
+        kopf.on.event(group, version, plural, id=f"kiln_changed_{plural}", **selection)(notice)
 
 
 class CachedKubeApi:

@@ -28,10 +28,15 @@ from .telemetry import Telemetry
 __all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS", "OBSERVE_PERIOD_SECONDS",
            "OPERATOR_TOKEN"]
 
+# The resync tick: how soon a change to an owned object (a build Job completing, a
+# Deployment's replicas becoming ready, an edit or a deletion), seen by its watch, is acted
+# on. A service whose owned objects did not change is reconciled in full only every
+# FULL_RESYNC_SECONDS (controller-runtime's SyncPeriod, which defaults to 10 hours).
 RESYNC_SECONDS = 30.0
-# How often a Ready service's pods are scraped for the status's KV figures (the builtin
-# autoscaler scrapes on its own period).
-OBSERVE_PERIOD_SECONDS = 30.0
+FULL_RESYNC_SECONDS = 300.0
+# How often a Ready service's pods are scraped for the status's KV figures (in builtin mode
+# the autoscaler's own scrapes feed them).
+OBSERVE_PERIOD_SECONDS = 60.0
 # The bearer token the operator presents to an emulator, so that its requests can be told
 # apart from the tests' and the simulated kubelet's (the RBAC test audits them).
 OPERATOR_TOKEN = "kiln-operator"
@@ -64,11 +69,25 @@ class OperatorContext:
     kopf_session: aiohttp.ClientSession | None = None
     reconcile_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_RECONCILES))
+    # Services (by uid) whose owned objects changed since their last resync, and when each
+    # was last reconciled in full by the resync.
+    changed: set[str] = field(default_factory=set)
+    last_full_resync: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.metrics is None:
             self.metrics = PodMetrics(self.api)
         self.autoscaler = BuiltinAutoscaler(self.api, self.metrics, dict(self.autoscale_timing))
+
+
+# Retries after a failed reconcile: 1 s, doubling to at most 5 minutes (controller-runtime's
+# per-object rate limiter does the same, from 5 ms to 1000 s).
+ERROR_BACKOFF_SECONDS = (1.0, 300.0)
+
+
+def error_backoff(retry: int) -> float:
+    first, most = ERROR_BACKOFF_SECONDS
+    return min(most, first * 2 ** min(retry, 16))
 
 
 def _now() -> str:
@@ -108,7 +127,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             settings.queueing.exit_timeout = ctx.exit_timeout
             settings.background.instant_exit_timeout = ctx.exit_timeout
 
-    register_caches(registry)
+    register_caches(registry, ctx.changed.add)
 
     if ctx.login_url is not None:
         @kopf.on.login(registry=registry)
@@ -139,12 +158,17 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             started = time.perf_counter()
             try:
                 outcome = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models, _now())
-            except Exception as error:  # kopf retries it; counted so that alerts see it
+            except Exception as error:
+                # A conflict, an API outage, anything unexpected: counted (alerts see it),
+                # posted, and retried with exponential backoff; the status is not touched.
                 telemetry.reconcile_errors.labels("LLMService", type(error).__name__).inc()
+                delay = error_backoff(int(kwargs.get("retry") or 0))
+                if ctx.max_retry_delay is not None:
+                    delay = min(delay, ctx.max_retry_delay)
                 said = " ".join(str(error).split())[:300]
                 kopf.event(body, type="Warning", reason="ReconcileError",
-                           message=f"{type(error).__name__}: {said}; retrying with backoff")
-                raise
+                           message=f"{type(error).__name__}: {said}; retrying in {delay:g}s")
+                raise kopf.TemporaryError(f"{type(error).__name__}: {said}", delay=delay) from error
             finally:
                 telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)
         diff = _status_diff(dict(body.status), outcome.status)
@@ -169,16 +193,29 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                 initial_delay=RESYNC_SECONDS, id="resync")
     async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
                      stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-        """Pick up what changes outside the spec: builds finishing, replicas failing."""
+        """Pick up what changes outside the spec: builds finishing, replicas failing, edits
+        to owned objects; and, every FULL_RESYNC_SECONDS, whatever no watch reported."""
         if stopped:  # the operator is exiting: start nothing it would have to abandon
             return
+        uid, now = body.metadata.get("uid") or "", time.monotonic()
+        last = ctx.last_full_resync.setdefault(uid, now)
+        if uid not in ctx.changed and now - last < FULL_RESYNC_SECONDS:
+            return
+        ctx.changed.discard(uid)
+        ctx.last_full_resync[uid] = now
         try:
             await reconcile(body, patch, logger, **cache_indexes(kwargs))
         except kopf.TemporaryError:
             pass  # the next tick comes anyway
 
+    def builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
+        return (spec.get("autoscaling") or {}).get("mode") == AutoscalingMode.BUILTIN.value
+
+    def not_builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
+        return not builtin_mode(spec)
+
     @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=ctx.observe_period,
-                initial_delay=ctx.observe_period, id="observe")
+                initial_delay=ctx.observe_period, id="observe", when=not_builtin_mode)
     async def observe(body: kopf.Body, patch: kopf.Patch, stopped: kopf.DaemonStopped,
                       **_: Any) -> None:
         """Scrape a Ready service's pods: the KV-cache tokens its engines really allocated
@@ -192,9 +229,6 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         patch.status.update(_status_diff(status, outcome.status))
         ctx.telemetry.observe_service(meta["namespace"], meta["name"], dict(body.spec), outcome.status)
         post(body, outcome.events)
-
-    def builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
-        return (spec.get("autoscaling") or {}).get("mode") == AutoscalingMode.BUILTIN.value
 
     @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=ctx.autoscale_period,
                 initial_delay=ctx.autoscale_period, id="autoscale", when=builtin_mode)
@@ -215,6 +249,13 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                                                  spec, current)
         if decision is None:
             return
+        if is_true(status.get("conditions", []), "Ready"):  # what the scrape showed, as observe does
+            observed = observed_status(status, ctx.autoscaler.latest(body.metadata["namespace"],
+                                                                     body.metadata["name"]))
+            status = observed.status
+            post(body, observed.events)
+            ctx.telemetry.observe_service(body.metadata["namespace"], body.metadata["name"],
+                                          dict(body.spec), status)
         direction = "up" if decision.desired > current else "down" if decision.desired < current else "hold"
         ctx.telemetry.decisions.labels(body.metadata["namespace"], body.metadata["name"], direction).inc()
         now = _now()
@@ -248,6 +289,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             return
         meta = event["object"].get("metadata") or {}
         ctx.autoscaler.forget(meta.get("namespace", ""), meta.get("name", ""))
+        ctx.changed.discard(meta.get("uid", ""))
+        ctx.last_full_resync.pop(meta.get("uid", ""), None)
         ctx.telemetry.forget_service(meta.get("namespace", ""), meta.get("name", ""))
 
     return registry

@@ -25,9 +25,10 @@ def restricted_pod_security() -> dict[str, Any]:
 def restricted_container_security() -> dict[str, Any]:
     """No privilege escalation, no capabilities.
 
-    The root filesystem stays writable: TensorRT-LLM and Triton's Python backend write
-    caches and stubs under their install directories, so this is the one documented
-    exception to the restricted profile.
+    Together with :func:`restricted_pod_security` this meets Pod Security "restricted". The
+    root filesystem stays writable (a hardening step the profile does not require):
+    TensorRT-LLM and Triton's Python backend write caches and stubs under their install
+    directories.
     """
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
             "readOnlyRootFilesystem": False, "runAsNonRoot": True,
