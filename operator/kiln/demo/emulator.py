@@ -8,7 +8,9 @@ served (trimmed here to the recent ones, see :meth:`KilnEmulator._handle`). A re
 dependents through ``ownerReferences``, and (6) resumes a watch from the ``resourceVersion`` a
 list returned instead of replaying every object (kmock's list says ``"..."`` and its watch replays
 all objects as ADDED; kopf lists, then watches, so it would see each object twice and stall on a
-stale ``resourceVersion`` after adding its finalizer). This subclass adds exactly those. It does *not*
+stale ``resourceVersion`` after adding its finalizer), and (7) lists only the objects a
+``labelSelector`` selects (kmock's list ignores it, so every service's scrape would read
+every pod of its namespace). This subclass adds exactly those. It does *not*
 validate schemas or CEL rules (tests check those against the generated CRDs separately),
 and server-side apply here replaces each top-level field Kiln sends, which equals the real
 merge only because Kiln is the sole manager of every field it applies.
@@ -87,6 +89,37 @@ def _audit_entry(request: Any, absent: bool) -> tuple[str, str, str, str, str | 
     token = str(request.headers.get("Authorization", "")).removeprefix("Bearer ").strip()
     resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
     return token, verb, request.resource.group or "", resource, request.namespace, applies
+
+
+def _selector(text: str) -> list[tuple[str, str, str | None]]:
+    """A label selector's equality-based terms (``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``),
+    as (key, operator, value); kmock's list ignores ``labelSelector``."""
+    terms: list[tuple[str, str, str | None]] = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            terms.append((key.strip(), "!=", value.strip()))
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            terms.append((key.strip(), "=", value.strip()))
+        elif term.startswith("!"):
+            terms.append((term[1:].strip(), "!", None))
+        else:
+            terms.append((term, "exists", None))
+    return terms
+
+
+def _matches(terms: list[tuple[str, str, str | None]], labels: dict[str, str]) -> bool:
+    for key, op, value in terms:
+        if op == "=" and labels.get(key) != value:
+            return False
+        if op == "!=" and labels.get(key) == value:
+            return False
+        if op == "exists" and key not in labels:
+            return False
+        if op == "!" and key in labels:
+            return False
+    return True
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
@@ -203,8 +236,10 @@ class KilnEmulator(KubernetesEmulator):
 
     def _current(self, request: Any) -> list[dict[str, Any]]:
         self._refresh_index()
+        wanted = _selector(str(request.params.get("labelSelector", "")))
         return [obj.raw for (ns, _), obj in list(self._index.get(request.resource, {}).items())
-                if not obj.deleted and (request.namespace is None or ns == request.namespace)]
+                if not obj.deleted and (request.namespace is None or ns == request.namespace)
+                and _matches(wanted, (obj.raw.get("metadata") or {}).get("labels") or {})]
 
     async def _serve_list(self, request: Any) -> Any:
         """A list with a real ``resourceVersion`` to watch from."""
