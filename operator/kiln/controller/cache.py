@@ -68,10 +68,10 @@ def register_caches(registry: kopf.OperatorRegistry, changed: Callable[[str], No
     """The caches, and ``changed(owner uid)`` on every event of an owned object (a Job that
     completed, a Deployment whose replicas became ready, one someone edited or deleted), so
     that the owner's next resync tick reconciles it (see ``handlers.resync``)."""
-    def index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): slim(body)}
 
-    def notice(event: kopf.RawEvent, **_: Any) -> None:
+    async def notice(event: kopf.RawEvent, **_: Any) -> None:
         for owner in (event.get("object") or {}).get("metadata", {}).get("ownerReferences") or []:
             if owner.get("uid"):
                 changed(owner["uid"])
