@@ -20,7 +20,7 @@ Measured, and printed as JSON with each target and whether it holds:
   writes (the resync, the observer and the autoscaler read, find nothing changed, and write
   nothing). Steady state starts once a full resync tick has passed without an operator
   write after the last service turned Ready (``secondsToSettle``; the first scrapes after
-  Ready write the observed KV figures once per service).
+  Ready write the observed KV figures once per service), nor one observer period.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import aiohttp  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from kiln.controller.conditions import is_true  # noqa: E402
-from kiln.controller.handlers import OPERATOR_TOKEN, RESYNC_SECONDS  # noqa: E402
+from kiln.controller.handlers import OBSERVE_PERIOD_SECONDS, OPERATOR_TOKEN, RESYNC_SECONDS  # noqa: E402
 from kiln.controller.operator import run_operator  # noqa: E402
 from kiln.demo.run import load_manifests  # noqa: E402
 from kiln.demo.sandbox import Sandbox, emulator_operator  # noqa: E402
@@ -160,11 +160,13 @@ async def run(count: int, steady_seconds: float) -> dict[str, Any]:
 
             # Settle: the first resync and scrapes after Ready still write (the observed KV
             # capacity, the utilisation), once per service. Steady state starts after a full
-            # resync period without an operator write (or after 5 minutes, whatever it is).
+            # period of every periodic handler (resync, observer) without an operator write
+            # (or after 5 minutes, whatever it is).
             settle_started = time.monotonic()
             quiet_since = settle_started
             mark = len(sb.emulator.audit)
-            while time.monotonic() - quiet_since < RESYNC_SECONDS + 5 and \
+            quiet = max(RESYNC_SECONDS, OBSERVE_PERIOD_SECONDS) + 5
+            while time.monotonic() - quiet_since < quiet and \
                     time.monotonic() - settle_started < 300:
                 await asyncio.sleep(1.0)
                 fresh = sb.emulator.audit[mark:]

@@ -197,13 +197,15 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
                      stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         """Pick up what changes outside the spec: builds finishing, replicas failing, edits
-        to owned objects; and, every FULL_RESYNC_SECONDS, whatever no watch reported."""
+        to owned objects, a missing Secret created; and, every FULL_RESYNC_SECONDS, whatever
+        no watch reported."""
         if stopped:  # the operator is exiting: start nothing it would have to abandon
             return
         uid, now = body.metadata.get("uid") or "", time.monotonic()
         last = ctx.last_full_resync.setdefault(uid, now)
-        if uid not in ctx.changed and now - last < FULL_RESYNC_SECONDS:
-            return
+        settled = is_true(dict(body.status).get("conditions", []), "Ready")
+        if settled and uid not in ctx.changed and now - last < FULL_RESYNC_SECONDS:
+            return  # nothing changed (a service not Ready yet, e.g. waiting for its Secret, is retried)
         ctx.changed.discard(uid)
         ctx.last_full_resync[uid] = now
         try:
