@@ -18,9 +18,10 @@ Measured, and printed as JSON with each target and whether it holds:
 - API requests per minute at steady state, by verb, from the emulator's audit of the
   operator's token over ``--steady-seconds`` (two resync ticks by default); target: zero
   writes (the resync, the observer and the autoscaler read, find nothing changed, and write
-  nothing). Steady state starts once a full resync tick has passed without an operator
-  write after the last service turned Ready (``secondsToSettle``; the first scrapes after
-  Ready write the observed KV figures once per service), nor one observer period.
+  nothing). Steady state starts once a full resync tick and a full observer period have
+  passed without an operator write after the last service turned Ready
+  (``secondsToSettle``; the first scrapes after Ready write the observed KV figures once
+  per service).
 """
 
 from __future__ import annotations
