@@ -106,11 +106,26 @@ def test_prefill_or_batch_saturation_scales_up_with_an_empty_kv_cache():
     prefill = [Sample(t, f"r{i}", 0.05, prefill_load=0.95) for i in range(2) for t in range(940, 1001, 15)]
     decision = decide(1000, prefill, current=2, ready=2, starting=0, params=PARAMS,
                       recommendations=Recommendations())
-    assert decision.desired == 3 and decision.reason.startswith("prefill load 95%")
+    # Each resource against its own target: prefill 95% of a 50% target is 1.9 replicas' worth.
+    assert decision.desired == 4 and decision.reason.startswith("prefill load 95% against a 50% target")
     batch = [Sample(t, f"r{i}", 0.05, batch_fraction=1.0) for i in range(2) for t in range(940, 1001, 15)]
     decision = decide(1000, batch, current=2, ready=2, starting=0, params=PARAMS,
                       recommendations=Recommendations())
-    assert decision.desired == 3 and decision.reason.startswith("batch load 100%")
+    assert decision.desired == 3 and decision.reason.startswith("batch load 100% against a 80% target")
+
+
+def test_each_resource_is_held_at_its_own_target():
+    """A batch 80% full is fine (target 80%: requests still start at once); a KV cache 80%
+    full is not (target 75%: the next long sequences would queue); nor is a replica
+    spending 80% of its time on prefill (target 50%: new requests wait behind prompts)."""
+    def at(**load):
+        samples = [Sample(t, f"r{i}", load.get("kv", 0.05), prefill_load=load.get("prefill"),
+                          batch_fraction=load.get("batch")) for i in range(2) for t in range(940, 1001, 15)]
+        return decide(1000, samples, current=2, ready=2, starting=0, params=PARAMS,
+                      recommendations=Recommendations()).desired
+    assert at(batch=0.80) == 2
+    assert at(kv=0.95) == 3
+    assert at(prefill=0.80) == 4
 
 
 def test_a_burst_between_quiet_scrapes_counts():
