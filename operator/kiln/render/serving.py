@@ -255,15 +255,21 @@ def _worker_pods(instance: str, groups: int, size: int) -> list[str]:
     return [f"{name}-{g}-{w}" for g in range(groups) for w in range(1, size)]
 
 
+def _server_meta(instance: str, namespace: str, owner_uid: str | None) -> dict[str, Any]:
+    """Metadata of the objects named after the serving pods (Service, ServiceAccount,
+    NetworkPolicy)."""
+    return {"name": server_name(instance), "namespace": namespace,
+            "labels": labels(instance, "server"), "ownerReferences": _owner(instance, owner_uid)}
+
+
 def service_accounts(spec: LLMServiceSpec, instance: str, namespace: str,
                      owner_uid: str | None) -> list[dict[str, Any]]:
     """The service's own ServiceAccount for its serving pods (no token mounted: they never
     call the API), and for a multi-node service the leader's, with a Role that lets it
     exec into its group's workers only: pods and pods/exec by name, for every group up to
     the most replicas the service may run."""
-    server = {"name": server_name(instance), "namespace": namespace,
-              "labels": labels(instance, "server"), "ownerReferences": _owner(instance, owner_uid)}
-    objects = [stamp({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": server,
+    objects = [stamp({"apiVersion": "v1", "kind": "ServiceAccount",
+                      "metadata": _server_meta(instance, namespace, owner_uid),
                       "automountServiceAccountToken": False})]
     if not multi_node(spec):
         return objects
@@ -324,9 +330,7 @@ def network_policy(spec: LLMServiceSpec, instance: str, namespace: str,
     return stamp({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": server_name(instance), "namespace": namespace,
-                     "labels": labels(instance, "server"),
-                     "ownerReferences": _owner(instance, owner_uid)},
+        "metadata": _server_meta(instance, namespace, owner_uid),
         "spec": {"podSelector": {"matchLabels": {LABEL_INSTANCE: instance}},
                  "policyTypes": ["Ingress"], "ingress": rules},
     })
@@ -342,8 +346,6 @@ def service(spec: LLMServiceSpec, instance: str, namespace: str,
     return stamp({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": server_name(instance), "namespace": namespace,
-                     "labels": labels(instance, "server"),
-                     "ownerReferences": _owner(instance, owner_uid)},
+        "metadata": _server_meta(instance, namespace, owner_uid),
         "spec": {"type": "ClusterIP", "selector": selector(instance, "server"), "ports": ports},
     })
