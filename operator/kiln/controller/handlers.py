@@ -15,9 +15,9 @@ import kopf
 from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Reason
 from ..api.validation import parse_service_spec
 from ..errors import SpecInvalid
+from ..render.meta import selector_string
 from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler
 from .cache import CachedKubeApi, cache_indexes, register_caches
-from ..render.meta import selector_string
 from .conditions import is_true, set_condition
 from .kube import KubeApi
 from .metrics import MetricsSource, PodMetrics
@@ -160,7 +160,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
             started = time.perf_counter()
             try:
-                outcome = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models, _now())
+                api = CachedKubeApi(ctx.api, kwargs)
+                outcome = await reconcile_service(raw, api, ctx.models, _now())
             except Exception as error:
                 # A conflict, an API outage, anything unexpected: counted (alerts see it),
                 # posted, and retried with exponential backoff; the status is not touched.

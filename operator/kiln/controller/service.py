@@ -25,7 +25,8 @@ from ..autoscale import KVSample
 from .kube import KubeApi
 from .models import ModelResolver
 
-__all__ = ["Outcome", "EventReason", "reconcile_service", "observed_status", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
+__all__ = ["Outcome", "EventReason", "reconcile_service", "observed_status", "BUILD_POLL_SECONDS",
+           "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
 # Relative error of the KV-token prediction above which the operator posts an Event.

@@ -11,14 +11,14 @@ from ..api import API_VERSION, LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
 from ..toolchain import DJL_IMAGE, RUNTIME_IMAGE
 from .engine import Engine
-from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, LABEL_INSTANCE, child_name, labels, owner_reference,
-                   selector, stamp)
+from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, LABEL_INSTANCE, child_name, labels,
+                   owner_reference, selector, stamp)
 from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, shm_volume, tmp_volume)
 
 __all__ = ["SERVE_SPEC_ENV", "PORTS", "server_name", "group_name", "launcher_name", "multi_node",
-           "workload", "workload_ref", "service_accounts", "network_policy", "OPERATOR_POD_LABEL", "deployment", "leader_worker_set",
-           "service", "endpoint", "LWS_API_VERSION"]
+           "workload", "workload_ref", "service_accounts", "network_policy", "OPERATOR_POD_LABEL",
+           "deployment", "leader_worker_set", "service", "endpoint", "LWS_API_VERSION"]
 
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 # Pod names in a group are <group>-<index> and <group>-<index>-<worker>; a hostname is at most
