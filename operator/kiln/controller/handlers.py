@@ -217,11 +217,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     def builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
         return (spec.get("autoscaling") or {}).get("mode") == AutoscalingMode.BUILTIN.value
 
-    def not_builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
-        return not builtin_mode(spec)
-
     @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=ctx.observe_period,
-                initial_delay=ctx.observe_period, id="observe", when=not_builtin_mode)
+                initial_delay=ctx.observe_period, id="observe")
     async def observe(body: kopf.Body, patch: kopf.Patch, stopped: kopf.DaemonStopped,
                       **_: Any) -> None:
         """Scrape a Ready service's pods: the KV-cache tokens its engines really allocated
@@ -229,6 +226,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         status = dict(body.status)
         if stopped or not is_true(status.get("conditions", []), "Ready"):
             return
+        if builtin_mode(body.spec) and "kvCacheUtilization" in status:
+            return  # the autoscaler's scrapes keep it current
         meta = body.metadata
         samples = await ctx.metrics.kv_samples(meta["namespace"], selector_string(meta["name"], "server"))
         outcome = observed_status(status, samples)
