@@ -61,3 +61,15 @@ def test_no_samples_changes_nothing():
     st = _status(1000)
     _observe(st, Outcome(status={}), [], None)
     assert "observedKVCacheTokens" not in st.data["plan"]
+
+
+def test_the_input_token_counter_is_read_from_the_histogram_sum():
+    page = PAGE + """# HELP nv_llm_input_token_len Input token length
+# TYPE nv_llm_input_token_len histogram
+nv_llm_input_token_len_bucket{model="tensorrt_llm",response_metric_type="total_input_tokens",version="1",le="10"} 0
+nv_llm_input_token_len_bucket{model="tensorrt_llm",response_metric_type="total_input_tokens",version="1",le="+Inf"} 40
+nv_llm_input_token_len_count{model="tensorrt_llm",response_metric_type="total_input_tokens",version="1"} 40
+nv_llm_input_token_len_sum{model="tensorrt_llm",response_metric_type="total_input_tokens",version="1"} 81920
+"""
+    assert parse_triton_metrics(page).input_tokens_total == 81920
+    assert parse_triton_metrics(PAGE).input_tokens_total is None

@@ -4,10 +4,13 @@ The TensorRT-LLM backend exports, per model::
 
     nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="max"|"free"|"used"|"tokens_per"|"fraction"}
     nv_trt_llm_request_metrics{request_type="active"|"max"|"scheduled"|"context"|"waiting"}
+    nv_llm_input_token_len_sum{response_metric_type="total_input_tokens"}   (histogram sum)
 
 Parsed with prometheus_client's text parser. ``max × tokens_per`` is the replica's KV
 capacity in tokens (the block count is already the minimum over TP ranks, and only rank 0
-exports metrics); ``used / max`` is the pressure the autoscaler scales on.
+exports metrics); ``used / max`` is the pressure the autoscaler scales on. The input-token
+histogram's sum is a counter of the prompt tokens the replica has taken in: its rate over
+the replica's prefill speed is the prefill load.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["KVSample", "parse_triton_metrics", "KV_METRIC", "REQUEST_METRIC"]
+__all__ = ["KVSample", "parse_triton_metrics", "KV_METRIC", "REQUEST_METRIC", "INPUT_TOKENS_METRIC"]
 
 KV_METRIC = "nv_trt_llm_kv_cache_block_metrics"
 REQUEST_METRIC = "nv_trt_llm_request_metrics"
+INPUT_TOKENS_METRIC = "nv_llm_input_token_len"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class KVSample:
     active_requests: int = 0
     max_requests: int = 0  # the engine's batch slots (request_type="max")
     replica: str = ""  # the pod it came from, when known
+    input_tokens_total: float | None = None  # nv_llm_input_token_len_sum: a counter
 
     @property
     def batch_fraction(self) -> float | None:
@@ -49,13 +54,17 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
     """The KV sample of ``model``, or None when the page has no KV block metrics for it."""
     kv: dict[str, float] = {}
     requests: dict[str, float] = {}
+    input_tokens: float | None = None
     for family in text_string_to_metric_families(text):
-        if family.name not in (KV_METRIC, REQUEST_METRIC):
+        if family.name not in (KV_METRIC, REQUEST_METRIC, INPUT_TOKENS_METRIC):
             continue
         for sample in family.samples:
             if sample.labels.get("model", model) != model:
                 continue
-            if family.name == KV_METRIC:
+            if family.name == INPUT_TOKENS_METRIC:
+                if sample.name == INPUT_TOKENS_METRIC + "_sum":
+                    input_tokens = sample.value
+            elif family.name == KV_METRIC:
                 kv[sample.labels.get("kv_cache_block_type", "")] = sample.value
             else:
                 requests[sample.labels.get("request_type", "")] = sample.value
@@ -65,4 +74,4 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
                     tokens_per_block=int(kv["tokens_per"]),
                     waiting_requests=int(requests.get("waiting", 0)),
                     active_requests=int(requests.get("active", 0)),
-                    max_requests=int(requests.get("max", 0)))
+                    max_requests=int(requests.get("max", 0)), input_tokens_total=input_tokens)

@@ -28,6 +28,20 @@ class _Fleet:
     samples: list[Sample] = field(default_factory=list)
     recommendations: Recommendations = field(default_factory=Recommendations)
     latest: list[KVSample] = field(default_factory=list)  # the last scrape, for the status
+    # Per replica: (time, input tokens taken in so far) at the previous scrape.
+    input_tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def prefill_load(self, now: float, sample: KVSample, tokens_per_s: float | None) -> float | None:
+        """Input tokens per second since the replica's previous scrape, over its prefill
+        speed; None without a speed, a previous reading, or after a counter reset."""
+        if sample.input_tokens_total is None:
+            return None
+        previous = self.input_tokens.get(sample.replica)
+        self.input_tokens[sample.replica] = (now, sample.input_tokens_total)
+        if not tokens_per_s or previous is None or now <= previous[0] \
+                or sample.input_tokens_total < previous[1]:
+            return None
+        return (sample.input_tokens_total - previous[1]) / (now - previous[0]) / tokens_per_s
 
 
 @dataclass
@@ -54,9 +68,11 @@ class BuiltinAutoscaler:
         fleet = self._fleets.get((namespace, name))
         return list(fleet.latest) if fleet else []
 
-    async def evaluate(self, namespace: str, name: str, spec: LLMServiceSpec,
-                       current: int) -> Decision | None:
-        """A decision for a builtin-mode service whose workload runs ``current`` replicas."""
+    async def evaluate(self, namespace: str, name: str, spec: LLMServiceSpec, current: int,
+                       prefill_tokens_per_s: float | None = None) -> Decision | None:
+        """A decision for a builtin-mode service whose workload runs ``current`` replicas.
+        ``prefill_tokens_per_s``: one replica's prefill speed from the performance model
+        (:func:`kiln.planner.perf.prefill_tokens_per_second`), for the prefill load."""
         if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
             return None
         workload = await self.api.get(*workload_ref(spec, name), namespace)
@@ -74,6 +90,7 @@ class BuiltinAutoscaler:
         for sample in fleet.latest:
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
                                         sample.waiting_requests, sample.active_requests,
+                                        prefill_load=fleet.prefill_load(now, sample, prefill_tokens_per_s),
                                         batch_fraction=sample.batch_fraction))
         fleet.samples = [s for s in fleet.samples if s.time >= now - params.window_seconds]
         return decide(now, fleet.samples, current, ready, max(0, current - ready), params,

@@ -12,9 +12,11 @@ from typing import Any
 import aiohttp
 import kopf
 
-from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Reason
+from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Precision, Reason
 from ..api.validation import parse_service_spec
 from ..errors import SpecInvalid
+from ..planner import lookup_gpu
+from ..planner.perf import prefill_tokens_per_second
 from ..render.meta import selector_string
 from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler
 from .cache import CachedKubeApi, cache_indexes, register_caches
@@ -91,6 +93,16 @@ ERROR_BACKOFF_SECONDS = (1.0, 300.0)
 def error_backoff(retry: int) -> float:
     first, most = ERROR_BACKOFF_SECONDS
     return min(most, first * 2 ** min(retry, 16))
+
+
+def _prefill_speed(spec: Any, status: dict[str, Any]) -> float | None:
+    """One replica's prefill speed (input tokens/s) from the planned weights per GPU, as the
+    simulator's replicas have it; None before the plan is in the status."""
+    weight = ((status.get("plan") or {}).get("weightBytesPerGpu"))
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
+    if not weight or gpu is None:
+        return None
+    return prefill_tokens_per_second(float(weight), Precision(spec.precision), gpu)
 
 
 def _now() -> str:
@@ -251,7 +263,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             return
         current = workload_replicas(spec, status)
         decision = await ctx.autoscaler.evaluate(body.metadata["namespace"], body.metadata["name"],
-                                                 spec, current)
+                                                 spec, current, _prefill_speed(spec, status))
         if decision is None:
             return
         if is_true(status.get("conditions", []), "Ready"):  # what the scrape showed, as observe does

@@ -14,13 +14,14 @@ import asyncio
 import datetime
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp.web
 from kmock import resource
 
-from ..autoscale.metrics import KV_METRIC, REQUEST_METRIC
+from ..autoscale.metrics import INPUT_TOKENS_METRIC, KV_METRIC, REQUEST_METRIC
 from ..controller.kube import KubeApi
 from ..render.meta import LABEL_ENGINE, LABEL_INSTANCE
 
@@ -193,6 +194,7 @@ class SimulatedTriton:
     gauges, as the real server prints them on port 8002."""
 
     TOKENS_PER_BLOCK = 32
+    INPUT_TOKENS_PER_S_AT_FULL_LOAD = 2000.0
 
     def __init__(self, instance: str, predicted_tokens: int, load: Callable[[], float],
                  outage: Callable[[], bool] = lambda: False) -> None:
@@ -202,6 +204,8 @@ class SimulatedTriton:
         self.load = load
         self.outage = outage
         self.instance_of = instance
+        self.input_tokens = 0.0
+        self._read_at = time.monotonic()
         self.port = 0
         self._runner: aiohttp.web.AppRunner | None = None
 
@@ -216,6 +220,16 @@ class SimulatedTriton:
         lines += [f"# HELP {REQUEST_METRIC} TRT LLM request metrics", f"# TYPE {REQUEST_METRIC} gauge",
                   f'{REQUEST_METRIC}{{{labels},request_type="waiting"}} {waiting}',
                   f'{REQUEST_METRIC}{{{labels},request_type="active"}} {used // 64}']
+        # Prompt tokens taken in so far (a histogram's sum, a counter): a steady stream in
+        # proportion to the load, far below an H100's prefill speed.
+        now = time.monotonic()
+        self.input_tokens += max(0.0, self.load()) * self.INPUT_TOKENS_PER_S_AT_FULL_LOAD * (now - self._read_at)
+        self._read_at = now
+        histogram, series = INPUT_TOKENS_METRIC, 'model="tensorrt_llm",response_metric_type="total_input_tokens",version="1"'
+        lines += [f"# HELP {histogram} Input token length", f"# TYPE {histogram} histogram",
+                  f'{histogram}_bucket{{{series},le="+Inf"}} {int(self.input_tokens // 512)}',
+                  f'{histogram}_count{{{series}}} {int(self.input_tokens // 512)}',
+                  f'{histogram}_sum{{{series}}} {self.input_tokens:.0f}']
         return "\n".join(lines) + "\n"
 
     async def start(self) -> None:

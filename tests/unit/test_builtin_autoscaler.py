@@ -1,0 +1,41 @@
+"""The operator's builtin autoscaler turns scrapes into the law's samples: the prefill load
+is the input-token counter's rate over the replica's prefill speed."""
+
+from __future__ import annotations
+
+from kiln.api import parse_service_spec
+from kiln.autoscale import KVSample
+from kiln.controller.autoscaler import BuiltinAutoscaler
+
+SPEC = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                           "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4}})
+
+
+class _Api:
+    async def get(self, *_):
+        return {"status": {"readyReplicas": 1}}
+
+
+class _Metrics:
+    def __init__(self):
+        self.counter = 0.0
+
+    async def kv_samples(self, namespace, selector):
+        return [KVSample(1000, 100, 32, max_requests=64, replica="pod-0", input_tokens_total=self.counter)]
+
+
+async def test_prefill_load_is_the_input_token_rate_over_the_prefill_speed():
+    now = [100.0]
+    metrics = _Metrics()
+    scaler = BuiltinAutoscaler(_Api(), metrics, clock=lambda: now[0])
+    await scaler.evaluate("llm", "svc", SPEC, 1, prefill_tokens_per_s=10_000)  # first reading
+    now[0], metrics.counter = 115.0, 120_000.0  # 8,000 tokens/s for 15 s
+    decision = await scaler.evaluate("llm", "svc", SPEC, 1, prefill_tokens_per_s=10_000)
+    samples = scaler._fleets["llm", "svc"].samples
+    assert samples[0].prefill_load is None and samples[-1].prefill_load == 0.8
+    # 80 % of the prefill speed against the 50 % prefill target: a second replica.
+    assert decision.desired == 2 and decision.reason.startswith("prefill load 80%")
+
+    now[0], metrics.counter = 130.0, 0.0  # the pod restarted: no rate from a reset counter
+    await scaler.evaluate("llm", "svc", SPEC, 2, prefill_tokens_per_s=10_000)
+    assert scaler._fleets["llm", "svc"].samples[-1].prefill_load is None
