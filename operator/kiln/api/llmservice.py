@@ -179,7 +179,14 @@ class AutoscalingSpec(KilnModel):
         default=300, ge=0, le=86400, description="Quiet time before replicas are removed.")
     prometheus_url: str = Field(
         default="http://prometheus-operated.monitoring.svc:9090", max_length=512,
-        pattern=r"^https?://", description="Prometheus that scrapes the serving pods (keda mode).")
+        pattern=r"^https?://",
+        description="Prometheus that scrapes the serving pods (keda mode; builtin mode with "
+                    "metricsSource: prometheus).")
+    metrics_source: Literal["pods", "prometheus"] = Field(
+        default="pods",
+        description="builtin mode: scrape the serving pods' /metrics (port 8002), or query "
+                    "prometheusUrl for the same series as the chart's servingPodMonitor labels "
+                    "them (namespace, pod, llmservice).")
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:

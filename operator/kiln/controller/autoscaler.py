@@ -17,6 +17,7 @@ from ..render.meta import selector_string
 from ..render.serving import workload_ref
 from .kube import KubeApi
 from .metrics import MetricsSource
+from .prometheus import PrometheusMetrics
 
 __all__ = ["BuiltinAutoscaler", "AUTOSCALE_PERIOD_SECONDS"]
 
@@ -52,6 +53,21 @@ class BuiltinAutoscaler:
     timing: dict[str, float] = field(default_factory=dict)
     clock: Any = time.monotonic
     _fleets: dict[tuple[str, str], _Fleet] = field(default_factory=dict)
+    _prometheus: dict[str, PrometheusMetrics] = field(default_factory=dict)
+
+    def source(self, spec: LLMServiceSpec) -> MetricsSource:
+        """The pods themselves, or the Prometheus ``spec.autoscaling`` names."""
+        scaling = spec.autoscaling
+        if scaling.metrics_source != "prometheus":
+            return self.metrics
+        if scaling.prometheus_url not in self._prometheus:
+            self._prometheus[scaling.prometheus_url] = PrometheusMetrics(scaling.prometheus_url)
+        return self._prometheus[scaling.prometheus_url]
+
+    async def close(self) -> None:
+        for source in self._prometheus.values():
+            await source.close()
+        self._prometheus.clear()
 
     def params(self, spec: LLMServiceSpec) -> LawParams:
         scaling = spec.autoscaling
@@ -86,7 +102,7 @@ class BuiltinAutoscaler:
         if fleet is None:
             fleet = self._fleets[(namespace, name)] = _Fleet()
             fleet.recommendations.add(now, current, params.stabilization_seconds)
-        fleet.latest = await self.metrics.kv_samples(namespace, selector_string(name, "server"))
+        fleet.latest = await self.source(spec).kv_samples(namespace, selector_string(name, "server"))
         for sample in fleet.latest:
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
                                         sample.waiting_requests, sample.active_requests,

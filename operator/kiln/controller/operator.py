@@ -37,6 +37,7 @@ async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threadin
         await _finish_stragglers()
         if isinstance(ctx.metrics, PodMetrics):
             await ctx.metrics.close()
+        await ctx.autoscaler.close()
         if ctx.kopf_session is not None:
             await ctx.kopf_session.close()
 

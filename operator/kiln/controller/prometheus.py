@@ -1,0 +1,89 @@
+"""The builtin autoscaler's figures from Prometheus instead of the pods themselves.
+
+For clusters where the operator may not reach the serving pods, or that already scrape them
+(``metrics.servingPodMonitor`` in the chart labels every series ``llmservice``, and
+Prometheus adds ``namespace`` and ``pod``): ``spec.autoscaling.metricsSource: prometheus``.
+One instant query per family through the HTTP API (``/api/v1/query``), each with
+``last_over_time(...[45s])`` so that a pod that stopped reporting drops out within the law's
+staleness bound rather than Prometheus's 5-minute lookback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from ..autoscale import KVSample
+from ..autoscale.metrics import INPUT_TOKENS_METRIC, KV_METRIC, REQUEST_METRIC
+from ..render.meta import LABEL_INSTANCE
+from .metrics import SCRAPE_TIMEOUT_SECONDS
+
+__all__ = ["PrometheusMetrics"]
+
+LOOKBACK = "45s"
+# (metric, the label that names the figure)
+_FAMILIES = ((KV_METRIC, "kv_cache_block_type"), (REQUEST_METRIC, "request_type"),
+             (INPUT_TOKENS_METRIC + "_sum", ""))
+
+
+def _instance(selector: str) -> str:
+    terms = dict(term.split("=", 1) for term in selector.split(",") if "=" in term)
+    return terms[LABEL_INSTANCE]
+
+
+class PrometheusMetrics:
+    """A MetricsSource for one Prometheus: the KV sample of each pod of a service."""
+
+    def __init__(self, url: str, model: str = "tensorrt_llm") -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _query(self, promql: str) -> list[dict[str, Any]]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
+        try:
+            async with self._session.get(f"{self.url}/api/v1/query", params={"query": promql}) as response:
+                if response.status != 200:
+                    return []
+                body = await response.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return []
+        if body.get("status") != "success":
+            return []
+        return list((body.get("data") or {}).get("result") or [])
+
+    async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]:
+        matchers = (f'namespace="{namespace}",llmservice="{_instance(selector)}",'
+                    f'model="{self.model}"')
+        results = await asyncio.gather(*(
+            self._query(f"last_over_time({metric}{{{matchers}}}[{LOOKBACK}])")
+            for metric, _ in _FAMILIES))
+        pods: dict[str, dict[tuple[str, str], float]] = {}
+        for (metric, label), series in zip(_FAMILIES, results):
+            for item in series:
+                labels = item.get("metric") or {}
+                value = float((item.get("value") or (0, "nan"))[1])
+                pods.setdefault(labels.get("pod", ""), {})[metric, labels.get(label, "")] = value
+        samples = []
+        for pod, figures in sorted(pods.items()):
+            kv = {figure: v for (metric, figure), v in figures.items() if metric == KV_METRIC}
+            requests = {figure: v for (metric, figure), v in figures.items() if metric == REQUEST_METRIC}
+            if "max" not in kv or "tokens_per" not in kv:
+                continue
+            samples.append(KVSample(
+                max_blocks=int(kv["max"]), used_blocks=int(kv.get("used", 0)),
+                tokens_per_block=int(kv["tokens_per"]),
+                waiting_requests=int(requests.get("waiting", 0)),
+                active_requests=int(requests.get("active", 0)),
+                max_requests=int(requests.get("max", 0)), replica=pod,
+                input_tokens_total=figures.get((INPUT_TOKENS_METRIC + "_sum", ""))))
+        return samples
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
