@@ -31,11 +31,10 @@ What the operator does in a namespace with LLMServices. Exactly the calls it mak
 (tests/unit/test_chart.py checks this list against an audit of the operator's requests):
 kopf watches and patches LLMServices (finalizer, progress annotations) and posts Events; it
 lists and watches the Jobs, Deployments, Services and ServiceAccounts Kiln owns (the
-reconcile reads those from memory, kiln/controller/cache.py); the reconcile
+reconcile and the builtin autoscaler read those from memory, kiln/controller/cache.py); the reconcile
 server-side-applies them and the autoscaler objects (an apply is authorized as create when
 the object is absent and as patch when it exists, so every applied kind needs both), reads
-the model token Secret, and lists the serving pods to scrape their metrics (the builtin
-autoscaler also reads its Deployment).
+the model token Secret, and lists the serving pods to scrape their metrics.
 */}}
 {{- define "kiln.namespacedRules" -}}
 - apiGroups: [serving.kiln.dev]
@@ -49,7 +48,7 @@ autoscaler also reads its Deployment).
   verbs: [list, watch, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [""]
   resources: [services]
   verbs: [list, watch, create, patch]

@@ -49,6 +49,20 @@ class KVSample:
     def utilization(self) -> float:
         return self.used_blocks / self.max_blocks if self.max_blocks else 0.0
 
+    @classmethod
+    def from_figures(cls, kv: dict[str, float], requests: dict[str, float],
+                     input_tokens: float | None = None, replica: str = "") -> KVSample | None:
+        """From the ``kv_cache_block_type`` and ``request_type`` figures of one replica; None
+        without the block count and size."""
+        if "max" not in kv or "tokens_per" not in kv:
+            return None
+        return cls(max_blocks=int(kv["max"]), used_blocks=int(kv.get("used", 0)),
+                   tokens_per_block=int(kv["tokens_per"]),
+                   waiting_requests=int(requests.get("waiting", 0)),
+                   active_requests=int(requests.get("active", 0)),
+                   max_requests=int(requests.get("max", 0)), replica=replica,
+                   input_tokens_total=input_tokens)
+
 
 def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | None:
     """The KV sample of ``model``, or None when the page has no KV block metrics for it."""
@@ -68,10 +82,4 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
                 kv[sample.labels.get("kv_cache_block_type", "")] = sample.value
             else:
                 requests[sample.labels.get("request_type", "")] = sample.value
-    if "max" not in kv or "tokens_per" not in kv:
-        return None
-    return KVSample(max_blocks=int(kv["max"]), used_blocks=int(kv.get("used", 0)),
-                    tokens_per_block=int(kv["tokens_per"]),
-                    waiting_requests=int(requests.get("waiting", 0)),
-                    active_requests=int(requests.get("active", 0)),
-                    max_requests=int(requests.get("max", 0)), input_tokens_total=input_tokens)
+    return KVSample.from_figures(kv, requests, input_tokens)

@@ -85,13 +85,15 @@ class BuiltinAutoscaler:
         return list(fleet.latest) if fleet else []
 
     async def evaluate(self, namespace: str, name: str, spec: LLMServiceSpec, current: int,
-                       prefill_tokens_per_s: float | None = None) -> Decision | None:
+                       prefill_tokens_per_s: float | None = None,
+                       api: KubeApi | None = None) -> Decision | None:
         """A decision for a builtin-mode service whose workload runs ``current`` replicas.
         ``prefill_tokens_per_s``: one replica's prefill speed from the performance model
-        (:func:`kiln.planner.perf.prefill_tokens_per_second`), for the prefill load."""
+        (:func:`kiln.planner.perf.prefill_tokens_per_second`), for the prefill load. ``api``:
+        where to read the workload (the handler's watch-fed cache), instead of ``self.api``."""
         if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
             return None
-        workload = await self.api.get(*workload_ref(spec, name), namespace)
+        workload = await (api or self.api).get(*workload_ref(spec, name), namespace)
         if workload is None:
             return None
         # For a multi-node service these count groups: one replica is one LWS group.

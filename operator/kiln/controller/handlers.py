@@ -14,6 +14,7 @@ import kopf
 
 from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Precision, Reason
 from ..api.validation import parse_service_spec
+from ..autoscale import KVSample
 from ..errors import SpecInvalid
 from ..planner import lookup_gpu
 from ..planner.perf import prefill_tokens_per_second
@@ -154,6 +155,17 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                     connector=aiohttp.TCPConnector(ssl=False))
             return kopf.AiohttpSession(server=ctx.login_url, aiohttp_session=ctx.kopf_session)
 
+    def capped(delay: float) -> float:
+        return delay if ctx.max_retry_delay is None else min(delay, ctx.max_retry_delay)
+
+    def observed(body: kopf.Body, status: dict[str, Any], samples: list[KVSample]) -> dict[str, Any]:
+        """``status`` with what a scrape showed; its Events posted, its series exported."""
+        outcome = observed_status(status, samples)
+        post(body, outcome.events)
+        ctx.telemetry.observe_service(body.metadata["namespace"], body.metadata["name"],
+                                      dict(body.spec), outcome.status)
+        return outcome.status
+
     def post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
         for type_, reason, message in events:
             kopf.event(body, type=type_, reason=reason, message=message)
@@ -178,9 +190,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                 # A conflict, an API outage, anything unexpected: counted (alerts see it),
                 # posted, and retried with exponential backoff; the status is not touched.
                 telemetry.reconcile_errors.labels("LLMService", type(error).__name__).inc()
-                delay = error_backoff(int(kwargs.get("retry") or 0))
-                if ctx.max_retry_delay is not None:
-                    delay = min(delay, ctx.max_retry_delay)
+                delay = capped(error_backoff(int(kwargs.get("retry") or 0)))
                 said = " ".join(str(error).split())[:300]
                 kopf.event(body, type="Warning", reason="ReconcileError",
                            message=f"{type(error).__name__}: {said}; retrying in {delay:g}s")
@@ -196,10 +206,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         if outcome.build_seconds is not None:
             telemetry.build_seconds.observe(outcome.build_seconds)
         if outcome.retry is not None:
-            delay = outcome.retry.delay
-            if ctx.max_retry_delay is not None:
-                delay = min(delay, ctx.max_retry_delay)
-            raise kopf.TemporaryError(outcome.retry.message, delay=delay)
+            raise kopf.TemporaryError(outcome.retry.message, delay=capped(outcome.retry.delay))
 
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(GROUP, VERSION, "llmservices", registry=registry,
@@ -240,12 +247,13 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             return
         if builtin_mode(body.spec) and "kvCacheUtilization" in status:
             return  # the autoscaler's scrapes keep it current
+        try:
+            source = ctx.autoscaler.source(parse_service_spec(dict(body.spec)))
+        except SpecInvalid:
+            return  # the reconcile reports it
         meta = body.metadata
-        samples = await ctx.metrics.kv_samples(meta["namespace"], selector_string(meta["name"], "server"))
-        outcome = observed_status(status, samples)
-        patch.status.update(_status_diff(status, outcome.status))
-        ctx.telemetry.observe_service(meta["namespace"], meta["name"], dict(body.spec), outcome.status)
-        post(body, outcome.events)
+        samples = await source.kv_samples(meta["namespace"], selector_string(meta["name"], "server"))
+        patch.status.update(_status_diff(status, observed(body, status, samples)))
 
     @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=ctx.autoscale_period,
                 initial_delay=ctx.autoscale_period, id="autoscale", when=builtin_mode)
@@ -263,16 +271,13 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             return
         current = workload_replicas(spec, status)
         decision = await ctx.autoscaler.evaluate(body.metadata["namespace"], body.metadata["name"],
-                                                 spec, current, _prefill_speed(spec, status))
+                                                 spec, current, _prefill_speed(spec, status),
+                                                 api=CachedKubeApi(ctx.api, kwargs))
         if decision is None:
             return
         if is_true(status.get("conditions", []), "Ready"):  # what the scrape showed, as observe does
-            observed = observed_status(status, ctx.autoscaler.latest(body.metadata["namespace"],
-                                                                     body.metadata["name"]))
-            status = observed.status
-            post(body, observed.events)
-            ctx.telemetry.observe_service(body.metadata["namespace"], body.metadata["name"],
-                                          dict(body.spec), status)
+            status = observed(body, status, ctx.autoscaler.latest(body.metadata["namespace"],
+                                                                 body.metadata["name"]))
         direction = "up" if decision.desired > current else "down" if decision.desired < current else "hold"
         ctx.telemetry.decisions.labels(body.metadata["namespace"], body.metadata["name"], direction).inc()
         now = _now()

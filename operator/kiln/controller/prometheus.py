@@ -70,17 +70,12 @@ class PrometheusMetrics:
                 pods.setdefault(labels.get("pod", ""), {})[metric, labels.get(label, "")] = value
         samples = []
         for pod, figures in sorted(pods.items()):
-            kv = {figure: v for (metric, figure), v in figures.items() if metric == KV_METRIC}
-            requests = {figure: v for (metric, figure), v in figures.items() if metric == REQUEST_METRIC}
-            if "max" not in kv or "tokens_per" not in kv:
-                continue
-            samples.append(KVSample(
-                max_blocks=int(kv["max"]), used_blocks=int(kv.get("used", 0)),
-                tokens_per_block=int(kv["tokens_per"]),
-                waiting_requests=int(requests.get("waiting", 0)),
-                active_requests=int(requests.get("active", 0)),
-                max_requests=int(requests.get("max", 0)), replica=pod,
-                input_tokens_total=figures.get((INPUT_TOKENS_METRIC + "_sum", ""))))
+            sample = KVSample.from_figures(
+                {figure: v for (metric, figure), v in figures.items() if metric == KV_METRIC},
+                {figure: v for (metric, figure), v in figures.items() if metric == REQUEST_METRIC},
+                figures.get((INPUT_TOKENS_METRIC + "_sum", "")), replica=pod)
+            if sample is not None:
+                samples.append(sample)
         return samples
 
     async def close(self) -> None:
