@@ -65,10 +65,6 @@ class Sample:
     # Running requests over the engine's maximum batch (None: unknown).
     batch_fraction: float | None = None
 
-    @property
-    def load(self) -> float:
-        return max(self.kv_fraction, self.prefill_load or 0.0, self.batch_fraction or 0.0)
-
     def pressure(self, params: LawParams) -> float:
         """The replica's load as a multiple of its target: each resource against its own."""
         return max(self.kv_fraction / params.target,
