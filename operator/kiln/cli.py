@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -247,6 +249,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     examples = Path(args.examples)
     if not examples.is_dir():
         raise SpecInvalid(f"--examples: {examples} is not a directory (run from the repository root)")
+    # kopf's own log is for operators of the operator; KILN_DEBUG=1 shows it.
+    logging.getLogger("kopf").setLevel(logging.DEBUG if os.environ.get("KILN_DEBUG") else logging.CRITICAL)
+    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)
     return asyncio.run(run_demo(examples, timeout=args.timeout))
 
 

@@ -3,8 +3,8 @@
 It finishes build Jobs after a delay (as if ``kiln-runtime build`` ran), marks Deployment
 replicas ready and creates their Pods (as if Triton loaded the engine and passed its
 probes), and serves each Pod's Triton ``/metrics`` page over real HTTP on 127.0.0.1, in
-Triton's format, with a KV capacity near the planner's prediction and a steady load. It
-writes through the emulator's API, like the real components, so the operator sees only
+Triton's format, with a KV capacity near the planner's prediction and either a steady load
+or a recorded trace's (:mod:`kiln.demo.replay`). It writes through the emulator's API, like the real components, so the operator sees only
 ordinary watch events and scrapes metrics as it would in a cluster. Nothing here runs a model.
 """
 
@@ -24,6 +24,7 @@ from kmock import resource
 from ..autoscale.metrics import INPUT_TOKENS_METRIC, KV_METRIC, REQUEST_METRIC
 from ..controller.kube import KubeApi
 from ..render.meta import LABEL_ENGINE, LABEL_INSTANCE
+from .replay import PodLoad, TraceReplay
 
 __all__ = ["SimulatedCluster", "GPU_NODES"]
 
@@ -52,8 +53,10 @@ class SimulatedCluster:
         self._triton: dict[tuple[str, str], SimulatedTriton] = {}
         self._pods: dict[str, int] = {}  # serving pods per service instance
         # Demand per service in replica-equivalents of KV blocks (0.35 = a third of one
-        # replica's blocks), spread over its pods; the autoscaling demo and tests drive it.
+        # replica's blocks), spread over its pods; the autoscaling tests drive it.
         self.load: dict[str, float] = {}
+        # Services whose pods report a recorded trace's demand instead (the demo's replay).
+        self.replays: dict[str, TraceReplay] = {}
         # Services whose metrics endpoints answer 503, to show that the autoscaler holds.
         self.metrics_outage: set[str] = set()
 
@@ -136,8 +139,15 @@ class SimulatedCluster:
         service = self.emulator.get_live("llmservices", namespace, instance) or {}
         return int(((service.get("status") or {}).get("plan") or {}).get("kvCacheTokens") or 65536)
 
-    def _per_pod_load(self, instance: str) -> float:
-        return self.load.get(instance, 0.35) / max(1, self._pods.get(instance, 0))
+    def pods(self, instance: str) -> int:
+        """Serving pods of a service instance."""
+        return self._pods.get(instance, 0)
+
+    def _per_pod_load(self, instance: str) -> PodLoad:
+        if instance in self.replays:
+            return self.replays[instance].pod_load()
+        return PodLoad.steady(self.load.get(instance, 0.35) / max(1, self.pods(instance)),
+                              SimulatedTriton.INPUT_TOKENS_PER_S_AT_FULL_LOAD)
 
     async def _sync_pods(self, workload: dict[str, Any], template: dict[str, Any], want: int) -> None:
         meta = workload["metadata"]
@@ -194,9 +204,10 @@ class SimulatedTriton:
     gauges, as the real server prints them on port 8002."""
 
     TOKENS_PER_BLOCK = 32
+    # A steady load's prompt tokens: far below an H100's prefill speed, so KV leads.
     INPUT_TOKENS_PER_S_AT_FULL_LOAD = 2000.0
 
-    def __init__(self, instance: str, predicted_tokens: int, load: Callable[[], float],
+    def __init__(self, instance: str, predicted_tokens: int, load: Callable[[], PodLoad],
                  outage: Callable[[], bool] = lambda: False) -> None:
         # The engine allocates within a few percent of the prediction (deterministic per size).
         skew = int(hashlib.sha256(str(predicted_tokens).encode()).hexdigest(), 16) % 9 - 4
@@ -210,20 +221,21 @@ class SimulatedTriton:
         self._runner: aiohttp.web.AppRunner | None = None
 
     def page(self) -> str:
-        used = min(self.max_blocks, round(self.max_blocks * max(0.0, self.load())))
-        waiting = max(0, round((self.load() - 1.0) * 20))
+        load = self.load()
+        used = min(self.max_blocks, round(self.max_blocks * load.kv_fraction))
         labels = 'model="tensorrt_llm",version="1"'
         lines = [f"# HELP {KV_METRIC} TRT LLM KV cache block metrics", f"# TYPE {KV_METRIC} gauge"]
         for kind, value in (("max", self.max_blocks), ("used", used), ("free", self.max_blocks - used),
                             ("tokens_per", self.TOKENS_PER_BLOCK)):
             lines.append(f'{KV_METRIC}{{kv_cache_block_type="{kind}",{labels}}} {value}')
-        lines += [f"# HELP {REQUEST_METRIC} TRT LLM request metrics", f"# TYPE {REQUEST_METRIC} gauge",
-                  f'{REQUEST_METRIC}{{{labels},request_type="waiting"}} {waiting}',
-                  f'{REQUEST_METRIC}{{{labels},request_type="active"}} {used // 64}']
-        # Prompt tokens taken in so far (a histogram's sum, a counter): a steady stream in
-        # proportion to the load, far below an H100's prefill speed.
+        requests = {"waiting": load.waiting, "active": load.active}
+        if load.max_requests:
+            requests["max"] = load.max_requests
+        lines += [f"# HELP {REQUEST_METRIC} TRT LLM request metrics", f"# TYPE {REQUEST_METRIC} gauge"]
+        lines += [f'{REQUEST_METRIC}{{{labels},request_type="{kind}"}} {value}' for kind, value in requests.items()]
+        # Prompt tokens taken in so far (a histogram's sum, a counter).
         now = time.monotonic()
-        self.input_tokens += max(0.0, self.load()) * self.INPUT_TOKENS_PER_S_AT_FULL_LOAD * (now - self._read_at)
+        self.input_tokens += load.input_tokens_per_s * (now - self._read_at)
         self._read_at = now
         histogram, series = INPUT_TOKENS_METRIC, 'model="tensorrt_llm",response_metric_type="total_input_tokens",version="1"'
         lines += [f"# HELP {histogram} Input token length", f"# TYPE {histogram} histogram",

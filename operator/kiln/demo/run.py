@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
+import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from ..api.common import Reason
 from ..api.validation import parse_service_manifest
 from ..controller.conditions import get_condition, is_true
 from ..errors import SpecInvalid
+from ..planner import ModelConfig, catalog_config, lookup_gpu, plan
+from ..planner.perf import PerfModel
+from ..render.meta import LABEL_INSTANCE
+from ..sim.traces import load_trace
 from .kubelet import GPU_NODES
+from .replay import TraceReplay
 from .sandbox import Sandbox
 
 __all__ = ["run_demo", "load_manifests", "table"]
@@ -40,11 +47,8 @@ def table(services: list[dict[str, Any]]) -> str:
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90.0) -> int:
-    # kopf's own log is for operators of the operator; KILN_DEBUG=1 shows it.
-    logging.getLogger("kopf").setLevel(logging.DEBUG if os.environ.get("KILN_DEBUG") else logging.CRITICAL)
-    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)
-
+async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90.0,
+                   replay: Replay | None = None) -> int:
     def say(message: str) -> None:
         print(message, file=out, flush=True)
 
@@ -63,13 +67,16 @@ async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90
     say("Kiln demo — the real operator against an in-process Kubernetes API emulator.")
     say("Simulated: the API server (kmock), "
         f"{len(GPU_NODES)} GPU nodes x 8 H100-80GB, the engine build Jobs (they complete after a "
-        "pause, no TensorRT-LLM runs) and the serving pods (marked ready, no Triton runs).")
+        "pause, no TensorRT-LLM runs) and the serving pods (marked ready, no Triton runs; their "
+        "metrics pages report a steady load, then a recorded trace's).")
     say("Real: validation, the planner, rendering, server-side apply, kopf, status and events.\n")
 
-    # No autoscaling ticks in this run (its services start at their minimum and stay idle):
-    # the first would come after the demo ends. An operator stopped while a kopf timer is
-    # mid-patch leaks that patch's HTTP session inside kopf (a warning at exit).
-    async with Sandbox(on_event=lambda m: say(f"  [cluster] {m}"), autoscale_period=120.0) as sandbox:
+    replay = replay or Replay()
+    # The operator's autoscaling periods run replay.speed times faster, for the second act.
+    speed = replay.speed
+    async with Sandbox(on_event=lambda m: say(f"  [cluster] {m}"), autoscale_period=15.0 / speed,
+                       autoscale_timing={"window_seconds": 60.0 / speed, "stale_seconds": 45.0 / speed}
+                       ) as sandbox:
         namespaces = sorted({m["metadata"].get("namespace", "default") for m in services})
         for namespace in namespaces:
             sandbox.add_namespace(namespace)
@@ -111,11 +118,93 @@ async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90
         while all_ready and asyncio.get_running_loop().time() < observed_by and not all(
                 "kvCacheUtilization" in (s.get("status") or {}) for s in sandbox.objects("llmservices")):
             await asyncio.sleep(0.25)
-        await sandbox.stop_operator()
-        await sandbox.stop_kubelet()
         say("\n$ kubectl get llms -A")
         say(table(sandbox.objects("llmservices")))
         engines = sandbox.objects("llmengines")
         say(f"\n{len(engines)} engines built (simulated) into the content-addressed cache; "
             f"every service {'is' if all_ready else 'is NOT'} Ready.")
-    return 0 if all_ready else 1
+        scaled = all_ready and await replay_act(sandbox, replay, examples, services, say)
+        await sandbox.stop_operator()
+        await sandbox.stop_kubelet()
+    return 0 if all_ready and scaled else 1
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The demo's second act: a bursty slice of a recorded trace against one example."""
+
+    trace: str = "traces/azure-code-36-52min.csv"
+    about: str = ("16 minutes of the Azure LLM inference trace 2023 (code completion, minutes "
+                  "36-52; CC BY 4.0)")
+    service: str = "llama-8b"
+    rate_scale: float = 6.0       # each recorded request sent 6 times
+    speed: float = 30.0           # trace seconds per real second
+    cold_start: float = 90.0      # trace seconds from scale-up to a serving pod
+    stabilization: float = 300.0  # trace seconds, the HPA's default
+    max_replicas: int = 4
+    linger: float = 600.0         # trace seconds replayed after the slice, quiet
+
+
+async def replay_act(sandbox: Sandbox, r: Replay, examples: Path, services: list[dict[str, Any]],
+                     say: Callable[[str], None]) -> bool:
+    """Turn on builtin autoscaling for one example service and replay a trace through its
+    pods' metrics; True when it scaled up and came back down to its minimum."""
+    manifest = next((m for m in services if m["metadata"]["name"] == r.service), None)
+    trace = examples / r.trace
+    if manifest is None or not trace.is_file():
+        say(f"\n(no autoscaling replay: {examples} has no llmservice/{r.service} or no {r.trace})")
+        return True
+    namespace = manifest["metadata"].get("namespace", "default")
+    _, spec = parse_service_manifest(manifest)
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
+    model = ModelConfig.from_hf(catalog_config(spec.model.source.removeprefix("hf://")))
+    perf = PerfModel.from_plan(plan(model, spec, gpu), spec, gpu)
+    replay = TraceReplay(load_trace(trace, rate_scale=r.rate_scale), perf)
+    scaling = {"mode": "builtin", "minReplicas": 1, "maxReplicas": r.max_replicas,
+               "scaleDownStabilizationSeconds": round(r.stabilization / r.speed)}
+    say(f"\nAutoscaling: {r.about},\neach request sent {r.rate_scale:g} times, replayed {r.speed:g}x "
+        f"faster than real time through llmservice/{r.service}'s simulated Triton metrics.\n"
+        f"The operator's control period, metric window and {r.stabilization:.0f} s scale-down "
+        f"stabilisation run {r.speed:g}x faster too;\na new pod serves {r.cold_start:.0f} s after "
+        "it is asked for. Times are trace time.")
+    say(f"$ kubectl patch llmservice {r.service} -n {namespace} --type=merge "
+        f"-p '{json.dumps({'spec': {'autoscaling': scaling}}, separators=(',', ':'))}'")
+    await sandbox.patch_spec(namespace, r.service, {"autoscaling": scaling})
+    sandbox.cluster.start_seconds = r.cold_start / r.speed
+    sandbox.cluster.replays[r.service] = replay
+    peak = max(replay.requests_per_minute(t) for t in range(0, replay.seconds + 60, 10))
+    say(f"\n  {'TRACE':>5s}  {'REQ/MIN':>7s}  {'':30s}  REPLICAS (■ serving, □ starting)")
+    loop = asyncio.get_running_loop()
+    started, shown, printed = loop.time(), 0.0, 0
+    highest, end = 1, replay.seconds + r.linger
+    while (second := (loop.time() - started) * r.speed) < end:
+        pods = sandbox.cluster.pods(r.service)
+        replay.advance(second, pods)
+        deployment = next((d for d in sandbox.objects("deployments")
+                           if d["metadata"]["namespace"] == namespace
+                           and d["metadata"].get("labels", {}).get(LABEL_INSTANCE) == r.service), {})
+        desired = int(deployment.get("spec", {}).get("replicas", 1))
+        highest = max(highest, desired)
+        for _, event in sandbox.events("events")[printed:]:
+            if event.get("involvedObject", {}).get("name") == r.service and \
+                    event.get("reason") in (Reason.SCALED_UP.value, Reason.SCALED_DOWN.value):
+                say(f"  {_clock(second)}  event {event['reason']}: {event.get('message', '')}")
+        printed = len(sandbox.events("events"))
+        if second >= shown:
+            shown += 30.0
+            rate = replay.requests_per_minute(second)
+            bar = "█" * round(30 * rate / max(peak, 1))
+            say(f"  {_clock(second)}  {rate:7,d}  {bar:30s}  {'■' * pods}{'□' * max(0, desired - pods)}")
+        if second > replay.seconds + r.stabilization and desired == 1 and highest > 1:
+            break  # back at the minimum after the slice
+        await asyncio.sleep(0.05)
+    sandbox.cluster.replays.pop(r.service, None)
+    came_down = highest > 1 and desired == 1
+    say(f"\nllmservice/{r.service} scaled from 1 up to {highest} replicas on the bursts and "
+        f"{'back down to 1' if came_down else f'ended at {desired}'} once the trace went quiet.")
+    return came_down
+
+
+def _clock(second: float) -> str:
+    return f"{int(second // 60):02d}:{int(second % 60):02d}"
+

@@ -10,10 +10,13 @@ from ..autoscale import LawParams
 from .engine import Fleet, FleetView, SimResult, simulate
 from .policies import (HPA_TUNED_TARGETS, POLICIES, hpa_policy, kiln_policy, kpa_policy,
                        oracle_policy, oracle_schedule, static_policy)
-from .traces import Request
+from .traces import Request, lead_in
 
-__all__ = ["compare", "warm_fleet", "ORACLE_MARGINS"]
+__all__ = ["compare", "warm_fleet", "ORACLE_MARGINS", "LEAD_IN_SECONDS"]
 
+# Minutes of the trace's end replayed before it, so reactive policies start in a steady state:
+# longer than the default scale-down stabilisation (300 s) plus a cold start.
+LEAD_IN_SECONDS = 600.0
 # Extra replicas the oracle tries over its per-window minimum, cheapest first.
 ORACLE_MARGINS = (0, 1, 2, 3)
 
@@ -35,22 +38,29 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
             policies: Sequence[str] = POLICIES, slo_goal: float = 0.99,
             outage: tuple[float, float] | None = None,
             progress: Progress | None = None,
-            schedule: Sequence[int] | None = None) -> dict[str, SimResult | None]:
+            schedule: Sequence[int] | None = None,
+            lead_in_seconds: float = LEAD_IN_SECONDS) -> dict[str, SimResult | None]:
     """Each policy's result; ``hpa-tuned`` is None when no swept target meets ``slo_goal``.
 
     The trace is a window of a service already running when it opens: every policy starts
     with the warm fleet the oracle finds for the first minutes, and is bounded by
-    ``params.min_replicas`` and ``params.max_replicas``. ``static`` is fixed at the oracle's
-    peak (the oracle runs first when static is asked for). ``schedule`` is the oracle's
-    :func:`oracle_schedule`, when the caller has it already."""
+    ``params.min_replicas`` and ``params.max_replicas``. The reactive policies (kiln, hpa,
+    hpa-tuned, kpa) first replay the trace's last ``lead_in_seconds`` (:func:`lead_in`,
+    not counted), so that their fleet, metric windows and stabilisation history are those of
+    a service that had been serving this load; the oracle knows the future and needs none.
+    ``static`` is fixed at the oracle's peak (the oracle runs first when static is asked
+    for). ``schedule`` is the oracle's :func:`oracle_schedule`, when the caller has it already."""
     low, high = params.min_replicas, params.max_replicas
     if schedule is None:
         schedule = oracle_schedule(requests, fleet, slo_ttft_s, slo_goal, low, high)
     start = warm_fleet(schedule, fleet, params)
 
-    def run(name: str, policy: Callable[[FleetView], int], initial: int = start) -> SimResult:
+    before = lead_in(requests, lead_in_seconds)
+
+    def run(name: str, policy: Callable[[FleetView], int], initial: int = start,
+            warmup: Sequence[Request] = before) -> SimResult:
         return simulate(requests, replace(fleet, initial=initial), policy, slo_ttft_s, outage,
-                        (lambda share: progress(name, share)) if progress else None)
+                        (lambda share: progress(name, share)) if progress else None, warmup)
 
     results: dict[str, SimResult | None] = {}
     wanted = list(policies)
@@ -74,7 +84,7 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
                 policy = oracle_policy(schedule, margin, fleet, low, high)
                 # It knew the load was coming: the replicas it wants at the start are warm.
                 warm = policy(FleetView(-fleet.cold_start, [], low, low, 0))  # it knew
-                runs.append((margin, run(name, policy, warm)))
+                runs.append((margin, run(name, policy, warm, ())))
                 if runs[-1][1].slo_attainment >= slo_goal:
                     break  # the margins grow, and so do GPU-hours
             best = _cheapest(runs, slo_goal) or runs[-1]
@@ -82,5 +92,5 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
         elif name == "static":
             oracle = results.get("oracle")
             peak = oracle.max_replicas if oracle else high
-            results[name] = run(name, static_policy(peak), peak)
+            results[name] = run(name, static_policy(peak), peak, ())
     return {name: results[name] for name in wanted if name in policies}

@@ -145,24 +145,32 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft_s: float,
              outage: tuple[float, float] | None = None,
-             progress: Callable[[float], None] | None = None) -> SimResult:
+             progress: Callable[[float], None] | None = None,
+             warmup: Sequence[Request] = ()) -> SimResult:
+    """Replay ``requests`` (arrivals from 0). ``warmup`` requests (negative arrivals) run
+    first so that the fleet and the policy's state are those of a service that was already
+    serving; their time, GPU-seconds and latencies are not counted."""
     perf = fleet.perf
     ids = iter(range(1 << 30))
-    replicas = [_Replica(next(ids), ready_at=0.0) for _ in range(fleet.initial)]
+    start = 60.0 * math.floor(min((r.arrival for r in warmup), default=0.0) / 60.0)  # whole minutes
+    replicas = [_Replica(next(ids), ready_at=start) for _ in range(fleet.initial)]
     queue: deque[Request] = deque()
-    pending = deque(requests)
+    pending = deque([*warmup, *requests])
     end = (requests[-1].arrival if requests else 0.0) + 60.0
     ttfts: list[float] = []
     tpots: list[float] = []
     gpu_seconds = 0.0
     events = 0
     peak = len(replicas)
-    next_decision = fleet.period
+    next_decision = start + fleet.period
     timeline: list[tuple[float, int, int, float]] = []
     window_arrivals = 0
     window_ttft: list[float] = []
-    now = 0.0
+    now = start
     while now < end or queue or any(r.running for r in replicas):
+        if now == 0.0 and start < 0:  # the warm-up is over: measure from here
+            ttfts, tpots, gpu_seconds, events, timeline, window_ttft = [], [], 0.0, 0, [], []
+            window_arrivals, peak = 0, len([r for r in replicas if not r.draining])
         while pending and pending[0].arrival <= now:
             queue.append(pending.popleft())
             window_arrivals += 1
@@ -212,13 +220,13 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
                     replica.draining = True
                 events += 1
             peak = max(peak, len([r for r in replicas if not r.draining]))
-            if int(now) % 60 < fleet.period:
+            if now > 0 and int(now) % 60 < fleet.period:
                 mean_ttft = sum(window_ttft) / len(window_ttft) if window_ttft else 0.0
                 timeline.append((now, len([r for r in replicas if not r.draining]), window_arrivals,
                                  mean_ttft))
                 window_arrivals, window_ttft = 0, []
             if progress is not None:
-                progress(min(1.0, now / end))
+                progress(min(1.0, (now - start) / (end - start)))
         now += fleet.dt
         if now > end + 7200:  # a policy that never serves the backlog
             ttfts += [float("inf")] * (len(queue) + len(pending))

@@ -36,7 +36,7 @@ from ..autoscale.hpa import HPA
 from .engine import Fleet, FleetView, simulate
 from .traces import Request
 
-__all__ = ["kiln_policy", "hpa_policy", "kpa_policy", "static_policy", "oracle_policy",
+__all__ = ["kiln_policy", "hpa_policy", "kpa_policy", "static_policy", "oracle_policy", "present_policy",
            "oracle_schedule", "POLICIES", "HPA_TUNED_TARGETS"]
 
 POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "static", "oracle")
@@ -129,6 +129,23 @@ def oracle_schedule(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float
                 lo = n + 1
         schedule.append(lo)
     return schedule
+
+
+def present_policy(schedule: Sequence[int], hold: float, margin: int, low: int, high: int,
+                   length: float, window: float = 120.0) -> Policy:
+    """The oracle without foresight, a reference for what reacting can achieve: at each
+    moment it knows exactly what the current ``window`` needs (the oracle's schedule), but
+    nothing of the future, so it keeps the most any window needed in the last ``hold``
+    seconds, plus ``margin`` replicas. Before the trace opens (a lead-in replaying the
+    trace's end) it reads the schedule of the trace's end, ``length`` seconds long."""
+    def need(t: float) -> int:
+        at = int((t + length if t < 0 else t) // window)
+        return schedule[max(0, min(len(schedule) - 1, at))]
+
+    def policy(view: FleetView) -> int:
+        times = [view.now - hold + k * window for k in range(int(hold // window) + 1)] + [view.now]
+        return max(low, min(high, max(need(t) for t in times) + margin))
+    return policy
 
 
 def oracle_policy(schedule: Sequence[int], margin: int, fleet: Fleet, low: int, high: int,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpecInvalid
 
-__all__ = ["Request", "load_trace"]
+__all__ = ["Request", "load_trace", "lead_in"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +74,14 @@ def load_trace(path: Path, rate_scale: float = 1.0, time_scale: float = 1.0) -> 
             requests.append(Request(base + gap * k / n, max(1, i), max(1, o)))
     requests.sort(key=lambda r: r.arrival)
     return requests
+
+
+def lead_in(requests: Sequence[Request], seconds: float) -> list[Request]:
+    """The trace's last ``seconds`` moved to just before it opens (arrivals in [-seconds, 0)):
+    replayed first, they put a reactive policy in the state it would be in on a service that
+    had been serving this load, instead of a fleet sized for whatever the first minute holds."""
+    if not requests or seconds <= 0:
+        return []
+    end = requests[-1].arrival + 1.0
+    return [Request(r.arrival - end, r.input_tokens, r.output_tokens)
+            for r in requests if r.arrival >= end - seconds]
