@@ -194,8 +194,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     def progress(name: str, share: float) -> None:
         print(f"\r  {name:9s} [{'#' * int(share * 30):30s}] {share:4.0%}", end="", file=sys.stderr)
 
+    if args.lead_in < 0:
+        raise SpecInvalid("--lead-in: must be 0 or more seconds")
     results = compare(requests, fleet, params, args.slo_ttft_ms / 1000, policies,
-                      outage=outage, progress=progress if show else None)
+                      outage=outage, progress=progress if show else None, lead_in_seconds=args.lead_in)
     if show:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
     if args.plot:
@@ -286,6 +288,9 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--time-scale", type=float, default=1.0)
     sim.add_argument("--max-replicas", type=int, default=16, help="upper bound for every policy")
     sim.add_argument("--metrics-outage", help="START:SECONDS with no metrics")
+    sim.add_argument("--lead-in", type=float, default=600.0,
+                     help="seconds of the trace's end replayed first, uncounted, so the reactive "
+                          "policies start as on a running service (0: start cold)")
     sim.add_argument("--plot", help="write load, replicas and TTFT over time to this PNG")
     sim.add_argument("-o", "--output", choices=("text", "json"), default="text")
     sim.set_defaults(func=cmd_simulate)

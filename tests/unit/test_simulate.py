@@ -99,3 +99,47 @@ def test_kpa_panics_on_a_burst_and_holds_while_panicking():
     assert policy(burst) == 4  # panic window: 40 in flight / 10 per replica
     after = FleetView(30, [Sample(30, "r0", 0.2, waiting=0, active=2)], 4, 1, 3)
     assert policy(after) == 4  # no scale-down while panicking
+
+
+def _small_fleet(initial=1):
+    from kiln.planner.perf import PerfModel
+    from kiln.sim import Fleet
+
+    perf = PerfModel(kv_tokens=100_000, max_batch=64, weight_bytes=9e9, kv_bytes_per_token=65536.0,
+                     bandwidth=3.35e12, prefill_tokens_per_s=20_000.0)
+    return Fleet(perf, gpus_per_replica=1, initial=initial, cold_start=90.0)
+
+
+def test_lead_in_is_the_end_of_the_trace_just_before_it():
+    from kiln.sim.traces import Request, lead_in
+
+    requests = [Request(float(t), 100, 10) for t in range(0, 1200, 10)]
+    before = lead_in(requests, 600)
+    assert len(before) == 60 and all(-601 <= r.arrival < 0 for r in before)
+    assert before[-1].arrival == -1.0 and lead_in(requests, 0) == []
+
+
+def test_a_lead_in_shapes_the_fleet_but_is_not_counted():
+    from dataclasses import replace
+
+    from kiln.autoscale import LawParams
+    from kiln.sim.engine import simulate
+    from kiln.sim.policies import kiln_policy, static_policy
+    from kiln.sim.traces import Request
+
+    quiet = [Request(float(t), 500, 50) for t in range(0, 600, 5)]
+    light = [Request(-600 + t * 0.25, 2000, 50) for t in range(2400)]   # 4 requests/s before
+    busy = [Request(-600 + t / 30, 2000, 50) for t in range(18_000)]    # 30 requests/s before
+    fleet = _small_fleet()
+    # A fixed fleet costs the same with or without a lead-in: only the trace's time counts.
+    alone = simulate(quiet, replace(fleet, initial=2), static_policy(2), 2.0)
+    after = simulate(quiet, replace(fleet, initial=2), static_policy(2), 2.0, warmup=light)
+    assert after.gpu_hours == pytest.approx(alone.gpu_hours, rel=0.01)
+    assert after.slo_attainment == alone.slo_attainment == 1.0
+    # The law enters the trace with the replicas the busy lead-in asked for and brings them
+    # down only after its stabilisation window.
+    params = LawParams(min_replicas=1, max_replicas=8, stabilization_seconds=300)
+    warm = simulate(quiet, fleet, kiln_policy(params), 2.0, warmup=busy)
+    cold = simulate(quiet, fleet, kiln_policy(params), 2.0)
+    assert warm.timeline[0][1] > 1 and cold.timeline[0][1] == 1
+    assert warm.gpu_hours > cold.gpu_hours

@@ -42,12 +42,13 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
             lead_in_seconds: float = LEAD_IN_SECONDS) -> dict[str, SimResult | None]:
     """Each policy's result; ``hpa-tuned`` is None when no swept target meets ``slo_goal``.
 
-    The trace is a window of a service already running when it opens: every policy starts
-    with the warm fleet the oracle finds for the first minutes, and is bounded by
-    ``params.min_replicas`` and ``params.max_replicas``. The reactive policies (kiln, hpa,
-    hpa-tuned, kpa) first replay the trace's last ``lead_in_seconds`` (:func:`lead_in`,
-    not counted), so that their fleet, metric windows and stabilisation history are those of
-    a service that had been serving this load; the oracle knows the future and needs none.
+    The trace is a window of a service already running when it opens. Every policy is
+    bounded by ``params.min_replicas`` and ``params.max_replicas`` and starts with the warm
+    fleet the oracle finds for the first minutes; the reactive policies (kiln, hpa,
+    hpa-tuned, kpa) start it earlier, at the trace's last ``lead_in_seconds`` replayed
+    before it (:func:`lead_in`, not counted), so that their fleet, metric windows and
+    stabilisation history are those of a service that had been serving this load. The
+    oracle knows the future and needs no lead-in.
     ``static`` is fixed at the oracle's peak (the oracle runs first when static is asked
     for). ``schedule`` is the oracle's :func:`oracle_schedule`, when the caller has it already."""
     low, high = params.min_replicas, params.max_replicas
