@@ -1,6 +1,6 @@
 """Autoscaling benchmark: every policy on the three recorded traces, and a metrics outage.
 
-    python benchmarks/autoscaling.py [--traces DIR] [--plot benchmarks/autoscaling.png]
+    python benchmarks/autoscaling.py [--traces DIR] [--plot benchmarks/autoscaling.png] [--sensitivity]
 
 Replays ``AzureLLMInferenceTrace_code`` (bursty), ``AzureLLMInferenceTrace_conv`` and the
 Mooncake conversation trace (smooth) against ``benchmarks/autoscaling-service.yaml``
@@ -47,6 +47,9 @@ TRACES = (("azure-llm-2023/AzureLLMInferenceTrace_code.csv", "bursty", 4.0),
           ("azure-llm-2023/AzureLLMInferenceTrace_conv.csv", "smooth", 12.0),
           ("mooncake-fast25/conversation_trace.jsonl", "smooth", 4.0))
 ORACLE_RATIO = {"smooth": 1.15, "bursty": 1.35}
+# --sensitivity: the same traces at neighbouring rate scales (Mooncake's oracle needs 16 at x5).
+SENSITIVITY = {TRACES[0][0]: (3.0, 3.5, 4.5, 5.0), TRACES[1][0]: (10.0, 11.0, 13.0, 14.0),
+               TRACES[2][0]: (3.0, 3.5, 4.5)}
 HPA_TUNED_RATIO = 0.80
 # Seconds the oracle without foresight may hold what recent windows needed.
 PRESENT_HOLDS = (0, 120, 240, 360, 480, 600)
@@ -105,10 +108,28 @@ def _without_foresight(requests, fleet, params, schedule, start: int) -> dict | 
     return {"holdSeconds": hold, "marginReplicas": margin, **result.wire()}
 
 
+def _sensitivity(path: Path, kind: str, scales: tuple[float, ...], fleet, params) -> list[dict]:
+    """kiln against the oracle on the same trace at neighbouring rate scales: how much of a
+    result is the trace's exact timing."""
+    rows = []
+    for scale in scales:
+        requests = load_trace(path, rate_scale=scale)
+        results = compare(requests, fleet, params, SLO_TTFT_S, policies=["kiln", "oracle"], slo_goal=SLO_GOAL)
+        kiln, oracle = results["kiln"], results["oracle"]
+        rows.append({"rateScale": scale, "oracleMaxReplicas": oracle.max_replicas,
+                     "kilnOverOracleGpuHours": round(kiln.gpu_hours / oracle.gpu_hours, 3),
+                     "kilnSloAttainment": round(kiln.slo_attainment, 4),
+                     "holds": kiln.slo_attainment >= SLO_GOAL
+                     and kiln.gpu_hours <= ORACLE_RATIO[kind] * oracle.gpu_hours})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", default=str(ROOT.parent / "shared" / "traces"))
     parser.add_argument("--plot", help="write load, replicas and TTFT of the bursty trace here")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="also run kiln and the oracle at neighbouring rate scales (a few minutes more)")
     args = parser.parse_args()
     fleet, params = _fleet_and_params()
     report: dict = {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
@@ -140,10 +161,12 @@ def main() -> int:
         entry["metricsOutage"] = _outage(requests, fleet, params, warm_fleet(schedule, fleet, params))
         entry["metricsOutage"]["lossUnder1Point"] = entry["metricsOutage"]["sloLossPoints"] < 1.0
         holds += [entry["metricsOutage"]["lossUnder1Point"], not entry["metricsOutage"]["scaledDownDuringOutage"]]
+        if args.sensitivity:
+            entry["sensitivity"] = _sensitivity(Path(args.traces) / file, kind, SENSITIVITY[file], fleet, params)
         report["traces"][file] = entry
         if args.plot and kind == "bursty":
             from kiln.cli import _plot
-            _plot({n: r for n, r in results.items() if r is not None}, Path(args.plot))
+            _plot({n: r for n, r in results.items() if r is not None}, Path(args.plot), SLO_TTFT_S)
     report["allTargetsHold"] = all(holds)
     print(json.dumps(report, indent=2))
     return 0

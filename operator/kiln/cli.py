@@ -201,7 +201,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if show:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
     if args.plot:
-        _plot({n: r for n, r in results.items() if r is not None}, Path(args.plot))
+        _plot({n: r for n, r in results.items() if r is not None}, Path(args.plot), args.slo_ttft_ms / 1000)
     if args.output == "json":
         print(json.dumps({"policies": {n: r.wire() if r else None for n, r in results.items()}}, indent=2))
         return 0
@@ -216,7 +216,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot(results: dict[str, Any], path: Path) -> None:
+def _plot(results: dict[str, Any], path: Path, slo_s: float | None = None) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -227,12 +227,18 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     first = next(iter(results.values()))
     load.plot([t / 60 for t, *_ in first.timeline], [a for _, _, a, _ in first.timeline], color="grey")
     load.set_ylabel("arrivals / min")
-    for name, r in results.items():
-        reps.step([t / 60 for t, *_ in r.timeline], [n for _, n, _, _ in r.timeline], where="post", label=name)
-        ttft.plot([t / 60 for t, *_ in r.timeline], [m for *_, m in r.timeline], label=name)
+    # kiln last and bold, so the other policies do not hide it.
+    for name, r in sorted(results.items(), key=lambda item: item[0] == "kiln"):
+        style = {"linewidth": 2.5, "zorder": 3} if name == "kiln" else {"linewidth": 1.2, "alpha": 0.8}
+        reps.step([t / 60 for t, *_ in r.timeline], [n for _, n, _, _ in r.timeline], where="post",
+                  label=name, **style)
+        ttft.plot([t / 60 for t, *_ in r.timeline], [max(m, 0.01) for *_, m in r.timeline], label=name, **style)
     reps.set_ylabel("replicas")
     reps.legend()
-    ttft.set_ylabel("mean TTFT (s)")
+    if slo_s:
+        ttft.axhline(slo_s, color="black", linestyle="--", linewidth=1, label="SLO")
+    ttft.set_yscale("log")
+    ttft.set_ylabel("mean TTFT (s, log)")
     ttft.set_xlabel("minutes")
     fig.tight_layout()
     fig.savefig(path)

@@ -33,6 +33,16 @@ def test_starting_replicas_count_as_capacity():
     assert decision.desired == 3
 
 
+def test_scrapes_of_a_smaller_fleet_are_not_applied_to_a_larger_one():
+    # Two replicas ran at 128% of target until the third became ready; the fleet's demand
+    # was 2.56 replicas, which three hold: no fourth (ready x 128% would ask for 3.84).
+    before = [Sample(t, f"r{i}", 0.96) for i in range(2) for t in (955, 970, 985)]
+    after = [Sample(1000, f"r{i}", 0.6) for i in range(3)]
+    decision = decide(1000, before + after, current=3, ready=3, starting=0,
+                      params=PARAMS, recommendations=Recommendations())
+    assert decision.desired == 3, decision.reason
+
+
 def test_no_scale_down_inside_the_stabilization_window():
     recs = Recommendations()
     assert decide(0, _samples(0, 4, 0.74), 4, 4, 0, PARAMS, recs).desired == 4
@@ -111,11 +121,11 @@ def test_prefill_or_batch_saturation_scales_up_with_an_empty_kv_cache():
     batch = [Sample(t, f"r{i}", 0.05, batch_fraction=1.0) for i in range(2) for t in range(940, 1001, 15)]
     decision = decide(1000, batch, current=2, ready=2, starting=0, params=PARAMS,
                       recommendations=Recommendations())
-    assert decision.desired == 3 and decision.reason.startswith("batch load 100% against a 80% target")
+    assert decision.desired == 3 and decision.reason.startswith("batch load 100% against a 75% target")
 
 
 def test_each_resource_is_held_at_its_own_target():
-    """A batch 80% full is fine (target 80%: requests still start at once); a KV cache 80%
+    """A batch 80% full is fine (target 75%: requests still start at once); a KV cache 80%
     full is not (target 75%: the next long sequences would queue); nor is a replica
     spending 80% of its time on prefill (target 50%: new requests wait behind prompts)."""
     def at(**load):

@@ -7,25 +7,29 @@ or request rate says anything. The law, evaluated every ``period`` (15 s in the 
    over its own target. Its KV block fraction (``nv_trt_llm_kv_cache_block_metrics
    {kv_cache_block_type="fraction"}``, used/max blocks) over ``targetKVCacheUtilization``
    (``target``, default 0.75); its batch slots (``nv_trt_llm_request_metrics`` ``active``
-   over ``max``) over ``batch_target`` (0.8: a batch with free slots still starts new requests
-   at once); and its prefill load, input tokens per second (the rate of
+   over ``max``) over ``batch_target`` (0.75: a batch with free slots still starts new
+   requests at once, and a full one is outside the tolerance band); and its prefill load, input tokens per second (the rate of
    ``nv_llm_input_token_len_sum``) over the prefill speed the performance model gives for
    the plan (:func:`kiln.planner.perf.prefill_tokens_per_second`), over ``prefill_target``
    (0.5: a replica that spends more than half its time on prompts makes new requests wait
    behind them, which is what the TTFT SLO measures). Long outputs fill the KV cache; many
    short ones fill the batch; long prompts with short answers (code completion) saturate
-   compute first and barely touch either. The fleet's pressure is the mean over reporting
-   replicas at each scrape of the last ``window_seconds`` (60 s), and the highest of those —
-   so a burst between quiet scrapes counts and the sawtooth of sequences finishing does not —
-   plus each replica's latest waiting-request count
-   (``nv_trt_llm_request_metrics{request_type="waiting"}``). The per-resource targets were
-   chosen on ``benchmarks/autoscaling.py``: one shared target of 0.5 cost 1.58x the oracle's
-   GPU-hours on the Azure conversation trace, these 1.22x at the same SLO.
+   compute first and barely touch either. The fleet's *demand*, in replicas, is the sum of
+   the reporting replicas' pressures at each scrape of the last ``window_seconds`` (60 s),
+   and the highest of those — so a burst between quiet scrapes counts and the sawtooth of
+   sequences finishing does not — plus each replica's latest waiting-request count
+   (``nv_trt_llm_request_metrics{request_type="waiting"}``). The per-resource targets and
+   the tolerance were chosen on ``benchmarks/autoscaling.py`` (the README has the figures and
+   how they move with the load).
 2. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
    reported within ``stale_seconds`` (45 s), the law holds the current count and says so.
-3. **Proportional target.** ``want = ceil(ready × pressure)``, as the HPA does for
-   utilisation. Within the ``tolerance`` band (|pressure − 1| ≤ 0.2, wider than the HPA's
-   0.1: LLM load moves in bursts of whole requests) and with no queue, ``want`` = current.
+3. **Proportional target.** ``want = ceil(demand)``: the replicas that hold the busiest
+   scrape's load at target. On a fleet that did not change within the window this is the
+   HPA's ``ceil(ready × utilisation / target)``; summing keeps the per-replica load measured
+   on fewer replicas (before a scale-up became ready) from being applied to more. Within the
+   ``tolerance`` band (|demand / ready − 1| ≤ 0.25, wider than the HPA's 0.1: LLM load
+   moves in bursts of whole requests, and each target already holds headroom) and with no
+   queue, ``want`` = current.
 4. **Queue.** Requests waiting mean the fleet is already short: if the waiting count per
    replica exceeds ``queue_per_replica`` (2), ``want`` is at least
    ``ceil(ready × (1 + waiting / running))`` — a saturated replica holds what it runs, so that
@@ -78,13 +82,13 @@ class LawParams:
     max_replicas: int = 1
     target: float = 0.75
     stabilization_seconds: float = 300.0
-    tolerance: float = 0.2
+    tolerance: float = 0.25
     window_seconds: float = 60.0
     stale_seconds: float = 45.0
     queue_per_replica: float = 2.0
     up_step_min: int = 4
     down_step: int = 1
-    batch_target: float = 0.8
+    batch_target: float = 0.75
     prefill_target: float = 0.5
 
 
@@ -92,7 +96,6 @@ class LawParams:
 class Decision:
     desired: int
     reason: str
-    utilization: float | None = None
     held: bool = False  # True when the law refused to act on missing or stale metrics
 
 
@@ -145,18 +148,20 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         return Decision(current, f"metrics from {len(reporting)} of {ready} ready replicas: "
                                  f"holding {current} until they report", held=True)
 
-    # The fleet's pressure (load over target, per resource) at each scrape in the window; the
-    # busiest scrape counts, so a burst between quiet scrapes is not averaged away.
-    totals: dict[float, list[float]] = {}
+    # The fleet's demand at each scrape in the window: the sum of the pressures (load over
+    # target, per resource) of the replicas it scraped, in replicas. The busiest scrape
+    # counts, so a burst between quiet scrapes is not averaged away; a sum, not ready x mean,
+    # so that scrapes of a smaller fleet earlier in the window are not applied to a larger
+    # one, and a replica removed since still counts for the load it carried then.
+    totals: dict[float, float] = {}
     for sample in fresh:
-        if sample.replica in latest and latest[sample.replica].time >= now - params.stale_seconds:
-            totals.setdefault(sample.time, []).append(sample.pressure(params))
-    ratio = max(sum(p) / len(p) for p in totals.values())
+        totals[sample.time] = totals.get(sample.time, 0.0) + sample.pressure(params)
+    demand = max(totals.values())  # in replicas at target
+    ratio = demand / ready
     kind, load, target = _busiest([latest[r] for r in reporting], params)
-    utilization = ratio * params.target  # in KV-target terms, for the status
     waiting = sum(latest[r].waiting for r in reporting)
 
-    want = math.ceil(ready * ratio - 1e-9)
+    want = math.ceil(demand - 1e-9)
     queued = waiting > params.queue_per_replica * ready
     if abs(ratio - 1) <= params.tolerance and not queued:
         want = current
@@ -181,12 +186,12 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         step = max(params.up_step_min, current)
         desired = _clamp(min(want, current + step), params)
         on_the_way = f" ({starting} still starting)" if starting else ""
-        return Decision(desired, f"{why}: scaling up {current} -> {desired}{on_the_way}", utilization)
+        return Decision(desired, f"{why}: scaling up {current} -> {desired}{on_the_way}")
     if want < current:
         stable = max(want, recommendations.highest_since(now - params.stabilization_seconds))
         if stable >= current:
             return Decision(current, f"{why}: waiting out the {params.stabilization_seconds:.0f}s "
-                                     "scale-down stabilization", utilization)
+                                     "scale-down stabilization")
         desired = _clamp(max(stable, current - params.down_step), params)
-        return Decision(desired, f"{why}: scaling down {current} -> {desired}", utilization)
-    return Decision(current, f"{why}: holding {current}", utilization)
+        return Decision(desired, f"{why}: scaling down {current} -> {desired}")
+    return Decision(current, f"{why}: holding {current}")

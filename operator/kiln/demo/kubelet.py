@@ -108,7 +108,9 @@ class SimulatedCluster:
                 continue
             key = (kind, meta["namespace"], f"{meta['name']}@{meta.get('generation')}")
             started = self._seen.setdefault(key, now)
-            if now - started < self.start_seconds:
+            # New pods take start_seconds to load the engine; removed ones stop serving at once
+            # (they leave the Service's endpoints and the operator's scrapes when deleted).
+            if now - started < self.start_seconds and want >= self._running(meta):
                 continue
             await self._sync_pods(workload, template, want)
             await self.api.patch_status(workload, target)
@@ -148,6 +150,12 @@ class SimulatedCluster:
             return self.replays[instance].pod_load()
         return PodLoad.steady(self.load.get(instance, 0.35) / max(1, self.pods(instance)),
                               SimulatedTriton.INPUT_TOKENS_PER_S_AT_FULL_LOAD)
+
+    def _running(self, meta: dict[str, Any]) -> int:
+        """Simulated pods of a workload."""
+        prefix = f"{meta['name']}-"
+        return sum(1 for namespace, name in self._triton
+                   if namespace == meta["namespace"] and name.startswith(prefix))
 
     async def _sync_pods(self, workload: dict[str, Any], template: dict[str, Any], want: int) -> None:
         meta = workload["metadata"]
