@@ -1,5 +1,6 @@
-"""The seams: pure layers stay pure (import-linter contracts in pyproject.toml), and every
-source directory is a package that a non-editable install ships."""
+"""The seams: pure layers stay pure (import-linter contracts in pyproject.toml) and type-check
+under ``mypy --strict``, and every source directory is a package that a non-editable install
+ships."""
 
 from __future__ import annotations
 
@@ -23,3 +24,13 @@ def test_every_source_directory_is_a_package():
                if d.is_dir() and d.name not in ("__pycache__", "data") and any(d.glob("*.py"))
                and not (d / "__init__.py").exists()]
     assert missing == []
+
+
+PURE = ("api", "planner", "render", "autoscale", "sim")
+
+
+def test_pure_layers_type_check_strictly(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--ignore-missing-imports",
+                             "--cache-dir", str(tmp_path), *(f"kiln/{name}" for name in PURE)],
+                            cwd=ROOT / "operator", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

@@ -52,7 +52,7 @@ class ModelConfig:
         architecture = architecture.split(" ", 1)[0]
         if architecture not in SUPPORTED:
             raise UnsupportedModel(f"architecture {architecture} is not supported by the planner")
-        text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+        text: dict[str, Any] = raw["text_config"] if isinstance(raw.get("text_config"), dict) else raw
         merged = {**raw, **text}
         if merged.get("use_sliding_window") or (
                 merged.get("sliding_window") and merged.get("use_sliding_window") is not False

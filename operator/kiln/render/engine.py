@@ -8,7 +8,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import API_VERSION, EngineShape, LLMEngineSpec, LLMServiceSpec, ServerKind
+from ..api import API_VERSION, EngineCacheLocation, EngineShape, LLMEngineSpec, LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
 from ..toolchain import DJL_IMAGE, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
 from .meta import (LABEL_ENGINE, child_name, content_hash, labels, owner_reference,
@@ -59,7 +59,7 @@ def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> En
     """The engine a service needs. The key ignores runtime-only settings (KV memory fraction,
     replicas, autoscaling) so changing those never rebuilds."""
     limits = spec.engine
-    inputs = {
+    inputs: dict[str, Any] = {
         "source": spec.model.source,
         "revision": spec.model.revision,
         "precision": spec.precision,
@@ -87,7 +87,7 @@ def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> En
         server=spec.runtime.server,
         toolchain=inputs["toolchain"],
         limits=inputs["limits"],
-        cache={"namespace": namespace, "claimName": spec.engine_cache.claim_name},
+        cache=EngineCacheLocation(namespace=namespace, claim_name=spec.engine_cache.claim_name),
     )
     # The record's name also covers the cache it lives in: the same bytes in two namespaces'
     # caches are two records.
@@ -154,7 +154,7 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
         shm_volume("16Gi"),
         tmp_volume(),
     ]
-    mounts = [{"name": "engine-cache", "mountPath": CACHE_MOUNT},
+    mounts: list[dict[str, Any]] = [{"name": "engine-cache", "mountPath": CACHE_MOUNT},
               {"name": "work", "mountPath": WORK_MOUNT},
               {"name": "dshm", "mountPath": "/dev/shm"},
               {"name": "tmp", "mountPath": "/tmp"}]

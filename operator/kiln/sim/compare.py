@@ -23,7 +23,7 @@ ORACLE_MARGINS = (0, 1, 2, 3)
 Progress = Callable[[str, float], None]
 
 
-def _cheapest(runs: list[tuple[object, SimResult]], goal: float) -> tuple[object, SimResult] | None:
+def _cheapest(runs: Sequence[tuple[object, SimResult]], goal: float) -> tuple[object, SimResult] | None:
     meeting = [(knob, r) for knob, r in runs if r.slo_attainment >= goal]
     return min(meeting, key=lambda kr: kr[1].gpu_hours) if meeting else None
 

@@ -122,7 +122,7 @@ def oracle_schedule(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float
         lo, hi = low, high
         while lo < hi:  # binary search on a static fleet of n
             n = (lo + hi) // 2
-            trial = simulate(part, replace(fleet, initial=n), lambda view, n=n: n, slo_ttft_s)
+            trial = simulate(part, replace(fleet, initial=n), static_policy(n), slo_ttft_s)
             if trial.slo_attainment >= goal:
                 hi = n
             else:
