@@ -4,8 +4,9 @@ It finishes build Jobs after a delay (as if ``kiln-runtime build`` ran), marks D
 replicas ready and creates their Pods (as if Triton loaded the engine and passed its
 probes), and serves each Pod's Triton ``/metrics`` page over real HTTP on 127.0.0.1, in
 Triton's format, with a KV capacity near the planner's prediction and either a steady load
-or a recorded trace's (:mod:`kiln.demo.replay`). It writes through the emulator's API, like the real components, so the operator sees only
-ordinary watch events and scrapes metrics as it would in a cluster. Nothing here runs a model.
+or a recorded trace's (:mod:`kiln.demo.replay`). It writes through the emulator's API, like
+the real components, so the operator sees only ordinary watch events and scrapes metrics as
+it would in a cluster. Nothing here runs a model.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@
   would serve (so replicas are warm when their load arrives, cold start included). A margin
   of extra replicas is added only if the whole replay misses the goal at the window
   boundaries.
+- ``present_policy`` (not one of :data:`POLICIES`; ``benchmarks/autoscaling.py`` runs it as a
+  reference): the oracle's per-window needs as they happen, without foresight.
 """
 
 from __future__ import annotations
@@ -133,10 +135,10 @@ def oracle_schedule(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float
 
 def present_policy(schedule: Sequence[int], hold: float, margin: int, low: int, high: int,
                    length: float, window: float = 120.0) -> Policy:
-    """The oracle without foresight, a reference for what reacting can achieve: at each
-    moment it knows exactly what the current ``window`` needs (the oracle's schedule), but
-    nothing of the future, so it keeps the most any window needed in the last ``hold``
-    seconds, plus ``margin`` replicas. Before the trace opens (a lead-in replaying the
+    """The oracle without foresight, a reference for reacting to a perfectly known present:
+    at each moment it knows exactly what the current ``window`` needs (the oracle's
+    schedule), but nothing of the future, so it keeps the most any window needed in the
+    last ``hold`` seconds, plus ``margin`` replicas. Before the trace opens (a lead-in replaying the
     trace's end) it reads the schedule of the trace's end, ``length`` seconds long."""
     def need(t: float) -> int:
         at = int((t + length if t < 0 else t) // window)
