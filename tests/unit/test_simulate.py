@@ -143,3 +143,20 @@ def test_a_lead_in_shapes_the_fleet_but_is_not_counted():
     cold = simulate(quiet, fleet, kiln_policy(params), 2.0)
     assert warm.timeline[0][1] > 1 and cold.timeline[0][1] == 1
     assert warm.gpu_hours > cold.gpu_hours
+
+
+def test_the_oracle_without_foresight_holds_what_recent_windows_needed():
+    from kiln.sim.engine import FleetView
+    from kiln.sim.policies import present_policy
+
+    policy = present_policy([1, 3, 1, 1, 2], hold=120, margin=0, low=1, high=8, length=600)
+
+    def at(now):
+        return policy(FleetView(now, [], 1, 1, 0))
+    assert at(-30) == 2                 # the lead-in replays the trace's end: its last window
+    assert at(60) == 2                  # 120 s back is still the lead-in
+    assert at(125) == 3                 # window 1 needs 3, the moment it opens
+    assert at(300) == 3                 # window 2 needs 1, but window 1 was within 120 s
+    assert at(370) == 1
+    assert at(479) == 1 and at(481) == 2  # window 4's need is not seen before it opens
+    assert present_policy([1, 3], 0, 2, 1, 4, 240)(FleetView(130, [], 1, 1, 0)) == 4  # margin, capped
