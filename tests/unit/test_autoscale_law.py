@@ -54,6 +54,37 @@ def test_no_scale_down_inside_the_stabilization_window():
     assert later.desired == 3  # one replica per decision
 
 
+def _first_scale_down(load, drop_at, end=1500):
+    """Run the law every 15 s on 4 replicas whose KV fraction is ``load(t)`` until ``drop_at``
+    and 0.2 after; the time of the first scale-down."""
+    recs = Recommendations()
+    for now in range(0, end, 15):
+        decision = decide(now, _samples(now, 4, lambda t, i: load(t) if t < drop_at else 0.2),
+                          4, 4, 0, PARAMS, recs)
+        if decision.desired < 4:
+            return now, decision.reason
+    raise AssertionError("never scaled down")
+
+
+def test_smooth_load_comes_down_after_half_the_stabilization_window():
+    # Ten minutes of steady load, then it falls for good: no lull to ride out.
+    when, _ = _first_scale_down(lambda t: 0.74, drop_at=660)
+    # The busy scrape at 645 stays in the 60 s window until 705: the last want of 4.
+    assert when == 705 + 150 + 15
+    recs = Recommendations()
+    for now in range(0, 675, 15):
+        decide(now, _samples(now, 4, 0.74), 4, 4, 0, PARAMS, recs)
+    waiting = decide(720, _samples(720, 4, 0.2), 4, 4, 0, PARAMS, recs)
+    assert waiting.desired == 4 and "150s scale-down stabilization (smooth load)" in waiting.reason
+
+
+def test_bursty_load_keeps_the_whole_stabilization_window():
+    # Bursts every other two minutes: the load that falls may come back; wait the full 300 s.
+    when, _ = _first_scale_down(lambda t: 0.9 if (t // 120) % 2 else 0.1, drop_at=720)
+    last_burst = 600 + 105  # the last scrape of the burst from 600 to 720
+    assert when >= last_burst + 300
+
+
 def test_missing_or_stale_metrics_hold():
     recs = Recommendations()
     nothing = decide(1000, [], 5, 5, 0, PARAMS, recs)

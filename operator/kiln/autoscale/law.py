@@ -39,8 +39,16 @@ or request rate says anything. The law, evaluated every ``period`` (15 s in the 
    engine loading) count as capacity: scale up only if ``want`` > ready + starting, and at most
    ``max(up_step_min, current)`` replicas per decision (double, at least 4 at a time).
 6. **Slow, stabilised scale-down.** Each decision records its ``want``; a scale-down takes the
-   highest ``want`` seen within ``stabilization_seconds`` (``scaleDownStabilizationSeconds``,
-   default 300 s — the HPA's default), and removes at most ``down_step`` (1) replica per decision.
+   highest ``want`` seen within the stabilisation window, and removes at most ``down_step``
+   (1) replica per decision. The window is ``stabilization_seconds``
+   (``scaleDownStabilizationSeconds``, default 300 s — the HPA's default) while the load is
+   bursty, and ``smooth_stabilization`` (half) of it while the load is smooth: when, over the
+   last ``burst_horizon`` (10 min), no decision's mean demand over its window was more than
+   ``burst_ratio`` (1.5) times their average. The window rides out the lulls between bursts,
+   whose load comes back within minutes; smooth load that falls does not, and holding its
+   replicas for the full window only costs. Until ten minutes are on record the full window
+   applies. (On ``benchmarks/autoscaling.py``'s traces this statistic stays between 1.1 and
+   1.3 on Mooncake, mostly below 1.5 on Azure conv, and never below 1.7 on Azure code.)
 7. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
 
 The operator, the simulator and the tests all call :func:`decide`.
@@ -90,6 +98,9 @@ class LawParams:
     down_step: int = 1
     batch_target: float = 0.75
     prefill_target: float = 0.5
+    smooth_stabilization: float = 0.5  # share of the stabilisation window on smooth load
+    burst_ratio: float = 1.5
+    burst_horizon: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,8 @@ class Recommendations:
     """The ``want`` of recent decisions, for the scale-down stabilisation window."""
 
     history: list[tuple[float, int]] = field(default_factory=list)
+    # The fleet's mean demand over each decision's window, for telling bursty load from smooth.
+    demand: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, now: float, want: int, horizon: float) -> None:
         self.history.append((now, want))
@@ -111,6 +124,18 @@ class Recommendations:
 
     def highest_since(self, since: float) -> int:
         return max((w for t, w in self.history if t >= since), default=0)
+
+    def add_demand(self, now: float, demand: float, horizon: float) -> None:
+        self.demand.append((now, demand))
+        self.demand = [(t, d) for t, d in self.demand if t >= now - horizon]
+
+    def smooth(self, horizon: float, burst_ratio: float) -> bool:
+        """True when the last ``horizon`` seconds are on record and their busiest window's
+        demand stayed within ``burst_ratio`` times their average."""
+        if not self.demand or self.demand[-1][0] - self.demand[0][0] < 0.9 * horizon:
+            return False
+        average = sum(d for _, d in self.demand) / len(self.demand)
+        return max(d for _, d in self.demand) <= burst_ratio * average
 
 
 def _busiest(samples: Iterable[Sample], params: LawParams) -> tuple[str, float, float]:
@@ -179,6 +204,10 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         why += f", {waiting} requests waiting"
     want = _clamp(max(want, 0), params)
     recommendations.add(now, want, params.stabilization_seconds)
+    recommendations.add_demand(now, sum(totals.values()) / len(totals), params.burst_horizon)
+    stabilization, load_kind = params.stabilization_seconds, ""
+    if recommendations.smooth(params.burst_horizon, params.burst_ratio):
+        stabilization, load_kind = stabilization * params.smooth_stabilization, " (smooth load)"
 
     if want > current:
         # ``want`` is measured on the ready replicas only, so replicas still starting (part of
@@ -188,10 +217,10 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         on_the_way = f" ({starting} still starting)" if starting else ""
         return Decision(desired, f"{why}: scaling up {current} -> {desired}{on_the_way}")
     if want < current:
-        stable = max(want, recommendations.highest_since(now - params.stabilization_seconds))
+        stable = max(want, recommendations.highest_since(now - stabilization))
         if stable >= current:
-            return Decision(current, f"{why}: waiting out the {params.stabilization_seconds:.0f}s "
-                                     "scale-down stabilization")
+            return Decision(current, f"{why}: waiting out the {stabilization:.0f}s "
+                                     f"scale-down stabilization{load_kind}")
         desired = _clamp(max(stable, current - params.down_step), params)
         return Decision(desired, f"{why}: scaling down {current} -> {desired}")
     return Decision(current, f"{why}: holding {current}")

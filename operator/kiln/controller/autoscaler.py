@@ -49,7 +49,7 @@ class _Fleet:
 class BuiltinAutoscaler:
     api: KubeApi
     metrics: MetricsSource
-    # Overrides of LawParams timing (window, staleness) for the demo and tests.
+    # Overrides of LawParams timing (window, staleness, burst horizon) for the demo and tests.
     timing: dict[str, float] = field(default_factory=dict)
     clock: Any = time.monotonic
     _fleets: dict[tuple[str, str], _Fleet] = field(default_factory=dict)

@@ -13,7 +13,9 @@ from typing import Any, TextIO
 import yaml
 from ..api.common import Reason
 from ..api.validation import parse_service_manifest
+from ..autoscale import LawParams
 from ..controller.conditions import get_condition, is_true
+from ..controller.autoscaler import AUTOSCALE_PERIOD_SECONDS
 from ..errors import SpecInvalid
 from ..planner import ModelConfig, catalog_config, lookup_gpu, plan
 from ..planner.perf import PerfModel
@@ -74,8 +76,12 @@ async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90
     replay = replay or Replay()
     # The operator's autoscaling periods run replay.speed times faster, for the second act.
     speed = replay.speed
-    async with Sandbox(on_event=lambda m: say(f"  [cluster] {m}"), autoscale_period=15.0 / speed,
-                       autoscale_timing={"window_seconds": 60.0 / speed, "stale_seconds": 45.0 / speed}
+    law = LawParams()
+    async with Sandbox(on_event=lambda m: say(f"  [cluster] {m}"),
+                       autoscale_period=AUTOSCALE_PERIOD_SECONDS / speed,
+                       autoscale_timing={"window_seconds": law.window_seconds / speed,
+                                         "stale_seconds": law.stale_seconds / speed,
+                                         "burst_horizon": law.burst_horizon / speed}
                        ) as sandbox:
         namespaces = sorted({m["metadata"].get("namespace", "default") for m in services})
         for namespace in namespaces:
@@ -164,9 +170,11 @@ async def replay_act(sandbox: Sandbox, r: Replay, examples: Path, services: list
                "scaleDownStabilizationSeconds": round(r.stabilization / r.speed)}
     say(f"\nAutoscaling: {r.about},\neach request sent {r.rate_scale:g} times, replayed {r.speed:g}x "
         f"faster than real time through llmservice/{r.service}'s simulated Triton metrics.\n"
-        f"The operator's control period, metric window and {r.stabilization:.0f} s scale-down "
-        f"stabilisation run {r.speed:g}x faster too;\na new pod serves {r.cold_start:.0f} s after "
-        "it is asked for. Times are trace time.")
+        f"The operator's timing runs {r.speed:g}x faster too: its control period, metric window, "
+        f"{r.stabilization:.0f} s scale-down stabilisation\nand the {LawParams().burst_horizon / 60:.0f} "
+        "minutes it looks back over "
+        f"to tell bursty load from smooth. A new pod serves {r.cold_start:.0f} s after it is asked "
+        "for.\nTimes are trace time.")
     say(f"$ kubectl patch llmservice {r.service} -n {namespace} --type=merge "
         f"-p '{json.dumps({'spec': {'autoscaling': scaling}}, separators=(',', ':'))}'")
     await sandbox.patch_spec(namespace, r.service, {"autoscaling": scaling})
