@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
 from kiln.api.validation import parse_service_manifest  # noqa: E402
+from kiln.errors import KilnError  # noqa: E402
 from kiln.autoscale import LawParams  # noqa: E402
 from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan  # noqa: E402
 import yaml  # noqa: E402
@@ -173,4 +174,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KilnError as error:
+        print(f"error: {error.message} (--traces names the directory of the recorded traces)", file=sys.stderr)
+        sys.exit(2)
