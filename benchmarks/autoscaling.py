@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 from kiln.api.validation import parse_service_manifest  # noqa: E402
 from kiln.errors import KilnError  # noqa: E402
 from kiln.autoscale import LawParams  # noqa: E402
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan  # noqa: E402
+from kiln.planner import lookup_gpu  # noqa: E402
 import yaml  # noqa: E402
 
 from kiln.sim import Fleet, PerfModel, compare, load_trace  # noqa: E402
@@ -59,14 +59,8 @@ PRESENT_HOLDS = (0, 120, 240, 360, 480, 600)
 def _fleet_and_params() -> tuple[Fleet, LawParams]:
     manifest = yaml.safe_load((ROOT / "benchmarks" / "autoscaling-service.yaml").read_text())
     _, spec = parse_service_manifest(manifest)
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
-    model = ModelConfig.from_hf(catalog_config(spec.model.source.removeprefix("hf://")))
-    scaling = spec.autoscaling
-    params = LawParams(min_replicas=scaling.min_replicas, max_replicas=scaling.max_replicas,
-                       target=scaling.target_kv_cache_utilization,
-                       stabilization_seconds=float(scaling.scale_down_stabilization_seconds))
-    fleet = Fleet(PerfModel.from_plan(plan(model, spec, gpu), spec, gpu), spec.gpus, cold_start=COLD_START_S)
-    return fleet, params
+    perf = PerfModel.for_catalog_model(spec, lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b))
+    return Fleet(perf, spec.gpus, cold_start=COLD_START_S), LawParams.for_service(spec.autoscaling)
 
 
 def _outage(requests, fleet, params, start: int) -> dict:
@@ -155,11 +149,12 @@ def main() -> int:
         }
         entry["targets"] = targets
         holds += [v for v in targets.values() if v is not None]
-        reference = _without_foresight(requests, fleet, params, schedule, warm_fleet(schedule, fleet, params))
+        start = warm_fleet(schedule, fleet, params)
+        reference = _without_foresight(requests, fleet, params, schedule, start)
         entry["oracleWithoutForesight"] = reference
         if reference:
             reference["overOracleGpuHours"] = round(reference["gpuHours"] / oracle.gpu_hours, 3)
-        entry["metricsOutage"] = _outage(requests, fleet, params, warm_fleet(schedule, fleet, params))
+        entry["metricsOutage"] = _outage(requests, fleet, params, start)
         entry["metricsOutage"]["lossUnder1Point"] = entry["metricsOutage"]["sloLossPoints"] < 1.0
         holds += [entry["metricsOutage"]["lossUnder1Point"], not entry["metricsOutage"]["scaledDownDuringOutage"]]
         if args.sensitivity:

@@ -21,6 +21,7 @@ from .api.validation import parse_service_manifest
 from .errors import KilnError, SpecInvalid
 from .planner import GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan
 from .render import ServiceRef, render
+from .sim.compare import LEAD_IN_SECONDS
 
 __all__ = ["main"]
 
@@ -186,8 +187,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     requests = load_trace(Path(args.trace), args.rate_scale, args.time_scale)
     scaling = spec.autoscaling
     low, high = max(1, scaling.min_replicas), max(scaling.max_replicas, args.max_replicas)
-    params = LawParams(min_replicas=low, max_replicas=high, target=scaling.target_kv_cache_utilization,
-                       stabilization_seconds=float(scaling.scale_down_stabilization_seconds))
+    params = LawParams.for_service(scaling, min_replicas=low, max_replicas=high)
     fleet = Fleet(PerfModel.from_plan(result, spec, gpu), spec.gpus, cold_start=args.cold_start)
     show = args.output != "json" and sys.stderr.isatty()
 
@@ -294,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--time-scale", type=float, default=1.0)
     sim.add_argument("--max-replicas", type=int, default=16, help="upper bound for every policy")
     sim.add_argument("--metrics-outage", help="START:SECONDS with no metrics")
-    sim.add_argument("--lead-in", type=float, default=600.0,
+    sim.add_argument("--lead-in", type=float, default=LEAD_IN_SECONDS,
                      help="seconds of the trace's end replayed first, uncounted, so the reactive "
                           "policies start as on a running service (0: start cold)")
     sim.add_argument("--plot", help="write load, replicas and TTFT over time to this PNG")

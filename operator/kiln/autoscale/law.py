@@ -8,9 +8,10 @@ or request rate says anything. The law, evaluated every ``period`` (15 s in the 
    {kv_cache_block_type="fraction"}``, used/max blocks) over ``targetKVCacheUtilization``
    (``target``, default 0.75); its batch slots (``nv_trt_llm_request_metrics`` ``active``
    over ``max``) over ``batch_target`` (0.75: a batch with free slots still starts new
-   requests at once, and a full one is outside the tolerance band); and its prefill load, input tokens per second (the rate of
-   ``nv_llm_input_token_len_sum``) over the prefill speed the performance model gives for
-   the plan (:func:`kiln.planner.perf.prefill_tokens_per_second`), over ``prefill_target``
+   requests at once, and a full one is outside the tolerance band); and its prefill load,
+   input tokens per second (the rate of ``nv_llm_input_token_len_sum``) over the prefill
+   speed the performance model gives for the plan
+   (:func:`kiln.planner.perf.prefill_tokens_per_second`), over ``prefill_target``
    (0.5: a replica that spends more than half its time on prompts makes new requests wait
    behind them, which is what the TTFT SLO measures). Long outputs fill the KV cache; many
    short ones fill the batch; long prompts with short answers (code completion) saturate
@@ -59,6 +60,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from ..api import AutoscalingSpec
 
 __all__ = ["Sample", "LawParams", "Decision", "Recommendations", "decide"]
 
@@ -101,6 +105,16 @@ class LawParams:
     smooth_stabilization: float = 0.5  # share of the stabilisation window on smooth load
     burst_ratio: float = 1.5
     burst_horizon: float = 600.0
+
+    @classmethod
+    def for_service(cls, scaling: AutoscalingSpec, **overrides: Any) -> LawParams:
+        """The law's parameters for a service's ``spec.autoscaling``; ``overrides`` replace
+        any of them (bounds in ``kiln simulate``, timing in the demo and the tests)."""
+        values: dict[str, Any] = {
+            "min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
+            "target": scaling.target_kv_cache_utilization,
+            "stabilization_seconds": float(scaling.scale_down_stabilization_seconds)}
+        return cls(**{**values, **overrides})
 
 
 @dataclass(frozen=True)

@@ -70,11 +70,7 @@ class BuiltinAutoscaler:
         self._prometheus.clear()
 
     def params(self, spec: LLMServiceSpec) -> LawParams:
-        scaling = spec.autoscaling
-        return LawParams(min_replicas=scaling.min_replicas, max_replicas=scaling.max_replicas,
-                         target=scaling.target_kv_cache_utilization,
-                         stabilization_seconds=float(scaling.scale_down_stabilization_seconds),
-                         **self.timing)
+        return LawParams.for_service(spec.autoscaling, **self.timing)
 
     def forget(self, namespace: str, name: str) -> None:
         self._fleets.pop((namespace, name), None)

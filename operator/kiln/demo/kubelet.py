@@ -111,7 +111,7 @@ class SimulatedCluster:
             started = self._seen.setdefault(key, now)
             # New pods take start_seconds to load the engine; removed ones stop serving at once
             # (they leave the Service's endpoints and the operator's scrapes when deleted).
-            if now - started < self.start_seconds and want >= self._running(meta):
+            if now - started < self.start_seconds and want >= len(self._running(meta)):
                 continue
             await self._sync_pods(workload, template, want)
             await self.api.patch_status(workload, target)
@@ -152,11 +152,11 @@ class SimulatedCluster:
         return PodLoad.steady(self.load.get(instance, 0.35) / max(1, self.pods(instance)),
                               SimulatedTriton.INPUT_TOKENS_PER_S_AT_FULL_LOAD)
 
-    def _running(self, meta: dict[str, Any]) -> int:
-        """Simulated pods of a workload."""
+    def _running(self, meta: dict[str, Any]) -> dict[int, SimulatedTriton]:
+        """A workload's simulated pods (``<workload>-<index>``), by index."""
         prefix = f"{meta['name']}-"
-        return sum(1 for namespace, name in self._triton
-                   if namespace == meta["namespace"] and name.startswith(prefix))
+        return {int(name[len(prefix):]): triton for (namespace, name), triton in self._triton.items()
+                if namespace == meta["namespace"] and name.startswith(prefix)}
 
     async def _sync_pods(self, workload: dict[str, Any], template: dict[str, Any], want: int) -> None:
         meta = workload["metadata"]
@@ -182,13 +182,13 @@ class SimulatedCluster:
             await self.api.patch_status(pod, {
                 "phase": "Running", "podIP": "127.0.0.1",
                 "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": _now()}]})
-        for (namespace_, name), triton in list(self._triton.items()):
-            prefix = f"{meta['name']}-"
-            if namespace_ == namespace and name.startswith(prefix) and int(name[len(prefix):]) >= want:
+        for index, triton in self._running(meta).items():
+            if index >= want:
+                name = f"{meta['name']}-{index}"
                 await self.api.delete({"apiVersion": "v1", "kind": "Pod",
                                        "metadata": {"name": name, "namespace": namespace}})
                 await triton.stop()
-                del self._triton[(namespace_, name)]
+                del self._triton[(namespace, name)]
                 self._pods[triton.instance_of] -= 1
 
     async def close(self) -> None:

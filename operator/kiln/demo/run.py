@@ -17,9 +17,9 @@ from ..autoscale import LawParams
 from ..controller.conditions import get_condition, is_true
 from ..controller.autoscaler import AUTOSCALE_PERIOD_SECONDS
 from ..errors import SpecInvalid
-from ..planner import ModelConfig, catalog_config, lookup_gpu, plan
+from ..planner import lookup_gpu
 from ..planner.perf import PerfModel
-from ..render.meta import LABEL_INSTANCE
+from ..render.serving import workload_ref
 from ..sim.traces import load_trace
 from .kubelet import GPU_NODES
 from .replay import TraceReplay
@@ -162,9 +162,7 @@ async def replay_act(sandbox: Sandbox, r: Replay, examples: Path, services: list
         return True
     namespace = manifest["metadata"].get("namespace", "default")
     _, spec = parse_service_manifest(manifest)
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
-    model = ModelConfig.from_hf(catalog_config(spec.model.source.removeprefix("hf://")))
-    perf = PerfModel.from_plan(plan(model, spec, gpu), spec, gpu)
+    perf = PerfModel.for_catalog_model(spec, lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b))
     replay = TraceReplay(load_trace(trace, rate_scale=r.rate_scale), perf)
     scaling = {"mode": "builtin", "minReplicas": 1, "maxReplicas": r.max_replicas,
                "scaleDownStabilizationSeconds": round(r.stabilization / r.speed)}
@@ -185,19 +183,19 @@ async def replay_act(sandbox: Sandbox, r: Replay, examples: Path, services: list
     loop = asyncio.get_running_loop()
     started, shown, printed = loop.time(), 0.0, 0
     highest, end = 1, replay.seconds + r.linger
+    _, _, workload = workload_ref(spec, r.service)  # a Deployment: the example is single-node
     while (second := (loop.time() - started) * r.speed) < end:
         pods = sandbox.cluster.pods(r.service)
         replay.advance(second, pods)
-        deployment = next((d for d in sandbox.objects("deployments")
-                           if d["metadata"]["namespace"] == namespace
-                           and d["metadata"].get("labels", {}).get(LABEL_INSTANCE) == r.service), {})
-        desired = int(deployment.get("spec", {}).get("replicas", 1))
+        desired = int(((sandbox.get("deployments", workload, namespace) or {}).get("spec") or {})
+                      .get("replicas", 1))
         highest = max(highest, desired)
-        for _, event in sandbox.events("events")[printed:]:
+        events = sandbox.events("events")
+        for _, event in events[printed:]:
             if event.get("involvedObject", {}).get("name") == r.service and \
                     event.get("reason") in (Reason.SCALED_UP.value, Reason.SCALED_DOWN.value):
                 say(f"  {_clock(second)}  event {event['reason']}: {event.get('message', '')}")
-        printed = len(sandbox.events("events"))
+        printed = len(events)
         if second >= shown:
             shown += 30.0
             rate = replay.requests_per_minute(second)

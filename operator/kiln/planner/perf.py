@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from ..api import LLMServiceSpec, Precision
 from .gpus import GPU
 from .memory import WEIGHT_BYTES
-from .plan import Plan
+from .model import ModelConfig, UnsupportedModel, catalog_config
+from .plan import Plan, plan
 
 __all__ = ["PerfModel", "prefill_tokens_per_second", "COMPUTE_EFFICIENCY", "BANDWIDTH_EFFICIENCY"]
 
@@ -54,6 +55,15 @@ class PerfModel:
                    weight_bytes=weight, kv_bytes_per_token=float(plan.kv_bytes_per_token_per_gpu or 0),
                    bandwidth=gpu.bandwidth_tbs * 1e12,
                    prefill_tokens_per_s=prefill_tokens_per_second(weight, Precision(spec.precision), gpu))
+
+    @classmethod
+    def for_catalog_model(cls, spec: LLMServiceSpec, gpu: GPU) -> PerfModel:
+        """For a service whose model is in the bundled catalog (the benchmark's and the
+        demo's): planned as the operator plans it, nothing downloaded."""
+        raw = catalog_config(spec.model.location)
+        if raw is None:
+            raise UnsupportedModel(f"spec.model.source: {spec.model.source} is not in the bundled catalog")
+        return cls.from_plan(plan(ModelConfig.from_hf(raw), spec, gpu), spec, gpu)
 
     def step_seconds(self, kv_tokens_in_use: float) -> float:
         """One decode step with ``kv_tokens_in_use`` tokens of context across the batch."""

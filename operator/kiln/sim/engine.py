@@ -166,9 +166,10 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
     timeline: list[tuple[float, int, int, float]] = []
     window_arrivals = 0
     window_ttft: list[float] = []
-    now = start
+    now, measuring = start, start >= 0
     while now < end or queue or any(r.running for r in replicas):
-        if now == 0.0 and start < 0:  # the warm-up is over: measure from here
+        if not measuring and now >= 0:  # the warm-up is over: measure from here
+            measuring = True
             ttfts, tpots, gpu_seconds, events, timeline, window_ttft = [], [], 0.0, 0, [], []
             window_arrivals, peak = 0, len([r for r in replicas if not r.draining])
         while pending and pending[0].arrival <= now:
