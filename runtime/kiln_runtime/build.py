@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import cache, source, toolchain
+from . import cache, checkpoint, source, toolchain
 from .errors import StepFailed
 from .spec import BuildSpec
-from .steps import Layout, Step, check_model, plan_steps
+from .steps import Layout, Step, check_model, plan_steps, predict_engine_config
 
 __all__ = ["dry_run", "run_build", "termination_log_path"]
 
@@ -42,12 +42,14 @@ def report(summary: dict[str, Any]) -> None:
 
 
 def dry_run(spec: BuildSpec, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The steps a build would run. Reads the model's config.json (unless given) to check the
-    model; touches nothing else."""
-    architecture = check_model(spec, config if config is not None else
-                               source.read_config(spec.source, spec.revision))
+    """The steps a build would run, and the engine config.json they will produce. Reads the
+    model's config.json (unless given) to check the model; touches nothing else."""
+    if config is None:
+        config = source.read_config(spec.source, spec.revision)
+    architecture = check_model(spec, config)
     return {"engineKey": spec.engine_key, "architecture": architecture,
-            "steps": [step.wire() for step in plan_steps(spec, architecture)]}
+            "steps": [step.wire() for step in plan_steps(spec, architecture)],
+            "engineConfig": predict_engine_config(spec, architecture, config)}
 
 
 def _log(out: TextIO, message: str) -> None:
@@ -56,8 +58,10 @@ def _log(out: TextIO, message: str) -> None:
 
 def _run_child(step: Step, out: TextIO) -> None:
     try:
+        if step.cwd:
+            os.makedirs(step.cwd, exist_ok=True)
         process = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, bufsize=1)
+                                   text=True, bufsize=1, cwd=step.cwd)
     except OSError as error:
         raise StepFailed(step.name, f"cannot start {step.argv[0]}: {error.strerror}") from None
     assert process.stdout is not None
@@ -105,6 +109,8 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
                 step_started = time.monotonic()
                 if step.name == "download":
                     source.download(spec.source, spec.revision, layout.model_dir)
+                elif step.name == "mapping":
+                    checkpoint.set_gpus_per_node(layout.checkpoint_dir, spec.gpus_per_node)
                 elif step.name == "verify":
                     cache.verify_engine(layout.staging / "engine", spec.world_size)
                 elif step.name == "publish":

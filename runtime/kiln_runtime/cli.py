@@ -5,7 +5,7 @@
     kiln-runtime serve
     kiln-runtime djl-properties --spec FILE --out DIR
     kiln-runtime smoke --url HOST:PORT
-    kiln-runtime download / verify / publish   (the build's own steps, runnable alone)
+    kiln-runtime download / set-gpus-per-node / verify / publish   (the build's own steps)
 
 Exit codes: 0 ok, 1 a step failed (the message names it), 2 bad input.
 """
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cache, source, toolchain
+from . import cache, checkpoint, source, toolchain
 from .build import dry_run, run_build
 from .djl import DJLSettings, write_properties
 from .errors import BadSpec, StepFailed
@@ -55,6 +55,12 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     cache.verify_engine(Path(args.engine_dir), args.world_size)
+    return 0
+
+
+def cmd_set_gpus_per_node(args: argparse.Namespace) -> int:
+    mapping = checkpoint.set_gpus_per_node(Path(args.checkpoint_dir), args.gpus_per_node)
+    print(json.dumps({"mapping": mapping}))
     return 0
 
 
@@ -164,6 +170,11 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--engine-dir", required=True)
     verify.add_argument("--world-size", type=int, required=True)
     verify.set_defaults(func=cmd_verify)
+    mapping = sub.add_parser("set-gpus-per-node",
+                             help="state the GPUs per node in a checkpoint's mapping")
+    mapping.add_argument("--checkpoint-dir", required=True)
+    mapping.add_argument("--gpus-per-node", type=int, required=True)
+    mapping.set_defaults(func=cmd_set_gpus_per_node)
     publish = sub.add_parser("publish", help="move a staged engine into the cache")
     publish.add_argument("--staging", required=True)
     publish.add_argument("--cache", required=True)

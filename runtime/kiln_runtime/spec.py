@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import support
 from .errors import BadSpec
 
 __all__ = ["BuildSpec", "Limits", "load_build_spec", "BUILD_SPEC_ENV", "PRECISIONS",
@@ -51,6 +52,9 @@ class BuildSpec:
     limits: Limits
     cache_dir: Path
     work_dir: Path
+    # GPUs per node of a replica that spans nodes (the checkpoint's mapping.gpus_per_node);
+    # 0 when one node holds the replica and TensorRT-LLM's default of 8 is harmless.
+    gpus_per_node: int = 0
 
     @property
     def world_size(self) -> int:
@@ -71,7 +75,8 @@ class BuildSpec:
                     "maxSeqLen": self.limits.max_seq_len,
                     "maxNumTokens": self.limits.max_num_tokens,
                     "tokensPerBlock": self.limits.tokens_per_block,
-                    **({"weightStreaming": True} if self.limits.weight_streaming else {})}}
+                    **({"weightStreaming": True} if self.limits.weight_streaming else {})},
+                **({"gpusPerNode": self.gpus_per_node} if self.gpus_per_node else {})}
 
 
 def _field(raw: dict[str, Any], path: str, kind: type, choices: tuple[str, ...] | None = None,
@@ -122,6 +127,7 @@ def parse_build_spec(raw: Any) -> BuildSpec:
                       weight_streaming=_flag(raw, "limits.weightStreaming")),
         cache_dir=Path(_field(raw, "cacheDir", str)),
         work_dir=Path(_field(raw, "workDir", str)),
+        gpus_per_node=_field(raw, "gpusPerNode", int, minimum=1) if "gpusPerNode" in raw else 0,
     )
     if len(spec.engine_key) != 64 or any(c not in "0123456789abcdef" for c in spec.engine_key):
         raise BadSpec("engineKey: expected 64 lowercase hex characters")
@@ -133,6 +139,10 @@ def parse_build_spec(raw: Any) -> BuildSpec:
                       f"the build targets {spec.gpu_arch}")
     if spec.kv_cache_dtype == "fp8" and spec.arch_number < 89:
         raise BadSpec(f"kvCacheDtype: fp8 needs sm89 or newer; the build targets {spec.gpu_arch}")
+    refused = support.refusals(None, spec.precision, spec.kv_cache_dtype, spec.arch_number,
+                               spec.limits.weight_streaming)
+    if refused:
+        raise BadSpec(refused[0])
     if spec.limits.max_input_len >= spec.limits.max_seq_len:
         raise BadSpec("limits.maxInputLen: must be smaller than limits.maxSeqLen")
     if not spec.source.startswith(("hf://", "s3://", "/")):

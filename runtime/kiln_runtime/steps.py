@@ -9,16 +9,16 @@ written by the quantizer or converter from ``--tp_size/--pp_size``, decides them
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import toolchain
+from . import support, toolchain
 from .errors import BadSpec
 from .spec import BuildSpec
 
-__all__ = ["Step", "Layout", "plan_steps", "check_model", "QFORMAT", "WEIGHT_ONLY"]
+__all__ = ["Step", "Layout", "plan_steps", "check_model", "predict_engine_config", "QFORMAT",
+           "WEIGHT_ONLY", "QUANT_ALGO", "KV_QUANT_ALGO"]
 
 # Kiln precision -> quantize.py --qformat (ModelOpt flow).
 QFORMAT = {"fp8": "fp8", "int8-sq": "int8_sq", "int4-awq": "int4_awq", "w4a8-awq": "w4a8_awq",
@@ -26,6 +26,12 @@ QFORMAT = {"fp8": "fp8", "int8-sq": "int8_sq", "int4-awq": "int4_awq", "w4a8-awq
 # Kiln precision -> convert_checkpoint.py --weight_only_precision.
 WEIGHT_ONLY = {"int8-wo": "int8", "int4-wo": "int4"}
 DTYPE = {"fp16": "float16", "bf16": "bfloat16"}
+# Kiln precision -> the QuantAlgo the checkpoint (and so the engine) records
+# (tensorrt_llm/quantization/mode.py; convert_checkpoint.py args_to_quant_config; ModelOpt's
+# qformat names).
+QUANT_ALGO = {"fp8": "FP8", "int8-sq": "W8A8_SQ_PER_CHANNEL", "int4-awq": "W4A16_AWQ",
+              "w4a8-awq": "W4A8_AWQ", "int8-wo": "W8A16", "int4-wo": "W4A16", "nvfp4": "NVFP4"}
+KV_QUANT_ALGO = {"fp8": "FP8", "int8": "INT8"}
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,12 @@ class Step:
     # Steps that kiln-runtime runs in-process (its own subcommands) rather than as a child.
     internal: bool = False
     description: str = ""
+    # The child's working directory. Never the image's: /opt/tritonserver is root-owned, and
+    # trtllm-build writes files relative to it (kiln_runtime.image).
+    cwd: str | None = None
 
     def wire(self) -> dict[str, Any]:
-        return {"name": self.name, "argv": self.argv}
+        return {"name": self.name, "argv": self.argv, **({"cwd": self.cwd} if self.cwd else {})}
 
 
 @dataclass(frozen=True)
@@ -77,12 +86,10 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
     heads = int(text.get("num_attention_heads") or 0)
     kv_heads = int(text.get("num_key_value_heads") or heads)
     layers = int(text.get("num_hidden_layers") or 0)
-    if spec.precision in DTYPE or spec.precision in WEIGHT_ONLY:
-        if architecture not in toolchain.CONVERTERS:
-            supported = ", ".join(sorted(toolchain.CONVERTERS))
-            raise BadSpec(f"precision: {spec.precision} is built with convert_checkpoint.py, which "
-                          f"Kiln runs for {supported}; {architecture} is not one of them — use a "
-                          f"quantized precision ({', '.join(QFORMAT)}) built by quantize.py")
+    refused = support.refusals(architecture, spec.precision, spec.kv_cache_dtype,
+                               spec.arch_number, spec.limits.weight_streaming)
+    if refused:
+        raise BadSpec(refused[0])
     tp = spec.tensor_parallel
     if heads and heads % tp:
         raise BadSpec(f"tensorParallel: {tp} does not divide the {heads} attention heads of "
@@ -94,16 +101,9 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
     return architecture
 
 
-def _visible_gpus() -> int:
-    visible = os.environ.get("NVIDIA_VISIBLE_DEVICES") or os.environ.get("CUDA_VISIBLE_DEVICES") or ""
-    if visible in ("", "all", "none", "void"):
-        return 1
-    return len([d for d in visible.split(",") if d.strip()])
-
-
 def _checkpoint_step(spec: BuildSpec, layout: Layout, architecture: str) -> Step:
     parallel = ["--tp_size", str(spec.tensor_parallel), "--pp_size", str(spec.pipeline_parallel)]
-    if spec.precision in QFORMAT:
+    if support.checkpoint_tool(spec.precision) == "quantize":
         argv = [toolchain.python(), toolchain.quantize_script(),
                 "--model_dir", str(layout.model_dir), "--output_dir", str(layout.checkpoint_dir),
                 "--dtype", "auto", "--qformat", QFORMAT[spec.precision], *parallel,
@@ -111,6 +111,7 @@ def _checkpoint_step(spec: BuildSpec, layout: Layout, architecture: str) -> Step
         if spec.kv_cache_dtype in ("fp8", "int8"):
             argv += ["--kv_cache_dtype", spec.kv_cache_dtype]
         return Step("checkpoint", argv, description=f"quantize to {spec.precision} (ModelOpt)")
+    folder = support.CONVERTERS[architecture]
     argv = [toolchain.python(), toolchain.convert_script(architecture),
             "--model_dir", str(layout.model_dir), "--output_dir", str(layout.checkpoint_dir),
             *parallel]
@@ -119,10 +120,8 @@ def _checkpoint_step(spec: BuildSpec, layout: Layout, architecture: str) -> Step
     else:
         argv += ["--dtype", "auto", "--use_weight_only",
                  "--weight_only_precision", WEIGHT_ONLY[spec.precision]]
-    if spec.kv_cache_dtype == "fp8":
-        argv.append("--fp8_kv_cache")
-    elif spec.kv_cache_dtype == "int8":
-        argv.append("--int8_kv_cache")
+    if spec.kv_cache_dtype in support.CONVERTER_KV[folder]:  # check_model refused the rest
+        argv.append(f"--{spec.kv_cache_dtype}_kv_cache")
     return Step("checkpoint", argv, description=f"convert to a {spec.precision} checkpoint")
 
 
@@ -151,11 +150,16 @@ def _build_step(spec: BuildSpec, layout: Layout) -> Step:
             "--use_paged_context_fmha", "enable",
             "--use_fp8_context_fmha", "enable" if spec.kv_cache_dtype == "fp8" else "disable",
             "--multiple_profiles", "enable",
-            "--workers", str(min(spec.world_size, _visible_gpus())),
+            # trtllm-build itself uses min(visible GPUs, workers); NVIDIA_VISIBLE_DEVICES may
+            # hold "all" or device UUIDs, so the world size is the honest upper bound.
+            "--workers", str(spec.world_size),
+            # Written by rank 0 after its engine (builder.py, `assert ok`); the default is
+            # the relative path model.cache, i.e. the image's read-only working directory.
+            "--output_timing_cache", str(spec.work_dir / "model.cache"),
             "--log_level", "info"]
     if limits.weight_streaming:
         argv.append("--weight_streaming")
-    return Step("engine", argv, description="trtllm-build")
+    return Step("engine", argv, description="trtllm-build", cwd=str(spec.work_dir))
 
 
 def plan_steps(spec: BuildSpec, architecture: str) -> list[Step]:
@@ -165,7 +169,14 @@ def plan_steps(spec: BuildSpec, architecture: str) -> list[Step]:
         steps.append(Step("download", ["kiln-runtime", "download", "--source", spec.source,
                                        "--revision", spec.revision, "--out", str(layout.model_dir)],
                           internal=True, description="fetch weights, config and tokenizer"))
-    steps.append(_checkpoint_step(spec, layout, architecture))
+    checkpoint = _checkpoint_step(spec, layout, architecture)
+    steps.append(Step(checkpoint.name, checkpoint.argv, description=checkpoint.description,
+                      cwd=str(spec.work_dir)))
+    if spec.gpus_per_node:
+        steps.append(Step("mapping", ["kiln-runtime", "set-gpus-per-node", "--checkpoint-dir",
+                                      str(layout.checkpoint_dir), "--gpus-per-node",
+                                      str(spec.gpus_per_node)],
+                          internal=True, description="gpus_per_node in the checkpoint's mapping"))
     steps.append(_build_step(spec, layout))
     steps.append(Step("verify", ["kiln-runtime", "verify", "--engine-dir", str(layout.staging / "engine"),
                                  "--world-size", str(spec.world_size)],
@@ -174,3 +185,42 @@ def plan_steps(spec: BuildSpec, architecture: str) -> list[Step]:
                                   "--cache", str(spec.cache_dir), "--key", spec.engine_key],
                       internal=True, description="manifest, then rename into the cache"))
     return steps
+
+
+def _model_dtype(spec: BuildSpec, config: dict[str, Any]) -> str:
+    """The checkpoint dtype: the converter's --dtype, else the model's (``auto`` turns
+    float32 into float16)."""
+    if spec.precision in DTYPE:
+        return DTYPE[spec.precision]
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    dtype = str(text.get("torch_dtype") or config.get("torch_dtype") or "bfloat16")
+    return "float16" if dtype == "float32" else dtype
+
+
+def predict_engine_config(spec: BuildSpec, architecture: str,
+                          config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of the engine's config.json that decide whether it loads where it is served:
+    the mapping, the quantization and the plugins, as trtllm-build will write them
+    (``EngineConfig.to_dict``: ``pretrained_config`` + ``build_config.plugin_config``)."""
+    dtype = _model_dtype(spec, config)
+    gemm = _build_step(spec, Layout(spec)).argv
+    gemm_plugin = gemm[gemm.index("--gemm_plugin") + 1]
+    return {
+        "pretrained_config": {
+            "architecture": architecture,
+            "dtype": dtype,
+            "mapping": {"world_size": spec.world_size, "tp_size": spec.tensor_parallel,
+                        "pp_size": spec.pipeline_parallel,
+                        # Mapping's default when the checkpoint does not say otherwise
+                        "gpus_per_node": spec.gpus_per_node or 8},
+            "quantization": {"quant_algo": QUANT_ALGO.get(spec.precision),
+                             "kv_cache_quant_algo": KV_QUANT_ALGO.get(spec.kv_cache_dtype)},
+        },
+        "build_config": {
+            "weight_streaming": spec.limits.weight_streaming,
+            # "disable" becomes None; "auto" resolves to the checkpoint's dtype (plugin.py).
+            "plugin_config": {"gemm_plugin": {"disable": None, "auto": dtype}.get(gemm_plugin,
+                                                                               gemm_plugin),
+                              "tokens_per_block": spec.limits.tokens_per_block},
+        },
+    }

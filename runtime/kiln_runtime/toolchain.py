@@ -2,30 +2,24 @@
 
 The image is ``FROM nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3``, which ships
 TensorRT-LLM 1.2.1: the last release with ``trtllm-build``, ``convert_checkpoint.py`` and the
-Triton ``tensorrtllm`` C++ backend. Every path can be overridden by an environment variable,
-which is how the tests point the runtime at fake tools.
+Triton ``tensorrtllm`` C++ backend. The paths come from the image-layout manifest
+(:mod:`kiln_runtime.image`, with their sources). Every path can be overridden by an
+environment variable, which is how the tests point the runtime at fake tools.
 """
 
 from __future__ import annotations
 
 import os
 
+from . import image, support
+
 __all__ = ["TRTLLM_VERSION", "examples_dir", "quantize_script", "convert_script", "trtllm_build",
-           "triton_templates", "tritonserver", "mpirun", "CONVERTERS"]
+           "triton_templates", "tritonserver", "mpirun"]
 
 TRTLLM_VERSION = "1.2.1"
 
-# HF architecture -> the TensorRT-LLM example folder whose convert_checkpoint.py handles it.
-CONVERTERS = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "llama",  # Mistral uses the Llama converter
-    "Qwen2ForCausalLM": "qwen",
-    "Qwen3ForCausalLM": "qwen",
-}
-
-
 def examples_dir() -> str:
-    return os.environ.get("KILN_TRTLLM_EXAMPLES", "/app/tensorrt_llm/examples")
+    return os.environ.get("KILN_TRTLLM_EXAMPLES", image.EXAMPLES_DIR)
 
 
 def quantize_script() -> str:
@@ -33,7 +27,7 @@ def quantize_script() -> str:
 
 
 def convert_script(architecture: str) -> str:
-    return f"{examples_dir()}/models/core/{CONVERTERS[architecture]}/convert_checkpoint.py"
+    return f"{examples_dir()}/models/core/{support.CONVERTERS[architecture]}/convert_checkpoint.py"
 
 
 def trtllm_build() -> str:
@@ -41,11 +35,11 @@ def trtllm_build() -> str:
 
 
 def triton_templates() -> str:
-    return os.environ.get("KILN_TRITON_TEMPLATES", "/app/all_models/inflight_batcher_llm")
+    return os.environ.get("KILN_TRITON_TEMPLATES", image.TEMPLATES_DIR)
 
 
 def tritonserver() -> str:
-    return os.environ.get("KILN_TRITONSERVER", "/opt/tritonserver/bin/tritonserver")
+    return os.environ.get("KILN_TRITONSERVER", image.TRITONSERVER)
 
 
 def mpirun() -> str:

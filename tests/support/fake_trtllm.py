@@ -7,10 +7,19 @@ real layout: a checkpoint is ``config.json`` (with ``mapping``) + ``rank{N}.safe
 engine is ``config.json`` (``pretrained_config.mapping``, ``build_config``) + ``rank{R}.engine``.
 
 ``install(tmp_path)`` writes ``quantize.py``, ``models/core/{llama,qwen}/convert_checkpoint.py``
-and a ``trtllm-build`` executable, and returns the environment that points kiln-runtime at
-them. ``KILN_FAKE_FAIL=<tool>`` makes that tool exit 3; ``KILN_FAKE_HANG=<tool>`` makes it
-write part of its output and then hang (a build the kubelet kills); every call is appended
-to ``KILN_FAKE_CALLS``.
+(each with its own recorded CLI) and a ``trtllm-build`` executable, and returns the
+environment that points kiln-runtime at them. ``KILN_FAKE_FAIL=<tool>`` makes that tool exit
+3; ``KILN_FAKE_HANG=<tool>`` makes it write part of its output and then hang (a build the
+kubelet kills); every call is appended to ``KILN_FAKE_CALLS``.
+
+What the real tools do that decides whether an engine loads, the fakes do the same way:
+checkpoints record ``Mapping``'s default ``gpus_per_node`` of 8 (neither converter nor
+quantize.py takes it); trtllm-build copies the checkpoint's mapping and quantization into
+the engine's ``config.json``, resolves ``--gemm_plugin`` (``disable`` -> None, ``auto`` ->
+the checkpoint dtype) and, as rank 0, saves its timing cache to ``--output_timing_cache``
+(default ``model.cache`` in the working directory) with ``assert ok``. With
+``KILN_FAKE_WRITABLE`` set (``:``-separated roots), writing anywhere else fails as it does
+for uid 1000 in the image (``/opt/tritonserver`` is root-owned).
 """
 
 from __future__ import annotations
@@ -24,7 +33,21 @@ import sys
 from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "trtllm-build-args.json"
-TOOLS = {"trtllm-build": "trtllm-build", "quantize.py": "quantize", "convert_checkpoint.py": "convert_checkpoint_llama"}
+TOOLS = {"trtllm-build": "trtllm-build", "quantize.py": "quantize",
+         "llama/convert_checkpoint.py": "convert_checkpoint_llama",
+         "qwen/convert_checkpoint.py": "convert_checkpoint_qwen"}
+# quantize.py --qformat / convert_checkpoint.py flags -> the QuantAlgo the checkpoint records.
+QFORMAT_ALGO = {"fp8": "FP8", "int8_sq": "W8A8_SQ_PER_CHANNEL", "int4_awq": "W4A16_AWQ",
+                "w4a8_awq": "W4A8_AWQ", "int8_wo": "W8A16", "int4_wo": "W4A16", "nvfp4": "NVFP4",
+                "full_prec": None}
+
+
+def tool_of(path: str) -> str:
+    """The recorded-CLI key for a tool's path (converters differ per architecture)."""
+    for suffix, key in TOOLS.items():
+        if path == suffix or path.endswith("/" + suffix):
+            return key
+    raise KeyError(path)
 
 
 def reference() -> dict:
@@ -32,8 +55,9 @@ def reference() -> dict:
 
 
 def parser_for(tool: str) -> argparse.ArgumentParser:
+    """``tool`` is a recorded-CLI key (``quantize``, ``convert_checkpoint_qwen``, ...)."""
     parser = argparse.ArgumentParser(prog=tool, allow_abbrev=False)
-    for flag, info in reference()[TOOLS[tool]].items():
+    for flag, info in reference()[tool].items():
         if not flag.startswith("--"):
             continue  # short aliases such as -sq
         kind = info["type"]
@@ -46,6 +70,9 @@ def parser_for(tool: str) -> argparse.ArgumentParser:
             parser.add_argument(flag, type=float)
         elif "nargs=+" in kind:
             parser.add_argument(flag, nargs="+")
+        elif "nargs=?" in kind:
+            parser.add_argument(flag, nargs="?", const=kind.split("const=")[1].rstrip(")"),
+                                choices=choices)
         else:
             parser.add_argument(flag, choices=choices)
     return parser
@@ -61,21 +88,44 @@ def _record(tool: str, argv: list[str]) -> None:
         sys.exit(3)
 
 
+def _quantization(tool: str, args: argparse.Namespace) -> dict:
+    if tool == "quantize":
+        return {"quant_algo": QFORMAT_ALGO[args.qformat],
+                "kv_cache_quant_algo": (args.kv_cache_dtype or "").upper() or None}
+    algo = None
+    if args.use_weight_only:
+        algo = {"int8": "W8A16", "int4": "W4A16"}[args.weight_only_precision]
+    kv = "INT8" if args.int8_kv_cache else "FP8" if getattr(args, "fp8_kv_cache", False) else None
+    return {"quant_algo": algo, "kv_cache_quant_algo": kv}
+
+
 def checkpoint_tool(tool: str, argv: list[str]) -> None:
     args = parser_for(tool).parse_args(argv)
-    _record(tool, argv)
+    _record("quantize.py" if tool == "quantize" else "convert_checkpoint.py", argv)
     model = json.loads((Path(args.model_dir) / "config.json").read_text())
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     world = args.tp_size * args.pp_size
-    config = {"architecture": model["architectures"][0], "dtype": "bfloat16",
+    dtype = args.dtype if args.dtype != "auto" else model.get("torch_dtype", "bfloat16")
+    config = {"architecture": model["architectures"][0], "dtype": dtype,
               "num_hidden_layers": model["num_hidden_layers"],
-              "mapping": {"world_size": world, "tp_size": args.tp_size, "pp_size": args.pp_size},
-              "quantization": {"quant_algo": getattr(args, "qformat", None)}}
+              "mapping": {"world_size": world, "gpus_per_node": 8, "tp_size": args.tp_size,
+                          "pp_size": args.pp_size},
+              "quantization": _quantization(tool, args)}
     (out / "config.json").write_text(json.dumps(config))
     for rank in range(world):
         (out / f"rank{rank}.safetensors").write_bytes(b"\0" * 64)
         print(f"wrote rank {rank}/{world}", flush=True)
+
+
+def _save_timing_cache(path: str) -> None:
+    target = Path(path).resolve()  # relative paths land in the working directory
+    roots = [Path(r).resolve() for r in os.environ.get("KILN_FAKE_WRITABLE", "").split(":") if r]
+    if roots and not any(target == r or r in target.parents for r in roots):
+        print(f"PermissionError: [Errno 13] Permission denied: '{target}'", flush=True)
+        print("AssertionError: Failed to save timing cache.", flush=True)
+        sys.exit(1)
+    target.write_bytes(b"timing-cache")
 
 
 def trtllm_build(argv: list[str]) -> None:
@@ -85,16 +135,25 @@ def trtllm_build(argv: list[str]) -> None:
     mapping = checkpoint["mapping"]
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    gemm = {"disable": None, "auto": checkpoint["dtype"], None: None}.get(args.gemm_plugin,
+                                                                         args.gemm_plugin)
+    if checkpoint["quantization"]["quant_algo"] == "NVFP4" and args.gemm_plugin is None:
+        gemm = "nvfp4"  # builder.py enables it unless gemm_plugin is explicitly disabled
     config = {"version": "1.2.1",
-              "pretrained_config": {**checkpoint, "mapping": {**mapping, "rank": 0, "gpus_per_node": 8}},
+              # Mapping.from_dict: the checkpoint's gpus_per_node, else Mapping's default 8
+              "pretrained_config": {**checkpoint, "mapping": {"gpus_per_node": 8, **mapping}},
               "build_config": {"max_batch_size": args.max_batch_size, "max_input_len": args.max_input_len,
                                "max_seq_len": args.max_seq_len, "max_num_tokens": args.max_num_tokens,
                                "max_beam_width": args.max_beam_width,
+                               "weight_streaming": bool(args.weight_streaming),
                                "plugin_config": {"tokens_per_block": args.tokens_per_block,
+                                                 "gemm_plugin": gemm,
                                                  "use_paged_context_fmha": args.use_paged_context_fmha == "enable"}}}
     (out / "config.json").write_text(json.dumps(config))
     for rank in range(mapping["world_size"]):
         (out / f"rank{rank}.engine").write_bytes(os.urandom(256))
+        if rank == 0:
+            _save_timing_cache(args.output_timing_cache or "model.cache")
         if os.environ.get("KILN_FAKE_HANG") == "trtllm-build":
             print("[TensorRT-LLM] [I] building the next rank...", flush=True)
             time.sleep(3600)
@@ -114,9 +173,9 @@ def install(root: Path) -> dict[str, str]:
     support = str(Path(__file__).resolve().parent)
     examples = root / "examples"
     scripts = {
-        examples / "quantization" / "quantize.py": ("checkpoint_tool", "checkpoint_tool('quantize.py', sys.argv[1:])"),
-        examples / "models/core/llama/convert_checkpoint.py": ("checkpoint_tool", "checkpoint_tool('convert_checkpoint.py', sys.argv[1:])"),
-        examples / "models/core/qwen/convert_checkpoint.py": ("checkpoint_tool", "checkpoint_tool('convert_checkpoint.py', sys.argv[1:])"),
+        examples / "quantization" / "quantize.py": ("checkpoint_tool", "checkpoint_tool('quantize', sys.argv[1:])"),
+        examples / "models/core/llama/convert_checkpoint.py": ("checkpoint_tool", "checkpoint_tool('convert_checkpoint_llama', sys.argv[1:])"),
+        examples / "models/core/qwen/convert_checkpoint.py": ("checkpoint_tool", "checkpoint_tool('convert_checkpoint_qwen', sys.argv[1:])"),
         root / "bin" / "trtllm-build": ("trtllm_build", "trtllm_build(sys.argv[1:])"),
     }
     for path, (function, call) in scripts.items():

@@ -52,8 +52,8 @@ def _spec_for(manifest, precision, namespace="llm"):
 
 def _check_against_reference(argv):
     """Every flag exists in the recorded CLI of its tool, with a value of the recorded kind."""
-    tool = os.path.basename(argv[1] if argv[0].startswith("python") else argv[0])
-    table = REFERENCE[fake_trtllm.TOOLS[tool]]
+    tool = fake_trtllm.tool_of(argv[1] if argv[0].startswith("python") else argv[0])
+    table = REFERENCE[tool]
     args = argv[2:] if argv[0].startswith("python") else argv[1:]
     i = 0
     while i < len(args):

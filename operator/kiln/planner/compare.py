@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln_runtime.toolchain import CONVERTERS
+from kiln_runtime import support
 
 from ..api import LLMServiceSpec, Precision
 from ..errors import SpecInvalid
@@ -31,8 +31,6 @@ ACCURACY_NOTES = {
     Precision.INT4_WO: "largest loss: 4-bit round-to-nearest, no calibration",
     Precision.NVFP4: "small loss with FP4 microscaling; Blackwell only; needs calibration",
 }
-# Precisions built by convert_checkpoint.py, which Kiln runs only for some architectures.
-_CONVERTED = {Precision.FP16, Precision.BF16, Precision.INT8_WO, Precision.INT4_WO}
 
 
 def _fewest_gpus(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> int | None:
@@ -53,7 +51,9 @@ def compare(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> list[dict[str
     reference = weight_bytes_per_gpu(model, Precision.BF16, tp, pp)
     rows = []
     for precision in Precision:
-        if precision in _CONVERTED and model.architecture not in CONVERTERS:
+        # Built by convert_checkpoint.py, which Kiln runs only for some architectures.
+        if support.checkpoint_tool(precision.value) == "convert" \
+                and model.architecture not in support.CONVERTERS:
             continue
         variant = spec.model_copy(update={"precision": precision, "kv_cache_dtype": "auto"})
         result = plan(model, variant, gpu)

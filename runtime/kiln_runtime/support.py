@@ -1,0 +1,99 @@
+"""What TensorRT-LLM 1.2.1 can build: architecture x precision x KV dtype x GPU
+architecture x weight streaming. One table, read by the planner (so ``kiln plan`` refuses
+before a Job exists) and by ``kiln-runtime build`` (so a hand-written spec is refused before
+any download). Pure and stdlib-only: the operator imports it, the runtime image runs it.
+
+Sources (NVIDIA/TensorRT-LLM, the 1.2-era files the code index holds):
+
+- ``tensorrt_llm/models/__init__.py`` ``MODEL_MAP``: the architectures trtllm-build has a
+  model class for (no ``Qwen3MoeForCausalLM``, no ``Mistral3ForConditionalGeneration``).
+- ``examples/models/core/llama/convert_checkpoint.py`` @ fd96a08b (Llama, Mistral, Mixtral)
+  has ``--int8_kv_cache`` and ``--fp8_kv_cache``; ``examples/models/core/qwen/
+  convert_checkpoint.py`` @ 0df9aaf3 (Qwen2, Qwen3) has ``--int8_kv_cache`` only.
+- ``tensorrt_llm/quantization/quantize_by_modelopt.py`` ``MODEL_NAME_PATTERN_MAP``: the
+  families ``quantize.py`` calibrates (Llama, Mistral, Mixtral, QWen, Gemma, Phi3, ChatGLM).
+- ``tensorrt_llm/builder.py`` ``build()``: on SM 100-119 it raises for INT8/INT4 weight-only
+  (AWQ included), INT8 KV cache, SmoothQuant and per-channel/per-token scaling; weight-only
+  and SmoothQuant GEMMs are plugins (``weight_only_*quant_matmul_plugin``,
+  ``set_smooth_quant_plugins``).
+- ``docs/source/advanced/weight-streaming.md`` @ 26eaa42f: "Weight Streaming only supports
+  non-plugin weights" (build with ``--weight_streaming --gemm_plugin disable``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["CONVERTERS", "QUANTIZED", "CONVERTER_KV", "BLACKWELL_REFUSED", "STREAMABLE",
+           "checkpoint_tool", "refusals", "arch_number"]
+
+# HF architecture -> the TensorRT-LLM example folder whose convert_checkpoint.py handles it.
+CONVERTERS = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",  # Mistral and Mixtral use the Llama converter
+    "MixtralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen",
+    "Qwen3ForCausalLM": "qwen",
+}
+# Architectures quantize.py calibrates and trtllm-build has a model class for.
+QUANTIZED = frozenset({*CONVERTERS, "GemmaForCausalLM", "Phi3ForCausalLM", "ChatGLMModel",
+                       "ChatGLMForConditionalGeneration"})
+# KV dtypes each converter can quantize the cache to.
+CONVERTER_KV = {"llama": frozenset({"fp8", "int8"}), "qwen": frozenset({"int8"})}
+# Precisions built by convert_checkpoint.py; the rest go through quantize.py (ModelOpt).
+_CONVERTED = frozenset({"fp16", "bf16", "int8-wo", "int4-wo"})
+# Refused by builder.py on SM 100-119 (B200, GB200); SM 120 (RTX 50xx) is outside the check.
+BLACKWELL_REFUSED = frozenset({"int8-sq", "int8-wo", "int4-wo", "int4-awq", "w4a8-awq"})
+_BLACKWELL = range(100, 120)
+# Precisions whose GEMMs run without plugins, so their weights can stream.
+STREAMABLE = frozenset({"fp16", "bf16", "fp8", "nvfp4"})
+
+
+def arch_number(gpu_arch: str) -> int | None:
+    """``sm90`` -> 90; None for a GPU Kiln has no architecture for."""
+    digits = gpu_arch.removeprefix("sm")
+    return int(digits) if gpu_arch.startswith("sm") and digits.isdigit() else None
+
+
+def checkpoint_tool(precision: str) -> str:
+    """``convert`` (the architecture's convert_checkpoint.py) or ``quantize`` (quantize.py)."""
+    return "convert" if precision in _CONVERTED else "quantize"
+
+
+def refusals(architecture: str | None, precision: str, kv_dtype: str, sm: int | None,
+             weight_streaming: bool) -> list[str]:
+    """Why TensorRT-LLM 1.2.1 cannot build this, each naming a choice that would work;
+    empty when it can. ``architecture`` None skips the per-architecture rules."""
+    out: list[str] = []
+    if sm in _BLACKWELL:
+        if precision in BLACKWELL_REFUSED:
+            out.append(f"precision: {precision} cannot be built for sm{sm}: TensorRT-LLM 1.2.1 "
+                       "refuses INT8/INT4 weight-only, AWQ and SmoothQuant on SM 100-119 "
+                       "(tensorrt_llm/builder.py); use precision: fp8 or nvfp4")
+        if kv_dtype == "int8":
+            out.append(f"kvCacheDtype: int8 cannot be built for sm{sm}: TensorRT-LLM 1.2.1 "
+                       "refuses an INT8 KV cache on SM 100-119 (tensorrt_llm/builder.py); use "
+                       "kvCacheDtype: fp8")
+    if weight_streaming and precision not in STREAMABLE:
+        out.append(f"engine.weightStreaming: needs non-plugin weights, and {precision} GEMMs are "
+                   "TensorRT-LLM plugins (weight-only, AWQ and SmoothQuant; tensorrt_llm/"
+                   "builder.py, docs/source/advanced/weight-streaming.md); use precision: "
+                   "bf16, fp8 or nvfp4 with weight streaming")
+    if architecture is None:
+        return out
+    if architecture not in QUANTIZED:
+        out.append(f"model: TensorRT-LLM 1.2.1 has no TensorRT engine path for {architecture} "
+                   "(tensorrt_llm/models MODEL_MAP, quantize.py); serve a supported "
+                   f"architecture ({', '.join(sorted(QUANTIZED))})")
+    elif checkpoint_tool(precision) == "convert":
+        folder = CONVERTERS.get(architecture)
+        if folder is None:
+            out.append(f"precision: {precision} is built by convert_checkpoint.py, which Kiln "
+                       f"runs for {', '.join(sorted(CONVERTERS))}; {architecture} is built only "
+                       "by quantize.py: use precision: fp8 (or int8-sq, int4-awq, nvfp4)")
+        elif kv_dtype in ("fp8", "int8") and kv_dtype not in CONVERTER_KV[folder]:
+            has = " or ".join(sorted(CONVERTER_KV[folder]))
+            out.append(f"kvCacheDtype: {kv_dtype} with precision {precision} needs "
+                       f"convert_checkpoint.py --{kv_dtype}_kv_cache, which the {folder} "
+                       f"converter lacks (examples/models/core/{folder}/convert_checkpoint.py "
+                       f"has {has}); use kvCacheDtype: {has}, or precision: fp8 (quantize.py "
+                       f"--kv_cache_dtype {kv_dtype})")
+    return out
