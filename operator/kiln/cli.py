@@ -22,6 +22,7 @@ from .errors import KilnError, SpecInvalid
 from .planner import GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan
 from .render import ServiceRef, render
 from .sim.compare import LEAD_IN_SECONDS
+from .toolchain import TRTLLM_VERSION
 
 __all__ = ["main"]
 
@@ -144,6 +145,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if result.gpu_weights_percent is not None:
             print(f"on GPU         {result.gpu_weights_percent:.0%} of the weights (weight streaming)")
         verdict = {True: "fits", False: "does NOT fit", None: "unknown"}[result.fits]
+        if not result.buildable:
+            verdict = "cannot be built with TensorRT-LLM " + TRTLLM_VERSION
         print(f"verdict        {verdict}")
         for reason in result.reasons:
             print(f"  - {reason}")

@@ -12,10 +12,12 @@ and the toolchain is part of the engine key.
 
 from __future__ import annotations
 
+from kiln_runtime.image import DJL_LOG_DIR, DJL_PARTITION_SCRIPT
+
 from . import __version__
 
 __all__ = ["TRTLLM_VERSION", "TRITON_IMAGE", "RUNTIME_IMAGE", "DJL_IMAGE", "DJL_TRTLLM_VERSION",
-           "DJL_PARTITION_SCRIPT", "toolchain_for"]
+           "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "toolchain_for"]
 
 TRTLLM_VERSION = "1.2.1"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
@@ -23,7 +25,7 @@ RUNTIME_IMAGE = f"ghcr.io/kiln-serving/kiln-runtime:{__version__}-trtllm{TRTLLM_
 
 DJL_IMAGE = "deepjavalibrary/djl-serving:0.33.0-tensorrt-llm"
 DJL_TRTLLM_VERSION = "0.21.0"
-DJL_PARTITION_SCRIPT = "/opt/djl/partition/trt_llm_partition.py"
+# DJL_PARTITION_SCRIPT and DJL_LOG_DIR: the image-layout manifest (kiln_runtime.image).
 
 
 def toolchain_for(server: str) -> str:

@@ -130,6 +130,8 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
             raise
         finally:
             shutil.rmtree(layout.checkpoint_dir, ignore_errors=True)
+            if spec.cache_dir in spec.work_dir.parents:  # scratch staged on the cache volume
+                shutil.rmtree(spec.work_dir, ignore_errors=True)
     summary = {"engineKey": spec.engine_key, "result": "built",
                "engineBytes": manifest.get("engineBytes"),
                "buildSeconds": round(time.monotonic() - started, 1)}

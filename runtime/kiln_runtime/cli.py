@@ -24,7 +24,7 @@ from . import cache, checkpoint, source, toolchain
 from .build import dry_run, run_build
 from .djl import DJLSettings, write_properties
 from .errors import BadSpec, StepFailed
-from .group import group_from_env, rsh_argv, wait_for_workers, wait_forever
+from .group import group_from_env, mark_ready, rsh_argv, wait_for_workers, wait_forever
 from .serve import SERVE_SPEC_ENV, parse_serve_spec, prepare, run_server, server_argv
 from .spec import load_build_spec
 from .steps import Layout, check_model
@@ -106,9 +106,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     prepare(spec, repo, Path(args.templates or toolchain.triton_templates()))
     if args.role == "worker":
+        mark_ready(repo)
         return wait_forever()
     if group is not None:
-        wait_for_workers(group, args.wait_timeout)
+        wait_for_workers(group, args.wait_timeout, repo=repo)
     return run_server(spec, repo, group=group)
 
 

@@ -35,9 +35,12 @@ from . import toolchain
 from .errors import BadSpec, StepFailed
 
 __all__ = ["Group", "group_from_env", "rsh_argv", "wait_for_workers", "wait_forever",
-           "CONTAINER"]
+           "mark_ready", "CONTAINER", "READY_FILE"]
 
 CONTAINER = "server"
+# Written by a worker once its model repository is complete: the leader's ranks on that
+# worker read the repository the moment mpirun starts them.
+READY_FILE = ".kiln-worker-ready"
 _NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -92,8 +95,17 @@ def rsh_argv(host: str, command: list[str]) -> list[str]:
             "/bin/sh", "-c", " ".join(command)]
 
 
-def wait_for_workers(group: Group, timeout: float, poll: float = 5.0) -> None:
-    """Until every worker resolves and accepts an exec (or raise StepFailed)."""
+def mark_ready(repo: Path) -> Path:
+    marker = repo / READY_FILE
+    marker.write_text("ready\n")
+    return marker
+
+
+def wait_for_workers(group: Group, timeout: float, poll: float = 5.0,
+                     repo: Path | None = None) -> None:
+    """Until every worker resolves, accepts an exec and (with ``repo``) has written its model
+    repository at the same path (or raise StepFailed)."""
+    probe = ["test", "-e", str(repo / READY_FILE)] if repo is not None else ["true"]
     deadline = time.monotonic() + timeout
     pending = group.hosts[1:]
     while pending:
@@ -101,7 +113,7 @@ def wait_for_workers(group: Group, timeout: float, poll: float = 5.0) -> None:
         for host in pending:
             try:
                 socket.getaddrinfo(host, None)
-                ok = subprocess.run(rsh_argv(host, ["true"]), capture_output=True, timeout=30).returncode == 0
+                ok = subprocess.run(rsh_argv(host, probe), capture_output=True, timeout=30).returncode == 0
             except (OSError, subprocess.TimeoutExpired):
                 ok = False
             if not ok:
@@ -113,7 +125,8 @@ def wait_for_workers(group: Group, timeout: float, poll: float = 5.0) -> None:
                   file=sys.stderr, flush=True)
             time.sleep(poll)
         pending = still
-    print(f"[group] all {group.size - 1} worker(s) reachable", file=sys.stderr, flush=True)
+    print(f"[group] all {group.size - 1} worker(s) reachable and ready", file=sys.stderr,
+          flush=True)
 
 
 def wait_forever() -> int:

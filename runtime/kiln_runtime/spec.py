@@ -22,6 +22,7 @@ BUILD_SPEC_ENV = "KILN_BUILD_SPEC"
 
 PRECISIONS = ("fp16", "bf16", "fp8", "int8-sq", "int4-awq", "w4a8-awq", "int8-wo", "int4-wo", "nvfp4")
 KV_DTYPES = ("fp16", "bf16", "fp8", "int8")
+RECIPES = ("fp8-rowwise",)
 # The oldest GPU architecture each precision's kernels run on (FP8 needs Ada/Hopper,
 # NVFP4 needs Blackwell, W4A8 AWQ needs FP8 activations).
 MIN_ARCH = {"fp8": 89, "w4a8-awq": 89, "nvfp4": 100}
@@ -55,6 +56,9 @@ class BuildSpec:
     # GPUs per node of a replica that spans nodes (the checkpoint's mapping.gpus_per_node);
     # 0 when one node holds the replica and TensorRT-LLM's default of 8 is harmless.
     gpus_per_node: int = 0
+    # "fp8-rowwise": convert_checkpoint.py --use_fp8_rowwise --load_by_shard (Llama family,
+    # models too large to calibrate on one node); "": the precision's usual tool.
+    checkpoint_recipe: str = ""
 
     @property
     def world_size(self) -> int:
@@ -76,7 +80,8 @@ class BuildSpec:
                     "maxNumTokens": self.limits.max_num_tokens,
                     "tokensPerBlock": self.limits.tokens_per_block,
                     **({"weightStreaming": True} if self.limits.weight_streaming else {})},
-                **({"gpusPerNode": self.gpus_per_node} if self.gpus_per_node else {})}
+                **({"gpusPerNode": self.gpus_per_node} if self.gpus_per_node else {}),
+                **({"checkpointRecipe": self.checkpoint_recipe} if self.checkpoint_recipe else {})}
 
 
 def _field(raw: dict[str, Any], path: str, kind: type, choices: tuple[str, ...] | None = None,
@@ -128,6 +133,8 @@ def parse_build_spec(raw: Any) -> BuildSpec:
         cache_dir=Path(_field(raw, "cacheDir", str)),
         work_dir=Path(_field(raw, "workDir", str)),
         gpus_per_node=_field(raw, "gpusPerNode", int, minimum=1) if "gpusPerNode" in raw else 0,
+        checkpoint_recipe=(_field(raw, "checkpointRecipe", str, RECIPES)
+                           if "checkpointRecipe" in raw else ""),
     )
     if len(spec.engine_key) != 64 or any(c not in "0123456789abcdef" for c in spec.engine_key):
         raise BadSpec("engineKey: expected 64 lowercase hex characters")
@@ -143,6 +150,9 @@ def parse_build_spec(raw: Any) -> BuildSpec:
                                spec.limits.weight_streaming)
     if refused:
         raise BadSpec(refused[0])
+    if spec.checkpoint_recipe and spec.precision != "fp8":
+        raise BadSpec(f"checkpointRecipe: {spec.checkpoint_recipe} builds precision fp8, not "
+                      f"{spec.precision}")
     if spec.limits.max_input_len >= spec.limits.max_seq_len:
         raise BadSpec("limits.maxInputLen: must be smaller than limits.maxSeqLen")
     if not spec.source.startswith(("hf://", "s3://", "/")):

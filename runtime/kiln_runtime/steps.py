@@ -90,6 +90,11 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
                                spec.arch_number, spec.limits.weight_streaming)
     if refused:
         raise BadSpec(refused[0])
+    if spec.checkpoint_recipe and (support.CONVERTERS.get(architecture) != "llama"
+                                   or 100 <= spec.arch_number < 120):
+        raise BadSpec(f"checkpointRecipe: {spec.checkpoint_recipe} needs the Llama converter "
+                      f"and a GPU before SM 100 (builder.py refuses per-channel scaling there); "
+                      f"{architecture} on {spec.gpu_arch} is neither")
     tp = spec.tensor_parallel
     if heads and heads % tp:
         raise BadSpec(f"tensorParallel: {tp} does not divide the {heads} attention heads of "
@@ -103,6 +108,15 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
 
 def _checkpoint_step(spec: BuildSpec, layout: Layout, architecture: str) -> Step:
     parallel = ["--tp_size", str(spec.tensor_parallel), "--pp_size", str(spec.pipeline_parallel)]
+    if spec.checkpoint_recipe == "fp8-rowwise":
+        # examples/models/core/llama/README.md, Llama 3.1 405B: FP8 per channel and per token,
+        # no calibration, one safetensors shard in memory at a time.
+        argv = [toolchain.python(), toolchain.convert_script(architecture),
+                "--model_dir", str(layout.model_dir), "--output_dir", str(layout.checkpoint_dir),
+                *parallel, "--dtype", "bfloat16", "--use_fp8_rowwise", "--load_by_shard"]
+        if spec.kv_cache_dtype == "fp8":
+            argv.append("--fp8_kv_cache")
+        return Step("checkpoint", argv, description="convert to FP8 row-wise, shard by shard")
     if support.checkpoint_tool(spec.precision) == "quantize":
         argv = [toolchain.python(), toolchain.quantize_script(),
                 "--model_dir", str(layout.model_dir), "--output_dir", str(layout.checkpoint_dir),
@@ -213,7 +227,9 @@ def predict_engine_config(spec: BuildSpec, architecture: str,
                         "pp_size": spec.pipeline_parallel,
                         # Mapping's default when the checkpoint does not say otherwise
                         "gpus_per_node": spec.gpus_per_node or 8},
-            "quantization": {"quant_algo": QUANT_ALGO.get(spec.precision),
+            "quantization": {"quant_algo": ("FP8_PER_CHANNEL_PER_TOKEN"
+                                            if spec.checkpoint_recipe == "fp8-rowwise"
+                                            else QUANT_ALGO.get(spec.precision)),
                              "kv_cache_quant_algo": KV_QUANT_ALGO.get(spec.kv_cache_dtype)},
         },
         "build_config": {

@@ -81,7 +81,7 @@ def test_70b_on_a_24gb_gpu_offers_weight_streaming():
     result = _plan("meta-llama/Llama-3.1-70B-Instruct", precision="fp8", gpu={"type": "L4"})
     assert result.fits is False
     assert "engine.weightStreaming: true" in result.reasons[-1]
-    streamed = _plan("meta-llama/Llama-3.1-70B-Instruct", precision="int4-awq", gpu={"type": "RTX-4090"},
+    streamed = _plan("meta-llama/Llama-3.1-70B-Instruct", precision="fp8", gpu={"type": "RTX-4090"},
                      engine={"weightStreaming": True, "maxSeqLen": 4096, "maxInputLen": 2048,
                              "maxBatchSize": 8, "maxNumTokens": 2048})
     assert streamed.fits and 0 < streamed.gpu_weights_percent < 1
@@ -95,7 +95,7 @@ def test_streaming_renders_the_build_flag_and_the_triton_share():
     from kiln.render import ServiceRef, render
 
     parsed = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-70B-Instruct"},
-                                 "precision": "int4-awq", "gpu": {"type": "RTX-4090"},
+                                 "precision": "fp8", "gpu": {"type": "RTX-4090"},
                                  "engine": {"weightStreaming": True, "maxSeqLen": 4096, "maxInputLen": 2048,
                                             "maxBatchSize": 8, "maxNumTokens": 2048}})
     gpu = lookup_gpu(parsed.gpu.type, None)

@@ -81,7 +81,9 @@ def test_dry_run_steps_exist_in_the_recorded_clis(example, precision):
     raw, config = _spec_for(manifest, precision)
     result = build.dry_run(parse_build_spec(raw), config)
     names = [step["name"] for step in result["steps"]]
-    assert names == ["download", "checkpoint", "engine", "verify", "publish"]
+    multi_node = "gpusPerNode" in raw
+    assert names == ["download", "checkpoint", *(["mapping"] if multi_node else []), "engine",
+                     "verify", "publish"]
     for step in result["steps"]:
         argv = step["argv"]
         if argv[0] == "kiln-runtime":
@@ -89,7 +91,8 @@ def test_dry_run_steps_exist_in_the_recorded_clis(example, precision):
         else:
             _check_against_reference(argv)
     checkpoint = result["steps"][1]["argv"]
-    assert ("quantize.py" in checkpoint[1]) == (precision in ("fp8", "int8-sq", "int4-awq", "w4a8-awq", "nvfp4"))
+    quantized = precision in ("fp8", "int8-sq", "int4-awq", "w4a8-awq", "nvfp4")
+    assert ("quantize.py" in checkpoint[1]) == (quantized and "checkpointRecipe" not in raw)
 
 
 def test_dry_run_cli_prints_steps_and_touches_nothing(tmp_path, capsys):

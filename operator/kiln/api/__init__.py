@@ -4,7 +4,8 @@ from .common import (API_VERSION, GROUP, VERSION, AutoscalingMode, ConditionType
                      KVCacheDtype, Precision, Reason, ServerKind)
 from .llmengine import EngineCacheLocation, EngineShape, LLMEngineSpec, LLMEngineStatus
 from .llmservice import (AutoscalingSpec, Condition, EngineCacheSpec, EngineLimits, EngineRef,
-                         GPUSpec, LLMServiceSpec, LLMServiceStatus, ModelSpec, ParallelismSpec,
+                         GPUSpec, LLMServiceSpec, LLMServiceStatus, ModelSpec, NetworkSpec,
+                         ParallelismSpec,
                          PlanStatus, RuntimeSpec, SecretRef)
 from .validation import describe_error, parse_service_manifest, parse_service_spec
 
@@ -12,7 +13,8 @@ __all__ = [
     "API_VERSION", "GROUP", "VERSION", "AutoscalingMode", "ConditionType", "KilnModel",
     "KVCacheDtype", "Precision", "Reason", "ServerKind", "EngineCacheLocation", "EngineShape", "LLMEngineSpec",
     "LLMEngineStatus", "AutoscalingSpec", "Condition", "EngineCacheSpec", "EngineLimits",
-    "EngineRef", "GPUSpec", "LLMServiceSpec", "LLMServiceStatus", "ModelSpec", "ParallelismSpec",
+    "EngineRef", "GPUSpec", "LLMServiceSpec", "LLMServiceStatus", "ModelSpec", "NetworkSpec",
+    "ParallelismSpec",
     "PlanStatus", "RuntimeSpec", "SecretRef", "describe_error", "parse_service_manifest",
     "parse_service_spec",
 ]

@@ -93,6 +93,7 @@ class Reason(StrEnum):
     SPEC_INVALID = "SpecInvalid"
     FITS = "Fits"
     DOES_NOT_FIT = "DoesNotFit"
+    NOT_BUILDABLE = "NotBuildable"
     MODEL_CONFIG_UNKNOWN = "ModelConfigUnknown"
     ENGINE_PENDING = "EnginePending"
     ENGINE_BUILDING = "EngineBuilding"

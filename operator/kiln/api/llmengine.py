@@ -6,6 +6,8 @@ changes the engine's bytes. Engines outlive the services that asked for them: th
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from .common import KilnModel, KVCacheDtype, Precision, ServerKind
@@ -50,6 +52,14 @@ class LLMEngineSpec(KilnModel):
     toolchain: str = Field(max_length=64, description="TensorRT-LLM version the engine is built with.")
     limits: EngineShape
     cache: EngineCacheLocation
+    gpus_per_node: int | None = Field(
+        default=None, ge=1, le=16,
+        description="GPUs per node of a replica that spans nodes (the checkpoint's "
+        "mapping.gpus_per_node); unset for one node.")
+    checkpoint_recipe: Literal["fp8-rowwise"] | None = Field(
+        default=None,
+        description="fp8-rowwise: convert_checkpoint.py --use_fp8_rowwise --load_by_shard, for "
+        "models too large to calibrate on one node; unset: the precision's usual tool.")
 
 
 class LLMEngineStatus(KilnModel):

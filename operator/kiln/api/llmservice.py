@@ -25,6 +25,7 @@ __all__ = [
     "EngineCacheSpec",
     "AutoscalingSpec",
     "NetworkPolicySpec",
+    "NetworkSpec",
     "LLMServiceSpec",
     "Condition",
     "PlanStatus",
@@ -104,6 +105,13 @@ class GPUSpec(KilnModel):
     memory_gi_b: float | None = Field(
         default=None, alias="memoryGiB", gt=0, le=1024,
         description="Usable memory per GPU in GiB, overriding the catalog figure.",
+    )
+    node_memory_gi_b: float = Field(
+        default=1024, alias="nodeMemoryGiB", gt=0, le=65536,
+        description="Host memory of one GPU node that the engine build may use, in GiB. The "
+        "build Job requests what the model needs (quantize.py calibrates the whole 16-bit "
+        "model, spilling past the node's GPUs into host memory); the planner refuses a build "
+        "that needs more than this.",
     )
 
 
@@ -200,6 +208,15 @@ NamespaceName = Annotated[str, Field(min_length=1, max_length=63,
                                      pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 
 
+class EnvVar(KilnModel):
+    """One NCCL setting."""
+
+    name: str = Field(min_length=6, max_length=64, pattern=r"^NCCL_[A-Z0-9_]+$",
+                      description="An NCCL_* variable.")
+    value: str = Field(max_length=256, pattern=r"^[A-Za-z0-9_.,:=^/+-]*$",
+                       description="Its value (no spaces or shell characters).")
+
+
 class NetworkPolicySpec(KilnModel):
     """Who may reach the serving pods: a NetworkPolicy on ingress (egress is left open: the
     pods fetch nothing at run time). Pods of the service's own namespace may call the
@@ -215,6 +232,32 @@ class NetworkPolicySpec(KilnModel):
     metrics_namespaces: list[NamespaceName] = Field(
         default_factory=list, max_length=64,
         description="Namespaces whose pods may scrape the metrics port, e.g. monitoring.")
+
+
+class NetworkSpec(KilnModel):
+    """The fabric between the nodes of a multi-node replica. Off by default: NCCL then runs
+    over TCP sockets and pods keep the restricted security profile. On, every pod of the
+    group requests the RDMA device resource, gains the IPC_LOCK capability (NCCL and the
+    verbs library pin their buffers) and gets the NCCL settings below. IPC_LOCK takes the
+    pods out of Pod Security "restricted" (it allows only NET_BIND_SERVICE): label the
+    namespace "baseline" or grant it by policy. Memlock limits come from the container
+    runtime; IPC_LOCK lets the process exceed them."""
+
+    rdma_resource: str | None = Field(
+        default=None, min_length=1, max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="Extended resource of the RDMA devices, e.g. rdma/ib (the RDMA shared "
+        "device plugin), nvidia.com/hostdev or vpc.amazonaws.com/efa.")
+    rdma_count: int = Field(default=1, ge=1, le=32,
+                            description="RDMA devices each pod requests.")
+    nccl_env: list[EnvVar] = Field(
+        default_factory=list, max_length=32,
+        description="NCCL_* settings for every rank, e.g. NCCL_IB_HCA=mlx5 or "
+        "NCCL_SOCKET_IFNAME=eth0.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rdma_resource is not None
 
 
 class LLMServiceSpec(KilnModel):
@@ -233,6 +276,7 @@ class LLMServiceSpec(KilnModel):
                           description="Replicas when autoscaling.mode is none; the /scale target.")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
 
     @model_validator(mode="after")
     def _layout(self) -> LLMServiceSpec:

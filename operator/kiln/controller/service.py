@@ -259,8 +259,11 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     st.data["tpPp"] = f"{result.tensor_parallel}x{result.pipeline_parallel}"
     if result.fits is False:
         message = "; ".join(result.reasons)
-        st.condition(ConditionType.FITS, False, Reason.DOES_NOT_FIT, message)
-        raise SpecInvalid(f"does not fit: {message}", reason=Reason.DOES_NOT_FIT.value)
+        # Refused before any Job exists: either TensorRT-LLM cannot build it, or it does not fit.
+        reason, verdict = ((Reason.DOES_NOT_FIT, "does not fit") if result.buildable
+                           else (Reason.NOT_BUILDABLE, "cannot be built"))
+        st.condition(ConditionType.FITS, False, reason, message)
+        raise SpecInvalid(f"{verdict}: {message}", reason=reason.value)
     if result.fits is None:
         st.condition(ConditionType.FITS, None, Reason.MODEL_CONFIG_UNKNOWN, why_unknown)
     else:

@@ -12,8 +12,11 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..api import KVCacheDtype, LLMServiceSpec, Precision
+from kiln_runtime import support
+
+from ..api import KVCacheDtype, LLMServiceSpec, Precision, ServerKind
 from ..errors import SpecInvalid
+from .build import FP8_ROWWISE, BuildPlan, plan_build
 from .gpus import CUDA_CONTEXT_GIB, GPU
 from .memory import (GIB, activation_bytes, kv_bytes_per_token, kv_dtype_for,
                      runtime_buffer_bytes, weight_bytes_per_gpu)
@@ -46,6 +49,11 @@ class Plan:
     gpu_weights_percent: float | None = None
     reasons: tuple[str, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())
+    # False when TensorRT-LLM cannot build the engine at all (the reasons say why), as
+    # opposed to an engine that would not fit in memory.
+    buildable: bool = True
+    # What the build Job needs (memory, scratch, checkpoint recipe); None without a model.
+    build: BuildPlan | None = None
 
     def status(self) -> dict[str, Any]:
         """The camelCase form used by ``status.plan`` and ``kiln plan -o json``."""
@@ -112,6 +120,22 @@ def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: i
         reasons.append(f"precision nvfp4 needs FP4 tensor cores (Blackwell); {gpu.name} is {gpu.arch}")
     if kv_dtype == KVCacheDtype.FP8 and not gpu.fp8:
         reasons.append(f"kvCacheDtype fp8 needs sm89 or newer; {gpu.name} is {gpu.arch}")
+    refused: list[str] = []
+    build = plan_build(model, spec, gpu, tp, pp)
+    notes: list[str] = []
+    if spec.runtime.server == ServerKind.TRITON:
+        # What TensorRT-LLM 1.2.1 cannot build, refused here so no Job is ever created for it.
+        refused = support.refusals(model.architecture, precision.value, kv_dtype.value,
+                                   support.arch_number(gpu.arch), bool(limits.weight_streaming))
+        refused += build.reasons
+        if build.recipe == FP8_ROWWISE:
+            notes.append("fp8 is built row-wise (convert_checkpoint.py --use_fp8_rowwise "
+                         "--load_by_shard): the 16-bit model is larger than the build node's "
+                         "GPUs can calibrate")
+    if spec.gpus > spec.gpu.per_node and not spec.network.enabled:
+        notes.append("spans nodes without spec.network: NCCL runs over TCP sockets between the "
+                     "nodes; set network.rdmaResource for InfiniBand/RoCE/EFA")
+    reasons += refused
     if limits.max_seq_len > model.max_position_embeddings:
         reasons.append(f"engine.maxSeqLen {limits.max_seq_len} exceeds the model's "
                        f"{model.max_position_embeddings} positions")
@@ -123,7 +147,6 @@ def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: i
     kv_per_token = kv_bytes_per_token(model, kv_dtype, tp, pp)
     resident = weights
     percent = None
-    notes: list[str] = []
     if limits.weight_streaming:
         percent = streamed_weights_percent(model, spec, gpu, tp, pp)
         resident = int(weights * percent)
@@ -150,7 +173,7 @@ def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: i
         weight_bytes_per_gpu=weights, activation_bytes_per_gpu=activations + buffers,
         kv_bytes_per_token_per_gpu=kv_per_token, kv_pool_bytes_per_gpu=int(pool),
         kv_cache_tokens=kv_tokens, max_concurrent_sequences=sequences, gpu_weights_percent=percent,
-        reasons=tuple(reasons), notes=tuple(notes),
+        reasons=tuple(reasons), notes=tuple(notes), buildable=not refused, build=build,
     )
 
 
@@ -230,6 +253,8 @@ def plan(model: ModelConfig | None, spec: LLMServiceSpec, gpu: GPU) -> Plan:
     suggestions = _suggestions(model, spec, gpu)
     if suggestions:
         hint = "would fit with " + " or ".join(suggestions)
-    else:
+    elif result.buildable:
         hint = "nothing nearby fits: use a larger GPU type"
+    else:  # the refusal already names what would work
+        return result
     return replace(result, reasons=(*result.reasons, hint))

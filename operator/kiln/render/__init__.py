@@ -58,7 +58,7 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
     return Rendered(
         engine=llm_engine(engine, ref.name),
         build_job=build_job(engine, ref.name, ref.namespace, gpu, spec.gpu.resource_name,
-                            build_gpus, ref.uid),
+                            build_gpus, ref.uid, plan.build),
         workload=workload(spec, plan, engine, gpu, ref.name, ref.namespace,
                           spec.replicas if replicas is None else replicas, ref.uid),
         access=tuple(service_accounts(spec, ref.name, ref.namespace, ref.uid)),

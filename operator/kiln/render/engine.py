@@ -10,7 +10,8 @@ from typing import Any
 
 from ..api import API_VERSION, EngineCacheLocation, EngineShape, LLMEngineSpec, LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
-from ..toolchain import DJL_IMAGE, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
+from ..planner.build import BuildPlan
+from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
 from .meta import (LABEL_ENGINE, child_name, content_hash, labels, owner_reference,
                    stamp)
 from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
@@ -72,6 +73,14 @@ def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> En
                                                             "weight_streaming"}),
                               weight_streaming=True if limits.weight_streaming else None).wire(),
     }
+    # Both change the bytes of the engine's config.json or weights; absent, they leave the
+    # keys of every single-node, usual-recipe engine as they were.
+    gpus_per_node = spec.gpu.per_node if spec.gpus > spec.gpu.per_node else None
+    recipe = plan.build.recipe if plan.build else None
+    if gpus_per_node:
+        inputs["gpusPerNode"] = gpus_per_node
+    if recipe:
+        inputs["checkpointRecipe"] = recipe
     key = engine_key(inputs)
     record = LLMEngineSpec(
         key=key,
@@ -88,6 +97,8 @@ def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> En
         toolchain=inputs["toolchain"],
         limits=inputs["limits"],
         cache=EngineCacheLocation(namespace=namespace, claim_name=spec.engine_cache.claim_name),
+        gpus_per_node=gpus_per_node,
+        checkpoint_recipe=recipe,
     )
     # The record's name also covers the cache it lives in: the same bytes in two namespaces'
     # caches are two records.
@@ -106,7 +117,13 @@ def llm_engine(engine: Engine, instance: str) -> dict[str, Any]:
     })
 
 
-def build_spec(engine: Engine) -> dict[str, Any]:
+def work_dir(engine: Engine, build: BuildPlan | None) -> str:
+    """The build's scratch: an emptyDir, or a directory on the cache volume when the download
+    and checkpoint are larger than a node's ephemeral storage is likely to be."""
+    return f"{CACHE_MOUNT}/.work/{engine.key}" if build and build.stage_on_cache else WORK_MOUNT
+
+
+def build_spec(engine: Engine, build: BuildPlan | None = None) -> dict[str, Any]:
     """The JSON the build container reads from $KILN_BUILD_SPEC."""
     spec = engine.spec
     source = spec.model_source
@@ -125,7 +142,9 @@ def build_spec(engine: Engine) -> dict[str, Any]:
         "toolchain": spec.toolchain,
         "limits": spec.limits.wire(),
         "cacheDir": CACHE_MOUNT,
-        "workDir": WORK_MOUNT,
+        "workDir": work_dir(engine, build),
+        **({"gpusPerNode": spec.gpus_per_node} if spec.gpus_per_node else {}),
+        **({"checkpointRecipe": spec.checkpoint_recipe} if spec.checkpoint_recipe else {}),
     }
 
 
@@ -140,17 +159,26 @@ def _credentials_env(engine: Engine) -> list[dict[str, Any]]:
     return []
 
 
+def _gi(n: int) -> str:
+    return f"{-(-n // 2**30)}Gi"
+
+
 def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resource: str,
-              build_gpus: int, owner_uid: str | None) -> dict[str, Any]:
-    """A Job that builds the engine into the cache; it runs on the serving GPU's architecture."""
-    spec_json = json.dumps(build_spec(engine), sort_keys=True, separators=(",", ":"))
+              build_gpus: int, owner_uid: str | None,
+              build: BuildPlan | None = None) -> dict[str, Any]:
+    """A Job that builds the engine into the cache; it runs on the serving GPU's architecture,
+    sized from the model (``build``; the planner's :class:`~kiln.planner.build.BuildPlan`)."""
+    spec_json = json.dumps(build_spec(engine, build), sort_keys=True, separators=(",", ":"))
+    scratch = work_dir(engine, build)
     env = [{"name": BUILD_SPEC_ENV, "value": spec_json},
            {"name": "HOME", "value": WORK_MOUNT},
-           {"name": "HF_HOME", "value": f"{WORK_MOUNT}/hf"},
+           {"name": "HF_HOME", "value": f"{scratch}/hf"},
            *_credentials_env(engine)]
+    staged = scratch != WORK_MOUNT
+    work_volume: dict[str, Any] = {} if staged or not build else {"sizeLimit": _gi(build.scratch_bytes)}
     volumes = [
         {"name": "engine-cache", "persistentVolumeClaim": {"claimName": engine.spec.cache.claim_name}},
-        {"name": "work", "emptyDir": {}},
+        {"name": "work", "emptyDir": work_volume},
         shm_volume("16Gi"),
         tmp_volume(),
     ]
@@ -163,16 +191,23 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
         volumes.append({"name": "model-source",
                         "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "model-source", "mountPath": SOURCE_MOUNT, "readOnly": True})
-    resources = {"requests": {"cpu": "4", "memory": "32Gi", gpu_resource: str(build_gpus)},
-                 "limits": {gpu_resource: str(build_gpus)}}
+    requests = {"cpu": "4", "memory": _gi(build.memory_bytes) if build else "32Gi",
+                gpu_resource: str(build_gpus)}
+    if build and not staged:
+        requests["ephemeral-storage"] = _gi(build.scratch_bytes)
+    resources = {"requests": requests, "limits": {gpu_resource: str(build_gpus)}}
     runtime = {"name": "build", "image": RUNTIME_IMAGE, "imagePullPolicy": "IfNotPresent",
                "command": ["kiln-runtime", "build"], "env": env, "volumeMounts": mounts,
+               # Tools write relative paths (trtllm-build's timing cache); the image's own
+               # working directory, /opt/tritonserver, is root-owned. (kiln-runtime creates
+               # a scratch directory on the cache volume itself, as uid 1000.)
+               "workingDir": WORK_MOUNT,
                "resources": resources, "securityContext": restricted_container_security(),
                # kiln-runtime writes its summary (the failing step and its last output lines)
                # to /dev/termination-log; if it dies before, the kubelet keeps the log's tail.
                "terminationMessagePolicy": "FallbackToLogsOnError"}
     if engine.spec.server == ServerKind.DJL:
-        containers, init = _djl_build_containers(engine, runtime)
+        containers, init = _djl_build_containers(engine, runtime, scratch)
     else:
         containers, init = [runtime], []
     pod_spec: dict[str, Any] = {
@@ -185,6 +220,7 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
     }
     if init:
         pod_spec["initContainers"] = init
+        volumes.append({"name": "djl-logs", "emptyDir": {}})
     job_labels = {**labels(instance, "engine-build"), LABEL_ENGINE: engine.name}
     metadata: dict[str, Any] = {"name": child_name(engine.name, "build"), "namespace": namespace,
                                 "labels": job_labels}
@@ -203,7 +239,8 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
     })
 
 
-def _djl_build_containers(engine: Engine, runtime: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+def _djl_build_containers(engine: Engine, runtime: dict[str, Any],
+                          scratch: str) -> tuple[list[Any], list[Any]]:
     """DJL engines are built by DJL's own partition script, with the TensorRT-LLM it loads.
 
     kiln-runtime prepares (download + serving.properties) in an init container; the DJL image
@@ -211,20 +248,24 @@ def _djl_build_containers(engine: Engine, runtime: dict[str, Any]) -> tuple[list
     """
     prepare = {**runtime, "name": "prepare",
                "command": ["kiln-runtime", "djl-properties", "--download",
-                           "--out", f"{WORK_MOUNT}/properties"],
+                           "--out", f"{scratch}/properties"],
                "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}
     staging = f"{CACHE_MOUNT}/.staging-{engine.key}"
     final = f"{CACHE_MOUNT}/{engine.key}"
     partition = [
         "python3", DJL_PARTITION_SCRIPT,
-        "--properties_dir", f"{WORK_MOUNT}/properties",
+        "--properties_dir", f"{scratch}/properties",
         "--trt_llm_model_repo", staging,
         "--tensor_parallel_degree", str(engine.spec.tensor_parallel),
         "--pipeline_parallel_degree", str(engine.spec.pipeline_parallel),
-        "--model_path", f"{WORK_MOUNT}/model",
+        "--model_path", f"{scratch}/model",
     ]
     script = (f"set -e; rm -rf {staging}; {shlex.join(partition)}; "
               f"test -e {final} || mv {staging} {final}")
-    build = {**runtime, "image": DJL_IMAGE, "command": ["/bin/sh", "-c", script],
-             "env": [e for e in runtime["env"] if e["name"] != BUILD_SPEC_ENV]}
-    return [build], [prepare]
+    partition_container = {**runtime, "image": DJL_IMAGE, "command": ["/bin/sh", "-c", script],
+                           "env": [e for e in runtime["env"] if e["name"] != BUILD_SPEC_ENV],
+                           # /opt/djl belongs to the image's djl user; uid 1000 writes its
+                           # logs to an emptyDir instead.
+                           "volumeMounts": [*runtime["volumeMounts"],
+                                            {"name": "djl-logs", "mountPath": DJL_LOG_DIR}]}
+    return [partition_container], [prepare]

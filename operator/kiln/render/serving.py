@@ -9,10 +9,11 @@ from typing import Any
 
 from ..api import API_VERSION, LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
-from ..toolchain import DJL_IMAGE, RUNTIME_IMAGE
+from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, RUNTIME_IMAGE
 from .engine import Engine
 from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, LABEL_INSTANCE, child_name, labels,
                    owner_reference, selector, stamp)
+from .network import with_network
 from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, shm_volume, tmp_volume)
 
@@ -94,6 +95,8 @@ def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine,
         "image": spec.runtime.image or RUNTIME_IMAGE,
         "imagePullPolicy": "IfNotPresent",
         "command": ["kiln-runtime", "serve", *([f"--role={role}"] if role else [])],
+        # Never the image's root-owned /opt/tritonserver: anything relative lands in /tmp.
+        "workingDir": "/tmp",
         "env": [{"name": SERVE_SPEC_ENV,
                  "value": json.dumps(serve_spec(spec, plan, engine), sort_keys=True,
                                      separators=(",", ":"))}],
@@ -135,6 +138,7 @@ def _djl_container(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[str
 
 
 def _finish_container(container: dict[str, Any], spec: LLMServiceSpec, gpus: int) -> dict[str, Any]:
+    djl = spec.runtime.server == ServerKind.DJL
     container["resources"] = {"requests": {"cpu": "4", "memory": "32Gi",
                                            spec.gpu.resource_name: str(gpus)},
                               "limits": {spec.gpu.resource_name: str(gpus)}}
@@ -143,6 +147,9 @@ def _finish_container(container: dict[str, Any], spec: LLMServiceSpec, gpus: int
         {"name": "engine-cache", "mountPath": CACHE_MOUNT, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
+        # The DJL image runs as root with /opt/djl owned by its djl user; as uid 1000 the
+        # server can write only its log directory, given here as an emptyDir.
+        *([{"name": "djl-logs", "mountPath": DJL_LOG_DIR}] if djl else []),
     ]
     return container
 
@@ -150,7 +157,9 @@ def _finish_container(container: dict[str, Any], spec: LLMServiceSpec, gpus: int
 def _volumes(engine: Engine) -> list[dict[str, Any]]:
     return [{"name": "engine-cache", "persistentVolumeClaim": {
                 "claimName": engine.spec.cache.claim_name, "readOnly": True}},
-            shm_volume("16Gi"), tmp_volume()]
+            shm_volume("16Gi"), tmp_volume(),
+            *([{"name": "djl-logs", "emptyDir": {}}] if engine.spec.server == ServerKind.DJL
+              else [])]
 
 
 def _workload_meta(name: str, instance: str, namespace: str, engine: Engine,
@@ -207,7 +216,8 @@ def leader_worker_set(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU
     env = [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
 
     def template(role: str) -> dict[str, Any]:
-        container = _finish_container(_triton_container(spec, plan, engine, role), spec, per_node)
+        container = with_network(
+            _finish_container(_triton_container(spec, plan, engine, role), spec, per_node), spec)
         container["env"] = container["env"] + env
         leader = role == "leader"
         if not leader:  # ranks arrive through the leader's mpirun; nothing to probe or expose

@@ -1,0 +1,91 @@
+"""What the build Job needs: host memory, scratch space, and the checkpoint recipe that fits it.
+
+Where the weights live while a checkpoint is made (TensorRT-LLM 1.2.1):
+
+- ``quantize.py`` (fp8, int8-sq, AWQ, nvfp4) loads the whole 16-bit model for calibration
+  with ``device_map="auto"`` (``tensorrt_llm/quantization/quantize_by_modelopt.py``
+  ``get_model``): on the build node's GPUs first, the rest in host memory.
+- ``convert_checkpoint.py`` (fp16, bf16, weight-only) loads the Hugging Face model in host
+  memory; with ``--load_by_shard`` it holds one safetensors shard at a time.
+- For Llama-family models too large to calibrate on one node's GPUs (Llama-3.1-405B: 810 GB
+  in BF16 against 640 GB on 8 H100s), ``examples/models/core/llama/README.md`` (Llama 3.1
+  405B) documents ``convert_checkpoint.py --use_fp8_rowwise --load_by_shard``: FP8 weights
+  per channel, activations per token, no calibration, one shard at a time. A pre-quantized
+  FP8 source goes the same way ("--use_fp8_rowwise is enabled automatically").
+
+Scratch holds the download and the converted checkpoint. Past :data:`STAGE_ON_CACHE_BYTES`
+it goes to the engine cache volume instead of a node's ephemeral storage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from kiln_runtime import support
+
+from ..api import LLMServiceSpec, Precision
+from .gpus import GPU
+from .memory import GIB, weight_bytes_per_gpu
+from .model import ModelConfig
+
+__all__ = ["BuildPlan", "plan_build", "BASE_MEMORY_BYTES", "STAGE_ON_CACHE_BYTES",
+           "FP8_ROWWISE"]
+
+# The build container's own needs: Python, torch, TensorRT's builder, tokenizer, one shard.
+BASE_MEMORY_BYTES = 32 * GIB
+# Scratch above this goes on the cache volume (a node's ephemeral storage is rarely larger).
+STAGE_ON_CACHE_BYTES = 256 * GIB
+# Share of the build GPUs' memory accelerate may fill while calibrating.
+_CALIBRATION_GPU_SHARE = 0.9
+FP8_ROWWISE: Literal["fp8-rowwise"] = "fp8-rowwise"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    recipe: Literal["fp8-rowwise"] | None  # None: the precision's usual tool; FP8_ROWWISE: see above
+    memory_bytes: int           # host memory the build container requests
+    scratch_bytes: int          # download + checkpoint
+    stage_on_cache: bool        # scratch on the engine cache volume, not an emptyDir
+    reasons: tuple[str, ...] = ()
+
+
+def _gib(n: float) -> str:
+    return f"{math.ceil(n / GIB)} GiB"
+
+
+def plan_build(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: int) -> BuildPlan:
+    precision = Precision(spec.precision)
+    source_bytes = model.hf_param_count * 2  # the Hugging Face checkpoint, 16 bit
+    download = 0 if spec.model.scheme == "pvc" else source_bytes
+    checkpoint = weight_bytes_per_gpu(model, precision, tp, pp) * tp * pp
+    build_gpus = min(spec.gpus, spec.gpu.per_node)
+    gpu_room = int(build_gpus * gpu.memory_gib * GIB * _CALIBRATION_GPU_SHARE)
+    node = int(spec.gpu.node_memory_gi_b * GIB)
+    recipe: Literal["fp8-rowwise"] | None = None
+    reasons: list[str] = []
+    if support.checkpoint_tool(precision.value) == "convert":
+        # The converter holds the whole Hugging Face model in host memory.
+        memory = BASE_MEMORY_BYTES + source_bytes
+    else:
+        spill = max(0, source_bytes - gpu_room)
+        memory = BASE_MEMORY_BYTES + spill
+        # Row-wise FP8 needs no calibration pass at host-memory speed, but its GEMMs are
+        # plugins (builder.py set_fp8_rowwise_quant_plugins): with weight streaming, and on
+        # SM 100-119 where builder.py refuses per-channel scaling, calibrate with the spill.
+        if spill and precision == Precision.FP8 and not spec.engine.weight_streaming \
+                and support.CONVERTERS.get(model.architecture) == "llama" \
+                and support.arch_number(gpu.arch) not in range(100, 120):
+            recipe, memory = FP8_ROWWISE, BASE_MEMORY_BYTES
+    if memory > node:
+        hint = ("use a pre-quantized checkpoint or precision: fp8 on a Llama-family model "
+                "(converted shard by shard)" if recipe is None else "")
+        reasons.append(
+            f"the engine build needs {_gib(memory)} of host memory ({_gib(source_bytes)} of "
+            f"16-bit weights, {_gib(gpu_room)} of it on the build node's {build_gpus} GPUs) but "
+            f"gpu.nodeMemoryGiB is {spec.gpu.node_memory_gi_b:g}; raise it if the nodes have "
+            f"more{', or ' + hint if hint else ''}")
+    scratch = download + checkpoint
+    return BuildPlan(recipe=recipe, memory_bytes=memory, scratch_bytes=scratch,
+                     stage_on_cache=scratch > STAGE_ON_CACHE_BYTES, reasons=tuple(reasons))
