@@ -45,6 +45,7 @@ DJL_LOG_DIR = "/opt/djl/logs"
 
 # nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3 (TensorRT-LLM 1.2.1), plus kubectl.
 TRITON: tuple[Entry, ...] = (
+    Entry(EXAMPLES_DIR, "dir", _BACKEND_DOCKERFILE),
     Entry(f"{EXAMPLES_DIR}/quantization/quantize.py", "file", _BACKEND_DOCKERFILE),
     Entry(f"{EXAMPLES_DIR}/models/core/llama/convert_checkpoint.py", "file", _BACKEND_DOCKERFILE),
     Entry(f"{EXAMPLES_DIR}/models/core/qwen/convert_checkpoint.py", "file", _BACKEND_DOCKERFILE),
@@ -96,5 +97,5 @@ def entry_for(path: str) -> Entry | None:
 
 def covered(path: str) -> bool:
     """True if ``path`` is an image entry, lies under one, or lies under a mounted volume."""
-    roots = [e.path for e in (*TRITON, *DJL) if e.kind != "command"] + list(MOUNTS)
+    roots = [e.path for e in (*TRITON, *DJL, *NOT_WRITABLE) if e.kind != "command"] + list(MOUNTS)
     return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
