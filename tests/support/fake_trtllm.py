@@ -62,19 +62,24 @@ def parser_for(tool: str) -> argparse.ArgumentParser:
             continue  # short aliases such as -sq
         kind = info["type"]
         choices = [c for c in (info.get("choices") or []) if c is not None] or None
+        default = info.get("default")
+        # recorded defaults that argparse would not produce itself (enum reprs, SUPPRESS)
+        if kind.startswith("int") and not isinstance(default, int) \
+                or isinstance(default, str) and (" " in default or default == "==SUPPRESS=="):
+            default = None
         if kind == "flag":
             parser.add_argument(flag, action="store_true")
         elif kind.startswith("int"):
-            parser.add_argument(flag, type=int, choices=choices)
+            parser.add_argument(flag, type=int, choices=choices, default=default)
         elif kind.startswith("float"):
-            parser.add_argument(flag, type=float)
+            parser.add_argument(flag, type=float, default=default)
         elif "nargs=+" in kind:
-            parser.add_argument(flag, nargs="+")
+            parser.add_argument(flag, nargs="+", default=default)
         elif "nargs=?" in kind:
             parser.add_argument(flag, nargs="?", const=kind.split("const=")[1].rstrip(")"),
-                                choices=choices)
+                                choices=choices, default=default)
         else:
-            parser.add_argument(flag, choices=choices)
+            parser.add_argument(flag, choices=choices, default=default)
     return parser
 
 

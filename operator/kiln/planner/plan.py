@@ -76,6 +76,11 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _kv_split(model: ModelConfig, tp: int) -> bool:
+    """TensorRT-LLM splits KV heads across TP ranks, or replicates them when TP exceeds them."""
+    return model.num_kv_heads % tp == 0 or tp % model.num_kv_heads == 0
+
+
 def resolve_parallelism(spec: LLMServiceSpec, model: ModelConfig | None) -> tuple[int, int]:
     """(TP, PP) for the spec; raises SpecInvalid for a layout the model cannot take."""
     tp_req, pp_req = spec.parallelism.tensor, spec.parallelism.pipeline
@@ -88,7 +93,7 @@ def resolve_parallelism(spec: LLMServiceSpec, model: ModelConfig | None) -> tupl
         tp, pp = gpus // pp_req, pp_req
     else:
         candidates = [d for d in _divisors(gpus) if d <= spec.gpu.per_node
-                      and (model is None or model.num_heads % d == 0)]
+                      and (model is None or (model.num_heads % d == 0 and _kv_split(model, d)))]
         if not candidates:
             raise SpecInvalid(f"spec.gpus: no tensor-parallel degree divides both gpus={gpus} and "
                               f"the model's {model.num_heads if model else '?'} attention heads")
@@ -98,6 +103,9 @@ def resolve_parallelism(spec: LLMServiceSpec, model: ModelConfig | None) -> tupl
         if model.num_heads % tp:
             raise SpecInvalid(f"spec.parallelism.tensor: {tp} does not divide the model's "
                               f"{model.num_heads} attention heads")
+        if not _kv_split(model, tp):
+            raise SpecInvalid(f"spec.parallelism.tensor: {tp} and the model's "
+                              f"{model.num_kv_heads} KV heads must divide one another")
         if pp > model.num_layers or model.num_layers % pp:
             raise SpecInvalid(f"spec.parallelism.pipeline: {pp} does not divide the model's "
                               f"{model.num_layers} layers")
