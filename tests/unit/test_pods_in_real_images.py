@@ -1,0 +1,168 @@
+"""Pods as NVIDIA's and DJL's images need them: the multi-node fabric (spec.network), the DJL
+image's user, the leader waiting for its workers' model repositories, and a build Job sized
+from the model (405B-class builds)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kiln.api import parse_service_spec
+from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
+from kiln.planner.build import FP8_ROWWISE
+from kiln.render import ServiceRef, render
+from kiln_runtime import build, group as group_module
+from kiln_runtime.errors import StepFailed
+from kiln_runtime.spec import parse_build_spec
+
+from ..conftest import ROOT
+from ..support import crd_schemas
+from .test_runtime_build import _check_against_reference
+
+RDMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-70b-bf16-4gpu-nodes-rdma.yaml").read_text())["spec"]
+LLAMA_405B = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())["spec"]
+
+
+def _render(service: dict):
+    spec = parse_service_spec(service)
+    gpu = lookup_gpu(spec.gpu.type, None)
+    result = plan(ModelConfig.from_hf(catalog_config(spec.model.location)), spec, gpu)
+    assert result.fits, result.reasons
+    return result, render(ServiceRef("svc", "llm", "uid-1"), spec, result, gpu)
+
+
+def _lws_containers(rendered):
+    template = rendered.workload["spec"]["leaderWorkerTemplate"]
+    return [template[role]["spec"]["containers"][0] for role in ("leaderTemplate", "workerTemplate")]
+
+
+def test_network_gives_every_rank_the_rdma_device_ipc_lock_and_nccl_settings():
+    result, rendered = _render(RDMA)
+    crd_schemas.validate(rendered.workload)
+    assert not any("without spec.network" in note for note in result.notes)
+    for container in _lws_containers(rendered):
+        assert container["resources"]["limits"]["rdma/ib"] == "1"
+        assert container["resources"]["requests"]["rdma/ib"] == "1"
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["NCCL_IB_HCA"] == "mlx5" and env["NCCL_SOCKET_IFNAME"] == "eth0"
+    # the build Job and everything else keep the restricted profile
+    [build_container] = rendered.build_job["spec"]["template"]["spec"]["containers"]
+    assert "add" not in build_container["securityContext"]["capabilities"]
+
+
+def test_without_network_the_plan_says_nccl_runs_over_tcp_and_pods_stay_restricted():
+    result, rendered = _render(LLAMA_405B)
+    assert any("without spec.network: NCCL runs over TCP sockets" in n for n in result.notes)
+    for container in _lws_containers(rendered):
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert not [k for k in container["resources"]["limits"] if k != "nvidia.com/gpu"]
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"rdmaResource": "rdma ib"}, "network.rdmaResource"),
+    ({"rdmaResource": "rdma/ib", "ncclEnv": [{"name": "LD_PRELOAD", "value": "x"}]},
+     "network.ncclEnv.0.name"),
+    ({"rdmaResource": "rdma/ib", "ncclEnv": [{"name": "NCCL_DEBUG", "value": "$(rm -rf /)"}]},
+     "network.ncclEnv.0.value"),
+])
+def test_hostile_network_settings_are_refused_naming_the_field(bad, field):
+    from kiln.errors import SpecInvalid
+
+    with pytest.raises(SpecInvalid, match=f"^spec.{field}: "):
+        parse_service_spec({**RDMA, "network": bad})
+
+
+def test_djl_pods_write_their_logs_to_an_emptydir_as_uid_1000():
+    service = yaml.safe_load((ROOT / "examples" / "qwen2.5-7b-djl.yaml").read_text())["spec"]
+    _, rendered = _render(service)
+    for pod in (rendered.workload["spec"]["template"]["spec"],
+                rendered.build_job["spec"]["template"]["spec"]):
+        assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsNonRoot"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["djl-logs"] == {"name": "djl-logs", "emptyDir": {}}
+        djl = [c for c in pod["containers"] if c["image"].startswith("deepjavalibrary/")]
+        assert djl and all({"name": "djl-logs", "mountPath": "/opt/djl/logs"} in c["volumeMounts"]
+                           for c in djl)
+    kubernetes_validate.validate(rendered.workload, "1.33", strict=True)
+
+
+def _local_kubectl(tmp_path):
+    """kubectl exec, run here: the worker's /tmp is this machine's."""
+    fake = tmp_path / "kubectl"
+    fake.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                    "argv = sys.argv[sys.argv.index('--') + 1:]\n"
+                    "sys.exit(subprocess.run(argv).returncode)\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_the_leader_waits_until_each_worker_has_written_its_model_repository(tmp_path, monkeypatch):
+    monkeypatch.setenv("POD_NAMESPACE", "llm")
+    monkeypatch.setenv("KILN_KUBECTL", str(_local_kubectl(tmp_path)))
+    monkeypatch.setattr(group_module.socket, "getaddrinfo", lambda host, port: [("resolved",)])
+    repo = tmp_path / "model-repo"
+    repo.mkdir()
+    group = group_module.Group("g-0.g.llm", 2, 4)
+    with pytest.raises(StepFailed, match="g-0-1.g.llm"):  # reachable, but no repository yet
+        group_module.wait_for_workers(group, timeout=0, poll=0.01, repo=repo)
+    threading.Timer(0.3, group_module.mark_ready, args=(repo,)).start()
+    started = time.monotonic()
+    group_module.wait_for_workers(group, timeout=10, poll=0.05, repo=repo)
+    assert time.monotonic() - started >= 0.25
+
+
+def test_a_405b_fp8_build_converts_shard_by_shard_on_the_cache_volume():
+    result, rendered = _render(LLAMA_405B)
+    assert result.build.recipe == FP8_ROWWISE and result.build.stage_on_cache
+    pod = rendered.build_job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    raw = json.loads(container["env"][0]["value"])
+    assert raw["checkpointRecipe"] == FP8_ROWWISE
+    assert raw["workDir"].startswith("/engines/.work/")
+    assert "ephemeral-storage" not in container["resources"]["requests"]
+    dry = build.dry_run(parse_build_spec(raw), catalog_config("meta-llama/Llama-3.1-405B-Instruct"))
+    checkpoint = dry["steps"][1]["argv"]
+    assert checkpoint[1].endswith("/models/core/llama/convert_checkpoint.py")
+    assert {"--use_fp8_rowwise", "--load_by_shard", "--fp8_kv_cache"} <= set(checkpoint)
+    _check_against_reference(checkpoint)
+    assert dry["engineConfig"]["pretrained_config"]["quantization"]["quant_algo"] == \
+        "FP8_PER_CHANNEL_PER_TOKEN"
+
+
+def test_the_build_job_is_sized_from_the_model():
+    _, small = _render({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "precision": "bf16"})
+    requests = small.build_job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    # the converter holds the 16 GB model in host memory; download + checkpoint on the node
+    assert requests["memory"] == "47Gi" and requests["ephemeral-storage"] == "30Gi"
+    volumes = {v["name"]: v for v in small.build_job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["work"]["emptyDir"] == {"sizeLimit": "30Gi"}
+
+
+def test_a_build_the_node_cannot_hold_is_refused_before_a_job_exists():
+    spec = parse_service_spec({"model": {"source": "hf://Qwen/Qwen2.5-72B-Instruct"},
+                               "precision": "fp8", "gpus": 1,
+                               "gpu": {"type": "L40S", "nodeMemoryGiB": 64},
+                               "engine": {"weightStreaming": True}})
+    gpu = lookup_gpu("L40S", None)
+    result = plan(ModelConfig.from_hf(catalog_config("Qwen/Qwen2.5-72B-Instruct")), spec, gpu)
+    assert result.fits is False and not result.buildable
+    assert any("host memory" in r and "gpu.nodeMemoryGiB is 64" in r for r in result.reasons)
+
+
+def test_the_engine_key_changes_with_gpus_per_node_only_for_multi_node():
+    service = {"model": {"source": "hf://meta-llama/Llama-3.1-70B-Instruct"}, "precision": "fp8",
+               "gpus": 8, "parallelism": {"tensor": 2, "pipeline": 4}}
+    _, four = _render({**service, "gpu": {"type": "H100-80GB", "perNode": 4}})
+    _, two = _render({**service, "gpu": {"type": "H100-80GB", "perNode": 2}})
+    assert four.engine["spec"]["gpusPerNode"] == 4 and two.engine["spec"]["gpusPerNode"] == 2
+    assert four.engine["spec"]["key"] != two.engine["spec"]["key"]
+    _, single = _render({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}})
+    assert "gpusPerNode" not in single.engine["spec"]
