@@ -164,8 +164,9 @@ def _build_step(spec: BuildSpec, layout: Layout) -> Step:
             "--use_paged_context_fmha", "enable",
             "--use_fp8_context_fmha", "enable" if spec.kv_cache_dtype == "fp8" else "disable",
             "--multiple_profiles", "enable",
-            # trtllm-build itself uses min(visible GPUs, workers); NVIDIA_VISIBLE_DEVICES may
-            # hold "all" or device UUIDs, so the world size is the honest upper bound.
+            # trtllm-build itself uses min(torch.cuda.device_count(), workers)
+            # (tensorrt_llm/commands/build.py main()); NVIDIA_VISIBLE_DEVICES may hold "all"
+            # or device UUIDs, so counting it here is wrong and the world size is the bound.
             "--workers", str(spec.world_size),
             # Written by rank 0 after its engine (builder.py, `assert ok`); the default is
             # the relative path model.cache, i.e. the image's read-only working directory.
