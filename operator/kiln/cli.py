@@ -19,7 +19,8 @@ import yaml
 from .api.crd import crds
 from .api.validation import parse_service_manifest
 from .errors import KilnError, SpecInvalid
-from .planner import GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan
+from .planner import (GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan,
+                      unknown_gpu_message)
 from .render import ServiceRef, render
 from .sim.compare import LEAD_IN_SECONDS
 
@@ -77,10 +78,9 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], Any, GPU, ModelC
     manifest = _load_manifest(args.file)
     metadata, spec = parse_service_manifest(manifest)
     memory = getattr(args, "gpu_memory_gib", None) or spec.gpu.memory_gi_b
-    gpu = lookup_gpu(spec.gpu.type, memory)
+    gpu = lookup_gpu(spec.gpu.type, memory, spec.gpu.arch)
     if gpu is None:
-        raise SpecInvalid(f"spec.gpu.type: unknown GPU {spec.gpu.type!r}; use a catalog type "
-                          "or set spec.gpu.memoryGiB")
+        raise SpecInvalid(unknown_gpu_message(spec.gpu.type, memory))
     model, why = _model_config(args, spec.model.source)
     result = plan(model, spec, gpu)
     if model is None:

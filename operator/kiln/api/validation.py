@@ -8,11 +8,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import SpecInvalid
-from .llmservice import LLMServiceSpec
+from .llmservice import SERVICE_NAME_PATTERN, LLMServiceSpec
 
 _NAMES_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9.]*: ")
 
-__all__ = ["parse_service_spec", "parse_service_manifest", "describe_error"]
+__all__ = ["parse_service_spec", "parse_service_manifest", "describe_error", "check_service_name"]
 
 
 def describe_error(error: ValidationError, prefix: str) -> str:
@@ -57,10 +57,7 @@ def parse_service_manifest(manifest: Any) -> tuple[dict[str, Any], LLMServiceSpe
     metadata = manifest.get("metadata")
     if not isinstance(metadata, dict) or not metadata.get("name"):
         raise SpecInvalid("metadata.name: required field is missing")
-    name = metadata["name"]
-    if not isinstance(name, str) or not _is_dns_label(name):
-        raise SpecInvalid(f"metadata.name: {name!r} must be a DNS label (lowercase, digits, '-', "
-                          "at most 63 characters)")
+    check_service_name(metadata["name"])
     namespace = metadata.get("namespace", "default")
     if not isinstance(namespace, str) or not _is_dns_label(namespace):
         raise SpecInvalid(f"metadata.namespace: {namespace!r} must be a DNS label")
@@ -68,6 +65,21 @@ def parse_service_manifest(manifest: Any) -> tuple[dict[str, Any], LLMServiceSpe
     if unknown:
         raise SpecInvalid(f"{sorted(unknown)[0]}: unknown field")
     return metadata, parse_service_spec(manifest.get("spec"))
+
+
+def check_service_name(name: Any) -> None:
+    """The CRD's rule on metadata.name, in Python: a DNS-1035 label, since it names the
+    service's Kubernetes Service and is the value of its children's instance label."""
+    if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(SERVICE_NAME_PATTERN, name):
+        raise SpecInvalid(f"metadata.name: {quote(name)} must be a DNS-1035 label: at most 63 "
+                          "lowercase letters, digits and '-', starting with a letter (it names "
+                          "the service's Kubernetes Service)")
+
+
+def quote(value: Any, limit: int = 60) -> str:
+    """A user's value in a message: its repr, cut to ``limit`` characters, on one line."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _is_dns_label(value: str) -> bool:

@@ -162,7 +162,7 @@ async def replay_act(sandbox: Sandbox, r: Replay, examples: Path, services: list
         return True
     namespace = manifest["metadata"].get("namespace", "default")
     _, spec = parse_service_manifest(manifest)
-    perf = PerfModel.for_catalog_model(spec, lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b))
+    perf = PerfModel.for_catalog_model(spec, lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch))
     replay = TraceReplay(load_trace(trace, rate_scale=r.rate_scale), perf)
     scaling = {"mode": "builtin", "minReplicas": 1, "maxReplicas": r.max_replicas,
                "scaleDownStabilizationSeconds": round(r.stabilization / r.speed)}
