@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .api.crd import crds
+from .api.loading import load_yaml, read_yaml_file
 from .api.validation import parse_service_manifest
 from .errors import KilnError, SpecInvalid
 from .planner import (GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan,
@@ -37,14 +38,7 @@ def dump_yaml(docs: list[dict[str, Any]]) -> str:
 
 
 def _load_manifest(path: str) -> dict[str, Any]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as error:
-        raise SpecInvalid(f"{path}: {error.strerror}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as error:
-        raise SpecInvalid(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    docs = load_yaml(sys.stdin.read(), "stdin") if path == "-" else read_yaml_file(Path(path))
     services = [d for d in docs if isinstance(d, dict) and d.get("kind") == "LLMService"]
     if len(services) != 1:
         candidates = services or docs

@@ -18,7 +18,7 @@ __all__ = ["parse_service_spec", "parse_service_manifest", "describe_error", "ch
 def describe_error(error: ValidationError, prefix: str) -> str:
     """``spec.gpu.perNode: Input should be greater than or equal to 1 (got 0)``."""
     first = error.errors(include_url=False)[0]
-    path = ".".join([prefix, *(str(part) for part in first["loc"])])
+    path = ".".join([prefix, *(_part(part) for part in first["loc"])])
     message = first["msg"]
     if message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
@@ -27,7 +27,7 @@ def describe_error(error: ValidationError, prefix: str) -> str:
     elif first["type"] == "missing":
         message = "required field is missing"
     elif "input" in first and first["type"] not in ("value_error", "model_type"):
-        message = f"{message} (got {first['input']!r})"
+        message = f"{message} (got {quote(first['input'])})"
     # A model-level validator reports on the model itself; its message already names the field.
     if first["type"] == "value_error" and _NAMES_FIELD.match(message):
         return f"{path}.{message}"
@@ -51,19 +51,19 @@ def parse_service_manifest(manifest: Any) -> tuple[dict[str, Any], LLMServiceSpe
     if not isinstance(manifest, dict):
         raise SpecInvalid("manifest: must be a YAML mapping")
     if manifest.get("apiVersion") != API_VERSION:
-        raise SpecInvalid(f"apiVersion: must be {API_VERSION} (got {manifest.get('apiVersion')!r})")
+        raise SpecInvalid(f"apiVersion: must be {API_VERSION} (got {quote(manifest.get('apiVersion'))})")
     if manifest.get("kind") != "LLMService":
-        raise SpecInvalid(f"kind: must be LLMService (got {manifest.get('kind')!r})")
+        raise SpecInvalid(f"kind: must be LLMService (got {quote(manifest.get('kind'))})")
     metadata = manifest.get("metadata")
     if not isinstance(metadata, dict) or not metadata.get("name"):
         raise SpecInvalid("metadata.name: required field is missing")
     check_service_name(metadata["name"])
     namespace = metadata.get("namespace", "default")
     if not isinstance(namespace, str) or not _is_dns_label(namespace):
-        raise SpecInvalid(f"metadata.namespace: {namespace!r} must be a DNS label")
+        raise SpecInvalid(f"metadata.namespace: {quote(namespace)} must be a DNS label")
     unknown = set(manifest) - {"apiVersion", "kind", "metadata", "spec", "status"}
     if unknown:
-        raise SpecInvalid(f"{sorted(unknown)[0]}: unknown field")
+        raise SpecInvalid(f"{_part(sorted(map(str, unknown))[0])}: unknown field")
     return metadata, parse_service_spec(manifest.get("spec"))
 
 
@@ -74,6 +74,12 @@ def check_service_name(name: Any) -> None:
         raise SpecInvalid(f"metadata.name: {quote(name)} must be a DNS-1035 label: at most 63 "
                           "lowercase letters, digits and '-', starting with a letter (it names "
                           "the service's Kubernetes Service)")
+
+
+def _part(key: Any) -> str:
+    """One step of a field path, as typed; a hostile key is cut and kept on one line."""
+    text = " ".join(str(key).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def quote(value: Any, limit: int = 60) -> str:
