@@ -17,9 +17,11 @@ from typing import Any
 import yaml
 
 from .api.crd import crds
+from .api.loading import load_yaml, read_yaml_file
 from .api.validation import parse_service_manifest
 from .errors import KilnError, SpecInvalid
-from .planner import GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan
+from .planner import (GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan,
+                      unknown_gpu_message)
 from .render import ServiceRef, render
 from .sim.compare import LEAD_IN_SECONDS
 from .toolchain import TRTLLM_VERSION
@@ -37,14 +39,7 @@ def dump_yaml(docs: list[dict[str, Any]]) -> str:
 
 
 def _load_manifest(path: str) -> dict[str, Any]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as error:
-        raise SpecInvalid(f"{path}: {error.strerror}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as error:
-        raise SpecInvalid(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    docs = load_yaml(sys.stdin.read(), "stdin") if path == "-" else read_yaml_file(Path(path))
     services = [d for d in docs if isinstance(d, dict) and d.get("kind") == "LLMService"]
     if len(services) != 1:
         candidates = services or docs
@@ -78,10 +73,9 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], Any, GPU, ModelC
     manifest = _load_manifest(args.file)
     metadata, spec = parse_service_manifest(manifest)
     memory = getattr(args, "gpu_memory_gib", None) or spec.gpu.memory_gi_b
-    gpu = lookup_gpu(spec.gpu.type, memory)
+    gpu = lookup_gpu(spec.gpu.type, memory, spec.gpu.arch)
     if gpu is None:
-        raise SpecInvalid(f"spec.gpu.type: unknown GPU {spec.gpu.type!r}; use a catalog type "
-                          "or set spec.gpu.memoryGiB")
+        raise SpecInvalid(unknown_gpu_message(spec.gpu.type, memory))
     model, why = _model_config(args, spec.model.source)
     result = plan(model, spec, gpu)
     if model is None:

@@ -1,8 +1,11 @@
 """The content-addressed engine cache: ``<cache>/<engine-key>/{engine/, tokenizer/, manifest.json}``.
 
-An entry is complete iff its ``manifest.json`` exists: it is written last into the staging
-directory, which is then renamed into place (atomic on one filesystem, which is why staging
-lives on the cache volume). A per-key ``flock`` keeps two build Jobs for one key from both
+An entry is complete iff its ``manifest.json`` exists and every file it lists is there with its
+recorded size: the manifest is written last into the staging directory, which is then renamed
+into place (atomic on one filesystem, which is why staging lives on the cache volume). A build
+that finds an entry damaged (a file truncated or deleted, a manifest that does not parse)
+builds it again; a server about to load one also checks the sha256 the manifest records for
+every engine file, and refuses to start on a mismatch (``damage``). A per-key ``flock`` keeps two build Jobs for one key from both
 building; the second waits, then finds the entry and reuses it.
 """
 
@@ -23,7 +26,7 @@ from typing import Any
 
 from .errors import StepFailed
 
-__all__ = ["complete_entry", "build_lock", "verify_engine", "publish", "MANIFEST",
+__all__ = ["complete_entry", "damage", "build_lock", "verify_engine", "publish", "MANIFEST",
            "TOKENIZER_FILES"]
 
 MANIFEST = "manifest.json"
@@ -31,13 +34,59 @@ TOKENIZER_FILES = ("config.json", "generation_config.json", "tokenizer.json", "t
                    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
-def complete_entry(cache: Path, key: str) -> dict[str, Any] | None:
-    """The manifest of a complete cache entry, or None."""
+def _read_manifest(entry: Path) -> tuple[dict[str, Any] | None, str]:
     try:
-        manifest = json.loads((cache / key / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+        manifest = json.loads((entry / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None, "it has no manifest.json"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return None, f"its manifest.json does not parse ({type(error).__name__})"
+    if not isinstance(manifest, dict):
+        return None, "its manifest.json is not an object"
+    return manifest, ""
+
+
+def damage(entry: Path, digests: bool = False) -> str | None:
+    """What is wrong with the cache entry at ``entry`` (``<cache>/<key>``), or None if whole.
+
+    Whole: the manifest parses and names this key, lists the engine's config.json and at least
+    one rank, and every file it lists exists with its recorded size (and, with ``digests``, the
+    sha256 of every engine file matches)."""
+    manifest, why = _read_manifest(entry)
+    if manifest is None:
+        return why
+    if manifest.get("engineKey") != entry.name:
+        return "its manifest.json names another engine key"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "engine/config.json" not in files or \
+            not any(name.startswith("engine/rank") for name in files):
+        return "its manifest.json lists no engine"
+    for name, record in sorted(files.items()):
+        if not isinstance(record, dict) or ".." in str(name).split("/") or str(name).startswith("/"):
+            return f"its manifest.json has a bad entry for {str(name)[:80]!r}"
+        path = entry / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != record.get("bytes"):
+            return f"{name} has {size} bytes, the manifest records {record.get('bytes')}"
+        if digests and name.startswith("engine/") and _sha256(path) != record.get("sha256"):
+            return f"{name} does not match the sha256 the manifest records"
+    return None
+
+
+def complete_entry(cache: Path, key: str) -> dict[str, Any] | None:
+    """The manifest of a whole cache entry, or None (absent, or damaged: say so and rebuild)."""
+    entry = cache / key
+    if not entry.exists():
         return None
-    return manifest if manifest.get("engineKey") == key else None
+    why = damage(entry)
+    if why is not None:
+        print(f"the cache entry {entry} is damaged ({why}): building it again",
+              file=sys.stderr, flush=True)
+        return None
+    return _read_manifest(entry)[0]
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import toolchain
+from . import cache, toolchain
 from .errors import BadSpec
 from .group import Group
 from .kvlog import KVLogParser
@@ -108,8 +108,12 @@ def server_argv(spec: ServeSpec, repo: Path, group: Group | None = None) -> list
 
 def prepare(spec: ServeSpec, repo: Path, templates: Path) -> None:
     engine_dir = spec.engine_root / "engine"
-    if not (spec.engine_root / "manifest.json").is_file():
-        raise BadSpec(f"engineDir: {spec.engine_root} is not a complete cache entry (no manifest.json)")
+    # Sizes and sha256 of every engine file against the manifest written at publish: a damaged
+    # entry is refused here, not loaded into GPUs to fail (or answer wrongly) later.
+    why = cache.damage(spec.engine_root, digests=True)
+    if why is not None:
+        raise BadSpec(f"engineDir: the cache entry {spec.engine_root} is damaged: {why}; delete it "
+                      "(and its LLMEngine) so that the next build makes it again")
     write_model_repo(templates, repo, RepoSettings(
         engine_dir=engine_dir, tokenizer_dir=spec.engine_root / "tokenizer",
         kv_cache_free_gpu_mem_fraction=spec.kv_cache_free_gpu_mem_fraction,

@@ -2,6 +2,11 @@
 
 ``read_config`` fetches only ``config.json`` so a bad spec fails before the weights download;
 ``download`` fetches what a build needs (weights, config, tokenizer), with progress.
+
+Object keys, Hub file names and mounted paths are chosen by whoever controls the bucket, the
+repository or the volume: each is checked to land inside the model directory before anything is
+written or read (``inside``), because the build runs with the source's credentials in its
+environment and the engine cache mounted read-write.
 """
 
 from __future__ import annotations
@@ -9,15 +14,44 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import BadSpec, StepFailed
 
-__all__ = ["read_config", "download", "ALLOW_PATTERNS"]
+__all__ = ["read_config", "download", "inside", "ALLOW_PATTERNS"]
 
 # What a TensorRT-LLM build and the tokenizer need; never the duplicate .bin/.pth weights.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.py"]
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A hostile name quoted in a message: one line, at most ``limit`` characters, keeping both
+    ends (a path's start says where, its end says which file)."""
+    quoted = repr(text)
+    half = (limit - 3) // 2
+    return quoted if len(quoted) <= limit else quoted[:half] + "..." + quoted[-half:]
+
+
+def inside(root: Path, relative: str, what: str) -> Path:
+    """``root / relative``, or BadSpec when that would land outside ``root``.
+
+    Refuses empty names, NUL bytes, absolute paths, ``..`` segments (also backslash-separated,
+    as huggingface_hub does in ``_local_folder._validate_relative_filename``), and names that
+    reach outside through a symlink already under ``root``.
+    """
+    parts = relative.replace("\\", "/").split("/")
+    escapes = (not relative or "\0" in relative or PurePosixPath(relative).is_absolute()
+               or ".." in parts)
+    target = root / relative
+    if not escapes:
+        base = root.resolve()
+        escapes = not target.resolve().is_relative_to(base)
+    if escapes:
+        raise BadSpec(f"model.source: {what} {_short(relative)} resolves outside the model "
+                      "directory; refusing to use it (remove or rename it in the source)")
+    return target
 
 
 def _hf_repo(source: str) -> str:
@@ -31,7 +65,7 @@ def _token() -> str | None:
 def read_config(source: str, revision: str) -> dict[str, Any]:
     """The model's config.json, or BadSpec naming what is wrong (missing token, no such repo)."""
     if source.startswith("/"):
-        path = Path(source) / "config.json"
+        path = _mounted(source) / "config.json"
         try:
             return json.loads(path.read_text())  # type: ignore[no-any-return]
         except OSError:
@@ -64,16 +98,47 @@ def read_config(source: str, revision: str) -> dict[str, Any]:
 def download(source: str, revision: str, out: Path) -> Path:
     """Fetch the model into ``out`` (or use a mounted path in place); return the model dir."""
     if source.startswith("/"):
-        return Path(source)
+        return _mounted(source, check_files=True)
     out.mkdir(parents=True, exist_ok=True)
     if source.startswith("s3://"):
         _s3_sync(source, out)
         return out
-    from huggingface_hub import snapshot_download
-
-    snapshot_download(_hf_repo(source), revision=revision, token=_token(), local_dir=out,
-                      allow_patterns=ALLOW_PATTERNS)
+    _hf_download(_hf_repo(source), revision, out)
     return out
+
+
+def _mounted(source: str, check_files: bool = False) -> Path:
+    """A mounted model directory (``/<mount>/<path>``): the path, and with ``check_files`` every
+    entry below it, must resolve inside the mount, so a symlink on the volume cannot hand the
+    build another tenant's engine or a file of the build pod."""
+    parts = source.split("/")  # "", mount, path...
+    if len(parts) < 2 or not parts[1]:
+        raise BadSpec(f"model.source: {_short(source)} names no mounted directory")
+    mount = Path("/", parts[1])
+    relative = "/".join(parts[2:]).strip("/")
+    model_dir = inside(mount, relative, "the path") if relative else mount
+    if check_files and model_dir.is_dir():
+        for directory, names, files in os.walk(model_dir):
+            for name in names + files:
+                relative = os.path.relpath(os.path.join(directory, name), mount)
+                inside(mount, relative, "the file")
+    return model_dir
+
+
+def _hf_download(repo: str, revision: str, out: Path) -> None:
+    """snapshot_download, after checking every file name it would write. Recent huggingface_hub
+    releases refuse such names themselves; the runtime image may carry an older one."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    names = HfApi(token=_token()).list_repo_files(repo, revision=revision)
+    for name in names:
+        if any(fnmatch(name, pattern) for pattern in ALLOW_PATTERNS):
+            inside(out, name, f"the Hugging Face file in {repo}")
+    try:
+        snapshot_download(repo, revision=revision, token=_token(), local_dir=out,
+                          allow_patterns=ALLOW_PATTERNS)
+    except ValueError as error:  # huggingface_hub's own file-name check
+        raise BadSpec(f"model.source: {repo}: {str(error).splitlines()[0][:200]}") from None
 
 
 def _s3_client() -> Any:
@@ -105,9 +170,15 @@ def _s3_sync(source: str, out: Path) -> None:
         Bucket=bucket, Prefix=f"{prefix}/" if prefix else "") for o in page.get("Contents", [])]
     total = sum(o["Size"] for o in objects) or 1
     done = 0
+    # Check every key before the first download: a build that fails half-way must not have
+    # written anything outside ``out`` either.
+    targets = []
     for obj in objects:
         relative = obj["Key"][len(prefix):].lstrip("/")
-        target = out / relative
+        if not relative or relative.endswith("/"):
+            continue  # a "folder" placeholder some S3 consoles create; nothing to write
+        targets.append((obj, relative, inside(out, relative, f"the S3 object key in s3://{bucket}")))
+    for obj, relative, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, obj["Key"], str(target))
         done += obj["Size"]

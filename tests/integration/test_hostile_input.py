@@ -13,6 +13,7 @@ through the operator's reconcile against the API emulator:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import io
@@ -197,3 +198,57 @@ def _pod_specs(obj):
         template = (spec.get("leaderWorkerTemplate") or {}).get(key)
         if template:
             yield template["spec"]
+
+
+# --- names and values the API server refuses (the operator's side) ---------------------------
+
+def _condition(svc, type_):
+    return next((c for c in (svc.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+
+async def test_a_name_the_api_server_accepts_but_a_service_cannot_carry_stalls_with_nothing_written():
+    # The API server stores an LLMService named 8b (a DNS-1123 subdomain) when its CRD has no
+    # rule on names (the emulator evaluates none); its Service 8b-server would be refused.
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.3) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()
+        manifest = copy.deepcopy(BASE)
+        manifest["metadata"] = {"name": "8b", "namespace": NS}
+        await sb.create(manifest)
+        await sb.wait_for(lambda: _condition(sb.get("llmservices", "8b", NS), "Stalled").get("status") == "True",
+                          what="Stalled")
+        stalled = _condition(sb.get("llmservices", "8b", NS), "Stalled")
+        assert stalled["message"].startswith("metadata.name: '8b' must be a DNS-1035 label")
+        for plural in ("llmengines", "jobs", "deployments", "services", "serviceaccounts"):
+            assert sb.objects(plural) == [], plural
+        assert sb.operator_error is None
+
+
+async def test_a_write_the_api_server_refuses_stalls_the_service_once_not_in_a_loop():
+    from ..support.faults import FlakyEmulator
+
+    refusal = ('Service "mistral-7b-server" is invalid: metadata.name: Invalid value: '
+               '"mistral-7b-server": a DNS-1035 label must consist of lower case alphanumeric characters')
+    emulator = FlakyEmulator()
+    async with Sandbox(emulator=emulator, build_seconds=0.2, start_seconds=0.1, retry_delay=0.3) as sb:
+        sb.add_namespace(NS)
+        emulator.invalid = {"services": refusal}
+        await sb.start_operator()
+        sb.start_kubelet()
+        manifest = copy.deepcopy(BASE)
+        manifest["metadata"] = {"name": "mistral-7b", "namespace": NS}
+        await sb.create(manifest)
+        await sb.wait_for(
+            lambda: _condition(sb.get("llmservices", "mistral-7b", NS), "Stalled").get("status") == "True",
+            timeout=30, what="Stalled after the refused Service")
+        svc = sb.get("llmservices", "mistral-7b", NS)
+        stalled = _condition(svc, "Stalled")
+        assert stalled["reason"] == "ApplyRefused"
+        assert stalled["message"] == f"the API server refused Service mistral-7b-server: {refusal}"
+        assert _condition(svc, "Ready")["status"] == "False"
+        await asyncio.sleep(3.0)  # ten of the operator's retry delays
+        assert [r for r in emulator.refused if r[2] == "services"] == [(422, "PATCH", "services")], \
+            "the refused write was retried"
+        warnings = [e for e in sb.objects("events") if e.get("reason") == "ApplyRefused"]
+        assert len(warnings) == 1 and "ReconcileError" not in [e.get("reason") for e in sb.objects("events")]
+        assert sb.operator_error is None

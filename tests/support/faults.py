@@ -68,11 +68,14 @@ class FlakyEmulator(KilnEmulator):
     - ``conflicts``: the next n server-side applies of the kind fail with 409 Conflict (an
       apply whose field manager lost a race, or an optimistic-lock failure);
     - ``outage``: while set, every request from the operator gets 503 Service Unavailable
-      (an API server restarting, an overloaded aggregation layer).
+      (an API server restarting, an overloaded aggregation layer);
+    - ``invalid``: server-side applies of the kind fail with 422 Invalid and this message, as
+      a real API server refuses an object its validation rejects.
     """
 
     conflicts: dict[str, int] = attrs.field(factory=dict, init=False)
     outage: bool = attrs.field(default=False, init=False)
+    invalid: dict[str, str] = attrs.field(factory=dict, init=False)
     refused: list[tuple[int, str, str]] = attrs.field(factory=list, init=False)
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
@@ -86,6 +89,11 @@ class FlakyEmulator(KilnEmulator):
                  "reason": "ServiceUnavailable", "message": "the API server is unavailable"},
                 status=503)
         applies = method == "PATCH" and "apply-patch" in str(request.headers.get("Content-Type", ""))
+        if token == OPERATOR_TOKEN and applies and plural in self.invalid:
+            self.refused.append((422, method, plural))
+            return aiohttp.web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+                 "reason": "Invalid", "message": self.invalid[plural]}, status=422)
         if token == OPERATOR_TOKEN and applies and self.conflicts.get(plural, 0) > 0:
             self.conflicts[plural] -= 1
             self.refused.append((409, method, plural))

@@ -3,6 +3,7 @@ protobuf ModelConfig), the KV log parser, the launcher and DJL's serving.propert
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -24,16 +25,26 @@ from ..support import fake_trtllm
 from ..support.triton_templates import PLACEHOLDERS, write_templates
 
 
+def seal(entry):
+    """The manifest publish writes: every file with its size and sha256."""
+    files = {str(p.relative_to(entry)): {"bytes": p.stat().st_size,
+                                         "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+             for p in sorted(entry.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+    (entry / "manifest.json").write_text(json.dumps({"engineKey": entry.name, "files": files}))
+
+
 @pytest.fixture
 def engine_entry(tmp_path):
     entry = tmp_path / "cache" / ("ab" * 32)
     (entry / "engine").mkdir(parents=True)
     (entry / "tokenizer").mkdir()
-    (entry / "manifest.json").write_text(json.dumps({"engineKey": "ab" * 32}))
     (entry / "engine" / "config.json").write_text(json.dumps({
         "pretrained_config": {"mapping": {"world_size": 2, "tp_size": 2, "pp_size": 1}},
         "build_config": {"max_batch_size": 64, "max_beam_width": 1,
                          "plugin_config": {"tokens_per_block": 32, "use_paged_context_fmha": True}}}))
+    for rank in range(2):
+        (entry / "engine" / f"rank{rank}.engine").write_bytes(bytes([rank]) * 4096)
+    seal(entry)
     return entry
 
 
@@ -173,10 +184,11 @@ def test_sigterm_reaches_the_server(tmp_path):
                     "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
                     "print('ready', flush=True)\ntime.sleep(60)\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    entry = tmp_path / "entry"
+    entry = tmp_path / ("cd" * 32)
     (entry / "engine").mkdir(parents=True)
-    (entry / "manifest.json").write_text("{}")
     (entry / "engine" / "config.json").write_text(json.dumps({"build_config": {"max_batch_size": 4}}))
+    (entry / "engine" / "rank0.engine").write_bytes(b"engine")
+    seal(entry)
     templates = write_templates(tmp_path / "templates")
     env = {**os.environ, "KILN_TRITONSERVER": str(fake), "KILN_KV_CAPACITY_FILE": str(tmp_path / "kv.json"),
            "KILN_SERVE_SPEC": json.dumps({"engineDir": str(entry), "tensorParallel": 1, "pipelineParallel": 1,

@@ -108,3 +108,4 @@ class Reason(StrEnum):
     SCALED_DOWN = "ScaledDown"
     METRICS_AVAILABLE = "MetricsAvailable"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
+    APPLY_REFUSED = "ApplyRefused"

@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from .common import GROUP, VERSION
 from .llmengine import LLMEngineSpec, LLMEngineStatus
-from .llmservice import LLMServiceSpec, LLMServiceStatus
+from .llmservice import (MAX_WINDOW_SECONDS, MAX_WORKER_PODS, SERVICE_NAME_PATTERN, LLMServiceSpec,
+                         LLMServiceStatus)
 
 __all__ = ["crds", "openapi_schema"]
 
@@ -46,6 +47,26 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
             "message": "gpus spans nodes, so it must be a multiple of gpu.perNode",
             "fieldPath": ".gpus",
         },
+        {
+            # Every worker pod is named in the launcher Role, which must fit in one object.
+            "rule": "self.gpus <= self.gpu.perNode || (self.replicas > self.autoscaling.maxReplicas"
+                    " ? self.replicas : self.autoscaling.maxReplicas)"
+                    f" * (self.gpus / self.gpu.perNode - 1) <= {MAX_WORKER_PODS}",
+            "message": f"a multi-node service may run at most {MAX_WORKER_PODS} worker pods: "
+                       "max(replicas, autoscaling.maxReplicas) x (gpus / gpu.perNode - 1)",
+            "fieldPath": ".replicas",
+        },
+    ],
+    "gpu": [
+        {"rule": "!self.resourceName.contains('kubernetes.io/')"
+                 " && !self.resourceName.startsWith('requests.')",
+         "message": "gpu.resourceName must not be in the reserved kubernetes.io/ namespace nor "
+                    "start with requests.",
+         "fieldPath": ".resourceName"},
+        {"rule": "self.resourceName.matches('^[^/]{1,244}/[^/]{1,63}$')",
+         "message": "gpu.resourceName must have a domain of at most 244 characters and a name of "
+                    "at most 63",
+         "fieldPath": ".resourceName"},
     ],
     "model": [
         {"rule": "self.source == oldSelf.source", "message": "model.source is immutable",
@@ -60,12 +81,28 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
     "autoscaling": [
         {"rule": "self.minReplicas <= self.maxReplicas",
          "message": "minReplicas must not exceed maxReplicas", "fieldPath": ".minReplicas"},
+        {"rule": f"!(self.mode in ['keda', 'hpa']) || self.scaleDownStabilizationSeconds <= {MAX_WINDOW_SECONDS}",
+         "message": f"scaleDownStabilizationSeconds must be at most {MAX_WINDOW_SECONDS} with keda "
+                    "and hpa (an HorizontalPodAutoscaler's limit)",
+         "fieldPath": ".scaleDownStabilizationSeconds"},
     ],
     "engine": [
         {"rule": "self.maxInputLen < self.maxSeqLen",
          "message": "maxInputLen must be smaller than maxSeqLen", "fieldPath": ".maxInputLen"},
     ],
 }
+
+
+# On the object itself: the name is the stem of every child's name, and a Service's name must
+# be a DNS-1035 label (kubernetes pkg/apis/core/validation/validation.go, ValidateServiceName);
+# so must the app.kubernetes.io/instance label value it becomes (at most 63 characters). Only
+# metadata.name and metadata.generateName are visible to CEL at the root (apiextensions-apiserver
+# pkg/apiserver/schema/cel/validation_test.go).
+_SERVICE_ROOT_RULES = [
+    {"rule": f"size(self.metadata.name) <= 63 && self.metadata.name.matches('{SERVICE_NAME_PATTERN}')",
+     "message": "metadata.name must be a DNS-1035 label: at most 63 lowercase letters, digits and "
+                "'-', starting with a letter (it names the service's Kubernetes Service)"},
+]
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -139,7 +176,20 @@ def _status_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def _crd(kind: str, plural: str, scope: str, spec: dict[str, Any], status: dict[str, Any],
          short_names: list[str], columns: list[dict[str, Any]],
-         subresources: dict[str, Any]) -> dict[str, Any]:
+         subresources: dict[str, Any], root_rules: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    root: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+    if root_rules:
+        root["x-kubernetes-validations"] = root_rules
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -156,17 +206,7 @@ def _crd(kind: str, plural: str, scope: str, spec: dict[str, Any], status: dict[
                 "storage": True,
                 "subresources": subresources,
                 "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec,
-                        "status": status,
-                    },
-                    "required": ["spec"],
-                }},
+                "schema": {"openAPIV3Schema": root},
             }],
         },
     }
@@ -204,6 +244,7 @@ def crds() -> list[dict[str, Any]]:
         {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
                                  "statusReplicasPath": ".status.replicas",
                                  "labelSelectorPath": ".status.selector"}},
+        _SERVICE_ROOT_RULES,
     )
     engine = _crd(
         "LLMEngine", "llmengines", "Cluster", engine_spec, _status_schema(LLMEngineStatus),

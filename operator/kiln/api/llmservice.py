@@ -16,6 +16,10 @@ from .common import AutoscalingMode, KilnModel, KVCacheDtype, Precision, ServerK
 
 __all__ = [
     "MODEL_SOURCE_PATTERN",
+    "MAX_WINDOW_SECONDS",
+    "MAX_WORKER_PODS",
+    "SERVICE_NAME_PATTERN",
+    "extended_resource_problem",
     "SecretRef",
     "ModelSpec",
     "GPUSpec",
@@ -41,6 +45,32 @@ MODEL_SOURCE_PATTERN = (
     r"|pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(/[A-Za-z0-9._-]+)*/?)$"
 )
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+# The longest scale-down stabilisation window an HorizontalPodAutoscaler accepts
+# (kubernetes pkg/apis/autoscaling/validation/validation.go, MaxStabilizationWindowSeconds);
+# KEDA hands its window to an HPA, so the same bound holds there.
+MAX_WINDOW_SECONDS = 3600
+# Worker pods of a multi-node service, each named twice in its launcher Role: 4000 keeps the
+# Role near 0.5 MB, well inside etcd's default request limit of 1.5 MiB
+# (etcd server/embed/config.go, DefaultMaxRequestBytes), which bounds every stored object.
+MAX_WORKER_PODS = 4000
+# An LLMService's own name: a DNS-1035 label (see the root rule in crd.py for why).
+SERVICE_NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+def extended_resource_problem(name: str) -> str | None:
+    """Why a container cannot request ``name`` as an extended resource, or None.
+
+    The API server's rules (kubernetes pkg/apis/core/v1/helper/helpers.go,
+    IsExtendedResourceName): not in the ``kubernetes.io/`` namespace, no ``requests.`` prefix,
+    and ``requests.<name>`` must be a qualified name (prefix at most 253, name at most 63)."""
+    if "kubernetes.io/" in name:
+        return "is in the reserved kubernetes.io/ namespace"
+    if name.startswith("requests."):
+        return "must not start with the reserved prefix requests."
+    prefix, _, rest = name.partition("/")
+    if len("requests." + prefix) > 253 or len(rest) > 63:
+        return "must have a domain of at most 244 characters and a name of at most 63"
+    return None
 
 Auto = Literal["auto"]
 ParallelDegree = Annotated[int, Field(ge=1, le=64)] | Auto
@@ -92,18 +122,35 @@ class GPUSpec(KilnModel):
     """The GPUs a replica runs on."""
 
     type: str = Field(
-        default="H100-80GB", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        default="H100-80GB", min_length=1, max_length=63,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
         description="GPU model, e.g. H100-80GB, A100-80GB, L40S, L4. Decides the engine's "
-        "architecture and, with memoryGiB unset, the memory the planner assumes.",
+        "architecture and, with memoryGiB unset, the memory the planner assumes. A type outside "
+        "Kiln's catalog is the nodes' nvidia.com/gpu.product label value, and needs memoryGiB "
+        "and arch.",
+    )
+    arch: str | None = Field(
+        default=None, pattern=r"^sm[0-9]{2,3}$",
+        description="CUDA compute capability the engine is built for (e.g. sm90), for a type "
+                    "outside Kiln's catalog; a catalog type knows its own.",
     )
     per_node: int = Field(default=8, ge=1, le=16, description="GPUs on each node.")
     resource_name: str = Field(
         default="nvidia.com/gpu", min_length=1, max_length=253,
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
-        description="Extended resource that schedules GPUs.",
+        description="Extended resource that schedules GPUs; not in the kubernetes.io/ "
+                    "namespace and without the requests. prefix.",
     )
+
+    @field_validator("resource_name")
+    @classmethod
+    def _extended_resource(cls, value: str) -> str:
+        problem = extended_resource_problem(value)
+        if problem:
+            raise ValueError(f"{value!r} {problem}")
+        return value
     memory_gi_b: float | None = Field(
-        default=None, alias="memoryGiB", gt=0, le=1024,
+        default=None, alias="memoryGiB", ge=1, le=1024,
         description="Usable memory per GPU in GiB, overriding the catalog figure.",
     )
     node_memory_gi_b: float = Field(
@@ -142,7 +189,7 @@ class EngineLimits(KilnModel):
     max_num_tokens: int = Field(default=8192, ge=1, le=1048576, description="trtllm-build --max_num_tokens.")
     tokens_per_block: int = Field(default=32, ge=8, le=256, description="KV-cache block size in tokens.")
     kv_cache_free_gpu_mem_fraction: float = Field(
-        default=0.9, gt=0, lt=1,
+        default=0.9, ge=0.01, lt=1,
         description="Share of the memory left after weights and buffers given to the KV cache.",
     )
     weight_streaming: bool | None = Field(
@@ -181,10 +228,12 @@ class AutoscalingSpec(KilnModel):
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
     target_kv_cache_utilization: float = Field(
-        default=0.75, alias="targetKVCacheUtilization", gt=0, le=1,
+        default=0.75, alias="targetKVCacheUtilization", ge=0.01, le=1,
         description="KV-cache block utilisation to hold replicas at.")
     scale_down_stabilization_seconds: int = Field(
-        default=300, ge=0, le=86400, description="Quiet time before replicas are removed.")
+        default=300, ge=0, le=86400,
+        description=f"Quiet time before replicas are removed; at most {MAX_WINDOW_SECONDS} with "
+                    "keda and hpa (an HorizontalPodAutoscaler's limit).")
     prometheus_url: str = Field(
         default="http://prometheus-operated.monitoring.svc:9090", max_length=512,
         pattern=r"^https?://",
@@ -201,6 +250,11 @@ class AutoscalingSpec(KilnModel):
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"minReplicas: {self.min_replicas} must not exceed maxReplicas={self.max_replicas}")
+        window = self.scale_down_stabilization_seconds
+        if self.mode in (AutoscalingMode.KEDA, AutoscalingMode.HPA) and window > MAX_WINDOW_SECONDS:
+            raise ValueError(
+                f"scaleDownStabilizationSeconds: {window} is more than {MAX_WINDOW_SECONDS}, the "
+                f"longest window an HorizontalPodAutoscaler accepts (mode {self.mode})")
         return self
 
 
@@ -295,6 +349,15 @@ class LLMServiceSpec(KilnModel):
             raise ValueError(
                 f"runtime.server: djl serves one node per replica; gpus: {self.gpus} spans nodes "
                 f"(gpu.perNode={self.gpu.per_node}), which needs server: triton")
+        if self.gpus > self.gpu.per_node:
+            groups = max(self.replicas, self.autoscaling.max_replicas)
+            workers = groups * (self.gpus // self.gpu.per_node - 1)
+            if workers > MAX_WORKER_PODS:
+                field = "replicas" if self.replicas >= self.autoscaling.max_replicas \
+                    else "autoscaling.maxReplicas"
+                raise ValueError(
+                    f"{field}: {groups} replicas of {self.gpus // self.gpu.per_node} nodes make "
+                    f"{workers} worker pods, more than {MAX_WORKER_PODS}")
         return self
 
 

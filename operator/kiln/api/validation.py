@@ -8,17 +8,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import SpecInvalid
-from .llmservice import LLMServiceSpec
+from .llmservice import SERVICE_NAME_PATTERN, LLMServiceSpec
 
 _NAMES_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9.]*: ")
 
-__all__ = ["parse_service_spec", "parse_service_manifest", "describe_error"]
+__all__ = ["parse_service_spec", "parse_service_manifest", "describe_error", "check_service_name"]
 
 
 def describe_error(error: ValidationError, prefix: str) -> str:
     """``spec.gpu.perNode: Input should be greater than or equal to 1 (got 0)``."""
     first = error.errors(include_url=False)[0]
-    path = ".".join([prefix, *(str(part) for part in first["loc"])])
+    path = ".".join([prefix, *(_part(part) for part in first["loc"])])
     message = first["msg"]
     if message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
@@ -27,7 +27,7 @@ def describe_error(error: ValidationError, prefix: str) -> str:
     elif first["type"] == "missing":
         message = "required field is missing"
     elif "input" in first and first["type"] not in ("value_error", "model_type"):
-        message = f"{message} (got {first['input']!r})"
+        message = f"{message} (got {quote(first['input'])})"
     # A model-level validator reports on the model itself; its message already names the field.
     if first["type"] == "value_error" and _NAMES_FIELD.match(message):
         return f"{path}.{message}"
@@ -51,23 +51,41 @@ def parse_service_manifest(manifest: Any) -> tuple[dict[str, Any], LLMServiceSpe
     if not isinstance(manifest, dict):
         raise SpecInvalid("manifest: must be a YAML mapping")
     if manifest.get("apiVersion") != API_VERSION:
-        raise SpecInvalid(f"apiVersion: must be {API_VERSION} (got {manifest.get('apiVersion')!r})")
+        raise SpecInvalid(f"apiVersion: must be {API_VERSION} (got {quote(manifest.get('apiVersion'))})")
     if manifest.get("kind") != "LLMService":
-        raise SpecInvalid(f"kind: must be LLMService (got {manifest.get('kind')!r})")
+        raise SpecInvalid(f"kind: must be LLMService (got {quote(manifest.get('kind'))})")
     metadata = manifest.get("metadata")
     if not isinstance(metadata, dict) or not metadata.get("name"):
         raise SpecInvalid("metadata.name: required field is missing")
-    name = metadata["name"]
-    if not isinstance(name, str) or not _is_dns_label(name):
-        raise SpecInvalid(f"metadata.name: {name!r} must be a DNS label (lowercase, digits, '-', "
-                          "at most 63 characters)")
+    check_service_name(metadata["name"])
     namespace = metadata.get("namespace", "default")
     if not isinstance(namespace, str) or not _is_dns_label(namespace):
-        raise SpecInvalid(f"metadata.namespace: {namespace!r} must be a DNS label")
+        raise SpecInvalid(f"metadata.namespace: {quote(namespace)} must be a DNS label")
     unknown = set(manifest) - {"apiVersion", "kind", "metadata", "spec", "status"}
     if unknown:
-        raise SpecInvalid(f"{sorted(unknown)[0]}: unknown field")
+        raise SpecInvalid(f"{_part(sorted(map(str, unknown))[0])}: unknown field")
     return metadata, parse_service_spec(manifest.get("spec"))
+
+
+def check_service_name(name: Any) -> None:
+    """The CRD's rule on metadata.name, in Python: a DNS-1035 label, since it names the
+    service's Kubernetes Service and is the value of its children's instance label."""
+    if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(SERVICE_NAME_PATTERN, name):
+        raise SpecInvalid(f"metadata.name: {quote(name)} must be a DNS-1035 label: at most 63 "
+                          "lowercase letters, digits and '-', starting with a letter (it names "
+                          "the service's Kubernetes Service)")
+
+
+def _part(key: Any) -> str:
+    """One step of a field path, as typed; a hostile key is cut and kept on one line."""
+    text = " ".join(str(key).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def quote(value: Any, limit: int = 60) -> str:
+    """A user's value in a message: its repr, cut to ``limit`` characters, on one line."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _is_dns_label(value: str) -> bool:

@@ -101,7 +101,7 @@ def _prefill_speed(spec: Any, status: dict[str, Any]) -> float | None:
     """One replica's prefill speed (input tokens/s) from the planned weights per GPU, as the
     simulator's replicas have it; None before the plan is in the status."""
     weight = ((status.get("plan") or {}).get("weightBytesPerGpu"))
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch)
     if not weight or gpu is None:
         return None
     return prefill_tokens_per_second(float(weight), Precision(spec.precision), gpu)

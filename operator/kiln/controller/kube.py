@@ -15,9 +15,27 @@ from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
 from kubernetes.aio.client.exceptions import ApiException
 
+from ..api import Reason
+from ..errors import SpecInvalid
 from ..render import FIELD_MANAGER
 
-__all__ = ["KubeApi", "Kind", "KINDS", "ApiException", "kind_of"]
+__all__ = ["KubeApi", "Kind", "KINDS", "ApiException", "kind_of", "REFUSED_STATUSES"]
+
+# The API server refuses the object itself (invalid, malformed, too large): writing it again
+# cannot succeed until the manifest changes.
+REFUSED_STATUSES = (400, 413, 422)
+
+
+def _refusal(error: ApiException, obj: dict[str, Any]) -> SpecInvalid:
+    """The API server's own message, one line, as a permanent error naming the object."""
+    try:
+        message = str(json.loads(error.reason or "").get("message") or "")
+    except (ValueError, AttributeError):
+        message = str(error.reason or "")
+    message = " ".join(message.split())[:400] or f"HTTP {error.status}"
+    name = str(obj["metadata"].get("name"))[:80]
+    return SpecInvalid(f"the API server refused {obj['kind']} {name}: {message}",
+                       reason=Reason.APPLY_REFUSED.value)
 
 
 @dataclass(frozen=True)
@@ -141,14 +159,22 @@ class KubeApi:
         return list(result.get("items") or [])
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply, field manager ``kiln``, taking over conflicting fields."""
+        """Server-side apply, field manager ``kiln``, taking over conflicting fields.
+
+        An object the API server refuses raises SpecInvalid with its message: the service
+        stalls once instead of retrying a write that cannot succeed."""
         kind = kind_of(obj)
         meta = obj["metadata"]
         self.writes += 1
-        return await self._call(
-            "PATCH", kind.path(meta.get("namespace"), meta["name"]), body=obj,
-            content_type="application/apply-patch+yaml",
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")])
+        try:
+            return await self._call(
+                "PATCH", kind.path(meta.get("namespace"), meta["name"]), body=obj,
+                content_type="application/apply-patch+yaml",
+                query=[("fieldManager", FIELD_MANAGER), ("force", "true")])
+        except ApiException as error:
+            if error.status in REFUSED_STATUSES:
+                raise _refusal(error, obj) from None
+            raise
 
     async def delete(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]

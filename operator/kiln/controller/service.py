@@ -15,9 +15,9 @@ from enum import StrEnum
 from typing import Any
 
 from ..api import API_VERSION, AutoscalingMode, ConditionType, Reason
-from ..api.validation import parse_service_spec
+from ..api.validation import check_service_name, parse_service_spec
 from ..errors import KilnError, NotReadyYet, SpecInvalid
-from ..planner import lookup_gpu, plan
+from ..planner import lookup_gpu, plan, unknown_gpu_message
 from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node, render
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from .conditions import get_condition, is_true, set_condition
@@ -238,11 +238,11 @@ async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelRes
 
 async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models: ModelResolver,
                      st: _Status, out: Outcome) -> None:
+    check_service_name(ref.name)  # the API server accepts names its Services cannot carry
     spec = parse_service_spec(body.get("spec"))
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch)
     if gpu is None:
-        raise SpecInvalid(f"spec.gpu.type: unknown GPU {spec.gpu.type!r}; use a catalog type or set "
-                          "spec.gpu.memoryGiB")
+        raise SpecInvalid(unknown_gpu_message(spec.gpu.type, spec.gpu.memory_gi_b))
     secret = spec.model.credentials.secret_name if spec.model.credentials else None
     found, token = await _read_token(api, ref.namespace, secret)
     if not found:

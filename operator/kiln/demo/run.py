@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
 from ..api.common import Reason
+from ..api.loading import read_yaml_file
 from ..api.validation import parse_service_manifest
 from ..autoscale import LawParams
 from ..controller.conditions import get_condition, is_true
@@ -29,9 +29,11 @@ __all__ = ["run_demo", "load_manifests", "table"]
 
 
 def load_manifests(directory: Path) -> list[dict[str, Any]]:
+    """Every document of every *.yaml file in ``directory``; SpecInvalid names the file, line
+    and column of the first that does not parse."""
     docs: list[dict[str, Any]] = []
     for path in sorted(directory.glob("*.yaml")):
-        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+        docs.extend(d for d in read_yaml_file(path) if d)
     return docs
 
 
@@ -162,7 +164,7 @@ async def replay_act(sandbox: Sandbox, r: Replay, examples: Path, services: list
         return True
     namespace = manifest["metadata"].get("namespace", "default")
     _, spec = parse_service_manifest(manifest)
-    perf = PerfModel.for_catalog_model(spec, lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b))
+    perf = PerfModel.for_catalog_model(spec, lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch))
     replay = TraceReplay(load_trace(trace, rate_scale=r.rate_scale), perf)
     scaling = {"mode": "builtin", "minReplicas": 1, "maxReplicas": r.max_replicas,
                "scaleDownStabilizationSeconds": round(r.stabilization / r.speed)}

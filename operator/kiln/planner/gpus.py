@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GPU", "GPU_CATALOG", "lookup_gpu", "CUDA_CONTEXT_GIB"]
+__all__ = ["GPU", "GPU_CATALOG", "lookup_gpu", "unknown_gpu_message", "CUDA_CONTEXT_GIB"]
 
 # CUDA context and runtime overhead taken before anything is loaded.
 CUDA_CONTEXT_GIB = 0.5
@@ -38,17 +38,30 @@ GPU_CATALOG: dict[str, GPU] = {g.name.lower(): g for g in (
 )}
 
 
-def lookup_gpu(name: str, memory_gib: float | None = None) -> GPU | None:
+def lookup_gpu(name: str, memory_gib: float | None = None, arch: str | None = None) -> GPU | None:
     """The catalog entry for ``name`` (case-insensitive), with an optional memory override.
 
-    An unknown name with an explicit memory is accepted: its architecture is its own name.
+    A name outside the catalog needs both its memory and its architecture (``smNN``, what the
+    engine is built for); the name is then the nodes' GPU product label. FP8 and FP4 follow
+    the architecture as in the catalog (Ada/Hopper and newer; Blackwell).
     """
     known = GPU_CATALOG.get(name.lower())
     if known is None:
-        if memory_gib is None:
+        if memory_gib is None or arch is None:
             return None
-        return GPU(name, memory_gib, name.lower(), name, 1.0, False, False)
+        number = int(arch.removeprefix("sm"))
+        return GPU(name, memory_gib, arch, name, 1.0, number >= 89, number >= 100)
     if memory_gib is not None:
         return GPU(known.name, memory_gib, known.arch, known.product_label, known.bandwidth_tbs,
                    known.fp8, known.fp4)
     return known
+
+
+def unknown_gpu_message(name: str, memory_gib: float | None) -> str:
+    """Why ``lookup_gpu`` found nothing, naming the field to set."""
+    if memory_gib is None:
+        return (f"spec.gpu.type: unknown GPU {name!r}; use a catalog type "
+                f"({', '.join(g.name for g in GPU_CATALOG.values())}) or set spec.gpu.memoryGiB "
+                "and spec.gpu.arch")
+    return (f"spec.gpu.arch: required for {name!r}, a GPU type outside Kiln's catalog: its CUDA "
+            "compute capability, e.g. sm90")

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..api import LLMServiceSpec
 from ..planner import GPU, Plan
+from .checks import check_objects
 from .engine import Engine, build_job, engine_for, engine_key, llm_engine
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
 from .scaling import scaler
@@ -52,10 +53,13 @@ class Rendered:
 
 def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
            replicas: int | None = None) -> Rendered:
-    """Every object for the service; ``replicas`` overrides spec.replicas (the autoscaler)."""
+    """Every object for the service; ``replicas`` overrides spec.replicas (the autoscaler).
+
+    Raises SpecInvalid if an object would break the API server's rules on names, labels or
+    size: nothing is applied that has not passed them."""
     engine = engine_for(spec, plan, gpu, ref.namespace)
     build_gpus = min(spec.gpus, spec.gpu.per_node)
-    return Rendered(
+    rendered = Rendered(
         engine=llm_engine(engine, ref.name),
         build_job=build_job(engine, ref.name, ref.namespace, gpu, spec.gpu.resource_name,
                             build_gpus, ref.uid, plan.build),
@@ -66,3 +70,5 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
         service=service(spec, ref.name, ref.namespace, ref.uid),
         scaler=scaler(spec, ref.name, ref.namespace, ref.uid),
     )
+    check_objects(rendered.objects())
+    return rendered

@@ -36,12 +36,11 @@ def restricted_container_security() -> dict[str, Any]:
 
 
 def gpu_scheduling(gpu: GPU, resource: str) -> dict[str, Any]:
-    """Node selection for the GPU model (GPU feature discovery label) and the GPU taint."""
-    out: dict[str, Any] = {"tolerations": [{"key": resource, "operator": "Exists",
-                                            "effect": "NoSchedule"}]}
-    if gpu.product_label != gpu.name:
-        out["nodeSelector"] = {GPU_PRODUCT_LABEL: gpu.product_label}
-    return out
+    """Node selection for the GPU model (GPU feature discovery label) and the GPU taint. A type
+    outside the catalog is its own product label: the engine is built for one architecture,
+    so the pods must land on that GPU whatever it is called."""
+    return {"tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}],
+            "nodeSelector": {GPU_PRODUCT_LABEL: gpu.product_label}}
 
 
 def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
