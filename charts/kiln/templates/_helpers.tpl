@@ -31,7 +31,9 @@ What the operator does in a namespace with LLMServices. Exactly the calls it mak
 (tests/unit/test_chart.py checks this list against an audit of the operator's requests):
 kopf watches and patches LLMServices (finalizer, progress annotations) and posts Events; it
 lists and watches the Jobs, Deployments, Services and ServiceAccounts Kiln owns (the
-reconcile and the builtin autoscaler read those from memory, kiln/controller/cache.py); the reconcile
+reconcile and the builtin autoscaler read those from memory, kiln/controller/cache.py), and
+gets one by name when the cache has no such object, to make sure no one else's object has
+that name (kiln/controller/ownership.py); the reconcile
 server-side-applies them and the autoscaler objects (an apply is authorized as create when
 the object is absent and as patch when it exists, so every applied kind needs both), reads
 the model token Secret, and lists the serving pods to scrape their metrics.
@@ -45,13 +47,13 @@ the model token Secret, and lists the serving pods to scrape their metrics.
   verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, get, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, get, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, get, create, patch]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
@@ -72,7 +74,7 @@ the model token Secret, and lists the serving pods to scrape their metrics.
   verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, get, create, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create, patch]

@@ -24,6 +24,7 @@ from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
 from .kube import KubeApi
 from .models import ModelResolver
+from .ownership import check_controlled, check_engine_job, conflict, live_child
 
 __all__ = ["Outcome", "EventReason", "reconcile_service", "observed_status", "BUILD_POLL_SECONDS",
            "ROLLOUT_POLL_SECONDS"]
@@ -97,10 +98,11 @@ async def _read_token(api: KubeApi, namespace: str, secret: str | None) -> tuple
     return True, base64.b64decode(value).decode() if value else None
 
 
-async def _apply_if_changed(api: KubeApi, desired: dict[str, Any]) -> dict[str, Any]:
-    meta = desired["metadata"]
-    live = await api.get(desired["apiVersion"], desired["kind"], meta["name"], meta.get("namespace"))
-    wanted = meta.get("annotations", {}).get(SPEC_HASH_ANNOTATION)
+async def _apply_if_changed(api: KubeApi, desired: dict[str, Any],
+                            live: dict[str, Any] | None) -> dict[str, Any]:
+    """Apply ``desired`` unless ``live`` (already checked to be the service's own) carries
+    the same spec hash."""
+    wanted = desired["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)
     if live is not None and live["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION) == wanted:
         return live
     return await api.apply(desired)
@@ -155,8 +157,8 @@ def _job_seconds(job: dict[str, Any]) -> float | None:
     return (end - start).total_seconds()
 
 
-async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
-                        out: Outcome, new_key: bool, serving_old: bool) -> bool:
+async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status, out: Outcome,
+                        new_key: bool, serving_old: bool, owner: str) -> bool:
     """Make sure the engine exists or is being built; True when it can be served.
 
     ``new_key``: the service did not reference this engine before, so finding it built
@@ -168,6 +170,11 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
     live = await api.get(API_VERSION, "LLMEngine", name)
     if live is None:
         live = await api.apply(engine_obj)
+    elif (live.get("spec") or {}).get("key") != engine_obj["spec"]["key"]:
+        # Names carry a digest of the key, not the key: a record whose key differs is
+        # another engine, never a cache hit.
+        raise conflict(engine_obj, owner, f"holds another engine (key {str((live.get('spec') or {}).get('key'))[:16]}..., "
+                       f"not {engine_obj['spec']['key'][:16]}...)")
     conditions = (live.get("status") or {}).get("conditions", [])
     if is_true(conditions, "Ready"):
         if new_key:
@@ -176,7 +183,8 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
     job_obj = rendered.build_job
     job_name = job_obj["metadata"]["name"]
     namespace = job_obj["metadata"]["namespace"]
-    job = await api.get("batch/v1", "Job", job_name, namespace)
+    job = await live_child(api, job_obj)
+    check_engine_job(job, job_obj, owner)
     if job is None:
         await api.apply(job_obj)
         out.events.append(("Normal", EventReason.BUILD_STARTED, f"building engine {name} in Job {job_name}"))
@@ -287,12 +295,18 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
             f"the LeaderWorkerSet API ({workload['apiVersion']}); it is not installed in this "
             f"cluster. Install it with `kubectl apply --server-side -f {LWS_MANIFESTS}`, or use "
             f"gpus <= gpu.perNode={spec.gpu.per_node}", reason=Reason.MISSING_DEPENDENCY.value)
-    live = await api.get(workload["apiVersion"], workload["kind"], workload["metadata"]["name"],
-                         ref.namespace)
+    # Every child the service writes is its own or absent, before any GPU time is spent.
+    owner = f"{ref.namespace}/{ref.name}"
+    children = [*rendered.access, workload, rendered.service,
+                *(extra for extra in (rendered.network_policy, rendered.scaler) if extra is not None)]
+    lives = [await live_child(api, child) for child in children]
+    for child, found in zip(children, lives):
+        check_controlled(found, child, ref.uid, owner)
+    live = lives[children.index(workload)]
     serving_old = live is not None and \
         live["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != st.data["engine"]["key"]
     ready = await _engine_ready(api, rendered, st, out, previous_key != st.data["engine"]["key"],
-                                serving_old)
+                                serving_old, owner)
     if not ready:
         message = f"waiting for engine {engine_name} to build" + \
             ("; the previous engine keeps serving" if serving_old else "")
@@ -300,13 +314,11 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         _replica_status(st, live)
         raise NotReadyYet(message, delay=BUILD_POLL_SECONDS)
     st.condition(ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT, f"engine {engine_name} is built")
-    for obj in rendered.access:  # the pods' ServiceAccounts (and Role) come before the pods
-        await _apply_if_changed(api, obj)
-    live = await _apply_if_changed(api, workload)
-    await _apply_if_changed(api, rendered.service)
-    for extra in (rendered.network_policy, rendered.scaler):
-        if extra is not None:
-            await _apply_if_changed(api, extra)
+    # In order: the pods' ServiceAccounts (and Role) before the pods, then the rest.
+    for child, found in zip(children, lives):
+        applied = await _apply_if_changed(api, child, found)
+        if child is workload:
+            live = applied
     ready_replicas = _replica_status(st, live)
     current = (live.get("status") or {}).get("observedGeneration") == live["metadata"].get("generation") \
         or live["metadata"].get("generation") is None
