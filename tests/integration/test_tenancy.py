@@ -13,9 +13,11 @@ import copy
 import yaml
 
 from kiln.controller.conditions import get_condition, is_true
+from kiln.controller.policy import Policy
 from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
+from ..support.faults import FlakyEmulator
 
 NS = "llm"
 MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
@@ -134,4 +136,72 @@ async def test_an_object_controlled_by_another_service_is_a_conflict_too():
         after = sb.get("services", "b-server", NS)
         assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
         assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert sb.operator_error is None
+
+
+GATED = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
+
+
+async def _ready(sb, name):
+    await sb.wait_for(lambda: is_true(_conditions(sb.get("llmservices", name, NS) or {}), "Ready"),
+                      timeout=30, what=f"{name} Ready")
+
+
+async def test_an_engine_built_with_a_token_serves_no_service_without_credentials():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        await sb.add_secret(NS, "other", {"NOT_A_TOKEN": "x"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(_named(GATED, "entitled"))
+        await _ready(sb, "entitled")
+        freeloader = _named(GATED, "freeloader")
+        del freeloader["spec"]["model"]["credentials"]
+        await sb.create(freeloader)
+        stalled = await _stalled(sb, "freeloader")
+        assert stalled["reason"] == "CredentialsRequired"
+        assert "hf://meta-llama/Llama-3.1-8B-Instruct" in stalled["message"]
+        assert "spec.model.credentials.secretName" in stalled["message"]
+        wrong = _named(GATED, "wrong-secret")
+        wrong["spec"]["model"]["credentials"] = {"secretName": "other"}
+        await sb.create(wrong)
+        assert (await _stalled(sb, "wrong-secret"))["reason"] == "CredentialsRequired"
+        assert sb.get("deployments", "freeloader-server", NS) is None
+        assert sb.get("deployments", "wrong-secret-server", NS) is None
+        assert not any(e.get("reason") == "EngineReused" for e in sb.objects("events")
+                       if e["involvedObject"]["name"] in ("freeloader", "wrong-secret"))
+        assert sb.operator_error is None
+
+
+async def test_a_model_the_platform_team_made_public_is_served_without_credentials():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                       policy=Policy(public_models=frozenset({GATED["spec"]["model"]["source"]}))) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(_named(GATED, "entitled"))
+        await _ready(sb, "entitled")
+        public = _named(GATED, "public")
+        del public["spec"]["model"]["credentials"]
+        await sb.create(public)
+        await _ready(sb, "public")
+        assert len(sb.objects("jobs")) == 1, "one engine, built once"
+
+
+async def test_a_secret_the_operator_may_not_read_stalls_naming_the_setting():
+    emulator = FlakyEmulator()
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, emulator=emulator) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "kube-secrets", {"HF_TOKEN": "hf_test"})
+        emulator.forbidden.add("secrets")
+        await sb.start_operator()
+        manifest = _named(GATED, "reader")
+        manifest["spec"]["model"]["credentials"] = {"secretName": "kube-secrets"}
+        await sb.create(manifest)
+        stalled = await _stalled(sb, "reader")
+        assert stalled["reason"] == "CredentialsRequired"
+        assert "llm/kube-secrets" in stalled["message"] and "modelCredentials.secretNames" in stalled["message"]
+        assert sb.objects("jobs") == []
         assert sb.operator_error is None

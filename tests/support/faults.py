@@ -68,11 +68,14 @@ class FlakyEmulator(KilnEmulator):
     - ``conflicts``: the next n server-side applies of the kind fail with 409 Conflict (an
       apply whose field manager lost a race, or an optimistic-lock failure);
     - ``outage``: while set, every request from the operator gets 503 Service Unavailable
-      (an API server restarting, an overloaded aggregation layer).
+      (an API server restarting, an overloaded aggregation layer);
+    - ``forbidden``: resources (plurals) the operator gets 403 Forbidden on, as RBAC answers
+      a request the chart does not grant.
     """
 
     conflicts: dict[str, int] = attrs.field(factory=dict, init=False)
     outage: bool = attrs.field(default=False, init=False)
+    forbidden: set[str] = attrs.field(factory=set, init=False)
     refused: list[tuple[int, str, str]] = attrs.field(factory=list, init=False)
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
@@ -85,6 +88,13 @@ class FlakyEmulator(KilnEmulator):
                 {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503,
                  "reason": "ServiceUnavailable", "message": "the API server is unavailable"},
                 status=503)
+        if token == OPERATOR_TOKEN and plural in self.forbidden:
+            self.refused.append((403, method, plural))
+            return aiohttp.web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                 "reason": "Forbidden", "message": f"{plural} is forbidden: User "
+                 "\"system:serviceaccount:kiln-system:kiln\" cannot access this resource"},
+                status=403)
         applies = method == "PATCH" and "apply-patch" in str(request.headers.get("Content-Type", ""))
         if token == OPERATOR_TOKEN and applies and self.conflicts.get(plural, 0) > 0:
             self.conflicts[plural] -= 1
