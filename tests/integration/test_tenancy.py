@@ -205,3 +205,17 @@ async def test_a_secret_the_operator_may_not_read_stalls_naming_the_setting():
         assert "llm/kube-secrets" in stalled["message"] and "modelCredentials.secretNames" in stalled["message"]
         assert sb.objects("jobs") == []
         assert sb.operator_error is None
+
+
+async def test_a_multi_node_service_outside_the_multi_node_namespaces_stalls_naming_the_setting():
+    emulator = FlakyEmulator()
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, emulator=emulator) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        emulator.forbidden |= {"roles", "rolebindings"}  # what RBAC answers outside them
+        await sb.start_operator()
+        await sb.create(copy.deepcopy(MULTI_NODE))
+        stalled = await _stalled(sb, MULTI_NODE["metadata"]["name"])
+        assert stalled["reason"] == "MissingDependency" and "multiNode.namespaces" in stalled["message"]
+        assert sb.objects("leaderworkersets") == [] and sb.objects("jobs") == []
+        assert sb.operator_error is None

@@ -352,7 +352,10 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     owner = f"{ref.namespace}/{ref.name}"
     children = [*rendered.access, workload, rendered.service,
                 *(extra for extra in (rendered.network_policy, rendered.scaler) if extra is not None)]
-    lives = [await live_child(api, child) for child in children]
+    try:
+        lives = [await live_child(api, child) for child in children]
+    except ApiException as error:
+        raise _forbidden(error, ref.namespace) from None
     for child, found in zip(children, lives):
         check_controlled(found, child, ref.uid, owner)
     live = lives[children.index(workload)]
@@ -371,7 +374,10 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     st.condition(ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT, f"engine {engine_name} is built")
     # In order: the pods' ServiceAccounts (and Role) before the pods, then the rest.
     for child, found in zip(children, lives):
-        applied = await _apply_if_changed(api, child, found)
+        try:
+            applied = await _apply_if_changed(api, child, found)
+        except ApiException as error:
+            raise _forbidden(error, ref.namespace) from None
         if child is workload:
             live = applied
     ready_replicas = _replica_status(st, live)
@@ -391,6 +397,18 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     message = f"{ready_replicas}/{replicas} replicas ready"
     st.progressing(Reason.ROLLING_OUT, message)
     raise NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
+
+
+def _forbidden(error: ApiException, namespace: str) -> Exception:
+    """A 403 on the multi-node leader's Role is the platform team's choice, not an outage:
+    the chart grants Role writes (and the exec they delegate) only in multiNode.namespaces."""
+    if error.status == 403 and "role" in str(error.reason).lower():
+        return SpecInvalid(
+            f"spec.gpus: a multi-node service needs a Role for its leader, and the operator may "
+            f"not write Roles in namespace {namespace}; ask the platform team to add it to the "
+            "chart's multiNode.namespaces, or use gpus <= gpu.perNode",
+            reason=Reason.MISSING_DEPENDENCY.value)
+    return error
 
 
 def workload_replicas(spec: Any, status: dict[str, Any]) -> int:
