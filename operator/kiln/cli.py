@@ -243,8 +243,14 @@ def _plot(results: dict[str, Any], path: Path, slo_s: float | None = None) -> No
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .controller.operator import run_against_kubeconfig
+    from .controller.policy import Policy, base_url
 
-    asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port))
+    for url in args.allowed_prometheus_url or []:
+        base_url(url)  # a bad flag stops the operator at start, naming it
+    policy = Policy(public_models=frozenset(args.public_model or []),
+                    prometheus_urls=tuple(args.allowed_prometheus_url or []))
+    asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port,
+                                       policy=policy))
     return 0
 
 
@@ -301,6 +307,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
     run.add_argument("--metrics-port", type=int, default=8081,
                      help="serve the operator's Prometheus metrics here (0: off)")
+    run.add_argument("--public-model", action="append", metavar="SOURCE",
+                     help="a model source whose engines built with a token serve services "
+                          "without credentials (repeat)")
+    run.add_argument("--allowed-prometheus-url", action="append", metavar="URL",
+                     help="a Prometheus base URL services may name (repeat; none: any)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
     demo.add_argument("--examples", default="examples", help="directory of manifests to apply")

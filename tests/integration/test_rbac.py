@@ -32,12 +32,20 @@ OWNED = ("deployments", "services", "scaledobjects", "horizontalpodautoscalers",
 MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
 
 
-def chart_grants() -> set[tuple[str, str, str]]:
-    manifests = helm.Chart.load(ROOT / "charts" / "kiln").render({}, name="kiln", namespace="kiln-system")
+def chart_rules() -> list[dict]:
+    """The rules that apply in the scenario's namespace: the cluster-wide ClusterRole's, and
+    the multi-node Role's there (the scenario runs a multi-node service)."""
+    manifests = helm.Chart.load(ROOT / "charts" / "kiln").render(
+        {"multiNode": {"namespaces": [NS]}}, name="kiln", namespace="kiln-system")
     objects = [d for path, text in manifests.items() if path.endswith(".yaml")
                for d in yaml.safe_load_all(text) if d]
     [role] = [o for o in objects if o["kind"] == "ClusterRole"]
-    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+    [multi_node] = [o for o in objects if o["kind"] == "Role" and o["metadata"]["namespace"] == NS]
+    return role["rules"] + multi_node["rules"]
+
+
+def chart_grants() -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in chart_rules() for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
@@ -90,11 +98,11 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
         await sb.stop_operator()
 
     mine = [entry for entry in sb.emulator.audit if entry[0] == OPERATOR_TOKEN]
-    used = {(group, resource, verb) for _, verb, group, resource, _, _ in mine}
+    used = {(group, resource, verb) for _, verb, group, resource, _, _, _ in mine}
     # Server-side apply creates or patches depending on whether the object exists, which for a
     # shared engine and its Job depends on which service's reconcile gets there first: every
     # kind the operator applies needs both.
-    used |= {(group, resource, verb) for _, _, group, resource, _, applies in mine if applies
+    used |= {(group, resource, verb) for _, _, group, resource, _, applies, _ in mine if applies
              for verb in ("create", "patch")}
     # Rights the operator holds only to grant them (RBAC lets it create a Role with no more
     # than it has): the rules of the Roles it created.
@@ -104,3 +112,7 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
     granted = chart_grants()
     assert (used | delegated) - granted == set(), "the operator needs rights the chart does not grant"
     assert granted - (used | delegated) == set(), "the chart grants rights the operator never uses"
+    # Secrets by name only: the one the services name, which the chart's default lists.
+    read = {name for _, _, _, resource, _, _, name in mine if resource == "secrets"}
+    [secrets] = [rule for rule in chart_rules() if "secrets" in rule["resources"]]
+    assert read == set(secrets["resourceNames"]) == {"hf-token"}

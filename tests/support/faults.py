@@ -71,11 +71,14 @@ class FlakyEmulator(KilnEmulator):
       (an API server restarting, an overloaded aggregation layer);
     - ``invalid``: server-side applies of the kind fail with 422 Invalid and this message, as
       a real API server refuses an object its validation rejects.
+    - ``forbidden``: resources (plurals) the operator gets 403 Forbidden on, as RBAC answers
+      a request the chart does not grant.
     """
 
     conflicts: dict[str, int] = attrs.field(factory=dict, init=False)
     outage: bool = attrs.field(default=False, init=False)
     invalid: dict[str, str] = attrs.field(factory=dict, init=False)
+    forbidden: set[str] = attrs.field(factory=set, init=False)
     refused: list[tuple[int, str, str]] = attrs.field(factory=list, init=False)
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
@@ -88,6 +91,13 @@ class FlakyEmulator(KilnEmulator):
                 {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503,
                  "reason": "ServiceUnavailable", "message": "the API server is unavailable"},
                 status=503)
+        if token == OPERATOR_TOKEN and plural in self.forbidden:
+            self.refused.append((403, method, plural))
+            return aiohttp.web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                 "reason": "Forbidden", "message": f"{plural} is forbidden: User "
+                 "\"system:serviceaccount:kiln-system:kiln\" cannot access this resource"},
+                status=403)
         applies = method == "PATCH" and "apply-patch" in str(request.headers.get("Content-Type", ""))
         if token == OPERATOR_TOKEN and applies and plural in self.invalid:
             self.refused.append((422, method, plural))

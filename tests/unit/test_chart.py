@@ -172,3 +172,41 @@ def test_dashboard_and_alerts_query_series_the_operator_exports():
     triton = " ".join(exprs)
     assert 'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"' in triton
     assert 'nv_trt_llm_request_metrics{request_type="waiting"' in triton
+
+
+def _rules(objects):
+    """(kind, namespace, rule) of every RBAC rule the chart grants its operator."""
+    return [(o["kind"], o["metadata"].get("namespace"), rule) for o in objects
+            if o["kind"] in ("ClusterRole", "Role") for rule in o["rules"]]
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["default", "namespaced"])
+def test_the_default_install_grants_secrets_and_exec_only_as_the_threat_model_says(values):
+    """README, "Threat model": Secrets by name only (modelCredentials.secretNames, by default
+    hf-token); no pods/exec, no Role or RoleBinding writes and no pod reads but the metrics
+    list, unless multiNode.namespaces names a namespace."""
+    rules = _rules(render(values))
+    assert rules
+    for kind, namespace, rule in rules:
+        resources = set(rule["resources"])
+        assert "pods/exec" not in resources and not resources & {"roles", "rolebindings"}, rule
+        if "secrets" in resources:
+            assert rule == {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hf-token"],
+                            "verbs": ["get"]}
+        if "pods" in resources:
+            assert rule["verbs"] == ["list"]
+        assert "*" not in rule["verbs"] and "*" not in resources
+
+
+def test_no_listed_secret_names_means_no_secret_access():
+    rules = _rules(render({"modelCredentials": {"secretNames": []}}))
+    assert not [rule for _, _, rule in rules if "secrets" in rule["resources"]]
+
+
+def test_exec_is_granted_only_in_the_multi_node_namespaces():
+    objects = render({"multiNode": {"namespaces": ["llm"]}})
+    exec_rules = [(kind, namespace) for kind, namespace, rule in _rules(objects)
+                  if "pods/exec" in rule["resources"] or set(rule["resources"]) & {"roles", "rolebindings"}]
+    assert set(exec_rules) == {("Role", "llm")}
+    [binding] = [b for b in of_kind(objects, "RoleBinding") if b["metadata"]["namespace"] == "llm"]
+    assert binding["roleRef"]["name"] == "kiln-multi-node"

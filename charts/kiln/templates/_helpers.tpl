@@ -28,13 +28,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/*
 What the operator does in a namespace with LLMServices. Exactly the calls it makes
-(tests/unit/test_chart.py checks this list against an audit of the operator's requests):
-kopf watches and patches LLMServices (finalizer, progress annotations) and posts Events; it
-lists and watches the Jobs, Deployments, Services and ServiceAccounts Kiln owns (the
-reconcile and the builtin autoscaler read those from memory, kiln/controller/cache.py); the reconcile
-server-side-applies them and the autoscaler objects (an apply is authorized as create when
-the object is absent and as patch when it exists, so every applied kind needs both), reads
-the model token Secret, and lists the serving pods to scrape their metrics.
+(tests/integration/test_rbac.py checks these rules against an audit of the operator's
+requests): kopf watches and patches LLMServices (finalizer, progress annotations) and posts
+Events; it lists and watches the Jobs, Deployments, Services and ServiceAccounts Kiln owns
+(the reconcile and the builtin autoscaler read those from memory, kiln/controller/cache.py),
+and gets one by name when the cache has no such object, to make sure no one else's object
+has that name (kiln/controller/ownership.py); the reconcile server-side-applies them and the
+autoscaler objects (an apply is authorized as create when the object is absent and as patch
+when it exists, so every applied kind needs both), reads the model-credential Secrets by name (modelCredentials.secretNames, nothing else),
+and lists the serving pods to scrape their metrics. Nothing here reaches pods/exec, Roles or
+RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespaces.
 */}}
 {{- define "kiln.namespacedRules" -}}
 - apiGroups: [serving.kiln.dev]
@@ -45,16 +48,19 @@ the model token Secret, and lists the serving pods to scrape their metrics.
   verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, get, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, get, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, get, create, patch]
+{{- with .Values.modelCredentials.secretNames }}
 - apiGroups: [""]
   resources: [secrets]
+  resourceNames: {{ toJson . }}
   verbs: [get]
+{{- end }}
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
@@ -72,16 +78,21 @@ the model token Secret, and lists the serving pods to scrape their metrics.
   verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [list, watch, create, patch]
-- apiGroups: [rbac.authorization.k8s.io]
-  resources: [roles, rolebindings]
-  verbs: [get, create, patch]
+  verbs: [list, watch, get, create, patch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, create, patch]
-# Held only to be delegated: a multi-node service's leader gets a Role for `kubectl exec`
-# into its own group's worker pods (by name), and Kubernetes lets the operator create a Role
-# only with rights it holds itself. The operator never execs into a pod.
+{{- end -}}
+
+{{/*
+Multi-node services only, in multiNode.namespaces only: a multi-node service's leader gets a
+Role for `kubectl exec` into its own group's worker pods (by name), and Kubernetes lets the
+operator create a Role only with rights it holds itself. The operator never execs into a pod.
+*/}}
+{{- define "kiln.multiNodeRules" -}}
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get]
@@ -90,7 +101,8 @@ the model token Secret, and lists the serving pods to scrape their metrics.
   verbs: [create, get]
 {{- end -}}
 
-{{/* Cluster-scoped: engines are shared across namespaces; kopf discovers CRDs. */}}
+{{/* Cluster-scoped: engines are shared across namespaces (and collected when no service
+references them); kopf discovers CRDs. */}}
 {{- define "kiln.clusterRules" -}}
 - apiGroups: [serving.kiln.dev]
   resources: [llmengines]

@@ -104,6 +104,8 @@ class Reason(StrEnum):
     SCALED_TO_ZERO = "ScaledToZero"
     RECONCILED = "Reconciled"
     MISSING_DEPENDENCY = "MissingDependency"
+    RESOURCE_CONFLICT = "ResourceConflict"
+    CREDENTIALS_REQUIRED = "CredentialsRequired"
     SCALED_UP = "ScaledUp"
     SCALED_DOWN = "ScaledDown"
     METRICS_AVAILABLE = "MetricsAvailable"

@@ -236,9 +236,13 @@ class AutoscalingSpec(KilnModel):
                     "keda and hpa (an HorizontalPodAutoscaler's limit).")
     prometheus_url: str = Field(
         default="http://prometheus-operated.monitoring.svc:9090", max_length=512,
-        pattern=r"^https?://",
-        description="Prometheus that scrapes the serving pods (keda mode; builtin mode with "
-                    "metricsSource: prometheus).")
+        # A base URL only: no credentials (@), query (?) or fragment (#), so that Kiln's own
+        # path and query are the request's.
+        pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:/-]*)?$",
+        description="Base URL of the Prometheus that scrapes the serving pods (keda mode; "
+                    "builtin mode with metricsSource: prometheus): scheme, host, optional port "
+                    "and path prefix, without query, fragment or credentials. The platform "
+                    "team may restrict it to a list (chart value prometheus.allowedUrls).")
     metrics_source: Literal["pods", "prometheus"] = Field(
         default="pods",
         description="builtin mode: scrape the serving pods' /metrics (port 8002), or query "

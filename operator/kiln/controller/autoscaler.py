@@ -17,6 +17,7 @@ from ..render.meta import selector_string
 from ..render.serving import workload_ref
 from .kube import KubeApi
 from .metrics import MetricsSource
+from .policy import Policy
 from .prometheus import PrometheusMetrics
 
 __all__ = ["BuiltinAutoscaler", "AUTOSCALE_PERIOD_SECONDS"]
@@ -52,6 +53,7 @@ class BuiltinAutoscaler:
     # Overrides of LawParams timing (window, staleness, burst horizon) for the demo and tests.
     timing: dict[str, float] = field(default_factory=dict)
     clock: Any = time.monotonic
+    policy: Policy = field(default_factory=Policy)
     _fleets: dict[tuple[str, str], _Fleet] = field(default_factory=dict)
     _prometheus: dict[str, PrometheusMetrics] = field(default_factory=dict)
 
@@ -60,9 +62,10 @@ class BuiltinAutoscaler:
         scaling = spec.autoscaling
         if scaling.metrics_source != "prometheus":
             return self.metrics
-        if scaling.prometheus_url not in self._prometheus:
-            self._prometheus[scaling.prometheus_url] = PrometheusMetrics(scaling.prometheus_url)
-        return self._prometheus[scaling.prometheus_url]
+        url = self.policy.check_prometheus(scaling.prometheus_url)  # SpecInvalid if refused
+        if str(url) not in self._prometheus:
+            self._prometheus[str(url)] = PrometheusMetrics(url)
+        return self._prometheus[str(url)]
 
     async def close(self) -> None:
         for source in self._prometheus.values():

@@ -59,6 +59,9 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
             "creationTimestamp": meta.get("creationTimestamp"),
             "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
                             if k.startswith("kiln.dev/")},
+            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith("kiln.dev/")},
+            # Who controls it: a cached object is written only if it is the service's own.
+            "ownerReferences": copy.deepcopy(list(meta.get("ownerReferences") or [])),
         },
         "status": copy.deepcopy(dict(body.get("status") or {})),
     }
@@ -99,6 +102,11 @@ class CachedKubeApi:
         for cached in index.get((namespace, name), ()):
             return copy.deepcopy(cached)
         return None
+
+    async def get_fresh(self, api_version: str, kind: str, name: str,
+                        namespace: str | None = None) -> dict[str, Any] | None:
+        """A read from the API, past the cache (which holds only Kiln's labelled objects)."""
+        return await self._api.get(api_version, kind, name, namespace)
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self._api, attribute)

@@ -25,6 +25,7 @@ from .conditions import is_true, set_condition
 from .kube import KubeApi
 from .metrics import MetricsSource, PodMetrics
 from .models import ModelResolver
+from .policy import Policy
 from .service import EventReason, observed_status, reconcile_service, workload_replicas
 from .telemetry import Telemetry
 
@@ -69,6 +70,7 @@ class OperatorContext:
     # and the tests.
     autoscale_timing: dict[str, float] = field(default_factory=dict)
     telemetry: Telemetry = field(default_factory=Telemetry)
+    policy: Policy = field(default_factory=Policy)
     # Seconds a stopping operator gives each object's worker and timer to finish (2 s and
     # 10 s when None); the restart tests stop it as abruptly as a kill would.
     exit_timeout: float | None = None
@@ -84,7 +86,8 @@ class OperatorContext:
     def __post_init__(self) -> None:
         if self.metrics is None:
             self.metrics = PodMetrics(self.api)
-        self.autoscaler = BuiltinAutoscaler(self.api, self.metrics, dict(self.autoscale_timing))
+        self.autoscaler = BuiltinAutoscaler(self.api, self.metrics, dict(self.autoscale_timing),
+                                            policy=self.policy)
 
 
 # Retries after a failed reconcile: 1 s, doubling to at most 5 minutes (controller-runtime's
@@ -186,7 +189,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             started = time.perf_counter()
             try:
                 api = CachedKubeApi(ctx.api, kwargs)
-                outcome = await reconcile_service(raw, api, ctx.models, _now())
+                outcome = await reconcile_service(raw, api, ctx.models, _now(), ctx.policy)
             except Exception as error:
                 # A conflict, an API outage, anything unexpected: counted (alerts see it),
                 # posted, and retried with exponential backoff; the status is not touched.

@@ -10,6 +10,7 @@ import kopf
 from .handlers import OperatorContext, build_registry
 from .kube import KubeApi
 from .metrics import PodMetrics
+from .policy import Policy
 from .telemetry import METRICS_PORT
 
 __all__ = ["run_operator", "run_against_kubeconfig"]
@@ -54,10 +55,11 @@ async def _finish_stragglers(timeout: float = 10.0) -> None:
 
 async def run_against_kubeconfig(namespaces: list[str] | None = None,
                                  stop_flag: asyncio.Event | threading.Event | None = None,
-                                 metrics_port: int | None = METRICS_PORT) -> None:
+                                 metrics_port: int | None = METRICS_PORT,
+                                 policy: Policy | None = None) -> None:
     """The operator as it runs in its pod: health on :8080/healthz, metrics on ``metrics_port``."""
     api = await KubeApi.from_kubeconfig()
-    ctx = OperatorContext(api=api)
+    ctx = OperatorContext(api=api, policy=policy or Policy())
     if metrics_port:
         ctx.telemetry.serve(metrics_port)
     try:

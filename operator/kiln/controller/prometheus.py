@@ -14,6 +14,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from ..autoscale import KVSample
 from ..autoscale.metrics import INPUT_TOKENS_METRIC, KV_METRIC, REQUEST_METRIC
@@ -36,8 +37,11 @@ def _instance(selector: str) -> str:
 class PrometheusMetrics:
     """A MetricsSource for one Prometheus: the KV sample of each pod of a service."""
 
-    def __init__(self, url: str, model: str = "tensorrt_llm") -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | URL, model: str = "tensorrt_llm") -> None:
+        # The query endpoint under the base URL, joined by the URL library: the spec's URL
+        # is a base (policy.base_url), so nothing of the request is the tenant's but the host.
+        self.url = URL(url) if isinstance(url, str) else url
+        self.endpoint = self.url / "api/v1/query"
         self.model = model
         self._session: aiohttp.ClientSession | None = None
 
@@ -46,7 +50,9 @@ class PrometheusMetrics:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
         try:
-            async with self._session.get(f"{self.url}/api/v1/query", params={"query": promql}) as response:
+            # No redirects: a redirect would take the operator to a host nobody allowed.
+            async with self._session.get(self.endpoint, params={"query": promql},
+                                         allow_redirects=False) as response:
                 if response.status != 200:
                     return []
                 body = await response.json()

@@ -12,6 +12,7 @@ import datetime
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+from collections.abc import Callable
 from typing import Any
 
 from ..api import API_VERSION, AutoscalingMode, ConditionType, Reason
@@ -22,8 +23,10 @@ from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
-from .kube import KubeApi
+from .kube import ApiException, KubeApi
 from .models import ModelResolver
+from .policy import Policy
+from .ownership import check_controlled, check_engine_job, conflict, live_child
 
 __all__ = ["Outcome", "EventReason", "reconcile_service", "observed_status", "BUILD_POLL_SECONDS",
            "ROLLOUT_POLL_SECONDS"]
@@ -87,20 +90,70 @@ def _job_state(job: dict[str, Any]) -> str:
     return "Running"
 
 
-async def _read_token(api: KubeApi, namespace: str, secret: str | None) -> tuple[bool, str | None]:
+# The keys a Secret must hold to be credentials for a source, by scheme.
+CREDENTIAL_KEYS = {"hf": ("HF_TOKEN",), "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    found: bool
+    token: str | None = None  # HF_TOKEN, for reading a gated model's config
+    keys: frozenset[str] = frozenset()
+
+    def cover(self, source: str) -> bool:
+        """Whether these are credentials for ``source``'s kind of store."""
+        wanted = CREDENTIAL_KEYS.get(source.split("://", 1)[0], ())
+        return self.found and bool(wanted) and set(wanted) <= self.keys
+
+
+async def _read_credentials(api: KubeApi, namespace: str, secret: str | None) -> _Credentials:
     if not secret:
-        return True, None
-    obj = await api.get("v1", "Secret", secret, namespace)
+        return _Credentials(found=False)
+    try:
+        obj = await api.get("v1", "Secret", secret, namespace)
+    except ApiException as error:
+        if error.status != 403:
+            raise
+        # The chart lets the operator read Secrets by name only (modelCredentials.secretNames).
+        raise SpecInvalid(
+            f"spec.model.credentials.secretName: the operator may not read Secret "
+            f"{namespace}/{secret}; name one of the Secrets the platform team allows (the chart's "
+            "modelCredentials.secretNames), or ask them to add this name",
+            reason=Reason.CREDENTIALS_REQUIRED.value) from None
     if obj is None:
-        return False, None
-    value = (obj.get("data") or {}).get("HF_TOKEN")
-    return True, base64.b64decode(value).decode() if value else None
+        raise SpecInvalid(f"spec.model.credentials.secretName: Secret {namespace}/{secret} "
+                          "not found; create it with the key HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID"
+                          " and AWS_SECRET_ACCESS_KEY (s3://)", reason=Reason.MISSING_DEPENDENCY.value)
+    data = obj.get("data") or {}
+    value = data.get("HF_TOKEN")
+    return _Credentials(found=True, token=base64.b64decode(value).decode() if value else None,
+                        keys=frozenset(k for k, v in data.items() if v))
 
 
-async def _apply_if_changed(api: KubeApi, desired: dict[str, Any]) -> dict[str, Any]:
-    meta = desired["metadata"]
-    live = await api.get(desired["apiVersion"], desired["kind"], meta["name"], meta.get("namespace"))
-    wanted = meta.get("annotations", {}).get(SPEC_HASH_ANNOTATION)
+def _check_engine_credentials(live: dict[str, Any], credentials: _Credentials, policy: Policy,
+                              name: str) -> None:
+    """An engine built with credentials is served only to services that present credentials
+    for the same source, unless the platform team made the model public: otherwise naming the
+    same model would be enough to serve a gated model's weights without access to it."""
+    spec = live.get("spec") or {}
+    source = str(spec.get("modelSource") or "")
+    if source.split("://", 1)[0] not in CREDENTIAL_KEYS:
+        return  # a pvc:// model is read through the namespace's own claim
+    if not spec.get("credentialsSecret") or source in policy.public_models or credentials.cover(source):
+        return
+    keys = " and ".join(CREDENTIAL_KEYS.get(source.split("://", 1)[0], ("credentials",)))
+    raise SpecInvalid(
+        f"spec.model.credentials: engine {name} was built from {source[:120]} with credentials; "
+        f"this service presents none for it. Set spec.model.credentials.secretName to a Secret "
+        f"with {keys} for that model, or ask the platform team to list the model as public "
+        "(the chart's modelCredentials.publicModels)", reason=Reason.CREDENTIALS_REQUIRED.value)
+
+
+async def _apply_if_changed(api: KubeApi, desired: dict[str, Any],
+                            live: dict[str, Any] | None) -> dict[str, Any]:
+    """Apply ``desired`` unless ``live`` (already checked to be the service's own) carries
+    the same spec hash."""
+    wanted = desired["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)
     if live is not None and live["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION) == wanted:
         return live
     return await api.apply(desired)
@@ -155,8 +208,9 @@ def _job_seconds(job: dict[str, Any]) -> float | None:
     return (end - start).total_seconds()
 
 
-async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
-                        out: Outcome, new_key: bool, serving_old: bool) -> bool:
+async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status, out: Outcome,
+                        new_key: bool, serving_old: bool, owner: str,
+                        may_use: Callable[[dict[str, Any]], None]) -> bool:
     """Make sure the engine exists or is being built; True when it can be served.
 
     ``new_key``: the service did not reference this engine before, so finding it built
@@ -168,6 +222,12 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
     live = await api.get(API_VERSION, "LLMEngine", name)
     if live is None:
         live = await api.apply(engine_obj)
+    elif (live.get("spec") or {}).get("key") != engine_obj["spec"]["key"]:
+        # Names carry a digest of the key, not the key: a record whose key differs is
+        # another engine, never a cache hit.
+        raise conflict(engine_obj, owner, f"holds another engine (key {str((live.get('spec') or {}).get('key'))[:16]}..., "
+                       f"not {engine_obj['spec']['key'][:16]}...)")
+    may_use(live)
     conditions = (live.get("status") or {}).get("conditions", [])
     if is_true(conditions, "Ready"):
         if new_key:
@@ -176,7 +236,8 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
     job_obj = rendered.build_job
     job_name = job_obj["metadata"]["name"]
     namespace = job_obj["metadata"]["namespace"]
-    job = await api.get("batch/v1", "Job", job_name, namespace)
+    job = await live_child(api, job_obj)
+    check_engine_job(job, job_obj, owner)
     if job is None:
         await api.apply(job_obj)
         out.events.append(("Normal", EventReason.BUILD_STARTED, f"building engine {name} in Job {job_name}"))
@@ -215,7 +276,7 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status,
 
 
 async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelResolver,
-                            now: str) -> Outcome:
+                            now: str, policy: Policy | None = None) -> Outcome:
     meta = body["metadata"]
     ref = ServiceRef(meta["name"], meta["namespace"], meta.get("uid"))
     generation = meta.get("generation")
@@ -223,7 +284,7 @@ async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelRes
     out = Outcome(status=st.data)
     before = get_condition(st.data["conditions"], ConditionType.STALLED.value) or {}
     try:
-        await _reconcile(body, ref, api, models, st, out)
+        await _reconcile(body, ref, api, models, st, out, policy or Policy())
     except SpecInvalid as error:
         st.stalled(Reason(error.reason) if error.reason in Reason._value2member_map_
                    else Reason.SPEC_INVALID, error.message)
@@ -237,19 +298,19 @@ async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelRes
 
 
 async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models: ModelResolver,
-                     st: _Status, out: Outcome) -> None:
+                     st: _Status, out: Outcome, policy: Policy) -> None:
     check_service_name(ref.name)  # the API server accepts names its Services cannot carry
     spec = parse_service_spec(body.get("spec"))
     gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch)
     if gpu is None:
         raise SpecInvalid(unknown_gpu_message(spec.gpu.type, spec.gpu.memory_gi_b))
+    scaling = spec.autoscaling
+    if scaling.mode == AutoscalingMode.KEDA or (scaling.mode == AutoscalingMode.BUILTIN
+                                                and scaling.metrics_source == "prometheus"):
+        policy.check_prometheus(scaling.prometheus_url)
     secret = spec.model.credentials.secret_name if spec.model.credentials else None
-    found, token = await _read_token(api, ref.namespace, secret)
-    if not found:
-        raise SpecInvalid(f"spec.model.credentials.secretName: Secret {ref.namespace}/{secret} "
-                          "not found; create it with the key HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID"
-                          " and AWS_SECRET_ACCESS_KEY (s3://)", reason=Reason.MISSING_DEPENDENCY.value)
-    model, why_unknown = await models.resolve(spec, token)
+    credentials = await _read_credentials(api, ref.namespace, secret)
+    model, why_unknown = await models.resolve(spec, credentials.token)
     result = plan(model, spec, gpu)
     previous = st.data.get("plan") or {}
     st.data["plan"] = result.status()
@@ -290,12 +351,23 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
             f"the LeaderWorkerSet API ({workload['apiVersion']}); it is not installed in this "
             f"cluster. Install it with `kubectl apply --server-side -f {LWS_MANIFESTS}`, or use "
             f"gpus <= gpu.perNode={spec.gpu.per_node}", reason=Reason.MISSING_DEPENDENCY.value)
-    live = await api.get(workload["apiVersion"], workload["kind"], workload["metadata"]["name"],
-                         ref.namespace)
+    # Every child the service writes is its own or absent, before any GPU time is spent.
+    owner = f"{ref.namespace}/{ref.name}"
+    children = [*rendered.access, workload, rendered.service,
+                *(extra for extra in (rendered.network_policy, rendered.scaler) if extra is not None)]
+    try:
+        lives = [await live_child(api, child) for child in children]
+    except ApiException as error:
+        raise _forbidden(error, ref.namespace) from None
+    for child, found in zip(children, lives):
+        check_controlled(found, child, ref.uid, owner)
+    live = lives[children.index(workload)]
     serving_old = live is not None and \
         live["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != st.data["engine"]["key"]
     ready = await _engine_ready(api, rendered, st, out, previous_key != st.data["engine"]["key"],
-                                serving_old)
+                                serving_old, owner,
+                                lambda engine: _check_engine_credentials(engine, credentials, policy,
+                                                                         engine_name))
     if not ready:
         message = f"waiting for engine {engine_name} to build" + \
             ("; the previous engine keeps serving" if serving_old else "")
@@ -303,13 +375,14 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         _replica_status(st, live)
         raise NotReadyYet(message, delay=BUILD_POLL_SECONDS)
     st.condition(ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT, f"engine {engine_name} is built")
-    for obj in rendered.access:  # the pods' ServiceAccounts (and Role) come before the pods
-        await _apply_if_changed(api, obj)
-    live = await _apply_if_changed(api, workload)
-    await _apply_if_changed(api, rendered.service)
-    for extra in (rendered.network_policy, rendered.scaler):
-        if extra is not None:
-            await _apply_if_changed(api, extra)
+    # In order: the pods' ServiceAccounts (and Role) before the pods, then the rest.
+    for child, found in zip(children, lives):
+        try:
+            applied = await _apply_if_changed(api, child, found)
+        except ApiException as error:
+            raise _forbidden(error, ref.namespace) from None
+        if child is workload:
+            live = applied
     ready_replicas = _replica_status(st, live)
     current = (live.get("status") or {}).get("observedGeneration") == live["metadata"].get("generation") \
         or live["metadata"].get("generation") is None
@@ -327,6 +400,18 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     message = f"{ready_replicas}/{replicas} replicas ready"
     st.progressing(Reason.ROLLING_OUT, message)
     raise NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
+
+
+def _forbidden(error: ApiException, namespace: str) -> Exception:
+    """A 403 on the multi-node leader's Role is the platform team's choice, not an outage:
+    the chart grants Role writes (and the exec they delegate) only in multiNode.namespaces."""
+    if error.status == 403 and "role" in str(error.reason).lower():
+        return SpecInvalid(
+            f"spec.gpus: a multi-node service needs a Role for its leader, and the operator may "
+            f"not write Roles in namespace {namespace}; ask the platform team to add it to the "
+            "chart's multiNode.namespaces, or use gpus <= gpu.perNode",
+            reason=Reason.MISSING_DEPENDENCY.value)
+    return error
 
 
 def workload_replicas(spec: Any, status: dict[str, Any]) -> int:

@@ -72,9 +72,10 @@ def declare_resources(emulator: KubernetesEmulator) -> None:
 _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
-def _audit_entry(request: Any, absent: bool) -> tuple[str, str, str, str, str | None, bool]:
+def _audit_entry(request: Any, absent: bool) -> tuple[str, str, str, str, str | None, bool, str | None]:
     """The RBAC verb the API server would authorize: a server-side apply that creates the
-    object is authorized as ``create``, one that changes it as ``patch``."""
+    object is authorized as ``create``, one that changes it as ``patch``. Entries are (token,
+    verb, group, resource, namespace, whether an apply, name)."""
     method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
     if method == "GET":
         watching = str(request.params.get("watch", "")).lower() in ("true", "1")
@@ -88,7 +89,7 @@ def _audit_entry(request: Any, absent: bool) -> tuple[str, str, str, str, str | 
         verb = "deletecollection"
     token = str(request.headers.get("Authorization", "")).removeprefix("Bearer ").strip()
     resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-    return token, verb, request.resource.group or "", resource, request.namespace, applies
+    return token, verb, request.resource.group or "", resource, request.namespace, applies, request.name
 
 
 def _selector(text: str) -> list[tuple[str, str, str | None]]:
@@ -144,9 +145,9 @@ class KilnEmulator(KubernetesEmulator):
     # resume where a list left off. The demo and the tests are short: it is not trimmed.
     _history: dict[Any, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
     # Every resource request as (bearer token, RBAC verb, API group, resource[/subresource],
-    # namespace, server-side apply?): what an audit log would show; the chart's RBAC is
+    # namespace, server-side apply?, name): what an audit log would show; the chart's RBAC is
     # checked against it.
-    audit: list[tuple[str, str, str, str, str | None, bool]] = attrs.field(factory=list, init=False)
+    audit: list[tuple[str, str, str, str, str | None, bool, str | None]] = attrs.field(factory=list, init=False)
     # The stored objects by resource, so that a list or the kubelet's poll reads one kind
     # instead of every object. Objects put into ``objects`` directly (the demo's nodes and
     # namespaces) are picked up by a rebuild whenever the counts disagree.

@@ -21,6 +21,7 @@ from ..controller.handlers import OPERATOR_TOKEN, OperatorContext
 from ..controller.kube import KINDS, KubeApi
 from ..controller.models import ModelResolver
 from ..controller.operator import run_operator
+from ..controller.policy import Policy
 from .emulator import KilnEmulator
 from .kubelet import SimulatedCluster
 
@@ -44,7 +45,7 @@ class Sandbox:
                  autoscale_period: float = 15.0, observe_period: float = 1.0,
                  autoscale_timing: dict[str, float] | None = None,
                  leader_worker_set: bool = True, emulator: KilnEmulator | None = None,
-                 exit_timeout: float | None = None) -> None:
+                 exit_timeout: float | None = None, policy: Policy | None = None) -> None:
         self.emulator = emulator if emulator is not None else KilnEmulator()
         if not leader_worker_set:  # a cluster without the LeaderWorkerSet CRD
             del self.emulator.resources["leaderworkerset.x-k8s.io/v1/leaderworkersets"]
@@ -58,6 +59,7 @@ class Sandbox:
         self._observe_period = observe_period
         self._autoscale_timing = autoscale_timing or {}
         self._exit_timeout = exit_timeout
+        self._policy = policy or Policy()
         self._operator: tuple[threading.Thread, threading.Event] | None = None
         self.operator_context: OperatorContext | None = None
         self.operator_error: BaseException | None = None
@@ -163,7 +165,8 @@ class Sandbox:
             ctx = self.operator_context = emulator_operator(
                 self.url, max_retry_delay=self._retry_delay, autoscale_period=self._autoscale_period,
                 observe_period=self._observe_period,
-                autoscale_timing=self._autoscale_timing, exit_timeout=self._exit_timeout)
+                autoscale_timing=self._autoscale_timing, exit_timeout=self._exit_timeout,
+                policy=self._policy)
             try:
                 await run_operator(ctx, stop)
             finally:

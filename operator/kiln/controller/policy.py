@@ -1,0 +1,52 @@
+"""What the platform team decides for every tenant: the chart's values, as `kiln run` flags.
+
+An LLMService author chooses every field of their service; these settings are the ones they
+cannot choose. Each is off (empty) by default, and each refusal is a Stalled condition on the
+service that names the setting to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from yarl import URL
+
+from ..api import Reason
+from ..errors import SpecInvalid
+
+__all__ = ["Policy", "base_url"]
+
+
+def base_url(text: str) -> URL:
+    """``text`` as a Prometheus base URL: scheme, host, port and path prefix, nothing else
+    (the CRD's pattern refuses the rest up front; this also guards an older CRD)."""
+    try:
+        url = URL(text)
+    except ValueError:
+        url = URL()
+    if url.scheme not in ("http", "https") or not url.host or url.user is not None \
+            or url.password is not None or url.query_string or url.fragment or "?" in text or "#" in text:
+        raise SpecInvalid(f"spec.autoscaling.prometheusUrl: {text[:80]!r} is not a base URL "
+                          "(http or https, a host, an optional port and path; no query, fragment "
+                          "or credentials)")
+    return url.with_path(url.path.rstrip("/") or "/")  # one form per URL, to compare with the list
+
+
+@dataclass(frozen=True)
+class Policy:
+    # Model sources whose engines serve services without credentials of their own although
+    # they were built with a token (chart: modelCredentials.publicModels).
+    public_models: frozenset[str] = frozenset()
+    # Prometheus base URLs services may name; empty: any (chart: prometheus.allowedUrls).
+    prometheus_urls: tuple[str, ...] = ()
+
+    def check_prometheus(self, text: str) -> URL:
+        """The base URL, if the platform team allows it."""
+        url = base_url(text)
+        if self.prometheus_urls and url not in {base_url(allowed) for allowed in self.prometheus_urls}:
+            raise SpecInvalid(
+                f"spec.autoscaling.prometheusUrl: {str(url)[:80]} is not one of the Prometheus "
+                f"endpoints this cluster allows ({', '.join(self.prometheus_urls)[:200]}); use one "
+                "of those, or ask the platform team to add it to the chart's prometheus.allowedUrls",
+                reason=Reason.SPEC_INVALID.value)
+        return url

@@ -1,0 +1,221 @@
+"""What an LLMService author cannot do to objects outside their service, on the emulator.
+
+An author with only ``create`` on LLMServices picks names so that a child's name is an
+object that already exists (a Service, a ServiceAccount bound to ``admin``): the operator
+must not rewrite it, must not give it an owner reference (deleting the LLMService would
+then delete it), and must say which object is in the way.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+
+from kiln.controller.conditions import get_condition, is_true
+from kiln.controller.policy import Policy
+from kiln.demo.sandbox import Sandbox
+
+from ..conftest import ROOT
+from ..support.faults import FlakyEmulator
+
+NS = "llm"
+MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
+MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
+
+
+def _conditions(obj):
+    return (obj.get("status") or {}).get("conditions", [])
+
+
+def _named(manifest, name):
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"] = {"name": name, "namespace": NS}
+    return manifest
+
+
+async def _stalled(sb, name):
+    def found():
+        svc = sb.get("llmservices", name, NS)
+        condition = svc and get_condition(_conditions(svc), "Stalled")
+        return condition if condition and condition["status"] == "True" else None
+    return await sb.wait_for(found, what=f"{name} Stalled")
+
+
+def _untouched(obj, before):
+    meta = obj["metadata"]
+    assert not meta.get("ownerReferences"), f"{obj['kind']} {meta['name']} was given an owner"
+    assert {k: v for k, v in obj.items() if k not in ("metadata", "status")} == \
+        {k: v for k, v in before.items() if k not in ("metadata", "status")}
+    assert meta.get("resourceVersion") == before["metadata"].get("resourceVersion")
+
+
+async def test_a_child_name_taken_by_someone_elses_object_stalls_and_the_object_is_untouched():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        theirs = await sb.create({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web-server", "namespace": NS, "labels": {"app": "web"}},
+            "spec": {"type": "ClusterIP", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(_named(MISTRAL, "web"))
+        stalled = await _stalled(sb, "web")
+        assert stalled["reason"] == "ResourceConflict"
+        assert "Service llm/web-server already exists" in stalled["message"]
+        _untouched(sb.get("services", "web-server", NS), theirs)
+        # Checked before the build: no GPU time is spent on a service that cannot be served.
+        assert sb.objects("jobs") == [] and sb.objects("deployments") == []
+        assert any(e.get("reason") == "ResourceConflict" and "llm/web-server" in e.get("message", "")
+                   for e in sb.objects("events"))
+
+        # Deleting the service leaves the other object in place.
+        await sb.api.delete(sb.get("llmservices", "web", NS))
+        await sb.wait_for(lambda: not sb.objects("llmservices"), what="the service deleted")
+        _untouched(sb.get("services", "web-server", NS), theirs)
+
+        # Once the name is free, the same manifest serves.
+        await sb.api.delete(theirs)
+        await sb.create(_named(MISTRAL, "web"))
+        await sb.wait_for(lambda: is_true(_conditions(sb.get("llmservices", "web", NS)), "Ready"),
+                          timeout=30, what="Ready once the name is free")
+        assert sb.operator_error is None
+
+
+async def test_a_service_account_bound_to_admin_is_never_the_launchers():
+    """The multi-node leader runs with ``<name>-launcher``'s token and the author's image: a
+    pre-existing account of that name must never be taken over."""
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        account = await sb.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                                   "metadata": {"name": "ci-launcher", "namespace": NS}})
+        binding = await sb.create({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "ci-launcher", "namespace": NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "ci-launcher", "namespace": NS}]})
+        await sb.start_operator()
+        sb.start_kubelet()
+        manifest = _named(MULTI_NODE, "ci")
+        manifest["spec"]["runtime"] = {"image": "attacker.example/image:1"}
+        await sb.create(manifest)
+        stalled = await _stalled(sb, "ci")
+        assert stalled["reason"] == "ResourceConflict"
+        assert "ServiceAccount llm/ci-launcher" in stalled["message"] or \
+            "RoleBinding llm/ci-launcher" in stalled["message"]
+        _untouched(sb.get("serviceaccounts", "ci-launcher", NS), account)
+        _untouched(sb.get("rolebindings", "ci-launcher", NS), binding)
+        assert sb.objects("leaderworkersets") == [] and sb.objects("jobs") == []
+        await sb.api.delete(sb.get("llmservices", "ci", NS))
+        await sb.wait_for(lambda: not sb.objects("llmservices"), what="the service deleted")
+        assert sb.get("serviceaccounts", "ci-launcher", NS) is not None
+        assert sb.operator_error is None
+
+
+async def test_an_object_controlled_by_another_service_is_a_conflict_too():
+    """Kiln's own labels and another LLMService's owner reference do not make it this one's."""
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(_named(MISTRAL, "a"))
+        await sb.wait_for(lambda: is_true(_conditions(sb.get("llmservices", "a", NS)), "Ready"),
+                          timeout=30, what="a Ready")
+        # A copy of a's Service under the name b's would have, still controlled by a.
+        mine = copy.deepcopy(sb.get("services", "a-server", NS))
+        mine["metadata"] = {k: v for k, v in mine["metadata"].items()
+                            if k in ("labels", "annotations", "ownerReferences")}
+        mine["metadata"].update(name="b-server", namespace=NS)
+        before = await sb.create(mine)
+        await sb.create(_named(MISTRAL, "b"))
+        stalled = await _stalled(sb, "b")
+        assert stalled["reason"] == "ResourceConflict"
+        assert "Service llm/b-server" in stalled["message"] and "LLMService a" in stalled["message"]
+        after = sb.get("services", "b-server", NS)
+        assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert sb.operator_error is None
+
+
+GATED = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
+
+
+async def _ready(sb, name):
+    await sb.wait_for(lambda: is_true(_conditions(sb.get("llmservices", name, NS) or {}), "Ready"),
+                      timeout=30, what=f"{name} Ready")
+
+
+async def test_an_engine_built_with_a_token_serves_no_service_without_credentials():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        await sb.add_secret(NS, "other", {"NOT_A_TOKEN": "x"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(_named(GATED, "entitled"))
+        await _ready(sb, "entitled")
+        freeloader = _named(GATED, "freeloader")
+        del freeloader["spec"]["model"]["credentials"]
+        await sb.create(freeloader)
+        stalled = await _stalled(sb, "freeloader")
+        assert stalled["reason"] == "CredentialsRequired"
+        assert "hf://meta-llama/Llama-3.1-8B-Instruct" in stalled["message"]
+        assert "spec.model.credentials.secretName" in stalled["message"]
+        wrong = _named(GATED, "wrong-secret")
+        wrong["spec"]["model"]["credentials"] = {"secretName": "other"}
+        await sb.create(wrong)
+        assert (await _stalled(sb, "wrong-secret"))["reason"] == "CredentialsRequired"
+        assert sb.get("deployments", "freeloader-server", NS) is None
+        assert sb.get("deployments", "wrong-secret-server", NS) is None
+        assert not any(e.get("reason") == "EngineReused" for e in sb.objects("events")
+                       if e["involvedObject"]["name"] in ("freeloader", "wrong-secret"))
+        assert sb.operator_error is None
+
+
+async def test_a_model_the_platform_team_made_public_is_served_without_credentials():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                       policy=Policy(public_models=frozenset({GATED["spec"]["model"]["source"]}))) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(_named(GATED, "entitled"))
+        await _ready(sb, "entitled")
+        public = _named(GATED, "public")
+        del public["spec"]["model"]["credentials"]
+        await sb.create(public)
+        await _ready(sb, "public")
+        assert len(sb.objects("jobs")) == 1, "one engine, built once"
+
+
+async def test_a_secret_the_operator_may_not_read_stalls_naming_the_setting():
+    emulator = FlakyEmulator()
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, emulator=emulator) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "kube-secrets", {"HF_TOKEN": "hf_test"})
+        emulator.forbidden.add("secrets")
+        await sb.start_operator()
+        manifest = _named(GATED, "reader")
+        manifest["spec"]["model"]["credentials"] = {"secretName": "kube-secrets"}
+        await sb.create(manifest)
+        stalled = await _stalled(sb, "reader")
+        assert stalled["reason"] == "CredentialsRequired"
+        assert "llm/kube-secrets" in stalled["message"] and "modelCredentials.secretNames" in stalled["message"]
+        assert sb.objects("jobs") == []
+        assert sb.operator_error is None
+
+
+async def test_a_multi_node_service_outside_the_multi_node_namespaces_stalls_naming_the_setting():
+    emulator = FlakyEmulator()
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, emulator=emulator) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        emulator.forbidden |= {"roles", "rolebindings"}  # what RBAC answers outside them
+        await sb.start_operator()
+        await sb.create(copy.deepcopy(MULTI_NODE))
+        stalled = await _stalled(sb, MULTI_NODE["metadata"]["name"])
+        assert stalled["reason"] == "MissingDependency" and "multiNode.namespaces" in stalled["message"]
+        assert sb.objects("leaderworkersets") == [] and sb.objects("jobs") == []
+        assert sb.operator_error is None
