@@ -268,6 +268,22 @@ async def test_a_service_that_does_not_fit_shows_the_plan_and_builds_nothing(san
     assert sb.objects("jobs") == [] and sb.objects("llmengines") == []
 
 
+async def test_a_precision_tensorrt_llm_cannot_build_for_the_gpu_creates_no_job(sandbox):
+    sb = sandbox
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["metadata"]["name"] = "awq-on-b200"
+    manifest["spec"]["precision"] = "int4-awq"
+    manifest["spec"]["gpu"] = {"type": "B200-180GB"}
+    await sb.start_operator()
+    await sb.create(manifest)
+    svc = await _with_condition(sb, "awq-on-b200", "Fits")
+    fits = get_condition(_conditions(svc), "Fits")
+    assert fits["status"] == "False" and fits["reason"] == "NotBuildable"
+    assert "sm100" in fits["message"] and "use precision: fp8 or nvfp4" in fits["message"]
+    assert get_condition(_conditions(svc), "Stalled")["status"] == "True"
+    assert sb.objects("jobs") == [] and sb.objects("llmengines") == []
+
+
 # Seconds instead of minutes: a 0.3 s control period, a 1 s sample window.
 FAST_SCALING = {"autoscale_period": 0.3, "autoscale_timing": {"window_seconds": 1.0, "stale_seconds": 1.0}}
 
