@@ -19,6 +19,7 @@ __all__ = [
     "labels",
     "selector",
     "child_name",
+    "NAME_DIGEST_HEX",
     "owner_reference",
     "content_hash",
     "stamp",
@@ -55,12 +56,18 @@ def selector_string(instance: str, component: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector(instance, component).items())
 
 
+# Hex digits of sha256 in a shortened name: 64 bits, so that finding another service name
+# with the same child name (a second preimage) is impractical; a collision is still caught
+# as a conflict by the operator's ownership check, never a takeover.
+NAME_DIGEST_HEX = 16
+
+
 def child_name(base: str, suffix: str, limit: int = _MAX_NAME) -> str:
     """``{base}-{suffix}``, shortened with a hash so it fits ``limit`` characters."""
     name = f"{base}-{suffix}"
     if len(name) <= limit:
         return name
-    digest = hashlib.sha256(base.encode()).hexdigest()[:6]
+    digest = hashlib.sha256(base.encode()).hexdigest()[:NAME_DIGEST_HEX]
     keep = limit - len(suffix) - len(digest) - 2
     return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
 
