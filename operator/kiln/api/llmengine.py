@@ -70,3 +70,6 @@ class LLMEngineStatus(KilnModel):
     storage_uri: str | None = None
     size_bytes: int | None = None
     build_seconds: float | None = None
+    unreferenced_since: str | None = Field(
+        default=None, description="When the operator first found no LLMService referencing this "
+        "engine; the record is deleted a grace period later (the cache contents are kept).")

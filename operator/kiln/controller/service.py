@@ -24,6 +24,7 @@ from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
 from .kube import ApiException, KubeApi
+from .collect import cancel_superseded_build
 from .models import ModelResolver
 from .policy import Policy
 from .ownership import check_controlled, check_engine_job, conflict, live_child
@@ -49,6 +50,7 @@ class EventReason(StrEnum):
     BUILD_SUCCEEDED = "BuildSucceeded"
     BUILD_FAILED = "BuildFailed"
     ENGINE_REUSED = "EngineReused"
+    BUILD_CANCELLED = "BuildCancelled"
     PLAN_MISMATCH = "PlanMismatch"
 
 
@@ -348,7 +350,15 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     replicas = workload_replicas(spec, body.get("status") or {})
     rendered = render(ref, spec, result, gpu, replicas)
     previous_key = (st.data.get("engine") or {}).get("key")
+    previous_engine = (st.data.get("engine") or {}).get("name")
     engine_name = rendered.engine["metadata"]["name"]
+    if previous_engine and previous_engine != engine_name:
+        # The spec moved on mid-build: a build nobody else wants would run for hours.
+        cancelled = await cancel_superseded_build(api, ref.namespace, ref.name, previous_engine)
+        if cancelled:
+            out.events.append(("Normal", EventReason.BUILD_CANCELLED,
+                               f"deleted build Job {cancelled}: no service wants engine "
+                               f"{previous_engine} any more"))
     st.data["engine"] = {"name": engine_name,
                          "key": rendered.engine["spec"]["key"],
                          "storageUri": f"pvc://{ref.namespace}/{spec.engine_cache.claim_name}/"

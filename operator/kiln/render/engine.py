@@ -12,7 +12,7 @@ from ..api import API_VERSION, EngineCacheLocation, EngineShape, LLMEngineSpec, 
 from ..planner import GPU, Plan
 from ..planner.build import BuildPlan
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
-from .meta import (LABEL_ENGINE, child_name, content_hash, labels, owner_reference,
+from .meta import (LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name, content_hash, labels, owner_reference,
                    stamp)
 from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, secret_env, shm_volume, tmp_volume)
@@ -115,6 +115,7 @@ def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> En
 def llm_engine(engine: Engine, instance: str) -> dict[str, Any]:
     meta_labels = labels(instance, "engine")
     meta_labels[LABEL_ENGINE] = engine.name
+    meta_labels[LABEL_CACHE_NAMESPACE] = engine.spec.cache.namespace
     return stamp({
         "apiVersion": API_VERSION,
         "kind": "LLMEngine",

@@ -16,6 +16,7 @@ __all__ = [
     "LABEL_COMPONENT",
     "LABEL_MANAGED_BY",
     "LABEL_ENGINE",
+    "LABEL_CACHE_NAMESPACE",
     "labels",
     "selector",
     "child_name",
@@ -34,6 +35,8 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_ENGINE = "kiln.dev/engine"
+# On an LLMEngine: the namespace of the cache it lives in, whose services may reference it.
+LABEL_CACHE_NAMESPACE = "kiln.dev/cache-namespace"
 _MAX_NAME = 63
 
 
