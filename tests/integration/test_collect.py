@@ -39,7 +39,7 @@ async def test_edits_mid_build_leave_one_build_and_one_engine():
         sb.add_namespace(NS)
         await sb.start_operator()  # no kubelet yet: every build stays running
         await sb.create(_named("edited"))
-        await sb.wait_for(lambda: sb.objects("jobs"), what="the first build Job")
+        await sb.wait_for(lambda: sb.objects("jobs") and _engine_name(sb, "edited"), what="the first build")
         for batch in (32, 48, 96, 128, 160):
             before = _engine_name(sb, "edited")
             await sb.patch_spec(NS, "edited", {"engine": {"maxBatchSize": batch}})
@@ -48,8 +48,10 @@ async def test_edits_mid_build_leave_one_build_and_one_engine():
         current = _engine_name(sb, "edited")
         await sb.wait_for(lambda: [j["metadata"]["name"] for j in sb.objects("jobs")] == [current + "-build"],
                           what="only the current build Job left")
-        cancelled = [e for e in sb.objects("events") if e.get("reason") == "BuildCancelled"]
-        assert len(cancelled) == 5
+        started = [o["metadata"]["name"] for t, o in sb.events("jobs") if t == "ADDED"]
+        cancelled = {e["message"].split()[3].rstrip(":") for e in sb.objects("events")
+                     if e.get("reason") == "BuildCancelled"}
+        assert len(started) == 6 and cancelled == set(started) - {current + "-build"}
         await sb.wait_for(lambda: [e["metadata"]["name"] for e in sb.objects("llmengines")] == [current],
                           timeout=20, what="the superseded LLMEngines collected")
         sb.start_kubelet()

@@ -20,6 +20,7 @@ from typing import Any
 from ..api import API_VERSION
 from ..render.meta import LABEL_CACHE_NAMESPACE, child_name
 from .kube import KubeApi
+from .ownership import live_child
 
 __all__ = ["ENGINE_GRACE_SECONDS", "ENGINE_SWEEP_SECONDS", "wanted_engines",
            "cancel_superseded_build", "sweep_engines"]
@@ -46,7 +47,9 @@ async def cancel_superseded_build(api: KubeApi, namespace: str, service: str, en
     it; the Job's name if deleted."""
     if engine in await wanted_engines(api, namespace, skip=service):
         return None
-    job = await api.get("batch/v1", "Job", child_name(engine, "build"), namespace)
+    # The Job may be seconds old and not in the watch-fed cache yet: a miss is asked again.
+    job = await live_child(api, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+        "name": child_name(engine, "build"), "namespace": namespace}})
     if job is None or not _running(job):
         return None
     await api.delete(job, background=True)
