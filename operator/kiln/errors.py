@@ -28,9 +28,16 @@ class KilnError(Exception):
 
 
 class SpecInvalid(KilnError):
-    """The manifest cannot work as written; retrying will not help."""
+    """The manifest cannot work as written; retrying will not help, unless ``retry_after``
+    says what it waits for outside the spec (a Secret to be created) may appear: the
+    service is Stalled, and looked at again after that many seconds."""
 
     reason = "SpecInvalid"
+
+    def __init__(self, message: str, *, reason: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
 
 
 class NotReadyYet(KilnError):

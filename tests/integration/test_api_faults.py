@@ -38,7 +38,7 @@ async def test_conflicts_and_an_outage_are_retried_until_ready():
     emulator = FlakyEmulator()
     async with Sandbox(emulator=emulator, build_seconds=0.2, start_seconds=0.1, retry_delay=0.3) as sb:
         sb.add_namespace(NS)
-        emulator.conflicts = {"jobs": 2, "deployments": 2}
+        emulator.conflicts = {"serviceaccounts": 2, "deployments": 2}  # build Jobs are created, not applied
         await sb.start_operator()
         sb.start_kubelet()
         await sb.create(copy.deepcopy(MISTRAL))

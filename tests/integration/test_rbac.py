@@ -59,14 +59,28 @@ def _service(name, mode, **extra):
 
 async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
     async with Sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, autoscale_period=0.3,
-                       autoscale_timing={"window_seconds": 1.0, "stale_seconds": 1.0}) as sb:
+                       autoscale_timing={"window_seconds": 1.0, "stale_seconds": 1.0},
+                       operator_options={"resync_period": 0.5, "engine_sweep_period": 0.5,
+                                         "engine_grace": 1.0}) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
         await sb.start_operator()
+        # An edit mid-build (no kubelet yet: the build runs on): the superseded build Job is
+        # deleted, and its engine record collected once unreferenced.
+        await sb.create(_service("edited", "none"))
+        [first] = await sb.wait_for(lambda: sb.objects("jobs"), what="the first build")
+        [engine] = sb.objects("llmengines")
+        await sb.patch_spec(NS, "edited", {"engine": {"maxBatchSize": 32}})
+        await sb.wait_for(lambda: sb.get("jobs", first["metadata"]["name"], NS) is None,
+                          what="the superseded build deleted")
+        await sb.wait_for(lambda: engine["metadata"]["name"] not in
+                          [e["metadata"]["name"] for e in sb.objects("llmengines")], timeout=20,
+                          what="the superseded engine collected")
         sb.start_kubelet()
         names = {"builtin": "scaled", "keda": "keda-scaled", "hpa": "hpa-scaled"}
         for mode, name in names.items():
             await sb.create(_service(name, mode))
+        names["none"] = "edited"
         multi_node = copy.deepcopy(MULTI_NODE)
         multi_node["spec"]["networkPolicy"] = {"enabled": True, "metricsNamespaces": ["monitoring"]}
         await sb.create(multi_node)
@@ -75,7 +89,7 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
         def all_ready():
             return all((s := sb.get("llmservices", n, NS)) and is_true(
                 (s.get("status") or {}).get("conditions", []), "Ready") for n in names.values())
-        await sb.wait_for(all_ready, timeout=30, what="four Ready services")
+        await sb.wait_for(all_ready, timeout=30, what="five Ready services")
         sb.cluster.load["scaled"] = 1.8
         await sb.wait_for(lambda: sb.get("deployments", "scaled-server", NS)["spec"]["replicas"] > 1,
                           timeout=30, what="a scale-up")

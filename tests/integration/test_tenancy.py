@@ -219,3 +219,34 @@ async def test_a_multi_node_service_outside_the_multi_node_namespaces_stalls_nam
         assert stalled["reason"] == "MissingDependency" and "multiNode.namespaces" in stalled["message"]
         assert sb.objects("leaderworkersets") == [] and sb.objects("jobs") == []
         assert sb.operator_error is None
+
+
+async def test_an_llmengine_with_the_name_but_another_key_is_a_conflict_not_a_cache_hit():
+    """Names carry a digest of the key; the operator compares the full key before using a
+    record, so a record someone made under that name (Ready, with another key) serves nothing."""
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(_named(MISTRAL, "first"))
+        await _ready(sb, "first")
+        [engine] = sb.objects("llmengines")
+        name, key = engine["metadata"]["name"], engine["spec"]["key"]
+        # The same name in a fresh cluster, holding another key.
+        await sb.api.delete(sb.get("llmservices", "first", NS))
+        await sb.wait_for(lambda: not sb.objects("llmservices"), what="first deleted")
+        await sb.api.delete(engine)
+        forged = {"apiVersion": engine["apiVersion"], "kind": "LLMEngine", "metadata": {"name": name},
+                  "spec": {**engine["spec"], "key": "0" * 64}}
+        created = await sb.api.apply(forged)
+        await sb.api.patch_status(created, {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "EngineBuilt", "message": "",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+        jobs_before = len(sb.objects("jobs"))
+        await sb.create(_named(MISTRAL, "second"))
+        stalled = await _stalled(sb, "second")
+        assert stalled["reason"] == "ResourceConflict" and f"LLMEngine {name}" in stalled["message"]
+        assert key[:16] in stalled["message"]
+        assert sb.get("deployments", "second-server", NS) is None
+        assert len(sb.objects("jobs")) == jobs_before
+        assert sb.operator_error is None

@@ -33,8 +33,10 @@ requests): kopf watches and patches LLMServices (finalizer, progress annotations
 Events; it lists and watches the Jobs, Deployments, Services and ServiceAccounts Kiln owns
 (the reconcile and the builtin autoscaler read those from memory, kiln/controller/cache.py),
 and gets one by name when the cache has no such object, to make sure no one else's object
-has that name (kiln/controller/ownership.py); the reconcile server-side-applies them and the
-autoscaler objects (an apply is authorized as create when the object is absent and as patch
+has that name (kiln/controller/ownership.py); the reconcile creates build Jobs (a plain
+create, so that of several services wanting one engine exactly one starts its build, and
+deletes one that no service wants any more, kiln/controller/collect.py), lists the
+namespace's LLMServices to know which engines they want, and server-side-applies the other kinds and the autoscaler objects (an apply is authorized as create when the object is absent and as patch
 when it exists, so every applied kind needs both), reads the model-credential Secrets by name (modelCredentials.secretNames, nothing else),
 and lists the serving pods to scrape their metrics. Nothing here reaches pods/exec, Roles or
 RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespaces.
@@ -48,7 +50,7 @@ RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespace
   verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, get, create, patch]
+  verbs: [list, watch, get, create, delete]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, get, create, patch]
@@ -106,7 +108,7 @@ references them); kopf discovers CRDs. */}}
 {{- define "kiln.clusterRules" -}}
 - apiGroups: [serving.kiln.dev]
   resources: [llmengines]
-  verbs: [get, create, patch]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [serving.kiln.dev]
   resources: [llmengines/status]
   verbs: [patch]

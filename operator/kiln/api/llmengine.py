@@ -1,7 +1,7 @@
 """The LLMEngine resource: a cluster-scoped record of one content-addressed engine build.
 
-Its name is ``<model-slug>-<hash10>``; ``spec.key`` is the content hash of every input that
-changes the engine's bytes. Engines outlive the services that asked for them: they are the cache.
+Its name is ``<model-slug>-<hash20>`` (80 bits over the key, the namespace and the cache);
+``spec.key`` is the content hash of every input that changes the engine's bytes. Engines outlive the services that asked for them: they are the cache.
 """
 
 from __future__ import annotations
@@ -70,3 +70,6 @@ class LLMEngineStatus(KilnModel):
     storage_uri: str | None = None
     size_bytes: int | None = None
     build_seconds: float | None = None
+    unreferenced_since: str | None = Field(
+        default=None, description="When the operator first found no LLMService referencing this "
+        "engine; the record is deleted a grace period later (the cache contents are kept).")

@@ -21,8 +21,9 @@ from ..planner.perf import prefill_tokens_per_second
 from ..render.meta import selector_string
 from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler
 from .cache import CachedKubeApi, cache_indexes, register_caches
+from .collect import ENGINE_GRACE_SECONDS, ENGINE_SWEEP_SECONDS, sweep_engines
 from .conditions import is_true, set_condition
-from .kube import KubeApi
+from .kube import ApiException, KubeApi
 from .metrics import MetricsSource, PodMetrics
 from .models import ModelResolver
 from .policy import Policy
@@ -82,6 +83,13 @@ class OperatorContext:
     # was last reconciled in full by the resync.
     changed: set[str] = field(default_factory=set)
     last_full_resync: dict[str, float] = field(default_factory=dict)
+    # The resync tick, and the collection of unreferenced engines (controller/collect.py):
+    # how often a namespace is swept, how long an engine stays unreferenced before its record
+    # goes, and when each namespace was last swept. The tests shorten them.
+    resync_period: float = RESYNC_SECONDS
+    engine_sweep_period: float = ENGINE_SWEEP_SECONDS
+    engine_grace: float = ENGINE_GRACE_SECONDS
+    last_sweep: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.metrics is None:
@@ -216,8 +224,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         decorator(GROUP, VERSION, "llmservices", registry=registry,
                   id="reconcile")(reconcile)  # type: ignore[arg-type]
 
-    @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=RESYNC_SECONDS,
-                initial_delay=RESYNC_SECONDS, id="resync")
+    @kopf.timer(GROUP, VERSION, "llmservices", registry=registry, interval=ctx.resync_period,
+                initial_delay=ctx.resync_period, id="resync")
     async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
                      stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         """Pick up what changes outside the spec: builds finishing, replicas failing, edits
@@ -226,6 +234,14 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         if stopped:  # the operator is exiting: start nothing it would have to abandon
             return
         uid, now = body.metadata.get("uid") or "", time.monotonic()
+        namespace = body.metadata["namespace"]
+        if now - ctx.last_sweep.get(namespace, -ctx.engine_sweep_period) >= ctx.engine_sweep_period:
+            ctx.last_sweep[namespace] = now
+            try:
+                for name in await sweep_engines(ctx.api, namespace, _now(), ctx.engine_grace):
+                    logger.info(f"deleted LLMEngine {name}: unreferenced for {ctx.engine_grace:g}s")
+            except ApiException as error:  # the next sweep tries again
+                logger.warning(f"sweeping the engines of namespace {namespace}: {error.status}")
         last = ctx.last_full_resync.setdefault(uid, now)
         settled = is_true(dict(body.status).get("conditions", []), "Ready")
         if settled and uid not in ctx.changed and now - last < FULL_RESYNC_SECONDS:

@@ -176,11 +176,28 @@ class KubeApi:
                 raise _refusal(error, obj) from None
             raise
 
-    async def delete(self, obj: dict[str, Any]) -> None:
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create ``obj``; None if an object of that name exists already. Unlike an apply, of
+        several concurrent creates exactly one succeeds, so "I started it" is known."""
         meta = obj["metadata"]
         self.writes += 1
         try:
-            await self._call("DELETE", kind_of(obj).path(meta.get("namespace"), meta["name"]))
+            return await self._call("POST", kind_of(obj).path(meta.get("namespace")), body=obj,
+                                    query=[("fieldManager", FIELD_MANAGER)])
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+
+    async def delete(self, obj: dict[str, Any], *, background: bool = False) -> None:
+        """Delete ``obj`` (gone already is fine). ``background``: its dependents too, at once
+        (a Job deleted through the API orphans its pods unless told otherwise)."""
+        meta = obj["metadata"]
+        self.writes += 1
+        query = [("propagationPolicy", "Background")] if background else []
+        try:
+            await self._call("DELETE", kind_of(obj).path(meta.get("namespace"), meta["name"]),
+                             query=query)
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -24,6 +24,7 @@ from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
 from .kube import ApiException, KubeApi
+from .collect import cancel_superseded_build
 from .models import ModelResolver
 from .policy import Policy
 from .ownership import check_controlled, check_engine_job, conflict, live_child
@@ -32,6 +33,8 @@ __all__ = ["Outcome", "EventReason", "reconcile_service", "observed_status", "BU
            "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
+# How soon a service waiting for its credentials Secret reads it again.
+SECRET_POLL_SECONDS = 5.0
 # Relative error of the KV-token prediction above which the operator posts an Event.
 PLAN_ERROR_EVENT_THRESHOLD = 0.15
 ROLLOUT_POLL_SECONDS = 5.0
@@ -47,6 +50,7 @@ class EventReason(StrEnum):
     BUILD_SUCCEEDED = "BuildSucceeded"
     BUILD_FAILED = "BuildFailed"
     ENGINE_REUSED = "EngineReused"
+    BUILD_CANCELLED = "BuildCancelled"
     PLAN_MISMATCH = "PlanMismatch"
 
 
@@ -121,9 +125,12 @@ async def _read_credentials(api: KubeApi, namespace: str, secret: str | None) ->
             "modelCredentials.secretNames), or ask them to add this name",
             reason=Reason.CREDENTIALS_REQUIRED.value) from None
     if obj is None:
+        # Secrets are not watched (that would need list and watch on every Secret): the
+        # service is looked at again soon instead of at the next resync.
         raise SpecInvalid(f"spec.model.credentials.secretName: Secret {namespace}/{secret} "
                           "not found; create it with the key HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID"
-                          " and AWS_SECRET_ACCESS_KEY (s3://)", reason=Reason.MISSING_DEPENDENCY.value)
+                          " and AWS_SECRET_ACCESS_KEY (s3://)", reason=Reason.MISSING_DEPENDENCY.value,
+                          retry_after=SECRET_POLL_SECONDS)
     data = obj.get("data") or {}
     value = data.get("HF_TOKEN")
     return _Credentials(found=True, token=base64.b64decode(value).decode() if value else None,
@@ -239,12 +246,18 @@ async def _engine_ready(api: KubeApi, rendered: Rendered, st: _Status, out: Outc
     job = await live_child(api, job_obj)
     check_engine_job(job, job_obj, owner)
     if job is None:
-        await api.apply(job_obj)
-        out.events.append(("Normal", EventReason.BUILD_STARTED, f"building engine {name} in Job {job_name}"))
-        await api.patch_status(live, {"buildJob": job_name, "conditions": set_condition(
-            conditions, "Ready", False, Reason.ENGINE_BUILDING.value,
-            f"Job {namespace}/{job_name} is building the engine", st.now)})
-        job = job_obj
+        # Services that want the same engine reconcile concurrently: only the one whose create
+        # succeeds started the build (one BuildStarted Event, one count).
+        job = await api.create(job_obj)
+        if job is not None:
+            out.events.append(("Normal", EventReason.BUILD_STARTED,
+                               f"building engine {name} in Job {job_name}"))
+            await api.patch_status(live, {"buildJob": job_name, "conditions": set_condition(
+                conditions, "Ready", False, Reason.ENGINE_BUILDING.value,
+                f"Job {namespace}/{job_name} is building the engine", st.now)})
+        else:
+            job = await live_child(api, job_obj) or job_obj
+            check_engine_job(job, job_obj, owner)
     state = _job_state(job)
     if state == "Complete":
         storage = f"pvc://{namespace}/{live['spec']['cache']['claimName']}/{live['spec']['key']}"
@@ -291,6 +304,8 @@ async def reconcile_service(body: dict[str, Any], api: KubeApi, models: ModelRes
         # One Event per transition, not one per resync of a service that stays stalled.
         if (before.get("status"), before.get("message")) != ("True", error.message):
             out.events.append(("Warning", error.reason, error.message))
+        if error.retry_after is not None:
+            out.retry = NotReadyYet(error.message, delay=error.retry_after)
     except NotReadyYet as error:
         out.retry = error
     st.data["observedGeneration"] = generation
@@ -335,7 +350,15 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     replicas = workload_replicas(spec, body.get("status") or {})
     rendered = render(ref, spec, result, gpu, replicas)
     previous_key = (st.data.get("engine") or {}).get("key")
+    previous_engine = (st.data.get("engine") or {}).get("name")
     engine_name = rendered.engine["metadata"]["name"]
+    if previous_engine and previous_engine != engine_name:
+        # The spec moved on mid-build: a build nobody else wants would run for hours.
+        cancelled = await cancel_superseded_build(api, ref.namespace, ref.name, previous_engine)
+        if cancelled:
+            out.events.append(("Normal", EventReason.BUILD_CANCELLED,
+                               f"deleted build Job {cancelled}: no service wants engine "
+                               f"{previous_engine} any more"))
     st.data["engine"] = {"name": engine_name,
                          "key": rendered.engine["spec"]["key"],
                          "storageUri": f"pvc://{ref.namespace}/{spec.engine_cache.claim_name}/"

@@ -45,7 +45,8 @@ class Sandbox:
                  autoscale_period: float = 15.0, observe_period: float = 1.0,
                  autoscale_timing: dict[str, float] | None = None,
                  leader_worker_set: bool = True, emulator: KilnEmulator | None = None,
-                 exit_timeout: float | None = None, policy: Policy | None = None) -> None:
+                 exit_timeout: float | None = None, policy: Policy | None = None,
+                 operator_options: dict[str, Any] | None = None) -> None:
         self.emulator = emulator if emulator is not None else KilnEmulator()
         if not leader_worker_set:  # a cluster without the LeaderWorkerSet CRD
             del self.emulator.resources["leaderworkerset.x-k8s.io/v1/leaderworkersets"]
@@ -60,6 +61,7 @@ class Sandbox:
         self._autoscale_timing = autoscale_timing or {}
         self._exit_timeout = exit_timeout
         self._policy = policy or Policy()
+        self._operator_options = operator_options or {}  # more OperatorContext fields
         self._operator: tuple[threading.Thread, threading.Event] | None = None
         self.operator_context: OperatorContext | None = None
         self.operator_error: BaseException | None = None
@@ -166,7 +168,7 @@ class Sandbox:
                 self.url, max_retry_delay=self._retry_delay, autoscale_period=self._autoscale_period,
                 observe_period=self._observe_period,
                 autoscale_timing=self._autoscale_timing, exit_timeout=self._exit_timeout,
-                policy=self._policy)
+                policy=self._policy, **self._operator_options)
             try:
                 await run_operator(ctx, stop)
             finally:

@@ -12,7 +12,7 @@ from ..api import API_VERSION, EngineCacheLocation, EngineShape, LLMEngineSpec, 
 from ..planner import GPU, Plan
 from ..planner.build import BuildPlan
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
-from .meta import (LABEL_ENGINE, child_name, content_hash, labels, owner_reference,
+from .meta import (LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name, content_hash, labels, owner_reference,
                    stamp)
 from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, secret_env, shm_volume, tmp_volume)
@@ -25,6 +25,12 @@ SOURCE_MOUNT = "/model-source"
 BUILD_BACKOFF_LIMIT = 2
 BUILD_TTL_SECONDS = 7 * 24 * 3600
 BUILD_DEADLINE_SECONDS = 6 * 3600
+# An LLMEngine's name is ``<model slug>-<digest>``; the name is also a label value (63
+# characters at most). 80 bits of digest: inputs are user-chosen, and finding other inputs
+# with the same name must be impractical (the operator also compares the full key before
+# using a record, so a match is a conflict, never another engine served).
+ENGINE_DIGEST_HEX = 20
+_SLUG_MAX = 63 - 1 - ENGINE_DIGEST_HEX
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ def engine_key(inputs: dict[str, Any]) -> str:
 
 def _slug(source: str) -> str:
     name = source.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1].lower()
-    return re.sub(r"[^a-z0-9-]+", "-", name).strip("-")[:52].strip("-") or "model"
+    return re.sub(r"[^a-z0-9-]+", "-", name).strip("-")[:_SLUG_MAX].strip("-") or "model"
 
 
 def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> Engine:
@@ -102,13 +108,14 @@ def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> En
     )
     # The record's name also covers the cache it lives in: the same bytes in two namespaces'
     # caches are two records.
-    name = f"{_slug(spec.model.source)}-{content_hash([key, namespace, spec.engine_cache.claim_name])[:10]}"
+    name = f"{_slug(spec.model.source)}-{content_hash([key, namespace, spec.engine_cache.claim_name])[:ENGINE_DIGEST_HEX]}"
     return Engine(name=name, key=key, spec=record)
 
 
 def llm_engine(engine: Engine, instance: str) -> dict[str, Any]:
     meta_labels = labels(instance, "engine")
     meta_labels[LABEL_ENGINE] = engine.name
+    meta_labels[LABEL_CACHE_NAMESPACE] = engine.spec.cache.namespace
     return stamp({
         "apiVersion": API_VERSION,
         "kind": "LLMEngine",

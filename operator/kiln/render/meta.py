@@ -16,9 +16,11 @@ __all__ = [
     "LABEL_COMPONENT",
     "LABEL_MANAGED_BY",
     "LABEL_ENGINE",
+    "LABEL_CACHE_NAMESPACE",
     "labels",
     "selector",
     "child_name",
+    "NAME_DIGEST_HEX",
     "owner_reference",
     "content_hash",
     "stamp",
@@ -33,6 +35,8 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_ENGINE = "kiln.dev/engine"
+# On an LLMEngine: the namespace of the cache it lives in, whose services may reference it.
+LABEL_CACHE_NAMESPACE = "kiln.dev/cache-namespace"
 _MAX_NAME = 63
 
 
@@ -55,12 +59,18 @@ def selector_string(instance: str, component: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector(instance, component).items())
 
 
+# Hex digits of sha256 in a shortened name: 64 bits, so that finding another service name
+# with the same child name (a second preimage) is impractical; a collision is still caught
+# as a conflict by the operator's ownership check, never a takeover.
+NAME_DIGEST_HEX = 16
+
+
 def child_name(base: str, suffix: str, limit: int = _MAX_NAME) -> str:
     """``{base}-{suffix}``, shortened with a hash so it fits ``limit`` characters."""
     name = f"{base}-{suffix}"
     if len(name) <= limit:
         return name
-    digest = hashlib.sha256(base.encode()).hexdigest()[:6]
+    digest = hashlib.sha256(base.encode()).hexdigest()[:NAME_DIGEST_HEX]
     keep = limit - len(suffix) - len(digest) - 2
     return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
 

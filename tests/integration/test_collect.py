@@ -1,0 +1,80 @@
+"""Edits mid-build cost no GPU hours and leave no records behind.
+
+Before, ten edits while a build ran made ten build Jobs (up to 6 h of GPU time each) and
+ten LLMEngine records, none ever deleted. Now a build Job that no service wants any more is
+deleted at once, and an LLMEngine no service references is deleted after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import yaml
+
+from kiln.controller.conditions import is_true
+from kiln.demo.sandbox import Sandbox
+
+from ..conftest import ROOT
+
+NS = "llm"
+MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
+# Sweeps every half second; a record goes after 2 s unreferenced (a day by default).
+FAST_COLLECTION = {"resync_period": 0.5, "engine_sweep_period": 0.5, "engine_grace": 2.0}
+
+
+def _named(name):
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["metadata"] = {"name": name, "namespace": NS}
+    return manifest
+
+
+def _engine_name(sb, name):
+    return ((sb.get("llmservices", name, NS) or {}).get("status") or {}).get("engine", {}).get("name")
+
+
+async def test_edits_mid_build_leave_one_build_and_one_engine():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                       operator_options=FAST_COLLECTION) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()  # no kubelet yet: every build stays running
+        await sb.create(_named("edited"))
+        await sb.wait_for(lambda: sb.objects("jobs") and _engine_name(sb, "edited"), what="the first build")
+        for batch in (32, 48, 96, 128, 160):
+            before = _engine_name(sb, "edited")
+            await sb.patch_spec(NS, "edited", {"engine": {"maxBatchSize": batch}})
+            await sb.wait_for(lambda: _engine_name(sb, "edited") not in (None, before),
+                              what=f"the service on the engine for maxBatchSize {batch}")
+        current = _engine_name(sb, "edited")
+        await sb.wait_for(lambda: [j["metadata"]["name"] for j in sb.objects("jobs")] == [current + "-build"],
+                          what="only the current build Job left")
+        started = [o["metadata"]["name"] for t, o in sb.events("jobs") if t == "ADDED"]
+        cancelled = {e["message"].split()[3].rstrip(":") for e in sb.objects("events")
+                     if e.get("reason") == "BuildCancelled"}
+        assert len(started) == 6 and cancelled == set(started) - {current + "-build"}
+        await sb.wait_for(lambda: [e["metadata"]["name"] for e in sb.objects("llmengines")] == [current],
+                          timeout=20, what="the superseded LLMEngines collected")
+        sb.start_kubelet()
+        await sb.wait_for(lambda: is_true(sb.get("llmservices", "edited", NS)["status"]["conditions"], "Ready"),
+                          timeout=30, what="Ready on the last edit")
+        assert sb.operator_error is None
+
+
+async def test_a_build_another_service_wants_keeps_running_and_its_engine_stays():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                       operator_options=FAST_COLLECTION) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()
+        await sb.create(_named("a"))
+        await sb.create(_named("b"))
+        await sb.wait_for(lambda: _engine_name(sb, "a") and _engine_name(sb, "b"), what="both on one engine")
+        shared = _engine_name(sb, "a")
+        [job] = sb.objects("jobs")
+        await sb.patch_spec(NS, "a", {"engine": {"maxBatchSize": 32}})
+        await sb.wait_for(lambda: len(sb.objects("jobs")) == 2, what="a's new build")
+        assert sb.get("jobs", job["metadata"]["name"], NS)["metadata"]["uid"] == job["metadata"]["uid"]
+        assert not any(e.get("reason") == "BuildCancelled" for e in sb.objects("events"))
+        await sb.wait_for(lambda: len(sb.objects("llmengines")) == 2, what="two engines")
+        await asyncio.sleep(3.0)  # past the grace period: b still references the shared engine
+        assert shared in [e["metadata"]["name"] for e in sb.objects("llmengines")]
+        assert sb.operator_error is None
