@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import sys
 from typing import Any
 
 import celpy
+import jsonschema
 
-__all__ = ["with_defaults", "violations"]
+__all__ = ["with_defaults", "violations", "without_nulls", "refusal"]
 
 
 def with_defaults(schema: dict[str, Any], value: Any) -> Any:
@@ -30,8 +32,14 @@ def with_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 @functools.cache
 def _program(rule: str) -> Any:
-    env = celpy.Environment()
-    return env.program(env.compile(rule))
+    # celpy.Environment raises the interpreter's recursion limit for deep expressions; Kiln's
+    # rules are shallow, and a changed limit upsets hypothesis: put it back.
+    limit = sys.getrecursionlimit()
+    try:
+        env = celpy.Environment()
+        return env.program(env.compile(rule))
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def violations(schema: dict[str, Any], obj: Any) -> list[str]:
@@ -52,3 +60,28 @@ def violations(schema: dict[str, Any], obj: Any) -> list[str]:
 
     walk(schema, with_defaults(schema, obj))
     return found
+
+
+def without_nulls(value: Any) -> Any:
+    """What the API server keeps of a custom resource: nulls in fields that are not
+    ``nullable`` are pruned before defaulting (Kubernetes docs, "Defaulting and Nullable" in
+    custom-resource-definitions); Kiln's schema marks none nullable."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def refusal(schema: dict[str, Any], obj: Any, types: bool = True) -> str | None:
+    """Why the API server would refuse ``obj`` on create (schema, then CEL rules), or None;
+    ``types=False`` leaves out the schema's type checks."""
+    obj = without_nulls(obj)
+    # OpenAPI v3.0 schemas use draft-4 semantics (boolean exclusiveMinimum).
+    for error in jsonschema.Draft4Validator(schema).iter_errors(obj):
+        if types or error.validator != "type":
+            return error.message[:200]
+    try:
+        return (violations(schema, obj) or [None])[0]
+    except Exception as error:  # a rule on a value of the wrong type: the schema refuses it
+        return None if not types else str(error)[:200]

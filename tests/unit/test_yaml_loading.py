@@ -25,19 +25,20 @@ from ..conftest import ROOT
 
 HEAD = "apiVersion: serving.kiln.dev/v1alpha1\nkind: LLMService\nmetadata: {name: bomb}\nspec:\n"
 # About 600 bytes; 9^9 (387 million) strings once expanded, and its repr() is gigabytes.
-ALIAS_BOMB = HEAD + """  model:
-    source: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-    b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-    c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-    d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-    e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-    f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-    g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
-    h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-  gpus: [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+ALIAS_BOMB = HEAD + """  model: {source: hf://meta-llama/Llama-3.1-8B-Instruct}
+  gpus:
+    - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+    - &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+    - &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+    - &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+    - &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+    - &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+    - &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+    - &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+    - [*h,*h,*h,*h,*h,*h,*h,*h,*h]
 """
 CASES = {
-    "alias bomb": (ALIAS_BOMB, r"service.yaml:1\d:\d+: spec\.model\.\w: more than 100000 values"),
+    "alias bomb": (ALIAS_BOMB, r"service.yaml:1\d:\d+: spec\.gpus\[\d\]: more than 100000 values"),
     "50,000-deep flow nesting": (HEAD + "  gpus: " + "[" * 50_000 + "]" * 50_000,
                                  r"service.yaml:5:\d+: spec\.gpus.*: nested more than 64 levels deep"),
     "50,000-deep block nesting": (HEAD + "  gpus:\n  " + "- " * 50_000 + "1\n",

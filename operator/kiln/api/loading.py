@@ -49,7 +49,7 @@ def _short(text: str, limit: int = 40) -> str:
     return repr(flat if len(flat) <= limit else flat[:limit] + "...")
 
 
-class _BoundedLoader(yaml.SafeLoader):
+class _BoundedLoader(yaml.SafeLoader):  # type: ignore[misc, unused-ignore]
     """SafeLoader that keeps the field path while composing and refuses past the bounds."""
 
     def __init__(self, stream: str, source: str) -> None:
@@ -69,11 +69,11 @@ class _BoundedLoader(yaml.SafeLoader):
         # before the composer's depth check is reached. Stop them here.
         if self.flow_level >= MAX_DEPTH:
             raise self._refuse(self.get_mark(), f"nested more than {MAX_DEPTH} levels deep")
-        super().fetch_flow_collection_start(token_class)  # type: ignore[misc]
+        super().fetch_flow_collection_start(token_class)  # type: ignore[misc, unused-ignore]
 
     def compose_document(self) -> Node | None:
         self.path, self.sizes = [], {}
-        return super().compose_document()  # type: ignore[no-any-return]
+        return super().compose_document()  # type: ignore[no-any-return, unused-ignore]
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if isinstance(index, ScalarNode):
@@ -89,7 +89,7 @@ class _BoundedLoader(yaml.SafeLoader):
         if node is not None:
             self._count(node)
         self.path.pop()
-        return node  # type: ignore[no-any-return]
+        return node  # type: ignore[no-any-return, unused-ignore]
 
     def _count(self, node: Node) -> None:
         if id(node) in self.sizes:  # an alias: its subtree counts again where it is used
