@@ -53,8 +53,11 @@ def _model_config(args: argparse.Namespace, source: str) -> tuple[ModelConfig | 
     if args.model_config:
         try:
             raw = json.loads(Path(args.model_config).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise SpecInvalid(f"--model-config: cannot read {args.model_config}: {error}") from None
+        except OSError as error:
+            raise SpecInvalid(f"--model-config: cannot read {args.model_config}: {error.strerror}") from None
+        except (ValueError, RecursionError) as error:  # bad JSON, a 5,000-digit number, deep nesting
+            why = " ".join(str(error).split())[:120] if isinstance(error, ValueError) else "nested too deep"
+            raise SpecInvalid(f"--model-config: {args.model_config} is not valid JSON ({why})") from None
     elif source.startswith("hf://"):
         raw = catalog_config(source.removeprefix("hf://"))
         if raw is None:

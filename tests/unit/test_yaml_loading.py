@@ -113,3 +113,19 @@ def test_ordinary_yaml_still_loads_with_anchors_and_several_documents():
     assert load_yaml(text, "t.yaml") == [{"a": {"b": [1, 2.5, "3"]}, "c": {"b": [1, 2.5, "3"]}}, {"d": 10}]
     with pytest.raises(SpecInvalid, match=r"^t.yaml: not UTF-8 text"):
         load_yaml(b"a: \xff\n", "t.yaml")
+
+
+@pytest.mark.parametrize("text, why", [
+    ('{"num_hidden_layers": ' + "9" * 5000 + "}", "Exceeds the limit"),
+    ("[" * 50_000 + "]" * 50_000, "nested too deep"),
+    ('{"a": ', "Expecting value"),
+])
+def test_a_hostile_model_config_is_refused_on_one_line(tmp_path, text, why):
+    (tmp_path / "config.json").write_text(text)
+    path = tmp_path / "service.yaml"
+    path.write_text((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
+    code, _, err, seconds = _cli(["plan", "-f", str(path), "--model-config", str(tmp_path / "config.json")])
+    assert code == 2
+    [line] = err.splitlines()
+    assert line.startswith(f"error: --model-config: {tmp_path / 'config.json'} is not valid JSON (")
+    assert why in line and len(line) < 300 and seconds < 1, line
