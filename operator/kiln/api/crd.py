@@ -15,8 +15,8 @@ from pydantic import BaseModel
 
 from .common import GROUP, VERSION
 from .llmengine import LLMEngineSpec, LLMEngineStatus
-from .llmservice import (MAX_WINDOW_SECONDS, MAX_WORKER_PODS, SERVICE_NAME_PATTERN, LLMServiceSpec,
-                         LLMServiceStatus)
+from .limits import MAX_WINDOW_SECONDS, MAX_WORKER_PODS, SERVICE_NAME_PATTERN
+from .llmservice import LLMServiceSpec, LLMServiceStatus
 
 __all__ = ["crds", "openapi_schema"]
 

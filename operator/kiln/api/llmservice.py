@@ -13,13 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .common import AutoscalingMode, KilnModel, KVCacheDtype, Precision, ServerKind
+from .limits import MAX_WINDOW_SECONDS, MAX_WORKER_PODS, extended_resource_problem
 
 __all__ = [
     "MODEL_SOURCE_PATTERN",
-    "MAX_WINDOW_SECONDS",
-    "MAX_WORKER_PODS",
-    "SERVICE_NAME_PATTERN",
-    "extended_resource_problem",
     "SecretRef",
     "ModelSpec",
     "GPUSpec",
@@ -45,32 +42,6 @@ MODEL_SOURCE_PATTERN = (
     r"|pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(/[A-Za-z0-9._-]+)*/?)$"
 )
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
-# The longest scale-down stabilisation window an HorizontalPodAutoscaler accepts
-# (kubernetes pkg/apis/autoscaling/validation/validation.go, MaxStabilizationWindowSeconds);
-# KEDA hands its window to an HPA, so the same bound holds there.
-MAX_WINDOW_SECONDS = 3600
-# Worker pods of a multi-node service, each named twice in its launcher Role: 4000 keeps the
-# Role near 0.5 MB, well inside etcd's default request limit of 1.5 MiB
-# (etcd server/embed/config.go, DefaultMaxRequestBytes), which bounds every stored object.
-MAX_WORKER_PODS = 4000
-# An LLMService's own name: a DNS-1035 label (see the root rule in crd.py for why).
-SERVICE_NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
-
-
-def extended_resource_problem(name: str) -> str | None:
-    """Why a container cannot request ``name`` as an extended resource, or None.
-
-    The API server's rules (kubernetes pkg/apis/core/v1/helper/helpers.go,
-    IsExtendedResourceName): not in the ``kubernetes.io/`` namespace, no ``requests.`` prefix,
-    and ``requests.<name>`` must be a qualified name (prefix at most 253, name at most 63)."""
-    if "kubernetes.io/" in name:
-        return "is in the reserved kubernetes.io/ namespace"
-    if name.startswith("requests."):
-        return "must not start with the reserved prefix requests."
-    prefix, _, rest = name.partition("/")
-    if len("requests." + prefix) > 253 or len(rest) > 63:
-        return "must have a domain of at most 244 characters and a name of at most 63"
-    return None
 
 Auto = Literal["auto"]
 ParallelDegree = Annotated[int, Field(ge=1, le=64)] | Auto

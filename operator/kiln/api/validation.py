@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import SpecInvalid
-from .llmservice import SERVICE_NAME_PATTERN, LLMServiceSpec
+from .limits import SERVICE_NAME_PATTERN
+from .llmservice import LLMServiceSpec
 
 _NAMES_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9.]*: ")
 
