@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Entry", "TRITON", "DJL", "MOUNTS", "EXAMPLES_DIR", "TEMPLATES_DIR", "TRITONSERVER",
+__all__ = ["Entry", "TRITON", "DJL", "MOUNTS", "USER", "EXAMPLES_DIR", "TEMPLATES_DIR", "TRITONSERVER",
            "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "NOT_WRITABLE", "entry_for", "covered"]
 
 _BACKEND_DOCKERFILE = ("triton-inference-server/tensorrtllm_backend "
@@ -24,6 +24,9 @@ _BACKEND_DOCKERFILE = ("triton-inference-server/tensorrtllm_backend "
                        "COPY .../triton_backend/all_models all_models)")
 _LAUNCH_SCRIPT = ("NVIDIA/TensorRT-LLM triton_backend/scripts/launch_triton_server.py "
                   "@ 0b06796b (--tritonserver default; mpirun --allow-run-as-root)")
+_SERVER_BUILD = ("triton-inference-server/server build.py @ 35dc045f (useradd triton-server, "
+                 "asserted uid and gid 1000; WORKDIR /opt/tritonserver, which Docker creates "
+                 "root-owned: only the copied files get --chown=1000:1000)")
 _DJL_DOCKERFILE = ("deepjavalibrary/djl-serving serving/docker/tensorrt-llm.Dockerfile "
                    "@ 01a5de91 (WORKDIR /opt/djl; COPY partition /opt/djl/partition; "
                    "useradd djl; chown -R djl:djl /opt/djl)")
@@ -40,6 +43,8 @@ EXAMPLES_DIR = "/app/examples"
 TEMPLATES_DIR = "/app/all_models/inflight_batcher_llm"
 TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
 DJL_PARTITION_SCRIPT = "/opt/djl/partition/trt_llm_partition.py"
+# The pods' runAsUser: the Triton image's triton-server user.
+USER = (1000, _SERVER_BUILD)
 # DJL Serving writes its logs under $MODEL_SERVER_HOME/logs; /opt/djl is owned by djl.
 DJL_LOG_DIR = "/opt/djl/logs"
 
@@ -68,8 +73,7 @@ DJL: tuple[Entry, ...] = (
 # Directories that exist in the images but that uid 1000 cannot write: never a working
 # directory, never a write target.
 NOT_WRITABLE: tuple[Entry, ...] = (
-    Entry("/opt/tritonserver", "dir",
-          "Triton r26.06+ images: the working directory, root-owned (trtllm-facts.md 3.1)"),
+    Entry("/opt/tritonserver", "dir", _SERVER_BUILD),
     Entry("/opt/djl", "dir", _DJL_DOCKERFILE),
 )
 

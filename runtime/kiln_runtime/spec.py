@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import support
+from . import support, toolchain
 from .errors import BadSpec
 
 __all__ = ["BuildSpec", "Limits", "load_build_spec", "BUILD_SPEC_ENV", "PRECISIONS",
@@ -59,6 +59,12 @@ class BuildSpec:
     # "fp8-rowwise": convert_checkpoint.py --use_fp8_rowwise --load_by_shard (Llama family,
     # models too large to calibrate on one node); "": the precision's usual tool.
     checkpoint_recipe: str = ""
+
+    @property
+    def built_here(self) -> bool:
+        """Built by this image's TensorRT-LLM (1.2.1), not DJL's partition script (0.21),
+        which has its own rules."""
+        return self.toolchain == f"tensorrt-llm=={toolchain.TRTLLM_VERSION}"
 
     @property
     def world_size(self) -> int:
@@ -147,7 +153,7 @@ def parse_build_spec(raw: Any) -> BuildSpec:
     if spec.kv_cache_dtype == "fp8" and spec.arch_number < 89:
         raise BadSpec(f"kvCacheDtype: fp8 needs sm89 or newer; the build targets {spec.gpu_arch}")
     refused = support.refusals(None, spec.precision, spec.kv_cache_dtype, spec.arch_number,
-                               spec.limits.weight_streaming)
+                               spec.limits.weight_streaming) if spec.built_here else []
     if refused:
         raise BadSpec(refused[0])
     if spec.checkpoint_recipe and spec.precision != "fp8":

@@ -87,7 +87,8 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
     kv_heads = int(text.get("num_key_value_heads") or heads)
     layers = int(text.get("num_hidden_layers") or 0)
     refused = support.refusals(architecture, spec.precision, spec.kv_cache_dtype,
-                               spec.arch_number, spec.limits.weight_streaming)
+                               spec.arch_number, spec.limits.weight_streaming) \
+        if spec.built_here else []
     if refused:
         raise BadSpec(refused[0])
     if spec.checkpoint_recipe and (support.CONVERTERS.get(architecture) != "llama"

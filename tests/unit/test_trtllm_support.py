@@ -154,3 +154,12 @@ def test_weight_streaming_is_offered_only_with_non_plugin_weights(precision):
                                load_catalog()["meta-llama/llama-3.1-70b-instruct"],
                                precision=precision, gpus=1, gpu={"type": "L40S"})[0]
     assert not any("weightStreaming: true" in reason for reason in big.reasons)
+
+
+def test_djl_builds_follow_their_own_toolchain_not_1_2_1s_table():
+    name, config = _models()["LlamaForCausalLM"]
+    _, raw = _plan_and_build_spec(name, config, precision="int8-wo", gpus=1,
+                                  gpu={"type": "B200-180GB"})
+    with pytest.raises(BadSpec):
+        parse_build_spec(raw)
+    assert parse_build_spec({**raw, "toolchain": "tensorrt-llm==0.21.0"}).precision == "int8-wo"

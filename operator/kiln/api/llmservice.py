@@ -269,8 +269,10 @@ class NetworkSpec(KilnModel):
     group requests the RDMA device resource, gains the IPC_LOCK capability (NCCL and the
     verbs library pin their buffers) and gets the NCCL settings below. IPC_LOCK takes the
     pods out of Pod Security "restricted" (it allows only NET_BIND_SERVICE): label the
-    namespace "baseline" or grant it by policy. Memlock limits come from the container
-    runtime; IPC_LOCK lets the process exceed them."""
+    namespace "baseline" or grant it by policy. The ranks run as uid 1000, and Kubernetes
+    puts an added capability only in a non-root process's bounding set
+    (kubernetes/kubernetes#56374), so what NCCL can pin is the locked-memory limit the
+    nodes' container runtime gives containers: make it unlimited there."""
 
     rdma_resource: str | None = Field(
         default=None, min_length=1, max_length=253,

@@ -143,6 +143,10 @@ def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: i
     if spec.gpus > spec.gpu.per_node and not spec.network.enabled:
         notes.append("spans nodes without spec.network: NCCL runs over TCP sockets between the "
                      "nodes; set network.rdmaResource for InfiniBand/RoCE/EFA")
+    elif spec.gpus > spec.gpu.per_node:
+        notes.append("RDMA: the ranks run as uid 1000, which does not hold IPC_LOCK "
+                     "(kubernetes/kubernetes#56374); the nodes must give containers an unlimited "
+                     "locked-memory limit for NCCL to register its buffers")
     reasons += refused
     if limits.max_seq_len > model.max_position_embeddings:
         reasons.append(f"engine.maxSeqLen {limits.max_seq_len} exceeds the model's "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln_runtime.image import USER
+
 from ..planner import GPU
 
 __all__ = ["CACHE_MOUNT", "GPU_PRODUCT_LABEL", "restricted_pod_security",
@@ -12,8 +14,9 @@ __all__ = ["CACHE_MOUNT", "GPU_PRODUCT_LABEL", "restricted_pod_security",
 
 CACHE_MOUNT = "/engines"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-# The NGC Triton images ship the unprivileged user triton-server (uid 1000).
-NGC_UID = 1000
+# The NGC Triton images ship the unprivileged user triton-server, uid 1000 (the image-layout
+# manifest names the source).
+NGC_UID = USER[0]
 
 
 def restricted_pod_security() -> dict[str, Any]:

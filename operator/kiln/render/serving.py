@@ -123,6 +123,9 @@ def _djl_container(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[str
         "OPTION_MAX_ROLLING_BATCH_SIZE": str(spec.engine.max_batch_size),
         "OPTION_KV_CACHE_FREE_GPU_MEM_FRACTION": str(spec.engine.kv_cache_free_gpu_mem_fraction),
         "SERVING_PROMETHEUS": "true",
+        # uid 1000 has no home in the DJL image (its user is djl); anything written under
+        # $HOME goes to the /tmp emptyDir.
+        "HOME": "/tmp",
     }
     return {
         "name": "server",
