@@ -17,7 +17,7 @@ from kiln_runtime.image import DJL_LOG_DIR, DJL_PARTITION_SCRIPT
 from . import __version__
 
 __all__ = ["TRTLLM_VERSION", "TRITON_IMAGE", "RUNTIME_IMAGE", "DJL_IMAGE", "DJL_TRTLLM_VERSION",
-           "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "toolchain_for"]
+           "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "EPP_IMAGE", "toolchain_for"]
 
 TRTLLM_VERSION = "1.2.1"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
@@ -26,6 +26,10 @@ RUNTIME_IMAGE = f"ghcr.io/kiln-serving/kiln-runtime:{__version__}-trtllm{TRTLLM_
 DJL_IMAGE = "deepjavalibrary/djl-serving:0.33.0-tensorrt-llm"
 DJL_TRTLLM_VERSION = "0.21.0"
 # DJL_PARTITION_SCRIPT and DJL_LOG_DIR: the image-layout manifest (kiln_runtime.image).
+
+# The Gateway API Inference Extension's endpoint picker, the release whose InferencePool
+# (inference.networking.k8s.io/v1) Kiln renders.
+EPP_IMAGE = "registry.k8s.io/gateway-api-inference-extension/epp:v1.6.0"
 
 
 def toolchain_for(server: str) -> str:

@@ -4,7 +4,7 @@
     kiln-runtime triton-repo --engine-dir D --out R [--templates T]
     kiln-runtime serve
     kiln-runtime djl-properties --spec FILE --out DIR
-    kiln-runtime smoke --url HOST:PORT
+    kiln-runtime smoke --url HOST:PORT | --openai-url URL --model NAME
     kiln-runtime download / set-gpus-per-node / verify / publish   (the build's own steps)
 
 Exit codes: 0 ok, 1 a step failed (the message names it), 2 bad input.
@@ -138,12 +138,15 @@ def cmd_djl_properties(args: argparse.Namespace) -> int:
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    from .smoke import smoke
+    from .smoke import smoke, smoke_openai
 
+    if args.openai_url and not args.model:
+        raise BadSpec("--model: required with --openai-url")
     deadline = time.monotonic() + args.wait
     while True:
         try:
-            text = smoke(args.url, max_tokens=args.max_tokens)
+            text = (smoke_openai(args.openai_url, args.model, max_tokens=args.max_tokens)
+                    if args.openai_url else smoke(args.url, max_tokens=args.max_tokens))
             break
         except RuntimeError as error:
             if time.monotonic() >= deadline:
@@ -211,8 +214,11 @@ def parser() -> argparse.ArgumentParser:
     djl.add_argument("--download", action="store_true", help="fetch the model into the work dir first")
     djl.add_argument("--out", required=True)
     djl.set_defaults(func=cmd_djl_properties)
-    smoke = sub.add_parser("smoke", help="one short generation through Triton (gRPC)")
+    smoke = sub.add_parser("smoke", help="one short generation through Triton (gRPC) or the "
+                                          "OpenAI endpoint")
     smoke.add_argument("--url", default="localhost:8001")
+    smoke.add_argument("--openai-url", help="OpenAI base URL, e.g. http://localhost:9000/v1")
+    smoke.add_argument("--model", help="with --openai-url: the served model name")
     smoke.add_argument("--max-tokens", type=int, default=8)
     smoke.add_argument("--wait", type=float, default=0.0, help="keep trying for this long")
     smoke.set_defaults(func=cmd_smoke)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Entry", "TRITON", "DJL", "MOUNTS", "USER", "EXAMPLES_DIR", "TEMPLATES_DIR", "TRITONSERVER",
-           "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "NOT_WRITABLE", "entry_for", "covered"]
+           "OPENAI_FRONTEND", "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "NOT_WRITABLE", "entry_for", "covered"]
 
 _BACKEND_DOCKERFILE = ("triton-inference-server/tensorrtllm_backend "
                        "dockerfile/Dockerfile.triton.trt_llm_backend @ 0046c234 "
@@ -27,6 +27,10 @@ _LAUNCH_SCRIPT = ("NVIDIA/TensorRT-LLM triton_backend/scripts/launch_triton_serv
 _SERVER_BUILD = ("triton-inference-server/server build.py @ 35dc045f (useradd triton-server, "
                  "asserted uid and gid 1000; WORKDIR /opt/tritonserver, which Docker creates "
                  "root-owned: only the copied files get --chown=1000:1000)")
+_OPENAI_SOURCE = ("triton-inference-server/server build.py create_dockerfile_linux "
+                  "(COPY build/install /opt/tritonserver; WORKDIR /opt/tritonserver; "
+                  "pip3 install -r python/openai/requirements.txt) and python/openai/README.md "
+                  "(cd /opt/tritonserver/python/openai; python3 openai_frontend/main.py)")
 _DJL_DOCKERFILE = ("deepjavalibrary/djl-serving serving/docker/tensorrt-llm.Dockerfile "
                    "@ 01a5de91 (WORKDIR /opt/djl; COPY partition /opt/djl/partition; "
                    "useradd djl; chown -R djl:djl /opt/djl)")
@@ -42,6 +46,8 @@ class Entry:
 EXAMPLES_DIR = "/app/examples"
 TEMPLATES_DIR = "/app/all_models/inflight_batcher_llm"
 TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
+# Triton's OpenAI-compatible frontend (kiln_runtime.openai_frontend).
+OPENAI_FRONTEND = "/opt/tritonserver/python/openai/openai_frontend/main.py"
 DJL_PARTITION_SCRIPT = "/opt/djl/partition/trt_llm_partition.py"
 # The pods' runAsUser: the Triton image's triton-server user.
 USER = (1000, _SERVER_BUILD)
@@ -57,6 +63,7 @@ TRITON: tuple[Entry, ...] = (
     Entry(f"{TEMPLATES_DIR}/tensorrt_llm/config.pbtxt", "file", _BACKEND_DOCKERFILE),
     Entry(TEMPLATES_DIR, "dir", _BACKEND_DOCKERFILE),
     Entry(TRITONSERVER, "file", _LAUNCH_SCRIPT),
+    Entry(OPENAI_FRONTEND, "file", _OPENAI_SOURCE),
     Entry("trtllm-build", "command",
           "NVIDIA/TensorRT-LLM setup.py console script tensorrt_llm.commands.build:main"),
     Entry("mpirun", "command", _LAUNCH_SCRIPT),

@@ -1,12 +1,16 @@
 """``kiln-runtime serve``: write the model repository, start tritonserver, watch its log.
 
-One node: a single tritonserver for TP×PP = 1, else ``mpirun`` with one rank per GPU as
+One node: a single server for TP×PP = 1, else ``mpirun`` with one rank per GPU as
 ``launch_triton_server.py`` does (TensorRT-LLM 1.2.1): rank 0 serves HTTP/gRPC/metrics,
 the other ranks load only ``tensorrt_llm`` in explicit mode with their endpoints off (in
 leader mode they never return from model init). SIGTERM/SIGINT are forwarded to the child
 and its exit code becomes ours. The startup log is scanned for the KV-cache capacity the
 engine really allocated; it is logged as one JSON line and written to a file the operator
 and the metrics sidecar can read.
+
+With a served model name, rank 0 is Triton's OpenAI-compatible frontend (Triton in process,
+its KServe HTTP/gRPC endpoints kept; see :mod:`kiln_runtime.openai_frontend`) instead of the
+tritonserver binary, and its metrics page is relayed to the metrics port.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from . import cache, toolchain
 from .errors import BadSpec
 from .group import Group
 from .kvlog import KVLogParser
+from .openai_frontend import SERVED_MODEL_NAME_PATTERN, MetricsRelay, frontend_argv
 from .triton_repo import RepoSettings, write_model_repo
 
 __all__ = ["ServeSpec", "parse_serve_spec", "server_argv", "run_server", "SERVE_SPEC_ENV",
@@ -43,6 +48,11 @@ class ServeSpec:
     ports: dict[str, int]
     gpu_weights_percent: float = 1.0
     gpus_per_node: int = 0  # MPI slots per pod in a multi-node group (0: one node)
+    served_model_name: str | None = None  # set: rank 0 runs the OpenAI frontend
+
+    @property
+    def openai(self) -> bool:
+        return self.served_model_name is not None
 
     @property
     def world_size(self) -> int:
@@ -64,15 +74,26 @@ def parse_serve_spec(text: str | None) -> ServeSpec:
                                                              "metrics": 8002}).items()},
             gpu_weights_percent=float(raw.get("gpuWeightsPercent", 1.0)),
             gpus_per_node=int(raw.get("gpusPerNode", 0)),
+            served_model_name=raw.get("servedModelName"),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise BadSpec(f"{SERVE_SPEC_ENV}: {type(error).__name__}: {error}") from None
     if not 0 < spec.kv_cache_free_gpu_mem_fraction < 1:
         raise BadSpec("kvCacheFreeGpuMemFraction: must be between 0 and 1 (exclusive)")
+    if spec.served_model_name is not None:
+        # It becomes a directory of the model repository.
+        if not isinstance(spec.served_model_name, str) or not SERVED_MODEL_NAME_PATTERN.match(
+                spec.served_model_name):
+            raise BadSpec(f"servedModelName: {spec.served_model_name!r} must match "
+                          f"{SERVED_MODEL_NAME_PATTERN.pattern}")
+        if "openai" not in spec.ports:
+            raise BadSpec("ports: servedModelName needs an openai port")
     return spec
 
 
 def _rank_argv(spec: ServeSpec, repo: Path, rank: int) -> list[str]:
+    if rank == 0 and spec.openai:
+        return frontend_argv(toolchain.python(), repo, spec.engine_root / "tokenizer", spec.ports)
     argv = [toolchain.tritonserver(), f"--model-repository={repo}",
             "--disable-auto-complete-config",
             f"--backend-config=python,shm-region-prefix-name=prefix{rank}_",
@@ -117,7 +138,8 @@ def prepare(spec: ServeSpec, repo: Path, templates: Path) -> None:
     write_model_repo(templates, repo, RepoSettings(
         engine_dir=engine_dir, tokenizer_dir=spec.engine_root / "tokenizer",
         kv_cache_free_gpu_mem_fraction=spec.kv_cache_free_gpu_mem_fraction,
-        decoupled=spec.decoupled, gpu_weights_percent=spec.gpu_weights_percent))
+        decoupled=spec.decoupled, gpu_weights_percent=spec.gpu_weights_percent,
+        served_model_name=spec.served_model_name))
 
 
 def _tokens_per_block(spec: ServeSpec) -> int | None:
@@ -134,6 +156,9 @@ def run_server(spec: ServeSpec, repo: Path, capacity_file: Path | None = None,
     capacity_file = capacity_file or Path(os.environ.get("KILN_KV_CAPACITY_FILE", KV_CAPACITY_FILE))
     argv = server_argv(spec, repo, group)
     print(f"starting: {' '.join(argv)}", file=sys.stderr, flush=True)
+    relay = (MetricsRelay(spec.ports["metrics"],
+                          f"http://127.0.0.1:{spec.ports['openai']}/metrics").start()
+             if spec.openai and "metrics" in spec.ports else None)
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1)
 
@@ -155,5 +180,7 @@ def run_server(spec: ServeSpec, repo: Path, capacity_file: Path | None = None,
         return process.wait()
     finally:
         process.stdout.close()
+        if relay is not None:
+            relay.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

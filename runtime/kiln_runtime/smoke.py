@@ -1,4 +1,5 @@
-"""``kiln-runtime smoke``: one short generation through Triton, with tritonclient.
+"""``kiln-runtime smoke``: one short generation through Triton, with tritonclient, or through
+the OpenAI-compatible endpoint (``--openai-url``, the serving pods' startup probe).
 
 Used as the serving container's startup gate (a replica is Ready only when it can
 generate), and by hand: ``kiln-runtime smoke --url localhost:8001``. It talks to the
@@ -11,7 +12,7 @@ from __future__ import annotations
 import queue
 from typing import Any
 
-__all__ = ["smoke", "build_inputs"]
+__all__ = ["smoke", "smoke_openai", "build_inputs"]
 
 
 def build_inputs(grpcclient: Any, prompt: str, max_tokens: int) -> list[Any]:
@@ -64,3 +65,41 @@ def smoke(url: str, prompt: str = "The capital of France is", max_tokens: int = 
     finally:
         client.stop_stream()
         client.close()
+
+
+def smoke_openai(base_url: str, model: str, prompt: str = "The capital of France is",
+                 max_tokens: int = 8, timeout: float = 60.0) -> str:
+    """One streamed ``/v1/completions`` request through the OpenAI endpoint; return the text.
+
+    A completion rather than a chat: it needs no chat template, so it gates base models too.
+    Raises RuntimeError when nothing comes back.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens,
+                       "stream": True}).encode()
+    request = urllib.request.Request(f"{base_url.rstrip('/')}/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    pieces: list[str] = []
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            for raw in response:  # server-sent events: "data: {...}" lines, then "data: [DONE]"
+                line = raw.decode(errors="replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[len("data:"):].strip()
+                if data == "[DONE]":
+                    break
+                for choice in json.loads(data).get("choices") or []:
+                    pieces.append(choice.get("text") or "")
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{model} at {base_url}: HTTP {error.code} "
+                           f"{error.read().decode(errors='replace')[:200]}") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise RuntimeError(f"{model} at {base_url}: {error}") from None
+    text = "".join(pieces)
+    if not text.strip():
+        raise RuntimeError(f"{model} at {base_url} returned no tokens")
+    return text

@@ -11,6 +11,7 @@ remain unfilled: Triton cannot parse a ``config.pbtxt`` with a structural placeh
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ class RepoSettings:
     batch_scheduler_policy: str = "guaranteed_no_evict"
     max_queue_delay_microseconds: int = 0
     gpu_weights_percent: float = 1.0  # < 1 only for engines built with --weight_streaming
+    # The OpenAI frontend serves every model under its Triton name: the BLS model (text in,
+    # text out, streaming) goes under this name so that it is the API's model.
+    served_model_name: str | None = None
 
 
 def _bool(value: bool) -> str:
@@ -141,12 +145,16 @@ def write_model_repo(templates: Path, out: Path, settings: RepoSettings) -> list
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for model in MODELS:
-        target = out / model
+        name = (settings.served_model_name
+                if model == "tensorrt_llm_bls" and settings.served_model_name else model)
+        target = out / name
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(templates / model, target)
         config = target / "config.pbtxt"
         text = Template(config.read_text()).safe_substitute(values[model])
+        if name != model:  # Triton requires the config's name to be the directory's
+            text = re.sub(rf'^name:\s*"{model}"', f'name: "{name}"', text, count=1, flags=re.M)
         if "${" in text:
             left = sorted({part.split("}", 1)[0] for part in text.split("${")[1:]})
             raise StepFailed("triton-repo", f"{model}/config.pbtxt still has placeholders: "

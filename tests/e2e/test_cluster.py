@@ -151,3 +151,8 @@ def test_ready_and_serving_on_gpus(k8s, namespace, operator):
         "mistral-7b-server:8000", namespace, "v2/health/ready")
     assert response is not None
     assert svc["status"]["readyReplicas"] >= 1
+    # The OpenAI-compatible API at the URL status reports, serving the service's name.
+    assert svc["status"]["endpoints"]["openai"] == f"http://mistral-7b-server.{namespace}.svc:9000/v1"
+    models = core.connect_get_namespaced_service_proxy_with_path(
+        "mistral-7b-server:9000", namespace, "v1/models")
+    assert "mistral-7b" in str(models)

@@ -206,6 +206,8 @@ INVALID = {
     "unknown-field": ({"replica": 2}, "spec.replica: unknown field"),
     "negative-gpus": ({"gpus": -1}, "spec.gpus"),
     "missing-source": ({"model": None}, "spec.model: required"),
+    "scale-from-zero": ({"autoscaling": {"mode": "builtin", "minReplicas": 0, "maxReplicas": 2}},
+                        "spec.autoscaling.minReplicas: 0 would never wake in mode builtin"),
 }
 
 

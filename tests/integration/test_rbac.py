@@ -28,20 +28,24 @@ from ..conftest import ROOT
 NS = "llm"
 LLAMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
 OWNED = ("deployments", "services", "scaledobjects", "horizontalpodautoscalers", "leaderworkersets",
-         "serviceaccounts", "roles", "rolebindings", "networkpolicies")
+         "serviceaccounts", "roles", "rolebindings", "networkpolicies", "configmaps", "inferencepools",
+         "httproutes")
 MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
+GATEWAY = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8-gateway.yaml").read_text())
 
 
 def chart_rules() -> list[dict]:
     """The rules that apply in the scenario's namespace: the cluster-wide ClusterRole's, and
-    the multi-node Role's there (the scenario runs a multi-node service)."""
+    the multi-node and gateway Roles' there (the scenario runs a service of each)."""
     manifests = helm.Chart.load(ROOT / "charts" / "kiln").render(
-        {"multiNode": {"namespaces": [NS]}}, name="kiln", namespace="kiln-system")
+        {"multiNode": {"namespaces": [NS]}, "gateway": {"namespaces": [NS]}}, name="kiln",
+        namespace="kiln-system")
     objects = [d for path, text in manifests.items() if path.endswith(".yaml")
                for d in yaml.safe_load_all(text) if d]
     [role] = [o for o in objects if o["kind"] == "ClusterRole"]
-    [multi_node] = [o for o in objects if o["kind"] == "Role" and o["metadata"]["namespace"] == NS]
-    return role["rules"] + multi_node["rules"]
+    scoped = [o for o in objects if o["kind"] == "Role" and o["metadata"]["namespace"] == NS]
+    assert len(scoped) == 2
+    return role["rules"] + [rule for o in scoped for rule in o["rules"]]
 
 
 def chart_grants() -> set[tuple[str, str, str]]:
@@ -85,6 +89,8 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
         multi_node["spec"]["networkPolicy"] = {"enabled": True, "metricsNamespaces": ["monitoring"]}
         await sb.create(multi_node)
         names["multi-node"] = MULTI_NODE["metadata"]["name"]
+        await sb.create(copy.deepcopy(GATEWAY))
+        names["gateway"] = GATEWAY["metadata"]["name"]
 
         def all_ready():
             return all((s := sb.get("llmservices", n, NS)) and is_true(
@@ -122,7 +128,11 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
     # than it has): the rules of the Roles it created.
     delegated = {(group, resource, verb) for role in sb.objects("roles") for rule in role["rules"]
                  for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
-    assert delegated == {("", "pods", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get")}
+    assert delegated == {("", "pods", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get"),
+                         ("", "pods", "list"), ("", "pods", "watch"),
+                         ("inference.networking.k8s.io", "inferencepools", "get"),
+                         ("inference.networking.k8s.io", "inferencepools", "list"),
+                         ("inference.networking.k8s.io", "inferencepools", "watch")}
     granted = chart_grants()
     assert (used | delegated) - granted == set(), "the operator needs rights the chart does not grant"
     assert granted - (used | delegated) == set(), "the chart grants rights the operator never uses"

@@ -51,3 +51,17 @@ def test_invalid_specs_name_the_field(spec, field):
         parse_service_spec(spec)
     assert error.value.message.startswith(field)
     assert "\n" not in error.value.message
+
+
+@pytest.mark.parametrize("mode", ["builtin", "keda", "hpa"])
+def test_scale_to_zero_is_refused_where_nothing_wakes_it(mode):
+    with pytest.raises(SpecInvalid) as error:
+        parse_service_spec({"model": {"source": "hf://a/b"},
+                            "autoscaling": {"mode": mode, "minReplicas": 0, "maxReplicas": 2}})
+    message = error.value.message
+    assert message.startswith("spec.autoscaling") and "minReplicas: 0" in message
+    assert f"mode {mode}" in message and "mode: none with spec.replicas: 0" in message
+    assert "\n" not in message
+    # A service parked at zero on purpose stays accepted.
+    parse_service_spec({"model": {"source": "hf://a/b"}, "replicas": 0,
+                        "autoscaling": {"mode": "none", "minReplicas": 0}})

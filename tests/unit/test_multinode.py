@@ -56,7 +56,7 @@ def test_a_16_gpu_service_on_8_gpu_nodes_is_a_leader_worker_set_of_size_2():
     assert leader["spec"]["automountServiceAccountToken"] is True
     assert worker["spec"]["automountServiceAccountToken"] is False
     assert worker["spec"]["serviceAccountName"] == "llama-405b-server"
-    assert {p["name"] for p in leader["spec"]["containers"][0]["ports"]} == {"http", "grpc", "metrics"}
+    assert {p["name"] for p in leader["spec"]["containers"][0]["ports"]} == {"http", "grpc", "metrics", "openai"}
     assert "ports" not in worker["spec"]["containers"][0], "only rank 0 serves"
     # The Service (and the chart's PodMonitor, and the operator's scrape) select leaders only.
     selector = rendered.service["spec"]["selector"]

@@ -115,14 +115,14 @@ def test_network_policy_admits_the_namespace_the_named_clients_and_the_operator(
     assert inference["from"] == [
         {"podSelector": {}},
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]
-    assert [p["port"] for p in inference["ports"]] == ["http", "grpc"]
+    assert [p["port"] for p in inference["ports"]] == ["http", "grpc", "openai"]
     assert metrics["from"] == [
         {"namespaceSelector": {}, "podSelector": {"matchLabels": {"kiln.dev/operator": "true"}}},
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     assert [p["port"] for p in metrics["ports"]] == ["metrics"]
     # The ports it names are the serving container's.
     container = _rendered().workload["spec"]["template"]["spec"]["containers"][0]
-    assert {"http", "grpc", "metrics"} <= {p["name"] for p in container["ports"]}
+    assert {"http", "grpc", "metrics", "openai"} <= {p["name"] for p in container["ports"]}
 
 
 def test_network_policy_lets_a_multi_node_replicas_ranks_reach_each_other():

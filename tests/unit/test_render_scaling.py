@@ -33,9 +33,9 @@ def test_keda_scaled_object_validates_and_targets_the_scale_subresource():
 
 
 def test_hpa_validates_strict():
-    obj = _render("hpa", minReplicas=0, targetKVCacheUtilization=0.8).scaler
+    obj = _render("hpa", minReplicas=2, targetKVCacheUtilization=0.8).scaler
     kubernetes_validate.validate(obj, "1.33", strict=True)
-    assert obj["spec"]["minReplicas"] == 1
+    assert obj["spec"]["minReplicas"] == 2
     assert obj["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "800m"
 
 

@@ -103,6 +103,30 @@ operator create a Role only with rights it holds itself. The operator never exec
   verbs: [create, get]
 {{- end -}}
 
+{{/*
+Services with spec.gateway only, in gateway.namespaces only: the operator applies the route,
+the InferencePool and the endpoint picker's ConfigMap, and gives the picker a Role that reads
+its pool's pods and the pool, which Kubernetes lets it create only with rights it holds
+itself (get and watch on pods, list and watch on InferencePools are held for that alone).
+*/}}
+{{- define "kiln.gatewayRules" -}}
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, watch]
+{{- end -}}
+
 {{/* Cluster-scoped: engines are shared across namespaces (and collected when no service
 references them); kopf discovers CRDs. */}}
 {{- define "kiln.clusterRules" -}}

@@ -56,6 +56,12 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
                        "max(replicas, autoscaling.maxReplicas) x (gpus / gpu.perNode - 1)",
             "fieldPath": ".replicas",
         },
+        {
+            "rule": "!(has(self.gateway) && has(self.runtime) && has(self.runtime.server)"
+                    " && self.runtime.server == 'djl')",
+            "message": "gateway needs runtime.server: triton (the OpenAI-compatible frontend)",
+            "fieldPath": ".gateway",
+        },
     ],
     "gpu": [
         {"rule": "!self.resourceName.contains('kubernetes.io/')"
@@ -85,6 +91,10 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
          "message": f"scaleDownStabilizationSeconds must be at most {MAX_WINDOW_SECONDS} with keda "
                     "and hpa (an HorizontalPodAutoscaler's limit)",
          "fieldPath": ".scaleDownStabilizationSeconds"},
+        {"rule": "!has(self.mode) || self.mode == 'none' || self.minReplicas >= 1",
+         "message": "minReplicas: 0 never wakes in modes builtin, keda and hpa (no pod, no "
+                    "metric); use minReplicas >= 1, or mode none with spec.replicas: 0 to park "
+                    "the service", "fieldPath": ".minReplicas"},
     ],
     "engine": [
         {"rule": "self.maxInputLen < self.maxSeqLen",
@@ -239,6 +249,7 @@ def crds() -> list[dict[str, Any]]:
             {"name": "TPxPP", "type": "string", "jsonPath": ".status.tpPp"},
             {"name": "KV-Util", "type": "string", "jsonPath": ".status.kvCacheUtilization",
              "priority": 0},
+            {"name": "URL", "type": "string", "jsonPath": ".status.endpoints.openai"},
             age,
         ],
         {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",

@@ -27,10 +27,13 @@ __all__ = [
     "AutoscalingSpec",
     "NetworkPolicySpec",
     "NetworkSpec",
+    "GatewaySpec",
+    "SERVED_MODEL_NAME_PATTERN",
     "LLMServiceSpec",
     "Condition",
     "PlanStatus",
     "EngineRef",
+    "EndpointsStatus",
     "LLMServiceStatus",
     "Auto",
 ]
@@ -42,6 +45,8 @@ MODEL_SOURCE_PATTERN = (
     r"|pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(/[A-Za-z0-9._-]+)*/?)$"
 )
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+# The OpenAI API's model id, which is also a Triton model directory: no "/", no spaces.
+SERVED_MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 Auto = Literal["auto"]
 ParallelDegree = Annotated[int, Field(ge=1, le=64)] | Auto
@@ -222,6 +227,8 @@ class AutoscalingSpec(KilnModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas == 0 and self.mode != AutoscalingMode.NONE:
+            raise ValueError(SCALE_FROM_ZERO_REFUSED.format(mode=str(self.mode)))
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"minReplicas: {self.min_replicas} must not exceed maxReplicas={self.max_replicas}")
@@ -232,6 +239,14 @@ class AutoscalingSpec(KilnModel):
                 f"longest window an HorizontalPodAutoscaler accepts (mode {self.mode})")
         return self
 
+
+# Every mode scales on the serving pods' own metrics: with no pod left there is no metric, and
+# no component holds a request while a replica starts, so nothing would ever scale back up.
+SCALE_FROM_ZERO_REFUSED = (
+    "minReplicas: 0 would never wake in mode {mode}: the autoscaler reads the serving pods' "
+    "KV-cache metrics, and with no pod left nothing holds a request or measures demand while "
+    "a replica starts. Use minReplicas >= 1; to park a service at zero on purpose, use "
+    "autoscaling.mode: none with spec.replicas: 0 (it serves again when replicas is raised)")
 
 NamespaceName = Annotated[str, Field(min_length=1, max_length=63,
                                      pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
@@ -291,6 +306,20 @@ class NetworkSpec(KilnModel):
         return self.rdma_resource is not None
 
 
+class GatewaySpec(KilnModel):
+    """Expose the OpenAI-compatible API through a Gateway the platform runs: an HTTPRoute
+    attached to it sends requests for this service's model (the X-Gateway-Model-Name header
+    the Inference Extension's body-based router sets from the request's "model") to an
+    InferencePool of the serving pods, whose endpoint picker sends each request to the
+    replica with the most free KV cache, the shortest queue and the longest cached prefix."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                      description="Name of the Gateway.")
+    namespace: NamespaceName | None = Field(
+        default=None, description="Namespace of the Gateway; default: the service's. Its "
+                                  "listener must allow routes from this namespace.")
+
+
 class LLMServiceSpec(KilnModel):
     """Serve this model, at this precision, on this many GPUs."""
 
@@ -308,6 +337,14 @@ class LLMServiceSpec(KilnModel):
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
+    served_model_name: str | None = Field(
+        default=None, pattern=SERVED_MODEL_NAME_PATTERN,
+        description="The model name clients send to the OpenAI-compatible endpoint (the "
+                    "\"model\" field of /v1/chat/completions); default: the LLMService's name. "
+                    "Letters, digits, '.', '_' and '-', at most 63 characters, no '/'.")
+    gateway: GatewaySpec | None = Field(
+        default=None, description="Route the OpenAI-compatible API through this Gateway "
+                                  "(HTTPRoute, InferencePool and its endpoint picker).")
 
     @model_validator(mode="after")
     def _layout(self) -> LLMServiceSpec:
@@ -322,6 +359,9 @@ class LLMServiceSpec(KilnModel):
             raise ValueError(
                 f"gpus: {self.gpus} spans nodes, so it must be a multiple of gpu.perNode="
                 f"{self.gpu.per_node}")
+        if self.gateway is not None and self.runtime.server == ServerKind.DJL:
+            raise ValueError("gateway: needs runtime.server: triton (the OpenAI-compatible "
+                             "frontend); DJL Serving does not serve /v1/chat/completions")
         if self.gpus > self.gpu.per_node and self.runtime.server == ServerKind.DJL:
             raise ValueError(
                 f"runtime.server: djl serves one node per replica; gpus: {self.gpus} spans nodes "
@@ -388,6 +428,13 @@ class AutoscalingStatus(KilnModel):
     last_scale_time: str | None = None
 
 
+class EndpointsStatus(KilnModel):
+    """Where clients inside the cluster reach the service."""
+
+    openai: str | None = Field(
+        default=None, description="Base URL of the OpenAI-compatible API (ends in /v1).")
+
+
 class LLMServiceStatus(KilnModel):
     """Observed state, kstatus style."""
 
@@ -397,6 +444,7 @@ class LLMServiceStatus(KilnModel):
     ready_replicas: int | None = None
     selector: str | None = None
     endpoint: str | None = None
+    endpoints: EndpointsStatus | None = None
     plan: PlanStatus | None = None
     engine: EngineRef | None = None
     tp_pp: str | None = Field(default=None, alias="tpPp", description="TPxPP, for printing.")

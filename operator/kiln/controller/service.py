@@ -19,7 +19,9 @@ from ..api import API_VERSION, AutoscalingMode, ConditionType, Reason
 from ..api.validation import check_service_name, parse_service_spec
 from ..errors import KilnError, NotReadyYet, SpecInvalid
 from ..planner import lookup_gpu, plan, unknown_gpu_message
-from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node, render
+from ..render import (SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node,
+                      openai_endpoint, render)
+from ..render.gateway import HTTP_ROUTE_API, INFERENCE_POOL_API
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
@@ -164,6 +166,25 @@ async def _apply_if_changed(api: KubeApi, desired: dict[str, Any],
     if live is not None and live["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION) == wanted:
         return live
     return await api.apply(desired)
+
+
+GATEWAY_INSTALL = ("the Gateway API CRDs (kubectl apply --server-side -f https://github.com/"
+                   "kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml) "
+                   "and the Inference Extension's (kubectl apply --server-side -f https://github.com/"
+                   "kubernetes-sigs/gateway-api-inference-extension/releases/download/v1.6.0/"
+                   "manifests.yaml)")
+
+
+async def _require_gateway_apis(api: KubeApi, spec_has_gateway: bool) -> None:
+    """spec.gateway needs the Gateway API and Inference Extension CRDs: Stalled, with the
+    install commands, until the cluster serves them (checked again at every reconcile)."""
+    if not spec_has_gateway:
+        return
+    for api_version, kind in ((INFERENCE_POOL_API, "InferencePool"), (HTTP_ROUTE_API, "HTTPRoute")):
+        if not await api.serves(api_version, kind):
+            raise SpecInvalid(
+                f"spec.gateway: the cluster does not serve {kind} ({api_version}); install "
+                f"{GATEWAY_INSTALL}, or remove spec.gateway", reason=Reason.MISSING_DEPENDENCY.value)
 
 
 # Lines of a failed build's output shown in its condition message and Event.
@@ -365,6 +386,8 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
                                        f"{rendered.engine['spec']['key']}",
                          "buildJob": rendered.build_job["metadata"]["name"]}
     st.data["endpoint"] = endpoint(ref.name, ref.namespace)
+    openai_url = openai_endpoint(spec, ref.name, ref.namespace)
+    st.data["endpoints"] = {"openai": openai_url} if openai_url else None
     st.data["selector"] = selector_string(ref.name, "server")
 
     workload = rendered.workload
@@ -374,14 +397,18 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
             f"the LeaderWorkerSet API ({workload['apiVersion']}); it is not installed in this "
             f"cluster. Install it with `kubectl apply --server-side -f {LWS_MANIFESTS}`, or use "
             f"gpus <= gpu.perNode={spec.gpu.per_node}", reason=Reason.MISSING_DEPENDENCY.value)
+    await _require_gateway_apis(api, spec.gateway is not None)
     # Every child the service writes is its own or absent, before any GPU time is spent.
     owner = f"{ref.namespace}/{ref.name}"
     children = [*rendered.access, workload, rendered.service,
-                *(extra for extra in (rendered.network_policy, rendered.scaler) if extra is not None)]
-    try:
-        lives = [await live_child(api, child) for child in children]
-    except ApiException as error:
-        raise _forbidden(error, ref.namespace) from None
+                *(extra for extra in (rendered.network_policy, rendered.scaler) if extra is not None),
+                *rendered.gateway]
+    lives = []
+    for child in children:
+        try:
+            lives.append(await live_child(api, child))
+        except ApiException as error:
+            raise _forbidden(error, ref.namespace, child in rendered.gateway) from None
     for child, found in zip(children, lives):
         check_controlled(found, child, ref.uid, owner)
     live = lives[children.index(workload)]
@@ -403,7 +430,7 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         try:
             applied = await _apply_if_changed(api, child, found)
         except ApiException as error:
-            raise _forbidden(error, ref.namespace) from None
+            raise _forbidden(error, ref.namespace, child in rendered.gateway) from None
         if child is workload:
             live = applied
     ready_replicas = _replica_status(st, live)
@@ -425,9 +452,16 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     raise NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
 
 
-def _forbidden(error: ApiException, namespace: str) -> Exception:
-    """A 403 on the multi-node leader's Role is the platform team's choice, not an outage:
-    the chart grants Role writes (and the exec they delegate) only in multiNode.namespaces."""
+def _forbidden(error: ApiException, namespace: str, gateway: bool = False) -> Exception:
+    """A 403 on the multi-node leader's Role, or on a gateway's objects, is the platform
+    team's choice, not an outage: the chart grants those writes only in multiNode.namespaces
+    and gateway.namespaces."""
+    if error.status == 403 and gateway:
+        return SpecInvalid(
+            f"spec.gateway: the operator may not write the gateway's objects (HTTPRoute, "
+            f"InferencePool, the endpoint picker's Role) in namespace {namespace}; ask the "
+            "platform team to add it to the chart's gateway.namespaces, or remove spec.gateway",
+            reason=Reason.MISSING_DEPENDENCY.value)
     if error.status == 403 and "role" in str(error.reason).lower():
         return SpecInvalid(
             f"spec.gpus: a multi-node service needs a Role for its leader, and the operator may "

@@ -58,6 +58,9 @@ RESOURCES: list[tuple[str, str, bool, list[str]]] = [
     ("rbac.authorization.k8s.io/v1/roles", "Role", True, []),
     ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", True, []),
     ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, []),
+    ("v1/configmaps", "ConfigMap", True, []),
+    ("inference.networking.k8s.io/v1/inferencepools", "InferencePool", True, ["status"]),
+    ("gateway.networking.k8s.io/v1/httproutes", "HTTPRoute", True, ["status"]),
     ("serving.kiln.dev/v1alpha1/llmservices", "LLMService", True, ["status", "scale"]),
     ("serving.kiln.dev/v1alpha1/llmengines", "LLMEngine", False, ["status"]),
 ]

@@ -4,7 +4,8 @@ It finishes build Jobs after a delay (as if ``kiln-runtime build`` ran), marks D
 replicas ready and creates their Pods (as if Triton loaded the engine and passed its
 probes), and serves each Pod's Triton ``/metrics`` page over real HTTP on 127.0.0.1, in
 Triton's format, with a KV capacity near the planner's prediction and either a steady load
-or a recorded trace's (:mod:`kiln.demo.replay`). It writes through the emulator's API, like
+or a recorded trace's (:mod:`kiln.demo.replay`), and on the same port a simulated
+OpenAI-compatible API for the served model (:mod:`kiln.demo.openai_sim`). It writes through the emulator's API, like
 the real components, so the operator sees only ordinary watch events and scrapes metrics as
 it would in a cluster. Nothing here runs a model.
 """
@@ -24,7 +25,8 @@ from kmock import resource
 
 from ..autoscale.metrics import INPUT_TOKENS_METRIC, KV_METRIC, REQUEST_METRIC
 from ..controller.kube import KubeApi
-from ..render.meta import LABEL_ENGINE, LABEL_INSTANCE
+from ..render.meta import LABEL_COMPONENT, LABEL_ENGINE, LABEL_INSTANCE
+from .openai_sim import add_openai_routes
 from .replay import PodLoad, TraceReplay
 
 __all__ = ["SimulatedCluster", "GPU_NODES"]
@@ -32,6 +34,19 @@ __all__ = ["SimulatedCluster", "GPU_NODES"]
 GPU_NODES = [
     {"name": f"gpu-node-{i}", "product": "NVIDIA-H100-80GB-HBM3", "gpus": 8} for i in range(4)
 ]
+
+
+def _served_model(template: dict[str, Any]) -> str | None:
+    """The served model name the pod's ``kiln-runtime serve`` would give the OpenAI frontend."""
+    for container in template.get("spec", {}).get("containers", []):
+        for env in container.get("env", []):
+            if env.get("name") == "KILN_SERVE_SPEC":
+                try:
+                    name = json.loads(env.get("value") or "{}").get("servedModelName")
+                except ValueError:
+                    return None
+                return name if isinstance(name, str) else None
+    return None
 
 
 def _now() -> str:
@@ -113,7 +128,10 @@ class SimulatedCluster:
             # (they leave the Service's endpoints and the operator's scrapes when deleted).
             if now - started < self.start_seconds and want >= len(self._running(meta)):
                 continue
-            await self._sync_pods(workload, template, want)
+            # Only serving pods are simulated as Triton; other Deployments (a gateway's endpoint
+            # picker) are just marked ready.
+            if template["metadata"].get("labels", {}).get(LABEL_COMPONENT, "server") == "server":
+                await self._sync_pods(workload, template, want)
             await self.api.patch_status(workload, target)
             self.on_event(f"{kind}/{meta['name']} {want} replica(s) ready (simulated pods)")
 
@@ -168,16 +186,21 @@ class SimulatedCluster:
             if key not in self._triton:
                 predicted = self._predicted_tokens(namespace, instance)
                 triton = SimulatedTriton(instance, predicted, lambda i=instance: self._per_pod_load(i),
-                                         lambda i=instance: i in self.metrics_outage)
+                                         lambda i=instance: i in self.metrics_outage,
+                                         served_model=_served_model(template))
                 await triton.start()
                 self._triton[key] = triton
                 self._pods[instance] = self._pods.get(instance, 0) + 1
-            port = self._triton[key].port
+            triton = self._triton[key]
+            # One simulated server answers both, as the real frontend's port serves /metrics too.
+            ports = [{"name": "metrics", "containerPort": triton.port}]
+            if triton.served_model:
+                ports.append({"name": "openai", "containerPort": triton.port})
             pod = {"apiVersion": "v1", "kind": "Pod",
                    "metadata": {"name": name, "namespace": namespace,
                                 "labels": dict(template["metadata"]["labels"])},
                    "spec": {"containers": [{"name": "server", "image": "simulated",
-                                            "ports": [{"name": "metrics", "containerPort": port}]}]}}
+                                            "ports": ports}]}}
             await self.api.apply(pod)
             await self.api.patch_status(pod, {
                 "phase": "Running", "podIP": "127.0.0.1",
@@ -217,7 +240,9 @@ class SimulatedTriton:
     INPUT_TOKENS_PER_S_AT_FULL_LOAD = 2000.0
 
     def __init__(self, instance: str, predicted_tokens: int, load: Callable[[], PodLoad],
-                 outage: Callable[[], bool] = lambda: False) -> None:
+                 outage: Callable[[], bool] = lambda: False,
+                 served_model: str | None = None) -> None:
+        self.served_model = served_model
         # The engine allocates within a few percent of the prediction (deterministic per size).
         skew = int(hashlib.sha256(str(predicted_tokens).encode()).hexdigest(), 16) % 9 - 4
         self.max_blocks = max(1, round(predicted_tokens * (1 + skew / 100) / self.TOKENS_PER_BLOCK))
@@ -261,6 +286,8 @@ class SimulatedTriton:
 
         app = aiohttp.web.Application()
         app.router.add_get("/metrics", metrics)
+        if self.served_model:
+            add_openai_routes(app, self.served_model)
         self._runner = aiohttp.web.AppRunner(app)
         await self._runner.setup()
         site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -22,6 +22,7 @@ from ..planner.perf import PerfModel
 from ..render.serving import workload_ref
 from ..sim.traces import load_trace
 from .kubelet import GPU_NODES
+from .openai_act import openai_act
 from .replay import TraceReplay
 from .sandbox import Sandbox
 
@@ -131,7 +132,8 @@ async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90
         engines = sandbox.objects("llmengines")
         say(f"\n{len(engines)} engines built (simulated) into the content-addressed cache; "
             f"every service {'is' if all_ready else 'is NOT'} Ready.")
-        scaled = all_ready and await replay_act(sandbox, replay, examples, services, say)
+        answered = all_ready and await openai_act(sandbox.api, sandbox.objects("llmservices"), say)
+        scaled = answered and await replay_act(sandbox, replay, examples, services, say)
         await sandbox.stop_operator()
         await sandbox.stop_kubelet()
     return 0 if all_ready and scaled else 1

@@ -13,14 +13,15 @@ from ..api import LLMServiceSpec
 from ..planner import GPU, Plan
 from .checks import check_objects
 from .engine import Engine, build_job, engine_for, engine_key, llm_engine
+from .gateway import gateway_objects
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
 from .scaling import scaler
-from .serving import (endpoint, multi_node, network_policy, server_name, service,
-                      service_accounts, workload, workload_ref)
+from .serving import (endpoint, multi_node, network_policy, openai_endpoint, served_model_name,
+                      server_name, service, service_accounts, workload, workload_ref)
 
 __all__ = ["ServiceRef", "Rendered", "render", "Engine", "engine_for", "engine_key",
            "FIELD_MANAGER", "SPEC_HASH_ANNOTATION", "endpoint", "server_name", "selector",
-           "labels", "multi_node", "workload_ref"]
+           "labels", "multi_node", "workload_ref", "openai_endpoint", "served_model_name"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,14 @@ class Rendered:
     # RoleBinding. Applied before the workload.
     access: tuple[dict[str, Any], ...] = ()
     network_policy: dict[str, Any] | None = None  # spec.networkPolicy.enabled
+    # spec.gateway: the endpoint picker (ServiceAccount, Role, RoleBinding, ConfigMap,
+    # Deployment, Service), the InferencePool and the HTTPRoute. Applied after the Service.
+    gateway: tuple[dict[str, Any], ...] = ()
 
     def objects(self) -> list[dict[str, Any]]:
         objects = [self.engine, self.build_job, *self.access, self.workload, self.service]
-        return objects + [obj for obj in (self.network_policy, self.scaler) if obj]
+        return objects + [obj for obj in (self.network_policy, self.scaler) if obj] + [
+            *self.gateway]
 
 
 def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
@@ -69,6 +74,7 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
         network_policy=network_policy(spec, ref.name, ref.namespace, ref.uid),
         service=service(spec, ref.name, ref.namespace, ref.uid),
         scaler=scaler(spec, ref.name, ref.namespace, ref.uid),
+        gateway=tuple(gateway_objects(spec, ref.name, ref.namespace, ref.uid)),
     )
     check_objects(rendered.objects())
     return rendered

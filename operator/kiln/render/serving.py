@@ -19,7 +19,8 @@ from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
 
 __all__ = ["SERVE_SPEC_ENV", "PORTS", "server_name", "group_name", "launcher_name", "multi_node",
            "workload", "workload_ref", "service_accounts", "network_policy", "OPERATOR_POD_LABEL",
-           "deployment", "leader_worker_set", "service", "endpoint", "LWS_API_VERSION"]
+           "deployment", "leader_worker_set", "service", "endpoint", "openai_endpoint",
+           "served_model_name", "LWS_API_VERSION"]
 
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 # Pod names in a group are <group>-<index> and <group>-<index>-<worker>; a hostname is at most
@@ -27,7 +28,9 @@ LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 _GROUP_NAME_LIMIT = 48
 
 SERVE_SPEC_ENV = "KILN_SERVE_SPEC"
-PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+# http/grpc: Triton's KServe endpoints; metrics: Triton's metrics page; openai: Triton's
+# OpenAI-compatible frontend (9000 is its own default, openai_frontend/main.py).
+PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002, "openai": 9000}
 DJL_PORT = 8080
 # Long enough for the longest generation to finish after readiness drops.
 TERMINATION_GRACE_SECONDS = 180
@@ -61,11 +64,22 @@ def endpoint(instance: str, namespace: str) -> str:
     return f"http://{server_name(instance)}.{namespace}.svc:{PORTS['http']}"
 
 
+def openai_endpoint(spec: LLMServiceSpec, instance: str, namespace: str) -> str | None:
+    """The in-cluster base URL of the OpenAI-compatible API (Triton only)."""
+    if spec.runtime.server == ServerKind.DJL:
+        return None
+    return f"http://{server_name(instance)}.{namespace}.svc:{PORTS['openai']}/v1"
+
+
+def served_model_name(spec: LLMServiceSpec, instance: str) -> str:
+    return spec.served_model_name or instance
+
+
 def _owner(instance: str, uid: str | None) -> list[dict[str, Any]]:
     return [owner_reference(API_VERSION, "LLMService", instance, uid)] if uid else []
 
 
-def serve_spec(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[str, Any]:
+def serve_spec(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance: str) -> dict[str, Any]:
     """The JSON `kiln-runtime serve` reads: where the engine is and how to run it."""
     group = {"gpusPerNode": spec.gpu.per_node} if multi_node(spec) else {}
     return {
@@ -78,6 +92,7 @@ def serve_spec(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[str, An
         "kvCacheFreeGpuMemFraction": spec.engine.kv_cache_free_gpu_mem_fraction,
         "decoupled": True,
         "ports": PORTS,
+        "servedModelName": served_model_name(spec, instance),
         **({"gpuWeightsPercent": plan.gpu_weights_percent}
            if plan.gpu_weights_percent is not None else {}),
     }
@@ -88,7 +103,7 @@ def _probe(path: str, port: int | str, period: int, failures: int) -> dict[str, 
             "failureThreshold": failures, "timeoutSeconds": 5}
 
 
-def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine,
+def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance: str,
                       role: str | None = None) -> dict[str, Any]:
     return {
         "name": "server",
@@ -98,23 +113,27 @@ def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine,
         # Never the image's root-owned /opt/tritonserver: anything relative lands in /tmp.
         "workingDir": "/tmp",
         "env": [{"name": SERVE_SPEC_ENV,
-                 "value": json.dumps(serve_spec(spec, plan, engine), sort_keys=True,
+                 "value": json.dumps(serve_spec(spec, plan, engine, instance), sort_keys=True,
                                      separators=(",", ":"))}],
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"}
                   for name, port in PORTS.items()],
         # Loading an engine takes minutes: the startup probe allows 30 of them, and passes
-        # only once one real generation comes back through the ensemble.
-        "startupProbe": {"exec": {"command": ["kiln-runtime", "smoke", "--url",
-                                              f"localhost:{PORTS['grpc']}", "--max-tokens", "2"]},
+        # only once one real generation comes back through the OpenAI endpoint.
+        "startupProbe": {"exec": {"command": [
+            "kiln-runtime", "smoke", "--openai-url", f"http://localhost:{PORTS['openai']}/v1",
+            "--model", served_model_name(spec, instance), "--max-tokens", "2"]},
                          "periodSeconds": 15, "failureThreshold": 120, "timeoutSeconds": 60},
-        "readinessProbe": _probe("/v2/health/ready", "http", 5, 3),
-        "livenessProbe": _probe("/v2/health/live", "http", 10, 6),
+        # The frontend's own routes (frontend/fastapi/routers/observability.py, models.py):
+        # /health/ready is Triton's readiness; /v1/models answers while the process lives.
+        "readinessProbe": _probe("/health/ready", "openai", 5, 3),
+        "livenessProbe": _probe("/v1/models", "openai", 10, 6),
         # Readiness drops first, then in-flight generations get time to finish.
         "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},
     }
 
 
-def _djl_container(spec: LLMServiceSpec, plan: Plan, engine: Engine) -> dict[str, Any]:
+def _djl_container(spec: LLMServiceSpec, plan: Plan, engine: Engine,
+                   instance: str) -> dict[str, Any]:
     env = {
         "OPTION_MODEL_ID": engine.path,
         "OPTION_ROLLING_BATCH": "trtllm",
@@ -181,7 +200,8 @@ def workload(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, instanc
 def deployment(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, instance: str,
                namespace: str, replicas: int, owner_uid: str | None) -> dict[str, Any]:
     container = _finish_container((_djl_container if spec.runtime.server == ServerKind.DJL
-                                   else _triton_container)(spec, plan, engine), spec, spec.gpus)
+                                   else _triton_container)(spec, plan, engine, instance),
+                                  spec, spec.gpus)
     pod_labels = {**labels(instance, "server"), LABEL_ENGINE: engine.name}
     return stamp({
         "apiVersion": "apps/v1",
@@ -219,8 +239,8 @@ def leader_worker_set(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU
     env = [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
 
     def template(role: str) -> dict[str, Any]:
-        container = with_network(
-            _finish_container(_triton_container(spec, plan, engine, role), spec, per_node), spec)
+        container = with_network(_finish_container(
+            _triton_container(spec, plan, engine, instance, role), spec, per_node), spec)
         container["env"] = container["env"] + env
         leader = role == "leader"
         if not leader:  # ranks arrive through the leader's mpirun; nothing to probe or expose
@@ -332,7 +352,7 @@ def network_policy(spec: LLMServiceSpec, instance: str, namespace: str,
     operator = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict([OPERATOR_POD_LABEL])}}
     rules = [
         {"from": [{"podSelector": {}}, *namespaces(policy.allowed_namespaces)],
-         "ports": ports("http") if djl else ports("http", "grpc")},
+         "ports": ports("http") if djl else ports("http", "grpc", "openai")},
         # DJL Serving has one port (HTTP), covered by the first rule.
         *([] if djl else [{"from": [operator, *namespaces(policy.metrics_namespaces)],
                            "ports": ports("metrics")}]),
@@ -355,7 +375,7 @@ def service(spec: LLMServiceSpec, instance: str, namespace: str,
     ports = [{"name": "http", "port": PORTS["http"], "targetPort": "http", "protocol": "TCP"}]
     if not djl:
         ports += [{"name": name, "port": PORTS[name], "targetPort": name, "protocol": "TCP"}
-                  for name in ("grpc", "metrics")]
+                  for name in ("grpc", "metrics", "openai")]
     return stamp({
         "apiVersion": "v1",
         "kind": "Service",

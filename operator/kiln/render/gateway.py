@@ -1,0 +1,170 @@
+"""Exposure through the Gateway API (``spec.gateway``): an HTTPRoute on the platform's
+Gateway, an InferencePool of the serving pods, and the pool's endpoint picker (EPP).
+
+What each object is, from kubernetes-sigs/gateway-api-inference-extension v1.6.0:
+
+- ``InferencePool`` (``inference.networking.k8s.io/v1``): the serving pods by label, the
+  OpenAI port as target port, and ``endpointPickerRef`` to the EPP Service's gRPC port 9002.
+- The EPP Deployment follows the project's ``config/charts/inferencepool`` chart
+  (``templates/epp-deployment.yaml``, ``rbac.yaml``, ``epp-config.yaml``): ``--pool-name``,
+  ``--pool-namespace``, ``--config-file`` with the chart's default plugins (queue,
+  KV-cache-utilization and prefix-cache scorers), and for Triton the metric flags the chart
+  sets for ``modelServerType: triton-tensorrt-llm`` (``nv_trt_llm_request_metrics
+  {request_type=waiting}``, ``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}``,
+  no LoRA metric). It scrapes ``/metrics`` on the target port, which Triton's OpenAI
+  frontend serves. Its Role reads pods and InferencePools; ``--metrics-endpoint-auth=false``
+  spares it the chart's cluster-wide TokenReview/SubjectAccessReview rights.
+- ``HTTPRoute`` (``gateway.networking.k8s.io/v1``): ``/v1`` requests whose
+  ``X-Gateway-Model-Name`` header (set from the body's ``model`` by the project's
+  body-based router, ``pkg/bbr``) is the served model name go to the pool.
+
+No InferenceObjective: the kind left the project in v1.6.0 (the release whose
+InferencePool a user installs today); a request's priority keeps its default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import API_VERSION, LLMServiceSpec
+from ..toolchain import EPP_IMAGE
+from .meta import child_name, labels, owner_reference, selector, stamp
+from .pod import restricted_container_security
+from .serving import PORTS, served_model_name
+
+__all__ = ["gateway_objects", "pool_name", "epp_name", "INFERENCE_POOL_API", "HTTP_ROUTE_API",
+           "EPP_PORT", "MODEL_HEADER"]
+
+INFERENCE_POOL_API = "inference.networking.k8s.io/v1"
+HTTP_ROUTE_API = "gateway.networking.k8s.io/v1"
+EPP_PORT = 9002          # ext-proc gRPC (the chart's grpc port)
+EPP_HEALTH_PORT = 9003   # gRPC health
+EPP_METRICS_PORT = 9090
+MODEL_HEADER = "X-Gateway-Model-Name"
+EPP_CONFIG_FILE = "default-plugins.yaml"
+EPP_PLUGINS = """apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+    weight: 2
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 2
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+"""
+# Long enough for a generation in flight to finish (the serving pods' grace period is longer).
+ROUTE_TIMEOUT = "300s"
+
+
+def pool_name(instance: str) -> str:
+    return child_name(instance, "pool")
+
+
+def epp_name(instance: str) -> str:
+    return child_name(instance, "epp")
+
+
+def _meta(name: str, instance: str, namespace: str, owner_uid: str | None,
+          component: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels(instance, component),
+            "ownerReferences": [owner_reference(API_VERSION, "LLMService", instance, owner_uid)]
+            if owner_uid else []}
+
+
+def _epp(instance: str, namespace: str, owner_uid: str | None) -> list[dict[str, Any]]:
+    name = epp_name(instance)
+
+    def meta() -> dict[str, Any]:
+        return _meta(name, instance, namespace, owner_uid, "epp")
+
+    pod_selector = selector(instance, "epp")
+    container = {
+        "name": "epp", "image": EPP_IMAGE, "imagePullPolicy": "IfNotPresent",
+        "args": ["--pool-name", pool_name(instance), "--pool-namespace", namespace,
+                 "--zap-encoder", "json", "--config-file", f"/config/{EPP_CONFIG_FILE}",
+                 "--total-queued-requests-metric", "nv_trt_llm_request_metrics{request_type=waiting}",
+                 "--kv-cache-usage-percentage-metric",
+                 "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}",
+                 "--lora-info-metric", "", "--tracing=false", "--metrics-endpoint-auth=false"],
+        "ports": [{"name": "grpc", "containerPort": EPP_PORT, "protocol": "TCP"},
+                  {"name": "grpc-health", "containerPort": EPP_HEALTH_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": EPP_METRICS_PORT, "protocol": "TCP"}],
+        "livenessProbe": {"grpc": {"port": EPP_HEALTH_PORT, "service": "inference-extension"},
+                          "initialDelaySeconds": 5, "periodSeconds": 10},
+        "readinessProbe": {"grpc": {"port": EPP_HEALTH_PORT, "service": "inference-extension"},
+                           "periodSeconds": 2},
+        "env": [{"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "EPP_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+        "securityContext": restricted_container_security() | {"readOnlyRootFilesystem": True},
+        "volumeMounts": [{"name": "plugins-config", "mountPath": "/config", "readOnly": True}],
+    }
+    return [
+        stamp({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(),
+               "automountServiceAccountToken": True}),
+        stamp({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(),
+               "rules": [{"apiGroups": [""], "resources": ["pods"],
+                          "verbs": ["get", "list", "watch"]},
+                         {"apiGroups": ["inference.networking.k8s.io"],
+                          "resources": ["inferencepools"], "verbs": ["get", "list", "watch"]}]}),
+        stamp({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": meta(),
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
+        stamp({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(),
+               "data": {EPP_CONFIG_FILE: EPP_PLUGINS}}),
+        stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(), "spec": {
+            "replicas": 1,
+            # One active picker: its prefix-cache state lives in memory (the chart's reason).
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": pod_selector},
+            "template": {"metadata": {"labels": labels(instance, "epp")}, "spec": {
+                "serviceAccountName": name,
+                # Restricted Pod Security; an explicit uid, so that runAsNonRoot holds whatever
+                # user the image names (65532, distroless's nonroot).
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "terminationGracePeriodSeconds": 130,
+                "containers": [container],
+                "volumes": [{"name": "plugins-config", "configMap": {"name": name}}]}}}}),
+        stamp({"apiVersion": "v1", "kind": "Service", "metadata": meta(), "spec": {
+            "type": "ClusterIP", "selector": pod_selector,
+            "ports": [{"name": "grpc-ext-proc", "port": EPP_PORT, "targetPort": "grpc",
+                       "protocol": "TCP", "appProtocol": "http2"}]}}),
+    ]
+
+
+def gateway_objects(spec: LLMServiceSpec, instance: str, namespace: str,
+                    owner_uid: str | None) -> list[dict[str, Any]]:
+    """The objects for ``spec.gateway``, in the order they are applied; [] when it is unset."""
+    if spec.gateway is None:
+        return []
+    pool = pool_name(instance)
+    inference_pool = stamp({
+        "apiVersion": INFERENCE_POOL_API, "kind": "InferencePool",
+        "metadata": _meta(pool, instance, namespace, owner_uid, "server"),
+        "spec": {"selector": {"matchLabels": selector(instance, "server")},
+                 "targetPorts": [{"number": PORTS["openai"]}],
+                 "endpointPickerRef": {"name": epp_name(instance), "kind": "Service",
+                                       "port": {"number": EPP_PORT}, "failureMode": "FailClose"}},
+    })
+    parent = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": spec.gateway.name,
+              **({"namespace": spec.gateway.namespace} if spec.gateway.namespace else {})}
+    route = stamp({
+        "apiVersion": HTTP_ROUTE_API, "kind": "HTTPRoute",
+        "metadata": _meta(child_name(instance, "openai"), instance, namespace, owner_uid, "server"),
+        "spec": {"parentRefs": [parent], "rules": [{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/v1"},
+                         "headers": [{"type": "Exact", "name": MODEL_HEADER,
+                                      "value": served_model_name(spec, instance)}]}],
+            "backendRefs": [{"group": "inference.networking.k8s.io", "kind": "InferencePool",
+                             "name": pool}],
+            "timeouts": {"request": ROUTE_TIMEOUT}}]},
+    })
+    return _epp(instance, namespace, owner_uid) + [inference_pool, route]

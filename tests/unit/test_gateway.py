@@ -1,0 +1,88 @@
+"""spec.gateway renders an HTTPRoute on the platform's Gateway, an InferencePool of the
+serving pods and its endpoint picker; the objects validate against the stored CRD schemas
+(tests/support/schemas: Gateway API v1.6.1, Inference Extension v1.6.0) in test_render's
+golden test of examples/llama-3.1-8b-fp8-gateway.yaml."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kiln.api import parse_service_manifest
+from kiln.errors import SpecInvalid
+from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
+from kiln.render import ServiceRef, render
+
+from ..conftest import ROOT
+from ..support import crd_schemas
+
+EXAMPLE = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8-gateway.yaml").read_text())
+
+
+def _rendered(manifest):
+    _, spec = parse_service_manifest(manifest)
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
+    result = plan(ModelConfig.from_hf(catalog_config(spec.model.location)), spec, gpu)
+    return render(ServiceRef(manifest["metadata"]["name"], "llm", "uid-1"), spec, result, gpu)
+
+
+def _by_kind(rendered):
+    return {(o["kind"], o["metadata"]["name"]): o for o in rendered.gateway}
+
+
+def test_route_pool_and_picker_fit_together():
+    rendered = _rendered(EXAMPLE)
+    objects = _by_kind(rendered)
+    pool = objects[("InferencePool", "llama-8b-gw-pool")]
+    route = objects[("HTTPRoute", "llama-8b-gw-openai")]
+    epp = objects[("Deployment", "llama-8b-gw-epp")]
+    epp_service = objects[("Service", "llama-8b-gw-epp")]
+    for obj in (pool, route):
+        crd_schemas.validate(obj)
+    # The pool is the serving pods, on the port the OpenAI frontend listens on.
+    pod = rendered.workload["spec"]["template"]
+    assert pool["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    openai_port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]
+                       if p["name"] == "openai")
+    assert pool["spec"]["targetPorts"] == [{"number": openai_port}]
+    # The picker behind endpointPickerRef is the EPP Service's gRPC port, reading Triton's metrics.
+    ref = pool["spec"]["endpointPickerRef"]
+    assert ref["name"] == epp_service["metadata"]["name"]
+    assert ref["port"]["number"] == epp_service["spec"]["ports"][0]["port"]
+    args = epp["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--pool-name") + 1] == pool["metadata"]["name"]
+    assert args[args.index("--kv-cache-usage-percentage-metric") + 1] == \
+        "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}"
+    assert epp_service["spec"]["selector"].items() <= \
+        epp["spec"]["template"]["metadata"]["labels"].items()
+    # The route: the platform's Gateway, this service's model, this pool.
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                            "name": "inference-gateway", "namespace": "gateway"}]
+    [rule] = route["spec"]["rules"]
+    assert rule["matches"][0]["headers"] == [
+        {"type": "Exact", "name": "X-Gateway-Model-Name", "value": "llama-3.1-8b-instruct"}]
+    assert rule["backendRefs"] == [{"group": "inference.networking.k8s.io",
+                                    "kind": "InferencePool", "name": pool["metadata"]["name"]}]
+    # The picker's Role is all it reads; the operator owns every object.
+    role = objects[("Role", "llama-8b-gw-epp")]
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"pods", "inferencepools"}
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for o in rendered.gateway)
+
+
+def test_without_gateway_nothing_is_rendered():
+    manifest = yaml.safe_load(yaml.safe_dump(EXAMPLE))
+    del manifest["spec"]["gateway"]
+    assert _rendered(manifest).gateway == ()
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"runtime": {"server": "djl"}}, "spec.gateway"),
+    ({"gateway": {"name": "Bad_Name"}}, "spec.gateway.name"),
+    ({"gateway": {"name": "gw", "namespace": "../x"}}, "spec.gateway.namespace"),
+    ({"gateway": {"name": "gw", "port": 80}}, "spec.gateway.port"),
+])
+def test_bad_gateway_specs_name_the_field(change, field):
+    manifest = yaml.safe_load(yaml.safe_dump(EXAMPLE))
+    manifest["spec"].update(change)
+    with pytest.raises(SpecInvalid, match=field.replace(".", r"\.")):
+        parse_service_manifest(manifest)
