@@ -193,8 +193,10 @@ class KubeApi:
             raise
 
     async def delete(self, obj: dict[str, Any], *, background: bool = False) -> None:
-        """Delete ``obj`` (gone already is fine). ``background``: its dependents too, at once
-        (a Job deleted through the API orphans its pods unless told otherwise)."""
+        """Delete ``obj`` (gone already is fine). ``background``: its dependents too, at once.
+        A batch/v1 Job deleted without a propagation policy orphans its pods, which would go
+        on using the GPUs (kubernetes/kubernetes, pkg/registry/batch/job/strategy.go:
+        ``DefaultGarbageCollectionPolicy`` is OrphanDependents for batch/v1)."""
         meta = obj["metadata"]
         self.writes += 1
         query = [("propagationPolicy", "Background")] if background else []
