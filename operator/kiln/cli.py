@@ -249,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .controller.policy import Policy, base_url
 
     for url in args.allowed_prometheus_url or []:
-        base_url(url)  # a bad flag stops the operator at start, naming it
+        base_url(url, "--allowed-prometheus-url")  # a bad flag stops the operator at start
     policy = Policy(public_models=frozenset(args.public_model or []),
                     prometheus_urls=tuple(args.allowed_prometheus_url or []))
     asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port,

@@ -210,3 +210,23 @@ def test_exec_is_granted_only_in_the_multi_node_namespaces():
     assert set(exec_rules) == {("Role", "llm")}
     [binding] = [b for b in of_kind(objects, "RoleBinding") if b["metadata"]["namespace"] == "llm"]
     assert binding["roleRef"]["name"] == "kiln-multi-node"
+
+
+def test_the_platform_teams_settings_reach_the_operator():
+    [deployment] = of_kind(render({"modelCredentials": {"publicModels": ["hf://org/open-model"]},
+                                   "prometheus": {"allowedUrls": ["http://prometheus.monitoring.svc:9090"]}}),
+                           "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--public-model=hf://org/open-model" in args
+    assert "--allowed-prometheus-url=http://prometheus.monitoring.svc:9090" in args
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"prometheus": {"allowedUrls": ["http://prom:9090/?x="]}}, "allowedUrls"),
+    ({"modelCredentials": {"secretNames": ["Not/A/Name"]}}, "secretNames"),
+    ({"multiNode": {"namespaces": ["kube_system"]}}, "namespaces"),
+])
+def test_tenancy_values_are_checked_naming_the_key(values, key):
+    with pytest.raises(helm.HelmError) as error:
+        helm.Chart.load(CHART).render(values, name="kiln", namespace="kiln-system")
+    assert key in str(error.value)

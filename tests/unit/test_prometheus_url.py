@@ -101,3 +101,10 @@ def test_the_platform_teams_list_restricts_the_urls():
     scaler = BuiltinAutoscaler(api=None, metrics="pods-source", policy=policy)
     with pytest.raises(SpecInvalid):
         scaler.source(parse_service_spec(_spec("http://10.0.0.1:9090")))
+
+
+def test_a_bad_allowed_url_stops_kiln_run_at_start_naming_the_flag(capsys):
+    from kiln.cli import main
+    assert main(["run", "--allowed-prometheus-url", "http://prom:9090/?x="]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --allowed-prometheus-url:") and "Traceback" not in err

@@ -17,7 +17,7 @@ from ..errors import SpecInvalid
 __all__ = ["Policy", "base_url"]
 
 
-def base_url(text: str) -> URL:
+def base_url(text: str, field: str = "spec.autoscaling.prometheusUrl") -> URL:
     """``text`` as a Prometheus base URL: scheme, host, port and path prefix, nothing else
     (the CRD's pattern refuses the rest up front; this also guards an older CRD)."""
     try:
@@ -26,7 +26,7 @@ def base_url(text: str) -> URL:
         url = URL()
     if url.scheme not in ("http", "https") or not url.host or url.user is not None \
             or url.password is not None or url.query_string or url.fragment or "?" in text or "#" in text:
-        raise SpecInvalid(f"spec.autoscaling.prometheusUrl: {text[:80]!r} is not a base URL "
+        raise SpecInvalid(f"{field}: {text[:80]!r} is not a base URL "
                           "(http or https, a host, an optional port and path; no query, fragment "
                           "or credentials)")
     return url.with_path(url.path.rstrip("/") or "/")  # one form per URL, to compare with the list
