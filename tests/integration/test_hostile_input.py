@@ -69,6 +69,8 @@ NASTY = [
     "http://169.254.169.254/latest/meta-data", "hf://org/model\nname", "hf://org/mo del",
     "hf://org/model;id", "hf://" + "a" * 300, "hf://org", "s3://", "pvc://", "hf://../model",
     "http://prometheus:9090", "http://user:pw@prometheus:9090", "nvcr.io/nvidia/x:1; id",
+    "http://prometheus:9090/api/v1/admin/tsdb/delete_series?match[]=up&x=", "http://prometheus:9090/#",
+    "http://prometheus:9090@evil.example",
     "-rf", "--help", "a" * 64, "A-Name", "name-", "x.y",
     # Names a Service cannot carry, reserved resource names.
     "8b", "8b-server", "llama.v3", "llama-3.1-8b", "b" * 63 + ".x", "kubernetes.io/gpu",
