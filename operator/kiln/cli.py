@@ -251,7 +251,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for url in args.allowed_prometheus_url or []:
         base_url(url, "--allowed-prometheus-url")  # a bad flag stops the operator at start
     policy = Policy(public_models=frozenset(args.public_model or []),
-                    prometheus_urls=tuple(args.allowed_prometheus_url or []))
+                    prometheus_urls=tuple(args.allowed_prometheus_url or []),
+                    multi_node_custom_images=args.multi_node_custom_images)
     asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port,
                                        policy=policy))
     return 0
@@ -315,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
                           "without credentials (repeat)")
     run.add_argument("--allowed-prometheus-url", action="append", metavar="URL",
                      help="a Prometheus base URL services may name (repeat; none: any)")
+    run.add_argument("--multi-node-custom-images", action="store_true",
+                     help="let multi-node services set spec.runtime.image (their leader holds "
+                          "a token that may exec into pods)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
     demo.add_argument("--examples", default="examples", help="directory of manifests to apply")

@@ -84,8 +84,8 @@ async def test_a_child_name_taken_by_someone_elses_object_stalls_and_the_object_
 
 
 async def test_a_service_account_bound_to_admin_is_never_the_launchers():
-    """The multi-node leader runs with ``<name>-launcher``'s token and the author's image: a
-    pre-existing account of that name must never be taken over."""
+    """The multi-node leader runs with ``<name>-launcher``'s token: a pre-existing account of
+    that name must never be taken over."""
     async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
@@ -98,9 +98,7 @@ async def test_a_service_account_bound_to_admin_is_never_the_launchers():
             "subjects": [{"kind": "ServiceAccount", "name": "ci-launcher", "namespace": NS}]})
         await sb.start_operator()
         sb.start_kubelet()
-        manifest = _named(MULTI_NODE, "ci")
-        manifest["spec"]["runtime"] = {"image": "attacker.example/image:1"}
-        await sb.create(manifest)
+        await sb.create(_named(MULTI_NODE, "ci"))
         stalled = await _stalled(sb, "ci")
         assert stalled["reason"] == "ResourceConflict"
         assert "ServiceAccount llm/ci-launcher" in stalled["message"] or \
@@ -250,3 +248,31 @@ async def test_an_llmengine_with_the_name_but_another_key_is_a_conflict_not_a_ca
         assert sb.get("deployments", "second-server", NS) is None
         assert len(sb.objects("jobs")) == jobs_before
         assert sb.operator_error is None
+
+
+async def test_a_multi_node_leader_runs_kilns_image_unless_the_platform_team_allows_others():
+    """The leader's token may exec into pods named like its workers: the code that holds it
+    is Kiln's runtime, not an image the author chose, unless the platform team says so."""
+    custom = _named(MULTI_NODE, "custom")
+    custom["spec"]["runtime"] = {"image": "registry.example/own-image:1"}
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        await sb.start_operator()
+        await sb.create(copy.deepcopy(custom))
+        stalled = await _stalled(sb, "custom")
+        assert stalled["reason"] == "SpecInvalid" and stalled["message"].startswith("spec.runtime.image:")
+        assert "multiNode.customImages" in stalled["message"]
+        assert sb.objects("jobs") == [] and sb.objects("roles") == [] and sb.objects("serviceaccounts") == []
+        assert sb.operator_error is None
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                       policy=Policy(multi_node_custom_images=True)) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(copy.deepcopy(custom))
+        await _ready(sb, "custom")
+        [lws] = sb.objects("leaderworkersets")
+        leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
+        assert leader["image"] == "registry.example/own-image:1"

@@ -230,3 +230,11 @@ def test_tenancy_values_are_checked_naming_the_key(values, key):
     with pytest.raises(helm.HelmError) as error:
         helm.Chart.load(CHART).render(values, name="kiln", namespace="kiln-system")
     assert key in str(error.value)
+
+
+def test_custom_images_on_multi_node_services_are_the_platform_teams_choice():
+    def args(values):
+        [deployment] = of_kind(render(values), "Deployment")
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--multi-node-custom-images" not in args({})
+    assert "--multi-node-custom-images" in args({"multiNode": {"customImages": True}})

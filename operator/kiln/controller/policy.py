@@ -39,6 +39,9 @@ class Policy:
     public_models: frozenset[str] = frozenset()
     # Prometheus base URLs services may name; empty: any (chart: prometheus.allowedUrls).
     prometheus_urls: tuple[str, ...] = ()
+    # Whether a multi-node service may set spec.runtime.image: its leader's token may exec
+    # into pods (chart: multiNode.customImages).
+    multi_node_custom_images: bool = False
 
     def check_prometheus(self, text: str) -> URL:
         """The base URL, if the platform team allows it."""

@@ -391,6 +391,14 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     st.data["selector"] = selector_string(ref.name, "server")
 
     workload = rendered.workload
+    if multi_node(spec) and spec.runtime.image and not policy.multi_node_custom_images:
+        # The leader holds a token that may exec into its workers; the code holding it must
+        # be Kiln's runtime (which execs only into its group), not an image the author chose.
+        raise SpecInvalid(
+            f"spec.runtime.image: a multi-node service runs Kiln's runtime image, because its "
+            f"leader holds a token that may exec into pods; remove spec.runtime.image, or ask "
+            f"the platform team to allow custom images there (the chart's "
+            f"multiNode.customImages)")
     if multi_node(spec) and not await api.serves(workload["apiVersion"], workload["kind"]):
         raise SpecInvalid(
             f"spec.gpus: {spec.gpus} GPUs span {spec.gpus // spec.gpu.per_node} nodes, which needs "
