@@ -7,7 +7,6 @@ build Job is never created twice). Status is computed here and written once by t
 
 from __future__ import annotations
 
-import base64
 import datetime
 import json
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
 from .kube import ApiException, KubeApi
 from .collect import cancel_superseded_build
+from .credentials import check_engine_credentials, read_credentials
 from .models import ModelResolver
 from .policy import Policy
 from .ownership import check_controlled, check_engine_job, conflict, live_child
@@ -35,8 +35,6 @@ __all__ = ["Outcome", "EventReason", "reconcile_service", "observed_status", "BU
            "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
-# How soon a service waiting for its credentials Secret reads it again.
-SECRET_POLL_SECONDS = 5.0
 # Relative error of the KV-token prediction above which the operator posts an Event.
 PLAN_ERROR_EVENT_THRESHOLD = 0.15
 ROLLOUT_POLL_SECONDS = 5.0
@@ -94,68 +92,6 @@ def _job_state(job: dict[str, Any]) -> str:
         if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
             return condition["type"]
     return "Running"
-
-
-# The keys a Secret must hold to be credentials for a source, by scheme.
-CREDENTIAL_KEYS = {"hf": ("HF_TOKEN",), "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-
-
-@dataclass(frozen=True)
-class _Credentials:
-    found: bool
-    token: str | None = None  # HF_TOKEN, for reading a gated model's config
-    keys: frozenset[str] = frozenset()
-
-    def cover(self, source: str) -> bool:
-        """Whether these are credentials for ``source``'s kind of store."""
-        wanted = CREDENTIAL_KEYS.get(source.split("://", 1)[0], ())
-        return self.found and bool(wanted) and set(wanted) <= self.keys
-
-
-async def _read_credentials(api: KubeApi, namespace: str, secret: str | None) -> _Credentials:
-    if not secret:
-        return _Credentials(found=False)
-    try:
-        obj = await api.get("v1", "Secret", secret, namespace)
-    except ApiException as error:
-        if error.status != 403:
-            raise
-        # The chart lets the operator read Secrets by name only (modelCredentials.secretNames).
-        raise SpecInvalid(
-            f"spec.model.credentials.secretName: the operator may not read Secret "
-            f"{namespace}/{secret}; name one of the Secrets the platform team allows (the chart's "
-            "modelCredentials.secretNames), or ask them to add this name",
-            reason=Reason.CREDENTIALS_REQUIRED.value) from None
-    if obj is None:
-        # Secrets are not watched (that would need list and watch on every Secret): the
-        # service is looked at again soon instead of at the next resync.
-        raise SpecInvalid(f"spec.model.credentials.secretName: Secret {namespace}/{secret} "
-                          "not found; create it with the key HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID"
-                          " and AWS_SECRET_ACCESS_KEY (s3://)", reason=Reason.MISSING_DEPENDENCY.value,
-                          retry_after=SECRET_POLL_SECONDS)
-    data = obj.get("data") or {}
-    value = data.get("HF_TOKEN")
-    return _Credentials(found=True, token=base64.b64decode(value).decode() if value else None,
-                        keys=frozenset(k for k, v in data.items() if v))
-
-
-def _check_engine_credentials(live: dict[str, Any], credentials: _Credentials, policy: Policy,
-                              name: str) -> None:
-    """An engine built with credentials is served only to services that present credentials
-    for the same source, unless the platform team made the model public: otherwise naming the
-    same model would be enough to serve a gated model's weights without access to it."""
-    spec = live.get("spec") or {}
-    source = str(spec.get("modelSource") or "")
-    if source.split("://", 1)[0] not in CREDENTIAL_KEYS:
-        return  # a pvc:// model is read through the namespace's own claim
-    if not spec.get("credentialsSecret") or source in policy.public_models or credentials.cover(source):
-        return
-    keys = " and ".join(CREDENTIAL_KEYS.get(source.split("://", 1)[0], ("credentials",)))
-    raise SpecInvalid(
-        f"spec.model.credentials: engine {name} was built from {source[:120]} with credentials; "
-        f"this service presents none for it. Set spec.model.credentials.secretName to a Secret "
-        f"with {keys} for that model, or ask the platform team to list the model as public "
-        "(the chart's modelCredentials.publicModels)", reason=Reason.CREDENTIALS_REQUIRED.value)
 
 
 async def _apply_if_changed(api: KubeApi, desired: dict[str, Any],
@@ -345,7 +281,7 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
                                                 and scaling.metrics_source == "prometheus"):
         policy.check_prometheus(scaling.prometheus_url)
     secret = spec.model.credentials.secret_name if spec.model.credentials else None
-    credentials = await _read_credentials(api, ref.namespace, secret)
+    credentials = await read_credentials(api, ref.namespace, secret)
     model, why_unknown = await models.resolve(spec, credentials.token)
     result = plan(model, spec, gpu)
     previous = st.data.get("plan") or {}
@@ -424,8 +360,8 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         live["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != st.data["engine"]["key"]
     ready = await _engine_ready(api, rendered, st, out, previous_key != st.data["engine"]["key"],
                                 serving_old, owner,
-                                lambda engine: _check_engine_credentials(engine, credentials, policy,
-                                                                         engine_name))
+                                lambda engine: check_engine_credentials(engine, credentials, policy,
+                                                                        engine_name))
     if not ready:
         message = f"waiting for engine {engine_name} to build" + \
             ("; the previous engine keeps serving" if serving_old else "")
