@@ -3,7 +3,8 @@
 The emulator records every request as the RBAC verb the API server would authorize (a
 server-side apply that creates an object counts as ``create``). The operator runs a
 scenario that takes each path that talks to the API: a gated model (Secret read), builtin
-scaling (pods listed to scrape them, a scale-up), keda and hpa modes (their objects applied),
+scaling (pods listed to scrape them, a scale-up), keda, hpa and keda-http modes (their
+objects applied),
 a multi-node service (LeaderWorkerSet, the leader's ServiceAccount, Role and RoleBinding)
 with a NetworkPolicy,
 drift in every owned object (re-applied as a patch), Events. The operator's requests (told
@@ -29,7 +30,7 @@ NS = "llm"
 LLAMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
 OWNED = ("deployments", "services", "scaledobjects", "horizontalpodautoscalers", "leaderworkersets",
          "serviceaccounts", "roles", "rolebindings", "networkpolicies", "configmaps", "inferencepools",
-         "httproutes")
+         "httproutes", "httpscaledobjects")
 MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
 GATEWAY = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8-gateway.yaml").read_text())
 
@@ -81,7 +82,8 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
                           [e["metadata"]["name"] for e in sb.objects("llmengines")], timeout=20,
                           what="the superseded engine collected")
         sb.start_kubelet()
-        names = {"builtin": "scaled", "keda": "keda-scaled", "hpa": "hpa-scaled"}
+        names = {"builtin": "scaled", "keda": "keda-scaled", "hpa": "hpa-scaled",
+                 "keda-http": "wakes"}
         for mode, name in names.items():
             await sb.create(_service(name, mode))
         names["none"] = "edited"
@@ -95,7 +97,7 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
         def all_ready():
             return all((s := sb.get("llmservices", n, NS)) and is_true(
                 (s.get("status") or {}).get("conditions", []), "Ready") for n in names.values())
-        await sb.wait_for(all_ready, timeout=30, what="five Ready services")
+        await sb.wait_for(all_ready, timeout=30, what="six Ready services")
         sb.cluster.load["scaled"] = 1.8
         await sb.wait_for(lambda: sb.get("deployments", "scaled-server", NS)["spec"]["replicas"] > 1,
                           timeout=30, what="a scale-up")

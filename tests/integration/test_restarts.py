@@ -25,7 +25,7 @@ MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text(
 # What the operator owns or creates; Events, Pods and the cluster's own objects aside.
 OWNED = ("llmservices", "llmengines", "jobs", "deployments", "services", "serviceaccounts",
          "roles", "rolebindings", "scaledobjects", "horizontalpodautoscalers", "leaderworkersets",
-         "persistentvolumeclaims")
+         "persistentvolumeclaims", "httpscaledobjects")
 
 
 def _ready(sb, name="mistral-7b"):

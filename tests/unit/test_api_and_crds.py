@@ -60,8 +60,21 @@ def test_scale_to_zero_is_refused_where_nothing_wakes_it(mode):
                             "autoscaling": {"mode": mode, "minReplicas": 0, "maxReplicas": 2}})
     message = error.value.message
     assert message.startswith("spec.autoscaling") and "minReplicas: 0" in message
-    assert f"mode {mode}" in message and "mode: none with spec.replicas: 0" in message
+    assert f"mode {mode}" in message and "autoscaling.mode: keda-http" in message
     assert "\n" not in message
-    # A service parked at zero on purpose stays accepted.
+    # A service parked at zero on purpose stays accepted, and so is the mode that wakes.
     parse_service_spec({"model": {"source": "hf://a/b"}, "replicas": 0,
                         "autoscaling": {"mode": "none", "minReplicas": 0}})
+    parse_service_spec({"model": {"source": "hf://a/b"},
+                        "autoscaling": {"mode": "keda-http", "minReplicas": 0, "maxReplicas": 2}})
+
+
+@pytest.mark.parametrize("extra, field, words", [
+    ({"runtime": {"server": "djl"}}, "spec.autoscaling", "needs runtime.server: triton"),
+    ({"gateway": {"name": "gw"}}, "spec.gateway", "past the interceptor"),
+])
+def test_keda_http_is_refused_where_the_interceptor_cannot_hold_requests(extra, field, words):
+    with pytest.raises(SpecInvalid) as error:
+        parse_service_spec({"model": {"source": "hf://a/b"}, **extra,
+                            "autoscaling": {"mode": "keda-http", "minReplicas": 0}})
+    assert words in error.value.message and "\n" not in error.value.message

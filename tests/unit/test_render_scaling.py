@@ -1,4 +1,5 @@
-"""keda and hpa modes: the rendered ScaledObject and HPA validate against their schemas."""
+"""keda, hpa and keda-http modes: the rendered ScaledObject, HPA and HTTPScaledObject validate
+against their schemas."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 
 from kiln.api import parse_service_spec
 from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
-from kiln.render import ServiceRef, render
+from kiln.render import ServiceRef, openai_endpoint, render
 
-from ..support import crd_schemas
+from ..support import cel_rules, crd_schemas
 
 
 def _render(mode, **scaling):
@@ -42,3 +43,32 @@ def test_hpa_validates_strict():
 @pytest.mark.parametrize("mode", ["none", "builtin"])
 def test_other_modes_render_no_scaler(mode):
     assert _render(mode).scaler is None
+
+
+def test_keda_http_routes_the_openai_endpoint_through_the_interceptor():
+    rendered = _render("keda-http", minReplicas=0)
+    assert rendered.scaler is None  # the add-on makes the ScaledObject; two would fight
+    alias, scaled = rendered.wake
+    crd_schemas.validate(scaled)
+    schema = crd_schemas._schemas()[(scaled["apiVersion"], scaled["kind"])]
+    assert cel_rules.violations(schema, scaled) == []
+    kubernetes_validate.validate(alias, "1.33", strict=True)
+    spec = scaled["spec"]
+    # The Host a client of status.endpoints.openai sends, port stripped, is a routed host.
+    url = openai_endpoint(_spec("keda-http"), "llama", "llm")
+    assert url == "http://llama-openai.llm.svc:8080/v1"
+    assert url.split("/")[2].split(":")[0] in spec["hosts"]
+    assert spec["pathPrefixes"] == ["/v1"]
+    assert alias["metadata"]["name"] == "llama-openai"
+    assert alias["spec"]["externalName"] == "keda-add-ons-http-interceptor-proxy.keda.svc.cluster.local"
+    assert spec["scaleTargetRef"] == {"apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService",
+                                      "name": "llama", "service": "llama-server", "port": 9000}
+    assert spec["replicas"] == {"min": 0, "max": 6}
+    # The hold covers the planned cold start (the add-on's default is 1.5 s).
+    assert int(spec["timeouts"]["conditionWait"].rstrip("s")) >= 60
+    assert scaled["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def _spec(mode):
+    return parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                               "autoscaling": {"mode": mode, "minReplicas": 0, "maxReplicas": 6}})

@@ -76,6 +76,7 @@ class AutoscalingMode(StrEnum):
     BUILTIN = "builtin"
     KEDA = "keda"
     HPA = "hpa"
+    KEDA_HTTP = "keda-http"
 
 
 class ConditionType(StrEnum):

@@ -34,6 +34,7 @@ __all__ = [
     "PlanStatus",
     "EngineRef",
     "EndpointsStatus",
+    "ScaleFromZeroStatus",
     "LLMServiceStatus",
     "Auto",
 ]
@@ -200,7 +201,9 @@ class AutoscalingSpec(KilnModel):
     """Replica scaling on KV-cache pressure."""
 
     mode: AutoscalingMode = Field(default=AutoscalingMode.NONE,
-                                  description="none (use spec.replicas), builtin, keda or hpa.")
+                                  description="none (use spec.replicas), builtin, keda, hpa, or "
+                                              "keda-http (KEDA's HTTP add-on holds requests and "
+                                              "wakes the service from zero).")
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
     target_kv_cache_utilization: float = Field(
@@ -209,7 +212,7 @@ class AutoscalingSpec(KilnModel):
     scale_down_stabilization_seconds: int = Field(
         default=300, ge=0, le=86400,
         description=f"Quiet time before replicas are removed; at most {MAX_WINDOW_SECONDS} with "
-                    "keda and hpa (an HorizontalPodAutoscaler's limit).")
+                    "keda, hpa and keda-http (an HorizontalPodAutoscaler's limit).")
     prometheus_url: str = Field(
         default="http://prometheus-operated.monitoring.svc:9090", max_length=512,
         # A base URL only: no credentials (@), query (?) or fragment (#), so that Kiln's own
@@ -227,26 +230,31 @@ class AutoscalingSpec(KilnModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:
-        if self.min_replicas == 0 and self.mode != AutoscalingMode.NONE:
+        if self.min_replicas == 0 and self.mode not in WAKING_MODES:
             raise ValueError(SCALE_FROM_ZERO_REFUSED.format(mode=str(self.mode)))
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"minReplicas: {self.min_replicas} must not exceed maxReplicas={self.max_replicas}")
         window = self.scale_down_stabilization_seconds
-        if self.mode in (AutoscalingMode.KEDA, AutoscalingMode.HPA) and window > MAX_WINDOW_SECONDS:
+        if self.mode in HPA_BACKED_MODES and window > MAX_WINDOW_SECONDS:
             raise ValueError(
                 f"scaleDownStabilizationSeconds: {window} is more than {MAX_WINDOW_SECONDS}, the "
                 f"longest window an HorizontalPodAutoscaler accepts (mode {self.mode})")
         return self
 
 
-# Every mode scales on the serving pods' own metrics: with no pod left there is no metric, and
-# no component holds a request while a replica starts, so nothing would ever scale back up.
+# builtin, keda and hpa scale on the serving pods' own metrics: with no pod left there is no
+# metric, and no component holds a request while a replica starts, so nothing would ever scale
+# back up. keda-http counts requests at KEDA's HTTP add-on interceptor, which holds them while
+# the first replica starts; none parks the service at spec.replicas.
+WAKING_MODES = (AutoscalingMode.NONE, AutoscalingMode.KEDA_HTTP)
+# Modes whose scaling ends in an HorizontalPodAutoscaler (KEDA makes one per ScaledObject).
+HPA_BACKED_MODES = (AutoscalingMode.KEDA, AutoscalingMode.HPA, AutoscalingMode.KEDA_HTTP)
 SCALE_FROM_ZERO_REFUSED = (
     "minReplicas: 0 would never wake in mode {mode}: the autoscaler reads the serving pods' "
     "KV-cache metrics, and with no pod left nothing holds a request or measures demand while "
-    "a replica starts. Use minReplicas >= 1; to park a service at zero on purpose, use "
-    "autoscaling.mode: none with spec.replicas: 0 (it serves again when replicas is raised)")
+    "a replica starts. Use autoscaling.mode: keda-http, which wakes on a request (KEDA's HTTP "
+    "add-on holds it while a replica starts), or minReplicas >= 1")
 
 NamespaceName = Annotated[str, Field(min_length=1, max_length=63,
                                      pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
@@ -362,6 +370,15 @@ class LLMServiceSpec(KilnModel):
         if self.gateway is not None and self.runtime.server == ServerKind.DJL:
             raise ValueError("gateway: needs runtime.server: triton (the OpenAI-compatible "
                              "frontend); DJL Serving does not serve /v1/chat/completions")
+        if self.autoscaling.mode == AutoscalingMode.KEDA_HTTP:
+            if self.runtime.server == ServerKind.DJL:
+                raise ValueError("autoscaling.mode: keda-http needs runtime.server: triton (it "
+                                 "routes the OpenAI-compatible endpoint, which DJL Serving "
+                                 "does not serve)")
+            if self.gateway is not None:
+                raise ValueError("gateway: cannot be combined with autoscaling.mode: keda-http "
+                                 "(the InferencePool sends requests straight to the pods, past "
+                                 "the interceptor that holds them while a replica starts)")
         if self.gpus > self.gpu.per_node and self.runtime.server == ServerKind.DJL:
             raise ValueError(
                 f"runtime.server: djl serves one node per replica; gpus: {self.gpus} spans nodes "
@@ -435,6 +452,18 @@ class EndpointsStatus(KilnModel):
         default=None, description="Base URL of the OpenAI-compatible API (ends in /v1).")
 
 
+class ScaleFromZeroStatus(KilnModel):
+    """autoscaling.mode keda-http: how a service at zero replicas wakes."""
+
+    url: str = Field(description="The URL whose requests wake the service (KEDA's HTTP add-on "
+                                 "interceptor holds them while a replica starts).")
+    cold_start_seconds: int = Field(
+        ge=0, description="Expected wait of a request that wakes the service, from the plan "
+                          "(pod start plus reading the engine).")
+    hold_seconds: int = Field(ge=0, description="How long the interceptor holds a request "
+                                                "for a ready replica (timeouts.conditionWait).")
+
+
 class LLMServiceStatus(KilnModel):
     """Observed state, kstatus style."""
 
@@ -445,6 +474,7 @@ class LLMServiceStatus(KilnModel):
     selector: str | None = None
     endpoint: str | None = None
     endpoints: EndpointsStatus | None = None
+    scale_from_zero: ScaleFromZeroStatus | None = None
     plan: PlanStatus | None = None
     engine: EngineRef | None = None
     tp_pp: str | None = Field(default=None, alias="tpPp", description="TPxPP, for printing.")

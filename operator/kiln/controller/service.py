@@ -17,10 +17,11 @@ from typing import Any
 from ..api import API_VERSION, AutoscalingMode, ConditionType, Reason
 from ..api.validation import check_service_name, parse_service_spec
 from ..errors import KilnError, NotReadyYet, SpecInvalid
-from ..planner import lookup_gpu, plan, unknown_gpu_message
+from ..planner import cold_start_seconds, lookup_gpu, plan, unknown_gpu_message
 from ..render import (SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node,
                       openai_endpoint, render)
 from ..render.gateway import HTTP_ROUTE_API, INFERENCE_POOL_API
+from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from .conditions import get_condition, is_true, set_condition
 from ..autoscale import KVSample
@@ -121,6 +122,21 @@ async def _require_gateway_apis(api: KubeApi, spec_has_gateway: bool) -> None:
             raise SpecInvalid(
                 f"spec.gateway: the cluster does not serve {kind} ({api_version}); install "
                 f"{GATEWAY_INSTALL}, or remove spec.gateway", reason=Reason.MISSING_DEPENDENCY.value)
+
+
+HTTP_ADD_ON_INSTALL = ("KEDA (helm install keda kedacore/keda --namespace keda --create-namespace) "
+                       "and its HTTP add-on (helm install http-add-on kedacore/keda-add-ons-http "
+                       "--namespace keda)")
+
+
+async def _require_http_add_on(api: KubeApi, wakes: bool) -> None:
+    """autoscaling.mode keda-http needs KEDA's HTTP add-on: Stalled, with the install
+    commands, until the cluster serves HTTPScaledObject."""
+    if wakes and not await api.serves(HTTP_SCALED_OBJECT_API, "HTTPScaledObject"):
+        raise SpecInvalid(
+            f"spec.autoscaling.mode: keda-http needs HTTPScaledObject ({HTTP_SCALED_OBJECT_API}), "
+            f"which the cluster does not serve; install {HTTP_ADD_ON_INSTALL}",
+            reason=Reason.MISSING_DEPENDENCY.value)
 
 
 # Lines of a failed build's output shown in its condition message and Event.
@@ -324,6 +340,10 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     st.data["endpoint"] = endpoint(ref.name, ref.namespace)
     openai_url = openai_endpoint(spec, ref.name, ref.namespace)
     st.data["endpoints"] = {"openai": openai_url} if openai_url else None
+    st.data["scaleFromZero"] = {
+        "url": openai_url, "coldStartSeconds": cold_start_seconds(result),
+        "holdSeconds": hold_seconds(result),
+    } if scaling.mode == AutoscalingMode.KEDA_HTTP else None
     st.data["selector"] = selector_string(ref.name, "server")
 
     workload = rendered.workload
@@ -342,11 +362,12 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
             f"cluster. Install it with `kubectl apply --server-side -f {LWS_MANIFESTS}`, or use "
             f"gpus <= gpu.perNode={spec.gpu.per_node}", reason=Reason.MISSING_DEPENDENCY.value)
     await _require_gateway_apis(api, spec.gateway is not None)
+    await _require_http_add_on(api, scaling.mode == AutoscalingMode.KEDA_HTTP)
     # Every child the service writes is its own or absent, before any GPU time is spent.
     owner = f"{ref.namespace}/{ref.name}"
     children = [*rendered.access, workload, rendered.service,
                 *(extra for extra in (rendered.network_policy, rendered.scaler) if extra is not None),
-                *rendered.gateway]
+                *rendered.gateway, *rendered.wake]
     lives = []
     for child in children:
         try:
@@ -383,7 +404,10 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     if replicas == 0:
         st.condition(ConditionType.STALLED, False, Reason.SCALED_TO_ZERO, "")
         st.condition(ConditionType.RECONCILING, False, Reason.SCALED_TO_ZERO, "")
-        st.condition(ConditionType.READY, True, Reason.SCALED_TO_ZERO, "scaled to zero replicas")
+        wake = st.data.get("scaleFromZero")
+        st.condition(ConditionType.READY, True, Reason.SCALED_TO_ZERO, "scaled to zero replicas" + (
+            f"; the next request to {wake['url']} wakes it (KEDA HTTP add-on), expected cold "
+            f"start {wake['coldStartSeconds']} s" if wake else ""))
         return
     if ready_replicas >= 1 and current:
         st.condition(ConditionType.STALLED, False, Reason.REPLICAS_READY, "")

@@ -52,6 +52,7 @@ RESOURCES: list[tuple[str, str, bool, list[str]]] = [
     ("apps/v1/deployments", "Deployment", True, ["status", "scale"]),
     ("batch/v1/jobs", "Job", True, ["status"]),
     ("keda.sh/v1alpha1/scaledobjects", "ScaledObject", True, ["status"]),
+    ("http.keda.sh/v1alpha1/httpscaledobjects", "HTTPScaledObject", True, ["status"]),
     ("autoscaling/v2/horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ["status"]),
     ("leaderworkerset.x-k8s.io/v1/leaderworkersets", "LeaderWorkerSet", True, ["status", "scale"]),
     ("v1/serviceaccounts", "ServiceAccount", True, []),

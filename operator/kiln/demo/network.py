@@ -2,7 +2,8 @@
 
 What CoreDNS and kube-proxy do for a client in a real cluster, done in the client: a request
 to ``http://<service>.<namespace>.svc[.cluster.local]:<port>/...`` reads that Service from
-the API, takes the Service port with that number, picks one of the ready Pods its selector
+the API (an ``ExternalName`` Service is followed to the name it gives, as its DNS CNAME
+is), takes the Service port with that number, picks one of the ready Pods its selector
 matches (round robin) and sends the request to the Pod's IP on the target port (a number,
 or the container port of that name). No other host is reachable. It is an httpx transport,
 so the OpenAI Python client runs unchanged on top of it: the same code a user points at
@@ -46,13 +47,17 @@ def _container_port(pod: dict[str, Any], target: int | str) -> int | None:
 _turns = itertools.count()
 
 
-async def resolve(api: KubeApi, host: str, port: int) -> tuple[str, int]:
+async def resolve(api: KubeApi, host: str, port: int, _hops: int = 0) -> tuple[str, int]:
     """(pod IP, port) that a connection to ``host:port`` reaches, as kube-proxy routes it."""
     name, namespace = _split_host(host)
     service = await api.get("v1", "Service", name, namespace)
     if service is None:
         raise ServiceNotReachable(f"service {namespace}/{name} does not exist")
     spec = service.get("spec") or {}
+    if spec.get("type") == "ExternalName":
+        if _hops >= 8:
+            raise ServiceNotReachable(f"service {namespace}/{name}: ExternalName loop")
+        return await resolve(api, str(spec.get("externalName", "")), port, _hops + 1)
     entry = next((p for p in spec.get("ports", []) if p.get("port") == port), None)
     if entry is None:
         raise ServiceNotReachable(f"service {namespace}/{name} has no port {port}")

@@ -9,19 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import LLMServiceSpec
+from ..api import AutoscalingMode, LLMServiceSpec
 from ..planner import GPU, Plan
 from .checks import check_objects
 from .engine import Engine, build_job, engine_for, engine_key, llm_engine
 from .gateway import gateway_objects
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
 from .scaling import scaler
-from .serving import (endpoint, multi_node, network_policy, openai_endpoint, served_model_name,
-                      server_name, service, service_accounts, workload, workload_ref)
+from .serving import (endpoint, multi_node, network_policy, served_model_name, server_name,
+                      service, service_accounts, workload, workload_ref)
+from .serving import openai_endpoint as _server_openai_endpoint
+from .wake import wake_endpoint, wake_objects
 
 __all__ = ["ServiceRef", "Rendered", "render", "Engine", "engine_for", "engine_key",
            "FIELD_MANAGER", "SPEC_HASH_ANNOTATION", "endpoint", "server_name", "selector",
-           "labels", "multi_node", "workload_ref", "openai_endpoint", "served_model_name"]
+           "labels", "multi_node", "workload_ref", "openai_endpoint", "served_model_name",
+           "wake_endpoint"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,22 @@ class Rendered:
     # spec.gateway: the endpoint picker (ServiceAccount, Role, RoleBinding, ConfigMap,
     # Deployment, Service), the InferencePool and the HTTPRoute. Applied after the Service.
     gateway: tuple[dict[str, Any], ...] = ()
+    # autoscaling.mode keda-http: the ExternalName Service clients call and the
+    # HTTPScaledObject routing it through KEDA's HTTP add-on interceptor.
+    wake: tuple[dict[str, Any], ...] = ()
 
     def objects(self) -> list[dict[str, Any]]:
         objects = [self.engine, self.build_job, *self.access, self.workload, self.service]
         return objects + [obj for obj in (self.network_policy, self.scaler) if obj] + [
-            *self.gateway]
+            *self.gateway, *self.wake]
+
+
+def openai_endpoint(spec: LLMServiceSpec, instance: str, namespace: str) -> str | None:
+    """The in-cluster base URL clients use: the interceptor's route in keda-http mode (a
+    request there wakes a service at zero), else the serving Service (Triton only)."""
+    if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP:
+        return wake_endpoint(instance, namespace)
+    return _server_openai_endpoint(spec, instance, namespace)
 
 
 def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
@@ -75,6 +89,7 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
         service=service(spec, ref.name, ref.namespace, ref.uid),
         scaler=scaler(spec, ref.name, ref.namespace, ref.uid),
         gateway=tuple(gateway_objects(spec, ref.name, ref.namespace, ref.uid)),
+        wake=tuple(wake_objects(spec, plan, ref.name, ref.namespace, ref.uid)),
     )
     check_objects(rendered.objects())
     return rendered
