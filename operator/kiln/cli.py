@@ -168,6 +168,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .autoscale import LawParams
     from .sim import Fleet, PerfModel, compare, load_trace
+    from .render.wake import concurrency_target
     from .sim.policies import POLICIES
 
     _, spec, gpu, model, result = _prepare(args)
@@ -197,7 +198,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.lead_in < 0:
         raise SpecInvalid("--lead-in: must be 0 or more seconds")
     results = compare(requests, fleet, params, args.slo_ttft_ms / 1000, policies,
-                      outage=outage, progress=progress if show else None, lead_in_seconds=args.lead_in)
+                      outage=outage, progress=progress if show else None, lead_in_seconds=args.lead_in,
+                      keda_http_target=concurrency_target(spec, result))
     if show:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
     if args.plot:
@@ -206,13 +208,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(json.dumps({"policies": {n: r.wire() if r else None for n, r in results.items()}}, indent=2))
         return 0
     print(f"{len(requests)} requests, SLO: TTFT <= {args.slo_ttft_ms:.0f} ms, cold start {args.cold_start:.0f} s")
-    print(f"{'POLICY':9s} {'GPU-HOURS':>10s} {'SLO':>7s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'SCALES':>7s} {'MAX':>4s}")
+    print(f"{'POLICY':9s} {'GPU-HOURS':>10s} {'SLO':>7s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'SCALES':>7s} {'MAX':>4s} "
+          f"{'COLD':>5s}")
     for name, r in results.items():
         if r is None:
             print(f"{name:9s} {'no target meets the SLO goal':>40s}")
             continue
         print(f"{name:9s} {r.gpu_hours:10.2f} {r.slo_attainment:7.2%} {r.ttft_p50_ms:8.0f}ms "
-              f"{r.ttft_p99_ms:8.0f}ms {r.scale_events:7d} {r.max_replicas:4d}")
+              f"{r.ttft_p99_ms:8.0f}ms {r.scale_events:7d} {r.max_replicas:4d} {r.cold_starts:5d}")
     return 0
 
 

@@ -13,7 +13,8 @@ from kiln.sim import load_trace
 
 from ..conftest import ROOT
 
-FIELDS = {"gpuHours", "sloAttainment", "ttftP50Ms", "ttftP99Ms", "tpotP99Ms", "scaleEvents", "maxReplicas"}
+FIELDS = {"gpuHours", "sloAttainment", "ttftP50Ms", "ttftP99Ms", "tpotP99Ms", "scaleEvents", "maxReplicas",
+          "coldStarts"}
 
 
 def _trace(tmp_path, rows):
@@ -44,7 +45,7 @@ def test_simulate_json_for_every_policy(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     policies = json.loads(result.stdout)["policies"]
-    assert set(policies) == {"kiln", "hpa", "hpa-tuned", "kpa", "static", "oracle"}
+    assert set(policies) == {"kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "static", "oracle"}
     for figures in policies.values():
         assert figures is None or FIELDS <= set(figures)
     assert policies["kiln"]["maxReplicas"] > 1
@@ -160,3 +161,24 @@ def test_the_oracle_without_foresight_holds_what_recent_windows_needed():
     assert at(370) == 1
     assert at(479) == 1 and at(481) == 2  # window 4's need is not seen before it opens
     assert present_policy([1, 3], 0, 2, 1, 4, 240)(FleetView(130, [], 1, 1, 0)) == 4  # margin, capped
+
+
+def test_keda_http_parks_at_zero_and_each_wake_is_a_cold_start():
+    from kiln.sim.engine import simulate
+    from kiln.sim.policies import keda_http_policy, static_policy
+    from kiln.sim.traces import Request
+
+    # Three bursts of a minute, an hour apart: longer quiet than the 300 s cooldown.
+    bursts = [Request(start + t, 1000, 50) for start in (0.0, 3600.0, 7200.0) for t in range(0, 60, 2)]
+    fleet = _small_fleet()
+    parked = simulate(bursts, fleet, keda_http_policy(4, 48, cooldown_seconds=300), 2.0)
+    always = simulate(bursts, fleet, static_policy(1), 2.0)
+    # The first burst finds the warm replica; the next two find none and wake one each: what
+    # arrives before it is ready (90 s of cold start, longer than a burst) waits for it.
+    assert parked.cold_starts == 60 and always.cold_starts == 0
+    assert [n for t, n, _, _ in parked.timeline if t in (1800.0, 5400.0)] == [0, 0]
+    assert parked.ttft_p99_ms >= 80_000 > always.ttft_p99_ms
+    assert parked.slo_attainment == pytest.approx(1 / 3, abs=0.02) and always.slo_attainment == 1.0
+    # What it buys: the GPU is released between bursts.
+    assert parked.gpu_hours < always.gpu_hours / 2
+    assert parked.wire()["coldStarts"] == parked.cold_starts

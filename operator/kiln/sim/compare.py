@@ -8,8 +8,8 @@ from dataclasses import replace
 
 from ..autoscale import LawParams
 from .engine import Fleet, FleetView, SimResult, simulate
-from .policies import (HPA_TUNED_TARGETS, POLICIES, hpa_policy, kiln_policy, kpa_policy,
-                       oracle_policy, oracle_schedule, static_policy)
+from .policies import (HPA_TUNED_TARGETS, POLICIES, hpa_policy, keda_http_policy, kiln_policy,
+                       kpa_policy, oracle_policy, oracle_schedule, static_policy)
 from .traces import Request, lead_in
 
 __all__ = ["compare", "warm_fleet", "ORACLE_MARGINS", "LEAD_IN_SECONDS"]
@@ -39,7 +39,8 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
             outage: tuple[float, float] | None = None,
             progress: Progress | None = None,
             schedule: Sequence[int] | None = None,
-            lead_in_seconds: float = LEAD_IN_SECONDS) -> dict[str, SimResult | None]:
+            lead_in_seconds: float = LEAD_IN_SECONDS,
+            keda_http_target: float | None = None) -> dict[str, SimResult | None]:
     """Each policy's result; ``hpa-tuned`` is None when no swept target meets ``slo_goal``.
 
     The trace is a window of a service already running when it opens. Every policy is
@@ -50,7 +51,9 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
     stabilisation history are those of a service that had been serving this load. The
     oracle knows the future and needs no lead-in.
     ``static`` is fixed at the oracle's peak (the oracle runs first when static is asked
-    for). ``schedule`` is the oracle's :func:`oracle_schedule`, when the caller has it already."""
+    for). ``schedule`` is the oracle's :func:`oracle_schedule`, when the caller has it already.
+    ``keda-http`` starts from the same warm fleet and may go to zero; ``keda_http_target`` is
+    its in-flight requests per replica (the HTTPScaledObject's concurrency target)."""
     low, high = params.min_replicas, params.max_replicas
     if schedule is None:
         schedule = oracle_schedule(requests, fleet, slo_ttft_s, slo_goal, low, high)
@@ -68,6 +71,8 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
     if "static" in wanted and "oracle" not in wanted:
         wanted.insert(0, "oracle")
     order = sorted(wanted, key=lambda n: n == "static")
+    if keda_http_target is None:  # as rendered without a plan: maxBatchSize x the KV target
+        keda_http_target = max(1.0, float(int(fleet.perf.max_batch * params.target)))
     for name in order:
         if name == "kiln":
             results[name] = run(name, kiln_policy(params))
@@ -79,6 +84,9 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
             results[name] = best[1] if best else None
         elif name == "kpa":
             results[name] = run(name, kpa_policy(low, high, 0.7 * fleet.perf.max_batch))
+        elif name == "keda-http":
+            results[name] = run(name, keda_http_policy(high, keda_http_target,
+                                                       params.stabilization_seconds))
         elif name == "oracle":
             runs = []
             for margin in ORACLE_MARGINS:

@@ -15,6 +15,12 @@
   panic window wants at least twice the ready replicas, it scales on that window and does
   not scale down until a stable window passes without panic. It evaluates at the same scrape
   cadence as the others (Knative's own tick is 2 s).
+- ``keda-http``: KEDA with its HTTP add-on (``autoscaling.mode: keda-http``), scaling on the
+  requests in flight at the interceptor (queued or running) with the rendered concurrency
+  target per replica: from zero, the first pending request activates one replica (KEDA's
+  activation); above zero, the HPA algorithm on the average per replica; with nothing in
+  flight for the scale-down period, back to zero. Requests that arrive at zero wait a whole
+  cold start; the results count them (``coldStarts``).
 - ``static``: a fixed fleet at the oracle's peak.
 - ``oracle``: perfect knowledge of the future. For every two minutes of the trace it finds,
   by replaying that window alone, the fewest warm replicas that meet the SLO goal on it; it
@@ -38,10 +44,10 @@ from ..autoscale.hpa import HPA
 from .engine import Fleet, FleetView, simulate
 from .traces import Request
 
-__all__ = ["kiln_policy", "hpa_policy", "kpa_policy", "static_policy", "oracle_policy", "present_policy",
+__all__ = ["kiln_policy", "hpa_policy", "kpa_policy", "keda_http_policy", "static_policy", "oracle_policy", "present_policy",
            "oracle_schedule", "POLICIES", "HPA_TUNED_TARGETS"]
 
-POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "static", "oracle")
+POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "static", "oracle")
 HPA_TUNED_TARGETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 
 Policy = Callable[[FleetView], int]
@@ -101,6 +107,23 @@ def kpa_policy(min_replicas: int, max_replicas: int, target_concurrency: float,
         else:
             desired = stable
         return max(min_replicas, min(max_replicas, desired))
+    return policy
+
+
+def keda_http_policy(max_replicas: int, target_concurrency: float, cooldown_seconds: float) -> Policy:
+    hpa = HPA(min_replicas=1, max_replicas=max_replicas, target=target_concurrency,
+              stabilization_seconds=cooldown_seconds)
+    last_busy: float | None = None
+
+    def policy(view: FleetView) -> int:
+        nonlocal last_busy
+        if view.pending > 0 or last_busy is None:  # the cooldown counts from its first look
+            last_busy = view.now
+        if view.current == 0:
+            return 1 if view.pending > 0 else 0  # activation
+        if view.pending == 0 and view.now - last_busy >= cooldown_seconds:
+            return 0  # inactive for the cooldown: to zero
+        return hpa.step(view.now, view.current, view.pending / view.current)
     return policy
 
 
