@@ -22,7 +22,7 @@ from tritonclient.grpc import model_config_pb2
 from kiln.api import parse_service_manifest
 from kiln.errors import SpecInvalid
 from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
-from kiln.render import ServiceRef, render
+from kiln.render import ServiceRef, openai_endpoint, render
 from kiln_runtime.errors import BadSpec
 from kiln_runtime.openai_frontend import MetricsRelay
 from kiln_runtime.serve import SERVE_SPEC_ENV, parse_serve_spec, server_argv
@@ -136,8 +136,11 @@ def test_a_hostile_served_name_is_refused_naming_the_field():
 
 
 def test_djl_reports_no_openai_url():
-    _, rendered = _rendered("qwen2.5-7b-djl.yaml")
+    manifest, rendered = _rendered("qwen2.5-7b-djl.yaml")
     assert "openai" not in {p["name"] for p in rendered.service["spec"]["ports"]}
+    # status.endpoints.openai is left out, not pointed at a route DJL may not serve.
+    _, spec = parse_service_manifest(manifest)
+    assert openai_endpoint(spec, manifest["metadata"]["name"], "llm") is None
 
 
 def test_metrics_relay_serves_the_frontend_page_on_the_metrics_port():

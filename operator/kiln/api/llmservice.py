@@ -368,8 +368,10 @@ class LLMServiceSpec(KilnModel):
                 f"gpus: {self.gpus} spans nodes, so it must be a multiple of gpu.perNode="
                 f"{self.gpu.per_node}")
         if self.gateway is not None and self.runtime.server == ServerKind.DJL:
-            raise ValueError("gateway: needs runtime.server: triton (the OpenAI-compatible "
-                             "frontend); DJL Serving does not serve /v1/chat/completions")
+            raise ValueError("gateway: needs runtime.server: triton (Triton's OpenAI-compatible "
+                             "frontend); Kiln exposes no OpenAI endpoint for DJL Serving, whose "
+                             "chat schema streams JSON lines, not the server-sent events "
+                             "OpenAI clients read")
         if self.autoscaling.mode == AutoscalingMode.KEDA_HTTP:
             if self.runtime.server == ServerKind.DJL:
                 raise ValueError("autoscaling.mode: keda-http needs runtime.server: triton (it "
