@@ -24,7 +24,7 @@ from . import cache, checkpoint, source, toolchain
 from .build import dry_run, run_build
 from .djl import DJLSettings, write_properties
 from .errors import BadSpec, StepFailed
-from .group import group_from_env, mark_ready, rsh_argv, wait_for_workers, wait_forever
+from .group import check_worker, group_from_env, mark_ready, rsh_argv, wait_for_workers, wait_forever
 from .serve import SERVE_SPEC_ENV, parse_serve_spec, prepare, run_server, server_argv
 from .spec import load_build_spec
 from .steps import Layout, check_model
@@ -115,6 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_rsh(args: argparse.Namespace) -> int:
     """mpirun's remote launcher: start ``command`` in the worker pod ``host`` by kubectl exec."""
+    check_worker(args.host)
     argv = rsh_argv(args.host, args.command)
     os.execvp(argv[0], argv)
     return 127  # not reached

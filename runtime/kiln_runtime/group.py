@@ -14,7 +14,16 @@ node). Rank 0 alone serves HTTP, gRPC and metrics.
 Remote launcher: ``kubectl exec``, as in the Triton multi-node guides, through
 ``kiln-runtime rsh`` (mpirun's ``plm_rsh_agent``). It needs no sshd, no keys and no extra
 privileges in the pods; the leader's ServiceAccount gets a Role limited to ``get`` on the
-group's worker pods and ``create``/``get`` on their ``pods/exec`` (by name), nothing else.
+group's worker pods and ``create``/``get`` on their ``pods/exec`` (by name), and ``get`` on
+the worker StatefulSets (by name), nothing else.
+
+RBAC matches names only, so before any exec the leader reads the target and refuses unless it
+is a worker LWS made for this very group: labels ``leaderworkerset.sigs.k8s.io/name`` and
+``group-index`` of its own group, its controller a StatefulSet named after the leader pod,
+and that StatefulSet's controller the leader pod itself, by UID (LWS's pod controller makes
+the worker StatefulSet ``<leader pod>`` with the leader pod as controller:
+kubernetes-sigs/lws, pkg/controllers/pod_controller.go). The leader learns its UID, LWS
+name and group index from the downward API (``POD_UID``, ``LWS_NAME``, ``LWS_GROUP_INDEX``).
 Workers run with no ServiceAccount token. A rank that dies makes mpirun abort every rank and
 exit non-zero, the leader container exits with it, and LWS (``RecreateGroupOnPodRestart``)
 recreates the whole group.
@@ -22,6 +31,7 @@ recreates the whole group.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -30,17 +40,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import toolchain
 from .errors import BadSpec, StepFailed
 
-__all__ = ["Group", "group_from_env", "rsh_argv", "wait_for_workers", "wait_forever",
-           "mark_ready", "CONTAINER", "READY_FILE"]
+__all__ = ["Group", "group_from_env", "rsh_argv", "check_worker", "wait_for_workers",
+           "wait_forever", "mark_ready", "CONTAINER", "READY_FILE"]
 
 CONTAINER = "server"
 # Written by a worker once its model repository is complete: the leader's ranks on that
 # worker read the repository the moment mpirun starts them.
 READY_FILE = ".kiln-worker-ready"
+LABEL_LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
+LABEL_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
 _NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -88,6 +101,62 @@ def _namespace() -> str:
         raise BadSpec("POD_NAMESPACE is not set and no ServiceAccount namespace is mounted") from None
 
 
+def _read(kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    result = subprocess.run([toolchain.kubectl(), "get", kind, name, "-n", namespace, "-o", "json"],
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        return None
+    try:
+        found = json.loads(result.stdout)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _controller(obj: dict[str, Any]) -> dict[str, Any]:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller"):
+            return ref
+    return {}
+
+
+def check_worker(host: str, missing_ok: bool = False) -> bool:
+    """Raise StepFailed unless ``host``'s pod is a worker of this leader's own LWS group;
+    False if it does not exist (yet) and ``missing_ok``."""
+    namespace, name = _namespace(), pod_of(host)
+    mine = {key: os.environ.get(key, "") for key in ("POD_UID", "LWS_NAME", "LWS_GROUP_INDEX")}
+    if not all(mine.values()):
+        raise BadSpec("POD_UID, LWS_NAME and LWS_GROUP_INDEX are not set: the leader checks "
+                      "each worker against them before it execs")
+    where = f"pod {namespace}/{name}"
+
+    def refuse(why: str) -> StepFailed:
+        return StepFailed("group", f"{where} {why}; it is not a worker of LeaderWorkerSet "
+                                   f"{mine['LWS_NAME']} group {mine['LWS_GROUP_INDEX']}, so the "
+                                   f"leader does not exec into it")
+
+    pod = _read("pod", name, namespace)
+    if pod is None:
+        if missing_ok:
+            return False
+        raise refuse("cannot be read")
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if labels.get(LABEL_LWS_NAME) != mine["LWS_NAME"] or \
+            labels.get(LABEL_GROUP_INDEX) != mine["LWS_GROUP_INDEX"]:
+        raise refuse(f"lacks the labels {LABEL_LWS_NAME}={mine['LWS_NAME']} and "
+                     f"{LABEL_GROUP_INDEX}={mine['LWS_GROUP_INDEX']}")
+    ref, leader = _controller(pod), name.rsplit("-", 1)[0]
+    if ref.get("kind") != "StatefulSet" or ref.get("name") != leader:
+        raise refuse(f"is not controlled by StatefulSet {leader}")
+    sts = _read("statefulset", leader, namespace)
+    if sts is None or (sts.get("metadata") or {}).get("uid") != ref.get("uid"):
+        raise refuse(f"is controlled by a StatefulSet {leader} that cannot be read")
+    owner = _controller(sts)
+    if owner.get("kind") != "Pod" or owner.get("uid") != mine["POD_UID"]:
+        raise refuse(f"is controlled by StatefulSet {leader}, which this leader pod does not control")
+    return True
+
+
 def rsh_argv(host: str, command: list[str]) -> list[str]:
     """What mpirun's remote launcher runs to start its daemon on ``host``."""
     # mpirun hands over one shell command line, split into words: rejoin it as kubessh does.
@@ -108,12 +177,16 @@ def wait_for_workers(group: Group, timeout: float, poll: float = 5.0,
     probe = ["test", "-e", str(repo / READY_FILE)] if repo is not None else ["true"]
     deadline = time.monotonic() + timeout
     pending = group.hosts[1:]
+    checked: set[str] = set()
     while pending:
         still = []
         for host in pending:
             try:
                 socket.getaddrinfo(host, None)
-                ok = subprocess.run(rsh_argv(host, probe), capture_output=True, timeout=30).returncode == 0
+                # A pod that is not this group's is refused, not waited for.
+                if host not in checked and check_worker(host, missing_ok=True):
+                    checked.add(host)
+                ok = host in checked and subprocess.run(rsh_argv(host, probe), capture_output=True, timeout=30).returncode == 0
             except (OSError, subprocess.TimeoutExpired):
                 ok = False
             if not ok:

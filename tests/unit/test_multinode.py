@@ -193,6 +193,8 @@ def test_the_leader_waits_until_every_worker_takes_an_exec(tmp_path, monkeypatch
 
     monkeypatch.setenv("POD_NAMESPACE", "llm")
     monkeypatch.setattr(group_module.socket, "getaddrinfo", lambda host, port: [("resolved",)])
+    # Whose pods they are is test_launcher_targets.py's; here every worker is the group's.
+    monkeypatch.setattr(group_module, "check_worker", lambda host, missing_ok=False: True)
     group = group_module.Group("g-0.g.llm", 3, 8)
     fake, log = _fake_kubectl(tmp_path, 0)
     monkeypatch.setenv("KILN_KUBECTL", str(fake))
