@@ -131,6 +131,7 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
     delegated = {(group, resource, verb) for role in sb.objects("roles") for rule in role["rules"]
                  for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
     assert delegated == {("", "pods", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get"),
+                         ("apps", "statefulsets", "get"),
                          ("", "pods", "list"), ("", "pods", "watch"),
                          ("inference.networking.k8s.io", "inferencepools", "get"),
                          ("inference.networking.k8s.io", "inferencepools", "list"),

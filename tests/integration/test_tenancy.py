@@ -276,3 +276,37 @@ async def test_a_multi_node_leader_runs_kilns_image_unless_the_platform_team_all
         [lws] = sb.objects("leaderworkersets")
         leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
         assert leader["image"] == "registry.example/own-image:1"
+
+
+async def test_a_pod_named_like_a_worker_that_is_not_the_groups_gets_no_launcher_role():
+    """RBAC matches the launcher Role's pod names only: a pod someone else made under a worker's
+    name (here a StatefulSet ``ci-group-0`` of theirs, whose pod is ``ci-group-0-1``) would be
+    exec-able by the leader. The operator refuses to write that Role, naming the pod."""
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        sts = await sb.create({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "ci-group-0", "namespace": NS},
+            "spec": {"serviceName": "db", "replicas": 2, "selector": {"matchLabels": {"app": "db"}},
+                     "template": {"metadata": {"labels": {"app": "db"}},
+                                  "spec": {"containers": [{"name": "db", "image": "db:1"}]}}}})
+        # Labels copied from an LWS worker do not make it one.
+        await sb.create({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "ci-group-0-1", "namespace": NS,
+                         "labels": {"app": "db", "leaderworkerset.sigs.k8s.io/name": "ci-group",
+                                    "leaderworkerset.sigs.k8s.io/group-index": "0"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                              "name": "ci-group-0", "uid": sts["metadata"]["uid"],
+                                              "controller": True}]},
+            "spec": {"containers": [{"name": "db", "image": "db:1"}]}})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(_named(MULTI_NODE, "ci"))
+        stalled = await _stalled(sb, "ci")
+        assert stalled["reason"] == "ResourceConflict"
+        assert "Pod llm/ci-group-0-1" in stalled["message"] and "\n" not in stalled["message"]
+        assert sb.objects("roles") == [] and sb.objects("rolebindings") == []
+        assert sb.objects("leaderworkersets") == [] and sb.objects("jobs") == []
+        assert sb.operator_error is None

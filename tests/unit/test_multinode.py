@@ -85,7 +85,14 @@ def test_the_launchers_rbac_grants_nothing_beyond_the_groups_pods():
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "resourceNames": pods, "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods/exec"], "resourceNames": pods, "verbs": ["create", "get"]},
+        # The worker StatefulSets, named after the leader pods: the leader checks its targets.
+        {"apiGroups": ["apps"], "resources": ["statefulsets"],
+         "resourceNames": [f"llama-405b-group-{g}" for g in range(3)], "verbs": ["get"]},
     ]
+    leader_env = {e["name"]: e.get("valueFrom") for e in
+                  templates["leaderTemplate"]["spec"]["containers"][0]["env"]}
+    assert leader_env["POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    assert "LWS_NAME" in leader_env and "LWS_GROUP_INDEX" in leader_env
     binding = kinds["RoleBinding"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "llama-405b-launcher"}

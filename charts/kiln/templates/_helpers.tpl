@@ -104,6 +104,9 @@ operator create a Role only with rights it holds itself. The operator never exec
 - apiGroups: [""]
   resources: [pods/exec]
   verbs: [create, get]
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get]
 {{- end -}}
 
 {{/*

@@ -62,6 +62,7 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("serving.kiln.dev/v1alpha1", "LLMEngine", "llmengines", False),
     Kind("batch/v1", "Job", "jobs", True),
     Kind("apps/v1", "Deployment", "deployments", True),
+    Kind("apps/v1", "StatefulSet", "statefulsets", True),
     Kind("v1", "Service", "services", True),
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", True),
     Kind("v1", "Secret", "secrets", True),

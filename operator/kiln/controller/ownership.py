@@ -8,6 +8,12 @@ Deployment controller takes the same stance with its ReplicaSets: an existing on
 only if ``metav1.GetControllerOf(rs).UID == d.UID``, anything else is a name collision
 (kubernetes/kubernetes, pkg/controller/deployment/sync.go, ``getNewReplicaSet``).
 
+The multi-node launcher Role is one more case: RBAC matches its ``resourceNames`` only, so a
+pod someone else made under a worker's name would be exec-able by the leader. Before the Role
+is written, every existing pod it names must be controlled, link by link (UIDs compared), by
+the service's own LeaderWorkerSet (worker pod -> worker StatefulSet -> leader pod -> leader
+StatefulSet -> LeaderWorkerSet, as kubernetes-sigs/lws pkg/controllers makes them).
+
 A child is checked on the object the API server holds, read just before the write: the
 watch-fed caches see only objects labelled as Kiln's, so a miss there is confirmed with a
 read from the API (once per child, until Kiln has created it).
@@ -18,11 +24,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..api import API_VERSION, Reason
+from .kube import KINDS
 from ..errors import SpecInvalid
 from ..render.meta import LABEL_ENGINE
 
 __all__ = ["Reader", "controller_of", "live_child", "check_controlled", "check_engine_job",
-           "conflict"]
+           "check_launcher_targets", "conflict"]
 
 
 class Reader(Protocol):
@@ -86,3 +93,46 @@ def check_engine_job(live: dict[str, Any] | None, desired: dict[str, Any], owner
     wanted = desired["metadata"]["labels"][LABEL_ENGINE]
     if ((live.get("metadata") or {}).get("labels") or {}).get(LABEL_ENGINE, wanted) != wanted:
         raise conflict(desired, owner, "builds another engine")
+
+
+# worker pod -> worker StatefulSet -> leader pod -> leader StatefulSet -> LeaderWorkerSet
+_LWS_HOPS = 4
+
+
+async def _controlled_by(api: Reader, obj: dict[str, Any], root_uid: str) -> bool:
+    """Whether ``obj``'s chain of controllers reaches the object with UID ``root_uid``, each
+    link read from the API and matched by UID."""
+    read = getattr(api, "get_fresh", None) or api.get
+    namespace = (obj.get("metadata") or {}).get("namespace")
+    for _ in range(_LWS_HOPS):
+        ref = controller_of(obj)
+        if ref is None or (ref.get("apiVersion"), ref.get("kind")) not in KINDS:
+            return False
+        if ref.get("uid") == root_uid:
+            return True
+        found = await read(str(ref["apiVersion"]), str(ref["kind"]), str(ref.get("name")), namespace)
+        if found is None or (found.get("metadata") or {}).get("uid") != ref.get("uid"):
+            return False
+        obj = found
+    return False
+
+
+async def check_launcher_targets(api: Any, role: dict[str, Any], workload: dict[str, Any],
+                                 lws: dict[str, Any] | None, owner: str) -> None:
+    """Raise a ResourceConflict naming the first existing pod the launcher ``role`` would let
+    the leader exec into that is not a pod of ``lws`` (the service's own LeaderWorkerSet, or
+    None before it exists)."""
+    names = {name for rule in role.get("rules") or [] if "pods/exec" in rule.get("resources", [])
+             for name in rule.get("resourceNames") or []}
+    namespace = role["metadata"]["namespace"]
+    lws_uid = ((lws or {}).get("metadata") or {}).get("uid")
+    for pod in sorted(await api.list("v1", "Pod", namespace), key=lambda p: p["metadata"]["name"]):
+        name = pod["metadata"]["name"]
+        if name not in names:
+            continue
+        pod = {**pod, "metadata": {**pod["metadata"], "namespace": namespace}}
+        if lws_uid is None or not await _controlled_by(api, pod, str(lws_uid)):
+            raise conflict({"kind": "Pod", "metadata": pod["metadata"]}, owner,
+                           f"is not a pod of LeaderWorkerSet {workload['metadata']['name']}, and "
+                           f"the launcher Role {role['metadata']['name']} would let the leader "
+                           f"exec into it")

@@ -30,7 +30,8 @@ from .collect import cancel_superseded_build
 from .credentials import check_engine_credentials, read_credentials
 from .models import ModelResolver
 from .policy import Policy
-from .ownership import check_controlled, check_engine_job, conflict, live_child
+from .ownership import (check_controlled, check_engine_job, check_launcher_targets, conflict,
+                        live_child)
 
 __all__ = ["Outcome", "EventReason", "reconcile_service", "observed_status", "BUILD_POLL_SECONDS",
            "ROLLOUT_POLL_SECONDS"]
@@ -377,6 +378,11 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
     for child, found in zip(children, lives):
         check_controlled(found, child, ref.uid, owner)
     live = lives[children.index(workload)]
+    for role in (child for child in rendered.access if child["kind"] == "Role"):
+        try:
+            await check_launcher_targets(api, role, workload, live, owner)
+        except ApiException as error:
+            raise _forbidden(error, ref.namespace) from None
     serving_old = live is not None and \
         live["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != st.data["engine"]["key"]
     ready = await _engine_ready(api, rendered, st, out, previous_key != st.data["engine"]["key"],

@@ -50,6 +50,7 @@ RESOURCES: list[tuple[str, str, bool, list[str]]] = [
     ("v1/services", "Service", True, ["status"]),
     ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, ["status"]),
     ("apps/v1/deployments", "Deployment", True, ["status", "scale"]),
+    ("apps/v1/statefulsets", "StatefulSet", True, ["status", "scale"]),
     ("batch/v1/jobs", "Job", True, ["status"]),
     ("keda.sh/v1alpha1/scaledobjects", "ScaledObject", True, ["status"]),
     ("http.keda.sh/v1alpha1/httpscaledobjects", "HTTPScaledObject", True, ["status"]),

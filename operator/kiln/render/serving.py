@@ -241,8 +241,9 @@ def leader_worker_set(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU
     def template(role: str) -> dict[str, Any]:
         container = with_network(_finish_container(
             _triton_container(spec, plan, engine, instance, role), spec, per_node), spec)
-        container["env"] = container["env"] + env
         leader = role == "leader"
+        # The leader checks each worker pod against these before it execs into it.
+        container["env"] = container["env"] + env + (_LEADER_IDENTITY if leader else [])
         if not leader:  # ranks arrive through the leader's mpirun; nothing to probe or expose
             for key in ("ports", "startupProbe", "readinessProbe", "livenessProbe", "lifecycle"):
                 container.pop(key)
@@ -283,6 +284,19 @@ def leader_worker_set(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU
     })
 
 
+_LEADER_IDENTITY = [
+    {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+    {"name": "LWS_NAME", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.labels['leaderworkerset.sigs.k8s.io/name']"}}},
+    {"name": "LWS_GROUP_INDEX", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.labels['leaderworkerset.sigs.k8s.io/group-index']"}}},
+]
+
+
+def _leader_pods(instance: str, groups: int) -> list[str]:
+    return [f"{group_name(instance)}-{g}" for g in range(groups)]
+
+
 def _worker_pods(instance: str, groups: int, size: int) -> list[str]:
     name = group_name(instance)
     return [f"{name}-{g}-{w}" for g in range(groups) for w in range(1, size)]
@@ -320,7 +334,11 @@ def service_accounts(spec: LLMServiceSpec, instance: str, namespace: str,
                    # kubectl exec: create (SPDY, and WebSocket since Kubernetes 1.35), get
                    # (WebSocket on older API servers).
                    {"apiGroups": [""], "resources": ["pods/exec"], "resourceNames": pods,
-                    "verbs": ["create", "get"]}]}),
+                    "verbs": ["create", "get"]},
+                   # The worker StatefulSets (named after the leader pods): the leader checks
+                   # that a pod it execs into is its own worker (kiln_runtime.group).
+                   {"apiGroups": ["apps"], "resources": ["statefulsets"],
+                    "resourceNames": _leader_pods(instance, groups), "verbs": ["get"]}]}),
         stamp({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                "metadata": dict(meta),
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
