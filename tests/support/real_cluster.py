@@ -18,7 +18,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,26 +152,13 @@ class RealSandbox(Sandbox):
     namespaces (``name`` maps to ``name-<suffix>`` on the server; reads and writes translate
     it), and on exit deletes its namespaces and the LLMEngines its services made."""
 
-    def __init__(self, plane: ControlPlane, *, build_seconds: float = 1.0, start_seconds: float = 0.5,
-                 retry_delay: float = 0.5, on_event: Callable[[str], None] | None = None,
-                 fail_builds: Callable[[dict[str, Any]], bool] | None = None,
-                 autoscale_period: float = 15.0, observe_period: float = 1.0,
-                 autoscale_timing: dict[str, float] | None = None,
-                 exit_timeout: float | None = None) -> None:
+    def __init__(self, plane: ControlPlane, **options: Any) -> None:
+        options.pop("leader_worker_set", None)  # the LeaderWorkerSet CRD is installed
+        super().__init__(**options)
+        # Sandbox's emulator is never started here: nothing may read it by mistake.
+        self.emulator = None
+        del self._server
         self.plane = plane
-        self._build_seconds = build_seconds
-        self._start_seconds = start_seconds
-        self._retry_delay = retry_delay
-        self._on_event = on_event
-        self._fail_builds = fail_builds
-        self._autoscale_period = autoscale_period
-        self._observe_period = observe_period
-        self._autoscale_timing = autoscale_timing or {}
-        self._exit_timeout = exit_timeout
-        self._operator = None
-        self.operator_context = None
-        self.operator_error = None
-        self._kubelet = None
         self.url = plane.server
         self._suffix = uuid.uuid4().hex[:6]
         self._namespaces: dict[str, str] = {}

@@ -72,6 +72,14 @@ class ApiKubelet(SimulatedCluster):
                 content_type="application/merge-patch+json")
 
     async def step(self, now: float) -> None:
+        try:
+            await self._step(now)
+        except ApiException as error:
+            # As a kubelet does: a refused or throttled call (a 429 while a new CRD's storage
+            # initialises, a 409 on a stale write) is tried again at the next tick.
+            self.on_event(f"kubelet: {error.status} from the API server; retrying")
+
+    async def _step(self, now: float) -> None:
         await self._lead_worker_sets(now)
         jobs = {(j["metadata"]["namespace"], j["metadata"]["name"]): j
                 for j in await self.api.list("batch/v1", "Job")}
