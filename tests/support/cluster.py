@@ -16,12 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 THIRD_PARTY_CRDS = ["leaderworkerset.x-k8s.io_leaderworkersets.yaml", "keda.sh_scaledobjects.yaml"]
 
 
-def chart_rbac() -> list[dict[str, Any]]:
-    """The chart's ServiceAccount, ClusterRole and ClusterRoleBinding (cluster-wide mode)."""
-    manifests = helm.Chart.load(ROOT / "charts" / "kiln").render({}, name="kiln", namespace="kiln-system")
+def chart_rbac(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount and RBAC objects (cluster-wide mode unless ``values`` say)."""
+    manifests = helm.Chart.load(ROOT / "charts" / "kiln").render(values or {}, name="kiln",
+                                                                   namespace="kiln-system")
     objects = [d for path, text in manifests.items() if path.endswith(".yaml")
                for d in yaml.safe_load_all(text) if d]
-    return [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    return [o for o in objects
+            if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
 
 
 def third_party_crds() -> list[dict[str, Any]]:

@@ -220,7 +220,8 @@ class ApiKubelet(SimulatedCluster):
                 elif _is_ready(pod.get("status") or {}):
                     ready += 1
             status = group.get("status") or {}
-            target = {"replicas": want, "readyReplicas": ready, "updatedReplicas": want}
+            target = {"replicas": want, "readyReplicas": ready, "updatedReplicas": want,
+                      "observedGeneration": meta.get("generation")}
             if any(status.get(k) != v for k, v in target.items()):
                 await self.api.patch_status(group, target)
 
