@@ -77,6 +77,10 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
     "model": [
         {"rule": "self.source == oldSelf.source", "message": "model.source is immutable",
          "fieldPath": ".source"},
+        # The source pattern admits any segment; the operator refuses '.' and '..' (a pvc://
+        # path must not climb out of its claim), so the API server must too.
+        {"rule": "!self.source.matches('(^|/)[.][.]?(/|$)')",
+         "message": "model.source must not contain '.' or '..' path segments", "fieldPath": ".source"},
     ],
     "parallelism": [
         {"rule": f"type(self.{axis}) == string ? self.{axis} == 'auto' : self.{axis} >= 1",
