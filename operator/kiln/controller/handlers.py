@@ -170,7 +170,12 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
 
     register_caches(registry, ctx.changed.add)
 
-    if ctx.login_url is not None:
+    if ctx.login_url is None:
+        # A registry of one's own gets none of the fallback logins kopf adds to its default one
+        # (SmartOperatorRegistry, kopf/_core/intents/registries.py): without this, `kiln run`
+        # found no credentials in a kubeconfig or a pod's ServiceAccount.
+        kopf.on.login(registry=registry)(kopf.login_via_client)
+    else:
         @kopf.on.login(registry=registry)
         async def login(**_: Any) -> kopf.AiohttpSession:
             # A session the operator owns, so that it is closed even if kopf's cleanup is not.
