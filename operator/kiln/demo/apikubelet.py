@@ -14,8 +14,10 @@ leader Pods and the LeaderWorkerSet's status are written here (see tests/control
 from __future__ import annotations
 
 import datetime
+import errno
 import itertools
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +50,11 @@ class ApiKubelet(SimulatedCluster):
         super().__init__(None, api, build_seconds=build_seconds, start_seconds=start_seconds,
                          fail_builds=fail_builds, on_event=on_event)
         self._nodes = itertools.cycle([n["name"] for n in GPU_NODES])
-        self._addresses = (f"127.0.{i // 250}.{i % 250 + 2}" for i in itertools.count(1))
+        # Loopback addresses for the Pods (127.0.0.0/8 is all loopback on Linux), from a random
+        # start so that two simulated clusters on one machine rarely meet; a taken one is skipped.
+        first = random.randrange(1 << 20)
+        self._addresses = (f"127.{1 + (i >> 16) % 254}.{(i >> 8) % 256}.{1 + i % 254}"
+                           for i in itertools.count(first))
         self._ip: dict[str, str] = {}  # pod uid -> its loopback address
         self._uids: dict[str, tuple[str, str]] = {}  # pod uid -> (namespace, name)
 
@@ -148,11 +154,19 @@ class ApiKubelet(SimulatedCluster):
         uid = meta["uid"]
         instance = (meta.get("labels") or {}).get("app.kubernetes.io/instance", meta["name"])
         if uid not in self._ip:
-            ip = self._ip[uid] = next(self._addresses)
             predicted = await self._predicted_tokens_of(meta["namespace"], instance)
             triton = SimulatedTriton(instance, predicted, lambda i=instance: self._per_pod_load(i),
                                      lambda i=instance: i in self.metrics_outage)
-            await triton.start(host=ip, port=_metrics_port(pod))
+            for _ in range(100):
+                ip = next(self._addresses)
+                try:
+                    await triton.start(host=ip, port=_metrics_port(pod))
+                    break
+                except OSError as error:
+                    if error.errno != errno.EADDRINUSE:
+                        raise
+                    await triton.stop()
+            self._ip[uid] = ip
             self._triton[(meta["namespace"], uid)] = triton
             self._uids[uid] = (meta["namespace"], meta["name"])
             self._pods[instance] = self._pods.get(instance, 0) + 1
