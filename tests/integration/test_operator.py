@@ -214,7 +214,8 @@ INVALID = {
 
 # Where a real API server's refusal points for each case.
 API_FIELD = {"wrong-precision": "spec.precision", "tp-times-pp": "spec", "unknown-field": "spec.replica",
-             "negative-gpus": "spec.gpus", "missing-source": "spec.model"}
+             "negative-gpus": "spec.gpus", "missing-source": "spec.model",
+             "scale-from-zero": "spec.autoscaling.minReplicas"}
 
 
 @pytest.mark.parametrize("case", sorted(INVALID))
