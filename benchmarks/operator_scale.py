@@ -1,6 +1,12 @@
-"""Operator scale benchmark: a thousand LLMServices against the API emulator.
+"""Operator scale benchmark: a thousand LLMServices against the API emulator or a real API server.
 
-    python benchmarks/operator_scale.py [--services 1000] [--steady-seconds 65]
+    python benchmarks/operator_scale.py [--services 1000] [--steady-seconds 65] [--control-plane real]
+
+``--control-plane real`` runs it against kube-apiserver, kube-controller-manager and etcd from
+``tests/controlplane`` (build it first with ``tests/controlplane/build``): the real Job,
+Deployment and ReplicaSet controllers create the Pods, the simulated kubelet binds and reports
+them, the operator authenticates as the chart's ServiceAccount, and requests are counted from the
+API server's audit log instead of the emulator's.
 
 The API emulator, the simulated kubelet (build Jobs, pods, one Triton ``/metrics`` endpoint
 per pod) and the service manifests live in this process; the operator runs in a child process
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
 import socket
@@ -35,11 +42,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -48,19 +57,34 @@ from kiln.controller.conditions import is_true  # noqa: E402
 from kiln.controller.handlers import OBSERVE_PERIOD_SECONDS, OPERATOR_TOKEN, RESYNC_SECONDS  # noqa: E402
 from kiln.controller.operator import run_operator  # noqa: E402
 from kiln.demo.run import load_manifests  # noqa: E402
+from kiln.controller.handlers import OperatorContext  # noqa: E402
+from kiln.controller.kube import KubeApi  # noqa: E402
+from kiln.controller.models import ModelResolver  # noqa: E402
 from kiln.demo.sandbox import Sandbox, emulator_operator  # noqa: E402
+from tests.support.cluster import chart_rbac, third_party_crds  # noqa: E402
+from tests.support.real_cluster import (  # noqa: E402
+    OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, ControlPlane, RealSandbox, start_script)
 
 NAMESPACES = [f"team-{i}" for i in range(10)]
 WRITE_VERBS = ("create", "update", "patch", "delete")
 RSS_TARGET_MIB = 300.0
 
 
-def _operator(url: str, metrics_port: int) -> None:
-    """The child process: the real operator against the emulator, stopped by SIGTERM. Its
-    logging is left as ``kiln run`` leaves it (warnings and errors, to a file here), so
-    that anything kopf would post as an Event is posted and counted."""
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+
+
+def _operator(url: str, metrics_port: int, token: str | None, ca_file: str | None) -> None:
+    """The child process: the real operator against the emulator (or, given a token and CA,
+    a real API server), stopped by SIGTERM. Its logging is left as ``kiln run`` leaves it
+    (warnings and errors, to a file here), so that anything kopf would post as an Event is
+    posted and counted."""
     async def main() -> None:
-        ctx = emulator_operator(url, max_retry_delay=1.0)
+        if token is None:
+            ctx = emulator_operator(url, max_retry_delay=1.0)
+        else:
+            ctx = OperatorContext(api=KubeApi.for_url(url, token=token, ca_file=ca_file),
+                                  models=ModelResolver(allow_download=False), login_url=url,
+                                  login_token=token, login_ca_file=ca_file, max_retry_delay=1.0)
         ctx.telemetry.serve(metrics_port)
         try:  # kopf stops on SIGTERM itself: it runs in the main thread
             await run_operator(ctx, asyncio.Event())
@@ -119,7 +143,7 @@ async def _reconcile_histogram(port: int) -> list[tuple[float, float]]:
 def _by_resource(entries: list[tuple[Any, ...]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for entry in entries:
-        key = f"{entry[1]} {entry[3]}"
+        key = f"{entry[1]} {entry[2]}"
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
 
@@ -129,14 +153,70 @@ def _ready_count(sb: Sandbox) -> int:
                for svc in sb.objects("llmservices"))
 
 
-async def run(count: int, steady_seconds: float) -> dict[str, Any]:
-    async with Sandbox(build_seconds=2.0, start_seconds=0.5) as sb:
+class Audit:
+    """The operator's requests as (who, verb, resource): the emulator's audit, or the real API
+    server's audit log (one JSON event per request, at ``ResponseComplete``)."""
+
+    def __init__(self, sb: Sandbox, log: Path | None) -> None:
+        self.sb, self.log, self.offset = sb, log, 0
+        self.entries: list[tuple[str, str, str]] = []
+
+    def _read(self) -> None:
+        if self.log is None:
+            self.entries = [(e[0], e[1], e[3]) for e in self.sb.emulator.audit]
+            return
+        with self.log.open() as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[:chunk.rfind("\n") + 1]
+        self.offset += len(complete.encode())
+        for line in complete.splitlines():
+            event = json.loads(line)
+            if event.get("stage") != "ResponseComplete":
+                continue
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            who = OPERATOR_TOKEN if event["user"]["username"] == OPERATOR_USER else event["user"]["username"]
+            self.entries.append((who, event["verb"], resource))
+
+    def mark(self) -> int:
+        self._read()
+        return len(self.entries)
+
+    def since(self, mark: int) -> list[tuple[str, str, str]]:
+        self._read()
+        return self.entries[mark:]
+
+
+@contextlib.asynccontextmanager
+async def _sandbox(control_plane: str, work: Path) -> AsyncIterator[tuple[Sandbox, Audit, list[str]]]:
+    """The sandbox, its audit, and the operator child's arguments."""
+    if control_plane == "emulator":
+        async with Sandbox(build_seconds=2.0, start_seconds=0.5) as sb:
+            yield sb, Audit(sb, None), [sb.url]
+        return
+    script = start_script(ROOT)
+    if script is None:
+        raise SystemExit("error: the control plane is not built: run tests/controlplane/build")
+    audit_log = work / "audit.log"
+    plane = await asyncio.to_thread(ControlPlane, script, third_party_crds(), chart_rbac(), 300.0, audit_log)
+    print(f"  kube-apiserver {plane.version} at {plane.server}", file=sys.stderr)
+    try:
+        async with RealSandbox(plane, build_seconds=2.0, start_seconds=0.5) as sb:
+            yield sb, Audit(sb, audit_log), [plane.server, plane.operator_token, plane.ca_file]
+    finally:
+        plane.stop()
+
+
+async def run(count: int, steady_seconds: float, control_plane: str) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="kiln-scale-"))
+    async with _sandbox(control_plane, work) as (sb, audit, operator_args):
         for namespace in NAMESPACES:
             sb.add_namespace(namespace)
             await sb.add_secret(namespace, "hf-token", {"HF_TOKEN": "hf_benchmark"})
         port = _free_port()
         log = tempfile.NamedTemporaryFile("w+", prefix="kiln-operator-", suffix=".log", delete=False)
-        child = subprocess.Popen([sys.executable, __file__, "--operator", sb.url, str(port)],
+        child = subprocess.Popen([sys.executable, __file__, "--operator", str(port), *operator_args],
                                  stderr=log)
         try:
             sb.start_kubelet()
@@ -165,19 +245,19 @@ async def run(count: int, steady_seconds: float) -> dict[str, Any]:
             # (or after 5 minutes, whatever it is).
             settle_started = time.monotonic()
             quiet_since = settle_started
-            mark = len(sb.emulator.audit)
+            mark = audit.mark()
             quiet = max(RESYNC_SECONDS, OBSERVE_PERIOD_SECONDS) + 5
             while time.monotonic() - quiet_since < quiet and \
                     time.monotonic() - settle_started < 300:
                 await asyncio.sleep(1.0)
-                fresh = sb.emulator.audit[mark:]
+                fresh = audit.since(mark)
                 mark += len(fresh)
                 if any(e[0] == OPERATOR_TOKEN and e[1] in WRITE_VERBS for e in fresh):
                     quiet_since = time.monotonic()
             settled = time.monotonic() - settle_started
-            mark = len(sb.emulator.audit)
+            mark = audit.mark()
             await asyncio.sleep(steady_seconds)
-            window = [e for e in sb.emulator.audit[mark:] if e[0] == OPERATOR_TOKEN]
+            window = [e for e in audit.since(mark) if e[0] == OPERATOR_TOKEN]
             per_verb: dict[str, int] = {}
             for entry in window:
                 per_verb[entry[1]] = per_verb.get(entry[1], 0) + 1
@@ -198,6 +278,7 @@ async def run(count: int, steady_seconds: float) -> dict[str, Any]:
     p50, p99 = _quantile(buckets, 0.50), _quantile(buckets, 0.99)
     within_1s = dict(buckets).get(1.0, 0.0) / max(buckets[-1][1], 1)
     report = {
+        "controlPlane": control_plane,
         "services": count, "namespaces": len(NAMESPACES),
         "secondsToCreate": round(created, 1), "secondsToAllReady": round(to_ready, 1),
         "reconciles": int(buckets[-1][1]),
@@ -224,16 +305,20 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--steady-seconds", type=float, default=65.0,
                         help="steady-state window (default: two 30 s resync periods)")
-    parser.add_argument("--operator", nargs=2, metavar=("URL", "METRICS_PORT"),
-                        help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--control-plane", choices=["emulator", "real"], default="emulator",
+                        help="the API emulator (default) or tests/controlplane's real API server")
+    parser.add_argument("--operator", nargs="+", metavar="ARG",
+                        help=argparse.SUPPRESS)  # the child process: METRICS_PORT URL [TOKEN CA_FILE]
     args = parser.parse_args()
     if args.operator:
-        _operator(args.operator[0], int(args.operator[1]))
+        port, url, *credentials = args.operator
+        token, ca_file = credentials if credentials else (None, None)
+        _operator(url, int(port), token, ca_file)
         return 0
     if not Path("/proc/self/status").exists():
         print("error: the RSS measurement reads /proc: run on Linux", file=sys.stderr)
         return 2
-    report = asyncio.run(run(args.services, args.steady_seconds))
+    report = asyncio.run(run(args.services, args.steady_seconds, args.control_plane))
     print(json.dumps(report, indent=2))
     return 0
 

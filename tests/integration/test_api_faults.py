@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 
+import pytest
 import yaml
 
 from kiln.controller.conditions import is_true
@@ -18,6 +19,8 @@ from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
 from ..support.faults import FlakyEmulator
+
+pytestmark = pytest.mark.emulator_only("the emulator answers with injected 409 Conflicts and 503s")
 
 NS = "llm"
 MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())

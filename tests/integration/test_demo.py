@@ -7,9 +7,13 @@ import io
 import re
 import shutil
 
+import pytest
+
 from kiln.demo.run import Replay, run_demo
 
 from ..conftest import ROOT
+
+pytestmark = pytest.mark.emulator_only("kiln demo embeds the emulator")
 
 
 async def test_replayed_trace_scales_the_example_up_and_down(tmp_path):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kiln.demo.sandbox import Sandbox
+
+pytestmark = pytest.mark.emulator_only("tests the emulator itself")
 
 
 async def test_a_list_returns_only_what_its_label_selector_selects():

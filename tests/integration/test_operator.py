@@ -25,6 +25,7 @@ from kiln.demo.sandbox import Sandbox
 from kiln.render.meta import ENGINE_KEY_ANNOTATION
 
 from ..conftest import ROOT
+from ..support.cluster import chart_rbac
 
 NS = "llm"
 MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
@@ -59,8 +60,8 @@ def _ready(sb, name="mistral-7b"):
 
 
 @pytest.fixture
-async def sandbox():
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+async def sandbox(make_sandbox):
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         yield sb
 
@@ -86,7 +87,7 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     assert is_true(status["conditions"], "EngineReady")
     assert get_condition(status["conditions"], "Stalled")["status"] == "False"
     assert get_condition(status["conditions"], "Reconciling")["status"] == "False"
-    assert status["endpoint"] == "http://mistral-7b-server.llm.svc:8000"
+    assert status["endpoint"] == f"http://mistral-7b-server.{sb.ns(NS)}.svc:8000"
     assert status["plan"]["fits"] is True and status["tpPp"] == "1x1"
     assert status["readyReplicas"] == 1
     # The loop closed: the observer scraped the (simulated) Triton's KV block metrics over
@@ -107,9 +108,9 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
         e.get("reason") for _, e in sb.events("events")}, what="the build Events")
 
     # Steady state: nothing changes, so nothing is written (the resync tick is 30 s away).
-    before = len(sb.emulator.history("llmservices")) + len(sb.emulator.history("deployments"))
+    before = sb.changes("llmservices", "deployments")
     await asyncio.sleep(1.5)
-    assert len(sb.emulator.history("llmservices")) + len(sb.emulator.history("deployments")) == before
+    assert sb.changes("llmservices", "deployments") == before
 
     # A reconcile keeps the observer's figures while the prediction they answer stands, and
     # drops them when the prediction moved (here: as if observed against an older one).
@@ -126,7 +127,7 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     assert metrics[("kiln_engine_builds_total", (("result", "started"),))] == 1
     assert metrics[("kiln_engine_builds_total", (("result", "succeeded"),))] == 1
     assert metrics[("kiln_engine_build_duration_seconds_count", ())] == 1
-    labels = (("namespace", NS), ("service", "mistral-7b"))
+    labels = (("namespace", sb.ns(NS)), ("service", "mistral-7b"))
     assert metrics[("kiln_service_ready_replicas", labels)] == 1
     assert metrics[("kiln_plan_kv_cache_tokens", labels)] == status["plan"]["kvCacheTokens"]
     assert metrics[("kiln_observed_kv_cache_tokens", labels)] == status["plan"]["observedKVCacheTokens"]
@@ -211,8 +212,14 @@ INVALID = {
 }
 
 
+# Where a real API server's refusal points for each case.
+API_FIELD = {"wrong-precision": "spec.precision", "tp-times-pp": "spec", "unknown-field": "spec.replica",
+             "negative-gpus": "spec.gpus", "missing-source": "spec.model",
+             "scale-from-zero": "spec.autoscaling.minReplicas"}
+
+
 @pytest.mark.parametrize("case", sorted(INVALID))
-async def test_invalid_spec_is_stalled_with_the_render_message_and_nothing_created(sandbox, tmp_path, case):
+async def test_invalid_spec_is_stalled_with_the_render_message_and_nothing_created(sandbox, backend, tmp_path, case):
     change, field = INVALID[case]
     manifest = _invalid(change)
     path = tmp_path / "bad.yaml"
@@ -224,6 +231,16 @@ async def test_invalid_spec_is_stalled_with_the_render_message_and_nothing_creat
     assert field in cli_message
 
     sb = sandbox
+    if backend == "real":
+        # A real API server refuses it first (the CRD's schema and CEL rules, unknown fields
+        # with kubectl's strict field validation), naming the field; nothing reaches the operator.
+        with pytest.raises(RuntimeError) as refused:
+            await sb.create(manifest)
+        # 422 Invalid (schema, CEL) or 400 BadRequest (strict decoding of an unknown field).
+        refusal = str(refused.value)
+        assert (" 422 " in refusal or " 400 " in refusal) and API_FIELD[case] in refusal, refusal
+        assert sb.objects("llmservices") == []
+        return
     await sb.start_operator()
     await sb.create(manifest)
     svc = await _with_condition(sb, "bad", "Stalled")
@@ -248,7 +265,7 @@ async def test_missing_secret_is_stalled_naming_the_secret(sandbox):
     svc = await _with_condition(sb, "mistral-7b", "Stalled")
     stalled = get_condition(_conditions(svc), "Stalled")
     assert stalled["reason"] == "MissingDependency"
-    assert "spec.model.credentials.secretName" in stalled["message"] and "llm/hf-token" in stalled["message"]
+    assert "spec.model.credentials.secretName" in stalled["message"] and f"{sb.ns(NS)}/hf-token" in stalled["message"]
     assert sb.objects("jobs") == []
 
 
@@ -300,8 +317,8 @@ def autoscaled_mistral():
 
 
 @pytest.fixture
-async def scaling_sandbox():
-    async with Sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, **FAST_SCALING) as sb:
+async def scaling_sandbox(make_sandbox):
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, **FAST_SCALING) as sb:
         sb.add_namespace(NS)
         yield sb
 
@@ -345,8 +362,12 @@ async def test_builtin_autoscaler_follows_kv_pressure_and_holds_without_metrics(
 MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
 
 
-async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_group(scaling_sandbox):
+async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_group(scaling_sandbox, backend):
     sb = scaling_sandbox
+    if backend == "real":  # the chart grants the leader's Role only in the namespaces it lists
+        for obj in chart_rbac({"multiNode": {"namespaces": [sb.ns(NS)]}}):
+            if obj["kind"] in ("Role", "RoleBinding"):
+                sb.plane.apply(obj)
     await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
     manifest = copy.deepcopy(MULTI_NODE)
     manifest["spec"]["autoscaling"].update(targetKVCacheUtilization=0.75, scaleDownStabilizationSeconds=2)
@@ -358,9 +379,9 @@ async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_g
     assert lws["metadata"]["name"] == "llama-405b-group" and lws["spec"]["replicas"] == 1
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
     assert sb.objects("deployments") == []
-    assert {o["metadata"]["name"] for plural in ("roles", "rolebindings")
-            for o in sb.objects(plural)} == {"llama-405b-launcher"}
-    assert {o["metadata"]["name"] for o in sb.objects("serviceaccounts")} == {
+    assert {o["metadata"]["name"] for plural in ("roles", "rolebindings")  # the service's own
+            for o in sb.objects(plural) if o["metadata"].get("ownerReferences")} == {"llama-405b-launcher"}
+    assert {o["metadata"]["name"] for o in sb.objects("serviceaccounts") if o["metadata"].get("ownerReferences")} == {
         "llama-405b-launcher", "llama-405b-server"}
     svc = _service(sb, "llama-405b")
     assert svc["status"]["tpPp"] == "8x2" and svc["status"]["readyReplicas"] == 1
@@ -375,6 +396,7 @@ async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_g
 
 
 async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_with_the_install_hint():
+    # One back-end: the real control plane's session has the LeaderWorkerSet CRD installed.
     async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, leader_worker_set=False) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
@@ -394,6 +416,8 @@ async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_wit
 
 
 async def test_a_failed_build_names_its_step_and_output_and_the_previous_engine_keeps_serving():
+    # One back-end: on a real server the Job controller retries the failed Pod with its 10 s,
+    # 20 s back-off before the Job fails, longer than these waits.
     failing: set[str] = set()
     async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
                        fail_builds=lambda job: job["metadata"]["name"] in failing) as sb:
@@ -414,7 +438,7 @@ async def test_a_failed_build_names_its_step_and_output_and_the_previous_engine_
         engine_ready = get_condition(_conditions(svc), "EngineReady")
         assert engine_ready["status"] == "False" and engine_ready["reason"] == "EngineBuildFailed"
         message = engine_ready["message"]
-        assert f"{NS}/{new_job} failed at step engine (container build, exit code 1)" in message
+        assert f"{sb.ns(NS)}/{new_job} failed at step engine (container build, exit code 1)" in message
         assert "CUDA runtime error in cudaMalloc: out of memory" in message
         assert "previous engine keeps serving" in message and "delete the Job to retry" in message
         # No rollout of the broken engine: the workload still runs the old one.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 import helm_python as helm
+import pytest
 import yaml
 
 from kiln.controller.conditions import is_true
@@ -25,6 +26,10 @@ from kiln.demo.sandbox import Sandbox
 from kiln.render import SPEC_HASH_ANNOTATION
 
 from ..conftest import ROOT
+
+pytestmark = pytest.mark.emulator_only(
+    "compares the emulator's audit of every request with the chart; on the real "
+    "server RBAC itself refuses (test_real_rbac.py)")
 
 NS = "llm"
 LLAMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import yaml
 
 from kiln.controller.conditions import is_true
@@ -19,6 +20,10 @@ from kiln.demo.sandbox import Sandbox
 from ..conftest import ROOT
 from ..support.faults import FreezingEmulator
 from .test_operator import FAST_SCALING, autoscaled_mistral
+
+pytestmark = pytest.mark.emulator_only(
+    "freezes the emulator at its k-th write to stop the operator there "
+    "(tests/support/faults.py)")
 
 NS = "llm"
 MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())

@@ -14,6 +14,7 @@ import copy
 import json
 import logging
 
+import pytest
 import yaml
 from prometheus_client import generate_latest
 
@@ -22,6 +23,10 @@ from kiln.controller.conditions import is_true
 from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
+
+pytestmark = pytest.mark.emulator_only(
+    "searches the emulator's record of every request and watch event for the secret "
+    "values")
 
 NS = "llm"
 SECRETS = {"HF_TOKEN": "hf_SeNtInElxTokenValue0123456789",

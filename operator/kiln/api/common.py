@@ -112,3 +112,5 @@ class Reason(StrEnum):
     METRICS_AVAILABLE = "MetricsAvailable"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     APPLY_REFUSED = "ApplyRefused"
+    # The API server refused the operator a verb (HTTP 403): its RBAC lacks a rule.
+    FORBIDDEN = "Forbidden"

@@ -77,6 +77,10 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
     "model": [
         {"rule": "self.source == oldSelf.source", "message": "model.source is immutable",
          "fieldPath": ".source"},
+        # The source pattern admits any segment; the operator refuses '.' and '..' (a pvc://
+        # path must not climb out of its claim), so the API server must too.
+        {"rule": "!self.source.matches('(^|/)[.][.]?(/|$)')",
+         "message": "model.source must not contain '.' or '..' path segments", "fieldPath": ".source"},
     ],
     "parallelism": [
         {"rule": f"type(self.{axis}) == string ? self.{axis} == 'auto' : self.{axis} >= 1",
@@ -152,10 +156,13 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if node.get("type") == "object" and "properties" in node:
         node["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
         for prop in node["properties"].values():
-            # A nested object whose fields all have defaults gets {} as default, so that the
-            # API server fills in its fields' defaults too.
+            # A nested object whose fields all have defaults gets a default too, so that the API
+            # server fills in its fields' defaults. Spelled out rather than {}: the API server
+            # evaluates the object's CEL rules on the default as written (a {} default is refused
+            # with "no such key"), and spelled out it is what defaulting {} would produce.
             if prop.get("type") == "object" and "default" not in prop and not prop.get("required"):
-                prop["default"] = {}
+                prop["default"] = {k: v["default"] for k, v in (prop.get("properties") or {}).items()
+                                   if "default" in v}
     if "items" in node:
         node["items"] = _structural(node["items"], defs)
     return node

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -35,10 +36,53 @@ def describe_error(error: ValidationError, prefix: str) -> str:
     return f"{path}: {message}"
 
 
+_JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a string",
+               "boolean": "a boolean", "object": "an object", "array": "a list"}
+
+
+def _as_the_api_server_types(value: Any, schema: dict[str, Any], path: str) -> Any:
+    """``value`` with the API server's structural typing applied before pydantic's lax one:
+    a null where the schema has a default is dropped (the API server defaults it), and a value
+    of the wrong JSON type is refused (pydantic would take ``true`` or ``"2"`` as an integer)."""
+    if isinstance(value, dict) and schema.get("type") == "object":
+        properties = schema.get("properties") or {}
+        checked = {}
+        for key, item in value.items():
+            if key not in properties:
+                checked[key] = item  # unknown fields: pydantic names them
+            elif item is None and "default" in properties[key]:
+                continue
+            else:
+                checked[key] = _as_the_api_server_types(item, properties[key], f"{path}.{key}")
+        return checked
+    if value is None:
+        return value  # pydantic says what is missing
+    if schema.get("x-kubernetes-int-or-string"):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise SpecInvalid(f"{path}: must be an integer or a string (got {quote(value)})")
+        return value
+    expected = schema.get("type")
+    fits = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
+            "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list)}
+    if expected in fits and not fits[expected](value):
+        raise SpecInvalid(f"{path}: must be {_JSON_TYPES[expected]} (got {quote(value)})")
+    return value
+
+
+@functools.cache
+def _spec_schema() -> dict[str, Any]:
+    from .crd import openapi_schema  # crd builds on this module's models
+
+    return openapi_schema(LLMServiceSpec)
+
+
 def parse_service_spec(raw: Any) -> LLMServiceSpec:
     """Validate an LLMService ``spec``; raise SpecInvalid with one field-path message."""
     if not isinstance(raw, dict):
         raise SpecInvalid("spec: must be an object")
+    raw = _as_the_api_server_types(raw, _spec_schema(), "spec")
     try:
         return LLMServiceSpec.model_validate(raw)
     except ValidationError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,10 @@ class OperatorContext:
     api: KubeApi
     models: ModelResolver = field(default_factory=ModelResolver)
     login_url: str | None = None
+    # The identity and trust for ``login_url``: a real API server's operator token and CA file
+    # (the emulator takes the fixed token over plain HTTP).
+    login_token: str = OPERATOR_TOKEN
+    login_ca_file: str | None = None
     # The demo and the tests poll builds and rollouts faster than a real cluster needs.
     max_retry_delay: float | None = None
     metrics: MetricsSource | None = None
@@ -131,6 +136,14 @@ _BUILD_EVENTS = {EventReason.BUILD_STARTED: "started", EventReason.BUILD_SUCCEED
                  EventReason.BUILD_FAILED: "failed"}
 
 
+def forbidden_conditions(conditions: list[dict[str, Any]], said: str, now: str) -> list[dict[str, Any]]:
+    """``Stalled=True``/``Ready=False`` with reason ``Forbidden``, for a 403 from the API server."""
+    message = (f"the API server refused the operator: {said}; grant the verb to the operator's "
+               "ServiceAccount (the chart's ClusterRole has every rule it needs)")
+    conditions = set_condition(conditions, ConditionType.STALLED, True, Reason.FORBIDDEN, message, now)
+    return set_condition(conditions, ConditionType.READY, False, Reason.FORBIDDEN, message, now)
+
+
 def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -157,14 +170,21 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
 
     register_caches(registry, ctx.changed.add)
 
-    if ctx.login_url is not None:
+    if ctx.login_url is None:
+        # A registry of one's own gets none of the fallback logins kopf adds to its default one
+        # (SmartOperatorRegistry, kopf/_core/intents/registries.py): without this, `kiln run`
+        # found no credentials in a kubeconfig or a pod's ServiceAccount.
+        kopf.on.login(registry=registry)(kopf.login_via_client)
+    else:
         @kopf.on.login(registry=registry)
         async def login(**_: Any) -> kopf.AiohttpSession:
             # A session the operator owns, so that it is closed even if kopf's cleanup is not.
             if ctx.kopf_session is None or ctx.kopf_session.closed:
+                tls = (ssl.create_default_context(cafile=ctx.login_ca_file)
+                       if ctx.login_ca_file else False)
                 ctx.kopf_session = aiohttp.ClientSession(
-                    headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-                    connector=aiohttp.TCPConnector(ssl=False))
+                    headers={"Authorization": f"Bearer {ctx.login_token}"},
+                    connector=aiohttp.TCPConnector(ssl=tls))
             return kopf.AiohttpSession(server=ctx.login_url, aiohttp_session=ctx.kopf_session)
 
     def capped(delay: float) -> float:
@@ -206,6 +226,11 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                 said = " ".join(str(error).split())[:300]
                 kopf.event(body, type="Warning", reason="ReconcileError",
                            message=f"{type(error).__name__}: {said}; retrying in {delay:g}s")
+                if isinstance(error, ApiException) and error.status == 403:
+                    # Retrying cannot help until someone grants the verb: say so where
+                    # `kubectl get llms` and kstatus look, and keep retrying slowly.
+                    patch.status["conditions"] = forbidden_conditions(
+                        list(raw["status"].get("conditions") or []), said, _now())
                 raise kopf.TemporaryError(f"{type(error).__name__}: {said}", delay=delay) from error
             finally:
                 telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)

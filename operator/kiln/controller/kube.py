@@ -103,11 +103,14 @@ class KubeApi:
         return cls(aio_client.ApiClient(configuration))
 
     @classmethod
-    def for_url(cls, url: str, token: str = "kiln") -> KubeApi:
+    def for_url(cls, url: str, token: str = "kiln", ca_file: str | None = None) -> KubeApi:
+        """A client with a bearer token; TLS verified against ``ca_file`` when given (a real
+        API server), not at all otherwise (the emulator speaks plain HTTP)."""
         configuration = aio_client.Configuration(host=url.rstrip("/"))
         configuration.api_key = {"BearerToken": token}
         configuration.api_key_prefix = {"BearerToken": "Bearer"}
-        configuration.verify_ssl = False
+        configuration.verify_ssl = ca_file is not None
+        configuration.ssl_ca_cert = ca_file
         return cls(aio_client.ApiClient(configuration))
 
     async def close(self) -> None:
@@ -127,6 +130,15 @@ class KubeApi:
         if not 200 <= response.status <= 299:
             raise ApiException(status=response.status, reason=data.decode(errors="replace")[:500])
         return json.loads(data) if data else {}
+
+    async def request(self, method: str, path: str, body: Any = None, *,
+                      content_type: str = "application/json",
+                      query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+        """Any call by path, for the kinds outside :data:`KINDS` that a simulated kubelet
+        writes (Nodes, Bindings); the operator itself keeps to the typed methods."""
+        if method != "GET":
+            self.writes += 1
+        return await self._call(method, path, body, content_type=content_type, query=query)
 
     async def get(self, api_version: str, kind: str, name: str,
                   namespace: str | None = None) -> dict[str, Any] | None:

@@ -14,6 +14,14 @@ every pod of its namespace). This subclass adds exactly those. It does *not*
 validate schemas or CEL rules (tests check those against the generated CRDs separately),
 and server-side apply here replaces each top-level field Kiln sends, which equals the real
 merge only because Kiln is the sole manager of every field it applies.
+
+Where the real control plane (tests/controlplane, the integration suite's ``real`` back-end)
+behaves differently and this emulator does not follow: it installs any CRD (a real API server
+evaluates a CRD's CEL rules on its defaults and refused Kiln's ``{}`` defaults), admits any
+object (no schema, CEL, strict field validation, null defaulting or name validation; the
+admission parity test runs on the real server), authorizes every request (RBAC is audited
+here, enforced there), and runs no Job, ReplicaSet or Deployment controller (the simulated
+kubelet writes a Deployment's status here; there, the controllers do from the Pods' status).
 """
 
 from __future__ import annotations

@@ -278,7 +278,9 @@ class SimulatedTriton:
                   f'{histogram}_sum{{{series}}} {self.input_tokens:.0f}']
         return "\n".join(lines) + "\n"
 
-    async def start(self) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Serve on ``host:port`` (any free port by default; a real server's simulated Pods
+        each have their own loopback address and the Pod's metrics port)."""
         async def metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
             if self.outage():
                 return aiohttp.web.Response(status=503, text="metrics unavailable (simulated outage)")
@@ -290,7 +292,7 @@ class SimulatedTriton:
             add_openai_routes(app, self.served_model)
         self._runner = aiohttp.web.AppRunner(app)
         await self._runner.setup()
-        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = aiohttp.web.TCPSite(self._runner, host, port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

@@ -91,6 +91,11 @@ class Sandbox:
 
     # --- the cluster ------------------------------------------------------------------
 
+    def ns(self, name: str) -> str:
+        """The server-side name of namespace ``name`` (the same here; a shared real server
+        gives each sandbox its own)."""
+        return name
+
     def add_namespace(self, name: str) -> None:
         # kmock cannot route POST /api/v1/namespaces: seed the object directly.
         self.emulator.objects[resource("v1/namespaces"), None, name] = {
@@ -132,6 +137,11 @@ class Sandbox:
     def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         return self.emulator.get_live(plural, namespace, name)
 
+    def changes(self, *plurals: str) -> Any:
+        """A value that differs once any object of these kinds was written (here: the watch
+        events the API server sent for them)."""
+        return sum(len(self.emulator.history(plural)) for plural in plurals)
+
     def events(self, plural: str) -> list[tuple[str, dict[str, Any]]]:
         """Every watch event the API server sent for a kind: (type, object)."""
         return [(e["type"], e["object"]) for _, e in self.emulator.history(plural)]
@@ -162,10 +172,13 @@ class Sandbox:
         thread.start()
         self._operator = (thread, stop)
 
+    def _operator_context(self, **options: Any) -> OperatorContext:
+        return emulator_operator(self.url, **options)
+
     def _run_operator(self, stop: threading.Event) -> None:
         async def main() -> None:
-            ctx = self.operator_context = emulator_operator(
-                self.url, max_retry_delay=self._retry_delay, autoscale_period=self._autoscale_period,
+            ctx = self.operator_context = self._operator_context(
+                max_retry_delay=self._retry_delay, autoscale_period=self._autoscale_period,
                 observe_period=self._observe_period,
                 autoscale_timing=self._autoscale_timing, exit_timeout=self._exit_timeout,
                 policy=self._policy, **self._operator_options)

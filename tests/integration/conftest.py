@@ -1,0 +1,75 @@
+"""The integration suite's two back-ends: the kmock-based emulator and a real control plane.
+
+``backend`` is ``emulator`` or ``real``. ``real`` is kube-apiserver + kube-controller-manager +
+etcd from ``tests/controlplane`` (one per test session), used wherever that binary is built for
+the current sources (``.ci/run`` builds it); elsewhere its cases are skipped, saying how to build
+it. The operator on ``real`` authenticates as the chart's ServiceAccount with exactly the chart's
+ClusterRole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from ..support.real_cluster import ControlPlane, RealSandbox, start_script
+from kiln.demo.sandbox import Sandbox
+
+from ..conftest import ROOT
+from ..support.cluster import chart_rbac, third_party_crds
+
+BACKENDS = ["emulator", "real"]
+_started: dict[str, str] = {}  # what the terminal summary reports
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane | None]:
+    script = start_script(ROOT)
+    if script is None:
+        yield None
+        return
+    plane = ControlPlane(script, third_party_crds(), chart_rbac())
+    _started["version"] = plane.version
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "real":
+        reason = next((m.args[0] for m in request.node.iter_markers("emulator_only")), None)
+        if reason:
+            pytest.skip(f"emulator only: {reason}")
+        if request.getfixturevalue("control_plane") is None:
+            pytest.skip("the real control plane is not built here: run tests/controlplane/build")
+    return str(request.param)
+
+
+@pytest.fixture
+def make_sandbox(backend: str, request: pytest.FixtureRequest) -> Any:
+    """``async with make_sandbox(**options) as sb``: a Sandbox on this test's back-end."""
+    @contextlib.asynccontextmanager
+    async def make(**options: Any) -> AsyncIterator[Sandbox]:
+        if backend == "real":
+            options.pop("leader_worker_set", None)
+            async with RealSandbox(request.getfixturevalue("control_plane"), **options) as sb:
+                yield sb
+        else:
+            async with Sandbox(**options) as sb:
+                yield sb
+    return make
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "emulator_only(reason): a case the real back-end cannot run")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if "version" in _started:
+        terminalreporter.write_line(f"real back-end: kube-apiserver {_started['version']} "
+                                    "(tests/controlplane, k8s.io/kubernetes Go modules)")

@@ -1,0 +1,265 @@
+"""The sandbox on a real control plane: kube-apiserver, kube-controller-manager and etcd.
+
+``tests/controlplane/start`` runs them (built from ``k8s.io/kubernetes`` Go modules).
+:class:`ControlPlane` starts it, installs the CRDs Kiln's objects need and the chart's RBAC, and
+hands out credentials: an admin's, and the operator ServiceAccount's, whose rights are exactly
+the chart's ClusterRole, so a verb the chart lacks is a real 403. :class:`RealSandbox` has the
+interface of :class:`kiln.demo.sandbox.Sandbox` on top of it, with :class:`ApiKubelet` as the
+scheduler and kubelet; the Job, Deployment, ReplicaSet, garbage-collector and namespace
+controllers are the real ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+
+from kiln.api.crd import crds
+from kiln.controller.handlers import OperatorContext
+from kiln.controller.kube import KINDS, KubeApi
+from kiln.controller.models import ModelResolver
+from kiln.demo.apikubelet import ApiKubelet
+from kiln.demo.sandbox import Sandbox
+
+__all__ = ["ControlPlane", "RealSandbox", "PLURALS"]
+
+OPERATOR_NAMESPACE = "kiln-system"
+OPERATOR_SERVICE_ACCOUNT = "kiln"  # the chart's, for a release named "kiln"
+
+# plural -> (API prefix, namespaced), for reads by the tests.
+PLURALS: dict[str, tuple[str, bool]] = {
+    k.plural: ("/api/v1" if k.api_version == "v1" else f"/apis/{k.api_version}", k.namespaced)
+    for k in KINDS.values()}
+PLURALS.update({"events": ("/api/v1", True), "namespaces": ("/api/v1", False),
+                "nodes": ("/api/v1", False), "replicasets": ("/apis/apps/v1", True),
+                "customresourcedefinitions": ("/apis/apiextensions.k8s.io/v1", False),
+                "clusterroles": ("/apis/rbac.authorization.k8s.io/v1", False),
+                "clusterrolebindings": ("/apis/rbac.authorization.k8s.io/v1", False)})
+_PLURAL_OF = {"CustomResourceDefinition": "customresourcedefinitions", "Namespace": "namespaces",
+              "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
+              "Event": "events", "Node": "nodes", "ReplicaSet": "replicasets",
+              **{k.kind: k.plural for k in KINDS.values()}}
+
+
+def path_of(plural: str, namespace: str | None = None, name: str | None = None) -> str:
+    prefix, namespaced = PLURALS[plural]
+    path = prefix + (f"/namespaces/{namespace}" if namespaced and namespace else "") + f"/{plural}"
+    return path + (f"/{name}" if name else "")
+
+
+class ControlPlane:
+    """``tests/controlplane/start`` as a child process, with clients for its two identities."""
+
+    def __init__(self, start_script: Path, extra_crds: list[dict[str, Any]],
+                 rbac: list[dict[str, Any]], ready_timeout: float = 240.0,
+                 audit_log: Path | None = None) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="kiln-real-")
+        work = Path(self._dir.name)
+        self.kubeconfig = work / "admin.kubeconfig"
+        operator_kubeconfig = work / "operator.kubeconfig"
+        self.log = work / "controlplane.log"
+        with self.log.open("w") as log:
+            self._process = subprocess.Popen(
+                [str(start_script), "--kubeconfig", str(self.kubeconfig),
+                 "--operator-kubeconfig", str(operator_kubeconfig),
+                 "--operator-user",
+                 f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}",
+                 "--data-dir", str(work / "state"),
+                 *(["--audit-log", str(audit_log)] if audit_log else [])],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_timeout
+        while not self.kubeconfig.exists():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the control plane did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        self.server, ca, self.admin_token = _read_kubeconfig(self.kubeconfig)
+        _, _, self.operator_token = _read_kubeconfig(operator_kubeconfig)
+        self.ca_file = str(work / "ca.crt")
+        Path(self.ca_file).write_text(ca)
+        self.http = requests.Session()
+        self.http.verify = self.ca_file
+        # requests lets REQUESTS_CA_BUNDLE (and proxy variables) override the session's CA.
+        self.http.trust_env = False
+        self.http.headers["Authorization"] = f"Bearer {self.admin_token}"
+        self.version = self.http.get(f"{self.server}/version", timeout=10).json()["gitVersion"]
+        for crd in [*crds(), *extra_crds]:
+            self.apply(crd)
+        for crd in [*crds(), *extra_crds]:
+            self.wait_established(crd["metadata"]["name"])
+        self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
+        for obj in rbac:
+            self.apply(obj)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply as the admin (field manager ``kiln-tests``)."""
+        meta = obj["metadata"]
+        response = self.http.patch(
+            self.server + path_of(_PLURAL_OF[obj["kind"]], meta.get("namespace"), meta["name"]),
+            data=yaml.safe_dump(obj), params={"fieldManager": "kiln-tests", "force": "true"},
+            headers={"Content-Type": "application/apply-patch+yaml"}, timeout=30)
+        if response.status_code >= 300:
+            raise RuntimeError(f"applying {obj['kind']} {meta['name']}: {response.status_code} "
+                               f"{response.text}")
+        return response.json()  # type: ignore[no-any-return]
+
+    def wait_established(self, crd: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.http.get(self.server + path_of("customresourcedefinitions", name=crd),
+                                  timeout=10).json()
+            if any(c["type"] == "Established" and c["status"] == "True"
+                   for c in (found.get("status") or {}).get("conditions") or []):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"CRD {crd} not Established after {timeout}s")
+
+    def api(self, *, operator: bool = False) -> KubeApi:
+        return KubeApi.for_url(self.server, token=self.operator_token if operator else self.admin_token,
+                               ca_file=self.ca_file)
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(60)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._dir.cleanup()
+
+
+def _read_kubeconfig(path: Path) -> tuple[str, str, str]:
+    config = yaml.safe_load(path.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+    return cluster["server"], ca, config["users"][0]["user"]["token"]
+
+
+class RealSandbox(Sandbox):
+    """A :class:`Sandbox` whose cluster is a :class:`ControlPlane`. Each sandbox gets fresh
+    namespaces (``name`` maps to ``name-<suffix>`` on the server; reads and writes translate
+    it), and on exit deletes its namespaces and the LLMEngines its services made."""
+
+    def __init__(self, plane: ControlPlane, **options: Any) -> None:
+        options.pop("leader_worker_set", None)  # the LeaderWorkerSet CRD is installed
+        super().__init__(**options)
+        # Sandbox's emulator is never started here: nothing may read it by mistake.
+        self.emulator = None
+        del self._server
+        self.plane = plane
+        self.url = plane.server
+        self._suffix = uuid.uuid4().hex[:6]
+        self._namespaces: dict[str, str] = {}
+
+    def ns(self, name: str) -> str:
+        """The server-side name of this sandbox's namespace ``name``."""
+        return self._namespaces.get(name, name)
+
+    async def __aenter__(self) -> RealSandbox:
+        self.api = self.plane.api()
+        self.cluster = ApiKubelet(self.api, build_seconds=self._build_seconds,
+                                  start_seconds=self._start_seconds, fail_builds=self._fail_builds,
+                                  on_event=self._on_event)
+        await self.cluster.register_nodes()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop_operator()
+        await self.stop_kubelet()
+        # With the operator gone nothing would remove its finalizers: drop them, so the
+        # namespaces and the (cluster-scoped, shared) engines are really gone for the next test.
+        for plural in ("llmservices", "llmengines"):
+            for obj in self.objects(plural):
+                where = self.plane.server + path_of(plural, obj["metadata"].get("namespace"),
+                                                    obj["metadata"]["name"])
+                if obj["metadata"].get("finalizers"):
+                    self.plane.http.patch(where, json={"metadata": {"finalizers": None}}, timeout=30,
+                                          headers={"Content-Type": "application/merge-patch+json"})
+                self.plane.http.delete(where, timeout=30)
+        for namespace in self._namespaces.values():
+            self.plane.http.delete(self.plane.server + path_of("namespaces", name=namespace), timeout=30)
+        await self.api.close()
+
+    def _operator_context(self, **options: Any) -> OperatorContext:
+        return OperatorContext(
+            api=self.plane.api(operator=True), models=ModelResolver(allow_download=False),
+            login_url=self.plane.server, login_token=self.plane.operator_token,
+            login_ca_file=self.plane.ca_file, **options)
+
+    def add_namespace(self, name: str) -> None:
+        actual = self._namespaces.setdefault(name, f"{name}-{self._suffix}")
+        self.plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": actual}})
+        # Pods are refused until the ServiceAccount controller made the namespace's default one.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.plane.http.get(
+                self.plane.server + path_of("serviceaccounts", actual, "default"), timeout=30).status_code != 200:
+            time.sleep(0.05)
+
+    def _translated(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return {**obj, "metadata": {**meta, "namespace": self.ns(meta.get("namespace") or "default")}}
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] != "CustomResourceDefinition":
+            obj = self._translated(obj)
+        meta = obj["metadata"]
+        response = self.plane.http.post(
+            self.plane.server + path_of(_PLURAL_OF[obj["kind"]], meta.get("namespace")), json=obj,
+            params={"fieldValidation": "Strict"}, timeout=30)  # as kubectl sends it
+        if response.status_code >= 300:
+            raise RuntimeError(f"creating {obj['kind']} {meta['name']}: {response.status_code} {response.text}")
+        return response.json()  # type: ignore[no-any-return]
+
+    async def patch_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        response = self.plane.http.patch(
+            self.plane.server + path_of("llmservices", self.ns(namespace), name), json={"spec": spec},
+            headers={"Content-Type": "application/merge-patch+json"}, timeout=30)
+        if response.status_code >= 300:
+            raise RuntimeError(f"patching {name}: {response.status_code} {response.text}")
+
+    async def delete(self, plural: str, name: str, namespace: str | None = None) -> None:
+        """Delete as ``kubectl delete`` does (background propagation: the garbage collector
+        removes the dependents)."""
+        self.plane.http.delete(self.plane.server + path_of(plural, self.ns(namespace or ""), name),
+                               timeout=30)
+
+    def objects(self, plural: str) -> list[dict[str, Any]]:
+        mine = set(self._namespaces.values())
+        found = self.plane.http.get(self.plane.server + path_of(plural), timeout=30).json()
+        items = [o for o in found.get("items") or []
+                 if not PLURALS[plural][1] or o["metadata"].get("namespace") in mine]
+        return sorted(items, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
+
+    def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        response = self.plane.http.get(
+            self.plane.server + path_of(plural, self.ns(namespace) if namespace else None, name), timeout=30)
+        return response.json() if response.status_code == 200 else None  # type: ignore[no-any-return]
+
+    def changes(self, *plurals: str) -> Any:
+        """Every live object's resourceVersion: a real write moves it, a no-op write does not."""
+        return {(plural, o["metadata"].get("namespace"), o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+                for plural in plurals for o in self.objects(plural)}
+
+    def events(self, plural: str) -> list[tuple[str, dict[str, Any]]]:
+        """The live objects as ADDED events: a real server keeps no watch history."""
+        return [("ADDED", o) for o in self.objects(plural)]
+
+
+def start_script(root: Path) -> Path | None:
+    """``tests/controlplane/start`` if its binary is built for the current sources, else None."""
+    script = root / "tests" / "controlplane" / "start"
+    result = subprocess.run([str(root / "tests" / "controlplane" / "build")], capture_output=True,
+                            text=True, env={**os.environ, "KILN_CONTROLPLANE_BUILD": "never"})
+    return script if result.returncode == 0 else None
