@@ -102,9 +102,14 @@ class LawParams:
     down_step: int = 1
     batch_target: float = 0.75
     prefill_target: float = 0.5
-    smooth_stabilization: float = 0.5  # share of the stabilisation window on smooth load
-    burst_ratio: float = 1.5
-    burst_horizon: float = 600.0
+    # Burst headroom, learned online: over the last ``headroom_memory`` seconds, how much the
+    # demand grew within one ``headroom_horizon`` (a cold start: what a burst can add before
+    # new replicas serve), taken at its ``headroom_quantile`` and capped at ``headroom_max``.
+    headroom_horizon: float = 90.0
+    headroom_memory: float = 3600.0
+    headroom_quantile: float = 0.95
+    headroom_max: float = 2.0
+    backlog_lifetimes: float = 2.0
 
     @classmethod
     def for_service(cls, scaling: AutoscalingSpec, **overrides: Any) -> LawParams:
@@ -129,7 +134,7 @@ class Recommendations:
     """The ``want`` of recent decisions, for the scale-down stabilisation window."""
 
     history: list[tuple[float, int]] = field(default_factory=list)
-    # The fleet's mean demand over each decision's window, for telling bursty load from smooth.
+    # The fleet's demand at each decision, for the burst headroom.
     demand: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, now: float, want: int, horizon: float) -> None:
@@ -139,17 +144,27 @@ class Recommendations:
     def highest_since(self, since: float) -> int:
         return max((w for t, w in self.history if t >= since), default=0)
 
-    def add_demand(self, now: float, demand: float, horizon: float) -> None:
+    def add_demand(self, now: float, demand: float, memory: float) -> None:
         self.demand.append((now, demand))
-        self.demand = [(t, d) for t, d in self.demand if t >= now - horizon]
+        if self.demand[0][0] < now - memory:
+            self.demand = [(t, d) for t, d in self.demand if t >= now - memory]
 
-    def smooth(self, horizon: float, burst_ratio: float) -> bool:
-        """True when the last ``horizon`` seconds are on record and their busiest window's
-        demand stayed within ``burst_ratio`` times their average."""
-        if not self.demand or self.demand[-1][0] - self.demand[0][0] < 0.9 * horizon:
-            return False
-        average = sum(d for _, d in self.demand) / len(self.demand)
-        return max(d for _, d in self.demand) <= burst_ratio * average
+    def headroom(self, horizon: float, quantile: float, cap: float) -> float:
+        """How much the demand grew within ``horizon`` seconds, at ``quantile`` of the
+        recorded moments: 1.0 for load that never rose faster than it was served, up to
+        ``cap`` for a service whose bursts double it within a cold start."""
+        growth, j = [], 0
+        for i, (t, d) in enumerate(self.demand):
+            while self.demand[j][0] < t - horizon:
+                j += 1
+            # Growth from the lowest demand of the horizon before; below a quarter replica
+            # the ratio says nothing.
+            low = min(x for _, x in self.demand[j:i + 1])
+            growth.append(d / max(low, 0.25))
+        if len(growth) < 8:
+            return 1.0
+        growth.sort()
+        return max(1.0, min(cap, growth[min(len(growth) - 1, int(quantile * len(growth)))]))
 
 
 def _busiest(samples: Iterable[Sample], params: LawParams) -> tuple[str, float, float]:
@@ -196,32 +211,45 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     for sample in fresh:
         totals[sample.time] = totals.get(sample.time, 0.0) + sample.pressure(params)
     demand = max(totals.values())  # in replicas at target
-    ratio = demand / ready
     kind, load, target = _busiest([latest[r] for r in reporting], params)
-    waiting = sum(latest[r].waiting for r in reporting)
-
-    want = math.ceil(demand - 1e-9)
+    # A backlog is requests that kept waiting: the least of the last two scrapes, so the
+    # prompts that sit out an iteration or two behind a context chunk (chunked context does
+    # that at any load) do not count.
+    waits: dict[float, int] = {}
+    for sample in fresh:
+        waits[sample.time] = waits.get(sample.time, 0) + sample.waiting
+    waiting = min(waits[t] for t in sorted(waits)[-2:])
     queued = waiting > params.queue_per_replica * ready
-    if abs(ratio - 1) <= params.tolerance and not queued:
+    if not queued and not starting:
+        # Only demand the fleet keeps up with says how fast the load grows: while a backlog
+        # drains, or replicas start, the measured load is the catch-up, not new traffic.
+        recommendations.add_demand(now, demand, params.headroom_memory)
+    headroom = recommendations.headroom(params.headroom_horizon, params.headroom_quantile,
+                                        params.headroom_max)
+    need = demand * headroom
+    want = math.ceil(need - 1e-9)
+    spare = f" (+{headroom - 1:.0%} burst headroom)" if headroom > 1.005 else ""
+    # One-sided band: any need beyond the ready replicas scales up (a batch over its target
+    # is already queueing); only a scale-down waits for the need to fall below the band.
+    if want < current and need >= (1 - params.tolerance) * ready and not queued:
         want = current
-        why = f"{kind} load {load:.0%} is within {params.tolerance:.0%} of its {target:.0%} target"
+        why = f"{kind} load {load:.0%} against a {target:.0%} target{spare}, within the " \
+              f"{params.tolerance:.0%} scale-down band"
     else:
-        why = f"{kind} load {load:.0%} against a {target:.0%} target"
+        why = f"{kind} load {load:.0%} against a {target:.0%} target{spare}"
     if queued:
-        # Saturated: the running requests are what a ready replica holds, so the fleet that
-        # holds running + waiting is ready x (1 + waiting / running). A queue that grows while
-        # replicas are starting is the backlog they will drain, not more demand: while
-        # replicas start, the queue can only ask for what is already coming.
-        active = sum(latest[r].active for r in reporting)
-        by_queue = math.ceil(ready * (1 + waiting / max(active, 1)) - 1e-9)
+        # A backlog drained in ``backlog_lifetimes`` request lifetimes: a saturated replica
+        # turns over what it runs (``active`` / ready) once per lifetime, so the backlog
+        # needs backlog / (active per replica) / backlog_lifetimes more replicas. While
+        # replicas start, the backlog is what they will drain: it asks for no more than
+        # is already coming.
+        per_replica = max(sum(latest[r].active for r in reporting) / ready, 1.0)
+        by_queue = math.ceil(ready + waiting / per_replica / params.backlog_lifetimes - 1e-9)
         want = max(want, by_queue if not starting else min(by_queue, current))
         why += f", {waiting} requests waiting"
     want = _clamp(max(want, 0), params)
     recommendations.add(now, want, params.stabilization_seconds)
-    recommendations.add_demand(now, sum(totals.values()) / len(totals), params.burst_horizon)
     stabilization, load_kind = params.stabilization_seconds, ""
-    if recommendations.smooth(params.burst_horizon, params.burst_ratio):
-        stabilization, load_kind = stabilization * params.smooth_stabilization, " (smooth load)"
 
     if want > current:
         # ``want`` is measured on the ready replicas only, so replicas still starting (part of
