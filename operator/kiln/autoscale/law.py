@@ -1,56 +1,46 @@
-"""Kiln's autoscaling control law: replicas from KV-cache pressure and the waiting queue. Pure.
+"""Kiln's autoscaling control law: replicas from KV-cache pressure, prefill load and backlog. Pure.
 
-An LLM replica runs out of KV-cache blocks (and then queues requests) long before its CPU
-or request rate says anything. The law, evaluated every ``period`` (15 s in the operator):
+An LLM replica runs out of KV-cache blocks, batch slots or prefill compute (and then queues
+requests) long before its CPU or request rate says anything. The law, evaluated every
+``period`` (15 s in the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
 
 1. **Signal.** Each replica's *pressure*: the largest of what can run out, each resource
-   over its own target. Its KV block fraction (``nv_trt_llm_kv_cache_block_metrics
-   {kv_cache_block_type="fraction"}``, used/max blocks) over ``targetKVCacheUtilization``
-   (``target``, default 0.75); its batch slots (``nv_trt_llm_request_metrics`` ``active``
-   over ``max``) over ``batch_target`` (0.75: a batch with free slots still starts new
-   requests at once, and a full one is outside the tolerance band); and its prefill load,
-   input tokens per second (the rate of ``nv_llm_input_token_len_sum``) over the prefill
-   speed the performance model gives for the plan
-   (:func:`kiln.planner.perf.prefill_tokens_per_second`), over ``prefill_target``
-   (0.5: a replica that spends more than half its time on prompts makes new requests wait
-   behind them, which is what the TTFT SLO measures). Long outputs fill the KV cache; many
-   short ones fill the batch; long prompts with short answers (code completion) saturate
-   compute first and barely touch either. The fleet's *demand*, in replicas, is the sum of
-   the reporting replicas' pressures at each scrape of the last ``window_seconds`` (60 s),
-   and the highest of those — so a burst between quiet scrapes counts and the sawtooth of
-   sequences finishing does not — plus each replica's latest waiting-request count
-   (``nv_trt_llm_request_metrics{request_type="waiting"}``). The per-resource targets and
-   the tolerance were chosen on ``benchmarks/autoscaling.py`` (the README has the figures and
-   how they move with the load).
+   over its own target. Its KV block fraction over ``targetKVCacheUtilization`` (``target``);
+   its batch slots (``active`` / ``max``) over ``batch_target`` (0.75: a batch with free
+   slots still starts new requests at once); and its prefill load, input tokens per second
+   (the rate of ``nv_llm_input_token_len_sum``) over the replica's prefill speed
+   (:func:`kiln.planner.perf.prefill_tokens_per_second`), over ``prefill_target`` (a replica
+   busier than that on prompts makes new ones wait behind their chunks, which is what the
+   TTFT SLO measures; the value is chosen on the benchmark's training traces only). The
+   fleet's *demand*, in replicas, is the sum of the reporting replicas' pressures at each
+   scrape of the last ``window_seconds`` (60 s), and the highest of those, so that a burst
+   between quiet scrapes counts and the sawtooth of sequences finishing does not; a sum,
+   not ready × mean, so that scrapes of a smaller fleet are not applied to a larger one.
 2. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
    reported within ``stale_seconds`` (45 s), the law holds the current count and says so.
-3. **Proportional target.** ``want = ceil(demand)``: the replicas that hold the busiest
-   scrape's load at target. On a fleet that did not change within the window this is the
-   HPA's ``ceil(ready × utilisation / target)``; summing keeps the per-replica load measured
-   on fewer replicas (before a scale-up became ready) from being applied to more. Within the
-   ``tolerance`` band (|demand / ready − 1| ≤ 0.25, wider than the HPA's 0.1: LLM load
-   moves in bursts of whole requests, and each target already holds headroom) and with no
-   queue, ``want`` = current.
-4. **Queue.** Requests waiting mean the fleet is already short: if the waiting count per
-   replica exceeds ``queue_per_replica`` (2), ``want`` is at least
-   ``ceil(ready × (1 + waiting / running))`` — a saturated replica holds what it runs, so that
-   many hold the queue too. While replicas are starting, the queue asks for no more than the
-   current count: it is the backlog they will drain, and the load term still scales up.
-5. **Fast scale-up, counting capacity on the way.** Replicas still starting (pods created,
-   engine loading) count as capacity: scale up only if ``want`` > ready + starting, and at most
-   ``max(up_step_min, current)`` replicas per decision (double, at least 4 at a time).
-6. **Slow, stabilised scale-down.** Each decision records its ``want``; a scale-down takes the
-   highest ``want`` seen within the stabilisation window, and removes at most ``down_step``
-   (1) replica per decision. The window is ``stabilization_seconds``
-   (``scaleDownStabilizationSeconds``, default 300 s — the HPA's default) while the load is
-   bursty, and ``smooth_stabilization`` (half) of it while the load is smooth: when, over the
-   last ``burst_horizon`` (10 min), no decision's mean demand over its window was more than
-   ``burst_ratio`` (1.5) times their average. The window rides out the lulls between bursts,
-   whose load comes back within minutes; smooth load that falls does not, and holding its
-   replicas for the full window only costs. Until ten minutes are on record the full window
-   applies. (On ``benchmarks/autoscaling.py``'s traces this statistic stays between 1.1 and
-   1.3 on Mooncake, mostly below 1.5 on Azure conv, and never below 1.7 on Azure code.)
-7. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
+3. **Burst headroom, learned online.** ``need = demand × headroom``: the headroom is how much
+   the service's own demand grew within one ``headroom_horizon`` (a cold start, 90 s: what a
+   burst adds before a new replica serves) over the last ``headroom_memory`` (1 h), at its
+   ``headroom_quantile``, capped at ``headroom_max`` (2). A bursty service keeps spare
+   replicas; a smooth one runs at its targets. Demand recorded while a backlog drains or
+   replicas start is left out: that is the fleet catching up, not traffic growing.
+4. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
+   resource over its target is already making requests wait); a scale-down needs the need
+   below ``(1 - tolerance)`` of the ready replicas (0.25: LLM load moves in whole requests).
+5. **Backlog, drained in bounded time.** The backlog is :attr:`KVSample.backlog` (requests in
+   the batch the last iteration left out, plus a batch's worth while every slot is taken),
+   the least of the last two scrapes, so prompts that sit out an iteration behind a context
+   chunk do not count. Above ``queue_per_replica`` (2) per replica it asks for
+   ``ready + backlog / (active per replica) / backlog_lifetimes`` replicas: a saturated replica
+   turns over what it runs once per request lifetime, so this drains the backlog in
+   ``backlog_lifetimes`` (2) lifetimes instead of treating it as steady demand. While
+   replicas start, the backlog asks for no more than is already coming.
+6. **Fast scale-up, counting capacity on the way.** Replicas still starting count as
+   capacity; at most ``max(up_step_min, current)`` replicas are added per decision.
+7. **Slow, stabilised scale-down.** A scale-down takes the highest ``want`` seen within
+   ``stabilization_seconds`` (``scaleDownStabilizationSeconds``, default 300 s, the HPA's)
+   and removes at most ``down_step`` (1) replica per decision.
+8. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
 
 The operator, the simulator and the tests all call :func:`decide`.
 """

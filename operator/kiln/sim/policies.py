@@ -28,6 +28,8 @@
   would serve (so replicas are warm when their load arrives, cold start included). A margin
   of extra replicas is added only if the whole replay misses the goal at the window
   boundaries.
+- ``static-min`` and ``clairvoyant``: the cheapest fixed fleet meeting the SLO goal, and a
+  whole-trace schedule with perfect knowledge (:mod:`kiln.sim.stock`).
 - ``present_policy`` (not one of :data:`POLICIES`; ``benchmarks/autoscaling.py`` runs it as a
   reference): the oracle's per-window needs as they happen, without foresight.
 """
@@ -47,7 +49,8 @@ from .traces import Request
 __all__ = ["kiln_policy", "hpa_policy", "kpa_policy", "keda_http_policy", "static_policy", "oracle_policy", "present_policy",
            "oracle_schedule", "POLICIES", "HPA_TUNED_TARGETS"]
 
-POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "static", "oracle")
+POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "static", "oracle", "static-min",
+            "clairvoyant")
 HPA_TUNED_TARGETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 
 Policy = Callable[[FleetView], int]
