@@ -18,15 +18,18 @@ requests) long before its CPU or request rate says anything. The law, evaluated 
    not ready × mean, so that scrapes of a smaller fleet are not applied to a larger one.
 2. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
    reported within ``stale_seconds`` (45 s), the law holds the current count and says so.
-3. **Burst headroom, learned online.** ``need = demand × headroom``: the headroom is how much
-   the service's own demand grew within one ``headroom_horizon`` (a cold start, 90 s: what a
-   burst adds before a new replica serves) over the last ``headroom_memory`` (1 h), at its
-   ``headroom_quantile``, capped at ``headroom_max`` (2). A bursty service keeps spare
-   replicas; a smooth one runs at its targets. Demand recorded while a backlog drains or
+3. **Burst headroom, learned online.** ``need = demand + headroom``: the headroom, in replicas,
+   is how much the service's own demand rose within one ``headroom_horizon`` (a cold start,
+   90 s: what a burst adds before a new replica serves) over the last ``headroom_memory``
+   (1 h), at its ``headroom_quantile`` (chosen on the benchmark's training traces). A bursty
+   service keeps a burst's worth of spare replicas, even through a lull; a smooth one runs at
+   its targets. Additive, not a factor: a lull's demand times any factor is still nothing. Demand recorded while a backlog drains or
    replicas start is left out: that is the fleet catching up, not traffic growing.
 4. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
-   resource over its target is already making requests wait); a scale-down needs the need
-   below ``(1 - tolerance)`` of the ready replicas (0.25: LLM load moves in whole requests).
+   resource over its target is already making requests wait); a scale-down keeps
+   ``ceil(need / (1 - tolerance))`` replicas (0.25), so that the fleet left is not at its
+   target: queueing grows faster than linearly as a replica fills, because its decode steps
+   slow as its batch grows.
 5. **Backlog, drained in bounded time.** The backlog is :attr:`KVSample.backlog` (requests in
    the batch the last iteration left out, plus a batch's worth while every slot is taken),
    the least of the last two scrapes, so prompts that sit out an iteration behind a context
@@ -93,12 +96,11 @@ class LawParams:
     batch_target: float = 0.75
     prefill_target: float = 0.5
     # Burst headroom, learned online: over the last ``headroom_memory`` seconds, how much the
-    # demand grew within one ``headroom_horizon`` (a cold start: what a burst can add before
-    # new replicas serve), taken at its ``headroom_quantile`` and capped at ``headroom_max``.
+    # demand rose within one ``headroom_horizon`` (a cold start: what a burst can add before
+    # new replicas serve), taken at its ``headroom_quantile``.
     headroom_horizon: float = 90.0
     headroom_memory: float = 3600.0
     headroom_quantile: float = 0.95
-    headroom_max: float = 2.0
     backlog_lifetimes: float = 2.0
 
     @classmethod
@@ -139,22 +141,20 @@ class Recommendations:
         if self.demand[0][0] < now - memory:
             self.demand = [(t, d) for t, d in self.demand if t >= now - memory]
 
-    def headroom(self, horizon: float, quantile: float, cap: float) -> float:
-        """How much the demand grew within ``horizon`` seconds, at ``quantile`` of the
-        recorded moments: 1.0 for load that never rose faster than it was served, up to
-        ``cap`` for a service whose bursts double it within a cold start."""
-        growth, j = [], 0
+    def headroom(self, horizon: float, quantile: float) -> float:
+        """Spare replicas against bursts: how much the demand rose within ``horizon`` seconds
+        (from the lowest demand of the ``horizon`` before each recorded moment), at
+        ``quantile`` of the moments on record. 0 for load that never rose faster than it was
+        served; a burst's size for a service whose bursts arrive within a cold start."""
+        rises, j = [], 0
         for i, (t, d) in enumerate(self.demand):
             while self.demand[j][0] < t - horizon:
                 j += 1
-            # Growth from the lowest demand of the horizon before; below a quarter replica
-            # the ratio says nothing.
-            low = min(x for _, x in self.demand[j:i + 1])
-            growth.append(d / max(low, 0.25))
-        if len(growth) < 8:
-            return 1.0
-        growth.sort()
-        return max(1.0, min(cap, growth[min(len(growth) - 1, int(quantile * len(growth)))]))
+            rises.append(d - min(x for _, x in self.demand[j:i + 1]))
+        if len(rises) < 8:
+            return 0.0
+        rises.sort()
+        return rises[min(len(rises) - 1, int(quantile * len(rises)))]
 
 
 def _busiest(samples: Iterable[Sample], params: LawParams) -> tuple[str, float, float]:
@@ -214,19 +214,19 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         # Only demand the fleet keeps up with says how fast the load grows: while a backlog
         # drains, or replicas start, the measured load is the catch-up, not new traffic.
         recommendations.add_demand(now, demand, params.headroom_memory)
-    headroom = recommendations.headroom(params.headroom_horizon, params.headroom_quantile,
-                                        params.headroom_max)
-    need = demand * headroom
+    headroom = recommendations.headroom(params.headroom_horizon, params.headroom_quantile)
+    need = demand + headroom
     want = math.ceil(need - 1e-9)
-    spare = f" (+{headroom - 1:.0%} burst headroom)" if headroom > 1.005 else ""
+    spare = f" (+{headroom:.1f} replicas of burst headroom)" if headroom >= 0.05 else ""
     # One-sided band: any need beyond the ready replicas scales up (a batch over its target
-    # is already queueing); only a scale-down waits for the need to fall below the band.
-    if want < current and need >= (1 - params.tolerance) * ready and not queued:
-        want = current
-        why = f"{kind} load {load:.0%} against a {target:.0%} target{spare}, within the " \
-              f"{params.tolerance:.0%} scale-down band"
-    else:
-        why = f"{kind} load {load:.0%} against a {target:.0%} target{spare}"
+    # is already queueing); a scale-down keeps enough replicas that the need stays below
+    # (1 - tolerance) of them: queueing grows faster than linearly as a replica fills (its
+    # decode steps slow as its batch grows), so the fleet left must not land at its target.
+    why = f"{kind} load {load:.0%} against a {target:.0%} target{spare}"
+    if want < current:
+        want = min(current, math.ceil(need / (1 - params.tolerance) - 1e-9))
+        if want == current:
+            why += f", above the {params.tolerance:.0%} scale-down band"
     if queued:
         # A backlog drained in ``backlog_lifetimes`` request lifetimes: a saturated replica
         # turns over what it runs (``active`` / ready) once per lifetime, so the backlog
