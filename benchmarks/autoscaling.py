@@ -60,7 +60,7 @@ LENGTHS = {"long-context": "mooncake-fast25/conversation_trace.jsonl",
 DEFAULT_LENGTHS = "azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
 # The law's free parameters, chosen on the training traces.
 CANDIDATES = tuple({"prefill_target": p, "batch_target": b, "headroom_quantile": q}
-                   for p in (0.65, 0.8) for b in (0.5, 0.75) for q in (0.5, 0.8))
+                   for p in (0.65, 0.8) for b in (0.5, 0.75) for q in (0.8,))
 # Stock configurations: metric sets x utilisation level x scale-down window.
 LEVELS = (0.35, 0.5, 0.65)
 HPA_SWEEP = tuple((name, {m: t * level for m, t in metrics.items()}, window)

@@ -23,7 +23,9 @@ requests) long before its CPU or request rate says anything. The law, evaluated 
    90 s: what a burst adds before a new replica serves) over the last ``headroom_memory``
    (1 h), at its ``headroom_quantile`` (chosen on the benchmark's training traces). A bursty
    service keeps a burst's worth of spare replicas, even through a lull; a smooth one runs at
-   its targets. Additive, not a factor: a lull's demand times any factor is still nothing. Demand recorded while a backlog drains or
+   its targets. Additive, not a factor: a lull's demand times any factor is still nothing.
+   It never exceeds the highest demand of the stabilisation window, so a service that went
+   quiet for longer than that comes down to its minimum. Demand recorded while a backlog drains or
    replicas start is left out: that is the fleet catching up, not traffic growing.
 4. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
    resource over its target is already making requests wait); a scale-down keeps
@@ -214,7 +216,12 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         # Only demand the fleet keeps up with says how fast the load grows: while a backlog
         # drains, or replicas start, the measured load is the catch-up, not new traffic.
         recommendations.add_demand(now, demand, params.headroom_memory)
-    headroom = recommendations.headroom(params.headroom_horizon, params.headroom_quantile)
+    # Spare replicas only while the service is live: no more than the demand it had within
+    # the stabilisation window, so a service that went quiet comes down to its minimum.
+    recent = max((d for t, d in recommendations.demand if t >= now - params.stabilization_seconds),
+                 default=demand)
+    headroom = min(recommendations.headroom(params.headroom_horizon, params.headroom_quantile),
+                   max(recent, demand))
     need = demand + headroom
     want = math.ceil(need - 1e-9)
     spare = f" (+{headroom:.1f} replicas of burst headroom)" if headroom >= 0.05 else ""

@@ -116,7 +116,8 @@ def clairvoyant(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float, go
     ``window`` the fewest warm replicas that serve it at a per-window goal, asked for one
     cold start ahead; the per-window goal is relaxed (:data:`CLAIRVOYANT_WINDOW_GOALS`) as
     far as the whole trace still meets ``goal``, so the SLO budget is spent where it saves
-    most. ``cache`` keeps the per-window replays (they do not depend on the cold start).
+    most; a fixed fleet (``static-min``) is one of the schedules it considers (reported with
+    a window goal of 0). ``cache`` keeps the per-window replays (they do not depend on the cold start).
     Returns the cheapest (per-window goal, result).
 
     What it bounds: it is the cheapest schedule of this form found, with foresight no real
@@ -132,6 +133,12 @@ def clairvoyant(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float, go
         result = simulate(requests, replace(fleet, initial=warm), policy, slo_ttft_s)
         if result.slo_attainment >= goal and (best is None or result.gpu_hours < best[1].gpu_hours):
             best = (window_goal, result)
+    # A fixed fleet is a schedule too: on load that moves in sub-window clumps, windows
+    # replayed from an empty fleet ask for more than a constant fleet that carries the
+    # clumps' backlog needs.
+    _, constant = static_min(requests, fleet, slo_ttft_s, goal, low, high)
+    if constant.slo_attainment >= goal and (best is None or constant.gpu_hours < best[1].gpu_hours):
+        best = (0.0, constant)
     if best is None:  # no relaxation met the goal: the strictest schedule
         schedule = oracle_schedule(requests, fleet, slo_ttft_s, 1.0, low, high, window, cache)
         policy = oracle_policy(schedule, 1, fleet, low, high, window)
