@@ -96,13 +96,13 @@ class LawParams:
     up_step_min: int = 4
     down_step: int = 1
     batch_target: float = 0.75
-    prefill_target: float = 0.5
+    prefill_target: float = 0.8  # chosen on the benchmark's training traces
     # Burst headroom, learned online: over the last ``headroom_memory`` seconds, how much the
     # demand rose within one ``headroom_horizon`` (a cold start: what a burst can add before
     # new replicas serve), taken at its ``headroom_quantile``.
     headroom_horizon: float = 90.0
     headroom_memory: float = 3600.0
-    headroom_quantile: float = 0.95
+    headroom_quantile: float = 0.8
     backlog_lifetimes: float = 2.0
 
     @classmethod
