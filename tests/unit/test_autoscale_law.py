@@ -9,7 +9,7 @@ import pytest
 
 from kiln.autoscale.law import LawParams, Recommendations, Sample, decide
 
-PARAMS = LawParams(min_replicas=1, max_replicas=8, target=0.75, stabilization_seconds=300)
+PARAMS = LawParams(min_replicas=1, max_replicas=8, target=0.75, stabilization_seconds=300, prefill_target=0.5)
 
 
 def _samples(now, replicas, fraction, waiting=0, span=60, period=15):
@@ -80,7 +80,7 @@ def test_burst_headroom_is_learned_from_the_services_own_demand_growth():
             current = decision.desired
         return recs.headroom(PARAMS.headroom_horizon, PARAMS.headroom_quantile)
     smooth = run(lambda t: 0.6 + 0.05 * math.sin(t / 600))
-    bursty = run(lambda t: 0.9 if (t // 300) % 3 == 0 else 0.3)
+    bursty = run(lambda t: 0.9 if (t // 120) % 2 == 0 else 0.3)
     assert smooth < 0.2 and bursty >= 2.5  # bursts add 0.6 x 4 replicas / 0.75 target
 
 
