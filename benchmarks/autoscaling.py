@@ -7,15 +7,17 @@ Service: ``benchmarks/autoscaling-service.yaml`` (Llama-3.1-8B FP8 on H100s, 1-1
 its engine built for each trace (``maxInputLen`` / ``maxSeqLen`` cover the trace's p99.9
 lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine accepts.
 
-1. **Training**: the law's free parameters (:data:`CANDIDATES`) are chosen on generated
-   traces with :data:`traffic.TRAIN_SEEDS` only: the cheapest candidate meeting the SLO on
-   every training trace.
+1. **Training** (``--train``): the law's free parameters (:data:`CANDIDATES`) are chosen on
+   generated traces with :data:`traffic.TRAIN_SEEDS` only: the cheapest candidate meeting
+   the SLO on every training trace (the cheapest of all when none does). The choice and every
+   candidate's figures are written to ``benchmarks/autoscaling-training.json``, which runs
+   without ``--train`` read; ``LawParams``' defaults are that choice.
 2. **Test**: every family at :data:`traffic.TEST_SEEDS` plus the public traces (none was
    used for a choice). Per trace: ``kiln``; ``clairvoyant`` (:func:`kiln.sim.stock.clairvoyant`);
    ``static-min``; the HPA and KEDA on KV fraction, active requests, prefill load and backlog,
    each swept (:data:`HPA_SWEEP`), reported as the cheapest configuration meeting the SLO.
 3. **Cold-start sensitivity**: kiln and clairvoyant at 60 / 90 / 180 / 300 s on the first
-   test seed of each family.
+   test seed of :data:`COLD_START_FAMILIES`.
 
 Prints JSON (progress on stderr); ``--plot`` writes a Pareto figure per trace (GPU-hours
 against SLO attainment, every policy and sweep point).
@@ -62,13 +64,16 @@ DEFAULT_LENGTHS = "azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
 CANDIDATES = tuple({"prefill_target": p, "batch_target": b, "headroom_quantile": q}
                    for p in (0.65, 0.8) for b in (0.5, 0.75) for q in (0.8,))
 # Stock configurations: metric sets x utilisation level x scale-down window.
-LEVELS = (0.35, 0.5, 0.65)
+LEVELS = (0.4, 0.6)
 HPA_SWEEP = tuple((name, {m: t * level for m, t in metrics.items()}, window)
                   for name, metrics in (("kv+active+prefill", {"kv": 1.0, "active": 256.0, "prefill": 1.0}),
                                         ("kv+active+prefill+backlog", {"kv": 1.0, "active": 256.0,
                                                                        "prefill": 1.0, "waiting": 20.0}))
                   for level in LEVELS for window in (300.0,))
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
+COLD_START_FAMILIES = ("bursts", "fast-ramp", "diurnal")
+# What the last --train run chose (and every candidate's figures).
+TRAINING = ROOT / "benchmarks" / "autoscaling-training.json"
 
 
 def _service() -> tuple[Fleet, LawParams]:
@@ -215,11 +220,16 @@ def main() -> int:
     parser.add_argument("--plot", help="write the Pareto figure (one panel per test trace) here")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="two test seeds, no cold-start sweep")
+    parser.add_argument("--train", action="store_true",
+                        help=f"choose the law's parameters on the training seeds again (else read {TRAINING.name})")
     args = parser.parse_args()
     traces = Path(args.traces)
     fleet, params = _service()
     with ProcessPoolExecutor(max_workers=max(1, min(2, args.workers))) as pool:
-        training = _train(traces, fleet, params, pool)
+        if args.train:
+            training = _train(traces, fleet, params, pool)
+            TRAINING.write_text(json.dumps(training, indent=1) + "\n")
+        training = json.loads(TRAINING.read_text())
         params = replace(params, **training["chosen"])
         seeds = traffic.TEST_SEEDS[:2] if args.quick else traffic.TEST_SEEDS
         tests = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for f in traffic.FAMILIES for s in seeds]
@@ -227,7 +237,8 @@ def main() -> int:
                   for file, scale in PUBLIC if (traces / file).exists()]
         rows = list(pool.map(_test_trace, [(label, r, fleet, params) for label, r in tests]))
         cold = [] if args.quick else [row for rows in pool.map(_cold_start, [
-            (label, r, fleet, params) for label, r in tests[::len(seeds)][:len(traffic.FAMILIES)]])
+            (label, r, fleet, params) for label, r in tests
+            if label.split("/")[0] in COLD_START_FAMILIES and label.endswith(f"/{seeds[0]}")])
             for row in rows]
     report = {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
               "training": training, "test": rows, "coldStart": cold, "summary": summarize(rows)}
