@@ -106,7 +106,7 @@ def static_min(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float, goa
     return lo, run(lo)
 
 
-CLAIRVOYANT_WINDOW_GOALS = (0.995, 0.99, 0.97)
+CLAIRVOYANT_WINDOW_GOALS = (0.995, 0.99)
 
 
 def clairvoyant(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float, goal: float,
