@@ -143,7 +143,7 @@ def _test_trace(args: tuple[str, list[Request], Fleet, LawParams]) -> dict:
     best_stock = min((p for p in best.values() if p), key=lambda p: p["gpuHours"], default=None)
     print(f"{label}: kiln {kiln.slo_attainment:.4f} {kiln.gpu_hours / clair.gpu_hours:.2f}x clairvoyant",
           file=sys.stderr, flush=True)
-    return {"trace": label, "requests": len(requests), "rejected": kiln.rejected,
+    row = {"trace": label, "requests": len(requests), "rejected": kiln.rejected,
             "maxInputLen": fleet.perf.max_input_len, "maxSeqLen": fleet.perf.max_seq_len,
             "kiln": kiln.wire(), "clairvoyant": {"windowGoal": goal, **clair.wire()},
             "staticMin": {"replicas": n, **static.wire()}, "bestHpa": best["hpa"], "bestKeda": best["keda"],
@@ -151,6 +151,8 @@ def _test_trace(args: tuple[str, list[Request], Fleet, LawParams]) -> dict:
             "kilnOverClairvoyant": round(kiln.gpu_hours / clair.gpu_hours, 3),
             "kilnOverBestStock": round(kiln.gpu_hours / best_stock["gpuHours"], 3) if best_stock else None,
             "kilnMeetsSlo": kiln.slo_attainment >= SLO_GOAL}
+    print("row " + json.dumps(row), file=sys.stderr, flush=True)  # a long run's partial results
+    return row
 
 
 def _cold_start(args: tuple[str, list[Request], Fleet, LawParams]) -> list[dict]:
@@ -232,9 +234,11 @@ def main() -> int:
         training = json.loads(TRAINING.read_text())
         params = replace(params, **training["chosen"])
         seeds = traffic.TEST_SEEDS[:2] if args.quick else traffic.TEST_SEEDS
-        tests = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for f in traffic.FAMILIES for s in seeds]
+        # Seed by seed, so that a run cut short has every family.
+        tests = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for s in seeds[:1] for f in traffic.FAMILIES]
         tests += [(f"{Path(file).stem} x{scale}", load_trace(traces / file, rate_scale=scale))
                   for file, scale in PUBLIC if (traces / file).exists()]
+        tests += [(f"{f}/{s}", _generated(traces, fleet, f, s)) for s in seeds[1:] for f in traffic.FAMILIES]
         rows = list(pool.map(_test_trace, [(label, r, fleet, params) for label, r in tests]))
         cold = [] if args.quick else [row for rows in pool.map(_cold_start, [
             (label, r, fleet, params) for label, r in tests
