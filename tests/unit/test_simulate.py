@@ -38,7 +38,7 @@ def test_bad_trace_is_named(tmp_path):
 
 def test_simulate_json_for_every_policy(tmp_path):
     # A burst that needs more than one replica, then quiet.
-    rows = [(t * 0.02, 3000, 400) for t in range(30000)] + [(600 + t, 3000, 400) for t in range(600)]
+    rows = [(t * 0.02, 3000, 400) for t in range(15000)] + [(300 + t, 3000, 400) for t in range(300)]
     path = _trace(tmp_path, rows)
     result = subprocess.run([sys.executable, "-m", "kiln", "simulate", "-f", str(ROOT / "examples" / "llama-3.1-8b-fp8.yaml"),
                              "--trace", str(path), "-o", "json", "--cold-start", "30"],
