@@ -189,7 +189,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     scaling = spec.autoscaling
     low, high = max(1, scaling.min_replicas), max(scaling.max_replicas, args.max_replicas)
     params = LawParams.for_service(scaling, min_replicas=low, max_replicas=high)
-    fleet = Fleet(PerfModel.from_plan(result, spec, gpu), spec.gpus, cold_start=args.cold_start)
+    fleet = Fleet(PerfModel.from_plan(result, spec, gpu, model), spec.gpus, cold_start=args.cold_start)
     show = args.output != "json" and sys.stderr.isatty()
 
     def progress(name: str, share: float) -> None:

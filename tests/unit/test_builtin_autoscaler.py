@@ -29,12 +29,12 @@ async def test_prefill_load_is_the_input_token_rate_over_the_prefill_speed():
     metrics = _Metrics()
     scaler = BuiltinAutoscaler(_Api(), metrics, clock=lambda: now[0])
     await scaler.evaluate("llm", "svc", SPEC, 1, prefill_tokens_per_s=10_000)  # first reading
-    now[0], metrics.counter = 115.0, 120_000.0  # 8,000 tokens/s for 15 s
+    now[0], metrics.counter = 115.0, 144_000.0  # 9,600 tokens/s for 15 s
     decision = await scaler.evaluate("llm", "svc", SPEC, 1, prefill_tokens_per_s=10_000)
     samples = scaler._fleets["llm", "svc"].samples
-    assert samples[0].prefill_load is None and samples[-1].prefill_load == 0.8
-    # 80 % of the prefill speed against the 50 % prefill target: a second replica.
-    assert decision.desired == 2 and decision.reason.startswith("prefill load 80%")
+    assert samples[0].prefill_load is None and samples[-1].prefill_load == 0.96
+    # 96 % of the prefill speed against the 80 % prefill target: a second replica.
+    assert decision.desired == 2 and decision.reason.startswith("prefill load 96%")
 
     now[0], metrics.counter = 130.0, 0.0  # the pod restarted: no rate from a reset counter
     await scaler.evaluate("llm", "svc", SPEC, 2, prefill_tokens_per_s=10_000)

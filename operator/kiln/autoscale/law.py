@@ -1,56 +1,51 @@
-"""Kiln's autoscaling control law: replicas from KV-cache pressure and the waiting queue. Pure.
+"""Kiln's autoscaling control law: replicas from KV-cache pressure, prefill load and backlog. Pure.
 
-An LLM replica runs out of KV-cache blocks (and then queues requests) long before its CPU
-or request rate says anything. The law, evaluated every ``period`` (15 s in the operator):
+An LLM replica runs out of KV-cache blocks, batch slots or prefill compute (and then queues
+requests) long before its CPU or request rate says anything. The law, evaluated every
+``period`` (15 s in the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
 
 1. **Signal.** Each replica's *pressure*: the largest of what can run out, each resource
-   over its own target. Its KV block fraction (``nv_trt_llm_kv_cache_block_metrics
-   {kv_cache_block_type="fraction"}``, used/max blocks) over ``targetKVCacheUtilization``
-   (``target``, default 0.75); its batch slots (``nv_trt_llm_request_metrics`` ``active``
-   over ``max``) over ``batch_target`` (0.75: a batch with free slots still starts new
-   requests at once, and a full one is outside the tolerance band); and its prefill load,
-   input tokens per second (the rate of ``nv_llm_input_token_len_sum``) over the prefill
-   speed the performance model gives for the plan
-   (:func:`kiln.planner.perf.prefill_tokens_per_second`), over ``prefill_target``
-   (0.5: a replica that spends more than half its time on prompts makes new requests wait
-   behind them, which is what the TTFT SLO measures). Long outputs fill the KV cache; many
-   short ones fill the batch; long prompts with short answers (code completion) saturate
-   compute first and barely touch either. The fleet's *demand*, in replicas, is the sum of
-   the reporting replicas' pressures at each scrape of the last ``window_seconds`` (60 s),
-   and the highest of those — so a burst between quiet scrapes counts and the sawtooth of
-   sequences finishing does not — plus each replica's latest waiting-request count
-   (``nv_trt_llm_request_metrics{request_type="waiting"}``). The per-resource targets and
-   the tolerance were chosen on ``benchmarks/autoscaling.py`` (the README has the figures and
-   how they move with the load).
+   over its own target. Its KV block fraction over ``targetKVCacheUtilization`` (``target``);
+   its batch slots (``active`` / ``max``) over ``batch_target`` (0.75: a batch with free
+   slots still starts new requests at once); and its prefill load, input tokens per second
+   (the rate of ``nv_llm_input_token_len_sum``) over the replica's prefill speed
+   (:func:`kiln.planner.perf.prefill_tokens_per_second`), over ``prefill_target`` (a replica
+   busier than that on prompts makes new ones wait behind their chunks, which is what the
+   TTFT SLO measures; the value is chosen on the benchmark's training traces only). The
+   fleet's *demand*, in replicas, is the sum of the reporting replicas' pressures at each
+   scrape of the last ``window_seconds`` (60 s), and the highest of those, so that a burst
+   between quiet scrapes counts and the sawtooth of sequences finishing does not; a sum,
+   not ready × mean, so that scrapes of a smaller fleet are not applied to a larger one.
 2. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
    reported within ``stale_seconds`` (45 s), the law holds the current count and says so.
-3. **Proportional target.** ``want = ceil(demand)``: the replicas that hold the busiest
-   scrape's load at target. On a fleet that did not change within the window this is the
-   HPA's ``ceil(ready × utilisation / target)``; summing keeps the per-replica load measured
-   on fewer replicas (before a scale-up became ready) from being applied to more. Within the
-   ``tolerance`` band (|demand / ready − 1| ≤ 0.25, wider than the HPA's 0.1: LLM load
-   moves in bursts of whole requests, and each target already holds headroom) and with no
-   queue, ``want`` = current.
-4. **Queue.** Requests waiting mean the fleet is already short: if the waiting count per
-   replica exceeds ``queue_per_replica`` (2), ``want`` is at least
-   ``ceil(ready × (1 + waiting / running))`` — a saturated replica holds what it runs, so that
-   many hold the queue too. While replicas are starting, the queue asks for no more than the
-   current count: it is the backlog they will drain, and the load term still scales up.
-5. **Fast scale-up, counting capacity on the way.** Replicas still starting (pods created,
-   engine loading) count as capacity: scale up only if ``want`` > ready + starting, and at most
-   ``max(up_step_min, current)`` replicas per decision (double, at least 4 at a time).
-6. **Slow, stabilised scale-down.** Each decision records its ``want``; a scale-down takes the
-   highest ``want`` seen within the stabilisation window, and removes at most ``down_step``
-   (1) replica per decision. The window is ``stabilization_seconds``
-   (``scaleDownStabilizationSeconds``, default 300 s — the HPA's default) while the load is
-   bursty, and ``smooth_stabilization`` (half) of it while the load is smooth: when, over the
-   last ``burst_horizon`` (10 min), no decision's mean demand over its window was more than
-   ``burst_ratio`` (1.5) times their average. The window rides out the lulls between bursts,
-   whose load comes back within minutes; smooth load that falls does not, and holding its
-   replicas for the full window only costs. Until ten minutes are on record the full window
-   applies. (On ``benchmarks/autoscaling.py``'s traces this statistic stays between 1.1 and
-   1.3 on Mooncake, mostly below 1.5 on Azure conv, and never below 1.7 on Azure code.)
-7. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
+3. **Burst headroom, learned online.** ``need = demand + headroom``: the headroom, in replicas,
+   is how much the service's own demand rose within one ``headroom_horizon`` (a cold start,
+   90 s: what a burst adds before a new replica serves) over the last ``headroom_memory``
+   (1 h), at its ``headroom_quantile`` (chosen on the benchmark's training traces). A bursty
+   service keeps a burst's worth of spare replicas, even through a lull; a smooth one runs at
+   its targets. Additive, not a factor: a lull's demand times any factor is still nothing.
+   It never exceeds the highest demand of the stabilisation window, so a service that went
+   quiet for longer than that comes down to its minimum. Demand recorded while a backlog drains or
+   replicas start is left out: that is the fleet catching up, not traffic growing.
+4. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
+   resource over its target is already making requests wait); a scale-down keeps
+   ``ceil(need / (1 - tolerance))`` replicas (0.25), so that the fleet left is not at its
+   target: queueing grows faster than linearly as a replica fills, because its decode steps
+   slow as its batch grows.
+5. **Backlog, drained in bounded time.** The backlog is :attr:`KVSample.backlog` (requests in
+   the batch the last iteration left out, plus a batch's worth while every slot is taken),
+   the least of the last two scrapes, so prompts that sit out an iteration behind a context
+   chunk do not count. Above ``queue_per_replica`` (2) per replica it asks for
+   ``ready + backlog / (active per replica) / backlog_lifetimes`` replicas: a saturated replica
+   turns over what it runs once per request lifetime, so this drains the backlog in
+   ``backlog_lifetimes`` (2) lifetimes instead of treating it as steady demand. While
+   replicas start, the backlog asks for no more than is already coming.
+6. **Fast scale-up, counting capacity on the way.** Replicas still starting count as
+   capacity; at most ``max(up_step_min, current)`` replicas are added per decision.
+7. **Slow, stabilised scale-down.** A scale-down takes the highest ``want`` seen within
+   ``stabilization_seconds`` (``scaleDownStabilizationSeconds``, default 300 s, the HPA's)
+   and removes at most ``down_step`` (1) replica per decision.
+8. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
 
 The operator, the simulator and the tests all call :func:`decide`.
 """
@@ -101,10 +96,14 @@ class LawParams:
     up_step_min: int = 4
     down_step: int = 1
     batch_target: float = 0.75
-    prefill_target: float = 0.5
-    smooth_stabilization: float = 0.5  # share of the stabilisation window on smooth load
-    burst_ratio: float = 1.5
-    burst_horizon: float = 600.0
+    prefill_target: float = 0.8  # chosen on the benchmark's training traces
+    # Burst headroom, learned online: over the last ``headroom_memory`` seconds, how much the
+    # demand rose within one ``headroom_horizon`` (a cold start: what a burst can add before
+    # new replicas serve), taken at its ``headroom_quantile``.
+    headroom_horizon: float = 90.0
+    headroom_memory: float = 3600.0
+    headroom_quantile: float = 0.8
+    backlog_lifetimes: float = 2.0
 
     @classmethod
     def for_service(cls, scaling: AutoscalingSpec, **overrides: Any) -> LawParams:
@@ -129,7 +128,7 @@ class Recommendations:
     """The ``want`` of recent decisions, for the scale-down stabilisation window."""
 
     history: list[tuple[float, int]] = field(default_factory=list)
-    # The fleet's mean demand over each decision's window, for telling bursty load from smooth.
+    # The fleet's demand at each decision, for the burst headroom.
     demand: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, now: float, want: int, horizon: float) -> None:
@@ -139,17 +138,25 @@ class Recommendations:
     def highest_since(self, since: float) -> int:
         return max((w for t, w in self.history if t >= since), default=0)
 
-    def add_demand(self, now: float, demand: float, horizon: float) -> None:
+    def add_demand(self, now: float, demand: float, memory: float) -> None:
         self.demand.append((now, demand))
-        self.demand = [(t, d) for t, d in self.demand if t >= now - horizon]
+        if self.demand[0][0] < now - memory:
+            self.demand = [(t, d) for t, d in self.demand if t >= now - memory]
 
-    def smooth(self, horizon: float, burst_ratio: float) -> bool:
-        """True when the last ``horizon`` seconds are on record and their busiest window's
-        demand stayed within ``burst_ratio`` times their average."""
-        if not self.demand or self.demand[-1][0] - self.demand[0][0] < 0.9 * horizon:
-            return False
-        average = sum(d for _, d in self.demand) / len(self.demand)
-        return max(d for _, d in self.demand) <= burst_ratio * average
+    def headroom(self, horizon: float, quantile: float) -> float:
+        """Spare replicas against bursts: how much the demand rose within ``horizon`` seconds
+        (from the lowest demand of the ``horizon`` before each recorded moment), at
+        ``quantile`` of the moments on record. 0 for load that never rose faster than it was
+        served; a burst's size for a service whose bursts arrive within a cold start."""
+        rises, j = [], 0
+        for i, (t, d) in enumerate(self.demand):
+            while self.demand[j][0] < t - horizon:
+                j += 1
+            rises.append(d - min(x for _, x in self.demand[j:i + 1]))
+        if len(rises) < 8:
+            return 0.0
+        rises.sort()
+        return rises[min(len(rises) - 1, int(quantile * len(rises)))]
 
 
 def _busiest(samples: Iterable[Sample], params: LawParams) -> tuple[str, float, float]:
@@ -196,32 +203,50 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     for sample in fresh:
         totals[sample.time] = totals.get(sample.time, 0.0) + sample.pressure(params)
     demand = max(totals.values())  # in replicas at target
-    ratio = demand / ready
     kind, load, target = _busiest([latest[r] for r in reporting], params)
-    waiting = sum(latest[r].waiting for r in reporting)
-
-    want = math.ceil(demand - 1e-9)
+    # A backlog is requests that kept waiting: the least of the last two scrapes, so the
+    # prompts that sit out an iteration or two behind a context chunk (chunked context does
+    # that at any load) do not count.
+    waits: dict[float, int] = {}
+    for sample in fresh:
+        waits[sample.time] = waits.get(sample.time, 0) + sample.waiting
+    waiting = min(waits[t] for t in sorted(waits)[-2:])
     queued = waiting > params.queue_per_replica * ready
-    if abs(ratio - 1) <= params.tolerance and not queued:
-        want = current
-        why = f"{kind} load {load:.0%} is within {params.tolerance:.0%} of its {target:.0%} target"
-    else:
-        why = f"{kind} load {load:.0%} against a {target:.0%} target"
+    if not queued and not starting:
+        # Only demand the fleet keeps up with says how fast the load grows: while a backlog
+        # drains, or replicas start, the measured load is the catch-up, not new traffic.
+        recommendations.add_demand(now, demand, params.headroom_memory)
+    # Spare replicas only while the service is live: no more than the demand it had within
+    # the stabilisation window, so a service that went quiet comes down to its minimum.
+    recent = max((d for t, d in recommendations.demand if t >= now - params.stabilization_seconds),
+                 default=demand)
+    headroom = min(recommendations.headroom(params.headroom_horizon, params.headroom_quantile),
+                   max(recent, demand))
+    need = demand + headroom
+    want = math.ceil(need - 1e-9)
+    spare = f" (+{headroom:.1f} replicas of burst headroom)" if headroom >= 0.05 else ""
+    # One-sided band: any need beyond the ready replicas scales up (a batch over its target
+    # is already queueing); a scale-down keeps enough replicas that the need stays below
+    # (1 - tolerance) of them: queueing grows faster than linearly as a replica fills (its
+    # decode steps slow as its batch grows), so the fleet left must not land at its target.
+    why = f"{kind} load {load:.0%} against a {target:.0%} target{spare}"
+    if want < current:
+        want = min(current, math.ceil(need / (1 - params.tolerance) - 1e-9))
+        if want == current:
+            why += f", above the {params.tolerance:.0%} scale-down band"
     if queued:
-        # Saturated: the running requests are what a ready replica holds, so the fleet that
-        # holds running + waiting is ready x (1 + waiting / running). A queue that grows while
-        # replicas are starting is the backlog they will drain, not more demand: while
-        # replicas start, the queue can only ask for what is already coming.
-        active = sum(latest[r].active for r in reporting)
-        by_queue = math.ceil(ready * (1 + waiting / max(active, 1)) - 1e-9)
+        # A backlog drained in ``backlog_lifetimes`` request lifetimes: a saturated replica
+        # turns over what it runs (``active`` / ready) once per lifetime, so the backlog
+        # needs backlog / (active per replica) / backlog_lifetimes more replicas. While
+        # replicas start, the backlog is what they will drain: it asks for no more than
+        # is already coming.
+        per_replica = max(sum(latest[r].active for r in reporting) / ready, 1.0)
+        by_queue = math.ceil(ready + waiting / per_replica / params.backlog_lifetimes - 1e-9)
         want = max(want, by_queue if not starting else min(by_queue, current))
         why += f", {waiting} requests waiting"
     want = _clamp(max(want, 0), params)
     recommendations.add(now, want, params.stabilization_seconds)
-    recommendations.add_demand(now, sum(totals.values()) / len(totals), params.burst_horizon)
     stabilization, load_kind = params.stabilization_seconds, ""
-    if recommendations.smooth(params.burst_horizon, params.burst_ratio):
-        stabilization, load_kind = stabilization * params.smooth_stabilization, " (smooth load)"
 
     if want > current:
         # ``want`` is measured on the ready replicas only, so replicas still starting (part of

@@ -1,16 +1,37 @@
 """Read a Triton ``/metrics`` page (port 8002) into the figures Kiln acts on.
 
-The TensorRT-LLM backend exports, per model::
+What each series Kiln reads means, from the TensorRT-LLM backend's source (NVIDIA/TensorRT-LLM
+``triton_backend/inflight_batcher_llm/src/model_instance_state.cc`` @ 0c8de69a,
+``ModelInstanceState::WaitForStats``, which turns the executor's latest ``IterationStats``
+into the gauges every ``stats_check_period_ms``; field meanings from
+``cpp/include/tensorrt_llm/executor/types.h``):
 
-    nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="max"|"free"|"used"|"tokens_per"|"fraction"}
-    nv_trt_llm_request_metrics{request_type="active"|"max"|"scheduled"|"context"|"waiting"}
-    nv_llm_input_token_len_sum{response_metric_type="total_input_tokens"}   (histogram sum)
+- ``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="max"|"free"|"used"|"tokens_per"}``:
+  ``KvCacheStats`` ``maxNumBlocks``, ``freeNumBlocks``, ``usedNumBlocks``, ``tokensPerBlock``;
+  ``"fraction"`` is ``used / max``, computed in ``WaitForStats`` ("Fraction used KV cache
+  blocks"). ``max × tokens_per`` is the replica's KV capacity in tokens (only rank 0 exports).
+- ``nv_trt_llm_request_metrics{request_type="active"}``: ``IterationStats.numActiveRequests``,
+  the requests the executor has taken from its queue into the batch, running or not.
+  ``"max"``: ``maxNumActiveRequests``, set to ``mModel->getMaxNumSequences()`` (the engine's
+  batch slots; ``cpp/tensorrt_llm/executor/executorImpl.cpp``). ``"scheduled"``:
+  ``InflightBatchingStats.numScheduledRequests``, those the last iteration ran;
+  ``"context"``: ``numContextRequests``, those of them running (a chunk of) their prompt.
+- ``request_type="waiting"`` is **not the queue**: ``WaitForStats`` sets it to
+  ``numActiveRequests - numScheduledRequests``, the requests already in the batch that the
+  last iteration left out (no KV blocks for their whole sequence under
+  ``guaranteed_no_evict``, or past ``maxNumTokens``). Requests still in the executor's queue
+  (``IterationStats.numQueuedRequests``) are exported by no series: ``fetchNewRequests`` takes
+  at most ``maxNumActiveRequests - numActiveRequests`` of them per iteration, so once
+  ``active`` reaches ``max`` every further request waits unseen. Kiln's backlog signal is
+  therefore :attr:`KVSample.backlog`: ``waiting``, and while the batch slots are all taken,
+  those slots' worth again (a full batch is a queue of unknown length, at least one batch
+  deep by the time the scheduler reaches it).
+- ``nv_llm_input_token_len`` (histogram, ``response_metric_type="total_input_tokens"``):
+  observed once per request in ``reportCustomMetrics`` when its final response is sent, so
+  ``_sum`` counts the prompt tokens of *finished* requests and its rate trails the
+  arrivals by a request's lifetime.
 
-Parsed with prometheus_client's text parser. ``max × tokens_per`` is the replica's KV
-capacity in tokens (the block count is already the minimum over TP ranks, and only rank 0
-exports metrics); ``used / max`` is the pressure the autoscaler scales on. The input-token
-histogram's sum is a counter of the prompt tokens the replica has taken in: its rate over
-the replica's prefill speed is the prefill load.
+Parsed with prometheus_client's text parser.
 """
 
 from __future__ import annotations
@@ -36,6 +57,14 @@ class KVSample:
     max_requests: int = 0  # the engine's batch slots (request_type="max")
     replica: str = ""  # the pod it came from, when known
     input_tokens_total: float | None = None  # nv_llm_input_token_len_sum: a counter
+
+    @property
+    def backlog(self) -> int:
+        """Requests the replica holds but does not run: ``waiting`` (active - scheduled), plus
+        ``max`` more while every batch slot is taken and the executor's own queue, which no
+        series exports, may be growing."""
+        full = self.max_requests and self.active_requests >= self.max_requests
+        return self.waiting_requests + (self.max_requests if full else 0)
 
     @property
     def batch_fraction(self) -> float | None:

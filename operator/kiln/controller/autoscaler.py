@@ -106,7 +106,7 @@ class BuiltinAutoscaler:
         fleet.latest = await self.source(spec).kv_samples(namespace, selector_string(name, "server"))
         for sample in fleet.latest:
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
-                                        sample.waiting_requests, sample.active_requests,
+                                        sample.backlog, sample.active_requests,
                                         prefill_load=fleet.prefill_load(now, sample, prefill_tokens_per_s),
                                         batch_fraction=sample.batch_fraction))
         fleet.samples = [s for s in fleet.samples if s.time >= now - params.window_seconds]

@@ -72,7 +72,7 @@ class OperatorContext:
     metrics: MetricsSource | None = None
     autoscale_period: float = AUTOSCALE_PERIOD_SECONDS
     observe_period: float = OBSERVE_PERIOD_SECONDS
-    # LawParams timing overrides (window_seconds, stale_seconds, burst_horizon) for the demo
+    # LawParams timing overrides (window_seconds, stale_seconds, headroom_*) for the demo
     # and the tests.
     autoscale_timing: dict[str, float] = field(default_factory=dict)
     telemetry: Telemetry = field(default_factory=Telemetry)

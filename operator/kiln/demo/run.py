@@ -84,7 +84,8 @@ async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90
                        autoscale_period=AUTOSCALE_PERIOD_SECONDS / speed,
                        autoscale_timing={"window_seconds": law.window_seconds / speed,
                                          "stale_seconds": law.stale_seconds / speed,
-                                         "burst_horizon": law.burst_horizon / speed}
+                                         "headroom_horizon": law.headroom_horizon / speed,
+                                         "headroom_memory": law.headroom_memory / speed}
                        ) as sandbox:
         namespaces = sorted({m["metadata"].get("namespace", "default") for m in services})
         for namespace in namespaces:
@@ -173,9 +174,9 @@ async def replay_act(sandbox: Sandbox, r: Replay, examples: Path, services: list
     say(f"\nAutoscaling: {r.about},\neach request sent {r.rate_scale:g} times, replayed {r.speed:g}x "
         f"faster than real time through llmservice/{r.service}'s simulated Triton metrics.\n"
         f"The operator's timing runs {r.speed:g}x faster too: its control period, metric window, "
-        f"{r.stabilization:.0f} s scale-down stabilisation\nand the {LawParams().burst_horizon / 60:.0f} "
-        "minutes it looks back over "
-        f"to tell bursty load from smooth. A new pod serves {r.cold_start:.0f} s after it is asked "
+        f"{r.stabilization:.0f} s scale-down stabilisation\nand the {LawParams().headroom_memory / 60:.0f} "
+        "minutes over which it learns "
+        f"how fast the load grows. A new pod serves {r.cold_start:.0f} s after it is asked "
         "for.\nTimes are trace time.")
     say(f"$ kubectl patch llmservice {r.service} -n {namespace} --type=merge "
         f"-p '{json.dumps({'spec': {'autoscaling': scaling}}, separators=(',', ':'))}'")

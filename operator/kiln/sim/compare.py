@@ -10,6 +10,7 @@ from ..autoscale import LawParams
 from .engine import Fleet, FleetView, SimResult, simulate
 from .policies import (HPA_TUNED_TARGETS, POLICIES, hpa_policy, keda_http_policy, kiln_policy,
                        kpa_policy, oracle_policy, oracle_schedule, static_policy)
+from .stock import clairvoyant, static_min
 from .traces import Request, lead_in
 
 __all__ = ["compare", "warm_fleet", "ORACLE_MARGINS", "LEAD_IN_SECONDS"]
@@ -51,7 +52,9 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
     stabilisation history are those of a service that had been serving this load. The
     oracle knows the future and needs no lead-in.
     ``static`` is fixed at the oracle's peak (the oracle runs first when static is asked
-    for). ``schedule`` is the oracle's :func:`oracle_schedule`, when the caller has it already.
+    for); ``static-min`` is the cheapest fixed fleet that meets the goal and ``clairvoyant``
+    the whole-trace schedule of :func:`kiln.sim.stock.clairvoyant`. ``schedule`` is the
+    oracle's :func:`oracle_schedule`, when the caller has it already.
     ``keda-http`` starts from the same warm fleet and may go to zero; ``keda_http_target`` is
     its in-flight requests per replica (the HTTPScaledObject's concurrency target)."""
     low, high = params.min_replicas, params.max_replicas
@@ -98,6 +101,10 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
                     break  # the margins grow, and so do GPU-hours
             best = _cheapest(runs, slo_goal) or runs[-1]
             results[name] = best[1]
+        elif name == "clairvoyant":
+            results[name] = clairvoyant(requests, fleet, slo_ttft_s, slo_goal, low, high)[1]
+        elif name == "static-min":
+            results[name] = static_min(requests, fleet, slo_ttft_s, slo_goal, low, high)[1]
         elif name == "static":
             oracle = results.get("oracle")
             peak = oracle.max_replicas if oracle else high

@@ -1,19 +1,22 @@
 """Replay requests against a fleet of simulated replicas under an autoscaling policy.
 
 **Replica model.** Capacity comes from the planner: ``kvCacheTokens`` per replica and the
-engine's ``maxBatchSize``. Admission reserves a request's whole sequence (input + output
-tokens), as Triton's default ``guaranteed_no_evict`` scheduler does. Each simulated second a
-replica spends its time first on the prefill of newly admitted requests (in order), then on
-decode steps for everything already generating. Prefill speed and decode step time come from
-:class:`kiln.planner.perf.PerfModel`, calibrated there against published TensorRT-LLM figures.
+engine's ``maxBatchSize``, ``maxNumTokens``, ``maxInputLen`` and ``maxSeqLen``. A request over
+the engine's limits is refused at once, as the executor refuses it, and counted apart
+(``rejected``), not in the SLO. The Service sends each request to a ready pod at once (the one
+holding fewest); there it waits in the engine's queue until a batch slot and its whole
+sequence's KV are free (Triton's default ``guaranteed_no_evict`` scheduler). Each engine
+iteration advances every generating sequence by one token and fills the rest of
+``maxNumTokens`` with context chunks, first prompt first (in-flight batching with chunked
+context); iteration times come from :class:`kiln.planner.perf.PerfModel` (weights and KV read,
+linear and attention FLOPs), calibrated there against published TensorRT-LLM figures. Time
+advances in steps of ``dt``, each a whole number of iterations in the fluid limit.
 
 **Fleet.** A new replica serves ``cold_start`` seconds after it is requested (image cached,
 engine loaded from the cache: 90 s by default, in the 1–2 minute range typical of 7–70B pods).
-Requests wait in one queue and go to the ready replica with the least reserved KV. Metrics
-(KV fraction, waiting and running requests, batch slots in use, and the input tokens
-prefilled since the last scrape, which Triton counts in ``nv_llm_input_token_len_sum``) are sampled every ``period``
-seconds, as ``/metrics`` is scraped; a metrics outage blanks them. Scaled-down replicas stop taking new
-requests and finish what they run, as the rendered preStop and grace period make them do.
+Metrics are scraped every ``period`` seconds with the meaning the TensorRT-LLM backend gives
+them (:func:`_scrape`); a metrics outage blanks them. Scaled-down replicas stop taking new
+requests and finish what they hold, as the rendered preStop and grace period make them do.
 
 Every policy sees the same metrics the operator would and returns desired replicas; ``kiln``
 calls :func:`kiln.autoscale.decide`, the operator's own law.
@@ -26,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..autoscale import Sample
+from ..autoscale import KVSample, Sample
 from ..planner.perf import PerfModel
 from .traces import Request
 
@@ -43,51 +46,80 @@ class _Running:
 
 @dataclass
 class _Replica:
+    """One replica: the executor's queue (requests routed to it, not yet holding KV) and
+    its batch (requests holding their whole sequence's KV, as guaranteed_no_evict reserves)."""
+
     ident: int
     ready_at: float
     running: list[_Running] = field(default_factory=list)
+    queue: deque[Request] = field(default_factory=deque)
     draining: bool = False
     reserved: int = 0  # KV tokens reserved by the running requests
     prefilled: float = 0.0  # input tokens prefilled so far (a counter, as Triton exports it)
     scraped: float = 0.0    # ``prefilled`` at the last scrape
+    scheduled: int = 0      # requests the last iteration ran
 
-    def admit(self, request: Request) -> None:
-        self.running.append(_Running(request, prefill_left=float(request.input_tokens)))
-        self.reserved += request.input_tokens + request.output_tokens
+    @property
+    def held(self) -> int:
+        return len(self.running) + len(self.queue)
+
+    def admit(self, perf: PerfModel) -> None:
+        """Schedule queued requests in order while a batch slot and their KV are free."""
+        while self.queue and len(self.running) < perf.max_batch:
+            request = self.queue[0]
+            need = request.input_tokens + request.output_tokens
+            if self.reserved + need > perf.kv_tokens:
+                break
+            self.queue.popleft()
+            self.running.append(_Running(request, prefill_left=float(request.input_tokens)))
+            self.reserved += need
 
     def advance(self, now: float, dt: float, perf: PerfModel, ttfts: list[float],
                 tpots: list[float]) -> None:
-        """Spend ``dt`` seconds: prefill the newly admitted requests in order, then decode."""
-        budget, steps = dt, 0.0
-        for item in self.running:
-            if budget <= 0:
-                break
-            if item.prefill_left > 0:
-                seconds = item.prefill_left / perf.prefill_tokens_per_s
-                if seconds <= budget:
-                    budget -= seconds
-                    self.prefilled += item.prefill_left
-                    item.prefill_left = 0.0
-                    item.first_token_at = now + dt - budget
-                    item.generated = 1.0
-                    ttfts.append(item.first_token_at - item.request.arrival)
-                else:
-                    item.prefill_left -= budget * perf.prefill_tokens_per_s
-                    self.prefilled += budget * perf.prefill_tokens_per_s
-                    budget = 0.0
-        decoding = [i for i in self.running if i.prefill_left <= 0 and i.first_token_at <= now]
-        if decoding and budget > 0:
-            context = sum(i.request.input_tokens + i.generated for i in decoding)
-            steps = budget / perf.step_seconds(context)
-            for item in decoding:
-                item.generated += steps
+        """Spend ``dt`` seconds of engine iterations. Each iteration advances every generating
+        sequence by a token and gives the rest of ``maxNumTokens`` to context chunks, first
+        prompt first (chunked context); its time is the weights and KV read plus the chunks'
+        compute (:class:`PerfModel`)."""
+        generating = [i for i in self.running if i.prefill_left <= 0]
+        contexts = [i for i in self.running if i.prefill_left > 0]
+        kv = sum(i.request.input_tokens + i.generated for i in generating)
+        budget = max(1.0, perf.max_num_tokens - len(generating))
+        step = perf.step_seconds(kv, len(generating) + min(len(contexts), 1))
+        remaining, iterations = dt, 0.0
+        chunk, self.scheduled = budget, len(generating)
+        for item in contexts:
+            if chunk > 0:  # the prompts the first iteration's budget reaches
+                self.scheduled += 1
+                chunk -= item.prefill_left
+            if remaining <= 0:
+                continue
+            done = item.request.input_tokens - item.prefill_left
+            cost = item.prefill_left / budget * step + perf.context_seconds(done, item.request.input_tokens)
+            if cost <= remaining:
+                remaining -= cost
+                iterations += item.prefill_left / budget
+                self.prefilled += item.prefill_left
+                item.prefill_left = 0.0
+                item.first_token_at = now + dt - remaining
+                item.generated = 1.0
+                ttfts.append(item.first_token_at - item.request.arrival)
+            else:
+                tokens = item.prefill_left * remaining / cost
+                iterations += tokens / budget
+                item.prefill_left -= tokens
+                self.prefilled += tokens
+                remaining = 0.0
+        if generating:
+            iterations += remaining / perf.step_seconds(kv, len(generating))
+            for item in generating:
+                item.generated += iterations
         still = []
         for item in self.running:
             out = item.request.output_tokens
             if item.prefill_left <= 0 and item.generated >= out:
                 if out > 1:
-                    done = now + dt - max(0.0, item.generated - out) * (dt / max(steps, 1e-9))
-                    tpots.append((done - item.first_token_at) / (out - 1))
+                    done = now + dt - max(0.0, item.generated - out) * (dt / max(iterations, 1e-9))
+                    tpots.append(max(0.0, done - item.first_token_at) / (out - 1))
                 self.reserved -= item.request.input_tokens + out
             else:
                 still.append(item)
@@ -124,12 +156,14 @@ class SimResult:
     # Requests that arrived with no replica ready: each waits for one to start (held by the
     # interceptor in keda-http mode, which marks them X-KEDA-HTTP-Cold-Start: true).
     cold_starts: int = 0
+    rejected: int = 0  # requests over the engine's limits, refused at once (not in the SLO)
 
     def wire(self) -> dict[str, float | int]:
         return {"gpuHours": round(self.gpu_hours, 3), "sloAttainment": round(self.slo_attainment, 4),
                 "ttftP50Ms": round(self.ttft_p50_ms, 1), "ttftP99Ms": round(self.ttft_p99_ms, 1),
                 "tpotP99Ms": round(self.tpot_p99_ms, 1), "scaleEvents": self.scale_events,
-                "maxReplicas": self.max_replicas, "coldStarts": self.cold_starts}
+                "maxReplicas": self.max_replicas, "coldStarts": self.cold_starts,
+                "rejected": self.rejected}
 
 
 @dataclass
@@ -160,11 +194,12 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
     ids = iter(range(1 << 30))
     start = 60.0 * math.floor(min((r.arrival for r in warmup), default=0.0) / 60.0)  # whole minutes
     replicas = [_Replica(next(ids), ready_at=start) for _ in range(fleet.initial)]
-    queue: deque[Request] = deque()
+    front: deque[Request] = deque()  # arrived while no replica was ready
     pending = deque([*warmup, *requests])
     end = (requests[-1].arrival if requests else 0.0) + 60.0
     ttfts: list[float] = []
     tpots: list[float] = []
+    rejected = 0
     gpu_seconds = 0.0
     events = 0
     cold_starts = 0
@@ -174,52 +209,47 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
     window_arrivals = 0
     window_ttft: list[float] = []
     now, measuring = start, start >= 0
-    while now < end or queue or any(r.running for r in replicas):
+    while now < end or front or any(r.held for r in replicas):
         if not measuring and now >= 0:  # the warm-up is over: measure from here
             measuring = True
             ttfts, tpots, gpu_seconds, events, timeline, window_ttft = [], [], 0.0, 0, [], []
-            window_arrivals, peak, cold_starts = 0, len([r for r in replicas if not r.draining]), 0
+            window_arrivals, peak = 0, len([r for r in replicas if not r.draining])
+            cold_starts, rejected = 0, 0
         while pending and pending[0].arrival <= now:
-            queue.append(pending.popleft())
+            request = pending.popleft()
             window_arrivals += 1
             if not any(r.ready_at <= now and not r.draining for r in replicas):
                 cold_starts += 1
+            if perf.rejects(request.input_tokens, request.output_tokens):
+                rejected += 1  # the engine refuses it at once: no TTFT, counted apart
+            else:
+                front.append(request)
         serving = [r for r in replicas if r.ready_at <= now and not r.draining]
-        # Admission: least-loaded ready replica first, whole sequence reserved.
-        while queue and serving:
-            target = min(serving, key=lambda r: r.reserved)
-            request = queue[0]
-            need = request.input_tokens + request.output_tokens
-            if len(target.running) >= perf.max_batch or target.reserved + need > perf.kv_tokens:
-                if need > perf.kv_tokens:
-                    queue.popleft()  # can never fit: dropped, counted as an SLO miss
-                    ttfts.append(float("inf"))
-                    continue
-                break
-            queue.popleft()
-            target.admit(request)
+        # The Service routes each request to a ready pod at once (fewest requests held),
+        # where it waits in that engine's queue.
+        while front and serving:
+            min(serving, key=lambda r: (r.held, r.reserved)).queue.append(front.popleft())
         for replica in replicas:
+            if replica.queue:
+                replica.admit(perf)
             if replica.running:
                 before = len(ttfts)
                 replica.advance(now, fleet.dt, perf, ttfts, tpots)
                 window_ttft.extend(ttfts[before:])
-        replicas = [r for r in replicas if not (r.draining and not r.running)]
+            else:
+                replica.scheduled = 0
+        replicas = [r for r in replicas if not (r.draining and not r.held)]
         gpu_seconds += len(replicas) * fleet.gpus_per_replica * fleet.dt
         if now >= next_decision:
             next_decision += fleet.period
             blank = outage is not None and outage[0] <= now < outage[0] + outage[1]
             live = [r for r in replicas if not r.draining]
             ready = [r for r in live if r.ready_at <= now]
-            samples = [] if blank else [
-                Sample(now, f"r{r.ident}", r.reserved / perf.kv_tokens,
-                       waiting=len(queue) // max(1, len(ready)), active=len(r.running),
-                       batch_fraction=len(r.running) / perf.max_batch,
-                       prefill_load=(r.prefilled - r.scraped) / (fleet.period * perf.prefill_tokens_per_s))
-                for r in ready]
+            samples = [] if blank else [_scrape(r, now, perf, fleet.period) for r in ready]
             for replica in replicas:
                 replica.scraped = replica.prefilled
             view = FleetView(now, samples, len(live), len(ready), len(live) - len(ready),
-                             pending=len(queue) + sum(len(r.running) for r in replicas))
+                             pending=len(front) + sum(r.held for r in replicas))
             desired = max(0, policy(view))
             if desired > len(live):
                 replicas += [_Replica(next(ids), ready_at=now + fleet.cold_start)
@@ -240,11 +270,26 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
                 progress(min(1.0, (now - start) / (end - start)))
         now += fleet.dt
         if now > end + 7200:  # a policy that never serves the backlog
-            ttfts += [float("inf")] * (len(queue) + len(pending))
+            ttfts += [float("inf")] * (len(front) + len(pending) + sum(r.held for r in replicas))
             break
     finite = [t for t in ttfts if math.isfinite(t)]
     met = sum(1 for t in ttfts if t <= slo_ttft_s)
     return SimResult(gpu_hours=gpu_seconds / 3600, slo_attainment=met / max(1, len(ttfts)),
                      ttft_p50_ms=_percentile(finite, 0.5) * 1000, ttft_p99_ms=_percentile(finite, 0.99) * 1000,
                      tpot_p99_ms=_percentile(tpots, 0.99) * 1000, scale_events=events, max_replicas=peak,
-                     timeline=timeline, cold_starts=cold_starts)
+                     timeline=timeline, cold_starts=cold_starts, rejected=rejected)
+
+
+def _scrape(replica: _Replica, now: float, perf: PerfModel, period: float) -> Sample:
+    """What the replica's ``/metrics`` page says, as the TensorRT-LLM backend computes it:
+    ``active`` counts the requests taken into the batch (at most ``max``), ``waiting`` those
+    of them the last iteration did not run (active - scheduled); requests still in the
+    executor's queue beyond the batch slots appear in no series. The policies see the
+    backlog Kiln derives from that (:attr:`kiln.autoscale.KVSample.backlog`)."""
+    active = min(replica.held, perf.max_batch)
+    page = KVSample(max_blocks=perf.kv_tokens, used_blocks=replica.reserved, tokens_per_block=1,
+                    waiting_requests=max(0, active - replica.scheduled), active_requests=active,
+                    max_requests=perf.max_batch)
+    return Sample(now, f"r{replica.ident}", page.utilization, waiting=page.backlog, active=active,
+                  batch_fraction=active / perf.max_batch,
+                  prefill_load=(replica.prefilled - replica.scraped) / (period * perf.prefill_tokens_per_s))

@@ -28,6 +28,8 @@
   would serve (so replicas are warm when their load arrives, cold start included). A margin
   of extra replicas is added only if the whole replay misses the goal at the window
   boundaries.
+- ``static-min`` and ``clairvoyant``: the cheapest fixed fleet meeting the SLO goal, and a
+  whole-trace schedule with perfect knowledge (:mod:`kiln.sim.stock`).
 - ``present_policy`` (not one of :data:`POLICIES`; ``benchmarks/autoscaling.py`` runs it as a
   reference): the oracle's per-window needs as they happen, without foresight.
 """
@@ -47,7 +49,8 @@ from .traces import Request
 __all__ = ["kiln_policy", "hpa_policy", "kpa_policy", "keda_http_policy", "static_policy", "oracle_policy", "present_policy",
            "oracle_schedule", "POLICIES", "HPA_TUNED_TARGETS"]
 
-POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "static", "oracle")
+POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "static", "oracle", "static-min",
+            "clairvoyant")
 HPA_TUNED_TARGETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 
 Policy = Callable[[FleetView], int]
@@ -132,23 +135,34 @@ def static_policy(replicas: int) -> Policy:
 
 
 def oracle_schedule(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float, goal: float,
-                    low: int, high: int, window: float = 120.0) -> list[int]:
+                    low: int, high: int, window: float = 120.0,
+                    cache: dict[tuple[int, int], float] | None = None) -> list[int]:
     """For each ``window`` seconds of the trace, the fewest warm replicas that serve the
-    requests arriving in it within the SLO goal (found by replaying that window alone)."""
+    requests arriving in it within the SLO goal (found by replaying that window alone).
+    ``cache`` keeps each (window, replicas) replay's attainment across calls on one trace."""
     if not requests:
         return [low]
+    cache = {} if cache is None else cache
+    parts: dict[int, list[Request]] = {}
+    for r in requests:
+        w = int(r.arrival // window)
+        parts.setdefault(w, []).append(Request(r.arrival - w * window, r.input_tokens, r.output_tokens))
     schedule = []
     for w in range(int(requests[-1].arrival // window) + 1):
-        part = [Request(r.arrival - w * window, r.input_tokens, r.output_tokens)
-                for r in requests if w * window <= r.arrival < (w + 1) * window]
+        part = parts.get(w)
         if not part:
             schedule.append(low)
             continue
+
+        def attainment(n: int) -> float:
+            if (w, n) not in cache:
+                cache[(w, n)] = simulate(part, replace(fleet, initial=n), static_policy(n),
+                                         slo_ttft_s).slo_attainment
+            return cache[(w, n)]
         lo, hi = low, high
         while lo < hi:  # binary search on a static fleet of n
             n = (lo + hi) // 2
-            trial = simulate(part, replace(fleet, initial=n), static_policy(n), slo_ttft_s)
-            if trial.slo_attainment >= goal:
+            if attainment(n) >= goal:
                 hi = n
             else:
                 lo = n + 1

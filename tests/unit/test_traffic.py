@@ -1,0 +1,41 @@
+"""The benchmark's traffic generator: seeded, shaped as its family says, and the seeds that
+choose the law's parameters are never the ones it is reported on."""
+
+from __future__ import annotations
+
+import sys
+
+from ..conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import traffic  # noqa: E402
+
+LENGTHS = [(100, 10), (2000, 200), (30000, 50)]
+
+
+def _per_minute(requests, duration):
+    counts = [0] * int(duration // 60)
+    for r in requests:
+        counts[min(len(counts) - 1, int(r.arrival // 60))] += 1
+    return counts
+
+
+def test_same_seed_same_trace_and_train_and_test_seeds_are_disjoint():
+    a = traffic.generate("bursts", 1, 1800, 5.0, LENGTHS)
+    assert a == traffic.generate("bursts", 1, 1800, 5.0, LENGTHS)
+    assert a != traffic.generate("bursts", 2, 1800, 5.0, LENGTHS)
+    assert not set(traffic.TRAIN_SEEDS) & set(traffic.TEST_SEEDS)
+    assert len(traffic.FAMILIES) * len(traffic.TEST_SEEDS) >= 20
+
+
+def test_each_family_has_its_shape():
+    duration = 3600
+    ramp = _per_minute(traffic.generate("fast-ramp", 3, duration, 10.0, LENGTHS), duration)
+    assert sum(ramp[-10:]) / 10 > 2.5 * sum(ramp[:5]) / 5  # from 0.3x to 1x of the peak
+    bursts = _per_minute(traffic.generate("bursts", 3, duration, 10.0, LENGTHS), duration)
+    assert max(bursts) > 1.4 * sorted(bursts)[len(bursts) // 2]  # bursts over the base
+    diurnal = _per_minute(traffic.generate("diurnal", 3, duration, 10.0, LENGTHS), duration)
+    assert max(diurnal) < 1.3 * 600 and min(diurnal) > 0.3 * 600
+    lengths = {(r.input_tokens, r.output_tokens) for r in traffic.generate("long-context", 3, 600, 5.0, LENGTHS)}
+    assert lengths <= set(LENGTHS) and len(lengths) == 3
