@@ -26,7 +26,19 @@ from .render import ServiceRef, render
 from .sim.compare import LEAD_IN_SECONDS
 from .toolchain import TRTLLM_VERSION
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "main"]
+
+# Documented per command (epilog of --help and the CLI reference); 0 always means success.
+EXIT_UNKNOWN = 3
+EXIT_CODES = {
+    "crds": "0",
+    "plan": "0 fits, 1 does not fit, 2 bad input, 3 verdict unknown (the model is not in the "
+            "catalog: pass --model-config)",
+    "render": "0, 2 bad input or does not fit",
+    "simulate": "0, 2 bad input",
+    "run": "0 stopped, 2 no cluster configured",
+    "demo": "0 every service Ready and the autoscaler scaled up and back down, 1 otherwise, 2 bad input",
+}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -149,7 +161,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  - {reason}")
         for note in result.notes:
             print(f"  note: {note}")
-    return {True: 0, False: 1, None: 0}[result.fits]
+    return {True: 0, False: 1, None: EXIT_UNKNOWN}[result.fits]
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -327,6 +339,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--examples", default="examples", help="directory of manifests to apply")
     demo.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for every service to be Ready")
     demo.set_defaults(func=cmd_demo)
+    for name, command in sub.choices.items():
+        command.epilog = f"exit codes: {EXIT_CODES[name]}"
     return top
 
 

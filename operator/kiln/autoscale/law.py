@@ -20,7 +20,7 @@ or request rate says anything. The law, evaluated every ``period`` (15 s in the 
    and the highest of those — so a burst between quiet scrapes counts and the sawtooth of
    sequences finishing does not — plus each replica's latest waiting-request count
    (``nv_trt_llm_request_metrics{request_type="waiting"}``). The per-resource targets and
-   the tolerance were chosen on ``benchmarks/autoscaling.py`` (the README has the figures and
+   the tolerance were chosen on ``benchmarks/autoscaling.py`` (docs/benchmarks.md has the figures and
    how they move with the load).
 2. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
    reported within ``stale_seconds`` (45 s), the law holds the current count and says so.
