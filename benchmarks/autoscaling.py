@@ -1,6 +1,6 @@
 """Autoscaling benchmark: every policy on the three recorded traces, and a metrics outage.
 
-    python benchmarks/autoscaling.py [--traces DIR] [--plot benchmarks/autoscaling.png] [--sensitivity]
+    python benchmarks/autoscaling.py [--traces DIR] [--plot docs/img/autoscaling.png] [--sensitivity]
 
 Replays ``AzureLLMInferenceTrace_code`` (bursty), ``AzureLLMInferenceTrace_conv`` and the
 Mooncake conversation trace (smooth) against ``benchmarks/autoscaling-service.yaml``
@@ -161,8 +161,9 @@ def main() -> int:
             entry["sensitivity"] = _sensitivity(Path(args.traces) / file, kind, SENSITIVITY[file], fleet, params)
         report["traces"][file] = entry
         if args.plot and kind == "bursty":
-            from kiln.cli import _plot
-            _plot({n: r for n, r in results.items() if r is not None}, Path(args.plot), SLO_TTFT_S)
+            from kiln.plot import plot_policies
+            plot_policies(results, Path(args.plot), SLO_TTFT_S,
+                          title="Azure code trace: autoscaling policies")
     report["allTargetsHold"] = all(holds)
     print(json.dumps(report, indent=2))
     return 0

@@ -97,7 +97,7 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
          "fieldPath": ".minReplicas"},
     ],
     "engine": [
-        {"rule": "self.maxInputLen < self.maxSeqLen",
+        {"rule": "!has(self.maxInputLen) || self.maxInputLen < self.maxSeqLen",
          "message": "maxInputLen must be smaller than maxSeqLen", "fieldPath": ".maxInputLen"},
     ],
 }

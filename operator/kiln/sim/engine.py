@@ -124,6 +124,8 @@ class SimResult:
     # Requests that arrived with no replica ready: each waits for one to start (held by the
     # interceptor in keda-http mode, which marks them X-KEDA-HTTP-Cold-Start: true).
     cold_starts: int = 0
+    # The p99 TTFT of each timeline minute, in seconds (the SLO is on the p99).
+    ttft_p99_timeline: list[float] = field(default_factory=list)
 
     def wire(self) -> dict[str, float | int]:
         return {"gpuHours": round(self.gpu_hours, 3), "sloAttainment": round(self.slo_attainment, 4),
@@ -171,6 +173,7 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
     peak = len(replicas)
     next_decision = start + fleet.period
     timeline: list[tuple[float, int, int, float]] = []
+    p99_timeline: list[float] = []
     window_arrivals = 0
     window_ttft: list[float] = []
     now, measuring = start, start >= 0
@@ -178,6 +181,7 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
         if not measuring and now >= 0:  # the warm-up is over: measure from here
             measuring = True
             ttfts, tpots, gpu_seconds, events, timeline, window_ttft = [], [], 0.0, 0, [], []
+            p99_timeline = []
             window_arrivals, peak, cold_starts = 0, len([r for r in replicas if not r.draining]), 0
         while pending and pending[0].arrival <= now:
             queue.append(pending.popleft())
@@ -235,6 +239,7 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
                 mean_ttft = sum(window_ttft) / len(window_ttft) if window_ttft else 0.0
                 timeline.append((now, len([r for r in replicas if not r.draining]), window_arrivals,
                                  mean_ttft))
+                p99_timeline.append(_percentile([t for t in window_ttft if math.isfinite(t)], 0.99))
                 window_arrivals, window_ttft = 0, []
             if progress is not None:
                 progress(min(1.0, (now - start) / (end - start)))
@@ -247,4 +252,5 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
     return SimResult(gpu_hours=gpu_seconds / 3600, slo_attainment=met / max(1, len(ttfts)),
                      ttft_p50_ms=_percentile(finite, 0.5) * 1000, ttft_p99_ms=_percentile(finite, 0.99) * 1000,
                      tpot_p99_ms=_percentile(tpots, 0.99) * 1000, scale_events=events, max_replicas=peak,
-                     timeline=timeline, cold_starts=cold_starts)
+                     timeline=timeline, cold_starts=cold_starts,
+                     ttft_p99_timeline=p99_timeline)
