@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import SpecInvalid
 
-__all__ = ["check_plot_target", "plot_policies"]
+__all__ = ["check_plot_target", "policy_figure", "plot_policies"]
 
 # Drawn bottom to top; kiln last so that no other policy hides it. The oracle is wide and
 # dashed, so that a policy drawn over it still lets it show at its edges.
@@ -39,6 +39,16 @@ def check_plot_target(path: Path) -> None:
 
 def plot_policies(results: dict[str, Any], path: Path, slo_s: float | None = None,
                   title: str = "Autoscaling policies on a trace") -> None:
+    """Write :func:`policy_figure` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = policy_figure(results, slo_s, title)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def policy_figure(results: dict[str, Any], slo_s: float | None = None,
+                  title: str = "Autoscaling policies on a trace") -> Any:
     """Three panels sharing the time axis: arrivals, replicas and p99 TTFT per minute.
 
     ``results`` maps a policy to its :class:`kiln.sim.SimResult`, or to None when it has
@@ -79,5 +89,4 @@ def plot_policies(results: dict[str, Any], path: Path, slo_s: float | None = Non
     ttft.set_xlabel("minutes")
     ttft.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
