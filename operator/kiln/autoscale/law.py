@@ -214,8 +214,13 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         # replicas start, the queue can only ask for what is already coming.
         active = sum(latest[r].active for r in reporting)
         by_queue = math.ceil(ready * (1 + waiting / max(active, 1)) - 1e-9)
-        want = max(want, by_queue if not starting else min(by_queue, current))
-        why += f", {waiting} requests waiting"
+        by_queue = by_queue if not starting else min(by_queue, current)
+        if by_queue > want:
+            # The queue is what asks for more: it leads the reason, the load comes second.
+            why = f"{waiting} requests waiting ({kind} load {load:.0%} against a {target:.0%} target)"
+        else:
+            why += f", {waiting} requests waiting"
+        want = max(want, by_queue)
     want = _clamp(max(want, 0), params)
     recommendations.add(now, want, params.stabilization_seconds)
     recommendations.add_demand(now, sum(totals.values()) / len(totals), params.burst_horizon)
