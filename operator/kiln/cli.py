@@ -256,15 +256,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.run import run_demo
+    from .demo.run import BUNDLED_EXAMPLES, run_demo
 
-    examples = Path(args.examples)
+    examples = Path(args.examples) if args.examples else BUNDLED_EXAMPLES
     if not examples.is_dir():
-        raise SpecInvalid(f"--examples: {examples} is not a directory (run from the repository root)")
+        raise SpecInvalid(f"--examples: {examples} is not a directory")
     # kopf's own log is for operators of the operator; KILN_DEBUG=1 shows it.
     logging.getLogger("kopf").setLevel(logging.DEBUG if os.environ.get("KILN_DEBUG") else logging.CRITICAL)
     logging.getLogger("aiohttp").setLevel(logging.CRITICAL)
-    return asyncio.run(run_demo(examples, timeout=args.timeout))
+    return asyncio.run(run_demo(examples, timeout=args.timeout, verbose=args.verbose,
+                                shown_as=args.examples or "examples/"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -318,7 +319,9 @@ def parser() -> argparse.ArgumentParser:
                           "a token that may exec into pods)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
-    demo.add_argument("--examples", default="examples", help="directory of manifests to apply")
+    demo.add_argument("--examples", help="directory of manifests to apply (default: the bundled examples)")
+    demo.add_argument("-v", "--verbose", action="store_true",
+                      help="every status change, simulated cluster event and autoscaler decision")
     demo.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for every service to be Ready")
     demo.set_defaults(func=cmd_demo)
     for name, command in sub.choices.items():
