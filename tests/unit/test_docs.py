@@ -52,3 +52,9 @@ def test_readme_links_resolve() -> None:
     assert targets
     missing = [t for t in targets if "://" not in t and not (ROOT / t).exists()]
     assert not missing
+
+
+def test_demo_page_shows_the_current_transcript() -> None:
+    transcript = (ROOT / "tests" / "golden" / "demo.txt").read_text()
+    assert transcript in (ROOT / "docs" / "demo.md").read_text(), (
+        "docs/demo.md: paste tests/golden/demo.txt into its transcript block")

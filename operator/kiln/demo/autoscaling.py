@@ -35,7 +35,7 @@ class Replay:
     """A bursty slice of a recorded trace against one example service."""
 
     trace: str = "traces/azure-code-36-52min.csv"
-    about: str = "the Azure LLM inference trace 2023 (code completion, minutes 36-52, CC BY 4.0)"
+    about: str = "the Azure LLM inference trace 2023 (code, CC BY 4.0)"
     service: str = "llama-8b"
     rate_scale: float = 6.0        # each recorded request sent 6 times
     cold_start: float = 90.0       # trace seconds from scale-up to a serving pod
@@ -72,7 +72,7 @@ async def replay_act(sandbox: Sandbox, clock: DemoClock, r: Replay, examples: Pa
     say("\n" + textwrap.fill(
         f"Autoscaling llmservice/{r.service} on {round(replay.seconds / 60)} minutes of {r.about}, "
         f"each request sent {r.rate_scale:g} times, through its pods' simulated Triton metrics.",
-        width=96))
+        width=92))
     say("$ kubectl patch llms " + f"{r.service} -n {namespace} --type=merge -p \\\n  '"
         + json.dumps({"spec": {"autoscaling": scaling}}, separators=(",", ":")) + "'")
     say(f"Time is simulated and compressed: every {AUTOSCALE_PERIOD_SECONDS:.0f} s of trace time "
@@ -119,7 +119,6 @@ async def replay_act(sandbox: Sandbox, clock: DemoClock, r: Replay, examples: Pa
             break
         second += AUTOSCALE_PERIOD_SECONDS
     cluster.replays.pop(r.service, None)
-    say(f"\nllmservice/{r.service} scaled from 1 up to {highest} replicas on the bursts and "
-        f"{'came back down to 1' if came_down else 'did NOT come back down to 1'}\nonce the trace "
-        "went quiet.")
+    say(f"\n{r.service} went from 1 up to {highest} replicas on the bursts and "
+        f"{'back down to 1' if came_down else 'did NOT come back down to 1'} once the trace went quiet.")
     return came_down
