@@ -4,13 +4,26 @@ the trace's bursts and back down. ``--update-golden`` rewrites the transcript.""
 
 from __future__ import annotations
 
+import logging
 import re
+
+import pytest
 
 from kiln.cli import main
 
 from ..conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "demo.txt"
+
+
+@pytest.fixture(autouse=True)
+def _log_levels():
+    """`kiln demo` quiets kopf's and aiohttp's loggers for its process; not for later tests."""
+    loggers = [logging.getLogger(name) for name in ("kopf", "aiohttp")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 
 
 def test_demo_transcript_is_the_golden_one(tmp_path, monkeypatch, capsys, request):
