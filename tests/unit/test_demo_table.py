@@ -30,8 +30,11 @@ def test_every_printer_column_from_the_crd_and_blank_where_the_object_has_nothin
                    "readyReplicas": 2, "tpPp": "1x1", "kvCacheUtilization": "41%"},
     }
     header, row = printer_table(crd, [service], NOW).splitlines()
-    assert header.split() == ["NAMESPACE", "NAME"] + [
-        c["name"].upper() for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    # Every column kubectl shows without -o wide (priority 0), in the CRD's order.
+    assert header.split() == ["NAMESPACE", "NAME"] + [c["name"].upper() for c in columns
+                                                      if not c.get("priority")]
+    assert "URL" not in header
     # No desiredReplicas (not autoscaled): DESIRED stays blank, the columns stay aligned.
     starts = {m.group(): m.start() for m in re.finditer(r"\S+", header)}
     cells = {name: row[at:].split()[0] for name, at in starts.items() if name != "DESIRED"}

@@ -249,7 +249,8 @@ def crds() -> list[dict[str, Any]]:
             {"name": "TPxPP", "type": "string", "jsonPath": ".status.tpPp"},
             {"name": "KV-Util", "type": "string", "jsonPath": ".status.kvCacheUtilization",
              "priority": 0},
-            {"name": "URL", "type": "string", "jsonPath": ".status.endpoints.openai"},
+            # A URL is wide: like a pod's IP, it shows with -o wide, so the default fits 100 columns.
+            {"name": "URL", "type": "string", "jsonPath": ".status.endpoints.openai", "priority": 1},
             age,
         ],
         {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",

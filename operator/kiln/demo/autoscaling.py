@@ -41,7 +41,7 @@ class Replay:
     cold_start: float = 90.0       # trace seconds from scale-up to a serving pod
     stabilization: int = 300       # the HPA's default scale-down stabilisation
     max_replicas: int = 4
-    row_every: float = 60.0        # trace seconds between timeline rows
+    row_every: float = 120.0       # trace seconds between timeline rows
     linger: float = 900.0          # quiet trace seconds after the slice to come back down in
 
 
@@ -83,7 +83,7 @@ async def replay_act(sandbox: Sandbox, clock: DemoClock, r: Replay, examples: Pa
     cluster.clock, cluster.start_seconds = clock, r.cold_start
     cluster.replays[r.service] = replay
     peak = max(replay.requests_per_minute(t) for t in range(0, replay.seconds + 60, 10))
-    say(f"\n  {'TRACE':>5s}  {'REQ/MIN':>7s}  {'':30s}  REPLICAS (■ serving, □ starting)")
+    say(f"  {'TRACE':>5s}  {'REQ/MIN':>7s}  {'':30s}  REPLICAS (■ serving, □ starting)")
     _, _, workload = workload_ref(spec, r.service)  # a Deployment: the example is single-node
 
     def replicas() -> tuple[int, int]:
