@@ -44,7 +44,7 @@ def test_demo_transcript_is_the_golden_one(tmp_path, monkeypatch, capsys, reques
     assert (int(first_down[0]) * 60 + int(first_down[1])) - (int(first_up[0]) * 60 + int(first_up[1])) > 300
     assert all(int(a) - int(b) == 1 for *_, a, b in downs)
     # The table is the CRD's printer columns.
-    assert re.search(r"^NAME +READY +REASON +REPLICAS +DESIRED +GPUS +PRECISION +TPXPP +KV-UTIL +AGE$",
+    assert re.search(r"^NAME +READY +REASON +REPLICAS +GPUS +PRECISION +TPXPP +KV-UTIL +AGE$",
                      text, re.M), text
     assert "scaleDownStabilizationSeconds\":300" in text
     if request.config.getoption("--update-golden"):

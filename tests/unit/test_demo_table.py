@@ -27,20 +27,20 @@ def test_every_printer_column_from_the_crd_and_blank_where_the_object_has_nothin
         "spec": {"gpus": 1, "precision": "fp8"},
         "status": {"conditions": [{"type": "Fits", "status": "True"},
                                   {"type": "Ready", "status": "True", "reason": "ReplicasReady"}],
-                   "readyReplicas": 2, "tpPp": "1x1", "kvCacheUtilization": "41%"},
+                   "readyReplicas": 2, "tpPp": "1x1"},
     }
     header, row = printer_table(crd, [service], NOW).splitlines()
     columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
     # Every column kubectl shows without -o wide (priority 0), in the CRD's order.
     assert header.split() == ["NAMESPACE", "NAME"] + [c["name"].upper() for c in columns
                                                       if not c.get("priority")]
-    assert "URL" not in header
-    # No desiredReplicas (not autoscaled): DESIRED stays blank, the columns stay aligned.
+    assert "URL" not in header and "DESIRED" not in header  # -o wide only
+    # No kvCacheUtilization yet: KV-UTIL stays blank, the columns stay aligned.
     starts = {m.group(): m.start() for m in re.finditer(r"\S+", header)}
-    cells = {name: row[at:].split()[0] for name, at in starts.items() if name != "DESIRED"}
+    cells = {name: row[at:].split()[0] for name, at in starts.items() if name != "KV-UTIL"}
     assert cells == {"NAMESPACE": "llm", "NAME": "llama-8b", "READY": "True", "REASON": "ReplicasReady",
                      "REPLICAS": "2", "GPUS": "1", "PRECISION": "fp8", "TPXPP": "1x1",
-                     "KV-UTIL": "41%", "AGE": "21m"}
-    assert row[starts["DESIRED"]:starts["GPUS"]].strip() == ""
+                     "AGE": "21m"}
+    assert row[starts["KV-UTIL"]:starts["AGE"]].strip() == ""
     single = printer_table(crd, [service], NOW, all_namespaces=False)
     assert single.splitlines()[0].startswith("NAME ")

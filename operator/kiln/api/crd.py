@@ -243,7 +243,8 @@ def crds() -> list[dict[str, Any]]:
             {"name": "Reason", "type": "string",
              "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
-            {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+            # Set only by the builtin autoscaler (blank otherwise): shown with -o wide.
+            {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas", "priority": 1},
             {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpus"},
             {"name": "Precision", "type": "string", "jsonPath": ".spec.precision"},
             {"name": "TPxPP", "type": "string", "jsonPath": ".status.tpPp"},

@@ -119,6 +119,6 @@ async def replay_act(sandbox: Sandbox, clock: DemoClock, r: Replay, examples: Pa
             break
         second += AUTOSCALE_PERIOD_SECONDS
     cluster.replays.pop(r.service, None)
-    say(f"\n{r.service} went from 1 up to {highest} replicas on the bursts and "
+    say(f"{r.service} went from 1 up to {highest} replicas on the bursts and "
         f"{'back down to 1' if came_down else 'did NOT come back down to 1'} once the trace went quiet.")
     return came_down

@@ -58,8 +58,8 @@ async def openai_act(api: KubeApi, services: list[dict[str, Any]], say: Callable
     name = service["metadata"]["name"]
     url = service["status"]["endpoints"]["openai"]
     model = (service.get("spec") or {}).get("servedModelName") or name
-    say(f"\nOpenAI API of llmservice/{name} (status.endpoints.openai), through its Service; the "
-        "server is\nsimulated and no model runs:")
+    say(f"\nOpenAI API of llmservice/{name} (status.endpoints.openai) via its Service; simulated "
+        "server:")
     say(f'  client = openai.AsyncOpenAI(base_url="{url}")')
     say(f'  client.chat.completions.create(model="{model}", stream=True,\n'
         f'      messages=[{{"role": "user", "content": "{PROMPT}"}}])')
