@@ -20,13 +20,26 @@ from .api.crd import crds
 from .api.loading import load_yaml, read_yaml_file
 from .api.validation import parse_service_manifest
 from .errors import KilnError, SpecInvalid
+from .plot import check_plot_target, plot_policies
 from .planner import (GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan,
                       unknown_gpu_message)
 from .render import ServiceRef, render
 from .sim.compare import LEAD_IN_SECONDS
 from .toolchain import TRTLLM_VERSION
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "main"]
+
+# Documented per command (epilog of --help and the CLI reference); 0 always means success.
+EXIT_UNKNOWN = 3
+EXIT_CODES = {
+    "crds": "0",
+    "plan": "0 fits, 1 does not fit, 2 bad input, 3 verdict unknown (the model is not in the "
+            "catalog: pass --model-config)",
+    "render": "0, 2 bad input or does not fit",
+    "simulate": "0, 2 bad input",
+    "run": "0 stopped, 2 no cluster configured",
+    "demo": "0 every service Ready and the autoscaler scaled up and back down, 1 otherwise, 2 bad input",
+}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -108,9 +121,12 @@ def _print_compare(spec: Any, gpu: GPU, model: ModelConfig | None, output: str) 
         print(json.dumps({"gpu": gpu.name, "gpus": spec.gpus, "precisions": rows}, indent=2))
         return 0
     header = ("PRECISION", "FITS", "WEIGHTS/GPU", "KV TOKENS", "SEQS", "FEWEST GPUS", "DECODE", "NOTE")
+    # What does not fit has no KV cache and no sequences: those cells stay blank.
     table = [header] + [(
         r["precision"], {True: "yes", False: "no", None: "?"}[r["fits"]],
-        f"{r['weightGiBPerGpu']:.1f} GiB", str(r["kvCacheTokens"] or 0), str(r["maxConcurrentSequences"] or 0),
+        f"{r['weightGiBPerGpu']:.1f} GiB", f"{r['kvCacheTokens']:,}" if r["kvCacheTokens"] else "",
+        (f"{r['maxConcurrentSequences']}" + ("*" if r["sequencesCappedByMaxBatchSize"] else ""))
+        if r["maxConcurrentSequences"] is not None else "",
         str(r["fewestGpus"] or "-"), f"x{r['relativeDecodeSpeed']:.2f}" if r["relativeDecodeSpeed"] else "-",
         r["note"]) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -118,6 +134,9 @@ def _print_compare(spec: Any, gpu: GPU, model: ModelConfig | None, output: str) 
           "DECODE is the bandwidth-bound speed relative to bf16")
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if any(r["sequencesCappedByMaxBatchSize"] for r in rows):
+        print(f"* capped by engine.maxBatchSize={spec.engine.max_batch_size}: the KV cache holds more "
+              "sequences; raise maxBatchSize to run them")
     return 0
 
 
@@ -149,7 +168,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  - {reason}")
         for note in result.notes:
             print(f"  note: {note}")
-    return {True: 0, False: 1, None: 0}[result.fits]
+    return {True: 0, False: 1, None: EXIT_UNKNOWN}[result.fits]
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -171,6 +190,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .render.wake import concurrency_target
     from .sim.policies import POLICIES
 
+    if args.plot:
+        check_plot_target(Path(args.plot))
     _, spec, gpu, model, result = _prepare(args)
     if model is None or not result.fits:
         raise SpecInvalid("the service must fit to be simulated: " + "; ".join(result.reasons))
@@ -203,7 +224,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if show:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
     if args.plot:
-        _plot({n: r for n, r in results.items() if r is not None}, Path(args.plot), args.slo_ttft_ms / 1000)
+        plot_policies(results, Path(args.plot), args.slo_ttft_ms / 1000,
+                      title=f"{Path(args.trace).name}: autoscaling policies")
     if args.output == "json":
         print(json.dumps({"policies": {n: r.wire() if r else None for n, r in results.items()}}, indent=2))
         return 0
@@ -217,34 +239,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"{name:9s} {r.gpu_hours:10.2f} {r.slo_attainment:7.2%} {r.ttft_p50_ms:8.0f}ms "
               f"{r.ttft_p99_ms:8.0f}ms {r.scale_events:7d} {r.max_replicas:4d} {r.cold_starts:5d}")
     return 0
-
-
-def _plot(results: dict[str, Any], path: Path, slo_s: float | None = None) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SpecInvalid("--plot needs matplotlib (pip install 'kiln-operator[plot]')") from None
-    fig, (load, reps, ttft) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
-    first = next(iter(results.values()))
-    load.plot([t / 60 for t, *_ in first.timeline], [a for _, _, a, _ in first.timeline], color="grey")
-    load.set_ylabel("arrivals / min")
-    # kiln last and bold, so the other policies do not hide it.
-    for name, r in sorted(results.items(), key=lambda item: item[0] == "kiln"):
-        style = {"linewidth": 2.5, "zorder": 3} if name == "kiln" else {"linewidth": 1.2, "alpha": 0.8}
-        reps.step([t / 60 for t, *_ in r.timeline], [n for _, n, _, _ in r.timeline], where="post",
-                  label=name, **style)
-        ttft.plot([t / 60 for t, *_ in r.timeline], [max(m, 0.01) for *_, m in r.timeline], label=name, **style)
-    reps.set_ylabel("replicas")
-    reps.legend()
-    if slo_s:
-        ttft.axhline(slo_s, color="black", linestyle="--", linewidth=1, label="SLO")
-    ttft.set_yscale("log")
-    ttft.set_ylabel("mean TTFT (s, log)")
-    ttft.set_xlabel("minutes")
-    fig.tight_layout()
-    fig.savefig(path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -262,15 +256,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.run import run_demo
+    from .demo.run import BUNDLED_EXAMPLES, run_demo
 
-    examples = Path(args.examples)
+    examples = Path(args.examples) if args.examples else BUNDLED_EXAMPLES
     if not examples.is_dir():
-        raise SpecInvalid(f"--examples: {examples} is not a directory (run from the repository root)")
+        raise SpecInvalid(f"--examples: {examples} is not a directory")
     # kopf's own log is for operators of the operator; KILN_DEBUG=1 shows it.
     logging.getLogger("kopf").setLevel(logging.DEBUG if os.environ.get("KILN_DEBUG") else logging.CRITICAL)
     logging.getLogger("aiohttp").setLevel(logging.CRITICAL)
-    return asyncio.run(run_demo(examples, timeout=args.timeout))
+    return asyncio.run(run_demo(examples, timeout=args.timeout, verbose=args.verbose,
+                                shown_as=args.examples or "examples/"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -324,9 +319,13 @@ def parser() -> argparse.ArgumentParser:
                           "a token that may exec into pods)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
-    demo.add_argument("--examples", default="examples", help="directory of manifests to apply")
+    demo.add_argument("--examples", help="directory of manifests to apply (default: the bundled examples)")
+    demo.add_argument("-v", "--verbose", action="store_true",
+                      help="every status change, simulated cluster event and autoscaler decision")
     demo.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for every service to be Ready")
     demo.set_defaults(func=cmd_demo)
+    for name, command in sub.choices.items():
+        command.epilog = f"exit codes: {EXIT_CODES[name]}"
     return top
 
 

@@ -1,35 +1,59 @@
-"""`kiln demo`'s autoscaling act: a recorded trace replayed through the simulated Triton
-metrics drives the real operator's builtin autoscaler up and back down."""
+"""`kiln demo` as a newcomer runs it: from any directory, the same lines on every run (a
+simulated clock), within 100 columns and 60 lines, the autoscaler scaling the example up on
+the trace's bursts and back down. ``--update-golden`` rewrites the transcript."""
 
 from __future__ import annotations
 
-import io
+import logging
 import re
-import shutil
 
 import pytest
 
-from kiln.demo.run import Replay, run_demo
+from kiln.cli import main
 
 from ..conftest import ROOT
 
 pytestmark = pytest.mark.emulator_only("kiln demo embeds the emulator")
 
+GOLDEN = ROOT / "tests" / "golden" / "demo.txt"
 
-async def test_replayed_trace_scales_the_example_up_and_down(tmp_path):
-    shutil.copy(ROOT / "examples" / "llama-3.1-8b-fp8.yaml", tmp_path)
-    (tmp_path / "traces").mkdir()
-    shutil.copy(ROOT / "examples" / Replay.trace, tmp_path / "traces")
-    out = io.StringIO()
-    # Twice the demo's speed, so the test takes half as long; the operator's periods follow.
-    code = await run_demo(tmp_path, out=out, timeout=60, replay=Replay(speed=60.0))
-    text = out.getvalue()
+
+@pytest.fixture(autouse=True)
+def _log_levels():
+    """`kiln demo` quiets kopf's and aiohttp's loggers for its process; not for later tests."""
+    loggers = [logging.getLogger(name) for name in ("kopf", "aiohttp")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
+
+
+def test_demo_transcript_is_the_golden_one(tmp_path, monkeypatch, capsys, request):
+    monkeypatch.chdir(tmp_path)  # the examples ship with the package
+    code = main(["demo"])
+    text = capsys.readouterr().out
     assert code == 0, text
-    ups = re.findall(r"event ScaledUp: .*scaling up 1 -> (\d)", text)
-    downs = re.findall(r"event ScaledDown: .*scaling down (\d) -> (\d)", text)
-    assert ups and int(ups[0]) > 1, text
-    assert downs and downs[-1][1] == "1", text
-    # Scale-down waits out the stabilisation: nothing comes down while the bursts last.
-    first_down = re.search(r"(\d\d):(\d\d)  event ScaledDown", text)
-    assert first_down and int(first_down[1]) * 60 + int(first_down[2]) > 300, text
-    assert "back down to 1" in text
+    lines = text.splitlines()
+    assert len(lines) < 60, text
+    assert max(len(line) for line in lines) <= 100, text
+    # Scale-up first on the bursts, scale-down one replica at a time, never inside the
+    # stabilisation window, and back to 1 at the end.
+    ups = re.findall(r"(\d\d):(\d\d)  ScaledUp: .*scaling up 1 -> (\d)", text)
+    downs = re.findall(r"(\d\d):(\d\d)  ScaledDown: .*scaling down (\d) -> (\d)", text)
+    assert ups and int(ups[0][2]) > 1, text
+    assert downs and downs[-1][3] == "1", text
+    first_up, first_down = ups[0], downs[0]
+    assert (int(first_down[0]) * 60 + int(first_down[1])) - (int(first_up[0]) * 60 + int(first_up[1])) > 300
+    assert all(int(a) - int(b) == 1 for *_, a, b in downs)
+    # The table is the CRD's printer columns.
+    assert re.search(r"^NAME +READY +REASON +REPLICAS +GPUS +PRECISION +TPXPP +KV-UTIL +AGE$",
+                     text, re.M), text
+    assert "scaleDownStabilizationSeconds\":300" in text
+    if request.config.getoption("--update-golden"):
+        GOLDEN.write_text(text)
+    assert GOLDEN.read_text() == text, "the demo's output changed: rerun with --update-golden and review"
+
+
+def test_demo_reports_a_folder_without_services(tmp_path, capsys):
+    assert main(["demo", "--examples", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --examples: no LLMService manifests in {tmp_path}"

@@ -182,3 +182,14 @@ def test_a_burst_between_quiet_scrapes_counts():
     decision = decide(1000, _samples(1000, 4, fraction), current=4, ready=4, starting=0,
                       params=PARAMS, recommendations=Recommendations())
     assert decision.desired == 6
+
+
+def test_a_queue_that_asks_for_more_replicas_leads_the_reason():
+    # A burst of long prompts: the batch is nearly empty, but requests wait for prefill.
+    samples = [Sample(t, "r0", 0.05, waiting=473, active=18, batch_fraction=0.07)
+               for t in range(940, 1001, 15)]
+    decision = decide(1000, samples, current=1, ready=1, starting=0, params=PARAMS,
+                      recommendations=Recommendations())
+    assert decision.desired > 1
+    assert decision.reason.startswith("473 requests waiting (batch load 7% against a 75% target)")
+    assert decision.reason.endswith(f"scaling up 1 -> {decision.desired}")

@@ -3,7 +3,6 @@ against their schemas."""
 
 from __future__ import annotations
 
-import kubernetes_validate
 import pytest
 
 from kiln.api import parse_service_spec
@@ -11,6 +10,7 @@ from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 from kiln.render import ServiceRef, openai_endpoint, render
 
 from ..support import cel_rules, crd_schemas
+from ..support.kube_versions import validate_on_claimed_minors
 
 
 def _render(mode, **scaling):
@@ -35,7 +35,7 @@ def test_keda_scaled_object_validates_and_targets_the_scale_subresource():
 
 def test_hpa_validates_strict():
     obj = _render("hpa", minReplicas=2, targetKVCacheUtilization=0.8).scaler
-    kubernetes_validate.validate(obj, "1.33", strict=True)
+    validate_on_claimed_minors(obj)
     assert obj["spec"]["minReplicas"] == 2
     assert obj["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "800m"
 
@@ -52,7 +52,7 @@ def test_keda_http_routes_the_openai_endpoint_through_the_interceptor():
     crd_schemas.validate(scaled)
     schema = crd_schemas._schemas()[(scaled["apiVersion"], scaled["kind"])]
     assert cel_rules.violations(schema, scaled) == []
-    kubernetes_validate.validate(alias, "1.33", strict=True)
+    validate_on_claimed_minors(alias)
     spec = scaled["spec"]
     # The Host a client of status.endpoints.openai sends, port stripped, is a routed host.
     url = openai_endpoint(_spec("keda-http"), "llama", "llm")

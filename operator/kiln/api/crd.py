@@ -101,7 +101,7 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
          "fieldPath": ".minReplicas"},
     ],
     "engine": [
-        {"rule": "self.maxInputLen < self.maxSeqLen",
+        {"rule": "!has(self.maxInputLen) || self.maxInputLen < self.maxSeqLen",
          "message": "maxInputLen must be smaller than maxSeqLen", "fieldPath": ".maxInputLen"},
     ],
 }
@@ -250,13 +250,15 @@ def crds() -> list[dict[str, Any]]:
             {"name": "Reason", "type": "string",
              "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
-            {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+            # Set only by the builtin autoscaler (blank otherwise): shown with -o wide.
+            {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas", "priority": 1},
             {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpus"},
             {"name": "Precision", "type": "string", "jsonPath": ".spec.precision"},
             {"name": "TPxPP", "type": "string", "jsonPath": ".status.tpPp"},
             {"name": "KV-Util", "type": "string", "jsonPath": ".status.kvCacheUtilization",
              "priority": 0},
-            {"name": "URL", "type": "string", "jsonPath": ".status.endpoints.openai"},
+            # A URL is wide: like a pod's IP, it shows with -o wide, so the default fits 100 columns.
+            {"name": "URL", "type": "string", "jsonPath": ".status.endpoints.openai", "priority": 1},
             age,
         ],
         {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",

@@ -37,7 +37,10 @@ __all__ = [
     "ScaleFromZeroStatus",
     "LLMServiceStatus",
     "Auto",
+    "DEFAULT_MAX_INPUT_LEN",
 ]
+
+DEFAULT_MAX_INPUT_LEN = 4096
 
 # hf://org/name | s3://bucket/prefix | pvc://claim/path — no "..", no credentials, no spaces.
 MODEL_SOURCE_PATTERN = (
@@ -46,6 +49,7 @@ MODEL_SOURCE_PATTERN = (
     r"|pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(/[A-Za-z0-9._-]+)*/?)$"
 )
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+_HF_PAGE = re.compile(r"^https?://(www\.)?(huggingface\.co|hf\.co)/(?P<org>[^/\s]+)/(?P<name>[^/?#\s]+)")
 # The OpenAI API's model id, which is also a Triton model directory: no "/", no spaces.
 SERVED_MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
@@ -76,6 +80,16 @@ class ModelSpec(KilnModel):
     )
     credentials: SecretRef | None = Field(
         default=None, description="Secret holding the download credentials; never inline.")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _not_a_web_address(cls, value: Any) -> Any:
+        # The address a user copies from the model's page; the pattern alone would only say
+        # which regular expression it fails.
+        page = _HF_PAGE.match(value) if isinstance(value, str) else None
+        if page:
+            raise ValueError(f"{value!r} is a web page: use hf://{page['org']}/{page['name']}")
+        return value
 
     @field_validator("source")
     @classmethod
@@ -160,7 +174,12 @@ class EngineLimits(KilnModel):
     """Shape limits baked into the engine, plus the KV-cache memory fraction."""
 
     max_batch_size: int = Field(default=256, ge=1, le=4096, description="trtllm-build --max_batch_size.")
-    max_input_len: int = Field(default=4096, ge=1, le=1048576, description="trtllm-build --max_input_len.")
+    # No schema default: the API server would apply it before the rule maxInputLen < maxSeqLen,
+    # refusing a lone `maxSeqLen: 2048`. _default_input_len fills it in from maxSeqLen.
+    max_input_len: int = Field(  # type: ignore[assignment]
+        default=None, ge=1, le=1048576,
+        description=f"trtllm-build --max_input_len. Default: {DEFAULT_MAX_INPUT_LEN}, or "
+                    "maxSeqLen - 1 when maxSeqLen is smaller.")
     max_seq_len: int = Field(default=8192, ge=2, le=1048576,
                              description="trtllm-build --max_seq_len (input + output).")
     max_num_tokens: int = Field(default=8192, ge=1, le=1048576, description="trtllm-build --max_num_tokens.")
@@ -176,6 +195,15 @@ class EngineLimits(KilnModel):
                     "streams from host memory every step. For models that do not fit otherwise: "
                     "decode throughput drops sharply.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_input_len(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("maxInputLen", data.get("max_input_len")) is None:
+            seq = data.get("maxSeqLen", data.get("max_seq_len", 8192))
+            if isinstance(seq, int) and not isinstance(seq, bool):
+                data = {**data, "maxInputLen": max(1, min(DEFAULT_MAX_INPUT_LEN, seq - 1))}
+        return data
 
     @model_validator(mode="after")
     def _input_fits_sequence(self) -> EngineLimits:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import difflib
+import json
 import re
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecInvalid
 from .limits import SERVICE_NAME_PATTERN
@@ -17,33 +19,46 @@ _NAMES_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9.]*: ")
 __all__ = ["parse_service_spec", "parse_service_manifest", "describe_error", "check_service_name"]
 
 
-def describe_error(error: ValidationError, prefix: str) -> str:
-    """``spec.gpu.perNode: Input should be greater than or equal to 1 (got 0)``."""
-    first = error.errors(include_url=False)[0]
-    path = ".".join([prefix, *(_part(part) for part in first["loc"])])
-    message = first["msg"]
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The wire names of the fields of the model found at ``loc`` inside ``model``."""
+    for part in loc:
+        field = next((f for name, f in model.model_fields.items()
+                      if part in (name, f.alias)), None)
+        if field is None:
+            return []
+        nested = [a for a in get_args(field.annotation) or (field.annotation,)
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _describe(detail: Any, prefix: str, model: type[BaseModel] | None) -> str:
+    path = ".".join([prefix, *(_part(part) for part in detail["loc"])])
+    message = detail["msg"]
     if message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    if detail["type"] == "extra_forbidden":
         message = "unknown field"
-    elif first["type"] == "missing":
+        known = _known_fields(model, tuple(detail["loc"][:-1])) if model else []
+        close = difflib.get_close_matches(str(detail["loc"][-1]), known, n=1)
+        if close:
+            message += f" (did you mean {close[0]}?)"
+    elif detail["type"] == "missing":
         message = "required field is missing"
-    elif "input" in first and first["type"] not in ("value_error", "model_type"):
-        message = f"{message} (got {quote(first['input'])})"
+    elif "input" in detail and detail["type"] not in ("value_error", "model_type"):
+        message = f"{message} (got {quote(detail['input'])})"
     # A model-level validator reports on the model itself; its message already names the field.
-    if first["type"] == "value_error" and _NAMES_FIELD.match(message):
+    if detail["type"] == "value_error" and _NAMES_FIELD.match(message):
         return f"{path}.{message}"
     return f"{path}: {message}"
 
 
-_JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a string",
-               "boolean": "a boolean", "object": "an object", "array": "a list"}
-
-
 def _as_the_api_server_types(value: Any, schema: dict[str, Any], path: str) -> Any:
     """``value`` with the API server's structural typing applied before pydantic's lax one:
-    a null where the schema has a default is dropped (the API server defaults it), and a value
-    of the wrong JSON type is refused (pydantic would take ``true`` or ``"2"`` as an integer)."""
+    a null where the schema has a default is dropped (the API server defaults it), and an
+    int-or-string field holding anything else is refused."""
     if isinstance(value, dict) and schema.get("type") == "object":
         properties = schema.get("properties") or {}
         checked = {}
@@ -61,13 +76,8 @@ def _as_the_api_server_types(value: Any, schema: dict[str, Any], path: str) -> A
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise SpecInvalid(f"{path}: must be an integer or a string (got {quote(value)})")
         return value
-    expected = schema.get("type")
-    fits = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
-            "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list)}
-    if expected in fits and not fits[expected](value):
-        raise SpecInvalid(f"{path}: must be {_JSON_TYPES[expected]} (got {quote(value)})")
+    # Every other type is checked by pydantic's strict mode in parse_service_spec, which
+    # reports all the problems at once.
     return value
 
 
@@ -78,15 +88,26 @@ def _spec_schema() -> dict[str, Any]:
     return openapi_schema(LLMServiceSpec)
 
 
+def describe_error(error: ValidationError, prefix: str, model: type[BaseModel] | None = None) -> str:
+    """Every problem at once, unknown fields first (they often explain a missing one):
+    ``spec.model.sourse: unknown field (did you mean source?); spec.model.source: required
+    field is missing``. ``model`` (the validated model) enables the suggestions."""
+    details = sorted(error.errors(include_url=False), key=lambda d: d["type"] != "extra_forbidden")
+    return "; ".join(dict.fromkeys(_describe(d, prefix, model) for d in details))
+
+
 def parse_service_spec(raw: Any) -> LLMServiceSpec:
-    """Validate an LLMService ``spec``; raise SpecInvalid with one field-path message."""
+    """Validate an LLMService ``spec`` as the API server does (types strict: ``gpus: "2"``
+    is refused), raising SpecInvalid with every problem, each naming its field."""
     if not isinstance(raw, dict):
         raise SpecInvalid("spec: must be an object")
     raw = _as_the_api_server_types(raw, _spec_schema(), "spec")
     try:
-        return LLMServiceSpec.model_validate(raw)
+        # Through JSON, as the API server sees a manifest: enums are their strings there,
+        # and strict mode refuses a string or a boolean where a number belongs.
+        return LLMServiceSpec.model_validate_json(json.dumps(raw, default=str), strict=True)
     except ValidationError as error:
-        raise SpecInvalid(describe_error(error, "spec")) from None
+        raise SpecInvalid(describe_error(error, "spec", LLMServiceSpec)) from None
 
 
 def parse_service_manifest(manifest: Any) -> tuple[dict[str, Any], LLMServiceSpec]:

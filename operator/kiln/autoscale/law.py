@@ -224,12 +224,15 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
                    max(recent, demand))
     need = demand + headroom
     want = math.ceil(need - 1e-9)
-    spare = f" (+{headroom:.1f} replicas of burst headroom)" if headroom >= 0.05 else ""
+    spare = f" (+{headroom:.1f} burst headroom)" if headroom >= 0.05 else ""
     # One-sided band: any need beyond the ready replicas scales up (a batch over its target
     # is already queueing); a scale-down keeps enough replicas that the need stays below
     # (1 - tolerance) of them: queueing grows faster than linearly as a replica fills (its
     # decode steps slow as its batch grows), so the fleet left must not land at its target.
     why = f"{kind} load {load:.0%} against a {target:.0%} target{spare}"
+    if math.ceil(demand - 1e-9) <= current < want:
+        # The headroom, not the load, asks for more: it leads the reason.
+        why = f"burst headroom +{headroom:.1f} ({kind} load {load:.0%} against a {target:.0%} target)"
     if want < current:
         want = min(current, math.ceil(need / (1 - params.tolerance) - 1e-9))
         if want == current:
@@ -242,8 +245,13 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         # is already coming.
         per_replica = max(sum(latest[r].active for r in reporting) / ready, 1.0)
         by_queue = math.ceil(ready + waiting / per_replica / params.backlog_lifetimes - 1e-9)
-        want = max(want, by_queue if not starting else min(by_queue, current))
-        why += f", {waiting} requests waiting"
+        by_queue = by_queue if not starting else min(by_queue, current)
+        if by_queue > want:
+            # The backlog is what asks for more: it leads the reason, the load comes second.
+            why = f"{waiting} requests waiting ({kind} load {load:.0%} against a {target:.0%} target{spare})"
+        else:
+            why += f", {waiting} requests waiting"
+        want = max(want, by_queue)
     want = _clamp(max(want, 0), params)
     recommendations.add(now, want, params.stabilization_seconds)
     stabilization, load_kind = params.stabilization_seconds, ""

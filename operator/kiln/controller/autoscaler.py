@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..api import AutoscalingMode, LLMServiceSpec
 from ..autoscale import Decision, KVSample, LawParams, Recommendations, Sample, decide
@@ -20,7 +20,7 @@ from .metrics import MetricsSource
 from .policy import Policy
 from .prometheus import PrometheusMetrics
 
-__all__ = ["BuiltinAutoscaler", "AUTOSCALE_PERIOD_SECONDS"]
+__all__ = ["BuiltinAutoscaler", "AUTOSCALE_PERIOD_SECONDS", "DecisionClock"]
 
 AUTOSCALE_PERIOD_SECONDS = 15.0
 
@@ -46,6 +46,18 @@ class _Fleet:
         return (sample.input_tokens_total - previous[1]) / (now - previous[0]) / tokens_per_s
 
 
+class DecisionClock(Protocol):
+    """A simulated clock that decides when the autoscaler decides (``kiln demo``): ``at``
+    gives the time to decide at, or None to let this tick pass (already decided at this
+    reading, or the operator's view of the workload is not yet the simulated cluster's);
+    ``decided`` records what was decided."""
+
+    def at(self, namespace: str, name: str, current: int, ready: int) -> float | None: ...
+
+    def decided(self, namespace: str, name: str, now: float, current: int,
+                decision: Decision) -> None: ...
+
+
 @dataclass
 class BuiltinAutoscaler:
     api: KubeApi
@@ -54,6 +66,7 @@ class BuiltinAutoscaler:
     timing: dict[str, float] = field(default_factory=dict)
     clock: Any = time.monotonic
     policy: Policy = field(default_factory=Policy)
+    decision_clock: DecisionClock | None = None
     _fleets: dict[tuple[str, str], _Fleet] = field(default_factory=dict)
     _prometheus: dict[str, PrometheusMetrics] = field(default_factory=dict)
 
@@ -97,7 +110,12 @@ class BuiltinAutoscaler:
             return None
         # For a multi-node service these count groups: one replica is one LWS group.
         ready = int((workload.get("status") or {}).get("readyReplicas") or 0)
-        now = self.clock()
+        if self.decision_clock is None:
+            now = self.clock()
+        elif (at := self.decision_clock.at(namespace, name, current, ready)) is not None:
+            now = at
+        else:
+            return None
         params = self.params(spec)
         fleet = self._fleets.get((namespace, name))
         if fleet is None:
@@ -110,5 +128,8 @@ class BuiltinAutoscaler:
                                         prefill_load=fleet.prefill_load(now, sample, prefill_tokens_per_s),
                                         batch_fraction=sample.batch_fraction))
         fleet.samples = [s for s in fleet.samples if s.time >= now - params.window_seconds]
-        return decide(now, fleet.samples, current, ready, max(0, current - ready), params,
-                      fleet.recommendations)
+        decision = decide(now, fleet.samples, current, ready, max(0, current - ready), params,
+                          fleet.recommendations)
+        if self.decision_clock is not None:
+            self.decision_clock.decided(namespace, name, now, current, decision)
+        return decision

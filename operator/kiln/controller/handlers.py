@@ -20,7 +20,7 @@ from ..errors import SpecInvalid
 from ..planner import lookup_gpu
 from ..planner.perf import prefill_tokens_per_second
 from ..render.meta import selector_string
-from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler
+from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler, DecisionClock
 from .cache import CachedKubeApi, cache_indexes, register_caches
 from .collect import ENGINE_GRACE_SECONDS, ENGINE_SWEEP_SECONDS, sweep_engines
 from .conditions import is_true, set_condition
@@ -75,6 +75,8 @@ class OperatorContext:
     # LawParams timing overrides (window_seconds, stale_seconds, headroom_*) for the demo
     # and the tests.
     autoscale_timing: dict[str, float] = field(default_factory=dict)
+    # The demo's simulated clock for the autoscaler's decisions (None: wall time).
+    decision_clock: DecisionClock | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     policy: Policy = field(default_factory=Policy)
     # Seconds a stopping operator gives each object's worker and timer to finish (2 s and
@@ -100,7 +102,9 @@ class OperatorContext:
         if self.metrics is None:
             self.metrics = PodMetrics(self.api)
         self.autoscaler = BuiltinAutoscaler(self.api, self.metrics, dict(self.autoscale_timing),
-                                            policy=self.policy)
+                                            policy=self.policy,
+
+                                            decision_clock=self.decision_clock)
 
 
 # Retries after a failed reconcile: 1 s, doubling to at most 5 minutes (controller-runtime's

@@ -99,7 +99,13 @@ class KubeApi:
         try:
             aio_config.load_incluster_config(client_configuration=configuration)
         except aio_config.ConfigException:
-            await aio_config.load_kube_config(client_configuration=configuration)
+            try:
+                await aio_config.load_kube_config(client_configuration=configuration)
+            except aio_config.ConfigException as error:
+                raise SpecInvalid(
+                    f"no cluster configured ({error}): point KUBECONFIG at a kubeconfig file or "
+                    "create ~/.kube/config (for example with `kind create cluster`); "
+                    "`kiln demo` runs without a cluster") from None
         return cls(aio_client.ApiClient(configuration))
 
     @classmethod

@@ -30,6 +30,7 @@ import copy
 import datetime
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp.web
@@ -166,6 +167,10 @@ class KilnEmulator(KubernetesEmulator):
     # namespaces) are picked up by a rebuild whenever the counts disagree.
     _index: dict[Any, dict[tuple[str | None, str | None], Any]] = attrs.field(factory=dict, init=False)
     _indexed: int = attrs.field(default=0, init=False)
+    # What creation and deletion timestamps read; the demo sets its simulated clock here so
+    # that the AGE it prints is the same on every run.
+    clock: Callable[[], datetime.datetime] = attrs.field(
+        default=lambda: datetime.datetime.now(datetime.UTC))
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -299,7 +304,7 @@ class KilnEmulator(KubernetesEmulator):
         meta["uid"] = str(uuid.uuid4())
         meta["generation"] = 1
         meta["resourceVersion"] = self._next_version()
-        meta["creationTimestamp"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        meta["creationTimestamp"] = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
         return obj
 
     async def _mutate(self, request: Any) -> None:
@@ -408,7 +413,7 @@ class KilnEmulator(KubernetesEmulator):
         meta = obj.raw.get("metadata", {})
         if meta.get("finalizers"):
             if not meta.get("deletionTimestamp"):
-                now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
                 updated = _merge_patch(obj.raw, {"metadata": {"deletionTimestamp": now}})
                 updated["metadata"]["resourceVersion"] = self._next_version()
                 await self._store(key, updated, "MODIFIED")

@@ -75,6 +75,10 @@ class SimulatedCluster:
         self.replays: dict[str, TraceReplay] = {}
         # Services whose metrics endpoints answer 503, to show that the autoscaler holds.
         self.metrics_outage: set[str] = set()
+        # The time the kubelet and the metrics pages go by: the event loop's, or the demo's
+        # simulated clock (in trace seconds) while it replays a trace.
+        self.clock: Callable[[], float] | None = None
+        self._stepping = asyncio.Lock()
 
     def add_nodes(self) -> None:
         """Register the simulated GPU nodes, as their kubelets would."""
@@ -87,7 +91,16 @@ class SimulatedCluster:
                            "allocatable": {"nvidia.com/gpu": str(node["gpus"])}},
             }
 
-    async def step(self, now: float) -> None:
+    def now(self) -> float:
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+
+    async def step(self, now: float | None = None) -> None:
+        """Move Jobs and workloads forward to ``now`` (default: :meth:`now`); one at a time,
+        so that a step the demo takes and the background loop's never interleave."""
+        async with self._stepping:
+            await self._step(self.now() if now is None else now)
+
+    async def _step(self, now: float) -> None:
         for job in self.emulator.live("jobs"):
             key = ("job", job["metadata"]["namespace"], job["metadata"]["name"])
             if (job.get("status") or {}).get("conditions"):
@@ -187,7 +200,8 @@ class SimulatedCluster:
                 predicted = self._predicted_tokens(namespace, instance)
                 triton = SimulatedTriton(instance, predicted, lambda i=instance: self._per_pod_load(i),
                                          lambda i=instance: i in self.metrics_outage,
-                                         served_model=_served_model(template))
+                                         served_model=_served_model(template),
+                                         clock=lambda: self.clock() if self.clock else time.monotonic())
                 await triton.start()
                 self._triton[key] = triton
                 self._pods[instance] = self._pods.get(instance, 0) + 1
@@ -221,9 +235,8 @@ class SimulatedCluster:
         self._pods.clear()
 
     async def run(self, stop: asyncio.Event, period: float = 0.1) -> None:
-        loop = asyncio.get_running_loop()
         while not stop.is_set():
-            await self.step(loop.time())
+            await self.step()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=period)
             except TimeoutError:
@@ -241,7 +254,8 @@ class SimulatedTriton:
 
     def __init__(self, instance: str, predicted_tokens: int, load: Callable[[], PodLoad],
                  outage: Callable[[], bool] = lambda: False,
-                 served_model: str | None = None) -> None:
+                 served_model: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.served_model = served_model
         # The engine allocates within a few percent of the prediction (deterministic per size).
         skew = int(hashlib.sha256(str(predicted_tokens).encode()).hexdigest(), 16) % 9 - 4
@@ -250,7 +264,8 @@ class SimulatedTriton:
         self.outage = outage
         self.instance_of = instance
         self.input_tokens = 0.0
-        self._read_at = time.monotonic()
+        self.clock = clock
+        self._read_at = clock()
         self.port = 0
         self._runner: aiohttp.web.AppRunner | None = None
 
@@ -268,8 +283,11 @@ class SimulatedTriton:
         lines += [f"# HELP {REQUEST_METRIC} TRT LLM request metrics", f"# TYPE {REQUEST_METRIC} gauge"]
         lines += [f'{REQUEST_METRIC}{{{labels},request_type="{kind}"}} {value}' for kind, value in requests.items()]
         # Prompt tokens taken in so far (a histogram's sum, a counter).
-        now = time.monotonic()
-        self.input_tokens += load.input_tokens_per_s * (now - self._read_at)
+        now = self.clock()
+        if load.input_tokens_total is not None:
+            self.input_tokens = load.input_tokens_total
+        else:  # a clock that moved back (the demo switching to its simulated one) counts nothing
+            self.input_tokens += load.input_tokens_per_s * max(0.0, now - self._read_at)
         self._read_at = now
         histogram, series = INPUT_TOKENS_METRIC, 'model="tensorrt_llm",response_metric_type="total_input_tokens",version="1"'
         lines += [f"# HELP {histogram} Input token length", f"# TYPE {histogram} histogram",

@@ -5,6 +5,7 @@ rendered Service (:mod:`kiln.demo.network`) from a simulated serving pod
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -57,17 +58,17 @@ async def openai_act(api: KubeApi, services: list[dict[str, Any]], say: Callable
     name = service["metadata"]["name"]
     url = service["status"]["endpoints"]["openai"]
     model = (service.get("spec") or {}).get("servedModelName") or name
-    say(f"\nOpenAI API of llmservice/{name} at {url} (status.endpoints.openai), through its "
-        "Service; the server is simulated and no model runs:")
+    say(f"\nOpenAI API of llmservice/{name} (status.endpoints.openai) via its Service; simulated "
+        "server:")
     say(f'  client = openai.AsyncOpenAI(base_url="{url}")')
-    say(f'  client.chat.completions.create(model="{model}", stream=True, '
-        f'messages=[{{"role": "user", "content": "{PROMPT}"}}])')
+    say(f'  client.chat.completions.create(model="{model}", stream=True,\n'
+        f'      messages=[{{"role": "user", "content": "{PROMPT}"}}])')
     try:
         text, usage, chunks = await chat_round_trip(api, url, model)
     except openai.OpenAIError as error:
         say(f"  failed: {type(error).__name__}: {error}")
         return False
-    say(f"  {chunks} streamed chunks: {text!r}")
+    say("  " + textwrap.shorten(f"{chunks} streamed chunks: {text!r}", width=98, placeholder=" ...'"))
     if usage is not None:
         say(f"  usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion = "
             f"{usage.total_tokens} tokens")

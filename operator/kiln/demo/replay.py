@@ -40,6 +40,10 @@ class PodLoad:
     waiting: int                # requests queued for the batch
     input_tokens_per_s: float   # prompt tokens taken in per second
     max_requests: int = 0       # the engine's batch slots (0: not exported)
+    # Prompt tokens one pod has taken in since the replay began, as a function of the trace
+    # time alone, so that the counter reads the same whoever scraped it before (None: the
+    # page integrates input_tokens_per_s between its reads).
+    input_tokens_total: float | None = None
 
     @classmethod
     def steady(cls, load: float, input_tokens_per_s_at_full_load: float) -> PodLoad:
@@ -61,6 +65,7 @@ class TraceReplay:
         self.arrivals = [0] * self.seconds
         self.mean_input = sum(r.input_tokens for r in requests) / max(1, len(requests))
         self.now, self.pods, self.backlog, self.served = 0, 1, 0.0, 0.0
+        self.taken_in_per_pod = 0.0
         step = perf.step_seconds(0.0)
         for request in requests:
             start = request.arrival
@@ -87,13 +92,14 @@ class TraceReplay:
             demand = self.backlog + (self.input_tokens[self.now] if self.now < self.seconds else 0.0)
             self.served = min(demand, capacity)
             self.backlog = demand - self.served
+            self.taken_in_per_pod += self.served / max(1, pods)
             self.pods, self.now = pods, self.now + 1
 
     def pod_load(self) -> PodLoad:
         """One serving pod's share at the last :meth:`advance`."""
         index, pods = self.now - 1, max(1, self.pods)
         if index < 0:
-            return PodLoad(0.0, 0, 0, 0.0, self.perf.max_batch)
+            return PodLoad(0.0, 0, 0, 0.0, self.perf.max_batch, input_tokens_total=0.0)
         waiting = self.backlog / self.mean_input / pods
         in_flight, kv_tokens = ((self.in_flight[index], self.kv_tokens[index]) if index < self.seconds
                                 else (0.0, 0.0))
@@ -101,4 +107,4 @@ class TraceReplay:
         return PodLoad(kv_fraction=min(1.0, kv),
                        active=min(self.perf.max_batch, round(in_flight / pods)),
                        waiting=round(waiting), input_tokens_per_s=self.served / pods,
-                       max_requests=self.perf.max_batch)
+                       max_requests=self.perf.max_batch, input_tokens_total=self.taken_in_per_pod)

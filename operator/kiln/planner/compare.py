@@ -58,12 +58,18 @@ def compare(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> list[dict[str
         variant = spec.model_copy(update={"precision": precision, "kv_cache_dtype": "auto"})
         result = plan(model, variant, gpu)
         weights = result.weight_bytes_per_gpu or 0
+        # A KV pool that cannot be allocated has no size worth showing.
+        kv_tokens = result.kv_cache_tokens if result.fits else None
+        sequences = result.max_concurrent_sequences if result.fits else None
         rows.append({
             "precision": precision.value,
             "fits": result.fits,
             "weightGiBPerGpu": round(weights / GIB, 2),
-            "kvCacheTokens": result.kv_cache_tokens,
-            "maxConcurrentSequences": result.max_concurrent_sequences,
+            "kvCacheTokens": kv_tokens,
+            "maxConcurrentSequences": sequences,
+            # The KV cache holds more maxSeqLen sequences than the engine's batch slots.
+            "sequencesCappedByMaxBatchSize": bool(
+                kv_tokens and kv_tokens // spec.engine.max_seq_len > spec.engine.max_batch_size),
             "fewestGpus": _fewest_gpus(model, variant, gpu),
             "relativeDecodeSpeed": round(reference / weights, 2) if weights else None,
             "note": ACCURACY_NOTES[precision],

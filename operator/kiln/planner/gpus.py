@@ -1,7 +1,7 @@
 """A small catalog of data-centre GPUs, with the memory CUDA reports for them.
 
-Memory figures are the totals `cudaMemGetInfo` reports (see the KV-sizing notes in the
-README), not the marketing size. ``bandwidth_tbs`` feeds the decode-speed estimate.
+Memory figures are the totals `cudaMemGetInfo` reports (see the KV-sizing notes in
+docs/concepts/plan.md), not the marketing size. ``bandwidth_tbs`` feeds the decode-speed estimate.
 """
 
 from __future__ import annotations

@@ -223,10 +223,16 @@ def _suggestions(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> list[str
         if count > spec.gpus and _fits(model, _variant(spec, gpus=count, parallelism=auto), gpu):
             out.append(f"gpus: {count}")
             break
-    for precision in _PRECISION_LADDER:
-        smaller = precision != spec.precision and \
-            _weight_rank(precision) > _weight_rank(Precision(spec.precision))
-        if smaller and _fits(model, _variant(spec, precision=precision), gpu):
+    current = _weight_rank(Precision(spec.precision))
+    if _runs_on(Precision(spec.precision), gpu):
+        # Memory is short: only a smaller precision helps, the best quality first.
+        candidates = [p for p in _PRECISION_LADDER if _weight_rank(p) > current]
+    else:
+        # The GPU lacks the precision's tensor cores: the nearest one it runs, on either side.
+        candidates = sorted(_PRECISION_LADDER, key=lambda p: (abs(_weight_rank(p) - current),
+                                                              _weight_rank(p)))
+    for precision in candidates:
+        if precision != spec.precision and _fits(model, _variant(spec, precision=precision), gpu):
             out.append(f"precision: {precision.value}")
             break
     if not spec.engine.weight_streaming:
@@ -245,6 +251,12 @@ def _suggestions(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> list[str
             break
         seq //= 2
     return out
+
+
+def _runs_on(precision: Precision, gpu: GPU) -> bool:
+    if precision in (Precision.FP8, Precision.W4A8_AWQ):
+        return gpu.fp8
+    return gpu.fp4 if precision == Precision.NVFP4 else True
 
 
 def _weight_rank(precision: Precision) -> int:

@@ -157,6 +157,8 @@ class SimResult:
     # interceptor in keda-http mode, which marks them X-KEDA-HTTP-Cold-Start: true).
     cold_starts: int = 0
     rejected: int = 0  # requests over the engine's limits, refused at once (not in the SLO)
+    # The p99 TTFT of each timeline minute, in seconds (the SLO is on the p99).
+    ttft_p99_timeline: list[float] = field(default_factory=list)
 
     def wire(self) -> dict[str, float | int]:
         return {"gpuHours": round(self.gpu_hours, 3), "sloAttainment": round(self.slo_attainment, 4),
@@ -206,6 +208,7 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
     peak = len(replicas)
     next_decision = start + fleet.period
     timeline: list[tuple[float, int, int, float]] = []
+    p99_timeline: list[float] = []
     window_arrivals = 0
     window_ttft: list[float] = []
     now, measuring = start, start >= 0
@@ -215,6 +218,7 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
             ttfts, tpots, gpu_seconds, events, timeline, window_ttft = [], [], 0.0, 0, [], []
             window_arrivals, peak = 0, len([r for r in replicas if not r.draining])
             cold_starts, rejected = 0, 0
+            p99_timeline = []
         while pending and pending[0].arrival <= now:
             request = pending.popleft()
             window_arrivals += 1
@@ -265,6 +269,7 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
                 mean_ttft = sum(window_ttft) / len(window_ttft) if window_ttft else 0.0
                 timeline.append((now, len([r for r in replicas if not r.draining]), window_arrivals,
                                  mean_ttft))
+                p99_timeline.append(_percentile([t for t in window_ttft if math.isfinite(t)], 0.99))
                 window_arrivals, window_ttft = 0, []
             if progress is not None:
                 progress(min(1.0, (now - start) / (end - start)))
@@ -277,7 +282,8 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
     return SimResult(gpu_hours=gpu_seconds / 3600, slo_attainment=met / max(1, len(ttfts)),
                      ttft_p50_ms=_percentile(finite, 0.5) * 1000, ttft_p99_ms=_percentile(finite, 0.99) * 1000,
                      tpot_p99_ms=_percentile(tpots, 0.99) * 1000, scale_events=events, max_replicas=peak,
-                     timeline=timeline, cold_starts=cold_starts, rejected=rejected)
+                     timeline=timeline, cold_starts=cold_starts, rejected=rejected,
+                     ttft_p99_timeline=p99_timeline)
 
 
 def _scrape(replica: _Replica, now: float, perf: PerfModel, period: float) -> Sample:
