@@ -19,6 +19,11 @@ _NAMES_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9.]*: ")
 __all__ = ["parse_service_spec", "parse_service_manifest", "describe_error", "check_service_name"]
 
 
+_SOURCE_FORMS = "must be hf://org/name, s3://bucket/prefix or pvc://claim/path"
+_MAX_PROBLEMS = 6
+_MAX_LINE = 320
+
+
 def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The wire names of the fields of the model found at ``loc`` inside ``model``."""
     for part in loc:
@@ -47,6 +52,12 @@ def _describe(detail: Any, prefix: str, model: type[BaseModel] | None) -> str:
             message += f" (did you mean {close[0]}?)"
     elif detail["type"] == "missing":
         message = "required field is missing"
+    elif detail["type"] == "string_pattern_mismatch":
+        # A long pattern is no help on one line: name the form instead.
+        pattern = str((detail.get("ctx") or {}).get("pattern", ""))
+        message = (_SOURCE_FORMS if path.endswith("model.source") else
+                   f"must match {pattern}" if len(pattern) <= 60 else "is not in the accepted form")
+        message = f"{message} (got {quote(detail['input'])})"
     elif "input" in detail and detail["type"] not in ("value_error", "model_type"):
         message = f"{message} (got {quote(detail['input'])})"
     # A model-level validator reports on the model itself; its message already names the field.
@@ -93,7 +104,13 @@ def describe_error(error: ValidationError, prefix: str, model: type[BaseModel] |
     ``spec.model.sourse: unknown field (did you mean source?); spec.model.source: required
     field is missing``. ``model`` (the validated model) enables the suggestions."""
     details = sorted(error.errors(include_url=False), key=lambda d: d["type"] != "extra_forbidden")
-    return "; ".join(dict.fromkeys(_describe(d, prefix, model) for d in details))
+    problems = list(dict.fromkeys(_describe(d, prefix, model) for d in details))
+    # One line a reader takes in: past a few problems, say how many more there are.
+    shown = problems[:_MAX_PROBLEMS]
+    while len(shown) > 1 and len("; ".join(shown)) > _MAX_LINE:
+        shown.pop()
+    more = len(problems) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more else "")
 
 
 def parse_service_spec(raw: Any) -> LLMServiceSpec:
