@@ -77,9 +77,10 @@ class ApiKubelet(SimulatedCluster):
                                 "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}]}},
                 content_type="application/merge-patch+json")
 
-    async def step(self, now: float) -> None:
+    async def step(self, now: float | None = None) -> None:
         try:
-            await self._step(now)
+            async with self._stepping:
+                await self._step(self.now() if now is None else now)
         except ApiException as error:
             # As a kubelet does: a refused or throttled call (a 429 while a new CRD's storage
             # initialises, a 409 on a stale write) is tried again at the next tick.
