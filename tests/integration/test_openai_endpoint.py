@@ -13,7 +13,6 @@ import yaml
 from kiln.controller.conditions import is_true
 from kiln.demo.network import ServiceNotReachable, resolve
 from kiln.demo.openai_act import PROMPT, chat_round_trip, openai_act
-from kiln.demo.sandbox import Sandbox
 from kiln_runtime.smoke import smoke_openai
 
 from ..conftest import ROOT
@@ -22,9 +21,14 @@ NS = "llm"
 LLAMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
 
 
+pytestmark = pytest.mark.emulator_only(
+    "on the real server the simulated kubelet (kiln.demo.apikubelet) serves a pod's metrics port "
+    "only; the OpenAI port behind the Service is served by the emulator's kubelet")
+
+
 @pytest.fixture
-async def ready_llama():
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+async def ready_llama(make_sandbox):
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
         await sb.start_operator()
@@ -43,10 +47,10 @@ async def ready_llama():
         await sb.stop_kubelet()
 
 
-async def test_openai_client_is_answered_through_the_status_url(ready_llama):
+async def test_openai_client_is_answered_through_the_status_url(backend, ready_llama):
     sb, service = ready_llama
     url = service["status"]["endpoints"]["openai"]
-    assert url == "http://llama-8b-server.llm.svc:9000/v1"
+    assert url == f"http://llama-8b-server.{sb.ns(NS)}.svc:9000/v1"
     model = "llama-3.1-8b-instruct"
 
     text, usage, chunks = await chat_round_trip(sb.api, url, model, stream=True)
@@ -63,19 +67,19 @@ async def test_openai_client_is_answered_through_the_status_url(ready_llama):
         await chat_round_trip(sb.api, url, "llama-8b", stream=False)
 
 
-async def test_the_route_is_the_rendered_service(ready_llama):
+async def test_the_route_is_the_rendered_service(backend, ready_llama):
     sb, service = ready_llama
     pod = sb.objects("pods")[0]
     port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]
                 if p["name"] == "openai")
-    assert await resolve(sb.api, "llama-8b-server.llm.svc", 9000) == ("127.0.0.1", port)
+    assert await resolve(sb.api, f"llama-8b-server.{sb.ns(NS)}.svc", 9000) == ("127.0.0.1", port)
     with pytest.raises(ServiceNotReachable, match="no port 9999"):
-        await resolve(sb.api, "llama-8b-server.llm.svc", 9999)
+        await resolve(sb.api, f"llama-8b-server.{sb.ns(NS)}.svc", 9999)
     with pytest.raises(ServiceNotReachable, match="does not exist"):
-        await resolve(sb.api, "nothing-server.llm.svc", 9000)
+        await resolve(sb.api, f"nothing-server.{sb.ns(NS)}.svc", 9000)
 
 
-async def test_the_demo_act_and_the_startup_probe(ready_llama):
+async def test_the_demo_act_and_the_startup_probe(backend, ready_llama):
     sb, _ = ready_llama
     lines: list[str] = []
     assert await openai_act(sb.api, sb.objects("llmservices"), lines.append)

@@ -18,7 +18,6 @@ import yaml
 from kiln.controller.conditions import get_condition, is_true
 from kiln.demo.interceptor import SimulatedHttpAddOn
 from kiln.demo.openai_act import PROMPT, chat_round_trip
-from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
 
@@ -35,10 +34,16 @@ def _pods(sb):
     return [p for p in sb.objects("pods") if p["metadata"]["namespace"] == NS]
 
 
+pytestmark = pytest.mark.emulator_only(
+    "the held request goes through the simulated KEDA HTTP add-on interceptor (kiln.demo.interceptor) "
+    "to the woken pod's OpenAI port, which on the real server's simulated kubelet "
+    "(kiln.demo.apikubelet) serves nothing: it serves a pod's metrics port only")
+
+
 @pytest.fixture
-async def parked():
+async def parked(make_sandbox):
     """The example service, parked at zero as KEDA leaves it after the scale-down period."""
-    async with Sandbox(build_seconds=0.2, start_seconds=0.5, retry_delay=0.2,
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.5, retry_delay=0.2,
                        operator_options={"resync_period": 0.5}) as sb:
         sb.add_namespace(NS)
         sb.add_namespace("keda")
@@ -61,7 +66,7 @@ async def parked():
         await sb.stop_kubelet()
 
 
-async def test_a_request_at_zero_replicas_is_held_and_answered_after_the_wake(parked):
+async def test_a_request_at_zero_replicas_is_held_and_answered_after_the_wake(backend, parked):
     sb, add_on = parked
     status = _status(sb)
     url = status["endpoints"]["openai"]
@@ -94,7 +99,7 @@ async def test_a_request_at_zero_replicas_is_held_and_answered_after_the_wake(pa
     assert not add_on.log[-1].cold and add_on.wakes == [f"{NS}/{NAME}"]
 
 
-async def test_the_interceptor_routes_by_host_and_path_only(parked):
+async def test_the_interceptor_routes_by_host_and_path_only(backend, parked):
     sb, add_on = parked
     # The interceptor itself, under a Host no HTTPScaledObject lists: a 404, and nothing wakes.
     transport_url = f"http://127.0.0.1:{add_on.port}"
@@ -110,7 +115,7 @@ async def test_the_interceptor_routes_by_host_and_path_only(parked):
     assert sb.get("llmservices", NAME, NS)["spec"]["replicas"] == 0
 
 
-async def test_a_held_request_is_cut_at_the_condition_wait_when_nothing_wakes(parked):
+async def test_a_held_request_is_cut_at_the_condition_wait_when_nothing_wakes(backend, parked):
     sb, add_on = parked
     await add_on.stop_scaling()  # KEDA is down: nothing raises the replicas
     await sb.api._call("PATCH", f"/apis/http.keda.sh/v1alpha1/namespaces/{NS}/httpscaledobjects/{NAME}",

@@ -16,7 +16,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.controller.conditions import get_condition, is_true
-from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
 
@@ -42,8 +41,8 @@ def _builds_started(sb):
                if sample.name == "kiln_engine_builds_total" and sample.labels.get("result") == "started")
 
 
-async def test_many_services_on_one_engine_start_one_build():
-    async with Sandbox(build_seconds=1.0, start_seconds=0.1, retry_delay=0.2) as sb:
+async def test_many_services_on_one_engine_start_one_build(make_sandbox):
+    async with make_sandbox(build_seconds=1.0, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         await sb.start_operator()
         sb.start_kubelet()
@@ -58,10 +57,10 @@ async def test_many_services_on_one_engine_start_one_build():
         assert sb.operator_error is None
 
 
-async def test_a_secret_created_after_its_service_is_read_within_seconds():
+async def test_a_secret_created_after_its_service_is_read_within_seconds(make_sandbox):
     """Secrets are not watched (the operator reads them by name only); a service waiting for
     one reads it again after seconds, where the resync would take 30 s or more."""
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.5) as sb:
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.5) as sb:
         sb.add_namespace(NS)
         await sb.start_operator()
         sb.start_kubelet()

@@ -1,4 +1,4 @@
-"""What an LLMService author cannot do to objects outside their service, on the emulator.
+"""What an LLMService author cannot do to objects outside their service, on both back-ends.
 
 An author with only ``create`` on LLMServices picks names so that a child's name is an
 object that already exists (a Service, a ServiceAccount bound to ``admin``): the operator
@@ -14,9 +14,9 @@ import yaml
 
 from kiln.controller.conditions import get_condition, is_true
 from kiln.controller.policy import Policy
-from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
+from ..support.cluster import chart_rbac
 from ..support.faults import FlakyEmulator
 
 NS = "llm"
@@ -32,6 +32,23 @@ def _named(manifest, name):
     manifest = copy.deepcopy(manifest)
     manifest["metadata"] = {"name": name, "namespace": NS}
     return manifest
+
+
+def _multi_node_namespace(sb, backend):
+    """On ``real`` the chart grants the leader's Role only in ``multiNode.namespaces``: list NS."""
+    if backend == "real":
+        for obj in chart_rbac({"multiNode": {"namespaces": [sb.ns(NS)]}}):
+            if obj["kind"] in ("Role", "RoleBinding"):
+                sb.plane.apply(obj)
+
+
+def _written(sb, plural):
+    """The objects of ``plural`` in the sandbox but the chart's (its multi-node Role) and the
+    namespace's default ServiceAccount."""
+    chart = {o["metadata"]["name"] for o in chart_rbac({"multiNode": {"namespaces": [NS]}})
+             if o["kind"] in ("Role", "RoleBinding")}
+    chart.add("default")  # the ServiceAccount controller's own
+    return [o for o in sb.objects(plural) if o["metadata"]["name"] not in chart]
 
 
 async def _stalled(sb, name):
@@ -50,8 +67,8 @@ def _untouched(obj, before):
     assert meta.get("resourceVersion") == before["metadata"].get("resourceVersion")
 
 
-async def test_a_child_name_taken_by_someone_elses_object_stalls_and_the_object_is_untouched():
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+async def test_a_child_name_taken_by_someone_elses_object_stalls_and_the_object_is_untouched(make_sandbox):
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         theirs = await sb.create({
             "apiVersion": "v1", "kind": "Service",
@@ -63,11 +80,11 @@ async def test_a_child_name_taken_by_someone_elses_object_stalls_and_the_object_
         await sb.create(_named(MISTRAL, "web"))
         stalled = await _stalled(sb, "web")
         assert stalled["reason"] == "ResourceConflict"
-        assert "Service llm/web-server already exists" in stalled["message"]
+        assert f"Service {sb.ns(NS)}/web-server already exists" in stalled["message"]
         _untouched(sb.get("services", "web-server", NS), theirs)
         # Checked before the build: no GPU time is spent on a service that cannot be served.
         assert sb.objects("jobs") == [] and sb.objects("deployments") == []
-        assert any(e.get("reason") == "ResourceConflict" and "llm/web-server" in e.get("message", "")
+        assert any(e.get("reason") == "ResourceConflict" and f"{sb.ns(NS)}/web-server" in e.get("message", "")
                    for e in sb.objects("events"))
 
         # Deleting the service leaves the other object in place.
@@ -83,11 +100,12 @@ async def test_a_child_name_taken_by_someone_elses_object_stalls_and_the_object_
         assert sb.operator_error is None
 
 
-async def test_a_service_account_bound_to_admin_is_never_the_launchers():
+async def test_a_service_account_bound_to_admin_is_never_the_launchers(make_sandbox, backend):
     """The multi-node leader runs with ``<name>-launcher``'s token: a pre-existing account of
     that name must never be taken over."""
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
+        _multi_node_namespace(sb, backend)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
         account = await sb.create({"apiVersion": "v1", "kind": "ServiceAccount",
                                    "metadata": {"name": "ci-launcher", "namespace": NS}})
@@ -101,8 +119,8 @@ async def test_a_service_account_bound_to_admin_is_never_the_launchers():
         await sb.create(_named(MULTI_NODE, "ci"))
         stalled = await _stalled(sb, "ci")
         assert stalled["reason"] == "ResourceConflict"
-        assert "ServiceAccount llm/ci-launcher" in stalled["message"] or \
-            "RoleBinding llm/ci-launcher" in stalled["message"]
+        assert f"ServiceAccount {sb.ns(NS)}/ci-launcher" in stalled["message"] or \
+            f"RoleBinding {sb.ns(NS)}/ci-launcher" in stalled["message"]
         _untouched(sb.get("serviceaccounts", "ci-launcher", NS), account)
         _untouched(sb.get("rolebindings", "ci-launcher", NS), binding)
         assert sb.objects("leaderworkersets") == [] and sb.objects("jobs") == []
@@ -112,9 +130,9 @@ async def test_a_service_account_bound_to_admin_is_never_the_launchers():
         assert sb.operator_error is None
 
 
-async def test_an_object_controlled_by_another_service_is_a_conflict_too():
+async def test_an_object_controlled_by_another_service_is_a_conflict_too(make_sandbox):
     """Kiln's own labels and another LLMService's owner reference do not make it this one's."""
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         await sb.start_operator()
         sb.start_kubelet()
@@ -126,11 +144,12 @@ async def test_an_object_controlled_by_another_service_is_a_conflict_too():
         mine["metadata"] = {k: v for k, v in mine["metadata"].items()
                             if k in ("labels", "annotations", "ownerReferences")}
         mine["metadata"].update(name="b-server", namespace=NS)
+        mine["spec"] = {k: v for k, v in mine["spec"].items() if k not in ("clusterIP", "clusterIPs")}
         before = await sb.create(mine)
         await sb.create(_named(MISTRAL, "b"))
         stalled = await _stalled(sb, "b")
         assert stalled["reason"] == "ResourceConflict"
-        assert "Service llm/b-server" in stalled["message"] and "LLMService a" in stalled["message"]
+        assert f"Service {sb.ns(NS)}/b-server" in stalled["message"] and "LLMService a" in stalled["message"]
         after = sb.get("services", "b-server", NS)
         assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
         assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
@@ -145,8 +164,8 @@ async def _ready(sb, name):
                       timeout=30, what=f"{name} Ready")
 
 
-async def test_an_engine_built_with_a_token_serves_no_service_without_credentials():
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+async def test_an_engine_built_with_a_token_serves_no_service_without_credentials(make_sandbox):
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
         await sb.add_secret(NS, "other", {"NOT_A_TOKEN": "x"})
@@ -172,8 +191,8 @@ async def test_an_engine_built_with_a_token_serves_no_service_without_credential
         assert sb.operator_error is None
 
 
-async def test_a_model_the_platform_team_made_public_is_served_without_credentials():
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+async def test_a_model_the_platform_team_made_public_is_served_without_credentials(make_sandbox):
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
                        policy=Policy(public_models=frozenset({GATED["spec"]["model"]["source"]}))) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
@@ -188,29 +207,38 @@ async def test_a_model_the_platform_team_made_public_is_served_without_credentia
         assert len(sb.objects("jobs")) == 1, "one engine, built once"
 
 
-async def test_a_secret_the_operator_may_not_read_stalls_naming_the_setting():
-    emulator = FlakyEmulator()
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, emulator=emulator) as sb:
+async def test_a_secret_the_operator_may_not_read_stalls_naming_the_setting(make_sandbox, backend):
+    """On ``real`` the chart's RBAC (``modelCredentials.secretNames: [hf-token]``) refuses the
+    read; on the emulator the fault injector answers 403 as RBAC would."""
+    emulator = FlakyEmulator() if backend == "emulator" else None
+    options = {"emulator": emulator} if emulator is not None else {}
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, **options) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "kube-secrets", {"HF_TOKEN": "hf_test"})
-        emulator.forbidden.add("secrets")
+        if emulator is not None:
+            emulator.forbidden.add("secrets")
         await sb.start_operator()
         manifest = _named(GATED, "reader")
         manifest["spec"]["model"]["credentials"] = {"secretName": "kube-secrets"}
         await sb.create(manifest)
         stalled = await _stalled(sb, "reader")
         assert stalled["reason"] == "CredentialsRequired"
-        assert "llm/kube-secrets" in stalled["message"] and "modelCredentials.secretNames" in stalled["message"]
+        assert f"{sb.ns(NS)}/kube-secrets" in stalled["message"] and "modelCredentials.secretNames" in stalled["message"]
         assert sb.objects("jobs") == []
         assert sb.operator_error is None
 
 
-async def test_a_multi_node_service_outside_the_multi_node_namespaces_stalls_naming_the_setting():
-    emulator = FlakyEmulator()
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, emulator=emulator) as sb:
+async def test_a_multi_node_service_outside_the_multi_node_namespaces_stalls_naming_the_setting(
+        make_sandbox, backend):
+    """On ``real`` the chart grants Roles only in ``multiNode.namespaces``; on the emulator the
+    fault injector answers 403 as RBAC would."""
+    emulator = FlakyEmulator() if backend == "emulator" else None
+    options = {"emulator": emulator} if emulator is not None else {}
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, **options) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
-        emulator.forbidden |= {"roles", "rolebindings"}  # what RBAC answers outside them
+        if emulator is not None:
+            emulator.forbidden |= {"roles", "rolebindings"}  # what RBAC answers outside them
         await sb.start_operator()
         await sb.create(copy.deepcopy(MULTI_NODE))
         stalled = await _stalled(sb, MULTI_NODE["metadata"]["name"])
@@ -219,10 +247,10 @@ async def test_a_multi_node_service_outside_the_multi_node_namespaces_stalls_nam
         assert sb.operator_error is None
 
 
-async def test_an_llmengine_with_the_name_but_another_key_is_a_conflict_not_a_cache_hit():
+async def test_an_llmengine_with_the_name_but_another_key_is_a_conflict_not_a_cache_hit(make_sandbox):
     """Names carry a digest of the key; the operator compares the full key before using a
     record, so a record someone made under that name (Ready, with another key) serves nothing."""
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         await sb.start_operator()
         sb.start_kubelet()
@@ -250,24 +278,26 @@ async def test_an_llmengine_with_the_name_but_another_key_is_a_conflict_not_a_ca
         assert sb.operator_error is None
 
 
-async def test_a_multi_node_leader_runs_kilns_image_unless_the_platform_team_allows_others():
+async def test_a_multi_node_leader_runs_kilns_image_unless_the_platform_team_allows_others(make_sandbox, backend):
     """The leader's token may exec into pods named like its workers: the code that holds it
     is Kiln's runtime, not an image the author chose, unless the platform team says so."""
     custom = _named(MULTI_NODE, "custom")
     custom["spec"]["runtime"] = {"image": "registry.example/own-image:1"}
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
+        _multi_node_namespace(sb, backend)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
         await sb.start_operator()
         await sb.create(copy.deepcopy(custom))
         stalled = await _stalled(sb, "custom")
         assert stalled["reason"] == "SpecInvalid" and stalled["message"].startswith("spec.runtime.image:")
         assert "multiNode.customImages" in stalled["message"]
-        assert sb.objects("jobs") == [] and sb.objects("roles") == [] and sb.objects("serviceaccounts") == []
+        assert sb.objects("jobs") == [] and _written(sb, "roles") == [] and _written(sb, "serviceaccounts") == []
         assert sb.operator_error is None
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
                        policy=Policy(multi_node_custom_images=True)) as sb:
         sb.add_namespace(NS)
+        _multi_node_namespace(sb, backend)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
         await sb.start_operator()
         sb.start_kubelet()
@@ -278,12 +308,13 @@ async def test_a_multi_node_leader_runs_kilns_image_unless_the_platform_team_all
         assert leader["image"] == "registry.example/own-image:1"
 
 
-async def test_a_pod_named_like_a_worker_that_is_not_the_groups_gets_no_launcher_role():
+async def test_a_pod_named_like_a_worker_that_is_not_the_groups_gets_no_launcher_role(make_sandbox, backend):
     """RBAC matches the launcher Role's pod names only: a pod someone else made under a worker's
     name (here a StatefulSet ``ci-group-0`` of theirs, whose pod is ``ci-group-0-1``) would be
     exec-able by the leader. The operator refuses to write that Role, naming the pod."""
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
+        _multi_node_namespace(sb, backend)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
         sts = await sb.create({
             "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -306,7 +337,7 @@ async def test_a_pod_named_like_a_worker_that_is_not_the_groups_gets_no_launcher
         await sb.create(_named(MULTI_NODE, "ci"))
         stalled = await _stalled(sb, "ci")
         assert stalled["reason"] == "ResourceConflict"
-        assert "Pod llm/ci-group-0-1" in stalled["message"] and "\n" not in stalled["message"]
-        assert sb.objects("roles") == [] and sb.objects("rolebindings") == []
+        assert f"Pod {sb.ns(NS)}/ci-group-0-1" in stalled["message"] and "\n" not in stalled["message"]
+        assert _written(sb, "roles") == [] and _written(sb, "rolebindings") == []
         assert sb.objects("leaderworkersets") == [] and sb.objects("jobs") == []
         assert sb.operator_error is None

@@ -13,7 +13,10 @@ __all__ = ["chart_rbac", "third_party_crds"]
 ROOT = Path(__file__).resolve().parents[2]
 # LeaderWorkerSet (multi-node services) and KEDA (autoscaling.mode: keda), copied from their
 # releases (tests/support/schemas/README.md).
-THIRD_PARTY_CRDS = ["leaderworkerset.x-k8s.io_leaderworkersets.yaml", "keda.sh_scaledobjects.yaml"]
+THIRD_PARTY_CRDS = ["leaderworkerset.x-k8s.io_leaderworkersets.yaml", "keda.sh_scaledobjects.yaml",
+                    "http.keda.sh_httpscaledobjects.yaml", "monitoring.coreos.com_podmonitors.yaml",
+                    "gateway.networking.k8s.io_httproutes.yaml",
+                    "inference.networking.k8s.io_inferencepools.yaml"]
 
 
 def chart_rbac(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:

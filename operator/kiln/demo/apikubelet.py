@@ -79,7 +79,8 @@ class ApiKubelet(SimulatedCluster):
 
     async def step(self, now: float | None = None) -> None:
         try:
-            await self._step(self.now() if now is None else now)
+            async with self._stepping:
+                await self._step(self.now() if now is None else now)
         except ApiException as error:
             # As a kubelet does: a refused or throttled call (a 429 while a new CRD's storage
             # initialises, a 409 on a stale write) is tried again at the next tick.
