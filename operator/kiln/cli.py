@@ -249,7 +249,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         base_url(url, "--allowed-prometheus-url")  # a bad flag stops the operator at start
     policy = Policy(public_models=frozenset(args.public_model or []),
                     prometheus_urls=tuple(args.allowed_prometheus_url or []),
-                    multi_node_custom_images=args.multi_node_custom_images)
+                    multi_node_custom_images=args.multi_node_custom_images,
+                    delete_unreferenced_engine_files=args.delete_unreferenced_engine_files)
     asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port,
                                        policy=policy))
     return 0
@@ -317,6 +318,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--multi-node-custom-images", action="store_true",
                      help="let multi-node services set spec.runtime.image (their leader holds "
                           "a token that may exec into pods)")
+    run.add_argument("--delete-unreferenced-engine-files", action="store_true",
+                     help="when an unreferenced LLMEngine is deleted, remove its cache entry too "
+                          "(a Job in the cache's namespace)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
     demo.add_argument("--examples", help="directory of manifests to apply (default: the bundled examples)")

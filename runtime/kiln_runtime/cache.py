@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -24,10 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import StepFailed
+from .errors import BadSpec, StepFailed
 
-__all__ = ["complete_entry", "damage", "build_lock", "verify_engine", "publish", "MANIFEST",
-           "TOKENIZER_FILES"]
+__all__ = ["complete_entry", "damage", "build_lock", "verify_engine", "publish", "delete_entry",
+           "delete_s3_entry", "MANIFEST", "TOKENIZER_FILES"]
 
 MANIFEST = "manifest.json"
 TOKENIZER_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -180,3 +181,67 @@ def publish(staging: Path, cache: Path, key: str, model_dir: Path | None, inputs
     os.replace(staging, final)
     _fsync_dir(cache)
     return manifest
+
+
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_key(key: str) -> None:
+    if not _KEY.fullmatch(key):
+        raise BadSpec(f"--key: {key[:80]!r} is not an engine key (64 lowercase hex digits)")
+
+
+def delete_entry(root: Path, key: str) -> bool:
+    """Remove the cache entry ``<root>/<key>`` and nothing else; False if there is none.
+
+    Refused (BadSpec): a key that is not 64 hex digits, an entry that is a symlink (even to a
+    neighbour) or that resolves anywhere but directly under the root. The staging area, the
+    locks and every other entry stay. The manifest goes first, so an entry half removed (the
+    pod killed mid-way) is never taken for a whole one; the key's build lock is held, so a
+    build of the same key waits and then builds it afresh."""
+    _check_key(key)
+    try:
+        real_root = root.resolve(strict=True)
+    except OSError:
+        raise BadSpec(f"--cache-root: {root} does not exist") from None
+    entry = root / key
+    if entry.is_symlink():
+        raise BadSpec(f"the cache entry {entry} is a symlink; not deleting it")
+    if not entry.exists():
+        return False
+    resolved = entry.resolve()
+    if resolved.parent != real_root or not resolved.is_dir():
+        raise BadSpec(f"the cache entry {entry} is not a directory directly under {root}; not deleting it")
+    with build_lock(real_root / ".locks" / f"{key}.lock", poll=5.0):
+        with contextlib.suppress(FileNotFoundError):
+            (resolved / MANIFEST).unlink()
+        shutil.rmtree(resolved)
+    return True
+
+
+def delete_s3_entry(client: Any, root: str, key: str) -> int:
+    """Delete the objects under ``<prefix>/<key>/`` of ``s3://bucket/prefix`` (every page of
+    the listing) and no other: a listed object whose key does not start with that prefix is
+    refused. The number of objects deleted."""
+    _check_key(key)
+    bucket, _, prefix = root.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    if not bucket or "/" in bucket:
+        raise BadSpec(f"--cache-root: {root[:80]!r} names no bucket")
+    entry = f"{prefix}/{key}/" if prefix else f"{key}/"
+    deleted = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=entry):
+        names = [str(obj.get("Key", "")) for obj in page.get("Contents") or []]
+        outside = [name for name in names if not name.startswith(entry)]
+        if outside:
+            raise BadSpec(f"the listing of s3://{bucket}/{entry} returned {outside[0][:80]!r}, "
+                          "outside the entry; not deleting it")
+        if names:
+            result = client.delete_objects(Bucket=bucket, Delete={
+                "Objects": [{"Key": name} for name in names], "Quiet": True})
+            errors = (result or {}).get("Errors") or []
+            if errors:
+                raise StepFailed("delete-entry", f"s3://{bucket}/{errors[0].get('Key', '')[:80]}: "
+                                                 f"{errors[0].get('Message', 'not deleted')}")
+            deleted += len(names)
+    return deleted

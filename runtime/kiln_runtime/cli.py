@@ -5,6 +5,7 @@
     kiln-runtime serve
     kiln-runtime djl-properties --spec FILE --out DIR
     kiln-runtime smoke --url HOST:PORT | --openai-url URL --model NAME
+    kiln-runtime delete-entry --cache-root ROOT --key KEY   (ROOT: a path or s3://bucket/prefix)
     kiln-runtime download / set-gpus-per-node / verify / publish   (the build's own steps)
 
 Exit codes: 0 ok, 1 a step failed (the message names it), 2 bad input.
@@ -71,6 +72,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
     manifest = cache.publish(staging, Path(args.cache), args.key, None, {},
                              {"tensorrt_llm": toolchain.TRTLLM_VERSION}, 0.0)
     print(json.dumps({"engineKey": args.key, "engineBytes": manifest["engineBytes"]}))
+    return 0
+
+
+def cmd_delete_entry(args: argparse.Namespace) -> int:
+    """Remove one engine's cache entry (the operator's opt-in sweep of unreferenced engines)."""
+    root = str(args.cache_root)
+    if root.startswith("s3://"):
+        count = cache.delete_s3_entry(source._s3_client(), root, args.key)
+        print(json.dumps({"engineKey": args.key, "deletedObjects": count}))
+    else:
+        removed = cache.delete_entry(Path(root), args.key)
+        print(json.dumps({"engineKey": args.key, "deleted": removed}))
     return 0
 
 
@@ -185,6 +198,10 @@ def parser() -> argparse.ArgumentParser:
     publish.add_argument("--cache", required=True)
     publish.add_argument("--key", required=True)
     publish.set_defaults(func=cmd_publish)
+    delete = sub.add_parser("delete-entry", help="remove one engine's entry from the cache")
+    delete.add_argument("--cache-root", required=True, help="the cache directory, or s3://bucket/prefix")
+    delete.add_argument("--key", required=True, help="the engine key (64 hex digits)")
+    delete.set_defaults(func=cmd_delete_entry)
     repo = sub.add_parser("triton-repo", help="write the Triton model repository for an engine")
     repo.add_argument("--engine-dir", required=True)
     repo.add_argument("--out", required=True)

@@ -13,6 +13,9 @@ import copy
 import yaml
 
 from kiln.controller.conditions import is_true
+from kiln.controller.policy import Policy
+from kiln.demo.sandbox import Sandbox
+from kiln.toolchain import RUNTIME_IMAGE
 
 from ..conftest import ROOT
 
@@ -80,4 +83,59 @@ async def test_a_build_another_service_wants_keeps_running_and_its_engine_stays(
         await sb.wait_for(lambda: len(sb.objects("llmengines")) == 2, what="two engines")
         await asyncio.sleep(3.0)  # past the grace period: b still references the shared engine
         assert shared in [e["metadata"]["name"] for e in sb.objects("llmengines")]
+        assert sb.operator_error is None
+
+
+def _purge_jobs(sb):
+    return [j for j in sb.objects("jobs")
+            if j["metadata"]["labels"].get("app.kubernetes.io/component") == "engine-cache-purge"]
+
+
+async def _superseded_engine_collected(sb):
+    """One service moved to another engine; the first engine's record collected. Its record
+    (as it was) and the current engine's name."""
+    sb.add_namespace(NS)
+    await sb.start_operator()
+    await sb.create(_named("moved"))
+    await sb.wait_for(lambda: _engine_name(sb, "moved"), what="the first engine")
+    first = copy.deepcopy(sb.get("llmengines", _engine_name(sb, "moved")))
+    await sb.patch_spec(NS, "moved", {"engine": {"maxBatchSize": 32}})
+    await sb.wait_for(lambda: _engine_name(sb, "moved") not in (None, first["metadata"]["name"]),
+                      what="the service on its second engine")
+    current = _engine_name(sb, "moved")
+    await sb.wait_for(lambda: [e["metadata"]["name"] for e in sb.objects("llmengines")] == [current],
+                      timeout=20, what="the first LLMEngine collected")
+    return first, current
+
+
+async def test_with_the_opt_in_the_sweep_starts_one_purge_job_for_the_collected_engine_only():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                       operator_options=FAST_COLLECTION,
+                       policy=Policy(delete_unreferenced_engine_files=True)) as sb:
+        first, current = await _superseded_engine_collected(sb)
+        await asyncio.sleep(1.5)  # more sweeps: still one Job, and none for the current engine
+        [job] = _purge_jobs(sb)
+        name, key = first["metadata"]["name"], first["spec"]["key"]
+        assert job["metadata"]["name"] == name + "-purge" and job["metadata"]["namespace"] == NS
+        assert job["metadata"]["labels"]["kiln.dev/engine"] == name
+        pod = job["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["command"] == ["kiln-runtime", "delete-entry", "--cache-root", "/engines",
+                                        "--key", key]
+        assert container["image"] == RUNTIME_IMAGE
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert pod["automountServiceAccountToken"] is False
+        assert {"name": "engine-cache", "persistentVolumeClaim": {
+            "claimName": first["spec"]["cache"]["claimName"]}} in pod["volumes"]
+        assert not job["metadata"].get("ownerReferences")
+        assert current in [e["metadata"]["name"] for e in sb.objects("llmengines")]
+        assert sb.operator_error is None
+
+
+async def test_by_default_the_sweep_deletes_records_and_starts_no_purge_job():
+    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                       operator_options=FAST_COLLECTION) as sb:
+        await _superseded_engine_collected(sb)
+        await asyncio.sleep(1.5)
+        assert _purge_jobs(sb) == []
         assert sb.operator_error is None

@@ -238,3 +238,16 @@ def test_custom_images_on_multi_node_services_are_the_platform_teams_choice():
         return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--multi-node-custom-images" not in args({})
     assert "--multi-node-custom-images" in args({"multiNode": {"customImages": True}})
+
+
+def test_deleting_unreferenced_engine_files_is_the_platform_teams_choice_off_by_default():
+    def args(values):
+        [deployment] = of_kind(render(values), "Deployment")
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--delete-unreferenced-engine-files" not in args({})
+    assert "--delete-unreferenced-engine-files" not in args({"engineCache": {"deleteUnreferencedFiles": False}})
+    assert "--delete-unreferenced-engine-files" in args({"engineCache": {"deleteUnreferencedFiles": True}})
+    with pytest.raises(helm.HelmError) as error:
+        helm.Chart.load(CHART).render({"engineCache": {"deleteUnreferencedFiles": "yes"}},
+                                      name="kiln", namespace="kiln-system")
+    assert "deleteUnreferencedFiles" in str(error.value)

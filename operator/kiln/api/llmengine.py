@@ -72,4 +72,5 @@ class LLMEngineStatus(KilnModel):
     build_seconds: float | None = None
     unreferenced_since: str | None = Field(
         default=None, description="When the operator first found no LLMService referencing this "
-        "engine; the record is deleted a grace period later (the cache contents are kept).")
+        "engine; the record is deleted a grace period later (the cache contents are kept unless "
+        "the platform team opts in: engineCache.deleteUnreferencedFiles).")

@@ -10,15 +10,24 @@ them there and its build publishes nothing new).
 "Referenced" is ``status.engine.name`` of the services in the engine's cache namespace: an
 engine a workload still serves while its successor builds is referenced by nothing once the
 service moved on, so the grace period (a day by default) must be longer than any build.
+
+If the platform team opts in (``delete_files``; chart ``engineCache.deleteUnreferencedFiles``),
+the sweep also starts a Job that removes the engine's cache entry (render/purge.py) before it
+deletes the record: a Job that cannot be created leaves the record for the next sweep. The
+entry is named by ``spec.key`` alone, in the cache of the namespace being swept; an engine
+whose key or cache is not what Kiln writes loses its record and keeps its files.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 from typing import Any
 
 from ..api import API_VERSION
+from ..errors import SpecInvalid
 from ..render.meta import LABEL_CACHE_NAMESPACE, child_name
+from ..render.purge import purge_job
 from .kube import KubeApi
 from .ownership import live_child
 
@@ -28,6 +37,8 @@ __all__ = ["ENGINE_GRACE_SECONDS", "ENGINE_SWEEP_SECONDS", "wanted_engines",
 ENGINE_GRACE_SECONDS = 24 * 3600.0
 # How often one namespace's engines are swept (from its services' resync ticks).
 ENGINE_SWEEP_SECONDS = 300.0
+
+logger = logging.getLogger(__name__)
 
 
 async def wanted_engines(api: KubeApi, namespace: str, skip: str | None = None) -> set[str]:
@@ -62,10 +73,28 @@ def _age(since: str, now: str) -> float:
     return (parse(now) - parse(since)).total_seconds()
 
 
+def _purge(engine: dict[str, Any], namespace: str) -> dict[str, Any] | None:
+    """The Job that removes ``engine``'s cache entry, or None (logged) if its spec names no
+    entry of this namespace's cache."""
+    name = str(engine["metadata"]["name"])
+    spec = engine.get("spec") if isinstance(engine.get("spec"), dict) else {}
+    cache = spec.get("cache") if isinstance(spec.get("cache"), dict) else {}
+    if cache.get("namespace") != namespace:
+        logger.warning(f"LLMEngine {name[:80]}: spec.cache.namespace is not {namespace}, the "
+                       "namespace it is labelled with; its cache entry is left alone")
+        return None
+    try:
+        return purge_job(name, spec.get("key"), namespace, cache.get("claimName"))
+    except SpecInvalid as error:
+        logger.warning(str(error))
+        return None
+
+
 async def sweep_engines(api: KubeApi, namespace: str, now: str,
-                        grace: float = ENGINE_GRACE_SECONDS) -> list[str]:
+                        grace: float = ENGINE_GRACE_SECONDS, delete_files: bool = False) -> list[str]:
     """Mark the namespace's unreferenced engines, unmark referenced ones, delete those
-    unreferenced for ``grace`` seconds (and their running build Job); the names deleted."""
+    unreferenced for ``grace`` seconds (and their running build Job, and with
+    ``delete_files`` their cache entry); the names deleted."""
     wanted = await wanted_engines(api, namespace)
     engines = await api.list(API_VERSION, "LLMEngine",
                              label_selector=f"{LABEL_CACHE_NAMESPACE}={namespace}")
@@ -82,6 +111,9 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
             job = await api.get("batch/v1", "Job", child_name(name, "build"), namespace)
             if job is not None and _running(job):
                 await api.delete(job, background=True)
+            purge = _purge(engine, namespace) if delete_files else None
+            if purge is not None:
+                await api.create(purge)  # None: one exists already, from an earlier sweep
             await api.delete(engine)
             deleted.append(name)
     return deleted

@@ -267,7 +267,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         if now - ctx.last_sweep.get(namespace, -ctx.engine_sweep_period) >= ctx.engine_sweep_period:
             ctx.last_sweep[namespace] = now
             try:
-                for name in await sweep_engines(ctx.api, namespace, _now(), ctx.engine_grace):
+                for name in await sweep_engines(ctx.api, namespace, _now(), ctx.engine_grace,
+                                                delete_files=ctx.policy.delete_unreferenced_engine_files):
                     logger.info(f"deleted LLMEngine {name}: unreferenced for {ctx.engine_grace:g}s")
             except ApiException as error:  # the next sweep tries again
                 logger.warning(f"sweeping the engines of namespace {namespace}: {error.status}")

@@ -42,6 +42,9 @@ class Policy:
     # Whether a multi-node service may set spec.runtime.image: its leader's token may exec
     # into pods (chart: multiNode.customImages).
     multi_node_custom_images: bool = False
+    # Whether the sweep of unreferenced LLMEngines also removes their cache entries
+    # (chart: engineCache.deleteUnreferencedFiles; controller/collect.py).
+    delete_unreferenced_engine_files: bool = False
 
     def check_prometheus(self, text: str) -> URL:
         """The base URL, if the platform team allows it."""
