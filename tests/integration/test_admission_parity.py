@@ -24,23 +24,6 @@ from .test_hostile_input import BASE, _kiln, _mutate, mutations
 from .test_operator import INVALID, _invalid
 
 HOSTILE_EXAMPLES = 300
-
-
-def sweep_hostile(check) -> None:
-    """``check(manifest)`` for each of a fixed (derandomized) draw of HOSTILE_EXAMPLES hostile
-    manifests that can be sent to an API server at all (JSON without NaN or infinities)."""
-    @settings(max_examples=HOSTILE_EXAMPLES, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
-    @given(mutations)
-    def hostile(changes):
-        manifest = _mutate(changes)
-        try:
-            json.dumps(manifest, allow_nan=False)
-        except ValueError:  # not expressible as JSON: no API server can be sent it
-            return
-        check(manifest)
-
-    hostile()
 PLANNER_REFUSALS = re.compile(r"error: (does not fit: |spec\.gpu\.arch: required for )")
 UNIT_INVALID_SPECS = [
     {"model": {"source": "hf://a/b"}, "precision": "fp9"},
@@ -104,7 +87,18 @@ def test_the_api_server_and_render_agree_on_every_manifest(backend, control_plan
     for label, manifest in fixed_corpus():
         check(label, manifest)
 
-    sweep_hostile(lambda manifest: check(f"hostile/{len(results)}", manifest))
+    @settings(max_examples=HOSTILE_EXAMPLES, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(mutations)
+    def hostile(changes):
+        manifest = _mutate(changes)
+        try:
+            json.dumps(manifest, allow_nan=False)
+        except ValueError:  # not expressible as JSON: no API server can be sent it
+            return
+        check(f"hostile/{len(results)}", manifest)
+
+    hostile()
     # Render also plans: a service that does not fit its GPUs, or names a GPU outside the
     # catalog without its architecture, is refused by render and admitted by the API server
     # (no schema can know the model or the catalog); the operator then stalls it with the same
