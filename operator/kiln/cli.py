@@ -25,6 +25,7 @@ from .planner import (GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, 
                       unknown_gpu_message)
 from .render import ServiceRef, render
 from .sim.compare import LEAD_IN_SECONDS
+from .sim.policies import POLICIES
 from .toolchain import TRTLLM_VERSION
 
 __all__ = ["EXIT_CODES", "main"]
@@ -188,7 +189,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .autoscale import LawParams
     from .sim import Fleet, PerfModel, compare, load_trace
     from .render.wake import concurrency_target
-    from .sim.policies import POLICIES
 
     if args.plot:
         check_plot_target(Path(args.plot))
@@ -218,26 +218,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.lead_in < 0:
         raise SpecInvalid("--lead-in: must be 0 or more seconds")
+    chosen: dict[str, str] = {}
     results = compare(requests, fleet, params, args.slo_ttft_ms / 1000, policies,
                       outage=outage, progress=progress if show else None, lead_in_seconds=args.lead_in,
-                      keda_http_target=concurrency_target(spec, result))
+                      keda_http_target=concurrency_target(spec, result), chosen=chosen)
     if show:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
     if args.plot:
         plot_policies(results, Path(args.plot), args.slo_ttft_ms / 1000,
                       title=f"{Path(args.trace).name}: autoscaling policies")
     if args.output == "json":
-        print(json.dumps({"policies": {n: r.wire() if r else None for n, r in results.items()}}, indent=2))
+        print(json.dumps({"policies": {n: r.wire() if r else None for n, r in results.items()},
+                          "chosen": chosen}, indent=2))
         return 0
     print(f"{len(requests)} requests, SLO: TTFT <= {args.slo_ttft_ms:.0f} ms, cold start {args.cold_start:.0f} s")
-    print(f"{'POLICY':9s} {'GPU-HOURS':>10s} {'SLO':>7s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'SCALES':>7s} {'MAX':>4s} "
-          f"{'COLD':>5s}")
+    print(f"{'POLICY':12s} {'GPU-HOURS':>10s} {'SLO':>7s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'SCALES':>7s} "
+          f"{'MAX':>4s} {'COLD':>5s}")
     for name, r in results.items():
         if r is None:
-            print(f"{name:9s} {'no target meets the SLO goal':>40s}")
+            print(f"{name:12s} {'no swept setting meets the SLO goal':>40s}")
             continue
-        print(f"{name:9s} {r.gpu_hours:10.2f} {r.slo_attainment:7.2%} {r.ttft_p50_ms:8.0f}ms "
+        print(f"{name:12s} {r.gpu_hours:10.2f} {r.slo_attainment:7.2%} {r.ttft_p50_ms:8.0f}ms "
               f"{r.ttft_p99_ms:8.0f}ms {r.scale_events:7d} {r.max_replicas:4d} {r.cold_starts:5d}")
+    for name, how in chosen.items():
+        print(f"{name}: {how}"[:100])
     return 0
 
 
@@ -292,7 +296,7 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--trace", required=True, help="Azure CSV, Mooncake JSONL or timestamp_s,input_tokens,output_tokens")
     sim.add_argument("--model-config", help="a Hugging Face config.json")
     sim.add_argument("--policy", action="append",
-                     help="kiln, hpa, hpa-tuned, kpa, static or oracle; repeat for several (default: all)")
+                     help=f"one of {', '.join(POLICIES)}; repeat for several (default: all)")
     sim.add_argument("--slo-ttft-ms", type=float, default=2000.0)
     sim.add_argument("--cold-start", type=float, default=90.0,
                      help="seconds until a new replica serves (default 90: 7-70B pods with cached weights take 1-2 min)")

@@ -39,3 +39,21 @@ def test_each_family_has_its_shape():
     assert max(diurnal) < 1.3 * 600 and min(diurnal) > 0.3 * 600
     lengths = {(r.input_tokens, r.output_tokens) for r in traffic.generate("long-context", 3, 600, 5.0, LENGTHS)}
     assert lengths <= set(LENGTHS) and len(lengths) == 3
+
+
+def test_the_benchmark_reports_on_test_seeds_and_public_traces_only(monkeypatch, tmp_path):
+    import autoscaling
+
+    calls = []
+    monkeypatch.setattr(autoscaling, "_generated", lambda traces, fleet, family, seed: calls.append(seed) or [])
+    monkeypatch.setattr(autoscaling, "load_trace", lambda path, rate_scale: [])
+    for file, _ in autoscaling.PUBLIC:
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file).write_text("")
+    tests = autoscaling.test_traces(tmp_path, None, traffic.TEST_SEEDS)
+    assert set(calls) == set(traffic.TEST_SEEDS) and not set(calls) & set(traffic.TRAIN_SEEDS)
+    generated = [label for label, _ in tests if "/" in label]
+    assert len(generated) >= 20 and {label.split("/")[0] for label in generated} == set(traffic.FAMILIES)
+    assert len(tests) - len(generated) == len(autoscaling.PUBLIC)  # every public trace, none tuned on
+    # A cut-short run still has every family: the first seed of each comes first.
+    assert [label.split("/")[0] for label, _ in tests[:len(traffic.FAMILIES)]] == list(traffic.FAMILIES)

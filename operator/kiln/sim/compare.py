@@ -10,7 +10,8 @@ from ..autoscale import LawParams
 from .engine import Fleet, FleetView, SimResult, simulate
 from .policies import (HPA_TUNED_TARGETS, POLICIES, hpa_policy, keda_http_policy, kiln_policy,
                        kpa_policy, oracle_policy, oracle_schedule, static_policy)
-from .stock import clairvoyant, static_min
+from .references import Schedule, clairvoyant, recorded, static_min
+from .stock import STOCK_SWEEP, stock_policy
 from .traces import Request, lead_in
 
 __all__ = ["compare", "warm_fleet", "ORACLE_MARGINS", "LEAD_IN_SECONDS"]
@@ -41,7 +42,8 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
             progress: Progress | None = None,
             schedule: Sequence[int] | None = None,
             lead_in_seconds: float = LEAD_IN_SECONDS,
-            keda_http_target: float | None = None) -> dict[str, SimResult | None]:
+            keda_http_target: float | None = None,
+            chosen: dict[str, str] | None = None) -> dict[str, SimResult | None]:
     """Each policy's result; ``hpa-tuned`` is None when no swept target meets ``slo_goal``.
 
     The trace is a window of a service already running when it opens. Every policy is
@@ -56,7 +58,13 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
     the whole-trace schedule of :func:`kiln.sim.stock.clairvoyant`. ``schedule`` is the
     oracle's :func:`oracle_schedule`, when the caller has it already.
     ``keda-http`` starts from the same warm fleet and may go to zero; ``keda_http_target`` is
-    its in-flight requests per replica (the HTTPScaledObject's concurrency target)."""
+    its in-flight requests per replica (the HTTPScaledObject's concurrency target).
+    ``hpa-metrics`` and ``keda-metrics`` are the HPA and KEDA on several per-pod metrics
+    (:mod:`kiln.sim.stock`), each the cheapest point of :data:`STOCK_SWEEP` that meets the
+    goal (None when none does). ``clairvoyant`` runs last, from the same opening fleet and
+    lead-in as the reactive policies, seeded with every schedule they produced (so it is
+    never above one that meets the goal). ``chosen``, when given, receives how
+    ``hpa-metrics``, ``keda-metrics`` and ``clairvoyant`` were found."""
     low, high = params.min_replicas, params.max_replicas
     if schedule is None:
         schedule = oracle_schedule(requests, fleet, slo_ttft_s, slo_goal, low, high)
@@ -64,16 +72,25 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
 
     before = lead_in(requests, lead_in_seconds)
 
+    seeds: list[Schedule] = []
+    fixed: int | None = None
+    chosen = {} if chosen is None else chosen
+
     def run(name: str, policy: Callable[[FleetView], int], initial: int = start,
             warmup: Sequence[Request] = before) -> SimResult:
-        return simulate(requests, replace(fleet, initial=initial), policy, slo_ttft_s, outage,
-                        (lambda share: progress(name, share)) if progress else None, warmup)
+        policy, decisions = recorded(policy)
+        result = simulate(requests, replace(fleet, initial=initial), policy, slo_ttft_s, outage,
+                          (lambda share: progress(name, share)) if progress else None, warmup)
+        if initial == start and warmup is before and outage is None:
+            seeds.append(Schedule(decisions, result, name))
+        return result
 
     results: dict[str, SimResult | None] = {}
     wanted = list(policies)
     if "static" in wanted and "oracle" not in wanted:
         wanted.insert(0, "oracle")
-    order = sorted(wanted, key=lambda n: n == "static")
+    last = ("static", "static-min", "clairvoyant")
+    order = sorted(wanted, key=lambda n: last.index(n) if n in last else -1)
     if keda_http_target is None:  # as rendered without a plan: maxBatchSize x the KV target
         keda_http_target = max(1.0, float(int(fleet.perf.max_batch * params.target)))
     for name in order:
@@ -101,10 +118,19 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
                     break  # the margins grow, and so do GPU-hours
             best = _cheapest(runs, slo_goal) or runs[-1]
             results[name] = best[1]
+        elif name in ("hpa-metrics", "keda-metrics"):
+            kind = name.split("-")[0]
+            points = [(label, run(name, stock_policy(kind, targets, low, high)))
+                      for label, targets in STOCK_SWEEP]
+            best = _cheapest(points, slo_goal)
+            results[name] = best[1] if best else None
+            chosen[name] = str(best[0]) if best else "none meets the goal"
         elif name == "clairvoyant":
-            results[name] = clairvoyant(requests, fleet, slo_ttft_s, slo_goal, low, high)[1]
+            how, results[name] = clairvoyant(requests, replace(fleet, initial=start), slo_ttft_s, slo_goal,
+                                             low, high, warmup=before, seeds=seeds, static=fixed)
+            chosen[name] = how
         elif name == "static-min":
-            results[name] = static_min(requests, fleet, slo_ttft_s, slo_goal, low, high)[1]
+            fixed, results[name] = static_min(requests, fleet, slo_ttft_s, slo_goal, low, high)
         elif name == "static":
             oracle = results.get("oracle")
             peak = oracle.max_replicas if oracle else high

@@ -49,8 +49,8 @@ from .traces import Request
 __all__ = ["kiln_policy", "hpa_policy", "kpa_policy", "keda_http_policy", "static_policy", "oracle_policy", "present_policy",
            "oracle_schedule", "POLICIES", "HPA_TUNED_TARGETS"]
 
-POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "static", "oracle", "static-min",
-            "clairvoyant")
+POLICIES = ("kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "hpa-metrics", "keda-metrics", "static",
+            "oracle", "static-min", "clairvoyant")
 HPA_TUNED_TARGETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 
 Policy = Callable[[FleetView], int]

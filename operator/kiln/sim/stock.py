@@ -1,147 +1,161 @@
 """What a platform team would deploy today, as simulator policies: the Kubernetes HPA and
-KEDA on several per-pod metrics at once, and the references that bound what any policy can
-do on a trace (``static-min``, ``clairvoyant``).
+KEDA on several per-pod metrics at once, each swept (:data:`STOCK_SWEEP`).
 
-- ``hpa_metrics_policy``: the HPA algorithm (:class:`kiln.autoscale.hpa.HPA`: tolerance 0.1,
-  15 s sync, +100 %/+4 pods per sync, the scale-down stabilisation window) on ``Pods``
-  metrics, ``AverageValue`` targets. With several metrics the HPA computes a proposal per
-  metric and takes the largest (``horizontal.go``, ``computeReplicasForMetrics``). Pods not
-  ready report nothing, so starting pods count 0 in the average.
-- ``keda_metrics_policy``: a KEDA ``ScaledObject`` with one prometheus trigger per metric, each
-  the fleet's sum: KEDA hands them to the HPA as ``External`` ``AverageValue`` metrics, so each
-  proposal is ``ceil(sum / target)`` (tolerance 0.1 on the ratio to the current count),
-  polled every 30 s (``pollingInterval`` default).
+Both follow the HPA controller's source, ``kubernetes/kubernetes``
+``pkg/controller/podautoscaler``:
 
-The metrics are the per-pod series Kiln scrapes: KV block fraction, active requests,
-prefill load (input tokens/s over the replica's prefill speed) and the backlog.
+- **Per metric** (``replica_calculator.go``). An HPA ``Pods`` metric with an ``AverageValue``
+  target (:func:`pods_metric_replicas`, ``calcPlainMetricReplicas``): the ratio of the ready
+  pods' mean to the target; within the tolerance (0.1) nothing changes, else
+  ``ceil(ratio × ready)``. Pods with no sample yet (starting) count 0 on a scale-up and the
+  target on a scale-down, and a proposal that would then reverse direction or fall within the
+  tolerance keeps the current count. A KEDA trigger becomes an ``External`` metric, its target
+  type ``AverageValue`` unless set (``kedacore/keda`` ``pkg/scalers/scaler.go``,
+  ``GetMetricTargetType``); the HPA divides its value by the target and by
+  ``status.replicas``, starting pods included (:func:`external_metric_replicas`,
+  ``GetExternalPerPodMetricReplicas``).
+- **Several metrics** (``horizontal.go``, ``computeReplicasForMetrics``): a proposal per
+  metric, the largest wins.
+- **Behaviour** (:class:`Behavior`; ``horizontal.go``, ``stabilizeRecommendationWithBehaviors``,
+  ``calculateScaleUpLimitWithScalingRules``; defaults from ``pkg/apis/autoscaling/v2/defaults.go``):
+  a scale-down takes the highest recommendation of the stabilisation window (300 s), a
+  scale-up the current one (window 0); a scale-up adds at most max(4 pods, 100 %) of the count
+  at the start of the 15 s period; a scale-down is not rate-limited (100 % per 15 s).
+
+The controller syncs every 15 s, the simulator's scrape period. KEDA's metrics server asks
+the scaler on every HPA request unless ``useCachedMetrics`` is set; its ``pollingInterval``
+(30 s) governs activation from zero, which these fleets (``minReplicas`` >= 1) never use
+(``kedacore/keda-docs``, ``reference/scaledobject-spec.md``, "Caching Metrics").
+
+The metrics are the per-pod series Kiln scrapes: KV block fraction, active requests, prefill
+load (input tokens/s over the replica's prefill speed) and the backlog. The references
+``static-min`` and ``clairvoyant`` live in :mod:`kiln.sim.references`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field
 
 from ..autoscale import Sample
-from ..autoscale.hpa import HPA
-from .engine import Fleet, FleetView, SimResult, simulate
-from .policies import oracle_policy, oracle_schedule, static_policy
-from .traces import Request
+from .engine import FleetView
+from .references import clairvoyant, static_min
 
-__all__ = ["METRICS", "hpa_metrics_policy", "keda_metrics_policy", "static_min", "clairvoyant"]
+__all__ = ["METRICS", "STOCK_SWEEP", "Behavior", "pods_metric_replicas", "external_metric_replicas",
+           "hpa_metrics_policy", "keda_metrics_policy", "stock_policy", "static_min", "clairvoyant"]
 
 Policy = Callable[[FleetView], int]
 
+TOLERANCE = 0.1  # --horizontal-pod-autoscaler-tolerance
 METRICS: dict[str, Callable[[Sample], float]] = {
     "kv": lambda s: s.kv_fraction,
     "active": lambda s: float(s.active),
     "prefill": lambda s: s.prefill_load or 0.0,
     "waiting": lambda s: float(s.waiting),
 }
+# What a platform team would try: Kiln's three pressure signals, with and without the
+# backlog, each at a full-replica value (KV fraction 1, every batch slot of 256, prefill
+# load 1, 20 waiting) scaled by a utilisation level; the benchmark and ``kiln simulate``
+# report, per trace, the cheapest point that meets the SLO.
+_FULL = {"kv": 1.0, "active": 256.0, "prefill": 1.0, "waiting": 20.0}
+_SETS = (("kv+active+prefill", ("kv", "active", "prefill")),
+         ("kv+active+prefill+waiting", ("kv", "active", "prefill", "waiting")))
+LEVELS = (0.4, 0.6)
+STOCK_SWEEP: tuple[tuple[str, dict[str, float]], ...] = tuple(
+    (f"{name} at {level:.0%}", {m: _FULL[m] * level for m in metrics})
+    for name, metrics in _SETS for level in LEVELS)
 
 
-def _proposal(current: int, ratio: float, tolerance: float = 0.1) -> int:
-    return current if abs(ratio - 1.0) <= tolerance else math.ceil(current * ratio - 1e-9)
+def _ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)  # the controller works in milli-units: no float dust
+
+
+def pods_metric_replicas(values: Sequence[float], missing: int, target: float, current: int,
+                         tolerance: float = TOLERANCE) -> int:
+    """``calcPlainMetricReplicas``: ``values`` are the ready pods' samples, ``missing`` the
+    pods with none yet."""
+    ready = len(values)
+    ratio = sum(values) / ready / target
+    if missing == 0:
+        return current if abs(1.0 - ratio) <= tolerance else _ceil(ratio * ready)
+    fill = target if ratio < 1.0 else 0.0  # 100 % on a scale-down, 0 % on a scale-up
+    counted = ready + missing
+    new_ratio = (sum(values) + missing * fill) / counted / target
+    if abs(1.0 - new_ratio) <= tolerance or (ratio < 1.0 < new_ratio) or (ratio > 1.0 > new_ratio):
+        return current
+    return _ceil(new_ratio * counted)
+
+
+def external_metric_replicas(total: float, target: float, status_replicas: int,
+                             tolerance: float = TOLERANCE) -> int:
+    """``GetExternalPerPodMetricReplicas``: an ``AverageValue`` target on a fleet-wide value."""
+    ratio = total / (target * status_replicas)
+    return status_replicas if abs(1.0 - ratio) <= tolerance else _ceil(total / target)
+
+
+@dataclass
+class Behavior:
+    """The HPA's default ``behavior``: stabilisation, then the rate limits, then the bounds."""
+
+    min_replicas: int
+    max_replicas: int
+    down_window: float = 300.0
+    period: float = 15.0
+    recommendations: list[tuple[float, int]] = field(default_factory=list)
+    scale_ups: list[tuple[float, int]] = field(default_factory=list)
+
+    def normalize(self, now: float, current: int, proposal: int) -> int:
+        recommendation = proposal
+        if proposal < current:  # scale-down: the highest recommendation within the window
+            recommendation = max([proposal] + [r for t, r in self.recommendations
+                                               if t > now - self.down_window])
+        self.recommendations = [(t, r) for t, r in self.recommendations if t >= now - self.down_window]
+        self.recommendations.append((now, proposal))
+        desired = recommendation
+        if recommendation > current:
+            start = current - sum(n for t, n in self.scale_ups if t > now - self.period)
+            limit = max(current, max(start + 4, math.ceil(start * 2.0)))  # Pods 4, Percent 100
+            desired = min(recommendation, limit, self.max_replicas)
+        elif recommendation < current:
+            desired = max(recommendation, self.min_replicas)
+        if desired > current:
+            self.scale_ups.append((now, desired - current))
+        self.scale_ups = [(t, n) for t, n in self.scale_ups if t > now - self.period]
+        return desired
 
 
 def hpa_metrics_policy(targets: Mapping[str, float], low: int, high: int,
                        stabilization: float = 300.0) -> Policy:
-    """``targets``: per-pod ``AverageValue`` per metric name in :data:`METRICS`."""
-    hpa = HPA(min_replicas=low, max_replicas=high, target=1.0, stabilization_seconds=stabilization)
+    """An ``autoscaling/v2`` HPA with one ``Pods`` metric per entry of ``targets``
+    (``AverageValue`` per metric name in :data:`METRICS`)."""
+    behavior = Behavior(low, high, stabilization)
 
     def policy(view: FleetView) -> int:
-        if not view.samples:
+        if not view.samples:  # no metric for any ready pod: every metric invalid, no change
             return view.current
-        n = len(view.samples)
-        proposals = [_proposal(view.current, sum(METRICS[m](s) for s in view.samples) / n / t * n
-                               / max(view.current, 1))
-                     for m, t in targets.items()]
-        return _step(hpa, view, max(proposals))
+        proposals = [pods_metric_replicas([METRICS[m](s) for s in view.samples], view.starting, t,
+                                          view.current) for m, t in targets.items()]
+        return behavior.normalize(view.now, view.current, max(proposals))
     return policy
 
 
 def keda_metrics_policy(targets: Mapping[str, float], low: int, high: int,
-                        stabilization: float = 300.0, polling: float = 30.0) -> Policy:
-    """``targets``: ``AverageValue`` per metric of the fleet's sum, one trigger each."""
-    hpa = HPA(min_replicas=low, max_replicas=high, target=1.0, stabilization_seconds=stabilization)
-    last = {"at": -math.inf, "value": 0}
+                        stabilization: float = 300.0) -> Policy:
+    """A KEDA ``ScaledObject`` with one prometheus trigger per entry of ``targets``, each the
+    fleet's sum of that metric (``sum(...)`` over the pods), ``AverageValue`` per replica."""
+    behavior = Behavior(low, high, stabilization)
 
     def policy(view: FleetView) -> int:
-        if not view.samples:
+        if not view.samples:  # Prometheus has nothing: the scaler errors, the HPA holds
             return view.current
-        if view.now - last["at"] >= polling:
-            last["at"] = view.now
-            proposals = [_proposal(view.current, sum(METRICS[m](s) for s in view.samples) / t
-                                   / max(view.current, 1)) for m, t in targets.items()]
-            last["value"] = max(proposals)
-        return _step(hpa, view, int(last["value"]))
+        proposals = [external_metric_replicas(sum(METRICS[m](s) for s in view.samples), t,
+                                              max(view.current, 1)) for m, t in targets.items()]
+        return behavior.normalize(view.now, view.current, max(proposals))
     return policy
 
 
-def _step(hpa: HPA, view: FleetView, raw: int) -> int:
-    """The HPA's stabilisation, rate limit and bounds on a raw proposal."""
-    hpa.history = [(t, r) for t, r in hpa.history if t > view.now - hpa.stabilization_seconds]
-    hpa.history.append((view.now, raw))
-    desired = raw if raw >= view.current else max(r for _, r in hpa.history)
-    desired = min(desired, max(2 * view.current, view.current + 4))
-    return max(hpa.min_replicas, min(hpa.max_replicas, desired))
-
-
-def static_min(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float, goal: float,
-               low: int, high: int) -> tuple[int, SimResult]:
-    """The cheapest fixed fleet that meets ``goal`` (binary search; ``high`` if none does)."""
-    runs: dict[int, SimResult] = {}
-
-    def run(n: int) -> SimResult:
-        if n not in runs:
-            runs[n] = simulate(requests, replace(fleet, initial=n), static_policy(n), slo_ttft_s)
-        return runs[n]
-    lo, hi = low, high
-    while lo < hi:
-        n = (lo + hi) // 2
-        if run(n).slo_attainment >= goal:
-            hi = n
-        else:
-            lo = n + 1
-    return lo, run(lo)
-
-
-CLAIRVOYANT_WINDOW_GOALS = (0.995, 0.99)
-
-
-def clairvoyant(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float, goal: float,
-                low: int, high: int, window: float = 60.0,
-                cache: dict[tuple[int, int], float] | None = None) -> tuple[float, SimResult]:
-    """A whole-trace schedule with perfect knowledge of arrivals and cold starts: for each
-    ``window`` the fewest warm replicas that serve it at a per-window goal, asked for one
-    cold start ahead; the per-window goal is relaxed (:data:`CLAIRVOYANT_WINDOW_GOALS`) as
-    far as the whole trace still meets ``goal``, so the SLO budget is spent where it saves
-    most; a fixed fleet (``static-min``) is one of the schedules it considers (reported with
-    a window goal of 0). ``cache`` keeps the per-window replays (they do not depend on the cold start).
-    Returns the cheapest (per-window goal, result).
-
-    What it bounds: it is the cheapest schedule of this form found, with foresight no real
-    policy has, and serves as the reference for "how close to ideal"; it is not proven
-    optimal (a schedule that lets a window miss more to save a replica elsewhere could be
-    cheaper), so a policy may come in under it."""
-    best: tuple[float, SimResult] | None = None
-    cache = {} if cache is None else cache
-    for window_goal in CLAIRVOYANT_WINDOW_GOALS:
-        schedule = oracle_schedule(requests, fleet, slo_ttft_s, window_goal, low, high, window, cache)
-        policy = oracle_policy(schedule, 0, fleet, low, high, window)
-        warm = policy(FleetView(-fleet.cold_start, [], low, low, 0))
-        result = simulate(requests, replace(fleet, initial=warm), policy, slo_ttft_s)
-        if result.slo_attainment >= goal and (best is None or result.gpu_hours < best[1].gpu_hours):
-            best = (window_goal, result)
-    # A fixed fleet is a schedule too: on load that moves in sub-window clumps, windows
-    # replayed from an empty fleet ask for more than a constant fleet that carries the
-    # clumps' backlog needs.
-    _, constant = static_min(requests, fleet, slo_ttft_s, goal, low, high)
-    if constant.slo_attainment >= goal and (best is None or constant.gpu_hours < best[1].gpu_hours):
-        best = (0.0, constant)
-    if best is None:  # no relaxation met the goal: the strictest schedule
-        schedule = oracle_schedule(requests, fleet, slo_ttft_s, 1.0, low, high, window, cache)
-        policy = oracle_policy(schedule, 1, fleet, low, high, window)
-        warm = policy(FleetView(-fleet.cold_start, [], low, low, 0))
-        best = (1.0, simulate(requests, replace(fleet, initial=warm), policy, slo_ttft_s))
-    return best
+def stock_policy(kind: str, targets: Mapping[str, float], low: int, high: int) -> Policy:
+    """``kind`` is ``hpa`` or ``keda``."""
+    make = hpa_metrics_policy if kind == "hpa" else keda_metrics_policy
+    return make(targets, low, high)
