@@ -6,8 +6,8 @@ shape, with request lengths resampled from a public trace (heavy tails included)
 - ``diurnal``: a sine between 0.4x and 1x of peak, period 40-90 min.
 - ``slow-ramp`` / ``fast-ramp``: from 0.3x to 1x over 30-60 min / 3-8 min, then flat.
 - ``bursts``: a 0.5x base with 2-4 bursts of 1.5-3x lasting 2-15 min, 1-3 min edges.
-- ``long-context``: a diurnal shape with Mooncake lengths (prompts to 100k+ tokens):
-  the KV cache fills before the batch does.
+- ``long-context``: a diurnal shape with Mooncake lengths (the benchmark keeps prompts up to
+  32k tokens, a 32k-context service): the KV cache fills before the batch does.
 
 The benchmark chooses every parameter of the law on the training seeds and reports on the
 test seeds (:data:`TRAIN_SEEDS`, :data:`TEST_SEEDS`), which no choice ever looked at.
