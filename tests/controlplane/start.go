@@ -15,11 +15,14 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"golang.org/x/sys/unix"
 )
 
 // controllers are the kube-controller-manager loops Kiln's objects depend on: Jobs complete, Deployments
@@ -51,11 +54,40 @@ func start(args []string) int {
 		fmt.Fprintln(os.Stderr, "kiln-controlplane start: --kubeconfig PATH is required")
 		return 2
 	}
+	if err := dieWithParent(); err != nil {
+		fmt.Fprintf(os.Stderr, "kiln-controlplane: %v\n", err)
+		return 1
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintf(os.Stderr, "kiln-controlplane: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+// dieWithParent asks the kernel for SIGTERM when the process that started this one dies, so that a test
+// runner killed with SIGKILL leaves no control plane (and etcd) behind: SIGTERM stops it as usual, and
+// the components, children of this process, follow it (their Pdeathsig, startChild).
+//
+// The parent-death signal belongs to the thread that sets it (prctl(2); the kernel checks each thread of
+// the orphaned process), and the children's to the thread that forked them: this goroutine stays on its
+// thread, which then lives as long as the process, and starts every child from it.
+func dieWithParent() error {
+	runtime.LockOSThread()
+	parent := os.Getppid()
+	// tests/controlplane/start passes its own parent, which is ours after its exec: if that one died
+	// before this process got here, nothing would signal it any more.
+	if given, err := strconv.Atoi(os.Getenv("KILN_CONTROLPLANE_PARENT")); err == nil {
+		parent = given
+	}
+	os.Unsetenv("KILN_CONTROLPLANE_PARENT") // not the components' business
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_PDEATHSIG): %w", err)
+	}
+	if os.Getppid() != parent {
+		return fmt.Errorf("the process that started the control plane (pid %d) has already exited", parent)
+	}
+	return nil
 }
 
 func run(o startOptions) error {
