@@ -19,10 +19,9 @@ import yaml
 from .api.crd import crds
 from .api.loading import load_yaml, read_yaml_file
 from .api.validation import parse_service_manifest
-from .errors import KilnError, SpecInvalid
+from .errors import KilnError, PlanRefused, SpecInvalid
 from .plot import check_plot_target, plot_policies
-from .planner import (GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, lookup_gpu, plan,
-                      unknown_gpu_message)
+from .planner import GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, plan, require_gpu
 from .render import ServiceRef, render
 from .sim.compare import LEAD_IN_SECONDS
 from .sim.policies import POLICIES
@@ -90,9 +89,7 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], Any, GPU, ModelC
     manifest = _load_manifest(args.file)
     metadata, spec = parse_service_manifest(manifest)
     memory = getattr(args, "gpu_memory_gib", None) or spec.gpu.memory_gi_b
-    gpu = lookup_gpu(spec.gpu.type, memory, spec.gpu.arch)
-    if gpu is None:
-        raise SpecInvalid(unknown_gpu_message(spec.gpu.type, memory))
+    gpu = require_gpu(spec.gpu.type, memory, spec.gpu.arch)
     model, why = _model_config(args, spec.model.source)
     result = plan(model, spec, gpu)
     if model is None:
@@ -175,7 +172,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     metadata, spec, gpu, _, result = _prepare(args)
     if result.fits is False:
-        raise SpecInvalid("does not fit: " + "; ".join(result.reasons))
+        raise PlanRefused("does not fit: " + "; ".join(result.reasons))
     ref = ServiceRef(metadata["name"], metadata.get("namespace", "default"))
     objects = render(ref, spec, result, gpu).objects()
     if args.output == "json":

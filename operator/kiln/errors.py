@@ -3,6 +3,8 @@
 ```
 KilnError
 ├── SpecInvalid   permanent: the user must change the manifest; sets Stalled=True
+│   └── PlanRefused   the planner's verdict on a well-formed manifest (does not fit, a GPU
+│                     outside the catalog, a layout the model cannot take)
 └── NotReadyYet   temporary: something Kiln waits for (a build, a rollout); retried with a delay
 ```
 
@@ -12,7 +14,7 @@ Messages name the object and the field path, e.g.
 
 from __future__ import annotations
 
-__all__ = ["KilnError", "SpecInvalid", "NotReadyYet"]
+__all__ = ["KilnError", "SpecInvalid", "PlanRefused", "NotReadyYet"]
 
 
 class KilnError(Exception):
@@ -38,6 +40,14 @@ class SpecInvalid(KilnError):
                  retry_after: float | None = None) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
+
+
+class PlanRefused(SpecInvalid):
+    """A manifest the CRD's schema and rules accept, refused by the planner: it does not fit its
+    GPUs, TensorRT-LLM cannot build it, the model cannot take its layout, or its GPU is outside
+    the catalog without the memory and architecture to plan with. Only the planner knows the
+    model and the catalog, so the API server admits such a manifest and the operator stalls it
+    with this message."""
 
 
 class NotReadyYet(KilnError):

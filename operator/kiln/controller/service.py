@@ -16,8 +16,8 @@ from typing import Any
 
 from ..api import API_VERSION, AutoscalingMode, ConditionType, Reason
 from ..api.validation import check_service_name, parse_service_spec
-from ..errors import KilnError, NotReadyYet, SpecInvalid
-from ..planner import cold_start_seconds, lookup_gpu, plan, unknown_gpu_message
+from ..errors import KilnError, NotReadyYet, PlanRefused, SpecInvalid
+from ..planner import cold_start_seconds, plan, require_gpu
 from ..render import (SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node,
                       openai_endpoint, render)
 from ..render.gateway import HTTP_ROUTE_API, INFERENCE_POOL_API
@@ -290,9 +290,7 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
                      st: _Status, out: Outcome, policy: Policy) -> None:
     check_service_name(ref.name)  # the API server accepts names its Services cannot carry
     spec = parse_service_spec(body.get("spec"))
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch)
-    if gpu is None:
-        raise SpecInvalid(unknown_gpu_message(spec.gpu.type, spec.gpu.memory_gi_b))
+    gpu = require_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch)
     scaling = spec.autoscaling
     if scaling.mode == AutoscalingMode.KEDA or (scaling.mode == AutoscalingMode.BUILTIN
                                                 and scaling.metrics_source == "prometheus"):
@@ -313,7 +311,7 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         reason, verdict = ((Reason.DOES_NOT_FIT, "does not fit") if result.buildable
                            else (Reason.NOT_BUILDABLE, "cannot be built"))
         st.condition(ConditionType.FITS, False, reason, message)
-        raise SpecInvalid(f"{verdict}: {message}", reason=reason.value)
+        raise PlanRefused(f"{verdict}: {message}", reason=reason.value)
     if result.fits is None:
         st.condition(ConditionType.FITS, None, Reason.MODEL_CONFIG_UNKNOWN, why_unknown)
     else:

@@ -12,7 +12,7 @@ from typing import Any
 from kiln_runtime import support
 
 from ..api import LLMServiceSpec, Precision
-from ..errors import SpecInvalid
+from ..errors import PlanRefused
 from .gpus import GPU
 from .memory import GIB, weight_bytes_per_gpu
 from .model import ModelConfig
@@ -40,7 +40,7 @@ def _fewest_gpus(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> int | No
         try:
             if plan(model, variant, gpu).fits:
                 return count
-        except SpecInvalid:
+        except PlanRefused:
             continue
     return None
 

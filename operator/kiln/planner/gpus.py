@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GPU", "GPU_CATALOG", "lookup_gpu", "unknown_gpu_message", "CUDA_CONTEXT_GIB"]
+from ..errors import PlanRefused
+
+__all__ = ["GPU", "GPU_CATALOG", "lookup_gpu", "require_gpu", "unknown_gpu_message", "CUDA_CONTEXT_GIB"]
 
 # CUDA context and runtime overhead taken before anything is loaded.
 CUDA_CONTEXT_GIB = 0.5
@@ -65,3 +67,11 @@ def unknown_gpu_message(name: str, memory_gib: float | None) -> str:
                 "and spec.gpu.arch")
     return (f"spec.gpu.arch: required for {name!r}, a GPU type outside Kiln's catalog: its CUDA "
             "compute capability, e.g. sm90")
+
+
+def require_gpu(name: str, memory_gib: float | None = None, arch: str | None = None) -> GPU:
+    """``lookup_gpu``, or PlanRefused naming the field to set."""
+    gpu = lookup_gpu(name, memory_gib, arch)
+    if gpu is None:
+        raise PlanRefused(unknown_gpu_message(name, memory_gib))
+    return gpu

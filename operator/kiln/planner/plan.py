@@ -15,7 +15,7 @@ from typing import Any
 from kiln_runtime import support
 
 from ..api import KVCacheDtype, LLMServiceSpec, Precision, ServerKind
-from ..errors import SpecInvalid
+from ..errors import PlanRefused, SpecInvalid
 from .build import FP8_ROWWISE, BuildPlan, plan_build
 from .gpus import CUDA_CONTEXT_GIB, GPU
 from .memory import (GIB, activation_bytes, kv_bytes_per_token, kv_dtype_for,
@@ -82,7 +82,7 @@ def _kv_split(model: ModelConfig, tp: int) -> bool:
 
 
 def resolve_parallelism(spec: LLMServiceSpec, model: ModelConfig | None) -> tuple[int, int]:
-    """(TP, PP) for the spec; raises SpecInvalid for a layout the model cannot take."""
+    """(TP, PP) for the spec; raises PlanRefused for a layout the model cannot take."""
     tp_req, pp_req = spec.parallelism.tensor, spec.parallelism.pipeline
     gpus = spec.gpus
     if isinstance(tp_req, int) and isinstance(pp_req, int):
@@ -95,19 +95,19 @@ def resolve_parallelism(spec: LLMServiceSpec, model: ModelConfig | None) -> tupl
         candidates = [d for d in _divisors(gpus) if d <= spec.gpu.per_node
                       and (model is None or (model.num_heads % d == 0 and _kv_split(model, d)))]
         if not candidates:
-            raise SpecInvalid(f"spec.gpus: no tensor-parallel degree divides both gpus={gpus} and "
+            raise PlanRefused(f"spec.gpus: no tensor-parallel degree divides both gpus={gpus} and "
                               f"the model's {model.num_heads if model else '?'} attention heads")
         tp = max(candidates)
         pp = gpus // tp
     if model is not None:
         if model.num_heads % tp:
-            raise SpecInvalid(f"spec.parallelism.tensor: {tp} does not divide the model's "
+            raise PlanRefused(f"spec.parallelism.tensor: {tp} does not divide the model's "
                               f"{model.num_heads} attention heads")
         if not _kv_split(model, tp):
-            raise SpecInvalid(f"spec.parallelism.tensor: {tp} and the model's "
+            raise PlanRefused(f"spec.parallelism.tensor: {tp} and the model's "
                               f"{model.num_kv_heads} KV heads must divide one another")
         if pp > model.num_layers or model.num_layers % pp:
-            raise SpecInvalid(f"spec.parallelism.pipeline: {pp} does not divide the model's "
+            raise PlanRefused(f"spec.parallelism.pipeline: {pp} does not divide the model's "
                               f"{model.num_layers} layers")
     return tp, pp
 
@@ -211,7 +211,7 @@ def _variant(spec: LLMServiceSpec, **changes: Any) -> LLMServiceSpec:
 def _fits(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU) -> bool:
     try:
         tp, pp = resolve_parallelism(spec, model)
-    except SpecInvalid:
+    except PlanRefused:
         return False
     return bool(_evaluate(model, spec, gpu, tp, pp).fits)
 
@@ -264,7 +264,7 @@ def _weight_rank(precision: Precision) -> int:
 
 
 def plan(model: ModelConfig | None, spec: LLMServiceSpec, gpu: GPU) -> Plan:
-    """Plan one replica. Raises SpecInvalid for layouts the model cannot take."""
+    """Plan one replica. Raises PlanRefused for layouts the model cannot take."""
     tp, pp = resolve_parallelism(spec, model)
     if model is None:
         return Plan(fits=None, tensor_parallel=tp, pipeline_parallel=pp,
