@@ -14,13 +14,12 @@ import json
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
 
+from ..support.hostile import sweep_hostile
 from ..support.real_cluster import path_of
 
 from ..conftest import EXAMPLES
-from .test_admission_parity import HOSTILE_EXAMPLES
-from .test_hostile_input import _kiln, _mutate, mutations
+from .test_hostile_input import _kiln
 
 
 def _discovery(plane):
@@ -80,18 +79,7 @@ def test_every_rendered_object_is_accepted_by_the_api_server(backend, control_pl
                 check(f"examples/{path.name}", document)
     examples = len(manifests)
 
-    @settings(max_examples=HOSTILE_EXAMPLES, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
-    @given(mutations)
-    def hostile(changes):
-        manifest = _mutate(changes)
-        try:
-            json.dumps(manifest, allow_nan=False)
-        except ValueError:  # not expressible as JSON: no API server can be sent it
-            return
-        check(f"hostile/{len(manifests)}", manifest)
-
-    hostile()
+    sweep_hostile(lambda manifest: check(f"hostile/{len(manifests)}", manifest))
     kinds = sorted({kind for _, kind in checked})
     summary = (f"rendered objects: {len(checked) - len(refused)}/{len(checked)} accepted by the API server "
                f"(dry run) from {examples} examples and {len(manifests) - examples} accepted hostile "
