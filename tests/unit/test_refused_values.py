@@ -58,6 +58,13 @@ REFUSED = {
                                      "spec.gpu.arch": "sm90"}, "spec.gpu.type"),
     "kvCacheFreeGpuMemFraction 1e-300": ({"spec.engine.kvCacheFreeGpuMemFraction": 1e-300},
                                          "spec.engine.kvCacheFreeGpuMemFraction"),
+    # Written as JSON integers, which the API server checks against int64(0.01) == 0 unless a
+    # CEL rule repeats the bound (kiln.api.crd._fractional_bound_rules).
+    "kvCacheFreeGpuMemFraction integer 0": ({"spec.engine.kvCacheFreeGpuMemFraction": 0},
+                                            "spec.engine.kvCacheFreeGpuMemFraction"),
+    "targetKVCacheUtilization integer 0": ({"spec.autoscaling": {"mode": "hpa", "maxReplicas": 2,
+                                                                 "targetKVCacheUtilization": 0}},
+                                           "spec.autoscaling.targetKVCacheUtilization"),
     "hpa window over 3600 s": ({"spec.autoscaling": {"mode": "hpa", "maxReplicas": 2,
                                                      "scaleDownStabilizationSeconds": 3601}},
                                "spec.autoscaling.scaleDownStabilizationSeconds"),
@@ -143,3 +150,11 @@ def test_the_bounds_themselves_are_accepted(tmp_path):
     hpa = next(o for o in json.loads(out)["items"] if o["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "10m"
     kubernetes_validate.validate(hpa, "1.33", strict=True)
+
+
+@pytest.mark.parametrize("namespace", [None, ""])
+def test_a_null_or_empty_namespace_is_the_default_one(tmp_path, namespace):
+    # As kubectl and the API server read it: the request's namespace.
+    code, out, err = _render(tmp_path, _manifest({"metadata.namespace": namespace}))
+    assert code == 0, err
+    assert {o["metadata"].get("namespace") for o in json.loads(out)["items"]} <= {"default", None}

@@ -149,6 +149,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if isinstance(node.get(bound), (int, float)) and not isinstance(node[bound], bool):
             node[plain] = node.pop(bound)
             node[bound] = True
+    if node.get("type") == "number":
+        node.update(_fractional_bound_rules(node))
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if "enum" in node and "type" not in node:
@@ -168,6 +170,20 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
+def _fractional_bound_rules(node: dict[str, Any]) -> dict[str, Any]:
+    """CEL rules that repeat a number's fractional bounds. The API server checks a value written
+    as a JSON integer against ``int64(bound)`` (kube-openapi ``MinimumNativeType``), so ``0``
+    passes ``minimum: 0.01``; CEL sees every ``number`` as a double and compares it exactly."""
+    rules = list(node.get("x-kubernetes-validations", []))
+    for bound, sign, words in (("minimum", ">", "greater than"), ("maximum", "<", "less than")):
+        limit = node.get(bound)
+        if isinstance(limit, float) and not limit.is_integer():
+            exclusive = node.get("exclusive" + bound.capitalize()) is True
+            rules.append({"rule": f"self {sign}{'' if exclusive else '='} {limit!r}",
+                          "message": f"must be {words} {'' if exclusive else 'or equal to '}{limit!r}"})
+    return {"x-kubernetes-validations": rules} if rules else {}
+
+
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
@@ -181,7 +197,7 @@ def _attach_rules(schema: dict[str, Any], rules: dict[str, list[dict[str, str]]]
         node = schema
         for part in filter(None, path.split(".")):
             node = node["properties"][part]
-        node["x-kubernetes-validations"] = rule_list
+        node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), *rule_list]
 
 
 def _status_schema(model: type[BaseModel]) -> dict[str, Any]:

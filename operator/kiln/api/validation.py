@@ -141,7 +141,10 @@ def parse_service_manifest(manifest: Any) -> tuple[dict[str, Any], LLMServiceSpe
     if not isinstance(metadata, dict) or not metadata.get("name"):
         raise SpecInvalid("metadata.name: required field is missing")
     check_service_name(metadata["name"])
-    namespace = metadata.get("namespace", "default")
+    namespace = metadata.get("namespace")
+    if namespace in (None, ""):  # unset, as kubectl and the API server read a null or empty one
+        namespace = "default"
+        metadata = {**metadata, "namespace": namespace}
     if not isinstance(namespace, str) or not _is_dns_label(namespace):
         raise SpecInvalid(f"metadata.namespace: {quote(namespace)} must be a DNS label")
     unknown = set(manifest) - {"apiVersion", "kind", "metadata", "spec", "status"}
