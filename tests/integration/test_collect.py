@@ -35,6 +35,13 @@ def _engine_name(sb, name):
     return ((sb.get("llmservices", name, NS) or {}).get("status") or {}).get("engine", {}).get("name")
 
 
+def _builds(sb):
+    """The BuildStarted Events, and the names of the Jobs the BuildCancelled Events name."""
+    events = sb.objects("events")
+    return ([e for e in events if e.get("reason") == "BuildStarted"],
+            {e["message"].split()[3].rstrip(":") for e in events if e.get("reason") == "BuildCancelled"})
+
+
 async def test_edits_mid_build_leave_one_build_and_one_engine(make_sandbox, backend):
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
                        operator_options=FAST_COLLECTION) as sb:
@@ -50,10 +57,12 @@ async def test_edits_mid_build_leave_one_build_and_one_engine(make_sandbox, back
         current = _engine_name(sb, "edited")
         await sb.wait_for(lambda: [j["metadata"]["name"] for j in sb.objects("jobs")] == [current + "-build"],
                           what="only the current build Job left")
-        # Counted from the Events: a real server keeps no history of the Jobs it deleted.
-        started = [e for e in sb.objects("events") if e.get("reason") == "BuildStarted"]
-        cancelled = {e["message"].split()[3].rstrip(":") for e in sb.objects("events")
-                     if e.get("reason") == "BuildCancelled"}
+        # Counted from the Events: a real server keeps no history of the Jobs it deleted. kopf
+        # posts Events from a queue, after the writes they tell of: wait until all have arrived.
+        def all_posted():
+            started, cancelled = _builds(sb)
+            return (started, cancelled) if len(started) >= 6 and len(cancelled) >= 5 else None
+        started, cancelled = await sb.wait_for(all_posted, what="six BuildStarted and five BuildCancelled Events")
         assert len(started) == 6 and len(cancelled) == 5 and current + "-build" not in cancelled
         if backend == "emulator":  # where the watch history holds every Job ever added
             added = {o["metadata"]["name"] for t, o in sb.events("jobs") if t == "ADDED"}
@@ -63,6 +72,7 @@ async def test_edits_mid_build_leave_one_build_and_one_engine(make_sandbox, back
         sb.start_kubelet()
         await sb.wait_for(lambda: is_true(sb.get("llmservices", "edited", NS)["status"]["conditions"], "Ready"),
                           timeout=30, what="Ready on the last edit")
+        assert [len(events) for events in _builds(sb)] == [6, 5]  # finishing started no other build
         assert sb.operator_error is None
 
 
