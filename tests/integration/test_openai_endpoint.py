@@ -1,9 +1,10 @@
-"""The OpenAI-compatible endpoint end to end in the emulator: the operator reports
+"""The OpenAI-compatible endpoint end to end: the operator reports
 ``status.endpoints.openai``; the OpenAI Python client, pointed at that in-cluster URL, is
 answered through the rendered Service by a simulated serving pod (streamed and whole)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 
 import openai
@@ -21,9 +22,12 @@ NS = "llm"
 LLAMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
 
 
-pytestmark = pytest.mark.emulator_only(
-    "on the real server the simulated kubelet (kiln.demo.apikubelet) serves a pod's metrics port "
-    "only; the OpenAI port behind the Service is served by the emulator's kubelet")
+def _serving_pod(sb):
+    """The one serving Pod (on a real server the build Job's Pod is listed too)."""
+    [pod] = [p for p in sb.objects("pods")
+             if p["metadata"]["labels"].get("app.kubernetes.io/component") == "server"]
+    port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "openai")
+    return pod["status"]["podIP"], port
 
 
 @pytest.fixture
@@ -69,10 +73,7 @@ async def test_openai_client_is_answered_through_the_status_url(backend, ready_l
 
 async def test_the_route_is_the_rendered_service(backend, ready_llama):
     sb, service = ready_llama
-    pod = sb.objects("pods")[0]
-    port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]
-                if p["name"] == "openai")
-    assert await resolve(sb.api, f"llama-8b-server.{sb.ns(NS)}.svc", 9000) == ("127.0.0.1", port)
+    assert await resolve(sb.api, f"llama-8b-server.{sb.ns(NS)}.svc", 9000) == _serving_pod(sb)
     with pytest.raises(ServiceNotReachable, match="no port 9999"):
         await resolve(sb.api, f"llama-8b-server.{sb.ns(NS)}.svc", 9999)
     with pytest.raises(ServiceNotReachable, match="does not exist"):
@@ -86,10 +87,7 @@ async def test_the_demo_act_and_the_startup_probe(backend, ready_llama):
     text = "\n".join(lines)
     assert "simulated" in text and "streamed chunks" in text and "usage:" in text
     # The startup probe's request (kiln-runtime smoke --openai-url) against the same pod.
-    pod = sb.objects("pods")[0]
-    port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]
-                if p["name"] == "openai")
-    import asyncio
-    reply = await asyncio.to_thread(smoke_openai, f"http://127.0.0.1:{port}/v1",
+    ip, port = _serving_pod(sb)
+    reply = await asyncio.to_thread(smoke_openai, f"http://{ip}:{port}/v1",
                                     "llama-3.1-8b-instruct", "The capital of France is", 4)
     assert len(reply.split()) == 4

@@ -1,4 +1,4 @@
-"""Scale from zero that wakes (autoscaling.mode keda-http), end to end in the emulator.
+"""Scale from zero that wakes (autoscaling.mode keda-http), end to end.
 
 A service at zero replicas reports how it wakes; the OpenAI client, pointed at
 ``status.endpoints.openai``, reaches the (simulated) KEDA HTTP add-on interceptor through the
@@ -31,13 +31,10 @@ def _status(sb):
 
 
 def _pods(sb):
-    return [p for p in sb.objects("pods") if p["metadata"]["namespace"] == NS]
+    """The service's serving Pods (on a real server its build Job's Pod is listed too)."""
+    return [p for p in sb.objects("pods") if p["metadata"]["namespace"] == sb.ns(NS)
+            and p["metadata"]["labels"].get("app.kubernetes.io/component") == "server"]
 
-
-pytestmark = pytest.mark.emulator_only(
-    "the held request goes through the simulated KEDA HTTP add-on interceptor (kiln.demo.interceptor) "
-    "to the woken pod's OpenAI port, which on the real server's simulated kubelet "
-    "(kiln.demo.apikubelet) serves nothing: it serves a pod's metrics port only")
 
 
 @pytest.fixture
@@ -46,7 +43,7 @@ async def parked(make_sandbox):
     async with make_sandbox(build_seconds=0.2, start_seconds=0.5, retry_delay=0.2,
                        operator_options={"resync_period": 0.5}) as sb:
         sb.add_namespace(NS)
-        sb.add_namespace("keda")
+        sb.add_namespace("keda", shared=True)  # the rendered ExternalName Service names it
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
         await sb.start_operator()
         sb.start_kubelet()
@@ -70,7 +67,7 @@ async def test_a_request_at_zero_replicas_is_held_and_answered_after_the_wake(ba
     sb, add_on = parked
     status = _status(sb)
     url = status["endpoints"]["openai"]
-    assert url == f"http://{NAME}-openai.{NS}.svc:8080/v1"
+    assert url == f"http://{NAME}-openai.{sb.ns(NS)}.svc:8080/v1"
     wake = status["scaleFromZero"]
     assert wake["url"] == url and wake["coldStartSeconds"] > 0
     assert wake["holdSeconds"] >= wake["coldStartSeconds"]
@@ -86,7 +83,7 @@ async def test_a_request_at_zero_replicas_is_held_and_answered_after_the_wake(ba
     [held] = add_on.log
     assert held.cold and held.status == 200
     assert held.waited_seconds >= 0.5  # the kubelet's simulated start
-    assert add_on.wakes == [f"{NS}/{NAME}"]
+    assert add_on.wakes == [f"{sb.ns(NS)}/{NAME}"]
     assert sb.get("llmservices", NAME, NS)["spec"]["replicas"] == 1
     assert len(_pods(sb)) == 1
     await sb.wait_for(lambda: is_true(_status(sb).get("conditions", []), "Ready")
@@ -96,7 +93,7 @@ async def test_a_request_at_zero_replicas_is_held_and_answered_after_the_wake(ba
     # Warm now: the next request is not held and wakes nothing.
     whole, _, _ = await chat_round_trip(sb.api, url, NAME, stream=False)
     assert whole == text
-    assert not add_on.log[-1].cold and add_on.wakes == [f"{NS}/{NAME}"]
+    assert not add_on.log[-1].cold and add_on.wakes == [f"{sb.ns(NS)}/{NAME}"]
 
 
 async def test_the_interceptor_routes_by_host_and_path_only(backend, parked):
@@ -109,7 +106,7 @@ async def test_the_interceptor_routes_by_host_and_path_only(backend, parked):
             assert other.status == 404
         # The routed host, outside the /v1 prefix.
         async with client.get(f"{transport_url}/metrics",
-                              headers={"Host": f"{NAME}-openai.{NS}.svc:8080"}) as outside:
+                              headers={"Host": f"{NAME}-openai.{sb.ns(NS)}.svc:8080"}) as outside:
             assert outside.status == 404
     assert add_on.wakes == [] and add_on.log == []
     assert sb.get("llmservices", NAME, NS)["spec"]["replicas"] == 0
@@ -118,7 +115,7 @@ async def test_the_interceptor_routes_by_host_and_path_only(backend, parked):
 async def test_a_held_request_is_cut_at_the_condition_wait_when_nothing_wakes(backend, parked):
     sb, add_on = parked
     await add_on.stop_scaling()  # KEDA is down: nothing raises the replicas
-    await sb.api._call("PATCH", f"/apis/http.keda.sh/v1alpha1/namespaces/{NS}/httpscaledobjects/{NAME}",
+    await sb.api._call("PATCH", f"/apis/http.keda.sh/v1alpha1/namespaces/{sb.ns(NS)}/httpscaledobjects/{NAME}",
                        body={"spec": {"timeouts": {"conditionWait": "1s"}}},
                        content_type="application/merge-patch+json")
     url = _status(sb)["endpoints"]["openai"]

@@ -198,8 +198,10 @@ class RealSandbox(Sandbox):
             login_url=self.plane.server, login_token=self.plane.operator_token,
             login_ca_file=self.plane.ca_file, **options)
 
-    def add_namespace(self, name: str) -> None:
-        actual = self._namespaces.setdefault(name, f"{name}-{self._suffix}")
+    def add_namespace(self, name: str, *, shared: bool = False) -> None:
+        """``name-<suffix>``, deleted on exit; ``shared``: ``name`` itself, kept for the next
+        sandbox (what is in it is its user's to remove)."""
+        actual = name if shared else self._namespaces.setdefault(name, f"{name}-{self._suffix}")
         self.plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": actual}})
         # Pods are refused until the ServiceAccount controller made the namespace's default one.
         deadline = time.monotonic() + 30

@@ -5,7 +5,10 @@ module does only what a scheduler and a kubelet would. It registers the GPU node
 unscheduled Pod to one, and after a delay reports it as a kubelet would: a build Job's Pod
 ``Succeeded`` (or ``Failed`` with kiln-runtime's termination message), a serving Pod ``Running``
 and ``Ready`` on its own loopback address (``127.0.x.y``), where a :class:`SimulatedTriton` serves
-its ``/metrics`` on the Pod's ``metrics`` port. The real controllers then complete the Job and
+its ``/metrics`` on the Pod's ``metrics`` port and, for the model the Pod serves, the simulated
+OpenAI API (:mod:`kiln.demo.openai_sim`) on its ``openai`` port, so that a client reaches it
+through the rendered Service (:mod:`kiln.demo.network`). Like a kubelet, it leaves alone the Pods
+bound to nodes other than its own. The real controllers then complete the Job and
 roll the Deployment out. Deleting Pods is confirmed as a kubelet does once the containers stop
 (a zero-grace delete). With no LeaderWorkerSet controller in the control plane, the group's
 leader Pods and the LeaderWorkerSet's status are written here (see tests/controlplane/README.md).
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..controller.kube import ApiException, KubeApi
-from .kubelet import GPU_NODES, SimulatedCluster, SimulatedTriton
+from .kubelet import GPU_NODES, SimulatedCluster, SimulatedTriton, served_model
 
 __all__ = ["ApiKubelet"]
 
@@ -33,12 +36,13 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _metrics_port(pod: dict[str, Any]) -> int:
+def _port(pod: dict[str, Any], name: str) -> int | None:
+    """The container port named ``name``."""
     for container in pod["spec"].get("containers") or []:
         for port in container.get("ports") or []:
-            if port.get("name") == "metrics":
+            if port.get("name") == name:
                 return int(port["containerPort"])
-    return 8002
+    return None
 
 
 class ApiKubelet(SimulatedCluster):
@@ -49,7 +53,8 @@ class ApiKubelet(SimulatedCluster):
                  on_event: Callable[[str], None] | None = None) -> None:
         super().__init__(None, api, build_seconds=build_seconds, start_seconds=start_seconds,
                          fail_builds=fail_builds, on_event=on_event)
-        self._nodes = itertools.cycle([n["name"] for n in GPU_NODES])
+        self._node_names = {n["name"] for n in GPU_NODES}
+        self._nodes = itertools.cycle(sorted(self._node_names))
         # Loopback addresses for the Pods (127.0.0.0/8 is all loopback on Linux), from a random
         # start so that two simulated clusters on one machine rarely meet; a taken one is skipped.
         first = random.randrange(1 << 20)
@@ -113,6 +118,8 @@ class ApiKubelet(SimulatedCluster):
             return
         if status.get("phase") in ("Succeeded", "Failed") or _is_ready(status):
             return
+        if spec.get("nodeName") and spec["nodeName"] not in self._node_names:
+            return  # another node's kubelet runs it
         if not spec.get("nodeName"):
             await self.api.request("POST", f"{where}/binding", {
                 "apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
@@ -157,11 +164,14 @@ class ApiKubelet(SimulatedCluster):
         if uid not in self._ip:
             predicted = await self._predicted_tokens_of(meta["namespace"], instance)
             triton = SimulatedTriton(instance, predicted, lambda i=instance: self._per_pod_load(i),
-                                     lambda i=instance: i in self.metrics_outage)
+                                     lambda i=instance: i in self.metrics_outage,
+                                     served_model=served_model(pod))
+            openai = _port(pod, "openai") if triton.served_model else None
+            ports = [_port(pod, "metrics") or 8002, *([openai] if openai else [])]
             for _ in range(100):
                 ip = next(self._addresses)
                 try:
-                    await triton.start(host=ip, port=_metrics_port(pod))
+                    await triton.start(ip, *ports)
                     break
                 except OSError as error:
                     if error.errno != errno.EADDRINUSE:

@@ -21,8 +21,10 @@ What it does is what kedacore/http-add-on v0.15.0 does, as its source says:
   the same metric, after ``scaledownPeriod``) and are not simulated.
 
 It runs as a Pod behind the Service ``keda-add-ons-http-interceptor-proxy`` in namespace
-``keda`` of the emulator, so a client reaches it through the cluster network of
-:mod:`kiln.demo.network`, like any in-cluster client.
+``keda`` (which must exist), so a client reaches it through the cluster network of
+:mod:`kiln.demo.network`, like any in-cluster client. The Pod is bound to a node of its own,
+``INTERCEPTOR_NODE``, which no simulated kubelet runs: its status is this process's, and
+:meth:`SimulatedHttpAddOn.stop` deletes it and the Service.
 """
 
 from __future__ import annotations
@@ -38,15 +40,17 @@ import aiohttp
 import aiohttp.web
 
 from ..api import API_VERSION
-from ..controller.kube import KubeApi
+from ..controller.kube import ApiException, KubeApi
 from ..render.wake import (HTTP_SCALED_OBJECT_API, INTERCEPTOR_NAMESPACE, INTERCEPTOR_PORT,
                            INTERCEPTOR_SERVICE)
 from .network import ServiceNotReachable, resolve
 
-__all__ = ["SimulatedHttpAddOn", "Held"]
+__all__ = ["SimulatedHttpAddOn", "Held", "INTERCEPTOR_NODE"]
 
+INTERCEPTOR_NODE = "keda-add-ons-http"
 DEFAULT_CONDITION_WAIT_SECONDS = 1.5
 _POLL_SECONDS = 0.05
+_POD = "keda-add-ons-http-interceptor-0"
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Hop-by-hop headers a proxy does not forward (RFC 9110 7.6.1), and what aiohttp recomputes.
@@ -119,6 +123,16 @@ class SimulatedHttpAddOn:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        # Its own kubelet, it confirms the Pod's deletion at once (its ports cannot change, and
+        # the next add-on's will differ).
+        try:
+            await self.api.request("DELETE", f"/api/v1/namespaces/{INTERCEPTOR_NAMESPACE}/pods/{_POD}",
+                                   query=[("gracePeriodSeconds", "0")])
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        await self.api.delete({"apiVersion": "v1", "kind": "Service", "metadata": {
+            "name": INTERCEPTOR_SERVICE, "namespace": INTERCEPTOR_NAMESPACE}})
 
     async def _register(self) -> None:
         """The add-on's interceptor Service and one ready Pod behind it, in namespace keda."""
@@ -129,9 +143,9 @@ class SimulatedHttpAddOn:
             "spec": {"selector": labels, "ports": [
                 {"name": "http", "port": INTERCEPTOR_PORT, "targetPort": "http"}]}})
         pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "keda-add-ons-http-interceptor-0",
-                            "namespace": INTERCEPTOR_NAMESPACE, "labels": labels},
-               "spec": {"containers": [{"name": "interceptor", "image": "simulated",
+               "metadata": {"name": _POD, "namespace": INTERCEPTOR_NAMESPACE, "labels": labels},
+               "spec": {"nodeName": INTERCEPTOR_NODE,
+                        "containers": [{"name": "interceptor", "image": "simulated",
                                         "ports": [{"name": "http", "containerPort": self.port}]}]}}
         await self.api.apply(pod)
         await self.api.patch_status(pod, {"phase": "Running", "podIP": "127.0.0.1", "conditions": [

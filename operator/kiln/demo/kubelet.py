@@ -29,14 +29,14 @@ from ..render.meta import LABEL_COMPONENT, LABEL_ENGINE, LABEL_INSTANCE
 from .openai_sim import add_openai_routes
 from .replay import PodLoad, TraceReplay
 
-__all__ = ["SimulatedCluster", "GPU_NODES"]
+__all__ = ["SimulatedCluster", "GPU_NODES", "served_model"]
 
 GPU_NODES = [
     {"name": f"gpu-node-{i}", "product": "NVIDIA-H100-80GB-HBM3", "gpus": 8} for i in range(4)
 ]
 
 
-def _served_model(template: dict[str, Any]) -> str | None:
+def served_model(template: dict[str, Any]) -> str | None:
     """The served model name the pod's ``kiln-runtime serve`` would give the OpenAI frontend."""
     for container in template.get("spec", {}).get("containers", []):
         for env in container.get("env", []):
@@ -200,7 +200,7 @@ class SimulatedCluster:
                 predicted = self._predicted_tokens(namespace, instance)
                 triton = SimulatedTriton(instance, predicted, lambda i=instance: self._per_pod_load(i),
                                          lambda i=instance: i in self.metrics_outage,
-                                         served_model=_served_model(template),
+                                         served_model=served_model(template),
                                          clock=lambda: self.clock() if self.clock else time.monotonic())
                 await triton.start()
                 self._triton[key] = triton
@@ -296,9 +296,9 @@ class SimulatedTriton:
                   f'{histogram}_sum{{{series}}} {self.input_tokens:.0f}']
         return "\n".join(lines) + "\n"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *more_ports: int) -> None:
         """Serve on ``host:port`` (any free port by default; a real server's simulated Pods
-        each have their own loopback address and the Pod's metrics port)."""
+        each have their own loopback address and the Pod's ports: metrics, and OpenAI)."""
         async def metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
             if self.outage():
                 return aiohttp.web.Response(status=503, text="metrics unavailable (simulated outage)")
@@ -313,6 +313,8 @@ class SimulatedTriton:
         site = aiohttp.web.TCPSite(self._runner, host, port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        for other in more_ports:
+            await aiohttp.web.TCPSite(self._runner, host, other).start()
 
     async def stop(self) -> None:
         if self._runner is not None:

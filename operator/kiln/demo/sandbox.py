@@ -96,7 +96,9 @@ class Sandbox:
         gives each sandbox its own)."""
         return name
 
-    def add_namespace(self, name: str) -> None:
+    def add_namespace(self, name: str, *, shared: bool = False) -> None:
+        """Create namespace ``name``. ``shared``: one that keeps its name on a shared real server
+        too, because objects Kiln renders name it (the KEDA HTTP add-on's ``keda``)."""
         # kmock cannot route POST /api/v1/namespaces: seed the object directly.
         self.emulator.objects[resource("v1/namespaces"), None, name] = {
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
