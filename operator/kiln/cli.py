@@ -27,7 +27,7 @@ from .sim.compare import LEAD_IN_SECONDS
 from .sim.policies import POLICIES
 from .toolchain import TRTLLM_VERSION
 
-__all__ = ["EXIT_CODES", "main"]
+__all__ = ["EXIT_CODES", "main", "parser", "run_policy"]
 
 # Documented per command (epilog of --help and the CLI reference); 0 always means success.
 EXIT_UNKNOWN = 3
@@ -242,18 +242,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .controller.operator import run_against_kubeconfig
+def run_policy(args: argparse.Namespace) -> Any:
+    """The operator's Policy from ``kiln run``'s flags (the chart's Deployment sets them)."""
     from .controller.policy import Policy, base_url
 
     for url in args.allowed_prometheus_url or []:
         base_url(url, "--allowed-prometheus-url")  # a bad flag stops the operator at start
-    policy = Policy(public_models=frozenset(args.public_model or []),
-                    prometheus_urls=tuple(args.allowed_prometheus_url or []),
-                    multi_node_custom_images=args.multi_node_custom_images,
-                    delete_unreferenced_engine_files=args.delete_unreferenced_engine_files)
+    return Policy(public_models=frozenset(args.public_model or []),
+                  prometheus_urls=tuple(args.allowed_prometheus_url or []),
+                  multi_node_custom_images=args.multi_node_custom_images,
+                  delete_unreferenced_engine_files=args.delete_unreferenced_engine_files)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .controller.operator import run_against_kubeconfig
+
     asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port,
-                                       policy=policy))
+                                       policy=run_policy(args)))
     return 0
 
 
