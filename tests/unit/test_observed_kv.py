@@ -73,3 +73,22 @@ nv_llm_input_token_len_sum{model="tensorrt_llm",response_metric_type="total_inpu
 """
     assert parse_triton_metrics(page).input_tokens_total == 81920
     assert parse_triton_metrics(PAGE).input_tokens_total is None
+
+
+def test_finished_requests_and_generated_tokens_are_read_from_the_histograms():
+    # Both histograms are observed once per finished request (the backend's
+    # reportCustomMetrics): _count is requests finished, _sum their tokens.
+    page = PAGE + """# HELP nv_llm_input_token_len Input token length
+# TYPE nv_llm_input_token_len histogram
+nv_llm_input_token_len_bucket{model="tensorrt_llm",response_metric_type="total_input_tokens",version="1",le="+Inf"} 40
+nv_llm_input_token_len_count{model="tensorrt_llm",response_metric_type="total_input_tokens",version="1"} 40
+nv_llm_input_token_len_sum{model="tensorrt_llm",response_metric_type="total_input_tokens",version="1"} 81920
+# HELP nv_llm_output_token_len Output token length
+# TYPE nv_llm_output_token_len histogram
+nv_llm_output_token_len_bucket{model="tensorrt_llm",response_metric_type="total_output_tokens",version="1",le="+Inf"} 40
+nv_llm_output_token_len_count{model="tensorrt_llm",response_metric_type="total_output_tokens",version="1"} 40
+nv_llm_output_token_len_sum{model="tensorrt_llm",response_metric_type="total_output_tokens",version="1"} 6400
+"""
+    sample = parse_triton_metrics(page)
+    assert (sample.finished_total, sample.input_tokens_total, sample.output_tokens_total) == (40, 81920, 6400)
+    assert parse_triton_metrics(PAGE).finished_total is None

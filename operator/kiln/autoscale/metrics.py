@@ -26,10 +26,15 @@ into the gauges every ``stats_check_period_ms``; field meanings from
   therefore :attr:`KVSample.backlog`: ``waiting``, and while the batch slots are all taken,
   those slots' worth again (a full batch is a queue of unknown length, at least one batch
   deep by the time the scheduler reaches it).
-- ``nv_llm_input_token_len`` (histogram, ``response_metric_type="total_input_tokens"``):
-  observed once per request in ``reportCustomMetrics`` when its final response is sent, so
-  ``_sum`` counts the prompt tokens of *finished* requests and its rate trails the
-  arrivals by a request's lifetime.
+- ``nv_llm_input_token_len`` and ``nv_llm_output_token_len`` (histograms,
+  ``response_metric_type="total_input_tokens"`` / ``"total_output_tokens"``; families created
+  in ``custom_metrics_reporter/custom_metrics_reporter.cc``): each observed once per request,
+  when its last response is sent (``WaitForResponse`` calls
+  ``reportCustomMetrics(inputTokensSize, outputTokensSize, ...)`` once the request has no
+  response pending). So ``nv_llm_input_token_len_count`` counts *finished* requests, and the
+  two ``_sum`` series their prompt and generated tokens; their rates trail the arrivals by a
+  request's lifetime. These are what the law's demand from arrivals reads
+  (:func:`kiln.autoscale.law.arrival_demand`).
 
 Parsed with prometheus_client's text parser.
 """
@@ -40,11 +45,13 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["KVSample", "parse_triton_metrics", "KV_METRIC", "REQUEST_METRIC", "INPUT_TOKENS_METRIC"]
+__all__ = ["KVSample", "parse_triton_metrics", "KV_METRIC", "REQUEST_METRIC", "INPUT_TOKENS_METRIC",
+           "OUTPUT_TOKENS_METRIC"]
 
 KV_METRIC = "nv_trt_llm_kv_cache_block_metrics"
 REQUEST_METRIC = "nv_trt_llm_request_metrics"
 INPUT_TOKENS_METRIC = "nv_llm_input_token_len"
+OUTPUT_TOKENS_METRIC = "nv_llm_output_token_len"
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class KVSample:
     max_requests: int = 0  # the engine's batch slots (request_type="max")
     replica: str = ""  # the pod it came from, when known
     input_tokens_total: float | None = None  # nv_llm_input_token_len_sum: a counter
+    finished_total: float | None = None  # nv_llm_input_token_len_count: requests finished
+    output_tokens_total: float | None = None  # nv_llm_output_token_len_sum: a counter
 
     @property
     def backlog(self) -> int:
@@ -80,7 +89,8 @@ class KVSample:
 
     @classmethod
     def from_figures(cls, kv: dict[str, float], requests: dict[str, float],
-                     input_tokens: float | None = None, replica: str = "") -> KVSample | None:
+                     input_tokens: float | None = None, replica: str = "",
+                     finished: float | None = None, output_tokens: float | None = None) -> KVSample | None:
         """From the ``kv_cache_block_type`` and ``request_type`` figures of one replica; None
         without the block count and size."""
         if "max" not in kv or "tokens_per" not in kv:
@@ -90,7 +100,8 @@ class KVSample:
                    waiting_requests=int(requests.get("waiting", 0)),
                    active_requests=int(requests.get("active", 0)),
                    max_requests=int(requests.get("max", 0)), replica=replica,
-                   input_tokens_total=input_tokens)
+                   input_tokens_total=input_tokens, finished_total=finished,
+                   output_tokens_total=output_tokens)
 
 
 def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | None:
@@ -98,8 +109,10 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
     kv: dict[str, float] = {}
     requests: dict[str, float] = {}
     input_tokens: float | None = None
+    finished: float | None = None
+    output_tokens: float | None = None
     for family in text_string_to_metric_families(text):
-        if family.name not in (KV_METRIC, REQUEST_METRIC, INPUT_TOKENS_METRIC):
+        if family.name not in (KV_METRIC, REQUEST_METRIC, INPUT_TOKENS_METRIC, OUTPUT_TOKENS_METRIC):
             continue
         for sample in family.samples:
             if sample.labels.get("model", model) != model:
@@ -107,8 +120,13 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
             if family.name == INPUT_TOKENS_METRIC:
                 if sample.name == INPUT_TOKENS_METRIC + "_sum":
                     input_tokens = sample.value
+                elif sample.name == INPUT_TOKENS_METRIC + "_count":
+                    finished = sample.value
+            elif family.name == OUTPUT_TOKENS_METRIC:
+                if sample.name == OUTPUT_TOKENS_METRIC + "_sum":
+                    output_tokens = sample.value
             elif family.name == KV_METRIC:
                 kv[sample.labels.get("kv_cache_block_type", "")] = sample.value
             else:
                 requests[sample.labels.get("request_type", "")] = sample.value
-    return KVSample.from_figures(kv, requests, input_tokens)
+    return KVSample.from_figures(kv, requests, input_tokens, finished=finished, output_tokens=output_tokens)

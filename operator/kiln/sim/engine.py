@@ -58,6 +58,11 @@ class _Replica:
     prefilled: float = 0.0  # input tokens prefilled so far (a counter, as Triton exports it)
     scraped: float = 0.0    # ``prefilled`` at the last scrape
     scheduled: int = 0      # requests the last iteration ran
+    # Requests finished and their prompt and generated tokens (counters, as the backend's
+    # token-length histograms count them: once per request, when it finishes).
+    finished: int = 0
+    finished_input: int = 0
+    finished_output: int = 0
 
     @property
     def held(self) -> int:
@@ -121,6 +126,9 @@ class _Replica:
                     done = now + dt - max(0.0, item.generated - out) * (dt / max(iterations, 1e-9))
                     tpots.append(max(0.0, done - item.first_token_at) / (out - 1))
                 self.reserved -= item.request.input_tokens + out
+                self.finished += 1
+                self.finished_input += item.request.input_tokens
+                self.finished_output += out
             else:
                 still.append(item)
         self.running = still
@@ -298,4 +306,6 @@ def _scrape(replica: _Replica, now: float, perf: PerfModel, period: float) -> Sa
                     max_requests=perf.max_batch)
     return Sample(now, f"r{replica.ident}", page.utilization, waiting=page.backlog, active=active,
                   batch_fraction=active / perf.max_batch,
-                  prefill_load=(replica.prefilled - replica.scraped) / (period * perf.prefill_tokens_per_s))
+                  prefill_load=(replica.prefilled - replica.scraped) / (period * perf.prefill_tokens_per_s),
+                  finished=replica.finished, input_tokens=replica.finished_input,
+                  output_tokens=replica.finished_output)
