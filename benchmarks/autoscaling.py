@@ -125,7 +125,7 @@ def _run(requests: list[Request], fleet: Fleet, policy, source: str) -> Schedule
 
 
 def _kiln(requests: list[Request], fleet: Fleet, params: LawParams) -> SimResult:
-    return _run(requests, fleet, kiln_policy(params), "kiln").result
+    return _run(requests, fleet, kiln_policy(params, fleet.perf), "kiln").result
 
 
 def _stock(requests: list[Request], fleet: Fleet, params: LawParams) -> list[tuple[dict, Schedule]]:

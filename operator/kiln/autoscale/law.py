@@ -53,13 +53,13 @@ The operator, the simulator and the tests all call :func:`decide`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import AutoscalingSpec
 
-__all__ = ["Sample", "LawParams", "Decision", "Recommendations", "decide"]
+__all__ = ["Sample", "LawParams", "Decision", "Recommendations", "decide", "arrival_demand"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,13 @@ class Sample:
     prefill_load: float | None = None
     # Running requests over the engine's maximum batch (None: unknown).
     batch_fraction: float | None = None
+    # Counters since the pod started, from the token-length histograms the backend observes
+    # once per finished request (:mod:`kiln.autoscale.metrics`): requests finished
+    # (``nv_llm_input_token_len_count``), their prompt and generated tokens
+    # (``nv_llm_input_token_len_sum``, ``nv_llm_output_token_len_sum``). None: not exported.
+    finished: float | None = None
+    input_tokens: float | None = None
+    output_tokens: float | None = None
 
     def pressure(self, params: LawParams) -> float:
         """The replica's load as a multiple of its target: each resource against its own."""
@@ -104,6 +111,11 @@ class LawParams:
     headroom_memory: float = 3600.0
     headroom_quantile: float = 0.8
     backlog_lifetimes: float = 2.0
+    # Demand from arrivals: requests/s x replica-seconds per request (the planner's
+    # performance model, ``PerfModel.request_seconds``) over ``utilization_target``; None
+    # (no performance model) leaves the pressures alone.
+    request_seconds: Callable[[float, float], float] | None = field(default=None, compare=False, repr=False)
+    utilization_target: float = 0.8
 
     @classmethod
     def for_service(cls, scaling: AutoscalingSpec, **overrides: Any) -> LawParams:
@@ -170,6 +182,38 @@ def _busiest(samples: Iterable[Sample], params: LawParams) -> tuple[str, float, 
     return name, total / max(len(samples), 1), target
 
 
+def arrival_demand(samples: Sequence[Sample], params: LawParams) -> dict[float, float]:
+    """The fleet's demand at each scrape, in replicas, from what arrived since the scrape
+    before: each replica's requests finished plus the growth of those it runs (arrivals, by
+    conservation; a request is counted when it finishes, so finishing alone trails arrivals
+    by a lifetime), times the replica-seconds one request costs at full batch, at the mean
+    prompt and output lengths of the requests finished in ``samples``, over
+    ``utilization_target``. Empty without a cost model, counters, or a finished request."""
+    if params.request_seconds is None:
+        return {}
+    by_replica: dict[str, list[Sample]] = {}
+    for sample in samples:
+        if sample.finished is not None:
+            by_replica.setdefault(sample.replica, []).append(sample)
+    arrivals: dict[float, float] = {}
+    done = prompt = output = 0.0
+    for series in by_replica.values():
+        series.sort(key=lambda s: s.time)
+        for before, after in zip(series, series[1:]):
+            finished = (after.finished or 0.0) - (before.finished or 0.0)
+            if after.time <= before.time or finished < 0:  # a restarted pod's counters
+                continue
+            done += finished
+            prompt += (after.input_tokens or 0.0) - (before.input_tokens or 0.0)
+            output += (after.output_tokens or 0.0) - (before.output_tokens or 0.0)
+            rate = max(0.0, finished + after.active - before.active) / (after.time - before.time)
+            arrivals[after.time] = arrivals.get(after.time, 0.0) + rate
+    if done <= 0:
+        return {}
+    cost = params.request_seconds(prompt / done, output / done)
+    return {t: rate * cost / params.utilization_target for t, rate in arrivals.items()}
+
+
 def _clamp(value: int, params: LawParams) -> int:
     return max(params.min_replicas, min(params.max_replicas, value))
 
@@ -204,6 +248,10 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         totals[sample.time] = totals.get(sample.time, 0.0) + sample.pressure(params)
     demand = max(totals.values())  # in replicas at target
     kind, load, target = _busiest([latest[r] for r in reporting], params)
+    by_arrivals = arrival_demand(fresh, params)
+    if by_arrivals and max(by_arrivals.values()) > demand:
+        demand = max(by_arrivals.values())
+        kind, load, target = "arrivals", demand * params.utilization_target / ready, params.utilization_target
     # A backlog is requests that kept waiting: the least of the last two scrapes, so the
     # prompts that sit out an iteration or two behind a context chunk (chunked context does
     # that at any load) do not count.
@@ -212,9 +260,10 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         waits[sample.time] = waits.get(sample.time, 0) + sample.waiting
     waiting = min(waits[t] for t in sorted(waits)[-2:])
     queued = waiting > params.queue_per_replica * ready
-    if not queued and not starting:
+    if not queued and (by_arrivals or not starting):
         # Only demand the fleet keeps up with says how fast the load grows: while a backlog
-        # drains, or replicas start, the measured load is the catch-up, not new traffic.
+        # drains the measured load is the catch-up, not new traffic, and so are the
+        # pressures while replicas start; arrivals are traffic whatever the fleet does.
         recommendations.add_demand(now, demand, params.headroom_memory)
     # Spare replicas only while the service is live: no more than the demand it had within
     # the stabilisation window, so a service that went quiet comes down to its minimum.

@@ -8,7 +8,8 @@ restart never shortcuts the scale-down stabilisation window, and missing samples
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..api import AutoscalingMode, LLMServiceSpec
@@ -98,11 +99,14 @@ class BuiltinAutoscaler:
 
     async def evaluate(self, namespace: str, name: str, spec: LLMServiceSpec, current: int,
                        prefill_tokens_per_s: float | None = None,
-                       api: KubeApi | None = None) -> Decision | None:
+                       api: KubeApi | None = None,
+                       request_seconds: Callable[[float, float], float] | None = None) -> Decision | None:
         """A decision for a builtin-mode service whose workload runs ``current`` replicas.
         ``prefill_tokens_per_s``: one replica's prefill speed from the performance model
         (:func:`kiln.planner.perf.prefill_tokens_per_second`), for the prefill load. ``api``:
-        where to read the workload (the handler's watch-fed cache), instead of ``self.api``."""
+        where to read the workload (the handler's watch-fed cache), instead of ``self.api``.
+        ``request_seconds``: the performance model's cost of one request, for the demand from
+        arrivals (:func:`kiln.autoscale.law.arrival_demand`)."""
         if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
             return None
         workload = await (api or self.api).get(*workload_ref(spec, name), namespace)
@@ -116,7 +120,7 @@ class BuiltinAutoscaler:
             now = at
         else:
             return None
-        params = self.params(spec)
+        params = replace(self.params(spec), request_seconds=request_seconds)
         fleet = self._fleets.get((namespace, name))
         if fleet is None:
             fleet = self._fleets[(namespace, name)] = _Fleet()
@@ -126,7 +130,10 @@ class BuiltinAutoscaler:
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
                                         sample.backlog, sample.active_requests,
                                         prefill_load=fleet.prefill_load(now, sample, prefill_tokens_per_s),
-                                        batch_fraction=sample.batch_fraction))
+                                        batch_fraction=sample.batch_fraction,
+                                        finished=sample.finished_total,
+                                        input_tokens=sample.input_tokens_total,
+                                        output_tokens=sample.output_tokens_total))
         fleet.samples = [s for s in fleet.samples if s.time >= now - params.window_seconds]
         decision = decide(now, fleet.samples, current, ready, max(0, current - ready), params,
                           fleet.recommendations)

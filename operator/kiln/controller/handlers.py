@@ -18,7 +18,7 @@ from ..api.validation import parse_service_spec
 from ..autoscale import KVSample
 from ..errors import SpecInvalid
 from ..planner import lookup_gpu
-from ..planner.perf import prefill_tokens_per_second
+from ..planner.perf import PerfModel, prefill_tokens_per_second
 from ..render.meta import selector_string
 from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler, DecisionClock
 from .cache import CachedKubeApi, cache_indexes, register_caches
@@ -125,6 +125,22 @@ def _prefill_speed(spec: Any, status: dict[str, Any]) -> float | None:
     if not weight or gpu is None:
         return None
     return prefill_tokens_per_second(float(weight), Precision(spec.precision), gpu)
+
+
+def _request_seconds(spec: Any, status: dict[str, Any]) -> Any:
+    """Replica-seconds one request costs at full batch (``PerfModel.request_seconds``), from
+    the planned status as the simulator's replicas have it (no attention term: the model's
+    shape is not in the status); None before the plan is in the status."""
+    plan = status.get("plan") or {}
+    speed = _prefill_speed(spec, status)
+    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch)
+    if speed is None or gpu is None or not plan.get("kvCacheTokens") or not plan.get("kvBytesPerTokenPerGpu"):
+        return None
+    return PerfModel(kv_tokens=int(plan["kvCacheTokens"]), max_batch=spec.engine.max_batch_size,
+                     weight_bytes=float(plan["weightBytesPerGpu"]),
+                     kv_bytes_per_token=float(plan["kvBytesPerTokenPerGpu"]),
+                     bandwidth=gpu.bandwidth_tbs * 1e12, prefill_tokens_per_s=speed,
+                     max_num_tokens=spec.engine.max_num_tokens).request_seconds
 
 
 def _now() -> str:
@@ -322,7 +338,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         current = workload_replicas(spec, status)
         decision = await ctx.autoscaler.evaluate(body.metadata["namespace"], body.metadata["name"],
                                                  spec, current, _prefill_speed(spec, status),
-                                                 api=CachedKubeApi(ctx.api, kwargs))
+                                                 api=CachedKubeApi(ctx.api, kwargs),
+                                                 request_seconds=_request_seconds(spec, status))
         if decision is None:
             return
         if is_true(status.get("conditions", []), "Ready"):  # what the scrape showed, as observe does

@@ -95,7 +95,7 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
         keda_http_target = max(1.0, float(int(fleet.perf.max_batch * params.target)))
     for name in order:
         if name == "kiln":
-            results[name] = run(name, kiln_policy(params))
+            results[name] = run(name, kiln_policy(params, fleet.perf))
         elif name == "hpa":
             results[name] = run(name, hpa_policy(low, high))
         elif name == "hpa-tuned":

@@ -43,7 +43,7 @@ from dataclasses import replace
 
 from ..autoscale import LawParams, Recommendations, Sample, decide
 from ..autoscale.hpa import HPA
-from .engine import Fleet, FleetView, simulate
+from .engine import Fleet, FleetView, PerfModel, simulate
 from .traces import Request
 
 __all__ = ["kiln_policy", "hpa_policy", "kpa_policy", "keda_http_policy", "static_policy", "oracle_policy", "present_policy",
@@ -56,7 +56,11 @@ HPA_TUNED_TARGETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 Policy = Callable[[FleetView], int]
 
 
-def kiln_policy(params: LawParams) -> Policy:
+def kiln_policy(params: LawParams, perf: PerfModel | None = None) -> Policy:
+    """The operator's law; with ``perf``, its demand from arrivals costs each request as the
+    performance model does (:meth:`kiln.planner.perf.PerfModel.request_seconds`)."""
+    if perf is not None and params.request_seconds is None:
+        params = replace(params, request_seconds=perf.request_seconds)
     recommendations = Recommendations()
     history: list[Sample] = []
 
