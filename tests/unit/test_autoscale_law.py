@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -193,3 +194,98 @@ def test_a_queue_that_asks_for_more_replicas_leads_the_reason():
     assert decision.desired > 1
     assert decision.reason.startswith("473 requests waiting (batch load 7% against a 75% target)")
     assert decision.reason.endswith(f"scaling up 1 -> {decision.desired}")
+
+
+# Demand from arrivals: a request costs 0.02 replica-seconds at full batch (50 requests/s fill
+# a replica), a replica is sized at 80 % of that, and the scale-down band is 10 %.
+def _cost(prompt: float, output: float) -> float:
+    assert (prompt, output) == pytest.approx((1000, 200))  # the mean lengths of those finished
+    return 0.02
+
+
+ARRIVALS = LawParams(min_replicas=1, max_replicas=16, target=0.75, stabilization_seconds=300,
+                     tolerance=0.1, request_seconds=_cost, utilization_target=0.8)
+
+
+def _finishing(now, rates, span=60, period=15, start=0.0):
+    """Scrapes of replicas ``r0..`` that finish ``rates[i]`` requests/s (1000 prompt and 200
+    generated tokens each), counters since ``start``; a tiny KV and batch load."""
+    samples = []
+    for t in range(int(now - span), int(now) + 1, period):
+        for i, rate in enumerate(rates):
+            done = rate * (t - start)
+            samples.append(Sample(t, f"r{i}", 0.05, active=4, batch_fraction=0.02, finished=done,
+                                  input_tokens=1000 * done, output_tokens=200 * done))
+    return samples
+
+
+@pytest.mark.parametrize(("rates", "current", "desired"), [
+    # 90 requests/s x 0.02 s / 0.8 = 2.25 replicas: three hold it (2.25 / 3 = 75 % of them,
+    # inside the band), two would not.
+    ((30, 30, 30), 3, 3),
+    # 100 requests/s on two replicas: 2.5 replicas' worth, one more.
+    ((50, 50), 2, 3),
+    # 40 requests/s on four: 1.0 replica's worth; a scale-down keeps 1.0 / 0.9 -> 2, one
+    # replica per decision: 3.
+    ((10, 10, 10, 10), 4, 3),
+])
+def test_demand_is_arrivals_times_the_cost_of_a_request(rates, current, desired):
+    decision = decide(1000, _finishing(1000, rates), current, current, 0, ARRIVALS,
+                      Recommendations([(0.0, 1)]))
+    assert decision.desired == desired, decision.reason
+    assert decision.reason.startswith("arrivals load"), decision.reason
+
+
+def test_a_new_replicas_first_interval_is_not_a_dip():
+    # r2 became ready since the last scrape: its counters have no interval yet, so the scrape
+    # at 1000 is left out instead of counting two replicas' arrivals as the fleet's.
+    samples = _finishing(1000, (40, 40)) + [Sample(1000, "r2", 0.02, finished=50.0,
+                                                   input_tokens=5e4, output_tokens=1e4)]
+    from kiln.autoscale.law import arrival_demand
+    demand = arrival_demand(samples, ARRIVALS)
+    assert 1000 not in demand and demand[985] == pytest.approx(80 * 0.02 / 0.8)
+
+
+def test_a_ramp_teaches_headroom_for_the_next_cold_start():
+    """Arrivals rising 30 requests/s per minute: the demand rises 0.75 x 1.5 = 1.125
+    replicas within a 90 s cold start, and the law keeps that much above the demand."""
+    recs, current = Recommendations([(0.0, 2)]), 2
+    samples: list[Sample] = []
+    for now in range(0, 601, 15):
+        rate = 40 + 0.5 * now  # requests/s, all of the fleet
+        per = rate / current
+        for i in range(current):
+            done = 40 * now + 0.25 * now * now  # the integral of the rate
+            share = done / current
+            samples.append(Sample(now, f"r{i}", 0.05, finished=share, input_tokens=1000 * share,
+                                  output_tokens=200 * share, active=round(per)))
+        samples = [s for s in samples if s.time >= now - 60]
+        decision = decide(now, samples, current, current, 0, ARRIVALS, recs)
+    headroom = recs.headroom(ARRIVALS.headroom_horizon, ARRIVALS.headroom_quantile)
+    assert headroom == pytest.approx(0.5 * 90 * 0.02 / 0.8)
+    # At 600 s the last interval finished 336 requests/s, 8.4 replicas' worth, plus 1.1 of
+    # headroom: 10, of which at most max(4, current) more at once.
+    assert decision.desired == 6 and "+1.1 burst headroom" in decision.reason, decision.reason
+
+
+def test_a_backlog_is_drained_in_two_lifetimes():
+    # Two saturated replicas (200 running each) with 800 requests waiting over two scrapes:
+    # a replica turns over its 200 once per lifetime, so two lifetimes need 800 / 200 / 2 = 2
+    # more replicas: 4, above the 3 that the arrivals (2.5 replicas' worth) ask for.
+    samples = [replace(s, waiting=400, active=200) for s in _finishing(1000, (50, 50))]
+    decision = decide(1000, samples, 2, 2, 0, ARRIVALS, Recommendations([(0.0, 2)]))
+    assert decision.desired == 4 and decision.reason.startswith("800 requests waiting"), decision.reason
+
+
+def test_scale_down_waits_for_the_window_then_steps_one_replica():
+    recs = Recommendations([(0.0, 3)])
+    assert decide(0, _finishing(0, (30, 30, 30), start=-100), 3, 3, 0, ARRIVALS, recs).desired == 3
+    current, history = 3, []
+    for now in range(15, 500, 15):  # arrivals fall to 20 requests/s: 0.5 replicas' worth
+        decision = decide(now, _finishing(now, [20 / current] * current, start=-100), current, current,
+                          0, ARRIVALS, recs)
+        history.append((now, decision.desired))
+        current = decision.desired
+    first = next(t for t, n in history if n < 3)
+    # The want of 3 at 0 holds while it is in the 300 s window; then one replica a decision.
+    assert first == 315 and dict(history)[315] == 2 and dict(history)[330] == 1, history

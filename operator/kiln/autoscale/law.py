@@ -183,35 +183,43 @@ def _busiest(samples: Iterable[Sample], params: LawParams) -> tuple[str, float, 
 
 
 def arrival_demand(samples: Sequence[Sample], params: LawParams) -> dict[float, float]:
-    """The fleet's demand at each scrape, in replicas, from what arrived since the scrape
-    before: each replica's requests finished plus the growth of those it runs (arrivals, by
-    conservation; a request is counted when it finishes, so finishing alone trails arrivals
-    by a lifetime), times the replica-seconds one request costs at full batch, at the mean
-    prompt and output lengths of the requests finished in ``samples``, over
-    ``utilization_target``. Empty without a cost model, counters, or a finished request."""
+    """The fleet's demand at each scrape, in replicas: the requests its replicas finished
+    since their scrape before, per second, times the replica-seconds one request costs at
+    full batch (``params.request_seconds``, at the mean prompt and output lengths of the
+    requests finished in ``samples``), over ``utilization_target``. Requests are counted
+    when they finish, so this trails the arrivals by a request's lifetime (seconds, against a
+    cold start of minutes) and, unlike the requests running, does not move when the Service
+    shifts load to a new replica. A scrape counts only once every replica it read has a
+    scrape before it (a new replica's first interval is unknown). Empty without a cost
+    model, the counters, or a finished request."""
     if params.request_seconds is None:
         return {}
     by_replica: dict[str, list[Sample]] = {}
     for sample in samples:
-        if sample.finished is not None:
+        if None not in (sample.finished, sample.input_tokens, sample.output_tokens):
             by_replica.setdefault(sample.replica, []).append(sample)
-    arrivals: dict[float, float] = {}
+    finished: dict[float, float] = {}
+    read: dict[float, int] = {}
+    counted: dict[float, int] = {}
     done = prompt = output = 0.0
     for series in by_replica.values():
         series.sort(key=lambda s: s.time)
+        read[series[0].time] = read.get(series[0].time, 0) + 1
         for before, after in zip(series, series[1:]):
-            finished = (after.finished or 0.0) - (before.finished or 0.0)
-            if after.time <= before.time or finished < 0:  # a restarted pod's counters
+            read[after.time] = read.get(after.time, 0) + 1
+            count = (after.finished or 0.0) - (before.finished or 0.0)
+            if after.time <= before.time or count < 0:  # a restarted pod's counters
                 continue
-            done += finished
+            done += count
             prompt += (after.input_tokens or 0.0) - (before.input_tokens or 0.0)
             output += (after.output_tokens or 0.0) - (before.output_tokens or 0.0)
-            rate = max(0.0, finished + after.active - before.active) / (after.time - before.time)
-            arrivals[after.time] = arrivals.get(after.time, 0.0) + rate
+            finished[after.time] = finished.get(after.time, 0.0) + count / (after.time - before.time)
+            counted[after.time] = counted.get(after.time, 0) + 1
     if done <= 0:
         return {}
     cost = params.request_seconds(prompt / done, output / done)
-    return {t: rate * cost / params.utilization_target for t, rate in arrivals.items()}
+    return {t: rate * cost / params.utilization_target for t, rate in finished.items()
+            if counted[t] == read[t]}
 
 
 def _clamp(value: int, params: LawParams) -> int:
@@ -260,10 +268,15 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         waits[sample.time] = waits.get(sample.time, 0) + sample.waiting
     waiting = min(waits[t] for t in sorted(waits)[-2:])
     queued = waiting > params.queue_per_replica * ready
-    if not queued and (by_arrivals or not starting):
+    if params.request_seconds is not None:
+        # The growth of arrivals, never of the pressures: the two differ, and a switch
+        # between them is not the traffic growing. Not while a backlog drains: requests
+        # finish faster than they arrive then.
+        if by_arrivals and not queued and max(by_arrivals) == max(totals):
+            recommendations.add_demand(now, max(by_arrivals.values()), params.headroom_memory)
+    elif not queued and not starting:
         # Only demand the fleet keeps up with says how fast the load grows: while a backlog
-        # drains the measured load is the catch-up, not new traffic, and so are the
-        # pressures while replicas start; arrivals are traffic whatever the fleet does.
+        # drains, or replicas start, the measured load is the catch-up, not new traffic.
         recommendations.add_demand(now, demand, params.headroom_memory)
     # Spare replicas only while the service is live: no more than the demand it had within
     # the stabilisation window, so a service that went quiet comes down to its minimum.
