@@ -289,3 +289,17 @@ def test_scale_down_waits_for_the_window_then_steps_one_replica():
     first = next(t for t, n in history if n < 3)
     # The want of 3 at 0 holds while it is in the 300 s window; then one replica a decision.
     assert first == 315 and dict(history)[315] == 2 and dict(history)[330] == 1, history
+
+
+def test_the_learned_headroom_keeps_a_burst_through_a_lull_and_none_at_the_peak():
+    """Bursts from 1 to 3 replicas' worth every 5 minutes: in a lull (1.0) the law keeps the
+    2.0 a burst adds within a cold start; at the peak (3.0) it keeps nothing above it."""
+    def at(rate):
+        recs = Recommendations([(0.0, 4)])
+        recs.demand = [(float(t), 3.0 if (t // 300) % 2 else 1.0) for t in range(0, 3000, 15)]
+        return decide(3000, _finishing(3000, [rate] * 4), 4, 4, 0, ARRIVALS, recs)
+    lull, peak = at(10), at(30)  # 40 and 120 requests/s: 1.0 and 3.0 replicas' worth
+    assert lull.desired == 4 and "+2.0 burst headroom" in lull.reason, lull.reason
+    assert peak.desired == 4 and "headroom" not in peak.reason, peak.reason
+    fresh = decide(3000, _finishing(3000, [10] * 4), 4, 4, 0, ARRIVALS, Recommendations([(0.0, 4)]))
+    assert fresh.desired == 3  # no bursts on record: the lull's 1.0 keeps 2, one step at a time

@@ -1,38 +1,64 @@
-"""Kiln's autoscaling control law: replicas from KV-cache pressure, prefill load and backlog. Pure.
+"""Kiln's autoscaling control law: replicas from the arrival rate and the cost of a request,
+KV-cache pressure and backlog. Pure.
 
 An LLM replica runs out of KV-cache blocks, batch slots or prefill compute (and then queues
-requests) long before its CPU or request rate says anything. The law, evaluated every
-``period`` (15 s in the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
+requests) long before its CPU says anything. The law, evaluated every ``period`` (15 s in
+the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
 
-1. **Signal.** Each replica's *pressure*: the largest of what can run out, each resource
-   over its own target. Its KV block fraction over ``targetKVCacheUtilization`` (``target``);
-   its batch slots (``active`` / ``max``) over ``batch_target`` (0.75: a batch with free
-   slots still starts new requests at once); and its prefill load, input tokens per second
-   (the rate of ``nv_llm_input_token_len_sum``) over the replica's prefill speed
-   (:func:`kiln.planner.perf.prefill_tokens_per_second`), over ``prefill_target`` (a replica
-   busier than that on prompts makes new ones wait behind their chunks, which is what the
-   TTFT SLO measures; the value is chosen on the benchmark's training traces only). The
-   fleet's *demand*, in replicas, is the sum of the reporting replicas' pressures at each
-   scrape of the last ``window_seconds`` (60 s), and the highest of those, so that a burst
-   between quiet scrapes counts and the sawtooth of sequences finishing does not; a sum,
-   not ready × mean, so that scrapes of a smaller fleet are not applied to a larger one.
-2. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
+1. **Demand from arrivals.** The requests each replica finished since its previous scrape
+   (the rate of ``nv_llm_input_token_len_count``), summed over the fleet, times the
+   replica-seconds one request costs at full batch, from the planner's performance model
+   (:meth:`kiln.planner.perf.PerfModel.request_seconds`) at the mean prompt and output
+   lengths of the requests finished in the last ``window_seconds`` (60 s; the ``_sum`` of
+   the input and output token histograms over their ``_count``), over
+   ``utilization_target``: the demand in replicas. It is linear in the traffic: N requests/s
+   need N × cost / target replicas whatever the fleet runs now. An occupancy (KV or batch
+   fraction) is not: a lightly loaded replica's requests finish sooner, so the occupancy of
+   five replicas understates what three would carry, and a law on occupancy alone removed
+   replicas while the load rose. ``utilization_target`` (chosen on the benchmark's training
+   traces) is the share of a replica's throughput capacity it is sized at: a replica at its
+   capacity has every batch slot taken, and new requests wait for one, which is what the TTFT
+   SLO measures. Finished requests trail arrivals by a request's lifetime (seconds, against a
+   cold start of minutes) and, unlike the requests running, do not move when the Service
+   shifts load to a new replica; a scrape counts once every replica it read has an interval
+   (:func:`arrival_demand`). The busiest scrape of the window counts, so that a burst between
+   quiet scrapes is not averaged away.
+2. **Pressures as a floor.** Each replica's *pressure* is the largest of what can run out,
+   each over its own target: KV block fraction over ``targetKVCacheUtilization``
+   (``target``); batch slots (``active`` / ``max``) over ``batch_target`` (0.75: a batch with
+   free slots still starts new requests at once); prefill load (input tokens per second over
+   the replica's prefill speed) over ``prefill_target`` (chosen on the training traces). The
+   demand is never below the sum of the pressures at a scrape: they see what mean lengths
+   miss (a heavy tail of long prompts filling the KV cache), and they are the demand where
+   there is no performance model or the token counters are not exported. A sum, not ready ×
+   mean, so that scrapes of a smaller fleet are not applied to a larger one.
+3. **Missing or stale metrics never scale down.** If fewer than half the ready replicas
    reported within ``stale_seconds`` (45 s), the law holds the current count and says so.
-3. **Burst headroom, learned online.** ``need = demand + headroom``: the headroom, in replicas,
-   is how much the service's own demand rose within one ``headroom_horizon`` (a cold start,
-   90 s: what a burst adds before a new replica serves) over the last ``headroom_memory``
-   (1 h), at its ``headroom_quantile`` (chosen on the benchmark's training traces). A bursty
-   service keeps a burst's worth of spare replicas, even through a lull; a smooth one runs at
-   its targets. Additive, not a factor: a lull's demand times any factor is still nothing.
-   It never exceeds the highest demand of the stabilisation window, so a service that went
-   quiet for longer than that comes down to its minimum. Demand recorded while a backlog drains or
-   replicas start is left out: that is the fleet catching up, not traffic growing.
-4. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
-   resource over its target is already making requests wait); a scale-down keeps
-   ``ceil(need / (1 - tolerance))`` replicas (0.25), so that the fleet left is not at its
-   target: queueing grows faster than linearly as a replica fills, because its decode steps
-   slow as its batch grows.
-5. **Backlog, drained in bounded time.** The backlog is :attr:`KVSample.backlog` (requests in
+4. **Burst headroom, learned online.** ``need = demand + headroom``. A replica asked for now
+   serves one cold start later (``headroom_horizon``, 90 s), so the spare capacity that
+   matters is what the demand can add within a cold start. The headroom is the larger of:
+
+   - the *learned* rise: how much this service's demand from arrivals rose within one
+     ``headroom_horizon`` over the last ``headroom_memory`` (1 h), at ``headroom_quantile``
+     (chosen on the training traces from 0.95 and 0.99: the rises of all but the steepest
+     few percent of moments, as the SLO forgives a percent of requests), but never above the
+     highest demand of that hour: a bursty service keeps a burst's worth of spare replicas
+     through its lulls and none at its peak, a smooth one keeps what its noise adds;
+   - the *current trend*: the least-squares slope of the demand over the window's scrapes
+     times ``headroom_horizon``, so that a ramp meets, from its first scrapes, what it will
+     add before a replica asked for now serves.
+
+   Additive, not a factor: a lull's demand times any factor is still nothing. The headroom
+   never exceeds the highest demand of the stabilisation window, so a service that went
+   quiet for longer than that comes down to its minimum. Only the demand from arrivals is
+   recorded, and not while a backlog drains (requests then finish faster than they arrive);
+   without a performance model, the pressures are, except while replicas start.
+5. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
+   replica past its target is already making requests wait); a scale-down keeps
+   ``ceil(need / (1 - tolerance))`` replicas (0.1, the HPA's tolerance): the demand is
+   linear in the traffic and already at a target below capacity, so the band only keeps
+   counting noise from removing a replica the next scrape asks back.
+6. **Backlog, drained in bounded time.** The backlog is :attr:`KVSample.backlog` (requests in
    the batch the last iteration left out, plus a batch's worth while every slot is taken),
    the least of the last two scrapes, so prompts that sit out an iteration behind a context
    chunk do not count. Above ``queue_per_replica`` (2) per replica it asks for
@@ -40,12 +66,12 @@ requests) long before its CPU or request rate says anything. The law, evaluated 
    turns over what it runs once per request lifetime, so this drains the backlog in
    ``backlog_lifetimes`` (2) lifetimes instead of treating it as steady demand. While
    replicas start, the backlog asks for no more than is already coming.
-6. **Fast scale-up, counting capacity on the way.** Replicas still starting count as
-   capacity; at most ``max(up_step_min, current)`` replicas are added per decision.
-7. **Slow, stabilised scale-down.** A scale-down takes the highest ``want`` seen within
+7. **Fast scale-up, counting capacity on the way.** Replicas still starting count as
+   capacity; at most ``max(up_step_min, current)`` (4) replicas are added per decision.
+8. **Slow, stabilised scale-down.** A scale-down takes the highest ``want`` seen within
    ``stabilization_seconds`` (``scaleDownStabilizationSeconds``, default 300 s, the HPA's)
    and removes at most ``down_step`` (1) replica per decision.
-8. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
+9. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
 
 The operator, the simulator and the tests all call :func:`decide`.
 """
@@ -96,7 +122,7 @@ class LawParams:
     max_replicas: int = 1
     target: float = 0.75
     stabilization_seconds: float = 300.0
-    tolerance: float = 0.25
+    tolerance: float = 0.1
     window_seconds: float = 60.0
     stale_seconds: float = 45.0
     queue_per_replica: float = 2.0
@@ -109,13 +135,13 @@ class LawParams:
     # new replicas serve), taken at its ``headroom_quantile``.
     headroom_horizon: float = 90.0
     headroom_memory: float = 3600.0
-    headroom_quantile: float = 0.8
+    headroom_quantile: float = 0.99  # chosen on the benchmark's training traces
     backlog_lifetimes: float = 2.0
     # Demand from arrivals: requests/s x replica-seconds per request (the planner's
     # performance model, ``PerfModel.request_seconds``) over ``utilization_target``; None
     # (no performance model) leaves the pressures alone.
     request_seconds: Callable[[float, float], float] | None = field(default=None, compare=False, repr=False)
-    utilization_target: float = 0.8
+    utilization_target: float = 0.9  # chosen on the benchmark's training traces
 
     @classmethod
     def for_service(cls, scaling: AutoscalingSpec, **overrides: Any) -> LawParams:
@@ -222,6 +248,18 @@ def arrival_demand(samples: Sequence[Sample], params: LawParams) -> dict[float, 
             if counted[t] == read[t]}
 
 
+def _trend(demand: dict[float, float]) -> float:
+    """The least-squares slope of the demand over its scrapes, in replicas per second, or 0
+    when it falls or there are fewer than three scrapes."""
+    if len(demand) < 3:
+        return 0.0
+    times = sorted(demand)
+    mean_t = sum(times) / len(times)
+    mean_d = sum(demand.values()) / len(times)
+    spread = sum((t - mean_t) ** 2 for t in times)
+    return max(0.0, sum((t - mean_t) * (demand[t] - mean_d) for t in times) / spread)
+
+
 def _clamp(value: int, params: LawParams) -> int:
     return max(params.min_replicas, min(params.max_replicas, value))
 
@@ -282,8 +320,12 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     # the stabilisation window, so a service that went quiet comes down to its minimum.
     recent = max((d for t, d in recommendations.demand if t >= now - params.stabilization_seconds),
                  default=demand)
-    headroom = min(recommendations.headroom(params.headroom_horizon, params.headroom_quantile),
-                   max(recent, demand))
+    # The learned rise, up to the highest demand of the memory: none for a rise the service
+    # has never made; and the current trend, for a ramp that has only begun.
+    peak = max((d for _, d in recommendations.demand), default=demand)
+    learned = min(recommendations.headroom(params.headroom_horizon, params.headroom_quantile),
+                  max(0.0, peak - demand))
+    headroom = min(max(learned, _trend(by_arrivals) * params.headroom_horizon), max(recent, demand))
     need = demand + headroom
     want = math.ceil(need - 1e-9)
     spare = f" (+{headroom:.1f} burst headroom)" if headroom >= 0.05 else ""
