@@ -135,7 +135,7 @@ class LawParams:
     # new replicas serve), taken at its ``headroom_quantile``.
     headroom_horizon: float = 90.0
     headroom_memory: float = 3600.0
-    headroom_quantile: float = 0.99  # chosen on the benchmark's training traces
+    headroom_quantile: float = 0.95  # chosen on the benchmark's training traces
     backlog_lifetimes: float = 2.0
     # Demand from arrivals: requests/s x replica-seconds per request (the planner's
     # performance model, ``PerfModel.request_seconds``) over ``utilization_target``; None
