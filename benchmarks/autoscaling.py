@@ -9,8 +9,8 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
 
 1. **Training** (``--train``): the law's free parameters (:data:`CANDIDATES`) are chosen on
    generated traces with :data:`traffic.TRAIN_SEEDS` only: the cheapest of the candidates
-   that meet the SLO on the most training traces (a trace no candidate meets it on, prompts
-   whose context alone outlasts the SLO, decides nothing). The choice and every
+   that meet the SLO on the most training traces (so a trace no candidate meets it on
+   decides nothing). The choice and every
    candidate's figures are written to ``benchmarks/autoscaling-training.json``, which runs
    without ``--train`` read; ``LawParams``' defaults are that choice.
 2. **Test**: every family at :data:`traffic.TEST_SEEDS` plus the public traces (none was
