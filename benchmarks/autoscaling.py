@@ -151,7 +151,7 @@ def _test_trace(args: tuple[str, list[Request], Fleet, LawParams]) -> dict:
     fleet = _fitted(fleet, requests)
     low, high = params.min_replicas, params.max_replicas
     print(f"{label}: {len(requests)} requests", file=sys.stderr, flush=True)
-    kiln = _run(requests, fleet, kiln_policy(params), "kiln")
+    kiln = _run(requests, fleet, kiln_policy(params, fleet.perf), "kiln")
     n, static = static_min(requests, fleet, SLO_TTFT_S, SLO_GOAL, low, high)
     stock = _stock(requests, fleet, params)
     points = [{**config, **run.result.wire()} for config, run in stock]
@@ -189,7 +189,7 @@ def _cold_start(args: tuple[str, list[Request], Fleet, LawParams, float]) -> dic
     label, requests, fleet, params, cold = args
     fleet = replace(_fitted(fleet, requests), cold_start=cold)
     n, _ = static_min(requests, fleet, SLO_TTFT_S, SLO_GOAL, params.min_replicas, params.max_replicas)
-    kiln = _run(requests, fleet, kiln_policy(replace(params, headroom_horizon=cold)), "kiln")
+    kiln = _run(requests, fleet, kiln_policy(replace(params, headroom_horizon=cold), fleet.perf), "kiln")
     _, clair = _clairvoyant(requests, fleet, params, [kiln], n, f"{label} cold {cold:.0f}s")
     row = {"trace": label, "coldStartSeconds": cold, "kilnSloAttainment": round(kiln.result.slo_attainment, 4),
            "kilnGpuHours": round(kiln.result.gpu_hours, 3), "clairvoyantGpuHours": round(clair.gpu_hours, 3),

@@ -136,11 +136,12 @@ def _request_seconds(spec: Any, status: dict[str, Any]) -> Any:
     gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch)
     if speed is None or gpu is None or not plan.get("kvCacheTokens") or not plan.get("kvBytesPerTokenPerGpu"):
         return None
-    return PerfModel(kv_tokens=int(plan["kvCacheTokens"]), max_batch=spec.engine.max_batch_size,
+    cost = PerfModel(kv_tokens=int(plan["kvCacheTokens"]), max_batch=spec.engine.max_batch_size,
                      weight_bytes=float(plan["weightBytesPerGpu"]),
                      kv_bytes_per_token=float(plan["kvBytesPerTokenPerGpu"]),
                      bandwidth=gpu.bandwidth_tbs * 1e12, prefill_tokens_per_s=speed,
                      max_num_tokens=spec.engine.max_num_tokens).request_seconds
+    return lambda prompt, output: cost(round(prompt), round(output))
 
 
 def _now() -> str:

@@ -60,7 +60,8 @@ def kiln_policy(params: LawParams, perf: PerfModel | None = None) -> Policy:
     """The operator's law; with ``perf``, its demand from arrivals costs each request as the
     performance model does (:meth:`kiln.planner.perf.PerfModel.request_seconds`)."""
     if perf is not None and params.request_seconds is None:
-        params = replace(params, request_seconds=perf.request_seconds)
+        cost = perf.request_seconds
+        params = replace(params, request_seconds=lambda prompt, output: cost(round(prompt), round(output)))
     recommendations = Recommendations()
     history: list[Sample] = []
 
