@@ -294,6 +294,9 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         totals[sample.time] = totals.get(sample.time, 0.0) + sample.pressure(params)
     demand = max(totals.values())  # in replicas at target
     kind, load, target = _busiest([latest[r] for r in reporting], params)
+    # The demand from arrivals, where the performance model and the token counters give one;
+    # the pressures stay its floor. Its load is the arrivals' share of the ready replicas'
+    # capacity.
     by_arrivals = arrival_demand(fresh, params)
     if by_arrivals and max(by_arrivals.values()) > demand:
         demand = max(by_arrivals.values())
@@ -329,10 +332,10 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     need = demand + headroom
     want = math.ceil(need - 1e-9)
     spare = f" (+{headroom:.1f} burst headroom)" if headroom >= 0.05 else ""
-    # One-sided band: any need beyond the ready replicas scales up (a batch over its target
-    # is already queueing); a scale-down keeps enough replicas that the need stays below
-    # (1 - tolerance) of them: queueing grows faster than linearly as a replica fills (its
-    # decode steps slow as its batch grows), so the fleet left must not land at its target.
+    # One-sided band: any need beyond the ready replicas scales up (a replica past its
+    # target is already making requests wait); a scale-down keeps enough replicas that the
+    # need stays below (1 - tolerance) of them, so that counting noise does not remove a
+    # replica the next scrape asks back.
     why = f"{kind} load {load:.0%} against a {target:.0%} target{spare}"
     if math.ceil(demand - 1e-9) <= current < want:
         # The headroom, not the load, asks for more: it leads the reason.
