@@ -39,3 +39,32 @@ async def test_prefill_load_is_the_input_token_rate_over_the_prefill_speed():
     now[0], metrics.counter = 130.0, 0.0  # the pod restarted: no rate from a reset counter
     await scaler.evaluate("llm", "svc", SPEC, 2, prefill_tokens_per_s=10_000)
     assert scaler._fleets["llm", "svc"].samples[-1].prefill_load is None
+
+
+class _Finishing:
+    """One pod that finishes 40 requests/s of 1,000 prompt and 200 generated tokens."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    async def kv_samples(self, namespace, selector):
+        done = 40 * self.clock()
+        return [KVSample(1000, 100, 32, max_requests=64, replica="pod-0", input_tokens_total=1000 * done,
+                         finished_total=done, output_tokens_total=200 * done)]
+
+
+async def test_the_demand_from_arrivals_uses_the_finished_requests_and_the_request_cost():
+    now = [100.0]
+    costs = []
+
+    def cost(prompt, output):
+        costs.append((prompt, output))
+        return 0.05  # 20 requests/s fill a replica
+
+    scaler = BuiltinAutoscaler(_Api(), _Finishing(lambda: now[0]), clock=lambda: now[0])
+    await scaler.evaluate("llm", "svc", SPEC, 1, request_seconds=cost)
+    now[0] = 115.0
+    decision = await scaler.evaluate("llm", "svc", SPEC, 1, request_seconds=cost)
+    # 40 requests/s x 0.05 s over the 0.9 utilisation target: 2.2 replicas, so 3.
+    assert costs == [(1000, 200)]
+    assert decision.desired == 3 and decision.reason.startswith("arrivals load"), decision.reason
