@@ -68,3 +68,19 @@ async def test_the_demand_from_arrivals_uses_the_finished_requests_and_the_reque
     # 40 requests/s x 0.05 s over the 0.9 utilisation target: 2.2 replicas, so 3.
     assert costs == [(1000, 200)]
     assert decision.desired == 3 and decision.reason.startswith("arrivals load"), decision.reason
+
+
+def test_the_operator_costs_a_request_from_the_planned_status_as_the_simulator_does():
+    from kiln.controller.handlers import _request_seconds
+    from kiln.planner import lookup_gpu
+    from kiln.planner.perf import PerfModel
+
+    spec = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                               "precision": "fp8", "gpu": {"type": "H100-80GB", "perNode": 8},
+                               "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4}})
+    perf = PerfModel.for_catalog_model(spec, lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b))
+    status = {"plan": {"weightBytesPerGpu": perf.weight_bytes, "kvCacheTokens": perf.kv_tokens,
+                       "kvBytesPerTokenPerGpu": perf.kv_bytes_per_token}}
+    # The status has no model shape, so no attention term: within 2 % on Azure conv's means.
+    assert abs(_request_seconds(spec, status)(1155, 211) / perf.request_seconds(1155, 211) - 1) < 0.02
+    assert _request_seconds(spec, {}) is None  # before the plan
