@@ -22,7 +22,8 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    cold start of minutes) and, unlike the requests running, do not move when the Service
    shifts load to a new replica; a scrape counts once every replica it read has an interval
    (:func:`arrival_demand`). The busiest scrape of the window counts, so that a burst between
-   quiet scrapes is not averaged away.
+   quiet scrapes is not averaged away. While a backlog drains, requests finish faster than
+   they arrive and this reads high (the catch-up counts as traffic) until it is gone.
 2. **Pressures as a floor.** Each replica's *pressure* is the largest of what can run out,
    each over its own target: KV block fraction over ``targetKVCacheUtilization``
    (``target``); batch slots (``active`` / ``max``) over ``batch_target`` (0.75: a batch with
