@@ -40,6 +40,8 @@ from typing import Any
 import helm_python as helm
 import pytest
 import yaml
+from kubernetes.aio import client as aio_client
+from kubernetes.aio import config as aio_config
 
 from kiln.cli import parser, run_policy
 from kiln.controller.handlers import OperatorContext
@@ -47,6 +49,7 @@ from kiln.controller.kube import KubeApi
 from kiln.controller.models import ModelResolver
 from kiln.controller.operator import run_operator
 from kiln.demo.apikubelet import ApiKubelet
+from kiln.demo.watch import ListWatch
 from kiln.demo.kubelet import GPU_NODES
 
 from ..conftest import EXAMPLES, ROOT
@@ -140,9 +143,11 @@ def simulated_kubelet(chart: list[dict[str, Any]]):
     stop = asyncio.Event()
 
     async def main() -> None:
-        api = await KubeApi.from_kubeconfig()
+        configuration = aio_client.Configuration()
+        await aio_config.load_kube_config(client_configuration=configuration)
+        api = KubeApi(aio_client.ApiClient(configuration))
         try:
-            kubelet = ApiKubelet(api)
+            kubelet = ApiKubelet(api, ListWatch.from_configuration(configuration))
             await kubelet.register_nodes()
             started.set()
             await kubelet.run(stop)

@@ -31,6 +31,7 @@ from kiln.controller.kube import KINDS, KubeApi
 from kiln.controller.models import ModelResolver
 from kiln.demo.apikubelet import ApiKubelet
 from kiln.demo.sandbox import Sandbox
+from kiln.demo.watch import ListWatch
 
 __all__ = ["ControlPlane", "RealSandbox", "PLURALS"]
 
@@ -169,7 +170,8 @@ class RealSandbox(Sandbox):
 
     async def __aenter__(self) -> RealSandbox:
         self.api = self.plane.api()
-        self.cluster = ApiKubelet(self.api, build_seconds=self._build_seconds,
+        watch = ListWatch(self.plane.server, self.plane.admin_token, self.plane.ca_file)
+        self.cluster = ApiKubelet(self.api, watch, build_seconds=self._build_seconds,
                                   start_seconds=self._start_seconds, fail_builds=self._fail_builds,
                                   on_event=self._on_event)
         await self.cluster.register_nodes()

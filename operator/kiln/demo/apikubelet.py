@@ -12,10 +12,17 @@ bound to nodes other than its own. The real controllers then complete the Job an
 roll the Deployment out. Deleting Pods is confirmed as a kubelet does once the containers stop
 (a zero-grace delete). With no LeaderWorkerSet controller in the control plane, the group's
 leader Pods and the LeaderWorkerSet's status are written here (see tests/controlplane/README.md).
+
+Like a kubelet and kwok, it learns of Pods from a watch (:mod:`kiln.demo.watch`), not by
+listing them: a list of every Pod per tick grows with the cluster and, at a thousand services,
+cost the API server and this process more than everything else the benchmark measures. Each
+watch event queues its object; a few workers (:data:`WORKERS`) make the calls, one object at a
+time each, so a burst of new Pods queues here rather than in the API server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import errno
 import itertools
@@ -24,12 +31,23 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
+
 from ..controller.kube import ApiException, KubeApi
 from .kubelet import GPU_NODES, SimulatedCluster, SimulatedTriton, served_model
+from .watch import LISTED, ListWatch
 
-__all__ = ["ApiKubelet"]
+__all__ = ["ApiKubelet", "WORKERS"]
+
+# Calls to the API server in flight at once, as a kubelet's client is rate-limited; enough to
+# keep up with the Job and ReplicaSet controllers' Pod creations.
+WORKERS = 8
 
 _JOB_LABEL = "batch.kubernetes.io/job-name"
+_LWS = ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
+_LWS_LABEL = "leaderworkerset.sigs.k8s.io/name"
+# A queued object: ("pod", uid) or ("group", (namespace, name)).
+_Key = tuple[str, Any]
 
 
 def _now() -> str:
@@ -48,11 +66,25 @@ def _port(pod: dict[str, Any], name: str) -> int | None:
 class ApiKubelet(SimulatedCluster):
     """Scheduler and kubelet for the simulated GPU nodes, through the API only."""
 
-    def __init__(self, api: KubeApi, build_seconds: float = 1.0, start_seconds: float = 0.5,
+    def __init__(self, api: KubeApi, watch: ListWatch, build_seconds: float = 1.0,
+                 start_seconds: float = 0.5,
                  fail_builds: Callable[[dict[str, Any]], bool] | None = None,
                  on_event: Callable[[str], None] | None = None) -> None:
         super().__init__(None, api, build_seconds=build_seconds, start_seconds=start_seconds,
                          fail_builds=fail_builds, on_event=on_event)
+        self._watch = watch
+        self._cache: dict[str, dict[str, Any]] = {}  # pod uid -> the Pod as last watched
+        self._names: dict[tuple[str, str], str] = {}  # (namespace, name) -> pod uid
+        self._groups: dict[tuple[str, str], dict[str, Any]] = {}  # LeaderWorkerSets
+        self._started: dict[str, float] = {}  # pod uid -> when it was bound
+        # Pods whose final status (Succeeded, Failed, Ready) or deletion this kubelet wrote: a
+        # worker may see the Pod again before the watch brings that write back.
+        self._reported: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._queue: asyncio.Queue[_Key] = asyncio.Queue()
+        self._queued: set[_Key] = set()
+        self._busy: set[_Key] = set()  # being handled by a worker
+        self._again: set[_Key] = set()  # changed while being handled: queued once it is done
         self._node_names = {n["name"] for n in GPU_NODES}
         self._nodes = itertools.cycle(sorted(self._node_names))
         # Loopback addresses for the Pods (127.0.0.0/8 is all loopback on Linux), from a random
@@ -82,59 +114,158 @@ class ApiKubelet(SimulatedCluster):
                                 "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}]}},
                 content_type="application/merge-patch+json")
 
-    async def step(self, now: float | None = None) -> None:
+    async def run(self, stop: asyncio.Event, period: float = 0.1) -> None:
+        """Watch Pods and LeaderWorkerSets and move each forward as its events arrive, with
+        :data:`WORKERS` calls to the API server at most in flight, until ``stop``."""
+        tasks = [asyncio.create_task(self._follow("/api/v1/pods", self._on_pod)),
+                 *[asyncio.create_task(self._work()) for _ in range(WORKERS)]]
+        if await self.api.serves(*_LWS):
+            tasks.append(asyncio.create_task(self._follow(
+                "/apis/leaderworkerset.x-k8s.io/v1/leaderworkersets", self._on_group)))
         try:
-            async with self._stepping:
-                await self._step(self.now() if now is None else now)
-        except ApiException as error:
-            # As a kubelet does: a refused or throttled call (a 429 while a new CRD's storage
-            # initialises, a 409 on a stale write) is tried again at the next tick.
-            self.on_event(f"kubelet: {error.status} from the API server; retrying")
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._watch.close()
+            await self.close()
 
     async def _step(self, now: float) -> None:
-        await self._lead_worker_sets(now)
-        jobs = {(j["metadata"]["namespace"], j["metadata"]["name"]): j
-                for j in await self.api.list("batch/v1", "Job")}
-        pods = await self.api.list("v1", "Pod")
-        for pod in pods:
-            await self._advance(pod, jobs, now)
-        live = {p["metadata"]["uid"] for p in pods}
-        for uid in [uid for uid in self._uids if uid not in live]:
-            await self._forget(uid)
+        """Everything known moved forward once, in this task (no watch, no workers)."""
+        for key in [("pod", uid) for uid in self._cache] + [("group", g) for g in self._groups]:
+            await self._handle(key, now)
 
-    async def _advance(self, pod: dict[str, Any], jobs: dict[tuple[str, str], dict[str, Any]],
-                       now: float) -> None:
+    # --- the watches ----------------------------------------------------------------------
+
+    async def _follow(self, path: str, on_event: Callable[[str, Any], None]) -> None:
+        async for kind, obj in self._watch.events(path):
+            on_event(kind, obj)
+
+    def _on_pod(self, kind: str, obj: Any) -> None:
+        if kind == LISTED:
+            live = {pod["metadata"]["uid"] for pod in obj}
+            for uid in [uid for uid in self._cache if uid not in live]:
+                self._on_pod("DELETED", self._cache[uid])
+            for pod in obj:
+                self._on_pod("ADDED", pod)
+            return
+        meta = obj["metadata"]
+        uid, where = meta["uid"], (meta["namespace"], meta["name"])
+        if kind == "DELETED":  # the worker finds it gone and stops its simulated Triton
+            self._cache.pop(uid, None)
+            if self._names.get(where) == uid:
+                del self._names[where]
+        else:
+            self._cache[uid] = obj
+            self._names[where] = uid
+        self._enqueue(("pod", uid))
+        group = (meta.get("labels") or {}).get(_LWS_LABEL)
+        if group is not None:
+            self._enqueue(("group", (meta["namespace"], group)))
+
+    def _on_group(self, kind: str, obj: Any) -> None:
+        if kind == LISTED:
+            self._groups = {(g["metadata"]["namespace"], g["metadata"]["name"]): g for g in obj}
+            for key in self._groups:
+                self._enqueue(("group", key))
+            return
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if kind == "DELETED":
+            self._groups.pop(key, None)
+        else:
+            self._groups[key] = obj
+            self._enqueue(("group", key))
+
+    # --- the work queue: each object handled by one worker at a time ------------------------
+
+    def _enqueue(self, key: _Key) -> None:
+        if key in self._busy:
+            self._again.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def _later(self, delay: float, key: _Key) -> None:
+        asyncio.get_running_loop().call_later(delay, self._enqueue, key)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._busy.add(key)
+            try:
+                await self._handle(key, self.now())
+            except (ApiException, aiohttp.ClientError) as error:
+                # As a kubelet does: a refused or throttled call (a 429 while a new CRD's
+                # storage initialises, a 409 on a stale write) is tried again shortly.
+                self.on_event(f"kubelet: {getattr(error, 'status', error)} from the API server; retrying")
+                self._later(1.0, key)
+            finally:
+                self._busy.discard(key)
+                if key in self._again:
+                    self._again.discard(key)
+                    self._enqueue(key)
+
+    async def _handle(self, key: _Key, now: float) -> None:
+        if key[0] == "group":
+            group = self._groups.get(key[1])
+            if group is not None:
+                await self._lead_worker_set(group)
+            return
+        uid = key[1]
+        pod = self._cache.get(uid)
+        if pod is None:
+            await self._gone(uid)
+            return
+        due = await self._advance(pod, now)
+        if due is not None:
+            self._later(due - now, key)
+
+    # --- what a scheduler and a kubelet do to one Pod -------------------------------------------
+
+    async def _advance(self, pod: dict[str, Any], now: float) -> float | None:
+        """Move the Pod one step forward; the time it is next due, if it waits for one."""
         meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+        uid = meta["uid"]
         where = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
         if meta.get("deletionTimestamp"):
             # The containers are stopped: confirm the deletion, as the kubelet does.
-            await self._forget(meta["uid"])
-            if not meta.get("finalizers"):
+            await self._forget(uid)
+            if not meta.get("finalizers") and uid not in self._confirmed:
                 try:
                     await self.api.request("DELETE", where, {"gracePeriodSeconds": 0})
                 except ApiException as error:
                     if error.status != 404:
                         raise
-            return
-        if status.get("phase") in ("Succeeded", "Failed") or _is_ready(status):
-            return
+                self._confirmed.add(uid)
+            return None
+        # What this kubelet wrote last is known here before its watch event arrives.
+        if uid in self._reported or status.get("phase") in ("Succeeded", "Failed") or _is_ready(status):
+            return None
         if spec.get("nodeName") and spec["nodeName"] not in self._node_names:
-            return  # another node's kubelet runs it
-        if not spec.get("nodeName"):
-            await self.api.request("POST", f"{where}/binding", {
-                "apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": next(self._nodes)}})
-            self._seen[("pod", meta["namespace"], meta["uid"])] = now
-            return
-        started = self._seen.setdefault(("pod", meta["namespace"], meta["uid"]), now)
+            return None  # another node's kubelet runs it
+        if not spec.get("nodeName") and uid not in self._started:
+            try:
+                await self.api.request("POST", f"{where}/binding", {
+                    "apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": next(self._nodes)}})
+            except ApiException as error:
+                if error.status != 409:  # bound already
+                    raise
+            self._started[uid] = now
+        started = self._started.setdefault(uid, now)
         job_name = (meta.get("labels") or {}).get(_JOB_LABEL)
+        due = started + (self.build_seconds if job_name is not None else self.start_seconds)
+        if now < due:
+            return due
         if job_name is not None:
-            if now - started >= self.build_seconds:
-                job = jobs.get((meta["namespace"], job_name))
-                await self._finish_build(pod, job is not None and self.fail_builds(job))
-            return
-        if now - started >= self.start_seconds:
+            job = await self.api.get("batch/v1", "Job", job_name, meta["namespace"])
+            await self._finish_build(pod, job is not None and self.fail_builds(job))
+        else:
             await self._serve(pod)
+        self._reported.add(uid)
+        return None
 
     async def _finish_build(self, pod: dict[str, Any], failed: bool) -> None:
         meta = pod["metadata"]
@@ -204,6 +335,7 @@ class ApiKubelet(SimulatedCluster):
                 raise
 
     async def _forget(self, uid: str) -> None:
+        """The Pod's containers stopped: its simulated Triton stops serving."""
         where = self._uids.pop(uid, None)
         self._ip.pop(uid, None)
         if where is None:
@@ -213,42 +345,48 @@ class ApiKubelet(SimulatedCluster):
             await triton.stop()
             self._pods[triton.instance_of] -= 1
 
+    async def _gone(self, uid: str) -> None:
+        """The Pod was deleted: nothing about it is kept."""
+        await self._forget(uid)
+        self._started.pop(uid, None)
+        self._reported.discard(uid)
+        self._confirmed.discard(uid)
+
     async def _predicted_tokens_of(self, namespace: str, instance: str) -> int:
         service = await self.api.get("serving.kiln.dev/v1alpha1", "LLMService", instance, namespace) or {}
         return int(((service.get("status") or {}).get("plan") or {}).get("kvCacheTokens") or 65536)
 
-    async def _lead_worker_sets(self, now: float) -> None:
+    async def _lead_worker_set(self, group: dict[str, Any]) -> None:
         """What LWS's controller does that Kiln observes: one leader Pod per group (named
         ``<lws>-<group>`` as LWS names leaders) and the ready count in the status."""
-        if not await self.api.serves("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"):
-            return
-        for group in await self.api.list("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"):
-            meta = group["metadata"]
-            want = int(group["spec"].get("replicas", 1))
-            template = group["spec"]["leaderWorkerTemplate"].get("leaderTemplate") or \
-                group["spec"]["leaderWorkerTemplate"]["workerTemplate"]
-            labels = {**(template.get("metadata") or {}).get("labels", {}),
-                      "leaderworkerset.sigs.k8s.io/name": meta["name"]}
-            ready = 0
-            for index in range(want):
-                name = f"{meta['name']}-{index}"
-                pod = await self.api.get("v1", "Pod", name, meta["namespace"])
-                if pod is None:
-                    await self.api.apply({
-                        "apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
-                                     "ownerReferences": [{
-                                         "apiVersion": group["apiVersion"], "kind": group["kind"],
-                                         "name": meta["name"], "uid": meta["uid"],
-                                         "controller": True, "blockOwnerDeletion": True}]},
-                        "spec": template["spec"]})
-                elif _is_ready(pod.get("status") or {}):
-                    ready += 1
-            status = group.get("status") or {}
-            target = {"replicas": want, "readyReplicas": ready, "updatedReplicas": want,
-                      "observedGeneration": meta.get("generation")}
-            if any(status.get(k) != v for k, v in target.items()):
-                await self.api.patch_status(group, target)
+        meta = group["metadata"]
+        want = int(group["spec"].get("replicas", 1))
+        template = group["spec"]["leaderWorkerTemplate"].get("leaderTemplate") or \
+            group["spec"]["leaderWorkerTemplate"]["workerTemplate"]
+        labels = {**(template.get("metadata") or {}).get("labels", {}), _LWS_LABEL: meta["name"]}
+        ready = 0
+        for index in range(want):
+            name = f"{meta['name']}-{index}"
+            pod = self._cache.get(self._names.get((meta["namespace"], name), ""))
+            if pod is None:
+                await self.api.apply({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
+                                 "ownerReferences": [{
+                                     "apiVersion": group["apiVersion"], "kind": group["kind"],
+                                     "name": meta["name"], "uid": meta["uid"],
+                                     "controller": True, "blockOwnerDeletion": True}]},
+                    "spec": template["spec"]})
+            elif _is_ready(pod.get("status") or {}):
+                ready += 1
+        status = group.get("status") or {}
+        target = {"replicas": want, "readyReplicas": ready, "updatedReplicas": want,
+                  "observedGeneration": meta.get("generation")}
+        if any(status.get(k) != v for k, v in target.items()):
+            written = await self.api.patch_status(group, target)
+            key = (meta["namespace"], meta["name"])
+            if key in self._groups:
+                self._groups[key] = {"apiVersion": group["apiVersion"], "kind": group["kind"], **written}
 
 
 def _is_ready(status: dict[str, Any]) -> bool:
