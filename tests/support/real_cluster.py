@@ -126,6 +126,12 @@ class ControlPlane:
             time.sleep(0.1)
         raise TimeoutError(f"CRD {crd} not Established after {timeout}s")
 
+    @property
+    def pid(self) -> int:
+        """The control plane's process (etcd runs in it; the API server and the
+        controller-manager are its children)."""
+        return self._process.pid
+
     def api(self, *, operator: bool = False) -> KubeApi:
         return KubeApi.for_url(self.server, token=self.operator_token if operator else self.admin_token,
                                ca_file=self.ca_file)
