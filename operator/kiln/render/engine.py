@@ -12,7 +12,7 @@ from ..api import API_VERSION, EngineCacheLocation, EngineShape, LLMEngineSpec, 
 from ..planner import GPU, Plan
 from ..planner.build import BuildPlan
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
-from .meta import (LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name, content_hash, labels, owner_reference,
+from .meta import (LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name, content_hash, labels, owned_by,
                    stamp)
 from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, secret_env, shm_volume, tmp_volume)
@@ -231,8 +231,7 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
     job_labels = {**labels(instance, "engine-build"), LABEL_ENGINE: engine.name}
     metadata: dict[str, Any] = {"name": child_name(engine.name, "build"), "namespace": namespace,
                                 "labels": job_labels}
-    if owner_uid:
-        metadata["ownerReferences"] = [owner_reference(API_VERSION, "LLMService", instance, owner_uid)]
+    metadata.update(owned_by(instance, owner_uid))
     return stamp({
         "apiVersion": "batch/v1",
         "kind": "Job",

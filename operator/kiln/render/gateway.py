@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import API_VERSION, LLMServiceSpec
+from ..api import LLMServiceSpec
 from ..toolchain import EPP_IMAGE
-from .meta import child_name, labels, owner_reference, selector, stamp
+from .meta import child_name, labels, owned_by, selector, stamp
 from .pod import restricted_container_security
 from .serving import PORTS, served_model_name
 
@@ -73,8 +73,7 @@ def epp_name(instance: str) -> str:
 def _meta(name: str, instance: str, namespace: str, owner_uid: str | None,
           component: str) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": labels(instance, component),
-            "ownerReferences": [owner_reference(API_VERSION, "LLMService", instance, owner_uid)]
-            if owner_uid else []}
+            **owned_by(instance, owner_uid)}
 
 
 def _epp(instance: str, namespace: str, owner_uid: str | None) -> list[dict[str, Any]]:

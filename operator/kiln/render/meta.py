@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any
 
+from ..api import API_VERSION
+
 __all__ = [
     "MANAGED_BY",
     "FIELD_MANAGER",
@@ -21,7 +23,7 @@ __all__ = [
     "selector",
     "child_name",
     "NAME_DIGEST_HEX",
-    "owner_reference",
+    "owned_by",
     "content_hash",
     "stamp",
 ]
@@ -75,9 +77,13 @@ def child_name(base: str, suffix: str, limit: int = _MAX_NAME) -> str:
     return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
 
 
-def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict[str, Any]:
-    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
-            "controller": True, "blockOwnerDeletion": True}
+def owned_by(instance: str, uid: str | None) -> dict[str, Any]:
+    """The metadata that makes LLMService ``instance`` (UID ``uid``) the controller of an
+    object, to merge into its ``metadata``; nothing without a UID (``kiln render`` has none)."""
+    if not uid:
+        return {}
+    return {"ownerReferences": [{"apiVersion": API_VERSION, "kind": "LLMService", "name": instance,
+                                 "uid": uid, "controller": True, "blockOwnerDeletion": True}]}
 
 
 def content_hash(value: Any) -> str:

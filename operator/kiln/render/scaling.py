@@ -16,7 +16,7 @@ from typing import Any
 
 from ..api import API_VERSION, AutoscalingMode, LLMServiceSpec
 from ..autoscale.metrics import KV_METRIC
-from .meta import labels, owner_reference, stamp
+from .meta import labels, owned_by, stamp
 from .serving import server_name
 
 __all__ = ["scaler"]
@@ -31,8 +31,7 @@ def _target_ref(instance: str) -> dict[str, Any]:
 def _metadata(instance: str, namespace: str, uid: str | None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": instance, "namespace": namespace,
                             "labels": labels(instance, "autoscaler")}
-    if uid:
-        meta["ownerReferences"] = [owner_reference(API_VERSION, "LLMService", instance, uid)]
+    meta.update(owned_by(instance, uid))
     return meta
 
 

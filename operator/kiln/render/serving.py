@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..api import API_VERSION, LLMServiceSpec, ServerKind
+from ..api import LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, RUNTIME_IMAGE
 from .engine import Engine
 from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, LABEL_INSTANCE, child_name, labels,
-                   owner_reference, selector, stamp)
+                   owned_by, selector, stamp)
 from .network import with_network
 from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, shm_volume, tmp_volume)
@@ -73,10 +73,6 @@ def openai_endpoint(spec: LLMServiceSpec, instance: str, namespace: str) -> str 
 
 def served_model_name(spec: LLMServiceSpec, instance: str) -> str:
     return spec.served_model_name or instance
-
-
-def _owner(instance: str, uid: str | None) -> list[dict[str, Any]]:
-    return [owner_reference(API_VERSION, "LLMService", instance, uid)] if uid else []
 
 
 def serve_spec(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance: str) -> dict[str, Any]:
@@ -188,7 +184,7 @@ def _workload_meta(name: str, instance: str, namespace: str, engine: Engine,
                    owner_uid: str | None) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": labels(instance, "server"),
             "annotations": {ENGINE_KEY_ANNOTATION: engine.key},
-            "ownerReferences": _owner(instance, owner_uid)}
+            **owned_by(instance, owner_uid)}
 
 
 def workload(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU, instance: str,
@@ -306,7 +302,7 @@ def _server_meta(instance: str, namespace: str, owner_uid: str | None) -> dict[s
     """Metadata of the objects named after the serving pods (Service, ServiceAccount,
     NetworkPolicy)."""
     return {"name": server_name(instance), "namespace": namespace,
-            "labels": labels(instance, "server"), "ownerReferences": _owner(instance, owner_uid)}
+            "labels": labels(instance, "server"), **owned_by(instance, owner_uid)}
 
 
 def service_accounts(spec: LLMServiceSpec, instance: str, namespace: str,
@@ -324,7 +320,7 @@ def service_accounts(spec: LLMServiceSpec, instance: str, namespace: str,
     pods = _worker_pods(instance, groups, spec.gpus // spec.gpu.per_node)
     name = launcher_name(instance)
     meta = {"name": name, "namespace": namespace, "labels": labels(instance, "launcher"),
-            "ownerReferences": _owner(instance, owner_uid)}
+            **owned_by(instance, owner_uid)}
     return objects + [
         stamp({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta),
                "automountServiceAccountToken": False}),

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..api import API_VERSION, AutoscalingMode, LLMServiceSpec
 from ..planner import Plan, cold_start_seconds
-from .meta import child_name, labels, owner_reference, stamp
+from .meta import child_name, labels, owned_by, stamp
 from .serving import PORTS, server_name
 
 __all__ = ["wake_objects", "wake_name", "wake_endpoint", "wake_hosts", "HTTP_SCALED_OBJECT_API",
@@ -75,8 +75,7 @@ def hold_seconds(plan: Plan) -> int:
 def _meta(name: str, instance: str, namespace: str, uid: str | None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": namespace,
                             "labels": labels(instance, "autoscaler")}
-    if uid:
-        meta["ownerReferences"] = [owner_reference(API_VERSION, "LLMService", instance, uid)]
+    meta.update(owned_by(instance, uid))
     return meta
 
 
