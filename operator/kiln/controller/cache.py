@@ -23,17 +23,13 @@ from typing import Any
 import kopf
 
 from ..render.meta import LABEL_MANAGED_BY, MANAGED_BY
-from .kube import KubeApi
+from .kube import KINDS, Kind, KubeApi
 
 __all__ = ["CACHED_KINDS", "CachedKubeApi", "cache_indexes", "register_caches"]
 
-# (apiVersion, kind) -> (group, version, plural)
-CACHED_KINDS: dict[tuple[str, str], tuple[str, str, str]] = {
-    ("apps/v1", "Deployment"): ("apps", "v1", "deployments"),
-    ("batch/v1", "Job"): ("batch", "v1", "jobs"),
-    ("v1", "Service"): ("", "v1", "services"),
-    ("v1", "ServiceAccount"): ("", "v1", "serviceaccounts"),
-}
+# The kinds read from kopf's indexes; their plurals come from the one table of kinds.
+CACHED_KINDS: dict[tuple[str, str], Kind] = {key: KINDS[key] for key in (
+    ("apps/v1", "Deployment"), ("batch/v1", "Job"), ("v1", "Service"), ("v1", "ServiceAccount"))}
 
 
 _PREFIX = "kiln_cache_"
@@ -79,10 +75,11 @@ def register_caches(registry: kopf.OperatorRegistry, changed: Callable[[str], No
             if owner.get("uid"):
                 changed(owner["uid"])
 
-    for group, version, plural in CACHED_KINDS.values():
+    for kind in CACHED_KINDS.values():
+        group, _, version = kind.api_version.rpartition("/")
         selection = {"registry": registry, "labels": {LABEL_MANAGED_BY: MANAGED_BY}}
-        kopf.index(group, version, plural, id=_index_id(plural), **selection)(index)
-        kopf.on.event(group, version, plural, id=f"kiln_changed_{plural}", **selection)(notice)
+        kopf.index(group, version, kind.plural, id=_index_id(kind.plural), **selection)(index)
+        kopf.on.event(group, version, kind.plural, id=f"kiln_changed_{kind.plural}", **selection)(notice)
 
 
 class CachedKubeApi:
@@ -91,8 +88,8 @@ class CachedKubeApi:
 
     def __init__(self, api: KubeApi, indexes: Mapping[str, Any]) -> None:
         self._api = api
-        self._indexes = {key: indexes[_index_id(plural)]
-                         for key, (_, _, plural) in CACHED_KINDS.items() if _index_id(plural) in indexes}
+        self._indexes = {key: indexes[_index_id(kind.plural)]
+                         for key, kind in CACHED_KINDS.items() if _index_id(kind.plural) in indexes}
 
     async def get(self, api_version: str, kind: str, name: str,
                   namespace: str | None = None) -> dict[str, Any] | None:

@@ -42,39 +42,31 @@ from kmock import (KubernetesEmulator, KubernetesError, KubernetesObjectNotFound
 from kmock import KubernetesScaffold
 from kmock._internal.dicts import json_patch_dict  # kmock's own RFC 6902 implementation
 
+from ..controller.kube import KINDS, Kind
+
 __all__ = ["KilnEmulator", "declare_resources", "RESOURCES"]
 
 _REQUEST_LOG = 100
 _ALL_VERBS = ["list", "watch", "get", "create", "update", "patch", "delete"]
 
+# Subresources the emulator serves, by kind; the kinds and their plurals are the operator's
+# own table (controller/kube.py) plus what a cluster has besides (Nodes, Events, CRDs).
+_SUBRESOURCES: dict[str, list[str]] = {
+    "Node": ["status"], "Pod": ["status"], "Service": ["status"], "PersistentVolumeClaim": ["status"],
+    "Deployment": ["status", "scale"], "StatefulSet": ["status", "scale"], "Job": ["status"],
+    "ScaledObject": ["status"], "HTTPScaledObject": ["status"], "HorizontalPodAutoscaler": ["status"],
+    "LeaderWorkerSet": ["status", "scale"], "InferencePool": ["status"], "HTTPRoute": ["status"],
+    "LLMService": ["status", "scale"], "LLMEngine": ["status"],
+}
+_CLUSTER_KINDS = [Kind("v1", "Namespace", "namespaces", False), Kind("v1", "Event", "events", True),
+                  Kind("events.k8s.io/v1", "Event", "events", True),
+                  Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition",
+                       "customresourcedefinitions", False),
+                  Kind("v1", "Node", "nodes", False)]
 # (resource key, kind, namespaced, subresources)
 RESOURCES: list[tuple[str, str, bool, list[str]]] = [
-    ("v1/namespaces", "Namespace", False, []),
-    ("v1/events", "Event", True, []),
-    ("events.k8s.io/v1/events", "Event", True, []),
-    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, []),
-    ("v1/nodes", "Node", False, ["status"]),
-    ("v1/secrets", "Secret", True, []),
-    ("v1/pods", "Pod", True, ["status"]),
-    ("v1/services", "Service", True, ["status"]),
-    ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, ["status"]),
-    ("apps/v1/deployments", "Deployment", True, ["status", "scale"]),
-    ("apps/v1/statefulsets", "StatefulSet", True, ["status", "scale"]),
-    ("batch/v1/jobs", "Job", True, ["status"]),
-    ("keda.sh/v1alpha1/scaledobjects", "ScaledObject", True, ["status"]),
-    ("http.keda.sh/v1alpha1/httpscaledobjects", "HTTPScaledObject", True, ["status"]),
-    ("autoscaling/v2/horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ["status"]),
-    ("leaderworkerset.x-k8s.io/v1/leaderworkersets", "LeaderWorkerSet", True, ["status", "scale"]),
-    ("v1/serviceaccounts", "ServiceAccount", True, []),
-    ("rbac.authorization.k8s.io/v1/roles", "Role", True, []),
-    ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", True, []),
-    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, []),
-    ("v1/configmaps", "ConfigMap", True, []),
-    ("inference.networking.k8s.io/v1/inferencepools", "InferencePool", True, ["status"]),
-    ("gateway.networking.k8s.io/v1/httproutes", "HTTPRoute", True, ["status"]),
-    ("serving.kiln.dev/v1alpha1/llmservices", "LLMService", True, ["status", "scale"]),
-    ("serving.kiln.dev/v1alpha1/llmengines", "LLMEngine", False, ["status"]),
-]
+    (f"{kind.api_version}/{kind.plural}", kind.kind, kind.namespaced, _SUBRESOURCES.get(kind.kind, []))
+    for kind in (*_CLUSTER_KINDS, *KINDS.values())]
 
 
 def declare_resources(emulator: KubernetesEmulator) -> None:
