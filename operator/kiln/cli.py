@@ -21,7 +21,7 @@ from .api.loading import load_yaml, read_yaml_file
 from .api.validation import parse_service_manifest
 from .errors import KilnError, PlanRefused, SpecInvalid
 from .plot import check_plot_target, plot_policies
-from .planner import GPU, ModelConfig, Plan, UnsupportedModel, catalog_config, plan, require_gpu
+from .planner import GPU, ModelConfig, Plan, catalog_config, model_config, plan, require_gpu
 from .render import ServiceRef, render
 from .sim.compare import LEAD_IN_SECONDS
 from .sim.policies import POLICIES
@@ -72,15 +72,13 @@ def _model_config(args: argparse.Namespace, source: str) -> tuple[ModelConfig | 
             why = " ".join(str(error).split())[:120] if isinstance(error, ValueError) else "nested too deep"
             raise SpecInvalid(f"--model-config: {args.model_config} is not valid JSON ({why})") from None
     elif source.startswith("hf://"):
-        raw = catalog_config(source.removeprefix("hf://"))
-        if raw is None:
+        if catalog_config(source.removeprefix("hf://")) is None:
             return None, f"{source} is not in Kiln's catalog; pass --model-config config.json"
+        raw = None
     else:
         return None, "pass --model-config config.json for non-hf:// sources"
     try:
-        return ModelConfig.from_hf(raw), ""
-    except UnsupportedModel as error:
-        return None, str(error)
+        return model_config(source, raw)
     except ValueError as error:
         raise SpecInvalid(f"--model-config: {error}") from None
 

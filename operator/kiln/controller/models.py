@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from ..api import LLMServiceSpec
-from ..planner import ModelConfig, UnsupportedModel, catalog_config
+from ..planner import ModelConfig, catalog_config, model_config
 
 __all__ = ["ModelResolver"]
 
@@ -24,28 +24,17 @@ class ModelResolver:
 
     async def resolve(self, spec: LLMServiceSpec, token: str | None) -> tuple[ModelConfig | None, str]:
         """(config, reason); config is None when it cannot be had or sized."""
-        raw = self._raw(spec)
-        if raw is None and spec.model.scheme == "hf" and self._allow_download:
+        raw = self._cache.get((spec.model.source, spec.model.revision))
+        if raw is None and spec.model.scheme == "hf" and self._allow_download \
+                and catalog_config(spec.model.location) is None:
             try:
                 raw = await asyncio.to_thread(self._download, spec, token)
             except Exception as error:  # any Hub failure means "unknown", never a crash
                 return None, f"could not fetch config.json for {spec.model.source}: {error}"
-        if raw is None:
-            return None, f"no model config for {spec.model.source}; it is not in Kiln's catalog"
         try:
-            return ModelConfig.from_hf(raw), ""
-        except UnsupportedModel as error:
-            return None, str(error)
+            return model_config(spec.model.source, raw)
         except ValueError as error:
             return None, f"malformed config.json: {error}"
-
-    def _raw(self, spec: LLMServiceSpec) -> dict[str, Any] | None:
-        cached = self._cache.get((spec.model.source, spec.model.revision))
-        if cached is not None:
-            return cached
-        if spec.model.scheme == "hf":
-            return catalog_config(spec.model.location)
-        return None
 
     def _download(self, spec: LLMServiceSpec, token: str | None) -> dict[str, Any]:
         from huggingface_hub import hf_hub_download

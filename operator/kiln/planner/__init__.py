@@ -2,9 +2,9 @@
 
 from .coldstart import cold_start_seconds
 from .gpus import GPU, GPU_CATALOG, lookup_gpu, require_gpu, unknown_gpu_message
-from .model import ModelConfig, UnsupportedModel, catalog_config, load_catalog
+from .model import ModelConfig, UnsupportedModel, catalog_config, load_catalog, model_config
 from .plan import Plan, plan, resolve_parallelism
 
 __all__ = ["GPU", "GPU_CATALOG", "lookup_gpu", "require_gpu", "unknown_gpu_message", "ModelConfig", "UnsupportedModel",
-           "catalog_config", "load_catalog", "Plan", "plan", "resolve_parallelism",
+           "catalog_config", "load_catalog", "model_config", "Plan", "plan", "resolve_parallelism",
            "cold_start_seconds"]

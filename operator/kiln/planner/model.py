@@ -13,7 +13,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["ModelConfig", "UnsupportedModel", "load_catalog", "catalog_config", "SUPPORTED"]
+__all__ = ["ModelConfig", "UnsupportedModel", "load_catalog", "catalog_config", "model_config", "SUPPORTED"]
 
 SUPPORTED = {
     "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM",
@@ -143,3 +143,17 @@ def load_catalog() -> dict[str, dict[str, Any]]:
 
 def catalog_config(hf_id: str) -> dict[str, Any] | None:
     return load_catalog().get(hf_id.lower())
+
+
+def model_config(source: str, raw: dict[str, Any] | None = None) -> tuple[ModelConfig | None, str]:
+    """The one path from a model source to what the planner sizes: ``raw`` (a config.json
+    read from the Hub or a file) if given, else Kiln's catalog for ``hf://`` sources; ``(None,
+    why)`` when there is none or it cannot be sized. A malformed ``raw`` raises ValueError."""
+    if raw is None and source.startswith("hf://"):
+        raw = catalog_config(source.removeprefix("hf://"))
+    if raw is None:
+        return None, f"no model config for {source}; it is not in Kiln's catalog"
+    try:
+        return ModelConfig.from_hf(raw), ""
+    except UnsupportedModel as error:
+        return None, str(error)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from ..api import LLMServiceSpec, Precision
 from .gpus import GPU
 from .memory import WEIGHT_BYTES
-from .model import ModelConfig, UnsupportedModel, catalog_config
+from .model import ModelConfig, UnsupportedModel, model_config
 from .plan import Plan, plan
 
 __all__ = ["PerfModel", "prefill_tokens_per_second", "COMPUTE_EFFICIENCY", "BANDWIDTH_EFFICIENCY",
@@ -86,10 +86,9 @@ class PerfModel:
     def for_catalog_model(cls, spec: LLMServiceSpec, gpu: GPU) -> PerfModel:
         """For a service whose model is in the bundled catalog (the benchmark's and the
         demo's): planned as the operator plans it, nothing downloaded."""
-        raw = catalog_config(spec.model.location)
-        if raw is None:
-            raise UnsupportedModel(f"spec.model.source: {spec.model.source} is not in the bundled catalog")
-        model = ModelConfig.from_hf(raw)
+        model, why = model_config(spec.model.source)
+        if model is None:
+            raise UnsupportedModel(f"spec.model.source: {why}")
         return cls.from_plan(plan(model, spec, gpu), spec, gpu, model)
 
     def rejects(self, input_tokens: int, output_tokens: int) -> bool:

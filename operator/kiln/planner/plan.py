@@ -41,7 +41,6 @@ class Plan:
     weight_bytes_per_gpu: int | None = None
     activation_bytes_per_gpu: int | None = None
     kv_bytes_per_token_per_gpu: int | None = None
-    kv_pool_bytes_per_gpu: int | None = None
     kv_cache_tokens: int | None = None
     max_concurrent_sequences: int | None = None
     # With engine.weightStreaming: the share of the weights kept on the GPU (Triton's
@@ -183,7 +182,7 @@ def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: i
     return Plan(
         fits=not reasons, tensor_parallel=tp, pipeline_parallel=pp, kv_cache_dtype=kv_dtype,
         weight_bytes_per_gpu=weights, activation_bytes_per_gpu=activations + buffers,
-        kv_bytes_per_token_per_gpu=kv_per_token, kv_pool_bytes_per_gpu=int(pool),
+        kv_bytes_per_token_per_gpu=kv_per_token,
         kv_cache_tokens=kv_tokens, max_concurrent_sequences=sequences, gpu_weights_percent=percent,
         reasons=tuple(reasons), notes=tuple(notes), buildable=not refused, build=build,
     )
