@@ -38,8 +38,6 @@ KV_QUANT_ALGO = {"fp8": "FP8", "int8": "INT8"}
 class Step:
     name: str
     argv: list[str]
-    # Steps that kiln-runtime runs in-process (its own subcommands) rather than as a child.
-    internal: bool = False
     description: str = ""
     # The child's working directory. Never the image's: /opt/tritonserver is root-owned, and
     # trtllm-build writes files relative to it (kiln_runtime.image).
@@ -184,7 +182,7 @@ def plan_steps(spec: BuildSpec, architecture: str) -> list[Step]:
     if not spec.source.startswith("/"):
         steps.append(Step("download", ["kiln-runtime", "download", "--source", spec.source,
                                        "--revision", spec.revision, "--out", str(layout.model_dir)],
-                          internal=True, description="fetch weights, config and tokenizer"))
+                          description="fetch weights, config and tokenizer"))
     checkpoint = _checkpoint_step(spec, layout, architecture)
     steps.append(Step(checkpoint.name, checkpoint.argv, description=checkpoint.description,
                       cwd=str(spec.work_dir)))
@@ -192,14 +190,14 @@ def plan_steps(spec: BuildSpec, architecture: str) -> list[Step]:
         steps.append(Step("mapping", ["kiln-runtime", "set-gpus-per-node", "--checkpoint-dir",
                                       str(layout.checkpoint_dir), "--gpus-per-node",
                                       str(spec.gpus_per_node)],
-                          internal=True, description="gpus_per_node in the checkpoint's mapping"))
+                          description="gpus_per_node in the checkpoint's mapping"))
     steps.append(_build_step(spec, layout))
     steps.append(Step("verify", ["kiln-runtime", "verify", "--engine-dir", str(layout.staging / "engine"),
                                  "--world-size", str(spec.world_size)],
-                      internal=True, description="config.json, one rank engine per GPU, mapping"))
+                      description="config.json, one rank engine per GPU, mapping"))
     steps.append(Step("publish", ["kiln-runtime", "publish", "--staging", str(layout.staging),
                                   "--cache", str(spec.cache_dir), "--key", spec.engine_key],
-                      internal=True, description="manifest, then rename into the cache"))
+                      description="manifest, then rename into the cache"))
     return steps
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 __all__ = ["hpa_replicas", "HPA"]
 
 TOLERANCE = 0.1
-SYNC_SECONDS = 15.0
 SCALE_DOWN_STABILIZATION_SECONDS = 300.0
 
 

@@ -90,7 +90,6 @@ class KubeApi:
 
     def __init__(self, api_client: aio_client.ApiClient) -> None:
         self._client = api_client
-        self.writes = 0  # counted for the steady-state check: no changes, no writes
         self._served: set[tuple[str, str]] = set()  # (apiVersion, kind) seen in discovery
 
     @classmethod
@@ -142,8 +141,6 @@ class KubeApi:
                       query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
         """Any call by path, for the kinds outside :data:`KINDS` that a simulated kubelet
         writes (Nodes, Bindings); the operator itself keeps to the typed methods."""
-        if method != "GET":
-            self.writes += 1
         return await self._call(method, path, body, content_type=content_type, query=query)
 
     async def get(self, api_version: str, kind: str, name: str,
@@ -188,7 +185,6 @@ class KubeApi:
         stalls once instead of retrying a write that cannot succeed."""
         kind = kind_of(obj)
         meta = obj["metadata"]
-        self.writes += 1
         try:
             return await self._call(
                 "PATCH", kind.path(meta.get("namespace"), meta["name"]), body=obj,
@@ -203,7 +199,6 @@ class KubeApi:
         """Create ``obj``; None if an object of that name exists already. Unlike an apply, of
         several concurrent creates exactly one succeeds, so "I started it" is known."""
         meta = obj["metadata"]
-        self.writes += 1
         try:
             return await self._call("POST", kind_of(obj).path(meta.get("namespace")), body=obj,
                                     query=[("fieldManager", FIELD_MANAGER)])
@@ -218,7 +213,6 @@ class KubeApi:
         on using the GPUs (kubernetes/kubernetes, pkg/registry/batch/job/strategy.go:
         ``DefaultGarbageCollectionPolicy`` is OrphanDependents for batch/v1)."""
         meta = obj["metadata"]
-        self.writes += 1
         query = [("propagationPolicy", "Background")] if background else []
         try:
             await self._call("DELETE", kind_of(obj).path(meta.get("namespace"), meta["name"]),
@@ -230,7 +224,6 @@ class KubeApi:
     async def patch_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         kind = kind_of(obj)
         meta = obj["metadata"]
-        self.writes += 1
         return await self._call(
             "PATCH", kind.path(meta.get("namespace"), meta["name"], "status"),
             body={"status": status}, content_type="application/merge-patch+json")
