@@ -187,7 +187,7 @@ def test_the_default_install_grants_secrets_and_exec_only_as_the_threat_model_sa
     list, unless multiNode.namespaces names a namespace."""
     rules = _rules(render(values))
     assert rules
-    for kind, namespace, rule in rules:
+    for _kind, _namespace, rule in rules:
         resources = set(rule["resources"])
         assert "pods/exec" not in resources and not resources & {"roles", "rolebindings"}, rule
         if "secrets" in resources:

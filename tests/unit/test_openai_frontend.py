@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
-import shlex
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml

@@ -21,7 +21,6 @@ from kiln_runtime.kvlog import KVLogParser, parse_kv_log
 from kiln_runtime.serve import parse_serve_spec, run_server, server_argv
 from kiln_runtime.triton_repo import MODELS, RepoSettings, write_model_repo
 
-from ..support import fake_trtllm
 from ..support.triton_templates import PLACEHOLDERS, write_templates
 
 

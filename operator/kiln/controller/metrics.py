@@ -60,7 +60,7 @@ class PodMetrics:
             try:
                 async with self._session.get(url) as response:
                     return await response.text() if response.status == 200 else None
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return None
 
     async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]:

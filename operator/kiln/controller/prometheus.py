@@ -56,7 +56,7 @@ class PrometheusMetrics:
                 if response.status != 200:
                     return []
                 body = await response.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return []
         if body.get("status") != "success":
             return []

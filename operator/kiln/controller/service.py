@@ -16,7 +16,7 @@ from typing import Any
 
 from ..api import API_VERSION, AutoscalingMode, ConditionType, Reason
 from ..api.validation import check_service_name, parse_service_spec
-from ..errors import KilnError, NotReadyYet, PlanRefused, SpecInvalid
+from ..errors import NotReadyYet, PlanRefused, SpecInvalid
 from ..planner import cold_start_seconds, plan, require_gpu
 from ..render import (SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node,
                       openai_endpoint, render)
@@ -350,10 +350,10 @@ async def _reconcile(body: dict[str, Any], ref: ServiceRef, api: KubeApi, models
         # The leader holds a token that may exec into its workers; the code holding it must
         # be Kiln's runtime (which execs only into its group), not an image the author chose.
         raise SpecInvalid(
-            f"spec.runtime.image: a multi-node service runs Kiln's runtime image, because its "
-            f"leader holds a token that may exec into pods; remove spec.runtime.image, or ask "
-            f"the platform team to allow custom images there (the chart's "
-            f"multiNode.customImages)")
+            "spec.runtime.image: a multi-node service runs Kiln's runtime image, because its "
+            "leader holds a token that may exec into pods; remove spec.runtime.image, or ask "
+            "the platform team to allow custom images there (the chart's "
+            "multiNode.customImages)")
     if multi_node(spec) and not await api.serves(workload["apiVersion"], workload["kind"]):
         raise SpecInvalid(
             f"spec.gpus: {spec.gpus} GPUs span {spec.gpus // spec.gpu.per_node} nodes, which needs "
