@@ -14,10 +14,10 @@ from ..planner.build import BuildPlan
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
 from .meta import (LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name, content_hash, labels, owned_by,
                    stamp)
-from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
+from .pod import (CACHE_MOUNT, HOST_CPU, HOST_MEMORY, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, secret_env, shm_volume, tmp_volume)
 
-__all__ = ["Engine", "engine_for", "engine_key", "llm_engine", "build_job", "BUILD_SPEC_ENV"]
+__all__ = ["Engine", "engine_for", "engine_key", "cache_uri", "llm_engine", "build_job", "BUILD_SPEC_ENV"]
 
 BUILD_SPEC_ENV = "KILN_BUILD_SPEC"
 WORK_MOUNT = "/work"
@@ -43,13 +43,17 @@ class Engine:
 
     @property
     def storage_uri(self) -> str:
-        cache = self.spec.cache
-        return f"pvc://{cache.namespace}/{cache.claim_name}/{self.key}"
+        return cache_uri(self.spec.cache.namespace, self.spec.cache.claim_name, self.key)
 
     @property
     def path(self) -> str:
         """Where the engine is inside a pod that mounts the cache."""
         return f"{CACHE_MOUNT}/{self.key}"
+
+
+def cache_uri(namespace: str, claim_name: str, key: str) -> str:
+    """Where an engine's files live: its key, in its namespace's cache claim."""
+    return f"pvc://{namespace}/{claim_name}/{key}"
 
 
 def engine_key(inputs: dict[str, Any]) -> str:
@@ -198,7 +202,7 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
         volumes.append({"name": "model-source",
                         "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "model-source", "mountPath": SOURCE_MOUNT, "readOnly": True})
-    requests = {"cpu": "4", "memory": _gi(build.memory_bytes) if build else "32Gi",
+    requests = {"cpu": HOST_CPU, "memory": _gi(build.memory_bytes) if build else HOST_MEMORY,
                 gpu_resource: str(build_gpus)}
     if build and not staged:
         requests["ephemeral-storage"] = _gi(build.scratch_bytes)

@@ -8,11 +8,15 @@ from kiln_runtime.image import USER
 
 from ..planner import GPU
 
-__all__ = ["CACHE_MOUNT", "GPU_PRODUCT_LABEL", "restricted_pod_security",
+__all__ = ["CACHE_MOUNT", "GPU_PRODUCT_LABEL", "HOST_CPU", "HOST_MEMORY", "restricted_pod_security",
            "restricted_container_security", "gpu_scheduling", "secret_env", "shm_volume",
            "tmp_volume"]
 
 CACHE_MOUNT = "/engines"
+# What a GPU pod (a server, or a build whose plan does not size its memory) asks of the host
+# besides its GPUs: CPUs to feed them, memory to stage weights through.
+HOST_CPU = "4"
+HOST_MEMORY = "32Gi"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # The NGC Triton images ship the unprivileged user triton-server, uid 1000 (the image-layout
 # manifest names the source).

@@ -14,7 +14,7 @@ from .engine import Engine
 from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, LABEL_INSTANCE, child_name, labels,
                    owned_by, selector, stamp)
 from .network import with_network
-from .pod import (CACHE_MOUNT, gpu_scheduling, restricted_container_security,
+from .pod import (CACHE_MOUNT, HOST_CPU, HOST_MEMORY, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, shm_volume, tmp_volume)
 
 __all__ = ["SERVE_SPEC_ENV", "PORTS", "server_name", "group_name", "launcher_name", "multi_node",
@@ -34,6 +34,9 @@ PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002, "openai": 9000}
 DJL_PORT = 8080
 # Long enough for the longest generation to finish after readiness drops.
 TERMINATION_GRACE_SECONDS = 180
+# (periodSeconds, failureThreshold) of every server's readiness and liveness probes.
+READINESS = (5, 3)
+LIVENESS = (10, 6)
 
 
 def server_name(instance: str) -> str:
@@ -121,8 +124,8 @@ def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance
                          "periodSeconds": 15, "failureThreshold": 120, "timeoutSeconds": 60},
         # The frontend's own routes (frontend/fastapi/routers/observability.py, models.py):
         # /health/ready is Triton's readiness; /v1/models answers while the process lives.
-        "readinessProbe": _probe("/health/ready", "openai", 5, 3),
-        "livenessProbe": _probe("/v1/models", "openai", 10, 6),
+        "readinessProbe": _probe("/health/ready", "openai", *READINESS),
+        "livenessProbe": _probe("/v1/models", "openai", *LIVENESS),
         # Readiness drops first, then in-flight generations get time to finish.
         "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},
     }
@@ -149,15 +152,15 @@ def _djl_container(spec: LLMServiceSpec, plan: Plan, engine: Engine,
         "env": [{"name": k, "value": v} for k, v in env.items()],
         "ports": [{"name": "http", "containerPort": DJL_PORT, "protocol": "TCP"}],
         "startupProbe": _probe("/ping", "http", 10, 180),
-        "readinessProbe": _probe("/ping", "http", 5, 3),
-        "livenessProbe": _probe("/ping", "http", 10, 6),
+        "readinessProbe": _probe("/ping", "http", *READINESS),
+        "livenessProbe": _probe("/ping", "http", *LIVENESS),
         "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},
     }
 
 
 def _finish_container(container: dict[str, Any], spec: LLMServiceSpec, gpus: int) -> dict[str, Any]:
     djl = spec.runtime.server == ServerKind.DJL
-    container["resources"] = {"requests": {"cpu": "4", "memory": "32Gi",
+    container["resources"] = {"requests": {"cpu": HOST_CPU, "memory": HOST_MEMORY,
                                            spec.gpu.resource_name: str(gpus)},
                               "limits": {spec.gpu.resource_name: str(gpus)}}
     container["securityContext"] = restricted_container_security()
