@@ -63,7 +63,7 @@ import aiohttp  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from kiln.api import API_VERSION  # noqa: E402
-from kiln.controller.conditions import is_true  # noqa: E402
+from kiln.decide.conditions import is_true  # noqa: E402
 from kiln.controller.handlers import OBSERVE_PERIOD_SECONDS, OPERATOR_TOKEN, RESYNC_SECONDS  # noqa: E402
 from kiln.controller.operator import run_operator  # noqa: E402
 from kiln.demo.run import load_manifests  # noqa: E402

@@ -141,7 +141,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.compare:
         return _print_compare(spec, gpu, model, args.output)
     if args.output == "json":
-        print(json.dumps(result.status(), indent=2))
+        print(json.dumps(result.status().wire(), indent=2))
     else:
         gib = 1024**3
         print(f"GPU            {gpu.name} ({gpu.memory_gib:.1f} GiB, {gpu.arch}) x {spec.gpus}")
@@ -242,7 +242,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def run_policy(args: argparse.Namespace) -> Any:
     """The operator's Policy from ``kiln run``'s flags (the chart's Deployment sets them)."""
-    from .controller.policy import Policy, base_url
+    from .decide.policy import Policy, base_url
 
     for url in args.allowed_prometheus_url or []:
         base_url(url, "--allowed-prometheus-url")  # a bad flag stops the operator at start

@@ -12,8 +12,8 @@ import copy
 
 import yaml
 
-from kiln.controller.conditions import is_true
-from kiln.controller.policy import Policy
+from kiln.decide.conditions import is_true
+from kiln.decide.policy import Policy
 from kiln.demo.sandbox import Sandbox
 from kiln.toolchain import RUNTIME_IMAGE
 

@@ -9,7 +9,7 @@ import copy
 import pytest
 import yaml
 
-from kiln.controller.conditions import get_condition, is_true
+from kiln.decide.conditions import get_condition, is_true
 from kiln.demo.emulator import KilnEmulator
 from kiln.demo.sandbox import Sandbox
 

@@ -36,7 +36,8 @@ from hypothesis import strategies as st
 from kiln.api.crd import crds
 from kiln.cli import main as kiln_main
 from kiln.controller.models import ModelResolver
-from kiln.controller.service import reconcile_service
+from kiln.controller.reconcile import reconcile_service
+from kiln.decide.status import status_wire
 from kiln.demo.sandbox import Sandbox
 
 from ..support import cel_rules, crd_schemas
@@ -134,7 +135,7 @@ async def test_every_manifest_is_accepted_and_valid_or_refused_by_field_with_not
     outcome = await reconcile_service(body, sb.api, ModelResolver(allow_download=False),
                                       "2026-01-01T00:00:00Z")
     assert _writes(sb)[before:] == [], changes
-    stalled = [c for c in outcome.status["conditions"] if c["type"] == "Stalled"]
+    stalled = [c for c in status_wire(outcome.status)["conditions"] if c["type"] == "Stalled"]
     assert stalled and stalled[0]["status"] == "True", (changes, outcome.status)
     # The same field named (YAML sorts mapping keys, so a quoted value may print differently).
     assert stalled[0]["message"].split(":")[0] == message.split(":")[0], (stalled[0]["message"], message)

@@ -11,7 +11,7 @@ import openai
 import pytest
 import yaml
 
-from kiln.controller.conditions import is_true
+from kiln.decide.conditions import is_true
 from kiln.demo.network import ServiceNotReachable, resolve
 from kiln.demo.openai_act import PROMPT, chat_round_trip, openai_act
 from kiln_runtime.smoke import smoke_openai

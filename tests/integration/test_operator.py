@@ -18,9 +18,10 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kiln.controller.conditions import get_condition, is_true
+from kiln.decide.conditions import get_condition, is_true
 from kiln.controller.models import ModelResolver
-from kiln.controller.service import reconcile_service
+from kiln.controller.reconcile import reconcile_service
+from kiln.decide.status import status_wire
 from kiln.demo.sandbox import Sandbox
 from kiln.render.meta import ENGINE_KEY_ANNOTATION
 
@@ -116,11 +117,11 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     # drops them when the prediction moved (here: as if observed against an older one).
     models = ModelResolver(allow_download=False)
     again = await reconcile_service(copy.deepcopy(_service(sb)), sb.api, models, "now")
-    assert again.status["plan"] == status["plan"]
+    assert status_wire(again.status)["plan"] == status["plan"]
     older = copy.deepcopy(_service(sb))
     older["status"]["plan"]["kvCacheTokens"] += 4096
     moved = await reconcile_service(older, sb.api, models, "now")
-    assert "observedKVCacheTokens" not in moved.status["plan"]
+    assert "observedKVCacheTokens" not in status_wire(moved.status)["plan"]
 
     # The operator's own metrics, read with prometheus_client's text parser.
     metrics = _operator_metrics(sb)

@@ -20,7 +20,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from kiln.controller.conditions import is_true
+from kiln.decide.conditions import is_true
 from kiln.controller.handlers import OPERATOR_TOKEN
 from kiln.demo.sandbox import Sandbox
 from kiln.render import SPEC_HASH_ANNOTATION

@@ -13,7 +13,7 @@ import copy
 
 import pytest
 
-from kiln.controller.conditions import get_condition, is_true
+from kiln.decide.conditions import get_condition, is_true
 
 from ..support.cluster import chart_rbac
 from .test_operator import MISTRAL, NS, _conditions, _ready, _service, _with_condition

@@ -14,7 +14,7 @@ import copy
 import pytest
 import yaml
 
-from kiln.controller.conditions import is_true
+from kiln.decide.conditions import is_true
 from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT

@@ -15,7 +15,7 @@ import openai
 import pytest
 import yaml
 
-from kiln.controller.conditions import get_condition, is_true
+from kiln.decide.conditions import get_condition, is_true
 from kiln.demo.interceptor import SimulatedHttpAddOn
 from kiln.demo.openai_act import PROMPT, chat_round_trip
 

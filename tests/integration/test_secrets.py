@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from kiln.cli import main as kiln_main
-from kiln.controller.conditions import is_true
+from kiln.decide.conditions import is_true
 from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT

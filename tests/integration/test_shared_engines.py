@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kiln.controller.conditions import get_condition, is_true
+from kiln.decide.conditions import get_condition, is_true
 
 from ..conftest import ROOT
 

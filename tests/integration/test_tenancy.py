@@ -12,8 +12,8 @@ import copy
 
 import yaml
 
-from kiln.controller.conditions import get_condition, is_true
-from kiln.controller.policy import Policy
+from kiln.decide.conditions import get_condition, is_true
+from kiln.decide.policy import Policy
 
 from ..conftest import ROOT
 from ..support.cluster import chart_rbac

@@ -1,5 +1,6 @@
-"""How the code reads, checked: ruff's rules (pyproject.toml) hold, and every module says
-what it exports with an ``__all__`` that names only what it defines or imports."""
+"""How the code reads, checked: ruff's rules (pyproject.toml) hold, every module says what it
+exports with an ``__all__`` that names only what it defines or imports, and no function of the
+controller is longer than fifty lines."""
 
 from __future__ import annotations
 
@@ -58,3 +59,12 @@ def test_every_module_declares_what_it_exports():
         unknown += [f"{where}: {name}" for name in exports if name not in _defined(tree)]
     assert missing == []
     assert unknown == []
+
+
+def test_no_controller_function_is_longer_than_fifty_lines():
+    """The operator's edges (controller/) and its decision (decide/) read in small pieces."""
+    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for top in ("operator/kiln/controller", "operator/kiln/decide") for path in (ROOT / top).glob("*.py")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 50]
+    assert long == []

@@ -1,4 +1,4 @@
-from kiln.controller.conditions import get_condition, is_true, set_condition
+from kiln.decide.conditions import get_condition, is_true, set_condition
 
 
 def test_new_condition_is_appended_with_transition_time():

@@ -26,7 +26,7 @@ def test_every_source_directory_is_a_package():
     assert missing == []
 
 
-PURE = ("api", "planner", "render", "autoscale", "sim")
+PURE = ("api", "planner", "render", "decide", "autoscale", "sim")
 
 
 def test_pure_layers_type_check_strictly(tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from kiln.autoscale import KVSample, parse_triton_metrics
-from kiln.controller.service import Outcome, _observe, _Status
+from kiln.api import LLMServiceStatus
+from kiln.decide import Observed, observe
+from kiln.decide.status import status_wire
 
 PAGE = """# HELP nv_trt_llm_kv_cache_block_metrics TRT LLM KV cache block metrics
 # TYPE nv_trt_llm_kv_cache_block_metrics gauge
@@ -32,35 +34,47 @@ def test_triton_page_parses():
     assert parse_triton_metrics("# nothing here\n") is None
 
 
-def _status(predicted):
-    st = _Status({}, 1, "t")
-    st.data["plan"] = {"fits": True, "kvCacheTokens": predicted}
-    return st
+def _status(predicted, observed=None):
+    """A Ready service whose plan predicted ``predicted`` KV-cache tokens."""
+    return LLMServiceStatus.model_validate({
+        "conditions": [{"type": "Ready", "status": "True", "reason": "ReplicasReady",
+                        "lastTransitionTime": "t"}],
+        "plan": {"fits": True, "tensorParallel": 1, "pipelineParallel": 1, "kvCacheTokens": predicted,
+                 "observedKVCacheTokens": observed}})
+
+
+def _observe(status, samples):
+    return observe(status, Observed(samples=tuple(samples)), "t", 1)
 
 
 def test_observed_tokens_and_error_land_in_status_plan():
-    st, out = _status(400000), Outcome(status={})
-    _observe(st, out, [KVSample(12664, 3166, 32), KVSample(12664, 6332, 32)], None)
-    assert st.data["plan"]["observedKVCacheTokens"] == 405248
-    assert st.data["plan"]["kvCacheTokensError"] == -0.013
-    assert st.data["kvCacheUtilization"] == "38%"
-    assert out.events == []
+    status = _status(400000)
+    events = _observe(status, [KVSample(12664, 3166, 32), KVSample(12664, 6332, 32)])
+    wire = status_wire(status)
+    assert wire["plan"]["observedKVCacheTokens"] == 405248
+    assert wire["plan"]["kvCacheTokensError"] == -0.013
+    assert wire["kvCacheUtilization"] == "38%"
+    assert events == []
 
 
 def test_an_error_above_15_percent_posts_one_event():
-    st, out = _status(600000), Outcome(status={})
-    _observe(st, out, [KVSample(12664, 0, 32)], None)
-    [(kind, reason, message)] = out.events
+    [(kind, reason, message)] = _observe(_status(600000), [KVSample(12664, 0, 32)])
     assert (kind, reason) == ("Warning", "PlanMismatch") and "405248" in message and "+48%" in message
-    again = Outcome(status={})
-    _observe(_status(600000), again, [KVSample(12664, 0, 32)], 405248)
-    assert again.events == []  # already reported for this allocation
+    # already reported for this allocation
+    assert _observe(_status(600000, observed=405248), [KVSample(12664, 0, 32)]) == []
 
 
 def test_no_samples_changes_nothing():
-    st = _status(1000)
-    _observe(st, Outcome(status={}), [], None)
-    assert "observedKVCacheTokens" not in st.data["plan"]
+    status = _status(1000)
+    _observe(status, [])
+    assert "observedKVCacheTokens" not in status_wire(status)["plan"]
+
+
+def test_a_service_not_ready_keeps_its_figures():
+    status = _status(1000)
+    status.conditions[0].status = "False"
+    _observe(status, [KVSample(12664, 3166, 32)])
+    assert status_wire(status)["kvCacheUtilization"] is None
 
 
 def test_the_input_token_counter_is_read_from_the_histogram_sum():

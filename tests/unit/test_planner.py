@@ -73,7 +73,7 @@ def test_plan_status_is_what_the_crd_stores():
 
     for source, spec in (("meta-llama/Llama-3.1-70B-Instruct", {"precision": "bf16"}),
                          ("meta-llama/Llama-3.1-8B-Instruct", {"engine": {"weightStreaming": True}})):
-        status = _plan(source, **spec).status()
+        status = _plan(source, **spec).status().wire()
         assert PlanStatus.model_validate(status).wire() == status
 
 

@@ -13,7 +13,7 @@ import pytest
 from kiln.api import parse_service_spec
 from kiln.api.crd import crds
 from kiln.controller.autoscaler import BuiltinAutoscaler
-from kiln.controller.policy import Policy
+from kiln.decide.policy import Policy
 from kiln.controller.prometheus import PrometheusMetrics
 from kiln.errors import SpecInvalid
 

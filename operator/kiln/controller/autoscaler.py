@@ -18,7 +18,7 @@ from ..render.meta import selector_string
 from ..render.serving import workload_ref
 from .kube import KubeApi
 from .metrics import MetricsSource
-from .policy import Policy
+from ..decide.policy import Policy
 from .prometheus import PrometheusMetrics
 
 __all__ = ["BuiltinAutoscaler", "AUTOSCALE_PERIOD_SECONDS", "DecisionClock"]

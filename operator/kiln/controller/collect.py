@@ -32,7 +32,7 @@ from .kube import KubeApi
 from .ownership import live_child
 
 __all__ = ["ENGINE_GRACE_SECONDS", "ENGINE_SWEEP_SECONDS", "wanted_engines",
-           "cancel_superseded_build", "sweep_engines"]
+           "superseded_build", "sweep_engines"]
 
 ENGINE_GRACE_SECONDS = 24 * 3600.0
 # How often one namespace's engines are swept (from its services' resync ticks).
@@ -53,18 +53,15 @@ def _running(job: dict[str, Any]) -> bool:
                    for c in (job.get("status") or {}).get("conditions") or [])
 
 
-async def cancel_superseded_build(api: KubeApi, namespace: str, service: str, engine: str) -> str | None:
-    """Delete the running build Job of ``engine`` if no other service of the namespace wants
-    it; the Job's name if deleted."""
+async def superseded_build(api: KubeApi, namespace: str, service: str, engine: str) -> dict[str, Any] | None:
+    """The running build Job of ``engine`` if no other service of the namespace wants it (the
+    reconcile deletes it, with its pods)."""
     if engine in await wanted_engines(api, namespace, skip=service):
         return None
     # The Job may be seconds old and not in the watch-fed cache yet: a miss is asked again.
     job = await live_child(api, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
         "name": child_name(engine, "build"), "namespace": namespace}})
-    if job is None or not _running(job):
-        return None
-    await api.delete(job, background=True)
-    return str(job["metadata"]["name"])
+    return job if job is not None and _running(job) else None
 
 
 def _age(since: str, now: str) -> float:

@@ -7,10 +7,11 @@ import threading
 
 import kopf
 
-from .handlers import OperatorContext, build_registry
+from .context import OperatorContext
+from .handlers import build_registry
 from .kube import KubeApi
 from .metrics import PodMetrics
-from .policy import Policy
+from ..decide.policy import Policy
 from .telemetry import METRICS_PORT
 
 __all__ = ["run_operator", "run_against_kubeconfig"]
@@ -33,6 +34,7 @@ async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threadin
             standalone=True,
             stop_flag=stop_flag,
             liveness_endpoint="http://0.0.0.0:8080/healthz" if ctx.login_url is None else None,
+            memo=ctx,  # every handler's ``memo``: a shallow copy per object (controller/context.py)
         )
     finally:
         await _finish_stragglers()

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from ..api.crd import crds
 from ..api.loading import read_yaml_file
 from ..api.validation import parse_service_manifest
-from ..controller.conditions import get_condition, is_true
+from ..decide.conditions import get_condition, is_true
 from ..errors import SpecInvalid
 from .autoscaling import Replay, replay_act
 from .clock import DemoClock

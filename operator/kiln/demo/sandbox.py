@@ -21,7 +21,7 @@ from ..controller.handlers import OPERATOR_TOKEN, OperatorContext
 from ..controller.kube import KINDS, KubeApi
 from ..controller.models import ModelResolver
 from ..controller.operator import run_operator
-from ..controller.policy import Policy
+from ..decide.policy import Policy
 from .emulator import KilnEmulator
 from .kubelet import SimulatedCluster
 

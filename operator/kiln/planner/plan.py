@@ -14,8 +14,8 @@ from typing import Any
 
 from kiln_runtime import support
 
-from ..api import KVCacheDtype, LLMServiceSpec, Precision, ServerKind
-from ..errors import PlanRefused, SpecInvalid
+from ..api import KVCacheDtype, LLMServiceSpec, PlanStatus, Precision, ServerKind
+from ..errors import PlanRefused
 from .build import FP8_ROWWISE, BuildPlan, plan_build
 from .gpus import CUDA_CONTEXT_GIB, GPU
 from .memory import (GIB, activation_bytes, kv_bytes_per_token, kv_dtype_for,
@@ -54,21 +54,16 @@ class Plan:
     # What the build Job needs (memory, scratch, checkpoint recipe); None without a model.
     build: BuildPlan | None = None
 
-    def status(self) -> dict[str, Any]:
-        """The camelCase form used by ``status.plan`` and ``kiln plan -o json``."""
-        out: dict[str, Any] = {
-            "fits": self.fits,
-            "tensorParallel": self.tensor_parallel,
-            "pipelineParallel": self.pipeline_parallel,
-            "weightBytesPerGpu": self.weight_bytes_per_gpu,
-            "kvBytesPerTokenPerGpu": self.kv_bytes_per_token_per_gpu,
-            "kvCacheTokens": self.kv_cache_tokens,
-            "maxConcurrentSequences": self.max_concurrent_sequences,
-            "gpuWeightsPercent": self.gpu_weights_percent,
-            "reasons": list(self.reasons),
-            "notes": list(self.notes) or None,
-        }
-        return {k: v for k, v in out.items() if v is not None}
+    def status(self) -> PlanStatus:
+        """``status.plan``, the typed model the CRD is generated from (``kiln plan -o json``
+        prints its wire form)."""
+        return PlanStatus(
+            fits=self.fits, tensor_parallel=self.tensor_parallel,
+            pipeline_parallel=self.pipeline_parallel, weight_bytes_per_gpu=self.weight_bytes_per_gpu,
+            kv_bytes_per_token_per_gpu=self.kv_bytes_per_token_per_gpu,
+            kv_cache_tokens=self.kv_cache_tokens, max_concurrent_sequences=self.max_concurrent_sequences,
+            gpu_weights_percent=self.gpu_weights_percent, reasons=list(self.reasons),
+            notes=list(self.notes) or None)
 
 
 def _divisors(n: int) -> list[int]:

@@ -1,0 +1,139 @@
+"""The snapshot ``decide`` reads: every read one reconcile makes, in the order it needs them.
+
+Reads go through the watch-fed caches where there are some (controller/cache.py); a child
+missing there is asked of the API once (an object someone else created is not in Kiln's
+label-filtered caches). The first refusal ends the snapshot: ``decide`` stops there too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from ..decide.conditions import get_condition, is_true
+from ..decide.decide import children, needed_apis
+from ..decide.engine import job_state, termination
+from ..decide.intent import intend, parse, workload_replicas
+from ..decide.policy import Policy
+from ..decide.snapshot import Cluster, Observed, Snapshot
+from ..decide.status import parse_status
+from ..errors import SpecInvalid
+from ..api import API_VERSION, Reason
+from ..render import Rendered, ServiceRef
+from .collect import superseded_build
+from .credentials import read_credentials
+from .kube import ApiException, KubeApi
+from .models import ModelResolver
+from .ownership import check_launcher_targets, live_child
+
+__all__ = ["gather", "refused_write"]
+
+
+async def gather(body: Mapping[str, Any], api: KubeApi, models: ModelResolver, now: str,
+                 policy: Policy, observed: Observed | None = None) -> Snapshot:
+    meta = body["metadata"]
+    ref = ServiceRef(meta["name"], meta["namespace"], meta.get("uid"))
+    snapshot = Snapshot(ref, meta.get("generation"), parse_status(body.get("status")), now, policy,
+                        observed=observed or Observed())
+    try:
+        parsed = parse(ref, body.get("spec"), policy)
+    except SpecInvalid as error:
+        return replace(snapshot, parsed=error)
+    secret = parsed.spec.model.credentials.secret_name if parsed.spec.model.credentials else None
+    try:
+        credentials = await read_credentials(api, ref.namespace, secret)
+    except SpecInvalid as error:
+        return replace(snapshot, parsed=parsed, credentials=error)
+    model, why = await models.resolve(parsed.spec, credentials.token)
+    decision = snapshot.observed.decision
+    desired = decision.desired if decision else snapshot.status.desired_replicas
+    intent = intend(ref, parsed, model, workload_replicas(parsed.spec, desired))
+    snapshot = replace(snapshot, parsed=parsed, credentials=credentials, model=model, model_why=why,
+                       intent=intent)
+    if not isinstance(intent.rendered, Rendered):
+        return snapshot
+    return replace(snapshot, cluster=await _cluster(api, snapshot, intent.rendered))
+
+
+async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Cluster:
+    """The children, the engine and its build as the API server holds them."""
+    ref, previous = snapshot.ref, snapshot.status.engine
+    superseded = None
+    if previous is not None and previous.name != rendered.engine["metadata"]["name"]:
+        superseded = await superseded_build(api, ref.namespace, ref.name, previous.name)
+    serves = frozenset([need for need in needed_apis(snapshot, rendered) if await api.serves(*need)])
+    cluster = Cluster(serves=serves, superseded_job=superseded)
+    wanted = children(rendered)
+    lives: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for child in wanted:
+        try:
+            lives[(child["kind"], child["metadata"]["name"])] = await live_child(api, child)
+        except ApiException as error:
+            refusal = refused_write(error, ref.namespace, child in rendered.gateway)
+            if not isinstance(refusal, SpecInvalid):
+                raise refusal from None
+            return replace(cluster, children=lives, read_refusal=refusal)
+    cluster = replace(cluster, children=lives)
+    try:
+        await _launcher_targets(api, rendered, lives, f"{ref.namespace}/{ref.name}")
+    except SpecInvalid as conflict:
+        return replace(cluster, launcher_conflict=conflict)
+    return await _engine(api, cluster, rendered)
+
+
+async def _launcher_targets(api: KubeApi, rendered: Rendered,
+                            lives: Mapping[tuple[str, str], dict[str, Any] | None], owner: str) -> None:
+    workload = rendered.workload
+    live = lives.get((workload["kind"], workload["metadata"]["name"]))
+    for role in (child for child in rendered.access if child["kind"] == "Role"):
+        try:
+            await check_launcher_targets(api, role, workload, live, owner)
+        except ApiException as error:
+            raise refused_write(error, role["metadata"]["namespace"]) from None
+
+
+async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered) -> Cluster:
+    """The LLMEngine record; while it is not Ready, its build Job, and what the pods of a
+    build that failed said (once: the record keeps it)."""
+    engine = await api.get(API_VERSION, "LLMEngine", rendered.engine["metadata"]["name"])
+    conditions = ((engine or {}).get("status") or {}).get("conditions", [])
+    if engine is not None and is_true(conditions, "Ready"):
+        return replace(cluster, engine=engine)
+    job = await live_child(api, rendered.build_job)
+    failure = ""
+    recorded = get_condition(conditions, "Ready") or {}
+    if job is not None and job_state(job) == "Failed" and recorded.get("reason") != Reason.ENGINE_BUILD_FAILED.value:
+        meta = rendered.build_job["metadata"]
+        failure = await _build_failure(api, meta["namespace"], meta["name"])
+    return replace(cluster, engine=engine, job=job, build_failure=failure)
+
+
+async def _build_failure(api: KubeApi, namespace: str, job_name: str) -> str:
+    """What the last build pod said as it failed: the step and its last output lines."""
+    pods = await api.list("v1", "Pod", namespace, label_selector=f"job-name={job_name}")
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
+        status = pod.get("status") or {}
+        for container in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
+            if (ended := termination(container)) is not None:
+                return ended
+    return ""
+
+
+def refused_write(error: ApiException, namespace: str, gateway: bool = False) -> Exception:
+    """A 403 on the multi-node leader's Role, or on a gateway's objects, is the platform
+    team's choice, not an outage: the chart grants those writes only in multiNode.namespaces
+    and gateway.namespaces. Anything else is returned as it is."""
+    if error.status == 403 and gateway:
+        return SpecInvalid(
+            f"spec.gateway: the operator may not write the gateway's objects (HTTPRoute, "
+            f"InferencePool, the endpoint picker's Role) in namespace {namespace}; ask the "
+            "platform team to add it to the chart's gateway.namespaces, or remove spec.gateway",
+            reason=Reason.MISSING_DEPENDENCY.value)
+    if error.status == 403 and "role" in str(error.reason).lower():
+        return SpecInvalid(
+            f"spec.gpus: a multi-node service needs a Role for its leader, and the operator may "
+            f"not write Roles in namespace {namespace}; ask the platform team to add it to the "
+            "chart's multiNode.namespaces, or use gpus <= gpu.perNode",
+            reason=Reason.MISSING_DEPENDENCY.value)
+    return error

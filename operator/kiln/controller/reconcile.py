@@ -1,0 +1,111 @@
+"""One reconcile of an LLMService: gather the snapshot, decide, execute, write the status.
+
+Every handler that reconciles (a change, the resync, a timer with new observations) comes
+through :func:`reconcile`; the status is written in :func:`reconcile` only, once per pass
+(:func:`kiln.controller.execute.write_status`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from ..decide import Actions, EventReason, Observed, decide
+from ..decide.policy import Policy
+from ..decide.status import forbidden, parse_status, status_wire
+from .cache import CachedKubeApi
+from .context import OperatorContext
+from .execute import execute, write_status
+from .gather import gather
+from .kube import ApiException, KubeApi
+from .models import ModelResolver
+
+__all__ = ["reconcile", "reconcile_service", "now", "error_backoff", "ERROR_BACKOFF_SECONDS"]
+
+# Retries after a failed reconcile: 1 s, doubling to at most 5 minutes (controller-runtime's
+# per-object rate limiter does the same, from 5 ms to 1000 s).
+ERROR_BACKOFF_SECONDS = (1.0, 300.0)
+# Events that move the operator's build counters.
+_BUILD_EVENTS = {EventReason.BUILD_STARTED: "started", EventReason.BUILD_SUCCEEDED: "succeeded",
+                 EventReason.BUILD_FAILED: "failed"}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: ModelResolver, at: str,
+                            policy: Policy | None = None, observed: Observed | None = None) -> Actions:
+    """Gather, decide and execute everything but the status write, which the caller makes."""
+    snapshot = await gather(body, api, models, at, policy or Policy(), observed)
+    return await execute(decide(snapshot), api, body.get("status") or {}, at, snapshot.generation)
+
+
+async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
+                    observed: Observed | None = None) -> None:
+    """Reconcile the service and write its status; kopf.TemporaryError to come back later."""
+    raw = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+    async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
+        started = time.perf_counter()
+        try:
+            actions, error = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models,
+                                                     now(), ctx.policy, observed), None
+        except Exception as caught:
+            actions, error = _failed(body, raw["status"], ctx, caught), caught
+        finally:
+            ctx.telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)
+    write_status(patch.status, raw["status"], actions)
+    if error is not None:
+        delay = _capped(ctx, error_backoff(int(kwargs.get("retry") or 0)))
+        said = _said(error)
+        kopf.event(body, type="Warning", reason="ReconcileError",
+                   message=f"{type(error).__name__}: {said}; retrying in {delay:g}s")
+        raise kopf.TemporaryError(f"{type(error).__name__}: {said}", delay=delay) from error
+    meta = body.metadata
+    ctx.telemetry.observe_service(meta["namespace"], meta["name"], raw["spec"], status_wire(actions.status))
+    _post(body, ctx, actions)
+    if actions.requeue is not None:
+        raise kopf.TemporaryError(actions.requeue.message, delay=_capped(ctx, actions.requeue.delay))
+
+
+def error_backoff(retry: int) -> float:
+    first, most = ERROR_BACKOFF_SECONDS
+    return min(most, first * 2 ** min(retry, 16))
+
+
+def _said(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]
+
+
+def _capped(ctx: OperatorContext, delay: float) -> float:
+    return delay if ctx.max_retry_delay is None else min(delay, ctx.max_retry_delay)
+
+
+def _failed(body: kopf.Body, status: Mapping[str, Any], ctx: OperatorContext, error: Exception) -> Actions:
+    """A conflict, an API outage, anything unexpected: counted (alerts see it), posted, and
+    retried with exponential backoff; the status is touched only for a 403, which retrying
+    cannot help until someone grants the verb (said where `kubectl get llms` looks)."""
+    ctx.telemetry.reconcile_errors.labels("LLMService", type(error).__name__).inc()
+    actions = Actions(status=parse_status(status))
+    if isinstance(error, ApiException) and error.status == 403:
+        forbidden(actions.status, _said(error), now())
+    return actions
+
+
+def _post(body: kopf.Body, ctx: OperatorContext, actions: Actions) -> None:
+    """The reconcile's Events, and the counters that follow them."""
+    telemetry = ctx.telemetry
+    for type_, reason, message in actions.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+        if reason in _BUILD_EVENTS:
+            telemetry.builds.labels(_BUILD_EVENTS[reason]).inc()  # type: ignore[index]
+        elif reason == EventReason.ENGINE_REUSED:
+            telemetry.cache_hits.inc()
+        elif type_ == "Warning":
+            telemetry.reconcile_errors.labels("LLMService", reason).inc()
+    if actions.build_seconds is not None:
+        telemetry.build_seconds.observe(actions.build_seconds)

@@ -1,0 +1,271 @@
+"""``decide(snapshot) -> Actions``: the one reconcile of an LLMService, as a pure function.
+
+In order: what the timers observed; the spec and the platform team's policy; the plan and
+``Fits``; the service's addresses; the APIs the spec needs; who owns the children; the engine
+(reused, building, failed, built); the children to apply; the rollout. The first refusal
+stalls the service (``SpecInvalid``), a wait requeues it (``NotReadyYet``), and ``Ready``
+follows from ``Stalled`` and ``Reconciling`` (:func:`kiln.decide.status.conclude`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from ..api import AutoscalingMode, ConditionType, LLMServiceStatus, Reason
+from ..api.llmservice import Condition, EndpointsStatus, EngineRef, ScaleFromZeroStatus
+from ..errors import NotReadyYet, PlanRefused, SpecInvalid
+from ..planner import Plan, cold_start_seconds
+from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node, openai_endpoint
+from ..render.gateway import HTTP_ROUTE_API, INFERENCE_POOL_API
+from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
+from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
+from .engine import engine_ready, storage_uri
+from .observe import EventReason, observe
+from .ownership import check_controlled
+from .snapshot import Actions, Snapshot
+from .status import conclude, get_condition, set_condition
+
+__all__ = ["decide", "refuse", "rolled_out", "children", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
+
+BUILD_POLL_SECONDS = 15.0
+ROLLOUT_POLL_SECONDS = 5.0
+# The LeaderWorkerSet release Kiln's multi-node workloads are written and tested against.
+LWS_MANIFESTS = "https://github.com/kubernetes-sigs/lws/releases/download/v0.10.0/manifests.yaml"
+GATEWAY_INSTALL = ("the Gateway API CRDs (kubectl apply --server-side -f https://github.com/"
+                   "kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml) "
+                   "and the Inference Extension's (kubectl apply --server-side -f https://github.com/"
+                   "kubernetes-sigs/gateway-api-inference-extension/releases/download/v1.6.0/"
+                   "manifests.yaml)")
+HTTP_ADD_ON_INSTALL = ("KEDA (helm install keda kedacore/keda --namespace keda --create-namespace) "
+                       "and its HTTP add-on (helm install http-add-on kedacore/keda-add-ons-http "
+                       "--namespace keda)")
+
+T = TypeVar("T")
+
+
+def decide(snapshot: Snapshot) -> Actions:
+    """Everything one reconcile does about ``snapshot``; reads nothing else."""
+    actions = Actions(status=snapshot.status.model_copy(deep=True))
+    before = get_condition(snapshot.status, ConditionType.STALLED.value)
+    actions.events += observe(actions.status, snapshot.observed, snapshot.now, snapshot.generation)
+    try:
+        _reconcile(snapshot, actions)
+    except SpecInvalid as error:
+        refuse(actions, error, before, snapshot.now, snapshot.generation)
+    except NotReadyYet as error:
+        actions.requeue = error
+    actions.status.observed_generation = snapshot.generation
+    return actions
+
+
+def refuse(actions: Actions, error: SpecInvalid, before: Condition | None, now: str,
+           generation: int | None) -> None:
+    """Stalled with the refusal's reason and message; one Event per transition, not one per
+    resync of a service that stays stalled."""
+    reason = Reason(error.reason) if error.reason in Reason._value2member_map_ else Reason.SPEC_INVALID
+    conclude(actions.status, stalled=True, reconciling=False, reason=reason, message=error.message,
+             now=now, generation=generation)
+    if before is None or (before.status, before.message) != ("True", error.message):
+        actions.events.append(("Warning", error.reason, error.message))
+    actions.requeue = None if error.retry_after is None else NotReadyYet(error.message, delay=error.retry_after)
+    actions.rollout = None
+
+
+def _given(value: T | SpecInvalid | None) -> T:
+    """A snapshot input, or the refusal met while reading it."""
+    if isinstance(value, SpecInvalid):
+        raise value
+    assert value is not None, "the snapshot stops at the first refusal"
+    return value
+
+
+def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
+    parsed = _given(snapshot.parsed)
+    credentials = _given(snapshot.credentials)
+    intent = _given(snapshot.intent)
+    status, ref = actions.status, snapshot.ref
+    _plan_status(status, intent.plan, snapshot.model_why, snapshot.now, snapshot.generation)
+    rendered = _given(intent.rendered)
+    _cancel_superseded(snapshot, actions, rendered)
+    previous_key = status.engine.key if status.engine else None
+    _addresses(status, ref, parsed.spec, intent.plan, rendered)
+    _check_dependencies(snapshot, rendered)
+    cluster, owner = snapshot.cluster, f"{ref.namespace}/{ref.name}"
+    if cluster.read_refusal is not None:
+        raise cluster.read_refusal
+    objects = children(rendered)
+    lives = [cluster.children.get(_key(child)) for child in objects]
+    for child, live in zip(objects, lives):
+        check_controlled(live, child, ref.uid, owner)
+    if cluster.launcher_conflict is not None:
+        raise cluster.launcher_conflict
+    workload = cluster.children.get(_key(rendered.workload))
+    serving_old = workload is not None and \
+        workload["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != rendered.engine["spec"]["key"]
+    if not engine_ready(snapshot, actions, rendered, credentials, previous_key != rendered.engine["spec"]["key"],
+                        serving_old):
+        _building(status, rendered, workload, serving_old, snapshot)
+    set_condition(status, ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT.value,
+                  f"engine {rendered.engine['metadata']['name']} is built", snapshot.now, snapshot.generation)
+    # In order: the pods' ServiceAccounts (and Role) before the pods, then the rest.
+    actions.apply = [child for child, live in zip(objects, lives) if _changed(child, live)]
+    actions.workload, actions.gateway = rendered.workload, rendered.gateway
+    actions.rollout = (intent.replicas, snapshot.now, snapshot.generation)
+    rolled_out(actions, workload)
+
+
+def _plan_status(status: LLMServiceStatus, result: Plan, why_unknown: str, now: str,
+                 generation: int | None) -> None:
+    """``status.plan``, ``tpPp`` and ``Fits``; refused before any Job exists if TensorRT-LLM
+    cannot build it or it does not fit."""
+    previous, status.plan = status.plan, result.status()
+    if previous is not None and previous.kv_cache_tokens == status.plan.kv_cache_tokens:
+        # The observer's figures stand while the prediction they were compared with does.
+        status.plan.observed_kv_cache_tokens = previous.observed_kv_cache_tokens
+        status.plan.kv_cache_tokens_error = previous.kv_cache_tokens_error
+    status.tp_pp = f"{result.tensor_parallel}x{result.pipeline_parallel}"
+    if result.fits is False:
+        message = "; ".join(result.reasons)
+        reason, verdict = ((Reason.DOES_NOT_FIT, "does not fit") if result.buildable
+                           else (Reason.NOT_BUILDABLE, "cannot be built"))
+        set_condition(status, ConditionType.FITS, False, reason.value, message, now, generation)
+        raise PlanRefused(f"{verdict}: {message}", reason=reason.value)
+    if result.fits is None:
+        set_condition(status, ConditionType.FITS, None, Reason.MODEL_CONFIG_UNKNOWN.value, why_unknown,
+                      now, generation)
+    else:
+        set_condition(status, ConditionType.FITS, True, Reason.FITS.value,
+                      f"{result.kv_cache_tokens} KV-cache tokens, "
+                      f"{result.max_concurrent_sequences} sequences of maxSeqLen per replica", now, generation)
+
+
+def _cancel_superseded(snapshot: Snapshot, actions: Actions, rendered: Rendered) -> None:
+    """The spec moved on mid-build: a build nobody else wants would run for hours."""
+    job = snapshot.cluster.superseded_job
+    previous = actions.status.engine.name if actions.status.engine else None
+    if job is None or not previous or previous == rendered.engine["metadata"]["name"]:
+        return
+    actions.delete.append(job)
+    actions.events.append(("Normal", EventReason.BUILD_CANCELLED,
+                           f"deleted build Job {job['metadata']['name']}: no service wants engine "
+                           f"{previous} any more"))
+
+
+def _addresses(status: LLMServiceStatus, ref: ServiceRef, spec: Any, result: Plan,
+               rendered: Rendered) -> None:
+    """The engine the service serves or waits for, and where clients reach it."""
+    engine = rendered.engine
+    status.engine = EngineRef(name=engine["metadata"]["name"], key=engine["spec"]["key"],
+                              storage_uri=storage_uri(engine),
+                              build_job=rendered.build_job["metadata"]["name"])
+    status.endpoint = endpoint(ref.name, ref.namespace)
+    openai_url = openai_endpoint(spec, ref.name, ref.namespace)
+    status.endpoints = EndpointsStatus(openai=openai_url) if openai_url else None
+    status.scale_from_zero = ScaleFromZeroStatus(
+        url=openai_url or "", cold_start_seconds=cold_start_seconds(result), hold_seconds=hold_seconds(result),
+    ) if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP else None
+    status.selector = selector_string(ref.name, "server")
+
+
+def _check_dependencies(snapshot: Snapshot, rendered: Rendered) -> None:
+    """What the spec needs of the cluster and the platform team: Stalled, with what to
+    install or ask for, until it is there (checked again at every reconcile)."""
+    spec, serves = _given(snapshot.parsed).spec, snapshot.cluster.serves
+    workload = rendered.workload
+    if multi_node(spec) and spec.runtime.image and not snapshot.policy.multi_node_custom_images:
+        # The leader holds a token that may exec into its workers; the code holding it must
+        # be Kiln's runtime (which execs only into its group), not an image the author chose.
+        raise SpecInvalid(
+            "spec.runtime.image: a multi-node service runs Kiln's runtime image, because its "
+            "leader holds a token that may exec into pods; remove spec.runtime.image, or ask "
+            "the platform team to allow custom images there (the chart's multiNode.customImages)")
+    if multi_node(spec) and (workload["apiVersion"], workload["kind"]) not in serves:
+        raise SpecInvalid(
+            f"spec.gpus: {spec.gpus} GPUs span {spec.gpus // spec.gpu.per_node} nodes, which needs "
+            f"the LeaderWorkerSet API ({workload['apiVersion']}); it is not installed in this "
+            f"cluster. Install it with `kubectl apply --server-side -f {LWS_MANIFESTS}`, or use "
+            f"gpus <= gpu.perNode={spec.gpu.per_node}", reason=Reason.MISSING_DEPENDENCY.value)
+    for api_version, kind in ((INFERENCE_POOL_API, "InferencePool"), (HTTP_ROUTE_API, "HTTPRoute")):
+        if spec.gateway is not None and (api_version, kind) not in serves:
+            raise SpecInvalid(
+                f"spec.gateway: the cluster does not serve {kind} ({api_version}); install "
+                f"{GATEWAY_INSTALL}, or remove spec.gateway", reason=Reason.MISSING_DEPENDENCY.value)
+    if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP and \
+            (HTTP_SCALED_OBJECT_API, "HTTPScaledObject") not in serves:
+        raise SpecInvalid(
+            f"spec.autoscaling.mode: keda-http needs HTTPScaledObject ({HTTP_SCALED_OBJECT_API}), "
+            f"which the cluster does not serve; install {HTTP_ADD_ON_INSTALL}",
+            reason=Reason.MISSING_DEPENDENCY.value)
+
+
+def needed_apis(snapshot: Snapshot, rendered: Rendered) -> list[tuple[str, str]]:
+    """The optional APIs :func:`_check_dependencies` asks about, for the snapshot to read."""
+    spec = _given(snapshot.parsed).spec
+    needed = [(rendered.workload["apiVersion"], rendered.workload["kind"])] if multi_node(spec) else []
+    if spec.gateway is not None:
+        needed += [(INFERENCE_POOL_API, "InferencePool"), (HTTP_ROUTE_API, "HTTPRoute")]
+    if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP:
+        needed.append((HTTP_SCALED_OBJECT_API, "HTTPScaledObject"))
+    return needed
+
+
+def children(rendered: Rendered) -> list[dict[str, Any]]:
+    """The service's own objects, in the order they are applied (the engine and its build Job
+    are shared, and written apart)."""
+    extras = (extra for extra in (rendered.network_policy, rendered.scaler) if extra is not None)
+    return [*rendered.access, rendered.workload, rendered.service, *extras, *rendered.gateway,
+            *rendered.wake]
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+def _changed(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """Whether ``desired`` must be applied: absent, or its spec hash differs from ``live``'s."""
+    wanted = desired["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)
+    return live is None or live["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION) != wanted
+
+
+def _building(status: LLMServiceStatus, rendered: Rendered, workload: dict[str, Any] | None,
+              serving_old: bool, snapshot: Snapshot) -> None:
+    message = f"waiting for engine {rendered.engine['metadata']['name']} to build" + \
+        ("; the previous engine keeps serving" if serving_old else "")
+    conclude(status, stalled=False, reconciling=True, reason=Reason.ENGINE_BUILDING, message=message,
+             now=snapshot.now, generation=snapshot.generation)
+    _replica_status(status, workload)
+    raise NotReadyYet(message, delay=BUILD_POLL_SECONDS)
+
+
+def _replica_status(status: LLMServiceStatus, live: dict[str, Any] | None) -> int:
+    observed = (live or {}).get("status") or {}
+    status.replicas = int(observed.get("replicas") or 0)
+    status.ready_replicas = int(observed.get("readyReplicas") or 0)
+    return status.ready_replicas
+
+
+def rolled_out(actions: Actions, workload: dict[str, Any] | None) -> None:
+    """Ready, ScaledToZero or RollingOut, from the workload as the API server holds it (after
+    the apply, if there was one): the last word on ``actions.status``."""
+    assert actions.rollout is not None
+    replicas, now, generation = actions.rollout
+    status = actions.status
+    ready = _replica_status(status, workload)
+    meta = (workload or {}).get("metadata") or {}
+    current = ((workload or {}).get("status") or {}).get("observedGeneration") == meta.get("generation") \
+        or meta.get("generation") is None
+    actions.requeue = None
+    if replicas == 0:
+        wake = status.scale_from_zero
+        conclude(status, stalled=False, reconciling=False, reason=Reason.SCALED_TO_ZERO, now=now,
+                 generation=generation, message="scaled to zero replicas" + (
+                     f"; the next request to {wake.url} wakes it (KEDA HTTP add-on), expected cold "
+                     f"start {wake.cold_start_seconds} s" if wake else ""))
+    elif ready >= 1 and current:
+        conclude(status, stalled=False, reconciling=False, reason=Reason.REPLICAS_READY, now=now,
+                 generation=generation, message=f"{ready}/{replicas} replicas ready at {status.endpoint}")
+    else:
+        message = f"{ready}/{replicas} replicas ready"
+        conclude(status, stalled=False, reconciling=True, reason=Reason.ROLLING_OUT, message=message,
+                 now=now, generation=generation)
+        actions.requeue = NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)

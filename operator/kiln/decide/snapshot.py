@@ -1,0 +1,108 @@
+"""What ``decide`` reads and what it returns: a snapshot of one LLMService and its world, and
+the actions that bring the world to what the spec asks for.
+
+The snapshot is everything the operator knows at one moment (the parsed spec, the live
+children from the watch caches, the engine record and its build Job, the latest metric
+samples and autoscale decision, the time); the actions are everything it will do about it (the
+objects to apply in order, the engine record's status, Events, the one status write, when to
+come back). The executor (controller/execute.py) gathers the one and carries out the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api import LLMServiceSpec, LLMServiceStatus
+from ..autoscale import Decision, KVSample
+from ..errors import NotReadyYet, SpecInvalid
+from ..planner import GPU, ModelConfig, Plan
+from ..render import Rendered, ServiceRef
+from .credentials import Credentials
+from .policy import Policy
+
+__all__ = ["Event", "Parsed", "Intent", "Observed", "Cluster", "Snapshot", "Actions"]
+
+Event = tuple[str, str, str]  # (type, reason, message), as kopf.event posts it
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The spec, checked against the API's rules and the platform team's policy."""
+
+    spec: LLMServiceSpec
+    gpu: GPU
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What the spec asks for, before looking at the cluster: the plan and, if it fits, every
+    object rendered for ``replicas`` workload replicas."""
+
+    plan: Plan
+    rendered: Rendered | SpecInvalid | None  # None: it does not fit; SpecInvalid: refused
+    replicas: int
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the timers brought: one scrape of the service's pods (None: no scrape this time)
+    and the builtin autoscaler's decision for a workload of ``current`` replicas."""
+
+    samples: tuple[KVSample, ...] | None = None
+    decision: Decision | None = None
+    current: int | None = None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the API server (or the watch caches) hold for the service."""
+
+    serves: frozenset[tuple[str, str]] = frozenset()  # optional APIs the cluster serves
+    children: Mapping[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)  # (kind, name)
+    engine: dict[str, Any] | None = None  # the LLMEngine record
+    job: dict[str, Any] | None = None  # its build Job
+    build_failure: str = ""  # what a failed build's pods said (read once, when it failed)
+    superseded_job: dict[str, Any] | None = None  # a running build of an engine nobody wants now
+    read_refusal: SpecInvalid | None = None  # a child's read the API server refused
+    launcher_conflict: SpecInvalid | None = None  # a pod the launcher Role would reach is not the service's
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    ref: ServiceRef
+    generation: int | None
+    status: LLMServiceStatus
+    now: str
+    policy: Policy = field(default_factory=Policy)
+    parsed: Parsed | SpecInvalid | None = None
+    credentials: Credentials | SpecInvalid | None = None
+    model: ModelConfig | None = None
+    model_why: str = ""  # why there is no model config (Fits=Unknown)
+    intent: Intent | SpecInvalid | None = None
+    cluster: Cluster = field(default_factory=Cluster)
+    observed: Observed = field(default_factory=Observed)
+
+
+@dataclass
+class Actions:
+    """What one reconcile does, in the order the executor does it."""
+
+    status: LLMServiceStatus
+    events: list[Event] = field(default_factory=list)
+    delete: list[dict[str, Any]] = field(default_factory=list)  # with their dependents
+    engine: dict[str, Any] | None = None  # the LLMEngine record the statuses below are for
+    engine_record: dict[str, Any] | None = None  # the LLMEngine record to create
+    build_job: dict[str, Any] | None = None  # to create; ``started`` only if this create made it
+    started: list[Event] = field(default_factory=list)
+    started_engine_status: dict[str, Any] | None = None
+    engine_status: dict[str, Any] | None = None  # a merge patch of the LLMEngine's status
+    apply: list[dict[str, Any]] = field(default_factory=list)  # server-side apply, in order
+    workload: dict[str, Any] | None = None  # which of them is the workload
+    gateway: tuple[dict[str, Any], ...] = ()  # which are the gateway's (a 403 there is the platform's choice)
+    requeue: NotReadyYet | None = None
+    build_seconds: float | None = None  # run time of a build Job that completed just now
+    # (replicas, now, generation) once the children are decided: the rollout is concluded
+    # from the workload the API server returns (kiln.decide.decide.rolled_out).
+    rollout: tuple[int, str, int | None] | None = None

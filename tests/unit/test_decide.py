@@ -1,0 +1,310 @@
+"""``decide(snapshot) -> Actions`` as a table: every state a service passes through, from a
+snapshot built in memory (no API server, no emulator), and what the operator does about it."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+import yaml
+
+from kiln.api import LLMServiceStatus
+from kiln.autoscale import Decision, KVSample
+from kiln.decide import Cluster, Observed, Snapshot, decide, intend, parse, workload_replicas
+from kiln.decide.credentials import Credentials
+from kiln.decide.decide import children, rolled_out
+from kiln.decide.policy import Policy
+from kiln.decide.status import get_condition, status_wire
+from kiln.errors import SpecInvalid
+from kiln.planner import model_config
+from kiln.render import ServiceRef
+from kiln.render.meta import ENGINE_KEY_ANNOTATION
+
+from ..conftest import ROOT
+
+NOW = "2026-01-01T00:00:00Z"
+REF = ServiceRef("mistral-7b", "llm", "uid-1")
+MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())["spec"]
+SERVES_ALL = frozenset({("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
+                        ("inference.networking.k8s.io/v1", "InferencePool"),
+                        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+                        ("http.keda.sh/v1alpha1", "HTTPScaledObject")})
+
+
+def _spec(**changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(MISTRAL)
+    spec.update(changes)
+    return spec
+
+
+@dataclass
+class World:
+    """The cluster around the service, as the snapshot reads it."""
+
+    spec: dict[str, Any] = field(default_factory=_spec)
+    status: dict[str, Any] = field(default_factory=dict)
+    engine: str = "absent"  # absent | pending | ready | other-key | gated
+    job: str = "absent"  # absent | running | complete | failed
+    failure_recorded: bool = False
+    workload: str = "absent"  # absent | rolling | ready | old-engine | foreign
+    children: str = "ours"  # ours | foreign
+    serves: frozenset[tuple[str, str]] = SERVES_ALL
+    credentials: Credentials | SpecInvalid = Credentials(found=False)
+    known_model: bool = True
+    policy: Policy = Policy()
+    observed: Observed = Observed()
+    name: str = "mistral-7b"
+    superseded: bool = False
+    read_refusal: SpecInvalid | None = None
+
+
+def _owned(obj: dict[str, Any], uid: str = "uid-1") -> dict[str, Any]:
+    live = copy.deepcopy(obj)
+    live["metadata"]["ownerReferences"] = [{"apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService",
+                                            "name": REF.name, "uid": uid, "controller": True}]
+    return live
+
+
+def _condition(type_: str, ok: bool, reason: str = "Done") -> dict[str, Any]:
+    return {"type": type_, "status": "True" if ok else "False", "reason": reason, "message": "m",
+            "lastTransitionTime": "2025-12-31T00:00:00Z"}
+
+
+def _engine_record(rendered: Any, world: World) -> dict[str, Any] | None:
+    if world.engine == "absent":
+        return None
+    record = copy.deepcopy(rendered.engine)
+    if world.engine == "other-key":
+        record["spec"]["key"] = "0" * 64
+    if world.engine == "gated":
+        record["spec"]["credentialsSecret"] = "hf-token"
+    ready = world.engine in ("ready", "gated", "other-key")
+    failed = world.failure_recorded
+    record["status"] = {"conditions": [
+        _condition("Ready", ready, "EngineBuildFailed" if failed else "EngineBuilt")]}
+    if failed:
+        record["status"]["conditions"][0]["message"] = "recorded failure"
+    return record
+
+
+def _job(rendered: Any, world: World) -> dict[str, Any] | None:
+    if world.job == "absent":
+        return None
+    job = _owned(rendered.build_job)
+    state = {"complete": "Complete", "failed": "Failed"}.get(world.job)
+    job["status"] = {"startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:20:00Z",
+                     "conditions": [_condition(state, True)] if state else []}
+    return job
+
+
+def _workload(rendered: Any, world: World) -> dict[str, Any] | None:
+    if world.workload == "absent":
+        return None
+    live = _owned(rendered.workload, "someone-else" if world.workload == "foreign" else "uid-1")
+    live["metadata"]["generation"] = 1
+    ready = 1 if world.workload in ("ready", "old-engine") else 0
+    live["status"] = {"observedGeneration": 1, "replicas": 1, "readyReplicas": ready}
+    if world.workload == "old-engine":
+        live["metadata"]["annotations"][ENGINE_KEY_ANNOTATION] = "an-older-key"
+    return live
+
+
+def snapshot(world: World) -> Snapshot:
+    """What the operator would read in ``world`` (controller/gather.py, without the API)."""
+    ref = replace(REF, name=world.name)
+    status = LLMServiceStatus.model_validate(world.status)
+    base = Snapshot(ref, 3, status, NOW, world.policy, observed=world.observed)
+    try:
+        parsed = parse(ref, world.spec, world.policy)
+    except SpecInvalid as error:
+        return replace(base, parsed=error)
+    if isinstance(world.credentials, SpecInvalid):
+        return replace(base, parsed=parsed, credentials=world.credentials)
+    model, why = model_config(parsed.spec.model.source) if world.known_model else (None, "not in the catalog")
+    decision = world.observed.decision
+    replicas = workload_replicas(parsed.spec, decision.desired if decision else status.desired_replicas)
+    intent = intend(ref, parsed, model, replicas)
+    base = replace(base, parsed=parsed, credentials=world.credentials, model=model, model_why=why, intent=intent)
+    if intent.rendered is None or isinstance(intent.rendered, SpecInvalid):
+        return base
+    rendered = intent.rendered
+    # What the cluster holds was rendered for the replicas before the decision.
+    live = intend(ref, parsed, model, world.observed.current).rendered if decision else rendered
+    lives = {(c["kind"], c["metadata"]["name"]): (_owned(c) if world.children == "ours" else _owned(c, "x"))
+             for c in children(live) if world.workload != "absent"}
+    lives[(rendered.workload["kind"], rendered.workload["metadata"]["name"])] = _workload(live, world)
+    superseded = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "old-build", "namespace": "llm"}}
+    return replace(base, cluster=Cluster(
+        serves=world.serves, children=lives, engine=_engine_record(rendered, world), job=_job(rendered, world),
+        build_failure=" at step build (container build, exit code 1): out of memory",
+        superseded_job=superseded if world.superseded else None, read_refusal=world.read_refusal))
+
+
+def _ready_status(**extra: Any) -> dict[str, Any]:
+    """The status of a service that was Ready on the current engine."""
+    world = World(engine="ready", workload="ready")
+    return {**status_wire(decide(snapshot(world)).status), **extra}
+
+
+def _condition_of(actions: Any, type_: str) -> tuple[str, str] | None:
+    condition = get_condition(actions.status, type_)
+    return (condition.status, condition.reason) if condition else None
+
+
+ENGINE_KEYED = {"engine": {"name": "x", "key": "k", "storageUri": "pvc://llm/c/k", "buildJob": "x-build"}}
+SCALING = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4}
+
+# (what the service is going through, its world, Ready, Stalled reason or None, Event reasons,
+#  kinds applied, requeue seconds)
+ROWS: list[tuple[str, Any, tuple[str, str], str | None, list[str], list[str], float | None]] = [
+    ("invalid spec", lambda: World(spec=_spec(gpus=0)),
+     ("False", "SpecInvalid"), "SpecInvalid", ["SpecInvalid"], [], None),
+    ("invalid name", lambda: World(name="Mistral_7B"),
+     ("False", "SpecInvalid"), "SpecInvalid", ["SpecInvalid"], [], None),
+    ("unknown GPU", lambda: World(spec=_spec(gpu={"type": "Z9000", "perNode": 8})),
+     ("False", "SpecInvalid"), "SpecInvalid", ["SpecInvalid"], [], None),
+    ("Prometheus refused by policy", lambda: World(
+        spec=_spec(autoscaling={**SCALING, "metricsSource": "prometheus", "prometheusUrl": "http://evil:9090"}),
+        policy=Policy(prometheus_urls=("http://prometheus:9090",))),
+     ("False", "SpecInvalid"), "SpecInvalid", ["SpecInvalid"], [], None),
+    ("credentials Secret missing", lambda: World(credentials=SpecInvalid(
+        "spec.model.credentials.secretName: Secret llm/hf-token not found", reason="MissingDependency",
+        retry_after=5.0)),
+     ("False", "MissingDependency"), "MissingDependency", ["MissingDependency"], [], 5.0),
+    ("does not fit", lambda: World(spec=_spec(engine={"maxBatchSize": 2048, "maxSeqLen": 131072,
+                                                      "maxInputLen": 4096})),
+     ("False", "DoesNotFit"), "DoesNotFit", ["DoesNotFit"], [], None),
+    ("new: the build starts", lambda: World(),
+     ("False", "EngineBuilding"), None, [], [], 15.0),
+    ("model config unknown: built anyway", lambda: World(known_model=False),
+     ("False", "EngineBuilding"), None, [], [], 15.0),
+    ("building", lambda: World(engine="pending", job="running"),
+     ("False", "EngineBuilding"), None, [], [], 15.0),
+    ("build succeeded: the children are applied", lambda: World(engine="pending", job="complete"),
+     ("False", "RollingOut"), None, ["BuildSucceeded"],
+     ["ServiceAccount", "Deployment", "Service"], 5.0),
+    ("build failed", lambda: World(engine="pending", job="failed"),
+     ("False", "EngineBuildFailed"), "EngineBuildFailed", ["BuildFailed", "EngineBuildFailed"], [], None),
+    ("build failed, already reported", lambda: World(engine="pending", job="failed", failure_recorded=True),
+     ("False", "EngineBuildFailed"), "EngineBuildFailed", ["EngineBuildFailed"], [], None),
+    ("build failed with an old engine serving", lambda: World(engine="pending", job="failed",
+                                                              workload="old-engine"),
+     ("False", "EngineBuildFailed"), "EngineBuildFailed", ["BuildFailed", "EngineBuildFailed"], [], None),
+    ("engine built by another service: reused", lambda: World(engine="ready"),
+     ("False", "RollingOut"), None, ["EngineReused"], ["ServiceAccount", "Deployment", "Service"], 5.0),
+    ("rolling out", lambda: World(engine="ready", workload="rolling", status=ENGINE_KEYED),
+     ("False", "RollingOut"), None, ["EngineReused"], [], 5.0),
+    ("ready", lambda: World(engine="ready", workload="ready", status=_ready_status()),
+     ("True", "ReplicasReady"), None, [], [], None),
+    ("a new engine builds while the old one serves", lambda: World(engine="pending", job="running",
+                                                                   workload="old-engine"),
+     ("False", "EngineBuilding"), None, [], [], 15.0),
+    ("the spec moved on mid-build", lambda: World(superseded=True, status=ENGINE_KEYED),
+     ("False", "EngineBuilding"), None, ["BuildCancelled"], [], 15.0),
+    ("stalled on a conflict", lambda: World(engine="ready", workload="foreign"),
+     ("False", "ResourceConflict"), "ResourceConflict", ["EngineReused"] * 0 + ["ResourceConflict"], [], None),
+    ("stalled on a conflict, already reported", lambda: World(
+        engine="ready", workload="foreign", status=decided_status(World(engine="ready", workload="foreign"))),
+     ("False", "ResourceConflict"), "ResourceConflict", [], [], None),
+    ("an engine record holding another key", lambda: World(engine="other-key"),
+     ("False", "ResourceConflict"), "ResourceConflict", ["ResourceConflict"], [], None),
+    ("a gated engine, no credentials", lambda: World(engine="gated"),
+     ("False", "CredentialsRequired"), "CredentialsRequired", ["CredentialsRequired"], [], None),
+    ("multi-node without LeaderWorkerSet", lambda: World(spec=_spec(gpus=16, parallelism={"tensor": 8, "pipeline": 2}),
+                                                         serves=frozenset()),
+     ("False", "MissingDependency"), "MissingDependency", ["MissingDependency"], [], None),
+    ("gateway without its CRDs", lambda: World(spec=_spec(gateway={"name": "inference-gateway"}), serves=frozenset()),
+     ("False", "MissingDependency"), "MissingDependency", ["MissingDependency"], [], None),
+    ("the gateway's objects forbidden", lambda: World(spec=_spec(gateway={"name": "inference-gateway"}), read_refusal=SpecInvalid(
+        "spec.gateway: the operator may not write the gateway's objects", reason="MissingDependency")),
+     ("False", "MissingDependency"), "MissingDependency", ["MissingDependency"], [], None),
+    ("scaled to zero", lambda: World(spec=_spec(replicas=0), engine="ready", workload="rolling",
+                                     status=ENGINE_KEYED),
+     ("True", "ScaledToZero"), None, ["EngineReused"], [], None),
+    ("scaling up", lambda: World(spec=_spec(autoscaling=SCALING), engine="ready", workload="ready",
+                                 status=_ready_status(), observed=Observed(
+                                     decision=Decision(2, "KV 90% > 75%"), current=1)),
+     ("True", "ReplicasReady"), None, ["ScaledUp"], ["Deployment"], None),
+    ("metrics missing: the autoscaler holds", lambda: World(
+        spec=_spec(autoscaling=SCALING), engine="ready", workload="ready", status=_ready_status(),
+        observed=Observed(decision=Decision(1, "no fresh samples", held=True), current=1)),
+     ("True", "ReplicasReady"), None, [], [], None),
+    ("a scrape far from the plan", lambda: World(
+        engine="ready", workload="ready", status=_ready_status(),
+        observed=Observed(samples=(KVSample(100, 50, 32),))),
+     ("True", "ReplicasReady"), None, ["PlanMismatch"], [], None),
+]
+
+
+def decided_status(world: World) -> dict[str, Any]:
+    return status_wire(decide(snapshot(world)).status)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row[0] for row in ROWS])
+def test_decide(row):
+    _, world, ready, stalled, events, applied, requeue = row
+    actions = decide(snapshot(world()))
+    assert _condition_of(actions, "Ready") == ready
+    assert _condition_of(actions, "Stalled") == (("True", stalled) if stalled else ("False", ready[1]))
+    assert sorted(reason for _, reason, _ in actions.events) == sorted(events)
+    assert [obj["kind"] for obj in actions.apply] == applied
+    assert (actions.requeue.delay if actions.requeue else None) == requeue
+    assert actions.status.observed_generation == 3
+
+
+def test_a_new_service_creates_the_engine_record_and_its_build():
+    actions = decide(snapshot(World()))
+    assert actions.engine_record["kind"] == "LLMEngine" and actions.build_job["kind"] == "Job"
+    assert [reason for _, reason, _ in actions.started] == ["BuildStarted"]
+    assert actions.started_engine_status["conditions"][0]["reason"] == "EngineBuilding"
+    assert _condition_of(actions, "EngineReady") == ("False", "EngineBuilding")
+
+
+def test_a_completed_build_is_recorded_on_the_engine_once():
+    actions = decide(snapshot(World(engine="pending", job="complete")))
+    assert actions.engine_status["storageUri"] == actions.status.engine.storage_uri
+    assert actions.build_seconds == 1200.0 and actions.build_job is None
+
+
+def test_a_failed_build_says_what_its_pods_said():
+    actions = decide(snapshot(World(engine="pending", job="failed", workload="old-engine")))
+    message = get_condition(actions.status, "Stalled").message
+    assert "out of memory" in message and message.endswith("the previous engine keeps serving")
+
+
+def test_a_ready_service_decides_nothing_new():
+    """The resync of a settled service: nothing to apply, and the same status back."""
+    status = _ready_status()
+    actions = decide(snapshot(World(engine="ready", workload="ready", status=status)))
+    assert status_wire(actions.status) == status and not actions.apply and not actions.events
+
+
+def test_scaling_writes_the_decision_to_status_never_the_spec():
+    world = World(spec=_spec(autoscaling=SCALING), engine="ready", workload="ready", status=_ready_status(),
+                  observed=Observed(decision=Decision(3, "KV 95% > 75%"), current=1))
+    actions = decide(snapshot(world))
+    assert actions.status.desired_replicas == 3 and actions.status.autoscaling.last_scale_time == NOW
+    [workload] = actions.apply
+    assert workload["spec"]["replicas"] == 3
+    assert _condition_of(actions, "ScalingActive") == ("True", "MetricsAvailable")
+    # The rollout is concluded from the workload the API server returns from the apply.
+    applied = copy.deepcopy(workload)
+    applied["metadata"]["generation"], applied["status"] = 2, {"observedGeneration": 1, "readyReplicas": 1}
+    rolled_out(actions, applied)
+    assert _condition_of(actions, "Ready") == ("False", "RollingOut") and actions.requeue.delay == 5.0
+    assert get_condition(actions.status, "Reconciling").message == "1/3 replicas ready"
+
+
+def test_held_scaling_says_metrics_are_unavailable():
+    world = World(spec=_spec(autoscaling=SCALING), engine="ready", workload="ready", status=_ready_status(),
+                  observed=Observed(decision=Decision(1, "no fresh samples", held=True), current=1))
+    assert _condition_of(decide(snapshot(world)), "ScalingActive") == ("False", "MetricsUnavailable")
+
+
+def test_ready_is_true_exactly_when_neither_stalled_nor_reconciling():
+    for row in ROWS:
+        actions = decide(snapshot(row[1]()))
+        abnormal = {t for t in ("Stalled", "Reconciling") if get_condition(actions.status, t).status == "True"}
+        assert (get_condition(actions.status, "Ready").status == "True") == (not abnormal), row[0]
