@@ -201,10 +201,13 @@ def _attach_rules(schema: dict[str, Any], rules: dict[str, list[dict[str, str]]]
 
 
 def _status_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = openapi_schema(model)
-    # kopf keeps its own bookkeeping next to Kiln's fields; keep unknown status fields.
-    schema["x-kubernetes-preserve-unknown-fields"] = True
-    return schema
+    """The status as Kiln types it, and nothing else: the API server prunes unknown fields.
+    kopf would keep its handlers' progress in ``status.kopf`` by default (its
+    SmartProgressStorage, whose touch field is ``status.kopf.dummy``: kopf/_cogs/configs/
+    progress.py); the operator configures AnnotationsProgressStorage and
+    AnnotationsDiffBaseStorage (controller/handlers.py, ``configure``), so kopf writes
+    annotations only."""
+    return openapi_schema(model)
 
 
 def _crd(kind: str, plural: str, scope: str, spec: dict[str, Any], status: dict[str, Any],
