@@ -204,7 +204,7 @@ ROWS: list[tuple[str, Any, tuple[str, str], str | None, list[str], list[str], fl
     ("the spec moved on mid-build", lambda: World(superseded=True, status=ENGINE_KEYED),
      ("False", "EngineBuilding"), None, ["BuildCancelled"], [], 15.0),
     ("stalled on a conflict", lambda: World(engine="ready", workload="foreign"),
-     ("False", "ResourceConflict"), "ResourceConflict", ["EngineReused"] * 0 + ["ResourceConflict"], [], None),
+     ("False", "ResourceConflict"), "ResourceConflict", ["ResourceConflict"], [], None),
     ("stalled on a conflict, already reported", lambda: World(
         engine="ready", workload="foreign", status=decided_status(World(engine="ready", workload="foreign"))),
      ("False", "ResourceConflict"), "ResourceConflict", [], [], None),
