@@ -104,7 +104,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
         workload["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != rendered.engine["spec"]["key"]
     if not engine_ready(snapshot, actions, rendered, credentials, previous_key != rendered.engine["spec"]["key"],
                         serving_old):
-        _building(status, rendered, workload, serving_old, snapshot)
+        _wait_for_build(status, rendered, workload, serving_old, snapshot)
     set_condition(status, ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT.value,
                   f"engine {rendered.engine['metadata']['name']} is built", snapshot.now, snapshot.generation)
     # In order: the pods' ServiceAccounts (and Role) before the pods, then the rest.
@@ -227,8 +227,9 @@ def _changed(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     return live is None or live["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION) != wanted
 
 
-def _building(status: LLMServiceStatus, rendered: Rendered, workload: dict[str, Any] | None,
-              serving_old: bool, snapshot: Snapshot) -> None:
+def _wait_for_build(status: LLMServiceStatus, rendered: Rendered, workload: dict[str, Any] | None,
+                    serving_old: bool, snapshot: Snapshot) -> None:
+    """Reconciling while the engine builds: NotReadyYet, to look again in BUILD_POLL_SECONDS."""
     message = f"waiting for engine {rendered.engine['metadata']['name']} to build" + \
         ("; the previous engine keeps serving" if serving_old else "")
     conclude(status, stalled=False, reconciling=True, reason=Reason.ENGINE_BUILDING, message=message,
