@@ -130,11 +130,12 @@ async def _sweep(namespace: str, ctx: OperatorContext, logger: logging.Logger) -
 
 
 async def _reconcile_quietly(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext,
-                             kwargs: dict[str, Any], observed: Observed | None = None) -> None:
+                             kwargs: dict[str, Any], observed: Observed | None = None,
+                             queued: bool = True) -> None:
     """A reconcile from a timer: the next tick comes anyway (a build or a rollout in
     progress is followed tick by tick until it settles)."""
     try:
-        await reconcile(body, patch, ctx, cache_indexes(kwargs), observed)
+        await reconcile(body, patch, ctx, cache_indexes(kwargs), observed, queued)
     except kopf.TemporaryError:
         pass
 
@@ -160,7 +161,7 @@ async def scrape(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stop
     samples = await source.kv_samples(meta["namespace"], selector_string(meta["name"], "server"))
     observed = Observed(samples=tuple(samples))
     if _changes_status(body, observed):
-        await _reconcile_quietly(body, patch, memo, kwargs, observed)
+        await _reconcile_quietly(body, patch, memo, kwargs, observed, queued=False)
 
 
 def _changes_status(body: kopf.Body, observed: Observed) -> bool:
@@ -196,8 +197,10 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
     observed = Observed(samples=tuple(memo.autoscaler.latest(meta["namespace"], meta["name"])),
                         decision=decision, current=current)
     settled = status.ready_replicas == current and is_true(status, ConditionType.READY.value)
-    if decision.desired != current or not settled or _changes_status(body, observed):
-        await _reconcile_quietly(body, patch, memo, kwargs, observed)
+    if decision.desired != current or not settled:
+        await _reconcile_quietly(body, patch, memo, kwargs, observed)  # a rollout to make or follow
+    elif _changes_status(body, observed):
+        await _reconcile_quietly(body, patch, memo, kwargs, observed, queued=False)
 
 
 def _prefill_speed(spec: Any, plan: Any) -> float | None:

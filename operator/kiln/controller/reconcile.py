@@ -7,6 +7,7 @@ through :func:`reconcile`; the status is written in :func:`reconcile` only, once
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import time
 from collections.abc import Mapping
@@ -46,10 +47,15 @@ async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: Model
 
 
 async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
-                    observed: Observed | None = None) -> None:
-    """Reconcile the service and write its status; kopf.TemporaryError to come back later."""
+                    observed: Observed | None = None, queued: bool = True) -> None:
+    """Reconcile the service and write its status; kopf.TemporaryError to come back later.
+
+    ``queued=False``: a settled service's new observations, which change nothing but its
+    status, are reconciled at once instead of in a slot. Behind a queue of reconciles the
+    body kopf handed over would be long out of date, and the write with it."""
     raw = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
-    async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
+    # The time waiting for a slot is not the reconcile's.
+    async with ctx.reconcile_slots if queued else contextlib.nullcontext():
         started = time.perf_counter()
         try:
             actions, error = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models,
