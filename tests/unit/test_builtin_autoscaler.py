@@ -71,6 +71,7 @@ async def test_the_demand_from_arrivals_uses_the_finished_requests_and_the_reque
 
 
 def test_the_operator_costs_a_request_from_the_planned_status_as_the_simulator_does():
+    from kiln.api import PlanStatus
     from kiln.controller.handlers import _request_seconds
     from kiln.planner import lookup_gpu
     from kiln.planner.perf import PerfModel
@@ -79,8 +80,8 @@ def test_the_operator_costs_a_request_from_the_planned_status_as_the_simulator_d
                                "precision": "fp8", "gpu": {"type": "H100-80GB", "perNode": 8},
                                "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4}})
     perf = PerfModel.for_catalog_model(spec, lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b))
-    status = {"plan": {"weightBytesPerGpu": perf.weight_bytes, "kvCacheTokens": perf.kv_tokens,
-                       "kvBytesPerTokenPerGpu": perf.kv_bytes_per_token}}
+    plan = PlanStatus(tensor_parallel=1, pipeline_parallel=1, weight_bytes_per_gpu=perf.weight_bytes,
+                      kv_cache_tokens=perf.kv_tokens, kv_bytes_per_token_per_gpu=perf.kv_bytes_per_token)
     # The status has no model shape, so no attention term: within 2 % on Azure conv's means.
-    assert abs(_request_seconds(spec, status)(1155, 211) / perf.request_seconds(1155, 211) - 1) < 0.02
-    assert _request_seconds(spec, {}) is None  # before the plan
+    assert abs(_request_seconds(spec, plan)(1155, 211) / perf.request_seconds(1155, 211) - 1) < 0.02
+    assert _request_seconds(spec, None) is None  # before the plan
