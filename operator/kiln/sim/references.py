@@ -10,7 +10,8 @@ that space of decision sequences, under the same cold starts, with the whole tra
 budget: it starts from the schedules it can build with foresight (per-window needs asked for
 a cold start ahead, repaired where the whole replay misses; the cheapest fixed fleet) and from
 every schedule that the policies it is compared with produced (``seeds``), keeps the cheapest
-that meets the goal, and then removes replicas block by block while the goal still holds.
+that meets the goal, and then removes a replica block by block, never below what each window
+needs alone, while the goal still holds.
 So it is never above any seeded policy that meets the goal, and below it by what foresight
 saves; it is an upper bound on the true optimum over all schedules, which is a search over
 ``high ** decisions`` sequences and is not attempted. A ratio to clairvoyant therefore
@@ -33,7 +34,7 @@ Policy = Callable[[FleetView], int]
 # The per-window goal of the foresight schedule it starts from (repaired afterwards).
 CLAIRVOYANT_WINDOW_GOAL = 0.995
 REPAIR_ROUNDS = 4
-TRIM_BLOCK_SECONDS = (600.0, 300.0)
+TRIM_BLOCK_SECONDS = (600.0,)
 
 
 @dataclass
@@ -130,18 +131,19 @@ def clairvoyant(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float, go
     if not candidates:
         return "none met the goal", min([trial, fixed], key=lambda s: -s.result.slo_attainment).result
     best = min(candidates, key=lambda s: s.result.gpu_hours)
-    # Foresight on top: a replica fewer over each block while the whole trace meets the goal,
-    # the blocks holding most replicas first (within the trace: the lead-in is not counted).
+    # Foresight on top: a replica fewer over each block, never below what each window needs
+    # alone, kept while the whole trace meets the goal; the blocks holding most replicas
+    # first (within the trace: the lead-in is not counted).
     for seconds in trim_blocks:
         span = int(seconds // fleet.period)
         blocks = [(i, min(len(times), i + span)) for i in range(0, len(times), span)
                   if times[min(len(times), i + span) - 1] >= -fleet.cold_start]
         blocks.sort(key=lambda b: -sum(best.decisions[b[0]:b[1]]))
         for a, b in blocks:
-            if all(d <= low for d in best.decisions[a:b]):
+            block = [max(low, need, d - 1) for d, need in zip(best.decisions[a:b], foresight[a:b])]
+            if block == best.decisions[a:b]:
                 continue
-            trimmed = best.decisions[:a] + [max(low, d - 1) for d in best.decisions[a:b]] + best.decisions[b:]
-            trial = run(trimmed, f"{best.source.split(',')[0]}, trimmed")
+            trial = run(best.decisions[:a] + block + best.decisions[b:], f"{best.source.split(',')[0]}, trimmed")
             if meets(trial) and trial.result.gpu_hours < best.result.gpu_hours:
                 best = trial
     return best.source, best.result
