@@ -198,3 +198,21 @@ def test_chunked_context_lets_decoding_continue_beside_a_long_prompt():
     replica.advance(0.25, 0.25, perf, ttfts, [])  # the long prompt is chunked: decode goes on
     assert replica.running[0].generated > generated + 5
     assert replica.running[1].prefill_left > 0 and len(ttfts) == 1
+
+
+def test_stock_references_show_beside_kiln_within_100_columns(tmp_path, capsys):
+    from kiln.cli import main
+
+    rows = [(t * 0.1, 2000, 200) for t in range(3000)] + [(300 + t * 0.04, 2000, 200) for t in range(3000)]
+    path = _trace(tmp_path, rows)
+    code = main(["simulate", "-f", str(ROOT / "examples" / "llama-3.1-8b-fp8.yaml"), "--trace", str(path),
+                 "--cold-start", "30", "--policy", "kiln", "--policy", "hpa-metrics", "--policy", "keda-metrics",
+                 "--policy", "clairvoyant"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert all(len(line) <= 100 for line in out.splitlines())
+    table = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert {"kiln", "hpa-metrics", "keda-metrics", "clairvoyant"} <= set(table)
+    # Each stock row names the sweep point it reports; clairvoyant how it was found.
+    assert any(line.startswith("hpa-metrics: ") for line in out.splitlines())
+    assert any(line.startswith("clairvoyant: ") for line in out.splitlines())
