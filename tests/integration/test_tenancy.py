@@ -84,8 +84,11 @@ async def test_a_child_name_taken_by_someone_elses_object_stalls_and_the_object_
         _untouched(sb.get("services", "web-server", NS), theirs)
         # Checked before the build: no GPU time is spent on a service that cannot be served.
         assert sb.objects("jobs") == [] and sb.objects("deployments") == []
-        assert any(e.get("reason") == "ResourceConflict" and f"{sb.ns(NS)}/web-server" in e.get("message", "")
-                   for e in sb.objects("events"))
+        # kopf posts Events from a queue, after the status write they tell of: wait for it.
+        await sb.wait_for(lambda: any(e.get("reason") == "ResourceConflict"
+                                      and f"{sb.ns(NS)}/web-server" in e.get("message", "")
+                                      for e in sb.objects("events")),
+                          what="a ResourceConflict Event naming the Service")
 
         # Deleting the service leaves the other object in place.
         await sb.api.delete(sb.get("llmservices", "web", NS))
