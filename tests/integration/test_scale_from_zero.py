@@ -115,6 +115,9 @@ async def test_the_interceptor_routes_by_host_and_path_only(backend, parked):
 async def test_a_held_request_is_cut_at_the_condition_wait_when_nothing_wakes(backend, parked):
     sb, add_on = parked
     await add_on.stop_scaling()  # KEDA is down: nothing raises the replicas
+    # The operator would put its own conditionWait back on its next reconcile (it corrects drift
+    # in the objects it owns); this test is about the interceptor alone.
+    await sb.stop_operator()
     await sb.api._call("PATCH", f"/apis/http.keda.sh/v1alpha1/namespaces/{sb.ns(NS)}/httpscaledobjects/{NAME}",
                        body={"spec": {"timeouts": {"conditionWait": "1s"}}},
                        content_type="application/merge-patch+json")
