@@ -322,7 +322,10 @@ async def test_a_pod_named_like_a_worker_that_is_not_the_groups_gets_no_launcher
         sts = await sb.create({
             "apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "ci-group-0", "namespace": NS},
+            # OnDelete: a real StatefulSet controller would otherwise replace the pod made below
+            # (it has no revision label), and the operator could reconcile in that gap.
             "spec": {"serviceName": "db", "replicas": 2, "selector": {"matchLabels": {"app": "db"}},
+                     "updateStrategy": {"type": "OnDelete"},
                      "template": {"metadata": {"labels": {"app": "db"}},
                                   "spec": {"containers": [{"name": "db", "image": "db:1"}]}}}})
         # Labels copied from an LWS worker do not make it one.
