@@ -64,12 +64,13 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from kiln.api import API_VERSION  # noqa: E402
 from kiln.decide.conditions import is_true  # noqa: E402
-from kiln.controller.handlers import OBSERVE_PERIOD_SECONDS, OPERATOR_TOKEN, RESYNC_SECONDS  # noqa: E402
+from kiln.controller.context import (OBSERVE_PERIOD_SECONDS, RESYNC_SECONDS, OperatorContext,  # noqa: E402
+                                    Timings)
 from kiln.controller.operator import run_operator  # noqa: E402
 from kiln.demo.run import load_manifests  # noqa: E402
-from kiln.controller.handlers import OperatorContext  # noqa: E402
 from kiln.controller.kube import KubeApi  # noqa: E402
 from kiln.controller.models import ModelResolver  # noqa: E402
+from kiln.demo.login import OPERATOR_TOKEN, TokenLogin  # noqa: E402
 from kiln.demo.sandbox import Sandbox, emulator_operator  # noqa: E402
 from kiln.demo.watch import LISTED, ListWatch  # noqa: E402
 from tests.support.cluster import chart_rbac, third_party_crds  # noqa: E402
@@ -93,17 +94,19 @@ def _operator(url: str, metrics_port: int, token: str | None, ca_file: str | Non
     (warnings and errors, to a file here), so that anything kopf would post as an Event is
     posted and counted."""
     async def main() -> None:
+        timings = Timings(max_retry_delay=1.0)
         if token is None:
-            ctx = emulator_operator(url, max_retry_delay=1.0)
+            ctx, login = emulator_operator(url, timings=timings), TokenLogin(url)
         else:
             ctx = OperatorContext(api=KubeApi.for_url(url, token=token, ca_file=ca_file),
-                                  models=ModelResolver(allow_download=False), login_url=url,
-                                  login_token=token, login_ca_file=ca_file, max_retry_delay=1.0)
+                                  models=ModelResolver(allow_download=False), timings=timings)
+            login = TokenLogin(url, token, ca_file)
         ctx.telemetry.serve(metrics_port)
-        try:  # kopf stops on SIGTERM itself: it runs in the main thread
-            await run_operator(ctx, asyncio.Event())
-        finally:
-            await ctx.api.close()
+        async with login:
+            try:  # kopf stops on SIGTERM itself: it runs in the main thread
+                await run_operator(ctx, asyncio.Event(), login=login.handler)
+            finally:
+                await ctx.api.close()
     asyncio.run(main())
 
 

@@ -44,11 +44,12 @@ from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
 
 from kiln.cli import parser, run_policy
-from kiln.controller.handlers import OperatorContext
+from kiln.controller.context import OperatorContext
 from kiln.controller.kube import KubeApi
 from kiln.controller.models import ModelResolver
 from kiln.controller.operator import run_operator
 from kiln.demo.apikubelet import ApiKubelet
+from kiln.demo.login import TokenLogin
 from kiln.demo.watch import ListWatch
 from kiln.demo.kubelet import GPU_NODES
 
@@ -199,12 +200,12 @@ def operator(chart: list[dict[str, Any]]):
             async def main() -> None:
                 ctx = OperatorContext(
                     api=KubeApi.for_url(cluster["server"], token=token, ca_file=ca_file),
-                    models=ModelResolver(), policy=run_policy(args), login_url=cluster["server"],
-                    login_token=token, login_ca_file=ca_file)
-                try:
-                    await run_operator(ctx, stop, args.namespace or None)
-                finally:
-                    await ctx.api.close()
+                    models=ModelResolver(), policy=run_policy(args))
+                async with TokenLogin(cluster["server"], token, ca_file) as login:
+                    try:
+                        await run_operator(ctx, stop, args.namespace or None, login=login.handler)
+                    finally:
+                        await ctx.api.close()
             try:
                 asyncio.run(main())
             except BaseException as error:  # reported below

@@ -46,7 +46,7 @@ def _builds(sb):
 
 async def test_edits_mid_build_leave_one_build_and_one_engine(make_sandbox, backend):
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
-                       operator_options=FAST_COLLECTION) as sb:
+                       timings=FAST_COLLECTION) as sb:
         sb.add_namespace(NS)
         await sb.start_operator()  # no kubelet yet: every build stays running
         await sb.create(_named("edited"))
@@ -81,7 +81,7 @@ async def test_edits_mid_build_leave_one_build_and_one_engine(make_sandbox, back
 
 async def test_a_build_another_service_wants_keeps_running_and_its_engine_stays(make_sandbox):
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
-                       operator_options=FAST_COLLECTION) as sb:
+                       timings=FAST_COLLECTION) as sb:
         sb.add_namespace(NS)
         await sb.start_operator()
         await sb.create(_named("a"))
@@ -123,7 +123,7 @@ async def _superseded_engine_collected(sb):
 
 async def test_with_the_opt_in_the_sweep_starts_one_purge_job_for_the_collected_engine_only():
     async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
-                       operator_options=FAST_COLLECTION,
+                       timings=FAST_COLLECTION,
                        policy=Policy(delete_unreferenced_engine_files=True)) as sb:
         first, current = await _superseded_engine_collected(sb)
         await asyncio.sleep(1.5)  # more sweeps: still one Job, and none for the current engine
@@ -147,7 +147,7 @@ async def test_with_the_opt_in_the_sweep_starts_one_purge_job_for_the_collected_
 
 async def test_by_default_the_sweep_deletes_records_and_starts_no_purge_job():
     async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
-                       operator_options=FAST_COLLECTION) as sb:
+                       timings=FAST_COLLECTION) as sb:
         await _superseded_engine_collected(sb)
         await asyncio.sleep(1.5)
         assert _purge_jobs(sb) == []

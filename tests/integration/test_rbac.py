@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from kiln.decide.conditions import is_true
-from kiln.controller.handlers import OPERATOR_TOKEN
+from kiln.demo.login import OPERATOR_TOKEN
 from kiln.demo.sandbox import Sandbox
 from kiln.render import SPEC_HASH_ANNOTATION
 
@@ -70,8 +70,8 @@ def _service(name, mode, **extra):
 async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
     async with Sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, autoscale_period=0.3,
                        autoscale_timing={"window_seconds": 1.0, "stale_seconds": 1.0},
-                       operator_options={"resync_period": 0.5, "engine_sweep_period": 0.5,
-                                         "engine_grace": 1.0}) as sb:
+                       timings={"resync_period": 0.5, "engine_sweep_period": 0.5,
+                               "engine_grace": 1.0}) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
         await sb.start_operator()

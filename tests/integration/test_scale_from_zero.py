@@ -41,7 +41,7 @@ def _pods(sb):
 async def parked(make_sandbox):
     """The example service, parked at zero as KEDA leaves it after the scale-down period."""
     async with make_sandbox(build_seconds=0.2, start_seconds=0.5, retry_delay=0.2,
-                       operator_options={"resync_period": 0.5}) as sb:
+                       timings={"resync_period": 0.5}) as sb:
         sb.add_namespace(NS)
         sb.add_namespace("keda", shared=True)  # the rendered ExternalName Service names it
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp.web
 import attrs
 
-from kiln.controller.handlers import OPERATOR_TOKEN
+from kiln.demo.login import OPERATOR_TOKEN
 from kiln.demo.emulator import KilnEmulator
 
 __all__ = ["FreezingEmulator", "FlakyEmulator"]

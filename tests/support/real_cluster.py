@@ -26,10 +26,11 @@ import yaml
 
 
 from kiln.api.crd import crds
-from kiln.controller.handlers import OperatorContext
+from kiln.controller.context import OperatorContext
 from kiln.controller.kube import KINDS, KubeApi
 from kiln.controller.models import ModelResolver
 from kiln.demo.apikubelet import ApiKubelet
+from kiln.demo.login import TokenLogin
 from kiln.demo.sandbox import Sandbox
 from kiln.demo.watch import ListWatch
 
@@ -201,10 +202,11 @@ class RealSandbox(Sandbox):
         await self.api.close()
 
     def _operator_context(self, **options: Any) -> OperatorContext:
-        return OperatorContext(
-            api=self.plane.api(operator=True), models=ModelResolver(allow_download=False),
-            login_url=self.plane.server, login_token=self.plane.operator_token,
-            login_ca_file=self.plane.ca_file, **options)
+        return OperatorContext(api=self.plane.api(operator=True),
+                               models=ModelResolver(allow_download=False), **options)
+
+    def _login(self) -> TokenLogin:
+        return TokenLogin(self.plane.server, self.plane.operator_token, self.plane.ca_file)
 
     def add_namespace(self, name: str, *, shared: bool = False) -> None:
         """``name-<suffix>``, deleted on exit; ``shared``: ``name`` itself, kept for the next

@@ -1,24 +1,23 @@
-"""What the operator's handlers share: the API client, the model resolver, the autoscaler,
-the timings, the telemetry. kopf passes it to every handler as ``memo`` (``kopf.operator(memo=
-...)``, docs.kopf.dev "In-memory containers": embedded operators accept ``memo=``)."""
+"""What the operator's handlers share: the API client, the model resolver, the policy, the
+timings, the autoscaler, the telemetry, and the operator's own state. kopf passes it to every
+handler as ``memo`` (``kopf.operator(memo=...)``, docs.kopf.dev "In-memory containers":
+embedded operators accept ``memo=``)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from ..decide.policy import Policy
-from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler, DecisionClock
+from .autoscaler import AUTOSCALE_PERIOD_SECONDS, BuiltinAutoscaler
 from .collect import ENGINE_GRACE_SECONDS, ENGINE_SWEEP_SECONDS
 from .kube import KubeApi
-from .metrics import MetricsSource, PodMetrics
+from .metrics import PodMetrics
 from .models import ModelResolver
 from .telemetry import Telemetry
 
-__all__ = ["OperatorContext", "RESYNC_SECONDS", "FULL_RESYNC_SECONDS", "OBSERVE_PERIOD_SECONDS",
-           "OPERATOR_TOKEN", "MAX_CONCURRENT_RECONCILES"]
+__all__ = ["OperatorContext", "Timings", "RESYNC_SECONDS", "FULL_RESYNC_SECONDS",
+           "OBSERVE_PERIOD_SECONDS", "MAX_CONCURRENT_RECONCILES"]
 
 # The resync tick: how soon a change to an owned object (a build Job completing, a
 # Deployment's replicas becoming ready, an edit or a deletion), seen by its watch, is acted
@@ -29,9 +28,6 @@ FULL_RESYNC_SECONDS = 300.0
 # How often a Ready service's pods are scraped for the status's KV figures (in builtin mode
 # the autoscaler's own scrapes feed them).
 OBSERVE_PERIOD_SECONDS = 60.0
-# The bearer token the operator presents to an emulator, so that its requests can be told
-# apart from the tests' and the simulated kubelet's (the RBAC test audits them).
-OPERATOR_TOKEN = "kiln-operator"
 # Reconciles in flight at once, from any trigger (watch events, the resync, the autoscaler).
 # Like controller-runtime's MaxConcurrentReconciles (default 1): a burst of a thousand new
 # services queues here instead of multiplying API-server load, and each reconcile runs at
@@ -41,35 +37,39 @@ OPERATOR_TOKEN = "kiln-operator"
 MAX_CONCURRENT_RECONCILES = 4
 
 
+@dataclass(frozen=True)
+class Timings:
+    """How often the operator looks again and how long it waits, in seconds."""
+
+    # The timers: the resync tick, the scrape of a Ready service's pods, the builtin
+    # autoscaler's decisions.
+    resync_period: float = RESYNC_SECONDS
+    observe_period: float = OBSERVE_PERIOD_SECONDS
+    autoscale_period: float = AUTOSCALE_PERIOD_SECONDS
+    # The collection of unreferenced engines (controller/collect.py): how often a namespace
+    # is swept, and how long an engine stays unreferenced before its record goes.
+    engine_sweep_period: float = ENGINE_SWEEP_SECONDS
+    engine_grace: float = ENGINE_GRACE_SECONDS
+    # The longest wait before a build, a rollout or a failed reconcile is looked at again
+    # (None: the delay the reconcile asks for, or the error backoff's).
+    max_retry_delay: float | None = None
+    # What a stopping operator gives each object's worker and timer to finish (None: 2 s,
+    # kopf's default, and 10 s).
+    exit_timeout: float | None = None
+
+
 @dataclass
 class OperatorContext:
-    """What the handlers share: the API client, the model resolver, and (for the emulator)
-    where to log in."""
+    """What the handlers share: the API client, the model resolver, the policy and timings,
+    and what the operator keeps in memory between handler runs."""
 
     api: KubeApi
     models: ModelResolver = field(default_factory=ModelResolver)
-    login_url: str | None = None
-    # The identity and trust for ``login_url``: a real API server's operator token and CA file
-    # (the emulator takes the fixed token over plain HTTP).
-    login_token: str = OPERATOR_TOKEN
-    login_ca_file: str | None = None
-    # The demo and the tests poll builds and rollouts faster than a real cluster needs.
-    max_retry_delay: float | None = None
-    metrics: MetricsSource | None = None
-    autoscale_period: float = AUTOSCALE_PERIOD_SECONDS
-    observe_period: float = OBSERVE_PERIOD_SECONDS
-    # LawParams timing overrides (window_seconds, stale_seconds, headroom_*) for the demo
-    # and the tests.
-    autoscale_timing: dict[str, float] = field(default_factory=dict)
-    # The demo's simulated clock for the autoscaler's decisions (None: wall time).
-    decision_clock: DecisionClock | None = None
-    telemetry: Telemetry = field(default_factory=Telemetry)
     policy: Policy = field(default_factory=Policy)
-    # Seconds a stopping operator gives each object's worker and timer to finish (2 s and
-    # 10 s when None); the restart tests stop it as abruptly as a kill would.
-    exit_timeout: float | None = None
-    # The HTTP session kopf uses when ``login_url`` is set; closed by ``run_operator``.
-    kopf_session: aiohttp.ClientSession | None = None
+    timings: Timings = field(default_factory=Timings)
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    # The one builtin autoscaler: its scrapes of the pods and its decisions' history.
+    autoscaler: BuiltinAutoscaler = field(init=False)
     reconcile_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_RECONCILES))
     # Services (by uid) whose owned objects changed since their last resync.
@@ -78,16 +78,8 @@ class OperatorContext:
     # ``memo`` (kopf/_core/reactor/inventory.py, ResourceMemories.recall), so a value set on
     # that copy is the object's own: when the resync last reconciled it in full.
     last_full_resync: float | None = None
-    # The resync tick, and the collection of unreferenced engines (controller/collect.py):
-    # how often a namespace is swept, how long an engine stays unreferenced before its record
-    # goes, and when each namespace was last swept. The tests shorten them.
-    resync_period: float = RESYNC_SECONDS
-    engine_sweep_period: float = ENGINE_SWEEP_SECONDS
-    engine_grace: float = ENGINE_GRACE_SECONDS
+    # When each namespace's engines were last swept.
     last_sweep: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.metrics is None:
-            self.metrics = PodMetrics(self.api)
-        self.autoscaler = BuiltinAutoscaler(self.api, self.metrics, dict(self.autoscale_timing),
-                                            policy=self.policy, decision_clock=self.decision_clock)
+        self.autoscaler = BuiltinAutoscaler(self.api, PodMetrics(self.api), policy=self.policy)

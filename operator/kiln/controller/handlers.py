@@ -9,11 +9,10 @@ reads (a scrape, an autoscale decision) and reconcile only when that changes the
 from __future__ import annotations
 
 import logging
-import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import kopf
 
 from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Precision
@@ -26,34 +25,35 @@ from ..planner.perf import PerfModel, prefill_tokens_per_second
 from ..render.meta import selector_string
 from .cache import CachedKubeApi, cache_indexes, register_caches
 from .collect import sweep_engines
-from .context import (FULL_RESYNC_SECONDS, OBSERVE_PERIOD_SECONDS, OPERATOR_TOKEN, RESYNC_SECONDS,
-                      OperatorContext)
+from .context import FULL_RESYNC_SECONDS, OBSERVE_PERIOD_SECONDS, RESYNC_SECONDS, OperatorContext
 from .kube import ApiException
 from .reconcile import now, reconcile
 
-__all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS", "OBSERVE_PERIOD_SECONDS",
-           "OPERATOR_TOKEN"]
+__all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS", "OBSERVE_PERIOD_SECONDS"]
 
 _SERVICES = (GROUP, VERSION, "llmservices")
 
 
-def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
-    """The handlers below, on a registry of their own, with ``ctx``'s periods."""
+def build_registry(ctx: OperatorContext,
+                   login: Callable[..., Awaitable[Any]] | None = None) -> kopf.OperatorRegistry:
+    """The handlers below, on a registry of their own, with ``ctx``'s periods; ``login``
+    replaces kopf's own login (controller/operator.py)."""
     registry = kopf.OperatorRegistry()
     kopf.on.startup(registry=registry)(configure)
     register_caches(registry, ctx.changed.add)
     # A registry of one's own gets none of the fallback logins kopf adds to its default one
     # (SmartOperatorRegistry, kopf/_core/intents/registries.py): without this, `kiln run`
     # found no credentials in a kubeconfig or a pod's ServiceAccount.
-    kopf.on.login(registry=registry)(kopf.login_via_client if ctx.login_url is None else login)
+    kopf.on.login(registry=registry)(login or kopf.login_via_client)
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*_SERVICES, registry=registry, id="reconcile")(on_change)
-    kopf.timer(*_SERVICES, registry=registry, interval=ctx.resync_period, initial_delay=ctx.resync_period,
-               id="resync")(resync)
-    kopf.timer(*_SERVICES, registry=registry, interval=ctx.observe_period, initial_delay=ctx.observe_period,
-               id="observe")(scrape)
-    kopf.timer(*_SERVICES, registry=registry, interval=ctx.autoscale_period,
-               initial_delay=ctx.autoscale_period, id="autoscale", when=builtin_mode)(autoscale)
+    timings = ctx.timings
+    kopf.timer(*_SERVICES, registry=registry, interval=timings.resync_period,
+               initial_delay=timings.resync_period, id="resync")(resync)
+    kopf.timer(*_SERVICES, registry=registry, interval=timings.observe_period,
+               initial_delay=timings.observe_period, id="observe")(scrape)
+    kopf.timer(*_SERVICES, registry=registry, interval=timings.autoscale_period,
+               initial_delay=timings.autoscale_period, id="autoscale", when=builtin_mode)(autoscale)
     kopf.on.event(*_SERVICES, registry=registry, id="forget")(forget)
     return registry
 
@@ -75,20 +75,9 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorContext, **_: Any) 
     # On exit, let a timer that is mid-decision finish its reconcile (a scrape times out in
     # 3 s) instead of being orphaned with a half-done patch.
     settings.background.instant_exit_timeout = 10.0
-    if memo.exit_timeout is not None:
-        settings.queueing.exit_timeout = memo.exit_timeout
-        settings.background.instant_exit_timeout = memo.exit_timeout
-
-
-async def login(memo: OperatorContext, **_: Any) -> kopf.AiohttpSession:
-    """The emulator's or a test API server's login: a session the operator owns, so that it is
-    closed even if kopf's cleanup is not."""
-    if memo.kopf_session is None or memo.kopf_session.closed:
-        tls = ssl.create_default_context(cafile=memo.login_ca_file) if memo.login_ca_file else False
-        memo.kopf_session = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {memo.login_token}"},
-            connector=aiohttp.TCPConnector(ssl=tls))
-    return kopf.AiohttpSession(server=memo.login_url, aiohttp_session=memo.kopf_session)
+    if memo.timings.exit_timeout is not None:
+        settings.queueing.exit_timeout = memo.timings.exit_timeout
+        settings.background.instant_exit_timeout = memo.timings.exit_timeout
 
 
 async def on_change(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, **kwargs: Any) -> None:
@@ -117,14 +106,14 @@ async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, mem
 
 async def _sweep(namespace: str, ctx: OperatorContext, logger: logging.Logger) -> None:
     """Collect the namespace's unreferenced engines, at most every ``engine_sweep_period``."""
-    at = time.monotonic()
-    if at - ctx.last_sweep.get(namespace, -ctx.engine_sweep_period) < ctx.engine_sweep_period:
+    at, period, grace = time.monotonic(), ctx.timings.engine_sweep_period, ctx.timings.engine_grace
+    if at - ctx.last_sweep.get(namespace, -period) < period:
         return
     ctx.last_sweep[namespace] = at
     try:
-        for name in await sweep_engines(ctx.api, namespace, now(), ctx.engine_grace,
+        for name in await sweep_engines(ctx.api, namespace, now(), grace,
                                         delete_files=ctx.policy.delete_unreferenced_engine_files):
-            logger.info(f"deleted LLMEngine {name}: unreferenced for {ctx.engine_grace:g}s")
+            logger.info(f"deleted LLMEngine {name}: unreferenced for {grace:g}s")
     except ApiException as error:  # the next sweep tries again
         logger.warning(f"sweeping the engines of namespace {namespace}: {error.status}")
 

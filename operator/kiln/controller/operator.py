@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import kopf
 
@@ -14,35 +16,40 @@ from .metrics import PodMetrics
 from ..decide.policy import Policy
 from .telemetry import METRICS_PORT
 
-__all__ = ["run_operator", "run_against_kubeconfig"]
+__all__ = ["run_operator", "run_against_kubeconfig", "LIVENESS_ENDPOINT"]
+
+# Where the operator's pod is probed (charts/kiln/templates/deployment.yaml).
+LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
 
 
 async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threading.Event,
-                       namespaces: list[str] | None = None) -> None:
-    """Run kopf with Kiln's handlers until ``stop_flag`` is set.
+                       namespaces: list[str] | None = None, *,
+                       login: Callable[..., Awaitable[Any]] | None = None,
+                       liveness_endpoint: str | None = None) -> None:
+    """Run kopf with Kiln's handlers until ``stop_flag`` is set. ``login``: a
+    ``@kopf.on.login`` handler (None: kopf's, from the kubeconfig or the pod's
+    ServiceAccount).
 
     kopf closes its API sessions in its cleanup stage, which is skipped when that stage is
     cancelled, and a task still finishing after it can open a new one. So on exit the
-    operator waits for such stragglers and then closes the session its login handler lent
-    to kopf (:attr:`OperatorContext.kopf_session`).
+    operator waits for such stragglers before it returns (and the caller closes what
+    ``login`` lent to kopf).
     """
     try:
         await kopf.operator(
-            registry=build_registry(ctx),
+            registry=build_registry(ctx, login),
             clusterwide=not namespaces,
             namespaces=namespaces or [],
             standalone=True,
             stop_flag=stop_flag,
-            liveness_endpoint="http://0.0.0.0:8080/healthz" if ctx.login_url is None else None,
+            liveness_endpoint=liveness_endpoint,
             memo=ctx,  # every handler's ``memo``: a shallow copy per object (controller/context.py)
         )
     finally:
         await _finish_stragglers()
-        if isinstance(ctx.metrics, PodMetrics):
-            await ctx.metrics.close()
+        if isinstance(ctx.autoscaler.metrics, PodMetrics):
+            await ctx.autoscaler.metrics.close()
         await ctx.autoscaler.close()
-        if ctx.kopf_session is not None:
-            await ctx.kopf_session.close()
 
 
 async def _finish_stragglers(timeout: float = 10.0) -> None:
@@ -65,6 +72,7 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
     if metrics_port:
         ctx.telemetry.serve(metrics_port)
     try:
-        await run_operator(ctx, stop_flag or asyncio.Event(), namespaces)
+        await run_operator(ctx, stop_flag or asyncio.Event(), namespaces,
+                           liveness_endpoint=LIVENESS_ENDPOINT)
     finally:
         await api.close()

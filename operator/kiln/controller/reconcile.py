@@ -88,7 +88,8 @@ def _said(error: Exception) -> str:
 
 
 def _capped(ctx: OperatorContext, delay: float) -> float:
-    return delay if ctx.max_retry_delay is None else min(delay, ctx.max_retry_delay)
+    cap = ctx.timings.max_retry_delay
+    return delay if cap is None else min(delay, cap)
 
 
 def _failed(body: kopf.Body, status: Mapping[str, Any], ctx: OperatorContext, error: Exception) -> Actions:

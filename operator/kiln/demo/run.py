@@ -98,7 +98,7 @@ async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90
     replay = replay or Replay()
     async with Sandbox(on_event=lambda m: detail(f"  [cluster] {m}"),
                        autoscale_period=_AUTOSCALER_POLL_SECONDS,
-                       operator_options={"decision_clock": clock},
+                       decision_clock=clock,
                        emulator=KilnEmulator(clock=clock.wall)) as sandbox:
         for namespace in sorted({m["metadata"].get("namespace", "default") for m in services}):
             sandbox.add_namespace(namespace)

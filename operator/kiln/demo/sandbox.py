@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,27 +18,35 @@ from kmock import Server, resource
 
 from ..api import API_VERSION
 from ..api.crd import crds
-from ..controller.handlers import OPERATOR_TOKEN, OperatorContext
+from ..controller.autoscaler import DecisionClock
+from ..controller.context import OperatorContext, Timings
 from ..controller.kube import KINDS, KubeApi
 from ..controller.models import ModelResolver
 from ..controller.operator import run_operator
 from ..decide.policy import Policy
 from .emulator import KilnEmulator
 from .kubelet import SimulatedCluster
+from .login import OPERATOR_TOKEN, TokenLogin
 
 __all__ = ["Sandbox", "emulator_operator"]
 
 
 def emulator_operator(url: str, **options: Any) -> OperatorContext:
     """The operator's context for an emulator at ``url``: its own bearer token (so its
-    requests can be told from the tests' and the kubelet's), kopf logging in there, and only
-    catalog models (nothing downloads). ``options`` go to :class:`OperatorContext`."""
+    requests can be told from the tests' and the kubelet's) and only catalog models (nothing
+    downloads). ``options`` go to :class:`OperatorContext`; kopf logs in with
+    ``TokenLogin(url)``."""
     return OperatorContext(api=KubeApi.for_url(url, token=OPERATOR_TOKEN),
-                           models=ModelResolver(allow_download=False), login_url=url, **options)
+                           models=ModelResolver(allow_download=False), **options)
 
 
 class Sandbox:
-    """Use as ``async with Sandbox() as sb``; then ``await sb.start_operator()``."""
+    """Use as ``async with Sandbox() as sb``; then ``await sb.start_operator()``.
+
+    The operator polls builds and rollouts every ``retry_delay`` at most, and runs its timers
+    at the given periods (``timings``: any other :class:`Timings` field); the autoscaler
+    takes ``autoscale_timing`` over its control law's timing, and the demo's
+    ``decision_clock``."""
 
     def __init__(self, *, build_seconds: float = 1.0, start_seconds: float = 0.5,
                  retry_delay: float = 0.5, on_event: Callable[[str], None] | None = None,
@@ -46,22 +55,22 @@ class Sandbox:
                  autoscale_timing: dict[str, float] | None = None,
                  leader_worker_set: bool = True, emulator: KilnEmulator | None = None,
                  exit_timeout: float | None = None, policy: Policy | None = None,
-                 operator_options: dict[str, Any] | None = None) -> None:
+                 timings: dict[str, float] | None = None,
+                 decision_clock: DecisionClock | None = None) -> None:
         self.emulator = emulator if emulator is not None else KilnEmulator()
         if not leader_worker_set:  # a cluster without the LeaderWorkerSet CRD
             del self.emulator.resources["leaderworkerset.x-k8s.io/v1/leaderworkersets"]
         self._server = Server(self.emulator)
         self._build_seconds = build_seconds
         self._start_seconds = start_seconds
-        self._retry_delay = retry_delay
         self._on_event = on_event
         self._fail_builds = fail_builds
-        self._autoscale_period = autoscale_period
-        self._observe_period = observe_period
+        self._timings = Timings(max_retry_delay=retry_delay, autoscale_period=autoscale_period,
+                                observe_period=observe_period, exit_timeout=exit_timeout,
+                                **(timings or {}))
         self._autoscale_timing = autoscale_timing or {}
-        self._exit_timeout = exit_timeout
+        self._decision_clock = decision_clock
         self._policy = policy or Policy()
-        self._operator_options = operator_options or {}  # more OperatorContext fields
         self._operator: tuple[threading.Thread, threading.Event] | None = None
         self.operator_context: OperatorContext | None = None
         self.operator_error: BaseException | None = None
@@ -177,17 +186,20 @@ class Sandbox:
     def _operator_context(self, **options: Any) -> OperatorContext:
         return emulator_operator(self.url, **options)
 
+    def _login(self) -> TokenLogin:
+        return TokenLogin(self.url)
+
     def _run_operator(self, stop: threading.Event) -> None:
         async def main() -> None:
-            ctx = self.operator_context = self._operator_context(
-                max_retry_delay=self._retry_delay, autoscale_period=self._autoscale_period,
-                observe_period=self._observe_period,
-                autoscale_timing=self._autoscale_timing, exit_timeout=self._exit_timeout,
-                policy=self._policy, **self._operator_options)
-            try:
-                await run_operator(ctx, stop)
-            finally:
-                await ctx.api.close()
+            ctx = self.operator_context = self._operator_context(policy=self._policy,
+                                                                 timings=self._timings)
+            ctx.autoscaler = dataclasses.replace(ctx.autoscaler, timing=dict(self._autoscale_timing),
+                                                 decision_clock=self._decision_clock)
+            async with self._login() as login:
+                try:
+                    await run_operator(ctx, stop, login=login.handler)
+                finally:
+                    await ctx.api.close()
         try:
             asyncio.run(main())
         except BaseException as error:  # reported by stop_operator()
