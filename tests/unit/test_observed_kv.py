@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from kiln.autoscale import KVSample, parse_triton_metrics
 from kiln.api import LLMServiceStatus
+from kiln.controller.telemetry import Telemetry
 from kiln.decide import Observed, observe
-from kiln.decide.status import status_wire
+from kiln.decide.status import parse_status, status_wire
 
 PAGE = """# HELP nv_trt_llm_kv_cache_block_metrics TRT LLM KV cache block metrics
 # TYPE nv_trt_llm_kv_cache_block_metrics gauge
@@ -55,6 +59,33 @@ def test_observed_tokens_and_error_land_in_status_plan():
     assert wire["plan"]["kvCacheTokensError"] == -0.013
     assert wire["kvCacheUtilization"] == "38%"
     assert events == []
+
+
+def test_kv_utilisation_is_a_fraction_in_the_status_and_a_percentage_in_the_object():
+    status = _status(400000)
+    _observe(status, [KVSample(12664, 3166, 32), KVSample(12664, 6332, 32)])  # 25% and 50%
+    assert status.kv_cache_utilization == 0.38  # whole percent, as `kubectl get llms` shows it
+    wire = status_wire(status)
+    assert wire["kvCacheUtilization"] == "38%"
+    assert parse_status(wire).kv_cache_utilization == 0.38
+    with pytest.raises(ValidationError, match="kvCacheUtilization"):
+        LLMServiceStatus.model_validate({"kvCacheUtilization": "0.38"})
+
+
+def test_the_operator_exports_the_status_figures_as_gauges():
+    status = _status(400000)
+    _observe(status, [KVSample(12664, 3166, 32), KVSample(12664, 6332, 32)])
+    telemetry = Telemetry()
+    telemetry.observe_service("llm", "m", {"replicas": 2}, status)
+
+    def gauge(name):
+        return telemetry.registry.get_sample_value(name, {"namespace": "llm", "service": "m"})
+    assert gauge("kiln_service_kv_cache_utilization") == 0.38
+    assert (gauge("kiln_plan_kv_cache_tokens"), gauge("kiln_observed_kv_cache_tokens")) == (400000, 405248)
+    # Without the builtin autoscaler the service should run its spec's replicas.
+    assert gauge("kiln_service_desired_replicas") == 2
+    assert telemetry.registry.get_sample_value(
+        "kiln_service_condition", {"namespace": "llm", "service": "m", "condition": "Ready"}) == 1
 
 
 def test_an_error_above_15_percent_posts_one_event():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "VERSION",
     "API_VERSION",
     "KilnModel",
+    "Percent",
     "Precision",
     "KVCacheDtype",
     "ServerKind",
@@ -23,6 +25,22 @@ __all__ = [
 GROUP = "serving.kiln.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+
+def _from_percent(value: Any) -> Any:
+    """``"35%"``, as the object stores it, is 0.35; a number is taken as the fraction."""
+    if isinstance(value, str):
+        if not value.endswith("%"):
+            raise ValueError(f"{value!r} is not a percentage such as '35%'")
+        return float(value[:-1]) / 100
+    return value
+
+
+# A fraction (0.35) in Python, a whole percentage ("35%") in the Kubernetes object, so that a
+# string printer column shows it as such: additionalPrinterColumns print a number as it is.
+Percent = Annotated[float, BeforeValidator(_from_percent),
+                    PlainSerializer(lambda fraction: f"{fraction:.0%}", return_type=str),
+                    WithJsonSchema({"type": "string"})]
 
 
 class KilnModel(BaseModel):

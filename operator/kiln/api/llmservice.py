@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import AutoscalingMode, KilnModel, KVCacheDtype, Precision, ServerKind
+from .common import AutoscalingMode, KilnModel, KVCacheDtype, Percent, Precision, ServerKind
 from .limits import MAX_WINDOW_SECONDS, MAX_WORKER_PODS, extended_resource_problem
 
 __all__ = [
@@ -508,7 +508,7 @@ class LLMServiceStatus(KilnModel):
     plan: PlanStatus | None = None
     engine: EngineRef | None = None
     tp_pp: str | None = Field(default=None, alias="tpPp", description="TPxPP, for printing.")
-    kv_cache_utilization: str | None = Field(
+    kv_cache_utilization: Percent | None = Field(
         default=None, alias="kvCacheUtilization", description="Mean KV-cache use, for printing.")
     desired_replicas: int | None = Field(
         default=None, description="Replicas the builtin autoscaler wants (the workload follows).")

@@ -17,7 +17,7 @@ import kopf
 
 from ..decide import Actions, EventReason, Observed, decide
 from ..decide.policy import Policy
-from ..decide.status import forbidden, parse_status, status_wire
+from ..decide.status import forbidden, parse_status
 from .cache import CachedKubeApi
 from .context import OperatorContext
 from .execute import execute, write_status
@@ -72,7 +72,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kw
                    message=f"{type(error).__name__}: {said}; retrying in {delay:g}s")
         raise kopf.TemporaryError(f"{type(error).__name__}: {said}", delay=delay) from error
     meta = body.metadata
-    ctx.telemetry.observe_service(meta["namespace"], meta["name"], raw["spec"], status_wire(actions.status))
+    ctx.telemetry.observe_service(meta["namespace"], meta["name"], raw["spec"], actions.status)
     _post(body, ctx, actions)
     if actions.requeue is not None:
         raise kopf.TemporaryError(actions.requeue.message, delay=_capped(ctx, actions.requeue.delay))

@@ -14,9 +14,12 @@ run several operators in one process. Names are what the chart's dashboard and a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from ..api import LLMServiceStatus
 
 __all__ = ["Telemetry", "METRICS_PORT"]
 
@@ -62,25 +65,24 @@ class Telemetry:
     def serve(self, port: int = METRICS_PORT) -> None:
         start_http_server(port, registry=self.registry)
 
-    def observe_service(self, namespace: str, name: str, spec: dict[str, Any],
-                        status: dict[str, Any]) -> None:
-        """Export the gauges from what the reconcile wrote into status."""
+    def observe_service(self, namespace: str, name: str, spec: Mapping[str, Any],
+                        status: LLMServiceStatus) -> None:
+        """Export the gauges from the status the reconcile wrote."""
         labels = (namespace, name)
         scaling = spec.get("autoscaling") or {}
-        desired = status.get("desiredReplicas", spec.get("replicas"))
+        desired = status.desired_replicas if status.desired_replicas is not None else spec.get("replicas")
         if desired is not None:
             self.desired.labels(*labels).set(desired)
-        self.ready.labels(*labels).set(status.get("readyReplicas") or 0)
+        self.ready.labels(*labels).set(status.ready_replicas or 0)
         self.max.labels(*labels).set(scaling.get("maxReplicas", spec.get("replicas") or 0))
-        plan = status.get("plan") or {}
-        if plan.get("kvCacheTokens") is not None:
-            self.kv_predicted.labels(*labels).set(plan["kvCacheTokens"])
-        if plan.get("observedKVCacheTokens") is not None:
-            self.kv_observed.labels(*labels).set(plan["observedKVCacheTokens"])
-        utilization = status.get("kvCacheUtilization")
-        if isinstance(utilization, str) and utilization.endswith("%"):
-            self.kv_utilization.labels(*labels).set(float(utilization[:-1]) / 100)
-        present = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        plan = status.plan
+        if plan is not None and plan.kv_cache_tokens is not None:
+            self.kv_predicted.labels(*labels).set(plan.kv_cache_tokens)
+        if plan is not None and plan.observed_kv_cache_tokens is not None:
+            self.kv_observed.labels(*labels).set(plan.observed_kv_cache_tokens)
+        if status.kv_cache_utilization is not None:
+            self.kv_utilization.labels(*labels).set(status.kv_cache_utilization)
+        present = {condition.type: condition.status for condition in status.conditions}
         for condition in _WATCHED_CONDITIONS:
             if condition in present:
                 self.condition.labels(*labels, condition).set(1 if present[condition] == "True" else 0)

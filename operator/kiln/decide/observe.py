@@ -48,7 +48,8 @@ def _scraped(status: LLMServiceStatus, samples: tuple[KVSample, ...]) -> list[Ev
     """Close the planner's loop with what the engines really allocated, and show the pressure;
     a PlanMismatch Event the first time an allocation is far from the prediction."""
     observed = min(sample.capacity_tokens for sample in samples)
-    status.kv_cache_utilization = f"{kv_utilization(samples):.0%}"
+    # Whole percent, as the object shows it: the status changes when that does.
+    status.kv_cache_utilization = round(kv_utilization(samples), 2)
     if status.plan is None:
         return []
     plan, previous = status.plan.model_copy(), status.plan.observed_kv_cache_tokens
