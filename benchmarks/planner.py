@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from kiln.api import KVCacheDtype, Precision, parse_service_spec  # noqa: E402
-from kiln.planner import ModelConfig, catalog_config, load_catalog, lookup_gpu, plan  # noqa: E402
+from kiln.planner import ModelConfig, load_catalog, lookup_gpu, model_config, plan  # noqa: E402
 from kiln.planner.memory import WEIGHT_BYTES, kv_bytes_per_token, weight_bytes_per_gpu  # noqa: E402
 
 TARGET_MS = 5.0
@@ -59,7 +59,8 @@ def speed() -> dict[str, float | bool]:
     raw_spec = {"model": {"source": "hf://meta-llama/Llama-3.1-70B-Instruct"}, "precision": "bf16", "gpus": 1}
     spec = parse_service_spec(raw_spec)
     gpu = lookup_gpu(spec.gpu.type, None)
-    model = ModelConfig.from_hf(catalog_config("meta-llama/Llama-3.1-70B-Instruct"))
+    model, why = model_config(spec.model.source)  # as the operator resolves it
+    assert model is not None, why
     fits_spec = parse_service_spec({**raw_spec, "gpus": 4})
     baseline = _per_call_ms(lambda: parse_service_spec(raw_spec))
     fitting = _per_call_ms(lambda: plan(model, fits_spec, gpu))

@@ -15,13 +15,13 @@ import pytest
 import yaml
 
 from kiln.api import parse_service_spec
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 from kiln.render.engine import build_spec, engine_for
 from kiln_runtime import build
 from kiln_runtime.spec import parse_build_spec
 
 from ..conftest import ROOT
 from ..support import fake_trtllm
+from ..support.planning import planned
 
 FOUR_GPU_NODES = yaml.safe_load(
     (ROOT / "examples" / "llama-3.1-70b-bf16-4gpu-nodes-rdma.yaml").read_text())["spec"]
@@ -36,8 +36,7 @@ LAYOUTS = {
 
 def _build_spec(service: dict, tmp_path) -> dict:
     spec = parse_service_spec(service)
-    gpu = lookup_gpu(spec.gpu.type, None)
-    result = plan(ModelConfig.from_hf(catalog_config(spec.model.location)), spec, gpu)
+    result, gpu = planned(spec)
     assert result.fits, result.reasons
     raw = build_spec(engine_for(spec, result, gpu, "llm"), result.build)
     model = fake_trtllm.tiny_model(tmp_path / "models" / "tiny")

@@ -10,19 +10,18 @@ import yaml
 
 from kiln.api import parse_service_manifest
 from kiln.errors import SpecInvalid
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 from kiln.render import ServiceRef, render
 
 from ..conftest import ROOT
 from ..support import crd_schemas
+from ..support.planning import planned
 
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8-gateway.yaml").read_text())
 
 
 def _rendered(manifest):
     _, spec = parse_service_manifest(manifest)
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
-    result = plan(ModelConfig.from_hf(catalog_config(spec.model.location)), spec, gpu)
+    result, gpu = planned(spec)
     return render(ServiceRef(manifest["metadata"]["name"], "llm", "uid-1"), spec, result, gpu)
 
 

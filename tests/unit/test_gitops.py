@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from kiln.api import Reason, parse_service_spec
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 
 from ..conftest import ROOT
 from ..support.kube_versions import validate_on_claimed_minors
+from ..support.planning import planned
 
 HEALTH = ROOT / "gitops" / "argocd" / "resource_customizations" / "serving.kiln.dev" / "LLMService"
 GITOPS = ROOT / "examples" / "gitops"
@@ -82,8 +82,7 @@ def test_kustomize_overlays_give_services_that_fit(overlay, namespace, gpu, repl
     spec = parse_service_spec(service["spec"])
     assert spec.gpu.type == gpu
     assert (spec.autoscaling.min_replicas, spec.autoscaling.max_replicas) == replicas
-    result = plan(ModelConfig.from_hf(catalog_config("meta-llama/Llama-3.1-8B-Instruct")), spec,
-                  lookup_gpu(spec.gpu.type, None))
+    result, _ = planned(spec)
     assert result.fits is True
 
 

@@ -14,21 +14,20 @@ import yaml
 
 from kiln.api import parse_service_spec
 from kiln.errors import SpecInvalid
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan, resolve_parallelism
+from kiln.planner import resolve_parallelism
 from kiln.render import ServiceRef, render
 from kiln.render.meta import LABEL_COMPONENT
 
 from ..conftest import ROOT
 from ..support import crd_schemas
+from ..support.planning import catalog_model, planned
 
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
-LLAMA_405B = "meta-llama/Llama-3.1-405B-Instruct"
 
 
 def _render(**spec_changes):
     spec = parse_service_spec({**EXAMPLE["spec"], **spec_changes})
-    gpu = lookup_gpu(spec.gpu.type, None)
-    result = plan(ModelConfig.from_hf(catalog_config(LLAMA_405B)), spec, gpu)
+    result, gpu = planned(spec)
     assert result.fits is True, result.reasons
     return render(ServiceRef("llama-405b", "llm", "uid-1"), spec, result, gpu)
 
@@ -103,8 +102,7 @@ def test_the_launchers_rbac_grants_nothing_beyond_the_groups_pods():
 
 def test_single_node_services_get_their_own_account_and_no_launcher():
     spec = parse_service_spec({**EXAMPLE["spec"], "gpus": 8})
-    gpu = lookup_gpu(spec.gpu.type, None)
-    result = plan(ModelConfig.from_hf(catalog_config(LLAMA_405B)), spec, gpu)
+    result, gpu = planned(spec)
     rendered = render(ServiceRef("llama-405b", "llm"), spec, result, gpu)
     assert rendered.workload["kind"] == "Deployment"
     [account] = rendered.access
@@ -171,7 +169,7 @@ def test_a_worker_without_lws_env_gets_one_clear_error():
 def test_layouts_that_cannot_be_placed_are_refused_with_the_reason(changes, message):
     with pytest.raises(SpecInvalid) as error:
         spec = parse_service_spec({**EXAMPLE["spec"], **changes})
-        resolve_parallelism(spec, ModelConfig.from_hf(catalog_config(LLAMA_405B)))
+        resolve_parallelism(spec, catalog_model(spec.model.source))
     assert message in str(error.value)
 
 

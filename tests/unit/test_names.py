@@ -10,11 +10,11 @@ import string
 import yaml
 
 from kiln.api import parse_service_spec
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 from kiln.render import ServiceRef, render
 from kiln.render.meta import child_name
 
 from ..conftest import ROOT
+from ..support.planning import catalog_model, planned
 
 
 def test_sixteen_thousand_long_names_give_sixteen_thousand_child_names():
@@ -36,8 +36,7 @@ def test_an_engine_name_keeps_80_bits_of_digest_and_fits_a_label():
     manifest = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
     manifest["spec"]["model"]["source"] = "hf://org/" + "m" * 90
     spec = parse_service_spec(manifest["spec"])
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
-    model = ModelConfig.from_hf(catalog_config("mistralai/Mistral-7B-Instruct-v0.3"))
-    rendered = render(ServiceRef("a", "llm", "uid"), spec, plan(model, spec, gpu), gpu)
+    result, gpu = planned(spec, catalog_model("hf://mistralai/Mistral-7B-Instruct-v0.3"))
+    rendered = render(ServiceRef("a", "llm", "uid"), spec, result, gpu)
     name = rendered.engine["metadata"]["name"]
     assert re.fullmatch(r"m+-[0-9a-f]{20}", name) and len(name) <= 63

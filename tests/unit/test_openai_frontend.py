@@ -19,7 +19,6 @@ from tritonclient.grpc import model_config_pb2
 
 from kiln.api import parse_service_manifest
 from kiln.errors import SpecInvalid
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 from kiln.render import ServiceRef, openai_endpoint, render
 from kiln_runtime.errors import BadSpec
 from kiln_runtime.openai_frontend import MetricsRelay
@@ -27,6 +26,7 @@ from kiln_runtime.serve import SERVE_SPEC_ENV, parse_serve_spec, server_argv
 from kiln_runtime.triton_repo import RepoSettings, write_model_repo
 
 from ..conftest import ROOT
+from ..support.planning import planned
 from ..support.triton_templates import write_templates
 
 REFERENCE = json.loads((ROOT / "tests" / "support" / "reference" /
@@ -50,9 +50,7 @@ def _frontend_parser() -> argparse.ArgumentParser:
 def _rendered(example: str):
     manifest = yaml.safe_load((ROOT / "examples" / example).read_text())
     _, spec = parse_service_manifest(manifest)
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
-    source = spec.model.source.removeprefix("hf://")
-    result = plan(ModelConfig.from_hf(catalog_config(source)), spec, gpu)
+    result, gpu = planned(spec)
     return manifest, render(ServiceRef(manifest["metadata"]["name"], manifest["metadata"]["namespace"]),
                             spec, result, gpu)
 

@@ -6,10 +6,13 @@ import pytest
 
 from kiln.api import Precision, parse_service_spec
 from kiln.errors import SpecInvalid
-from kiln.planner import ModelConfig, catalog_config, load_catalog, lookup_gpu, plan
+from kiln.planner import ModelConfig, load_catalog
 from kiln.planner.memory import WEIGHT_BYTES, kv_bytes_per_token, weight_bytes_per_gpu
 
 from kiln.api import KVCacheDtype
+
+from ..support.planning import planned
+
 
 ENTRIES = {k: v for k, v in load_catalog().items() if "param_count_computed" in v}
 
@@ -41,8 +44,7 @@ def test_weights_within_3_percent(name, precision):
 
 def _plan(source, **spec):
     parsed = parse_service_spec({"model": {"source": f"hf://{source}"}, **spec})
-    gpu = lookup_gpu(parsed.gpu.type, parsed.gpu.memory_gi_b)
-    return plan(ModelConfig.from_hf(catalog_config(source)), parsed, gpu)
+    return planned(parsed)[0]
 
 
 def test_8b_on_one_gpu_picks_tp1():
@@ -98,8 +100,7 @@ def test_streaming_renders_the_build_flag_and_the_triton_share():
                                  "precision": "fp8", "gpu": {"type": "RTX-4090"},
                                  "engine": {"weightStreaming": True, "maxSeqLen": 4096, "maxInputLen": 2048,
                                             "maxBatchSize": 8, "maxNumTokens": 2048}})
-    gpu = lookup_gpu(parsed.gpu.type, None)
-    result = plan(ModelConfig.from_hf(catalog_config("meta-llama/Llama-3.1-70B-Instruct")), parsed, gpu)
+    result, gpu = planned(parsed)
     rendered = render(ServiceRef("big", "llm"), parsed, result, gpu)
     build = json.loads(rendered.build_job["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
     assert build["limits"]["weightStreaming"] is True

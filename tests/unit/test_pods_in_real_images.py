@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kiln.api import parse_service_spec
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
+from kiln.planner import catalog_config
 from kiln.planner.build import FP8_ROWWISE
 from kiln.render import ServiceRef, render
 from kiln_runtime import build, group as group_module
@@ -24,6 +24,7 @@ from kiln_runtime.spec import parse_build_spec
 from ..conftest import ROOT
 from ..support import crd_schemas
 from .test_runtime_build import _check_against_reference
+from ..support.planning import planned
 
 RDMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-70b-bf16-4gpu-nodes-rdma.yaml").read_text())["spec"]
 LLAMA_405B = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())["spec"]
@@ -31,8 +32,7 @@ LLAMA_405B = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.y
 
 def _render(service: dict):
     spec = parse_service_spec(service)
-    gpu = lookup_gpu(spec.gpu.type, None)
-    result = plan(ModelConfig.from_hf(catalog_config(spec.model.location)), spec, gpu)
+    result, gpu = planned(spec)
     assert result.fits, result.reasons
     return result, render(ServiceRef("svc", "llm", "uid-1"), spec, result, gpu)
 
@@ -153,8 +153,7 @@ def test_a_build_the_node_cannot_hold_is_refused_before_a_job_exists():
                                "precision": "fp8", "gpus": 1,
                                "gpu": {"type": "L40S", "nodeMemoryGiB": 64},
                                "engine": {"weightStreaming": True}})
-    gpu = lookup_gpu("L40S", None)
-    result = plan(ModelConfig.from_hf(catalog_config("Qwen/Qwen2.5-72B-Instruct")), spec, gpu)
+    result, _ = planned(spec)
     assert result.fits is False and not result.buildable
     assert any("host memory" in r and "gpu.nodeMemoryGiB is 64" in r for r in result.reasons)
 

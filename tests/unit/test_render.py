@@ -9,12 +9,12 @@ import pytest
 import yaml
 
 from kiln.api import parse_service_spec
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 from kiln.render import ServiceRef, engine_for, render
 
 from ..conftest import EXAMPLES, ROOT
 from ..support import crd_schemas
 from ..support.kube_versions import validate_on_claimed_minors
+from ..support.planning import planned
 
 GOLDEN = ROOT / "tests" / "golden"
 
@@ -61,8 +61,7 @@ def test_render_rejects_bad_manifests(tmp_path, manifest, fragment):
 def _engine(**changes):
     spec = {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "precision": "fp8", **changes}
     parsed = parse_service_spec(spec)
-    gpu = lookup_gpu(parsed.gpu.type, parsed.gpu.memory_gi_b)
-    result = plan(ModelConfig.from_hf(catalog_config("meta-llama/Llama-3.1-8B-Instruct")), parsed, gpu)
+    result, gpu = planned(parsed)
     return engine_for(parsed, result, gpu, "llm").key
 
 
@@ -83,8 +82,7 @@ def test_engine_key_changes_iff_engine_bytes_change(change, rebuilds):
 
 def test_render_is_deterministic_and_owned():
     spec = parse_service_spec({"model": {"source": "hf://mistralai/Mistral-7B-Instruct-v0.3"}})
-    gpu = lookup_gpu("H100-80GB")
-    result = plan(ModelConfig.from_hf(catalog_config("mistralai/Mistral-7B-Instruct-v0.3")), spec, gpu)
+    result, gpu = planned(spec)
     a = render(ServiceRef("m", "llm", "uid-1"), spec, result, gpu).objects()
     b = render(ServiceRef("m", "llm", "uid-1"), spec, result, gpu).objects()
     assert a == b
@@ -96,8 +94,7 @@ def test_render_is_deterministic_and_owned():
 def _rendered(**changes):
     source = changes.pop("source", "hf://meta-llama/Llama-3.1-8B-Instruct")
     spec = parse_service_spec({"model": {"source": source}, **changes})
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
-    result = plan(ModelConfig.from_hf(catalog_config(source.removeprefix("hf://"))), spec, gpu)
+    result, gpu = planned(spec)
     return render(ServiceRef("svc", "llm", "uid-1"), spec, result, gpu)
 
 

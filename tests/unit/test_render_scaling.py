@@ -6,18 +6,17 @@ from __future__ import annotations
 import pytest
 
 from kiln.api import parse_service_spec
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
 from kiln.render import ServiceRef, openai_endpoint, render
 
 from ..support import cel_rules, crd_schemas
 from ..support.kube_versions import validate_on_claimed_minors
+from ..support.planning import planned
 
 
 def _render(mode, **scaling):
     spec = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "precision": "fp8",
                                "autoscaling": {"mode": mode, "minReplicas": 1, "maxReplicas": 6, **scaling}})
-    gpu = lookup_gpu(spec.gpu.type, None)
-    result = plan(ModelConfig.from_hf(catalog_config("meta-llama/Llama-3.1-8B-Instruct")), spec, gpu)
+    result, gpu = planned(spec)
     return render(ServiceRef("llama", "llm", "uid-1"), spec, result, gpu)
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from kiln.api.validation import parse_service_spec
-from kiln.planner import ModelConfig, catalog_config, lookup_gpu, plan
+from kiln.planner import catalog_config
 from kiln.render.engine import build_spec, engine_for
 from kiln_runtime import build, source
 from kiln_runtime.cli import main, parser as runtime_parser
@@ -24,6 +24,7 @@ from kiln_runtime.spec import parse_build_spec
 
 from ..conftest import EXAMPLES
 from ..support import fake_trtllm
+from ..support.planning import planned
 
 REFERENCE = fake_trtllm.reference()
 PRECISIONS = ["fp16", "bf16", "fp8", "int8-sq", "int4-awq", "w4a8-awq", "int8-wo", "int4-wo", "nvfp4"]
@@ -43,11 +44,8 @@ def _spec_for(manifest, precision, namespace="llm"):
     if precision == "nvfp4":
         raw["gpu"] = {**raw.get("gpu", {}), "type": "B200-180GB"}
     spec = parse_service_spec(raw)
-    gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b)
-    repo = spec.model.source.removeprefix("hf://")
-    config = catalog_config(repo)
-    result = plan(ModelConfig.from_hf(config), spec, gpu)
-    return build_spec(engine_for(spec, result, gpu, namespace)), config
+    result, gpu = planned(spec)
+    return build_spec(engine_for(spec, result, gpu, namespace)), catalog_config(spec.model.location)
 
 
 def _check_against_reference(argv):

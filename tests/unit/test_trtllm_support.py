@@ -12,13 +12,14 @@ import pytest
 import yaml
 
 from kiln.api import Precision, parse_service_spec
-from kiln.planner import GPU_CATALOG, ModelConfig, load_catalog, lookup_gpu, plan
+from kiln.planner import GPU_CATALOG, ModelConfig, load_catalog
 from kiln.render.engine import build_spec, engine_for
 from kiln_runtime import build, image
 from kiln_runtime.errors import BadSpec
 from kiln_runtime.spec import parse_build_spec
 
 from .test_runtime_build import _check_against_reference
+from ..support.planning import planned
 
 KV_DTYPES = ("auto", "fp16", "bf16", "fp8", "int8")
 
@@ -46,8 +47,7 @@ def _service(name: str, **spec):
 
 def _plan_and_build_spec(name, config, **spec):
     parsed = _service(name, **spec)
-    gpu = lookup_gpu(parsed.gpu.type, None)
-    result = plan(ModelConfig.from_hf(config), parsed, gpu)
+    result, gpu = planned(parsed)
     return result, build_spec(engine_for(parsed, result, gpu, "llm"), result.build)
 
 
