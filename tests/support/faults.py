@@ -2,9 +2,9 @@
 tests), and one that answers the operator with conflicts and outages.
 
 A crashed operator is one whose next write never reaches the API server. kmock has no fault
-injection, so :class:`FreezingEmulator` adds it: after the operator's ``k``-th write (by its
-bearer token; the test's own requests and the simulated kubelet's are not counted) every
-further write from it hangs until :meth:`release`, and is then refused with a 503, never
+injection, so :class:`FreezingEmulator` adds it: after the operator's ``k``-th reconcile write
+(by its bearer token; the test's own requests and the simulated kubelet's are not counted)
+every further write from it hangs until :meth:`release`, and is then refused with a 503, never
 applied. Stopping the operator while it hangs there is a kill at exactly that step.
 """
 
@@ -20,7 +20,7 @@ import attrs
 from kiln.demo.login import OPERATOR_TOKEN
 from kiln.demo.emulator import KilnEmulator
 
-__all__ = ["FreezingEmulator", "FlakyEmulator"]
+__all__ = ["FreezingEmulator", "FlakyEmulator", "reconcile_write"]
 
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -28,14 +28,17 @@ _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 @attrs.define(kw_only=True)
 class FreezingEmulator(KilnEmulator):
     after: int | None = attrs.field(default=None, init=False)
+    any_write: bool = attrs.field(default=False, init=False)
+    # The operator's reconcile writes so far (:func:`reconcile_write`).
     writes: int = attrs.field(default=0, init=False)
     # Set from the operator's thread, read from the test's: a thread-safe flag.
     _frozen: threading.Event = attrs.field(factory=threading.Event, init=False)
     _released: asyncio.Event | None = attrs.field(default=None, init=False)
 
-    def freeze_after(self, writes: int | None) -> None:
-        """Freeze the operator's writes after ``writes`` more of them (None: never)."""
-        self.after, self.writes, self._released = writes, 0, asyncio.Event()
+    def freeze_after(self, writes: int | None, *, any_write: bool = False) -> None:
+        """Freeze the operator once it made ``writes`` more reconcile writes (None: never): at
+        its next reconcile write, or with ``any_write`` at its next write of any kind."""
+        self.after, self.any_write, self.writes, self._released = writes, any_write, 0, asyncio.Event()
         self._frozen.clear()
 
     @property
@@ -51,13 +54,23 @@ class FreezingEmulator(KilnEmulator):
         method = str(getattr(request.method, "value", request.method)).upper()
         token = str(request.headers.get("Authorization", "")).removeprefix("Bearer ").strip()
         if method in _WRITES and token == OPERATOR_TOKEN:
-            if self.after is not None and self.writes >= self.after:
+            counted = reconcile_write(request)
+            if self.after is not None and self.writes >= self.after and (counted or self.any_write):
                 self._frozen.set()
                 assert self._released is not None
                 await self._released.wait()
                 return aiohttp.web.Response(status=503, text="the operator was killed")
-            self.writes += 1
+            self.writes += counted
         return await super()._handle(request)
+
+
+def reconcile_write(request: Any) -> bool:
+    """A write the reconcile makes (an apply, a create, a delete, a status), not kopf's own
+    bookkeeping: the finalizer and the progress and diff-base annotations it keeps on the
+    LLMService itself, and the Events it posts. How many of those a run makes depends on how
+    many polls fit in a build or a rollout; the reconcile's writes do not."""
+    plural = request.resource.plural if request.resource is not None else ""
+    return plural != "events" and not (plural == "llmservices" and not request.subresource)
 
 
 @attrs.define(kw_only=True)
