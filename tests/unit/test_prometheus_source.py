@@ -5,6 +5,7 @@ keeps every label but the metric name)."""
 from __future__ import annotations
 
 import aiohttp.web
+from aiohttp.test_utils import TestServer
 import pytest
 
 from kiln.api import parse_service_spec
@@ -43,12 +44,8 @@ async def prometheus():
 
     app = aiohttp.web.Application()
     app.router.add_get("/api/v1/query", query)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", queries
-    await runner.cleanup()
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield str(server.make_url("")).rstrip("/"), queries
 
 
 async def test_samples_per_pod_from_prometheus(prometheus):

@@ -8,6 +8,7 @@ operator would GET whatever URL the tenant wrote.
 from __future__ import annotations
 
 import aiohttp.web
+from aiohttp.test_utils import TestServer
 import pytest
 
 from kiln.api import parse_service_spec
@@ -68,12 +69,8 @@ async def prefixed_prometheus():
     app = aiohttp.web.Application()
     app.router.add_get("/prom/api/v1/query", query)
     app.router.add_get("/redirecting/api/v1/query", elsewhere)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", seen
-    await runner.cleanup()
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield str(server.make_url("")).rstrip("/"), seen
 
 
 async def test_requests_go_to_the_query_endpoint_under_the_base_and_follow_no_redirect(prefixed_prometheus):

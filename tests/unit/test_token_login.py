@@ -4,6 +4,7 @@ benchmarks): the operator's token on every request, and no session left open."""
 from __future__ import annotations
 
 import aiohttp.web
+from aiohttp.test_utils import TestServer
 
 from kiln.demo.login import OPERATOR_TOKEN, TokenLogin
 
@@ -17,12 +18,8 @@ async def test_kopf_is_lent_a_session_that_presents_the_token_and_is_closed_on_e
 
     app = aiohttp.web.Application()
     app.router.add_get("/version", version)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    try:
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
         async with TokenLogin(url) as login:
             info = await login.handler()
             assert info.server == url
@@ -30,8 +27,5 @@ async def test_kopf_is_lent_a_session_that_presents_the_token_and_is_closed_on_e
                 assert response.status == 200
             # kopf logs in again after a 401: the same session, not a new one to leak.
             assert (await login.handler()).aiohttp_session is info.aiohttp_session
-        assert seen == [f"Bearer {OPERATOR_TOKEN}"]
-        assert info.aiohttp_session.closed
-    finally:
-        await runner.cleanup()
-
+    assert seen == [f"Bearer {OPERATOR_TOKEN}"]
+    assert info.aiohttp_session.closed
