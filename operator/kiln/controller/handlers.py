@@ -25,11 +25,11 @@ from ..planner.perf import PerfModel, prefill_tokens_per_second
 from ..render.meta import selector_string
 from .cache import CachedKubeApi, cache_indexes, register_caches
 from .collect import sweep_engines
-from .context import FULL_RESYNC_SECONDS, OBSERVE_PERIOD_SECONDS, RESYNC_SECONDS, OperatorContext
+from .context import FULL_RESYNC_SECONDS, OperatorContext
 from .kube import ApiException
 from .reconcile import now, reconcile
 
-__all__ = ["OperatorContext", "build_registry", "RESYNC_SECONDS", "OBSERVE_PERIOD_SECONDS"]
+__all__ = ["build_registry"]
 
 _SERVICES = (GROUP, VERSION, "llmservices")
 
