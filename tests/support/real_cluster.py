@@ -27,37 +27,31 @@ import yaml
 
 from kiln.api.crd import crds
 from kiln.controller.context import OperatorContext
-from kiln.controller.kube import KINDS, KubeApi
+from kiln.controller.kube import KINDS, Kind, KubeApi
 from kiln.controller.models import ModelResolver
 from kiln.demo.apikubelet import ApiKubelet
 from kiln.demo.login import TokenLogin
 from kiln.demo.sandbox import Sandbox
 from kiln.demo.watch import ListWatch
 
-__all__ = ["ControlPlane", "RealSandbox", "PLURALS"]
+__all__ = ["ControlPlane", "RealSandbox", "KINDS_BY_PLURAL", "path_of"]
 
 OPERATOR_NAMESPACE = "kiln-system"
 OPERATOR_SERVICE_ACCOUNT = "kiln"  # the chart's, for a release named "kiln"
 
-# plural -> (API prefix, namespaced), for reads by the tests.
-PLURALS: dict[str, tuple[str, bool]] = {
-    k.plural: ("/api/v1" if k.api_version == "v1" else f"/apis/{k.api_version}", k.namespaced)
-    for k in KINDS.values()}
-PLURALS.update({"events": ("/api/v1", True), "namespaces": ("/api/v1", False),
-                "nodes": ("/api/v1", False), "replicasets": ("/apis/apps/v1", True),
-                "customresourcedefinitions": ("/apis/apiextensions.k8s.io/v1", False),
-                "clusterroles": ("/apis/rbac.authorization.k8s.io/v1", False),
-                "clusterrolebindings": ("/apis/rbac.authorization.k8s.io/v1", False)})
-_PLURAL_OF = {"CustomResourceDefinition": "customresourcedefinitions", "Namespace": "namespaces",
-              "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
-              "Event": "events", "Node": "nodes", "ReplicaSet": "replicasets",
-              **{k.kind: k.plural for k in KINDS.values()}}
+# The operator's kinds (controller/kube.py) and the others the tests read, by plural.
+KINDS_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in (
+    *KINDS.values(),
+    Kind("v1", "Event", "events", True), Kind("v1", "Namespace", "namespaces", False),
+    Kind("v1", "Node", "nodes", False), Kind("apps/v1", "ReplicaSet", "replicasets", True),
+    Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
+    Kind("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False),
+    Kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False))}
+_PLURAL_OF = {k.kind: k.plural for k in KINDS_BY_PLURAL.values()}
 
 
 def path_of(plural: str, namespace: str | None = None, name: str | None = None) -> str:
-    prefix, namespaced = PLURALS[plural]
-    path = prefix + (f"/namespaces/{namespace}" if namespaced and namespace else "") + f"/{plural}"
-    return path + (f"/{name}" if name else "")
+    return KINDS_BY_PLURAL[plural].path(namespace, name)
 
 
 class ControlPlane:
@@ -251,7 +245,7 @@ class RealSandbox(Sandbox):
         mine = set(self._namespaces.values())
         found = self.plane.http.get(self.plane.server + path_of(plural), timeout=30).json()
         items = [o for o in found.get("items") or []
-                 if not PLURALS[plural][1] or o["metadata"].get("namespace") in mine]
+                 if not KINDS_BY_PLURAL[plural].namespaced or o["metadata"].get("namespace") in mine]
         return sorted(items, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
 
     def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
