@@ -190,7 +190,7 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
     volumes = [
         {"name": "engine-cache", "persistentVolumeClaim": {"claimName": engine.spec.cache.claim_name}},
         {"name": "work", "emptyDir": work_volume},
-        shm_volume("16Gi"),
+        shm_volume(),
         tmp_volume(),
     ]
     mounts: list[dict[str, Any]] = [{"name": "engine-cache", "mountPath": CACHE_MOUNT},

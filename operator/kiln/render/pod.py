@@ -8,7 +8,7 @@ from kiln_runtime.image import USER
 
 from ..planner import GPU
 
-__all__ = ["CACHE_MOUNT", "GPU_PRODUCT_LABEL", "HOST_CPU", "HOST_MEMORY", "restricted_pod_security",
+__all__ = ["CACHE_MOUNT", "GPU_PRODUCT_LABEL", "HOST_CPU", "HOST_MEMORY", "SHM_SIZE", "restricted_pod_security",
            "restricted_container_security", "gpu_scheduling", "secret_env", "shm_volume",
            "tmp_volume"]
 
@@ -17,6 +17,8 @@ CACHE_MOUNT = "/engines"
 # besides its GPUs: CPUs to feed them, memory to stage weights through.
 HOST_CPU = "4"
 HOST_MEMORY = "32Gi"
+# The memory-backed /dev/shm of every GPU pod (builds and servers alike).
+SHM_SIZE = "16Gi"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # The NGC Triton images ship the unprivileged user triton-server, uid 1000 (the image-layout
 # manifest names the source).
@@ -55,9 +57,9 @@ def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def shm_volume(size: str) -> dict[str, Any]:
+def shm_volume() -> dict[str, Any]:
     """/dev/shm for NCCL and MPI between ranks, and Triton's Python backend."""
-    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
 
 
 def tmp_volume() -> dict[str, Any]:

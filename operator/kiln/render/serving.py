@@ -178,7 +178,7 @@ def _finish_container(container: dict[str, Any], spec: LLMServiceSpec, gpus: int
 def _volumes(engine: Engine) -> list[dict[str, Any]]:
     return [{"name": "engine-cache", "persistentVolumeClaim": {
                 "claimName": engine.spec.cache.claim_name, "readOnly": True}},
-            shm_volume("16Gi"), tmp_volume(),
+            shm_volume(), tmp_volume(),
             *([{"name": "djl-logs", "emptyDir": {}}] if engine.spec.server == ServerKind.DJL
               else [])]
 
