@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from ..api import ConditionType
 from ..api.llmservice import Condition
 from ..decide.conditions import get_condition
 from ..decide.decide import refuse, rolled_out
@@ -42,7 +43,7 @@ async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now
     try:
         await _apply_children(actions, api)
     except SpecInvalid as error:
-        stalled = get_condition(list(before.get("conditions") or []), "Stalled")
+        stalled = get_condition(list(before.get("conditions") or []), ConditionType.STALLED.value)
         refuse(actions, error, Condition.model_validate(stalled) if stalled else None, now, generation)
     return actions
 

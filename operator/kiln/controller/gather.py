@@ -19,7 +19,7 @@ from ..decide.policy import Policy
 from ..decide.snapshot import Cluster, Observed, Snapshot
 from ..decide.status import parse_status
 from ..errors import SpecInvalid
-from ..api import API_VERSION, Reason
+from ..api import API_VERSION, ConditionType, Reason
 from ..render import Rendered, ServiceRef
 from .collect import superseded_build
 from .credentials import read_credentials
@@ -98,11 +98,11 @@ async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered) -> Cluster
     build that failed said (once: the record keeps it)."""
     engine = await api.get(API_VERSION, "LLMEngine", rendered.engine["metadata"]["name"])
     conditions = ((engine or {}).get("status") or {}).get("conditions", [])
-    if engine is not None and is_true(conditions, "Ready"):
+    if engine is not None and is_true(conditions, ConditionType.READY.value):
         return replace(cluster, engine=engine)
     job = await live_child(api, rendered.build_job)
     failure = ""
-    recorded = get_condition(conditions, "Ready") or {}
+    recorded = get_condition(conditions, ConditionType.READY.value) or {}
     if job is not None and job_state(job) == "Failed" and recorded.get("reason") != Reason.ENGINE_BUILD_FAILED.value:
         meta = rendered.build_job["metadata"]
         failure = await _build_failure(api, meta["namespace"], meta["name"])

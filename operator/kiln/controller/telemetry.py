@@ -19,13 +19,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from ..api import LLMServiceStatus
+from ..api import ConditionType, LLMServiceStatus
 
 __all__ = ["Telemetry", "METRICS_PORT"]
 
 METRICS_PORT = 8081
 _SERVICE = ("namespace", "service")
-_WATCHED_CONDITIONS = ("Ready", "Stalled", "EngineReady", "ScalingActive")
+_WATCHED_CONDITIONS = tuple(c.value for c in (ConditionType.READY, ConditionType.STALLED,
+                                              ConditionType.ENGINE_READY, ConditionType.SCALING_ACTIVE))
 
 
 class Telemetry:

@@ -91,7 +91,7 @@ def engine_ready(snapshot: Snapshot, actions: Actions, rendered: Rendered, crede
                        f"not {wanted['spec']['key'][:16]}...)")
     check_engine_credentials(live, credentials, snapshot.policy, name)
     conditions = (live.get("status") or {}).get("conditions", [])
-    if is_true(conditions, "Ready"):
+    if is_true(conditions, ConditionType.READY.value):
         if new_key:
             actions.events.append(("Normal", EventReason.ENGINE_REUSED,
                                    f"engine {name} is already built; no build needed"))
@@ -101,7 +101,7 @@ def engine_ready(snapshot: Snapshot, actions: Actions, rendered: Rendered, crede
     if state == "Complete":
         actions.engine_status = {"storageUri": storage_uri(live),
                                  "buildJob": job["metadata"]["name"], "conditions": set_dict_condition(
-                                     conditions, "Ready", True, Reason.ENGINE_BUILT.value,
+                                     conditions, ConditionType.READY.value, True, Reason.ENGINE_BUILT.value,
                                      f"built by Job {job['metadata']['name']}", snapshot.now)}
         actions.events.append(("Normal", EventReason.BUILD_SUCCEEDED, f"engine {name} is ready"))
         actions.build_seconds = _job_seconds(job)
@@ -127,7 +127,7 @@ def _job(snapshot: Snapshot, actions: Actions, rendered: Rendered, conditions: l
     actions.build_job = wanted
     actions.started = [("Normal", EventReason.BUILD_STARTED, f"building engine {engine} in Job {name}")]
     actions.started_engine_status = {"buildJob": name, "conditions": set_dict_condition(
-        conditions, "Ready", False, Reason.ENGINE_BUILDING.value,
+        conditions, ConditionType.READY.value, False, Reason.ENGINE_BUILDING.value,
         f"Job {namespace}/{name} is building the engine", snapshot.now)}
     return wanted
 
@@ -137,7 +137,7 @@ def _failed(snapshot: Snapshot, actions: Actions, rendered: Rendered, conditions
     """A failed build stalls the service with what its pods said (read once, when it failed);
     the Job has already retried ``backoffLimit`` times."""
     job = rendered.build_job["metadata"]
-    recorded = get_condition(conditions, "Ready") or {}
+    recorded = get_condition(conditions, ConditionType.READY.value) or {}
     if recorded.get("reason") == Reason.ENGINE_BUILD_FAILED.value:
         message = str(recorded["message"])
     else:
@@ -145,7 +145,7 @@ def _failed(snapshot: Snapshot, actions: Actions, rendered: Rendered, conditions
                    f"See `kubectl logs job/{job['name']} -n {job['namespace']}`, fix the cause and delete "
                    "the Job to retry")
         actions.engine_status = {"conditions": set_dict_condition(
-            conditions, "Ready", False, Reason.ENGINE_BUILD_FAILED.value, message, snapshot.now)}
+            conditions, ConditionType.READY.value, False, Reason.ENGINE_BUILD_FAILED.value, message, snapshot.now)}
         actions.events.append(("Warning", EventReason.BUILD_FAILED, message))
     if serving_old:
         message += "; the previous engine keeps serving"
