@@ -24,7 +24,7 @@ from kiln.sim.traces import Request
 __all__ = ["FAMILIES", "TRAIN_SEEDS", "TEST_SEEDS", "generate", "shape"]
 
 FAMILIES = ("diurnal", "slow-ramp", "fast-ramp", "bursts", "long-context")
-TRAIN_SEEDS = (1,)
+TRAIN_SEEDS = (1, 2, 3, 4)
 TEST_SEEDS = (101, 102, 103, 104)
 
 

@@ -277,6 +277,18 @@ def test_a_backlog_is_drained_in_two_lifetimes():
     assert decision.desired == 4 and decision.reason.startswith("800 requests waiting"), decision.reason
 
 
+def test_a_fleet_with_every_batch_full_doubles():
+    # Three replicas, every batch full (the executor's queue beyond it unseen): the finished
+    # requests read the fleet's capacity, not the arrivals, so the demand is unknown above it
+    # and the law asks for twice the ready replicas.
+    samples = [replace(s, waiting=256, active=256, batch_fraction=1.0) for s in _finishing(1000, (40, 40, 40))]
+    decision = decide(1000, samples, 3, 3, 0, replace(ARRIVALS, max_replicas=16), Recommendations([(0.0, 3)]))
+    assert decision.desired == 6, decision.reason
+    # While the replicas it asked for start, it asks for no more: they are the doubling.
+    decision = decide(1000, samples, 6, 3, 3, replace(ARRIVALS, max_replicas=16), Recommendations([(0.0, 6)]))
+    assert decision.desired == 6, decision.reason
+
+
 def test_scale_down_waits_for_the_window_then_steps_one_replica():
     recs = Recommendations([(0.0, 3)])
     assert decide(0, _finishing(0, (30, 30, 30), start=-100), 3, 3, 0, ARRIVALS, recs).desired == 3

@@ -93,13 +93,15 @@ def _small_fleet(initial=1):
     return Fleet(perf, gpus_per_replica=1, initial=initial, cold_start=90.0)
 
 
-def test_lead_in_is_the_end_of_the_trace_just_before_it():
+def test_lead_in_is_the_opening_of_the_trace_mirrored_before_it():
     from kiln.sim.traces import Request, lead_in
 
-    requests = [Request(float(t), 100, 10) for t in range(0, 1200, 10)]
-    before = lead_in(requests, 600)
-    assert len(before) == 60 and all(-601 <= r.arrival < 0 for r in before)
-    assert before[-1].arrival == -1.0 and lead_in(requests, 0) == []
+    # The rate doubles halfway: the lead-in carries the opening's rate, not the end's.
+    requests = [Request(float(t), 100, 10) for t in range(0, 600, 10)]
+    requests += [Request(600.0 + t / 2, 100, 10) for t in range(0, 1200, 10)]
+    before = lead_in(requests, 300)
+    assert [r.arrival for r in before] == [float(-t) for t in range(290, 0, -10)]
+    assert lead_in(requests, 0) == []
 
 
 def test_a_lead_in_shapes_the_fleet_but_is_not_counted():

@@ -65,8 +65,13 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    chunk do not count. Above ``queue_per_replica`` (2) per replica it asks for
    ``ready + backlog / (active per replica) / backlog_lifetimes`` replicas: a saturated replica
    turns over what it runs once per request lifetime, so this drains the backlog in
-   ``backlog_lifetimes`` (2) lifetimes instead of treating it as steady demand. While
-   replicas start, the backlog asks for no more than is already coming.
+   ``backlog_lifetimes`` (2) lifetimes instead of treating it as steady demand. When every
+   reporting replica's batch is full, the requests beyond it wait in the executor's queue,
+   which no series exports, and the finished requests read the fleet's capacity rather
+   than the arrivals: the demand is unknown above the fleet, and the law asks for at least
+   twice the ready replicas (the HPA's default scale-up policy, +100 %: doubling reaches
+   any demand in log2 cold starts and overshoots it by at most 2x, which the scale-down
+   returns). While replicas start, the backlog asks for no more than is already coming.
 7. **Fast scale-up, counting capacity on the way.** Replicas still starting count as
    capacity; at most ``max(up_step_min, current)`` (4) replicas are added per decision.
 8. **Slow, stabilised scale-down.** A scale-down takes the highest ``want`` seen within
@@ -310,6 +315,8 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         waits[sample.time] = waits.get(sample.time, 0) + sample.waiting
     waiting = min(waits[t] for t in sorted(waits)[-2:])
     queued = waiting > params.queue_per_replica * ready
+    # Every reporting replica's batch full at the last scrape: the requests beyond it are unseen.
+    saturated = queued and all((latest[r].batch_fraction or 0.0) >= 1.0 for r in reporting)
     if params.request_seconds is not None:
         # The growth of arrivals, never of the pressures: the two differ, and a switch
         # between them is not the traffic growing. Not while a backlog drains: requests
@@ -353,6 +360,13 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         # is already coming.
         per_replica = max(sum(latest[r].active for r in reporting) / ready, 1.0)
         by_queue = math.ceil(ready + waiting / per_replica / params.backlog_lifetimes - 1e-9)
+        if saturated:
+            # Every batch is full: the executor's queue, which no series exports, may hold
+            # any number of requests, and the finished requests read the fleet's capacity,
+            # not the arrivals. The demand is unknown above the fleet: double it (the HPA's
+            # default scale-up policy, +100 %), which reaches any demand in log2 steps of a
+            # cold start and overshoots by at most 2x, which the scale-down returns.
+            by_queue = max(by_queue, 2 * ready)
         by_queue = by_queue if not starting else min(by_queue, current)
         if by_queue > want:
             # The backlog is what asks for more: it leads the reason, the load comes second.

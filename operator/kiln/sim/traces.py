@@ -77,11 +77,13 @@ def load_trace(path: Path, rate_scale: float = 1.0, time_scale: float = 1.0) -> 
 
 
 def lead_in(requests: Sequence[Request], seconds: float) -> list[Request]:
-    """The trace's last ``seconds`` moved to just before it opens (arrivals in [-seconds, 0)):
-    replayed first, they put a reactive policy in the state it would be in on a service that
-    had been serving this load, instead of a fleet sized for whatever the first minute holds."""
+    """The trace's first ``seconds`` mirrored to just before it opens (a request at ``t``
+    replayed at ``-t``, arrivals in (-seconds, 0)): replayed first, they put a reactive policy
+    in the state it would be in on a service that had been serving this load, instead of a
+    fleet sized for whatever the first minute holds. Mirrored, not the trace's end moved
+    before it: the rate is then continuous where the counted trace opens, so no policy meets
+    a step the splice made (a diurnal trace's end can be half its opening rate)."""
     if not requests or seconds <= 0:
         return []
-    end = requests[-1].arrival + 1.0
-    return [Request(r.arrival - end, r.input_tokens, r.output_tokens)
-            for r in requests if r.arrival >= end - seconds]
+    return [Request(-r.arrival, r.input_tokens, r.output_tokens)
+            for r in reversed(requests) if 0 < r.arrival < seconds]
