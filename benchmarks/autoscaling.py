@@ -73,7 +73,7 @@ DEFAULT_LENGTHS = "azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
 LONG_CONTEXT_MAX_INPUT = 32768
 # The law's free parameters, chosen on the training traces.
 CANDIDATES = tuple({"utilization_target": u, "headroom_quantile": q}
-                   for u in (0.8, 0.9) for q in (0.95, 0.99))
+                   for u in (0.8, 0.9, 1.0) for q in (0.95, 0.99))
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 COLD_START_FAMILIES = ("bursts", "fast-ramp")
 # What the last --train run chose (and every candidate's figures).
