@@ -305,8 +305,8 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--max-replicas", type=int, default=16, help="upper bound for every policy")
     sim.add_argument("--metrics-outage", help="START:SECONDS with no metrics")
     sim.add_argument("--lead-in", type=float, default=LEAD_IN_SECONDS,
-                     help="seconds of the trace's end replayed first, uncounted, so the reactive "
-                          "policies start as on a running service (0: start cold)")
+                     help="seconds of the trace's opening replayed first, mirrored and uncounted, so "
+                          "the reactive policies start as on a running service (0: start cold)")
     sim.add_argument("--plot", help="write load, replicas and TTFT over time to this PNG")
     sim.add_argument("-o", "--output", choices=("text", "json"), default="text")
     sim.set_defaults(func=cmd_simulate)

@@ -134,17 +134,17 @@ def test_the_oracle_without_foresight_holds_what_recent_windows_needed():
     from kiln.sim.engine import FleetView
     from kiln.sim.policies import present_policy
 
-    policy = present_policy([1, 3, 1, 1, 2], hold=120, margin=0, low=1, high=8, length=600)
+    policy = present_policy([1, 3, 1, 1, 2], hold=120, margin=0, low=1, high=8)
 
     def at(now):
         return policy(FleetView(now, [], 1, 1, 0))
-    assert at(-30) == 2                 # the lead-in replays the trace's end: its last window
-    assert at(60) == 2                  # 120 s back is still the lead-in
+    assert at(-150) == 3 and at(-30) == 3  # the lead-in replays the opening mirrored: window 1 at -240..-120
+    assert at(60) == 1                  # 120 s back is the lead-in's mirrored window 0
     assert at(125) == 3                 # window 1 needs 3, the moment it opens
     assert at(300) == 3                 # window 2 needs 1, but window 1 was within 120 s
     assert at(370) == 1
     assert at(479) == 1 and at(481) == 2  # window 4's need is not seen before it opens
-    assert present_policy([1, 3], 0, 2, 1, 4, 240)(FleetView(130, [], 1, 1, 0)) == 4  # margin, capped
+    assert present_policy([1, 3], 0, 2, 1, 4)(FleetView(130, [], 1, 1, 0)) == 4  # margin, capped
 
 
 def test_keda_http_parks_at_zero_and_each_wake_is_a_cold_start():

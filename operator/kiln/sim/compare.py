@@ -16,8 +16,8 @@ from .traces import Request, lead_in
 
 __all__ = ["compare", "warm_fleet", "ORACLE_MARGINS", "LEAD_IN_SECONDS"]
 
-# Minutes of the trace's end replayed before it, so reactive policies start in a steady state:
-# longer than the default scale-down stabilisation (300 s) plus a cold start.
+# Seconds of the trace's opening replayed (mirrored) before it, so reactive policies start in a
+# steady state: longer than the default scale-down stabilisation (300 s) plus a cold start.
 LEAD_IN_SECONDS = 600.0
 # Extra replicas the oracle tries over its per-window minimum, cheapest first.
 ORACLE_MARGINS = (0, 1, 2, 3)
@@ -49,7 +49,7 @@ def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_tt
     The trace is a window of a service already running when it opens. Every policy is
     bounded by ``params.min_replicas`` and ``params.max_replicas`` and starts with the warm
     fleet the oracle finds for the first minutes; the reactive policies (kiln, hpa,
-    hpa-tuned, kpa) start it earlier, at the trace's last ``lead_in_seconds`` replayed
+    hpa-tuned, kpa) start it earlier, at the trace's first ``lead_in_seconds`` mirrored
     before it (:func:`lead_in`, not counted), so that their fleet, metric windows and
     stabilisation history are those of a service that had been serving this load. The
     oracle knows the future and needs no lead-in.

@@ -30,8 +30,8 @@
   boundaries.
 - ``static-min`` and ``clairvoyant``: the cheapest fixed fleet meeting the SLO goal, and a
   whole-trace schedule with perfect knowledge (:mod:`kiln.sim.stock`).
-- ``present_policy`` (not one of :data:`POLICIES`; ``benchmarks/autoscaling.py`` runs it as a
-  reference): the oracle's per-window needs as they happen, without foresight.
+- ``present_policy`` (not one of :data:`POLICIES`; a reference for tests): the oracle's
+  per-window needs as they happen, without foresight.
 """
 
 from __future__ import annotations
@@ -176,14 +176,14 @@ def oracle_schedule(requests: Sequence[Request], fleet: Fleet, slo_ttft_s: float
 
 
 def present_policy(schedule: Sequence[int], hold: float, margin: int, low: int, high: int,
-                   length: float, window: float = 120.0) -> Policy:
+                   window: float = 120.0) -> Policy:
     """The oracle without foresight, a reference for reacting to a perfectly known present:
     at each moment it knows exactly what the current ``window`` needs (the oracle's
     schedule), but nothing of the future, so it keeps the most any window needed in the
     last ``hold`` seconds, plus ``margin`` replicas. Before the trace opens (a lead-in replaying the
-    trace's end) it reads the schedule of the trace's end, ``length`` seconds long."""
+    trace's opening mirrored, :func:`kiln.sim.traces.lead_in`) it reads the schedule mirrored."""
     def need(t: float) -> int:
-        at = int((t + length if t < 0 else t) // window)
+        at = int(abs(t) // window)
         return schedule[max(0, min(len(schedule) - 1, at))]
 
     def policy(view: FleetView) -> int:
