@@ -15,10 +15,12 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    need N × cost / target replicas whatever the fleet runs now. An occupancy (KV or batch
    fraction) is not: a lightly loaded replica's requests finish sooner, so the occupancy of
    five replicas understates what three would carry, and a law on occupancy alone removed
-   replicas while the load rose. ``utilization_target`` (chosen on the benchmark's training
-   traces) is the share of a replica's throughput capacity it is sized at: a replica at its
-   capacity has every batch slot taken, and new requests wait for one, which is what the TTFT
-   SLO measures. Finished requests trail arrivals by a request's lifetime (seconds, against a
+   replicas while the load rose. ``utilization_target`` (1.0, chosen on the benchmark's
+   training traces from 0.8, 0.9 and 1.0) is the share of a replica's throughput capacity at
+   full batch it is sized at. At 1.0 the arrivals alone size the fleet at that capacity; the
+   slack the TTFT SLO needs (a replica at capacity has every batch slot taken, and new
+   requests wait for one) comes from the pressures' own targets below 1 (the batch at 0.75),
+   which floor the demand, and from the headroom. Finished requests trail arrivals by a request's lifetime (seconds, against a
    cold start of minutes) and, unlike the requests running, do not move when the Service
    shifts load to a new replica; a scrape counts once every replica it read has an interval
    (:func:`arrival_demand`). The busiest scrape of the window counts, so that a burst between
@@ -147,7 +149,7 @@ class LawParams:
     # performance model, ``PerfModel.request_seconds``) over ``utilization_target``; None
     # (no performance model) leaves the pressures alone.
     request_seconds: Callable[[float, float], float] | None = field(default=None, compare=False, repr=False)
-    utilization_target: float = 0.9  # chosen on the benchmark's training traces
+    utilization_target: float = 1.0  # chosen on the benchmark's training traces
 
     @classmethod
     def for_service(cls, scaling: AutoscalingSpec, **overrides: Any) -> LawParams:
