@@ -371,7 +371,9 @@ async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_g
                 sb.plane.apply(obj)
     await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
     manifest = copy.deepcopy(MULTI_NODE)
-    manifest["spec"]["autoscaling"].update(targetKVCacheUtilization=0.75, scaleDownStabilizationSeconds=2)
+    # Two groups at most: the test scales from one group to two and counts them.
+    manifest["spec"]["autoscaling"].update(targetKVCacheUtilization=0.75, scaleDownStabilizationSeconds=2,
+                                           maxReplicas=2)
     await sb.start_operator()
     sb.start_kubelet()
     await sb.create(manifest)
