@@ -82,7 +82,7 @@ def lead_in(requests: Sequence[Request], seconds: float) -> list[Request]:
     in the state it would be in on a service that had been serving this load, instead of a
     fleet sized for whatever the first minute holds. Mirrored, not the trace's end moved
     before it: the rate is then continuous where the counted trace opens, so no policy meets
-    a step the splice made (a diurnal trace's end can be half its opening rate)."""
+    a step the splice made (a diurnal trace's end can run at under half its opening rate)."""
     if not requests or seconds <= 0:
         return []
     return [Request(-r.arrival, r.input_tokens, r.output_tokens)
