@@ -7,9 +7,11 @@ manager. ``KIND_PATHS`` is also what the chart's RBAC is checked against.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
@@ -19,7 +21,20 @@ from ..api import Reason
 from ..errors import SpecInvalid
 from ..render import FIELD_MANAGER
 
-__all__ = ["KubeApi", "Kind", "KINDS", "ApiException", "kind_of", "REFUSED_STATUSES"]
+__all__ = ["KubeApi", "Kind", "KINDS", "ApiException", "kind_of", "REFUSED_STATUSES", "PARALLEL_CALLS",
+           "API_CONNECTIONS", "concurrently"]
+
+T = TypeVar("T")
+
+# Calls one reconcile has in flight at once (the reads of its children, the writes of one
+# stage). Reconciles are bounded too (MAX_CONCURRENT_RECONCILES in context.py): the API
+# server sees at most the product.
+PARALLEL_CALLS = 6
+# Connections the operator's client keeps to the API server (the kubernetes client's default
+# is 100). Each TLS connection holds a 256 KiB read buffer of its own (CPython,
+# Lib/asyncio/sslproto.py: ``SSLProtocol.max_size``): at a thousand services the operator had
+# 130 open, a few reconciles' worth of calls at a time needs far fewer.
+API_CONNECTIONS = 32
 
 # The API server refuses the object itself (invalid, malformed, too large): writing it again
 # cannot succeed until the manifest changes.
@@ -85,6 +100,21 @@ def kind_of(obj: dict[str, Any]) -> Kind:
     return KINDS[(obj["apiVersion"], obj["kind"])]
 
 
+async def concurrently(calls: Iterable[Awaitable[T]], limit: int = PARALLEL_CALLS) -> list[T | Exception]:
+    """Await ``calls``, at most ``limit`` at a time: each one's result, or the exception it
+    raised, in the order given (so that the caller can act on the first failure in that order)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Awaitable[T]) -> T:
+        async with gate:
+            return await call
+    results = await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # a cancellation or an exit is not a call's failure
+    return results  # type: ignore[return-value]
+
+
 class KubeApi:
     """Async access to the handful of calls the operator makes."""
 
@@ -94,7 +124,7 @@ class KubeApi:
 
     @classmethod
     async def from_kubeconfig(cls) -> KubeApi:
-        configuration = aio_client.Configuration()
+        configuration = aio_client.Configuration(connection_pool_maxsize=API_CONNECTIONS)
         try:
             aio_config.load_incluster_config(client_configuration=configuration)
         except aio_config.ConfigException:
@@ -111,7 +141,7 @@ class KubeApi:
     def for_url(cls, url: str, token: str = "kiln", ca_file: str | None = None) -> KubeApi:
         """A client with a bearer token; TLS verified against ``ca_file`` when given (a real
         API server), not at all otherwise (the emulator speaks plain HTTP)."""
-        configuration = aio_client.Configuration(host=url.rstrip("/"))
+        configuration = aio_client.Configuration(host=url.rstrip("/"), connection_pool_maxsize=API_CONNECTIONS)
         configuration.api_key = {"BearerToken": token}
         configuration.api_key_prefix = {"BearerToken": "Bearer"}
         configuration.verify_ssl = ca_file is not None
