@@ -1,5 +1,6 @@
-"""Carry out what ``decide`` returned: every write one reconcile makes, in dependency order,
-and the service's status, written once and only if it changed.
+"""Carry out what ``decide`` returned: every write one reconcile makes, in dependency order
+(independent children concurrently), and the service's status, written once and only if it
+changed.
 
 KubeAI's model reconciler has the same shape: ``calculatePodPlan`` decides and
 ``podPlan.execute`` writes (kubeai, internal/modelcontroller/pod_plan.go), and the status is
@@ -19,7 +20,7 @@ from ..decide.snapshot import Actions
 from ..decide.status import status_wire
 from ..errors import SpecInvalid
 from .gather import refused_write
-from .kube import ApiException, KubeApi
+from .kube import ApiException, KubeApi, concurrently
 
 __all__ = ["execute", "write_status"]
 
@@ -48,14 +49,32 @@ async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now
     return actions
 
 
+# What a child must find in place when it is written; children of one stage are independent
+# and written concurrently. A Pod naming a ServiceAccount that does not exist is refused by
+# the ServiceAccount admission plugin, so the workloads (whose controllers create the pods)
+# come after the accounts; a RoleBinding is checked against the rules of the Role it binds
+# (kubernetes/kubernetes, pkg/registry/rbac/rolebinding/policybased/storage.go: ``Create``
+# resolves ``GetRoleReferenceRules`` and fails if the Role is missing), so it comes after its
+# Role; a scaler comes after the workload it targets (KEDA's admission webhook reads the
+# target Deployment: kedacore/keda, apis/keda/v1alpha1/scaledobject_webhook.go,
+# ``verifyCPUMemoryScalers``).
+_STAGES = {"ServiceAccount": 0, "Role": 0, "ConfigMap": 0, "RoleBinding": 1,
+           "ScaledObject": 3, "HorizontalPodAutoscaler": 3, "HTTPScaledObject": 3}
+_OTHERS = 2  # workloads, Services, the NetworkPolicy, the gateway's routes
+
+
 async def _apply_children(actions: Actions, api: KubeApi) -> None:
-    for child in actions.apply:
-        try:
-            applied = await api.apply(child)
-        except ApiException as error:
-            raise refused_write(error, child["metadata"]["namespace"], child in actions.gateway) from None
-        if child is actions.workload and actions.rollout is not None:
-            rolled_out(actions, applied)  # the rollout as the API server has it now
+    """Apply ``actions.apply`` stage by stage; the first refusal (in the order decided)
+    stops the reconcile after its stage's writes have returned."""
+    for stage in sorted({_STAGES.get(child["kind"], _OTHERS) for child in actions.apply}):
+        batch = [child for child in actions.apply if _STAGES.get(child["kind"], _OTHERS) == stage]
+        for child, applied in zip(batch, await concurrently(api.apply(child) for child in batch)):
+            if isinstance(applied, ApiException):
+                raise refused_write(applied, child["metadata"]["namespace"], child in actions.gateway) from None
+            if isinstance(applied, Exception):
+                raise applied
+            if child is actions.workload and actions.rollout is not None:
+                rolled_out(actions, applied)  # the rollout as the API server has it now
 
 
 def write_status(patch: MutableMapping[str, Any], current: Mapping[str, Any], actions: Actions) -> None:

@@ -1,0 +1,108 @@
+"""The executor writes a reconcile's children concurrently where they are independent, and
+in dependency order where they are not: the ServiceAccounts and Roles before the
+RoleBindings, those before the workload whose pods use them, the workload before its
+scaler."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kiln.controller.execute import execute
+from kiln.controller.kube import ApiException
+from kiln.decide.snapshot import Actions
+from kiln.decide.status import parse_status
+from kiln.errors import SpecInvalid
+
+NS = "llm"
+
+
+def _obj(api_version, kind, name):
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": NS}}
+
+
+ACCOUNT = _obj("v1", "ServiceAccount", "big")
+LAUNCHER = _obj("v1", "ServiceAccount", "big-launcher")
+ROLE = _obj("rbac.authorization.k8s.io/v1", "Role", "big-launcher")
+BINDING = _obj("rbac.authorization.k8s.io/v1", "RoleBinding", "big-launcher")
+WORKLOAD = _obj("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "big-group")
+SERVICE = _obj("v1", "Service", "big-server")
+POLICY = _obj("networking.k8s.io/v1", "NetworkPolicy", "big-server")
+SCALER = _obj("keda.sh/v1alpha1", "ScaledObject", "big")
+CHILDREN = [ACCOUNT, LAUNCHER, ROLE, BINDING, WORKLOAD, SERVICE, POLICY, SCALER]
+
+
+class TimedApi:
+    """Records when each apply started and returned; each takes a few event-loop turns, as a
+    round trip to an API server does. ``refuse``: what the writes of some names raise (the
+    ServiceAccounts of those names are written)."""
+
+    def __init__(self, refuse: dict[str, Exception] | None = None) -> None:
+        self.refuse = refuse or {}
+        self.clock = 0
+        self.started: dict[str, int] = {}
+        self.returned: dict[str, int] = {}
+
+    async def apply(self, obj):
+        key = f"{obj['kind']}/{obj['metadata']['name']}"
+        self.started[key] = self.clock
+        self.clock += 1
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.returned[key] = self.clock
+        self.clock += 1
+        if obj["metadata"]["name"] in self.refuse and obj["kind"] != "ServiceAccount":
+            raise self.refuse[obj["metadata"]["name"]]
+        return {**obj, "status": {}}
+
+
+def _actions(children):
+    return Actions(status=parse_status({}), apply=list(children), workload=WORKLOAD)
+
+
+def _key(obj):
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+async def test_each_child_is_written_after_what_it_needs():
+    api = TimedApi()
+    await execute(_actions(CHILDREN), api, {}, "2026-01-01T00:00:00Z", 1)
+    assert set(api.started) == {_key(child) for child in CHILDREN}
+    after = [(ROLE, BINDING), (ACCOUNT, WORKLOAD), (LAUNCHER, WORKLOAD), (BINDING, WORKLOAD),
+             (WORKLOAD, SCALER), (SERVICE, SCALER)]
+    for first, then in after:
+        assert api.returned[_key(first)] < api.started[_key(then)], f"{_key(then)} before {_key(first)}"
+
+
+async def test_independent_children_are_in_flight_together():
+    api = TimedApi()
+    await execute(_actions(CHILDREN), api, {}, "2026-01-01T00:00:00Z", 1)
+    # The accounts and the Role: all three started before any returned.
+    firsts = [api.started[_key(child)] for child in (ACCOUNT, LAUNCHER, ROLE)]
+    assert max(firsts) < min(api.returned[_key(child)] for child in (ACCOUNT, LAUNCHER, ROLE))
+    # The workload, its Service and the NetworkPolicy too.
+    middles = [api.started[_key(child)] for child in (WORKLOAD, SERVICE, POLICY)]
+    assert max(middles) < min(api.returned[_key(child)] for child in (WORKLOAD, SERVICE, POLICY))
+
+
+FORBIDDEN = ApiException(status=403, reason='roles.rbac.authorization.k8s.io "big-launcher" is forbidden')
+INVALID = SpecInvalid("the API server refused Role big-launcher: rules[0]: Invalid", reason="ApplyRefused")
+
+
+@pytest.mark.parametrize("error, said", [(FORBIDDEN, "spec.gpus: a multi-node service needs a Role"),
+                                         (INVALID, "the API server refused Role big-launcher")])
+async def test_a_refusal_stalls_the_service_before_the_later_stages(error, said):
+    api = TimedApi(refuse={"big-launcher": error})
+    actions = await execute(_actions(CHILDREN), api, {}, "2026-01-01T00:00:00Z", 1)
+    assert _key(WORKLOAD) not in api.started and _key(SCALER) not in api.started
+    [stalled] = [c for c in actions.status.conditions if c.type == "Stalled"]
+    assert stalled.status == "True" and stalled.message.startswith(said)
+
+
+async def test_an_outage_is_raised_for_a_retry():
+    api = TimedApi(refuse={"big-server": ApiException(status=503, reason="unavailable")})
+    with pytest.raises(ApiException) as raised:
+        await execute(_actions(CHILDREN), api, {}, "2026-01-01T00:00:00Z", 1)
+    assert raised.value.status == 503
+    assert _key(SCALER) not in api.started
