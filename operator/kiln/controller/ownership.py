@@ -14,9 +14,9 @@ is written, every existing pod it names must be controlled, link by link (UIDs c
 the service's own LeaderWorkerSet (worker pod -> worker StatefulSet -> leader pod -> leader
 StatefulSet -> LeaderWorkerSet, as kubernetes-sigs/lws pkg/controllers makes them).
 
-A child is checked on the object the API server holds, read just before the write: the
+A child is checked on the object the API server holds, read before the write: the
 watch-fed caches see only objects labelled as Kiln's, so a miss there is confirmed with a
-read from the API (once per child, until Kiln has created it).
+read from the API in every reconcile that writes (controller/gather.py, ``confirm_misses``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..decide.ownership import conflict, controller_of
-from .kube import KINDS
+from .kube import KINDS, concurrently
 
 __all__ = ["Reader", "live_child", "check_launcher_targets"]
 
@@ -74,13 +74,16 @@ async def check_launcher_targets(api: Any, role: dict[str, Any], workload: dict[
     """Raise a ResourceConflict naming the first existing pod the launcher ``role`` would let
     the leader exec into that is not a pod of ``lws`` (the service's own LeaderWorkerSet, or
     None before it exists)."""
-    names = {name for rule in role.get("rules") or [] if "pods/exec" in rule.get("resources", [])
-             for name in rule.get("resourceNames") or []}
+    names = sorted({name for rule in role.get("rules") or [] if "pods/exec" in rule.get("resources", [])
+                    for name in rule.get("resourceNames") or []})
     namespace = role["metadata"]["namespace"]
     lws_uid = ((lws or {}).get("metadata") or {}).get("uid")
-    for pod in sorted(await api.list("v1", "Pod", namespace), key=lambda p: p["metadata"]["name"]):
-        name = pod["metadata"]["name"]
-        if name not in names:
+    # The named pods, read by name: a list of the namespace would carry every pod in it.
+    pods = await concurrently(api.get("v1", "Pod", name, namespace) for name in names)
+    for pod in pods:
+        if isinstance(pod, Exception):
+            raise pod
+        if pod is None:
             continue
         pod = {**pod, "metadata": {**pod["metadata"], "namespace": namespace}}
         if lws_uid is None or not await _controlled_by(api, pod, str(lws_uid)):
