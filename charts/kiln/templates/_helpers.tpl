@@ -86,7 +86,7 @@ RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespace
   verbs: [list, watch, get, create, patch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, create, patch]
+  verbs: [list, watch, get, create, patch]
 {{- end -}}
 
 {{/*

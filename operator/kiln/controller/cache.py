@@ -10,8 +10,17 @@ model-token Secret, never cached, and the cluster-scoped LLMEngine) instead of s
 A cache can trail the server by one watch event. The reconcile is written for that: a
 missing object is applied (server-side apply of an object that exists is a no-op, and
 names are deterministic, so nothing is created twice), and an out-of-date one is
-re-applied or polled again. Kinds whose API may be absent (LeaderWorkerSet, KEDA, the
-autoscaling API) and the RBAC kinds are read from the API as before.
+re-applied or polled again.
+
+Cached are the kinds every API server serves and that the chart lets the operator list and
+watch in every namespace it manages. Read from the API instead: the kinds whose API may be
+absent (LeaderWorkerSet, KEDA, the Gateway API and Inference Extension: kopf watches only the
+kinds discovery lists, kopf/_core/reactor/observation.py ``revise_resources``, and starts a
+watch when a CRD appears, so an empty cache could mean an absent API or a watch not yet
+listed), the autoscaling API's HorizontalPodAutoscaler (one per
+service in hpa mode), and the Roles, RoleBindings and ConfigMaps of multi-node and gateway
+services: the chart grants those only in ``multiNode.namespaces`` and ``gateway.namespaces``,
+and a cluster-wide watch of them would be refused.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ __all__ = ["CACHED_KINDS", "CachedKubeApi", "cache_indexes", "register_caches"]
 
 # The kinds read from kopf's indexes; their plurals come from the one table of kinds.
 CACHED_KINDS: dict[tuple[str, str], Kind] = {key: KINDS[key] for key in (
-    ("apps/v1", "Deployment"), ("batch/v1", "Job"), ("v1", "Service"), ("v1", "ServiceAccount"))}
+    ("apps/v1", "Deployment"), ("batch/v1", "Job"), ("v1", "Service"), ("v1", "ServiceAccount"),
+    ("networking.k8s.io/v1", "NetworkPolicy"))}
 
 
 _PREFIX = "kiln_cache_"
@@ -99,6 +109,11 @@ class CachedKubeApi:
         for cached in index.get((namespace, name), ()):
             return copy.deepcopy(cached)
         return None
+
+    def caches(self, api_version: str, kind: str) -> bool:
+        """Whether ``get`` reads this kind from a cache (so that a miss may be someone else's
+        object, unlabelled, rather than none)."""
+        return (api_version, kind) in self._indexes
 
     async def get_fresh(self, api_version: str, kind: str, name: str,
                         namespace: str | None = None) -> dict[str, Any] | None:
