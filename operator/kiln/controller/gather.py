@@ -1,8 +1,11 @@
 """The snapshot ``decide`` reads: every read one reconcile makes, in the order it needs them.
 
 Reads go through the watch-fed caches where there are some (controller/cache.py); a child
-missing there is asked of the API once (an object someone else created is not in Kiln's
-label-filtered caches). The first refusal ends the snapshot: ``decide`` stops there too.
+missing there is asked of the API (an object someone else created is not in Kiln's
+label-filtered caches) before anything is written: :func:`confirm_misses`. The children and the engine record are read concurrently (a few at a
+time, kube.PARALLEL_CALLS): on a real API server each read is a round trip, and one after
+the other they made most of a new service's reconcile. The first refusal, in the order of
+the children, ends the snapshot: ``decide`` stops there too.
 """
 
 from __future__ import annotations
@@ -16,18 +19,18 @@ from ..decide.decide import children, needed_apis
 from ..decide.engine import job_state, termination
 from ..decide.intent import intend, parse, workload_replicas
 from ..decide.policy import Policy
-from ..decide.snapshot import Cluster, Observed, Snapshot
+from ..decide.snapshot import Actions, Cluster, Observed, Snapshot
 from ..decide.status import parse_status
 from ..errors import SpecInvalid
 from ..api import API_VERSION, ConditionType, Reason
 from ..render import Rendered, ServiceRef
 from .collect import superseded_build
 from .credentials import read_credentials
-from .kube import ApiException, KubeApi
+from .kube import ApiException, KubeApi, concurrently
 from .models import ModelResolver
 from .ownership import check_launcher_targets, live_child
 
-__all__ = ["gather", "refused_write"]
+__all__ = ["gather", "confirm_misses", "refused_write"]
 
 
 async def gather(body: Mapping[str, Any], api: KubeApi, models: ModelResolver, now: str,
@@ -65,21 +68,78 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
     serves = frozenset([need for need in needed_apis(snapshot, rendered) if await api.serves(*need)])
     cluster = Cluster(serves=serves, superseded_job=superseded)
     wanted = children(rendered)
-    lives: dict[tuple[str, str], dict[str, Any] | None] = {}
-    for child in wanted:
-        try:
-            lives[(child["kind"], child["metadata"]["name"])] = await live_child(api, child)
-        except ApiException as error:
-            refusal = refused_write(error, ref.namespace, child in rendered.gateway)
-            if not isinstance(refusal, SpecInvalid):
-                raise refusal from None
-            return replace(cluster, children=lives, read_refusal=refusal)
+    # The reads are independent: in flight together, the engine record's too. A child the
+    # watch caches miss is read from the API only if this reconcile writes (confirm_misses).
+    *reads, engine = await concurrently([*(api.get(*_address(child)) for child in wanted),
+                                         api.get(API_VERSION, "LLMEngine", rendered.engine["metadata"]["name"])])
+    lives, refusal = _lives(wanted, reads, rendered, ref.namespace)
+    if refusal is not None:
+        return replace(cluster, children=lives, read_refusal=refusal)
+    if isinstance(engine, Exception):
+        raise engine
     cluster = replace(cluster, children=lives)
     try:
         await _launcher_targets(api, rendered, lives, f"{ref.namespace}/{ref.name}")
     except SpecInvalid as conflict:
         return replace(cluster, launcher_conflict=conflict)
-    return await _engine(api, cluster, rendered)
+    return await _engine(api, cluster, rendered, engine)
+
+
+def _address(child: Mapping[str, Any]) -> tuple[str, str, str, str | None]:
+    meta = child["metadata"]
+    return child["apiVersion"], child["kind"], meta["name"], meta.get("namespace")
+
+
+def _lives(wanted: list[dict[str, Any]], reads: list[dict[str, Any] | None | Exception], rendered: Rendered,
+           namespace: str) -> tuple[dict[tuple[str, str], dict[str, Any] | None], SpecInvalid | None]:
+    """The children as read, up to the first refusal (returned too); any other failure is raised."""
+    lives: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for child, read in zip(wanted, reads):
+        if isinstance(read, ApiException):
+            refusal = refused_write(read, namespace, child in rendered.gateway)
+            if not isinstance(refusal, SpecInvalid):
+                raise refusal from None
+            return lives, refusal
+        if isinstance(read, Exception):
+            raise read
+        lives[(child["kind"], child["metadata"]["name"])] = read
+    return lives, None
+
+
+async def confirm_misses(api: KubeApi, snapshot: Snapshot, actions: Actions) -> Snapshot | None:
+    """Before a reconcile writes, the children the watch caches missed, read from the API.
+
+    The caches hold only objects labelled as Kiln's: a miss is either no object or someone
+    else's, and only the API can tell (controller/ownership.py). A reconcile that writes
+    nothing (a build or a rollout followed tick by tick) acts on the cache as it is; one
+    that writes anything (the build Job included, so that a name conflict stops a service
+    before its build) reads its misses first. Returns the snapshot with what turned up,
+    for ``decide`` to decide again, or None if nothing did (or nothing is written)."""
+    cluster, intent = snapshot.cluster, snapshot.intent
+    caches = getattr(api, "caches", None)
+    if cluster is None or caches is None or not _writes(actions) or intent is None \
+            or not isinstance(intent.rendered, Rendered):
+        return None
+    rendered = intent.rendered
+    missed = [child for child in children(rendered)
+              if (child["kind"], child["metadata"]["name"]) in cluster.children
+              and cluster.children[(child["kind"], child["metadata"]["name"])] is None
+              and caches(child["apiVersion"], child["kind"])]
+    if not missed:
+        return None
+    reads = await concurrently(api.get_fresh(*_address(child)) for child in missed)
+    found, refusal = _lives(missed, reads, rendered, snapshot.ref.namespace)
+    if refusal is not None:
+        return replace(snapshot, cluster=replace(cluster, read_refusal=refusal))
+    found = {key: live for key, live in found.items() if live is not None}
+    if not found:
+        return None
+    return replace(snapshot, cluster=replace(cluster, children={**cluster.children, **found}))
+
+
+def _writes(actions: Actions) -> bool:
+    return bool(actions.apply or actions.delete or actions.engine_record is not None
+                or actions.build_job is not None or actions.engine_status is not None)
 
 
 async def _launcher_targets(api: KubeApi, rendered: Rendered,
@@ -93,10 +153,9 @@ async def _launcher_targets(api: KubeApi, rendered: Rendered,
             raise refused_write(error, role["metadata"]["namespace"]) from None
 
 
-async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered) -> Cluster:
-    """The LLMEngine record; while it is not Ready, its build Job, and what the pods of a
-    build that failed said (once: the record keeps it)."""
-    engine = await api.get(API_VERSION, "LLMEngine", rendered.engine["metadata"]["name"])
+async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered, engine: dict[str, Any] | None) -> Cluster:
+    """The LLMEngine record (as read); while it is not Ready, its build Job, and what the pods
+    of a build that failed said (once: the record keeps it)."""
     conditions = ((engine or {}).get("status") or {}).get("conditions", [])
     if engine is not None and is_true(conditions, ConditionType.READY.value):
         return replace(cluster, engine=engine)

@@ -21,7 +21,7 @@ from ..decide.status import forbidden, parse_status
 from .cache import CachedKubeApi
 from .context import OperatorContext
 from .execute import execute, write_status
-from .gather import gather
+from .gather import confirm_misses, gather
 from .kube import ApiException, KubeApi
 from .models import ModelResolver
 
@@ -43,7 +43,10 @@ async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: Model
                             policy: Policy | None = None, observed: Observed | None = None) -> Actions:
     """Gather, decide and execute everything but the status write, which the caller makes."""
     snapshot = await gather(body, api, models, at, policy or Policy(), observed)
-    return await execute(decide(snapshot), api, body.get("status") or {}, at, snapshot.generation)
+    actions = decide(snapshot)
+    if (confirmed := await confirm_misses(api, snapshot, actions)) is not None:
+        actions = decide(confirmed)  # an object the caches missed is there: decided with it
+    return await execute(actions, api, body.get("status") or {}, at, snapshot.generation)
 
 
 async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
