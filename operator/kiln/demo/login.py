@@ -9,6 +9,8 @@ from typing import Any
 import aiohttp
 import kopf
 
+from ..controller.kube import API_CONNECTIONS
+
 __all__ = ["TokenLogin", "OPERATOR_TOKEN"]
 
 # The bearer token the operator presents to an emulator, so that its requests can be told
@@ -34,7 +36,7 @@ class TokenLogin:
             tls = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else False
             self._session = aiohttp.ClientSession(
                 headers={"Authorization": f"Bearer {self.token}"},
-                connector=aiohttp.TCPConnector(ssl=tls))
+                connector=aiohttp.TCPConnector(ssl=tls, limit=API_CONNECTIONS))
         return kopf.AiohttpSession(server=self.url, aiohttp_session=self._session)
 
     async def __aenter__(self) -> TokenLogin:
