@@ -13,8 +13,9 @@ would), and requests are counted from the API server's audit log instead of the 
 
 The API emulator, the simulated kubelet (build Jobs, pods, one Triton ``/metrics`` endpoint
 per pod) and the service manifests live in this process; the operator runs in a child process
-exactly as ``kiln demo`` runs it (kopf, the handlers, the reconcile, server-side apply over
-HTTP), so its resident memory is measured alone, from ``/proc`` (Linux). The services cycle
+(``benchmarks/operator_process.py``) exactly as ``kiln demo`` runs it (kopf, the handlers, the
+reconcile, server-side apply over HTTP) and with only the operator's imports, so its resident
+memory is measured alone, from ``/proc`` (Linux). The services cycle
 through ``examples/`` over ten namespaces; a fifth of them autoscale in builtin mode, so the
 operator also scrapes their pods every 15 s.
 
@@ -35,7 +36,11 @@ Measured, and printed as JSON with each target and whether it holds:
   per service);
 - where the machine's time went: CPU seconds of the operator, of this process (the simulated
   kubelet and metrics endpoints, and the emulator) and of the control plane, and the load
-  average at the start and the end (the machine may be shared).
+  average at the start and the end (the machine may be shared); on the real server, the
+  server's own time per operator request (``operatorRequestsServerSide``, from its audit
+  log) and, if steady-state writes happen, which LLMService fields they changed
+  (``steadyServiceFieldsChanged``); in the operator's log (``operatorLog``), its
+  garbage-collection pauses and its own time per call (see ``operator_process.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import datetime
 import json
 import os
 import socket
@@ -64,14 +70,10 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from kiln.api import API_VERSION  # noqa: E402
 from kiln.decide.conditions import is_true  # noqa: E402
-from kiln.controller.context import (OBSERVE_PERIOD_SECONDS, RESYNC_SECONDS, OperatorContext,  # noqa: E402
-                                    Timings)
-from kiln.controller.operator import run_operator  # noqa: E402
+from kiln.controller.context import OBSERVE_PERIOD_SECONDS, RESYNC_SECONDS  # noqa: E402
 from kiln.demo.run import load_manifests  # noqa: E402
-from kiln.controller.kube import KubeApi  # noqa: E402
-from kiln.controller.models import ModelResolver  # noqa: E402
-from kiln.demo.login import OPERATOR_TOKEN, TokenLogin  # noqa: E402
-from kiln.demo.sandbox import Sandbox, emulator_operator  # noqa: E402
+from kiln.demo.login import OPERATOR_TOKEN  # noqa: E402
+from kiln.demo.sandbox import Sandbox  # noqa: E402
 from kiln.demo.watch import LISTED, ListWatch  # noqa: E402
 from tests.support.cluster import chart_rbac, third_party_crds  # noqa: E402
 from tests.support.real_cluster import (  # noqa: E402
@@ -86,28 +88,6 @@ NOT_BUILT = ("error: --control-plane real needs the control plane built from Go 
 
 
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
-
-
-def _operator(url: str, metrics_port: int, token: str | None, ca_file: str | None) -> None:
-    """The child process: the real operator against the emulator (or, given a token and CA,
-    a real API server), stopped by SIGTERM. Its logging is left as ``kiln run`` leaves it
-    (warnings and errors, to a file here), so that anything kopf would post as an Event is
-    posted and counted."""
-    async def main() -> None:
-        timings = Timings(max_retry_delay=1.0)
-        if token is None:
-            ctx, login = emulator_operator(url, timings=timings), TokenLogin(url)
-        else:
-            ctx = OperatorContext(api=KubeApi.for_url(url, token=token, ca_file=ca_file),
-                                  models=ModelResolver(allow_download=False), timings=timings)
-            login = TokenLogin(url, token, ca_file)
-        ctx.telemetry.serve(metrics_port)
-        async with login:
-            try:  # kopf stops on SIGTERM itself: it runs in the main thread
-                await run_operator(ctx, asyncio.Event(), login=login.handler)
-            finally:
-                await ctx.api.close()
-    asyncio.run(main())
 
 
 def _free_port() -> int:
@@ -194,6 +174,9 @@ class ReadyServices:
         self.sb = sb
         self._ready: dict[str, bool] = {}  # uid -> Ready, from the watch
         self._task: asyncio.Task[None] | None = None
+        # What each change of a service changed (real server only): (when, field path).
+        self._last: dict[str, dict[str, Any]] = {}
+        self.changes: list[tuple[float, str]] = []
 
     async def __aenter__(self) -> ReadyServices:
         if isinstance(self.sb, RealSandbox):
@@ -219,13 +202,49 @@ class ReadyServices:
                 uid = svc["metadata"]["uid"]
                 if kind == "DELETED":
                     self._ready.pop(uid, None)
+                    self._last.pop(uid, None)
                 else:
                     self._ready[uid] = _is_ready(svc)
+                    if kind == "MODIFIED" and uid in self._last:
+                        at = time.monotonic()
+                        self.changes += [(at, path) for path in _changed_paths(self._last[uid], svc)]
+                    self._last[uid] = {"status": svc.get("status") or {},
+                                       "annotations": svc["metadata"].get("annotations") or {}}
+
+    def changed_since(self, since: float) -> dict[str, int]:
+        """How many changes of the services since ``since`` (time.monotonic()) touched each
+        field: which status field a steady-state write rewrites."""
+        counts: dict[str, int] = {}
+        for at, path in self.changes:
+            if at >= since:
+                counts[path] = counts.get(path, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+    @property
+    def watching(self) -> bool:
+        return self._task is not None
 
     def count(self) -> int:
         if self._task is not None:
             return sum(self._ready.values())
         return sum(_is_ready(svc) for svc in self.sb.objects("llmservices"))
+
+
+def _changed_paths(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The status fields (conditions by type) and annotations that differ between a
+    service's last seen state and ``after``."""
+    old, new = before["status"], after.get("status") or {}
+    paths = [f"status.{key}" for key in sorted(set(old) | set(new))
+             if key != "conditions" and old.get(key) != new.get(key)]
+    conditions = [{c.get("type"): c for c in s.get("conditions") or []} for s in (old, new)]
+    for kind in sorted(set(conditions[0]) | set(conditions[1])):
+        was, now = conditions[0].get(kind) or {}, conditions[1].get(kind) or {}
+        paths += [f"status.conditions[{kind}].{field}" for field in sorted(set(was) | set(now))
+                  if was.get(field) != now.get(field)]
+    annotations = after["metadata"].get("annotations") or {}
+    paths += [f"metadata.annotations.{key}" for key in sorted(set(before["annotations"]) | set(annotations))
+              if before["annotations"].get(key) != annotations.get(key)]
+    return paths
 
 
 def _is_ready(service: dict[str, Any]) -> bool:
@@ -243,6 +262,9 @@ class Audit:
     def __init__(self, sb: Sandbox, log: Path | None) -> None:
         self.sb, self.log, self.offset = sb, log, 0
         self.entries: list[tuple[str, str, str]] = []
+        # The operator's requests by "verb resource": their count and the API server's time
+        # on them (from receipt to response, in seconds; the real server's log only).
+        self.served: dict[str, list[float]] = {}
 
     def _read(self) -> None:
         if self.log is None:
@@ -261,6 +283,21 @@ class Audit:
             resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
             who = OPERATOR_TOKEN if event["user"]["username"] == OPERATOR_USER else event["user"]["username"]
             self.entries.append((who, event["verb"], resource))
+            if who == OPERATOR_TOKEN:
+                took = _timestamp(event["stageTimestamp"]) - _timestamp(event["requestReceivedTimestamp"])
+                self.served.setdefault(f"{event['verb']} {resource}", []).append(took)
+
+    def server_seconds(self) -> dict[str, dict[str, float]]:
+        """Per "verb resource" of the operator's requests: how many, and the API server's
+        mean and p99 seconds on one (watches excluded: they last until the server ends them)."""
+        report = {}
+        for key, times in sorted(self.served.items()):
+            if key.startswith("watch "):
+                continue
+            times = sorted(times)
+            report[key] = {"count": len(times), "meanSeconds": round(sum(times) / len(times), 4),
+                           "p99Seconds": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4)}
+        return report
 
     async def _refresh(self) -> None:
         # The real server's log grows by every component's requests (hundreds of MiB at 1,000
@@ -277,6 +314,11 @@ class Audit:
     async def since(self, mark: int) -> list[tuple[str, str, str]]:
         await self._refresh()
         return self.entries[mark:]
+
+
+def _timestamp(text: str) -> float:
+    """An audit event's RFC 3339 timestamp (microseconds) as seconds since the epoch."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 @contextlib.asynccontextmanager
@@ -331,7 +373,7 @@ async def _wait_ready(services: ReadyServices, child: subprocess.Popen[bytes], l
     return count, time.monotonic() - started
 
 
-async def _steady_state(audit: Audit, steady_seconds: float) -> dict[str, Any]:
+async def _steady_state(audit: Audit, steady_seconds: float, services: ReadyServices) -> dict[str, Any]:
     """Settle, then count the operator's requests over ``steady_seconds``.
 
     The first resync and scrapes after Ready still write (the observed KV capacity, the
@@ -350,6 +392,7 @@ async def _steady_state(audit: Audit, steady_seconds: float) -> dict[str, Any]:
             quiet_since = time.monotonic()
     settled = time.monotonic() - settle_started
     mark = await audit.mark()
+    window_started = time.monotonic()
     await asyncio.sleep(steady_seconds)
     window = [e for e in await audit.since(mark) if e[0] == OPERATOR_TOKEN]
     per_verb: dict[str, int] = {}
@@ -363,11 +406,13 @@ async def _steady_state(audit: Audit, steady_seconds: float) -> dict[str, Any]:
         "steadyRequestsPerMinuteByVerb": {k: round(v / minutes, 1) for k, v in sorted(per_verb.items())},
         "steadyWritesPerMinute": round(len(writes) / minutes, 1),
         "steadyWritesByResource": _by_resource(writes),
+        **({"steadyServiceFieldsChanged": services.changed_since(window_started)}
+           if services.watching else {}),
     }
 
 
 async def run(count: int, steady_seconds: float, control_plane: str,
-              ready_timeout: float) -> dict[str, Any]:
+              ready_timeout: float, trace_memory: bool = False) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="kiln-scale-"))
     load_at_start = _load_average()
     async with _sandbox(control_plane, work) as (sb, audit, operator_args, plane_pid):
@@ -375,7 +420,8 @@ async def run(count: int, steady_seconds: float, control_plane: str,
             await sb.add_secret(namespace, "hf-token", {"HF_TOKEN": "hf_benchmark"})
         port = _free_port()
         log = tempfile.NamedTemporaryFile("w+", prefix="kiln-operator-", suffix=".log", delete=False)
-        child = subprocess.Popen([sys.executable, __file__, "--operator", str(port), *operator_args],
+        child = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "operator_process.py"),
+                                  *(["--trace-memory"] if trace_memory else []), str(port), *operator_args],
                                  stderr=log)
         try:
             sb.start_kubelet()
@@ -386,12 +432,13 @@ async def run(count: int, steady_seconds: float, control_plane: str,
                 created = time.monotonic() - started
                 ready, to_ready = await _wait_ready(services, child, log.name, count, started,
                                                     ready_timeout)
-            steady: dict[str, Any] = {}
-            if ready == count:
-                print(f"  all {count} Ready after {to_ready:.0f}s; settling, then measuring "
-                      f"{steady_seconds:.0f}s of steady state", file=sys.stderr)
-                steady = await _steady_state(audit, steady_seconds)
+                steady: dict[str, Any] = {}
+                if ready == count:
+                    print(f"  all {count} Ready after {to_ready:.0f}s; settling, then measuring "
+                          f"{steady_seconds:.0f}s of steady state", file=sys.stderr)
+                    steady = await _steady_state(audit, steady_seconds, services)
             load_at_end = _load_average()
+            await audit.mark()  # the whole run's requests, for the server-side times
             cpu = {"operator": _cpu_seconds(child.pid),
                    # the simulated kubelet and metrics endpoints (and the emulator, if it is one)
                    "benchmark": time.process_time(),
@@ -412,6 +459,7 @@ async def run(count: int, steady_seconds: float, control_plane: str,
     within_1s = dict(buckets).get(1.0, 0.0) / max(buckets[-1][1], 1)
     report: dict[str, Any] = {
         "controlPlane": control_plane,
+        "operatorLog": log.name,
         "services": count, "namespaces": len(NAMESPACES),
         "loadAverage": {"atStart": load_at_start, "atEnd": load_at_end},
         "secondsToCreate": round(created, 1),
@@ -422,6 +470,7 @@ async def run(count: int, steady_seconds: float, control_plane: str,
         "reconcilesUnder1s": round(within_1s, 4),
         "operatorRssMiB": round(rss, 1), "operatorPeakRssMiB": round(peak, 1),
         "cpuSeconds": {k: round(v, 1) for k, v in cpu.items()},
+        **({"operatorRequestsServerSide": audit.server_seconds()} if audit.log else {}),
         **(steady or {"steadyState": "not measured: not every service was Ready"}),
         "targets": {
             "allReady": ready == count,
@@ -444,19 +493,15 @@ def main() -> int:
     parser.add_argument("--ready-timeout", type=float, default=1800.0, metavar="SECONDS",
                         help="stop waiting for all services Ready after this long and report "
                              "how many were (default: 30 minutes)")
-    parser.add_argument("--operator", nargs="+", metavar="ARG",
-                        help=argparse.SUPPRESS)  # the child process: METRICS_PORT URL [TOKEN CA_FILE]
+    parser.add_argument("--trace-memory", action="store_true",
+                        help="have the operator log where its memory was allocated, at the end "
+                             "(tracemalloc: slower, so not for timing)")
     args = parser.parse_args()
-    if args.operator:
-        port, url, *credentials = args.operator
-        token, ca_file = credentials if credentials else (None, None)
-        _operator(url, int(port), token, ca_file)
-        return 0
     if not Path("/proc/self/status").exists():
         print("error: the RSS measurement reads /proc: run on Linux", file=sys.stderr)
         return 2
     report = asyncio.run(run(args.services, args.steady_seconds, args.control_plane,
-                                 args.ready_timeout))
+                             args.ready_timeout, args.trace_memory))
     print(json.dumps(report, indent=2))
     return 0
 
