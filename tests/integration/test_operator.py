@@ -145,6 +145,30 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     assert _operator_metrics(sb)[("kiln_engine_cache_hits_total", ())] == 1
 
 
+def _reconciles(sb):
+    return _operator_metrics(sb)[("kiln_reconcile_duration_seconds_count", (("kind", "LLMService"),))]
+
+
+async def test_a_settled_service_s_new_kv_figures_cost_a_status_write_not_a_reconcile(sandbox):
+    # The observer scrapes every Ready service every minute; at a thousand services a full
+    # reconcile per changed figure doubled the reconciles and queued behind them.
+    sb = sandbox
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(MISTRAL))
+    await sb.wait_for(lambda: _ready(sb) and _service(sb)["status"].get("kvCacheUtilization") == "35%",
+                      what="Ready, with the observed KV utilisation")
+    reconciles, children = _reconciles(sb), sb.changes("deployments", "services", "jobs", "llmengines")
+
+    sb.cluster.load["mistral-7b"] = 0.7
+    await sb.wait_for(lambda: _service(sb)["status"].get("kvCacheUtilization") == "70%",
+                      what="the new KV utilisation in the status")
+    assert _reconciles(sb) == reconciles
+    assert sb.changes("deployments", "services", "jobs", "llmengines") == children
+    labels = (("namespace", sb.ns(NS)), ("service", "mistral-7b"))
+    assert _operator_metrics(sb)[("kiln_service_kv_cache_utilization", labels)] == 0.7
+
+
 async def test_spec_change_rebuilds_and_rolls_only_after_the_new_engine_is_ready(sandbox):
     sb = sandbox
     await sb.start_operator()

@@ -12,7 +12,7 @@ import yaml
 
 from kiln.api import LLMServiceStatus
 from kiln.autoscale import Decision, KVSample
-from kiln.decide import Cluster, Observed, Snapshot, decide, intend, parse, workload_replicas
+from kiln.decide import Cluster, Observed, Snapshot, decide, decide_observed, intend, parse, workload_replicas
 from kiln.decide.credentials import Credentials
 from kiln.decide.decide import children, rolled_out
 from kiln.decide.policy import Policy
@@ -308,3 +308,39 @@ def test_ready_is_true_exactly_when_neither_stalled_nor_reconciling():
         actions = decide(snapshot(row[1]()))
         abnormal = {t for t in ("Stalled", "Reconciling") if get_condition(actions.status, t).status == "True"}
         assert (get_condition(actions.status, "Ready").status == "True") == (not abnormal), row[0]
+
+
+def _settled(spec: dict[str, Any], observed: Observed) -> World:
+    """A service Ready on the current engine, and what a timer has just observed of it."""
+    status = status_wire(decide(snapshot(World(spec=spec, engine="ready", workload="ready"))).status)
+    return World(spec=spec, engine="ready", workload="ready", status=status, observed=observed)
+
+
+# What a timer observes of a settled service that leaves its replicas as they are: recorded in
+# its status without a reconcile (controller/reconcile.py, ``record``).
+SETTLED = [
+    ("a scrape", lambda: _settled(_spec(), Observed(samples=(KVSample(12664, 6332, 32),)))),
+    ("a scrape far from the plan", lambda: _settled(_spec(), Observed(samples=(KVSample(100, 50, 32),)))),
+    ("the autoscaler keeps the replicas", lambda: _settled(_spec(autoscaling=SCALING), Observed(
+        samples=(KVSample(12664, 6332, 32),), decision=Decision(1, "KV 50% < 75%"), current=1))),
+    ("the autoscaler holds without metrics", lambda: _settled(_spec(autoscaling=SCALING), Observed(
+        decision=Decision(1, "no fresh samples", held=True), current=1))),
+]
+
+
+@pytest.mark.parametrize("row", SETTLED, ids=[row[0] for row in SETTLED])
+def test_an_observation_recorded_without_a_reconcile_is_what_a_reconcile_would_write(row):
+    world = row[1]()
+    recorded = decide_observed(LLMServiceStatus.model_validate(world.status), world.observed, NOW, 3)
+    reconciled = decide(snapshot(world))
+    assert not reconciled.apply and reconciled.requeue is None  # nothing but the status to do
+    assert recorded is not None and not recorded.apply
+    assert status_wire(recorded.status) == status_wire(reconciled.status)
+    assert recorded.events == reconciled.events
+
+
+def test_an_observation_already_in_the_status_is_not_written_again():
+    world = SETTLED[0][1]()
+    once = decide_observed(LLMServiceStatus.model_validate(world.status), world.observed, NOW, 3)
+    assert once is not None
+    assert decide_observed(once.status, world.observed, "2026-01-01T00:01:00Z", 3) is None

@@ -3,7 +3,9 @@ calls the one reconcile (controller/reconcile.py), which writes the status.
 
 Per-operator state reaches them as kopf's ``memo`` (an :class:`OperatorContext`, passed to
 ``kopf.operator(memo=...)`` by controller/operator.py). The timers refresh what the snapshot
-reads (a scrape, an autoscale decision) and reconcile only when that changes the status.
+reads (a scrape, an autoscale decision): a decision to change the replicas, or one about a
+service still rolling out, is reconciled; what changes nothing but a settled service's status
+is recorded (``reconcile.record``: no reads, no applies).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import kopf
 
 from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Precision
 from ..api.validation import parse_service_spec
-from ..decide import Observed, observe, workload_replicas
-from ..decide.status import is_true, parse_status, status_wire
+from ..decide import Observed, workload_replicas
+from ..decide.status import is_true, parse_status
 from ..errors import SpecInvalid
 from ..planner import lookup_gpu
 from ..planner.perf import PerfModel, prefill_tokens_per_second
@@ -27,7 +29,7 @@ from .cache import CachedKubeApi, cache_indexes, register_caches
 from .collect import sweep_engines
 from .context import FULL_RESYNC_SECONDS, OperatorContext
 from .kube import ApiException
-from .reconcile import now, reconcile
+from .reconcile import now, reconcile, record
 
 __all__ = ["build_registry"]
 
@@ -119,12 +121,11 @@ async def _sweep(namespace: str, ctx: OperatorContext, logger: logging.Logger) -
 
 
 async def _reconcile_quietly(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext,
-                             kwargs: dict[str, Any], observed: Observed | None = None,
-                             queued: bool = True) -> None:
+                             kwargs: dict[str, Any], observed: Observed | None = None) -> None:
     """A reconcile from a timer: the next tick comes anyway (a build or a rollout in
     progress is followed tick by tick until it settles)."""
     try:
-        await reconcile(body, patch, ctx, cache_indexes(kwargs), observed, queued)
+        await reconcile(body, patch, ctx, cache_indexes(kwargs), observed)
     except kopf.TemporaryError:
         pass
 
@@ -134,7 +135,7 @@ def builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
 
 
 async def scrape(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stopped: kopf.DaemonStopped,
-                 **kwargs: Any) -> None:
+                 **_: Any) -> None:
     """Scrape a Ready service's pods: the KV-cache tokens its engines really allocated
     (next to the planner's prediction) and the KV utilisation now."""
     status = parse_status(body.status)
@@ -148,18 +149,7 @@ async def scrape(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stop
         return  # the reconcile reports it
     meta = body.metadata
     samples = await source.kv_samples(meta["namespace"], selector_string(meta["name"], "server"))
-    observed = Observed(samples=tuple(samples))
-    if _changes_status(body, observed):
-        await _reconcile_quietly(body, patch, memo, kwargs, observed, queued=False)
-
-
-def _changes_status(body: kopf.Body, observed: Observed) -> bool:
-    """Whether ``observed`` would change the status (or post an Event): if not, there is
-    nothing to reconcile for it."""
-    status = parse_status(body.status)
-    before = status_wire(status)
-    events = observe(status, observed, now(), body.metadata.get("generation"))
-    return bool(events) or status_wire(status) != before
+    record(body, patch, memo, Observed(samples=tuple(samples)))
 
 
 async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stopped: kopf.DaemonStopped,
@@ -188,8 +178,8 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
     settled = status.ready_replicas == current and is_true(status, ConditionType.READY.value)
     if decision.desired != current or not settled:
         await _reconcile_quietly(body, patch, memo, kwargs, observed)  # a rollout to make or follow
-    elif _changes_status(body, observed):
-        await _reconcile_quietly(body, patch, memo, kwargs, observed, queued=False)
+    else:
+        record(body, patch, memo, observed)
 
 
 def _prefill_speed(spec: Any, plan: Any) -> float | None:

@@ -1,13 +1,13 @@
 """One reconcile of an LLMService: gather the snapshot, decide, execute, write the status.
 
-Every handler that reconciles (a change, the resync, a timer with new observations) comes
-through :func:`reconcile`; the status is written in :func:`reconcile` only, once per pass
-(:func:`kiln.controller.execute.write_status`).
+Every handler that reconciles (a change, the resync, an autoscale decision to roll out) comes
+through :func:`reconcile`. A settled service's new observations, which change nothing but its
+status, come through :func:`record`: no read, no apply, not a reconcile. Both write the status
+once, by :func:`kiln.controller.execute.write_status`, and nowhere else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import time
 from collections.abc import Mapping
@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from ..decide import Actions, EventReason, Observed, decide
+from ..decide import Actions, EventReason, Observed, decide, decide_observed
 from ..decide.policy import Policy
 from ..decide.status import forbidden, parse_status
 from .cache import CachedKubeApi
@@ -25,7 +25,7 @@ from .gather import confirm_misses, gather
 from .kube import ApiException, KubeApi
 from .models import ModelResolver
 
-__all__ = ["reconcile", "reconcile_service", "now", "error_backoff", "ERROR_BACKOFF_SECONDS"]
+__all__ = ["reconcile", "reconcile_service", "record", "now", "error_backoff", "ERROR_BACKOFF_SECONDS"]
 
 # Retries after a failed reconcile: 1 s, doubling to at most 5 minutes (controller-runtime's
 # per-object rate limiter does the same, from 5 ms to 1000 s).
@@ -50,15 +50,10 @@ async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: Model
 
 
 async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
-                    observed: Observed | None = None, queued: bool = True) -> None:
-    """Reconcile the service and write its status; kopf.TemporaryError to come back later.
-
-    ``queued=False``: a settled service's new observations, which change nothing but its
-    status, are reconciled at once instead of in a slot. Behind a queue of reconciles the
-    body kopf handed over would be long out of date, and the write with it."""
+                    observed: Observed | None = None) -> None:
+    """Reconcile the service and write its status; kopf.TemporaryError to come back later."""
     raw = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
-    # The time waiting for a slot is not the reconcile's.
-    async with ctx.reconcile_slots if queued else contextlib.nullcontext():
+    async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
         started = time.perf_counter()
         try:
             actions, error = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models,
@@ -79,6 +74,24 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kw
     _post(body, ctx, actions)
     if actions.requeue is not None:
         raise kopf.TemporaryError(actions.requeue.message, delay=_capped(ctx, actions.requeue.delay))
+
+
+def record(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, observed: Observed) -> None:
+    """Write what a timer observed of a settled service (a scrape, an autoscale decision that
+    keeps the replicas) into its status, with its Events; nothing if it changes nothing.
+
+    Not a reconcile: nothing is read or applied, so it takes no slot and no time in the
+    reconcile histogram (the resync still reconciles the service in full). Written at once,
+    the status patch goes out against the body the timer was handed, not one a queue of
+    reconciles has since made stale."""
+    current = dict(body.status)
+    meta = body.metadata
+    actions = decide_observed(parse_status(current), observed, now(), meta.get("generation"))
+    if actions is None:
+        return
+    write_status(patch.status, current, actions)
+    ctx.telemetry.observe_service(meta["namespace"], meta["name"], dict(body.spec), actions.status)
+    _post(body, ctx, actions)
 
 
 def error_backoff(retry: int) -> float:

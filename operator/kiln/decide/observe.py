@@ -1,5 +1,10 @@
 """What the timers bring into the status: the KV-cache figures of one scrape (next to the
-planner's prediction) and the builtin autoscaler's decision. Pure."""
+planner's prediction) and the builtin autoscaler's decision. Pure.
+
+:func:`observe` is the first step of every ``decide``; :func:`decide_observed` is all of it
+for a settled service whose new observations change nothing but its status (no object to
+apply, nothing to read first).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,10 @@ from enum import StrEnum
 from ..api import ConditionType, LLMServiceStatus, Reason
 from ..api.llmservice import AutoscalingStatus
 from ..autoscale import KVSample
-from .snapshot import Event, Observed
-from .status import is_true, set_condition
+from .snapshot import Actions, Event, Observed
+from .status import is_true, set_condition, status_wire
 
-__all__ = ["EventReason", "PLAN_ERROR_EVENT_THRESHOLD", "observe", "kv_utilization"]
+__all__ = ["EventReason", "PLAN_ERROR_EVENT_THRESHOLD", "observe", "decide_observed", "kv_utilization"]
 
 # Relative error of the KV-token prediction above which the operator posts an Event.
 PLAN_ERROR_EVENT_THRESHOLD = 0.15
@@ -42,6 +47,17 @@ def observe(status: LLMServiceStatus, observed: Observed, now: str, generation: 
     if observed.decision is not None and observed.current is not None:
         events += _decided(status, observed, now, generation)
     return events
+
+
+def decide_observed(status: LLMServiceStatus, observed: Observed, now: str,
+                    generation: int | None) -> Actions | None:
+    """The status with ``observed`` in it, and the Events it calls for; None when it changes
+    nothing. The rest of the status stands: ``observedGeneration`` is a reconcile's to move."""
+    actions = Actions(status=status.model_copy(deep=True))
+    actions.events += observe(actions.status, observed, now, generation)
+    if not actions.events and status_wire(actions.status) == status_wire(status):
+        return None
+    return actions
 
 
 def _scraped(status: LLMServiceStatus, samples: tuple[KVSample, ...]) -> list[Event]:
