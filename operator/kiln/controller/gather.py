@@ -19,7 +19,7 @@ from ..decide.decide import children, needed_apis
 from ..decide.engine import job_state, termination
 from ..decide.intent import intend, parse, workload_replicas
 from ..decide.policy import Policy
-from ..decide.snapshot import Actions, Cluster, Observed, Snapshot
+from ..decide.snapshot import Actions, Cluster, Observed, Parsed, Snapshot
 from ..decide.status import parse_status
 from ..errors import SpecInvalid
 from ..api import API_VERSION, ConditionType, Reason
@@ -34,15 +34,18 @@ __all__ = ["gather", "confirm_misses", "refused_write"]
 
 
 async def gather(body: Mapping[str, Any], api: KubeApi, models: ModelResolver, now: str,
-                 policy: Policy, observed: Observed | None = None) -> Snapshot:
+                 policy: Policy, observed: Observed | None = None, parsed: Parsed | None = None) -> Snapshot:
+    """``parsed``: the body's spec as :func:`kiln.decide.parse` returned it, if the caller
+    has already parsed it (the autoscale timer); parsed here otherwise."""
     meta = body["metadata"]
     ref = ServiceRef(meta["name"], meta["namespace"], meta.get("uid"))
     snapshot = Snapshot(ref, meta.get("generation"), parse_status(body.get("status")), now, policy,
                         observed=observed or Observed())
-    try:
-        parsed = parse(ref, body.get("spec"), policy)
-    except SpecInvalid as error:
-        return replace(snapshot, parsed=error)
+    if parsed is None:
+        try:
+            parsed = parse(ref, body.get("spec"), policy)
+        except SpecInvalid as error:
+            return replace(snapshot, parsed=error)
     secret = parsed.spec.model.credentials.secret_name if parsed.spec.model.credentials else None
     try:
         credentials = await read_credentials(api, ref.namespace, secret)

@@ -19,11 +19,12 @@ import kopf
 
 from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Precision
 from ..api.validation import parse_service_spec
-from ..decide import Observed, workload_replicas
+from ..decide import Observed, Parsed, parse, workload_replicas
 from ..decide.status import is_true, parse_status
 from ..errors import SpecInvalid
 from ..planner import lookup_gpu
 from ..planner.perf import PerfModel, prefill_tokens_per_second
+from ..render import ServiceRef
 from ..render.meta import selector_string
 from .cache import CachedKubeApi, cache_indexes, register_caches
 from .collect import sweep_engines
@@ -121,11 +122,12 @@ async def _sweep(namespace: str, ctx: OperatorContext, logger: logging.Logger) -
 
 
 async def _reconcile_quietly(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext,
-                             kwargs: dict[str, Any], observed: Observed | None = None) -> None:
+                             kwargs: dict[str, Any], observed: Observed | None = None,
+                             parsed: Parsed | None = None) -> None:
     """A reconcile from a timer: the next tick comes anyway (a build or a rollout in
     progress is followed tick by tick until it settles)."""
     try:
-        await reconcile(body, patch, ctx, cache_indexes(kwargs), observed)
+        await reconcile(body, patch, ctx, cache_indexes(kwargs), observed, parsed)
     except kopf.TemporaryError:
         pass
 
@@ -157,11 +159,13 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
     """Builtin mode: the control law decides the workload's replicas (never the spec)."""
     if stopped:
         return
-    try:
-        spec = parse_service_spec(dict(body.spec))
+    meta = body.metadata
+    try:  # parsed once a tick: a reconcile for the decision takes it as it is
+        parsed = parse(ServiceRef(meta["name"], meta["namespace"], meta.get("uid")), dict(body.spec),
+                       memo.policy)
     except SpecInvalid:
         return  # the reconcile reports it
-    status, meta = parse_status(body.status), body.metadata
+    spec, status = parsed.spec, parse_status(body.status)
     if not is_true(status, ConditionType.ENGINE_READY.value):
         return
     current = workload_replicas(spec, status.desired_replicas)
@@ -177,7 +181,7 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
                         decision=decision, current=current)
     settled = status.ready_replicas == current and is_true(status, ConditionType.READY.value)
     if decision.desired != current or not settled:
-        await _reconcile_quietly(body, patch, memo, kwargs, observed)  # a rollout to make or follow
+        await _reconcile_quietly(body, patch, memo, kwargs, observed, parsed)  # a rollout to make or follow
     else:
         record(body, patch, memo, observed)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from ..decide import Actions, EventReason, Observed, decide, decide_observed
+from ..decide import Actions, EventReason, Observed, Parsed, decide, decide_observed
 from ..decide.policy import Policy
 from ..decide.status import forbidden, parse_status
 from .cache import CachedKubeApi
@@ -40,9 +40,11 @@ def now() -> str:
 
 
 async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: ModelResolver, at: str,
-                            policy: Policy | None = None, observed: Observed | None = None) -> Actions:
-    """Gather, decide and execute everything but the status write, which the caller makes."""
-    snapshot = await gather(body, api, models, at, policy or Policy(), observed)
+                            policy: Policy | None = None, observed: Observed | None = None,
+                            parsed: Parsed | None = None) -> Actions:
+    """Gather, decide and execute everything but the status write, which the caller makes
+    (``parsed``: the body's spec, if the caller has already parsed it)."""
+    snapshot = await gather(body, api, models, at, policy or Policy(), observed, parsed)
     actions = decide(snapshot)
     if (confirmed := await confirm_misses(api, snapshot, actions)) is not None:
         actions = decide(confirmed)  # an object the caches missed is there: decided with it
@@ -50,14 +52,14 @@ async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: Model
 
 
 async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
-                    observed: Observed | None = None) -> None:
+                    observed: Observed | None = None, parsed: Parsed | None = None) -> None:
     """Reconcile the service and write its status; kopf.TemporaryError to come back later."""
     raw = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
     async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
         started = time.perf_counter()
         try:
             actions, error = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models,
-                                                     now(), ctx.policy, observed), None
+                                                     now(), ctx.policy, observed, parsed), None
         except Exception as caught:
             actions, error = _failed(body, raw["status"], ctx, caught), caught
         finally:
