@@ -18,6 +18,11 @@ SCRAPE_TIMEOUT_SECONDS = 3.0
 # connection is kept: a pool of idle keep-alive sockets, one per pod, is what slows aiohttp
 # down at a thousand pods (its connector wakes waiters by shuffling every endpoint's queue).
 MAX_CONCURRENT_SCRAPES = 64
+# Pod lists in flight at once. The observe and autoscale timers of every Ready service read
+# its pods every 15-60 s; at a thousand services they fire together, and unbounded they would
+# all hold API connections and the event loop that the reconciles (4 at a time) wait on.
+# Beyond this many they queue.
+MAX_CONCURRENT_POD_READS = 8
 
 
 class MetricsSource(Protocol):
@@ -48,6 +53,7 @@ class PodMetrics:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_SCRAPES)
+        self._pod_reads = asyncio.Semaphore(MAX_CONCURRENT_POD_READS)
 
     async def _fetch(self, url: str) -> str | None:
         if self._closed:  # a scrape that outlived the operator: no new session to leak
@@ -64,7 +70,8 @@ class PodMetrics:
                 return None
 
     async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]:
-        pods = ready_pods(await self.api.list("v1", "Pod", namespace, selector))
+        async with self._pod_reads:
+            pods = ready_pods(await self.api.list("v1", "Pod", namespace, selector))
         targets = [(pod["metadata"]["name"], f"http://{pod['status']['podIP']}:{port}/metrics")
                    for pod in pods if (port := _metrics_port(pod))]
         pages = await asyncio.gather(*(self._fetch(url) for _, url in targets))
