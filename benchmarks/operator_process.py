@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from kiln.controller.context import OperatorContext, Timings  # noqa: E402
 from kiln.controller.kube import KINDS, KubeApi  # noqa: E402
 from kiln.controller.models import ModelResolver  # noqa: E402
-from kiln.controller.operator import run_operator  # noqa: E402
+from kiln.controller.operator import run_operator, settle_garbage_collector  # noqa: E402
 from kiln.demo.login import TokenLogin  # noqa: E402
 
 PLURALS = {kind.plural for kind in KINDS.values()}
@@ -96,6 +96,7 @@ def run(metrics_port: int, url: str, token: str | None, ca_file: str | None, tra
                                   models=ModelResolver(allow_download=False), timings=timings)
             login = TokenLogin(url, token, ca_file)
         ctx.telemetry.serve(metrics_port)
+        settle_garbage_collector()  # as run_against_kubeconfig (`kiln run`) does
         async with login:
             try:  # kopf stops on SIGTERM itself: it runs in the main thread
                 await run_operator(ctx, asyncio.Event(), login=login.handler)

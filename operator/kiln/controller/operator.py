@@ -17,7 +17,7 @@ from .metrics import PodMetrics
 from ..decide.policy import Policy
 from .telemetry import METRICS_PORT
 
-__all__ = ["run_operator", "run_against_kubeconfig", "LIVENESS_ENDPOINT"]
+__all__ = ["run_operator", "run_against_kubeconfig", "settle_garbage_collector", "LIVENESS_ENDPOINT"]
 
 # Where the operator's pod is probed (charts/kiln/templates/deployment.yaml).
 LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
@@ -56,7 +56,6 @@ async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threadin
     operator waits for such stragglers before it returns (and the caller closes what
     ``login`` lent to kopf).
     """
-    settle_garbage_collector()
     try:
         await kopf.operator(
             registry=build_registry(ctx, login),
@@ -89,6 +88,7 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
                                  metrics_port: int | None = METRICS_PORT,
                                  policy: Policy | None = None) -> None:
     """The operator as it runs in its pod: health on :8080/healthz, metrics on ``metrics_port``."""
+    settle_garbage_collector()  # the process is the operator's alone (not a test's or the demo's)
     api = await KubeApi.from_kubeconfig()
     ctx = OperatorContext(api=api, policy=policy or Policy())
     if metrics_port:
