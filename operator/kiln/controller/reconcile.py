@@ -54,8 +54,15 @@ async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: Model
 async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
                     observed: Observed | None = None, parsed: Parsed | None = None) -> None:
     """Reconcile the service and write its status; kopf.TemporaryError to come back later."""
-    raw = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+    handed = dict(body.spec)
     async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
+        # Read once the slot is ours: kopf keeps the body it hands a timer up to date with
+        # the watch (``live_fresh_body``, kopf/_core/reactor/processing.py), and a status
+        # computed against the body as it was before the wait would rewrite values the
+        # server already holds.
+        raw = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+        if raw["spec"] != handed:
+            parsed = None  # the spec changed while waiting: parse what is there now
         started = time.perf_counter()
         try:
             actions, error = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models,
