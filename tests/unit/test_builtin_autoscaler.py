@@ -20,7 +20,7 @@ class _Metrics:
     def __init__(self):
         self.counter = 0.0
 
-    async def kv_samples(self, namespace, selector):
+    async def kv_samples(self, namespace, selector, api=None):
         return [KVSample(1000, 100, 32, max_requests=64, replica="pod-0", input_tokens_total=self.counter)]
 
 
@@ -47,7 +47,7 @@ class _Finishing:
     def __init__(self, clock):
         self.clock = clock
 
-    async def kv_samples(self, namespace, selector):
+    async def kv_samples(self, namespace, selector, api=None):
         done = 40 * self.clock()
         return [KVSample(1000, 100, 32, max_requests=64, replica="pod-0", input_tokens_total=1000 * done,
                          finished_total=done, output_tokens_total=200 * done)]

@@ -183,8 +183,8 @@ def _rules(objects):
 @pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["default", "namespaced"])
 def test_the_default_install_grants_secrets_and_exec_only_as_the_threat_model_says(values):
     """README, "Threat model": Secrets by name only (modelCredentials.secretNames, by default
-    hf-token); no pods/exec, no Role or RoleBinding writes and no pod reads but the metrics
-    list, unless multiNode.namespaces names a namespace."""
+    hf-token); no pods/exec, no Role or RoleBinding writes and no pod reads but the list and
+    watch of the metrics' pod cache, unless multiNode.namespaces names a namespace."""
     rules = _rules(render(values))
     assert rules
     for _kind, _namespace, rule in rules:
@@ -194,7 +194,7 @@ def test_the_default_install_grants_secrets_and_exec_only_as_the_threat_model_sa
             assert rule == {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hf-token"],
                             "verbs": ["get"]}
         if "pods" in resources:
-            assert rule["verbs"] == ["list"]
+            assert rule["verbs"] == ["list", "watch"]
         assert "*" not in rule["verbs"] and "*" not in resources
 
 

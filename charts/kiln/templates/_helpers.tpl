@@ -38,7 +38,7 @@ create, so that of several services wanting one engine exactly one starts its bu
 deletes one that no service wants any more, kiln/controller/collect.py), lists the
 namespace's LLMServices to know which engines they want, and server-side-applies the other kinds and the autoscaler objects (an apply is authorized as create when the object is absent and as patch
 when it exists, so every applied kind needs both), reads the model-credential Secrets by name (modelCredentials.secretNames, nothing else),
-and lists the serving pods to scrape their metrics. Nothing here reaches pods/exec, Roles or
+and lists and watches the serving pods to scrape their metrics (a watch-fed cache: controller/cache.py). Nothing here reaches pods/exec, Roles or
 RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespaces.
 */}}
 {{- define "kiln.namespacedRules" -}}
@@ -65,7 +65,7 @@ RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespace
 {{- end }}
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -125,7 +125,7 @@ class BuiltinAutoscaler:
         if fleet is None:
             fleet = self._fleets[(namespace, name)] = _Fleet()
             fleet.recommendations.add(now, current, params.stabilization_seconds)
-        fleet.latest = await self.source(spec).kv_samples(namespace, selector_string(name, "server"))
+        fleet.latest = await self.source(spec).kv_samples(namespace, selector_string(name, "server"), api)
         for sample in fleet.latest:
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
                                         sample.backlog, sample.active_requests,

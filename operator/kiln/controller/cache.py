@@ -21,6 +21,14 @@ listed), the autoscaling API's HorizontalPodAutoscaler (one per
 service in hpa mode), and the Roles, RoleBindings and ConfigMaps of multi-node and gateway
 services: the chart grants those only in ``multiNode.namespaces`` and ``gateway.namespaces``,
 and a cluster-wide watch of them would be refused.
+
+The serving pods are cached too, for the timers: every Ready service's pods are read every
+15 s (builtin autoscaling) or 60 s (the KV observer) to find the endpoints to scrape, and at a
+thousand services that was 1,800 pod lists a minute on the API server. A controller-runtime
+operator reads them from its pod informer the same way. The pod cache keeps, per pod, only
+what picking the ready endpoints reads (``slim_pod``), indexed by namespace, instance and
+component, so that a service's pods are one lookup; a list whose selector is not exactly a
+service's ``app.kubernetes.io/instance`` and ``app.kubernetes.io/component`` goes to the API.
 """
 
 from __future__ import annotations
@@ -31,10 +39,10 @@ from typing import Any
 
 import kopf
 
-from ..render.meta import LABEL_MANAGED_BY, MANAGED_BY
+from ..render.meta import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
 from .kube import KINDS, Kind, KubeApi
 
-__all__ = ["CACHED_KINDS", "CachedKubeApi", "cache_indexes", "register_caches"]
+__all__ = ["CACHED_KINDS", "CachedKubeApi", "cache_indexes", "register_caches", "slim_pod"]
 
 # The kinds read from kopf's indexes; their plurals come from the one table of kinds.
 CACHED_KINDS: dict[tuple[str, str], Kind] = {key: KINDS[key] for key in (
@@ -43,6 +51,7 @@ CACHED_KINDS: dict[tuple[str, str], Kind] = {key: KINDS[key] for key in (
 
 
 _PREFIX = "kiln_cache_"
+_POD = KINDS[("v1", "Pod")]
 
 
 def _index_id(plural: str) -> str:
@@ -73,6 +82,37 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What choosing a pod to scrape reads (``metrics.ready_pods``, ``metrics._metrics_port``),
+    in the pod's own shape."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    ports = [{"name": port.get("name"), "containerPort": port.get("containerPort")}
+             for container in (body.get("spec") or {}).get("containers") or []
+             for port in container.get("ports") or [] if port.get("name") == "metrics"]
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
+                     "deletionTimestamp": meta.get("deletionTimestamp"),
+                     "labels": {key: value for key, value in (meta.get("labels") or {}).items()
+                                if key in (LABEL_INSTANCE, LABEL_COMPONENT)}},
+        "spec": {"containers": [{"ports": ports}]},
+        "status": {"phase": status.get("phase"), "podIP": status.get("podIP"),
+                   "conditions": [{"type": c.get("type"), "status": c.get("status")}
+                                  for c in status.get("conditions") or [] if c.get("type") == "Ready"]},
+    }
+
+
+def _pod_key(namespace: str | None, selector: str | None) -> tuple[str, str, str] | None:
+    """The pod cache's key for a list of ``selector`` in ``namespace``, if it is exactly a
+    service's instance and component (``render.meta.selector_string``)."""
+    if not namespace or not selector:
+        return None
+    terms = dict(term.split("=", 1) for term in selector.split(",") if "=" in term)
+    if set(terms) != {LABEL_INSTANCE, LABEL_COMPONENT} or len(terms) != selector.count(",") + 1:
+        return None
+    return namespace, terms[LABEL_INSTANCE], terms[LABEL_COMPONENT]
+
+
 def register_caches(registry: kopf.OperatorRegistry, changed: Callable[[str], None]) -> None:
     """The caches, and ``changed(owner uid)`` on every event of an owned object (a Job that
     completed, a Deployment whose replicas became ready, one someone edited or deleted), so
@@ -91,6 +131,13 @@ def register_caches(registry: kopf.OperatorRegistry, changed: Callable[[str], No
         kopf.index(group, version, kind.plural, id=_index_id(kind.plural), **selection)(index)
         kopf.on.event(group, version, kind.plural, id=f"kiln_changed_{kind.plural}", **selection)(notice)
 
+    async def index_pod(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        labels = body.metadata.labels
+        return {(namespace, labels.get(LABEL_INSTANCE), labels.get(LABEL_COMPONENT)): slim_pod(body)}
+
+    kopf.index("", "v1", _POD.plural, id=_index_id(_POD.plural), registry=registry,
+               labels={LABEL_MANAGED_BY: MANAGED_BY})(index_pod)
+
 
 class CachedKubeApi:
     """A :class:`KubeApi` whose ``get`` of a cached kind reads the index kopf passed to the
@@ -100,6 +147,7 @@ class CachedKubeApi:
         self._api = api
         self._indexes = {key: indexes[_index_id(kind.plural)]
                          for key, kind in CACHED_KINDS.items() if _index_id(kind.plural) in indexes}
+        self._pods = indexes.get(_index_id(_POD.plural))
 
     async def get(self, api_version: str, kind: str, name: str,
                   namespace: str | None = None) -> dict[str, Any] | None:
@@ -109,6 +157,14 @@ class CachedKubeApi:
         for cached in index.get((namespace, name), ()):
             return copy.deepcopy(cached)
         return None
+
+    async def list(self, api_version: str, kind: str, namespace: str | None = None,
+                   label_selector: str | None = None) -> list[dict[str, Any]]:
+        """A service's pods from the pod cache; every other list from the API."""
+        key = _pod_key(namespace, label_selector) if (api_version, kind) == ("v1", "Pod") else None
+        if key is None or self._pods is None:
+            return await self._api.list(api_version, kind, namespace, label_selector)
+        return [copy.deepcopy(pod) for pod in self._pods.get(key, ())]
 
     def caches(self, api_version: str, kind: str) -> bool:
         """Whether ``get`` reads this kind from a cache (so that a miss may be someone else's

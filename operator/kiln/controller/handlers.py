@@ -137,7 +137,7 @@ def builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
 
 
 async def scrape(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stopped: kopf.DaemonStopped,
-                 **_: Any) -> None:
+                 **kwargs: Any) -> None:
     """Scrape a Ready service's pods: the KV-cache tokens its engines really allocated
     (next to the planner's prediction) and the KV utilisation now."""
     status = parse_status(body.status)
@@ -150,7 +150,8 @@ async def scrape(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stop
     except SpecInvalid:
         return  # the reconcile reports it
     meta = body.metadata
-    samples = await source.kv_samples(meta["namespace"], selector_string(meta["name"], "server"))
+    samples = await source.kv_samples(meta["namespace"], selector_string(meta["name"], "server"),
+                                      CachedKubeApi(memo.api, kwargs))
     record(body, patch, memo, Observed(samples=tuple(samples)))
 
 

@@ -19,14 +19,17 @@ SCRAPE_TIMEOUT_SECONDS = 3.0
 # down at a thousand pods (its connector wakes waiters by shuffling every endpoint's queue).
 MAX_CONCURRENT_SCRAPES = 64
 # Pod lists in flight at once. The observe and autoscale timers of every Ready service read
-# its pods every 15-60 s; at a thousand services they fire together, and unbounded they would
+# its pods every 15-60 s, from the pod cache (controller/cache.py) where the handler has it;
+# at a thousand services they fire together, and unbounded, lists that go to the API would
 # all hold API connections and the event loop that the reconciles (4 at a time) wait on.
 # Beyond this many they queue.
 MAX_CONCURRENT_POD_READS = 8
 
 
 class MetricsSource(Protocol):
-    async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]: ...
+    async def kv_samples(self, namespace: str, selector: str, api: KubeApi | None = None) -> list[KVSample]:
+        """The KV sample of each serving pod ``selector`` picks (``api``: where to read the
+        pods, the handler's caches, if the source reads pods)."""
 
 
 def ready_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,9 +72,9 @@ class PodMetrics:
             except (TimeoutError, aiohttp.ClientError):
                 return None
 
-    async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]:
+    async def kv_samples(self, namespace: str, selector: str, api: KubeApi | None = None) -> list[KVSample]:
         async with self._pod_reads:
-            pods = ready_pods(await self.api.list("v1", "Pod", namespace, selector))
+            pods = ready_pods(await (api or self.api).list("v1", "Pod", namespace, selector))
         targets = [(pod["metadata"]["name"], f"http://{pod['status']['podIP']}:{port}/metrics")
                    for pod in pods if (port := _metrics_port(pod))]
         pages = await asyncio.gather(*(self._fetch(url) for _, url in targets))

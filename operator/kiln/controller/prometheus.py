@@ -19,6 +19,7 @@ from yarl import URL
 from ..autoscale import KVSample
 from ..autoscale.metrics import INPUT_TOKENS_METRIC, KV_METRIC, REQUEST_METRIC
 from ..render.meta import LABEL_INSTANCE
+from .kube import KubeApi
 from .metrics import SCRAPE_TIMEOUT_SECONDS
 
 __all__ = ["PrometheusMetrics"]
@@ -62,7 +63,7 @@ class PrometheusMetrics:
             return []
         return list((body.get("data") or {}).get("result") or [])
 
-    async def kv_samples(self, namespace: str, selector: str) -> list[KVSample]:
+    async def kv_samples(self, namespace: str, selector: str, api: KubeApi | None = None) -> list[KVSample]:
         matchers = (f'namespace="{namespace}",llmservice="{_instance(selector)}",'
                     f'model="{self.model}"')
         results = await asyncio.gather(*(
