@@ -54,8 +54,9 @@ async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: Model
 async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
                     observed: Observed | None = None, parsed: Parsed | None = None) -> None:
     """Reconcile the service and write its status; kopf.TemporaryError to come back later."""
-    handed = dict(body.spec)
+    handed, queued = dict(body.spec), time.perf_counter()
     async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
+        ctx.telemetry.queue_seconds.labels("LLMService").observe(time.perf_counter() - queued)
         # Read once the slot is ours: kopf keeps the body it hands a timer up to date with
         # the watch (``live_fresh_body``, kopf/_core/reactor/processing.py), and a status
         # computed against the body as it was before the wait would rewrite values the

@@ -3,7 +3,8 @@
 One ``Telemetry`` per operator, each with its own registry, so that tests and the demo can
 run several operators in one process. Names are what the chart's dashboard and alerts use:
 
-- ``kiln_reconcile_duration_seconds{kind}`` and ``kiln_reconcile_errors_total{kind,reason}``;
+- ``kiln_reconcile_duration_seconds{kind}``, ``kiln_reconcile_queue_seconds{kind}`` (the wait
+  for a reconcile slot) and ``kiln_reconcile_errors_total{kind,reason}``;
 - ``kiln_engine_builds_total{result}`` (started, succeeded, failed),
   ``kiln_engine_build_duration_seconds`` and ``kiln_engine_cache_hits_total``;
 - ``kiln_autoscaler_decisions_total{namespace,service,direction}`` (up, down, hold) and the
@@ -36,6 +37,11 @@ class Telemetry:
         self.reconcile_seconds = Histogram(
             "kiln_reconcile_duration_seconds", "Time spent in one reconcile", ["kind"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        # Like controller-runtime's workqueue_queue_duration_seconds: the time a reconcile
+        # waited for one of the operator's reconcile slots before it started.
+        self.queue_seconds = Histogram(
+            "kiln_reconcile_queue_seconds", "Time a reconcile waited for a slot", ["kind"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
         self.reconcile_errors = Counter(
             "kiln_reconcile_errors_total", "Reconciles that ended in an error", ["kind", "reason"],
             registry=r)
