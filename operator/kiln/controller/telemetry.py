@@ -41,7 +41,7 @@ class Telemetry:
         # waited for one of the operator's reconcile slots before it started.
         self.queue_seconds = Histogram(
             "kiln_reconcile_queue_seconds", "Time a reconcile waited for a slot", ["kind"], registry=r,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
         self.reconcile_errors = Counter(
             "kiln_reconcile_errors_total", "Reconciles that ended in an error", ["kind", "reason"],
             registry=r)
