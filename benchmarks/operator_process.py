@@ -46,6 +46,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: dict[str, list[float]] = {}
         self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.collected: dict[int, int] = {0: 0, 1: 0, 2: 0}
         self._collecting = 0.0
 
     def install(self) -> None:
@@ -67,13 +68,15 @@ class Recorder:
             self._collecting = time.perf_counter()
         else:
             self.pauses[info["generation"]].append(time.perf_counter() - self._collecting)
+            self.collected[info["generation"]] += info["collected"]
 
     def report(self) -> None:
         for generation, times in self.pauses.items():
             if times:
                 times.sort()
                 print(f"gc generation {generation}: {len(times)} collections, {sum(times):.1f} s in all, "
-                      f"p99 {_p99(times):.3f} s, longest {times[-1]:.3f} s", file=sys.stderr)
+                      f"p99 {_p99(times):.3f} s, longest {times[-1]:.3f} s, "
+                      f"{self.collected[generation]} unreachable objects freed", file=sys.stderr)
         print("seconds per API call as the operator saw it (count, p50, p99):", file=sys.stderr)
         for key, times in sorted(self.calls.items()):
             times.sort()

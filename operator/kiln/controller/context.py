@@ -31,10 +31,13 @@ OBSERVE_PERIOD_SECONDS = 60.0
 # Reconciles in flight at once, from any trigger (watch events, the resync, the autoscaler).
 # Like controller-runtime's MaxConcurrentReconciles (default 1): a burst of a thousand new
 # services queues here instead of multiplying API-server load, and each reconcile runs at
-# speed. A reconcile mostly waits on the API server, so a few in flight keep it busy: at a
-# thousand services (benchmarks/operator_scale.py, one run each) 4 took 74 s to all Ready
-# with a p99 reconcile of 0.78 s, 16 took 56 s with a p99 of 2.1 s.
-MAX_CONCURRENT_RECONCILES = 4
+# speed. A reconcile mostly waits on the API server, and when the API server's CPU is the
+# bottleneck more reconciles in flight only make each one slower: at a thousand services on
+# a real API server sharing two cores (benchmarks/operator_scale.py --control-plane real),
+# 4 took 334 s to all Ready with a p99 reconcile of 2.3 s, 2 took 302 s with 0.97 s. Against
+# the in-process emulator, where a call costs little, 4 took 54-80 s (p99 0.76-0.85 s) and
+# 16 took 56 s (p99 2.1 s).
+MAX_CONCURRENT_RECONCILES = 2
 
 
 @dataclass(frozen=True)
