@@ -253,10 +253,16 @@ def run_policy(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .controller.context import MAX_CONCURRENT_RECONCILES
     from .controller.operator import run_against_kubeconfig
 
+    slots = MAX_CONCURRENT_RECONCILES if args.max_concurrent_reconciles is None else args.max_concurrent_reconciles
+    if slots < 1:
+        print("error: --max-concurrent-reconciles must be at least 1", file=sys.stderr)
+        return 2
     asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port,
-                                       policy=run_policy(args)))
+                                       policy=run_policy(args),
+                                       max_concurrent_reconciles=slots))
     return 0
 
 
@@ -314,6 +320,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
     run.add_argument("--metrics-port", type=int, default=8081,
                      help="serve the operator's Prometheus metrics here (0: off)")
+    run.add_argument("--max-concurrent-reconciles", type=int, metavar="N",
+                     help="reconciles in flight at once (default: 2; more helps only where the "
+                          "API server has CPU to spare)")
     run.add_argument("--public-model", action="append", metavar="SOURCE",
                      help="a model source whose engines built with a token serve services "
                           "without credentials (repeat)")

@@ -89,7 +89,8 @@ def test_cluster_wide_mode_grants_through_one_cluster_role():
     assert {r for rule in role["rules"] for r in rule["resources"]} >= {"llmservices", "llmengines", "jobs"}
     assert of_kind(objects, "Role") == []
     [deployment] = of_kind(objects, "Deployment")
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["run", "--metrics-port=8081"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == \
+        ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2"]
 
 
 def test_namespaced_mode_grants_namespaced_rights_only_in_the_watched_namespaces():
@@ -102,7 +103,8 @@ def test_namespaced_mode_grants_namespaced_rights_only_in_the_watched_namespaces
     assert cluster_resources == {"llmengines", "llmengines/status", "customresourcedefinitions"}
     [deployment] = of_kind(objects, "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["run", "--metrics-port=8081", "--namespace=llm", "--namespace=team-b"]
+    assert args == ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2", "--namespace=llm",
+                    "--namespace=team-b"]
 
 
 def test_the_operator_pod_meets_the_restricted_pod_security_standard():

@@ -124,3 +124,10 @@ def test_compare_blanks_what_does_not_fit_and_marks_a_batch_cap(tmp_path, capsys
     by_precision = {r["precision"]: r for r in json.loads(out)["precisions"]}
     assert by_precision["nvfp4"]["kvCacheTokens"] is None
     assert by_precision["fp8"]["sequencesCappedByMaxBatchSize"] is True
+
+
+@pytest.mark.parametrize("slots", ["0", "-2"])
+def test_kiln_run_refuses_fewer_than_one_reconcile_in_flight_naming_the_flag(capsys, slots):
+    assert main(["run", "--max-concurrent-reconciles", slots]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --max-concurrent-reconciles") and "Traceback" not in err

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from .context import OperatorContext
+from .context import MAX_CONCURRENT_RECONCILES, OperatorContext
 from .handlers import build_registry
 from .kube import KubeApi
 from .metrics import PodMetrics
@@ -86,11 +86,13 @@ async def _finish_stragglers(timeout: float = 10.0) -> None:
 async def run_against_kubeconfig(namespaces: list[str] | None = None,
                                  stop_flag: asyncio.Event | threading.Event | None = None,
                                  metrics_port: int | None = METRICS_PORT,
-                                 policy: Policy | None = None) -> None:
+                                 policy: Policy | None = None,
+                                 max_concurrent_reconciles: int = MAX_CONCURRENT_RECONCILES) -> None:
     """The operator as it runs in its pod: health on :8080/healthz, metrics on ``metrics_port``."""
     settle_garbage_collector()  # the process is the operator's alone (not a test's or the demo's)
     api = await KubeApi.from_kubeconfig()
-    ctx = OperatorContext(api=api, policy=policy or Policy())
+    ctx = OperatorContext(api=api, policy=policy or Policy(),
+                          reconcile_slots=asyncio.Semaphore(max_concurrent_reconciles))
     if metrics_port:
         ctx.telemetry.serve(metrics_port)
     try:
