@@ -1,7 +1,8 @@
 """The operator process of ``benchmarks/operator_scale.py``: the real operator against the API
 emulator (or, given a token and CA file, a real API server), stopped by SIGTERM.
 
-    python benchmarks/operator_process.py [--trace-memory] METRICS_PORT URL [TOKEN CA_FILE]
+    python benchmarks/operator_process.py [--trace-memory] [--max-concurrent-reconciles N]
+        METRICS_PORT URL [TOKEN CA_FILE]
 
 A module of its own so that the process imports what ``kiln run`` imports and nothing of the
 harness (the Helm engine and the control-plane helpers of ``tests/support`` added about 50 MiB
@@ -26,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from kiln.controller.context import OperatorContext, Timings  # noqa: E402
+from kiln.controller.context import MAX_CONCURRENT_RECONCILES, OperatorContext, Timings  # noqa: E402
 from kiln.controller.kube import KINDS, KubeApi  # noqa: E402
 from kiln.controller.models import ModelResolver  # noqa: E402
 from kiln.controller.operator import run_operator, settle_garbage_collector  # noqa: E402
@@ -83,20 +84,21 @@ class Recorder:
             print(f"  {key}: {len(times)} {times[len(times) // 2]:.3f} {_p99(times):.3f}", file=sys.stderr)
 
 
-def run(metrics_port: int, url: str, token: str | None, ca_file: str | None, trace_memory: bool) -> None:
+def run(metrics_port: int, url: str, token: str | None, ca_file: str | None, trace_memory: bool,
+        slots: int = MAX_CONCURRENT_RECONCILES) -> None:
     if trace_memory:
         tracemalloc.start()
     recorder = Recorder()
     recorder.install()
 
     async def main() -> None:
-        timings = Timings(max_retry_delay=1.0)
+        options = {"timings": Timings(max_retry_delay=1.0), "reconcile_slots": asyncio.Semaphore(slots)}
         if token is None:
             from kiln.demo.sandbox import emulator_operator  # the emulator's context, only for it
-            ctx, login = emulator_operator(url, timings=timings), TokenLogin(url)
+            ctx, login = emulator_operator(url, **options), TokenLogin(url)
         else:
             ctx = OperatorContext(api=KubeApi.for_url(url, token=token, ca_file=ca_file),
-                                  models=ModelResolver(allow_download=False), timings=timings)
+                                  models=ModelResolver(allow_download=False), **options)
             login = TokenLogin(url, token, ca_file)
         ctx.telemetry.serve(metrics_port)
         settle_garbage_collector()  # as run_against_kubeconfig (`kiln run`) does
@@ -118,12 +120,13 @@ def run(metrics_port: int, url: str, token: str | None, ca_file: str | None, tra
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace-memory", action="store_true")
+    parser.add_argument("--max-concurrent-reconciles", type=int, default=MAX_CONCURRENT_RECONCILES)
     parser.add_argument("metrics_port", type=int)
     parser.add_argument("url")
     parser.add_argument("credentials", nargs="*", metavar="TOKEN CA_FILE")
     args = parser.parse_args()
     token, ca_file = args.credentials if len(args.credentials) == 2 else (None, None)
-    run(args.metrics_port, args.url, token, ca_file, args.trace_memory)
+    run(args.metrics_port, args.url, token, ca_file, args.trace_memory, args.max_concurrent_reconciles)
     return 0
 
 

@@ -72,7 +72,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from kiln.api import API_VERSION  # noqa: E402
 from kiln.decide.conditions import is_true  # noqa: E402
-from kiln.controller.context import OBSERVE_PERIOD_SECONDS, RESYNC_SECONDS  # noqa: E402
+from kiln.controller.context import MAX_CONCURRENT_RECONCILES, OBSERVE_PERIOD_SECONDS, RESYNC_SECONDS  # noqa: E402
 from kiln.demo.run import load_manifests  # noqa: E402
 from kiln.demo.login import OPERATOR_TOKEN  # noqa: E402
 from kiln.demo.sandbox import Sandbox  # noqa: E402
@@ -414,7 +414,7 @@ async def _steady_state(audit: Audit, steady_seconds: float, services: ReadyServ
 
 
 async def run(count: int, steady_seconds: float, control_plane: str,
-              ready_timeout: float, trace_memory: bool = False) -> dict[str, Any]:
+              ready_timeout: float, trace_memory: bool = False, slots: int | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="kiln-scale-"))
     load_at_start = _load_average()
     async with _sandbox(control_plane, work) as (sb, audit, operator_args, plane_pid):
@@ -423,7 +423,9 @@ async def run(count: int, steady_seconds: float, control_plane: str,
         port = _free_port()
         log = tempfile.NamedTemporaryFile("w+", prefix="kiln-operator-", suffix=".log", delete=False)
         child = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "operator_process.py"),
-                                  *(["--trace-memory"] if trace_memory else []), str(port), *operator_args],
+                                  *(["--trace-memory"] if trace_memory else []),
+                                  *([f"--max-concurrent-reconciles={slots}"] if slots else []),
+                                  str(port), *operator_args],
                                  stderr=log)
         try:
             sb.start_kubelet()
@@ -461,7 +463,7 @@ async def run(count: int, steady_seconds: float, control_plane: str,
     p50, p99 = _quantile(buckets, 0.50), _quantile(buckets, 0.99)
     within_1s = dict(buckets).get(1.0, 0.0) / max(buckets[-1][1], 1)
     report: dict[str, Any] = {
-        "controlPlane": control_plane,
+        "controlPlane": control_plane, "maxConcurrentReconciles": slots or MAX_CONCURRENT_RECONCILES,
         "operatorLog": log.name,
         "services": count, "namespaces": len(NAMESPACES),
         "loadAverage": {"atStart": load_at_start, "atEnd": load_at_end},
@@ -497,6 +499,8 @@ def main() -> int:
     parser.add_argument("--ready-timeout", type=float, default=1800.0, metavar="SECONDS",
                         help="stop waiting for all services Ready after this long and report "
                              "how many were (default: 30 minutes)")
+    parser.add_argument("--max-concurrent-reconciles", type=int, metavar="N",
+                        help="the operator's reconciles in flight (default: kiln run's)")
     parser.add_argument("--trace-memory", action="store_true",
                         help="have the operator log where its memory was allocated, at the end "
                              "(tracemalloc: slower, so not for timing)")
@@ -505,7 +509,7 @@ def main() -> int:
         print("error: the RSS measurement reads /proc: run on Linux", file=sys.stderr)
         return 2
     report = asyncio.run(run(args.services, args.steady_seconds, args.control_plane,
-                             args.ready_timeout, args.trace_memory))
+                             args.ready_timeout, args.trace_memory, args.max_concurrent_reconciles))
     print(json.dumps(report, indent=2))
     return 0
 
