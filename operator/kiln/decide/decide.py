@@ -53,7 +53,9 @@ def decide(snapshot: Snapshot) -> Actions:
     except SpecInvalid as error:
         refuse(actions, error, before, snapshot.now, snapshot.generation)
     except NotReadyYet as error:
-        actions.requeue = error
+        # A value, not a raised exception: its traceback would hold this call's frames, and
+        # with them the actions that hold it, in a cycle only a garbage collection frees.
+        actions.requeue = error.with_traceback(None)
     actions.status.observed_generation = snapshot.generation
     return actions
 
