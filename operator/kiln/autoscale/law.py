@@ -16,7 +16,7 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    fraction) is not: a lightly loaded replica's requests finish sooner, so the occupancy of
    five replicas understates what three would carry, and a law on occupancy alone removed
    replicas while the load rose. ``utilization_target`` (1.0, chosen on the benchmark's
-   training traces from 0.8, 0.9 and 1.0) is the share of a replica's throughput capacity at
+   training traces from 0.9 and 1.0) is the share of a replica's throughput capacity at
    full batch it is sized at. At 1.0 the arrivals alone size the fleet at that capacity; the
    slack the TTFT SLO needs (a replica at capacity has every batch slot taken, and new
    requests wait for one) comes from the pressures' own targets below 1 (the batch at 0.75),
