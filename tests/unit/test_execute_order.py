@@ -1,7 +1,6 @@
 """The executor writes a reconcile's children concurrently where they are independent, and
 in dependency order where they are not: the ServiceAccounts and Roles before the
-RoleBindings, those before the workload whose pods use them, the workload before its
-scaler."""
+RoleBindings and the workload whose pods run as them, the workload before its scaler."""
 
 from __future__ import annotations
 
@@ -69,8 +68,8 @@ async def test_each_child_is_written_after_what_it_needs():
     api = TimedApi()
     await execute(_actions(CHILDREN), api, {}, "2026-01-01T00:00:00Z", 1)
     assert set(api.started) == {_key(child) for child in CHILDREN}
-    after = [(ROLE, BINDING), (ACCOUNT, WORKLOAD), (LAUNCHER, WORKLOAD), (BINDING, WORKLOAD),
-             (WORKLOAD, SCALER), (SERVICE, SCALER)]
+    after = [(ROLE, BINDING), (ACCOUNT, WORKLOAD), (LAUNCHER, WORKLOAD),
+             (WORKLOAD, SCALER), (SERVICE, SCALER), (BINDING, SCALER)]
     for first, then in after:
         assert api.returned[_key(first)] < api.started[_key(then)], f"{_key(then)} before {_key(first)}"
 
@@ -81,9 +80,9 @@ async def test_independent_children_are_in_flight_together():
     # The accounts and the Role: all three started before any returned.
     firsts = [api.started[_key(child)] for child in (ACCOUNT, LAUNCHER, ROLE)]
     assert max(firsts) < min(api.returned[_key(child)] for child in (ACCOUNT, LAUNCHER, ROLE))
-    # The workload, its Service and the NetworkPolicy too.
-    middles = [api.started[_key(child)] for child in (WORKLOAD, SERVICE, POLICY)]
-    assert max(middles) < min(api.returned[_key(child)] for child in (WORKLOAD, SERVICE, POLICY))
+    # The RoleBinding, the workload, its Service and the NetworkPolicy too.
+    middles = [api.started[_key(child)] for child in (BINDING, WORKLOAD, SERVICE, POLICY)]
+    assert max(middles) < min(api.returned[_key(child)] for child in (BINDING, WORKLOAD, SERVICE, POLICY))
 
 
 FORBIDDEN = ApiException(status=403, reason='roles.rbac.authorization.k8s.io "big-launcher" is forbidden')
