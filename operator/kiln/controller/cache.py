@@ -39,7 +39,7 @@ from typing import Any
 
 import kopf
 
-from ..render.meta import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
+from ..render.meta import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, selector_terms
 from .kube import KINDS, Kind, KubeApi
 
 __all__ = ["CACHED_KINDS", "CachedKubeApi", "cache_indexes", "register_caches", "slim_pod"]
@@ -92,9 +92,7 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
-                     "deletionTimestamp": meta.get("deletionTimestamp"),
-                     "labels": {key: value for key, value in (meta.get("labels") or {}).items()
-                                if key in (LABEL_INSTANCE, LABEL_COMPONENT)}},
+                     "deletionTimestamp": meta.get("deletionTimestamp")},
         "spec": {"containers": [{"ports": ports}]},
         "status": {"phase": status.get("phase"), "podIP": status.get("podIP"),
                    "conditions": [{"type": c.get("type"), "status": c.get("status")}
@@ -107,7 +105,7 @@ def _pod_key(namespace: str | None, selector: str | None) -> tuple[str, str, str
     service's instance and component (``render.meta.selector_string``)."""
     if not namespace or not selector:
         return None
-    terms = dict(term.split("=", 1) for term in selector.split(",") if "=" in term)
+    terms = selector_terms(selector)
     if set(terms) != {LABEL_INSTANCE, LABEL_COMPONENT} or len(terms) != selector.count(",") + 1:
         return None
     return namespace, terms[LABEL_INSTANCE], terms[LABEL_COMPONENT]

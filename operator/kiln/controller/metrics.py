@@ -21,7 +21,7 @@ MAX_CONCURRENT_SCRAPES = 64
 # Pod lists in flight at once. The observe and autoscale timers of every Ready service read
 # its pods every 15-60 s, from the pod cache (controller/cache.py) where the handler has it;
 # at a thousand services they fire together, and unbounded, lists that go to the API would
-# all hold API connections and the event loop that the reconciles (4 at a time) wait on.
+# all hold API connections and the event loop that the reconciles wait on.
 # Beyond this many they queue.
 MAX_CONCURRENT_POD_READS = 8
 

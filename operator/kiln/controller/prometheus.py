@@ -18,7 +18,7 @@ from yarl import URL
 
 from ..autoscale import KVSample
 from ..autoscale.metrics import INPUT_TOKENS_METRIC, KV_METRIC, REQUEST_METRIC
-from ..render.meta import LABEL_INSTANCE
+from ..render.meta import LABEL_INSTANCE, selector_terms
 from .kube import KubeApi
 from .metrics import SCRAPE_TIMEOUT_SECONDS
 
@@ -31,8 +31,7 @@ _FAMILIES = ((KV_METRIC, "kv_cache_block_type"), (REQUEST_METRIC, "request_type"
 
 
 def _instance(selector: str) -> str:
-    terms = dict(term.split("=", 1) for term in selector.split(",") if "=" in term)
-    return terms[LABEL_INSTANCE]
+    return selector_terms(selector)[LABEL_INSTANCE]
 
 
 class PrometheusMetrics:

@@ -9,6 +9,7 @@ from typing import Any
 from ..api import API_VERSION
 
 __all__ = [
+    "selector_terms",
     "MANAGED_BY",
     "FIELD_MANAGER",
     "SPEC_HASH_ANNOTATION",
@@ -59,6 +60,12 @@ def selector(instance: str, component: str) -> dict[str, str]:
 def selector_string(instance: str, component: str) -> str:
     """The same selector as a label-selector string (``status.selector``, list calls)."""
     return ",".join(f"{k}={v}" for k, v in selector(instance, component).items())
+
+
+def selector_terms(text: str) -> dict[str, str]:
+    """The ``key=value`` terms of a label-selector string (the inverse of
+    :func:`selector_string`); a term of another form is left out."""
+    return dict(term.split("=", 1) for term in text.split(",") if "=" in term)
 
 
 # Hex digits of sha256 in a shortened name: 64 bits, so that finding another service name
