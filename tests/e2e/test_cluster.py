@@ -139,8 +139,7 @@ def simulated_kubelet(chart: list[dict[str, Any]]):
     if os.environ.get("KILN_E2E_KUBELET") != "simulated" and own:
         yield False
         return
-    started, failed = threading.Event(), []
-    loop = asyncio.new_event_loop()
+    started, failed, loops = threading.Event(), [], []
     stop = asyncio.Event()
 
     async def main() -> None:
@@ -156,21 +155,25 @@ def simulated_kubelet(chart: list[dict[str, Any]]):
             await api.close()
 
     def run() -> None:
+        # A Runner closes as asyncio.run does (cancels what is left, finalizes async
+        # generators), so no connection outlives the loop for the garbage collector to find
+        # unclosed at some later point of the session.
         try:
-            loop.run_until_complete(main())
+            with asyncio.Runner() as runner:
+                loops.append(runner.get_loop())
+                runner.run(main())
         except BaseException as error:  # reported below
             failed.append(error)
             started.set()
-        finally:
-            loop.close()
 
     thread = threading.Thread(target=run, name="simulated-kubelet", daemon=True)
     thread.start()
     started.wait(60)
     assert not failed, failed
     yield True
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(30)
+    loops[0].call_soon_threadsafe(stop.set)
+    thread.join(60)
+    assert not thread.is_alive(), "the simulated kubelet did not stop within 60 s"
     for node in sorted(SIMULATED_NODES):
         kubectl("delete", "node", node, "--ignore-not-found", "--wait=false")
     assert not failed, failed
@@ -215,7 +218,8 @@ def operator(chart: list[dict[str, Any]]):
         thread.start()
         yield f"system:serviceaccount:{OPERATOR_NAMESPACE}:{account}"
         stop.set()
-        thread.join(60)
+        thread.join(120)
+    assert not thread.is_alive(), "the operator did not stop within 120 s"
     assert not failed, failed
 
 

@@ -29,9 +29,14 @@ class TokenLogin:
     def __init__(self, url: str, token: str = OPERATOR_TOKEN, ca_file: str | None = None) -> None:
         self.url, self.token, self.ca_file = url, token, ca_file
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def handler(self, **_: Any) -> kopf.AiohttpSession:
-        """The ``@kopf.on.login`` handler."""
+        """The ``@kopf.on.login`` handler. Once this login is closed it lends nothing: a task
+        kopf leaves running past its shutdown could otherwise open a session that outlives
+        the event loop, its sockets closed by no one."""
+        if self._closed:
+            raise kopf.LoginError("the operator's login is closed: it is shutting down")
         if self._session is None or self._session.closed:
             tls = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else False
             self._session = aiohttp.ClientSession(
@@ -43,5 +48,6 @@ class TokenLogin:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()

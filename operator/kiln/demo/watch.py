@@ -10,6 +10,7 @@ that version is compacted away, when the stream lists again. Each list is report
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -77,10 +78,13 @@ class ListWatch:
                 if version is None:
                     version, items = await self._list(path)
                     yield LISTED, items
-                async for kind, obj in self._watch(path, version):
-                    version = obj["metadata"]["resourceVersion"]
-                    if kind != "BOOKMARK":
-                        yield kind, obj
+                # aclosing: when this stream is closed at its yield, the watch's response is
+                # released now, not whenever the event loop finalizes the inner generator.
+                async with contextlib.aclosing(self._watch(path, version)) as watch:
+                    async for kind, obj in watch:
+                        version = obj["metadata"]["resourceVersion"]
+                        if kind != "BOOKMARK":
+                            yield kind, obj
             except _Gone:
                 version = None
             except (aiohttp.ClientError, TimeoutError):
