@@ -10,7 +10,10 @@ import pytest
 
 from kiln.autoscale.law import LawParams, Recommendations, Sample, decide
 
-PARAMS = LawParams(min_replicas=1, max_replicas=8, target=0.75, stabilization_seconds=300, prefill_target=0.5)
+# The prior burst headroom is off here, so that each test pins one term of the law; the
+# prior's own tests turn it on.
+PARAMS = LawParams(min_replicas=1, max_replicas=8, target=0.75, stabilization_seconds=300, prefill_target=0.5,
+                   headroom_prior=0.0)
 
 
 def _samples(now, replicas, fraction, waiting=0, span=60, period=15):
@@ -117,7 +120,7 @@ def test_no_flapping_on_a_noisy_flat_load():
 def test_respects_min_and_max():
     full = decide(1000, _samples(1000, 8, 1.0, waiting=50), 8, 8, 0, PARAMS, Recommendations())
     assert full.desired == 8
-    idle = LawParams(min_replicas=2, max_replicas=8, stabilization_seconds=0)
+    idle = LawParams(min_replicas=2, max_replicas=8, stabilization_seconds=0, headroom_prior=0.0)
     assert decide(1000, _samples(1000, 3, 0.0), 3, 3, 0, idle, Recommendations()).desired == 2
     assert decide(1000, [], 12, 12, 0, PARAMS, Recommendations()).desired == 8
 
@@ -204,7 +207,7 @@ def _cost(prompt: float, output: float) -> float:
 
 
 ARRIVALS = LawParams(min_replicas=1, max_replicas=16, target=0.75, stabilization_seconds=300,
-                     tolerance=0.1, request_seconds=_cost, utilization_target=0.8)
+                     tolerance=0.1, request_seconds=_cost, utilization_target=0.8, headroom_prior=0.0)
 
 
 def _finishing(now, rates, span=60, period=15, start=0.0):
@@ -369,3 +372,23 @@ def test_the_scale_down_band_is_a_parameter(tolerance, desired):
     decision = decide(1000, _counted(1000, (112, 112, 112, 112), 4), 4, 4, 0, params,
                       Recommendations([(0.0, 3)]))
     assert decision.desired == desired, decision.reason
+
+
+PRIOR = replace(ARRIVALS, tolerance=0.0, headroom_prior=1.0)
+
+
+def test_a_service_with_no_history_keeps_a_replica_for_a_burst_it_cannot_rule_out():
+    # Two replicas finishing 60 requests/s: 1.5 replicas' worth. With no demand on record the
+    # law cannot tell a bursty service from a smooth one, and keeps a whole replica spare.
+    fresh = decide(1000, _finishing(1000, (30, 30)), 2, 2, 0, PRIOR, Recommendations([(0.0, 2)]))
+    assert fresh.desired == 3 and fresh.reason.startswith("burst headroom +1.0"), fresh.reason
+    assert decide(1000, _finishing(1000, (30, 30)), 2, 2, 0, replace(PRIOR, headroom_prior=0.0),
+                  Recommendations([(0.0, 2)])).desired == 2
+
+
+def test_an_hour_without_a_steep_rise_gives_the_prior_replica_back():
+    recs = Recommendations([(0.0, 3)])
+    recs.demand, recs.since = [(float(t), 1.5) for t in range(0, 3600, 15)], 0.0
+    assert recs.prior(1800.0, 1.0, PRIOR.headroom_memory) == pytest.approx(0.5)
+    smooth = decide(3600, _finishing(3600, (20, 20, 20)), 3, 3, 0, PRIOR, recs)
+    assert smooth.desired == 2 and "headroom" not in smooth.reason, smooth.reason

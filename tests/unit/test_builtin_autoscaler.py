@@ -9,6 +9,9 @@ from kiln.controller.autoscaler import BuiltinAutoscaler
 
 SPEC = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
                            "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4}})
+# These tests pin one signal, so the prior burst headroom (the spare replica a service keeps
+# in its first hour, tested with the law) is off.
+NO_PRIOR = {"headroom_prior": 0.0}
 
 
 class _Api:
@@ -27,7 +30,7 @@ class _Metrics:
 async def test_prefill_load_is_the_input_token_rate_over_the_prefill_speed():
     now = [100.0]
     metrics = _Metrics()
-    scaler = BuiltinAutoscaler(_Api(), metrics, clock=lambda: now[0])
+    scaler = BuiltinAutoscaler(_Api(), metrics, timing=NO_PRIOR, clock=lambda: now[0])
     await scaler.evaluate("llm", "svc", SPEC, 1, prefill_tokens_per_s=10_000)  # first reading
     now[0], metrics.counter = 115.0, 144_000.0  # 9,600 tokens/s for 15 s
     decision = await scaler.evaluate("llm", "svc", SPEC, 1, prefill_tokens_per_s=10_000)
@@ -61,7 +64,7 @@ async def test_the_demand_from_arrivals_uses_the_finished_requests_and_the_reque
         costs.append((prompt, output))
         return 0.05  # 20 requests/s fill a replica
 
-    scaler = BuiltinAutoscaler(_Api(), _Finishing(lambda: now[0]), clock=lambda: now[0])
+    scaler = BuiltinAutoscaler(_Api(), _Finishing(lambda: now[0]), timing=NO_PRIOR, clock=lambda: now[0])
     await scaler.evaluate("llm", "svc", SPEC, 1, request_seconds=cost)
     now[0] = 115.0
     decision = await scaler.evaluate("llm", "svc", SPEC, 1, request_seconds=cost)
