@@ -71,13 +71,14 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    without a performance model, the pressures are, except while replicas start.
 5. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
    replica past its target is already making requests wait); a scale-down keeps
-   ``ceil(need / (1 - tolerance))`` replicas. ``tolerance`` is chosen on the training traces
-   from 0 and 0.1 (the HPA's): the demand is linear in the traffic and already at a target
-   below capacity, so a band only keeps counting noise from removing a replica the next
-   scrape asks back, which the stabilisation window (8.) also does: a scale-down needs every
-   want of the window below the fleet. On the training traces the band's cost was a replica
-   that a forecast (4., the trend) had added on a noisy scrape and that the band then kept,
-   as the need sat just above 0.9 of the larger fleet.
+   ``ceil(need / (1 - tolerance))`` replicas. ``tolerance`` (0) was chosen on the training
+   traces from 0 and 0.1 (the HPA's), which cost more at every other setting: the demand is
+   linear in the traffic and already at a target below capacity, so a band only keeps
+   counting noise from removing a replica the next scrape asks back, which the stabilisation
+   window (8.) also does: a scale-down needs every want of the window below the fleet. On the
+   training traces the band's cost was a replica that a forecast (4., the trend) had added
+   on a noisy scrape and that the band then kept, as the need sat just above 0.9 of the
+   larger fleet.
 6. **Backlog, drained in bounded time.** The backlog is :attr:`KVSample.backlog` (requests in
    the batch the last iteration left out, plus a batch's worth while every slot is taken),
    the least of the last two scrapes, so prompts that sit out an iteration behind a context
