@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .api import AutoscalingMode
 from .api.crd import crds
 from .api.loading import load_yaml, read_yaml_file
 from .api.validation import parse_service_manifest
@@ -31,6 +32,8 @@ __all__ = ["EXIT_CODES", "main", "parser", "run_policy"]
 
 # Documented per command (epilog of --help and the CLI reference); 0 always means success.
 EXIT_UNKNOWN = 3
+# `kiln simulate`'s replica ceiling for a service that does not autoscale (a what-if).
+SIMULATED_MAX_REPLICAS = 16
 EXIT_CODES = {
     "crds": "0",
     "plan": "0 fits, 1 does not fit, 2 bad input, 3 verdict unknown (the model is not in the "
@@ -203,7 +206,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         outage = (start, seconds)
     requests = load_trace(Path(args.trace), args.rate_scale, args.time_scale)
     scaling = spec.autoscaling
-    low, high = max(1, scaling.min_replicas), max(scaling.max_replicas, args.max_replicas)
+    # A service that autoscales keeps to its own maxReplicas, as the operator would; one that
+    # does not is simulated as if it did, within 1..16. --max-replicas overrides either.
+    if args.max_replicas is not None:
+        ceiling = args.max_replicas
+    elif scaling.mode != AutoscalingMode.NONE:
+        ceiling = scaling.max_replicas
+    else:
+        ceiling = SIMULATED_MAX_REPLICAS
+    low = max(1, scaling.min_replicas)
+    high = max(low, ceiling)
     params = LawParams.for_service(scaling, min_replicas=low, max_replicas=high)
     fleet = Fleet(PerfModel.from_plan(result, spec, gpu, model), spec.gpus, cold_start=args.cold_start)
     show = args.output != "json" and sys.stderr.isatty()
@@ -308,7 +320,8 @@ def parser() -> argparse.ArgumentParser:
                      help="seconds until a new replica serves (default 90: 7-70B pods with cached weights take 1-2 min)")
     sim.add_argument("--rate-scale", type=float, default=1.0)
     sim.add_argument("--time-scale", type=float, default=1.0)
-    sim.add_argument("--max-replicas", type=int, default=16, help="upper bound for every policy")
+    sim.add_argument("--max-replicas", type=int, help="upper bound for every policy (default: the "
+                     f"manifest's autoscaling.maxReplicas, or {SIMULATED_MAX_REPLICAS} without autoscaling)")
     sim.add_argument("--metrics-outage", help="START:SECONDS with no metrics")
     sim.add_argument("--lead-in", type=float, default=LEAD_IN_SECONDS,
                      help="seconds of the trace's opening replayed first, mirrored and uncounted, so "
