@@ -506,3 +506,17 @@ async def test_deleting_a_service_mid_build_leaves_no_job_and_an_engine_the_next
     sb.start_kubelet()
     await sb.wait_for(lambda: _ready(sb), what="Ready=True")
     assert is_true(_conditions(sb.objects("llmengines")[0]), "Ready")
+
+
+async def test_a_service_waiting_for_its_build_is_polled_without_writing_to_it(sandbox):
+    # A poll retried by kopf wrote the LLMService twice (its progress annotations, then a dummy
+    # to wake its own watch): at a thousand services, most of the operator's writes.
+    sb = sandbox
+    await sb.start_operator()
+    await sb.create(copy.deepcopy(MISTRAL))  # no kubelet: the build never finishes
+    await sb.wait_for(lambda: (svc := _service(sb)) and "kiln.dev/last-handled-configuration"
+                      in svc["metadata"].get("annotations", {})
+                      and get_condition(_conditions(svc), "EngineReady"), what="the build's first status")
+    reconciles, writes = _reconciles(sb), sb.changes("llmservices")
+    await sb.wait_for(lambda: _reconciles(sb) >= reconciles + 3, what="three polls of the build")
+    assert sb.changes("llmservices") == writes

@@ -14,6 +14,7 @@ from .collect import ENGINE_GRACE_SECONDS, ENGINE_SWEEP_SECONDS
 from .kube import KubeApi
 from .metrics import PodMetrics
 from .models import ModelResolver
+from .requeue import Requeue
 from .telemetry import Telemetry
 
 __all__ = ["OperatorContext", "Timings", "RESYNC_SECONDS", "FULL_RESYNC_SECONDS",
@@ -81,6 +82,9 @@ class OperatorContext:
     # ``memo`` (kopf/_core/reactor/inventory.py, ResourceMemories.recall), so a value set on
     # that copy is the object's own: when the resync last reconciled it in full.
     last_full_resync: float | None = None
+    # Per service likewise: when it is next due for a reconcile while it waits for a build or
+    # a rollout (controller/requeue.py); made on first use, by ``requeue_of``.
+    requeue: Requeue | None = None
     # When each namespace's engines were last swept.
     last_sweep: dict[str, float] = field(default_factory=dict)
 

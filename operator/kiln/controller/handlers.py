@@ -30,7 +30,8 @@ from .cache import CachedKubeApi, cache_indexes, register_caches
 from .collect import sweep_engines
 from .context import FULL_RESYNC_SECONDS, OperatorContext
 from .kube import ApiException
-from .reconcile import now, reconcile, record
+from .reconcile import error_backoff, now, reconcile, record
+from .requeue import Requeue, requeue_of
 
 __all__ = ["build_registry"]
 
@@ -50,6 +51,7 @@ def build_registry(ctx: OperatorContext,
     kopf.on.login(registry=registry)(login or kopf.login_via_client)
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*_SERVICES, registry=registry, id="reconcile")(on_change)
+    kopf.daemon(*_SERVICES, registry=registry, id="requeue")(requeue)
     timings = ctx.timings
     kopf.timer(*_SERVICES, registry=registry, interval=timings.resync_period,
                initial_delay=timings.resync_period, id="resync")(resync)
@@ -84,8 +86,39 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorContext, **_: Any) 
 
 
 async def on_change(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, **kwargs: Any) -> None:
-    """Created, edited, or found at startup."""
-    await reconcile(body, patch, memo, kwargs)
+    """Created, edited, or found at startup. A failure is retried by kopf (with its backoff,
+    by the retry count kopf keeps); a wait for a build or a rollout by :func:`requeue`."""
+    _follow(requeue_of(memo), await reconcile(body, patch, memo, kwargs))
+
+
+async def requeue(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+    """Reconcile the service whenever its wait is over (controller/requeue.py), and write the
+    status that reconcile decided: kopf applies a daemon's ``patch`` only when it returns."""
+    due, failures = requeue_of(memo), 0
+    while await due.next(stopped):
+        patch, meta = kopf.Patch(), body.metadata
+        try:
+            delay: float | None = await reconcile(body, patch, memo, {**kwargs, "retry": failures})
+            failures = 0
+        except kopf.TemporaryError as error:  # posted and counted by the reconcile
+            delay, failures = error.delay, failures + 1
+        if patch.status:
+            service = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMService",
+                       "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+            try:
+                await memo.api.patch_status(service, dict(patch.status))
+            except ApiException as error:
+                if error.status == 404:
+                    return  # deleted: kopf stops this daemon
+                delay, failures = error_backoff(failures), failures + 1
+        _follow(due, delay)
+
+
+def _follow(due: Requeue, delay: float | None) -> None:
+    if delay is None:
+        due.cancel()
+    else:
+        due.after(delay)
 
 
 async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, memo: OperatorContext,
@@ -126,7 +159,7 @@ async def _reconcile_quietly(body: kopf.Body, patch: kopf.Patch, ctx: OperatorCo
                              parsed: Parsed | None = None) -> None:
     """A reconcile from a timer: the next tick comes anyway (a build or a rollout in
     progress is followed tick by tick until it settles)."""
-    try:
+    try:  # a wait it finds is not requeued: the next tick comes anyway
         await reconcile(body, patch, ctx, cache_indexes(kwargs), observed, parsed)
     except kopf.TemporaryError:
         pass

@@ -52,8 +52,10 @@ async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: Model
 
 
 async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
-                    observed: Observed | None = None, parsed: Parsed | None = None) -> None:
-    """Reconcile the service and write its status; kopf.TemporaryError to come back later."""
+                    observed: Observed | None = None, parsed: Parsed | None = None) -> float | None:
+    """Reconcile the service and write its status into ``patch``: the seconds after which to
+    reconcile it again while it waits (a build, a rollout), or None. A failure raises
+    kopf.TemporaryError with the backoff for ``kwargs["retry"]``, the failures before it."""
     handed, queued = dict(body.spec), time.perf_counter()
     async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
         ctx.telemetry.queue_seconds.labels("LLMService").observe(time.perf_counter() - queued)
@@ -82,8 +84,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kw
     meta = body.metadata
     ctx.telemetry.observe_service(meta["namespace"], meta["name"], raw["spec"], actions.status)
     _post(body, ctx, actions)
-    if actions.requeue is not None:
-        raise kopf.TemporaryError(actions.requeue.message, delay=_capped(ctx, actions.requeue.delay))
+    return None if actions.requeue is None else _capped(ctx, actions.requeue.delay)
 
 
 def record(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, observed: Observed) -> None:

@@ -1,0 +1,74 @@
+"""A service's next reconcile while it waits for a build or a rollout, kept in memory.
+
+A change handler that raises ``kopf.TemporaryError`` is retried by kopf through the object
+itself: the failure is stored in the progress annotations (one PATCH of the LLMService), and
+when the delay is over kopf PATCHes a dummy annotation to wake its own watch
+(kopf/_core/actions/application.py, ``apply``: "Sleep strictly after patching" and the
+``touch`` that follows). Two writes per poll, each also a watch event for every watcher of
+the kind: at a thousand services that was most of the operator's writes to the API server.
+Like controller-runtime's ``RequeueAfter``, which puts the request back on an in-memory work
+queue (controller-runtime, pkg/internal/controller/controller.go, ``reconcileHandler``:
+``c.Queue.AddAfter(req, result.RequeueAfter)``), Kiln keeps the wait here and a per-service
+daemon (handlers.py, ``requeue``) reconciles when it is due. A restarted operator loses
+nothing: kopf's resume handler reconciles every service at startup, and the resync tick every
+service not Ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Requeue", "requeue_of"]
+
+
+class _Stopped(Protocol):
+    """kopf's ``DaemonStopped``: true once the daemon should exit, ``wait()`` awaitable."""
+
+    def __bool__(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> Any: ...
+
+
+@dataclass
+class Requeue:
+    """When a service is next due for a reconcile (None: not until something changes)."""
+
+    due: float | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def after(self, delay: float) -> None:
+        """Reconcile again ``delay`` seconds from now (the latest call wins)."""
+        self.due = time.monotonic() + delay
+        self._wake.set()
+
+    def cancel(self) -> None:
+        self.due = None
+
+    async def next(self, stopped: _Stopped) -> bool:
+        """Wait until the reconcile is due (True) or the daemon is stopped (False)."""
+        while not stopped:
+            left = None if self.due is None else self.due - time.monotonic()
+            if left is not None and left <= 0:
+                self.due = None
+                return True
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopped.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        return False
+
+
+def requeue_of(memo: Any) -> Requeue:
+    """The service's own :class:`Requeue`, on its memo (an ``OperatorContext``): kopf hands
+    each object's handlers the same shallow copy of the operator's context
+    (kopf/_core/reactor/inventory.py, ``ResourceMemories.recall``), so a value set on it is
+    that object's alone, where one made with the context would be shared by all."""
+    if memo.requeue is None:
+        memo.requeue = Requeue()
+    return memo.requeue
