@@ -1,18 +1,25 @@
 """The executor writes a reconcile's children concurrently where they are independent, and
 in dependency order where they are not: the ServiceAccounts and Roles before the
-RoleBindings and the workload whose pods run as them, the workload before its scaler."""
+RoleBindings and the workload whose pods run as them. A first deploy of any example is two
+round trips, each within the calls one reconcile has in flight."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+import yaml
 
-from kiln.controller.execute import execute
-from kiln.controller.kube import ApiException
+from kiln.api import parse_service_manifest
+from kiln.controller.execute import execute, stages
+from kiln.controller.kube import PARALLEL_CALLS, ApiException
+from kiln.render import ServiceRef, render
 from kiln.decide.snapshot import Actions
 from kiln.decide.status import parse_status
 from kiln.errors import SpecInvalid
+
+from ..conftest import ROOT
+from ..support.planning import planned
 
 NS = "llm"
 
@@ -68,8 +75,7 @@ async def test_each_child_is_written_after_what_it_needs():
     api = TimedApi()
     await execute(_actions(CHILDREN), api, {}, "2026-01-01T00:00:00Z", 1)
     assert set(api.started) == {_key(child) for child in CHILDREN}
-    after = [(ROLE, BINDING), (ACCOUNT, WORKLOAD), (LAUNCHER, WORKLOAD),
-             (WORKLOAD, SCALER), (SERVICE, SCALER), (BINDING, SCALER)]
+    after = [(ROLE, BINDING), (ACCOUNT, WORKLOAD), (LAUNCHER, WORKLOAD)]
     for first, then in after:
         assert api.returned[_key(first)] < api.started[_key(then)], f"{_key(then)} before {_key(first)}"
 
@@ -77,12 +83,22 @@ async def test_each_child_is_written_after_what_it_needs():
 async def test_independent_children_are_in_flight_together():
     api = TimedApi()
     await execute(_actions(CHILDREN), api, {}, "2026-01-01T00:00:00Z", 1)
-    # The accounts and the Role: all three started before any returned.
-    firsts = [api.started[_key(child)] for child in (ACCOUNT, LAUNCHER, ROLE)]
-    assert max(firsts) < min(api.returned[_key(child)] for child in (ACCOUNT, LAUNCHER, ROLE))
-    # The RoleBinding, the workload, its Service and the NetworkPolicy too.
-    middles = [api.started[_key(child)] for child in (BINDING, WORKLOAD, SERVICE, POLICY)]
-    assert max(middles) < min(api.returned[_key(child)] for child in (BINDING, WORKLOAD, SERVICE, POLICY))
+    # The accounts, the Role, the Service and the NetworkPolicy: all started before any returned.
+    firsts = (ACCOUNT, LAUNCHER, ROLE, SERVICE, POLICY)
+    assert max(api.started[_key(c)] for c in firsts) < min(api.returned[_key(c)] for c in firsts)
+    # The RoleBinding, the workload and its scaler (which targets the LLMService) too.
+    seconds = (BINDING, WORKLOAD, SCALER)
+    assert max(api.started[_key(c)] for c in seconds) < min(api.returned[_key(c)] for c in seconds)
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_a_first_deploy_is_two_round_trips_of_calls_in_flight_together(example):
+    manifest = yaml.safe_load((ROOT / "examples" / example).read_text())
+    _, spec = parse_service_manifest(manifest)
+    result, gpu = planned(spec)
+    rendered = render(ServiceRef(manifest["metadata"]["name"], "llm", "uid-1"), spec, result, gpu)
+    children = [child for child in rendered.objects() if child["kind"] not in ("LLMEngine", "Job")]
+    assert [len(stage) <= PARALLEL_CALLS for stage in stages(children)] == [True, True]
 
 
 FORBIDDEN = ApiException(status=403, reason='roles.rbac.authorization.k8s.io "big-launcher" is forbidden')
@@ -104,4 +120,4 @@ async def test_an_outage_is_raised_for_a_retry():
     with pytest.raises(ApiException) as raised:
         await execute(_actions(CHILDREN), api, {}, "2026-01-01T00:00:00Z", 1)
     assert raised.value.status == 503
-    assert _key(SCALER) not in api.started
+    assert _key(WORKLOAD) not in api.started and _key(SCALER) not in api.started

@@ -22,7 +22,7 @@ from ..errors import SpecInvalid
 from .gather import refused_write
 from .kube import ApiException, KubeApi, concurrently
 
-__all__ = ["execute", "write_status"]
+__all__ = ["execute", "stages", "write_status"]
 
 
 async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now: str,
@@ -55,23 +55,34 @@ async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now
 # come after the accounts; a RoleBinding is checked against the rules of the Role it binds
 # (kubernetes/kubernetes, pkg/registry/rbac/rolebinding/policybased/storage.go: ``Create``
 # resolves ``GetRoleReferenceRules`` and fails if the Role is missing), so it comes after its
-# Role; a scaler comes after the workload it targets (KEDA's admission webhook reads the
-# target Deployment: kedacore/keda, apis/keda/v1alpha1/scaledobject_webhook.go,
-# ``verifyCPUMemoryScalers``). A RoleBinding and the workload whose pods use it are written
-# together: nothing admits a pod by its RoleBinding, and the pods that use one (a multi-node
-# launcher, the gateway's endpoint picker) call the API only once they run, after the
-# reconcile's writes have returned. One stage fewer is one round trip fewer for the first
-# deploy of those services, the slowest reconciles at a thousand services.
-_STAGES = {"ServiceAccount": 0, "Role": 0, "ConfigMap": 0,
-           "ScaledObject": 2, "HorizontalPodAutoscaler": 2, "HTTPScaledObject": 2}
-_OTHERS = 1  # RoleBindings, workloads, Services, the NetworkPolicy, the gateway's routes
+# Role. Nothing else waits: a Service or a NetworkPolicy selects pods by label, whenever they
+# come; nothing admits a pod by its RoleBinding (the pods that use one, a multi-node launcher
+# or the gateway's endpoint picker, call the API only once they run); and a scaler targets
+# the LLMService's ``/scale`` (render/scaling.py, render/wake.py), which exists before any
+# reconcile. KEDA's admission webhook reads a ScaledObject's target only for cpu or memory
+# triggers, and Kiln's is prometheus (kedacore/keda, apis/keda/v1alpha1/scaledobject_webhook.go,
+# ``verifyCPUMemoryScalers``); the HPA controller sets ``AbleToScale`` False, FailedGetScale,
+# and retries while its target's scale cannot be read (kubernetes/kubernetes,
+# pkg/controller/podautoscaler/horizontal.go, ``reconcileAutoscaler``). So a first deploy is
+# two round trips, each within PARALLEL_CALLS for every example (the gateway's 11 children:
+# 6 then 5): the first deploys of gateway and multi-node services were the slowest
+# reconciles at a thousand services. Scalers and routes go with the workloads, so a kind the
+# cluster does not serve is refused after the workload is written, as before.
+_FIRST = frozenset({"ServiceAccount", "Role", "ConfigMap", "Service", "NetworkPolicy"})
+
+
+def stages(children: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``children`` in the order they are written: the ones nothing needs in place first,
+    then the rest (workloads, RoleBindings, routes, scalers); empty stages left out."""
+    first = [child for child in children if child["kind"] in _FIRST]
+    rest = [child for child in children if child["kind"] not in _FIRST]
+    return [stage for stage in (first, rest) if stage]
 
 
 async def _apply_children(actions: Actions, api: KubeApi) -> None:
     """Apply ``actions.apply`` stage by stage; the first refusal (in the order decided)
     stops the reconcile after its stage's writes have returned."""
-    for stage in sorted({_STAGES.get(child["kind"], _OTHERS) for child in actions.apply}):
-        batch = [child for child in actions.apply if _STAGES.get(child["kind"], _OTHERS) == stage]
+    for batch in stages(actions.apply):
         for child, applied in zip(batch, await concurrently(api.apply(child) for child in batch)):
             if isinstance(applied, ApiException):
                 raise refused_write(applied, child["metadata"]["namespace"], child in actions.gateway) from None
