@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Precision
+from ..api import API_VERSION, GROUP, VERSION, AutoscalingMode, ConditionType, Precision
 from ..api.validation import parse_service_spec
 from ..decide import Observed, Parsed, parse, workload_replicas
 from ..decide.status import is_true, parse_status
@@ -103,7 +103,7 @@ async def requeue(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonSt
         except kopf.TemporaryError as error:  # posted and counted by the reconcile
             delay, failures = error.delay, failures + 1
         if patch.status:
-            service = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMService",
+            service = {"apiVersion": API_VERSION, "kind": "LLMService",
                        "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
             try:
                 await memo.api.patch_status(service, dict(patch.status))
