@@ -64,7 +64,8 @@ PUBLIC = (("azure-llm-2023/AzureLLMInferenceTrace_code.csv", 4.0),
           ("mooncake-fast25/conversation_trace.jsonl", 1.4),
           ("mooncake-fast25/synthetic_trace.jsonl", 1.0))
 LENGTHS = {"long-context": "mooncake-fast25/conversation_trace.jsonl",
-           "bursts": "azure-llm-2023/AzureLLMInferenceTrace_code.csv"}
+           "bursts": "azure-llm-2023/AzureLLMInferenceTrace_code.csv",
+           "idle-gaps": "azure-llm-2023/AzureLLMInferenceTrace_code.csv"}
 DEFAULT_LENGTHS = "azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
 # The long-context family is a 32k-context service: Mooncake's prompts up to 32k tokens (nine
 # in ten of them; KV fills long before the 256 batch slots do). A longer prompt takes over 2 s

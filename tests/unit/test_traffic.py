@@ -39,6 +39,13 @@ def test_each_family_has_its_shape():
     assert max(diurnal) < 1.3 * 600 and min(diurnal) > 0.3 * 600
     lengths = {(r.input_tokens, r.output_tokens) for r in traffic.generate("long-context", 3, 600, 5.0, LENGTHS)}
     assert lengths <= set(LENGTHS) and len(lengths) == 3
+    # On/off: clumps at the peak, and idle minutes (a few requests) between active spells.
+    on_off = traffic.generate("idle-gaps", 3, duration, 10.0, LENGTHS)
+    seconds = [0] * duration
+    for r in on_off:
+        seconds[int(r.arrival)] += 1
+    idle = [m for m in _per_minute(on_off, duration) if m < 0.05 * 600]
+    assert len(idle) >= 5 and max(sum(seconds[t:t + 15]) for t in range(duration - 15)) > 0.8 * 150
 
 
 def test_the_benchmark_reports_on_test_seeds_and_public_traces_only(monkeypatch, tmp_path):
