@@ -355,6 +355,18 @@ def test_a_scale_up_only_the_trend_asks_for_is_given_back_once_ready():
     assert ready.desired == 3 and "scaling down" in ready.reason, ready.reason
 
 
+def test_a_fleet_only_the_trend_holds_is_not_held_by_it_for_the_window():
+    """Four replicas, 2.8 replicas' worth at the busiest scrape and the trend +1.2 more: the
+    trend alone keeps the fourth. Once the load is flat (2.4), the window holds what the
+    load asked for (3), so the fourth goes at once instead of after 300 s (on/off traffic
+    read such a slope at every clump)."""
+    recs = Recommendations([(0.0, 3)])
+    held = decide(1000, _counted(1000, (88, 96, 104, 112), 4), 4, 4, 0, NO_BAND, recs)
+    assert held.desired == 4 and "+1.2 burst headroom" in held.reason, held.reason
+    flat = decide(1015, _counted(1015, (96, 96, 96, 96), 4), 4, 4, 0, NO_BAND, recs)
+    assert flat.desired == 3 and "scaling down" in flat.reason, flat.reason
+
+
 def test_a_scale_up_the_measured_demand_asks_for_is_held_for_the_window():
     # The same fleet where the busiest scrape itself reads 3.2 replicas' worth (128
     # requests/s): the load, not a forecast, asked for the fourth, and the window holds it.

@@ -97,13 +97,19 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
 8. **Slow, stabilised scale-down.** A scale-down takes the highest ``want`` seen within
    ``stabilization_seconds`` (``scaleDownStabilizationSeconds``, default 300 s, the HPA's)
    and removes at most ``down_step`` (1) replica per decision. The window holds what the
-   measured load asked for, not a forecast: a scale-up that only the current trend asks for
-   (the demand and the learned headroom fit in the fleet, no backlog) is recorded as the
-   fleet it started from. A ramp that is real raises the demand itself within a cold start
-   and keeps the replica; a trend read off a noisy minute (four scrapes of counted requests:
-   on the training traces' smooth load such a slope added 0.5-0.7 replicas, and each replica
-   it started was then held for the whole window) gives it back once it is ready. No
-   scale-down while replicas start, so a replica is never removed before it has served.
+   measured load asked for (the demand and the learned headroom, or with a backlog all of
+   ``want``), not a forecast: a scale-up that only the current trend asks for (the demand
+   and the learned headroom fit in the fleet, no backlog) is recorded as the fleet it
+   started from, and a decision where the trend alone keeps the fleet as it is records what
+   the measured load asks for. A ramp that is real raises the demand itself within a cold
+   start and keeps the replica; a trend read off a noisy minute (four scrapes of counted
+   requests: on the training traces' smooth load such a slope added 0.5-0.7 replicas, and
+   each replica it started was then held for the whole window) or off the first seconds of
+   a clump of on/off traffic (15-45 s at several times the rate between clumps, so the
+   window saw the trend again with every clump) gives it back once it is ready: on the
+   training traces (seeds 1-6 of six families) that took 2.4 % off the GPU-hours (8.1 % on
+   the on/off family) and the SLO held on the same traces. No scale-down while replicas
+   start, so a replica is never removed before it has served.
 9. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
 
 The operator, the simulator and the tests all call :func:`decide`.
@@ -417,11 +423,14 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
             why += f", {waiting} requests waiting"
         want = max(want, by_queue)
     want = _clamp(max(want, 0), params)
-    # A scale-up only the trend asks for is a forecast: the window records the fleet it
-    # started from, so a trend the load does not bear out is given back once its replicas
-    # are ready instead of being held for the whole window.
-    forecast = want > current and not queued and math.ceil(demand + learned - 1e-9) <= current
-    recommendations.add(now, current if forecast else want, params.stabilization_seconds)
+    # The window records what the measured load asks for (the demand and the learned
+    # headroom; with a backlog, all of ``want``), never the trend's forecast: a scale-up
+    # only the trend asks for records the fleet it started from, so a trend the load does
+    # not bear out is given back once its replicas are ready, and a fleet the trend holds
+    # where it is is not held there for the whole window by it.
+    measured = math.ceil(demand + min(learned, max(recent, demand)) - 1e-9)
+    recorded = want if queued else min(want, max(measured, current if want > current else 0))
+    recommendations.add(now, recorded, params.stabilization_seconds)
     stabilization, load_kind = params.stabilization_seconds, ""
 
     if want > current:
