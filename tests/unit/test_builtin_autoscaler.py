@@ -68,9 +68,9 @@ async def test_the_demand_from_arrivals_uses_the_finished_requests_and_the_reque
     await scaler.evaluate("llm", "svc", SPEC, 1, request_seconds=cost)
     now[0] = 115.0
     decision = await scaler.evaluate("llm", "svc", SPEC, 1, request_seconds=cost)
-    # 40 requests/s x 0.05 s over the 1.0 utilisation target: 2 replicas.
+    # 40 requests/s x 0.05 s over the 0.9 utilisation target: 2.2, so 3 replicas.
     assert costs == [(1000, 200)]
-    assert decision.desired == 2 and decision.reason.startswith("arrivals load"), decision.reason
+    assert decision.desired == 3 and decision.reason.startswith("arrivals load"), decision.reason
 
 
 def test_the_operator_costs_a_request_from_the_planned_status_as_the_simulator_does():

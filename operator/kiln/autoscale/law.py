@@ -15,12 +15,12 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    need N × cost / target replicas whatever the fleet runs now. An occupancy (KV or batch
    fraction) is not: a lightly loaded replica's requests finish sooner, so the occupancy of
    five replicas understates what three would carry, and a law on occupancy alone removed
-   replicas while the load rose. ``utilization_target`` (1.0, chosen on the benchmark's
+   replicas while the load rose. ``utilization_target`` (0.9, chosen on the benchmark's
    training traces from 0.9 and 1.0) is the share of a replica's throughput capacity at
-   full batch it is sized at. At 1.0 the arrivals alone size the fleet at that capacity; the
-   slack the TTFT SLO needs (a replica at capacity has every batch slot taken, and new
-   requests wait for one) comes from the pressures' own targets below 1 (the batch at 0.75),
-   which floor the demand, and from the headroom. Finished requests trail arrivals by a request's lifetime (seconds, against a
+   full batch it is sized at. The rest of the slack the TTFT SLO needs (a replica at
+   capacity has every batch slot taken, and new requests wait for one) comes from the
+   pressures' own targets below 1 (the batch at 0.75), which floor the demand, and from the
+   headroom. Finished requests trail arrivals by a request's lifetime (seconds, against a
    cold start of minutes) and, unlike the requests running, do not move when the Service
    shifts load to a new replica; a scrape counts once every replica it read has an interval
    (:func:`arrival_demand`). The busiest scrape of the window counts, so that a burst between
@@ -43,8 +43,8 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
 
    - the *learned* rise: how much this service's demand from arrivals rose within one
      ``headroom_horizon`` over the last ``headroom_memory`` (1 h), at ``headroom_quantile``
-     (chosen on the training traces from 0.95 and 0.99: the rises of all but the steepest
-     few percent of moments, as the SLO forgives a percent of requests), but never above the
+     (0.99, chosen on the training traces from 0.95 and 0.99: the rises of all but the
+     steepest percent of moments, as the SLO forgives a percent of requests), but never above the
      highest demand of that hour: a bursty service keeps a burst's worth of spare replicas
      through its lulls and none at its peak, a smooth one keeps what its noise adds;
    - the *current trend*: the least-squares slope of the demand over the window's scrapes
@@ -174,7 +174,7 @@ class LawParams:
     # new replicas serve), taken at its ``headroom_quantile``.
     headroom_horizon: float = 90.0
     headroom_memory: float = 3600.0
-    headroom_quantile: float = 0.95  # chosen on the benchmark's training traces
+    headroom_quantile: float = 0.99  # chosen on the benchmark's training traces
     # Spare replicas for a rise not yet ruled out, shrinking to none as the recorded history
     # grows to ``headroom_memory``.
     headroom_prior: float = 1.0  # chosen on the benchmark's training traces
@@ -183,7 +183,7 @@ class LawParams:
     # performance model, ``PerfModel.request_seconds``) over ``utilization_target``; None
     # (no performance model) leaves the pressures alone.
     request_seconds: Callable[[float, float], float] | None = field(default=None, compare=False, repr=False)
-    utilization_target: float = 1.0  # chosen on the benchmark's training traces
+    utilization_target: float = 0.9  # chosen on the benchmark's training traces
 
     @classmethod
     def for_service(cls, scaling: AutoscalingSpec, **overrides: Any) -> LawParams:
