@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.decide.conditions import get_condition, is_true
+from kiln.controller.execute import write_status
 from kiln.controller.models import ModelResolver
 from kiln.controller.reconcile import reconcile_service
 from kiln.decide.status import status_wire
@@ -30,6 +31,7 @@ from ..support.cluster import chart_rbac
 
 NS = "llm"
 MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
+DJL = yaml.safe_load((ROOT / "examples" / "qwen2.5-7b-djl.yaml").read_text())
 
 
 def _conditions(obj):
@@ -167,6 +169,22 @@ async def test_a_settled_service_s_new_kv_figures_cost_a_status_write_not_a_reco
     assert sb.changes("deployments", "services", "jobs", "llmengines") == children
     labels = (("namespace", sb.ns(NS)), ("service", "mistral-7b"))
     assert _operator_metrics(sb)[("kiln_service_kv_cache_utilization", labels)] == 0.7
+
+
+async def test_a_settled_service_without_an_openai_endpoint_is_reconciled_without_a_write(sandbox):
+    # A DJL service has no OpenAI endpoint, so its status has no ``endpoints``; when the CRD
+    # defaulted status.endpoints to {}, the real API server put it back after every removal,
+    # and each full resync sent the removal again: a write that changed nothing.
+    sb = sandbox
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(DJL))
+    await sb.wait_for(lambda: _ready(sb, "qwen-7b-djl"), what="Ready=True")
+    svc = _service(sb, "qwen-7b-djl")
+    actions = await reconcile_service(copy.deepcopy(svc), sb.api, ModelResolver(allow_download=False), "now")
+    patch: dict = {}
+    write_status(patch, svc["status"], actions)
+    assert patch == {}
 
 
 async def test_spec_change_rebuilds_and_rolls_only_after_the_new_engine_is_ready(sandbox):

@@ -206,8 +206,25 @@ def _status_schema(model: type[BaseModel]) -> dict[str, Any]:
     SmartProgressStorage, whose touch field is ``status.kopf.dummy``: kopf/_cogs/configs/
     progress.py); the operator configures AnnotationsProgressStorage and
     AnnotationsDiffBaseStorage (controller/handlers.py, ``configure``), so kopf writes
-    annotations only."""
-    return openapi_schema(model)
+    annotations only.
+
+    Without defaults: the operator writes the status whole and compares it with what it read,
+    and a default would be put back by the API server in every request and every read from
+    etcd (apiextensions-apiserver, pkg/apiserver/schema/defaulting/algorithm.go, ``Default``).
+    A field the operator removes (``endpoints`` of a service with no OpenAI endpoint, which
+    the nested-object rule of ``_structural`` defaulted to ``{}``) came back, and removing it
+    again was a write that changed nothing, repeated on every full resync."""
+    return _without_defaults(openapi_schema(model))
+
+
+def _without_defaults(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with no ``default`` at any level (of its properties and items)."""
+    node = {key: value for key, value in schema.items() if key != "default"}
+    if "properties" in node:
+        node["properties"] = {name: _without_defaults(prop) for name, prop in node["properties"].items()}
+    if isinstance(node.get("items"), dict):
+        node["items"] = _without_defaults(node["items"])
+    return node
 
 
 def _crd(kind: str, plural: str, scope: str, spec: dict[str, Any], status: dict[str, Any],
