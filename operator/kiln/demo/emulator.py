@@ -19,7 +19,11 @@ Where the real control plane (tests/controlplane, the integration suite's ``real
 behaves differently and this emulator does not follow: it installs any CRD (a real API server
 evaluates a CRD's CEL rules on its defaults and refused Kiln's ``{}`` defaults), admits any
 object (no schema, CEL, strict field validation, null defaulting or name validation; the
-admission parity test runs on the real server), authorizes every request (RBAC is audited
+admission parity test runs on the real server), fills in no schema default (the real server
+sets a CRD's ``default`` values on every write and every read from etcd: the spec's come from
+the same pydantic models the operator parses a spec with, so both back-ends decide alike, and
+the status schemas have none, as a default there put back what the operator removed; see
+:func:`kiln.api.crd._status_schema`), authorizes every request (RBAC is audited
 here, enforced there), and runs no Job, ReplicaSet or Deployment controller (the simulated
 kubelet writes a Deployment's status here; there, the controllers do from the Pods' status).
 """
