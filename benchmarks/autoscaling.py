@@ -73,12 +73,14 @@ DEFAULT_LENGTHS = "azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
 # would compare nothing.
 LONG_CONTEXT_MAX_INPUT = 32768
 # The law's free parameters, chosen on the training traces: the utilisation target, the
-# headroom quantile and the prior headroom (none, or a replica). A utilisation target of 0.8
-# is no longer offered: it was the costliest and was never chosen; nor the HPA's 10 %
-# scale-down band, which cost 1.8-2.4 GPU-hours more at each of the four other settings, with
-# the same SLO, in the training run before the prior was offered.
-CANDIDATES = tuple({"utilization_target": u, "headroom_quantile": q, "headroom_prior": p}
-                   for u in (0.9, 1.0) for q in (0.95, 0.99) for p in (0.0, 1.0))
+# headroom quantile and the trend's statistic (the median or the least of the slopes between
+# scrapes). A utilisation target of 0.8 is no longer offered: it was the costliest and was
+# never chosen; nor the HPA's 10 % scale-down band, which cost 1.8-2.4 GPU-hours more at each
+# of the four other settings, with the same SLO, in the training run before the prior was
+# offered; nor no prior headroom, which met the SLO on 3-7 fewer training traces than the
+# prior's replica at each of the four settings of the run before.
+CANDIDATES = tuple({"utilization_target": u, "headroom_quantile": q, "trend_statistic": t}
+                   for u in (0.9, 1.0) for q in (0.95, 0.99) for t in ("median", "least"))
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 COLD_START_FAMILIES = ("bursts", "fast-ramp")
 # What the last --train run chose (and every candidate's figures).

@@ -404,3 +404,37 @@ def test_an_hour_without_a_steep_rise_gives_the_prior_replica_back():
     assert recs.prior(1800.0, 1.0, PRIOR.headroom_memory) == pytest.approx(0.5)
     smooth = decide(3600, _finishing(3600, (20, 20, 20)), 3, 3, 0, PRIOR, recs)
     assert smooth.desired == 2 and "headroom" not in smooth.reason, smooth.reason
+
+
+@pytest.mark.parametrize("statistic", ["median", "least"])
+def test_a_step_is_not_a_ramp(statistic):
+    """On/off traffic jumps from 40 to 112 requests/s within one scrape and stays there: the
+    busiest scrape is 2.8 replicas' worth and no more is coming, so no trend is added (a
+    least-squares slope through the step forecast +1.6 replicas within a cold start). A ramp
+    through the same scrapes rises between each two, and its trend is added."""
+    params = replace(NO_BAND, trend_statistic=statistic)
+    step = decide(1000, _counted(1000, (40, 40, 112, 112), 4), 4, 4, 0, params, Recommendations([(0.0, 4)]))
+    assert step.desired == 3 and "headroom" not in step.reason, step.reason
+    ramp = decide(1000, _counted(1000, (88, 96, 104, 112), 4), 4, 4, 0, params, Recommendations([(0.0, 4)]))
+    assert ramp.desired == 4 and "+1.2 burst headroom" in ramp.reason, ramp.reason
+
+
+def _backlogged(now, fleet_rates, waiting, replicas=2, period=15):
+    """:func:`_counted` with ``waiting[k]`` requests waiting on each replica at the k-th scrape."""
+    samples = _counted(now, fleet_rates, replicas, period)
+    times = sorted({s.time for s in samples})
+    return [replace(s, waiting=waiting[times.index(s.time)]) for s in samples]
+
+
+def test_the_rise_that_makes_a_backlog_is_learned_and_its_drain_is_not():
+    """A backlog growing from 0 to 30 per replica while two replicas finish what they can
+    (120 requests/s, 3.0 replicas' worth): the arrivals were at least that, and the law
+    records it, so the rise from 1.0 is learned. Once the backlog shrinks, the requests
+    finished are the catch-up (160 requests/s), not the traffic, and nothing is recorded."""
+    recs = Recommendations([(0.0, 2)])
+    recs.demand, recs.since = [(float(t), 1.0) for t in range(0, 990, 15)], 0.0
+    decide(1000, _backlogged(1000, (40, 40, 120, 120), (0, 0, 0, 10, 30)), 2, 2, 0, NO_BAND, recs)
+    assert recs.demand[-1] == (1000, pytest.approx(3.0))
+    assert recs.headroom(NO_BAND.headroom_horizon, 0.99) == pytest.approx(2.0)
+    decide(1015, _backlogged(1015, (40, 120, 120, 160), (0, 0, 10, 30, 20)), 2, 2, 0, NO_BAND, recs)
+    assert recs.demand[-1][0] == 1000  # the drain's scrape is not on record
