@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -438,3 +440,11 @@ def test_the_rise_that_makes_a_backlog_is_learned_and_its_drain_is_not():
     assert recs.headroom(NO_BAND.headroom_horizon, 0.99) == pytest.approx(2.0)
     decide(1015, _backlogged(1015, (40, 120, 120, 160), (0, 0, 10, 30, 20)), 2, 2, 0, NO_BAND, recs)
     assert recs.demand[-1][0] == 1000  # the drain's scrape is not on record
+
+
+def test_the_defaults_are_the_choice_of_the_benchmarks_training():
+    """``LawParams``' free parameters are what ``benchmarks/autoscaling.py --train`` chose
+    on the training traces (the figures of that run are in the same file)."""
+    training = Path(__file__).resolve().parents[2] / "benchmarks" / "autoscaling-training.json"
+    chosen = json.loads(training.read_text())["chosen"]
+    assert {name: getattr(LawParams(), name) for name in chosen} == chosen
