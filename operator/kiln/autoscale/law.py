@@ -78,8 +78,8 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    finished are what the fleet could serve, at most the arrivals: that lower bound is
    recorded, because the steepest rises are the ones that make a backlog, and a record
    without them learned rises of 1.2 replicas on on/off traffic whose clumps rose by 3
-   (on the training traces that family then missed the SLO on 2-3 of 10 seeds, and met it
-   on all 10 with them). Without a performance model, the pressures are recorded, except
+   (on the training traces that family then missed the SLO on 1-2 of 10 seeds, with either
+   trend statistic, and met it on all 10 with them). Without a performance model, the pressures are recorded, except
    while replicas start.
 5. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
    replica past its target is already making requests wait); a scale-down keeps
