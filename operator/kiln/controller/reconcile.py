@@ -134,11 +134,14 @@ def _post(body: kopf.Body, ctx: OperatorContext, actions: Actions) -> None:
     """The reconcile's Events, and the counters that follow them."""
     telemetry = ctx.telemetry
     for type_, reason, message in actions.events:
+        if reason == EventReason.ENGINE_REUSED:
+            key = (actions.engine or {}).get("spec", {}).get("key", "")
+            if not telemetry.first_hit(str(body["metadata"].get("uid")), key):
+                continue  # the same hit, read again off a status not yet written back
+            telemetry.cache_hits.inc()
         kopf.event(body, type=type_, reason=reason, message=message)
         if reason in _BUILD_EVENTS:
             telemetry.builds.labels(_BUILD_EVENTS[reason]).inc()  # type: ignore[index]
-        elif reason == EventReason.ENGINE_REUSED:
-            telemetry.cache_hits.inc()
         elif type_ == "Warning":
             telemetry.reconcile_errors.labels("LLMService", reason).inc()
     if actions.build_seconds is not None:

@@ -52,6 +52,8 @@ class Telemetry:
             buckets=(60, 300, 600, 1200, 1800, 3600, 7200, 14400))
         self.cache_hits = Counter("kiln_engine_cache_hits_total",
                                   "Services served by an engine that was already built", registry=r)
+        # The engine key each service (by uid) was last counted a cache hit for.
+        self._hits: dict[str, str] = {}
         self.decisions = Counter("kiln_autoscaler_decisions_total", "Builtin autoscaler decisions",
                                  [*_SERVICE, "direction"], registry=r)
         self.desired = Gauge("kiln_service_desired_replicas", "Replicas the service should run",
@@ -71,6 +73,16 @@ class Telemetry:
 
     def serve(self, port: int = METRICS_PORT) -> None:
         start_http_server(port, registry=self.registry)
+
+    def first_hit(self, uid: str, key: str) -> bool:
+        """Whether this is the first cache hit of service ``uid`` on engine ``key``. A reconcile
+        on a body whose status the watch has not yet brought up to date (the status patch
+        that records the engine lands after the reconcile that found it built) finds the
+        same engine new again; that is one hit, not two."""
+        if self._hits.get(uid) == key:
+            return False
+        self._hits[uid] = key
+        return True
 
     def observe_service(self, namespace: str, name: str, spec: Mapping[str, Any],
                         status: LLMServiceStatus) -> None:
