@@ -32,3 +32,11 @@ def test_a_reconcile_on_a_status_not_yet_written_back_counts_the_hit_once(monkey
     reconcile._post({"metadata": {"uid": "u-2"}}, ctx, _reused("k1"))
     reconcile._post(body, ctx, _reused("k2"))
     assert ctx.telemetry.registry.get_sample_value("kiln_engine_cache_hits_total") == 3
+
+
+def test_a_deleted_service_leaves_no_cache_hit_record_behind(monkeypatch):
+    monkeypatch.setattr(reconcile.kopf, "event", lambda body, **event: None)
+    ctx = OperatorContext(api=None)  # type: ignore[arg-type]
+    reconcile._post({"metadata": {"uid": "u-1"}}, ctx, _reused("k1"))
+    ctx.telemetry.forget_service("ns", "svc", "u-1")
+    assert not ctx.telemetry._hits

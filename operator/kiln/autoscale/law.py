@@ -79,8 +79,8 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    recorded, because the steepest rises are the ones that make a backlog, and a record
    without them learned rises of 1.2 replicas on on/off traffic whose clumps rose by 3
    (on the training traces that family then missed the SLO on 1-2 of 10 seeds, with either
-   trend statistic, and met it on all 10 with them). Without a performance model, the pressures are recorded, except
-   while replicas start.
+   trend statistic, and met it on all 10 with them). Without a performance model, the
+   pressures are recorded, except while replicas start.
 5. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
    replica past its target is already making requests wait); a scale-down keeps
    ``ceil(need / (1 - tolerance))`` replicas. ``tolerance`` (0) was chosen on the training
@@ -377,7 +377,8 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     waits: dict[float, int] = {}
     for sample in fresh:
         waits[sample.time] = waits.get(sample.time, 0) + sample.waiting
-    waiting = min(waits[t] for t in sorted(waits)[-2:])
+    last_two = [waits[t] for t in sorted(waits)[-2:]]
+    waiting = min(last_two)
     queued = waiting > params.queue_per_replica * ready
     # Every reporting replica's batch full at the last scrape: the requests beyond it are unseen.
     saturated = queued and all((latest[r].batch_fraction or 0.0) >= 1.0 for r in reporting)
@@ -387,8 +388,7 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         # since the scrape before): requests finish faster than they arrive then. While it
         # holds or grows, the requests finished are at most the arrivals: a lower bound of
         # the rise that made the backlog, recorded.
-        scrapes = sorted(waits)
-        draining = queued and len(scrapes) > 1 and waits[scrapes[-1]] < waits[scrapes[-2]]
+        draining = queued and last_two[-1] < last_two[0]
         if by_arrivals and not draining and max(by_arrivals) == max(totals):
             recommendations.add_demand(now, max(by_arrivals.values()), params.headroom_memory)
     elif not queued and not starting:

@@ -253,4 +253,4 @@ async def forget(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
     meta = event["object"].get("metadata") or {}
     memo.autoscaler.forget(meta.get("namespace", ""), meta.get("name", ""))
     memo.changed.discard(meta.get("uid", ""))
-    memo.telemetry.forget_service(meta.get("namespace", ""), meta.get("name", ""))
+    memo.telemetry.forget_service(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""))

@@ -106,7 +106,8 @@ class Telemetry:
             if condition in present:
                 self.condition.labels(*labels, condition).set(1 if present[condition] == "True" else 0)
 
-    def forget_service(self, namespace: str, name: str) -> None:
+    def forget_service(self, namespace: str, name: str, uid: str = "") -> None:
+        self._hits.pop(uid, None)
         for gauge in (self.desired, self.ready, self.max, self.kv_predicted, self.kv_observed,
                       self.kv_utilization):
             try:
