@@ -421,6 +421,37 @@ def test_a_step_is_not_a_ramp(statistic):
     assert ramp.desired == 4 and "+1.2 burst headroom" in ramp.reason, ramp.reason
 
 
+@pytest.mark.parametrize("statistic", ["median", "least"])
+def test_the_trend_is_the_rise_kept_up_over_a_cold_start(statistic):
+    """The requests finished trail a clump of on/off traffic, so its step from 40 to 112
+    requests/s shows over two scrapes and is then flat. Within the 60 s window, two of the
+    three slopes rise and their median forecast as much again within a cold start; over the
+    cold start itself (90 s, six slopes), the rise was kept up for a third of it and
+    forecasts nothing. A ramp rising across all six is still a trend."""
+    params = replace(NO_BAND, trend_statistic=statistic)
+    step = decide(1000, _counted(1000, (40, 40, 40, 40, 76, 112, 112), 4), 4, 4, 0, params,
+                  Recommendations([(0.0, 4)]))
+    assert step.desired == 3 and "headroom" not in step.reason, step.reason
+    ramp = decide(1000, _counted(1000, (64, 72, 80, 88, 96, 104, 112), 4), 4, 4, 0, params,
+                  Recommendations([(0.0, 4)]))
+    assert ramp.desired == 4 and "+1.2 burst headroom" in ramp.reason, ramp.reason
+
+
+def test_a_backlog_holds_what_it_asks_for_not_the_trends_forecast():
+    """Four replicas, 12 requests waiting and the demand ramping to 3.4 replicas' worth (136
+    requests/s) with a trend of +2.4 within a cold start: the fleet goes to 6. The backlog
+    asks for 5 (drained in two lifetimes at 40 running per replica), the load for 4. Once the
+    six are ready and the load is flat, the window holds the 5 the backlog and the load asked
+    for, not the sixth only the forecast asked for."""
+    recs = Recommendations([(0.0, 4)])
+    samples = [replace(s, active=40) for s in
+               _backlogged(1000, (40, 56, 72, 88, 104, 120, 136), (0, 0, 0, 0, 0, 0, 3, 3), 4)]
+    rising = decide(1000, samples, 4, 4, 0, NO_BAND, recs)
+    assert rising.desired == 6, rising.reason
+    flat = decide(1105, _counted(1105, (136,) * 7, 6), 6, 6, 0, NO_BAND, recs)
+    assert flat.desired == 5 and "scaling down" in flat.reason, flat.reason
+
+
 def _backlogged(now, fleet_rates, waiting, replicas=2, period=15):
     """:func:`_counted` with ``waiting[k]`` requests waiting on each replica at the k-th scrape."""
     samples = _counted(now, fleet_rates, replicas, period)

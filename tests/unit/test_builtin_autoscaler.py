@@ -69,7 +69,9 @@ async def test_the_demand_from_arrivals_uses_the_finished_requests_and_the_reque
     now[0] = 115.0
     decision = await scaler.evaluate("llm", "svc", SPEC, 1, request_seconds=cost)
     # 40 requests/s x 0.05 s over the 0.9 utilisation target: 2.2, so 3 replicas.
-    assert costs == [(1000, 200)]
+    # Costed at the mean lengths of the requests finished (for the demand over the window and
+    # for the trend over a cold start).
+    assert costs and set(costs) == {(1000, 200)}
     assert decision.desired == 3 and decision.reason.startswith("arrivals load"), decision.reason
 
 

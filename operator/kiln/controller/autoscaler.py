@@ -134,7 +134,7 @@ class BuiltinAutoscaler:
                                         finished=sample.finished_total,
                                         input_tokens=sample.input_tokens_total,
                                         output_tokens=sample.output_tokens_total))
-        fleet.samples = [s for s in fleet.samples if s.time >= now - params.window_seconds]
+        fleet.samples = [s for s in fleet.samples if s.time >= now - params.history_seconds]
         decision = decide(now, fleet.samples, current, ready, max(0, current - ready), params,
                           fleet.recommendations)
         if self.decision_clock is not None:

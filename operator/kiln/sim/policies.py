@@ -69,7 +69,7 @@ def kiln_policy(params: LawParams, perf: PerfModel | None = None) -> Policy:
         nonlocal history
         if not recommendations.history:  # as the operator does: start from the current count
             recommendations.add(view.now, view.current, params.stabilization_seconds)
-        history = [s for s in history if s.time >= view.now - params.window_seconds] + view.samples
+        history = [s for s in history if s.time >= view.now - params.history_seconds] + view.samples
         return decide(view.now, history, view.current, view.ready, view.starting, params,
                       recommendations).desired
     return policy
