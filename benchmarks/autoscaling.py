@@ -8,7 +8,7 @@ its engine built for each trace (``maxInputLen`` / ``maxSeqLen`` cover the trace
 lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine accepts.
 
 1. **Training** (``--train``): the law's free parameters (:data:`CANDIDATES`) are chosen on
-   generated traces with :data:`traffic.TRAIN_SEEDS` only: the cheapest of the candidates
+   generated traces with :func:`traffic.train_seeds` only: the cheapest of the candidates
    that meet the SLO on the most training traces (so a trace no candidate meets it on
    decides nothing). The choice and every candidate's figures are written to
    ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
@@ -72,15 +72,16 @@ DEFAULT_LENGTHS = "azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
 # to prefill on an idle replica, so with them no fleet at all meets the SLO and the family
 # would compare nothing.
 LONG_CONTEXT_MAX_INPUT = 32768
-# The law's free parameters, chosen on the training traces: the utilisation target, the
-# headroom quantile and the trend's statistic (the median or the least of the slopes between
-# scrapes). A utilisation target of 0.8 is no longer offered: it was the costliest and was
-# never chosen; nor the HPA's 10 % scale-down band, which cost 1.8-2.4 GPU-hours more at each
-# of the four other settings, with the same SLO, in the training run before the prior was
-# offered; nor no prior headroom, which met the SLO on 3-7 fewer training traces than the
-# prior's replica at each of the four settings of the run before.
-CANDIDATES = tuple({"utilization_target": u, "headroom_quantile": q, "trend_statistic": t}
-                   for u in (0.9, 1.0) for q in (0.95, 0.99) for t in ("median", "least"))
+# The law's free parameters, chosen on the training traces: the prior's spare replicas, the
+# prefill target and how far back the trend reads (the 60 s window or a cold start). The
+# utilisation target (0.9), the headroom quantile (0.99) and the trend's statistic (the
+# median of the slopes) are fixed: every training run that offered 1.0, 0.95 or the least
+# slope beside them chose them (each met the SLO on as many or fewer training traces at
+# every other setting); 0.8 was the costliest and never chosen; the HPA's 10 % scale-down
+# band cost 1.8-2.4 GPU-hours more at each setting with the same SLO; no prior met the SLO
+# on 3-7 fewer traces than one replica.
+CANDIDATES = tuple({"headroom_prior": prior, "prefill_target": prefill, "trend_seconds": span}
+                   for prior in (1.0, 2.0) for prefill in (0.7, 0.8) for span in (60.0, 90.0))
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 COLD_START_FAMILIES = ("bursts", "fast-ramp")
 # What the last --train run chose (and every candidate's figures).
@@ -213,7 +214,7 @@ def _job(args: tuple) -> tuple[str, dict]:
 
 
 def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor) -> dict:
-    train = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for f in traffic.FAMILIES for s in traffic.TRAIN_SEEDS]
+    train = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
     rows = []
     for candidate in CANDIDATES:
         trial = replace(params, **candidate)
@@ -325,7 +326,8 @@ def main() -> int:
                 + [("test", label, r, fleet, params) for label, r in tests[first:]] + colds[len(COLD_STARTS):])
         print(f"{len(tests)} test traces and {len(colds)} cold-start runs on {args.workers} workers",
               file=sys.stderr, flush=True)
-        corpus = {"families": list(traffic.FAMILIES), "trainSeeds": list(traffic.TRAIN_SEEDS),
+        corpus = {"families": list(traffic.FAMILIES),
+                  "trainSeeds": {f: list(traffic.train_seeds(f)) for f in traffic.FAMILIES},
                   "testSeeds": list(seeds), "durationSeconds": DURATION_S,
                   "publicTraces": [{"file": file, "rateScale": scale} for file, scale in PUBLIC
                                    if (traces / file).exists()]}

@@ -48,7 +48,7 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
      highest demand of that hour: a bursty service keeps a burst's worth of spare replicas
      through its lulls and none at its peak, a smooth one keeps what its noise adds;
    - the *current trend*: the rise the demand from arrivals kept up over the last
-     ``headroom_horizon`` (the ``trend_statistic`` of the slopes between its consecutive
+     ``trend_seconds`` (the ``trend_statistic`` of the slopes between its consecutive
      scrapes: their median or their least, chosen on the training traces) times
      ``headroom_horizon``, so that a ramp meets, from its first scrapes, what it will add
      before a replica asked for now serves. A ramp rises from every scrape to the next; a
@@ -204,6 +204,8 @@ class LawParams:
     # The trend: the median or the least ("least") of the demand's slopes between
     # consecutive scrapes of the window.
     trend_statistic: str = "median"  # chosen on the benchmark's training traces
+    # How far back the trend reads the demand's slopes: the window or a cold start.
+    trend_seconds: float = 90.0  # chosen on the benchmark's training traces
     # Demand from arrivals: requests/s x replica-seconds per request (the planner's
     # performance model, ``PerfModel.request_seconds``) over ``utilization_target``; None
     # (no performance model) leaves the pressures alone.
@@ -213,7 +215,7 @@ class LawParams:
     @property
     def history_seconds(self) -> float:
         """How far back :func:`decide` reads the samples: the window, and the trend's cold start."""
-        return max(self.window_seconds, self.headroom_horizon)
+        return max(self.window_seconds, self.trend_seconds)
 
     @classmethod
     def for_service(cls, scaling: AutoscalingSpec, **overrides: Any) -> LawParams:
@@ -421,7 +423,7 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     learned = max(min(recommendations.headroom(params.headroom_horizon, params.headroom_quantile),
                       max(0.0, peak - demand)),
                   recommendations.prior(now, params.headroom_prior, params.headroom_memory))
-    trend = _trend(arrival_demand([s for s in samples if s.time >= now - params.headroom_horizon], params),
+    trend = _trend(arrival_demand([s for s in samples if s.time >= now - params.trend_seconds], params),
                    params.trend_statistic) * params.headroom_horizon
     headroom = min(max(learned, trend), max(recent, demand))
     need = demand + headroom
