@@ -90,3 +90,42 @@ def test_the_operator_costs_a_request_from_the_planned_status_as_the_simulator_d
     # The status has no model shape, so no attention term: within 2 % on Azure conv's means.
     assert abs(_request_seconds(spec, plan)(1155, 211) / perf.request_seconds(1155, 211) - 1) < 0.02
     assert _request_seconds(spec, None) is None  # before the plan
+
+
+class _Clumps:
+    """One pod finishing 40 requests/s, then a clump of on/off traffic that the finish lag
+    spreads over two scrapes (76, then 112 requests/s)."""
+
+    def __init__(self, clock):
+        self.clock, self.done, self.last = clock, 0.0, None
+        self.rates = iter((40, 40, 40, 40, 76, 112, 112))
+
+    async def kv_samples(self, namespace, selector, api=None):
+        if self.last is not None:
+            self.done += next(self.rates) * (self.clock() - self.last)
+        self.last = self.clock()
+        return [KVSample(1000, 100, 32, max_requests=64, replica="pod-0", input_tokens_total=1000 * self.done,
+                         finished_total=self.done, output_tokens_total=200 * self.done)]
+
+
+async def test_the_operator_keeps_the_scrapes_the_trend_reads():
+    """The trend reads the last ``trend_seconds`` of scrapes, longer than the 60 s window:
+    the operator keeps them, so a clump's two-scrape rise is no trend over a cold start, as
+    in the law's own test, and is one over the window."""
+    def desired(trend_seconds):
+        now = [100.0]
+        scaler = BuiltinAutoscaler(_Api(), _Clumps(lambda: now[0]), timing={**NO_PRIOR, "trend_seconds": trend_seconds},
+                                   clock=lambda: now[0])
+
+        async def run():
+            for _ in range(8):
+                decision = await scaler.evaluate("llm", "svc", SPEC, 1, request_seconds=lambda p, o: 0.005)
+                now[0] += 15.0
+            return decision
+        return run()
+
+    # 112 requests/s x 0.005 s over the 0.9 target: 0.62 replicas, one replica.
+    cold_start = await desired(90.0)
+    assert cold_start.desired == 1 and "headroom" not in cold_start.reason, cold_start.reason
+    window = await desired(60.0)
+    assert window.desired == 2 and window.reason.startswith("burst headroom"), window.reason
