@@ -190,7 +190,7 @@ class LawParams:
     up_step_min: int = 4
     down_step: int = 1
     batch_target: float = 0.75
-    prefill_target: float = 0.8  # chosen on the benchmark's training traces
+    prefill_target: float = 0.7  # chosen on the benchmark's training traces
     # Burst headroom, learned online: over the last ``headroom_memory`` seconds, how much the
     # demand rose within one ``headroom_horizon`` (a cold start: what a burst can add before
     # new replicas serve), taken at its ``headroom_quantile``.
@@ -199,13 +199,13 @@ class LawParams:
     headroom_quantile: float = 0.99  # chosen on the benchmark's training traces
     # Spare replicas for a rise not yet ruled out, shrinking to none as the recorded history
     # grows to ``headroom_memory``.
-    headroom_prior: float = 1.0  # see 4.: none lost 3-7 of the 60 training traces
+    headroom_prior: float = 2.0  # chosen on the benchmark's training traces (see 4.)
     backlog_lifetimes: float = 2.0
     # The trend: the median or the least ("least") of the demand's slopes between
     # consecutive scrapes of the window.
     trend_statistic: str = "median"  # chosen on the benchmark's training traces
     # How far back the trend reads the demand's slopes: the window or a cold start.
-    trend_seconds: float = 90.0  # chosen on the benchmark's training traces
+    trend_seconds: float = 60.0  # chosen on the benchmark's training traces
     # Demand from arrivals: requests/s x replica-seconds per request (the planner's
     # performance model, ``PerfModel.request_seconds``) over ``utilization_target``; None
     # (no performance model) leaves the pressures alone.
