@@ -30,7 +30,10 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    each over its own target: KV block fraction over ``targetKVCacheUtilization``
    (``target``); batch slots (``active`` / ``max``) over ``batch_target`` (0.75: a batch with
    free slots still starts new requests at once); prefill load (input tokens per second over
-   the replica's prefill speed) over ``prefill_target`` (chosen on the training traces). The
+   the replica's prefill speed) over ``prefill_target`` (0.7, chosen on the training traces
+   from 0.7 and 0.8: a replica's prefill load saturates near 0.87, as each iteration's
+   decode tokens take their share of ``maxNumTokens``, so 0.8 left code-length traffic,
+   nine tenths of whose cost is its prompts, 8 % of slack below the knee). The
    demand is never below the sum of the pressures at a scrape: they see what mean lengths
    miss (a heavy tail of long prompts filling the KV cache), and they are the demand where
    there is no performance model or the token counters are not exported. A sum, not ready ×
@@ -48,29 +51,33 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
      highest demand of that hour: a bursty service keeps a burst's worth of spare replicas
      through its lulls and none at its peak, a smooth one keeps what its noise adds;
    - the *current trend*: the rise the demand from arrivals kept up over the last
-     ``trend_seconds`` (the ``trend_statistic`` of the slopes between its consecutive
+     ``trend_seconds`` (60 s, the window, chosen on the training traces from it and a cold
+     start's 90 s; the ``trend_statistic`` of the slopes between its consecutive
      scrapes: their median or their least, chosen on the training traces) times
      ``headroom_horizon``, so that a ramp meets, from its first scrapes, what it will add
      before a replica asked for now serves. A ramp rises from every scrape to the next; a
      step does not: on/off traffic jumps to its peak within a scrape or two and stays there,
      and a least-squares slope through such a step forecast 1.5-2x the step again within a
      cold start (on the training traces' on/off family, the trend alone asked for 7-8
-     replicas where 4 carried every clump). Over one cold start, not the 60 s window: the
-     requests finished trail a clump, so its step shows over two or three scrapes, most of
-     the window's three slopes, and read as a ramp at every clump; over the six slopes of a
-     cold start it holds the median only when it was kept up for half of it. On the training traces at the
-     previous training's choice (0.9, 0.99, median) that took the GPU-hours from 199.0 to
-     190.3 (the on/off family from 47.7 to 42.3) with the SLO met on the same 60 of 60.
+     replicas where 4 carried every clump). The requests finished trail a clump, so its step
+     shows over two or three scrapes, most of the window's three slopes, and reads as a
+     ramp at every clump; over the six slopes of a cold start it holds the median only when
+     it was kept up for half of it. The cold start cost 4-7 % fewer GPU-hours on the 110
+     training traces at each setting of the other two parameters and met the SLO on one or
+     two fewer: it reads the edge of a burst half a cold start late.
 
-   - the *prior*: ``headroom_prior`` (1 replica: without it, every setting of an earlier
-     training run met the SLO on 3-7 fewer of the 60 training traces)
-     of spare capacity for a rise the service has not yet had the time to rule out, shrinking
-     linearly to nothing as its recorded history grows to ``headroom_memory``. The learned
+   - the *prior*: ``headroom_prior`` (2 replicas, chosen on the training traces from 1 and 2;
+     without any, every setting of an earlier training run met the SLO on 3-7 fewer of its 60
+     training traces) of spare capacity for a rise the service has not yet had the time to
+     rule out, shrinking linearly to nothing as its recorded history grows to ``headroom_memory``. The learned
      rise only knows the rises it has seen, and the first burst of a service comes before any:
      on the benchmark's bursty traffic (seeds 1-40 of its bursts family, none a test seed) two
      thirds of the requests that missed the SLO arrived in a trace's first burst, which rose
-     by 1-2 replicas' worth within a cold start while the fleet held its measured demand. A
-     whole replica because that is the smallest spare a fleet can hold; shrinking with the
+     by 1-2 replicas' worth within a cold start while the fleet held its measured demand. In the
+     training run on bursts seeds 1-40, one replica left 3-8 of them missing (a first burst
+     of 3-4x the base within two minutes), two replicas 0-4 (none at the chosen setting), for
+     4-7 % more GPU-hours on the 110 training traces. Whole
+     replicas because that is the smallest spare a fleet can hold; shrinking with the
      history because an hour without a steep rise is the evidence that the service has none
      (the learned rise then takes over), so a smooth service pays for it only in its first
      hour after the operator starts watching it. It is not capped by the highest demand on
@@ -126,11 +133,12 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    a clump of on/off traffic (15-45 s at several times the rate between clumps, so the
    window saw the trend again with every clump) gives it back once it is ready: on the
    training traces (seeds 1-6 of six families) that took 2.4 % off the GPU-hours (8.1 % on
-   the on/off family) and the SLO held on the same traces. With a backlog the window held
-   all of ``want`` until a later training run, the trend's part included: a clump of on/off
-   traffic that queued a few requests while the trend asked for twice the fleet held twice
-   the fleet through the idle minutes after it (on the training traces, recording what the
-   backlog asks for instead took 190.3 GPU-hours to 189.2, the SLO on the same traces). No
+   the on/off family) and the SLO held on the same traces. With a backlog the window
+   held all of ``want`` before, the trend's part included: a clump of on/off traffic that
+   queued a few requests while the trend asked for twice the fleet held twice the fleet
+   through the idle minutes after it (on seeds 1-10 of the six families, with the trend over
+   a cold start, recording what the backlog asks for instead took 190.3 GPU-hours to 189.2,
+   the SLO on the same 60 traces). No
    scale-down while replicas start, so a replica is never removed before it has served.
 9. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
 
