@@ -52,8 +52,8 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
      through its lulls and none at its peak, a smooth one keeps what its noise adds;
    - the *current trend*: the rise the demand from arrivals kept up over the last
      ``trend_seconds`` (60 s, the window, chosen on the training traces from it and a cold
-     start's 90 s; the ``trend_statistic`` of the slopes between its consecutive
-     scrapes: their median or their least, chosen on the training traces) times
+     start's 90 s; the ``trend_statistic`` of the slopes between its consecutive scrapes:
+     their median, chosen over their least in earlier training runs) times
      ``headroom_horizon``, so that a ramp meets, from its first scrapes, what it will add
      before a replica asked for now serves. A ramp rises from every scrape to the next; a
      step does not: on/off traffic jumps to its peak within a scrape or two and stays there,
@@ -69,16 +69,17 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    - the *prior*: ``headroom_prior`` (2 replicas, chosen on the training traces from 1 and 2;
      without any, every setting of an earlier training run met the SLO on 3-7 fewer of its 60
      training traces) of spare capacity for a rise the service has not yet had the time to
-     rule out, shrinking linearly to nothing as its recorded history grows to ``headroom_memory``. The learned
-     rise only knows the rises it has seen, and the first burst of a service comes before any:
+     rule out, shrinking linearly to nothing as its recorded history grows to
+     ``headroom_memory``. The learned rise only knows the rises it has seen, and the first
+     burst of a service comes before any:
      on the benchmark's bursty traffic (seeds 1-40 of its bursts family, none a test seed) two
      thirds of the requests that missed the SLO arrived in a trace's first burst, which rose
-     by 1-2 replicas' worth within a cold start while the fleet held its measured demand. In the
-     training run on bursts seeds 1-40, one replica left 3-8 of them missing (a first burst
-     of 3-4x the base within two minutes), two replicas 0-4 (none at the chosen setting), for
-     4-7 % more GPU-hours on the 110 training traces. Whole
-     replicas because that is the smallest spare a fleet can hold; shrinking with the
-     history because an hour without a steep rise is the evidence that the service has none
+     by 1-2 replicas' worth within a cold start while the fleet held its measured demand.
+     In the training run on bursts seeds 1-40, one replica left 3-8 of them missing (on
+     bursts/18 the first burst rose from 1.2 to 4.9 replicas' worth in three and a half
+     minutes), two replicas 0-4 (none at the chosen setting), for 4-7 % more GPU-hours on
+     the 110 training traces. Whole replicas because that is the smallest spare a fleet can
+     hold; shrinking with the history because an hour without a steep rise is the evidence that the service has none
      (the learned rise then takes over), so a smooth service pays for it only in its first
      hour after the operator starts watching it. It is not capped by the highest demand on
      record, since it is for a rise above it.
@@ -138,8 +139,8 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    queued a few requests while the trend asked for twice the fleet held twice the fleet
    through the idle minutes after it (on seeds 1-10 of the six families, with the trend over
    a cold start, recording what the backlog asks for instead took 190.3 GPU-hours to 189.2,
-   the SLO on the same 60 traces). No
-   scale-down while replicas start, so a replica is never removed before it has served.
+   the SLO on the same 60 traces). No scale-down while replicas start, so a replica is
+   never removed before it has served.
 9. **Bounds.** The result is clamped to [minReplicas, maxReplicas].
 
 The operator, the simulator and the tests all call :func:`decide`.
