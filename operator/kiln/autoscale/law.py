@@ -432,8 +432,10 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     learned = max(min(recommendations.headroom(params.headroom_horizon, params.headroom_quantile),
                       max(0.0, peak - demand)),
                   recommendations.prior(now, params.headroom_prior, params.headroom_memory))
-    trend = _trend(arrival_demand([s for s in samples if s.time >= now - params.trend_seconds], params),
-                   params.trend_statistic) * params.headroom_horizon
+    # Over the window itself, the demand at each scrape is already known.
+    over = by_arrivals if params.trend_seconds == params.window_seconds else arrival_demand(
+        [s for s in samples if s.time >= now - params.trend_seconds], params)
+    trend = _trend(over, params.trend_statistic) * params.headroom_horizon
     headroom = min(max(learned, trend), max(recent, demand))
     need = demand + headroom
     want = math.ceil(need - 1e-9)
