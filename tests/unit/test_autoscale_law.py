@@ -441,6 +441,33 @@ def test_the_trend_is_the_rise_kept_up_over_a_cold_start(statistic):
     assert ramp.desired == 4 and "+1.2 burst headroom" in ramp.reason, ramp.reason
 
 
+def _clumps(size):
+    """A record of on/off demand: 1.0 replica's worth, with clumps of ``size`` at 150-300 s,
+    450-600 s and 750-900 s."""
+    recs = Recommendations([(0.0, 4)])
+    recs.demand = [(float(t), size if any(a <= t < a + 150 for a in (150, 450, 750)) else 1.0)
+                   for t in range(0, 990, 15)]
+    recs.since = 0.0
+    return recs
+
+
+def test_a_rise_the_service_has_made_before_is_read_over_a_cold_start():
+    """The clump of on/off traffic the window reads as a trend (40 -> 112 requests/s over two
+    scrapes: +2.8 replicas within a cold start, on top of the 2.8 it reached) is a rise this
+    service made every five minutes before: 1.9 replicas within a cold start each time, up
+    to 2.9. Its demand rose by 1.8 within the last cold start, no more than those, so the
+    trend reads it over the cold start, where it was kept up for a third of the slopes and
+    forecasts nothing: the learned headroom (to the peak) is what stays, 3 replicas, not 6.
+    A rise beyond any before it (clumps of 1.5) is read over the window, and forecast."""
+    clump = _counted(1000, (40, 40, 40, 40, 76, 112, 112), 4)
+    known = decide(1000, clump, 4, 4, 0, NO_BAND, _clumps(2.9))
+    assert known.desired == 3, known.reason
+    bigger = decide(1000, clump, 4, 4, 0, NO_BAND, _clumps(1.5))
+    assert bigger.desired == 6 and "burst headroom +2.8" in bigger.reason, bigger.reason
+    every = decide(1000, clump, 4, 4, 0, replace(NO_BAND, trend_beyond_record=False), _clumps(2.9))
+    assert every.desired == 6, every.reason
+
+
 def test_a_backlog_holds_what_it_asks_for_not_the_trends_forecast():
     """Four replicas, 12 requests waiting and the demand ramping to 3.4 replicas' worth (136
     requests/s) with a trend of +2.4 within a cold start: the fleet goes to 6. The backlog

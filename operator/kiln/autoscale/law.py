@@ -215,6 +215,9 @@ class LawParams:
     trend_statistic: str = "median"  # chosen on the benchmark's training traces
     # How far back the trend reads the demand's slopes: the window or a cold start.
     trend_seconds: float = 60.0  # chosen on the benchmark's training traces
+    # A rise no larger than the service's rises before it is read over a cold start
+    # (``headroom_horizon``) at least, not ``trend_seconds``.
+    trend_beyond_record: bool = True  # chosen on the benchmark's training traces
     # Demand from arrivals: requests/s x replica-seconds per request (the planner's
     # performance model, ``PerfModel.request_seconds``) over ``utilization_target``; None
     # (no performance model) leaves the pressures alone.
@@ -224,7 +227,8 @@ class LawParams:
     @property
     def history_seconds(self) -> float:
         """How far back :func:`decide` reads the samples: the window, and the trend's cold start."""
-        return max(self.window_seconds, self.trend_seconds)
+        return max(self.window_seconds, self.trend_seconds,
+                   self.headroom_horizon if self.trend_beyond_record else 0.0)
 
     @classmethod
     def for_service(cls, scaling: AutoscalingSpec, **overrides: Any) -> LawParams:
@@ -268,13 +272,16 @@ class Recommendations:
         if self.demand[0][0] < now - memory:
             self.demand = [(t, d) for t, d in self.demand if t >= now - memory]
 
-    def headroom(self, horizon: float, quantile: float) -> float:
+    def headroom(self, horizon: float, quantile: float, until: float = math.inf) -> float:
         """Spare replicas against bursts: how much the demand rose within ``horizon`` seconds
         (from the lowest demand of the ``horizon`` before each recorded moment), at
-        ``quantile`` of the moments on record. 0 for load that never rose faster than it was
-        served; a burst's size for a service whose bursts arrive within a cold start."""
+        ``quantile`` of the moments on record before ``until``. 0 for load that never rose
+        faster than it was served; a burst's size for a service whose bursts arrive within a
+        cold start."""
         rises, j = [], 0
         for i, (t, d) in enumerate(self.demand):
+            if t >= until:
+                break
             while self.demand[j][0] < t - horizon:
                 j += 1
             rises.append(d - min(x for _, x in self.demand[j:i + 1]))
@@ -282,6 +289,9 @@ class Recommendations:
             return 0.0
         rises.sort()
         return rises[min(len(rises) - 1, int(quantile * len(rises)))]
+
+    def lowest_since(self, since: float, default: float) -> float:
+        return min((d for t, d in self.demand if t >= since), default=default)
 
     def prior(self, now: float, size: float, memory: float) -> float:
         """Spare replicas for a rise the record is still too short to rule out: ``size`` with
@@ -432,10 +442,18 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     learned = max(min(recommendations.headroom(params.headroom_horizon, params.headroom_quantile),
                       max(0.0, peak - demand)),
                   recommendations.prior(now, params.headroom_prior, params.headroom_memory))
+    # The trend reads the demand over ``trend_seconds``; a rise no larger than the service
+    # made before this cold start (a clump of on/off traffic like the ones before it), over a
+    # whole cold start, where a step is flat for most of the slopes and reads as none.
+    horizon = params.headroom_horizon
+    span = params.trend_seconds
+    before = recommendations.headroom(horizon, params.headroom_quantile, until=now - horizon)
+    if params.trend_beyond_record and 0 < demand - recommendations.lowest_since(now - horizon, demand) <= before:
+        span = max(span, horizon)
     # Over the window itself, the demand at each scrape is already known.
-    over = by_arrivals if params.trend_seconds == params.window_seconds else arrival_demand(
-        [s for s in samples if s.time >= now - params.trend_seconds], params)
-    trend = _trend(over, params.trend_statistic) * params.headroom_horizon
+    over = by_arrivals if span == params.window_seconds else arrival_demand(
+        [s for s in samples if s.time >= now - span], params)
+    trend = _trend(over, params.trend_statistic) * horizon
     headroom = min(max(learned, trend), max(recent, demand))
     need = demand + headroom
     want = math.ceil(need - 1e-9)
