@@ -10,13 +10,15 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
 1. **Training** (``--train``): the law's free parameters (:data:`CANDIDATES`) are chosen on
    generated traces with :func:`traffic.train_seeds` only: the cheapest of the candidates
    that meet the SLO on the most training traces (so a trace no candidate meets it on
-   decides nothing). The choice and every candidate's figures are written to
+   decides nothing); so is one HPA setting of the stock sweep, by the same rule. The choice and every candidate's figures are written to
    ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
    ``LawParams``' defaults are that choice.
 2. **Test**: every family at :data:`traffic.TEST_SEEDS` plus the public traces (none was
    used for a choice). Per trace: ``kiln``; ``static-min``; the HPA and KEDA on KV fraction,
    active requests, prefill load and backlog, each swept (:data:`kiln.sim.stock.STOCK_SWEEP`),
-   reported as the cheapest configuration meeting the SLO; ``clairvoyant``
+   reported as the cheapest configuration meeting the SLO (with hindsight), and the HPA
+   setting chosen on the training traces by the law's own rule (``trainedStock``);
+   ``clairvoyant``
    (:func:`kiln.sim.references.clairvoyant`), seeded with kiln's and every stock run's
    schedule, so that it is below every one of them that meets the SLO (the JSON lists any
    run that is not, ``cheaperThanClairvoyant``).
@@ -156,8 +158,8 @@ def _clairvoyant(requests: list[Request], fleet: Fleet, params: LawParams, seeds
                        seeds=seeds, static=static, progress=say, **options)
 
 
-def _test_trace(args: tuple[str, list[Request], Fleet, LawParams]) -> dict:
-    label, requests, fleet, params = args
+def _test_trace(args: tuple[str, list[Request], Fleet, LawParams, str | None]) -> dict:
+    label, requests, fleet, params, trained_stock = args
     fleet = _fitted(fleet, requests)
     low, high = params.min_replicas, params.max_replicas
     print(f"{label}: {len(requests)} requests", file=sys.stderr, flush=True)
@@ -169,13 +171,18 @@ def _test_trace(args: tuple[str, list[Request], Fleet, LawParams]) -> dict:
     best = {kind: min((p for p in meeting if p["policy"] == kind), key=lambda p: p["gpuHours"], default=None)
             for kind in ("hpa", "keda")}
     best_stock = min((p for p in best.values() if p), key=lambda p: p["gpuHours"], default=None)
+    # The HPA setting chosen on the training traces by kiln's own rule: what a platform team
+    # that tunes once, as kiln is tuned, would run on this trace.
+    trained = next((p for p in points if p["policy"] == "hpa" and p["metrics"] == trained_stock), None)
     attainable = static.slo_attainment >= SLO_GOAL
     row = {"trace": label, "requests": len(requests), "rejected": kiln.result.rejected,
            "maxInputLen": fleet.perf.max_input_len, "maxSeqLen": fleet.perf.max_seq_len,
            "sloAttainable": attainable, "kiln": kiln.result.wire(),
            "staticMin": {"replicas": n, **static.wire()}, "bestHpa": best["hpa"], "bestKeda": best["keda"],
            "stock": points, "kilnMeetsSlo": kiln.result.slo_attainment >= SLO_GOAL,
-           "kilnOverBestStock": round(kiln.result.gpu_hours / best_stock["gpuHours"], 3) if best_stock else None}
+           "kilnOverBestStock": round(kiln.result.gpu_hours / best_stock["gpuHours"], 3) if best_stock else None,
+           "trainedStock": trained,
+           "kilnOverTrainedStock": round(kiln.result.gpu_hours / trained["gpuHours"], 3) if trained else None}
     if attainable:  # where even the largest fixed fleet misses, no schedule meets the goal
         how, clair = _clairvoyant(requests, fleet, params, [kiln] + [run for _, run in stock], n, label)
         row["clairvoyant"] = {"foundBy": how, **clair.wire()}
@@ -194,10 +201,10 @@ def _test_trace(args: tuple[str, list[Request], Fleet, LawParams]) -> dict:
     return row
 
 
-def _cold_start(args: tuple[str, list[Request], Fleet, LawParams, float]) -> dict:
+def _cold_start(args: tuple[str, list[Request], Fleet, LawParams, str | None, float]) -> dict:
     """kiln against clairvoyant at one cold start (the law's headroom horizon follows it;
     clairvoyant without its trimming pass, which the sweep cannot afford four times)."""
-    label, requests, fleet, params, cold = args
+    label, requests, fleet, params, _, cold = args
     fleet = replace(_fitted(fleet, requests), cold_start=cold)
     n, _ = static_min(requests, fleet, SLO_TTFT_S, SLO_GOAL, params.min_replicas, params.max_replicas)
     kiln = _run(requests, fleet, kiln_policy(replace(params, headroom_horizon=cold), fleet.perf), "kiln")
@@ -221,20 +228,55 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
     for candidate in CANDIDATES:
         trial = replace(params, **candidate)
         results = list(pool.map(_train_one, [(r, fleet, trial) for _, r in train]))
-        rows.append({"params": candidate, "allMeetSlo": all(a >= SLO_GOAL for a, _ in results),
-                     "meetSloOn": sum(a >= SLO_GOAL for a, _ in results),
-                     "sloAttainment": [round(a, 4) for a, _ in results],
-                     "gpuHours": round(sum(g for _, g in results), 3)})
+        rows.append({"params": candidate, **_trained(results)})
         print(f"train {candidate}: {rows[-1]}", file=sys.stderr, flush=True)
+    return {"traces": [label for label, _ in train], "candidates": rows, "chosen": _choose(rows)["params"],
+            **_train_stock(train, fleet, params, pool)}
+
+
+def _train_stock(train: list[tuple[str, list[Request]]], fleet: Fleet, params: LawParams,
+                 pool: ProcessPoolExecutor) -> dict:
+    """The HPA's setting chosen on the training traces by the law's rule. Each metric set's
+    levels are tried from the lowest, and once a level meets the SLO on fewer traces than the
+    best so far, the set's higher levels are not run: a higher target keeps fewer replicas,
+    and on the training traces it met the SLO on no more of them (each level, 40-80 %, on
+    the first seed of four families)."""
+    stock: list[dict] = []
+    for label, targets in STOCK_SWEEP:
+        name = label.rsplit(" at ", 1)[0]
+        tried = [r for r in stock if r["metrics"].rsplit(" at ", 1)[0] == name]
+        if tried and tried[-1]["meetSloOn"] < max(r["meetSloOn"] for r in stock):
+            continue
+        results = list(pool.map(_train_stock_one, [(r, fleet, params, targets) for _, r in train]))
+        stock.append({"metrics": label, **_trained(results)})
+        print(f"train hpa {label}: {stock[-1]}", file=sys.stderr, flush=True)
+    return {"stockCandidates": stock, "stockChosen": _choose(stock)["metrics"]}
+
+
+def _trained(results: list[tuple[float, float]]) -> dict:
+    return {"allMeetSlo": all(a >= SLO_GOAL for a, _ in results),
+            "meetSloOn": sum(a >= SLO_GOAL for a, _ in results),
+            "sloAttainment": [round(a, 4) for a, _ in results],
+            "gpuHours": round(sum(g for _, g in results), 3)}
+
+
+def _choose(rows: list[dict]) -> dict:
+    """The training rule, for kiln and the HPA alike: the cheapest of the settings that meet
+    the SLO on the most training traces."""
     most = max(r["meetSloOn"] for r in rows)
-    meeting = [r for r in rows if r["meetSloOn"] == most]
-    return {"traces": [label for label, _ in train], "candidates": rows,
-            "chosen": min(meeting, key=lambda r: r["gpuHours"])["params"]}
+    return min((r for r in rows if r["meetSloOn"] == most), key=lambda r: r["gpuHours"])
 
 
 def _train_one(args: tuple[list[Request], Fleet, LawParams]) -> tuple[float, float]:
     requests, fleet, params = args
     result = _kiln(requests, _fitted(fleet, requests), params)
+    return result.slo_attainment, result.gpu_hours
+
+
+def _train_stock_one(args: tuple[list[Request], Fleet, LawParams, dict]) -> tuple[float, float]:
+    requests, fleet, params, targets = args
+    policy = stock_policy("hpa", targets, params.min_replicas, params.max_replicas)
+    result = _run(requests, _fitted(fleet, requests), policy, "hpa").result
     return result.slo_attainment, result.gpu_hours
 
 
@@ -268,6 +310,14 @@ def summarize(rows: list[dict]) -> dict:
                     if r["kilnMeetsSlo"] and r["kilnOverBestStock"] is not None], default=None),
                "tracesWhereKilnCostsMoreThanBestStock": [r["trace"] for r in attainable
                                                          if (r["kilnOverBestStock"] or 0) > 1.0],
+               # Against the HPA tuned once on the training traces, as kiln is.
+               "trainedStock": (rows[0].get("trainedStock") or {}).get("metrics") if rows else None,
+               "trainedStockMissesSloOn": [r["trace"] for r in attainable if r.get("trainedStock")
+                                           and r["trainedStock"]["sloAttainment"] < SLO_GOAL],
+               "kilnOverTrainedStockMedian": _median([r["kilnOverTrainedStock"] for r in attainable
+                                                      if r.get("kilnOverTrainedStock") is not None]),
+               "tracesWhereKilnCostsMoreThanTrainedStock": [
+                   r["trace"] for r in attainable if (r.get("kilnOverTrainedStock") or 0) > 1.0],
                # Every run that meets the goal for less than clairvoyant (none, if it bounds them).
                "cheaperThanClairvoyant": [f"{r['trace']}: {p}" for r in rows for p in r["cheaperThanClairvoyant"]]}
     summary["targets"] = {"kilnMeetsSloEverywhere": {"target": "every attainable trace",
@@ -316,16 +366,19 @@ def main() -> int:
             TRAINING.write_text(json.dumps(training, indent=1) + "\n")
         training = json.loads(TRAINING.read_text())
         params = replace(params, **training["chosen"])
+        stock_chosen = training.get("stockChosen")
         seeds = traffic.TEST_SEEDS[:1] if args.quick else traffic.TEST_SEEDS
         tests = test_traces(traces, fleet, seeds)
         first = len(traffic.FAMILIES) + len(PUBLIC)
         swept = [] if args.quick else [(label, r) for label, r in tests
                                        if label in {f"{f}/{seeds[0]}" for f in COLD_START_FAMILIES}]
-        colds = [("cold", label, r, fleet, params, cold) for label, r in swept for cold in COLD_STARTS]
+        colds = [("cold", label, r, fleet, params, stock_chosen, cold) for label, r in swept for cold in COLD_STARTS]
         # The first seed of every family and the public traces, then the first cold-start
         # sweep, then the rest: a run cut short still has every family and a sweep.
-        jobs = ([("test", label, r, fleet, params) for label, r in tests[:first]] + colds[:len(COLD_STARTS)]
-                + [("test", label, r, fleet, params) for label, r in tests[first:]] + colds[len(COLD_STARTS):])
+        jobs = ([("test", label, r, fleet, params, stock_chosen) for label, r in tests[:first]]
+                + colds[:len(COLD_STARTS)]
+                + [("test", label, r, fleet, params, stock_chosen) for label, r in tests[first:]]
+                + colds[len(COLD_STARTS):])
         print(f"{len(tests)} test traces and {len(colds)} cold-start runs on {args.workers} workers",
               file=sys.stderr, flush=True)
         corpus = {"families": list(traffic.FAMILIES),

@@ -8,7 +8,10 @@ from pathlib import Path
 
 __all__ = ["plot"]
 
-STYLE = {"kiln": ("*", "tab:red", 160), "clairvoyant": ("D", "black", 60), "staticMin": ("s", "tab:gray", 60)}
+LABELS = {"trainedStock": "hpa tuned on training"}
+
+STYLE = {"kiln": ("*", "tab:red", 160), "clairvoyant": ("D", "black", 60), "staticMin": ("s", "tab:gray", 60),
+         "trainedStock": ("^", "tab:blue", 80)}
 
 
 def plot(rows: list[dict], folder: Path, goal: float) -> list[Path]:
@@ -28,7 +31,7 @@ def plot(rows: list[dict], folder: Path, goal: float) -> list[Path]:
         for name in shown:
             marker, color, size = STYLE[name]
             ax.scatter([row[name]["gpuHours"]], [100 * row[name]["sloAttainment"]], marker=marker,
-                       color=color, s=size, label=name, zorder=3)
+                       color=color, s=size, label=LABELS.get(name, name), zorder=3)
         ax.axhline(100 * goal, color="tab:red", lw=0.8, ls="--", label=f"SLO goal {goal:.0%}")
         points = [p["sloAttainment"] for p in row["stock"]] + [row[n]["sloAttainment"] for n in shown]
         ax.set_ylim(max(50.0, 100 * min(points) - 2), 100.5)

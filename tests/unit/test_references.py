@@ -60,8 +60,9 @@ def test_clairvoyant_is_below_every_seeded_policy_that_meets_the_goal():
                             trim_blocks=(300.0,))
     assert best.slo_attainment >= GOAL
     assert all(best.gpu_hours <= s.result.gpu_hours for s in meeting)
-    # Foresight saves something over the best of them here, and never goes above a fixed fleet.
-    assert best.gpu_hours < min(s.result.gpu_hours for s in meeting)
+    # Foresight saves something over the law's run here (the HPA swept per trace with
+    # hindsight can be as cheap), and never goes above a fixed fleet.
+    assert best.gpu_hours < seeds[0].result.gpu_hours
     n, fixed = static_min(requests, fleet, SLO, GOAL, 1, 8)
     assert best.gpu_hours <= fixed.gpu_hours * 1.001
 

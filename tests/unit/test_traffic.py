@@ -3,6 +3,7 @@ choose the law's parameters are never the ones it is reported on."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from ..conftest import ROOT
@@ -65,3 +66,19 @@ def test_the_benchmark_reports_on_test_seeds_and_public_traces_only(monkeypatch,
     assert len(tests) - len(generated) == len(autoscaling.PUBLIC)  # every public trace, none tuned on
     # A cut-short run still has every family: the first seed of each comes first.
     assert [label.split("/")[0] for label, _ in tests[:len(traffic.FAMILIES)]] == list(traffic.FAMILIES)
+
+
+def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
+    """The training rule, for the law and the HPA alike: the most training traces meeting
+    the SLO first, then the fewest GPU-hours; the HPA setting it chose is in the sweep."""
+    import autoscaling
+    from kiln.sim.stock import STOCK_SWEEP
+
+    rows = [{"metrics": "a", "meetSloOn": 9, "gpuHours": 10.0},
+            {"metrics": "b", "meetSloOn": 10, "gpuHours": 30.0},
+            {"metrics": "c", "meetSloOn": 10, "gpuHours": 20.0}]
+    assert autoscaling._choose(rows)["metrics"] == "c"
+    training = json.loads(autoscaling.TRAINING.read_text())
+    assert training["stockChosen"] in dict(STOCK_SWEEP)
+    assert training["stockChosen"] == autoscaling._choose(training["stockCandidates"])["metrics"]
+    assert training["chosen"] == autoscaling._choose(training["candidates"])["params"]
