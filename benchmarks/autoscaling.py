@@ -201,10 +201,10 @@ def _test_trace(args: tuple[str, list[Request], Fleet, LawParams, str | None]) -
     return row
 
 
-def _cold_start(args: tuple[str, list[Request], Fleet, LawParams, str | None, float]) -> dict:
+def _cold_start(args: tuple[str, list[Request], Fleet, LawParams, float]) -> dict:
     """kiln against clairvoyant at one cold start (the law's headroom horizon follows it;
     clairvoyant without its trimming pass, which the sweep cannot afford four times)."""
-    label, requests, fleet, params, _, cold = args
+    label, requests, fleet, params, cold = args
     fleet = replace(_fitted(fleet, requests), cold_start=cold)
     n, _ = static_min(requests, fleet, SLO_TTFT_S, SLO_GOAL, params.min_replicas, params.max_replicas)
     kiln = _run(requests, fleet, kiln_policy(replace(params, headroom_horizon=cold), fleet.perf), "kiln")
@@ -367,7 +367,7 @@ def main() -> int:
         first = len(traffic.FAMILIES) + len(PUBLIC)
         swept = [] if args.quick else [(label, r) for label, r in tests
                                        if label in {f"{f}/{seeds[0]}" for f in COLD_START_FAMILIES}]
-        colds = [("cold", label, r, fleet, params, stock_chosen, cold) for label, r in swept for cold in COLD_STARTS]
+        colds = [("cold", label, r, fleet, params, cold) for label, r in swept for cold in COLD_STARTS]
         # The first seed of every family and the public traces, then the first cold-start
         # sweep, then the rest: a run cut short still has every family and a sweep.
         jobs = ([("test", label, r, fleet, params, stock_chosen) for label, r in tests[:first]]
