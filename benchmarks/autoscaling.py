@@ -10,9 +10,10 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
 1. **Training** (``--train``): the law's free parameters (:data:`CANDIDATES`) are chosen on
    generated traces with :func:`traffic.train_seeds` only: the cheapest of the candidates
    that meet the SLO on the most training traces (so a trace no candidate meets it on
-   decides nothing); so is one HPA setting of the stock sweep, by the same rule. The choice and every candidate's figures are written to
+   decides nothing); so is one HPA setting of the stock sweep, by the same rule. The
+   choices and every candidate's figures are written to
    ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
-   ``LawParams``' defaults are that choice.
+   ``LawParams``' defaults are the law's choice.
 2. **Test**: every family at :data:`traffic.TEST_SEEDS` plus the public traces (none was
    used for a choice). Per trace: ``kiln``; ``static-min``; the HPA and KEDA on KV fraction,
    active requests, prefill load and backlog, each swept (:data:`kiln.sim.stock.STOCK_SWEEP`),
