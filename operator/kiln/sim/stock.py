@@ -57,9 +57,10 @@ METRICS: dict[str, Callable[[Sample], float]] = {
 # What a platform team would try: Kiln's three pressure signals, with and without the
 # backlog, each at a full-replica value (KV fraction 1, every batch slot of 256, prefill
 # load 1, 20 waiting) scaled by a utilisation level from 40 % to 80 %; the benchmark and
-# ``kiln simulate`` report, per trace, the cheapest point that meets the SLO. On four of the benchmark's training traces the cheapest setting that
-# met it was at 50 % (long-context/1), 60 % (diurnal/1, slow-ramp/1) and 70 % (bursts/1),
-# 7-13 % below the 40 % or 60 % the sweep offered before; 90 % met it on none of them.
+# ``kiln simulate`` report, per trace, the cheapest point that meets the SLO. On four of
+# the benchmark's training traces the cheapest setting that met it was at 50 %
+# (long-context/1), 60 % (diurnal/1, slow-ramp/1) and 70 % (bursts/1), 7-13 % below the
+# cheapest at 40 % or 60 % alone; 90 % met it on none of them.
 _FULL = {"kv": 1.0, "active": 256.0, "prefill": 1.0, "waiting": 20.0}
 _SETS = (("kv+active+prefill", ("kv", "active", "prefill")),
          ("kv+active+prefill+waiting", ("kv", "active", "prefill", "waiting")))
