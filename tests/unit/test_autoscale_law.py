@@ -468,6 +468,30 @@ def test_a_rise_the_service_has_made_before_is_read_over_a_cold_start():
     assert every.desired == 6, every.reason
 
 
+def test_a_rise_within_a_margin_of_the_record_counts_as_known():
+    """The same clump (a rise of 1.8 replicas within the last cold start) on a service whose
+    clumps rose by 1.0 before: beyond the record, read over the window and forecast (6); with
+    a margin of twice the record's rises (``trend_record_margin`` 2), a known rise, read over
+    the cold start (3)."""
+    clump = _counted(1000, (40, 40, 40, 40, 76, 112, 112), 4)
+    beyond = decide(1000, clump, 4, 4, 0, NO_BAND, _clumps(2.0))
+    assert beyond.desired == 6 and "burst headroom +2.8" in beyond.reason, beyond.reason
+    within = decide(1000, clump, 4, 4, 0, replace(NO_BAND, trend_record_margin=2.0), _clumps(2.0))
+    assert within.desired == 3, within.reason
+
+
+def test_a_known_rise_can_be_given_no_trend():
+    """A ramp of 1.2 replicas over the last cold start, on a service whose clumps rose by 1.9:
+    a known rise. Read over the cold start it still rises at every scrape and is forecast (+1.2:
+    4 replicas); with ``trend_known_rise`` "none" the learned headroom alone (up to the 2.9 on
+    record) stays: 3."""
+    ramp = _counted(1000, (64, 72, 80, 88, 96, 104, 112), 4)
+    read = decide(1000, ramp, 4, 4, 0, NO_BAND, _clumps(2.9))
+    assert read.desired == 4 and "+1.2 burst headroom" in read.reason, read.reason
+    none = decide(1000, ramp, 4, 4, 0, replace(NO_BAND, trend_known_rise="none"), _clumps(2.9))
+    assert none.desired == 3, none.reason
+
+
 def test_a_backlog_holds_what_it_asks_for_not_the_trends_forecast():
     """Four replicas, 12 requests waiting and the demand ramping to 3.4 replicas' worth (136
     requests/s) with a trend of +2.4 within a cold start: the fleet goes to 6. The backlog

@@ -228,6 +228,10 @@ class LawParams:
     # A rise no larger than the service's rises before it is read over a cold start
     # (``headroom_horizon``) at least, not ``trend_seconds``.
     trend_beyond_record: bool = True  # chosen on the benchmark's training traces
+    # A rise counts as known when it is within ``trend_record_margin`` times the record's
+    # rises; a known rise is read over a cold start ("cold start") or not at all ("none").
+    trend_record_margin: float = 1.0  # chosen on the benchmark's training traces
+    trend_known_rise: str = "cold start"  # chosen on the benchmark's training traces
     # Demand from arrivals: requests/s x replica-seconds per request (the planner's
     # performance model, ``PerfModel.request_seconds``) over ``utilization_target``; None
     # (no performance model) leaves the pressures alone.
@@ -458,12 +462,16 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     horizon = params.headroom_horizon
     span = params.trend_seconds
     before = recommendations.headroom(horizon, params.headroom_quantile, until=now - horizon)
-    if params.trend_beyond_record and 0 < demand - recommendations.lowest_since(now - horizon, demand) <= before:
+    risen = demand - recommendations.lowest_since(now - horizon, demand)
+    known = params.trend_beyond_record and 0 < risen <= before * params.trend_record_margin
+    if known:
         span = max(span, horizon)
-    # Over the window itself, the demand at each scrape is already known.
-    over = by_arrivals if span == params.window_seconds else arrival_demand(
-        [s for s in samples if s.time >= now - span], params)
-    trend = _trend(over, params.trend_statistic) * horizon
+    trend = 0.0
+    if not (known and params.trend_known_rise == "none"):
+        # Over the window itself, the demand at each scrape is already known.
+        over = by_arrivals if span == params.window_seconds else arrival_demand(
+            [s for s in samples if s.time >= now - span], params)
+        trend = _trend(over, params.trend_statistic) * horizon
     headroom = min(max(learned, trend), max(recent, demand))
     need = demand + headroom
     want = math.ceil(need - 1e-9)
