@@ -251,9 +251,9 @@ def test_a_new_replicas_first_interval_is_not_a_dip():
     assert 1000 not in demand and demand[985] == pytest.approx(80 * 0.02 / 0.8)
 
 
-def test_a_ramp_teaches_headroom_for_the_next_cold_start():
-    """Arrivals rising 30 requests/s per minute: the demand rises 0.75 x 1.5 = 1.125
-    replicas within a 90 s cold start, and the law keeps that much above the demand."""
+def _ramp(params):
+    """Arrivals rising 30 requests/s per minute for ten minutes on two replicas: the last
+    decision and the record."""
     recs, current = Recommendations([(0.0, 2)]), 2
     samples: list[Sample] = []
     for now in range(0, 601, 15):
@@ -265,12 +265,29 @@ def test_a_ramp_teaches_headroom_for_the_next_cold_start():
             samples.append(Sample(now, f"r{i}", 0.05, finished=share, input_tokens=1000 * share,
                                   output_tokens=200 * share, active=round(per)))
         samples = [s for s in samples if s.time >= now - 60]
-        decision = decide(now, samples, current, current, 0, ARRIVALS, recs)
+        decision = decide(now, samples, current, current, 0, params, recs)
+    return decision, recs
+
+
+def test_a_ramp_teaches_headroom_for_the_next_cold_start():
+    """Arrivals rising 30 requests/s per minute: the demand rises 0.75 x 1.5 = 1.125
+    replicas within a 90 s cold start, and the law keeps that much above the demand while
+    the ramp goes on, read over a cold start (``trend_known_rise`` "cold start")."""
+    decision, recs = _ramp(replace(ARRIVALS, trend_known_rise="cold start"))
     headroom = recs.headroom(ARRIVALS.headroom_horizon, ARRIVALS.headroom_quantile)
     assert headroom == pytest.approx(0.5 * 90 * 0.02 / 0.8)
     # At 600 s the last interval finished 336 requests/s, 8.4 replicas' worth, plus 1.1 of
     # headroom: 10, of which at most max(4, current) more at once.
     assert decision.desired == 6 and "+1.1 burst headroom" in decision.reason, decision.reason
+
+
+def test_a_known_rise_forecasts_nothing_so_a_steady_ramp_is_met_by_the_targets_slack():
+    """The same ramp with ``trend_known_rise`` "none" (the benchmark's choice): its rise
+    within the last cold start is one the record holds, so no trend is added, and the
+    learned headroom stops at the peak on record, which the ramp's head is."""
+    decision, _ = _ramp(ARRIVALS)
+    assert ARRIVALS.trend_known_rise == "none"
+    assert decision.desired == 6 and "headroom" not in decision.reason, decision.reason
 
 
 def test_a_backlog_is_drained_in_two_lifetimes():
@@ -441,6 +458,10 @@ def test_the_trend_is_the_rise_kept_up_over_a_cold_start(statistic):
     assert ramp.desired == 4 and "+1.2 burst headroom" in ramp.reason, ramp.reason
 
 
+# A known rise read over a cold start, within once the record's rises.
+OVER_COLD_START = replace(NO_BAND, trend_record_margin=1.0, trend_known_rise="cold start")
+
+
 def _clumps(size):
     """A record of on/off demand: 1.0 replica's worth, with clumps of ``size`` at 150-300 s,
     450-600 s and 750-900 s."""
@@ -460,11 +481,11 @@ def test_a_rise_the_service_has_made_before_is_read_over_a_cold_start():
     forecasts nothing: the learned headroom (to the peak) is what stays, 3 replicas, not 6.
     A rise beyond any before it (clumps of 1.5) is read over the window, and forecast."""
     clump = _counted(1000, (40, 40, 40, 40, 76, 112, 112), 4)
-    known = decide(1000, clump, 4, 4, 0, NO_BAND, _clumps(2.9))
+    known = decide(1000, clump, 4, 4, 0, OVER_COLD_START, _clumps(2.9))
     assert known.desired == 3, known.reason
-    bigger = decide(1000, clump, 4, 4, 0, NO_BAND, _clumps(1.5))
+    bigger = decide(1000, clump, 4, 4, 0, OVER_COLD_START, _clumps(1.5))
     assert bigger.desired == 6 and "burst headroom +2.8" in bigger.reason, bigger.reason
-    every = decide(1000, clump, 4, 4, 0, replace(NO_BAND, trend_beyond_record=False), _clumps(2.9))
+    every = decide(1000, clump, 4, 4, 0, replace(OVER_COLD_START, trend_beyond_record=False), _clumps(2.9))
     assert every.desired == 6, every.reason
 
 
@@ -474,9 +495,9 @@ def test_a_rise_within_a_margin_of_the_record_counts_as_known():
     a margin of twice the record's rises (``trend_record_margin`` 2), a known rise, read over
     the cold start (3)."""
     clump = _counted(1000, (40, 40, 40, 40, 76, 112, 112), 4)
-    beyond = decide(1000, clump, 4, 4, 0, NO_BAND, _clumps(2.0))
+    beyond = decide(1000, clump, 4, 4, 0, OVER_COLD_START, _clumps(2.0))
     assert beyond.desired == 6 and "burst headroom +2.8" in beyond.reason, beyond.reason
-    within = decide(1000, clump, 4, 4, 0, replace(NO_BAND, trend_record_margin=2.0), _clumps(2.0))
+    within = decide(1000, clump, 4, 4, 0, replace(OVER_COLD_START, trend_record_margin=2.0), _clumps(2.0))
     assert within.desired == 3, within.reason
 
 
@@ -486,9 +507,9 @@ def test_a_known_rise_can_be_given_no_trend():
     4 replicas); with ``trend_known_rise`` "none" the learned headroom alone (up to the 2.9 on
     record) stays: 3."""
     ramp = _counted(1000, (64, 72, 80, 88, 96, 104, 112), 4)
-    read = decide(1000, ramp, 4, 4, 0, NO_BAND, _clumps(2.9))
+    read = decide(1000, ramp, 4, 4, 0, OVER_COLD_START, _clumps(2.9))
     assert read.desired == 4 and "+1.2 burst headroom" in read.reason, read.reason
-    none = decide(1000, ramp, 4, 4, 0, replace(NO_BAND, trend_known_rise="none"), _clumps(2.9))
+    none = decide(1000, ramp, 4, 4, 0, replace(OVER_COLD_START, trend_known_rise="none"), _clumps(2.9))
     assert none.desired == 3, none.reason
 
 
