@@ -513,6 +513,12 @@ def test_a_known_rise_can_be_given_no_trend():
     assert none.desired == 3, none.reason
 
 
+@pytest.mark.parametrize("field", ["trend_statistic", "trend_known_rise"])
+def test_a_misspelt_choice_of_the_law_is_refused(field):
+    with pytest.raises(ValueError, match=field):
+        replace(NO_BAND, **{field: "coldstart"})
+
+
 def test_a_backlog_holds_what_it_asks_for_not_the_trends_forecast():
     """Four replicas, 12 requests waiting and the demand ramping to 3.4 replicas' worth (136
     requests/s) with a trend of +2.4 within a cold start: the fleet goes to 6. The backlog

@@ -243,6 +243,14 @@ class LawParams:
     request_seconds: Callable[[float, float], float] | None = field(default=None, compare=False, repr=False)
     utilization_target: float = 0.9  # chosen on the benchmark's training traces
 
+    def __post_init__(self) -> None:
+        # The string choices come from the benchmark's training JSON: a misspelt one would
+        # otherwise act as the other choice without a word.
+        if self.trend_statistic not in ("median", "least"):
+            raise ValueError(f"trend_statistic: {self.trend_statistic!r} is not 'median' or 'least'")
+        if self.trend_known_rise not in ("cold start", "none"):
+            raise ValueError(f"trend_known_rise: {self.trend_known_rise!r} is not 'cold start' or 'none'")
+
     @property
     def history_seconds(self) -> float:
         """How far back :func:`decide` reads the samples: the window, and the trend's cold start."""
