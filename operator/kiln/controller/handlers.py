@@ -88,7 +88,11 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorContext, **_: Any) 
 async def on_change(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, **kwargs: Any) -> None:
     """Created, edited, or found at startup. A failure is retried by kopf (with its backoff,
     by the retry count kopf keeps); a wait for a build or a rollout by :func:`requeue`."""
-    _follow(requeue_of(memo), await reconcile(body, patch, memo, kwargs))
+    due = requeue_of(memo)
+    delay = await reconcile(body, patch, memo, kwargs)
+    if patch.status:  # kopf PATCHes it once this returns
+        due.wrote(body.metadata.get("resourceVersion"))
+    _follow(due, delay)
 
 
 async def requeue(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
@@ -97,6 +101,8 @@ async def requeue(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonSt
     due, failures = requeue_of(memo), 0
     while await due.next(stopped):
         patch, meta = kopf.Patch(), body.metadata
+        if due.behind(meta.get("resourceVersion")):
+            continue  # the watch has not delivered the last status write yet
         try:
             delay: float | None = await reconcile(body, patch, memo, {**kwargs, "retry": failures})
             failures = 0
@@ -105,6 +111,7 @@ async def requeue(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonSt
         if patch.status:
             service = {"apiVersion": API_VERSION, "kind": "LLMService",
                        "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+            due.wrote(meta.get("resourceVersion"))
             try:
                 await memo.api.patch_status(service, dict(patch.status))
             except ApiException as error:

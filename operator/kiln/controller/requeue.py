@@ -34,10 +34,32 @@ class _Stopped(Protocol):
 
 @dataclass
 class Requeue:
-    """When a service is next due for a reconcile (None: not until something changes)."""
+    """When a service is next due for a reconcile (None: not until something changes), and
+    whether the daemon's view of it has caught up with the operator's last status write."""
 
     due: float | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # The resourceVersion of the body the last status write was made from. The daemon's
+    # ``body`` follows the watch; a reconcile from a view that has not delivered that write
+    # finds none of its conditions, takes them all for transitions and writes them again
+    # with new times (seen on the real API server on a loaded machine).
+    written_from: str | None = None
+    caught_up_by: float = 0.0
+    # How long a due reconcile waits for the watch, at most: a write that failed never shows.
+    catch_up_seconds = 5.0
+
+    def wrote(self, version: str | None) -> None:
+        """A status write was made from the body at ``version``."""
+        self.written_from, self.caught_up_by = version, time.monotonic() + self.catch_up_seconds
+
+    def behind(self, version: str | None) -> bool:
+        """Whether the view at ``version`` has not yet delivered the last write; if so, the
+        reconcile is put off a moment."""
+        if self.written_from is None or version != self.written_from or time.monotonic() >= self.caught_up_by:
+            self.written_from = None
+            return False
+        self.after(0.05)
+        return True
 
     def after(self, delay: float) -> None:
         """Reconcile again ``delay`` seconds from now (the latest call wins)."""
