@@ -28,13 +28,11 @@ class _Body:
         self.metadata = {"name": "svc", "namespace": "ns", "resourceVersion": version}
 
 
-async def test_a_poll_waits_for_the_watch_to_deliver_the_status_the_handler_wrote(monkeypatch):
-    """The change handler wrote the status from the body at resourceVersion 7 (kopf PATCHes
-    it after the handler returns). A poll due before the watch delivers that write would
-    reconcile from a body without the status, find every condition new and write them all
-    again with new transition times: on the real API server on a loaded machine, one extra
-    write of the LLMService. The poll waits until the body has moved past 7."""
+def _daemon(monkeypatch):
+    """The daemon of a service whose status was written from the body at resourceVersion 7
+    and that is due now; ``reconcile`` records the version it ran from and stops it."""
     seen: list[str] = []
+    body, stopped, due = _Body("7"), _Stopped(), Requeue()
 
     async def reconcile(body, patch, memo, kwargs):
         seen.append(body.metadata["resourceVersion"])
@@ -42,11 +40,19 @@ async def test_a_poll_waits_for_the_watch_to_deliver_the_status_the_handler_wrot
         return None
 
     monkeypatch.setattr(handlers, "reconcile", reconcile)
-    body, stopped, due = _Body("7"), _Stopped(), Requeue()
-    memo = SimpleNamespace(requeue=due)
     due.wrote("7")
     due.after(0.0)
-    daemon = asyncio.ensure_future(handlers.requeue(body=body, memo=memo, stopped=stopped))
+    daemon = asyncio.ensure_future(handlers.requeue(body=body, memo=SimpleNamespace(requeue=due), stopped=stopped))
+    return daemon, body, seen
+
+
+async def test_a_poll_waits_for_the_watch_to_deliver_the_status_the_handler_wrote(monkeypatch):
+    """The change handler wrote the status from the body at resourceVersion 7 (kopf PATCHes
+    it after the handler returns). A poll due before the watch delivers that write would
+    reconcile from a body without the status, find every condition new and write them all
+    again with new transition times: on the real API server on a loaded machine, one extra
+    write of the LLMService. The poll waits until the body has moved past 7."""
+    daemon, body, seen = _daemon(monkeypatch)
     await asyncio.sleep(0.3)
     assert seen == []  # still the view the status was written from
     body.metadata["resourceVersion"] = "8"  # the watch delivers the write
@@ -56,17 +62,7 @@ async def test_a_poll_waits_for_the_watch_to_deliver_the_status_the_handler_wrot
 
 async def test_a_write_the_watch_never_delivers_does_not_stop_the_polls(monkeypatch):
     """A write that failed (or a view that never moves) is waited for a bounded time only."""
-    seen: list[str] = []
-
-    async def reconcile(body, patch, memo, kwargs):
-        seen.append(body.metadata["resourceVersion"])
-        stopped.flag = True
-        return None
-
-    monkeypatch.setattr(handlers, "reconcile", reconcile)
     monkeypatch.setattr(Requeue, "catch_up_seconds", 0.2)
-    body, stopped, due = _Body("7"), _Stopped(), Requeue()
-    due.wrote("7")
-    due.after(0.0)
-    await asyncio.wait_for(handlers.requeue(body=body, memo=SimpleNamespace(requeue=due), stopped=stopped), 2.0)
+    daemon, _, seen = _daemon(monkeypatch)
+    await asyncio.wait_for(daemon, 2.0)
     assert seen == ["7"]
