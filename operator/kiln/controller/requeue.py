@@ -40,9 +40,10 @@ class Requeue:
     due: float | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     # The resourceVersion of the body the last status write was made from. The daemon's
-    # ``body`` follows the watch; a reconcile from a view that has not delivered that write
-    # finds none of its conditions, takes them all for transitions and writes them again
-    # with new times (seen on the real API server on a loaded machine).
+    # ``body`` follows the watch (a "live view", which kopf substitutes on every change it
+    # sees: kopf docs/daemons.rst, "Resource fields access"); a reconcile from a view that has
+    # not delivered that write finds none of its conditions, takes them all for transitions
+    # and writes them again with new times (seen on the real API server on a loaded machine).
     written_from: str | None = None
     caught_up_by: float = 0.0
     # How long a due reconcile waits for the watch, at most: a write that failed never shows.
