@@ -226,6 +226,10 @@ class LawParams:
     # Spare replicas for a rise not yet ruled out, shrinking to none as the recorded history
     # grows to ``headroom_memory``.
     headroom_prior: float = 2.0  # chosen on the benchmark's training traces (see 4.)
+    # The prior retires once the record shows a rise within a cold start of this many
+    # replicas (at ``headroom_quantile``): the learned rise then knows the service's
+    # rises. None: it shrinks with the history alone.
+    headroom_prior_shown: float | None = None
     backlog_lifetimes: float = 2.0
     # The trend: the median or the least ("least") of the demand's slopes between
     # consecutive scrapes of the window.
@@ -466,9 +470,10 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     # has never made, and the prior while the record is too short to rule one out; and the
     # current trend, for a ramp that has only begun.
     peak = max((d for _, d in recommendations.demand), default=demand)
-    learned = max(min(recommendations.headroom(params.headroom_horizon, params.headroom_quantile),
-                      max(0.0, peak - demand)),
-                  recommendations.prior(now, params.headroom_prior, params.headroom_memory))
+    rise = recommendations.headroom(params.headroom_horizon, params.headroom_quantile)
+    shown = params.headroom_prior_shown is not None and rise >= params.headroom_prior_shown
+    learned = max(min(rise, max(0.0, peak - demand)),
+                  0.0 if shown else recommendations.prior(now, params.headroom_prior, params.headroom_memory))
     # The trend reads the demand over ``trend_seconds``; a rise within ``trend_record_margin``
     # of the service's rises before this cold start (a clump of on/off traffic like the ones
     # before it) forecasts nothing, or is read over a whole cold start, where a step is flat
