@@ -513,6 +513,20 @@ def test_a_known_rise_can_be_given_no_trend():
     assert none.desired == 3, none.reason
 
 
+def test_the_prior_retires_once_the_record_shows_a_rise_of_its_size():
+    """0.9 replicas' worth (36 requests/s) 1000 s into a service whose clumps rose by 1.0
+    replica within a cold start. The prior of 2 replicas has shrunk to 1.4 with the
+    history, more than the learned rise (1.0): 3 replicas. Retired once the record shows a
+    rise of 1 replica (``headroom_prior_shown``), the learned rise alone stays: 2. A rise of
+    2 is not yet shown, and the prior stays."""
+    flat = _counted(1000, (36, 36, 36, 36), 3)
+    prior = replace(NO_BAND, headroom_prior=2.0)
+    assert decide(1000, flat, 3, 3, 0, prior, _clumps(2.0)).desired == 3
+    shown = decide(1000, flat, 3, 3, 0, replace(prior, headroom_prior_shown=1.0), _clumps(2.0))
+    assert shown.desired == 2 and "+1.0 burst headroom" in shown.reason, shown.reason
+    assert decide(1000, flat, 3, 3, 0, replace(prior, headroom_prior_shown=2.0), _clumps(2.0)).desired == 3
+
+
 @pytest.mark.parametrize("field", ["trend_statistic", "trend_known_rise"])
 def test_a_misspelt_choice_of_the_law_is_refused(field):
     with pytest.raises(ValueError, match=field):
