@@ -4,6 +4,7 @@ choose the law's parameters are never the ones it is reported on."""
 from __future__ import annotations
 
 import json
+import random
 import sys
 
 from ..conftest import ROOT
@@ -47,6 +48,12 @@ def test_each_family_has_its_shape():
         seconds[int(r.arrival)] += 1
     idle = [m for m in _per_minute(on_off, duration) if m < 0.05 * 600]
     assert len(idle) >= 5 and max(sum(seconds[t:t + 15]) for t in range(duration - 15)) > 0.8 * 150
+    # Mixed clumps: the same on/off traffic, its clumps of many heights up to the peak (the
+    # floors are at most 0.4 of it); the idle-gaps clumps are all at the peak.
+    mixed = {traffic.shape("mixed-clumps", random.Random(3), duration)(t) for t in range(duration)}
+    assert max(mixed) <= 1.0 and len({v for v in mixed if v > 0.4}) >= 5
+    same = {traffic.shape("idle-gaps", random.Random(3), duration)(t) for t in range(duration)}
+    assert {v for v in same if v > 0.4} == {1.0}
 
 
 def test_the_benchmark_reports_on_test_seeds_and_public_traces_only(monkeypatch, tmp_path):
@@ -79,6 +86,8 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
             {"metrics": "c", "meetSloOn": 10, "gpuHours": 20.0}]
     assert autoscaling._choose(rows)["metrics"] == "c"
     training = json.loads(autoscaling.TRAINING.read_text())
+    # Trained on the traces the benchmark trains on now (every family, every training seed).
+    assert training["traces"] == [f"{f}/{s}" for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
     assert training["stockChosen"] in dict(STOCK_SWEEP)
     assert training["stockChosen"] == autoscaling._choose(training["stockCandidates"])["metrics"]
     assert training["chosen"] == autoscaling._choose(training["candidates"])["params"]
