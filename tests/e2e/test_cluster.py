@@ -49,7 +49,7 @@ from kiln.controller.kube import KubeApi
 from kiln.controller.models import ModelResolver
 from kiln.controller.operator import run_operator
 from kiln.demo.apikubelet import ApiKubelet
-from kiln.demo.connections import connections_left_open
+from kiln.demo.connections import require_connections_closed
 from kiln.demo.login import TokenLogin
 from kiln.demo.watch import ListWatch
 from kiln.demo.kubelet import GPU_NODES
@@ -154,8 +154,7 @@ def simulated_kubelet(chart: list[dict[str, Any]]):
             await kubelet.run(stop)
         finally:
             await api.close()
-        if left := await connections_left_open():
-            raise AssertionError(f"the simulated kubelet left connections open to {', '.join(left)}")
+        await require_connections_closed("the simulated kubelet")
 
     def run() -> None:
         # A Runner closes as asyncio.run does (cancels what is left, finalizes async
@@ -212,8 +211,7 @@ def operator(chart: list[dict[str, Any]]):
                         await run_operator(ctx, stop, args.namespace or None, login=login.handler)
                     finally:
                         await ctx.api.close()
-                if left := await connections_left_open():
-                    raise AssertionError(f"the operator left connections open to {', '.join(left)}")
+                await require_connections_closed("the operator")
             try:
                 asyncio.run(main())
             except BaseException as error:  # reported below

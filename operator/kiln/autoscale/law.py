@@ -78,10 +78,10 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
      ramp (idle-gaps/1 at 1665 s: +3.8 replicas of trend on a demand of 3.8). Chosen on the
      training traces of the time (110, six families) from margins of 1 and 2 and from reading
      a known rise over a cold start or not at all: 392.5 GPU-hours against 417.2 for once the
-     record read over a cold start (5.9 % less), the SLO on the same 107 of 110. A steady ramp's rise is on record once it
-     has gone on for a cold start, and from then on the targets' slack (and, in the service's
-     first hour, the prior) meets it: the training traces' slow and fast ramps met the SLO
-     on all their seeds at every setting.
+     record read over a cold start (5.9 % less), the SLO on the same 107 of 110. A steady
+     ramp's rise is on record once it has gone on for a cold start, and from then on the
+     targets' slack (and, in the service's first hour, the prior) meets it: the training
+     traces' slow and fast ramps met the SLO on all their seeds at every setting.
 
    - the *prior*: ``headroom_prior`` (2 replicas, chosen on the training traces from 1 and 2;
      without any, every setting of an earlier training run met the SLO on 3-7 fewer of its 60

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["connections_left_open"]
+__all__ = ["connections_left_open", "require_connections_closed"]
 
 
 async def connections_left_open(timeout: float = 10.0) -> list[str]:
@@ -29,3 +29,9 @@ async def connections_left_open(timeout: float = 10.0) -> list[str]:
     while (left := still_open()) and loop.time() < deadline:
         await asyncio.sleep(0.05)
     return [str(t.get_extra_info("peername")) for t in left]
+
+
+async def require_connections_closed(who: str, timeout: float = 10.0) -> None:
+    """:func:`connections_left_open`, raising when any stays open, naming ``who`` left it."""
+    if left := await connections_left_open(timeout):
+        raise RuntimeError(f"{who} left connections open to {', '.join(left)}")

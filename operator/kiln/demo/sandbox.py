@@ -24,7 +24,7 @@ from ..controller.kube import KINDS, KubeApi
 from ..controller.models import ModelResolver
 from ..controller.operator import run_operator
 from ..decide.policy import Policy
-from .connections import connections_left_open
+from .connections import require_connections_closed
 from .emulator import KilnEmulator
 from .kubelet import SimulatedCluster
 from .login import OPERATOR_TOKEN, TokenLogin
@@ -201,8 +201,7 @@ class Sandbox:
                     await run_operator(ctx, stop, login=login.handler)
                 finally:
                     await ctx.api.close()
-            if left := await connections_left_open():
-                raise RuntimeError(f"the operator left connections open to {', '.join(left)}")
+            await require_connections_closed("the operator")
         try:
             asyncio.run(main())
         except BaseException as error:  # reported by stop_operator()
