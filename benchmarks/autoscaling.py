@@ -23,6 +23,12 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
    (:func:`kiln.sim.references.clairvoyant`), seeded with kiln's and every stock run's
    schedule, so that it is below every one of them that meets the SLO (the JSON lists any
    run that is not, ``cheaperThanClairvoyant``).
+   **After an hour**: each generated test trace again, on a service that has served its
+   family's traffic for the hour before it (:data:`HISTORY_S`, ``traffic.generate``'s
+   ``history``; the trace's requests are the same): kiln, whose record is then an hour long
+   and whose prior has shrunk away, and the stock sweep, from that history, against the
+   trace's clairvoyant and static-min (``afterAnHour`` in each row, and its own summary).
+   The first view is a service's first 45 minutes, when kiln knows least of it.
 3. **Cold-start sensitivity**: kiln and clairvoyant at 60 / 90 / 180 / 300 s on the first
    test seed of :data:`COLD_START_FAMILIES`.
 
@@ -91,6 +97,9 @@ LONG_CONTEXT_MAX_INPUT = 32768
 CANDIDATES = tuple({"headroom_prior": prior, "headroom_prior_shown": shown}
                    for prior in (1.0, 2.0) for shown in (1.0, 2.0, None))
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
+# The history of the second view: the law's memory (``LawParams.headroom_memory``), so that
+# its record is full and the prior, which shrinks over it, is gone.
+HISTORY_S = 3600.0
 COLD_START_FAMILIES = ("bursts", "fast-ramp")
 # What the last --train run chose (and every candidate's figures).
 TRAINING = ROOT / "benchmarks" / "autoscaling-training.json"
@@ -117,27 +126,32 @@ def _lengths(traces: Path, file: str) -> list[tuple[int, int]]:
     return [(r.input_tokens, r.output_tokens) for r in load_trace(traces / file)]
 
 
-def _generated(traces: Path, fleet: Fleet, family: str, seed: int) -> list[Request]:
+def _generated(traces: Path, fleet: Fleet, family: str, seed: int, history: float = 0.0) -> list[Request]:
+    """The family's trace at ``seed``, after ``history`` seconds of its traffic (arrivals below 0)."""
     lengths = _lengths(traces, LENGTHS.get(family, DEFAULT_LENGTHS))
     if family == "long-context":
         lengths = [(i, o) for i, o in lengths if i <= LONG_CONTEXT_MAX_INPUT]
     cost = statistics.fmean(fleet.perf.request_seconds(i, o) for i, o in lengths[::max(1, len(lengths) // 2000)])
-    return traffic.generate(family, seed, DURATION_S, PEAK_REPLICAS / cost, lengths)
+    return traffic.generate(family, seed, DURATION_S, PEAK_REPLICAS / cost, lengths, history)
 
 
-def _opening(requests: list[Request], fleet: Fleet) -> int:
-    """The fleet every reactive policy opens its lead-in with: the lead-in's load at half
-    of its replicas' capacity (one rule for all, so none starts from a transient)."""
-    before = lead_in(requests, 600.0)
-    work = sum(fleet.perf.request_seconds(r.input_tokens, r.output_tokens) for r in before)
+def _opening(warmup: list[Request], fleet: Fleet) -> int:
+    """The fleet every reactive policy opens its warmup with: the load of the warmup's first
+    ten minutes at half of its replicas' capacity (one rule for all, so none starts from a
+    transient)."""
+    first = warmup[0].arrival if warmup else 0.0
+    work = sum(fleet.perf.request_seconds(r.input_tokens, r.output_tokens) for r in warmup
+               if r.arrival < first + 600.0)
     return max(1, min(16, round(work / 600.0 / 0.5)))
 
 
-def _run(requests: list[Request], fleet: Fleet, policy, source: str) -> Schedule:
-    """A reactive policy's run, from the opening fleet and lead-in, with its decisions."""
+def _run(requests: list[Request], fleet: Fleet, policy, source: str,
+         warmup: list[Request] | None = None) -> Schedule:
+    """A reactive policy's run, from the opening fleet and ``warmup`` (the trace's first ten
+    minutes mirrored before it unless given), with its decisions."""
+    warmup = lead_in(requests, 600.0) if warmup is None else warmup
     policy, decisions = recorded(policy)
-    result = simulate(requests, replace(fleet, initial=_opening(requests, fleet)), policy,
-                      SLO_TTFT_S, warmup=lead_in(requests, 600.0))
+    result = simulate(requests, replace(fleet, initial=_opening(warmup, fleet)), policy, SLO_TTFT_S, warmup=warmup)
     return Schedule(decisions, result, source)
 
 
@@ -145,11 +159,12 @@ def _kiln(requests: list[Request], fleet: Fleet, params: LawParams) -> SimResult
     return _run(requests, fleet, kiln_policy(params, fleet.perf), "kiln").result
 
 
-def _stock(requests: list[Request], fleet: Fleet, params: LawParams) -> list[tuple[dict, Schedule]]:
+def _stock(requests: list[Request], fleet: Fleet, params: LawParams,
+           warmup: list[Request] | None = None) -> list[tuple[dict, Schedule]]:
     """Every point of the HPA and KEDA sweeps (:data:`kiln.sim.stock.STOCK_SWEEP`)."""
     low, high = params.min_replicas, params.max_replicas
     return [({"policy": kind, "metrics": label, "targets": targets},
-             _run(requests, fleet, stock_policy(kind, targets, low, high), f"{kind} {label}"))
+             _run(requests, fleet, stock_policy(kind, targets, low, high), f"{kind} {label}", warmup))
             for kind in ("hpa", "keda") for label, targets in STOCK_SWEEP]
 
 
@@ -157,51 +172,75 @@ def _clairvoyant(requests: list[Request], fleet: Fleet, params: LawParams, seeds
                  static: int, label: str, **options) -> tuple[str, SimResult]:
     def say(line: str) -> None:
         print(f"  {label} clairvoyant {line}", file=sys.stderr, flush=True)
-    return clairvoyant(requests, replace(fleet, initial=_opening(requests, fleet)), SLO_TTFT_S, SLO_GOAL,
-                       params.min_replicas, params.max_replicas, warmup=lead_in(requests, 600.0),
+    warmup = lead_in(requests, 600.0)
+    return clairvoyant(requests, replace(fleet, initial=_opening(warmup, fleet)), SLO_TTFT_S, SLO_GOAL,
+                       params.min_replicas, params.max_replicas, warmup=warmup,
                        seeds=seeds, static=static, progress=say, **options)
 
 
-def _test_trace(args: tuple[str, list[Request], Fleet, LawParams, str | None]) -> dict:
-    label, requests, fleet, params, trained_stock = args
+def _against_stock(kiln: Schedule, stock: list[tuple[dict, Schedule]], trained_stock: str | None) -> dict:
+    """Kiln's run against the stock sweep's: the cheapest of each kind that meets the SLO
+    (with hindsight) and the HPA setting chosen on the training traces by kiln's own rule
+    (what a platform team that tunes once, as kiln is tuned, would run on this trace)."""
+    points = [{**config, **run.result.wire()} for config, run in stock]
+    meeting = [p for p in points if p["sloAttainment"] >= SLO_GOAL]
+    best = {kind: min((p for p in meeting if p["policy"] == kind), key=lambda p: p["gpuHours"], default=None)
+            for kind in ("hpa", "keda")}
+    best_stock = min((p for p in best.values() if p), key=lambda p: p["gpuHours"], default=None)
+    trained = next((p for p in points if p["policy"] == "hpa" and p["metrics"] == trained_stock), None)
+    return {"kiln": kiln.result.wire(), "bestHpa": best["hpa"], "bestKeda": best["keda"], "stock": points,
+            "kilnMeetsSlo": kiln.result.slo_attainment >= SLO_GOAL,
+            "kilnOverBestStock": round(kiln.result.gpu_hours / best_stock["gpuHours"], 3) if best_stock else None,
+            "trainedStock": trained,
+            "kilnOverTrainedStock": round(kiln.result.gpu_hours / trained["gpuHours"], 3) if trained else None}
+
+
+def _against_clairvoyant(view: dict, clairvoyant_gpu_hours: float) -> dict:
+    """Kiln's ratio to clairvoyant, and the bound's check: every run of ``view`` that meets
+    the goal for less than clairvoyant (none, if it bounds them)."""
+    kiln = view["kiln"]["gpuHours"]
+    return {"kilnOverClairvoyant": round(kiln / clairvoyant_gpu_hours, 3),
+            "cheaperThanClairvoyant": [p["policy"] + " " + p["metrics"] for p in view["stock"]
+                                       if p["sloAttainment"] >= SLO_GOAL and p["gpuHours"] < clairvoyant_gpu_hours]
+            + (["kiln"] if view["kilnMeetsSlo"] and kiln < clairvoyant_gpu_hours else [])}
+
+
+def _test_trace(args: tuple[str, list[Request], list[Request], Fleet, LawParams, str | None]) -> dict:
+    label, requests, history, fleet, params, trained_stock = args
     fleet = _fitted(fleet, requests)
     low, high = params.min_replicas, params.max_replicas
     print(f"{label}: {len(requests)} requests", file=sys.stderr, flush=True)
     kiln = _run(requests, fleet, kiln_policy(params, fleet.perf), "kiln")
     n, static = static_min(requests, fleet, SLO_TTFT_S, SLO_GOAL, low, high)
     stock = _stock(requests, fleet, params)
-    points = [{**config, **run.result.wire()} for config, run in stock]
-    meeting = [p for p in points if p["sloAttainment"] >= SLO_GOAL]
-    best = {kind: min((p for p in meeting if p["policy"] == kind), key=lambda p: p["gpuHours"], default=None)
-            for kind in ("hpa", "keda")}
-    best_stock = min((p for p in best.values() if p), key=lambda p: p["gpuHours"], default=None)
-    # The HPA setting chosen on the training traces by kiln's own rule: what a platform team
-    # that tunes once, as kiln is tuned, would run on this trace.
-    trained = next((p for p in points if p["policy"] == "hpa" and p["metrics"] == trained_stock), None)
     attainable = static.slo_attainment >= SLO_GOAL
     row = {"trace": label, "requests": len(requests), "rejected": kiln.result.rejected,
            "maxInputLen": fleet.perf.max_input_len, "maxSeqLen": fleet.perf.max_seq_len,
-           "sloAttainable": attainable, "kiln": kiln.result.wire(),
-           "staticMin": {"replicas": n, **static.wire()}, "bestHpa": best["hpa"], "bestKeda": best["keda"],
-           "stock": points, "kilnMeetsSlo": kiln.result.slo_attainment >= SLO_GOAL,
-           "kilnOverBestStock": round(kiln.result.gpu_hours / best_stock["gpuHours"], 3) if best_stock else None,
-           "trainedStock": trained,
-           "kilnOverTrainedStock": round(kiln.result.gpu_hours / trained["gpuHours"], 3) if trained else None}
+           "sloAttainable": attainable, "staticMin": {"replicas": n, **static.wire()},
+           **_against_stock(kiln, stock, trained_stock)}
+    after = None
+    if history:  # the same requests on a service that has served the hour before them
+        after = _against_stock(_run(requests, fleet, kiln_policy(params, fleet.perf), "kiln", history),
+                               _stock(requests, fleet, params, history), trained_stock)
     if attainable:  # where even the largest fixed fleet misses, no schedule meets the goal
         how, clair = _clairvoyant(requests, fleet, params, [kiln] + [run for _, run in stock], n, label)
         row["clairvoyant"] = {"foundBy": how, **clair.wire()}
-        row["kilnOverClairvoyant"] = round(kiln.result.gpu_hours / clair.gpu_hours, 3)
         row["staticMinOverClairvoyant"] = round(static.gpu_hours / clair.gpu_hours, 3)
-        # The bound's check: no policy run here meets the goal for less.
-        row["cheaperThanClairvoyant"] = [p["policy"] + " " + p["metrics"] for p in meeting
-                                         if p["gpuHours"] < clair.gpu_hours] + (
-            ["kiln"] if row["kilnMeetsSlo"] and kiln.result.gpu_hours < clair.gpu_hours else [])
+        row.update(_against_clairvoyant(row, clair.gpu_hours))
+        if after is not None:
+            after.update(_against_clairvoyant(after, clair.gpu_hours))
     else:
         row["clairvoyant"], row["kilnOverClairvoyant"], row["staticMinOverClairvoyant"] = None, None, None
         row["cheaperThanClairvoyant"] = []
-    print(f"{label}: kiln SLO {kiln.result.slo_attainment:.4f}, {row['kilnOverClairvoyant']}x clairvoyant, "
-          f"{row['kilnOverBestStock']}x best stock", file=sys.stderr, flush=True)
-    print("row " + json.dumps({k: v for k, v in row.items() if k != "stock"}), file=sys.stderr, flush=True)
+        if after is not None:
+            after.update(kilnOverClairvoyant=None, cheaperThanClairvoyant=[])
+    if after is not None:
+        row["afterAnHour"] = after
+    print(f"{label}: kiln SLO {row['kiln']['sloAttainment']:.4f}, {row['kilnOverClairvoyant']}x clairvoyant, "
+          f"{row['kilnOverBestStock']}x best stock" + (
+              f"; after an hour SLO {after['kiln']['sloAttainment']:.4f}, {after['kilnOverClairvoyant']}x "
+              f"clairvoyant, {after['kilnOverBestStock']}x best stock" if after else ""), file=sys.stderr, flush=True)
+    print("row " + json.dumps(_without_sweeps_row(row)), file=sys.stderr, flush=True)
     return row
 
 
@@ -334,19 +373,38 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
+def after_an_hour(rows: list[dict]) -> list[dict]:
+    """The rows of the second view, shaped as the first's (for :func:`summarize`)."""
+    return [{"trace": r["trace"], "sloAttainable": r["sloAttainable"],
+             "staticMinOverClairvoyant": r["staticMinOverClairvoyant"], **r["afterAnHour"]}
+            for r in rows if r.get("afterAnHour")]
+
+
+def _without_sweeps_row(row: dict) -> dict:
+    out = {k: v for k, v in row.items() if k != "stock"}
+    if "afterAnHour" in out:
+        out["afterAnHour"] = {k: v for k, v in out["afterAnHour"].items() if k != "stock"}
+    return out
+
+
 def _without_sweeps(report: dict) -> dict:
     """The sweep points are in the figures; the JSON keeps the best of each kind."""
-    return {**report, "test": [{k: v for k, v in row.items() if k != "stock"} for row in report["test"]]}
+    return {**report, "test": [_without_sweeps_row(row) for row in report["test"]]}
 
 
-def test_traces(traces: Path, fleet: Fleet, seeds: tuple[int, ...]) -> list[tuple[str, list[Request]]]:
+def test_traces(traces: Path, fleet: Fleet,
+                seeds: tuple[int, ...]) -> list[tuple[str, list[Request], list[Request]]]:
     """The test set: every family at ``seeds`` (seed by seed, so that a run cut short has every
-    family) and every public trace, none of them used for a choice."""
-    tests = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for s in seeds[:1] for f in traffic.FAMILIES]
-    tests += [(f"{Path(file).stem} x{scale}", load_trace(traces / file, rate_scale=scale))
+    family) and every public trace, none of them used for a choice; each with its history
+    (the hour before a generated trace, :data:`HISTORY_S`; none for a public one)."""
+    def generated(chosen: tuple[int, ...]) -> list[tuple[str, list[Request], list[Request]]]:
+        return [(f"{f}/{s}", [r for r in both if r.arrival >= 0], [r for r in both if r.arrival < 0])
+                for s in chosen for f in traffic.FAMILIES
+                for both in [_generated(traces, fleet, f, s, history=HISTORY_S)]]
+    tests = generated(seeds[:1])
+    tests += [(f"{Path(file).stem} x{scale}", load_trace(traces / file, rate_scale=scale), [])
               for file, scale in PUBLIC if (traces / file).exists()]
-    tests += [(f"{f}/{s}", _generated(traces, fleet, f, s)) for s in seeds[1:] for f in traffic.FAMILIES]
-    return tests
+    return tests + generated(seeds[1:])
 
 
 def main() -> int:
@@ -377,20 +435,20 @@ def main() -> int:
         seeds = traffic.TEST_SEEDS[:1] if args.quick else traffic.TEST_SEEDS
         tests = test_traces(traces, fleet, seeds)
         first = len(traffic.FAMILIES) + len(PUBLIC)
-        swept = [] if args.quick else [(label, r) for label, r in tests
+        swept = [] if args.quick else [(label, r) for label, r, _ in tests
                                        if label in {f"{f}/{seeds[0]}" for f in COLD_START_FAMILIES}]
         colds = [("cold", label, r, fleet, params, cold) for label, r in swept for cold in COLD_STARTS]
         # The first seed of every family and the public traces, then the first cold-start
         # sweep, then the rest: a run cut short still has every family and a sweep.
-        jobs = ([("test", label, r, fleet, params, stock_chosen) for label, r in tests[:first]]
+        jobs = ([("test", label, r, history, fleet, params, stock_chosen) for label, r, history in tests[:first]]
                 + colds[:len(COLD_STARTS)]
-                + [("test", label, r, fleet, params, stock_chosen) for label, r in tests[first:]]
+                + [("test", label, r, history, fleet, params, stock_chosen) for label, r, history in tests[first:]]
                 + colds[len(COLD_STARTS):])
         print(f"{len(tests)} test traces and {len(colds)} cold-start runs on {args.workers} workers",
               file=sys.stderr, flush=True)
         corpus = {"families": list(traffic.FAMILIES),
                   "trainSeeds": {f: list(traffic.train_seeds(f)) for f in traffic.FAMILIES},
-                  "testSeeds": list(seeds), "durationSeconds": DURATION_S,
+                  "testSeeds": list(seeds), "durationSeconds": DURATION_S, "historySeconds": HISTORY_S,
                   "publicTraces": [{"file": file, "rateScale": scale} for file, scale in PUBLIC
                                    if (traces / file).exists()]}
         rows: list[dict] = []
@@ -407,9 +465,10 @@ def main() -> int:
             print(f"[{done}/{len(jobs)}] done", file=sys.stderr, flush=True)
             report = {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
                       "quick": args.quick, "complete": done == len(jobs), "corpus": corpus, "training": training,
-                      "test": sorted(rows, key=lambda r: [t for t, _ in tests].index(r["trace"])),
+                      "test": sorted(rows, key=lambda r: [t for t, *_ in tests].index(r["trace"])),
                       "coldStart": sorted(cold, key=lambda r: (r["trace"], r["coldStartSeconds"])),
-                      "summary": summarize(rows)}
+                      "summary": summarize(rows),
+                      "afterAnHour": {"historySeconds": HISTORY_S, "summary": summarize(after_an_hour(rows))}}
             if args.out:  # a long run's partial results, rewritten as each job completes
                 Path(args.out).write_text(json.dumps(_without_sweeps(report), indent=1) + "\n")
     print(json.dumps(_without_sweeps(report), indent=1))

@@ -17,6 +17,12 @@ shape, with request lengths resampled from a public trace (heavy tails included)
 
 The benchmark chooses every parameter of the law on the training seeds and reports on the
 test seeds (:func:`train_seeds`, :data:`TEST_SEEDS`), which no choice ever looked at.
+
+``history``: the traffic of the hour (or any span) before a trace, for a service that has been
+serving it: the family's shape continued backwards (the sine and the ramp's base before it;
+bursts, and on/off spells, at the same density, drawn from a generator of their own and over
+before the trace opens), its arrivals drawn apart, so that the trace itself is the same
+request for request with or without its history.
 """
 
 from __future__ import annotations
@@ -50,8 +56,12 @@ def train_seeds(family: str) -> tuple[int, ...]:
     return TRAIN_SEEDS + MORE_TRAIN_SEEDS.get(family, ())
 
 
-def shape(family: str, rng: random.Random, duration: float) -> Callable[[float], float]:
-    """The family's rate over time, as a share of the trace's peak rate."""
+def shape(family: str, rng: random.Random, duration: float, history: float = 0.0,
+          before: random.Random | None = None) -> Callable[[float], float]:
+    """The family's rate over time, as a share of the trace's peak rate; from ``-history``
+    with the bursts or spells before 0 drawn from ``before`` (after every draw from ``rng``,
+    so the rate from 0 on is the same with or without a history)."""
+    before = before or random.Random(0)
     if family in ("diurnal", "long-context"):
         period, phase = rng.uniform(2400, 5400), rng.uniform(0, 2 * math.pi)
         return lambda t: 0.7 + 0.3 * math.sin(2 * math.pi * t / period + phase)
@@ -65,6 +75,11 @@ def shape(family: str, rng: random.Random, duration: float) -> Callable[[float],
             start, length = rng.uniform(0, duration - 900), rng.uniform(120, 900)
             bursts.append((start, length, rng.uniform(1.5, 3.0), rng.uniform(60, 180)))
         top = max(b[2] for b in bursts)
+        # As many per second before the trace as in it, each over before it opens.
+        for _ in range(round(before.randint(2, 4) * history / duration)):
+            length, edge = before.uniform(120, 900), before.uniform(60, 180)
+            start = -(length + edge) - before.uniform(0, max(0.0, history - length - edge))
+            bursts.append((start, length, before.uniform(1.5, top), edge))
 
         def bursty(t: float) -> float:
             level = 1.0
@@ -74,21 +89,30 @@ def shape(family: str, rng: random.Random, duration: float) -> Callable[[float],
                 level = max(level, 1.0 + (height - 1.0) * min(rise, fall))
             return level / top
         return bursty
-    if family == "idle-gaps":
-        return _on_off(rng, duration)
-    if family == "mixed-clumps":
-        return _on_off(rng, duration, heights=(0.3, 1.0))
+    if family in ("idle-gaps", "mixed-clumps"):
+        return _on_off(rng, duration, (0.3, 1.0) if family == "mixed-clumps" else None, history, before)
     raise ValueError(f"unknown traffic family {family}")
 
 
-def _on_off(rng: random.Random, duration: float,
-            heights: tuple[float, float] | None = None) -> Callable[[float], float]:
+def _on_off(rng: random.Random, duration: float, heights: tuple[float, float] | None = None,
+            history: float = 0.0, before: random.Random | None = None) -> Callable[[float], float]:
     """Active spells of clumps between idle spells: (start, level) steps, looked up by time.
     Clumps are at the peak, or with ``heights`` drawn uniformly from that range (at least
-    the spell's floor)."""
-    steps: list[tuple[float, float]] = [(0.0, IDLE_LEVEL)]
-    t = rng.uniform(0, 300)
-    while t < duration:
+    the spell's floor). Spells before 0 are drawn from ``before`` and cut at 0."""
+    steps = [(0.0, IDLE_LEVEL)] + _spells(rng, 0.0, duration, heights)
+    if history > 0 and before is not None:
+        past = [(-history, IDLE_LEVEL)] + _spells(before, -history, 0.0, heights)
+        steps = [step for step in past if step[0] < 0] + steps
+    starts = [s for s, _ in steps]
+    return lambda t: steps[max(0, bisect.bisect_right(starts, t) - 1)][1]
+
+
+def _spells(rng: random.Random, begin: float, until: float,
+            heights: tuple[float, float] | None) -> list[tuple[float, float]]:
+    """The steps of the active spells from ``begin`` until ``until``, each followed by idle."""
+    steps: list[tuple[float, float]] = []
+    t = begin + rng.uniform(0, 300)
+    while t < until:
         end, floor = t + rng.uniform(120, 600), rng.uniform(0.1, 0.4)
         steps.append((t, floor))
         clump = t + rng.uniform(0, 30)
@@ -99,20 +123,29 @@ def _on_off(rng: random.Random, duration: float,
             clump += length + rng.uniform(15, 90)
         steps.append((end, IDLE_LEVEL))
         t = end + rng.uniform(60, 300)
-    starts = [s for s, _ in steps]
-    return lambda t: steps[bisect.bisect_right(starts, t) - 1][1]
+    return steps
 
 
 def generate(family: str, seed: int, duration: float, peak_rate: float,
-             lengths: Sequence[tuple[int, int]]) -> list[Request]:
+             lengths: Sequence[tuple[int, int]], history: float = 0.0) -> list[Request]:
     """``duration`` seconds of ``family`` traffic peaking at ``peak_rate`` requests/s, lengths
-    drawn (with replacement) from ``lengths`` ((input, output) pairs of a public trace)."""
+    drawn (with replacement) from ``lengths`` ((input, output) pairs of a public trace);
+    with ``history``, the traffic of the ``history`` seconds before it first (arrivals in
+    ``(-history, 0)``), the trace from 0 on unchanged."""
     rng = random.Random(f"{family}/{seed}")
-    rate = shape(family, rng, duration)
-    requests, t = [], 0.0
+    before = random.Random(f"{family}/{seed}/history")
+    rate = shape(family, rng, duration, history, before)
+    trace = _arrivals(rng, rate, 0.0, duration, peak_rate, lengths)
+    return (_arrivals(before, rate, -history, 0.0, peak_rate, lengths) if history > 0 else []) + trace
+
+
+def _arrivals(rng: random.Random, rate: Callable[[float], float], begin: float, end: float,
+              peak_rate: float, lengths: Sequence[tuple[int, int]]) -> list[Request]:
+    """A Poisson process at ``peak_rate`` thinned to ``rate`` over ``(begin, end)``."""
+    requests, t = [], begin
     while True:
         t += rng.expovariate(peak_rate)
-        if t >= duration:
+        if t >= end:
             return requests
         if rng.random() <= rate(t):
             i, o = lengths[rng.randrange(len(lengths))]

@@ -60,7 +60,7 @@ def test_the_benchmark_reports_on_test_seeds_and_public_traces_only(monkeypatch,
     import autoscaling
 
     calls = []
-    monkeypatch.setattr(autoscaling, "_generated", lambda traces, fleet, family, seed: calls.append(seed) or [])
+    monkeypatch.setattr(autoscaling, "_generated", lambda traces, fleet, family, seed, history=0.0: calls.append(seed) or [])
     monkeypatch.setattr(autoscaling, "load_trace", lambda path, rate_scale: [])
     for file, _ in autoscaling.PUBLIC:
         (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
@@ -68,11 +68,11 @@ def test_the_benchmark_reports_on_test_seeds_and_public_traces_only(monkeypatch,
     tests = autoscaling.test_traces(tmp_path, None, traffic.TEST_SEEDS)
     trained = {s for f in traffic.FAMILIES for s in traffic.train_seeds(f)}
     assert set(calls) == set(traffic.TEST_SEEDS) and not set(calls) & trained
-    generated = [label for label, _ in tests if "/" in label]
+    generated = [label for label, *_ in tests if "/" in label]
     assert len(generated) >= 20 and {label.split("/")[0] for label in generated} == set(traffic.FAMILIES)
     assert len(tests) - len(generated) == len(autoscaling.PUBLIC)  # every public trace, none tuned on
     # A cut-short run still has every family: the first seed of each comes first.
-    assert [label.split("/")[0] for label, _ in tests[:len(traffic.FAMILIES)]] == list(traffic.FAMILIES)
+    assert [label.split("/")[0] for label, *_ in tests[:len(traffic.FAMILIES)]] == list(traffic.FAMILIES)
 
 
 def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
@@ -91,3 +91,24 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
     assert training["stockChosen"] in dict(STOCK_SWEEP)
     assert training["stockChosen"] == autoscaling._choose(training["stockCandidates"])["metrics"]
     assert training["chosen"] == autoscaling._choose(training["candidates"])["params"]
+
+
+def test_a_history_leaves_the_trace_as_it_was_and_carries_the_familys_traffic():
+    """The second view replays the hour before a test trace: the trace itself must be the
+    same request for request (its clairvoyant and static-min stand for both views), and the
+    hour must be the family's traffic: bursts in a bursty hour, spells in an on/off one."""
+    for family in traffic.FAMILIES:
+        for history in (300.0, 3600.0):
+            trace = traffic.generate(family, 5, 1800, 10.0, LENGTHS)
+            both = traffic.generate(family, 5, 1800, 10.0, LENGTHS, history=history)
+            assert [r for r in both if r.arrival >= 0] == trace, (family, history)
+            before = [r for r in both if r.arrival < 0]
+            assert before and all(-history < r.arrival < 0 for r in before)
+
+    def hour_before(requests):
+        return _per_minute([type(r)(r.arrival + 3600, r.input_tokens, r.output_tokens)
+                            for r in requests if r.arrival < 0], 3600)
+    hour = hour_before(traffic.generate("bursts", 5, 2700, 10.0, LENGTHS, history=3600))
+    assert max(hour) > 1.4 * sorted(hour)[len(hour) // 4]  # at least one burst above the base
+    idle = hour_before(traffic.generate("idle-gaps", 5, 2700, 10.0, LENGTHS, history=3600))
+    assert min(idle) <= 0.05 * max(idle) and max(idle) > 0
