@@ -58,6 +58,7 @@ from kiln.api.validation import parse_service_manifest  # noqa: E402
 from kiln.autoscale import LawParams  # noqa: E402
 from kiln.planner import lookup_gpu  # noqa: E402
 from kiln.sim import Fleet, PerfModel, load_trace  # noqa: E402
+from kiln.sim.compare import LEAD_IN_SECONDS  # noqa: E402
 from kiln.sim.engine import SimResult, simulate  # noqa: E402
 from kiln.sim.policies import kiln_policy  # noqa: E402
 from kiln.sim.references import Schedule, clairvoyant, recorded, static_min  # noqa: E402
@@ -137,19 +138,19 @@ def _generated(traces: Path, fleet: Fleet, family: str, seed: int, history: floa
 
 def _opening(warmup: list[Request], fleet: Fleet) -> int:
     """The fleet every reactive policy opens its warmup with: the load of the warmup's first
-    ten minutes at half of its replicas' capacity (one rule for all, so none starts from a
-    transient)."""
+    ``LEAD_IN_SECONDS`` at half of its replicas' capacity (one rule for all, so none starts
+    from a transient)."""
     first = warmup[0].arrival if warmup else 0.0
     work = sum(fleet.perf.request_seconds(r.input_tokens, r.output_tokens) for r in warmup
-               if r.arrival < first + 600.0)
-    return max(1, min(16, round(work / 600.0 / 0.5)))
+               if r.arrival < first + LEAD_IN_SECONDS)
+    return max(1, min(16, round(work / LEAD_IN_SECONDS / 0.5)))
 
 
 def _run(requests: list[Request], fleet: Fleet, policy, source: str,
          warmup: list[Request] | None = None) -> Schedule:
-    """A reactive policy's run, from the opening fleet and ``warmup`` (the trace's first ten
-    minutes mirrored before it unless given), with its decisions."""
-    warmup = lead_in(requests, 600.0) if warmup is None else warmup
+    """A reactive policy's run, from the opening fleet and ``warmup`` (the trace's first
+    ``LEAD_IN_SECONDS`` mirrored before it unless given), with its decisions."""
+    warmup = lead_in(requests, LEAD_IN_SECONDS) if warmup is None else warmup
     policy, decisions = recorded(policy)
     result = simulate(requests, replace(fleet, initial=_opening(warmup, fleet)), policy, SLO_TTFT_S, warmup=warmup)
     return Schedule(decisions, result, source)
@@ -172,7 +173,7 @@ def _clairvoyant(requests: list[Request], fleet: Fleet, params: LawParams, seeds
                  static: int, label: str, **options) -> tuple[str, SimResult]:
     def say(line: str) -> None:
         print(f"  {label} clairvoyant {line}", file=sys.stderr, flush=True)
-    warmup = lead_in(requests, 600.0)
+    warmup = lead_in(requests, LEAD_IN_SECONDS)
     return clairvoyant(requests, replace(fleet, initial=_opening(warmup, fleet)), SLO_TTFT_S, SLO_GOAL,
                        params.min_replicas, params.max_replicas, warmup=warmup,
                        seeds=seeds, static=static, progress=say, **options)

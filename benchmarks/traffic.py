@@ -61,7 +61,9 @@ def shape(family: str, rng: random.Random, duration: float, history: float = 0.0
     """The family's rate over time, as a share of the trace's peak rate; from ``-history``
     with the bursts or spells before 0 drawn from ``before`` (after every draw from ``rng``,
     so the rate from 0 on is the same with or without a history)."""
-    before = before or random.Random(0)
+    if history > 0 and before is None:
+        raise ValueError("a history is drawn from a generator of its own: pass before")
+    before = before if history > 0 else None
     if family in ("diurnal", "long-context"):
         period, phase = rng.uniform(2400, 5400), rng.uniform(0, 2 * math.pi)
         return lambda t: 0.7 + 0.3 * math.sin(2 * math.pi * t / period + phase)
@@ -76,7 +78,7 @@ def shape(family: str, rng: random.Random, duration: float, history: float = 0.0
             bursts.append((start, length, rng.uniform(1.5, 3.0), rng.uniform(60, 180)))
         top = max(b[2] for b in bursts)
         # As many per second before the trace as in it, each over before it opens.
-        for _ in range(round(before.randint(2, 4) * history / duration)):
+        for _ in range(round(before.randint(2, 4) * history / duration) if before is not None else 0):
             length, edge = before.uniform(120, 900), before.uniform(60, 180)
             start = -(length + edge) - before.uniform(0, max(0.0, history - length - edge))
             bursts.append((start, length, before.uniform(1.5, top), edge))
@@ -100,7 +102,7 @@ def _on_off(rng: random.Random, duration: float, heights: tuple[float, float] | 
     Clumps are at the peak, or with ``heights`` drawn uniformly from that range (at least
     the spell's floor). Spells before 0 are drawn from ``before`` and cut at 0."""
     steps = [(0.0, IDLE_LEVEL)] + _spells(rng, 0.0, duration, heights)
-    if history > 0 and before is not None:
+    if before is not None:
         past = [(-history, IDLE_LEVEL)] + _spells(before, -history, 0.0, heights)
         steps = [step for step in past if step[0] < 0] + steps
     starts = [s for s, _ in steps]
