@@ -2,6 +2,7 @@
 
     nice -n 5 python benchmarks/autoscaling.py [--traces DIR] [--plot DIR] [--workers 2] [--quick]
         [--train [all|law]] > benchmarks/autoscaling-results.json
+    nice -n 5 python benchmarks/autoscaling.py --model-error > benchmarks/autoscaling-model-error.json
 
 Service: ``benchmarks/autoscaling-service.yaml`` (Llama-3.1-8B FP8 on H100s, 1-16 replicas),
 its engine built for each trace (``maxInputLen`` / ``maxSeqLen`` cover the trace's p99.9
@@ -31,6 +32,12 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
    The first view is a service's first 45 minutes, when kiln knows least of it.
 3. **Cold-start sensitivity**: kiln and clairvoyant at 60 / 90 / 180 / 300 s on the first
    test seed of :data:`COLD_START_FAMILIES`.
+4. **Model-error sensitivity** (``--model-error``, a run of its own, written to
+   ``benchmarks/autoscaling-model-error.json``): kiln on every test trace with its
+   performance model off by each of :data:`MODEL_ERRORS` against the simulated engine
+   (``kiln_policy``'s ``model_error``: a planner that thinks the engine faster or slower than
+   it is), with the SLO as the service's TTFT objective (``ttftP99Milliseconds: 2000``, which
+   the law corrects its demand by) and without one, as the service above runs.
 
 Prints JSON (progress and each trace's row on stderr, as they complete); ``--plot DIR`` writes
 a Pareto figure per trace there (GPU-hours against SLO attainment, every policy and sweep
@@ -102,6 +109,10 @@ COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 # its record is full and the prior, which shrinks over it, is gone.
 HISTORY_S = 3600.0
 COLD_START_FAMILIES = ("bursts", "fast-ramp")
+# The performance model's error against the engine: each request's cost and each replica's
+# prefill load as the law reads them, over the engine's. 0.8: a model that thinks the engine a
+# quarter faster than it is (the calibration test allows 15 % on each published row).
+MODEL_ERRORS = (0.8, 1.0, 1.25)
 # What the last --train run chose (and every candidate's figures).
 TRAINING = ROOT / "benchmarks" / "autoscaling-training.json"
 
@@ -258,6 +269,52 @@ def _cold_start(args: tuple[str, list[Request], Fleet, LawParams, float]) -> dic
            "kilnOverClairvoyant": round(kiln.result.gpu_hours / clair.gpu_hours, 3)}
     print(f"cold start {cold:.0f}s {label}: {row}", file=sys.stderr, flush=True)
     return row
+
+
+def _model_error(args: tuple[str, list[Request], Fleet, LawParams]) -> dict:
+    """kiln on one trace at each model error, without a TTFT objective (as the service runs)
+    and with the SLO as its objective; and whether any fleet meets the SLO there."""
+    label, requests, fleet, params = args
+    fleet = _fitted(fleet, requests)
+    _, static = static_min(requests, fleet, SLO_TTFT_S, SLO_GOAL, params.min_replicas, params.max_replicas)
+    runs = []
+    for error in MODEL_ERRORS:
+        for objective in (None, SLO_TTFT_S):
+            result = _run(requests, fleet, kiln_policy(replace(params, ttft_objective=objective), fleet.perf,
+                                                       model_error=error), "kiln").result
+            runs.append({"modelError": error, "ttftObjective": objective is not None,
+                         "sloAttainment": round(result.slo_attainment, 4), "gpuHours": round(result.gpu_hours, 3)})
+    print(f"model error {label}: {runs}", file=sys.stderr, flush=True)
+    return {"trace": label, "sloAttainable": static.slo_attainment >= SLO_GOAL, "runs": runs}
+
+
+def model_errors(rows: list[dict]) -> list[dict]:
+    """Per model error, with and without the objective, over the attainable test traces:
+    where kiln meets the SLO, and its GPU-hours."""
+    runs: dict[tuple[float, bool], list[tuple[str, float, float]]] = {}
+    for row in rows:
+        if row["sloAttainable"]:
+            for run in row["runs"]:
+                runs.setdefault((run["modelError"], run["ttftObjective"]), []).append(
+                    (row["trace"], run["sloAttainment"], run["gpuHours"]))
+    return [{"modelError": error, "ttftObjective": objective, "traces": len(found),
+             "kilnMeetsSloOn": sum(a >= SLO_GOAL for _, a, _ in found),
+             "kilnMissesSloOn": {t: a for t, a, _ in found if a < SLO_GOAL},
+             "gpuHours": round(sum(g for *_, g in found), 2)}
+            for (error, objective), found in sorted(runs.items())]
+
+
+def _model_error_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor) -> dict:
+    """The model-error section on every test trace (``--model-error``)."""
+    tests = test_traces(traces, fleet, traffic.TEST_SEEDS)
+    order = [label for label, *_ in tests]
+    rows = []
+    for future in as_completed([pool.submit(_model_error, (label, r, fleet, params)) for label, r, _ in tests]):
+        rows.append(future.result())
+        print(f"[{len(rows)}/{len(tests)}] done", file=sys.stderr, flush=True)
+    rows.sort(key=lambda r: order.index(r["trace"]))
+    return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
+            "modelErrors": list(MODEL_ERRORS), "summary": model_errors(rows), "traces": rows}
 
 
 def _job(args: tuple) -> tuple[str, dict]:
@@ -420,7 +477,12 @@ def main() -> int:
                         help=f"choose the law's parameters and the trained HPA's setting on the training seeds "
                              f"again (else read {TRAINING.name}); 'law': the law's only, the HPA's kept from "
                              f"{TRAINING.name} (it depends on the training traces and the sweep, not on the law)")
+    parser.add_argument("--model-error", action="store_true",
+                        help="only the model-error sensitivity (kiln with its performance model off by "
+                             f"{', '.join(map(str, MODEL_ERRORS))}, with and without a TTFT objective)")
     args = parser.parse_args()
+    if args.model_error and args.train:
+        parser.error("--model-error runs with the parameters the last --train chose: run --train alone first")
     traces = Path(args.traces)
     if args.plot and not Path(args.plot).is_dir():
         parser.error(f"--plot: {args.plot} is not a folder")
@@ -432,6 +494,9 @@ def main() -> int:
             TRAINING.write_text(json.dumps(training, indent=1) + "\n")
         training = json.loads(TRAINING.read_text())
         params = replace(params, **training["chosen"])
+        if args.model_error:
+            print(json.dumps(_model_error_run(traces, fleet, params, pool), indent=1))
+            return 0
         stock_chosen = training.get("stockChosen")
         seeds = traffic.TEST_SEEDS[:1] if args.quick else traffic.TEST_SEEDS
         tests = test_traces(traces, fleet, seeds)

@@ -575,3 +575,76 @@ def test_the_defaults_are_the_choice_of_the_benchmarks_training():
     training = Path(__file__).resolve().parents[2] / "benchmarks" / "autoscaling-training.json"
     chosen = json.loads(training.read_text())["chosen"]
     assert {name: getattr(LawParams(), name) for name in chosen} == chosen
+
+
+# The TTFT objective (10.): 99 % of first responses within 2 s, read from Triton's default
+# buckets (100, 500, 2000, 5000 ms).
+OBJECTIVE = replace(ARRIVALS, ttft_objective=2.0)
+
+
+def _histogram(on_time: float, late: float) -> tuple[tuple[float, float], ...]:
+    return ((0.1, 0.0), (0.5, on_time / 2), (2.0, on_time), (5.0, on_time + late), (math.inf, on_time + late))
+
+
+def _answered(now, rates, late_share, period=15):
+    """Replicas finishing ``rates`` requests/s, a ``late_share`` of whose first responses came
+    after 2 s (counters since 0)."""
+    return [replace(s, first_responses=_histogram((1 - late_share) * s.finished, late_share * s.finished))
+            for s in _finishing(now, rates, period=period)]
+
+
+def test_the_share_of_first_responses_over_the_objective_is_read_from_the_last_interval():
+    from kiln.autoscale.law import late_responses
+    samples = _answered(1000, (30, 30, 30), 0.05)
+    responses, late = late_responses(samples, 2.0)
+    assert responses == pytest.approx(90 * 15) and late == pytest.approx(0.05 * 90 * 15)
+    # An objective between two bounds is read at the lower one: the responses between 500 ms
+    # and 2 s count as late against 1.5 s.
+    responses, late = late_responses(samples, 1.5)
+    assert late == pytest.approx(responses * (1 - 0.95 / 2))
+    # No bound within the objective, or no histogram: nothing is read.
+    assert late_responses(samples, 0.05) is None
+    assert late_responses(_finishing(1000, (30, 30, 30)), 2.0) is None
+    # A restarted pod's interval (its counters went back) is skipped.
+    restarted = [replace(s, first_responses=_histogram(0.0, 0.0)) if s.time == 1000 and s.replica == "r0" else s
+                 for s in samples]
+    assert late_responses(restarted, 2.0)[0] == pytest.approx(60 * 15)
+
+
+def test_a_missed_objective_corrects_the_demand_upwards_and_a_met_one_lets_it_go():
+    # 90 requests/s x 0.02 s / 0.8 = 2.25 replicas: three hold it, by the model. But 5 % of the
+    # first responses come after 2 s: the model is optimistic, and each decision with the
+    # objective missed raises the demand by a tenth.
+    recs = Recommendations([(0.0, 3)])
+    decisions = [decide(now, _answered(now, (30, 30, 30), 0.05), 3, 3, 0, OBJECTIVE, recs)
+                 for now in (1000, 1015, 1030)]
+    assert recs.correction == pytest.approx(1.1 ** 3)
+    assert decisions[-1].desired == 3  # 2.25 x 1.33 = 2.99
+    decision = decide(1045, _answered(1045, (30, 30, 30), 0.05), 3, 3, 0, OBJECTIVE, recs)
+    assert recs.correction == pytest.approx(1.1 ** 4)  # 2.25 x 1.46 = 3.3 replicas: a fourth
+    assert decision.desired == 4 and "x1.46: first responses over the 2s TTFT objective" in decision.reason
+    # While replicas start, the misses are the ones they will end: no further correction.
+    decide(1060, _answered(1060, (30, 30, 30), 0.05), 4, 3, 1, OBJECTIVE, recs)
+    assert recs.correction == pytest.approx(1.1 ** 4)
+    # Misses within the budget (1 %) hold it; none at all let it shrink with its half-life.
+    decide(1075, _answered(1075, (30, 30, 30), 0.005), 4, 4, 0, OBJECTIVE, recs)
+    assert recs.correction == pytest.approx(1.1 ** 4)
+    decide(1075 + 1800, _answered(1075 + 1800, (30, 30, 30), 0.0), 4, 4, 0, OBJECTIVE, recs)
+    assert recs.correction == pytest.approx(1 + (1.1 ** 4 - 1) / 2)
+
+
+def test_the_correction_is_bounded_and_needs_enough_responses():
+    recs = Recommendations([(0.0, 3)])
+    for now in range(1000, 1000 + 15 * 20, 15):
+        decide(now, _answered(now, (30, 30, 30), 0.5), 3, 3, 0, OBJECTIVE, recs)
+    assert recs.correction == OBJECTIVE.correction_max == 2.0
+    # Under 20 first responses in the interval say nothing: 0.3 requests/s x 15 s x 3 replicas.
+    quiet = Recommendations([(0.0, 1)])
+    decide(1000, _answered(1000, (0.3, 0.3, 0.3), 0.5), 3, 3, 0, OBJECTIVE, quiet)
+    assert quiet.correction == 1.0
+
+
+def test_without_an_objective_the_law_reads_no_latency():
+    recs = Recommendations([(0.0, 3)])
+    decision = decide(1000, _answered(1000, (30, 30, 30), 0.5), 3, 3, 0, ARRIVALS, recs)
+    assert recs.correction == 1.0 and decision.desired == 3

@@ -3,6 +3,8 @@ is the input-token counter's rate over the replica's prefill speed."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kiln.api import parse_service_spec
 from kiln.autoscale import KVSample
 from kiln.controller.autoscaler import BuiltinAutoscaler
@@ -129,3 +131,32 @@ async def test_the_operator_keeps_the_scrapes_the_trend_reads():
     assert cold_start.desired == 1 and "headroom" not in cold_start.reason, cold_start.reason
     window = await desired(60.0)
     assert window.desired == 2 and window.reason.startswith("burst headroom"), window.reason
+
+
+class _Late(_Finishing):
+    """The same pod, a tenth of whose first responses come after 2 s."""
+
+    async def kv_samples(self, namespace, selector, api=None):
+        [sample] = await super().kv_samples(namespace, selector, api)
+        done = sample.finished_total
+        return [replace(sample, first_responses=(
+            (0.1, 0.0), (0.5, 0.5 * done), (2.0, 0.9 * done), (5.0, done), (float("inf"), done)))]
+
+
+async def test_a_ttft_objective_reads_the_pods_first_responses_and_corrects_the_demand():
+    spec = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                               "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4,
+                                               "ttftP99Milliseconds": 2000}})
+    now = [100.0]
+    scaler = BuiltinAutoscaler(_Api(), _Late(lambda: now[0]), timing=NO_PRIOR, clock=lambda: now[0])
+    await scaler.evaluate("llm", "svc", spec, 1, request_seconds=lambda p, o: 0.05)
+    now[0] = 115.0
+    decision = await scaler.evaluate("llm", "svc", spec, 1, request_seconds=lambda p, o: 0.05)
+    # 2.2 replicas' demand, corrected by a tenth for the 10 % of late first responses: 2.4.
+    assert scaler._fleets["llm", "svc"].recommendations.correction == 1.1
+    assert "x1.10: first responses over the 2s TTFT objective" in decision.reason
+    # Without the objective the same pod's histogram is not read.
+    plain = BuiltinAutoscaler(_Api(), _Late(lambda: now[0]), timing=NO_PRIOR, clock=lambda: now[0])
+    for now[0] in (100.0, 115.0):
+        await plain.evaluate("llm", "svc", SPEC, 1, request_seconds=lambda p, o: 0.05)
+    assert plain._fleets["llm", "svc"].recommendations.correction == 1.0

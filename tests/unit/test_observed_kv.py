@@ -137,3 +137,37 @@ nv_llm_output_token_len_sum{model="tensorrt_llm",response_metric_type="total_out
     sample = parse_triton_metrics(page)
     assert (sample.finished_total, sample.input_tokens_total, sample.output_tokens_total) == (40, 81920, 6400)
     assert parse_triton_metrics(PAGE).finished_total is None
+
+
+FIRST_RESPONSES = """# HELP nv_inference_first_response_histogram_ms Duration from request to first response in milliseconds
+# TYPE nv_inference_first_response_histogram_ms histogram
+nv_inference_first_response_histogram_ms_count{model="tensorrt_llm",version="1"} 37
+nv_inference_first_response_histogram_ms_sum{model="tensorrt_llm",version="1"} 10771
+nv_inference_first_response_histogram_ms_bucket{model="tensorrt_llm",version="1",le="100"} 8
+nv_inference_first_response_histogram_ms_bucket{model="tensorrt_llm",version="1",le="500"} 30
+nv_inference_first_response_histogram_ms_bucket{model="tensorrt_llm",version="1",le="2000"} 36
+nv_inference_first_response_histogram_ms_bucket{model="tensorrt_llm",version="1",le="5000"} 37
+nv_inference_first_response_histogram_ms_bucket{model="tensorrt_llm",version="1",le="+Inf"} 37
+nv_inference_first_response_histogram_ms_count{model="ensemble",version="1"} 37
+nv_inference_first_response_histogram_ms_sum{model="ensemble",version="1"} 10990
+nv_inference_first_response_histogram_ms_bucket{model="ensemble",version="1",le="100"} 2
+nv_inference_first_response_histogram_ms_bucket{model="ensemble",version="1",le="+Inf"} 37
+"""
+
+
+def test_the_first_response_histogram_is_read_for_the_engines_model():
+    # Triton core's histogram (with --metrics-config histogram_latencies=true, for decoupled
+    # models), its default buckets; the figures are the example of Triton's metrics guide.
+    sample = parse_triton_metrics(PAGE + FIRST_RESPONSES)
+    assert sample.first_responses == ((0.1, 8), (0.5, 30), (2.0, 36), (5.0, 37), (float("inf"), 37))
+    assert parse_triton_metrics(PAGE).first_responses is None
+
+
+def test_a_first_response_histogram_without_its_inf_bucket_or_with_too_many_is_not_read():
+    page = PAGE + "\n".join(line for line in FIRST_RESPONSES.splitlines() if 'le="+Inf"' not in line) + "\n"
+    assert parse_triton_metrics(page).first_responses is None
+    many = "".join(f'nv_inference_first_response_histogram_ms_bucket{{model="tensorrt_llm",version="1",le="{i}"}} {i}\n'
+                   for i in range(1, 200))
+    page = PAGE + FIRST_RESPONSES.replace("# TYPE nv_inference_first_response_histogram_ms histogram\n",
+                                          "# TYPE nv_inference_first_response_histogram_ms histogram\n" + many)
+    assert parse_triton_metrics(page).first_responses is None

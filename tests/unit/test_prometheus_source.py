@@ -29,6 +29,11 @@ ANSWERS = {
         ({"pod": "svc-server-0", "request_type": kind}, value)
         for kind, value in (("active", 32), ("max", 64), ("waiting", 3))],
     "nv_llm_input_token_len_sum": [({"pod": "svc-server-0", "response_metric_type": "total_input_tokens"}, 5e6)],
+    "nv_llm_input_token_len_count": [({"pod": "svc-server-0", "response_metric_type": "total_input_tokens"}, 4e3)],
+    "nv_llm_output_token_len_sum": [({"pod": "svc-server-0", "response_metric_type": "total_output_tokens"}, 9e5)],
+    "nv_inference_first_response_histogram_ms_bucket": [
+        ({"pod": "svc-server-0", "le": le}, count)
+        for le, count in (("100", 10), ("500", 3000), ("2000", 3990), ("5000", 4000), ("+Inf", 4000))],
 }
 
 
@@ -59,6 +64,9 @@ async def test_samples_per_pod_from_prometheus(prometheus):
     assert (sample.max_blocks, sample.used_blocks, sample.tokens_per_block) == (1000, 400, 32)
     assert (sample.active_requests, sample.max_requests, sample.waiting_requests) == (32, 64, 3)
     assert sample.input_tokens_total == 5e6 and sample.utilization == 0.4
+    # The counters the demand from arrivals reads, and the first-response histogram.
+    assert (sample.finished_total, sample.output_tokens_total) == (4e3, 9e5)
+    assert sample.first_responses == ((0.1, 10), (0.5, 3000), (2.0, 3990), (5.0, 4000), (float("inf"), 4000))
     assert all(q.startswith("last_over_time(") and 'namespace="llm",llmservice="svc"' in q
                and q.endswith("[45s])") for q in queries)
 

@@ -239,3 +239,31 @@ def test_every_autoscaling_example_meets_the_slo_on_the_shipped_trace(example):
     simulated = json.loads(result.stdout)["policies"][policy]
     assert simulated["sloAttainment"] >= 0.99
     assert simulated["maxReplicas"] <= scaling["maxReplicas"]
+
+
+def test_each_scrape_carries_the_replicas_first_response_histogram():
+    """As Triton's nv_inference_first_response_histogram_ms: cumulative counts at its default
+    bounds, every TTFT the replica served counted once."""
+    import math
+
+    from kiln.sim.engine import simulate
+    from kiln.sim.traces import Request
+
+    seen = []
+
+    def policy(view):
+        seen.extend(view.samples)
+        return 1
+
+    # 12 prompts of 2000 tokens a second for 100 s, on one replica that prefills 20000 a second:
+    # a queue builds, and most first responses come after 2 s.
+    requests = [Request(t / 12, 2000, 50) for t in range(1200)]
+    result = simulate(requests, _small_fleet(), policy, 2.0)
+    assert result.slo_attainment < 0.5
+    last = max(seen, key=lambda s: s.time).first_responses
+    assert [bound for bound, _ in last] == [0.1, 0.5, 2.0, 5.0, math.inf]
+    counts = [count for _, count in last]
+    assert counts == sorted(counts)
+    # The last scrape has every first response; the share within 2 s is the run's attainment.
+    assert counts[-1] == len(requests)
+    assert counts[2] / counts[-1] == pytest.approx(result.slo_attainment)

@@ -255,6 +255,15 @@ class AutoscalingSpec(KilnModel):
         description="builtin mode: scrape the serving pods' /metrics (port 8002), or query "
                     "prometheusUrl for the same series as the chart's servingPodMonitor labels "
                     "them (namespace, pod, llmservice).")
+    ttft_p99_milliseconds: int | None = Field(
+        default=None, alias="ttftP99Milliseconds", ge=100, le=600000,
+        description="builtin mode: the service's time-to-first-token objective, 99 % of first "
+                    "responses within this many milliseconds, read from Triton's "
+                    "nv_inference_first_response_histogram_ms (default buckets 100, 500, 2000 "
+                    "and 5000 ms; a value between two is read at the lower). While it is "
+                    "missed the autoscaler corrects its demand upwards, up to twice. The first "
+                    "response is the first token only for streamed requests: set it where "
+                    "clients stream.")
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:

@@ -35,23 +35,48 @@ into the gauges every ``stats_check_period_ms``; field meanings from
   two ``_sum`` series their prompt and generated tokens; their rates trail the arrivals by a
   request's lifetime. These are what the law's demand from arrivals reads
   (:func:`kiln.autoscale.law.arrival_demand`).
+- ``nv_inference_first_response_histogram_ms`` (Triton core, not the backend): per model, the
+  time from a request's arrival at the model to its first response, a histogram created only
+  for decoupled models and only with ``--metrics-config histogram_latencies=true``
+  (triton-inference-server/core ``src/metric_model_reporter.cc``,
+  ``MetricModelReporter::InitializeHistograms``), which ``kiln-runtime serve`` passes. Its
+  default buckets are 100, 500, 2000 and 5000 ms (server ``docs/user_guide/metrics.md``,
+  *Histograms*; a model's ``config.pbtxt`` may set others under ``model_metrics``). The first
+  response is the first token only for a streamed request: without streaming the backend
+  sends one response when the request completes (``WaitForResponse``), so for those it is the
+  whole request. The law's TTFT objective reads it (:attr:`KVSample.first_responses`).
 
 Parsed with prometheus_client's text parser.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["KVSample", "parse_triton_metrics", "KV_METRIC", "REQUEST_METRIC", "INPUT_TOKENS_METRIC",
-           "OUTPUT_TOKENS_METRIC"]
+           "OUTPUT_TOKENS_METRIC", "FIRST_RESPONSE_METRIC", "FIRST_RESPONSE_BUCKETS_MS", "first_responses"]
 
 KV_METRIC = "nv_trt_llm_kv_cache_block_metrics"
 REQUEST_METRIC = "nv_trt_llm_request_metrics"
 INPUT_TOKENS_METRIC = "nv_llm_input_token_len"
 OUTPUT_TOKENS_METRIC = "nv_llm_output_token_len"
+FIRST_RESPONSE_METRIC = "nv_inference_first_response_histogram_ms"
+# Triton's default buckets for it, in milliseconds (the +Inf bucket follows them).
+FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
+# At most this many buckets are read from a page: Triton's default has five.
+_MAX_BUCKETS = 64
+
+
+def first_responses(buckets: dict[float, float]) -> tuple[tuple[float, float], ...] | None:
+    """``(upper bound in seconds, cumulative count)`` pairs, ascending and ending at +Inf, from a
+    histogram's ``le`` buckets in milliseconds; None without a +Inf bucket or with more than
+    ``_MAX_BUCKETS`` (a page is read, never trusted to be small)."""
+    if math.inf not in buckets or len(buckets) > _MAX_BUCKETS:
+        return None
+    return tuple((le / 1000.0, count) for le, count in sorted(buckets.items()))
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,9 @@ class KVSample:
     input_tokens_total: float | None = None  # nv_llm_input_token_len_sum: a counter
     finished_total: float | None = None  # nv_llm_input_token_len_count: requests finished
     output_tokens_total: float | None = None  # nv_llm_output_token_len_sum: a counter
+    # The model's first-response histogram (FIRST_RESPONSE_METRIC): (upper bound in seconds,
+    # cumulative count) pairs ending at +Inf. None: not exported.
+    first_responses: tuple[tuple[float, float], ...] | None = None
 
     @property
     def backlog(self) -> int:
@@ -90,8 +118,10 @@ class KVSample:
     @classmethod
     def from_figures(cls, kv: dict[str, float], requests: dict[str, float],
                      input_tokens: float | None = None, replica: str = "",
-                     finished: float | None = None, output_tokens: float | None = None) -> KVSample | None:
-        """From the ``kv_cache_block_type`` and ``request_type`` figures of one replica; None
+                     finished: float | None = None, output_tokens: float | None = None,
+                     first_response_buckets: dict[float, float] | None = None) -> KVSample | None:
+        """From the ``kv_cache_block_type`` and ``request_type`` figures of one replica (and
+        the first-response histogram's buckets, ``le`` in ms to cumulative count); None
         without the block count and size."""
         if "max" not in kv or "tokens_per" not in kv:
             return None
@@ -101,7 +131,8 @@ class KVSample:
                    active_requests=int(requests.get("active", 0)),
                    max_requests=int(requests.get("max", 0)), replica=replica,
                    input_tokens_total=input_tokens, finished_total=finished,
-                   output_tokens_total=output_tokens)
+                   output_tokens_total=output_tokens,
+                   first_responses=first_responses(first_response_buckets) if first_response_buckets else None)
 
 
 def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | None:
@@ -111,13 +142,23 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
     input_tokens: float | None = None
     finished: float | None = None
     output_tokens: float | None = None
+    buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in (KV_METRIC, REQUEST_METRIC, INPUT_TOKENS_METRIC, OUTPUT_TOKENS_METRIC):
+        if family.name not in (KV_METRIC, REQUEST_METRIC, INPUT_TOKENS_METRIC, OUTPUT_TOKENS_METRIC,
+                               FIRST_RESPONSE_METRIC):
             continue
         for sample in family.samples:
             if sample.labels.get("model", model) != model:
                 continue
-            if family.name == INPUT_TOKENS_METRIC:
+            if family.name == FIRST_RESPONSE_METRIC:
+                # The buckets (``_bucket``, by ``le``); a bound that is not a number is skipped.
+                if sample.name != FIRST_RESPONSE_METRIC + "_bucket" or len(buckets) > _MAX_BUCKETS:
+                    continue
+                try:
+                    buckets[float(sample.labels.get("le", ""))] = sample.value
+                except ValueError:
+                    continue
+            elif family.name == INPUT_TOKENS_METRIC:
                 if sample.name == INPUT_TOKENS_METRIC + "_sum":
                     input_tokens = sample.value
                 elif sample.name == INPUT_TOKENS_METRIC + "_count":
@@ -129,4 +170,5 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
                 kv[sample.labels.get("kv_cache_block_type", "")] = sample.value
             else:
                 requests[sample.labels.get("request_type", "")] = sample.value
-    return KVSample.from_figures(kv, requests, input_tokens, finished=finished, output_tokens=output_tokens)
+    return KVSample.from_figures(kv, requests, input_tokens, finished=finished, output_tokens=output_tokens,
+                                 first_response_buckets=buckets)

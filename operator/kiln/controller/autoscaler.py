@@ -133,7 +133,8 @@ class BuiltinAutoscaler:
                                         batch_fraction=sample.batch_fraction,
                                         finished=sample.finished_total,
                                         input_tokens=sample.input_tokens_total,
-                                        output_tokens=sample.output_tokens_total))
+                                        output_tokens=sample.output_tokens_total,
+                                        first_responses=sample.first_responses))
         fleet.samples = [s for s in fleet.samples if s.time >= now - params.history_seconds]
         decision = decide(now, fleet.samples, current, ready, max(0, current - ready), params,
                           fleet.recommendations)

@@ -17,7 +17,8 @@ import aiohttp
 from yarl import URL
 
 from ..autoscale import KVSample
-from ..autoscale.metrics import INPUT_TOKENS_METRIC, KV_METRIC, REQUEST_METRIC
+from ..autoscale.metrics import (FIRST_RESPONSE_METRIC, INPUT_TOKENS_METRIC, KV_METRIC, OUTPUT_TOKENS_METRIC,
+                                 REQUEST_METRIC)
 from ..render.meta import LABEL_INSTANCE, selector_terms
 from .kube import KubeApi
 from .metrics import SCRAPE_TIMEOUT_SECONDS
@@ -27,7 +28,21 @@ __all__ = ["PrometheusMetrics"]
 LOOKBACK = "45s"
 # (metric, the label that names the figure)
 _FAMILIES = ((KV_METRIC, "kv_cache_block_type"), (REQUEST_METRIC, "request_type"),
-             (INPUT_TOKENS_METRIC + "_sum", ""))
+             (INPUT_TOKENS_METRIC + "_sum", ""), (INPUT_TOKENS_METRIC + "_count", ""),
+             (OUTPUT_TOKENS_METRIC + "_sum", ""), (FIRST_RESPONSE_METRIC + "_bucket", "le"))
+
+
+def _buckets(figures: dict[tuple[str, str], float]) -> dict[float, float]:
+    """The first-response histogram's buckets of one pod, ``le`` (ms) to cumulative count; a
+    bound that is not a number is skipped."""
+    buckets = {}
+    for (metric, le), value in figures.items():
+        if metric == FIRST_RESPONSE_METRIC + "_bucket":
+            try:
+                buckets[float(le)] = value
+            except ValueError:
+                continue
+    return buckets
 
 
 def _instance(selector: str) -> str:
@@ -79,7 +94,10 @@ class PrometheusMetrics:
             sample = KVSample.from_figures(
                 {figure: v for (metric, figure), v in figures.items() if metric == KV_METRIC},
                 {figure: v for (metric, figure), v in figures.items() if metric == REQUEST_METRIC},
-                figures.get((INPUT_TOKENS_METRIC + "_sum", "")), replica=pod)
+                figures.get((INPUT_TOKENS_METRIC + "_sum", "")), replica=pod,
+                finished=figures.get((INPUT_TOKENS_METRIC + "_count", "")),
+                output_tokens=figures.get((OUTPUT_TOKENS_METRIC + "_sum", "")),
+                first_response_buckets=_buckets(figures))
             if sample is not None:
                 samples.append(sample)
         return samples

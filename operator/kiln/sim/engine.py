@@ -24,16 +24,22 @@ calls :func:`kiln.autoscale.decide`, the operator's own law.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..autoscale import KVSample, Sample
+from ..autoscale.metrics import FIRST_RESPONSE_BUCKETS_MS
 from ..planner.perf import PerfModel
 from .traces import Request
 
 __all__ = ["PerfModel", "Fleet", "SimResult", "simulate", "FleetView"]
+
+
+# The first-response histogram's bucket bounds, in seconds (Triton's defaults).
+_BOUNDS = tuple(ms / 1000.0 for ms in FIRST_RESPONSE_BUCKETS_MS)
 
 
 @dataclass
@@ -63,6 +69,8 @@ class _Replica:
     finished: int = 0
     finished_input: int = 0
     finished_output: int = 0
+    # First responses per bucket of Triton's first-response histogram (the last: +Inf).
+    first_responses: list[int] = field(default_factory=lambda: [0] * (len(_BOUNDS) + 1))
 
     @property
     def held(self) -> int:
@@ -108,6 +116,7 @@ class _Replica:
                 item.first_token_at = now + dt - remaining
                 item.generated = 1.0
                 ttfts.append(item.first_token_at - item.request.arrival)
+                self.first_responses[bisect.bisect_left(_BOUNDS, ttfts[-1])] += 1
             else:
                 tokens = item.prefill_left * remaining / cost
                 iterations += tokens / budget
@@ -304,8 +313,10 @@ def _scrape(replica: _Replica, now: float, perf: PerfModel, period: float) -> Sa
     page = KVSample(max_blocks=perf.kv_tokens, used_blocks=replica.reserved, tokens_per_block=1,
                     waiting_requests=max(0, active - replica.scheduled), active_requests=active,
                     max_requests=perf.max_batch)
+    cumulative = [sum(replica.first_responses[:i + 1]) for i in range(len(_BOUNDS) + 1)]
     return Sample(now, f"r{replica.ident}", page.utilization, waiting=page.backlog, active=active,
                   batch_fraction=active / perf.max_batch,
                   prefill_load=(replica.prefilled - replica.scraped) / (period * perf.prefill_tokens_per_s),
                   finished=replica.finished, input_tokens=replica.finished_input,
-                  output_tokens=replica.finished_output)
+                  output_tokens=replica.finished_output,
+                  first_responses=tuple(zip((*_BOUNDS, math.inf), map(float, cumulative))))

@@ -56,12 +56,18 @@ HPA_TUNED_TARGETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 Policy = Callable[[FleetView], int]
 
 
-def kiln_policy(params: LawParams, perf: PerfModel | None = None) -> Policy:
+def kiln_policy(params: LawParams, perf: PerfModel | None = None, model_error: float = 1.0) -> Policy:
     """The operator's law; with ``perf``, its demand from arrivals costs each request as the
-    performance model does (:meth:`kiln.planner.perf.PerfModel.request_seconds`)."""
+    performance model does (:meth:`kiln.planner.perf.PerfModel.request_seconds`).
+    ``model_error``: the law's performance model off by this factor against the engine
+    simulated, as a mis-calibrated planner would be in the operator: each request costs
+    ``model_error`` times the engine's, and each replica's prefill load (its input tokens/s
+    over the model's prefill speed) reads ``model_error`` times what it is. Below 1, the model
+    thinks the engine faster than it is. The measured KV, batch and backlog are as they are."""
     if perf is not None and params.request_seconds is None:
         cost = perf.request_seconds
-        params = replace(params, request_seconds=lambda prompt, output: cost(round(prompt), round(output)))
+        params = replace(params, request_seconds=lambda prompt, output: model_error * cost(round(prompt),
+                                                                                          round(output)))
     recommendations = Recommendations()
     history: list[Sample] = []
 
@@ -69,7 +75,10 @@ def kiln_policy(params: LawParams, perf: PerfModel | None = None) -> Policy:
         nonlocal history
         if not recommendations.history:  # as the operator does: start from the current count
             recommendations.add(view.now, view.current, params.stabilization_seconds)
-        history = [s for s in history if s.time >= view.now - params.history_seconds] + view.samples
+        samples = view.samples if model_error == 1.0 else [
+            replace(s, prefill_load=None if s.prefill_load is None else model_error * s.prefill_load)
+            for s in view.samples]
+        history = [s for s in history if s.time >= view.now - params.history_seconds] + samples
         return decide(view.now, history, view.current, view.ready, view.starting, params,
                       recommendations).desired
     return policy
