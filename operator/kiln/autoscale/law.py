@@ -186,7 +186,8 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
     GPU-hours; with the exact model on 136 instead of 135 for 1.6 % more (a clump's first
     late responses, before the law scales up, raise it too). A stricter rule, raising it only
     while the law asked for no more than the ready replicas, met 119 with the optimistic
-    model: its error shows at a clump's onset, when the law already scales up, short. Where
+    model: its error shows at a clump's onset, when the law already scales up, short; so
+    did one that waited for two consecutive missed decisions (119). Where
     no fleet meets the objective (prompts whose context alone takes longer), the correction
     climbs to its bound and buys little. The first response is the first token only for
     streamed requests (for the others Triton's histogram holds the whole request, and the
