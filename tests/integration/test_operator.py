@@ -369,6 +369,9 @@ async def scaling_sandbox(make_sandbox):
 async def test_builtin_autoscaler_follows_kv_pressure_and_holds_without_metrics(scaling_sandbox):
     sb = scaling_sandbox
     manifest = autoscaled_mistral()
+    # A TTFT objective: the pods here export no first-response histogram, so the law's
+    # correction stays at 1, and the operator exports it.
+    manifest["spec"]["autoscaling"]["ttftP99Milliseconds"] = 2000
     await sb.start_operator()
     sb.start_kubelet()
     await sb.create(manifest)
@@ -387,6 +390,8 @@ async def test_builtin_autoscaler_follows_kv_pressure_and_holds_without_metrics(
     assert svc["status"]["autoscaling"]["lastScaleTime"]
     await sb.wait_for(lambda: any(e.get("reason") == "ScaledUp" for _, e in sb.events("events")),
                       what="a ScaledUp Event")
+    labels = (("namespace", svc["metadata"]["namespace"]), ("service", "mistral-7b"))
+    assert _operator_metrics(sb)[("kiln_autoscaler_demand_correction", labels)] == 1.0
 
     sb.cluster.metrics_outage.add("mistral-7b")  # metrics vanish while load is low
     sb.cluster.load["mistral-7b"] = 0.2

@@ -97,6 +97,12 @@ class BuiltinAutoscaler:
         fleet = self._fleets.get((namespace, name))
         return list(fleet.latest) if fleet else []
 
+    def correction(self, namespace: str, name: str) -> float:
+        """The law's demand correction for a service's TTFT objective (1 before any decision,
+        and without an objective)."""
+        fleet = self._fleets.get((namespace, name))
+        return fleet.recommendations.correction if fleet else 1.0
+
     async def evaluate(self, namespace: str, name: str, spec: LLMServiceSpec, current: int,
                        prefill_tokens_per_s: float | None = None,
                        api: KubeApi | None = None,

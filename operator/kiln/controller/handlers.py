@@ -218,6 +218,9 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
         return
     direction = "up" if decision.desired > current else "down" if decision.desired < current else "hold"
     memo.telemetry.decisions.labels(meta["namespace"], meta["name"], direction).inc()
+    if spec.autoscaling.ttft_p99_milliseconds is not None:
+        memo.telemetry.correction.labels(meta["namespace"], meta["name"]).set(
+            memo.autoscaler.correction(meta["namespace"], meta["name"]))
     observed = Observed(samples=tuple(memo.autoscaler.latest(meta["namespace"], meta["name"])),
                         decision=decision, current=current)
     settled = status.ready_replicas == current and is_true(status, ConditionType.READY.value)

@@ -9,6 +9,9 @@ run several operators in one process. Names are what the chart's dashboard and a
   ``kiln_engine_build_duration_seconds`` and ``kiln_engine_cache_hits_total``;
 - ``kiln_autoscaler_decisions_total{namespace,service,direction}`` (up, down, hold) and the
   gauges ``kiln_service_{desired,ready,max}_replicas{namespace,service}``;
+  ``kiln_autoscaler_demand_correction{namespace,service}``, the builtin law's correction of
+  its demand for a TTFT objective (``autoscaling.ttftP99Milliseconds``; 1 while the
+  objective is met: above it, the performance model sizes the service short);
 - ``kiln_plan_kv_cache_tokens`` (predicted) and ``kiln_observed_kv_cache_tokens`` per service,
   ``kiln_service_kv_cache_utilization``, ``kiln_service_condition{condition}`` (1 when True).
 """
@@ -56,6 +59,9 @@ class Telemetry:
         self._hits: dict[str, str] = {}
         self.decisions = Counter("kiln_autoscaler_decisions_total", "Builtin autoscaler decisions",
                                  [*_SERVICE, "direction"], registry=r)
+        self.correction = Gauge("kiln_autoscaler_demand_correction",
+                                "Builtin autoscaler's demand correction for the TTFT objective (1: none)",
+                                _SERVICE, registry=r)
         self.desired = Gauge("kiln_service_desired_replicas", "Replicas the service should run",
                              _SERVICE, registry=r)
         self.ready = Gauge("kiln_service_ready_replicas", "Replicas ready", _SERVICE, registry=r)
@@ -109,7 +115,7 @@ class Telemetry:
     def forget_service(self, namespace: str, name: str, uid: str = "") -> None:
         self._hits.pop(uid, None)
         for gauge in (self.desired, self.ready, self.max, self.kv_predicted, self.kv_observed,
-                      self.kv_utilization):
+                      self.kv_utilization, self.correction):
             try:
                 gauge.remove(namespace, name)
             except KeyError:
