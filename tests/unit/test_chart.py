@@ -167,7 +167,7 @@ def test_dashboard_and_alerts_query_series_the_operator_exports():
     [rule] = of_kind(objects, "PrometheusRule")
     alerts = {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
     assert {"KilnEngineBuildFailed", "KilnServiceStalled", "KilnKVCacheSaturatedAtMaxReplicas",
-            "KilnServingMetricsMissing"} <= set(alerts)
+            "KilnServingMetricsMissing", "KilnAutoscalerCorrectingTheModel"} <= set(alerts)
     used = _series_names(exprs + list(alerts.values()))
     assert used and used <= _exported_names(), used - _exported_names()
     # Triton's series are the ones the autoscaler reads (trtllm-facts §3.7)
