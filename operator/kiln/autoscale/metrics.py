@@ -41,7 +41,10 @@ into the gauges every ``stats_check_period_ms``; field meanings from
   (triton-inference-server/core ``src/metric_model_reporter.cc``,
   ``MetricModelReporter::InitializeHistograms``), which ``kiln-runtime serve`` passes. Its
   default buckets are 100, 500, 2000 and 5000 ms (server ``docs/user_guide/metrics.md``,
-  *Histograms*; a model's ``config.pbtxt`` may set others under ``model_metrics``). The first
+  *Histograms*; a model's ``config.pbtxt`` may set others under ``model_metrics``). A decoupled
+  model composed in an ensemble has its own (server ``qa/L0_metrics/histogram_metrics_test.py``,
+  ``test_ensemble_decoupled``: the composing model's count grows with each request to the
+  ensemble), so ``tensorrt_llm``'s is read, as for the other series. The first
   response is the first token only for a streamed request: without streaming the backend
   sends one response when the request completes (``WaitForResponse``), so for those it is the
   whole request. The law's TTFT objective reads it (:attr:`KVSample.first_responses`).
