@@ -55,6 +55,7 @@ Parsed with prometheus_client's text parser.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,13 +74,22 @@ FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
 _MAX_BUCKETS = 64
 
 
-def first_responses(buckets: dict[float, float]) -> tuple[tuple[float, float], ...] | None:
+def first_responses(buckets: Mapping[str, float]) -> tuple[tuple[float, float], ...] | None:
     """``(upper bound in seconds, cumulative count)`` pairs, ascending and ending at +Inf, from a
-    histogram's ``le`` buckets in milliseconds; None without a +Inf bucket or with more than
+    histogram's buckets by their ``le`` label as written (milliseconds, ``"+Inf"``); a bound
+    that is not a number is skipped. None without a +Inf bucket or with more than
     ``_MAX_BUCKETS`` (a page is read, never trusted to be small)."""
-    if math.inf not in buckets or len(buckets) > _MAX_BUCKETS:
+    if len(buckets) > _MAX_BUCKETS:
         return None
-    return tuple((le / 1000.0, count) for le, count in sorted(buckets.items()))
+    bounds: dict[float, float] = {}
+    for le, count in buckets.items():
+        try:
+            bounds[float(le)] = count
+        except ValueError:
+            continue
+    if math.inf not in bounds:
+        return None
+    return tuple((bound / 1000.0, count) for bound, count in sorted(bounds.items()))
 
 
 @dataclass(frozen=True)
@@ -122,9 +132,9 @@ class KVSample:
     def from_figures(cls, kv: dict[str, float], requests: dict[str, float],
                      input_tokens: float | None = None, replica: str = "",
                      finished: float | None = None, output_tokens: float | None = None,
-                     first_response_buckets: dict[float, float] | None = None) -> KVSample | None:
+                     first_response_buckets: Mapping[str, float] | None = None) -> KVSample | None:
         """From the ``kv_cache_block_type`` and ``request_type`` figures of one replica (and
-        the first-response histogram's buckets, ``le`` in ms to cumulative count); None
+        the first-response histogram's buckets, ``le`` label to cumulative count); None
         without the block count and size."""
         if "max" not in kv or "tokens_per" not in kv:
             return None
@@ -145,7 +155,7 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
     input_tokens: float | None = None
     finished: float | None = None
     output_tokens: float | None = None
-    buckets: dict[float, float] = {}
+    buckets: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name not in (KV_METRIC, REQUEST_METRIC, INPUT_TOKENS_METRIC, OUTPUT_TOKENS_METRIC,
                                FIRST_RESPONSE_METRIC):
@@ -154,13 +164,9 @@ def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | N
             if sample.labels.get("model", model) != model:
                 continue
             if family.name == FIRST_RESPONSE_METRIC:
-                # The buckets (``_bucket``, by ``le``); a bound that is not a number is skipped.
-                if sample.name != FIRST_RESPONSE_METRIC + "_bucket" or len(buckets) > _MAX_BUCKETS:
-                    continue
-                try:
-                    buckets[float(sample.labels.get("le", ""))] = sample.value
-                except ValueError:
-                    continue
+                # The buckets (``_bucket``, by ``le``), no more than one past the bound.
+                if sample.name == FIRST_RESPONSE_METRIC + "_bucket" and len(buckets) <= _MAX_BUCKETS:
+                    buckets[sample.labels.get("le", "")] = sample.value
             elif family.name == INPUT_TOKENS_METRIC:
                 if sample.name == INPUT_TOKENS_METRIC + "_sum":
                     input_tokens = sample.value

@@ -10,6 +10,7 @@ is recorded (``reconcile.record``: no reads, no applies).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -221,6 +222,9 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
     if spec.autoscaling.ttft_p99_milliseconds is not None:
         memo.telemetry.correction.labels(meta["namespace"], meta["name"]).set(
             memo.autoscaler.correction(meta["namespace"], meta["name"]))
+    else:  # an objective removed takes its correction with it
+        with contextlib.suppress(KeyError):
+            memo.telemetry.correction.remove(meta["namespace"], meta["name"])
     observed = Observed(samples=tuple(memo.autoscaler.latest(meta["namespace"], meta["name"])),
                         decision=decision, current=current)
     settled = status.ready_replicas == current and is_true(status, ConditionType.READY.value)

@@ -32,19 +32,6 @@ _FAMILIES = ((KV_METRIC, "kv_cache_block_type"), (REQUEST_METRIC, "request_type"
              (OUTPUT_TOKENS_METRIC + "_sum", ""), (FIRST_RESPONSE_METRIC + "_bucket", "le"))
 
 
-def _buckets(figures: dict[tuple[str, str], float]) -> dict[float, float]:
-    """The first-response histogram's buckets of one pod, ``le`` (ms) to cumulative count; a
-    bound that is not a number is skipped."""
-    buckets = {}
-    for (metric, le), value in figures.items():
-        if metric == FIRST_RESPONSE_METRIC + "_bucket":
-            try:
-                buckets[float(le)] = value
-            except ValueError:
-                continue
-    return buckets
-
-
 def _instance(selector: str) -> str:
     return selector_terms(selector)[LABEL_INSTANCE]
 
@@ -97,7 +84,8 @@ class PrometheusMetrics:
                 figures.get((INPUT_TOKENS_METRIC + "_sum", "")), replica=pod,
                 finished=figures.get((INPUT_TOKENS_METRIC + "_count", "")),
                 output_tokens=figures.get((OUTPUT_TOKENS_METRIC + "_sum", "")),
-                first_response_buckets=_buckets(figures))
+                first_response_buckets={le: v for (metric, le), v in figures.items()
+                                        if metric == FIRST_RESPONSE_METRIC + "_bucket"})
             if sample is not None:
                 samples.append(sample)
         return samples

@@ -25,6 +25,7 @@ calls :func:`kiln.autoscale.decide`, the operator's own law.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -313,10 +314,10 @@ def _scrape(replica: _Replica, now: float, perf: PerfModel, period: float) -> Sa
     page = KVSample(max_blocks=perf.kv_tokens, used_blocks=replica.reserved, tokens_per_block=1,
                     waiting_requests=max(0, active - replica.scheduled), active_requests=active,
                     max_requests=perf.max_batch)
-    cumulative = [sum(replica.first_responses[:i + 1]) for i in range(len(_BOUNDS) + 1)]
     return Sample(now, f"r{replica.ident}", page.utilization, waiting=page.backlog, active=active,
                   batch_fraction=active / perf.max_batch,
                   prefill_load=(replica.prefilled - replica.scraped) / (period * perf.prefill_tokens_per_s),
                   finished=replica.finished, input_tokens=replica.finished_input,
                   output_tokens=replica.finished_output,
-                  first_responses=tuple(zip((*_BOUNDS, math.inf), map(float, cumulative))))
+                  first_responses=tuple(zip((*_BOUNDS, math.inf),
+                                            map(float, itertools.accumulate(replica.first_responses)))))
