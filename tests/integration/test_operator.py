@@ -406,6 +406,13 @@ async def test_builtin_autoscaler_follows_kv_pressure_and_holds_without_metrics(
                       what="a ScaledDown Event")
     await sb.wait_for(lambda: _service(sb)["status"].get("readyReplicas") == 1, what="status follows")
 
+    # The objective removed (a merge patch's null), its correction gauge goes with it: a
+    # stale value would keep KilnAutoscalerCorrectingTheModel firing.
+    await sb.patch_spec(NS, "mistral-7b", {"autoscaling": {"ttftP99Milliseconds": None}})
+    await sb.wait_for(lambda: ("kiln_autoscaler_demand_correction", labels) not in _operator_metrics(sb),
+                      timeout=30, what="the correction gauge removed")
+    assert "ttftP99Milliseconds" not in _service(sb)["spec"]["autoscaling"]
+
 
 MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
 
