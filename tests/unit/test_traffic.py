@@ -112,3 +112,18 @@ def test_a_history_leaves_the_trace_as_it_was_and_carries_the_familys_traffic():
     assert max(hour) > 1.4 * sorted(hour)[len(hour) // 4]  # at least one burst above the base
     idle = hour_before(traffic.generate("idle-gaps", 5, 2700, 10.0, LENGTHS, history=3600))
     assert min(idle) <= 0.05 * max(idle) and max(idle) > 0
+
+
+def test_the_stored_results_summaries_are_their_rows_summarized():
+    """``benchmarks/autoscaling-results.json``'s summaries (both views) are what the code
+    computes from its rows now: a summary field added or changed is recomputed with
+    ``--summarize`` rather than left to disagree with the rows it reads."""
+    import autoscaling
+
+    report = json.loads((autoscaling.ROOT / "benchmarks" / "autoscaling-results.json").read_text())
+    assert autoscaling.summaries(report) == report
+    # The strongest reactive alternative against the same bound, beside kiln's ratios.
+    summary = report["summary"]
+    assert summary["bestStockOverClairvoyantMedian"] <= summary["bestStockOverClairvoyantWorst"]
+    assert set(summary["tracesWhereBestStockOverClairvoyantExceeds1.5"]) <= {
+        r["trace"] for r in report["test"] if r["sloAttainable"]} - set(summary["noStockMeetsSloOn"])
