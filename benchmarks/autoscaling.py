@@ -50,6 +50,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -190,15 +191,19 @@ def _clairvoyant(requests: list[Request], fleet: Fleet, params: LawParams, seeds
                        seeds=seeds, static=static, progress=say, **options)
 
 
+def _cheapest(points: Iterable[dict | None]) -> dict | None:
+    """The run of ``points`` (None: no such run) with the fewest GPU-hours."""
+    return min((p for p in points if p), key=lambda p: p["gpuHours"], default=None)
+
+
 def _against_stock(kiln: Schedule, stock: list[tuple[dict, Schedule]], trained_stock: str | None) -> dict:
     """Kiln's run against the stock sweep's: the cheapest of each kind that meets the SLO
     (with hindsight) and the HPA setting chosen on the training traces by kiln's own rule
     (what a platform team that tunes once, as kiln is tuned, would run on this trace)."""
     points = [{**config, **run.result.wire()} for config, run in stock]
     meeting = [p for p in points if p["sloAttainment"] >= SLO_GOAL]
-    best = {kind: min((p for p in meeting if p["policy"] == kind), key=lambda p: p["gpuHours"], default=None)
-            for kind in ("hpa", "keda")}
-    best_stock = min((p for p in best.values() if p), key=lambda p: p["gpuHours"], default=None)
+    best = {kind: _cheapest(p for p in meeting if p["policy"] == kind) for kind in ("hpa", "keda")}
+    best_stock = _cheapest(best.values())
     trained = next((p for p in points if p["policy"] == "hpa" and p["metrics"] == trained_stock), None)
     return {"kiln": kiln.result.wire(), "bestHpa": best["hpa"], "bestKeda": best["keda"], "stock": points,
             "kilnMeetsSlo": kiln.result.slo_attainment >= SLO_GOAL,
@@ -394,9 +399,9 @@ def summarize(rows: list[dict]) -> dict:
     stock = [r["kilnOverBestStock"] for r in attainable if r["kilnOverBestStock"] is not None]
     # The best stock point (chosen per trace with hindsight) against the same bound: what the
     # strongest reactive alternative reaches on the targets kiln is held to.
-    best_stock = {r["trace"]: round(min(p["gpuHours"] for p in (r["bestHpa"], r["bestKeda"]) if p)
-                                    / r["clairvoyant"]["gpuHours"], 3)
-                  for r in attainable if r.get("clairvoyant") and (r["bestHpa"] or r["bestKeda"])}
+    best_stock = {r["trace"]: round(cheapest["gpuHours"] / r["clairvoyant"]["gpuHours"], 3)
+                  for r in attainable if r.get("clairvoyant")
+                  and (cheapest := _cheapest((r["bestHpa"], r["bestKeda"])))}
     summary = {"traces": len(rows), "sloAttainable": len(attainable),
                "unattainable": [r["trace"] for r in rows if not r["sloAttainable"]],
                "kilnMeetsSloOn": sum(r["kilnMeetsSlo"] for r in attainable),
