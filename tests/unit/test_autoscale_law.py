@@ -648,3 +648,16 @@ def test_without_an_objective_the_law_reads_no_latency():
     recs = Recommendations([(0.0, 3)])
     decision = decide(1000, _answered(1000, (30, 30, 30), 0.5), 3, 3, 0, ARRIVALS, recs)
     assert recs.correction == 1.0 and decision.desired == 3
+
+
+def test_pods_that_do_not_export_the_token_counters_still_build_a_record():
+    """With a performance model but pods that export no token-length histograms (a Triton
+    without the backend's custom metrics), the demand is the pressures: they are what the
+    record learns from, so the prior shrinks with the hour as it does with the counters,
+    instead of holding its spare replica for as long as the service runs."""
+    recs = Recommendations([(0.0, 2)])
+    params = replace(PRIOR, stabilization_seconds=60)
+    for now in range(0, 2 * 3600 + 1, 15):  # two hours at 1.2 replicas' worth of KV
+        decision = decide(now, _samples(now, 2, 0.45), 2, 2, 0, params, recs)
+    assert recs.demand and recs.since == 0, "nothing recorded"
+    assert decision.desired == 2 and "headroom" not in decision.reason, decision.reason

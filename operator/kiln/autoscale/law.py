@@ -119,8 +119,10 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
    recorded, because the steepest rises are the ones that make a backlog, and a record
    without them learned rises of 1.2 replicas on on/off traffic whose clumps rose by 3
    (on the training traces that family then missed the SLO on 1-2 of 10 seeds, with either
-   trend statistic, and met it on all 10 with them). Without a performance model, the
-   pressures are recorded, except while replicas start.
+   trend statistic, and met it on all 10 with them). Without a performance model, or from
+   pods that export no token counters (a Triton without the backend's custom metrics), the
+   pressures are recorded, except while replicas start (otherwise the record stays empty,
+   and the prior holds its spare replicas for as long as the service runs).
 5. **One-sided band.** ``want = ceil(need)``: any need beyond the ready replicas scales up (a
    replica past its target is already making requests wait); a scale-down keeps
    ``ceil(need / (1 - tolerance))`` replicas. ``tolerance`` (0) was chosen on the training
@@ -397,6 +399,11 @@ def _busiest(samples: Iterable[Sample], params: LawParams) -> tuple[str, float, 
     return name, total / max(len(samples), 1), target
 
 
+def _counts(sample: Sample) -> bool:
+    """Whether the replica exports the counters the demand from arrivals reads."""
+    return None not in (sample.finished, sample.input_tokens, sample.output_tokens)
+
+
 def arrival_demand(samples: Sequence[Sample], params: LawParams) -> dict[float, float]:
     """The fleet's demand at each scrape, in replicas: the requests its replicas finished
     since their scrape before, per second, times the replica-seconds one request costs at
@@ -411,7 +418,7 @@ def arrival_demand(samples: Sequence[Sample], params: LawParams) -> dict[float, 
         return {}
     by_replica: dict[str, list[Sample]] = {}
     for sample in samples:
-        if None not in (sample.finished, sample.input_tokens, sample.output_tokens):
+        if _counts(sample):
             by_replica.setdefault(sample.replica, []).append(sample)
     finished: dict[float, float] = {}
     read: dict[float, int] = {}
@@ -557,7 +564,7 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     queued = waiting > params.queue_per_replica * ready
     # Every reporting replica's batch full at the last scrape: the requests beyond it are unseen.
     saturated = queued and all((latest[r].batch_fraction or 0.0) >= 1.0 for r in reporting)
-    if params.request_seconds is not None:
+    if params.request_seconds is not None and any(_counts(s) for s in fresh):
         # The growth of arrivals, never of the pressures: the two differ, and a switch
         # between them is not the traffic growing. Not while a backlog drains (it shrank
         # since the scrape before): requests finish faster than they arrive then. While it
@@ -567,8 +574,10 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
         if by_arrivals and not draining and max(by_arrivals) == max(totals):
             recommendations.add_demand(now, max(by_arrivals.values()), params.headroom_memory)
     elif not queued and not starting:
-        # Only demand the fleet keeps up with says how fast the load grows: while a backlog
-        # drains, or replicas start, the measured load is the catch-up, not new traffic.
+        # No performance model, or pods that export no token counters: the pressures are the
+        # demand, and what the record learns from. Only demand the fleet keeps up with says
+        # how fast the load grows: while a backlog drains, or replicas start, the measured
+        # load is the catch-up, not new traffic.
         recommendations.add_demand(now, demand, params.headroom_memory)
     correction = _correction(now, fresh, starting, params, recommendations)
     # Spare replicas only while the service is live: no more than the demand it had within
