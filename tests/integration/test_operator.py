@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -412,6 +414,40 @@ async def test_builtin_autoscaler_follows_kv_pressure_and_holds_without_metrics(
     await sb.wait_for(lambda: ("kiln_autoscaler_demand_correction", labels) not in _operator_metrics(sb),
                       timeout=30, what="the correction gauge removed")
     assert "ttftP99Milliseconds" not in _service(sb)["spec"]["autoscaling"]
+
+
+def _record(sb):
+    return ((_service(sb).get("status") or {}).get("autoscaling") or {}).get("record")
+
+
+def _wall(text):
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+async def test_the_autoscalers_record_survives_an_operator_restart(scaling_sandbox):
+    """The law's record (what it learned of the service's demand) is written into the
+    status, which the API server validates against the CRD, and a new operator goes on from
+    it instead of starting a record afresh (and holding the prior's spare replicas for
+    another hour)."""
+    sb = scaling_sandbox
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(autoscaled_mistral())
+    await sb.wait_for(lambda: _ready(sb), what="Ready")
+    sb.cluster.load["mistral-7b"] = 1.2
+    first = await sb.wait_for(lambda: (r := _record(sb)) and r.get("demand")
+                              and _wall(r["savedAt"]) - _wall(r["startedAt"]) >= 3 and r,
+                              timeout=30, what="a record of three seconds in the status")
+    await sb.stop_operator()
+    restart = time.time()
+    await sb.start_operator()
+    later = await sb.wait_for(lambda: (r := _record(sb)) and _wall(r["savedAt"]) > restart and r,
+                              timeout=30, what="a record written by the new operator")
+    # Begun before the restart, by as much as the first operator had recorded: restored, not
+    # started afresh (the time with no operator is not counted as history).
+    recorded = _wall(first["savedAt"]) - _wall(first["startedAt"])
+    assert _wall(later["startedAt"]) <= restart - recorded + 1, (first, later)
+    assert len(later["demand"].split()) > len(first["demand"].split())
 
 
 MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from kiln.api import parse_service_spec
 from kiln.autoscale import KVSample
 from kiln.controller.autoscaler import BuiltinAutoscaler
@@ -160,3 +162,32 @@ async def test_a_ttft_objective_reads_the_pods_first_responses_and_corrects_the_
     for now[0] in (100.0, 115.0):
         await plain.evaluate("llm", "svc", SPEC, 1, request_seconds=lambda p, o: 0.05)
     assert plain._fleets["llm", "svc"].recommendations.correction == 1.0
+
+
+async def test_a_restarted_operator_starts_from_the_record_in_the_status():
+    """The record is handed out for the status at most once a minute; an operator that
+    starts on a service with one reads it back instead of starting the record afresh."""
+    now, wall = [100.0], [1_800_000_000.0]
+    scaler = BuiltinAutoscaler(_Api(), _Finishing(lambda: now[0]), clock=lambda: now[0], wall=lambda: wall[0])
+    records = []
+    for now[0] in range(100, 1000, 15):
+        wall[0] = 1_800_000_000.0 + now[0]
+        await scaler.evaluate("llm", "svc", SPEC, 3, request_seconds=lambda p, o: 0.05)
+        records.append(scaler.record("llm", "svc"))
+    saved = [r for r in records if r is not None]
+    assert len(saved) == len(range(115, 1000, 60))  # from the first decision with a demand on
+    kept = scaler._fleets["llm", "svc"].recommendations
+
+    # A new operator, 20 s later, on its own clock.
+    restarted = BuiltinAutoscaler(_Api(), _Finishing(lambda: now[0]), clock=lambda: 5.0,
+                                  wall=lambda: wall[0] + 20)
+    await restarted.evaluate("llm", "svc", SPEC, 3, request_seconds=lambda p, o: 0.05, record=saved[-1])
+    back = restarted._fleets["llm", "svc"].recommendations
+    assert back.prior(5.0, 2.0, 3600) == pytest.approx(kept.prior(985.0, 2.0, 3600), abs=0.02)
+    # All but the decisions after the last record (at most a minute's), at the same ages.
+    assert [(round(5.0 - t), d) for t, d in back.demand] == \
+        [(round(985 + 20 - t), round(d, 2)) for t, d in kept.demand if t <= 955]
+    # Without the record it would start afresh: the prior's whole two replicas.
+    fresh = BuiltinAutoscaler(_Api(), _Finishing(lambda: now[0]), clock=lambda: 5.0)
+    await fresh.evaluate("llm", "svc", SPEC, 3, request_seconds=lambda p, o: 0.05)
+    assert fresh._fleets["llm", "svc"].recommendations.prior(5.0, 2.0, 3600) == 2.0

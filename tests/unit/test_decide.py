@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from kiln.api import LLMServiceStatus
+from kiln.api.llmservice import AutoscalerRecord
 from kiln.autoscale import Decision, KVSample
 from kiln.decide import Cluster, Observed, Snapshot, decide, decide_observed, intend, parse, workload_replicas
 from kiln.decide.credentials import Credentials
@@ -333,6 +334,9 @@ def _settled(spec: dict[str, Any], observed: Observed) -> World:
     return World(spec=spec, engine="ready", workload="ready", status=status, observed=observed)
 
 
+RECORD = AutoscalerRecord(saved_at="2026-01-01T00:00:00Z", started_at="2025-12-31T23:40:00Z",
+                          demand="1200:1.2 15:1.5 0:1.4")
+
 # What a timer observes of a settled service that leaves its replicas as they are: recorded in
 # its status without a reconcile (controller/reconcile.py, ``record``).
 SETTLED = [
@@ -342,6 +346,8 @@ SETTLED = [
         samples=(KVSample(12664, 6332, 32),), decision=Decision(1, "KV 50% < 75%"), current=1))),
     ("the autoscaler holds without metrics", lambda: _settled(_spec(autoscaling=SCALING), Observed(
         decision=Decision(1, "no fresh samples", held=True), current=1))),
+    ("the autoscaler hands out its record", lambda: _settled(_spec(autoscaling=SCALING), Observed(
+        decision=Decision(1, "KV 50% < 75%"), current=1, record=RECORD))),
 ]
 
 
@@ -354,6 +360,20 @@ def test_an_observation_recorded_without_a_reconcile_is_what_a_reconcile_would_w
     assert recorded is not None and not recorded.apply
     assert status_wire(recorded.status) == status_wire(reconciled.status)
     assert recorded.events == reconciled.events
+
+
+def test_the_laws_record_stays_in_the_status_until_the_next_one():
+    world = SETTLED[-1][1]()
+    first = decide_observed(LLMServiceStatus.model_validate(world.status), world.observed, NOW, 3)
+    assert first is not None and first.status.autoscaling.record == RECORD
+    for reason, desired in (("KV 50% < 75%", 1), ("KV 20% < 75%", 1), ("KV 95% > 75%", 2)):
+        later = decide_observed(first.status, Observed(decision=Decision(desired, reason), current=1),
+                                "2026-01-01T00:01:00Z", 3)
+        assert later is None or later.status.autoscaling.record == RECORD, reason
+    newer = RECORD.model_copy(update={"demand": "60:2.5 0:2.5"})
+    later = decide_observed(first.status, Observed(decision=Decision(1, "KV 50% < 75%"), current=1,
+                                                   record=newer), "2026-01-01T00:01:00Z", 3)
+    assert later is not None and later.status.autoscaling.record == newer
 
 
 def test_an_observation_already_in_the_status_is_not_written_again():

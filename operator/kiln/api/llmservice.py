@@ -476,12 +476,40 @@ class EngineRef(KilnModel):
     build_job: str | None = None
 
 
+# One recorded demand: whole seconds before ``savedAt``, a colon, replicas to two decimals.
+_RECORD_ENTRY = r"[0-9]{1,6}:[0-9]{1,5}(\.[0-9]{1,2})?"
+RECORD_PATTERN = rf"^({_RECORD_ENTRY}( {_RECORD_ENTRY})*)?$"
+# An hour of 15 s decisions is 240 entries of at most 16 characters.
+RECORD_MAX_CHARS = 8192
+
+
+class AutoscalerRecord(KilnModel):
+    """What the builtin autoscaler's law has learned of the service, so that an operator
+    restart does not forget it (its demand over the last hour, for the burst headroom)."""
+
+    saved_at: str = Field(description="When the operator wrote this record.")
+    started_at: str = Field(description="When the record began, less any time no operator "
+                                        "recorded: the prior burst headroom shrinks as the "
+                                        "time on record grows to an hour.")
+    demand: str = Field(
+        default="", max_length=RECORD_MAX_CHARS, pattern=RECORD_PATTERN,
+        description="The demand at each decision of the last hour, in replicas: "
+                    "'SECONDS_BEFORE_SAVED_AT:REPLICAS', space-separated.")
+    correction: float = Field(
+        default=1.0, ge=1.0, le=100.0,
+        description="The demand's correction from the TTFT objective (1: none).")
+    corrected_at: str | None = Field(default=None, description="When the correction last changed.")
+
+
 class AutoscalingStatus(KilnModel):
     """The builtin autoscaler's last decision."""
 
     last_decision: str = Field(description="What the control law decided and why.")
     decision_time: str
     last_scale_time: str | None = None
+    record: AutoscalerRecord | None = Field(
+        default=None, description="The control law's record, written at most once a minute "
+                                  "and read back after an operator restart.")
 
 
 class EndpointsStatus(KilnModel):

@@ -1,8 +1,12 @@
 """The builtin autoscaler: scrape, run the control law, write the decision. One per operator.
 
-Samples and recommendations live in memory per service. After an operator restart the
-history is empty: the first decision seeds the current count as a recommendation, so a
-restart never shortcuts the scale-down stabilisation window, and missing samples hold.
+Samples and recommendations live in memory per service; the law's record (its demand over
+the last hour, when it began, the TTFT correction) is also written into the service's
+``status.autoscaling.record`` at most once a minute and read back from there after an
+operator restart (:mod:`kiln.autoscale.record`). The samples and the stabilisation window's
+wants are not: the first decision after a restart seeds the current count as a
+recommendation, so a restart never shortcuts the scale-down stabilisation window, and
+missing samples hold.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..api import AutoscalingMode, LLMServiceSpec
+from ..api.llmservice import AutoscalerRecord
 from ..autoscale import Decision, KVSample, LawParams, Recommendations, Sample, decide
+from ..autoscale.record import RECORD_SAVE_SECONDS, restore, snapshot
 from ..render.meta import selector_string
 from ..render.serving import workload_ref
 from .kube import KubeApi
@@ -33,6 +39,8 @@ class _Fleet:
     latest: list[KVSample] = field(default_factory=list)  # the last scrape, for the status
     # Per replica: (time, input tokens taken in so far) at the previous scrape.
     input_tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
+    decided_at: float | None = None  # the last decision, on the autoscaler's clock
+    saved_at: float | None = None    # when the record was last handed out for the status
 
     def prefill_load(self, now: float, sample: KVSample, tokens_per_s: float | None) -> float | None:
         """Input tokens per second since the replica's previous scrape, over its prefill
@@ -66,6 +74,8 @@ class BuiltinAutoscaler:
     # Overrides of LawParams timing (window, staleness, burst horizon) for the demo and tests.
     timing: dict[str, float] = field(default_factory=dict)
     clock: Any = time.monotonic
+    wall: Callable[[], float] = time.time  # for the record in the status (kiln.autoscale.record)
+    record_every: float = RECORD_SAVE_SECONDS  # seconds of the autoscaler's clock between records
     policy: Policy = field(default_factory=Policy)
     decision_clock: DecisionClock | None = None
     _fleets: dict[tuple[str, str], _Fleet] = field(default_factory=dict)
@@ -92,6 +102,20 @@ class BuiltinAutoscaler:
     def forget(self, namespace: str, name: str) -> None:
         self._fleets.pop((namespace, name), None)
 
+    def record(self, namespace: str, name: str) -> AutoscalerRecord | None:
+        """The law's record of a service for its status, once ``record_every`` seconds have
+        passed since the last one handed out (None in between, and before anything is
+        recorded): the status keeps the last one."""
+        fleet = self._fleets.get((namespace, name))
+        if fleet is None or fleet.decided_at is None:
+            return None
+        if fleet.saved_at is not None and fleet.decided_at - fleet.saved_at < self.record_every:
+            return None
+        record = snapshot(fleet.recommendations, fleet.decided_at, self.wall())
+        if record is not None:
+            fleet.saved_at = fleet.decided_at
+        return record
+
     def latest(self, namespace: str, name: str) -> list[KVSample]:
         """What the last scrape of a service's pods read (empty before the first)."""
         fleet = self._fleets.get((namespace, name))
@@ -106,13 +130,16 @@ class BuiltinAutoscaler:
     async def evaluate(self, namespace: str, name: str, spec: LLMServiceSpec, current: int,
                        prefill_tokens_per_s: float | None = None,
                        api: KubeApi | None = None,
-                       request_seconds: Callable[[float, float], float] | None = None) -> Decision | None:
+                       request_seconds: Callable[[float, float], float] | None = None,
+                       record: AutoscalerRecord | None = None) -> Decision | None:
         """A decision for a builtin-mode service whose workload runs ``current`` replicas.
         ``prefill_tokens_per_s``: one replica's prefill speed from the performance model
         (:func:`kiln.planner.perf.prefill_tokens_per_second`), for the prefill load. ``api``:
         where to read the workload (the handler's watch-fed cache), instead of ``self.api``.
         ``request_seconds``: the performance model's cost of one request, for the demand from
-        arrivals (:func:`kiln.autoscale.law.arrival_demand`)."""
+        arrivals (:func:`kiln.autoscale.law.arrival_demand`). ``record``: the service's
+        ``status.autoscaling.record``, which a service this autoscaler has not seen yet (after
+        an operator restart) starts from."""
         if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
             return None
         workload = await (api or self.api).get(*workload_ref(spec, name), namespace)
@@ -129,7 +156,8 @@ class BuiltinAutoscaler:
         params = replace(self.params(spec), request_seconds=request_seconds)
         fleet = self._fleets.get((namespace, name))
         if fleet is None:
-            fleet = self._fleets[(namespace, name)] = _Fleet()
+            restored = None if record is None else restore(record, now, self.wall(), params.headroom_memory)
+            fleet = self._fleets[(namespace, name)] = _Fleet(recommendations=restored or Recommendations())
             fleet.recommendations.add(now, current, params.stabilization_seconds)
         fleet.latest = await self.source(spec).kv_samples(namespace, selector_string(name, "server"), api)
         for sample in fleet.latest:
@@ -144,6 +172,7 @@ class BuiltinAutoscaler:
         fleet.samples = [s for s in fleet.samples if s.time >= now - params.history_seconds]
         decision = decide(now, fleet.samples, current, ready, max(0, current - ready), params,
                           fleet.recommendations)
+        fleet.decided_at = now
         if self.decision_clock is not None:
             self.decision_clock.decided(namespace, name, now, current, decision)
         return decision

@@ -214,7 +214,8 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
     decision = await memo.autoscaler.evaluate(meta["namespace"], meta["name"], spec, current,
                                               _prefill_speed(spec, status.plan),
                                               api=CachedKubeApi(memo.api, kwargs),
-                                              request_seconds=_request_seconds(spec, status.plan))
+                                              request_seconds=_request_seconds(spec, status.plan),
+                                              record=status.autoscaling.record if status.autoscaling else None)
     if decision is None:
         return
     direction = "up" if decision.desired > current else "down" if decision.desired < current else "hold"
@@ -226,7 +227,8 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
         with contextlib.suppress(KeyError):
             memo.telemetry.correction.remove(meta["namespace"], meta["name"])
     observed = Observed(samples=tuple(memo.autoscaler.latest(meta["namespace"], meta["name"])),
-                        decision=decision, current=current)
+                        decision=decision, current=current,
+                        record=memo.autoscaler.record(meta["namespace"], meta["name"]))
     settled = status.ready_replicas == current and is_true(status, ConditionType.READY.value)
     if decision.desired != current or not settled:
         await _reconcile_quietly(body, patch, memo, kwargs, observed, parsed)  # a rollout to make or follow

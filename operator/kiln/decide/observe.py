@@ -90,10 +90,13 @@ def _decided(status: LLMServiceStatus, observed: Observed, now: str, generation:
     assert decision is not None and current is not None
     previous = status.autoscaling
     status.desired_replicas = decision.desired
+    record = observed.record or (previous.record if previous else None)
     if previous is None or decision.reason != previous.last_decision or decision.desired != current:
         status.autoscaling = AutoscalingStatus(
             last_decision=decision.reason, decision_time=now,
-            last_scale_time=previous.last_scale_time if previous else None)
+            last_scale_time=previous.last_scale_time if previous else None, record=record)
+    elif observed.record is not None:
+        status.autoscaling = previous.model_copy(update={"record": record})
     set_condition(status, ConditionType.SCALING_ACTIVE, not decision.held,
                   (Reason.METRICS_UNAVAILABLE if decision.held else Reason.METRICS_AVAILABLE).value,
                   decision.reason, now, generation)

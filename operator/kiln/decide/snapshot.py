@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import LLMServiceSpec, LLMServiceStatus
+from ..api.llmservice import AutoscalerRecord
 from ..autoscale import Decision, KVSample
 from ..errors import NotReadyYet, SpecInvalid
 from ..planner import GPU, ModelConfig, Plan
@@ -53,6 +54,7 @@ class Observed:
     samples: tuple[KVSample, ...] | None = None
     decision: Decision | None = None
     current: int | None = None
+    record: AutoscalerRecord | None = None  # the law's record, when one is due (else the status keeps its own)
 
 
 @dataclass(frozen=True)

@@ -194,8 +194,10 @@ class Sandbox:
         async def main() -> None:
             ctx = self.operator_context = self._operator_context(policy=self._policy,
                                                                  timings=self._timings)
+            # The law's record goes into the status every four decisions, as at 15 s a minute.
             ctx.autoscaler = dataclasses.replace(ctx.autoscaler, timing=dict(self._autoscale_timing),
-                                                 decision_clock=self._decision_clock)
+                                                 decision_clock=self._decision_clock,
+                                                 record_every=4 * self._timings.autoscale_period)
             async with self._login() as login:
                 try:
                     await run_operator(ctx, stop, login=login.handler)
