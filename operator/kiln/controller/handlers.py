@@ -23,8 +23,8 @@ from ..api.validation import parse_service_spec
 from ..decide import Observed, Parsed, parse, workload_replicas
 from ..decide.status import is_true, parse_status
 from ..errors import SpecInvalid
-from ..planner import lookup_gpu
-from ..planner.perf import PerfModel, prefill_tokens_per_second
+from ..planner import ModelConfig, lookup_gpu
+from ..planner.perf import PerfModel, attention_seconds_per_position, prefill_tokens_per_second
 from ..render import ServiceRef
 from ..render.meta import selector_string
 from .cache import CachedKubeApi, cache_indexes, register_caches
@@ -214,7 +214,8 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
     decision = await memo.autoscaler.evaluate(meta["namespace"], meta["name"], spec, current,
                                               _prefill_speed(spec, status.plan),
                                               api=CachedKubeApi(memo.api, kwargs),
-                                              request_seconds=_request_seconds(spec, status.plan),
+                                              request_seconds=_request_seconds(spec, status.plan,
+                                                                               memo.models.known(spec)),
                                               record=status.autoscaling.record if status.autoscaling else None)
     if decision is None:
         return
@@ -246,18 +247,22 @@ def _prefill_speed(spec: Any, plan: Any) -> float | None:
     return prefill_tokens_per_second(float(weight), Precision(spec.precision), gpu)
 
 
-def _request_seconds(spec: Any, plan: Any) -> Any:
+def _request_seconds(spec: Any, plan: Any, model: ModelConfig | None) -> Any:
     """Replica-seconds one request costs at full batch (``PerfModel.request_seconds``), from
-    the planned status as the simulator's replicas have it (no attention term: the model's
-    shape is not in the status); None before the plan is in the status."""
+    the planned status and the model's shape (``model``: the resolver's, for the attention
+    term) as the simulator's replicas have it; without the shape (a Hub model not resolved
+    since the operator started), no attention term. None before the plan is in the status."""
     speed = _prefill_speed(spec, plan)
     gpu = lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b, spec.gpu.arch)
     if speed is None or gpu is None or not plan.kv_cache_tokens or not plan.kv_bytes_per_token_per_gpu:
         return None
+    attention = 0.0 if model is None else attention_seconds_per_position(model, Precision(spec.precision),
+                                                                         gpu, spec.gpus)
     cost = PerfModel(kv_tokens=int(plan.kv_cache_tokens), max_batch=spec.engine.max_batch_size,
                      weight_bytes=float(plan.weight_bytes_per_gpu),
                      kv_bytes_per_token=float(plan.kv_bytes_per_token_per_gpu),
                      bandwidth=gpu.bandwidth_tbs * 1e12, prefill_tokens_per_s=speed,
+                     attention_s_per_position=attention,
                      max_num_tokens=spec.engine.max_num_tokens).request_seconds
     return lambda prompt, output: cost(round(prompt), round(output))
 

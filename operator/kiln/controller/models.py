@@ -36,6 +36,14 @@ class ModelResolver:
         except ValueError as error:
             return None, f"malformed config.json: {error}"
 
+    def known(self, spec: LLMServiceSpec) -> ModelConfig | None:
+        """The config the catalog or an earlier :meth:`resolve` has for ``spec``'s model,
+        without a download (None when neither has one, or it does not size)."""
+        try:
+            return model_config(spec.model.source, self._cache.get((spec.model.source, spec.model.revision)))[0]
+        except ValueError:
+            return None
+
     def _download(self, spec: LLMServiceSpec, token: str | None) -> dict[str, Any]:
         from huggingface_hub import hf_hub_download
 

@@ -38,7 +38,7 @@ from .memory import WEIGHT_BYTES
 from .model import ModelConfig, UnsupportedModel, model_config
 from .plan import Plan, plan
 
-__all__ = ["PerfModel", "prefill_tokens_per_second", "COMPUTE_EFFICIENCY", "BANDWIDTH_EFFICIENCY",
+__all__ = ["PerfModel", "prefill_tokens_per_second", "attention_seconds_per_position", "COMPUTE_EFFICIENCY", "BANDWIDTH_EFFICIENCY",
            "STEP_OVERHEAD_S", "SEQUENCE_OVERHEAD_S"]
 
 # Dense 16-bit tensor throughput (FLOP/s) by GPU architecture.
@@ -70,10 +70,7 @@ class PerfModel:
                   model: ModelConfig | None = None) -> PerfModel:
         weight = float(plan.weight_bytes_per_gpu or 0)
         precision = Precision(spec.precision)
-        attention = 0.0
-        if model is not None:
-            flops = _replica_flops(precision, gpu, spec.gpus)
-            attention = 4.0 * model.num_layers * model.num_heads * model.head_dim / flops
+        attention = 0.0 if model is None else attention_seconds_per_position(model, precision, gpu, spec.gpus)
         engine = spec.engine
         return cls(kv_tokens=int(plan.kv_cache_tokens or 0), max_batch=engine.max_batch_size,
                    weight_bytes=weight, kv_bytes_per_token=float(plan.kv_bytes_per_token_per_gpu or 0),
@@ -130,6 +127,12 @@ class PerfModel:
 def _replica_flops(precision: Precision, gpu: GPU, gpus: int) -> float:
     speedup = 1.0 if WEIGHT_BYTES[precision] >= 2 else 2.0  # 8- and 4-bit tensor cores
     return _PEAK_FLOPS.get(gpu.arch, 300e12) * COMPUTE_EFFICIENCY * speedup * max(gpus, 1)
+
+
+def attention_seconds_per_position(model: ModelConfig, precision: Precision, gpu: GPU, gpus: int) -> float:
+    """Compute seconds of context attention per token per position it attends, on a replica
+    of ``gpus`` GPUs (``PerfModel.attention_s_per_position``)."""
+    return 4.0 * model.num_layers * model.num_heads * model.head_dim / _replica_flops(precision, gpu, gpus)
 
 
 def prefill_tokens_per_second(weight_bytes_per_gpu: float, precision: Precision, gpu: GPU) -> float:
