@@ -5,9 +5,9 @@ each decision of the last hour (the burst headroom's rises and peak), when that 
 (the prior headroom shrinks as it grows to an hour) and the TTFT objective's correction. An
 operator restart (an upgrade, a node drained, a leader handed over) would otherwise start
 every service's record afresh: the learned headroom gone, the prior's spare replicas back
-for an hour (on the benchmark's generated traces, a service's first 45 minutes cost 1.56x
-the clairvoyant schedule at the median and the same 45 minutes after an hour of record
-1.36x), and a correction that had found the model optimistic back at 1. Other autoscalers
+for an hour (on the benchmark's 140 training traces after an hour, a restart with no record
+as each trace opens cost 11.3 % more GPU-hours, 32-36 % more on smooth traffic), and a
+correction that had found the model optimistic back at 1. Other autoscalers
 keep theirs too: KubeAI patches its moving averages into a ConfigMap after each
 calculation (substratusai/kubeai ``internal/modelautoscaler/state.go``), the Flink operator
 keeps its autoscaler's history in an ``autoscaler-<name>`` ConfigMap owned by the
