@@ -62,8 +62,7 @@ class _Replica:
     queue: deque[Request] = field(default_factory=deque)
     draining: bool = False
     reserved: int = 0  # KV tokens reserved by the running requests
-    prefilled: float = 0.0  # input tokens prefilled so far (a counter, as Triton exports it)
-    scraped: float = 0.0    # ``prefilled`` at the last scrape
+    scraped_input: int = 0  # ``finished_input`` at the last scrape
     scheduled: int = 0      # requests the last iteration ran
     # Requests finished and their prompt and generated tokens (counters, as the backend's
     # token-length histograms count them: once per request, when it finishes).
@@ -112,7 +111,6 @@ class _Replica:
             if cost <= remaining:
                 remaining -= cost
                 iterations += item.prefill_left / budget
-                self.prefilled += item.prefill_left
                 item.prefill_left = 0.0
                 item.first_token_at = now + dt - remaining
                 item.generated = 1.0
@@ -122,7 +120,6 @@ class _Replica:
                 tokens = item.prefill_left * remaining / cost
                 iterations += tokens / budget
                 item.prefill_left -= tokens
-                self.prefilled += tokens
                 remaining = 0.0
         if generating:
             iterations += remaining / perf.step_seconds(kv, len(generating))
@@ -269,7 +266,7 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
             ready = [r for r in live if r.ready_at <= now]
             samples = [] if blank else [_scrape(r, now, perf, fleet.period) for r in ready]
             for replica in replicas:
-                replica.scraped = replica.prefilled
+                replica.scraped_input = replica.finished_input
             view = FleetView(now, samples, len(live), len(ready), len(live) - len(ready),
                              pending=len(front) + sum(r.held for r in replicas))
             desired = max(0, policy(view))
@@ -309,14 +306,19 @@ def _scrape(replica: _Replica, now: float, perf: PerfModel, period: float) -> Sa
     ``active`` counts the requests taken into the batch (at most ``max``), ``waiting`` those
     of them the last iteration did not run (active - scheduled); requests still in the
     executor's queue beyond the batch slots appear in no series. The policies see the
-    backlog Kiln derives from that (:attr:`kiln.autoscale.KVSample.backlog`)."""
+    backlog Kiln derives from that (:attr:`kiln.autoscale.KVSample.backlog`). The prefill
+    load is the prompt tokens of the requests finished since the last scrape, per second,
+    over the replica's prefill speed, as the operator reads it (the rate of
+    ``nv_llm_input_token_len_sum``, which the backend observes when a request finishes:
+    :mod:`kiln.autoscale.metrics`); no series counts the prompt tokens prefilled so far."""
     active = min(replica.held, perf.max_batch)
     page = KVSample(max_blocks=perf.kv_tokens, used_blocks=replica.reserved, tokens_per_block=1,
                     waiting_requests=max(0, active - replica.scheduled), active_requests=active,
                     max_requests=perf.max_batch)
     return Sample(now, f"r{replica.ident}", page.utilization, waiting=page.backlog, active=active,
                   batch_fraction=active / perf.max_batch,
-                  prefill_load=(replica.prefilled - replica.scraped) / (period * perf.prefill_tokens_per_s),
+                  prefill_load=((replica.finished_input - replica.scraped_input)
+                                / (period * perf.prefill_tokens_per_s)),
                   finished=replica.finished, input_tokens=replica.finished_input,
                   output_tokens=replica.finished_output,
                   first_responses=tuple(zip((*_BOUNDS, math.inf),
