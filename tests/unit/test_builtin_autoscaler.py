@@ -199,3 +199,25 @@ async def test_a_restarted_operator_starts_from_the_record_in_the_status():
     fresh = BuiltinAutoscaler(_Api(), _Finishing(lambda: now[0]), clock=lambda: 5.0)
     await fresh.evaluate("llm", "svc", SPEC, 3, request_seconds=lambda p, o: 0.05)
     assert fresh._fleets["llm", "svc"].recommendations.prior(5.0, 2.0, 3600) == 2.0
+
+
+async def test_the_model_shape_the_autoscaler_costs_with_is_what_the_resolver_has(monkeypatch, tmp_path):
+    """The catalog's at once; a Hub model's once a reconcile has resolved it (no download of
+    its own: the autoscaler's tick does not wait on the Hub)."""
+    import json
+
+    from kiln.controller.models import ModelResolver
+
+    hub = parse_service_spec({"model": {"source": "hf://someone/llama-like"}})
+    config = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 16, "hidden_size": 2048,
+              "intermediate_size": 8192, "num_attention_heads": 16, "num_key_value_heads": 8,
+              "vocab_size": 32000, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    fetched = []
+    monkeypatch.setattr("huggingface_hub.hf_hub_download",
+                        lambda *a, **k: fetched.append(a) or str(tmp_path / "config.json"))
+    models = ModelResolver()
+    assert models.known(SPEC) is not None and models.known(SPEC).num_layers == 32
+    assert models.known(hub) is None and not fetched
+    resolved, _ = await models.resolve(hub, None)
+    assert resolved is not None and models.known(hub) == resolved and len(fetched) == 1
