@@ -18,9 +18,13 @@ def test_a_steady_trace_reports_littles_law():
     replay = TraceReplay(requests, PERF)
     replay.advance(60, pods=2)
     load = replay.pod_load()
-    seconds = 1000 / PERF.prefill_tokens_per_s + 100 * PERF.step_seconds(0.0)
+    prefill, decode = 1000 / PERF.prefill_tokens_per_s, 100 * PERF.step_seconds(0.0)
+    seconds = prefill + decode
     assert load.active == round(4 * seconds / 2)
-    assert load.kv_fraction == pytest.approx(4 * seconds * 1100 / 2 / PERF.kv_tokens, rel=0.02)
+    # KV held is what is allocated: the prompt's from admission, the output as it is
+    # generated (on average half of it while decoding), not the whole sequence reserved.
+    held = prefill * 1000 + decode * (1000 + 100 / 2)
+    assert load.kv_fraction == pytest.approx(4 * held / 2 / PERF.kv_tokens, rel=0.02)
     assert load.input_tokens_per_s == pytest.approx(4000 / 2)
     assert load.waiting == 0
     assert replay.requests_per_minute(60) == 240

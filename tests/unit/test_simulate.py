@@ -267,3 +267,29 @@ def test_each_scrape_carries_the_replicas_first_response_histogram():
     # The last scrape has every first response; the share within 2 s is the run's attainment.
     assert counts[-1] == len(requests)
     assert counts[2] / counts[-1] == pytest.approx(result.slo_attainment)
+
+
+def test_the_kv_used_a_scrape_reports_is_the_blocks_allocated_not_those_reserved():
+    """The backend's ``used`` blocks are ``KvCacheStats.usedNumBlocks``: the blocks allocated
+    now, the prompt's at admission and one more each time generation crosses a block
+    (``KVCacheManager::addSequence`` / ``updateToken``). What guaranteed_no_evict reserves to
+    finish the running requests (``getRemainingBlocksToCompletion``) is counted when it
+    schedules, and exported by no series: a replica whose reservations fill its KV admits no
+    more while its page reads less than full."""
+    from dataclasses import replace
+
+    from kiln.sim.engine import _Replica, _scrape
+    from kiln.sim.traces import Request
+
+    perf = replace(_small_fleet().perf, kv_tokens=10_000, max_num_tokens=8192)
+    replica = _Replica(0, 0.0)
+    replica.queue.extend([Request(0.0, 2000, 4000), Request(0.0, 2000, 4000)])
+    replica.admit(perf)
+    assert len(replica.running) == 1 and len(replica.queue) == 1  # 6000 reserved: the next waits
+    replica.advance(0.0, 0.5, perf, [], [])  # the prompt
+    replica.advance(0.5, 0.5, perf, [], [])  # some of the output
+    running = replica.running[0]
+    assert 1 < running.generated < 4000
+    page = _scrape(replica, 1.0, perf, 15.0)
+    assert page.kv_fraction == pytest.approx((2000 + running.generated) / 10_000, abs=1e-4)
+    assert page.kv_fraction < 0.6

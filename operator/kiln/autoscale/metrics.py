@@ -10,6 +10,13 @@ into the gauges every ``stats_check_period_ms``; field meanings from
   ``KvCacheStats`` ``maxNumBlocks``, ``freeNumBlocks``, ``usedNumBlocks``, ``tokensPerBlock``;
   ``"fraction"`` is ``used / max``, computed in ``WaitForStats`` ("Fraction used KV cache
   blocks"). ``max × tokens_per`` is the replica's KV capacity in tokens (only rank 0 exports).
+  ``used`` is the blocks allocated now (``BlockManager::getNumAllocatedBlocks``, max less
+  free): a request's prompt blocks from admission and one more each time its output crosses
+  a block (``cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp``, ``addSequence``,
+  ``updateToken``). The blocks ``guaranteed_no_evict`` sets aside to finish the running
+  requests (``getRemainingBlocksToCompletion``, ``capacityScheduler.cpp``) are counted when
+  it schedules and exported by no series: a replica whose reservations admit no more reads
+  less than full, and its refusals show as ``waiting``.
 - ``nv_trt_llm_request_metrics{request_type="active"}``: ``IterationStats.numActiveRequests``,
   the requests the executor has taken from its queue into the batch, running or not.
   ``"max"``: ``maxNumActiveRequests``, set to ``mModel->getMaxNumSequences()`` (the engine's

@@ -5,8 +5,10 @@ trace and the performance model the simulator uses (:class:`kiln.planner.perf.Pe
 
 - a request is in flight from its arrival for its prefill (input tokens over the replica's
   prefill speed) plus its decode (output tokens × one decode step with the weights read);
-  in flight it holds its whole sequence of KV blocks, as Triton's ``guaranteed_no_evict``
-  scheduler reserves them;
+  in flight it holds its prompt's KV blocks and those of the output generated so far, as
+  the engine allocates them and its ``used`` blocks count them (``KVCacheManager::addSequence``
+  allocates the prompt's, ``updateToken`` one more per block of output; what
+  ``guaranteed_no_evict`` reserves for the rest is exported by no series);
 - the service's in-flight requests, KV tokens and prompt tokens per second are spread
   evenly over its serving pods (Triton behind a Kubernetes Service);
 - prompt tokens the service's pods cannot prefill within a second wait for the next; the
@@ -53,6 +55,17 @@ class PodLoad:
                    input_tokens_per_s=max(0.0, load) * input_tokens_per_s_at_full_load)
 
 
+def _held(request: Request, decoding: float, end: float, low: float, high: float) -> float:
+    """The KV tokens ``request`` holds, integrated over ``[low, high)``: its prompt from
+    admission, and its output growing evenly from ``decoding`` to ``end``."""
+    total = request.input_tokens * (high - low)
+    start, stop = max(low, decoding), min(high, end)
+    if stop > start and end > decoding:
+        rate = request.output_tokens / (end - decoding)  # tokens generated per second
+        total += rate * ((stop - decoding) ** 2 - (start - decoding) ** 2) / 2
+    return total
+
+
 class TraceReplay:
     """The service-wide demand of a trace, second by second, and each pod's share of it."""
 
@@ -69,15 +82,15 @@ class TraceReplay:
         step = perf.step_seconds(0.0)
         for request in requests:
             start = request.arrival
-            end = start + request.input_tokens / perf.prefill_tokens_per_s + request.output_tokens * step
+            decoding = start + request.input_tokens / perf.prefill_tokens_per_s
+            end = decoding + request.output_tokens * step
             second = int(start)
             self.arrivals[second] += 1
             self.input_tokens[second] += request.input_tokens
-            held = request.input_tokens + request.output_tokens
             while second < self.seconds and second < end:
-                overlap = min(end, second + 1) - max(start, second)
-                self.in_flight[second] += overlap
-                self.kv_tokens[second] += overlap * held
+                low, high = max(start, second), min(end, second + 1)
+                self.in_flight[second] += high - low
+                self.kv_tokens[second] += _held(request, decoding, end, low, high)
                 second += 1
 
     def requests_per_minute(self, second: float) -> int:

@@ -61,7 +61,7 @@ class _Replica:
     running: list[_Running] = field(default_factory=list)
     queue: deque[Request] = field(default_factory=deque)
     draining: bool = False
-    reserved: int = 0  # KV tokens reserved by the running requests
+    reserved: int = 0  # KV tokens reserved by the running requests, to their last token
     scraped_input: int = 0  # ``finished_input`` at the last scrape
     scheduled: int = 0      # requests the last iteration ran
     # Requests finished and their prompt and generated tokens (counters, as the backend's
@@ -75,6 +75,13 @@ class _Replica:
     @property
     def held(self) -> int:
         return len(self.running) + len(self.queue)
+
+    @property
+    def allocated(self) -> float:
+        """KV tokens the running requests hold now: each its whole prompt from admission and
+        its output so far (``KVCacheManager::addSequence`` allocates the prompt's blocks,
+        ``updateToken`` one more each time generation crosses a block)."""
+        return sum(i.request.input_tokens + i.generated for i in self.running)
 
     def admit(self, perf: PerfModel) -> None:
         """Schedule queued requests in order while a batch slot and their KV are free."""
@@ -303,16 +310,19 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
 
 def _scrape(replica: _Replica, now: float, perf: PerfModel, period: float) -> Sample:
     """What the replica's ``/metrics`` page says, as the TensorRT-LLM backend computes it:
-    ``active`` counts the requests taken into the batch (at most ``max``), ``waiting`` those
-    of them the last iteration did not run (active - scheduled); requests still in the
-    executor's queue beyond the batch slots appear in no series. The policies see the
+    ``used`` KV is what the running requests hold now (:attr:`_Replica.allocated`,
+    ``KvCacheStats.usedNumBlocks``), not what guaranteed_no_evict reserves for their last
+    tokens (which it admits on, and no series exports: a replica whose reservations are full
+    reads less than full); ``active`` counts the requests taken into the batch (at most
+    ``max``), ``waiting`` those of them the last iteration did not run (active - scheduled);
+    requests still in the executor's queue beyond the batch slots appear in no series. The policies see the
     backlog Kiln derives from that (:attr:`kiln.autoscale.KVSample.backlog`). The prefill
     load is the prompt tokens of the requests finished since the last scrape, per second,
     over the replica's prefill speed, as the operator reads it (the rate of
     ``nv_llm_input_token_len_sum``, which the backend observes when a request finishes:
     :mod:`kiln.autoscale.metrics`); no series counts the prompt tokens prefilled so far."""
     active = min(replica.held, perf.max_batch)
-    page = KVSample(max_blocks=perf.kv_tokens, used_blocks=replica.reserved, tokens_per_block=1,
+    page = KVSample(max_blocks=perf.kv_tokens, used_blocks=round(replica.allocated), tokens_per_block=1,
                     waiting_requests=max(0, active - replica.scheduled), active_requests=active,
                     max_requests=perf.max_batch)
     return Sample(now, f"r{replica.ident}", page.utilization, waiting=page.backlog, active=active,
