@@ -65,7 +65,7 @@ import traffic  # noqa: E402
 from kiln.api.validation import parse_service_manifest  # noqa: E402
 from kiln.autoscale import LawParams  # noqa: E402
 from kiln.planner import lookup_gpu  # noqa: E402
-from kiln.sim import Fleet, PerfModel, load_trace  # noqa: E402
+from kiln.sim import Fleet, PerfModel, load_trace, routing_for  # noqa: E402
 from kiln.sim.compare import LEAD_IN_SECONDS  # noqa: E402
 from kiln.sim.engine import SimResult, simulate  # noqa: E402
 from kiln.sim.policies import kiln_policy  # noqa: E402
@@ -122,7 +122,8 @@ def _service() -> tuple[Fleet, LawParams]:
     manifest = yaml.safe_load((ROOT / "benchmarks" / "autoscaling-service.yaml").read_text())
     _, spec = parse_service_manifest(manifest)
     perf = PerfModel.for_catalog_model(spec, lookup_gpu(spec.gpu.type, spec.gpu.memory_gi_b))
-    return Fleet(perf, spec.gpus, cold_start=COLD_START_S), LawParams.for_service(spec.autoscaling)
+    return (Fleet(perf, spec.gpus, cold_start=COLD_START_S, routing=routing_for(spec.gateway)),
+            LawParams.for_service(spec.autoscaling))
 
 
 def _fitted(fleet: Fleet, requests: list[Request]) -> Fleet:

@@ -185,7 +185,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .autoscale import LawParams
-    from .sim import Fleet, PerfModel, compare, load_trace
+    from .sim import Fleet, PerfModel, compare, load_trace, routing_for
     from .render.wake import concurrency_target
 
     if args.plot:
@@ -217,7 +217,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     low = max(1, scaling.min_replicas)
     high = max(low, ceiling)
     params = LawParams.for_service(scaling, min_replicas=low, max_replicas=high)
-    fleet = Fleet(PerfModel.from_plan(result, spec, gpu, model), spec.gpus, cold_start=args.cold_start)
+    routing = args.routing if args.routing != "auto" else routing_for(spec.gateway)
+    fleet = Fleet(PerfModel.from_plan(result, spec, gpu, model), spec.gpus, cold_start=args.cold_start,
+                  routing=routing)
     show = args.output != "json" and sys.stderr.isatty()
 
     def progress(name: str, share: float) -> None:
@@ -236,9 +238,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       title=f"{Path(args.trace).name}: autoscaling policies")
     if args.output == "json":
         print(json.dumps({"policies": {n: r.wire() if r else None for n, r in results.items()},
-                          "chosen": chosen}, indent=2))
+                          "chosen": chosen, "routing": routing}, indent=2))
         return 0
-    print(f"{len(requests)} requests, SLO: TTFT <= {args.slo_ttft_ms:.0f} ms, cold start {args.cold_start:.0f} s")
+    print(f"{len(requests)} requests, SLO: TTFT <= {args.slo_ttft_ms:.0f} ms, cold start {args.cold_start:.0f} s, "
+          f"{routing} routing")
     print(f"{'POLICY':12s} {'GPU-HOURS':>10s} {'SLO':>7s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'SCALES':>7s} "
           f"{'MAX':>4s} {'COLD':>5s}")
     for name, r in results.items():
@@ -326,6 +329,10 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--lead-in", type=float, default=LEAD_IN_SECONDS,
                      help="seconds of the trace's opening replayed first, mirrored and uncounted, so "
                           "the reactive policies start as on a running service (0: start cold)")
+    sim.add_argument("--routing", choices=("auto", "least-loaded", "random"), default="auto",
+                     help="how requests reach a replica: least-loaded (the Gateway's endpoint picker), "
+                          "random (a plain Service, as kube-proxy balances); auto: least-loaded with "
+                          "spec.gateway, else random")
     sim.add_argument("--plot", help="write load, replicas and TTFT over time to this PNG")
     sim.add_argument("-o", "--output", choices=("text", "json"), default="text")
     sim.set_defaults(func=cmd_simulate)

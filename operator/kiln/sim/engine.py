@@ -3,8 +3,9 @@
 **Replica model.** Capacity comes from the planner: ``kvCacheTokens`` per replica and the
 engine's ``maxBatchSize``, ``maxNumTokens``, ``maxInputLen`` and ``maxSeqLen``. A request over
 the engine's limits is refused at once, as the executor refuses it, and counted apart
-(``rejected``), not in the SLO. The Service sends each request to a ready pod at once (the one
-holding fewest); there it waits in the engine's queue until a batch slot and its whole
+(``rejected``), not in the SLO. The serving entrance sends each request to a ready pod at once:
+the least loaded behind the Gateway's endpoint picker, one at random behind a plain Service
+(:attr:`Fleet.routing`); there it waits in the engine's queue until a batch slot and its whole
 sequence's KV are free (Triton's default ``guaranteed_no_evict`` scheduler). Each engine
 iteration advances every generating sequence by one token and fills the rest of
 ``maxNumTokens`` with context chunks, first prompt first (in-flight batching with chunked
@@ -27,6 +28,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from ..autoscale.metrics import FIRST_RESPONSE_BUCKETS_MS
 from ..planner.perf import PerfModel
 from .traces import Request
 
-__all__ = ["PerfModel", "Fleet", "SimResult", "simulate", "FleetView"]
+__all__ = ["PerfModel", "Fleet", "SimResult", "simulate", "FleetView", "routing_for", "ROUTINGS"]
 
 
 # The first-response histogram's bucket bounds, in seconds (Triton's defaults).
@@ -190,6 +192,10 @@ class SimResult:
                 "rejected": self.rejected}
 
 
+# How the serving entrance picks a replica for a request (:attr:`Fleet.routing`).
+ROUTINGS = ("least-loaded", "random")
+
+
 @dataclass
 class Fleet:
     perf: PerfModel
@@ -198,6 +204,21 @@ class Fleet:
     cold_start: float = 90.0
     period: float = 15.0
     dt: float = 0.25
+    # "least-loaded": the Gateway's endpoint picker (``spec.gateway``), which scores each
+    # pod's queue and KV cache, taken as the replica holding the fewest requests, then the
+    # least KV. "random": a plain Service, as kube-proxy balances it: each new connection to
+    # one of the ready endpoints with equal probability, whatever they hold (iptables mode,
+    # kubernetes ``pkg/proxy/iptables/proxier.go``, ``writeServiceToEndpointRules``), taken
+    # per request (clients that open a connection per request, or many of them: one client
+    # holding a connection, as gRPC does, stays on one pod, which is worse).
+    routing: str = "least-loaded"
+    seed: int = 0  # of the random routing's draws
+
+
+def routing_for(gateway: object | None) -> str:
+    """The routing a service gets: by load behind its Gateway (``spec.gateway``, the
+    endpoint picker), at random behind its plain Service."""
+    return "least-loaded" if gateway is not None else "random"
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -215,6 +236,9 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
     first so that the fleet and the policy's state are those of a service that was already
     serving; their time, GPU-seconds and latencies are not counted."""
     perf = fleet.perf
+    if fleet.routing not in ROUTINGS:
+        raise ValueError(f"routing {fleet.routing!r}: one of {', '.join(ROUTINGS)}")
+    draw = random.Random(fleet.seed)
     ids = iter(range(1 << 30))
     start = 60.0 * math.floor(min((r.arrival for r in warmup), default=0.0) / 60.0)  # whole minutes
     replicas = [_Replica(next(ids), ready_at=start) for _ in range(fleet.initial)]
@@ -251,10 +275,12 @@ def simulate(requests: Sequence[Request], fleet: Fleet, policy: Policy, slo_ttft
             else:
                 front.append(request)
         serving = [r for r in replicas if r.ready_at <= now and not r.draining]
-        # The Service routes each request to a ready pod at once (fewest requests held),
+        # The entrance routes each request to a ready pod at once (:attr:`Fleet.routing`),
         # where it waits in that engine's queue.
         while front and serving:
-            min(serving, key=lambda r: (r.held, r.reserved)).queue.append(front.popleft())
+            chosen = (draw.choice(serving) if fleet.routing == "random"
+                      else min(serving, key=lambda r: (r.held, r.reserved)))
+            chosen.queue.append(front.popleft())
         for replica in replicas:
             if replica.queue:
                 replica.admit(perf)
