@@ -458,6 +458,93 @@ def summaries(report: dict) -> dict:
             "afterAnHour": {**report["afterAnHour"], "summary": summarize(after_an_hour(report["test"]))}}
 
 
+def _gpu(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _slo(view: dict) -> str:
+    """A run's attainment, in bold where it misses the SLO."""
+    text = f"{view['sloAttainment'] * 100:.2f} %"
+    return text if view["sloAttainment"] >= SLO_GOAL else f"**{text}**"
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}×" if value is not None else "—"
+
+
+def _best_stock(view: dict) -> float | None:
+    return min((p["gpuHours"] for p in (view.get("bestHpa"), view.get("bestKeda")) if p), default=None)
+
+
+def _span(values: list[float]) -> str:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return "—"
+    return _ratio(values[0]) if values[0] == values[-1] else f"{values[0]:.2f}–{values[-1]:.2f}×"
+
+
+def _family(trace: str) -> str:
+    return trace.split("/")[0] if "/" in trace else "public traces"
+
+
+def _by_family(rows: list[dict]) -> str:
+    """Per family: where kiln meets the SLO, and its ratios' ranges."""
+    lines = ["| family | traces | kiln meets the SLO | kiln / clairvoyant | kiln / best stock "
+             "(traces where one meets it) | kiln / trained HPA |", "|---|---|---|---|---|---|"]
+    families: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["sloAttainable"]:
+            families.setdefault(_family(row["trace"]), []).append(row)
+    for family, found in families.items():
+        stock = [r["kilnOverBestStock"] for r in found if r.get("kilnOverBestStock") is not None]
+        lines.append(f"| {family} | {len(found)} | {sum(r['kilnMeetsSlo'] for r in found)} | "
+                     f"{_span([r['kilnOverClairvoyant'] for r in found])} | {_span(stock)} ({len(stock)}) | "
+                     f"{_span([r.get('kilnOverTrainedStock') for r in found])} |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> dict[str, str]:
+    """The tables docs/benchmarks.md shows of a results file, by name (``--markdown``): each
+    test trace in the first view and after an hour, and both views by family."""
+    first = ["| test trace | kiln GPU-h | kiln SLO | clairvoyant | static-min (replicas) | best HPA | best KEDA "
+             "| trained HPA (SLO) | kiln / clairvoyant | kiln / best stock | kiln / trained HPA |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    after = ["| test trace | kiln GPU-h, first view | kiln GPU-h after an hour (SLO) | clairvoyant | best stock "
+             "after an hour | trained HPA after an hour (SLO) | kiln / clairvoyant, first → after | kiln / best "
+             "stock after | kiln / trained HPA after |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["test"]:
+        kiln, static, trained = row["kiln"], row["staticMin"], row["trainedStock"]
+        label = row["trace"] + ("" if row["sloAttainable"] else " (no fleet of ≤ 16 meets the SLO)")
+        clairvoyant = _gpu(row["clairvoyant"]["gpuHours"]) if row.get("clairvoyant") else "—"
+        stock = [_gpu(row[k]["gpuHours"]) if row.get(k) else "none meets" for k in ("bestHpa", "bestKeda")]
+        first.append(f"| {label} | {_gpu(kiln['gpuHours'])} | {_slo(kiln)} | {clairvoyant} | "
+                     f"{_gpu(static['gpuHours'])} ({static['replicas']}) | {stock[0]} | {stock[1]} | "
+                     f"{_gpu(trained['gpuHours'])} ({_slo(trained)}) | {_ratio(row.get('kilnOverClairvoyant'))} | "
+                     f"{_ratio(row.get('kilnOverBestStock'))} | {_ratio(row.get('kilnOverTrainedStock'))} |")
+        hour = row.get("afterAnHour")
+        if hour:
+            best = _best_stock(hour)
+            after.append(
+                f"| {row['trace']} | {_gpu(kiln['gpuHours'])} | {_gpu(hour['kiln']['gpuHours'])} ({_slo(hour['kiln'])}) | "
+                f"{clairvoyant} | {_gpu(best) if best is not None else 'none meets'} | "
+                f"{_gpu(hour['trainedStock']['gpuHours'])} ({_slo(hour['trainedStock'])}) | "
+                f"{_ratio(row.get('kilnOverClairvoyant'))} → {_ratio(hour.get('kilnOverClairvoyant'))} | "
+                f"{_ratio(hour.get('kilnOverBestStock'))} | {_ratio(hour.get('kilnOverTrainedStock'))} |")
+    return {"test": "\n".join(first), "test-by-family": _by_family(report["test"]),
+            "after-an-hour": "\n".join(after), "after-an-hour-by-family": _by_family(after_an_hour(report["test"]))}
+
+
+def with_tables(text: str, tables: dict[str, str]) -> str:
+    """``text`` with each table between its ``<!-- results:NAME -->`` markers replaced."""
+    for name, table in tables.items():
+        begin, end = f"<!-- results:{name} -->\n", f"\n<!-- /results:{name} -->"
+        start, stop = text.find(begin), text.find(end)
+        if start < 0 or stop < start:
+            raise SystemExit(f"--docs: no {begin.strip()} ... {end.strip()} in the file")
+        text = text[:start + len(begin)] + table + text[stop:]
+    return text
+
+
 def _without_sweeps_row(row: dict) -> dict:
     out = {k: v for k, v in row.items() if k != "stock"}
     if "afterAnHour" in out:
@@ -502,9 +589,23 @@ def main() -> int:
                              f"{', '.join(map(str, MODEL_ERRORS))}, with and without a TTFT objective)")
     parser.add_argument("--summarize", metavar="FILE",
                         help="print a results JSON with its summaries computed again from its rows (no run)")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="print the tables docs/benchmarks.md shows of a results JSON, each between "
+                             "its <!-- results:NAME --> markers (no run)")
+    parser.add_argument("--docs", metavar="MD", help="with --markdown: rewrite those tables in this file "
+                                                     "in place, between their markers")
     args = parser.parse_args()
     if args.summarize:
         print(json.dumps(summaries(json.loads(Path(args.summarize).read_text())), indent=1))
+        return 0
+    if args.markdown:
+        tables = markdown(json.loads(Path(args.markdown).read_text()))
+        if args.docs:
+            doc = Path(args.docs)
+            doc.write_text(with_tables(doc.read_text(), tables))
+            return 0
+        for name, table in tables.items():
+            print(f"<!-- results:{name} -->\n{table}\n<!-- /results:{name} -->\n")
         return 0
     if args.model_error and args.train:
         parser.error("--model-error runs with the parameters the last --train chose: run --train alone first")
