@@ -505,7 +505,8 @@ def _by_family(rows: list[dict]) -> str:
 
 def markdown(report: dict) -> dict[str, str]:
     """The tables docs/benchmarks.md shows of a results file, by name (``--markdown``): each
-    test trace in the first view and after an hour, and both views by family."""
+    test trace in the first view and after an hour, both views by family, and the cold-start
+    sweep."""
     first = ["| test trace | kiln GPU-h | kiln SLO | clairvoyant | static-min (replicas) | best HPA | best KEDA "
              "| trained HPA (SLO) | kiln / clairvoyant | kiln / best stock | kiln / trained HPA |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -530,8 +531,17 @@ def markdown(report: dict) -> dict[str, str]:
                 f"{_gpu(hour['trainedStock']['gpuHours'])} ({_slo(hour['trainedStock'])}) | "
                 f"{_ratio(row.get('kilnOverClairvoyant'))} → {_ratio(hour.get('kilnOverClairvoyant'))} | "
                 f"{_ratio(hour.get('kilnOverBestStock'))} | {_ratio(hour.get('kilnOverTrainedStock'))} |")
+    traces = sorted({c["trace"] for c in report["coldStart"]}, key=lambda t: [r["trace"] for r in report["test"]].index(t))
+    cold = ["| cold start | " + " | ".join(f"{t}: kiln SLO, kiln / clairvoyant" for t in traces) + " |",
+            "|---" * (len(traces) + 1) + "|"]
+    for seconds in sorted({c["coldStartSeconds"] for c in report["coldStart"]}):
+        runs = {c["trace"]: c for c in report["coldStart"] if c["coldStartSeconds"] == seconds}
+        cold.append(f"| {seconds:.0f} s | " + " | ".join(
+            f"{_slo({'sloAttainment': runs[t]['kilnSloAttainment']})}, {_ratio(runs[t]['kilnOverClairvoyant'])}"
+            if t in runs else "—" for t in traces) + " |")
     return {"test": "\n".join(first), "test-by-family": _by_family(report["test"]),
-            "after-an-hour": "\n".join(after), "after-an-hour-by-family": _by_family(after_an_hour(report["test"]))}
+            "after-an-hour": "\n".join(after), "after-an-hour-by-family": _by_family(after_an_hour(report["test"])),
+            "cold-start": "\n".join(cold)}
 
 
 def with_tables(text: str, tables: dict[str, str]) -> str:

@@ -137,6 +137,6 @@ def test_the_documented_result_tables_are_the_stored_results():
     report = json.loads((autoscaling.ROOT / "benchmarks" / "autoscaling-results.json").read_text())
     doc = (autoscaling.ROOT / "docs" / "benchmarks.md").read_text()
     tables = autoscaling.markdown(report)
-    assert set(tables) == {"test", "test-by-family", "after-an-hour", "after-an-hour-by-family"}
+    assert set(tables) == {"test", "test-by-family", "after-an-hour", "after-an-hour-by-family", "cold-start"}
     assert autoscaling.with_tables(doc, tables) == doc
     assert all(f"<!-- results:{name} -->" in doc for name in tables)
