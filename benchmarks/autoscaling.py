@@ -116,6 +116,8 @@ COLD_START_FAMILIES = ("bursts", "fast-ramp")
 MODEL_ERRORS = (0.8, 1.0, 1.25)
 # What the last --train run chose (and every candidate's figures).
 TRAINING = ROOT / "benchmarks" / "autoscaling-training.json"
+# What the last --model-error run printed.
+MODEL_ERROR = ROOT / "benchmarks" / "autoscaling-model-error.json"
 
 
 def _service() -> tuple[Fleet, LawParams]:
@@ -503,6 +505,48 @@ def _by_family(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _candidate(params: dict) -> str:
+    """A training candidate's name in the docs: the prior and the rise that retires it."""
+    shown = params.get("headroom_prior_shown")
+    retired = "never" if shown is None else f"{shown:g} replica" + ("s" if shown != 1 else "")
+    return f"{params['headroom_prior']:g}, {retired}"
+
+
+def _training_tables(training: dict) -> dict[str, str]:
+    """Every candidate of the law's and the HPA's training, the chosen one in bold."""
+    def misses(row: dict) -> str:
+        missed = [f"{t} ({a * 100:.1f} %)" for t, a in zip(training["traces"], row["sloAttainment"]) if a < SLO_GOAL]
+        return ", ".join(missed) or "none"
+
+    law = ["| prior, retired at a rise of | meets the SLO on | GPU-h | misses |", "|---|---|---|---|"]
+    for row in training["candidates"]:
+        name, met, cost = _candidate(row["params"]), str(row["meetSloOn"]), f"{row['gpuHours']:.1f}"
+        if row["params"] == training["chosen"]:
+            name, met, cost = f"**{name}** (chosen)", f"**{met}**", f"**{cost}**"
+        law.append(f"| {name} | {met} | {cost} | {misses(row)} |")
+    hpa = ["| HPA setting | meets the SLO on | GPU-h |", "|---|---|---|"]
+    for row in training["stockCandidates"]:
+        name = row["metrics"] + (" (chosen)" if row["metrics"] == training["stockChosen"] else "")
+        hpa.append(f"| {name} | {row['meetSloOn']} | {row['gpuHours']:.1f} |")
+    return {"training": "\n".join(law), "training-hpa": "\n".join(hpa)}
+
+
+def _model_error_table(report: dict) -> str:
+    cells: dict[float, dict[bool, str]] = {}
+    for run in report["summary"]:
+        cells.setdefault(run["modelError"], {})[run["ttftObjective"]] = (
+            f"{run['kilnMeetsSloOn']} of {run['traces']}, {run['gpuHours']:.2f}")
+    names = {0.8: "0.8 (optimistic)", 1.0: "1.0 (exact)", 1.25: "1.25 (pessimistic)"}
+    lines = ["| model error | no objective: SLO met, GPU-h | objective 2 s: SLO met, GPU-h |", "|---|---|---|"]
+    lines += [f"| {names.get(e, f'{e:g}')} | {c.get(False, '—')} | {c.get(True, '—')} |" for e, c in sorted(cells.items())]
+    return "\n".join(lines)
+
+
+def documented(report: dict, training: dict, model_error: dict) -> dict[str, str]:
+    """Every table docs/benchmarks.md shows from the three result files, by name."""
+    return {**_training_tables(training), **markdown(report), "model-error": _model_error_table(model_error)}
+
+
 def markdown(report: dict) -> dict[str, str]:
     """The tables docs/benchmarks.md shows of a results file, by name (``--markdown``): each
     test trace in the first view and after an hour, both views by family, and the cold-start
@@ -600,8 +644,9 @@ def main() -> int:
     parser.add_argument("--summarize", metavar="FILE",
                         help="print a results JSON with its summaries computed again from its rows (no run)")
     parser.add_argument("--markdown", metavar="FILE",
-                        help="print the tables docs/benchmarks.md shows of a results JSON, each between "
-                             "its <!-- results:NAME --> markers (no run)")
+                        help="print the tables docs/benchmarks.md shows of a results JSON (with the "
+                             "training and model-error files beside it), each between its "
+                             "<!-- results:NAME --> markers (no run)")
     parser.add_argument("--docs", metavar="MD", help="with --markdown: rewrite those tables in this file "
                                                      "in place, between their markers")
     args = parser.parse_args()
@@ -609,7 +654,8 @@ def main() -> int:
         print(json.dumps(summaries(json.loads(Path(args.summarize).read_text())), indent=1))
         return 0
     if args.markdown:
-        tables = markdown(json.loads(Path(args.markdown).read_text()))
+        tables = documented(json.loads(Path(args.markdown).read_text()), json.loads(TRAINING.read_text()),
+                            json.loads(MODEL_ERROR.read_text()))
         if args.docs:
             doc = Path(args.docs)
             doc.write_text(with_tables(doc.read_text(), tables))

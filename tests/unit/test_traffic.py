@@ -130,13 +130,16 @@ def test_the_stored_results_summaries_are_their_rows_summarized():
 
 
 def test_the_documented_result_tables_are_the_stored_results():
-    """docs/benchmarks.md's result tables are rendered from ``autoscaling-results.json``
-    (``--markdown FILE --docs docs/benchmarks.md``), so a new run cannot leave them behind."""
+    """docs/benchmarks.md's result tables are rendered from ``autoscaling-results.json``, the
+    training and the model-error files (``--markdown FILE --docs docs/benchmarks.md``), so a
+    new run cannot leave them behind."""
     import autoscaling
 
     report = json.loads((autoscaling.ROOT / "benchmarks" / "autoscaling-results.json").read_text())
     doc = (autoscaling.ROOT / "docs" / "benchmarks.md").read_text()
-    tables = autoscaling.markdown(report)
-    assert set(tables) == {"test", "test-by-family", "after-an-hour", "after-an-hour-by-family", "cold-start"}
+    tables = autoscaling.documented(report, json.loads(autoscaling.TRAINING.read_text()),
+                                    json.loads(autoscaling.MODEL_ERROR.read_text()))
+    assert set(tables) == {"training", "training-hpa", "test", "test-by-family", "after-an-hour",
+                           "after-an-hour-by-family", "cold-start", "model-error"}
     assert autoscaling.with_tables(doc, tables) == doc
     assert all(f"<!-- results:{name} -->" in doc for name in tables)
