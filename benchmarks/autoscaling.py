@@ -105,6 +105,12 @@ LONG_CONTEXT_MAX_INPUT = 32768
 # each setting with the same SLO; no prior met the SLO on 3-7 fewer traces than one replica.
 CANDIDATES = tuple({"headroom_prior": prior, "headroom_prior_shown": shown}
                    for prior in (1.0, 2.0) for shown in (1.0, 2.0, None))
+# How many consecutive records a rise must hold for the learned headroom to count it
+# (``LawParams.headroom_persistence``): chosen after the candidates above, at their choice,
+# on both views of the training traces (from an empty record and after an hour of the
+# family's traffic), since it changes what an hour's record learns, and the first view's
+# record is short. 1: every reading's rise, 3: a rise held for three records.
+PERSISTENCES = (1, 3)
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 # The history of the second view: the law's memory (``LawParams.headroom_memory``), so that
 # its record is full and the prior, which shrinks over it, is gone.
@@ -169,10 +175,6 @@ def _run(requests: list[Request], fleet: Fleet, policy, source: str,
     policy, decisions = recorded(policy)
     result = simulate(requests, replace(fleet, initial=_opening(warmup, fleet)), policy, SLO_TTFT_S, warmup=warmup)
     return Schedule(decisions, result, source)
-
-
-def _kiln(requests: list[Request], fleet: Fleet, params: LawParams) -> SimResult:
-    return _run(requests, fleet, kiln_policy(params, fleet.perf), "kiln").result
 
 
 def _stock(requests: list[Request], fleet: Fleet, params: LawParams,
@@ -332,21 +334,47 @@ def _job(args: tuple) -> tuple[str, dict]:
 
 
 def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
-           kept: dict | None = None) -> dict:
+           kept: dict | None = None, only_persistence: bool = False) -> dict:
     """The law's choice on the training traces, and the HPA's (or the HPA's of ``kept``, an
-    earlier training run on the same traces)."""
+    earlier training run on the same traces); with ``only_persistence``, the persistence's
+    alone at the candidates' choice of ``kept``."""
     train = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
     if kept is not None and kept.get("traces") != [label for label, _ in train]:
         raise SystemExit(f"--train law: {TRAINING.name} was trained on other traces; run --train")
-    rows = []
-    for candidate in CANDIDATES:
-        trial = replace(params, **candidate)
-        results = list(pool.map(_train_one, [(r, fleet, trial) for _, r in train]))
-        rows.append({"params": candidate, **_trained(results)})
-        print(f"train {candidate}: {rows[-1]}", file=sys.stderr, flush=True)
+    if only_persistence:
+        assert kept is not None
+        rows = kept["candidates"]
+    else:
+        rows = []
+        for candidate in CANDIDATES:
+            trial = replace(params, **candidate)
+            results = list(pool.map(_train_one, [(r, fleet, trial) for _, r in train]))
+            rows.append({"params": candidate, **_trained(results)})
+            print(f"train {candidate}: {rows[-1]}", file=sys.stderr, flush=True)
+    chosen = _choose(rows)["params"]
+    persistence = _train_persistence(traces, fleet, replace(params, **chosen), pool)
     stock = (_train_stock(train, fleet, params, pool) if kept is None
              else {k: kept[k] for k in ("stockCandidates", "stockChosen")})
-    return {"traces": [label for label, _ in train], "candidates": rows, "chosen": _choose(rows)["params"], **stock}
+    return {"traces": [label for label, _ in train], "candidates": rows, "persistenceCandidates": persistence,
+            "chosen": {**chosen, **_choose(persistence)["params"]}, **stock}
+
+
+def _train_persistence(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor) -> list[dict]:
+    """Each of :data:`PERSISTENCES` on the training traces in both views (the first 45
+    minutes, and the same after an hour of the family's traffic), counted together."""
+    both = [_generated(traces, fleet, f, s, history=HISTORY_S) for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
+    views = [(r, []) for r in [[q for q in b if q.arrival >= 0] for b in both]]
+    views += [([q for q in b if q.arrival >= 0], [q for q in b if q.arrival < 0]) for b in both]
+    rows = []
+    for persistence in PERSISTENCES:
+        trial = replace(params, headroom_persistence=persistence)
+        results = list(pool.map(_train_one, [(r, fleet, trial, history) for r, history in views]))
+        first, after = _trained(results[:len(both)]), _trained(results[len(both):])
+        rows.append({"params": {"headroom_persistence": persistence}, "firstView": first, "afterAnHour": after,
+                     "meetSloOn": first["meetSloOn"] + after["meetSloOn"],
+                     "gpuHours": round(first["gpuHours"] + after["gpuHours"], 3)})
+        print(f"train persistence {persistence}: {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
 
 
 def _train_stock(train: list[tuple[str, list[Request]]], fleet: Fleet, params: LawParams,
@@ -376,9 +404,13 @@ def _choose(rows: list[dict]) -> dict:
     return min((r for r in rows if r["meetSloOn"] == most), key=lambda r: r["gpuHours"])
 
 
-def _train_one(args: tuple[list[Request], Fleet, LawParams]) -> tuple[float, float]:
-    requests, fleet, params = args
-    result = _kiln(requests, _fitted(fleet, requests), params)
+def _train_one(args: tuple) -> tuple[float, float]:
+    """Kiln on one training trace: (SLO attainment, GPU-hours); after ``history`` (the hour
+    before it) if one is given."""
+    requests, fleet, params, *history = args
+    fleet = _fitted(fleet, requests)
+    warmup = history[0] if history and history[0] else None
+    result = _run(requests, fleet, kiln_policy(params, fleet.perf), "kiln", warmup).result
     return result.slo_attainment, result.gpu_hours
 
 
@@ -634,10 +666,12 @@ def main() -> int:
     parser.add_argument("--out", help="also write the JSON here, rewritten as each trace completes")
     parser.add_argument("--quick", action="store_true",
                         help="the first test seed of each family and the public traces; no cold-start sweep")
-    parser.add_argument("--train", nargs="?", const="all", choices=("all", "law"),
+    parser.add_argument("--train", nargs="?", const="all", choices=("all", "law", "persistence"),
                         help=f"choose the law's parameters and the trained HPA's setting on the training seeds "
                              f"again (else read {TRAINING.name}); 'law': the law's only, the HPA's kept from "
-                             f"{TRAINING.name} (it depends on the training traces and the sweep, not on the law)")
+                             f"{TRAINING.name} (it depends on the training traces and the sweep, not on the law); "
+                             f"'persistence': the headroom's persistence only, at the candidates' choice kept "
+                             f"from {TRAINING.name}")
     parser.add_argument("--model-error", action="store_true",
                         help="only the model-error sensitivity (kiln with its performance model off by "
                              f"{', '.join(map(str, MODEL_ERRORS))}, with and without a TTFT objective)")
@@ -671,8 +705,8 @@ def main() -> int:
     fleet, params = _service()
     with ProcessPoolExecutor(max_workers=max(1, min(2, args.workers))) as pool:
         if args.train:
-            kept = json.loads(TRAINING.read_text()) if args.train == "law" else None
-            training = _train(traces, fleet, params, pool, kept)
+            kept = json.loads(TRAINING.read_text()) if args.train != "all" else None
+            training = _train(traces, fleet, params, pool, kept, only_persistence=args.train == "persistence")
             TRAINING.write_text(json.dumps(training, indent=1) + "\n")
         training = json.loads(TRAINING.read_text())
         params = replace(params, **training["chosen"])

@@ -90,6 +90,22 @@ def test_burst_headroom_is_learned_from_the_services_own_demand_growth():
     assert smooth < 0.2 and bursty >= 2.5  # bursts add 0.6 x 4 replicas / 0.75 target
 
 
+def test_a_rise_counts_once_it_held_for_the_records_persistence_asks():
+    """One reading's spike (a few long requests finishing in one scrape) is a rise of one
+    record; a step the demand holds is a rise of every record after it. A persistence of
+    three records counts the step and not the spikes."""
+    recs = Recommendations()
+    for i in range(240):  # an hour of records, 15 s apart
+        spike = 2.0 if i % 20 == 10 else 0.0
+        step = 2.0 if i >= 200 else 0.0
+        recs.add_demand(15.0 * i, 3.0 + spike + step, 3600.0)
+    assert recs.headroom(90.0, 0.95) == pytest.approx(2.0)  # 12 spikes and the step's first 6
+    assert recs.headroom(90.0, 0.95, persistence=3) == pytest.approx(0.0)
+    assert recs.headroom(90.0, 0.99, persistence=3) == pytest.approx(2.0)  # the step held: 2 of 240
+    # A persistence of one is the rise at each record alone.
+    assert recs.headroom(90.0, 0.99, persistence=1) == recs.headroom(90.0, 0.99)
+
+
 def test_bursty_load_keeps_its_replicas_through_the_lulls():
     # Bursts every other two minutes: the load that falls comes back within a cold start,
     # so the burst headroom keeps the replicas it will need (the lull alone would ask for 2).

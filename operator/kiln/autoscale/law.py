@@ -263,6 +263,9 @@ class LawParams:
     headroom_horizon: float = 90.0
     headroom_memory: float = 3600.0
     headroom_quantile: float = 0.99  # chosen on the benchmark's training traces
+    # How many consecutive records a rise must hold to count: the lowest demand of the last
+    # ``headroom_persistence`` records against the lowest of the horizon before them.
+    headroom_persistence: int = 1  # chosen on the benchmark's training traces
     # Spare replicas for a rise not yet ruled out, shrinking to none as the recorded history
     # grows to ``headroom_memory``.
     headroom_prior: float = 2.0  # chosen on the benchmark's training traces (see 4.)
@@ -360,19 +363,23 @@ class Recommendations:
         if self.demand[0][0] < now - memory:
             self.demand = [(t, d) for t, d in self.demand if t >= now - memory]
 
-    def headroom(self, horizon: float, quantile: float, until: float = math.inf) -> float:
+    def headroom(self, horizon: float, quantile: float, until: float = math.inf, persistence: int = 1) -> float:
         """Spare replicas against bursts: how much the demand rose within ``horizon`` seconds
         (from the lowest demand of the ``horizon`` before each recorded moment), at
         ``quantile`` of the moments on record before ``until``. 0 for load that never rose
         faster than it was served; a burst's size for a service whose bursts arrive within a
-        cold start."""
+        cold start. With a ``persistence`` of k, a moment's rise is the lowest demand of the
+        k records up to it against the lowest of the ``horizon`` before the first of them: a
+        rise that held for k records, not one reading's noise."""
         rises, j = [], 0
-        for i, (t, d) in enumerate(self.demand):
+        for i, (t, _) in enumerate(self.demand):
             if t >= until:
                 break
-            while self.demand[j][0] < t - horizon:
+            first = max(0, i - persistence + 1)
+            while self.demand[j][0] < self.demand[first][0] - horizon:
                 j += 1
-            rises.append(d - min(x for _, x in self.demand[j:i + 1]))
+            held = min(x for _, x in self.demand[first:i + 1])
+            rises.append(held - min(x for _, x in self.demand[j:i + 1]))
         if len(rises) < 8:
             return 0.0
         rises.sort()
@@ -588,7 +595,8 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     # has never made, and the prior while the record is too short to rule one out; and the
     # current trend, for a ramp that has only begun.
     peak = max((d for _, d in recommendations.demand), default=demand)
-    rise = recommendations.headroom(params.headroom_horizon, params.headroom_quantile)
+    rise = recommendations.headroom(params.headroom_horizon, params.headroom_quantile,
+                                    persistence=params.headroom_persistence)
     shown = params.headroom_prior_shown is not None and rise >= params.headroom_prior_shown
     learned = max(min(rise, max(0.0, peak - demand)),
                   0.0 if shown else recommendations.prior(now, params.headroom_prior, params.headroom_memory))
