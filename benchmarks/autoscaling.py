@@ -109,8 +109,8 @@ CANDIDATES = tuple({"headroom_prior": prior, "headroom_prior_shown": shown}
 # (``LawParams.headroom_persistence``): chosen after the candidates above, at their choice,
 # on both views of the training traces (from an empty record and after an hour of the
 # family's traffic), since it changes what an hour's record learns, and the first view's
-# record is short. 1: every reading's rise, 3: a rise held for three records.
-PERSISTENCES = (1, 3)
+# record is short. 1: every reading's rise; 2, 3: a rise held for two, three records.
+PERSISTENCES = (1, 2, 3)
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 # The history of the second view: the law's memory (``LawParams.headroom_memory``), so that
 # its record is full and the prior, which shrinks over it, is gone.
@@ -550,17 +550,35 @@ def _training_tables(training: dict) -> dict[str, str]:
         missed = [f"{t} ({a * 100:.1f} %)" for t, a in zip(training["traces"], row["sloAttainment"]) if a < SLO_GOAL]
         return ", ".join(missed) or "none"
 
+    def chosen(row: dict) -> bool:
+        return all(training["chosen"].get(k) == v for k, v in row["params"].items())
+
     law = ["| prior, retired at a rise of | meets the SLO on | GPU-h | misses |", "|---|---|---|---|"]
     for row in training["candidates"]:
         name, met, cost = _candidate(row["params"]), str(row["meetSloOn"]), f"{row['gpuHours']:.1f}"
-        if row["params"] == training["chosen"]:
+        if chosen(row):
             name, met, cost = f"**{name}** (chosen)", f"**{met}**", f"**{cost}**"
         law.append(f"| {name} | {met} | {cost} | {misses(row)} |")
+    persistence = ["| a rise counts once held for | first view: SLO met, GPU-h | after an hour: SLO met, GPU-h "
+                   "| both: SLO met, GPU-h | misses (view) |", "|---|---|---|---|---|"]
+    for row in training.get("persistenceCandidates", []):
+        k = row["params"]["headroom_persistence"]
+        cells = [f"{k} record" + ("s" if k != 1 else "")]
+        cells += [f"{v['meetSloOn']} of {len(training['traces'])}, {v['gpuHours']:.1f}"
+                  for v in (row["firstView"], row["afterAnHour"])]
+        cells.append(f"{row['meetSloOn']} of {2 * len(training['traces'])}, {row['gpuHours']:.1f}")
+        if chosen(row):
+            cells = [f"**{c}**" for c in cells[:1]] + cells[1:3] + [f"**{cells[3]}**"]
+            cells[0] += " (chosen)"
+        missed = [f"{m} (first view)" for m in misses(row["firstView"]).split(", ") if m != "none"]
+        missed += [f"{m} (after an hour)" for m in misses(row["afterAnHour"]).split(", ") if m != "none"]
+        persistence.append("| " + " | ".join(cells + [", ".join(missed) or "none"]) + " |")
     hpa = ["| HPA setting | meets the SLO on | GPU-h |", "|---|---|---|"]
     for row in training["stockCandidates"]:
         name = row["metrics"] + (" (chosen)" if row["metrics"] == training["stockChosen"] else "")
         hpa.append(f"| {name} | {row['meetSloOn']} | {row['gpuHours']:.1f} |")
-    return {"training": "\n".join(law), "training-hpa": "\n".join(hpa)}
+    return {"training": "\n".join(law), "training-persistence": "\n".join(persistence),
+            "training-hpa": "\n".join(hpa)}
 
 
 def _model_error_table(report: dict) -> str:
