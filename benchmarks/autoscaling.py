@@ -1,7 +1,7 @@
 """Autoscaling benchmark: kiln against honest references on traffic it was never tuned on.
 
     nice -n 5 python benchmarks/autoscaling.py [--traces DIR] [--plot DIR] [--workers 2] [--quick]
-        [--train [all|law]] > benchmarks/autoscaling-results.json
+        [--train [all|law|persistence|hpa]] > benchmarks/autoscaling-results.json
     nice -n 5 python benchmarks/autoscaling.py --model-error > benchmarks/autoscaling-model-error.json
 
 Service: ``benchmarks/autoscaling-service.yaml`` (Llama-3.1-8B FP8 on H100s, 1-16 replicas),
@@ -11,10 +11,12 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
 1. **Training** (``--train``): the law's free parameters (:data:`CANDIDATES`) are chosen on
    generated traces with :func:`traffic.train_seeds` only: the cheapest of the candidates
    that meet the SLO on the most training traces (so a trace no candidate meets it on
-   decides nothing); so is one HPA setting of the stock sweep, by the same rule. The
-   choices and every candidate's figures are written to
-   ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
-   ``LawParams``' defaults are the law's choice.
+   decides nothing); then, at their choice, the headroom's persistence
+   (:data:`PERSISTENCES`), by the same rule on both views of the training traces (below);
+   so is one HPA setting of the stock sweep. The choices and every candidate's figures are
+   written to ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
+   ``LawParams``' defaults are the law's choice. ``--train law|persistence|hpa`` runs only
+   those parts again (:data:`TRAIN_PARTS`) and keeps the others from that file.
 2. **Test**: every family at :data:`traffic.TEST_SEEDS` plus the public traces (none was
    used for a choice). Per trace: ``kiln``; ``static-min``; the HPA and KEDA on KV fraction,
    active requests, prefill load and backlog, each swept (:data:`kiln.sim.stock.STOCK_SWEEP`),
@@ -333,18 +335,22 @@ def _job(args: tuple) -> tuple[str, dict]:
     return kind, (_test_trace(rest) if kind == "test" else _cold_start(rest))
 
 
+# What ``--train`` runs again: the law's candidates, the persistence at their choice, the
+# HPA's sweep; every part not named is kept from autoscaling-training.json.
+TRAIN_PARTS = {"all": ("law", "persistence", "hpa"), "law": ("law", "persistence"),
+               "persistence": ("persistence",), "hpa": ("hpa",)}
+
+
 def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
-           kept: dict | None = None, only_persistence: bool = False) -> dict:
-    """The law's choice on the training traces, and the HPA's (or the HPA's of ``kept``, an
-    earlier training run on the same traces); with ``only_persistence``, the persistence's
-    alone at the candidates' choice of ``kept``."""
+           parts: tuple[str, ...], kept: dict | None = None) -> dict:
+    """The law's choice on the training traces, and the HPA's: each of ``parts`` run again,
+    the others kept from ``kept`` (an earlier training run on the same traces)."""
     train = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
     if kept is not None and kept.get("traces") != [label for label, _ in train]:
-        raise SystemExit(f"--train law: {TRAINING.name} was trained on other traces; run --train")
-    if only_persistence:
-        assert kept is not None
-        rows = kept["candidates"]
-    else:
+        raise SystemExit(f"--train: {TRAINING.name} was trained on other traces; run --train all")
+    kept = kept or {}
+    rows = kept.get("candidates", [])
+    if "law" in parts:
         rows = []
         for candidate in CANDIDATES:
             trial = replace(params, **candidate)
@@ -352,8 +358,9 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
             rows.append({"params": candidate, **_trained(results)})
             print(f"train {candidate}: {rows[-1]}", file=sys.stderr, flush=True)
     chosen = _choose(rows)["params"]
-    persistence = _train_persistence(traces, fleet, replace(params, **chosen), pool)
-    stock = (_train_stock(train, fleet, params, pool) if kept is None
+    persistence = (_train_persistence(traces, fleet, replace(params, **chosen), pool) if "persistence" in parts
+                   else kept["persistenceCandidates"])
+    stock = (_train_stock(train, fleet, params, pool) if "hpa" in parts
              else {k: kept[k] for k in ("stockCandidates", "stockChosen")})
     return {"traces": [label for label, _ in train], "candidates": rows, "persistenceCandidates": persistence,
             "chosen": {**chosen, **_choose(persistence)["params"]}, **stock}
@@ -560,7 +567,7 @@ def _training_tables(training: dict) -> dict[str, str]:
             name, met, cost = f"**{name}** (chosen)", f"**{met}**", f"**{cost}**"
         law.append(f"| {name} | {met} | {cost} | {misses(row)} |")
     persistence = ["| a rise counts once held for | first view: SLO met, GPU-h | after an hour: SLO met, GPU-h "
-                   "| both: SLO met, GPU-h | misses (view) |", "|---|---|---|---|---|"]
+                   "| both: SLO met, GPU-h | misses |", "|---|---|---|---|---|"]
     for row in training.get("persistenceCandidates", []):
         k = row["params"]["headroom_persistence"]
         cells = [f"{k} record" + ("s" if k != 1 else "")]
@@ -570,9 +577,9 @@ def _training_tables(training: dict) -> dict[str, str]:
         if chosen(row):
             cells = [f"**{c}**" for c in cells[:1]] + cells[1:3] + [f"**{cells[3]}**"]
             cells[0] += " (chosen)"
-        missed = [f"{m} (first view)" for m in misses(row["firstView"]).split(", ") if m != "none"]
-        missed += [f"{m} (after an hour)" for m in misses(row["afterAnHour"]).split(", ") if m != "none"]
-        persistence.append("| " + " | ".join(cells + [", ".join(missed) or "none"]) + " |")
+        missed = "; ".join(f"{view}: {misses(row[key])}" for view, key in
+                           (("first view", "firstView"), ("after an hour", "afterAnHour")))
+        persistence.append("| " + " | ".join(cells + [missed]) + " |")
     hpa = ["| HPA setting | meets the SLO on | GPU-h |", "|---|---|---|"]
     for row in training["stockCandidates"]:
         name = row["metrics"] + (" (chosen)" if row["metrics"] == training["stockChosen"] else "")
@@ -684,12 +691,12 @@ def main() -> int:
     parser.add_argument("--out", help="also write the JSON here, rewritten as each trace completes")
     parser.add_argument("--quick", action="store_true",
                         help="the first test seed of each family and the public traces; no cold-start sweep")
-    parser.add_argument("--train", nargs="?", const="all", choices=("all", "law", "persistence"),
+    parser.add_argument("--train", nargs="?", const="all", choices=tuple(TRAIN_PARTS),
                         help=f"choose the law's parameters and the trained HPA's setting on the training seeds "
                              f"again (else read {TRAINING.name}); 'law': the law's only, the HPA's kept from "
                              f"{TRAINING.name} (it depends on the training traces and the sweep, not on the law); "
                              f"'persistence': the headroom's persistence only, at the candidates' choice kept "
-                             f"from {TRAINING.name}")
+                             f"from {TRAINING.name}; 'hpa': the HPA's only")
     parser.add_argument("--model-error", action="store_true",
                         help="only the model-error sensitivity (kiln with its performance model off by "
                              f"{', '.join(map(str, MODEL_ERRORS))}, with and without a TTFT objective)")
@@ -724,7 +731,7 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=max(1, min(2, args.workers))) as pool:
         if args.train:
             kept = json.loads(TRAINING.read_text()) if args.train != "all" else None
-            training = _train(traces, fleet, params, pool, kept, only_persistence=args.train == "persistence")
+            training = _train(traces, fleet, params, pool, TRAIN_PARTS[args.train], kept)
             TRAINING.write_text(json.dumps(training, indent=1) + "\n")
         training = json.loads(TRAINING.read_text())
         params = replace(params, **training["chosen"])
