@@ -159,6 +159,11 @@ def _generated(traces: Path, fleet: Fleet, family: str, seed: int, history: floa
     return traffic.generate(family, seed, DURATION_S, PEAK_REPLICAS / cost, lengths, history)
 
 
+def _after_history(both: list[Request]) -> tuple[list[Request], list[Request]]:
+    """A trace generated with a history: (its requests, the history's, arrivals below 0)."""
+    return [r for r in both if r.arrival >= 0], [r for r in both if r.arrival < 0]
+
+
 def _opening(warmup: list[Request], fleet: Fleet) -> int:
     """The fleet every reactive policy opens its warmup with: the load of the warmup's first
     ``LEAD_IN_SECONDS`` at half of its replicas' capacity (one rule for all, so none starts
@@ -354,7 +359,7 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
         rows = []
         for candidate in CANDIDATES:
             trial = replace(params, **candidate)
-            results = list(pool.map(_train_one, [(r, fleet, trial) for _, r in train]))
+            results = list(pool.map(_train_one, [(r, fleet, trial, None) for _, r in train]))
             rows.append({"params": candidate, **_trained(results)})
             print(f"train {candidate}: {rows[-1]}", file=sys.stderr, flush=True)
     chosen = _choose(rows)["params"]
@@ -369,9 +374,9 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
 def _train_persistence(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor) -> list[dict]:
     """Each of :data:`PERSISTENCES` on the training traces in both views (the first 45
     minutes, and the same after an hour of the family's traffic), counted together."""
-    both = [_generated(traces, fleet, f, s, history=HISTORY_S) for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
-    views = [(r, []) for r in [[q for q in b if q.arrival >= 0] for b in both]]
-    views += [([q for q in b if q.arrival >= 0], [q for q in b if q.arrival < 0]) for b in both]
+    both = [_after_history(_generated(traces, fleet, f, s, history=HISTORY_S))
+            for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
+    views = [(r, None) for r, _ in both] + both
     rows = []
     for persistence in PERSISTENCES:
         trial = replace(params, headroom_persistence=persistence)
@@ -411,13 +416,12 @@ def _choose(rows: list[dict]) -> dict:
     return min((r for r in rows if r["meetSloOn"] == most), key=lambda r: r["gpuHours"])
 
 
-def _train_one(args: tuple) -> tuple[float, float]:
+def _train_one(args: tuple[list[Request], Fleet, LawParams, list[Request] | None]) -> tuple[float, float]:
     """Kiln on one training trace: (SLO attainment, GPU-hours); after ``history`` (the hour
-    before it) if one is given."""
-    requests, fleet, params, *history = args
+    before it) unless it is None."""
+    requests, fleet, params, history = args
     fleet = _fitted(fleet, requests)
-    warmup = history[0] if history and history[0] else None
-    result = _run(requests, fleet, kiln_policy(params, fleet.perf), "kiln", warmup).result
+    result = _run(requests, fleet, kiln_policy(params, fleet.perf), "kiln", history).result
     return result.slo_attainment, result.gpu_hours
 
 
@@ -674,9 +678,8 @@ def test_traces(traces: Path, fleet: Fleet,
     family) and every public trace, none of them used for a choice; each with its history
     (the hour before a generated trace, :data:`HISTORY_S`; none for a public one)."""
     def generated(chosen: tuple[int, ...]) -> list[tuple[str, list[Request], list[Request]]]:
-        return [(f"{f}/{s}", [r for r in both if r.arrival >= 0], [r for r in both if r.arrival < 0])
-                for s in chosen for f in traffic.FAMILIES
-                for both in [_generated(traces, fleet, f, s, history=HISTORY_S)]]
+        return [(f"{f}/{s}", *_after_history(_generated(traces, fleet, f, s, history=HISTORY_S)))
+                for s in chosen for f in traffic.FAMILIES]
     tests = generated(seeds[:1])
     tests += [(f"{Path(file).stem} x{scale}", load_trace(traces / file, rate_scale=scale), [])
               for file, scale in PUBLIC if (traces / file).exists()]
