@@ -1,7 +1,7 @@
 """Autoscaling benchmark: kiln against honest references on traffic it was never tuned on.
 
     nice -n 5 python benchmarks/autoscaling.py [--traces DIR] [--plot DIR] [--workers 2] [--quick]
-        [--train [all|law|persistence|hpa]] > benchmarks/autoscaling-results.json
+        [--train [all|law|persistence|hold|hpa]] > benchmarks/autoscaling-results.json
     nice -n 5 python benchmarks/autoscaling.py --model-error > benchmarks/autoscaling-model-error.json
 
 Service: ``benchmarks/autoscaling-service.yaml`` (Llama-3.1-8B FP8 on H100s, 1-16 replicas),
@@ -12,10 +12,11 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
    generated traces with :func:`traffic.train_seeds` only: the cheapest of the candidates
    that meet the SLO on the most training traces (so a trace no candidate meets it on
    decides nothing); then, at their choice, the headroom's persistence
-   (:data:`PERSISTENCES`), by the same rule on both views of the training traces (below);
+   (:data:`PERSISTENCES`), and at theirs the trend's record and the prior's duration
+   (:data:`HOLD_CANDIDATES`), by the same rule on both views of the training traces (below);
    so is one HPA setting of the stock sweep. The choices and every candidate's figures are
    written to ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
-   ``LawParams``' defaults are the law's choice. ``--train law|persistence|hpa`` runs only
+   ``LawParams``' defaults are the law's choice. ``--train law|persistence|hold|hpa`` runs only
    those parts again (:data:`TRAIN_PARTS`) and keeps the others from that file.
 2. **Test**: every family at :data:`traffic.TEST_SEEDS` plus the public traces (none was
    used for a choice). Per trace: ``kiln``; ``static-min``; the HPA and KEDA on KV fraction,
@@ -113,6 +114,15 @@ CANDIDATES = tuple({"headroom_prior": prior, "headroom_prior_shown": shown}
 # family's traffic), since it changes what an hour's record learns, and the first view's
 # record is short. 1: every reading's rise; 2, 3: a rise held for two, three records.
 PERSISTENCES = (1, 2, 3)
+# Then, at the choices before them and on both views, how the law meets a rise larger than
+# any in its record: whether the stabilisation window keeps the replicas the trend asked for
+# (``LawParams.trend_recorded``; otherwise a trend the next scrape does not read again is
+# given back as soon as its replica is ready), and over how long the prior shrinks
+# (``LawParams.headroom_prior_seconds``: the law's memory, or two of it). After an hour the
+# prior is gone and the record knows only the hour's rises: on the training traces then a
+# burst larger than any before it, or a ramp after a flat hour, missed the SLO.
+HOLD_CANDIDATES = tuple({"trend_recorded": held, "headroom_prior_seconds": seconds}
+                        for held in (False, True) for seconds in (3600.0, 7200.0))
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 # The history of the second view: the law's memory (``LawParams.headroom_memory``), so that
 # its record is full and the prior, which shrinks over it, is gone.
@@ -342,8 +352,8 @@ def _job(args: tuple) -> tuple[str, dict]:
 
 # What ``--train`` runs again: the law's candidates, the persistence at their choice, the
 # HPA's sweep; every part not named is kept from autoscaling-training.json.
-TRAIN_PARTS = {"all": ("law", "persistence", "hpa"), "law": ("law", "persistence"),
-               "persistence": ("persistence",), "hpa": ("hpa",)}
+TRAIN_PARTS = {"all": ("law", "persistence", "hold", "hpa"), "law": ("law", "persistence", "hold"),
+               "persistence": ("persistence", "hold"), "hold": ("hold",), "hpa": ("hpa",)}
 
 
 def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
@@ -363,29 +373,35 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
             rows.append({"params": candidate, **_trained(results)})
             print(f"train {candidate}: {rows[-1]}", file=sys.stderr, flush=True)
     chosen = _choose(rows)["params"]
-    persistence = (_train_persistence(traces, fleet, replace(params, **chosen), pool) if "persistence" in parts
-                   else kept["persistenceCandidates"])
+    # Each later stage is run at the choices of the ones before it, on both views.
+    stages = {}
+    for stage, key, candidates in (("persistence", "persistenceCandidates",
+                                    tuple({"headroom_persistence": k} for k in PERSISTENCES)),
+                                   ("hold", "holdCandidates", HOLD_CANDIDATES)):
+        stages[key] = (_train_both_views(traces, fleet, replace(params, **chosen), pool, candidates, stage)
+                       if stage in parts else kept[key])
+        chosen = {**chosen, **_choose(stages[key])["params"]}
     stock = (_train_stock(train, fleet, params, pool) if "hpa" in parts
              else {k: kept[k] for k in ("stockCandidates", "stockChosen")})
-    return {"traces": [label for label, _ in train], "candidates": rows, "persistenceCandidates": persistence,
-            "chosen": {**chosen, **_choose(persistence)["params"]}, **stock}
+    return {"traces": [label for label, _ in train], "candidates": rows, **stages, "chosen": chosen, **stock}
 
 
-def _train_persistence(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor) -> list[dict]:
-    """Each of :data:`PERSISTENCES` on the training traces in both views (the first 45
-    minutes, and the same after an hour of the family's traffic), counted together."""
+def _train_both_views(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
+                      candidates: tuple[dict, ...], stage: str) -> list[dict]:
+    """Each of ``candidates`` on the training traces in both views (the first 45 minutes,
+    and the same after an hour of the family's traffic), counted together."""
     both = [_after_history(_generated(traces, fleet, f, s, history=HISTORY_S))
             for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
     views = [(r, None) for r, _ in both] + both
     rows = []
-    for persistence in PERSISTENCES:
-        trial = replace(params, headroom_persistence=persistence)
+    for candidate in candidates:
+        trial = replace(params, **candidate)
         results = list(pool.map(_train_one, [(r, fleet, trial, history) for r, history in views]))
         first, after = _trained(results[:len(both)]), _trained(results[len(both):])
-        rows.append({"params": {"headroom_persistence": persistence}, "firstView": first, "afterAnHour": after,
+        rows.append({"params": candidate, "firstView": first, "afterAnHour": after,
                      "meetSloOn": first["meetSloOn"] + after["meetSloOn"],
                      "gpuHours": round(first["gpuHours"] + after["gpuHours"], 3)})
-        print(f"train persistence {persistence}: {rows[-1]}", file=sys.stderr, flush=True)
+        print(f"train {stage} {candidate}: {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -698,8 +714,9 @@ def main() -> int:
                         help=f"choose the law's parameters and the trained HPA's setting on the training seeds "
                              f"again (else read {TRAINING.name}); 'law': the law's only, the HPA's kept from "
                              f"{TRAINING.name} (it depends on the training traces and the sweep, not on the law); "
-                             f"'persistence': the headroom's persistence only, at the candidates' choice kept "
-                             f"from {TRAINING.name}; 'hpa': the HPA's only")
+                             f"'persistence': the headroom's persistence and what follows it, at the candidates' "
+                             f"choice kept from {TRAINING.name}; 'hold': the trend's record and the prior's "
+                             f"duration only, at the choices kept; 'hpa': the HPA's only")
     parser.add_argument("--model-error", action="store_true",
                         help="only the model-error sensitivity (kiln with its performance model off by "
                              f"{', '.join(map(str, MODEL_ERRORS))}, with and without a TTFT objective)")

@@ -275,13 +275,17 @@ class LawParams:
     # ``headroom_persistence`` records against the lowest of the horizon before them.
     headroom_persistence: int = 1  # chosen on the benchmark's training traces
     # Spare replicas for a rise not yet ruled out, shrinking to none as the recorded history
-    # grows to ``headroom_memory``.
+    # grows to ``headroom_prior_seconds``.
     headroom_prior: float = 2.0  # chosen on the benchmark's training traces (see 4.)
+    headroom_prior_seconds: float = 3600.0  # chosen on the benchmark's training traces
     # The prior retires once the record shows a rise within a cold start of this many
     # replicas (at ``headroom_quantile``): the learned rise then knows the service's
     # rises. None: it shrinks with the history alone.
     headroom_prior_shown: float | None = 2.0  # chosen on the benchmark's training traces
     backlog_lifetimes: float = 2.0
+    # Whether the stabilisation window records the trend's scale-ups (``want``), or only what
+    # the measured load and a backlog ask for (8.).
+    trend_recorded: bool = False  # chosen on the benchmark's training traces
     # The trend: the median or the least ("least") of the demand's slopes between
     # consecutive scrapes of the window.
     trend_statistic: str = "median"  # chosen on the benchmark's training traces
@@ -607,7 +611,7 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
                                     persistence=params.headroom_persistence)
     shown = params.headroom_prior_shown is not None and rise >= params.headroom_prior_shown
     learned = max(min(rise, max(0.0, peak - demand)),
-                  0.0 if shown else recommendations.prior(now, params.headroom_prior, params.headroom_memory))
+                  0.0 if shown else recommendations.prior(now, params.headroom_prior, params.headroom_prior_seconds))
     # The trend reads the demand over ``trend_seconds``; a rise within ``trend_record_margin``
     # of the service's rises before this cold start (a clump of on/off traffic like the ones
     # before it) forecasts nothing, or is read over a whole cold start, where a step is flat
@@ -672,8 +676,10 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     # only the trend asks for records the fleet it started from, so a trend the load does
     # not bear out is given back once its replicas are ready, and a fleet the trend holds
     # where it is is not held there for the whole window by it.
+    # With ``trend_recorded`` the window records ``want`` itself: a replica the trend asked
+    # for stays for the window, even if the load has not borne it out once it is ready.
     measured = math.ceil((demand + min(learned, max(recent, demand))) * correction - 1e-9)
-    recorded = min(want, max(measured, by_queue, current if want > current else 0))
+    recorded = want if params.trend_recorded else min(want, max(measured, by_queue, current if want > current else 0))
     recommendations.add(now, recorded, params.stabilization_seconds)
     stabilization, load_kind = params.stabilization_seconds, ""
 
