@@ -53,7 +53,7 @@ import argparse
 import json
 import statistics
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -125,7 +125,7 @@ HOLD_CANDIDATES = tuple({"trend_recorded": held, "headroom_prior_seconds": secon
                         for held in (False, True) for seconds in (3600.0, 7200.0))
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 # The history of the second view: the law's memory (``LawParams.headroom_memory``), so that
-# its record is full and the prior, which shrinks over it, is gone.
+# its record is full and the prior, which shrinks over two hours, is half gone.
 HISTORY_S = 3600.0
 COLD_START_FAMILIES = ("bursts", "fast-ramp")
 # The performance model's error against the engine: each request's cost and each replica's
@@ -586,25 +586,38 @@ def _training_tables(training: dict) -> dict[str, str]:
         if chosen(row):
             name, met, cost = f"**{name}** (chosen)", f"**{met}**", f"**{cost}**"
         law.append(f"| {name} | {met} | {cost} | {misses(row)} |")
-    persistence = ["| a rise counts once held for | first view: SLO met, GPU-h | after an hour: SLO met, GPU-h "
-                   "| both: SLO met, GPU-h | misses |", "|---|---|---|---|---|"]
-    for row in training.get("persistenceCandidates", []):
-        k = row["params"]["headroom_persistence"]
-        cells = [f"{k} record" + ("s" if k != 1 else "")]
-        cells += [f"{v['meetSloOn']} of {len(training['traces'])}, {v['gpuHours']:.1f}"
-                  for v in (row["firstView"], row["afterAnHour"])]
-        cells.append(f"{row['meetSloOn']} of {2 * len(training['traces'])}, {row['gpuHours']:.1f}")
-        if chosen(row):
-            cells = [f"**{c}**" for c in cells[:1]] + cells[1:3] + [f"**{cells[3]}**"]
-            cells[0] += " (chosen)"
-        missed = "; ".join(f"{view}: {misses(row[key])}" for view, key in
-                           (("first view", "firstView"), ("after an hour", "afterAnHour")))
-        persistence.append("| " + " | ".join(cells + [missed]) + " |")
+
+    def both_views(key: str, heading: str, name: Callable[[dict], str]) -> str:
+        lines = [f"| {heading} | first view: SLO met, GPU-h | after an hour: SLO met, GPU-h "
+                 "| both: SLO met, GPU-h | misses |", "|---|---|---|---|---|"]
+        for row in training.get(key, []):
+            cells = [name(row["params"])]
+            cells += [f"{v['meetSloOn']} of {len(training['traces'])}, {v['gpuHours']:.1f}"
+                      for v in (row["firstView"], row["afterAnHour"])]
+            cells.append(f"{row['meetSloOn']} of {2 * len(training['traces'])}, {row['gpuHours']:.1f}")
+            if chosen(row):
+                cells = [f"**{c}**" for c in cells[:1]] + cells[1:3] + [f"**{cells[3]}**"]
+                cells[0] += " (chosen)"
+            missed = "; ".join(f"{view}: {misses(row[part])}" for view, part in
+                               (("first view", "firstView"), ("after an hour", "afterAnHour")))
+            lines.append("| " + " | ".join(cells + [missed]) + " |")
+        return "\n".join(lines)
+
+    def records(params: dict) -> str:
+        k = params["headroom_persistence"]
+        return f"{k} record" + ("s" if k != 1 else "")
+
+    def hold(params: dict) -> str:
+        held = "recorded" if params["trend_recorded"] else "not recorded"
+        return f"{held}, {params['headroom_prior_seconds'] / 3600:g} h"
+
     hpa = ["| HPA setting | meets the SLO on | GPU-h |", "|---|---|---|"]
     for row in training["stockCandidates"]:
         name = row["metrics"] + (" (chosen)" if row["metrics"] == training["stockChosen"] else "")
         hpa.append(f"| {name} | {row['meetSloOn']} | {row['gpuHours']:.1f} |")
-    return {"training": "\n".join(law), "training-persistence": "\n".join(persistence),
+    return {"training": "\n".join(law),
+            "training-persistence": both_views("persistenceCandidates", "a rise counts once held for", records),
+            "training-hold": both_views("holdCandidates", "the trend's scale-ups, the prior over", hold),
             "training-hpa": "\n".join(hpa)}
 
 

@@ -388,6 +388,17 @@ def test_a_scale_up_only_the_trend_asks_for_is_given_back_once_ready():
     assert ready.desired == 3 and "scaling down" in ready.reason, ready.reason
 
 
+def test_a_scale_up_the_trend_asks_for_can_be_held_for_the_window():
+    """The same noisy minute with ``trend_recorded``: the window records what the trend
+    asked for (4), so the fourth replica stays for the window once it is ready, as a ramp
+    that pauses for a scrape would need it to."""
+    params = replace(NO_BAND, trend_recorded=True)
+    recs = Recommendations([(0.0, 3)])
+    assert decide(1000, _counted(1000, (88, 96, 104, 112), 3), 3, 3, 0, params, recs).desired == 4
+    ready = decide(1105, _counted(1105, (96, 96, 96, 96), 4), 4, 4, 0, params, recs)
+    assert ready.desired == 4 and "stabilization" in ready.reason, ready.reason
+
+
 def test_a_fleet_only_the_trend_holds_is_not_held_by_it_for_the_window():
     """Four replicas, 2.8 replicas' worth at the busiest scrape and the trend +1.2 more: the
     trend alone keeps the fourth. Once the load is flat (2.4), the window holds what the
@@ -431,12 +442,25 @@ def test_a_service_with_no_history_keeps_a_replica_for_a_burst_it_cannot_rule_ou
                   Recommendations([(0.0, 2)])).desired == 2
 
 
-def test_an_hour_without_a_steep_rise_gives_the_prior_replica_back():
+def test_two_hours_without_a_steep_rise_give_the_prior_replica_back():
+    # The record keeps the memory's last hour; the prior shrinks with the whole history.
     recs = Recommendations([(0.0, 3)])
-    recs.demand, recs.since = [(float(t), 1.5) for t in range(0, 3600, 15)], 0.0
-    assert recs.prior(1800.0, 1.0, PRIOR.headroom_memory) == pytest.approx(0.5)
-    smooth = decide(3600, _finishing(3600, (20, 20, 20)), 3, 3, 0, PRIOR, recs)
+    recs.demand, recs.since = [(float(t), 1.5) for t in range(3600, 7200, 15)], 0.0
+    assert recs.prior(3600.0, 1.0, PRIOR.headroom_prior_seconds) == pytest.approx(0.5)
+    smooth = decide(7200, _finishing(7200, (20, 20, 20)), 3, 3, 0, PRIOR, recs)
     assert smooth.desired == 2 and "headroom" not in smooth.reason, smooth.reason
+
+
+def test_the_prior_shrinks_over_its_own_duration_not_the_memory():
+    # Half an hour on record: the prior of one replica is half gone over an hour, a quarter
+    # over two (``headroom_prior_seconds``, twice the memory), and it is what the law adds.
+    recs = Recommendations([(0.0, 3)])
+    recs.demand, recs.since = [(float(t), 1.5) for t in range(0, 1800, 15)], 0.0
+    assert PRIOR.headroom_prior_seconds == 2 * PRIOR.headroom_memory
+    hour = decide(1800, _finishing(1800, (20, 20, 20)), 3, 3, 0, replace(PRIOR, headroom_prior_seconds=3600.0), recs)
+    two_hours = decide(1800, _finishing(1800, (20, 20, 20)), 3, 3, 0, PRIOR, recs)
+    assert "+0.5 burst headroom" in hour.reason, hour.reason
+    assert "+0.8 burst headroom" in two_hours.reason, two_hours.reason
 
 
 @pytest.mark.parametrize("statistic", ["median", "least"])
@@ -667,7 +691,7 @@ def test_without_an_objective_the_law_reads_no_latency():
 def test_pods_that_do_not_export_the_token_counters_still_build_a_record():
     """With a performance model but pods that export no token-length histograms (a Triton
     without the backend's custom metrics), the demand is the pressures: they are what the
-    record learns from, so the prior shrinks with the hour as it does with the counters,
+    record learns from, so the prior shrinks over its two hours as it does with the counters,
     instead of holding its spare replica for as long as the service runs."""
     recs = Recommendations([(0.0, 2)])
     params = replace(PRIOR, stabilization_seconds=60)

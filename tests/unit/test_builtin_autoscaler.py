@@ -13,8 +13,8 @@ from kiln.controller.autoscaler import BuiltinAutoscaler
 
 SPEC = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
                            "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4}})
-# These tests pin one signal, so the prior burst headroom (the spare replica a service keeps
-# in its first hour, tested with the law) is off.
+# These tests pin one signal, so the prior burst headroom (the spare replicas a service keeps
+# in its first two hours, tested with the law) is off.
 NO_PRIOR = {"headroom_prior": 0.0}
 
 

@@ -90,11 +90,14 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
     assert training["traces"] == [f"{f}/{s}" for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
     assert training["stockChosen"] in dict(STOCK_SWEEP)
     assert training["stockChosen"] == autoscaling._choose(training["stockCandidates"])["metrics"]
-    # The candidates' choice, then the persistence's at it, on both views.
+    # The candidates' choice, then the persistence's at it, then the trend's record and the
+    # prior's duration at both, on both views.
     assert training["chosen"] == {**autoscaling._choose(training["candidates"])["params"],
-                                  **autoscaling._choose(training["persistenceCandidates"])["params"]}
+                                  **autoscaling._choose(training["persistenceCandidates"])["params"],
+                                  **autoscaling._choose(training["holdCandidates"])["params"]}
     assert [row["params"]["headroom_persistence"] for row in training["persistenceCandidates"]] == \
         list(autoscaling.PERSISTENCES)
+    assert [row["params"] for row in training["holdCandidates"]] == list(autoscaling.HOLD_CANDIDATES)
 
 
 def test_a_history_leaves_the_trace_as_it_was_and_carries_the_familys_traffic():
@@ -143,7 +146,7 @@ def test_the_documented_result_tables_are_the_stored_results():
     doc = (autoscaling.ROOT / "docs" / "benchmarks.md").read_text()
     tables = autoscaling.documented(report, json.loads(autoscaling.TRAINING.read_text()),
                                     json.loads(autoscaling.MODEL_ERROR.read_text()))
-    assert set(tables) == {"training", "training-persistence", "training-hpa", "test", "test-by-family", "after-an-hour",
+    assert set(tables) == {"training", "training-persistence", "training-hold", "training-hpa", "test", "test-by-family", "after-an-hour",
                            "after-an-hour-by-family", "cold-start", "model-error"}
     assert autoscaling.with_tables(doc, tables) == doc
     assert all(f"<!-- results:{name} -->" in doc for name in tables)

@@ -490,7 +490,7 @@ class AutoscalerRecord(KilnModel):
     saved_at: str = Field(description="When the operator wrote this record.")
     started_at: str = Field(description="When the record began, less any time no operator "
                                         "recorded: the prior burst headroom shrinks as the "
-                                        "time on record grows to an hour.")
+                                        "time on record grows to two hours.")
     demand: str = Field(
         default="", max_length=RECORD_MAX_CHARS, pattern=RECORD_PATTERN,
         description="The demand at each decision of the last hour, in replicas: "

@@ -2,11 +2,12 @@
 
 What the law learns lives in :class:`~kiln.autoscale.law.Recommendations`: the demand at
 each decision of the last hour (the burst headroom's rises and peak), when that record began
-(the prior headroom shrinks as it grows to an hour) and the TTFT objective's correction. An
+(the prior headroom shrinks as it grows to two hours) and the TTFT objective's correction. An
 operator restart (an upgrade, a node drained, a leader handed over) would otherwise start
 every service's record afresh: the learned headroom gone, the prior's spare replicas back
-for an hour (on the benchmark's 140 training traces after an hour, a restart with no record
-as each trace opens cost 11.3 % more GPU-hours, 32-36 % more on smooth traffic), and a
+for two hours (on the benchmark's 140 training traces after an hour, with the prior then over
+one hour, a restart with no record as each trace opens cost 11.3 % more GPU-hours, 32-36 %
+more on smooth traffic), and a
 correction that had found the model optimistic back at 1. Other autoscalers
 keep theirs too: KubeAI patches its moving averages into a ConfigMap after each
 calculation (substratusai/kubeai ``internal/modelautoscaler/state.go``), the Flink operator
