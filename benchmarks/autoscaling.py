@@ -351,7 +351,8 @@ def _job(args: tuple) -> tuple[str, dict]:
 
 
 # What ``--train`` runs again: the law's candidates, the persistence at their choice, the
-# HPA's sweep; every part not named is kept from autoscaling-training.json.
+# trend's record and the prior's duration at theirs, the HPA's sweep; every part not named
+# is kept from autoscaling-training.json.
 TRAIN_PARTS = {"all": ("law", "persistence", "hold", "hpa"), "law": ("law", "persistence", "hold"),
                "persistence": ("persistence", "hold"), "hold": ("hold",), "hpa": ("hpa",)}
 
