@@ -75,15 +75,16 @@ def test_the_time_no_operator_ran_is_not_history_for_the_prior():
 
 def test_a_fresh_service_would_have_decided_otherwise():
     # The point of keeping it: on smooth traffic (30 requests/s, 1.7 replicas' worth), an
-    # empty record keeps the prior's spare replicas, where forty minutes on record have
-    # shrunk it to two thirds of a replica.
+    # empty record keeps the prior's spare replicas, where eighty minutes on record have
+    # shrunk it to two thirds of a replica (it shrinks over two hours).
+    assert PARAMS.headroom_prior_seconds == 7200.0
     kept = Recommendations([(5000.0, 4)])
-    for now in range(5000, 7400, 15):
+    for now in range(5000, 9800, 15):
         decide(now, _finishing(now, 30.0), 4, 4, 0, PARAMS, kept)
     fresh = Recommendations([(0.0, 4)])
-    samples = _finishing(7400, 30.0)
-    with_record = decide(7400, samples, 4, 4, 0, PARAMS, kept)
-    without = decide(7400, samples, 4, 4, 0, PARAMS, fresh)
+    samples = _finishing(9800, 30.0)
+    with_record = decide(9800, samples, 4, 4, 0, PARAMS, kept)
+    without = decide(9800, samples, 4, 4, 0, PARAMS, fresh)
     assert without.desired > with_record.desired, (with_record.reason, without.reason)
 
 
