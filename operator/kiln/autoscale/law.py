@@ -93,34 +93,33 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
 
    - the *prior*: ``headroom_prior`` (2 replicas, chosen on the training traces from 1 and 2;
      without any, every setting of an earlier training run met the SLO on 3-7 fewer of its 60
-     training traces) of spare capacity for a rise the service has not yet had the time to
-     rule out, shrinking linearly to nothing as its recorded history grows to
-     ``headroom_prior_seconds`` (two hours, chosen on both views of the training traces from
-     it and the memory's one hour: after an hour the record knows only that hour's rises,
-     and with the prior gone a burst or ramp steeper than any in it missed the SLO on 5 of
-     the 140 training traces; with half the prior left, on 3, for 4.0 % more GPU-hours over
-     both views). The learned rise only knows the rises it has seen, and the first
-     burst of a service comes before any:
-     on the benchmark's bursty traffic (seeds 1-40 of its bursts family, none a test seed) two
-     thirds of the requests that missed the SLO arrived in a trace's first burst, which rose
-     by 1-2 replicas' worth within a cold start while the fleet held its measured demand.
-     In the training run on bursts seeds 1-40, one replica left 3-8 of them missing (on
+     training traces) of spare capacity for a rise the service has not yet had the time to rule
+     out, shrinking linearly to nothing as its recorded history grows to
+     ``headroom_prior_seconds`` (two hours, chosen on both views of the training traces from it
+     and the memory's one hour: after an hour the record knows only that hour's rises, and with
+     the prior gone a burst or ramp steeper than any in it missed the SLO on 5 of the 140
+     training traces; with half the prior left, on 3, for 4.0 % more GPU-hours over both views).
+     The learned rise only knows the rises it has seen, and the first burst of a service comes
+     before any: on the benchmark's bursty traffic (seeds 1-40 of its bursts family, none a test
+     seed) two thirds of the requests that missed the SLO arrived in a trace's first burst,
+     which rose by 1-2 replicas' worth within a cold start while the fleet held its measured
+     demand. In the training run on bursts seeds 1-40, one replica left 3-8 of them missing (on
      bursts/18 the first burst rose from 1.2 to 4.9 replicas' worth in three and a half
-     minutes), two replicas 0-4 (none at the chosen setting), for 4-7 % more GPU-hours on
-     the 110 training traces. Whole replicas because that is the smallest spare a fleet can
-     hold; shrinking with the history because time without a steep rise is the evidence
-     that the service has none (the learned rise then takes over), so a smooth service pays
-     for it only in its first two hours after the operator starts watching it. It is not capped by the highest demand on
-     record, since it is for a rise above it. It retires at once when the record shows a
-     rise of ``headroom_prior_shown`` replicas within a cold start (2, chosen on the
-     training traces from 1, 2 and never): the service has shown how steeply it rises, and
-     the learned rise holds that. On/off traffic shows its clumps within minutes, and the
-     prior then cost the hour's spare replicas on top of them (retiring it took 12-13 % off
-     the GPU-hours of the training traces' two on/off families, kiln alone). A rise of one
-     replica does not rule out one of two: retired at one, a first clump of 1.8 replicas
-     left the next, of 2.7, to a fleet sized for the first (Azure code x4 in an earlier
-     test run; the mixed-clumps training family, whose clumps differ in height, has that
-     shape), and one fewer of the 140 training traces met the SLO.
+     minutes), two replicas 0-4 (none at the chosen setting), for 4-7 % more GPU-hours on the
+     110 training traces. Whole replicas because that is the smallest spare a fleet can hold;
+     shrinking with the history because time without a steep rise is the evidence that the
+     service has none (the learned rise then takes over), so a smooth service pays for it only
+     in its first two hours after the operator starts watching it. It is not capped by the
+     highest demand on record, since it is for a rise above it. It retires at once when the
+     record shows a rise of ``headroom_prior_shown`` replicas within a cold start (2, chosen on
+     the training traces from 1, 2 and never): the service has shown how steeply it rises, and
+     the learned rise holds that. On/off traffic shows its clumps within minutes, and the prior
+     then cost the hour's spare replicas on top of them (retiring it took 12-13 % off the
+     GPU-hours of the training traces' two on/off families, kiln alone). A rise of one replica
+     does not rule out one of two: retired at one, a first clump of 1.8 replicas left the next,
+     of 2.7, to a fleet sized for the first (Azure code x4 in an earlier test run; the
+     mixed-clumps training family, whose clumps differ in height, has that shape), and one fewer
+     of the 140 training traces met the SLO.
 
    Additive, not a factor: a lull's demand times any factor is still nothing. The headroom
    never exceeds the highest demand of the stabilisation window, so a service that went
