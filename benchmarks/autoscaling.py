@@ -9,15 +9,17 @@ its engine built for each trace (``maxInputLen`` / ``maxSeqLen`` cover the trace
 lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine accepts.
 
 1. **Training** (``--train``): the law's free parameters (:data:`CANDIDATES`) are chosen on
-   generated traces with :func:`traffic.train_seeds` only: the cheapest of the candidates
-   that meet the SLO on the most training traces (so a trace no candidate meets it on
-   decides nothing); then, at their choice, the headroom's persistence
+   generated traces with :func:`traffic.train_seeds` only, in both views of them (below: a
+   service's first 45 minutes, and the same after an hour of the family's traffic): the
+   cheapest of the candidates that meet the SLO on the most training runs (so a trace no
+   candidate meets it on decides nothing); then, at their choice, the headroom's persistence
    (:data:`PERSISTENCES`), and at theirs the trend's record and the prior's duration
-   (:data:`HOLD_CANDIDATES`), by the same rule on both views of the training traces (below);
-   so is one HPA setting of the stock sweep. The choices and every candidate's figures are
-   written to ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
-   ``LawParams``' defaults are the law's choice. ``--train law|persistence|hold|hpa`` runs only
-   those parts again (:data:`TRAIN_PARTS`) and keeps the others from that file.
+   (:data:`HOLD_CANDIDATES`), by the same rule; so is one HPA setting of the stock sweep (on
+   the first view). The choices and every candidate's figures are written to
+   ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
+   ``LawParams``' defaults are the law's choice. ``--train law|persistence|hold|hpa`` runs
+   that stage again (:data:`TRAIN_PARTS`) and keeps the others from that file, unless a choice
+   before a stage changes.
 2. **Test**: every family at :data:`traffic.TEST_SEEDS` plus the public traces (none was
    used for a choice). Per trace: ``kiln``; ``static-min``; the HPA and KEDA on KV fraction,
    active requests, prefill load and backlog, each swept (:data:`kiln.sim.stock.STOCK_SWEEP`),
@@ -350,41 +352,36 @@ def _job(args: tuple) -> tuple[str, dict]:
     return kind, (_test_trace(rest) if kind == "test" else _cold_start(rest))
 
 
-# What ``--train`` runs again: the law's candidates, the persistence at their choice, the
-# trend's record and the prior's duration at theirs, the HPA's sweep; every part not named
-# is kept from autoscaling-training.json.
-TRAIN_PARTS = {"all": ("law", "persistence", "hold", "hpa"), "law": ("law", "persistence", "hold"),
-               "persistence": ("persistence", "hold"), "hold": ("hold",), "hpa": ("hpa",)}
+# What ``--train`` runs again: the law's candidates, the persistence, the trend's record and
+# the prior's duration, the HPA's sweep. A stage not named is kept from
+# autoscaling-training.json unless a choice before it came out otherwise than the file's (it
+# was run at the file's choices, and is then run again at the new ones).
+TRAIN_PARTS = {"all": ("law", "persistence", "hold", "hpa"), "law": ("law",),
+               "persistence": ("persistence",), "hold": ("hold",), "hpa": ("hpa",)}
 
 
 def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
            parts: tuple[str, ...], kept: dict | None = None) -> dict:
     """The law's choice on the training traces, and the HPA's: each of ``parts`` run again,
-    the others kept from ``kept`` (an earlier training run on the same traces)."""
+    the others kept from ``kept`` (an earlier training run on the same traces) while the
+    choices before them are the same. Every stage of the law's runs on both views."""
     train = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
     if kept is not None and kept.get("traces") != [label for label, _ in train]:
         raise SystemExit(f"--train: {TRAINING.name} was trained on other traces; run --train all")
     kept = kept or {}
-    rows = kept.get("candidates", [])
-    if "law" in parts:
-        rows = []
-        for candidate in CANDIDATES:
-            trial = replace(params, **candidate)
-            results = list(pool.map(_train_one, [(r, fleet, trial, None) for _, r in train]))
-            rows.append({"params": candidate, **_trained(results)})
-            print(f"train {candidate}: {rows[-1]}", file=sys.stderr, flush=True)
-    chosen = _choose(rows)["params"]
-    # Each later stage is run at the choices of the ones before it, on both views.
+    chosen: dict = {}
     stages = {}
-    for stage, key, candidates in (("persistence", "persistenceCandidates",
+    for stage, key, candidates in (("law", "candidates", CANDIDATES),
+                                   ("persistence", "persistenceCandidates",
                                     tuple({"headroom_persistence": k} for k in PERSISTENCES)),
                                    ("hold", "holdCandidates", HOLD_CANDIDATES)):
+        changed = any(kept.get("chosen", {}).get(k) != v for k, v in chosen.items())
         stages[key] = (_train_both_views(traces, fleet, replace(params, **chosen), pool, candidates, stage)
-                       if stage in parts else kept[key])
+                       if stage in parts or changed else kept[key])
         chosen = {**chosen, **_choose(stages[key])["params"]}
     stock = (_train_stock(train, fleet, params, pool) if "hpa" in parts
              else {k: kept[k] for k in ("stockCandidates", "stockChosen")})
-    return {"traces": [label for label, _ in train], "candidates": rows, **stages, "chosen": chosen, **stock}
+    return {"traces": [label for label, _ in train], **stages, "chosen": chosen, **stock}
 
 
 def _train_both_views(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
@@ -581,13 +578,6 @@ def _training_tables(training: dict) -> dict[str, str]:
     def chosen(row: dict) -> bool:
         return all(training["chosen"].get(k) == v for k, v in row["params"].items())
 
-    law = ["| prior, retired at a rise of | meets the SLO on | GPU-h | misses |", "|---|---|---|---|"]
-    for row in training["candidates"]:
-        name, met, cost = _candidate(row["params"]), str(row["meetSloOn"]), f"{row['gpuHours']:.1f}"
-        if chosen(row):
-            name, met, cost = f"**{name}** (chosen)", f"**{met}**", f"**{cost}**"
-        law.append(f"| {name} | {met} | {cost} | {misses(row)} |")
-
     def both_views(key: str, heading: str, name: Callable[[dict], str]) -> str:
         lines = [f"| {heading} | first view: SLO met, GPU-h | after an hour: SLO met, GPU-h "
                  "| both: SLO met, GPU-h | misses |", "|---|---|---|---|---|"]
@@ -616,7 +606,7 @@ def _training_tables(training: dict) -> dict[str, str]:
     for row in training["stockCandidates"]:
         name = row["metrics"] + (" (chosen)" if row["metrics"] == training["stockChosen"] else "")
         hpa.append(f"| {name} | {row['meetSloOn']} | {row['gpuHours']:.1f} |")
-    return {"training": "\n".join(law),
+    return {"training": both_views("candidates", "prior, retired at a rise of", _candidate),
             "training-persistence": both_views("persistenceCandidates", "a rise counts once held for", records),
             "training-hold": both_views("holdCandidates", "the trend's scale-ups, the prior over", hold),
             "training-hpa": "\n".join(hpa)}
@@ -726,11 +716,9 @@ def main() -> int:
                         help="the first test seed of each family and the public traces; no cold-start sweep")
     parser.add_argument("--train", nargs="?", const="all", choices=tuple(TRAIN_PARTS),
                         help=f"choose the law's parameters and the trained HPA's setting on the training seeds "
-                             f"again (else read {TRAINING.name}); 'law': the law's only, the HPA's kept from "
-                             f"{TRAINING.name} (it depends on the training traces and the sweep, not on the law); "
-                             f"'persistence': the headroom's persistence and what follows it, at the candidates' "
-                             f"choice kept from {TRAINING.name}; 'hold': the trend's record and the prior's "
-                             f"duration only, at the choices kept; 'hpa': the HPA's only")
+                             f"again (else read {TRAINING.name}); 'law', 'persistence', 'hold', 'hpa': that "
+                             f"stage only, the others kept from {TRAINING.name} (a later stage of the law's "
+                             f"runs again if a choice before it changes)")
     parser.add_argument("--model-error", action="store_true",
                         help="only the model-error sensitivity (kiln with its performance model off by "
                              f"{', '.join(map(str, MODEL_ERRORS))}, with and without a TTFT objective)")

@@ -100,6 +100,40 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
     assert [row["params"] for row in training["holdCandidates"]] == list(autoscaling.HOLD_CANDIDATES)
 
 
+def test_a_training_stage_is_kept_unless_named_or_a_choice_before_it_changes(monkeypatch):
+    """``--train law`` runs the law's candidates again; the persistence and hold stages were
+    run at the file's choice of them, so they are kept while it stands and run again at the
+    new choice when it does not."""
+    import autoscaling
+
+    kept = json.loads(autoscaling.TRAINING.read_text())
+    ran: list[tuple[str, dict]] = []
+
+    def stage(outcome: dict):
+        def run(traces, fleet, params, pool, candidates, name):
+            ran.append((name, {k: getattr(params, k) for k in ("headroom_prior", "headroom_prior_shown")}))
+            return [{"params": c, "meetSloOn": 1, "gpuHours": 1.0 if c == outcome.get(name, c) else 2.0}
+                    for c in candidates]
+        return run
+
+    monkeypatch.setattr(autoscaling, "_generated", lambda *args, **kwargs: [])
+    fleet, params = autoscaling._service()
+    same = {"law": {k: kept["chosen"][k] for k in ("headroom_prior", "headroom_prior_shown")}}
+    monkeypatch.setattr(autoscaling, "_train_both_views", stage(same))
+    training = autoscaling._train(ROOT, fleet, params, None, ("law",), kept)
+    assert [name for name, _ in ran] == ["law"]
+    assert training["persistenceCandidates"] == kept["persistenceCandidates"]
+    assert training["holdCandidates"] == kept["holdCandidates"]
+    assert training["chosen"] == kept["chosen"] and training["stockChosen"] == kept["stockChosen"]
+
+    ran.clear()
+    other = {"law": next(c for c in autoscaling.CANDIDATES if c != same["law"])}
+    monkeypatch.setattr(autoscaling, "_train_both_views", stage(other))
+    training = autoscaling._train(ROOT, fleet, params, None, ("law",), kept)
+    assert ran == [("law", same["law"]), ("persistence", other["law"]), ("hold", other["law"])]
+    assert {k: training["chosen"][k] for k in other["law"]} == other["law"]
+
+
 def test_a_history_leaves_the_trace_as_it_was_and_carries_the_familys_traffic():
     """The second view replays the hour before a test trace: the trace itself must be the
     same request for request (its clairvoyant and static-min stand for both views), and the
