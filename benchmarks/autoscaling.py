@@ -365,8 +365,8 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
     """The law's choice on the training traces, and the HPA's: each of ``parts`` run again,
     the others kept from ``kept`` (an earlier training run on the same traces) while the
     choices before them are the same. Every stage of the law's runs on both views."""
-    train = [(f"{f}/{s}", _generated(traces, fleet, f, s)) for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
-    if kept is not None and kept.get("traces") != [label for label, _ in train]:
+    labels = [f"{f}/{s}" for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
+    if kept is not None and kept.get("traces") != labels:
         raise SystemExit(f"--train: {TRAINING.name} was trained on other traces; run --train all")
     kept = kept or {}
     chosen: dict = {}
@@ -379,9 +379,9 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
         stages[key] = (_train_both_views(traces, fleet, replace(params, **chosen), pool, candidates, stage)
                        if stage in parts or changed else kept[key])
         chosen = {**chosen, **_choose(stages[key])["params"]}
-    stock = (_train_stock(train, fleet, params, pool) if "hpa" in parts
+    stock = (_train_stock(traces, fleet, params, pool) if "hpa" in parts
              else {k: kept[k] for k in ("stockCandidates", "stockChosen")})
-    return {"traces": [label for label, _ in train], **stages, "chosen": chosen, **stock}
+    return {"traces": labels, **stages, "chosen": chosen, **stock}
 
 
 def _train_both_views(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
@@ -403,14 +403,14 @@ def _train_both_views(traces: Path, fleet: Fleet, params: LawParams, pool: Proce
     return rows
 
 
-def _train_stock(train: list[tuple[str, list[Request]]], fleet: Fleet, params: LawParams,
-                 pool: ProcessPoolExecutor) -> dict:
-    """The HPA's setting chosen on the training traces by the law's rule, every point of
-    the sweep run (a higher target need not meet the SLO on fewer traces: on idle-gaps/104
-    the HPA at 50 % meets it and at 40 % does not)."""
+def _train_stock(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor) -> dict:
+    """The HPA's setting chosen on the training traces (the first view) by the law's rule,
+    every point of the sweep run (a higher target need not meet the SLO on fewer traces: on
+    idle-gaps/104 the HPA at 50 % meets it and at 40 % does not)."""
+    train = [_generated(traces, fleet, f, s) for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
     stock: list[dict] = []
     for label, targets in STOCK_SWEEP:
-        results = list(pool.map(_train_stock_one, [(r, fleet, params, targets) for _, r in train]))
+        results = list(pool.map(_train_stock_one, [(r, fleet, params, targets) for r in train]))
         stock.append({"metrics": label, **_trained(results)})
         print(f"train hpa {label}: {stock[-1]}", file=sys.stderr, flush=True)
     return {"stockCandidates": stock, "stockChosen": _choose(stock)["metrics"]}

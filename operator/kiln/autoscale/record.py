@@ -7,10 +7,9 @@ operator restart (an upgrade, a node drained, a leader handed over) would otherw
 every service's record afresh: the learned headroom gone, the prior's spare replicas back
 for two hours (on the benchmark's 140 training traces after an hour, with the prior then over
 one hour, a restart with no record as each trace opens cost 11.3 % more GPU-hours, 32-36 %
-more on smooth traffic), and a
-correction that had found the model optimistic back at 1. Other autoscalers
-keep theirs too: KubeAI patches its moving averages into a ConfigMap after each
-calculation (substratusai/kubeai ``internal/modelautoscaler/state.go``), the Flink operator
+more on smooth traffic), and a correction that had found the model optimistic back at 1.
+Other autoscalers keep theirs too: KubeAI patches its moving averages into a ConfigMap after
+each calculation (substratusai/kubeai ``internal/modelautoscaler/state.go``), the Flink operator
 keeps its autoscaler's history in an ``autoscaler-<name>`` ConfigMap owned by the
 deployment (apache/flink-kubernetes-operator, ``autoscaler/state/ConfigMapStore.java``).
 Kiln keeps it in ``status.autoscaling.record``: no rights beyond the status Kiln already
