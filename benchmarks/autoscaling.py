@@ -1,7 +1,7 @@
 """Autoscaling benchmark: kiln against honest references on traffic it was never tuned on.
 
     nice -n 5 python benchmarks/autoscaling.py [--traces DIR] [--plot DIR] [--workers 2] [--quick]
-        [--train [all|law|persistence|hold|hpa]] > benchmarks/autoscaling-results.json
+        [--train [all|law|persistence|hold|burst|hpa]] > benchmarks/autoscaling-results.json
     nice -n 5 python benchmarks/autoscaling.py --model-error > benchmarks/autoscaling-model-error.json
 
 Service: ``benchmarks/autoscaling-service.yaml`` (Llama-3.1-8B FP8 on H100s, 1-16 replicas),
@@ -14,10 +14,11 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
    cheapest of the candidates that meet the SLO on the most training runs (so a trace no
    candidate meets it on decides nothing); then, at their choice, the headroom's persistence
    (:data:`PERSISTENCES`), and at theirs the trend's record and the prior's duration
-   (:data:`HOLD_CANDIDATES`), by the same rule; so is one HPA setting of the stock sweep (on
+   (:data:`HOLD_CANDIDATES`), and at all of them how far past their targets the replicas carry
+   a rise (:data:`BURST_LOADS`), by the same rule; so is one HPA setting of the stock sweep (on
    the first view). The choices and every candidate's figures are written to
    ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
-   ``LawParams``' defaults are the law's choice. ``--train law|persistence|hold|hpa`` runs
+   ``LawParams``' defaults are the law's choice. ``--train law|persistence|hold|burst|hpa`` runs
    that stage again (:data:`TRAIN_PARTS`) and keeps the others from that file, unless a choice
    before a stage changes.
 2. **Test**: every family at :data:`traffic.TEST_SEEDS` plus the public traces (none was
@@ -125,6 +126,12 @@ PERSISTENCES = (1, 2, 3)
 # burst larger than any before it, or a ramp after a flat hour, missed the SLO.
 HOLD_CANDIDATES = tuple({"trend_recorded": held, "headroom_prior_seconds": seconds}
                         for held in (False, True) for seconds in (3600.0, 7200.0))
+# Last, at the choices before them and on both views, how far past their targets the replicas
+# carry a rise for the cold start the replicas it asks for take (``LawParams.burst_load``): 1,
+# the headroom on top of the demand at target; 1.15 and 1.3, between the arrivals' target and
+# capacity (0.9 and 1) and the batch's (0.75 and 1), near the prefill load's saturation over
+# its target (0.87 / 0.7).
+BURST_LOADS = (1.0, 1.15, 1.3)
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 # The history of the second view: the law's memory (``LawParams.headroom_memory``), so that
 # its record is full and the prior, which shrinks over two hours, is half gone.
@@ -353,11 +360,11 @@ def _job(args: tuple) -> tuple[str, dict]:
 
 
 # What ``--train`` runs again: the law's candidates, the persistence, the trend's record and
-# the prior's duration, the HPA's sweep. A stage not named is kept from
+# the prior's duration, the burst load, the HPA's sweep. A stage not named is kept from
 # autoscaling-training.json unless a choice before it came out otherwise than the file's (it
 # was run at the file's choices, and is then run again at the new ones).
-TRAIN_PARTS = {"all": ("law", "persistence", "hold", "hpa"), "law": ("law",),
-               "persistence": ("persistence",), "hold": ("hold",), "hpa": ("hpa",)}
+TRAIN_PARTS = {"all": ("law", "persistence", "hold", "burst", "hpa"), "law": ("law",),
+               "persistence": ("persistence",), "hold": ("hold",), "burst": ("burst",), "hpa": ("hpa",)}
 
 
 def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
@@ -374,7 +381,8 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
     for stage, key, candidates in (("law", "candidates", CANDIDATES),
                                    ("persistence", "persistenceCandidates",
                                     tuple({"headroom_persistence": k} for k in PERSISTENCES)),
-                                   ("hold", "holdCandidates", HOLD_CANDIDATES)):
+                                   ("hold", "holdCandidates", HOLD_CANDIDATES),
+                                   ("burst", "burstCandidates", tuple({"burst_load": b} for b in BURST_LOADS))):
         changed = any(kept.get("chosen", {}).get(k) != v for k, v in chosen.items())
         stages[key] = (_train_both_views(traces, fleet, replace(params, **chosen), pool, candidates, stage)
                        if stage in parts or changed else kept[key])
@@ -602,6 +610,9 @@ def _training_tables(training: dict) -> dict[str, str]:
         held = "recorded" if params["trend_recorded"] else "not recorded"
         return f"{held}, {params['headroom_prior_seconds'] / 3600:g} h"
 
+    def burst(params: dict) -> str:
+        return f"{params['burst_load']:g}"
+
     hpa = ["| HPA setting | meets the SLO on | GPU-h |", "|---|---|---|"]
     for row in training["stockCandidates"]:
         name = row["metrics"] + (" (chosen)" if row["metrics"] == training["stockChosen"] else "")
@@ -609,6 +620,7 @@ def _training_tables(training: dict) -> dict[str, str]:
     return {"training": both_views("candidates", "prior, retired at a rise of", _candidate),
             "training-persistence": both_views("persistenceCandidates", "a rise counts once held for", records),
             "training-hold": both_views("holdCandidates", "the trend's scale-ups, the prior over", hold),
+            "training-burst": both_views("burstCandidates", "a rise carried at up to its target times", burst),
             "training-hpa": "\n".join(hpa)}
 
 
@@ -716,7 +728,7 @@ def main() -> int:
                         help="the first test seed of each family and the public traces; no cold-start sweep")
     parser.add_argument("--train", nargs="?", const="all", choices=tuple(TRAIN_PARTS),
                         help=f"choose the law's parameters and the trained HPA's setting on the training seeds "
-                             f"again (else read {TRAINING.name}); 'law', 'persistence', 'hold', 'hpa': that "
+                             f"again (else read {TRAINING.name}); 'law', 'persistence', 'hold', 'burst', 'hpa': that "
                              f"stage only, the others kept from {TRAINING.name} (a later stage of the law's "
                              f"runs again if a choice before it changes)")
     parser.add_argument("--model-error", action="store_true",

@@ -442,6 +442,18 @@ def test_a_service_with_no_history_keeps_a_replica_for_a_burst_it_cannot_rule_ou
                   Recommendations([(0.0, 2)])).desired == 2
 
 
+def test_a_rise_is_carried_past_the_target_for_one_cold_start_at_the_burst_load():
+    # 1.5 replicas' worth and a replica spare: 2.5 replicas at target. Replicas that carry a
+    # rise at up to 1.3x their target for the cold start hold it with two (2.5 / 1.3 = 1.9);
+    # the demand itself stays at target.
+    carried = replace(PRIOR, burst_load=1.3)
+    held = decide(1000, _finishing(1000, (30, 30)), 2, 2, 0, carried, Recommendations([(0.0, 2)]))
+    assert held.desired == 2, held.reason
+    busy = decide(1000, _finishing(1000, (50, 50)), 2, 2, 0, carried, Recommendations([(0.0, 2)]))
+    assert busy.desired == 3, busy.reason  # 2.5 replicas' worth at target: no fewer than 3
+    assert decide(1000, _finishing(1000, (30, 30)), 2, 2, 0, PRIOR, Recommendations([(0.0, 2)])).desired == 3
+
+
 def test_two_hours_without_a_steep_rise_give_the_prior_replica_back():
     # The record keeps the memory's last hour; the prior shrinks with the whole history.
     recs = Recommendations([(0.0, 3)])

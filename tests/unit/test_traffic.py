@@ -91,19 +91,21 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
     assert training["stockChosen"] in dict(STOCK_SWEEP)
     assert training["stockChosen"] == autoscaling._choose(training["stockCandidates"])["metrics"]
     # The candidates' choice, then the persistence's at it, then the trend's record and the
-    # prior's duration at both, on both views.
+    # prior's duration at both, then the burst load at all three, on both views.
     assert training["chosen"] == {**autoscaling._choose(training["candidates"])["params"],
                                   **autoscaling._choose(training["persistenceCandidates"])["params"],
-                                  **autoscaling._choose(training["holdCandidates"])["params"]}
+                                  **autoscaling._choose(training["holdCandidates"])["params"],
+                                  **autoscaling._choose(training["burstCandidates"])["params"]}
     assert [row["params"]["headroom_persistence"] for row in training["persistenceCandidates"]] == \
         list(autoscaling.PERSISTENCES)
     assert [row["params"] for row in training["holdCandidates"]] == list(autoscaling.HOLD_CANDIDATES)
+    assert [row["params"]["burst_load"] for row in training["burstCandidates"]] == list(autoscaling.BURST_LOADS)
 
 
 def test_a_training_stage_is_kept_unless_named_or_a_choice_before_it_changes(monkeypatch):
-    """``--train law`` runs the law's candidates again; the persistence and hold stages were
-    run at the file's choice of them, so they are kept while it stands and run again at the
-    new choice when it does not."""
+    """``--train law`` runs the law's candidates again; the persistence, hold and burst stages
+    were run at the file's choice of them, so they are kept while it stands and run again at
+    the new choice when it does not."""
     import autoscaling
 
     kept = json.loads(autoscaling.TRAINING.read_text())
@@ -124,13 +126,15 @@ def test_a_training_stage_is_kept_unless_named_or_a_choice_before_it_changes(mon
     assert [name for name, _ in ran] == ["law"]
     assert training["persistenceCandidates"] == kept["persistenceCandidates"]
     assert training["holdCandidates"] == kept["holdCandidates"]
+    assert training["burstCandidates"] == kept["burstCandidates"]
     assert training["chosen"] == kept["chosen"] and training["stockChosen"] == kept["stockChosen"]
 
     ran.clear()
     other = {"law": next(c for c in autoscaling.CANDIDATES if c != same["law"])}
     monkeypatch.setattr(autoscaling, "_train_both_views", stage(other))
     training = autoscaling._train(ROOT, fleet, params, None, ("law",), kept)
-    assert ran == [("law", same["law"]), ("persistence", other["law"]), ("hold", other["law"])]
+    assert ran == [("law", same["law"]), ("persistence", other["law"]), ("hold", other["law"]),
+                   ("burst", other["law"])]
     assert {k: training["chosen"][k] for k in other["law"]} == other["law"]
 
 
@@ -180,7 +184,7 @@ def test_the_documented_result_tables_are_the_stored_results():
     doc = (autoscaling.ROOT / "docs" / "benchmarks.md").read_text()
     tables = autoscaling.documented(report, json.loads(autoscaling.TRAINING.read_text()),
                                     json.loads(autoscaling.MODEL_ERROR.read_text()))
-    assert set(tables) == {"training", "training-persistence", "training-hold", "training-hpa", "test", "test-by-family", "after-an-hour",
+    assert set(tables) == {"training", "training-persistence", "training-hold", "training-burst", "training-hpa", "test", "test-by-family", "after-an-hour",
                            "after-an-hour-by-family", "cold-start", "model-error"}
     assert autoscaling.with_tables(doc, tables) == doc
     assert all(f"<!-- results:{name} -->" in doc for name in tables)
