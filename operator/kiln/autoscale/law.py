@@ -555,6 +555,12 @@ def _correction(now: float, samples: Sequence[Sample], starting: int, params: La
     return correction
 
 
+def _held(demand: float, headroom: float, params: LawParams) -> float:
+    """The replicas that serve ``demand`` at its targets and carry ``headroom`` more at up to
+    ``burst_load`` times them (4.)."""
+    return max(demand, (demand + headroom) / params.burst_load)
+
+
 def _clamp(value: int, params: LawParams) -> int:
     return max(params.min_replicas, min(params.max_replicas, value))
 
@@ -654,7 +660,7 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
             [s for s in samples if s.time >= now - span], params)
         trend = _trend(over, params.trend_statistic) * horizon
     headroom = min(max(learned, trend), max(recent, demand))
-    need = max(demand, (demand + headroom) / params.burst_load) * correction
+    need = _held(demand, headroom, params) * correction
     want = math.ceil(need - 1e-9)
     spare = f" (+{headroom:.1f} burst headroom)" if headroom >= 0.05 else ""
     if correction >= 1.005:
@@ -702,8 +708,7 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     # where it is is not held there for the whole window by it.
     # With ``trend_recorded`` the window records ``want`` itself: a replica the trend asked
     # for stays for the window, even if the load has not borne it out once it is ready.
-    measured = math.ceil(max(demand, (demand + min(learned, max(recent, demand))) / params.burst_load)
-                         * correction - 1e-9)
+    measured = math.ceil(_held(demand, min(learned, max(recent, demand)), params) * correction - 1e-9)
     recorded = want if params.trend_recorded else min(want, max(measured, by_queue, current if want > current else 0))
     recommendations.add(now, recorded, params.stabilization_seconds)
     stabilization, load_kind = params.stabilization_seconds, ""
