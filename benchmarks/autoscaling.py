@@ -15,7 +15,7 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
    candidate meets it on decides nothing); then, at their choice, the headroom's persistence
    (:data:`PERSISTENCES`), and at theirs the trend's record and the prior's duration
    (:data:`HOLD_CANDIDATES`), and at all of them how far past their targets the replicas carry
-   a rise (:data:`BURST_LOADS`), by the same rule; so is one HPA setting of the stock sweep (on
+   a rise (:data:`BURST_CANDIDATES`), by the same rule; so is one HPA setting of the stock sweep (on
    the first view). The choices and every candidate's figures are written to
    ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
    ``LawParams``' defaults are the law's choice. ``--train law|persistence|hold|burst|hpa`` runs
@@ -130,8 +130,13 @@ HOLD_CANDIDATES = tuple({"trend_recorded": held, "headroom_prior_seconds": secon
 # carry a rise for the cold start the replicas it asks for take (``LawParams.burst_load``): 1,
 # the headroom on top of the demand at target; 1.15 and 1.3, between the arrivals' target and
 # capacity (0.9 and 1) and the batch's (0.75 and 1), near the prefill load's saturation over
-# its target (0.87 / 0.7).
-BURST_LOADS = (1.0, 1.15, 1.3)
+# its target (0.87 / 0.7); each wherever the headroom is held, or only where the demand is the
+# arrivals' (``LawParams.burst_load_scope``: where a pressure is above them, a heavy tail of
+# long prompts filling the KV cache or a prefill load near its knee, the replicas have less
+# to spare than the arrivals' mean lengths say).
+BURST_CANDIDATES = ({"burst_load": 1.0, "burst_load_scope": "all"},
+                    *({"burst_load": load, "burst_load_scope": scope}
+                      for scope in ("all", "arrivals") for load in (1.15, 1.3)))
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 # The history of the second view: the law's memory (``LawParams.headroom_memory``), so that
 # its record is full and the prior, which shrinks over two hours, is half gone.
@@ -382,7 +387,7 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
                                    ("persistence", "persistenceCandidates",
                                     tuple({"headroom_persistence": k} for k in PERSISTENCES)),
                                    ("hold", "holdCandidates", HOLD_CANDIDATES),
-                                   ("burst", "burstCandidates", tuple({"burst_load": b} for b in BURST_LOADS))):
+                                   ("burst", "burstCandidates", BURST_CANDIDATES)):
         changed = any(kept.get("chosen", {}).get(k) != v for k, v in chosen.items())
         stages[key] = (_train_both_views(traces, fleet, replace(params, **chosen), pool, candidates, stage)
                        if stage in parts or changed else kept[key])
@@ -611,7 +616,8 @@ def _training_tables(training: dict) -> dict[str, str]:
         return f"{held}, {params['headroom_prior_seconds'] / 3600:g} h"
 
     def burst(params: dict) -> str:
-        return f"{params['burst_load']:g}"
+        load, scope = params["burst_load"], params.get("burst_load_scope", "all")
+        return f"{load:g}" if load == 1 else f"{load:g}, " + ("wherever" if scope == "all" else "on the arrivals")
 
     hpa = ["| HPA setting | meets the SLO on | GPU-h |", "|---|---|---|"]
     for row in training["stockCandidates"]:

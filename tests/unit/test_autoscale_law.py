@@ -216,14 +216,17 @@ def test_a_queue_that_asks_for_more_replicas_leads_the_reason():
 
 
 # Demand from arrivals: a request costs 0.02 replica-seconds at full batch (50 requests/s fill
-# a replica), a replica is sized at 80 % of that, and the scale-down band is 10 %.
+# a replica), a replica is sized at 80 % of that, and the scale-down band is 10 %. The
+# headroom is held on top of the demand at target (a burst load of 1), so that what each test
+# reads is the headroom's own size; the burst load has its own tests.
 def _cost(prompt: float, output: float) -> float:
     assert (prompt, output) == pytest.approx((1000, 200))  # the mean lengths of those finished
     return 0.02
 
 
 ARRIVALS = LawParams(min_replicas=1, max_replicas=16, target=0.75, stabilization_seconds=300,
-                     tolerance=0.1, request_seconds=_cost, utilization_target=0.8, headroom_prior=0.0)
+                     tolerance=0.1, request_seconds=_cost, utilization_target=0.8, headroom_prior=0.0,
+                     burst_load=1.0)
 
 
 def _finishing(now, rates, span=60, period=15, start=0.0):
@@ -452,6 +455,22 @@ def test_a_rise_is_carried_past_the_target_for_one_cold_start_at_the_burst_load(
     busy = decide(1000, _finishing(1000, (50, 50)), 2, 2, 0, carried, Recommendations([(0.0, 2)]))
     assert busy.desired == 3, busy.reason  # 2.5 replicas' worth at target: no fewer than 3
     assert decide(1000, _finishing(1000, (30, 30)), 2, 2, 0, PRIOR, Recommendations([(0.0, 2)])).desired == 3
+
+
+def test_the_burst_load_scoped_to_the_arrivals_leaves_a_pressure_s_headroom_at_target():
+    # The KV cache at 60 % on both replicas: 1.6 replicas' worth at its 75 % target, above
+    # the arrivals' 1.5. Carried wherever, 2.6 / 1.3 fits in two; scoped to the arrivals, the
+    # KV-bound fleet keeps its spare replica at target.
+    full = [replace(s, kv_fraction=0.6) for s in _finishing(1000, (30, 30))]
+    wherever = decide(1000, full, 2, 2, 0, replace(PRIOR, burst_load=1.3, burst_load_scope="all"),
+                      Recommendations([(0.0, 2)]))
+    assert wherever.desired == 2 and wherever.reason.startswith("KV load"), wherever.reason
+    scoped = replace(PRIOR, burst_load=1.3, burst_load_scope="arrivals")
+    assert decide(1000, full, 2, 2, 0, scoped, Recommendations([(0.0, 2)])).desired == 3
+    # Where the arrivals are the demand, the scope changes nothing.
+    assert decide(1000, _finishing(1000, (30, 30)), 2, 2, 0, scoped, Recommendations([(0.0, 2)])).desired == 2
+    with pytest.raises(ValueError, match="burst_load_scope"):
+        replace(PRIOR, burst_load_scope="arrival")
 
 
 def test_two_hours_without_a_steep_rise_give_the_prior_replica_back():

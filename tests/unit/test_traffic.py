@@ -99,7 +99,7 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
     assert [row["params"]["headroom_persistence"] for row in training["persistenceCandidates"]] == \
         list(autoscaling.PERSISTENCES)
     assert [row["params"] for row in training["holdCandidates"]] == list(autoscaling.HOLD_CANDIDATES)
-    assert [row["params"]["burst_load"] for row in training["burstCandidates"]] == list(autoscaling.BURST_LOADS)
+    assert [row["params"] for row in training["burstCandidates"]] == list(autoscaling.BURST_CANDIDATES)
 
 
 def test_a_training_stage_is_kept_unless_named_or_a_choice_before_it_changes(monkeypatch):
