@@ -3,6 +3,7 @@
     nice -n 5 python benchmarks/autoscaling.py [--traces DIR] [--plot DIR] [--workers 2] [--quick]
         [--train [all|law|persistence|hold|burst|hpa]] > benchmarks/autoscaling-results.json
     nice -n 5 python benchmarks/autoscaling.py --model-error > benchmarks/autoscaling-model-error.json
+    nice -n 5 python benchmarks/autoscaling.py --cold-start benchmarks/autoscaling-results.json
 
 Service: ``benchmarks/autoscaling-service.yaml`` (Llama-3.1-8B FP8 on H100s, 1-16 replicas),
 its engine built for each trace (``maxInputLen`` / ``maxSeqLen`` cover the trace's p99.9
@@ -740,6 +741,9 @@ def main() -> int:
     parser.add_argument("--model-error", action="store_true",
                         help="only the model-error sensitivity (kiln with its performance model off by "
                              f"{', '.join(map(str, MODEL_ERRORS))}, with and without a TTFT objective)")
+    parser.add_argument("--cold-start", metavar="FILE",
+                        help="only the cold-start sensitivity, run again into that results JSON (its "
+                             "test rows kept: the law at the benchmark's own cold start is the same)")
     parser.add_argument("--summarize", metavar="FILE",
                         help="print a results JSON with its summaries computed again from its rows (no run)")
     parser.add_argument("--markdown", metavar="FILE",
@@ -777,6 +781,15 @@ def main() -> int:
         params = replace(params, **training["chosen"])
         if args.model_error:
             print(json.dumps(_model_error_run(traces, fleet, params, pool), indent=1))
+            return 0
+        if args.cold_start:
+            kept = Path(args.cold_start)
+            report = json.loads(kept.read_text())
+            swept = [(label, r) for label, r, _ in test_traces(traces, fleet, traffic.TEST_SEEDS[:1])
+                     if label in {f"{f}/{traffic.TEST_SEEDS[0]}" for f in COLD_START_FAMILIES}]
+            cold = list(pool.map(_cold_start, [(label, r, fleet, params, c) for label, r in swept for c in COLD_STARTS]))
+            report["coldStart"] = sorted(cold, key=lambda r: (r["trace"], r["coldStartSeconds"]))
+            kept.write_text(json.dumps(summaries(report), indent=1) + "\n")
             return 0
         stock_chosen = training.get("stockChosen")
         seeds = traffic.TEST_SEEDS[:1] if args.quick else traffic.TEST_SEEDS

@@ -216,7 +216,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         ceiling = SIMULATED_MAX_REPLICAS
     low = max(1, scaling.min_replicas)
     high = max(low, ceiling)
-    params = LawParams.for_service(scaling, min_replicas=low, max_replicas=high)
+    params = LawParams.for_service(scaling, min_replicas=low, max_replicas=high, cold_start=args.cold_start)
     routing = args.routing if args.routing != "auto" else routing_for(spec.gateway)
     fleet = Fleet(PerfModel.from_plan(result, spec, gpu, model), spec.gpus, cold_start=args.cold_start,
                   routing=routing)

@@ -457,6 +457,21 @@ def test_a_rise_is_carried_past_the_target_for_one_cold_start_at_the_burst_load(
     assert decide(1000, _finishing(1000, (30, 30)), 2, 2, 0, PRIOR, Recommendations([(0.0, 2)])).desired == 3
 
 
+def test_a_longer_cold_start_carries_a_smaller_share_of_a_rise():
+    # 2.5 replicas at target, carried at 1.3: two replicas hold it when a cold start is the 90 s
+    # the burst load was chosen at (or shorter: never more than chosen). A 180 s cold start
+    # carries half as far past the targets (1.15: 2.17 -> 3), so that a rise carried for the
+    # whole cold start asks no more of a replica than it was chosen to.
+    carried = replace(PRIOR, burst_load=1.3)
+    for cold_start, desired in ((None, 2), (60.0, 2), (90.0, 2), (180.0, 3)):
+        decision = decide(1000, _finishing(1000, (30, 30)), 2, 2, 0, replace(carried, cold_start=cold_start),
+                          Recommendations([(0.0, 2)]))
+        assert decision.desired == desired, (cold_start, decision.reason)
+    # Without the service's cold start the law reads its horizon as one.
+    assert decide(1000, _finishing(1000, (30, 30)), 2, 2, 0, replace(carried, headroom_horizon=180.0),
+                  Recommendations([(0.0, 2)])).desired == 3
+
+
 def test_the_burst_load_scoped_to_the_arrivals_leaves_a_pressure_s_headroom_at_target():
     # The KV cache at 60 % on both replicas: 1.6 replicas' worth at its 75 % target, above
     # the arrivals' 1.5. Carried wherever, 2.6 / 1.3 fits in two; scoped to the arrivals, the

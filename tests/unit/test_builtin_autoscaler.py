@@ -3,6 +3,7 @@ is the input-token counter's rate over the replica's prefill speed."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -102,6 +103,18 @@ def test_the_operator_costs_a_request_from_the_planned_status_as_the_simulator_d
     # conv's means.
     assert abs(_request_seconds(spec, plan, None)(1155, 211) / perf.request_seconds(1155, 211) - 1) < 0.02
     assert _request_seconds(spec, None, model) is None  # before the plan
+
+
+def test_the_operator_tells_the_law_the_planned_cold_start():
+    from kiln.api import PlanStatus
+    from kiln.controller.handlers import _cold_start
+    from kiln.planner.coldstart import ENGINE_READ_BYTES_PER_SECOND, POD_START_SECONDS
+
+    # Llama-3.1-70B in FP8 on two GPUs: 35 GB per GPU read from the engine cache.
+    status = PlanStatus(tensor_parallel=2, pipeline_parallel=1, weight_bytes_per_gpu=35 * 10**9)
+    expected = POD_START_SECONDS + math.ceil(35 * 10**9 / ENGINE_READ_BYTES_PER_SECOND)
+    assert _cold_start(status) == expected > 90
+    assert _cold_start(None) is None  # before the plan: the law reads its horizon as one
 
 
 class _Clumps:

@@ -131,7 +131,8 @@ class BuiltinAutoscaler:
                        prefill_tokens_per_s: float | None = None,
                        api: KubeApi | None = None,
                        request_seconds: Callable[[float, float], float] | None = None,
-                       record: AutoscalerRecord | None = None) -> Decision | None:
+                       record: AutoscalerRecord | None = None,
+                       cold_start: float | None = None) -> Decision | None:
         """A decision for a builtin-mode service whose workload runs ``current`` replicas.
         ``prefill_tokens_per_s``: one replica's prefill speed from the performance model
         (:func:`kiln.planner.perf.prefill_tokens_per_second`), for the prefill load. ``api``:
@@ -139,7 +140,9 @@ class BuiltinAutoscaler:
         ``request_seconds``: the performance model's cost of one request, for the demand from
         arrivals (:func:`kiln.autoscale.law.arrival_demand`). ``record``: the service's
         ``status.autoscaling.record``, which a service this autoscaler has not seen yet (after
-        an operator restart) starts from."""
+        an operator restart) starts from. ``cold_start``: the planner's estimate of a
+        replica's cold start (:func:`kiln.planner.cold_start_seconds`), which bounds how far
+        past their targets the replicas carry a rise (:attr:`LawParams.cold_start`)."""
         if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
             return None
         workload = await (api or self.api).get(*workload_ref(spec, name), namespace)
@@ -153,7 +156,7 @@ class BuiltinAutoscaler:
             now = at
         else:
             return None
-        params = replace(self.params(spec), request_seconds=request_seconds)
+        params = replace(self.params(spec), request_seconds=request_seconds, cold_start=cold_start)
         fleet = self._fleets.get((namespace, name))
         if fleet is None:
             restored = None if record is None else restore(record, now, self.wall(), params.headroom_memory)

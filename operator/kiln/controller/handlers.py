@@ -23,7 +23,7 @@ from ..api.validation import parse_service_spec
 from ..decide import Observed, Parsed, parse, workload_replicas
 from ..decide.status import is_true, parse_status
 from ..errors import SpecInvalid
-from ..planner import ModelConfig, lookup_gpu
+from ..planner import ModelConfig, cold_start_for_weights, lookup_gpu
 from ..planner.perf import PerfModel, attention_seconds_per_position, prefill_tokens_per_second
 from ..render import ServiceRef
 from ..render.meta import selector_string
@@ -216,7 +216,8 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
                                               api=CachedKubeApi(memo.api, kwargs),
                                               request_seconds=_request_seconds(spec, status.plan,
                                                                                memo.models.known(spec)),
-                                              record=status.autoscaling.record if status.autoscaling else None)
+                                              record=status.autoscaling.record if status.autoscaling else None,
+                                              cold_start=_cold_start(status.plan))
     if decision is None:
         return
     direction = "up" if decision.desired > current else "down" if decision.desired < current else "hold"
@@ -245,6 +246,12 @@ def _prefill_speed(spec: Any, plan: Any) -> float | None:
     if not weight or gpu is None:
         return None
     return prefill_tokens_per_second(float(weight), Precision(spec.precision), gpu)
+
+
+def _cold_start(plan: Any) -> float | None:
+    """A replica's expected cold start from the planned weights per GPU; None before the plan
+    is in the status (the law then reads its ``headroom_horizon``)."""
+    return None if plan is None else float(cold_start_for_weights(plan.weight_bytes_per_gpu))
 
 
 def _request_seconds(spec: Any, plan: Any, model: ModelConfig | None) -> Any:

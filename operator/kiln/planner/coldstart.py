@@ -15,7 +15,7 @@ import math
 
 from .plan import Plan
 
-__all__ = ["cold_start_seconds", "POD_START_SECONDS", "ENGINE_READ_BYTES_PER_SECOND"]
+__all__ = ["cold_start_seconds", "cold_start_for_weights", "POD_START_SECONDS", "ENGINE_READ_BYTES_PER_SECOND"]
 
 POD_START_SECONDS = 45
 ENGINE_READ_BYTES_PER_SECOND = 500 * 2**20
@@ -24,6 +24,11 @@ UNKNOWN_WEIGHTS_SECONDS = 90  # no weight estimate (model config unknown): the s
 
 def cold_start_seconds(plan: Plan) -> int:
     """Expected seconds from a replica being requested to it serving."""
-    if plan.weight_bytes_per_gpu is None:
+    return cold_start_for_weights(plan.weight_bytes_per_gpu)
+
+
+def cold_start_for_weights(weight_bytes_per_gpu: float | None) -> int:
+    """:func:`cold_start_seconds` of a plan with ``weight_bytes_per_gpu`` (None: unknown)."""
+    if weight_bytes_per_gpu is None:
         return POD_START_SECONDS + UNKNOWN_WEIGHTS_SECONDS
-    return POD_START_SECONDS + math.ceil(plan.weight_bytes_per_gpu / ENGINE_READ_BYTES_PER_SECOND)
+    return POD_START_SECONDS + math.ceil(weight_bytes_per_gpu / ENGINE_READ_BYTES_PER_SECOND)
