@@ -140,9 +140,7 @@ class BuiltinAutoscaler:
         ``request_seconds``: the performance model's cost of one request, for the demand from
         arrivals (:func:`kiln.autoscale.law.arrival_demand`). ``record``: the service's
         ``status.autoscaling.record``, which a service this autoscaler has not seen yet (after
-        an operator restart) starts from. ``cold_start``: the planner's estimate of a
-        replica's cold start (:func:`kiln.planner.cold_start_seconds`), which bounds how far
-        past their targets the replicas carry a rise (:attr:`LawParams.cold_start`)."""
+        an operator restart) starts from. ``cold_start``: :attr:`LawParams.cold_start`."""
         if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
             return None
         workload = await (api or self.api).get(*workload_ref(spec, name), namespace)
