@@ -129,9 +129,9 @@ HOLD_CANDIDATES = tuple({"trend_recorded": held, "headroom_prior_seconds": secon
                         for held in (False, True) for seconds in (3600.0, 7200.0))
 # Last, at the choices before them and on both views, how far past their targets the replicas
 # carry a rise for the cold start the replicas it asks for take (``LawParams.burst_load``): 1,
-# the headroom on top of the demand at target; 1.15 and 1.3, between the arrivals' target and
-# capacity (0.9 and 1) and the batch's (0.75 and 1), near the prefill load's saturation over
-# its target (0.87 / 0.7); each wherever the headroom is held, or only where the demand is the
+# the headroom on top of the demand at target; 1.15 and 1.3, a little past the arrivals'
+# capacity over their target (1 / 0.9), within the batch's (1 / 0.75), about the prefill load's
+# saturation over its target (0.87 / 0.7); each wherever the headroom is held, or only where the demand is the
 # arrivals' (``LawParams.burst_load_scope``: where a pressure is above them, a heavy tail of
 # long prompts filling the KV cache or a prefill load near its knee, the replicas have less
 # to spare than the arrivals' mean lengths say).
