@@ -130,11 +130,11 @@ HOLD_CANDIDATES = tuple({"trend_recorded": held, "headroom_prior_seconds": secon
 # Last, at the choices before them and on both views, how far past their targets the replicas
 # carry a rise for the cold start the replicas it asks for take (``LawParams.burst_load``): 1,
 # the headroom on top of the demand at target; 1.15 and 1.3, a little past the arrivals'
-# capacity over their target (1 / 0.9), within the batch's (1 / 0.75), about the prefill load's
-# saturation over its target (0.87 / 0.7); each wherever the headroom is held, or only where the demand is the
-# arrivals' (``LawParams.burst_load_scope``: where a pressure is above them, a heavy tail of
-# long prompts filling the KV cache or a prefill load near its knee, the replicas have less
-# to spare than the arrivals' mean lengths say).
+# capacity over their target (1 / 0.9), within the batch's (1 / 0.75), about the prefill
+# load's saturation over its target (0.87 / 0.7); each wherever the headroom is held, or only
+# where the demand is the arrivals' (``LawParams.burst_load_scope``: where a pressure is above
+# them, a heavy tail of long prompts filling the KV cache or a prefill load near its knee,
+# the replicas have less to spare than the arrivals' mean lengths say).
 BURST_CANDIDATES = ({"burst_load": 1.0, "burst_load_scope": "all"},
                     *({"burst_load": load, "burst_load_scope": scope}
                       for scope in ("all", "arrivals") for load in (1.15, 1.3)))
@@ -296,6 +296,14 @@ def _test_trace(args: tuple[str, list[Request], list[Request], Fleet, LawParams,
               f"clairvoyant, {after['kilnOverBestStock']}x best stock" if after else ""), file=sys.stderr, flush=True)
     print("row " + json.dumps(_without_sweeps_row(row)), file=sys.stderr, flush=True)
     return row
+
+
+def _cold_start_jobs(tests: list[tuple], seed: int, fleet: Fleet, params: LawParams) -> list[tuple]:
+    """The cold-start sweep's jobs: each of :data:`COLD_STARTS` on the test traces of
+    :data:`COLD_START_FAMILIES` at ``seed`` (``tests``: (label, requests, ...) rows)."""
+    labels = {f"{f}/{seed}" for f in COLD_START_FAMILIES}
+    return [("cold", label, requests, fleet, params, cold)
+            for label, requests, *_ in tests if label in labels for cold in COLD_STARTS]
 
 
 def _cold_start(args: tuple[str, list[Request], Fleet, LawParams, float]) -> dict:
@@ -785,9 +793,10 @@ def main() -> int:
         if args.cold_start:
             kept = Path(args.cold_start)
             report = json.loads(kept.read_text())
-            swept = [(label, r) for label, r, _ in test_traces(traces, fleet, traffic.TEST_SEEDS[:1])
-                     if label in {f"{f}/{traffic.TEST_SEEDS[0]}" for f in COLD_START_FAMILIES}]
-            cold = list(pool.map(_cold_start, [(label, r, fleet, params, c) for label, r in swept for c in COLD_STARTS]))
+            seed = traffic.TEST_SEEDS[0]
+            swept = [(f"{f}/{seed}", *_after_history(_generated(traces, fleet, f, seed, history=HISTORY_S)))
+                     for f in COLD_START_FAMILIES]
+            cold = [row for _, row in pool.map(_job, _cold_start_jobs(swept, seed, fleet, params))]
             report["coldStart"] = sorted(cold, key=lambda r: (r["trace"], r["coldStartSeconds"]))
             kept.write_text(json.dumps(summaries(report), indent=1) + "\n")
             return 0
@@ -795,9 +804,7 @@ def main() -> int:
         seeds = traffic.TEST_SEEDS[:1] if args.quick else traffic.TEST_SEEDS
         tests = test_traces(traces, fleet, seeds)
         first = len(traffic.FAMILIES) + len(PUBLIC)
-        swept = [] if args.quick else [(label, r) for label, r, _ in tests
-                                       if label in {f"{f}/{seeds[0]}" for f in COLD_START_FAMILIES}]
-        colds = [("cold", label, r, fleet, params, cold) for label, r in swept for cold in COLD_STARTS]
+        colds = [] if args.quick else _cold_start_jobs(tests, seeds[0], fleet, params)
         # The first seed of every family and the public traces, then the first cold-start
         # sweep, then the rest: a run cut short still has every family and a sweep.
         jobs = ([("test", label, r, history, fleet, params, stock_chosen) for label, r, history in tests[:first]]
