@@ -1,7 +1,7 @@
 """Autoscaling benchmark: kiln against honest references on traffic it was never tuned on.
 
     nice -n 5 python benchmarks/autoscaling.py [--traces DIR] [--plot DIR] [--workers 2] [--quick]
-        [--train [all|law|persistence|hold|burst|hpa]] > benchmarks/autoscaling-results.json
+        [--train [all|law|persistence|hold|burst|spare|hpa]] > benchmarks/autoscaling-results.json
     nice -n 5 python benchmarks/autoscaling.py --model-error > benchmarks/autoscaling-model-error.json
     nice -n 5 python benchmarks/autoscaling.py --cold-start benchmarks/autoscaling-results.json
 
@@ -16,10 +16,11 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
    candidate meets it on decides nothing); then, at their choice, the headroom's persistence
    (:data:`PERSISTENCES`), and at theirs the trend's record and the prior's duration
    (:data:`HOLD_CANDIDATES`), and at all of them how far past their targets the replicas carry
-   a rise (:data:`BURST_CANDIDATES`), by the same rule; so is one HPA setting of the stock sweep (on
+   a rise (:data:`BURST_CANDIDATES`), and at all four how the rise on record spends the
+   prior (:data:`SPARE_CANDIDATES`), by the same rule; so is one HPA setting of the stock sweep (on
    the first view). The choices and every candidate's figures are written to
    ``benchmarks/autoscaling-training.json``, which runs without ``--train`` read;
-   ``LawParams``' defaults are the law's choice. ``--train law|persistence|hold|burst|hpa`` runs
+   ``LawParams``' defaults are the law's choice. ``--train law|persistence|hold|burst|spare|hpa`` runs
    that stage again (:data:`TRAIN_PARTS`) and keeps the others from that file, unless a choice
    before a stage changes.
 2. **Test**: every family at :data:`traffic.TEST_SEEDS` plus the public traces (none was
@@ -138,6 +139,12 @@ HOLD_CANDIDATES = tuple({"trend_recorded": held, "headroom_prior_seconds": secon
 BURST_CANDIDATES = ({"burst_load": 1.0, "burst_load_scope": "all"},
                     *({"burst_load": load, "burst_load_scope": scope}
                       for scope in ("all", "arrivals") for load in (1.15, 1.3)))
+# Last, at the choices before them and on both views, how the rise on record spends the
+# prior (``LawParams.headroom_prior_spent``): not at all, the whole prior beside the learned
+# rise; by the rise itself, so that at a burst's peak, where the learned rise adds nothing,
+# the prior holds only a rise beyond the one the service has shown; or in proportion, the
+# prior times what is left of the rise that retires it (``headroom_prior_shown``).
+SPARE_CANDIDATES = tuple({"headroom_prior_spent": spent} for spent in ("none", "rise", "share"))
 COLD_STARTS = (60.0, 90.0, 180.0, 300.0)
 # The history of the second view: the law's memory (``LawParams.headroom_memory``), so that
 # its record is full and the prior, which shrinks over two hours, is half gone.
@@ -377,8 +384,9 @@ def _job(args: tuple) -> tuple[str, dict]:
 # the prior's duration, the burst load, the HPA's sweep. A stage not named is kept from
 # autoscaling-training.json unless a choice before it came out otherwise than the file's (it
 # was run at the file's choices, and is then run again at the new ones).
-TRAIN_PARTS = {"all": ("law", "persistence", "hold", "burst", "hpa"), "law": ("law",),
-               "persistence": ("persistence",), "hold": ("hold",), "burst": ("burst",), "hpa": ("hpa",)}
+TRAIN_PARTS = {"all": ("law", "persistence", "hold", "burst", "spare", "hpa"), "law": ("law",),
+               "persistence": ("persistence",), "hold": ("hold",), "burst": ("burst",),
+               "spare": ("spare",), "hpa": ("hpa",)}
 
 
 def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
@@ -396,10 +404,11 @@ def _train(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecu
                                    ("persistence", "persistenceCandidates",
                                     tuple({"headroom_persistence": k} for k in PERSISTENCES)),
                                    ("hold", "holdCandidates", HOLD_CANDIDATES),
-                                   ("burst", "burstCandidates", BURST_CANDIDATES)):
+                                   ("burst", "burstCandidates", BURST_CANDIDATES),
+                                   ("spare", "spareCandidates", SPARE_CANDIDATES)):
         changed = any(kept.get("chosen", {}).get(k) != v for k, v in chosen.items())
         stages[key] = (_train_both_views(traces, fleet, replace(params, **chosen), pool, candidates, stage)
-                       if stage in parts or changed else kept[key])
+                       if stage in parts or changed or key not in kept else kept[key])
         chosen = {**chosen, **_choose(stages[key])["params"]}
     stock = (_train_stock(traces, fleet, params, pool) if "hpa" in parts
              else {k: kept[k] for k in ("stockCandidates", "stockChosen")})
@@ -628,6 +637,9 @@ def _training_tables(training: dict) -> dict[str, str]:
         load, scope = params["burst_load"], params.get("burst_load_scope", "all")
         return f"{load:g}" if load == 1 else f"{load:g}, " + ("wherever" if scope == "all" else "on the arrivals")
 
+    def spare(params: dict) -> str:
+        return {"none": "not at all", "rise": "by the rise", "share": "in proportion"}[params["headroom_prior_spent"]]
+
     hpa = ["| HPA setting | meets the SLO on | GPU-h |", "|---|---|---|"]
     for row in training["stockCandidates"]:
         name = row["metrics"] + (" (chosen)" if row["metrics"] == training["stockChosen"] else "")
@@ -636,6 +648,7 @@ def _training_tables(training: dict) -> dict[str, str]:
             "training-persistence": both_views("persistenceCandidates", "a rise counts once held for", records),
             "training-hold": both_views("holdCandidates", "the trend's scale-ups, the prior over", hold),
             "training-burst": both_views("burstCandidates", "a rise carried at up to its target times", burst),
+            "training-spare": both_views("spareCandidates", "the rise on record spends the prior", spare),
             "training-hpa": "\n".join(hpa)}
 
 

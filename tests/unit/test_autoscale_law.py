@@ -226,7 +226,7 @@ def _cost(prompt: float, output: float) -> float:
 
 ARRIVALS = LawParams(min_replicas=1, max_replicas=16, target=0.75, stabilization_seconds=300,
                      tolerance=0.1, request_seconds=_cost, utilization_target=0.8, headroom_prior=0.0,
-                     burst_load=1.0)
+                     burst_load=1.0, headroom_prior_spent="none")
 
 
 def _finishing(now, rates, span=60, period=15, start=0.0):
@@ -611,7 +611,26 @@ def test_the_prior_retires_once_the_record_shows_a_rise_of_its_size():
     assert decide(1000, flat, 3, 3, 0, replace(prior, headroom_prior_shown=2.0), _clumps(2.0)).desired == 3
 
 
-@pytest.mark.parametrize("field", ["trend_statistic", "trend_known_rise"])
+def test_the_rise_on_record_can_spend_the_prior():
+    """A service whose clumps rose by 1.0 replica within a cold start, 1000 s into its
+    history: the prior of 2 replicas has shrunk to 1.72. At a clump's peak (2.0 replicas'
+    worth, 80 requests/s) the learned rise adds nothing, and the whole prior asks for 4
+    replicas; spent by the rise the service has shown (``headroom_prior_spent`` "rise"),
+    0.72 of it stays: 3; in proportion ("share"), half of it (a rise of 1.0 of the 2.0 that
+    retires it): 0.86, 3. In the lull (0.9 replicas' worth) the whole prior asks for 3; the
+    learned rise holds its clump, 2, where the rise spends the prior."""
+    prior = replace(NO_BAND, headroom_prior=2.0, headroom_prior_shown=2.0)
+    peak, lull = _counted(1000, (80, 80, 80, 80), 4), _counted(1000, (36, 36, 36, 36), 3)
+    assert decide(1000, peak, 4, 4, 0, prior, _clumps(2.0)).desired == 4
+    assert decide(1000, lull, 3, 3, 0, prior, _clumps(2.0)).desired == 3
+    for spent, headroom in (("rise", "+0.7"), ("share", "+0.9")):
+        at_peak = decide(1000, peak, 4, 4, 0, replace(prior, headroom_prior_spent=spent), _clumps(2.0))
+        assert at_peak.desired == 3 and f"{headroom} burst headroom" in at_peak.reason, (spent, at_peak.reason)
+        in_lull = decide(1000, lull, 3, 3, 0, replace(prior, headroom_prior_spent=spent), _clumps(2.0))
+        assert in_lull.desired == 2 and "+1.0 burst headroom" in in_lull.reason, (spent, in_lull.reason)
+
+
+@pytest.mark.parametrize("field", ["trend_statistic", "trend_known_rise", "headroom_prior_spent"])
 def test_a_misspelt_choice_of_the_law_is_refused(field):
     with pytest.raises(ValueError, match=field):
         replace(NO_BAND, **{field: "coldstart"})

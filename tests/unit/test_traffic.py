@@ -91,15 +91,18 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
     assert training["stockChosen"] in dict(STOCK_SWEEP)
     assert training["stockChosen"] == autoscaling._choose(training["stockCandidates"])["metrics"]
     # The candidates' choice, then the persistence's at it, then the trend's record and the
-    # prior's duration at both, then the burst load at all three, on both views.
+    # prior's duration at both, then the burst load at all three, then where the spare
+    # replicas stop at all four, on both views.
     assert training["chosen"] == {**autoscaling._choose(training["candidates"])["params"],
                                   **autoscaling._choose(training["persistenceCandidates"])["params"],
                                   **autoscaling._choose(training["holdCandidates"])["params"],
-                                  **autoscaling._choose(training["burstCandidates"])["params"]}
+                                  **autoscaling._choose(training["burstCandidates"])["params"],
+                                  **autoscaling._choose(training["spareCandidates"])["params"]}
     assert [row["params"]["headroom_persistence"] for row in training["persistenceCandidates"]] == \
         list(autoscaling.PERSISTENCES)
     assert [row["params"] for row in training["holdCandidates"]] == list(autoscaling.HOLD_CANDIDATES)
     assert [row["params"] for row in training["burstCandidates"]] == list(autoscaling.BURST_CANDIDATES)
+    assert [row["params"] for row in training["spareCandidates"]] == list(autoscaling.SPARE_CANDIDATES)
 
 
 def test_a_training_stage_is_kept_unless_named_or_a_choice_before_it_changes(monkeypatch):
@@ -127,6 +130,7 @@ def test_a_training_stage_is_kept_unless_named_or_a_choice_before_it_changes(mon
     assert training["persistenceCandidates"] == kept["persistenceCandidates"]
     assert training["holdCandidates"] == kept["holdCandidates"]
     assert training["burstCandidates"] == kept["burstCandidates"]
+    assert training["spareCandidates"] == kept["spareCandidates"]
     assert training["chosen"] == kept["chosen"] and training["stockChosen"] == kept["stockChosen"]
 
     ran.clear()
@@ -134,7 +138,7 @@ def test_a_training_stage_is_kept_unless_named_or_a_choice_before_it_changes(mon
     monkeypatch.setattr(autoscaling, "_train_both_views", stage(other))
     training = autoscaling._train(ROOT, fleet, params, None, ("law",), kept)
     assert ran == [("law", same["law"]), ("persistence", other["law"]), ("hold", other["law"]),
-                   ("burst", other["law"])]
+                   ("burst", other["law"]), ("spare", other["law"])]
     assert {k: training["chosen"][k] for k in other["law"]} == other["law"]
 
 
@@ -184,7 +188,8 @@ def test_the_documented_result_tables_are_the_stored_results():
     doc = (autoscaling.ROOT / "docs" / "benchmarks.md").read_text()
     tables = autoscaling.documented(report, json.loads(autoscaling.TRAINING.read_text()),
                                     json.loads(autoscaling.MODEL_ERROR.read_text()))
-    assert set(tables) == {"training", "training-persistence", "training-hold", "training-burst", "training-hpa", "test", "test-by-family", "after-an-hour",
+    assert set(tables) == {"training", "training-persistence", "training-hold", "training-burst", "training-spare",
+                           "training-hpa", "test", "test-by-family", "after-an-hour",
                            "after-an-hour-by-family", "cold-start", "model-error"}
     assert autoscaling.with_tables(doc, tables) == doc
     assert all(f"<!-- results:{name} -->" in doc for name in tables)
