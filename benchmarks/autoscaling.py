@@ -128,7 +128,7 @@ PERSISTENCES = (1, 2, 3)
 # burst larger than any before it, or a ramp after a flat hour, missed the SLO.
 HOLD_CANDIDATES = tuple({"trend_recorded": held, "headroom_prior_seconds": seconds}
                         for held in (False, True) for seconds in (3600.0, 7200.0))
-# Last, at the choices before them and on both views, how far past their targets the replicas
+# Then, at the choices before them and on both views, how far past their targets the replicas
 # carry a rise for the cold start the replicas it asks for take (``LawParams.burst_load``): 1,
 # the headroom on top of the demand at target; 1.15 and 1.3, a little past the arrivals'
 # capacity over their target (1 / 0.9), within the batch's (1 / 0.75), about the prefill
