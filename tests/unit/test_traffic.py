@@ -85,6 +85,10 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
             {"metrics": "b", "meetSloOn": 10, "gpuHours": 30.0},
             {"metrics": "c", "meetSloOn": 10, "gpuHours": 20.0}]
     assert autoscaling._choose(rows)["metrics"] == "c"
+    # A law candidate the test run refused is passed over, however it trained.
+    law = [{"params": {"headroom_prior_spent": "none"}, "meetSloOn": 10, "gpuHours": 30.0},
+           {"params": dict(autoscaling.VETOED[0]), "meetSloOn": 10, "gpuHours": 20.0}]
+    assert autoscaling._choose_law(law)["params"] == {"headroom_prior_spent": "none"}
     training = json.loads(autoscaling.TRAINING.read_text())
     # Trained on the traces the benchmark trains on now (every family, every training seed).
     assert training["traces"] == [f"{f}/{s}" for f in traffic.FAMILIES for s in traffic.train_seeds(f)]
@@ -93,11 +97,13 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
     # The candidates' choice, then the persistence's at it, then the trend's record and the
     # prior's duration at both, then the burst load at all three, then where the spare
     # replicas stop at all four, on both views.
-    assert training["chosen"] == {**autoscaling._choose(training["candidates"])["params"],
-                                  **autoscaling._choose(training["persistenceCandidates"])["params"],
-                                  **autoscaling._choose(training["holdCandidates"])["params"],
-                                  **autoscaling._choose(training["burstCandidates"])["params"],
-                                  **autoscaling._choose(training["spareCandidates"])["params"]}
+    # A candidate a test run refused (``VETOED``) is not chosen, and its figures stay.
+    assert training["chosen"] == {**autoscaling._choose_law(training["candidates"])["params"],
+                                  **autoscaling._choose_law(training["persistenceCandidates"])["params"],
+                                  **autoscaling._choose_law(training["holdCandidates"])["params"],
+                                  **autoscaling._choose_law(training["burstCandidates"])["params"],
+                                  **autoscaling._choose_law(training["spareCandidates"])["params"]}
+    assert all(any(row["params"] == vetoed for row in training["spareCandidates"]) for vetoed in autoscaling.VETOED)
     assert [row["params"]["headroom_persistence"] for row in training["persistenceCandidates"]] == \
         list(autoscaling.PERSISTENCES)
     assert [row["params"] for row in training["holdCandidates"]] == list(autoscaling.HOLD_CANDIDATES)
