@@ -95,8 +95,8 @@ def test_kiln_and_the_trained_hpa_are_chosen_by_one_rule():
     assert training["stockChosen"] in dict(STOCK_SWEEP)
     assert training["stockChosen"] == autoscaling._choose(training["stockCandidates"])["metrics"]
     # The candidates' choice, then the persistence's at it, then the trend's record and the
-    # prior's duration at both, then the burst load at all three, then where the spare
-    # replicas stop at all four, on both views.
+    # prior's duration at both, then the burst load at all three, then how the rise on record
+    # spends the prior at all four, on both views.
     # A candidate a test run refused (``VETOED``) is not chosen, and its figures stay.
     assert training["chosen"] == {**autoscaling._choose_law(training["candidates"])["params"],
                                   **autoscaling._choose_law(training["persistenceCandidates"])["params"],
