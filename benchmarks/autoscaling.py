@@ -4,6 +4,8 @@
         [--train [all|law|persistence|hold|burst|spare|hpa]] > benchmarks/autoscaling-results.json
     nice -n 5 python benchmarks/autoscaling.py --model-error > benchmarks/autoscaling-model-error.json
     nice -n 5 python benchmarks/autoscaling.py --cold-start benchmarks/autoscaling-results.json
+    nice -n 5 python benchmarks/autoscaling.py --parts benchmarks/autoscaling-results.json \
+        > benchmarks/autoscaling-parts.json
 
 Service: ``benchmarks/autoscaling-service.yaml`` (Llama-3.1-8B FP8 on H100s, 1-16 replicas),
 its engine built for each trace (``maxInputLen`` / ``maxSeqLen`` cover the trace's p99.9
@@ -46,6 +48,11 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
    (``kiln_policy``'s ``model_error``: a planner that thinks the engine faster or slower than
    it is), with the SLO as the service's TTFT objective (``ttftP99Milliseconds: 2000``, which
    the law corrects its demand by) and without one, as the service above runs.
+5. **What each part of the law costs** (``--parts RESULTS``, a run of its own, written to
+   ``benchmarks/autoscaling-parts.json``): kiln alone on every test trace, both views, as
+   trained and with one part of it taken out at a time (:data:`PARTS`), against the
+   clairvoyant and best stock figures of that results file: where the cost targets are lost,
+   and what each part buys in SLO. A diagnosis on the test set: nothing is chosen from it.
 
 Prints JSON (progress and each trace's row on stderr, as they complete); ``--plot DIR`` writes
 a Pareto figure per trace there (GPU-hours against SLO attainment, every policy and sweep
@@ -159,6 +166,19 @@ COLD_START_FAMILIES = ("bursts", "fast-ramp")
 # prefill load as the law reads them, over the engine's. 0.8: a model that thinks the engine a
 # quarter faster than it is (the calibration test allows 15 % on each published row).
 MODEL_ERRORS = (0.8, 1.0, 1.25)
+# The law with one part taken out (``--parts``): a name, and the parameters that take it out.
+PARTS = (("as trained", {}),
+         # No spare replicas for a rise the record is too short to rule out.
+         ("no prior", {"headroom_prior": 0.0}),
+         # No rise on record (the lowest of the record's rises, 0): the prior alone, and every
+         # rise read by the trend as a new one.
+         ("no learned rise", {"headroom_quantile": 0.0}),
+         ("no burst headroom", {"headroom_prior": 0.0, "headroom_quantile": 0.0}),
+         # The HPA's scale-down stabilisation window (the service's 300 s) at 0: a replica is
+         # removed as soon as the load and the headroom no longer ask for it.
+         ("no scale-down window", {"stabilization_seconds": 0.0}))
+# What the last --parts run printed.
+PARTS_FILE = ROOT / "benchmarks" / "autoscaling-parts.json"
 # What the last --train run chose (and every candidate's figures).
 TRAINING = ROOT / "benchmarks" / "autoscaling-training.json"
 # What the last --model-error run printed.
@@ -377,6 +397,74 @@ def _model_error_run(traces: Path, fleet: Fleet, params: LawParams, pool: Proces
     rows.sort(key=lambda r: order.index(r["trace"]))
     return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
             "modelErrors": list(MODEL_ERRORS), "summary": model_errors(rows), "traces": rows}
+
+
+def _part(args: tuple[str, list[Request], list[Request], Fleet, LawParams]) -> dict:
+    """kiln alone on one test trace at each of :data:`PARTS`, in the first view and (for a
+    generated trace) after its hour."""
+    label, requests, history, fleet, params = args
+    fleet = _fitted(fleet, requests)
+    runs = []
+    for name, taken_out in PARTS:
+        law = replace(params, **taken_out)
+        for view, before in (("first", None), ("afterAnHour", history or None)):
+            if view == "first" or before:
+                result = _run(requests, fleet, kiln_policy(law, fleet.perf), "kiln", before).result
+                runs.append({"part": name, "view": view, "sloAttainment": round(result.slo_attainment, 4),
+                             "gpuHours": round(result.gpu_hours, 3)})
+    print(f"parts {label}: {runs}", file=sys.stderr, flush=True)
+    return {"trace": label, "runs": runs}
+
+
+def parts(rows: list[dict], results: dict) -> list[dict]:
+    """Per part taken out and view, over the traces some fleet meets the SLO on: where kiln
+    meets it, its GPU-hours, and its ratios to the results file's clairvoyant (median and
+    worst) and best stock point (median, and on how many traces kiln costs more)."""
+    references = {row["trace"]: row for row in results["test"]}
+    out = []
+    for name, taken_out in PARTS:
+        for view in ("first", "afterAnHour"):
+            found = [(row["trace"], run) for row in rows for run in row["runs"]
+                     if run["part"] == name and run["view"] == view
+                     and references[row["trace"]]["sloAttainable"]]
+            clairvoyant, stock = [], []
+            for trace, run in found:
+                reference = references[trace]
+                # Each ratio rounded as the results file rounds its own.
+                clairvoyant.append(round(run["gpuHours"] / reference["clairvoyant"]["gpuHours"], 3))
+                best = _best_stock(reference if view == "first" else reference.get("afterAnHour", {}))
+                if best:
+                    stock.append(round(run["gpuHours"] / best, 3))
+            out.append({"part": name, "takenOut": taken_out, "view": view, "traces": len(found),
+                        "kilnMeetsSloOn": sum(run["sloAttainment"] >= SLO_GOAL for _, run in found),
+                        "kilnMissesSloOn": {t: run["sloAttainment"] for t, run in found
+                                            if run["sloAttainment"] < SLO_GOAL},
+                        "gpuHours": round(sum(run["gpuHours"] for _, run in found), 2),
+                        "kilnOverClairvoyantMedian": _median(clairvoyant),
+                        "kilnOverClairvoyantWorst": max(clairvoyant, default=None),
+                        "kilnOverBestStockMedian": _median(stock),
+                        "costsMoreThanBestStockOn": f"{sum(x > 1 for x in stock)} of {len(stock)}"})
+    return out
+
+
+def _parts_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor, results: dict) -> dict:
+    """The parts section on every test trace (``--parts``), against ``results``' references."""
+    labels = [f"{f}/{s}" for s in traffic.TEST_SEEDS for f in traffic.FAMILIES]
+    labels += [_public_label(file, scale) for file, scale in PUBLIC if (traces / file).exists()]
+    missing = set(labels) - {row["trace"] for row in results["test"]}
+    if missing:
+        raise SystemExit(f"--parts: the results file has no row for {', '.join(sorted(missing))}: "
+                         f"run the test first")
+    tests = test_traces(traces, fleet, traffic.TEST_SEEDS)
+    order = [label for label, *_ in tests]
+    rows = []
+    for future in as_completed([pool.submit(_part, (label, r, history, fleet, params))
+                                for label, r, history in tests]):
+        rows.append(future.result())
+        print(f"[{len(rows)}/{len(tests)}] done", file=sys.stderr, flush=True)
+    rows.sort(key=lambda r: order.index(r["trace"]))
+    return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
+            "summary": parts(rows, results), "traces": rows}
 
 
 def _job(args: tuple) -> tuple[str, dict]:
@@ -676,9 +764,30 @@ def _model_error_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def documented(report: dict, training: dict, model_error: dict) -> dict[str, str]:
-    """Every table docs/benchmarks.md shows from the three result files, by name."""
-    return {**_training_tables(training), **markdown(report), "model-error": _model_error_table(model_error)}
+def _parts_table(report: dict) -> str:
+    def cells(run: dict) -> str:
+        return (f"{run['kilnMeetsSloOn']} of {run['traces']}, {run['gpuHours']:.1f} | "
+                f"{run['kilnOverClairvoyantMedian']:.3f}× / {run['kilnOverClairvoyantWorst']:.3f}× | "
+                f"{run['kilnOverBestStockMedian']:.3f}× ({run['costsMoreThanBestStockOn']})")
+
+    def misses(run: dict) -> str:
+        return ", ".join(f"{t} ({a:.1%})" for t, a in run["kilnMissesSloOn"].items()) or "none"
+
+    lines = ["| the law | first view: SLO met, GPU-h | kiln / clairvoyant, median / worst | kiln / best stock, "
+             "median (costs more on) | after an hour: SLO met, GPU-h | kiln / clairvoyant | kiln / best stock | "
+             "misses |", "|---|---|---|---|---|---|---|---|"]
+    runs = {(run["part"], run["view"]): run for run in report["summary"]}
+    for name in dict.fromkeys(run["part"] for run in report["summary"]):
+        first, after = runs[(name, "first")], runs[(name, "afterAnHour")]
+        lines.append(f"| {name} | {cells(first)} | {cells(after)} | first view: {misses(first)}; "
+                     f"after an hour: {misses(after)} |")
+    return "\n".join(lines)
+
+
+def documented(report: dict, training: dict, model_error: dict, parts_report: dict) -> dict[str, str]:
+    """Every table docs/benchmarks.md shows from the four result files, by name."""
+    return {**_training_tables(training), **markdown(report), "model-error": _model_error_table(model_error),
+            "parts": _parts_table(parts_report)}
 
 
 def markdown(report: dict) -> dict[str, str]:
@@ -745,6 +854,10 @@ def _without_sweeps(report: dict) -> dict:
     return {**report, "test": [_without_sweeps_row(row) for row in report["test"]]}
 
 
+def _public_label(file: str, scale: float) -> str:
+    return f"{Path(file).stem} x{scale}"
+
+
 def test_traces(traces: Path, fleet: Fleet,
                 seeds: tuple[int, ...]) -> list[tuple[str, list[Request], list[Request]]]:
     """The test set: every family at ``seeds`` (seed by seed, so that a run cut short has every
@@ -754,7 +867,7 @@ def test_traces(traces: Path, fleet: Fleet,
         return [(f"{f}/{s}", *_after_history(_generated(traces, fleet, f, s, history=HISTORY_S)))
                 for s in chosen for f in traffic.FAMILIES]
     tests = generated(seeds[:1])
-    tests += [(f"{Path(file).stem} x{scale}", load_trace(traces / file, rate_scale=scale), [])
+    tests += [(_public_label(file, scale), load_trace(traces / file, rate_scale=scale), [])
               for file, scale in PUBLIC if (traces / file).exists()]
     return tests + generated(seeds[1:])
 
@@ -775,6 +888,9 @@ def main() -> int:
     parser.add_argument("--model-error", action="store_true",
                         help="only the model-error sensitivity (kiln with its performance model off by "
                              f"{', '.join(map(str, MODEL_ERRORS))}, with and without a TTFT objective)")
+    parser.add_argument("--parts", metavar="RESULTS",
+                        help="only what each part of the law costs: kiln on every test trace with one part "
+                             "taken out at a time, against that results JSON's clairvoyant and best stock")
     parser.add_argument("--cold-start", metavar="FILE",
                         help="only the cold-start sensitivity, run again into that results JSON (its "
                              "test rows kept: the law at the benchmark's own cold start is the same)")
@@ -782,7 +898,7 @@ def main() -> int:
                         help="print a results JSON with its summaries computed again from its rows (no run)")
     parser.add_argument("--markdown", metavar="FILE",
                         help="print the tables docs/benchmarks.md shows of a results JSON (with the "
-                             "training and model-error files beside it), each between its "
+                             "training, model-error and parts files beside it), each between its "
                              "<!-- results:NAME --> markers (no run)")
     parser.add_argument("--docs", metavar="MD", help="with --markdown: rewrite those tables in this file "
                                                      "in place, between their markers")
@@ -792,7 +908,7 @@ def main() -> int:
         return 0
     if args.markdown:
         tables = documented(json.loads(Path(args.markdown).read_text()), json.loads(TRAINING.read_text()),
-                            json.loads(MODEL_ERROR.read_text()))
+                            json.loads(MODEL_ERROR.read_text()), json.loads(PARTS_FILE.read_text()))
         if args.docs:
             doc = Path(args.docs)
             doc.write_text(with_tables(doc.read_text(), tables))
@@ -800,8 +916,9 @@ def main() -> int:
         for name, table in tables.items():
             print(f"<!-- results:{name} -->\n{table}\n<!-- /results:{name} -->\n")
         return 0
-    if args.model_error and args.train:
-        parser.error("--model-error runs with the parameters the last --train chose: run --train alone first")
+    if (args.model_error or args.parts) and args.train:
+        parser.error(f"--{'model-error' if args.model_error else 'parts'} runs with the parameters the last "
+                     f"--train chose: run --train alone first")
     traces = Path(args.traces)
     if args.plot and not Path(args.plot).is_dir():
         parser.error(f"--plot: {args.plot} is not a folder")
@@ -815,6 +932,10 @@ def main() -> int:
         params = replace(params, **training["chosen"])
         if args.model_error:
             print(json.dumps(_model_error_run(traces, fleet, params, pool), indent=1))
+            return 0
+        if args.parts:
+            results = json.loads(Path(args.parts).read_text())
+            print(json.dumps(_parts_run(traces, fleet, params, pool, results), indent=1))
             return 0
         if args.cold_start:
             kept = Path(args.cold_start)

@@ -7,6 +7,8 @@ import json
 import random
 import sys
 
+import pytest
+
 from ..conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -184,18 +186,49 @@ def test_the_stored_results_summaries_are_their_rows_summarized():
         r["trace"] for r in report["test"] if r["sloAttainable"]} - set(summary["noStockMeetsSloOn"])
 
 
+def test_the_parts_file_was_run_on_the_law_and_traces_of_the_results():
+    """``benchmarks/autoscaling-parts.json`` takes parts out of the law the results file ran:
+    its "as trained" runs are the results file's kiln runs, trace by trace and view by view,
+    and its summaries are what the code computes from its rows against that file now."""
+    import autoscaling
+
+    results = json.loads((autoscaling.ROOT / "benchmarks" / "autoscaling-results.json").read_text())
+    report = json.loads(autoscaling.PARTS_FILE.read_text())
+    kiln = {(row["trace"], "first"): row["kiln"] for row in results["test"]}
+    kiln.update({(row["trace"], "afterAnHour"): row["afterAnHour"]["kiln"] for row in results["test"]
+                 if "afterAnHour" in row})
+    trained = {(row["trace"], run["view"]): run for row in report["traces"] for run in row["runs"]
+               if run["part"] == "as trained"}
+    assert set(trained) == set(kiln)
+    for key, run in trained.items():
+        assert (run["sloAttainment"], run["gpuHours"]) == (kiln[key]["sloAttainment"], kiln[key]["gpuHours"]), key
+    assert [row["part"] for row in report["summary"][::2]] == [name for name, _ in autoscaling.PARTS]
+    assert autoscaling.parts(report["traces"], results) == report["summary"]
+
+
 def test_the_documented_result_tables_are_the_stored_results():
     """docs/benchmarks.md's result tables are rendered from ``autoscaling-results.json``, the
-    training and the model-error files (``--markdown FILE --docs docs/benchmarks.md``), so a
-    new run cannot leave them behind."""
+    training, the model-error and the parts files (``--markdown FILE --docs docs/benchmarks.md``),
+    so a new run cannot leave them behind."""
     import autoscaling
 
     report = json.loads((autoscaling.ROOT / "benchmarks" / "autoscaling-results.json").read_text())
     doc = (autoscaling.ROOT / "docs" / "benchmarks.md").read_text()
     tables = autoscaling.documented(report, json.loads(autoscaling.TRAINING.read_text()),
-                                    json.loads(autoscaling.MODEL_ERROR.read_text()))
+                                    json.loads(autoscaling.MODEL_ERROR.read_text()),
+                                    json.loads(autoscaling.PARTS_FILE.read_text()))
     assert set(tables) == {"training", "training-persistence", "training-hold", "training-burst", "training-spare",
                            "training-hpa", "test", "test-by-family", "after-an-hour",
-                           "after-an-hour-by-family", "cold-start", "model-error"}
+                           "after-an-hour-by-family", "cold-start", "model-error", "parts"}
     assert autoscaling.with_tables(doc, tables) == doc
     assert all(f"<!-- results:{name} -->" in doc for name in tables)
+
+
+def test_the_parts_run_refuses_a_results_file_without_the_test_traces(tmp_path):
+    """``--parts`` reads clairvoyant and the best stock point from a results file: one that
+    lacks a test trace (a ``--quick`` run's) is refused, naming the traces, before any run."""
+    import autoscaling
+
+    fleet, params = autoscaling._service()
+    with pytest.raises(SystemExit, match=r"no row for .*bursts/102.*run the test first"):
+        autoscaling._parts_run(tmp_path, fleet, params, None, {"test": [{"trace": "bursts/101"}]})
