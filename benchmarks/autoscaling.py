@@ -922,6 +922,9 @@ def main() -> int:
     traces = Path(args.traces)
     if args.plot and not Path(args.plot).is_dir():
         parser.error(f"--plot: {args.plot} is not a folder")
+    for flag, file in (("--parts", args.parts), ("--cold-start", args.cold_start)):
+        if file and not Path(file).is_file():
+            parser.error(f"{flag}: {file} is not a results file (run the test first)")
     fleet, params = _service()
     with ProcessPoolExecutor(max_workers=max(1, min(2, args.workers))) as pool:
         if args.train:
