@@ -184,6 +184,11 @@ def test_the_stored_results_summaries_are_their_rows_summarized():
     assert summary["bestStockOverClairvoyantMedian"] <= summary["bestStockOverClairvoyantWorst"]
     assert set(summary["tracesWhereBestStockOverClairvoyantExceeds1.5"]) <= {
         r["trace"] for r in report["test"] if r["sloAttainable"]} - set(summary["noStockMeetsSloOn"])
+    # With the fixed fleets beside the stock points: per trace no costlier than static-min.
+    for view in (summary, report["afterAnHour"]["summary"]):
+        assert view["bestHindsightOverClairvoyantMedian"] <= summary["staticMinOverClairvoyantMedian"]
+        assert set(view["tracesWhereBestHindsightOverClairvoyantExceeds1.5"]) <= {
+            r["trace"] for r in report["test"] if r["sloAttainable"]}
 
 
 def test_the_parts_file_was_run_on_the_law_and_traces_of_the_results():
