@@ -594,7 +594,7 @@ def summarize(rows: list[dict]) -> dict:
                   and (cheapest := _cheapest((r["bestHpa"], r["bestKeda"])))}
     # The same with the fixed fleets beside them: the cheapest of every fixed fleet and every
     # stock point that meets the SLO, chosen per trace with hindsight (static-min is the
-    # cheapest fixed fleet).
+    # cheapest fixed fleet; after an hour, as the first view measured it).
     hindsight = {r["trace"]: min(filter(None, (best_stock.get(r["trace"]), r["staticMinOverClairvoyant"])))
                  for r in attainable if r.get("clairvoyant") and r.get("staticMinOverClairvoyant")}
     summary = {"traces": len(rows), "sloAttainable": len(attainable),
