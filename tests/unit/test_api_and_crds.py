@@ -65,6 +65,8 @@ def test_example_validates_against_generated_schema(path):
     ({}, "spec.model: required field is missing"),
     ({"model": {"source": "pvc://claim/../etc"}}, "spec.model.source:"),
     ({"model": {"source": "https://user:pw@host/x"}}, "spec.model.source:"),
+    ({"model": {"source": "hf://a/b"}, "autoscaling": {"mode": "builtin", "initialBurstHeadroom": -1}},
+     "spec.autoscaling.initialBurstHeadroom:"),
 ])
 def test_invalid_specs_name_the_field(spec, field):
     with pytest.raises(SpecInvalid) as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -628,6 +629,41 @@ def test_the_rise_on_record_can_spend_the_prior():
         assert at_peak.desired == 3 and f"{headroom} burst headroom" in at_peak.reason, (spent, at_peak.reason)
         in_lull = decide(1000, lull, 3, 3, 0, replace(prior, headroom_prior_spent=spent), _clumps(2.0))
         assert in_lull.desired == 2 and "+1.0 burst headroom" in in_lull.reason, (spent, in_lull.reason)
+
+
+def test_a_service_sets_its_initial_burst_headroom():
+    """``spec.autoscaling.initialBurstHeadroom`` is the prior, and the rise that retires it.
+    Unset, the trained defaults (2 and 2). On a service's first decision (360 requests/s,
+    8 replicas' worth at the arrivals' target, no record): 0 holds the demand alone, 8
+    replicas; the default two more, carried at up to 1.15x the target for a cold start
+    (10 / 1.15: 9); a large service's 6, 13. Once its record shows clumps that rose by 2
+    replicas within a cold start (9 -> 11), the default retires and a prior of 6 stays."""
+    from kiln.api.llmservice import AutoscalingSpec
+
+    def params(**extra):
+        scaling = AutoscalingSpec.model_validate({"mode": "builtin", "maxReplicas": 20, **extra})
+        return replace(LawParams.for_service(scaling), request_seconds=lambda prompt, output: 0.02)
+
+    assert (params().headroom_prior, params().headroom_prior_shown) == (2.0, 2.0)
+    large = params(initialBurstHeadroom=6)
+    assert (large.headroom_prior, large.headroom_prior_shown) == (6.0, 6.0)
+    busy = _counted(1000, (360, 360, 360, 360), 8)
+
+    def spare(reason):
+        found = re.search(r"burst headroom \+([0-9.]+)|\+([0-9.]+) burst headroom", reason)
+        return found and (found[1] or found[2])
+
+    for extra, desired, held in (({"initialBurstHeadroom": 6}, 13, "6.0"), ({}, 9, "2.0")):
+        decision = decide(1000, busy, 8, 8, 0, params(**extra), Recommendations([(0.0, 8)]))
+        assert decision.desired == desired and spare(decision.reason) == held, decision.reason
+    none = decide(1000, busy, 8, 8, 0, params(initialBurstHeadroom=0), Recommendations([(0.0, 8)]))
+    assert none.desired == 8 and spare(none.reason) is None, none.reason
+    shown = _clumps(3.0)
+    shown.demand = [(t, 8.0 + d) for t, d in shown.demand]
+    # The default retired: the learned rise alone (2.0, below the peak on record, 11);
+    # a prior of 6 stays, shrunk with the record's 1000 s of history to 6 x (1 - 1000/7200).
+    assert spare(decide(1000, busy, 8, 8, 0, params(), shown).reason) == "2.0"
+    assert spare(decide(1000, busy, 8, 8, 0, large, shown).reason) == "5.2"
 
 
 @pytest.mark.parametrize("field", ["trend_statistic", "trend_known_rise", "headroom_prior_spent"])

@@ -264,6 +264,16 @@ class AutoscalingSpec(KilnModel):
                     "missed the autoscaler corrects its demand upwards, up to twice. The first "
                     "response is the first token only for streamed requests: set it where "
                     "clients stream.")
+    initial_burst_headroom: float | None = Field(
+        default=None, ge=0, le=1000,
+        description="builtin mode: spare replicas held for a burst the service has not yet "
+                    "shown, shrinking to none over its first two hours of recorded traffic "
+                    "and retired once the service shows a rise of as many replicas' worth "
+                    "within a cold start (its own rises then size the spare). "
+                    "Unset: the autoscaler's default, 2 (chosen on its benchmark's training "
+                    "traces, services of three to five replicas at peak). 0 for a service "
+                    "known to have no bursts; more for a large one whose first burst may add "
+                    "more than two replicas' worth of load within a cold start.")
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:

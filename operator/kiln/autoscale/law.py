@@ -112,8 +112,11 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
      a fleet can hold; shrinking with the history because time without a steep rise is the
      evidence that the service has none (the learned rise then takes over), so a smooth service
      pays for it only in its first two hours after the operator starts watching it. It is not
-     capped by the highest demand on record, since it is for a rise above it. It retires at once
-     when the record shows a rise of ``headroom_prior_shown`` replicas within a cold start (2,
+     capped by the highest demand on record, since it is for a rise above it. A service
+     sets its own with ``spec.autoscaling.initialBurstHeadroom`` (0 for one known to have
+     no bursts; more for one whose first burst may add more than two replicas' worth within
+     a cold start), and the rise that retires it with it (:meth:`LawParams.for_service`).
+     It retires at once when the record shows a rise of ``headroom_prior_shown`` replicas within a cold start (2,
      chosen on the training traces from 1, 2 and never): the service has shown how steeply it
      rises, and the learned rise holds that. On/off traffic shows its clumps within minutes, and
      the prior then cost the hour's spare replicas on top of them (retiring it took 12-13 % off
@@ -406,6 +409,10 @@ class LawParams:
             "stabilization_seconds": float(scaling.scale_down_stabilization_seconds),
             "ttft_objective": (None if scaling.ttft_p99_milliseconds is None
                                else scaling.ttft_p99_milliseconds / 1000.0)}
+        if scaling.initial_burst_headroom is not None:
+            # The prior is for a rise of its own size: a service that has shown one has
+            # shown how steeply it rises, and the learned rise holds that (4.).
+            values["headroom_prior"] = values["headroom_prior_shown"] = float(scaling.initial_burst_headroom)
         return cls(**{**values, **overrides})
 
 
