@@ -116,11 +116,12 @@ the operator); what each series means is in :mod:`kiln.autoscale.metrics`:
      sets its own with ``spec.autoscaling.initialBurstHeadroom`` (0 for one known to have
      no bursts; more for one whose first burst may add more than two replicas' worth within
      a cold start), and the rise that retires it with it (:meth:`LawParams.for_service`).
-     It retires at once when the record shows a rise of ``headroom_prior_shown`` replicas within a cold start (2,
-     chosen on the training traces from 1, 2 and never): the service has shown how steeply it
-     rises, and the learned rise holds that. On/off traffic shows its clumps within minutes, and
-     the prior then cost the hour's spare replicas on top of them (retiring it took 12-13 % off
-     the GPU-hours of the training traces' two on/off families, kiln alone). A rise of one
+     It retires at once when the record shows a rise of ``headroom_prior_shown`` replicas
+     within a cold start (2, chosen on the training traces from 1, 2 and never): the
+     service has shown how steeply it rises, and the learned rise holds that. On/off traffic
+     shows its clumps within minutes, and the prior then cost the hour's spare replicas on
+     top of them (retiring it took 12-13 % off the GPU-hours of the training traces' two
+     on/off families, kiln alone). A rise of one
      replica does not rule out one of two: retired at one, a first clump of 1.8 replicas left
      the next, of 2.7, to a fleet sized for the first (Azure code x4 in an earlier test run; the
      mixed-clumps training family, whose clumps differ in height, has that shape), and one fewer
