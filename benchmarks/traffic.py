@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 from kiln.sim.traces import Request
 
-__all__ = ["FAMILIES", "TRAIN_SEEDS", "TEST_SEEDS", "train_seeds", "generate", "shape"]
+__all__ = ["FAMILIES", "TRAIN_SEEDS", "TEST_SEEDS", "train_seeds", "generate", "shape", "burst_moved"]
 
 FAMILIES = ("diurnal", "slow-ramp", "fast-ramp", "bursts", "long-context", "idle-gaps", "mixed-clumps")
 # Ten seeds of each family: on four, the bursts family was under-represented (the law before
@@ -72,28 +72,65 @@ def shape(family: str, rng: random.Random, duration: float, history: float = 0.0
         begin = rng.uniform(0.1, 0.3) * duration
         return lambda t: 0.3 + 0.7 * min(1.0, max(0.0, (t - begin) / ramp))
     if family == "bursts":
-        bursts = []
-        for _ in range(rng.randint(2, 4)):
-            start, length = rng.uniform(0, duration - 900), rng.uniform(120, 900)
-            bursts.append((start, length, rng.uniform(1.5, 3.0), rng.uniform(60, 180)))
+        bursts = _bursts(rng, duration)
         top = max(b[2] for b in bursts)
         # As many per second before the trace as in it, each over before it opens.
         for _ in range(round(before.randint(2, 4) * history / duration) if before is not None else 0):
             length, edge = before.uniform(120, 900), before.uniform(60, 180)
             start = -(length + edge) - before.uniform(0, max(0.0, history - length - edge))
             bursts.append((start, length, before.uniform(1.5, top), edge))
-
-        def bursty(t: float) -> float:
-            level = 1.0
-            for start, length, height, edge in bursts:
-                rise = min(1.0, max(0.0, (t - start) / edge))
-                fall = min(1.0, max(0.0, (start + length + edge - t) / edge))
-                level = max(level, 1.0 + (height - 1.0) * min(rise, fall))
-            return level / top
-        return bursty
+        return _bursty(bursts, top)
     if family in ("idle-gaps", "mixed-clumps"):
         return _on_off(rng, duration, (0.3, 1.0) if family == "mixed-clumps" else None, history, before)
     raise ValueError(f"unknown traffic family {family}")
+
+
+Burst = tuple[float, float, float, float]  # (start, length, height, edge), in seconds and x the base
+
+
+def _bursts(rng: random.Random, duration: float) -> list[Burst]:
+    """The bursts family's bursts within a trace: 2-4, each starting anywhere in its first
+    ``duration - 900`` seconds."""
+    bursts = []
+    for _ in range(rng.randint(2, 4)):
+        start, length = rng.uniform(0, duration - 900), rng.uniform(120, 900)
+        bursts.append((start, length, rng.uniform(1.5, 3.0), rng.uniform(60, 180)))
+    return bursts
+
+
+def _bursty(bursts: Sequence[Burst], top: float) -> Callable[[float], float]:
+    """The rate of a 1x base under ``bursts`` (the highest wins where they overlap), over ``top``."""
+    def bursty(t: float) -> float:
+        level = 1.0
+        for start, length, height, edge in bursts:
+            rise = min(1.0, max(0.0, (t - start) / edge))
+            fall = min(1.0, max(0.0, (start + length + edge - t) / edge))
+            level = max(level, 1.0 + (height - 1.0) * min(rise, fall))
+        return level / top
+    return bursty
+
+
+def burst_moved(seed: int, duration: float, peak_rate: float, lengths: Sequence[tuple[int, int]],
+                at: float) -> list[list[Request]]:
+    """The bursts family's trace at ``seed`` (as :func:`generate` draws it, with no history)
+    with one of its bursts that starts after ``at`` moved to start at ``at`` instead, one
+    trace per such burst: each is a trace the family draws as readily (a burst's start is
+    uniform over the trace's first ``duration - 900`` seconds, ``at`` must be among them),
+    and each is the same as the trace, request for request, up to ``at``: no causal policy
+    can tell them apart before it. None when no burst starts after ``at``."""
+    if not 0 <= at <= duration - 900:
+        raise ValueError(f"a burst starts within the first {duration - 900:.0f} s, not at {at:.0f} s")
+    rng = random.Random(f"bursts/{seed}")
+    bursts = _bursts(rng, duration)
+    top = max(b[2] for b in bursts)
+    state = rng.getstate()
+    moved = []
+    for k, (start, length, height, edge) in enumerate(bursts):
+        if start > at:
+            rng.setstate(state)
+            rate = _bursty([*bursts[:k], (at, length, height, edge), *bursts[k + 1:]], top)
+            moved.append(_arrivals(rng, rate, 0.0, duration, peak_rate, lengths))
+    return moved
 
 
 def _on_off(rng: random.Random, duration: float, heights: tuple[float, float] | None = None,

@@ -12,7 +12,7 @@ from kiln.planner.perf import PerfModel
 from kiln.sim import Fleet
 from kiln.sim.engine import simulate
 from kiln.sim.policies import kiln_policy, static_policy
-from kiln.sim.references import Schedule, clairvoyant, recorded, replay, static_min
+from kiln.sim.references import Schedule, causal_floor, clairvoyant, onset_need, recorded, replay, static_min
 from kiln.sim.stock import STOCK_SWEEP, stock_policy
 from kiln.sim.traces import Request, lead_in
 
@@ -74,3 +74,79 @@ def test_clairvoyant_without_seeds_still_meets_the_goal():
     n, fixed = static_min(requests, fleet, SLO, GOAL, 1, 8)
     assert best.gpu_hours <= fixed.gpu_hours * 1.02  # the fixed fleet is one of its candidates
     assert simulate(requests, replace(fleet, initial=n), static_policy(n), SLO).slo_attainment >= GOAL
+
+
+def _base_and_burst(burst_at: float, length: float = 240.0, seconds: float = 900.0,
+                    extra: float = 10.0) -> list[Request]:
+    """A base load of 2 requests/s and, apart, a burst of ``extra`` more from ``burst_at``: the
+    base's arrivals are the same wherever the burst is, as a causal policy sees them before it."""
+    base, burst = random.Random(11), random.Random(12)
+    requests, t = [], 0.0
+    while t < seconds:
+        t += base.expovariate(2.0)
+        requests.append(Request(t, base.choice((400, 1500, 3000)), base.choice((50, 150, 300))))
+    t = burst_at
+    while t < burst_at + length:
+        t += burst.expovariate(extra)
+        requests.append(Request(t, burst.choice((400, 1500, 3000)), burst.choice((50, 150, 300))))
+    return sorted(requests, key=lambda r: r.arrival)
+
+
+def test_the_floor_is_below_every_schedule_that_meets_the_goal():
+    """With the trace alone as its variant the floor bounds any schedule: clairvoyant's, every
+    policy's that meets the goal, the cheapest fixed fleet's."""
+    requests, fleet = _trace(), _fleet()
+    floor, needs = causal_floor(requests, lambda d: [], fleet, SLO, GOAL, 8)
+    assert [d for d, _ in needs[:3]] == [0.0, 15.0, 30.0]
+    assert max(n for _, n in needs) > min(n for _, n in needs)  # the burst needs more
+    seeds = [_run(requests, fleet, stock_policy(kind, targets, 1, 8), f"{kind} {label}")
+             for kind in ("hpa", "keda") for label, targets in STOCK_SWEEP]
+    seeds = [s for s in seeds if s.result.slo_attainment >= GOAL]
+    _, best = clairvoyant(requests, fleet, SLO, GOAL, 1, 8, warmup=lead_in(requests, 300.0), seeds=seeds,
+                          trim_blocks=(300.0,))
+    _, fixed = static_min(requests, fleet, SLO, GOAL, 1, 8)
+    assert seeds and floor <= best.gpu_hours <= min(s.result.gpu_hours for s in seeds)
+    assert floor <= fixed.gpu_hours
+
+
+def test_a_burst_that_may_come_at_any_moment_raises_the_causal_floor():
+    """A causal policy cannot tell the trace from one whose burst comes sooner, so before the
+    burst it holds what that one needs: the floor rises above any schedule's, and stays
+    below a fixed fleet that meets the goal on the trace and on every variant."""
+    fleet = _fleet()
+    requests = _base_and_burst(600.0)
+    variants = {d: _base_and_burst(d) for d in range(0, 600, 15)}
+    own, own_needs = causal_floor(requests, lambda d: [], fleet, SLO, GOAL, 8)
+    floor, needs = causal_floor(requests, lambda d: [variants[d]] if d in variants else [], fleet, SLO, GOAL, 8)
+    assert all(n >= m for (_, n), (_, m) in zip(needs, own_needs))
+    assert floor > own * 1.2
+    # Every variant is the trace itself up to its burst.
+    assert all([r for r in v if r.arrival < d] == [r for r in requests if r.arrival < d] for d, v in variants.items())
+    fixed = max(static_min(trace, fleet, SLO, GOAL, 1, 8)[0] for trace in [requests, *variants.values()])
+    run = simulate(requests, replace(fleet, initial=fixed), static_policy(fixed), SLO)
+    assert floor <= run.gpu_hours
+
+
+def test_onset_need_counts_only_the_requests_whose_deadline_falls_within_the_cold_start():
+    fleet = _fleet()
+    requests = [Request(100.0 + 0.01 * i, 3000, 50) for i in range(200)]
+    assert onset_need(requests, 0.0, fleet, SLO, 0, 8) == 0  # they arrive after the span
+    assert onset_need(requests, 100.0, fleet, SLO, 200, 8) == 0  # all may miss
+    need = onset_need(requests, 100.0, fleet, SLO, 2, 8)
+    assert 1 < need <= 9
+    assert onset_need(requests, 100.0, fleet, SLO, 100, 8) < need
+
+
+def test_more_ready_replicas_never_add_a_miss_to_a_window():
+    """The floor leans on this: with more replicas ready and idle at a window's start, its
+    requests miss no more (checked on every scrape's window across a burst that one to
+    three replicas cannot serve within the SLO)."""
+    requests, fleet = _base_and_burst(300.0, seconds=600.0, extra=30.0), _fleet()
+    curves = []
+    for begin in range(240, 540, 15):
+        window = [Request(r.arrival - begin, r.input_tokens, r.output_tokens) for r in requests
+                  if begin <= r.arrival <= begin + fleet.cold_start - SLO]
+        curves.append([len(window) - round(simulate(window, replace(fleet, initial=n), static_policy(n), SLO)
+                                           .slo_attainment * len(window)) for n in range(1, 7)])
+        assert curves[-1] == sorted(curves[-1], reverse=True), (begin, curves[-1])
+    assert max(c[2] for c in curves) > 0 and max(c[-1] for c in curves) == 0

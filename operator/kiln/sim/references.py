@@ -16,9 +16,29 @@ So it is never above any seeded policy that meets the goal, and below it by what
 saves; it is an upper bound on the true optimum over all schedules, which is a search over
 ``high ** decisions`` sequences and is not attempted. A ratio to clairvoyant therefore
 understates a policy's distance from the optimum, never overstates it.
+
+**What no causal policy can go below** (:func:`causal_floor`). Clairvoyant knows when a
+burst comes; a policy that reads only the metrics so far does not, and on a trace it must
+also serve every trace that is the same up to now and bursts right after. Take a decision
+time ``d``: a replica ready at any moment of ``[d, d + cold_start)`` was asked for at a
+decision before ``d``, so on every trace that is the same as this one up to ``d`` the replicas
+ready over that span are among those alive (starting or serving) after the decision at
+``d``, which are billed until the next decision. If the policy meets the SLO on such a trace
+``V``, the requests of ``V`` arriving in ``[d, d + cold_start - slo]`` (whose deadlines fall
+within the span) miss at most the whole trace's budget, ``(1 - goal)`` of ``V``'s requests;
+and they miss no more with that many replicas ready and idle at ``d`` and held for the span
+(:func:`onset_need`), since more ready replicas and an empty queue never add a miss in the
+simulator. So the replicas billed from ``d`` to the next decision are at least the most
+that any of those traces needs over its span, the trace itself among them: summed over the
+decisions, that is the floor. It bounds every policy that decides from the past alone, at
+these decision times and cold start, and meets the SLO on the trace and on every variant
+given; with the trace alone as its variant, it bounds any schedule, clairvoyant's too, which
+is the check that it is a floor (never above clairvoyant).
 """
 
 from __future__ import annotations
+
+import bisect
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -27,7 +47,7 @@ from .engine import Fleet, FleetView, SimResult, simulate
 from .policies import oracle_policy, oracle_schedule, static_policy
 from .traces import Request
 
-__all__ = ["static_min", "clairvoyant", "recorded", "replay", "Schedule", "CLAIRVOYANT_WINDOW_GOAL"]
+__all__ = ["static_min", "clairvoyant", "causal_floor", "onset_need", "recorded", "replay", "Schedule", "CLAIRVOYANT_WINDOW_GOAL"]
 
 Policy = Callable[[FleetView], int]
 
@@ -162,3 +182,48 @@ def _repair(trial: Schedule, times: Sequence[float], slo_ttft_s: float, fleet: F
             if begin <= t <= minute_end:
                 decisions[k] = min(high, decisions[k] + 1)
     return decisions
+
+
+def onset_need(requests: Sequence[Request], begin: float, fleet: Fleet, slo_ttft_s: float,
+               allowed: int, high: int, arrivals: Sequence[float] | None = None) -> int:
+    """The fewest replicas that, ready and idle at ``begin`` and held for a cold start, serve
+    the requests of ``requests`` arriving in ``[begin, begin + cold_start - slo]`` with at most
+    ``allowed`` over the SLO (``high + 1`` if ``high`` do not). Requests the engine refuses
+    are not counted, as in the SLO; ``requests`` are in order of arrival (``arrivals``: their
+    arrival times, when the caller has them)."""
+    arrivals = [r.arrival for r in requests] if arrivals is None else arrivals
+    span = requests[bisect.bisect_left(arrivals, begin):
+                    bisect.bisect_right(arrivals, begin + fleet.cold_start - slo_ttft_s)]
+    window = [Request(r.arrival - begin, r.input_tokens, r.output_tokens) for r in span
+              if not fleet.perf.rejects(r.input_tokens, r.output_tokens)]
+    if len(window) <= allowed:
+        return 0
+    for n in range(1, high + 1):  # upwards, so that the fewest is found even if misses are not monotone
+        result = simulate(window, replace(fleet, initial=n), static_policy(n), slo_ttft_s)
+        if len(window) - round(result.slo_attainment * len(window)) <= allowed:
+            return n
+    return high + 1
+
+
+def causal_floor(requests: Sequence[Request], variants: Callable[[float], Sequence[Sequence[Request]]],
+                 fleet: Fleet, slo_ttft_s: float, goal: float, high: int,
+                 until: float | None = None) -> tuple[float, list[tuple[float, int]]]:
+    """The GPU-hours below which no causal policy that meets ``goal`` on ``requests`` and on
+    every trace ``variants(d)`` returns (each the same as ``requests`` before ``d``) can serve
+    ``requests`` from 0 to ``until`` (its last arrival by default), and the replicas it needs
+    at each decision time (see the module's docstring). ``variants(d)`` is called at each
+    decision time ``d`` from 0 on."""
+    def allowed(trace: Sequence[Request]) -> int:
+        accepted = sum(1 for r in trace if not fleet.perf.rejects(r.input_tokens, r.output_tokens))
+        return int((1.0 - goal) * accepted + 1e-9)
+    end = requests[-1].arrival if until is None else until
+    own, arrivals = allowed(requests), [r.arrival for r in requests]
+    needs = []
+    d = 0.0
+    while d < end:
+        need = onset_need(requests, d, fleet, slo_ttft_s, own, high, arrivals)
+        for variant in variants(d):
+            need = max(need, onset_need(variant, d, fleet, slo_ttft_s, allowed(variant), high))
+        needs.append((d, need))
+        d += fleet.period
+    return sum(n for _, n in needs) * fleet.period * fleet.gpus_per_replica / 3600, needs
