@@ -6,6 +6,8 @@
     nice -n 5 python benchmarks/autoscaling.py --cold-start benchmarks/autoscaling-results.json
     nice -n 5 python benchmarks/autoscaling.py --parts benchmarks/autoscaling-results.json \
         > benchmarks/autoscaling-parts.json
+    nice -n 5 python benchmarks/autoscaling.py --floor benchmarks/autoscaling-results.json \
+        > benchmarks/autoscaling-floor.json
 
 Service: ``benchmarks/autoscaling-service.yaml`` (Llama-3.1-8B FP8 on H100s, 1-16 replicas),
 its engine built for each trace (``maxInputLen`` / ``maxSeqLen`` cover the trace's p99.9
@@ -53,6 +55,11 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
    trained and with one part of it taken out at a time (:data:`PARTS`), against the
    clairvoyant and best stock figures of that results file: where the cost targets are lost,
    and what each part buys in SLO. A diagnosis on the test set: nothing is chosen from it.
+6. **Floors** (``--floor RESULTS``, a run of its own, written to
+   ``benchmarks/autoscaling-floor.json``): per test trace some fleet meets the SLO on, the
+   GPU-hours no schedule goes below, and on the bursts and on/off traces those no causal
+   policy goes below (:func:`kiln.sim.references.causal_floor`, ``traffic.sooner``), against
+   that file's clairvoyant, kiln, static-min and best stock figures.
 
 Prints JSON (progress and each trace's row on stderr, as they complete); ``--plot DIR`` writes
 a Pareto figure per trace there (GPU-hours against SLO attainment, every policy and sweep
@@ -84,7 +91,7 @@ from kiln.sim import Fleet, PerfModel, load_trace, routing_for  # noqa: E402
 from kiln.sim.compare import LEAD_IN_SECONDS  # noqa: E402
 from kiln.sim.engine import SimResult, simulate  # noqa: E402
 from kiln.sim.policies import kiln_policy  # noqa: E402
-from kiln.sim.references import Schedule, clairvoyant, recorded, static_min  # noqa: E402
+from kiln.sim.references import Schedule, causal_floor, clairvoyant, recorded, static_min  # noqa: E402
 from kiln.sim.stock import STOCK_SWEEP, stock_policy  # noqa: E402
 from kiln.sim.traces import Request, lead_in  # noqa: E402
 
@@ -179,6 +186,8 @@ PARTS = (("as trained", {}),
          ("no scale-down window", {"stabilization_seconds": 0.0}))
 # What the last --parts run printed.
 PARTS_FILE = ROOT / "benchmarks" / "autoscaling-parts.json"
+# What the last --floor run printed.
+FLOOR_FILE = ROOT / "benchmarks" / "autoscaling-floor.json"
 # What the last --train run chose (and every candidate's figures).
 TRAINING = ROOT / "benchmarks" / "autoscaling-training.json"
 # What the last --model-error run printed.
@@ -207,13 +216,19 @@ def _lengths(traces: Path, file: str) -> list[tuple[int, int]]:
     return [(r.input_tokens, r.output_tokens) for r in load_trace(traces / file)]
 
 
-def _generated(traces: Path, fleet: Fleet, family: str, seed: int, history: float = 0.0) -> list[Request]:
-    """The family's trace at ``seed``, after ``history`` seconds of its traffic (arrivals below 0)."""
+def _family_traffic(traces: Path, fleet: Fleet, family: str) -> tuple[list[tuple[int, int]], float]:
+    """The family's request lengths and its peak rate (:data:`PEAK_REPLICAS` of load)."""
     lengths = _lengths(traces, LENGTHS.get(family, DEFAULT_LENGTHS))
     if family == "long-context":
         lengths = [(i, o) for i, o in lengths if i <= LONG_CONTEXT_MAX_INPUT]
     cost = statistics.fmean(fleet.perf.request_seconds(i, o) for i, o in lengths[::max(1, len(lengths) // 2000)])
-    return traffic.generate(family, seed, DURATION_S, PEAK_REPLICAS / cost, lengths, history)
+    return lengths, PEAK_REPLICAS / cost
+
+
+def _generated(traces: Path, fleet: Fleet, family: str, seed: int, history: float = 0.0) -> list[Request]:
+    """The family's trace at ``seed``, after ``history`` seconds of its traffic (arrivals below 0)."""
+    lengths, peak_rate = _family_traffic(traces, fleet, family)
+    return traffic.generate(family, seed, DURATION_S, peak_rate, lengths, history)
 
 
 def _after_history(both: list[Request]) -> tuple[list[Request], list[Request]]:
@@ -465,6 +480,81 @@ def _parts_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolE
     rows.sort(key=lambda r: order.index(r["trace"]))
     return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
             "summary": parts(rows, results), "traces": rows}
+
+
+def _floor(args: tuple[str, list[Request], Fleet, LawParams, Path]) -> dict:
+    """The floors of one test trace (:func:`kiln.sim.references.causal_floor`): below any
+    schedule; and for a bursts or on/off trace, below any causal policy that meets the SLO on
+    it and on the traces its family draws as readily that rise sooner (``traffic.sooner``)."""
+    label, requests, fleet, params, traces = args
+    fleet = _fitted(fleet, requests)
+    low, high = params.min_replicas, params.max_replicas
+
+    def say(name: str, gpu_hours: float, needs: list[tuple[float, int]]) -> None:
+        print(f"floor {label} {name}: {gpu_hours:.3f} GPU-h, replicas "
+              f"{''.join(str(min(9, n)) for _, n in needs)}", file=sys.stderr, flush=True)
+    floor, needs = causal_floor(requests, lambda d: (), fleet, SLO_TTFT_S, SLO_GOAL, high, low)
+    say("any schedule", floor, needs)
+    row = {"trace": label, "floorGpuHours": round(floor, 3), "causalFloorGpuHours": None}
+    family, _, seed = label.partition("/")
+    if family in traffic.SOONER_FAMILIES:
+        lengths, peak_rate = _family_traffic(traces, fleet, family)
+
+        def variants(d: float) -> list[list[Request]]:
+            return traffic.sooner(family, int(seed), DURATION_S, peak_rate, lengths, d)
+        causal, needs = causal_floor(requests, variants, fleet, SLO_TTFT_S, SLO_GOAL, high, low)
+        say("causal", causal, needs)
+        row["causalFloorGpuHours"] = round(causal, 3)
+    return row
+
+
+def floors(rows: list[dict], results: dict) -> dict:
+    """Each floor against the results file's figures of its trace, and over the traces: how
+    far clairvoyant can be above the optimum (clairvoyant over the floor), and on the bursts
+    and on/off traces what no causal policy goes below, against clairvoyant, kiln in both views, the
+    cheapest fixed fleet and the best stock point."""
+    references = {row["trace"]: row for row in results["test"]}
+    out = []
+    for row in rows:
+        reference = references[row["trace"]]
+        clairvoyant = reference["clairvoyant"]["gpuHours"]
+        found = {**row, "clairvoyantGpuHours": clairvoyant,
+                 "clairvoyantOverFloor": round(clairvoyant / row["floorGpuHours"], 3)}
+        causal = row["causalFloorGpuHours"]
+        if causal:
+            hour = reference.get("afterAnHour") or {}
+            found["causalFloorOverClairvoyant"] = round(causal / clairvoyant, 3)
+            found.update({name: round(value / causal, 3) if value else None for name, value in (
+                ("kilnOverCausalFloor", reference["kiln"]["gpuHours"]),
+                ("kilnAfterAnHourOverCausalFloor", (hour.get("kiln") or {}).get("gpuHours")),
+                ("staticMinOverCausalFloor", reference["staticMin"]["gpuHours"]),
+                ("bestStockOverCausalFloor", _best_stock(reference)))})
+        out.append(found)
+    ratios = [r["clairvoyantOverFloor"] for r in out]
+    causal = [r for r in out if r["causalFloorGpuHours"]]
+    return {"traces": out,
+            "summary": {"clairvoyantOverFloorMedian": _median(ratios), "clairvoyantOverFloorWorst": max(ratios, default=None),
+                        "causalFloorOverClairvoyant": {r["trace"]: r["causalFloorOverClairvoyant"] for r in causal},
+                        "kilnOverCausalFloor": {r["trace"]: r["kilnOverCausalFloor"] for r in causal}}}
+
+
+def _floor_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor, results: dict) -> dict:
+    """The floors of every test trace some fleet meets the SLO on (``--floor``)."""
+    attainable = {row["trace"] for row in results["test"] if row["sloAttainable"] and row.get("clairvoyant")}
+    tests = [(label, r) for label, r, _ in test_traces(traces, fleet, traffic.TEST_SEEDS) if label in attainable]
+    missing = attainable - {label for label, _ in tests}
+    if missing:
+        raise SystemExit(f"--floor: no trace for {', '.join(sorted(missing))} under {traces}")
+    order = [label for label, _ in tests]
+    # The traces with a causal floor first: each takes several times as long as another.
+    tests.sort(key=lambda t: t[0].partition("/")[0] not in traffic.SOONER_FAMILIES)
+    rows = []
+    for future in as_completed([pool.submit(_floor, (label, r, fleet, params, traces)) for label, r in tests]):
+        rows.append(future.result())
+        print(f"[{len(rows)}/{len(tests)}] done", file=sys.stderr, flush=True)
+    rows.sort(key=lambda r: order.index(r["trace"]))
+    return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
+            **floors(rows, results)}
 
 
 def _job(args: tuple) -> tuple[str, dict]:
@@ -792,10 +882,29 @@ def _parts_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def documented(report: dict, training: dict, model_error: dict, parts_report: dict) -> dict[str, str]:
-    """Every table docs/benchmarks.md shows from the four result files, by name."""
+def _floor_table(report: dict) -> str:
+    lines = ["| test trace | floor, any schedule | clairvoyant | clairvoyant / floor | causal floor | "
+             "causal floor / clairvoyant | kiln / causal floor, first view → after an hour | "
+             "static-min / causal floor | best stock / causal floor |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["traces"]:
+        causal = row["causalFloorGpuHours"]
+        cells = [row["trace"], _gpu(row["floorGpuHours"]), _gpu(row["clairvoyantGpuHours"]),
+                 _ratio(row["clairvoyantOverFloor"])]
+        if causal:
+            cells += [_gpu(causal), _ratio(row["causalFloorOverClairvoyant"]),
+                      f"{_ratio(row['kilnOverCausalFloor'])} → {_ratio(row['kilnAfterAnHourOverCausalFloor'])}",
+                      _ratio(row["staticMinOverCausalFloor"]), _ratio(row["bestStockOverCausalFloor"])]
+        else:
+            cells += ["—"] * 5
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def documented(report: dict, training: dict, model_error: dict, parts_report: dict,
+               floor_report: dict) -> dict[str, str]:
+    """Every table docs/benchmarks.md shows from the five result files, by name."""
     return {**_training_tables(training), **markdown(report), "model-error": _model_error_table(model_error),
-            "parts": _parts_table(parts_report)}
+            "parts": _parts_table(parts_report), "floor": _floor_table(floor_report)}
 
 
 def markdown(report: dict) -> dict[str, str]:
@@ -899,6 +1008,10 @@ def main() -> int:
     parser.add_argument("--parts", metavar="RESULTS",
                         help="only what each part of the law costs: kiln on every test trace with one part "
                              "taken out at a time, against that results JSON's clairvoyant and best stock")
+    parser.add_argument("--floor", metavar="RESULTS",
+                        help="only the floors: per test trace the GPU-hours below any schedule, and on the "
+                             "bursts and on/off traces below any causal policy, against that results JSON's "
+                             "figures")
     parser.add_argument("--cold-start", metavar="FILE",
                         help="only the cold-start sensitivity, run again into that results JSON (its "
                              "test rows kept: the law at the benchmark's own cold start is the same)")
@@ -906,7 +1019,7 @@ def main() -> int:
                         help="print a results JSON with its summaries computed again from its rows (no run)")
     parser.add_argument("--markdown", metavar="FILE",
                         help="print the tables docs/benchmarks.md shows of a results JSON (with the "
-                             "training, model-error and parts files beside it), each between its "
+                             "training, model-error, parts and floor files beside it), each between its "
                              "<!-- results:NAME --> markers (no run)")
     parser.add_argument("--docs", metavar="MD", help="with --markdown: rewrite those tables in this file "
                                                      "in place, between their markers")
@@ -916,7 +1029,8 @@ def main() -> int:
         return 0
     if args.markdown:
         tables = documented(json.loads(Path(args.markdown).read_text()), json.loads(TRAINING.read_text()),
-                            json.loads(MODEL_ERROR.read_text()), json.loads(PARTS_FILE.read_text()))
+                            json.loads(MODEL_ERROR.read_text()), json.loads(PARTS_FILE.read_text()),
+                            json.loads(FLOOR_FILE.read_text()))
         if args.docs:
             doc = Path(args.docs)
             doc.write_text(with_tables(doc.read_text(), tables))
@@ -927,10 +1041,12 @@ def main() -> int:
     if (args.model_error or args.parts) and args.train:
         parser.error(f"--{'model-error' if args.model_error else 'parts'} runs with the parameters the last "
                      f"--train chose: run --train alone first")
+    if args.floor and args.train:
+        parser.error("--floor runs against a results file: run --train alone first")
     traces = Path(args.traces)
     if args.plot and not Path(args.plot).is_dir():
         parser.error(f"--plot: {args.plot} is not a folder")
-    for flag, file in (("--parts", args.parts), ("--cold-start", args.cold_start)):
+    for flag, file in (("--parts", args.parts), ("--cold-start", args.cold_start), ("--floor", args.floor)):
         if file and not Path(file).is_file():
             parser.error(f"{flag}: {file} is not a results file (run the test first)")
     fleet, params = _service()
@@ -943,6 +1059,10 @@ def main() -> int:
         params = replace(params, **training["chosen"])
         if args.model_error:
             print(json.dumps(_model_error_run(traces, fleet, params, pool), indent=1))
+            return 0
+        if args.floor:
+            results = json.loads(Path(args.floor).read_text())
+            print(json.dumps(_floor_run(traces, fleet, params, pool, results), indent=1))
             return 0
         if args.parts:
             results = json.loads(Path(args.parts).read_text())

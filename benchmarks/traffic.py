@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 from kiln.sim.traces import Request
 
-__all__ = ["FAMILIES", "TRAIN_SEEDS", "TEST_SEEDS", "train_seeds", "generate", "shape", "burst_moved"]
+__all__ = ["FAMILIES", "TRAIN_SEEDS", "TEST_SEEDS", "train_seeds", "generate", "shape", "burst_moved", "sooner", "SOONER_FAMILIES"]
 
 FAMILIES = ("diurnal", "slow-ramp", "fast-ramp", "bursts", "long-context", "idle-gaps", "mixed-clumps")
 # Ten seeds of each family: on four, the bursts family was under-represented (the law before
@@ -142,27 +142,71 @@ def _on_off(rng: random.Random, duration: float, heights: tuple[float, float] | 
     if before is not None:
         past = [(-history, IDLE_LEVEL)] + _spells(before, -history, 0.0, heights)
         steps = [step for step in past if step[0] < 0] + steps
+    return _stepped(steps)
+
+
+def _stepped(steps: Sequence[tuple[float, float]]) -> Callable[[float], float]:
     starts = [s for s, _ in steps]
     return lambda t: steps[max(0, bisect.bisect_right(starts, t) - 1)][1]
 
 
-def _spells(rng: random.Random, begin: float, until: float,
-            heights: tuple[float, float] | None) -> list[tuple[float, float]]:
-    """The steps of the active spells from ``begin`` until ``until``, each followed by idle."""
+def _spells(rng: random.Random, begin: float, until: float, heights: tuple[float, float] | None,
+            sooner: float | None = None) -> list[tuple[float, float]]:
+    """The steps of the active spells from ``begin`` until ``until``, each followed by idle.
+    With ``sooner``: the first rise after it (a spell's start or a clump's) comes at
+    ``sooner`` instead, if the gap drawn before that rise can be that short (else none moves);
+    every draw is made as before, so the rest follows it as the family would draw it."""
     steps: list[tuple[float, float]] = []
-    t = begin + rng.uniform(0, 300)
+    pending = sooner
+
+    def rise(after: float, shortest: float, drawn: float, bound: float) -> float:
+        """The next rise, ``drawn`` after ``after`` (a gap of at least ``shortest``); it
+        happens only before ``bound``."""
+        nonlocal pending
+        at = after + drawn
+        if pending is not None and pending < at < bound:
+            if after + shortest <= pending:
+                at = pending
+            pending = None
+        return at
+    t = rise(begin, 0.0, rng.uniform(0, 300), until)
     while t < until:
         end, floor = t + rng.uniform(120, 600), rng.uniform(0.1, 0.4)
         steps.append((t, floor))
-        clump = t + rng.uniform(0, 30)
+        clump = rise(t, 0.0, rng.uniform(0, 30), end)
         while clump < end:
             length = rng.uniform(15, 45)
             height = 1.0 if heights is None else max(floor, rng.uniform(*heights))
             steps += [(clump, height), (min(clump + length, end), floor)]
-            clump += length + rng.uniform(15, 90)
+            clump = rise(clump + length, 15.0, rng.uniform(15, 90), end)
         steps.append((end, IDLE_LEVEL))
-        t = end + rng.uniform(60, 300)
+        t = rise(end, 60.0, rng.uniform(60, 300), until)
     return steps
+
+
+# The families whose traces :func:`sooner` has variants of.
+SOONER_FAMILIES = ("bursts", "idle-gaps", "mixed-clumps")
+
+
+def sooner(family: str, seed: int, duration: float, peak_rate: float, lengths: Sequence[tuple[int, int]],
+           at: float) -> list[list[Request]]:
+    """Traces the family draws as readily as its trace at ``seed`` (as :func:`generate` draws
+    it, with no history) that are the same request for request up to ``at`` and rise right
+    after it, where the family can: the bursts trace with one of its later bursts moved to
+    ``at`` (:func:`burst_moved`; none after the first ``duration - 900`` seconds); an on/off
+    trace with its next spell or clump at ``at`` (one gap drawn shorter, within its range).
+    No causal policy can tell them from the trace before ``at``."""
+    if family == "bursts":
+        return burst_moved(seed, duration, peak_rate, lengths, at) if at <= duration - 900 else []
+    if family not in ("idle-gaps", "mixed-clumps"):
+        raise ValueError(f"no variants of the {family} family")
+    heights = (0.3, 1.0) if family == "mixed-clumps" else None
+    rng = random.Random(f"{family}/{seed}")
+    steps = _spells(rng, 0.0, duration, heights)
+    moved = _spells(random.Random(f"{family}/{seed}"), 0.0, duration, heights, sooner=at)
+    if moved == steps:
+        return []
+    return [_arrivals(rng, _stepped([(0.0, IDLE_LEVEL)] + moved), 0.0, duration, peak_rate, lengths)]
 
 
 def generate(family: str, seed: int, duration: float, peak_rate: float,

@@ -107,6 +107,9 @@ def test_the_floor_is_below_every_schedule_that_meets_the_goal():
     _, fixed = static_min(requests, fleet, SLO, GOAL, 1, 8)
     assert seeds and floor <= best.gpu_hours <= min(s.result.gpu_hours for s in seeds)
     assert floor <= fixed.gpu_hours
+    # Held to the fewest replicas clairvoyant keeps (1): higher, and still below it.
+    kept, kept_needs = causal_floor(requests, lambda d: [], fleet, SLO, GOAL, 8, low=1)
+    assert min(n for _, n in kept_needs) == 1 and floor <= kept <= best.gpu_hours
 
 
 def test_a_burst_that_may_come_at_any_moment_raises_the_causal_floor():

@@ -211,6 +211,67 @@ def test_the_parts_file_was_run_on_the_law_and_traces_of_the_results():
     assert autoscaling.parts(report["traces"], results) == report["summary"]
 
 
+def test_a_moved_burst_is_the_trace_until_it_comes():
+    """``burst_moved``: the bursts trace with one of its later bursts moved to ``at``, the
+    same request for request before ``at`` (no causal policy can tell them apart there),
+    busier just after it; only bursts that start after ``at`` move, and only to where the
+    family starts one."""
+    duration, at = 2700, 240.0
+    trace = traffic.generate("bursts", 101, duration, 10.0, LENGTHS)
+    moved = traffic.burst_moved(101, duration, 10.0, LENGTHS, at)
+    assert moved
+    for variant in moved:
+        assert [r for r in variant if r.arrival < at] == [r for r in trace if r.arrival < at]
+        assert variant != trace
+        # Half a minute to three minutes after it, the burst's edge has risen.
+        assert (sum(at + 30 <= r.arrival < at + 180 for r in variant)
+                > 1.1 * sum(at + 30 <= r.arrival < at + 180 for r in trace))
+    later = traffic.burst_moved(101, duration, 10.0, LENGTHS, duration - 900)
+    assert len(later) < len(moved)
+    with pytest.raises(ValueError, match="within the first 1800 s"):
+        traffic.burst_moved(101, duration, 10.0, LENGTHS, duration - 600)
+
+
+def test_the_floor_file_was_run_on_the_traces_of_the_results():
+    """``benchmarks/autoscaling-floor.json`` covers every trace of the results file some fleet
+    meets the SLO on, its ratios are what the code computes against that file now, and each
+    floor is below clairvoyant (the floor bounds every schedule) and below the causal floor."""
+    import autoscaling
+
+    results = json.loads((autoscaling.ROOT / "benchmarks" / "autoscaling-results.json").read_text())
+    report = json.loads(autoscaling.FLOOR_FILE.read_text())
+    assert {r["trace"] for r in report["traces"]} == {r["trace"] for r in results["test"] if r["sloAttainable"]}
+    raw = [{k: r[k] for k in ("trace", "floorGpuHours", "causalFloorGpuHours")} for r in report["traces"]]
+    assert {k: v for k, v in report.items() if k in ("traces", "summary")} == autoscaling.floors(raw, results)
+    for row in report["traces"]:
+        assert row["floorGpuHours"] <= row["clairvoyantGpuHours"], row["trace"]
+        assert row["causalFloorGpuHours"] is None or row["causalFloorGpuHours"] >= row["floorGpuHours"]
+    assert {r["trace"] for r in report["traces"] if r["causalFloorGpuHours"]} == {
+        f"{family}/{seed}" for family in traffic.SOONER_FAMILIES for seed in traffic.TEST_SEEDS}
+
+
+def test_an_on_off_trace_rises_sooner_where_its_family_can():
+    """``sooner`` on the on/off families: the next spell or clump after ``at`` comes at ``at``
+    where the gap before it can be that short (a clump 15 s after the last, a spell 60 s after
+    the last ended), the trace unchanged before it; every trace drawn as before otherwise."""
+    duration = 2700
+    for family in ("idle-gaps", "mixed-clumps"):
+        trace = traffic.generate(family, 101, duration, 10.0, LENGTHS)
+        heights = (0.3, 1.0) if family == "mixed-clumps" else None
+        steps = traffic._spells(random.Random(f"{family}/101"), 0.0, duration, heights)
+        first = steps[0][0]  # the first spell's start: it may come at any moment before it
+        variants = traffic.sooner(family, 101, duration, 10.0, LENGTHS, first / 2)
+        assert len(variants) == 1
+        assert [r for r in variants[0] if r.arrival < first / 2] == [r for r in trace if r.arrival < first / 2]
+        assert (sum(first / 2 <= r.arrival < first / 2 + 60 for r in variants[0])
+                > 3 * sum(first / 2 <= r.arrival < first / 2 + 60 for r in trace))
+        # An idle spell's first minute: no spell starts sooner than 60 s after the last ends.
+        ends = [t for t, level in steps if level == traffic.IDLE_LEVEL]
+        assert traffic.sooner(family, 101, duration, 10.0, LENGTHS, ends[0] + 30) == []
+    with pytest.raises(ValueError, match="no variants of the diurnal family"):
+        traffic.sooner("diurnal", 101, duration, 10.0, LENGTHS, 60.0)
+
+
 def test_the_documented_result_tables_are_the_stored_results():
     """docs/benchmarks.md's result tables are rendered from ``autoscaling-results.json``, the
     training, the model-error and the parts files (``--markdown FILE --docs docs/benchmarks.md``),
@@ -221,10 +282,11 @@ def test_the_documented_result_tables_are_the_stored_results():
     doc = (autoscaling.ROOT / "docs" / "benchmarks.md").read_text()
     tables = autoscaling.documented(report, json.loads(autoscaling.TRAINING.read_text()),
                                     json.loads(autoscaling.MODEL_ERROR.read_text()),
-                                    json.loads(autoscaling.PARTS_FILE.read_text()))
+                                    json.loads(autoscaling.PARTS_FILE.read_text()),
+                                    json.loads(autoscaling.FLOOR_FILE.read_text()))
     assert set(tables) == {"training", "training-persistence", "training-hold", "training-burst", "training-spare",
                            "training-hpa", "test", "test-by-family", "after-an-hour",
-                           "after-an-hour-by-family", "cold-start", "model-error", "parts"}
+                           "after-an-hour-by-family", "cold-start", "model-error", "parts", "floor"}
     assert autoscaling.with_tables(doc, tables) == doc
     assert all(f"<!-- results:{name} -->" in doc for name in tables)
 

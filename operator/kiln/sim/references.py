@@ -206,13 +206,14 @@ def onset_need(requests: Sequence[Request], begin: float, fleet: Fleet, slo_ttft
 
 
 def causal_floor(requests: Sequence[Request], variants: Callable[[float], Sequence[Sequence[Request]]],
-                 fleet: Fleet, slo_ttft_s: float, goal: float, high: int,
+                 fleet: Fleet, slo_ttft_s: float, goal: float, high: int, low: int = 0,
                  until: float | None = None) -> tuple[float, list[tuple[float, int]]]:
     """The GPU-hours below which no causal policy that meets ``goal`` on ``requests`` and on
     every trace ``variants(d)`` returns (each the same as ``requests`` before ``d``) can serve
-    ``requests`` from 0 to ``until`` (its last arrival by default), and the replicas it needs
-    at each decision time (see the module's docstring). ``variants(d)`` is called at each
-    decision time ``d`` from 0 on."""
+    ``requests`` from 0 to ``until`` (its last arrival by default), never holding fewer than
+    ``low`` replicas (the service's ``minReplicas``, which every compared policy and
+    clairvoyant keep); and the replicas it needs at each decision time (see the module's
+    docstring). ``variants(d)`` is called at each decision time ``d`` from 0 on."""
     def allowed(trace: Sequence[Request]) -> int:
         accepted = sum(1 for r in trace if not fleet.perf.rejects(r.input_tokens, r.output_tokens))
         return int((1.0 - goal) * accepted + 1e-9)
@@ -221,7 +222,7 @@ def causal_floor(requests: Sequence[Request], variants: Callable[[float], Sequen
     needs = []
     d = 0.0
     while d < end:
-        need = onset_need(requests, d, fleet, slo_ttft_s, own, high, arrivals)
+        need = max(low, onset_need(requests, d, fleet, slo_ttft_s, own, high, arrivals))
         for variant in variants(d):
             need = max(need, onset_need(variant, d, fleet, slo_ttft_s, allowed(variant), high))
         needs.append((d, need))
