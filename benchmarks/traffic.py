@@ -34,7 +34,8 @@ from collections.abc import Callable, Sequence
 
 from kiln.sim.traces import Request
 
-__all__ = ["FAMILIES", "TRAIN_SEEDS", "TEST_SEEDS", "train_seeds", "generate", "shape", "burst_moved", "sooner", "SOONER_FAMILIES"]
+__all__ = ["FAMILIES", "TRAIN_SEEDS", "TEST_SEEDS", "SOONER_FAMILIES", "train_seeds", "generate", "shape",
+           "burst_moved", "sooner"]
 
 FAMILIES = ("diurnal", "slow-ramp", "fast-ramp", "bursts", "long-context", "idle-gaps", "mixed-clumps")
 # Ten seeds of each family: on four, the bursts family was under-represented (the law before

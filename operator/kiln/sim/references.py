@@ -39,7 +39,6 @@ is the check that it is a floor (never above clairvoyant).
 from __future__ import annotations
 
 import bisect
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -47,7 +46,8 @@ from .engine import Fleet, FleetView, SimResult, simulate
 from .policies import oracle_policy, oracle_schedule, static_policy
 from .traces import Request
 
-__all__ = ["static_min", "clairvoyant", "causal_floor", "onset_need", "recorded", "replay", "Schedule", "CLAIRVOYANT_WINDOW_GOAL"]
+__all__ = ["static_min", "clairvoyant", "causal_floor", "onset_need", "recorded", "replay", "Schedule",
+           "CLAIRVOYANT_WINDOW_GOAL"]
 
 Policy = Callable[[FleetView], int]
 
