@@ -34,6 +34,8 @@ __all__ = ["EXIT_CODES", "main", "parser", "run_policy"]
 EXIT_UNKNOWN = 3
 # `kiln simulate`'s replica ceiling for a service that does not autoscale (a what-if).
 SIMULATED_MAX_REPLICAS = 16
+# The share of requests `kiln simulate` holds every policy and reference to (with --slo-ttft-ms).
+SIMULATED_SLO_GOAL = 0.99
 EXIT_CODES = {
     "crds": "0",
     "plan": "0 fits, 1 does not fit, 2 bad input, 3 verdict unknown (the model is not in the "
@@ -228,17 +230,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.lead_in < 0:
         raise SpecInvalid("--lead-in: must be 0 or more seconds")
     chosen: dict[str, str] = {}
-    results = compare(requests, fleet, params, args.slo_ttft_ms / 1000, policies,
+    results = compare(requests, fleet, params, args.slo_ttft_ms / 1000, policies, slo_goal=SIMULATED_SLO_GOAL,
                       outage=outage, progress=progress if show else None, lead_in_seconds=args.lead_in,
                       keda_http_target=concurrency_target(spec, result), chosen=chosen)
+    floor = None
+    if args.floor:
+        from .sim.references import causal_floor
+        floor, _ = causal_floor(requests, lambda d: (), fleet, args.slo_ttft_ms / 1000, SIMULATED_SLO_GOAL,
+                                high, low, progress=(lambda share: progress("floor", share)) if show else None)
     if show:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
     if args.plot:
         plot_policies(results, Path(args.plot), args.slo_ttft_ms / 1000,
                       title=f"{Path(args.trace).name}: autoscaling policies")
     if args.output == "json":
-        print(json.dumps({"policies": {n: r.wire() if r else None for n, r in results.items()},
-                          "chosen": chosen, "routing": routing}, indent=2))
+        report = {"policies": {n: r.wire() if r else None for n, r in results.items()},
+                  "chosen": chosen, "routing": routing}
+        if floor is not None:
+            report["floor"] = {"gpuHours": round(floor, 3)}
+        print(json.dumps(report, indent=2))
         return 0
     print(f"{len(requests)} requests, SLO: TTFT <= {args.slo_ttft_ms:.0f} ms, cold start {args.cold_start:.0f} s, "
           f"{routing} routing")
@@ -250,6 +260,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             continue
         print(f"{name:12s} {r.gpu_hours:10.2f} {r.slo_attainment:7.2%} {r.ttft_p50_ms:8.0f}ms "
               f"{r.ttft_p99_ms:8.0f}ms {r.scale_events:7d} {r.max_replicas:4d} {r.cold_starts:5d}")
+    if floor is not None:
+        print(f"{'floor':12s} {floor:10.2f}  no schedule goes below it (each cold start's arrivals within "
+              f"the SLO's budget)")
     for name, how in chosen.items():
         print(f"{name}: {how}"[:100])
     return 0
@@ -333,6 +346,9 @@ def parser() -> argparse.ArgumentParser:
                      help="how requests reach a replica: least-loaded (the Gateway's endpoint picker), "
                           "random (a plain Service, as kube-proxy balances); auto: least-loaded with "
                           "spec.gateway, else random")
+    sim.add_argument("--floor", action="store_true",
+                     help="also the GPU-hours no schedule goes below at this cold start and SLO: how far "
+                          "clairvoyant can be from the best possible")
     sim.add_argument("--plot", help="write load, replicas and TTFT over time to this PNG")
     sim.add_argument("-o", "--output", choices=("text", "json"), default="text")
     sim.set_defaults(func=cmd_simulate)

@@ -41,10 +41,11 @@ def test_simulate_json_for_every_policy(tmp_path):
     rows = [(t * 0.02, 3000, 400) for t in range(15000)] + [(300 + t, 3000, 400) for t in range(300)]
     path = _trace(tmp_path, rows)
     result = subprocess.run([sys.executable, "-m", "kiln", "simulate", "-f", str(ROOT / "examples" / "llama-3.1-8b-fp8.yaml"),
-                             "--trace", str(path), "-o", "json", "--cold-start", "30"],
+                             "--trace", str(path), "-o", "json", "--cold-start", "30", "--floor"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    policies = json.loads(result.stdout)["policies"]
+    report = json.loads(result.stdout)
+    policies = report["policies"]
     assert set(policies) == {"kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "hpa-metrics", "keda-metrics",
                              "static", "oracle", "static-min", "clairvoyant"}
     for figures in policies.values():
@@ -61,6 +62,8 @@ def test_simulate_json_for_every_policy(tmp_path):
     for name in ("kiln", "hpa", "hpa-tuned", "kpa", "keda-http", "hpa-metrics", "keda-metrics"):
         if policies[name] and policies[name]["sloAttainment"] >= 0.99:
             assert policies["clairvoyant"]["gpuHours"] <= policies[name]["gpuHours"], name
+    # --floor: below clairvoyant (no schedule goes below it), and not nothing.
+    assert 0 < report["floor"]["gpuHours"] <= policies["clairvoyant"]["gpuHours"]
 
 
 def test_metrics_outage_flag_is_checked(tmp_path):

@@ -207,13 +207,15 @@ def onset_need(requests: Sequence[Request], begin: float, fleet: Fleet, slo_ttft
 
 def causal_floor(requests: Sequence[Request], variants: Callable[[float], Sequence[Sequence[Request]]],
                  fleet: Fleet, slo_ttft_s: float, goal: float, high: int, low: int = 0,
-                 until: float | None = None) -> tuple[float, list[tuple[float, int]]]:
+                 until: float | None = None,
+                 progress: Callable[[float], None] | None = None) -> tuple[float, list[tuple[float, int]]]:
     """The GPU-hours below which no causal policy that meets ``goal`` on ``requests`` and on
     every trace ``variants(d)`` returns (each the same as ``requests`` before ``d``) can serve
     ``requests`` from 0 to ``until`` (its last arrival by default), never holding fewer than
     ``low`` replicas (the service's ``minReplicas``, which every compared policy and
     clairvoyant keep); and the replicas it needs at each decision time (see the module's
-    docstring). ``variants(d)`` is called at each decision time ``d`` from 0 on."""
+    docstring). ``variants(d)`` is called at each decision time ``d`` from 0 on;
+    ``progress`` with the share of the trace done."""
     def allowed(trace: Sequence[Request]) -> int:
         accepted = sum(1 for r in trace if not fleet.perf.rejects(r.input_tokens, r.output_tokens))
         return int((1.0 - goal) * accepted + 1e-9)
@@ -227,4 +229,6 @@ def causal_floor(requests: Sequence[Request], variants: Callable[[float], Sequen
             need = max(need, onset_need(variant, d, fleet, slo_ttft_s, allowed(variant), high))
         needs.append((d, need))
         d += fleet.period
+        if progress is not None:
+            progress(min(1.0, d / end))
     return sum(n for _, n in needs) * fleet.period * fleet.gpus_per_replica / 3600, needs
