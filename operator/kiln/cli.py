@@ -24,7 +24,7 @@ from .errors import KilnError, PlanRefused, SpecInvalid
 from .plot import check_plot_target, plot_policies
 from .planner import GPU, ModelConfig, Plan, catalog_config, model_config, plan, require_gpu
 from .render import ServiceRef, render
-from .sim.compare import LEAD_IN_SECONDS
+from .sim.compare import LEAD_IN_SECONDS, SLO_GOAL
 from .sim.policies import POLICIES
 from .toolchain import TRTLLM_VERSION
 
@@ -34,8 +34,6 @@ __all__ = ["EXIT_CODES", "main", "parser", "run_policy"]
 EXIT_UNKNOWN = 3
 # `kiln simulate`'s replica ceiling for a service that does not autoscale (a what-if).
 SIMULATED_MAX_REPLICAS = 16
-# The share of requests `kiln simulate` holds every policy and reference to (with --slo-ttft-ms).
-SIMULATED_SLO_GOAL = 0.99
 EXIT_CODES = {
     "crds": "0",
     "plan": "0 fits, 1 does not fit, 2 bad input, 3 verdict unknown (the model is not in the "
@@ -230,13 +228,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.lead_in < 0:
         raise SpecInvalid("--lead-in: must be 0 or more seconds")
     chosen: dict[str, str] = {}
-    results = compare(requests, fleet, params, args.slo_ttft_ms / 1000, policies, slo_goal=SIMULATED_SLO_GOAL,
+    results = compare(requests, fleet, params, args.slo_ttft_ms / 1000, policies,
                       outage=outage, progress=progress if show else None, lead_in_seconds=args.lead_in,
                       keda_http_target=concurrency_target(spec, result), chosen=chosen)
     floor = None
     if args.floor:
         from .sim.references import causal_floor
-        floor, _ = causal_floor(requests, lambda d: (), fleet, args.slo_ttft_ms / 1000, SIMULATED_SLO_GOAL,
+        floor, _ = causal_floor(requests, lambda d: (), fleet, args.slo_ttft_ms / 1000, SLO_GOAL,
                                 high, low, progress=(lambda share: progress("floor", share)) if show else None)
     if show:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)

@@ -14,11 +14,13 @@ from .references import Schedule, clairvoyant, recorded, static_min
 from .stock import STOCK_SWEEP, stock_policy
 from .traces import Request, lead_in
 
-__all__ = ["compare", "warm_fleet", "ORACLE_MARGINS", "LEAD_IN_SECONDS"]
+__all__ = ["compare", "warm_fleet", "ORACLE_MARGINS", "LEAD_IN_SECONDS", "SLO_GOAL"]
 
 # Seconds of the trace's opening replayed (mirrored) before it, so reactive policies start in a
 # steady state: longer than the default scale-down stabilisation (300 s) plus a cold start.
 LEAD_IN_SECONDS = 600.0
+# The share of requests every policy and reference is held to, unless the caller says otherwise.
+SLO_GOAL = 0.99
 # Extra replicas the oracle tries over its per-window minimum, cheapest first.
 ORACLE_MARGINS = (0, 1, 2, 3)
 
@@ -37,7 +39,7 @@ def warm_fleet(schedule: Sequence[int], fleet: Fleet, params: LawParams) -> int:
 
 
 def compare(requests: Sequence[Request], fleet: Fleet, params: LawParams, slo_ttft_s: float,
-            policies: Sequence[str] = POLICIES, slo_goal: float = 0.99,
+            policies: Sequence[str] = POLICIES, slo_goal: float = SLO_GOAL,
             outage: tuple[float, float] | None = None,
             progress: Progress | None = None,
             schedule: Sequence[int] | None = None,
