@@ -8,6 +8,7 @@
         > benchmarks/autoscaling-parts.json
     nice -n 5 python benchmarks/autoscaling.py --floor benchmarks/autoscaling-results.json \
         > benchmarks/autoscaling-floor.json
+    nice -n 5 python benchmarks/autoscaling.py --diagnose VARIANTS --on bursts:1-20,idle-gaps:1-10
 
 Service: ``benchmarks/autoscaling-service.yaml`` (Llama-3.1-8B FP8 on H100s, 1-16 replicas),
 its engine built for each trace (``maxInputLen`` / ``maxSeqLen`` cover the trace's p99.9
@@ -60,6 +61,13 @@ lengths), 90 s cold start, SLO: TTFT <= 2 s for 99 % of the requests the engine 
    GPU-hours no schedule goes below, and on the bursts and on/off traces those no causal
    policy goes below (:func:`kiln.sim.references.causal_floor`, ``traffic.sooner``), against
    that file's clairvoyant, kiln, static-min and best stock figures.
+7. **Diagnoses** (``--diagnose VARIANTS --on TRACES``, printed): kiln alone on training traces
+   (``family:first-last`` seed ranges, training seeds only), both views, at each variant of
+   the law as trained: a JSON object of name to ``{"law": {LawParams field: value},
+   "period": seconds}`` (the decision and scrape period, ``Fleet.period``; 15 s in the
+   operator). Per variant and view, the GPU-hours and the traces where the SLO is met. How
+   the diagnoses in docs/benchmarks.md that name this flag were run; nothing is chosen from
+   them (a choice goes through ``--train``).
 
 Prints JSON (progress and each trace's row on stderr, as they complete); ``--plot DIR`` writes
 a Pareto figure per trace there (GPU-hours against SLO attainment, every policy and sweep
@@ -480,6 +488,97 @@ def _parts_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolE
     rows.sort(key=lambda r: order.index(r["trace"]))
     return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
             "summary": parts(rows, results), "traces": rows}
+
+
+def diagnose_variants(text: str) -> dict[str, dict]:
+    """``--diagnose``'s variants, checked: a JSON object of name to ``{"law": {...}, "period":
+    seconds}``, every ``law`` key a field of :class:`LawParams` (ValueError naming what is not)."""
+    try:
+        variants = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error.msg} at character {error.pos})") from None
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError("a JSON object of variant name to {\"law\": {...}, \"period\": seconds}")
+    fields = {f for f in LawParams.__dataclass_fields__ if f != "request_seconds"}
+    for name, variant in variants.items():
+        if not isinstance(variant, dict) or set(variant) - {"law", "period"}:
+            raise ValueError(f"{name}: takes only \"law\" and \"period\"")
+        law = variant.get("law", {})
+        if not isinstance(law, dict) or set(law) - fields:
+            unknown = sorted(set(law) - fields) if isinstance(law, dict) else law
+            raise ValueError(f"{name}.law: {unknown} is not a field of the law's parameters")
+        try:
+            replace(LawParams(), **law)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name}.law: {error}") from None
+        period = variant.get("period", 15.0)
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or not 0 < period <= 300:
+            raise ValueError(f"{name}.period: {period!r} is not a number of seconds in (0, 300]")
+    return variants
+
+
+def diagnose_traces(text: str) -> list[tuple[str, int]]:
+    """``--on``'s traces: ``family:first-last`` (or ``family:seed``), comma-separated, every
+    seed a training seed of its family (ValueError naming the first that is not)."""
+    traces = []
+    for part in text.split(","):
+        family, _, seeds = part.strip().partition(":")
+        if family not in traffic.FAMILIES:
+            raise ValueError(f"{part.strip()!r}: no family {family!r} (one of {', '.join(traffic.FAMILIES)})")
+        first, _, last = seeds.partition("-")
+        if not first.isdigit() or not (last or first).isdigit() or int(last or first) < int(first):
+            raise ValueError(f"{part.strip()!r}: seeds as first-last, e.g. {family}:1-10")
+        for seed in range(int(first), int(last or first) + 1):
+            if seed not in traffic.train_seeds(family):
+                raise ValueError(f"{family}/{seed} is not a training seed: diagnoses are on training "
+                                 f"traces only ({family}: {min(traffic.train_seeds(family))}-"
+                                 f"{max(traffic.train_seeds(family))})")
+            traces.append((family, seed))
+    return traces
+
+
+def _diagnosis(args: tuple[str, int, Path, Fleet, LawParams, dict[str, dict]]) -> list[dict]:
+    """kiln alone on one training trace, in both views, at each of ``variants``."""
+    family, seed, traces, fleet, params, variants = args
+    requests, history = _after_history(_generated(traces, fleet, family, seed, history=HISTORY_S))
+    fitted = _fitted(fleet, requests)
+    runs = []
+    for name, variant in variants.items():
+        law = replace(params, **variant.get("law", {}))
+        timed = replace(fitted, period=float(variant.get("period", fitted.period)))
+        for view, before in (("first", None), ("afterAnHour", history)):
+            result = _run(requests, timed, kiln_policy(law, timed.perf), "kiln", before).result
+            runs.append({"trace": f"{family}/{seed}", "variant": name, "view": view,
+                         "gpuHours": round(result.gpu_hours, 3), "sloAttainment": round(result.slo_attainment, 4)})
+    print(f"diagnose {family}/{seed}: {runs}", file=sys.stderr, flush=True)
+    return runs
+
+
+def diagnoses(runs: list[dict], variants: Iterable[str]) -> list[dict]:
+    """Per variant and view: the GPU-hours over the traces, and where the SLO is met and missed."""
+    out = []
+    for name in variants:
+        for view in ("first", "afterAnHour"):
+            found = [r for r in runs if r["variant"] == name and r["view"] == view]
+            out.append({"variant": name, "view": view, "traces": len(found),
+                        "gpuHours": round(sum(r["gpuHours"] for r in found), 2),
+                        "kilnMeetsSloOn": sum(r["sloAttainment"] >= SLO_GOAL for r in found),
+                        "kilnMissesSloOn": {r["trace"]: r["sloAttainment"] for r in found
+                                            if r["sloAttainment"] < SLO_GOAL}})
+    return out
+
+
+def _diagnose_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
+                  variants: dict[str, dict], on: list[tuple[str, int]]) -> dict:
+    runs: list[dict] = []
+    for done, future in enumerate(as_completed([pool.submit(_diagnosis, (f, s, traces, fleet, params, variants))
+                                                for f, s in on]), 1):
+        runs += future.result()
+        print(f"[{done}/{len(on)}] done", file=sys.stderr, flush=True)
+    order = [f"{f}/{s}" for f, s in on]
+    runs.sort(key=lambda r: (order.index(r["trace"]), list(variants).index(r["variant"]), r["view"] != "first"))
+    return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
+            "variants": variants, "traces": order, "summary": diagnoses(runs, variants), "runs": runs}
 
 
 def _floor(args: tuple[str, list[Request], Fleet, LawParams, Path]) -> dict:
@@ -1012,6 +1111,13 @@ def main() -> int:
                         help="only the floors: per test trace the GPU-hours below any schedule, and on the "
                              "bursts and on/off traces below any causal policy, against that results JSON's "
                              "figures")
+    parser.add_argument("--diagnose", metavar="VARIANTS",
+                        help='only a diagnosis: kiln alone on the --on training traces, both views, at each '
+                             'variant of the law as trained, a JSON object of name to {"law": {parameter: '
+                             'value}, "period": seconds}')
+    parser.add_argument("--on", metavar="TRACES",
+                        help="with --diagnose: training traces as family:first-last seed ranges, "
+                             "comma-separated (e.g. bursts:1-20,idle-gaps:1-10)")
     parser.add_argument("--cold-start", metavar="FILE",
                         help="only the cold-start sensitivity, run again into that results JSON (its "
                              "test rows kept: the law at the benchmark's own cold start is the same)")
@@ -1043,6 +1149,18 @@ def main() -> int:
                      f"--train chose: run --train alone first")
     if args.floor and args.train:
         parser.error("--floor runs against a results file: run --train alone first")
+    if bool(args.diagnose) != bool(args.on):
+        parser.error("--diagnose and --on go together: the variants, and the training traces to run them on")
+    if args.diagnose:
+        if args.train:
+            parser.error("--diagnose runs the law as the last --train chose: run --train alone first")
+        for flag, check, value in (("--diagnose", diagnose_variants, args.diagnose),
+                                   ("--on", diagnose_traces, args.on)):
+            try:
+                check(value)
+            except ValueError as error:
+                parser.error(f"{flag}: {error}")
+        variants, on = diagnose_variants(args.diagnose), diagnose_traces(args.on)
     traces = Path(args.traces)
     if args.plot and not Path(args.plot).is_dir():
         parser.error(f"--plot: {args.plot} is not a folder")
@@ -1063,6 +1181,9 @@ def main() -> int:
         if args.floor:
             results = json.loads(Path(args.floor).read_text())
             print(json.dumps(_floor_run(traces, fleet, params, pool, results), indent=1))
+            return 0
+        if args.diagnose:
+            print(json.dumps(_diagnose_run(traces, fleet, params, pool, variants, on), indent=1))
             return 0
         if args.parts:
             results = json.loads(Path(args.parts).read_text())

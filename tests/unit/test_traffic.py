@@ -299,3 +299,51 @@ def test_the_parts_run_refuses_a_results_file_without_the_test_traces(tmp_path):
     fleet, params = autoscaling._service()
     with pytest.raises(SystemExit, match=r"no row for .*bursts/102.*run the test first"):
         autoscaling._parts_run(tmp_path, fleet, params, None, {"test": [{"trace": "bursts/101"}]})
+
+
+def test_a_diagnosis_runs_each_variant_on_training_traces_only(monkeypatch, tmp_path):
+    """``--diagnose``: each variant's law and period reach kiln's runs in both views (the
+    first from nothing, the second after the trace's hour of history); test seeds, unknown
+    parameters and bad periods are refused by name before any run."""
+    import autoscaling
+    from types import SimpleNamespace
+
+    from kiln.sim.traces import Request
+
+    variants = autoscaling.diagnose_variants(
+        '{"as trained": {}, "fast": {"law": {"headroom_prior": 0}, "period": 5}}')
+    assert autoscaling.diagnose_traces("bursts:1-2, idle-gaps:3") == [("bursts", 1), ("bursts", 2), ("idle-gaps", 3)]
+    for bad, message in (("bursts:101", "bursts/101 is not a training seed"), ("nope:1", "no family 'nope'"),
+                         ("bursts:3-1", "seeds as first-last")):
+        with pytest.raises(ValueError, match=message):
+            autoscaling.diagnose_traces(bad)
+    for bad, message in (('{"a": {"law": {"nope": 1}}}', r"a\.law: \['nope'\] is not a field"),
+                         ('{"a": {"period": 0}}', r"a\.period: 0 is not a number of seconds"),
+                         ('{"a": {"law": {"trend_statistic": "mean"}}}', r"a\.law: trend_statistic"),
+                         ('{"a": {"when": 1}}', 'takes only "law" and "period"'), ("[]", "a JSON object"),
+                         ("{x", "not JSON")):
+        with pytest.raises(ValueError, match=message):
+            autoscaling.diagnose_variants(bad)
+
+    earlier = [Request(arrival=-60.0 + i, input_tokens=100, output_tokens=10) for i in range(30)]
+    trace = [Request(arrival=float(i), input_tokens=100, output_tokens=10) for i in range(30)]
+    # The trace after its hour of history: what _generated gives with history=HISTORY_S.
+    monkeypatch.setattr(autoscaling, "_generated", lambda traces, fleet, family, seed, history: [*earlier, *trace])
+    seen = []
+
+    def run(requests, fleet, policy, source, before=None):
+        seen.append((requests == trace, fleet.period, before))
+        return SimpleNamespace(result=SimpleNamespace(gpu_hours=1.0 + fleet.period / 100,
+                                                      slo_attainment=0.98 if before else 1.0))
+    monkeypatch.setattr(autoscaling, "_run", run)
+    laws = []
+    monkeypatch.setattr(autoscaling, "kiln_policy", lambda law, perf: laws.append(law.headroom_prior))
+    fleet, params = autoscaling._service()
+    runs = autoscaling._diagnosis(("bursts", 1, tmp_path, fleet, params, variants))
+    assert seen == [(True, 15.0, None), (True, 15.0, earlier), (True, 5.0, None), (True, 5.0, earlier)]
+    assert laws == [params.headroom_prior] * 2 + [0.0] * 2
+    summary = autoscaling.diagnoses(runs, variants)
+    assert [(s["variant"], s["view"], s["gpuHours"], s["kilnMeetsSloOn"]) for s in summary] == [
+        ("as trained", "first", 1.15, 1), ("as trained", "afterAnHour", 1.15, 0),
+        ("fast", "first", 1.05, 1), ("fast", "afterAnHour", 1.05, 0)]
+    assert summary[1]["kilnMissesSloOn"] == {"bursts/1": 0.98}
