@@ -1151,16 +1151,19 @@ def main() -> int:
         parser.error("--floor runs against a results file: run --train alone first")
     if bool(args.diagnose) != bool(args.on):
         parser.error("--diagnose and --on go together: the variants, and the training traces to run them on")
+    variants: dict[str, dict] = {}
+    on: list[tuple[str, int]] = []
     if args.diagnose:
         if args.train:
             parser.error("--diagnose runs the law as the last --train chose: run --train alone first")
-        for flag, check, value in (("--diagnose", diagnose_variants, args.diagnose),
-                                   ("--on", diagnose_traces, args.on)):
-            try:
-                check(value)
-            except ValueError as error:
-                parser.error(f"{flag}: {error}")
-        variants, on = diagnose_variants(args.diagnose), diagnose_traces(args.on)
+        try:
+            variants = diagnose_variants(args.diagnose)
+        except ValueError as error:
+            parser.error(f"--diagnose: {error}")
+        try:
+            on = diagnose_traces(args.on)
+        except ValueError as error:
+            parser.error(f"--on: {error}")
     traces = Path(args.traces)
     if args.plot and not Path(args.plot).is_dir():
         parser.error(f"--plot: {args.plot} is not a folder")
