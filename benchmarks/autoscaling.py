@@ -96,14 +96,14 @@ from kiln.api.validation import parse_service_manifest  # noqa: E402
 from kiln.autoscale import LawParams  # noqa: E402
 from kiln.planner import lookup_gpu  # noqa: E402
 from kiln.sim import Fleet, PerfModel, load_trace, routing_for  # noqa: E402
-from kiln.sim.compare import LEAD_IN_SECONDS  # noqa: E402
+from kiln.sim.compare import LEAD_IN_SECONDS, SLO_GOAL  # noqa: E402
 from kiln.sim.engine import SimResult, simulate  # noqa: E402
 from kiln.sim.policies import kiln_policy  # noqa: E402
 from kiln.sim.references import Schedule, causal_floor, clairvoyant, recorded, static_min  # noqa: E402
 from kiln.sim.stock import STOCK_SWEEP, stock_policy  # noqa: E402
 from kiln.sim.traces import Request, lead_in  # noqa: E402
 
-SLO_TTFT_S, SLO_GOAL, COLD_START_S = 2.0, 0.99, 90.0
+SLO_TTFT_S, COLD_START_S = 2.0, 90.0
 DURATION_S = 2700.0
 # Mean load of the generated traces at peak, in replicas of the service.
 PEAK_REPLICAS = 3.0
@@ -409,14 +409,21 @@ def model_errors(rows: list[dict]) -> list[dict]:
             for (error, objective), found in sorted(runs.items())]
 
 
+def _pooled(pool: ProcessPoolExecutor, work: Callable, jobs: list[tuple]) -> list:
+    """``work`` on each of ``jobs`` in ``pool``: the results as they complete, a progress line
+    on stderr after each."""
+    results = []
+    for future in as_completed([pool.submit(work, job) for job in jobs]):
+        results.append(future.result())
+        print(f"[{len(results)}/{len(jobs)}] done", file=sys.stderr, flush=True)
+    return results
+
+
 def _model_error_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor) -> dict:
     """The model-error section on every test trace (``--model-error``)."""
     tests = test_traces(traces, fleet, traffic.TEST_SEEDS)
     order = [label for label, *_ in tests]
-    rows = []
-    for future in as_completed([pool.submit(_model_error, (label, r, fleet, params)) for label, r, _ in tests]):
-        rows.append(future.result())
-        print(f"[{len(rows)}/{len(tests)}] done", file=sys.stderr, flush=True)
+    rows = _pooled(pool, _model_error, [(label, r, fleet, params) for label, r, _ in tests])
     rows.sort(key=lambda r: order.index(r["trace"]))
     return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
             "modelErrors": list(MODEL_ERRORS), "summary": model_errors(rows), "traces": rows}
@@ -480,11 +487,7 @@ def _parts_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolE
                          f"run the test first")
     tests = test_traces(traces, fleet, traffic.TEST_SEEDS)
     order = [label for label, *_ in tests]
-    rows = []
-    for future in as_completed([pool.submit(_part, (label, r, history, fleet, params))
-                                for label, r, history in tests]):
-        rows.append(future.result())
-        print(f"[{len(rows)}/{len(tests)}] done", file=sys.stderr, flush=True)
+    rows = _pooled(pool, _part, [(label, r, history, fleet, params) for label, r, history in tests])
     rows.sort(key=lambda r: order.index(r["trace"]))
     return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
             "summary": parts(rows, results), "traces": rows}
@@ -570,11 +573,8 @@ def diagnoses(runs: list[dict], variants: Iterable[str]) -> list[dict]:
 
 def _diagnose_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolExecutor,
                   variants: dict[str, dict], on: list[tuple[str, int]]) -> dict:
-    runs: list[dict] = []
-    for done, future in enumerate(as_completed([pool.submit(_diagnosis, (f, s, traces, fleet, params, variants))
-                                                for f, s in on]), 1):
-        runs += future.result()
-        print(f"[{done}/{len(on)}] done", file=sys.stderr, flush=True)
+    runs = [run for trace in _pooled(pool, _diagnosis, [(f, s, traces, fleet, params, variants) for f, s in on])
+            for run in trace]
     order = [f"{f}/{s}" for f, s in on]
     runs.sort(key=lambda r: (order.index(r["trace"]), list(variants).index(r["variant"]), r["view"] != "first"))
     return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
@@ -647,10 +647,7 @@ def _floor_run(traces: Path, fleet: Fleet, params: LawParams, pool: ProcessPoolE
     order = [label for label, _ in tests]
     # The traces with a causal floor first: each takes several times as long as another.
     tests.sort(key=lambda t: t[0].partition("/")[0] not in traffic.SOONER_FAMILIES)
-    rows = []
-    for future in as_completed([pool.submit(_floor, (label, r, fleet, params, traces)) for label, r in tests]):
-        rows.append(future.result())
-        print(f"[{len(rows)}/{len(tests)}] done", file=sys.stderr, flush=True)
+    rows = _pooled(pool, _floor, [(label, r, fleet, params, traces) for label, r in tests])
     rows.sort(key=lambda r: order.index(r["trace"]))
     return {"sloTtftMs": SLO_TTFT_S * 1000, "sloGoal": SLO_GOAL, "coldStartSeconds": COLD_START_S,
             **floors(rows, results)}

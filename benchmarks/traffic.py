@@ -82,8 +82,13 @@ def shape(family: str, rng: random.Random, duration: float, history: float = 0.0
             bursts.append((start, length, before.uniform(1.5, top), edge))
         return _bursty(bursts, top)
     if family in ("idle-gaps", "mixed-clumps"):
-        return _on_off(rng, duration, (0.3, 1.0) if family == "mixed-clumps" else None, history, before)
+        return _on_off(rng, duration, _clump_heights(family), history, before)
     raise ValueError(f"unknown traffic family {family}")
+
+
+def _clump_heights(family: str) -> tuple[float, float] | None:
+    """An on/off family's clump heights, x the peak: drawn from a range, or all at the peak (None)."""
+    return (0.3, 1.0) if family == "mixed-clumps" else None
 
 
 Burst = tuple[float, float, float, float]  # (start, length, height, edge), in seconds and x the base
@@ -201,7 +206,7 @@ def sooner(family: str, seed: int, duration: float, peak_rate: float, lengths: S
         return burst_moved(seed, duration, peak_rate, lengths, at) if at <= duration - 900 else []
     if family not in ("idle-gaps", "mixed-clumps"):
         raise ValueError(f"no variants of the {family} family")
-    heights = (0.3, 1.0) if family == "mixed-clumps" else None
+    heights = _clump_heights(family)
     rng = random.Random(f"{family}/{seed}")
     steps = _spells(rng, 0.0, duration, heights)
     moved = _spells(random.Random(f"{family}/{seed}"), 0.0, duration, heights, sooner=at)

@@ -187,6 +187,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .autoscale import LawParams
     from .sim import Fleet, PerfModel, compare, load_trace, routing_for
     from .render.wake import concurrency_target
+    from .sim.references import causal_floor
 
     if args.plot:
         check_plot_target(Path(args.plot))
@@ -233,7 +234,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       keda_http_target=concurrency_target(spec, result), chosen=chosen)
     floor = None
     if args.floor:
-        from .sim.references import causal_floor
         floor, _ = causal_floor(requests, lambda d: (), fleet, args.slo_ttft_ms / 1000, SLO_GOAL,
                                 high, low, progress=(lambda share: progress("floor", share)) if show else None)
     if show:
