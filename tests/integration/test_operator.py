@@ -488,6 +488,75 @@ async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_g
     assert _service(sb, "llama-405b")["spec"].get("replicas", 1) == 1
 
 
+async def test_a_spec_change_deletes_the_children_it_no_longer_asks_for(sandbox):
+    """A scaler left behind after a change of autoscaling.mode would go on writing the
+    service's replicas against the builtin autoscaler; a NetworkPolicy left behind would
+    keep its pods fenced. Deleted, with an Event; an object that is not the service's stays."""
+    sb = sandbox
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["spec"]["autoscaling"] = {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}
+    manifest["spec"]["networkPolicy"] = {"enabled": True}
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(manifest)
+    await sb.wait_for(lambda: _ready(sb), what="Ready")
+    hpa = sb.get("horizontalpodautoscalers", "mistral-7b", NS)
+    assert hpa is not None and sb.get("networkpolicies", "mistral-7b-server", NS) is not None
+    assert "HorizontalPodAutoscaler/mistral-7b" in _service(sb)["status"]["children"]
+    theirs = copy.deepcopy(hpa)  # a platform team's own HPA beside it, under another name
+    theirs["metadata"] = {"name": "team-hpa", "namespace": hpa["metadata"]["namespace"]}
+    theirs["spec"]["scaleTargetRef"] = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}
+    await sb.create(theirs)
+
+    await sb.patch_spec(NS, "mistral-7b", {"autoscaling": {"mode": "builtin"}, "networkPolicy": {"enabled": False}})
+    await sb.wait_for(lambda: sb.get("horizontalpodautoscalers", "mistral-7b", NS) is None
+                      and sb.get("networkpolicies", "mistral-7b-server", NS) is None, what="both deleted")
+    await sb.wait_for(lambda: sum(e.get("reason") == "Removed" for _, e in sb.events("events")) >= 2,
+                      what="two Removed Events")
+    await sb.wait_for(lambda: _ready(sb) and "HorizontalPodAutoscaler/mistral-7b" not in
+                      _service(sb)["status"]["children"], what="the inventory without them")
+    assert sb.get("horizontalpodautoscalers", "team-hpa", NS) is not None
+    assert sb.get("deployments", "mistral-7b-server", NS) is not None
+
+
+async def test_the_group_gives_way_to_a_deployment_once_it_serves(scaling_sandbox, backend):
+    """16 GPUs over two nodes down to the 8 of one: the LeaderWorkerSet serves until the new
+    Deployment has a ready replica, and is deleted then (its pods with it)."""
+    sb = scaling_sandbox
+    if backend == "real":  # the chart grants the leader's Role only in the namespaces it lists
+        for obj in chart_rbac({"multiNode": {"namespaces": [sb.ns(NS)]}}):
+            if obj["kind"] in ("Role", "RoleBinding"):
+                sb.plane.apply(obj)
+    await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(MULTI_NODE))
+    await sb.wait_for(lambda: _ready(sb, "llama-405b"), timeout=30, what="Ready on the group")
+
+    # The engine for 8 GPUs built by a service of its own first: then no build waits for the
+    # kubelet, and with the kubelet stopped the new Deployment's pods stay pending.
+    single = copy.deepcopy(MULTI_NODE)
+    single["metadata"]["name"], single["spec"]["gpus"] = "llama-405b-single", 8
+    await sb.create(single)
+    await sb.wait_for(lambda: _ready(sb, "llama-405b-single"), timeout=30, what="the 8-GPU engine built")
+    await sb.stop_kubelet()
+    await sb.patch_spec(NS, "llama-405b", {"gpus": 8})
+    await sb.wait_for(lambda: sb.get("deployments", "llama-405b-server", NS), what="the Deployment")
+    await sb.wait_for(lambda: sb.get("roles", "llama-405b-launcher", NS) is None, what="the launcher's Role deleted")
+    await asyncio.sleep(1.0)  # reconciles every ROLLOUT_POLL_SECONDS while it rolls out
+    assert sb.get("leaderworkersets", "llama-405b-group", NS) is not None, "deleted before the Deployment serves"
+    assert not _ready(sb, "llama-405b")
+    assert "LeaderWorkerSet/llama-405b-group" in _service(sb, "llama-405b")["status"]["children"]
+
+    sb.start_kubelet()
+    await sb.wait_for(lambda: sb.get("leaderworkersets", "llama-405b-group", NS) is None, timeout=60,
+                      what="the group deleted")
+    await sb.wait_for(lambda: _ready(sb, "llama-405b"), what="Ready on the Deployment")
+    assert sb.get("roles", "llama-405b-launcher", NS) is None
+    assert _service(sb, "llama-405b")["status"]["children"] == [
+        "Deployment/llama-405b-server", "Service/llama-405b-server", "ServiceAccount/llama-405b-server"]
+
+
 async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_with_the_install_hint():
     # One back-end: the real control plane's session has the LeaderWorkerSet CRD installed.
     async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, leader_worker_set=False) as sb:
