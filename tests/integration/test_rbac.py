@@ -7,7 +7,8 @@ scaling (pods listed to scrape them, a scale-up), keda, hpa and keda-http modes 
 objects applied),
 a multi-node service (LeaderWorkerSet, the leader's ServiceAccount, Role and RoleBinding)
 with a NetworkPolicy,
-drift in every owned object (re-applied as a patch), Events. The operator's requests (told
+drift in every owned object (re-applied as a patch), Events, and spec changes that leave
+each kind of child unwanted (deleted). The operator's requests (told
 apart by its token) must equal the rules of the chart's cluster-wide ClusterRole. The
 namespaced mode's Role and ClusterRole split the same rules (tests/unit/test_chart.py).
 """
@@ -122,6 +123,23 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
             return all(SPEC_HASH_ANNOTATION in (o["metadata"].get("annotations") or {})
                        for plural in OWNED for o in sb.objects(plural))
         await sb.wait_for(restored, timeout=30, what="drift applied back")
+
+        roles = copy.deepcopy(sb.objects("roles"))  # before they go below
+        # Each spec changed so that children it had are no longer asked for: deleted.
+        await sb.patch_spec(NS, "keda-scaled", {"autoscaling": {"mode": "hpa"}})
+        await sb.patch_spec(NS, "hpa-scaled", {"autoscaling": {"mode": "builtin"}})
+        await sb.patch_spec(NS, "wakes", {"autoscaling": {"mode": "builtin"}})
+        await sb.patch_spec(NS, names["multi-node"], {"gpus": 8, "networkPolicy": {"enabled": False}})
+        await sb.patch_spec(NS, names["gateway"], {"gateway": None})
+        gone = [("scaledobjects", "keda-scaled"), ("horizontalpodautoscalers", "hpa-scaled"),
+                ("httpscaledobjects", "wakes"), ("services", "wakes-openai"),
+                *((plural, f"{names['multi-node']}-launcher") for plural in ("serviceaccounts", "roles", "rolebindings")),
+                ("leaderworkersets", f"{names['multi-node']}-group"), ("networkpolicies", f"{names['multi-node']}-server"),
+                *((plural, f"{names['gateway']}-epp") for plural in ("serviceaccounts", "roles", "rolebindings",
+                                                                    "configmaps", "deployments", "services")),
+                ("inferencepools", f"{names['gateway']}-pool"), ("httproutes", f"{names['gateway']}-openai")]
+        await sb.wait_for(lambda: all(sb.get(plural, name, NS) is None for plural, name in gone), timeout=30,
+                          what="the children no longer asked for deleted")
         await sb.stop_operator()
 
     mine = [entry for entry in sb.emulator.audit if entry[0] == OPERATOR_TOKEN]
@@ -133,7 +151,7 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses():
              for verb in ("create", "patch")}
     # Rights the operator holds only to grant them (RBAC lets it create a Role with no more
     # than it has): the rules of the Roles it created.
-    delegated = {(group, resource, verb) for role in sb.objects("roles") for rule in role["rules"]
+    delegated = {(group, resource, verb) for role in roles for rule in role["rules"]
                  for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
     assert delegated == {("", "pods", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get"),
                          ("apps", "statefulsets", "get"),

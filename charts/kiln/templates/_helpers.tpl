@@ -37,7 +37,9 @@ has that name (kiln/controller/ownership.py); the reconcile creates build Jobs (
 create, so that of several services wanting one engine exactly one starts its build, and
 deletes one that no service wants any more, kiln/controller/collect.py), lists the
 namespace's LLMServices to know which engines they want, and server-side-applies the other kinds and the autoscaler objects (an apply is authorized as create when the object is absent and as patch
-when it exists, so every applied kind needs both), reads the model-credential Secrets by name (modelCredentials.secretNames, nothing else),
+when it exists, so every applied kind needs both) and deletes the ones a service controls that its spec no longer asks for (a scaler
+after a change of autoscaling.mode, a disabled NetworkPolicy, a removed gateway, the workload of the other kind: kiln/decide/decide.py
+``_prune``), reads the model-credential Secrets by name (modelCredentials.secretNames, nothing else),
 and lists and watches the serving pods to scrape their metrics (a watch-fed cache: controller/cache.py). Nothing here reaches pods/exec, Roles or
 RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespaces.
 */}}
@@ -53,10 +55,10 @@ RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespace
   verbs: [list, watch, get, create, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, get, create, patch]
+  verbs: [list, watch, get, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, get, create, patch]
+  verbs: [list, watch, get, create, patch, delete]
 {{- with .Values.modelCredentials.secretNames }}
 - apiGroups: [""]
   resources: [secrets]
@@ -71,22 +73,22 @@ RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespace
   verbs: [create]
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [http.keda.sh]
   resources: [httpscaledobjects]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [leaderworkerset.x-k8s.io]
   resources: [leaderworkersets]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [list, watch, get, create, patch]
+  verbs: [list, watch, get, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [list, watch, get, create, patch]
+  verbs: [list, watch, get, create, patch, delete]
 {{- end -}}
 
 {{/*
@@ -97,7 +99,7 @@ operator create a Role only with rights it holds itself. The operator never exec
 {{- define "kiln.multiNodeRules" -}}
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get]
@@ -118,16 +120,16 @@ itself (get and watch on pods, list and watch on InferencePools are held for tha
 {{- define "kiln.gatewayRules" -}}
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [inference.networking.k8s.io]
   resources: [inferencepools]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, watch]

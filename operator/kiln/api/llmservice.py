@@ -486,6 +486,12 @@ class EngineRef(KilnModel):
     build_job: str | None = None
 
 
+# One object in a service's inventory: ``Kind/name`` (a Kubernetes kind, a DNS name).
+ChildEntry = Annotated[str, Field(max_length=320, pattern=r"^[A-Za-z]{1,63}/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+# The most objects one service has (a gateway service: 11), with room to grow.
+MAX_CHILDREN = 32
+
+
 # One recorded demand: whole seconds before ``savedAt``, a colon, replicas to two decimals.
 _RECORD_ENTRY = r"[0-9]{1,6}:[0-9]{1,5}(\.[0-9]{1,2})?"
 RECORD_PATTERN = rf"^({_RECORD_ENTRY}( {_RECORD_ENTRY})*)?$"
@@ -560,5 +566,9 @@ class LLMServiceStatus(KilnModel):
     desired_replicas: int | None = Field(
         default=None, description="Replicas the builtin autoscaler wants (the workload follows).")
     autoscaling: AutoscalingStatus | None = None
+    children: list[ChildEntry] | None = Field(
+        default=None, max_length=MAX_CHILDREN,
+        description="The objects Kiln applied for the service, Kind/name in its namespace: one the "
+                    "spec no longer asks for is deleted.")
 
 

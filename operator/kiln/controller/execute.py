@@ -15,23 +15,25 @@ from typing import Any
 from ..api import ConditionType
 from ..api.llmservice import Condition
 from ..decide.conditions import get_condition
-from ..decide.decide import refuse, rolled_out
+from ..decide.decide import refuse, removed, retired, rolled_out
+from ..decide.observe import EventReason
 from ..decide.snapshot import Actions
 from ..decide.status import status_wire
 from ..errors import SpecInvalid
 from .gather import refused_write
-from .kube import ApiException, KubeApi, concurrently
+from .kube import ApiException, KubeApi, concurrently, kind_of
 
 __all__ = ["execute", "stages", "write_status"]
 
 
 async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now: str,
                   generation: int | None) -> Actions:
-    """The writes ``actions`` lists: the superseded build's deletion, the engine record and its
-    build, the children in order. A child the API server refuses for good stalls the service
+    """The writes ``actions`` lists: the deletions (a superseded build, the children the spec
+    no longer asks for), the engine record and its build, the children in order, and the
+    previous workload's deletion once the service is Ready on the new one. A child the API server refuses for good stalls the service
     (``before``: the status it had, for one Event per transition)."""
-    for job in actions.delete:
-        await api.delete(job, background=True)
+    for obj in actions.delete:
+        await _delete(actions, api, obj)
     if actions.engine_record is not None:
         await api.apply(actions.engine_record)
     if actions.build_job is not None and await api.create(actions.build_job) is not None:
@@ -46,7 +48,28 @@ async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now
     except SpecInvalid as error:
         stalled = get_condition(list(before.get("conditions") or []), ConditionType.STALLED.value)
         refuse(actions, error, Condition.model_validate(stalled) if stalled else None, now, generation)
+    for obj in retired(actions):  # Ready on the new workload only now, as the apply returned it
+        await _delete(actions, api, obj)
     return actions
+
+
+async def _delete(actions: Actions, api: KubeApi, obj: dict[str, Any]) -> None:
+    """Delete ``obj`` with its dependents. A 403 (an operator whose ClusterRole predates the
+    verb) is said in a Warning Event instead of its Removed one, and the object leaves the
+    inventory: deleting it is left to whoever may."""
+    try:
+        await api.delete(obj, background=True)
+    except ApiException as error:
+        if error.status != 403:
+            raise
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        actions.events = [event for event in actions.events if event != ("Normal", EventReason.REMOVED, removed(obj))]
+        actions.events.append(("Warning", EventReason.NOT_REMOVED,
+                               f"{kind} {name} is no longer asked for by the spec, and the API server "
+                               f"refused to let the operator delete it (403); delete it by hand, or "
+                               f"grant the operator delete on {kind_of(obj).plural}"))
+        actions.status.children = [entry for entry in actions.status.children or []
+                                    if entry != f"{kind}/{name}"]
 
 
 # What a child must find in place when it is written; children of one stage are independent

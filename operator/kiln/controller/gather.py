@@ -24,13 +24,14 @@ from ..decide.status import parse_status
 from ..errors import SpecInvalid
 from ..api import API_VERSION, ConditionType, Reason
 from ..render import Rendered, ServiceRef
+from ..render import inventory as inventory_of
 from .collect import superseded_build
 from .credentials import read_credentials
 from .kube import ApiException, KubeApi, concurrently
 from .models import ModelResolver
 from .ownership import check_launcher_targets, live_child
 
-__all__ = ["gather", "confirm_misses", "refused_write"]
+__all__ = ["gather", "confirm_misses", "refused_write", "unwanted"]
 
 
 async def gather(body: Mapping[str, Any], api: KubeApi, models: ModelResolver, now: str,
@@ -71,21 +72,52 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
     serves = frozenset([need for need in needed_apis(snapshot, rendered) if await api.serves(*need)])
     cluster = Cluster(serves=serves, superseded_job=superseded)
     wanted = children(rendered)
+    stale = unwanted(snapshot.status.children, wanted, ref.name, ref.namespace)
     # The reads are independent: in flight together, the engine record's too. A child the
     # watch caches miss is read from the API only if this reconcile writes (confirm_misses).
-    *reads, engine = await concurrently([*(api.get(*_address(child)) for child in wanted),
+    *reads, engine = await concurrently([*(api.get(*_address(child)) for child in [*wanted, *stale]),
                                          api.get(API_VERSION, "LLMEngine", rendered.engine["metadata"]["name"])])
-    lives, refusal = _lives(wanted, reads, rendered, ref.namespace)
+    lives, refusal = _lives(wanted, reads[:len(wanted)], rendered, ref.namespace)
     if refusal is not None:
         return replace(cluster, children=lives, read_refusal=refusal)
     if isinstance(engine, Exception):
         raise engine
-    cluster = replace(cluster, children=lives)
+    cluster = replace(cluster, children=lives, leftovers=_leftovers(stale, reads[len(wanted):]))
     try:
         await _launcher_targets(api, rendered, lives, f"{ref.namespace}/{ref.name}")
     except SpecInvalid as conflict:
         return replace(cluster, launcher_conflict=conflict)
     return await _engine(api, cluster, rendered, engine)
+
+
+def unwanted(inventory: list[str] | None, wanted: list[dict[str, Any]], instance: str,
+             namespace: str) -> list[dict[str, Any]]:
+    """The objects the inventory names that the spec no longer asks for, to read (their
+    identity only). An entry that is not one :func:`kiln.render.inventory` can make for
+    this service is ignored: the status is not a way to name someone else's object."""
+    possible, asked = inventory_of(instance), {(child["kind"], child["metadata"]["name"]) for child in wanted}
+    stale = []
+    for entry in dict.fromkeys(inventory or []):
+        kind, _, name = entry.partition("/")
+        if (kind, name) in possible and (kind, name) not in asked:
+            stale.append({"apiVersion": possible[(kind, name)], "kind": kind,
+                          "metadata": {"name": name, "namespace": namespace}})
+    return stale
+
+
+def _leftovers(stale: list[dict[str, Any]], reads: list[dict[str, Any] | None | Exception]
+               ) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """The stale objects as read. One the operator may not read (a 403: the platform team
+    has taken the verb away, or never gave it in that namespace) or whose API is gone is
+    left alone, and falls off the inventory; any other failure is raised."""
+    found: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for obj, read in zip(stale, reads):
+        if isinstance(read, ApiException) and read.status in (403, 404):
+            read = None
+        if isinstance(read, Exception):
+            raise read
+        found[(obj["kind"], obj["metadata"]["name"])] = read
+    return found
 
 
 def _address(child: Mapping[str, Any]) -> tuple[str, str, str, str | None]:

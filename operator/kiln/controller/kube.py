@@ -238,17 +238,21 @@ class KubeApi:
             raise
 
     async def delete(self, obj: dict[str, Any], *, background: bool = False) -> None:
-        """Delete ``obj`` (gone already is fine). ``background``: its dependents too, at once.
+        """Delete ``obj`` (gone already is fine), the very object read if it has a UID. ``background``: its dependents too, at once.
         A batch/v1 Job deleted without a propagation policy orphans its pods, which would go
         on using the GPUs (kubernetes/kubernetes, pkg/registry/batch/job/strategy.go:
         ``DefaultGarbageCollectionPolicy`` is OrphanDependents for batch/v1)."""
         meta = obj["metadata"]
         query = [("propagationPolicy", "Background")] if background else []
+        # Only the object that was read: one deleted and made again under its name since
+        # (by someone else) is refused by the API server, 409, and left alone.
+        body = {"apiVersion": "v1", "kind": "DeleteOptions",
+                "preconditions": {"uid": meta["uid"]}} if meta.get("uid") else None
         try:
             await self._call("DELETE", kind_of(obj).path(meta.get("namespace"), meta["name"]),
-                             query=query)
+                             body, query=query)
         except ApiException as error:
-            if error.status != 404:
+            if error.status not in (404, 409):
                 raise
 
     async def patch_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:

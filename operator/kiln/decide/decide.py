@@ -15,17 +15,18 @@ from ..api import AutoscalingMode, ConditionType, LLMServiceStatus, Reason
 from ..api.llmservice import Condition, EndpointsStatus, EngineRef, ScaleFromZeroStatus
 from ..errors import NotReadyYet, PlanRefused, SpecInvalid
 from ..planner import Plan, cold_start_seconds
-from ..render import SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node, openai_endpoint
+from ..render import (SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node, openai_endpoint,
+                      workload_keys)
 from ..render.gateway import HTTP_ROUTE_API, INFERENCE_POOL_API
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
 from .engine import engine_ready, storage_uri
 from .observe import EventReason, observe
-from .ownership import check_controlled
+from .ownership import check_controlled, controller_of
 from .snapshot import Actions, Snapshot
-from .status import conclude, get_condition, set_condition
+from .status import conclude, get_condition, is_true, set_condition
 
-__all__ = ["decide", "refuse", "rolled_out", "children", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
+__all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
 ROLLOUT_POLL_SECONDS = 5.0
@@ -113,7 +114,48 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     actions.apply = [child for child, live in zip(objects, lives) if _changed(child, live)]
     actions.workload, actions.gateway = rendered.workload, rendered.gateway
     actions.rollout = (intent.replicas, snapshot.now, snapshot.generation)
+    _prune(snapshot, actions, objects)
     rolled_out(actions, workload)
+    retired(actions)
+
+
+def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) -> None:
+    """What the spec no longer asks for (a scaler after a change of ``autoscaling.mode``, the
+    NetworkPolicy once it is disabled, the gateway's objects once ``spec.gateway`` is removed,
+    the workload of the other kind after ``gpus`` crosses a node): deleted, if the service
+    controls it, with its dependents. The previous workload goes only once the service is
+    Ready on the new one (:func:`retired`), as an engine's does. The inventory becomes what
+    is applied now and what is still to go; an object the service does not control (any
+    more) falls off it, never deleted."""
+    keep = []
+    for (kind, name), live in snapshot.cluster.leftovers.items():
+        if live is None or (controller_of(live) or {}).get("uid") != snapshot.ref.uid:
+            continue
+        if (kind, name) in workload_keys(snapshot.ref.name):
+            actions.retire.append(live)
+            keep.append(f"{kind}/{name}")
+        else:
+            actions.delete.append(live)
+            actions.events.append(("Normal", EventReason.REMOVED, removed(live)))
+    actions.status.children = sorted({*(f"{child['kind']}/{child['metadata']['name']}" for child in objects),
+                                      *keep})
+
+
+def removed(obj: dict[str, Any]) -> str:
+    return f"deleted {obj['kind']} {obj['metadata']['name']}: the spec no longer asks for it"
+
+
+def retired(actions: Actions) -> list[dict[str, Any]]:
+    """Once the service is Ready, the previous workload is to be deleted (and leaves the
+    inventory): moved to ``actions.delete`` and returned."""
+    if not actions.retire or not is_true(actions.status, ConditionType.READY.value):
+        return []
+    retiring, actions.retire = actions.retire, []
+    gone = {f"{obj['kind']}/{obj['metadata']['name']}" for obj in retiring}
+    actions.delete += retiring
+    actions.events += [("Normal", EventReason.REMOVED, removed(obj)) for obj in retiring]
+    actions.status.children = [entry for entry in actions.status.children or [] if entry not in gone]
+    return retiring
 
 
 def _plan_status(status: LLMServiceStatus, result: Plan, why_unknown: str, now: str,

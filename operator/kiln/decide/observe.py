@@ -32,6 +32,8 @@ class EventReason(StrEnum):
     ENGINE_REUSED = "EngineReused"
     BUILD_CANCELLED = "BuildCancelled"
     PLAN_MISMATCH = "PlanMismatch"
+    REMOVED = "Removed"  # a child the spec no longer asks for, deleted
+    NOT_REMOVED = "NotRemoved"  # ... and the API server refused its deletion
 
 
 def kv_utilization(samples: tuple[KVSample, ...] | list[KVSample]) -> float:

@@ -69,6 +69,9 @@ class Cluster:
     superseded_job: dict[str, Any] | None = None  # a running build of an engine nobody wants now
     read_refusal: SpecInvalid | None = None  # a child's read the API server refused
     launcher_conflict: SpecInvalid | None = None  # a pod the launcher Role would reach is not the service's
+    # The objects the inventory (``status.children``) names and the spec no longer asks for,
+    # as read: (kind, name) -> the object, or None if it is gone or cannot be read.
+    leftovers: Mapping[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class Actions:
     status: LLMServiceStatus
     events: list[Event] = field(default_factory=list)
     delete: list[dict[str, Any]] = field(default_factory=list)  # with their dependents
+    # The previous workload, deleted (with its pods) once the service is Ready on the new one.
+    retire: list[dict[str, Any]] = field(default_factory=list)
     engine: dict[str, Any] | None = None  # the LLMEngine record the statuses below are for
     engine_record: dict[str, Any] | None = None  # the LLMEngine record to create
     build_job: dict[str, Any] | None = None  # to create; ``started`` only if this create made it

@@ -323,6 +323,12 @@ class KilnEmulator(KubernetesEmulator):
         if request.action == action.DELETE:
             if not exists:
                 raise KubernetesObjectNotFoundError()
+            # DeleteOptions.preconditions.uid, as the API server checks it (a 409 Conflict:
+            # k8s.io/apiserver, pkg/registry/generic/registry/store.go, ``Delete``).
+            uid = ((body or {}).get("preconditions") or {}).get("uid")
+            if uid and uid != self._objects[key].raw.get("metadata", {}).get("uid"):
+                raise KubernetesError(status=409, reason="Conflict",
+                                      message=f"Precondition failed: UID in precondition: {uid}")
             await self._delete(key)
             return
         content_type = request.headers.get("Content-Type", "")

@@ -13,18 +13,18 @@ from ..api import AutoscalingMode, LLMServiceSpec
 from ..planner import GPU, Plan
 from .checks import check_objects
 from .engine import Engine, build_job, engine_for, engine_key, llm_engine
-from .gateway import gateway_objects
+from .gateway import HTTP_ROUTE_API, INFERENCE_POOL_API, epp_name, gateway_objects, pool_name, route_name
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
 from .scaling import scaler
-from .serving import (endpoint, multi_node, network_policy, served_model_name, server_name,
-                      service, service_accounts, workload, workload_ref)
+from .serving import (LWS_API_VERSION, endpoint, group_name, launcher_name, multi_node, network_policy,
+                      served_model_name, server_name, service, service_accounts, workload, workload_ref)
 from .serving import openai_endpoint as _server_openai_endpoint
-from .wake import wake_endpoint, wake_objects
+from .wake import HTTP_SCALED_OBJECT_API, wake_endpoint, wake_name, wake_objects
 
 __all__ = ["ServiceRef", "Rendered", "render", "Engine", "engine_for", "engine_key",
            "FIELD_MANAGER", "SPEC_HASH_ANNOTATION", "endpoint", "server_name", "selector",
            "labels", "multi_node", "workload_ref", "openai_endpoint", "served_model_name",
-           "wake_endpoint"]
+           "wake_endpoint", "inventory", "workload_keys"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,34 @@ def openai_endpoint(spec: LLMServiceSpec, instance: str, namespace: str) -> str 
     if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP:
         return wake_endpoint(instance, namespace)
     return _server_openai_endpoint(spec, instance, namespace)
+
+
+_RBAC = "rbac.authorization.k8s.io/v1"
+
+
+def inventory(instance: str) -> dict[tuple[str, str], str]:
+    """Every object :func:`render` can make in LLMService ``instance``'s namespace, whatever
+    its spec: (kind, name) to apiVersion. What a service's inventory (``status.children``)
+    may name; nothing outside it is ever deleted as no longer wanted."""
+    server, launcher, epp = server_name(instance), launcher_name(instance), epp_name(instance)
+    return {
+        ("ServiceAccount", server): "v1", ("Service", server): "v1",
+        ("NetworkPolicy", server): "networking.k8s.io/v1",
+        ("Deployment", server): "apps/v1", ("LeaderWorkerSet", group_name(instance)): LWS_API_VERSION,
+        ("ServiceAccount", launcher): "v1", ("Role", launcher): _RBAC, ("RoleBinding", launcher): _RBAC,
+        ("ScaledObject", instance): "keda.sh/v1alpha1", ("HorizontalPodAutoscaler", instance): "autoscaling/v2",
+        ("HTTPScaledObject", instance): HTTP_SCALED_OBJECT_API, ("Service", wake_name(instance)): "v1",
+        ("ServiceAccount", epp): "v1", ("Role", epp): _RBAC, ("RoleBinding", epp): _RBAC,
+        ("ConfigMap", epp): "v1", ("Deployment", epp): "apps/v1", ("Service", epp): "v1",
+        ("InferencePool", pool_name(instance)): INFERENCE_POOL_API,
+        ("HTTPRoute", route_name(instance)): HTTP_ROUTE_API,
+    }
+
+
+def workload_keys(instance: str) -> frozenset[tuple[str, str]]:
+    """The (kind, name) of either workload the service can have: one node's Deployment, or
+    the multi-node LeaderWorkerSet."""
+    return frozenset({("Deployment", server_name(instance)), ("LeaderWorkerSet", group_name(instance))})
 
 
 def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,

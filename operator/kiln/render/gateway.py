@@ -32,7 +32,7 @@ from .meta import child_name, labels, owned_by, selector, stamp
 from .pod import restricted_container_security
 from .serving import PORTS, served_model_name
 
-__all__ = ["gateway_objects", "pool_name", "epp_name", "INFERENCE_POOL_API", "HTTP_ROUTE_API",
+__all__ = ["gateway_objects", "pool_name", "epp_name", "route_name", "INFERENCE_POOL_API", "HTTP_ROUTE_API",
            "EPP_PORT", "MODEL_HEADER"]
 
 INFERENCE_POOL_API = "inference.networking.k8s.io/v1"
@@ -68,6 +68,10 @@ def pool_name(instance: str) -> str:
 
 def epp_name(instance: str) -> str:
     return child_name(instance, "epp")
+
+
+def route_name(instance: str) -> str:
+    return child_name(instance, "openai")
 
 
 def _meta(name: str, instance: str, namespace: str, owner_uid: str | None,
@@ -157,7 +161,7 @@ def gateway_objects(spec: LLMServiceSpec, instance: str, namespace: str,
               **({"namespace": spec.gateway.namespace} if spec.gateway.namespace else {})}
     route = stamp({
         "apiVersion": HTTP_ROUTE_API, "kind": "HTTPRoute",
-        "metadata": _meta(child_name(instance, "openai"), instance, namespace, owner_uid, "server"),
+        "metadata": _meta(route_name(instance), instance, namespace, owner_uid, "server"),
         "spec": {"parentRefs": [parent], "rules": [{
             "matches": [{"path": {"type": "PathPrefix", "value": "/v1"},
                          "headers": [{"type": "Exact", "name": MODEL_HEADER,

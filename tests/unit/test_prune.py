@@ -1,0 +1,137 @@
+"""What a spec change leaves behind: the children a service's spec no longer asks for are
+deleted, if the service controls them; the previous workload only once the new one is Ready.
+
+The inventory (``status.children``) names what was applied; ``decide`` is handed the stale
+objects as read (controller/gather.py reads them), and nothing else is ever deleted."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import yaml
+
+from kiln.api import LLMServiceStatus
+from kiln.controller.gather import unwanted
+from kiln.decide import decide, intend, parse, workload_replicas
+from kiln.decide.decide import children
+from kiln.decide.policy import Policy
+from kiln.decide.status import parse_status
+from kiln.planner import model_config
+from kiln.render import Rendered, inventory, workload_keys
+
+from ..conftest import ROOT
+from .test_decide import REF, World, _owned, _ready_status, _spec, snapshot
+
+HPA = {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}
+
+
+def _rendered(spec: dict[str, Any], name: str = "mistral-7b") -> Rendered:
+    ref = replace(REF, name=name)
+    parsed = parse(ref, spec, Policy())
+    model, _ = model_config(parsed.spec.model.source)
+    rendered = intend(ref, parsed, model, workload_replicas(parsed.spec, None)).rendered
+    assert isinstance(rendered, Rendered)
+    return rendered
+
+
+def _specs() -> list[dict[str, Any]]:
+    """Every example's spec, and Mistral's in every autoscaling mode, with a NetworkPolicy,
+    a gateway, and over two nodes."""
+    examples = [doc["spec"] for path in sorted((ROOT / "examples").glob("*.yaml"))
+                for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == "LLMService"]
+    modes = [_spec(autoscaling={**HPA, "mode": mode}) for mode in ("builtin", "hpa", "keda", "keda-http")]
+    return [*examples, *modes, _spec(networkPolicy={"enabled": True}), _spec(gateway={"name": "gw"}),
+            _spec(gpus=16, parallelism={"tensor": 8, "pipeline": 2})]
+
+
+@pytest.mark.parametrize("name", ["mistral-7b", "a" * 63])
+def test_every_child_any_spec_makes_is_in_the_inventory(name):
+    possible = inventory(name)
+    for spec in _specs():
+        for child in children(_rendered(copy.deepcopy(spec), name)):
+            key = (child["kind"], child["metadata"]["name"])
+            assert possible.get(key) == child["apiVersion"], (key, spec)
+
+
+def _leftover(obj: dict[str, Any], uid: str = "uid-1") -> dict[str, Any]:
+    live = _owned(obj, uid)
+    live["metadata"]["uid"] = f"{obj['kind']}-uid"
+    return live
+
+
+def _changed(world: World, before: dict[str, Any], uid: str = "uid-1") -> Any:
+    """``world``'s snapshot, after a spec that made ``before``'s children: its inventory, and
+    those of them the spec no longer asks for as the API server holds them."""
+    old = children(_rendered(before))
+    snap = snapshot(replace(world, status={**world.status,
+                                            "children": [f"{c['kind']}/{c['metadata']['name']}" for c in old]}))
+    wanted = {(c["kind"], c["metadata"]["name"]) for c in children(snap.intent.rendered)}
+    stale = {(c["kind"], c["metadata"]["name"]): _leftover(c, uid) for c in old
+             if (c["kind"], c["metadata"]["name"]) not in wanted}
+    return replace(snap, cluster=replace(snap.cluster, leftovers=stale))
+
+
+def test_a_scaler_the_spec_no_longer_asks_for_is_deleted_and_leaves_the_inventory():
+    world = World(engine="ready", workload="ready", status=_ready_status())
+    actions = decide(_changed(world, _spec(autoscaling=HPA, networkPolicy={"enabled": True})))
+    assert [(o["kind"], o["metadata"]["name"]) for o in actions.delete] == [
+        ("NetworkPolicy", "mistral-7b-server"), ("HorizontalPodAutoscaler", "mistral-7b")]
+    assert [(kind, reason) for kind, reason, _ in actions.events] == [("Normal", "Removed")] * 2
+    assert actions.status.children == ["Deployment/mistral-7b-server", "Service/mistral-7b-server",
+                                       "ServiceAccount/mistral-7b-server"]
+
+
+def test_what_the_service_does_not_control_is_never_deleted():
+    world = World(engine="ready", workload="ready", status=_ready_status())
+    for uid in ("someone-else", None):
+        snap = _changed(world, _spec(autoscaling=HPA), uid="someone-else")
+        if uid is None:  # no controller at all
+            [hpa] = snap.cluster.leftovers.values()
+            hpa["metadata"]["ownerReferences"] = []
+        actions = decide(snap)
+        assert actions.delete == [] and actions.events == []
+        assert "HorizontalPodAutoscaler/mistral-7b" not in actions.status.children
+
+
+def test_the_previous_workload_goes_only_once_the_service_is_ready_on_the_new_one():
+    multi_node = _spec(gpus=16, parallelism={"tensor": 8, "pipeline": 2})
+    rolling = decide(_changed(World(engine="ready", workload="rolling", status=_ready_status()), multi_node))
+    assert [o["kind"] for o in rolling.retire] == ["LeaderWorkerSet"]
+    # The launcher's account and Role go at once; the group serves on until then.
+    assert {o["kind"] for o in rolling.delete} == {"ServiceAccount", "Role", "RoleBinding"}
+    assert "LeaderWorkerSet/mistral-7b-group" in rolling.status.children
+    ready = decide(_changed(World(engine="ready", workload="ready", status=_ready_status()), multi_node))
+    assert ready.retire == [] and "LeaderWorkerSet" in [o["kind"] for o in ready.delete]
+    assert "LeaderWorkerSet/mistral-7b-group" not in ready.status.children
+    assert workload_keys("mistral-7b") == {("Deployment", "mistral-7b-server"),
+                                           ("LeaderWorkerSet", "mistral-7b-group")}
+
+
+def test_a_service_still_building_deletes_nothing_and_keeps_its_inventory():
+    world = World(engine="pending", job="running", workload="old-engine", status=_ready_status())
+    snap = _changed(world, _spec(autoscaling=HPA))
+    actions = decide(snap)
+    assert actions.delete == [] and actions.status.children == snap.status.children
+
+
+def test_the_inventory_names_only_the_services_own_objects():
+    """The status is not a way to name someone else's object: only what render can make for
+    this service, and not what the spec asks for now, is read."""
+    wanted = children(_rendered(_spec()))
+    hostile = ["Deployment/victim", "Secret/mistral-7b-server", "HorizontalPodAutoscaler/other",
+               "Deployment/mistral-7b-server", "ClusterRole/mistral-7b", "HorizontalPodAutoscaler/mistral-7b",
+               "HorizontalPodAutoscaler/mistral-7b", "HorizontalPodAutoscaler", "/mistral-7b"]
+    stale = unwanted(hostile, wanted, "mistral-7b", "llm")
+    assert stale == [{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                      "metadata": {"name": "mistral-7b", "namespace": "llm"}}]
+    assert unwanted(None, wanted, "mistral-7b", "llm") == []
+
+
+def test_a_malformed_inventory_is_dropped_not_trusted():
+    assert parse_status({"children": ["Deployment/x"] * 32}).children == ["Deployment/x"] * 32
+    for bad in (["Deployment/x"] * 33, ["Deployment/../etc"], ["Deployment/X"], [7]):
+        assert parse_status({"children": bad}).children is None
+    assert LLMServiceStatus.model_json_schema()["properties"]["children"]
