@@ -84,11 +84,16 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
     heads = int(text.get("num_attention_heads") or 0)
     kv_heads = int(text.get("num_key_value_heads") or heads)
     layers = int(text.get("num_hidden_layers") or 0)
+    quantized = support.prequantized(config)
     refused = support.refusals(architecture, spec.precision, spec.kv_cache_dtype,
-                               spec.arch_number, spec.limits.weight_streaming) \
+                               spec.arch_number, spec.limits.weight_streaming, quantized) \
         if spec.built_here else []
     if refused:
         raise BadSpec(refused[0])
+    if spec.built_here and quantized == support.ROWWISE_FP8_SOURCE and not spec.checkpoint_recipe:
+        raise BadSpec("checkpointRecipe: the model's weights are Meta's FP8 (quantization_config."
+                      "quant_method fbgemm_fp8), which is built with checkpointRecipe: fp8-rowwise "
+                      "(the Llama converter), not calibrated again by quantize.py")
     if spec.checkpoint_recipe and (support.CONVERTERS.get(architecture) != "llama"
                                    or 100 <= spec.arch_number < 120):
         raise BadSpec(f"checkpointRecipe: {spec.checkpoint_recipe} needs the Llama converter "

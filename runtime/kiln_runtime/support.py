@@ -22,8 +22,10 @@ Sources (NVIDIA/TensorRT-LLM, the 1.2-era files the code index holds):
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["CONVERTERS", "QUANTIZED", "CONVERTER_KV", "BLACKWELL_REFUSED", "STREAMABLE",
-           "checkpoint_tool", "refusals", "arch_number"]
+           "ROWWISE_FP8_SOURCE", "checkpoint_tool", "refusals", "arch_number", "prequantized"]
 
 # HF architecture -> the TensorRT-LLM example folder whose convert_checkpoint.py handles it.
 CONVERTERS = {
@@ -47,6 +49,33 @@ _BLACKWELL = range(100, 120)
 STREAMABLE = frozenset({"fp16", "bf16", "fp8", "nvfp4"})
 
 
+# The one already-quantized checkpoint Kiln builds: Meta's FP8 Llama releases
+# (``quantization_config.quant_method`` fbgemm_fp8). The Llama converter reads that config as
+# FP8 per channel and per token by itself (examples/models/core/llama/convert_checkpoint.py,
+# ``update_quant_config_from_hf``; its README, Llama 3.1 405B: "The source HF model is in FP8
+# format, so --use_fp8_rowwise is enabled automatically"), which is Kiln's fp8-rowwise recipe.
+# It reads awq and gptq configs too, as W4A16_GPTQ, for which Kiln has no precision; and
+# quantize.py (ModelOpt) calibrates a 16-bit model. TensorRT-LLM's own test harness sends the
+# other pre-quantized checkpoints (ModelOpt's among them) to the converters with flags of their
+# own (tests/integration/defs/accuracy/accuracy_core.py, ``CliFlowAccuracyTestHarness.convert``),
+# a path Kiln does not run: they are refused, naming what to use instead.
+ROWWISE_FP8_SOURCE = "fbgemm_fp8"
+_METHOD_CHARS = 40
+
+
+def prequantized(config: dict[str, Any]) -> str | None:
+    """The quantization a Hugging Face ``config.json`` says its weights already have
+    (``quantization_config.quant_method``, at most 40 characters; "unnamed" if it names none),
+    or None for unquantized weights."""
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(quantization, dict):
+        return None
+    method = quantization.get("quant_method")
+    if not isinstance(method, str) or not method.strip():
+        return "unnamed"
+    return "".join(c for c in method.strip() if c.isprintable())[:_METHOD_CHARS] or "unnamed"
+
+
 def arch_number(gpu_arch: str) -> int | None:
     """``sm90`` -> 90; None for a GPU Kiln has no architecture for."""
     digits = gpu_arch.removeprefix("sm")
@@ -59,10 +88,23 @@ def checkpoint_tool(precision: str) -> str:
 
 
 def refusals(architecture: str | None, precision: str, kv_dtype: str, sm: int | None,
-             weight_streaming: bool) -> list[str]:
+             weight_streaming: bool, quantized: str | None = None) -> list[str]:
     """Why TensorRT-LLM 1.2.1 cannot build this, each naming a choice that would work;
-    empty when it can. ``architecture`` None skips the per-architecture rules."""
+    empty when it can. ``architecture`` None skips the per-architecture rules; ``quantized``
+    is what :func:`prequantized` read of the model's config."""
     out: list[str] = []
+    if quantized is not None and architecture is not None:
+        rowwise = quantized == ROWWISE_FP8_SOURCE and CONVERTERS.get(architecture) == "llama"
+        if not rowwise or precision != "fp8":
+            out.append(f"model.source: its weights are already quantized (config.json "
+                       f"quantization_config.quant_method: {quantized}); Kiln builds from the "
+                       "16-bit checkpoint and quantizes it to spec.precision itself" + (
+                           ", and builds Meta's FP8 Llama only at precision: fp8" if rowwise else
+                           ": point model.source at the 16-bit original"))
+        elif sm in _BLACKWELL:
+            out.append(f"model.source: Meta's FP8 checkpoint is built row-wise (per-channel "
+                       f"scaling), which TensorRT-LLM 1.2.1 refuses on sm{sm} (tensorrt_llm/"
+                       "builder.py); use the 16-bit original")
     if sm in _BLACKWELL:
         if precision in BLACKWELL_REFUSED:
             out.append(f"precision: {precision} cannot be built for sm{sm}: TensorRT-LLM 1.2.1 "

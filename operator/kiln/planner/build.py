@@ -10,8 +10,9 @@ Where the weights live while a checkpoint is made (TensorRT-LLM 1.2.1):
 - For Llama-family models too large to calibrate on one node's GPUs (Llama-3.1-405B: 810 GB
   in BF16 against 640 GB on 8 H100s), ``examples/models/core/llama/README.md`` (Llama 3.1
   405B) documents ``convert_checkpoint.py --use_fp8_rowwise --load_by_shard``: FP8 weights
-  per channel, activations per token, no calibration, one shard at a time. A pre-quantized
-  FP8 source goes the same way ("--use_fp8_rowwise is enabled automatically").
+  per channel, activations per token, no calibration, one shard at a time. Meta's FP8
+  release goes the same way, at any size ("--use_fp8_rowwise is enabled automatically"); no
+  other pre-quantized source is built (``kiln_runtime.support.ROWWISE_FP8_SOURCE``).
 
 Scratch holds the download and the converted checkpoint. Past :data:`STAGE_ON_CACHE_BYTES`
 it goes to the engine cache volume instead of a node's ephemeral storage.
@@ -57,7 +58,10 @@ def _gib(n: float) -> str:
 
 def plan_build(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: int) -> BuildPlan:
     precision = Precision(spec.precision)
-    source_bytes = model.hf_param_count * 2  # the Hugging Face checkpoint, 16 bit
+    # The Hugging Face checkpoint: 16 bit, or 8 for Meta's FP8 release (its first and last
+    # layers and its attention stay 16-bit: counted at 8, a slight underestimate).
+    meta_fp8 = model.quantized == support.ROWWISE_FP8_SOURCE
+    source_bytes = model.hf_param_count * (1 if meta_fp8 else 2)
     download = 0 if spec.model.scheme == "pvc" else source_bytes
     checkpoint = weight_bytes_per_gpu(model, precision, tp, pp) * tp * pp
     build_gpus = min(spec.gpus, spec.gpu.per_node)
@@ -78,9 +82,13 @@ def plan_build(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: 
                 and support.CONVERTERS.get(model.architecture) == "llama" \
                 and support.arch_number(gpu.arch) not in range(100, 120):
             recipe, memory = FP8_ROWWISE, BASE_MEMORY_BYTES
+    if meta_fp8 and precision == Precision.FP8:
+        # Already FP8: the Llama converter reads it shard by shard, with no calibration
+        # (support.ROWWISE_FP8_SOURCE); anything else is refused by support.refusals.
+        recipe, memory = FP8_ROWWISE, BASE_MEMORY_BYTES
     if memory > node:
-        hint = ("use a pre-quantized checkpoint or precision: fp8 on a Llama-family model "
-                "(converted shard by shard)" if recipe is None else "")
+        hint = ("use precision: fp8 on a Llama-family model (converted shard by shard)"
+                if recipe is None else "")
         reasons.append(
             f"the engine build needs {_gib(memory)} of host memory ({_gib(source_bytes)} of "
             f"16-bit weights, {_gib(gpu_room)} of it on the build node's {build_gpus} GPUs) but "

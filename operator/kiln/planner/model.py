@@ -13,6 +13,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from kiln_runtime import support
+
 __all__ = ["ModelConfig", "UnsupportedModel", "load_catalog", "catalog_config", "model_config", "SUPPORTED"]
 
 SUPPORTED = {
@@ -42,6 +44,8 @@ class ModelConfig:
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
     qkv_bias: bool = False
+    # What ``quantization_config`` says the weights already are (kiln_runtime.support.prequantized).
+    quantized: str | None = None
 
     @classmethod
     def from_hf(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -89,6 +93,7 @@ class ModelConfig:
             experts_per_token=num("num_experts_per_tok", default=2 if experts else 0),
             moe_intermediate_size=num("moe_intermediate_size", default=intermediate) if experts else 0,
             qkv_bias=architecture in ("Qwen2ForCausalLM",) or bool(merged.get("add_qkv_bias")),
+            quantized=support.prequantized(raw),
         )
 
     # Parameter counts, as TensorRT-LLM lays the weights out.

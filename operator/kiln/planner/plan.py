@@ -128,7 +128,8 @@ def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: i
     if spec.runtime.server == ServerKind.TRITON:
         # What TensorRT-LLM 1.2.1 cannot build, refused here so no Job is ever created for it.
         refused = support.refusals(model.architecture, precision.value, kv_dtype.value,
-                                   support.arch_number(gpu.arch), bool(limits.weight_streaming))
+                                   support.arch_number(gpu.arch), bool(limits.weight_streaming),
+                                   model.quantized)
         refused += build.reasons
         if build.recipe == FP8_ROWWISE:
             notes.append("fp8 is built row-wise (convert_checkpoint.py --use_fp8_rowwise "
