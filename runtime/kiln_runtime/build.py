@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from . import cache, checkpoint, source, toolchain
 from .errors import StepFailed
 from .spec import BuildSpec
-from .steps import Layout, Step, check_model, plan_steps, predict_engine_config
+from .steps import Layout, Step, check_model, check_weights, plan_steps, predict_engine_config
 
 __all__ = ["dry_run", "run_build", "termination_log_path"]
 
@@ -120,6 +120,8 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
                                         "spec": spec.toolchain},
                         time.monotonic() - started)
                 else:
+                    if step.name == "checkpoint":  # downloaded or mounted, before any GPU work
+                        check_weights(layout.model_dir)
                     _run_child(step, out)
                 _log(out, f"  done in {time.monotonic() - step_started:.1f}s")
         except BaseException as error:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from . import support, toolchain
-from .errors import BadSpec
+from .errors import BadSpec, StepFailed
 from .spec import BuildSpec
 
-__all__ = ["Step", "Layout", "plan_steps", "check_model", "predict_engine_config", "QFORMAT",
+__all__ = ["Step", "Layout", "plan_steps", "check_model", "check_weights", "predict_engine_config", "QFORMAT",
            "WEIGHT_ONLY", "QUANT_ALGO", "KV_QUANT_ALGO"]
 
 # Kiln precision -> quantize.py --qformat (ModelOpt flow).
@@ -108,6 +108,17 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
     if layers and spec.pipeline_parallel > layers:
         raise BadSpec(f"pipelineParallel: {spec.pipeline_parallel} exceeds the {layers} layers")
     return architecture
+
+
+def check_weights(model_dir: Path) -> None:
+    """Before the checkpoint step (after the download): a checkpoint whose quantization is written
+    only beside config.json (:data:`kiln_runtime.support.QUANT_CONFIG_FILES`) is refused as
+    :func:`check_model` refuses one whose config.json says so."""
+    found = [name for name in support.QUANT_CONFIG_FILES if (model_dir / name).is_file()]
+    if found:
+        raise StepFailed("checkpoint", f"model.source: its weights are already quantized ({found[0]}); "
+                                     "Kiln builds from the 16-bit checkpoint and quantizes it to "
+                                     "spec.precision itself: point model.source at the 16-bit original")
 
 
 def _checkpoint_step(spec: BuildSpec, layout: Layout, architecture: str) -> Step:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["CONVERTERS", "QUANTIZED", "CONVERTER_KV", "BLACKWELL_REFUSED", "STREAMABLE",
-           "ROWWISE_FP8_SOURCE", "checkpoint_tool", "refusals", "arch_number", "prequantized"]
+           "ROWWISE_FP8_SOURCE", "QUANT_CONFIG_FILES", "checkpoint_tool", "refusals", "arch_number", "prequantized"]
 
 # HF architecture -> the TensorRT-LLM example folder whose convert_checkpoint.py handles it.
 CONVERTERS = {
@@ -60,6 +60,9 @@ STREAMABLE = frozenset({"fp16", "bf16", "fp8", "nvfp4"})
 # own (tests/integration/defs/accuracy/accuracy_core.py, ``CliFlowAccuracyTestHarness.convert``),
 # a path Kiln does not run: they are refused, naming what to use instead.
 ROWWISE_FP8_SOURCE = "fbgemm_fp8"
+# Files that say a checkpoint is already quantized besides config.json's quantization_config
+# (ModelOpt's export, and older AutoGPTQ/AWQ ones): the list TensorRT-LLM's test harness reads.
+QUANT_CONFIG_FILES = ("hf_quant_config.json", "quant_config.json", "quantize_config.json")
 _METHOD_CHARS = 40
 
 

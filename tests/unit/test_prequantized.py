@@ -8,6 +8,10 @@ the planner, and again by ``kiln-runtime build`` before any download, naming mod
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -19,6 +23,7 @@ from kiln_runtime import build, support
 from kiln_runtime.errors import BadSpec
 from kiln_runtime.spec import parse_build_spec
 
+from ..support import fake_trtllm
 from ..support.planning import planned
 from .test_runtime_build import _check_against_reference
 
@@ -90,3 +95,28 @@ def test_the_runtime_refuses_them_too_before_any_download():
         build.dry_run(parse_build_spec(raw), _config({"quant_method": "awq"}))
     with pytest.raises(BadSpec, match="checkpointRecipe: the model's weights are Meta's FP8"):
         build.dry_run(parse_build_spec(raw), _config(META_FP8))
+
+
+
+def test_a_quantization_written_beside_config_json_is_refused_before_the_checkpoint_step(tmp_path):
+    """Older ModelOpt exports say it only in hf_quant_config.json: seen once the files are
+    there (downloaded or mounted), before quantize.py would load them on the GPUs."""
+    calls, log = tmp_path / "calls.jsonl", tmp_path / "termination-log"
+    env = {**os.environ, **fake_trtllm.install(tmp_path / "fakes"), "KILN_FAKE_CALLS": str(calls),
+           "KILN_TERMINATION_LOG": str(log)}
+    model = fake_trtllm.tiny_model(tmp_path / "models" / "tiny")
+    (model / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "FP8"}}))
+    spec = {"engineKey": "cd" * 32, "engineName": "tiny-0123456789",
+            "model": {"source": str(model), "revision": "main"}, "precision": "fp8", "kvCacheDtype": "fp8",
+            "tensorParallel": 1, "pipelineParallel": 1, "gpuArch": "sm90", "toolchain": "tensorrt-llm==1.2.1",
+            "limits": {"maxBatchSize": 8, "maxInputLen": 512, "maxSeqLen": 1024, "maxNumTokens": 1024,
+                       "tokensPerBlock": 32},
+            "cacheDir": str(tmp_path / "cache"), "workDir": str(tmp_path / "work")}
+    result = subprocess.run([sys.executable, "-m", "kiln_runtime", "build"],
+                            env={**env, "KILN_BUILD_SPEC": json.dumps(spec)}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: step 'checkpoint' failed: model.source: its weights are already quantized (hf_quant_config.json)")
+    assert not calls.exists()  # quantize.py never ran
+    assert json.loads(log.read_text())["step"] == "checkpoint"
