@@ -6,6 +6,7 @@ objects as read (controller/gather.py reads them), and nothing else is ever dele
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from dataclasses import replace
 from typing import Any
@@ -14,7 +15,9 @@ import pytest
 import yaml
 
 from kiln.api import LLMServiceStatus
+from kiln.controller.execute import execute
 from kiln.controller.gather import unwanted
+from kiln.controller.kube import ApiException
 from kiln.decide import decide, intend, parse, workload_replicas
 from kiln.decide.decide import children
 from kiln.decide.policy import Policy
@@ -23,7 +26,7 @@ from kiln.planner import model_config
 from kiln.render import Rendered, inventory, workload_keys
 
 from ..conftest import ROOT
-from .test_decide import REF, World, _owned, _ready_status, _spec, snapshot
+from .test_decide import NOW, REF, World, _owned, _ready_status, _spec, snapshot
 
 HPA = {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}
 
@@ -135,3 +138,24 @@ def test_a_malformed_inventory_is_dropped_not_trusted():
     for bad in (["Deployment/x"] * 33, ["Deployment/../etc"], ["Deployment/X"], [7]):
         assert parse_status({"children": bad}).children is None
     assert LLMServiceStatus.model_json_schema()["properties"]["children"]
+
+
+class _RefusingApi:
+    """Deletes refused with a 403, as by a ClusterRole from before the delete verbs."""
+
+    async def delete(self, obj, background=False):
+        raise ApiException(status=403, reason="forbidden")
+
+    async def apply(self, obj):
+        return obj
+
+
+def test_a_delete_the_operator_may_not_make_is_said_and_leaves_the_inventory():
+    world = World(engine="ready", workload="ready", status=_ready_status())
+    actions = decide(_changed(world, _spec(autoscaling=HPA)))
+    assert [reason for _, reason, _ in actions.events] == ["Removed"]
+    actions = asyncio.run(execute(actions, _RefusingApi(), {}, NOW, 3))
+    [(type_, reason, message)] = actions.events
+    assert (type_, reason) == ("Warning", "NotRemoved")
+    assert "HorizontalPodAutoscaler mistral-7b" in message and "horizontalpodautoscalers" in message
+    assert "HorizontalPodAutoscaler/mistral-7b" not in actions.status.children

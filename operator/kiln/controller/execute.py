@@ -30,8 +30,9 @@ async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now
                   generation: int | None) -> Actions:
     """The writes ``actions`` lists: the deletions (a superseded build, the children the spec
     no longer asks for), the engine record and its build, the children in order, and the
-    previous workload's deletion once the service is Ready on the new one. A child the API server refuses for good stalls the service
-    (``before``: the status it had, for one Event per transition)."""
+    previous workload's deletion once the service is Ready on the new one. A child the API
+    server refuses for good stalls the service (``before``: the status it had, for one Event
+    per transition)."""
     for obj in actions.delete:
         await _delete(actions, api, obj)
     if actions.engine_record is not None:
@@ -63,7 +64,8 @@ async def _delete(actions: Actions, api: KubeApi, obj: dict[str, Any]) -> None:
         if error.status != 403:
             raise
         kind, name = obj["kind"], obj["metadata"]["name"]
-        actions.events = [event for event in actions.events if event != ("Normal", EventReason.REMOVED, removed(obj))]
+        said = ("Normal", EventReason.REMOVED, removed(obj))
+        actions.events = [event for event in actions.events if event != said]
         actions.events.append(("Warning", EventReason.NOT_REMOVED,
                                f"{kind} {name} is no longer asked for by the spec, and the API server "
                                f"refused to let the operator delete it (403); delete it by hand, or "

@@ -26,7 +26,8 @@ from .ownership import check_controlled, controller_of
 from .snapshot import Actions, Snapshot
 from .status import conclude, get_condition, is_true, set_condition
 
-__all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
+__all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "BUILD_POLL_SECONDS",
+           "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
 ROLLOUT_POLL_SECONDS = 5.0
