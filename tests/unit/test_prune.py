@@ -130,7 +130,16 @@ def test_the_inventory_names_only_the_services_own_objects():
     stale = unwanted(hostile, wanted, "mistral-7b", "llm")
     assert stale == [{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
                       "metadata": {"name": "mistral-7b", "namespace": "llm"}}]
-    assert unwanted(None, wanted, "mistral-7b", "llm") == []
+    assert unwanted([], wanted, "mistral-7b", "llm") == []
+
+
+def test_without_an_inventory_every_object_the_service_could_have_made_is_read_once():
+    """A service an operator without ``status.children`` reconciled: what an earlier spec
+    change left is found at the next reconcile (the caches answer for the cached kinds)."""
+    wanted = children(_rendered(_spec()))
+    stale = {(o["kind"], o["metadata"]["name"]) for o in unwanted(None, wanted, "mistral-7b", "llm")}
+    assert stale == set(inventory("mistral-7b")) - {(c["kind"], c["metadata"]["name"]) for c in wanted}
+    assert ("HorizontalPodAutoscaler", "mistral-7b") in stale and ("LeaderWorkerSet", "mistral-7b-group") in stale
 
 
 def test_a_malformed_inventory_is_dropped_not_trusted():
@@ -159,3 +168,13 @@ def test_a_delete_the_operator_may_not_make_is_said_and_leaves_the_inventory():
     assert (type_, reason) == ("Warning", "NotRemoved")
     assert "HorizontalPodAutoscaler mistral-7b" in message and "horizontalpodautoscalers" in message
     assert "HorizontalPodAutoscaler/mistral-7b" not in actions.status.children
+
+
+def test_the_inventory_starts_empty_or_with_what_an_earlier_operator_left():
+    new = decide(snapshot(World(engine="pending", job="running")))
+    assert new.status.children == []  # building: nothing of its own yet, and nothing to read next time
+    world = World(engine="pending", job="running", workload="old-engine", status=_ready_status())
+    snap = _changed(world, _spec(autoscaling=HPA))
+    snap = replace(snap, status=snap.status.model_copy(update={"children": None}))
+    building = decide(snap)
+    assert building.delete == [] and building.status.children == ["HorizontalPodAutoscaler/mistral-7b"]

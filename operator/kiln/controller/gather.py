@@ -72,7 +72,11 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
     serves = frozenset([need for need in needed_apis(snapshot, rendered) if await api.serves(*need)])
     cluster = Cluster(serves=serves, superseded_job=superseded)
     wanted = children(rendered)
-    stale = unwanted(snapshot.status.children, wanted, ref.name, ref.namespace)
+    # A service never reconciled has made nothing yet; one an operator without the inventory
+    # reconciled (status.children absent) may have made anything it could: read until the
+    # reconcile records an inventory (decide keeps the leftovers it controls in it).
+    made = snapshot.status.children if snapshot.status.observed_generation is not None else []
+    stale = unwanted(made, wanted, ref.name, ref.namespace)
     # The reads are independent: in flight together, the engine record's too. A child the
     # watch caches miss is read from the API only if this reconcile writes (confirm_misses).
     *reads, engine = await concurrently([*(api.get(*_address(child)) for child in [*wanted, *stale]),
@@ -93,11 +97,14 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
 def unwanted(inventory: list[str] | None, wanted: list[dict[str, Any]], instance: str,
              namespace: str) -> list[dict[str, Any]]:
     """The objects the inventory names that the spec no longer asks for, to read (their
-    identity only). An entry that is not one :func:`kiln.render.inventory` can make for
-    this service is ignored: the status is not a way to name someone else's object."""
+    identity only); ``inventory`` None: every object :func:`kiln.render.inventory` can make
+    for this service. An entry that is not one of those is ignored: the status is not a way
+    to name someone else's object."""
     possible, asked = inventory_of(instance), {(child["kind"], child["metadata"]["name"]) for child in wanted}
+    if inventory is None:
+        inventory = [f"{kind}/{name}" for kind, name in possible]
     stale = []
-    for entry in dict.fromkeys(inventory or []):
+    for entry in dict.fromkeys(inventory):
         kind, _, name = entry.partition("/")
         if (kind, name) in possible and (kind, name) not in asked:
             stale.append({"apiVersion": possible[(kind, name)], "kind": kind,

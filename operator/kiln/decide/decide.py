@@ -97,6 +97,9 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     cluster, owner = snapshot.cluster, f"{ref.namespace}/{ref.name}"
     if cluster.read_refusal is not None:
         raise cluster.read_refusal
+    if status.children is None:  # none kept yet: what an earlier operator left, if anything
+        status.children = sorted(f"{kind}/{name}" for (kind, name), live in cluster.leftovers.items()
+                                 if _controlled(live, ref.uid))
     objects = children(rendered)
     lives = [cluster.children.get(_key(child)) for child in objects]
     for child, live in zip(objects, lives):
@@ -130,7 +133,7 @@ def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) 
     more) falls off it, never deleted."""
     keep = []
     for (kind, name), live in snapshot.cluster.leftovers.items():
-        if live is None or (controller_of(live) or {}).get("uid") != snapshot.ref.uid:
+        if not _controlled(live, snapshot.ref.uid):
             continue
         if (kind, name) in workload_keys(snapshot.ref.name):
             actions.retire.append(live)
@@ -140,6 +143,10 @@ def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) 
             actions.events.append(("Normal", EventReason.REMOVED, removed(live)))
     actions.status.children = sorted({*(f"{child['kind']}/{child['metadata']['name']}" for child in objects),
                                       *keep})
+
+
+def _controlled(live: dict[str, Any] | None, uid: str | None) -> bool:
+    return live is not None and uid is not None and (controller_of(live) or {}).get("uid") == uid
 
 
 def removed(obj: dict[str, Any]) -> str:
