@@ -453,13 +453,19 @@ async def test_the_autoscalers_record_survives_an_operator_restart(scaling_sandb
 MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
 
 
-async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_group(scaling_sandbox, backend):
-    sb = scaling_sandbox
-    if backend == "real":  # the chart grants the leader's Role only in the namespaces it lists
+async def _multi_node_namespace(sb, backend):
+    """The model's Secret, and on the real server the chart's Roles that let the operator
+    write a leader's Role there (granted only in the namespaces the chart lists)."""
+    if backend == "real":
         for obj in chart_rbac({"multiNode": {"namespaces": [sb.ns(NS)]}}):
             if obj["kind"] in ("Role", "RoleBinding"):
                 sb.plane.apply(obj)
     await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+
+
+async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_group(scaling_sandbox, backend):
+    sb = scaling_sandbox
+    await _multi_node_namespace(sb, backend)
     manifest = copy.deepcopy(MULTI_NODE)
     # Two groups at most: the test scales from one group to two and counts them.
     manifest["spec"]["autoscaling"].update(targetKVCacheUtilization=0.75, scaleDownStabilizationSeconds=2,
@@ -523,11 +529,7 @@ async def test_the_group_gives_way_to_a_deployment_once_it_serves(scaling_sandbo
     """16 GPUs over two nodes down to the 8 of one: the LeaderWorkerSet serves until the new
     Deployment has a ready replica, and is deleted then (its pods with it)."""
     sb = scaling_sandbox
-    if backend == "real":  # the chart grants the leader's Role only in the namespaces it lists
-        for obj in chart_rbac({"multiNode": {"namespaces": [sb.ns(NS)]}}):
-            if obj["kind"] in ("Role", "RoleBinding"):
-                sb.plane.apply(obj)
-    await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+    await _multi_node_namespace(sb, backend)
     await sb.start_operator()
     sb.start_kubelet()
     await sb.create(copy.deepcopy(MULTI_NODE))
