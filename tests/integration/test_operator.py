@@ -545,7 +545,10 @@ async def test_the_group_gives_way_to_a_deployment_once_it_serves(scaling_sandbo
     await sb.patch_spec(NS, "llama-405b", {"gpus": 8})
     await sb.wait_for(lambda: sb.get("deployments", "llama-405b-server", NS), what="the Deployment")
     await sb.wait_for(lambda: sb.get("roles", "llama-405b-launcher", NS) is None, what="the launcher's Role deleted")
-    await asyncio.sleep(1.0)  # reconciles every ROLLOUT_POLL_SECONDS while it rolls out
+    # The reconcile that applied the Deployment wrote this status after its deletions.
+    await sb.wait_for(lambda: (s := _service(sb, "llama-405b"))["status"].get("observedGeneration") == 2
+                      and get_condition(_conditions(s), "Reconciling")["reason"] == "RollingOut",
+                      what="rolling out on the Deployment")
     assert sb.get("leaderworkersets", "llama-405b-group", NS) is not None, "deleted before the Deployment serves"
     assert not _ready(sb, "llama-405b")
     assert "LeaderWorkerSet/llama-405b-group" in _service(sb, "llama-405b")["status"]["children"]
