@@ -133,7 +133,7 @@ def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) 
     more) falls off it, never deleted."""
     keep = []
     for (kind, name), live in snapshot.cluster.leftovers.items():
-        if not _controlled(live, snapshot.ref.uid):
+        if live is None or not _controlled(live, snapshot.ref.uid):
             continue
         if (kind, name) in workload_keys(snapshot.ref.name):
             actions.retire.append(live)
