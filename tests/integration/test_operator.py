@@ -525,6 +525,20 @@ async def test_a_spec_change_deletes_the_children_it_no_longer_asks_for(sandbox)
     assert sb.get("deployments", "mistral-7b-server", NS) is not None
 
 
+async def test_a_delete_reaches_only_the_object_that_was_read(sandbox):
+    """KubeApi.delete carries the UID it read: an object made again under that name since
+    (someone else's) is refused by the API server, 409, and stays."""
+    sb = sandbox
+    namespace = sb.ns(NS)
+    made = await sb.api.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                               "metadata": {"name": "theirs", "namespace": namespace}, "data": {"a": "1"}})
+    stale = {**made, "metadata": {**made["metadata"], "uid": "a-uid-read-before"}}
+    await sb.api.delete(stale)
+    assert sb.get("configmaps", "theirs", NS) is not None
+    await sb.api.delete(made)
+    assert sb.get("configmaps", "theirs", NS) is None
+
+
 async def test_the_group_gives_way_to_a_deployment_once_it_serves(scaling_sandbox, backend):
     """16 GPUs over two nodes down to the 8 of one: the LeaderWorkerSet serves until the new
     Deployment has a ready replica, and is deleted then (its pods with it)."""

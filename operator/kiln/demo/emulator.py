@@ -323,8 +323,9 @@ class KilnEmulator(KubernetesEmulator):
         if request.action == action.DELETE:
             if not exists:
                 raise KubernetesObjectNotFoundError()
-            # DeleteOptions.preconditions.uid, as the API server checks it (a 409 Conflict:
-            # k8s.io/apiserver, pkg/registry/generic/registry/store.go, ``Delete``).
+            # DeleteOptions.preconditions.uid, as the API server checks it: a 409 Conflict
+            # (kubernetes/kubernetes, staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go,
+            # ``checkPreconditions``: "Precondition failed: UID in precondition").
             uid = ((body or {}).get("preconditions") or {}).get("uid")
             if uid and uid != self._objects[key].raw.get("metadata", {}).get("uid"):
                 raise KubernetesError(status=409, reason="Conflict",
