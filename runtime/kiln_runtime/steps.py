@@ -17,8 +17,8 @@ from . import support, toolchain
 from .errors import BadSpec, StepFailed
 from .spec import BuildSpec
 
-__all__ = ["Step", "Layout", "plan_steps", "check_model", "check_weights", "predict_engine_config", "QFORMAT",
-           "WEIGHT_ONLY", "QUANT_ALGO", "KV_QUANT_ALGO"]
+__all__ = ["Step", "Layout", "plan_steps", "check_model", "check_weights", "predict_engine_config",
+           "QFORMAT", "WEIGHT_ONLY", "QUANT_ALGO", "KV_QUANT_ALGO"]
 
 # Kiln precision -> quantize.py --qformat (ModelOpt flow).
 QFORMAT = {"fp8": "fp8", "int8-sq": "int8_sq", "int4-awq": "int4_awq", "w4a8-awq": "w4a8_awq",
@@ -116,9 +116,7 @@ def check_weights(model_dir: Path) -> None:
     :func:`check_model` refuses one whose config.json says so."""
     found = [name for name in support.QUANT_CONFIG_FILES if (model_dir / name).is_file()]
     if found:
-        raise StepFailed("checkpoint", f"model.source: its weights are already quantized ({found[0]}); "
-                                     "Kiln builds from the 16-bit checkpoint and quantizes it to "
-                                     "spec.precision itself: point model.source at the 16-bit original")
+        raise StepFailed("checkpoint", support.already_quantized(found[0]))
 
 
 def _checkpoint_step(spec: BuildSpec, layout: Layout, architecture: str) -> Step:

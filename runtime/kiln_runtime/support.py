@@ -25,7 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["CONVERTERS", "QUANTIZED", "CONVERTER_KV", "BLACKWELL_REFUSED", "STREAMABLE",
-           "ROWWISE_FP8_SOURCE", "QUANT_CONFIG_FILES", "checkpoint_tool", "refusals", "arch_number", "prequantized"]
+           "ROWWISE_FP8_SOURCE", "QUANT_CONFIG_FILES", "checkpoint_tool", "refusals", "arch_number",
+           "prequantized", "already_quantized"]
 
 # HF architecture -> the TensorRT-LLM example folder whose convert_checkpoint.py handles it.
 CONVERTERS = {
@@ -79,6 +80,13 @@ def prequantized(config: dict[str, Any]) -> str | None:
     return "".join(c for c in method.strip() if c.isprintable())[:_METHOD_CHARS] or "unnamed"
 
 
+def already_quantized(evidence: str, instead: str | None = None) -> str:
+    """The refusal of a source whose weights are already quantized, saying what says so."""
+    return (f"model.source: its weights are already quantized ({evidence}); Kiln builds from the "
+            "16-bit checkpoint and quantizes it to spec.precision itself"
+            + (instead or ": point model.source at the 16-bit original"))
+
+
 def arch_number(gpu_arch: str) -> int | None:
     """``sm90`` -> 90; None for a GPU Kiln has no architecture for."""
     digits = gpu_arch.removeprefix("sm")
@@ -99,11 +107,9 @@ def refusals(architecture: str | None, precision: str, kv_dtype: str, sm: int | 
     if quantized is not None and architecture is not None:
         rowwise = quantized == ROWWISE_FP8_SOURCE and CONVERTERS.get(architecture) == "llama"
         if not rowwise or precision != "fp8":
-            out.append(f"model.source: its weights are already quantized (config.json "
-                       f"quantization_config.quant_method: {quantized}); Kiln builds from the "
-                       "16-bit checkpoint and quantizes it to spec.precision itself" + (
-                           ", and builds Meta's FP8 Llama only at precision: fp8" if rowwise else
-                           ": point model.source at the 16-bit original"))
+            out.append(already_quantized(f"config.json quantization_config.quant_method: {quantized}",
+                                         ", and builds Meta's FP8 Llama only at precision: fp8"
+                                         if rowwise else None))
         elif sm in _BLACKWELL:
             out.append(f"model.source: Meta's FP8 checkpoint is built row-wise (per-channel "
                        f"scaling), which TensorRT-LLM 1.2.1 refuses on sm{sm} (tensorrt_llm/"

@@ -27,7 +27,7 @@ from ..render import Rendered, ServiceRef
 from ..render import inventory as inventory_of
 from .collect import superseded_build
 from .credentials import read_credentials
-from .kube import ApiException, KubeApi, concurrently
+from .kube import API_VERSION_OF, ApiException, KubeApi, concurrently
 from .models import ModelResolver
 from .ownership import check_launcher_targets, live_child
 
@@ -100,14 +100,16 @@ def unwanted(inventory: list[str] | None, wanted: list[dict[str, Any]], instance
     identity only); ``inventory`` None: every object :func:`kiln.render.inventory` can make
     for this service. An entry that is not one of those is ignored: the status is not a way
     to name someone else's object."""
+    if inventory == []:
+        return []
     possible, asked = inventory_of(instance), {(child["kind"], child["metadata"]["name"]) for child in wanted}
     if inventory is None:
-        inventory = [f"{kind}/{name}" for kind, name in possible]
+        inventory = [f"{kind}/{name}" for kind, name in sorted(possible)]
     stale = []
     for entry in dict.fromkeys(inventory):
         kind, _, name = entry.partition("/")
         if (kind, name) in possible and (kind, name) not in asked:
-            stale.append({"apiVersion": possible[(kind, name)], "kind": kind,
+            stale.append({"apiVersion": API_VERSION_OF[kind], "kind": kind,
                           "metadata": {"name": name, "namespace": namespace}})
     return stale
 

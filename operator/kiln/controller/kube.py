@@ -21,7 +21,7 @@ from ..api import Reason
 from ..errors import SpecInvalid
 from ..render import FIELD_MANAGER
 
-__all__ = ["KubeApi", "Kind", "KINDS", "ApiException", "kind_of", "REFUSED_STATUSES", "PARALLEL_CALLS",
+__all__ = ["KubeApi", "Kind", "KINDS", "API_VERSION_OF", "ApiException", "kind_of", "REFUSED_STATUSES", "PARALLEL_CALLS",
            "API_CONNECTIONS", "concurrently"]
 
 T = TypeVar("T")
@@ -94,6 +94,10 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("inference.networking.k8s.io/v1", "InferencePool", "inferencepools", True),
     Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes", True),
 )}
+
+
+# A kind's apiVersion, by kind alone (each kind above is served at one version).
+API_VERSION_OF: dict[str, str] = {kind: api_version for api_version, kind in KINDS}
 
 
 def kind_of(obj: dict[str, Any]) -> Kind:

@@ -13,13 +13,13 @@ from ..api import AutoscalingMode, LLMServiceSpec
 from ..planner import GPU, Plan
 from .checks import check_objects
 from .engine import Engine, build_job, engine_for, engine_key, llm_engine
-from .gateway import HTTP_ROUTE_API, INFERENCE_POOL_API, epp_name, gateway_objects, pool_name, route_name
+from .gateway import epp_name, gateway_objects, pool_name, route_name
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
 from .scaling import scaler
-from .serving import (LWS_API_VERSION, endpoint, group_name, launcher_name, multi_node, network_policy,
-                      served_model_name, server_name, service, service_accounts, workload, workload_ref)
+from .serving import (endpoint, group_name, launcher_name, multi_node, network_policy, served_model_name,
+                      server_name, service, service_accounts, workload, workload_ref)
 from .serving import openai_endpoint as _server_openai_endpoint
-from .wake import HTTP_SCALED_OBJECT_API, wake_endpoint, wake_name, wake_objects
+from .wake import wake_endpoint, wake_name, wake_objects
 
 __all__ = ["ServiceRef", "Rendered", "render", "Engine", "engine_for", "engine_key",
            "FIELD_MANAGER", "SPEC_HASH_ANNOTATION", "endpoint", "server_name", "selector",
@@ -70,26 +70,21 @@ def openai_endpoint(spec: LLMServiceSpec, instance: str, namespace: str) -> str 
     return _server_openai_endpoint(spec, instance, namespace)
 
 
-_RBAC = "rbac.authorization.k8s.io/v1"
-
-
-def inventory(instance: str) -> dict[tuple[str, str], str]:
-    """Every object :func:`render` can make in LLMService ``instance``'s namespace, whatever
-    its spec: (kind, name) to apiVersion. What a service's inventory (``status.children``)
-    may name; nothing outside it is ever deleted as no longer wanted."""
+def inventory(instance: str) -> frozenset[tuple[str, str]]:
+    """(kind, name) of every object :func:`render` can make in LLMService ``instance``'s
+    namespace, whatever its spec: what a service's inventory (``status.children``) may name;
+    nothing outside it is ever deleted as no longer wanted."""
     server, launcher, epp = server_name(instance), launcher_name(instance), epp_name(instance)
-    return {
-        ("ServiceAccount", server): "v1", ("Service", server): "v1",
-        ("NetworkPolicy", server): "networking.k8s.io/v1",
-        ("Deployment", server): "apps/v1", ("LeaderWorkerSet", group_name(instance)): LWS_API_VERSION,
-        ("ServiceAccount", launcher): "v1", ("Role", launcher): _RBAC, ("RoleBinding", launcher): _RBAC,
-        ("ScaledObject", instance): "keda.sh/v1alpha1", ("HorizontalPodAutoscaler", instance): "autoscaling/v2",
-        ("HTTPScaledObject", instance): HTTP_SCALED_OBJECT_API, ("Service", wake_name(instance)): "v1",
-        ("ServiceAccount", epp): "v1", ("Role", epp): _RBAC, ("RoleBinding", epp): _RBAC,
-        ("ConfigMap", epp): "v1", ("Deployment", epp): "apps/v1", ("Service", epp): "v1",
-        ("InferencePool", pool_name(instance)): INFERENCE_POOL_API,
-        ("HTTPRoute", route_name(instance)): HTTP_ROUTE_API,
-    }
+    return frozenset({
+        ("ServiceAccount", server), ("Service", server), ("NetworkPolicy", server),
+        ("Deployment", server), ("LeaderWorkerSet", group_name(instance)),
+        ("ServiceAccount", launcher), ("Role", launcher), ("RoleBinding", launcher),
+        ("ScaledObject", instance), ("HorizontalPodAutoscaler", instance), ("HTTPScaledObject", instance),
+        ("Service", wake_name(instance)),
+        ("ServiceAccount", epp), ("Role", epp), ("RoleBinding", epp), ("ConfigMap", epp),
+        ("Deployment", epp), ("Service", epp),
+        ("InferencePool", pool_name(instance)), ("HTTPRoute", route_name(instance)),
+    })
 
 
 def workload_keys(instance: str) -> frozenset[tuple[str, str]]:
