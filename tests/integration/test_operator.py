@@ -525,6 +525,33 @@ async def test_a_spec_change_deletes_the_children_it_no_longer_asks_for(sandbox)
     assert sb.get("deployments", "mistral-7b-server", NS) is not None
 
 
+async def test_what_an_interrupted_reconcile_applied_goes_after_the_next_spec_change(sandbox):
+    """An operator stopped after a reconcile applied an HPA and before its status write: the
+    status still says the generation before and names no HPA. The spec moves on again; the
+    HPA it no longer asks for is found (every object the service could have made is read
+    once) and deleted."""
+    sb = sandbox
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(MISTRAL))
+    await sb.wait_for(lambda: _ready(sb), what="Ready")
+    await sb.patch_spec(NS, "mistral-7b", {"autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}})
+    await sb.wait_for(lambda: (svc := _service(sb)) and svc["status"].get("observedGeneration") == 2
+                      and _ready(sb) and sb.get("horizontalpodautoscalers", "mistral-7b", NS), what="the HPA")
+    await sb.stop_operator()
+    svc = _service(sb)
+    assert "HorizontalPodAutoscaler/mistral-7b" in svc["status"]["children"]
+    await sb.api.patch_status(svc, {"observedGeneration": 1, "children": [
+        entry for entry in svc["status"]["children"] if entry != "HorizontalPodAutoscaler/mistral-7b"]})
+    await sb.patch_spec(NS, "mistral-7b", {"autoscaling": {"mode": "builtin"}})
+
+    await sb.start_operator()
+    await sb.wait_for(lambda: sb.get("horizontalpodautoscalers", "mistral-7b", NS) is None, what="the HPA deleted")
+    await sb.wait_for(lambda: _ready(sb) and _service(sb)["status"].get("observedGeneration") == 3,
+                      what="Ready at the new generation")
+    assert sb.get("deployments", "mistral-7b-server", NS) is not None
+
+
 async def test_a_delete_reaches_only_the_object_that_was_read(sandbox):
     """KubeApi.delete carries the UID it read: an object made again under that name since
     (someone else's) is refused by the API server, 409, and stays."""

@@ -16,7 +16,7 @@ import yaml
 
 from kiln.api import LLMServiceStatus
 from kiln.controller.execute import execute
-from kiln.controller.gather import unwanted
+from kiln.controller.gather import recorded, unwanted
 from kiln.controller.kube import API_VERSION_OF, ApiException
 from kiln.decide import decide, intend, parse, workload_replicas
 from kiln.decide.decide import children
@@ -117,7 +117,7 @@ def test_a_service_still_building_deletes_nothing_and_keeps_its_inventory():
     world = World(engine="pending", job="running", workload="old-engine", status=_ready_status())
     snap = _changed(world, _spec(autoscaling=HPA))
     actions = decide(snap)
-    assert actions.delete == [] and actions.status.children == snap.status.children
+    assert actions.delete == [] and actions.status.children == sorted(snap.status.children)
 
 
 def test_the_inventory_names_only_the_services_own_objects():
@@ -170,11 +170,49 @@ def test_a_delete_the_operator_may_not_make_is_said_and_leaves_the_inventory():
     assert "HorizontalPodAutoscaler/mistral-7b" not in actions.status.children
 
 
+def _entries(spec: dict[str, Any]) -> list[str]:
+    return sorted(f"{c['kind']}/{c['metadata']['name']}" for c in children(_rendered(spec)))
+
+
 def test_the_inventory_starts_empty_or_with_what_an_earlier_operator_left():
     new = decide(snapshot(World(engine="pending", job="running")))
-    assert new.status.children == []  # building: nothing of its own yet, and nothing to read next time
+    assert new.apply == [] and new.status.children == _entries(_spec())  # building: named before applied
     world = World(engine="pending", job="running", workload="old-engine", status=_ready_status())
     snap = _changed(world, _spec(autoscaling=HPA))
     snap = replace(snap, status=snap.status.model_copy(update={"children": None}))
     building = decide(snap)
-    assert building.delete == [] and building.status.children == ["HorizontalPodAutoscaler/mistral-7b"]
+    assert building.delete == []
+    assert building.status.children == sorted(["HorizontalPodAutoscaler/mistral-7b", *_entries(_spec())])
+
+
+def test_a_reconcile_names_what_it_will_apply_in_the_status_it_writes_before():
+    """A reconcile that cannot apply yet (its engine builds; an API the spec needs is not
+    served) still records what it will apply once it can: the status it writes now is on
+    record before that apply, so an operator stopped between the apply and the status write
+    after it leaves nothing the inventory does not name (the superset a tool keeps while its
+    set changes: kubernetes/enhancements, keps/sig-cli/3659-kubectl-apply-prune, the hint
+    annotations)."""
+    world = World(engine="ready", workload="ready", status=_ready_status())
+    before = _entries(_spec())
+    assert decide(snapshot(world)).status.children == before
+    gateway = _spec(gateway={"name": "gw"})
+    refused = decide(snapshot(replace(world, spec=gateway, serves=frozenset())))
+    assert refused.apply == [] and "MissingDependency" in {c.reason for c in refused.status.conditions}
+    assert refused.status.children == sorted({*before, *_entries(gateway)})
+    assert {"HTTPRoute", "InferencePool"} <= {entry.partition("/")[0] for entry in refused.status.children}
+    building = decide(snapshot(replace(world, spec=_spec(precision="fp8"), engine="pending", job="running")))
+    assert building.apply == [] and building.status.children == before
+
+
+def test_a_reconcile_that_may_have_applied_without_a_status_write_reads_all_it_could_have_made():
+    """The inventory holds what was applied at ``observedGeneration`` and what that
+    generation's spec asked for. An apply whose status write never came was made for a
+    later generation: if the generation has moved on by two or more since the status was
+    written (or at all, with no status yet), what that reconcile made may be neither, and every
+    object the service could have made is read once (a few reads, at most twenty)."""
+    status = parse_status({"children": ["Deployment/mistral-7b-server"], "observedGeneration": 4})
+    assert recorded(status, 4) == recorded(status, 5) == ["Deployment/mistral-7b-server"]
+    assert recorded(status, 6) is None
+    assert recorded(parse_status({}), 1) == []  # a new service: nothing made for another spec
+    assert recorded(parse_status({}), 2) is None
+    assert recorded(parse_status({"observedGeneration": 4}), 4) is None  # an operator without it
