@@ -22,7 +22,7 @@ from ..decide.policy import Policy
 from ..decide.snapshot import Actions, Cluster, Observed, Parsed, Snapshot
 from ..decide.status import parse_status
 from ..errors import SpecInvalid
-from ..api import API_VERSION, ConditionType, Reason
+from ..api import API_VERSION, ConditionType, LLMServiceStatus, Reason
 from ..render import Rendered, ServiceRef
 from ..render import inventory as inventory_of
 from .collect import superseded_build
@@ -72,11 +72,7 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
     serves = frozenset([need for need in needed_apis(snapshot, rendered) if await api.serves(*need)])
     cluster = Cluster(serves=serves, superseded_job=superseded)
     wanted = children(rendered)
-    # A service never reconciled has made nothing yet; one an operator without the inventory
-    # reconciled (status.children absent) may have made anything it could: read until the
-    # reconcile records an inventory (decide keeps the leftovers it controls in it).
-    made = snapshot.status.children if snapshot.status.observed_generation is not None else []
-    stale = unwanted(made, wanted, ref.name, ref.namespace)
+    stale = unwanted(recorded(snapshot.status, snapshot.generation), wanted, ref.name, ref.namespace)
     # The reads are independent: in flight together, the engine record's too. A child the
     # watch caches miss is read from the API only if this reconcile writes (confirm_misses).
     *reads, engine = await concurrently([*(api.get(*_address(child)) for child in [*wanted, *stale]),
@@ -92,6 +88,26 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
     except SpecInvalid as conflict:
         return replace(cluster, launcher_conflict=conflict)
     return await _engine(api, cluster, rendered, engine)
+
+
+def recorded(status: LLMServiceStatus, generation: int | None) -> list[str] | None:
+    """What the service may have made, as far as its status knows: the inventory, or None
+    when anything it could make may be out there.
+
+    Every status write names what was applied and what that generation's spec asks for
+    (decide records it before anything is applied), so the only children it can miss are
+    those of a reconcile whose status write never came (the operator stopped in between):
+    made for a generation after ``observedGeneration``. While the generation is the next one,
+    the spec is the one that reconcile read and asks for them again; two or more generations
+    on, it may not, and everything is read once. A service never reconciled at generation 1 has made nothing; one
+    an operator without the inventory reconciled (``children`` absent) may have made anything:
+    read until a reconcile records it (decide keeps the leftovers it controls in it)."""
+    observed = status.observed_generation
+    if observed is None:
+        return [] if (generation or 1) <= 1 else None
+    if generation is not None and generation - observed > 1:
+        return None
+    return status.children
 
 
 def unwanted(inventory: list[str] | None, wanted: list[dict[str, Any]], instance: str,

@@ -23,7 +23,7 @@ from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
 from .engine import engine_ready, storage_uri
 from .observe import EventReason, observe
 from .ownership import check_controlled, controller_of
-from .snapshot import Actions, Snapshot
+from .snapshot import Actions, Cluster, Snapshot
 from .status import conclude, get_condition, is_true, set_condition
 
 __all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "BUILD_POLL_SECONDS",
@@ -93,14 +93,12 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     _cancel_superseded(snapshot, actions, rendered)
     previous_key = status.engine.key if status.engine else None
     _addresses(status, ref, parsed.spec, intent.plan, rendered)
-    _check_dependencies(snapshot, rendered)
     cluster, owner = snapshot.cluster, f"{ref.namespace}/{ref.name}"
+    objects = children(rendered)
+    _record(status, cluster, objects, ref.uid)
+    _check_dependencies(snapshot, rendered)
     if cluster.read_refusal is not None:
         raise cluster.read_refusal
-    if status.children is None:  # none kept yet: what an earlier operator left, if anything
-        status.children = sorted(f"{kind}/{name}" for (kind, name), live in cluster.leftovers.items()
-                                 if _controlled(live, ref.uid))
-    objects = children(rendered)
     lives = [cluster.children.get(_key(child)) for child in objects]
     for child, live in zip(objects, lives):
         check_controlled(live, child, ref.uid, owner)
@@ -121,6 +119,20 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     _prune(snapshot, actions, objects)
     rolled_out(actions, workload)
     retired(actions)
+
+
+def _record(status: LLMServiceStatus, cluster: Cluster, objects: list[dict[str, Any]], uid: str | None) -> None:
+    """The inventory names what this generation's spec asks for before anything is applied:
+    a reconcile that waits (a build, an API the spec needs) writes it in its status, ahead
+    of the apply once it can; one that applies writes it after, and a status write that never
+    comes is what gather's ``recorded`` reads everything for. None kept yet: what an earlier
+    operator left, if anything, once the leftovers could be read."""
+    if status.children is None:
+        if cluster.read_refusal is not None:
+            return
+        status.children = [f"{kind}/{name}" for (kind, name), live in cluster.leftovers.items()
+                           if _controlled(live, uid)]
+    status.children = sorted({*status.children, *(f"{c['kind']}/{c['metadata']['name']}" for c in objects)})
 
 
 def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) -> None:
