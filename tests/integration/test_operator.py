@@ -494,6 +494,20 @@ async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_g
     assert _service(sb, "llama-405b")["spec"].get("replicas", 1) == 1
 
 
+async def test_a_group_is_ready_under_a_leader_worker_set_controller_before_v0_9(scaling_sandbox, backend):
+    """LWS before v0.9.0 writes no status.observedGeneration (see tests/unit/test_group_rollout.py):
+    the group serves, and the service is Ready on it."""
+    sb = scaling_sandbox
+    sb.cluster.group_observes_generation = False
+    await _multi_node_namespace(sb, backend)
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(MULTI_NODE))
+    await sb.wait_for(lambda: _ready(sb, "llama-405b"), timeout=30, what="Ready")
+    [lws] = sb.objects("leaderworkersets")
+    assert lws["status"]["readyReplicas"] == 1 and "observedGeneration" not in lws["status"]
+
+
 async def test_a_spec_change_deletes_the_children_it_no_longer_asks_for(sandbox):
     """A scaler left behind after a change of autoscaling.mode would go on writing the
     service's replicas against the builtin autoscaler; a NetworkPolicy left behind would

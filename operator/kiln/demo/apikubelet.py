@@ -380,8 +380,9 @@ class ApiKubelet(SimulatedCluster):
             elif _is_ready(pod.get("status") or {}):
                 ready += 1
         status = group.get("status") or {}
-        target = {"replicas": want, "readyReplicas": ready, "updatedReplicas": want,
-                  "observedGeneration": meta.get("generation")}
+        target = {"replicas": want, "readyReplicas": ready, "updatedReplicas": want}
+        if self.group_observes_generation:
+            target["observedGeneration"] = meta.get("generation")
         if any(status.get(k) != v for k, v in target.items()):
             written = await self.api.patch_status(group, target)
             key = (meta["namespace"], meta["name"])

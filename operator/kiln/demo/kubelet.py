@@ -75,6 +75,9 @@ class SimulatedCluster:
         self.replays: dict[str, TraceReplay] = {}
         # Services whose metrics endpoints answer 503, to show that the autoscaler holds.
         self.metrics_outage: set[str] = set()
+        # False: LeaderWorkerSets' status as a controller before LWS v0.9.0 writes it, without
+        # observedGeneration (kubernetes-sigs/lws v0.8.0, config/crd/bases).
+        self.group_observes_generation = True
         # The time the kubelet and the metrics pages go by: the event loop's, or the demo's
         # simulated clock (in trace seconds) while it replays a trace.
         self.clock: Callable[[], float] | None = None
@@ -129,8 +132,9 @@ class SimulatedCluster:
             meta = workload["metadata"]
             want = int(workload["spec"].get("replicas", 1))
             status = workload.get("status") or {}
-            target = {"replicas": want, "readyReplicas": want, "updatedReplicas": want,
-                      "observedGeneration": meta.get("generation")}
+            target = {"replicas": want, "readyReplicas": want, "updatedReplicas": want}
+            if kind == "deployment" or self.group_observes_generation:
+                target["observedGeneration"] = meta.get("generation")
             if kind == "deployment":
                 target["availableReplicas"] = want
             if all(status.get(k) == v for k, v in target.items()):
