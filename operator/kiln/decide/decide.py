@@ -115,6 +115,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     # In order: the pods' ServiceAccounts (and Role) before the pods, then the rest.
     actions.apply = [child for child, live in zip(objects, lives) if _changed(child, live)]
     actions.workload, actions.gateway = rendered.workload, rendered.gateway
+    actions.workload_generation = ((workload or {}).get("metadata") or {}).get("generation")
     actions.rollout = (intent.replicas, snapshot.now, snapshot.generation)
     _prune(snapshot, actions, objects)
     rolled_out(actions, workload)
@@ -309,6 +310,27 @@ def _replica_status(status: LLMServiceStatus, live: dict[str, Any] | None) -> in
     return status.ready_replicas
 
 
+def _observed(workload: dict[str, Any] | None, decided_generation: int | None) -> bool:
+    """Whether the workload's controller has seen its spec: ``status.observedGeneration``, as
+    the Deployment controller writes it, and the LeaderWorkerSet controller from LWS v0.9.0
+    (kubernetes-sigs/lws, pkg/controllers/leaderworkerset_controller.go ``updateStatus``).
+    Before v0.9.0 LWS writes none (v0.8.0's config/crd/bases/
+    leaderworkerset.x-k8s.io_leaderworkersets.yaml: conditions, hpaPodSelector, readyReplicas,
+    replicas, updatedReplicas): its status is taken as current once written, unless this
+    reconcile's apply has just changed the spec (the generation moved from the one decided
+    on). The controller answers a change within milliseconds; the next look comes
+    ROLLOUT_POLL_SECONDS later. An LWS controller stopped for longer than that would be read
+    as current, which only its observedGeneration could tell apart."""
+    meta = (workload or {}).get("metadata") or {}
+    observed = (workload or {}).get("status") or {}
+    if meta.get("generation") is None:
+        return True
+    if "observedGeneration" in observed:
+        return bool(observed["observedGeneration"] == meta["generation"])
+    return (workload or {}).get("kind") == "LeaderWorkerSet" and bool(observed) \
+        and meta["generation"] == decided_generation
+
+
 def rolled_out(actions: Actions, workload: dict[str, Any] | None) -> None:
     """Ready, ScaledToZero or RollingOut, from the workload as the API server holds it (after
     the apply, if there was one): the last word on ``actions.status``."""
@@ -316,9 +338,7 @@ def rolled_out(actions: Actions, workload: dict[str, Any] | None) -> None:
     replicas, now, generation = actions.rollout
     status = actions.status
     ready = _replica_status(status, workload)
-    meta = (workload or {}).get("metadata") or {}
-    current = ((workload or {}).get("status") or {}).get("observedGeneration") == meta.get("generation") \
-        or meta.get("generation") is None
+    current = _observed(workload, actions.workload_generation)
     actions.requeue = None
     if replicas == 0:
         wake = status.scale_from_zero

@@ -107,6 +107,7 @@ class Actions:
     engine_status: dict[str, Any] | None = None  # a merge patch of the LLMEngine's status
     apply: list[dict[str, Any]] = field(default_factory=list)  # server-side apply, in order
     workload: dict[str, Any] | None = None  # which of them is the workload
+    workload_generation: int | None = None  # the live workload's metadata.generation, as decided on
     gateway: tuple[dict[str, Any], ...] = ()  # which are the gateway's (a 403 there is the platform's choice)
     requeue: NotReadyYet | None = None
     build_seconds: float | None = None  # run time of a build Job that completed just now
