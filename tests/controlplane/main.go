@@ -1,5 +1,6 @@
 // Command kiln-controlplane runs a real Kubernetes control plane on loopback for Kiln's test suites:
-// an embedded etcd, kube-apiserver and kube-controller-manager from k8s.io/kubernetes, and kubectl.
+// an embedded etcd, kube-apiserver and kube-controller-manager from k8s.io/kubernetes, the
+// LeaderWorkerSet controller from sigs.k8s.io/lws, and kubectl.
 //
 //	kiln-controlplane start --kubeconfig PATH [--operator-kubeconfig PATH] [--data-dir DIR]
 //	kiln-controlplane kubectl ARGS...
@@ -24,7 +25,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kiln-controlplane start|kubectl|version|kube-apiserver|kube-controller-manager ...")
+		fmt.Fprintln(os.Stderr, "usage: kiln-controlplane start|kubectl|version|kube-apiserver|kube-controller-manager|leaderworkerset-controller ...")
 		os.Exit(2)
 	}
 	sub, rest := os.Args[1], os.Args[2:]
@@ -41,6 +42,8 @@ func main() {
 		cmd := controllermanager.NewControllerManagerCommand()
 		cmd.SetArgs(rest)
 		os.Exit(cli.Run(cmd))
+	case "leaderworkerset-controller":
+		os.Exit(leaderWorkerSetController(rest))
 	case "kubectl":
 		// kubectl reads os.Args itself for plugin lookup; present it as if invoked as `kubectl`.
 		os.Args = append([]string{"kubectl"}, rest...)

@@ -197,6 +197,14 @@ func run(o startOptions) error {
 		return fmt.Errorf("kube-controller-manager not running (log: %s): %w", filepath.Join(logDir, "kube-controller-manager.log"), err)
 	}
 
+	lws, err := startLeaderWorkerSet(readyCtx, self, dir, logDir, server, adminKubeconfig, pki, client)
+	if lws != nil {
+		children = append(children, lws)
+	}
+	if err != nil {
+		return err
+	}
+
 	if o.operatorKubeconfig != "" {
 		if err := writeKubeconfig(o.operatorKubeconfig, server, pki.caPEM, pki.operatorToken, "kiln-operator"); err != nil {
 			return err
@@ -215,6 +223,8 @@ func run(o startOptions) error {
 		return apiserver.err
 	case <-kcm.done:
 		return kcm.err
+	case <-lws.done:
+		return lws.err
 	}
 }
 
@@ -281,7 +291,7 @@ func startChild(self, logPath, component string, args ...string) (*child, error)
 	return c, nil
 }
 
-// stopChildren stops the controller-manager before the API server it talks to, each with SIGTERM first.
+// stopChildren stops the controllers before the API server they talk to, each with SIGTERM first.
 func stopChildren(children []*child) {
 	for i := len(children) - 1; i >= 0; i-- {
 		c := children[i]
