@@ -79,7 +79,8 @@ def test_the_control_plane_stops_when_its_parent_is_killed(tmp_path):
         components = _children(supervisor)
         started += [supervisor, *components]
         assert sorted(_cmdline(pid)[1] for pid in components) == ["kube-apiserver",
-                                                                  "kube-controller-manager"]
+                                                                  "kube-controller-manager",
+                                                                  "leaderworkerset-controller"]
         apiserver = next(pid for pid in components if _cmdline(pid)[1] == "kube-apiserver")
         etcd_url = next(a for a in _cmdline(apiserver) if a.startswith("--etcd-servers="))
         ports = {"kube-apiserver": int(_read_kubeconfig(kubeconfig)[0].rsplit(":", 1)[1]),

@@ -484,6 +484,17 @@ async def test_a_multi_node_service_is_ready_when_its_groups_are_and_scales_by_g
         "llama-405b-launcher", "llama-405b-server"}
     svc = _service(sb, "llama-405b")
     assert svc["status"]["tpPp"] == "8x2" and svc["status"]["readyReplicas"] == 1
+    if backend == "real":  # LWS v0.8.0's controller made the group: a leader and a worker StatefulSet
+        assert {o["metadata"]["name"] for o in sb.objects("statefulsets")} == {"llama-405b-group",
+                                                                                "llama-405b-group-0"}
+        pods = {o["metadata"]["name"]: o for o in sb.objects("pods")
+                if "leaderworkerset.sigs.k8s.io/name" in o["metadata"]["labels"]}
+        assert set(pods) == {"llama-405b-group-0", "llama-405b-group-0-1"}
+        worker = pods["llama-405b-group-0-1"]
+        assert worker["metadata"]["labels"]["leaderworkerset.sigs.k8s.io/worker-index"] == "1"
+        env = {e["name"]: e.get("value") for e in worker["spec"]["containers"][0].get("env") or []}
+        assert env["LWS_WORKER_INDEX"] == "1" and env["LWS_GROUP_SIZE"] == "2"
+        assert env["LWS_LEADER_ADDRESS"].startswith("llama-405b-group-0.llama-405b-group.")
 
     # KV pressure on the group's leader (rank 0 reports the whole engine's KV blocks).
     sb.cluster.load["llama-405b"] = 1.6

@@ -328,12 +328,15 @@ async def test_a_pod_named_like_a_worker_that_is_not_the_groups_gets_no_launcher
                      "updateStrategy": {"type": "OnDelete"},
                      "template": {"metadata": {"labels": {"app": "db"}},
                                   "spec": {"containers": [{"name": "db", "image": "db:1"}]}}}})
-        # Labels copied from an LWS worker do not make it one.
+        # Labels copied from an LWS worker do not make it one (nor its size annotation, which
+        # LWS's Pod webhook requires of any Pod with its name label: kubernetes-sigs/lws,
+        # pkg/webhooks/pod_webhook.go ``Default``).
         await sb.create({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "ci-group-0-1", "namespace": NS,
                          "labels": {"app": "db", "leaderworkerset.sigs.k8s.io/name": "ci-group",
                                     "leaderworkerset.sigs.k8s.io/group-index": "0"},
+                         "annotations": {"leaderworkerset.sigs.k8s.io/size": "2"},
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
                                               "name": "ci-group-0", "uid": sts["metadata"]["uid"],
                                               "controller": True}]},

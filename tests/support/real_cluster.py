@@ -5,8 +5,8 @@
 hands out credentials: an admin's, and the operator ServiceAccount's, whose rights are exactly
 the chart's ClusterRole, so a verb the chart lacks is a real 403. :class:`RealSandbox` has the
 interface of :class:`kiln.demo.sandbox.Sandbox` on top of it, with :class:`ApiKubelet` as the
-scheduler and kubelet; the Job, Deployment, ReplicaSet, garbage-collector and namespace
-controllers are the real ones.
+scheduler and kubelet; the Job, Deployment, ReplicaSet, StatefulSet, garbage-collector and
+namespace controllers are the real ones, and so is the LeaderWorkerSet controller (LWS v0.8.0).
 """
 
 from __future__ import annotations
@@ -90,6 +90,11 @@ class ControlPlane:
         self.http.trust_env = False
         self.http.headers["Authorization"] = f"Bearer {self.admin_token}"
         self.version = self.http.get(f"{self.server}/version", timeout=10).json()["gitVersion"]
+        # A CRD the control plane installs itself (the LeaderWorkerSet's, with its controller's
+        # release) is left as it is.
+        extra_crds = [crd for crd in extra_crds if self.http.get(
+            self.server + path_of("customresourcedefinitions", name=crd["metadata"]["name"]),
+            timeout=10).status_code == 404]
         for crd in [*crds(), *extra_crds]:
             self.apply(crd)
         for crd in [*crds(), *extra_crds]:

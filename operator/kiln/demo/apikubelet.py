@@ -10,8 +10,10 @@ OpenAI API (:mod:`kiln.demo.openai_sim`) on its ``openai`` port, so that a clien
 through the rendered Service (:mod:`kiln.demo.network`). Like a kubelet, it leaves alone the Pods
 bound to nodes other than its own. The real controllers then complete the Job and
 roll the Deployment out. Deleting Pods is confirmed as a kubelet does once the containers stop
-(a zero-grace delete). With no LeaderWorkerSet controller in the control plane, the group's
-leader Pods and the LeaderWorkerSet's status are written here (see tests/controlplane/README.md).
+(a zero-grace delete). Where a LeaderWorkerSet controller runs (its webhooks registered), it
+makes each group's Pods, and only the leaders (worker index 0) serve; where the API is served
+and no controller runs, the group's leader Pods and the LeaderWorkerSet's status are written
+here.
 
 Like a kubelet and kwok, it learns of Pods from a watch (:mod:`kiln.demo.watch`), not by
 listing them: a list of every Pod per tick grows with the cluster and, at a thousand services,
@@ -46,6 +48,10 @@ WORKERS = 8
 _JOB_LABEL = "batch.kubernetes.io/job-name"
 _LWS = ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
 _LWS_LABEL = "leaderworkerset.sigs.k8s.io/name"
+_LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+# The name LWS's manifests give its mutating webhooks (kubernetes-sigs/lws, pkg/cert/cert.go
+# ``mutatingWebhookConfName``): their registration is how a controller is seen to run.
+_LWS_WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/lws-mutating-webhook-configuration"
 # A queued object: ("pod", uid) or ("group", (namespace, name)).
 _Key = tuple[str, Any]
 
@@ -119,7 +125,7 @@ class ApiKubelet(SimulatedCluster):
         :data:`WORKERS` calls to the API server at most in flight, until ``stop``."""
         tasks = [asyncio.create_task(self._follow("/api/v1/pods", self._on_pod)),
                  *[asyncio.create_task(self._work()) for _ in range(WORKERS)]]
-        if await self.api.serves(*_LWS):
+        if await self.api.serves(*_LWS) and not await self._groups_have_a_controller():
             tasks.append(asyncio.create_task(self._follow(
                 "/apis/leaderworkerset.x-k8s.io/v1/leaderworkersets", self._on_group)))
         try:
@@ -130,6 +136,15 @@ class ApiKubelet(SimulatedCluster):
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._watch.close()
             await self.close()
+
+    async def _groups_have_a_controller(self) -> bool:
+        try:
+            await self.api.request("GET", _LWS_WEBHOOKS)
+        except ApiException as error:
+            if error.status in (403, 404):
+                return False
+            raise
+        return True
 
     async def _step(self, now: float) -> None:
         """Everything known moved forward once, in this task (no watch, no workers)."""
@@ -291,8 +306,14 @@ class ApiKubelet(SimulatedCluster):
     async def _serve(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         uid = meta["uid"]
-        instance = (meta.get("labels") or {}).get("app.kubernetes.io/instance", meta["name"])
-        if uid not in self._ip:
+        labels = meta.get("labels") or {}
+        instance = labels.get("app.kubernetes.io/instance", meta["name"])
+        if labels.get(_LWS_WORKER_INDEX, "0") != "0":
+            # A group's worker: it runs the ranks the leader's mpirun starts, and serves nothing.
+            if uid not in self._ip:
+                self._ip[uid] = next(self._addresses)
+                self._uids[uid] = (meta["namespace"], meta["name"])
+        elif uid not in self._ip:
             predicted = await self._predicted_tokens_of(meta["namespace"], instance)
             triton = SimulatedTriton(instance, predicted, lambda i=instance: self._per_pod_load(i),
                                      lambda i=instance: i in self.metrics_outage,
@@ -322,7 +343,8 @@ class ApiKubelet(SimulatedCluster):
             "containerStatuses": [{"name": c["name"], "ready": True, "started": True,
                                    "restartCount": 0, "image": c.get("image", ""), "imageID": "",
                                    "state": {"running": {"startedAt": now}}} for c in containers]})
-        self.on_event(f"pod/{meta['name']} ready (simulated Triton on {self._ip[uid]})")
+        self.on_event(f"pod/{meta['name']} ready (simulated Triton on {self._ip[uid]})"
+                      if (meta["namespace"], uid) in self._triton else f"pod/{meta['name']} ready")
 
     async def _patch_pod_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
         meta = pod["metadata"]
