@@ -99,9 +99,10 @@ def recorded(status: LLMServiceStatus, generation: int | None) -> list[str] | No
     those of a reconcile whose status write never came (the operator stopped in between):
     made for a generation after ``observedGeneration``. While the generation is the next one,
     the spec is the one that reconcile read and asks for them again; two or more generations
-    on, it may not, and everything is read once. A service never reconciled at generation 1 has made nothing; one
-    an operator without the inventory reconciled (``children`` absent) may have made anything:
-    read until a reconcile records it (decide keeps the leftovers it controls in it)."""
+    on, it may not, and everything is read once. A service never reconciled at generation 1
+    has made nothing; one an operator without the inventory reconciled (``children`` absent)
+    may have made anything: read until a reconcile records it (decide keeps the leftovers it
+    controls in it)."""
     observed = status.observed_generation
     if observed is None:
         return [] if (generation or 1) <= 1 else None
