@@ -318,7 +318,7 @@ def _observed(workload: dict[str, Any] | None, decided_generation: int | None) -
     leaderworkerset.x-k8s.io_leaderworkersets.yaml: conditions, hpaPodSelector, readyReplicas,
     replicas, updatedReplicas): its status is taken as current once written, unless this
     reconcile's apply has just changed the spec (the generation moved from the one decided
-    on). The controller answers a change within milliseconds; the next look comes
+    on). The controller answers a change well within a second; the next look comes
     ROLLOUT_POLL_SECONDS later. An LWS controller stopped for longer than that would be read
     as current, which only its observedGeneration could tell apart."""
     meta = (workload or {}).get("metadata") or {}
