@@ -15,7 +15,7 @@ from typing import Any
 from ..api import ConditionType
 from ..api.llmservice import Condition
 from ..decide.conditions import get_condition
-from ..decide.decide import refuse, removed, retired, rolled_out
+from ..decide.decide import entry, refuse, removed, retired, rolled_out
 from ..decide.observe import EventReason
 from ..decide.snapshot import Actions
 from ..decide.status import status_wire
@@ -70,8 +70,7 @@ async def _delete(actions: Actions, api: KubeApi, obj: dict[str, Any]) -> None:
                                f"{kind} {name} is no longer asked for by the spec, and the API server "
                                f"refused to let the operator delete it (403); delete it by hand, or "
                                f"grant the operator delete on {kind_of(obj).plural}"))
-        actions.status.children = [entry for entry in actions.status.children or []
-                                    if entry != f"{kind}/{name}"]
+        actions.status.children = [named for named in actions.status.children or [] if named != entry(obj)]
 
 
 # What a child must find in place when it is written; children of one stage are independent

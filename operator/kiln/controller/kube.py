@@ -21,8 +21,8 @@ from ..api import Reason
 from ..errors import SpecInvalid
 from ..render import FIELD_MANAGER
 
-__all__ = ["KubeApi", "Kind", "KINDS", "API_VERSION_OF", "ApiException", "kind_of", "REFUSED_STATUSES", "PARALLEL_CALLS",
-           "API_CONNECTIONS", "concurrently"]
+__all__ = ["KubeApi", "Kind", "KINDS", "API_VERSION_OF", "ApiException", "kind_of", "REFUSED_STATUSES",
+           "PARALLEL_CALLS", "API_CONNECTIONS", "concurrently"]
 
 T = TypeVar("T")
 
@@ -242,7 +242,8 @@ class KubeApi:
             raise
 
     async def delete(self, obj: dict[str, Any], *, background: bool = False) -> None:
-        """Delete ``obj`` (gone already is fine), the very object read if it has a UID. ``background``: its dependents too, at once.
+        """Delete ``obj`` (gone already is fine), the very object read if it has a UID.
+        ``background``: its dependents too, at once.
         A batch/v1 Job deleted without a propagation policy orphans its pods, which would go
         on using the GPUs (kubernetes/kubernetes, pkg/registry/batch/job/strategy.go:
         ``DefaultGarbageCollectionPolicy`` is OrphanDependents for batch/v1)."""

@@ -26,8 +26,8 @@ from .ownership import check_controlled, controller_of
 from .snapshot import Actions, Cluster, Snapshot
 from .status import conclude, get_condition, is_true, set_condition
 
-__all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "BUILD_POLL_SECONDS",
-           "ROLLOUT_POLL_SECONDS"]
+__all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "entry",
+           "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
 ROLLOUT_POLL_SECONDS = 5.0
@@ -131,9 +131,9 @@ def _record(status: LLMServiceStatus, cluster: Cluster, objects: list[dict[str, 
     if status.children is None:
         if cluster.read_refusal is not None:
             return
-        status.children = [f"{kind}/{name}" for (kind, name), live in cluster.leftovers.items()
-                           if _controlled(live, uid)]
-    status.children = sorted({*status.children, *(f"{c['kind']}/{c['metadata']['name']}" for c in objects)})
+        status.children = [entry(live) for live in cluster.leftovers.values()
+                           if live is not None and _controlled(live, uid)]
+    status.children = sorted({*status.children, *map(entry, objects)})
 
 
 def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) -> None:
@@ -150,12 +150,16 @@ def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) 
             continue
         if (kind, name) in workload_keys(snapshot.ref.name):
             actions.retire.append(live)
-            keep.append(f"{kind}/{name}")
+            keep.append(entry(live))
         else:
             actions.delete.append(live)
             actions.events.append(("Normal", EventReason.REMOVED, removed(live)))
-    actions.status.children = sorted({*(f"{child['kind']}/{child['metadata']['name']}" for child in objects),
-                                      *keep})
+    actions.status.children = sorted({*map(entry, objects), *keep})
+
+
+def entry(obj: dict[str, Any]) -> str:
+    """``obj`` as the inventory (``status.children``) names it: ``Kind/name``."""
+    return f"{obj['kind']}/{obj['metadata']['name']}"
 
 
 def _controlled(live: dict[str, Any] | None, uid: str | None) -> bool:
@@ -172,7 +176,7 @@ def retired(actions: Actions) -> list[dict[str, Any]]:
     if not actions.retire or not is_true(actions.status, ConditionType.READY.value):
         return []
     retiring, actions.retire = actions.retire, []
-    gone = {f"{obj['kind']}/{obj['metadata']['name']}" for obj in retiring}
+    gone = set(map(entry, retiring))
     actions.delete += retiring
     actions.events += [("Normal", EventReason.REMOVED, removed(obj)) for obj in retiring]
     actions.status.children = [entry for entry in actions.status.children or [] if entry not in gone]
