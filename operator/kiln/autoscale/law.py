@@ -266,7 +266,7 @@ from typing import Any
 
 from ..api import AutoscalingSpec
 
-__all__ = ["Sample", "LawParams", "Decision", "Recommendations", "decide", "arrival_demand", "late_responses"]
+__all__ = ["Sample", "LawParams", "Decision", "Recommendations", "Reading", "decide", "arrival_demand", "late_responses"]
 
 
 @dataclass(frozen=True)
@@ -482,6 +482,48 @@ class Recommendations:
         history = 0.0 if self.since is None else now - self.since
         return size * max(0.0, 1.0 - history / memory)
 
+    def reading(self, now: float, demand: float, params: LawParams) -> Reading:
+        """What a decision at ``now``, on a ``demand`` in replicas, reads from the record."""
+        rise = self.headroom(params.headroom_horizon, params.headroom_quantile,
+                             persistence=params.headroom_persistence)
+        shown = params.headroom_prior_shown is not None and rise >= params.headroom_prior_shown
+        prior = 0.0 if shown else self.prior(now, params.headroom_prior, params.headroom_prior_seconds)
+        if params.headroom_prior_spent == "rise":
+            prior = max(0.0, prior - rise)
+        elif params.headroom_prior_spent == "share":
+            retires = params.headroom_prior if params.headroom_prior_shown is None else params.headroom_prior_shown
+            prior *= max(0.0, 1.0 - rise / max(retires, 1e-9))
+        horizon = params.headroom_horizon
+        return Reading(
+            recent=max((d for t, d in self.demand if t >= now - params.stabilization_seconds), default=demand),
+            peak=max((d for _, d in self.demand), default=demand), rise=rise, prior=prior,
+            before=self.headroom(horizon, params.headroom_quantile, until=now - horizon),
+            lowest=self.lowest_since(now - horizon, demand), correction=self.correction)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a decision reads from :class:`Recommendations`, in replicas: the highest demand
+    of the stabilisation window (``recent``) and of the memory (``peak``), the learned rise
+    and the prior left, the rise on record before the last cold start (``before``), the
+    lowest demand within it (``lowest``); and the demand's correction, a factor."""
+
+    recent: float
+    peak: float
+    rise: float
+    prior: float
+    before: float
+    lowest: float
+    correction: float
+
+    def distance(self, other: Reading) -> float:
+        """How far apart two readings put a decision, in replicas: the largest difference of
+        their terms, the correction's as a share of the larger peak."""
+        terms = max(abs(self.recent - other.recent), abs(self.peak - other.peak), abs(self.rise - other.rise),
+                    abs(self.prior - other.prior), abs(self.before - other.before),
+                    abs(self.lowest - other.lowest))
+        return max(terms, abs(self.correction - other.correction) * max(self.peak, other.peak, 1.0))
+
 
 def _busiest(samples: Iterable[Sample], params: LawParams) -> tuple[str, float, float]:
     """The resource closest to its target over these samples: (name, mean load, target)."""
@@ -688,30 +730,19 @@ def decide(now: float, samples: Sequence[Sample], current: int, ready: int, star
     correction = _correction(now, fresh, starting, params, recommendations)
     # Spare replicas only while the service is live: no more than the demand it had within
     # the stabilisation window, so a service that went quiet comes down to its minimum.
-    recent = max((d for t, d in recommendations.demand if t >= now - params.stabilization_seconds),
-                 default=demand)
+    reading = recommendations.reading(now, demand, params)
+    recent = reading.recent
     # The learned rise, up to the highest demand of the memory: none for a rise the service
     # has never made, and the prior while the record is too short to rule one out; and the
     # current trend, for a ramp that has only begun.
-    peak = max((d for _, d in recommendations.demand), default=demand)
-    rise = recommendations.headroom(params.headroom_horizon, params.headroom_quantile,
-                                    persistence=params.headroom_persistence)
-    shown = params.headroom_prior_shown is not None and rise >= params.headroom_prior_shown
-    prior = 0.0 if shown else recommendations.prior(now, params.headroom_prior, params.headroom_prior_seconds)
-    if params.headroom_prior_spent == "rise":
-        prior = max(0.0, prior - rise)
-    elif params.headroom_prior_spent == "share":
-        retires = params.headroom_prior if params.headroom_prior_shown is None else params.headroom_prior_shown
-        prior *= max(0.0, 1.0 - rise / max(retires, 1e-9))
-    learned = max(min(rise, max(0.0, peak - demand)), prior)
+    learned = max(min(reading.rise, max(0.0, reading.peak - demand)), reading.prior)
     # The trend reads the demand over ``trend_seconds``; a rise within ``trend_record_margin``
     # of the service's rises before this cold start (a clump of on/off traffic like the ones
     # before it) forecasts nothing, or is read over a whole cold start, where a step is flat
     # for most of the slopes and reads as none (``trend_known_rise``).
     horizon = params.headroom_horizon
     span = params.trend_seconds
-    before = recommendations.headroom(horizon, params.headroom_quantile, until=now - horizon)
-    risen = demand - recommendations.lowest_since(now - horizon, demand)
+    before, risen = reading.before, demand - reading.lowest
     known = params.trend_beyond_record and 0 < risen <= before * params.trend_record_margin
     if known:
         span = max(span, horizon)
