@@ -204,6 +204,8 @@ async def test_a_restarted_operator_starts_from_the_record_in_the_status():
                                   wall=lambda: wall[0] + 20)
     await restarted.evaluate("llm", "svc", SPEC, 3, request_seconds=lambda p, o: 0.05, record=saved[-1])
     back = restarted._fleets["llm", "svc"].recommendations
+    # What it read back is what the status holds: nothing to write until the two part.
+    assert restarted.record("llm", "svc") is None
     assert back.prior(5.0, 2.0, 3600) == pytest.approx(kept.prior(985.0, 2.0, 3600), abs=0.02)
     # All but the decisions after the last record (at most a minute's), at the same ages.
     assert [(round(5.0 - t), d) for t, d in back.demand] == \
@@ -212,6 +214,74 @@ async def test_a_restarted_operator_starts_from_the_record_in_the_status():
     fresh = BuiltinAutoscaler(_Api(), _Finishing(lambda: now[0]), clock=lambda: 5.0)
     await fresh.evaluate("llm", "svc", SPEC, 3, request_seconds=lambda p, o: 0.05)
     assert fresh._fleets["llm", "svc"].recommendations.prior(5.0, 2.0, 3600) == 2.0
+
+
+class _Bursty(_Finishing):
+    """The pod finishing 40 requests/s, 80 for two minutes of every ten."""
+
+    def finished(self, t):
+        periods, into = divmod(t, 600)
+        return periods * (40 * 600 + 40 * 120) + 40 * into + 40 * min(into, 120)
+
+    async def kv_samples(self, namespace, selector, api=None):
+        done = self.finished(self.clock())
+        return [KVSample(1000, 100, 32, max_requests=64, replica="pod-0", input_tokens_total=1000 * done,
+                         finished_total=done, output_tokens_total=200 * done)]
+
+
+async def _saves(pod, now, wall, seconds, check=None):
+    """When an autoscaler deciding every 15 s on ``pod`` hands out a record for the status."""
+    scaler = BuiltinAutoscaler(_Api(), pod, clock=lambda: now[0], wall=lambda: wall[0])
+    saved, last = [], None
+    for now[0] in range(100, 100 + seconds, 15):
+        wall[0] = 1_800_000_000.0 + now[0]
+        await scaler.evaluate("llm", "svc", SPEC, 3, request_seconds=lambda p, o: 0.05)
+        if (record := scaler.record("llm", "svc")) is not None:
+            saved.append(now[0])
+            last = record
+        if check is not None and last is not None:
+            check(scaler, last, saved[-1])
+    return saved
+
+
+async def test_at_a_constant_load_the_record_is_written_only_while_the_prior_shrinks():
+    """A saved record is a status write: at a constant load, once a minute would be 60 writes
+    an hour a service for nothing a restart needs. It is written when a restart from the
+    record in the status would read a decision's terms more than a tenth of a replica away
+    from the autoscaler's own: at a constant load, as the prior shrinks (two replicas over
+    two hours, a tenth every six minutes), and then when the hour of demand it holds has aged
+    out."""
+    now, wall = [100.0], [1_800_000_000.0]
+    saved = await _saves(_Finishing(lambda: now[0]), now, wall, 3 * 3600)
+    first_two_hours = [t for t in saved if t < 100 + 7200]
+    assert 15 <= len(first_two_hours) <= 22, saved
+    assert len(saved) - len(first_two_hours) <= 1, saved
+
+
+async def test_a_restart_at_any_moment_reads_the_record_within_a_tenth_of_a_replica():
+    """On bursty traffic the record changes as the demand does: saved at most once a minute,
+    and whenever a minute has passed since, what a restart would read is within a tenth of a
+    replica (0.1, the save's tolerance) of what the running autoscaler reads."""
+    from kiln.autoscale.law import Recommendations
+    from kiln.autoscale.record import restore
+
+    now, wall = [100.0], [1_800_000_000.0]
+    far = []
+
+    def check(scaler, last, saved_at):
+        fleet = scaler._fleets["llm", "svc"]
+        params = scaler.params(SPEC)
+        kept = fleet.recommendations
+        back = restore(last, now[0], wall[0], params.headroom_memory) or Recommendations()
+        demand = kept.demand[-1][1]
+        distance = kept.reading(now[0], demand, params).distance(back.reading(now[0], demand, params))
+        if now[0] - saved_at >= 60:
+            far.append((now[0], round(distance, 3)))
+
+    saved = await _saves(_Bursty(lambda: now[0]), now, wall, 90 * 60, check)
+    assert all(b - a >= 60 for a, b in zip(saved, saved[1:], strict=False))
+    assert all(d <= 0.1 for _, d in far), far
+    assert len(saved) > 30  # it does change: the bursts are on record within the minute
 
 
 async def test_the_model_shape_the_autoscaler_costs_with_is_what_the_resolver_has(monkeypatch, tmp_path):
