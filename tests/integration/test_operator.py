@@ -424,12 +424,24 @@ def _wall(text):
     return datetime.datetime.fromisoformat(text).timestamp()
 
 
-async def test_the_autoscalers_record_survives_an_operator_restart(scaling_sandbox):
+@pytest.fixture
+async def record_sandbox(make_sandbox):
+    """The scaling sandbox with a prior that shrinks over 30 s instead of two hours: at a
+    constant load the record is written as the prior shrinks, a tenth of a replica (1.5 s)
+    at a time."""
+    timing = {**FAST_SCALING["autoscale_timing"], "headroom_prior_seconds": 30.0}
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2,
+                            autoscale_period=FAST_SCALING["autoscale_period"], autoscale_timing=timing) as sb:
+        sb.add_namespace(NS)
+        yield sb
+
+
+async def test_the_autoscalers_record_survives_an_operator_restart(record_sandbox):
     """The law's record (what it learned of the service's demand) is written into the
     status, which the API server validates against the CRD, and a new operator goes on from
     it instead of starting a record afresh (and holding the prior's spare replicas for
     another hour)."""
-    sb = scaling_sandbox
+    sb = record_sandbox
     await sb.start_operator()
     sb.start_kubelet()
     await sb.create(autoscaled_mistral())

@@ -524,8 +524,9 @@ class AutoscalingStatus(KilnModel):
     decision_time: str
     last_scale_time: str | None = None
     record: AutoscalerRecord | None = Field(
-        default=None, description="The control law's record, written at most once a minute "
-                                  "and read back after an operator restart.")
+        default=None, description="The control law's record, read back after an operator "
+                                  "restart; written when it has moved a tenth of a replica from "
+                                  "this one, at most once a minute.")
 
 
 class EndpointsStatus(KilnModel):

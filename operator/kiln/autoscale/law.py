@@ -259,7 +259,9 @@ The operator, the simulator and the tests all call :func:`decide`.
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -459,19 +461,28 @@ class Recommendations:
         cold start. With a ``persistence`` of k, a moment's rise is the lowest demand of the
         k records up to it against the lowest of the ``horizon`` before the first of them: a
         rise that held for k records, not one reading's noise."""
-        rises, j = [], 0
-        for i, (t, _) in enumerate(self.demand):
+        return _quantile(self._rises(horizon, persistence, until), quantile)
+
+    def _rises(self, horizon: float, persistence: int, until: float = math.inf) -> list[float]:
+        """Each recorded moment's rise before ``until`` (:meth:`headroom`), in order."""
+        values = [x for _, x in self.demand]
+        rises: list[float] = []
+        j = 0
+        lowest: deque[int] = deque()  # indices of [j, i] whose values rise: the first is the least
+        for i, (t, value) in enumerate(self.demand):
             if t >= until:
                 break
-            first = max(0, i - persistence + 1)
+            first = i - persistence + 1 if i >= persistence else 0
             while self.demand[j][0] < self.demand[first][0] - horizon:
                 j += 1
-            held = min(x for _, x in self.demand[first:i + 1])
-            rises.append(held - min(x for _, x in self.demand[j:i + 1]))
-        if len(rises) < 8:
-            return 0.0
-        rises.sort()
-        return rises[min(len(rises) - 1, int(quantile * len(rises)))]
+            while lowest and values[lowest[-1]] >= value:
+                lowest.pop()
+            lowest.append(i)
+            while lowest[0] < j:
+                lowest.popleft()
+            held = value if first == i else min(values[first:i + 1])
+            rises.append(held - values[lowest[0]])
+        return rises
 
     def lowest_since(self, since: float, default: float) -> float:
         return min((d for t, d in self.demand if t >= since), default=default)
@@ -484,8 +495,9 @@ class Recommendations:
 
     def reading(self, now: float, demand: float, params: LawParams) -> Reading:
         """What a decision at ``now``, on a ``demand`` in replicas, reads from the record."""
-        rise = self.headroom(params.headroom_horizon, params.headroom_quantile,
-                             persistence=params.headroom_persistence)
+        horizon = params.headroom_horizon
+        rises = self._rises(horizon, params.headroom_persistence)
+        rise = _quantile(rises, params.headroom_quantile)
         shown = params.headroom_prior_shown is not None and rise >= params.headroom_prior_shown
         prior = 0.0 if shown else self.prior(now, params.headroom_prior, params.headroom_prior_seconds)
         if params.headroom_prior_spent == "rise":
@@ -493,12 +505,22 @@ class Recommendations:
         elif params.headroom_prior_spent == "share":
             retires = params.headroom_prior if params.headroom_prior_shown is None else params.headroom_prior_shown
             prior *= max(0.0, 1.0 - rise / max(retires, 1e-9))
-        horizon = params.headroom_horizon
+        # The rises (each one reading's) before the last cold start: the first of them, as the
+        # record is in time order.
+        ones = rises if params.headroom_persistence == 1 else self._rises(horizon, 1)
+        before = _quantile(ones[:bisect.bisect_left(self.demand, (now - horizon,))], params.headroom_quantile)
         return Reading(
             recent=max((d for t, d in self.demand if t >= now - params.stabilization_seconds), default=demand),
-            peak=max((d for _, d in self.demand), default=demand), rise=rise, prior=prior,
-            before=self.headroom(horizon, params.headroom_quantile, until=now - horizon),
+            peak=max((d for _, d in self.demand), default=demand), rise=rise, prior=prior, before=before,
             lowest=self.lowest_since(now - horizon, demand), correction=self.correction)
+
+
+def _quantile(rises: list[float], quantile: float) -> float:
+    """``quantile`` of ``rises``; 0 for fewer than eight, too few to learn from."""
+    if len(rises) < 8:
+        return 0.0
+    ordered = sorted(rises)
+    return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
 
 
 @dataclass(frozen=True)

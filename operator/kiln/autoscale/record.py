@@ -29,12 +29,16 @@ import datetime
 import math
 
 from ..api.llmservice import RECORD_MAX_CHARS, AutoscalerRecord
-from .law import Recommendations
+from .law import LawParams, Recommendations
 
-__all__ = ["RECORD_SAVE_SECONDS", "snapshot", "restore"]
+__all__ = ["RECORD_SAVE_SECONDS", "RECORD_TOLERANCE", "snapshot", "restore", "drift"]
 
-# How often a record is written into the status: a restart loses at most this much of it.
+# How often a record may be written into the status, at most.
 RECORD_SAVE_SECONDS = 60.0
+# A record is written when a restart from the one the status holds would read a decision's
+# terms (:class:`~kiln.autoscale.law.Reading`) more than this many replicas away from the
+# running law's: a tenth of a replica, so that a restart's need is at most that far off.
+RECORD_TOLERANCE = 0.1
 
 
 def _wall(text: str) -> float | None:
@@ -98,3 +102,18 @@ def restore(record: AutoscalerRecord, now: float, wall: float, memory: float) ->
     if corrected is not None and corrected <= saved:
         restored.correction, restored.corrected_at = record.correction, now - (wall - corrected)
     return restored
+
+
+def drift(saved: AutoscalerRecord | None, recommendations: Recommendations, now: float, wall: float,
+          params: LawParams) -> float:
+    """How far apart, in replicas, a restart at ``now`` (``wall``) from ``saved`` and the
+    running law's ``recommendations`` read a decision's terms, at the last demand on record.
+
+    At a constant load the two part only as the prior shrinks (a restart counts the history
+    up to ``savedAt``: two replicas over two hours part by a tenth every six minutes) and
+    when the hour of demand ``saved`` holds has aged out; on changing traffic, with the
+    demand. The restored side errs toward the prior, that is toward more spare replicas."""
+    back = None if saved is None else restore(saved, now, wall, params.headroom_memory)
+    demand = recommendations.demand[-1][1] if recommendations.demand else 0.0
+    ours = recommendations.reading(now, demand, params)
+    return ours.distance((back or Recommendations()).reading(now, demand, params))

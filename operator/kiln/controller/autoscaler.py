@@ -2,8 +2,11 @@
 
 Samples and recommendations live in memory per service; the law's record (its demand over
 the last hour, when it began, the TTFT correction) is also written into the service's
-``status.autoscaling.record`` at most once a minute and read back from there after an
-operator restart (:mod:`kiln.autoscale.record`). The samples and the stabilisation window's
+``status.autoscaling.record`` and read back from there after an operator restart
+(:mod:`kiln.autoscale.record`): written, at most once a minute, when a restart from the
+record the status holds would read the law's terms more than a tenth of a replica away from
+the running law's, so a constant load writes it rarely (as the prior shrinks, and once an
+hour). The samples and the stabilisation window's
 wants are not: the first decision after a restart seeds the current count as a
 recommendation, so a restart never shortcuts the scale-down stabilisation window, and
 missing samples hold.
@@ -19,7 +22,7 @@ from typing import Any, Protocol
 from ..api import AutoscalingMode, LLMServiceSpec
 from ..api.llmservice import AutoscalerRecord
 from ..autoscale import Decision, KVSample, LawParams, Recommendations, Sample, decide
-from ..autoscale.record import RECORD_SAVE_SECONDS, restore, snapshot
+from ..autoscale.record import RECORD_SAVE_SECONDS, RECORD_TOLERANCE, drift, restore, snapshot
 from ..render.meta import selector_string
 from ..render.serving import workload_ref
 from .kube import KubeApi
@@ -41,6 +44,8 @@ class _Fleet:
     input_tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
     decided_at: float | None = None  # the last decision, on the autoscaler's clock
     saved_at: float | None = None    # when the record was last handed out for the status
+    saved: AutoscalerRecord | None = None  # the record the status holds, as far as is known
+    params: LawParams | None = None  # the law's parameters at the last decision
 
     def prefill_load(self, now: float, sample: KVSample, tokens_per_s: float | None) -> float | None:
         """Input tokens per second since the replica's previous scrape, over its prefill
@@ -103,18 +108,33 @@ class BuiltinAutoscaler:
         self._fleets.pop((namespace, name), None)
 
     def record(self, namespace: str, name: str) -> AutoscalerRecord | None:
-        """The law's record of a service for its status, once ``record_every`` seconds have
-        passed since the last one handed out (None in between, and before anything is
-        recorded): the status keeps the last one."""
+        """The law's record of a service for its status, when a restart from the last one
+        would read the law's terms more than :data:`RECORD_TOLERANCE` replicas away, and
+        ``record_every`` seconds have passed since it was handed out (None otherwise, and
+        before anything is recorded): the status keeps the last one."""
         fleet = self._fleets.get((namespace, name))
-        if fleet is None or fleet.decided_at is None:
+        if fleet is None or fleet.decided_at is None or fleet.params is None:
             return None
         if fleet.saved_at is not None and fleet.decided_at - fleet.saved_at < self.record_every:
             return None
-        record = snapshot(fleet.recommendations, fleet.decided_at, self.wall())
+        wall = self.wall()
+        if drift(fleet.saved, fleet.recommendations, fleet.decided_at, wall, fleet.params) <= RECORD_TOLERANCE:
+            return None
+        record = snapshot(fleet.recommendations, fleet.decided_at, wall)
         if record is not None:
-            fleet.saved_at = fleet.decided_at
+            fleet.saved_at, fleet.saved = fleet.decided_at, record
         return record
+
+    def _start(self, namespace: str, name: str, now: float, current: int, params: LawParams,
+               record: AutoscalerRecord | None) -> _Fleet:
+        """A service this autoscaler has not seen: from ``record`` (its status's), if it holds
+        the last hour's; the current count seeds the stabilisation window."""
+        restored = None if record is None else restore(record, now, self.wall(), params.headroom_memory)
+        fleet = self._fleets[(namespace, name)] = _Fleet(recommendations=restored or Recommendations())
+        if restored is not None:  # the status holds it: nothing to write until the two part
+            fleet.saved, fleet.saved_at = record, now
+        fleet.recommendations.add(now, current, params.stabilization_seconds)
+        return fleet
 
     def latest(self, namespace: str, name: str) -> list[KVSample]:
         """What the last scrape of a service's pods read (empty before the first)."""
@@ -155,11 +175,7 @@ class BuiltinAutoscaler:
         else:
             return None
         params = replace(self.params(spec), request_seconds=request_seconds, cold_start=cold_start)
-        fleet = self._fleets.get((namespace, name))
-        if fleet is None:
-            restored = None if record is None else restore(record, now, self.wall(), params.headroom_memory)
-            fleet = self._fleets[(namespace, name)] = _Fleet(recommendations=restored or Recommendations())
-            fleet.recommendations.add(now, current, params.stabilization_seconds)
+        fleet = self._fleets.get((namespace, name)) or self._start(namespace, name, now, current, params, record)
         fleet.latest = await self.source(spec).kv_samples(namespace, selector_string(name, "server"), api)
         for sample in fleet.latest:
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
@@ -173,7 +189,7 @@ class BuiltinAutoscaler:
         fleet.samples = [s for s in fleet.samples if s.time >= now - params.history_seconds]
         decision = decide(now, fleet.samples, current, ready, max(0, current - ready), params,
                           fleet.recommendations)
-        fleet.decided_at = now
+        fleet.decided_at, fleet.params = now, params
         if self.decision_clock is not None:
             self.decision_clock.decided(namespace, name, now, current, decision)
         return decision
