@@ -31,6 +31,8 @@ __all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "
 
 BUILD_POLL_SECONDS = 15.0
 ROLLOUT_POLL_SECONDS = 5.0
+# How soon a reconcile that wrote its inventory ahead of an apply comes back to apply.
+INVENTORY_FIRST_SECONDS = 1.0
 # The LeaderWorkerSet release Kiln's multi-node workloads are written and tested against.
 LWS_MANIFESTS = "https://github.com/kubernetes-sigs/lws/releases/download/v0.10.0/manifests.yaml"
 GATEWAY_INSTALL = ("the Gateway API CRDs (kubectl apply --server-side -f https://github.com/"
@@ -113,7 +115,9 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     set_condition(status, ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT.value,
                   f"engine {rendered.engine['metadata']['name']} is built", snapshot.now, snapshot.generation)
     # In order: the pods' ServiceAccounts (and Role) before the pods, then the rest.
-    actions.apply = [child for child, live in zip(objects, lives) if _changed(child, live)]
+    apply = [child for child, live in zip(objects, lives) if _changed(child, live)]
+    _inventory_first(snapshot, apply)
+    actions.apply = apply
     actions.workload, actions.gateway = rendered.workload, rendered.gateway
     actions.workload_generation = ((workload or {}).get("metadata") or {}).get("generation")
     actions.rollout = (intent.replicas, snapshot.now, snapshot.generation)
@@ -134,6 +138,22 @@ def _record(status: LLMServiceStatus, cluster: Cluster, objects: list[dict[str, 
         status.children = [entry(live) for live in cluster.leftovers.values()
                            if live is not None and _controlled(live, uid)]
     status.children = sorted({*status.children, *map(entry, objects)})
+
+
+def _inventory_first(snapshot: Snapshot, apply: list[dict[str, Any]]) -> None:
+    """A child the wanted set gains at the generation the status already covers (an operator
+    upgrade that renders a new kind, a different model config from the Hub) is written into
+    the inventory before it is applied: applied first, with the status write after it lost,
+    the next spec change (one generation on, so gather trusts the inventory) would never read
+    it. At a new generation the spec change itself covers it (gather's ``recorded``). The
+    conditions stay as they are: the service is no less Ready for it."""
+    known = snapshot.status.children
+    if known is None or snapshot.generation != snapshot.status.observed_generation:
+        return
+    gained = sorted({entry(child) for child in apply} - set(known))
+    if gained:
+        raise NotReadyYet(f"recording {', '.join(gained)} in status.children before applying",
+                          delay=INVENTORY_FIRST_SECONDS)
 
 
 def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) -> None:
