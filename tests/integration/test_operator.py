@@ -589,6 +589,32 @@ async def test_what_an_interrupted_reconcile_applied_goes_after_the_next_spec_ch
     assert sb.get("deployments", "mistral-7b-server", NS) is not None
 
 
+async def test_a_child_the_inventory_lacks_at_its_generation_is_recorded_then_applied(sandbox):
+    """As after an operator upgrade that renders a new kind: at the generation the status
+    covers, the spec asks for an HPA the status does not name and the cluster does not hold.
+    The inventory names it (a status write), and the reconcile after applies it."""
+    sb = sandbox
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(MISTRAL))
+    await sb.wait_for(lambda: _ready(sb), what="Ready")
+    await sb.patch_spec(NS, "mistral-7b", {"autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}})
+    await sb.wait_for(lambda: (svc := _service(sb)) and svc["status"].get("observedGeneration") == 2
+                      and _ready(sb) and sb.get("horizontalpodautoscalers", "mistral-7b", NS), what="the HPA")
+    await sb.stop_operator()
+    svc = _service(sb)
+    await sb.api.patch_status(svc, {"children": [
+        entry for entry in svc["status"]["children"] if entry != "HorizontalPodAutoscaler/mistral-7b"]})
+    await sb.api.delete(sb.get("horizontalpodautoscalers", "mistral-7b", NS))
+    await sb.wait_for(lambda: sb.get("horizontalpodautoscalers", "mistral-7b", NS) is None, what="the HPA gone")
+
+    await sb.start_operator()
+    await sb.wait_for(lambda: sb.get("horizontalpodautoscalers", "mistral-7b", NS), what="the HPA applied again")
+    svc = _service(sb)
+    assert "HorizontalPodAutoscaler/mistral-7b" in svc["status"]["children"]
+    assert svc["status"]["observedGeneration"] == 2 and _ready(sb)
+
+
 async def test_a_delete_reaches_only_the_object_that_was_read(sandbox):
     """KubeApi.delete carries the UID it read: an object made again under that name since
     (someone else's) is refused by the API server, 409, and stays."""
