@@ -1,18 +1,22 @@
 """Kill the operator at every write of a reconcile, restart it, and check it converges.
 
-The emulator freezes the operator at its k-th reconcile write, or at whatever write (kopf's own
-bookkeeping included) comes right after its (k-1)-th (tests/support/faults.py); the operator is
-then stopped while that write hangs, so nothing after it happens, and a new operator starts on
-whatever state was left. For every k up to the clean run's last reconcile write the end state
-must be the clean run's: the same objects, the same owner references, one build Job ever
-created, and the status complete.
+The operator is frozen at its k-th reconcile write, or at whatever write (kopf's own
+bookkeeping included) comes right after its (k-1)-th; it is then stopped while that write
+hangs, so nothing after it happens, and a new operator starts on whatever state was left. For
+every k up to the clean run's last reconcile write the end state must be the clean run's: the
+same objects, the same owner references, one build Job ever created, and the status complete.
+
+On both back-ends: the emulator freezes the write itself (tests/support/faults.py); in front
+of the real API server a proxy only the operator talks to holds it (tests/support/proxy.py),
+and the new operator meets what the server's own controllers did meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 
-import pytest
 import yaml
 
 from kiln.decide.conditions import is_true
@@ -20,11 +24,9 @@ from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
 from ..support.faults import FreezingEmulator
+from ..support.proxy import FreezingProxy
+from ..support.real_cluster import KINDS_BY_PLURAL, RealSandbox
 from .test_operator import FAST_SCALING, autoscaled_mistral
-
-pytestmark = pytest.mark.emulator_only(
-    "freezes the emulator at its k-th write to stop the operator there "
-    "(tests/support/faults.py)")
 
 NS = "llm"
 MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
@@ -39,14 +41,43 @@ def _ready(sb, name="mistral-7b"):
     return svc is not None and is_true((svc.get("status") or {}).get("conditions", []), "Ready")
 
 
+@contextlib.asynccontextmanager
+async def _freezing(backend, request, **options):
+    """``(sandbox, freezer)`` on ``backend``: the freezer has ``freeze_after``, ``frozen``,
+    ``release`` and ``writes`` (:class:`FreezingEmulator` or :class:`FreezingProxy`)."""
+    if backend == "emulator":
+        emulator = FreezingEmulator()
+        async with Sandbox(emulator=emulator, **options) as sb:
+            sb.add_namespace(NS)
+            yield sb, emulator
+        return
+    plane = request.getfixturevalue("control_plane")
+    with FreezingProxy(plane.server, plane.ca_file) as proxy:
+        async with RealSandbox(plane, operator_url=proxy.url, **options) as sb:
+            sb.add_namespace(NS)
+            yield sb, proxy
+
+
+def _created(sb, freezer, plural):
+    """The names of every ``plural`` ever created: the emulator keeps its history; the proxy
+    saw every create the operator made (the real server keeps none)."""
+    if isinstance(freezer, FreezingProxy):
+        return [name for kind, name in freezer.created if kind == plural]
+    return [o["metadata"]["name"] for t, o in sb.events(plural) if t == "ADDED"]
+
+
 def _state(sb):
     """Every owned object as (kind, namespace, name) -> the kinds and names of its owners."""
-    uids = {o["metadata"]["uid"]: (o["kind"], o["metadata"]["name"])
-            for plural in OWNED for o in sb.objects(plural)}
-    return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]):
+    # A real server's list items carry no kind: the plural's. Its ServiceAccount controller
+    # makes each namespace's ``default``.
+    objects = [(KINDS_BY_PLURAL[plural].kind, o) for plural in OWNED for o in sb.objects(plural)
+               if (plural, o["metadata"]["name"]) != ("serviceaccounts", "default")]
+    uids = {o["metadata"]["uid"]: (kind, o["metadata"]["name"]) for kind, o in objects}
+    here = {sb.ns(NS): NS}
+    return {(kind, here.get(o["metadata"].get("namespace"), o["metadata"].get("namespace")), o["metadata"]["name"]):
             sorted((ref["kind"], ref["name"], uids.get(ref["uid"], "dangling"), bool(ref.get("controller")))
                    for ref in o["metadata"].get("ownerReferences", []))
-            for plural in OWNED for o in sb.objects(plural)}
+            for kind, o in objects}
 
 
 def _service_status(sb):
@@ -57,18 +88,12 @@ def _service_status(sb):
                                    "observedGeneration")}
 
 
-def _created(sb, plural):
-    return [o["metadata"]["name"] for t, o in sb.events(plural) if t == "ADDED"]
-
-
-async def _run(kill: tuple[int, bool] | None):
+async def _run(kill: tuple[int, bool] | None, backend, request):
     """One lifetime of the service, killed at ``kill``: (k, any_write), see
     FreezingEmulator.freeze_after. Returns (end state, status, whether the kill happened,
     the operator's reconcile writes before it, Job names ever created)."""
-    emulator = FreezingEmulator()
-    async with Sandbox(build_seconds=0.3, start_seconds=0.1, retry_delay=0.1, emulator=emulator,
-                       exit_timeout=0.05) as sb:
-        sb.add_namespace(NS)
+    async with _freezing(backend, request, build_seconds=0.3, start_seconds=0.1, retry_delay=0.1,
+                         exit_timeout=0.05) as (sb, emulator):
         if kill is not None:
             emulator.freeze_after(kill[0], any_write=kill[1])
         await sb.start_operator()
@@ -92,13 +117,26 @@ async def _run(kill: tuple[int, bool] | None):
         await sb.wait_for(lambda: _ready(sb) and sb.get("llmservices", "mistral-7b", NS)["status"]
                           .get("readyReplicas") == 1, what="status settled")
         state, status = _state(sb), _service_status(sb)
-        jobs = _created(sb, "jobs")
+        jobs = _created(sb, emulator, "jobs")
         assert sb.operator_error is None
+        state, status, jobs = _named_alike(sb, state, status, jobs)
     return state, status, (kill is not None and killed), writes, jobs
 
 
-async def test_the_clean_run_owns_exactly_what_it_creates():
-    state, status, _, writes, jobs = await _run(None)
+def _named_alike(sb, state, status, jobs):
+    """The run's engine name and key as ``ENGINE`` and ``KEY``, its namespace as ``llm``: on
+    the real server each run has a namespace of its own, and the engine's key names where its
+    cache is."""
+    engine = status["engine"]
+
+    def alike(text):
+        return text.replace(engine["name"], "ENGINE").replace(engine["key"], "KEY").replace(sb.ns(NS), NS)
+    return ({(kind, namespace, alike(name)): owners for (kind, namespace, name), owners in state.items()},
+            json.loads(alike(json.dumps(status))), [alike(job) for job in jobs])
+
+
+async def test_the_clean_run_owns_exactly_what_it_creates(backend, request):
+    state, status, _, writes, jobs = await _run(None, backend, request)
     engine = status["engine"]["name"]
     assert state == {
         ("LLMService", NS, "mistral-7b"): [],
@@ -114,25 +152,23 @@ async def test_the_clean_run_owns_exactly_what_it_creates():
     assert writes >= 5
 
 
-async def test_a_kill_at_every_write_converges_to_the_clean_end_state():
-    reference, reference_status, _, writes, _ = await _run(None)
+async def test_a_kill_at_every_write_converges_to_the_clean_end_state(backend, request):
+    reference, reference_status, _, writes, _ = await _run(None, backend, request)
     # Before each reconcile write, and right after the one before it (so at kopf's finalizer,
     # progress and Event writes too). The reconcile's writes are the same in every run, so
     # every one of these points comes before Ready: each run is really killed there.
     # One cluster at a time: kmock's servers cannot overlap in one event loop.
     for kill in [(k, any_write) for k in range(writes) for any_write in (False, True)]:
-        state, status, killed, _, jobs = await _run(kill)
+        state, status, killed, _, jobs = await _run(kill, backend, request)
         assert killed, f"the operator was Ready before the kill at {kill}"
         assert state == reference, f"kill at {kill}"
         assert status == reference_status, f"kill at {kill}"
         assert jobs == [reference_status["engine"]["buildJob"]], f"kill at {kill}: Jobs {jobs}"
 
 
-async def test_a_kill_in_the_middle_of_a_scale_decision_converges_on_the_new_replica_count():
-    emulator = FreezingEmulator()
-    async with Sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.1, emulator=emulator,
-                       exit_timeout=0.05, **FAST_SCALING) as sb:
-        sb.add_namespace(NS)
+async def test_a_kill_in_the_middle_of_a_scale_decision_converges_on_the_new_replica_count(backend, request):
+    async with _freezing(backend, request, build_seconds=0.2, start_seconds=0.2, retry_delay=0.1,
+                         exit_timeout=0.05, **FAST_SCALING) as (sb, emulator):
         await sb.start_operator()
         sb.start_kubelet()
         await sb.create(autoscaled_mistral())
@@ -151,5 +187,5 @@ async def test_a_kill_in_the_middle_of_a_scale_decision_converges_on_the_new_rep
                                 .get("desiredReplicas") == 3 and s, what="status.desiredReplicas")
         assert svc["spec"].get("replicas", 1) == 1  # the user's spec is never written
         assert _state(sb) == reference  # no object added, lost or re-owned
-        assert len(_created(sb, "deployments")) == 1 and len(_created(sb, "jobs")) == 1
+        assert len(_created(sb, emulator, "deployments")) == 1 and len(_created(sb, emulator, "jobs")) == 1
         assert sb.operator_error is None

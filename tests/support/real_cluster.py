@@ -159,9 +159,12 @@ class RealSandbox(Sandbox):
     namespaces (``name`` maps to ``name-<suffix>`` on the server; reads and writes translate
     it), and on exit deletes its namespaces and the LLMEngines its services made."""
 
-    def __init__(self, plane: ControlPlane, **options: Any) -> None:
+    def __init__(self, plane: ControlPlane, *, operator_url: str | None = None, **options: Any) -> None:
+        """``operator_url``: where the operator reaches the API server, a plain-HTTP proxy
+        in front of it (:class:`tests.support.proxy.FreezingProxy`); the server itself if None."""
         options.pop("leader_worker_set", None)  # the LeaderWorkerSet CRD is installed
         super().__init__(**options)
+        self._operator_url = operator_url
         # Sandbox's emulator is never started here: nothing may read it by mistake.
         self.emulator = None
         del self._server
@@ -201,10 +204,13 @@ class RealSandbox(Sandbox):
         await self.api.close()
 
     def _operator_context(self, **options: Any) -> OperatorContext:
-        return OperatorContext(api=self.plane.api(operator=True),
-                               models=ModelResolver(allow_download=False), **options)
+        api = self.plane.api(operator=True) if self._operator_url is None else \
+            KubeApi.for_url(self._operator_url, token=self.plane.operator_token)
+        return OperatorContext(api=api, models=ModelResolver(allow_download=False), **options)
 
     def _login(self) -> TokenLogin:
+        if self._operator_url is not None:
+            return TokenLogin(self._operator_url, self.plane.operator_token)
         return TokenLogin(self.plane.server, self.plane.operator_token, self.plane.ca_file)
 
     def add_namespace(self, name: str, *, shared: bool = False) -> None:
