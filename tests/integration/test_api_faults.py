@@ -1,17 +1,19 @@
 """Conflicts and outages: the operator retries with backoff and never crashes.
 
-The emulator (tests/support/faults.py) answers the operator's server-side applies with 409
-Conflict, then every request with 503 for a while. The service must still end Ready with
-one build Job, the operator must still be running, and each failed pass must be counted in
-``kiln_reconcile_errors_total`` and posted once as a ReconcileError Event.
+The operator's server-side applies are answered 409 Conflict, then every request 503 for a
+while: by the emulator itself (tests/support/faults.py), or on the real control plane by a
+proxy in front of the API server that only the operator talks to (tests/support/proxy.py).
+The service must still end Ready with one build Job, the operator must still be running, and
+each failed pass must be counted in ``kiln_reconcile_errors_total`` and posted once as a
+ReconcileError Event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 
-import pytest
 import yaml
 
 from kiln.decide.conditions import is_true
@@ -19,8 +21,8 @@ from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
 from ..support.faults import FlakyEmulator
-
-pytestmark = pytest.mark.emulator_only("the emulator answers with injected 409 Conflicts and 503s")
+from ..support.proxy import FaultProxy
+from ..support.real_cluster import RealSandbox
 
 NS = "llm"
 MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
@@ -37,9 +39,28 @@ def _errors(sb):
                if sample.name.endswith("_total"))
 
 
-async def test_conflicts_and_an_outage_are_retried_until_ready():
-    emulator = FlakyEmulator()
-    async with Sandbox(emulator=emulator, build_seconds=0.2, start_seconds=0.1, retry_delay=0.3) as sb:
+@contextlib.asynccontextmanager
+async def _flaky(backend, request, **options):
+    """``(sandbox, faults)``: ``faults`` has ``conflicts``, ``outage`` and ``refused``."""
+    if backend == "emulator":
+        emulator = FlakyEmulator()
+        async with Sandbox(emulator=emulator, **options) as sb:
+            yield sb, emulator
+        return
+    plane = request.getfixturevalue("control_plane")
+    with FaultProxy(plane.server, plane.ca_file) as proxy:
+        async with RealSandbox(plane, operator_url=proxy.url, **options) as sb:
+            yield sb, proxy
+
+
+def _jobs_created(sb, faults):
+    if isinstance(faults, FaultProxy):
+        return [name for plural, name in faults.created if plural == "jobs"]
+    return [o["metadata"]["name"] for t, o in sb.events("jobs") if t == "ADDED"]
+
+
+async def test_conflicts_and_an_outage_are_retried_until_ready(backend, request):
+    async with _flaky(backend, request, build_seconds=0.2, start_seconds=0.1, retry_delay=0.3) as (sb, emulator):
         sb.add_namespace(NS)
         emulator.conflicts = {"serviceaccounts": 2, "deployments": 2}  # build Jobs are created, not applied
         await sb.start_operator()
@@ -56,7 +77,7 @@ async def test_conflicts_and_an_outage_are_retried_until_ready():
 
         await sb.wait_for(lambda: _ready(sb), timeout=30, what="Ready after the outage")
         assert sb.operator_error is None
-        assert len([o for t, o in sb.events("jobs") if t == "ADDED"]) == 1, "one build Job"
+        assert len(_jobs_created(sb, emulator)) == 1, "one build Job"
         assert _errors(sb) >= 2
         reasons = [e.get("reason") for e in sb.objects("events")]
         assert "ReconcileError" in reasons

@@ -24,7 +24,7 @@ from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
 from ..support.faults import FreezingEmulator
-from ..support.proxy import FreezingProxy
+from ..support.proxy import FaultProxy
 from ..support.real_cluster import KINDS_BY_PLURAL, RealSandbox
 from .test_operator import FAST_SCALING, autoscaled_mistral
 
@@ -44,7 +44,7 @@ def _ready(sb, name="mistral-7b"):
 @contextlib.asynccontextmanager
 async def _freezing(backend, request, **options):
     """``(sandbox, freezer)`` on ``backend``: the freezer has ``freeze_after``, ``frozen``,
-    ``release`` and ``writes`` (:class:`FreezingEmulator` or :class:`FreezingProxy`)."""
+    ``release`` and ``writes`` (:class:`FreezingEmulator` or :class:`FaultProxy`)."""
     if backend == "emulator":
         emulator = FreezingEmulator()
         async with Sandbox(emulator=emulator, **options) as sb:
@@ -52,7 +52,7 @@ async def _freezing(backend, request, **options):
             yield sb, emulator
         return
     plane = request.getfixturevalue("control_plane")
-    with FreezingProxy(plane.server, plane.ca_file) as proxy:
+    with FaultProxy(plane.server, plane.ca_file) as proxy:
         async with RealSandbox(plane, operator_url=proxy.url, **options) as sb:
             sb.add_namespace(NS)
             yield sb, proxy
@@ -61,7 +61,7 @@ async def _freezing(backend, request, **options):
 def _created(sb, freezer, plural):
     """The names of every ``plural`` ever created: the emulator keeps its history; the proxy
     saw every create the operator made (the real server keeps none)."""
-    if isinstance(freezer, FreezingProxy):
+    if isinstance(freezer, FaultProxy):
         return [name for kind, name in freezer.created if kind == plural]
     return [o["metadata"]["name"] for t, o in sb.events(plural) if t == "ADDED"]
 

@@ -1,13 +1,21 @@
-"""The restart tests' kill, in front of a real API server: a proxy only the operator talks to.
+"""Fault injection in front of a real API server: a proxy only the operator talks to.
 
-:class:`~tests.support.faults.FreezingEmulator` freezes the operator at its k-th reconcile
-write inside the emulator. A real kube-apiserver has no such hook, so :class:`FreezingProxy`
-stands between the operator and it (plain HTTP to the operator, TLS to the server, the
-operator's own bearer token passed through, watches streamed): after the operator's ``k``-th
-reconcile write every further write hangs until :meth:`release`, and is then refused with a
-503, never sent. Stopping the operator while it hangs there is a kill at exactly that step,
-and the server the new operator meets is the real one, with whatever the Job, ReplicaSet and
-garbage-collector controllers did meanwhile.
+The emulator's fault injection (:mod:`tests.support.faults`) lives inside it. A real
+kube-apiserver has no such hook, so :class:`FaultProxy` stands between the operator and it
+(plain HTTP to the operator, TLS to the server, the operator's own bearer token passed
+through, watches streamed) and does what :class:`~tests.support.faults.FreezingEmulator` and
+:class:`~tests.support.faults.FlakyEmulator` do:
+
+- the restart tests' kill: after the operator's ``k``-th reconcile write every further write
+  hangs until :meth:`FaultProxy.release`, and is then refused with a 503, never sent. Stopping
+  the operator while it hangs there is a kill at exactly that step, and the server the new
+  operator meets is the real one, with whatever the Job, ReplicaSet and garbage-collector
+  controllers did meanwhile;
+- ``conflicts``: the next n server-side applies of a kind answered 409 Conflict, as the
+  server answers an apply whose field manager lost a race;
+- ``outage``: while set, every request answered 503, as a restarting API server does.
+
+What it refused is in ``refused``, as (code, method, plural).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Any
 import aiohttp
 import aiohttp.web
 
-__all__ = ["FreezingProxy", "write_target"]
+__all__ = ["FaultProxy", "write_target"]
 
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 # Hop-by-hop and length headers: aiohttp sets its own on each side.
@@ -45,7 +53,7 @@ def _reconcile_write(path: str) -> bool:
     return plural != "events" and not (plural == "llmservices" and not subresource)
 
 
-class FreezingProxy:
+class FaultProxy:
     """An HTTP proxy to ``upstream`` (trusting ``ca_file``) on its own thread and event loop."""
 
     def __init__(self, upstream: str, ca_file: str) -> None:
@@ -56,6 +64,9 @@ class FreezingProxy:
         self.writes = 0  # the operator's reconcile writes so far
         # (plural, name) of every object the operator made (201 Created: a POST or an apply).
         self.created: list[tuple[str, str]] = []
+        self.conflicts: dict[str, int] = {}
+        self.outage = False
+        self.refused: list[tuple[int, str, str]] = []
         self._frozen = threading.Event()
         self._released: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -63,7 +74,7 @@ class FreezingProxy:
         self._thread = threading.Thread(target=self._serve, name="freezing-proxy", daemon=True)
         self.url = ""
 
-    def __enter__(self) -> FreezingProxy:
+    def __enter__(self) -> FaultProxy:
         self._thread.start()
         if not self._ready.wait(30):
             raise TimeoutError("the proxy did not start")
@@ -118,6 +129,14 @@ class FreezingProxy:
 
     async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         method = request.method.upper()
+        plural = write_target(request.path)[0]
+        if self.outage:
+            return self._refuse(503, method, plural, "ServiceUnavailable", "the API server is unavailable")
+        applies = method == "PATCH" and "apply-patch" in request.headers.get("Content-Type", "")
+        if applies and self.conflicts.get(plural, 0) > 0:
+            self.conflicts[plural] -= 1
+            return self._refuse(409, method, plural, "Conflict", f"Operation cannot be fulfilled on {plural}: "
+                                "the object has been modified; please apply your changes to the latest version")
         if method in _WRITES:
             counted = _reconcile_write(request.path)
             if self.after is not None and self.writes >= self.after and (counted or self.any_write):
@@ -144,3 +163,8 @@ class FreezingProxy:
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+    def _refuse(self, code: int, method: str, plural: str, reason: str, message: str) -> aiohttp.web.Response:
+        self.refused.append((code, method, plural))
+        return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                                          "reason": reason, "message": message}, status=code)

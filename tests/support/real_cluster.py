@@ -161,7 +161,7 @@ class RealSandbox(Sandbox):
 
     def __init__(self, plane: ControlPlane, *, operator_url: str | None = None, **options: Any) -> None:
         """``operator_url``: where the operator reaches the API server, a plain-HTTP proxy
-        in front of it (:class:`tests.support.proxy.FreezingProxy`); the server itself if None."""
+        in front of it (:class:`tests.support.proxy.FaultProxy`); the server itself if None."""
         options.pop("leader_worker_set", None)  # the LeaderWorkerSet CRD is installed
         super().__init__(**options)
         self._operator_url = operator_url
