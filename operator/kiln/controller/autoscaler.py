@@ -44,7 +44,7 @@ class _Fleet:
     input_tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
     decided_at: float | None = None  # the last decision, on the autoscaler's clock
     saved_at: float | None = None    # when the record was last handed out for the status
-    saved: AutoscalerRecord | None = None  # the record the status holds, as far as is known
+    saved: AutoscalerRecord | None = None  # the record the status held at the last decision
     params: LawParams | None = None  # the law's parameters at the last decision
 
     def prefill_load(self, now: float, sample: KVSample, tokens_per_s: float | None) -> float | None:
@@ -132,7 +132,7 @@ class BuiltinAutoscaler:
         restored = None if record is None else restore(record, now, self.wall(), params.headroom_memory)
         fleet = self._fleets[(namespace, name)] = _Fleet(recommendations=restored or Recommendations())
         if restored is not None:  # the status holds it: nothing to write until the two part
-            fleet.saved, fleet.saved_at = record, now
+            fleet.saved_at = now
         fleet.recommendations.add(now, current, params.stabilization_seconds)
         return fleet
 
@@ -160,7 +160,7 @@ class BuiltinAutoscaler:
         ``request_seconds``: the performance model's cost of one request, for the demand from
         arrivals (:func:`kiln.autoscale.law.arrival_demand`). ``record``: the service's
         ``status.autoscaling.record``, which a service this autoscaler has not seen yet (after
-        an operator restart) starts from. ``cold_start``: :attr:`LawParams.cold_start`."""
+        an operator restart) starts from, and which the next record is measured against. ``cold_start``: :attr:`LawParams.cold_start`."""
         if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
             return None
         workload = await (api or self.api).get(*workload_ref(spec, name), namespace)
@@ -176,6 +176,9 @@ class BuiltinAutoscaler:
             return None
         params = replace(self.params(spec), request_seconds=request_seconds, cold_start=cold_start)
         fleet = self._fleets.get((namespace, name)) or self._start(namespace, name, now, current, params, record)
+        # What the status holds is what a restart would read: a save whose status write was
+        # lost is measured against the record still there, and made again.
+        fleet.saved = record
         fleet.latest = await self.source(spec).kv_samples(namespace, selector_string(name, "server"), api)
         for sample in fleet.latest:
             fleet.samples.append(Sample(now, sample.replica, sample.utilization,
