@@ -563,12 +563,9 @@ async def test_a_spec_change_deletes_the_children_it_no_longer_asks_for(sandbox)
     assert sb.get("deployments", "mistral-7b-server", NS) is not None
 
 
-async def test_what_an_interrupted_reconcile_applied_goes_after_the_next_spec_change(sandbox):
-    """An operator stopped after a reconcile applied an HPA and before its status write: the
-    status still says the generation before and names no HPA. The spec moves on again; the
-    HPA it no longer asks for is found (every object the service could have made is read
-    once) and deleted."""
-    sb = sandbox
+async def _ready_with_an_hpa_then_stopped(sb):
+    """Mistral Ready, then moved to an HPA at generation 2, then the operator stopped: the
+    service as it is then."""
     await sb.start_operator()
     sb.start_kubelet()
     await sb.create(copy.deepcopy(MISTRAL))
@@ -577,7 +574,16 @@ async def test_what_an_interrupted_reconcile_applied_goes_after_the_next_spec_ch
     await sb.wait_for(lambda: (svc := _service(sb)) and svc["status"].get("observedGeneration") == 2
                       and _ready(sb) and sb.get("horizontalpodautoscalers", "mistral-7b", NS), what="the HPA")
     await sb.stop_operator()
-    svc = _service(sb)
+    return _service(sb)
+
+
+async def test_what_an_interrupted_reconcile_applied_goes_after_the_next_spec_change(sandbox):
+    """An operator stopped after a reconcile applied an HPA and before its status write: the
+    status still says the generation before and names no HPA. The spec moves on again; the
+    HPA it no longer asks for is found (every object the service could have made is read
+    once) and deleted."""
+    sb = sandbox
+    svc = await _ready_with_an_hpa_then_stopped(sb)
     assert "HorizontalPodAutoscaler/mistral-7b" in svc["status"]["children"]
     await sb.api.patch_status(svc, {"observedGeneration": 1, "children": [
         entry for entry in svc["status"]["children"] if entry != "HorizontalPodAutoscaler/mistral-7b"]})
@@ -595,15 +601,7 @@ async def test_a_child_the_inventory_lacks_at_its_generation_is_recorded_then_ap
     covers, the spec asks for an HPA the status does not name and the cluster does not hold.
     The inventory names it (a status write), and the reconcile after applies it."""
     sb = sandbox
-    await sb.start_operator()
-    sb.start_kubelet()
-    await sb.create(copy.deepcopy(MISTRAL))
-    await sb.wait_for(lambda: _ready(sb), what="Ready")
-    await sb.patch_spec(NS, "mistral-7b", {"autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}})
-    await sb.wait_for(lambda: (svc := _service(sb)) and svc["status"].get("observedGeneration") == 2
-                      and _ready(sb) and sb.get("horizontalpodautoscalers", "mistral-7b", NS), what="the HPA")
-    await sb.stop_operator()
-    svc = _service(sb)
+    svc = await _ready_with_an_hpa_then_stopped(sb)
     await sb.api.patch_status(svc, {"children": [
         entry for entry in svc["status"]["children"] if entry != "HorizontalPodAutoscaler/mistral-7b"]})
     await sb.api.delete(sb.get("horizontalpodautoscalers", "mistral-7b", NS))
