@@ -233,11 +233,18 @@ class ReadyServices:
 
 
 def _changed_paths(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """The status fields (conditions by type) and annotations that differ between a
-    service's last seen state and ``after``."""
+    """The status fields (conditions by type, a block's such as ``status.autoscaling`` by
+    field) and annotations that differ between a service's last seen state and ``after``."""
     old, new = before["status"], after.get("status") or {}
-    paths = [f"status.{key}" for key in sorted(set(old) | set(new))
-             if key != "conditions" and old.get(key) != new.get(key)]
+    paths = []
+    for key in sorted(set(old) | set(new)):
+        was, now = old.get(key), new.get(key)
+        if key == "conditions" or was == now:
+            continue
+        if isinstance(was, dict) and isinstance(now, dict):  # a block: which of its fields
+            paths += [f"status.{key}.{field}" for field in sorted(set(was) | set(now)) if was.get(field) != now.get(field)]
+        else:
+            paths.append(f"status.{key}")
     conditions = [{c.get("type"): c for c in s.get("conditions") or []} for s in (old, new)]
     for kind in sorted(set(conditions[0]) | set(conditions[1])):
         was, now = conditions[0].get(kind) or {}, conditions[1].get(kind) or {}
