@@ -688,7 +688,8 @@ async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_wit
 async def test_a_failed_build_names_its_step_and_output_and_the_previous_engine_keeps_serving(
         make_sandbox, backend):
     # On the real server the Job controller retries the failed Pod (backoffLimit 2) with its
-    # 10 s and 20 s back-off before the Job fails, and marks it FailureTarget before Failed.
+    # back-off, 10 s doubling (kubernetes.io/docs/concepts/workloads/controllers/job/, "Pod
+    # backoff failure policy"), before the Job fails.
     failing: set[str] = set()
     failed_within = 90 if backend == "real" else None
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,

@@ -151,7 +151,10 @@ class FaultProxy:
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
         async with self._session.request(method, self.upstream + request.path_qs, data=body or None,
                                          headers=headers, timeout=timeout) as upstream:
-            if upstream.status == 201:  # a POST, or a server-side apply that made the object
+            # 201 Created: a POST, or a PATCH (a server-side apply) that made the object
+            # (kubernetes/kubernetes, staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+            # patch.go: ``if wasCreated { status = http.StatusCreated }``).
+            if upstream.status == 201:
                 plural, name, _ = write_target(request.path)
                 if name is None:
                     name = (json.loads(body or b"{}").get("metadata") or {}).get("name")

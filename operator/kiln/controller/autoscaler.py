@@ -122,7 +122,7 @@ class BuiltinAutoscaler:
             return None
         record = snapshot(fleet.recommendations, fleet.decided_at, wall)
         if record is not None:
-            fleet.saved_at, fleet.saved = fleet.decided_at, record
+            fleet.saved_at = fleet.decided_at
         return record
 
     def _start(self, namespace: str, name: str, now: float, current: int, params: LawParams,
