@@ -160,7 +160,10 @@ async def test_a_kill_at_every_write_converges_to_the_clean_end_state(backend, r
     # One cluster at a time: kmock's servers cannot overlap in one event loop.
     for kill in [(k, any_write) for k in range(writes) for any_write in (False, True)]:
         state, status, killed, _, jobs = await _run(kill, backend, request)
-        assert killed, f"the operator was Ready before the kill at {kill}"
+        # On the real server the controllers' timing can spare a run the clean run's last
+        # status write (it reached Ready one write sooner): the last point only.
+        spared = backend == "real" and kill[0] == writes - 1
+        assert killed or spared, f"the operator was Ready before the kill at {kill}"
         assert state == reference, f"kill at {kill}"
         assert status == reference_status, f"kill at {kill}"
         assert jobs == [reference_status["engine"]["buildJob"]], f"kill at {kill}: Jobs {jobs}"
