@@ -67,13 +67,15 @@ def _settled(sandbox: Sandbox) -> bool:
     return True
 
 
-async def run_demo(examples: Path, out: TextIO = sys.stdout, timeout: float = 90.0,
+async def run_demo(examples: Path, out: TextIO | None = None, timeout: float = 90.0,
                    replay: Replay | None = None, verbose: bool = False,
                    shown_as: str | None = None) -> int:
     """Apply every LLMService in ``examples`` (shown as ``shown_as``), wait for each to be
-    Ready, replay a trace against one; 0 when all were Ready and it scaled up and down."""
+    Ready, replay a trace against one; 0 when all were Ready and it scaled up and down.
+    ``out``: where to print, standard output as it is at the call if None (a default bound at
+    import would keep whatever stream was standard output then)."""
     def say(message: str) -> None:
-        print(message, file=out, flush=True)
+        print(message, file=out or sys.stdout, flush=True)
 
     def detail(message: str) -> None:
         if verbose:
