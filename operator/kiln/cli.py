@@ -298,11 +298,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     examples = Path(args.examples) if args.examples else BUNDLED_EXAMPLES
     if not examples.is_dir():
         raise SpecInvalid(f"--examples: {examples} is not a directory")
-    # kopf's own log is for operators of the operator; KILN_DEBUG=1 shows it.
-    logging.getLogger("kopf").setLevel(logging.DEBUG if os.environ.get("KILN_DEBUG") else logging.CRITICAL)
-    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)
-    return asyncio.run(run_demo(examples, timeout=args.timeout, verbose=args.verbose,
-                                shown_as=args.examples or "examples/"))
+    # kopf's own log is for operators of the operator; KILN_DEBUG=1 shows it. The levels are
+    # given back afterwards, so a process that runs the demo in-process keeps its logging.
+    quiet = {"kopf": logging.DEBUG if os.environ.get("KILN_DEBUG") else logging.CRITICAL,
+             "aiohttp": logging.CRITICAL}
+    before = {name: logging.getLogger(name).level for name in quiet}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        return asyncio.run(run_demo(examples, timeout=args.timeout, verbose=args.verbose,
+                                    shown_as=args.examples or "examples/"))
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def parser() -> argparse.ArgumentParser:

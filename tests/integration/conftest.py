@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ..support.real_cluster import ControlPlane, RealSandbox, start_script
+from kiln.demo.emulator import KilnEmulator
 from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
@@ -54,13 +55,22 @@ def backend(request: pytest.FixtureRequest) -> str:
 def make_sandbox(backend: str, request: pytest.FixtureRequest) -> Any:
     """``async with make_sandbox(**options) as sb``: a Sandbox on this test's back-end."""
     @contextlib.asynccontextmanager
-    async def make(**options: Any) -> AsyncIterator[Sandbox]:
+    async def make(*, missing_apis: tuple[str, ...] = (), **options: Any) -> AsyncIterator[Sandbox]:
+        """``missing_apis``: resources (``group/version/plural``) the cluster does not serve
+        in this sandbox; on ``real`` their CRDs are deleted for it and installed again after."""
         if backend == "real":
-            options.pop("leader_worker_set", None)
-            async with RealSandbox(request.getfixturevalue("control_plane"), **options) as sb:
-                yield sb
+            plane = request.getfixturevalue("control_plane")
+            with contextlib.ExitStack() as stack:
+                for api in missing_apis:
+                    group, _, plural = api.split("/")
+                    stack.enter_context(plane.without_crd(f"{plural}.{group}"))
+                async with RealSandbox(plane, **options) as sb:
+                    yield sb
         else:
-            async with Sandbox(**options) as sb:
+            emulator = KilnEmulator()
+            for api in missing_apis:
+                del emulator.resources[api]
+            async with Sandbox(emulator=emulator, **options) as sb:
                 yield sb
     return make
 

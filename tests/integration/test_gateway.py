@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import yaml
 
 from kiln.decide.conditions import get_condition, is_true
-from kiln.demo.emulator import KilnEmulator
-from kiln.demo.sandbox import Sandbox
 
 from ..conftest import ROOT
 from ..support.cluster import chart_rbac
@@ -55,14 +52,10 @@ async def test_the_gateway_objects_are_applied_and_owned(make_sandbox, backend):
         await sb.stop_kubelet()
 
 
-@pytest.mark.emulator_only("removes the InferencePool API from the emulator's discovery; the real "
-                            "server shares its CRDs with every test of the session")
-async def test_without_the_crds_the_service_stalls_with_the_install_commands(backend):
-    emulator = KilnEmulator()
-    del emulator.resources["inference.networking.k8s.io/v1/inferencepools"]
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
-                       emulator=emulator) as sb:
-        await _run(sb)
+async def test_without_the_crds_the_service_stalls_with_the_install_commands(make_sandbox, backend):
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                            missing_apis=("inference.networking.k8s.io/v1/inferencepools",)) as sb:
+        await _run(sb, backend)
 
         def stalled():
             svc = sb.get("llmservices", "llama-8b-gw", NS)

@@ -25,7 +25,6 @@ from kiln.controller.execute import write_status
 from kiln.controller.models import ModelResolver
 from kiln.controller.reconcile import reconcile_service
 from kiln.decide.status import status_wire
-from kiln.demo.sandbox import Sandbox
 from kiln.render.meta import ENGINE_KEY_ANNOTATION
 
 from ..conftest import ROOT
@@ -665,9 +664,10 @@ async def test_the_group_gives_way_to_a_deployment_once_it_serves(scaling_sandbo
         "Deployment/llama-405b-server", "Service/llama-405b-server", "ServiceAccount/llama-405b-server"]
 
 
-async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_with_the_install_hint():
-    # One back-end: the real control plane's session has the LeaderWorkerSet CRD installed.
-    async with Sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, leader_worker_set=False) as sb:
+async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_with_the_install_hint(
+        make_sandbox, backend):
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                            missing_apis=("leaderworkerset.x-k8s.io/v1/leaderworkersets",)) as sb:
         sb.add_namespace(NS)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
         await sb.start_operator()

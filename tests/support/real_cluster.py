@@ -12,12 +12,14 @@ namespace controllers are the real ones, and so is the LeaderWorkerSet controlle
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,37 @@ class ControlPlane:
                 return
             time.sleep(0.1)
         raise TimeoutError(f"CRD {crd} not Established after {timeout}s")
+
+    @contextlib.contextmanager
+    def without_crd(self, name: str, timeout: float = 60.0) -> Iterator[None]:
+        """The cluster without this CRD for the block: deleted, and gone from discovery, before
+        it; installed again as it was (and Established) after it. The session's other tests
+        share the control plane, so the CRD is back even when the block fails."""
+        url = self.server + path_of("customresourcedefinitions", name=name)
+        crd = self.http.get(url, timeout=10).json()
+        served = [f"/apis/{crd['spec']['group']}/{v['name']}" for v in crd["spec"]["versions"] if v["served"]]
+        kind = crd["spec"]["names"]["kind"]
+        self.http.delete(url, timeout=10).raise_for_status()
+        try:
+            deadline = time.monotonic() + timeout
+            # Deleting a CRD first deletes its objects; discovery drops the kind once it is gone.
+            while self.http.get(url, timeout=10).status_code != 404 or any(
+                    self._discovered(path, kind) for path in served):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"CRD {name} still served after {timeout}s")
+                time.sleep(0.2)
+            yield
+        finally:
+            meta = {key: crd["metadata"][key] for key in ("name", "labels", "annotations")
+                    if key in crd["metadata"]}
+            self.apply({"apiVersion": crd["apiVersion"], "kind": crd["kind"], "metadata": meta,
+                        "spec": crd["spec"]})
+            self.wait_established(name, timeout=timeout)
+
+    def _discovered(self, group_version_path: str, kind: str) -> bool:
+        response = self.http.get(self.server + group_version_path, timeout=10)
+        return response.status_code == 200 and any(
+            r.get("kind") == kind for r in response.json().get("resources") or [])
 
     @property
     def pid(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import subprocess
@@ -97,6 +98,15 @@ def test_kiln_demo_names_the_file_line_and_column_of_bad_yaml(tmp_path):
     assert code == 2 and out == ""
     [line] = err.splitlines()
     assert line.startswith(f"error: {tmp_path / 'b-bad.yaml'}:5:1: not valid YAML"), line
+
+
+def test_kiln_demo_in_process_gives_back_the_log_levels_it_quiets(tmp_path):
+    (tmp_path / "bad.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [x\n")
+    loggers = [logging.getLogger(name) for name in ("kopf", "aiohttp")]
+    before = [logger.level for logger in loggers]
+    code, _, _, _ = _cli(["demo", "--examples", str(tmp_path), "--timeout", "5"])
+    assert code == 2
+    assert [logger.level for logger in loggers] == before
 
 
 def test_a_long_value_is_quoted_short(tmp_path):
