@@ -278,8 +278,10 @@ class SimulatedTriton:
         used = min(self.max_blocks, round(self.max_blocks * load.kv_fraction))
         labels = 'model="tensorrt_llm",version="1"'
         lines = [f"# HELP {KV_METRIC} TRT LLM KV cache block metrics", f"# TYPE {KV_METRIC} gauge"]
+        # "fraction" is used / max, as the backend's WaitForStats computes it (kiln.autoscale.metrics);
+        # keda mode's query and the Gateway's endpoint picker read it.
         for kind, value in (("max", self.max_blocks), ("used", used), ("free", self.max_blocks - used),
-                            ("tokens_per", self.TOKENS_PER_BLOCK)):
+                            ("tokens_per", self.TOKENS_PER_BLOCK), ("fraction", used / self.max_blocks)):
             lines.append(f'{KV_METRIC}{{kv_cache_block_type="{kind}",{labels}}} {value}')
         requests = {"waiting": load.waiting, "active": load.active}
         if load.max_requests:

@@ -1,0 +1,139 @@
+"""The builtin autoscaler on a real Prometheus (``metricsSource: prometheus``), and keda mode's
+query evaluated by it.
+
+The chain is real from the pods to the decision: the chart's ``PodMonitor`` as the Prometheus
+Operator would write it (``tests/support/prometheus.py``), Prometheus (``tests/prometheus``,
+built from its Go module) discovering the serving pods through the real control plane's API
+and scraping their Triton metrics pages where the simulated kubelet serves them, the
+operator's PromQL evaluated by Prometheus's engine, and the law scaling on what comes back.
+Runs on the real back-end only: Prometheus's Kubernetes discovery needs a real API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+
+import pytest
+import requests
+import helm_python as helm
+import yaml
+
+from kiln.api import parse_service_spec
+from kiln.autoscale.metrics import KV_METRIC, parse_triton_metrics
+from kiln.controller.prometheus import PrometheusMetrics
+from kiln.decide.conditions import is_true
+from kiln.render.scaling import scaled_object
+
+from ..conftest import ROOT
+from ..support.prometheus import PrometheusServer, pod_monitor_scrape_config, prometheus_binary
+from ..support.real_cluster import RealSandbox
+from .test_operator import FAST_SCALING, MISTRAL, NS
+
+NAME = "mistral-7b"
+
+
+@pytest.fixture(scope="module")
+def binary():
+    path = prometheus_binary(ROOT)
+    if path is None:
+        pytest.skip("Prometheus is not built here: run tests/prometheus/build")
+    return path
+
+
+@pytest.fixture
+def plane(control_plane):
+    if control_plane is None:
+        pytest.skip("the real control plane is not built here: run tests/controlplane/build")
+    return control_plane
+
+
+def _pod_monitor(namespace: str) -> dict:
+    manifests = helm.Chart.load(ROOT / "charts" / "kiln").render(
+        {"metrics": {"servingPodMonitor": {"enabled": True, "interval": "1s"}},
+         "watchNamespaces": [namespace]}, name="kiln", namespace="kiln-system")
+    [monitor] = [obj for path, text in manifests.items() if path.endswith(".yaml")
+                 for obj in yaml.safe_load_all(text) if obj and obj.get("kind") == "PodMonitor"]
+    return monitor
+
+
+async def _until(check, timeout: float, what: str):
+    """``check()`` (blocking: Prometheus's HTTP API) off the event loop, where the simulated
+    pods Prometheus scrapes are served, until it is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := await asyncio.to_thread(check):
+            return value
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _ready(sb) -> bool:
+    svc = sb.get("llmservices", NAME, NS)
+    return svc is not None and is_true((svc.get("status") or {}).get("conditions", []), "Ready")
+
+
+async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(plane, binary):
+    timing = {**FAST_SCALING, "autoscale_period": 0.5,
+              "autoscale_timing": {"window_seconds": 1.0, "stale_seconds": 5.0}}
+    async with RealSandbox(plane, build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, **timing) as sb:
+        sb.add_namespace(NS)
+        namespace = sb.ns(NS)
+        monitor = _pod_monitor(namespace)
+        prometheus = PrometheusServer(binary, pod_monitor_scrape_config(monitor, plane.kubeconfig))
+        try:
+            manifest = copy.deepcopy(MISTRAL)
+            manifest["spec"]["autoscaling"] = {
+                "mode": "builtin", "minReplicas": 1, "maxReplicas": 3, "targetKVCacheUtilization": 0.75,
+                "scaleDownStabilizationSeconds": 2, "metricsSource": "prometheus",
+                "prometheusUrl": prometheus.url}
+            await sb.start_operator()
+            sb.start_kubelet()
+            await sb.create(manifest)
+            await sb.wait_for(lambda: _ready(sb), what="Ready")
+
+            # Discovered through the API server and scraped where the pod listens, with the
+            # labels the operator's queries select on.
+            def scraped():
+                return prometheus.query(f'{KV_METRIC}{{llmservice="{NAME}",kv_cache_block_type="max"}}')
+            [series] = await _until(scraped, 60, "the serving pod scraped")
+            labels = series["metric"]
+            [pod] = [p for p in sb.objects("pods") if p["metadata"]["name"] == labels["pod"]]
+            assert labels["namespace"] == namespace and labels["container"] == "server"
+            assert labels["job"] == f"kiln-system/{monitor['metadata']['name']}" and labels["endpoint"] == "metrics"
+            targets = await asyncio.to_thread(prometheus.targets)
+            [target] = [t for t in targets if t["labels"].get("pod") == labels["pod"]]
+            assert target["health"] == "up" and target["scrapeUrl"].startswith(f"http://{pod['status']['podIP']}:")
+
+            # The operator's source reads, through Prometheus, what the pod's own page says.
+            page = (await asyncio.to_thread(requests.get, target["scrapeUrl"], timeout=5)).text
+            direct = parse_triton_metrics(page)
+            source = PrometheusMetrics(prometheus.url)
+            try:
+                [sample] = await source.kv_samples(namespace, f"app.kubernetes.io/instance={NAME}")
+            finally:
+                await source.close()
+            assert sample.replica == labels["pod"]
+            assert (sample.max_blocks, sample.tokens_per_block) == (direct.max_blocks, direct.tokens_per_block)
+
+            # keda mode's query, as KEDA would send it: the sum of the pods' KV fractions (the
+            # simulated kubelet's default load keeps a third of the blocks in use).
+            spec = parse_service_spec({**manifest["spec"], "autoscaling": {"mode": "keda"}})
+            query = scaled_object(spec, NAME, namespace, None)["spec"]["triggers"][0]["metadata"]["query"]
+            [keda] = await asyncio.to_thread(prometheus.query, query)
+            assert float(keda["value"][1]) == pytest.approx(direct.used_blocks / direct.max_blocks, abs=0.05)
+
+            # The law scales on it: load for 2.4 replicas' worth of KV blocks.
+            sb.cluster.load[NAME] = 2.4
+            await sb.wait_for(lambda: sb.objects("deployments")[0]["spec"]["replicas"] == 3, timeout=60,
+                              what="3 replicas from Prometheus's figures")
+            await _until(lambda: len(scraped()) == 3, 60, "the new pods scraped")
+            sb.cluster.load[NAME] = 0.2
+            await sb.wait_for(lambda: sb.objects("deployments")[0]["spec"]["replicas"] == 1, timeout=60,
+                              what="back to 1 replica")
+            assert sb.operator_error is None
+            await sb.stop_operator()
+            await sb.stop_kubelet()
+        finally:
+            prometheus.stop()
