@@ -30,7 +30,16 @@ type pki struct {
 	tokens                string
 	adminToken            string
 	operatorToken         string
+	// The aggregation layer's: the CA an extension API server trusts for the identity
+	// kube-apiserver forwards (--requestheader-client-ca-file), and the client certificate
+	// kube-apiserver proxies with (--proxy-client-cert-file), as kubeadm's front-proxy pair.
+	frontProxyCA                          string
+	frontProxyClient, frontProxyClientKey string
 }
+
+// frontProxyClientName is the proxy client certificate's common name, the one name
+// --requestheader-allowed-names admits.
+const frontProxyClientName = "front-proxy-client"
 
 func writePKI(dir, operatorUser string) (*pki, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -38,25 +47,11 @@ func writePKI(dir, operatorUser string) (*pki, error) {
 	}
 	p := &pki{dir: dir}
 
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
 	now := time.Now()
-	caTemplate := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kiln-controlplane-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(30 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTemplate, caTemplate, &caKey.PublicKey, caKey)
+	caCert, caDER, caKey, err := newCA("kiln-controlplane-ca", 1, now)
 	if err != nil {
 		return nil, err
 	}
-	caCert, _ := x509.ParseCertificate(caDER)
 	p.caPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
 	p.caCert = filepath.Join(dir, "ca.crt")
 
@@ -85,6 +80,33 @@ func writePKI(dir, operatorUser string) (*pki, error) {
 	p.serverCert = filepath.Join(dir, "apiserver.crt")
 	p.serverKey = filepath.Join(dir, "apiserver.key")
 
+	frontCA, frontCADER, frontCAKey, err := newCA("kiln-controlplane-front-proxy-ca", 3, now)
+	if err != nil {
+		return nil, err
+	}
+	frontKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	frontDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(4),
+		Subject:      pkix.Name{CommonName: frontProxyClientName},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(30 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, frontCA, &frontKey.PublicKey, frontCAKey)
+	if err != nil {
+		return nil, err
+	}
+	frontKeyDER, err := x509.MarshalECPrivateKey(frontKey)
+	if err != nil {
+		return nil, err
+	}
+	p.frontProxyCA = filepath.Join(dir, "front-proxy-ca.crt")
+	p.frontProxyClient = filepath.Join(dir, "front-proxy-client.crt")
+	p.frontProxyClientKey = filepath.Join(dir, "front-proxy-client.key")
+
 	// ServiceAccount tokens are signed with RSA, the algorithm every Kubernetes release accepts.
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -111,12 +133,15 @@ func writePKI(dir, operatorUser string) (*pki, error) {
 		p.adminToken, p.operatorToken, operatorUser, ns)
 
 	files := map[string][]byte{
-		p.caCert:     []byte(p.caPEM),
-		p.serverCert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: serverDER}),
-		p.serverKey:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: serverKeyDER}),
-		p.saPrivate:  pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
-		p.saPublic:   pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPublicDER}),
-		p.tokens:     []byte(tokens),
+		p.caCert:              []byte(p.caPEM),
+		p.serverCert:          pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: serverDER}),
+		p.serverKey:           pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: serverKeyDER}),
+		p.saPrivate:           pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
+		p.saPublic:            pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPublicDER}),
+		p.tokens:              []byte(tokens),
+		p.frontProxyCA:        pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: frontCADER}),
+		p.frontProxyClient:    pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: frontDER}),
+		p.frontProxyClientKey: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: frontKeyDER}),
 	}
 	for path, data := range files {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
@@ -124,6 +149,30 @@ func writePKI(dir, operatorUser string) (*pki, error) {
 		}
 	}
 	return p, nil
+}
+
+// newCA is a self-signed certificate authority valid for the run (and an hour before it, for
+// clock skew), with its DER encoding and its key.
+func newCA(name string, serial int64, now time.Time) (*x509.Certificate, []byte, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	template := &x509.Certificate{
+		SerialNumber:          big.NewInt(serial),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(30 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, template, template, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	return cert, der, key, err
 }
 
 func serviceAccountNamespace(user string) string {

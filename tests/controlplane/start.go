@@ -27,8 +27,9 @@ import (
 
 // controllers are the kube-controller-manager loops Kiln's objects depend on: Jobs complete, Deployments
 // roll out through ReplicaSets, owner references are collected, namespaces are emptied on delete and every
-// namespace gets its default ServiceAccount (the ServiceAccount admission plugin refuses Pods without it).
-const controllers = "garbagecollector,namespace,job,deployment,replicaset,statefulset,serviceaccount,serviceaccount-token,ttl-after-finished"
+// namespace gets its default ServiceAccount (the ServiceAccount admission plugin refuses Pods without it),
+// and an HorizontalPodAutoscaler (hpa mode) scales its LLMService through the /scale subresource.
+const controllers = "garbagecollector,namespace,job,deployment,replicaset,statefulset,serviceaccount,serviceaccount-token,ttl-after-finished,horizontalpodautoscaling"
 
 type startOptions struct {
 	kubeconfig         string
@@ -155,6 +156,16 @@ func run(o startOptions) error {
 		"--service-account-signing-key-file=" + pki.saPrivate,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--profiling=false",
+		// The aggregation layer, as kubeadm configures it: an APIService (custom.metrics.k8s.io
+		// from prometheus-adapter, say) is proxied to with the front-proxy client certificate and
+		// the caller's identity in these headers.
+		"--requestheader-client-ca-file=" + pki.frontProxyCA,
+		"--requestheader-allowed-names=" + frontProxyClientName,
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+		"--proxy-client-cert-file=" + pki.frontProxyClient,
+		"--proxy-client-key-file=" + pki.frontProxyClientKey,
 	}, audit...)...)
 	if err != nil {
 		return err
@@ -185,6 +196,9 @@ func run(o startOptions) error {
 		"--bind-address=127.0.0.1",
 		"--secure-port=0",
 		"--concurrent-gc-syncs=5",
+		// The HPA controller's loop, every 15 s upstream, every 2 s here so a test of hpa mode
+		// sees its decisions within seconds; its algorithm and its defaults are unchanged.
+		"--horizontal-pod-autoscaler-sync-period=2s",
 	)
 	if err != nil {
 		return err

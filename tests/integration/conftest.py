@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ..support.prometheus import prometheus_binaries as built_prometheus
 from ..support.real_cluster import ControlPlane, RealSandbox, start_script
 from kiln.demo.emulator import KilnEmulator
 from kiln.demo.sandbox import Sandbox
@@ -38,6 +40,23 @@ def control_plane() -> Iterator[ControlPlane | None]:
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture
+def real_plane(control_plane: ControlPlane | None) -> ControlPlane:
+    """The real control plane, for a case that runs on it alone; skipped where it is not built."""
+    if control_plane is None:
+        pytest.skip("the real control plane is not built here: run tests/controlplane/build")
+    return control_plane
+
+
+@pytest.fixture(scope="session")
+def prometheus_binaries() -> Path:
+    """Where ``tests/prometheus/build`` put ``prometheus`` and ``adapter``; skipped where it did not."""
+    path = built_prometheus(ROOT)
+    if path is None:
+        pytest.skip("Prometheus is not built here: run tests/prometheus/build")
+    return path
 
 
 @pytest.fixture(params=BACKENDS)
@@ -67,7 +86,8 @@ def make_sandbox(backend: str, request: pytest.FixtureRequest) -> Any:
                 async with RealSandbox(plane, **options) as sb:
                     yield sb
         else:
-            emulator = KilnEmulator()
+            emulator = options.pop("emulator", None)
+            emulator = KilnEmulator() if emulator is None else emulator
             for api in missing_apis:
                 del emulator.resources[api]
             async with Sandbox(emulator=emulator, **options) as sb:

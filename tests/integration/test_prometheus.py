@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
 
 import pytest
 import requests
-import helm_python as helm
-import yaml
 
 from kiln.api import parse_service_spec
 from kiln.autoscale.metrics import KV_METRIC, parse_triton_metrics
@@ -26,47 +23,11 @@ from kiln.controller.prometheus import PrometheusMetrics
 from kiln.decide.conditions import is_true
 from kiln.render.scaling import scaled_object
 
-from ..conftest import ROOT
-from ..support.prometheus import PrometheusServer, pod_monitor_scrape_config, prometheus_binary
+from ..support.prometheus import PrometheusServer, pod_monitor_scrape_config, serving_pod_monitor, until
 from ..support.real_cluster import RealSandbox
 from .test_operator import FAST_SCALING, MISTRAL, NS
 
 NAME = "mistral-7b"
-
-
-@pytest.fixture(scope="module")
-def binary():
-    path = prometheus_binary(ROOT)
-    if path is None:
-        pytest.skip("Prometheus is not built here: run tests/prometheus/build")
-    return path
-
-
-@pytest.fixture
-def plane(control_plane):
-    if control_plane is None:
-        pytest.skip("the real control plane is not built here: run tests/controlplane/build")
-    return control_plane
-
-
-def _pod_monitor(namespace: str) -> dict:
-    manifests = helm.Chart.load(ROOT / "charts" / "kiln").render(
-        {"metrics": {"servingPodMonitor": {"enabled": True, "interval": "1s"}},
-         "watchNamespaces": [namespace]}, name="kiln", namespace="kiln-system")
-    [monitor] = [obj for path, text in manifests.items() if path.endswith(".yaml")
-                 for obj in yaml.safe_load_all(text) if obj and obj.get("kind") == "PodMonitor"]
-    return monitor
-
-
-async def _until(check, timeout: float, what: str):
-    """``check()`` (blocking: Prometheus's HTTP API) off the event loop, where the simulated
-    pods Prometheus scrapes are served, until it is true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := await asyncio.to_thread(check):
-            return value
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _ready(sb) -> bool:
@@ -74,14 +35,14 @@ def _ready(sb) -> bool:
     return svc is not None and is_true((svc.get("status") or {}).get("conditions", []), "Ready")
 
 
-async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(plane, binary):
+async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_plane, prometheus_binaries):
     timing = {**FAST_SCALING, "autoscale_period": 0.5,
               "autoscale_timing": {"window_seconds": 1.0, "stale_seconds": 5.0}}
-    async with RealSandbox(plane, build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, **timing) as sb:
+    async with RealSandbox(real_plane, build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, **timing) as sb:
         sb.add_namespace(NS)
         namespace = sb.ns(NS)
-        monitor = _pod_monitor(namespace)
-        prometheus = PrometheusServer(binary, pod_monitor_scrape_config(monitor, plane.kubeconfig))
+        monitor = serving_pod_monitor(namespace)
+        prometheus = PrometheusServer(prometheus_binaries, pod_monitor_scrape_config(monitor, real_plane.kubeconfig))
         try:
             manifest = copy.deepcopy(MISTRAL)
             manifest["spec"]["autoscaling"] = {
@@ -97,7 +58,7 @@ async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(plane, b
             # labels the operator's queries select on.
             def scraped():
                 return prometheus.query(f'{KV_METRIC}{{llmservice="{NAME}",kv_cache_block_type="max"}}')
-            [series] = await _until(scraped, 60, "the serving pod scraped")
+            [series] = await until(scraped, 60, "the serving pod scraped")
             labels = series["metric"]
             [pod] = [p for p in sb.objects("pods") if p["metadata"]["name"] == labels["pod"]]
             assert labels["namespace"] == namespace and labels["container"] == "server"
@@ -128,7 +89,7 @@ async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(plane, b
             sb.cluster.load[NAME] = 2.4
             await sb.wait_for(lambda: sb.objects("deployments")[0]["spec"]["replicas"] == 3, timeout=60,
                               what="3 replicas from Prometheus's figures")
-            await _until(lambda: len(scraped()) == 3, 60, "the new pods scraped")
+            await until(lambda: len(scraped()) == 3, 60, "the new pods scraped")
             sb.cluster.load[NAME] = 0.2
             await sb.wait_for(lambda: sb.objects("deployments")[0]["spec"]["replicas"] == 1, timeout=60,
                               what="back to 1 replica")

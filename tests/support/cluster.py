@@ -19,13 +19,17 @@ THIRD_PARTY_CRDS = ["leaderworkerset.x-k8s.io_leaderworkersets.yaml", "keda.sh_s
                     "inference.networking.k8s.io_inferencepools.yaml"]
 
 
-def chart_rbac(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The chart's ServiceAccount and RBAC objects (cluster-wide mode unless ``values`` say)."""
+def chart_manifests(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every object the chart renders for a release ``kiln`` in ``kiln-system``."""
     manifests = helm.Chart.load(ROOT / "charts" / "kiln").render(values or {}, name="kiln",
                                                                    namespace="kiln-system")
-    objects = [d for path, text in manifests.items() if path.endswith(".yaml")
-               for d in yaml.safe_load_all(text) if d]
-    return [o for o in objects
+    return [d for path, text in manifests.items() if path.endswith(".yaml")
+            for d in yaml.safe_load_all(text) if d]
+
+
+def chart_rbac(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount and RBAC objects (cluster-wide mode unless ``values`` say)."""
+    return [o for o in chart_manifests(values)
             if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
 
 

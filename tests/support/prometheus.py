@@ -1,4 +1,5 @@
-"""A real Prometheus server (``tests/prometheus``, built from its Go module) for the tests.
+"""A real Prometheus server and prometheus-adapter (``tests/prometheus``, built from their Go
+modules) for the tests.
 
 :func:`pod_monitor_scrape_config` turns the chart's ``PodMonitor`` into the scrape job the
 Prometheus Operator would write for it, rule for rule as ``generatePodMonitorConfig`` does
@@ -11,23 +12,33 @@ Failed and Succeeded pods, a keep per ``matchLabels`` key on the label and its
 change that this stand-in for the Prometheus Operator would miss fails the test instead.
 :class:`PrometheusServer` runs the binary with that job, discovering pods through the
 Kubernetes API (the real control plane) and scraping them where they listen.
+:class:`PrometheusAdapter` serves the custom metrics API from it with the rules of
+``docs/operations/prometheus-adapter-values.yaml``, registered with the control plane's
+aggregation layer as the prometheus-community chart registers it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 import yaml
 
-__all__ = ["prometheus_binary", "pod_monitor_scrape_config", "PrometheusServer"]
+from .cluster import chart_manifests
+from .real_cluster import ControlPlane
+
+__all__ = ["prometheus_binaries", "serving_pod_monitor", "pod_monitor_scrape_config", "PrometheusServer",
+           "PrometheusAdapter", "until"]
 
 _ENDPOINT_FIELDS = {"port", "interval", "relabelings"}
 _SPEC_FIELDS = {"selector", "namespaceSelector", "podMetricsEndpoints"}
@@ -35,11 +46,32 @@ _RELABEL_KEYS = {"sourceLabels": "source_labels", "targetLabel": "target_label",
                  "replacement": "replacement", "action": "action", "separator": "separator"}
 
 
-def prometheus_binary(root: Path) -> Path | None:
-    """The binary ``tests/prometheus/build`` made for the current sources, else None."""
+def prometheus_binaries(root: Path) -> Path | None:
+    """The directory ``tests/prometheus/build`` built ``prometheus`` and ``adapter`` into for
+    the current sources, else None."""
     result = subprocess.run([str(root / "tests" / "prometheus" / "build")], capture_output=True,
                             text=True, env={**os.environ, "KILN_PROMETHEUS_BUILD": "never"})
     return Path(result.stdout.strip()) if result.returncode == 0 else None
+
+
+def serving_pod_monitor(namespace: str) -> dict[str, Any]:
+    """The chart's ``servingPodMonitor`` for a release watching ``namespace``, scraping every
+    second."""
+    [monitor] = [obj for obj in chart_manifests({"metrics": {"servingPodMonitor": {"enabled": True, "interval": "1s"}},
+                                                 "watchNamespaces": [namespace]})
+                 if obj["kind"] == "PodMonitor"]
+    return monitor
+
+
+async def until(check: Any, timeout: float, what: str) -> Any:
+    """``check()`` (blocking: an HTTP API) off the event loop, where the simulated pods that
+    Prometheus scrapes are served, until it is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := await asyncio.to_thread(check):
+            return value
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _label_name(name: str) -> str:
@@ -96,7 +128,7 @@ def _free_port() -> int:
 class PrometheusServer:
     """``prometheus`` on a free loopback port with ``jobs``; ``url`` is its base URL."""
 
-    def __init__(self, binary: Path, jobs: list[dict[str, Any]], ready_timeout: float = 60.0) -> None:
+    def __init__(self, binaries: Path, jobs: list[dict[str, Any]], ready_timeout: float = 60.0) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="kiln-prometheus-")
         work = Path(self._dir.name)
         config = work / "prometheus.yml"
@@ -106,7 +138,7 @@ class PrometheusServer:
         self.log = work / "prometheus.log"
         with self.log.open("w") as log:
             self._process = subprocess.Popen(
-                [str(binary), f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
+                [str(binaries / "prometheus"), f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
                  f"--web.listen-address={self.url.removeprefix('http://')}"],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + ready_timeout
@@ -133,6 +165,98 @@ class PrometheusServer:
         return list(body["data"]["activeTargets"])
 
     def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._dir.cleanup()
+
+
+class PrometheusAdapter:
+    """prometheus-adapter on a free loopback port, reading ``prometheus`` with ``rules`` (the
+    chart's ``rules.custom``), registered as ``v1beta1.custom.metrics.k8s.io`` with ``plane``
+    until :meth:`stop`.
+
+    The APIService names a Service, as the prometheus-community chart's does
+    (``templates/custom-metrics-apiservice.yaml``: v1beta1, ``insecureSkipTLSVerify`` without
+    its TLS values). The control plane has no kube-proxy, so the Service is an ExternalName
+    for localhost, which the aggregator dials at the APIService's port
+    (k8s.io/apiserver ``pkg/util/proxy/proxy.go``, ``ResolveCluster``)."""
+
+    def __init__(self, binaries: Path, plane: ControlPlane, prometheus: str,
+                 rules: list[dict[str, Any]], ready_timeout: float = 90.0) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="kiln-adapter-")
+        work = Path(self._dir.name)
+        config = work / "config.yaml"
+        config.write_text(yaml.safe_dump({"rules": rules}))
+        port = _free_port()
+        kubeconfig = str(plane.kubeconfig)
+        self.log = work / "adapter.log"
+        with self.log.open("w") as log:
+            self._process = subprocess.Popen(
+                [str(binaries / "adapter"), f"--secure-port={port}", "--bind-address=127.0.0.1",
+                 f"--cert-dir={work / 'certs'}", f"--prometheus-url={prometheus}", f"--config={config}",
+                 "--metrics-relist-interval=2s", f"--lister-kubeconfig={kubeconfig}",
+                 f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}"],
+                stdout=log, stderr=subprocess.STDOUT)
+        self._plane = plane
+        self._objects = [
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "kiln-test-prometheus-adapter", "namespace": "kube-system"},
+             "spec": {"type": "ExternalName", "externalName": "localhost"}},
+            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+             "metadata": {"name": "v1beta1.custom.metrics.k8s.io"},
+             "spec": {"service": {"name": "kiln-test-prometheus-adapter", "namespace": "kube-system",
+                                  "port": port},
+                      "group": "custom.metrics.k8s.io", "version": "v1beta1",
+                      "insecureSkipTLSVerify": True, "groupPriorityMinimum": 100, "versionPriority": 100}}]
+        deadline = time.monotonic() + ready_timeout
+        try:
+            while not self._answers(f"https://127.0.0.1:{port}/readyz"):
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"prometheus-adapter did not start: {self.log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            for obj in self._objects:
+                plane.apply(obj)
+            while not self._available():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("v1beta1.custom.metrics.k8s.io not Available: "
+                                       f"{self.log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _answers(url: str) -> bool:
+        # Its serving certificate is self-signed at start, as the APIService's
+        # insecureSkipTLSVerify has it; only readiness is asked here.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                return requests.get(url, verify=False, timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def _available(self) -> bool:
+        found = self._plane.http.get(f"{self._plane.server}/apis/apiregistration.k8s.io/v1/apiservices/"
+                                     "v1beta1.custom.metrics.k8s.io", timeout=10).json()
+        return any(c["type"] == "Available" and c["status"] == "True"
+                   for c in (found.get("status") or {}).get("conditions") or [])
+
+    def metric(self, namespace: str, name: str, selector: str, metric_selector: str) -> dict[str, Any]:
+        """The custom metrics API's answer for ``name`` of the pods ``selector`` picks, through
+        the API server, as the HPA controller asks for it."""
+        return self._plane.http.get(
+            f"{self._plane.server}/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/*/{name}",
+            params={"labelSelector": selector, "metricLabelSelector": metric_selector}, timeout=10).json()
+
+    def stop(self) -> None:
+        for obj in reversed(self._objects):
+            self._plane.delete(obj)
         if self._process.poll() is None:
             self._process.terminate()
             try:

@@ -48,7 +48,8 @@ KINDS_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in (
     Kind("v1", "Node", "nodes", False), Kind("apps/v1", "ReplicaSet", "replicasets", True),
     Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
     Kind("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False),
-    Kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False))}
+    Kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False),
+    Kind("apiregistration.k8s.io/v1", "APIService", "apiservices", False))}
 _PLURAL_OF = {k.kind: k.plural for k in KINDS_BY_PLURAL.values()}
 
 
@@ -116,6 +117,14 @@ class ControlPlane:
             raise RuntimeError(f"applying {obj['kind']} {meta['name']}: {response.status_code} "
                                f"{response.text}")
         return response.json()  # type: ignore[no-any-return]
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        """Delete as the admin; gone already is fine."""
+        meta = obj["metadata"]
+        response = self.http.delete(
+            self.server + path_of(_PLURAL_OF[obj["kind"]], meta.get("namespace"), meta["name"]), timeout=30)
+        if response.status_code >= 300 and response.status_code != 404:
+            raise RuntimeError(f"deleting {obj['kind']} {meta['name']}: {response.status_code} {response.text}")
 
     def wait_established(self, crd: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-module kiln.dev/tests/prometheus
+module kiln.dev/tests/prometheus/server
 
 go 1.26.7
 
