@@ -55,11 +55,7 @@ func writePKI(dir, operatorUser string) (*pki, error) {
 	p.caPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
 	p.caCert = filepath.Join(dir, "ca.crt")
 
-	serverKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	serverTemplate := &x509.Certificate{
+	serverDER, serverKeyDER, err := newLeaf(&x509.Certificate{
 		SerialNumber: big.NewInt(2),
 		Subject:      pkix.Name{CommonName: "kube-apiserver"},
 		NotBefore:    now.Add(-time.Hour),
@@ -68,12 +64,7 @@ func writePKI(dir, operatorUser string) (*pki, error) {
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")},
-	}
-	serverDER, err := x509.CreateCertificate(rand.Reader, serverTemplate, caCert, &serverKey.PublicKey, caKey)
-	if err != nil {
-		return nil, err
-	}
-	serverKeyDER, err := x509.MarshalECPrivateKey(serverKey)
+	}, caCert, caKey)
 	if err != nil {
 		return nil, err
 	}
@@ -84,22 +75,14 @@ func writePKI(dir, operatorUser string) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	frontKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	frontDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+	frontDER, frontKeyDER, err := newLeaf(&x509.Certificate{
 		SerialNumber: big.NewInt(4),
 		Subject:      pkix.Name{CommonName: frontProxyClientName},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(30 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, frontCA, &frontKey.PublicKey, frontCAKey)
-	if err != nil {
-		return nil, err
-	}
-	frontKeyDER, err := x509.MarshalECPrivateKey(frontKey)
+	}, frontCA, frontCAKey)
 	if err != nil {
 		return nil, err
 	}
@@ -173,6 +156,20 @@ func newCA(name string, serial int64, now time.Time) (*x509.Certificate, []byte,
 	}
 	cert, err := x509.ParseCertificate(der)
 	return cert, der, key, err
+}
+
+// newLeaf is a certificate from template signed by ca, with a key of its own: both DER-encoded.
+func newLeaf(template, ca *x509.Certificate, caKey *ecdsa.PrivateKey) ([]byte, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, template, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	return der, keyDER, err
 }
 
 func serviceAccountNamespace(user string) string {

@@ -35,7 +35,7 @@ import urllib3
 import yaml
 
 from .cluster import chart_manifests
-from .real_cluster import ControlPlane
+from .real_cluster import ControlPlane, stop_process
 
 __all__ = ["prometheus_binaries", "serving_pod_monitor", "pod_monitor_scrape_config", "PrometheusServer",
            "PrometheusAdapter", "until"]
@@ -165,13 +165,7 @@ class PrometheusServer:
         return list(body["data"]["activeTargets"])
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process, 30)
         self._dir.cleanup()
 
 
@@ -257,11 +251,5 @@ class PrometheusAdapter:
     def stop(self) -> None:
         for obj in reversed(self._objects):
             self._plane.delete(obj)
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process, 30)
         self._dir.cleanup()

@@ -36,7 +36,7 @@ from kiln.demo.login import TokenLogin
 from kiln.demo.sandbox import Sandbox
 from kiln.demo.watch import ListWatch
 
-__all__ = ["ControlPlane", "RealSandbox", "KINDS_BY_PLURAL", "path_of"]
+__all__ = ["ControlPlane", "RealSandbox", "KINDS_BY_PLURAL", "path_of", "stop_process"]
 
 OPERATOR_NAMESPACE = "kiln-system"
 OPERATOR_SERVICE_ACCOUNT = "kiln"  # the chart's, for a release named "kiln"
@@ -179,14 +179,19 @@ class ControlPlane:
                                ca_file=self.ca_file)
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(60)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process, 60)
         self._dir.cleanup()
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM, and SIGKILL if ``process`` has not exited ``grace`` seconds later."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _read_kubeconfig(path: Path) -> tuple[str, str, str]:
