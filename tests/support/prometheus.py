@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from .cluster import chart_manifests
 from .real_cluster import ControlPlane, stop_process
 
 __all__ = ["prometheus_binaries", "serving_pod_monitor", "pod_monitor_scrape_config", "PrometheusServer",
-           "PrometheusAdapter", "until"]
+           "PrometheusAdapter", "until", "free_port"]
 
 _ENDPOINT_FIELDS = {"port", "interval", "relabelings"}
 _SPEC_FIELDS = {"selector", "namespaceSelector", "podMetricsEndpoints"}
@@ -119,22 +120,25 @@ def pod_monitor_scrape_config(monitor: dict[str, Any], kubeconfig: Path) -> list
     return jobs
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 class PrometheusServer:
-    """``prometheus`` on a free loopback port with ``jobs``; ``url`` is its base URL."""
+    """``prometheus`` on a free loopback port with ``jobs`` (and ``rule_files``, evaluated
+    every second); ``url`` is its base URL."""
 
-    def __init__(self, binaries: Path, jobs: list[dict[str, Any]], ready_timeout: float = 60.0) -> None:
+    def __init__(self, binaries: Path, jobs: list[dict[str, Any]], ready_timeout: float = 60.0,
+                 rule_files: Sequence[Path] = ()) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="kiln-prometheus-")
         work = Path(self._dir.name)
         config = work / "prometheus.yml"
         config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                                          "rule_files": [str(path) for path in rule_files],
                                           "scrape_configs": jobs}))
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         self.log = work / "prometheus.log"
         with self.log.open("w") as log:
             self._process = subprocess.Popen(
@@ -160,9 +164,15 @@ class PrometheusServer:
             raise AssertionError(f"Prometheus refused {promql!r}: {body}")
         return list(body["data"]["result"])
 
+    def api(self, path: str) -> Any:
+        """``/api/v1/<path>``'s data (targets, rules, alerts)."""
+        body = requests.get(f"{self.url}/api/v1/{path}", timeout=10).json()
+        if body.get("status") != "success":
+            raise AssertionError(f"Prometheus answered /api/v1/{path} with {body}")
+        return body["data"]
+
     def targets(self) -> list[dict[str, Any]]:
-        body = requests.get(f"{self.url}/api/v1/targets", timeout=10).json()
-        return list(body["data"]["activeTargets"])
+        return list(self.api("targets")["activeTargets"])
 
     def stop(self) -> None:
         stop_process(self._process, 30)
@@ -186,7 +196,7 @@ class PrometheusAdapter:
         work = Path(self._dir.name)
         config = work / "config.yaml"
         config.write_text(yaml.safe_dump({"rules": rules}))
-        port = _free_port()
+        port = free_port()
         kubeconfig = str(plane.kubeconfig)
         self.log = work / "adapter.log"
         with self.log.open("w") as log:

@@ -88,6 +88,14 @@ def test_the_operator_exports_the_status_figures_as_gauges():
         "kiln_service_condition", {"namespace": "llm", "service": "m", "condition": "Ready"}) == 1
 
 
+def test_every_build_outcome_is_exported_at_zero_before_the_first():
+    # A counter series born at 1 has no increase(), and the chart's KilnEngineBuildFailed
+    # alert is increase() > 0 (tests/integration/test_alerts.py, on a real Prometheus).
+    registry = Telemetry().registry
+    assert [registry.get_sample_value("kiln_engine_builds_total", {"result": r})
+            for r in ("started", "succeeded", "failed")] == [0, 0, 0]
+
+
 def test_an_error_above_15_percent_posts_one_event():
     [(kind, reason, message)] = _observe(_status(600000), [KVSample(12664, 0, 32)])
     assert (kind, reason) == ("Warning", "PlanMismatch") and "405248" in message and "+48%" in message

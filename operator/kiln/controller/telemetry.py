@@ -25,10 +25,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from ..api import ConditionType, LLMServiceStatus
 
-__all__ = ["Telemetry", "METRICS_PORT"]
+__all__ = ["Telemetry", "METRICS_PORT", "BUILD_RESULTS"]
 
 METRICS_PORT = 8081
 _SERVICE = ("namespace", "service")
+# kiln_engine_builds_total{result}
+BUILD_RESULTS = ("started", "succeeded", "failed")
 _WATCHED_CONDITIONS = tuple(c.value for c in (ConditionType.READY, ConditionType.STALLED,
                                               ConditionType.ENGINE_READY, ConditionType.SCALING_ACTIVE))
 
@@ -50,6 +52,12 @@ class Telemetry:
             registry=r)
         self.builds = Counter("kiln_engine_builds_total", "Engine build Jobs by outcome", ["result"],
                               registry=r)
+        # Every outcome exported from the start, at 0: a series that first appears at 1 has no
+        # increase() over any range, so the chart's KilnEngineBuildFailed
+        # (increase(...{result="failed"}[30m]) > 0) would miss each operator's first failed
+        # build (prometheus.io/docs/practices/instrumentation/, "Avoid missing metrics").
+        for result in BUILD_RESULTS:
+            self.builds.labels(result)
         self.build_seconds = Histogram(
             "kiln_engine_build_duration_seconds", "Engine build Job run time", registry=r,
             buckets=(60, 300, 600, 1200, 1800, 3600, 7200, 14400))
