@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 
 import pytest
 import requests
+from prometheus_client import start_http_server
 
 from kiln.api import parse_service_spec
 from kiln.autoscale.metrics import KV_METRIC, parse_triton_metrics
@@ -23,11 +25,22 @@ from kiln.controller.prometheus import PrometheusMetrics
 from kiln.decide.conditions import is_true
 from kiln.render.scaling import scaled_object
 
-from ..support.prometheus import PrometheusServer, pod_monitor_scrape_config, serving_pod_monitor, until
+from ..support.cluster import chart_manifests
+from ..support.prometheus import (PrometheusServer, free_port, pod_monitor_scrape_config, serving_pod_monitor,
+                                 until)
 from ..support.real_cluster import RealSandbox
 from .test_operator import FAST_SCALING, MISTRAL, NS
 
 NAME = "mistral-7b"
+
+
+def _dashboard() -> list[str]:
+    """The chart's Grafana dashboard's queries, with its variables at "All" (``.*``)."""
+    [config_map] = [obj for obj in chart_manifests({"dashboard": {"enabled": True}})
+                    if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-dashboard")]
+    panels = json.loads(config_map["data"]["kiln.json"])["panels"]
+    return [target["expr"].replace("$namespace", ".*").replace("$service", ".*")
+            for panel in panels for target in panel["targets"]]
 
 
 def _ready(sb) -> bool:
@@ -42,14 +55,19 @@ async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_pla
         sb.add_namespace(NS)
         namespace = sb.ns(NS)
         monitor = serving_pod_monitor(namespace)
-        prometheus = PrometheusServer(prometheus_binaries, pod_monitor_scrape_config(monitor, real_plane.kubeconfig))
+        await sb.start_operator()
+        await sb.wait_for(lambda: sb.operator_context is not None, what="the operator's context")
+        port = free_port()  # the operator's metrics, as --metrics-port serves them
+        server, _ = start_http_server(port, addr="127.0.0.1", registry=sb.operator_context.telemetry.registry)
+        prometheus = PrometheusServer(prometheus_binaries, [
+            *pod_monitor_scrape_config(monitor, real_plane.kubeconfig),
+            {"job_name": "kiln-metrics", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}])
         try:
             manifest = copy.deepcopy(MISTRAL)
             manifest["spec"]["autoscaling"] = {
                 "mode": "builtin", "minReplicas": 1, "maxReplicas": 3, "targetKVCacheUtilization": 0.75,
                 "scaleDownStabilizationSeconds": 2, "metricsSource": "prometheus",
                 "prometheusUrl": prometheus.url}
-            await sb.start_operator()
             sb.start_kubelet()
             await sb.create(manifest)
             await sb.wait_for(lambda: _ready(sb), what="Ready")
@@ -93,8 +111,19 @@ async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_pla
             sb.cluster.load[NAME] = 0.2
             await sb.wait_for(lambda: sb.objects("deployments")[0]["spec"]["replicas"] == 1, timeout=60,
                               what="back to 1 replica")
+
+            # The chart's dashboard, on what was scraped: every panel's query evaluates, and
+            # each returns series but those of families the simulated pods do not export.
+            queries = await asyncio.to_thread(lambda: {expr: prometheus.query(expr) for expr in _dashboard()})
+            unexported = ("nv_inference_pending_request_count", "nv_inference_first_response_histogram_ms",
+                          "kiln_reconcile_errors_total")  # the first two: Triton's own, not simulated
+            empty = [expr for expr, result in queries.items()
+                     if not result and not any(name in expr for name in unexported)]
+            assert empty == []
             assert sb.operator_error is None
             await sb.stop_operator()
             await sb.stop_kubelet()
         finally:
             prometheus.stop()
+            server.shutdown()
+            server.server_close()
