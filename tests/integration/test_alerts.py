@@ -40,12 +40,17 @@ async def test_the_charts_alerts_fire_on_what_the_operator_exports(make_sandbox,
         await sb.wait_for(lambda: sb.operator_context is not None, what="the operator's context")
         port = free_port()
         server, _ = start_http_server(port, addr="127.0.0.1", registry=sb.operator_context.telemetry.registry)
+        # The job label a ServiceMonitor's targets carry is their Service's name (promcfg.go,
+        # generateServiceMonitorConfig: __meta_kubernetes_service_name -> job): the chart's
+        # metrics Service.
+        [service] = [obj for obj in chart_manifests({"metrics": {"serviceMonitor": {"enabled": True}}})
+                     if obj["kind"] == "Service" and any(p["name"] == "metrics" for p in obj["spec"]["ports"])]
         prometheus = PrometheusServer(prometheus_binaries, [{
-            "job_name": "kiln-metrics", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+            "job_name": service["metadata"]["name"], "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
             rule_files=[rules])
         try:
             # Scraped before anything fails, as an operator is before its first failed build.
-            await until(lambda: prometheus.query('up{job="kiln-metrics"} == 1'), 30, "the operator scraped")
+            await until(lambda: prometheus.query("up == 1"), 30, "the operator scraped")
             await sb.create(copy.deepcopy(MISTRAL))
             stalled = copy.deepcopy(MISTRAL)
             stalled["metadata"]["name"] = "no-token"
@@ -68,6 +73,10 @@ async def test_the_charts_alerts_fire_on_what_the_operator_exports(make_sandbox,
             assert set(evaluated) == {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]}
             assert all(r["health"] == "ok" for r in evaluated.values()), \
                 {name: r.get("lastError") for name, r in evaluated.items() if r["health"] != "ok"}
+
+            # The operator's metrics endpoint gone: KilnOperatorDown (`for: 5m`) matches.
+            server.shutdown()
+            await until(lambda: _alerts(prometheus).get("KilnOperatorDown"), 30, "KilnOperatorDown pending")
             assert sb.operator_error is None
             await sb.stop_operator()
             await sb.stop_kubelet()
