@@ -28,7 +28,8 @@ def _alerts(prometheus: PrometheusServer) -> dict[str, list[dict]]:
 
 
 async def test_the_charts_alerts_fire_on_what_the_operator_exports(make_sandbox, prometheus_binaries, tmp_path):
-    [rule] = [obj for obj in chart_manifests({"prometheusRule": {"enabled": True}})
+    [rule] = [obj for obj in chart_manifests({"prometheusRule": {"enabled": True},
+                                              "metrics": {"serviceMonitor": {"enabled": True}}})
               if obj["kind"] == "PrometheusRule"]
     rules = tmp_path / "kiln.rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
@@ -77,6 +78,13 @@ async def test_the_charts_alerts_fire_on_what_the_operator_exports(make_sandbox,
             # The operator's metrics endpoint gone: KilnOperatorDown (`for: 5m`) matches.
             server.shutdown()
             await until(lambda: _alerts(prometheus).get("KilnOperatorDown"), 30, "KilnOperatorDown pending")
+            # And with no operator pod at all, when its ServiceMonitor has no target to scrape.
+            nothing = PrometheusServer(prometheus_binaries, [], rule_files=[rules])
+            try:
+                await until(lambda: _alerts(nothing).get("KilnOperatorDown"), 30,
+                            "KilnOperatorDown pending without a target")
+            finally:
+                nothing.stop()
             assert sb.operator_error is None
             await sb.stop_operator()
             await sb.stop_kubelet()
