@@ -10,13 +10,13 @@ uses, from the running operator's registry."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import yaml
-from prometheus_client import start_http_server
 
 from ..support.cluster import chart_manifests
-from ..support.prometheus import PrometheusServer, free_port, until
+from ..support.prometheus import PrometheusServer, operator_metrics, until
 from .test_operator import MISTRAL, NS
 
 
@@ -39,15 +39,15 @@ async def test_the_charts_alerts_fire_on_what_the_operator_exports(make_sandbox,
         await sb.start_operator()
         sb.start_kubelet()
         await sb.wait_for(lambda: sb.operator_context is not None, what="the operator's context")
-        port = free_port()
-        server, _ = start_http_server(port, addr="127.0.0.1", registry=sb.operator_context.telemetry.registry)
+        metrics = contextlib.ExitStack()
+        server, address = metrics.enter_context(operator_metrics(sb.operator_context.telemetry.registry))
         # The job label a ServiceMonitor's targets carry is their Service's name (promcfg.go,
         # generateServiceMonitorConfig: __meta_kubernetes_service_name -> job): the chart's
         # metrics Service.
         [service] = [obj for obj in chart_manifests({"metrics": {"serviceMonitor": {"enabled": True}}})
                      if obj["kind"] == "Service" and any(p["name"] == "metrics" for p in obj["spec"]["ports"])]
         prometheus = PrometheusServer(prometheus_binaries, [{
-            "job_name": service["metadata"]["name"], "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+            "job_name": service["metadata"]["name"], "static_configs": [{"targets": [address]}]}],
             rule_files=[rules])
         try:
             # Scraped before anything fails, as an operator is before its first failed build.
@@ -90,5 +90,4 @@ async def test_the_charts_alerts_fire_on_what_the_operator_exports(make_sandbox,
             await sb.stop_kubelet()
         finally:
             prometheus.stop()
-            server.shutdown()
-            server.server_close()
+            metrics.close()

@@ -12,12 +12,12 @@ Runs on the real back-end only: Prometheus's Kubernetes discovery needs a real A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 
 import pytest
 import requests
-from prometheus_client import start_http_server
 
 from kiln.api import parse_service_spec
 from kiln.autoscale.metrics import KV_METRIC, parse_triton_metrics
@@ -26,8 +26,8 @@ from kiln.decide.conditions import is_true
 from kiln.render.scaling import scaled_object
 
 from ..support.cluster import chart_manifests
-from ..support.prometheus import (PrometheusServer, free_port, pod_monitor_scrape_config, serving_pod_monitor,
-                                 until)
+from ..support.prometheus import (PrometheusServer, operator_metrics, pod_monitor_scrape_config,
+                                 serving_pod_monitor, until)
 from ..support.real_cluster import RealSandbox
 from .test_operator import FAST_SCALING, MISTRAL, NS
 
@@ -57,11 +57,11 @@ async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_pla
         monitor = serving_pod_monitor(namespace)
         await sb.start_operator()
         await sb.wait_for(lambda: sb.operator_context is not None, what="the operator's context")
-        port = free_port()  # the operator's metrics, as --metrics-port serves them
-        server, _ = start_http_server(port, addr="127.0.0.1", registry=sb.operator_context.telemetry.registry)
+        metrics = contextlib.ExitStack()
+        _, address = metrics.enter_context(operator_metrics(sb.operator_context.telemetry.registry))
         prometheus = PrometheusServer(prometheus_binaries, [
             *pod_monitor_scrape_config(monitor, real_plane.kubeconfig),
-            {"job_name": "kiln-metrics", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}])
+            {"job_name": "kiln-metrics", "static_configs": [{"targets": [address]}]}])
         try:
             manifest = copy.deepcopy(MISTRAL)
             manifest["spec"]["autoscaling"] = {
@@ -125,5 +125,4 @@ async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_pla
             await sb.stop_kubelet()
         finally:
             prometheus.stop()
-            server.shutdown()
-            server.server_close()
+            metrics.close()

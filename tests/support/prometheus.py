@@ -20,6 +20,7 @@ aggregation layer as the prometheus-community chart registers it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -27,19 +28,20 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import requests
 import urllib3
 import yaml
+from prometheus_client import CollectorRegistry, start_http_server
 
 from .cluster import chart_manifests
 from .real_cluster import ControlPlane, stop_process
 
 __all__ = ["prometheus_binaries", "serving_pod_monitor", "pod_monitor_scrape_config", "PrometheusServer",
-           "PrometheusAdapter", "until", "free_port"]
+           "PrometheusAdapter", "until", "free_port", "operator_metrics"]
 
 _ENDPOINT_FIELDS = {"port", "interval", "relabelings"}
 _SPEC_FIELDS = {"selector", "namespaceSelector", "podMetricsEndpoints"}
@@ -124,6 +126,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def operator_metrics(registry: CollectorRegistry) -> Iterator[tuple[Any, str]]:
+    """The operator's metrics on a free loopback port, served by the same
+    ``prometheus_client.start_http_server`` as its ``--metrics-port``: ``(server, "host:port")``."""
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        yield server, f"127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class PrometheusServer:
