@@ -29,6 +29,8 @@ from typing import Any
 import aiohttp
 import aiohttp.web
 
+from kiln.demo.interceptor import relay
+
 __all__ = ["FaultProxy", "write_target"]
 
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
@@ -159,13 +161,7 @@ class FaultProxy:
                 if name is None:
                     name = (json.loads(body or b"{}").get("metadata") or {}).get("name")
                 self.created.append((plural, str(name)))
-            response = aiohttp.web.StreamResponse(status=upstream.status, headers={
-                k: v for k, v in upstream.headers.items() if k.lower() not in _DROPPED})
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+            return await relay(request, upstream, _DROPPED)
 
     def _refuse(self, code: int, method: str, plural: str, reason: str, message: str) -> aiohttp.web.Response:
         self.refused.append((code, method, plural))

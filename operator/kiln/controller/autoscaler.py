@@ -160,7 +160,8 @@ class BuiltinAutoscaler:
         ``request_seconds``: the performance model's cost of one request, for the demand from
         arrivals (:func:`kiln.autoscale.law.arrival_demand`). ``record``: the service's
         ``status.autoscaling.record``, which a service this autoscaler has not seen yet (after
-        an operator restart) starts from, and which the next record is measured against. ``cold_start``: :attr:`LawParams.cold_start`."""
+        an operator restart) starts from, and which the next record is measured against.
+        ``cold_start``: :attr:`LawParams.cold_start`."""
         if spec.autoscaling.mode != AutoscalingMode.BUILTIN:
             return None
         workload = await (api or self.api).get(*workload_ref(spec, name), namespace)

@@ -24,15 +24,13 @@ from .execute import execute, write_status
 from .gather import confirm_misses, gather
 from .kube import ApiException, KubeApi
 from .models import ModelResolver
+from .telemetry import BUILD_RESULTS
 
 __all__ = ["reconcile", "reconcile_service", "record", "now", "error_backoff", "ERROR_BACKOFF_SECONDS"]
 
 # Retries after a failed reconcile: 1 s, doubling to at most 5 minutes (controller-runtime's
 # per-object rate limiter does the same, from 5 ms to 1000 s).
 ERROR_BACKOFF_SECONDS = (1.0, 300.0)
-# Events that move the operator's build counters.
-_BUILD_EVENTS = {EventReason.BUILD_STARTED: "started", EventReason.BUILD_SUCCEEDED: "succeeded",
-                 EventReason.BUILD_FAILED: "failed"}
 
 
 def now() -> str:
@@ -140,8 +138,8 @@ def _post(body: kopf.Body, ctx: OperatorContext, actions: Actions) -> None:
                 continue  # the same hit, read again off a status not yet written back
             telemetry.cache_hits.inc()
         kopf.event(body, type=type_, reason=reason, message=message)
-        if reason in _BUILD_EVENTS:
-            telemetry.builds.labels(_BUILD_EVENTS[reason]).inc()  # type: ignore[index]
+        if reason in BUILD_RESULTS:
+            telemetry.builds.labels(BUILD_RESULTS[reason]).inc()
         elif type_ == "Warning":
             telemetry.reconcile_errors.labels("LLMService", reason).inc()
     if actions.build_seconds is not None:

@@ -24,13 +24,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from ..api import ConditionType, LLMServiceStatus
+from ..decide import EventReason
 
 __all__ = ["Telemetry", "METRICS_PORT", "BUILD_RESULTS"]
 
 METRICS_PORT = 8081
 _SERVICE = ("namespace", "service")
-# kiln_engine_builds_total{result}
-BUILD_RESULTS = ("started", "succeeded", "failed")
+# kiln_engine_builds_total{result}: the Events that move it, and the result each counts.
+BUILD_RESULTS: Mapping[str, str] = {EventReason.BUILD_STARTED: "started", EventReason.BUILD_SUCCEEDED: "succeeded",
+                                    EventReason.BUILD_FAILED: "failed"}
 _WATCHED_CONDITIONS = tuple(c.value for c in (ConditionType.READY, ConditionType.STALLED,
                                               ConditionType.ENGINE_READY, ConditionType.SCALING_ACTIVE))
 
@@ -56,7 +58,7 @@ class Telemetry:
         # increase() over any range, so the chart's KilnEngineBuildFailed
         # (increase(...{result="failed"}[30m]) > 0) would miss each operator's first failed
         # build (prometheus.io/docs/practices/instrumentation/, "Avoid missing metrics").
-        for result in BUILD_RESULTS:
+        for result in BUILD_RESULTS.values():
             self.builds.labels(result)
         self.build_seconds = Histogram(
             "kiln_engine_build_duration_seconds", "Engine build Job run time", registry=r,

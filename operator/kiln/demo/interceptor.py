@@ -45,7 +45,7 @@ from ..render.wake import (HTTP_SCALED_OBJECT_API, INTERCEPTOR_NAMESPACE, INTERC
                            INTERCEPTOR_SERVICE)
 from .network import ServiceNotReachable, resolve
 
-__all__ = ["SimulatedHttpAddOn", "Held", "INTERCEPTOR_NODE"]
+__all__ = ["SimulatedHttpAddOn", "Held", "INTERCEPTOR_NODE", "relay"]
 
 INTERCEPTOR_NODE = "keda-add-ons-http"
 DEFAULT_CONDITION_WAIT_SECONDS = 1.5
@@ -70,6 +70,19 @@ def _hostname(host: str) -> str:
     if host.startswith("["):
         return host[1:host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def relay(request: aiohttp.web.Request, upstream: aiohttp.ClientResponse,
+                dropped: set[str]) -> aiohttp.web.StreamResponse:
+    """``upstream``'s status, headers (less the ``dropped`` ones, lower-case) and body, streamed
+    back to ``request``'s client as they arrive."""
+    response = aiohttp.web.StreamResponse(status=upstream.status, headers={
+        k: v for k, v in upstream.headers.items() if k.lower() not in dropped})
+    await response.prepare(request)
+    async for chunk in upstream.content.iter_any():
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 @dataclass
@@ -211,13 +224,7 @@ class SimulatedHttpAddOn:
         async with self._session.request(request.method, f"http://{ip}:{port}{request.path_qs}",
                                          headers=headers, data=await request.read()) as upstream:
             held.status = upstream.status
-            response = aiohttp.web.StreamResponse(status=upstream.status, headers={
-                k: v for k, v in upstream.headers.items() if k.lower() not in _NOT_FORWARDED})
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+            return await relay(request, upstream, _NOT_FORWARDED)
 
     async def _scale_loop(self) -> None:
         while True:
