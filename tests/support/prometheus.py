@@ -38,7 +38,7 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .cluster import chart_manifests
-from .real_cluster import ControlPlane, stop_process
+from .real_cluster import ControlPlane, stop_process, tied_to_parent
 
 __all__ = ["prometheus_binaries", "serving_pod_monitor", "pod_monitor_scrape_config", "PrometheusServer",
            "PrometheusAdapter", "until", "free_port", "operator_metrics"]
@@ -159,7 +159,7 @@ class PrometheusServer:
             self._process = subprocess.Popen(
                 [str(binaries / "prometheus"), f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
                  f"--web.listen-address={self.url.removeprefix('http://')}"],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
         deadline = time.monotonic() + ready_timeout
         while True:
             try:
@@ -220,7 +220,7 @@ class PrometheusAdapter:
                  f"--cert-dir={work / 'certs'}", f"--prometheus-url={prometheus}", f"--config={config}",
                  "--metrics-relist-interval=2s", f"--lister-kubeconfig={kubeconfig}",
                  f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}"],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
         self._plane = plane
         self._objects = [
             {"apiVersion": "v1", "kind": "Service",

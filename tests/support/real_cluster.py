@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -36,7 +37,7 @@ from kiln.demo.login import TokenLogin
 from kiln.demo.sandbox import Sandbox
 from kiln.demo.watch import ListWatch
 
-__all__ = ["ControlPlane", "RealSandbox", "KINDS_BY_PLURAL", "path_of", "stop_process"]
+__all__ = ["ControlPlane", "RealSandbox", "KINDS_BY_PLURAL", "path_of", "stop_process", "tied_to_parent"]
 
 OPERATOR_NAMESPACE = "kiln-system"
 OPERATOR_SERVICE_ACCOUNT = "kiln"  # the chart's, for a release named "kiln"
@@ -181,6 +182,18 @@ class ControlPlane:
     def stop(self) -> None:
         stop_process(self._process, 60)
         self._dir.cleanup()
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def tied_to_parent() -> None:
+    """``preexec_fn`` for a server a test starts: SIGTERM to it when the thread that started
+    it ends (prctl(2), ``PR_SET_PDEATHSIG``), so a test run killed with SIGKILL, which runs no
+    teardown, leaves nothing running. Start it from the thread that outlives it (the tests'
+    main thread), not from a worker thread."""
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
 def stop_process(process: subprocess.Popen[Any], grace: float) -> None:
