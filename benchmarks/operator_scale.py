@@ -51,7 +51,6 @@ import argparse
 import asyncio
 import contextlib
 import copy
-import datetime
 import json
 import os
 import socket
@@ -78,8 +77,9 @@ from kiln.demo.login import OPERATOR_TOKEN  # noqa: E402
 from kiln.demo.sandbox import Sandbox  # noqa: E402
 from kiln.demo.watch import LISTED, ListWatch  # noqa: E402
 from tests.support.cluster import chart_rbac, third_party_crds  # noqa: E402
+from tests.support.audit import AuditLog, as_entry, seconds  # noqa: E402
 from tests.support.real_cluster import (  # noqa: E402
-    OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, ControlPlane, RealSandbox, start_script)
+    ControlPlane, RealSandbox, start_script)
 
 NAMESPACES = [f"team-{i}" for i in range(10)]
 WRITE_VERBS = ("create", "update", "patch", "delete")
@@ -87,9 +87,6 @@ RSS_TARGET_MIB = 300.0
 NOT_BUILT = ("error: --control-plane real needs the control plane built from Go modules: run "
              "tests/controlplane/build once (it needs Go; about 6 minutes on an idle 2-core machine), "
              "then run this again")
-
-
-OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
 
 
 def _free_port() -> int:
@@ -266,10 +263,10 @@ def _load_average() -> str:
 
 class Audit:
     """The operator's requests as (who, verb, resource): the emulator's audit, or the real API
-    server's audit log (one JSON event per request, at ``ResponseComplete``)."""
+    server's audit log (``tests/support/audit.py``)."""
 
     def __init__(self, sb: Sandbox, log: Path | None) -> None:
-        self.sb, self.log, self.offset = sb, log, 0
+        self.sb, self.log = sb, AuditLog(log) if log is not None else None
         self.entries: list[tuple[str, str, str]] = []
         # The operator's requests by "verb resource": their count and the API server's time
         # on them (from receipt to response, in seconds; the real server's log only).
@@ -279,21 +276,14 @@ class Audit:
         if self.log is None:
             self.entries = [(e[0], e[1], e[3]) for e in self.sb.emulator.audit]
             return
-        with self.log.open() as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        complete = chunk[:chunk.rfind("\n") + 1]
-        self.offset += len(complete.encode())
-        for line in complete.splitlines():
-            event = json.loads(line)
-            if event.get("stage") != "ResponseComplete":
+        for event in self.log.events():
+            if (found := as_entry(event)) is None:
                 continue
-            ref = event.get("objectRef") or {}
-            resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-            who = OPERATOR_TOKEN if event["user"]["username"] == OPERATOR_USER else event["user"]["username"]
+            # The request's own verb (an apply that creates is a patch), as the server counts it.
+            who, resource = found[0], found[3]
             self.entries.append((who, event["verb"], resource))
             if who == OPERATOR_TOKEN:
-                took = _timestamp(event["stageTimestamp"]) - _timestamp(event["requestReceivedTimestamp"])
+                took = seconds(event["stageTimestamp"]) - seconds(event["requestReceivedTimestamp"])
                 self.served.setdefault(f"{event['verb']} {resource}", []).append(took)
 
     def server_seconds(self) -> dict[str, dict[str, float]]:
@@ -325,12 +315,6 @@ class Audit:
         return self.entries[mark:]
 
 
-def _timestamp(text: str) -> float:
-    """An audit event's RFC 3339 timestamp (microseconds) as seconds since the epoch."""
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-@contextlib.asynccontextmanager
 async def _sandbox(control_plane: str, work: Path) -> AsyncIterator[tuple[Sandbox, Audit, list[str], int | None]]:
     """The sandbox with the benchmark's namespaces, its audit, the operator child's arguments,
     and the control plane's process (None: the emulator, in this one)."""

@@ -29,12 +29,15 @@ _started: dict[str, str] = {}  # what the terminal summary reports
 
 
 @pytest.fixture(scope="session")
-def control_plane() -> Iterator[ControlPlane | None]:
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane | None]:
+    """The real control plane, one per test session, writing its audit log (every request's
+    user, verb, object and response code: tests/support/audit.py reads it)."""
     script = start_script(ROOT)
     if script is None:
         yield None
         return
-    plane = ControlPlane(script, third_party_crds(), chart_rbac())
+    plane = ControlPlane(script, third_party_crds(), chart_rbac(),
+                         audit_log=tmp_path_factory.mktemp("controlplane") / "audit.log")
     _started["version"] = plane.version
     try:
         yield plane

@@ -11,7 +11,6 @@ import yaml
 from kiln.decide.conditions import get_condition, is_true
 
 from ..conftest import ROOT
-from ..support.cluster import chart_rbac
 
 NS = "llm"
 GATEWAY = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8-gateway.yaml").read_text())
@@ -20,9 +19,7 @@ GATEWAY = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8-gateway.yaml").r
 async def _run(sb, backend="emulator"):
     sb.add_namespace(NS)
     if backend == "real":  # the chart grants the gateway objects' writes only in gateway.namespaces
-        for obj in chart_rbac({"gateway": {"namespaces": [sb.ns(NS)]}}):
-            if obj["kind"] in ("Role", "RoleBinding"):
-                sb.plane.apply(obj)
+        sb.grant_chart_roles(NS, gateway=True)
     await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
     await sb.start_operator()
     sb.start_kubelet()

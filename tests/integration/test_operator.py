@@ -28,7 +28,6 @@ from kiln.decide.status import status_wire
 from kiln.render.meta import ENGINE_KEY_ANNOTATION
 
 from ..conftest import ROOT
-from ..support.cluster import chart_rbac
 
 NS = "llm"
 MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
@@ -469,9 +468,7 @@ async def _multi_node_namespace(sb, backend):
     """The model's Secret, and on the real server the chart's Roles that let the operator
     write a leader's Role there (granted only in the namespaces the chart lists)."""
     if backend == "real":
-        for obj in chart_rbac({"multiNode": {"namespaces": [sb.ns(NS)]}}):
-            if obj["kind"] in ("Role", "RoleBinding"):
-                sb.plane.apply(obj)
+        sb.grant_chart_roles(NS, multi_node=True)
     await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
 
 

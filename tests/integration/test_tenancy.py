@@ -37,9 +37,7 @@ def _named(manifest, name):
 def _multi_node_namespace(sb, backend):
     """On ``real`` the chart grants the leader's Role only in ``multiNode.namespaces``: list NS."""
     if backend == "real":
-        for obj in chart_rbac({"multiNode": {"namespaces": [sb.ns(NS)]}}):
-            if obj["kind"] in ("Role", "RoleBinding"):
-                sb.plane.apply(obj)
+        sb.grant_chart_roles(NS, multi_node=True)
 
 
 def _written(sb, plural):

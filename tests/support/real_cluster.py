@@ -37,10 +37,14 @@ from kiln.demo.login import TokenLogin
 from kiln.demo.sandbox import Sandbox
 from kiln.demo.watch import ListWatch
 
-__all__ = ["ControlPlane", "RealSandbox", "KINDS_BY_PLURAL", "path_of", "stop_process", "tied_to_parent"]
+from .cluster import chart_rbac
+
+__all__ = ["ControlPlane", "RealSandbox", "KINDS_BY_PLURAL", "OPERATOR_USER", "path_of", "stop_process",
+           "tied_to_parent"]
 
 OPERATOR_NAMESPACE = "kiln-system"
 OPERATOR_SERVICE_ACCOUNT = "kiln"  # the chart's, for a release named "kiln"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
 
 # The operator's kinds (controller/kube.py) and the others the tests read, by plural.
 KINDS_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in (
@@ -67,14 +71,14 @@ class ControlPlane:
         self._dir = tempfile.TemporaryDirectory(prefix="kiln-real-")
         work = Path(self._dir.name)
         self.kubeconfig = work / "admin.kubeconfig"
+        self.audit_log = audit_log  # kube-apiserver's audit log (tests/support/audit.py), if asked for
         operator_kubeconfig = work / "operator.kubeconfig"
         self.log = work / "controlplane.log"
         with self.log.open("w") as log:
             self._process = subprocess.Popen(
                 [str(start_script), "--kubeconfig", str(self.kubeconfig),
                  "--operator-kubeconfig", str(operator_kubeconfig),
-                 "--operator-user",
-                 f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}",
+                 "--operator-user", OPERATOR_USER,
                  "--data-dir", str(work / "state"),
                  *(["--audit-log", str(audit_log)] if audit_log else [])],
                 stdout=log, stderr=subprocess.STDOUT)
@@ -283,6 +287,16 @@ class RealSandbox(Sandbox):
         while time.monotonic() < deadline and self.plane.http.get(
                 self.plane.server + path_of("serviceaccounts", actual, "default"), timeout=30).status_code != 200:
             time.sleep(0.05)
+
+    def grant_chart_roles(self, namespace: str, *, multi_node: bool = False, gateway: bool = False) -> None:
+        """The chart's Roles in this sandbox's ``namespace``, as ``multiNode.namespaces`` and
+        ``gateway.namespaces`` listing it grant them (the chart grants the leader's Role and
+        the gateway's objects nowhere else)."""
+        values = {key: {"namespaces": [self.ns(namespace)]}
+                  for key, wanted in (("multiNode", multi_node), ("gateway", gateway)) if wanted}
+        for obj in chart_rbac(values):
+            if obj["kind"] in ("Role", "RoleBinding"):
+                self.plane.apply(obj)
 
     def _translated(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
