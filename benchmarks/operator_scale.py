@@ -315,6 +315,7 @@ class Audit:
         return self.entries[mark:]
 
 
+@contextlib.asynccontextmanager
 async def _sandbox(control_plane: str, work: Path) -> AsyncIterator[tuple[Sandbox, Audit, list[str], int | None]]:
     """The sandbox with the benchmark's namespaces, its audit, the operator child's arguments,
     and the control plane's process (None: the emulator, in this one)."""

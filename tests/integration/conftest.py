@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ..support.prometheus import PrometheusOperator
 from ..support.prometheus import prometheus_binaries as built_prometheus
 from ..support.real_cluster import ControlPlane, RealSandbox, start_script
 from kiln.demo.emulator import KilnEmulator
@@ -60,6 +61,18 @@ def prometheus_binaries() -> Path:
     if path is None:
         pytest.skip("Prometheus is not built here: run tests/prometheus/build")
     return path
+
+
+@pytest.fixture(scope="session")
+def prometheus_operator(control_plane: ControlPlane | None, prometheus_binaries: Path) -> Iterator[PrometheusOperator]:
+    """The Prometheus Operator on the session's control plane (its CRDs stay installed)."""
+    if control_plane is None:
+        pytest.skip("the real control plane is not built here: run tests/controlplane/build")
+    operator = PrometheusOperator(prometheus_binaries, control_plane)
+    try:
+        yield operator
+    finally:
+        operator.stop()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -16,8 +16,7 @@ from kiln.autoscale.metrics import KV_METRIC
 from kiln.decide.conditions import is_true
 
 from ..conftest import ROOT
-from ..support.prometheus import (PrometheusAdapter, PrometheusServer, pod_monitor_scrape_config,
-                                 serving_pod_monitor, until)
+from ..support.prometheus import PrometheusAdapter, PrometheusServer, serving_pod_monitor, until
 from ..support.real_cluster import RealSandbox
 from .test_operator import MISTRAL, NS
 
@@ -32,12 +31,13 @@ def _replicas(sb) -> tuple[int | None, int | None]:
             deployments[0]["spec"]["replicas"] if deployments else None)
 
 
-async def test_the_hpa_controller_scales_the_service_on_the_adapters_kv_fraction(real_plane, prometheus_binaries):
+async def test_the_hpa_controller_scales_the_service_on_the_adapters_kv_fraction(real_plane, prometheus_binaries,
+                                                                                  prometheus_operator):
     async with RealSandbox(real_plane, build_seconds=0.2, start_seconds=0.2, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         namespace = sb.ns(NS)
-        prometheus = PrometheusServer(prometheus_binaries,
-                                      pod_monitor_scrape_config(serving_pod_monitor(namespace), real_plane.kubeconfig))
+        prometheus = PrometheusServer(prometheus_binaries, prometheus_operator.scrape_jobs(
+            serving_pod_monitor(namespace), real_plane.kubeconfig))
         adapter = None
         try:
             adapter = await asyncio.to_thread(PrometheusAdapter, prometheus_binaries, real_plane, prometheus.url,

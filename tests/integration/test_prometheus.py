@@ -1,9 +1,9 @@
 """The builtin autoscaler on a real Prometheus (``metricsSource: prometheus``), and keda mode's
 query evaluated by it.
 
-The chain is real from the pods to the decision: the chart's ``PodMonitor`` as the Prometheus
-Operator would write it (``tests/support/prometheus.py``), Prometheus (``tests/prometheus``,
-built from its Go module) discovering the serving pods through the real control plane's API
+The chain is real from the pods to the decision: the chart's ``PodMonitor`` turned into scrape
+jobs by the Prometheus Operator itself (``tests/support/prometheus.py``), Prometheus
+(``tests/prometheus``, both built from their Go modules) discovering the serving pods through the real control plane's API
 and scraping their Triton metrics pages where the simulated kubelet serves them, the
 operator's PromQL evaluated by Prometheus's engine, and the law scaling on what comes back.
 Runs on the real back-end only: Prometheus's Kubernetes discovery needs a real API server.
@@ -26,8 +26,7 @@ from kiln.decide.conditions import is_true
 from kiln.render.scaling import scaled_object
 
 from ..support.cluster import chart_manifests
-from ..support.prometheus import (PrometheusServer, operator_metrics, pod_monitor_scrape_config,
-                                 serving_pod_monitor, until)
+from ..support.prometheus import PrometheusServer, operator_metrics, serving_pod_monitor, until
 from ..support.real_cluster import RealSandbox
 from .test_operator import FAST_SCALING, MISTRAL, NS
 
@@ -48,7 +47,8 @@ def _ready(sb) -> bool:
     return svc is not None and is_true((svc.get("status") or {}).get("conditions", []), "Ready")
 
 
-async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_plane, prometheus_binaries):
+async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_plane, prometheus_binaries,
+                                                                         prometheus_operator):
     timing = {**FAST_SCALING, "autoscale_period": 0.5,
               "autoscale_timing": {"window_seconds": 1.0, "stale_seconds": 5.0}}
     async with RealSandbox(real_plane, build_seconds=0.2, start_seconds=0.2, retry_delay=0.2, **timing) as sb:
@@ -60,7 +60,7 @@ async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_pla
         metrics = contextlib.ExitStack()
         _, address = metrics.enter_context(operator_metrics(sb.operator_context.telemetry.registry))
         prometheus = PrometheusServer(prometheus_binaries, [
-            *pod_monitor_scrape_config(monitor, real_plane.kubeconfig),
+            *prometheus_operator.scrape_jobs(monitor, real_plane.kubeconfig),
             {"job_name": "kiln-metrics", "static_configs": [{"targets": [address]}]}])
         try:
             manifest = copy.deepcopy(MISTRAL)

@@ -1,18 +1,14 @@
-"""A real Prometheus server and prometheus-adapter (``tests/prometheus``, built from their Go
-modules) for the tests.
+"""A real Prometheus server, prometheus-adapter and Prometheus Operator (``tests/prometheus``,
+built from their Go modules) for the tests.
 
-:func:`pod_monitor_scrape_config` turns the chart's ``PodMonitor`` into the scrape job the
-Prometheus Operator would write for it, rule for rule as ``generatePodMonitorConfig`` does
-(prometheus-operator/prometheus-operator, ``pkg/prometheus/promcfg.go``: the
-``__tmp_prometheus_job_name`` rule of ``initRelabelings``, ``generateRunningFilter``'s drop of
-Failed and Succeeded pods, a keep per ``matchLabels`` key on the label and its
-``labelpresent`` twin, a keep on the port's name, then ``namespace``, ``container``, ``pod``,
-``job`` = ``<namespace>/<name>``, ``endpoint`` = the port, and the endpoint's own
-``relabelings`` last). It refuses a field of the PodMonitor it does not translate, so a chart
-change that this stand-in for the Prometheus Operator would miss fails the test instead.
-:class:`PrometheusServer` runs the binary with that job, discovering pods through the
-Kubernetes API (the real control plane) and scraping them where they listen.
-:class:`PrometheusAdapter` serves the custom metrics API from it with the rules of
+:class:`PrometheusOperator` runs the Prometheus Operator against the real control plane with
+its own CRDs and one ``Prometheus`` resource that selects every PodMonitor; it writes the
+scrape configuration for the chart's ``PodMonitor`` into that resource's Secret, as in a
+cluster, and :meth:`PrometheusOperator.scrape_jobs` reads it back as the Prometheus pod's
+config-reloader would (gunzipped, ``$(VAR)`` expanded). The Prometheus resource has no
+replicas: :class:`PrometheusServer` runs the binary on this machine with those jobs,
+discovering pods through the Kubernetes API (the real control plane) and scraping them where
+they listen. :class:`PrometheusAdapter` serves the custom metrics API from it with the rules of
 ``docs/operations/prometheus-adapter-values.yaml``, registered with the control plane's
 aggregation layer as the prometheus-community chart registers it.
 """
@@ -20,7 +16,9 @@ aggregation layer as the prometheus-community chart registers it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import gzip
 import os
 import re
 import socket
@@ -38,15 +36,10 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .cluster import chart_manifests
-from .real_cluster import ControlPlane, stop_process, tied_to_parent
+from .real_cluster import ControlPlane, path_of, stop_process, tied_to_parent
 
-__all__ = ["prometheus_binaries", "serving_pod_monitor", "pod_monitor_scrape_config", "PrometheusServer",
+__all__ = ["prometheus_binaries", "serving_pod_monitor", "PrometheusOperator", "PrometheusServer",
            "PrometheusAdapter", "until", "free_port", "operator_metrics"]
-
-_ENDPOINT_FIELDS = {"port", "interval", "relabelings"}
-_SPEC_FIELDS = {"selector", "namespaceSelector", "podMetricsEndpoints"}
-_RELABEL_KEYS = {"sourceLabels": "source_labels", "targetLabel": "target_label", "regex": "regex",
-                 "replacement": "replacement", "action": "action", "separator": "separator"}
 
 
 def prometheus_binaries(root: Path) -> Path | None:
@@ -77,49 +70,78 @@ async def until(check: Any, timeout: float, what: str) -> Any:
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _label_name(name: str) -> str:
-    # promcfg.go sanitizeLabelName: every character outside [a-zA-Z0-9_] becomes "_".
-    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+class _CrdLoader(yaml.SafeLoader):
+    """YAML 1.1's ``=`` "value" tag, which PyYAML cannot construct, read as the string it is
+    (the Prometheus Operator's CRDs list ``=`` among a matcher's operators)."""
 
 
-def pod_monitor_scrape_config(monitor: dict[str, Any], kubeconfig: Path) -> list[dict[str, Any]]:
-    """The scrape jobs for ``monitor``, one per ``podMetricsEndpoints`` entry, discovering pods
-    through the API server ``kubeconfig`` names."""
-    spec = monitor["spec"]
-    if set(spec) - _SPEC_FIELDS or set(spec["selector"]) - {"matchLabels"}:
-        raise ValueError(f"PodMonitor fields this translation does not know: {sorted(spec)}")
-    meta = monitor["metadata"]
-    namespaces = spec.get("namespaceSelector") or {}
-    sd: dict[str, Any] = {"role": "pod", "kubeconfig_file": str(kubeconfig)}
-    if not namespaces.get("any"):
-        sd["namespaces"] = {"names": list(namespaces.get("matchNames") or [meta["namespace"]])}
-    jobs = []
-    for index, endpoint in enumerate(spec["podMetricsEndpoints"]):
-        if set(endpoint) - _ENDPOINT_FIELDS:
-            raise ValueError(f"podMetricsEndpoints fields this translation does not know: {sorted(endpoint)}")
-        relabel: list[dict[str, Any]] = [
-            {"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"},
-            {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"}]
-        for key, value in sorted(spec["selector"]["matchLabels"].items()):
-            relabel.append({"action": "keep", "regex": f"({value});true", "source_labels": [
-                f"__meta_kubernetes_pod_label_{_label_name(key)}",
-                f"__meta_kubernetes_pod_labelpresent_{_label_name(key)}"]})
-        relabel += [
-            {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-             "regex": endpoint["port"]},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-            {"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"},
-            {"target_label": "endpoint", "replacement": endpoint["port"]}]
-        for rule in endpoint.get("relabelings") or []:
-            relabel.append({_RELABEL_KEYS[k]: v for k, v in rule.items()})
-        job: dict[str, Any] = {"job_name": f"podMonitor/{meta['namespace']}/{meta['name']}/{index}",
-                               "kubernetes_sd_configs": [sd], "relabel_configs": relabel}
-        if "interval" in endpoint:
-            job["scrape_interval"] = endpoint["interval"]
-        jobs.append(job)
-    return jobs
+_CrdLoader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:value"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+# The config-reloader beside Prometheus expands ``$(VAR)`` from the pod's environment before
+# Prometheus reads the file (thanos-io/thanos pkg/reloader/reloader.go, ``envRe`` and
+# ``expandEnv``: an unset variable is an error); the operator sets SHARD and POD_NAME there
+# (prometheus-operator pkg/operator/config_reloader.go).
+_ENV_REFERENCE = re.compile(r"\$\(([a-zA-Z_0-9]+)\)")
+
+
+class PrometheusOperator:
+    """The Prometheus Operator on ``plane`` until :meth:`stop`: its CRDs installed, the binary
+    running as the admin, and a ``Prometheus`` named ``kiln-test`` in ``kiln-system`` that
+    selects every PodMonitor, with no replicas (a pod would find no kubelet here)."""
+
+    NAME, NAMESPACE = "kiln-test", "kiln-system"
+
+    def __init__(self, binaries: Path, plane: ControlPlane, ready_timeout: float = 60.0) -> None:
+        self._plane = plane
+        crds = [yaml.load(path.read_text(), Loader=_CrdLoader) for path in sorted((binaries / "crds").glob("*.yaml"))]
+        for crd in crds:
+            plane.apply(crd)
+        for crd in crds:
+            plane.wait_established(crd["metadata"]["name"], timeout=ready_timeout)
+        self._dir = tempfile.TemporaryDirectory(prefix="kiln-prometheus-operator-")
+        self.log = Path(self._dir.name) / "operator.log"
+        with self.log.open("w") as log:
+            self._process = subprocess.Popen(
+                [str(binaries / "prometheus-operator"), f"--web.listen-address=127.0.0.1:{free_port()}"],
+                env={**os.environ, "KUBECONFIG": str(plane.kubeconfig)},
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
+        plane.apply({"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
+                     "metadata": {"name": self.NAME, "namespace": self.NAMESPACE},
+                     "spec": {"replicas": 0, "podMonitorSelector": {}, "podMonitorNamespaceSelector": {}}})
+
+    def scrape_jobs(self, monitor: dict[str, Any], kubeconfig: Path, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """``monitor`` applied, and the scrape jobs the operator wrote for it once they name its
+        namespaces, each discovering pods through the API server ``kubeconfig`` names (in its
+        pod, Prometheus would use its ServiceAccount)."""
+        self._plane.apply(monitor)
+        meta = monitor["metadata"]
+        wanted = (monitor["spec"].get("namespaceSelector") or {}).get("matchNames")
+        secret = self._plane.server + path_of("secrets", self.NAMESPACE, f"prometheus-{self.NAME}")
+        env = {"SHARD": "0", "POD_NAME": f"prometheus-{self.NAME}-0"}
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self._plane.http.get(secret, timeout=10)
+            if response.status_code == 200:
+                text = gzip.decompress(base64.b64decode(response.json()["data"]["prometheus.yaml.gz"])).decode()
+                config = yaml.safe_load(_ENV_REFERENCE.sub(lambda m: env[m.group(1)], text))
+                jobs = [job for job in config.get("scrape_configs") or []
+                        if job["job_name"].startswith(f"podMonitor/{meta['namespace']}/{meta['name']}/")]
+                if jobs and all(sd.get("namespaces", {}).get("names") == wanted
+                                for job in jobs for sd in job["kubernetes_sd_configs"]):
+                    for job in jobs:
+                        for sd in job["kubernetes_sd_configs"]:
+                            sd["kubeconfig_file"] = str(kubeconfig)
+                    return jobs
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Prometheus Operator wrote no scrape job for {meta['name']}: "
+                                   f"{self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        stop_process(self._process, 30)
+        self._dir.cleanup()
 
 
 def free_port() -> int:

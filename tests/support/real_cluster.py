@@ -54,7 +54,9 @@ KINDS_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in (
     Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
     Kind("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False),
     Kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False),
-    Kind("apiregistration.k8s.io/v1", "APIService", "apiservices", False))}
+    Kind("apiregistration.k8s.io/v1", "APIService", "apiservices", False),
+    Kind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", True),
+    Kind("monitoring.coreos.com/v1", "Prometheus", "prometheuses", True))}
 _PLURAL_OF = {k.kind: k.plural for k in KINDS_BY_PLURAL.values()}
 
 
