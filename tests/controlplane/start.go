@@ -28,8 +28,10 @@ import (
 // controllers are the kube-controller-manager loops Kiln's objects depend on: Jobs complete, Deployments
 // roll out through ReplicaSets, owner references are collected, namespaces are emptied on delete and every
 // namespace gets its default ServiceAccount (the ServiceAccount admission plugin refuses Pods without it),
-// and an HorizontalPodAutoscaler (hpa mode) scales its LLMService through the /scale subresource.
-const controllers = "garbagecollector,namespace,job,deployment,replicaset,statefulset,serviceaccount,serviceaccount-token,ttl-after-finished,horizontalpodautoscaling"
+// an HorizontalPodAutoscaler (hpa mode) scales its LLMService through the /scale subresource, and a
+// Service's EndpointSlices list its ready Pods (KEDA's HTTP add-on interceptor holds a request until
+// they do).
+const controllers = "garbagecollector,namespace,job,deployment,replicaset,statefulset,serviceaccount,serviceaccount-token,ttl-after-finished,horizontalpodautoscaling,endpointslice"
 
 type startOptions struct {
 	kubeconfig         string

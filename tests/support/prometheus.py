@@ -109,7 +109,8 @@ class PrometheusOperator:
                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
         plane.apply({"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
                      "metadata": {"name": self.NAME, "namespace": self.NAMESPACE},
-                     "spec": {"replicas": 0, "podMonitorSelector": {}, "podMonitorNamespaceSelector": {}}})
+                     "spec": {"replicas": 0, "podMonitorSelector": {}, "podMonitorNamespaceSelector": {}}},
+                    plural="prometheuses")
 
     def scrape_jobs(self, monitor: dict[str, Any], kubeconfig: Path, timeout: float = 60.0) -> list[dict[str, Any]]:
         """``monitor`` applied, and the scrape jobs the operator wrote for it once they name its

@@ -55,8 +55,7 @@ KINDS_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in (
     Kind("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False),
     Kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False),
     Kind("apiregistration.k8s.io/v1", "APIService", "apiservices", False),
-    Kind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", True),
-    Kind("monitoring.coreos.com/v1", "Prometheus", "prometheuses", True))}
+    Kind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", True))}
 _PLURAL_OF = {k.kind: k.plural for k in KINDS_BY_PLURAL.values()}
 
 
@@ -113,11 +112,14 @@ class ControlPlane:
         for obj in rbac:
             self.apply(obj)
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply as the admin (field manager ``kiln-tests``)."""
+    def apply(self, obj: dict[str, Any], *, plural: str | None = None) -> dict[str, Any]:
+        """Server-side apply as the admin (field manager ``kiln-tests``); ``plural`` for a kind
+        the sandbox does not read (:data:`KINDS_BY_PLURAL`), whose CRD a test installs."""
         meta = obj["metadata"]
+        kind = KINDS_BY_PLURAL[_PLURAL_OF[obj["kind"]]] if plural is None else \
+            Kind(obj["apiVersion"], obj["kind"], plural, "namespace" in meta)
         response = self.http.patch(
-            self.server + path_of(_PLURAL_OF[obj["kind"]], meta.get("namespace"), meta["name"]),
+            self.server + kind.path(meta.get("namespace"), meta["name"]),
             data=yaml.safe_dump(obj), params={"fieldManager": "kiln-tests", "force": "true"},
             headers={"Content-Type": "application/apply-patch+yaml"}, timeout=30)
         if response.status_code >= 300:

@@ -45,7 +45,8 @@ from ..render.wake import (HTTP_SCALED_OBJECT_API, INTERCEPTOR_NAMESPACE, INTERC
                            INTERCEPTOR_SERVICE)
 from .network import ServiceNotReachable, resolve
 
-__all__ = ["SimulatedHttpAddOn", "Held", "INTERCEPTOR_NODE", "relay"]
+__all__ = ["SimulatedHttpAddOn", "Held", "INTERCEPTOR_NODE", "relay", "register_interceptor",
+           "unregister_interceptor"]
 
 INTERCEPTOR_NODE = "keda-add-ons-http"
 DEFAULT_CONDITION_WAIT_SECONDS = 1.5
@@ -136,33 +137,10 @@ class SimulatedHttpAddOn:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
-        # Its own kubelet, it confirms the Pod's deletion at once (its ports cannot change, and
-        # the next add-on's will differ).
-        try:
-            await self.api.request("DELETE", f"/api/v1/namespaces/{INTERCEPTOR_NAMESPACE}/pods/{_POD}",
-                                   query=[("gracePeriodSeconds", "0")])
-        except ApiException as error:
-            if error.status != 404:
-                raise
-        await self.api.delete({"apiVersion": "v1", "kind": "Service", "metadata": {
-            "name": INTERCEPTOR_SERVICE, "namespace": INTERCEPTOR_NAMESPACE}})
+        await unregister_interceptor(self.api)
 
     async def _register(self) -> None:
-        """The add-on's interceptor Service and one ready Pod behind it, in namespace keda."""
-        labels = {"app.kubernetes.io/component": "interceptor",
-                  "app.kubernetes.io/part-of": "keda-add-ons-http"}
-        await self.api.apply({"apiVersion": "v1", "kind": "Service", "metadata": {
-            "name": INTERCEPTOR_SERVICE, "namespace": INTERCEPTOR_NAMESPACE},
-            "spec": {"selector": labels, "ports": [
-                {"name": "http", "port": INTERCEPTOR_PORT, "targetPort": "http"}]}})
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": _POD, "namespace": INTERCEPTOR_NAMESPACE, "labels": labels},
-               "spec": {"nodeName": INTERCEPTOR_NODE,
-                        "containers": [{"name": "interceptor", "image": "simulated",
-                                        "ports": [{"name": "http", "containerPort": self.port}]}]}}
-        await self.api.apply(pod)
-        await self.api.patch_status(pod, {"phase": "Running", "podIP": "127.0.0.1", "conditions": [
-            {"type": "Ready", "status": "True", "lastTransitionTime": "1970-01-01T00:00:00Z"}]})
+        await register_interceptor(self.api, self.port)
 
     async def _route(self, host: str, path: str) -> dict[str, Any] | None:
         hostname = _hostname(host).lower()
@@ -247,3 +225,35 @@ class SimulatedHttpAddOn:
             "PATCH", f"/apis/{API_VERSION}/namespaces/{namespace}/llmservices/{target['name']}",
             body={"spec": {"replicas": 1}}, content_type="application/merge-patch+json")
         self.wakes.append(f"{namespace}/{target['name']}")
+
+
+async def register_interceptor(api: KubeApi, port: int) -> None:
+    """The add-on's interceptor Service in namespace keda and one ready Pod behind it, at
+    127.0.0.1:``port`` (where this machine's interceptor listens)."""
+    labels = {"app.kubernetes.io/component": "interceptor",
+              "app.kubernetes.io/part-of": "keda-add-ons-http"}
+    await api.apply({"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": INTERCEPTOR_SERVICE, "namespace": INTERCEPTOR_NAMESPACE},
+        "spec": {"selector": labels, "ports": [
+            {"name": "http", "port": INTERCEPTOR_PORT, "targetPort": "http"}]}})
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": _POD, "namespace": INTERCEPTOR_NAMESPACE, "labels": labels},
+           "spec": {"nodeName": INTERCEPTOR_NODE,
+                    "containers": [{"name": "interceptor", "image": "simulated",
+                                    "ports": [{"name": "http", "containerPort": port}]}]}}
+    await api.apply(pod)
+    await api.patch_status(pod, {"phase": "Running", "podIP": "127.0.0.1", "conditions": [
+        {"type": "Ready", "status": "True", "lastTransitionTime": "1970-01-01T00:00:00Z"}]})
+
+
+async def unregister_interceptor(api: KubeApi) -> None:
+    # Its own kubelet, it confirms the Pod's deletion at once (its ports cannot change, and
+    # the next add-on's will differ).
+    try:
+        await api.request("DELETE", f"/api/v1/namespaces/{INTERCEPTOR_NAMESPACE}/pods/{_POD}",
+                          query=[("gracePeriodSeconds", "0")])
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    await api.delete({"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": INTERCEPTOR_SERVICE, "namespace": INTERCEPTOR_NAMESPACE}})
