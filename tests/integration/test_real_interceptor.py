@@ -14,38 +14,23 @@ a held request to a woken Pod needs cluster DNS and is left to the simulated add
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 
 import aiohttp
 import openai
 import pytest
 
-from kiln.decide.conditions import get_condition
 from kiln.demo.openai_act import chat_round_trip
 
 from ..support.keda_http import RealInterceptor
 from ..support.real_cluster import RealSandbox
-from .test_scale_from_zero import NAME, NS, WAKE, _pods, _status
+from .test_scale_from_zero import NAME, NS, SANDBOX, _pods, _status, park
 
 
 @pytest.fixture
 async def parked(real_plane, prometheus_binaries):
-    async with RealSandbox(real_plane, build_seconds=0.2, start_seconds=0.5, retry_delay=0.2,
-                           timings={"resync_period": 0.5}) as sb:
-        sb.add_namespace(NS)
-        sb.add_namespace("keda", shared=True)  # the rendered ExternalName Service names it
-        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
-        await sb.start_operator()
-        sb.start_kubelet()
-        manifest = copy.deepcopy(WAKE)
-        manifest["spec"]["replicas"] = 0
-        await sb.create(manifest)
-
-        def parked_at_zero():
-            ready = get_condition(_status(sb).get("conditions", []), "Ready")
-            return ready if ready and ready["reason"] == "ScaledToZero" else None
-        await sb.wait_for(parked_at_zero, timeout=60, what=f"{NAME} Ready at zero replicas")
+    async with RealSandbox(real_plane, **SANDBOX) as sb:
+        await park(sb)
         interceptor = RealInterceptor(prometheus_binaries, real_plane, sb.api)
         try:
             await interceptor.start()

@@ -37,24 +37,31 @@ def _pods(sb):
 
 
 
+SANDBOX = {"build_seconds": 0.2, "start_seconds": 0.5, "retry_delay": 0.2, "timings": {"resync_period": 0.5}}
+
+
+async def park(sb):
+    """The example service in ``sb``, parked at zero as KEDA leaves it after the scale-down
+    period, with the operator and the kubelet running."""
+    sb.add_namespace(NS)
+    sb.add_namespace("keda", shared=True)  # the rendered ExternalName Service names it
+    await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
+    await sb.start_operator()
+    sb.start_kubelet()
+    manifest = copy.deepcopy(WAKE)
+    manifest["spec"]["replicas"] = 0
+    await sb.create(manifest)
+
+    def parked_at_zero():
+        ready = get_condition(_status(sb).get("conditions", []), "Ready")
+        return ready if ready and ready["reason"] == "ScaledToZero" else None
+    await sb.wait_for(parked_at_zero, timeout=60, what=f"{NAME} Ready at zero replicas")
+
+
 @pytest.fixture
 async def parked(make_sandbox):
-    """The example service, parked at zero as KEDA leaves it after the scale-down period."""
-    async with make_sandbox(build_seconds=0.2, start_seconds=0.5, retry_delay=0.2,
-                       timings={"resync_period": 0.5}) as sb:
-        sb.add_namespace(NS)
-        sb.add_namespace("keda", shared=True)  # the rendered ExternalName Service names it
-        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
-        await sb.start_operator()
-        sb.start_kubelet()
-        manifest = copy.deepcopy(WAKE)
-        manifest["spec"]["replicas"] = 0
-        await sb.create(manifest)
-
-        def parked_at_zero():
-            ready = get_condition(_status(sb).get("conditions", []), "Ready")
-            return ready if ready and ready["reason"] == "ScaledToZero" else None
-        await sb.wait_for(parked_at_zero, what=f"{NAME} Ready at zero replicas")
+    async with make_sandbox(**SANDBOX) as sb:
+        await park(sb)
         add_on = SimulatedHttpAddOn(sb.api)
         await add_on.start()
         yield sb, add_on
