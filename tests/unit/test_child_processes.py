@@ -1,4 +1,5 @@
-"""A server a test starts (Prometheus, prometheus-adapter) does not outlive the test run.
+"""A server a test starts (Prometheus, prometheus-adapter, the Prometheus Operator, the KEDA
+HTTP add-on interceptor) does not outlive the test run.
 
 pytest killed with SIGKILL runs no teardown; the servers are started tied to the process
 that started them (``tests/support/real_cluster.py``, ``tied_to_parent``), as the control
