@@ -27,6 +27,7 @@ from ..support.cluster import chart_rbac, third_party_crds
 
 BACKENDS = ["emulator", "real"]
 _started: dict[str, str] = {}  # what the terminal summary reports
+NOT_BUILT = "the real control plane is not built here: run tests/controlplane/build"
 
 
 @pytest.fixture(scope="session")
@@ -50,16 +51,16 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 def real_plane(control_plane: ControlPlane | None) -> ControlPlane:
     """The real control plane, for a case that runs on it alone; skipped where it is not built."""
     if control_plane is None:
-        pytest.skip("the real control plane is not built here: run tests/controlplane/build")
+        pytest.skip(NOT_BUILT)
     return control_plane
 
 
 @pytest.fixture(scope="session")
 def prometheus_binaries() -> Path:
-    """Where ``tests/prometheus/build`` put ``prometheus`` and ``adapter``; skipped where it did not."""
+    """Where ``tests/prometheus/build`` put its servers; skipped where it did not."""
     path = built_prometheus(ROOT)
     if path is None:
-        pytest.skip("Prometheus is not built here: run tests/prometheus/build")
+        pytest.skip("the servers of tests/prometheus are not built here: run tests/prometheus/build")
     return path
 
 
@@ -67,7 +68,7 @@ def prometheus_binaries() -> Path:
 def prometheus_operator(control_plane: ControlPlane | None, prometheus_binaries: Path) -> Iterator[PrometheusOperator]:
     """The Prometheus Operator on the session's control plane (its CRDs stay installed)."""
     if control_plane is None:
-        pytest.skip("the real control plane is not built here: run tests/controlplane/build")
+        pytest.skip(NOT_BUILT)
     operator = PrometheusOperator(prometheus_binaries, control_plane)
     try:
         yield operator

@@ -39,16 +39,16 @@ async def test_the_charts_alerts_fire_on_what_the_operator_exports(make_sandbox,
         await sb.start_operator()
         sb.start_kubelet()
         await sb.wait_for(lambda: sb.operator_context is not None, what="the operator's context")
-        metrics = contextlib.ExitStack()
-        server, address = metrics.enter_context(operator_metrics(sb.operator_context.telemetry.registry))
+        servers = contextlib.ExitStack()  # the operator's metrics endpoint and Prometheus
+        server, address = servers.enter_context(operator_metrics(sb.operator_context.telemetry.registry))
         # The job label a ServiceMonitor's targets carry is their Service's name (promcfg.go,
         # generateServiceMonitorConfig: __meta_kubernetes_service_name -> job): the chart's
         # metrics Service.
         [service] = [obj for obj in chart_manifests({"metrics": {"serviceMonitor": {"enabled": True}}})
                      if obj["kind"] == "Service" and any(p["name"] == "metrics" for p in obj["spec"]["ports"])]
-        prometheus = PrometheusServer(prometheus_binaries, [{
+        prometheus = servers.enter_context(PrometheusServer(prometheus_binaries, [{
             "job_name": service["metadata"]["name"], "static_configs": [{"targets": [address]}]}],
-            rule_files=[rules])
+            rule_files=[rules]))
         try:
             # Scraped before anything fails, as an operator is before its first failed build.
             await until(lambda: prometheus.query("up == 1"), 30, "the operator scraped")
@@ -79,15 +79,11 @@ async def test_the_charts_alerts_fire_on_what_the_operator_exports(make_sandbox,
             server.shutdown()
             await until(lambda: _alerts(prometheus).get("KilnOperatorDown"), 30, "KilnOperatorDown pending")
             # And with no operator pod at all, when its ServiceMonitor has no target to scrape.
-            nothing = PrometheusServer(prometheus_binaries, [], rule_files=[rules])
-            try:
+            with PrometheusServer(prometheus_binaries, [], rule_files=[rules]) as nothing:
                 await until(lambda: _alerts(nothing).get("KilnOperatorDown"), 30,
                             "KilnOperatorDown pending without a target")
-            finally:
-                nothing.stop()
             assert sb.operator_error is None
             await sb.stop_operator()
             await sb.stop_kubelet()
         finally:
-            prometheus.stop()
-            metrics.close()
+            servers.close()

@@ -57,11 +57,11 @@ async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_pla
         monitor = serving_pod_monitor(namespace)
         await sb.start_operator()
         await sb.wait_for(lambda: sb.operator_context is not None, what="the operator's context")
-        metrics = contextlib.ExitStack()
-        _, address = metrics.enter_context(operator_metrics(sb.operator_context.telemetry.registry))
-        prometheus = PrometheusServer(prometheus_binaries, [
+        servers = contextlib.ExitStack()  # the operator's metrics endpoint and Prometheus
+        _, address = servers.enter_context(operator_metrics(sb.operator_context.telemetry.registry))
+        prometheus = servers.enter_context(PrometheusServer(prometheus_binaries, [
             *prometheus_operator.scrape_jobs(monitor, real_plane.kubeconfig),
-            {"job_name": "kiln-metrics", "static_configs": [{"targets": [address]}]}])
+            {"job_name": "kiln-metrics", "static_configs": [{"targets": [address]}]}]))
         try:
             manifest = copy.deepcopy(MISTRAL)
             manifest["spec"]["autoscaling"] = {
@@ -124,5 +124,4 @@ async def test_the_builtin_law_scales_on_what_a_real_prometheus_scraped(real_pla
             await sb.stop_operator()
             await sb.stop_kubelet()
         finally:
-            prometheus.stop()
-            metrics.close()
+            servers.close()

@@ -43,8 +43,9 @@ __all__ = ["prometheus_binaries", "serving_pod_monitor", "PrometheusOperator", "
 
 
 def prometheus_binaries(root: Path) -> Path | None:
-    """The directory ``tests/prometheus/build`` built ``prometheus`` and ``adapter`` into for
-    the current sources, else None."""
+    """The directory ``tests/prometheus/build`` built its servers into (``prometheus``,
+    ``adapter``, ``prometheus-operator`` with ``crds/``, ``interceptor``) for the current
+    sources, else None."""
     result = subprocess.run([str(root / "tests" / "prometheus" / "build")], capture_output=True,
                             text=True, env={**os.environ, "KILN_PROMETHEUS_BUILD": "never"})
     return Path(result.stdout.strip()) if result.returncode == 0 else None
@@ -215,6 +216,12 @@ class PrometheusServer:
     def stop(self) -> None:
         stop_process(self._process, 30)
         self._dir.cleanup()
+
+    def __enter__(self) -> PrometheusServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class PrometheusAdapter:
