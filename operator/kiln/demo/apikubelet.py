@@ -30,7 +30,7 @@ import errno
 import itertools
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -93,12 +93,14 @@ class ApiKubelet(SimulatedCluster):
         self._again: set[_Key] = set()  # changed while being handled: queued once it is done
         self._node_names = {n["name"] for n in GPU_NODES}
         self._nodes = itertools.cycle(sorted(self._node_names))
-        # Loopback addresses for the Pods (127.0.0.0/8 is all loopback on Linux), from a random
-        # start so that two simulated clusters on one machine rarely meet; a taken one is skipped.
+        # The addresses the next Pods get, in turn: loopback ones (127.0.0.0/8 is all loopback
+        # on Linux), from a random start so that two simulated clusters on one machine rarely
+        # meet; one whose ports are taken is skipped. A caller may put another address first
+        # (one a program outside the simulation can reach a Pod at).
         first = random.randrange(1 << 20)
-        self._addresses = (f"127.{1 + (i >> 16) % 254}.{(i >> 8) % 256}.{1 + i % 254}"
+        self.addresses: Iterator[str] = (f"127.{1 + (i >> 16) % 254}.{(i >> 8) % 256}.{1 + i % 254}"
                            for i in itertools.count(first))
-        self._ip: dict[str, str] = {}  # pod uid -> its loopback address
+        self._ip: dict[str, str] = {}  # pod uid -> its address
         self._uids: dict[str, tuple[str, str]] = {}  # pod uid -> (namespace, name)
 
     async def register_nodes(self) -> None:
@@ -311,7 +313,7 @@ class ApiKubelet(SimulatedCluster):
         if labels.get(_LWS_WORKER_INDEX, "0") != "0":
             # A group's worker: it runs the ranks the leader's mpirun starts, and serves nothing.
             if uid not in self._ip:
-                self._ip[uid] = next(self._addresses)
+                self._ip[uid] = next(self.addresses)
                 self._uids[uid] = (meta["namespace"], meta["name"])
         elif uid not in self._ip:
             predicted = await self._predicted_tokens_of(meta["namespace"], instance)
@@ -321,7 +323,7 @@ class ApiKubelet(SimulatedCluster):
             openai = _port(pod, "openai") if triton.served_model else None
             ports = [_port(pod, "metrics") or 8002, *([openai] if openai else [])]
             for _ in range(100):
-                ip = next(self._addresses)
+                ip = next(self.addresses)
                 try:
                     await triton.start(ip, *ports)
                     break

@@ -45,7 +45,7 @@ from ..render.wake import (HTTP_SCALED_OBJECT_API, INTERCEPTOR_NAMESPACE, INTERC
                            INTERCEPTOR_SERVICE)
 from .network import ServiceNotReachable, resolve
 
-__all__ = ["SimulatedHttpAddOn", "Held", "INTERCEPTOR_NODE", "relay", "register_interceptor",
+__all__ = ["SimulatedHttpAddOn", "Held", "INTERCEPTOR_NODE", "activate", "relay", "register_interceptor",
            "unregister_interceptor"]
 
 INTERCEPTOR_NODE = "keda-add-ons-http"
@@ -208,23 +208,30 @@ class SimulatedHttpAddOn:
         while True:
             for key in [k for k, n in self._pending.items() if n > 0]:
                 namespace, name = key.split("/", 1)
-                await self._activate(namespace, name)
+                woken = await activate(self.api, namespace, name)
+                if woken is not None:
+                    self.wakes.append(woken)
             await asyncio.sleep(_POLL_SECONDS)
 
-    async def _activate(self, namespace: str, name: str) -> None:
-        hso = await self.api.get(HTTP_SCALED_OBJECT_API, "HTTPScaledObject", name, namespace)
-        if hso is None:
-            return
-        target = hso["spec"]["scaleTargetRef"]
-        if (target.get("apiVersion"), target.get("kind")) != (API_VERSION, "LLMService"):
-            return
-        service = await self.api.get(API_VERSION, "LLMService", target["name"], namespace)
-        if service is None or (service.get("spec") or {}).get("replicas", 1) != 0:
-            return
-        await self.api._call(
-            "PATCH", f"/apis/{API_VERSION}/namespaces/{namespace}/llmservices/{target['name']}",
-            body={"spec": {"replicas": 1}}, content_type="application/merge-patch+json")
-        self.wakes.append(f"{namespace}/{target['name']}")
+
+async def activate(api: KubeApi, namespace: str, name: str) -> str | None:
+    """What KEDA does when the add-on's scaler reports requests pending for the
+    HTTPScaledObject ``namespace/name``: its target, an LLMService at zero replicas, is set to
+    one through its ``/scale`` subresource (``spec.replicas``). ``"<namespace>/<service>"``
+    when it was woken, None when there was nothing to wake."""
+    hso = await api.get(HTTP_SCALED_OBJECT_API, "HTTPScaledObject", name, namespace)
+    if hso is None:
+        return None
+    target = hso["spec"]["scaleTargetRef"]
+    if (target.get("apiVersion"), target.get("kind")) != (API_VERSION, "LLMService"):
+        return None
+    service = await api.get(API_VERSION, "LLMService", target["name"], namespace)
+    if service is None or (service.get("spec") or {}).get("replicas", 1) != 0:
+        return None
+    await api._call(
+        "PATCH", f"/apis/{API_VERSION}/namespaces/{namespace}/llmservices/{target['name']}",
+        body={"spec": {"replicas": 1}}, content_type="application/merge-patch+json")
+    return f"{namespace}/{target['name']}"
 
 
 async def register_interceptor(api: KubeApi, port: int) -> None:
