@@ -23,6 +23,12 @@ k8s.io/kubernetes v1.35.4 ``pkg/apis/core/validation/validation.go``). A forward
 keeps the client's ``Host``, and Go's transport writes that host, not the target's, into a
 proxied request line: net/http ``request.go``, ``Request.write``).
 
+The add-on's operator (:class:`AddOnOperator`, the same module's ``operator``) turns each
+HTTPScaledObject into KEDA's ScaledObject of the same name, controlled by it, with an
+``external-push`` trigger on the add-on's scaler, and puts its finalizer on the HTTPScaledObject
+(``operator/controllers/http/httpscaledobject_controller.go``, ``scaled_object.go``,
+``finalizer.go``; ``pkg/k8s/scaledobject.go``).
+
 What wakes the target is KEDA's: the add-on's scaler reads each interceptor's pending counts
 from its admin port (``GET /queue``, ``pkg/queue/queue_rpc.go``: a JSON object of
 ``{"<namespace>/<name>": {"Concurrency": n, "RPS": r}}``) and reports the HTTPScaledObject
@@ -52,7 +58,7 @@ from kiln.demo.interceptor import activate, register_interceptor, unregister_int
 from .prometheus import free_port
 from .real_cluster import ControlPlane, stop_process, tied_to_parent
 
-__all__ = ["RealInterceptor", "Waker", "pod_address", "private_hosts"]
+__all__ = ["AddOnOperator", "RealInterceptor", "Waker", "pod_address", "private_hosts"]
 
 
 def pod_address() -> str | None:
@@ -180,3 +186,44 @@ class Waker:
                         if woken is not None:
                             self.wakes.append(woken)
                 await asyncio.sleep(self.period)
+
+
+class AddOnOperator:
+    """The add-on's operator on ``plane`` until :meth:`stop`, running as the admin, its
+    external scaler named ``SCALER`` in namespace ``keda`` (the address it writes into each
+    ScaledObject's trigger; the scaler itself is not run)."""
+
+    SCALER, SCALER_PORT = "keda-add-ons-http-external-scaler", 9090
+
+    def __init__(self, binaries: Path, plane: ControlPlane) -> None:
+        self.binaries, self.plane = binaries, plane
+        self.probe_port = free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="kiln-http-add-on-operator-")
+        self.log = Path(self._dir.name) / "operator.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    async def start(self, ready_timeout: float = 60.0) -> None:
+        # Its configuration: operator/controllers/http/config/config.go.
+        env = {**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "KEDA_HTTP_OPERATOR_NAMESPACE": "keda",
+               "KEDAHTTP_OPERATOR_EXTERNAL_SCALER_SERVICE": self.SCALER,
+               "KEDAHTTP_OPERATOR_EXTERNAL_SCALER_PORT": str(self.SCALER_PORT)}
+        with self.log.open("w") as log:
+            self._process = subprocess.Popen(
+                [str(self.binaries / "http-add-on-operator"), f"--metrics-bind-address=127.0.0.1:{free_port()}",
+                 f"--health-probe-bind-address=127.0.0.1:{self.probe_port}"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
+        deadline = time.monotonic() + ready_timeout
+        async with aiohttp.ClientSession() as client:
+            while True:
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with client.get(f"http://127.0.0.1:{self.probe_port}/readyz") as response:
+                        if response.status == 200:
+                            return
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the add-on's operator did not start: {self.log.read_text()[-2000:]}")
+                await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_process(self._process, 10)
+        self._dir.cleanup()

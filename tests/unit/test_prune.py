@@ -26,7 +26,7 @@ from kiln.planner import model_config
 from kiln.render import Rendered, inventory, workload_keys
 
 from ..conftest import ROOT
-from .test_decide import NOW, REF, World, _owned, _ready_status, _spec, snapshot
+from .test_decide import NOW, REF, World, _condition_of, _owned, _ready_status, _spec, snapshot
 
 HPA = {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}
 
@@ -239,3 +239,63 @@ def test_a_child_the_spec_gains_without_a_spec_change_is_on_record_before_it_is_
     # two generations on, covers it: applied at once.
     changed = decide(replace(snap, generation=snap.generation + 1))
     assert name in [f"{c['kind']}/{c['metadata']['name']}" for c in changed.apply]
+
+
+KEDA = {**HPA, "mode": "keda"}
+KEDA_HTTP = {"mode": "keda-http", "minReplicas": 0, "maxReplicas": 3}
+ADD_ON_FINALIZER = "httpscaledobject.http.keda.sh"
+
+
+def _handing_over(hso_deleting: bool = False, holder_uid: str | None = None) -> Any:
+    """A service moved from keda-http to keda mode: the ScaledObject its spec asks for is
+    still the one KEDA's HTTP add-on made from the service's HTTPScaledObject (of the same
+    name, controlled by it), and that HTTPScaledObject carries the add-on's finalizer."""
+    world = World(engine="ready", workload="ready", status=_ready_status(), spec=_spec(autoscaling=KEDA))
+    snap = _changed(world, _spec(autoscaling=KEDA_HTTP))
+    hso = snap.cluster.leftovers[("HTTPScaledObject", "mistral-7b")]
+    hso["metadata"]["finalizers"] = [ADD_ON_FINALIZER]
+    if hso_deleting:
+        hso["metadata"]["deletionTimestamp"] = NOW
+    wanted = next(c for c in children(snap.intent.rendered) if c["kind"] == "ScaledObject")
+    made = copy.deepcopy(wanted)
+    made["metadata"]["ownerReferences"] = [{
+        "apiVersion": "http.keda.sh/v1alpha1", "kind": "HTTPScaledObject", "name": "mistral-7b",
+        "uid": holder_uid or hso["metadata"]["uid"], "controller": True}]
+    made["metadata"]["annotations"] = {}
+    lives = {**snap.cluster.children, ("ScaledObject", "mistral-7b"): made}
+    return replace(snap, generation=snap.generation + 1, cluster=replace(snap.cluster, children=lives))
+
+
+def test_a_name_still_held_by_what_a_dropped_child_made_is_waited_for_not_refused():
+    """KEDA's HTTP add-on makes a ScaledObject of the HTTPScaledObject's name, controlled by
+    it: the name keda mode's ScaledObject wants. Kiln deletes the HTTPScaledObject the spec
+    no longer asks for and waits for the controller-manager's garbage collector to take the
+    add-on's ScaledObject with it, instead of stalling on a conflict with its own leftover."""
+    first = decide(_handing_over())
+    assert _condition_of(first, "Stalled") != ("True", "ResourceConflict")
+    assert ("HTTPScaledObject", "mistral-7b") in [(o["kind"], o["metadata"]["name"]) for o in first.delete]
+    assert "ScaledObject" not in [c["kind"] for c in first.apply]
+    assert _condition_of(first, "Reconciling") == ("True", "RollingOut")
+    assert "ScaledObject mistral-7b" in first.requeue.message and "HTTPScaledObject mistral-7b" in first.requeue.message
+    # Kept on record while its finalizer holds it, so the next reconcile reads it again.
+    assert "HTTPScaledObject/mistral-7b" in first.status.children
+
+    going = decide(_handing_over(hso_deleting=True))
+    assert ("HTTPScaledObject", "mistral-7b") not in [(o["kind"], o["metadata"]["name"]) for o in going.delete]
+    assert not [message for _, _, message in going.events if "HTTPScaledObject" in message]
+    assert ADD_ON_FINALIZER in going.requeue.message and "by hand" in going.requeue.message
+    assert "HTTPScaledObject/mistral-7b" in going.status.children
+
+    snap = _handing_over()
+    gone = replace(snap, cluster=replace(
+        snap.cluster, leftovers={**snap.cluster.leftovers, ("HTTPScaledObject", "mistral-7b"): None},
+        children={**snap.cluster.children, ("ScaledObject", "mistral-7b"): None}))
+    done = decide(gone)
+    assert "ScaledObject" in [c["kind"] for c in done.apply]
+    assert "HTTPScaledObject/mistral-7b" not in done.status.children
+
+
+def test_a_name_held_by_what_another_object_made_is_still_a_conflict():
+    actions = decide(_handing_over(holder_uid="someone-elses"))
+    assert _condition_of(actions, "Stalled") == ("True", "ResourceConflict")
+    assert actions.apply == []

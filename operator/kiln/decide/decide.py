@@ -102,8 +102,10 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     if cluster.read_refusal is not None:
         raise cluster.read_refusal
     lives = [cluster.children.get(_key(child)) for child in objects]
+    handing = _handed_over(snapshot, objects, lives)
     for child, live in zip(objects, lives):
-        check_controlled(live, child, ref.uid, owner)
+        if _key(child) not in handing:
+            check_controlled(live, child, ref.uid, owner)
     if cluster.launcher_conflict is not None:
         raise cluster.launcher_conflict
     workload = cluster.children.get(_key(rendered.workload))
@@ -115,7 +117,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     set_condition(status, ConditionType.ENGINE_READY, True, Reason.ENGINE_BUILT.value,
                   f"engine {rendered.engine['metadata']['name']} is built", snapshot.now, snapshot.generation)
     # In order: the pods' ServiceAccounts (and Role) before the pods, then the rest.
-    apply = [child for child, live in zip(objects, lives) if _changed(child, live)]
+    apply = [child for child, live in zip(objects, lives) if _changed(child, live) and _key(child) not in handing]
     _inventory_first(snapshot, apply)
     actions.apply = apply
     actions.workload, actions.gateway = rendered.workload, rendered.gateway
@@ -124,6 +126,8 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     _prune(snapshot, actions, objects)
     rolled_out(actions, workload)
     retired(actions)
+    if handing:
+        _wait_for_handover(actions, handing, snapshot)
 
 
 def _record(status: LLMServiceStatus, cluster: Cluster, objects: list[dict[str, Any]], uid: str | None) -> None:
@@ -156,14 +160,55 @@ def _inventory_first(snapshot: Snapshot, apply: list[dict[str, Any]]) -> None:
                           delay=INVENTORY_FIRST_SECONDS)
 
 
+def _handed_over(snapshot: Snapshot, objects: list[dict[str, Any]],
+                 lives: list[dict[str, Any] | None]) -> dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]:
+    """The children whose name is still held by an object that one of the service's own
+    leftovers made and controls: (kind, name) -> (that object, the leftover). KEDA's HTTP
+    add-on makes a ScaledObject named after each HTTPScaledObject and controlled by it
+    (kedacore/http-add-on, ``operator/controllers/http/scaled_object.go``), the name keda
+    mode's ScaledObject has: after a change from keda-http to keda, the name is the
+    service's to take once its HTTPScaledObject is deleted and the garbage collector has
+    removed what it controlled. Anything else holding a child's name is a conflict."""
+    held = {}
+    for child, live in zip(objects, lives):
+        ref = controller_of(live) if live is not None else None
+        if live is None or ref is None:
+            continue
+        maker = snapshot.cluster.leftovers.get((str(ref.get("kind")), str(ref.get("name"))))
+        if maker is not None and maker["metadata"].get("uid") == ref.get("uid") \
+                and _controlled(maker, snapshot.ref.uid):
+            held[_key(child)] = (live, maker)
+    return held
+
+
+def _wait_for_handover(actions: Actions, handing: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]],
+                       snapshot: Snapshot) -> None:
+    """Reconciling until the names :func:`_handed_over` found are free: NotReadyYet, to look
+    again in ROLLOUT_POLL_SECONDS. A leftover its finalizers hold says whose they are."""
+    waits = []
+    for live, maker in handing.values():
+        what = f"{maker['kind']} {maker['metadata']['name']}"
+        wait = f"{live['kind']} {live['metadata']['name']} to be deleted with {what}, which the spec no longer asks for"
+        finalizers = maker["metadata"].get("finalizers") or []
+        if maker["metadata"].get("deletionTimestamp") and finalizers:
+            wait += (f"; {what} waits on its finalizers ({', '.join(finalizers)}), which the controller "
+                     f"that set them removes: if it is no longer installed, remove them by hand")
+        waits.append(wait)
+    message = "waiting for " + "; and for ".join(waits)
+    conclude(actions.status, stalled=False, reconciling=True, reason=Reason.ROLLING_OUT, message=message,
+             now=snapshot.now, generation=snapshot.generation)
+    actions.requeue = NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
+
+
 def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) -> None:
     """What the spec no longer asks for (a scaler after a change of ``autoscaling.mode``, the
     NetworkPolicy once it is disabled, the gateway's objects once ``spec.gateway`` is removed,
     the workload of the other kind after ``gpus`` crosses a node): deleted, if the service
     controls it, with its dependents. The previous workload goes only once the service is
     Ready on the new one (:func:`retired`), as an engine's does. The inventory becomes what
-    is applied now and what is still to go; an object the service does not control (any
-    more) falls off it, never deleted."""
+    is applied now and what is still to go (an object with finalizers stays on it, deleted
+    once, until they are removed and it is gone); an object the service does not control
+    (any more) falls off it, never deleted."""
     keep = []
     for (kind, name), live in snapshot.cluster.leftovers.items():
         if live is None or not _controlled(live, snapshot.ref.uid):
@@ -171,9 +216,12 @@ def _prune(snapshot: Snapshot, actions: Actions, objects: list[dict[str, Any]]) 
         if (kind, name) in workload_keys(snapshot.ref.name):
             actions.retire.append(live)
             keep.append(entry(live))
-        else:
+            continue
+        if not live["metadata"].get("deletionTimestamp"):
             actions.delete.append(live)
             actions.events.append(("Normal", EventReason.REMOVED, removed(live)))
+        if live["metadata"].get("finalizers"):
+            keep.append(entry(live))  # still there until its finalizers are removed
     actions.status.children = sorted({*map(entry, objects), *keep})
 
 
