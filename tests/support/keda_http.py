@@ -29,36 +29,41 @@ HTTPScaledObject into KEDA's ScaledObject of the same name, controlled by it, wi
 (``operator/controllers/http/httpscaledobject_controller.go``, ``scaled_object.go``,
 ``finalizer.go``; ``pkg/k8s/scaledobject.go``).
 
-What wakes the target is KEDA's: the add-on's scaler reads each interceptor's pending counts
-from its admin port (``GET /queue``, ``pkg/queue/queue_rpc.go``: a JSON object of
-``{"<namespace>/<name>": {"Concurrency": n, "RPS": r}}``) and reports the HTTPScaledObject
-active while its metric is above zero (``scaler/handlers.go``, ``IsActive``; for concurrency,
-the requests pending); KEDA then raises the target
-from zero to one. :class:`Waker` reads the same endpoint and does what KEDA does
-(:func:`kiln.demo.interceptor.activate`); KEDA and the scaler themselves are not run.
+The add-on's scaler (:class:`AddOnScaler`) finds the interceptors through the EndpointSlices of
+their admin Service and reads each one's pending counts (``GET /queue``,
+``scaler/queue_pinger.go``; ``pkg/queue/queue_rpc.go``), and answers KEDA's external-scaler
+calls from them (``scaler/handlers.go``: ``IsActive`` while the metric is above zero;
+``GetMetricSpec``'s target is the HTTPScaledObject's ``scalingMetric``). KEDA itself is a
+stand-in here (:class:`KedaActivation`), doing only what it does to wake a target from zero.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from functools import cache
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import aiohttp
+import grpc
 
-from kiln.controller.kube import KubeApi
-from kiln.demo.interceptor import activate, register_interceptor, unregister_interceptor
+from kiln.controller.kube import ApiException, KubeApi
+from kiln.demo.interceptor import INTERCEPTOR_NODE, register_interceptor, unregister_interceptor
 
 from .prometheus import free_port
 from .real_cluster import ControlPlane, stop_process, tied_to_parent
 
-__all__ = ["AddOnOperator", "RealInterceptor", "Waker", "pod_address", "private_hosts"]
+__all__ = ["AddOnOperator", "AddOnScaler", "KedaActivation", "RealInterceptor", "pod_address", "private_hosts"]
 
 
 def pod_address() -> str | None:
@@ -94,9 +99,14 @@ class RealInterceptor:
     to these addresses, as cluster DNS would (see the module's docstring)."""
 
     def __init__(self, binaries: Path, plane: ControlPlane, api: KubeApi,
-                 hosts: dict[str, str] | None = None) -> None:
+                 hosts: dict[str, str] | None = None, admin_service: str | None = None) -> None:
+        """``admin_service``: the Service the add-on's scaler finds the admin port by, its Pod
+        then on :func:`pod_address` (an EndpointSlice lists no loopback address) and on a Node
+        of its own, which the endpointslice controller requires
+        (k8s.io/endpointslice v0.35.4 ``reconciler.go``: a Pod whose Node is not found is skipped)."""
         self.binaries, self.plane, self.api = binaries, plane, api
-        self.hosts = dict(hosts or {})
+        self.hosts, self.admin_service = dict(hosts or {}), admin_service
+        self.address = (pod_address() or "127.0.0.1") if admin_service else "127.0.0.1"
         self.proxy_port, self.admin_port = free_port(), free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="kiln-interceptor-")
         self.log = Path(self._dir.name) / "interceptor.log"
@@ -125,15 +135,15 @@ class RealInterceptor:
                 if self._process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the interceptor did not start: {self.log.read_text()[-2000:]}")
                 await asyncio.sleep(0.2)
-        await register_interceptor(self.api, self.proxy_port)
-
-    async def pending(self, client: aiohttp.ClientSession) -> dict[str, int]:
-        """The requests pending per HTTPScaledObject (``"<namespace>/<name>"``), as the add-on's
-        scaler reads them from the admin port."""
-        async with client.get(f"http://127.0.0.1:{self.admin_port}/queue") as response:
-            response.raise_for_status()
-            counts = await response.json(content_type=None)  # it sets no Content-Type
-        return {key: int(count["Concurrency"]) for key, count in counts.items()}
+        if self.admin_service:
+            try:
+                await self.api.request("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
+                                                                 "metadata": {"name": INTERCEPTOR_NODE}})
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+        await register_interceptor(self.api, self.proxy_port, address=self.address,
+                                   admin=(self.admin_service, self.admin_port) if self.admin_service else None)
 
     async def _ready(self, client: aiohttp.ClientSession) -> bool:
         """What a kubelet's readiness probe asks: the proxy port answers a ``kube-probe/``
@@ -147,45 +157,13 @@ class RealInterceptor:
             return False
 
     async def stop(self) -> None:
-        await unregister_interceptor(self.api)
+        await unregister_interceptor(self.api, self.admin_service)
+        if self.admin_service:
+            with contextlib.suppress(ApiException):
+                await self.api.request("DELETE", f"/api/v1/nodes/{INTERCEPTOR_NODE}")
         if self._process is not None:
             stop_process(self._process, 10)
         self._dir.cleanup()
-
-
-class Waker:
-    """KEDA and the add-on's scaler, as far as waking goes: every ``period`` seconds, the
-    interceptor's pending counts; an HTTPScaledObject with a request pending has its target
-    raised from zero to one (:func:`kiln.demo.interceptor.activate`). ``seen``: every count
-    above zero read, ``wakes``: the services woken."""
-
-    def __init__(self, interceptor: RealInterceptor, period: float = 0.1) -> None:
-        self.interceptor, self.period = interceptor, period
-        self.seen: list[tuple[str, int]] = []
-        self.wakes: list[str] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Waker:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        async with aiohttp.ClientSession() as client:
-            while True:
-                for key, count in (await self.interceptor.pending(client)).items():
-                    if count > 0:
-                        self.seen.append((key, count))
-                        namespace, name = key.split("/", 1)
-                        woken = await activate(self.interceptor.api, namespace, name)
-                        if woken is not None:
-                            self.wakes.append(woken)
-                await asyncio.sleep(self.period)
 
 
 class AddOnOperator:
@@ -227,3 +205,125 @@ class AddOnOperator:
         if self._process is not None:
             stop_process(self._process, 10)
         self._dir.cleanup()
+
+
+@cache
+def externalscaler(proto_dir: Path) -> tuple[ModuleType, ModuleType]:
+    """KEDA's externalscaler.proto compiled by grpcio-tools: its messages and its stub."""
+    from grpc_tools import protoc
+
+    out = Path(tempfile.mkdtemp(prefix="kiln-externalscaler-"))
+    if protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
+                    "externalscaler.proto"]) != 0:
+        raise RuntimeError(f"protoc could not compile {proto_dir / 'externalscaler.proto'}")
+    sys.path.insert(0, str(out))
+    try:
+        return importlib.import_module("externalscaler_pb2"), importlib.import_module("externalscaler_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+
+
+class AddOnScaler:
+    """The add-on's scaler on ``plane`` until :meth:`stop`, running as the admin, pinging the
+    interceptors behind Service ``ADMIN_SERVICE`` in namespace ``keda`` on ``admin_port``;
+    KEDA's calls to it over gRPC on this machine (its configuration: ``scaler/config.go``)."""
+
+    ADMIN_SERVICE = "keda-add-ons-http-interceptor-admin"
+
+    def __init__(self, binaries: Path, plane: ControlPlane, admin_port: int) -> None:
+        self.binaries, self.plane, self.admin_port = binaries, plane, admin_port
+        self.port = free_port()
+        self._pb, self._grpc = externalscaler(binaries / "keda-proto")
+        self._dir = tempfile.TemporaryDirectory(prefix="kiln-http-add-on-scaler-")
+        self.log = Path(self._dir.name) / "scaler.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._channel: grpc.aio.Channel | None = None
+
+    async def start(self, ready_timeout: float = 60.0) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "KEDA_HTTP_SCALER_PORT": str(self.port),
+               "KEDA_HTTP_SCALER_TARGET_ADMIN_NAMESPACE": "keda",
+               "KEDA_HTTP_SCALER_TARGET_ADMIN_SERVICE": self.ADMIN_SERVICE,
+               "KEDA_HTTP_SCALER_TARGET_ADMIN_DEPLOYMENT": "keda-add-ons-http-interceptor",
+               "KEDA_HTTP_SCALER_TARGET_ADMIN_PORT": str(self.admin_port)}
+        with self.log.open("w") as log:
+            self._process = subprocess.Popen([str(self.binaries / "http-add-on-scaler")], env=env, stdout=log,
+                                             stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), ready_timeout)
+        except TimeoutError:
+            raise RuntimeError(f"the add-on's scaler did not start: {self.log.read_text()[-2000:]}") from None
+
+    def _ref(self, scaled_object: dict[str, Any], trigger: dict[str, Any]) -> Any:
+        """The reference KEDA sends for ``trigger`` of ``scaled_object``
+        (kedacore/keda ``pkg/scalers/external_scaler.go``, ``NewExternalPushScaler``)."""
+        meta = scaled_object["metadata"]
+        return self._pb.ScaledObjectRef(name=meta["name"], namespace=meta["namespace"],
+                                        scalerMetadata=trigger.get("metadata") or {})
+
+    async def is_active(self, scaled_object: dict[str, Any], trigger: dict[str, Any]) -> bool:
+        stub = self._grpc.ExternalScalerStub(self._channel)
+        return bool((await stub.IsActive(self._ref(scaled_object, trigger), timeout=5)).result)
+
+    async def metric(self, scaled_object: dict[str, Any], trigger: dict[str, Any]) -> tuple[str, int, int]:
+        """(metric name, its target per replica, its value now), as KEDA's HPA reads them."""
+        stub = self._grpc.ExternalScalerStub(self._channel)
+        ref = self._ref(scaled_object, trigger)
+        [spec] = (await stub.GetMetricSpec(ref, timeout=5)).metricSpecs
+        [value] = (await stub.GetMetrics(self._pb.GetMetricsRequest(scaledObjectRef=ref, metricName=spec.metricName),
+                                         timeout=5)).metricValues
+        return spec.metricName, int(spec.targetSize), int(value.metricValue)
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        if self._process is not None:
+            stop_process(self._process, 10)
+        self._dir.cleanup()
+
+
+class KedaActivation:
+    """KEDA itself, as far as waking from zero goes (kedacore/keda v2.18.3): every ``period``
+    seconds, each ScaledObject in ``namespace`` whose ``external-push`` trigger the add-on's
+    operator wrote is asked of ``scaler`` (``IsActive``), and an active one whose target is at
+    zero is raised to its ``minReplicaCount``, or one, through the target's ``/scale``
+    subresource (``pkg/scaling/executor/scale_scaledobjects.go``, ``scaleFromZeroOrIdle``). The
+    HPA KEDA makes for scaling beyond that is not run. ``active``: the ScaledObjects the scaler
+    called active, once per call; ``wakes``: "<namespace>/<target>" raised."""
+
+    def __init__(self, api: KubeApi, scaler: AddOnScaler, namespace: str, period: float = 0.1) -> None:
+        self.api, self.scaler, self.namespace, self.period = api, scaler, namespace, period
+        self.active: list[str] = []
+        self.wakes: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> KedaActivation:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            listed = await self.api.request("GET", f"/apis/keda.sh/v1alpha1/namespaces/{self.namespace}/scaledobjects")
+            for scaled_object in listed["items"]:
+                for trigger in scaled_object["spec"].get("triggers") or []:
+                    if trigger.get("type") == "external-push" and await self.scaler.is_active(scaled_object, trigger):
+                        self.active.append(scaled_object["metadata"]["name"])
+                        await self._activate(scaled_object)
+            await asyncio.sleep(self.period)
+
+    async def _activate(self, scaled_object: dict[str, Any]) -> None:
+        spec, target = scaled_object["spec"], scaled_object["spec"]["scaleTargetRef"]
+        group_version, plural = target["apiVersion"], f"{target['kind'].lower()}s"
+        path = f"/apis/{group_version}/namespaces/{self.namespace}/{plural}/{target['name']}/scale"
+        if (await self.api.request("GET", path))["spec"].get("replicas", 0) != 0:
+            return
+        replicas = spec.get("minReplicaCount") or 1
+        await self.api.request("PATCH", path, {"spec": {"replicas": replicas}},
+                               content_type="application/merge-patch+json")
+        self.wakes.append(f"{self.namespace}/{target['name']}")

@@ -234,26 +234,34 @@ async def activate(api: KubeApi, namespace: str, name: str) -> str | None:
     return f"{namespace}/{target['name']}"
 
 
-async def register_interceptor(api: KubeApi, port: int) -> None:
+async def register_interceptor(api: KubeApi, port: int, *, address: str = "127.0.0.1",
+                               admin: tuple[str, int] | None = None) -> None:
     """The add-on's interceptor Service in namespace keda and one ready Pod behind it, at
-    127.0.0.1:``port`` (where this machine's interceptor listens)."""
+    ``address``:``port`` (where this machine's interceptor listens); with ``admin`` (a Service
+    name and the port), the Service its scaler finds the interceptors' admin port by."""
     labels = {"app.kubernetes.io/component": "interceptor",
               "app.kubernetes.io/part-of": "keda-add-ons-http"}
     await api.apply({"apiVersion": "v1", "kind": "Service", "metadata": {
         "name": INTERCEPTOR_SERVICE, "namespace": INTERCEPTOR_NAMESPACE},
         "spec": {"selector": labels, "ports": [
             {"name": "http", "port": INTERCEPTOR_PORT, "targetPort": "http"}]}})
+    ports = [{"name": "http", "containerPort": port}]
+    if admin is not None:
+        ports.append({"name": "admin", "containerPort": admin[1]})
+        await api.apply({"apiVersion": "v1", "kind": "Service", "metadata": {
+            "name": admin[0], "namespace": INTERCEPTOR_NAMESPACE},
+            "spec": {"selector": labels, "ports": [{"name": "admin", "port": admin[1], "targetPort": "admin"}]}})
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": _POD, "namespace": INTERCEPTOR_NAMESPACE, "labels": labels},
            "spec": {"nodeName": INTERCEPTOR_NODE,
-                    "containers": [{"name": "interceptor", "image": "simulated",
-                                    "ports": [{"name": "http", "containerPort": port}]}]}}
+                    "containers": [{"name": "interceptor", "image": "simulated", "ports": ports}]}}
     await api.apply(pod)
-    await api.patch_status(pod, {"phase": "Running", "podIP": "127.0.0.1", "conditions": [
+    await api.patch_status(pod, {"phase": "Running", "podIP": address, "podIPs": [{"ip": address}], "conditions": [
         {"type": "Ready", "status": "True", "lastTransitionTime": "1970-01-01T00:00:00Z"}]})
 
 
-async def unregister_interceptor(api: KubeApi) -> None:
+async def unregister_interceptor(api: KubeApi, admin: str | None = None) -> None:
+    """What :func:`register_interceptor` made (``admin``: the admin Service's name, if any)."""
     # Its own kubelet, it confirms the Pod's deletion at once (its ports cannot change, and
     # the next add-on's will differ).
     try:
@@ -264,3 +272,6 @@ async def unregister_interceptor(api: KubeApi) -> None:
             raise
     await api.delete({"apiVersion": "v1", "kind": "Service", "metadata": {
         "name": INTERCEPTOR_SERVICE, "namespace": INTERCEPTOR_NAMESPACE}})
+    if admin is not None:
+        await api.delete({"apiVersion": "v1", "kind": "Service", "metadata": {
+            "name": admin, "namespace": INTERCEPTOR_NAMESPACE}})
