@@ -1,9 +1,12 @@
 // Command kiln-controlplane runs a real Kubernetes control plane on loopback for Kiln's test suites:
 // an embedded etcd, kube-apiserver and kube-controller-manager from k8s.io/kubernetes, the
-// LeaderWorkerSet controller from sigs.k8s.io/lws, and kubectl.
+// LeaderWorkerSet controller from sigs.k8s.io/lws, and kubectl; and kube-scheduler, which `start`
+// does not run (the tests' simulated kubelet places pods itself) and a test starts when it wants
+// the real placement.
 //
 //	kiln-controlplane start --kubeconfig PATH [--operator-kubeconfig PATH] [--data-dir DIR]
 //	kiln-controlplane kubectl ARGS...
+//	kiln-controlplane kube-scheduler ARGS...
 //	kiln-controlplane version
 //
 // `start` is a supervisor: each Kubernetes component runs as a child process of this same binary
@@ -21,11 +24,12 @@ import (
 	kubectlcmd "k8s.io/kubectl/pkg/cmd"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kiln-controlplane start|kubectl|version|kube-apiserver|kube-controller-manager|leaderworkerset-controller ...")
+		fmt.Fprintln(os.Stderr, "usage: kiln-controlplane start|kubectl|version|kube-apiserver|kube-controller-manager|kube-scheduler|leaderworkerset-controller ...")
 		os.Exit(2)
 	}
 	sub, rest := os.Args[1], os.Args[2:]
@@ -40,6 +44,10 @@ func main() {
 		os.Exit(cli.Run(cmd))
 	case "kube-controller-manager":
 		cmd := controllermanager.NewControllerManagerCommand()
+		cmd.SetArgs(rest)
+		os.Exit(cli.Run(cmd))
+	case "kube-scheduler":
+		cmd := scheduler.NewSchedulerCommand()
 		cmd.SetArgs(rest)
 		os.Exit(cli.Run(cmd))
 	case "leaderworkerset-controller":

@@ -21,22 +21,19 @@ import contextlib
 import gzip
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import requests
-import urllib3
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .cluster import chart_manifests
-from .real_cluster import ControlPlane, path_of, stop_process, tied_to_parent
+from .real_cluster import ControlPlane, answers, free_port, path_of, stop_process, tied_to_parent
 
 __all__ = ["prometheus_binaries", "serving_pod_monitor", "PrometheusOperator", "PrometheusServer",
            "PrometheusAdapter", "until", "free_port", "operator_metrics"]
@@ -144,12 +141,6 @@ class PrometheusOperator:
     def stop(self) -> None:
         stop_process(self._process, 30)
         self._dir.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -264,7 +255,7 @@ class PrometheusAdapter:
                       "insecureSkipTLSVerify": True, "groupPriorityMinimum": 100, "versionPriority": 100}}]
         deadline = time.monotonic() + ready_timeout
         try:
-            while not self._answers(f"https://127.0.0.1:{port}/readyz"):
+            while not answers(f"https://127.0.0.1:{port}/readyz"):
                 if self._process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"prometheus-adapter did not start: {self.log.read_text()[-2000:]}")
                 time.sleep(0.2)
@@ -278,17 +269,6 @@ class PrometheusAdapter:
         except BaseException:
             self.stop()
             raise
-
-    @staticmethod
-    def _answers(url: str) -> bool:
-        # Its serving certificate is self-signed at start, as the APIService's
-        # insecureSkipTLSVerify has it; only readiness is asked here.
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                return requests.get(url, verify=False, timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
 
     def _available(self) -> bool:
         found = self._plane.http.get(f"{self._plane.server}/apis/apiregistration.k8s.io/v1/apiservices/"

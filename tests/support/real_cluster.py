@@ -16,15 +16,18 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 import yaml
 
 
@@ -39,8 +42,8 @@ from kiln.demo.watch import ListWatch
 
 from .cluster import chart_rbac
 
-__all__ = ["ControlPlane", "RealSandbox", "KINDS_BY_PLURAL", "OPERATOR_USER", "path_of", "stop_process",
-           "tied_to_parent"]
+__all__ = ["ControlPlane", "RealSandbox", "KINDS_BY_PLURAL", "OPERATOR_USER", "answers", "free_port", "path_of",
+           "stop_process", "tied_to_parent"]
 
 OPERATOR_NAMESPACE = "kiln-system"
 OPERATOR_SERVICE_ACCOUNT = "kiln"  # the chart's, for a release named "kiln"
@@ -70,6 +73,7 @@ class ControlPlane:
                  rbac: list[dict[str, Any]], ready_timeout: float = 240.0,
                  audit_log: Path | None = None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="kiln-real-")
+        self._start_script = start_script
         work = Path(self._dir.name)
         self.kubeconfig = work / "admin.kubeconfig"
         self.audit_log = audit_log  # kube-apiserver's audit log (tests/support/audit.py), if asked for
@@ -187,9 +191,53 @@ class ControlPlane:
         return KubeApi.for_url(self.server, token=self.operator_token if operator else self.admin_token,
                                ca_file=self.ca_file)
 
+    @contextlib.contextmanager
+    def scheduler(self, ready_timeout: float = 60.0) -> Iterator[Path]:
+        """kube-scheduler, from the control plane's own binary (``start`` does not run it),
+        binding every unbound Pod until the block ends; yields its log. It is ready once its
+        informers have synced (its ``/readyz``, on a port of its own)."""
+        binary = subprocess.run([str(self._start_script.parent / "build")], capture_output=True, text=True,
+                                check=True, env={**os.environ, "KILN_CONTROLPLANE_BUILD": "never"}).stdout.strip()
+        log = Path(self._dir.name) / "kube-scheduler.log"
+        port = free_port()
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [binary, "kube-scheduler", f"--kubeconfig={self.kubeconfig}", "--leader-elect=false",
+                 f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
+                 "--bind-address=127.0.0.1", f"--secure-port={port}"],
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while not answers(f"https://127.0.0.1:{port}/readyz", self.admin_token):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"kube-scheduler did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            yield log
+        finally:
+            stop_process(process, 10)
+
     def stop(self) -> None:
         stop_process(self._process, 60)
         self._dir.cleanup()
+
+
+def answers(url: str, token: str | None = None) -> bool:
+    """Whether a component's HTTPS ``url`` answers 200 (to ``token``, if given). Its serving
+    certificate is self-signed at its start: only readiness is asked here, so it is not
+    verified."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            return requests.get(url, headers=headers, verify=False, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -118,6 +118,8 @@ class Reason(StrEnum):
     ENGINE_BUILT = "EngineBuilt"
     ENGINE_BUILD_FAILED = "EngineBuildFailed"
     ROLLING_OUT = "RollingOut"
+    # Rolling out, and a serving pod is one the scheduler cannot place.
+    UNSCHEDULABLE = "Unschedulable"
     REPLICAS_READY = "ReplicasReady"
     SCALED_TO_ZERO = "ScaledToZero"
     MISSING_DEPENDENCY = "MissingDependency"

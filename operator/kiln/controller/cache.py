@@ -82,9 +82,14 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# The scheduler's message for a pod it cannot place, as kept (and said in a condition).
+UNSCHEDULABLE_MESSAGE_CHARS = 400
+
+
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     """What choosing a pod to scrape reads (``metrics.ready_pods``, ``metrics._metrics_port``),
-    in the pod's own shape."""
+    and why a pod is not placed (``PodScheduled`` False: the rollout says it), in the pod's
+    own shape."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     ports = [{"name": port.get("name"), "containerPort": port.get("containerPort")}
              for container in (body.get("spec") or {}).get("containers") or []
@@ -96,7 +101,11 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {"containers": [{"ports": ports}]},
         "status": {"phase": status.get("phase"), "podIP": status.get("podIP"),
                    "conditions": [{"type": c.get("type"), "status": c.get("status")}
-                                  for c in status.get("conditions") or [] if c.get("type") == "Ready"]},
+                                  for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+                   + [{"type": c.get("type"), "status": c.get("status"), "reason": c.get("reason"),
+                       "message": str(c.get("message") or "")[:UNSCHEDULABLE_MESSAGE_CHARS]}
+                      for c in status.get("conditions") or []
+                      if c.get("type") == "PodScheduled" and c.get("status") == "False"]},
     }
 
 

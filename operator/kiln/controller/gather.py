@@ -19,14 +19,16 @@ from ..decide.decide import children, needed_apis
 from ..decide.engine import job_state, termination
 from ..decide.intent import intend, parse, workload_replicas
 from ..decide.policy import Policy
-from ..decide.snapshot import Actions, Cluster, Observed, Parsed, Snapshot
+from ..decide.snapshot import Actions, Cluster, Intent, Observed, Parsed, Snapshot
 from ..decide.status import parse_status
 from ..errors import SpecInvalid
 from ..api import API_VERSION, ConditionType, LLMServiceStatus, Reason
 from ..render import Rendered, ServiceRef
+from ..render.meta import selector_string
 from ..render import inventory as inventory_of
 from .collect import superseded_build
 from .credentials import read_credentials
+from .cache import UNSCHEDULABLE_MESSAGE_CHARS
 from .kube import API_VERSION_OF, ApiException, KubeApi, concurrently
 from .models import ModelResolver
 from .ownership import check_launcher_targets, live_child
@@ -82,12 +84,38 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
         return replace(cluster, children=lives, read_refusal=refusal)
     if isinstance(engine, Exception):
         raise engine
-    cluster = replace(cluster, children=lives, leftovers=_leftovers(stale, reads[len(wanted):]))
+    cluster = replace(cluster, children=lives, leftovers=_leftovers(stale, reads[len(wanted):]),
+                      unschedulable=await _unschedulable(api, snapshot, rendered, lives))
     try:
         await _launcher_targets(api, rendered, lives, f"{ref.namespace}/{ref.name}")
     except SpecInvalid as conflict:
         return replace(cluster, launcher_conflict=conflict)
     return await _engine(api, cluster, rendered, engine)
+
+
+async def _unschedulable(api: KubeApi, snapshot: Snapshot, rendered: Rendered,
+                         lives: Mapping[tuple[str, str], dict[str, Any] | None]) -> tuple[str, str] | None:
+    """A serving pod the scheduler cannot place (``PodScheduled`` False, ``Unschedulable``, as
+    kube-scheduler writes it: k8s.io/kubernetes ``pkg/scheduler/schedule_one.go``,
+    ``handleSchedulingFailure``) and its message, the first by name; read (from the pod
+    cache) only while the workload has fewer ready replicas than the rollout wants. A build
+    Job's pod is read the same way while the Job has none ready (:func:`_engine`)."""
+    workload = lives.get((rendered.workload["kind"], rendered.workload["metadata"]["name"]))
+    wanted = snapshot.intent.replicas if isinstance(snapshot.intent, Intent) else 0
+    if workload is None or int(((workload.get("status") or {}).get("readyReplicas")) or 0) >= wanted:
+        return None
+    ref = snapshot.ref
+    return _unscheduled(await api.list("v1", "Pod", ref.namespace, selector_string(ref.name, "server")))
+
+
+def _unscheduled(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The first of ``pods`` by name that the scheduler cannot place, and its message."""
+    for pod in sorted(pods, key=lambda p: str(p["metadata"].get("name"))):
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if (condition.get("type"), condition.get("status"), condition.get("reason")) == \
+                    ("PodScheduled", "False", "Unschedulable"):
+                return str(pod["metadata"]["name"]), str(condition.get("message") or "")[:UNSCHEDULABLE_MESSAGE_CHARS]
+    return None
 
 
 def recorded(status: LLMServiceStatus, generation: int | None) -> list[str] | None:
@@ -221,12 +249,14 @@ async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered, engine: di
     if engine is not None and is_true(conditions, ConditionType.READY.value):
         return replace(cluster, engine=engine)
     job = await live_child(api, rendered.build_job)
-    failure = ""
+    failure, unplaced = "", None
     recorded = get_condition(conditions, ConditionType.READY.value) or {}
+    meta = rendered.build_job["metadata"]
     if job is not None and job_state(job) == "Failed" and recorded.get("reason") != Reason.ENGINE_BUILD_FAILED.value:
-        meta = rendered.build_job["metadata"]
         failure = await _build_failure(api, meta["namespace"], meta["name"])
-    return replace(cluster, engine=engine, job=job, build_failure=failure)
+    elif job is not None and job_state(job) == "Running" and not (job.get("status") or {}).get("ready"):
+        unplaced = _unscheduled(await api.list("v1", "Pod", meta["namespace"], label_selector=f"job-name={meta['name']}"))
+    return replace(cluster, engine=engine, job=job, build_failure=failure, build_unschedulable=unplaced)
 
 
 async def _build_failure(api: KubeApi, namespace: str, job_name: str) -> str:

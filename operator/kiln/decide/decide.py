@@ -123,6 +123,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     actions.workload, actions.gateway = rendered.workload, rendered.gateway
     actions.workload_generation = ((workload or {}).get("metadata") or {}).get("generation")
     actions.rollout = (intent.replicas, snapshot.now, snapshot.generation)
+    actions.unschedulable = cluster.unschedulable
     _prune(snapshot, actions, objects)
     rolled_out(actions, workload)
     retired(actions)
@@ -369,7 +370,14 @@ def _wait_for_build(status: LLMServiceStatus, rendered: Rendered, workload: dict
     """Reconciling while the engine builds: NotReadyYet, to look again in BUILD_POLL_SECONDS."""
     message = f"waiting for engine {rendered.engine['metadata']['name']} to build" + \
         ("; the previous engine keeps serving" if serving_old else "")
-    conclude(status, stalled=False, reconciling=True, reason=Reason.ENGINE_BUILDING, message=message,
+    reason = Reason.ENGINE_BUILDING
+    if snapshot.cluster.build_unschedulable is not None:
+        pod, why = snapshot.cluster.build_unschedulable
+        message += (f"; its build pod {pod} cannot be scheduled: {why} (the build needs a node with "
+                    f"{_gpus_of(rendered.build_job)} free GPUs of the type spec.gpu names: add such a node, "
+                    f"or free one)")
+        reason = Reason.UNSCHEDULABLE
+    conclude(status, stalled=False, reconciling=True, reason=reason, message=message,
              now=snapshot.now, generation=snapshot.generation)
     _replica_status(status, workload)
     raise NotReadyYet(message, delay=BUILD_POLL_SECONDS)
@@ -420,9 +428,30 @@ def rolled_out(actions: Actions, workload: dict[str, Any] | None) -> None:
                      f"start {wake.cold_start_seconds} s" if wake else ""))
     elif ready >= 1 and current:
         conclude(status, stalled=False, reconciling=False, reason=Reason.REPLICAS_READY, now=now,
-                 generation=generation, message=f"{ready}/{replicas} replicas ready at {status.endpoint}")
+                 generation=generation,
+                 message=f"{ready}/{replicas} replicas ready at {status.endpoint}{_unplaced(actions)}")
+        if actions.unschedulable is not None:
+            actions.requeue = NotReadyYet("a replica cannot be scheduled", delay=ROLLOUT_POLL_SECONDS)
     else:
-        message = f"{ready}/{replicas} replicas ready"
-        conclude(status, stalled=False, reconciling=True, reason=Reason.ROLLING_OUT, message=message,
+        # Not Stalled when a pod cannot be placed: a node may yet come (a cluster
+        # autoscaler's, a drained one back).
+        reason = Reason.ROLLING_OUT if actions.unschedulable is None else Reason.UNSCHEDULABLE
+        message = f"{ready}/{replicas} replicas ready{_unplaced(actions)}"
+        conclude(status, stalled=False, reconciling=True, reason=reason, message=message,
                  now=now, generation=generation)
         actions.requeue = NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
+
+
+def _gpus_of(job: dict[str, Any]) -> str:
+    """The GPUs a build Job's pod asks for (its extended resource's limit)."""
+    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    return next((str(n) for resource, n in limits.items() if "gpu" in resource), "its")
+
+
+def _unplaced(actions: Actions) -> str:
+    """What the rollout's message adds for a serving pod the scheduler cannot place."""
+    if actions.unschedulable is None:
+        return ""
+    pod, why = actions.unschedulable
+    return (f"; pod {pod} cannot be scheduled: {why} (each replica needs a node with free GPUs "
+            f"of the type spec.gpu names: add such nodes, or lower spec.replicas)")

@@ -72,6 +72,10 @@ class Cluster:
     # The objects the inventory (``status.children``) names and the spec no longer asks for,
     # as read: (kind, name) -> the object, or None if it is gone or cannot be read.
     leftovers: Mapping[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
+    # A serving pod the scheduler cannot place, and the scheduler's message: (pod, message),
+    # read while the workload has fewer ready replicas than the rollout wants.
+    unschedulable: tuple[str, str] | None = None
+    build_unschedulable: tuple[str, str] | None = None  # the same, of the build Job's pod
 
 
 @dataclass(frozen=True)
@@ -114,3 +118,4 @@ class Actions:
     # (replicas, now, generation) once the children are decided: the rollout is concluded
     # from the workload the API server returns (kiln.decide.decide.rolled_out).
     rollout: tuple[int, str, int | None] | None = None
+    unschedulable: tuple[str, str] | None = None  # the snapshot's, for the rollout's message

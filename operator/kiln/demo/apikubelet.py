@@ -93,6 +93,9 @@ class ApiKubelet(SimulatedCluster):
         self._again: set[_Key] = set()  # changed while being handled: queued once it is done
         self._node_names = {n["name"] for n in GPU_NODES}
         self._nodes = itertools.cycle(sorted(self._node_names))
+        # Whether this kubelet binds an unbound Pod to a node itself (round robin over the
+        # GPU nodes, as kwok's does); a test that runs kube-scheduler turns it off.
+        self.binds = True
         # The addresses the next Pods get, in turn: loopback ones (127.0.0.0/8 is all loopback
         # on Linux), from a random start so that two simulated clusters on one machine rarely
         # meet; one whose ports are taken is skipped. A caller may put another address first
@@ -103,24 +106,37 @@ class ApiKubelet(SimulatedCluster):
         self._ip: dict[str, str] = {}  # pod uid -> its address
         self._uids: dict[str, tuple[str, str]] = {}  # pod uid -> (namespace, name)
 
-    async def register_nodes(self) -> None:
-        """Register the simulated GPU nodes, as their kubelets would."""
-        for node in GPU_NODES:
+    async def register_nodes(self, nodes: list[dict[str, Any]] | None = None) -> None:
+        """Register ``nodes`` (name, product, gpus, and optional taints; the simulated GPU
+        nodes by default) as their kubelets would, and run the pods bound to them."""
+        for node in GPU_NODES if nodes is None else nodes:
             body = {"apiVersion": "v1", "kind": "Node",
                     "metadata": {"name": node["name"],
-                                 "labels": {"nvidia.com/gpu.product": node["product"]}}}
+                                 "labels": {"nvidia.com/gpu.product": node["product"]}},
+                    "spec": {"taints": node.get("taints") or []}}
             try:
                 await self.api.request("POST", "/api/v1/nodes", body)
             except ApiException as error:
                 if error.status != 409:
                     raise
-            gpus = str(node["gpus"])
+            # An 8-GPU server's: 96 cores, 1 TiB of memory and local NVMe (8 TB on an AWS
+            # p4d.24xlarge), which the build Job's scratch requests.
+            capacity = {"nvidia.com/gpu": str(node["gpus"]), "cpu": "96", "memory": "1Ti",
+                        "ephemeral-storage": "7Ti", "pods": "110"}
             await self.api.request("PATCH", f"/api/v1/nodes/{node['name']}/status", {"status": {
-                "capacity": {"nvidia.com/gpu": gpus, "cpu": "96", "memory": "1Ti", "pods": "110"},
-                "allocatable": {"nvidia.com/gpu": gpus, "cpu": "96", "memory": "1Ti", "pods": "110"},
+                "capacity": capacity, "allocatable": capacity,
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                                 "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}]}},
                 content_type="application/merge-patch+json")
+            # The API server's NodeTaint admission gives a new Node the not-ready taint
+            # (k8s.io/kubernetes plugin/pkg/admission/nodetaint/admission.go), which the node
+            # lifecycle controller removes once the Node is Ready (pkg/controller/nodelifecycle,
+            # ``doNoScheduleTaintingPass``). That controller would also take a Node whose kubelet
+            # renews no Lease for unreachable, so it is not run, and this kubelet does its part.
+            await self.api.request("PATCH", f"/api/v1/nodes/{node['name']}",
+                                   {"spec": {"taints": node.get("taints") or None}},
+                                   content_type="application/merge-patch+json")
+            self._node_names.add(node["name"])
 
     async def run(self, stop: asyncio.Event, period: float = 0.1) -> None:
         """Watch Pods and LeaderWorkerSets and move each forward as its events arrive, with
@@ -262,6 +278,8 @@ class ApiKubelet(SimulatedCluster):
             return None
         if spec.get("nodeName") and spec["nodeName"] not in self._node_names:
             return None  # another node's kubelet runs it
+        if not spec.get("nodeName") and not self.binds:
+            return None  # a scheduler binds it
         if not spec.get("nodeName") and uid not in self._started:
             try:
                 await self.api.request("POST", f"{where}/binding", {

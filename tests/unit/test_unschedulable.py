@@ -1,0 +1,64 @@
+"""A pod the scheduler cannot place is said in the service's status, with the scheduler's
+own message: a serving replica (the service serves on the ones placed, and says why the
+rest are not), or the build Job's pod (the engine waits on it). The integration suite has
+kube-scheduler itself write those messages (tests/integration/test_scheduling.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kiln.controller.cache import UNSCHEDULABLE_MESSAGE_CHARS, slim_pod
+from kiln.decide import decide
+from kiln.decide.status import get_condition
+
+from .test_decide import ENGINE_KEYED, World, snapshot
+
+WHY = ("0/7 nodes are available: 2 Insufficient nvidia.com/gpu, 5 node(s) didn't match Pod's node "
+       "affinity/selector.")
+
+
+def _with(world: World, **cluster) -> object:
+    snap = snapshot(world)
+    return replace(snap, cluster=replace(snap.cluster, **cluster))
+
+
+def test_a_serving_pod_that_cannot_be_placed_is_said_while_none_is_ready():
+    actions = decide(_with(World(engine="ready", workload="rolling", status=ENGINE_KEYED),
+                           unschedulable=("mistral-7b-server-abc", WHY)))
+    reconciling = get_condition(actions.status, "Reconciling")
+    assert (reconciling.status, reconciling.reason) == ("True", "Unschedulable")
+    assert f"pod mistral-7b-server-abc cannot be scheduled: {WHY}" in reconciling.message
+    assert "lower spec.replicas" in reconciling.message and actions.requeue is not None
+    plain = decide(snapshot(World(engine="ready", workload="rolling", status=ENGINE_KEYED)))
+    assert get_condition(plain.status, "Reconciling").reason == "RollingOut"
+
+
+def test_a_service_serving_on_the_replicas_placed_says_why_the_rest_are_not():
+    ready = decide(snapshot(World(engine="ready", workload="ready")))
+    assert get_condition(ready.status, "Ready").reason == "ReplicasReady" and ready.requeue is None
+    short = decide(_with(World(engine="ready", workload="ready"), unschedulable=("mistral-7b-server-abc", WHY)))
+    condition = get_condition(short.status, "Ready")
+    assert (condition.status, condition.reason) == ("True", "ReplicasReady")
+    assert condition.message.endswith("lower spec.replicas)") and WHY in condition.message
+    assert short.requeue is not None  # looked at again until it is placed
+
+
+def test_a_build_pod_that_cannot_be_placed_is_said_while_the_engine_waits():
+    actions = decide(_with(World(engine="pending", job="running"), build_unschedulable=("x-build-abc", WHY)))
+    reconciling = get_condition(actions.status, "Reconciling")
+    assert (reconciling.status, reconciling.reason) == ("True", "Unschedulable")
+    assert reconciling.message.startswith("waiting for engine ")
+    assert f"its build pod x-build-abc cannot be scheduled: {WHY}" in reconciling.message
+    assert "a node with 1 free GPUs" in reconciling.message
+
+
+def test_the_pod_cache_keeps_why_a_pod_is_not_placed_and_no_more():
+    pod = {"metadata": {"name": "p", "namespace": "llm"}, "spec": {"containers": []},
+           "status": {"phase": "Pending", "conditions": [
+               {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "x" * 5000,
+                "lastTransitionTime": "t"}]}}
+    [kept] = slim_pod(pod)["status"]["conditions"]
+    assert kept == {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": "x" * UNSCHEDULABLE_MESSAGE_CHARS}
+    pod["status"]["conditions"][0]["status"] = "True"
+    assert slim_pod(pod)["status"]["conditions"] == []
