@@ -6,8 +6,9 @@ GPUs each, tainted ``nvidia.com/gpu:NoSchedule`` as GPU node pools are, and one 
 without GPUs), so what decides placement is what Kiln renders: the GPU request, the GPU
 product's node selector (``nvidia.com/gpu.product``, GPU feature discovery's label), the
 toleration of the GPU taint and the engine cache's volume (a bound PersistentVolumeClaim).
-The engine's build Job's Pod is placed the same way. A replica no node can take stays Pending,
-and the service's status says so with the scheduler's own reason.
+The engine's build Job's Pod is placed the same way, and so are a multi-node group's leader
+and worker, which the LeaderWorkerSet controller makes. A replica no node can take stays
+Pending, and the service's status says so with the scheduler's own reason.
 """
 
 from __future__ import annotations
@@ -31,9 +32,16 @@ TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 
 
 @pytest.fixture
-async def placed(real_plane):
+def gpu_node_count() -> int:
+    """How many two-GPU A100 nodes the test gets."""
+    return 2
+
+
+@pytest.fixture
+async def placed(real_plane, gpu_node_count):
     suffix = uuid.uuid4().hex[:6]
-    gpu_nodes = [{"name": f"a100-{suffix}-{i}", "product": PRODUCT, "gpus": 2, "taints": [TAINT]} for i in range(2)]
+    gpu_nodes = [{"name": f"a100-{suffix}-{i}", "product": PRODUCT, "gpus": 2, "taints": [TAINT]}
+                 for i in range(gpu_node_count)]
     cpu_node = {"name": f"cpu-{suffix}", "product": "none", "gpus": 0}
     nodes = [*gpu_nodes, cpu_node]
     async with RealSandbox(real_plane, build_seconds=0.2, start_seconds=0.3, retry_delay=0.2,
@@ -41,6 +49,7 @@ async def placed(real_plane):
         sb.cluster.binds = False
         await sb.cluster.register_nodes(nodes)
         sb.add_namespace(NS)
+        sb.grant_chart_roles(NS, multi_node=True)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
         _engine_cache(real_plane, sb.ns(NS), suffix)
         try:
@@ -156,3 +165,25 @@ async def test_a_replica_no_node_can_take_is_said_in_the_status(placed):
     assert f"its build pod {build['metadata']['name']} cannot be scheduled: {scheduled['message']}" in building["message"]
     assert "the previous engine keeps serving" in building["message"]
     assert "a node with 2 free GPUs" in building["message"]
+
+
+@pytest.mark.parametrize("gpu_node_count", [3])
+async def test_a_multi_node_group_whose_worker_no_node_can_take_is_said_in_the_status(placed):
+    """Two groups of a leader and a worker (two GPUs each, one node each) on three two-GPU
+    nodes: the first group is placed whole, the second's leader on the third node, and its
+    worker nowhere. The LeaderWorkerSet controller makes the pods; the scheduler places them."""
+    sb, gpu_nodes = placed
+    manifest = _service(replicas=2)
+    manifest["spec"].update(gpus=4, parallelism={"tensor": 2, "pipeline": 2})
+    await sb.create(manifest)
+
+    def said():
+        status = (sb.get("llmservices", NAME, NS) or {}).get("status") or {}
+        ready = get_condition(status.get("conditions", []), "Ready")
+        return ready if ready and ready["status"] == "True" and "cannot be scheduled" in ready["message"] else None
+    ready = await _until(sb, said, f"{NAME} Ready on one group, saying why the other is not")
+    [worker] = [p for p in _pods(sb, "worker") if not p["spec"].get("nodeName")]
+    [scheduled] = [c for c in worker["status"]["conditions"] if c["type"] == "PodScheduled"]
+    assert ready["message"].startswith("1/2 replicas ready at ")
+    assert f"pod {worker['metadata']['name']} cannot be scheduled: {scheduled['message']}" in ready["message"]
+    assert {p["spec"]["nodeName"] for p in _pods(sb) if p["spec"].get("nodeName")} <= set(gpu_nodes)

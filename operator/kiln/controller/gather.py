@@ -105,7 +105,13 @@ async def _unschedulable(api: KubeApi, snapshot: Snapshot, rendered: Rendered,
     if workload is None or int(((workload.get("status") or {}).get("readyReplicas")) or 0) >= wanted:
         return None
     ref = snapshot.ref
-    return _unscheduled(await api.list("v1", "Pod", ref.namespace, selector_string(ref.name, "server")))
+    # A multi-node group's workers are placed apart from its leader (component "worker").
+    components = ["server", "worker"] if rendered.workload["kind"] == "LeaderWorkerSet" else ["server"]
+    pods = await concurrently([api.list("v1", "Pod", ref.namespace, selector_string(ref.name, c)) for c in components])
+    for listed in pods:
+        if isinstance(listed, Exception):
+            raise listed
+    return _unscheduled([pod for listed in pods if isinstance(listed, list) for pod in listed])
 
 
 def _unscheduled(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
