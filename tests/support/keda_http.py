@@ -144,6 +144,20 @@ class RealInterceptor:
                     raise
         await register_interceptor(self.api, self.proxy_port, address=self.address,
                                    admin=(self.admin_service, self.admin_port) if self.admin_service else None)
+        if self.admin_service:
+            await self._listed(self.admin_service, deadline)
+
+    async def _listed(self, service: str, deadline: float) -> None:
+        """Until the endpointslice controller lists this interceptor's Pod behind ``service``
+        (where the add-on's scaler looks for it)."""
+        path = "/apis/discovery.k8s.io/v1/namespaces/keda/endpointslices"
+        while True:
+            slices = await self.api.request("GET", path, query=[("labelSelector", f"kubernetes.io/service-name={service}")])
+            if self.address in [a for s in slices["items"] for e in s.get("endpoints") or [] for a in e["addresses"]]:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no EndpointSlice of Service keda/{service} lists {self.address}")
+            await asyncio.sleep(0.2)
 
     async def _ready(self, client: aiohttp.ClientSession) -> bool:
         """What a kubelet's readiness probe asks: the proxy port answers a ``kube-probe/``
@@ -312,7 +326,13 @@ class KedaActivation:
             listed = await self.api.request("GET", f"/apis/keda.sh/v1alpha1/namespaces/{self.namespace}/scaledobjects")
             for scaled_object in listed["items"]:
                 for trigger in scaled_object["spec"].get("triggers") or []:
-                    if trigger.get("type") == "external-push" and await self.scaler.is_active(scaled_object, trigger):
+                    if trigger.get("type") != "external-push":
+                        continue
+                    try:
+                        active = await self.scaler.is_active(scaled_object, trigger)
+                    except grpc.aio.AioRpcError:
+                        continue  # KEDA asks again at its next poll
+                    if active:
                         self.active.append(scaled_object["metadata"]["name"])
                         await self._activate(scaled_object)
             await asyncio.sleep(self.period)
