@@ -49,6 +49,8 @@ _JOB_LABEL = "batch.kubernetes.io/job-name"
 _LWS = ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
 _LWS_LABEL = "leaderworkerset.sigs.k8s.io/name"
 _LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+_LWS_GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
+_LWS_SIZE = "leaderworkerset.sigs.k8s.io/size"  # an annotation
 # The name LWS's manifests give its mutating webhooks (kubernetes-sigs/lws, pkg/cert/cert.go
 # ``mutatingWebhookConfName``): their registration is how a controller is seen to run.
 _LWS_WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/lws-mutating-webhook-configuration"
@@ -297,10 +299,30 @@ class ApiKubelet(SimulatedCluster):
         if job_name is not None:
             job = await self.api.get("batch/v1", "Job", job_name, meta["namespace"])
             await self._finish_build(pod, job is not None and self.fail_builds(job))
+        elif not self._workers_run(pod):
+            return now + 0.2
         else:
             await self._serve(pod)
         self._reported.add(uid)
         return None
+
+    def _workers_run(self, pod: dict[str, Any]) -> bool:
+        """Whether ``pod``, a group's leader, has every worker of its group running (as this
+        kubelet reported them): only then is it Ready, as Kiln's leader waits for each worker
+        before it starts serving. LeaderWorkerSet v0.8.0 counts a group ready on its leader's
+        readiness and its worker StatefulSet's created replicas, not their readiness
+        (``pkg/controllers/leaderworkerset_controller.go``, ``updateConditions``;
+        ``pkg/utils/statefulset``, ``StatefulsetReady``), so the leader's is what says a
+        worker cannot run. Any other pod: True."""
+        meta = pod["metadata"]
+        labels, size = meta.get("labels") or {}, (meta.get("annotations") or {}).get(_LWS_SIZE, "1")
+        if labels.get(_LWS_WORKER_INDEX) != "0" or not size.isdigit() or int(size) <= 1:
+            return True
+        workers = [uid for uid, other in self._cache.items()
+                   if other["metadata"].get("namespace") == meta.get("namespace")
+                   and (other["metadata"].get("labels") or {}).get(_LWS_GROUP_KEY) == labels.get(_LWS_GROUP_KEY)
+                   and (other["metadata"].get("labels") or {}).get(_LWS_WORKER_INDEX, "0") != "0"]
+        return len(workers) >= int(size) - 1 and all(uid in self._reported for uid in workers)
 
     async def _finish_build(self, pod: dict[str, Any], failed: bool) -> None:
         meta = pod["metadata"]
