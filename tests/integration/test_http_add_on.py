@@ -40,7 +40,7 @@ from kiln.demo.openai_act import PROMPT, chat_round_trip
 from kiln.render.wake import HTTP_SCALED_OBJECT_API
 
 from ..support.keda_http import (AddOnOperator, AddOnScaler, KedaActivation, RealInterceptor, pod_address,
-                                 private_hosts)
+                                 private_hosts, ready_endpoints)
 from ..support.real_cluster import RealSandbox
 from .test_scale_from_zero import NAME, NS, SANDBOX, _pods, _status, park
 
@@ -155,10 +155,7 @@ async def test_a_request_at_zero_wakes_the_service_through_the_add_on_and_is_ans
     assert waited >= SANDBOX["start_seconds"]
     [pod] = _pods(sb)
     assert pod["status"]["podIP"] == address
-    slices = await sb.api.request("GET", f"/apis/discovery.k8s.io/v1/namespaces/{sb.ns(NS)}/endpointslices",
-                                  query=[("labelSelector", f"kubernetes.io/service-name={hso['spec']['scaleTargetRef']['service']}")])
-    assert [a for s in slices["items"] for e in s.get("endpoints") or []
-            if (e.get("conditions") or {}).get("ready") for a in e["addresses"]] == [address]
+    assert await ready_endpoints(sb.api, sb.ns(NS), hso["spec"]["scaleTargetRef"]["service"]) == [address]
     await sb.wait_for(lambda: is_true(_status(sb).get("conditions", []), "Ready")
                       and get_condition(_status(sb)["conditions"], "Ready")["reason"] == "ReplicasReady",
                       what="Ready with one replica")

@@ -57,13 +57,14 @@ from typing import Any
 import aiohttp
 import grpc
 
-from kiln.controller.kube import ApiException, KubeApi
+from kiln.controller.kube import KINDS, ApiException, KubeApi
 from kiln.demo.interceptor import INTERCEPTOR_NODE, register_interceptor, unregister_interceptor
 
 from .prometheus import free_port
 from .real_cluster import ControlPlane, stop_process, tied_to_parent
 
-__all__ = ["AddOnOperator", "AddOnScaler", "KedaActivation", "RealInterceptor", "pod_address", "private_hosts"]
+__all__ = ["AddOnOperator", "AddOnScaler", "KedaActivation", "RealInterceptor", "pod_address", "private_hosts",
+           "ready_endpoints"]
 
 
 def pod_address() -> str | None:
@@ -76,6 +77,15 @@ def pod_address() -> str | None:
             return None
         address = probe.getsockname()[0]
     return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+async def ready_endpoints(api: KubeApi, namespace: str, service: str) -> list[str]:
+    """The ready addresses the EndpointSlices of ``service`` list (as the endpointslice
+    controller writes them, labelled ``kubernetes.io/service-name``)."""
+    slices = await api.request("GET", f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+                               query=[("labelSelector", f"kubernetes.io/service-name={service}")])
+    return [address for s in slices["items"] for e in s.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready") for address in e["addresses"]]
 
 
 def private_hosts() -> str | None:
@@ -150,11 +160,7 @@ class RealInterceptor:
     async def _listed(self, service: str, deadline: float) -> None:
         """Until the endpointslice controller lists this interceptor's Pod behind ``service``
         (where the add-on's scaler looks for it)."""
-        path = "/apis/discovery.k8s.io/v1/namespaces/keda/endpointslices"
-        while True:
-            slices = await self.api.request("GET", path, query=[("labelSelector", f"kubernetes.io/service-name={service}")])
-            if self.address in [a for s in slices["items"] for e in s.get("endpoints") or [] for a in e["addresses"]]:
-                return
+        while self.address not in await ready_endpoints(self.api, "keda", service):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no EndpointSlice of Service keda/{service} lists {self.address}")
             await asyncio.sleep(0.2)
@@ -323,7 +329,7 @@ class KedaActivation:
 
     async def _run(self) -> None:
         while True:
-            listed = await self.api.request("GET", f"/apis/keda.sh/v1alpha1/namespaces/{self.namespace}/scaledobjects")
+            listed = await self.api.request("GET", KINDS[("keda.sh/v1alpha1", "ScaledObject")].path(self.namespace))
             for scaled_object in listed["items"]:
                 for trigger in scaled_object["spec"].get("triggers") or []:
                     if trigger.get("type") != "external-push":
@@ -339,8 +345,7 @@ class KedaActivation:
 
     async def _activate(self, scaled_object: dict[str, Any]) -> None:
         spec, target = scaled_object["spec"], scaled_object["spec"]["scaleTargetRef"]
-        group_version, plural = target["apiVersion"], f"{target['kind'].lower()}s"
-        path = f"/apis/{group_version}/namespaces/{self.namespace}/{plural}/{target['name']}/scale"
+        path = KINDS[(target["apiVersion"], target["kind"])].path(self.namespace, target["name"], "scale")
         if (await self.api.request("GET", path))["spec"].get("replicas", 0) != 0:
             return
         replicas = spec.get("minReplicaCount") or 1
