@@ -15,16 +15,21 @@ import subprocess
 import sys
 import time
 
+import kopf
 import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kiln.api.common import API_VERSION, Reason
+from kiln.autoscale import Decision
+from kiln.decide import Actions, Observed
 from kiln.decide.conditions import get_condition, is_true
+from kiln.controller.context import OperatorContext
 from kiln.controller.execute import write_status
 from kiln.controller.models import ModelResolver
-from kiln.controller.reconcile import reconcile_service
-from kiln.decide.status import status_wire
+from kiln.controller.reconcile import reconcile_service, record
+from kiln.decide.status import conclude, parse_status, status_wire
 from kiln.render.meta import ENGINE_KEY_ANNOTATION
 
 from ..conftest import ROOT
@@ -170,6 +175,41 @@ async def test_a_settled_service_s_new_kv_figures_cost_a_status_write_not_a_reco
     assert sb.changes("deployments", "services", "jobs", "llmengines") == children
     labels = (("namespace", sb.ns(NS)), ("service", "mistral-7b"))
     assert _operator_metrics(sb)[("kiln_service_kv_cache_utilization", labels)] == 0.7
+
+
+async def test_a_timer_s_status_write_from_an_older_view_is_refused_not_written_over_a_newer_one(sandbox):
+    # A timer observes a settled service through the operator's view of it, and a reconcile's
+    # status write (a spec change rolling out) can land before the watch brings that view up
+    # to date. An autoscale tick's record made from the older view carried its conditions back
+    # over the newer ones: Ready True over RollingOut at the new generation (seen on the real
+    # API server, on a loaded machine). Made on the view's resourceVersion, it is refused.
+    sb = sandbox
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(MISTRAL))
+    await sb.wait_for(lambda: _ready(sb), what="Ready")
+    await sb.stop_operator()
+    view = copy.deepcopy(_service(sb))  # the timer's view: Ready
+    rolling = parse_status(view["status"])
+    conclude(rolling, stalled=False, reconciling=True, reason=Reason.ROLLING_OUT,
+             message="0/1 replicas ready", now="later", generation=2)
+    patch: dict = {}
+    write_status(patch, view["status"], Actions(status=rolling))
+    await sb.api.patch_status(view, patch)  # the reconcile's write, not yet in the view
+
+    hold = Observed(decision=Decision(desired=1, reason="hold: a new reading"), current=1)
+    ctx = OperatorContext(api=sb.api)
+    await record(kopf.Body(view), ctx, hold)
+    live = await sb.api.get(API_VERSION, "LLMService", "mistral-7b", view["metadata"]["namespace"])
+    assert get_condition(_conditions(live), "Reconciling")["reason"] == "RollingOut"
+    assert not is_true(_conditions(live), "Ready")
+    assert "hold: a new reading" not in str(live["status"])
+
+    # From a view that has the newer status, the same observation is written.
+    await record(kopf.Body(live), ctx, hold)
+    live = await sb.api.get(API_VERSION, "LLMService", "mistral-7b", view["metadata"]["namespace"])
+    assert get_condition(_conditions(live), "ScalingActive")["message"] == "hold: a new reading"
+    assert get_condition(_conditions(live), "Reconciling")["reason"] == "RollingOut"
 
 
 async def test_a_settled_service_without_an_openai_endpoint_is_reconciled_without_a_write(sandbox):

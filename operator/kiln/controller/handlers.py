@@ -177,7 +177,7 @@ def builtin_mode(spec: kopf.Spec, **_: Any) -> bool:
     return (spec.get("autoscaling") or {}).get("mode") == AutoscalingMode.BUILTIN.value
 
 
-async def scrape(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stopped: kopf.DaemonStopped,
+async def scrape(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped,
                  **kwargs: Any) -> None:
     """Scrape a Ready service's pods: the KV-cache tokens its engines really allocated
     (next to the planner's prediction) and the KV utilisation now."""
@@ -193,7 +193,7 @@ async def scrape(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stop
     meta = body.metadata
     samples = await source.kv_samples(meta["namespace"], selector_string(meta["name"], "server"),
                                       CachedKubeApi(memo.api, kwargs))
-    record(body, patch, memo, Observed(samples=tuple(samples)))
+    await _record(body, memo, Observed(samples=tuple(samples)))
 
 
 async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stopped: kopf.DaemonStopped,
@@ -235,7 +235,15 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
     if decision.desired != current or not settled:
         await _reconcile_quietly(body, patch, memo, kwargs, observed, parsed)  # a rollout to make or follow
     else:
-        record(body, patch, memo, observed)
+        await _record(body, memo, observed)
+
+
+async def _record(body: kopf.Body, memo: OperatorContext, observed: Observed) -> None:
+    """:func:`record`, and the version it was written from, for :func:`requeue` to wait on
+    as it does for a reconcile's write."""
+    version = body.metadata.get("resourceVersion")
+    if await record(body, memo, observed):
+        requeue_of(memo).wrote(version)
 
 
 def _prefill_speed(spec: Any, plan: Any) -> float | None:

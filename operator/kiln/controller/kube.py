@@ -260,9 +260,17 @@ class KubeApi:
             if error.status not in (404, 409):
                 raise
 
-    async def patch_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    async def patch_status(self, obj: dict[str, Any], status: dict[str, Any], *,
+                           resource_version: str | None = None) -> dict[str, Any]:
+        """A merge patch of ``obj``'s status. ``resource_version``: only onto that version of
+        the object, else 409 Conflict (a resourceVersion in the patched object is a
+        precondition: k8s.io/apiserver, pkg/registry/generic/registry/store.go, ``Update``,
+        "the object has been modified; please apply your changes to the latest version")."""
         kind = kind_of(obj)
         meta = obj["metadata"]
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         return await self._call(
             "PATCH", kind.path(meta.get("namespace"), meta["name"], "status"),
-            body={"status": status}, content_type="application/merge-patch+json")
+            body=body, content_type="application/merge-patch+json")

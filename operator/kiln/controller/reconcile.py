@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 
+from ..api import API_VERSION
 from ..decide import Actions, EventReason, Observed, Parsed, decide, decide_observed
 from ..decide.policy import Policy
 from ..decide.status import forbidden, parse_status
@@ -85,22 +86,36 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kw
     return None if actions.requeue is None else _capped(ctx, actions.requeue.delay)
 
 
-def record(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, observed: Observed) -> None:
+async def record(body: kopf.Body, ctx: OperatorContext, observed: Observed) -> bool:
     """Write what a timer observed of a settled service (a scrape, an autoscale decision that
     keeps the replicas) into its status, with its Events; nothing if it changes nothing.
+    Whether a write was made.
 
     Not a reconcile: nothing is read or applied, so it takes no slot and no time in the
-    reconcile histogram (the resync still reconciles the service in full). Written at once,
-    the status patch goes out against the body the timer was handed, not one a queue of
-    reconciles has since made stale."""
+    reconcile histogram (the resync still reconciles the service in full). The status is the
+    timer's view of it (``body``, which follows the watch), and a reconcile's write may have
+    landed since without the watch having brought it: a patch made from that view would put
+    the older conditions back over the newer (Ready True over a rollout). So the write is made
+    on the view's resourceVersion, and refused (409) once the status has moved on; the next
+    tick observes again, from a view that has caught up."""
     current = dict(body.status)
     meta = body.metadata
     actions = decide_observed(parse_status(current), observed, now(), meta.get("generation"))
     if actions is None:
-        return
-    write_status(patch.status, current, actions)
+        return False
+    patch: dict[str, Any] = {}
+    write_status(patch, current, actions)
+    service = {"apiVersion": API_VERSION, "kind": "LLMService",
+               "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+    try:
+        await ctx.api.patch_status(service, patch, resource_version=meta.get("resourceVersion"))
+    except ApiException as error:
+        if error.status in (404, 409):  # deleted, or written since this view
+            return False
+        raise
     ctx.telemetry.observe_service(meta["namespace"], meta["name"], dict(body.spec), actions.status)
     _post(body, ctx, actions)
+    return True
 
 
 def error_backoff(retry: int) -> float:

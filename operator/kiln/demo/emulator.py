@@ -342,6 +342,13 @@ class KilnEmulator(KubernetesEmulator):
             await self._store(key, self._stamp_new(copy.deepcopy(body)), "ADDED")
             return
         current = copy.deepcopy(self._objects[key].raw)
+        # A resourceVersion in a patch is a precondition, as the API server checks it
+        # (k8s.io/apiserver, pkg/registry/generic/registry/store.go, ``Update``).
+        wanted = ((body.get("metadata") or {}) if isinstance(body, dict) else {}).get("resourceVersion")
+        if wanted and wanted != current.get("metadata", {}).get("resourceVersion"):
+            raise KubernetesError(status=409, reason="Conflict", message=(
+                f"Operation cannot be fulfilled on {resource.plural} {request.name!r}: the object has "
+                "been modified; please apply your changes to the latest version and try again"))
         if request.subresource == "status":
             updated = dict(current)
             if "apply-patch" in content_type:
