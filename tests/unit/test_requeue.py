@@ -1,12 +1,21 @@
-"""The per-service requeue daemon (controller/handlers.py, ``requeue``) against its own writes."""
+"""The per-service requeue daemon (controller/handlers.py, ``requeue``) against its own writes,
+and one reconcile of a service at a time."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import time
 from types import SimpleNamespace
 
+import kopf
+
 from kiln.controller import handlers
+from kiln.controller import reconcile as reconcile_module
+from kiln.controller.context import OperatorContext
 from kiln.controller.requeue import Requeue
+from kiln.decide import Actions
+from kiln.decide.status import parse_status
 
 
 class _Stopped:
@@ -66,3 +75,59 @@ async def test_a_write_the_watch_never_delivers_does_not_stop_the_polls(monkeypa
     daemon, _, seen = _daemon(monkeypatch)
     await asyncio.wait_for(daemon, 2.0)
     assert seen == ["7"]
+
+
+def _service(name: str, version: str) -> kopf.Body:
+    return kopf.Body({"apiVersion": "kiln.dev/v1alpha1", "kind": "LLMService",
+                      "metadata": {"name": name, "namespace": "ns", "uid": name, "resourceVersion": version,
+                                   "generation": 1},
+                      "spec": {}, "status": {}})
+
+
+async def test_a_service_is_reconciled_by_one_handler_at_a_time(monkeypatch):
+    """kopf runs a resource's timers and daemons beside its change handlers ("Timers & daemons
+    run in parallel by design", nolar/kopf discussions #1046): the autoscale tick, the resync,
+    the requeue daemon and a spec change could reconcile one service at once, and the one
+    that read the older spec apply it after the newer. As controller-runtime's work queue
+    never hands one object to two workers, a service's reconciles take turns; other
+    services' run beside them (up to the slots)."""
+    in_flight: dict[str, int] = {}
+    most: dict[str, int] = {}
+
+    async def slow(body, api, models, at, policy=None, observed=None, parsed=None):
+        name = body["metadata"]["name"]
+        in_flight[name] = in_flight.get(name, 0) + 1
+        most[name] = max(most.get(name, 0), in_flight[name])
+        await asyncio.sleep(0.05)
+        in_flight[name] -= 1
+        return Actions(status=parse_status({}))
+
+    monkeypatch.setattr(reconcile_module, "reconcile_service", slow)
+    monkeypatch.setattr(reconcile_module, "write_status", lambda patch, current, actions: None)
+    ctx = OperatorContext(api=None)  # type: ignore[arg-type]
+    memo, other_memo = copy.copy(ctx), copy.copy(ctx)  # kopf's per-object copies
+    body, other = _service("svc", "7"), _service("other", "3")
+    started = time.perf_counter()
+    await asyncio.gather(*(reconcile_module.reconcile(body, kopf.Patch(), memo, {}) for _ in range(3)),
+                         reconcile_module.reconcile(other, kopf.Patch(), other_memo, {}))
+    assert most == {"svc": 1, "other": 1}
+    assert time.perf_counter() - started < 0.05 * 3 + 0.1  # the other service did not wait its turn
+
+
+async def test_a_timer_waits_for_the_watch_to_deliver_the_last_status_write_too(monkeypatch):
+    """The resync and the autoscale tick reconcile from the same live view as the requeue
+    daemon: from one without the last status write, every condition reads as new."""
+    seen: list[str] = []
+
+    async def reconcile(body, patch, memo, kwargs, observed=None, parsed=None):
+        seen.append(body.metadata["resourceVersion"])
+
+    monkeypatch.setattr(handlers, "reconcile", reconcile)
+    due, body = Requeue(), _Body("7")
+    due.wrote("7")
+    timer = asyncio.ensure_future(handlers._reconcile_quietly(body, kopf.Patch(), SimpleNamespace(requeue=due), {}))
+    await asyncio.sleep(0.3)
+    assert seen == []
+    body.metadata["resourceVersion"] = "8"
+    await asyncio.wait_for(timer, 2.0)
+    assert seen == ["8"]

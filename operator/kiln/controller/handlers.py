@@ -89,11 +89,8 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorContext, **_: Any) 
 async def on_change(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, **kwargs: Any) -> None:
     """Created, edited, or found at startup. A failure is retried by kopf (with its backoff,
     by the retry count kopf keeps); a wait for a build or a rollout by :func:`requeue`."""
-    due = requeue_of(memo)
-    delay = await reconcile(body, patch, memo, kwargs)
-    if patch.status:  # kopf PATCHes it once this returns
-        due.wrote(body.metadata.get("resourceVersion"))
-    _follow(due, delay)
+    delay = await reconcile(body, patch, memo, kwargs)  # kopf PATCHes the status once this returns
+    _follow(requeue_of(memo), delay)
 
 
 async def requeue(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
@@ -112,7 +109,6 @@ async def requeue(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonSt
         if patch.status:
             service = {"apiVersion": API_VERSION, "kind": "LLMService",
                        "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
-            due.wrote(meta.get("resourceVersion"))
             try:
                 await memo.api.patch_status(service, dict(patch.status))
             except ApiException as error:
@@ -167,6 +163,7 @@ async def _reconcile_quietly(body: kopf.Body, patch: kopf.Patch, ctx: OperatorCo
                              parsed: Parsed | None = None) -> None:
     """A reconcile from a timer: the next tick comes anyway (a build or a rollout in
     progress is followed tick by tick until it settles)."""
+    await requeue_of(ctx).caught_up(body)
     try:  # a wait it finds is not requeued: the next tick comes anyway
         await reconcile(body, patch, ctx, cache_indexes(kwargs), observed, parsed)
     except kopf.TemporaryError:
@@ -239,11 +236,9 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
 
 
 async def _record(body: kopf.Body, memo: OperatorContext, observed: Observed) -> None:
-    """:func:`record`, and the version it was written from, for :func:`requeue` to wait on
-    as it does for a reconcile's write."""
-    version = body.metadata.get("resourceVersion")
-    if await record(body, memo, observed):
-        requeue_of(memo).wrote(version)
+    """:func:`record`, once the timer's view has the last status write."""
+    await requeue_of(memo).caught_up(body)
+    await record(body, memo, observed)
 
 
 def _prefill_speed(spec: Any, plan: Any) -> float | None:

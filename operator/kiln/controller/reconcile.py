@@ -25,6 +25,7 @@ from .execute import execute, write_status
 from .gather import confirm_misses, gather
 from .kube import ApiException, KubeApi
 from .models import ModelResolver
+from .requeue import requeue_of
 from .telemetry import BUILD_RESULTS
 
 __all__ = ["reconcile", "reconcile_service", "record", "now", "error_backoff", "ERROR_BACKOFF_SECONDS"]
@@ -55,6 +56,12 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kw
     """Reconcile the service and write its status into ``patch``: the seconds after which to
     reconcile it again while it waits (a build, a rollout), or None. A failure raises
     kopf.TemporaryError with the backoff for ``kwargs["retry"]``, the failures before it."""
+    async with requeue_of(ctx).turn:  # one reconcile of a service at a time
+        return await _reconcile(body, patch, ctx, kwargs, observed, parsed)
+
+
+async def _reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
+                     observed: Observed | None, parsed: Parsed | None) -> float | None:
     handed, queued = dict(body.spec), time.perf_counter()
     async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
         ctx.telemetry.queue_seconds.labels("LLMService").observe(time.perf_counter() - queued)
@@ -74,6 +81,8 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kw
         finally:
             ctx.telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)
     write_status(patch.status, raw["status"], actions)
+    if patch.status:  # made from this view: the next reconcile waits until the view has it
+        requeue_of(ctx).wrote(raw["metadata"].get("resourceVersion"))
     if error is not None:
         delay = _capped(ctx, error_backoff(int(kwargs.get("retry") or 0)))
         said = _said(error)
@@ -98,6 +107,11 @@ async def record(body: kopf.Body, ctx: OperatorContext, observed: Observed) -> b
     the older conditions back over the newer (Ready True over a rollout). So the write is made
     on the view's resourceVersion, and refused (409) once the status has moved on; the next
     tick observes again, from a view that has caught up."""
+    async with requeue_of(ctx).turn:  # not between a reconcile's read and its write
+        return await _record(body, ctx, observed)
+
+
+async def _record(body: kopf.Body, ctx: OperatorContext, observed: Observed) -> bool:
     current = dict(body.status)
     meta = body.metadata
     actions = decide_observed(parse_status(current), observed, now(), meta.get("generation"))
@@ -107,12 +121,14 @@ async def record(body: kopf.Body, ctx: OperatorContext, observed: Observed) -> b
     write_status(patch, current, actions)
     service = {"apiVersion": API_VERSION, "kind": "LLMService",
                "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+    version = meta.get("resourceVersion")
     try:
-        await ctx.api.patch_status(service, patch, resource_version=meta.get("resourceVersion"))
+        await ctx.api.patch_status(service, patch, resource_version=version)
     except ApiException as error:
         if error.status in (404, 409):  # deleted, or written since this view
             return False
         raise
+    requeue_of(ctx).wrote(version)
     ctx.telemetry.observe_service(meta["namespace"], meta["name"], dict(body.spec), actions.status)
     _post(body, ctx, actions)
     return True

@@ -34,11 +34,19 @@ class _Stopped(Protocol):
 
 @dataclass
 class Requeue:
-    """When a service is next due for a reconcile (None: not until something changes), and
-    whether the daemon's view of it has caught up with the operator's last status write."""
+    """When a service is next due for a reconcile (None: not until something changes),
+    whether the daemon's view of it has caught up with the operator's last status write, and
+    whose turn it is to reconcile it."""
 
     due: float | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Held by each reconcile of the service and each status write of its timers
+    # (controller/reconcile.py). kopf runs an object's timers and daemons beside its change
+    # handlers ("Timers & daemons run in parallel by design": nolar/kopf discussions #1046),
+    # so the autoscale tick, the resync, this daemon and a spec change could reconcile one
+    # service at once, and the one that read the older spec apply it after the newer. As
+    # controller-runtime's work queue never hands one object to two workers, they take turns.
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The resourceVersion of the body the last status write was made from. The daemon's
     # ``body`` follows the watch (a "live view", which kopf substitutes on every change it
     # sees: kopf docs/daemons.rst, "Resource fields access"); a reconcile from a view that has
@@ -56,11 +64,25 @@ class Requeue:
     def behind(self, version: str | None) -> bool:
         """Whether the view at ``version`` has not yet delivered the last write; if so, the
         reconcile is put off a moment."""
-        if self.written_from is None or version != self.written_from or time.monotonic() >= self.caught_up_by:
-            self.written_from = None
+        if not self.lags(version):
             return False
         self.after(0.05)
         return True
+
+    def lags(self, version: str | None) -> bool:
+        """Whether the view at ``version`` is still the one the last write was made from, within
+        ``catch_up_seconds`` of that write."""
+        if self.written_from is None or version != self.written_from or time.monotonic() >= self.caught_up_by:
+            self.written_from = None
+            return False
+        return True
+
+    async def caught_up(self, body: Any) -> None:
+        """Wait until ``body``, a live view (a timer's), has delivered the last write, for
+        ``catch_up_seconds`` at most. Not for a change handler's body: kopf delivers nothing
+        more of the object while its handler runs."""
+        while self.lags(body.metadata.get("resourceVersion")):
+            await asyncio.sleep(0.05)
 
     def after(self, delay: float) -> None:
         """Reconcile again ``delay`` seconds from now (the latest call wins)."""
