@@ -72,6 +72,20 @@ def test_without_network_the_plan_says_nccl_runs_over_tcp_and_pods_stay_restrict
      "network.ncclEnv.0.name"),
     ({"rdmaResource": "rdma/ib", "ncclEnv": [{"name": "NCCL_DEBUG", "value": "$(rm -rf /)"}]},
      "network.ncclEnv.0.value"),
+    # NCCL loads the library a *_PLUGIN setting names, and reads or writes the file a *_FILE
+    # setting names (docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html: NCCL_NET_PLUGIN,
+    # NCCL_TUNER_PLUGIN, NCCL_PROFILER_PLUGIN, NCCL_CONF_FILE, NCCL_TOPO_FILE, NCCL_DEBUG_FILE):
+    # a path there would run the tenant's code (a tokenizer file of the model's repository,
+    # in the engine cache) in the leader, beside the token that may exec into the workers. A
+    # bare name is looked up on the image's library path only.
+    *[({"rdmaResource": "rdma/ib", "ncclEnv": [{"name": "NCCL_IB_HCA", "value": "mlx5"},
+                                               {"name": name, "value": value}]},
+       "network.ncclEnv.1.value")
+      for name, value in (("NCCL_NET_PLUGIN", "/engines/k/tokenizer/tokenizer.model"),
+                          ("NCCL_TUNER_PLUGIN", "/tmp/x.so"), ("NCCL_PROFILER_PLUGIN", "./x.so"),
+                          ("NCCL_ENV_PLUGIN", "/engines/k/tokenizer/merges.txt"),
+                          ("NCCL_CONF_FILE", "/engines/k/tokenizer/vocab.json"),
+                          ("NCCL_DEBUG_FILE", "/engines/k/rank0.engine"))],
 ])
 def test_hostile_network_settings_are_refused_naming_the_field(bad, field):
     from kiln.errors import SpecInvalid

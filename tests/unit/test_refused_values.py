@@ -89,6 +89,10 @@ REFUSED = {
                                                "spec.gpu.resourceName"),
     "resourceName with a name over 63": ({"spec.gpu.resourceName": "example.com/" + "g" * 64},
                                          "spec.gpu.resourceName"),
+    # A path in an NCCL setting: NCCL loads the library NCCL_NET_PLUGIN names.
+    "NCCL plugin path": ({"spec.network": {"rdmaResource": "rdma/ib", "ncclEnv": [
+        {"name": "NCCL_NET_PLUGIN", "value": "/engines/k/tokenizer/tokenizer.model"}]}},
+        "spec.network.ncclEnv.0.value"),
 }
 
 

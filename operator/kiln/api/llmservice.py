@@ -308,12 +308,17 @@ NamespaceName = Annotated[str, Field(min_length=1, max_length=63,
 
 
 class EnvVar(KilnModel):
-    """One NCCL setting."""
+    """One NCCL setting. Its value names no path: NCCL loads the library a ``*_PLUGIN``
+    setting names and reads or writes the file a ``*_FILE`` one names
+    (docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html), and a path could name a
+    file of the model's repository in the engine cache, run in the leader beside the token
+    that may exec into its workers. A bare plugin name is looked up on the image's library
+    path (``libnccl-net-<name>.so``)."""
 
     name: str = Field(min_length=6, max_length=64, pattern=r"^NCCL_[A-Z0-9_]+$",
                       description="An NCCL_* variable.")
-    value: str = Field(max_length=256, pattern=r"^[A-Za-z0-9_.,:=^/+-]*$",
-                       description="Its value (no spaces or shell characters).")
+    value: str = Field(max_length=256, pattern=r"^[A-Za-z0-9_.,:=^+-]*$",
+                       description="Its value (no spaces, shell characters or paths: no '/').")
 
 
 class NetworkPolicySpec(KilnModel):
