@@ -67,7 +67,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["KVSample", "parse_triton_metrics", "KV_METRIC", "REQUEST_METRIC", "INPUT_TOKENS_METRIC",
+__all__ = ["KVSample", "parse_triton_metrics", "MAX_PARSED_LINES", "KV_METRIC", "REQUEST_METRIC", "INPUT_TOKENS_METRIC",
            "OUTPUT_TOKENS_METRIC", "FIRST_RESPONSE_METRIC", "FIRST_RESPONSE_BUCKETS_MS", "first_responses"]
 
 KV_METRIC = "nv_trt_llm_kv_cache_block_metrics"
@@ -79,6 +79,14 @@ FIRST_RESPONSE_METRIC = "nv_inference_first_response_histogram_ms"
 FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
 # At most this many buckets are read from a page: Triton's default has five.
 _MAX_BUCKETS = 64
+# A page is a pod's to write (a tenant's image, or any pod carrying a service's labels): only
+# the lines of the families read here reach the exposition parser, and a page with more of
+# them than this (one replica exports a few dozen) gives no sample.
+MAX_PARSED_LINES = 2000
+# A count Kiln reads (blocks, requests) is finite, not negative and below this; a figure
+# outside gives no sample, as a page that is not Triton's.
+_MAX_COUNT = 2.0**53
+_FAMILIES = (KV_METRIC, REQUEST_METRIC, INPUT_TOKENS_METRIC, OUTPUT_TOKENS_METRIC, FIRST_RESPONSE_METRIC)
 
 
 def first_responses(buckets: Mapping[str, float]) -> tuple[tuple[float, float], ...] | None:
@@ -145,25 +153,52 @@ class KVSample:
         without the block count and size."""
         if "max" not in kv or "tokens_per" not in kv:
             return None
-        return cls(max_blocks=int(kv["max"]), used_blocks=int(kv.get("used", 0)),
-                   tokens_per_block=int(kv["tokens_per"]),
-                   waiting_requests=int(requests.get("waiting", 0)),
-                   active_requests=int(requests.get("active", 0)),
-                   max_requests=int(requests.get("max", 0)), replica=replica,
+        counts = (kv["max"], kv.get("used", 0), kv["tokens_per"], requests.get("waiting", 0),
+                  requests.get("active", 0), requests.get("max", 0))
+        totals = (input_tokens, finished, output_tokens)
+        if not all(_count(value) for value in counts) or not all(_count(t) for t in totals if t is not None):
+            return None
+        buckets = first_responses(first_response_buckets) if first_response_buckets else None
+        if buckets is not None and not all(_count(count) for _, count in buckets):
+            buckets = None
+        max_blocks, used, tokens_per, waiting, active, slots = map(int, counts)
+        return cls(max_blocks=max_blocks, used_blocks=used, tokens_per_block=tokens_per,
+                   waiting_requests=waiting, active_requests=active, max_requests=slots, replica=replica,
                    input_tokens_total=input_tokens, finished_total=finished,
-                   output_tokens_total=output_tokens,
-                   first_responses=first_responses(first_response_buckets) if first_response_buckets else None)
+                   output_tokens_total=output_tokens, first_responses=buckets)
+
+
+def _count(value: float) -> bool:
+    """Whether ``value`` can be a count or a counter: finite, not negative, not absurd."""
+    return math.isfinite(value) and 0 <= value < _MAX_COUNT
+
+
+def _read_lines(text: str) -> str | None:
+    """The lines of ``text`` that belong to the families read here (their samples and their
+    ``# TYPE`` and ``# HELP`` lines), or None when there are more than MAX_PARSED_LINES."""
+    kept = []
+    for line in text.splitlines():
+        name = line[7:] if line.startswith(("# TYPE ", "# HELP ")) else line
+        if name.startswith(_FAMILIES):
+            kept.append(line)
+            if len(kept) > MAX_PARSED_LINES:
+                return None
+    return "\n".join(kept) + "\n"
 
 
 def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | None:
-    """The KV sample of ``model``, or None when the page has no KV block metrics for it."""
+    """The KV sample of ``model``, or None when the page has no KV block metrics for it (or
+    more lines of the families read than MAX_PARSED_LINES, or figures that are not counts)."""
+    read = _read_lines(text)
+    if read is None:
+        return None
     kv: dict[str, float] = {}
     requests: dict[str, float] = {}
     input_tokens: float | None = None
     finished: float | None = None
     output_tokens: float | None = None
     buckets: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(read):
         if family.name not in (KV_METRIC, REQUEST_METRIC, INPUT_TOKENS_METRIC, OUTPUT_TOKENS_METRIC,
                                FIRST_RESPONSE_METRIC):
             continue

@@ -11,9 +11,13 @@ import aiohttp
 from ..autoscale import KVSample, parse_triton_metrics
 from .kube import KubeApi
 
-__all__ = ["MetricsSource", "PodMetrics", "ready_pods"]
+__all__ = ["MetricsSource", "PodMetrics", "ready_pods", "read_bounded", "MAX_METRICS_PAGE_BYTES"]
 
 SCRAPE_TIMEOUT_SECONDS = 3.0
+# A pod's page is read up to this many bytes; a longer one is left unread and the pod
+# skipped. Triton's page for one TensorRT-LLM model is tens of KiB (its families per model
+# and per GPU); the page is the pod's to write, and a tenant's pod could serve gigabytes.
+MAX_METRICS_PAGE_BYTES = 4 * 2**20
 # Scrapes in flight at once. Each pod is its own endpoint and is read every 15-30 s, so no
 # connection is kept: a pool of idle keep-alive sockets, one per pod, is what slows aiohttp
 # down at a thousand pods (its connector wakes waiters by shuffling every endpoint's queue).
@@ -38,6 +42,20 @@ def ready_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return status.get("phase") == "Running" and bool(status.get("podIP")) and any(
             c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
     return [pod for pod in pods if ready(pod) and not pod["metadata"].get("deletionTimestamp")]
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body of ``response``, or None once it passes ``limit`` bytes (by its declared
+    length, or as it arrives): the rest is never read."""
+    if (response.content_length or 0) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _metrics_port(pod: dict[str, Any]) -> int | None:
@@ -68,7 +86,10 @@ class PodMetrics:
         async with self._slots:
             try:
                 async with self._session.get(url) as response:
-                    return await response.text() if response.status == 200 else None
+                    if response.status != 200:
+                        return None
+                    page = await read_bounded(response, MAX_METRICS_PAGE_BYTES)
+                    return None if page is None else page.decode("utf-8", errors="replace")
             except (TimeoutError, aiohttp.ClientError):
                 return None
 

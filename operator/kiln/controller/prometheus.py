@@ -11,6 +11,7 @@ staleness bound rather than Prometheus's 5-minute lookback.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -21,11 +22,14 @@ from ..autoscale.metrics import (FIRST_RESPONSE_METRIC, INPUT_TOKENS_METRIC, KV_
                                  REQUEST_METRIC)
 from ..render.meta import LABEL_INSTANCE, selector_terms
 from .kube import KubeApi
-from .metrics import SCRAPE_TIMEOUT_SECONDS
+from .metrics import SCRAPE_TIMEOUT_SECONDS, read_bounded
 
-__all__ = ["PrometheusMetrics"]
+__all__ = ["PrometheusMetrics", "MAX_PROMETHEUS_ANSWER_BYTES"]
 
 LOOKBACK = "45s"
+# An answer is read up to this many bytes, and given no sample past it: one query's answer
+# is a few series per pod of one service, far less; the URL may be a tenant's.
+MAX_PROMETHEUS_ANSWER_BYTES = 4 * 2**20
 # (metric, the label that names the figure)
 _FAMILIES = ((KV_METRIC, "kv_cache_block_type"), (REQUEST_METRIC, "request_type"),
              (INPUT_TOKENS_METRIC + "_sum", ""), (INPUT_TOKENS_METRIC + "_count", ""),
@@ -57,10 +61,13 @@ class PrometheusMetrics:
                                          allow_redirects=False) as response:
                 if response.status != 200:
                     return []
-                body = await response.json()
+                raw = await read_bounded(response, MAX_PROMETHEUS_ANSWER_BYTES)
+            if raw is None:
+                return []
+            body = json.loads(raw)
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return []
-        if body.get("status") != "success":
+        if not isinstance(body, dict) or body.get("status") != "success":
             return []
         return list((body.get("data") or {}).get("result") or [])
 
@@ -73,9 +80,12 @@ class PrometheusMetrics:
         pods: dict[str, dict[tuple[str, str], float]] = {}
         for (metric, label), series in zip(_FAMILIES, results):
             for item in series:
-                labels = item.get("metric") or {}
-                value = float((item.get("value") or (0, "nan"))[1])
-                pods.setdefault(labels.get("pod", ""), {})[metric, labels.get(label, "")] = value
+                try:
+                    labels = item.get("metric") or {}
+                    value = float((item.get("value") or (0, "nan"))[1])
+                    pods.setdefault(str(labels.get("pod", "")), {})[metric, str(labels.get(label, ""))] = value
+                except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+                    continue  # not a Prometheus vector sample
         samples = []
         for pod, figures in sorted(pods.items()):
             sample = KVSample.from_figures(
