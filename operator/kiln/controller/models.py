@@ -9,47 +9,73 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from collections import OrderedDict
 from typing import Any
 
 from ..api import LLMServiceSpec
 from ..planner import ModelConfig, catalog_config, model_config
 
-__all__ = ["ModelResolver"]
+__all__ = ["ModelResolver", "MAX_CONFIG_BYTES", "MAX_CACHED_CONFIGS", "REASON_CHARS"]
+
+# A config.json is a few KiB (a multimodal one some tens); one past this is not read. The
+# file is whatever the repository a tenant names holds.
+MAX_CONFIG_BYTES = 1 * 2**20
+# Configs kept, the least recently used dropped first: each (source, revision) a tenant names
+# is an entry.
+MAX_CACHED_CONFIGS = 256
+# A reason (the Fits condition's message when the config cannot be had) at most.
+REASON_CHARS = 300
 
 
 class ModelResolver:
     def __init__(self, allow_download: bool = True) -> None:
-        self._cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._allow_download = allow_download
 
     async def resolve(self, spec: LLMServiceSpec, token: str | None) -> tuple[ModelConfig | None, str]:
         """(config, reason); config is None when it cannot be had or sized."""
-        raw = self._cache.get((spec.model.source, spec.model.revision))
+        raw = self._cached(spec)
         if raw is None and spec.model.scheme == "hf" and self._allow_download \
                 and catalog_config(spec.model.location) is None:
             try:
                 raw = await asyncio.to_thread(self._download, spec, token)
             except Exception as error:  # any Hub failure means "unknown", never a crash
-                return None, f"could not fetch config.json for {spec.model.source}: {error}"
+                return None, _reason(f"could not fetch config.json for {spec.model.source}: {error}")
         try:
-            return model_config(spec.model.source, raw)
-        except ValueError as error:
-            return None, f"malformed config.json: {error}"
+            config, why = model_config(spec.model.source, raw)
+        except Exception as error:  # a config it cannot read: "unknown", never a crash
+            return None, _reason(f"malformed config.json: {error}")
+        return config, _reason(why)
 
     def known(self, spec: LLMServiceSpec) -> ModelConfig | None:
         """The config the catalog or an earlier :meth:`resolve` has for ``spec``'s model,
         without a download (None when neither has one, or it does not size)."""
         try:
-            return model_config(spec.model.source, self._cache.get((spec.model.source, spec.model.revision)))[0]
-        except ValueError:
+            return model_config(spec.model.source, self._cached(spec))[0]
+        except Exception:
             return None
 
-    def _download(self, spec: LLMServiceSpec, token: str | None) -> dict[str, Any]:
+    def _cached(self, spec: LLMServiceSpec) -> Any:
+        key = (spec.model.source, spec.model.revision)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        return self._cache.get(key)
+
+    def _download(self, spec: LLMServiceSpec, token: str | None) -> Any:
         from huggingface_hub import hf_hub_download
 
         path = hf_hub_download(spec.model.location, "config.json", revision=spec.model.revision,
                                token=token)
+        if os.path.getsize(path) > MAX_CONFIG_BYTES:
+            raise ValueError(f"it is larger than {MAX_CONFIG_BYTES} bytes")
         with open(path, encoding="utf-8") as handle:
-            raw: dict[str, Any] = json.load(handle)
+            raw = json.load(handle)
         self._cache[(spec.model.source, spec.model.revision)] = raw
+        while len(self._cache) > MAX_CACHED_CONFIGS:
+            self._cache.popitem(last=False)
         return raw
+
+
+def _reason(text: str) -> str:
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 3] + "..."

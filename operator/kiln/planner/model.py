@@ -24,6 +24,15 @@ SUPPORTED = {
 }
 
 
+# The largest figure a config.json may give for a count or a size (layers, hidden units,
+# heads, vocabulary, positions): far past any model (a 10M-token context is 2**23.3), and
+# small enough that the planner's arithmetic on it stays finite. A config.json is whatever
+# the repository a tenant names holds.
+MAX_DIMENSION = 2**30
+# The architecture's name as a refusal quotes it, at most.
+_NAME_CHARS = 80
+
+
 class UnsupportedModel(ValueError):
     """The config is readable but Kiln cannot size this architecture honestly."""
 
@@ -52,10 +61,12 @@ class ModelConfig:
         """Read an HF ``config.json`` (or a Kiln catalog entry); raise ValueError if malformed."""
         if not isinstance(raw, dict):
             raise ValueError("config.json must be a JSON object")
-        architecture = str(raw.get("architecture") or (raw.get("architectures") or ["?"])[0])
-        architecture = architecture.split(" ", 1)[0]
+        named = raw.get("architectures")
+        first = named[0] if isinstance(named, list) and named else "?"
+        architecture = str(raw.get("architecture") or first).split(" ", 1)[0]
         if architecture not in SUPPORTED:
-            raise UnsupportedModel(f"architecture {architecture} is not supported by the planner")
+            shown = architecture[:_NAME_CHARS] + ("..." if len(architecture) > _NAME_CHARS else "")
+            raise UnsupportedModel(f"architecture {shown} is not supported by the planner")
         text: dict[str, Any] = raw["text_config"] if isinstance(raw.get("text_config"), dict) else raw
         merged = {**raw, **text}
         if merged.get("use_sliding_window") or (
@@ -67,8 +78,10 @@ class ModelConfig:
             for name in names:
                 value = merged.get(name)
                 if value is not None:
-                    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                        raise ValueError(f"config.json: {name} must be a positive number")
+                    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                            or not 0 < value <= MAX_DIMENSION:
+                        raise ValueError(f"config.json: {name} must be a positive number of at most "
+                                         f"{MAX_DIMENSION}")
                     return int(value)
             if default is None:
                 raise ValueError(f"config.json: {names[0]} is missing")
@@ -76,6 +89,8 @@ class ModelConfig:
 
         heads = num("num_attention_heads", "n_head")
         hidden = num("hidden_size", "n_embd")
+        if not merged.get("head_dim") and not merged.get("kv_channels") and heads > hidden:
+            raise ValueError("config.json: num_attention_heads exceeds hidden_size and no head_dim is given")
         experts = num("num_local_experts", "num_experts", "n_routed_experts", default=0)
         intermediate = num("intermediate_size", "ffn_hidden_size")
         return cls(
