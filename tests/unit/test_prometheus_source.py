@@ -86,7 +86,39 @@ async def test_the_autoscaler_uses_the_source_the_spec_names(prometheus):
         "mode": "builtin", "metricsSource": "prometheus", "prometheusUrl": url}})
     try:
         assert isinstance(scaler.source(spec), PrometheusMetrics)
-        assert scaler.source(spec) is scaler.source(spec)
+        assert scaler.source(spec).url == scaler.source(spec).url
         assert scaler.source(parse_service_spec({"model": {"source": "hf://a/b"}})) == "pods-source"
     finally:
         await scaler.close()
+
+
+async def test_every_url_a_tenant_names_shares_the_autoscaler_s_one_session(monkeypatch):
+    """Each distinct prometheusUrl kept a source with its own connection pool for the life
+    of the operator: a tenant editing the URL's path every tick grew the operator without
+    end. The sources share one session, and keep nothing per URL."""
+    import aiohttp
+
+    made = []
+    real = aiohttp.ClientSession
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    async def query(request):
+        return aiohttp.web.json_response(_vector(ANSWERS.get("nv_trt_llm_kv_cache_block_metrics", [])))
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/{prefix}/api/v1/query", query)
+    scaler = BuiltinAutoscaler(api=None, metrics="pods-source")
+    async with TestServer(app, host="127.0.0.1") as server:
+        monkeypatch.setattr(aiohttp, "ClientSession", counting)
+        try:
+            for i in range(200):
+                spec = parse_service_spec({"model": {"source": "hf://a/b"}, "autoscaling": {
+                    "mode": "builtin", "metricsSource": "prometheus",
+                    "prometheusUrl": f"http://127.0.0.1:{server.port}/p{i}"}})
+                assert await scaler.source(spec).kv_samples("llm", "app.kubernetes.io/instance=svc")
+        finally:
+            await scaler.close()
+    assert len(made) == 1

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import aiohttp
+
 from ..api import AutoscalingMode, LLMServiceSpec
 from ..api.llmservice import AutoscalerRecord
 from ..autoscale import Decision, KVSample, LawParams, Recommendations, Sample, decide
@@ -28,7 +30,7 @@ from ..render.serving import workload_ref
 from .kube import KubeApi
 from .metrics import MetricsSource
 from ..decide.policy import Policy
-from .prometheus import PrometheusMetrics
+from .prometheus import PrometheusMetrics, new_session
 
 __all__ = ["BuiltinAutoscaler", "AUTOSCALE_PERIOD_SECONDS", "DecisionClock"]
 
@@ -84,7 +86,9 @@ class BuiltinAutoscaler:
     policy: Policy = field(default_factory=Policy)
     decision_clock: DecisionClock | None = None
     _fleets: dict[tuple[str, str], _Fleet] = field(default_factory=dict)
-    _prometheus: dict[str, PrometheusMetrics] = field(default_factory=dict)
+    # The one session every Prometheus source queries with: a source keeps nothing, so the
+    # URLs tenants name (each edit a new one) cost the operator nothing after their queries.
+    _prometheus_session: aiohttp.ClientSession | None = None
 
     def source(self, spec: LLMServiceSpec) -> MetricsSource:
         """The pods themselves, or the Prometheus ``spec.autoscaling`` names."""
@@ -92,14 +96,17 @@ class BuiltinAutoscaler:
         if scaling.metrics_source != "prometheus":
             return self.metrics
         url = self.policy.check_prometheus(scaling.prometheus_url)  # SpecInvalid if refused
-        if str(url) not in self._prometheus:
-            self._prometheus[str(url)] = PrometheusMetrics(url)
-        return self._prometheus[str(url)]
+        return PrometheusMetrics(url, session=self._session)
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._prometheus_session is None:
+            self._prometheus_session = new_session()
+        return self._prometheus_session
 
     async def close(self) -> None:
-        for source in self._prometheus.values():
-            await source.close()
-        self._prometheus.clear()
+        session, self._prometheus_session = self._prometheus_session, None
+        if session is not None:
+            await session.close()
 
     def params(self, spec: LLMServiceSpec) -> LawParams:
         return LawParams.for_service(spec.autoscaling, **self.timing)

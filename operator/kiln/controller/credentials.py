@@ -44,5 +44,10 @@ async def read_credentials(api: KubeApi, namespace: str, secret: str | None) -> 
                           retry_after=SECRET_POLL_SECONDS)
     data = obj.get("data") or {}
     value = data.get("HF_TOKEN")
-    return Credentials(found=True, token=base64.b64decode(value).decode() if value else None,
-                        keys=frozenset(k for k, v in data.items() if v))
+    try:
+        token = base64.b64decode(value).decode() if value else None
+    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+        raise SpecInvalid(f"spec.model.credentials.secretName: Secret {namespace}/{secret}: HF_TOKEN is not "
+                          "UTF-8 text; write the Hugging Face token itself there",
+                          reason=Reason.CREDENTIALS_REQUIRED.value, retry_after=SECRET_POLL_SECONDS) from None
+    return Credentials(found=True, token=token, keys=frozenset(k for k, v in data.items() if v))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -24,9 +25,15 @@ from ..render.meta import LABEL_INSTANCE, selector_terms
 from .kube import KubeApi
 from .metrics import SCRAPE_TIMEOUT_SECONDS, read_bounded
 
-__all__ = ["PrometheusMetrics", "MAX_PROMETHEUS_ANSWER_BYTES"]
+__all__ = ["PrometheusMetrics", "MAX_PROMETHEUS_ANSWER_BYTES", "new_session"]
 
 LOOKBACK = "45s"
+
+
+def new_session() -> aiohttp.ClientSession:
+    """A session to query Prometheus with (each query bounded by the scrape timeout)."""
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
+
 # An answer is read up to this many bytes, and given no sample past it: one query's answer
 # is a few series per pod of one service, far less; the URL may be a tenant's.
 MAX_PROMETHEUS_ANSWER_BYTES = 4 * 2**20
@@ -43,21 +50,28 @@ def _instance(selector: str) -> str:
 class PrometheusMetrics:
     """A MetricsSource for one Prometheus: the KV sample of each pod of a service."""
 
-    def __init__(self, url: str | URL, model: str = "tensorrt_llm") -> None:
+    def __init__(self, url: str | URL, model: str = "tensorrt_llm",
+                 session: Callable[[], aiohttp.ClientSession] | None = None) -> None:
+        """``session``: where to get the session to query with (the builtin autoscaler's one,
+        shared by every URL); without it, one of its own, closed by :meth:`close`."""
         # The query endpoint under the base URL, joined by the URL library: the spec's URL
         # is a base (policy.base_url), so nothing of the request is the tenant's but the host.
         self.url = URL(url) if isinstance(url, str) else url
         self.endpoint = self.url / "api/v1/query"
         self.model = model
+        self._shared = session
         self._session: aiohttp.ClientSession | None = None
 
     async def _query(self, promql: str) -> list[dict[str, Any]]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
+        if self._shared is not None:
+            session = self._shared()
+        else:
+            if self._session is None:
+                self._session = new_session()
+            session = self._session
         try:
             # No redirects: a redirect would take the operator to a host nobody allowed.
-            async with self._session.get(self.endpoint, params={"query": promql},
+            async with session.get(self.endpoint, params={"query": promql},
                                          allow_redirects=False) as response:
                 if response.status != 200:
                     return []
@@ -101,6 +115,7 @@ class PrometheusMetrics:
         return samples
 
     async def close(self) -> None:
+        """Close the session of its own, if it made one (a shared one is its owner's)."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()

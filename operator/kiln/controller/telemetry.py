@@ -135,3 +135,8 @@ class Telemetry:
                 self.condition.remove(namespace, name, condition)
             except KeyError:
                 pass
+        for direction in ("up", "down", "hold"):
+            try:
+                self.decisions.remove(namespace, name, direction)
+            except KeyError:
+                pass
