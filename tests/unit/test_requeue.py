@@ -43,7 +43,7 @@ def _daemon(monkeypatch):
     seen: list[str] = []
     body, stopped, due = _Body("7"), _Stopped(), Requeue()
 
-    async def reconcile(body, patch, memo, kwargs):
+    async def reconcile(body, memo, kwargs):
         seen.append(body.metadata["resourceVersion"])
         stopped.flag = True
         return None
@@ -108,8 +108,8 @@ async def test_a_service_is_reconciled_by_one_handler_at_a_time(monkeypatch):
     memo, other_memo = copy.copy(ctx), copy.copy(ctx)  # kopf's per-object copies
     body, other = _service("svc", "7"), _service("other", "3")
     started = time.perf_counter()
-    await asyncio.gather(*(reconcile_module.reconcile(body, kopf.Patch(), memo, {}) for _ in range(3)),
-                         reconcile_module.reconcile(other, kopf.Patch(), other_memo, {}))
+    await asyncio.gather(*(reconcile_module.reconcile(body, memo, {}) for _ in range(3)),
+                         reconcile_module.reconcile(other, other_memo, {}))
     assert most == {"svc": 1, "other": 1}
     assert time.perf_counter() - started < 0.05 * 3 + 0.1  # the other service did not wait its turn
 
@@ -119,15 +119,64 @@ async def test_a_timer_waits_for_the_watch_to_deliver_the_last_status_write_too(
     daemon: from one without the last status write, every condition reads as new."""
     seen: list[str] = []
 
-    async def reconcile(body, patch, memo, kwargs, observed=None, parsed=None):
+    async def reconcile(body, memo, kwargs, observed=None, parsed=None):
         seen.append(body.metadata["resourceVersion"])
 
     monkeypatch.setattr(handlers, "reconcile", reconcile)
     due, body = Requeue(), _Body("7")
     due.wrote("7")
-    timer = asyncio.ensure_future(handlers._reconcile_quietly(body, kopf.Patch(), SimpleNamespace(requeue=due), {}))
+    timer = asyncio.ensure_future(handlers._reconcile_quietly(body, SimpleNamespace(requeue=due), {}))
     await asyncio.sleep(0.3)
     assert seen == []
     body.metadata["resourceVersion"] = "8"
     await asyncio.wait_for(timer, 2.0)
     assert seen == ["8"]
+
+
+class _Server:
+    """The API server's copy of one LLMService: status patches land on it, GETs read it."""
+
+    def __init__(self, status: dict) -> None:
+        self.status, self.version, self.gets = dict(status), 10, 0
+
+    def _object(self) -> dict:
+        return {"apiVersion": "kiln.dev/v1alpha1", "kind": "LLMService",
+                "metadata": {"name": "svc", "namespace": "ns", "uid": "svc", "generation": 1,
+                             "resourceVersion": str(self.version)},
+                "spec": {}, "status": dict(self.status)}
+
+    async def patch_status(self, obj, status, *, resource_version=None):
+        self.status.update(status)
+        self.version += 1
+        return self._object()
+
+    async def list(self, api_version, kind, namespace=None, label_selector=None, field_selector=None):
+        assert field_selector == "metadata.name=svc"
+        self.gets += 1
+        return [self._object()]
+
+
+async def test_a_reconcile_reads_the_status_the_last_one_wrote_though_the_watch_has_not_brought_it(monkeypatch):
+    """The autoscale tick's reconcile wrote desiredReplicas 4; a spec change's reconcile in
+    the next turn, from a view the watch had not yet brought that write to, read 2 and
+    applied a workload of two replicas, killing the two that were starting. Each reconcile
+    writes its status within its turn, and the next one, if its view lags that write, reads
+    the service from the API server."""
+    server = _Server({"desiredReplicas": 2})
+    seen: list[int] = []
+
+    async def reconciled(body, api, models, at, policy=None, observed=None, parsed=None):
+        seen.append(body["status"].get("desiredReplicas"))
+        status = parse_status(body["status"])
+        status.desired_replicas = 4
+        return Actions(status=status)
+
+    monkeypatch.setattr(reconcile_module, "reconcile_service", reconciled)
+    memo = copy.copy(OperatorContext(api=server))  # type: ignore[arg-type]
+    view = kopf.Body(server._object())  # the watch's view: rv 10, 2 replicas
+    await reconcile_module.reconcile(view, memo, {})
+    assert server.status["desiredReplicas"] == 4 and server.gets == 0
+    await reconcile_module.reconcile(view, memo, {})  # the view still at rv 10
+    assert seen == [2, 4] and server.gets == 1
+    await reconcile_module.reconcile(kopf.Body(server._object()), memo, {})  # the view has it
+    assert server.gets == 1

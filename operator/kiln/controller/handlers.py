@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from ..api import API_VERSION, GROUP, VERSION, AutoscalingMode, ConditionType, Precision
+from ..api import GROUP, VERSION, AutoscalingMode, ConditionType, Precision
 from ..api.validation import parse_service_spec
 from ..decide import Observed, Parsed, parse, workload_replicas
 from ..decide.status import is_true, parse_status
@@ -31,7 +31,7 @@ from .cache import CachedKubeApi, cache_indexes, register_caches
 from .collect import sweep_engines
 from .context import FULL_RESYNC_SECONDS, OperatorContext
 from .kube import ApiException
-from .reconcile import error_backoff, now, reconcile, record
+from .reconcile import now, reconcile, record
 from .requeue import Requeue, requeue_of
 
 __all__ = ["build_registry"]
@@ -86,35 +86,24 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorContext, **_: Any) 
         settings.background.instant_exit_timeout = memo.timings.exit_timeout
 
 
-async def on_change(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, **kwargs: Any) -> None:
+async def on_change(body: kopf.Body, memo: OperatorContext, **kwargs: Any) -> None:
     """Created, edited, or found at startup. A failure is retried by kopf (with its backoff,
     by the retry count kopf keeps); a wait for a build or a rollout by :func:`requeue`."""
-    delay = await reconcile(body, patch, memo, kwargs)  # kopf PATCHes the status once this returns
+    delay = await reconcile(body, memo, kwargs)
     _follow(requeue_of(memo), delay)
 
 
 async def requeue(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-    """Reconcile the service whenever its wait is over (controller/requeue.py), and write the
-    status that reconcile decided: kopf applies a daemon's ``patch`` only when it returns."""
+    """Reconcile the service whenever its wait is over (controller/requeue.py)."""
     due, failures = requeue_of(memo), 0
     while await due.next(stopped):
-        patch, meta = kopf.Patch(), body.metadata
-        if due.behind(meta.get("resourceVersion")):
+        if due.behind(body.metadata.get("resourceVersion")):
             continue  # the watch has not delivered the last status write yet
         try:
-            delay: float | None = await reconcile(body, patch, memo, {**kwargs, "retry": failures})
+            delay: float | None = await reconcile(body, memo, {**kwargs, "retry": failures})
             failures = 0
         except kopf.TemporaryError as error:  # posted and counted by the reconcile
             delay, failures = error.delay, failures + 1
-        if patch.status:
-            service = {"apiVersion": API_VERSION, "kind": "LLMService",
-                       "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
-            try:
-                await memo.api.patch_status(service, dict(patch.status))
-            except ApiException as error:
-                if error.status == 404:
-                    return  # deleted: kopf stops this daemon
-                delay, failures = error_backoff(failures), failures + 1
         _follow(due, delay)
 
 
@@ -125,7 +114,7 @@ def _follow(due: Requeue, delay: float | None) -> None:
         due.after(delay)
 
 
-async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, memo: OperatorContext,
+async def resync(body: kopf.Body, logger: logging.Logger, memo: OperatorContext,
                  stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
     """Pick up what changes outside the spec: builds finishing, replicas failing, edits
     to owned objects, a missing Secret created; and, every FULL_RESYNC_SECONDS, whatever
@@ -141,7 +130,7 @@ async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, mem
         return  # nothing changed (a service not Ready yet, e.g. waiting for its Secret, is retried)
     memo.changed.discard(uid)
     memo.last_full_resync = at
-    await _reconcile_quietly(body, patch, memo, kwargs)
+    await _reconcile_quietly(body, memo, kwargs)
 
 
 async def _sweep(namespace: str, ctx: OperatorContext, logger: logging.Logger) -> None:
@@ -158,14 +147,14 @@ async def _sweep(namespace: str, ctx: OperatorContext, logger: logging.Logger) -
         logger.warning(f"sweeping the engines of namespace {namespace}: {error.status}")
 
 
-async def _reconcile_quietly(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext,
+async def _reconcile_quietly(body: kopf.Body, ctx: OperatorContext,
                              kwargs: dict[str, Any], observed: Observed | None = None,
                              parsed: Parsed | None = None) -> None:
     """A reconcile from a timer: the next tick comes anyway (a build or a rollout in
     progress is followed tick by tick until it settles)."""
     await requeue_of(ctx).caught_up(body)
     try:  # a wait it finds is not requeued: the next tick comes anyway
-        await reconcile(body, patch, ctx, cache_indexes(kwargs), observed, parsed)
+        await reconcile(body, ctx, cache_indexes(kwargs), observed, parsed)
     except kopf.TemporaryError:
         pass
 
@@ -193,7 +182,7 @@ async def scrape(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonSto
     await _record(body, memo, Observed(samples=tuple(samples)))
 
 
-async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, stopped: kopf.DaemonStopped,
+async def autoscale(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped,
                     **kwargs: Any) -> None:
     """Builtin mode: the control law decides the workload's replicas (never the spec)."""
     if stopped:
@@ -230,7 +219,7 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, s
                         record=memo.autoscaler.record(meta["namespace"], meta["name"]))
     settled = status.ready_replicas == current and is_true(status, ConditionType.READY.value)
     if decision.desired != current or not settled:
-        await _reconcile_quietly(body, patch, memo, kwargs, observed, parsed)  # a rollout to make or follow
+        await _reconcile_quietly(body, memo, kwargs, observed, parsed)  # a rollout to make or follow
     else:
         await _record(body, memo, observed)
 

@@ -207,8 +207,10 @@ class KubeApi:
         return False
 
     async def list(self, api_version: str, kind: str, namespace: str | None = None,
-                   label_selector: str | None = None) -> list[dict[str, Any]]:
+                   label_selector: str | None = None, field_selector: str | None = None) -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         result = await self._call("GET", KINDS[(api_version, kind)].path(namespace), query=query)
         return list(result.get("items") or [])
 

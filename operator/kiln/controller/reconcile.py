@@ -25,7 +25,7 @@ from .execute import execute, write_status
 from .gather import confirm_misses, gather
 from .kube import ApiException, KubeApi
 from .models import ModelResolver
-from .requeue import requeue_of
+from .requeue import Requeue, requeue_of
 from .telemetry import BUILD_RESULTS
 
 __all__ = ["reconcile", "reconcile_service", "record", "now", "error_backoff", "ERROR_BACKOFF_SECONDS"]
@@ -51,16 +51,23 @@ async def reconcile_service(body: Mapping[str, Any], api: KubeApi, models: Model
     return await execute(actions, api, body.get("status") or {}, at, snapshot.generation)
 
 
-async def reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
+async def reconcile(body: kopf.Body, ctx: OperatorContext, kwargs: Mapping[str, Any],
                     observed: Observed | None = None, parsed: Parsed | None = None) -> float | None:
-    """Reconcile the service and write its status into ``patch``: the seconds after which to
-    reconcile it again while it waits (a build, a rollout), or None. A failure raises
-    kopf.TemporaryError with the backoff for ``kwargs["retry"]``, the failures before it."""
-    async with requeue_of(ctx).turn:  # one reconcile of a service at a time
-        return await _reconcile(body, patch, ctx, kwargs, observed, parsed)
+    """Reconcile the service and write its status, in the service's turn: the seconds after
+    which to reconcile it again while it waits (a build, a rollout), or None. A failure
+    raises kopf.TemporaryError with the backoff for ``kwargs["retry"]``, the failures
+    before it.
+
+    The status is written before the turn passes on, and the next reconcile reads it even
+    if the watch has not brought it to the handler's view yet (:func:`_view`): the builtin
+    autoscaler's ``desiredReplicas`` is read from the status, and a reconcile that read the
+    one before the last write would apply a workload of the old size."""
+    due = requeue_of(ctx)
+    async with due.turn:  # one reconcile of a service at a time
+        return await _reconcile(body, ctx, due, kwargs, observed, parsed)
 
 
-async def _reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, kwargs: Mapping[str, Any],
+async def _reconcile(body: kopf.Body, ctx: OperatorContext, due: Requeue, kwargs: Mapping[str, Any],
                      observed: Observed | None, parsed: Parsed | None) -> float | None:
     handed, queued = dict(body.spec), time.perf_counter()
     async with ctx.reconcile_slots:  # the time waiting for a slot is not the reconcile's
@@ -69,20 +76,27 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, k
         # the watch (``live_fresh_body``, kopf/_core/reactor/processing.py), and a status
         # computed against the body as it was before the wait would rewrite values the
         # server already holds.
-        raw = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
-        if raw["spec"] != handed:
-            parsed = None  # the spec changed while waiting: parse what is there now
         started = time.perf_counter()
         try:
+            raw = await _view(body, ctx, due)
+            if raw["spec"] != handed:
+                parsed = None  # the spec changed while waiting: parse what is there now
             actions, error = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models,
                                                      now(), ctx.policy, observed, parsed), None
         except Exception as caught:
+            raw = _body(body)
             actions, error = _failed(body, raw["status"], ctx, caught), caught
         finally:
             ctx.telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)
-    write_status(patch.status, raw["status"], actions)
-    if patch.status:  # made from this view: the next reconcile waits until the view has it
-        requeue_of(ctx).wrote(raw["metadata"].get("resourceVersion"))
+    status: dict[str, Any] = {}
+    write_status(status, raw["status"], actions)
+    if status:
+        try:
+            await _write(ctx, due, raw, status)
+        except ApiException as failed:
+            if error is None:
+                ctx.telemetry.reconcile_errors.labels("LLMService", type(failed).__name__).inc()
+                error = failed
     if error is not None:
         delay = _capped(ctx, error_backoff(int(kwargs.get("retry") or 0)))
         said = _said(error)
@@ -93,6 +107,47 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, ctx: OperatorContext, k
     ctx.telemetry.observe_service(meta["namespace"], meta["name"], raw["spec"], actions.status)
     _post(body, ctx, actions)
     return None if actions.requeue is None else _capped(ctx, actions.requeue.delay)
+
+
+def _body(body: kopf.Body) -> dict[str, Any]:
+    return {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+
+
+async def _view(body: kopf.Body, ctx: OperatorContext, due: Requeue) -> dict[str, Any]:
+    """The service as this reconcile reads it: the handler's view of it, unless that view
+    may not have the last status write yet (it is not at the version that write made, within
+    a few seconds of it); then the API server's, read by a list of that name."""
+    raw = _body(body)
+    if due.delivered(raw["metadata"].get("resourceVersion")):
+        return raw
+    meta = raw["metadata"]
+    # A list by name, not a get: the operator lists and watches LLMServices, and the chart
+    # grants it no more (a list with no resourceVersion is a consistent read).
+    listed = await ctx.api.list(API_VERSION, "LLMService", meta.get("namespace"),
+                                field_selector=f"metadata.name={meta['name']}")
+    fresh = next((item for item in listed if (item.get("metadata") or {}).get("name") == meta["name"]), None)
+    if fresh is None:
+        return raw
+    return {"metadata": dict(fresh.get("metadata") or {}), "spec": dict(fresh.get("spec") or {}),
+            "status": dict(fresh.get("status") or {})}
+
+
+async def _write(ctx: OperatorContext, due: Requeue, raw: Mapping[str, Any], status: dict[str, Any],
+                 resource_version: str | None = None) -> bool:
+    """Write ``status`` (a patch of it) and say so to ``due``: the version it was made from
+    and the one it made. False if the service is gone (or, with ``resource_version``, has
+    been written since)."""
+    meta = raw["metadata"]
+    service = {"apiVersion": API_VERSION, "kind": "LLMService",
+               "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+    try:
+        written = await ctx.api.patch_status(service, status, resource_version=resource_version)
+    except ApiException as error:
+        if error.status == 404 or (error.status == 409 and resource_version is not None):
+            return False
+        raise
+    due.wrote(meta.get("resourceVersion"), ((written or {}).get("metadata") or {}).get("resourceVersion"))
+    return True
 
 
 async def record(body: kopf.Body, ctx: OperatorContext, observed: Observed) -> bool:
@@ -112,23 +167,18 @@ async def record(body: kopf.Body, ctx: OperatorContext, observed: Observed) -> b
 
 
 async def _record(body: kopf.Body, ctx: OperatorContext, observed: Observed) -> bool:
+    due = requeue_of(ctx)
     current = dict(body.status)
     meta = body.metadata
+    if not due.delivered(meta.get("resourceVersion")):
+        return False  # the view lacks the last write: the write would be refused
     actions = decide_observed(parse_status(current), observed, now(), meta.get("generation"))
     if actions is None:
         return False
     patch: dict[str, Any] = {}
     write_status(patch, current, actions)
-    service = {"apiVersion": API_VERSION, "kind": "LLMService",
-               "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
-    version = meta.get("resourceVersion")
-    try:
-        await ctx.api.patch_status(service, patch, resource_version=version)
-    except ApiException as error:
-        if error.status in (404, 409):  # deleted, or written since this view
-            return False
-        raise
-    requeue_of(ctx).wrote(version)
+    if not await _write(ctx, due, _body(body), patch, resource_version=meta.get("resourceVersion")):
+        return False  # deleted, or written since this view
     ctx.telemetry.observe_service(meta["namespace"], meta["name"], dict(body.spec), actions.status)
     _post(body, ctx, actions)
     return True

@@ -53,13 +53,25 @@ class Requeue:
     # not delivered that write finds none of its conditions, takes them all for transitions
     # and writes them again with new times (seen on the real API server on a loaded machine).
     written_from: str | None = None
+    # The resourceVersion that write made, while a view may not have it yet (None: none such).
+    written: str | None = None
     caught_up_by: float = 0.0
     # How long a due reconcile waits for the watch, at most: a write that failed never shows.
     catch_up_seconds = 5.0
 
-    def wrote(self, version: str | None) -> None:
-        """A status write was made from the body at ``version``."""
-        self.written_from, self.caught_up_by = version, time.monotonic() + self.catch_up_seconds
+    def wrote(self, version: str | None, made: str | None = None) -> None:
+        """A status write was made from the body at ``version``, and made ``made``."""
+        self.written_from, self.written = version, made
+        self.caught_up_by = time.monotonic() + self.catch_up_seconds
+
+    def delivered(self, version: str | None) -> bool:
+        """Whether a view at ``version`` has the last status write: it is the version that
+        write made, or none was made within ``catch_up_seconds``. Else the reconcile reads
+        the service from the API server."""
+        if self.written is None or version == self.written or time.monotonic() >= self.caught_up_by:
+            self.written = None
+            return True
+        return False
 
     def behind(self, version: str | None) -> bool:
         """Whether the view at ``version`` has not yet delivered the last write; if so, the

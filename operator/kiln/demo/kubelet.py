@@ -324,5 +324,14 @@ class SimulatedTriton:
 
     async def stop(self) -> None:
         if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            runner, self._runner = self._runner, None
+            server = runner.server
+            await runner.cleanup()
+            # A scrape accepted as the listener closed is connected after the shutdown above,
+            # which closes only the connections the server held by then (aiohttp 3.14,
+            # web_server.py ``Server.shutdown``): let it connect, and close it too.
+            await asyncio.sleep(0.05)
+            for handler in server.connections if server is not None else []:
+                handler.force_close()
+                if handler.transport is not None:
+                    handler.transport.close()
