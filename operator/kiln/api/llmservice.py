@@ -307,13 +307,13 @@ NamespaceName = Annotated[str, Field(min_length=1, max_length=63,
                                      pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 
 
+# An NCCL value names no path: NCCL loads the library a ``*_PLUGIN`` setting names and reads
+# or writes the file a ``*_FILE`` one names (docs.nvidia.com/deeplearning/nccl/user-guide/
+# docs/env.html), and a path could name a file of the model's repository in the engine cache,
+# run in the leader beside the token that may exec into its workers. A bare plugin name is
+# looked up on the image's library path (``libnccl-net-<name>.so``).
 class EnvVar(KilnModel):
-    """One NCCL setting. Its value names no path: NCCL loads the library a ``*_PLUGIN``
-    setting names and reads or writes the file a ``*_FILE`` one names
-    (docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html), and a path could name a
-    file of the model's repository in the engine cache, run in the leader beside the token
-    that may exec into its workers. A bare plugin name is looked up on the image's library
-    path (``libnccl-net-<name>.so``)."""
+    """One NCCL setting."""
 
     name: str = Field(min_length=6, max_length=64, pattern=r"^NCCL_[A-Z0-9_]+$",
                       description="An NCCL_* variable.")

@@ -179,7 +179,7 @@ async def scrape(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonSto
     meta = body.metadata
     samples = await source.kv_samples(meta["namespace"], selector_string(meta["name"], "server"),
                                       CachedKubeApi(memo.api, kwargs))
-    await _record(body, memo, Observed(samples=tuple(samples)))
+    await _record_caught_up(body, memo, Observed(samples=tuple(samples)))
 
 
 async def autoscale(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped,
@@ -221,10 +221,10 @@ async def autoscale(body: kopf.Body, memo: OperatorContext, stopped: kopf.Daemon
     if decision.desired != current or not settled:
         await _reconcile_quietly(body, memo, kwargs, observed, parsed)  # a rollout to make or follow
     else:
-        await _record(body, memo, observed)
+        await _record_caught_up(body, memo, observed)
 
 
-async def _record(body: kopf.Body, memo: OperatorContext, observed: Observed) -> None:
+async def _record_caught_up(body: kopf.Body, memo: OperatorContext, observed: Observed) -> None:
     """:func:`record`, once the timer's view has the last status write."""
     await requeue_of(memo).caught_up(body)
     await record(body, memo, observed)

@@ -76,15 +76,14 @@ async def _reconcile(body: kopf.Body, ctx: OperatorContext, due: Requeue, kwargs
         # the watch (``live_fresh_body``, kopf/_core/reactor/processing.py), and a status
         # computed against the body as it was before the wait would rewrite values the
         # server already holds.
-        started = time.perf_counter()
+        started, raw = time.perf_counter(), _body(body)
         try:
-            raw = await _view(body, ctx, due)
+            raw = await _view(raw, ctx, due)
             if raw["spec"] != handed:
                 parsed = None  # the spec changed while waiting: parse what is there now
             actions, error = await reconcile_service(raw, CachedKubeApi(ctx.api, kwargs), ctx.models,
                                                      now(), ctx.policy, observed, parsed), None
         except Exception as caught:
-            raw = _body(body)
             actions, error = _failed(body, raw["status"], ctx, caught), caught
         finally:
             ctx.telemetry.reconcile_seconds.labels("LLMService").observe(time.perf_counter() - started)
@@ -113,11 +112,10 @@ def _body(body: kopf.Body) -> dict[str, Any]:
     return {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
 
 
-async def _view(body: kopf.Body, ctx: OperatorContext, due: Requeue) -> dict[str, Any]:
-    """The service as this reconcile reads it: the handler's view of it, unless that view
-    may not have the last status write yet (it is not at the version that write made, within
-    a few seconds of it); then the API server's, read by a list of that name."""
-    raw = _body(body)
+async def _view(raw: dict[str, Any], ctx: OperatorContext, due: Requeue) -> dict[str, Any]:
+    """The service as this reconcile reads it: ``raw``, the handler's view of it, unless that
+    view may not have the last status write yet (it is not at the version that write made,
+    within a few seconds of it); then the API server's, read by a list of that name."""
     if due.delivered(raw["metadata"].get("resourceVersion")):
         return raw
     meta = raw["metadata"]
