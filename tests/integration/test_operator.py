@@ -25,6 +25,7 @@ from kiln.api.common import API_VERSION, Reason
 from kiln.autoscale import Decision
 from kiln.decide import Actions, Observed
 from kiln.decide.conditions import get_condition, is_true
+from kiln.controller.cache import CACHED_KINDS, CachedKubeApi, _index_id
 from kiln.controller.context import OperatorContext
 from kiln.controller.execute import write_status
 from kiln.controller.models import ModelResolver
@@ -630,6 +631,30 @@ async def test_what_an_interrupted_reconcile_applied_goes_after_the_next_spec_ch
     await sb.wait_for(lambda: _ready(sb) and _service(sb)["status"].get("observedGeneration") == 3,
                       what="Ready at the new generation")
     assert sb.get("deployments", "mistral-7b-server", NS) is not None
+
+
+async def test_a_leftover_the_watch_cache_has_not_brought_yet_is_read_from_the_api_and_deleted(sandbox):
+    """A NetworkPolicy the inventory names and the spec no longer asks for, reconciled
+    before the watch cache has it (made by one generation, unwanted by the next within the
+    cache's lag): the cache's miss is no answer for an object the service may have made. It
+    is read from the API server and deleted, not dropped from the inventory and left there."""
+    sb = sandbox
+    await sb.start_operator()
+    sb.start_kubelet()
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["spec"]["networkPolicy"] = {"enabled": True}
+    await sb.create(manifest)
+    await sb.wait_for(lambda: _ready(sb) and "NetworkPolicy/mistral-7b-server" in _service(sb)["status"]["children"],
+                      what="Ready with its NetworkPolicy")
+    assert sb.get("networkpolicies", "mistral-7b-server", NS) is not None
+    await sb.stop_operator()
+    await sb.patch_spec(NS, "mistral-7b", {"networkPolicy": {"enabled": False}})
+
+    behind = CachedKubeApi(sb.api, {_index_id(kind.plural): {} for kind in CACHED_KINDS.values()})
+    actions = await reconcile_service(copy.deepcopy(_service(sb)), behind, ModelResolver(allow_download=False), "now")
+    assert sb.get("networkpolicies", "mistral-7b-server", NS) is None
+    assert "NetworkPolicy/mistral-7b-server" not in status_wire(actions.status)["children"]
+    assert "Deployment/mistral-7b-server" in status_wire(actions.status)["children"]
 
 
 async def test_a_child_the_inventory_lacks_at_its_generation_is_recorded_then_applied(sandbox):

@@ -11,9 +11,16 @@ them there and its build publishes nothing new).
 engine a workload still serves while its successor builds is referenced by nothing once the
 service moved on, so the grace period (a day by default) must be longer than any build.
 
+The record is deleted only as the sweep listed it (a resourceVersion precondition): a service
+that takes an engine up again unmarks it first (decide/engine.py), before it uses it, so a
+sweep that listed the services before that service's status landed cannot delete the record
+from under it; and a service that read the record just before the sweep deleted it fails to
+unmark it (404) and retries, building it again. Its build Job and its files go only after the
+record has.
+
 If the platform team opts in (``delete_files``; chart ``engineCache.deleteUnreferencedFiles``),
-the sweep also starts a Job that removes the engine's cache entry (render/purge.py) before it
-deletes the record: a Job that cannot be created leaves the record for the next sweep. The
+the sweep then starts a Job that removes the engine's cache entry (render/purge.py); one the
+API server refuses is logged with the entry's key, and the files stay. The
 entry is named by ``spec.key`` alone, in the cache of the namespace being swept; an engine
 whose key or cache is not what Kiln writes loses its record and keeps its files.
 """
@@ -28,7 +35,7 @@ from ..api import API_VERSION
 from ..errors import SpecInvalid
 from ..render.meta import LABEL_CACHE_NAMESPACE, child_name
 from ..render.purge import purge_job
-from .kube import KubeApi
+from .kube import ApiException, KubeApi
 from .ownership import live_child
 
 __all__ = ["ENGINE_GRACE_SECONDS", "ENGINE_SWEEP_SECONDS", "wanted_engines",
@@ -87,11 +94,23 @@ def _purge(engine: dict[str, Any], namespace: str) -> dict[str, Any] | None:
         return None
 
 
+async def _start_purge(api: KubeApi, purge: dict[str, Any], engine: str) -> None:
+    """Start the purge Job of a deleted record; one the API server refuses leaves the files
+    where they are, said in the log with the entry's key (nothing names them any more)."""
+    try:
+        if await api.create(purge) is None:
+            logger.info(f"LLMEngine {engine}: the Job that removes its cache entry exists already")
+    except ApiException as error:
+        key = purge["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+        logger.error(f"LLMEngine {engine} is deleted but the Job that removes its cache entry "
+                     f"{key} was refused ({error.status} {error.reason}); the files stay in the cache")
+
+
 async def sweep_engines(api: KubeApi, namespace: str, now: str,
                         grace: float = ENGINE_GRACE_SECONDS, delete_files: bool = False) -> list[str]:
     """Mark the namespace's unreferenced engines, unmark referenced ones, delete those
     unreferenced for ``grace`` seconds (and their running build Job, and with
-    ``delete_files`` their cache entry); the names deleted."""
+    ``delete_files`` their cache entry and any build Job); the names deleted."""
     wanted = await wanted_engines(api, namespace)
     engines = await api.list(API_VERSION, "LLMEngine",
                              label_selector=f"{LABEL_CACHE_NAMESPACE}={namespace}")
@@ -104,13 +123,18 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
                 await api.patch_status(engine, {"unreferencedSince": None})
         elif not since:
             await api.patch_status(engine, {"unreferencedSince": now})
-        elif _age(since, now) >= grace:
-            job = await api.get("batch/v1", "Job", child_name(name, "build"), namespace)
-            if job is not None and _running(job):
-                await api.delete(job, background=True)
+        elif _age(since, now) >= grace and await api.delete(engine, unchanged=True):
+            # Only the record as listed: a service that took the engine up again since has
+            # unmarked it (decide/engine.py), a new resourceVersion, and the delete is refused.
+            # The build and the files go only once the record has.
             purge = _purge(engine, namespace) if delete_files else None
+            job = await api.get("batch/v1", "Job", child_name(name, "build"), namespace)
+            # A finished build Job outlives the record (BUILD_TTL_SECONDS, a week): a service
+            # that wants the engine again reads it Complete and takes the engine as built,
+            # true unless its files are being removed.
+            if job is not None and (_running(job) or purge is not None):
+                await api.delete(job, background=True)
             if purge is not None:
-                await api.create(purge)  # None: one exists already, from an earlier sweep
-            await api.delete(engine)
+                await _start_purge(api, purge, name)
             deleted.append(name)
     return deleted

@@ -29,7 +29,7 @@ __all__ = ["execute", "stages", "write_status"]
 async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now: str,
                   generation: int | None) -> Actions:
     """The writes ``actions`` lists: the deletions (a superseded build, the children the spec
-    no longer asks for), the engine record and its build, the children in order, and the
+    no longer asks for), the engine record, its status and its build, the children in order, and the
     previous workload's deletion once the service is Ready on the new one. A child the API
     server refuses for good stalls the service (``before``: the status it had, for one Event
     per transition)."""
@@ -37,13 +37,13 @@ async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now
         await _delete(actions, api, obj)
     if actions.engine_record is not None:
         await api.apply(actions.engine_record)
+    if actions.engine_status is not None and actions.engine is not None:
+        await _patch_engine(actions, api)
     if actions.build_job is not None and await api.create(actions.build_job) is not None:
         # Services that want the same engine reconcile concurrently: only the one whose
         # create succeeded started the build.
         actions.events += actions.started
         await api.patch_status(actions.engine, actions.started_engine_status or {})
-    if actions.engine_status is not None and actions.engine is not None:
-        await api.patch_status(actions.engine, actions.engine_status)
     try:
         await _apply_children(actions, api)
     except SpecInvalid as error:
@@ -52,6 +52,22 @@ async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now
     for obj in retired(actions):  # Ready on the new workload only now, as the apply returned it
         await _delete(actions, api, obj)
     return actions
+
+
+async def _patch_engine(actions: Actions, api: KubeApi) -> None:
+    """The LLMEngine's status, onto the version of the record decided on. A 409: another
+    service that saw the same build end wrote the record first and told of it (its Event,
+    its count), or the record moved on, and the next reconcile reads it again. A 404: the
+    sweep deleted the record this service was about to take up again, and the reconcile
+    fails before anything uses it."""
+    try:
+        await api.patch_status(actions.engine, actions.engine_status or {}, resource_version=actions.engine_version)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        actions.build_seconds = None
+        return
+    actions.events += actions.finished
 
 
 async def _delete(actions: Actions, api: KubeApi, obj: dict[str, Any]) -> None:

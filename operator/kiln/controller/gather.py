@@ -2,7 +2,8 @@
 
 Reads go through the watch-fed caches where there are some (controller/cache.py); a child
 missing there is asked of the API (an object someone else created is not in Kiln's
-label-filtered caches) before anything is written: :func:`confirm_misses`. The children and the engine record are read concurrently (a few at a
+label-filtered caches) before anything is written: :func:`confirm_misses`; a leftover the
+inventory names and the caches miss is asked of the API at once (:func:`_past_the_cache`). The children and the engine record are read concurrently (a few at a
 time, kube.PARALLEL_CALLS): on a real API server each read is a round trip, and one after
 the other they made most of a new service's reconcile. The first refusal, in the order of
 the children, ends the snapshot: ``decide`` stops there too.
@@ -24,7 +25,8 @@ from ..decide.status import parse_status
 from ..errors import SpecInvalid
 from ..api import API_VERSION, ConditionType, LLMServiceStatus, Reason
 from ..render import Rendered, ServiceRef
-from ..render.meta import selector_string
+from ..render.meta import LABEL_COMPONENT, child_name, selector_string
+from ..render.purge import PURGE_COMPONENT
 from ..render import inventory as inventory_of
 from .collect import superseded_build
 from .credentials import read_credentials
@@ -84,7 +86,8 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
         return replace(cluster, children=lives, read_refusal=refusal)
     if isinstance(engine, Exception):
         raise engine
-    cluster = replace(cluster, children=lives, leftovers=_leftovers(stale, reads[len(wanted):]),
+    leftovers = await _past_the_cache(api, stale, reads[len(wanted):])
+    cluster = replace(cluster, children=lives, leftovers=_leftovers(stale, leftovers),
                       unschedulable=await _unschedulable(api, snapshot, rendered, lives))
     try:
         await _launcher_targets(api, rendered, lives, f"{ref.namespace}/{ref.name}")
@@ -163,6 +166,25 @@ def unwanted(inventory: list[str] | None, wanted: list[dict[str, Any]], instance
             stale.append({"apiVersion": API_VERSION_OF[kind], "kind": kind,
                           "metadata": {"name": name, "namespace": namespace}})
     return stale
+
+
+async def _past_the_cache(api: KubeApi, stale: list[dict[str, Any]],
+                          reads: list[dict[str, Any] | None | Exception]) -> list[dict[str, Any] | None | Exception]:
+    """The stale objects' reads, those the watch caches missed read again from the API.
+
+    A miss is no answer for an object the inventory names: one made by the generation
+    before and unwanted by this one within the cache's lag is not there yet, and, read as
+    gone, would drop off the inventory and stay in the cluster. The API's answer decides."""
+    caches = getattr(api, "caches", None)
+    missed = [i for i, (obj, read) in enumerate(zip(stale, reads))
+              if read is None and caches is not None and caches(obj["apiVersion"], obj["kind"])]
+    if not missed:
+        return reads
+    fresh = await concurrently(api.get_fresh(*_address(stale[i])) for i in missed)
+    reads = list(reads)
+    for i, read in zip(missed, fresh):
+        reads[i] = read
+    return reads
 
 
 def _leftovers(stale: list[dict[str, Any]], reads: list[dict[str, Any] | None | Exception]
@@ -250,11 +272,19 @@ async def _launcher_targets(api: KubeApi, rendered: Rendered,
 
 async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered, engine: dict[str, Any] | None) -> Cluster:
     """The LLMEngine record (as read); while it is not Ready, its build Job, and what the pods
-    of a build that failed said (once: the record keeps it)."""
+    of a build that failed said (once: the record keeps it); with no build Job, a running Job
+    that removes the engine's files from the cache."""
     conditions = ((engine or {}).get("status") or {}).get("conditions", [])
     if engine is not None and is_true(conditions, ConditionType.READY.value):
         return replace(cluster, engine=engine)
     job = await live_child(api, rendered.build_job)
+    if job is None:
+        purge = await live_child(api, {**rendered.build_job, "metadata": {
+            "name": child_name(rendered.engine["metadata"]["name"], "purge"),
+            "namespace": rendered.build_job["metadata"]["namespace"]}})
+        if purge is not None and job_state(purge) == "Running" and \
+                (purge["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == PURGE_COMPONENT:
+            return replace(cluster, engine=engine, purging=str(purge["metadata"]["name"]))
     failure, unplaced = "", None
     recorded = get_condition(conditions, ConditionType.READY.value) or {}
     meta = rendered.build_job["metadata"]

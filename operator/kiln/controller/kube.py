@@ -243,9 +243,12 @@ class KubeApi:
                 return None
             raise
 
-    async def delete(self, obj: dict[str, Any], *, background: bool = False) -> None:
-        """Delete ``obj`` (gone already is fine), the very object read if it has a UID.
-        ``background``: its dependents too, at once.
+    async def delete(self, obj: dict[str, Any], *, background: bool = False,
+                     unchanged: bool = False) -> bool:
+        """Delete ``obj`` (gone already is fine), the very object read if it has a UID;
+        whether this call deleted it. ``background``: its dependents too, at once.
+        ``unchanged``: only if it is still at the resourceVersion read (a precondition, as the
+        UID: k8s.io/apiserver, pkg/storage/interfaces.go, ``Preconditions.Check``).
         A batch/v1 Job deleted without a propagation policy orphans its pods, which would go
         on using the GPUs (kubernetes/kubernetes, pkg/registry/batch/job/strategy.go:
         ``DefaultGarbageCollectionPolicy`` is OrphanDependents for batch/v1)."""
@@ -253,14 +256,19 @@ class KubeApi:
         query = [("propagationPolicy", "Background")] if background else []
         # Only the object that was read: one deleted and made again under its name since
         # (by someone else) is refused by the API server, 409, and left alone.
+        preconditions = {"uid": meta["uid"]} if meta.get("uid") else {}
+        if unchanged:
+            preconditions["resourceVersion"] = meta["resourceVersion"]
         body = {"apiVersion": "v1", "kind": "DeleteOptions",
-                "preconditions": {"uid": meta["uid"]}} if meta.get("uid") else None
+                "preconditions": preconditions} if preconditions else None
         try:
             await self._call("DELETE", kind_of(obj).path(meta.get("namespace"), meta["name"]),
                              body, query=query)
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
+            return False
+        return True
 
     async def patch_status(self, obj: dict[str, Any], status: dict[str, Any], *,
                            resource_version: str | None = None) -> dict[str, Any]:

@@ -90,20 +90,28 @@ def engine_ready(snapshot: Snapshot, actions: Actions, rendered: Rendered, crede
         raise conflict(wanted, owner, f"holds another engine (key {str((live.get('spec') or {}).get('key'))[:16]}..., "
                        f"not {wanted['spec']['key'][:16]}...)")
     check_engine_credentials(live, credentials, snapshot.policy, name)
+    if live is not wanted:
+        _take_up(live, actions)
     conditions = (live.get("status") or {}).get("conditions", [])
     if is_true(conditions, ConditionType.READY.value):
         if new_key:
             actions.events.append(("Normal", EventReason.ENGINE_REUSED,
                                    f"engine {name} is already built; no build needed"))
         return True
+    if snapshot.cluster.job is None and snapshot.cluster.purging is not None:
+        namespace = rendered.build_job["metadata"]["namespace"]
+        set_condition(actions.status, ConditionType.ENGINE_READY, False, Reason.ENGINE_BUILDING.value,
+                      f"Job {namespace}/{snapshot.cluster.purging} is removing engine {name}'s earlier files "
+                      "from the cache; its build starts once that Job is done", snapshot.now, snapshot.generation)
+        return False
     job = _job(snapshot, actions, rendered, conditions, owner)
     state = job_state(job)
     if state == "Complete":
-        actions.engine_status = {"storageUri": storage_uri(live),
+        actions.engine_status = {**(actions.engine_status or {}), "storageUri": storage_uri(live),
                                  "buildJob": job["metadata"]["name"], "conditions": set_dict_condition(
                                      conditions, ConditionType.READY.value, True, Reason.ENGINE_BUILT.value,
                                      f"built by Job {job['metadata']['name']}", snapshot.now)}
-        actions.events.append(("Normal", EventReason.BUILD_SUCCEEDED, f"engine {name} is ready"))
+        actions.finished = [("Normal", EventReason.BUILD_SUCCEEDED, f"engine {name} is ready")]
         actions.build_seconds = _job_seconds(job)
         return True
     if state == "Failed":
@@ -112,6 +120,16 @@ def engine_ready(snapshot: Snapshot, actions: Actions, rendered: Rendered, crede
     set_condition(actions.status, ConditionType.ENGINE_READY, False, Reason.ENGINE_BUILDING.value,
                   f"Job {namespace}/{job_name} is building engine {name}", snapshot.now, snapshot.generation)
     return False
+
+
+def _take_up(live: dict[str, Any], actions: Actions) -> None:
+    """The statuses written onto a record that exists are written onto it as read, or not at
+    all: only one of the services that saw a build end tells of it, and the sweep
+    (controller/collect.py) deletes only the record it listed, so a record this service takes
+    up again is unmarked before anything uses it, or this write fails on the deleted one."""
+    actions.engine_version = live.get("metadata", {}).get("resourceVersion")
+    if (live.get("status") or {}).get("unreferencedSince"):
+        actions.engine_status = {"unreferencedSince": None}
 
 
 def _job(snapshot: Snapshot, actions: Actions, rendered: Rendered, conditions: list[dict[str, Any]],
@@ -144,9 +162,9 @@ def _failed(snapshot: Snapshot, actions: Actions, rendered: Rendered, conditions
         message = (f"engine build Job {job['namespace']}/{job['name']} failed{snapshot.cluster.build_failure}. "
                    f"See `kubectl logs job/{job['name']} -n {job['namespace']}`, fix the cause and delete "
                    "the Job to retry")
-        actions.engine_status = {"conditions": set_dict_condition(
+        actions.engine_status = {**(actions.engine_status or {}), "conditions": set_dict_condition(
             conditions, ConditionType.READY.value, False, Reason.ENGINE_BUILD_FAILED.value, message, snapshot.now)}
-        actions.events.append(("Warning", EventReason.BUILD_FAILED, message))
+        actions.finished = [("Warning", EventReason.BUILD_FAILED, message)]
     if serving_old:
         message += "; the previous engine keeps serving"
     set_condition(actions.status, ConditionType.ENGINE_READY, False, Reason.ENGINE_BUILD_FAILED.value,

@@ -76,6 +76,9 @@ class Cluster:
     # read while the workload has fewer ready replicas than the rollout wants.
     unschedulable: tuple[str, str] | None = None
     build_unschedulable: tuple[str, str] | None = None  # the same, of the build Job's pod
+    # A running Job that removes the engine's cache entry (the sweep's, controller/collect.py):
+    # a build started now would find the files there and be told it was done.
+    purging: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class Actions:
     started: list[Event] = field(default_factory=list)
     started_engine_status: dict[str, Any] | None = None
     engine_status: dict[str, Any] | None = None  # a merge patch of the LLMEngine's status
+    engine_version: str | None = None  # the record's resourceVersion, as read: engine_status's precondition
+    finished: list[Event] = field(default_factory=list)  # the build's end, told only if engine_status is written
     apply: list[dict[str, Any]] = field(default_factory=list)  # server-side apply, in order
     workload: dict[str, Any] | None = None  # which of them is the workload
     workload_generation: int | None = None  # the live workload's metadata.generation, as decided on

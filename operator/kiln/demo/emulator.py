@@ -323,13 +323,15 @@ class KilnEmulator(KubernetesEmulator):
         if request.action == action.DELETE:
             if not exists:
                 raise KubernetesObjectNotFoundError()
-            # DeleteOptions.preconditions.uid, as the API server checks it: a 409 Conflict
+            # DeleteOptions.preconditions (uid, resourceVersion), as the API server checks them: a 409 Conflict
             # (kubernetes/kubernetes, staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go,
             # ``checkPreconditions``: "Precondition failed: UID in precondition").
-            uid = ((body or {}).get("preconditions") or {}).get("uid")
-            if uid and uid != self._objects[key].raw.get("metadata", {}).get("uid"):
-                raise KubernetesError(status=409, reason="Conflict",
-                                      message=f"Precondition failed: UID in precondition: {uid}")
+            preconditions = (body or {}).get("preconditions") or {}
+            held = self._objects[key].raw.get("metadata", {})
+            for field, name in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+                if preconditions.get(field) and preconditions[field] != held.get(field):
+                    raise KubernetesError(status=409, reason="Conflict",
+                                          message=f"Precondition failed: {name} in precondition: {preconditions[field]}")
             await self._delete(key)
             return
         content_type = request.headers.get("Content-Type", "")
