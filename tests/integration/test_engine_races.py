@@ -13,7 +13,6 @@ import datetime
 import pytest
 import yaml
 
-from kiln.api.common import API_VERSION
 from kiln.controller.collect import sweep_engines
 from kiln.controller.execute import execute
 from kiln.controller.gather import gather
