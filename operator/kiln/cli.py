@@ -40,7 +40,7 @@ EXIT_CODES = {
             "catalog: pass --model-config)",
     "render": "0, 2 bad input or does not fit",
     "simulate": "0, 2 bad input",
-    "run": "0 stopped, 2 no cluster configured",
+    "run": "0 stopped, 2 no cluster configured, 4 lost the Lease (--leader-election-namespace)",
     "demo": "0 every service Ready and the autoscaler scaled up and back down, 1 otherwise, 2 bad input",
 }
 
@@ -286,9 +286,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if slots < 1:
         print("error: --max-concurrent-reconciles must be at least 1", file=sys.stderr)
         return 2
+    # The operator's own messages from INFO (the Lease, the sweep), everyone else's from WARNING.
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)-28.28s [%(levelname)-7s] %(message)s")
+    logging.getLogger("kiln").setLevel(logging.INFO)
     asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port,
                                        policy=run_policy(args),
-                                       max_concurrent_reconciles=slots))
+                                       max_concurrent_reconciles=slots,
+                                       lease_namespace=args.leader_election_namespace))
     return 0
 
 
@@ -376,6 +380,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--delete-unreferenced-engine-files", action="store_true",
                      help="when an unreferenced LLMEngine is deleted, remove its cache entry too "
                           "(a Job in the cache's namespace)")
+    run.add_argument("--leader-election-namespace", metavar="NAMESPACE",
+                     help="act only while holding the Lease kiln-operator in this namespace (the "
+                          "chart sets it to the release's namespace; a second operator waits)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
     demo.add_argument("--examples", help="directory of manifests to apply (default: the bundled examples)")

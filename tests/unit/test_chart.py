@@ -87,24 +87,44 @@ def test_cluster_wide_mode_grants_through_one_cluster_role():
     objects = render()
     [role] = of_kind(objects, "ClusterRole")
     assert {r for rule in role["rules"] for r in rule["resources"]} >= {"llmservices", "llmengines", "jobs"}
-    assert of_kind(objects, "Role") == []
+    assert [r["metadata"]["name"] for r in of_kind(objects, "Role")] == ["kiln-lease"]
     [deployment] = of_kind(objects, "Deployment")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == \
-        ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2"]
+        ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2", "--leader-election-namespace=kiln-system"]
+
+
+def test_the_operator_may_hold_its_lease_and_no_other():
+    """The Lease Role: in the release's namespace, create (which RBAC cannot limit by name),
+    and get and patch of the Lease kiln-operator only (controller/lease.py writes by merge
+    patch); bound to the operator's ServiceAccount, whose pod name is the holder's identity."""
+    objects = render(NAMESPACED)
+    [role] = [r for r in of_kind(objects, "Role") if r["metadata"]["name"] == "kiln-lease"]
+    assert role["metadata"]["namespace"] == "kiln-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kiln-operator"],
+         "verbs": ["get", "patch"]}]
+    [binding] = [b for b in of_kind(objects, "RoleBinding") if b["metadata"]["name"] == "kiln-lease"]
+    assert binding["roleRef"]["name"] == "kiln-lease"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kiln", "namespace": "kiln-system"}]
+    [deployment] = of_kind(objects, "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
 
 
 def test_namespaced_mode_grants_namespaced_rights_only_in_the_watched_namespaces():
     objects = render(NAMESPACED)
-    roles = of_kind(objects, "Role")
+    roles = [r for r in of_kind(objects, "Role") if r["metadata"]["name"] != "kiln-lease"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["llm", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in of_kind(objects, "RoleBinding")) == ["llm", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in of_kind(objects, "RoleBinding")
+                  if b["metadata"]["name"] != "kiln-lease") == ["llm", "team-b"]
     [cluster_role] = of_kind(objects, "ClusterRole")
     cluster_resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
     assert cluster_resources == {"llmengines", "llmengines/status", "customresourcedefinitions"}
     [deployment] = of_kind(objects, "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2", "--namespace=llm",
-                    "--namespace=team-b"]
+    assert args == ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2",
+                    "--leader-election-namespace=kiln-system", "--namespace=llm", "--namespace=team-b"]
 
 
 def test_the_operator_pod_meets_the_restricted_pod_security_standard():

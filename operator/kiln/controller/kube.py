@@ -93,6 +93,7 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("v1", "ConfigMap", "configmaps", True),
     Kind("inference.networking.k8s.io/v1", "InferencePool", "inferencepools", True),
     Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes", True),
+    Kind("coordination.k8s.io/v1", "Lease", "leases", True),
 )}
 
 
@@ -269,6 +270,15 @@ class KubeApi:
                 raise
             return False
         return True
+
+    async def patch(self, obj: dict[str, Any], patch: dict[str, Any], *,
+                    resource_version: str | None = None) -> dict[str, Any]:
+        """A merge patch of ``obj``; ``resource_version``: only onto that version (409 else)."""
+        meta = obj["metadata"]
+        if resource_version is not None:
+            patch = {**patch, "metadata": {**(patch.get("metadata") or {}), "resourceVersion": resource_version}}
+        return await self._call("PATCH", kind_of(obj).path(meta.get("namespace"), meta["name"]),
+                                body=patch, content_type="application/merge-patch+json")
 
     async def patch_status(self, obj: dict[str, Any], status: dict[str, Any], *,
                            resource_version: str | None = None) -> dict[str, Any]:

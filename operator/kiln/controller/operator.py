@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,14 +15,18 @@ import kopf
 from .context import MAX_CONCURRENT_RECONCILES, OperatorContext
 from .handlers import build_registry
 from .kube import KubeApi
+from .lease import LeaderLease
 from .metrics import PodMetrics
 from ..decide.policy import Policy
 from .telemetry import METRICS_PORT
 
-__all__ = ["run_operator", "run_against_kubeconfig", "settle_garbage_collector", "LIVENESS_ENDPOINT"]
+__all__ = ["run_operator", "run_against_kubeconfig", "settle_garbage_collector", "LIVENESS_ENDPOINT",
+           "LEASE_LOST_EXIT"]
 
 # Where the operator's pod is probed (charts/kiln/templates/deployment.yaml).
 LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
+# `kiln run`'s exit code when it lost the Lease (its pod restarts and waits for it again).
+LEASE_LOST_EXIT = 4
 
 # Allocations (less deallocations) between young collections; CPython's default is 700. A
 # reconcile's request and response bodies are garbage within a few hundred milliseconds, but
@@ -90,16 +96,42 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
                                  stop_flag: asyncio.Event | threading.Event | None = None,
                                  metrics_port: int | None = METRICS_PORT,
                                  policy: Policy | None = None,
-                                 max_concurrent_reconciles: int = MAX_CONCURRENT_RECONCILES) -> None:
-    """The operator as it runs in its pod: health on :8080/healthz, metrics on ``metrics_port``."""
+                                 max_concurrent_reconciles: int = MAX_CONCURRENT_RECONCILES,
+                                 lease_namespace: str | None = None) -> None:
+    """The operator as it runs in its pod: health on :8080/healthz, metrics on ``metrics_port``.
+    ``lease_namespace``: first take the Lease there (controller/lease.py) and act only while
+    holding it; identity ``$POD_NAME`` (the chart's downward API) or a random one."""
     settle_garbage_collector()  # the process is the operator's alone (not a test's or the demo's)
     api = await KubeApi.from_kubeconfig()
-    ctx = OperatorContext(api=api, policy=policy or Policy(),
-                          reconcile_slots=asyncio.Semaphore(max_concurrent_reconciles))
-    if metrics_port:
-        ctx.telemetry.serve(metrics_port)
+    lease = LeaderLease(api, lease_namespace, identity=os.environ.get("POD_NAME")) if lease_namespace else None
+    leading = None
     try:
+        if lease is not None:
+            await lease.acquire()
+            leading = asyncio.ensure_future(_exit_when_lost(lease))
+        ctx = OperatorContext(api=api, policy=policy or Policy(),
+                              reconcile_slots=asyncio.Semaphore(max_concurrent_reconciles))
+        if metrics_port:
+            ctx.telemetry.serve(metrics_port)
         await run_operator(ctx, stop_flag or asyncio.Event(), namespaces,
                            liveness_endpoint=LIVENESS_ENDPOINT)
     finally:
+        if leading is not None:
+            leading.cancel()
+        if lease is not None:
+            await lease.release()
         await api.close()
+
+
+async def _exit_when_lost(lease: LeaderLease) -> None:
+    """Once the Lease is lost, stop at once, as controller-runtime's manager does: another
+    operator may take it over ``lease.duration`` after the last renewal, and a graceful stop
+    would let the reconciles in flight write past that."""
+    try:
+        await lease.hold()
+    except asyncio.CancelledError:  # the operator stopped: it releases the Lease
+        raise
+    except BaseException:  # noqa: BLE001 - whatever ended the renewals, the Lease is not held
+        logging.getLogger(__name__).exception("the Lease's renewals stopped")
+    logging.shutdown()
+    os._exit(LEASE_LOST_EXIT)
