@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from kiln.controller.kube import ApiException
+from kiln.errors import KilnError
 from kiln.controller.lease import LEASE_DURATION, RENEW_DEADLINE, LeaderLease
 from kiln.controller.operator import LEASE_LOST_EXIT
 
@@ -104,6 +105,11 @@ async def test_the_charts_service_account_may_take_keep_and_release_its_lease_an
         with pytest.raises(ApiException) as refused:
             await api.get("coordination.k8s.io/v1", "Lease", "another", "kiln-system")
         assert refused.value.status == 403
+        # Elsewhere than the release's namespace: one message, naming the namespace and the grant.
+        with pytest.raises(KilnError) as elsewhere:
+            await LeaderLease(api, "default", **FAST).acquire()
+        assert "may not take the Lease default/kiln-operator" in elsewhere.value.message
+        assert "in namespace default" in elsewhere.value.message
     finally:
         await api.close()
         await admin.close()

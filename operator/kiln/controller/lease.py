@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import KilnError
 from .kube import ApiException, KubeApi
 
 __all__ = ["LeaderLease", "LEASE_NAME", "LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD"]
@@ -72,15 +73,28 @@ class LeaderLease:
         self._held: dict[str, Any] | None = None  # the Lease as this holder last wrote it
 
     async def acquire(self) -> None:
-        """Wait until this process holds the Lease."""
+        """Wait until this process holds the Lease. A refusal (403) is a KilnError naming the
+        namespace and the grant it needs; any other failure is tried again."""
         waiting_for = None
-        while not await self._try():
+        while not await self._try_or_refuse():
             holder = (self._observed or (None,))[0]
             if holder != waiting_for:
                 logger.info(f"waiting for the Lease {self.namespace}/{self.name}, held by {holder}")
                 waiting_for = holder
             await asyncio.sleep(self.retry_period)
         logger.info(f"{self.identity} holds the Lease {self.namespace}/{self.name}")
+
+    async def _try_or_refuse(self) -> bool:
+        try:
+            return await self._try()
+        except ApiException as error:
+            if error.status == 403:
+                raise KilnError(
+                    f"--leader-election-namespace: the operator may not take the Lease "
+                    f"{self.namespace}/{self.name}: grant it create on leases, and get and patch of the "
+                    f"Lease {self.name}, in namespace {self.namespace} (the chart's Role <release>-lease)") from None
+            logger.warning(f"taking the Lease {self.namespace}/{self.name}: {error.status} {error.reason}")
+            return False
 
     async def hold(self) -> None:
         """Renew the Lease every ``retry_period``; return once it is lost (not renewed within
