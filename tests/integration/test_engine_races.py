@@ -192,3 +192,28 @@ async def test_a_record_changed_since_it_was_read_is_not_deleted(make_sandbox):
         assert sb.get("configmaps", "read", NS) is not None
         assert await sb.api.delete(sb.get("configmaps", "read", NS), unchanged=True) is True
         assert sb.get("configmaps", "read", NS) is None
+
+
+async def test_the_files_another_record_names_are_not_purged_with_an_unreferenced_record(make_sandbox):
+    """Two records of one key: as after the upgrade that lengthened LLMEngine names, when every
+    service made its engine's record under the new name and its build found the entry already
+    in the cache. The old record, unreferenced for longer than the grace period, is deleted;
+    the entry is the new record's too, and no purge Job is started for it."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(_named(sb, "a"))
+        await sb.wait_for(lambda: is_true(((sb.get("llmservices", "a", NS) or {}).get("status") or {})
+                                          .get("conditions") or [], "Ready"), what="a Ready")
+        await sb.stop_operator()
+        current = sb.get("llmengines", _engine_of(sb, "a"))
+        old_name = current["metadata"]["name"][:-10]  # the shorter name of before
+        old = await sb.api.apply({"apiVersion": current["apiVersion"], "kind": "LLMEngine", "metadata": {
+            "name": old_name, "labels": current["metadata"]["labels"]}, "spec": current["spec"]})
+        await sb.api.patch_status(old, {"unreferencedSince": LONG_AGO})
+
+        swept = await sweep_engines(sb.api, sb.ns(NS), _now(), grace=0.0, delete_files=True)
+        assert swept == [old_name]
+        assert [j for j in sb.objects("jobs") if j["metadata"]["name"].endswith("-purge")] == []
+        assert sb.get("llmengines", current["metadata"]["name"]) is not None

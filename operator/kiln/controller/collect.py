@@ -22,7 +22,8 @@ If the platform team opts in (``delete_files``; chart ``engineCache.deleteUnrefe
 the sweep then starts a Job that removes the engine's cache entry (render/purge.py); one the
 API server refuses is logged with the entry's key, and the files stay. The
 entry is named by ``spec.key`` alone, in the cache of the namespace being swept; an engine
-whose key or cache is not what Kiln writes loses its record and keeps its files.
+whose key or cache is not what Kiln writes loses its record and keeps its files, and so does one
+whose key another record of the namespace has (the entry is that one's too).
 """
 
 from __future__ import annotations
@@ -94,6 +95,27 @@ def _purge(engine: dict[str, Any], namespace: str) -> dict[str, Any] | None:
         return None
 
 
+def _key_holders(engines: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """The names of the records of each key: one entry of the cache can be several records'
+    (names carried a shorter digest of the key before; a service made its record under the
+    new name and its build found the entry there)."""
+    holders: dict[str, set[str]] = {}
+    for engine in engines:
+        key = (engine.get("spec") or {}).get("key") if isinstance(engine.get("spec"), dict) else None
+        holders.setdefault(str(key), set()).add(str(engine["metadata"]["name"]))
+    return holders
+
+
+def _alone(engine: dict[str, Any], holders: dict[str, set[str]]) -> bool:
+    """Whether no other record names ``engine``'s cache entry (else its files stay)."""
+    key = (engine.get("spec") or {}).get("key") if isinstance(engine.get("spec"), dict) else None
+    others = holders.get(str(key), set()) - {engine["metadata"]["name"]}
+    if others:
+        logger.info(f"LLMEngine {engine['metadata']['name']}: its cache entry is also LLMEngine "
+                    f"{sorted(others)[0]}'s; the files stay")
+    return not others
+
+
 async def _start_purge(api: KubeApi, purge: dict[str, Any], engine: str) -> None:
     """Start the purge Job of a deleted record; one the API server refuses leaves the files
     where they are, said in the log with the entry's key (nothing names them any more)."""
@@ -115,6 +137,7 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
     engines = await api.list(API_VERSION, "LLMEngine",
                              label_selector=f"{LABEL_CACHE_NAMESPACE}={namespace}")
     deleted = []
+    holders = _key_holders(engines)
     for engine in engines:
         name = engine["metadata"]["name"]
         since = (engine.get("status") or {}).get("unreferencedSince")
@@ -127,7 +150,7 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
             # Only the record as listed: a service that took the engine up again since has
             # unmarked it (decide/engine.py), a new resourceVersion, and the delete is refused.
             # The build and the files go only once the record has.
-            purge = _purge(engine, namespace) if delete_files else None
+            purge = _purge(engine, namespace) if delete_files and _alone(engine, holders) else None
             job = await api.get("batch/v1", "Job", child_name(name, "build"), namespace)
             # A finished build Job outlives the record (BUILD_TTL_SECONDS, a week): a service
             # that wants the engine again reads it Complete and takes the engine as built,
