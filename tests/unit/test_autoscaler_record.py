@@ -151,3 +151,22 @@ def test_the_record_rides_in_the_status_schema():
     status = AutoscalingStatus(last_decision="x", decision_time="2027-01-15T08:00:00Z",
                                record=snapshot(Recommendations(demand=[(0.0, 1.0)], since=0.0), 15.0, WALL))
     assert status.wire()["record"]["demand"] == "15:1"
+
+
+def test_a_newer_operator_s_status_keeps_what_this_one_knows():
+    """After a rollback with the newer CRD left installed: a key this operator does not know,
+    nested in the autoscaler's record, is skipped, and the inventory, the engine and the
+    generation the status covers are kept (before, one unknown key cost all but the
+    conditions and desiredReplicas, at every read: a merge patch never removes it)."""
+    record = {"savedAt": "2027-01-15T08:00:00Z", "startedAt": "2027-01-15T07:00:00Z", "demand": "15:1",
+              "futureTerm": 0.5}
+    status = parse_status({"desiredReplicas": 3, "observedGeneration": 7, "children": ["Deployment/a-server"],
+                           "engine": {"name": "e", "key": "k" * 64, "storageUri": "pvc://llm/cache/" + "k" * 64,
+                                      "futureField": "x"},
+                           "somethingNew": {"a": 1},
+                           "autoscaling": {"lastDecision": "x", "decisionTime": "2027-01-15T08:00:00Z",
+                                           "record": record}})
+    assert status.observed_generation == 7 and status.children == ["Deployment/a-server"]
+    assert status.engine is not None and status.engine.name == "e"
+    assert status.autoscaling is not None and status.autoscaling.record.demand == "15:1"
+    assert status.desired_replicas == 3

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,14 +26,42 @@ _FIELDS = {field.alias or name: name for name, field in LLMServiceStatus.model_f
 
 def parse_status(raw: Mapping[str, Any] | None) -> LLMServiceStatus:
     """The status the API server holds, typed; what is not Kiln's, or no longer parses, is
-    left out (the reconcile writes it afresh)."""
+    left out (the reconcile writes it afresh).
+
+    A key this operator does not know, at any depth, is skipped, not the field that holds it:
+    a newer operator's status (a rollback, with the newer CRD still installed) keeps its
+    inventory, engine and generation, and, as a merge patch never removes a key it does not
+    name, the unknown one would otherwise cost the same fields at every read. A field whose
+    value does not parse is left out alone."""
     known = {key: value for key, value in (raw or {}).items() if key in _FIELDS}
     try:
         return LLMServiceStatus.model_validate(known)
+    except ValidationError as error:
+        known = _without_unknown_keys(known, error)
+    try:
+        return LLMServiceStatus.model_validate(known)
     except ValidationError:
-        return LLMServiceStatus.model_validate(
-            {key: value for key, value in known.items() if key in ("conditions", "desiredReplicas")
-             and _valid(key, value)})
+        return LLMServiceStatus.model_validate({key: value for key, value in known.items() if _valid(key, value)})
+
+
+def _without_unknown_keys(status: dict[str, Any], error: ValidationError) -> dict[str, Any]:
+    """``status`` without the keys ``error`` says the models do not have (a copy)."""
+    status = copy.deepcopy(status)
+    for detail in error.errors(include_url=False):
+        if detail["type"] != "extra_forbidden" or not detail["loc"]:
+            continue
+        *path, last = detail["loc"]
+        node: Any = status
+        for step in path:
+            if isinstance(node, dict):
+                node = node.get(step)
+            elif isinstance(node, list) and isinstance(step, int) and step < len(node):
+                node = node[step]
+            else:
+                node = None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return status
 
 
 def _valid(key: str, value: Any) -> bool:
