@@ -40,7 +40,8 @@ EXIT_CODES = {
             "catalog: pass --model-config)",
     "render": "0, 2 bad input or does not fit",
     "simulate": "0, 2 bad input",
-    "run": "0 stopped, 2 no cluster configured, 4 lost the Lease (--leader-election-namespace)",
+    "run": "0 stopped, 2 no cluster configured or the Lease refused (403), 4 lost the Lease "
+           "(--leader-election-namespace)",
     "demo": "0 every service Ready and the autoscaler scaled up and back down, 1 otherwise, 2 bad input",
 }
 
