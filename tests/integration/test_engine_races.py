@@ -84,18 +84,24 @@ async def test_a_build_two_services_saw_end_is_told_by_one_of_them(make_sandbox)
         assert sb.get("deployments", "b-server", NS) is not None
 
 
-async def _an_engine_nobody_references_since_long_ago(sb):
-    """Service "a" Ready on its engine, then deleted; its engine's record and finished build
-    Job kept, the record marked
-    unreferenced long ago. The record, and service "b" created for the same engine with the
-    operator stopped (no status yet: a sweep now finds no service that references it)."""
+async def _a_ready(sb):
+    """Service "a" made Ready on its engine (the operator and the kubelet running); the
+    engine's name."""
     sb.add_namespace(NS)
     await sb.start_operator()
     sb.start_kubelet()
     await sb.create(_named(sb, "a"))
     await sb.wait_for(lambda: is_true(((sb.get("llmservices", "a", NS) or {}).get("status") or {})
                                       .get("conditions") or [], "Ready"), what="a Ready")
-    name = _engine_of(sb, "a")
+    return _engine_of(sb, "a")
+
+
+async def _an_engine_nobody_references_since_long_ago(sb):
+    """Service "a" Ready on its engine, then deleted; its engine's record and finished build
+    Job kept, the record marked unreferenced long ago. The record, and service "b" created
+    for the same engine with the operator stopped (no status yet: a sweep now finds no
+    service that references it)."""
+    name = await _a_ready(sb)
     # Its finished build Job stays (a week, its TTL), as when a service moves to another
     # engine rather than going: here it is let go of before a is deleted.
     await sb.api.request("PATCH", KINDS[("batch/v1", "Job")].path(sb.ns(NS), name + "-build"),
@@ -200,14 +206,8 @@ async def test_the_files_another_record_names_are_not_purged_with_an_unreference
     in the cache. The old record, unreferenced for longer than the grace period, is deleted;
     the entry is the new record's too, and no purge Job is started for it."""
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
-        sb.add_namespace(NS)
-        await sb.start_operator()
-        sb.start_kubelet()
-        await sb.create(_named(sb, "a"))
-        await sb.wait_for(lambda: is_true(((sb.get("llmservices", "a", NS) or {}).get("status") or {})
-                                          .get("conditions") or [], "Ready"), what="a Ready")
+        current = sb.get("llmengines", await _a_ready(sb))
         await sb.stop_operator()
-        current = sb.get("llmengines", _engine_of(sb, "a"))
         old_name = current["metadata"]["name"][:-10]  # the shorter name of before
         old = await sb.api.apply({"apiVersion": current["apiVersion"], "kind": "LLMEngine", "metadata": {
             "name": old_name, "labels": current["metadata"]["labels"]}, "spec": current["spec"]})
