@@ -110,6 +110,9 @@ async def test_the_charts_service_account_may_take_keep_and_release_its_lease_an
             await LeaderLease(api, "default", **FAST).acquire()
         assert "may not take the Lease default/kiln-operator" in elsewhere.value.message
         assert "in namespace default" in elsewhere.value.message
+        with pytest.raises(KilnError) as nowhere:
+            await LeaderLease(admin, "no-such-namespace", **FAST).acquire()
+        assert nowhere.value.message == "--leader-election-namespace: namespace no-such-namespace does not exist"
     finally:
         await api.close()
         await admin.close()

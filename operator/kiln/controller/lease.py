@@ -73,8 +73,9 @@ class LeaderLease:
         self._held: dict[str, Any] | None = None  # the Lease as this holder last wrote it
 
     async def acquire(self) -> None:
-        """Wait until this process holds the Lease. A refusal (403) is a KilnError naming the
-        namespace and the grant it needs; any other failure is tried again."""
+        """Wait until this process holds the Lease. A refusal (403) or a namespace that does
+        not exist is a KilnError naming it (and the grant it needs); any other failure is
+        tried again."""
         waiting_for = None
         while not await self._try_or_refuse():
             holder = (self._observed or (None,))[0]
@@ -93,6 +94,8 @@ class LeaderLease:
                     f"--leader-election-namespace: the operator may not take the Lease "
                     f"{self.namespace}/{self.name}: grant it create on leases, and get and patch of the "
                     f"Lease {self.name}, in namespace {self.namespace} (the chart's Role <release>-lease)") from None
+            if error.status == 404:  # the create's answer: a get's 404 is no Lease yet
+                raise KilnError(f"--leader-election-namespace: namespace {self.namespace} does not exist") from None
             logger.warning(f"taking the Lease {self.namespace}/{self.name}: {error.status} {error.reason}")
             return False
 
