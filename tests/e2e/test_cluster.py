@@ -260,6 +260,14 @@ def test_the_chart_installs_the_crds_and_the_operators_rbac(chart):
         assert kubectl("auth", "can-i", verb, resource, "--as", account, "-A").stdout.strip() == "yes"
     # A Secret only by the name the chart grants (modelCredentials.secretNames).
     assert kubectl("auth", "can-i", "list", "secrets", "--as", account, "-A", check=False).stdout.strip() == "no"
+    # The operator's Lease, by name, in the release's namespace only.
+    for verb in ("get", "patch"):
+        assert kubectl("auth", "can-i", verb, "leases.coordination.k8s.io/kiln-operator", "--as", account,
+                       "-n", OPERATOR_NAMESPACE).stdout.strip() == "yes"
+    assert kubectl("auth", "can-i", "patch", "leases.coordination.k8s.io/kube-scheduler", "--as", account,
+                   "-n", OPERATOR_NAMESPACE, check=False).stdout.strip() == "no"
+    assert kubectl("auth", "can-i", "create", "leases.coordination.k8s.io", "--as", account,
+                   "-n", "default", check=False).stdout.strip() == "no"
 
 
 def test_admission_rejects_what_the_crd_rules_forbid(namespace):
