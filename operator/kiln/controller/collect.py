@@ -101,15 +101,18 @@ def _key_holders(engines: list[dict[str, Any]]) -> dict[str, set[str]]:
     new name and its build found the entry there)."""
     holders: dict[str, set[str]] = {}
     for engine in engines:
-        key = (engine.get("spec") or {}).get("key") if isinstance(engine.get("spec"), dict) else None
-        holders.setdefault(str(key), set()).add(str(engine["metadata"]["name"]))
+        holders.setdefault(_key(engine), set()).add(str(engine["metadata"]["name"]))
     return holders
+
+
+def _key(engine: dict[str, Any]) -> str:
+    spec = engine.get("spec")
+    return str(spec.get("key")) if isinstance(spec, dict) else "None"
 
 
 def _alone(engine: dict[str, Any], holders: dict[str, set[str]]) -> bool:
     """Whether no other record names ``engine``'s cache entry (else its files stay)."""
-    key = (engine.get("spec") or {}).get("key") if isinstance(engine.get("spec"), dict) else None
-    others = holders.get(str(key), set()) - {engine["metadata"]["name"]}
+    others = holders.get(_key(engine), set()) - {engine["metadata"]["name"]}
     if others:
         logger.info(f"LLMEngine {engine['metadata']['name']}: its cache entry is also LLMEngine "
                     f"{sorted(others)[0]}'s; the files stay")

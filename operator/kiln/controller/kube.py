@@ -272,25 +272,18 @@ class KubeApi:
         return True
 
     async def patch(self, obj: dict[str, Any], patch: dict[str, Any], *,
-                    resource_version: str | None = None) -> dict[str, Any]:
-        """A merge patch of ``obj``; ``resource_version``: only onto that version (409 else)."""
+                    resource_version: str | None = None, subresource: str | None = None) -> dict[str, Any]:
+        """A merge patch of ``obj`` (or of its ``subresource``). ``resource_version``: only onto
+        that version of the object, else 409 Conflict (a resourceVersion in the patched object
+        is a precondition: k8s.io/apiserver, pkg/registry/generic/registry/store.go, ``Update``,
+        "the object has been modified; please apply your changes to the latest version")."""
         meta = obj["metadata"]
         if resource_version is not None:
             patch = {**patch, "metadata": {**(patch.get("metadata") or {}), "resourceVersion": resource_version}}
-        return await self._call("PATCH", kind_of(obj).path(meta.get("namespace"), meta["name"]),
+        return await self._call("PATCH", kind_of(obj).path(meta.get("namespace"), meta["name"], subresource),
                                 body=patch, content_type="application/merge-patch+json")
 
     async def patch_status(self, obj: dict[str, Any], status: dict[str, Any], *,
                            resource_version: str | None = None) -> dict[str, Any]:
-        """A merge patch of ``obj``'s status. ``resource_version``: only onto that version of
-        the object, else 409 Conflict (a resourceVersion in the patched object is a
-        precondition: k8s.io/apiserver, pkg/registry/generic/registry/store.go, ``Update``,
-        "the object has been modified; please apply your changes to the latest version")."""
-        kind = kind_of(obj)
-        meta = obj["metadata"]
-        body: dict[str, Any] = {"status": status}
-        if resource_version is not None:
-            body["metadata"] = {"resourceVersion": resource_version}
-        return await self._call(
-            "PATCH", kind.path(meta.get("namespace"), meta["name"], "status"),
-            body=body, content_type="application/merge-patch+json")
+        """A merge patch of ``obj``'s status (see :meth:`patch`)."""
+        return await self.patch(obj, {"status": status}, resource_version=resource_version, subresource="status")

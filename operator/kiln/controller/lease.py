@@ -21,7 +21,9 @@ The rules are client-go's (k8s.io/client-go ``tools/leaderelection/leaderelectio
 - On a clean stop the holder releases it (``ReleaseOnCancel``: no holder, a duration of one
   second), so the next operator starts without waiting out the duration.
 
-The durations are controller-runtime's defaults (``pkg/manager/manager.go``: 15 s, 10 s, 2 s).
+The durations are controller-runtime's (``pkg/manager/internal.go``, ``startLeaderElection``:
+15 s, 10 s, 2 s, "taken from" k8s.io/apiserver's defaults; "leader election lost" ends its
+manager).
 The Kubernetes client's own ``kubernetes.leaderelection`` is not used: it runs in threads with
 blocking sleeps, reads the global client configuration, cannot be stopped and never releases.
 """
@@ -53,6 +55,12 @@ logger = logging.getLogger(__name__)
 def _micro_time() -> str:
     """Now as a Kubernetes MicroTime (RFC 3339 with microseconds)."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _record(spec: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a Lease's spec tells a change of its holder's record: its holder first."""
+    return (spec.get("holderIdentity") or None, spec.get("renewTime"), spec.get("leaseDurationSeconds"),
+            spec.get("leaseTransitions"))
 
 
 class LeaderLease:
@@ -146,7 +154,7 @@ class LeaderLease:
             return self._wrote(made)
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or None
-        record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"), spec.get("leaseTransitions"))
+        record = _record(spec)
         if record != self._observed:
             self._observed, self._observed_at = record, self._clock()
         held_for = float(spec.get("leaseDurationSeconds") or 0)
@@ -169,7 +177,6 @@ class LeaderLease:
         if lease is None:  # created by another first
             return False
         spec = lease.get("spec") or {}
-        self._observed = (spec.get("holderIdentity"), spec.get("renewTime"), spec.get("leaseDurationSeconds"),
-                          spec.get("leaseTransitions"))
+        self._observed = _record(spec)
         self._observed_at, self._held = self._clock(), lease
         return True
