@@ -293,7 +293,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port,
                                        policy=run_policy(args),
                                        max_concurrent_reconciles=slots,
-                                       lease_namespace=args.leader_election_namespace))
+                                       lease_namespace=args.leader_election_namespace,
+                                       health_port=args.health_port))
     return 0
 
 
@@ -367,6 +368,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
     run.add_argument("--metrics-port", type=int, default=8081,
                      help="serve the operator's Prometheus metrics here (0: off)")
+    run.add_argument("--health-port", type=int, default=8080,
+                     help="serve /healthz here, for the pod's probes (also while waiting for the Lease)")
     run.add_argument("--max-concurrent-reconciles", type=int, metavar="N",
                      help="reconciles in flight at once (default: 2; more helps only where the "
                           "API server has CPU to spare)")

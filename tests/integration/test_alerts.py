@@ -1,6 +1,7 @@
 """The chart's alerts, evaluated by a real Prometheus (``tests/prometheus``) on what the
-operator exports: every rule loads and evaluates without error, and a failed build and a
-stalled service raise their alerts, with the labels their annotations name.
+operator exports: every rule loads and evaluates without error, and a failed build, a
+stalled service, an operator waiting for its Lease and one gone raise their alerts, with the
+labels their annotations name.
 
 The rule file is the PrometheusRule's ``spec.groups`` as it stands, which is what the
 Prometheus Operator writes into the rule files it mounts (prometheus-operator
@@ -74,6 +75,13 @@ async def test_the_charts_alerts_fire_on_what_the_operator_exports(make_sandbox,
             assert set(evaluated) == {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]}
             assert all(r["health"] == "ok" for r in evaluated.values()), \
                 {name: r.get("lastError") for name, r in evaluated.items() if r["health"] != "ok"}
+
+            # Running but waiting for the Lease (every pod a standby): KilnOperatorNotLeading.
+            assert "KilnOperatorNotLeading" not in _alerts(prometheus)
+            sb.operator_context.telemetry.leader.set(0)
+            [waiting] = await until(lambda: _alerts(prometheus).get("KilnOperatorNotLeading"), 30,
+                                    "KilnOperatorNotLeading pending")
+            assert waiting["state"] == "pending" and "KilnOperatorDown" not in _alerts(prometheus)
 
             # The operator's metrics endpoint gone: KilnOperatorDown (`for: 5m`) matches.
             server.shutdown()

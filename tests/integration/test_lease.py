@@ -5,14 +5,18 @@ duration, and a holder that cannot renew knows it has lost it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.controller.kube import ApiException
 from kiln.errors import KilnError
@@ -20,7 +24,7 @@ from kiln.controller.lease import LEASE_DURATION, RENEW_DEADLINE, LeaderLease
 from kiln.controller.operator import LEASE_LOST_EXIT
 
 from ..conftest import ROOT
-from ..support.real_cluster import stop_process, tied_to_parent
+from ..support.real_cluster import free_port, stop_process, tied_to_parent
 
 NS = "kiln-system"
 # Short, in the proportions of the defaults (15 s, 10 s, 2 s).
@@ -128,19 +132,38 @@ def _kubeconfig(plane, path):
     return path
 
 
-def _kiln_run(kubeconfig, identity, log):
+def _kiln_run(kubeconfig, identity, log, health_port, metrics_port):
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": identity, "PYTHONPATH": str(ROOT / "operator")}
-    return subprocess.Popen([sys.executable, "-m", "kiln", "run", "--metrics-port", "0", "-n", "kiln-lease-test",
+    return subprocess.Popen([sys.executable, "-m", "kiln", "run", "--metrics-port", str(metrics_port),
+                             "--health-port", str(health_port), "-n", "kiln-lease-test",
                              "--leader-election-namespace", "kiln-system"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
+
+
+def _get(port, path):
+    """(status, body) of GET ``path`` on localhost:``port``; (None, error) if nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except (urllib.error.URLError, OSError) as error:
+        return None, repr(error)
+
+
+def _leader_gauge(port):
+    status, body = _get(port, "/metrics")
+    if status != 200:
+        return None
+    [family] = [f for f in text_string_to_metric_families(body) if f.name == "kiln_operator_leader"]
+    return family.samples[0].value
 
 
 async def test_a_second_kiln_run_waits_takes_over_when_the_first_stops_and_exits_when_it_loses_the_lease(
         backend, control_plane, tmp_path):
     """Two ``kiln run`` processes as the chart runs them (the operator's ServiceAccount, the
-    default durations): the second does nothing while the first holds the Lease, holds it
-    within seconds of the first's clean stop (released, not waited out), and exits with code
-    4 once its renewals no longer land."""
+    default durations): the second does nothing while the first holds the Lease, but answers
+    its health probe and says ``kiln_operator_leader 0`` (a standby, which its liveness probe
+    keeps), holds it within seconds of the first's clean stop (released, not waited out), and
+    exits with code 4 once its renewals no longer land."""
     if backend != "real":
         pytest.skip("two processes against one API server: the real one")
     admin = control_plane.api()
@@ -157,16 +180,23 @@ async def test_a_second_kiln_run_waits_takes_over_when_the_first_stops_and_exits
             assert time.monotonic() < deadline, f"{what}: {[(tmp_path / f'{n}.log').read_text()[-2000:] for n in ('first', 'second')]}"
             await asyncio.sleep(0.2)
 
-    first = _kiln_run(kubeconfig, "first", logs[0])
+    ports = {name: (free_port(), free_port()) for name in ("first", "second")}  # health, metrics
+    first = _kiln_run(kubeconfig, "first", logs[0], *ports["first"])
     second = None
     try:
         async def first_holds():
             return await holder() == "first"
         await until(first_holds, 60, "the first holds the Lease")
-        second = _kiln_run(kubeconfig, "second", logs[1])
+        second = _kiln_run(kubeconfig, "second", logs[1], *ports["second"])
         await asyncio.sleep(5)
         assert await holder() == "first" and second.poll() is None
         assert "waiting for the Lease kiln-system/kiln-operator, held by first" in (tmp_path / "second.log").read_text()
+        status, body = await asyncio.to_thread(_get, ports["second"][0], "/healthz")
+        assert status == 200 and json.loads(body) == {
+            "leader": False, "lease": "kiln-system/kiln-operator", "holder": "first"}
+        assert await asyncio.to_thread(_leader_gauge, ports["second"][1]) == 0
+        assert (await asyncio.to_thread(_get, ports["first"][0], "/healthz"))[0] == 200  # kopf's own
+        assert await asyncio.to_thread(_leader_gauge, ports["first"][1]) == 1
 
         first.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -176,6 +206,12 @@ async def test_a_second_kiln_run_waits_takes_over_when_the_first_stops_and_exits
             return await holder() == "second"
         await until(second_holds, 15, "the second holds the Lease")
         assert time.monotonic() - stopped < LEASE_DURATION
+        assert await asyncio.to_thread(_leader_gauge, ports["second"][1]) == 1
+
+        async def kopf_answers():  # the standby's endpoint closed, kopf's opened on its port
+            status, body = await asyncio.to_thread(_get, ports["second"][0], "/healthz")
+            return status == 200 and "leader" not in json.loads(body)
+        await until(kopf_answers, 15, "the new leader's health endpoint")
 
         lease = await admin.get("coordination.k8s.io/v1", "Lease", "kiln-operator", "kiln-system")
         await admin.patch(lease, {"spec": {"holderIdentity": "someone-else", "leaseDurationSeconds": 60}})

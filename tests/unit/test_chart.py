@@ -22,7 +22,7 @@ CHART = ROOT / "charts" / "kiln"
 NAMESPACED = {"watchNamespaces": ["llm", "team-b"]}
 EVERYTHING = {**NAMESPACED, "metrics": {"serviceMonitor": {"enabled": True},
                                         "servingPodMonitor": {"enabled": True}},
-              "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}}
+              "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}, "replicaCount": 2}
 
 
 def render(values=None):
@@ -130,7 +130,9 @@ def test_namespaced_mode_grants_namespaced_rights_only_in_the_watched_namespaces
 def test_the_operator_pod_meets_the_restricted_pod_security_standard():
     [deployment] = of_kind(render(), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # The new pod waits for the Lease beside the old one, which stops only once it is Ready.
+    assert spec["replicas"] == 1 and spec["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -145,9 +147,32 @@ def test_the_operator_pod_meets_the_restricted_pod_security_standard():
         yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 
 
+def test_standby_operators_spread_over_nodes_and_one_stays_through_a_drain():
+    """One operator needs no budget (a PodDisruptionBudget of one pod would block every
+    drain) and no spreading; with a standby the pods prefer different nodes and a drain
+    keeps one of them. An affinity of the values' own replaces the spreading."""
+    assert of_kind(render(), "PodDisruptionBudget") == []
+    [deployment] = of_kind(render(), "Deployment")
+    assert "affinity" not in deployment["spec"]["template"]["spec"]
+    objects = render({"replicaCount": 2})
+    [deployment] = of_kind(objects, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    [term] = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
+                                       "labelSelector": {"matchLabels": selector}}
+    [budget] = of_kind(objects, "PodDisruptionBudget")
+    assert budget["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    assert budget["metadata"]["namespace"] == "kiln-system"
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["system"]}]}]}}}
+    [deployment] = of_kind(render({"replicaCount": 2, "affinity": own}), "Deployment")
+    assert deployment["spec"]["template"]["spec"]["affinity"] == own
+
+
 @pytest.mark.parametrize("values, key", [
     ({"replicaCount": "two"}, "replicaCount"),
-    ({"replicaCount": 2}, "replicaCount"),
+    ({"replicaCount": -1}, "replicaCount"),
     ({"replicas": 1}, "replicas"),
     ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
     ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "pullPolicy"),

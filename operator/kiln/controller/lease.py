@@ -2,11 +2,13 @@
 leader election does (controller-runtime's ``--leader-elect``, which KServe, KubeRay and the
 NIM operator run with).
 
-The chart's ``Recreate`` strategy keeps two operators apart during a rollout only. A pod
-evicted or deleted (a node drain, a preemption) is replaced at once while the old one is still
-stopping, and a second ``kiln run`` may be started by hand: two operators would then apply
-older and newer renderings over each other, autoscale the same service from two windows and
-cancel each other's builds. With the Lease, an operator does nothing until it holds it.
+Without it, a pod evicted or deleted (a node drain, a preemption) is replaced at once while
+the old one is still stopping, a rollout overlaps the old and new pods, and a second ``kiln
+run`` may be started by hand: two operators would then apply older and newer renderings over
+each other, autoscale the same service from two windows and cancel each other's builds. With
+the Lease, an operator does nothing until it holds it: the others are standbys
+(controller/operator.py serves their probes and metrics while they wait), and the chart may
+run two pods.
 
 The rules are client-go's (k8s.io/client-go ``tools/leaderelection/leaderelection.go``):
 
@@ -80,13 +82,18 @@ class LeaderLease:
         self._observed_at = 0.0
         self._held: dict[str, Any] | None = None  # the Lease as this holder last wrote it
 
+    @property
+    def holder(self) -> str | None:
+        """Who holds the Lease, as this process last read it (None: no one, or not read yet)."""
+        return (self._observed or (None,))[0]
+
     async def acquire(self) -> None:
         """Wait until this process holds the Lease. A refusal (403) or a namespace that does
         not exist is a KilnError naming it (and the grant it needs); any other failure is
         tried again."""
         waiting_for = None
         while not await self._try_or_refuse():
-            holder = (self._observed or (None,))[0]
+            holder = self.holder
             if holder != waiting_for:
                 logger.info(f"waiting for the Lease {self.namespace}/{self.name}, held by {holder}")
                 waiting_for = holder

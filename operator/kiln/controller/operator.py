@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp.web
 import kopf
 
 from .context import MAX_CONCURRENT_RECONCILES, OperatorContext
@@ -21,10 +23,11 @@ from ..decide.policy import Policy
 from .telemetry import METRICS_PORT
 
 __all__ = ["run_operator", "run_against_kubeconfig", "settle_garbage_collector", "LIVENESS_ENDPOINT",
-           "LEASE_LOST_EXIT"]
+           "HEALTH_PORT", "LEASE_LOST_EXIT"]
 
-# Where the operator's pod is probed (charts/kiln/templates/deployment.yaml).
-LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
+# Where the operator's pod is probed (charts/kiln/templates/deployment.yaml; `kiln run --health-port`).
+HEALTH_PORT = 8080
+LIVENESS_ENDPOINT = f"http://0.0.0.0:{HEALTH_PORT}/healthz"
 # `kiln run`'s exit code when it lost the Lease (its pod restarts and waits for it again).
 LEASE_LOST_EXIT = 4
 
@@ -97,30 +100,56 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
                                  metrics_port: int | None = METRICS_PORT,
                                  policy: Policy | None = None,
                                  max_concurrent_reconciles: int = MAX_CONCURRENT_RECONCILES,
-                                 lease_namespace: str | None = None) -> None:
-    """The operator as it runs in its pod: health on :8080/healthz, metrics on ``metrics_port``.
-    ``lease_namespace``: first take the Lease there (controller/lease.py) and act only while
-    holding it; identity ``$POD_NAME`` (the chart's downward API) or a random one."""
+                                 lease_namespace: str | None = None,
+                                 health_port: int = HEALTH_PORT) -> None:
+    """The operator as it runs in its pod: health on ``health_port``'s /healthz, metrics on
+    ``metrics_port``. ``lease_namespace``: first take the Lease there (controller/lease.py) and
+    act only while holding it; identity ``$POD_NAME`` (the chart's downward API) or a random
+    one. While it waits it is a standby: its health endpoint answers (so that its liveness
+    probe keeps it) and its metrics say ``kiln_operator_leader 0``, as controller-runtime's
+    manager serves its probes and metrics before it is elected."""
     settle_garbage_collector()  # the process is the operator's alone (not a test's or the demo's)
     api = await KubeApi.from_kubeconfig()
     lease = LeaderLease(api, lease_namespace, identity=os.environ.get("POD_NAME")) if lease_namespace else None
+    ctx = OperatorContext(api=api, policy=policy or Policy(),
+                          reconcile_slots=asyncio.Semaphore(max_concurrent_reconciles))
+    if metrics_port:
+        ctx.telemetry.serve(metrics_port)
     leading = None
     try:
         if lease is not None:
-            await lease.acquire()
+            ctx.telemetry.leader.set(0)
+            async with _standby_health(health_port, lease):
+                await lease.acquire()
+            ctx.telemetry.leader.set(1)
             leading = asyncio.ensure_future(_exit_when_lost(lease))
-        ctx = OperatorContext(api=api, policy=policy or Policy(),
-                              reconcile_slots=asyncio.Semaphore(max_concurrent_reconciles))
-        if metrics_port:
-            ctx.telemetry.serve(metrics_port)
         await run_operator(ctx, stop_flag or asyncio.Event(), namespaces,
-                           liveness_endpoint=LIVENESS_ENDPOINT)
+                           liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz")
     finally:
         if leading is not None:
             leading.cancel()
         if lease is not None:
             await lease.release()
         await api.close()
+
+
+@contextlib.asynccontextmanager
+async def _standby_health(port: int, lease: LeaderLease) -> AsyncIterator[None]:
+    """/healthz on ``port`` while waiting for the Lease (kopf's own endpoint takes the port
+    once the operator leads): 200, with who holds the Lease."""
+    async def healthz(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({"leader": False, "lease": f"{lease.namespace}/{lease.name}",
+                                          "holder": lease.holder})
+
+    app = aiohttp.web.Application()
+    app.add_routes([aiohttp.web.get("/healthz", healthz)])
+    runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await aiohttp.web.TCPSite(runner, "0.0.0.0", port, shutdown_timeout=1.0).start()
+        yield
+    finally:
+        await runner.cleanup()
 
 
 async def _exit_when_lost(lease: LeaderLease) -> None:

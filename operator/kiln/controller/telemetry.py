@@ -13,7 +13,9 @@ run several operators in one process. Names are what the chart's dashboard and a
   its demand for a TTFT objective (``autoscaling.ttftP99Milliseconds``; 1 while the
   objective is met: above it, the performance model sizes the service short);
 - ``kiln_plan_kv_cache_tokens`` (predicted) and ``kiln_observed_kv_cache_tokens`` per service,
-  ``kiln_service_kv_cache_utilization``, ``kiln_service_condition{condition}`` (1 when True).
+  ``kiln_service_kv_cache_utilization``, ``kiln_service_condition{condition}`` (1 when True);
+- ``kiln_operator_leader``: 1 while this operator acts (it holds the Lease, or runs without
+  one), 0 while it waits for the Lease as a standby.
 """
 
 from __future__ import annotations
@@ -49,11 +51,9 @@ class Telemetry:
         self.queue_seconds = Histogram(
             "kiln_reconcile_queue_seconds", "Time a reconcile waited for a slot", ["kind"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-        self.reconcile_errors = Counter(
-            "kiln_reconcile_errors_total", "Reconciles that ended in an error", ["kind", "reason"],
-            registry=r)
-        self.builds = Counter("kiln_engine_builds_total", "Engine build Jobs by outcome", ["result"],
-                              registry=r)
+        self.reconcile_errors = Counter("kiln_reconcile_errors_total", "Reconciles that ended in an error",
+                                        ["kind", "reason"], registry=r)
+        self.builds = Counter("kiln_engine_builds_total", "Engine build Jobs by outcome", ["result"], registry=r)
         # Every outcome exported from the start, at 0: a series that first appears at 1 has no
         # increase() over any range, so the chart's KilnEngineBuildFailed
         # (increase(...{result="failed"}[30m]) > 0) would miss each operator's first failed
@@ -86,6 +86,9 @@ class Telemetry:
                                     _SERVICE, registry=r)
         self.condition = Gauge("kiln_service_condition", "1 when the condition is True",
                                [*_SERVICE, "condition"], registry=r)
+        self.leader = Gauge("kiln_operator_leader", "1 while this operator acts, 0 while it waits for the Lease",
+                            registry=r)
+        self.leader.set(1)
 
     def serve(self, port: int = METRICS_PORT) -> None:
         start_http_server(port, registry=self.registry)
