@@ -250,6 +250,21 @@ def _service(namespace: str, **spec_changes: Any) -> dict[str, Any]:
     return manifest
 
 
+def test_the_cluster_admits_the_chart_with_a_standby_operator(chart):
+    """``replicaCount: 2`` (a standby waiting for the Lease): its Deployment, with the pods'
+    anti-affinity, and its PodDisruptionBudget pass the API server's validation (a
+    server-side dry run: nothing is made)."""
+    rendered = helm.Chart.load(ROOT / "charts" / "kiln").render(
+        {**VALUES, "replicaCount": 2}, name=RELEASE, namespace=OPERATOR_NAMESPACE, is_install=True)
+    objects = [d for path, text in sorted(rendered.items()) if path.endswith(".yaml")
+               for d in yaml.safe_load_all(text) if d and d["kind"] in ("Deployment", "PodDisruptionBudget")]
+    assert sorted(o["kind"] for o in objects) == ["Deployment", "PodDisruptionBudget"]
+    out = kubectl("apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-",
+                  stdin=yaml.safe_dump_all(objects)).stdout
+    assert "poddisruptionbudget.policy/kiln serverside-applied (server dry run)" in out, out
+    assert kubectl("get", "poddisruptionbudget", "-n", OPERATOR_NAMESPACE, "-o", "name").stdout.strip() == ""
+
+
 def test_the_chart_installs_the_crds_and_the_operators_rbac(chart):
     for name in ("llmservices.serving.kiln.dev", "llmengines.serving.kiln.dev"):
         crd = kubectl_json("get", "crd", name)
