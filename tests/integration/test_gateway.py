@@ -8,6 +8,7 @@ import copy
 
 import yaml
 
+from kiln.decide import claim
 from kiln.decide.conditions import get_condition, is_true
 
 from ..conftest import ROOT
@@ -64,6 +65,86 @@ async def test_without_the_crds_the_service_stalls_with_the_install_commands(mak
         assert condition["message"].startswith("spec.gateway: the cluster does not serve InferencePool")
         assert "gateway-api-inference-extension/releases/download/v1.6.0" in condition["message"]
         assert sb.objects("deployments") == [] and sb.objects("httproutes") == []
+        assert sb.operator_error is None
+        await sb.stop_operator()
+        await sb.stop_kubelet()
+
+
+OTHER = "llm-b"
+
+
+def _condition(sb, name, namespace, type_="Stalled"):
+    svc = sb.get("llmservices", name, namespace)
+    return svc and get_condition((svc.get("status") or {}).get("conditions", []), type_)
+
+
+def _routes(sb, namespace):
+    return [r for r in sb.objects("httproutes") if r["metadata"]["namespace"] == sb.ns(namespace)]
+
+
+async def test_a_model_name_on_a_gateway_is_the_first_claimants_and_a_later_claim_waits_for_it(
+        make_sandbox, backend, monkeypatch):
+    """Two services serving one model name on one Gateway would tie, and the Gateway gives
+    the requests to the older HTTPRoute: a tenant could take another's prompts by claiming
+    its name, in a new service or by renaming an old one. The first claim keeps the name; a
+    later one stalls (ModelNameInUse) with no route and no serving pods, not naming another
+    tenant's service, and takes the name, in the order of the claims, once it is free."""
+    monkeypatch.setattr(claim, "RETRY_SECONDS", 1.0)
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        for namespace in (NS, OTHER):
+            sb.add_namespace(namespace)
+            if backend == "real":
+                sb.grant_chart_roles(namespace, gateway=True)
+            await sb.add_secret(namespace, "hf-token", {"HF_TOKEN": "simulated"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        name = GATEWAY["spec"]["servedModelName"]
+
+        def ready(svc_name, namespace):
+            return lambda: (_condition(sb, svc_name, namespace, "Ready") or {}).get("status") == "True"
+
+        def in_use(svc_name, namespace):
+            def check():
+                condition = _condition(sb, svc_name, namespace)
+                return condition if condition and condition["reason"] == "ModelNameInUse" else None
+            return check
+
+        # An older service in the other namespace, serving another name on the same Gateway.
+        older = copy.deepcopy(GATEWAY)
+        older["metadata"].update(name="older", namespace=OTHER)
+        older["spec"]["servedModelName"] = "another-model"
+        await sb.create(older)
+        await sb.wait_for(ready("older", OTHER), what="older Ready")
+        await sb.create(copy.deepcopy(GATEWAY))
+        await sb.wait_for(ready("llama-8b-gw", NS), what="llama-8b-gw Ready")
+
+        impostor = copy.deepcopy(GATEWAY)
+        impostor["metadata"].update(name="impostor", namespace=OTHER)
+        await sb.create(impostor)
+        condition = await sb.wait_for(in_use("impostor", OTHER), what="impostor ModelNameInUse")
+        assert condition["message"].startswith(
+            f"spec.servedModelName: the model name {name!r} is served on Gateway gateway/inference-gateway "
+            "by an LLMService in another namespace, which claimed it first")
+        assert sb.ns(NS) not in condition["message"] and "llama-8b-gw" not in condition["message"]
+        assert [r["metadata"]["name"] for r in _routes(sb, OTHER)] == ["older-openai"]
+        assert sb.get("deployments", "impostor-server", OTHER) is None
+
+        # The older service takes the name by a rename: it is the later claim, and waits.
+        await sb.patch_spec(OTHER, "older", {"servedModelName": name})
+        await sb.wait_for(in_use("older", OTHER), what="older ModelNameInUse")
+        [route] = _routes(sb, NS)
+        assert route["spec"]["rules"][0]["matches"][0]["headers"][0]["value"] == name
+        # Its route for the name it had stays, as everything of a stalled service does.
+        [kept] = _routes(sb, OTHER)
+        assert kept["spec"]["rules"][0]["matches"][0]["headers"][0]["value"] == "another-model"
+
+        # The name is free: the first in line takes it, the next waits for it.
+        await sb.api.delete(sb.get("llmservices", "llama-8b-gw", NS))
+        await sb.wait_for(ready("impostor", OTHER), what="impostor Ready once the name is free")
+        assert {r["metadata"]["name"]: r["spec"]["rules"][0]["matches"][0]["headers"][0]["value"]
+                for r in _routes(sb, OTHER)} == {"older-openai": "another-model", "impostor-openai": name}
+        condition = await sb.wait_for(in_use("older", OTHER), what="older still waiting")
+        assert "by LLMService impostor, which claimed it first" in condition["message"]
         assert sb.operator_error is None
         await sb.stop_operator()
         await sb.stop_kubelet()

@@ -124,6 +124,8 @@ class Reason(StrEnum):
     SCALED_TO_ZERO = "ScaledToZero"
     MISSING_DEPENDENCY = "MissingDependency"
     RESOURCE_CONFLICT = "ResourceConflict"
+    # spec.gateway: another service claimed the served model name on that Gateway first.
+    MODEL_NAME_IN_USE = "ModelNameInUse"
     CREDENTIALS_REQUIRED = "CredentialsRequired"
     SCALED_UP = "ScaledUp"
     SCALED_DOWN = "ScaledDown"

@@ -35,6 +35,7 @@ __all__ = [
     "EngineRef",
     "EndpointsStatus",
     "ScaleFromZeroStatus",
+    "GatewayClaim",
     "LLMServiceStatus",
     "Auto",
     "DEFAULT_MAX_INPUT_LEN",
@@ -553,6 +554,17 @@ class ScaleFromZeroStatus(KilnModel):
                                                 "for a ready replica (timeouts.conditionWait).")
 
 
+class GatewayClaim(KilnModel):
+    """The served model name this service routes on its Gateway, and since when. One name on
+    one Gateway routes to one service: the one whose claim is oldest (then by namespace/name);
+    a later claim of the same name stalls (ModelNameInUse) until the name is free."""
+
+    gateway: str = Field(max_length=317, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                         description="namespace/name of the Gateway.")
+    model: str = Field(pattern=SERVED_MODEL_NAME_PATTERN, description="The served model name.")
+    since: str = Field(max_length=32, description="When the service first claimed this name on this Gateway.")
+
+
 class LLMServiceStatus(KilnModel):
     """Observed state, kstatus style."""
 
@@ -572,6 +584,8 @@ class LLMServiceStatus(KilnModel):
     desired_replicas: int | None = Field(
         default=None, description="Replicas the builtin autoscaler wants (the workload follows).")
     autoscaling: AutoscalingStatus | None = None
+    gateway_claim: GatewayClaim | None = Field(
+        default=None, description="spec.gateway: the model name this service claims on its Gateway.")
     children: list[ChildEntry] | None = Field(
         default=None, max_length=MAX_CHILDREN,
         description="The objects Kiln applied for the service, Kind/name in its namespace: one the "

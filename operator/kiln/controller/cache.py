@@ -40,6 +40,7 @@ from typing import Any
 import kopf
 
 from ..render.meta import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, selector_terms
+from .claims import CLAIMS_INDEX
 from .kube import KINDS, Kind, KubeApi
 
 __all__ = ["CACHED_KINDS", "CachedKubeApi", "cache_indexes", "register_caches", "slim_pod"]
@@ -155,6 +156,7 @@ class CachedKubeApi:
         self._indexes = {key: indexes[_index_id(kind.plural)]
                          for key, kind in CACHED_KINDS.items() if _index_id(kind.plural) in indexes}
         self._pods = indexes.get(_index_id(_POD.plural))
+        self.claims = indexes.get(CLAIMS_INDEX)  # who claims a model name on a Gateway (claims.py)
 
     async def get(self, api_version: str, kind: str, name: str,
                   namespace: str | None = None) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from ..decide.claim import claim_key
 from ..decide.conditions import get_condition, is_true
 from ..decide.decide import children, needed_apis
 from ..decide.engine import job_state, termination
@@ -28,6 +29,7 @@ from ..render import Rendered, ServiceRef
 from ..render.meta import LABEL_COMPONENT, child_name, selector_string
 from ..render.purge import PURGE_COMPONENT
 from ..render import inventory as inventory_of
+from .claims import gateway_claims
 from .collect import superseded_build
 from .credentials import read_credentials
 from .cache import UNSCHEDULABLE_MESSAGE_CHARS
@@ -74,7 +76,9 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
     if previous is not None and previous.name != rendered.engine["metadata"]["name"]:
         superseded = await superseded_build(api, ref.namespace, ref.name, previous.name)
     serves = frozenset([need for need in needed_apis(snapshot, rendered) if await api.serves(*need)])
-    cluster = Cluster(serves=serves, superseded_job=superseded)
+    key = claim_key(snapshot.parsed.spec, ref) if isinstance(snapshot.parsed, Parsed) else None
+    claims = await gateway_claims(api, *key, ref.namespace, ref.name) if key else ()
+    cluster = Cluster(serves=serves, superseded_job=superseded, gateway_claims=claims)
     wanted = children(rendered)
     stale = unwanted(recorded(snapshot.status, snapshot.generation), wanted, ref.name, ref.namespace)
     # The reads are independent: in flight together, the engine record's too. A child the

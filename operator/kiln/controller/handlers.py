@@ -28,6 +28,7 @@ from ..planner.perf import PerfModel, attention_seconds_per_position, prefill_to
 from ..render import ServiceRef
 from ..render.meta import selector_string
 from .cache import CachedKubeApi, cache_indexes, register_caches
+from .claims import register_claims
 from .collect import sweep_engines
 from .context import FULL_RESYNC_SECONDS, OperatorContext
 from .kube import ApiException
@@ -46,6 +47,7 @@ def build_registry(ctx: OperatorContext,
     registry = kopf.OperatorRegistry()
     kopf.on.startup(registry=registry)(configure)
     register_caches(registry, ctx.changed.add)
+    register_claims(registry)
     # A registry of one's own gets none of the fallback logins kopf adds to its default one
     # (SmartOperatorRegistry, kopf/_core/intents/registries.py): without this, `kiln run`
     # found no credentials in a kubeconfig or a pod's ServiceAccount.

@@ -20,6 +20,7 @@ from ..render import (SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, mult
 from ..render.gateway import HTTP_ROUTE_API, INFERENCE_POOL_API
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
+from .claim import claim_gateway
 from .engine import engine_ready, storage_uri
 from .observe import EventReason, observe
 from .ownership import check_controlled, controller_of
@@ -108,6 +109,8 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
             check_controlled(live, child, ref.uid, owner)
     if cluster.launcher_conflict is not None:
         raise cluster.launcher_conflict
+    routes = [live for child, live in zip(objects, lives) if child["kind"] == "HTTPRoute"]
+    claim_gateway(status, parsed.spec, ref, snapshot.now, cluster, next(iter(routes), None), actions)
     workload = cluster.children.get(_key(rendered.workload))
     serving_old = workload is not None and \
         workload["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != rendered.engine["spec"]["key"]

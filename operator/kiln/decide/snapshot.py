@@ -79,6 +79,9 @@ class Cluster:
     # A running Job that removes the engine's cache entry (the sweep's, controller/collect.py):
     # a build started now would find the files there and be told it was done.
     purging: str | None = None
+    # spec.gateway: the other services that claim its served model name on its Gateway
+    # (``status.gatewayClaim``), as (since, namespace, name).
+    gateway_claims: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
