@@ -298,3 +298,19 @@ def test_deleting_unreferenced_engine_files_is_the_platform_teams_choice_off_by_
         helm.Chart.load(CHART).render({"engineCache": {"deleteUnreferencedFiles": "yes"}},
                                       name="kiln", namespace="kiln-system")
     assert "deleteUnreferencedFiles" in str(error.value)
+
+
+def test_the_install_notes_commands_fit_the_example_they_apply():
+    """NOTES.txt applies an example by URL: the namespace it watches and describes is the
+    example's own (kubectl refuses `-n` for another), and the example is in the repository."""
+    chart = helm.Chart.load(CHART)
+    notes = chart.render({}, name="kiln", namespace="kiln-system", is_install=True)["kiln/templates/NOTES.txt"]
+    [path] = re.findall(r"/v[0-9.]+/(examples/[a-z0-9.-]+\.yaml)", notes)
+    example = yaml.safe_load((ROOT / path).read_text())
+    namespace, name = example["metadata"]["namespace"], example["metadata"]["name"]
+    assert f"kubectl get llms -n {namespace} -w" in notes
+    assert f"kubectl describe llm -n {namespace} {name}" in notes
+    assert "kiln-engine-cache" in notes and example["spec"]["model"]["credentials"]["secretName"] in notes
+    elsewhere = chart.render({"watchNamespaces": ["team-b"]}, name="kiln", namespace="kiln-system",
+                             is_install=True)["kiln/templates/NOTES.txt"]
+    assert "not one this release manages: change its metadata.namespace" in elsewhere
