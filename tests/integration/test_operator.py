@@ -372,6 +372,26 @@ async def test_a_service_that_does_not_fit_shows_the_plan_and_builds_nothing(san
     assert sb.objects("jobs") == [] and sb.objects("llmengines") == []
 
 
+async def test_gpus_the_model_cannot_be_split_over_stall_the_service_naming_the_counts_that_can(sandbox):
+    """The API server admits any GPU count; only the planner knows the model's heads and
+    layers. Six GPUs of Mistral-7B (32 heads, 32 layers) have no layout: a status saying
+    so and which counts have one, not a reconcile error retried for ever."""
+    sb = sandbox
+    manifest = copy.deepcopy(MISTRAL)
+    manifest["metadata"]["name"] = "six"
+    manifest["spec"]["gpus"] = 6
+    del manifest["spec"]["parallelism"]
+    await sb.start_operator()
+    await sb.create(manifest)
+    svc = await _with_condition(sb, "six", "Stalled")
+    stalled = get_condition(_conditions(svc), "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "SpecInvalid"
+    assert stalled["message"].startswith("spec.gpus: 6 GPUs cannot be split over this model")
+    assert stalled["message"].endswith("; gpus: 4 or 8 can")
+    assert sb.objects("jobs") == [] and sb.objects("llmengines") == []
+    assert sb.operator_error is None
+
+
 async def test_a_precision_tensorrt_llm_cannot_build_for_the_gpu_creates_no_job(sandbox):
     sb = sandbox
     manifest = copy.deepcopy(MISTRAL)

@@ -126,8 +126,12 @@ def snapshot(world: World) -> Snapshot:
     model, why = model_config(parsed.spec.model.source) if world.known_model else (None, "not in the catalog")
     decision = world.observed.decision
     replicas = workload_replicas(parsed.spec, decision.desired if decision else status.desired_replicas)
-    intent = intend(ref, parsed, model, replicas)
-    base = replace(base, parsed=parsed, credentials=world.credentials, model=model, model_why=why, intent=intent)
+    base = replace(base, parsed=parsed, credentials=world.credentials, model=model, model_why=why)
+    try:
+        intent = intend(ref, parsed, model, replicas)
+    except SpecInvalid as error:
+        return replace(base, intent=error)
+    base = replace(base, intent=intent)
     if intent.rendered is None or isinstance(intent.rendered, SpecInvalid):
         return base
     rendered = intent.rendered
@@ -174,6 +178,8 @@ ROWS: list[tuple[str, Any, tuple[str, str], str | None, list[str], list[str], fl
         "spec.model.credentials.secretName: Secret llm/hf-token not found", reason="MissingDependency",
         retry_after=5.0)),
      ("False", "MissingDependency"), "MissingDependency", ["MissingDependency"], [], 5.0),
+    ("GPUs the model cannot be split over", lambda: World(spec=_spec(gpus=6)),
+     ("False", "SpecInvalid"), "SpecInvalid", ["SpecInvalid"], [], None),
     ("does not fit", lambda: World(spec=_spec(engine={"maxBatchSize": 2048, "maxSeqLen": 131072,
                                                       "maxInputLen": 4096})),
      ("False", "DoesNotFit"), "DoesNotFit", ["DoesNotFit"], [], None),

@@ -23,7 +23,7 @@ from ..decide.intent import intend, parse, workload_replicas
 from ..decide.policy import Policy
 from ..decide.snapshot import Actions, Cluster, Intent, Observed, Parsed, Snapshot
 from ..decide.status import parse_status
-from ..errors import SpecInvalid
+from ..errors import PlanRefused, SpecInvalid
 from ..api import API_VERSION, ConditionType, LLMServiceStatus, Reason
 from ..render import Rendered, ServiceRef
 from ..render.meta import LABEL_COMPONENT, child_name, selector_string
@@ -61,9 +61,12 @@ async def gather(body: Mapping[str, Any], api: KubeApi, models: ModelResolver, n
     model, why = await models.resolve(parsed.spec, credentials.token)
     decision = snapshot.observed.decision
     desired = decision.desired if decision else snapshot.status.desired_replicas
-    intent = intend(ref, parsed, model, workload_replicas(parsed.spec, desired))
-    snapshot = replace(snapshot, parsed=parsed, credentials=credentials, model=model, model_why=why,
-                       intent=intent)
+    snapshot = replace(snapshot, parsed=parsed, credentials=credentials, model=model, model_why=why)
+    try:
+        intent = intend(ref, parsed, model, workload_replicas(parsed.spec, desired))
+    except PlanRefused as error:  # a layout the model cannot take: the service stalls saying so
+        return replace(snapshot, intent=error)
+    snapshot = replace(snapshot, intent=intent)
     if not isinstance(intent.rendered, Rendered):
         return snapshot
     return replace(snapshot, cluster=await _cluster(api, snapshot, intent.rendered))

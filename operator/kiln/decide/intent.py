@@ -31,7 +31,8 @@ def parse(ref: ServiceRef, raw_spec: Any, policy: Policy) -> Parsed:
 
 def intend(ref: ServiceRef, parsed: Parsed, model: ModelConfig | None, replicas: int) -> Intent:
     """The plan and, if it fits, the objects for ``replicas`` workload replicas (SpecInvalid
-    if one would break the API server's rules on names, labels or size)."""
+    if one would break the API server's rules on names, labels or size). Raises PlanRefused
+    for a layout the model cannot take."""
     result = plan(model, parsed.spec, parsed.gpu)
     if result.fits is False:
         return Intent(result, None, replicas)

@@ -76,7 +76,9 @@ def _kv_split(model: ModelConfig, tp: int) -> bool:
 
 
 def resolve_parallelism(spec: LLMServiceSpec, model: ModelConfig | None) -> tuple[int, int]:
-    """(TP, PP) for the spec; raises PlanRefused for a layout the model cannot take."""
+    """(TP, PP) for the spec; raises PlanRefused for a layout the model cannot take. With
+    both degrees ``auto``, the largest tensor-parallel degree within a node whose pipeline
+    degree the model takes too."""
     tp_req, pp_req = spec.parallelism.tensor, spec.parallelism.pipeline
     gpus = spec.gpus
     if isinstance(tp_req, int) and isinstance(pp_req, int):
@@ -86,13 +88,10 @@ def resolve_parallelism(spec: LLMServiceSpec, model: ModelConfig | None) -> tupl
     elif isinstance(pp_req, int):
         tp, pp = gpus // pp_req, pp_req
     else:
-        candidates = [d for d in _divisors(gpus) if d <= spec.gpu.per_node
-                      and (model is None or (model.num_heads % d == 0 and _kv_split(model, d)))]
-        if not candidates:
-            raise PlanRefused(f"spec.gpus: no tensor-parallel degree divides both gpus={gpus} and "
-                              f"the model's {model.num_heads if model else '?'} attention heads")
-        tp = max(candidates)
-        pp = gpus // tp
+        layouts = _auto_layouts(gpus, spec.gpu.per_node, model)
+        if not layouts:
+            raise PlanRefused(_no_layout(spec, model))
+        tp, pp = layouts[-1]
     if model is not None:
         if model.num_heads % tp:
             raise PlanRefused(f"spec.parallelism.tensor: {tp} does not divide the model's "
@@ -104,6 +103,27 @@ def resolve_parallelism(spec: LLMServiceSpec, model: ModelConfig | None) -> tupl
             raise PlanRefused(f"spec.parallelism.pipeline: {pp} does not divide the model's "
                               f"{model.num_layers} layers")
     return tp, pp
+
+
+def _auto_layouts(gpus: int, per_node: int, model: ModelConfig | None) -> list[tuple[int, int]]:
+    """Every (TP, PP) of ``gpus`` the model takes, TP within a node, by TP."""
+    return [(tp, gpus // tp) for tp in _divisors(gpus) if tp <= per_node
+            and (model is None or (model.num_heads % tp == 0 and _kv_split(model, tp)
+                                   and model.num_layers % (gpus // tp) == 0))]
+
+
+def _no_layout(spec: LLMServiceSpec, model: ModelConfig | None) -> str:
+    """Why no layout of spec.gpus fits the model, and the nearest GPU counts that do."""
+    gpus, per_node = spec.gpus, spec.gpu.per_node
+    assert model is not None, "one GPU is always a layout without a model"
+    counts = [g for g in range(1, 4 * max(gpus, per_node) + 1)
+              if (g <= per_node or g % per_node == 0) and _auto_layouts(g, per_node, model)]
+    near = [max((g for g in counts if g < gpus), default=None), min((g for g in counts if g > gpus), default=None)]
+    options = " or ".join(str(g) for g in near if g is not None)
+    return (f"spec.gpus: {gpus} GPUs cannot be split over this model: the tensor-parallel degree must "
+            f"divide its {model.num_heads} attention heads (and its {model.num_kv_heads} KV heads divide it, "
+            f"or it them) within a node of {per_node}, and the pipeline degree, the rest, its "
+            f"{model.num_layers} layers" + (f"; gpus: {options} can" if options else ""))
 
 
 def _gib(n: float) -> str:
