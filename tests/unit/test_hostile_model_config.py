@@ -9,7 +9,8 @@ import json
 import pytest
 
 from kiln.api import parse_service_spec
-from kiln.controller.models import MAX_CACHED_CONFIGS, MAX_CONFIG_BYTES, REASON_CHARS, ModelResolver
+from kiln.controller.models import (FAILED_FETCH_SECONDS, MAX_CACHED_CONFIGS, MAX_CONFIG_BYTES, REASON_CHARS,
+                                    ModelResolver)
 from kiln.planner import lookup_gpu, model_config, plan
 from kiln.errors import PlanRefused
 from kiln.planner.model import MAX_DIMENSION
@@ -83,3 +84,33 @@ def test_a_config_at_the_bounds_plans_without_an_exception():
         assert plan(config, spec, lookup_gpu(spec.gpu.type)).fits is False
     except PlanRefused:
         pass  # a layout the model cannot take: refused, naming why
+
+
+async def test_a_hub_that_cannot_be_reached_is_asked_again_only_after_a_while(monkeypatch):
+    """An air-gapped cluster: each fetch of config.json fails after huggingface_hub's own
+    retries (tens of seconds, in a reconcile slot). The failure is remembered per model,
+    revision and token for FAILED_FETCH_SECONDS; a service with another token asks for
+    itself."""
+    calls = []
+
+    def unreachable(*args, **kwargs):
+        calls.append(kwargs.get("token"))
+        raise OSError("Connection refused")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", unreachable)
+    now = [1000.0]
+    models = ModelResolver(clock=lambda: now[0])
+    spec = parse_service_spec({"model": {"source": "hf://someone/model"}})
+    first = await models.resolve(spec, "token-a")
+    assert first[0] is None and "Connection refused" in first[1]
+    now[0] += FAILED_FETCH_SECONDS - 1
+    assert await models.resolve(spec, "token-a") == first
+    assert calls == ["token-a"]
+    await models.resolve(spec, "token-b")
+    assert calls == ["token-a", "token-b"]
+    now[0] += 1
+    await models.resolve(spec, "token-a")
+    assert calls == ["token-a", "token-b", "token-a"]
+    for i in range(MAX_CACHED_CONFIGS + 50):
+        await models.resolve(parse_service_spec({"model": {"source": "hf://someone/model", "revision": f"r{i}"}}), None)
+    assert len(models._failed) == MAX_CACHED_CONFIGS

@@ -2,21 +2,27 @@
 
 For ``hf://`` sources not in the catalog, just ``config.json`` is fetched with
 huggingface_hub and the service's token, and cached per (model, revision). A failure is not
-an error: the plan says ``Fits=Unknown`` with the reason.
+an error: the plan says ``Fits=Unknown`` with the reason. A failure is remembered too, per
+(model, revision, token), for ``FAILED_FETCH_SECONDS``: on a cluster that cannot reach the
+Hub each fetch takes huggingface_hub's retries (tens of seconds) in a reconcile slot, and a
+service whose config cannot be had would otherwise hold one at every reconcile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ..api import LLMServiceSpec
 from ..planner import ModelConfig, catalog_config, model_config
 
-__all__ = ["ModelResolver", "MAX_CONFIG_BYTES", "MAX_CACHED_CONFIGS", "REASON_CHARS"]
+__all__ = ["ModelResolver", "MAX_CONFIG_BYTES", "MAX_CACHED_CONFIGS", "REASON_CHARS", "FAILED_FETCH_SECONDS"]
 
 # A config.json is a few KiB (a multimodal one some tens); one past this is not read. The
 # file is whatever the repository a tenant names holds.
@@ -26,22 +32,39 @@ MAX_CONFIG_BYTES = 1 * 2**20
 MAX_CACHED_CONFIGS = 256
 # A reason (the Fits condition's message when the config cannot be had) at most.
 REASON_CHARS = 300
+# How long a failed fetch is remembered before the Hub is asked again.
+FAILED_FETCH_SECONDS = 300.0
 
 
 class ModelResolver:
-    def __init__(self, allow_download: bool = True) -> None:
+    def __init__(self, allow_download: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        # (source, revision, token digest) -> (when it failed, the reason): bounded like the cache.
+        self._failed: OrderedDict[tuple[str, str, str], tuple[float, str]] = OrderedDict()
         self._allow_download = allow_download
+        self._clock = clock
 
     async def resolve(self, spec: LLMServiceSpec, token: str | None) -> tuple[ModelConfig | None, str]:
         """(config, reason); config is None when it cannot be had or sized."""
         raw = self._cached(spec)
         if raw is None and spec.model.scheme == "hf" and self._allow_download \
                 and catalog_config(spec.model.location) is None:
+            attempt = (spec.model.source, spec.model.revision,
+                       hashlib.sha256((token or "").encode()).hexdigest()[:16])
+            failed = self._failed.get(attempt)
+            if failed is not None and self._clock() - failed[0] < FAILED_FETCH_SECONDS:
+                return None, failed[1]
             try:
                 raw = await asyncio.to_thread(self._download, spec, token)
             except Exception as error:  # any Hub failure means "unknown", never a crash
-                return None, _reason(f"could not fetch config.json for {spec.model.source}: {error}")
+                why = _reason(f"could not fetch config.json for {spec.model.source} (asked again after "
+                              f"{FAILED_FETCH_SECONDS:g} s): {error}")
+                self._failed[attempt] = (self._clock(), why)
+                self._failed.move_to_end(attempt)
+                while len(self._failed) > MAX_CACHED_CONFIGS:
+                    self._failed.popitem(last=False)
+                return None, why
+            self._failed.pop(attempt, None)
         try:
             config, why = model_config(spec.model.source, raw)
         except Exception as error:  # a config it cannot read: "unknown", never a crash
