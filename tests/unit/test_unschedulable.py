@@ -62,3 +62,24 @@ def test_the_pod_cache_keeps_why_a_pod_is_not_placed_and_no_more():
                     "message": "x" * UNSCHEDULABLE_MESSAGE_CHARS}
     pod["status"]["conditions"][0]["status"] = "True"
     assert slim_pod(pod)["status"]["conditions"] == []
+
+
+UNBOUND = "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"
+MISSING = 'persistentvolumeclaim "kiln-engine-cache" not found'
+
+
+def test_a_pod_held_back_by_its_claims_is_told_to_make_them_not_to_add_gpus():
+    """The scheduler's reason is the engine cache's claim (missing, or no StorageClass binds
+    it), not a GPU: the hint names the claim, not GPUs (kube-scheduler's volumebinding
+    plugin's messages)."""
+    for why in (UNBOUND, MISSING):
+        build = decide(_with(World(engine="pending", job="running"), build_unschedulable=("x-build-abc", why)))
+        message = get_condition(build.status, "Reconciling").message
+        assert f"cannot be scheduled: {why} (the pod mounts the PersistentVolumeClaim kiln-engine-cache of " \
+               "this namespace: create it" in message
+        assert "free GPUs" not in message
+        serving = decide(_with(World(engine="ready", workload="rolling", status=ENGINE_KEYED),
+                               unschedulable=("mistral-7b-server-abc", why)))
+        message = get_condition(serving.status, "Reconciling").message
+        assert "PersistentVolumeClaim kiln-engine-cache of this namespace" in message
+        assert "lower spec.replicas" not in message

@@ -9,6 +9,7 @@ follows from ``Stalled`` and ``Reconciling`` (:func:`kiln.decide.status.conclude
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from ..api import AutoscalingMode, ConditionType, LLMServiceStatus, Reason
@@ -376,9 +377,9 @@ def _wait_for_build(status: LLMServiceStatus, rendered: Rendered, workload: dict
     reason = Reason.ENGINE_BUILDING
     if snapshot.cluster.build_unschedulable is not None:
         pod, why = snapshot.cluster.build_unschedulable
-        message += (f"; its build pod {pod} cannot be scheduled: {why} (the build needs a node with "
-                    f"{_gpus_of(rendered.build_job)} free GPUs of the type spec.gpu names: add such a node, "
-                    f"or free one)")
+        message += f"; its build pod {pod} cannot be scheduled: {why} " + (
+            _claims_hint(rendered.build_job, why) or f"(the build needs a node with {_gpus_of(rendered.build_job)} "
+                                                     f"free GPUs of the type spec.gpu names: add such a node, or free one)")
         reason = Reason.UNSCHEDULABLE
     conclude(status, stalled=False, reconciling=True, reason=reason, message=message,
              now=snapshot.now, generation=snapshot.generation)
@@ -456,5 +457,31 @@ def _unplaced(actions: Actions) -> str:
     if actions.unschedulable is None:
         return ""
     pod, why = actions.unschedulable
-    return (f"; pod {pod} cannot be scheduled: {why} (each replica needs a node with free GPUs "
-            f"of the type spec.gpu names: add such nodes, or lower spec.replicas)")
+    return f"; pod {pod} cannot be scheduled: {why} " + (
+        _claims_hint(actions.workload or {}, why) or "(each replica needs a node with free GPUs of the type "
+                                                     "spec.gpu names: add such nodes, or lower spec.replicas)")
+
+
+def _claims_hint(workload: dict[str, Any], why: str) -> str:
+    """What to do when the scheduler's reason is a PersistentVolumeClaim (missing, or unbound:
+    kube-scheduler's volumebinding plugin says "unbound immediate PersistentVolumeClaims", its
+    lookup 'persistentvolumeclaim "<name>" not found'), not a GPU; "" otherwise."""
+    if "persistentvolumeclaim" not in why.lower():
+        return ""
+    names = sorted(set(_claim_names(workload)))
+    return (f"(the pod mounts the PersistentVolumeClaim{'s' if len(names) > 1 else ''} {', '.join(names) or '?'} "
+            f"of this namespace: create {'them' if len(names) > 1 else 'it'}, the engine cache ReadWriteMany, "
+            f"with a StorageClass that binds, as docs/operations/install.md shows)")
+
+
+def _claim_names(obj: Any) -> Iterator[str]:
+    """The claimName of every persistentVolumeClaim volume anywhere in ``obj``."""
+    if isinstance(obj, dict):
+        claim = obj.get("persistentVolumeClaim")
+        if isinstance(claim, dict) and claim.get("claimName"):
+            yield str(claim["claimName"])
+        for value in obj.values():
+            yield from _claim_names(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _claim_names(value)
