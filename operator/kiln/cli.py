@@ -1,4 +1,4 @@
-"""The `kiln` command line: crds | plan | render | run | demo.
+"""The `kiln` command line: crds | plan | render | simulate | run | demo.
 
 Bad input exits 2 with one line naming the field path; there are no tracebacks for users.
 """
@@ -44,6 +44,23 @@ EXIT_CODES = {
            "(--leader-election-namespace)",
     "demo": "0 every service Ready and the autoscaler scaled up and back down, 1 otherwise, 2 bad input",
 }
+
+
+def _at_least(kind: type, low: float, *, above: bool = False) -> Any:
+    """An argparse type: a ``kind`` number at least ``low`` (more than it if ``above``)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < low or (above and value == low) or value != value:  # NaN is no number
+            raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {low:g} (got {text})")
+        return value
+    return parse
+
+
+_POSITIVE = _at_least(float, 0, above=True)
+_NON_NEGATIVE = _at_least(float, 0)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -227,8 +244,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     def progress(name: str, share: float) -> None:
         print(f"\r  {name:9s} [{'#' * int(share * 30):30s}] {share:4.0%}", end="", file=sys.stderr)
 
-    if args.lead_in < 0:
-        raise SpecInvalid("--lead-in: must be 0 or more seconds")
     chosen: dict[str, str] = {}
     results = compare(requests, fleet, params, args.slo_ttft_ms / 1000, policies,
                       outage=outage, progress=progress if show else None, lead_in_seconds=args.lead_in,
@@ -239,6 +254,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                 high, low, progress=(lambda share: progress("floor", share)) if show else None)
     if show:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
+    rejected = max((r.rejected for r in results.values() if r is not None), default=0)
+    if rejected == len(requests):
+        raise SpecInvalid(f"--trace: all {rejected} of its requests are over the engine's limits (maxInputLen "
+                          f"{spec.engine.max_input_len}, maxSeqLen {spec.engine.max_seq_len}): raise "
+                          "spec.engine.maxInputLen and maxSeqLen, or replay another trace")
     if args.plot:
         plot_policies(results, Path(args.plot), args.slo_ttft_ms / 1000,
                       title=f"{Path(args.trace).name}: autoscaling policies")
@@ -251,6 +271,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(requests)} requests, SLO: TTFT <= {args.slo_ttft_ms:.0f} ms, cold start {args.cold_start:.0f} s, "
           f"{routing} routing")
+    if rejected:
+        limits = spec.engine
+        print(f"{rejected} of them over the engine's limits (maxInputLen {limits.max_input_len}, maxSeqLen "
+              f"{limits.max_seq_len}): refused at once, as the engine would, and not counted in the SLO")
     print(f"{'POLICY':12s} {'GPU-HOURS':>10s} {'SLO':>7s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'SCALES':>7s} "
           f"{'MAX':>4s} {'COLD':>5s}")
     for name, r in results.items():
@@ -331,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("-f", "--file", required=True, help="LLMService manifest ('-' for stdin)")
         cmd.add_argument("--model-config", help="a Hugging Face config.json")
-        cmd.add_argument("--gpu-memory-gib", type=float, help="override the GPU memory")
+        cmd.add_argument("--gpu-memory-gib", type=_POSITIVE, help="override the GPU memory")
         cmd.add_argument("-o", "--output", choices=formats, default=formats[0])
         if name == "plan":
             cmd.add_argument("--compare", action="store_true",
@@ -343,15 +367,17 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--model-config", help="a Hugging Face config.json")
     sim.add_argument("--policy", action="append",
                      help=f"one of {', '.join(POLICIES)}; repeat for several (default: all)")
-    sim.add_argument("--slo-ttft-ms", type=float, default=2000.0)
-    sim.add_argument("--cold-start", type=float, default=90.0,
+    sim.add_argument("--slo-ttft-ms", type=_POSITIVE, default=2000.0)
+    sim.add_argument("--cold-start", type=_NON_NEGATIVE, default=90.0,
                      help="seconds until a new replica serves (default 90: 7-70B pods with cached weights take 1-2 min)")
-    sim.add_argument("--rate-scale", type=float, default=1.0)
-    sim.add_argument("--time-scale", type=float, default=1.0)
-    sim.add_argument("--max-replicas", type=int, help="upper bound for every policy (default: the "
+    sim.add_argument("--rate-scale", type=_POSITIVE, default=1.0,
+                     help="requests per request of the trace (0.5 keeps every other one)")
+    sim.add_argument("--time-scale", type=_POSITIVE, default=1.0,
+                     help="stretch the trace's time (2: the same requests over twice as long)")
+    sim.add_argument("--max-replicas", type=_at_least(int, 1), help="upper bound for every policy (default: the "
                      f"manifest's autoscaling.maxReplicas, or {SIMULATED_MAX_REPLICAS} without autoscaling)")
     sim.add_argument("--metrics-outage", help="START:SECONDS with no metrics")
-    sim.add_argument("--lead-in", type=float, default=LEAD_IN_SECONDS,
+    sim.add_argument("--lead-in", type=_NON_NEGATIVE, default=LEAD_IN_SECONDS,
                      help="seconds of the trace's opening replayed first, mirrored and uncounted, so "
                           "the reactive policies start as on a running service (0: start cold)")
     sim.add_argument("--routing", choices=("auto", "least-loaded", "random"), default="auto",
@@ -366,9 +392,9 @@ def parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
     run = sub.add_parser("run", help="run the operator against the current kubeconfig")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
-    run.add_argument("--metrics-port", type=int, default=8081,
+    run.add_argument("--metrics-port", type=_at_least(int, 0), default=8081,
                      help="serve the operator's Prometheus metrics here (0: off)")
-    run.add_argument("--health-port", type=int, default=8080,
+    run.add_argument("--health-port", type=_at_least(int, 1), default=8080,
                      help="serve /healthz here, for the pod's probes (also while waiting for the Lease)")
     run.add_argument("--max-concurrent-reconciles", type=int, metavar="N",
                      help="reconciles in flight at once (default: 2; more helps only where the "
@@ -392,7 +418,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--examples", help="directory of manifests to apply (default: the bundled examples)")
     demo.add_argument("-v", "--verbose", action="store_true",
                       help="every status change, simulated cluster event and autoscaler decision")
-    demo.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for every service to be Ready")
+    demo.add_argument("--timeout", type=_POSITIVE, default=90.0, help="seconds to wait for every service to be Ready")
     demo.set_defaults(func=cmd_demo)
     for name, command in sub.choices.items():
         command.epilog = f"exit codes: {EXIT_CODES[name]}"

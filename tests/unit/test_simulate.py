@@ -325,3 +325,41 @@ def test_a_plain_service_routes_at_random_and_the_endpoint_picker_to_the_least_l
     assert picked.slo_attainment >= 0.99 > spread.slo_attainment
     assert spread.ttft_p99_ms > 1.5 * picked.ttft_p99_ms
     assert spread.wire() == again.wire()  # seeded: a replay is reproducible
+
+
+def test_a_rate_below_one_thins_the_trace_evenly(tmp_path):
+    path = _trace(tmp_path, [(t, 100, 20) for t in range(10)])
+    assert [r.arrival for r in load_trace(path, rate_scale=0.5)] == [1.0, 3.0, 5.0, 7.0, 9.0]
+    assert len(load_trace(path, rate_scale=0.25)) == 2
+    with pytest.raises(SpecInvalid, match="--rate-scale: 0.05 keeps none of the 10 requests of trace.csv"):
+        load_trace(path, rate_scale=0.05)
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--rate-scale", "0", "must be more than 0"), ("--rate-scale", "-6", "must be more than 0"),
+    ("--time-scale", "-1", "must be more than 0"), ("--max-replicas", "0", "must be at least 1"),
+    ("--cold-start", "-5", "must be at least 0"), ("--lead-in", "-1", "must be at least 0"),
+    ("--slo-ttft-ms", "nan", "must be more than 0"), ("--max-replicas", "two", "'two' is not an integer"),
+])
+def test_a_flag_out_of_its_range_is_bad_input_naming_it(tmp_path, capsys, flag, value, said):
+    from kiln.cli import main
+
+    path = _trace(tmp_path, [(0, 100, 20)])
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "-f", str(ROOT / "examples" / "llama-3.1-8b-fp8.yaml"), "--trace", str(path), flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: {said}" in capsys.readouterr().err
+
+
+def test_requests_over_the_engine_limits_are_said_in_the_table_and_all_of_them_is_bad_input(tmp_path, capsys):
+    from kiln.cli import main
+
+    manifest = str(ROOT / "examples" / "llama-3.1-8b-fp8.yaml")
+    mixed = _trace(tmp_path, [(0, 100_000, 10), (1, 100, 10), (2, 200, 20)])
+    assert main(["simulate", "-f", manifest, "--trace", str(mixed), "--policy", "kiln"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("1 of them over the engine's limits (maxInputLen 4096, maxSeqLen 8192): refused")
+    only = _trace(tmp_path, [(0, 100_000, 10)])
+    assert main(["simulate", "-f", manifest, "--trace", str(only), "--policy", "kiln"]) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.startswith("error: --trace: all 1 of its requests are over the engine's")

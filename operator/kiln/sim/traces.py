@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +70,14 @@ def load_trace(path: Path, rate_scale: float = 1.0, time_scale: float = 1.0) -> 
         # Copies spread over the gap to the next request, so a scaled trace keeps its shape
         # instead of arriving in lock-step clumps.
         gap = min(60.0, ((rows[index + 1][0] - start) * time_scale - base)) if index + 1 < len(rows) else 1.0
-        n = copies + (1 if extra and (index * extra) % 1 + extra >= 1 else 0)
+        if rate_scale < 1:  # thinned evenly: the requests at which the running count crosses a whole one
+            n = math.floor((index + 1) * rate_scale) - math.floor(index * rate_scale)
+        else:
+            n = copies + (1 if extra and (index * extra) % 1 + extra >= 1 else 0)
         for k in range(n):
             requests.append(Request(base + gap * k / n, max(1, i), max(1, o)))
+    if not requests:
+        raise SpecInvalid(f"--rate-scale: {rate_scale:g} keeps none of the {len(rows)} requests of {path.name}")
     requests.sort(key=lambda r: r.arrival)
     return requests
 
