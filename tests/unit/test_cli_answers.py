@@ -131,3 +131,21 @@ def test_kiln_run_refuses_fewer_than_one_reconcile_in_flight_naming_the_flag(cap
     assert main(["run", "--max-concurrent-reconciles", slots]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --max-concurrent-reconciles") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("tensor, said", [
+    ("two", "must be an integer or 'auto' (got 'two')"),
+    (0, "must be an integer of at least 1 or 'auto' (got 0)"),
+    (65, "must be an integer of at most 64 or 'auto' (got 65)"),
+])
+def test_a_value_no_member_of_a_union_takes_is_one_problem_in_the_users_words(tmp_path, capsys, tensor, said):
+    """Not one line per member of pydantic's union, named after its own types
+    (``constrained-int``, ``literal['auto']``)."""
+    code, _, err = _run(capsys, "plan", "-f", str(_write(tmp_path, {"model": LLAMA, "parallelism": {"tensor": tensor}})))
+    assert code == 2 and err == f"error: spec.parallelism.tensor: {said}\n"
+
+
+def test_gpus_the_model_cannot_be_split_over_name_the_counts_that_can(tmp_path, capsys):
+    code, _, err = _run(capsys, "plan", "-f", str(_write(tmp_path, {"model": LLAMA, "gpus": 6})))
+    assert code == 2
+    assert err.startswith("error: spec.gpus: 6 GPUs cannot be split over this model") and err.endswith("; gpus: 4 or 8 can\n")

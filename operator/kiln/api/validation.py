@@ -39,6 +39,45 @@ def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
+def _union_member(part: Any) -> bool:
+    """Whether a location part is the union member pydantic tried (``constrained-int``,
+    ``literal['auto']``, ``function-after[...]``), not a field: no field name has these."""
+    return isinstance(part, str) and ("[" in part or "-" in part or part in ("int", "str", "float", "bool"))
+
+
+def _alternative(detail: Any) -> str:
+    """What one member of a union wanted, in a few words."""
+    ctx = detail.get("ctx") or {}
+    kind = detail["type"]
+    if kind == "literal_error":
+        return str(ctx.get("expected", "a listed value"))
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bound = {"greater_than_equal": "at least", "greater_than": "more than", "less_than_equal": "at most",
+                 "less_than": "less than"}[kind]
+        return f"an integer of {bound} {next(iter(ctx.values()), '?')}"
+    if kind.startswith("int_"):
+        return "an integer"
+    return str(detail["msg"]).removeprefix("Input should be ").lower()
+
+
+def _merge_unions(details: list[Any]) -> list[Any]:
+    """One problem per field for a value no member of a union takes: ``must be an integer or
+    'auto'``, not one line per member named after pydantic's own types."""
+    merged: dict[tuple[Any, ...], list[Any]] = {}
+    for detail in details:
+        merged.setdefault(tuple(p for p in detail["loc"] if not _union_member(p)), []).append(detail)
+    out = []
+    for loc, group in merged.items():
+        members = [d for d in group if len(d["loc"]) > len(loc)]
+        if len(members) < 2:
+            out.extend(group)
+            continue
+        wanted = " or ".join(dict.fromkeys(_alternative(d) for d in members))
+        out.append({"type": "union", "loc": loc, "msg": f"must be {wanted}", "input": members[0].get("input")})
+        out.extend(d for d in group if d not in members)
+    return out
+
+
 def _describe(detail: Any, prefix: str, model: type[BaseModel] | None) -> str:
     path = ".".join([prefix, *(_part(part) for part in detail["loc"])])
     message = detail["msg"]
@@ -103,7 +142,7 @@ def describe_error(error: ValidationError, prefix: str, model: type[BaseModel] |
     """Every problem at once, unknown fields first (they often explain a missing one):
     ``spec.model.sourse: unknown field (did you mean source?); spec.model.source: required
     field is missing``. ``model`` (the validated model) enables the suggestions."""
-    details = sorted(error.errors(include_url=False), key=lambda d: d["type"] != "extra_forbidden")
+    details = sorted(_merge_unions(error.errors(include_url=False)), key=lambda d: d["type"] != "extra_forbidden")
     problems = list(dict.fromkeys(_describe(d, prefix, model) for d in details))
     # One line a reader takes in: past a few problems, say how many more there are.
     shown = problems[:_MAX_PROBLEMS]
