@@ -588,7 +588,8 @@ class LLMServiceStatus(KilnModel):
         default=None, description="spec.gateway: the model name this service claims on its Gateway.")
     children: list[ChildEntry] | None = Field(
         default=None, max_length=MAX_CHILDREN,
-        description="The objects Kiln applied for the service, Kind/name in its namespace: one the "
-                    "spec no longer asks for is deleted.")
+        description="The objects Kiln applied for the service, or is about to (what the spec asks for "
+                    "is named before it is applied), Kind/name in its namespace: one the spec no longer "
+                    "asks for is deleted.")
 
 

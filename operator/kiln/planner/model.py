@@ -62,7 +62,10 @@ class ModelConfig:
         if not isinstance(raw, dict):
             raise ValueError("config.json must be a JSON object")
         named = raw.get("architectures")
-        first = named[0] if isinstance(named, list) and named else "?"
+        first = named[0] if isinstance(named, list) and named else None
+        if not (raw.get("architecture") or first):
+            raise UnsupportedModel("config.json names no architecture (its \"architectures\" list, as "
+                                   "transformers writes it, is missing or empty)")
         architecture = str(raw.get("architecture") or first).split(" ", 1)[0]
         if architecture not in SUPPORTED:
             shown = architecture[:_NAME_CHARS] + ("..." if len(architecture) > _NAME_CHARS else "")
