@@ -57,3 +57,16 @@ def test_demo_transcript_is_the_golden_one(tmp_path, monkeypatch, capsys, reques
 def test_demo_reports_a_folder_without_services(tmp_path, capsys):
     assert main(["demo", "--examples", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --examples: no LLMService manifests in {tmp_path}"
+
+
+def test_a_service_that_cannot_go_on_ends_the_wait_and_says_why(tmp_path, capsys):
+    """A stalled service waits for a change to its manifest, not for time: the demo stops
+    waiting once every service is Ready or stalled, and prints each stall's reason and
+    message, well within its --timeout."""
+    example = (ROOT / "examples" / "mistral-7b-fp16.yaml").read_text()
+    (tmp_path / "big.yaml").write_text(example.replace("name: mistral-7b", "name: too-big").replace(
+        "mistralai/Mistral-7B-Instruct-v0.3", "meta-llama/Llama-3.1-70B-Instruct"))
+    assert main(["demo", "--examples", str(tmp_path), "--timeout", "600"]) == 1
+    out = capsys.readouterr().out
+    assert "Not every service became Ready; it cannot go on without a change to its manifest:" in out
+    assert "  llmservice/too-big (DoesNotFit): does not fit: weights" in out

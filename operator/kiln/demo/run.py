@@ -117,7 +117,12 @@ async def run_demo(examples: Path, out: TextIO | None = None, timeout: float = 9
             say(_summary(manifest))
         all_ready = await _wait_ready(sandbox, timeout, detail)
         engines = len(sandbox.objects("llmengines"))
-        if not all_ready:
+        stalled = _stalled(sandbox)
+        if not all_ready and stalled:
+            say("\nNot every service became Ready; it cannot go on without a change to its manifest:")
+            for line in stalled:
+                say(f"  {line}")
+        elif not all_ready:
             say(f"\nNot every service became Ready within {timeout:.0f} s; -v shows where each stopped.")
         else:
             say(f"Every service is Ready: {engines} engines built (simulated) into the "
@@ -155,5 +160,18 @@ async def _wait_ready(sandbox: Sandbox, timeout: float, detail: Any) -> bool:
         if current and all(is_true((s.get("status") or {}).get("conditions", []), "Ready")
                            for s in current):
             return True
+        if current and all(is_true(conditions := (s.get("status") or {}).get("conditions", []), "Ready")
+                           or is_true(conditions, "Stalled") for s in current):
+            return False  # a stalled service waits for a change to its manifest, not for time
         await asyncio.sleep(0.1)
     return False
+
+
+def _stalled(sandbox: Sandbox) -> list[str]:
+    """``name (Reason): message`` of every stalled service."""
+    out = []
+    for svc in sandbox.objects("llmservices"):
+        stalled = get_condition((svc.get("status") or {}).get("conditions", []), "Stalled")
+        if stalled and stalled["status"] == "True":
+            out.append(f"llmservice/{svc['metadata']['name']} ({stalled.get('reason')}): {stalled.get('message')}")
+    return out
