@@ -82,15 +82,19 @@ def _routes(sb, namespace):
     return [r for r in sb.objects("httproutes") if r["metadata"]["namespace"] == sb.ns(namespace)]
 
 
-async def test_a_model_name_on_a_gateway_is_the_first_claimants_and_a_later_claim_waits_for_it(
+async def test_a_model_name_on_a_gateway_is_the_services_that_routes_it_and_another_waits_for_it(
         make_sandbox, backend, monkeypatch):
     """Two services serving one model name on one Gateway would tie, and the Gateway gives
     the requests to the older HTTPRoute: a tenant could take another's prompts by claiming
-    its name, in a new service or by renaming an old one. The first claim keeps the name; a
-    later one stalls (ModelNameInUse) with no route and no serving pods, not naming another
-    tenant's service, and takes the name, in the order of the claims, once it is free."""
+    its name, in a new service or by renaming an old one. The service whose route routes the
+    name keeps it; another that asks for it stalls (ModelNameInUse) with no route and no
+    serving pods, not naming another tenant's service, and takes the name once it is free. A
+    renamed service keeps the name its route still routes until the route changes."""
     monkeypatch.setattr(claim, "RETRY_SECONDS", 1.0)
-    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+    # A service whose route routes a name looks again at the next resync tick once another
+    # service's claims of it change.
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                            timings={"resync_period": 1.0}) as sb:
         for namespace in (NS, OTHER):
             sb.add_namespace(namespace)
             if backend == "real":
@@ -124,7 +128,7 @@ async def test_a_model_name_on_a_gateway_is_the_first_claimants_and_a_later_clai
         condition = await sb.wait_for(in_use("impostor", OTHER), what="impostor ModelNameInUse")
         assert condition["message"].startswith(
             f"spec.servedModelName: the model name {name!r} is served on Gateway gateway/inference-gateway "
-            "by an LLMService in another namespace, which claimed it first")
+            "by an LLMService in another namespace, whose route has routed it since")
         assert sb.ns(NS) not in condition["message"] and "llama-8b-gw" not in condition["message"]
         assert [r["metadata"]["name"] for r in _routes(sb, OTHER)] == ["older-openai"]
         assert sb.get("deployments", "impostor-server", OTHER) is None
@@ -134,17 +138,31 @@ async def test_a_model_name_on_a_gateway_is_the_first_claimants_and_a_later_clai
         await sb.wait_for(in_use("older", OTHER), what="older ModelNameInUse")
         [route] = _routes(sb, NS)
         assert route["spec"]["rules"][0]["matches"][0]["headers"][0]["value"] == name
-        # Its route for the name it had stays, as everything of a stalled service does.
+        # Its route for the name it had stays, as everything of a stalled service does, and so
+        # does its claim of that name: the Gateway still sends it there.
         [kept] = _routes(sb, OTHER)
         assert kept["spec"]["rules"][0]["matches"][0]["headers"][0]["value"] == "another-model"
+        latecomer = copy.deepcopy(GATEWAY)
+        latecomer["metadata"]["name"] = "latecomer"
+        latecomer["spec"]["servedModelName"] = "another-model"
+        await sb.create(latecomer)
+        await sb.wait_for(in_use("latecomer", NS), what="latecomer ModelNameInUse")
+        assert [r["metadata"]["name"] for r in _routes(sb, NS)] == ["llama-8b-gw-openai"]
 
-        # The name is free: the first in line takes it, the next waits for it.
+        # The name is free. The renamed service's route, the older one, takes it, as the
+        # Gateway would rank them; the other gives way, and the name the rename let go is
+        # the latecomer's.
         await sb.api.delete(sb.get("llmservices", "llama-8b-gw", NS))
-        await sb.wait_for(ready("impostor", OTHER), what="impostor Ready once the name is free")
-        assert {r["metadata"]["name"]: r["spec"]["rules"][0]["matches"][0]["headers"][0]["value"]
-                for r in _routes(sb, OTHER)} == {"older-openai": "another-model", "impostor-openai": name}
-        condition = await sb.wait_for(in_use("older", OTHER), what="older still waiting")
-        assert "by LLMService impostor, which claimed it first" in condition["message"]
+        await sb.wait_for(ready("older", OTHER), what="older Ready on its new name")
+        await sb.wait_for(ready("latecomer", NS), what="latecomer Ready on the name older let go")
+        condition = await sb.wait_for(in_use("impostor", OTHER), what="impostor waiting for older")
+        assert "by LLMService older, whose route has routed it since" in condition["message"]
+
+        def routed():
+            return {r["metadata"]["name"]: r["spec"]["rules"][0]["matches"][0]["headers"][0]["value"]
+                    for r in sb.objects("httproutes") if r["metadata"]["namespace"] in (sb.ns(NS), sb.ns(OTHER))}
+        await sb.wait_for(lambda: routed() == {"older-openai": name, "latecomer-openai": "another-model"},
+                          what="one route per name", timeout=60)
         assert sb.operator_error is None
         await sb.stop_operator()
         await sb.stop_kubelet()

@@ -1,5 +1,5 @@
-"""One served model name on one Gateway is one service's (kiln.decide.claim): the claim a
-service records, and how a later claim of a name waits for it."""
+"""One served model name on one Gateway is one service's (kiln.decide.claim): the claims a
+service records, and how a service that asks for a name another's route routes waits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from kiln.api import LLMServiceSpec, LLMServiceStatus
-from kiln.api.llmservice import GatewayClaim
 from kiln.decide.claim import claim_gateway
 from kiln.decide.snapshot import Actions, Cluster
 from kiln.errors import SpecInvalid
@@ -30,52 +29,85 @@ def _spec(**changes):
     return LLMServiceSpec.model_validate(raw)
 
 
-def _claim(status, spec, claims=(), route=None, now=NOW):
+def _route(created=NOW, **changes):
+    """The service's HTTPRoute as the API server holds it, made at ``created``."""
+    [route] = [obj for obj in gateway_objects(_spec(**changes), REF.name, REF.namespace, REF.uid)
+               if obj["kind"] == "HTTPRoute"]
+    route = copy.deepcopy(route)
+    route["metadata"]["creationTimestamp"] = created
+    return route
+
+
+def _claim(status, spec, claims=(), route=None):
     actions = Actions(status=status)
-    claim_gateway(status, spec, REF, now, Cluster(gateway_claims=tuple(claims)), route, actions)
+    claim_gateway(status, spec, REF, Cluster(gateway_claims=tuple(claims)), route, actions)
     return actions
 
 
-def test_a_claim_is_recorded_once_and_kept_while_the_gateway_and_the_name_stay():
+def _held(status):
+    return [(c.gateway, c.model, c.routed_since) for c in status.gateway_claims or []]
+
+
+def test_a_name_is_claimed_by_the_route_that_routes_it_since_the_route_was_made():
     status = LLMServiceStatus()
     _claim(status, _spec())
-    assert status.gateway_claim == GatewayClaim(gateway=KEY[0], model=KEY[1], since=NOW)
-    _claim(status, _spec(), now=LATER)
-    assert status.gateway_claim.since == NOW  # its place in line
-    _claim(status, _spec(servedModelName="renamed"), now=LATER)
-    assert (status.gateway_claim.model, status.gateway_claim.since) == ("renamed", LATER)
-    _claim(status, _spec(gateway={"name": "inference-gateway"}), now=LATER)  # the service's namespace
-    assert status.gateway_claim.gateway == "llm/inference-gateway"
+    assert _held(status) == [(*KEY, None)]  # asked for, not yet routed: it holds nothing
+    _claim(status, _spec(), route=_route())
+    assert _held(status) == [(*KEY, NOW)]
+    _claim(status, _spec(gateway={"name": "inference-gateway"}), route=_route())
+    assert _held(status) == [(*KEY, NOW), ("llm/inference-gateway", KEY[1], None)]
     _claim(status, _spec(gateway=None))
-    assert status.gateway_claim is None
+    assert status.gateway_claims is None
 
 
-def test_an_older_claim_holds_the_name_and_a_tie_goes_by_namespace_and_name():
-    _claim(LLMServiceStatus(), _spec(), claims=[(LATER, "team-b", "other")])  # this one is older
-    with pytest.raises(SpecInvalid) as error:
-        _claim(LLMServiceStatus(), _spec(), claims=[(EARLIER, "team-b", "other")])
-    assert error.value.reason == "ModelNameInUse" and error.value.retry_after == 30
-    assert "by an LLMService in another namespace, which claimed it first (2026-01-01T00:00:00Z)" \
-        in error.value.message and "team-b" not in error.value.message
-    # The same second: "aaa" sorts before "llm", as the Gateway API breaks its own ties.
+def test_a_name_the_route_still_routes_stays_claimed_until_the_route_changes():
+    """A rename (or spec.gateway removed) reaches the route only when the service applies
+    again: after a rebuild, never while it is stalled. Until then the Gateway sends the old
+    name to it, and it stays claimed."""
+    status = LLMServiceStatus()
+    _claim(status, _spec(servedModelName="renamed"), route=_route())
+    assert _held(status) == [(*KEY, NOW), (KEY[0], "renamed", None)]
+    _claim(status, _spec(gateway=None), route=_route())
+    assert _held(status) == [(*KEY, NOW)]
+    _claim(status, _spec(servedModelName="renamed"), route=_route(servedModelName="renamed"))
+    assert _held(status) == [(KEY[0], "renamed", NOW)]  # applied: the old name is free
+    # Renamed to a taken name: stalled, the route (and its claim) stay as they are.
+    status = LLMServiceStatus()
     with pytest.raises(SpecInvalid):
-        _claim(LLMServiceStatus(), _spec(), claims=[(NOW, "aaa", "other")])
-    _claim(LLMServiceStatus(), _spec(), claims=[(NOW, "zzz", "other")])
-    with pytest.raises(SpecInvalid, match="by LLMService neighbour, which"):
+        _claim(status, _spec(servedModelName="taken"), claims=[(LATER, "b", "x")], route=_route())
+    assert _held(status) == [(*KEY, NOW), (KEY[0], "taken", None)]
+
+
+def test_a_name_another_route_routes_stalls_a_service_that_does_not_route_it_yet():
+    with pytest.raises(SpecInvalid) as error:
+        _claim(LLMServiceStatus(), _spec(), claims=[(LATER, "team-b", "other")])
+    assert error.value.reason == "ModelNameInUse" and error.value.retry_after == 30
+    assert ("by an LLMService in another namespace, whose route has routed it since 2026-01-01T00:09:00Z"
+            in error.value.message) and "team-b" not in error.value.message
+    with pytest.raises(SpecInvalid, match="by LLMService neighbour, whose route"):
         _claim(LLMServiceStatus(), _spec(), claims=[(EARLIER, "llm", "neighbour")])
 
 
-def test_a_losing_claim_withdraws_a_route_for_the_name_and_keeps_one_for_another():
-    [route] = [obj for obj in gateway_objects(_spec(), REF.name, REF.namespace, REF.uid) if obj["kind"] == "HTTPRoute"]
+def test_two_routes_of_one_name_the_younger_gives_way_as_the_gateway_ranks_them():
+    """Two services that applied in the same moment: the older route (then by
+    namespace/name) keeps the name, the other withdraws its route."""
+    _claim(LLMServiceStatus(), _spec(), claims=[(LATER, "b", "x")], route=_route(NOW))  # this one is older
+    route = _route(NOW)
+    actions = Actions(status=LLMServiceStatus())
     with pytest.raises(SpecInvalid):
-        actions = Actions(status=LLMServiceStatus())
-        claim_gateway(actions.status, _spec(), REF, NOW, Cluster(gateway_claims=((EARLIER, "b", "x"),)), route,
-                      actions)
+        claim_gateway(actions.status, _spec(), REF, Cluster(gateway_claims=((NOW, "aaa", "x"),)), route, actions)
     assert actions.delete == [route]
-    [before] = [obj for obj in gateway_objects(_spec(servedModelName="before"), REF.name, REF.namespace, REF.uid)
-                if obj["kind"] == "HTTPRoute"]
-    with pytest.raises(SpecInvalid):
-        actions = Actions(status=LLMServiceStatus())
-        claim_gateway(actions.status, _spec(), REF, NOW, Cluster(gateway_claims=((EARLIER, "b", "x"),)), before,
-                      actions)
-    assert actions.delete == []
+    _claim(LLMServiceStatus(), _spec(), claims=[(NOW, "zzz", "x")], route=_route(NOW))
+
+
+def test_a_route_the_gateway_refused_claims_nothing():
+    """A listener that does not admit the service's namespace (Gateway API
+    NotAllowedByListeners): the route routes nothing there, and holds no name."""
+    route = _route()
+    route["status"] = {"parents": [{"parentRef": {"name": "inference-gateway", "namespace": "gateway"},
+                                    "controllerName": "example.net/gateway",
+                                    "conditions": [{"type": "Accepted", "status": "False",
+                                                    "reason": "NotAllowedByListeners"}]}]}
+    status = LLMServiceStatus()
+    _claim(status, _spec(), route=route)
+    assert _held(status) == [(*KEY, None)]

@@ -555,14 +555,23 @@ class ScaleFromZeroStatus(KilnModel):
 
 
 class GatewayClaim(KilnModel):
-    """The served model name this service routes on its Gateway, and since when. One name on
-    one Gateway routes to one service: the one whose claim is oldest (then by namespace/name);
-    a later claim of the same name stalls (ModelNameInUse) until the name is free."""
+    """A served model name on a Gateway: one the service's HTTPRoute routes (since the
+    route's creation, as the Gateway ranks routes), or the one its spec asks for, not yet
+    routed. One name on one Gateway routes to one service: the one whose route has routed it
+    longest; another that asks for it stalls (ModelNameInUse) until it is free."""
 
     gateway: str = Field(max_length=317, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
                          description="namespace/name of the Gateway.")
     model: str = Field(pattern=SERVED_MODEL_NAME_PATTERN, description="The served model name.")
-    since: str = Field(max_length=32, description="When the service first claimed this name on this Gateway.")
+    routed_since: str | None = Field(
+        default=None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$",
+        description="The creation time of the service's HTTPRoute that routes this name; unset while "
+                    "its spec asks for the name and no route of it routes it yet.")
+
+
+# The name the spec asks for, and the one the service's HTTPRoute still routes until a rename
+# is applied.
+MAX_GATEWAY_CLAIMS = 2
 
 
 class LLMServiceStatus(KilnModel):
@@ -584,8 +593,10 @@ class LLMServiceStatus(KilnModel):
     desired_replicas: int | None = Field(
         default=None, description="Replicas the builtin autoscaler wants (the workload follows).")
     autoscaling: AutoscalingStatus | None = None
-    gateway_claim: GatewayClaim | None = Field(
-        default=None, description="spec.gateway: the model name this service claims on its Gateway.")
+    gateway_claims: list[GatewayClaim] | None = Field(
+        default=None, max_length=MAX_GATEWAY_CLAIMS,
+        description="spec.gateway: the model names this service's HTTPRoute routes on its Gateway, "
+                    "and the one its spec asks for.")
     children: list[ChildEntry] | None = Field(
         default=None, max_length=MAX_CHILDREN,
         description="The objects Kiln applied for the service, or is about to (what the spec asks for "

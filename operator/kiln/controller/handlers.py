@@ -47,7 +47,7 @@ def build_registry(ctx: OperatorContext,
     registry = kopf.OperatorRegistry()
     kopf.on.startup(registry=registry)(configure)
     register_caches(registry, ctx.changed.add)
-    register_claims(registry)
+    register_claims(registry, ctx.changed.add)
     # A registry of one's own gets none of the fallback logins kopf adds to its default one
     # (SmartOperatorRegistry, kopf/_core/intents/registries.py): without this, `kiln run`
     # found no credentials in a kubeconfig or a pod's ServiceAccount.

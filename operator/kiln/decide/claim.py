@@ -1,12 +1,19 @@
 """One served model name on one Gateway is one service's (controller/claims.py says why).
 
-A service with ``spec.gateway`` records its claim in ``status.gatewayClaim``: the Gateway,
-the served model name and since when, kept while both stay the same, so that a service
-waiting for a name keeps its place in line. The claim that is oldest (then by
-namespace/name) routes the name; any later one is stalled (``ModelNameInUse``), its
-HTTPRoute deleted if it routes that name, and looked at again every ``RETRY_SECONDS`` until the name
-is free. Nothing is built or started for a stalled service, so a name that is taken costs no
-GPU time. A service's own claim is never weighed against itself.
+A Gateway sends a name to the oldest HTTPRoute that matches it, so a name belongs to the
+service whose route has routed it longest. Each service records in ``status.gatewayClaims``
+the (Gateway, name) pairs its HTTPRoute routes, each with the route's creation time
+(``routedSince``: the time the Gateway ranks it by), and the pair its spec asks for, without
+one, until its route routes it. A route a Gateway has refused (its status says the parent
+did not accept it: a listener that does not admit the service's namespace) claims nothing.
+
+Before it builds or applies anything, a service whose spec asks for a name another service's
+route already routes, from an older route (then by namespace/name, as the Gateway API breaks
+ties), is stalled (``ModelNameInUse``), its own route deleted if it routes that name (two
+services that applied in the same moment), and looked at again every ``RETRY_SECONDS`` until
+the name is free. So a name is held only by serving it: a service stalled before its route
+exists (a failed build, a pod that cannot be placed) holds none, and a spec renamed to a
+taken name never reaches the route. A service's own claims are never weighed against it.
 """
 
 from __future__ import annotations
@@ -14,12 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import LLMServiceSpec, Reason
-from ..api.llmservice import GatewayClaim, LLMServiceStatus
+from ..api.llmservice import MAX_GATEWAY_CLAIMS, GatewayClaim, LLMServiceStatus
 from ..errors import SpecInvalid
 from ..render import ServiceRef, served_model_name
+from ..render.gateway import MODEL_HEADER
 from .snapshot import Actions, Cluster
 
-__all__ = ["claim_key", "claim_gateway", "RETRY_SECONDS"]
+__all__ = ["claim_key", "claim_gateway", "routed_keys", "RETRY_SECONDS"]
 
 # How often a service waiting for a model name looks again (another service's deletion does
 # not reconcile it).
@@ -33,42 +41,57 @@ def claim_key(spec: LLMServiceSpec, ref: ServiceRef) -> tuple[str, str] | None:
     return f"{spec.gateway.namespace or ref.namespace}/{spec.gateway.name}", served_model_name(spec, ref.name)
 
 
-def _routes(route: dict[str, Any], key: tuple[str, str]) -> bool:
-    """Whether ``route`` (the service's HTTPRoute as it is) sends ``key``'s model name on
-    ``key``'s Gateway: a route applied for a claim that then lost (two services that claimed
-    in the same second). A route for the name the service had before a rename stays, as
-    everything of a stalled service does."""
+def _refused(route: dict[str, Any], gateway: str) -> bool:
+    """Whether the route's status says ``gateway`` did not accept it (Gateway API
+    ``RouteParentStatus``: condition ``Accepted`` False, e.g. ``NotAllowedByListeners``)."""
+    namespace = (route.get("metadata") or {}).get("namespace")
+    for parent in (route.get("status") or {}).get("parents") or []:
+        ref = parent.get("parentRef") or {}
+        if f"{ref.get('namespace') or namespace}/{ref.get('name')}" != gateway:
+            continue
+        if any(c.get("type") == "Accepted" and c.get("status") == "False" for c in parent.get("conditions") or []):
+            return True
+    return False
+
+
+def routed_keys(route: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The (Gateway namespace/name, model name) pairs ``route``, the service's HTTPRoute as it
+    is, sends to it: each parent that has not refused it, with each model header it matches."""
+    if route is None:
+        return []
     spec = route.get("spec") or {}
     namespace = (route.get("metadata") or {}).get("namespace")
-    on_gateway = any(f"{parent.get('namespace') or namespace}/{parent.get('name')}" == key[0]
-                     for parent in spec.get("parentRefs") or [])
-    return on_gateway and any(header.get("value") == key[1]
-                              for rule in spec.get("rules") or [] for match in rule.get("matches") or []
-                              for header in match.get("headers") or [])
+    gateways = [f"{parent.get('namespace') or namespace}/{parent.get('name')}" for parent in spec.get("parentRefs") or []]
+    models = [str(header.get("value")) for rule in spec.get("rules") or [] for match in rule.get("matches") or []
+              for header in match.get("headers") or [] if header.get("name") == MODEL_HEADER]
+    return list(dict.fromkeys((gateway, model) for gateway in gateways if not _refused(route, gateway)
+                              for model in models))
 
 
-def claim_gateway(status: LLMServiceStatus, spec: LLMServiceSpec, ref: ServiceRef, now: str, cluster: Cluster,
+def claim_gateway(status: LLMServiceStatus, spec: LLMServiceSpec, ref: ServiceRef, cluster: Cluster,
                   route: dict[str, Any] | None, actions: Actions) -> None:
-    """Record the service's claim; stall it if an older one holds the name (``route``: its
-    live HTTPRoute, deleted then if it routes the name)."""
+    """Record the service's claims; stall it if another service's older route routes the name
+    its spec asks for (``route``: its own live HTTPRoute, deleted then if it routes that name)."""
     key = claim_key(spec, ref)
-    held = status.gateway_claim
+    routed = routed_keys(route)
+    since = str(((route or {}).get("metadata") or {}).get("creationTimestamp") or "") or None
+    claims = [GatewayClaim(gateway=k[0], model=k[1], routed_since=since) for k in routed if since]
+    if key is not None and key not in routed:
+        claims.append(GatewayClaim(gateway=key[0], model=key[1]))
+    status.gateway_claims = claims[:MAX_GATEWAY_CLAIMS] or None
     if key is None:
-        status.gateway_claim = None
         return
-    if held is None or (held.gateway, held.model) != key:
-        status.gateway_claim = held = GatewayClaim(gateway=key[0], model=key[1], since=now)
-    mine = (held.since, ref.namespace, ref.name)
-    first = min(cluster.gateway_claims, default=None)
-    if first is None or mine < first:
+    mine = (since, ref.namespace, ref.name) if key in routed and since else None
+    older = [other for other in cluster.gateway_claims if mine is None or other < mine]
+    if not older:
         return
-    if route is not None and _routes(route, key):
+    if route is not None and key in routed:  # applied in the same moment as an older route: the Gateway sends it there
         actions.delete.append(route)
-    since, namespace, name = first
+    first, namespace, name = min(older)
     holder = f"LLMService {name}" if namespace == ref.namespace else "an LLMService in another namespace"
     raise SpecInvalid(
         f"spec.servedModelName: the model name {key[1]!r} is served on Gateway {key[0]} by {holder}, "
-        f"which claimed it first ({since}); requests for it go there. Serve another name "
+        f"whose route has routed it since {first}; requests for it go there. Serve another name "
         f"(spec.servedModelName), use another Gateway, or remove that service: this one takes the name "
         f"once it is free (looked at again every {RETRY_SECONDS:g} s)",
         reason=Reason.MODEL_NAME_IN_USE.value, retry_after=RETRY_SECONDS)

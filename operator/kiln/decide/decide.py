@@ -111,7 +111,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     if cluster.launcher_conflict is not None:
         raise cluster.launcher_conflict
     routes = [live for child, live in zip(objects, lives) if child["kind"] == "HTTPRoute"]
-    claim_gateway(status, parsed.spec, ref, snapshot.now, cluster, next(iter(routes), None), actions)
+    claim_gateway(status, parsed.spec, ref, cluster, next(iter(routes), None), actions)
     workload = cluster.children.get(_key(rendered.workload))
     serving_old = workload is not None and \
         workload["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != rendered.engine["spec"]["key"]

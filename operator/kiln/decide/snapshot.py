@@ -79,8 +79,8 @@ class Cluster:
     # A running Job that removes the engine's cache entry (the sweep's, controller/collect.py):
     # a build started now would find the files there and be told it was done.
     purging: str | None = None
-    # spec.gateway: the other services that claim its served model name on its Gateway
-    # (``status.gatewayClaim``), as (since, namespace, name).
+    # spec.gateway: the other services whose route routes its served model name on its
+    # Gateway (``status.gatewayClaims``), as (routedSince, namespace, name).
     gateway_claims: tuple[tuple[str, str, str], ...] = ()
 
 
