@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def _at_least(kind: type, low: float, *, above: bool = False) -> Any:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if value < low or (above and value == low) or value != value:  # NaN is no number
+        if not math.isfinite(value) or value < low or (above and value == low):
             raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {low:g} (got {text})")
         return value
     return parse
@@ -310,6 +311,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     slots = MAX_CONCURRENT_RECONCILES if args.max_concurrent_reconciles is None else args.max_concurrent_reconciles
     if slots < 1:
         print("error: --max-concurrent-reconciles must be at least 1", file=sys.stderr)
+        return 2
+    if args.metrics_port == args.health_port:
+        print(f"error: --metrics-port and --health-port are both {args.health_port}: give them two ports",
+              file=sys.stderr)
         return 2
     # The operator's own messages from INFO (the Lease, the sweep), everyone else's from WARNING.
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)-28.28s [%(levelname)-7s] %(message)s")

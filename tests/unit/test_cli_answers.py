@@ -149,3 +149,8 @@ def test_gpus_the_model_cannot_be_split_over_name_the_counts_that_can(tmp_path, 
     code, _, err = _run(capsys, "plan", "-f", str(_write(tmp_path, {"model": LLAMA, "gpus": 6})))
     assert code == 2
     assert err.startswith("error: spec.gpus: 6 GPUs cannot be split over this model") and err.endswith("; gpus: 4 or 8 can\n")
+
+
+def test_run_refuses_one_port_for_metrics_and_health(capsys):
+    code, _, err = _run(capsys, "run", "--metrics-port", "8080")
+    assert code == 2 and err == "error: --metrics-port and --health-port are both 8080: give them two ports\n"
