@@ -111,3 +111,23 @@ def test_a_route_the_gateway_refused_claims_nothing():
     status = LLMServiceStatus()
     _claim(status, _spec(), route=route)
     assert _held(status) == [(*KEY, None)]
+
+
+def test_a_route_the_spec_no_longer_asks_for_is_the_live_one_until_it_is_pruned():
+    """spec.gateway removed while the service rebuilds: the route stays until the prune after
+    the build, and the name it routes stays the service's meanwhile."""
+    from kiln.decide.decide import children, live_route
+    from kiln.decide.intent import intend, parse
+    from kiln.decide.policy import Policy
+    from kiln.planner import model_config
+
+    route = _route()
+    without = copy.deepcopy(GATEWAY["spec"])
+    del without["gateway"]
+    parsed = parse(REF, without, Policy())
+    rendered = intend(REF, parsed, model_config(parsed.spec.model.source)[0], 1).rendered
+    objects = children(rendered)
+    assert not any(child["kind"] == "HTTPRoute" for child in objects)
+    lives = [None] * len(objects)
+    assert live_route(objects, lives, Cluster(leftovers={("HTTPRoute", route["metadata"]["name"]): route})) == route
+    assert live_route(objects, lives, Cluster(leftovers={("HTTPRoute", "gone"): None})) is None

@@ -28,7 +28,7 @@ from .ownership import check_controlled, controller_of
 from .snapshot import Actions, Cluster, Snapshot
 from .status import conclude, get_condition, is_true, set_condition
 
-__all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "entry",
+__all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "entry", "live_route",
            "BUILD_POLL_SECONDS", "ROLLOUT_POLL_SECONDS"]
 
 BUILD_POLL_SECONDS = 15.0
@@ -110,8 +110,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
             check_controlled(live, child, ref.uid, owner)
     if cluster.launcher_conflict is not None:
         raise cluster.launcher_conflict
-    routes = [live for child, live in zip(objects, lives) if child["kind"] == "HTTPRoute"]
-    claim_gateway(status, parsed.spec, ref, cluster, next(iter(routes), None), actions)
+    claim_gateway(status, parsed.spec, ref, cluster, live_route(objects, lives, cluster), actions)
     workload = cluster.children.get(_key(rendered.workload))
     serving_old = workload is not None and \
         workload["metadata"].get("annotations", {}).get(ENGINE_KEY_ANNOTATION) != rendered.engine["spec"]["key"]
@@ -133,6 +132,15 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     retired(actions)
     if handing:
         _wait_for_handover(actions, handing, snapshot)
+
+
+def live_route(objects: list[dict[str, Any]], lives: list[dict[str, Any] | None],
+               cluster: Cluster) -> dict[str, Any] | None:
+    """The service's HTTPRoute as the API server holds it: the one its spec asks for, or one
+    it no longer asks for (``spec.gateway`` removed) that is still there until it is pruned."""
+    asked = [live for child, live in zip(objects, lives) if child["kind"] == "HTTPRoute" and live]
+    left = [obj for (kind, _), obj in cluster.leftovers.items() if kind == "HTTPRoute" and obj]
+    return next(iter(asked + left), None)
 
 
 def _record(status: LLMServiceStatus, cluster: Cluster, objects: list[dict[str, Any]], uid: str | None) -> None:
