@@ -22,12 +22,11 @@ from .metrics import PodMetrics
 from ..decide.policy import Policy
 from .telemetry import METRICS_PORT
 
-__all__ = ["run_operator", "run_against_kubeconfig", "settle_garbage_collector", "LIVENESS_ENDPOINT",
-           "HEALTH_PORT", "LEASE_LOST_EXIT"]
+__all__ = ["run_operator", "run_against_kubeconfig", "settle_garbage_collector", "HEALTH_PORT", "LEASE_LOST_EXIT"]
 
 # Where the operator's pod is probed (charts/kiln/templates/deployment.yaml; `kiln run --health-port`).
 HEALTH_PORT = 8080
-LIVENESS_ENDPOINT = f"http://0.0.0.0:{HEALTH_PORT}/healthz"
+HEALTH_PATH = "/healthz"
 # `kiln run`'s exit code when it lost the Lease (its pod restarts and waits for it again).
 LEASE_LOST_EXIT = 4
 
@@ -124,7 +123,7 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
             ctx.telemetry.leader.set(1)
             leading = asyncio.ensure_future(_exit_when_lost(lease))
         await run_operator(ctx, stop_flag or asyncio.Event(), namespaces,
-                           liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz")
+                           liveness_endpoint=f"http://0.0.0.0:{health_port}{HEALTH_PATH}")
     finally:
         if leading is not None:
             leading.cancel()
@@ -142,7 +141,7 @@ async def _standby_health(port: int, lease: LeaderLease) -> AsyncIterator[None]:
                                           "holder": lease.holder})
 
     app = aiohttp.web.Application()
-    app.add_routes([aiohttp.web.get("/healthz", healthz)])
+    app.add_routes([aiohttp.web.get(HEALTH_PATH, healthz)])
     runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:

@@ -43,7 +43,10 @@ def claim_key(spec: LLMServiceSpec, ref: ServiceRef) -> tuple[str, str] | None:
 
 def _refused(route: dict[str, Any], gateway: str) -> bool:
     """Whether the route's status says ``gateway`` did not accept it (Gateway API
-    ``RouteParentStatus``: condition ``Accepted`` False, e.g. ``NotAllowedByListeners``)."""
+    ``RouteParentStatus``: condition ``Accepted`` False, e.g. ``RouteReasonNotAllowedByListeners``,
+    gateway-api #1155, which Contour's ``internal/gatewayapi`` sets for a namespace no listener
+    admits; Contour also marks the lower-ranked of two routes with the same matches Accepted
+    False, ``RuleMatchConflict``, changelogs/unreleased/6188: the older keeps the name here too)."""
     namespace = (route.get("metadata") or {}).get("namespace")
     for parent in (route.get("status") or {}).get("parents") or []:
         ref = parent.get("parentRef") or {}

@@ -471,9 +471,10 @@ def _unplaced(actions: Actions) -> str:
 
 
 def _claims_hint(workload: dict[str, Any], why: str) -> str:
-    """What to do when the scheduler's reason is a PersistentVolumeClaim (missing, or unbound:
-    kube-scheduler's volumebinding plugin says "unbound immediate PersistentVolumeClaims", its
-    lookup 'persistentvolumeclaim "<name>" not found'), not a GPU; "" otherwise."""
+    """What to do when the scheduler's reason is a PersistentVolumeClaim, not a GPU; ""
+    otherwise. Both messages are kube-scheduler's (v1.35.4, the test control plane's, run
+    against a Node and an unbound or missing claim): its VolumeBinding filter's "pod has
+    unbound immediate PersistentVolumeClaims", and 'persistentvolumeclaim "<name>" not found'."""
     if "persistentvolumeclaim" not in why.lower():
         return ""
     names = sorted(set(_claim_names(workload)))
