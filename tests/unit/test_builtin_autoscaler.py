@@ -311,12 +311,14 @@ async def test_the_model_shape_the_autoscaler_costs_with_is_what_the_resolver_ha
     config = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 16, "hidden_size": 2048,
               "intermediate_size": 8192, "num_attention_heads": 16, "num_key_value_heads": 8,
               "vocab_size": 32000, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    fetched = []
-    monkeypatch.setattr("huggingface_hub.hf_hub_download",
-                        lambda *a, **k: fetched.append(a) or str(tmp_path / "config.json"))
-    models = ModelResolver()
-    assert models.known(SPEC) is not None and models.known(SPEC).num_layers == 32
-    assert models.known(hub) is None and not fetched
-    resolved, _ = await models.resolve(hub, None)
-    assert resolved is not None and models.known(hub) == resolved and len(fetched) == 1
+    from tests.support.fake_hub import Repo, fake_hub
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    with fake_hub({"someone/llama-like": Repo({"config.json": json.dumps(config).encode()})}) as server:
+        models = ModelResolver(endpoint=server.url)
+        assert models.known(SPEC) is not None and models.known(SPEC).num_layers == 32
+        assert models.known(hub) is None and not server.requests
+        resolved, _ = await models.resolve(hub, "a-token")
+        fetched = [method for method, _, _ in server.requests]
+        assert resolved is not None and models.known(hub) == resolved and fetched.count("GET") == 1
+        assert [method for method, _, _ in server.requests] == fetched  # known() asked nothing

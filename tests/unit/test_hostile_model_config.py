@@ -43,33 +43,27 @@ def test_a_hostile_config_is_unknown_or_malformed_with_a_short_reason(case):
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-async def test_the_resolver_says_unknown_for_it(case, monkeypatch, tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(HOSTILE[case]))
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: str(tmp_path / "config.json"))
+async def test_the_resolver_says_unknown_for_it(case, hub_cache):
+    from tests.support.fake_hub import Repo, fake_hub
+
     spec = parse_service_spec({"model": {"source": "hf://someone/model"}})
-    resolved, why = await ModelResolver().resolve(spec, None)
+    with fake_hub({"someone/model": Repo({"config.json": json.dumps(HOSTILE[case]).encode()})}) as hub:
+        resolved, why = await ModelResolver(endpoint=hub.url).resolve(spec, None)
+        assert [method for method, _, _ in hub.requests][-1] == "GET"  # read, then refused
     assert resolved is None and 0 < len(why) <= REASON_CHARS
 
 
-async def test_a_config_over_the_bound_is_not_read(monkeypatch, tmp_path):
-    big = {**LLAMA, "padding": "x" * (MAX_CONFIG_BYTES + 1)}
-    (tmp_path / "config.json").write_text(json.dumps(big))
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: str(tmp_path / "config.json"))
-    spec = parse_service_spec({"model": {"source": "hf://someone/model"}})
-    resolved, why = await ModelResolver().resolve(spec, None)
-    assert resolved is None and "larger than" in why and len(why) <= REASON_CHARS
-
-
-async def test_the_cache_of_configs_is_bounded(monkeypatch, tmp_path):
+async def test_the_cache_of_configs_is_bounded(hub_cache):
     """Each (source, revision) a tenant names is a new entry: a loop over revisions must not
     grow the operator without end."""
-    (tmp_path / "config.json").write_text(json.dumps(LLAMA))
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: str(tmp_path / "config.json"))
-    models = ModelResolver()
-    for i in range(MAX_CACHED_CONFIGS + 50):
-        spec = parse_service_spec({"model": {"source": "hf://someone/model", "revision": f"r{i}"}})
-        resolved, _ = await models.resolve(spec, None)
-        assert resolved is not None
+    from tests.support.fake_hub import Repo, fake_hub
+
+    with fake_hub({"someone/model": Repo({"config.json": json.dumps(LLAMA).encode()})}) as hub:
+        models = ModelResolver(endpoint=hub.url)
+        for i in range(MAX_CACHED_CONFIGS + 50):
+            spec = parse_service_spec({"model": {"source": "hf://someone/model", "revision": f"r{i}"}})
+            resolved, _ = await models.resolve(spec, None)
+            assert resolved is not None
     assert len(models._cache) == MAX_CACHED_CONFIGS
 
 
@@ -97,7 +91,7 @@ async def test_a_hub_that_cannot_be_reached_is_asked_again_only_after_a_while(mo
         calls.append(kwargs.get("token"))
         raise OSError("Connection refused")
 
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", unreachable)
+    monkeypatch.setattr("huggingface_hub.get_hf_file_metadata", unreachable)
     now = [1000.0]
     models = ModelResolver(clock=lambda: now[0])
     spec = parse_service_spec({"model": {"source": "hf://someone/model"}})
@@ -114,3 +108,74 @@ async def test_a_hub_that_cannot_be_reached_is_asked_again_only_after_a_while(mo
     for i in range(MAX_CACHED_CONFIGS + 50):
         await models.resolve(parse_service_spec({"model": {"source": "hf://someone/model", "revision": f"r{i}"}}), None)
     assert len(models._failed) == MAX_CACHED_CONFIGS
+
+
+# Against a Hub on localhost and the real huggingface_hub client (tests/support/fake_hub.py).
+GATED = "hf://meta-llama/gated-model"
+
+
+def _gated_hub():
+    from tests.support.fake_hub import Repo, fake_hub
+    return fake_hub({"meta-llama/gated-model": Repo({"config.json": json.dumps(LLAMA).encode()}, gated=True,
+                                                    tokens=frozenset({"token-with-access"}))})
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """huggingface_hub's own disk cache, where it would write: in the chart's pod that is under
+    a read-only root (HOME=/), and it is shared by every tenant's fetch."""
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    return cache
+
+
+async def test_a_gated_config_read_with_one_tenants_token_is_not_given_to_another(hub_cache):
+    """Tenant A's Secret opens a gated model; tenant B names the same model with no token, or
+    with a token that has no access. B's plan must not be made from the config A's token
+    read: the resolver asks the Hub with B's token, and the Hub refuses it."""
+    spec = parse_service_spec({"model": {"source": GATED}})
+    with _gated_hub() as hub:
+        models = ModelResolver(endpoint=hub.url)
+        config, _ = await models.resolve(spec, "token-with-access")
+        assert config is not None and config.num_layers == 16
+        for token in (None, "a-token-without-access"):
+            config, why = await models.resolve(spec, token)
+            assert config is None and "gated" in why.lower(), why
+        again, _ = await models.resolve(spec, "token-with-access")
+        assert again is not None
+
+
+async def test_an_operator_restart_does_not_read_a_gated_config_from_disk(hub_cache):
+    """huggingface_hub answers a refused HEAD (401/403) from its disk cache when the file is
+    there (file_download.py: 'Repository is gated and invalid/missing token sent => switch to
+    local_files_only'): a config.json downloaded once with a token would be served to every
+    later caller without one."""
+    spec = parse_service_spec({"model": {"source": GATED}})
+    with _gated_hub() as hub:
+        assert (await ModelResolver(endpoint=hub.url).resolve(spec, "token-with-access"))[0] is not None
+        config, why = await ModelResolver(endpoint=hub.url).resolve(spec, None)
+        assert config is None and "gated" in why.lower(), why
+
+
+async def test_the_resolver_writes_nothing_to_the_hub_cache(hub_cache, tmp_path, monkeypatch):
+    """The operator's root filesystem is read-only (the chart mounts only /tmp): a fetch that
+    needs huggingface_hub's cache directory would fail in every real deployment."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    spec = parse_service_spec({"model": {"source": GATED}})
+    with _gated_hub() as hub:
+        config, why = await ModelResolver(endpoint=hub.url).resolve(spec, "token-with-access")
+    assert config is not None, why
+    assert not hub_cache.exists() and list(scratch.iterdir()) == []
+
+
+async def test_a_config_over_the_bound_is_not_downloaded(hub_cache):
+    from tests.support.fake_hub import Repo, fake_hub
+
+    big = json.dumps({**LLAMA, "padding": "x" * (MAX_CONFIG_BYTES + 1)}).encode()
+    spec = parse_service_spec({"model": {"source": "hf://someone/huge"}})
+    with fake_hub({"someone/huge": Repo({"config.json": big})}) as hub:
+        config, why = await ModelResolver(endpoint=hub.url).resolve(spec, None)
+        assert config is None and "larger than" in why and len(why) <= REASON_CHARS
+        assert [method for method, _, _ in hub.requests] == ["HEAD"]
