@@ -11,6 +11,7 @@ environment and the engine cache mounted read-write.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -20,10 +21,20 @@ from typing import Any
 
 from .errors import BadSpec, StepFailed
 
-__all__ = ["read_config", "download", "inside", "ALLOW_PATTERNS"]
+__all__ = ["read_config", "download", "inside", "wanted", "ALLOW_PATTERNS", "SAFE_WEIGHTS_INDEX"]
 
 # What a TensorRT-LLM build and the tokenizer need; never the duplicate .bin/.pth weights.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.py"]
+# Of the .safetensors, only the weights transformers loads: model.safetensors, or the shards
+# this index names (transformers' SAFE_WEIGHTS_NAME and SAFE_WEIGHTS_INDEX_NAME). A repository
+# may hold the same weights again in another layout: Mistral-7B-v0.3 has a
+# consolidated.safetensors beside its shards, which vLLM drops the same way
+# (vllm-project/vllm vllm/model_executor/model_loader/weight_utils.py,
+# filter_duplicate_safetensors_files). Downloaded too, it doubles the scratch the build Job's
+# volume is sized for, and the kubelet evicts the build.
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
+MAX_INDEX_BYTES = 16 * 2**20  # a 405B model's index is about 100 KiB
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -125,18 +136,57 @@ def _mounted(source: str, check_files: bool = False) -> Path:
     return model_dir
 
 
+def wanted(names: list[str], index: bytes | None) -> list[str]:
+    """The files of ``names`` a build needs (``ALLOW_PATTERNS``), with only the weights
+    transformers loads; ``index`` is the repository's model.safetensors.index.json, if it has
+    one. BadSpec when the index is malformed or names a shard the source does not hold."""
+    allowed = [name for name in names if any(fnmatch(name, pattern) for pattern in ALLOW_PATTERNS)]
+    if index is not None:
+        shards = _shards(index)
+        missing = sorted(shards - set(names))
+        if missing:
+            raise BadSpec(f"model.source: {SAFE_WEIGHTS_INDEX} names {_short(missing[0])}, which the "
+                          "source does not hold; upload every shard the index names")
+    elif SAFE_WEIGHTS in names:
+        shards = {SAFE_WEIGHTS}
+    else:
+        return allowed
+    return [name for name in allowed if not name.endswith(".safetensors") or name in shards]
+
+
+def _shards(index: bytes) -> set[str]:
+    if len(index) > MAX_INDEX_BYTES:
+        raise BadSpec(f"model.source: {SAFE_WEIGHTS_INDEX} is larger than {MAX_INDEX_BYTES} bytes")
+    try:
+        weight_map = json.loads(index).get("weight_map")
+    except (ValueError, AttributeError):
+        weight_map = None
+    if not isinstance(weight_map, dict) or not weight_map \
+            or not all(isinstance(shard, str) for shard in weight_map.values()):
+        raise BadSpec(f"model.source: {SAFE_WEIGHTS_INDEX} has no weight_map of tensor names to "
+                      "shard files")
+    return set(weight_map.values())
+
+
 def _hf_download(repo: str, revision: str, out: Path) -> None:
     """snapshot_download, after checking every file name it would write. Recent huggingface_hub
     releases refuse such names themselves; the runtime image may carry an older one."""
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     names = HfApi(token=_token()).list_repo_files(repo, revision=revision)
-    for name in names:
-        if any(fnmatch(name, pattern) for pattern in ALLOW_PATTERNS):
-            inside(out, name, f"the Hugging Face file in {repo}")
+    index = None
+    if SAFE_WEIGHTS_INDEX in names:
+        inside(out, SAFE_WEIGHTS_INDEX, f"the Hugging Face file in {repo}")
+        path = Path(hf_hub_download(repo, SAFE_WEIGHTS_INDEX, revision=revision, token=_token(), local_dir=out))
+        if path.stat().st_size > MAX_INDEX_BYTES:
+            raise BadSpec(f"model.source: {SAFE_WEIGHTS_INDEX} is larger than {MAX_INDEX_BYTES} bytes")
+        index = path.read_bytes()
+    files = wanted(names, index)
+    for name in files:
+        inside(out, name, f"the Hugging Face file in {repo}")
     try:
         snapshot_download(repo, revision=revision, token=_token(), local_dir=out,
-                          allow_patterns=ALLOW_PATTERNS)
+                          allow_patterns=[glob.escape(name) for name in files])
     except ValueError as error:  # huggingface_hub's own file-name check
         raise BadSpec(f"model.source: {repo}: {str(error).splitlines()[0][:200]}") from None
 
@@ -154,13 +204,17 @@ def _split_s3(source: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def _s3_get(source: str, name: str) -> bytes:
+def _s3_get(source: str, name: str, limit: int = MAX_INDEX_BYTES) -> bytes:
+    """A small object (a config, an index), at most ``limit`` bytes read."""
     bucket, prefix = _split_s3(source)
     try:
         body = _s3_client().get_object(Bucket=bucket, Key=f"{prefix}/{name}" if prefix else name)
     except Exception as error:  # botocore raises a family of ClientError subclasses
         raise BadSpec(f"model.source: cannot read s3://{bucket}/{prefix}/{name}: {error}") from None
-    return body["Body"].read()  # type: ignore[no-any-return]
+    data: bytes = body["Body"].read(limit + 1)
+    if len(data) > limit:
+        raise BadSpec(f"model.source: s3://{bucket}/{prefix}/{name} is larger than {limit} bytes")
+    return data
 
 
 def _s3_sync(source: str, out: Path) -> None:
@@ -168,16 +222,19 @@ def _s3_sync(source: str, out: Path) -> None:
     client = _s3_client()
     objects = [o for page in client.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=f"{prefix}/" if prefix else "") for o in page.get("Contents", [])]
-    total = sum(o["Size"] for o in objects) or 1
-    done = 0
     # Check every key before the first download: a build that fails half-way must not have
     # written anything outside ``out`` either.
-    targets = []
+    keys = {}
     for obj in objects:
         relative = obj["Key"][len(prefix):].lstrip("/")
         if not relative or relative.endswith("/"):
             continue  # a "folder" placeholder some S3 consoles create; nothing to write
-        targets.append((obj, relative, inside(out, relative, f"the S3 object key in s3://{bucket}")))
+        inside(out, relative, f"the S3 object key in s3://{bucket}")
+        keys[relative] = obj
+    index = _s3_get(source, SAFE_WEIGHTS_INDEX) if SAFE_WEIGHTS_INDEX in keys else None
+    targets = [(keys[relative], relative, out / relative) for relative in wanted(list(keys), index)]
+    total = sum(obj["Size"] for obj, _, _ in targets) or 1
+    done = 0
     for obj, relative, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, obj["Key"], str(target))

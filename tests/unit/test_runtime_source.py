@@ -108,3 +108,67 @@ def test_messages_quote_a_hostile_name_short_and_on_one_line(tmp_path):
     with pytest.raises(BadSpec) as refused:
         source.inside(tmp_path, "../" + "x\n" * 5000, "the S3 object key in s3://b")
     assert "\n" not in str(refused.value) and len(str(refused.value)) < 250
+
+
+MISTRAL_V03 = ["config.json", "consolidated.safetensors", "generation_config.json", "model-00001-of-00003.safetensors",
+               "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors", SAFE_INDEX := "model.safetensors.index.json",
+               "params.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
+               "tokenizer.model.v3", "tokenizer_config.json", "README.md"]
+MISTRAL_INDEX = json.dumps({"metadata": {"total_size": 14496047104}, "weight_map": {
+    "lm_head.weight": "model-00003-of-00003.safetensors",
+    "model.embed_tokens.weight": "model-00001-of-00003.safetensors",
+    "model.layers.15.mlp.up_proj.weight": "model-00002-of-00003.safetensors"}}).encode()
+MISTRAL_WANTED = ["config.json", "generation_config.json", "model-00001-of-00003.safetensors",
+                  "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors", SAFE_INDEX,
+                  "params.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
+
+
+def test_a_hub_model_with_its_weights_twice_downloads_the_shards_its_index_names(tmp_path, monkeypatch):
+    """Mistral-7B-v0.3 holds its weights as shards and again as consolidated.safetensors: the
+    build's scratch is sized for one copy, and the kubelet evicts a build that downloads two.
+    The file list is huggingface_hub's own filter applied to the patterns the build asks for."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, revision=None, **kw: MISTRAL_V03)
+
+    def index_download(repo_id, filename, revision, token, local_dir):
+        (Path(local_dir) / filename).write_bytes(MISTRAL_INDEX)
+        return str(Path(local_dir) / filename)
+
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", index_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, revision, token, local_dir, allow_patterns:
+                        fetched.extend(filter_repo_objects(MISTRAL_V03, allow_patterns=allow_patterns)))
+    source.download("hf://mistralai/Mistral-7B-Instruct-v0.3", "main", tmp_path / "model")
+    assert sorted(fetched) == sorted(MISTRAL_WANTED)
+
+
+def test_an_s3_model_downloads_what_a_build_needs_once(tmp_path, monkeypatch):
+    """The same for a bucket: the shards the index names, not the consolidated copy nor the
+    original/ .pth weights Meta's repositories carry."""
+    objects = {f"m/{name}": (MISTRAL_INDEX if name == SAFE_INDEX else b"x") for name in MISTRAL_V03}
+    objects["m/original/consolidated.00.pth"] = b"x"
+    monkeypatch.setattr(source, "_s3_client", lambda: MemoryBucket("weights", objects))
+    out = source.download("s3://weights/m", "main", tmp_path / "model")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(MISTRAL_WANTED)
+
+
+@pytest.mark.parametrize("index", [b"[]", b"{}", b'{"weight_map": {"a": 5}}', b"not json",
+                                   json.dumps({"weight_map": {"a": "model-00009-of-00003.safetensors"}}).encode()])
+def test_a_malformed_index_or_a_missing_shard_is_named(index):
+    with pytest.raises(BadSpec, match=r"^model.source: model.safetensors.index.json "):
+        source.wanted(MISTRAL_V03, index)
+
+
+def test_one_file_of_weights_beside_another_layout_is_the_one_transformers_loads():
+    names = ["config.json", "model.safetensors", "consolidated.safetensors"]
+    assert source.wanted(names, None) == ["config.json", "model.safetensors"]
+    assert source.wanted(["config.json", "weights.safetensors"], None) == ["config.json", "weights.safetensors"]
+
+
+def test_an_oversized_index_in_a_bucket_is_not_read_whole(tmp_path, monkeypatch):
+    objects = {"m/config.json": b"{}", f"m/{SAFE_INDEX}": b" " * (source.MAX_INDEX_BYTES + 10)}
+    monkeypatch.setattr(source, "_s3_client", lambda: MemoryBucket("weights", objects))
+    with pytest.raises(BadSpec, match="larger than"):
+        source.download("s3://weights/m", "main", tmp_path / "model")
