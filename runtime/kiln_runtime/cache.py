@@ -28,11 +28,33 @@ from typing import Any
 from .errors import BadSpec, StepFailed
 
 __all__ = ["complete_entry", "damage", "build_lock", "verify_engine", "publish", "delete_entry",
-           "delete_s3_entry", "MANIFEST", "TOKENIZER_FILES"]
+           "delete_s3_entry", "tokenizer_code", "MANIFEST", "TOKENIZER_FILES"]
 
 MANIFEST = "manifest.json"
+# A tokenizer_config.json with every added token is a few MiB at most; past this it is not read.
+MAX_TOKENIZER_CONFIG_BYTES = 32 * 2**20
 TOKENIZER_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def tokenizer_code(model_dir: Path) -> list[str]:
+    """The Python files a tokenizer loaded with ``trust_remote_code`` needs: the modules its
+    ``tokenizer_config.json``'s ``auto_map`` names (THUDM/glm-4-9b-chat:
+    ``tokenization_chatglm.ChatGLM4Tokenizer``). Triton's preprocessing and postprocessing
+    models load the tokenizer from the cache entry with ``trust_remote_code=True``
+    (``triton_backend/all_models/inflight_batcher_llm/preprocessing/1/model.py``), and without
+    the module it does not load. A name in another repository (``org/repo--module.Class``)
+    or one that is not a plain module name is not copied."""
+    try:
+        with open(model_dir / "tokenizer_config.json", "rb") as handle:
+            config = json.loads(handle.read(MAX_TOKENIZER_CONFIG_BYTES + 1))
+    except (OSError, ValueError):
+        return []
+    refs = config.get("auto_map", {}).get("AutoTokenizer") if isinstance(config, dict) \
+        and isinstance(config.get("auto_map"), dict) else None
+    refs = [refs] if isinstance(refs, str) else refs if isinstance(refs, list) else []
+    modules = {ref.rpartition(".")[0] for ref in refs if isinstance(ref, str) and "--" not in ref}
+    return sorted(f"{module}.py" for module in modules if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,100}", module))
 
 
 def _read_manifest(entry: Path) -> tuple[dict[str, Any] | None, str]:
@@ -152,7 +174,8 @@ def publish(staging: Path, cache: Path, key: str, model_dir: Path | None, inputs
     if model_dir is not None:
         tokenizer = staging / "tokenizer"
         tokenizer.mkdir(exist_ok=True)
-        for name in TOKENIZER_FILES:
+        for name in (*TOKENIZER_FILES, *tokenizer_code(model_dir),
+                     *sorted(path.name for path in model_dir.glob("*.tiktoken"))):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tokenizer / name)
     files = {}

@@ -156,10 +156,27 @@ def test_a_405b_fp8_build_converts_shard_by_shard_on_the_cache_volume():
 def test_the_build_job_is_sized_from_the_model():
     _, small = _render({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "precision": "bf16"})
     requests = small.build_job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
-    # the converter holds the 16 GB model in host memory; download + checkpoint on the node
-    assert requests["memory"] == "47Gi" and requests["ephemeral-storage"] == "30Gi"
+    # the converter holds the 16 GB model in host memory; download + checkpoint on the node,
+    # with 2 % and a GiB for the rest (tokenizer, the Hub's metadata, the timing cache)
+    assert requests["memory"] == "47Gi" and requests["ephemeral-storage"] == "32Gi"
     volumes = {v["name"]: v for v in small.build_job["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["work"]["emptyDir"] == {"sizeLimit": "30Gi"}
+    assert volumes["work"]["emptyDir"] == {"sizeLimit": "32Gi"}
+
+
+def test_a_calibrated_build_has_scratch_for_its_calibration_set():
+    """quantize.py downloads the whole cnn_dailymail train split into HF_HOME on scratch
+    (quantize_by_modelopt.py, get_calib_dataloader); the converter calibrates nothing."""
+    from kiln.api import Precision
+    from kiln.planner.build import CALIBRATION_DATA_BYTES, SCRATCH_MARGIN
+    from kiln.planner.memory import weight_bytes_per_gpu
+
+    from kiln.planner import model_config
+
+    model, _ = model_config("hf://meta-llama/Llama-3.1-8B-Instruct")
+    for precision, calibration in (("fp8", CALIBRATION_DATA_BYTES), ("bf16", 0)):
+        result, _ = _render({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "precision": precision})
+        needed = model.hf_param_count * 2 + weight_bytes_per_gpu(model, Precision(precision), 1, 1) + calibration
+        assert result.build.scratch_bytes == needed + int(needed * SCRATCH_MARGIN[0]) + SCRATCH_MARGIN[1]
 
 
 def test_a_build_the_node_cannot_hold_is_refused_before_a_job_exists():

@@ -280,3 +280,31 @@ def test_every_rendered_runtime_command_is_one_the_runtime_has(path):
                 runtime_parser().parse_args(command[1:])
                 seen += 1
     assert seen >= 1
+
+
+def test_a_tokenizer_with_remote_code_is_published_with_its_module(fakes):
+    """THUDM/glm-4-9b-chat's tokenizer is tokenization_chatglm.ChatGLM4Tokenizer (its
+    tokenizer_config.json's auto_map) over a tiktoken file: Triton's preprocessing model loads
+    it from the entry with trust_remote_code, so the module goes in with it. A name that is
+    not a plain module, or one in another repository, is not copied."""
+    model = fakes["root"] / "models" / "tiny"
+    (model / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": [
+        "tokenization_chatglm.ChatGLM4Tokenizer", None]}}))
+    (model / "tokenization_chatglm.py").write_text("class ChatGLM4Tokenizer: ...\n")
+    (model / "qwen.tiktoken").write_text("IQ== 0\n")
+    (model / "modeling_chatglm.py").write_text("# the model's own code: not the tokenizer's\n")
+    result = _run(fakes)
+    assert result.returncode == 0, result.stderr
+    tokenizer = fakes["root"] / "cache" / ("ab" * 32) / "tokenizer"
+    assert {"tokenization_chatglm.py", "qwen.tiktoken", "tokenizer_config.json"} <= {p.name for p in tokenizer.iterdir()}
+    assert not (tokenizer / "modeling_chatglm.py").exists()
+
+
+@pytest.mark.parametrize("auto_map", [
+    {"AutoTokenizer": ["../../etc/passwd.X", None]}, {"AutoTokenizer": "org/other--tokenization_x.T"},
+    {"AutoTokenizer": [{"a": 1}]}, ["not", "a", "map"], {"AutoTokenizer": ["/abs/path.X"]}])
+def test_a_hostile_auto_map_copies_nothing(tmp_path, auto_map):
+    from kiln_runtime.cache import tokenizer_code
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"auto_map": auto_map}))
+    assert tokenizer_code(tmp_path) == []

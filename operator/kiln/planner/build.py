@@ -14,8 +14,14 @@ Where the weights live while a checkpoint is made (TensorRT-LLM 1.2.1):
   release goes the same way, at any size ("--use_fp8_rowwise is enabled automatically"); no
   other pre-quantized source is built (``kiln_runtime.support.ROWWISE_FP8_SOURCE``).
 
-Scratch holds the download and the converted checkpoint. Past :data:`STAGE_ON_CACHE_BYTES`
-it goes to the engine cache volume instead of a node's ephemeral storage.
+Scratch holds the download and the converted checkpoint, and for ``quantize.py`` the
+calibration set: its default, ``cnn_dailymail``, is fetched with
+``load_dataset("cnn_dailymail", name="3.0.0", split="train")`` (``get_calib_dataloader``), the
+whole train split of 287,113 articles (the dataset card) into ``HF_HOME`` on scratch, of which
+512 are used. :data:`CALIBRATION_DATA_BYTES` is an allowance for it, and
+:data:`SCRATCH_MARGIN` one for the rest (tokenizer files, the Hub's metadata beside the
+download, the timing cache); neither is measured. Past :data:`STAGE_ON_CACHE_BYTES` scratch
+goes to the engine cache volume instead of a node's ephemeral storage.
 """
 
 from __future__ import annotations
@@ -32,12 +38,16 @@ from .memory import GIB, weight_bytes_per_gpu
 from .model import ModelConfig
 
 __all__ = ["BuildPlan", "plan_build", "BASE_MEMORY_BYTES", "STAGE_ON_CACHE_BYTES",
-           "FP8_ROWWISE"]
+           "CALIBRATION_DATA_BYTES", "SCRATCH_MARGIN", "FP8_ROWWISE"]
 
 # The build container's own needs: Python, torch, TensorRT's builder, tokenizer, one shard.
 BASE_MEMORY_BYTES = 32 * GIB
 # Scratch above this goes on the cache volume (a node's ephemeral storage is rarely larger).
 STAGE_ON_CACHE_BYTES = 256 * GIB
+# The calibration set's download and its converted cache (see above): an allowance.
+CALIBRATION_DATA_BYTES = 4 * GIB
+# Scratch past the download and the checkpoint: 2 % of them and a GiB.
+SCRATCH_MARGIN = (0.02, 1 * GIB)
 # Share of the build GPUs' memory accelerate may fill while calibrating.
 _CALIBRATION_GPU_SHARE = 0.9
 FP8_ROWWISE: Literal["fp8-rowwise"] = "fp8-rowwise"
@@ -47,7 +57,7 @@ FP8_ROWWISE: Literal["fp8-rowwise"] = "fp8-rowwise"
 class BuildPlan:
     recipe: Literal["fp8-rowwise"] | None  # None: the precision's usual tool; FP8_ROWWISE: see above
     memory_bytes: int           # host memory the build container requests
-    scratch_bytes: int          # download + checkpoint
+    scratch_bytes: int          # download + checkpoint (+ calibration set) + margin
     stage_on_cache: bool        # scratch on the engine cache volume, not an emptyDir
     reasons: tuple[str, ...] = ()
 
@@ -94,6 +104,8 @@ def plan_build(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: 
             f"16-bit weights, {_gib(gpu_room)} of it on the build node's {build_gpus} GPUs) but "
             f"gpu.nodeMemoryGiB is {spec.gpu.node_memory_gi_b:g}; raise it if the nodes have "
             f"more{', or ' + hint if hint else ''}")
-    scratch = download + checkpoint
+    calibrates = support.checkpoint_tool(precision.value) == "quantize" and recipe is None
+    scratch = download + checkpoint + (CALIBRATION_DATA_BYTES if calibrates else 0)
+    scratch += int(scratch * SCRATCH_MARGIN[0]) + SCRATCH_MARGIN[1]
     return BuildPlan(recipe=recipe, memory_bytes=memory, scratch_bytes=scratch,
                      stage_on_cache=scratch > STAGE_ON_CACHE_BYTES, reasons=tuple(reasons))

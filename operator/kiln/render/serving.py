@@ -113,7 +113,11 @@ def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance
         "workingDir": "/tmp",
         "env": [{"name": SERVE_SPEC_ENV,
                  "value": json.dumps(serve_spec(spec, plan, engine, instance), sort_keys=True,
-                                     separators=(",", ":"))}],
+                                     separators=(",", ":"))},
+                # uid 1000 is the image's triton-server, made by a plain `useradd` (no home
+                # directory; triton-inference-server/server build.py): $HOME, where transformers
+                # keeps a remote-code tokenizer's modules, goes to the /tmp emptyDir.
+                {"name": "HOME", "value": "/tmp"}],
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"}
                   for name, port in PORTS.items()],
         # Loading an engine takes minutes: the startup probe allows 30 of them, and passes
