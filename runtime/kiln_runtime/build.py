@@ -94,6 +94,11 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
     _log(out, f"[resolve] {spec.source}@{spec.revision}: reading config.json")
     architecture = check_model(spec, source.read_config(spec.source, spec.revision))
     steps = plan_steps(spec, architecture)
+    try:  # before the lock file and any download
+        cache.check_writable(spec.cache_dir)
+    except StepFailed as error:
+        report({"engineKey": spec.engine_key, "result": "failed", "step": error.step, "message": str(error)[:1000]})
+        raise
     with cache.build_lock(layout.lock):
         existing = cache.complete_entry(spec.cache_dir, spec.engine_key)
         if existing is not None:  # another Job published it while this one waited

@@ -28,13 +28,32 @@ from typing import Any
 from .errors import BadSpec, StepFailed
 
 __all__ = ["complete_entry", "damage", "build_lock", "verify_engine", "publish", "delete_entry",
-           "delete_s3_entry", "tokenizer_code", "MANIFEST", "TOKENIZER_FILES"]
+           "delete_s3_entry", "tokenizer_code", "check_writable", "MANIFEST", "TOKENIZER_FILES"]
 
 MANIFEST = "manifest.json"
 # A tokenizer_config.json with every added token is a few MiB at most; past this it is not read.
 MAX_TOKENIZER_CONFIG_BYTES = 32 * 2**20
 TOKENIZER_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def check_writable(cache_dir: Path) -> None:
+    """StepFailed, saying what to change, when this container cannot write the cache volume.
+    The pods run as uid 1000 and count on the pod's ``fsGroup: 1000`` for the volume, which a
+    CSI driver applies to a ReadWriteMany volume only with ``fsGroupPolicy: File``: the default,
+    ``ReadWriteOnceWithFSType``, applies it only to ReadWriteOnce volumes with an fsType
+    (kubernetes-csi docs, "CSI Driver fsGroup Support"), and an NFS export is often root's."""
+    locks = cache_dir / ".locks"
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+        probe = locks / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except PermissionError:
+        raise StepFailed("cache", f"the engine cache volume ({cache_dir}) is not writable by uid "
+                         f"{os.getuid()}, gid {os.getgid()}: its CSI driver did not apply the pod's "
+                         "fsGroup (fsGroupPolicy File applies it to ReadWriteMany volumes); make the "
+                         "volume's root directory writable by group 1000") from None
 
 
 def tokenizer_code(model_dir: Path) -> list[str]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
+from pathlib import Path
 import sys
 import time
 
@@ -308,3 +310,33 @@ def test_a_hostile_auto_map_copies_nothing(tmp_path, auto_map):
 
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"auto_map": auto_map}))
     assert tokenizer_code(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run a build as uid 1000")
+def test_a_cache_volume_the_build_cannot_write_is_named_with_the_fix(fakes):
+    """A ReadWriteMany volume whose CSI driver does not apply fsGroup stays root's: the build
+    (uid 1000, as in the image) says so in one line and in its termination log, before any
+    download, instead of a PermissionError on the lock file."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="kiln-rootowned-"))
+    try:
+        root.chmod(0o755)
+        (root / "cache").mkdir(mode=0o755)  # root's, as an NFS export is
+        log = root / "log"
+        log.mkdir()
+        log.chmod(0o777)
+        model = fake_trtllm.tiny_model(root / "model")  # readable by uid 1000
+        spec = {**fakes["spec"], "model": {"source": str(model), "revision": "main"},
+                "cacheDir": str(root / "cache"), "workDir": str(log / "work")}
+        env = {**fakes["env"], "KILN_BUILD_SPEC": json.dumps(spec), "KILN_TERMINATION_LOG": str(log / "report"),
+               "HOME": str(log)}
+        result = subprocess.run(["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups",
+                                 sys.executable, "-m", "kiln_runtime", "build"],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0
+        assert "not writable by uid 1000, gid 1000" in result.stderr and "Traceback" not in result.stderr
+        assert json.loads((log / "report").read_text())["step"] == "cache"
+        assert _calls(fakes) == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
