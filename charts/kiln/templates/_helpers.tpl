@@ -136,7 +136,9 @@ itself (get and watch on pods, list and watch on InferencePools are held for tha
 {{- end -}}
 
 {{/* Cluster-scoped: engines are shared across namespaces (and collected when no service
-references them); kopf discovers CRDs. */}}
+references them); kopf discovers CRDs, and with watchNamespaces lists and watches namespaces
+(kopf ScanningSettings: "requires the RBAC permissions to list/watch the V1 namespaces and
+CRDs"; refused, it retries for about a minute before it serves any namespace). */}}
 {{- define "kiln.clusterRules" -}}
 - apiGroups: [serving.kiln.dev]
   resources: [llmengines]
@@ -147,4 +149,9 @@ references them); kopf discovers CRDs. */}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
 {{- end -}}

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import threading
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -57,10 +58,12 @@ def settle_garbage_collector() -> None:
 async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threading.Event,
                        namespaces: list[str] | None = None, *,
                        login: Callable[..., Awaitable[Any]] | None = None,
-                       liveness_endpoint: str | None = None) -> None:
+                       liveness_endpoint: str | None = None, identity: str | None = None) -> None:
     """Run kopf with Kiln's handlers until ``stop_flag`` is set. ``login``: a
     ``@kopf.on.login`` handler (None: kopf's, from the kubeconfig or the pod's
-    ServiceAccount).
+    ServiceAccount). ``identity``: the operator's name to kopf, never left to kopf to find:
+    without ``$POD_ID`` kopf asks ``getpass.getuser()`` (``kopf/_core/engines/peering.py``,
+    ``detect_own_id``), which raises for the image's uid 65532, not in its /etc/passwd.
 
     kopf closes its API sessions in its cleanup stage, which is skipped when that stage is
     cancelled, and a task still finishing after it can open a new one. So on exit the
@@ -75,6 +78,7 @@ async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threadin
             standalone=True,
             stop_flag=stop_flag,
             liveness_endpoint=liveness_endpoint,
+            identity=identity or f"kiln-{uuid.uuid4().hex[:12]}",  # type: ignore[arg-type]  # kopf: NewType(str)
             memo=ctx,  # every handler's ``memo``: a shallow copy per object (controller/context.py)
         )
     finally:
@@ -123,7 +127,8 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
             ctx.telemetry.leader.set(1)
             leading = asyncio.ensure_future(_exit_when_lost(lease))
         await run_operator(ctx, stop_flag or asyncio.Event(), namespaces,
-                           liveness_endpoint=f"http://0.0.0.0:{health_port}{HEALTH_PATH}")
+                           liveness_endpoint=f"http://0.0.0.0:{health_port}{HEALTH_PATH}",
+                           identity=lease.identity if lease is not None else os.environ.get("POD_NAME"))
     finally:
         if leading is not None:
             leading.cancel()
