@@ -140,17 +140,17 @@ def _kiln_run(kubeconfig, identity, log, health_port, metrics_port):
                             env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
 
 
-def _get(port, path):
-    """(status, body) of GET ``path`` on localhost:``port``; (None, error) if nothing answers."""
+def _get(port, path, host="127.0.0.1"):
+    """(status, body) of GET ``path`` on ``host``:``port``; (None, error) if nothing answers."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as response:
             return response.status, response.read().decode()
     except (urllib.error.URLError, OSError) as error:
         return None, repr(error)
 
 
-def _leader_gauge(port):
-    status, body = _get(port, "/metrics")
+def _leader_gauge(port, host="127.0.0.1"):
+    status, body = _get(port, "/metrics", host)
     if status != 200:
         return None
     [family] = [f for f in text_string_to_metric_families(body) if f.name == "kiln_operator_leader"]
@@ -162,7 +162,7 @@ async def test_a_second_kiln_run_waits_takes_over_when_the_first_stops_and_exits
     """Two ``kiln run`` processes as the chart runs them (the operator's ServiceAccount, the
     default durations): the second does nothing while the first holds the Lease, but answers
     its health probe and says ``kiln_operator_leader 0`` (a standby, which its liveness probe
-    keeps), holds it within seconds of the first's clean stop (released, not waited out), and
+    keeps), on IPv4 and IPv6 both, holds it within seconds of the first's clean stop (released, not waited out), and
     exits with code 4 once its renewals no longer land."""
     if backend != "real":
         pytest.skip("two processes against one API server: the real one")
@@ -191,12 +191,15 @@ async def test_a_second_kiln_run_waits_takes_over_when_the_first_stops_and_exits
         await asyncio.sleep(5)
         assert await holder() == "first" and second.poll() is None
         assert "waiting for the Lease kiln-system/kiln-operator, held by first" in (tmp_path / "second.log").read_text()
-        status, body = await asyncio.to_thread(_get, ports["second"][0], "/healthz")
-        assert status == 200 and json.loads(body) == {
-            "leader": False, "lease": "kiln-system/kiln-operator", "holder": "first"}
-        assert await asyncio.to_thread(_leader_gauge, ports["second"][1]) == 0
-        assert (await asyncio.to_thread(_get, ports["first"][0], "/healthz"))[0] == 200  # kopf's own
-        assert await asyncio.to_thread(_leader_gauge, ports["first"][1]) == 1
+        # on both address families (a pod on an IPv6 network is probed and scraped at its IPv6 address)
+        for host in ("127.0.0.1", "[::1]"):
+            status, body = await asyncio.to_thread(_get, ports["second"][0], "/healthz", host)
+            assert status == 200 and json.loads(body) == {
+                "leader": False, "lease": "kiln-system/kiln-operator", "holder": "first"}, (host, body)
+            assert await asyncio.to_thread(_leader_gauge, ports["second"][1], host) == 0
+            status, body = await asyncio.to_thread(_get, ports["first"][0], "/healthz", host)
+            assert status == 200 and json.loads(body)["leader"] is True, (host, body)
+            assert await asyncio.to_thread(_leader_gauge, ports["first"][1], host) == 1
 
         first.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -208,10 +211,10 @@ async def test_a_second_kiln_run_waits_takes_over_when_the_first_stops_and_exits
         assert time.monotonic() - stopped < LEASE_DURATION
         assert await asyncio.to_thread(_leader_gauge, ports["second"][1]) == 1
 
-        async def kopf_answers():  # the standby's endpoint closed, kopf's opened on its port
+        async def leader_answers():  # the same endpoint, now saying it leads
             status, body = await asyncio.to_thread(_get, ports["second"][0], "/healthz")
-            return status == 200 and "leader" not in json.loads(body)
-        await until(kopf_answers, 15, "the new leader's health endpoint")
+            return status == 200 and json.loads(body)["leader"] is True
+        await until(leader_answers, 15, "the new leader's health endpoint")
 
         lease = await admin.get("coordination.k8s.io/v1", "Lease", "kiln-operator", "kiln-system")
         await admin.patch(lease, {"spec": {"holderIdentity": "someone-else", "leaseDurationSeconds": 60}})

@@ -29,20 +29,51 @@ def _page(max_blocks: str = "1000", used: str = "350") -> str:
 
 
 class _Pods:
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, port: int, ip: str = "127.0.0.1") -> None:
+        self.port, self.ip = port, ip
 
     async def list(self, api_version, kind, namespace, selector):
         return [{"metadata": {"name": "svc-0"},
                  "spec": {"containers": [{"ports": [{"name": "metrics", "containerPort": self.port}]}]},
-                 "status": {"phase": "Running", "podIP": "127.0.0.1",
+                 "status": {"phase": "Running", "podIP": self.ip,
                             "conditions": [{"type": "Ready", "status": "True"}]}}]
 
 
-async def _serve(handler):
+async def _serve(handler, host="127.0.0.1"):
     app = aiohttp.web.Application()
     app.router.add_get("/{path:.*}", handler)
-    return TestServer(app, host="127.0.0.1")
+    return TestServer(app, host=host)
+
+
+async def test_a_pod_on_an_ipv6_network_is_scraped():
+    """An IPv6-only or IPv6-primary cluster gives pods IPv6 addresses: the URL must bracket
+    it (an unbracketed one is refused by aiohttp as an invalid URL, which the scrape took for
+    a pod that did not answer, and the builtin autoscaler got no sample at all)."""
+    async def page(request):
+        return aiohttp.web.Response(text=_page())
+
+    async with await _serve(page, host="::1") as server:
+        source = PodMetrics(_Pods(server.port, ip="::1"))  # type: ignore[arg-type]
+        try:
+            [sample] = await source.kv_samples("llm", "sel")
+            assert sample.replica == "svc-0"
+        finally:
+            await source.close()
+
+
+@pytest.mark.parametrize("pod_ip", ["evil.example/x?", "127.0.0.1:9/#", "", "[::1]", "10.0.0.1/metrics"])
+async def test_a_pod_ip_that_is_not_an_address_is_not_fetched(pod_ip, monkeypatch):
+    """status.podIP is the kubelet's to write, and so is anyone's with pods/status: the
+    operator fetches only from an address, never from a name or a URL written there."""
+    fetched = []
+
+    async def fetch(self, url):
+        fetched.append(url)
+        return None
+
+    monkeypatch.setattr(PodMetrics, "_fetch", fetch)
+    source = PodMetrics(_Pods(8002, ip=pod_ip))  # type: ignore[arg-type]
+    assert await source.kv_samples("llm", "sel") == [] and fetched == []
 
 
 async def test_a_page_over_the_bound_is_not_read_to_its_end_nor_parsed():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from dataclasses import replace
 from typing import Any, Protocol
 
 import aiohttp
+from yarl import URL
 
 from ..autoscale import KVSample, parse_triton_metrics
 from .kube import KubeApi
@@ -58,6 +60,16 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes | 
     return b"".join(chunks)
 
 
+def _address(pod: dict[str, Any]) -> str | None:
+    """The pod's IP (IPv4, or IPv6, which the URL brackets), or None when ``status.podIP`` is
+    not an address: it is the kubelet's to write, and anyone's with ``pods/status``, and the
+    operator fetches from an address only, never from a name or a URL written there."""
+    try:
+        return str(ipaddress.ip_address(str((pod.get("status") or {}).get("podIP") or "")))
+    except ValueError:
+        return None
+
+
 def _metrics_port(pod: dict[str, Any]) -> int | None:
     for container in pod.get("spec", {}).get("containers", []):
         for port in container.get("ports", []):
@@ -96,8 +108,8 @@ class PodMetrics:
     async def kv_samples(self, namespace: str, selector: str, api: KubeApi | None = None) -> list[KVSample]:
         async with self._pod_reads:
             pods = ready_pods(await (api or self.api).list("v1", "Pod", namespace, selector))
-        targets = [(pod["metadata"]["name"], f"http://{pod['status']['podIP']}:{port}/metrics")
-                   for pod in pods if (port := _metrics_port(pod))]
+        targets = [(pod["metadata"]["name"], str(URL.build(scheme="http", host=address, port=port, path="/metrics")))
+                   for pod in pods if (port := _metrics_port(pod)) and (address := _address(pod))]
         pages = await asyncio.gather(*(self._fetch(url) for _, url in targets))
         return [replace(sample, replica=name) for (name, _), page in zip(targets, pages)
                 if page and (sample := parse_triton_metrics(page))]

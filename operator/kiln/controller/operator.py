@@ -119,16 +119,17 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
     if metrics_port:
         ctx.telemetry.serve(metrics_port)
     leading = None
+    health = _Health(lease)
     try:
-        if lease is not None:
-            ctx.telemetry.leader.set(0)
-            async with _standby_health(health_port, lease):
+        async with _health_endpoint(health_port, health):
+            if lease is not None:
+                ctx.telemetry.leader.set(0)
                 await lease.acquire()
-            ctx.telemetry.leader.set(1)
-            leading = asyncio.ensure_future(_exit_when_lost(lease))
-        await run_operator(ctx, stop_flag or asyncio.Event(), namespaces,
-                           liveness_endpoint=f"http://0.0.0.0:{health_port}{HEALTH_PATH}",
-                           identity=lease.identity if lease is not None else os.environ.get("POD_NAME"))
+                ctx.telemetry.leader.set(1)
+                leading = asyncio.ensure_future(_exit_when_lost(lease))
+            health.leading = True
+            await run_operator(ctx, stop_flag or asyncio.Event(), namespaces,
+                               identity=lease.identity if lease is not None else os.environ.get("POD_NAME"))
     finally:
         if leading is not None:
             leading.cancel()
@@ -137,20 +138,33 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
         await api.close()
 
 
+class _Health:
+    def __init__(self, lease: LeaderLease | None) -> None:
+        self.lease, self.leading = lease, False
+
+    def answer(self) -> dict[str, Any]:
+        if self.lease is None:
+            return {"leader": self.leading}
+        return {"leader": self.leading, "lease": f"{self.lease.namespace}/{self.lease.name}",
+                "holder": self.lease.holder}
+
+
 @contextlib.asynccontextmanager
-async def _standby_health(port: int, lease: LeaderLease) -> AsyncIterator[None]:
-    """/healthz on ``port`` while waiting for the Lease (kopf's own endpoint takes the port
-    once the operator leads): 200, with who holds the Lease."""
+async def _health_endpoint(port: int, health: _Health) -> AsyncIterator[None]:
+    """/healthz on ``port``, 200 with whether this operator leads and who holds the Lease, from
+    its start (a standby's liveness probe keeps it) to its exit. On every address family the
+    host has (``host=None``: asyncio binds each, IPv6 with V6ONLY): a pod on an IPv6-only or
+    IPv6-primary network is probed at its IPv6 address. kopf's own liveness endpoint cannot
+    do that: it binds the one host its URL names (``kopf/_core/engines/probing.py``)."""
     async def healthz(request: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.json_response({"leader": False, "lease": f"{lease.namespace}/{lease.name}",
-                                          "holder": lease.holder})
+        return aiohttp.web.json_response(health.answer())
 
     app = aiohttp.web.Application()
     app.add_routes([aiohttp.web.get(HEALTH_PATH, healthz)])
     runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        await aiohttp.web.TCPSite(runner, "0.0.0.0", port, shutdown_timeout=1.0).start()
+        await aiohttp.web.TCPSite(runner, None, port, shutdown_timeout=1.0).start()
         yield
     finally:
         await runner.cleanup()

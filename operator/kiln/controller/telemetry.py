@@ -91,7 +91,13 @@ class Telemetry:
         self.leader.set(1)
 
     def serve(self, port: int = METRICS_PORT) -> None:
-        start_http_server(port, registry=self.registry)
+        """On "::", which Linux binds for IPv4 too (net.ipv6.bindv6only 0, its default), so that
+        a pod is scraped at its address on an IPv4, IPv6 or dual-stack network; on 0.0.0.0 where
+        the host has no IPv6. prometheus_client's own default is 0.0.0.0 alone."""
+        try:
+            start_http_server(port, addr="::", registry=self.registry)
+        except OSError:
+            start_http_server(port, addr="0.0.0.0", registry=self.registry)
 
     def first_hit(self, uid: str, key: str) -> bool:
         """Whether this is the first cache hit of service ``uid`` on engine ``key``. A reconcile
