@@ -11,6 +11,7 @@ building; the second waits, then finds the entry and reuses it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import fcntl
@@ -88,12 +89,15 @@ def _read_manifest(entry: Path) -> tuple[dict[str, Any] | None, str]:
     return manifest, ""
 
 
-def damage(entry: Path, digests: bool = False) -> str | None:
+def damage(entry: Path, digests: bool = False, ranks: range | None = None) -> str | None:
     """What is wrong with the cache entry at ``entry`` (``<cache>/<key>``), or None if whole.
 
     Whole: the manifest parses and names this key, lists the engine's config.json and at least
     one rank, and every file it lists exists with its recorded size (and, with ``digests``, the
-    sha256 of every engine file matches)."""
+    sha256 of every engine file matches: of the ``rank{R}.engine`` files, those of ``ranks``
+    only, when given, the ones a pod of a multi-node group loads). The digests are read in
+    parallel (hashlib releases the GIL): a 405B engine is hundreds of GiB on a shared volume,
+    read within the serving pod's startup probe."""
     manifest, why = _read_manifest(entry)
     if manifest is None:
         return why
@@ -113,9 +117,20 @@ def damage(entry: Path, digests: bool = False) -> str | None:
             return f"{name} is missing"
         if size != record.get("bytes"):
             return f"{name} has {size} bytes, the manifest records {record.get('bytes')}"
-        if digests and name.startswith("engine/") and _sha256(path) != record.get("sha256"):
-            return f"{name} does not match the sha256 the manifest records"
+    if not digests:
+        return None
+    checked = sorted(name for name in files if name.startswith("engine/") and _loaded(name, ranks))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for name, digest in zip(checked, pool.map(lambda name: _sha256(entry / name), checked), strict=True):
+            if digest != files[name].get("sha256"):
+                return f"{name} does not match the sha256 the manifest records"
     return None
+
+
+def _loaded(name: str, ranks: range | None) -> bool:
+    """Whether a pod loading ``ranks`` (None: every one) reads the engine file ``name``."""
+    match = re.fullmatch(r"engine/rank(\d+)\.engine", name)
+    return ranks is None or match is None or int(match.group(1)) in ranks
 
 
 def complete_entry(cache: Path, key: str) -> dict[str, Any] | None:

@@ -25,7 +25,8 @@ from . import cache, checkpoint, source, toolchain
 from .build import dry_run, run_build
 from .djl import DJLSettings, write_properties
 from .errors import BadSpec, StepFailed
-from .group import check_worker, group_from_env, mark_ready, rsh_argv, wait_for_workers, wait_forever
+from .group import (check_worker, group_from_env, mark_ready, rsh_argv, wait_for_workers, wait_forever,
+                    worker_index)
 from .serve import SERVE_SPEC_ENV, parse_serve_spec, prepare, run_server, server_argv
 from .spec import load_build_spec
 from .steps import Layout, check_model
@@ -117,7 +118,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             print(shlex.join(server_argv(spec, repo, group)))
         return 0
-    prepare(spec, repo, Path(args.templates or toolchain.triton_templates()))
+    index = 0 if args.role == "leader" else worker_index(group) if args.role == "worker" else None
+    prepare(spec, repo, Path(args.templates or toolchain.triton_templates()),
+            group if index is not None else None, index or 0)
     if args.role == "worker":
         mark_ready(repo)
         return wait_forever()

@@ -45,7 +45,7 @@ from typing import Any
 from . import toolchain
 from .errors import BadSpec, StepFailed
 
-__all__ = ["Group", "group_from_env", "rsh_argv", "check_worker", "wait_for_workers",
+__all__ = ["Group", "group_from_env", "worker_index", "rsh_argv", "check_worker", "wait_for_workers",
            "wait_forever", "mark_ready", "CONTAINER", "READY_FILE"]
 
 CONTAINER = "server"
@@ -86,6 +86,16 @@ def group_from_env(slots: int, leader_address: str | None = None, size: int | No
     if group.size < 2:
         raise BadSpec(f"LWS_GROUP_SIZE: {group.size}; a multi-node group has at least 2 pods")
     return group
+
+
+def worker_index(group: Group | None = None) -> int | None:
+    """This pod's ``LWS_WORKER_INDEX`` (0: the leader), or None when it is not set or not an
+    index of ``group``: then the pod checks every rank's files, as a single node does."""
+    try:
+        index = int(os.environ.get("LWS_WORKER_INDEX", ""))
+    except ValueError:
+        return None
+    return index if index >= 0 and (group is None or index < group.size) else None
 
 
 def pod_of(host: str) -> str:

@@ -127,11 +127,16 @@ def server_argv(spec: ServeSpec, repo: Path, group: Group | None = None) -> list
     return argv[:-1]
 
 
-def prepare(spec: ServeSpec, repo: Path, templates: Path) -> None:
+def prepare(spec: ServeSpec, repo: Path, templates: Path, group: Group | None = None,
+            index: int = 0) -> None:
+    """``group``, ``index``: this pod is pod ``index`` of a multi-node group (0: the leader)."""
     engine_dir = spec.engine_root / "engine"
-    # Sizes and sha256 of every engine file against the manifest written at publish: a damaged
-    # entry is refused here, not loaded into GPUs to fail (or answer wrongly) later.
-    why = cache.damage(spec.engine_root, digests=True)
+    # Sizes of every engine file, and the sha256 of those this pod loads, against the manifest
+    # written at publish: a damaged entry is refused here, not loaded into GPUs to fail (or
+    # answer wrongly) later. In a group, pod i runs ranks i*slots .. (i+1)*slots - 1
+    # (server_argv: --host lists the leader then the workers, --map-by slot fills them in order).
+    ranks = range(index * group.slots, (index + 1) * group.slots) if group is not None else None
+    why = cache.damage(spec.engine_root, digests=True, ranks=ranks)
     if why is not None:
         raise BadSpec(f"engineDir: the cache entry {spec.engine_root} is damaged: {why}; delete it "
                       "(and its LLMEngine) so that the next build makes it again")

@@ -101,3 +101,32 @@ def test_a_server_refuses_a_damaged_entry_before_starting(tmp_path, entry, damag
     [line] = result.stderr.strip().splitlines()
     assert line == (f"error: engineDir: the cache entry {entry} is damaged: {why}; delete it (and its "
                     "LLMEngine) so that the next build makes it again"), line
+
+
+def test_a_pod_of_a_group_checks_the_digests_of_the_ranks_it_loads(tmp_path):
+    """A 405B engine is hundreds of GiB: each pod of a multi-node group hashes its own ranks'
+    files (pod i runs ranks i*slots .. (i+1)*slots - 1), every file's size still checked."""
+    from kiln_runtime.cache import damage
+    from kiln_runtime.group import Group, worker_index
+
+    entry = tmp_path / "cache" / KEY
+    (entry / "engine").mkdir(parents=True)
+    (entry / "engine" / "config.json").write_text("{}")
+    for rank in range(4):
+        (entry / "engine" / f"rank{rank}.engine").write_bytes(bytes([rank]) * 4096)
+    seal(entry)
+    (entry / "engine" / "rank3.engine").write_bytes(b"\x09" * 4096)  # the second pod's, same size
+    assert damage(entry, digests=True, ranks=range(0, 2)) is None
+    assert damage(entry, digests=True, ranks=range(2, 4)) == \
+        "engine/rank3.engine does not match the sha256 the manifest records"
+    assert damage(entry, digests=True) == "engine/rank3.engine does not match the sha256 the manifest records"
+    (entry / "engine" / "rank2.engine").write_bytes(b"\x02" * 10)
+    assert damage(entry, digests=True, ranks=range(0, 2)) == "engine/rank2.engine has 10 bytes, the manifest records 4096"
+
+    group = Group("lead.sub.ns", size=2, slots=2)
+    for value, index in (("1", 1), ("0", 0), ("2", None), ("-1", None), ("x", None), ("", None)):
+        os.environ["LWS_WORKER_INDEX"] = value
+        try:
+            assert worker_index(group) == index, value
+        finally:
+            del os.environ["LWS_WORKER_INDEX"]
