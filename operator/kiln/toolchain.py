@@ -27,9 +27,12 @@ DJL_IMAGE = "deepjavalibrary/djl-serving:0.33.0-tensorrt-llm"
 DJL_TRTLLM_VERSION = "0.21.0"
 # DJL_PARTITION_SCRIPT and DJL_LOG_DIR: the image-layout manifest (kiln_runtime.image).
 
-# The Gateway API Inference Extension's endpoint picker, the release whose InferencePool
-# (inference.networking.k8s.io/v1) Kiln renders.
-EPP_IMAGE = "registry.k8s.io/gateway-api-inference-extension/epp:v1.6.0"
+# The Gateway API Inference Extension's endpoint picker: v1.5.0, its last release with one.
+# From v1.6.0 the project publishes only a conformance picker, lwepp (kubernetes/k8s.io #9830,
+# "Promote gateway-api-inference-extension v1.6.0 lwepp image", against #9361 promoting the
+# v1.5.0 images; its cloudbuild.yaml pushes only lwepp-image-push): the EPP moved to
+# llm-d/llm-d-router. v1.5.0's InferencePool is the same inference.networking.k8s.io/v1.
+EPP_IMAGE = "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0"
 
 
 def toolchain_for(server: str) -> str:

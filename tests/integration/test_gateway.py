@@ -63,7 +63,7 @@ async def test_without_the_crds_the_service_stalls_with_the_install_commands(mak
         condition = await sb.wait_for(stalled, what="Stalled")
         assert condition["reason"] == "MissingDependency"
         assert condition["message"].startswith("spec.gateway: the cluster does not serve InferencePool")
-        assert "gateway-api-inference-extension/releases/download/v1.6.0" in condition["message"]
+        assert "gateway-api-inference-extension/releases/download/v1.5.0" in condition["message"]
         assert sb.objects("deployments") == [] and sb.objects("httproutes") == []
         assert sb.operator_error is None
         await sb.stop_operator()

@@ -174,7 +174,10 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses(make_sandbox, b
                          ("", "pods", "list"), ("", "pods", "watch"),
                          ("inference.networking.k8s.io", "inferencepools", "get"),
                          ("inference.networking.k8s.io", "inferencepools", "list"),
-                         ("inference.networking.k8s.io", "inferencepools", "watch")}
+                         ("inference.networking.k8s.io", "inferencepools", "watch"),
+                         *(("inference.networking.x-k8s.io", kind, verb)
+                           for kind in ("inferenceobjectives", "inferencemodelrewrites")
+                           for verb in ("get", "list", "watch"))}
     granted = chart_grants()
     assert (used | delegated) - granted == set(), "the operator needs rights the chart does not grant"
     assert granted - (used | delegated) == set(), "the chart grants rights the operator never uses"

@@ -62,9 +62,16 @@ def test_route_pool_and_picker_fit_together():
         {"type": "Exact", "name": "X-Gateway-Model-Name", "value": "llama-3.1-8b-instruct"}]
     assert rule["backendRefs"] == [{"group": "inference.networking.k8s.io",
                                     "kind": "InferencePool", "name": pool["metadata"]["name"]}]
-    # The picker's Role is all it reads; the operator owns every object.
+    # The picker's Role is all it reads (the two x-k8s.io kinds it watches where their CRDs
+    # exist; without the right it never becomes ready); the operator owns every object.
     role = objects[("Role", "llama-8b-gw-epp")]
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {"pods", "inferencepools"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {
+        "pods", "inferencepools", "inferenceobjectives", "inferencemodelrewrites"}
+    assert all(rule["verbs"] == ["get", "list", "watch"] for rule in role["rules"])
+    # The picker is the Inference Extension's last release that publishes one (v1.6 ships
+    # only its conformance picker, lwepp, whose flags are not these).
+    assert epp["spec"]["template"]["spec"]["containers"][0]["image"] == \
+        "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0"
     assert all(o["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for o in rendered.gateway)
 
 

@@ -114,8 +114,10 @@ operator create a Role only with rights it holds itself. The operator never exec
 {{/*
 Services with spec.gateway only, in gateway.namespaces only: the operator applies the route,
 the InferencePool and the endpoint picker's ConfigMap, and gives the picker a Role that reads
-its pool's pods and the pool, which Kubernetes lets it create only with rights it holds
-itself (get and watch on pods, list and watch on InferencePools are held for that alone).
+its pool's pods, the pool, and the InferenceObjectives and InferenceModelRewrites it watches
+where their CRDs exist, which Kubernetes lets it create only with rights it holds itself (get
+and watch on pods, list and watch on InferencePools, and the last two's get, list and watch
+are held for that alone).
 */}}
 {{- define "kiln.gatewayRules" -}}
 - apiGroups: [rbac.authorization.k8s.io]
@@ -133,6 +135,9 @@ itself (get and watch on pods, list and watch on InferencePools are held for tha
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, watch]
+- apiGroups: [inference.networking.x-k8s.io]
+  resources: [inferenceobjectives, inferencemodelrewrites]
+  verbs: [get, list, watch]
 {{- end -}}
 
 {{/* Cluster-scoped: engines are shared across namespaces (and collected when no service

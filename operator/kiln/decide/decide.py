@@ -40,7 +40,7 @@ LWS_MANIFESTS = "https://github.com/kubernetes-sigs/lws/releases/download/v0.10.
 GATEWAY_INSTALL = ("the Gateway API CRDs (kubectl apply --server-side -f https://github.com/"
                    "kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml) "
                    "and the Inference Extension's (kubectl apply --server-side -f https://github.com/"
-                   "kubernetes-sigs/gateway-api-inference-extension/releases/download/v1.6.0/"
+                   "kubernetes-sigs/gateway-api-inference-extension/releases/download/v1.5.0/"
                    "manifests.yaml)")
 HTTP_ADD_ON_INSTALL = ("KEDA (helm install keda kedacore/keda --namespace keda --create-namespace) "
                        "and its HTTP add-on (helm install http-add-on kedacore/keda-add-ons-http "

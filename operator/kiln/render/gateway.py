@@ -1,7 +1,8 @@
 """Exposure through the Gateway API (``spec.gateway``): an HTTPRoute on the platform's
 Gateway, an InferencePool of the serving pods, and the pool's endpoint picker (EPP).
 
-What each object is, from kubernetes-sigs/gateway-api-inference-extension v1.6.0:
+What each object is, from kubernetes-sigs/gateway-api-inference-extension v1.5.0 (the last
+release that publishes an endpoint picker; ``kiln.toolchain.EPP_IMAGE``):
 
 - ``InferencePool`` (``inference.networking.k8s.io/v1``): the serving pods by label, the
   OpenAI port as target port, and ``endpointPickerRef`` to the EPP Service's gRPC port 9002.
@@ -12,14 +13,17 @@ What each object is, from kubernetes-sigs/gateway-api-inference-extension v1.6.0
   sets for ``modelServerType: triton-tensorrt-llm`` (``nv_trt_llm_request_metrics
   {request_type=waiting}``, ``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}``,
   no LoRA metric). It scrapes ``/metrics`` on the target port, which Triton's OpenAI
-  frontend serves. Its Role reads pods and InferencePools; ``--metrics-endpoint-auth=false``
-  spares it the chart's cluster-wide TokenReview/SubjectAccessReview rights.
+  frontend serves. Its Role reads pods and InferencePools, and InferenceObjectives and
+  InferenceModelRewrites (``inference.networking.x-k8s.io``) as the chart's ``rbac.yaml``
+  grants: the picker watches them when their CRDs are installed (its controller config
+  discovers them), and without the right it never becomes ready (istio/istio.io #17528);
+  ``--metrics-endpoint-auth=false`` spares it the chart's cluster-wide
+  TokenReview/SubjectAccessReview rights.
 - ``HTTPRoute`` (``gateway.networking.k8s.io/v1``): ``/v1`` requests whose
   ``X-Gateway-Model-Name`` header (set from the body's ``model`` by the project's
   body-based router, ``pkg/bbr``) is the served model name go to the pool.
 
-No InferenceObjective: the kind left the project in v1.6.0 (the release whose
-InferencePool a user installs today); a request's priority keeps its default.
+No InferenceObjective is rendered: a request's priority keeps its default.
 """
 
 from __future__ import annotations
@@ -115,7 +119,10 @@ def _epp(instance: str, namespace: str, owner_uid: str | None) -> list[dict[str,
                "rules": [{"apiGroups": [""], "resources": ["pods"],
                           "verbs": ["get", "list", "watch"]},
                          {"apiGroups": ["inference.networking.k8s.io"],
-                          "resources": ["inferencepools"], "verbs": ["get", "list", "watch"]}]}),
+                          "resources": ["inferencepools"], "verbs": ["get", "list", "watch"]},
+                         {"apiGroups": ["inference.networking.x-k8s.io"],
+                          "resources": ["inferenceobjectives", "inferencemodelrewrites"],
+                          "verbs": ["get", "list", "watch"]}]}),
         stamp({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                "metadata": meta(),
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
