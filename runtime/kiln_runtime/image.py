@@ -26,7 +26,9 @@ _LAUNCH_SCRIPT = ("NVIDIA/TensorRT-LLM triton_backend/scripts/launch_triton_serv
                   "@ 0b06796b (--tritonserver default; mpirun --allow-run-as-root)")
 _SERVER_BUILD = ("triton-inference-server/server build.py @ 35dc045f (useradd triton-server, "
                  "asserted uid and gid 1000; WORKDIR /opt/tritonserver, which Docker creates "
-                 "root-owned: only the copied files get --chown=1000:1000)")
+                 "root-owned: only the copied files get --chown=1000:1000); on the Ubuntu 24.04 "
+                 "images, whose base has a user ubuntu of uid 1000, the 25.03dev build.py runs "
+                 "userdel ubuntu first, and useradd without -m makes no home directory")
 _OPENAI_SOURCE = ("triton-inference-server/server build.py create_dockerfile_linux "
                   "(COPY build/install /opt/tritonserver; WORKDIR /opt/tritonserver; "
                   "pip3 install -r python/openai/requirements.txt) and python/openai/README.md "
