@@ -27,8 +27,15 @@ async def _run(sb, backend="emulator"):
     await sb.create(copy.deepcopy(GATEWAY))
 
 
-async def test_the_gateway_objects_are_applied_and_owned(make_sandbox, backend):
-    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+async def test_the_gateway_objects_are_applied_and_owned(make_sandbox, backend, monkeypatch):
+    """And GatewayReady follows what a Gateway controller writes in the route's status (this
+    test writes it, as one would): no watch reports a route's status, so at the next full
+    resync (every FULL_RESYNC_SECONDS, 1 s here) or any earlier reconcile."""
+    from kiln.controller import handlers
+
+    monkeypatch.setattr(handlers, "FULL_RESYNC_SECONDS", 1.0)
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                            timings={"resync_period": 1.0}) as sb:
         await _run(sb, backend)
 
         def ready():
@@ -46,6 +53,34 @@ async def test_the_gateway_objects_are_applied_and_owned(make_sandbox, backend):
             assert obj["metadata"]["ownerReferences"][0]["uid"] == uid
         # The picker's pods are not serving pods: the service still counts one replica.
         assert svc["status"]["readyReplicas"] == 1
+
+        def gateway_ready(reason):
+            def check():
+                condition = _condition(sb, "llama-8b-gw", NS, "GatewayReady")
+                return condition if condition and condition["reason"] == reason else None
+            return check
+        pending = await sb.wait_for(gateway_ready("RoutePending"), what="GatewayReady RoutePending")
+        assert pending["status"] == "Unknown"  # no Gateway controller runs here
+        parent = {"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                "name": "inference-gateway", "namespace": "gateway"},
+                  "controllerName": "example.com/gateway-controller"}
+
+        async def say(accepted, reason, message=""):
+            [route] = sb.objects("httproutes")
+            await sb.api.patch_status(route, {"parents": [{**parent, "conditions": [
+                {"type": "Accepted", "status": accepted, "reason": reason, "message": message,
+                 "observedGeneration": route["metadata"]["generation"],
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "message": "",
+                 "observedGeneration": route["metadata"]["generation"],
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]})
+        await say("True", "Accepted")
+        routed = await sb.wait_for(gateway_ready("GatewayRouted"), what="GatewayReady GatewayRouted")
+        assert routed["status"] == "True"
+        await say("False", "NotAllowedByListeners", "no listener admits this namespace")
+        refused = await sb.wait_for(gateway_ready("RouteNotAccepted"), what="GatewayReady RouteNotAccepted")
+        assert refused["status"] == "False" and "no listener admits this namespace" in refused["message"]
+        assert is_true(sb.get("llmservices", "llama-8b-gw", NS)["status"]["conditions"], "Ready")
         await sb.stop_operator()
         await sb.stop_kubelet()
 

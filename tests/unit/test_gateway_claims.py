@@ -131,3 +131,66 @@ def test_a_route_the_spec_no_longer_asks_for_is_the_live_one_until_it_is_pruned(
     lives = [None] * len(objects)
     assert live_route(objects, lives, Cluster(leftovers={("HTTPRoute", route["metadata"]["name"]): route})) == route
     assert live_route(objects, lives, Cluster(leftovers={("HTTPRoute", "gone"): None})) is None
+
+
+# GatewayReady: what the route's status and the picker's Deployment say.
+def _ready_condition(route_status=None, picker_status=None, spec=None):
+    from kiln.decide.claim import gateway_ready
+
+    spec = spec or _spec()
+    objects = gateway_objects(spec, REF.name, REF.namespace, REF.uid)
+    children = {}
+    for obj in objects:
+        if obj["kind"] == "HTTPRoute":
+            children[("HTTPRoute", obj["metadata"]["name"])] = {**copy.deepcopy(obj), **(
+                {"status": route_status} if route_status is not None else {})}
+        if obj["kind"] == "Deployment" and picker_status is not None:
+            children[("Deployment", obj["metadata"]["name"])] = {**copy.deepcopy(obj), "status": picker_status}
+    status = LLMServiceStatus()
+    gateway_ready(status, spec, REF, Cluster(children=children), objects, NOW, 3)
+    [condition] = [c for c in status.conditions if c.type == "GatewayReady"] or [None]
+    return condition
+
+
+def _parents(**conditions):
+    return {"parents": [{"parentRef": {"name": "inference-gateway", "namespace": "gateway"},
+                         "controllerName": "example.com/gateway",
+                         "conditions": [{"type": kind, "status": value, "reason": reason, "message": message}
+                                        for kind, (value, reason, message) in conditions.items()]}]}
+
+
+AVAILABLE = {"observedGeneration": 1, "replicas": 1, "availableReplicas": 1}
+
+
+def test_a_route_the_gateway_routes_through_an_available_picker_is_ready():
+    condition = _ready_condition(_parents(Accepted=("True", "Accepted", ""), ResolvedRefs=("True", "ResolvedRefs", "")),
+                                 AVAILABLE)
+    assert (condition.status, condition.reason) == ("True", "GatewayRouted")
+    assert "gateway/inference-gateway routes model llama-3.1-8b-instruct" in condition.message
+
+
+@pytest.mark.parametrize("route_status, picker_status, status, reason, says", [
+    (None, AVAILABLE, "Unknown", "RoutePending", "no Gateway controller has accepted"),
+    ({"parents": [{"parentRef": {"name": "another-gateway"}, "conditions": [
+        {"type": "Accepted", "status": "True"}]}]}, AVAILABLE, "Unknown", "RoutePending", "accepted"),
+    (_parents(Accepted=("False", "NotAllowedByListeners", "no listener admits namespace llm")), AVAILABLE,
+     "False", "RouteNotAccepted", "NotAllowedByListeners: no listener admits namespace llm"),
+    (_parents(Accepted=("True", "Accepted", ""), ResolvedRefs=("False", "InvalidKind", "InferencePool is unknown")),
+     AVAILABLE, "False", "RouteRefsUnresolved", "InvalidKind: InferencePool is unknown"),
+    (_parents(Accepted=("True", "Accepted", ""), ResolvedRefs=("True", "ResolvedRefs", "")),
+     {"observedGeneration": 1, "replicas": 1, "unavailableReplicas": 1}, "False", "PickerUnavailable",
+     "has no available replica"),
+])
+def test_a_gateway_that_does_not_route_says_why(route_status, picker_status, status, reason, says):
+    condition = _ready_condition(route_status, picker_status)
+    assert (condition.status, condition.reason) == (status, reason) and says in condition.message
+    assert len(condition.message) <= 400
+
+
+def test_a_gateways_message_is_bounded_and_without_a_gateway_there_is_no_condition():
+    condition = _ready_condition(_parents(Accepted=("False", "X" * 5000, "y\n" * 5000)), AVAILABLE)
+    assert condition.reason == "RouteNotAccepted" and len(condition.message) < 400 and "\n" not in condition.message
+    without = copy.deepcopy(GATEWAY["spec"])
+    del without["gateway"]
+    from kiln.api import parse_service_spec
+    assert _ready_condition(spec=parse_service_spec(without)) is None

@@ -104,6 +104,8 @@ class ConditionType(StrEnum):
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
     SCALING_ACTIVE = "ScalingActive"
+    # spec.gateway only: whether the Gateway routes the model to the pool through a picker.
+    GATEWAY_READY = "GatewayReady"
 
 
 class Reason(StrEnum):
@@ -126,6 +128,14 @@ class Reason(StrEnum):
     RESOURCE_CONFLICT = "ResourceConflict"
     # spec.gateway: another service claimed the served model name on that Gateway first.
     MODEL_NAME_IN_USE = "ModelNameInUse"
+    # GatewayReady: routed; no Gateway has reported on the route yet; the Gateway refused the
+    # route, or could not resolve its InferencePool; the pool's endpoint picker has no
+    # available replica (the pool fails closed).
+    GATEWAY_ROUTED = "GatewayRouted"
+    ROUTE_PENDING = "RoutePending"
+    ROUTE_NOT_ACCEPTED = "RouteNotAccepted"
+    ROUTE_REFS_UNRESOLVED = "RouteRefsUnresolved"
+    PICKER_UNAVAILABLE = "PickerUnavailable"
     CREDENTIALS_REQUIRED = "CredentialsRequired"
     SCALED_UP = "ScaledUp"
     SCALED_DOWN = "ScaledDown"

@@ -18,16 +18,18 @@ taken name never reaches the route. A service's own claims are never weighed aga
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from ..api import LLMServiceSpec, Reason
+from ..api import ConditionType, LLMServiceSpec, Reason
 from ..api.llmservice import MAX_GATEWAY_CLAIMS, GatewayClaim, LLMServiceStatus
 from ..errors import SpecInvalid
 from ..render import ServiceRef, served_model_name
 from ..render.gateway import MODEL_HEADER
 from .snapshot import Actions, Cluster
+from .status import set_condition
 
-__all__ = ["claim_key", "claim_gateway", "routed_keys", "RETRY_SECONDS"]
+__all__ = ["claim_key", "claim_gateway", "routed_keys", "parent_conditions", "gateway_ready", "RETRY_SECONDS"]
 
 # How often a service waiting for a model name looks again (another service's deletion does
 # not reconcile it).
@@ -47,14 +49,19 @@ def _refused(route: dict[str, Any], gateway: str) -> bool:
     gateway-api #1155, which Contour's ``internal/gatewayapi`` sets for a namespace no listener
     admits; Contour also marks the lower-ranked of two routes with the same matches Accepted
     False, ``RuleMatchConflict``, changelogs/unreleased/6188: the older keeps the name here too)."""
+    said = parent_conditions(route, gateway)
+    return said is not None and (said.get("Accepted") or {}).get("status") == "False"
+
+
+def parent_conditions(route: dict[str, Any], gateway: str) -> dict[str, dict[str, Any]] | None:
+    """The conditions the route's status gives for ``gateway`` (``namespace/name``), by type;
+    None when no Gateway controller has written any for it."""
     namespace = (route.get("metadata") or {}).get("namespace")
     for parent in (route.get("status") or {}).get("parents") or []:
         ref = parent.get("parentRef") or {}
-        if f"{ref.get('namespace') or namespace}/{ref.get('name')}" != gateway:
-            continue
-        if any(c.get("type") == "Accepted" and c.get("status") == "False" for c in parent.get("conditions") or []):
-            return True
-    return False
+        if f"{ref.get('namespace') or namespace}/{ref.get('name')}" == gateway:
+            return {str(c.get("type")): c for c in parent.get("conditions") or [] if isinstance(c, dict)}
+    return None
 
 
 def routed_keys(route: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -98,3 +105,49 @@ def claim_gateway(status: LLMServiceStatus, spec: LLMServiceSpec, ref: ServiceRe
         f"(spec.servedModelName), use another Gateway, or remove that service: this one takes the name "
         f"once it is free (looked at again every {RETRY_SECONDS:g} s)",
         reason=Reason.MODEL_NAME_IN_USE.value, retry_after=RETRY_SECONDS)
+
+
+def gateway_ready(status: LLMServiceStatus, spec: LLMServiceSpec, ref: ServiceRef, cluster: Cluster,
+                  gateway_objects: Sequence[dict[str, Any]], now: str, generation: int | None) -> None:
+    """``GatewayReady``, from the route's status for this service's Gateway and its endpoint
+    picker's Deployment, as the API server held them when the reconcile began; removed without
+    ``spec.gateway``. It does not gate ``Ready``: the service's own Service answers in the
+    cluster whatever the Gateway does. A route's status changes no child Kiln caches, so the
+    condition follows it at the next resync."""
+    key = claim_key(spec, ref)
+    if key is None:
+        status.conditions = [c for c in status.conditions if c.type != ConditionType.GATEWAY_READY.value]
+        return
+    gateway, model = key
+    kinds = {obj["kind"]: obj["metadata"]["name"] for obj in gateway_objects}
+    route_name, picker_name = kinds.get("HTTPRoute", ""), kinds.get("Deployment", "")
+    route = cluster.children.get(("HTTPRoute", route_name))
+    picker = cluster.children.get(("Deployment", picker_name))
+    said = parent_conditions(route, gateway) if route else None
+
+    def why(condition: dict[str, Any]) -> str:
+        text = " ".join(f"{condition.get('reason') or ''}: {condition.get('message') or ''}".split())
+        return text if len(text) <= 200 else text[:197] + "..."
+
+    value: bool | None
+    if said is not None and (said.get("Accepted") or {}).get("status") == "False":
+        value, reason = False, Reason.ROUTE_NOT_ACCEPTED
+        message = f"Gateway {gateway} did not accept HTTPRoute {route_name} ({why(said['Accepted'])})"
+    elif said is not None and (said.get("ResolvedRefs") or {}).get("status") == "False":
+        value, reason = False, Reason.ROUTE_REFS_UNRESOLVED
+        message = (f"Gateway {gateway} cannot resolve HTTPRoute {route_name}'s InferencePool "
+                   f"({why(said['ResolvedRefs'])}): does its controller support InferencePool backends?")
+    elif picker is not None and (picker.get("status") or {}).get("observedGeneration") is not None \
+            and int((picker.get("status") or {}).get("availableReplicas") or 0) < 1:
+        value, reason = False, Reason.PICKER_UNAVAILABLE
+        message = (f"endpoint picker {picker_name} has no available replica, so requests for {model} "
+                   f"through Gateway {gateway} fail: see kubectl describe deployment {picker_name} -n "
+                   f"{ref.namespace}")
+    elif said is None or (said.get("Accepted") or {}).get("status") != "True":
+        value, reason = None, Reason.ROUTE_PENDING
+        message = (f"no Gateway controller has accepted HTTPRoute {route_name} for Gateway {gateway} yet "
+                   "(is the Gateway's controller running?)")
+    else:
+        value, reason = True, Reason.GATEWAY_ROUTED
+        message = f"Gateway {gateway} routes model {model} to this service's InferencePool"
+    set_condition(status, ConditionType.GATEWAY_READY, value, reason.value, message, now, generation)

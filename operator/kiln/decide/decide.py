@@ -21,7 +21,7 @@ from ..render import (SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, mult
 from ..render.gateway import HTTP_ROUTE_API, INFERENCE_POOL_API
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
-from .claim import claim_gateway
+from .claim import claim_gateway, gateway_ready
 from .engine import engine_ready, storage_uri
 from .observe import EventReason, observe
 from .ownership import check_controlled, controller_of
@@ -129,6 +129,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     actions.unschedulable = cluster.unschedulable
     _prune(snapshot, actions, objects)
     rolled_out(actions, workload)
+    gateway_ready(status, parsed.spec, ref, cluster, rendered.gateway, snapshot.now, snapshot.generation)
     retired(actions)
     if handing:
         _wait_for_handover(actions, handing, snapshot)
