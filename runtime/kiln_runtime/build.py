@@ -76,6 +76,10 @@ def _run_child(step: Step, out: TextIO) -> None:
         raise StepFailed(step.name, f"{os.path.basename(step.argv[0])} exited with {code}{last}")
 
 
+def _report_failure(spec: BuildSpec, error: StepFailed) -> None:
+    report({"engineKey": spec.engine_key, "result": "failed", "step": error.step, "message": str(error)[:1000]})
+
+
 def _reused(spec: BuildSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     summary = {"engineKey": spec.engine_key, "result": "reused",
                "engineBytes": manifest.get("engineBytes"), "buildSeconds": 0}
@@ -97,7 +101,7 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
     try:  # before the lock file and any download
         cache.check_writable(spec.cache_dir)
     except StepFailed as error:
-        report({"engineKey": spec.engine_key, "result": "failed", "step": error.step, "message": str(error)[:1000]})
+        _report_failure(spec, error)
         raise
     with cache.build_lock(layout.lock):
         existing = cache.complete_entry(spec.cache_dir, spec.engine_key)
@@ -132,8 +136,7 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
         except BaseException as error:
             shutil.rmtree(layout.staging, ignore_errors=True)
             if isinstance(error, StepFailed):
-                report({"engineKey": spec.engine_key, "result": "failed", "step": error.step,
-                        "message": str(error)[:1000]})
+                _report_failure(spec, error)
             raise
         finally:
             shutil.rmtree(layout.checkpoint_dir, ignore_errors=True)

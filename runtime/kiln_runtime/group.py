@@ -89,8 +89,9 @@ def group_from_env(slots: int, leader_address: str | None = None, size: int | No
 
 
 def worker_index(group: Group | None = None) -> int | None:
-    """This pod's ``LWS_WORKER_INDEX`` (0: the leader), or None when it is not set or not an
-    index of ``group``: then the pod checks every rank's files, as a single node does."""
+    """This pod's ``LWS_WORKER_INDEX`` (0: the leader; LeaderWorkerSet adds it to every
+    container of a group, kubernetes-sigs/lws ``LwsWorkerIndex``), or None when it is not set
+    or not an index of ``group``: then the pod checks every rank's files, as a single node does."""
     try:
         index = int(os.environ.get("LWS_WORKER_INDEX", ""))
     except ValueError:

@@ -147,7 +147,7 @@ def _ready_condition(route_status=None, picker_status=None, spec=None):
         if obj["kind"] == "Deployment" and picker_status is not None:
             children[("Deployment", obj["metadata"]["name"])] = {**copy.deepcopy(obj), "status": picker_status}
     status = LLMServiceStatus()
-    gateway_ready(status, spec, REF, Cluster(children=children), objects, NOW, 3)
+    gateway_ready(status, spec, REF, Cluster(children=children), NOW, 3)
     [condition] = [c for c in status.conditions if c.type == "GatewayReady"] or [None]
     return condition
 

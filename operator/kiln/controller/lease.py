@@ -43,7 +43,12 @@ from typing import Any
 from ..errors import KilnError
 from .kube import ApiException, KubeApi
 
-__all__ = ["LeaderLease", "LEASE_NAME", "LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD"]
+__all__ = ["random_identity", "LeaderLease", "LEASE_NAME", "LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD"]
+
+
+def random_identity() -> str:
+    """An operator's name when its pod gives none (``$POD_NAME``): to the Lease and to kopf."""
+    return f"kiln-{uuid.uuid4().hex[:12]}"
 
 LEASE_NAME = "kiln-operator"
 LEASE_DURATION = 15  # whole seconds: the Lease's leaseDurationSeconds is an integer
@@ -75,7 +80,7 @@ class LeaderLease:
         if not renew_deadline < duration:
             raise ValueError("the renew deadline must be shorter than the lease duration")
         self.api, self.namespace, self.name = api, namespace, name
-        self.identity = identity or f"kiln-{uuid.uuid4().hex[:12]}"
+        self.identity = identity or random_identity()
         self.duration, self.renew_deadline, self.retry_period = duration, renew_deadline, retry_period
         self._clock = clock
         self._observed: tuple[Any, ...] | None = None

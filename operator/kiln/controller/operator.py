@@ -8,7 +8,6 @@ import gc
 import logging
 import os
 import threading
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ import kopf
 from .context import MAX_CONCURRENT_RECONCILES, OperatorContext
 from .handlers import build_registry
 from .kube import KubeApi
-from .lease import LeaderLease
+from .lease import LeaderLease, random_identity
 from .metrics import PodMetrics
 from ..decide.policy import Policy
 from .telemetry import METRICS_PORT
@@ -58,7 +57,7 @@ def settle_garbage_collector() -> None:
 async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threading.Event,
                        namespaces: list[str] | None = None, *,
                        login: Callable[..., Awaitable[Any]] | None = None,
-                       liveness_endpoint: str | None = None, identity: str | None = None) -> None:
+                       identity: str | None = None) -> None:
     """Run kopf with Kiln's handlers until ``stop_flag`` is set. ``login``: a
     ``@kopf.on.login`` handler (None: kopf's, from the kubeconfig or the pod's
     ServiceAccount). ``identity``: the operator's name to kopf, never left to kopf to find:
@@ -77,8 +76,7 @@ async def run_operator(ctx: OperatorContext, stop_flag: asyncio.Event | threadin
             namespaces=namespaces or [],
             standalone=True,
             stop_flag=stop_flag,
-            liveness_endpoint=liveness_endpoint,
-            identity=identity or f"kiln-{uuid.uuid4().hex[:12]}",  # type: ignore[arg-type]  # kopf: NewType(str)
+            identity=identity or random_identity(),  # type: ignore[arg-type]  # kopf: NewType(str)
             memo=ctx,  # every handler's ``memo``: a shallow copy per object (controller/context.py)
         )
     finally:

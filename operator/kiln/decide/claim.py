@@ -18,14 +18,13 @@ taken name never reaches the route. A service's own claims are never weighed aga
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from ..api import ConditionType, LLMServiceSpec, Reason
 from ..api.llmservice import MAX_GATEWAY_CLAIMS, GatewayClaim, LLMServiceStatus
 from ..errors import SpecInvalid
 from ..render import ServiceRef, served_model_name
-from ..render.gateway import MODEL_HEADER
+from ..render.gateway import MODEL_HEADER, epp_name, route_name
 from .snapshot import Actions, Cluster
 from .status import set_condition
 
@@ -108,44 +107,48 @@ def claim_gateway(status: LLMServiceStatus, spec: LLMServiceSpec, ref: ServiceRe
 
 
 def gateway_ready(status: LLMServiceStatus, spec: LLMServiceSpec, ref: ServiceRef, cluster: Cluster,
-                  gateway_objects: Sequence[dict[str, Any]], now: str, generation: int | None) -> None:
-    """``GatewayReady``, from the route's status for this service's Gateway and its endpoint
-    picker's Deployment, as the API server held them when the reconcile began; removed without
-    ``spec.gateway``. It does not gate ``Ready``: the service's own Service answers in the
-    cluster whatever the Gateway does. A route's status changes no child Kiln caches, so the
-    condition follows it at the next resync."""
+                  now: str, generation: int | None) -> None:
+    """``GatewayReady``, from the route's status for this service's Gateway (Gateway API
+    ``RouteParentStatus``: ``Accepted``, and ``ResolvedRefs``, False with ``InvalidKind`` or
+    ``BackendNotFound`` for a backend the controller cannot use, ``apis/v1/shared_types.go``
+    ``RouteConditionResolvedRefs``) and its endpoint picker's Deployment, as the API server held
+    them when the reconcile began; removed without ``spec.gateway``. It does not gate
+    ``Ready``: the service's own Service answers in the cluster whatever the Gateway does. A
+    route's status changes no child Kiln caches, so the condition follows it at the next
+    resync."""
     key = claim_key(spec, ref)
     if key is None:
         status.conditions = [c for c in status.conditions if c.type != ConditionType.GATEWAY_READY.value]
         return
     gateway, model = key
-    kinds = {obj["kind"]: obj["metadata"]["name"] for obj in gateway_objects}
-    route_name, picker_name = kinds.get("HTTPRoute", ""), kinds.get("Deployment", "")
-    route = cluster.children.get(("HTTPRoute", route_name))
-    picker = cluster.children.get(("Deployment", picker_name))
-    said = parent_conditions(route, gateway) if route else None
+    route, picker = route_name(ref.name), epp_name(ref.name)
+    live_route = cluster.children.get(("HTTPRoute", route))
+    said = (parent_conditions(live_route, gateway) if live_route else None) or {}
+    picker_status = (cluster.children.get(("Deployment", picker)) or {}).get("status") or {}
 
-    def why(condition: dict[str, Any]) -> str:
-        text = " ".join(f"{condition.get('reason') or ''}: {condition.get('message') or ''}".split())
+    def state(type_: str) -> str | None:
+        return (said.get(type_) or {}).get("status")
+
+    def why(type_: str) -> str:
+        text = " ".join(f"{said[type_].get('reason') or ''}: {said[type_].get('message') or ''}".split())
         return text if len(text) <= 200 else text[:197] + "..."
 
     value: bool | None
-    if said is not None and (said.get("Accepted") or {}).get("status") == "False":
+    if state("Accepted") == "False":
         value, reason = False, Reason.ROUTE_NOT_ACCEPTED
-        message = f"Gateway {gateway} did not accept HTTPRoute {route_name} ({why(said['Accepted'])})"
-    elif said is not None and (said.get("ResolvedRefs") or {}).get("status") == "False":
+        message = f"Gateway {gateway} did not accept HTTPRoute {route} ({why('Accepted')})"
+    elif state("ResolvedRefs") == "False":
         value, reason = False, Reason.ROUTE_REFS_UNRESOLVED
-        message = (f"Gateway {gateway} cannot resolve HTTPRoute {route_name}'s InferencePool "
-                   f"({why(said['ResolvedRefs'])}): does its controller support InferencePool backends?")
-    elif picker is not None and (picker.get("status") or {}).get("observedGeneration") is not None \
-            and int((picker.get("status") or {}).get("availableReplicas") or 0) < 1:
+        message = (f"Gateway {gateway} cannot resolve HTTPRoute {route}'s InferencePool "
+                   f"({why('ResolvedRefs')}): does its controller support InferencePool backends?")
+    elif picker_status.get("observedGeneration") is not None and int(picker_status.get("availableReplicas") or 0) < 1:
         value, reason = False, Reason.PICKER_UNAVAILABLE
-        message = (f"endpoint picker {picker_name} has no available replica, so requests for {model} "
-                   f"through Gateway {gateway} fail: see kubectl describe deployment {picker_name} -n "
+        message = (f"endpoint picker {picker} has no available replica, so requests for {model} "
+                   f"through Gateway {gateway} fail: see kubectl describe deployment {picker} -n "
                    f"{ref.namespace}")
-    elif said is None or (said.get("Accepted") or {}).get("status") != "True":
+    elif state("Accepted") != "True":
         value, reason = None, Reason.ROUTE_PENDING
-        message = (f"no Gateway controller has accepted HTTPRoute {route_name} for Gateway {gateway} yet "
+        message = (f"no Gateway controller has accepted HTTPRoute {route} for Gateway {gateway} yet "
                    "(is the Gateway's controller running?)")
     else:
         value, reason = True, Reason.GATEWAY_ROUTED

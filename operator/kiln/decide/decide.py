@@ -129,7 +129,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     actions.unschedulable = cluster.unschedulable
     _prune(snapshot, actions, objects)
     rolled_out(actions, workload)
-    gateway_ready(status, parsed.spec, ref, cluster, rendered.gateway, snapshot.now, snapshot.generation)
+    gateway_ready(status, parsed.spec, ref, cluster, snapshot.now, snapshot.generation)
     retired(actions)
     if handing:
         _wait_for_handover(actions, handing, snapshot)
