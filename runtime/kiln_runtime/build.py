@@ -118,6 +118,8 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
                 step_started = time.monotonic()
                 if step.name == "download":
                     source.download(spec.source, spec.revision, layout.model_dir)
+                elif step.name == "calibration":
+                    source.fetch_calibration(spec.calibration_source, layout.calibration_dir)
                 elif step.name == "mapping":
                     checkpoint.set_gpus_per_node(layout.checkpoint_dir, spec.gpus_per_node)
                 elif step.name == "verify":

@@ -6,7 +6,8 @@
     kiln-runtime djl-properties --spec FILE --out DIR
     kiln-runtime smoke --url HOST:PORT | --openai-url URL --model NAME
     kiln-runtime delete-entry --cache-root ROOT --key KEY   (ROOT: a path or s3://bucket/prefix)
-    kiln-runtime download / set-gpus-per-node / verify / publish   (the build's own steps)
+    kiln-runtime download / calibration-set / set-gpus-per-node / verify / publish
+                                                   (the build's own steps)
 
 Exit codes: 0 ok, 1 a step failed (the message names it), 2 bad input.
 """
@@ -47,6 +48,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(json.dumps(dry_run(spec, config), indent=2))
         return 0
     run_build(spec)
+    return 0
+
+
+def cmd_calibration_set(args: argparse.Namespace) -> int:
+    source.fetch_calibration(args.source, Path(args.out))
     return 0
 
 
@@ -187,6 +193,11 @@ def parser() -> argparse.ArgumentParser:
     download.add_argument("--revision", default="main")
     download.add_argument("--out", required=True)
     download.set_defaults(func=cmd_download)
+    calibration = sub.add_parser("calibration-set", help="copy and check a calibration set "
+                                 "(s3:// or a path) for quantize.py --calib_dataset")
+    calibration.add_argument("--source", required=True)
+    calibration.add_argument("--out", required=True)
+    calibration.set_defaults(func=cmd_calibration_set)
     verify = sub.add_parser("verify", help="check an engine directory")
     verify.add_argument("--engine-dir", required=True)
     verify.add_argument("--world-size", type=int, required=True)

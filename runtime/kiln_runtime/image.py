@@ -92,6 +92,7 @@ MOUNTS: tuple[str, ...] = (
     "/work",             # the build's scratch volume (checkpoint, downloads, timing cache)
     "/engines",          # the engine cache volume (read-only in serving pods)
     "/model-source",     # pvc:// model sources, read-only
+    "/calibration-source",  # a pvc:// calibration set on a claim of its own, read-only
     "/tmp",              # emptyDir in every pod
     "/dev/shm",          # memory emptyDir for NCCL, MPI and Triton's Python backend
     DJL_LOG_DIR,         # emptyDir over the DJL image's log directory

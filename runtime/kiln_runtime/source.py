@@ -11,9 +11,12 @@ environment and the engine cache mounted read-write.
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import json
 import os
+import shutil
 import sys
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
@@ -21,7 +24,8 @@ from typing import Any
 
 from .errors import BadSpec, StepFailed
 
-__all__ = ["read_config", "download", "inside", "wanted", "ALLOW_PATTERNS", "SAFE_WEIGHTS_INDEX"]
+__all__ = ["read_config", "download", "fetch_calibration", "inside", "wanted", "ALLOW_PATTERNS",
+           "SAFE_WEIGHTS_INDEX", "CALIBRATION_FORMATS", "MAX_CALIBRATION_BYTES"]
 
 # What a TensorRT-LLM build and the tokenizer need; never the duplicate .bin/.pth weights.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.py"]
@@ -45,7 +49,7 @@ def _short(text: str, limit: int = 80) -> str:
     return quoted if len(quoted) <= limit else quoted[:half] + "..." + quoted[-half:]
 
 
-def inside(root: Path, relative: str, what: str) -> Path:
+def inside(root: Path, relative: str, what: str, field: str = "model.source") -> Path:
     """``root / relative``, or BadSpec when that would land outside ``root``.
 
     Refuses empty names, NUL bytes, absolute paths, ``..`` segments (also backslash-separated,
@@ -60,8 +64,9 @@ def inside(root: Path, relative: str, what: str) -> Path:
         base = root.resolve()
         escapes = not target.resolve().is_relative_to(base)
     if escapes:
-        raise BadSpec(f"model.source: {what} {_short(relative)} resolves outside the model "
-                      "directory; refusing to use it (remove or rename it in the source)")
+        place = "the model directory" if field == "model.source" else "the calibration set"
+        raise BadSpec(f"{field}: {what} {_short(relative)} resolves outside {place}; refusing "
+                      "to use it (remove or rename it in the source)")
     return target
 
 
@@ -118,21 +123,21 @@ def download(source: str, revision: str, out: Path) -> Path:
     return out
 
 
-def _mounted(source: str, check_files: bool = False) -> Path:
+def _mounted(source: str, check_files: bool = False, field: str = "model.source") -> Path:
     """A mounted model directory (``/<mount>/<path>``): the path, and with ``check_files`` every
     entry below it, must resolve inside the mount, so a symlink on the volume cannot hand the
     build another tenant's engine or a file of the build pod."""
     parts = source.split("/")  # "", mount, path...
     if len(parts) < 2 or not parts[1]:
-        raise BadSpec(f"model.source: {_short(source)} names no mounted directory")
+        raise BadSpec(f"{field}: {_short(source)} names no mounted directory")
     mount = Path("/", parts[1])
     relative = "/".join(parts[2:]).strip("/")
-    model_dir = inside(mount, relative, "the path") if relative else mount
+    model_dir = inside(mount, relative, "the path", field) if relative else mount
     if check_files and model_dir.is_dir():
         for directory, names, files in os.walk(model_dir):
             for name in names + files:
                 relative = os.path.relpath(os.path.join(directory, name), mount)
-                inside(mount, relative, "the file")
+                inside(mount, relative, "the file", field)
     return model_dir
 
 
@@ -191,11 +196,11 @@ def _hf_download(repo: str, revision: str, out: Path) -> None:
         raise BadSpec(f"model.source: {repo}: {str(error).splitlines()[0][:200]}") from None
 
 
-def _s3_client() -> Any:
+def _s3_client(field: str = "model.source") -> Any:
     try:
         import boto3
     except ImportError:
-        raise BadSpec("model.source: s3:// needs boto3 (pip install 'kiln-operator[s3]')") from None
+        raise BadSpec(f"{field}: s3:// needs boto3 (pip install 'kiln-operator[s3]')") from None
     return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
@@ -240,3 +245,113 @@ def _s3_sync(source: str, out: Path) -> None:
         client.download_file(bucket, obj["Key"], str(target))
         done += obj["Size"]
         print(f"  download {done / total:6.1%} {relative}", file=sys.stderr, flush=True)
+
+
+# What datasets.load_dataset reads from a directory without a loading script (its packaged
+# builders, by extension: datasets/packaged_modules/__init__.py, _EXTENSION_TO_MODULE), of
+# which Kiln takes the formats whose rows name their columns, and .txt, whose builder names its
+# one column "text". quantize.py reads a directory's train split and its "text" column
+# (get_calib_dataloader in tensorrt_llm/quantization/quantize_by_modelopt.py). Kiln copies the
+# files flat as train-00000<ext>, ...: a name with a split keyword ("test.jsonl") would put a
+# file in another split (datasets/data_files.py, KEYWORDS_IN_FILENAME_BASE_PATTERNS), and
+# "train-" puts every file in the train split.
+CALIBRATION_FORMATS = (".jsonl", ".json", ".parquet", ".csv", ".txt")
+# 512 rows is what quantize.py reads: a set of more than this is a mistake, not a larger sample.
+MAX_CALIBRATION_BYTES = 256 * 2**20
+_FIELD = "model.calibration.source"
+
+
+def fetch_calibration(source: str, out: Path) -> Path:
+    """Copy the calibration set (``s3://bucket/prefix`` or a mounted directory) into ``out``,
+    a directory of Kiln's own, so quantize.py reads exactly what was checked: the data files
+    (other files, a README.md or dotfiles, are left), of one format, every name inside the
+    source, at most :data:`MAX_CALIBRATION_BYTES` in all, with a ``text`` column where the
+    format names columns. BadSpec names what is wrong; nothing is copied before the checks."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if source.startswith("s3://"):
+        bucket, prefix = _split_s3(source)
+        client = _s3_client(_FIELD)
+        try:
+            listed = [(o["Key"][len(prefix):].lstrip("/"), int(o["Size"]), o["Key"])
+                      for page in client.get_paginator("list_objects_v2").paginate(
+                          Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+                      for o in page.get("Contents", [])]
+        except Exception as error:  # botocore's ClientError family
+            raise BadSpec(f"{_FIELD}: cannot list {source}: {str(error)[:200]}") from None
+        keys = {relative: key for relative, _, key in listed}
+        for relative, name in _calibration_files([(r, size) for r, size, _ in listed], source, out):
+            client.download_file(bucket, keys[relative], str(out / name))
+    else:
+        root = _mounted(source, check_files=True, field=_FIELD)
+        if not root.is_dir():
+            raise BadSpec(f"{_FIELD}: {_short(source)} is not a directory on the claim")
+        found = [(os.path.relpath(path, root), path.stat().st_size)
+                 for path in sorted(root.rglob("*")) if path.is_file()]
+        for relative, name in _calibration_files(found, source, out):
+            shutil.copyfile(root / relative, out / name)
+    _check_text_column(out)
+    total = sum(path.stat().st_size for path in out.iterdir())
+    print(f"  calibration set: {len(list(out.iterdir()))} files, {total / 2**20:.1f} MiB",
+          file=sys.stderr, flush=True)
+    return out
+
+
+def _calibration_files(found: list[tuple[str, int]], source: str,
+                       out: Path) -> list[tuple[str, str]]:
+    """The data files of ``found`` (name relative to the source, size), each with the name it
+    gets in ``out``; checked whole before the first byte is copied."""
+    files = []
+    for relative, size in found:
+        if not relative or relative.endswith("/"):
+            continue  # an S3 console's folder placeholder
+        inside(out, relative, "the file", _FIELD)
+        if not any(part.startswith(".") for part in relative.split("/")):  # .gitattributes, .cache/
+            files.append((relative, size))
+    data = [(relative, size) for relative, size in files
+            if PurePosixPath(relative).suffix.lower() in CALIBRATION_FORMATS]
+    formats = sorted({PurePosixPath(relative).suffix.lower() for relative, _ in data})
+    if not data:
+        held = sorted({PurePosixPath(r).suffix.lower() or PurePosixPath(r).name for r, _ in files})
+        raise BadSpec(f"{_FIELD}: {_short(source)} holds no {', '.join(CALIBRATION_FORMATS)} "
+                      f"file; it holds {', '.join(held[:5]) or 'nothing'}")
+    if len(formats) > 1:
+        raise BadSpec(f"{_FIELD}: {_short(source)} mixes {' and '.join(formats)} files; "
+                      "datasets.load_dataset reads one format per directory")
+    total = sum(size for _, size in data)
+    if total > MAX_CALIBRATION_BYTES:
+        raise BadSpec(f"{_FIELD}: {_short(source)} holds {total / 2**20:.0f} MiB of data, more "
+                      f"than the {MAX_CALIBRATION_BYTES // 2**20} MiB a calibration set may be "
+                      "(quantize.py reads 512 rows)")
+    data.sort()
+    return [(relative, f"train-{index:05d}{formats[0]}") for index, (relative, _) in enumerate(data)]
+
+
+def _check_text_column(out: Path) -> None:
+    """The first row of the first .jsonl, .json or .csv file names a ``text`` column; .txt has
+    one by construction, and a .parquet file's schema is left to datasets (it needs pyarrow)."""
+    first = min(out.iterdir())
+    suffix = first.suffix
+    with first.open(encoding="utf-8", errors="replace") as handle:
+        head = handle.read(MAX_INDEX_BYTES + 1)
+    whole = len(head) <= MAX_INDEX_BYTES
+    if suffix == ".csv":
+        row: Any = dict.fromkeys(next(csv.reader(io.StringIO(head)), []), "")
+    elif suffix == ".json" and whole and head.lstrip().startswith("["):
+        try:
+            rows = json.loads(head)
+        except ValueError:
+            rows = None
+        row = rows[0] if isinstance(rows, list) and rows else None
+    elif suffix in (".jsonl", ".json"):  # datasets reads a .json file of lines as .jsonl
+        try:
+            row = json.loads(head.split("\n", 1)[0] or "null")
+        except ValueError:
+            row = None
+    else:
+        return
+    if suffix == ".json" and not whole and head.lstrip().startswith("["):
+        return  # one large JSON array: read by datasets alone
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        raise BadSpec(f"{_FIELD}: the first row of its first {suffix} file has no \"text\" "
+                      "column of strings; quantize.py calibrates on a directory's \"text\" column")

@@ -59,6 +59,9 @@ class BuildSpec:
     # "fp8-rowwise": convert_checkpoint.py --use_fp8_rowwise --load_by_shard (Llama family,
     # models too large to calibrate on one node); "": the precision's usual tool.
     checkpoint_recipe: str = ""
+    # The platform team's calibration set (s3:// or a mounted path), copied to scratch and
+    # given to quantize.py --calib_dataset; "": quantize.py's default from the Hub.
+    calibration_source: str = ""
 
     @property
     def built_here(self) -> bool:
@@ -87,7 +90,8 @@ class BuildSpec:
                     "tokensPerBlock": self.limits.tokens_per_block,
                     **({"weightStreaming": True} if self.limits.weight_streaming else {})},
                 **({"gpusPerNode": self.gpus_per_node} if self.gpus_per_node else {}),
-                **({"checkpointRecipe": self.checkpoint_recipe} if self.checkpoint_recipe else {})}
+                **({"checkpointRecipe": self.checkpoint_recipe} if self.checkpoint_recipe else {}),
+                **({"calibration": self.calibration_source} if self.calibration_source else {})}
 
 
 def _field(raw: dict[str, Any], path: str, kind: type, choices: tuple[str, ...] | None = None,
@@ -141,6 +145,8 @@ def parse_build_spec(raw: Any) -> BuildSpec:
         gpus_per_node=_field(raw, "gpusPerNode", int, minimum=1) if "gpusPerNode" in raw else 0,
         checkpoint_recipe=(_field(raw, "checkpointRecipe", str, RECIPES)
                            if "checkpointRecipe" in raw else ""),
+        calibration_source=(_field(raw, "calibration.source", str)
+                            if "calibration" in raw else ""),
     )
     if len(spec.engine_key) != 64 or any(c not in "0123456789abcdef" for c in spec.engine_key):
         raise BadSpec("engineKey: expected 64 lowercase hex characters")
@@ -163,6 +169,13 @@ def parse_build_spec(raw: Any) -> BuildSpec:
         raise BadSpec("limits.maxInputLen: must be smaller than limits.maxSeqLen")
     if not spec.source.startswith(("hf://", "s3://", "/")):
         raise BadSpec(f"model.source: expected hf://, s3:// or a mounted path, got {spec.source!r}")
+    if spec.calibration_source:
+        if not spec.calibration_source.startswith(("s3://", "/")):
+            raise BadSpec("calibration.source: expected s3:// or a mounted path, got "
+                          f"{spec.calibration_source[:120]!r}")
+        if support.calibrates(spec.precision, spec.kv_cache_dtype, spec.checkpoint_recipe) != "quantize":
+            raise BadSpec(f"calibration.source: precision {spec.precision} is not calibrated by "
+                          "quantize.py, the one tool that reads a calibration set of its own")
     return spec
 
 

@@ -64,6 +64,12 @@ class Layout:
         return self.spec.work_dir / "checkpoint"
 
     @property
+    def calibration_dir(self) -> Path:
+        # get_calib_dataloader picks its loader by substrings of this path ("cnn_dailymail",
+        # "scienceqa", "pileval"): a work directory is /work or <cache>/.work/<hex key>.
+        return self.spec.work_dir / "calibration"
+
+    @property
     def staging(self) -> Path:
         return self.spec.cache_dir / ".staging" / self.spec.engine_key
 
@@ -135,6 +141,8 @@ def _checkpoint_step(spec: BuildSpec, layout: Layout, architecture: str) -> Step
                 "--model_dir", str(layout.model_dir), "--output_dir", str(layout.checkpoint_dir),
                 "--dtype", "auto", "--qformat", QFORMAT[spec.precision], *parallel,
                 "--calib_size", "512"]
+        if spec.calibration_source:
+            argv += ["--calib_dataset", str(layout.calibration_dir)]
         if spec.kv_cache_dtype in ("fp8", "int8"):
             argv += ["--kv_cache_dtype", spec.kv_cache_dtype]
         return Step("checkpoint", argv, description=f"quantize to {spec.precision} (ModelOpt)")
@@ -197,6 +205,10 @@ def plan_steps(spec: BuildSpec, architecture: str) -> list[Step]:
         steps.append(Step("download", ["kiln-runtime", "download", "--source", spec.source,
                                        "--revision", spec.revision, "--out", str(layout.model_dir)],
                           description="fetch weights, config and tokenizer"))
+    if spec.calibration_source:
+        steps.append(Step("calibration", ["kiln-runtime", "calibration-set", "--source",
+                                          spec.calibration_source, "--out", str(layout.calibration_dir)],
+                          description="copy and check the calibration set"))
     checkpoint = _checkpoint_step(spec, layout, architecture)
     steps.append(Step(checkpoint.name, checkpoint.argv, description=checkpoint.description,
                       cwd=str(spec.work_dir)))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["CONVERTERS", "QUANTIZED", "CONVERTER_KV", "BLACKWELL_REFUSED", "STREAMABLE",
-           "ROWWISE_FP8_SOURCE", "QUANT_CONFIG_FILES", "checkpoint_tool", "refusals", "arch_number",
+           "ROWWISE_FP8_SOURCE", "QUANT_CONFIG_FILES", "checkpoint_tool", "calibrates", "refusals", "arch_number",
            "prequantized", "already_quantized"]
 
 # HF architecture -> the TensorRT-LLM example folder whose convert_checkpoint.py handles it.
@@ -96,6 +96,26 @@ def arch_number(gpu_arch: str) -> int | None:
 def checkpoint_tool(precision: str) -> str:
     """``convert`` (the architecture's convert_checkpoint.py) or ``quantize`` (quantize.py)."""
     return "convert" if precision in _CONVERTED else "quantize"
+
+
+def calibrates(precision: str, kv_dtype: str, recipe: str = "") -> str:
+    """Which tool runs a calibration pass for this build, or "" when none does.
+
+    ``quantize``: quantize.py (ModelOpt) calibrates every precision it builds, on its
+    ``--calib_dataset`` (default ``cnn_dailymail``, from the Hub, or a local directory:
+    ``get_calib_dataloader`` in ``tensorrt_llm/quantization/quantize_by_modelopt.py``).
+    ``convert``: convert_checkpoint.py calibrates an INT8 KV cache (``--int8_kv_cache`` goes
+    through ``LLaMAForCausalLM.quantize``, the Qwen converter's likewise) on its
+    ``--calib_dataset``, default ``ccdv/cnn_dailymail``, read by ``load_calib_dataset`` in
+    ``tensorrt_llm/models/convert_utils.py``, which gives ``load_dataset`` no split or column
+    for a directory, so only a Hub dataset it knows works there. The row-wise FP8 recipe and
+    an FP8 KV cache calibrate nothing.
+    """
+    if recipe:
+        return ""
+    if checkpoint_tool(precision) == "quantize":
+        return "quantize"
+    return "convert" if kv_dtype == "int8" else ""
 
 
 def refusals(architecture: str | None, precision: str, kv_dtype: str, sm: int | None,

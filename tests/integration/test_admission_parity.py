@@ -39,6 +39,12 @@ UNIT_INVALID_SPECS = [
     {},
     {"model": {"source": "pvc://claim/../etc"}},
     {"model": {"source": "https://user:pw@host/x"}},
+    {"model": {"source": "hf://a/b", "calibration": {"source": "s3://calib/set"}}},
+    {"model": {"source": "hf://a/b", "calibration": {"source": "s3://calib/set"}}, "precision": "fp8",
+     "runtime": {"server": "djl"}},
+    {"model": {"source": "hf://a/b", "calibration": {"source": "hf://datasets/x"}}, "precision": "fp8"},
+    {"model": {"source": "hf://a/b", "calibration": {"source": "pvc://sets/../x"}}, "precision": "int4-awq"},
+    {"model": {"source": "hf://a/b", "calibration": {}}, "precision": "fp8"},
 ]
 
 

@@ -104,9 +104,24 @@ def _quantization(tool: str, args: argparse.Namespace) -> dict:
     return {"quant_algo": algo, "kv_cache_quant_algo": kv}
 
 
+def _read_calibration_set(dataset: str, calib_size: int) -> None:
+    """quantize.py's reading of a local calibration set, as get_calib_dataloader does it
+    (tensorrt_llm/quantization/quantize_by_modelopt.py): a directory, unless its path names one
+    of the datasets it knows, is loaded with datasets.load_dataset, train split, "text" column."""
+    if any(name in dataset for name in ("cnn_dailymail", "scienceqa", "science_qa")) \
+            or dataset == "pileval" or not os.path.isdir(dataset):
+        return  # a Hub dataset: nothing to fetch here
+    from datasets import load_dataset
+
+    texts = load_dataset(dataset, split="train")["text"][:calib_size]
+    print(f"calibrating on {len(texts)} samples from {dataset}", flush=True)
+
+
 def checkpoint_tool(tool: str, argv: list[str]) -> None:
     args = parser_for(tool).parse_args(argv)
     _record("quantize.py" if tool == "quantize" else "convert_checkpoint.py", argv)
+    if tool == "quantize":
+        _read_calibration_set(args.calib_dataset, args.calib_size)
     model = json.loads((Path(args.model_dir) / "config.json").read_text())
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

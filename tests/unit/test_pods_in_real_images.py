@@ -165,7 +165,9 @@ def test_the_build_job_is_sized_from_the_model():
 
 def test_a_calibrated_build_has_scratch_for_its_calibration_set():
     """quantize.py downloads the whole cnn_dailymail train split into HF_HOME on scratch
-    (quantize_by_modelopt.py, get_calib_dataloader); the converter calibrates nothing."""
+    (quantize_by_modelopt.py, get_calib_dataloader); so does the Llama converter for an INT8 KV
+    cache (convert_checkpoint.py --int8_kv_cache calibrates on ccdv/cnn_dailymail through
+    LLaMAForCausalLM.quantize); with an FP8 KV cache or none it calibrates nothing."""
     from kiln.api import Precision
     from kiln.planner.build import CALIBRATION_DATA_BYTES, SCRATCH_MARGIN
     from kiln.planner.memory import weight_bytes_per_gpu
@@ -173,8 +175,10 @@ def test_a_calibrated_build_has_scratch_for_its_calibration_set():
     from kiln.planner import model_config
 
     model, _ = model_config("hf://meta-llama/Llama-3.1-8B-Instruct")
-    for precision, calibration in (("fp8", CALIBRATION_DATA_BYTES), ("bf16", 0)):
-        result, _ = _render({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "precision": precision})
+    for precision, kv, calibration in (("fp8", "auto", CALIBRATION_DATA_BYTES), ("bf16", "auto", 0),
+                                       ("bf16", "fp8", 0), ("bf16", "int8", CALIBRATION_DATA_BYTES)):
+        result, _ = _render({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                             "precision": precision, "kvCacheDtype": kv})
         needed = model.hf_param_count * 2 + weight_bytes_per_gpu(model, Precision(precision), 1, 1) + calibration
         assert result.build.scratch_bytes == needed + int(needed * SCRATCH_MARGIN[0]) + SCRATCH_MARGIN[1]
 

@@ -89,6 +89,18 @@ REFUSED = {
                                                "spec.gpu.resourceName"),
     "resourceName with a name over 63": ({"spec.gpu.resourceName": "example.com/" + "g" * 64},
                                          "spec.gpu.resourceName"),
+    # A calibration set no build would read, or from where a build must not fetch.
+    "calibration for a precision quantize.py does not build": (
+        {"spec.model.calibration": {"source": "s3://calib/set"}}, "spec.model.calibration"),
+    "calibration on DJL": ({"spec.precision": "fp8", "spec.runtime": {"server": "djl"},
+                            "spec.model.calibration": {"source": "s3://calib/set"}},
+                           "spec.model.calibration"),
+    "calibration from the Hub": ({"spec.precision": "fp8",
+                                  "spec.model.calibration": {"source": "hf://datasets/abisee"}},
+                                 "spec.model.calibration.source"),
+    "calibration climbing out of its claim": ({"spec.precision": "fp8", "spec.model.calibration":
+                                               {"source": "pvc://sets/../../etc"}},
+                                              "spec.model.calibration.source"),
     # A path in an NCCL setting: NCCL loads the library NCCL_NET_PLUGIN names.
     "NCCL plugin path": ({"spec.network": {"rdmaResource": "rdma/ib", "ncclEnv": [
         {"name": "NCCL_NET_PLUGIN", "value": "/engines/k/tokenizer/tokenizer.model"}]}},

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from kiln.api.validation import parse_service_spec
+from kiln.api.llmservice import CALIBRATED_PRECISIONS
 from kiln.planner import catalog_config
 from kiln.render.engine import build_spec, engine_for
 from kiln_runtime import build, source
@@ -43,6 +44,8 @@ def _spec_for(manifest, precision, namespace="llm"):
     raw = copy.deepcopy(manifest["spec"])
     raw["precision"] = precision
     raw.pop("kvCacheDtype", None)
+    if precision not in CALIBRATED_PRECISIONS:  # a calibration set is refused there
+        raw["model"] = {k: v for k, v in raw["model"].items() if k != "calibration"}
     if precision == "nvfp4":
         raw["gpu"] = {**raw.get("gpu", {}), "type": "B200-180GB"}
     spec = parse_service_spec(raw)
@@ -82,17 +85,22 @@ def test_dry_run_steps_exist_in_the_recorded_clis(example, precision):
     result = build.dry_run(parse_build_spec(raw), config)
     names = [step["name"] for step in result["steps"]]
     multi_node = "gpusPerNode" in raw
-    assert names == ["download", "checkpoint", *(["mapping"] if multi_node else []), "engine",
-                     "verify", "publish"]
+    calibrated = "calibration" in raw
+    assert names == ["download", *(["calibration"] if calibrated else []), "checkpoint",
+                     *(["mapping"] if multi_node else []), "engine", "verify", "publish"]
     for step in result["steps"]:
         argv = step["argv"]
         if argv[0] == "kiln-runtime":
             runtime_parser().parse_args(argv[1:])  # our own subcommands, with our own flags
         else:
             _check_against_reference(argv)
-    checkpoint = result["steps"][1]["argv"]
+    checkpoint = next(step["argv"] for step in result["steps"] if step["name"] == "checkpoint")
     quantized = precision in ("fp8", "int8-sq", "int4-awq", "w4a8-awq", "nvfp4")
     assert ("quantize.py" in checkpoint[1]) == (quantized and "checkpointRecipe" not in raw)
+    if calibrated:  # the set Kiln copied and checked, in a directory of its own
+        assert checkpoint[checkpoint.index("--calib_dataset") + 1] == f"{raw['workDir']}/calibration"
+    else:
+        assert "--calib_dataset" not in checkpoint
 
 
 def test_dry_run_cli_prints_steps_and_touches_nothing(tmp_path, capsys):

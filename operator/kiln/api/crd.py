@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from .common import GROUP, VERSION
 from .llmengine import LLMEngineSpec, LLMEngineStatus
 from .limits import MAX_WINDOW_SECONDS, MAX_WORKER_PODS, SERVICE_NAME_PATTERN
-from .llmservice import LLMServiceSpec, LLMServiceStatus
+from .llmservice import CALIBRATED_PRECISIONS, LLMServiceSpec, LLMServiceStatus
 
 __all__ = ["crds", "openapi_schema"]
 
@@ -57,6 +57,19 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
             "fieldPath": ".replicas",
         },
         {
+            "rule": "!has(self.model.calibration) || self.precision in "
+                    f"{list(CALIBRATED_PRECISIONS)}",
+            "message": "model.calibration applies to the precisions quantize.py calibrates: "
+                       + ", ".join(CALIBRATED_PRECISIONS),
+            "fieldPath": ".model.calibration",
+        },
+        {
+            "rule": "!(has(self.model.calibration) && has(self.runtime) && has(self.runtime.server)"
+                    " && self.runtime.server == 'djl')",
+            "message": "model.calibration needs runtime.server: triton",
+            "fieldPath": ".model.calibration",
+        },
+        {
             "rule": "!(has(self.gateway) && has(self.runtime) && has(self.runtime.server)"
                     " && self.runtime.server == 'djl')",
             "message": "gateway needs runtime.server: triton (the OpenAI-compatible frontend)",
@@ -73,6 +86,11 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
          "message": "gpu.resourceName must have a domain of at most 244 characters and a name of "
                     "at most 63",
          "fieldPath": ".resourceName"},
+    ],
+    "model.calibration": [
+        {"rule": "!self.source.matches('(^|/)[.][.]?(/|$)')",
+         "message": "model.calibration.source must not contain '.' or '..' path segments",
+         "fieldPath": ".source"},
     ],
     "model": [
         {"rule": "self.source == oldSelf.source", "message": "model.source is immutable",

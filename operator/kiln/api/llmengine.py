@@ -56,6 +56,10 @@ class LLMEngineSpec(KilnModel):
         default=None, ge=1, le=16,
         description="GPUs per node of a replica that spans nodes (the checkpoint's "
         "mapping.gpus_per_node); unset for one node.")
+    calibration_source: str | None = Field(
+        default=None, max_length=256,
+        description="The service's spec.model.calibration.source, for a build that calibrates "
+        "with quantize.py; unset: TensorRT-LLM's default set from the Hub, or no calibration.")
     checkpoint_recipe: Literal["fp8-rowwise"] | None = Field(
         default=None,
         description="fp8-rowwise: convert_checkpoint.py --use_fp8_rowwise --load_by_shard, for "

@@ -18,6 +18,10 @@ from .limits import MAX_WINDOW_SECONDS, MAX_WORKER_PODS, extended_resource_probl
 __all__ = [
     "MODEL_SOURCE_PATTERN",
     "SecretRef",
+    "CREDENTIAL_KEYS",
+    "CALIBRATION_SOURCE_PATTERN",
+    "CALIBRATED_PRECISIONS",
+    "CalibrationSpec",
     "ModelSpec",
     "GPUSpec",
     "ParallelismSpec",
@@ -49,6 +53,15 @@ MODEL_SOURCE_PATTERN = (
     r"|s3://[a-z0-9][a-z0-9.-]{1,62}(/[A-Za-z0-9._-]+)*/?"
     r"|pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(/[A-Za-z0-9._-]+)*/?)$"
 )
+# s3://bucket/prefix | pvc://claim/path: a calibration set is read from the cluster's own
+# storage, never from the Hub (the offline case it exists for).
+CALIBRATION_SOURCE_PATTERN = (
+    r"^(s3://[a-z0-9][a-z0-9.-]{1,62}(/[A-Za-z0-9._-]+)*/?"
+    r"|pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(/[A-Za-z0-9._-]+)*/?)$"
+)
+# The precisions quantize.py builds, each after a calibration pass
+# (kiln_runtime.support.calibrates; a unit test keeps the two in step).
+CALIBRATED_PRECISIONS = ("fp8", "int8-sq", "int4-awq", "w4a8-awq", "nvfp4")
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 _HF_PAGE = re.compile(r"^https?://(www\.)?(huggingface\.co|hf\.co)/(?P<org>[^/\s]+)/(?P<name>[^/?#\s]+)")
 # The OpenAI API's model id, which is also a Triton model directory: no "/", no spaces.
@@ -56,6 +69,10 @@ SERVED_MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 Auto = Literal["auto"]
 ParallelDegree = Annotated[int, Field(ge=1, le=64)] | Auto
+
+
+# The keys a credentials Secret must hold for a source, by scheme (a pvc:// source needs none).
+CREDENTIAL_KEYS = {"hf": ("HF_TOKEN",), "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
 
 
 class SecretRef(KilnModel):
@@ -66,6 +83,26 @@ class SecretRef(KilnModel):
         description="Name of the Secret. Keys read: HF_TOKEN for hf://, AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY for s3://.",
     )
+
+
+class CalibrationSpec(KilnModel):
+    """A calibration set of the platform team's own, for builds that calibrate."""
+
+    source: str = Field(
+        max_length=256, pattern=CALIBRATION_SOURCE_PATTERN,
+        description="s3://bucket/prefix or pvc://claim/path: a directory of .jsonl, .json, "
+        ".parquet, .csv or .txt files (one format) whose rows have a text column, as "
+        "datasets.load_dataset reads a directory's train split; at most 256 MiB. quantize.py "
+        "calibrates on the first 512 rows. Read with spec.model.credentials (s3://). Unset: "
+        "TensorRT-LLM's default, cnn_dailymail, downloaded from the Hugging Face Hub.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _no_dot_segments(cls, value: str) -> str:
+        if _DOT_SEGMENT.search(value.split("://", 1)[1]):
+            raise ValueError(f"{value!r} must not contain '.' or '..' path segments")
+        return value
 
 
 class ModelSpec(KilnModel):
@@ -81,6 +118,12 @@ class ModelSpec(KilnModel):
     )
     credentials: SecretRef | None = Field(
         default=None, description="Secret holding the download credentials; never inline.")
+    calibration: CalibrationSpec | None = Field(
+        default=None,
+        description="The calibration set quantize.py reads for precisions fp8, int8-sq, "
+        "int4-awq, w4a8-awq and nvfp4, in place of cnn_dailymail from the Hugging Face Hub: "
+        "what lets those precisions build on a cluster without egress to huggingface.co. "
+        "Part of the engine's key.")
 
     @field_validator("source", mode="before")
     @classmethod
@@ -425,6 +468,15 @@ class LLMServiceSpec(KilnModel):
                              "frontend); Kiln exposes no OpenAI endpoint for DJL Serving, whose "
                              "chat schema streams JSON lines, not the server-sent events "
                              "OpenAI clients read")
+        if self.model.calibration is not None:
+            if self.runtime.server == ServerKind.DJL:
+                raise ValueError("model.calibration: needs runtime.server: triton (DJL Serving "
+                                 "builds with its own partition script, which takes no "
+                                 "calibration set from Kiln)")
+            if self.precision not in CALIBRATED_PRECISIONS:
+                raise ValueError(
+                    f"model.calibration: precision {self.precision} is not calibrated by "
+                    f"quantize.py; a calibration set applies to {', '.join(CALIBRATED_PRECISIONS)}")
         if self.autoscaling.mode == AutoscalingMode.KEDA_HTTP:
             if self.runtime.server == ServerKind.DJL:
                 raise ValueError("autoscaling.mode: keda-http needs runtime.server: triton (it "

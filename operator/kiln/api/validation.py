@@ -20,6 +20,8 @@ __all__ = ["parse_service_spec", "parse_service_manifest", "describe_error", "ch
 
 
 _SOURCE_FORMS = "must be hf://org/name, s3://bucket/prefix or pvc://claim/path"
+_CALIBRATION_FORMS = ("must be s3://bucket/prefix or pvc://claim/path (a calibration set is "
+                      "read from the cluster's storage, not the Hub)")
 _MAX_PROBLEMS = 6
 _MAX_LINE = 320
 
@@ -95,6 +97,7 @@ def _describe(detail: Any, prefix: str, model: type[BaseModel] | None) -> str:
         # A long pattern is no help on one line: name the form instead.
         pattern = str((detail.get("ctx") or {}).get("pattern", ""))
         message = (_SOURCE_FORMS if path.endswith("model.source") else
+                   _CALIBRATION_FORMS if path.endswith("model.calibration.source") else
                    f"must match {pattern}" if len(pattern) <= 60 else "is not in the accepted form")
         message = f"{message} (got {quote(detail['input'])})"
     elif "input" in detail and detail["type"] not in ("value_error", "model_type"):

@@ -11,14 +11,11 @@ from __future__ import annotations
 import base64
 
 from ..api import Reason
-from ..decide.credentials import Credentials
+from ..decide.credentials import SECRET_POLL_SECONDS, Credentials
 from ..errors import SpecInvalid
 from .kube import ApiException, KubeApi
 
 __all__ = ["SECRET_POLL_SECONDS", "read_credentials"]
-
-# How soon a service waiting for its credentials Secret reads it again.
-SECRET_POLL_SECONDS = 5.0
 
 
 async def read_credentials(api: KubeApi, namespace: str, secret: str | None) -> Credentials:

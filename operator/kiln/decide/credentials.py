@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import Reason
+from ..api.llmservice import CREDENTIAL_KEYS
 from ..errors import SpecInvalid
 from .policy import Policy
 
-__all__ = ["CREDENTIAL_KEYS", "Credentials", "check_engine_credentials"]
+__all__ = ["CREDENTIAL_KEYS", "SECRET_POLL_SECONDS", "Credentials", "check_engine_credentials",
+           "check_secret_keys"]
 
-# The keys a Secret must hold to be credentials for a source, by scheme.
-CREDENTIAL_KEYS = {"hf": ("HF_TOKEN",), "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+# How soon a service waiting for its credentials Secret (or a key in it) reads it again:
+# Secrets are not watched (that would need list and watch on every Secret).
+SECRET_POLL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,24 @@ def check_engine_credentials(live: dict[str, Any], credentials: Credentials, pol
         f"this service presents none for it. Set spec.model.credentials.secretName to a Secret "
         f"with {keys} for that model, or ask the platform team to list the model as public "
         "(the chart's modelCredentials.publicModels)", reason=Reason.CREDENTIALS_REQUIRED.value)
+
+
+def check_secret_keys(spec: Any, credentials: Credentials, namespace: str) -> None:
+    """The Secret a service names holds every key its sources are read with: the build Job
+    reads each by name (``secretKeyRef``), and a key the Secret lacks would leave its pod in
+    CreateContainerConfigError, which names no field. ``spec``: an LLMServiceSpec."""
+    if not credentials.found or spec.model.credentials is None:
+        return
+    sources = [("spec.model.source", spec.model.source)]
+    if spec.model.calibration is not None:
+        sources.append(("spec.model.calibration.source", spec.model.calibration.source))
+    for field, source in sources:
+        missing = [key for key in CREDENTIAL_KEYS.get(source.split("://", 1)[0], ())
+                   if key not in credentials.keys]
+        if missing:
+            secret = spec.model.credentials.secret_name
+            raise SpecInvalid(
+                f"spec.model.credentials.secretName: Secret {namespace}/{secret} has no "
+                f"{' and no '.join(missing)}, with which {field} ({source[:120]}) is read; add "
+                f"{'them' if len(missing) > 1 else 'it'} to the Secret",
+                reason=Reason.CREDENTIALS_REQUIRED.value, retry_after=SECRET_POLL_SECONDS)

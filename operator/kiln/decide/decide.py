@@ -22,6 +22,7 @@ from ..render.gateway import HTTP_ROUTE_API, INFERENCE_POOL_API
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
 from .claim import claim_gateway, gateway_ready
+from .credentials import check_secret_keys
 from .engine import engine_ready, storage_uri
 from .observe import EventReason, observe
 from .ownership import check_controlled, controller_of
@@ -90,6 +91,7 @@ def _given(value: T | SpecInvalid | None) -> T:
 def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     parsed = _given(snapshot.parsed)
     credentials = _given(snapshot.credentials)
+    check_secret_keys(parsed.spec, credentials, snapshot.ref.namespace)
     intent = _given(snapshot.intent)
     status, ref = actions.status, snapshot.ref
     _plan_status(status, intent.plan, snapshot.model_why, snapshot.now, snapshot.generation)

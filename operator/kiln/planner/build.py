@@ -14,8 +14,9 @@ Where the weights live while a checkpoint is made (TensorRT-LLM 1.2.1):
   release goes the same way, at any size ("--use_fp8_rowwise is enabled automatically"); no
   other pre-quantized source is built (``kiln_runtime.support.ROWWISE_FP8_SOURCE``).
 
-Scratch holds the download and the converted checkpoint, and for ``quantize.py`` the
-calibration set: its default, ``cnn_dailymail``, is fetched with
+Scratch holds the download and the converted checkpoint, and for a build that calibrates
+(``kiln_runtime.support.calibrates``: ``quantize.py``, and the converter for an INT8 KV cache)
+the calibration set: ``quantize.py``'s default, ``cnn_dailymail``, is fetched with
 ``load_dataset("cnn_dailymail", name="3.0.0", split="train")`` (``get_calib_dataloader``), the
 whole train split of 287,113 articles (the dataset card) into ``HF_HOME`` on scratch, of which
 512 are used. :data:`CALIBRATION_DATA_BYTES` is an allowance for it, and
@@ -104,7 +105,7 @@ def plan_build(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: 
             f"16-bit weights, {_gib(gpu_room)} of it on the build node's {build_gpus} GPUs) but "
             f"gpu.nodeMemoryGiB is {spec.gpu.node_memory_gi_b:g}; raise it if the nodes have "
             f"more{', or ' + hint if hint else ''}")
-    calibrates = support.checkpoint_tool(precision.value) == "quantize" and recipe is None
+    calibrates = support.calibrates(precision.value, spec.kv_cache_dtype, recipe or "")
     scratch = download + checkpoint + (CALIBRATION_DATA_BYTES if calibrates else 0)
     scratch += int(scratch * SCRATCH_MARGIN[0]) + SCRATCH_MARGIN[1]
     return BuildPlan(recipe=recipe, memory_bytes=memory, scratch_bytes=scratch,

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import API_VERSION, EngineCacheLocation, EngineShape, LLMEngineSpec, LLMServiceSpec, ServerKind
+from ..api.llmservice import CREDENTIAL_KEYS
 from ..planner import GPU, Plan
 from ..planner.build import BuildPlan
+from kiln_runtime import support
+
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
 from .meta import (LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name, content_hash, labels, owned_by,
                    stamp)
@@ -22,6 +25,7 @@ __all__ = ["Engine", "engine_for", "engine_key", "cache_uri", "llm_engine", "bui
 BUILD_SPEC_ENV = "KILN_BUILD_SPEC"
 WORK_MOUNT = "/work"
 SOURCE_MOUNT = "/model-source"
+CALIBRATION_MOUNT = "/calibration-source"
 BUILD_BACKOFF_LIMIT = 2
 BUILD_TTL_SECONDS = 7 * 24 * 3600
 BUILD_DEADLINE_SECONDS = 6 * 3600
@@ -91,6 +95,11 @@ def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> En
         inputs["gpusPerNode"] = gpus_per_node
     if recipe:
         inputs["checkpointRecipe"] = recipe
+    # Only where quantize.py reads it: a set the build would not use must not split the cache.
+    calibration = spec.model.calibration.source if spec.model.calibration and \
+        support.calibrates(spec.precision, plan.kv_cache_dtype.value, recipe or "") == "quantize" else None
+    if calibration:
+        inputs["calibration"] = calibration
     key = engine_key(inputs)
     record = LLMEngineSpec(
         key=key,
@@ -108,6 +117,7 @@ def engine_for(spec: LLMServiceSpec, plan: Plan, gpu: GPU, namespace: str) -> En
         limits=inputs["limits"],
         cache=EngineCacheLocation(namespace=namespace, claim_name=spec.engine_cache.claim_name),
         gpus_per_node=gpus_per_node,
+        calibration_source=calibration,
         checkpoint_recipe=recipe,
     )
     # The record's name also covers the cache it lives in: the same bytes in two namespaces'
@@ -134,13 +144,36 @@ def work_dir(engine: Engine, build: BuildPlan | None) -> str:
     return f"{CACHE_MOUNT}/.work/{engine.key}" if build and build.stage_on_cache else WORK_MOUNT
 
 
+def _claim(source: str) -> str:
+    return source.split("://", 1)[1].split("/", 1)[0]
+
+
+def _calibration_mount(spec: LLMEngineSpec) -> str | None:
+    """Where a pvc:// calibration set's claim is mounted: with the model's, when it is the
+    same claim (one volume), else a mount of its own; None for no claim to mount."""
+    source = spec.calibration_source
+    if not source or not source.startswith("pvc://"):
+        return None
+    same = spec.model_source.startswith("pvc://") and _claim(spec.model_source) == _claim(source)
+    return SOURCE_MOUNT if same else CALIBRATION_MOUNT
+
+
+def _in_pod(source: str, mount: str) -> str:
+    """A pvc://claim/path as the path the build container sees under ``mount``."""
+    path = source.split("://", 1)[1].rstrip("/").split("/", 1)
+    return f"{mount}/{path[1]}" if len(path) > 1 else mount
+
+
 def build_spec(engine: Engine, build: BuildPlan | None = None) -> dict[str, Any]:
     """The JSON the build container reads from $KILN_BUILD_SPEC."""
     spec = engine.spec
     source = spec.model_source
     if source.startswith("pvc://"):
-        path = source.split("://", 1)[1].rstrip("/").split("/", 1)
-        source = f"{SOURCE_MOUNT}/{path[1]}" if len(path) > 1 else SOURCE_MOUNT
+        source = _in_pod(source, SOURCE_MOUNT)
+    calibration = spec.calibration_source
+    mount = _calibration_mount(spec)
+    if calibration and mount:
+        calibration = _in_pod(calibration, mount)
     return {
         "engineKey": engine.key,
         "engineName": engine.name,
@@ -156,18 +189,21 @@ def build_spec(engine: Engine, build: BuildPlan | None = None) -> dict[str, Any]
         "workDir": work_dir(engine, build),
         **({"gpusPerNode": spec.gpus_per_node} if spec.gpus_per_node else {}),
         **({"checkpointRecipe": spec.checkpoint_recipe} if spec.checkpoint_recipe else {}),
+        **({"calibration": {"source": calibration}} if calibration else {}),
     }
 
 
 def _credentials_env(engine: Engine) -> list[dict[str, Any]]:
+    """The Secret's keys for the model's store and the calibration set's (one Secret serves
+    both: spec.model.credentials)."""
     secret = engine.spec.credentials_secret
     if not secret:
         return []
-    if engine.spec.model_source.startswith("hf://"):
-        return [secret_env("HF_TOKEN", secret, "HF_TOKEN")]
-    if engine.spec.model_source.startswith("s3://"):
-        return [secret_env(key, secret, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
-    return []
+    keys: list[str] = []
+    for source in (engine.spec.model_source, engine.spec.calibration_source or ""):
+        scheme = source.split("://", 1)[0]
+        keys += [key for key in CREDENTIAL_KEYS.get(scheme, ()) if key not in keys]
+    return [secret_env(key, secret, key) for key in keys]
 
 
 def _gi(n: int) -> str:
@@ -198,10 +234,17 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
               {"name": "dshm", "mountPath": "/dev/shm"},
               {"name": "tmp", "mountPath": "/tmp"}]
     if engine.spec.model_source.startswith("pvc://"):
-        claim = engine.spec.model_source.split("://", 1)[1].split("/", 1)[0]
-        volumes.append({"name": "model-source",
-                        "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        volumes.append({"name": "model-source", "persistentVolumeClaim": {
+            "claimName": _claim(engine.spec.model_source), "readOnly": True}})
         mounts.append({"name": "model-source", "mountPath": SOURCE_MOUNT, "readOnly": True})
+    if _calibration_mount(engine.spec) == CALIBRATION_MOUNT:
+        volumes.append({"name": "calibration-source", "persistentVolumeClaim": {
+            "claimName": _claim(engine.spec.calibration_source or ""), "readOnly": True}})
+        mounts.append({"name": "calibration-source", "mountPath": CALIBRATION_MOUNT, "readOnly": True})
+    if engine.spec.calibration_source:
+        # quantize.py's load_dataset reads the set Kiln copied to scratch; nothing it lacks is
+        # fetched from the Hub (datasets' config.py reads HF_DATASETS_OFFLINE).
+        env.append({"name": "HF_DATASETS_OFFLINE", "value": "1"})
     requests = {"cpu": HOST_CPU, "memory": _gi(build.memory_bytes) if build else HOST_MEMORY,
                 gpu_resource: str(build_gpus)}
     if build and not staged:
