@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ EXIT_CODES = {
            "(--leader-election-namespace)",
     "demo": "0 every service Ready and the autoscaler scaled up and back down, 1 otherwise, 2 bad input",
 }
+
+
+def _region(text: str) -> str:
+    """An argparse type: an S3 region name (us-east-1, or what an S3-compatible store calls its
+    own), nothing that could carry more into the build's environment."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", text):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a region name (lowercase letters, "
+                                         "digits and '-')")
+    return text
 
 
 def _at_least(kind: type, low: float, *, above: bool = False) -> Any:
@@ -296,12 +306,19 @@ def run_policy(args: argparse.Namespace) -> Any:
     """The operator's Policy from ``kiln run``'s flags (the chart's Deployment sets them)."""
     from .decide.policy import Policy, base_url
 
+    from .render import StorageEndpoints
+
     for url in args.allowed_prometheus_url or []:
         base_url(url, "--allowed-prometheus-url")  # a bad flag stops the operator at start
+    endpoints = {flag: str(base_url(url, flag)).rstrip("/") if url else None
+                 for flag, url in (("--s3-endpoint", args.s3_endpoint), ("--hub-endpoint", args.hub_endpoint))}
+    storage = StorageEndpoints(s3_endpoint=endpoints["--s3-endpoint"], s3_region=args.s3_region or None,
+                               hub_endpoint=endpoints["--hub-endpoint"])
     return Policy(public_models=frozenset(args.public_model or []),
                   prometheus_urls=tuple(args.allowed_prometheus_url or []),
                   multi_node_custom_images=args.multi_node_custom_images,
-                  delete_unreferenced_engine_files=args.delete_unreferenced_engine_files)
+                  delete_unreferenced_engine_files=args.delete_unreferenced_engine_files,
+                  storage=storage)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -409,6 +426,14 @@ def parser() -> argparse.ArgumentParser:
                           "without credentials (repeat)")
     run.add_argument("--allowed-prometheus-url", action="append", metavar="URL",
                      help="a Prometheus base URL services may name (repeat; none: any)")
+    run.add_argument("--s3-endpoint", metavar="URL",
+                     help="the S3-compatible endpoint builds read s3:// sources from (MinIO, Ceph; "
+                          "default: AWS S3)")
+    run.add_argument("--s3-region", metavar="REGION", type=_region,
+                     help="the region builds sign S3 requests for (AWS_DEFAULT_REGION)")
+    run.add_argument("--hub-endpoint", metavar="URL",
+                     help="a Hugging Face Hub mirror for hf:// sources, for builds and the "
+                          "operator's config reads (HF_ENDPOINT; default: huggingface.co)")
     run.add_argument("--multi-node-custom-images", action="store_true",
                      help="let multi-node services set spec.runtime.image (their leader holds "
                           "a token that may exec into pods)")

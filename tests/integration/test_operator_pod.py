@@ -2,12 +2,15 @@
 65532, which has no /etc/passwd entry, so HOME=/ and no user name), a minimal environment, and
 a namespaced install (``watchNamespaces``): a release of its own, with the ServiceAccount and
 exactly the RBAC the chart renders for that mode, taking the Lease. It must lead, stay up, and
-reconcile a service in its namespace within seconds."""
+reconcile a service in its namespace within seconds; and plan a model outside the catalog from
+the Hub mirror the chart names (``--hub-endpoint``)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +24,7 @@ import helm_python as helm
 import yaml
 
 from ..conftest import ROOT
+from ..support.fake_hub import Repo, fake_hub
 from ..support.real_cluster import free_port, path_of, stop_process, tied_to_parent
 
 LEASE_NS = "kiln-system"
@@ -28,6 +32,10 @@ NS = "kiln-pod-test"
 IMAGE_UID = 65532  # operator/Dockerfile: USER 65532:65532
 RELEASE = "kilnns"  # beside the session's cluster-wide release "kiln"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+MIRRORED = "acme/llama-like"  # in no catalog: its config is the mirror's
+LLAMA_LIKE = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 16, "hidden_size": 2048,
+              "intermediate_size": 8192, "num_attention_heads": 16, "num_key_value_heads": 8,
+              "vocab_size": 32000, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
 
 
 def _namespaced_release_rbac() -> list[dict]:
@@ -59,6 +67,7 @@ async def test_kiln_run_as_the_image_user_leads_and_reconciles_its_namespace_at_
     scratch.chmod(0o755)
     log_path = scratch / "operator.log"
     process = None
+    stack = contextlib.ExitStack()
     try:
         for name in (LEASE_NS, NS):
             control_plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
@@ -72,11 +81,13 @@ async def test_kiln_run_as_the_image_user_leads_and_reconciles_its_namespace_at_
         kubeconfig = _kubeconfig(control_plane, response.json()["status"]["token"], scratch / "kubeconfig")
         env = {"PATH": "/usr/bin:/bin", "HOME": "/", "KUBECONFIG": str(kubeconfig),
                "POD_NAME": "kiln-operator-0", "PYTHONPATH": str(ROOT / "operator")}
+        hub = stack.enter_context(fake_hub({MIRRORED: Repo({"config.json": json.dumps(LLAMA_LIKE).encode()})}))
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 ["setpriv", "--reuid", str(IMAGE_UID), "--regid", str(IMAGE_UID), "--clear-groups",
                  sys.executable, "-m", "kiln", "run", "--metrics-port", str(free_port()),
-                 "--health-port", str(free_port()), "-n", NS, "--leader-election-namespace", LEASE_NS],
+                 "--health-port", str(free_port()), "-n", NS, "--leader-election-namespace", LEASE_NS,
+                 "--hub-endpoint", hub.url],
                 env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
 
         async def until(predicate, timeout, what):
@@ -98,6 +109,21 @@ async def test_kiln_run_as_the_image_user_leads_and_reconciles_its_namespace_at_
             service = await admin.get("serving.kiln.dev/v1alpha1", "LLMService", "llama-8b", NS)
             return bool(((service or {}).get("status") or {}).get("conditions"))
         await until(reconciled, 20, "the service in the watched namespace has a status")
+
+        # A model outside the catalog is planned from config.json read from the platform
+        # team's Hub mirror (--hub-endpoint, the chart's modelStorage.hubEndpoint).
+        control_plane.apply({"apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService",
+                             "metadata": {"name": "mirrored", "namespace": NS},
+                             "spec": {"model": {"source": f"hf://{MIRRORED}"}, "precision": "bf16"}},
+                            plural="llmservices")
+
+        async def planned_from_the_mirror():
+            service = await admin.get("serving.kiln.dev/v1alpha1", "LLMService", "mirrored", NS)
+            fits = next((c for c in ((service or {}).get("status") or {}).get("conditions", [])
+                         if c["type"] == "Fits"), {})
+            return fits.get("status") == "True"
+        await until(planned_from_the_mirror, 20, "the mirrored model is planned")
+        assert any(path.startswith(f"/{MIRRORED}/resolve/") for _, path, _ in hub.requests), hub.requests
         await asyncio.sleep(2)
         assert process.poll() is None, log_path.read_text()[-3000:]
     finally:
@@ -106,8 +132,10 @@ async def test_kiln_run_as_the_image_user_leads_and_reconciles_its_namespace_at_
         lease = await admin.get("coordination.k8s.io/v1", "Lease", "kiln-operator", LEASE_NS)
         if lease is not None:
             await admin.delete(lease)
-        service = await admin.get("serving.kiln.dev/v1alpha1", "LLMService", "llama-8b", NS)
-        if service is not None:
-            await admin.delete(service)
+        for name in ("llama-8b", "mirrored"):
+            service = await admin.get("serving.kiln.dev/v1alpha1", "LLMService", name, NS)
+            if service is not None:
+                await admin.delete(service)
+        stack.close()
         await admin.close()
         shutil.rmtree(scratch, ignore_errors=True)

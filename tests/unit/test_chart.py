@@ -272,7 +272,25 @@ def test_the_platform_teams_settings_reach_the_operator():
     assert "--allowed-prometheus-url=http://prometheus.monitoring.svc:9090" in args
 
 
+def test_the_model_stores_reach_the_operator_as_flags_it_takes():
+    from kiln.cli import parser, run_policy
+
+    [deployment] = of_kind(render({"modelStorage": {
+        "s3": {"endpoint": "http://minio.storage.svc:9000", "region": "eu-central-1"},
+        "hubEndpoint": "https://hf-mirror.example.internal"}}), "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    storage = run_policy(parser().parse_args(args)).storage
+    assert (storage.s3_endpoint, storage.s3_region, storage.hub_endpoint) == (
+        "http://minio.storage.svc:9000", "eu-central-1", "https://hf-mirror.example.internal")
+    [default] = of_kind(render({}), "Deployment")
+    assert not [a for a in default["spec"]["template"]["spec"]["containers"][0]["args"]
+                if a.startswith(("--s3-", "--hub-"))]
+
+
 @pytest.mark.parametrize("values, key", [
+    ({"modelStorage": {"s3": {"endpoint": "http://minio:9000/?x="}}}, "endpoint"),
+    ({"modelStorage": {"s3": {"region": "us east; rm"}}}, "region"),
+    ({"modelStorage": {"hubEndpoint": "https://user:pw@mirror"}}, "hubEndpoint"),
     ({"prometheus": {"allowedUrls": ["http://prom:9090/?x="]}}, "allowedUrls"),
     ({"modelCredentials": {"secretNames": ["Not/A/Name"]}}, "secretNames"),
     ({"multiNode": {"namespaces": ["kube_system"]}}, "namespaces"),

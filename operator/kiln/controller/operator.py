@@ -18,6 +18,7 @@ from .context import MAX_CONCURRENT_RECONCILES, OperatorContext
 from .handlers import build_registry
 from .kube import KubeApi
 from .lease import LeaderLease, random_identity
+from .models import ModelResolver
 from .metrics import PodMetrics
 from ..decide.policy import Policy
 from .telemetry import METRICS_PORT
@@ -112,7 +113,8 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
     settle_garbage_collector()  # the process is the operator's alone (not a test's or the demo's)
     api = await KubeApi.from_kubeconfig()
     lease = LeaderLease(api, lease_namespace, identity=os.environ.get("POD_NAME")) if lease_namespace else None
-    ctx = OperatorContext(api=api, policy=policy or Policy(),
+    policy = policy or Policy()
+    ctx = OperatorContext(api=api, policy=policy, models=ModelResolver(endpoint=policy.storage.hub_endpoint),
                           reconcile_slots=asyncio.Semaphore(max_concurrent_reconciles))
     if metrics_port:
         ctx.telemetry.serve(metrics_port)

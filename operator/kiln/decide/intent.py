@@ -9,7 +9,8 @@ from ..api import AutoscalingMode, LLMServiceSpec
 from ..api.validation import check_service_name, parse_service_spec
 from ..errors import SpecInvalid
 from ..planner import ModelConfig, plan, require_gpu
-from ..render import ServiceRef, render
+from ..render import ServiceRef, StorageEndpoints, render
+from ..render.engine import DEFAULT_STORAGE
 from .policy import Policy
 from .snapshot import Intent, Parsed
 
@@ -29,15 +30,16 @@ def parse(ref: ServiceRef, raw_spec: Any, policy: Policy) -> Parsed:
     return Parsed(spec, gpu)
 
 
-def intend(ref: ServiceRef, parsed: Parsed, model: ModelConfig | None, replicas: int) -> Intent:
+def intend(ref: ServiceRef, parsed: Parsed, model: ModelConfig | None, replicas: int,
+           storage: StorageEndpoints = DEFAULT_STORAGE) -> Intent:
     """The plan and, if it fits, the objects for ``replicas`` workload replicas (SpecInvalid
     if one would break the API server's rules on names, labels or size). Raises PlanRefused
-    for a layout the model cannot take."""
+    for a layout the model cannot take. ``storage``: the platform team's (Policy.storage)."""
     result = plan(model, parsed.spec, parsed.gpu)
     if result.fits is False:
         return Intent(result, None, replicas)
     try:
-        return Intent(result, render(ref, parsed.spec, result, parsed.gpu, replicas), replicas)
+        return Intent(result, render(ref, parsed.spec, result, parsed.gpu, replicas, storage), replicas)
     except SpecInvalid as error:
         return Intent(result, error, replicas)
 

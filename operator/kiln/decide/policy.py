@@ -13,6 +13,8 @@ from yarl import URL
 
 from ..api import Reason
 from ..errors import SpecInvalid
+from ..render import StorageEndpoints
+from ..render.engine import DEFAULT_STORAGE
 
 __all__ = ["Policy", "base_url"]
 
@@ -45,6 +47,9 @@ class Policy:
     # Whether the sweep of unreferenced LLMEngines also removes their cache entries
     # (chart: engineCache.deleteUnreferencedFiles; controller/collect.py).
     delete_unreferenced_engine_files: bool = False
+    # Where builds reach the model stores: an S3-compatible endpoint and region, a Hub mirror
+    # (chart: modelStorage); the operator reads config.json from the same mirror.
+    storage: StorageEndpoints = DEFAULT_STORAGE
 
     def check_prometheus(self, text: str) -> URL:
         """The base URL, if the platform team allows it."""
