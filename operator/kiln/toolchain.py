@@ -12,12 +12,12 @@ and the toolchain is part of the engine key.
 
 from __future__ import annotations
 
-from kiln_runtime.image import DJL_LOG_DIR, DJL_PARTITION_SCRIPT
+from kiln_runtime.image import DJL_ENTRYPOINT, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, NGC_ENTRYPOINT
 
 from . import __version__
 
 __all__ = ["TRTLLM_VERSION", "TRITON_IMAGE", "RUNTIME_IMAGE", "DJL_IMAGE", "DJL_TRTLLM_VERSION",
-           "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "EPP_IMAGE", "toolchain_for"]
+           "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "NGC_ENTRYPOINT", "DJL_ENTRYPOINT", "EPP_IMAGE", "toolchain_for"]
 
 TRTLLM_VERSION = "1.2.1"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Entry", "TRITON", "DJL", "MOUNTS", "USER", "EXAMPLES_DIR", "TEMPLATES_DIR", "TRITONSERVER",
-           "OPENAI_FRONTEND", "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "NOT_WRITABLE", "entry_for", "covered"]
+           "OPENAI_FRONTEND", "DJL_PARTITION_SCRIPT", "DJL_LOG_DIR", "NGC_ENTRYPOINT", "DJL_ENTRYPOINT",
+           "NOT_WRITABLE", "entry_for", "covered"]
 
 _BACKEND_DOCKERFILE = ("triton-inference-server/tensorrtllm_backend "
                        "dockerfile/Dockerfile.triton.trt_llm_backend @ 0046c234 "
@@ -33,6 +34,17 @@ _OPENAI_SOURCE = ("triton-inference-server/server build.py create_dockerfile_lin
                   "(COPY build/install /opt/tritonserver; WORKDIR /opt/tritonserver; "
                   "pip3 install -r python/openai/requirements.txt) and python/openai/README.md "
                   "(cd /opt/tritonserver/python/openai; python3 openai_frontend/main.py)")
+_NGC_ENTRYPOINT = ("triton-inference-server/server build.py create_dockerfile_linux: GPU images "
+                   "keep their NGC base's ENTRYPOINT and add docker/entrypoint.d/ to "
+                   "/opt/nvidia/entrypoint.d/ (only the CPU-only build copies "
+                   "docker/cpu_only/nvidia_entrypoint.sh, 'not available in /opt/nvidia in the "
+                   "base image'); nvidia_entrypoint.sh sources every entrypoint.d/*.sh, the base "
+                   "image's driver checks among them, then runs exec \"$@\"")
+_DJL_ENTRYPOINT = ("deepjavalibrary/djl-serving serving/docker/tensorrt-llm.Dockerfile "
+                   "(COPY dockerd-entrypoint-with-cuda-compat.sh /usr/local/bin/dockerd-entrypoint.sh; "
+                   "ENTRYPOINT) and serving/docker/dockerd-entrypoint-with-cuda-compat.sh (puts "
+                   "/usr/local/cuda/compat on LD_LIBRARY_PATH when the node's driver is older than "
+                   "the compat package, then eval \"$@\" for anything but serve, partition, train)")
 _DJL_DOCKERFILE = ("deepjavalibrary/djl-serving serving/docker/tensorrt-llm.Dockerfile "
                    "@ 01a5de91 (WORKDIR /opt/djl; COPY partition /opt/djl/partition; "
                    "useradd djl; chown -R djl:djl /opt/djl)")
@@ -51,6 +63,11 @@ TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
 # Triton's OpenAI-compatible frontend (kiln_runtime.openai_frontend).
 OPENAI_FRONTEND = "/opt/tritonserver/python/openai/openai_frontend/main.py"
 DJL_PARTITION_SCRIPT = "/opt/djl/partition/trt_llm_partition.py"
+# The images' own entrypoints, through which Kiln runs every command that uses a GPU: a pod's
+# `command` replaces the image's ENTRYPOINT, and these set up CUDA forward compatibility on a
+# node whose driver is older than the image's CUDA.
+NGC_ENTRYPOINT = "/opt/nvidia/nvidia_entrypoint.sh"
+DJL_ENTRYPOINT = "/usr/local/bin/dockerd-entrypoint.sh"
 # The pods' runAsUser: the Triton image's triton-server user.
 USER = (1000, _SERVER_BUILD)
 # DJL Serving writes its logs under $MODEL_SERVER_HOME/logs; /opt/djl is owned by djl.
@@ -66,6 +83,7 @@ TRITON: tuple[Entry, ...] = (
     Entry(TEMPLATES_DIR, "dir", _BACKEND_DOCKERFILE),
     Entry(TRITONSERVER, "file", _LAUNCH_SCRIPT),
     Entry(OPENAI_FRONTEND, "file", _OPENAI_SOURCE),
+    Entry(NGC_ENTRYPOINT, "file", _NGC_ENTRYPOINT),
     Entry("trtllm-build", "command",
           "NVIDIA/TensorRT-LLM setup.py console script tensorrt_llm.commands.build:main"),
     Entry("mpirun", "command", _LAUNCH_SCRIPT),
@@ -76,6 +94,7 @@ TRITON: tuple[Entry, ...] = (
 # deepjavalibrary/djl-serving:0.33.0-tensorrt-llm (TensorRT-LLM 0.21).
 DJL: tuple[Entry, ...] = (
     Entry(DJL_PARTITION_SCRIPT, "file", _DJL_DOCKERFILE),
+    Entry(DJL_ENTRYPOINT, "file", _DJL_ENTRYPOINT),
     Entry("/opt/djl", "dir", _DJL_DOCKERFILE),
 )
 

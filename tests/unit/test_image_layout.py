@@ -127,3 +127,29 @@ def test_rendered_pods_work_in_writable_directories(path):
             else:
                 assert _writable(container["workingDir"]), container["name"]
 
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_container_that_uses_a_gpu_runs_through_its_images_entrypoint(path):
+    """A pod's `command` replaces the image's ENTRYPOINT, and the images' entrypoints are what
+    set up CUDA forward compatibility on a node whose driver is older than the image's CUDA
+    (kiln_runtime.image.NGC_ENTRYPOINT, DJL_ENTRYPOINT): a container with a GPU either names
+    its image's entrypoint first or names no command at all (DJL Serving's own)."""
+    result = subprocess.run([sys.executable, "-m", "kiln", "render", "-f", str(path), "-o", "json"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    entrypoints = {operator_toolchain.DJL_IMAGE: image.DJL_ENTRYPOINT}
+    seen = 0
+    for obj in json.loads(result.stdout)["items"]:
+        pod = (obj.get("spec") or {}).get("template", {}).get("spec") or {}
+        templates = [pod] + [t["spec"] for t in (obj.get("spec", {}).get("leaderWorkerTemplate") or {}).values()
+                             if isinstance(t, dict) and "spec" in t]
+        for spec in templates:
+            for container in spec.get("containers", []):
+                limits = (container.get("resources") or {}).get("limits") or {}
+                if not any(name.endswith("/gpu") for name in limits):
+                    continue
+                seen += 1
+                command = container.get("command")
+                wanted = entrypoints.get(container["image"], image.NGC_ENTRYPOINT)
+                assert command is None or command[0] == wanted, (obj["kind"], container["name"], command)
+    assert seen >= 2  # the build and the server

@@ -17,6 +17,7 @@ from kiln.errors import SpecInvalid
 from kiln.planner import resolve_parallelism
 from kiln.render import ServiceRef, render
 from kiln.render.meta import LABEL_COMPONENT
+from kiln.toolchain import NGC_ENTRYPOINT
 
 from ..conftest import ROOT
 from ..support import crd_schemas
@@ -45,7 +46,7 @@ def test_a_16_gpu_service_on_8_gpu_nodes_is_a_leader_worker_set_of_size_2():
         pod = template[role]["spec"]
         [container] = pod["containers"]
         assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}
-        assert container["command"] == ["kiln-runtime", "serve", f"--role={role[:-8]}"]
+        assert container["command"] == [NGC_ENTRYPOINT, "kiln-runtime", "serve", f"--role={role[:-8]}"]
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/dev/shm", "/engines"} <= mounts
         serve = json.loads(next(e["value"] for e in container["env"] if e["name"] == "KILN_SERVE_SPEC"))

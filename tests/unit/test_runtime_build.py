@@ -19,6 +19,7 @@ import yaml
 from kiln.api.validation import parse_service_spec
 from kiln.api.llmservice import CALIBRATED_PRECISIONS
 from kiln.planner import catalog_config
+from kiln.toolchain import NGC_ENTRYPOINT
 from kiln.render.engine import build_spec, engine_for
 from kiln_runtime import build, source
 from kiln_runtime.cli import main, parser as runtime_parser
@@ -273,7 +274,9 @@ def _commands(obj):
     spec = obj.get("spec", {})
     pod = spec.get("template", {}).get("spec", {})
     for container in pod.get("initContainers", []) + pod.get("containers", []):
-        yield container.get("command") or []
+        command = container.get("command") or []
+        # run through the image's entrypoint, which ends in exec "$@"
+        yield command[1:] if command[:1] == [NGC_ENTRYPOINT] else command
         probe = (container.get("startupProbe") or {}).get("exec")
         if probe:
             yield probe["command"]

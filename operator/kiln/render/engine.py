@@ -14,7 +14,8 @@ from ..planner import GPU, Plan
 from ..planner.build import BuildPlan
 from kiln_runtime import support
 
-from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, RUNTIME_IMAGE, toolchain_for
+from ..toolchain import (DJL_ENTRYPOINT, DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, NGC_ENTRYPOINT,
+                         RUNTIME_IMAGE, toolchain_for)
 from .meta import (LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name, content_hash, labels, owned_by,
                    stamp)
 from .pod import (CACHE_MOUNT, HOST_CPU, HOST_MEMORY, gpu_scheduling, restricted_container_security,
@@ -284,7 +285,8 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
         requests["ephemeral-storage"] = _gi(build.scratch_bytes)
     resources = {"requests": requests, "limits": {gpu_resource: str(build_gpus)}}
     runtime = {"name": "build", "image": RUNTIME_IMAGE, "imagePullPolicy": "IfNotPresent",
-               "command": ["kiln-runtime", "build"], "env": env, "volumeMounts": mounts,
+               # Through the image's entrypoint (CUDA forward compatibility; kiln_runtime.image).
+               "command": [NGC_ENTRYPOINT, "kiln-runtime", "build"], "env": env, "volumeMounts": mounts,
                # Tools write relative paths (trtllm-build's timing cache); the image's own
                # working directory, /opt/tritonserver, is root-owned. (kiln-runtime creates
                # a scratch directory on the cache volume itself, as uid 1000.)
@@ -348,7 +350,8 @@ def _djl_build_containers(engine: Engine, runtime: dict[str, Any],
     ]
     script = (f"set -e; rm -rf {staging}; {shlex.join(partition)}; "
               f"test -e {final} || mv {staging} {final}")
-    partition_container = {**runtime, "image": DJL_IMAGE, "command": ["/bin/sh", "-c", script],
+    # The image's entrypoint sets up CUDA forward compatibility, then evals the script.
+    partition_container = {**runtime, "image": DJL_IMAGE, "command": [DJL_ENTRYPOINT, script],
                            "env": [e for e in runtime["env"] if e["name"] != BUILD_SPEC_ENV],
                            # /opt/djl belongs to the image's djl user; uid 1000 writes its
                            # logs to an emptyDir instead.

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..api import LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
-from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, RUNTIME_IMAGE
+from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, NGC_ENTRYPOINT, RUNTIME_IMAGE
 from .engine import Engine
 from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, LABEL_INSTANCE, child_name, labels,
                    owned_by, selector, stamp)
@@ -108,7 +108,8 @@ def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance
         "name": "server",
         "image": spec.runtime.image or RUNTIME_IMAGE,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["kiln-runtime", "serve", *([f"--role={role}"] if role else [])],
+        # Through the image's entrypoint (CUDA forward compatibility; kiln_runtime.image).
+        "command": [NGC_ENTRYPOINT, "kiln-runtime", "serve", *([f"--role={role}"] if role else [])],
         # Never the image's root-owned /opt/tritonserver: anything relative lands in /tmp.
         "workingDir": "/tmp",
         "env": [{"name": SERVE_SPEC_ENV,
