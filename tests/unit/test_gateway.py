@@ -57,11 +57,19 @@ def test_route_pool_and_picker_fit_together():
     # The route: the platform's Gateway, this service's model, this pool.
     assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
                                             "name": "inference-gateway", "namespace": "gateway"}]
-    [rule] = route["spec"]["rules"]
+    rule, retrieve = route["spec"]["rules"]
     assert rule["matches"][0]["headers"] == [
         {"type": "Exact", "name": "X-Gateway-Model-Name", "value": "llama-3.1-8b-instruct"}]
     assert rule["backendRefs"] == [{"group": "inference.networking.k8s.io",
                                     "kind": "InferencePool", "name": pool["metadata"]["name"]}]
+    # GET /v1/models/<name> has no body for the router to read: the path names the model,
+    # and the Service's OpenAI port answers it.
+    service = rendered.service
+    assert retrieve["matches"] == [{"method": "GET", "path": {
+        "type": "Exact", "value": "/v1/models/llama-3.1-8b-instruct"}}]
+    [backend] = retrieve["backendRefs"]
+    assert backend["kind"] == "Service" and backend["name"] == service["metadata"]["name"]
+    assert backend["port"] in [p["port"] for p in service["spec"]["ports"] if p["name"] == "openai"]
     # The picker's Role is all it reads (the two x-k8s.io kinds it watches where their CRDs
     # exist; without the right it never becomes ready); the operator owns every object.
     role = objects[("Role", "llama-8b-gw-epp")]

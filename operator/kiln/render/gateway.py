@@ -34,7 +34,7 @@ from ..api import LLMServiceSpec
 from ..toolchain import EPP_IMAGE
 from .meta import child_name, labels, owned_by, selector, stamp
 from .pod import restricted_container_security
-from .serving import PORTS, served_model_name
+from .serving import PORTS, served_model_name, server_name
 
 __all__ = ["gateway_objects", "pool_name", "epp_name", "route_name", "INFERENCE_POOL_API", "HTTP_ROUTE_API",
            "EPP_PORT", "MODEL_HEADER"]
@@ -175,6 +175,14 @@ def gateway_objects(spec: LLMServiceSpec, instance: str, namespace: str,
                                       "value": served_model_name(spec, instance)}]}],
             "backendRefs": [{"group": "inference.networking.k8s.io", "kind": "InferencePool",
                              "name": pool}],
-            "timeouts": {"request": ROUTE_TIMEOUT}}]},
+            "timeouts": {"request": ROUTE_TIMEOUT}}, {
+            # OpenAI's "retrieve model": a GET has no body, so the body-based router sets no
+            # model header; the model is in the path. To the Service, past the picker, which
+            # has nothing to weigh (Triton's frontend: GET /v1/models/{model_name},
+            # openai_frontend/frontend/fastapi/routers/models.py).
+            "matches": [{"method": "GET", "path": {
+                "type": "Exact", "value": f"/v1/models/{served_model_name(spec, instance)}"}}],
+            "backendRefs": [{"kind": "Service", "name": server_name(instance),
+                             "port": PORTS["openai"]}]}]},
     })
     return _epp(instance, namespace, owner_uid) + [inference_pool, route]
