@@ -226,3 +226,15 @@ def test_a_refused_set_fails_the_build_at_its_step_with_nothing_published(fakes,
                            'has no "text" column'), last
     assert _calls(fakes) == []  # no GPU work
     assert not (tmp_path / "cache" / ("ab" * 32)).exists()
+
+
+def test_a_set_a_row_wise_build_does_not_read_is_said_and_splits_no_cache():
+    manifest = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
+    raw = manifest["spec"]
+    engines = []
+    for calibration in (None, {"source": "pvc://sets/chats"}):
+        spec = parse_service_spec({**raw, "model": {**raw["model"], "calibration": calibration}})
+        result, gpu = planned(spec)
+        engines.append(engine_for(spec, result, gpu, "llm"))
+    assert engines[0].key == engines[1].key and engines[1].spec.calibration_source is None
+    assert any(note.endswith("so model.calibration is not read") for note in result.notes)

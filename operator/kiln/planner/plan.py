@@ -154,7 +154,8 @@ def _evaluate(model: ModelConfig, spec: LLMServiceSpec, gpu: GPU, tp: int, pp: i
         if build.recipe == FP8_ROWWISE:
             notes.append("fp8 is built row-wise (convert_checkpoint.py --use_fp8_rowwise "
                          "--load_by_shard): the 16-bit model is larger than the build node's "
-                         "GPUs can calibrate")
+                         "GPUs can calibrate" + (", so model.calibration is not read"
+                                                 if spec.model.calibration else ""))
     if spec.gpus > spec.gpu.per_node and not spec.network.enabled:
         notes.append("spans nodes without spec.network: NCCL runs over TCP sockets between the "
                      "nodes; set network.rdmaResource for InfiniBand/RoCE/EFA")
