@@ -71,3 +71,63 @@ def test_keda_http_routes_the_openai_endpoint_through_the_interceptor():
 def _spec(mode):
     return parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
                                "autoscaling": {"mode": mode, "minReplicas": 0, "maxReplicas": 6}})
+
+
+def _matchers(query):
+    """The label matchers of a PromQL selector: {label: (op, value)}."""
+    import re
+
+    inside = query[query.index("{") + 1:query.rindex("}")]
+    return {m[0]: (m[1], m[2]) for m in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', inside)}
+
+
+def _selects(matchers, series):
+    import re
+
+    for label, (op, value) in matchers.items():
+        got = series.get(label, "")
+        ok = {"=": got == value, "!=": got != value,
+              "=~": re.fullmatch(value, got) is not None, "!~": re.fullmatch(value, got) is None}[op]
+        if not ok:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("example", ["llama-3.1-8b-fp8.yaml", "llama-3.1-405b-fp8-multinode.yaml"])
+def test_the_keda_query_selects_the_series_the_charts_pod_monitor_makes_of_every_serving_pod(example):
+    """The series Prometheus holds for a serving pod carry what the chart's PodMonitor gives
+    them (namespace, pod, and llmservice from the pod's instance label); a multi-node service's
+    pods are its LeaderWorkerSet's, named after the group, not the server."""
+    import yaml
+
+    from ..conftest import ROOT
+    from ..support.cluster import chart_manifests
+
+    manifest = yaml.safe_load((ROOT / "examples" / example).read_text())
+    spec = parse_service_spec({**manifest["spec"], "autoscaling": {
+        "mode": "keda", "minReplicas": 1, "maxReplicas": 3,
+        "prometheusUrl": "http://prometheus.monitoring.svc:9090"}})
+    result, gpu = planned(spec)
+    name = manifest["metadata"]["name"]
+    rendered = render(ServiceRef(name, "llm", "uid-1"), spec, result, gpu)
+    [monitor] = [o for o in chart_manifests({"metrics": {"servingPodMonitor": {"enabled": True}}})
+                 if o["kind"] == "PodMonitor"]
+    [relabel] = monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    source = relabel["sourceLabels"][0].removeprefix("__meta_kubernetes_pod_label_")
+    workload = rendered.workload
+    if workload["kind"] == "LeaderWorkerSet":  # rank 0, the one exposing metrics, is the leader
+        template = workload["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+        pod_name = f"{workload['metadata']['name']}-0"
+    else:
+        template = workload["spec"]["template"]
+        pod_name = f"{workload['metadata']['name']}-5d8f7c9b4-x2k9p"
+    pod_labels = {k.replace(".", "_").replace("/", "_").replace("-", "_"): v
+                  for k, v in template["metadata"]["labels"].items()}
+    series = {"__name__": "nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type": "fraction",
+              "model": "tensorrt_llm", "namespace": "llm", "pod": pod_name,
+              relabel["targetLabel"]: pod_labels[source]}
+    query = rendered.scaler["spec"]["triggers"][0]["metadata"]["query"]
+    assert _selects(_matchers(query), series), (query, series)
+    # and not another service's pod, whose name merely starts like this one's
+    other = {**series, "pod": f"{name}-server-x-0", relabel["targetLabel"]: f"{name}-server-x"}
+    assert not _selects(_matchers(query), other), query

@@ -68,13 +68,18 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["KVSample", "parse_triton_metrics", "MAX_PARSED_LINES", "KV_METRIC", "REQUEST_METRIC", "INPUT_TOKENS_METRIC",
-           "OUTPUT_TOKENS_METRIC", "FIRST_RESPONSE_METRIC", "FIRST_RESPONSE_BUCKETS_MS", "first_responses"]
+           "OUTPUT_TOKENS_METRIC", "FIRST_RESPONSE_METRIC", "FIRST_RESPONSE_BUCKETS_MS", "first_responses",
+           "ENGINE_MODEL", "SERVICE_LABEL", "service_matchers"]
 
 KV_METRIC = "nv_trt_llm_kv_cache_block_metrics"
 REQUEST_METRIC = "nv_trt_llm_request_metrics"
 INPUT_TOKENS_METRIC = "nv_llm_input_token_len"
 OUTPUT_TOKENS_METRIC = "nv_llm_output_token_len"
 FIRST_RESPONSE_METRIC = "nv_inference_first_response_histogram_ms"
+# The Triton model whose figures are the engine's: the TensorRT-LLM backend's own model.
+ENGINE_MODEL = "tensorrt_llm"
+# The label the chart's serving PodMonitor copies from a pod's app.kubernetes.io/instance.
+SERVICE_LABEL = "llmservice"
 # Triton's default buckets for it, in milliseconds (the +Inf bucket follows them).
 FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
 # At most this many buckets are read from a page: Triton's default has five.
@@ -186,7 +191,14 @@ def _read_lines(text: str) -> str | None:
     return "\n".join(kept) + "\n"
 
 
-def parse_triton_metrics(text: str, model: str = "tensorrt_llm") -> KVSample | None:
+def service_matchers(namespace: str, instance: str, model: str = ENGINE_MODEL) -> str:
+    """PromQL label matchers for a service's serving pods' series, by the service's label,
+    not the pods' names (a multi-node service's pods are its LeaderWorkerSet's, named after
+    the group; a name prefix also matches another service's)."""
+    return f'namespace="{namespace}",{SERVICE_LABEL}="{instance}",model="{model}"'
+
+
+def parse_triton_metrics(text: str, model: str = ENGINE_MODEL) -> KVSample | None:
     """The KV sample of ``model``, or None when the page has no KV block metrics for it (or
     more lines of the families read than MAX_PARSED_LINES, or figures that are not counts)."""
     read = _read_lines(text)

@@ -19,8 +19,8 @@ import aiohttp
 from yarl import URL
 
 from ..autoscale import KVSample
-from ..autoscale.metrics import (FIRST_RESPONSE_METRIC, INPUT_TOKENS_METRIC, KV_METRIC, OUTPUT_TOKENS_METRIC,
-                                 REQUEST_METRIC)
+from ..autoscale.metrics import (ENGINE_MODEL, FIRST_RESPONSE_METRIC, INPUT_TOKENS_METRIC, KV_METRIC,
+                                 OUTPUT_TOKENS_METRIC, REQUEST_METRIC, service_matchers)
 from ..render.meta import LABEL_INSTANCE, selector_terms
 from .kube import KubeApi
 from .metrics import SCRAPE_TIMEOUT_SECONDS, read_bounded
@@ -50,7 +50,7 @@ def _instance(selector: str) -> str:
 class PrometheusMetrics:
     """A MetricsSource for one Prometheus: the KV sample of each pod of a service."""
 
-    def __init__(self, url: str | URL, model: str = "tensorrt_llm",
+    def __init__(self, url: str | URL, model: str = ENGINE_MODEL,
                  session: Callable[[], aiohttp.ClientSession] | None = None) -> None:
         """``session``: where to get the session to query with (the builtin autoscaler's one,
         shared by every URL); without it, one of its own, closed by :meth:`close`."""
@@ -86,8 +86,7 @@ class PrometheusMetrics:
         return list((body.get("data") or {}).get("result") or [])
 
     async def kv_samples(self, namespace: str, selector: str, api: KubeApi | None = None) -> list[KVSample]:
-        matchers = (f'namespace="{namespace}",llmservice="{_instance(selector)}",'
-                    f'model="{self.model}"')
+        matchers = service_matchers(namespace, _instance(selector), self.model)
         results = await asyncio.gather(*(
             self._query(f"last_over_time({metric}{{{matchers}}}[{LOOKBACK}])")
             for metric, _ in _FAMILIES))

@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import API_VERSION, AutoscalingMode, LLMServiceSpec
-from ..autoscale.metrics import KV_METRIC
+from ..autoscale.metrics import KV_METRIC, service_matchers
 from .meta import labels, owned_by, stamp
-from .serving import server_name
 
 __all__ = ["scaler"]
 
@@ -37,8 +36,7 @@ def _metadata(instance: str, namespace: str, uid: str | None) -> dict[str, Any]:
 
 def scaled_object(spec: LLMServiceSpec, instance: str, namespace: str, uid: str | None) -> dict[str, Any]:
     scaling = spec.autoscaling
-    query = (f'sum({KV_METRIC}{{kv_cache_block_type="fraction",namespace="{namespace}",'
-             f'pod=~"{server_name(instance)}-.*"}})')
+    query = f'sum({KV_METRIC}{{kv_cache_block_type="fraction",{service_matchers(namespace, instance)}}})'
     return stamp({
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
