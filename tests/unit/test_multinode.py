@@ -81,13 +81,18 @@ def test_the_launchers_rbac_grants_nothing_beyond_the_groups_pods():
     assert templates["leaderTemplate"]["spec"]["serviceAccountName"] == "llama-405b-launcher"
     assert server["automountServiceAccountToken"] is False
     role = kinds["Role"]
-    pods = [f"llama-405b-group-{g}-1" for g in range(3)]  # worker 1 of each group up to max
+    # Worker 1 of each group up to max, and of the group a rolling update adds beside them:
+    # LWS runs replicas + maxSurge groups while it rolls, the surge group at index replicas
+    # (kubernetes-sigs/lws leaderworkerset_controller.go, rollingUpdateParameters).
+    surge = rendered.workload["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"]["maxSurge"]
+    groups = 3 + surge
+    pods = [f"llama-405b-group-{g}-1" for g in range(groups)]
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "resourceNames": pods, "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods/exec"], "resourceNames": pods, "verbs": ["create", "get"]},
         # The worker StatefulSets, named after the leader pods: the leader checks its targets.
         {"apiGroups": ["apps"], "resources": ["statefulsets"],
-         "resourceNames": [f"llama-405b-group-{g}" for g in range(3)], "verbs": ["get"]},
+         "resourceNames": [f"llama-405b-group-{g}" for g in range(groups)], "verbs": ["get"]},
     ]
     leader_env = {e["name"]: e.get("valueFrom") for e in
                   templates["leaderTemplate"]["spec"]["containers"][0]["env"]}

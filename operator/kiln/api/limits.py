@@ -11,7 +11,8 @@ __all__ = ["MAX_WINDOW_SECONDS", "MAX_WORKER_PODS", "SERVICE_NAME_PATTERN",
 # KEDA hands its window to an HPA, so the same bound holds there.
 MAX_WINDOW_SECONDS = 3600
 # Worker pods of a multi-node service, each named twice in its launcher Role (with each
-# group's leader once more, at most as many): 4000 keeps the Role under 0.8 MB, well inside etcd's default request limit of 1.5 MiB
+# group's leader once more, at most as many, and a rolling update's surge group besides: at
+# most 63 workers more): 4000 keeps the Role under 0.8 MB, well inside etcd's default request limit of 1.5 MiB
 # (etcd server/embed/config.go, DefaultMaxRequestBytes), which bounds every stored object.
 MAX_WORKER_PODS = 4000
 # An LLMService's own name: a DNS-1035 label (see the root rule in crd.py for why).

@@ -31,6 +31,11 @@ SERVE_SPEC_ENV = "KILN_SERVE_SPEC"
 # http/grpc: Triton's KServe endpoints; metrics: Triton's metrics page; openai: Triton's
 # OpenAI-compatible frontend (9000 is its own default, openai_frontend/main.py).
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002, "openai": 9000}
+# Groups a LeaderWorkerSet's rolling update runs beside its replicas (maxSurge): LWS gives them
+# the indices after the replicas' ("bursted replicas", index >= spec.replicas: kubernetes-sigs/lws
+# pkg/controllers/leaderworkerset_controller.go, updateConditions), so the launcher's Role
+# names their workers too.
+ROLLOUT_SURGE_GROUPS = 1
 DJL_PORT = 8080
 # Long enough for the longest generation to finish after readiness drops.
 TERMINATION_GRACE_SECONDS = 180
@@ -276,7 +281,7 @@ def leader_worker_set(spec: LLMServiceSpec, plan: Plan, engine: Engine, gpu: GPU
             "startupPolicy": "LeaderCreated",
             # A new group must be serving before an old one goes.
             "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdateConfiguration": {
-                "maxSurge": 1, "maxUnavailable": 0}},
+                "maxSurge": ROLLOUT_SURGE_GROUPS, "maxUnavailable": 0}},
             "networkConfig": {"subdomainPolicy": "Shared"},
             "leaderWorkerTemplate": {
                 "size": size,
@@ -318,13 +323,13 @@ def service_accounts(spec: LLMServiceSpec, instance: str, namespace: str,
     """The service's own ServiceAccount for its serving pods (no token mounted: they never
     call the API), and for a multi-node service the leader's, with a Role that lets it
     exec into its group's workers only: pods and pods/exec by name, for every group up to
-    the most replicas the service may run."""
+    the most replicas the service may run and the groups a rolling update adds beside them."""
     objects = [stamp({"apiVersion": "v1", "kind": "ServiceAccount",
                       "metadata": _server_meta(instance, namespace, owner_uid),
                       "automountServiceAccountToken": False})]
     if not multi_node(spec):
         return objects
-    groups = max(spec.replicas, spec.autoscaling.max_replicas)
+    groups = max(spec.replicas, spec.autoscaling.max_replicas) + ROLLOUT_SURGE_GROUPS
     pods = _worker_pods(instance, groups, spec.gpus // spec.gpu.per_node)
     name = launcher_name(instance)
     meta = {"name": name, "namespace": namespace, "labels": labels(instance, "launcher"),
