@@ -19,7 +19,9 @@ the chat template is the one in the tokenizer directory passed as ``--tokenizer`
 
 The in-process server starts no metrics HTTP endpoint of its own (only ``/metrics`` on the
 OpenAI port), so :class:`MetricsRelay` serves that page on the metrics port as well, where
-the operator, the PodMonitor and the NetworkPolicy already expect Triton's metrics.
+the operator, the PodMonitor and the NetworkPolicy already expect Triton's metrics. The
+frontend takes no metrics configuration, so :mod:`kiln_runtime.frontend_launch` starts it with
+the latency histograms on (the time to first token).
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def frontend_main() -> str:
 
 
 def frontend_argv(python: str, repo: Path, tokenizer: Path, ports: dict[str, int]) -> list[str]:
-    """Rank 0's command line: the frontend with Triton in process, KServe endpoints kept."""
-    return [python, frontend_main(), f"--model-repository={repo}", f"--tokenizer={tokenizer}",
+    """Rank 0's command line: the frontend with Triton in process, KServe endpoints kept, run
+    through :mod:`kiln_runtime.frontend_launch` for its latency histograms."""
+    return [python, "-m", "kiln_runtime.frontend_launch", frontend_main(),
+            f"--model-repository={repo}", f"--tokenizer={tokenizer}",
             "--backend=tensorrtllm", "--host=0.0.0.0", f"--openai-port={ports['openai']}",
             "--enable-kserve-frontends", f"--kserve-http-port={ports['http']}",
             f"--kserve-grpc-port={ports['grpc']}"]

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -21,7 +24,7 @@ from kiln.api import parse_service_manifest
 from kiln.errors import SpecInvalid
 from kiln.render import ServiceRef, openai_endpoint, render
 from kiln_runtime.errors import BadSpec
-from kiln_runtime.openai_frontend import MetricsRelay
+from kiln_runtime.openai_frontend import MetricsRelay, frontend_argv, frontend_main
 from kiln_runtime.serve import SERVE_SPEC_ENV, parse_serve_spec, server_argv
 from kiln_runtime.triton_repo import RepoSettings, write_model_repo
 
@@ -174,3 +177,82 @@ def test_dry_run_prints_the_frontend_command(tmp_path, monkeypatch):
     from kiln_runtime.cli import main
     monkeypatch.setenv(SERVE_SPEC_ENV, env[SERVE_SPEC_ENV])
     assert main(["serve", "--dry-run", "--model-repo", str(tmp_path)]) == 0
+
+
+_STAND_IN_SERVER = '''
+"""tritonserver's Options and Server as triton-inference-server/core
+python/tritonserver/_api/_server.py defines them (the fields main.py and Kiln use)."""
+import json, os
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class Options:
+    model_repository: str | list = field(default_factory=list)
+    log_info: bool = False
+    log_warn: bool = False
+    log_error: bool = False
+    log_verbose: int = 0
+    metrics: bool = True
+    metrics_interval: int = 2000
+    metrics_configuration: dict = field(default_factory=dict)
+
+
+class Server:
+    def __init__(self, options=None, **kwargs):
+        if options is None:
+            options = Options(**kwargs)
+        self.options = options
+
+    def start(self, wait_until_ready=False):
+        with open(os.environ["STARTED_WITH"], "w") as out:
+            json.dump(asdict(self.options), out)
+        return self
+'''
+
+_STAND_IN_MAIN = '''
+import argparse, sys
+import tritonserver
+from engine.triton_engine import ENGINE  # from main.py's own directory, as upstream's
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model-repository", required=True)
+parser.add_argument("--tokenizer")
+parser.add_argument("--backend")
+parser.add_argument("--host")
+parser.add_argument("--openai-port", type=int)
+parser.add_argument("--enable-kserve-frontends", action="store_true")
+parser.add_argument("--kserve-http-port", type=int)
+parser.add_argument("--kserve-grpc-port", type=int)
+args = parser.parse_args()
+# as upstream's main() starts it
+tritonserver.Server(model_repository=args.model_repository, log_verbose=0, log_info=True,
+                    log_warn=True, log_error=True).start(wait_until_ready=True)
+'''
+
+
+def test_rank_0s_frontend_starts_triton_with_latency_histograms(tmp_path):
+    """The frontend has no flag for a metrics configuration and its Triton exports no
+    first-response histogram without one: the launcher gives main.py's own Server call the
+    global histogram_latencies setting (core's Options.metrics_configuration), as tritonserver
+    --metrics-config=histogram_latencies=true would. Against stand-ins with upstream's
+    signatures; the image's own are not here."""
+    site = tmp_path / "site"
+    (site / "tritonserver").mkdir(parents=True)
+    (site / "tritonserver" / "__init__.py").write_text(_STAND_IN_SERVER)
+    frontend = tmp_path / "openai_frontend"
+    (frontend / "engine").mkdir(parents=True)
+    (frontend / "engine" / "triton_engine.py").write_text("ENGINE = 'triton'\n")
+    (frontend / "main.py").write_text(_STAND_IN_MAIN)
+    argv = frontend_argv(sys.executable, tmp_path / "repo", tmp_path / "tokenizer",
+                         {"openai": 9000, "http": 8000, "grpc": 8001})
+    argv[argv.index(frontend_main())] = str(frontend / "main.py")
+    started = tmp_path / "started.json"
+    result = subprocess.run(argv, env={**os.environ, "STARTED_WITH": str(started),
+                                       "PYTHONPATH": os.pathsep.join([str(site), str(ROOT / "runtime")])},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    options = json.loads(started.read_text())
+    assert options["metrics_configuration"] == {"": {"histogram_latencies": "true"}}
+    assert options["metrics_interval"] == 1000
+    assert options["model_repository"] == str(tmp_path / "repo") and options["log_info"] is True
