@@ -109,9 +109,9 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
     "autoscaling": [
         {"rule": "self.minReplicas <= self.maxReplicas",
          "message": "minReplicas must not exceed maxReplicas", "fieldPath": ".minReplicas"},
-        {"rule": f"!(self.mode in ['keda', 'hpa', 'keda-http']) || self.scaleDownStabilizationSeconds <= {MAX_WINDOW_SECONDS}",
-         "message": f"scaleDownStabilizationSeconds must be at most {MAX_WINDOW_SECONDS} with keda, "
-                    "hpa and keda-http (an HorizontalPodAutoscaler's limit)",
+        {"rule": f"!(self.mode in ['keda', 'hpa']) || self.scaleDownStabilizationSeconds <= {MAX_WINDOW_SECONDS}",
+         "message": f"scaleDownStabilizationSeconds must be at most {MAX_WINDOW_SECONDS} with keda "
+                    "and hpa (an HorizontalPodAutoscaler's limit)",
          "fieldPath": ".scaleDownStabilizationSeconds"},
         {"rule": "!has(self.mode) || self.mode in ['none', 'keda-http'] || self.minReplicas >= 1",
          "message": "minReplicas: 0 never wakes in modes builtin, keda and hpa (no pod, no "

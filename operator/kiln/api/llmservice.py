@@ -284,7 +284,9 @@ class AutoscalingSpec(KilnModel):
     scale_down_stabilization_seconds: int = Field(
         default=300, ge=0, le=86400,
         description=f"Quiet time before replicas are removed; at most {MAX_WINDOW_SECONDS} with "
-                    "keda, hpa and keda-http (an HorizontalPodAutoscaler's limit).")
+                    "keda and hpa (an HorizontalPodAutoscaler's limit). With keda-http, the "
+                    "quiet time before scaling to zero (the add-on's scaledownPeriod); between "
+                    "one replica and more, the HorizontalPodAutoscaler's default 300 s.")
     prometheus_url: str = Field(
         default="http://prometheus-operated.monitoring.svc:9090", max_length=512,
         # A base URL only: no credentials (@), query (?) or fragment (#), so that Kiln's own
@@ -340,7 +342,9 @@ class AutoscalingSpec(KilnModel):
 # the first replica starts; none parks the service at spec.replicas.
 WAKING_MODES = (AutoscalingMode.NONE, AutoscalingMode.KEDA_HTTP)
 # Modes whose scaling ends in an HorizontalPodAutoscaler (KEDA makes one per ScaledObject).
-HPA_BACKED_MODES = (AutoscalingMode.KEDA, AutoscalingMode.HPA, AutoscalingMode.KEDA_HTTP)
+# The modes whose scale-down window is an HorizontalPodAutoscaler's (keda-http's is KEDA's
+# cooldown before zero: the add-on sets no HPA behaviour).
+HPA_BACKED_MODES = (AutoscalingMode.KEDA, AutoscalingMode.HPA)
 SCALE_FROM_ZERO_REFUSED = (
     "minReplicas: 0 would never wake in mode {mode}: the autoscaler reads the serving pods' "
     "KV-cache metrics, and with no pod left nothing holds a request or measures demand while "

@@ -18,8 +18,9 @@
 - ``keda-http``: KEDA with its HTTP add-on (``autoscaling.mode: keda-http``), scaling on the
   requests in flight at the interceptor (queued or running) with the rendered concurrency
   target per replica: from zero, the first pending request activates one replica (KEDA's
-  activation); above zero, the HPA algorithm on the average per replica; with nothing in
-  flight for the scale-down period, back to zero. Requests that arrive at zero wait a whole
+  activation); above zero, the HPA algorithm on the average per replica, with the HPA's
+  default 300 s scale-down window (the add-on's ScaledObject sets no behaviour); with nothing
+  in flight for the scale-down period (``scaledownPeriod``), back to zero. Requests that arrive at zero wait a whole
   cold start; the results count them (``coldStarts``).
 - ``static``: a fixed fleet at the oracle's peak.
 - ``oracle``: perfect knowledge of the future. For every two minutes of the trace it finds,
@@ -128,8 +129,12 @@ def kpa_policy(min_replicas: int, max_replicas: int, target_concurrency: float,
 
 
 def keda_http_policy(max_replicas: int, target_concurrency: float, cooldown_seconds: float) -> Policy:
-    hpa = HPA(min_replicas=1, max_replicas=max_replicas, target=target_concurrency,
-              stabilization_seconds=cooldown_seconds)
+    # ``cooldown_seconds`` is the HTTPScaledObject's scaledownPeriod, which the add-on makes its
+    # ScaledObject's cooldownPeriod: the wait before scaling to zero, and only that (KEDA's
+    # ScaledObject reference). The ScaledObject it makes sets no HPA behaviour
+    # (kedacore/http-add-on operator/controllers/http/scaled_object.go, pkg/k8s/scaledobject.go),
+    # so between one replica and more the HPA's default 300 s scale-down window applies.
+    hpa = HPA(min_replicas=1, max_replicas=max_replicas, target=target_concurrency)
     last_busy: float | None = None
 
     def policy(view: FleetView) -> int:
