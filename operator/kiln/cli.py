@@ -48,6 +48,14 @@ EXIT_CODES = {
 }
 
 
+def _domain(text: str) -> str:
+    """An argparse type: a DNS domain (RFC 1123 labels, dot-separated)."""
+    if len(text) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*",
+                                            text):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a DNS domain")
+    return text
+
+
 def _region(text: str) -> str:
     """An argparse type: an S3 region name (us-east-1, or what an S3-compatible store calls its
     own), nothing that could carry more into the build's environment."""
@@ -306,19 +314,20 @@ def run_policy(args: argparse.Namespace) -> Any:
     """The operator's Policy from ``kiln run``'s flags (the chart's Deployment sets them)."""
     from .decide.policy import Policy, base_url
 
-    from .render import StorageEndpoints
+    from .render import Platform
 
     for url in args.allowed_prometheus_url or []:
         base_url(url, "--allowed-prometheus-url")  # a bad flag stops the operator at start
     endpoints = {flag: str(base_url(url, flag)).rstrip("/") if url else None
                  for flag, url in (("--s3-endpoint", args.s3_endpoint), ("--hub-endpoint", args.hub_endpoint))}
-    storage = StorageEndpoints(s3_endpoint=endpoints["--s3-endpoint"], s3_region=args.s3_region or None,
+    platform = Platform(cluster_domain=args.cluster_domain,
+                        s3_endpoint=endpoints["--s3-endpoint"], s3_region=args.s3_region or None,
                                hub_endpoint=endpoints["--hub-endpoint"])
     return Policy(public_models=frozenset(args.public_model or []),
                   prometheus_urls=tuple(args.allowed_prometheus_url or []),
                   multi_node_custom_images=args.multi_node_custom_images,
                   delete_unreferenced_engine_files=args.delete_unreferenced_engine_files,
-                  storage=storage)
+                  platform=platform)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -426,6 +435,9 @@ def parser() -> argparse.ArgumentParser:
                           "without credentials (repeat)")
     run.add_argument("--allowed-prometheus-url", action="append", metavar="URL",
                      help="a Prometheus base URL services may name (repeat; none: any)")
+    run.add_argument("--cluster-domain", metavar="DOMAIN", type=_domain, default="cluster.local",
+                     help="the cluster's DNS domain (the kubelets' --cluster-domain; default "
+                          "cluster.local), in the fully qualified names Kiln renders")
     run.add_argument("--s3-endpoint", metavar="URL",
                      help="the S3-compatible endpoint builds read s3:// sources from (MinIO, Ceph; "
                           "default: AWS S3)")

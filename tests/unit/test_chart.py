@@ -90,7 +90,8 @@ def test_cluster_wide_mode_grants_through_one_cluster_role():
     assert [r["metadata"]["name"] for r in of_kind(objects, "Role")] == ["kiln-lease"]
     [deployment] = of_kind(objects, "Deployment")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == \
-        ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2", "--leader-election-namespace=kiln-system"]
+        ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2", "--leader-election-namespace=kiln-system",
+         "--cluster-domain=cluster.local"]
 
 
 def test_the_operator_may_hold_its_lease_and_no_other():
@@ -128,7 +129,8 @@ def test_namespaced_mode_grants_namespaced_rights_only_in_the_watched_namespaces
     [deployment] = of_kind(objects, "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2",
-                    "--leader-election-namespace=kiln-system", "--namespace=llm", "--namespace=team-b"]
+                    "--leader-election-namespace=kiln-system", "--namespace=llm", "--namespace=team-b",
+                    "--cluster-domain=cluster.local"]
 
 
 def test_the_operator_pod_meets_the_restricted_pod_security_standard():
@@ -275,13 +277,16 @@ def test_the_platform_teams_settings_reach_the_operator():
 def test_the_model_stores_reach_the_operator_as_flags_it_takes():
     from kiln.cli import parser, run_policy
 
-    [deployment] = of_kind(render({"modelStorage": {
+    [deployment] = of_kind(render({"clusterDomain": "corp.example", "modelStorage": {
         "s3": {"endpoint": "http://minio.storage.svc:9000", "region": "eu-central-1"},
         "hubEndpoint": "https://hf-mirror.example.internal"}}), "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    storage = run_policy(parser().parse_args(args)).storage
-    assert (storage.s3_endpoint, storage.s3_region, storage.hub_endpoint) == (
-        "http://minio.storage.svc:9000", "eu-central-1", "https://hf-mirror.example.internal")
+    platform = run_policy(parser().parse_args(args)).platform
+    assert (platform.s3_endpoint, platform.s3_region, platform.hub_endpoint, platform.cluster_domain) == (
+        "http://minio.storage.svc:9000", "eu-central-1", "https://hf-mirror.example.internal", "corp.example")
+    [default] = of_kind(render({}), "Deployment")
+    assert run_policy(parser().parse_args(
+        default["spec"]["template"]["spec"]["containers"][0]["args"])).platform.cluster_domain == "cluster.local"
     [default] = of_kind(render({}), "Deployment")
     assert not [a for a in default["spec"]["template"]["spec"]["containers"][0]["args"]
                 if a.startswith(("--s3-", "--hub-"))]
@@ -291,6 +296,7 @@ def test_the_model_stores_reach_the_operator_as_flags_it_takes():
     ({"modelStorage": {"s3": {"endpoint": "http://minio:9000/?x="}}}, "endpoint"),
     ({"modelStorage": {"s3": {"region": "us east; rm"}}}, "region"),
     ({"modelStorage": {"hubEndpoint": "https://user:pw@mirror"}}, "hubEndpoint"),
+    ({"clusterDomain": "Corp Example"}, "clusterDomain"),
     ({"prometheus": {"allowedUrls": ["http://prom:9090/?x="]}}, "allowedUrls"),
     ({"modelCredentials": {"secretNames": ["Not/A/Name"]}}, "secretNames"),
     ({"multiNode": {"namespaces": ["kube_system"]}}, "namespaces"),

@@ -7,18 +7,18 @@ from __future__ import annotations
 import pytest
 
 from kiln.api import parse_service_spec
-from kiln.render import ServiceRef, StorageEndpoints, render
+from kiln.render import ServiceRef, Platform, render
 
 from ..support.planning import catalog_model, planned
 
-STORES = StorageEndpoints(s3_endpoint="http://minio.storage.svc:9000", s3_region="us-east-1",
+STORES = Platform(s3_endpoint="http://minio.storage.svc:9000", s3_region="us-east-1",
                           hub_endpoint="https://hf-mirror.internal")
 
 
-def _env(model, storage=STORES, precision="fp8"):
+def _env(model, platform=STORES, precision="fp8"):
     spec = parse_service_spec({"model": model, "precision": precision, "gpu": {"type": "H100-80GB"}})
     result, gpu = planned(spec, catalog_model("hf://Qwen/Qwen2.5-7B-Instruct"))
-    job = render(ServiceRef("svc", "llm", None), spec, result, gpu, storage=storage).build_job
+    job = render(ServiceRef("svc", "llm", None), spec, result, gpu, platform=platform).build_job
     return {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
@@ -45,10 +45,10 @@ def test_a_build_that_reads_no_hub_gets_no_mirror():
 
 def test_without_the_setting_a_build_reaches_aws_and_the_hub_and_the_key_is_the_same():
     assert not {"HF_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"} & set(_env(
-        {"source": "s3://models/qwen-7b"}, StorageEndpoints()))
+        {"source": "s3://models/qwen-7b"}, Platform()))
     # The same bytes from a mirror: the engine is the one built from the Hub.
     spec = parse_service_spec({"model": {"source": "hf://Qwen/Qwen2.5-7B-Instruct"}, "precision": "fp8"})
     result, gpu = planned(spec)
-    keys = {render(ServiceRef("svc", "llm", None), spec, result, gpu, storage=storage).engine["spec"]["key"]
-            for storage in (STORES, StorageEndpoints())}
+    keys = {render(ServiceRef("svc", "llm", None), spec, result, gpu, platform=platform).engine["spec"]["key"]
+            for platform in (STORES, Platform())}
     assert len(keys) == 1

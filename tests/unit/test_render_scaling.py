@@ -131,3 +131,17 @@ def test_the_keda_query_selects_the_series_the_charts_pod_monitor_makes_of_every
     # and not another service's pod, whose name merely starts like this one's
     other = {**series, "pod": f"{name}-server-x-0", relabel["targetLabel"]: f"{name}-server-x"}
     assert not _selects(_matchers(query), other), query
+
+
+def test_keda_http_names_the_interceptor_in_the_clusters_own_domain():
+    """An ExternalName is a CNAME, which no search path completes: its target carries the
+    cluster's domain, and a client using the fully qualified name sends a Host in it."""
+    from kiln.render import Platform
+
+    spec = _spec("keda-http")
+    result, gpu = planned(spec)
+    rendered = render(ServiceRef("llama", "llm", "uid-1"), spec, result, gpu,
+                      platform=Platform(cluster_domain="corp.example"))
+    alias, scaled = rendered.wake
+    assert alias["spec"]["externalName"] == "keda-add-ons-http-interceptor-proxy.keda.svc.corp.example"
+    assert scaled["spec"]["hosts"] == ["llama-openai.llm.svc", "llama-openai.llm.svc.corp.example"]

@@ -63,7 +63,7 @@ async def gather(body: Mapping[str, Any], api: KubeApi, models: ModelResolver, n
     desired = decision.desired if decision else snapshot.status.desired_replicas
     snapshot = replace(snapshot, parsed=parsed, credentials=credentials, model=model, model_why=why)
     try:
-        intent = intend(ref, parsed, model, workload_replicas(parsed.spec, desired), policy.storage)
+        intent = intend(ref, parsed, model, workload_replicas(parsed.spec, desired), policy.platform)
     except PlanRefused as error:  # a layout the model cannot take: the service stalls saying so
         return replace(snapshot, intent=error)
     snapshot = replace(snapshot, intent=intent)

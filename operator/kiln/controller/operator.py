@@ -114,7 +114,7 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
     api = await KubeApi.from_kubeconfig()
     lease = LeaderLease(api, lease_namespace, identity=os.environ.get("POD_NAME")) if lease_namespace else None
     policy = policy or Policy()
-    ctx = OperatorContext(api=api, policy=policy, models=ModelResolver(endpoint=policy.storage.hub_endpoint),
+    ctx = OperatorContext(api=api, policy=policy, models=ModelResolver(endpoint=policy.platform.hub_endpoint),
                           reconcile_slots=asyncio.Semaphore(max_concurrent_reconciles))
     if metrics_port:
         ctx.telemetry.serve(metrics_port)

@@ -9,8 +9,8 @@ from ..api import AutoscalingMode, LLMServiceSpec
 from ..api.validation import check_service_name, parse_service_spec
 from ..errors import SpecInvalid
 from ..planner import ModelConfig, plan, require_gpu
-from ..render import ServiceRef, StorageEndpoints, render
-from ..render.engine import DEFAULT_STORAGE
+from ..render import ServiceRef, Platform, render
+from ..render.platform import DEFAULT_PLATFORM
 from .policy import Policy
 from .snapshot import Intent, Parsed
 
@@ -31,15 +31,15 @@ def parse(ref: ServiceRef, raw_spec: Any, policy: Policy) -> Parsed:
 
 
 def intend(ref: ServiceRef, parsed: Parsed, model: ModelConfig | None, replicas: int,
-           storage: StorageEndpoints = DEFAULT_STORAGE) -> Intent:
+           platform: Platform = DEFAULT_PLATFORM) -> Intent:
     """The plan and, if it fits, the objects for ``replicas`` workload replicas (SpecInvalid
     if one would break the API server's rules on names, labels or size). Raises PlanRefused
-    for a layout the model cannot take. ``storage``: the platform team's (Policy.storage)."""
+    for a layout the model cannot take. ``platform``: the platform team's settings (Policy.platform)."""
     result = plan(model, parsed.spec, parsed.gpu)
     if result.fits is False:
         return Intent(result, None, replicas)
     try:
-        return Intent(result, render(ref, parsed.spec, result, parsed.gpu, replicas, storage), replicas)
+        return Intent(result, render(ref, parsed.spec, result, parsed.gpu, replicas, platform), replicas)
     except SpecInvalid as error:
         return Intent(result, error, replicas)
 

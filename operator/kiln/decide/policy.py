@@ -13,8 +13,8 @@ from yarl import URL
 
 from ..api import Reason
 from ..errors import SpecInvalid
-from ..render import StorageEndpoints
-from ..render.engine import DEFAULT_STORAGE
+from ..render import Platform
+from ..render.platform import DEFAULT_PLATFORM
 
 __all__ = ["Policy", "base_url"]
 
@@ -47,9 +47,9 @@ class Policy:
     # Whether the sweep of unreferenced LLMEngines also removes their cache entries
     # (chart: engineCache.deleteUnreferencedFiles; controller/collect.py).
     delete_unreferenced_engine_files: bool = False
-    # Where builds reach the model stores: an S3-compatible endpoint and region, a Hub mirror
-    # (chart: modelStorage); the operator reads config.json from the same mirror.
-    storage: StorageEndpoints = DEFAULT_STORAGE
+    # Where builds reach the model stores (chart: modelStorage; the operator reads config.json
+    # from the same Hub mirror) and the cluster's DNS domain (chart: clusterDomain).
+    platform: Platform = DEFAULT_PLATFORM
 
     def check_prometheus(self, text: str) -> URL:
         """The base URL, if the platform team allows it."""

@@ -12,16 +12,17 @@ from typing import Any
 from ..api import AutoscalingMode, LLMServiceSpec
 from ..planner import GPU, Plan
 from .checks import check_objects
-from .engine import DEFAULT_STORAGE, Engine, StorageEndpoints, build_job, engine_for, engine_key, llm_engine
+from .engine import Engine, build_job, engine_for, engine_key, llm_engine
 from .gateway import epp_name, gateway_objects, pool_name, route_name
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
 from .scaling import scaler
 from .serving import (endpoint, group_name, launcher_name, multi_node, network_policy, served_model_name,
                       server_name, service, service_accounts, workload, workload_ref)
 from .serving import openai_endpoint as _server_openai_endpoint
+from .platform import DEFAULT_PLATFORM, Platform
 from .wake import wake_endpoint, wake_name, wake_objects
 
-__all__ = ["ServiceRef", "Rendered", "render", "Engine", "StorageEndpoints", "engine_for", "engine_key",
+__all__ = ["ServiceRef", "Rendered", "render", "Engine", "Platform", "engine_for", "engine_key",
            "FIELD_MANAGER", "SPEC_HASH_ANNOTATION", "endpoint", "server_name", "selector",
            "labels", "multi_node", "workload_ref", "openai_endpoint", "served_model_name",
            "wake_endpoint", "inventory", "workload_keys"]
@@ -94,9 +95,9 @@ def workload_keys(instance: str) -> frozenset[tuple[str, str]]:
 
 
 def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
-           replicas: int | None = None, storage: StorageEndpoints = DEFAULT_STORAGE) -> Rendered:
+           replicas: int | None = None, platform: Platform = DEFAULT_PLATFORM) -> Rendered:
     """Every object for the service; ``replicas`` overrides spec.replicas (the autoscaler);
-    ``storage``: where the build reaches the model stores (the platform team's setting).
+    ``platform``: the platform team's settings (model stores, cluster domain).
 
     Raises SpecInvalid if an object would break the API server's rules on names, labels or
     size: nothing is applied that has not passed them."""
@@ -105,7 +106,7 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
     rendered = Rendered(
         engine=llm_engine(engine, ref.name),
         build_job=build_job(engine, ref.name, ref.namespace, gpu, spec.gpu.resource_name,
-                            build_gpus, ref.uid, plan.build, storage),
+                            build_gpus, ref.uid, plan.build, platform),
         workload=workload(spec, plan, engine, gpu, ref.name, ref.namespace,
                           spec.replicas if replicas is None else replicas, ref.uid),
         access=tuple(service_accounts(spec, ref.name, ref.namespace, ref.uid)),
@@ -113,7 +114,7 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
         service=service(spec, ref.name, ref.namespace, ref.uid),
         scaler=scaler(spec, ref.name, ref.namespace, ref.uid),
         gateway=tuple(gateway_objects(spec, ref.name, ref.namespace, ref.uid)),
-        wake=tuple(wake_objects(spec, plan, ref.name, ref.namespace, ref.uid)),
+        wake=tuple(wake_objects(spec, plan, ref.name, ref.namespace, ref.uid, platform.cluster_domain)),
     )
     check_objects(rendered.objects())
     return rendered

@@ -18,10 +18,11 @@ from ..toolchain import (DJL_ENTRYPOINT, DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_S
                          RUNTIME_IMAGE, toolchain_for)
 from .meta import (LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name, content_hash, labels, owned_by,
                    stamp)
+from .platform import DEFAULT_PLATFORM, Platform
 from .pod import (CACHE_MOUNT, HOST_CPU, HOST_MEMORY, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, secret_env, shm_volume, tmp_volume)
 
-__all__ = ["Engine", "StorageEndpoints", "DEFAULT_STORAGE", "engine_for", "engine_key", "cache_uri", "llm_engine", "build_job",
+__all__ = ["Engine", "engine_for", "engine_key", "cache_uri", "llm_engine", "build_job",
            "BUILD_SPEC_ENV"]
 
 BUILD_SPEC_ENV = "KILN_BUILD_SPEC"
@@ -37,31 +38,6 @@ BUILD_DEADLINE_SECONDS = 6 * 3600
 # using a record, so a match is a conflict, never another engine served).
 ENGINE_DIGEST_HEX = 20
 _SLUG_MAX = 63 - 1 - ENGINE_DIGEST_HEX
-
-
-@dataclass(frozen=True)
-class StorageEndpoints:
-    """Where the build reaches the model stores, as the platform team configures them (the
-    chart's modelStorage; never a tenant's field): an S3-compatible endpoint and region for
-    s3:// sources (MinIO, Ceph; boto3 in kiln-runtime reads ``AWS_ENDPOINT_URL``), and a Hugging
-    Face Hub mirror for hf:// sources (``HF_ENDPOINT``, huggingface_hub's ``constants.ENDPOINT``).
-    None: AWS S3 and huggingface.co."""
-
-    s3_endpoint: str | None = None
-    s3_region: str | None = None
-    hub_endpoint: str | None = None
-
-    def env(self, schemes: set[str]) -> list[dict[str, Any]]:
-        values = []
-        if "s3" in schemes:
-            values += [("AWS_ENDPOINT_URL", self.s3_endpoint), ("AWS_DEFAULT_REGION", self.s3_region)]
-        if "hf" in schemes:
-            values.append(("HF_ENDPOINT", self.hub_endpoint))
-        return [{"name": name, "value": value} for name, value in values if value]
-
-
-# AWS S3 and huggingface.co: what a build reaches with no modelStorage setting.
-DEFAULT_STORAGE = StorageEndpoints()
 
 
 @dataclass(frozen=True)
@@ -240,7 +216,7 @@ def _gi(n: int) -> str:
 def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resource: str,
               build_gpus: int, owner_uid: str | None,
               build: BuildPlan | None = None,
-              storage: StorageEndpoints = DEFAULT_STORAGE) -> dict[str, Any]:
+              platform: Platform = DEFAULT_PLATFORM) -> dict[str, Any]:
     """A Job that builds the engine into the cache; it runs on the serving GPU's architecture,
     sized from the model (``build``; the planner's :class:`~kiln.planner.build.BuildPlan`)."""
     spec_json = json.dumps(build_spec(engine, build), sort_keys=True, separators=(",", ":"))
@@ -253,7 +229,7 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
     env = [{"name": BUILD_SPEC_ENV, "value": spec_json},
            {"name": "HOME", "value": WORK_MOUNT},
            {"name": "HF_HOME", "value": f"{scratch}/hf"},
-           *storage.env(schemes),
+           *platform.env(schemes),
            *_credentials_env(engine)]
     staged = scratch != WORK_MOUNT
     work_volume: dict[str, Any] = {} if staged or not build else {"sizeLimit": _gi(build.scratch_bytes)}

@@ -30,6 +30,7 @@ from typing import Any
 from ..api import API_VERSION, AutoscalingMode, LLMServiceSpec
 from ..planner import Plan, cold_start_seconds
 from .meta import child_name, labels, owned_by, stamp
+from .platform import DEFAULT_CLUSTER_DOMAIN
 from .serving import PORTS, server_name
 
 __all__ = ["wake_objects", "wake_name", "wake_endpoint", "wake_hosts", "HTTP_SCALED_OBJECT_API",
@@ -49,10 +50,10 @@ def wake_name(instance: str) -> str:
     return child_name(instance, "openai")
 
 
-def wake_hosts(instance: str, namespace: str) -> list[str]:
+def wake_hosts(instance: str, namespace: str, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> list[str]:
     """The Host values (port stripped) a client of the wake URL sends."""
     base = f"{wake_name(instance)}.{namespace}.svc"
-    return [base, f"{base}.cluster.local"]
+    return [base, f"{base}.{cluster_domain}"]
 
 
 def wake_endpoint(instance: str, namespace: str) -> str:
@@ -80,14 +81,14 @@ def _meta(name: str, instance: str, namespace: str, uid: str | None) -> dict[str
 
 
 def http_scaled_object(spec: LLMServiceSpec, plan: Plan, instance: str, namespace: str,
-                       uid: str | None) -> dict[str, Any]:
+                       uid: str | None, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> dict[str, Any]:
     scaling = spec.autoscaling
     return stamp({
         "apiVersion": HTTP_SCALED_OBJECT_API,
         "kind": "HTTPScaledObject",
         "metadata": _meta(instance, instance, namespace, uid),
         "spec": {
-            "hosts": wake_hosts(instance, namespace),
+            "hosts": wake_hosts(instance, namespace, cluster_domain),
             "pathPrefixes": ["/v1"],
             "scaleTargetRef": {"apiVersion": API_VERSION, "kind": "LLMService", "name": instance,
                                "service": server_name(instance), "port": PORTS["openai"]},
@@ -100,20 +101,22 @@ def http_scaled_object(spec: LLMServiceSpec, plan: Plan, instance: str, namespac
     })
 
 
-def interceptor_alias(instance: str, namespace: str, uid: str | None) -> dict[str, Any]:
+def interceptor_alias(instance: str, namespace: str, uid: str | None,
+                      cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> dict[str, Any]:
+    # An ExternalName is a CNAME, whose target no search path completes: fully qualified.
     return stamp({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(wake_name(instance), instance, namespace, uid),
         "spec": {"type": "ExternalName",
-                 "externalName": f"{INTERCEPTOR_SERVICE}.{INTERCEPTOR_NAMESPACE}.svc.cluster.local",
+                 "externalName": f"{INTERCEPTOR_SERVICE}.{INTERCEPTOR_NAMESPACE}.svc.{cluster_domain}",
                  "ports": [{"name": "http", "port": INTERCEPTOR_PORT, "protocol": "TCP"}]},
     })
 
 
 def wake_objects(spec: LLMServiceSpec, plan: Plan, instance: str, namespace: str,
-                 uid: str | None) -> list[dict[str, Any]]:
+                 uid: str | None, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> list[dict[str, Any]]:
     if spec.autoscaling.mode != AutoscalingMode.KEDA_HTTP:
         return []
-    return [interceptor_alias(instance, namespace, uid),
-            http_scaled_object(spec, plan, instance, namespace, uid)]
+    return [interceptor_alias(instance, namespace, uid, cluster_domain),
+            http_scaled_object(spec, plan, instance, namespace, uid, cluster_domain)]
