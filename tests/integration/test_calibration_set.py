@@ -38,7 +38,7 @@ async def test_a_secret_without_the_buckets_keys_is_named_and_one_with_them_buil
         sb.start_kubelet()
         for namespace in (NS, OTHER):
             await sb.create(_service(namespace))
-        name = "qwen-7b-support"
+        name = "qwen-7b-calib"
 
         def ready(namespace):
             svc = sb.get("llmservices", name, namespace) or {}
