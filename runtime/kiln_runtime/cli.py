@@ -28,7 +28,7 @@ from .djl import DJLSettings, write_properties
 from .errors import BadSpec, StepFailed
 from .group import (check_worker, group_from_env, mark_ready, rsh_argv, wait_for_workers, wait_forever,
                     worker_index)
-from .serve import SERVE_SPEC_ENV, parse_serve_spec, prepare, run_server, server_argv
+from .serve import SERVE_SPEC_ENV, metrics_url, parse_serve_spec, prepare, run_server, server_argv
 from .spec import load_build_spec
 from .steps import Layout, check_model
 from .triton_repo import RepoSettings, write_model_repo
@@ -129,7 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             group if index is not None else None, index or 0)
     if args.role == "worker":
         mark_ready(repo)
-        return wait_forever()
+        assert group is not None
+        return wait_forever(metrics_url(spec, group.leader_address))
     if group is not None:
         wait_for_workers(group, args.wait_timeout, repo=repo)
     return run_server(spec, repo, group=group)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import toolchain
+from .drain import drain
 from .errors import BadSpec, StepFailed
 
 __all__ = ["Group", "group_from_env", "worker_index", "rsh_argv", "check_worker", "wait_for_workers",
@@ -213,16 +214,20 @@ def wait_for_workers(group: Group, timeout: float, poll: float = 5.0,
           flush=True)
 
 
-def wait_forever() -> int:
-    """A worker's main process: its ranks arrive through the leader's mpirun. Exit on SIGTERM."""
-    stop = {"now": False}
+def wait_forever(leader_metrics: str | None = None) -> int:
+    """A worker's main process: its ranks arrive through the leader's mpirun, and die with it.
+    On SIGTERM it exits once the leader's metrics page (``leader_metrics``) shows no request in
+    flight (kiln_runtime.drain): the group's ranks serve those requests together."""
+    stop = {"signal": 0}
 
     def handle(signum: int, _frame: object) -> None:
-        stop["now"] = True
+        stop["signal"] = signum
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handle)
     print("[group] worker ready; ranks are started by the leader", file=sys.stderr, flush=True)
-    while not stop["now"]:
+    while not stop["signal"]:
         time.sleep(1)
+    if stop["signal"] == signal.SIGTERM and leader_metrics:
+        drain(leader_metrics, lambda: None)
     return 0

@@ -20,11 +20,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import cache, toolchain
+from .drain import drain
 from .errors import BadSpec
 from .group import Group
 from .kvlog import KVLogParser
@@ -155,6 +157,13 @@ def _tokens_per_block(spec: ServeSpec) -> int | None:
         return None
 
 
+def metrics_url(spec: ServeSpec, host: str = "127.0.0.1") -> str:
+    """Rank 0's metrics page: the metrics port (the frontend's page relayed there, or
+    tritonserver's own)."""
+    port = spec.ports.get("metrics") or spec.ports.get("openai")
+    return f"http://{host}:{port}/metrics"
+
+
 def run_server(spec: ServeSpec, repo: Path, capacity_file: Path | None = None,
                group: Group | None = None) -> int:
     """Run the server in the foreground; returns its exit code."""
@@ -166,9 +175,18 @@ def run_server(spec: ServeSpec, repo: Path, capacity_file: Path | None = None,
              if spec.openai and "metrics" in spec.ports else None)
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1)
+    # mpirun stops its ranks within seconds of a SIGTERM: a replica of several ranks passes it
+    # on once the requests in flight have finished (kiln_runtime.drain).
+    draining = argv[0] == toolchain.mpirun()
+    stopping = threading.Event()
 
     def forward(signum: int, _frame: Any) -> None:
-        process.send_signal(signum)
+        if not (draining and signum == signal.SIGTERM):
+            process.send_signal(signum)
+        elif not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=drain, daemon=True, args=(
+                metrics_url(spec), lambda: process.send_signal(signal.SIGTERM))).start()
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     parser = KVLogParser(_tokens_per_block(spec))

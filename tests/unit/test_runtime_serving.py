@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import stat
+import time
 import subprocess
 import sys
 import textwrap
@@ -222,3 +223,111 @@ def test_smoke_request_is_a_streaming_ensemble_call():
     inputs = build_inputs(grpcclient, "Hello", 4)
     assert [i.name() for i in inputs] == ["text_input", "max_tokens", "stream"]
     assert [i.datatype() for i in inputs] == ["BYTES", "INT32", "BOOL"]
+
+
+_FAKE_MPIRUN = '''
+import http.server, os, signal, sys, threading, time
+
+active = os.environ["FAKE_ACTIVE"]
+
+
+class Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("# TYPE nv_trt_llm_request_metrics gauge\\n"
+                'nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="active",version="1"} '
+                + open(active).read().strip() + "\\n"
+                'nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="max",version="1"} 64\\n').encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["FAKE_METRICS_PORT"])), Page)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+def term(*_):
+    open(os.environ["FAKE_TERMED"], "w").write(open(active).read())
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, term)
+print("ready", flush=True)
+time.sleep(120)
+'''
+
+
+def test_a_multi_rank_replica_passes_sigterm_on_once_its_requests_have_finished(tmp_path, engine_entry):
+    """mpirun kills its ranks seconds after a SIGTERM (open-mpi mpirun.1 "Signal Propagation"):
+    serve holds the signal while rank 0's metrics page shows requests in flight."""
+    import socket
+
+    fake = tmp_path / "mpirun"
+    fake.write_text(f"#!{sys.executable}\n{_FAKE_MPIRUN}")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    active, termed = tmp_path / "active", tmp_path / "termed"
+    active.write_text("2")
+    templates = write_templates(tmp_path / "templates")
+    env = {**os.environ, "KILN_MPIRUN": str(fake), "KILN_KV_CAPACITY_FILE": str(tmp_path / "kv.json"),
+           "FAKE_ACTIVE": str(active), "FAKE_TERMED": str(termed), "FAKE_METRICS_PORT": str(port),
+           "KILN_SERVE_SPEC": json.dumps({"engineDir": str(engine_entry), "tensorParallel": 2,
+                                          "pipelineParallel": 1, "kvCacheFreeGpuMemFraction": 0.9,
+                                          "ports": {"http": 8000, "grpc": 8001, "metrics": port}})}
+    process = subprocess.Popen([sys.executable, "-m", "kiln_runtime", "serve", "--model-repo",
+                                str(tmp_path / "repo"), "--templates", str(templates)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGTERM)
+        time.sleep(3)  # two requests in flight: mpirun has not heard it
+        assert not termed.exists() and process.poll() is None
+        active.write_text("0")
+        assert process.wait(timeout=30) == 0
+        assert termed.read_text() == "0"  # passed on once none was in flight
+    finally:
+        process.kill()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_the_grace_period_covers_the_prestop_sleep_the_drain_and_the_ranks_stop():
+    from kiln.render.gateway import ROUTE_TIMEOUT
+    from kiln.render.serving import PRE_STOP_SECONDS, TERMINATION_GRACE_SECONDS
+    from kiln.render.wake import RESPONSE_HEADER_SECONDS
+    from kiln_runtime.drain import DRAIN_SECONDS
+
+    assert TERMINATION_GRACE_SECONDS >= PRE_STOP_SECONDS + DRAIN_SECONDS + 10
+    # a request allowed on any of Kiln's paths finishes within the drain
+    assert DRAIN_SECONDS >= max(RESPONSE_HEADER_SECONDS, int(ROUTE_TIMEOUT.removesuffix("s")))
+
+
+def test_a_worker_waits_for_the_leaders_requests_before_it_exits():
+    from kiln_runtime import drain
+
+    pages = iter([3.0, 1.0, 0.0])
+    waited, stopped = [], []
+    now = [0.0]
+    original = drain.active_requests
+    drain.active_requests = lambda url: next(pages)
+    try:
+        drain.drain("http://leader:8002/metrics", lambda: stopped.append(now[0]), deadline=60,
+                    clock=lambda: now[0], sleep=lambda s: (waited.append(s), now.__setitem__(0, now[0] + s)))
+    finally:
+        drain.active_requests = original
+    assert waited == [1.0, 1.0] and stopped == [2.0]
+    # and gives up at the deadline
+    drain.active_requests = lambda url: 5.0
+    try:
+        now[0], stopped[:] = 0.0, []
+        drain.drain("u", lambda: stopped.append(now[0]), deadline=10,
+                    clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    finally:
+        drain.active_requests = original
+    assert stopped == [10.0]

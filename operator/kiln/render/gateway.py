@@ -62,7 +62,8 @@ schedulingProfiles:
   - pluginRef: prefix-cache-scorer
     weight: 3
 """
-# Long enough for a generation in flight to finish (the serving pods' grace period is longer).
+# Long enough for a generation in flight to finish (the serving pods' grace period, and a
+# multi-rank replica's drain, are longer: render.serving.TERMINATION_GRACE_SECONDS).
 ROUTE_TIMEOUT = "300s"
 
 

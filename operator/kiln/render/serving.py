@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kiln_runtime.drain import DRAIN_SECONDS
+
 from ..api import LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, NGC_ENTRYPOINT, RUNTIME_IMAGE
@@ -37,8 +39,12 @@ PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002, "openai": 9000}
 # names their workers too.
 ROLLOUT_SURGE_GROUPS = 1
 DJL_PORT = 8080
-# Long enough for the longest generation to finish after readiness drops.
-TERMINATION_GRACE_SECONDS = 180
+# The serving container's preStop sleep: the pod leaves the Service's endpoints before its
+# server hears SIGTERM.
+PRE_STOP_SECONDS = 15
+# The preStop sleep, then the longest a request may take to finish (a multi-rank replica waits
+# for them before its mpirun stops: kiln_runtime.drain), and 15 s for the ranks to stop.
+TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(DRAIN_SECONDS) + 15
 # (periodSeconds, failureThreshold) of every server's readiness and liveness probes.
 READINESS = (5, 3)
 LIVENESS = (10, 6)
@@ -137,7 +143,7 @@ def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance
         "readinessProbe": _probe("/health/ready", "openai", *READINESS),
         "livenessProbe": _probe("/v1/models", "openai", *LIVENESS),
         # Readiness drops first, then in-flight generations get time to finish.
-        "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
     }
 
 
@@ -164,7 +170,7 @@ def _djl_container(spec: LLMServiceSpec, plan: Plan, engine: Engine,
         "startupProbe": _probe("/ping", "http", 10, 180),
         "readinessProbe": _probe("/ping", "http", *READINESS),
         "livenessProbe": _probe("/ping", "http", *LIVENESS),
-        "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
     }
 
 
