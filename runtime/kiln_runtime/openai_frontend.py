@@ -56,7 +56,8 @@ def frontend_main() -> str:
 def frontend_argv(python: str, repo: Path, tokenizer: Path, ports: dict[str, int]) -> list[str]:
     """Rank 0's command line: the frontend with Triton in process, KServe endpoints kept, run
     through :mod:`kiln_runtime.frontend_launch` for its latency histograms."""
-    return [python, "-m", "kiln_runtime.frontend_launch", frontend_main(),
+    # -P: the working directory (the pod's writable /tmp) is not on the import path.
+    return [python, "-P", "-m", "kiln_runtime.frontend_launch", frontend_main(),
             f"--model-repository={repo}", f"--tokenizer={tokenizer}",
             "--backend=tensorrtllm", "--host=0.0.0.0", f"--openai-port={ports['openai']}",
             "--enable-kserve-frontends", f"--kserve-http-port={ports['http']}",

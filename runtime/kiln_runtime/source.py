@@ -16,7 +16,9 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
+import stat
 import sys
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
@@ -25,7 +27,7 @@ from typing import Any
 from .errors import BadSpec, StepFailed
 
 __all__ = ["read_config", "download", "fetch_calibration", "inside", "wanted", "ALLOW_PATTERNS",
-           "SAFE_WEIGHTS_INDEX", "CALIBRATION_FORMATS", "MAX_CALIBRATION_BYTES"]
+           "SAFE_WEIGHTS_INDEX", "CALIBRATION_FORMATS", "MAX_CALIBRATION_BYTES", "MAX_CALIBRATION_FILES"]
 
 # What a TensorRT-LLM build and the tokenizer need; never the duplicate .bin/.pth weights.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.py"]
@@ -249,58 +251,128 @@ def _s3_sync(source: str, out: Path) -> None:
 
 # What datasets.load_dataset reads from a directory without a loading script (its packaged
 # builders, by extension: datasets/packaged_modules/__init__.py, _EXTENSION_TO_MODULE), of
-# which Kiln takes the formats whose rows name their columns, and .txt, whose builder names its
-# one column "text". quantize.py reads a directory's train split and its "text" column
-# (get_calib_dataloader in tensorrt_llm/quantization/quantize_by_modelopt.py). Kiln copies the
-# files flat as train-00000<ext>, ...: a name with a split keyword ("test.jsonl") would put a
-# file in another split (datasets/data_files.py, KEYWORDS_IN_FILENAME_BASE_PATTERNS), and
-# "train-" puts every file in the train split.
-CALIBRATION_FORMATS = (".jsonl", ".json", ".parquet", ".csv", ".txt")
+# which Kiln takes the plain-text formats whose rows name their columns, and .txt, whose builder
+# names its one column "text" (not .parquet, whose pages are compressed: a bound on the set's
+# bytes would not bound what datasets unpacks). quantize.py reads a directory's train split and
+# its "text" column (get_calib_dataloader in tensorrt_llm/quantization/quantize_by_modelopt.py).
+# Kiln copies the files flat as train-00000<ext>, ...: a name with a split keyword
+# ("test.jsonl") would put a file in another split (datasets/data_files.py,
+# KEYWORDS_IN_FILENAME_BASE_PATTERNS), and "train-" puts every file in the train split.
+CALIBRATION_FORMATS = (".jsonl", ".json", ".csv", ".txt")
 # 512 rows is what quantize.py reads: a set of more than this is a mistake, not a larger sample.
 MAX_CALIBRATION_BYTES = 256 * 2**20
+MAX_CALIBRATION_FILES = 10_000
+# datasets opens a file through fsspec with compression inferred from its first bytes as well as
+# its name: a compressed file would unpack past any bound on what was copied. gzip, bzip2, xz,
+# zstd, lz4, zip, 7z.
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18",
+               b"PK\x03\x04", b"7z\xbc\xaf\x27\x1c")
 _FIELD = "model.calibration.source"
+_CHUNK = 2**20
 
 
 def fetch_calibration(source: str, out: Path) -> Path:
     """Copy the calibration set (``s3://bucket/prefix`` or a mounted directory) into ``out``,
     a directory of Kiln's own, so quantize.py reads exactly what was checked: the data files
-    (other files, a README.md or dotfiles, are left), of one format, every name inside the
-    source, at most :data:`MAX_CALIBRATION_BYTES` in all, with a ``text`` column where the
-    format names columns. BadSpec names what is wrong; nothing is copied before the checks."""
+    (other files, a README.md or dotfiles, are left), of one format, every one read from inside
+    the source, none compressed, at most :data:`MAX_CALIBRATION_BYTES` in all as copied (not as
+    listed), with a ``text`` column where the format names columns. BadSpec names what is
+    wrong, and then ``out`` is removed."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    if source.startswith("s3://"):
-        bucket, prefix = _split_s3(source)
-        client = _s3_client(_FIELD)
-        try:
-            listed = [(o["Key"][len(prefix):].lstrip("/"), int(o["Size"]), o["Key"])
-                      for page in client.get_paginator("list_objects_v2").paginate(
-                          Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
-                      for o in page.get("Contents", [])]
-        except Exception as error:  # botocore's ClientError family
-            raise BadSpec(f"{_FIELD}: cannot list {source}: {str(error)[:200]}") from None
-        keys = {relative: key for relative, _, key in listed}
-        for relative, name in _calibration_files([(r, size) for r, size, _ in listed], source, out):
-            client.download_file(bucket, keys[relative], str(out / name))
-    else:
-        root = _mounted(source, check_files=True, field=_FIELD)
-        if not root.is_dir():
-            raise BadSpec(f"{_FIELD}: {_short(source)} is not a directory on the claim")
-        found = [(os.path.relpath(path, root), path.stat().st_size)
-                 for path in sorted(root.rglob("*")) if path.is_file()]
-        for relative, name in _calibration_files(found, source, out):
-            shutil.copyfile(root / relative, out / name)
-    _check_text_column(out)
-    total = sum(path.stat().st_size for path in out.iterdir())
-    print(f"  calibration set: {len(list(out.iterdir()))} files, {total / 2**20:.1f} MiB",
-          file=sys.stderr, flush=True)
+    try:
+        budget = [MAX_CALIBRATION_BYTES]
+        if source.startswith("s3://"):
+            _calibration_from_s3(source, out, budget)
+        else:
+            _calibration_from_claim(source, out, budget)
+        _check_text_column(out)
+    except BadSpec:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    except (OSError, RecursionError, ValueError) as error:  # a tree or a row past any sense
+        shutil.rmtree(out, ignore_errors=True)
+        raise BadSpec(f"{_FIELD}: {_short(source)} cannot be read as a calibration set: "
+                      f"{_short(type(error).__name__ + ': ' + str(error), 160)}") from None
+    copied = sorted(out.iterdir())
+    print(f"  calibration set: {len(copied)} files, "
+          f"{sum(p.stat().st_size for p in copied) / 2**20:.1f} MiB", file=sys.stderr, flush=True)
     return out
+
+
+def _calibration_from_s3(source: str, out: Path, budget: list[int]) -> None:
+    bucket, prefix = _split_s3(source)
+    client = _s3_client(_FIELD)
+    start = f"{prefix}/" if prefix else ""
+    try:
+        listed = [(str(o["Key"]), int(o["Size"]))
+                  for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start)
+                  for o in page.get("Contents", [])]
+    except Exception as error:  # botocore's ClientError family
+        raise BadSpec(f"{_FIELD}: cannot list {_short(source)}: {_short(str(error), 200)}") from None
+    if len(listed) > MAX_CALIBRATION_FILES:
+        raise BadSpec(f"{_FIELD}: {_short(source)} holds more than {MAX_CALIBRATION_FILES} objects")
+    for key, _ in listed:
+        if not key.startswith(start):  # a listing is the store's word, not a fact
+            raise BadSpec(f"{_FIELD}: the listing of {_short(source)} names {_short(key)}, outside it")
+    chosen = _calibration_files([(key[len(start):], size) for key, size in listed], source, out)
+    for relative, name in chosen:
+        try:
+            body = client.get_object(Bucket=bucket, Key=start + relative)["Body"]
+        except Exception as error:  # botocore's ClientError family
+            raise BadSpec(f"{_FIELD}: cannot read {_short(relative)}: {_short(str(error), 200)}") from None
+        _copy_bounded(body.read, out / name, relative, source, budget)
+
+
+def _calibration_from_claim(source: str, out: Path, budget: list[int]) -> None:
+    root = _mounted(source, field=_FIELD)
+    if not root.is_dir():
+        raise BadSpec(f"{_FIELD}: {_short(source)} is not a directory on the claim")
+    found: list[tuple[str, int]] = []
+    for directory, names, files in os.walk(root):  # links to directories are not followed
+        names[:] = [n for n in names if not n.startswith(".")]
+        for name in files:
+            found.append((os.path.relpath(os.path.join(directory, name), root), 0))
+            if len(found) > MAX_CALIBRATION_FILES:
+                raise BadSpec(f"{_FIELD}: {_short(source)} holds more than {MAX_CALIBRATION_FILES} files")
+    base = root.resolve()
+    for relative, name in _calibration_files(found, source, out):
+        # The file as opened, not as named: whatever a link on the claim points to by now, what
+        # is read is checked (its path through /proc/self/fd) and is a regular file.
+        descriptor = os.open(root / relative, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(descriptor, "rb") as handle:
+            opened = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+            if not opened.is_relative_to(base) or not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise BadSpec(f"{_FIELD}: the file {_short(relative)} is not a file inside the "
+                              "calibration set; refusing to use it (remove or rename it in the source)")
+            _copy_bounded(handle.read, out / name, relative, source, budget)
+
+
+def _copy_bounded(read: Any, target: Path, relative: str, source: str, budget: list[int]) -> None:
+    """Copy from ``read`` into ``target``, refusing a compressed file and anything past what is
+    left of the set's bytes (``budget``, a one-item list)."""
+    with target.open("wb") as handle:
+        first = True
+        while True:
+            chunk = read(min(_CHUNK, budget[0] + 1))
+            if not chunk:
+                return
+            if first and chunk.startswith(_COMPRESSED):
+                raise BadSpec(f"{_FIELD}: {_short(relative)} is compressed; a calibration set is "
+                              f"plain {', '.join(CALIBRATION_FORMATS)} files")
+            first = False
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise BadSpec(f"{_FIELD}: {_short(source)} holds more than the "
+                              f"{MAX_CALIBRATION_BYTES // 2**20} MiB a calibration set may be "
+                              "(quantize.py reads 512 rows)")
+            handle.write(chunk)
 
 
 def _calibration_files(found: list[tuple[str, int]], source: str,
                        out: Path) -> list[tuple[str, str]]:
-    """The data files of ``found`` (name relative to the source, size), each with the name it
-    gets in ``out``; checked whole before the first byte is copied."""
+    """The data files of ``found`` (name relative to the source, listed size), each with the
+    name it gets in ``out``; checked whole before the first byte is copied."""
     files = []
     for relative, size in found:
         if not relative or relative.endswith("/"):
@@ -312,16 +384,17 @@ def _calibration_files(found: list[tuple[str, int]], source: str,
             if PurePosixPath(relative).suffix.lower() in CALIBRATION_FORMATS]
     formats = sorted({PurePosixPath(relative).suffix.lower() for relative, _ in data})
     if not data:
-        held = sorted({PurePosixPath(r).suffix.lower() or PurePosixPath(r).name for r, _ in files})
+        held = sorted({PurePosixPath(r).suffix.lower() or "no extension" for r, _ in files})
+        listed = ", ".join(h if re.fullmatch(r"\.?[A-Za-z0-9 ]{1,16}", h) else _short(h, 20)
+                           for h in held[:5]) or "nothing"
         raise BadSpec(f"{_FIELD}: {_short(source)} holds no {', '.join(CALIBRATION_FORMATS)} "
-                      f"file; it holds {', '.join(held[:5]) or 'nothing'}")
+                      f"file; it holds {listed}")
     if len(formats) > 1:
         raise BadSpec(f"{_FIELD}: {_short(source)} mixes {' and '.join(formats)} files; "
                       "datasets.load_dataset reads one format per directory")
-    total = sum(size for _, size in data)
-    if total > MAX_CALIBRATION_BYTES:
-        raise BadSpec(f"{_FIELD}: {_short(source)} holds {total / 2**20:.0f} MiB of data, more "
-                      f"than the {MAX_CALIBRATION_BYTES // 2**20} MiB a calibration set may be "
+    if sum(size for _, size in data) > MAX_CALIBRATION_BYTES:  # as listed; the copy counts again
+        raise BadSpec(f"{_FIELD}: {_short(source)} holds more than the "
+                      f"{MAX_CALIBRATION_BYTES // 2**20} MiB a calibration set may be "
                       "(quantize.py reads 512 rows)")
     data.sort()
     return [(relative, f"train-{index:05d}{formats[0]}") for index, (relative, _) in enumerate(data)]
@@ -329,29 +402,27 @@ def _calibration_files(found: list[tuple[str, int]], source: str,
 
 def _check_text_column(out: Path) -> None:
     """The first row of the first .jsonl, .json or .csv file names a ``text`` column; .txt has
-    one by construction, and a .parquet file's schema is left to datasets (it needs pyarrow)."""
+    one by construction."""
     first = min(out.iterdir())
     suffix = first.suffix
     with first.open(encoding="utf-8", errors="replace") as handle:
         head = handle.read(MAX_INDEX_BYTES + 1)
     whole = len(head) <= MAX_INDEX_BYTES
-    if suffix == ".csv":
-        row: Any = dict.fromkeys(next(csv.reader(io.StringIO(head)), []), "")
-    elif suffix == ".json" and whole and head.lstrip().startswith("["):
-        try:
+    row: Any = None
+    try:
+        if suffix == ".csv":
+            row = dict.fromkeys(next(csv.reader(io.StringIO(head.split("\n", 1)[0])), []), "")
+        elif suffix == ".json" and head.lstrip().startswith("["):
+            if not whole:
+                return  # one large JSON array: read by datasets alone
             rows = json.loads(head)
-        except ValueError:
-            rows = None
-        row = rows[0] if isinstance(rows, list) and rows else None
-    elif suffix in (".jsonl", ".json"):  # datasets reads a .json file of lines as .jsonl
-        try:
+            row = rows[0] if isinstance(rows, list) and rows else None
+        elif suffix in (".jsonl", ".json"):  # datasets reads a .json file of lines as .jsonl
             row = json.loads(head.split("\n", 1)[0] or "null")
-        except ValueError:
-            row = None
-    else:
-        return
-    if suffix == ".json" and not whole and head.lstrip().startswith("["):
-        return  # one large JSON array: read by datasets alone
+        else:
+            return
+    except (ValueError, RecursionError, csv.Error):
+        row = None
     if not isinstance(row, dict) or not isinstance(row.get("text"), str):
         raise BadSpec(f"{_FIELD}: the first row of its first {suffix} file has no \"text\" "
                       "column of strings; quantize.py calibrates on a directory's \"text\" column")

@@ -45,6 +45,9 @@ UNIT_INVALID_SPECS = [
     {"model": {"source": "hf://a/b", "calibration": {"source": "hf://datasets/x"}}, "precision": "fp8"},
     {"model": {"source": "hf://a/b", "calibration": {"source": "pvc://sets/../x"}}, "precision": "int4-awq"},
     {"model": {"source": "hf://a/b", "calibration": {}}, "precision": "fp8"},
+    {"model": {"source": "hf://a/b", "calibration": {"source": "pvc://kiln-engine-cache"}}, "precision": "fp8"},
+    {"model": {"source": "hf://a/b", "calibration": {"source": "pvc://shared-cache/sets"}}, "precision": "fp8",
+     "engineCache": {"claimName": "shared-cache"}},
 ]
 
 

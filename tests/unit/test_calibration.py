@@ -9,6 +9,7 @@ local directory (``get_calib_dataloader``: the train split, the ``text`` column)
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -66,7 +67,7 @@ def test_a_mounted_set_is_copied_as_the_train_split_quantize_py_reads(tmp_path):
     assert sorted(_load(out)) == sorted(row["text"] for row in ROWS)
 
 
-@pytest.mark.parametrize("suffix", [".txt", ".csv", ".parquet", ".json"])
+@pytest.mark.parametrize("suffix", [".txt", ".csv", ".json"])
 def test_every_accepted_format_loads_with_its_text_column(tmp_path, suffix):
     claim = tmp_path / "claim"
     claim.mkdir()
@@ -75,13 +76,8 @@ def test_every_accepted_format_loads_with_its_text_column(tmp_path, suffix):
         (claim / "prompts.txt").write_text("\n".join(texts) + "\n")
     elif suffix == ".csv":
         (claim / "prompts.csv").write_text("id,text\n" + "".join(f"{i},\"{t}\"\n" for i, t in enumerate(texts)))
-    elif suffix == ".json":
-        (claim / "prompts.json").write_text(json.dumps(ROWS))
     else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.table({"text": texts, "id": list(range(len(texts)))}), claim / "prompts.parquet")
+        (claim / "prompts.json").write_text(json.dumps(ROWS))
     out = source.fetch_calibration(str(claim), tmp_path / "calibration")
     assert _load(out) == texts
 
@@ -92,6 +88,9 @@ def test_every_accepted_format_loads_with_its_text_column(tmp_path, suffix):
     ("csv without text", {"a.csv": "prompt\nhi\n"}, 'has no "text" column'),
     ("two formats", {"a.jsonl": '{"text": "hi"}\n', "b.csv": "text\nhi\n"}, "mixes .csv and .jsonl"),
     ("no data", {"README.md": "nothing here", "data.jsonl.zst": "x"}, "holds no .jsonl"),
+    # parquet pages are compressed: its bytes do not bound what datasets unpacks
+    ("parquet", {"a.parquet": "PAR1"}, "holds no .jsonl, .json, .csv, .txt file; it holds .parquet"),
+    ("a name on several lines", {"a.x\nBuild OK: engine published\nfoo": "x"}, "holds no .jsonl"),
     ("empty", {}, "it holds nothing"),
 ])
 def test_a_set_quantize_py_cannot_read_is_named_before_any_gpu_work(tmp_path, case, files, message):
@@ -102,6 +101,8 @@ def test_a_set_quantize_py_cannot_read_is_named_before_any_gpu_work(tmp_path, ca
     with pytest.raises(BadSpec, match=message) as raised:
         source.fetch_calibration(str(claim), tmp_path / "calibration")
     assert str(raised.value).startswith("model.calibration.source: ")
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 400
+    assert not (tmp_path / "calibration").exists()
 
 
 def test_a_set_larger_than_the_bound_is_refused_before_a_byte_is_copied(tmp_path, monkeypatch):
@@ -110,16 +111,16 @@ def test_a_set_larger_than_the_bound_is_refused_before_a_byte_is_copied(tmp_path
     _jsonl(claim / "a.jsonl", ROWS * 3)
     with pytest.raises(BadSpec, match="more than the 0 MiB"):
         source.fetch_calibration(str(claim), tmp_path / "calibration")
-    assert list((tmp_path / "calibration").iterdir()) == []
+    assert not (tmp_path / "calibration").exists()
 
 
 def test_a_link_out_of_the_claim_is_refused_and_nothing_is_copied(tmp_path):
     claim = tmp_path / "claim"
     _jsonl(claim / "a.jsonl", ROWS)
     (claim / "b.jsonl").symlink_to("/etc/passwd")  # the claim is mounted under /tmp here
-    with pytest.raises(BadSpec, match=r"the file .*b.jsonl' resolves outside the calibration set"):
+    with pytest.raises(BadSpec, match=r"the file 'b.jsonl' is not a file inside the calibration set"):
         source.fetch_calibration(str(claim), tmp_path / "calibration")
-    assert list((tmp_path / "calibration").iterdir()) == []
+    assert not (tmp_path / "calibration").exists()
 
 
 @pytest.mark.parametrize("key", ["sets/a/../../weights/model.jsonl", "sets/a/..\\..\\x.jsonl"])
@@ -129,7 +130,7 @@ def test_a_bucket_key_outside_the_prefix_is_refused_and_nothing_is_downloaded(tm
     monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
     with pytest.raises(BadSpec, match="model.calibration.source: the file"):
         source.fetch_calibration("s3://calib/sets/a", tmp_path / "calibration")
-    assert list((tmp_path / "calibration").iterdir()) == []
+    assert not (tmp_path / "calibration").exists()
 
 
 def test_a_bucket_set_is_copied_as_its_train_split(tmp_path, monkeypatch):
@@ -238,3 +239,74 @@ def test_a_set_a_row_wise_build_does_not_read_is_said_and_splits_no_cache():
         engines.append(engine_for(spec, result, gpu, "llm"))
     assert engines[0].key == engines[1].key and engines[1].spec.calibration_source is None
     assert any(note.endswith("so model.calibration is not read") for note in result.notes)
+
+
+def test_a_link_swapped_after_the_listing_is_caught_as_opened(tmp_path, monkeypatch):
+    """The check is on the file as opened (its path through /proc/self/fd), so a link on the
+    claim repointed between the listing and the copy reads nothing from outside it."""
+    claim = tmp_path / "claim"
+    _jsonl(claim / "a.jsonl", ROWS)
+    (claim / "b.jsonl").symlink_to(claim / "a.jsonl")  # inside, when listed
+    listed = source._calibration_files
+
+    def swap(found, src, out):
+        (claim / "b.jsonl").unlink()
+        (claim / "b.jsonl").symlink_to("/etc/passwd")  # outside, when copied
+        return listed(found, src, out)
+
+    monkeypatch.setattr(source, "_calibration_files", swap)
+    with pytest.raises(BadSpec, match="'b.jsonl' is not a file inside the calibration set"):
+        source.fetch_calibration(str(claim), tmp_path / "calibration")
+    assert not (tmp_path / "calibration").exists()
+
+
+def test_a_pipe_on_the_claim_is_not_read(tmp_path):
+    claim = tmp_path / "claim"
+    _jsonl(claim / "a.jsonl", ROWS)
+    os.mkfifo(claim / "b.jsonl")  # would block an open for reading, and never end
+    with pytest.raises(BadSpec, match="'b.jsonl' is not a file inside the calibration set"):
+        source.fetch_calibration(str(claim), tmp_path / "calibration")
+
+
+@pytest.mark.parametrize("codec", ["bz2", "gzip"])
+def test_a_compressed_file_is_refused_whatever_its_name(tmp_path, codec):
+    """datasets opens files through fsspec, which unpacks by their first bytes: a few kB of
+    bzip2 would be hundreds of MB of rows past the bound."""
+    import bz2
+    import gzip
+
+    claim = tmp_path / "claim"
+    claim.mkdir()
+    packed = {"bz2": bz2.compress, "gzip": gzip.compress}[codec](b"calibration row\n" * 100_000)
+    (claim / "prompts.txt").write_bytes(packed)
+    with pytest.raises(BadSpec, match="'prompts.txt' is compressed"):
+        source.fetch_calibration(str(claim), tmp_path / "calibration")
+
+
+def test_a_bucket_is_bounded_by_what_it_sends_not_what_it_lists(tmp_path, monkeypatch):
+    monkeypatch.setattr(source, "MAX_CALIBRATION_BYTES", 1000)
+
+    class Growing(MemoryBucket):  # the object grew after the listing
+        def get_paginator(self, operation):
+            pages = super().get_paginator(operation)
+
+            class _Pages:
+                def paginate(self, **kwargs):
+                    for page in pages.paginate(**kwargs):
+                        yield {"Contents": [{**o, "Size": 16} for o in page["Contents"]]}
+            return _Pages()
+
+    big = "".join(json.dumps(r) + "\n" for r in ROWS * 50).encode()
+    bucket = Growing("calib", {"sets/a/x.jsonl": big})
+    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
+    with pytest.raises(BadSpec, match="more than the 0 MiB"):
+        source.fetch_calibration("s3://calib/sets/a", tmp_path / "calibration")
+    assert not (tmp_path / "calibration").exists()
+
+
+def test_a_listing_that_names_an_object_outside_the_prefix_is_refused(tmp_path, monkeypatch):
+    objects = {"sets/a/ok.jsonl": b'{"text": "hi"}\n', "private/other-team/secret.jsonl": b'{"text": "x"}\n'}
+    bucket = MemoryBucket("calib", objects, lying="private/other-team/secret.jsonl")
+    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
+    with pytest.raises(BadSpec, match="names 'private/other-team/secret.jsonl', outside it"):
+        source.fetch_calibration("s3://calib/sets/a", tmp_path / "calibration")

@@ -52,3 +52,13 @@ def test_without_the_setting_a_build_reaches_aws_and_the_hub_and_the_key_is_the_
     keys = {render(ServiceRef("svc", "llm", None), spec, result, gpu, platform=platform).engine["spec"]["key"]
             for platform in (STORES, Platform())}
     assert len(keys) == 1
+
+
+def test_a_bucket_is_never_read_with_the_nodes_instance_role():
+    """Without spec.model.credentials, boto3 would fall back to the node's instance role for a
+    bucket the tenant chose."""
+    for model in ({"source": "s3://models/qwen-7b"},
+                  {"source": "hf://Qwen/Qwen2.5-7B-Instruct", "calibration": {"source": "s3://calibration/chats"}}):
+        for platform in (STORES, Platform()):
+            assert _env(model, platform)["AWS_EC2_METADATA_DISABLED"] == "true"
+    assert "AWS_EC2_METADATA_DISABLED" not in _env({"source": "hf://Qwen/Qwen2.5-7B-Instruct"})

@@ -98,6 +98,9 @@ REFUSED = {
     "calibration from the Hub": ({"spec.precision": "fp8",
                                   "spec.model.calibration": {"source": "hf://datasets/abisee"}},
                                  "spec.model.calibration.source"),
+    "calibration on the engine cache's claim": ({"spec.precision": "fp8", "spec.model.calibration":
+                                                 {"source": "pvc://kiln-engine-cache/sets"}},
+                                                "spec.model.calibration"),
     "calibration climbing out of its claim": ({"spec.precision": "fp8", "spec.model.calibration":
                                                {"source": "pvc://sets/../../etc"}},
                                               "spec.model.calibration.source"),

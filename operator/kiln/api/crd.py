@@ -64,6 +64,13 @@ _SERVICE_RULES: dict[str, list[dict[str, str]]] = {
             "fieldPath": ".model.calibration",
         },
         {
+            "rule": "!has(self.model.calibration) || !(self.model.calibration.source == 'pvc://' + "
+                    "self.engineCache.claimName || self.model.calibration.source.startsWith('pvc://' + "
+                    "self.engineCache.claimName + '/'))",
+            "message": "model.calibration must not name the engine cache's claim",
+            "fieldPath": ".model.calibration",
+        },
+        {
             "rule": "!(has(self.model.calibration) && has(self.runtime) && has(self.runtime.server)"
                     " && self.runtime.server == 'djl')",
             "message": "model.calibration needs runtime.server: triton",

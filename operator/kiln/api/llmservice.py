@@ -91,7 +91,7 @@ class CalibrationSpec(KilnModel):
     source: str = Field(
         max_length=256, pattern=CALIBRATION_SOURCE_PATTERN,
         description="s3://bucket/prefix or pvc://claim/path: a directory of .jsonl, .json, "
-        ".parquet, .csv or .txt files (one format) whose rows have a text column, as "
+        ".csv or .txt files, uncompressed and of one format, whose rows have a text column, as "
         "datasets.load_dataset reads a directory's train split; at most 256 MiB. quantize.py "
         "calibrates on the first 512 rows. Read with spec.model.credentials (s3://). Unset: "
         "TensorRT-LLM's default, cnn_dailymail, downloaded from the Hugging Face Hub.",
@@ -477,6 +477,11 @@ class LLMServiceSpec(KilnModel):
                 raise ValueError("model.calibration: needs runtime.server: triton (DJL Serving "
                                  "builds with its own partition script, which takes no "
                                  "calibration set from Kiln)")
+            source = self.model.calibration.source
+            if source.split("/")[2:3] == [self.engine_cache.claim_name] and source.startswith("pvc://"):
+                raise ValueError("model.calibration: names the engine cache's claim "
+                                 f"({self.engine_cache.claim_name}), where other builds' scratch "
+                                 "lives; put the set on a claim of its own")
             if self.precision not in CALIBRATED_PRECISIONS:
                 raise ValueError(
                     f"model.calibration: precision {self.precision} is not calibrated by "

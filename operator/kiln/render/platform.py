@@ -32,7 +32,10 @@ class Platform:
         """The build's environment for sources of these schemes."""
         values = []
         if "s3" in schemes:
-            values += [("AWS_ENDPOINT_URL", self.s3_endpoint), ("AWS_DEFAULT_REGION", self.s3_region)]
+            values += [("AWS_ENDPOINT_URL", self.s3_endpoint), ("AWS_DEFAULT_REGION", self.s3_region),
+                       # A bucket a tenant names is read with the credentials it names, never
+                       # with the node's instance role (boto3 asks the metadata service last).
+                       ("AWS_EC2_METADATA_DISABLED", "true")]
         if "hf" in schemes:
             values.append(("HF_ENDPOINT", self.hub_endpoint))
         return [{"name": name, "value": value} for name, value in values if value]
