@@ -232,7 +232,11 @@ def _s3_sync(source: str, out: Path) -> None:
     # Check every key before the first download: a build that fails half-way must not have
     # written anything outside ``out`` either.
     keys = {}
+    start = f"{prefix}/" if prefix else ""
     for obj in objects:
+        if not str(obj["Key"]).startswith(start):  # a listing is the store's word, not a fact
+            raise BadSpec(f"model.source: the listing of s3://{bucket}/{prefix} names "
+                          f"{_short(str(obj['Key']))}, outside it")
         relative = obj["Key"][len(prefix):].lstrip("/")
         if not relative or relative.endswith("/"):
             continue  # a "folder" placeholder some S3 consoles create; nothing to write

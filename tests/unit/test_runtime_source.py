@@ -172,3 +172,12 @@ def test_an_oversized_index_in_a_bucket_is_not_read_whole(tmp_path, monkeypatch)
     monkeypatch.setattr(source, "_s3_client", lambda: MemoryBucket("weights", objects))
     with pytest.raises(BadSpec, match="larger than"):
         source.download("s3://weights/m", "main", tmp_path / "model")
+
+
+def test_a_bucket_listing_that_names_an_object_outside_the_prefix_downloads_nothing(tmp_path, monkeypatch):
+    objects = {"models/tiny/config.json": b"{}", "private/other/model.safetensors": b"secret"}
+    bucket = MemoryBucket("weights", objects, lying="private/other/model.safetensors")
+    monkeypatch.setattr(source, "_s3_client", lambda: bucket)
+    with pytest.raises(BadSpec, match="names 'private/other/model.safetensors', outside it"):
+        source.download("s3://weights/models/tiny", "main", tmp_path / "model")
+    assert not any((tmp_path / "model").iterdir())
