@@ -49,6 +49,15 @@ def _jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+def _refused(src, tmp_path, match):
+    """fetch_calibration refuses ``src`` naming the field, and leaves no copy behind."""
+    with pytest.raises(BadSpec, match=match) as raised:
+        source.fetch_calibration(str(src), tmp_path / "calibration")
+    assert str(raised.value).startswith("model.calibration.source: ")
+    assert not (tmp_path / "calibration").exists()
+    return str(raised.value)
+
+
 def test_the_precisions_that_take_a_set_are_the_ones_quantize_py_builds():
     for precision in ("fp16", "bf16", "fp8", "int8-sq", "int4-awq", "w4a8-awq", "int8-wo", "int4-wo", "nvfp4"):
         assert (precision in CALIBRATED_PRECISIONS) == (support.calibrates(precision, "auto") == "quantize")
@@ -109,18 +118,14 @@ def test_a_set_larger_than_the_bound_is_refused_before_a_byte_is_copied(tmp_path
     monkeypatch.setattr(source, "MAX_CALIBRATION_BYTES", 1000)
     claim = tmp_path / "claim"
     _jsonl(claim / "a.jsonl", ROWS * 3)
-    with pytest.raises(BadSpec, match="more than the 0 MiB"):
-        source.fetch_calibration(str(claim), tmp_path / "calibration")
-    assert not (tmp_path / "calibration").exists()
+    _refused(str(claim), tmp_path, "more than the 0 MiB")
 
 
 def test_a_link_out_of_the_claim_is_refused_and_nothing_is_copied(tmp_path):
     claim = tmp_path / "claim"
     _jsonl(claim / "a.jsonl", ROWS)
     (claim / "b.jsonl").symlink_to("/etc/passwd")  # the claim is mounted under /tmp here
-    with pytest.raises(BadSpec, match=r"the file 'b.jsonl' is not a file inside the calibration set"):
-        source.fetch_calibration(str(claim), tmp_path / "calibration")
-    assert not (tmp_path / "calibration").exists()
+    _refused(str(claim), tmp_path, r"the file 'b.jsonl' is not a file inside the calibration set")
 
 
 @pytest.mark.parametrize("key", ["sets/a/../../weights/model.jsonl", "sets/a/..\\..\\x.jsonl"])
@@ -128,9 +133,7 @@ def test_a_bucket_key_outside_the_prefix_is_refused_and_nothing_is_downloaded(tm
     objects = {"sets/a/ok.jsonl": b'{"text": "hi"}\n', key: b'{"text": "x"}\n'}
     bucket = MemoryBucket("calib", objects)
     monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
-    with pytest.raises(BadSpec, match="model.calibration.source: the file"):
-        source.fetch_calibration("s3://calib/sets/a", tmp_path / "calibration")
-    assert not (tmp_path / "calibration").exists()
+    _refused("s3://calib/sets/a", tmp_path, "model.calibration.source: the file")
 
 
 def test_a_bucket_set_is_copied_as_its_train_split(tmp_path, monkeypatch):
@@ -255,17 +258,14 @@ def test_a_link_swapped_after_the_listing_is_caught_as_opened(tmp_path, monkeypa
         return listed(found, src, out)
 
     monkeypatch.setattr(source, "_calibration_files", swap)
-    with pytest.raises(BadSpec, match="'b.jsonl' is not a file inside the calibration set"):
-        source.fetch_calibration(str(claim), tmp_path / "calibration")
-    assert not (tmp_path / "calibration").exists()
+    _refused(str(claim), tmp_path, "'b.jsonl' is not a file inside the calibration set")
 
 
 def test_a_pipe_on_the_claim_is_not_read(tmp_path):
     claim = tmp_path / "claim"
     _jsonl(claim / "a.jsonl", ROWS)
     os.mkfifo(claim / "b.jsonl")  # would block an open for reading, and never end
-    with pytest.raises(BadSpec, match="'b.jsonl' is not a file inside the calibration set"):
-        source.fetch_calibration(str(claim), tmp_path / "calibration")
+    _refused(str(claim), tmp_path, "'b.jsonl' is not a file inside the calibration set")
 
 
 @pytest.mark.parametrize("codec", ["bz2", "gzip"])
@@ -279,8 +279,7 @@ def test_a_compressed_file_is_refused_whatever_its_name(tmp_path, codec):
     claim.mkdir()
     packed = {"bz2": bz2.compress, "gzip": gzip.compress}[codec](b"calibration row\n" * 100_000)
     (claim / "prompts.txt").write_bytes(packed)
-    with pytest.raises(BadSpec, match="'prompts.txt' is compressed"):
-        source.fetch_calibration(str(claim), tmp_path / "calibration")
+    _refused(str(claim), tmp_path, "'prompts.txt' is compressed")
 
 
 def test_a_bucket_is_bounded_by_what_it_sends_not_what_it_lists(tmp_path, monkeypatch):
@@ -299,14 +298,11 @@ def test_a_bucket_is_bounded_by_what_it_sends_not_what_it_lists(tmp_path, monkey
     big = "".join(json.dumps(r) + "\n" for r in ROWS * 50).encode()
     bucket = Growing("calib", {"sets/a/x.jsonl": big})
     monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
-    with pytest.raises(BadSpec, match="more than the 0 MiB"):
-        source.fetch_calibration("s3://calib/sets/a", tmp_path / "calibration")
-    assert not (tmp_path / "calibration").exists()
+    _refused("s3://calib/sets/a", tmp_path, "more than the 0 MiB")
 
 
 def test_a_listing_that_names_an_object_outside_the_prefix_is_refused(tmp_path, monkeypatch):
     objects = {"sets/a/ok.jsonl": b'{"text": "hi"}\n', "private/other-team/secret.jsonl": b'{"text": "x"}\n'}
     bucket = MemoryBucket("calib", objects, lying="private/other-team/secret.jsonl")
     monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
-    with pytest.raises(BadSpec, match="names 'private/other-team/secret.jsonl', outside it"):
-        source.fetch_calibration("s3://calib/sets/a", tmp_path / "calibration")
+    _refused("s3://calib/sets/a", tmp_path, "names 'private/other-team/secret.jsonl', outside it")
