@@ -116,6 +116,7 @@ MOUNTS: tuple[str, ...] = (
     "/dev/shm",          # memory emptyDir for NCCL, MPI and Triton's Python backend
     DJL_LOG_DIR,         # emptyDir over the DJL image's log directory
     "/dev/termination-log",
+    "/proc/self/fd",     # the kernel's: where an opened file really is (kiln_runtime.source)
     "/var/run/secrets/kubernetes.io/serviceaccount",
     "/bin/sh",
 )
