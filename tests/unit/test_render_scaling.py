@@ -145,3 +145,23 @@ def test_keda_http_names_the_interceptor_in_the_clusters_own_domain():
     alias, scaled = rendered.wake
     assert alias["spec"]["externalName"] == "keda-add-ons-http-interceptor-proxy.keda.svc.corp.example"
     assert scaled["spec"]["hosts"] == ["llama-openai.llm.svc", "llama-openai.llm.svc.corp.example"]
+
+
+@pytest.mark.parametrize("changes, admitted", [
+    ({"autoscaling": {"mode": "keda-http", "minReplicas": 0, "maxReplicas": 2}}, {"keda"}),
+    ({"gateway": {"name": "inference-gateway", "namespace": "gateway"}}, {"gateway"}),
+    ({"gateway": {"name": "inference-gateway"}}, set()),  # the service's own namespace
+])
+def test_a_network_policy_admits_what_the_spec_routes_through(changes, admitted):
+    """keda-http's interceptor and a Gateway's proxies call the OpenAI port: a policy that
+    admitted neither would drop every request the spec itself sends that way."""
+    raw = {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}, "precision": "fp8",
+           "networkPolicy": {"enabled": True, "allowedNamespaces": ["team-a"]}, **changes}
+    spec = parse_service_spec(raw)
+    result, gpu = planned(spec)
+    policy = render(ServiceRef("llama", "llm", "uid-1"), spec, result, gpu).network_policy
+    first = policy["spec"]["ingress"][0]
+    names = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+             for peer in first["from"] if "namespaceSelector" in peer}
+    assert names == {"team-a"} | admitted
+    assert {"protocol": "TCP", "port": "openai"} in first["ports"]

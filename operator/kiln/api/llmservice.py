@@ -380,7 +380,9 @@ class NetworkPolicySpec(KilnModel):
     enabled: bool = Field(default=False, description="Render and apply the NetworkPolicy.")
     allowed_namespaces: list[NamespaceName] = Field(
         default_factory=list, max_length=64,
-        description="Other namespaces whose pods may call the inference ports (HTTP, gRPC).")
+        description="Other namespaces whose pods may call the inference ports (HTTP, gRPC, "
+                    "OpenAI); the namespace of spec.gateway and, with keda-http, keda are "
+                    "admitted without being listed.")
     metrics_namespaces: list[NamespaceName] = Field(
         default_factory=list, max_length=64,
         description="Namespaces whose pods may scrape the metrics port, e.g. monitoring.")

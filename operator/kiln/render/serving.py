@@ -9,7 +9,7 @@ from typing import Any
 
 from kiln_runtime.drain import DRAIN_SECONDS
 
-from ..api import LLMServiceSpec, ServerKind
+from ..api import AutoscalingMode, LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, NGC_ENTRYPOINT, RUNTIME_IMAGE
 from .engine import Engine
@@ -39,6 +39,9 @@ PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002, "openai": 9000}
 # names their workers too.
 ROLLOUT_SURGE_GROUPS = 1
 DJL_PORT = 8080
+# Where KEDA's HTTP add-on runs its interceptor (the chart's install namespace, which
+# render.wake's alias names), which keda-http mode's NetworkPolicy admits.
+INTERCEPTOR_NAMESPACE = "keda"
 # The serving container's preStop sleep: the pod leaves the Service's endpoints before its
 # server hears SIGTERM.
 PRE_STOP_SECONDS = 15
@@ -383,8 +386,15 @@ def network_policy(spec: LLMServiceSpec, instance: str, namespace: str,
 
     djl = spec.runtime.server == ServerKind.DJL
     operator = {"namespaceSelector": {}, "podSelector": {"matchLabels": dict([OPERATOR_POD_LABEL])}}
+    # Who the spec itself sends requests through: its Gateway's namespace (its proxies, for
+    # most implementations; Envoy Gateway's run in its controller's unless listed) and, with
+    # keda-http, the add-on's interceptor.
+    callers = [name for name in (
+        spec.gateway.namespace if spec.gateway is not None else None,
+        INTERCEPTOR_NAMESPACE if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP else None)
+        if name and name != namespace]  # the pods of its own namespace are admitted already
     rules = [
-        {"from": [{"podSelector": {}}, *namespaces(policy.allowed_namespaces)],
+        {"from": [{"podSelector": {}}, *namespaces([*policy.allowed_namespaces, *callers])],
          "ports": ports("http") if djl else ports("http", "grpc", "openai")},
         # DJL Serving has one port (HTTP), covered by the first rule.
         *([] if djl else [{"from": [operator, *namespaces(policy.metrics_namespaces)],

@@ -31,7 +31,7 @@ from ..api import API_VERSION, AutoscalingMode, LLMServiceSpec
 from ..planner import Plan, cold_start_seconds
 from .meta import child_name, labels, owned_by, stamp
 from .platform import DEFAULT_CLUSTER_DOMAIN
-from .serving import PORTS, server_name
+from .serving import INTERCEPTOR_NAMESPACE, PORTS, server_name
 
 __all__ = ["wake_objects", "wake_name", "wake_endpoint", "wake_hosts", "HTTP_SCALED_OBJECT_API",
            "INTERCEPTOR_SERVICE", "INTERCEPTOR_NAMESPACE", "INTERCEPTOR_PORT",
@@ -39,7 +39,6 @@ __all__ = ["wake_objects", "wake_name", "wake_endpoint", "wake_hosts", "HTTP_SCA
 
 HTTP_SCALED_OBJECT_API = "http.keda.sh/v1alpha1"
 INTERCEPTOR_SERVICE = "keda-add-ons-http-interceptor-proxy"
-INTERCEPTOR_NAMESPACE = "keda"
 INTERCEPTOR_PORT = 8080
 # A non-streamed completion sends its headers when the whole answer is ready: up to
 # maxSeqLen tokens of decoding. The interceptor's default (0.5 s) would cut every one.
