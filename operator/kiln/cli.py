@@ -313,16 +313,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def run_policy(args: argparse.Namespace) -> Any:
     """The operator's Policy from ``kiln run``'s flags (the chart's Deployment sets them)."""
     from .decide.policy import Policy, base_url
-
     from .render import Platform
 
     for url in args.allowed_prometheus_url or []:
         base_url(url, "--allowed-prometheus-url")  # a bad flag stops the operator at start
     endpoints = {flag: str(base_url(url, flag)).rstrip("/") if url else None
                  for flag, url in (("--s3-endpoint", args.s3_endpoint), ("--hub-endpoint", args.hub_endpoint))}
-    platform = Platform(cluster_domain=args.cluster_domain,
-                        s3_endpoint=endpoints["--s3-endpoint"], s3_region=args.s3_region or None,
-                               hub_endpoint=endpoints["--hub-endpoint"])
+    platform = Platform(cluster_domain=args.cluster_domain, s3_endpoint=endpoints["--s3-endpoint"],
+                        s3_region=args.s3_region or None, hub_endpoint=endpoints["--hub-endpoint"])
     return Policy(public_models=frozenset(args.public_model or []),
                   prometheus_urls=tuple(args.allowed_prometheus_url or []),
                   multi_node_custom_images=args.multi_node_custom_images,

@@ -224,19 +224,28 @@ def _s3_get(source: str, name: str, limit: int = MAX_INDEX_BYTES) -> bytes:
     return data
 
 
+def _listing(client: Any, source: str, field: str) -> list[dict[str, Any]]:
+    """The objects under ``source``'s prefix, each checked to be under it: a listing is the
+    store's word, not a fact."""
+    bucket, prefix = _split_s3(source)
+    start = f"{prefix}/" if prefix else ""
+    objects = [o for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start)
+               for o in page.get("Contents", [])]
+    for obj in objects:
+        if not str(obj["Key"]).startswith(start):
+            raise BadSpec(f"{field}: the listing of {_short(source)} names {_short(str(obj['Key']))}, "
+                          "outside it")
+    return objects
+
+
 def _s3_sync(source: str, out: Path) -> None:
     bucket, prefix = _split_s3(source)
     client = _s3_client()
-    objects = [o for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=f"{prefix}/" if prefix else "") for o in page.get("Contents", [])]
+    objects = _listing(client, source, "model.source")
     # Check every key before the first download: a build that fails half-way must not have
     # written anything outside ``out`` either.
     keys = {}
-    start = f"{prefix}/" if prefix else ""
     for obj in objects:
-        if not str(obj["Key"]).startswith(start):  # a listing is the store's word, not a fact
-            raise BadSpec(f"model.source: the listing of s3://{bucket}/{prefix} names "
-                          f"{_short(str(obj['Key']))}, outside it")
         relative = obj["Key"][len(prefix):].lstrip("/")
         if not relative or relative.endswith("/"):
             continue  # a "folder" placeholder some S3 consoles create; nothing to write
@@ -309,16 +318,13 @@ def _calibration_from_s3(source: str, out: Path, budget: list[int]) -> None:
     client = _s3_client(_FIELD)
     start = f"{prefix}/" if prefix else ""
     try:
-        listed = [(str(o["Key"]), int(o["Size"]))
-                  for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start)
-                  for o in page.get("Contents", [])]
+        listed = [(str(o["Key"]), int(o["Size"])) for o in _listing(client, source, _FIELD)]
+    except BadSpec:
+        raise
     except Exception as error:  # botocore's ClientError family
         raise BadSpec(f"{_FIELD}: cannot list {_short(source)}: {_short(str(error), 200)}") from None
     if len(listed) > MAX_CALIBRATION_FILES:
         raise BadSpec(f"{_FIELD}: {_short(source)} holds more than {MAX_CALIBRATION_FILES} objects")
-    for key, _ in listed:
-        if not key.startswith(start):  # a listing is the store's word, not a fact
-            raise BadSpec(f"{_FIELD}: the listing of {_short(source)} names {_short(key)}, outside it")
     chosen = _calibration_files([(key[len(start):], size) for key, size in listed], source, out)
     for relative, name in chosen:
         try:

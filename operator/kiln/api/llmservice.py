@@ -85,6 +85,14 @@ class SecretRef(KilnModel):
     )
 
 
+def _without_dot_segments(source: str) -> str:
+    """``source`` (``scheme://path``), refused when its path has a '.' or '..' segment (a
+    pvc:// path must not climb out of its claim)."""
+    if _DOT_SEGMENT.search(source.split("://", 1)[1]):
+        raise ValueError(f"{source!r} must not contain '.' or '..' path segments")
+    return source
+
+
 class CalibrationSpec(KilnModel):
     """A calibration set of the platform team's own, for builds that calibrate."""
 
@@ -100,9 +108,7 @@ class CalibrationSpec(KilnModel):
     @field_validator("source")
     @classmethod
     def _no_dot_segments(cls, value: str) -> str:
-        if _DOT_SEGMENT.search(value.split("://", 1)[1]):
-            raise ValueError(f"{value!r} must not contain '.' or '..' path segments")
-        return value
+        return _without_dot_segments(value)
 
 
 class ModelSpec(KilnModel):
@@ -138,10 +144,7 @@ class ModelSpec(KilnModel):
     @field_validator("source")
     @classmethod
     def _no_dot_segments(cls, value: str) -> str:
-        path = value.split("://", 1)[1]
-        if _DOT_SEGMENT.search(path):
-            raise ValueError(f"{value!r} must not contain '.' or '..' path segments")
-        return value
+        return _without_dot_segments(value)
 
     @property
     def scheme(self) -> str:

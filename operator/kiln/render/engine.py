@@ -8,12 +8,12 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from kiln_runtime import support
+
 from ..api import API_VERSION, EngineCacheLocation, EngineShape, LLMEngineSpec, LLMServiceSpec, ServerKind
 from ..api.llmservice import CREDENTIAL_KEYS
 from ..planner import GPU, Plan
 from ..planner.build import BuildPlan
-from kiln_runtime import support
-
 from ..toolchain import (DJL_ENTRYPOINT, DJL_IMAGE, DJL_LOG_DIR, DJL_PARTITION_SCRIPT, NGC_ENTRYPOINT,
                          RUNTIME_IMAGE, toolchain_for)
 from .meta import (LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name, content_hash, labels, owned_by,
@@ -147,6 +147,10 @@ def work_dir(engine: Engine, build: BuildPlan | None) -> str:
     return f"{CACHE_MOUNT}/.work/{engine.key}" if build and build.stage_on_cache else WORK_MOUNT
 
 
+def _scheme(source: str) -> str:
+    return source.split("://", 1)[0]
+
+
 def _claim(source: str) -> str:
     return source.split("://", 1)[1].split("/", 1)[0]
 
@@ -204,8 +208,7 @@ def _credentials_env(engine: Engine) -> list[dict[str, Any]]:
         return []
     keys: list[str] = []
     for source in (engine.spec.model_source, engine.spec.calibration_source or ""):
-        scheme = source.split("://", 1)[0]
-        keys += [key for key in CREDENTIAL_KEYS.get(scheme, ()) if key not in keys]
+        keys += [key for key in CREDENTIAL_KEYS.get(_scheme(source), ()) if key not in keys]
     return [secret_env(key, secret, key) for key in keys]
 
 
@@ -221,8 +224,7 @@ def build_job(engine: Engine, instance: str, namespace: str, gpu: GPU, gpu_resou
     sized from the model (``build``; the planner's :class:`~kiln.planner.build.BuildPlan`)."""
     spec_json = json.dumps(build_spec(engine, build), sort_keys=True, separators=(",", ":"))
     scratch = work_dir(engine, build)
-    schemes = {source.split("://", 1)[0]
-               for source in (engine.spec.model_source, engine.spec.calibration_source or "")}
+    schemes = {_scheme(source) for source in (engine.spec.model_source, engine.spec.calibration_source or "")}
     if not engine.spec.calibration_source and support.calibrates(
             engine.spec.precision, engine.spec.kv_cache_dtype, engine.spec.checkpoint_recipe or ""):
         schemes.add("hf")  # the default calibration set is a Hub dataset
