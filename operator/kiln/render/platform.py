@@ -34,7 +34,8 @@ class Platform:
         if "s3" in schemes:
             values += [("AWS_ENDPOINT_URL", self.s3_endpoint), ("AWS_DEFAULT_REGION", self.s3_region),
                        # A bucket a tenant names is read with the credentials it names, never
-                       # with the node's instance role (boto3 asks the metadata service last).
+                       # with the node's instance role: botocore's IMDSFetcher (utils.py) asks
+                       # the metadata service only while this is not "true".
                        ("AWS_EC2_METADATA_DISABLED", "true")]
         if "hf" in schemes:
             values.append(("HF_ENDPOINT", self.hub_endpoint))
