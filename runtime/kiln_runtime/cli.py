@@ -5,6 +5,7 @@
     kiln-runtime serve
     kiln-runtime djl-properties --spec FILE --out DIR
     kiln-runtime smoke --url HOST:PORT | --openai-url URL --model NAME
+    kiln-runtime alive                                (the serving container's liveness probe)
     kiln-runtime delete-entry --cache-root ROOT --key KEY   (ROOT: a path or s3://bucket/prefix)
     kiln-runtime download / calibration-set / set-gpus-per-node / verify / publish
                                                    (the build's own steps)
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from . import cache, checkpoint, source, toolchain
+from .alive import GENERATION_TIMEOUT, STALL_SECONDS, STATE_FILE, check
 from .build import dry_run, run_build
 from .djl import DJLSettings, write_properties
 from .errors import BadSpec, StepFailed
@@ -180,6 +182,26 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alive(args: argparse.Namespace) -> int:
+    """The liveness probe (:mod:`kiln_runtime.alive`): exit 1, with the reason on stderr, when
+    the engine has made no progress and cannot answer a generation either."""
+    from .smoke import smoke, smoke_openai
+
+    spec = parse_serve_spec(os.environ.get(SERVE_SPEC_ENV))
+
+    def generate() -> object:
+        if spec.openai:
+            assert spec.served_model_name is not None
+            return smoke_openai(f"http://127.0.0.1:{spec.ports['openai']}/v1", spec.served_model_name,
+                                max_tokens=2, timeout=GENERATION_TIMEOUT)
+        return smoke(f"127.0.0.1:{spec.ports['grpc']}", max_tokens=2, timeout=GENERATION_TIMEOUT)
+
+    verdict = check(metrics_url(spec), generate, Path(args.state), stall=args.stall)
+    print(f"[alive] {verdict.reason}", file=sys.stderr if not verdict.alive else sys.stdout,
+          flush=True)
+    return 0 if verdict.alive else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kiln-runtime", description="Kiln's in-container runtime")
     sub = top.add_subparsers(dest="command", required=True)
@@ -255,6 +277,11 @@ def parser() -> argparse.ArgumentParser:
     smoke.add_argument("--max-tokens", type=int, default=8)
     smoke.add_argument("--wait", type=float, default=0.0, help="keep trying for this long")
     smoke.set_defaults(func=cmd_smoke)
+    alive = sub.add_parser("alive", help="liveness: the engine iterates, or answers a generation")
+    alive.add_argument("--state", default=STATE_FILE)
+    alive.add_argument("--stall", type=float, default=STALL_SECONDS,
+                       help="seconds without an iteration before a generation is tried")
+    alive.set_defaults(func=cmd_alive)
     return top
 
 

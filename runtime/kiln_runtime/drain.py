@@ -19,7 +19,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-__all__ = ["DRAIN_SECONDS", "POLL_SECONDS", "MAX_PAGE_BYTES", "active_requests", "drain"]
+__all__ = ["DRAIN_SECONDS", "POLL_SECONDS", "MAX_PAGE_BYTES", "active_requests", "drain",
+           "engine_gauge"]
 
 # The longest a request may take on Kiln's paths (the keda-http interceptor's response-header
 # timeout, kiln.render.wake.RESPONSE_HEADER_SECONDS); the serving pods' grace period covers it,
@@ -28,12 +29,13 @@ DRAIN_SECONDS = 600.0
 POLL_SECONDS = 1.0
 # A Triton metrics page is a few hundred KiB at most; more is not read.
 MAX_PAGE_BYTES = 4 * 2**20
-_ACTIVE = re.compile(r'^nv_trt_llm_request_metrics\{([^}]*)\}\s+([0-9.eE+-]+)\s*$')
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}\s+([0-9.eE+-]+)\s*$')
 
 
-def active_requests(url: str, timeout: float = 2.0) -> float | None:
-    """The requests in flight in the TensorRT-LLM engine, from a metrics page; None when the
-    page cannot be read or has no such figure (the server is not up, or already gone)."""
+def engine_gauge(url: str, family: str, label: str, timeout: float = 2.0) -> float | None:
+    """The sum of one TensorRT-LLM backend gauge (``family{<label>, model="tensorrt_llm"}``)
+    on a metrics page; None when the page cannot be read or has no such series (the server is
+    not up, or already gone)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             page = response.read(MAX_PAGE_BYTES).decode("utf-8", "replace")
@@ -41,14 +43,20 @@ def active_requests(url: str, timeout: float = 2.0) -> float | None:
         return None
     total, found = 0.0, False
     for line in page.splitlines():
-        match = _ACTIVE.match(line)
-        if match and 'request_type="active"' in match[1] and 'model="tensorrt_llm"' in match[1]:
+        match = _SAMPLE.match(line)
+        if (match and match[1] == family and label in match[2]
+                and 'model="tensorrt_llm"' in match[2]):
             try:
-                total += float(match[2])
+                total += float(match[3])
                 found = True
             except ValueError:
                 continue
     return total if found else None
+
+
+def active_requests(url: str, timeout: float = 2.0) -> float | None:
+    """The requests in flight in the TensorRT-LLM engine, from a metrics page."""
+    return engine_gauge(url, "nv_trt_llm_request_metrics", 'request_type="active"', timeout)
 
 
 def drain(url: str, then: Callable[[], None], deadline: float = DRAIN_SECONDS,

@@ -23,6 +23,7 @@ from tritonclient.grpc import model_config_pb2
 from kiln.api import parse_service_manifest
 from kiln.errors import SpecInvalid
 from kiln.render import ServiceRef, openai_endpoint, render
+from kiln_runtime.alive import GENERATION_TIMEOUT
 from kiln_runtime.errors import BadSpec
 from kiln_runtime.openai_frontend import MetricsRelay, frontend_argv, frontend_main
 from kiln_runtime.serve import SERVE_SPEC_ENV, parse_serve_spec, server_argv
@@ -93,9 +94,13 @@ def test_probes_hit_routes_the_frontend_serves(example):
     manifest, rendered = _rendered(example)
     container = _leader_container(rendered.workload)
     routes = {route.split(" ", 1)[1] for route in REFERENCE["routes"] if route.startswith("GET")}
-    for probe in ("readinessProbe", "livenessProbe"):
-        get = container[probe]["httpGet"]
-        assert get["port"] == "openai" and get["path"] in routes, probe
+    get = container["readinessProbe"]["httpGet"]
+    assert get["port"] == "openai" and get["path"] in routes
+    # Liveness reads the engine's progress on the metrics page and asks the OpenAI endpoint
+    # (kiln_runtime.alive, tests/unit/test_liveness.py); its timeout covers the generation.
+    liveness = container["livenessProbe"]
+    assert liveness["exec"]["command"] == ["kiln-runtime", "alive"]
+    assert liveness["timeoutSeconds"] > GENERATION_TIMEOUT
     startup = container["startupProbe"]["exec"]["command"]
     assert startup[:3] == ["kiln-runtime", "smoke", "--openai-url"]
     assert startup[3] == "http://localhost:9000/v1"

@@ -277,9 +277,10 @@ def _commands(obj):
         command = container.get("command") or []
         # run through the image's entrypoint, which ends in exec "$@"
         yield command[1:] if command[:1] == [NGC_ENTRYPOINT] else command
-        probe = (container.get("startupProbe") or {}).get("exec")
-        if probe:
-            yield probe["command"]
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = (container.get(kind) or {}).get("exec")
+            if probe:
+                yield probe["command"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

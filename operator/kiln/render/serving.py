@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kiln_runtime.alive import GENERATION_TIMEOUT
 from kiln_runtime.drain import DRAIN_SECONDS
 
 from ..api import AutoscalingMode, LLMServiceSpec, ServerKind
@@ -51,6 +52,10 @@ TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(DRAIN_SECONDS) + 15
 # (periodSeconds, failureThreshold) of every server's readiness and liveness probes.
 READINESS = (5, 3)
 LIVENESS = (10, 6)
+# kiln-runtime alive: period, failures; its timeout covers the generation it may send and two
+# reads of the metrics page.
+LIVENESS_EXEC = (30, 3)
+LIVENESS_EXEC_TIMEOUT = int(GENERATION_TIMEOUT) + 15
 
 
 def server_name(instance: str) -> str:
@@ -141,10 +146,16 @@ def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance
             "kiln-runtime", "smoke", "--openai-url", f"http://localhost:{PORTS['openai']}/v1",
             "--model", served_model_name(spec, instance), "--max-tokens", "2"]},
                          "periodSeconds": 15, "failureThreshold": 120, "timeoutSeconds": 60},
-        # The frontend's own routes (frontend/fastapi/routers/observability.py, models.py):
-        # /health/ready is Triton's readiness; /v1/models answers while the process lives.
+        # The frontend's own route (frontend/fastapi/routers/observability.py): Triton's
+        # readiness.
         "readinessProbe": _probe("/health/ready", "openai", *READINESS),
-        "livenessProbe": _probe("/v1/models", "openai", *LIVENESS),
+        # A wedged engine keeps every HTTP route answering: liveness reads whether the
+        # executor still iterates, and when it has not for STALL_SECONDS, whether a two-token
+        # generation comes back (kiln_runtime.alive). Restarted within about STALL_SECONDS +
+        # LIVENESS_EXEC's period × failures of the engine's last iteration.
+        "livenessProbe": {"exec": {"command": ["kiln-runtime", "alive"]},
+                          "periodSeconds": LIVENESS_EXEC[0], "failureThreshold": LIVENESS_EXEC[1],
+                          "timeoutSeconds": LIVENESS_EXEC_TIMEOUT},
         # Readiness drops first, then in-flight generations get time to finish.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
     }
