@@ -196,7 +196,9 @@ def cmd_alive(args: argparse.Namespace) -> int:
                                 max_tokens=2, timeout=GENERATION_TIMEOUT)
         return smoke(f"127.0.0.1:{spec.ports['grpc']}", max_tokens=2, timeout=GENERATION_TIMEOUT)
 
-    verdict = check(metrics_url(spec), generate, Path(args.state), stall=args.stall)
+    # The frontend's own page where there is one: the relay on the metrics port is not in the way.
+    page = f"http://127.0.0.1:{spec.ports['openai']}/metrics" if spec.openai else metrics_url(spec)
+    verdict = check(page, generate, Path(args.state), stall=args.stall)
     print(f"[alive] {verdict.reason}", file=sys.stderr if not verdict.alive else sys.stdout,
           flush=True)
     return 0 if verdict.alive else 1
