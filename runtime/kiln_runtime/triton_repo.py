@@ -22,6 +22,10 @@ from .errors import BadSpec, StepFailed
 
 __all__ = ["RepoSettings", "write_model_repo", "MODELS", "fill_values"]
 
+# How often the backend turns the executor's iteration stats into its gauges: how fresh the KV
+# metrics the autoscaler and the endpoint picker read are.
+STATS_PERIOD_MS = 100
+
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
 
 
@@ -102,7 +106,7 @@ def fill_values(settings: RepoSettings) -> dict[str, dict[str, str]]:
             "enable_trt_overlap": "false",
             "exclude_input_in_output": "true",
             "cancellation_check_period_ms": "100",
-            "stats_check_period_ms": "100",  # how fresh the KV metrics the autoscaler reads are
+            "stats_check_period_ms": str(STATS_PERIOD_MS),
             "iter_stats_max_iterations": "1000",
             "request_stats_max_iterations": "0",
             "enable_kv_cache_reuse": _bool(paged_context),

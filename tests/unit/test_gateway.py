@@ -11,6 +11,7 @@ import yaml
 from kiln.api import parse_service_manifest
 from kiln.errors import SpecInvalid
 from kiln.render import ServiceRef, render
+from kiln_runtime.triton_repo import STATS_PERIOD_MS
 
 from ..conftest import ROOT
 from ..support import crd_schemas
@@ -54,6 +55,14 @@ def test_route_pool_and_picker_fit_together():
         "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}"
     assert epp_service["spec"]["selector"].items() <= \
         epp["spec"]["template"]["metadata"]["labels"].items()
+    # It reads each pod's page once per update of the engine's gauges (the backend's stats
+    # period in the model repository), not at its 50 ms default; and its own metrics are on
+    # the Service as the project's chart has them (epp-service.yaml, http-metrics 9090).
+    assert args[args.index("--refresh-metrics-interval") + 1] == f"{STATS_PERIOD_MS}ms"
+    container_ports = {p["name"]: p["containerPort"]
+                       for p in epp["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    metrics = next(p for p in epp_service["spec"]["ports"] if p["name"] == "http-metrics")
+    assert metrics["port"] == container_ports[metrics["targetPort"]] == 9090
     # The route: the platform's Gateway, this service's model, this pool.
     assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
                                             "name": "inference-gateway", "namespace": "gateway"}]

@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2
 from kiln_runtime.djl import DJLSettings, serving_properties
 from kiln_runtime.kvlog import KVLogParser, parse_kv_log
 from kiln_runtime.serve import parse_serve_spec, run_server, server_argv
-from kiln_runtime.triton_repo import MODELS, RepoSettings, write_model_repo
+from kiln_runtime.triton_repo import MODELS, STATS_PERIOD_MS, RepoSettings, write_model_repo
 
 from ..support.triton_templates import PLACEHOLDERS, write_templates
 
@@ -75,6 +75,7 @@ def test_model_repository_is_complete_and_parses(tmp_path, engine_entry):
     assert params["kv_cache_free_gpu_mem_fraction"] == "0.85"
     assert params["enable_kv_cache_reuse"] == "true"
     assert params["tokenizer_dir"] == str(engine_entry / "tokenizer")
+    assert params["stats_check_period_ms"] == str(STATS_PERIOD_MS)  # what the picker reads at
     assert configs["preprocessing"].instance_group[0].count == 4
     assert configs["ensemble"].platform == "ensemble"
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln_runtime.triton_repo import STATS_PERIOD_MS
+
 from ..api import LLMServiceSpec
 from ..toolchain import EPP_IMAGE
 from .meta import child_name, labels, owned_by, selector, stamp
@@ -99,7 +101,12 @@ def _epp(instance: str, namespace: str, owner_uid: str | None) -> list[dict[str,
                  "--total-queued-requests-metric", "nv_trt_llm_request_metrics{request_type=waiting}",
                  "--kv-cache-usage-percentage-metric",
                  "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}",
-                 "--lora-info-metric", "", "--tracing=false", "--metrics-endpoint-auth=false"],
+                 "--lora-info-metric", "",
+                 # The engine's gauges change once per stats period (kiln_runtime.triton_repo,
+                 # stats_check_period_ms 100), and the page is made by the serving pod's Python
+                 # frontend on every GET: the picker's 50 ms default read each change twice.
+                 "--refresh-metrics-interval", f"{STATS_PERIOD_MS}ms",
+                 "--tracing=false", "--metrics-endpoint-auth=false"],
         "ports": [{"name": "grpc", "containerPort": EPP_PORT, "protocol": "TCP"},
                   {"name": "grpc-health", "containerPort": EPP_HEALTH_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": EPP_METRICS_PORT, "protocol": "TCP"}],
@@ -147,7 +154,10 @@ def _epp(instance: str, namespace: str, owner_uid: str | None) -> list[dict[str,
         stamp({"apiVersion": "v1", "kind": "Service", "metadata": meta(), "spec": {
             "type": "ClusterIP", "selector": pod_selector,
             "ports": [{"name": "grpc-ext-proc", "port": EPP_PORT, "targetPort": "grpc",
-                       "protocol": "TCP", "appProtocol": "http2"}]}}),
+                       "protocol": "TCP", "appProtocol": "http2"},
+                      # The chart's epp-service.yaml: where a ServiceMonitor reads the picker.
+                      {"name": "http-metrics", "port": EPP_METRICS_PORT, "targetPort": "metrics",
+                       "protocol": "TCP"}]}}),
     ]
 
 
