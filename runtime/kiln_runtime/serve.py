@@ -123,7 +123,14 @@ def server_argv(spec: ServeSpec, repo: Path, group: Group | None = None) -> list
             raise BadSpec(f"the group has {group.size} pods x {group.slots} GPUs, but the engine "
                           f"needs TP x PP = {spec.world_size} ranks")
         argv += ["--host", group.host_list(), "--map-by", "slot", "--bind-to", "none",
-                 "-mca", "plm_rsh_agent", "kiln-runtime rsh"]
+                 "-mca", "plm_rsh_agent", "kiln-runtime rsh",
+                 # The workers' ranks start under kubectl exec, which sees the container's
+                 # environment but not what the image's entrypoint exported for CUDA forward
+                 # compatibility (the compat libraries on LD_LIBRARY_PATH, on a node whose
+                 # driver is older than the image's CUDA): they get the leader's, which its
+                 # entrypoint prepared, as NVIDIA's own launchers pass it (NVIDIA/JAX-Toolbox
+                 # #1590, NVIDIA/NeMo-Framework-Launcher #405).
+                 "-x", "LD_LIBRARY_PATH"]
     for rank in range(spec.world_size):
         argv += ["-n", "1", *_rank_argv(spec, repo, rank), ":"]
     return argv[:-1]
