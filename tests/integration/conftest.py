@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ..support.endpoint_picker import epp_binary as built_epp
 from ..support.prometheus import PrometheusOperator
 from ..support.prometheus import prometheus_binaries as built_prometheus
 from ..support.real_cluster import ControlPlane, RealSandbox, start_script
@@ -61,6 +62,15 @@ def prometheus_binaries() -> Path:
     path = built_prometheus(ROOT)
     if path is None:
         pytest.skip("the servers of tests/prometheus are not built here: run tests/prometheus/build")
+    return path
+
+
+@pytest.fixture(scope="session")
+def epp_binary() -> Path:
+    """The endpoint picker ``tests/gateway/build`` built; skipped where it did not."""
+    path = built_epp(ROOT)
+    if path is None:
+        pytest.skip("the endpoint picker of tests/gateway is not built here: run tests/gateway/build")
     return path
 
 

@@ -51,8 +51,17 @@ def test_route_pool_and_picker_fit_together():
     assert ref["port"]["number"] == epp_service["spec"]["ports"][0]["port"]
     args = epp["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--pool-name") + 1] == pool["metadata"]["name"]
-    assert args[args.index("--kv-cache-usage-percentage-metric") + 1] == \
-        "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}"
+    # v1.5.0 refuses its deprecated metric flags and never starts (pkg/epp/server/options.go,
+    # Validate); Triton's series come from the plugins' engine config. The binary itself runs
+    # these in tests/integration/test_gateway.py.
+    refused = {"--total-queued-requests-metric", "--total-running-requests-metric",
+               "--kv-cache-usage-percentage-metric", "--lora-info-metric", "--cache-info-metric"}
+    assert not refused & {arg.split("=", 1)[0] for arg in args}
+    config_map = objects[("ConfigMap", "llama-8b-gw-epp")]
+    plugins = yaml.safe_load(config_map["data"][args[args.index("--config-file") + 1].rsplit("/", 1)[1]])
+    [extractor] = [p for p in plugins["plugins"] if p["type"] == "core-metrics-extractor"]
+    assert extractor["parameters"] == {"defaultEngine": "triton-tensorrt-llm"}
+    assert any(p["type"] == "metrics-data-source" for p in plugins["plugins"])
     assert epp_service["spec"]["selector"].items() <= \
         epp["spec"]["template"]["metadata"]["labels"].items()
     # It reads each pod's page once per update of the engine's gauges (the backend's stats

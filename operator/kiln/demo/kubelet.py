@@ -283,7 +283,10 @@ class SimulatedTriton:
         for kind, value in (("max", self.max_blocks), ("used", used), ("free", self.max_blocks - used),
                             ("tokens_per", self.TOKENS_PER_BLOCK), ("fraction", used / self.max_blocks)):
             lines.append(f'{KV_METRIC}{{kv_cache_block_type="{kind}",{labels}}} {value}')
-        requests = {"waiting": load.waiting, "active": load.active}
+        # "waiting" is active - scheduled as the backend's WaitForStats computes it
+        # (kiln.autoscale.metrics); the Gateway's endpoint picker reads "scheduled" as running.
+        requests = {"waiting": load.waiting, "active": load.active,
+                    "scheduled": max(0, load.active - load.waiting)}
         if load.max_requests:
             requests["max"] = load.max_requests
         lines += [f"# HELP {REQUEST_METRIC} TRT LLM request metrics", f"# TYPE {REQUEST_METRIC} gauge"]

@@ -6,14 +6,14 @@ release that publishes an endpoint picker; ``kiln.toolchain.EPP_IMAGE``):
 
 - ``InferencePool`` (``inference.networking.k8s.io/v1``): the serving pods by label, the
   OpenAI port as target port, and ``endpointPickerRef`` to the EPP Service's gRPC port 9002.
-- The EPP Deployment follows the project's ``config/charts/inferencepool`` chart
-  (``templates/epp-deployment.yaml``, ``rbac.yaml``, ``epp-config.yaml``): ``--pool-name``,
-  ``--pool-namespace``, ``--config-file`` with the chart's default plugins (queue,
-  KV-cache-utilization and prefix-cache scorers), and for Triton the metric flags the chart
-  sets for ``modelServerType: triton-tensorrt-llm`` (``nv_trt_llm_request_metrics
-  {request_type=waiting}``, ``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}``,
-  no LoRA metric). It scrapes ``/metrics`` on the target port, which Triton's OpenAI
-  frontend serves. Its Role reads pods and InferencePools, and InferenceObjectives and
+- The EPP Deployment follows the project's ``config/charts/inferencepool`` chart at v1.5.0
+  (``config/charts/epplib/templates/_deployment.yaml``, ``_config.yaml``, and the pool
+  chart's ``rbac.yaml``): ``--pool-name``, ``--pool-namespace``, ``--config-file`` with the
+  chart's plugins for ``modelServerType: triton-tensorrt-llm`` (queue, KV-cache-utilization
+  and prefix-cache scorers; the metrics data source and its extractor with Triton's engine
+  config). The chart also passes the older metric flags for Triton, which the v1.5.0 binary
+  refuses (``pkg/epp/server/options.go``, ``Validate``); they are not passed here. It
+  scrapes ``/metrics`` on the target port, which Triton's OpenAI frontend serves. Its Role reads pods and InferencePools, and InferenceObjectives and
   InferenceModelRewrites (``inference.networking.x-k8s.io``) as the chart's ``rbac.yaml``
   grants: the picker watches them when their CRDs are installed (its controller config
   discovers them), and without the right it never becomes ready (istio/istio.io #17528);
@@ -48,12 +48,27 @@ EPP_HEALTH_PORT = 9003   # gRPC health
 EPP_METRICS_PORT = 9090
 MODEL_HEADER = "X-Gateway-Model-Name"
 EPP_CONFIG_FILE = "default-plugins.yaml"
+# The chart's default-plugins.yaml (config/charts/epplib/templates/_config.yaml @ v1.5.0) for
+# modelServerType triton-tensorrt-llm: the metrics come from the data layer, whose extractor
+# reads Triton's series by its built-in engine config ("triton-tensorrt-llm" in
+# pkg/epp/framework/plugins/datalayer/extractor/metrics/factories.go: nv_trt_llm_request_metrics
+# waiting and scheduled, nv_trt_llm_kv_cache_block_metrics fraction, tokens_per and max). Left
+# out, the loader adds both with the vLLM engine (config/loader/defaults.go, ensureDataLayer),
+# whose series Triton does not have.
 EPP_PLUGINS = """apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:
 - type: queue-scorer
 - type: kv-cache-utilization-scorer
 - type: prefix-cache-scorer
+- type: metrics-data-source
+  parameters:
+    scheme: "http"
+    path: "/metrics"
+    insecureSkipVerify: true
+- type: core-metrics-extractor
+  parameters:
+    defaultEngine: "triton-tensorrt-llm"
 schedulingProfiles:
 - name: default
   plugins:
@@ -98,10 +113,10 @@ def _epp(instance: str, namespace: str, owner_uid: str | None) -> list[dict[str,
         "name": "epp", "image": EPP_IMAGE, "imagePullPolicy": "IfNotPresent",
         "args": ["--pool-name", pool_name(instance), "--pool-namespace", namespace,
                  "--zap-encoder", "json", "--config-file", f"/config/{EPP_CONFIG_FILE}",
-                 "--total-queued-requests-metric", "nv_trt_llm_request_metrics{request_type=waiting}",
-                 "--kv-cache-usage-percentage-metric",
-                 "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}",
-                 "--lora-info-metric", "",
+                 # No metric flags: v1.5.0 refuses every one it names, "deprecated and cannot be
+                 # used; configure metrics via engineConfigs in EndpointPickerConfig instead"
+                 # (pkg/epp/server/options.go, Validate), and never starts; the plugins above
+                 # name Triton's series.
                  # The engine's gauges change once per stats period (kiln_runtime.triton_repo,
                  # stats_check_period_ms 100), and the page is made by the serving pod's Python
                  # frontend on every GET: the picker's 50 ms default read each change twice.
@@ -115,7 +130,7 @@ def _epp(instance: str, namespace: str, owner_uid: str | None) -> list[dict[str,
         "readinessProbe": {"grpc": {"port": EPP_HEALTH_PORT, "service": "inference-extension"},
                            "periodSeconds": 2},
         "env": [{"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                {"name": "EPP_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": restricted_container_security() | {"readOnlyRootFilesystem": True},
         "volumeMounts": [{"name": "plugins-config", "mountPath": "/config", "readOnly": True}],
