@@ -26,6 +26,7 @@ from .errors import KilnError, PlanRefused, SpecInvalid
 from .plot import check_plot_target, plot_policies
 from .planner import GPU, ModelConfig, Plan, catalog_config, model_config, plan, require_gpu
 from .render import ServiceRef, render
+from .render.platform import GATEWAY_PROVIDERS
 from .sim.compare import LEAD_IN_SECONDS, SLO_GOAL
 from .sim.policies import POLICIES
 from .toolchain import TRTLLM_VERSION
@@ -320,7 +321,8 @@ def run_policy(args: argparse.Namespace) -> Any:
     endpoints = {flag: str(base_url(url, flag)).rstrip("/") if url else None
                  for flag, url in (("--s3-endpoint", args.s3_endpoint), ("--hub-endpoint", args.hub_endpoint))}
     platform = Platform(cluster_domain=args.cluster_domain, s3_endpoint=endpoints["--s3-endpoint"],
-                        s3_region=args.s3_region or None, hub_endpoint=endpoints["--hub-endpoint"])
+                        s3_region=args.s3_region or None, hub_endpoint=endpoints["--hub-endpoint"],
+                        gateway_provider=args.gateway_provider or None)
     return Policy(public_models=frozenset(args.public_model or []),
                   prometheus_urls=tuple(args.allowed_prometheus_url or []),
                   multi_node_custom_images=args.multi_node_custom_images,
@@ -444,6 +446,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--hub-endpoint", metavar="URL",
                      help="a Hugging Face Hub mirror for hf:// sources, for builds and the "
                           "operator's config reads (HF_ENDPOINT; default: huggingface.co)")
+    run.add_argument("--gateway-provider", choices=GATEWAY_PROVIDERS,
+                     help="the Gateway implementation that routes spec.gateway services, where it "
+                          "needs an object of its own (istio: a DestinationRule for TLS to the "
+                          "endpoint picker)")
     run.add_argument("--multi-node-custom-images", action="store_true",
                      help="let multi-node services set spec.runtime.image (their leader holds "
                           "a token that may exec into pods)")

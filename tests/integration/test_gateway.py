@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.decide import claim
 from kiln.decide.conditions import get_condition, is_true
+from kiln.decide.policy import Policy
+from kiln.render.platform import Platform
 
 from ..conftest import ROOT
 
@@ -105,6 +107,58 @@ async def test_without_the_crds_the_service_stalls_with_the_install_commands(mak
         assert "gateway-api-inference-extension/releases/download/v1.5.0" in condition["message"]
         assert sb.objects("deployments") == [] and sb.objects("httproutes") == []
         assert sb.operator_error is None
+        await sb.stop_operator()
+        await sb.stop_kubelet()
+
+
+ISTIO = Policy(platform=Platform(gateway_provider="istio"))
+
+
+async def test_with_istio_the_picker_gets_its_destination_rule(make_sandbox, backend):
+    """gateway.provider istio: the operator writes the DestinationRule that has Istio's proxies
+    reach the picker over TLS, owned by the service, with the chart's rights for it in the
+    gateway namespace alone (on the real back-end, the Role the chart renders for that value)."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, policy=ISTIO) as sb:
+        sb.add_namespace(NS)
+        if backend == "real":
+            sb.grant_chart_roles(NS, gateway=True, gateway_provider="istio")
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(copy.deepcopy(GATEWAY))
+
+        def written():
+            return sb.get("destinationrules", "llama-8b-gw-epp", NS)
+        rule = await sb.wait_for(written, what="the picker's DestinationRule")
+        svc = sb.get("llmservices", "llama-8b-gw", NS)
+        assert rule["metadata"]["ownerReferences"][0]["uid"] == svc["metadata"]["uid"]
+        assert rule["spec"]["host"] == f"llama-8b-gw-epp.{sb.ns(NS)}.svc.cluster.local"
+        assert rule["spec"]["trafficPolicy"]["tls"] == {"mode": "SIMPLE", "insecureSkipVerify": True}
+        await sb.wait_for(lambda: is_true((sb.get("llmservices", "llama-8b-gw", NS).get("status") or {})
+                                          .get("conditions", []), "Ready"), what="Ready")
+        assert sb.operator_error is None
+        await sb.stop_operator()
+        await sb.stop_kubelet()
+
+
+async def test_with_istio_and_no_destination_rule_api_the_service_stalls(make_sandbox, backend):
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, policy=ISTIO,
+                            missing_apis=("networking.istio.io/v1/destinationrules",)) as sb:
+        sb.add_namespace(NS)
+        if backend == "real":
+            sb.grant_chart_roles(NS, gateway=True, gateway_provider="istio")
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(copy.deepcopy(GATEWAY))
+
+        def stalled():
+            condition = _condition(sb, "llama-8b-gw", NS)
+            return condition if condition and condition["status"] == "True" else None
+        condition = await sb.wait_for(stalled, what="Stalled")
+        assert condition["reason"] == "MissingDependency"
+        assert "gateway.provider: istio" in condition["message"] and "DestinationRule" in condition["message"]
+        assert sb.objects("httproutes") == [] and sb.objects("deployments") == []
         await sb.stop_operator()
         await sb.stop_kubelet()
 

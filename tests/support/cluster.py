@@ -11,12 +11,14 @@ import yaml
 __all__ = ["chart_rbac", "third_party_crds"]
 
 ROOT = Path(__file__).resolve().parents[2]
-# LeaderWorkerSet (multi-node services) and KEDA (autoscaling.mode: keda), copied from their
-# releases (tests/support/schemas/README.md).
+# LeaderWorkerSet (multi-node services), KEDA (autoscaling.mode: keda), the Gateway API and
+# Inference Extension (spec.gateway) and Istio's DestinationRule (gateway.provider: istio), copied
+# from their releases (tests/support/schemas/README.md).
 THIRD_PARTY_CRDS = ["leaderworkerset.x-k8s.io_leaderworkersets.yaml", "keda.sh_scaledobjects.yaml",
                     "http.keda.sh_httpscaledobjects.yaml", "monitoring.coreos.com_podmonitors.yaml",
                     "gateway.networking.k8s.io_httproutes.yaml",
-                    "inference.networking.k8s.io_inferencepools.yaml"]
+                    "inference.networking.k8s.io_inferencepools.yaml",
+                    "networking.istio.io_destinationrules.yaml"]
 
 
 def chart_manifests(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -340,12 +340,15 @@ class RealSandbox(Sandbox):
                 self.plane.server + path_of("serviceaccounts", actual, "default"), timeout=30).status_code != 200:
             time.sleep(0.05)
 
-    def grant_chart_roles(self, namespace: str, *, multi_node: bool = False, gateway: bool = False) -> None:
+    def grant_chart_roles(self, namespace: str, *, multi_node: bool = False, gateway: bool = False,
+                          gateway_provider: str = "") -> None:
         """The chart's Roles in this sandbox's ``namespace``, as ``multiNode.namespaces`` and
         ``gateway.namespaces`` listing it grant them (the chart grants the leader's Role and
-        the gateway's objects nowhere else)."""
-        values = {key: {"namespaces": [self.ns(namespace)]}
-                  for key, wanted in (("multiNode", multi_node), ("gateway", gateway)) if wanted}
+        the gateway's objects nowhere else), with ``gateway.provider`` as given."""
+        values: dict[str, Any] = {key: {"namespaces": [self.ns(namespace)]}
+                                  for key, wanted in (("multiNode", multi_node), ("gateway", gateway)) if wanted}
+        if gateway and gateway_provider:
+            values["gateway"]["provider"] = gateway_provider
         for obj in chart_rbac(values):
             if obj["kind"] in ("Role", "RoleBinding"):
                 self.plane.apply(obj)

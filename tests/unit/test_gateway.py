@@ -11,6 +11,7 @@ import yaml
 from kiln.api import parse_service_manifest
 from kiln.errors import SpecInvalid
 from kiln.render import ServiceRef, render
+from kiln.render.platform import DEFAULT_PLATFORM, Platform
 from kiln_runtime.triton_repo import STATS_PERIOD_MS
 
 from ..conftest import ROOT
@@ -20,10 +21,11 @@ from ..support.planning import planned
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8-gateway.yaml").read_text())
 
 
-def _rendered(manifest):
+def _rendered(manifest, platform=DEFAULT_PLATFORM):
     _, spec = parse_service_manifest(manifest)
     result, gpu = planned(spec)
-    return render(ServiceRef(manifest["metadata"]["name"], "llm", "uid-1"), spec, result, gpu)
+    return render(ServiceRef(manifest["metadata"]["name"], "llm", "uid-1"), spec, result, gpu,
+                  platform=platform)
 
 
 def _by_kind(rendered):
@@ -99,6 +101,46 @@ def test_route_pool_and_picker_fit_together():
     assert epp["spec"]["template"]["spec"]["containers"][0]["image"] == \
         "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0"
     assert all(o["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for o in rendered.gateway)
+
+
+def test_an_istio_gateway_reaches_the_picker_over_tls():
+    """Istio's proxies dial a Service in plaintext unless a DestinationRule says otherwise, and
+    the picker serves TLS with a self-signed certificate: with gateway.provider istio a
+    DestinationRule for the picker's Service says SIMPLE TLS without verification, as the
+    Inference Extension's chart writes for Istio (config/charts/inferencepool/templates/istio.yaml)."""
+    assert not [o for o in _rendered(EXAMPLE).gateway if o["kind"] == "DestinationRule"]
+    rendered = _rendered(EXAMPLE, Platform(gateway_provider="istio", cluster_domain="corp.internal"))
+    objects = _by_kind(rendered)
+    rule = objects[("DestinationRule", "llama-8b-gw-epp")]
+    crd_schemas.validate(rule)  # Istio's own CRD (istio/api v1.32.0)
+    service = objects[("Service", "llama-8b-gw-epp")]
+    assert rule["spec"] == {"host": "llama-8b-gw-epp.llm.svc.corp.internal",
+                            "trafficPolicy": {"tls": {"mode": "SIMPLE", "insecureSkipVerify": True}}}
+    assert rule["spec"]["host"].startswith(f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.")
+    assert rule["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    # Written before the pool that points the Gateway at the picker.
+    kinds = [o["kind"] for o in rendered.gateway]
+    assert kinds.index("DestinationRule") < kinds.index("InferencePool")
+
+
+def test_the_chart_lets_the_operator_write_destination_rules_only_for_istio():
+    from ..support.cluster import chart_manifests
+
+    def gateway_role(values):
+        [role] = [o for o in chart_manifests(values) if o["kind"] == "Role"
+                  and o["metadata"]["name"].endswith("-gateway")]
+        return [rule for rule in role["rules"] if "networking.istio.io" in rule["apiGroups"]]
+
+    def args(values):
+        [deployment] = [o for o in chart_manifests(values) if o["kind"] == "Deployment"]
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert gateway_role({"gateway": {"namespaces": ["llm"]}}) == []
+    assert not any(a.startswith("--gateway-provider") for a in args({"gateway": {"namespaces": ["llm"]}}))
+    istio = {"gateway": {"namespaces": ["llm"], "provider": "istio"}}
+    assert gateway_role(istio) == [{"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"],
+                                    "verbs": ["get", "create", "patch", "delete"]}]
+    assert "--gateway-provider=istio" in args(istio)
 
 
 def test_without_gateway_nothing_is_rendered():

@@ -138,6 +138,11 @@ are held for that alone).
 - apiGroups: [inference.networking.x-k8s.io]
   resources: [inferenceobjectives, inferencemodelrewrites]
   verbs: [get, list, watch]
+{{- if eq .Values.gateway.provider "istio" }}
+- apiGroups: [networking.istio.io]
+  resources: [destinationrules]
+  verbs: [get, create, patch, delete]
+{{- end }}
 {{- end -}}
 
 {{/* Cluster-scoped: engines are shared across namespaces (and collected when no service

@@ -93,6 +93,7 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("v1", "ConfigMap", "configmaps", True),
     Kind("inference.networking.k8s.io/v1", "InferencePool", "inferencepools", True),
     Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes", True),
+    Kind("networking.istio.io/v1", "DestinationRule", "destinationrules", True),
     Kind("coordination.k8s.io/v1", "Lease", "leases", True),
 )}
 

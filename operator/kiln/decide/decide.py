@@ -18,7 +18,7 @@ from ..errors import NotReadyYet, PlanRefused, SpecInvalid
 from ..planner import Plan, cold_start_seconds
 from ..render import (SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, multi_node, openai_endpoint,
                       workload_keys)
-from ..render.gateway import HTTP_ROUTE_API, INFERENCE_POOL_API
+from ..render.gateway import DESTINATION_RULE_API, HTTP_ROUTE_API, INFERENCE_POOL_API
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
 from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
 from .claim import claim_gateway, gateway_ready
@@ -343,6 +343,12 @@ def _check_dependencies(snapshot: Snapshot, rendered: Rendered) -> None:
             raise SpecInvalid(
                 f"spec.gateway: the cluster does not serve {kind} ({api_version}); install "
                 f"{GATEWAY_INSTALL}, or remove spec.gateway", reason=Reason.MISSING_DEPENDENCY.value)
+    if _istio(rendered) and (DESTINATION_RULE_API, "DestinationRule") not in serves:
+        raise SpecInvalid(
+            f"spec.gateway: the operator is set for an Istio Gateway (the chart's "
+            f"gateway.provider: istio), whose DestinationRule ({DESTINATION_RULE_API}) the "
+            f"cluster does not serve; install Istio, or ask the platform team to set "
+            f"gateway.provider for the Gateway the cluster runs", reason=Reason.MISSING_DEPENDENCY.value)
     if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP and \
             (HTTP_SCALED_OBJECT_API, "HTTPScaledObject") not in serves:
         raise SpecInvalid(
@@ -357,9 +363,16 @@ def needed_apis(snapshot: Snapshot, rendered: Rendered) -> list[tuple[str, str]]
     needed = [(rendered.workload["apiVersion"], rendered.workload["kind"])] if multi_node(spec) else []
     if spec.gateway is not None:
         needed += [(INFERENCE_POOL_API, "InferencePool"), (HTTP_ROUTE_API, "HTTPRoute")]
+    if _istio(rendered):
+        needed.append((DESTINATION_RULE_API, "DestinationRule"))
     if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP:
         needed.append((HTTP_SCALED_OBJECT_API, "HTTPScaledObject"))
     return needed
+
+
+def _istio(rendered: Rendered) -> bool:
+    """Whether the service's gateway objects include Istio's DestinationRule."""
+    return any(obj["kind"] == "DestinationRule" for obj in rendered.gateway)
 
 
 def children(rendered: Rendered) -> list[dict[str, Any]]:

@@ -83,7 +83,7 @@ def inventory(instance: str) -> frozenset[tuple[str, str]]:
         ("ScaledObject", instance), ("HorizontalPodAutoscaler", instance), ("HTTPScaledObject", instance),
         ("Service", wake_name(instance)),
         ("ServiceAccount", epp), ("Role", epp), ("RoleBinding", epp), ("ConfigMap", epp),
-        ("Deployment", epp), ("Service", epp),
+        ("Deployment", epp), ("Service", epp), ("DestinationRule", epp),
         ("InferencePool", pool_name(instance)), ("HTTPRoute", route_name(instance)),
     })
 
@@ -113,7 +113,7 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
         network_policy=network_policy(spec, ref.name, ref.namespace, ref.uid),
         service=service(spec, ref.name, ref.namespace, ref.uid),
         scaler=scaler(spec, ref.name, ref.namespace, ref.uid),
-        gateway=tuple(gateway_objects(spec, ref.name, ref.namespace, ref.uid)),
+        gateway=tuple(gateway_objects(spec, ref.name, ref.namespace, ref.uid, platform)),
         wake=tuple(wake_objects(spec, plan, ref.name, ref.namespace, ref.uid, platform.cluster_domain)),
     )
     check_objects(rendered.objects())

@@ -23,6 +23,15 @@ release that publishes an endpoint picker; ``kiln.toolchain.EPP_IMAGE``):
   ``X-Gateway-Model-Name`` header (set from the body's ``model`` by the project's
   body-based router, ``pkg/bbr``) is the served model name go to the pool.
 
+- ``DestinationRule`` (``networking.istio.io/v1``), where the platform runs Istio
+  (``Platform.gateway_provider``): the picker serves its gRPC over TLS with a self-signed
+  certificate (``--secure-serving`` defaults to true, ``pkg/epp/server/options.go``), and
+  Istio's proxies dial a Service in plaintext unless a DestinationRule says otherwise; the
+  project's chart adds this one for ``provider.name: istio``
+  (``config/charts/inferencepool/templates/istio.yaml``): TLS ``SIMPLE``, the certificate not
+  verified (``insecureSkipVerify``, as the chart's default traffic policy), for the picker's
+  Service.
+
 No InferenceObjective is rendered: a request's priority keeps its default.
 """
 
@@ -35,14 +44,16 @@ from kiln_runtime.triton_repo import STATS_PERIOD_MS
 from ..api import LLMServiceSpec
 from ..toolchain import EPP_IMAGE
 from .meta import child_name, labels, owned_by, selector, stamp
+from .platform import DEFAULT_PLATFORM, Platform
 from .pod import restricted_container_security
 from .serving import PORTS, served_model_name, server_name
 
 __all__ = ["gateway_objects", "pool_name", "epp_name", "route_name", "INFERENCE_POOL_API", "HTTP_ROUTE_API",
-           "EPP_PORT", "MODEL_HEADER"]
+           "DESTINATION_RULE_API", "EPP_PORT", "MODEL_HEADER"]
 
 INFERENCE_POOL_API = "inference.networking.k8s.io/v1"
 HTTP_ROUTE_API = "gateway.networking.k8s.io/v1"
+DESTINATION_RULE_API = "networking.istio.io/v1"
 EPP_PORT = 9002          # ext-proc gRPC (the chart's grpc port)
 EPP_HEALTH_PORT = 9003   # gRPC health
 EPP_METRICS_PORT = 9090
@@ -176,8 +187,19 @@ def _epp(instance: str, namespace: str, owner_uid: str | None) -> list[dict[str,
     ]
 
 
-def gateway_objects(spec: LLMServiceSpec, instance: str, namespace: str,
-                    owner_uid: str | None) -> list[dict[str, Any]]:
+def _destination_rule(instance: str, namespace: str, owner_uid: str | None,
+                      cluster_domain: str) -> dict[str, Any]:
+    name = epp_name(instance)
+    return stamp({
+        "apiVersion": DESTINATION_RULE_API, "kind": "DestinationRule",
+        "metadata": _meta(name, instance, namespace, owner_uid, "epp"),
+        "spec": {"host": f"{name}.{namespace}.svc.{cluster_domain}",
+                 "trafficPolicy": {"tls": {"mode": "SIMPLE", "insecureSkipVerify": True}}},
+    })
+
+
+def gateway_objects(spec: LLMServiceSpec, instance: str, namespace: str, owner_uid: str | None,
+                    platform: Platform = DEFAULT_PLATFORM) -> list[dict[str, Any]]:
     """The objects for ``spec.gateway``, in the order they are applied; [] when it is unset."""
     if spec.gateway is None:
         return []
@@ -211,4 +233,6 @@ def gateway_objects(spec: LLMServiceSpec, instance: str, namespace: str,
             "backendRefs": [{"kind": "Service", "name": server_name(instance),
                              "port": PORTS["openai"]}]}]},
     })
-    return _epp(instance, namespace, owner_uid) + [inference_pool, route]
+    istio = ([_destination_rule(instance, namespace, owner_uid, platform.cluster_domain)]
+             if platform.gateway_provider == "istio" else [])
+    return _epp(instance, namespace, owner_uid) + istio + [inference_pool, route]

@@ -1,16 +1,18 @@
 """What the platform team sets for every service's objects (the chart's values, ``kiln run``
-flags; never a tenant's field): where builds reach the model stores, and the cluster's DNS
-domain."""
+flags; never a tenant's field): where builds reach the model stores, the cluster's DNS
+domain, and which Gateway implementation runs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Platform", "DEFAULT_PLATFORM", "DEFAULT_CLUSTER_DOMAIN"]
+__all__ = ["Platform", "DEFAULT_PLATFORM", "DEFAULT_CLUSTER_DOMAIN", "GATEWAY_PROVIDERS"]
 
 # kubelet's --cluster-domain default, which most clusters keep.
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+# Gateway implementations that need an object of their own beside the route and the pool.
+GATEWAY_PROVIDERS = ("istio",)
 
 
 @dataclass(frozen=True)
@@ -21,12 +23,16 @@ class Platform:
     huggingface_hub's ``constants.ENDPOINT``; modelStorage.hubEndpoint). None: AWS S3 and
     huggingface.co. ``cluster_domain``: the cluster's DNS domain (the chart's clusterDomain),
     in the names that must be fully qualified: an ExternalName's target, and the Host a client
-    using the fully qualified name sends."""
+    using the fully qualified name sends. ``gateway_provider``: the Gateway implementation
+    that routes ``spec.gateway`` services (the chart's gateway.provider), where it needs an
+    object of its own; "istio": a DestinationRule that has its proxies reach the endpoint
+    picker over TLS (render.gateway). None: any other."""
 
     s3_endpoint: str | None = None
     s3_region: str | None = None
     hub_endpoint: str | None = None
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    gateway_provider: str | None = None
 
     def env(self, schemes: set[str]) -> list[dict[str, Any]]:
         """The build's environment for sources of these schemes."""
