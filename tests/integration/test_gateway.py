@@ -23,10 +23,10 @@ NS = "llm"
 GATEWAY = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8-gateway.yaml").read_text())
 
 
-async def _run(sb, backend="emulator"):
+async def _run(sb, backend="emulator", gateway_provider=""):
     sb.add_namespace(NS)
     if backend == "real":  # the chart grants the gateway objects' writes only in gateway.namespaces
-        sb.grant_chart_roles(NS, gateway=True)
+        sb.grant_chart_roles(NS, gateway=True, gateway_provider=gateway_provider)
     await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
     await sb.start_operator()
     sb.start_kubelet()
@@ -119,13 +119,7 @@ async def test_with_istio_the_picker_gets_its_destination_rule(make_sandbox, bac
     reach the picker over TLS, owned by the service, with the chart's rights for it in the
     gateway namespace alone (on the real back-end, the Role the chart renders for that value)."""
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, policy=ISTIO) as sb:
-        sb.add_namespace(NS)
-        if backend == "real":
-            sb.grant_chart_roles(NS, gateway=True, gateway_provider="istio")
-        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
-        await sb.start_operator()
-        sb.start_kubelet()
-        await sb.create(copy.deepcopy(GATEWAY))
+        await _run(sb, backend, gateway_provider="istio")
 
         def written():
             return sb.get("destinationrules", "llama-8b-gw-epp", NS)
@@ -144,13 +138,7 @@ async def test_with_istio_the_picker_gets_its_destination_rule(make_sandbox, bac
 async def test_with_istio_and_no_destination_rule_api_the_service_stalls(make_sandbox, backend):
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2, policy=ISTIO,
                             missing_apis=("networking.istio.io/v1/destinationrules",)) as sb:
-        sb.add_namespace(NS)
-        if backend == "real":
-            sb.grant_chart_roles(NS, gateway=True, gateway_provider="istio")
-        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "simulated"})
-        await sb.start_operator()
-        sb.start_kubelet()
-        await sb.create(copy.deepcopy(GATEWAY))
+        await _run(sb, backend, gateway_provider="istio")
 
         def stalled():
             condition = _condition(sb, "llama-8b-gw", NS)
