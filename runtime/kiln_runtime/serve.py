@@ -123,7 +123,9 @@ def server_argv(spec: ServeSpec, repo: Path, group: Group | None = None) -> list
             raise BadSpec(f"the group has {group.size} pods x {group.slots} GPUs, but the engine "
                           f"needs TP x PP = {spec.world_size} ranks")
         argv += ["--host", group.host_list(), "--map-by", "slot", "--bind-to", "none",
-                 "-mca", "plm_rsh_agent", "kiln-runtime rsh",
+                 # Two dashes: Open MPI 5's mpirun ignores "-mca plm_rsh_agent" and starts
+                 # its daemons with ssh (tests/unit/test_real_mpirun.py); 4.x takes both.
+                 "--mca", "plm_rsh_agent", "kiln-runtime rsh",
                  # The workers' ranks start under kubectl exec, which sees the container's
                  # environment but not what the image's entrypoint exported for CUDA forward
                  # compatibility (the compat libraries on LD_LIBRARY_PATH, on a node whose

@@ -135,7 +135,7 @@ def test_the_leader_runs_one_mpirun_over_the_group(tp, pp):
     assert argv[:2] == ["mpirun", "--allow-run-as-root"]
     host = argv[argv.index("--host") + 1]
     assert host == "llama-405b-group-0.llama-405b-group.llm:8,llama-405b-group-0-1.llama-405b-group.llm:8"
-    assert argv[argv.index("-mca") + 1:argv.index("-mca") + 3] == ["plm_rsh_agent", "kiln-runtime rsh"]
+    assert argv[argv.index("--mca") + 1:argv.index("--mca") + 3] == ["plm_rsh_agent", "kiln-runtime rsh"]
     assert argv[argv.index("--map-by") + 1] == "slot"  # ranks fill a node's 8 slots in order
     # The workers' ranks (started under kubectl exec, past the image's entrypoint) get the
     # library path the leader's entrypoint set up for CUDA forward compatibility.
