@@ -13,12 +13,14 @@ release that publishes an endpoint picker; ``kiln.toolchain.EPP_IMAGE``):
   and prefix-cache scorers; the metrics data source and its extractor with Triton's engine
   config). The chart also passes the older metric flags for Triton, which the v1.5.0 binary
   refuses (``pkg/epp/server/options.go``, ``Validate``); they are not passed here. It
-  scrapes ``/metrics`` on the target port, which Triton's OpenAI frontend serves. Its Role reads pods and InferencePools, and InferenceObjectives and
-  InferenceModelRewrites (``inference.networking.x-k8s.io``) as the chart's ``rbac.yaml``
-  grants: the picker watches them when their CRDs are installed (its controller config
-  discovers them), and without the right it never becomes ready (istio/istio.io #17528);
+  scrapes ``/metrics`` on the target port, which Triton's OpenAI frontend serves. Its Role
+  reads pods and InferencePools, and InferenceObjectives and InferenceModelRewrites
+  (``inference.networking.x-k8s.io``) as the chart's ``rbac.yaml`` grants: the picker
+  watches them when their CRDs are installed (its controller config discovers them), and
+  without the right it never becomes ready (istio/istio.io #17528);
   ``--metrics-endpoint-auth=false`` spares it the chart's cluster-wide
-  TokenReview/SubjectAccessReview rights.
+  TokenReview/SubjectAccessReview rights. All of it is run in the tests: the picker built
+  from its Go module (``tests/gateway``) against a real API server.
 - ``HTTPRoute`` (``gateway.networking.k8s.io/v1``): ``/v1`` requests whose
   ``X-Gateway-Model-Name`` header (set from the body's ``model`` by the project's
   body-based router, ``pkg/bbr``) is the served model name go to the pool.
