@@ -287,6 +287,13 @@ def test_a_new_service_creates_the_engine_record_and_its_build():
     assert _condition_of(actions, "EngineReady") == ("False", "EngineBuilding")
 
 
+def test_the_openai_url_shows_once_its_service_exists():
+    """`kubectl get -o wide` shows no URL whose name does not resolve yet."""
+    assert decide(snapshot(World())).status.endpoints is None  # nothing applied yet
+    ready = decide(snapshot(World(engine="ready", workload="ready")))
+    assert ready.status.endpoints.openai == "http://mistral-7b-server.llm.svc:9000/v1"
+
+
 def test_a_completed_build_is_recorded_on_the_engine_once():
     actions = decide(snapshot(World(engine="pending", job="complete")))
     assert actions.engine_status["storageUri"] == actions.status.engine.storage_uri

@@ -98,7 +98,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     rendered = _given(intent.rendered)
     _cancel_superseded(snapshot, actions, rendered)
     previous_key = status.engine.key if status.engine else None
-    _addresses(status, ref, parsed.spec, intent.plan, rendered)
+    _addresses(status, ref, parsed.spec, intent.plan, rendered, snapshot.cluster)
     cluster, owner = snapshot.cluster, f"{ref.namespace}/{ref.name}"
     objects = children(rendered)
     _record(status, cluster, objects, ref.uid)
@@ -305,14 +305,18 @@ def _cancel_superseded(snapshot: Snapshot, actions: Actions, rendered: Rendered)
 
 
 def _addresses(status: LLMServiceStatus, ref: ServiceRef, spec: Any, result: Plan,
-               rendered: Rendered) -> None:
-    """The engine the service serves or waits for, and where clients reach it."""
+               rendered: Rendered, cluster: Cluster) -> None:
+    """The engine the service serves or waits for, and where clients reach it: the OpenAI URL
+    (``kubectl get -o wide``) once the Service that answers there exists, as KServe shows a
+    URL once its route does, never a name that does not resolve yet."""
     engine = rendered.engine
     status.engine = EngineRef(name=engine["metadata"]["name"], key=engine["spec"]["key"],
                               storage_uri=storage_uri(engine),
                               build_job=rendered.build_job["metadata"]["name"])
     status.endpoint = endpoint(ref.name, ref.namespace)
-    openai_url = openai_endpoint(spec, ref.name, ref.namespace)
+    answering = next((obj for obj in rendered.wake if obj["kind"] == "Service"), rendered.service)
+    openai_url = (openai_endpoint(spec, ref.name, ref.namespace)
+                  if _key(answering) in cluster.children else None)
     status.endpoints = EndpointsStatus(openai=openai_url) if openai_url else None
     status.scale_from_zero = ScaleFromZeroStatus(
         url=openai_url or "", cold_start_seconds=cold_start_seconds(result), hold_seconds=hold_seconds(result),
