@@ -2,7 +2,9 @@
 
 ``engine=MPI`` with ``option.rolling_batch=trtllm`` runs the TensorRT-LLM rolling-batch
 handler (the LMI image forces MPI mode for trtllm anyway). ``option.model_id`` points at a
-prebuilt engine repository, so the server never builds at startup. DJL passes every other
+prebuilt engine repository, so that the server need not build at startup (whether DJL
+0.33.0's server takes the partition script's output as built, LmiUtils'
+``isValidTrtLlmModelRepo``, has not been run here: no GPU, no image). DJL passes every other
 ``option.<k>`` to trtllm-build's parser at build time, so only keys that parser knows, or
 that DJL itself reads, are written.
 """

@@ -46,8 +46,10 @@ _DJL_ENTRYPOINT = ("deepjavalibrary/djl-serving serving/docker/tensorrt-llm.Dock
                    "/usr/local/cuda/compat on LD_LIBRARY_PATH when the node's driver is older than "
                    "the compat package, then eval \"$@\" for anything but serve, partition, train)")
 _DJL_DOCKERFILE = ("deepjavalibrary/djl-serving serving/docker/tensorrt-llm.Dockerfile "
-                   "@ 01a5de91 (WORKDIR /opt/djl; COPY partition /opt/djl/partition; "
-                   "useradd djl; chown -R djl:djl /opt/djl)")
+                   "@ 01a5de91, the 0.26 release's (WORKDIR /opt/djl; COPY partition "
+                   "/opt/djl/partition; useradd djl; chown -R djl:djl /opt/djl); the server "
+                   "itself runs the same script path in later releases "
+                   "(wlm/.../LmiUtils.java, buildTrtLlmArtifacts); 0.33.0's own file not read")
 
 
 @dataclass(frozen=True)

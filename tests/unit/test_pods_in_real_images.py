@@ -202,3 +202,18 @@ def test_the_engine_key_changes_with_gpus_per_node_only_for_multi_node():
     assert four.engine["spec"]["key"] != two.engine["spec"]["key"]
     _, single = _render({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}})
     assert "gpusPerNode" not in single.engine["spec"]
+
+
+def test_a_djl_server_registers_the_engine_as_its_model_at_start():
+    """djl-serving registers startup models from its model store (the image's /opt/ml/model,
+    empty here) and from HF_MODEL_ID (ModelStore.initialize; a local path is the model's
+    directory); OPTION_MODEL_ID alone only sets an option of a model registered otherwise,
+    and a server with no model answers /ping with 200."""
+    service = yaml.safe_load((ROOT / "examples" / "qwen2.5-7b-djl.yaml").read_text())["spec"]
+    _, rendered = _render(service)
+    [container] = rendered.workload["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    engine_dir = env["OPTION_MODEL_ID"]
+    assert env["HF_MODEL_ID"] == engine_dir and engine_dir.startswith("/engines/")
+    # The KV fraction under both handlers' names.
+    assert env["OPTION_FREE_GPU_MEMORY_FRACTION"] == env["OPTION_KV_CACHE_FREE_GPU_MEM_FRACTION"]

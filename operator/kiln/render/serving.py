@@ -164,12 +164,20 @@ def _triton_container(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance
 def _djl_container(spec: LLMServiceSpec, plan: Plan, engine: Engine,
                    instance: str) -> dict[str, Any]:
     env = {
+        # The server registers a model at start from HF_MODEL_ID (a local path is taken as the
+        # model's directory: djl-serving ModelStore.initialize, createHuggingFaceModel); with
+        # the model store empty and no HF_MODEL_ID it starts with no model, and /ping answers
+        # 200 all the same. OPTION_* become that model's option.* (ModelInfo).
+        "HF_MODEL_ID": engine.path,
         "OPTION_MODEL_ID": engine.path,
         "OPTION_ROLLING_BATCH": "trtllm",
         "OPTION_TENSOR_PARALLEL_DEGREE": str(plan.tensor_parallel),
         "OPTION_PIPELINE_PARALLEL_DEGREE": str(plan.pipeline_parallel),
         "OPTION_MAX_ROLLING_BATCH_SIZE": str(spec.engine.max_batch_size),
         "OPTION_KV_CACHE_FREE_GPU_MEM_FRACTION": str(spec.engine.kv_cache_free_gpu_mem_fraction),
+        # The same under the name the LLM-API handler reads (djl_python trt_properties:
+        # free_gpu_memory_fraction); each handler ignores the other's.
+        "OPTION_FREE_GPU_MEMORY_FRACTION": str(spec.engine.kv_cache_free_gpu_mem_fraction),
         "SERVING_PROMETHEUS": "true",
         # uid 1000 has no home in the DJL image (its user is djl); anything written under
         # $HOME goes to the /tmp emptyDir.
