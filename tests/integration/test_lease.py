@@ -197,6 +197,9 @@ async def test_a_second_kiln_run_waits_takes_over_when_the_first_stops_and_exits
             assert status == 200 and json.loads(body) == {
                 "leader": False, "lease": "kiln-system/kiln-operator", "holder": "first"}, (host, body)
             assert await asyncio.to_thread(_leader_gauge, ports["second"][1], host) == 0
+            # Ready: the API server answers it about the Lease, so it can take over.
+            status, body = await asyncio.to_thread(_get, ports["second"][0], "/readyz", host)
+            assert status == 200 and json.loads(body)["ready"] is True, (host, body)
             status, body = await asyncio.to_thread(_get, ports["first"][0], "/healthz", host)
             assert status == 200 and json.loads(body)["leader"] is True, (host, body)
             assert await asyncio.to_thread(_leader_gauge, ports["first"][1], host) == 1

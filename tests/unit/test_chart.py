@@ -148,6 +148,8 @@ def test_the_operator_pod_meets_the_restricted_pod_security_standard():
     assert ctx["capabilities"] == {"drop": ["ALL"]}
     # kopf's liveness endpoint (kiln run serves it on :8080/healthz)
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Ready: the leader, or a standby the API server answers (tests/unit/test_operator_readiness.py)
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": 8080, "metrics": 8081}
     assert container["image"] == "ghcr.io/kiln-serving/kiln-operator:" + \
         yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]

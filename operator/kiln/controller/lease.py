@@ -83,9 +83,16 @@ class LeaderLease:
         self.identity = identity or random_identity()
         self.duration, self.renew_deadline, self.retry_period = duration, renew_deadline, retry_period
         self._clock = clock
+        # When the API server last answered this candidate about the Lease (None: never): a
+        # standby that hears from it can take over; one that does not is not ready to.
+        self.answered_at: float | None = None
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self._held: dict[str, Any] | None = None  # the Lease as this holder last wrote it
+
+    def answering(self) -> bool:
+        """Whether the API server answered about the Lease within the last three tries."""
+        return self.answered_at is not None and self._clock() - self.answered_at <= 3 * self.retry_period
 
     @property
     def holder(self) -> str | None:
@@ -156,6 +163,7 @@ class LeaderLease:
         """client-go's ``tryAcquireOrRenew``: take, or renew, the Lease if it is free, expired
         or ours; whether this process holds it now."""
         lease = await self.api.get(*_LEASE, self.name, self.namespace)
+        self.answered_at = self._clock()
         now = _micro_time()
         if lease is None:
             made = await self.api.create({

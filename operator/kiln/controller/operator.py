@@ -28,6 +28,7 @@ __all__ = ["run_operator", "run_against_kubeconfig", "settle_garbage_collector",
 # Where the operator's pod is probed (charts/kiln/templates/deployment.yaml; `kiln run --health-port`).
 HEALTH_PORT = 8080
 HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
 # `kiln run`'s exit code when it lost the Lease (its pod restarts and waits for it again).
 LEASE_LOST_EXIT = 4
 
@@ -104,7 +105,8 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
                                  max_concurrent_reconciles: int = MAX_CONCURRENT_RECONCILES,
                                  lease_namespace: str | None = None,
                                  health_port: int = HEALTH_PORT) -> None:
-    """The operator as it runs in its pod: health on ``health_port``'s /healthz, metrics on
+    """The operator as it runs in its pod: health on ``health_port``'s /healthz (and readiness
+    on its /readyz), metrics on
     ``metrics_port``. ``lease_namespace``: first take the Lease there (controller/lease.py) and
     act only while holding it; identity ``$POD_NAME`` (the chart's downward API) or a random
     one. While it waits it is a standby: its health endpoint answers (so that its liveness
@@ -148,6 +150,12 @@ class _Health:
         return {"leader": self.leading, "lease": f"{self.lease.namespace}/{self.lease.name}",
                 "holder": self.lease.holder}
 
+    def ready(self) -> bool:
+        """The leader, or a standby the API server answers about the Lease, so that it can
+        take over: one that cannot reach the API server, or whose every read of the Lease
+        fails, is not Ready, and a rollout waits for it."""
+        return self.leading or (self.lease is not None and self.lease.answering())
+
 
 @contextlib.asynccontextmanager
 async def _health_endpoint(port: int, health: _Health) -> AsyncIterator[None]:
@@ -159,12 +167,16 @@ async def _health_endpoint(port: int, health: _Health) -> AsyncIterator[None]:
     async def healthz(request: aiohttp.web.Request) -> aiohttp.web.Response:
         return aiohttp.web.json_response(health.answer())
 
+    async def readyz(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        ready = health.ready()
+        return aiohttp.web.json_response({**health.answer(), "ready": ready}, status=200 if ready else 503)
+
     app = aiohttp.web.Application()
-    app.add_routes([aiohttp.web.get(HEALTH_PATH, healthz)])
+    app.add_routes([aiohttp.web.get(HEALTH_PATH, healthz), aiohttp.web.get(READY_PATH, readyz)])
     runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        await aiohttp.web.TCPSite(runner, None, port, shutdown_timeout=1.0).start()
+        await aiohttp.web.TCPSite(runner, None, port).start()
         yield
     finally:
         await runner.cleanup()
