@@ -83,8 +83,8 @@ def test_a_scaler_the_spec_no_longer_asks_for_is_deleted_and_leaves_the_inventor
     assert [(o["kind"], o["metadata"]["name"]) for o in actions.delete] == [
         ("NetworkPolicy", "mistral-7b-server"), ("HorizontalPodAutoscaler", "mistral-7b")]
     assert [(kind, reason) for kind, reason, _ in actions.events] == [("Normal", "Removed")] * 2
-    assert actions.status.children == ["Deployment/mistral-7b-server", "Service/mistral-7b-server",
-                                       "ServiceAccount/mistral-7b-server"]
+    assert actions.status.children == ["Deployment/mistral-7b-server", "PodDisruptionBudget/mistral-7b-server",
+                                       "Service/mistral-7b-server", "ServiceAccount/mistral-7b-server"]
 
 
 def test_what_the_service_does_not_control_is_never_deleted():

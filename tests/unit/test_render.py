@@ -152,3 +152,29 @@ def test_the_chart_claims_no_minor_whose_schema_refuses_the_serving_pods():
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, "1.28", strict=True)
     assert claimed_minors()[0] == "1.30" and int(claimed_minors()[-1].split(".")[1]) >= 33
+
+
+def test_a_drain_takes_one_replica_at_a_time_and_never_holds_a_single_one():
+    """A node drain or the cluster autoscaler evicts at most one serving pod at a time (a
+    drain of a node holding several replicas would take them all, each minutes from serving
+    again); a pod that is not Ready goes whatever the budget. Multi-node groups have none."""
+    from kiln.render.serving import multi_node
+
+    from ..support.kube_versions import validate_on_claimed_minors
+    from ..support.planning import planned
+
+    for path in EXAMPLES:
+        manifest = yaml.safe_load(path.read_text())
+        spec = parse_service_spec(manifest["spec"])
+        result, gpu = planned(spec)
+        rendered = render(ServiceRef(manifest["metadata"]["name"], "llm", "uid-1"), spec, result, gpu)
+        budget = rendered.disruption_budget
+        if multi_node(spec):
+            assert budget is None, path.name
+            continue
+        validate_on_claimed_minors(budget)
+        assert budget["spec"] == {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                                  "selector": {"matchLabels": rendered.service["spec"]["selector"]}}
+        pod_labels = rendered.workload["spec"]["template"]["metadata"]["labels"]
+        assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        assert budget["metadata"]["ownerReferences"][0]["uid"] == "uid-1"

@@ -89,6 +89,9 @@ RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespace
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, watch, get, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch, get, create, patch, delete]
 {{- end -}}
 
 {{/*

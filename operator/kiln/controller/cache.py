@@ -48,7 +48,7 @@ __all__ = ["CACHED_KINDS", "CachedKubeApi", "cache_indexes", "register_caches", 
 # The kinds read from kopf's indexes; their plurals come from the one table of kinds.
 CACHED_KINDS: dict[tuple[str, str], Kind] = {key: KINDS[key] for key in (
     ("apps/v1", "Deployment"), ("batch/v1", "Job"), ("v1", "Service"), ("v1", "ServiceAccount"),
-    ("networking.k8s.io/v1", "NetworkPolicy"))}
+    ("networking.k8s.io/v1", "NetworkPolicy"), ("policy/v1", "PodDisruptionBudget"))}
 
 
 _PREFIX = "kiln_cache_"

@@ -95,17 +95,17 @@ async def _delete(actions: Actions, api: KubeApi, obj: dict[str, Any]) -> None:
 # come after the accounts; a RoleBinding is checked against the rules of the Role it binds
 # (kubernetes/kubernetes, pkg/registry/rbac/rolebinding/policybased/storage.go: ``Create``
 # resolves ``GetRoleReferenceRules`` and fails if the Role is missing), so it comes after its
-# Role. Nothing else waits: a Service or a NetworkPolicy selects pods by label, whenever they
-# come; nothing admits a pod by its RoleBinding (the pods that use one, a multi-node launcher
-# or the gateway's endpoint picker, call the API only once they run); and a scaler targets
-# the LLMService's ``/scale`` (render/scaling.py, render/wake.py), which exists before any
-# reconcile. KEDA's admission webhook reads a ScaledObject's target only for cpu or memory
-# triggers, and Kiln's is prometheus (kedacore/keda, apis/keda/v1alpha1/scaledobject_webhook.go,
-# ``verifyCPUMemoryScalers``); the HPA controller sets ``AbleToScale`` False, FailedGetScale,
-# and retries while its target's scale cannot be read (kubernetes/kubernetes,
-# pkg/controller/podautoscaler/horizontal.go, ``reconcileAutoscaler``). So a first deploy is
-# two round trips, each within PARALLEL_CALLS for every example (the gateway's 11 children:
-# 6 then 5): the first deploys of gateway and multi-node services were the slowest
+# Role. Nothing else waits: a Service, a NetworkPolicy or a PodDisruptionBudget (written with the
+# workloads) selects pods by label, whenever they come; nothing admits a pod by its RoleBinding (the pods that use one, a
+# multi-node launcher or the gateway's endpoint picker, call the API only once they run); and a
+# scaler targets the LLMService's ``/scale`` (render/scaling.py, render/wake.py), which exists
+# before any reconcile. KEDA's admission webhook reads a ScaledObject's target only for cpu or
+# memory triggers, and Kiln's is prometheus (kedacore/keda,
+# apis/keda/v1alpha1/scaledobject_webhook.go, ``verifyCPUMemoryScalers``); the HPA controller sets
+# ``AbleToScale`` False, FailedGetScale, and retries while its target's scale cannot be read
+# (kubernetes/kubernetes, pkg/controller/podautoscaler/horizontal.go, ``reconcileAutoscaler``). So
+# a first deploy is two round trips, each within PARALLEL_CALLS for every example (the gateway's
+# 11 children: 6 then 5): the first deploys of gateway and multi-node services were the slowest
 # reconciles at a thousand services. Scalers and routes go with the workloads, so a kind the
 # cluster does not serve is refused after the workload is written, as before.
 _FIRST = frozenset({"ServiceAccount", "Role", "ConfigMap", "Service", "NetworkPolicy"})

@@ -90,6 +90,7 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("rbac.authorization.k8s.io/v1", "Role", "roles", True),
     Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", True),
     Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", True),
+    Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", True),
     Kind("v1", "ConfigMap", "configmaps", True),
     Kind("inference.networking.k8s.io/v1", "InferencePool", "inferencepools", True),
     Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes", True),

@@ -382,7 +382,8 @@ def _istio(rendered: Rendered) -> bool:
 def children(rendered: Rendered) -> list[dict[str, Any]]:
     """The service's own objects, in the order they are applied (the engine and its build Job
     are shared, and written apart)."""
-    extras = (extra for extra in (rendered.network_policy, rendered.scaler) if extra is not None)
+    extras = (extra for extra in (rendered.network_policy, rendered.disruption_budget, rendered.scaler)
+              if extra is not None)
     return [*rendered.access, rendered.workload, rendered.service, *extras, *rendered.gateway,
             *rendered.wake]
 

@@ -16,8 +16,8 @@ from .engine import Engine, build_job, engine_for, engine_key, llm_engine
 from .gateway import epp_name, gateway_objects, pool_name, route_name
 from .meta import FIELD_MANAGER, SPEC_HASH_ANNOTATION, labels, selector
 from .scaling import scaler
-from .serving import (endpoint, group_name, launcher_name, multi_node, network_policy, served_model_name,
-                      server_name, service, service_accounts, workload, workload_ref)
+from .serving import (disruption_budget, endpoint, group_name, launcher_name, multi_node, network_policy,
+                      served_model_name, server_name, service, service_accounts, workload, workload_ref)
 from .serving import openai_endpoint as _server_openai_endpoint
 from .platform import DEFAULT_PLATFORM, Platform
 from .wake import wake_endpoint, wake_name, wake_objects
@@ -50,6 +50,7 @@ class Rendered:
     # RoleBinding. Applied before the workload.
     access: tuple[dict[str, Any], ...] = ()
     network_policy: dict[str, Any] | None = None  # spec.networkPolicy.enabled
+    disruption_budget: dict[str, Any] | None = None  # one node's replicas (not multi-node)
     # spec.gateway: the endpoint picker (ServiceAccount, Role, RoleBinding, ConfigMap,
     # Deployment, Service), the InferencePool and the HTTPRoute. Applied after the Service.
     gateway: tuple[dict[str, Any], ...] = ()
@@ -59,7 +60,7 @@ class Rendered:
 
     def objects(self) -> list[dict[str, Any]]:
         objects = [self.engine, self.build_job, *self.access, self.workload, self.service]
-        return objects + [obj for obj in (self.network_policy, self.scaler) if obj] + [
+        return objects + [obj for obj in (self.network_policy, self.disruption_budget, self.scaler) if obj] + [
             *self.gateway, *self.wake]
 
 
@@ -78,6 +79,7 @@ def inventory(instance: str) -> frozenset[tuple[str, str]]:
     server, launcher, epp = server_name(instance), launcher_name(instance), epp_name(instance)
     return frozenset({
         ("ServiceAccount", server), ("Service", server), ("NetworkPolicy", server),
+        ("PodDisruptionBudget", server),
         ("Deployment", server), ("LeaderWorkerSet", group_name(instance)),
         ("ServiceAccount", launcher), ("Role", launcher), ("RoleBinding", launcher),
         ("ScaledObject", instance), ("HorizontalPodAutoscaler", instance), ("HTTPScaledObject", instance),
@@ -111,6 +113,7 @@ def render(ref: ServiceRef, spec: LLMServiceSpec, plan: Plan, gpu: GPU,
                           spec.replicas if replicas is None else replicas, ref.uid),
         access=tuple(service_accounts(spec, ref.name, ref.namespace, ref.uid)),
         network_policy=network_policy(spec, ref.name, ref.namespace, ref.uid),
+        disruption_budget=disruption_budget(spec, ref.name, ref.namespace, ref.uid),
         service=service(spec, ref.name, ref.namespace, ref.uid),
         scaler=scaler(spec, ref.name, ref.namespace, ref.uid),
         gateway=tuple(gateway_objects(spec, ref.name, ref.namespace, ref.uid, platform)),

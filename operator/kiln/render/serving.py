@@ -431,6 +431,27 @@ def network_policy(spec: LLMServiceSpec, instance: str, namespace: str,
     })
 
 
+def disruption_budget(spec: LLMServiceSpec, instance: str, namespace: str,
+                      owner_uid: str | None) -> dict[str, Any] | None:
+    """At most one serving pod evicted at a time by a voluntary disruption (a node drain, the
+    cluster autoscaler's scale-down): a drain of a node holding several replicas would
+    otherwise take them all at once, each minutes from serving again. Never blocks a drain
+    for good: one replica may always go (a single-replica service is not held), and a pod
+    that is not Ready may go whatever the budget (``unhealthyPodEvictionPolicy: AlwaysAllow``,
+    on by default from Kubernetes 1.27, GA in 1.31). None for a multi-node service: its
+    group's pods go and come back together (LeaderWorkerSet), which a per-pod budget does not
+    describe."""
+    if multi_node(spec):
+        return None
+    return stamp({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _server_meta(instance, namespace, owner_uid),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(instance, "server")},
+                 "unhealthyPodEvictionPolicy": "AlwaysAllow"},
+    })
+
+
 def service(spec: LLMServiceSpec, instance: str, namespace: str,
             owner_uid: str | None) -> dict[str, Any]:
     djl = spec.runtime.server == ServerKind.DJL
