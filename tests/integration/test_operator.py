@@ -743,7 +743,8 @@ async def test_the_group_gives_way_to_a_deployment_once_it_serves(scaling_sandbo
     await sb.wait_for(lambda: _ready(sb, "llama-405b"), what="Ready on the Deployment")
     assert sb.get("roles", "llama-405b-launcher", NS) is None
     assert _service(sb, "llama-405b")["status"]["children"] == [
-        "Deployment/llama-405b-server", "Service/llama-405b-server", "ServiceAccount/llama-405b-server"]
+        "Deployment/llama-405b-server", "PodDisruptionBudget/llama-405b-server", "Service/llama-405b-server",
+        "ServiceAccount/llama-405b-server"]
 
 
 async def test_without_the_leader_worker_set_api_a_multi_node_service_stalls_with_the_install_hint(

@@ -38,7 +38,7 @@ NS = "llm"
 LLAMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
 OWNED = ("deployments", "services", "scaledobjects", "horizontalpodautoscalers", "leaderworkersets",
          "serviceaccounts", "roles", "rolebindings", "networkpolicies", "configmaps", "inferencepools",
-         "httproutes", "httpscaledobjects")
+         "httproutes", "httpscaledobjects", "poddisruptionbudgets")
 MULTI_NODE = yaml.safe_load((ROOT / "examples" / "llama-3.1-405b-fp8-multinode.yaml").read_text())
 GATEWAY = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8-gateway.yaml").read_text())
 
@@ -137,9 +137,12 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses(make_sandbox, b
         await sb.patch_spec(NS, "keda-scaled", {"autoscaling": {"mode": "hpa"}})
         await sb.patch_spec(NS, "hpa-scaled", {"autoscaling": {"mode": "builtin"}})
         await sb.patch_spec(NS, "wakes", {"autoscaling": {"mode": "builtin"}})
+        # One replica for good: its disruption budget has nothing to keep.
+        await sb.patch_spec(NS, "scaled", {"autoscaling": {"mode": "none"}, "replicas": 1})
         await sb.patch_spec(NS, names["multi-node"], {"gpus": 8, "networkPolicy": {"enabled": False}})
         await sb.patch_spec(NS, names["gateway"], {"gateway": None})
         gone = [("scaledobjects", "keda-scaled"), ("horizontalpodautoscalers", "hpa-scaled"),
+                ("poddisruptionbudgets", "scaled-server"),
                 ("httpscaledobjects", "wakes"), ("services", "wakes-openai"),
                 *((plural, f"{names['multi-node']}-launcher") for plural in ("serviceaccounts", "roles", "rolebindings")),
                 ("leaderworkersets", f"{names['multi-node']}-group"), ("networkpolicies", f"{names['multi-node']}-server"),

@@ -99,7 +99,8 @@ def test_kiln_render_as_an_argo_cd_config_management_plugin(tmp_path):
     assert out.returncode == 0, out.stderr
     objects = [o for o in yaml.safe_load_all(out.stdout) if o]
     kinds = [o["kind"] for o in objects]
-    assert kinds == ["LLMEngine", "Job", "ServiceAccount", "Deployment", "Service"]
+    # up to two replicas: one at a time through a drain
+    assert kinds == ["LLMEngine", "Job", "ServiceAccount", "Deployment", "Service", "PodDisruptionBudget"]
     for obj in objects:
-        if obj["apiVersion"] in ("batch/v1", "apps/v1", "v1"):
+        if obj["apiVersion"] in ("batch/v1", "apps/v1", "v1", "policy/v1"):
             validate_on_claimed_minors(obj)

@@ -80,11 +80,13 @@ def _changed(world: World, before: dict[str, Any], uid: str = "uid-1") -> Any:
 def test_a_scaler_the_spec_no_longer_asks_for_is_deleted_and_leaves_the_inventory():
     world = World(engine="ready", workload="ready", status=_ready_status())
     actions = decide(_changed(world, _spec(autoscaling=HPA, networkPolicy={"enabled": True})))
+    # The HPA's up to three replicas had a disruption budget; one replica for good has none.
     assert [(o["kind"], o["metadata"]["name"]) for o in actions.delete] == [
-        ("NetworkPolicy", "mistral-7b-server"), ("HorizontalPodAutoscaler", "mistral-7b")]
-    assert [(kind, reason) for kind, reason, _ in actions.events] == [("Normal", "Removed")] * 2
-    assert actions.status.children == ["Deployment/mistral-7b-server", "PodDisruptionBudget/mistral-7b-server",
-                                       "Service/mistral-7b-server", "ServiceAccount/mistral-7b-server"]
+        ("NetworkPolicy", "mistral-7b-server"), ("PodDisruptionBudget", "mistral-7b-server"),
+        ("HorizontalPodAutoscaler", "mistral-7b")]
+    assert [(kind, reason) for kind, reason, _ in actions.events] == [("Normal", "Removed")] * 3
+    assert actions.status.children == ["Deployment/mistral-7b-server", "Service/mistral-7b-server",
+                                       "ServiceAccount/mistral-7b-server"]
 
 
 def test_what_the_service_does_not_control_is_never_deleted():
@@ -92,8 +94,8 @@ def test_what_the_service_does_not_control_is_never_deleted():
     for uid in ("someone-else", None):
         snap = _changed(world, _spec(autoscaling=HPA), uid="someone-else")
         if uid is None:  # no controller at all
-            [hpa] = snap.cluster.leftovers.values()
-            hpa["metadata"]["ownerReferences"] = []
+            for leftover in snap.cluster.leftovers.values():
+                leftover["metadata"]["ownerReferences"] = []
         actions = decide(snap)
         assert actions.delete == [] and actions.events == []
         assert "HorizontalPodAutoscaler/mistral-7b" not in actions.status.children
@@ -162,10 +164,10 @@ class _RefusingApi:
 def test_a_delete_the_operator_may_not_make_is_said_and_leaves_the_inventory():
     world = World(engine="ready", workload="ready", status=_ready_status())
     actions = decide(_changed(world, _spec(autoscaling=HPA)))
-    assert [reason for _, reason, _ in actions.events] == ["Removed"]
+    assert [reason for _, reason, _ in actions.events] == ["Removed", "Removed"]  # its budget too
     actions = asyncio.run(execute(actions, _RefusingApi(), {}, NOW, 3))
-    [(type_, reason, message)] = actions.events
-    assert (type_, reason) == ("Warning", "NotRemoved")
+    assert {(type_, reason) for type_, reason, _ in actions.events} == {("Warning", "NotRemoved")}
+    [message] = [m for _, _, m in actions.events if "HorizontalPodAutoscaler" in m]
     assert "HorizontalPodAutoscaler mistral-7b" in message and "horizontalpodautoscalers" in message
     assert "HorizontalPodAutoscaler/mistral-7b" not in actions.status.children
 
@@ -182,7 +184,8 @@ def test_the_inventory_starts_empty_or_with_what_an_earlier_operator_left():
     snap = replace(snap, status=snap.status.model_copy(update={"children": None}))
     building = decide(snap)
     assert building.delete == []
-    assert building.status.children == sorted(["HorizontalPodAutoscaler/mistral-7b", *_entries(_spec())])
+    assert building.status.children == sorted(["HorizontalPodAutoscaler/mistral-7b",
+                                               "PodDisruptionBudget/mistral-7b-server", *_entries(_spec())])
 
 
 def test_a_reconcile_names_what_it_will_apply_in_the_status_it_writes_before():

@@ -157,24 +157,30 @@ def test_the_chart_claims_no_minor_whose_schema_refuses_the_serving_pods():
 def test_a_drain_takes_one_replica_at_a_time_and_never_holds_a_single_one():
     """A node drain or the cluster autoscaler evicts at most one serving pod at a time (a
     drain of a node holding several replicas would take them all, each minutes from serving
-    again); a pod that is not Ready goes whatever the budget. Multi-node groups have none."""
+    again); a pod that is not Ready goes whatever the budget. Multi-node groups, and services
+    that never have a second replica, have none."""
     from kiln.render.serving import multi_node
 
     from ..support.kube_versions import validate_on_claimed_minors
     from ..support.planning import planned
 
+    seen = []
     for path in EXAMPLES:
         manifest = yaml.safe_load(path.read_text())
         spec = parse_service_spec(manifest["spec"])
         result, gpu = planned(spec)
         rendered = render(ServiceRef(manifest["metadata"]["name"], "llm", "uid-1"), spec, result, gpu)
         budget = rendered.disruption_budget
-        if multi_node(spec):
+        scaling = spec.autoscaling
+        most = spec.replicas if scaling.mode == "none" else max(spec.replicas, scaling.max_replicas)
+        if multi_node(spec) or most < 2:  # a group, or one replica for good: nothing to keep
             assert budget is None, path.name
             continue
+        seen.append(path.name)
         validate_on_claimed_minors(budget)
         assert budget["spec"] == {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
                                   "selector": {"matchLabels": rendered.service["spec"]["selector"]}}
         pod_labels = rendered.workload["spec"]["template"]["metadata"]["labels"]
         assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
         assert budget["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert seen == ["llama-3.1-8b-fp8-scale-from-zero.yaml"]

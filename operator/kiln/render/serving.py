@@ -436,12 +436,14 @@ def disruption_budget(spec: LLMServiceSpec, instance: str, namespace: str,
     """At most one serving pod evicted at a time by a voluntary disruption (a node drain, the
     cluster autoscaler's scale-down): a drain of a node holding several replicas would
     otherwise take them all at once, each minutes from serving again. Never blocks a drain
-    for good: one replica may always go (a single-replica service is not held), and a pod
-    that is not Ready may go whatever the budget (``unhealthyPodEvictionPolicy: AlwaysAllow``,
-    on by default from Kubernetes 1.27, GA in 1.31). None for a multi-node service: its
-    group's pods go and come back together (LeaderWorkerSet), which a per-pod budget does not
-    describe."""
-    if multi_node(spec):
+    for good: one replica may always go, and a pod that is not Ready may go whatever the
+    budget (``unhealthyPodEvictionPolicy: AlwaysAllow``, on by default from Kubernetes 1.27,
+    GA in 1.31). None for a service that never has more than one replica (nothing to keep),
+    and for a multi-node service: its group's pods go and come back together
+    (LeaderWorkerSet), which a per-pod budget does not describe."""
+    scaling = spec.autoscaling
+    most = spec.replicas if scaling.mode == AutoscalingMode.NONE else max(spec.replicas, scaling.max_replicas)
+    if multi_node(spec) or most < 2:
         return None
     return stamp({
         "apiVersion": "policy/v1",
