@@ -307,8 +307,8 @@ def _cancel_superseded(snapshot: Snapshot, actions: Actions, rendered: Rendered)
 def _addresses(status: LLMServiceStatus, ref: ServiceRef, spec: Any, result: Plan,
                rendered: Rendered, cluster: Cluster) -> None:
     """The engine the service serves or waits for, and where clients reach it: the OpenAI URL
-    (``kubectl get -o wide``) once the Service that answers there exists, as KServe shows a
-    URL once its route does, never a name that does not resolve yet."""
+    (``kubectl get -o wide``) once the Service that answers there exists, never a name that
+    does not resolve yet."""
     engine = rendered.engine
     status.engine = EngineRef(name=engine["metadata"]["name"], key=engine["spec"]["key"],
                               storage_uri=storage_uri(engine),
