@@ -79,7 +79,6 @@ class EndpointPicker:
                else fields[item["valueFrom"]["fieldRef"]["fieldPath"]] for item in container.get("env", [])}
         self.health_port, self.metrics_port, grpc_port = free_port(), free_port(), free_port()
         args = [arg.replace(CONFIG_MOUNT, f"{work}/") for arg in container["args"]]
-        self.args = args
         self.log = work / "epp.log"
         with self.log.open("w") as log:
             self._process = subprocess.Popen(
