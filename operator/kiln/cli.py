@@ -46,6 +46,7 @@ EXIT_CODES = {
     "run": "0 stopped, 2 no cluster configured or the Lease refused (403), 4 lost the Lease "
            "(--leader-election-namespace)",
     "demo": "0 every service Ready and the autoscaler scaled up and back down, 1 otherwise, 2 bad input",
+    "model-list": "0 stopped, 2 bad input",
 }
 
 
@@ -63,6 +64,14 @@ def _region(text: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", text):
         raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a region name (lowercase letters, "
                                          "digits and '-')")
+    return text
+
+
+def _object_ref(text: str) -> str:
+    """An argparse type: ``namespace/name`` of a ConfigMap (a DNS label, a DNS subdomain)."""
+    if len(text) > 317 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?",
+                                            text):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not NAMESPACE/NAME")
     return text
 
 
@@ -327,7 +336,7 @@ def run_policy(args: argparse.Namespace) -> Any:
                   prometheus_urls=tuple(args.allowed_prometheus_url or []),
                   multi_node_custom_images=args.multi_node_custom_images,
                   delete_unreferenced_engine_files=args.delete_unreferenced_engine_files,
-                  platform=platform)
+                  platform=platform, model_list=args.model_list_configmap)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -350,6 +359,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        max_concurrent_reconciles=slots,
                                        lease_namespace=args.leader_election_namespace,
                                        health_port=args.health_port))
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    import aiohttp.web
+
+    from .modellist import model_list_app
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise SpecInvalid(f"--dir: {args.dir[:200]} is not a directory")
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)-28.28s [%(levelname)-7s] %(message)s")
+    aiohttp.web.run_app(model_list_app(directory), port=args.port, print=None, access_log=None)
     return 0
 
 
@@ -450,6 +472,9 @@ def parser() -> argparse.ArgumentParser:
                      help="the Gateway implementation that routes spec.gateway services, where it "
                           "needs an object of its own (istio: a DestinationRule for TLS to the "
                           "endpoint picker)")
+    run.add_argument("--model-list-configmap", metavar="NAMESPACE/NAME", type=_object_ref,
+                     help="keep every Gateway's GET /v1/models list in this ConfigMap, for "
+                          "`kiln model-list` to serve (the chart's gateway.modelList)")
     run.add_argument("--multi-node-custom-images", action="store_true",
                      help="let multi-node services set spec.runtime.image (their leader holds "
                           "a token that may exec into pods)")
@@ -460,6 +485,12 @@ def parser() -> argparse.ArgumentParser:
                      help="act only while holding the Lease kiln-operator in this namespace (the "
                           "chart sets it to the release's namespace; a second operator waits)")
     run.set_defaults(func=cmd_run)
+    models = sub.add_parser("model-list", help="serve GET /v1/models for the Gateways (the files of the "
+                                               "operator's --model-list-configmap)")
+    models.add_argument("--dir", default="/etc/kiln/model-list",
+                        help="the ConfigMap's files (default: /etc/kiln/model-list)")
+    models.add_argument("--port", type=_at_least(int, 1), default=8080, help="the HTTP port (default: 8080)")
+    models.set_defaults(func=cmd_model_list)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
     demo.add_argument("--examples", help="directory of manifests to apply (default: the bundled examples)")
     demo.add_argument("-v", "--verbose", action="store_true",

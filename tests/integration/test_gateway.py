@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 
 import pytest
 import requests
@@ -152,6 +153,63 @@ async def test_with_istio_and_no_destination_rule_api_the_service_stalls(make_sa
 
 
 OTHER = "llm-b"
+
+
+async def test_each_gateways_model_list_holds_the_names_it_routes(make_sandbox, backend, tmp_path):
+    """GET /v1/models through a Gateway (kiln/modellist.py): the operator keeps, in the ConfigMap
+    the chart names, each Gateway's list of the model names its services' routes route (not one
+    a service waits for), once each; and ``kiln model-list`` answers it from the ConfigMap's
+    files. On the real back-end with the chart's Role for that ConfigMap alone."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from kiln.modellist import MODEL_LIST_HEADER, model_list_app
+
+    target = ("kiln-system", "kiln-model-list")  # the chart's release namespace and name
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                            policy=Policy(model_list="/".join(target))) as sb:
+        for namespace in (NS, OTHER):
+            sb.add_namespace(namespace)
+            if backend == "real":
+                sb.grant_chart_roles(namespace, gateway=True, model_list=True)
+            await sb.add_secret(namespace, "hf-token", {"HF_TOKEN": "simulated"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        name = GATEWAY["spec"]["servedModelName"]
+        key = "gateway_inference-gateway.json"
+
+        def listed():
+            data = (sb.get("configmaps", target[1], target[0]) or {}).get("data") or {}
+            return [m["id"] for m in json.loads(data[key])["data"]] if key in data else []
+
+        older = copy.deepcopy(GATEWAY)
+        older["metadata"].update(name="older", namespace=OTHER)
+        older["spec"]["servedModelName"] = "another-model"
+        await sb.create(older)
+        await sb.create(copy.deepcopy(GATEWAY))
+        await sb.wait_for(lambda: listed() == ["another-model", name], what="both names listed")
+        impostor = copy.deepcopy(GATEWAY)
+        impostor["metadata"].update(name="impostor", namespace=OTHER)
+        await sb.create(impostor)
+        await sb.wait_for(lambda: (_condition(sb, "impostor", OTHER) or {}).get("reason") == "ModelNameInUse",
+                          what="impostor ModelNameInUse")
+        assert listed() == ["another-model", name]
+
+        # What the chart's server answers on the Gateway's route, from the ConfigMap's files.
+        for file, text in sb.get("configmaps", target[1], target[0])["data"].items():
+            (tmp_path / file).write_text(text)
+        async with TestClient(TestServer(model_list_app(tmp_path))) as client:
+            answer = await (await client.get("/v1/models", headers={MODEL_LIST_HEADER: "gateway/inference-gateway"})).json()
+        assert answer["object"] == "list"
+        assert [(m["id"], m["object"], m["owned_by"]) for m in answer["data"]] == [
+            ("another-model", "model", "Triton Inference Server"), (name, "model", "Triton Inference Server")]
+
+        await sb.api.delete(sb.get("llmservices", "older", OTHER))
+        await sb.wait_for(lambda: listed() == [name], what="the deleted service's name gone from the list")
+        assert sb.operator_error is None
+        await sb.stop_operator()
+        await sb.stop_kubelet()
+        if backend == "real":  # shared by every sandbox of the control plane
+            sb.plane.http.delete(sb.plane.server + f"/api/v1/namespaces/{target[0]}/configmaps/{target[1]}", timeout=30)
 
 
 def _condition(sb, name, namespace, type_="Stalled"):

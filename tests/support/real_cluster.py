@@ -341,14 +341,18 @@ class RealSandbox(Sandbox):
             time.sleep(0.05)
 
     def grant_chart_roles(self, namespace: str, *, multi_node: bool = False, gateway: bool = False,
-                          gateway_provider: str = "") -> None:
+                          gateway_provider: str = "", model_list: bool = False) -> None:
         """The chart's Roles in this sandbox's ``namespace``, as ``multiNode.namespaces`` and
         ``gateway.namespaces`` listing it grant them (the chart grants the leader's Role and
-        the gateway's objects nowhere else), with ``gateway.provider`` as given."""
+        the gateway's objects nowhere else), with ``gateway.provider`` as given; with
+        ``model_list``, the release namespace's Role for the ConfigMap of the Gateways' model
+        lists (a ``gateway.modelList`` with a Gateway in it)."""
         values: dict[str, Any] = {key: {"namespaces": [self.ns(namespace)]}
                                   for key, wanted in (("multiNode", multi_node), ("gateway", gateway)) if wanted}
         if gateway and gateway_provider:
             values["gateway"]["provider"] = gateway_provider
+        if gateway and model_list:
+            values["gateway"]["modelList"] = {"gateways": ["gateway/inference-gateway"]}
         for obj in chart_rbac(values):
             if obj["kind"] in ("Role", "RoleBinding"):
                 self.plane.apply(obj)

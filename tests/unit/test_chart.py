@@ -22,7 +22,8 @@ CHART = ROOT / "charts" / "kiln"
 NAMESPACED = {"watchNamespaces": ["llm", "team-b"]}
 EVERYTHING = {**NAMESPACED, "metrics": {"serviceMonitor": {"enabled": True},
                                         "servingPodMonitor": {"enabled": True}},
-              "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}, "replicaCount": 2}
+              "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}, "replicaCount": 2,
+              "gateway": {"namespaces": ["llm"], "modelList": {"gateways": ["gateway-system/public", "llm/internal.v2"]}}}
 
 
 def render(values=None):
@@ -344,3 +345,45 @@ def test_the_install_notes_commands_fit_the_example_they_apply():
     elsewhere = chart.render({"watchNamespaces": ["team-b"]}, name="kiln", namespace="kiln-system",
                              is_install=True)["kiln/templates/NOTES.txt"]
     assert "not one this release manages: change its metadata.namespace" in elsewhere
+
+
+def test_the_model_list_answers_get_v1_models_on_each_listed_gateway():
+    """gateway.modelList (kiln/modellist.py): a server with no token, an HTTPRoute per Gateway
+    that names it in a header it sets, and the operator's right to patch the one ConfigMap."""
+    from kiln.cli import parser, run_policy
+    from kiln.modellist import MODEL_LIST_HEADER
+
+    gateways = ["gateway-system/public", "llm/internal.v2"]
+    objects = render({"gateway": {"namespaces": ["llm"], "modelList": {"gateways": gateways}}})
+    operator, server = sorted(of_kind(objects, "Deployment"), key=lambda d: d["metadata"]["name"])
+    args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--model-list-configmap=kiln-system/kiln-model-list" in args
+    assert run_policy(parser().parse_args(args)).model_list == "kiln-system/kiln-model-list"
+    pod = server["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    [container] = pod["containers"]
+    assert container["args"][0] == "model-list" and parser().parse_args(container["args"]).port == 8080
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["volumes"] == [{"name": "lists", "configMap": {"name": "kiln-model-list", "optional": True}}]
+    # The operator's own pods are not the list server's, nor the other way round.
+    assert not set(operator["spec"]["selector"]["matchLabels"].items()) <= set(
+        server["spec"]["template"]["metadata"]["labels"].items())
+    [service] = [s for s in of_kind(objects, "Service") if s["metadata"]["name"] == "kiln-model-list"]
+    assert service["spec"]["selector"] == server["spec"]["selector"]["matchLabels"]
+    routes = of_kind(objects, "HTTPRoute")
+    assert len({r["metadata"]["name"] for r in routes}) == 2
+    for route, gateway in zip(routes, gateways):
+        namespace, name = gateway.split("/")
+        assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                                "namespace": namespace, "name": name}]
+        [rule] = route["spec"]["rules"]
+        assert rule["matches"] == [{"method": "GET", "path": {"type": "Exact", "value": "/v1/models"}}]
+        assert rule["filters"] == [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+            "set": [{"name": MODEL_LIST_HEADER, "value": gateway}]}}]
+        assert rule["backendRefs"] == [{"kind": "Service", "name": "kiln-model-list", "port": 8080}]
+    [role] = [r for r in of_kind(objects, "Role") if r["metadata"]["name"] == "kiln-model-list"]
+    assert role["metadata"]["namespace"] == "kiln-system"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kiln-model-list"],
+                              "verbs": ["create", "patch"]}]
+    # None of it without Gateways listed.
+    assert not [o for o in render({"gateway": {"namespaces": ["llm"]}}) if "model-list" in o["metadata"]["name"]]

@@ -18,6 +18,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{- define "kiln.modelListLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-model-list
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: model-list
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
 {{- define "kiln.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "kiln.fullname" .) .Values.serviceAccount.name -}}

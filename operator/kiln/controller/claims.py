@@ -47,11 +47,13 @@ def claims_of(service: Mapping[str, Any]) -> list[tuple[tuple[str, str], tuple[s
             for claim in _recorded(service) if claim.routed_since is not None]
 
 
-def register_claims(registry: kopf.OperatorRegistry, changed: Callable[[str], None]) -> None:
+def register_claims(registry: kopf.OperatorRegistry, changed: Callable[[str], None],
+                    listed: Callable[[str, frozenset[tuple[str, str, str | None]]], None] | None = None) -> None:
     """The index; and ``changed(uid)`` for every other service that claims a name whose claims
     of a service change (a route that routes it now, or no longer; the service deleted), so
     that its next resync tick reconciles it: one of two routes of a name gives way, and a
-    service waiting for a name takes it."""
+    service waiting for a name takes it. ``listed(uid, claims)``, if given, hears every
+    service's claims as they change (controller/modellist.py)."""
     async def index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return dict(claims_of(body))
 
@@ -71,6 +73,8 @@ def register_claims(registry: kopf.OperatorRegistry, changed: Callable[[str], No
             recorded[uid] = now
         if now == before:
             return
+        if listed is not None:
+            listed(uid, now)
         keys = {(gateway, model) for gateway, model, _ in before | now}
         for key in keys:
             others = claimants.setdefault(key, set())

@@ -31,6 +31,7 @@ from .cache import CachedKubeApi, cache_indexes, register_caches
 from .claims import register_claims
 from .collect import sweep_engines
 from .context import FULL_RESYNC_SECONDS, OperatorContext
+from .modellist import ModelListWriter
 from .kube import ApiException
 from .reconcile import now, reconcile, record
 from .requeue import Requeue, requeue_of
@@ -47,7 +48,14 @@ def build_registry(ctx: OperatorContext,
     registry = kopf.OperatorRegistry()
     kopf.on.startup(registry=registry)(configure)
     register_caches(registry, ctx.changed.add)
-    register_claims(registry, ctx.changed.add)
+    writer = ModelListWriter(ctx.api, ctx.policy.model_list) if ctx.policy.model_list else None
+    register_claims(registry, ctx.changed.add, writer.update if writer else None)
+    if writer is not None:
+        async def list_models(**_: Any) -> None:
+            # Once at startup, whatever the claims: a list a stopped operator left is brought
+            # up to date (an async handler: kopf runs a sync one in a thread, without the loop).
+            writer.schedule()
+        kopf.on.startup(registry=registry, id="model_list")(list_models)
     # A registry of one's own gets none of the fallback logins kopf adds to its default one
     # (SmartOperatorRegistry, kopf/_core/intents/registries.py): without this, `kiln run`
     # found no credentials in a kubeconfig or a pod's ServiceAccount.

@@ -1,0 +1,131 @@
+"""``GET /v1/models`` through a Gateway: every served model name the Gateway routes, in one list.
+
+OpenAI's "list models" has no body, so the body-based router sets no model header and no
+service's HTTPRoute matches it (render/gateway.py); each service can only list its own. The
+list is the Gateway's, not any service's (kubernetes-sigs/gateway-api-inference-extension
+#1414 asks the same of the Inference Extension, which has none; AIBrix's gateway serves one).
+So, where the platform team names its Gateways (the chart's ``gateway.modelList``):
+
+- the operator keeps one ConfigMap in its own namespace, a key per Gateway (``<namespace>_<name>.json``,
+  ``_`` being in no namespace or name), holding the OpenAI list of the names that Gateway routes:
+  the ``status.gatewayClaims`` with a ``routedSince`` of every service it watches
+  (controller/claims.py), so a name waiting for its route or refused (``ModelNameInUse``) is
+  not listed;
+- ``kiln model-list`` serves ``GET /v1/models`` from that ConfigMap, mounted as files: the
+  list of the Gateway the ``X-Kiln-Gateway`` header names, which each Gateway's HTTPRoute
+  (the chart's) sets, overwriting what a client sent. It holds no ServiceAccount token and
+  reads nothing but those files;
+- an entry has the shape Triton's OpenAI frontend answers ``GET /v1/models/{name}`` with
+  (triton-inference-server/server ``python/openai/openai_frontend/engine/triton_engine.py``,
+  ``models``: ``id``, ``created``, ``object: "model"``, ``owned_by: "Triton Inference
+  Server"``), ``created`` being when the service's route began to route the name.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .render.meta import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
+
+__all__ = ["MODEL_LIST_HEADER", "MAX_LISTED", "MAX_FILE_BYTES", "gateway_key", "gateway_lists",
+           "list_document", "configmap", "model_list_app"]
+
+# Set by each Gateway's HTTPRoute (a RequestHeaderModifier ``set``, which replaces a client's).
+MODEL_LIST_HEADER = "X-Kiln-Gateway"
+# Names listed per Gateway: a ConfigMap holds at most 1 MiB, and an entry is under 150 bytes.
+MAX_LISTED = 2000
+# The most the server reads of one file (a ConfigMap's whole size).
+MAX_FILE_BYTES = 1 << 20
+OWNED_BY = "Triton Inference Server"
+# namespace/name of a Gateway: a DNS label, and a DNS subdomain (api/llmservice.py GatewayClaim).
+_GATEWAY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
+
+logger = logging.getLogger(__name__)
+
+
+def gateway_key(gateway: str) -> str | None:
+    """The ConfigMap key of a Gateway's list; None for what is not ``namespace/name``."""
+    if len(gateway) > 317 or not (found := _GATEWAY.match(gateway)):
+        return None
+    return f"{found.group(1)}_{found.group(3)}.json"
+
+
+def _epoch(stamp: str) -> int:
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def gateway_lists(claims: Iterable[tuple[str, str, str | None]]) -> dict[str, list[dict[str, Any]]]:
+    """Each Gateway's list from ``(gateway, model, routedSince)`` claims: the names routed (a
+    ``routedSince``), once each, with the earliest, sorted; at most :data:`MAX_LISTED`."""
+    since: dict[str, dict[str, str]] = {}
+    for gateway, model, routed_since in claims:
+        if routed_since is None or gateway_key(gateway) is None:
+            continue
+        names = since.setdefault(gateway, {})
+        names[model] = min(names.get(model, routed_since), routed_since)
+    lists = {}
+    for gateway, names in sorted(since.items()):
+        if len(names) > MAX_LISTED:
+            logger.warning("Gateway %s routes %d model names: listing the first %d", gateway, len(names), MAX_LISTED)
+        lists[gateway] = [{"id": model, "object": "model", "created": _epoch(stamp), "owned_by": OWNED_BY}
+                          for model, stamp in sorted(names.items())[:MAX_LISTED]]
+    return lists
+
+
+def list_document(entries: list[dict[str, Any]]) -> str:
+    return json.dumps({"object": "list", "data": entries}, separators=(",", ":"), sort_keys=True)
+
+
+def configmap(name: str, namespace: str, lists: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The ConfigMap of every Gateway's list (a Gateway with nothing routed has no key)."""
+    keys = {gateway: gateway_key(gateway) for gateway in lists}
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {LABEL_NAME: "kiln", LABEL_COMPONENT: "model-list",
+                                    LABEL_MANAGED_BY: MANAGED_BY}},
+            "data": {key: list_document(entries) for gateway, entries in lists.items()
+                     if (key := keys[gateway]) is not None}}
+
+
+def _read_list(directory: Path, gateway: str) -> bytes:
+    """The list file of ``gateway`` under ``directory``, or an empty list: the key is made from a
+    checked ``namespace/name``, never a path from the request, and the read is bounded."""
+    empty = list_document([]).encode()
+    key = gateway_key(gateway)
+    if key is None:
+        return empty
+    try:
+        with (directory / key).open("rb") as file:
+            body = file.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return empty
+    if len(body) > MAX_FILE_BYTES:
+        logger.warning("%s is over %d bytes: answering an empty list", key, MAX_FILE_BYTES)
+        return empty
+    return body
+
+
+def model_list_app(directory: Path) -> Any:
+    """The aiohttp application of ``kiln model-list``: ``GET /v1/models`` (the list of the
+    Gateway :data:`MODEL_LIST_HEADER` names; an empty list for none, or one with nothing
+    routed) and ``GET /healthz``."""
+    import aiohttp.web
+
+    async def models(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        body = _read_list(directory, request.headers.get(MODEL_LIST_HEADER, "")[:400])
+        return aiohttp.web.Response(body=body, content_type="application/json")
+
+    async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(text="ok")
+
+    app = aiohttp.web.Application(client_max_size=1024)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    return app
