@@ -217,3 +217,5 @@ def test_a_djl_server_registers_the_engine_as_its_model_at_start():
     assert env["HF_MODEL_ID"] == engine_dir and engine_dir.startswith("/engines/")
     # The KV fraction under both handlers' names.
     assert env["OPTION_FREE_GPU_MEMORY_FRACTION"] == env["OPTION_KV_CACHE_FREE_GPU_MEM_FRACTION"]
+    # And the pipeline-parallel degree under both.
+    assert env["OPTION_PIPELINE_PARALLEL_SIZE"] == env["OPTION_PIPELINE_PARALLEL_DEGREE"]

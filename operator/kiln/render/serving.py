@@ -173,6 +173,10 @@ def _djl_container(spec: LLMServiceSpec, plan: Plan, engine: Engine,
         "OPTION_ROLLING_BATCH": "trtllm",
         "OPTION_TENSOR_PARALLEL_DEGREE": str(plan.tensor_parallel),
         "OPTION_PIPELINE_PARALLEL_DEGREE": str(plan.pipeline_parallel),
+        # The LLM-API handler's properties read pipeline_parallel_size in some versions
+        # (djl_python/properties_manager/trt_properties.py); each handler ignores the other's
+        # name (extra keys are allowed).
+        "OPTION_PIPELINE_PARALLEL_SIZE": str(plan.pipeline_parallel),
         "OPTION_MAX_ROLLING_BATCH_SIZE": str(spec.engine.max_batch_size),
         "OPTION_KV_CACHE_FREE_GPU_MEM_FRACTION": str(spec.engine.kv_cache_free_gpu_mem_fraction),
         # The same under the name the LLM-API handler reads (djl_python trt_properties:
