@@ -126,6 +126,12 @@ def server_argv(spec: ServeSpec, repo: Path, group: Group | None = None) -> list
                  # Two dashes: Open MPI 5's mpirun ignores "-mca plm_rsh_agent" and starts
                  # its daemons with ssh (tests/unit/test_real_mpirun.py); 4.x takes both.
                  "--mca", "plm_rsh_agent", "kiln-runtime rsh",
+                 # Every daemon from the leader: by default mpirun launches them as a tree
+                 # (past routed_radix daemons a worker's daemon starts the next ones with the
+                 # same launcher), and only the leader's pod holds the token that may exec.
+                 # Open MPI 5 takes it as PRRTE's plm_ssh_no_tree_spawn
+                 # (tests/unit/test_real_mpirun.py).
+                 "--mca", "plm_rsh_no_tree_spawn", "1",
                  # The workers' ranks start under kubectl exec, which sees the container's
                  # environment but not what the image's entrypoint exported for CUDA forward
                  # compatibility (the compat libraries on LD_LIBRARY_PATH, on a node whose

