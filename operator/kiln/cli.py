@@ -327,6 +327,9 @@ def run_policy(args: argparse.Namespace) -> Any:
 
     for url in args.allowed_prometheus_url or []:
         base_url(url, "--allowed-prometheus-url")  # a bad flag stops the operator at start
+    if bool(args.model_list_configmap) != bool(args.model_list_gateway):
+        raise SpecInvalid("--model-list-configmap and --model-list-gateway go together: the ConfigMap keeps "
+                          "the model lists of the Gateways named")
     endpoints = {flag: str(base_url(url, flag)).rstrip("/") if url else None
                  for flag, url in (("--s3-endpoint", args.s3_endpoint), ("--hub-endpoint", args.hub_endpoint))}
     platform = Platform(cluster_domain=args.cluster_domain, s3_endpoint=endpoints["--s3-endpoint"],
@@ -336,7 +339,8 @@ def run_policy(args: argparse.Namespace) -> Any:
                   prometheus_urls=tuple(args.allowed_prometheus_url or []),
                   multi_node_custom_images=args.multi_node_custom_images,
                   delete_unreferenced_engine_files=args.delete_unreferenced_engine_files,
-                  platform=platform, model_list=args.model_list_configmap)
+                  platform=platform, model_list=args.model_list_configmap,
+                  model_list_gateways=tuple(dict.fromkeys(args.model_list_gateway or ())))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -473,8 +477,10 @@ def parser() -> argparse.ArgumentParser:
                           "needs an object of its own (istio: a DestinationRule for TLS to the "
                           "endpoint picker)")
     run.add_argument("--model-list-configmap", metavar="NAMESPACE/NAME", type=_object_ref,
-                     help="keep every Gateway's GET /v1/models list in this ConfigMap, for "
-                          "`kiln model-list` to serve (the chart's gateway.modelList)")
+                     help="keep the GET /v1/models list of each --model-list-gateway in this "
+                          "ConfigMap, for `kiln model-list` to serve (the chart's gateway.modelList)")
+    run.add_argument("--model-list-gateway", action="append", metavar="NAMESPACE/NAME", type=_object_ref,
+                     help="a Gateway whose model list --model-list-configmap keeps (repeat)")
     run.add_argument("--multi-node-custom-images", action="store_true",
                      help="let multi-node services set spec.runtime.image (their leader holds "
                           "a token that may exec into pods)")

@@ -6,8 +6,9 @@ list is the Gateway's, not any service's (kubernetes-sigs/gateway-api-inference-
 #1414 asks the same of the Inference Extension, which has none; AIBrix's gateway serves one).
 So, where the platform team names its Gateways (the chart's ``gateway.modelList``):
 
-- the operator keeps one ConfigMap in its own namespace, a key per Gateway (``<namespace>_<name>.json``,
-  ``_`` being in no namespace or name), holding the OpenAI list of the names that Gateway routes:
+- the operator keeps one ConfigMap in its own namespace, a key per listed Gateway
+  (``<namespace>_<name>.json``, ``_`` being in no namespace or name; ``kiln run
+  --model-list-gateway``, the chart's list), holding the OpenAI list of the names it routes:
   the ``status.gatewayClaims`` with a ``routedSince`` of every service it watches
   (controller/claims.py), so a name waiting for its route or refused (``ModelNameInUse``) is
   not listed;
@@ -34,7 +35,7 @@ from typing import Any
 
 from .render.meta import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
 
-__all__ = ["MODEL_LIST_HEADER", "MAX_LISTED", "MAX_FILE_BYTES", "gateway_key", "gateway_lists",
+__all__ = ["MODEL_LIST_HEADER", "MAX_LISTED", "MAX_FILE_BYTES", "MAX_DATA_BYTES", "gateway_key", "gateway_lists",
            "list_document", "configmap", "model_list_app"]
 
 # Set by each Gateway's HTTPRoute (a RequestHeaderModifier ``set``, which replaces a client's).
@@ -43,6 +44,8 @@ MODEL_LIST_HEADER = "X-Kiln-Gateway"
 MAX_LISTED = 2000
 # The most the server reads of one file (a ConfigMap's whole size).
 MAX_FILE_BYTES = 1 << 20
+# What the operator writes into the ConfigMap at most, below its 1 MiB with room for metadata.
+MAX_DATA_BYTES = 900 * 1024
 OWNED_BY = "Triton Inference Server"
 # namespace/name of a Gateway: a DNS label, and a DNS subdomain (api/llmservice.py GatewayClaim).
 _GATEWAY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
@@ -61,21 +64,25 @@ def _epoch(stamp: str) -> int:
     return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
 
 
-def gateway_lists(claims: Iterable[tuple[str, str, str | None]]) -> dict[str, list[dict[str, Any]]]:
-    """Each Gateway's list from ``(gateway, model, routedSince)`` claims: the names routed (a
-    ``routedSince``), once each, with the earliest, sorted; at most :data:`MAX_LISTED`."""
-    since: dict[str, dict[str, str]] = {}
+def gateway_lists(claims: Iterable[tuple[str, str, str | None]], gateways: Iterable[str],
+                  limit: int = MAX_LISTED) -> dict[str, list[dict[str, Any]]]:
+    """The list of each of ``gateways`` (the platform team's) from ``(gateway, model,
+    routedSince)`` claims: the names routed (a ``routedSince``), once each, with the earliest,
+    sorted; at most ``limit`` each. A claim on a Gateway not listed is left out: a tenant names
+    any Gateway it likes in ``spec.gateway``."""
+    listed = {gateway for gateway in gateways if gateway_key(gateway) is not None}
+    since: dict[str, dict[str, str]] = {gateway: {} for gateway in listed}
     for gateway, model, routed_since in claims:
-        if routed_since is None or gateway_key(gateway) is None:
+        if routed_since is None or gateway not in listed:
             continue
-        names = since.setdefault(gateway, {})
+        names = since[gateway]
         names[model] = min(names.get(model, routed_since), routed_since)
     lists = {}
     for gateway, names in sorted(since.items()):
-        if len(names) > MAX_LISTED:
-            logger.warning("Gateway %s routes %d model names: listing the first %d", gateway, len(names), MAX_LISTED)
+        if len(names) > limit:
+            logger.warning("Gateway %s routes %d model names: listing the first %d", gateway, len(names), limit)
         lists[gateway] = [{"id": model, "object": "model", "created": _epoch(stamp), "owned_by": OWNED_BY}
-                          for model, stamp in sorted(names.items())[:MAX_LISTED]]
+                          for model, stamp in sorted(names.items())[:limit]]
     return lists
 
 
@@ -84,14 +91,23 @@ def list_document(entries: list[dict[str, Any]]) -> str:
 
 
 def configmap(name: str, namespace: str, lists: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The ConfigMap of every Gateway's list (a Gateway with nothing routed has no key)."""
-    keys = {gateway: gateway_key(gateway) for gateway in lists}
+    """The ConfigMap of every Gateway's list, within :data:`MAX_DATA_BYTES`: past it, each list
+    is cut to the same shorter length (a ConfigMap holds at most 1 MiB, and one the API server
+    refuses would leave every list stale)."""
+    keys = {gateway: key for gateway in lists if (key := gateway_key(gateway)) is not None}
+    limit = max((len(entries) for entries in lists.values()), default=0)
+    while True:
+        data = {keys[gateway]: list_document(entries[:limit]) for gateway, entries in lists.items()
+                if gateway in keys}
+        if sum(len(key) + len(text) for key, text in data.items()) <= MAX_DATA_BYTES or limit == 0:
+            break
+        limit //= 2
+        logger.warning("the model lists are over %d bytes: listing the first %d names of each", MAX_DATA_BYTES, limit)
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {LABEL_NAME: "kiln", LABEL_COMPONENT: "model-list",
                                     LABEL_MANAGED_BY: MANAGED_BY}},
-            "data": {key: list_document(entries) for gateway, entries in lists.items()
-                     if (key := keys[gateway]) is not None}}
+            "data": data}
 
 
 def _read_list(directory: Path, gateway: str) -> bytes:

@@ -166,7 +166,8 @@ async def test_each_gateways_model_list_holds_the_names_it_routes(make_sandbox, 
 
     target = ("kiln-system", "kiln-model-list")  # the chart's release namespace and name
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
-                            policy=Policy(model_list="/".join(target))) as sb:
+                            policy=Policy(model_list="/".join(target),
+                                          model_list_gateways=("gateway/inference-gateway",))) as sb:
         for namespace in (NS, OTHER):
             sb.add_namespace(namespace)
             if backend == "real":

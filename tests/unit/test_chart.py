@@ -358,7 +358,8 @@ def test_the_model_list_answers_get_v1_models_on_each_listed_gateway():
     operator, server = sorted(of_kind(objects, "Deployment"), key=lambda d: d["metadata"]["name"])
     args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--model-list-configmap=kiln-system/kiln-model-list" in args
-    assert run_policy(parser().parse_args(args)).model_list == "kiln-system/kiln-model-list"
+    policy = run_policy(parser().parse_args(args))
+    assert (policy.model_list, policy.model_list_gateways) == ("kiln-system/kiln-model-list", tuple(gateways))
     pod = server["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
     [container] = pod["containers"]

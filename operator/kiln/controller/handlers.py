@@ -48,7 +48,8 @@ def build_registry(ctx: OperatorContext,
     registry = kopf.OperatorRegistry()
     kopf.on.startup(registry=registry)(configure)
     register_caches(registry, ctx.changed.add)
-    writer = ModelListWriter(ctx.api, ctx.policy.model_list) if ctx.policy.model_list else None
+    writer = (ModelListWriter(ctx.api, ctx.policy.model_list, ctx.policy.model_list_gateways)
+              if ctx.policy.model_list else None)
     register_claims(registry, ctx.changed.add, writer.update if writer else None)
     if writer is not None:
         async def list_models(**_: Any) -> None:

@@ -29,10 +29,12 @@ Claims = frozenset[tuple[str, str, str | None]]
 
 
 class ModelListWriter:
-    """Keeps the ConfigMap ``namespace/name`` (``kiln run --model-list-configmap``)."""
+    """Keeps the ConfigMap ``namespace/name`` (``kiln run --model-list-configmap``) of the
+    ``gateways`` listed (``--model-list-gateway``)."""
 
-    def __init__(self, api: KubeApi, target: str, delay: float = 1.0, retry: float = 5.0) -> None:
-        self.api, self.delay, self.retry = api, delay, retry
+    def __init__(self, api: KubeApi, target: str, gateways: tuple[str, ...], delay: float = 1.0,
+                 retry: float = 5.0) -> None:
+        self.api, self.gateways, self.delay, self.retry = api, gateways, delay, retry
         self.namespace, self.name = target.split("/", 1)
         self.claims: dict[str, Claims] = {}
         self.written: dict[str, str] | None = None
@@ -59,7 +61,8 @@ class ModelListWriter:
             await asyncio.sleep(delay)
             self._again = False
             wanted = configmap(self.name, self.namespace,
-                               gateway_lists(claim for claims in self.claims.values() for claim in claims))
+                               gateway_lists((claim for claims in self.claims.values() for claim in claims),
+                                             self.gateways))
             delay = self.delay
             if wanted["data"] != self.written:
                 try:

@@ -50,9 +50,10 @@ class Policy:
     # Where builds reach the model stores (chart: modelStorage; the operator reads config.json
     # from the same Hub mirror) and the cluster's DNS domain (chart: clusterDomain).
     platform: Platform = DEFAULT_PLATFORM
-    # namespace/name of the ConfigMap of every Gateway's model list (chart: gateway.modelList;
-    # kiln/modellist.py). None: no list is kept.
+    # namespace/name of the ConfigMap of the model list of each of ``model_list_gateways``
+    # (chart: gateway.modelList; kiln/modellist.py). None: no list is kept.
     model_list: str | None = None
+    model_list_gateways: tuple[str, ...] = ()
 
     def check_prometheus(self, text: str) -> URL:
         """The base URL, if the platform team allows it."""
