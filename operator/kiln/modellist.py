@@ -61,7 +61,12 @@ def gateway_key(gateway: str) -> str | None:
 
 
 def _epoch(stamp: str) -> int:
-    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    """Seconds since the epoch of a status timestamp; 0 for one of the right shape that is no
+    time (a month 13: the status is writable by whoever may write it)."""
+    try:
+        return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return 0
 
 
 def gateway_lists(claims: Iterable[tuple[str, str, str | None]], gateways: Iterable[str],
@@ -120,7 +125,7 @@ def _read_list(directory: Path, gateway: str) -> bytes:
     try:
         with (directory / key).open("rb") as file:
             body = file.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
+    except OSError:  # none for this Gateway (or not a file)
         return empty
     if len(body) > MAX_FILE_BYTES:
         logger.warning("%s is over %d bytes: answering an empty list", key, MAX_FILE_BYTES)

@@ -30,6 +30,11 @@ def test_a_gateway_lists_each_routed_name_once_with_its_earliest_route():
     assert [e["id"] for e in lists["other/internal"]] == ["qwen"]
 
 
+def test_a_timestamp_that_is_no_time_reads_as_zero():
+    [entry] = gateway_lists([("gw/public", "llama", "2026-13-45T99:99:99Z")], ["gw/public"])["gw/public"]
+    assert entry["created"] == 0
+
+
 def test_the_list_is_bounded():
     lists = gateway_lists([("gw/public", f"m{i:05d}", T1) for i in range(MAX_LISTED + 10)], ["gw/public"])
     assert len(lists["gw/public"]) == MAX_LISTED
@@ -80,7 +85,8 @@ async def test_a_hostile_header_reads_no_other_file(tmp_path):
     (tmp_path / "secret").write_text('{"object": "list", "data": [{"id": "leaked"}]}')
     (tmp_path / "gw").mkdir()
     (tmp_path / "gw" / "x.json").write_text('{"object": "list", "data": [{"id": "leaked"}]}')
-    for header in ("../secret", "secret", "gw/x.json/../../secret", "gw/../secret", "gw/x", "x" * 5000):
+    (tmp_path / "gw" / "gw_dir.json").mkdir()  # a directory where a list would be
+    for header in ("../secret", "secret", "gw/x.json/../../secret", "gw/../secret", "gw/x", "x" * 5000, "gw/dir"):
         assert await _get(tmp_path / "gw", {MODEL_LIST_HEADER: header}) == {"object": "list", "data": []}, header
 
 
