@@ -38,7 +38,8 @@ from .render.meta import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_
 __all__ = ["MODEL_LIST_HEADER", "MAX_LISTED", "MAX_FILE_BYTES", "MAX_DATA_BYTES", "gateway_key", "gateway_lists",
            "list_document", "configmap", "model_list_app"]
 
-# Set by each Gateway's HTTPRoute (a RequestHeaderModifier ``set``, which replaces a client's).
+# Set by each Gateway's HTTPRoute: a RequestHeaderModifier ``set`` "overwrites the request with
+# the given header" (Gateway API apis/v1/httproute_types.go, HTTPHeaderFilter.Set), a client's too.
 MODEL_LIST_HEADER = "X-Kiln-Gateway"
 # Names listed per Gateway: a ConfigMap holds at most 1 MiB, and an entry is under 150 bytes.
 MAX_LISTED = 2000
