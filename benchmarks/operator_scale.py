@@ -128,6 +128,8 @@ def _services(count: int) -> list[dict[str, Any]]:
     for index in range(count):
         manifest = copy.deepcopy(examples[index % len(examples)])
         manifest["metadata"] = {"name": f"svc-{index:04d}", "namespace": NAMESPACES[index % len(NAMESPACES)]}
+        if manifest["spec"].get("gateway"):  # one served model name per Gateway (decide/claim.py)
+            manifest["spec"]["servedModelName"] = f"model-{index:04d}"
         if index % 5 == 0:
             manifest["spec"]["autoscaling"] = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 2}
         services.append(manifest)
