@@ -20,6 +20,7 @@ import yaml
 
 from .api import AutoscalingMode
 from .api.crd import crds
+from .api.llmservice import GATEWAY_REF_MAX, GATEWAY_REF_PATTERN
 from .api.loading import load_yaml, read_yaml_file
 from .api.validation import parse_service_manifest
 from .errors import KilnError, PlanRefused, SpecInvalid
@@ -35,6 +36,8 @@ __all__ = ["EXIT_CODES", "main", "parser", "run_policy"]
 
 # Documented per command (epilog of --help and the CLI reference); 0 always means success.
 EXIT_UNKNOWN = 3
+# The log lines of the long-running commands (run, model-list).
+_LOG_FORMAT = "[%(asctime)s] %(name)-28.28s [%(levelname)-7s] %(message)s"
 # `kiln simulate`'s replica ceiling for a service that does not autoscale (a what-if).
 SIMULATED_MAX_REPLICAS = 16
 EXIT_CODES = {
@@ -68,9 +71,8 @@ def _region(text: str) -> str:
 
 
 def _object_ref(text: str) -> str:
-    """An argparse type: ``namespace/name`` of a ConfigMap (a DNS label, a DNS subdomain)."""
-    if len(text) > 317 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?",
-                                            text):
+    """An argparse type: ``namespace/name`` (a DNS label, a DNS subdomain)."""
+    if len(text) > GATEWAY_REF_MAX or not re.fullmatch(GATEWAY_REF_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text[:60]!r} is not NAMESPACE/NAME")
     return text
 
@@ -356,7 +358,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     # The operator's own messages from INFO (the Lease, the sweep), everyone else's from WARNING.
-    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)-28.28s [%(levelname)-7s] %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT)
     logging.getLogger("kiln").setLevel(logging.INFO)
     asyncio.run(run_against_kubeconfig(args.namespace or None, metrics_port=args.metrics_port,
                                        policy=run_policy(args),
@@ -374,7 +376,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     if not directory.is_dir():
         raise SpecInvalid(f"--dir: {args.dir[:200]} is not a directory")
-    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)-28.28s [%(levelname)-7s] %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT)
     aiohttp.web.run_app(model_list_app(directory), port=args.port, print=None, access_log=None)
     return 0
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .api.llmservice import GATEWAY_REF_MAX, GATEWAY_REF_PATTERN
 from .render.meta import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
 
 __all__ = ["MODEL_LIST_HEADER", "MAX_LISTED", "MAX_FILE_BYTES", "MAX_DATA_BYTES", "gateway_key", "gateway_lists",
@@ -48,17 +49,16 @@ MAX_FILE_BYTES = 1 << 20
 # What the operator writes into the ConfigMap at most, below its 1 MiB with room for metadata.
 MAX_DATA_BYTES = 900 * 1024
 OWNED_BY = "Triton Inference Server"
-# namespace/name of a Gateway: a DNS label, and a DNS subdomain (api/llmservice.py GatewayClaim).
-_GATEWAY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 logger = logging.getLogger(__name__)
 
 
 def gateway_key(gateway: str) -> str | None:
     """The ConfigMap key of a Gateway's list; None for what is not ``namespace/name``."""
-    if len(gateway) > 317 or not (found := _GATEWAY.match(gateway)):
+    if len(gateway) > GATEWAY_REF_MAX or not re.fullmatch(GATEWAY_REF_PATTERN, gateway):
         return None
-    return f"{found.group(1)}_{found.group(3)}.json"
+    namespace, name = gateway.split("/")
+    return f"{namespace}_{name}.json"
 
 
 def _epoch(stamp: str) -> int:

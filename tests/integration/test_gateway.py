@@ -208,18 +208,12 @@ async def test_each_gateways_model_list_holds_the_names_it_routes(make_sandbox, 
         await sb.wait_for(lambda: listed() == [name], what="the deleted service's name gone from the list")
         if backend == "real":  # the chart's server, Service and route, as the API server admits them
             from ..support.cluster import chart_manifests
-            from ..support.real_cluster import KINDS_BY_PLURAL, _PLURAL_OF
 
             served = [o for o in chart_manifests({"gateway": {"modelList": {"gateways": ["gateway/inference-gateway"]}}})
                       if o["kind"] in ("Deployment", "Service", "HTTPRoute") and "model-list" in o["metadata"]["name"]]
             assert sorted(o["kind"] for o in served) == ["Deployment", "HTTPRoute", "Service"]
             for obj in served:
-                meta = obj["metadata"]
-                response = sb.plane.http.patch(
-                    sb.plane.server + KINDS_BY_PLURAL[_PLURAL_OF[obj["kind"]]].path(meta["namespace"], meta["name"]),
-                    data=yaml.safe_dump(obj), params={"fieldManager": "helm", "dryRun": "All", "fieldValidation": "Strict"},
-                    headers={"Content-Type": "application/apply-patch+yaml"}, timeout=30)
-                assert response.status_code in (200, 201), (obj["kind"], response.text)
+                sb.plane.apply(obj, dry_run=True)  # raises with the API server's answer if refused
         assert sb.operator_error is None
         await sb.stop_operator()
         await sb.stop_kubelet()

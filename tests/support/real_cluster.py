@@ -116,15 +116,19 @@ class ControlPlane:
         for obj in rbac:
             self.apply(obj)
 
-    def apply(self, obj: dict[str, Any], *, plural: str | None = None) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], *, plural: str | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply as the admin (field manager ``kiln-tests``); ``plural`` for a kind
-        the sandbox does not read (:data:`KINDS_BY_PLURAL`), whose CRD a test installs."""
+        the sandbox does not read (:data:`KINDS_BY_PLURAL`), whose CRD a test installs;
+        ``dry_run``: validated and admitted as ``kubectl apply --server-side --dry-run=server``
+        does, with strict field validation, and not stored."""
         meta = obj["metadata"]
         kind = KINDS_BY_PLURAL[_PLURAL_OF[obj["kind"]]] if plural is None else \
             Kind(obj["apiVersion"], obj["kind"], plural, "namespace" in meta)
+        params = {"fieldManager": "kiln-tests", "force": "true",
+                  **({"dryRun": "All", "fieldValidation": "Strict"} if dry_run else {})}
         response = self.http.patch(
             self.server + kind.path(meta.get("namespace"), meta["name"]),
-            data=yaml.safe_dump(obj), params={"fieldManager": "kiln-tests", "force": "true"},
+            data=yaml.safe_dump(obj), params=params,
             headers={"Content-Type": "application/apply-patch+yaml"}, timeout=30)
         if response.status_code >= 300:
             raise RuntimeError(f"applying {obj['kind']} {meta['name']}: {response.status_code} "

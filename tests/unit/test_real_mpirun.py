@@ -61,7 +61,7 @@ echo "{{\\"rank\\": \\"$OMPI_COMM_WORLD_RANK\\", \\"ld\\": \\"$LD_LIBRARY_PATH\\
 '''
 
 
-def _launch(tmp_path, pods, **extra_env):
+def _launch(tmp_path, monkeypatch, pods, **extra_env):
     """The leader's command line for a group of ``pods`` one-GPU pods, run by the real mpirun:
     (its result, each rank's record, the kubectl calls)."""
     host = socket.gethostname()
@@ -90,13 +90,9 @@ def _launch(tmp_path, pods, **extra_env):
            "LWS_GROUP_INDEX": "0", "LD_LIBRARY_PATH": "/usr/local/cuda/compat/lib:/leader/only", **extra_env}
     # The leader is this machine by its name; its worker pods, <leader>-1 and on, are reached
     # only through the launcher.
-    old = {name: os.environ.get(name) for name in ("KILN_MPIRUN", "KILN_TRITONSERVER")}
-    os.environ.update(KILN_MPIRUN=str(MPIRUN), KILN_TRITONSERVER=str(tritonserver))
-    try:
-        argv = server_argv(spec, tmp_path / "repo", Group(host, pods, 1))
-    finally:
-        for name, value in old.items():
-            os.environ.pop(name) if value is None else os.environ.update({name: value})
+    monkeypatch.setenv("KILN_MPIRUN", str(MPIRUN))
+    monkeypatch.setenv("KILN_TRITONSERVER", str(tritonserver))
+    argv = server_argv(spec, tmp_path / "repo", Group(host, pods, 1))
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     started = {int(json.loads(path.read_text())["rank"]): json.loads(path.read_text())
                for path in ranks.glob("rank-*.json")}
@@ -104,9 +100,9 @@ def _launch(tmp_path, pods, **extra_env):
     return result, started, calls
 
 
-def test_the_leader_starts_the_workers_ranks_through_kilns_launcher(tmp_path):
+def test_the_leader_starts_the_workers_ranks_through_kilns_launcher(tmp_path, monkeypatch):
     host = socket.gethostname()
-    result, started, calls = _launch(tmp_path, 2)
+    result, started, calls = _launch(tmp_path, monkeypatch, 2)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert sorted(started) == [0, 1]
     assert "--http-port=8000" in started[0]["argv"] and "--allow-http=false" in started[1]["argv"]
@@ -118,12 +114,12 @@ def test_the_leader_starts_the_workers_ranks_through_kilns_launcher(tmp_path):
     assert "/leader/only" in started[1]["ld"].split(":")
 
 
-def test_only_the_leader_starts_daemons_in_a_group_large_enough_for_a_launch_tree(tmp_path):
+def test_only_the_leader_starts_daemons_in_a_group_large_enough_for_a_launch_tree(tmp_path, monkeypatch):
     """mpirun launches its daemons as a tree by default: past ``routed_radix`` daemons (64 in
     PRRTE; forced to 1 here, as a larger group would have it), a worker's daemon starts the next
     ones with the same launcher, from the worker pod, which holds no token and may not exec.
     ``plm_rsh_no_tree_spawn`` has the leader start every daemon."""
-    result, started, calls = _launch(tmp_path, 3, PRTE_MCA_routed_radix="1")
+    result, started, calls = _launch(tmp_path, monkeypatch, 3, PRTE_MCA_routed_radix="1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert sorted(started) == [0, 1, 2]
     assert [call for call in calls if call[0] == "exec from"] == [["exec from", "leader"]] * 2

@@ -18,6 +18,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{- define "kiln.modelListName" -}}
+{{- printf "%s-model-list" (include "kiln.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "kiln.modelListLabels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}-model-list
 app.kubernetes.io/instance: {{ .Release.Name }}

@@ -33,6 +33,8 @@ __all__ = [
     "NetworkSpec",
     "GatewaySpec",
     "SERVED_MODEL_NAME_PATTERN",
+    "GATEWAY_REF_PATTERN",
+    "GATEWAY_REF_MAX",
     "LLMServiceSpec",
     "Condition",
     "PlanStatus",
@@ -66,6 +68,9 @@ _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 _HF_PAGE = re.compile(r"^https?://(www\.)?(huggingface\.co|hf\.co)/(?P<org>[^/\s]+)/(?P<name>[^/?#\s]+)")
 # The OpenAI API's model id, which is also a Triton model directory: no "/", no spaces.
 SERVED_MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# namespace/name of a Gateway (a DNS label, a DNS subdomain), and its longest.
+GATEWAY_REF_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+GATEWAY_REF_MAX = 317
 
 Auto = Literal["auto"]
 ParallelDegree = Annotated[int, Field(ge=1, le=64)] | Auto
@@ -626,7 +631,7 @@ class GatewayClaim(KilnModel):
     routed. One name on one Gateway routes to one service: the one whose route has routed it
     longest; another that asks for it stalls (ModelNameInUse) until it is free."""
 
-    gateway: str = Field(max_length=317, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    gateway: str = Field(max_length=GATEWAY_REF_MAX, pattern=GATEWAY_REF_PATTERN,
                          description="namespace/name of the Gateway.")
     model: str = Field(pattern=SERVED_MODEL_NAME_PATTERN, description="The served model name.")
     routed_since: str | None = Field(

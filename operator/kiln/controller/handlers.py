@@ -31,8 +31,8 @@ from .cache import CachedKubeApi, cache_indexes, register_caches
 from .claims import register_claims
 from .collect import sweep_engines
 from .context import FULL_RESYNC_SECONDS, OperatorContext
-from .modellist import ModelListWriter
 from .kube import ApiException
+from .modellist import ModelListWriter
 from .reconcile import now, reconcile, record
 from .requeue import Requeue, requeue_of
 
