@@ -347,6 +347,7 @@ def run_policy(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .controller.context import MAX_CONCURRENT_RECONCILES
+    from .controller.lease import LEASE_NAME
     from .controller.operator import run_against_kubeconfig
 
     slots = MAX_CONCURRENT_RECONCILES if args.max_concurrent_reconciles is None else args.max_concurrent_reconciles
@@ -364,6 +365,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        policy=run_policy(args),
                                        max_concurrent_reconciles=slots,
                                        lease_namespace=args.leader_election_namespace,
+                                       lease_name=args.leader_election_name or LEASE_NAME,
                                        health_port=args.health_port))
     return 0
 
@@ -490,8 +492,11 @@ def parser() -> argparse.ArgumentParser:
                      help="when an unreferenced LLMEngine is deleted, remove its cache entry too "
                           "(a Job in the cache's namespace)")
     run.add_argument("--leader-election-namespace", metavar="NAMESPACE",
-                     help="act only while holding the Lease kiln-operator in this namespace (the "
-                          "chart sets it to the release's namespace; a second operator waits)")
+                     help="act only while holding the Lease --leader-election-name in this namespace "
+                          "(the chart sets it to the release's namespace; a second operator waits)")
+    run.add_argument("--leader-election-name", metavar="NAME", type=_domain,
+                     help="the Lease's name (default: kiln-operator; the chart sets <release>-operator, "
+                          "so that two releases in one namespace elect apart)")
     run.set_defaults(func=cmd_run)
     models = sub.add_parser("model-list", help="serve GET /v1/models for the Gateways (the files of the "
                                                "operator's --model-list-configmap)")

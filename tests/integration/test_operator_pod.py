@@ -38,11 +38,16 @@ LLAMA_LIKE = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 16, "h
               "vocab_size": 32000, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
 
 
-def _namespaced_release_rbac() -> list[dict]:
+def _namespaced_release() -> tuple[list[dict], str]:
+    """The release's RBAC objects, and the Lease its operator takes (from its Deployment's
+    flags: a second release in kiln-system elects apart from the session's)."""
     rendered = helm.Chart.load(ROOT / "charts" / "kiln").render(
         {"watchNamespaces": [NS]}, name=RELEASE, namespace=LEASE_NS)
-    return [d for path, text in rendered.items() if path.endswith(".yaml")
-            for d in yaml.safe_load_all(text) if d and d["kind"] in RBAC_KINDS]
+    objects = [d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    [deployment] = [d for d in objects if d["kind"] == "Deployment"]
+    [lease] = [a.split("=", 1)[1] for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+               if a.startswith("--leader-election-name=")]
+    return [d for d in objects if d["kind"] in RBAC_KINDS], lease
 
 
 def _kubeconfig(plane, token: str, path: Path) -> Path:
@@ -71,7 +76,8 @@ async def test_kiln_run_as_the_image_user_leads_and_reconciles_its_namespace_at_
     try:
         for name in (LEASE_NS, NS):
             control_plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-        for obj in _namespaced_release_rbac():
+        rbac, lease_name = _namespaced_release()
+        for obj in rbac:
             control_plane.apply(obj)
         response = control_plane.http.post(
             control_plane.server + path_of("serviceaccounts", LEASE_NS, RELEASE) + "/token",
@@ -87,6 +93,7 @@ async def test_kiln_run_as_the_image_user_leads_and_reconciles_its_namespace_at_
                 ["setpriv", "--reuid", str(IMAGE_UID), "--regid", str(IMAGE_UID), "--clear-groups",
                  sys.executable, "-m", "kiln", "run", "--metrics-port", str(free_port()),
                  "--health-port", str(free_port()), "-n", NS, "--leader-election-namespace", LEASE_NS,
+                 "--leader-election-name", lease_name,
                  "--hub-endpoint", hub.url],
                 env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=tied_to_parent)
 
@@ -98,7 +105,7 @@ async def test_kiln_run_as_the_image_user_leads_and_reconciles_its_namespace_at_
                 await asyncio.sleep(0.2)
 
         async def leads():
-            lease = await admin.get("coordination.k8s.io/v1", "Lease", "kiln-operator", LEASE_NS)
+            lease = await admin.get("coordination.k8s.io/v1", "Lease", lease_name, LEASE_NS)
             return ((lease or {}).get("spec") or {}).get("holderIdentity") == "kiln-operator-0"
         await until(leads, 60, "the operator takes the Lease")
         control_plane.apply(yaml.safe_load((ROOT / "examples" / "llama-3.1-8b-fp8.yaml").read_text())
@@ -129,7 +136,7 @@ async def test_kiln_run_as_the_image_user_leads_and_reconciles_its_namespace_at_
     finally:
         if process is not None:
             stop_process(process, 10)
-        lease = await admin.get("coordination.k8s.io/v1", "Lease", "kiln-operator", LEASE_NS)
+        lease = await admin.get("coordination.k8s.io/v1", "Lease", lease_name, LEASE_NS)
         if lease is not None:
             await admin.delete(lease)
         for name in ("llama-8b", "mirrored"):

@@ -92,7 +92,7 @@ def test_cluster_wide_mode_grants_through_one_cluster_role():
     [deployment] = of_kind(objects, "Deployment")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == \
         ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2", "--leader-election-namespace=kiln-system",
-         "--cluster-domain=cluster.local"]
+         "--leader-election-name=kiln-operator", "--cluster-domain=cluster.local"]
 
 
 def test_the_operator_may_hold_its_lease_and_no_other():
@@ -130,7 +130,8 @@ def test_namespaced_mode_grants_namespaced_rights_only_in_the_watched_namespaces
     [deployment] = of_kind(objects, "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["run", "--metrics-port=8081", "--max-concurrent-reconciles=2",
-                    "--leader-election-namespace=kiln-system", "--namespace=llm", "--namespace=team-b",
+                    "--leader-election-namespace=kiln-system", "--leader-election-name=kiln-operator",
+                    "--namespace=llm", "--namespace=team-b",
                     "--cluster-domain=cluster.local"]
 
 
@@ -165,7 +166,10 @@ def test_standby_operators_spread_over_nodes_and_one_stays_through_a_drain():
     assert "affinity" not in deployment["spec"]["template"]["spec"]
     objects = render({"replicaCount": 2})
     [deployment] = of_kind(objects, "Deployment")
-    selector = deployment["spec"]["selector"]["matchLabels"]
+    # The operator's pods alone: a service's pods carry the Deployment's selector labels when
+    # it is named like the release (test_chart_releases.py), never component=operator.
+    selector = {**deployment["spec"]["selector"]["matchLabels"], "app.kubernetes.io/component": "operator"}
+    assert set(selector.items()) <= set(deployment["spec"]["template"]["metadata"]["labels"].items())
     [term] = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
         "preferredDuringSchedulingIgnoredDuringExecution"]
     assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",

@@ -154,3 +154,24 @@ def test_gpus_the_model_cannot_be_split_over_name_the_counts_that_can(tmp_path, 
 def test_run_refuses_one_port_for_metrics_and_health(capsys):
     code, _, err = _run(capsys, "run", "--metrics-port", "8080")
     assert code == 2 and err == "error: --metrics-port and --health-port are both 8080: give them two ports\n"
+
+
+def test_run_takes_the_lease_it_is_named_and_refuses_a_name_kubernetes_would(capsys, monkeypatch):
+    """Two releases of the chart in one namespace elect apart (--leader-election-name,
+    test_chart_releases.py); without the flag the Lease is kiln-operator, as before."""
+    import kiln.controller.operator as operator
+
+    taken = []
+
+    async def run_against_kubeconfig(*args, **kwargs):
+        taken.append((kwargs["lease_namespace"], kwargs["lease_name"]))
+
+    monkeypatch.setattr(operator, "run_against_kubeconfig", run_against_kubeconfig)
+    assert main(["run", "--leader-election-namespace", "kiln-system", "--leader-election-name", "team-b-kiln-operator"]) == 0
+    assert main(["run", "--leader-election-namespace", "kiln-system"]) == 0
+    assert taken == [("kiln-system", "team-b-kiln-operator"), ("kiln-system", "kiln-operator")]
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--leader-election-name", "Team_B"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--leader-election-name" in err and "'Team_B' is not a DNS domain" in err and "Traceback" not in err

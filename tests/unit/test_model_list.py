@@ -50,7 +50,9 @@ def test_the_list_is_bounded():
 
 
 @pytest.mark.parametrize("gateway", ["../etc/passwd", "gw/../../x", "a/b/c", "GW/public", "gw/", "/gw", "gw_x/y",
-                                     "gw/" + "a" * 320, "", "gw\\public", "gw/pub lic"])
+                                     "gw/" + "a" * 320, "", "gw\\public", "gw/pub lic",
+                                     # a Gateway's namespace is at most 63 characters, its name 253
+                                     "a" * 64 + "/gw", "gw/" + "b" * 254])
 def test_only_a_namespace_and_name_make_a_key(gateway):
     assert gateway_key(gateway) is None
     assert gateway_lists([(gateway, "llama", T1)], [gateway]) == {}

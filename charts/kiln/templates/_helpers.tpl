@@ -11,6 +11,58 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+What selects the operator's own pods and Service. The operator labels an LLMService's objects
+app.kubernetes.io/name=kiln and app.kubernetes.io/instance=<the service's name>
+(kiln/render/meta.py), so a service named like the release, in its namespace, carries
+kiln.selectorLabels too; no object of a service is labelled component=operator. The
+Deployment's own selector stays kiln.selectorLabels: it is immutable, and a service's pods
+are each owned by their own ReplicaSet, which the operator's Deployment does not adopt.
+*/}}
+{{- define "kiln.operatorSelectorLabels" -}}
+{{ include "kiln.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/*
+A Service's name: a DNS-1035 label (a letter first, no dots, at most 63 characters), which
+Helm does not require of a release name. Called with the root context as "root" and what
+follows the release's full name as "suffix".
+*/}}
+{{- define "kiln.serviceName" -}}
+{{- $base := include "kiln.fullname" .root | trunc (int (sub 62 (len .suffix))) | trimSuffix "-" -}}
+{{- $name := printf "%s-%s" $base .suffix -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) -}}
+{{- fail (printf "release name %q gives the Service name %q, which Kubernetes refuses (a Service's name is a DNS-1035 label: a lowercase letter first, then letters, digits and '-', no dots): install under a release name that starts with a letter and has no dots" .root.Release.Name $name) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
+{{/*
+The Lease that elects one operator of the release (kiln run --leader-election-name): two
+releases in one namespace elect theirs apart. The release kiln takes kiln-operator.
+*/}}
+{{- define "kiln.leaseName" -}}
+{{- printf "%s-operator" (include "kiln.fullname" . | trunc 54 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+Cluster-scoped objects (the ClusterRole and its binding): one release name may be installed
+in several namespaces, each with rights of its own.
+*/}}
+{{- define "kiln.clusterName" -}}
+{{- printf "%s-%s" (include "kiln.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* The operator's image (the model-list server runs it too): by digest when one is given. */}}
+{{- define "kiln.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "kiln.labels" -}}
 {{ include "kiln.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -19,7 +71,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "kiln.modelListName" -}}
-{{- printf "%s-model-list" (include "kiln.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- include "kiln.serviceName" (dict "root" . "suffix" "model-list") -}}
 {{- end -}}
 
 {{- define "kiln.modelListLabels" -}}

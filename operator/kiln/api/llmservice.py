@@ -68,8 +68,9 @@ _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 _HF_PAGE = re.compile(r"^https?://(www\.)?(huggingface\.co|hf\.co)/(?P<org>[^/\s]+)/(?P<name>[^/?#\s]+)")
 # The OpenAI API's model id, which is also a Triton model directory: no "/", no spaces.
 SERVED_MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-# namespace/name of a Gateway (a DNS label, a DNS subdomain), and its longest.
-GATEWAY_REF_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# namespace/name of a Gateway (a DNS label of at most 63 characters, a DNS subdomain of at
+# most 253: the Gateway API's Namespace and ObjectName), and its longest.
+GATEWAY_REF_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 GATEWAY_REF_MAX = 317
 
 Auto = Literal["auto"]

@@ -17,7 +17,7 @@ import kopf
 from .context import MAX_CONCURRENT_RECONCILES, OperatorContext
 from .handlers import build_registry
 from .kube import KubeApi
-from .lease import LeaderLease, random_identity
+from .lease import LEASE_NAME, LeaderLease, random_identity
 from .models import ModelResolver
 from .metrics import PodMetrics
 from ..decide.policy import Policy
@@ -104,17 +104,19 @@ async def run_against_kubeconfig(namespaces: list[str] | None = None,
                                  policy: Policy | None = None,
                                  max_concurrent_reconciles: int = MAX_CONCURRENT_RECONCILES,
                                  lease_namespace: str | None = None,
-                                 health_port: int = HEALTH_PORT) -> None:
+                                 health_port: int = HEALTH_PORT,
+                                 lease_name: str = LEASE_NAME) -> None:
     """The operator as it runs in its pod: health on ``health_port``'s /healthz (and readiness
     on its /readyz), metrics on
-    ``metrics_port``. ``lease_namespace``: first take the Lease there (controller/lease.py) and
+    ``metrics_port``. ``lease_namespace``: first take the Lease ``lease_name`` there (controller/lease.py) and
     act only while holding it; identity ``$POD_NAME`` (the chart's downward API) or a random
     one. While it waits it is a standby: its health endpoint answers (so that its liveness
     probe keeps it) and its metrics say ``kiln_operator_leader 0``, as controller-runtime's
     manager serves its probes and metrics before it is elected."""
     settle_garbage_collector()  # the process is the operator's alone (not a test's or the demo's)
     api = await KubeApi.from_kubeconfig()
-    lease = LeaderLease(api, lease_namespace, identity=os.environ.get("POD_NAME")) if lease_namespace else None
+    lease = LeaderLease(api, lease_namespace, name=lease_name,
+                        identity=os.environ.get("POD_NAME")) if lease_namespace else None
     policy = policy or Policy()
     ctx = OperatorContext(api=api, policy=policy, models=ModelResolver(endpoint=policy.platform.hub_endpoint),
                           reconcile_slots=asyncio.Semaphore(max_concurrent_reconciles))
