@@ -107,7 +107,8 @@ def test_network_policy_admits_the_namespace_the_named_clients_and_the_operator(
                                       "metricsNamespaces": ["monitoring"]}).network_policy
     validate_on_claimed_minors(policy)
     spec = policy["spec"]
-    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/instance": "svc"}}
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/instance": "svc",
+                                                   "app.kubernetes.io/managed-by": "kiln"}}
     assert spec["policyTypes"] == ["Ingress"]  # egress stays open
     inference, metrics = spec["ingress"]
     assert inference["from"] == [
@@ -134,6 +135,28 @@ def test_the_operator_pod_carries_the_label_the_network_policy_admits():
     deployment = next(d for d in yaml.safe_load_all(
         _kiln_chart_deployment()) if d and d.get("kind") == "Deployment")
     assert deployment["spec"]["template"]["metadata"]["labels"]["kiln.dev/operator"] == "true"
+
+
+def test_a_service_named_like_the_release_restricts_its_own_pods_not_the_operators():
+    """A service in the operator's namespace named like the release: its pods carry the
+    chart's selector labels (app.kubernetes.io/name=kiln, instance=kiln), and its policy
+    selects them by the label only Kiln's children carry as well, so the operator's pods
+    and the model-list server's keep the ingress they had."""
+    import helm_python as helm
+
+    spec = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                               "networkPolicy": {"enabled": True}})
+    result, gpu = planned(spec)
+    rendered = render(ServiceRef("kiln", "kiln-system", "uid-1"), spec, result, gpu)
+    selector = set(rendered.network_policy["spec"]["podSelector"]["matchLabels"].items())
+    assert selector <= set(rendered.workload["spec"]["template"]["metadata"]["labels"].items())
+    manifests = helm.Chart.load(ROOT / "charts" / "kiln").render(
+        {"gateway": {"modelList": {"gateways": ["gw/public"]}}}, name="kiln", namespace="kiln-system")
+    chart_pods = [d["spec"]["template"]["metadata"]["labels"] for path, text in manifests.items()
+                  if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d and d.get("kind") == "Deployment"]
+    assert len(chart_pods) == 2
+    for labels in chart_pods:
+        assert not selector <= set(labels.items()), labels
 
 
 def _kiln_chart_deployment() -> str:

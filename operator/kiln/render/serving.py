@@ -14,8 +14,8 @@ from ..api import AutoscalingMode, LLMServiceSpec, ServerKind
 from ..planner import GPU, Plan
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, NGC_ENTRYPOINT, RUNTIME_IMAGE
 from .engine import Engine
-from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, LABEL_INSTANCE, child_name, labels,
-                   owned_by, selector, stamp)
+from .meta import (ENGINE_KEY_ANNOTATION, LABEL_ENGINE, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY,
+                   child_name, labels, owned_by, selector, stamp)
 from .network import with_network
 from .pod import (CACHE_MOUNT, HOST_CPU, HOST_MEMORY, gpu_scheduling, restricted_container_security,
                   restricted_pod_security, shm_volume, tmp_volume)
@@ -430,7 +430,9 @@ def network_policy(spec: LLMServiceSpec, instance: str, namespace: str,
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _server_meta(instance, namespace, owner_uid),
-        "spec": {"podSelector": {"matchLabels": {LABEL_INSTANCE: instance}},
+        # The service's own pods: managed-by too, as a pod of the chart's (the operator's, the
+        # model list's) carries instance=<release> and may share the service's name.
+        "spec": {"podSelector": {"matchLabels": {LABEL_INSTANCE: instance, LABEL_MANAGED_BY: MANAGED_BY}},
                  "policyTypes": ["Ingress"], "ingress": rules},
     })
 
