@@ -1,4 +1,4 @@
-"""The `kiln` command line: crds | plan | render | simulate | run | demo.
+"""The `kiln` command line: crds | plan | render | simulate | run | model-list | demo.
 
 Bad input exits 2 with one line naming the field path; there are no tracebacks for users.
 """
@@ -21,7 +21,7 @@ import yaml
 from .api import AutoscalingMode
 from .api.crd import crds
 from .api.llmservice import GATEWAY_REF_MAX, GATEWAY_REF_PATTERN
-from .api.loading import load_yaml, read_yaml_file
+from .api.loading import load_yaml, read_bounded, read_yaml_file
 from .api.validation import parse_service_manifest
 from .errors import KilnError, PlanRefused, SpecInvalid
 from .plot import check_plot_target, plot_policies
@@ -31,11 +31,16 @@ from .render.platform import GATEWAY_PROVIDERS
 from .sim.compare import LEAD_IN_SECONDS, SLO_GOAL
 from .sim.policies import POLICIES
 from .toolchain import TRTLLM_VERSION
+from . import __version__
 
 __all__ = ["EXIT_CODES", "main", "parser", "run_policy"]
 
 # Documented per command (epilog of --help and the CLI reference); 0 always means success.
+EXIT_BAD_INPUT = 2
 EXIT_UNKNOWN = 3
+# A failure no check foresaw: never 1, which `kiln plan` says for "does not fit" (sysexits'
+# EX_SOFTWARE).
+EXIT_INTERNAL = 70
 # The log lines of the long-running commands (run, model-list).
 _LOG_FORMAT = "[%(asctime)s] %(name)-28.28s [%(levelname)-7s] %(message)s"
 # `kiln simulate`'s replica ceiling for a service that does not autoscale (a what-if).
@@ -77,21 +82,42 @@ def _object_ref(text: str) -> str:
     return text
 
 
-def _at_least(kind: type, low: float, *, above: bool = False) -> Any:
-    """An argparse type: a ``kind`` number at least ``low`` (more than it if ``above``)."""
+def _at_least(kind: type, low: float, *, above: bool = False, most: float = math.inf) -> Any:
+    """An argparse type: a ``kind`` number at least ``low`` (more than it if ``above``), and at
+    most ``most``."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not {'an integer' if kind is int else 'a number'}") from None
         if not math.isfinite(value) or value < low or (above and value == low):
-            raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {low:g} (got {text})")
+            raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'at least'} {low:g} (got {text[:40]})")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:g} (got {text[:40]})")
         return value
     return parse
 
 
 _POSITIVE = _at_least(float, 0, above=True)
 _NON_NEGATIVE = _at_least(float, 0)
+_PORT = _at_least(int, 1, most=65535)
+_DAY = 86400.0
+
+
+def _namespace(text: str) -> str:
+    """An argparse type: a namespace's name (a DNS label)."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a namespace name (lowercase letters, digits "
+                                         "and '-', at most 63)")
+    return text
+
+
+def _model_source(text: str) -> str:
+    """An argparse type: a model source as spec.model.source writes it."""
+    if len(text) > 512 or not re.fullmatch(r"(hf|s3|pvc)://\S+", text):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a model source (hf://org/name, s3://bucket/path "
+                                         "or pvc://claim/path)")
+    return text
 
 
 class _Dumper(yaml.SafeDumper):
@@ -104,25 +130,37 @@ def dump_yaml(docs: list[dict[str, Any]]) -> str:
 
 
 def _load_manifest(path: str) -> dict[str, Any]:
-    docs = load_yaml(sys.stdin.read(), "stdin") if path == "-" else read_yaml_file(Path(path))
+    if not path:
+        raise SpecInvalid("--file: empty; name a manifest, or '-' for standard input")
+    docs = load_yaml(read_bounded(sys.stdin.buffer, "stdin"), "stdin") if path == "-" else read_yaml_file(Path(path))
     services = [d for d in docs if isinstance(d, dict) and d.get("kind") == "LLMService"]
     if len(services) != 1:
         candidates = services or docs
         if len(candidates) != 1:
             raise SpecInvalid(f"{path}: expected one LLMService, found {len(services)}")
-        return candidates[0]  # type: ignore[no-any-return]
+        [only] = candidates
+        kind = only.get("kind") if isinstance(only, dict) else None
+        if isinstance(kind, str) and kind:
+            raise SpecInvalid(f"{path}: a {kind[:60]}, not an LLMService")
+        return only  # type: ignore[no-any-return]
     return services[0]
 
 
 def _model_config(args: argparse.Namespace, source: str) -> tuple[ModelConfig | None, str]:
-    if args.model_config:
+    if args.model_config is not None:
+        if not args.model_config:
+            raise SpecInvalid("--model-config: empty; name a config.json")
         try:
-            raw = json.loads(Path(args.model_config).read_text())
+            with Path(args.model_config).open("rb") as stream:
+                raw = json.loads(read_bounded(stream, f"--model-config: {args.model_config}", what="a config.json"))
         except OSError as error:
             raise SpecInvalid(f"--model-config: cannot read {args.model_config}: {error.strerror}") from None
         except (ValueError, RecursionError) as error:  # bad JSON, a 5,000-digit number, deep nesting
             why = " ".join(str(error).split())[:120] if isinstance(error, ValueError) else "nested too deep"
             raise SpecInvalid(f"--model-config: {args.model_config} is not valid JSON ({why})") from None
+        if not isinstance(raw, dict):
+            raise SpecInvalid(f"--model-config: {args.model_config} must be a JSON object (a Hugging Face "
+                              f"config.json), not {type(raw).__name__ if raw is not None else 'null'}")
     elif source.startswith("hf://"):
         if catalog_config(source.removeprefix("hf://")) is None:
             return None, f"{source} is not in Kiln's catalog; pass --model-config config.json"
@@ -149,21 +187,27 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], Any, GPU, ModelC
 
 def cmd_crds(args: argparse.Namespace) -> int:
     objects = crds()
-    if args.output_dir:
+    if args.output_dir is not None:
+        if not args.output_dir:
+            raise SpecInvalid("--output-dir: empty; name a folder, or leave the flag out to print the CRDs")
         out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for crd in objects:
-            (out / f"{crd['metadata']['name']}.yaml").write_text(dump_yaml([crd]))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for crd in objects:
+                (out / f"{crd['metadata']['name']}.yaml").write_text(dump_yaml([crd]))
+        except OSError as error:
+            raise SpecInvalid(f"--output-dir: cannot write into {out}: {error.strerror}") from None
     else:
         sys.stdout.write(dump_yaml(objects))
     return 0
 
 
-def _print_compare(spec: Any, gpu: GPU, model: ModelConfig | None, output: str) -> int:
+def _print_compare(spec: Any, gpu: GPU, model: ModelConfig | None, output: str, why: str) -> int:
     from .planner.compare import compare
 
     if model is None:
-        raise SpecInvalid("--compare needs the model config: pass --model-config config.json")
+        raise SpecInvalid(f"--compare: {why}" if why else "--compare needs the model config: pass --model-config "
+                          "config.json")
     rows = compare(model, spec, gpu)
     if output == "json":
         print(json.dumps({"gpu": gpu.name, "gpus": spec.gpus, "precisions": rows}, indent=2))
@@ -191,7 +235,7 @@ def _print_compare(spec: Any, gpu: GPU, model: ModelConfig | None, output: str) 
 def cmd_plan(args: argparse.Namespace) -> int:
     _, spec, gpu, model, result = _prepare(args)
     if args.compare:
-        return _print_compare(spec, gpu, model, args.output)
+        return _print_compare(spec, gpu, model, args.output, "; ".join(result.reasons))
     if args.output == "json":
         print(json.dumps(result.status().wire(), indent=2))
     else:
@@ -253,6 +297,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             start, seconds = (float(x) for x in args.metrics_outage.split(":"))
         except ValueError:
             raise SpecInvalid("--metrics-outage: expected START:SECONDS") from None
+        if not (math.isfinite(start) and math.isfinite(seconds) and start >= 0 and seconds > 0):
+            raise SpecInvalid(f"--metrics-outage: START at least 0 and SECONDS more than 0, both finite "
+                              f"(got {args.metrics_outage[:40]})")
         outage = (start, seconds)
     requests = load_trace(Path(args.trace), args.rate_scale, args.time_scale)
     scaling = spec.autoscaling
@@ -379,6 +426,8 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise SpecInvalid(f"--dir: {args.dir[:200]} is not a directory")
     logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT)
+    print(f"kiln model-list: GET /v1/models on port {args.port}, the lists in {directory}", file=sys.stderr,
+          flush=True)
     aiohttp.web.run_app(model_list_app(directory), port=args.port, print=None, access_log=None)
     return 0
 
@@ -406,6 +455,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kiln", description=__doc__.splitlines()[0] if __doc__ else "")
+    top.add_argument("--version", action="version", version=f"kiln {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     crd = sub.add_parser("crds", help="print the CRDs generated from kiln.api")
     crd.add_argument("-o", "--output-dir", help="write one file per CRD into this directory")
@@ -416,29 +466,30 @@ def parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("-f", "--file", required=True, help="LLMService manifest ('-' for stdin)")
         cmd.add_argument("--model-config", help="a Hugging Face config.json")
-        cmd.add_argument("--gpu-memory-gib", type=_POSITIVE, help="override the GPU memory")
+        cmd.add_argument("--gpu-memory-gib", type=_at_least(float, 1, most=1024),
+                         help="override the GPU memory (1-1024, as spec.gpu.memoryGiB)")
         cmd.add_argument("-o", "--output", choices=formats, default=formats[0])
         if name == "plan":
             cmd.add_argument("--compare", action="store_true",
                              help="every precision side by side: memory, KV tokens, fewest GPUs, speed")
         cmd.set_defaults(func=func)
     sim = sub.add_parser("simulate", help="replay a request trace under autoscaling policies")
-    sim.add_argument("-f", "--file", required=True, help="LLMService manifest")
+    sim.add_argument("-f", "--file", required=True, help="LLMService manifest ('-' for stdin)")
     sim.add_argument("--trace", required=True, help="Azure CSV, Mooncake JSONL or timestamp_s,input_tokens,output_tokens")
     sim.add_argument("--model-config", help="a Hugging Face config.json")
     sim.add_argument("--policy", action="append",
                      help=f"one of {', '.join(POLICIES)}; repeat for several (default: all)")
     sim.add_argument("--slo-ttft-ms", type=_POSITIVE, default=2000.0)
-    sim.add_argument("--cold-start", type=_NON_NEGATIVE, default=90.0,
+    sim.add_argument("--cold-start", type=_at_least(float, 0, most=_DAY), default=90.0,
                      help="seconds until a new replica serves (default 90: 7-70B pods with cached weights take 1-2 min)")
-    sim.add_argument("--rate-scale", type=_POSITIVE, default=1.0,
+    sim.add_argument("--rate-scale", type=_at_least(float, 0, above=True, most=1000), default=1.0,
                      help="requests per request of the trace (0.5 keeps every other one)")
-    sim.add_argument("--time-scale", type=_POSITIVE, default=1.0,
+    sim.add_argument("--time-scale", type=_at_least(float, 0.001, most=1000), default=1.0,
                      help="stretch the trace's time (2: the same requests over twice as long)")
-    sim.add_argument("--max-replicas", type=_at_least(int, 1), help="upper bound for every policy (default: the "
+    sim.add_argument("--max-replicas", type=_at_least(int, 1, most=1000), help="upper bound for every policy (default: the "
                      f"manifest's autoscaling.maxReplicas, or {SIMULATED_MAX_REPLICAS} without autoscaling)")
     sim.add_argument("--metrics-outage", help="START:SECONDS with no metrics")
-    sim.add_argument("--lead-in", type=_NON_NEGATIVE, default=LEAD_IN_SECONDS,
+    sim.add_argument("--lead-in", type=_at_least(float, 0, most=_DAY), default=LEAD_IN_SECONDS,
                      help="seconds of the trace's opening replayed first, mirrored and uncounted, so "
                           "the reactive policies start as on a running service (0: start cold)")
     sim.add_argument("--routing", choices=("auto", "least-loaded", "random"), default="auto",
@@ -452,15 +503,15 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("-o", "--output", choices=("text", "json"), default="text")
     sim.set_defaults(func=cmd_simulate)
     run = sub.add_parser("run", help="run the operator against the current kubeconfig")
-    run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
-    run.add_argument("--metrics-port", type=_at_least(int, 0), default=8081,
+    run.add_argument("-n", "--namespace", action="append", type=_namespace, help="watch only these namespaces")
+    run.add_argument("--metrics-port", type=_at_least(int, 0, most=65535), default=8081,
                      help="serve the operator's Prometheus metrics here (0: off)")
-    run.add_argument("--health-port", type=_at_least(int, 1), default=8080,
+    run.add_argument("--health-port", type=_PORT, default=8080,
                      help="serve /healthz here, for the pod's probes (also while waiting for the Lease)")
     run.add_argument("--max-concurrent-reconciles", type=int, metavar="N",
                      help="reconciles in flight at once (default: 2; more helps only where the "
                           "API server has CPU to spare)")
-    run.add_argument("--public-model", action="append", metavar="SOURCE",
+    run.add_argument("--public-model", action="append", metavar="SOURCE", type=_model_source,
                      help="a model source whose engines built with a token serve services "
                           "without credentials (repeat)")
     run.add_argument("--allowed-prometheus-url", action="append", metavar="URL",
@@ -491,7 +542,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--delete-unreferenced-engine-files", action="store_true",
                      help="when an unreferenced LLMEngine is deleted, remove its cache entry too "
                           "(a Job in the cache's namespace)")
-    run.add_argument("--leader-election-namespace", metavar="NAMESPACE",
+    run.add_argument("--leader-election-namespace", metavar="NAMESPACE", type=_namespace,
                      help="act only while holding the Lease --leader-election-name in this namespace "
                           "(the chart sets it to the release's namespace; a second operator waits)")
     run.add_argument("--leader-election-name", metavar="NAME", type=_domain,
@@ -502,7 +553,7 @@ def parser() -> argparse.ArgumentParser:
                                                "operator's --model-list-configmap)")
     models.add_argument("--dir", default="/etc/kiln/model-list",
                         help="the ConfigMap's files (default: /etc/kiln/model-list)")
-    models.add_argument("--port", type=_at_least(int, 1), default=8080, help="the HTTP port (default: 8080)")
+    models.add_argument("--port", type=_PORT, default=8080, help="the HTTP port (default: 8080)")
     models.set_defaults(func=cmd_model_list)
     demo = sub.add_parser("demo", help="operator + API emulator + simulated GPU cluster")
     demo.add_argument("--examples", help="directory of manifests to apply (default: the bundled examples)")
@@ -511,7 +562,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=_POSITIVE, default=90.0, help="seconds to wait for every service to be Ready")
     demo.set_defaults(func=cmd_demo)
     for name, command in sub.choices.items():
-        command.epilog = f"exit codes: {EXIT_CODES[name]}"
+        command.epilog = f"exit codes: {EXIT_CODES[name]}; {EXIT_INTERNAL} an internal error (please report it)"
     return top
 
 
@@ -524,9 +575,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as error:  # the output (a full disk, a closed pipe) or a file the command wrote
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as error:  # the last line of defence: one line, never a traceback
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+        what = " ".join(str(error).split())[:200]
+        print(f"error: internal error, please report it: {type(error).__name__}: {what}", file=sys.stderr)
+        return EXIT_INTERNAL
     return code
 
 

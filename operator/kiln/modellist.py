@@ -131,6 +131,15 @@ def _read_list(directory: Path, gateway: str) -> bytes:
     if len(body) > MAX_FILE_BYTES:
         logger.warning("%s is over %d bytes: answering an empty list", key, MAX_FILE_BYTES)
         return empty
+    try:  # the operator writes it (list_document); anything else is not answered as a list
+        document = json.loads(body)
+        well_formed = isinstance(document, dict) and document.get("object") == "list" and \
+            isinstance(document.get("data"), list)
+    except (ValueError, RecursionError):
+        well_formed = False
+    if not well_formed:
+        logger.warning("%s is not a model list: answering an empty list", key)
+        return empty
     return body
 
 

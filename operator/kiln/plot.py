@@ -11,7 +11,10 @@ from typing import Any
 
 from .errors import SpecInvalid
 
-__all__ = ["check_plot_target", "policy_figure", "plot_policies"]
+__all__ = ["check_plot_target", "policy_figure", "plot_policies", "PLOT_FORMATS"]
+
+# What --plot writes: the formats matplotlib writes without an extra backend.
+PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 # Drawn bottom to top; kiln last so that no other policy hides it. The oracle is wide and
 # dashed, so that a policy drawn over it still lets it show at its edges.
@@ -35,6 +38,20 @@ def check_plot_target(path: Path) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise SpecInvalid(f"--plot: folder {folder} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise SpecInvalid(f"--plot: {path} is a folder; name the image to write in it, e.g. {path / 'replay.png'}")
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise SpecInvalid(f"--plot: {path.name}: name a PNG (.png), SVG (.svg) or PDF (.pdf) file")
+    # Whether the file can be written, found by writing it (permissions say nothing to root,
+    # nor of a read-only or virtual file system); an empty file made here is removed.
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as error:
+        raise SpecInvalid(f"--plot: cannot write {path}: {error.strerror}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def plot_policies(results: dict[str, Any], path: Path, slo_s: float | None = None,

@@ -182,6 +182,8 @@ def test_kiln_model_list_serves_the_directory_and_refuses_a_missing_one(tmp_path
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
                 time.sleep(0.1)
+        # It says where it listens (its first line, before any request).
+        assert server.stderr.readline().decode().startswith(f"kiln model-list: GET /v1/models on port {port}")
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -337,7 +337,7 @@ def test_a_rate_below_one_thins_the_trace_evenly(tmp_path):
 
 @pytest.mark.parametrize("flag, value, said", [
     ("--rate-scale", "0", "must be more than 0"), ("--rate-scale", "-6", "must be more than 0"),
-    ("--time-scale", "-1", "must be more than 0"), ("--max-replicas", "0", "must be at least 1"),
+    ("--time-scale", "-1", "must be at least 0.001"), ("--max-replicas", "0", "must be at least 1"),
     ("--cold-start", "-5", "must be at least 0"), ("--lead-in", "-1", "must be at least 0"),
     ("--slo-ttft-ms", "nan", "must be more than 0"), ("--max-replicas", "two", "'two' is not an integer"),
     ("--rate-scale", "inf", "must be more than 0"), ("--cold-start", "inf", "must be at least 0"),

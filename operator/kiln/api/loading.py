@@ -19,14 +19,14 @@ most a short prefix of any value.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import SpecInvalid
 
-__all__ = ["load_yaml", "read_yaml_file", "MAX_BYTES", "MAX_DEPTH", "MAX_NODES",
+__all__ = ["load_yaml", "read_yaml_file", "read_bounded", "MAX_BYTES", "MAX_DEPTH", "MAX_NODES",
            "MAX_NUMBER_CHARS"]
 
 MAX_BYTES = 1024 * 1024       # an LLMService is a few hundred bytes; a folder's file a few KB
@@ -91,6 +91,16 @@ class _BoundedLoader(yaml.SafeLoader):  # type: ignore[misc, unused-ignore]
         self.path.pop()
         return node  # type: ignore[no-any-return, unused-ignore]
 
+    def _unique_keys(self, node: MappingNode) -> None:
+        """A key given twice: the API server refuses it (a strict decoder's "duplicate field"),
+        where a YAML loader keeps the last one without a word."""
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise self._refuse(key, f"duplicate key {_short(key.value, 40)}")
+                seen.add(key.value)
+
     def _count(self, node: Node) -> None:
         if id(node) in self.sizes:  # an alias: its subtree counts again where it is used
             size = self.sizes[id(node)]
@@ -101,6 +111,8 @@ class _BoundedLoader(yaml.SafeLoader):  # type: ignore[misc, unused-ignore]
                                          f"({_short(node.value, 20)}); at most {MAX_NUMBER_CHARS}")
             self.sizes[id(node)] = size
         else:
+            if isinstance(node, MappingNode):
+                self._unique_keys(node)
             children = node.value if isinstance(node, SequenceNode) else \
                 [part for pair in node.value for part in pair]
             size = 1 + sum(self.sizes.get(id(child), 1) for child in children)
@@ -137,13 +149,23 @@ def load_yaml(text: str | bytes, source: str) -> list[Any]:
     return documents
 
 
+def read_bounded(stream: BinaryIO, source: str, limit: int = MAX_BYTES, what: str = "a manifest") -> bytes:
+    """At most ``limit`` bytes of ``stream``; SpecInvalid past them, having read one more at
+    most (a device, a pipe or a FIFO reports no size to refuse it by)."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise SpecInvalid(f"{source}: more than the {limit} bytes {what} may have")
+    return data
+
+
 def read_yaml_file(path: Path) -> list[Any]:
     """:func:`load_yaml` of a file, refusing it by its size before reading it whole."""
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
             raise SpecInvalid(f"{path}: {size} bytes, more than the {MAX_BYTES} a manifest may have")
-        text = path.read_bytes()
+        with path.open("rb") as stream:
+            text = read_bounded(stream, str(path))
     except OSError as error:
         raise SpecInvalid(f"{path}: {error.strerror}") from None
     return load_yaml(text, str(path))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
 from kubernetes.aio.client.exceptions import ApiException
@@ -135,13 +137,22 @@ class KubeApi:
         try:
             aio_config.load_incluster_config(client_configuration=configuration)
         except aio_config.ConfigException:
+            # KUBECONFIG as it is now (kubernetes_asyncio reads it once, at import).
+            where = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
             try:
-                await aio_config.load_kube_config(client_configuration=configuration)
+                await aio_config.load_kube_config(config_file=where, client_configuration=configuration)
             except aio_config.ConfigException as error:
                 raise SpecInvalid(
-                    f"no cluster configured ({error}): point KUBECONFIG at a kubeconfig file or "
+                    f"no cluster configured ({where}: {error}): point KUBECONFIG at a kubeconfig file or "
                     "create ~/.kube/config (for example with `kind create cluster`); "
                     "`kiln demo` runs without a cluster") from None
+            except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError, KeyError) as error:
+                # A file that is not a kubeconfig: kubernetes_asyncio reads whatever YAML it holds.
+                why = " ".join(str(error.strerror if isinstance(error, OSError) else error).split())[:120]
+                raise SpecInvalid(
+                    f"the kubeconfig {where} cannot be read ({type(error).__name__}: {why}): point "
+                    "KUBECONFIG at a kubeconfig file (`kubectl config view` shows what it should "
+                    "hold)") from None
         return cls(aio_client.ApiClient(configuration))
 
     @classmethod

@@ -26,6 +26,8 @@ def base_url(text: str, field: str = "spec.autoscaling.prometheusUrl") -> URL:
         url = URL(text)
     except ValueError:
         url = URL()
+    if any(c.isspace() or not c.isprintable() for c in text):
+        url = URL()  # a space or a control character is in no base URL
     if url.scheme not in ("http", "https") or not url.host or url.user is not None \
             or url.password is not None or url.query_string or url.fragment or "?" in text or "#" in text:
         raise SpecInvalid(f"{field}: {text[:80]!r} is not a base URL "

@@ -62,6 +62,9 @@ class ModelConfig:
         if not isinstance(raw, dict):
             raise ValueError("config.json must be a JSON object")
         named = raw.get("architectures")
+        if named is not None and not isinstance(named, list):
+            raise ValueError(f"config.json's \"architectures\" must be a list of names, as transformers writes "
+                             f"it (got a {type(named).__name__})")
         first = named[0] if isinstance(named, list) and named else None
         if not (raw.get("architecture") or first):
             raise UnsupportedModel("config.json names no architecture (its \"architectures\" list, as "

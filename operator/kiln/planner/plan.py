@@ -290,6 +290,10 @@ def plan(model: ModelConfig | None, spec: LLMServiceSpec, gpu: GPU) -> Plan:
     result = _evaluate(model, spec, gpu, tp, pp)
     if result.fits:
         return result
+    if spec.engine.max_seq_len > model.max_position_embeddings:
+        # No GPU holds positions the model does not have.
+        return replace(result, reasons=(*result.reasons, f"set engine.maxSeqLen to at most "
+                                        f"{model.max_position_embeddings}, the model's positions"))
     suggestions = _suggestions(model, spec, gpu)
     if suggestions:
         hint = "would fit with " + " or ".join(suggestions)
