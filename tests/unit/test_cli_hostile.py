@@ -49,6 +49,8 @@ def _simulate(capsys, trace: str, *flags: str) -> tuple[int, str]:
     ("inf.csv", "timestamp_s,input_tokens,output_tokens\n0,100,10\ninf,100,10\n", "trace.csv line 3"),
     ("negative.csv", "timestamp_s,input_tokens,output_tokens\n0,-100,10\n", "trace.csv line 2"),
     ("bytes.csv", b"timestamp_s,input_tokens,output_tokens\n0,100,10\n\xff\xfe\n", "not UTF-8"),
+    ("huge.jsonl", '{"timestamp": 1%s, "input_length": 10, "output_length": 5}\n' % ("0" * 400), "trace.jsonl line 1"),
+    ("huge.csv", "timestamp_s,input_tokens,output_tokens\n0,1%s,10\n" % ("0" * 400), "trace.csv line 2"),
 ])
 def test_a_malformed_trace_is_refused_naming_its_line(tmp_path, capsys, name, text, said):
     suffix = Path(name).suffix

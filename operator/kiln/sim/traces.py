@@ -42,14 +42,15 @@ def _number(value: object, what: str, integer: bool) -> float:
     what it is otherwise."""
     if isinstance(value, bool) or value is None or (not isinstance(value, (int, float, str))):
         raise ValueError(f"{what} is {'missing' if value is None else type(value).__name__}")
+    shown = str(value)[:30]
     try:
-        number = float(value) if not integer or isinstance(value, float) else int(value)
-    except ValueError:
-        raise ValueError(f"{what} {str(value)[:30]!r} is not a number") from None
+        number = float(value)  # a JSON integer of 400 digits overflows here
+    except (ValueError, OverflowError):
+        raise ValueError(f"{what} {shown!r} is not a number") from None
     if not math.isfinite(number):
-        raise ValueError(f"{what} {str(value)[:30]!r} is not finite")
+        raise ValueError(f"{what} {shown!r} is not finite")
     if integer and (number < 0 or number != int(number)):
-        raise ValueError(f"{what} {str(value)[:30]!r} is not a whole number of at least 0")
+        raise ValueError(f"{what} {shown!r} is not a whole number of at least 0")
     return number
 
 
