@@ -546,7 +546,7 @@ def parser() -> argparse.ArgumentParser:
                      help="act only while holding the Lease --leader-election-name in this namespace "
                           "(the chart sets it to the release's namespace; a second operator waits)")
     run.add_argument("--leader-election-name", metavar="NAME", type=_domain,
-                     help="the Lease's name (default: kiln-operator; the chart sets <release>-operator, "
+                     help="the Lease's name (default: kiln-operator; the chart sets <fullname>-operator, "
                           "so that two releases in one namespace elect apart)")
     run.set_defaults(func=cmd_run)
     models = sub.add_parser("model-list", help="serve GET /v1/models for the Gateways (the files of the "

@@ -344,7 +344,7 @@ def test_the_install_notes_commands_fit_the_example_they_apply():
     example = yaml.safe_load((ROOT / path).read_text())
     namespace, name = example["metadata"]["namespace"], example["metadata"]["name"]
     assert f"kubectl get llms -n {namespace} -w" in notes
-    assert f"kubectl describe llm -n {namespace} {name}" in notes
+    assert f"kubectl describe llms -n {namespace} {name}" in notes
     assert "kiln-engine-cache" in notes and example["spec"]["model"]["credentials"]["secretName"] in notes
     elsewhere = chart.render({"watchNamespaces": ["team-b"]}, name="kiln", namespace="kiln-system",
                              is_install=True)["kiln/templates/NOTES.txt"]
