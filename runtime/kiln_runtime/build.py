@@ -97,6 +97,11 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
         return _reused(spec, existing)
     _log(out, f"[resolve] {spec.source}@{spec.revision}: reading config.json")
     architecture = check_model(spec, source.read_config(spec.source, spec.revision))
+    if spec.source.startswith("/"):
+        # A mounted source is read in place, with no download step to check it: every file on
+        # it must resolve inside its volume before any step reads it (a link to the pod's
+        # environment would otherwise reach the engine cache through the tokenizer copy).
+        source.download(spec.source, spec.revision, layout.model_dir)
     steps = plan_steps(spec, architecture)
     try:  # before the lock file and any download
         cache.check_writable(spec.cache_dir)
@@ -129,7 +134,8 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
                         layout.staging, spec.cache_dir, spec.engine_key, layout.model_dir,
                         spec.inputs(), {"tensorrt_llm": toolchain.TRTLLM_VERSION,
                                         "spec": spec.toolchain},
-                        time.monotonic() - started)
+                        time.monotonic() - started,
+                        boundary=source.mount_of(spec.source) if spec.source.startswith("/") else None)
                 else:
                     if step.name == "checkpoint":  # downloaded or mounted, before any GPU work
                         check_weights(layout.model_dir)

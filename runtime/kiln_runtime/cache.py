@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadSpec, StepFailed
+from .safe_io import MAX_JSON_BYTES, open_inside
 
 __all__ = ["complete_entry", "damage", "build_lock", "verify_engine", "publish", "delete_entry",
            "delete_s3_entry", "tokenizer_code", "check_writable", "MANIFEST", "TOKENIZER_FILES"]
@@ -48,13 +50,17 @@ def check_writable(cache_dir: Path) -> None:
     try:
         locks.mkdir(parents=True, exist_ok=True)
         probe = locks / f".write-test-{os.getpid()}"
-        probe.touch()
+        # Created here or not at all: a name planted as a link is not followed.
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except PermissionError:
         raise StepFailed("cache", f"the engine cache volume ({cache_dir}) is not writable by uid "
                          f"{os.getuid()}, gid {os.getgid()}: its CSI driver did not apply the pod's "
                          "fsGroup (fsGroupPolicy File applies it to ReadWriteMany volumes); make the "
                          "volume's root directory writable by group 1000") from None
+    except OSError as error:  # a read-only volume, a full one, a name taken by something else
+        raise StepFailed("cache", f"the engine cache volume ({cache_dir}) cannot be written: "
+                         f"{error.strerror}") from None
 
 
 def tokenizer_code(model_dir: Path) -> list[str]:
@@ -68,7 +74,7 @@ def tokenizer_code(model_dir: Path) -> list[str]:
     try:
         with open(model_dir / "tokenizer_config.json", "rb") as handle:
             config = json.loads(handle.read(MAX_TOKENIZER_CONFIG_BYTES + 1))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return []
     refs = config.get("auto_map", {}).get("AutoTokenizer") if isinstance(config, dict) \
         and isinstance(config.get("auto_map"), dict) else None
@@ -79,10 +85,14 @@ def tokenizer_code(model_dir: Path) -> list[str]:
 
 def _read_manifest(entry: Path) -> tuple[dict[str, Any] | None, str]:
     try:
-        manifest = json.loads((entry / MANIFEST).read_text())
+        with open(entry / MANIFEST, "rb") as handle:
+            data = handle.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            return None, f"its manifest.json is larger than {MAX_JSON_BYTES} bytes"
+        manifest = json.loads(data)
     except FileNotFoundError:
         return None, "it has no manifest.json"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         return None, f"its manifest.json does not parse ({type(error).__name__})"
     if not isinstance(manifest, dict):
         return None, "its manifest.json is not an object"
@@ -107,16 +117,25 @@ def damage(entry: Path, digests: bool = False, ranks: range | None = None) -> st
     if not isinstance(files, dict) or "engine/config.json" not in files or \
             not any(name.startswith("engine/rank") for name in files):
         return "its manifest.json lists no engine"
+    base = entry.resolve()
     for name, record in sorted(files.items()):
         if not isinstance(record, dict) or ".." in str(name).split("/") or str(name).startswith("/"):
             return f"its manifest.json has a bad entry for {str(name)[:80]!r}"
         path = entry / name
         try:
-            size = path.stat().st_size
+            found = path.lstat()
         except OSError:
             return f"{name} is missing"
-        if size != record.get("bytes"):
-            return f"{name} has {size} bytes, the manifest records {record.get('bytes')}"
+        # A link (to a file outside the entry with the same bytes) or a FIFO that a digest would
+        # wait on for ever: neither is what was published.
+        if not stat.S_ISREG(found.st_mode) or not path.parent.resolve().is_relative_to(base):
+            return f"{name} is not a regular file of the entry"
+        if found.st_size != record.get("bytes"):
+            return f"{name} has {found.st_size} bytes, the manifest records {record.get('bytes')}"
+    # An engine file the manifest does not list is not one the build published.
+    for path in sorted((entry / "engine").glob("*.engine")):
+        if f"engine/{path.name}" not in files:
+            return f"engine/{path.name} is not in the manifest"
     if not digests:
         return None
     checked = sorted(name for name in files if name.startswith("engine/") and _loaded(name, ranks))
@@ -150,7 +169,11 @@ def complete_entry(cache: Path, key: str) -> dict[str, Any] | None:
 def build_lock(path: Path, poll: float = 10.0) -> Iterator[None]:
     """Hold an exclusive lock on ``path``, logging while another build holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    try:  # never through a link planted in its place
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as error:
+        raise StepFailed("cache", f"the build lock {path} cannot be opened ({error.strerror}): remove it") from None
+    with os.fdopen(descriptor, "a+") as handle:
         waited = 0.0
         while True:
             try:
@@ -172,11 +195,13 @@ def verify_engine(engine_dir: Path, world_size: int) -> dict[str, Any]:
     config_path = engine_dir / "config.json"
     try:
         config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise StepFailed("verify", f"{config_path}: {error}") from None
-    mapping = (config.get("pretrained_config") or {}).get("mapping") or {}
-    recorded = int(mapping.get("world_size") or 0)
-    tp, pp = int(mapping.get("tp_size") or 1), int(mapping.get("pp_size") or 1)
+        pretrained = config.get("pretrained_config") if isinstance(config, dict) else None
+        mapping = (pretrained.get("mapping") if isinstance(pretrained, dict) else None) or {}
+        recorded = int(mapping.get("world_size") or 0)
+        tp, pp = int(mapping.get("tp_size") or 1), int(mapping.get("pp_size") or 1)
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, OverflowError) as error:
+        raise StepFailed("verify", f"{config_path}: {type(error).__name__}: "
+                                   f"{' '.join(str(error).split())[:160]}") from None
     if recorded != world_size or tp * pp != world_size:
         raise StepFailed("verify", f"engine mapping says world_size={recorded} (tp={tp}, pp={pp}), "
                                    f"expected {world_size}")
@@ -203,15 +228,20 @@ def _fsync_dir(path: Path) -> None:
 
 
 def publish(staging: Path, cache: Path, key: str, model_dir: Path | None, inputs: dict[str, Any],
-            toolchain: dict[str, str], build_seconds: float) -> dict[str, Any]:
-    """Copy the tokenizer in, write the manifest last, rename the staging dir into place."""
+            toolchain: dict[str, str], build_seconds: float, boundary: Path | None = None) -> dict[str, Any]:
+    """Copy the tokenizer in, write the manifest last, rename the staging dir into place.
+    Each tokenizer file is copied as opened: a regular file inside ``boundary`` (the source's
+    volume; default ``model_dir``), whatever a link there points to."""
+    _check_key(key)
     if model_dir is not None:
         tokenizer = staging / "tokenizer"
         tokenizer.mkdir(exist_ok=True)
         for name in (*TOKENIZER_FILES, *tokenizer_code(model_dir),
                      *sorted(path.name for path in model_dir.glob("*.tiktoken"))):
-            if (model_dir / name).is_file():
-                shutil.copy2(model_dir / name, tokenizer / name)
+            if os.path.lexists(model_dir / name) and not (model_dir / name).is_dir():
+                with open_inside(model_dir / name, boundary or model_dir, "model.source") as source, \
+                        open(tokenizer / name, "wb") as target:
+                    shutil.copyfileobj(source, target)
     files = {}
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
         relative = str(path.relative_to(staging))

@@ -28,10 +28,10 @@ from typing import Any
 from . import cache, toolchain
 from .drain import drain
 from .errors import BadSpec
-from .group import Group
+from .group import READY_FILE, Group
 from .kvlog import KVLogParser
 from .openai_frontend import SERVED_MODEL_NAME_PATTERN, MetricsRelay, frontend_argv
-from .triton_repo import RepoSettings, write_model_repo
+from .triton_repo import RepoSettings, TRITON_MODELS, write_model_repo
 
 __all__ = ["ServeSpec", "parse_serve_spec", "server_argv", "run_server", "SERVE_SPEC_ENV",
            "KV_CAPACITY_FILE"]
@@ -78,16 +78,31 @@ def parse_serve_spec(text: str | None) -> ServeSpec:
             gpus_per_node=int(raw.get("gpusPerNode", 0)),
             served_model_name=raw.get("servedModelName"),
         )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise BadSpec(f"{SERVE_SPEC_ENV}: {type(error).__name__}: {error}") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
+        raise BadSpec(f"{SERVE_SPEC_ENV}: {type(error).__name__}: {' '.join(str(error).split())[:160]}") from None
+    except RecursionError:
+        raise BadSpec(f"{SERVE_SPEC_ENV}: nested too deep to be read") from None
     if not 0 < spec.kv_cache_free_gpu_mem_fraction < 1:
         raise BadSpec("kvCacheFreeGpuMemFraction: must be between 0 and 1 (exclusive)")
+    if not 0 <= spec.gpu_weights_percent <= 1:  # NaN too
+        raise BadSpec(f"gpuWeightsPercent: must be between 0 and 1 (got {spec.gpu_weights_percent})")
+    for name, degree in (("tensorParallel", spec.tensor_parallel), ("pipelineParallel", spec.pipeline_parallel)):
+        if not 1 <= degree <= 64:
+            raise BadSpec(f"{name}: must be between 1 and 64 (got {degree})")
+    if not 0 <= spec.gpus_per_node <= 64:
+        raise BadSpec(f"gpusPerNode: must be between 0 and 64 (got {spec.gpus_per_node})")
+    for name, port in spec.ports.items():
+        if not 1 <= port <= 65535:
+            raise BadSpec(f"ports.{str(name)[:20]}: {port} is not a port (1-65535)")
     if spec.served_model_name is not None:
-        # It becomes a directory of the model repository.
-        if not isinstance(spec.served_model_name, str) or not SERVED_MODEL_NAME_PATTERN.match(
+        # It becomes a directory of the model repository, beside Triton's own models.
+        if not isinstance(spec.served_model_name, str) or not SERVED_MODEL_NAME_PATTERN.fullmatch(
                 spec.served_model_name):
             raise BadSpec(f"servedModelName: {spec.served_model_name!r} must match "
                           f"{SERVED_MODEL_NAME_PATTERN.pattern}")
+        if spec.served_model_name in TRITON_MODELS:
+            raise BadSpec(f"servedModelName: {spec.served_model_name!r} is the name of one of Triton's models "
+                          f"in the repository ({', '.join(TRITON_MODELS)}); choose another")
         if "openai" not in spec.ports:
             raise BadSpec("ports: servedModelName needs an openai port")
     return spec
@@ -147,6 +162,9 @@ def server_argv(spec: ServeSpec, repo: Path, group: Group | None = None) -> list
 def prepare(spec: ServeSpec, repo: Path, templates: Path, group: Group | None = None,
             index: int = 0) -> None:
     """``group``, ``index``: this pod is pod ``index`` of a multi-node group (0: the leader)."""
+    # A worker's marker says its repository is whole: gone before it is rewritten, so that a
+    # rewrite that fails half-way is not taken for one that finished.
+    (repo / READY_FILE).unlink(missing_ok=True)
     engine_dir = spec.engine_root / "engine"
     # Sizes of every engine file, and the sha256 of those this pod loads, against the manifest
     # written at publish: a damaged entry is refused here, not loaded into GPUs to fail (or

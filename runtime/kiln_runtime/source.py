@@ -18,15 +18,15 @@ import json
 import os
 import re
 import shutil
-import stat
 import sys
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import BadSpec, StepFailed
+from .safe_io import load_json, open_inside, read_inside
 
-__all__ = ["read_config", "download", "fetch_calibration", "inside", "wanted", "ALLOW_PATTERNS",
+__all__ = ["read_config", "download", "fetch_calibration", "inside", "wanted", "mount_of", "ALLOW_PATTERNS",
            "SAFE_WEIGHTS_INDEX", "CALIBRATION_FORMATS", "MAX_CALIBRATION_BYTES", "MAX_CALIBRATION_FILES"]
 
 # What a TensorRT-LLM build and the tokenizer need; never the duplicate .bin/.pth weights.
@@ -41,6 +41,9 @@ ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
 MAX_INDEX_BYTES = 16 * 2**20  # a 405B model's index is about 100 KiB
+# A model repository holds tens of files, a sharded 405B one a few hundred: a listing past this
+# is not a model, and is not read to its end.
+MAX_LISTED_OBJECTS = 100_000
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -58,6 +61,9 @@ def inside(root: Path, relative: str, what: str, field: str = "model.source") ->
     as huggingface_hub does in ``_local_folder._validate_relative_filename``), and names that
     reach outside through a symlink already under ``root``.
     """
+    if any(ord(c) < 32 or ord(c) == 127 for c in relative.replace("\0", "")):
+        raise BadSpec(f"{field}: {what} {_short(relative)} has a control character; refusing to use "
+                      "it (rename it in the source)")
     parts = relative.replace("\\", "/").split("/")
     escapes = (not relative or "\0" in relative or PurePosixPath(relative).is_absolute()
                or ".." in parts)
@@ -73,7 +79,17 @@ def inside(root: Path, relative: str, what: str, field: str = "model.source") ->
 
 
 def _hf_repo(source: str) -> str:
-    return source.removeprefix("hf://").strip("/")
+    """The Hub repository id of an ``hf://`` source, checked as huggingface_hub checks one
+    (``validate_repo_id``: ``[org/]name``, no URL), before any request is made with it."""
+    from huggingface_hub.utils import validate_repo_id
+
+    repo = source.removeprefix("hf://").strip("/")
+    try:
+        validate_repo_id(repo)
+    except ValueError as error:  # HFValidationError
+        raise BadSpec(f"model.source: {_short(source)} is not hf://org/name "
+                      f"({' '.join(str(error).split())[:120]})") from None
+    return repo
 
 
 def _token() -> str | None:
@@ -84,14 +100,12 @@ def read_config(source: str, revision: str) -> dict[str, Any]:
     """The model's config.json, or BadSpec naming what is wrong (missing token, no such repo)."""
     if source.startswith("/"):
         path = _mounted(source) / "config.json"
-        try:
-            return json.loads(path.read_text())  # type: ignore[no-any-return]
-        except OSError:
-            raise BadSpec(f"model.source: no config.json in {source}") from None
-        except json.JSONDecodeError:
-            raise BadSpec(f"model.source: {path} is not valid JSON") from None
+        if not os.path.lexists(path):
+            raise BadSpec(f"model.source: no config.json in {source}")
+        # Opened, then checked: a link may lead off the volume, or to a device that never ends.
+        return _config(read_inside(path, mount_of(source), "model.source config.json", MAX_INDEX_BYTES), source)
     if source.startswith("s3://"):
-        return json.loads(_s3_get(source, "config.json"))  # type: ignore[no-any-return]
+        return _config(_s3_get(source, "config.json"), source)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
@@ -110,13 +124,35 @@ def read_config(source: str, revision: str) -> dict[str, Any]:
         raise BadSpec(f"model.source: no Hugging Face model {repo}{hint}") from None
     except HfHubHTTPError as error:
         raise StepFailed("resolve", f"fetching {repo}/config.json: {error}") from None
-    return json.loads(Path(path).read_text())  # type: ignore[no-any-return]
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_INDEX_BYTES + 1)
+    if len(data) > MAX_INDEX_BYTES:
+        raise BadSpec(f"model.source: {repo}/config.json is larger than {MAX_INDEX_BYTES} bytes")
+    return _config(data, source)
+
+
+def _config(data: bytes, source: str) -> dict[str, Any]:
+    config = load_json(data, f"model.source: {_short(source)} config.json")
+    if not isinstance(config, dict):
+        raise BadSpec(f"model.source: {_short(source)} config.json is not a JSON object")
+    return config
+
+
+def mount_of(source: str) -> Path:
+    """The volume a mounted source (``/<mount>/<path>``) lives on: what none of its files may
+    leave."""
+    return Path("/", source.split("/")[1])
 
 
 def download(source: str, revision: str, out: Path) -> Path:
     """Fetch the model into ``out`` (or use a mounted path in place); return the model dir."""
     if source.startswith("/"):
         return _mounted(source, check_files=True)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        # The scratch may live on the shared cache volume: a link planted there would have the
+        # download write into whatever it points to (another engine's entry).
+        raise BadSpec(f"model.source: the model directory {_short(str(out))} is a link or a file, not a "
+                      "directory of the build's own; refusing to write through it")
     out.mkdir(parents=True, exist_ok=True)
     if source.startswith("s3://"):
         _s3_sync(source, out)
@@ -166,7 +202,7 @@ def _shards(index: bytes) -> set[str]:
         raise BadSpec(f"model.source: {SAFE_WEIGHTS_INDEX} is larger than {MAX_INDEX_BYTES} bytes")
     try:
         weight_map = json.loads(index).get("weight_map")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         weight_map = None
     if not isinstance(weight_map, dict) or not weight_map \
             or not all(isinstance(shard, str) for shard in weight_map.values()):
@@ -224,13 +260,16 @@ def _s3_get(source: str, name: str, limit: int = MAX_INDEX_BYTES) -> bytes:
     return data
 
 
-def _listing(client: Any, source: str, field: str) -> list[dict[str, Any]]:
+def _listing(client: Any, source: str, field: str, limit: int = MAX_LISTED_OBJECTS) -> list[dict[str, Any]]:
     """The objects under ``source``'s prefix, each checked to be under it: a listing is the
-    store's word, not a fact."""
+    store's word, not a fact. Past ``limit`` objects it is not read further."""
     bucket, prefix = _split_s3(source)
     start = f"{prefix}/" if prefix else ""
-    objects = [o for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start)
-               for o in page.get("Contents", [])]
+    objects: list[dict[str, Any]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+        objects += page.get("Contents", [])
+        if len(objects) > limit:
+            raise BadSpec(f"{field}: {_short(source)} holds more than {limit} objects")
     for obj in objects:
         if not str(obj["Key"]).startswith(start):
             raise BadSpec(f"{field}: the listing of {_short(source)} names {_short(str(obj['Key']))}, "
@@ -318,7 +357,7 @@ def _calibration_from_s3(source: str, out: Path, budget: list[int]) -> None:
     client = _s3_client(_FIELD)
     start = f"{prefix}/" if prefix else ""
     try:
-        listed = [(str(o["Key"]), int(o["Size"])) for o in _listing(client, source, _FIELD)]
+        listed = [(str(o["Key"]), int(o["Size"])) for o in _listing(client, source, _FIELD, MAX_CALIBRATION_FILES)]
     except BadSpec:
         raise
     except Exception as error:  # botocore's ClientError family
@@ -349,12 +388,12 @@ def _calibration_from_claim(source: str, out: Path, budget: list[int]) -> None:
     for relative, name in _calibration_files(found, source, out):
         # The file as opened, not as named: whatever a link on the claim points to by now, what
         # is read is checked (its path through /proc/self/fd) and is a regular file.
-        descriptor = os.open(root / relative, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(descriptor, "rb") as handle:
-            opened = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
-            if not opened.is_relative_to(base) or not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                raise BadSpec(f"{_FIELD}: the file {_short(relative)} is not a file inside the "
-                              "calibration set; refusing to use it (remove or rename it in the source)")
+        try:
+            handle = open_inside(root / relative, base, _FIELD)
+        except BadSpec:
+            raise BadSpec(f"{_FIELD}: the file {_short(relative)} is not a file inside the "
+                          "calibration set; refusing to use it (remove or rename it in the source)") from None
+        with handle:
             _copy_bounded(handle.read, out / name, relative, source, budget)
 
 

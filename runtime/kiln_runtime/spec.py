@@ -194,4 +194,6 @@ def load_build_spec(path: str | None) -> BuildSpec:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
         raise BadSpec(f"build spec: not valid JSON ({error.msg} at line {error.lineno})") from None
+    except RecursionError:
+        raise BadSpec("build spec: nested too deep to be read") from None
     return parse_build_spec(raw)

@@ -85,11 +85,21 @@ class Layout:
 def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
     """Refuse what the toolchain cannot build, before any weights are downloaded.
     Returns the model's architecture."""
-    architecture = str((config.get("architectures") or [config.get("architecture") or "?"])[0])
+    if not isinstance(config, dict):
+        raise BadSpec("model.source: config.json is not a JSON object")
+    named = config.get("architectures")
+    if named is not None and (not isinstance(named, list) or not named or not isinstance(named[0], str)):
+        raise BadSpec("model.source: config.json's \"architectures\" must be a non-empty list of names, as "
+                      "transformers writes it")
+    architecture = str((named or [config.get("architecture") or "?"])[0])[:100]
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    heads = int(text.get("num_attention_heads") or 0)
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    layers = int(text.get("num_hidden_layers") or 0)
+    try:
+        heads = int(text.get("num_attention_heads") or 0)
+        kv_heads = int(text.get("num_key_value_heads") or heads)
+        layers = int(text.get("num_hidden_layers") or 0)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise BadSpec(f"model.source: config.json: a head or layer count is not a whole number "
+                      f"({' '.join(str(error).split())[:100]})") from None
     quantized = support.prequantized(config)
     refused = support.refusals(architecture, spec.precision, spec.kv_cache_dtype,
                                spec.arch_number, spec.limits.weight_streaming, quantized) \

@@ -20,13 +20,15 @@ from typing import Any
 
 from .errors import BadSpec, StepFailed
 
-__all__ = ["RepoSettings", "write_model_repo", "MODELS", "fill_values"]
+__all__ = ["RepoSettings", "write_model_repo", "MODELS", "TRITON_MODELS", "fill_values"]
 
 # How often the backend turns the executor's iteration stats into its gauges: how fresh the KV
 # metrics the autoscaler and the endpoint picker read are.
 STATS_PERIOD_MS = 100
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
+# The models a served model name (the BLS model renamed) would overwrite in the repository.
+TRITON_MODELS = MODELS[:-1]
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,9 @@ def write_model_repo(templates: Path, out: Path, settings: RepoSettings) -> list
     if missing:
         raise BadSpec(f"--templates: {templates} lacks {', '.join(missing)} (expected the "
                       "inflight_batcher_llm model folders)")
+    if settings.served_model_name in TRITON_MODELS:
+        raise BadSpec(f"servedModelName: {settings.served_model_name!r} is the name of one of Triton's models "
+                      "in the repository; choose another")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for model in MODELS:

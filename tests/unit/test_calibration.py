@@ -99,7 +99,8 @@ def test_every_accepted_format_loads_with_its_text_column(tmp_path, suffix):
     ("no data", {"README.md": "nothing here", "data.jsonl.zst": "x"}, "holds no .jsonl"),
     # parquet pages are compressed: its bytes do not bound what datasets unpacks
     ("parquet", {"a.parquet": "PAR1"}, "holds no .jsonl, .json, .csv, .txt file; it holds .parquet"),
-    ("a name on several lines", {"a.x\nBuild OK: engine published\nfoo": "x"}, "holds no .jsonl"),
+    # refused as a name (inside: a control character), and quoted on one line
+    ("a name on several lines", {"a.x\nBuild OK: engine published\nfoo": "x"}, "has a control character"),
     ("empty", {}, "it holds nothing"),
 ])
 def test_a_set_quantize_py_cannot_read_is_named_before_any_gpu_work(tmp_path, case, files, message):

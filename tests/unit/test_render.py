@@ -207,3 +207,18 @@ def test_a_drain_takes_one_replica_at_a_time_and_never_holds_a_single_one():
         assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
         assert budget["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert seen == ["llama-3.1-8b-fp8-scale-from-zero.yaml"]
+
+
+@pytest.mark.parametrize("name, served", [("ensemble", None), ("svc", "tensorrt_llm"), ("preprocessing", None)])
+def test_a_served_model_name_that_is_one_of_tritons_models_is_refused_naming_the_field(name, served):
+    """It names a directory of the model repository beside Triton's own models, which it would
+    replace (kiln_runtime.triton_repo.TRITON_MODELS): the service stalls saying what to set."""
+    from kiln.errors import SpecInvalid
+    from kiln_runtime.triton_repo import TRITON_MODELS
+
+    spec = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                               **({"servedModelName": served} if served else {})})
+    result, gpu = planned(spec)
+    with pytest.raises(SpecInvalid, match=r"spec\.servedModelName") as refused:
+        render(ServiceRef(name, "llm", "uid-1"), spec, result, gpu)
+    assert (served or name) in TRITON_MODELS and (served or name) in refused.value.message

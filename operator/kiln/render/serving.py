@@ -9,8 +9,10 @@ from typing import Any
 
 from kiln_runtime.alive import GENERATION_TIMEOUT
 from kiln_runtime.drain import DRAIN_SECONDS
+from kiln_runtime.triton_repo import TRITON_MODELS
 
 from ..api import AutoscalingMode, LLMServiceSpec, ServerKind
+from ..errors import SpecInvalid
 from ..planner import GPU, Plan
 from ..toolchain import DJL_IMAGE, DJL_LOG_DIR, NGC_ENTRYPOINT, RUNTIME_IMAGE
 from .engine import Engine
@@ -99,6 +101,14 @@ def served_model_name(spec: LLMServiceSpec, instance: str) -> str:
 
 def serve_spec(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance: str) -> dict[str, Any]:
     """The JSON `kiln-runtime serve` reads: where the engine is and how to run it."""
+    served = served_model_name(spec, instance)
+    if served in TRITON_MODELS:
+        # The served name is a directory of the model repository, beside these (the runtime
+        # refuses it too, at the pod's start; here the service stalls saying what to set).
+        given = "spec.servedModelName" if spec.served_model_name else "the LLMService's name, the default spec.servedModelName,"
+        raise SpecInvalid(f"spec.servedModelName: {served!r} ({given}) is the name of one of the Triton models "
+                          f"Kiln serves the engine with ({', '.join(TRITON_MODELS)}); set spec.servedModelName "
+                          "to another name")
     group = {"gpusPerNode": spec.gpu.per_node} if multi_node(spec) else {}
     return {
         **group,
@@ -110,7 +120,7 @@ def serve_spec(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance: str) 
         "kvCacheFreeGpuMemFraction": spec.engine.kv_cache_free_gpu_mem_fraction,
         "decoupled": True,
         "ports": PORTS,
-        "servedModelName": served_model_name(spec, instance),
+        "servedModelName": served,
         **({"gpuWeightsPercent": plan.gpu_weights_percent}
            if plan.gpu_weights_percent is not None else {}),
     }
