@@ -28,8 +28,10 @@ def set_gpus_per_node(checkpoint_dir: Path, gpus_per_node: int) -> dict[str, Any
     try:
         config = json.loads(path.read_text())
         mapping = config["mapping"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise StepFailed("mapping", f"{path} is missing or has no mapping") from None
+    if not isinstance(mapping, dict):
+        raise StepFailed("mapping", f"{path}: its mapping is not an object")
     mapping["gpus_per_node"] = gpus_per_node
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(config, indent=4))

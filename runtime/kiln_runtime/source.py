@@ -292,12 +292,16 @@ def _s3_sync(source: str, out: Path) -> None:
         keys[relative] = obj
     index = _s3_get(source, SAFE_WEIGHTS_INDEX) if SAFE_WEIGHTS_INDEX in keys else None
     targets = [(keys[relative], relative, out / relative) for relative in wanted(list(keys), index)]
-    total = sum(obj["Size"] for obj, _, _ in targets) or 1
+    total = sum(int(obj.get("Size") or 0) for obj, _, _ in targets) or 1
     done = 0
     for obj, relative, target in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a key and a "folder" of the same name (a.json, a.json/b.json)
+            raise BadSpec(f"model.source: the S3 object key {_short(relative)} cannot be a file beside the "
+                          f"others ({error.strerror}); rename it in the bucket") from None
         client.download_file(bucket, obj["Key"], str(target))
-        done += obj["Size"]
+        done += int(obj.get("Size") or 0)
         print(f"  download {done / total:6.1%} {relative}", file=sys.stderr, flush=True)
 
 

@@ -256,3 +256,27 @@ def test_a_hub_source_that_is_no_repository_is_bad_input_before_any_fetch(source
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch)
     with pytest.raises(BadSpec, match="model.source"):
         source.read_config(source_, "main")
+
+
+def test_a_key_that_is_also_a_folder_and_a_listing_without_sizes_are_bad_input(tmp_path, monkeypatch):
+    class Client:
+        def get_paginator(self, _):
+            class P:
+                def paginate(self, **_):
+                    yield {"Contents": [{"Key": "model/a.json"}, {"Key": "model/a.json/b.json"}]}
+            return P()
+
+        def download_file(self, bucket, key, target):
+            Path(target).write_text("{}")
+
+    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": Client())
+    with pytest.raises(BadSpec, match="a.json"):
+        source.download("s3://bucket/model", "main", tmp_path / "model")
+
+
+def test_a_checkpoint_mapping_that_is_not_an_object_is_a_failed_step(tmp_path):
+    from kiln_runtime.checkpoint import set_gpus_per_node
+
+    (tmp_path / "config.json").write_text(json.dumps({"mapping": "tp8"}))
+    with pytest.raises(StepFailed, match="mapping"):
+        set_gpus_per_node(tmp_path, 8)
