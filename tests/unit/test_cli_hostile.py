@@ -269,3 +269,11 @@ def test_a_manifest_of_another_kind_is_named_with_its_file(tmp_path, capsys):
     path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n")
     code, _, err = _run(capsys, "plan", "-f", str(path))
     assert code == 2 and err == f"error: {path}: a ConfigMap, not an LLMService\n", err
+
+
+def test_a_kv_cache_type_the_gpu_lacks_is_not_told_to_buy_a_larger_gpu(tmp_path, capsys):
+    manifest = _write(tmp_path, {"model": LLAMA, "precision": "fp16", "kvCacheDtype": "fp8",
+                                 "gpu": {"type": "A100-80GB"}})
+    code, out, _ = _run(capsys, "plan", "-f", str(manifest))
+    assert code == 1 and "larger GPU" not in out, out
+    assert "kvCacheDtype: auto" in out, out

@@ -395,3 +395,20 @@ def test_an_observation_already_in_the_status_is_not_written_again():
     once = decide_observed(LLMServiceStatus.model_validate(world.status), world.observed, NOW, 3)
     assert once is not None
     assert decide_observed(once.status, world.observed, "2026-01-01T00:01:00Z", 3) is None
+
+
+def test_a_conflict_says_what_removes_it():
+    """An object named after the service: another name for the service, or its removal. One
+    named after the engine (the build Job, the LLMEngine): only its removal; renaming the
+    service names the engine the same."""
+    from kiln.decide.ownership import check_controlled, check_engine_job
+
+    desired = {"kind": "Deployment", "metadata": {"name": "svc-server", "namespace": "llm"}}
+    with pytest.raises(SpecInvalid) as by_service:
+        check_controlled({"metadata": {"name": "svc-server"}}, desired, "uid-1", "llm/svc")
+    assert by_service.value.message.endswith("Give LLMService llm/svc another name, or remove that Deployment")
+    job = {"kind": "Job", "metadata": {"name": "eng-build", "namespace": "llm", "labels": {"kiln.dev/engine": "eng"}}}
+    with pytest.raises(SpecInvalid) as by_engine:
+        check_engine_job({"metadata": {"name": "eng-build"}}, job, "llm/svc")
+    assert "Remove that Job (its name is the engine's" in by_engine.value.message
+    assert "LLMService llm/svc another name" not in by_engine.value.message

@@ -20,6 +20,7 @@ from ..render import (SPEC_HASH_ANNOTATION, Rendered, ServiceRef, endpoint, mult
                       workload_keys)
 from ..render.gateway import DESTINATION_RULE_API, HTTP_ROUTE_API, INFERENCE_POOL_API
 from ..render.meta import ENGINE_KEY_ANNOTATION, selector_string
+from ..render.scaling import SCALED_OBJECT_API
 from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
 from .claim import claim_gateway, gateway_ready
 from .credentials import check_secret_keys
@@ -43,8 +44,8 @@ GATEWAY_INSTALL = ("the Gateway API CRDs (kubectl apply --server-side -f https:/
                    "and the Inference Extension's (kubectl apply --server-side -f https://github.com/"
                    "kubernetes-sigs/gateway-api-inference-extension/releases/download/v1.5.0/"
                    "manifests.yaml)")
-HTTP_ADD_ON_INSTALL = ("KEDA (helm install keda kedacore/keda --namespace keda --create-namespace) "
-                       "and its HTTP add-on (helm install http-add-on kedacore/keda-add-ons-http "
+KEDA_INSTALL = "KEDA (helm install keda kedacore/keda --namespace keda --create-namespace)"
+HTTP_ADD_ON_INSTALL = (f"{KEDA_INSTALL} and its HTTP add-on (helm install http-add-on kedacore/keda-add-ons-http "
                        "--namespace keda)")
 
 T = TypeVar("T")
@@ -353,6 +354,11 @@ def _check_dependencies(snapshot: Snapshot, rendered: Rendered) -> None:
             f"gateway.provider: istio), whose DestinationRule ({DESTINATION_RULE_API}) the "
             f"cluster does not serve; install Istio, or ask the platform team to set "
             f"gateway.provider for the Gateway the cluster runs", reason=Reason.MISSING_DEPENDENCY.value)
+    if spec.autoscaling.mode == AutoscalingMode.KEDA and (SCALED_OBJECT_API, "ScaledObject") not in serves:
+        raise SpecInvalid(
+            f"spec.autoscaling.mode: keda needs ScaledObject ({SCALED_OBJECT_API}), which the cluster "
+            f"does not serve; install {KEDA_INSTALL}, or use mode builtin (no add-on)",
+            reason=Reason.MISSING_DEPENDENCY.value)
     if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP and \
             (HTTP_SCALED_OBJECT_API, "HTTPScaledObject") not in serves:
         raise SpecInvalid(
@@ -369,6 +375,8 @@ def needed_apis(snapshot: Snapshot, rendered: Rendered) -> list[tuple[str, str]]
         needed += [(INFERENCE_POOL_API, "InferencePool"), (HTTP_ROUTE_API, "HTTPRoute")]
     if _istio(rendered):
         needed.append((DESTINATION_RULE_API, "DestinationRule"))
+    if spec.autoscaling.mode == AutoscalingMode.KEDA:
+        needed.append((SCALED_OBJECT_API, "ScaledObject"))
     if spec.autoscaling.mode == AutoscalingMode.KEDA_HTTP:
         needed.append((HTTP_SCALED_OBJECT_API, "HTTPScaledObject"))
     return needed

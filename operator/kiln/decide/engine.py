@@ -88,7 +88,7 @@ def engine_ready(snapshot: Snapshot, actions: Actions, rendered: Rendered, crede
         # Names carry a digest of the key, not the key: a record whose key differs is
         # another engine, never a cache hit.
         raise conflict(wanted, owner, f"holds another engine (key {str((live.get('spec') or {}).get('key'))[:16]}..., "
-                       f"not {wanted['spec']['key'][:16]}...)")
+                       f"not {wanted['spec']['key'][:16]}...)", engine_named=True)
     check_engine_credentials(live, credentials, snapshot.policy, name)
     if live is not wanted:
         _take_up(live, actions)

@@ -25,11 +25,19 @@ def _where(obj: dict[str, Any]) -> str:
     return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else str(meta.get("name"))
 
 
-def conflict(obj: dict[str, Any], owner: str, why: str) -> SpecInvalid:
+def conflict(obj: dict[str, Any], owner: str, why: str, engine_named: bool = False) -> SpecInvalid:
+    """A ResourceConflict saying what to do: an object named after the service goes away with
+    another name for the service, or with the object; one named after the engine (its build
+    Job, its LLMEngine) only with the object, as the engine's name comes from what it is built
+    from, not from the service."""
+    if engine_named:
+        advice = (f"Remove that {obj['kind']} (its name is the engine's, made from the model, precision "
+                  "and engine settings), and Kiln makes its own")
+    else:
+        advice = f"Give LLMService {owner} another name, or remove that {obj['kind']}"
     return SpecInvalid(
         f"{obj['kind']} {_where(obj)} already exists and {why}; Kiln does not take over objects "
-        f"it did not create. Rename LLMService {owner}, or remove or rename that "
-        f"{obj['kind']}", reason=Reason.RESOURCE_CONFLICT.value)
+        f"it did not create. {advice}", reason=Reason.RESOURCE_CONFLICT.value)
 
 
 def check_controlled(live: dict[str, Any] | None, desired: dict[str, Any], owner_uid: str | None,
@@ -51,7 +59,7 @@ def check_engine_job(live: dict[str, Any] | None, desired: dict[str, Any], owner
         return
     ref = controller_of(live) or {}
     if ref.get("apiVersion") != API_VERSION or ref.get("kind") != "LLMService":
-        raise conflict(desired, owner, "is not controlled by an LLMService")
+        raise conflict(desired, owner, "is not controlled by an LLMService", engine_named=True)
     wanted = desired["metadata"]["labels"][LABEL_ENGINE]
     if ((live.get("metadata") or {}).get("labels") or {}).get(LABEL_ENGINE, wanted) != wanted:
-        raise conflict(desired, owner, "builds another engine")
+        raise conflict(desired, owner, "builds another engine", engine_named=True)

@@ -297,6 +297,9 @@ def plan(model: ModelConfig | None, spec: LLMServiceSpec, gpu: GPU) -> Plan:
     suggestions = _suggestions(model, spec, gpu)
     if suggestions:
         hint = "would fit with " + " or ".join(suggestions)
+    elif result.kv_cache_dtype == KVCacheDtype.FP8 and not gpu.fp8:
+        # Not memory: the GPU has no FP8, whatever its size.
+        hint = "set kvCacheDtype: auto (16-bit on this GPU), or use a GPU of sm89 or newer"
     elif result.buildable:
         hint = "nothing nearby fits: use a larger GPU type"
     else:  # the refusal already names what would work

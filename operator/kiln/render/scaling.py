@@ -18,7 +18,9 @@ from ..api import API_VERSION, AutoscalingMode, LLMServiceSpec
 from ..autoscale.metrics import KV_METRIC, service_matchers
 from .meta import labels, owned_by, stamp
 
-__all__ = ["scaler"]
+__all__ = ["scaler", "SCALED_OBJECT_API"]
+
+SCALED_OBJECT_API = "keda.sh/v1alpha1"
 
 POLLING_SECONDS = 15
 
@@ -38,7 +40,7 @@ def scaled_object(spec: LLMServiceSpec, instance: str, namespace: str, uid: str 
     scaling = spec.autoscaling
     query = f'sum({KV_METRIC}{{kv_cache_block_type="fraction",{service_matchers(namespace, instance)}}})'
     return stamp({
-        "apiVersion": "keda.sh/v1alpha1",
+        "apiVersion": SCALED_OBJECT_API,
         "kind": "ScaledObject",
         "metadata": _metadata(instance, namespace, uid),
         "spec": {

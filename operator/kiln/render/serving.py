@@ -105,8 +105,8 @@ def serve_spec(spec: LLMServiceSpec, plan: Plan, engine: Engine, instance: str) 
     if served in TRITON_MODELS:
         # The served name is a directory of the model repository, beside these (the runtime
         # refuses it too, at the pod's start; here the service stalls saying what to set).
-        given = "spec.servedModelName" if spec.served_model_name else "the LLMService's name, the default spec.servedModelName,"
-        raise SpecInvalid(f"spec.servedModelName: {served!r} ({given}) is the name of one of the Triton models "
+        given = "" if spec.served_model_name else " (the LLMService's name, its default)"
+        raise SpecInvalid(f"spec.servedModelName: {served!r}{given} is the name of one of the Triton models "
                           f"Kiln serves the engine with ({', '.join(TRITON_MODELS)}); set spec.servedModelName "
                           "to another name")
     group = {"gpusPerNode": spec.gpu.per_node} if multi_node(spec) else {}
