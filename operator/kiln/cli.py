@@ -141,7 +141,7 @@ def _load_manifest(path: str) -> dict[str, Any]:
         [only] = candidates
         kind = only.get("kind") if isinstance(only, dict) else None
         if isinstance(kind, str) and kind:
-            raise SpecInvalid(f"{path}: a {kind[:60]}, not an LLMService")
+            raise SpecInvalid(f"kind: {kind[:60]!r} in {path} is not an LLMService")
         return only  # type: ignore[no-any-return]
     return services[0]
 

@@ -268,7 +268,7 @@ def test_a_manifest_of_another_kind_is_named_with_its_file(tmp_path, capsys):
     path = tmp_path / "cm.yaml"
     path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n")
     code, _, err = _run(capsys, "plan", "-f", str(path))
-    assert code == 2 and err == f"error: {path}: a ConfigMap, not an LLMService\n", err
+    assert code == 2 and err == f"error: kind: 'ConfigMap' in {path} is not an LLMService\n", err
 
 
 def test_a_kv_cache_type_the_gpu_lacks_is_not_told_to_buy_a_larger_gpu(tmp_path, capsys):
