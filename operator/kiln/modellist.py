@@ -27,7 +27,9 @@ from __future__ import annotations
 import calendar
 import json
 import logging
+import os
 import re
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -123,8 +125,11 @@ def _read_list(directory: Path, gateway: str) -> bytes:
     key = gateway_key(gateway)
     if key is None:
         return empty
-    try:
-        with (directory / key).open("rb") as file:
+    try:  # a regular file only: a FIFO's read would block the server for ever
+        descriptor = os.open(directory / key, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(descriptor, "rb") as file:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                return empty
             body = file.read(MAX_FILE_BYTES + 1)
     except OSError:  # none for this Gateway (or not a file)
         return empty
@@ -134,7 +139,8 @@ def _read_list(directory: Path, gateway: str) -> bytes:
     try:  # the operator writes it (list_document); anything else is not answered as a list
         document = json.loads(body)
         well_formed = isinstance(document, dict) and document.get("object") == "list" and \
-            isinstance(document.get("data"), list)
+            isinstance(document.get("data"), list) and \
+            all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in document["data"])
     except (ValueError, RecursionError):
         well_formed = False
     if not well_formed:

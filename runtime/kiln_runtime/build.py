@@ -87,6 +87,19 @@ def _reused(spec: BuildSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _afresh(root: Path, directory: Path) -> None:
+    """``directory`` (under ``root``) empty and the build's own: a link at it or at any
+    directory between ``root`` and it is removed (never followed), a crashed build's leftovers
+    too."""
+    for step in reversed([directory, *directory.parents]):
+        if step == root or root not in step.parents:
+            continue
+        if step.is_symlink() or (step.exists() and not step.is_dir()):
+            step.unlink()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+
+
 def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
     """Build (or reuse) the engine; returns the summary also written to the termination log."""
     layout = Layout(spec)
@@ -113,8 +126,12 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
         if existing is not None:  # another Job published it while this one waited
             _log(out, "another build published this engine while waiting: reusing it")
             return _reused(spec, existing)
-        shutil.rmtree(layout.staging, ignore_errors=True)  # a crashed build's leftovers
-        layout.staging.mkdir(parents=True)
+        # The build's own directories on the shared volume, made afresh, with no link on the
+        # way to them: a link planted at .staging/<key> or .work/<key> (or their parents) would
+        # have the build write into whatever it points to, another engine's entry.
+        _afresh(spec.cache_dir, layout.staging)
+        if spec.cache_dir in spec.work_dir.parents:  # scratch staged on the cache volume
+            _afresh(spec.cache_dir, spec.work_dir)
         manifest: dict[str, Any] = {}
         try:
             for index, step in enumerate(steps, 1):

@@ -72,7 +72,7 @@ def tokenizer_code(model_dir: Path) -> list[str]:
     the module it does not load. A name in another repository (``org/repo--module.Class``)
     or one that is not a plain module name is not copied."""
     try:
-        with open(model_dir / "tokenizer_config.json", "rb") as handle:
+        with _open_regular(model_dir / "tokenizer_config.json") as handle:
             config = json.loads(handle.read(MAX_TOKENIZER_CONFIG_BYTES + 1))
     except (OSError, ValueError, RecursionError):
         return []
@@ -83,9 +83,19 @@ def tokenizer_code(model_dir: Path) -> list[str]:
     return sorted(f"{module}.py" for module in modules if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,100}", module))
 
 
+def _open_regular(path: Path) -> Any:
+    """``path`` opened for reading if it is a regular file (a FIFO would block the read for
+    ever, a device never end); OSError otherwise."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise IsADirectoryError(f"{path} is not a regular file")
+    return os.fdopen(descriptor, "rb")
+
+
 def _read_manifest(entry: Path) -> tuple[dict[str, Any] | None, str]:
     try:
-        with open(entry / MANIFEST, "rb") as handle:
+        with _open_regular(entry / MANIFEST) as handle:
             data = handle.read(MAX_JSON_BYTES + 1)
         if len(data) > MAX_JSON_BYTES:
             return None, f"its manifest.json is larger than {MAX_JSON_BYTES} bytes"
@@ -132,13 +142,16 @@ def damage(entry: Path, digests: bool = False, ranks: range | None = None) -> st
             return f"{name} is not a regular file of the entry"
         if found.st_size != record.get("bytes"):
             return f"{name} has {found.st_size} bytes, the manifest records {record.get('bytes')}"
-    # An engine file the manifest does not list is not one the build published.
-    for path in sorted((entry / "engine").glob("*.engine")):
-        if f"engine/{path.name}" not in files:
-            return f"engine/{path.name} is not in the manifest"
+    # A file the manifest does not list is not one the build published (a tokenizer module is
+    # code the server runs).
+    for folder in ("engine", "tokenizer"):
+        for path in sorted(p for p in (entry / folder).rglob("*") if not p.is_dir() or p.is_symlink()):
+            if str(path.relative_to(entry)) not in files:
+                return f"{path.relative_to(entry)} is not in the manifest"
     if not digests:
         return None
-    checked = sorted(name for name in files if name.startswith("engine/") and _loaded(name, ranks))
+    # Every file this pod reads: its ranks' engine files, the engine's config, the tokenizer.
+    checked = sorted(name for name in files if name.startswith(("engine/", "tokenizer/")) and _loaded(name, ranks))
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for name, digest in zip(checked, pool.map(lambda name: _sha256(entry / name), checked), strict=True):
             if digest != files[name].get("sha256"):
@@ -169,10 +182,14 @@ def complete_entry(cache: Path, key: str) -> dict[str, Any] | None:
 def build_lock(path: Path, poll: float = 10.0) -> Iterator[None]:
     """Hold an exclusive lock on ``path``, logging while another build holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # never through a link planted in its place
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:  # never through a link planted in its place, nor a FIFO
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | getattr(os, "O_CLOEXEC", 0), 0o600)
     except OSError as error:
         raise StepFailed("cache", f"the build lock {path} cannot be opened ({error.strerror}): remove it") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise StepFailed("cache", f"the build lock {path} is not a regular file: remove it")
     with os.fdopen(descriptor, "a+") as handle:
         waited = 0.0
         while True:

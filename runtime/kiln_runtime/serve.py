@@ -82,6 +82,12 @@ def parse_serve_spec(text: str | None) -> ServeSpec:
         raise BadSpec(f"{SERVE_SPEC_ENV}: {type(error).__name__}: {' '.join(str(error).split())[:160]}") from None
     except RecursionError:
         raise BadSpec(f"{SERVE_SPEC_ENV}: nested too deep to be read") from None
+    # Whole numbers and booleans as JSON writes them: int() would take 1.9 as 1, bool() "false" as true.
+    if not isinstance(raw.get("decoupled", True), bool):
+        raise BadSpec("decoupled: must be true or false")
+    for name in ("tensorParallel", "pipelineParallel", "gpusPerNode"):
+        if name in raw and (isinstance(raw[name], bool) or not isinstance(raw[name], int)):
+            raise BadSpec(f"{name}: must be a whole number (got {str(raw[name])[:20]})")
     if not 0 < spec.kv_cache_free_gpu_mem_fraction < 1:
         raise BadSpec("kvCacheFreeGpuMemFraction: must be between 0 and 1 (exclusive)")
     if not 0 <= spec.gpu_weights_percent <= 1:  # NaN too

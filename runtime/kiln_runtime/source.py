@@ -266,9 +266,10 @@ def _listing(client: Any, source: str, field: str, limit: int = MAX_LISTED_OBJEC
     bucket, prefix = _split_s3(source)
     start = f"{prefix}/" if prefix else ""
     objects: list[dict[str, Any]] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+    for pages, page in enumerate(client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start), 1):
         objects += page.get("Contents", [])
-        if len(objects) > limit:
+        # Pages hold up to 1,000 objects each; a store may send empty ones for ever.
+        if len(objects) > limit or pages > limit // 100 + 10:
             raise BadSpec(f"{field}: {_short(source)} holds more than {limit} objects")
     for obj in objects:
         if not str(obj["Key"]).startswith(start):

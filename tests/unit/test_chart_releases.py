@@ -89,6 +89,13 @@ def _cluster_scoped(objects):
             if o["kind"] in ("ClusterRole", "ClusterRoleBinding")}
 
 
+def test_release_and_namespace_names_that_join_alike_name_their_cluster_objects_apart():
+    """kiln in team-a and kiln-team in a: joined with '-' both were kiln-team-a."""
+    first = render({"watchNamespaces": ["x"]}, name="kiln", namespace="team-a")
+    second = render({"watchNamespaces": ["y"], "crds": {"enabled": False}}, name="kiln-team", namespace="a")
+    assert not _cluster_scoped(first) & _cluster_scoped(second)
+
+
 def test_one_release_name_in_two_namespaces_names_its_cluster_objects_apart():
     first = render({"watchNamespaces": ["team-a"]}, namespace="kiln-a")
     second = render({"watchNamespaces": ["team-b"], "crds": {"enabled": False}}, namespace="kiln-b")
@@ -129,6 +136,8 @@ def test_every_name_the_chart_makes_is_one_kubernetes_takes(release):
         name = obj["metadata"]["name"]
         if obj["kind"] == "Service":
             assert DNS_1035.match(name), f"Service {name!r} is not a DNS-1035 label"
+        elif obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):  # a path segment (ValidateRBACName)
+            assert name not in (".", "..") and "/" not in name and "%" not in name and len(name) <= 253, name
         else:
             assert len(name) <= (63 if obj["kind"] == "Deployment" else 253) and \
                 DNS_1123_SUBDOMAIN.match(name), f"{obj['kind']} {name!r}"
@@ -149,6 +158,10 @@ def test_a_release_name_no_service_can_be_named_after_is_refused_saying_so(relea
     ({"serviceAccount": {"create": True, "name": "Bad_Name"}}, "name"),
     ({"tolerations": [{"key": "k", "operator": "Sometimes"}]}, "operator"),
     ({"tolerations": [{"key": "k", "effect": "Never"}]}, "effect"),
+    ({"tolerations": [{"key": "bad key!", "operator": "Exists"}]}, "key"),
+    ({"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, "value"),
+    ({"tolerations": [{"operator": "Equal", "value": "v"}]}, "key"),
+    ({"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]}, "effect"),
     ({"gateway": {"modelList": {"gateways": ["a" * 64 + "/gw"]}}}, "gateways"),
     ({"gateway": {"modelList": {"gateways": ["gw/" + "b" * 254]}}}, "gateways"),
     ({"podLabels": {"app.kubernetes.io/name": "other"}}, "podLabels"),

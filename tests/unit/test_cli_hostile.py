@@ -277,3 +277,18 @@ def test_a_kv_cache_type_the_gpu_lacks_is_not_told_to_buy_a_larger_gpu(tmp_path,
     code, out, _ = _run(capsys, "plan", "-f", str(manifest))
     assert code == 1 and "larger GPU" not in out, out
     assert "kvCacheDtype: auto" in out, out
+
+
+@pytest.mark.parametrize("make", [lambda p: os.mkfifo(p), lambda p: p.write_text('{"object": "list", "data": [1, "x", null]}')])
+def test_model_list_answers_an_empty_list_for_a_fifo_or_a_list_of_no_models(tmp_path, make):
+    import asyncio
+
+    from kiln.modellist import model_list_app
+    make(tmp_path / "gw_public.json")
+
+    async def get() -> tuple[int, dict]:
+        from aiohttp.test_utils import TestClient, TestServer
+        async with TestClient(TestServer(model_list_app(tmp_path))) as client:
+            response = await asyncio.wait_for(client.get("/v1/models", headers={"X-Kiln-Gateway": "gw/public"}), 10)
+            return response.status, await response.json()
+    assert asyncio.run(get()) == (200, {"object": "list", "data": []})

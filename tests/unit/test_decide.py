@@ -31,7 +31,8 @@ MISTRAL = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text(
 SERVES_ALL = frozenset({("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
                         ("inference.networking.k8s.io/v1", "InferencePool"),
                         ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-                        ("http.keda.sh/v1alpha1", "HTTPScaledObject")})
+                        ("http.keda.sh/v1alpha1", "HTTPScaledObject"),
+                        ("keda.sh/v1alpha1", "ScaledObject")})
 
 
 def _spec(**changes: Any) -> dict[str, Any]:

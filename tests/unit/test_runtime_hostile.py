@@ -16,7 +16,6 @@ import pytest
 from kiln_runtime import cache, source
 from kiln_runtime.errors import BadSpec, StepFailed
 
-from ..conftest import ROOT
 from ..support import fake_trtllm
 from .test_runtime_build import _run, fakes  # noqa: F401  (the fixture)
 
@@ -52,7 +51,7 @@ def test_a_link_inside_the_volume_still_serves_a_mounted_source(fakes):  # noqa:
 
 
 @pytest.mark.parametrize("target, said", [
-    (ROOT / "benchmarks" / "autoscaling-training.json", "resolves outside"),  # JSON, off the volume
+    ("/etc/passwd", "resolves outside"),  # off the volume: refused before it is parsed
     ("/dev/zero", "resolves outside|not a regular file")])
 def test_a_mounted_config_is_read_from_inside_and_bounded(tmp_path, target, said):
     model = fake_trtllm.tiny_model(tmp_path / "models" / "tiny")
@@ -280,3 +279,86 @@ def test_a_checkpoint_mapping_that_is_not_an_object_is_a_failed_step(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"mapping": "tp8"}))
     with pytest.raises(StepFailed, match="mapping"):
         set_gpus_per_node(tmp_path, 8)
+
+
+def test_a_fifo_in_a_mounted_source_is_refused_not_waited_on(fakes):  # noqa: F811
+    model = Path(fakes["spec"]["model"]["source"])
+    (model / "tokenizer_config.json").unlink()
+    os.mkfifo(model / "tokenizer_config.json")
+    result = _run(fakes)  # the runner's own timeout (120 s) fails it if it hangs
+    assert result.returncode == 2 and "tokenizer_config.json" in result.stderr, result.stderr
+    assert not (fakes["root"] / "cache" / KEY).exists()
+
+
+def test_a_fifo_manifest_is_damage_not_a_hang(tmp_path):
+    entry = _entry(tmp_path)
+    (entry / "manifest.json").unlink()
+    os.mkfifo(entry / "manifest.json")
+    script = ("from pathlib import Path; from kiln_runtime import cache; "
+              f"print(cache.damage(Path({str(entry)!r}), digests=True))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert "manifest.json" in result.stdout, result.stderr
+
+
+def test_the_build_does_not_write_through_a_link_planted_above_its_scratch(fakes):  # noqa: F811
+    """Scratch on the cache volume (<cache>/.work/<key>): a link planted there, or at .work."""
+    victim = fakes["root"] / "cache" / ("cd" * 32)
+    (victim / "checkpoint").mkdir(parents=True)
+    (victim / "checkpoint" / "precious").write_text("keep")
+    (fakes["root"] / "cache" / ".work").mkdir(parents=True)
+    (fakes["root"] / "cache" / ".work" / KEY).symlink_to(victim)
+    spec = {**fakes["spec"], "workDir": str(fakes["root"] / "cache" / ".work" / KEY)}
+    result = _run(fakes, spec)
+    assert result.returncode == 0, result.stderr
+    assert (victim / "checkpoint" / "precious").read_text() == "keep"
+    assert sorted(p.name for p in victim.iterdir()) == ["checkpoint"]
+
+
+def test_a_fifo_at_the_lock_is_a_failed_step(tmp_path):
+    (tmp_path / ".locks").mkdir()
+    os.mkfifo(tmp_path / ".locks" / "k.lock")
+    with pytest.raises(StepFailed, match="not a regular file"):
+        with cache.build_lock(tmp_path / ".locks" / "k.lock"):
+            pass
+
+
+def test_a_listing_of_empty_pages_for_ever_is_cut():
+    class Client:
+        def get_paginator(self, _):
+            class P:
+                def paginate(self, **_):
+                    while True:
+                        yield {"Contents": []}
+            return P()
+
+    with pytest.raises(BadSpec, match="more than"):
+        source._listing(Client(), "s3://bucket/model", "model.source")
+
+
+def test_a_tokenizer_module_or_edit_the_manifest_does_not_record_is_damage(tmp_path):
+    staging = tmp_path / "staging"
+    (staging / "engine").mkdir(parents=True)
+    (staging / "engine" / "config.json").write_text("{}")
+    (staging / "engine" / "rank0.engine").write_bytes(b"engine")
+    (staging / "tokenizer").mkdir()
+    (staging / "tokenizer" / "tokenizer_config.json").write_text('{"a": 1}')
+    (tmp_path / "cache").mkdir()
+    cache.publish(staging, tmp_path / "cache", KEY, None, {}, {}, 1.0)
+    entry = tmp_path / "cache" / KEY
+    assert cache.damage(entry, digests=True) is None
+    (entry / "tokenizer" / "tokenizer_config.json").write_text('{"a": 2}')  # the same size
+    assert "tokenizer_config.json" in cache.damage(entry, digests=True)
+    (entry / "tokenizer" / "tokenizer_config.json").write_text('{"a": 1}')
+    (entry / "tokenizer" / "tokenization_evil.py").write_text("import os")
+    assert "tokenization_evil.py" in cache.damage(entry, digests=True)
+
+
+@pytest.mark.parametrize("change", [{"decoupled": "false"}, {"tensorParallel": 1.9}, {"gpusPerNode": True}])
+def test_a_serve_spec_of_the_wrong_type_is_refused(change):
+    from kiln_runtime.serve import parse_serve_spec
+
+    raw = {"engineDir": "/cache/" + KEY, "tensorParallel": 1, "pipelineParallel": 1, "kvCacheFreeGpuMemFraction": 0.9,
+           **change}
+    with pytest.raises(BadSpec):
+        parse_serve_spec(json.dumps(raw))

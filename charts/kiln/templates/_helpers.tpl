@@ -48,10 +48,12 @@ releases in one namespace elect theirs apart. The release kiln takes kiln-operat
 
 {{/*
 Cluster-scoped objects (the ClusterRole and its binding): one release name may be installed
-in several namespaces, each with rights of its own.
+in several namespaces, each with rights of its own. A colon, which neither a release name nor
+a namespace holds, keeps kiln in team-a apart from kiln-team in a (RBAC names are path
+segments, as system:node is).
 */}}
 {{- define "kiln.clusterName" -}}
-{{- printf "%s-%s" (include "kiln.fullname" .) .Release.Namespace -}}
+{{- printf "%s:%s" (include "kiln.fullname" .) .Release.Namespace -}}
 {{- end -}}
 
 {{/* The operator's image (the model-list server runs it too): by digest when one is given. */}}
