@@ -20,7 +20,7 @@ import yaml
 
 from .api import AutoscalingMode
 from .api.crd import crds
-from .api.llmservice import GATEWAY_REF_MAX, GATEWAY_REF_PATTERN
+from .api.llmservice import GATEWAY_REF_MAX, GATEWAY_REF_PATTERN, MODEL_SOURCE_PATTERN
 from .api.loading import load_yaml, read_bounded, read_yaml_file
 from .api.validation import parse_service_manifest
 from .errors import KilnError, PlanRefused, SpecInvalid
@@ -114,7 +114,7 @@ def _namespace(text: str) -> str:
 
 def _model_source(text: str) -> str:
     """An argparse type: a model source as spec.model.source writes it."""
-    if len(text) > 512 or not re.fullmatch(r"(hf|s3|pvc)://\S+", text):
+    if len(text) > 512 or not re.fullmatch(MODEL_SOURCE_PATTERN, text) or ".." in text.split("/"):
         raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a model source (hf://org/name, s3://bucket/path "
                                          "or pvc://claim/path)")
     return text

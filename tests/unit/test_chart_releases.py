@@ -6,6 +6,7 @@ refuses, or rights the operator does not use, are refused at install naming the 
 
 from __future__ import annotations
 
+import json
 import re
 
 import helm_python as helm
@@ -220,3 +221,13 @@ def test_image_references_and_durations_are_checked_naming_the_key(values, key):
 ])
 def test_what_kubernetes_and_prometheus_take_the_chart_takes(values):
     assert render(values)
+
+
+def test_the_public_models_the_chart_takes_are_the_sources_the_operator_takes():
+    """The chart passes each as --public-model, which the operator checks at start: a value
+    the schema let through would stop the operator in a crash loop instead of the install."""
+    from kiln.api.llmservice import MODEL_SOURCE_PATTERN
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    items = schema["properties"]["modelCredentials"]["properties"]["publicModels"]["items"]
+    assert items["pattern"] == MODEL_SOURCE_PATTERN
+    assert "publicModels" in refusal({"modelCredentials": {"publicModels": ["hf://a/b/c"]}})

@@ -186,6 +186,7 @@ def test_run_with_a_kubeconfig_that_is_not_one_says_so(tmp_path, capsys, monkeyp
     (["run", "-n", "BAD_NS"], "--namespace"),
     (["run", "--leader-election-namespace", "BAD/NS"], "--leader-election-namespace"),
     (["run", "--public-model", "notasource"], "--public-model"),
+    (["run", "--public-model", "hf://a/../b"], "--public-model"),
 ])
 def test_run_refuses_names_kubernetes_would(capsys, argv, named):
     code, err = _answer(capsys, *argv)
