@@ -27,13 +27,13 @@ from __future__ import annotations
 import calendar
 import json
 import logging
-import os
 import re
-import stat
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from kiln_runtime.safe_io import open_regular
 
 from .api.llmservice import GATEWAY_REF_MAX, GATEWAY_REF_PATTERN
 from .render.meta import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
@@ -126,12 +126,9 @@ def _read_list(directory: Path, gateway: str) -> bytes:
     if key is None:
         return empty
     try:  # a regular file only: a FIFO's read would block the server for ever
-        descriptor = os.open(directory / key, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(descriptor, "rb") as file:
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                return empty
+        with open_regular(directory / key) as file:
             body = file.read(MAX_FILE_BYTES + 1)
-    except OSError:  # none for this Gateway (or not a file)
+    except OSError:  # none for this Gateway (or not a regular file)
         return empty
     if len(body) > MAX_FILE_BYTES:
         logger.warning("%s is over %d bytes: answering an empty list", key, MAX_FILE_BYTES)

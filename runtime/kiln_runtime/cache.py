@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadSpec, StepFailed
-from .safe_io import MAX_JSON_BYTES, open_inside
+from .safe_io import MAX_JSON_BYTES, open_inside, open_regular
 
 __all__ = ["complete_entry", "damage", "build_lock", "verify_engine", "publish", "delete_entry",
            "delete_s3_entry", "tokenizer_code", "check_writable", "MANIFEST", "TOKENIZER_FILES"]
@@ -72,7 +72,7 @@ def tokenizer_code(model_dir: Path) -> list[str]:
     the module it does not load. A name in another repository (``org/repo--module.Class``)
     or one that is not a plain module name is not copied."""
     try:
-        with _open_regular(model_dir / "tokenizer_config.json") as handle:
+        with open_regular(model_dir / "tokenizer_config.json") as handle:
             config = json.loads(handle.read(MAX_TOKENIZER_CONFIG_BYTES + 1))
     except (OSError, ValueError, RecursionError):
         return []
@@ -83,19 +83,9 @@ def tokenizer_code(model_dir: Path) -> list[str]:
     return sorted(f"{module}.py" for module in modules if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,100}", module))
 
 
-def _open_regular(path: Path) -> Any:
-    """``path`` opened for reading if it is a regular file (a FIFO would block the read for
-    ever, a device never end); OSError otherwise."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise IsADirectoryError(f"{path} is not a regular file")
-    return os.fdopen(descriptor, "rb")
-
-
 def _read_manifest(entry: Path) -> tuple[dict[str, Any] | None, str]:
     try:
-        with _open_regular(entry / MANIFEST) as handle:
+        with open_regular(entry / MANIFEST) as handle:
             data = handle.read(MAX_JSON_BYTES + 1)
         if len(data) > MAX_JSON_BYTES:
             return None, f"its manifest.json is larger than {MAX_JSON_BYTES} bytes"

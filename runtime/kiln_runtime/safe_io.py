@@ -19,10 +19,20 @@ from typing import Any, BinaryIO
 
 from .errors import BadSpec
 
-__all__ = ["open_inside", "read_inside", "load_json", "MAX_JSON_BYTES"]
+__all__ = ["open_regular", "open_inside", "read_inside", "load_json", "MAX_JSON_BYTES"]
 
 # A config.json, an index, a manifest or a tokenizer_config.json is KiB to a few MiB.
 MAX_JSON_BYTES = 16 * 2**20
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (a FIFO would block the read for
+    ever, a device never end); OSError otherwise."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise IsADirectoryError(f"{path} is not a regular file")
+    return os.fdopen(descriptor, "rb")
 
 
 def open_inside(path: Path, base: Path, what: str) -> BinaryIO:

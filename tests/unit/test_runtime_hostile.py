@@ -5,6 +5,7 @@ part of its engine; and names that would overwrite one of Triton's own models ar
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -20,6 +21,28 @@ from ..support import fake_trtllm
 from .test_runtime_build import _run, fakes  # noqa: F401  (the fixture)
 
 KEY = "ab" * 32
+
+
+class _Bucket:
+    """An S3 client whose listing is ``pages()`` (an iterable of pages) and whose downloads
+    write ``{}``: the store's word, whatever it says."""
+
+    def __init__(self, pages):
+        self.pages = pages
+
+    def get_paginator(self, _):
+        bucket = self
+
+        class Pages:
+            def paginate(self, **_):
+                yield from bucket.pages()
+        return Pages()
+
+    def download_file(self, bucket, key, target):
+        Path(target).write_text("{}")
+
+    def get_object(self, **_):
+        return {"Body": io.BytesIO(b"{}")}
 
 
 def test_a_mounted_sources_link_out_of_its_volume_is_refused_before_any_step(fakes):  # noqa: F811
@@ -137,20 +160,15 @@ def test_a_served_model_name_that_would_replace_one_of_tritons_models_is_refused
         parse_serve_spec(json.dumps(raw))
 
 
-def test_a_bucket_listing_that_never_ends_is_cut(monkeypatch):
-    class Endless:
-        def paginate(self, **_):
-            page = 0
-            while True:
-                page += 1
-                yield {"Contents": [{"Key": f"model/f{page}-{i}.json", "Size": 1} for i in range(1000)]}
-
-    class Client:
-        def get_paginator(self, _):
-            return Endless()
+def test_a_bucket_listing_that_never_ends_is_cut():
+    def endless():
+        page = 0
+        while True:
+            page += 1
+            yield {"Contents": [{"Key": f"model/f{page}-{i}.json", "Size": 1} for i in range(1000)]}
 
     with pytest.raises(BadSpec, match="more than"):
-        source._listing(Client(), "s3://bucket/model", "model.source")
+        source._listing(_Bucket(endless), "s3://bucket/model", "model.source")
 
 
 def test_the_cache_probe_and_lock_are_not_opened_through_a_planted_link(tmp_path):
@@ -165,24 +183,8 @@ def test_the_cache_probe_and_lock_are_not_opened_through_a_planted_link(tmp_path
 
 
 def test_a_key_with_a_newline_forges_no_log_line(tmp_path, capsys, monkeypatch):
-    class Body:
-        def read(self, *_):
-            return b"{}"
-
-    class Client:
-        def get_paginator(self, _):
-            class P:
-                def paginate(self, **_):
-                    yield {"Contents": [{"Key": "model/x\n[4/4] publish: done.json", "Size": 2}]}
-            return P()
-
-        def download_file(self, bucket, key, target):
-            Path(target).write_text("{}")
-
-        def get_object(self, **_):
-            return {"Body": Body()}
-
-    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": Client())
+    bucket = _Bucket(lambda: [{"Contents": [{"Key": "model/x\n[4/4] publish: done.json", "Size": 2}]}])
+    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
     with pytest.raises(BadSpec, match="control character"):
         source.download("s3://bucket/model", "main", tmp_path / "model")
     assert "\n[4/4]" not in capsys.readouterr().err
@@ -258,17 +260,8 @@ def test_a_hub_source_that_is_no_repository_is_bad_input_before_any_fetch(source
 
 
 def test_a_key_that_is_also_a_folder_and_a_listing_without_sizes_are_bad_input(tmp_path, monkeypatch):
-    class Client:
-        def get_paginator(self, _):
-            class P:
-                def paginate(self, **_):
-                    yield {"Contents": [{"Key": "model/a.json"}, {"Key": "model/a.json/b.json"}]}
-            return P()
-
-        def download_file(self, bucket, key, target):
-            Path(target).write_text("{}")
-
-    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": Client())
+    bucket = _Bucket(lambda: [{"Contents": [{"Key": "model/a.json"}, {"Key": "model/a.json/b.json"}]}])
+    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
     with pytest.raises(BadSpec, match="a.json"):
         source.download("s3://bucket/model", "main", tmp_path / "model")
 
@@ -324,16 +317,12 @@ def test_a_fifo_at_the_lock_is_a_failed_step(tmp_path):
 
 
 def test_a_listing_of_empty_pages_for_ever_is_cut():
-    class Client:
-        def get_paginator(self, _):
-            class P:
-                def paginate(self, **_):
-                    while True:
-                        yield {"Contents": []}
-            return P()
+    def empty():
+        while True:
+            yield {"Contents": []}
 
     with pytest.raises(BadSpec, match="more than"):
-        source._listing(Client(), "s3://bucket/model", "model.source")
+        source._listing(_Bucket(empty), "s3://bucket/model", "model.source")
 
 
 def test_a_tokenizer_module_or_edit_the_manifest_does_not_record_is_damage(tmp_path):
