@@ -99,6 +99,78 @@ async def test_a_build_another_service_wants_keeps_running_and_its_engine_stays(
         assert sb.operator_error is None
 
 
+def _owners(job):
+    return sorted(ref["name"] for ref in job["metadata"].get("ownerReferences") or [])
+
+
+def _ready_reason(engine):
+    return next((c.get("reason") for c in ((engine or {}).get("status") or {}).get("conditions") or []
+                 if c.get("type") == "Ready"), None)
+
+
+async def test_a_shared_build_outlives_the_service_that_started_it(make_sandbox, backend):
+    """The build Job of an engine two services wanted was the starting service's alone:
+    deleting that service mid-build had the garbage collector delete the Job, and the other
+    service started the build again from zero. Every service that waits on a build is one of
+    its Job's owners now, and the collector deletes a Job only once none of them is left."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                            timings=FAST_COLLECTION) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()  # no kubelet yet: the build stays running
+        await sb.create(_named("a"))
+        await sb.wait_for(lambda: sb.objects("jobs"), what="a's build")
+        await sb.create(_named("b"))
+        await sb.wait_for(lambda: _owners(sb.objects("jobs")[0]) == ["a", "b"], what="b one of the Job's owners")
+        [job] = sb.objects("jobs")
+        await sb.api.delete(sb.get("llmservices", "a", NS))
+
+        def collected():
+            jobs = sb.objects("jobs")
+            return (jobs[0]["metadata"]["uid"], _owners(jobs[0])) if jobs and _owners(jobs[0]) == ["b"] else \
+                ("gone", []) if not jobs else None
+        assert await sb.wait_for(collected, timeout=60, what="the collector done with a") == \
+            (job["metadata"]["uid"], ["b"])
+        sb.start_kubelet()
+        await sb.wait_for(lambda: is_true(sb.get("llmservices", "b", NS)["status"]["conditions"], "Ready"),
+                          timeout=30, what="b Ready on the build a started")
+        assert _builds(sb)[0] == {job["metadata"]["name"]}  # one build, never started again
+        assert sb.operator_error is None
+
+
+async def test_a_build_stopped_with_the_last_service_that_wanted_it_is_said_so_on_its_engine(make_sandbox, backend):
+    """The LLMEngine of a build whose last service was deleted mid-build said
+    EngineBuilding, naming a Job that was gone, until the record was collected a day later."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()  # no kubelet: the build stays running
+        await sb.create(_named("a"))
+        await sb.wait_for(lambda: sb.objects("jobs") and _engine_name(sb, "a"), what="a's build")
+        engine = _engine_name(sb, "a")
+        await sb.api.delete(sb.get("llmservices", "a", NS))
+        await sb.wait_for(lambda: not sb.objects("jobs"), timeout=60, what="the build Job collected")
+        await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", engine)) == "EngineBuildCancelled",
+                          what="the engine's record saying its build stopped")
+        message = next(c["message"] for c in sb.get("llmengines", engine)["status"]["conditions"])
+        assert f"LLMService {sb.ns(NS)}/a" in message and "starts its build again" in message
+        assert sb.operator_error is None
+
+
+async def test_a_build_cancelled_by_an_edit_is_said_so_on_its_engine(make_sandbox, backend):
+    """The same when the service moved to another engine mid-build and its build Job was
+    deleted: the superseded engine's record said EngineBuilding until it was collected."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()
+        await sb.create(_named("moved"))
+        await sb.wait_for(lambda: sb.objects("jobs") and _engine_name(sb, "moved"), what="the first build")
+        first = _engine_name(sb, "moved")
+        await sb.patch_spec(NS, "moved", {"engine": {"maxBatchSize": 32}})
+        await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", first)) == "EngineBuildCancelled",
+                          what="the first engine's record saying its build was cancelled")
+        assert first + "-build" not in [j["metadata"]["name"] for j in sb.objects("jobs")]
+        assert sb.operator_error is None
+
+
 def _purge_jobs(sb):
     return [j for j in sb.objects("jobs")
             if j["metadata"]["labels"].get("app.kubernetes.io/component") == "engine-cache-purge"]

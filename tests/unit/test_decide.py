@@ -16,7 +16,9 @@ from kiln.autoscale import Decision, KVSample
 from kiln.decide import Cluster, Observed, Snapshot, decide, decide_observed, intend, parse, workload_replicas
 from kiln.decide.credentials import Credentials
 from kiln.decide.decide import children, rolled_out
+from kiln.decide.engine import cancelled_status
 from kiln.decide.policy import Policy
+from kiln.decide.snapshot import Superseded
 from kiln.decide.status import get_condition, status_wire
 from kiln.errors import SpecInvalid
 from kiln.planner import model_config
@@ -145,7 +147,8 @@ def snapshot(world: World) -> Snapshot:
     return replace(base, cluster=Cluster(
         serves=world.serves, children=lives, engine=_engine_record(rendered, world), job=_job(rendered, world),
         build_failure=" at step build (container build, exit code 1): out of memory",
-        superseded_job=superseded if world.superseded else None, read_refusal=world.read_refusal))
+        superseded=Superseded(_owned(superseded), None, wanted=False) if world.superseded else None,
+        read_refusal=world.read_refusal))
 
 
 def _ready_status(**extra: Any) -> dict[str, Any]:
@@ -256,8 +259,9 @@ def test_decide(row):
     actions = decide(snapshot(world()))
     assert _condition_of(actions, "Ready") == ready
     assert _condition_of(actions, "Stalled") == (("True", stalled) if stalled else ("False", ready[1]))
-    # A build's end is told (actions.finished) only by the service whose engine write lands.
-    assert sorted(reason for _, reason, _ in actions.events + actions.finished) == sorted(events)
+    # A build's end is told (actions.finished) only by the service whose engine write lands,
+    # its cancellation (actions.cancelled) only by the service whose delete does.
+    assert sorted(reason for _, reason, _ in actions.events + actions.finished + actions.cancelled) == sorted(events)
     assert [obj["kind"] for obj in actions.apply] == applied
     assert (actions.requeue.delay if actions.requeue else None) == requeue
     assert actions.status.observed_generation == 3
@@ -413,3 +417,89 @@ def test_a_conflict_says_what_removes_it():
         check_engine_job({"metadata": {"name": "eng-build"}}, job, "llm/svc")
     assert "Remove that Job (its name is the engine's" in by_engine.value.message
     assert "LLMService llm/svc another name" not in by_engine.value.message
+
+
+def _other_owner(job: dict[str, Any], name: str = "other", uid: str = "uid-2") -> dict[str, Any]:
+    job = copy.deepcopy(job)
+    job["metadata"]["ownerReferences"].append({"apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService",
+                                               "name": name, "uid": uid, "controller": False})
+    return job
+
+
+def _superseded(world: World, job: dict[str, Any], wanted: bool = False, engine: Any = None) -> Any:
+    base = snapshot(world)
+    return replace(base, cluster=replace(base.cluster, superseded=Superseded(job, engine, wanted)))
+
+
+OLD_JOB = _owned({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "old-build", "namespace": "llm",
+                                                                        "uid": "job-uid"}})
+BUILDING = {"metadata": {"name": "old", "resourceVersion": "7"},
+            "status": {"buildJob": "old-build", "conditions": [_condition("Ready", False, "EngineBuilding")]}}
+
+
+def test_a_service_waiting_on_a_build_another_started_joins_its_owners():
+    """Deleting the service that started a shared build deleted the Job (it was its only
+    owner) and the others built again from zero."""
+    world = World(engine="pending", job="running")
+    base = snapshot(world)
+    started_by_other = _owned(base.cluster.job, "uid-9")
+    started_by_other["metadata"]["uid"] = "job-uid"
+    actions = decide(replace(base, cluster=replace(base.cluster, job=started_by_other)))
+    [(job, operations)] = actions.job_owners
+    assert job is started_by_other
+    assert operations[0] == {"op": "test", "path": "/metadata/uid", "value": "job-uid"}
+    assert operations[1]["op"] == "add" and operations[1]["path"] == "/metadata/ownerReferences/-"
+    assert operations[1]["value"] == {"apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService",
+                                      "name": REF.name, "uid": "uid-1", "controller": False,
+                                      "blockOwnerDeletion": True}
+    # Already an owner, or a finished build: nothing to join.
+    assert decide(base).job_owners == []
+    done = World(engine="pending", job="complete")
+    assert decide(snapshot(done)).job_owners == []
+
+
+def test_a_build_job_with_an_owner_that_is_not_a_service_is_a_conflict():
+    world = World(engine="pending", job="running")
+    base = snapshot(world)
+    job = copy.deepcopy(base.cluster.job)
+    job["metadata"]["ownerReferences"].append({"apiVersion": "apps/v1", "kind": "Deployment", "name": "x", "uid": "u"})
+    actions = decide(replace(base, cluster=replace(base.cluster, job=job)))
+    assert _condition_of(actions, "Stalled") == ("True", "ResourceConflict")
+    assert "is not owned by LLMServices alone" in get_condition(actions.status, "Stalled").message
+
+
+def test_a_superseded_build_another_service_owns_keeps_running_and_the_service_leaves_its_owners():
+    world = World(superseded=True, status=ENGINE_KEYED)
+    actions = decide(_superseded(world, _other_owner(OLD_JOB)))
+    assert actions.cancel is None and actions.cancelled == []
+    [(job, operations)] = actions.job_owners
+    assert job["metadata"]["name"] == "old-build"
+    assert operations == [{"op": "test", "path": "/metadata/ownerReferences/0/uid", "value": "uid-1"},
+                          {"op": "remove", "path": "/metadata/ownerReferences/0"}]
+
+
+def test_a_superseded_build_another_service_names_keeps_running_and_its_owner():
+    """The other service has not joined yet: leaving would leave the Job no owner."""
+    world = World(superseded=True, status=ENGINE_KEYED)
+    actions = decide(_superseded(world, OLD_JOB, wanted=True))
+    assert actions.cancel is None and actions.job_owners == []
+
+
+def test_a_superseded_build_nobody_else_wants_is_cancelled_and_its_engine_told():
+    world = World(superseded=True, status=ENGINE_KEYED)
+    actions = decide(_superseded(world, OLD_JOB, engine=BUILDING))
+    assert actions.cancel == (OLD_JOB, "uid-1")
+    assert [reason for _, reason, _ in actions.cancelled] == ["BuildCancelled"]
+    record, status = actions.cancelled_engine
+    assert record is BUILDING and status["buildJob"] is None
+    [ready] = status["conditions"]
+    assert (ready["status"], ready["reason"]) == ("False", "EngineBuildCancelled")
+    assert f"LLMService llm/{REF.name} moved to engine" in ready["message"]
+
+
+def test_only_a_record_that_says_it_builds_is_told_its_build_stopped():
+    assert cancelled_status(BUILDING, "why", NOW) is not None
+    for reason, ok in (("EngineBuilt", True), ("EngineBuildFailed", False), ("EngineBuildCancelled", False)):
+        record = {"status": {"conditions": [_condition("Ready", ok, reason)]}}
+        assert cancelled_status(record, "why", NOW) is None
+    assert cancelled_status(None, "why", NOW) is None

@@ -101,8 +101,10 @@ Events; it lists and watches the Jobs, Deployments, Services and ServiceAccounts
 (the reconcile and the builtin autoscaler read those from memory, kiln/controller/cache.py),
 and gets one by name when the cache has no such object, to make sure no one else's object
 has that name (kiln/controller/ownership.py); the reconcile creates build Jobs (a plain
-create, so that of several services wanting one engine exactly one starts its build, and
-deletes one that no service wants any more, kiln/controller/collect.py), lists the
+create, so that of several services wanting one engine exactly one starts its build), patches
+a build Job's owner references (every service waiting on a build is one of its owners, so that
+deleting one leaves the build to the others: kiln/decide/engine.py), and deletes one that no
+service wants any more (kiln/controller/collect.py), lists the
 namespace's LLMServices to know which engines they want, and server-side-applies the other kinds and the autoscaler objects (an apply is authorized as create when the object is absent and as patch
 when it exists, so every applied kind needs both) and deletes the ones a service controls that its spec no longer asks for (a scaler
 after a change of autoscaling.mode, a disabled NetworkPolicy, a removed gateway, the workload of the other kind: kiln/decide/decide.py
@@ -119,7 +121,7 @@ RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespace
   verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, get, create, delete]
+  verbs: [list, watch, get, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, get, create, patch, delete]

@@ -119,6 +119,8 @@ class Reason(StrEnum):
     ENGINE_BUILDING = "EngineBuilding"
     ENGINE_BUILT = "EngineBuilt"
     ENGINE_BUILD_FAILED = "EngineBuildFailed"
+    # An LLMEngine's: its build Job was deleted before it finished (no service wanted it).
+    ENGINE_BUILD_CANCELLED = "EngineBuildCancelled"
     ROLLING_OUT = "RollingOut"
     # Rolling out, and a serving pod is one the scheduler cannot place.
     UNSCHEDULABLE = "Unschedulable"

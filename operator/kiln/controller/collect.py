@@ -33,6 +33,9 @@ import logging
 from typing import Any
 
 from ..api import API_VERSION
+from ..decide.engine import cancelled_status
+from ..decide.ownership import other_owners
+from ..decide.snapshot import Superseded
 from ..errors import SpecInvalid
 from ..render.meta import LABEL_CACHE_NAMESPACE, child_name
 from ..render.purge import purge_job
@@ -40,7 +43,7 @@ from .kube import ApiException, KubeApi
 from .ownership import live_child
 
 __all__ = ["ENGINE_GRACE_SECONDS", "ENGINE_SWEEP_SECONDS", "wanted_engines",
-           "superseded_build", "sweep_engines"]
+           "superseded_build", "deleted_mid_build", "tell_engine", "sweep_engines"]
 
 ENGINE_GRACE_SECONDS = 24 * 3600.0
 # How often one namespace's engines are swept (from its services' resync ticks).
@@ -61,15 +64,51 @@ def _running(job: dict[str, Any]) -> bool:
                    for c in (job.get("status") or {}).get("conditions") or [])
 
 
-async def superseded_build(api: KubeApi, namespace: str, service: str, engine: str) -> dict[str, Any] | None:
-    """The running build Job of ``engine`` if no other service of the namespace wants it (the
-    reconcile deletes it, with its pods)."""
-    if engine in await wanted_engines(api, namespace, skip=service):
-        return None
+async def superseded_build(api: KubeApi, namespace: str, service: str, engine: str) -> Superseded | None:
+    """The running build Job of ``engine``, which service ``service`` no longer wants: with
+    the engine's record, and whether another service of the namespace names the engine in
+    its status (decide deletes the Job, with its pods, only if no other service wants it or
+    owns it)."""
     # The Job may be seconds old and not in the watch-fed cache yet: a miss is asked again.
     job = await live_child(api, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
         "name": child_name(engine, "build"), "namespace": namespace}})
-    return job if job is not None and _running(job) else None
+    if job is None or not _running(job):
+        return None
+    wanted = engine in await wanted_engines(api, namespace, skip=service)
+    return Superseded(job=job, engine=await api.get(API_VERSION, "LLMEngine", engine), wanted=wanted)
+
+
+async def deleted_mid_build(api: KubeApi, service: dict[str, Any], now: str) -> str | None:
+    """A service deleted while its engine built: if no other service of its namespace names
+    the engine and its build Job has no other owner, the garbage collector deletes the Job
+    with the service, and the engine's record says so (else it would say EngineBuilding,
+    naming a Job that is gone, until it is collected a day later). The engine's name if its
+    record was told."""
+    meta = service.get("metadata") or {}
+    namespace, name, uid = str(meta.get("namespace")), str(meta.get("name")), meta.get("uid")
+    engine = ((service.get("status") or {}).get("engine") or {}).get("name")
+    if not engine:
+        return None
+    record = await api.get(API_VERSION, "LLMEngine", str(engine))
+    status = cancelled_status(record, f"it was deleted with LLMService {namespace}/{name}, the last service "
+                              "that wanted the engine", now)
+    if record is None or status is None or engine in await wanted_engines(api, namespace, skip=name):
+        return None
+    job = await api.get("batch/v1", "Job", child_name(str(engine), "build"), namespace)
+    if job is not None and (not _running(job) or other_owners(job, uid)):
+        return None
+    await tell_engine(api, record, status)
+    return str(engine)
+
+
+async def tell_engine(api: KubeApi, record: dict[str, Any], status: dict[str, Any]) -> None:
+    """``status`` onto the record as read: one that moved on since (a service took the
+    engine up again, or the sweep deleted it) is left as it is."""
+    try:
+        await api.patch_status(record, status, resource_version=record["metadata"].get("resourceVersion"))
+    except ApiException as error:
+        if error.status not in (404, 409):
+            raise
 
 
 def _age(since: str, now: str) -> float:
@@ -131,6 +170,15 @@ async def _start_purge(api: KubeApi, purge: dict[str, Any], engine: str) -> None
                      f"{key} was refused ({error.status} {error.reason}); the files stay in the cache")
 
 
+async def _gone_build(api: KubeApi, engine: dict[str, Any], namespace: str, now: str) -> None:
+    """An unreferenced record that says it is building, whose build Job is gone (deleted
+    while the operator was not watching): the record says so."""
+    status = cancelled_status(engine, f"no service of namespace {namespace} wants the engine", now)
+    if status is not None and await api.get("batch/v1", "Job", child_name(engine["metadata"]["name"], "build"),
+                                            namespace) is None:
+        await tell_engine(api, engine, status)
+
+
 async def sweep_engines(api: KubeApi, namespace: str, now: str,
                         grace: float = ENGINE_GRACE_SECONDS, delete_files: bool = False) -> list[str]:
     """Mark the namespace's unreferenced engines, unmark referenced ones, delete those
@@ -147,7 +195,9 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
         if name in wanted:
             if since:
                 await api.patch_status(engine, {"unreferencedSince": None})
-        elif not since:
+            continue
+        await _gone_build(api, engine, namespace, now)
+        if not since:
             await api.patch_status(engine, {"unreferencedSince": now})
         elif _age(since, now) >= grace and await api.delete(engine, unchanged=True):
             # Only the record as listed: a service that took the engine up again since has

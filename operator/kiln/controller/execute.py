@@ -20,6 +20,9 @@ from ..decide.observe import EventReason
 from ..decide.snapshot import Actions
 from ..decide.status import status_wire
 from ..errors import SpecInvalid
+from ..decide.engine import job_state
+from ..decide.ownership import other_owners
+from .collect import tell_engine
 from .gather import refused_write
 from .kube import ApiException, KubeApi, concurrently, kind_of
 
@@ -35,6 +38,10 @@ async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now
     per transition)."""
     for obj in actions.delete:
         await _delete(actions, api, obj)
+    if actions.cancel is not None:
+        await _cancel(actions, api)
+    for job, operations in actions.job_owners:
+        await _owners(api, job, operations)
     if actions.engine_record is not None:
         await api.apply(actions.engine_record)
     if actions.engine_status is not None and actions.engine is not None:
@@ -68,6 +75,45 @@ async def _patch_engine(actions: Actions, api: KubeApi) -> None:
         actions.build_seconds = None
         return
     actions.events += actions.finished
+
+
+# Deletions of a superseded build Job refused because it changed since it was read (its
+# controller writing its status, another service joining its owners), each followed by a
+# fresh read and the decision again.
+CANCEL_ATTEMPTS = 3
+
+
+async def _cancel(actions: Actions, api: KubeApi) -> None:
+    """Delete the superseded build Job only as read: a service that joined its owners since
+    (a new resourceVersion) keeps it running. Read again after a refusal: a Job still running
+    with no other owner is deleted at its new version."""
+    job, uid = actions.cancel
+    for _ in range(CANCEL_ATTEMPTS):
+        if job is None or _still_owned(job, uid):
+            return
+        if await api.delete(job, background=True, unchanged=True):
+            actions.events += actions.cancelled
+            if actions.cancelled_engine is not None:
+                record, status = actions.cancelled_engine
+                await tell_engine(api, record, status)
+            return
+        meta = job["metadata"]
+        job = await api.get("batch/v1", "Job", meta["name"], meta["namespace"])
+
+
+def _still_owned(job: dict[str, Any], uid: str | None) -> bool:
+    """Whether a Job to cancel has finished or has an owner besides the cancelling service."""
+    return job_state(job) != "Running" or bool(other_owners(job, uid))
+
+
+async def _owners(api: KubeApi, job: dict[str, Any], operations: list[dict[str, Any]]) -> None:
+    """Join or leave a build Job's owners. A 422 (the Job or its owners changed since they
+    were read) or a 404 (it is gone) leaves it to the next reconcile's reading."""
+    try:
+        await api.json_patch(job, operations)
+    except ApiException as error:
+        if error.status not in (404, 422):
+            raise
 
 
 async def _delete(actions: Actions, api: KubeApi, obj: dict[str, Any]) -> None:

@@ -81,7 +81,7 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
     serves = frozenset([need for need in needed_apis(snapshot, rendered) if await api.serves(*need)])
     key = claim_key(snapshot.parsed.spec, ref) if isinstance(snapshot.parsed, Parsed) else None
     claims = await gateway_claims(api, *key, ref.namespace, ref.name) if key else ()
-    cluster = Cluster(serves=serves, superseded_job=superseded, gateway_claims=claims)
+    cluster = Cluster(serves=serves, superseded=superseded, gateway_claims=claims)
     wanted = children(rendered)
     stale = unwanted(recorded(snapshot.status, snapshot.generation), wanted, ref.name, ref.namespace)
     # The reads are independent: in flight together, the engine record's too. A child the

@@ -29,7 +29,7 @@ from ..render import ServiceRef
 from ..render.meta import selector_string
 from .cache import CachedKubeApi, cache_indexes, register_caches
 from .claims import register_claims
-from .collect import sweep_engines
+from .collect import deleted_mid_build, sweep_engines
 from .context import FULL_RESYNC_SECONDS, OperatorContext
 from .kube import ApiException
 from .modellist import ModelListWriter
@@ -277,10 +277,15 @@ def _request_seconds(spec: Any, plan: Any, model: ModelConfig | None) -> Any:
     return lambda prompt, output: cost(round(prompt), round(output))
 
 
-async def forget(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> None:
-    """A deleted service leaves no autoscaler history and no metric series behind."""
+async def forget(event: kopf.RawEvent, memo: OperatorContext, logger: logging.Logger, **_: Any) -> None:
+    """A deleted service leaves no autoscaler history and no metric series behind, and no
+    engine record saying it builds when its build went with it."""
     if event["type"] != "DELETED":
         return
+    try:
+        await deleted_mid_build(memo.api, event["object"], now())
+    except ApiException as error:  # the sweep says it later (controller/collect.py)
+        logger.warning(f"reading the build of a deleted service: {error.status}")
     meta = event["object"].get("metadata") or {}
     memo.autoscaler.forget(meta.get("namespace", ""), meta.get("name", ""))
     memo.changed.discard(meta.get("uid", ""))

@@ -296,6 +296,14 @@ class KubeApi:
         return await self._call("PATCH", kind_of(obj).path(meta.get("namespace"), meta["name"], subresource),
                                 body=patch, content_type="application/merge-patch+json")
 
+    async def json_patch(self, obj: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+        """An RFC 6902 JSON patch of ``obj``: applied to the object as stored, its ``test``
+        operations are preconditions (422 Unprocessable if one fails), and an ``add`` to a
+        list's end (``/-``) from concurrent writers appends each."""
+        meta = obj["metadata"]
+        return await self._call("PATCH", kind_of(obj).path(meta.get("namespace"), meta["name"]),
+                                body=operations, content_type="application/json-patch+json")
+
     async def patch_status(self, obj: dict[str, Any], status: dict[str, Any], *,
                            resource_version: str | None = None) -> dict[str, Any]:
         """A merge patch of ``obj``'s status (see :meth:`patch`)."""

@@ -24,9 +24,9 @@ from ..render.scaling import SCALED_OBJECT_API
 from ..render.wake import HTTP_SCALED_OBJECT_API, hold_seconds
 from .claim import claim_gateway, gateway_ready
 from .credentials import check_secret_keys
-from .engine import engine_ready, storage_uri
+from .engine import cancelled_status, engine_ready, storage_uri
 from .observe import EventReason, observe
-from .ownership import check_controlled, controller_of
+from .ownership import check_controlled, controller_of, leave_owners, other_owners
 from .snapshot import Actions, Cluster, Snapshot
 from .status import conclude, get_condition, is_true, set_condition
 
@@ -294,15 +294,28 @@ def _plan_status(status: LLMServiceStatus, result: Plan, why_unknown: str, now: 
 
 
 def _cancel_superseded(snapshot: Snapshot, actions: Actions, rendered: Rendered) -> None:
-    """The spec moved on mid-build: a build nobody else wants would run for hours."""
-    job = snapshot.cluster.superseded_job
+    """The spec moved on mid-build: a build nobody else wants would run for hours. One that
+    another service waits on (its status names the engine, or it is one of the Job's owners)
+    keeps running, and this service leaves its owners."""
+    superseded, ref = snapshot.cluster.superseded, snapshot.ref
     previous = actions.status.engine.name if actions.status.engine else None
-    if job is None or not previous or previous == rendered.engine["metadata"]["name"]:
+    if superseded is None or not previous or previous == rendered.engine["metadata"]["name"]:
         return
-    actions.delete.append(job)
-    actions.events.append(("Normal", EventReason.BUILD_CANCELLED,
-                           f"deleted build Job {job['metadata']['name']}: no service wants engine "
-                           f"{previous} any more"))
+    job = superseded.job
+    others = other_owners(job, ref.uid)
+    if superseded.wanted or others:
+        leave = leave_owners(job, ref.uid) if others else None
+        if leave is not None:
+            actions.job_owners.append((job, leave))
+        return
+    actions.cancel = (job, ref.uid)
+    actions.cancelled = [("Normal", EventReason.BUILD_CANCELLED,
+                          f"deleted build Job {job['metadata']['name']}: no service wants engine "
+                          f"{previous} any more")]
+    status = cancelled_status(superseded.engine, f"LLMService {ref.namespace}/{ref.name} moved to engine "
+                              f"{rendered.engine['metadata']['name']}", snapshot.now)
+    if superseded.engine is not None and status is not None:
+        actions.cancelled_engine = (superseded.engine, status)
 
 
 def _addresses(status: LLMServiceStatus, ref: ServiceRef, spec: Any, result: Plan,

@@ -18,11 +18,11 @@ from .conditions import get_condition, is_true
 from .conditions import set_condition as set_dict_condition
 from .credentials import Credentials, check_engine_credentials
 from .observe import EventReason
-from .ownership import check_engine_job, conflict
+from .ownership import check_engine_job, conflict, join_owners, owned_by_service
 from .snapshot import Actions, Snapshot
 from .status import set_condition
 
-__all__ = ["engine_ready", "job_state", "termination", "storage_uri", "FAILURE_LINES"]
+__all__ = ["engine_ready", "job_state", "termination", "storage_uri", "cancelled_status", "FAILURE_LINES"]
 
 # Lines of a failed build's output shown in its condition message and Event.
 FAILURE_LINES = 5
@@ -122,6 +122,20 @@ def engine_ready(snapshot: Snapshot, actions: Actions, rendered: Rendered, crede
     return False
 
 
+def cancelled_status(engine: dict[str, Any] | None, why: str, now: str) -> dict[str, Any] | None:
+    """The status patch of an LLMEngine whose build Job was deleted before it finished
+    (``why``: by whom, or with whose deletion), or None if the record does not say it is
+    building: it names a Job that is gone, and no service waits on it any more."""
+    conditions = ((engine or {}).get("status") or {}).get("conditions") or []
+    if engine is None or (get_condition(conditions, ConditionType.READY.value) or {}).get("reason") != \
+            Reason.ENGINE_BUILDING.value:
+        return None
+    return {"buildJob": None, "conditions": set_dict_condition(
+        conditions, ConditionType.READY.value, False, Reason.ENGINE_BUILD_CANCELLED.value,
+        f"its build Job was deleted before it finished: {why}; a service that wants the engine "
+        "starts its build again", now)}
+
+
 def _take_up(live: dict[str, Any], actions: Actions) -> None:
     """The statuses written onto a record that exists are written onto it as read, or not at
     all: only one of the services that saw a build end tells of it, and the sweep
@@ -139,6 +153,11 @@ def _job(snapshot: Snapshot, actions: Actions, rendered: Rendered, conditions: l
     wanted, job = rendered.build_job, snapshot.cluster.job
     check_engine_job(job, wanted, owner)
     if job is not None:
+        uid = snapshot.ref.uid
+        if uid and job_state(job) == "Running" and not owned_by_service(job, uid):
+            # One owner of the Job among the services waiting on it: deleting the one that
+            # started it leaves the build running for the others.
+            actions.job_owners.append((job, join_owners(job, snapshot.ref.name, uid)))
         return job
     name, namespace = wanted["metadata"]["name"], wanted["metadata"]["namespace"]
     engine = rendered.engine["metadata"]["name"]

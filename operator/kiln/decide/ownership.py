@@ -7,9 +7,10 @@ from typing import Any
 
 from ..api import API_VERSION, Reason
 from ..errors import SpecInvalid
-from ..render.meta import LABEL_ENGINE
+from ..render.meta import LABEL_ENGINE, owner_reference
 
-__all__ = ["controller_of", "conflict", "check_controlled", "check_engine_job"]
+__all__ = ["controller_of", "conflict", "check_controlled", "check_engine_job", "owned_by_service",
+           "other_owners", "join_owners", "leave_owners"]
 
 
 def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -52,14 +53,50 @@ def check_controlled(live: dict[str, Any] | None, desired: dict[str, Any], owner
         raise conflict(desired, owner, f"is controlled by {ref.get('kind')} {ref.get('name')}")
 
 
+def _owners(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    refs = (obj.get("metadata") or {}).get("ownerReferences")
+    return [ref for ref in refs if isinstance(ref, dict)] if isinstance(refs, list) else []
+
+
+def owned_by_service(obj: dict[str, Any], uid: str | None) -> bool:
+    """Whether LLMService ``uid`` is one of ``obj``'s owners."""
+    return uid is not None and any(ref.get("uid") == uid for ref in _owners(obj))
+
+
+def other_owners(obj: dict[str, Any], uid: str | None) -> list[dict[str, Any]]:
+    """``obj``'s owner references but LLMService ``uid``'s."""
+    return [ref for ref in _owners(obj) if ref.get("uid") != uid]
+
+
 def check_engine_job(live: dict[str, Any] | None, desired: dict[str, Any], owner: str) -> None:
-    """A build Job is shared by every service that wants its engine, so any LLMService may
-    control it; but it must be an LLMService's, and build this engine."""
+    """A build Job is shared by every service that waits on its engine: each is one of its
+    owners (the one that started it its controller, until it is deleted), so that the
+    garbage collector deletes it only once none of them is left. Every owner must be an
+    LLMService, and the Job must build this engine."""
     if live is None:
         return
-    ref = controller_of(live) or {}
-    if ref.get("apiVersion") != API_VERSION or ref.get("kind") != "LLMService":
-        raise conflict(desired, owner, "is not controlled by an LLMService", engine_named=True)
+    refs = _owners(live)
+    if not refs or any(ref.get("apiVersion") != API_VERSION or ref.get("kind") != "LLMService" for ref in refs):
+        raise conflict(desired, owner, "is not owned by LLMServices alone", engine_named=True)
     wanted = desired["metadata"]["labels"][LABEL_ENGINE]
     if ((live.get("metadata") or {}).get("labels") or {}).get(LABEL_ENGINE, wanted) != wanted:
         raise conflict(desired, owner, "builds another engine", engine_named=True)
+
+
+def join_owners(job: dict[str, Any], instance: str, uid: str) -> list[dict[str, Any]]:
+    """The RFC 6902 patch that makes LLMService ``instance`` one more owner of ``job`` (not
+    its controller), onto the Job read: concurrent joins each append their own."""
+    join = {"op": "add", "path": "/metadata/ownerReferences/-", "value": owner_reference(instance, uid, controller=False)}
+    read = (job.get("metadata") or {}).get("uid")
+    return [{"op": "test", "path": "/metadata/uid", "value": read}, join] if read else [join]
+
+
+def leave_owners(job: dict[str, Any], uid: str | None) -> list[dict[str, Any]] | None:
+    """The patch that takes LLMService ``uid`` off ``job``'s owners, if it is one: refused
+    (422) if the list moved since it was read, and decided again."""
+    refs = (job.get("metadata") or {}).get("ownerReferences") or []
+    index = next((i for i, ref in enumerate(refs) if isinstance(ref, dict) and ref.get("uid") == uid), None)
+    if uid is None or index is None:
+        return None
+    return [{"op": "test", "path": f"/metadata/ownerReferences/{index}/uid", "value": uid},
+            {"op": "remove", "path": f"/metadata/ownerReferences/{index}"}]

@@ -23,7 +23,7 @@ from ..render import Rendered, ServiceRef
 from .credentials import Credentials
 from .policy import Policy
 
-__all__ = ["Event", "Parsed", "Intent", "Observed", "Cluster", "Snapshot", "Actions"]
+__all__ = ["Event", "Parsed", "Intent", "Observed", "Superseded", "Cluster", "Snapshot", "Actions"]
 
 Event = tuple[str, str, str]  # (type, reason, message), as kopf.event posts it
 
@@ -58,6 +58,16 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class Superseded:
+    """The running build Job of the engine the service's status names and its spec no longer
+    wants (controller/collect.py, ``superseded_build``)."""
+
+    job: dict[str, Any]
+    engine: dict[str, Any] | None  # that engine's LLMEngine record, as read
+    wanted: bool  # another service of the namespace names the engine in its status
+
+
+@dataclass(frozen=True)
 class Cluster:
     """What the API server (or the watch caches) hold for the service."""
 
@@ -66,7 +76,7 @@ class Cluster:
     engine: dict[str, Any] | None = None  # the LLMEngine record
     job: dict[str, Any] | None = None  # its build Job
     build_failure: str = ""  # what a failed build's pods said (read once, when it failed)
-    superseded_job: dict[str, Any] | None = None  # a running build of an engine nobody wants now
+    superseded: Superseded | None = None  # the running build of the engine the service moved from
     read_refusal: SpecInvalid | None = None  # a child's read the API server refused
     launcher_conflict: SpecInvalid | None = None  # a pod the launcher Role would reach is not the service's
     # The objects the inventory (``status.children``) names and the spec no longer asks for,
@@ -112,6 +122,15 @@ class Actions:
     engine: dict[str, Any] | None = None  # the LLMEngine record the statuses below are for
     engine_record: dict[str, Any] | None = None  # the LLMEngine record to create
     build_job: dict[str, Any] | None = None  # to create; ``started`` only if this create made it
+    # RFC 6902 patches of build Jobs' owner references (a service that waits on a build is one
+    # of its Job's owners; one that moved on leaves a Job others own): (Job, operations).
+    job_owners: list[tuple[dict[str, Any], list[dict[str, Any]]]] = field(default_factory=list)
+    # The superseded build Job and the cancelling service's UID: deleted only while no other
+    # service owns it; then its Event and its LLMEngine's status patch (onto the record as
+    # read: ``cancelled_engine``).
+    cancel: tuple[dict[str, Any], str | None] | None = None
+    cancelled: list[Event] = field(default_factory=list)
+    cancelled_engine: tuple[dict[str, Any], dict[str, Any]] | None = None
     started: list[Event] = field(default_factory=list)
     started_engine_status: dict[str, Any] | None = None
     engine_status: dict[str, Any] | None = None  # a merge patch of the LLMEngine's status

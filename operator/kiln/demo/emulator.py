@@ -437,12 +437,25 @@ class KilnEmulator(KubernetesEmulator):
         await self._collect_dependents(meta.get("uid"))
 
     async def _collect_dependents(self, uid: str | None) -> None:
-        """Background cascading deletion, as the garbage collector does."""
+        """Background cascading deletion, as the garbage collector does: a dependent of the
+        deleted owner goes only if none of its owners is left; one that has another owner
+        loses the references to owners that are gone (kubernetes/kubernetes,
+        pkg/controller/garbagecollector/garbagecollector.go, ``attemptToDeleteItem``: solid
+        owners keep the item, and its dangling references are patched away)."""
         if not uid:
             return
+        alive = {obj.raw.get("metadata", {}).get("uid") for obj in self._objects.values() if not obj.deleted}
         for key, obj in list(self._objects.items()):
             if obj.deleted:
                 continue
             owners = obj.raw.get("metadata", {}).get("ownerReferences", [])
-            if any(owner.get("uid") == uid for owner in owners):
+            if not any(owner.get("uid") == uid for owner in owners):
+                continue
+            solid = [owner for owner in owners if owner.get("uid") in alive]
+            if not solid:
                 await self._delete(key)
+                continue
+            updated = copy.deepcopy(obj.raw)
+            updated["metadata"]["ownerReferences"] = solid
+            updated["metadata"]["resourceVersion"] = self._next_version()
+            await self._store(key, updated, "MODIFIED")

@@ -84,13 +84,20 @@ def child_name(base: str, suffix: str, limit: int = _MAX_NAME) -> str:
     return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
 
 
+def owner_reference(instance: str, uid: str, controller: bool = True) -> dict[str, Any]:
+    """An owner reference to LLMService ``instance`` (UID ``uid``); ``controller``: the one
+    owner that manages the object (a shared build Job has other owners besides, none of them
+    its controller: decide/engine.py)."""
+    return {"apiVersion": API_VERSION, "kind": "LLMService", "name": instance, "uid": uid,
+            "controller": controller, "blockOwnerDeletion": True}
+
+
 def owned_by(instance: str, uid: str | None) -> dict[str, Any]:
     """The metadata that makes LLMService ``instance`` (UID ``uid``) the controller of an
     object, to merge into its ``metadata``; nothing without a UID (``kiln render`` has none)."""
     if not uid:
         return {}
-    return {"ownerReferences": [{"apiVersion": API_VERSION, "kind": "LLMService", "name": instance,
-                                 "uid": uid, "controller": True, "blockOwnerDeletion": True}]}
+    return {"ownerReferences": [owner_reference(instance, uid)]}
 
 
 def content_hash(value: Any) -> str:
