@@ -22,7 +22,8 @@ from .api import AutoscalingMode
 from .api.crd import crds
 from .api.llmservice import GATEWAY_REF_MAX, GATEWAY_REF_PATTERN, MODEL_SOURCE_PATTERN
 from .api.loading import load_yaml, read_bounded, read_yaml_file
-from .api.validation import parse_service_manifest
+from .api.common import API_VERSION
+from .api.validation import parse_service_manifest, quote
 from .errors import KilnError, PlanRefused, SpecInvalid
 from .plot import check_plot_target, plot_policies
 from .planner import GPU, ModelConfig, Plan, catalog_config, model_config, plan, require_gpu
@@ -143,6 +144,9 @@ def _load_manifest(path: str) -> dict[str, Any]:
         if isinstance(kind, str) and kind:
             raise SpecInvalid(f"kind: {kind[:60]!r} in {path} is not an LLMService")
         return only  # type: ignore[no-any-return]
+    if services[0].get("apiVersion") != API_VERSION:
+        raise SpecInvalid(f"apiVersion: must be {API_VERSION} (got {quote(services[0].get('apiVersion'))} "
+                          f"in {path})")
     return services[0]
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kiln.cli import main
 
@@ -270,6 +271,17 @@ def test_a_manifest_of_another_kind_is_named_with_its_file(tmp_path, capsys):
     path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n")
     code, _, err = _run(capsys, "plan", "-f", str(path))
     assert code == 2 and err == f"error: kind: 'ConfigMap' in {path} is not an LLMService\n", err
+
+
+@pytest.mark.parametrize("command", ["plan", "render"])
+def test_a_manifest_of_another_version_is_named_with_its_file(tmp_path, capsys, command):
+    manifest = yaml.safe_load((ROOT / "examples" / "mistral-7b-fp16.yaml").read_text())
+    manifest["apiVersion"] = "serving.kiln.dev/v1"
+    path = tmp_path / "svc.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    code, _, err = _run(capsys, command, "-f", str(path))
+    assert code == 2 and err == ("error: apiVersion: must be serving.kiln.dev/v1alpha1 (got 'serving.kiln.dev/v1' "
+                                 f"in {path})\n"), err
 
 
 def test_a_kv_cache_type_the_gpu_lacks_is_not_told_to_buy_a_larger_gpu(tmp_path, capsys):
