@@ -158,6 +158,10 @@ func run(o startOptions) error {
 		"--service-account-signing-key-file=" + pki.saPrivate,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--profiling=false",
+		// Besides the default admission plugins, the one OpenShift enables: setting an owner
+		// reference needs delete on the object, and blockOwnerDeletion delete on the owner
+		// (kubernetes/kubernetes, plugin/pkg/admission/gc/gc_admission.go).
+		"--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
 		// The aggregation layer, as kubeadm configures it: an APIService (custom.metrics.k8s.io
 		// from prometheus-adapter, say) is proxied to with the front-proxy client certificate and
 		// the caller's identity in these headers.

@@ -4,8 +4,8 @@ The operator runs a scenario that takes each path that talks to the API: a gated
 (Secret read), builtin scaling (pods listed to scrape them, a scale-up), keda, hpa and
 keda-http modes (their objects applied), a multi-node service (LeaderWorkerSet, the leader's
 ServiceAccount, Role and RoleBinding) with a NetworkPolicy, drift in every owned object
-(re-applied as a patch), Events, and spec changes that leave each kind of child unwanted
-(deleted). The operator's requests (told apart by its token or ServiceAccount) must equal
+(re-applied as a patch), a second service joining a build Job's owners, Events, and spec
+changes that leave each kind of child unwanted (deleted). The operator's requests (told apart by its token or ServiceAccount) must equal
 the rules of the chart's cluster-wide ClusterRole. The namespaced mode's Role and ClusterRole
 split the same rules (tests/unit/test_chart.py).
 
@@ -62,6 +62,10 @@ def chart_grants() -> set[tuple[str, str, str]]:
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
+def _owners(job):
+    return sorted(ref["name"] for ref in ((job or {}).get("metadata") or {}).get("ownerReferences") or [])
+
+
 def _service(name, mode, **extra):
     manifest = copy.deepcopy(LLAMA)
     manifest["metadata"] = {"name": name, "namespace": NS}
@@ -81,11 +85,18 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses(make_sandbox, b
             sb.grant_chart_roles(NS, multi_node=True, gateway=True)
         await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
         await sb.start_operator()
-        # An edit mid-build (no kubelet yet: the build runs on): the superseded build Job is
-        # deleted, and its engine record collected once unreferenced.
+        # A second service waiting on the build joins its Job's owners, and leaves them with
+        # its deletion. Then an edit mid-build (no kubelet yet: the build runs on): the
+        # superseded build Job is deleted, and its engine record collected once unreferenced.
         await sb.create(_service("edited", "none"))
         [first] = await sb.wait_for(lambda: sb.objects("jobs"), what="the first build")
         [engine] = sb.objects("llmengines")
+        await sb.create(_service("joins", "none"))
+        await sb.wait_for(lambda: _owners(sb.get("jobs", first["metadata"]["name"], NS)) == ["edited", "joins"],
+                          what="the second service one of the build Job's owners")
+        await sb.api.delete(sb.get("llmservices", "joins", NS))
+        await sb.wait_for(lambda: _owners(sb.get("jobs", first["metadata"]["name"], NS)) == ["edited"],
+                          timeout=60, what="the garbage collector done with the second service")
         await sb.patch_spec(NS, "edited", {"engine": {"maxBatchSize": 32}})
         await sb.wait_for(lambda: sb.get("jobs", first["metadata"]["name"], NS) is None,
                           what="the superseded build deleted")

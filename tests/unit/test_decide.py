@@ -450,8 +450,7 @@ def test_a_service_waiting_on_a_build_another_started_joins_its_owners():
     assert operations[0] == {"op": "test", "path": "/metadata/uid", "value": "job-uid"}
     assert operations[1]["op"] == "add" and operations[1]["path"] == "/metadata/ownerReferences/-"
     assert operations[1]["value"] == {"apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService",
-                                      "name": REF.name, "uid": "uid-1", "controller": False,
-                                      "blockOwnerDeletion": True}
+                                      "name": REF.name, "uid": "uid-1", "controller": False}
     # Already an owner, or a finished build: nothing to join.
     assert decide(base).job_owners == []
     done = World(engine="pending", job="complete")

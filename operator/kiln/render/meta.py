@@ -87,9 +87,17 @@ def child_name(base: str, suffix: str, limit: int = _MAX_NAME) -> str:
 def owner_reference(instance: str, uid: str, controller: bool = True) -> dict[str, Any]:
     """An owner reference to LLMService ``instance`` (UID ``uid``); ``controller``: the one
     owner that manages the object (a shared build Job has other owners besides, none of them
-    its controller: decide/engine.py)."""
+    its controller: decide/engine.py).
+
+    Without ``blockOwnerDeletion``: where the OwnerReferencesPermissionEnforcement admission
+    plugin runs (OpenShift enables it), setting it needs the right to set finalizers on the
+    owner, which the chart does not grant (kubernetes/kubernetes,
+    plugin/pkg/admission/gc/gc_admission.go: "cannot set blockOwnerDeletion if an
+    ownerReference refers to a resource you can't set finalizers on"), and every create would
+    be refused. It only makes a foreground deletion of the service wait for its children; the
+    garbage collector deletes them all the same."""
     return {"apiVersion": API_VERSION, "kind": "LLMService", "name": instance, "uid": uid,
-            "controller": controller, "blockOwnerDeletion": True}
+            "controller": controller}
 
 
 def owned_by(instance: str, uid: str | None) -> dict[str, Any]:
