@@ -402,8 +402,10 @@ class NetworkSpec(KilnModel):
     over TCP sockets and pods keep the restricted security profile. On, every pod of the
     group requests the RDMA device resource, gains the IPC_LOCK capability (NCCL and the
     verbs library pin their buffers) and gets the NCCL settings below. IPC_LOCK takes the
-    pods out of Pod Security "restricted" (it allows only NET_BIND_SERVICE): label the
-    namespace "baseline" or grant it by policy. The ranks run as uid 1000, and Kubernetes
+    pods out of Pod Security "restricted" (it allows only NET_BIND_SERVICE) and "baseline"
+    (only the container runtime's default set): label the namespace
+    pod-security.kubernetes.io/enforce=privileged, or grant it by policy. The ranks run as
+    uid 1000, and Kubernetes
     puts an added capability only in a non-root process's bounding set
     (kubernetes/kubernetes#56374), so what NCCL can pin is the locked-memory limit the
     nodes' container runtime gives containers: make it unlimited there."""
