@@ -31,7 +31,7 @@ import (
 // an HorizontalPodAutoscaler (hpa mode) scales its LLMService through the /scale subresource, and a
 // Service's EndpointSlices list its ready Pods (KEDA's HTTP add-on interceptor holds a request until
 // they do).
-const controllers = "garbagecollector,namespace,job,deployment,replicaset,statefulset,serviceaccount,serviceaccount-token,ttl-after-finished,horizontalpodautoscaling,endpointslice"
+const controllers = "garbagecollector,namespace,job,deployment,replicaset,statefulset,serviceaccount,serviceaccount-token,ttl-after-finished,horizontalpodautoscaling,endpointslice,resourcequota"
 
 type startOptions struct {
 	kubeconfig         string

@@ -502,3 +502,27 @@ def test_only_a_record_that_says_it_builds_is_told_its_build_stopped():
         record = {"status": {"conditions": [_condition("Ready", ok, reason)]}}
         assert cancelled_status(record, "why", NOW) is None
     assert cancelled_status(None, "why", NOW) is None
+
+
+REFUSED = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+           "message": 'pods "mistral-7b-server-5d9c-x2" is forbidden: exceeded quota: team-pods, requested: pods=1, '
+                      'used: pods=1, limited: pods=1'}
+
+
+@pytest.mark.parametrize("workload, ready", [("rolling", ("False", "PodsRefused")),
+                                             ("ready", ("True", "ReplicasReady"))])
+def test_a_serving_pod_the_namespace_refuses_is_said_with_the_api_servers_reason(workload, ready):
+    """The ReplicaSet controller's refusal, copied to the Deployment's ReplicaFailure
+    condition: before, the service said RollingOut (or "1/1 replicas ready") and nothing of
+    why no pod came."""
+    status = _ready_status() if workload == "ready" else ENGINE_KEYED
+    base = snapshot(World(engine="ready", workload=workload, status=status))
+    key = next(k for k in base.cluster.children if k[0] == "Deployment")
+    live = copy.deepcopy(base.cluster.children[key])
+    live["status"]["conditions"] = [REFUSED]
+    actions = decide(replace(base, cluster=replace(base.cluster, children={**base.cluster.children, key: live})))
+    assert _condition_of(actions, "Ready") == ready
+    message = get_condition(actions.status, "Ready").message
+    assert "a serving pod cannot be created: pods \"mistral-7b-server-5d9c-x2\" is forbidden: exceeded quota: " \
+           "team-pods" in message and "namespace llm" in message and "spec.replicas" in message, message
+    assert actions.requeue is not None

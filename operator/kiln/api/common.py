@@ -124,6 +124,8 @@ class Reason(StrEnum):
     ROLLING_OUT = "RollingOut"
     # Rolling out, and a serving pod is one the scheduler cannot place.
     UNSCHEDULABLE = "Unschedulable"
+    # Rolling out, and the namespace refuses a serving pod (a quota, a LimitRange, a policy).
+    PODS_REFUSED = "PodsRefused"
     REPLICAS_READY = "ReplicasReady"
     SCALED_TO_ZERO = "ScaledToZero"
     MISSING_DEPENDENCY = "MissingDependency"

@@ -483,17 +483,42 @@ def rolled_out(actions: Actions, workload: dict[str, Any] | None) -> None:
     elif ready >= 1 and current:
         conclude(status, stalled=False, reconciling=False, reason=Reason.REPLICAS_READY, now=now,
                  generation=generation,
-                 message=f"{ready}/{replicas} replicas ready at {status.endpoint}{_unplaced(actions)}")
-        if actions.unschedulable is not None:
-            actions.requeue = NotReadyYet("a replica cannot be scheduled", delay=ROLLOUT_POLL_SECONDS)
+                 message=f"{ready}/{replicas} replicas ready at {status.endpoint}{_unplaced(actions)}"
+                         f"{_refused(workload)}")
+        if actions.unschedulable is not None or _refused(workload):
+            actions.requeue = NotReadyYet("a replica cannot be scheduled or created", delay=ROLLOUT_POLL_SECONDS)
     else:
-        # Not Stalled when a pod cannot be placed: a node may yet come (a cluster
-        # autoscaler's, a drained one back).
+        # Not Stalled when a pod cannot be placed or is refused: a node may yet come (a
+        # cluster autoscaler's, a drained one back), a quota be raised.
         reason = Reason.ROLLING_OUT if actions.unschedulable is None else Reason.UNSCHEDULABLE
-        message = f"{ready}/{replicas} replicas ready{_unplaced(actions)}"
+        if _refused(workload):
+            reason = Reason.PODS_REFUSED
+        message = f"{ready}/{replicas} replicas ready{_unplaced(actions)}{_refused(workload)}"
         conclude(status, stalled=False, reconciling=True, reason=reason, message=message,
                  now=now, generation=generation)
         actions.requeue = NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
+
+
+# The API server's refusal, as the ReplicaSet controller recorded it, kept in a message.
+REFUSAL_CHARS = 400
+
+
+def _refused(workload: dict[str, Any] | None) -> str:
+    """What the rollout's message adds when the namespace refuses a serving pod: the
+    Deployment's ``ReplicaFailure`` condition, which the Deployment controller copies from
+    its ReplicaSets' (kubernetes/kubernetes, pkg/controller/deployment/sync.go,
+    ``getReplicaFailures``; the ReplicaSet controller writes it with reason ``FailedCreate``
+    and the API server's message when a create is refused: pkg/controller/replicaset/
+    replica_set_utils.go, ``calculateStatus``), and removes once none has it; "" otherwise."""
+    if (workload or {}).get("kind") != "Deployment":
+        return ""
+    for condition in ((workload or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            why = " ".join(str(condition.get("message") or condition.get("reason") or "").split())[:REFUSAL_CHARS]
+            namespace = ((workload or {}).get("metadata") or {}).get("namespace")
+            return (f"; a serving pod cannot be created: {why} (a ResourceQuota, LimitRange or admission "
+                    f"policy of namespace {namespace} refuses it: ask for more, or lower spec.replicas)")
+    return ""
 
 
 def _gpus_of(job: dict[str, Any]) -> str:
