@@ -4,8 +4,9 @@ The operator runs a scenario that takes each path that talks to the API: a gated
 (Secret read), builtin scaling (pods listed to scrape them, a scale-up), keda, hpa and
 keda-http modes (their objects applied), a multi-node service (LeaderWorkerSet, the leader's
 ServiceAccount, Role and RoleBinding) with a NetworkPolicy, drift in every owned object
-(re-applied as a patch), a second service joining a build Job's owners, Events, and spec
-changes that leave each kind of child unwanted (deleted). The operator's requests (told apart by its token or ServiceAccount) must equal
+(re-applied as a patch), a second service joining a build Job's owners, a build pod the
+namespace's quota refuses (its Events read), Events, and spec changes that leave each kind of
+child unwanted (deleted). The operator's requests (told apart by its token or ServiceAccount) must equal
 the rules of the chart's cluster-wide ClusterRole. The namespaced mode's Role and ClusterRole
 split the same rules (tests/unit/test_chart.py).
 
@@ -66,6 +67,11 @@ def _owners(job):
     return sorted(ref["name"] for ref in ((job or {}).get("metadata") or {}).get("ownerReferences") or [])
 
 
+def _ready_message(sb, name):
+    conditions = ((sb.get("llmservices", name, NS) or {}).get("status") or {}).get("conditions") or []
+    return next((str(c.get("message")) for c in conditions if c.get("type") == "Ready"), "")
+
+
 def _service(name, mode, **extra):
     manifest = copy.deepcopy(LLAMA)
     manifest["metadata"] = {"name": name, "namespace": NS}
@@ -88,9 +94,17 @@ async def test_the_charts_rbac_is_exactly_what_the_operator_uses(make_sandbox, b
         # A second service waiting on the build joins its Job's owners, and leaves them with
         # its deletion. Then an edit mid-build (no kubelet yet: the build runs on): the
         # superseded build Job is deleted, and its engine record collected once unreferenced.
+        quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods", "namespace": sb.ns(NS)},
+                 "spec": {"hard": {"pods": "0"}}}
+        if backend == "real":  # the build's pod refused: the operator reads the Job's Events to say why
+            sb.plane.apply(quota, plural="resourcequotas")
         await sb.create(_service("edited", "none"))
         [first] = await sb.wait_for(lambda: sb.objects("jobs"), what="the first build")
         [engine] = sb.objects("llmengines")
+        if backend == "real":
+            await sb.wait_for(lambda: "exceeded quota" in _ready_message(sb, "edited"), timeout=30,
+                              what="the refused build pod said")
+            sb.plane.delete(quota)
         await sb.create(_service("joins", "none"))
         await sb.wait_for(lambda: _owners(sb.get("jobs", first["metadata"]["name"], NS)) == ["edited", "joins"],
                           what="the second service one of the build Job's owners")

@@ -55,3 +55,28 @@ async def test_a_replica_the_namespace_quota_refuses_is_said_in_the_status(make_
         assert ready["status"] == "True" and ready["message"].startswith("1/2 replicas ready"), ready
         assert "team-pods" in ready["message"] and "spec.replicas" in ready["message"], ready
         assert sb.operator_error is None
+
+
+async def test_a_build_pod_the_namespace_quota_refuses_is_said_in_the_status(make_sandbox, backend):
+    """A build Job's pod refused by a quota: the Job controller records it only in an Event
+    (``FailedCreate``), and the service said "waiting for engine ... to build" for ever. Now
+    it says the API server's reason, and builds once the quota allows the pod."""
+    if backend != "real":
+        pytest.skip("the Job controller and the quota's admission are the real API server's")
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "team-gpus", "namespace": sb.ns(NS)},
+                 "spec": {"hard": {"requests.nvidia.com/gpu": "0"}}}
+        sb.plane.apply(quota)
+        await sb.start_operator()
+        sb.start_kubelet()
+        manifest = copy.deepcopy(MISTRAL)
+        manifest["metadata"]["namespace"] = NS
+        await sb.create(manifest)
+        ready = await sb.wait_for(lambda: (c := _ready(sb)) and c.get("reason") == "PodsRefused" and c,
+                                  timeout=60, what="the refused build pod said")
+        assert "its build pod cannot be created: Error creating: pods" in ready["message"], ready
+        assert "exceeded quota: team-gpus" in ready["message"] and "requests.nvidia.com/gpu" in ready["message"], ready
+        sb.plane.delete(quota)
+        await sb.wait_for(lambda: _ready(sb).get("status") == "True", timeout=120, what="Ready once the quota is gone")
+        assert sb.operator_error is None

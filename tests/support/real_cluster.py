@@ -54,6 +54,7 @@ KINDS_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in (
     *KINDS.values(),
     Kind("v1", "Event", "events", True), Kind("v1", "Namespace", "namespaces", False),
     Kind("v1", "Node", "nodes", False), Kind("apps/v1", "ReplicaSet", "replicasets", True),
+    Kind("v1", "ResourceQuota", "resourcequotas", True),
     Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
     Kind("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False),
     Kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False),

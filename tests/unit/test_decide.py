@@ -526,3 +526,14 @@ def test_a_serving_pod_the_namespace_refuses_is_said_with_the_api_servers_reason
     assert "a serving pod cannot be created: pods \"mistral-7b-server-5d9c-x2\" is forbidden: exceeded quota: " \
            "team-pods" in message and "namespace llm" in message and "spec.replicas" in message, message
     assert actions.requeue is not None
+
+
+def test_a_build_pod_the_namespace_refuses_is_said_with_the_api_servers_reason():
+    base = snapshot(World(engine="pending", job="running"))
+    why = ('Error creating: pods "x-build-abc" is forbidden: exceeded quota: team-gpus, requested: '
+           'requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=0')
+    actions = decide(replace(base, cluster=replace(base.cluster, build_refused=why)))
+    assert _condition_of(actions, "Ready") == ("False", "PodsRefused")
+    message = get_condition(actions.status, "Ready").message
+    assert f"its build pod cannot be created: {why} (a ResourceQuota" in message and "namespace llm" in message
+    assert actions.requeue is not None

@@ -109,7 +109,9 @@ namespace's LLMServices to know which engines they want, and server-side-applies
 when it exists, so every applied kind needs both) and deletes the ones a service controls that its spec no longer asks for (a scaler
 after a change of autoscaling.mode, a disabled NetworkPolicy, a removed gateway, the workload of the other kind: kiln/decide/decide.py
 ``_prune``), reads the model-credential Secrets by name (modelCredentials.secretNames, nothing else),
-and lists and watches the serving pods to scrape their metrics (a watch-fed cache: controller/cache.py). Nothing here reaches pods/exec, Roles or
+and lists and watches the serving pods to scrape their metrics (a watch-fed cache: controller/cache.py);
+it lists the Events of a build Job that has no pod, to say why the namespace refuses it
+(controller/gather.py). Nothing here reaches pods/exec, Roles or
 RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespaces.
 */}}
 {{- define "kiln.namespacedRules" -}}
@@ -139,7 +141,7 @@ RoleBindings: those are kiln.multiNodeRules, granted only in multiNode.namespace
   verbs: [list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
   verbs: [get, create, patch, delete]

@@ -168,9 +168,11 @@ class CachedKubeApi:
         return None
 
     async def list(self, api_version: str, kind: str, namespace: str | None = None,
-                   label_selector: str | None = None) -> list[dict[str, Any]]:
+                   label_selector: str | None = None, field_selector: str | None = None) -> list[dict[str, Any]]:
         """A service's pods from the pod cache; every other list from the API."""
         key = _pod_key(namespace, label_selector) if (api_version, kind) == ("v1", "Pod") else None
+        if field_selector:
+            return await self._api.list(api_version, kind, namespace, label_selector, field_selector=field_selector)
         if key is None or self._pods is None:
             return await self._api.list(api_version, kind, namespace, label_selector)
         return [copy.deepcopy(pod) for pod in self._pods.get(key, ())]

@@ -292,14 +292,37 @@ async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered, engine: di
         if purge is not None and job_state(purge) == "Running" and \
                 (purge["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == PURGE_COMPONENT:
             return replace(cluster, engine=engine, purging=str(purge["metadata"]["name"]))
-    failure, unplaced = "", None
+    failure, unplaced, refused = "", None, None
     recorded = get_condition(conditions, ConditionType.READY.value) or {}
     meta = rendered.build_job["metadata"]
     if job is not None and job_state(job) == "Failed" and recorded.get("reason") != Reason.ENGINE_BUILD_FAILED.value:
         failure = await _build_failure(api, meta["namespace"], meta["name"])
     elif job is not None and job_state(job) == "Running" and not (job.get("status") or {}).get("ready"):
-        unplaced = _unscheduled(await api.list("v1", "Pod", meta["namespace"], label_selector=f"job-name={meta['name']}"))
-    return replace(cluster, engine=engine, job=job, build_failure=failure, build_unschedulable=unplaced)
+        pods = await api.list("v1", "Pod", meta["namespace"], label_selector=f"job-name={meta['name']}")
+        unplaced = _unscheduled(pods)
+        if not pods:
+            refused = await _build_refusal(api, job)
+    return replace(cluster, engine=engine, job=job, build_failure=failure, build_unschedulable=unplaced,
+                   build_refused=refused)
+
+
+async def _build_refusal(api: KubeApi, job: dict[str, Any]) -> str | None:
+    """Why a running build Job has no pod: the Job controller's last ``FailedCreate`` Event
+    for it, the API server's refusal ("Error creating: pods ... is forbidden: exceeded
+    quota: ..."), as its pod control records it (kubernetes/kubernetes,
+    pkg/controller/controller_utils.go, ``RealPodControl.createPods``); None if there is none
+    (a Job seconds old, whose pod is on its way)."""
+    meta = job["metadata"]
+    if not meta.get("uid"):
+        return None
+    events = [event for event in await api.list("v1", "Event", meta["namespace"],
+                                                field_selector=f"involvedObject.uid={meta['uid']},reason=FailedCreate")
+              if (event.get("involvedObject") or {}).get("uid") == meta["uid"] and event.get("reason") == "FailedCreate"]
+    if not events:
+        return None
+    last = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
+                                         or (e.get("metadata") or {}).get("creationTimestamp") or ""))
+    return " ".join(str(last.get("message") or "").split())[:UNSCHEDULABLE_MESSAGE_CHARS] or None
 
 
 async def _build_failure(api: KubeApi, namespace: str, job_name: str) -> str:

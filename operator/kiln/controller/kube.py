@@ -84,6 +84,7 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in (
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", True),
     Kind("v1", "Secret", "secrets", True),
     Kind("v1", "Pod", "pods", True),
+    Kind("v1", "Event", "events", True),
     Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects", True),
     Kind("http.keda.sh/v1alpha1", "HTTPScaledObject", "httpscaledobjects", True),
     Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", True),

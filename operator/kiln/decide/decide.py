@@ -431,6 +431,12 @@ def _wait_for_build(status: LLMServiceStatus, rendered: Rendered, workload: dict
             _claims_hint(rendered.build_job, why) or f"(the build needs a node with {_gpus_of(rendered.build_job)} "
                                                      f"free GPUs of the type spec.gpu names: add such a node, or free one)")
         reason = Reason.UNSCHEDULABLE
+    elif snapshot.cluster.build_refused is not None:
+        namespace = rendered.build_job["metadata"]["namespace"]
+        message += (f"; its build pod cannot be created: {snapshot.cluster.build_refused} (a ResourceQuota, "
+                    f"LimitRange or admission policy of namespace {namespace} refuses it; the build needs "
+                    f"{_gpus_of(rendered.build_job)} GPUs of the type spec.gpu names)")
+        reason = Reason.PODS_REFUSED
     conclude(status, stalled=False, reconciling=True, reason=reason, message=message,
              now=snapshot.now, generation=snapshot.generation)
     _replica_status(status, workload)

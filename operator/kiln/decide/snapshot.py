@@ -86,6 +86,7 @@ class Cluster:
     # read while the workload has fewer ready replicas than the rollout wants.
     unschedulable: tuple[str, str] | None = None
     build_unschedulable: tuple[str, str] | None = None  # the same, of the build Job's pod
+    build_refused: str | None = None  # why the namespace refuses the build Job's pod (its Events)
     # A running Job that removes the engine's cache entry (the sweep's, controller/collect.py):
     # a build started now would find the files there and be told it was done.
     purging: str | None = None
