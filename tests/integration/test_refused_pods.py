@@ -80,3 +80,37 @@ async def test_a_build_pod_the_namespace_quota_refuses_is_said_in_the_status(mak
         sb.plane.delete(quota)
         await sb.wait_for(lambda: _ready(sb).get("status") == "True", timeout=120, what="Ready once the quota is gone")
         assert sb.operator_error is None
+
+
+RDMA = yaml.safe_load((ROOT / "examples" / "llama-3.1-70b-bf16-4gpu-nodes-rdma.yaml").read_text())
+
+
+async def test_a_multi_node_group_the_namespace_pod_security_refuses_is_said_in_the_status(make_sandbox, backend):
+    """A group over RDMA (IPC_LOCK) in a namespace that enforces the restricted Pod Security
+    level: the StatefulSet controller's create of the leader is refused, which it records only
+    in an Event on the LeaderWorkerSet's StatefulSet. The service said "0/1 replicas ready";
+    now it says the API server's reason."""
+    if backend != "real":
+        pytest.skip("the LeaderWorkerSet and StatefulSet controllers and PodSecurity admission are the real ones")
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.2, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        sb.grant_chart_roles(NS, multi_node=True)
+        sb.plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": sb.ns(NS), "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+        await sb.add_secret(NS, "hf-token", {"HF_TOKEN": "hf_test"})
+        await sb.start_operator()
+        sb.start_kubelet()
+        manifest = copy.deepcopy(RDMA)
+        manifest["metadata"]["namespace"] = NS
+        await sb.create(manifest)
+        name = manifest["metadata"]["name"]
+
+        def said():
+            ready = get_condition((sb.get("llmservices", name, NS) or {}).get("status", {}).get("conditions", []),
+                                  "Ready") or {}
+            return ready if "violates PodSecurity" in ready.get("message", "") else None
+        ready = await sb.wait_for(said, timeout=90, what="the refused group said")
+        assert (ready["status"], ready["reason"]) == ("False", "PodsRefused"), ready
+        assert ready["message"].startswith("0/1 replicas ready; a serving pod cannot be created: "), ready
+        assert "IPC_LOCK" in ready["message"] and "pod-security.kubernetes.io/enforce" in ready["message"], ready
+        assert sb.operator_error is None

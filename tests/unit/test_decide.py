@@ -537,3 +537,15 @@ def test_a_build_pod_the_namespace_refuses_is_said_with_the_api_servers_reason()
     message = get_condition(actions.status, "Ready").message
     assert f"its build pod cannot be created: {why} (a ResourceQuota" in message and "namespace llm" in message
     assert actions.requeue is not None
+
+
+def test_a_multi_node_group_the_pod_security_level_refuses_is_told_which_label_admits_it():
+    world = World(spec=_spec(gpus=16, parallelism={"tensor": 8, "pipeline": 2}), engine="ready", workload="rolling",
+                  status=ENGINE_KEYED)
+    base = snapshot(world)
+    why = ('create Pod g-0 in StatefulSet g failed error: pods "g-0" is forbidden: violates PodSecurity '
+           '"restricted:latest": unrestricted capabilities (container "server" must not include "IPC_LOCK" ...)')
+    actions = decide(replace(base, cluster=replace(base.cluster, refused=why)))
+    assert _condition_of(actions, "Ready") == ("False", "PodsRefused")
+    message = get_condition(actions.status, "Ready").message
+    assert f"a serving pod cannot be created: {why}" in message and "pod-security.kubernetes.io/enforce" in message

@@ -43,7 +43,7 @@ from .kube import ApiException, KubeApi
 from .ownership import live_child
 
 __all__ = ["ENGINE_GRACE_SECONDS", "ENGINE_SWEEP_SECONDS", "wanted_engines",
-           "superseded_build", "deleted_mid_build", "tell_engine", "sweep_engines"]
+           "superseded_build", "deleted_mid_build", "tell_engine", "sweep_engines", "seconds_between"]
 
 ENGINE_GRACE_SECONDS = 24 * 3600.0
 # How often one namespace's engines are swept (from its services' resync ticks).
@@ -111,10 +111,14 @@ async def tell_engine(api: KubeApi, record: dict[str, Any], status: dict[str, An
             raise
 
 
-def _age(since: str, now: str) -> float:
+def seconds_between(earlier: str, later: str) -> float:
+    """Seconds from one API timestamp to another; infinite if either is not one."""
     def parse(text: str) -> datetime.datetime:
         return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (parse(now) - parse(since)).total_seconds()
+    try:
+        return (parse(later) - parse(earlier)).total_seconds()
+    except ValueError:
+        return float("inf")
 
 
 def _purge(engine: dict[str, Any], namespace: str) -> dict[str, Any] | None:
@@ -199,7 +203,7 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
         await _gone_build(api, engine, namespace, now)
         if not since:
             await api.patch_status(engine, {"unreferencedSince": now})
-        elif _age(since, now) >= grace and await api.delete(engine, unchanged=True):
+        elif seconds_between(since, now) >= grace and await api.delete(engine, unchanged=True):
             # Only the record as listed: a service that took the engine up again since has
             # unmarked it (decide/engine.py), a new resourceVersion, and the delete is refused.
             # The build and the files go only once the record has.

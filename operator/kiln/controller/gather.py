@@ -11,6 +11,7 @@ the children, ends the snapshot: ``decide`` stops there too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -30,7 +31,7 @@ from ..render.meta import LABEL_COMPONENT, child_name, selector_string
 from ..render.purge import PURGE_COMPONENT
 from ..render import inventory as inventory_of
 from .claims import gateway_claims
-from .collect import superseded_build
+from .collect import seconds_between, superseded_build
 from .credentials import read_credentials
 from .cache import UNSCHEDULABLE_MESSAGE_CHARS
 from .kube import API_VERSION_OF, ApiException, KubeApi, concurrently
@@ -95,7 +96,7 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
         raise engine
     leftovers = await _past_the_cache(api, stale, reads[len(wanted):])
     cluster = replace(cluster, children=lives, leftovers=_leftovers(stale, leftovers),
-                      unschedulable=await _unschedulable(api, snapshot, rendered, lives))
+                      **await _serving_pods(api, snapshot, rendered, lives))
     try:
         await _launcher_targets(api, rendered, lives, f"{ref.namespace}/{ref.name}")
     except SpecInvalid as conflict:
@@ -103,25 +104,60 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
     return await _engine(api, cluster, rendered, engine)
 
 
-async def _unschedulable(api: KubeApi, snapshot: Snapshot, rendered: Rendered,
-                         lives: Mapping[tuple[str, str], dict[str, Any] | None]) -> tuple[str, str] | None:
+async def _serving_pods(api: KubeApi, snapshot: Snapshot, rendered: Rendered,
+                        lives: Mapping[tuple[str, str], dict[str, Any] | None]) -> dict[str, Any]:
     """A serving pod the scheduler cannot place (``PodScheduled`` False, ``Unschedulable``, as
     kube-scheduler writes it: k8s.io/kubernetes ``pkg/scheduler/schedule_one.go``,
     ``handleSchedulingFailure``) and its message, the first by name; read (from the pod
     cache) only while the workload has fewer ready replicas than the rollout wants. A build
-    Job's pod is read the same way while the Job has none ready (:func:`_engine`)."""
+    Job's pod is read the same way while the Job has none ready (:func:`_engine`). For a
+    multi-node group with fewer pods than its replicas need, why the namespace refuses them
+    (:func:`_group_refusal`); a Deployment's refusal is in its own status."""
     workload = lives.get((rendered.workload["kind"], rendered.workload["metadata"]["name"]))
     wanted = snapshot.intent.replicas if isinstance(snapshot.intent, Intent) else 0
     if workload is None or int(((workload.get("status") or {}).get("readyReplicas")) or 0) >= wanted:
-        return None
+        return {}
     ref = snapshot.ref
     # A multi-node group's workers are placed apart from its leader (component "worker").
-    components = ["server", "worker"] if rendered.workload["kind"] == "LeaderWorkerSet" else ["server"]
+    group = rendered.workload["kind"] == "LeaderWorkerSet"
+    components = ["server", "worker"] if group else ["server"]
     pods = await concurrently([api.list("v1", "Pod", ref.namespace, selector_string(ref.name, c)) for c in components])
     for listed in pods:
         if isinstance(listed, Exception):
             raise listed
-    return _unscheduled([pod for listed in pods if isinstance(listed, list) for pod in listed])
+    every = [pod for listed in pods if isinstance(listed, list) for pod in listed]
+    found: dict[str, Any] = {"unschedulable": _unscheduled(every)}
+    size = int(((rendered.workload.get("spec") or {}).get("leaderWorkerTemplate") or {}).get("size") or 1)
+    if group and len(every) < wanted * size:
+        found["refused"] = await _group_refusal(api, ref.namespace, rendered.workload["metadata"]["name"], snapshot.now)
+    return found
+
+
+# A StatefulSet's refusals older than this are not read as the reason pods are missing now:
+# its controller retries a refused create with the work queue's back-off, at most 1,000 s
+# apart (client-go, util/workqueue DefaultControllerRateLimiter), and each retry refused
+# again renews the Event's lastTimestamp.
+REFUSAL_RECENT_SECONDS = 1200.0
+
+
+async def _group_refusal(api: KubeApi, namespace: str, group: str, now: str) -> str | None:
+    """Why a multi-node group's pods are missing: the StatefulSet controller's last
+    ``FailedCreate`` Event on the group's StatefulSets (the LeaderWorkerSet's own, named after
+    it, makes the leaders; each leader's, ``<group>-<index>``, its workers: kubernetes-sigs/lws
+    pkg/controllers), recorded as the controller's pod control does (kubernetes/kubernetes,
+    pkg/controller/statefulset/stateful_pod_control.go, ``recordPodEvent``); None if there is
+    none within :data:`REFUSAL_RECENT_SECONDS`."""
+    events = await api.list("v1", "Event", namespace, field_selector="involvedObject.kind=StatefulSet,reason=FailedCreate")
+    recent = []
+    for event in events:
+        name = str((event.get("involvedObject") or {}).get("name") or "")
+        at = str(event.get("lastTimestamp") or event.get("eventTime") or "")
+        if event.get("reason") != "FailedCreate" or not (name == group or re.fullmatch(rf"{re.escape(group)}-\d+", name)):
+            continue
+        if at and seconds_between(at, now) <= REFUSAL_RECENT_SECONDS:
+            recent.append((at, " ".join(str(event.get("message") or "").split())))
+    return max(recent)[1][:UNSCHEDULABLE_MESSAGE_CHARS] if recent else None
+
 
 
 def _unscheduled(pods: list[dict[str, Any]]) -> tuple[str, str] | None:

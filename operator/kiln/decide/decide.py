@@ -130,6 +130,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     actions.workload_generation = ((workload or {}).get("metadata") or {}).get("generation")
     actions.rollout = (intent.replicas, snapshot.now, snapshot.generation)
     actions.unschedulable = cluster.unschedulable
+    actions.refused = cluster.refused
     _prune(snapshot, actions, objects)
     rolled_out(actions, workload)
     gateway_ready(status, parsed.spec, ref, cluster, snapshot.now, snapshot.generation)
@@ -490,16 +491,16 @@ def rolled_out(actions: Actions, workload: dict[str, Any] | None) -> None:
         conclude(status, stalled=False, reconciling=False, reason=Reason.REPLICAS_READY, now=now,
                  generation=generation,
                  message=f"{ready}/{replicas} replicas ready at {status.endpoint}{_unplaced(actions)}"
-                         f"{_refused(workload)}")
-        if actions.unschedulable is not None or _refused(workload):
+                         f"{_refused(workload, actions)}")
+        if actions.unschedulable is not None or _refused(workload, actions):
             actions.requeue = NotReadyYet("a replica cannot be scheduled or created", delay=ROLLOUT_POLL_SECONDS)
     else:
         # Not Stalled when a pod cannot be placed or is refused: a node may yet come (a
         # cluster autoscaler's, a drained one back), a quota be raised.
         reason = Reason.ROLLING_OUT if actions.unschedulable is None else Reason.UNSCHEDULABLE
-        if _refused(workload):
+        if _refused(workload, actions):
             reason = Reason.PODS_REFUSED
-        message = f"{ready}/{replicas} replicas ready{_unplaced(actions)}{_refused(workload)}"
+        message = f"{ready}/{replicas} replicas ready{_unplaced(actions)}{_refused(workload, actions)}"
         conclude(status, stalled=False, reconciling=True, reason=reason, message=message,
                  now=now, generation=generation)
         actions.requeue = NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
@@ -509,22 +510,30 @@ def rolled_out(actions: Actions, workload: dict[str, Any] | None) -> None:
 REFUSAL_CHARS = 400
 
 
-def _refused(workload: dict[str, Any] | None) -> str:
+def _refused(workload: dict[str, Any] | None, actions: Actions) -> str:
     """What the rollout's message adds when the namespace refuses a serving pod: the
     Deployment's ``ReplicaFailure`` condition, which the Deployment controller copies from
     its ReplicaSets' (kubernetes/kubernetes, pkg/controller/deployment/sync.go,
     ``getReplicaFailures``; the ReplicaSet controller writes it with reason ``FailedCreate``
     and the API server's message when a create is refused: pkg/controller/replicaset/
-    replica_set_utils.go, ``calculateStatus``), and removes once none has it; "" otherwise."""
-    if (workload or {}).get("kind") != "Deployment":
+    replica_set_utils.go, ``calculateStatus``), and removes once none has it; a multi-node
+    group's, from its StatefulSets' Events (``actions.refused``); "" otherwise."""
+    why = actions.refused if (workload or {}).get("kind") == "LeaderWorkerSet" else None
+    if (workload or {}).get("kind") == "Deployment":
+        why = next((str(c.get("message") or c.get("reason") or "")
+                    for c in ((workload or {}).get("status") or {}).get("conditions") or []
+                    if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
+    if not why:
         return ""
-    for condition in ((workload or {}).get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
-            why = " ".join(str(condition.get("message") or condition.get("reason") or "").split())[:REFUSAL_CHARS]
-            namespace = ((workload or {}).get("metadata") or {}).get("namespace")
-            return (f"; a serving pod cannot be created: {why} (a ResourceQuota, LimitRange or admission "
-                    f"policy of namespace {namespace} refuses it: ask for more, or lower spec.replicas)")
-    return ""
+    namespace = ((workload or {}).get("metadata") or {}).get("namespace")
+    if "PodSecurity" in why:
+        advice = (f"the Pod Security level namespace {namespace} enforces refuses it: label the namespace "
+                  "pod-security.kubernetes.io/enforce with a level that admits it (spec.network's IPC_LOCK "
+                  "needs privileged)")
+    else:
+        advice = (f"a ResourceQuota, LimitRange or admission policy of namespace {namespace} refuses it: ask "
+                  "for more, or lower spec.replicas")
+    return f"; a serving pod cannot be created: {' '.join(why.split())[:REFUSAL_CHARS]} ({advice})"
 
 
 def _gpus_of(job: dict[str, Any]) -> str:

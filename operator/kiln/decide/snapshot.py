@@ -87,6 +87,7 @@ class Cluster:
     unschedulable: tuple[str, str] | None = None
     build_unschedulable: tuple[str, str] | None = None  # the same, of the build Job's pod
     build_refused: str | None = None  # why the namespace refuses the build Job's pod (its Events)
+    refused: str | None = None  # why it refuses a multi-node group's pods (its StatefulSets' Events)
     # A running Job that removes the engine's cache entry (the sweep's, controller/collect.py):
     # a build started now would find the files there and be told it was done.
     purging: str | None = None
@@ -147,3 +148,4 @@ class Actions:
     # from the workload the API server returns (kiln.decide.decide.rolled_out).
     rollout: tuple[int, str, int | None] | None = None
     unschedulable: tuple[str, str] | None = None  # the snapshot's, for the rollout's message
+    refused: str | None = None  # the same: a multi-node group's pods refused
