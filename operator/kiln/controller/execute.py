@@ -17,11 +17,11 @@ from ..api.llmservice import Condition
 from ..decide.conditions import get_condition
 from ..decide.decide import entry, refuse, removed, retired, rolled_out
 from ..decide.observe import EventReason
+from ..decide.engine import job_state
+from ..decide.ownership import other_owners
 from ..decide.snapshot import Actions
 from ..decide.status import status_wire
 from ..errors import SpecInvalid
-from ..decide.engine import job_state
-from ..decide.ownership import other_owners
 from .collect import tell_engine
 from .gather import refused_write
 from .kube import ApiException, KubeApi, concurrently, kind_of
@@ -98,7 +98,9 @@ async def _cancel(actions: Actions, api: KubeApi) -> None:
                 await tell_engine(api, record, status)
             return
         meta = job["metadata"]
-        job = await api.get("batch/v1", "Job", meta["name"], meta["namespace"])
+        # Past the watch cache, which may still hold the version just refused.
+        read = getattr(api, "get_fresh", api.get)
+        job = await read("batch/v1", "Job", meta["name"], meta["namespace"])
 
 
 def _still_owned(job: dict[str, Any], uid: str | None) -> bool:

@@ -155,9 +155,14 @@ async def _group_refusal(api: KubeApi, namespace: str, group: str, now: str) -> 
         if event.get("reason") != "FailedCreate" or not (name == group or re.fullmatch(rf"{re.escape(group)}-\d+", name)):
             continue
         if at and seconds_between(at, now) <= REFUSAL_RECENT_SECONDS:
-            recent.append((at, " ".join(str(event.get("message") or "").split())))
-    return max(recent)[1][:UNSCHEDULABLE_MESSAGE_CHARS] if recent else None
+            recent.append((at, _said(event.get("message"))))
+    return max(recent)[1] if recent else None
 
+
+def _said(message: Any) -> str:
+    """An Event's message as a status message may hold it: one line of printable text, cut to
+    UNSCHEDULABLE_MESSAGE_CHARS (anyone who may post Events in the namespace wrote it)."""
+    return "".join(ch for ch in " ".join(str(message or "").split()) if ch.isprintable())[:UNSCHEDULABLE_MESSAGE_CHARS]
 
 
 def _unscheduled(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -358,7 +363,7 @@ async def _build_refusal(api: KubeApi, job: dict[str, Any]) -> str | None:
         return None
     last = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
                                          or (e.get("metadata") or {}).get("creationTimestamp") or ""))
-    return " ".join(str(last.get("message") or "").split())[:UNSCHEDULABLE_MESSAGE_CHARS] or None
+    return _said(last.get("message")) or None
 
 
 async def _build_failure(api: KubeApi, namespace: str, job_name: str) -> str:
