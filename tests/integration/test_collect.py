@@ -171,6 +171,96 @@ async def test_a_build_cancelled_by_an_edit_is_said_so_on_its_engine(make_sandbo
         assert sb.operator_error is None
 
 
+async def _sharing(sb, names):
+    """The operator without a kubelet (builds run on), ``names`` created on one engine and all
+    owners of its build Job; the Job."""
+    sb.add_namespace(NS)
+    await sb.start_operator()
+    for name in names:
+        await sb.create(_named(name))
+    await sb.wait_for(lambda: sb.objects("jobs") and _owners(sb.objects("jobs")[0]) == sorted(names),
+                      what=f"{names} all owners of the build Job")
+    return sb.objects("jobs")[0]
+
+
+async def test_services_that_move_on_together_leave_a_shared_build_to_the_one_left(make_sandbox, backend):
+    """Two of three services moved to another engine at once: each left the Job's owners by
+    the index it had read, the second's patch was refused as the first's had shifted the list,
+    and it stayed an owner for good, so the build ran on once the third was deleted (a
+    reviewer's case, 2 of 2 on the real control plane)."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        job = await _sharing(sb, ["a", "b", "c"])
+        shared = _engine_name(sb, "c")
+        await asyncio.gather(sb.patch_spec(NS, "a", {"engine": {"maxBatchSize": 32}}),
+                             sb.patch_spec(NS, "b", {"engine": {"maxBatchSize": 32}}))
+        await sb.wait_for(lambda: _owners(sb.get("jobs", job["metadata"]["name"], NS) or {"metadata": {}}) == ["c"],
+                          what="a and b no longer owners of the build c waits on")
+        await sb.api.delete(sb.get("llmservices", "c", NS))
+        await sb.wait_for(lambda: sb.get("jobs", job["metadata"]["name"], NS) is None, timeout=60,
+                          what="the build nobody wants collected with c")
+        await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", shared)) == "EngineBuildCancelled",
+                          what="its engine saying so")
+        assert sb.operator_error is None
+
+
+async def test_a_service_never_deletes_a_build_job_it_does_not_own(make_sandbox, backend):
+    """A tenant's Job named like a build Job: the service stalled on the conflict, and when its
+    spec moved to another engine it deleted that Job as its own superseded build."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()
+        await sb.create(_named("probe"))
+        await sb.wait_for(lambda: sb.objects("jobs"), what="a build, to learn its name")
+        [probe] = sb.objects("jobs")
+        name = probe["metadata"]["name"]
+        await sb.api.delete(sb.get("llmservices", "probe", NS))
+        await sb.wait_for(lambda: not sb.objects("jobs") and not sb.objects("llmservices"), timeout=60,
+                          what="the probe and its build gone")
+        await sb.create({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NS},
+                         "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                             {"name": "x", "image": "busybox", "command": ["sleep", "3600"]}]}}}})
+        tenant = sb.get("jobs", name, NS)
+        await sb.create(_named("t"))
+        await sb.wait_for(lambda: "not owned by LLMServices alone" in _stalled(sb, "t"), what="t in conflict")
+        await sb.patch_spec(NS, "t", {"engine": {"maxBatchSize": 32}})
+        await sb.wait_for(lambda: _engine_name(sb, "t") not in (None, probe["metadata"]["labels"].get("kiln.dev/engine")) and
+                          len(sb.objects("jobs")) == 2, what="t on its new engine, building it")
+        assert (sb.get("jobs", name, NS) or {}).get("metadata", {}).get("uid") == tenant["metadata"]["uid"]
+        assert not any(e.get("reason") == "BuildCancelled" for e in sb.objects("events"))
+        assert sb.operator_error is None
+
+
+async def test_the_sweep_deletes_a_build_whose_owners_all_moved_on(make_sandbox, backend):
+    """The net under a leave that never landed: an owner whose status names another engine
+    keeps the build alive for nobody; the namespace's sweep deletes it, and its engine says
+    so, well before the record's day of grace."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                            timings={"resync_period": 0.5, "engine_sweep_period": 0.5}) as sb:
+        job = await _sharing(sb, ["a", "b"])
+        shared = _engine_name(sb, "a")
+        b = sb.get("llmservices", "b", NS)
+        await sb.patch_spec(NS, "b", {"engine": {"maxBatchSize": 32}})
+        await sb.wait_for(lambda: _owners(sb.get("jobs", job["metadata"]["name"], NS) or {"metadata": {}}) == ["a"],
+                          what="b left the build's owners")
+        # As if b's leave had never landed: its reference put back by hand.
+        await sb.api.json_patch(sb.get("jobs", job["metadata"]["name"], NS), [{
+            "op": "add", "path": "/metadata/ownerReferences/-", "value": {
+                "apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService", "name": "b",
+                "uid": b["metadata"]["uid"], "controller": False}}])
+        await sb.api.delete(sb.get("llmservices", "a", NS))
+        await sb.wait_for(lambda: sb.get("jobs", job["metadata"]["name"], NS) is None, timeout=60,
+                          what="the build nobody waits on deleted by the sweep")
+        await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", shared)) == "EngineBuildCancelled",
+                          what="its engine saying so")
+        assert sb.get("llmengines", shared) is not None  # the record itself keeps its day of grace
+        assert sb.operator_error is None
+
+
+def _stalled(sb, name):
+    conditions = ((sb.get("llmservices", name, NS) or {}).get("status") or {}).get("conditions") or []
+    return next((str(c.get("message")) for c in conditions if c.get("type") == "Stalled" and c.get("status") == "True"), "")
+
+
 def _purge_jobs(sb):
     return [j for j in sb.objects("jobs")
             if j["metadata"]["labels"].get("app.kubernetes.io/component") == "engine-cache-purge"]

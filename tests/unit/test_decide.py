@@ -17,6 +17,7 @@ from kiln.decide import Cluster, Observed, Snapshot, decide, decide_observed, in
 from kiln.decide.credentials import Credentials
 from kiln.decide.decide import children, rolled_out
 from kiln.decide.engine import cancelled_status
+from kiln.decide.ownership import let_go
 from kiln.decide.policy import Policy
 from kiln.decide.snapshot import Superseded
 from kiln.decide.status import get_condition, status_wire
@@ -469,25 +470,40 @@ def test_a_build_job_with_an_owner_that_is_not_a_service_is_a_conflict():
 
 def test_a_superseded_build_another_service_owns_keeps_running_and_the_service_leaves_its_owners():
     world = World(superseded=True, status=ENGINE_KEYED)
-    actions = decide(_superseded(world, _other_owner(OLD_JOB)))
-    assert actions.cancel is None and actions.cancelled == []
-    [(job, operations)] = actions.job_owners
-    assert job["metadata"]["name"] == "old-build"
-    assert operations == [{"op": "test", "path": "/metadata/ownerReferences/0/uid", "value": "uid-1"},
-                          {"op": "remove", "path": "/metadata/ownerReferences/0"}]
+    shared = _other_owner(OLD_JOB)
+    actions = decide(_superseded(world, shared))
+    assert actions.let_go == (shared, "uid-1", False) and actions.job_owners == []
+    assert let_go(shared, "uid-1", False) == (
+        "leave", [{"op": "test", "path": "/metadata/ownerReferences/0/uid", "value": "uid-1"},
+                  {"op": "remove", "path": "/metadata/ownerReferences/0"}])
+    # Read again after another owner left first: the index is the new one.
+    moved = copy.deepcopy(shared)
+    moved["metadata"]["ownerReferences"].reverse()
+    assert let_go(moved, "uid-1", False)[1][0]["path"] == "/metadata/ownerReferences/1/uid"
+    # ... and once this service is the only owner left, it deletes the build.
+    assert let_go(OLD_JOB, "uid-1", False) == ("delete", None)
 
 
 def test_a_superseded_build_another_service_names_keeps_running_and_its_owner():
     """The other service has not joined yet: leaving would leave the Job no owner."""
     world = World(superseded=True, status=ENGINE_KEYED)
     actions = decide(_superseded(world, OLD_JOB, wanted=True))
-    assert actions.cancel is None and actions.job_owners == []
+    assert actions.let_go is None and actions.job_owners == []
+
+
+def test_a_superseded_job_the_service_does_not_own_is_never_touched():
+    """A tenant's Job named like the build Job (the service stalled on it as a conflict) was
+    deleted as the service's own superseded build once its spec moved on."""
+    world = World(superseded=True, status=ENGINE_KEYED)
+    for job in (_owned(OLD_JOB, "someone-else"), {**OLD_JOB, "metadata": {**OLD_JOB["metadata"], "ownerReferences": []}}):
+        actions = decide(_superseded(world, job))
+        assert actions.let_go is None and actions.cancelled == [] and actions.job_owners == []
 
 
 def test_a_superseded_build_nobody_else_wants_is_cancelled_and_its_engine_told():
     world = World(superseded=True, status=ENGINE_KEYED)
     actions = decide(_superseded(world, OLD_JOB, engine=BUILDING))
-    assert actions.cancel == (OLD_JOB, "uid-1")
+    assert actions.let_go == (OLD_JOB, "uid-1", False) and let_go(OLD_JOB, "uid-1", False) == ("delete", None)
     assert [reason for _, reason, _ in actions.cancelled] == ["BuildCancelled"]
     record, status = actions.cancelled_engine
     assert record is BUILDING and status["buildJob"] is None
@@ -549,3 +565,14 @@ def test_a_multi_node_group_the_pod_security_level_refuses_is_told_which_label_a
     assert _condition_of(actions, "Ready") == ("False", "PodsRefused")
     message = get_condition(actions.status, "Ready").message
     assert f"a serving pod cannot be created: {why}" in message and "pod-security.kubernetes.io/enforce" in message
+
+
+def test_a_replica_failure_message_is_kept_to_one_printable_line():
+    base = snapshot(World(engine="ready", workload="rolling", status=ENGINE_KEYED))
+    key = next(k for k in base.cluster.children if k[0] == "Deployment")
+    live = copy.deepcopy(base.cluster.children[key])
+    live["status"]["conditions"] = [{**REFUSED, "message": "line1\nline2 \x1b[31mred\x00\u202e" + "B" * 5000}]
+    actions = decide(replace(base, cluster=replace(base.cluster, children={**base.cluster.children, key: live})))
+    message = get_condition(actions.status, "Ready").message
+    assert "line1 line2 [31mred" in message and all(ch.isprintable() for ch in message)
+    assert message.count("B") <= 400

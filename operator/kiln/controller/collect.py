@@ -54,8 +54,13 @@ logger = logging.getLogger(__name__)
 
 async def wanted_engines(api: KubeApi, namespace: str, skip: str | None = None) -> set[str]:
     """Names of the engines the namespace's services reference (but service ``skip``'s)."""
-    services = await api.list(API_VERSION, "LLMService", namespace)
-    return {str(((svc.get("status") or {}).get("engine") or {}).get("name"))
+    return set(_engines_of(await api.list(API_VERSION, "LLMService", namespace), skip).values())
+
+
+def _engines_of(services: list[dict[str, Any]], skip: str | None = None) -> dict[str, str]:
+    """The engine each service's status names, by the service's UID (but service ``skip``'s);
+    "None" for one whose status names none yet."""
+    return {str(svc["metadata"].get("uid")): str(((svc.get("status") or {}).get("engine") or {}).get("name"))
             for svc in services if svc["metadata"].get("name") != skip}
 
 
@@ -174,13 +179,28 @@ async def _start_purge(api: KubeApi, purge: dict[str, Any], engine: str) -> None
                      f"{key} was refused ({error.status} {error.reason}); the files stay in the cache")
 
 
-async def _gone_build(api: KubeApi, engine: dict[str, Any], namespace: str, now: str) -> None:
-    """An unreferenced record that says it is building, whose build Job is gone (deleted
-    while the operator was not watching): the record says so."""
+async def _unwanted_build(api: KubeApi, engine: dict[str, Any], namespace: str, now: str,
+                          engines_of: dict[str, str]) -> None:
+    """The build of an engine no service of the namespace names. A running build Job none of
+    whose owners waits on it (each is gone, or its status names another engine: an owner
+    that moved on and whose leave never landed) is deleted, as read; a service that has just
+    joined and names no engine yet keeps it. A record that says it is building, whose Job is
+    gone or deleted so, says so."""
+    name = engine["metadata"]["name"]
     status = cancelled_status(engine, f"no service of namespace {namespace} wants the engine", now)
-    if status is not None and await api.get("batch/v1", "Job", child_name(engine["metadata"]["name"], "build"),
-                                            namespace) is None:
-        await tell_engine(api, engine, status)
+    if status is None:
+        return
+    job = await api.get("batch/v1", "Job", child_name(name, "build"), namespace)
+    if job is not None:
+        refs = (job.get("metadata") or {}).get("ownerReferences") or []
+        kiln = bool(refs) and all(ref.get("kind") == "LLMService" and ref.get("apiVersion") == API_VERSION
+                                  for ref in refs)
+        waiting = any(engines_of.get(str(ref.get("uid"))) in (name, "None") for ref in refs)
+        if not kiln or waiting or not _running(job) or not await api.delete(job, background=True, unchanged=True):
+            return
+        logger.info(f"deleted build Job {namespace}/{job['metadata']['name']}: none of its owners wants "
+                    f"engine {name} any more")
+    await tell_engine(api, engine, status)
 
 
 async def sweep_engines(api: KubeApi, namespace: str, now: str,
@@ -188,7 +208,8 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
     """Mark the namespace's unreferenced engines, unmark referenced ones, delete those
     unreferenced for ``grace`` seconds (and their running build Job, and with
     ``delete_files`` their cache entry and any build Job); the names deleted."""
-    wanted = await wanted_engines(api, namespace)
+    engines_of = _engines_of(await api.list(API_VERSION, "LLMService", namespace))
+    wanted = set(engines_of.values())
     engines = await api.list(API_VERSION, "LLMEngine",
                              label_selector=f"{LABEL_CACHE_NAMESPACE}={namespace}")
     deleted = []
@@ -200,7 +221,7 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
             if since:
                 await api.patch_status(engine, {"unreferencedSince": None})
             continue
-        await _gone_build(api, engine, namespace, now)
+        await _unwanted_build(api, engine, namespace, now, engines_of)
         if not since:
             await api.patch_status(engine, {"unreferencedSince": now})
         elif seconds_between(since, now) >= grace and await api.delete(engine, unchanged=True):

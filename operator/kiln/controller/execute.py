@@ -17,8 +17,7 @@ from ..api.llmservice import Condition
 from ..decide.conditions import get_condition
 from ..decide.decide import entry, refuse, removed, retired, rolled_out
 from ..decide.observe import EventReason
-from ..decide.engine import job_state
-from ..decide.ownership import other_owners
+from ..decide.ownership import let_go
 from ..decide.snapshot import Actions
 from ..decide.status import status_wire
 from ..errors import SpecInvalid
@@ -38,8 +37,8 @@ async def execute(actions: Actions, api: KubeApi, before: Mapping[str, Any], now
     per transition)."""
     for obj in actions.delete:
         await _delete(actions, api, obj)
-    if actions.cancel is not None:
-        await _cancel(actions, api)
+    if actions.let_go is not None:
+        await _let_go(actions, api)
     for job, operations in actions.job_owners:
         await _owners(api, job, operations)
     if actions.engine_record is not None:
@@ -77,21 +76,28 @@ async def _patch_engine(actions: Actions, api: KubeApi) -> None:
     actions.events += actions.finished
 
 
-# Deletions of a superseded build Job refused because it changed since it was read (its
-# controller writing its status, another service joining its owners), each followed by a
-# fresh read and the decision again.
-CANCEL_ATTEMPTS = 3
+# Attempts to leave or delete a superseded build Job that changed since it was read (its
+# controller writing its status, another service joining or leaving its owners), each after
+# a fresh read and the decision again (decide.ownership.let_go). The next reconcile does not
+# look again: the service's status names its new engine by then.
+LET_GO_ATTEMPTS = 5
 
 
-async def _cancel(actions: Actions, api: KubeApi) -> None:
-    """Delete the superseded build Job only as read: a service that joined its owners since
-    (a new resourceVersion) keeps it running. Read again after a refusal: a Job still running
-    with no other owner is deleted at its new version."""
-    job, uid = actions.cancel
-    for _ in range(CANCEL_ATTEMPTS):
-        if job is None or _still_owned(job, uid):
+async def _let_go(actions: Actions, api: KubeApi) -> None:
+    """Leave the superseded build Job's owners, or delete it while the service is its only
+    owner, onto the Job as read: a leave whose index moved (422) or a delete whose version
+    moved (409) reads the Job again and decides again. A leftover owner the attempts miss is
+    the engine sweep's (controller/collect.py)."""
+    assert actions.let_go is not None
+    job, uid, wanted = actions.let_go
+    for _ in range(LET_GO_ATTEMPTS):
+        decision = let_go(job, uid, wanted)
+        if decision is None or job is None:
             return
-        if await api.delete(job, background=True, unchanged=True):
+        verb, operations = decision
+        if verb == "leave" and await _patched(api, job, operations or []):
+            return
+        if verb == "delete" and await api.delete(job, background=True, unchanged=True):
             actions.events += actions.cancelled
             if actions.cancelled_engine is not None:
                 record, status = actions.cancelled_engine
@@ -103,9 +109,18 @@ async def _cancel(actions: Actions, api: KubeApi) -> None:
         job = await read("batch/v1", "Job", meta["name"], meta["namespace"])
 
 
-def _still_owned(job: dict[str, Any], uid: str | None) -> bool:
-    """Whether a Job to cancel has finished or has an owner besides the cancelling service."""
-    return job_state(job) != "Running" or bool(other_owners(job, uid))
+async def _patched(api: KubeApi, job: dict[str, Any], operations: list[dict[str, Any]]) -> bool:
+    """Whether the JSON patch of ``job`` was made (or the Job is gone); False if its test
+    failed (422)."""
+    try:
+        await api.json_patch(job, operations)
+    except ApiException as error:
+        if error.status == 404:
+            return True
+        if error.status != 422:
+            raise
+        return False
+    return True
 
 
 async def _owners(api: KubeApi, job: dict[str, Any], operations: list[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..decide.claim import claim_key
-from ..decide.conditions import get_condition, is_true
+from ..decide.conditions import get_condition, is_true, one_line
 from ..decide.decide import children, needed_apis
 from ..decide.engine import job_state, termination
 from ..decide.intent import intend, parse, workload_replicas
@@ -101,7 +101,7 @@ async def _cluster(api: KubeApi, snapshot: Snapshot, rendered: Rendered) -> Clus
         await _launcher_targets(api, rendered, lives, f"{ref.namespace}/{ref.name}")
     except SpecInvalid as conflict:
         return replace(cluster, launcher_conflict=conflict)
-    return await _engine(api, cluster, rendered, engine)
+    return await _engine(api, cluster, rendered, engine, snapshot.now)
 
 
 async def _serving_pods(api: KubeApi, snapshot: Snapshot, rendered: Rendered,
@@ -148,21 +148,11 @@ async def _group_refusal(api: KubeApi, namespace: str, group: str, now: str) -> 
     pkg/controller/statefulset/stateful_pod_control.go, ``recordPodEvent``); None if there is
     none within :data:`REFUSAL_RECENT_SECONDS`."""
     events = await api.list("v1", "Event", namespace, field_selector="involvedObject.kind=StatefulSet,reason=FailedCreate")
-    recent = []
-    for event in events:
-        name = str((event.get("involvedObject") or {}).get("name") or "")
-        at = str(event.get("lastTimestamp") or event.get("eventTime") or "")
-        if event.get("reason") != "FailedCreate" or not (name == group or re.fullmatch(rf"{re.escape(group)}-\d+", name)):
-            continue
-        if at and seconds_between(at, now) <= REFUSAL_RECENT_SECONDS:
-            recent.append((at, _said(event.get("message"))))
-    return max(recent)[1] if recent else None
-
-
-def _said(message: Any) -> str:
-    """An Event's message as a status message may hold it: one line of printable text, cut to
-    UNSCHEDULABLE_MESSAGE_CHARS (anyone who may post Events in the namespace wrote it)."""
-    return "".join(ch for ch in " ".join(str(message or "").split()) if ch.isprintable())[:UNSCHEDULABLE_MESSAGE_CHARS]
+    names = re.compile(rf"{re.escape(group)}(-\d+)?")
+    return _latest([event for event in events if event.get("reason") == "FailedCreate"
+                    and (event.get("involvedObject") or {}).get("kind") == "StatefulSet"
+                    and names.fullmatch(str((event.get("involvedObject") or {}).get("name") or ""))],
+                   now, REFUSAL_RECENT_SECONDS)
 
 
 def _unscheduled(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -318,7 +308,8 @@ async def _launcher_targets(api: KubeApi, rendered: Rendered,
             raise refused_write(error, role["metadata"]["namespace"]) from None
 
 
-async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered, engine: dict[str, Any] | None) -> Cluster:
+async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered, engine: dict[str, Any] | None,
+                  now: str) -> Cluster:
     """The LLMEngine record (as read); while it is not Ready, its build Job, and what the pods
     of a build that failed said (once: the record keeps it); with no build Job, a running Job
     that removes the engine's files from the cache."""
@@ -342,12 +333,12 @@ async def _engine(api: KubeApi, cluster: Cluster, rendered: Rendered, engine: di
         pods = await api.list("v1", "Pod", meta["namespace"], label_selector=f"job-name={meta['name']}")
         unplaced = _unscheduled(pods)
         if not pods:
-            refused = await _build_refusal(api, job)
+            refused = await _build_refusal(api, job, now)
     return replace(cluster, engine=engine, job=job, build_failure=failure, build_unschedulable=unplaced,
                    build_refused=refused)
 
 
-async def _build_refusal(api: KubeApi, job: dict[str, Any]) -> str | None:
+async def _build_refusal(api: KubeApi, job: dict[str, Any], now: str) -> str | None:
     """Why a running build Job has no pod: the Job controller's last ``FailedCreate`` Event
     for it, the API server's refusal ("Error creating: pods ... is forbidden: exceeded
     quota: ..."), as its pod control records it (kubernetes/kubernetes,
@@ -359,11 +350,26 @@ async def _build_refusal(api: KubeApi, job: dict[str, Any]) -> str | None:
     events = [event for event in await api.list("v1", "Event", meta["namespace"],
                                                 field_selector=f"involvedObject.uid={meta['uid']},reason=FailedCreate")
               if (event.get("involvedObject") or {}).get("uid") == meta["uid"] and event.get("reason") == "FailedCreate"]
-    if not events:
+    return _latest(events, now, float("inf"))
+
+
+# How far ahead of the operator's clock an Event may be dated (clock skew between the
+# controller that wrote it and the operator); one dated later is not taken as the latest.
+EVENT_SKEW_SECONDS = 60.0
+
+
+def _latest(events: list[dict[str, Any]], now: str, within: float) -> str | None:
+    """The message of the latest of ``events`` dated within ``within`` seconds before
+    ``now`` (an Event's ``lastTimestamp``, else its ``eventTime``), as ``one_line`` keeps it
+    (anyone who may post Events in the namespace wrote it)."""
+    dated = []
+    for event in events:
+        at = str(event.get("lastTimestamp") or event.get("eventTime") or "")
+        if at and -EVENT_SKEW_SECONDS <= seconds_between(at, now) <= within:
+            dated.append((at, one_line(event.get("message"), UNSCHEDULABLE_MESSAGE_CHARS)))
+    if not dated:
         return None
-    last = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
-                                         or (e.get("metadata") or {}).get("creationTimestamp") or ""))
-    return _said(last.get("message")) or None
+    return max(dated)[1] or None
 
 
 async def _build_failure(api: KubeApi, namespace: str, job_name: str) -> str:

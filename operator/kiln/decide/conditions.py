@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["set_condition", "get_condition", "is_true"]
+__all__ = ["set_condition", "get_condition", "is_true", "one_line"]
+
+
+def one_line(text: Any, limit: int) -> str:
+    """``text`` as a condition's message may hold what someone else wrote (an Event, another
+    controller's condition, an API server's answer): one line of printable text (no control
+    characters or bidirectional overrides), at most ``limit`` characters."""
+    return "".join(ch for ch in " ".join(str(text or "").split()) if ch.isprintable())[:limit]
 
 
 def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:

@@ -26,8 +26,9 @@ from .claim import claim_gateway, gateway_ready
 from .credentials import check_secret_keys
 from .engine import cancelled_status, engine_ready, storage_uri
 from .observe import EventReason, observe
-from .ownership import check_controlled, controller_of, leave_owners, other_owners
+from .ownership import check_controlled, controller_of, let_go
 from .snapshot import Actions, Cluster, Snapshot
+from .conditions import one_line
 from .status import conclude, get_condition, is_true, set_condition
 
 __all__ = ["decide", "refuse", "rolled_out", "retired", "removed", "children", "entry", "live_route",
@@ -303,13 +304,12 @@ def _cancel_superseded(snapshot: Snapshot, actions: Actions, rendered: Rendered)
     if superseded is None or not previous or previous == rendered.engine["metadata"]["name"]:
         return
     job = superseded.job
-    others = other_owners(job, ref.uid)
-    if superseded.wanted or others:
-        leave = leave_owners(job, ref.uid) if others else None
-        if leave is not None:
-            actions.job_owners.append((job, leave))
+    if let_go(job, ref.uid, superseded.wanted) is None:
         return
-    actions.cancel = (job, ref.uid)
+    # Carried out on the Job as read, and decided again on a fresh read if it moved
+    # (controller/execute.py): another owner leaving first shifts the list, one joining
+    # makes the delete wrong.
+    actions.let_go = (job, ref.uid, superseded.wanted)
     actions.cancelled = [("Normal", EventReason.BUILD_CANCELLED,
                           f"deleted build Job {job['metadata']['name']}: no service wants engine "
                           f"{previous} any more")]
@@ -533,7 +533,7 @@ def _refused(workload: dict[str, Any] | None, actions: Actions) -> str:
     else:
         advice = (f"a ResourceQuota, LimitRange or admission policy of namespace {namespace} refuses it: ask "
                   "for more, or lower spec.replicas")
-    return f"; a serving pod cannot be created: {' '.join(why.split())[:REFUSAL_CHARS]} ({advice})"
+    return f"; a serving pod cannot be created: {one_line(why, REFUSAL_CHARS)} ({advice})"
 
 
 def _gpus_of(job: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from ..errors import SpecInvalid
 from ..render.meta import LABEL_ENGINE, owner_reference
 
 __all__ = ["controller_of", "conflict", "check_controlled", "check_engine_job", "owned_by_service",
-           "other_owners", "join_owners", "leave_owners"]
+           "other_owners", "join_owners", "leave_owners", "let_go"]
 
 
 def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -100,3 +100,20 @@ def leave_owners(job: dict[str, Any], uid: str | None) -> list[dict[str, Any]] |
         return None
     return [{"op": "test", "path": f"/metadata/ownerReferences/{index}/uid", "value": uid},
             {"op": "remove", "path": f"/metadata/ownerReferences/{index}"}]
+
+
+def let_go(job: dict[str, Any] | None, uid: str | None, wanted: bool) -> tuple[str, list[dict[str, Any]] | None] | None:
+    """What LLMService ``uid``, which no longer wants the engine ``job`` builds, does with it,
+    as read: ``("leave", patch)`` while the Job has another owner, ``("delete", None)`` when
+    it is the Job's only owner and no other service names the engine (``wanted``), None when
+    it has nothing to do: the Job is gone or finished, is not its own (a Job it does not own
+    is never deleted, whatever its name), or another service names the engine and has not
+    joined its owners yet."""
+    if job is None or uid is None or not owned_by_service(job, uid):
+        return None
+    conditions = (job.get("status") or {}).get("conditions") or []
+    if any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed") for c in conditions):
+        return None
+    if other_owners(job, uid):
+        return "leave", leave_owners(job, uid)
+    return None if wanted else ("delete", None)

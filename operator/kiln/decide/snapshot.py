@@ -124,13 +124,13 @@ class Actions:
     engine: dict[str, Any] | None = None  # the LLMEngine record the statuses below are for
     engine_record: dict[str, Any] | None = None  # the LLMEngine record to create
     build_job: dict[str, Any] | None = None  # to create; ``started`` only if this create made it
-    # RFC 6902 patches of build Jobs' owner references (a service that waits on a build is one
-    # of its Job's owners; one that moved on leaves a Job others own): (Job, operations).
+    # RFC 6902 patches that make the service one of a build Job's owners (every service that
+    # waits on a build is): (Job, operations).
     job_owners: list[tuple[dict[str, Any], list[dict[str, Any]]]] = field(default_factory=list)
-    # The superseded build Job and the cancelling service's UID: deleted only while no other
-    # service owns it; then its Event and its LLMEngine's status patch (onto the record as
-    # read: ``cancelled_engine``).
-    cancel: tuple[dict[str, Any], str | None] | None = None
+    # The superseded build Job, the service's UID and whether another service names its engine
+    # (decide.ownership.let_go): left, or deleted while the service is its only owner; then,
+    # if deleted, its Event and its LLMEngine's status patch (onto the record as read).
+    let_go: tuple[dict[str, Any], str | None, bool] | None = None
     cancelled: list[Event] = field(default_factory=list)
     cancelled_engine: tuple[dict[str, Any], dict[str, Any]] | None = None
     started: list[Event] = field(default_factory=list)
