@@ -544,27 +544,30 @@ def test_a_serving_pod_the_namespace_refuses_is_said_with_the_api_servers_reason
     assert actions.requeue is not None
 
 
-def test_a_build_pod_the_namespace_refuses_is_said_with_the_api_servers_reason():
-    base = snapshot(World(engine="pending", job="running"))
-    why = ('Error creating: pods "x-build-abc" is forbidden: exceeded quota: team-gpus, requested: '
-           'requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=0')
-    actions = decide(replace(base, cluster=replace(base.cluster, build_refused=why)))
+BUILD_REFUSED = ('Error creating: pods "x-build-abc" is forbidden: exceeded quota: team-gpus, requested: '
+                 'requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=0')
+GROUP_REFUSED = ('create Pod g-0 in StatefulSet g failed error: pods "g-0" is forbidden: violates PodSecurity '
+                 '"restricted:latest": unrestricted capabilities (container "server" must not include "IPC_LOCK" ...)')
+
+
+@pytest.mark.parametrize("world, field, said", [
+    # A build Job's pod: the Job controller's Event, read by the gather.
+    (lambda: World(engine="pending", job="running"), "build_refused",
+     f"its build pod cannot be created: {BUILD_REFUSED} (a ResourceQuota"),
+    # A multi-node group's: its StatefulSets' Events; a Pod Security refusal is told the label.
+    (lambda: World(spec=_spec(gpus=16, parallelism={"tensor": 8, "pipeline": 2}), engine="ready",
+                   workload="rolling", status=ENGINE_KEYED), "refused",
+     f"a serving pod cannot be created: {GROUP_REFUSED} (the Pod Security level namespace llm enforces refuses "
+     "it: label the namespace pod-security.kubernetes.io/enforce"),
+])
+def test_a_pod_the_namespace_refuses_is_said_with_the_api_servers_reason(world, field, said):
+    base = snapshot(world())
+    why = BUILD_REFUSED if field == "build_refused" else GROUP_REFUSED
+    actions = decide(replace(base, cluster=replace(base.cluster, **{field: why})))
     assert _condition_of(actions, "Ready") == ("False", "PodsRefused")
     message = get_condition(actions.status, "Ready").message
-    assert f"its build pod cannot be created: {why} (a ResourceQuota" in message and "namespace llm" in message
+    assert said in message and "namespace llm" in message, message
     assert actions.requeue is not None
-
-
-def test_a_multi_node_group_the_pod_security_level_refuses_is_told_which_label_admits_it():
-    world = World(spec=_spec(gpus=16, parallelism={"tensor": 8, "pipeline": 2}), engine="ready", workload="rolling",
-                  status=ENGINE_KEYED)
-    base = snapshot(world)
-    why = ('create Pod g-0 in StatefulSet g failed error: pods "g-0" is forbidden: violates PodSecurity '
-           '"restricted:latest": unrestricted capabilities (container "server" must not include "IPC_LOCK" ...)')
-    actions = decide(replace(base, cluster=replace(base.cluster, refused=why)))
-    assert _condition_of(actions, "Ready") == ("False", "PodsRefused")
-    message = get_condition(actions.status, "Ready").message
-    assert f"a serving pod cannot be created: {why}" in message and "pod-security.kubernetes.io/enforce" in message
 
 
 def test_a_replica_failure_message_is_kept_to_one_printable_line():
