@@ -233,9 +233,11 @@ async def test_a_service_never_deletes_a_build_job_it_does_not_own(make_sandbox,
 async def test_the_sweep_deletes_a_build_whose_owners_all_moved_on(make_sandbox, backend):
     """The net under a leave that never landed: an owner whose status names another engine
     keeps the build alive for nobody; the namespace's sweep deletes it, and its engine says
-    so, well before the record's day of grace."""
+    so, before the record's grace is over."""
+    # The record's grace 20 s: the sweep deletes such a build once the engine has been
+    # unreferenced for half of it, and the record itself is still there then.
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
-                            timings={"resync_period": 0.5, "engine_sweep_period": 0.5}) as sb:
+                            timings={"resync_period": 0.5, "engine_sweep_period": 0.5, "engine_grace": 20.0}) as sb:
         job = await _sharing(sb, ["a", "b"])
         shared = _engine_name(sb, "a")
         b = sb.get("llmservices", "b", NS)

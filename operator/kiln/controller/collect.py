@@ -46,6 +46,9 @@ __all__ = ["ENGINE_GRACE_SECONDS", "ENGINE_SWEEP_SECONDS", "wanted_engines",
            "superseded_build", "deleted_mid_build", "tell_engine", "sweep_engines", "seconds_between"]
 
 ENGINE_GRACE_SECONDS = 24 * 3600.0
+# How long an engine stays unreferenced before the sweep deletes a running build of it none
+# of whose owners waits on it (at most; half the grace period if that is shorter).
+SETTLE_SECONDS = 600.0
 # How often one namespace's engines are swept (from its services' resync ticks).
 ENGINE_SWEEP_SECONDS = 300.0
 
@@ -221,7 +224,10 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
             if since:
                 await api.patch_status(engine, {"unreferencedSince": None})
             continue
-        await _unwanted_build(api, engine, namespace, now, engines_of)
+        # Left to the services' own cancels a while (the sweep deleting a build a service was
+        # cancelling raced it); then half the grace period, at most SETTLE_SECONDS.
+        if since and seconds_between(since, now) >= min(grace / 2, SETTLE_SECONDS):
+            await _unwanted_build(api, engine, namespace, now, engines_of)
         if not since:
             await api.patch_status(engine, {"unreferencedSince": now})
         elif seconds_between(since, now) >= grace and await api.delete(engine, unchanged=True):
