@@ -33,8 +33,9 @@ import logging
 from typing import Any
 
 from ..api import API_VERSION
+from ..decide.conditions import job_state
 from ..decide.engine import cancelled_status
-from ..decide.ownership import other_owners
+from ..decide.ownership import other_owners, owned_by_services_alone
 from ..decide.snapshot import Superseded
 from ..errors import SpecInvalid
 from ..render.meta import LABEL_CACHE_NAMESPACE, child_name
@@ -67,11 +68,6 @@ def _engines_of(services: list[dict[str, Any]], skip: str | None = None) -> dict
             for svc in services if svc["metadata"].get("name") != skip}
 
 
-def _running(job: dict[str, Any]) -> bool:
-    return not any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
-                   for c in (job.get("status") or {}).get("conditions") or [])
-
-
 async def superseded_build(api: KubeApi, namespace: str, service: str, engine: str) -> Superseded | None:
     """The running build Job of ``engine``, which service ``service`` no longer wants: with
     the engine's record, and whether another service of the namespace names the engine in
@@ -80,7 +76,7 @@ async def superseded_build(api: KubeApi, namespace: str, service: str, engine: s
     # The Job may be seconds old and not in the watch-fed cache yet: a miss is asked again.
     job = await live_child(api, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
         "name": child_name(engine, "build"), "namespace": namespace}})
-    if job is None or not _running(job):
+    if job is None or job_state(job) != "Running":
         return None
     wanted = engine in await wanted_engines(api, namespace, skip=service)
     return Superseded(job=job, engine=await api.get(API_VERSION, "LLMEngine", engine), wanted=wanted)
@@ -103,7 +99,7 @@ async def deleted_mid_build(api: KubeApi, service: dict[str, Any], now: str) -> 
     if record is None or status is None or engine in await wanted_engines(api, namespace, skip=name):
         return None
     job = await api.get("batch/v1", "Job", child_name(str(engine), "build"), namespace)
-    if job is not None and (not _running(job) or other_owners(job, uid)):
+    if job is not None and (job_state(job) != "Running" or other_owners(job, uid)):
         return None
     await tell_engine(api, record, status)
     return str(engine)
@@ -196,10 +192,10 @@ async def _unwanted_build(api: KubeApi, engine: dict[str, Any], namespace: str, 
     job = await api.get("batch/v1", "Job", child_name(name, "build"), namespace)
     if job is not None:
         refs = (job.get("metadata") or {}).get("ownerReferences") or []
-        kiln = bool(refs) and all(ref.get("kind") == "LLMService" and ref.get("apiVersion") == API_VERSION
-                                  for ref in refs)
         waiting = any(engines_of.get(str(ref.get("uid"))) in (name, "None") for ref in refs)
-        if not kiln or waiting or not _running(job) or not await api.delete(job, background=True, unchanged=True):
+        if not owned_by_services_alone(job) or waiting or job_state(job) != "Running":
+            return
+        if not await api.delete(job, background=True, unchanged=True):
             return
         logger.info(f"deleted build Job {namespace}/{job['metadata']['name']}: none of its owners wants "
                     f"engine {name} any more")
@@ -239,7 +235,7 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
             # A finished build Job outlives the record (BUILD_TTL_SECONDS, a week): a service
             # that wants the engine again reads it Complete and takes the engine as built,
             # true unless its files are being removed.
-            if job is not None and (_running(job) or purge is not None):
+            if job is not None and (job_state(job) == "Running" or purge is not None):
                 await api.delete(job, background=True)
             if purge is not None:
                 await _start_purge(api, purge, name)

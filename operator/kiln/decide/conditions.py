@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["set_condition", "get_condition", "is_true", "one_line"]
+__all__ = ["set_condition", "get_condition", "is_true", "one_line", "job_state"]
+
+
+def job_state(job: dict[str, Any]) -> str:
+    """A Job's ``Complete`` or ``Failed`` condition if one is true, else "Running"."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return str(condition["type"])
+    return "Running"
 
 
 def one_line(text: Any, limit: int) -> str:

@@ -14,7 +14,7 @@ from ..api import ConditionType, Reason
 from ..errors import SpecInvalid
 from ..render import Rendered
 from ..render.engine import cache_uri
-from .conditions import get_condition, is_true
+from .conditions import get_condition, is_true, job_state
 from .conditions import set_condition as set_dict_condition
 from .credentials import Credentials, check_engine_credentials
 from .observe import EventReason
@@ -32,13 +32,6 @@ def storage_uri(engine: dict[str, Any]) -> str:
     """Where an LLMEngine record's files live in its namespace's cache."""
     spec = engine["spec"]
     return cache_uri(spec["cache"]["namespace"], spec["cache"]["claimName"], spec["key"])
-
-
-def job_state(job: dict[str, Any]) -> str:
-    for condition in job.get("status", {}).get("conditions", []) or []:
-        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
-            return str(condition["type"])
-    return "Running"
 
 
 def _job_seconds(job: dict[str, Any]) -> float | None:

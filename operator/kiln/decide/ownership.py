@@ -8,9 +8,10 @@ from typing import Any
 from ..api import API_VERSION, Reason
 from ..errors import SpecInvalid
 from ..render.meta import LABEL_ENGINE, owner_reference
+from .conditions import job_state
 
 __all__ = ["controller_of", "conflict", "check_controlled", "check_engine_job", "owned_by_service",
-           "other_owners", "join_owners", "leave_owners", "let_go"]
+           "other_owners", "owned_by_services_alone", "join_owners", "leave_owners", "let_go"]
 
 
 def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -68,6 +69,13 @@ def other_owners(obj: dict[str, Any], uid: str | None) -> list[dict[str, Any]]:
     return [ref for ref in _owners(obj) if ref.get("uid") != uid]
 
 
+def owned_by_services_alone(obj: dict[str, Any]) -> bool:
+    """Whether ``obj`` has owners and every one is an LLMService (a build Job Kiln made)."""
+    refs = _owners(obj)
+    return bool(refs) and all(ref.get("apiVersion") == API_VERSION and ref.get("kind") == "LLMService"
+                              for ref in refs)
+
+
 def check_engine_job(live: dict[str, Any] | None, desired: dict[str, Any], owner: str) -> None:
     """A build Job is shared by every service that waits on its engine: each is one of its
     owners (the one that started it its controller, until it is deleted), so that the
@@ -75,8 +83,7 @@ def check_engine_job(live: dict[str, Any] | None, desired: dict[str, Any], owner
     LLMService, and the Job must build this engine."""
     if live is None:
         return
-    refs = _owners(live)
-    if not refs or any(ref.get("apiVersion") != API_VERSION or ref.get("kind") != "LLMService" for ref in refs):
+    if not owned_by_services_alone(live):
         raise conflict(desired, owner, "is not owned by LLMServices alone", engine_named=True)
     wanted = desired["metadata"]["labels"][LABEL_ENGINE]
     if ((live.get("metadata") or {}).get("labels") or {}).get(LABEL_ENGINE, wanted) != wanted:
@@ -111,8 +118,7 @@ def let_go(job: dict[str, Any] | None, uid: str | None, wanted: bool) -> tuple[s
     joined its owners yet."""
     if job is None or uid is None or not owned_by_service(job, uid):
         return None
-    conditions = (job.get("status") or {}).get("conditions") or []
-    if any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed") for c in conditions):
+    if job_state(job) != "Running":
         return None
     if other_owners(job, uid):
         return "leave", leave_owners(job, uid)
