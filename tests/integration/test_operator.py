@@ -172,10 +172,13 @@ async def test_a_settled_service_s_new_kv_figures_cost_a_status_write_not_a_reco
     sb.cluster.load["mistral-7b"] = 0.7
     await sb.wait_for(lambda: _service(sb)["status"].get("kvCacheUtilization") == "70%",
                       what="the new KV utilisation in the status")
+    # The gauge is set once the status write has returned, which can be after the watch has
+    # shown the write to this test: wait for it rather than read it once.
+    labels = (("namespace", sb.ns(NS)), ("service", "mistral-7b"))
+    await sb.wait_for(lambda: _operator_metrics(sb)[("kiln_service_kv_cache_utilization", labels)] == 0.7,
+                      what="the new KV utilisation in the operator's gauge")
     assert _reconciles(sb) == reconciles
     assert sb.changes("deployments", "services", "jobs", "llmengines") == children
-    labels = (("namespace", sb.ns(NS)), ("service", "mistral-7b"))
-    assert _operator_metrics(sb)[("kiln_service_kv_cache_utilization", labels)] == 0.7
 
 
 async def test_a_timer_s_status_write_from_an_older_view_is_refused_not_written_over_a_newer_one(sandbox):
