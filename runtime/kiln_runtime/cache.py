@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
@@ -48,11 +49,18 @@ def check_writable(cache_dir: Path) -> None:
     (kubernetes-csi docs, "CSI Driver fsGroup Support"), and an NFS export is often root's."""
     locks = cache_dir / ".locks"
     try:
-        locks.mkdir(parents=True, exist_ok=True)
-        probe = locks / f".write-test-{os.getpid()}"
-        # Created here or not at all: a name planted as a link is not followed.
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        probe.unlink()
+        directory = _open_locks(locks)
+        try:
+            probe = f".write-test-{os.getpid()}"
+            # Created here or not at all: a name planted as a link is not followed.
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                             dir_fd=directory))
+            os.unlink(probe, dir_fd=directory)
+        finally:
+            os.close(directory)
+    except _LinkedLocks:
+        raise StepFailed("cache", f"{locks} is a link or not a directory; refusing to write through it "
+                         "(remove it)") from None
     except PermissionError:
         raise StepFailed("cache", f"the engine cache volume ({cache_dir}) is not writable by uid "
                          f"{os.getuid()}, gid {os.getgid()}: its CSI driver did not apply the pod's "
@@ -168,13 +176,36 @@ def complete_entry(cache: Path, key: str) -> dict[str, Any] | None:
     return _read_manifest(entry)[0]
 
 
+class _LinkedLocks(Exception):
+    pass
+
+
+def _open_locks(locks: Path) -> int:
+    """The directory of the build locks (``<cache>/.locks``), made if missing and opened as
+    itself: a link planted in its place on the shared volume would have every lock and probe
+    made wherever it points, outside the cache (as a link at ``.staging`` or ``.work``)."""
+    locks.mkdir(parents=True, exist_ok=True)
+    try:
+        return os.open(locks, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:  # Linux: ELOOP for a link with O_NOFOLLOW (ENOTDIR with O_DIRECTORY on some)
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _LinkedLocks() from None
+        raise
+
+
 @contextlib.contextmanager
 def build_lock(path: Path, poll: float = 10.0) -> Iterator[None]:
     """Hold an exclusive lock on ``path``, logging while another build holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # never through a link planted in its place, nor a FIFO
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-                             | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:  # never through a link planted in its place (or in its directory's), nor a FIFO
+        directory = _open_locks(path.parent)
+        try:
+            descriptor = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                                 | getattr(os, "O_CLOEXEC", 0), 0o600, dir_fd=directory)
+        finally:
+            os.close(directory)
+    except _LinkedLocks:
+        raise StepFailed("cache", f"the build lock's directory {path.parent} is a link or not a directory: "
+                         "remove it") from None
     except OSError as error:
         raise StepFailed("cache", f"the build lock {path} cannot be opened ({error.strerror}): remove it") from None
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):

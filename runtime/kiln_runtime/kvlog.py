@@ -48,6 +48,15 @@ class KVLogParser:
     def feed(self, line: str) -> KVCapacity | None:
         if self.result is not None:
             return None
+        try:
+            return self._feed(line)
+        except ValueError:  # "1.2.3", or past int()'s 4300 digits: not the engine's line
+            return None
+
+    def _feed(self, line: str) -> KVCapacity | None:
+        # The server's output carries text others chose before the engine's own line (a
+        # tokenizer's warnings, a model's remote code): a look-alike is not a reason to stop
+        # reading it, which would end the serving container.
         if match := _CURRENT.search(line):
             self.result = KVCapacity(int(match.group(2)), float(match.group(1)))
             return self.result

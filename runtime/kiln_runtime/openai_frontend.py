@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .image import OPENAI_FRONTEND
@@ -64,6 +65,39 @@ def frontend_argv(python: str, repo: Path, tokenizer: Path, ports: dict[str, int
             f"--kserve-grpc-port={ports['grpc']}"]
 
 
+# The metrics port is open to any pod unless spec.networkPolicy is on (off by default), and
+# http.server gives each connection a thread that waits on it for ever (its handlers' timeout
+# is None: Lib/socketserver.py, StreamRequestHandler.timeout): a client that connects and sends
+# nothing, or half a request, holds a thread for good. Each read waits at most this long, and
+# past this many connections at once a new one is closed at once (a scrape is one short GET).
+RELAY_TIMEOUT_SECONDS = 10.0
+RELAY_MAX_CONNECTIONS = 32
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most ``slots`` connections served at once."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], slots: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(slots)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsRelay:
     """A GET of the upstream's path (``/metrics``) on ``port`` answers with the upstream page."""
 
@@ -72,6 +106,8 @@ class MetricsRelay:
         route = urlsplit(upstream).path
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = RELAY_TIMEOUT_SECONDS
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 if self.path.split("?", 1)[0] != route:
                     self.send_error(404)
@@ -91,7 +127,7 @@ class MetricsRelay:
             def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _BoundedServer((host, port), Handler, RELAY_MAX_CONNECTIONS)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -44,6 +44,11 @@ MAX_INDEX_BYTES = 16 * 2**20  # a 405B model's index is about 100 KiB
 # A model repository holds tens of files, a sharded 405B one a few hundred: a listing past this
 # is not a model, and is not read to its end.
 MAX_LISTED_OBJECTS = 100_000
+# Of a Hub repository, the files a build downloads: snapshot_download matches every file against
+# every allow pattern (huggingface_hub ``src/huggingface_hub/utils/_paths.py``,
+# ``filter_repo_objects``), one pattern per file here, so its time grows with their square
+# (10,000 about 12 s, 100,000 about 20 minutes).
+MAX_HUB_FILES = 10_000
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -61,7 +66,9 @@ def inside(root: Path, relative: str, what: str, field: str = "model.source") ->
     as huggingface_hub does in ``_local_folder._validate_relative_filename``), and names that
     reach outside through a symlink already under ``root``.
     """
-    if any(ord(c) < 32 or ord(c) == 127 for c in relative.replace("\0", "")):
+    # C0, DEL and C1 controls (NEL, the 8-bit CSI) and the Unicode line and paragraph
+    # separators: the download log prints each name as it is.
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in relative.replace("\0", "")):
         raise BadSpec(f"{field}: {what} {_short(relative)} has a control character; refusing to use "
                       "it (rename it in the source)")
     parts = relative.replace("\\", "/").split("/")
@@ -211,12 +218,29 @@ def _shards(index: bytes) -> set[str]:
     return set(weight_map.values())
 
 
+def _hub_listing(api: Any, repo: str, revision: str, limit: int = MAX_LISTED_OBJECTS) -> list[str]:
+    """The file names of ``repo``, cut past ``limit`` entries as a bucket's listing is.
+    ``HfApi.list_repo_files`` reads the whole paginated tree into a list before returning
+    (huggingface/huggingface_hub ``src/huggingface_hub/hf_api.py``, ``list_repo_files``: the
+    paths of the ``RepoFile`` entries of ``list_repo_tree(..., recursive=True)``), so the tree
+    is read here, one entry at a time."""
+    from huggingface_hub.hf_api import RepoFile
+
+    names = []
+    for listed, item in enumerate(api.list_repo_tree(repo, recursive=True, revision=revision), 1):
+        if listed > limit:  # folders count too: a tree of folders alone must end as well
+            raise BadSpec(f"model.source: hf://{_short(repo)} holds more than {limit} files and folders")
+        if isinstance(item, RepoFile):
+            names.append(item.path)
+    return names
+
+
 def _hf_download(repo: str, revision: str, out: Path) -> None:
     """snapshot_download, after checking every file name it would write. Recent huggingface_hub
     releases refuse such names themselves; the runtime image may carry an older one."""
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
-    names = HfApi(token=_token()).list_repo_files(repo, revision=revision)
+    names = _hub_listing(HfApi(token=_token()), repo, revision)
     index = None
     if SAFE_WEIGHTS_INDEX in names:
         inside(out, SAFE_WEIGHTS_INDEX, f"the Hugging Face file in {repo}")
@@ -225,6 +249,9 @@ def _hf_download(repo: str, revision: str, out: Path) -> None:
             raise BadSpec(f"model.source: {SAFE_WEIGHTS_INDEX} is larger than {MAX_INDEX_BYTES} bytes")
         index = path.read_bytes()
     files = wanted(names, index)
+    if len(files) > MAX_HUB_FILES:
+        raise BadSpec(f"model.source: hf://{_short(repo)} has more than {MAX_HUB_FILES} files a build "
+                      "would download; a model has a few hundred at most")
     for name in files:
         inside(out, name, f"the Hugging Face file in {repo}")
     try:

@@ -73,12 +73,19 @@ def test_an_s3_folder_placeholder_and_plain_keys_download_into_the_model_directo
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["a/b.json", "config.json"]
 
 
+def _tree(names):
+    """HfApi.list_repo_tree of a repository holding ``names`` (recursive: files only here)."""
+    from huggingface_hub.hf_api import RepoFile
+
+    return lambda self, repo_id, path_in_repo=None, **kw: (
+        RepoFile(path=name, size=2, oid="0", blob_id="0") for name in names)
+
+
 def test_a_hub_file_name_outside_the_model_directory_is_refused_before_any_download(tmp_path, monkeypatch):
     import huggingface_hub
 
     names = ["config.json", "../../.local/lib/python3.12/site-packages/evil.pth.json"]
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files",
-                        lambda self, repo_id, revision=None, **kw: list(names))
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", _tree(names))
 
     def naive_snapshot(repo_id, revision, token, local_dir, allow_patterns):
         # What a huggingface_hub without its own file-name check does: local_dir / name.
@@ -130,7 +137,7 @@ def test_a_hub_model_with_its_weights_twice_downloads_the_shards_its_index_names
     import huggingface_hub
     from huggingface_hub.utils import filter_repo_objects
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, revision=None, **kw: MISTRAL_V03)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", _tree(MISTRAL_V03))
 
     def index_download(repo_id, filename, revision, token, local_dir):
         (Path(local_dir) / filename).write_bytes(MISTRAL_INDEX)

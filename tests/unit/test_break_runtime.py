@@ -1,0 +1,320 @@
+"""Break-tests of the code that runs inside the pods: each test is an attack, run against the
+runtime as it is (a link planted on the shared cache volume, an HTTP client that never finishes
+its request, a log line the server prints with text a tenant chose, a Hub listing that never
+ends, hostile bucket keys and volume layouts, hostile model-list headers)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln_runtime import cache, source
+from kiln_runtime.errors import BadSpec, StepFailed
+
+KEY = "ab" * 32
+
+
+class _Bucket:
+    """An S3 client whose listing is ``keys`` and whose downloads write ``{}``."""
+
+    def __init__(self, keys):
+        self.keys = keys
+        self.downloaded: list[str] = []
+
+    def get_paginator(self, _):
+        bucket = self
+
+        class Pages:
+            def paginate(self, **_):
+                yield {"Contents": [{"Key": key, "Size": 2} for key in bucket.keys]}
+        return Pages()
+
+    def download_file(self, bucket, key, target):
+        self.downloaded.append(target)
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text("{}")
+
+    def get_object(self, **_):
+        return {"Body": io.BytesIO(b"{}")}
+
+
+# --- findings --------------------------------------------------------------------------------
+
+def test_a_linked_locks_directory_gets_no_lock_file_outside_the_cache(tmp_path):
+    """<cache>/.locks planted as a link (as .staging and .work are guarded against): the build
+    lock is created in whatever it points to, outside the cache."""
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (cache_dir / ".locks").symlink_to(outside)
+    with pytest.raises(StepFailed, match="lock"):
+        with cache.build_lock(cache_dir / ".locks" / f"{KEY}.lock"):
+            pass
+    assert list(outside.iterdir()) == []
+
+
+def test_the_write_probe_is_not_made_through_a_linked_locks_directory(tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (cache_dir / ".locks").symlink_to(outside)
+    with pytest.raises(StepFailed, match=".locks"):
+        cache.check_writable(cache_dir)
+    assert list(outside.iterdir()) == []
+
+
+def test_deleting_an_entry_takes_no_lock_through_a_linked_locks_directory(tmp_path):
+    cache_dir = tmp_path / "cache"
+    (cache_dir / KEY).mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (cache_dir / ".locks").symlink_to(outside)
+    with pytest.raises(StepFailed, match="lock"):
+        cache.delete_entry(cache_dir, KEY)
+    assert list(outside.iterdir()) == []
+
+
+def _relay_with_no_upstream():
+    from kiln_runtime.openai_frontend import MetricsRelay
+
+    return MetricsRelay(0, "http://127.0.0.1:9/metrics", host="127.0.0.1").start()
+
+
+def test_the_metrics_relay_drops_a_connection_that_sends_nothing(monkeypatch):
+    """Slowloris on the metrics port (open to any pod when spec.networkPolicy is off, the
+    default): each idle connection holds one of the relay's threads for ever."""
+    from kiln_runtime import openai_frontend
+
+    monkeypatch.setattr(openai_frontend, "RELAY_TIMEOUT_SECONDS", 2.0, raising=False)
+    relay = _relay_with_no_upstream()
+    idle = []
+    try:
+        for n in range(6):
+            connection = socket.create_connection(("127.0.0.1", relay.port))
+            if n % 2:
+                connection.sendall(b"GET /metr")  # half a request line, then nothing
+            idle.append(connection)
+        for connection in idle:
+            connection.settimeout(15)
+            try:  # the server closes it (after a 408 for a partial request line, or nothing)
+                while connection.recv(1024):
+                    pass
+            except ConnectionResetError:
+                pass
+    finally:
+        for connection in idle:
+            connection.close()
+        relay.stop()
+
+
+def test_the_metrics_relay_holds_a_bounded_number_of_connections(monkeypatch):
+    """A flood of connections that send nothing: one thread each, without a bound."""
+    from kiln_runtime import openai_frontend
+
+    monkeypatch.setattr(openai_frontend, "RELAY_MAX_CONNECTIONS", 8, raising=False)
+    relay = _relay_with_no_upstream()
+    before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(80):
+            idle.append(socket.create_connection(("127.0.0.1", relay.port)))
+        time.sleep(1.0)
+        assert threading.active_count() <= before + 8 + 2, threading.active_count() - before
+    finally:
+        for connection in idle:
+            connection.close()
+        relay.stop()
+
+
+def test_a_tenant_chosen_log_line_does_not_stop_the_server_log_reader(tmp_path, monkeypatch):
+    """Before the engine's KV line, the server's output carries text a tenant chose (its
+    tokenizer's warnings, its remote code's prints): a look-alike line with a number that is
+    not one raised ValueError out of run_server, the serving container's main loop."""
+    from kiln_runtime.serve import parse_serve_spec, run_server
+
+    lines = ("[TensorRT-LLM][WARNING] token 'Allocated 1.2.3 GiB for max tokens in paged KV cache (7)'\n"
+             "Number of blocks in KV cache primary pool: " + "9" * 5000 + "\n"
+             "[TensorRT-LLM][INFO] [MemUsageChange] Allocated 57.80 GiB for max tokens in paged KV cache (405248).\n")
+    fake = tmp_path / "tritonserver"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nsys.stdout.write({lines!r})\nsys.exit(7)\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("KILN_TRITONSERVER", str(fake))
+    capacity = tmp_path / "kv.json"
+    spec = parse_serve_spec(json.dumps({"engineDir": "/engines/k", "tensorParallel": 1, "pipelineParallel": 1,
+                                        "kvCacheFreeGpuMemFraction": 0.9}))
+    assert run_server(spec, tmp_path / "repo", capacity_file=capacity) == 7
+    assert json.loads(capacity.read_text())["kvCacheCapacity"] == {"tokens": 405248, "gib": 57.8}
+
+
+def test_a_hub_listing_is_cut_like_a_buckets(tmp_path, monkeypatch):
+    """security.md: "a listing is cut at 100,000 objects". A Hub repository (or mirror) that
+    lists files for ever is read to its end before anything is checked."""
+    import huggingface_hub
+    from huggingface_hub.hf_api import RepoFile
+
+    read = {"n": 0}
+
+    def tree(self, repo_id, path_in_repo=None, *, recursive=False, revision=None, **kw):
+        while True:
+            read["n"] += 1
+            if read["n"] > 3 * source.MAX_LISTED_OBJECTS:
+                raise AssertionError(f"read {read['n']} listed files")
+            yield RepoFile(path=f"f{read['n']}.txt", size=1, oid="x", blob_id="x")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", tree)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("downloaded")))
+    with pytest.raises(BadSpec, match="more than"):
+        source.download("hf://org/model", "main", tmp_path / "model")
+    assert read["n"] <= source.MAX_LISTED_OBJECTS + 1
+
+
+def test_a_hub_model_of_too_many_wanted_files_is_refused_before_the_download(tmp_path, monkeypatch):
+    """snapshot_download matches every file of the repository against every allow pattern
+    (huggingface_hub ``utils/_paths.py``, ``filter_repo_objects``), one pattern per wanted file
+    here: time grows with the square of the files (4,000 took 1.9 s, 100,000 would take about
+    20 minutes of the build's GPU node). A model needs a few hundred at most."""
+    import huggingface_hub
+    from huggingface_hub.hf_api import RepoFile
+
+    names = ["config.json"] + [f"w/{i}.json" for i in range(source.MAX_HUB_FILES + 1)]
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree",
+                        lambda self, repo_id, path_in_repo=None, **kw: (
+                            RepoFile(path=name, size=1, oid="x", blob_id="x") for name in names))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("downloaded")))
+    with pytest.raises(BadSpec, match=f"more than {source.MAX_HUB_FILES} files"):
+        source.download("hf://org/model", "main", tmp_path / "model")
+
+
+# --- attacks the code withstood --------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["model/../../x.json", "model//abs.json", "model/a/../../b.json",
+                                 "model/a\\..\\..\\b.json", "model/x\x00.json", "model/\x1b[2Jx.json",
+                                 "model/../model2/config.json"])
+def test_withstood_hostile_bucket_keys_write_nothing_outside(tmp_path, monkeypatch, key):
+    bucket = _Bucket(["model/config.json", key])
+    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
+    out = tmp_path / "work" / "model"
+    try:
+        source.download("s3://bucket/model", "main", out)
+    except BadSpec:
+        pass
+    for target in bucket.downloaded:
+        assert Path(os.path.realpath(target)).is_relative_to(out.resolve()), target
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} <= {p for p in out.rglob("*")}
+
+
+def test_withstood_a_key_outside_the_prefix_is_refused(tmp_path, monkeypatch):
+    bucket = _Bucket(["model/config.json", "modelX/config.json"])
+    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
+    with pytest.raises(BadSpec, match="outside it"):
+        source.download("s3://bucket/model", "main", tmp_path / "model")
+    assert bucket.downloaded == []
+
+
+def test_withstood_a_linked_directory_in_a_mounted_source(tmp_path):
+    volume = tmp_path / "vol"
+    (volume / "m").mkdir(parents=True)
+    (volume / "m" / "config.json").write_text("{}")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "tokenizer.json").write_text("SECRET")
+    (volume / "m" / "sub").symlink_to(secret)
+    # _mounted(check_files=True) checks every name os.walk lists (a linked directory among
+    # them, not descended into) with inside(<mount>, ...): here the volume stands for the mount.
+    for relative in ("m/sub", "m/sub/tokenizer.json"):
+        with pytest.raises(BadSpec, match="resolves outside"):
+            source.inside(volume, relative, "the file")
+
+
+def test_withstood_a_calibration_link_to_the_environment(tmp_path):
+    claim = tmp_path / "claim"
+    claim.mkdir()
+    (claim / "a.jsonl").symlink_to("/proc/self/environ")
+    with pytest.raises(BadSpec):
+        source.fetch_calibration(str(claim), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_withstood_a_compressed_calibration_file(tmp_path):
+    import gzip
+
+    claim = tmp_path / "claim"
+    claim.mkdir()
+    (claim / "a.jsonl").write_bytes(gzip.compress(b'{"text": "x"}\n' * 1000))
+    with pytest.raises(BadSpec, match="compressed"):
+        source.fetch_calibration(str(claim), tmp_path / "out")
+
+
+def test_withstood_a_manifest_naming_a_path_out_of_the_entry(tmp_path):
+    entry = tmp_path / "cache" / KEY
+    (entry / "engine").mkdir(parents=True)
+    (tmp_path / "victim").write_bytes(b"x")
+    for name in ("engine/../../../victim", "/etc/passwd", "engine/./../../../victim"):
+        (entry / "manifest.json").write_text(json.dumps({
+            "engineKey": KEY, "files": {"engine/config.json": {"bytes": 2}, "engine/rank0.engine": {"bytes": 1},
+                                        name: {"bytes": 1}}}))
+        assert "bad entry" in cache.damage(entry, digests=True), name
+
+
+def test_withstood_a_linked_engine_folder(tmp_path):
+    other = tmp_path / "cache" / ("cd" * 32)
+    (other / "engine").mkdir(parents=True)
+    (other / "engine" / "config.json").write_text("{}")
+    (other / "engine" / "rank0.engine").write_bytes(b"e")
+    entry = tmp_path / "cache" / KEY
+    entry.mkdir()
+    (entry / "engine").symlink_to(other / "engine")
+    (entry / "manifest.json").write_text(json.dumps({
+        "engineKey": KEY, "files": {"engine/config.json": {"bytes": 2}, "engine/rank0.engine": {"bytes": 1}}}))
+    assert "not a regular file of the entry" in cache.damage(entry, digests=True)
+
+
+@pytest.mark.parametrize("header", ["gw/x/../../secret", "GW/X", "gw/x\t", "gw/x.json", "/gw/x", "gw/x/",
+                                    "ｇw/x", "gw%2fx", "gw/" + "a" * 300])
+async def test_withstood_model_list_headers(tmp_path, header):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from kiln.modellist import MODEL_LIST_HEADER, model_list_app
+
+    (tmp_path / "secret").write_text('{"object": "list", "data": [{"id": "leaked"}]}')
+    (tmp_path / "lists").mkdir()
+    async with TestClient(TestServer(model_list_app(tmp_path / "lists"))) as client:
+        response = await client.get("/v1/models", headers={MODEL_LIST_HEADER: header})
+        assert response.status == 200
+        assert "leaked" not in await response.text()
+
+
+async def test_withstood_model_list_body_and_header_floods(tmp_path):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from kiln.modellist import MODEL_LIST_HEADER, model_list_app
+
+    async with TestClient(TestServer(model_list_app(tmp_path))) as client:
+        response = await client.get("/v1/models", headers={MODEL_LIST_HEADER: "g/" + "a" * 20000})
+        assert response.status in (400, 431)
+        response = await client.post("/v1/models", data=io.BytesIO(b"x" * 10_000_000))
+        assert response.status in (405, 413)
+
+
+@pytest.mark.parametrize("char", ["\x85", "\x9b", "\u2028"])
+def test_a_key_with_a_c1_control_or_line_separator_is_refused(tmp_path, monkeypatch, capsys, char):
+    """The download log prints each key as it is: C1 controls (NEL, the 8-bit CSI) and U+2028
+    are control characters and line breaks as much as the C0 ones the check refuses."""
+    bucket = _Bucket([f"model/a{char}[4/4] publish: done.json"])
+    monkeypatch.setattr(source, "_s3_client", lambda field="model.source": bucket)
+    with pytest.raises(BadSpec, match="control character"):
+        source.download("s3://bucket/model", "main", tmp_path / "model")
+    assert char not in capsys.readouterr().err
