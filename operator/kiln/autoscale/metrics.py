@@ -67,7 +67,8 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["KVSample", "parse_triton_metrics", "MAX_PARSED_LINES", "KV_METRIC", "REQUEST_METRIC", "INPUT_TOKENS_METRIC",
+__all__ = ["KVSample", "parse_triton_metrics", "MAX_PARSED_LINES", "MAX_PARSED_LINE_CHARS", "MAX_PARSED_CHARS",
+           "KV_METRIC", "REQUEST_METRIC", "INPUT_TOKENS_METRIC",
            "OUTPUT_TOKENS_METRIC", "FIRST_RESPONSE_METRIC", "FIRST_RESPONSE_BUCKETS_MS", "first_responses",
            "ENGINE_MODEL", "SERVICE_LABEL", "service_matchers"]
 
@@ -88,6 +89,14 @@ _MAX_BUCKETS = 64
 # the lines of the families read here reach the exposition parser, and a page with more of
 # them than this (one replica exports a few dozen) gives no sample.
 MAX_PARSED_LINES = 2000
+# ... and those lines are at most this long (Triton's are about a hundred characters), and this
+# many characters in all: prometheus_client's parser walks a line in Python a character at a
+# time and slices it again at each escaped quote and each label (prometheus_client 0.26.0,
+# ``prometheus_client/parser.py``, ``parse_labels``: ``_is_character_escaped(value_term[:i],
+# i)``; ``_next_term``: ``text = text[splitpos + 1:]``), so one 3 MiB line took it ~50 s on
+# the event loop. A page past either gives no sample.
+MAX_PARSED_LINE_CHARS = 1024
+MAX_PARSED_CHARS = 256 * 1024
 # A count Kiln reads (blocks, requests) is finite, not negative and below this; a figure
 # outside gives no sample, as a page that is not Triton's.
 _MAX_COUNT = 2.0**53
@@ -180,13 +189,15 @@ def _count(value: float) -> bool:
 
 def _read_lines(text: str) -> str | None:
     """The lines of ``text`` that belong to the families read here (their samples and their
-    ``# TYPE`` and ``# HELP`` lines), or None when there are more than MAX_PARSED_LINES."""
-    kept = []
+    ``# TYPE`` and ``# HELP`` lines), or None when there are more than MAX_PARSED_LINES, one
+    longer than MAX_PARSED_LINE_CHARS or more than MAX_PARSED_CHARS in all."""
+    kept, size = [], 0
     for line in text.splitlines():
         name = line[7:] if line.startswith(("# TYPE ", "# HELP ")) else line
         if name.startswith(_FAMILIES):
             kept.append(line)
-            if len(kept) > MAX_PARSED_LINES:
+            size += len(line)
+            if len(kept) > MAX_PARSED_LINES or len(line) > MAX_PARSED_LINE_CHARS or size > MAX_PARSED_CHARS:
                 return None
     return "\n".join(kept) + "\n"
 

@@ -49,6 +49,14 @@ class _Fleet:
     saved: AutoscalerRecord | None = None  # the record the status held at the last decision
     params: LawParams | None = None  # the law's parameters at the last decision
 
+    def forget_before(self, since: float) -> None:
+        """Drop the samples before ``since``, and the counters of the replicas no scrape since
+        read: the names are the pods' (or a Prometheus answer's, which may name new ones at
+        every scrape), and a counter kept by name for ever grew without bound."""
+        self.samples = [s for s in self.samples if s.time >= since]
+        self.input_tokens = {replica: reading for replica, reading in self.input_tokens.items()
+                             if reading[0] >= since}
+
     def prefill_load(self, now: float, sample: KVSample, tokens_per_s: float | None) -> float | None:
         """Input tokens per second since the replica's previous scrape, over its prefill
         speed; None without a speed, a previous reading, or after a counter reset."""
@@ -197,7 +205,7 @@ class BuiltinAutoscaler:
                                         input_tokens=sample.input_tokens_total,
                                         output_tokens=sample.output_tokens_total,
                                         first_responses=sample.first_responses))
-        fleet.samples = [s for s in fleet.samples if s.time >= now - params.history_seconds]
+        fleet.forget_before(now - params.history_seconds)
         decision = decide(now, fleet.samples, current, ready, max(0, current - ready), params,
                           fleet.recommendations)
         fleet.decided_at, fleet.params = now, params

@@ -97,7 +97,11 @@ class PodMetrics:
                 connector=aiohttp.TCPConnector(limit=0, force_close=True))
         async with self._slots:
             try:
-                async with self._session.get(url) as response:
+                # No redirects: aiohttp follows up to 10 by default (aiohttp 3.14
+                # ``aiohttp/client.py``, ``ClientSession._request``: ``allow_redirects: bool =
+                # True, max_redirects: int = 10``), and the page is the pod's to write: a
+                # redirect would take the operator to any host it can reach.
+                async with self._session.get(url, allow_redirects=False) as response:
                     if response.status != 200:
                         return None
                     page = await read_bounded(response, MAX_METRICS_PAGE_BYTES)

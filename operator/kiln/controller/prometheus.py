@@ -25,7 +25,7 @@ from ..render.meta import LABEL_INSTANCE, selector_terms
 from .kube import KubeApi
 from .metrics import SCRAPE_TIMEOUT_SECONDS, read_bounded
 
-__all__ = ["PrometheusMetrics", "MAX_PROMETHEUS_ANSWER_BYTES", "new_session"]
+__all__ = ["PrometheusMetrics", "MAX_PROMETHEUS_ANSWER_BYTES", "MAX_PODS_PER_ANSWER", "new_session"]
 
 LOOKBACK = "45s"
 
@@ -37,6 +37,10 @@ def new_session() -> aiohttp.ClientSession:
 # An answer is read up to this many bytes, and given no sample past it: one query's answer
 # is a few series per pod of one service, far less; the URL may be a tenant's.
 MAX_PROMETHEUS_ANSWER_BYTES = 4 * 2**20
+# Pods an answer may name: a service has at most 1,000 replicas (the CRD's maxReplicas, and
+# only a group's leader exports), so an answer naming more gives no sample, as one past the
+# byte bound: each pod named is a sample the law reads at every tick of its window.
+MAX_PODS_PER_ANSWER = 1024
 # (metric, the label that names the figure)
 _FAMILIES = ((KV_METRIC, "kv_cache_block_type"), (REQUEST_METRIC, "request_type"),
              (INPUT_TOKENS_METRIC + "_sum", ""), (INPUT_TOKENS_METRIC + "_count", ""),
@@ -79,11 +83,19 @@ class PrometheusMetrics:
             if raw is None:
                 return []
             body = json.loads(raw)
-        except (TimeoutError, aiohttp.ClientError, ValueError):
+        # RecursionError: an answer nested past the C scanner's depth, which it refuses with
+        # that, not a ValueError (CPython ``Modules/_json.c``, ``scan_once_unicode``:
+        # ``_Py_EnterRecursiveCall(" while decoding a JSON array from a unicode string")``).
+        except (TimeoutError, aiohttp.ClientError, ValueError, RecursionError):
             return []
         if not isinstance(body, dict) or body.get("status") != "success":
             return []
-        return list((body.get("data") or {}).get("result") or [])
+        # An instant query's answer is ``data: {resultType: "vector", result: [...]}``
+        # (Prometheus ``docs/querying/api.md``, *Expression query result formats*, *Instant
+        # vectors*); any other shape is none.
+        data = body.get("data")
+        result = data.get("result") if isinstance(data, dict) else None
+        return result if isinstance(result, list) else []
 
     async def kv_samples(self, namespace: str, selector: str, api: KubeApi | None = None) -> list[KVSample]:
         matchers = service_matchers(namespace, _instance(selector), self.model)
@@ -99,6 +111,8 @@ class PrometheusMetrics:
                     pods.setdefault(str(labels.get("pod", "")), {})[metric, str(labels.get(label, ""))] = value
                 except (AttributeError, IndexError, KeyError, TypeError, ValueError):
                     continue  # not a Prometheus vector sample
+                if len(pods) > MAX_PODS_PER_ANSWER:
+                    return []
         samples = []
         for pod, figures in sorted(pods.items()):
             sample = KVSample.from_figures(

@@ -14,7 +14,7 @@ from ..api import ConditionType, Reason
 from ..errors import SpecInvalid
 from ..render import Rendered
 from ..render.engine import cache_uri
-from .conditions import get_condition, is_true, job_state
+from .conditions import get_condition, is_true, job_state, one_line
 from .conditions import set_condition as set_dict_condition
 from .credentials import Credentials, check_engine_credentials
 from .observe import EventReason
@@ -26,6 +26,10 @@ __all__ = ["engine_ready", "job_state", "termination", "storage_uri", "cancelled
 
 # Lines of a failed build's output shown in its condition message and Event.
 FAILURE_LINES = 5
+# A step's or a container's name as a failure quotes it, at most; a line, at most (the kubelet
+# keeps at most 4,096 bytes of a termination message).
+_NAME_CHARS = 80
+_LINE_CHARS = 4096
 
 
 def storage_uri(engine: dict[str, Any]) -> str:
@@ -47,21 +51,25 @@ def _job_seconds(job: dict[str, Any]) -> float | None:
 def termination(container: dict[str, Any]) -> str | None:
     """How a build container that failed ended: its step and last output lines, or None.
     kiln-runtime writes a JSON summary (``step``, ``message``) to its termination-message file;
-    a container that died before that leaves the tail of its log there."""
+    a container that died before that leaves the tail of its log there. The file is the
+    container's to write, and the build runs a tokenizer's remote code: what it holds is read
+    as one printable line per output line (:func:`one_line`), and a JSON nested past the
+    parser's depth as text."""
     terminated = (container.get("state") or {}).get("terminated") or {}
     if not terminated or terminated.get("exitCode") == 0:
         return None
     text = str(terminated.get("message") or "").strip()
     try:
         summary = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the C scanner's depth
         summary = None
     where = ""
     if isinstance(summary, dict) and summary.get("step"):
-        where = f" at step {summary['step']}"
+        where = f" at step {one_line(summary['step'], _NAME_CHARS)}"
         text = str(summary.get("message") or "").strip().removeprefix(f"step {summary['step']!r} failed: ")
-    lines = [line for line in text.splitlines() if line.strip()][-FAILURE_LINES:]
-    head = f"{where} (container {container.get('name')}, exit code {terminated.get('exitCode')})"
+    lines = [shown for line in text.splitlines() if (shown := one_line(line, _LINE_CHARS))][-FAILURE_LINES:]
+    head = (f"{where} (container {one_line(container.get('name'), _NAME_CHARS)}, "
+            f"exit code {terminated.get('exitCode')})")
     return head + (": " + " / ".join(lines) if lines else "")
 
 

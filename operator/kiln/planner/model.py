@@ -71,7 +71,9 @@ class ModelConfig:
                                    "transformers writes it, is missing or empty)")
         architecture = str(raw.get("architecture") or first).split(" ", 1)[0]
         if architecture not in SUPPORTED:
-            shown = architecture[:_NAME_CHARS] + ("..." if len(architecture) > _NAME_CHARS else "")
+            # Printable: the name is the config's to write, and the reason goes into a status
+            # (a control character or a bidirectional override shown as its escape, by repr).
+            shown = repr(architecture[:_NAME_CHARS])[1:-1] + ("..." if len(architecture) > _NAME_CHARS else "")
             raise UnsupportedModel(f"architecture {shown} is not supported by the planner")
         text: dict[str, Any] = raw["text_config"] if isinstance(raw.get("text_config"), dict) else raw
         merged = {**raw, **text}

@@ -1,0 +1,427 @@
+"""Break-test of the operator's reading of what tenants control: a serving pod's metrics page,
+a Prometheus answer at the URL a service names, a build pod's last words, a Hub config.json.
+Each attack was run against the code first; the ones that succeeded are fixed and kept here
+as they now pass, the ones the code withstood are kept below under their own heading."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp.web
+import pytest
+from aiohttp.test_utils import TestServer
+
+from kiln.api import parse_service_spec
+from kiln.autoscale import KVSample
+from kiln.controller.autoscaler import BuiltinAutoscaler
+from kiln.controller.metrics import PodMetrics
+from kiln.controller.prometheus import MAX_PROMETHEUS_ANSWER_BYTES, PrometheusMetrics
+
+KV = "nv_trt_llm_kv_cache_block_metrics"
+
+
+def _page(max_blocks: str = "1000", used: str = "350") -> str:
+    labels = 'model="tensorrt_llm",version="1"'
+    return "\n".join([
+        f"# TYPE {KV} gauge",
+        f'{KV}{{kv_cache_block_type="max",{labels}}} {max_blocks}',
+        f'{KV}{{kv_cache_block_type="used",{labels}}} {used}',
+        f'{KV}{{kv_cache_block_type="tokens_per",{labels}}} 32',
+    ]) + "\n"
+
+
+class _Pods:
+    def __init__(self, port: int, ip: str = "127.0.0.1") -> None:
+        self.port, self.ip = port, ip
+
+    async def list(self, api_version, kind, namespace, selector):
+        return [{"metadata": {"name": "svc-0"},
+                 "spec": {"containers": [{"ports": [{"name": "metrics", "containerPort": self.port}]}]},
+                 "status": {"phase": "Running", "podIP": self.ip,
+                            "conditions": [{"type": "Ready", "status": "True"}]}}]
+
+
+async def _serve(handler, host="127.0.0.1"):
+    app = aiohttp.web.Application()
+    app.router.add_get("/{path:.*}", handler)
+    return TestServer(app, host=host)
+
+
+async def _scrape(port: int) -> list[KVSample]:
+    source = PodMetrics(_Pods(port))  # type: ignore[arg-type]
+    try:
+        return await source.kv_samples("llm", "sel")
+    finally:
+        await source.close()
+
+
+async def _query(port: int) -> list[KVSample]:
+    source = PrometheusMetrics(f"http://127.0.0.1:{port}")
+    try:
+        return await source.kv_samples("llm", "app.kubernetes.io/instance=svc")
+    finally:
+        await source.close()
+
+
+# --- findings -------------------------------------------------------------------------------
+
+async def test_a_metrics_page_that_redirects_is_not_followed():
+    """A tenant's serving pod answers the scrape with a redirect to another host (the API
+    server, the cloud's metadata service, anything the operator's network reaches): the
+    operator must not go there; the pod gives no sample."""
+    hits = []
+
+    async def elsewhere(request):
+        hits.append(request.path)
+        return aiohttp.web.Response(text=_page())
+
+    async with await _serve(elsewhere) as other:
+        async def redirect(request):
+            raise aiohttp.web.HTTPFound(f"http://127.0.0.1:{other.port}/latest/meta-data/")
+
+        async with await _serve(redirect) as pod:
+            found = await _scrape(pod.port)
+    assert hits == [] and found == []
+
+
+async def test_a_prometheus_answer_nested_past_the_parser_s_depth_gives_no_samples():
+    """Within the byte bound, an answer of 100,000 nested arrays: Python's json raises
+    RecursionError (not a ValueError) past its depth, which must end as no samples (the law
+    holds), not as an exception out of the autoscale timer."""
+    depth = 100_000
+    body = ('{"status":"success","data":{"result":' + "[" * depth + "]" * depth + "}}").encode()
+    assert len(body) < MAX_PROMETHEUS_ANSWER_BYTES
+
+    async def answer(request):
+        return aiohttp.web.Response(body=body, content_type="application/json")
+
+    async with await _serve(answer) as server:
+        assert await _query(server.port) == []
+
+
+class _BuildPods:
+    """The pods of a failed build Job: one, whose container ended with ``message``. The build
+    runs the tokenizer's remote code (``trust_remote_code``), which may write the container's
+    termination-message file itself; a pod of the tenant's own carrying the Job's
+    ``job-name`` label is listed too."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    async def list(self, api_version, kind, namespace, label_selector=None, **_):
+        return [{"metadata": {"name": "b-build-x", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                 "status": {"containerStatuses": [{"name": "build", "state": {"terminated": {
+                     "exitCode": 1, "message": self.message}}}]}}]
+
+
+async def test_a_build_s_termination_message_nested_past_the_parser_s_depth_is_read_as_text():
+    """4,096 bytes (the kubelet's bound on the message) of ``[``: the summary's JSON parse
+    raised RecursionError out of the gather, failing the whole reconcile with a traceback."""
+    from kiln.controller.gather import _build_failure
+
+    said = await _build_failure(_BuildPods("[" * 4096), "llm", "svc-build")  # type: ignore[arg-type]
+    assert said.startswith(" (container build, exit code 1)")
+
+
+HOSTILE_TEXT = "step failed\x1b[2J\x1b]0;owned\x07 \u202egnp.exe\x00\x7f\x9b31m"
+
+
+@pytest.mark.parametrize("message", [HOSTILE_TEXT, json.dumps({"step": "convert\x1b[31m", "message": HOSTILE_TEXT})])
+async def test_a_build_s_last_words_reach_a_status_as_printable_text(message):
+    """What a failed build pod wrote to its termination-message file goes into the
+    LLMEngine's and the service's Ready condition and a BuildFailed Event: no terminal escape,
+    bidirectional override or other control character of it may."""
+    from kiln.controller.gather import _build_failure
+
+    said = await _build_failure(_BuildPods(message), "llm", "svc-build")  # type: ignore[arg-type]
+    assert "gnp.exe" in said and said.isprintable(), repr(said)
+
+
+def test_a_config_s_architecture_reaches_the_fits_reason_as_printable_text():
+    """A Hub config.json is the tenant's: an architecture named with a terminal escape or a
+    bidirectional override is quoted in the Fits condition's message."""
+    from kiln.planner import model_config
+
+    raw = {"architectures": ["Evil\x1b[2J\x1b]0;owned\x07\u202eMLL\x9b"], "num_hidden_layers": 2}
+    config, why = model_config("hf://someone/model", raw)
+    assert config is None and "not supported" in why and why.isprintable(), repr(why)
+
+
+SCALING = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                              "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4}})
+
+
+class _Workload:
+    async def get(self, *_):
+        return {"status": {"readyReplicas": 1}}
+
+
+class _Churning:
+    """A source whose answer names new pods at every scrape: a Prometheus the tenant runs
+    (``spec.autoscaling.prometheusUrl``; ``prometheus.allowedUrls`` allows any by default), or
+    a Deployment's pods replaced over weeks. Each carries an input-token counter."""
+
+    def __init__(self, per_scrape: int) -> None:
+        self.per_scrape, self.scrapes = per_scrape, 0
+
+    async def kv_samples(self, namespace, selector, api=None):
+        self.scrapes += 1
+        return [KVSample(1000, 100, 32, max_requests=64, replica=f"pod-{self.scrapes}-{i}", input_tokens_total=1.0)
+                for i in range(self.per_scrape)]
+
+
+async def test_the_autoscaler_forgets_the_counters_of_pods_gone_from_its_window():
+    """The previous input-token reading of each replica was kept for ever, by pod name: a
+    source naming new pods each scrape grew it without bound (memory, per service)."""
+    now = [0.0]
+    source = _Churning(per_scrape=1000)
+    scaler = BuiltinAutoscaler(_Workload(), source, clock=lambda: now[0])  # type: ignore[arg-type]
+    for tick in range(40):  # ten minutes of 15 s ticks
+        now[0] = 15.0 * tick
+        await scaler.evaluate("llm", "svc", SCALING, 1, prefill_tokens_per_s=10_000)
+    fleet = scaler._fleets["llm", "svc"]
+    window = scaler.params(SCALING).history_seconds
+    # What the window can still read, no more: the scrapes of its last history_seconds.
+    assert len(fleet.input_tokens) <= (window / 15.0 + 1) * source.per_scrape, len(fleet.input_tokens)
+
+
+def _many_pods(pods: int) -> bytes:
+    """An answer naming ``pods`` pods, each with the figures a sample needs (any query)."""
+    items = [{"metric": {"pod": f"p{i}", "kv_cache_block_type": kind, "request_type": kind, "le": "+Inf"},
+              "value": [0, value]} for i in range(pods) for kind, value in (("max", "1000"), ("tokens_per", "32"))]
+    return json.dumps({"status": "success", "data": {"resultType": "vector", "result": items}}).encode()
+
+
+async def test_a_prometheus_answer_naming_more_pods_than_a_service_can_have_gives_no_samples():
+    """Within the byte bound, 16,384 made-up pods a query (a service has at most 1,000
+    replicas: the CRD's maxReplicas): each became a sample the law then read at every tick
+    for its window, seconds of the event loop every other service's reconcile waits on."""
+    body = _many_pods(16_384)
+    assert len(body) < MAX_PROMETHEUS_ANSWER_BYTES
+
+    async def answer(request):
+        return aiohttp.web.Response(body=body, content_type="application/json")
+
+    async with await _serve(answer) as server:
+        assert await _query(server.port) == []
+
+
+async def test_a_prometheus_answer_of_a_thousand_pods_is_read():
+    body = _many_pods(1000)
+
+    async def answer(request):
+        return aiohttp.web.Response(body=body, content_type="application/json")
+
+    async with await _serve(answer) as server:
+        assert len(await _query(server.port)) == 1000
+
+
+@pytest.mark.parametrize("labels", [
+    'x="' + '\\"' * (3 * 2**19) + '"',  # 3 MiB of escaped quotes in one label value
+    ",".join(f'l{i}="v"' for i in range(300_000)),  # 300,000 labels on one line
+], ids=["escaped quotes", "many labels"])
+def test_a_metrics_line_the_exposition_parser_takes_quadratic_time_on_is_not_parsed(labels):
+    """Within the page's byte bound, one line of a family Kiln reads: prometheus_client's
+    text parser re-slices the line at each escaped quote and at each label, so 3 MiB took
+    it ~50 s (~30 s for the labels), synchronously, on the event loop every reconcile and
+    every other scrape runs on (the page is read again at every tick)."""
+    from kiln.autoscale import parse_triton_metrics
+
+    page = _page() + f'{KV}{{kv_cache_block_type="free",model="tensorrt_llm",{labels}}} 1\n'
+    assert len(page) < 4 * 2**20
+    started = time.monotonic()
+    assert parse_triton_metrics(page) is None
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("body", [b'{"status":"success","data":[1,2]}', b'{"status":"success","data":"x"}',
+                                  b'{"status":"success","data":{"result":5}}',
+                                  b'{"status":"success","data":{"result":true}}'])
+async def test_a_prometheus_answer_whose_data_is_not_an_object_gives_no_samples(body):
+    """``status: success`` with ``data`` a list, or ``result`` a number: an AttributeError or a
+    TypeError out of the query, out of the autoscale timer, a traceback in the operator's log
+    at every tick instead of a held decision."""
+    async def answer(request):
+        return aiohttp.web.Response(body=body, content_type="application/json")
+
+    async with await _serve(answer) as server:
+        assert await _query(server.port) == []
+
+
+# --- attacks the code withstood ---------------------------------------------------------------
+
+async def test_withstood_a_page_dripped_a_byte_at_a_time_ends_at_the_scrape_timeout():
+    async def drip(request):
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(request)
+        try:
+            for ch in _page():
+                await response.write(ch.encode())
+                await asyncio.sleep(0.5)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        return response
+
+    async with await _serve(drip) as server:
+        started = time.monotonic()
+        assert await _scrape(server.port) == []
+    assert time.monotonic() - started < 5.0  # SCRAPE_TIMEOUT_SECONDS is 3
+
+
+async def test_withstood_an_endless_chunked_page_is_cut_at_the_bound():
+    sent = [0]
+
+    async def endless(request):
+        response = aiohttp.web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"# " + b"x" * 65_000 + b"\n")
+                sent[0] += 65_003
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        return response
+
+    async with await _serve(endless) as server:
+        assert await _scrape(server.port) == []
+    assert sent[0] < 64 * 2**20
+
+
+async def test_withstood_a_page_declaring_a_gigabyte_is_not_read():
+    async def huge(request):
+        response = aiohttp.web.StreamResponse(headers={"Content-Length": str(2**30)})
+        await response.prepare(request)
+        await response.write(_page().encode())
+        return response
+
+    async with await _serve(huge) as server:
+        assert await _scrape(server.port) == []
+
+
+async def test_withstood_a_prometheus_redirect_is_not_followed():
+    hits = []
+
+    async def elsewhere(request):
+        hits.append(request.path)
+        return aiohttp.web.Response(text="{}")
+
+    async with await _serve(elsewhere) as other:
+        async def redirect(request):
+            raise aiohttp.web.HTTPTemporaryRedirect(f"http://127.0.0.1:{other.port}/computeMetadata/v1/")
+
+        async with await _serve(redirect) as server:
+            assert await _query(server.port) == []
+    assert hits == []
+
+
+async def test_withstood_a_prometheus_answer_dripped_ends_at_the_timeout():
+    async def drip(request):
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        try:
+            for _ in range(100):
+                await response.write(b" ")
+                await asyncio.sleep(0.5)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        return response
+
+    async with await _serve(drip) as server:
+        started = time.monotonic()
+        assert await _query(server.port) == []
+    assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.parametrize("value", ["NaN", "+Inf", "-Inf", "-1", "1e308", "9007199254740993", "1e400", "0x10", "", None])
+async def test_withstood_a_prometheus_figure_that_is_not_a_count_gives_no_sample(value):
+    items = [{"metric": {"pod": "p", "kv_cache_block_type": "max"}, "value": [0, value]},
+             {"metric": {"pod": "p", "kv_cache_block_type": "tokens_per"}, "value": [0, "32"]}]
+    body = json.dumps({"status": "success", "data": {"result": items}}).encode()
+
+    async def answer(request):
+        return aiohttp.web.Response(body=body, content_type="application/json")
+
+    async with await _serve(answer) as server:
+        assert await _query(server.port) == []
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"success"',
+                                  b'{"status":"success","data":{"result":{"a":1}}}',
+                                  b'{"status":"success","data":{"result":[1,"x",null,[],{"metric":[],"value":5}]}}'])
+async def test_withstood_a_prometheus_answer_of_the_wrong_shape_gives_no_sample(body):
+    async def answer(request):
+        return aiohttp.web.Response(body=body, content_type="application/json")
+
+    async with await _serve(answer) as server:
+        assert await _query(server.port) == []
+
+
+@pytest.mark.parametrize("waiting", ["NaN", "+Inf", "-3", "1e308"])
+def test_withstood_a_queue_gauge_that_is_not_a_count_gives_no_sample(waiting):
+    from kiln.autoscale import parse_triton_metrics
+
+    page = _page() + f'nv_trt_llm_request_metrics{{request_type="waiting",model="tensorrt_llm"}} {waiting}\n'
+    assert parse_triton_metrics(page) is None
+
+
+class _Absurd:
+    """Figures that pass as counts (finite, below 2**53) but no engine could give: counters
+    that jump to the bound, stand still or go back; a histogram whose cumulative counts fall."""
+
+    def __init__(self):
+        self.tick = 0
+
+    async def kv_samples(self, namespace, selector, api=None):
+        self.tick += 1
+        big = float(2**52)
+        counter = [big, big, 0.0, 1.0, big, 3.0][self.tick % 6]
+        return [KVSample(1, 2**52, 2**52, waiting_requests=2**52, active_requests=2**52, max_requests=1,
+                         replica="p", input_tokens_total=counter, finished_total=[1.0, 1.0, big, 0.0, 2.0, 2.0][self.tick % 6],
+                         output_tokens_total=counter,
+                         first_responses=((float("nan"), big), (0.1, counter), (float("inf"), 1.0)))]
+
+
+async def test_withstood_absurd_counts_give_a_whole_replica_count_within_the_bounds():
+    spec = parse_service_spec({"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                               "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4,
+                                               "ttftP99Milliseconds": 500}})
+    from kiln.planner.perf import PerfModel
+
+    cost = PerfModel(kv_tokens=500_000, max_batch=64, weight_bytes=16e9, kv_bytes_per_token=131072,
+                     bandwidth=3.35e12, prefill_tokens_per_s=20_000, attention_s_per_position=1e-9,
+                     max_num_tokens=8192).request_seconds
+    now = [0.0]
+    scaler = BuiltinAutoscaler(_Workload(), _Absurd(), clock=lambda: now[0])  # type: ignore[arg-type]
+    for tick in range(12):
+        now[0] = 15.0 * tick
+        decision = await scaler.evaluate("llm", "svc", spec, 1, prefill_tokens_per_s=10_000,
+                                         request_seconds=lambda prompt, output: cost(round(prompt), round(output)))
+        assert decision is not None and isinstance(decision.desired, int) and 1 <= decision.desired <= 4
+        assert decision.reason.isprintable()
+    import math
+    assert math.isfinite(scaler.correction("llm", "svc"))
+
+
+def test_withstood_an_event_message_of_megabytes_with_control_characters_is_one_short_line():
+    from kiln.controller.gather import _latest
+
+    message = ("quota exceeded \x1b[2J\x1b]0;owned\x07\u202e\r\n\u2028" * 100_000) + "x" * 2**20
+    said = _latest([{"message": message, "lastTimestamp": "2026-01-01T00:00:00Z"}], "2026-01-01T00:00:10Z", 60)
+    assert said is not None and said.isprintable() and len(said) <= 400 and "\n" not in said
+
+
+@pytest.mark.parametrize("change", [{"hidden_size": 2**63}, {"num_hidden_layers": -32}, {"num_hidden_layers": 0},
+                                    {"vocab_size": 1e308}, {"intermediate_size": [8192]},
+                                    {"text_config": {"hidden_size": -1}}])
+def test_withstood_a_config_s_absurd_dimension_is_malformed_with_a_short_reason(change):
+    from kiln.planner import model_config
+
+    raw = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 16, "hidden_size": 2048,
+           "intermediate_size": 8192, "num_attention_heads": 16, "num_key_value_heads": 8, "vocab_size": 32000,
+           **change}
+    with pytest.raises(ValueError) as refused:
+        model_config("hf://someone/model", raw)
+    assert len(str(refused.value)) < 200 and str(refused.value).isprintable()
