@@ -6,7 +6,11 @@ exactly as ``kiln-runtime serve`` builds it.
 The second pod is this machine too: mpirun starts its daemon there through Kiln's remote
 launcher (``kiln-runtime rsh``), which checks the pod against the leader's group and execs
 into it with a ``kubectl`` that answers for the group's objects and runs ``exec`` here. The
-ranks are a stand-in ``tritonserver`` that records what it was started with."""
+ranks are a stand-in ``tritonserver`` that records what it was started with and stays up a
+second, as a server does: ranks that exited at once, while the daemons were still starting, left
+a daemon's ``--daemonize`` parent waiting on its pipe and the launch hung until the test's
+timeout (3 of 8 runs of this file four at a time, and once in a full run on a loaded machine;
+none of 24 with the second)."""
 
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ else:
 _TRITONSERVER = '''#!/bin/sh
 echo "{{\\"rank\\": \\"$OMPI_COMM_WORLD_RANK\\", \\"ld\\": \\"$LD_LIBRARY_PATH\\", \\"argv\\": \\"$*\\"}}" \\
     > {out}/rank-$OMPI_COMM_WORLD_RANK.json
+sleep 1
 '''
 
 
