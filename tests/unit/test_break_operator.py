@@ -425,3 +425,16 @@ def test_withstood_a_config_s_absurd_dimension_is_malformed_with_a_short_reason(
     with pytest.raises(ValueError) as refused:
         model_config("hf://someone/model", raw)
     assert len(str(refused.value)) < 200 and str(refused.value).isprintable()
+
+
+def test_an_unschedulable_pod_s_message_reaches_a_status_as_printable_text():
+    # The scheduler writes it, and so may anyone granted pods/status in the namespace.
+    from kiln.controller.gather import _unscheduled
+
+    pod = {"metadata": {"name": "x-0"}, "status": {"conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/4 nodes\x1b[2J are available:\n\u202eInsufficient nvidia.com/gpu" + "." * 1000}]}}
+    name, message = _unscheduled([pod])
+    assert name == "x-0"
+    assert message.isprintable() and message.startswith("0/4 nodes[2J are available: Insufficient")
+    assert len(message) <= 400

@@ -161,7 +161,7 @@ def _unscheduled(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
         for condition in (pod.get("status") or {}).get("conditions") or []:
             if (condition.get("type"), condition.get("status"), condition.get("reason")) == \
                     ("PodScheduled", "False", "Unschedulable"):
-                return str(pod["metadata"]["name"]), str(condition.get("message") or "")[:UNSCHEDULABLE_MESSAGE_CHARS]
+                return str(pod["metadata"]["name"]), one_line(condition.get("message"), UNSCHEDULABLE_MESSAGE_CHARS)
     return None
 
 
