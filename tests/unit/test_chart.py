@@ -392,3 +392,15 @@ def test_the_model_list_answers_get_v1_models_on_each_listed_gateway():
                               "verbs": ["create", "patch"]}]
     # None of it without Gateways listed.
     assert not [o for o in render({"gateway": {"namespaces": ["llm"]}}) if "model-list" in o["metadata"]["name"]]
+
+
+def test_a_namespaced_install_refuses_services_where_no_release_serves():
+    # Enforced on the real API server: tests/integration/test_admission_policy.py.
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    assert not [o for o in render({}) if o["kind"] in kinds]  # every namespace is served
+    assert not [o for o in render({**NAMESPACED, "admissionPolicy": {"enabled": False}}) if o["kind"] in kinds]
+    [policy] = [o for o in render(NAMESPACED) if o["kind"] == kinds[0]]
+    [binding] = [o for o in render(NAMESPACED) if o["kind"] == kinds[1]]
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE"]
+    assert policy["spec"]["validations"][0]["expression"] == 'request.namespace in ["llm","team-b"]'
