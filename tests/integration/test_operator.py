@@ -592,6 +592,23 @@ async def test_a_group_is_ready_under_a_leader_worker_set_controller_before_v0_9
     assert lws["status"]["readyReplicas"] == 1 and "observedGeneration" not in lws["status"]
 
 
+async def test_a_child_deleted_by_someone_else_is_made_again_at_once_not_at_the_next_resync(sandbox):
+    # controller-runtime's Owns() requeues the owner on its child's events; Kiln's resync tick
+    # came every 30 s, so a Deployment deleted by mistake stayed gone for up to that long.
+    sb = sandbox
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(MISTRAL))
+    await sb.wait_for(lambda: _ready(sb), what="Ready")
+    for plural in ("deployments", "services"):
+        child = sb.get(plural, "mistral-7b-server", sb.ns(NS))
+        await sb.api.delete(child)
+        await sb.wait_for(lambda: (o := sb.get(plural, "mistral-7b-server", sb.ns(NS))) is not None
+                          and o["metadata"]["uid"] != child["metadata"]["uid"],
+                          timeout=5, what=f"the {plural[:-1]} made again")
+    await sb.wait_for(lambda: _ready(sb), what="Ready again")
+
+
 async def test_a_spec_change_deletes_the_children_it_no_longer_asks_for(sandbox):
     """A scaler left behind after a change of autoscaling.mode would go on writing the
     service's replicas against the builtin autoscaler; a NetworkPolicy left behind would
@@ -812,6 +829,16 @@ async def test_a_failed_build_names_its_step_and_output_and_the_previous_engine_
         # Retries are the Job's own (backoffLimit); the operator never creates a second Job for it.
         await asyncio.sleep(1.0)
         assert [n for t, o in sb.events("jobs") if t == "ADDED" for n in [o["metadata"]["name"]]].count(new_job) == 1
+
+        # Deleted as the message says, the build starts again at once (not at the next resync).
+        failing.discard(new_job)
+        failed = sb.get("jobs", new_job, sb.ns(NS))
+        await sb.api.delete(failed)
+        await sb.wait_for(lambda: (j := sb.get("jobs", new_job, sb.ns(NS))) is not None
+                          and j["metadata"]["uid"] != failed["metadata"]["uid"],
+                          timeout=5, what="the build Job made again")
+        await sb.wait_for(lambda: _ready(sb) and _service(sb)["status"]["engine"]["key"] != old_key,
+                          timeout=failed_within or 20, what="Ready on the new engine")
         assert sb.operator_error is None
 
 

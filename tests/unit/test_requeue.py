@@ -51,7 +51,7 @@ def _daemon(monkeypatch):
     monkeypatch.setattr(handlers, "reconcile", reconcile)
     due.wrote("7")
     due.after(0.0)
-    daemon = asyncio.ensure_future(handlers.requeue(body=body, memo=SimpleNamespace(requeue=due), stopped=stopped))
+    daemon = asyncio.ensure_future(handlers.requeue(body=body, memo=SimpleNamespace(requeue=due, requeues={}), stopped=stopped))
     return daemon, body, seen
 
 
@@ -180,3 +180,14 @@ async def test_a_reconcile_reads_the_status_the_last_one_wrote_though_the_watch_
     assert seen == [2, 4] and server.gets == 1
     await reconcile_module.reconcile(kopf.Body(server._object()), memo, {})  # the view has it
     assert server.gets == 1
+
+
+async def test_soon_brings_a_later_reconcile_forward_and_never_puts_one_off():
+    due = Requeue()
+    due.after(30)
+    due.soon(1)
+    assert due.due is not None and due.due - time.monotonic() <= 1
+    due.after(0.1)
+    first = due.due
+    due.soon(1)
+    assert due.due == first

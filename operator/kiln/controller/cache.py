@@ -121,17 +121,20 @@ def _pod_key(namespace: str | None, selector: str | None) -> tuple[str, str, str
     return namespace, terms[LABEL_INSTANCE], terms[LABEL_COMPONENT]
 
 
-def register_caches(registry: kopf.OperatorRegistry, changed: Callable[[str], None]) -> None:
+def register_caches(registry: kopf.OperatorRegistry, changed: Callable[[str], None],
+                    deleted: Callable[[str], None]) -> None:
     """The caches, and ``changed(owner uid)`` on every event of an owned object (a Job that
-    completed, a Deployment whose replicas became ready, one someone edited or deleted), so
-    that the owner's next resync tick reconciles it (see ``handlers.resync``)."""
+    completed, a Deployment whose replicas became ready, one someone edited), so that the
+    owner's next resync tick reconciles it (see ``handlers.resync``); ``deleted(owner uid)``
+    when one is deleted, which reconciles the owner at once (``OperatorContext.child_deleted``)."""
     async def index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): slim(body)}
 
     async def notice(event: kopf.RawEvent, **_: Any) -> None:
+        told = deleted if event.get("type") == "DELETED" else changed
         for owner in (event.get("object") or {}).get("metadata", {}).get("ownerReferences") or []:
             if owner.get("uid"):
-                changed(owner["uid"])
+                told(owner["uid"])
 
     for kind in CACHED_KINDS.values():
         group, _, version = kind.api_version.rpartition("/")

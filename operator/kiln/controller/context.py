@@ -17,15 +17,16 @@ from .models import ModelResolver
 from .requeue import Requeue
 from .telemetry import Telemetry
 
-__all__ = ["OperatorContext", "Timings", "RESYNC_SECONDS", "FULL_RESYNC_SECONDS",
+__all__ = ["OperatorContext", "Timings", "RESYNC_SECONDS", "FULL_RESYNC_SECONDS", "CHILD_DELETED_SECONDS",
            "OBSERVE_PERIOD_SECONDS", "MAX_CONCURRENT_RECONCILES"]
 
 # The resync tick: how soon a change to an owned object (a build Job completing, a
-# Deployment's replicas becoming ready, an edit or a deletion), seen by its watch, is acted
-# on. A service whose owned objects did not change is reconciled in full only every
+# Deployment's replicas becoming ready, an edit), seen by its watch, is acted on; a deletion
+# within CHILD_DELETED_SECONDS (a moment for the rest of a cascade to arrive with it). A service whose owned objects did not change is reconciled in full only every
 # FULL_RESYNC_SECONDS (controller-runtime's SyncPeriod, which defaults to 10 hours).
 RESYNC_SECONDS = 30.0
 FULL_RESYNC_SECONDS = 300.0
+CHILD_DELETED_SECONDS = 1.0
 # How often a Ready service's pods are scraped for the status's KV figures (in builtin mode
 # the autoscaler's own scrapes feed them).
 OBSERVE_PERIOD_SECONDS = 60.0
@@ -78,6 +79,9 @@ class OperatorContext:
         default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_RECONCILES))
     # Services (by uid) whose owned objects changed since their last resync.
     changed: set[str] = field(default_factory=set)
+    # Each service's Requeue (below) by uid, while its requeue daemon runs: shared by every
+    # copy, so that an event of one object can wake another's daemon.
+    requeues: dict[str, Requeue] = field(default_factory=dict)
     # Per service: kopf hands each object's handlers a shallow copy of this context as its
     # ``memo`` (kopf/_core/reactor/inventory.py, ResourceMemories.recall), so a value set on
     # that copy is the object's own: when the resync last reconciled it in full.
@@ -90,3 +94,13 @@ class OperatorContext:
 
     def __post_init__(self) -> None:
         self.autoscaler = BuiltinAutoscaler(self.api, PodMetrics(self.api), policy=self.policy)
+
+    def child_deleted(self, uid: str) -> None:
+        """An object service ``uid`` owns was deleted (by someone else, or by the garbage
+        collector): the service is reconciled within CHILD_DELETED_SECONDS, not at its next
+        resync tick, as controller-runtime's ``Owns()`` requeues an owner on its children's
+        events. Deletions only: the other events of owned objects, most of them made by the
+        operator's own writes and a rollout's progress, wait for the tick."""
+        self.changed.add(uid)
+        if (due := self.requeues.get(uid)) is not None:
+            due.soon(CHILD_DELETED_SECONDS)

@@ -47,7 +47,7 @@ def build_registry(ctx: OperatorContext,
     replaces kopf's own login (controller/operator.py)."""
     registry = kopf.OperatorRegistry()
     kopf.on.startup(registry=registry)(configure)
-    register_caches(registry, ctx.changed.add)
+    register_caches(registry, ctx.changed.add, ctx.child_deleted)
     writer = (ModelListWriter(ctx.api, ctx.policy.model_list, ctx.policy.model_list_gateways)
               if ctx.policy.model_list else None)
     register_claims(registry, ctx.changed.add, writer.update if writer else None)
@@ -106,7 +106,18 @@ async def on_change(body: kopf.Body, memo: OperatorContext, **kwargs: Any) -> No
 
 async def requeue(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
     """Reconcile the service whenever its wait is over (controller/requeue.py)."""
-    due, failures = requeue_of(memo), 0
+    due, uid = requeue_of(memo), str(body.metadata.get("uid") or "")
+    memo.requeues[uid] = due  # a deleted child wakes it (OperatorContext.child_deleted)
+    try:
+        await _follow_requeues(body, memo, stopped, due, kwargs)
+    finally:
+        if memo.requeues.get(uid) is due:
+            del memo.requeues[uid]
+
+
+async def _follow_requeues(body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped,
+                           due: Requeue, kwargs: dict[str, Any]) -> None:
+    failures = 0
     while await due.next(stopped):
         if due.behind(body.metadata.get("resourceVersion")):
             continue  # the watch has not delivered the last status write yet

@@ -101,6 +101,13 @@ class Requeue:
         self.due = time.monotonic() + delay
         self._wake.set()
 
+    def soon(self, delay: float) -> None:
+        """Reconcile within ``delay`` seconds: sooner than that if already due sooner."""
+        at = time.monotonic() + delay
+        if self.due is None or self.due > at:
+            self.due = at
+            self._wake.set()
+
     def cancel(self) -> None:
         self.due = None
 
