@@ -252,6 +252,11 @@ def _hf_download(repo: str, revision: str, out: Path) -> None:
     if len(files) > MAX_HUB_FILES:
         raise BadSpec(f"model.source: hf://{_short(repo)} has more than {MAX_HUB_FILES} files a build "
                       "would download; a model has a few hundred at most")
+    # snapshot_download matches every file of the repository (not only those wanted) against
+    # every pattern: 100,000 listed by 10,000 wanted is minutes of it.
+    if len(files) * len(names) > MAX_HUB_FILES ** 2:
+        raise BadSpec(f"model.source: hf://{_short(repo)} lists {len(names)} files, of which a build would "
+                      f"download {len(files)}: too many to match one by one")
     for name in files:
         inside(out, name, f"the Hugging Face file in {repo}")
     try:

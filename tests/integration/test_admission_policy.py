@@ -56,5 +56,10 @@ def test_a_service_where_no_release_serves_is_refused_saying_where_to_create_it(
     finally:
         for obj in reversed(policy):
             plane.http.delete(plane.server + _policy_kind(obj).path(None, obj["metadata"]["name"]), timeout=30)
+        # The API server drops a deleted policy at its next refresh (up to a second, as it
+        # takes one up): the next test's services, in namespaces of their own, must not meet it.
+        deadline = time.monotonic() + 30
+        while _refusal(plane, UNSERVED) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
         for name in (SERVED, OTHER_RELEASE, UNSERVED):
             plane.http.delete(plane.server + f"/api/v1/namespaces/{name}", timeout=30)

@@ -198,6 +198,22 @@ def test_a_hub_model_of_too_many_wanted_files_is_refused_before_the_download(tmp
         source.download("hf://org/model", "main", tmp_path / "model")
 
 
+def test_a_hub_repository_of_many_files_beside_the_model_is_refused_before_the_download(tmp_path, monkeypatch):
+    """snapshot_download matches every file the repository lists, not only those wanted, against
+    every pattern: 2,000 wanted among 60,000 listed is as slow as 11,000 wanted alone."""
+    import huggingface_hub
+    from huggingface_hub.hf_api import RepoFile
+
+    names = [f"w/{i}.json" for i in range(2000)] + [f"junk/{i}.bin" for i in range(60_000)]
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree",
+                        lambda self, repo_id, path_in_repo=None, **kw: (
+                            RepoFile(path=name, size=1, oid="x", blob_id="x") for name in names))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("downloaded")))
+    with pytest.raises(BadSpec, match="too many to match one by one"):
+        source.download("hf://org/model", "main", tmp_path / "model")
+
+
 # --- attacks the code withstood --------------------------------------------------------------
 
 @pytest.mark.parametrize("key", ["model/../../x.json", "model//abs.json", "model/a/../../b.json",

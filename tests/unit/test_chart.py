@@ -404,3 +404,19 @@ def test_a_namespaced_install_refuses_services_where_no_release_serves():
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE"]
     assert policy["spec"]["validations"][0]["expression"] == 'request.namespace in ["llm","team-b"]'
+
+
+def test_the_admission_policy_is_made_by_the_release_that_installs_the_crds_alone():
+    # Every bound policy must admit a request: one per release would refuse each other's
+    # namespaces. A values file's empty key (null) unsets it, as Helm does with any default.
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    assert not [o for o in render({**NAMESPACED, "crds": {"enabled": False}}) if o["kind"] in kinds]
+    assert not [o for o in render({**NAMESPACED, "admissionPolicy": None}) if o["kind"] in kinds]
+    [policy] = [o for o in render({**NAMESPACED, "admissionPolicy": {"otherReleasesNamespaces": None}})
+                if o["kind"] == kinds[0]]
+    assert policy["spec"]["validations"][0]["expression"] == 'request.namespace in ["llm","team-b"]'
+    notes = helm.Chart.load(CHART).render({**NAMESPACED, "admissionPolicy": {"otherReleasesNamespaces": ["c"]}},
+                                          name="kiln", namespace="kiln-system", is_install=True)
+    [text] = [t for path, t in notes.items() if path.endswith("NOTES.txt")]
+    assert "any other namespace but c (other releases') is refused" in text
+    assert "admissionPolicy.otherReleasesNamespaces" in text

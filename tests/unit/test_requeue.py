@@ -191,3 +191,44 @@ async def test_soon_brings_a_later_reconcile_forward_and_never_puts_one_off():
     first = due.due
     due.soon(1)
     assert due.due == first
+
+
+class _StopFlag:
+    def __init__(self):
+        self.flag = False
+
+    def __bool__(self):
+        return self.flag
+
+    async def wait(self, timeout=None):
+        while not self.flag:
+            await asyncio.sleep(0.01)
+
+
+class _ServiceBody:
+    def __init__(self):
+        self.metadata = {"name": "svc", "namespace": "ns", "resourceVersion": "1", "uid": "u1"}
+
+
+async def test_a_deletion_seen_during_a_reconcile_is_reconciled_within_a_second(monkeypatch):
+    # The running reconcile may have read its snapshot before the child went; its own
+    # after() or cancel() when it returns must not put the deletion's reconcile off.
+    due, stopped, runs = Requeue(), _StopFlag(), []
+    memo = SimpleNamespace(requeue=due, requeues={}, changed=set())
+    memo.child_deleted = lambda uid: OperatorContext.child_deleted(memo, uid)
+
+    async def reconcile(body, memo_, kwargs):
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            await asyncio.sleep(0.2)  # the reconcile read its snapshot, then ...
+            memo.child_deleted("u1")  # ... the child's DELETED event arrives
+            await asyncio.sleep(0.2)
+        return None  # nothing to wait for: due.cancel()
+
+    monkeypatch.setattr(handlers, "reconcile", reconcile)
+    due.after(0.0)
+    daemon = asyncio.ensure_future(handlers.requeue(body=_ServiceBody(), memo=memo, stopped=stopped))
+    await asyncio.sleep(2.5)
+    stopped.flag = True
+    await asyncio.wait_for(daemon, 2)
+    assert len(runs) == 2, f"reconciles: {len(runs)} (the deletion's wake was dropped by _follow)"

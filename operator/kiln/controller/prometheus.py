@@ -38,9 +38,10 @@ def new_session() -> aiohttp.ClientSession:
 # is a few series per pod of one service, far less; the URL may be a tenant's.
 MAX_PROMETHEUS_ANSWER_BYTES = 4 * 2**20
 # Pods an answer may name: a service has at most 1,000 replicas (the CRD's maxReplicas, and
-# only a group's leader exports), so an answer naming more gives no sample, as one past the
-# byte bound: each pod named is a sample the law reads at every tick of its window.
-MAX_PODS_PER_ANSWER = 1024
+# only a group's leader exports), and the lookback also names those replaced within it (a
+# rollout of the whole fleet), so an answer naming more than twice that gives no sample, as
+# one past the byte bound: each pod named is a sample the law reads at every tick.
+MAX_PODS_PER_ANSWER = 2048
 # (metric, the label that names the figure)
 _FAMILIES = ((KV_METRIC, "kv_cache_block_type"), (REQUEST_METRIC, "request_type"),
              (INPUT_TOKENS_METRIC + "_sum", ""), (INPUT_TOKENS_METRIC + "_count", ""),

@@ -58,6 +58,10 @@ class Requeue:
     caught_up_by: float = 0.0
     # How long a due reconcile waits for the watch, at most: a write that failed never shows.
     catch_up_seconds = 5.0
+    # The time ``soon`` asked for, until a reconcile starts: a reconcile already running when
+    # it was asked may have read its snapshot before the event, and its own ``after`` or
+    # ``cancel`` must not put the event's reconcile off.
+    _soon: float | None = None
 
     def wrote(self, version: str | None, made: str | None = None) -> None:
         """A status write was made from the body at ``version``, and made ``made``."""
@@ -97,26 +101,29 @@ class Requeue:
             await asyncio.sleep(0.05)
 
     def after(self, delay: float) -> None:
-        """Reconcile again ``delay`` seconds from now (the latest call wins)."""
-        self.due = time.monotonic() + delay
+        """Reconcile again ``delay`` seconds from now (the latest call wins, but never later
+        than a pending :meth:`soon`)."""
+        at = time.monotonic() + delay
+        self.due = at if self._soon is None else min(at, self._soon)
         self._wake.set()
 
     def soon(self, delay: float) -> None:
         """Reconcile within ``delay`` seconds: sooner than that if already due sooner."""
         at = time.monotonic() + delay
+        self._soon = at if self._soon is None else min(self._soon, at)
         if self.due is None or self.due > at:
             self.due = at
             self._wake.set()
 
     def cancel(self) -> None:
-        self.due = None
+        self.due = self._soon
 
     async def next(self, stopped: _Stopped) -> bool:
         """Wait until the reconcile is due (True) or the daemon is stopped (False)."""
         while not stopped:
             left = None if self.due is None else self.due - time.monotonic()
             if left is not None and left <= 0:
-                self.due = None
+                self.due = self._soon = None
                 return True
             self._wake.clear()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopped.wait())]
