@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 
+import pytest
 import yaml
 
 from kiln.decide.conditions import is_true
@@ -133,7 +134,10 @@ async def test_a_shared_build_outlives_the_service_that_started_it(make_sandbox,
         sb.start_kubelet()
         await sb.wait_for(lambda: is_true(sb.get("llmservices", "b", NS)["status"]["conditions"], "Ready"),
                           timeout=30, what="b Ready on the build a started")
-        assert _builds(sb)[0] == {job["metadata"]["name"]}  # one build, never started again
+        # kopf posts Events from a queue, after the writes they tell of: wait for the
+        # BuildStarted Event before counting the builds it names.
+        started = await sb.wait_for(lambda: _builds(sb)[0], what="the BuildStarted Event")
+        assert started == {job["metadata"]["name"]}  # one build, never started again
         assert sb.operator_error is None
 
 
@@ -315,4 +319,29 @@ async def test_by_default_the_sweep_deletes_records_and_starts_no_purge_job():
         await _superseded_engine_collected(sb)
         await asyncio.sleep(1.5)
         assert _purge_jobs(sb) == []
+        assert sb.operator_error is None
+
+
+async def test_a_cancelled_build_s_pod_goes_with_its_job(make_sandbox, backend):
+    """The build Job of an engine no service wants any more is deleted with its pod: a batch/v1
+    Job deleted without a propagation policy orphans its pods (which would go on using the
+    GPUs), and the API server takes the policy from the DeleteOptions body alone when there is
+    one (the UID and resourceVersion preconditions), not from the query. The Job was left with
+    the ``orphan`` finalizer, and its pod ran on without an owner."""
+    if backend != "real":
+        pytest.skip("the Job controller makes the build's pod, and the garbage collector deletes it")
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()  # no kubelet: the build's pod stays pending
+        await sb.create(_named("moved"))
+        await sb.wait_for(lambda: sb.objects("jobs") and _engine_name(sb, "moved"), what="the first build")
+        name = _engine_name(sb, "moved") + "-build"
+
+        def pods():
+            return [p["metadata"]["name"] for p in sb.objects("pods")
+                    if (p["metadata"].get("labels") or {}).get("job-name") == name]
+        await sb.wait_for(pods, timeout=30, what="the first build's pod")
+        await sb.patch_spec(NS, "moved", {"engine": {"maxBatchSize": 32}})
+        await sb.wait_for(lambda: sb.get("jobs", name, NS) is None, what="the superseded build Job deleted")
+        await sb.wait_for(lambda: not pods(), timeout=30, what="its pod collected with it")
         assert sb.operator_error is None

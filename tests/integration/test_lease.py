@@ -188,9 +188,17 @@ async def test_a_second_kiln_run_waits_takes_over_when_the_first_stops_and_exits
             return await holder() == "first"
         await until(first_holds, 60, "the first holds the Lease")
         second = _kiln_run(kubeconfig, "second", logs[1], *ports["second"])
-        await asyncio.sleep(5)
+
+        # A new interpreter importing kopf on a loaded machine can take longer than any fixed
+        # sleep to say it waits: wait for it to say so (a standby that took the Lease instead
+        # fails the holder check below).
+        async def second_waits():
+            assert second.poll() is None, (tmp_path / "second.log").read_text()[-2000:]
+            return "waiting for the Lease kiln-system/kiln-operator, held by first" in \
+                (tmp_path / "second.log").read_text()
+        await until(second_waits, 60, "the second waits for the Lease")
+        await asyncio.sleep(3)  # more than one retry period of the second's: still only waiting
         assert await holder() == "first" and second.poll() is None
-        assert "waiting for the Lease kiln-system/kiln-operator, held by first" in (tmp_path / "second.log").read_text()
         # on both address families (a pod on an IPv6 network is probed and scraped at its IPv6 address)
         for host in ("127.0.0.1", "[::1]"):
             status, body = await asyncio.to_thread(_get, ports["second"][0], "/healthz", host)
@@ -212,7 +220,12 @@ async def test_a_second_kiln_run_waits_takes_over_when_the_first_stops_and_exits
             return await holder() == "second"
         await until(second_holds, 15, "the second holds the Lease")
         assert time.monotonic() - stopped < LEASE_DURATION
-        assert await asyncio.to_thread(_leader_gauge, ports["second"][1]) == 1
+
+        # The gauge is set once the second's write of the Lease has returned to it, which can be
+        # after this test has read the Lease it wrote: wait for it rather than read it once.
+        async def second_says_it_leads():
+            return await asyncio.to_thread(_leader_gauge, ports["second"][1]) == 1
+        await until(second_says_it_leads, 15, "kiln_operator_leader 1 on the new leader")
 
         async def leader_answers():  # the same endpoint, now saying it leads
             status, body = await asyncio.to_thread(_get, ports["second"][0], "/healthz")

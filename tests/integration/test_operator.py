@@ -150,7 +150,9 @@ async def test_create_builds_the_engine_then_deploys_then_ready(sandbox):
     await sb.create(other)
     await sb.wait_for(lambda: _ready(sb, "mistral-7b-b"), what="the second service Ready")
     assert len(sb.objects("jobs")) == 1
-    assert any(e.get("reason") == "EngineReused" for _, e in sb.events("events"))
+    # kopf posts Events from a queue, after the status write they tell of: wait for it.
+    await sb.wait_for(lambda: any(e.get("reason") == "EngineReused" for _, e in sb.events("events")),
+                      what="the EngineReused Event")
     assert _operator_metrics(sb)[("kiln_engine_cache_hits_total", ())] == 1
 
 

@@ -274,8 +274,11 @@ class KubeApi:
         preconditions = {"uid": meta["uid"]} if meta.get("uid") else {}
         if unchanged:
             preconditions["resourceVersion"] = meta["resourceVersion"]
-        body = {"apiVersion": "v1", "kind": "DeleteOptions",
-                "preconditions": preconditions} if preconditions else None
+        # With a body, the API server reads the DeleteOptions from it alone and ignores the
+        # query's (k8s.io/apiserver, pkg/endpoints/handlers/delete.go ``DeleteResource``): the
+        # propagation policy goes in the body too, or a Job's pods are orphaned.
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions,
+                **({"propagationPolicy": "Background"} if background else {})} if preconditions else None
         try:
             await self._call("DELETE", kind_of(obj).path(meta.get("namespace"), meta["name"]),
                              body, query=query)
