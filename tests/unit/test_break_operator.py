@@ -224,19 +224,23 @@ async def test_a_prometheus_answer_whose_data_is_not_an_object_gives_no_samples(
 
 # --- attacks the code withstood ---------------------------------------------------------------
 
-async def test_withstood_a_page_dripped_a_byte_at_a_time_ends_at_the_scrape_timeout():
+def _dripping(chunks, headers=None):
+    """A handler that sends ``chunks`` one every half second (until the client hangs up)."""
     async def drip(request):
-        response = aiohttp.web.StreamResponse()
+        response = aiohttp.web.StreamResponse(headers=headers)
         await response.prepare(request)
         try:
-            for ch in _page():
-                await response.write(ch.encode())
+            for chunk in chunks:
+                await response.write(chunk)
                 await asyncio.sleep(0.5)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             pass
         return response
+    return drip
 
-    async with await _serve(drip) as server:
+
+async def test_withstood_a_page_dripped_a_byte_at_a_time_ends_at_the_scrape_timeout():
+    async with await _serve(_dripping([ch.encode() for ch in _page()])) as server:
         started = time.monotonic()
         assert await _scrape(server.port) == []
     assert time.monotonic() - started < 10.0  # SCRAPE_TIMEOUT_SECONDS is 3; a loaded machine is slower
@@ -290,18 +294,7 @@ async def test_withstood_a_prometheus_redirect_is_not_followed():
 
 
 async def test_withstood_a_prometheus_answer_dripped_ends_at_the_timeout():
-    async def drip(request):
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request)
-        try:
-            for _ in range(100):
-                await response.write(b" ")
-                await asyncio.sleep(0.5)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            pass
-        return response
-
-    async with await _serve(drip) as server:
+    async with await _serve(_dripping([b" "] * 100, {"Content-Type": "application/json"})) as server:
         started = time.monotonic()
         assert await _query(server.port) == []
     assert time.monotonic() - started < 10.0  # the same 3 s timeout

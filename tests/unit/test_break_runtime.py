@@ -49,14 +49,19 @@ class _Bucket:
 
 # --- findings --------------------------------------------------------------------------------
 
+def _linked_locks(tmp_path):
+    """A cache whose ``.locks`` is a link to a directory outside it: (the cache, the outside)."""
+    cache_dir, outside = tmp_path / "cache", tmp_path / "outside"
+    cache_dir.mkdir()
+    outside.mkdir()
+    (cache_dir / ".locks").symlink_to(outside)
+    return cache_dir, outside
+
+
 def test_a_linked_locks_directory_gets_no_lock_file_outside_the_cache(tmp_path):
     """<cache>/.locks planted as a link (as .staging and .work are guarded against): the build
     lock is created in whatever it points to, outside the cache."""
-    cache_dir = tmp_path / "cache"
-    cache_dir.mkdir()
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (cache_dir / ".locks").symlink_to(outside)
+    cache_dir, outside = _linked_locks(tmp_path)
     with pytest.raises(StepFailed, match="lock"):
         with cache.build_lock(cache_dir / ".locks" / f"{KEY}.lock"):
             pass
@@ -64,22 +69,15 @@ def test_a_linked_locks_directory_gets_no_lock_file_outside_the_cache(tmp_path):
 
 
 def test_the_write_probe_is_not_made_through_a_linked_locks_directory(tmp_path):
-    cache_dir = tmp_path / "cache"
-    cache_dir.mkdir()
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (cache_dir / ".locks").symlink_to(outside)
+    cache_dir, outside = _linked_locks(tmp_path)
     with pytest.raises(StepFailed, match=".locks"):
         cache.check_writable(cache_dir)
     assert list(outside.iterdir()) == []
 
 
 def test_deleting_an_entry_takes_no_lock_through_a_linked_locks_directory(tmp_path):
-    cache_dir = tmp_path / "cache"
-    (cache_dir / KEY).mkdir(parents=True)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (cache_dir / ".locks").symlink_to(outside)
+    cache_dir, outside = _linked_locks(tmp_path)
+    (cache_dir / KEY).mkdir()
     with pytest.raises(StepFailed, match="lock"):
         cache.delete_entry(cache_dir, KEY)
     assert list(outside.iterdir()) == []

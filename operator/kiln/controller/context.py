@@ -100,7 +100,8 @@ class OperatorContext:
         collector): the service is reconciled within CHILD_DELETED_SECONDS, not at its next
         resync tick, as controller-runtime's ``Owns()`` requeues an owner on its children's
         events. Deletions only: the other events of owned objects, most of them made by the
-        operator's own writes and a rollout's progress, wait for the tick."""
-        self.changed.add(uid)
+        operator's own writes and a rollout's progress, wait for the tick. A service with no
+        requeue daemon is not watched yet (its resume reconcile comes) or is being deleted
+        (its children with it): nothing to do."""
         if (due := self.requeues.get(uid)) is not None:
             due.soon(CHILD_DELETED_SECONDS)
