@@ -345,3 +345,49 @@ async def test_a_cancelled_build_s_pod_goes_with_its_job(make_sandbox, backend):
         await sb.wait_for(lambda: sb.get("jobs", name, NS) is None, what="the superseded build Job deleted")
         await sb.wait_for(lambda: not pods(), timeout=30, what="its pod collected with it")
         assert sb.operator_error is None
+
+
+async def test_what_a_delete_takes_with_it_is_what_its_options_say(make_sandbox, backend):
+    """The garbage collector as the API server drives it, on both back-ends: a batch/v1 Job
+    deleted without a propagation policy orphans its dependents (kubernetes/kubernetes,
+    pkg/registry/batch/job/strategy.go, ``DefaultGarbageCollectionPolicy``), a core/v1
+    Service takes them with it (the store's default), ``Background`` takes a Job's too, and
+    a DeleteOptions body is read alone: a policy in the query beside it is ignored
+    (k8s.io/apiserver, pkg/endpoints/handlers/delete.go, ``DeleteResource``). A ConfigMap
+    stands for the dependents: no controller of either back-end touches it."""
+    async with make_sandbox() as sb:
+        sb.add_namespace(NS)
+        ns = sb.ns(NS)
+
+        async def owned_by(kind, name, body):
+            owner = await sb.api.apply({"kind": kind, "metadata": {"name": name, "namespace": ns}, **body})
+            await sb.api.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+                "name": f"{name}-part", "namespace": ns, "ownerReferences": [{
+                    "apiVersion": owner["apiVersion"], "kind": kind, "name": name,
+                    "uid": owner["metadata"]["uid"]}]}})
+            return owner
+
+        def parts():
+            return {c["metadata"]["name"]: [o["name"] for o in c["metadata"].get("ownerReferences") or []]
+                    for c in sb.objects("configmaps") if c["metadata"]["name"].endswith("-part")}
+
+        job = {"apiVersion": "batch/v1", "spec": {"suspend": True, "template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}
+        service = {"apiVersion": "v1", "spec": {"ports": [{"port": 80}]}}
+        plain = await owned_by("Job", "plain", job)
+        cascaded = await owned_by("Job", "cascaded", job)
+        queried = await owned_by("Job", "queried", job)
+        fronted = await owned_by("Service", "fronted", service)
+        assert parts() == {"plain-part": ["plain"], "cascaded-part": ["cascaded"],
+                           "queried-part": ["queried"], "fronted-part": ["fronted"]}
+
+        await sb.api.delete(plain)  # a UID precondition in the body, no policy
+        await sb.api.delete(cascaded, background=True)
+        await sb.api._call("DELETE", f"/apis/batch/v1/namespaces/{ns}/jobs/queried",
+                           {"apiVersion": "v1", "kind": "DeleteOptions",
+                            "preconditions": {"uid": queried["metadata"]["uid"]}},
+                           query=[("propagationPolicy", "Background")])
+        await sb.api.delete(fronted)
+        await sb.wait_for(lambda: not sb.objects("jobs") and not sb.get("services", "fronted", NS)
+                          and parts() == {"plain-part": [], "queried-part": []},
+                          timeout=30, what="the Jobs' parts orphaned or collected as asked")

@@ -832,13 +832,19 @@ async def test_a_failed_build_names_its_step_and_output_and_the_previous_engine_
         await asyncio.sleep(1.0)
         assert [n for t, o in sb.events("jobs") if t == "ADDED" for n in [o["metadata"]["name"]]].count(new_job) == 1
 
-        # Deleted as the message says, the build starts again at once (not at the next resync).
+        # Deleted as the message says (as `kubectl delete` does it, its pods with it), the
+        # build starts again at once (not at the next resync).
         failing.discard(new_job)
         failed = sb.get("jobs", new_job, sb.ns(NS))
-        await sb.api.delete(failed)
+        failed_pods = {p["metadata"]["uid"] for p in sb.objects("pods")
+                       if (p["metadata"].get("labels") or {}).get("job-name") == new_job}
+        assert failed_pods
+        await sb.api.delete(failed, background=True)
         await sb.wait_for(lambda: (j := sb.get("jobs", new_job, sb.ns(NS))) is not None
                           and j["metadata"]["uid"] != failed["metadata"]["uid"],
                           timeout=5, what="the build Job made again")
+        await sb.wait_for(lambda: not failed_pods & {p["metadata"]["uid"] for p in sb.objects("pods")},
+                          timeout=30, what="the failed build's pods gone with its Job")
         await sb.wait_for(lambda: _ready(sb) and _service(sb)["status"]["engine"]["key"] != old_key,
                           timeout=failed_within or 20, what="Ready on the new engine")
         assert sb.operator_error is None

@@ -384,12 +384,6 @@ class RealSandbox(Sandbox):
         if response.status_code >= 300:
             raise RuntimeError(f"patching {name}: {response.status_code} {response.text}")
 
-    async def delete(self, plural: str, name: str, namespace: str | None = None) -> None:
-        """Delete as ``kubectl delete`` does (background propagation: the garbage collector
-        removes the dependents)."""
-        self.plane.http.delete(self.plane.server + path_of(plural, self.ns(namespace or ""), name),
-                               timeout=30)
-
     def objects(self, plural: str) -> list[dict[str, Any]]:
         mine = set(self._namespaces.values())
         found = self.plane.http.get(self.plane.server + path_of(plural), timeout=30).json()

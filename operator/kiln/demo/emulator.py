@@ -5,7 +5,7 @@ served (trimmed here to the recent ones, see :meth:`KilnEmulator._handle`). A re
 (1) creates objects on server-side apply, (2) keeps ``status`` apart from the rest behind the
 ``/status`` subresource, (3) sets ``uid``, ``resourceVersion``, ``generation`` and
 ``creationTimestamp``, (4) sends no watch event for a no-op write, and (5) garbage-collects
-dependents through ``ownerReferences``, and (6) resumes a watch from the ``resourceVersion`` a
+dependents through ``ownerReferences`` as the delete's propagation policy says, and (6) resumes a watch from the ``resourceVersion`` a
 list returned instead of replaying every object (kmock's list says ``"..."`` and its watch replays
 all objects as ADDED; kopf lists, then watches, so it would see each object twice and stall on a
 stale ``resourceVersion`` after adding its finalizer), and (7) lists only the objects a
@@ -332,7 +332,7 @@ class KilnEmulator(KubernetesEmulator):
                 if preconditions.get(field) and preconditions[field] != held.get(field):
                     raise KubernetesError(status=409, reason="Conflict",
                                           message=f"Precondition failed: {name} in precondition: {preconditions[field]}")
-            await self._delete(key)
+            await self._delete(key, _propagation(request, body))
             return
         content_type = request.headers.get("Content-Type", "")
         if not exists:
@@ -420,7 +420,9 @@ class KilnEmulator(KubernetesEmulator):
             (int(obj["metadata"]["resourceVersion"]), message))
         await self._buses[resource].put(message)
 
-    async def _delete(self, key: Any) -> None:
+    async def _delete(self, key: Any, policy: str | None = "Background") -> None:
+        """Delete the object at ``key``, its dependents as ``policy`` says (None: the kind's
+        default, as the API server's :func:`_default_policy` gives it)."""
         obj = self._objects[key]
         meta = obj.raw.get("metadata", {})
         if meta.get("finalizers"):
@@ -430,11 +432,28 @@ class KilnEmulator(KubernetesEmulator):
                 updated["metadata"]["resourceVersion"] = self._next_version()
                 await self._store(key, updated, "MODIFIED")
             return
+        if (policy or _default_policy(key[0])) == "Orphan":
+            await self._orphan_dependents(meta.get("uid"))
         raw = copy.deepcopy(obj.raw)
         raw.setdefault("metadata", {})["resourceVersion"] = self._next_version()
         obj.delete()
         await self._publish(key[0], "DELETED", raw)
         await self._collect_dependents(meta.get("uid"))
+
+    async def _orphan_dependents(self, uid: str | None) -> None:
+        """What the garbage collector does for an owner deleted with the ``orphan`` finalizer:
+        each dependent loses its references to that owner and stays (garbagecollector.go,
+        ``orphanDependents``)."""
+        for key, obj in list(self._objects.items()):
+            if obj.deleted:
+                continue
+            owners = obj.raw.get("metadata", {}).get("ownerReferences") or []
+            if not any(owner.get("uid") == uid for owner in owners):
+                continue
+            updated = copy.deepcopy(obj.raw)
+            updated["metadata"]["ownerReferences"] = [o for o in owners if o.get("uid") != uid]
+            updated["metadata"]["resourceVersion"] = self._next_version()
+            await self._store(key, updated, "MODIFIED")
 
     async def _collect_dependents(self, uid: str | None) -> None:
         """Background cascading deletion, as the garbage collector does: a dependent of the
@@ -459,3 +478,26 @@ class KilnEmulator(KubernetesEmulator):
             updated["metadata"]["ownerReferences"] = solid
             updated["metadata"]["resourceVersion"] = self._next_version()
             await self._store(key, updated, "MODIFIED")
+
+
+def _propagation(request: Any, body: Any) -> str | None:
+    """The propagation policy a delete asks for, read as the API server reads DeleteOptions:
+    from the body alone when one is sent, else from the query (k8s.io/apiserver,
+    pkg/endpoints/handlers/delete.go, ``DeleteResource``); the legacy ``orphanDependents``
+    too. None: the kind's default."""
+    options = body if request.body else request.params
+    policy = options.get("propagationPolicy")
+    if policy is None and str(options.get("orphanDependents", "")).lower() in ("true", "false"):
+        policy = "Orphan" if str(options["orphanDependents"]).lower() == "true" else "Background"
+    return str(policy) if policy else None
+
+
+def _default_policy(resource: Any) -> str:
+    """What a delete without a policy does with the dependents: batch/v1 Jobs and core/v1
+    ReplicationControllers orphan them, for compatibility (kubernetes/kubernetes,
+    pkg/registry/batch/job/strategy.go and pkg/registry/core/replicationcontroller/strategy.go,
+    ``DefaultGarbageCollectionPolicy``); every other kind Kiln meets deletes them
+    (k8s.io/apiserver, pkg/registry/generic/registry/store.go). Foreground deletion is not
+    modelled: it deletes the dependents too, only the owner goes first here."""
+    orphaning = {("batch", "v1", "jobs"), ("", "v1", "replicationcontrollers")}
+    return "Orphan" if (resource.group or "", resource.version, resource.plural) in orphaning else "Background"

@@ -154,7 +154,9 @@ class SimulatedCluster:
 
     async def _failed_build_pod(self, job: dict[str, Any]) -> None:
         """The Job's last pod, terminated with what kiln-runtime writes to its termination log
-        when trtllm-build runs out of GPU memory (a summary with the step and its output tail)."""
+        when trtllm-build runs out of GPU memory (a summary with the step and its output tail),
+        its controller the Job, as the Job controller makes its pods (kubernetes/kubernetes,
+        pkg/controller/job/job_controller.go, ``manageJob``: ``metav1.NewControllerRef``)."""
         meta = job["metadata"]
         summary = {"engineKey": job["spec"]["template"]["metadata"]["labels"].get(LABEL_ENGINE, ""),
                    "result": "failed", "step": "engine",
@@ -164,7 +166,10 @@ class SimulatedCluster:
                               "RuntimeError: [TensorRT-LLM][ERROR] Assertion failed: engine build failed"}
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": f"{meta['name']}-attempt-2", "namespace": meta["namespace"],
-                            "labels": {"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"]}},
+                            "labels": {"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"]},
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                                 "uid": meta["uid"], "controller": True,
+                                                 "blockOwnerDeletion": True}]},
                "spec": {"restartPolicy": "Never",
                         "containers": [{"name": "build", "image": "simulated"}]}}
         await self.api.apply(pod)
