@@ -234,6 +234,38 @@ async def test_a_service_never_deletes_a_build_job_it_does_not_own(make_sandbox,
         assert sb.operator_error is None
 
 
+async def test_the_sweep_never_deletes_a_build_job_it_does_not_own_with_its_engine(make_sandbox, backend):
+    """A tenant's running Job named like an engine's build Job: a service that wanted the
+    engine wrote its record and stalled on the conflict, and when the record was collected a
+    grace period after the service moved to another engine, the sweep deleted that Job as the
+    engine's running build."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2,
+                            timings=FAST_COLLECTION) as sb:
+        sb.add_namespace(NS)
+        await sb.start_operator()  # no kubelet: the tenant's Job stays running
+        await sb.create(_named("probe"))
+        await sb.wait_for(lambda: sb.objects("jobs"), what="a build, to learn its name")
+        [probe] = sb.objects("jobs")
+        name = probe["metadata"]["name"]
+        await sb.api.delete(sb.get("llmservices", "probe", NS))
+        await sb.wait_for(lambda: not sb.objects("jobs") and not sb.objects("llmservices"), timeout=60,
+                          what="the probe and its build gone")
+        await sb.create({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NS},
+                         "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                             {"name": "x", "image": "busybox", "command": ["sleep", "3600"]}]}}}})
+        tenant = sb.get("jobs", name, NS)
+        await sb.create(_named("t"))
+        await sb.wait_for(lambda: "not owned by LLMServices alone" in _stalled(sb, "t"), what="t in conflict")
+        engine = _engine_name(sb, "t")
+        assert sb.get("llmengines", engine) is not None
+        await sb.patch_spec(NS, "t", {"engine": {"maxBatchSize": 32}})  # its resyncs sweep the namespace
+        await sb.wait_for(lambda: sb.get("llmengines", engine) is None, timeout=20,
+                          what="the engine's record collected")
+        await asyncio.sleep(1.5)  # more sweeps
+        assert (sb.get("jobs", name, NS) or {}).get("metadata", {}).get("uid") == tenant["metadata"]["uid"]
+        assert sb.operator_error is None
+
+
 async def test_the_sweep_deletes_a_build_whose_owners_all_moved_on(make_sandbox, backend):
     """The net under a leave that never landed: an owner whose status names another engine
     keeps the build alive for nobody; the namespace's sweep deletes it, and its engine says
@@ -259,6 +291,36 @@ async def test_the_sweep_deletes_a_build_whose_owners_all_moved_on(make_sandbox,
         await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", shared)) == "EngineBuildCancelled",
                           what="its engine saying so")
         assert sb.get("llmengines", shared) is not None  # the record itself keeps its day of grace
+        assert sb.operator_error is None
+
+
+async def test_a_deleted_service_s_status_never_tells_another_namespace_s_engine_its_build_stopped(
+        make_sandbox, backend):
+    """A tenant who may write their service's status named another namespace's engine in it,
+    building, and deleted the service: the operator wrote EngineBuildCancelled onto that
+    cluster-scoped record, whose build ran on."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        sb.add_namespace("victim")
+        await sb.start_operator()  # no kubelet: the victim's build stays running
+        victim = _named("v")
+        victim["metadata"]["namespace"] = "victim"
+        await sb.create(victim)
+        await sb.wait_for(lambda: ((sb.get("llmservices", "v", "victim") or {}).get("status") or {}).get("engine"),
+                          what="the victim's engine")
+        engine = sb.get("llmservices", "v", "victim")["status"]["engine"]
+        await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", engine["name"])) == "EngineBuilding",
+                          what="the victim's engine building")
+        tenant = _named("t")
+        tenant["spec"]["model"]["credentials"] = {"secretName": "hf-token"}  # absent: t stalls, its status kept
+        await sb.create(tenant)
+        await sb.wait_for(lambda: _stalled(sb, "t"), what="t stalled")
+        await sb.api.patch_status(sb.get("llmservices", "t", NS), {"engine": engine})
+        assert sb.get("llmservices", "t", NS)["status"]["engine"]["name"] == engine["name"]
+        await sb.api.delete(sb.get("llmservices", "t", NS))
+        await sb.wait_for(lambda: not sb.get("llmservices", "t", NS), what="t deleted")
+        await asyncio.sleep(1.0)  # the deletion's handler has run
+        assert _ready_reason(sb.get("llmengines", engine["name"])) == "EngineBuilding"
         assert sb.operator_error is None
 
 

@@ -38,7 +38,7 @@ from ..decide.engine import cancelled_status
 from ..decide.ownership import other_owners, owned_by_services_alone
 from ..decide.snapshot import Superseded
 from ..errors import SpecInvalid
-from ..render.meta import LABEL_CACHE_NAMESPACE, child_name
+from ..render.meta import LABEL_CACHE_NAMESPACE, LABEL_ENGINE, child_name
 from ..render.purge import purge_job
 from .kube import ApiException, KubeApi
 from .ownership import live_child
@@ -68,6 +68,15 @@ def _engines_of(services: list[dict[str, Any]], skip: str | None = None) -> dict
             for svc in services if svc["metadata"].get("name") != skip}
 
 
+async def _namespace_engine(api: KubeApi, name: str, namespace: str) -> dict[str, Any] | None:
+    """The LLMEngine ``name`` if it is one of ``namespace``'s cache (as the sweep lists them),
+    else None: a name read from a service's status is the tenant's to write, and the record
+    of another namespace's engine is never told of this one's builds."""
+    record = await api.get(API_VERSION, "LLMEngine", name)
+    labels = ((record or {}).get("metadata") or {}).get("labels") or {}
+    return record if labels.get(LABEL_CACHE_NAMESPACE) == namespace else None
+
+
 async def superseded_build(api: KubeApi, namespace: str, service: str, engine: str) -> Superseded | None:
     """The running build Job of ``engine``, which service ``service`` no longer wants: with
     the engine's record, and whether another service of the namespace names the engine in
@@ -79,7 +88,7 @@ async def superseded_build(api: KubeApi, namespace: str, service: str, engine: s
     if job is None or job_state(job) != "Running":
         return None
     wanted = engine in await wanted_engines(api, namespace, skip=service)
-    return Superseded(job=job, engine=await api.get(API_VERSION, "LLMEngine", engine), wanted=wanted)
+    return Superseded(job=job, engine=await _namespace_engine(api, engine, namespace), wanted=wanted)
 
 
 async def deleted_mid_build(api: KubeApi, service: dict[str, Any], now: str) -> str | None:
@@ -93,7 +102,7 @@ async def deleted_mid_build(api: KubeApi, service: dict[str, Any], now: str) -> 
     engine = ((service.get("status") or {}).get("engine") or {}).get("name")
     if not engine:
         return None
-    record = await api.get(API_VERSION, "LLMEngine", str(engine))
+    record = await _namespace_engine(api, str(engine), namespace)
     status = cancelled_status(record, f"it was deleted with LLMService {namespace}/{name}, the last service "
                               "that wanted the engine", now)
     if record is None or status is None or engine in await wanted_engines(api, namespace, skip=name):
@@ -166,6 +175,16 @@ def _alone(engine: dict[str, Any], holders: dict[str, set[str]]) -> bool:
     return not others
 
 
+def _build_of(job: dict[str, Any], engine: str) -> bool:
+    """Whether ``job`` is Kiln's build of ``engine``: owned by LLMServices alone, or by none
+    and labelled as that engine's (its owners gone without it, an orphaning delete). Any
+    other Job under the build's name is someone else's, whatever its name."""
+    meta = job.get("metadata") or {}
+    if meta.get("ownerReferences"):
+        return owned_by_services_alone(job)
+    return (meta.get("labels") or {}).get(LABEL_ENGINE) == engine
+
+
 async def _start_purge(api: KubeApi, purge: dict[str, Any], engine: str) -> None:
     """Start the purge Job of a deleted record; one the API server refuses leaves the files
     where they are, said in the log with the entry's key (nothing names them any more)."""
@@ -234,8 +253,9 @@ async def sweep_engines(api: KubeApi, namespace: str, now: str,
             job = await api.get("batch/v1", "Job", child_name(name, "build"), namespace)
             # A finished build Job outlives the record (BUILD_TTL_SECONDS, a week): a service
             # that wants the engine again reads it Complete and takes the engine as built,
-            # true unless its files are being removed.
-            if job is not None and (job_state(job) == "Running" or purge is not None):
+            # true unless its files are being removed. Someone else's Job under the build's
+            # name is left alone.
+            if job is not None and _build_of(job, name) and (job_state(job) == "Running" or purge is not None):
                 await api.delete(job, background=True)
             if purge is not None:
                 await _start_purge(api, purge, name)
