@@ -324,6 +324,41 @@ async def test_a_deleted_service_s_status_never_tells_another_namespace_s_engine
         assert sb.operator_error is None
 
 
+async def test_a_forged_engine_in_a_status_never_has_another_namespace_s_engine_told_its_build_stopped(
+        make_sandbox, backend):
+    """The same forgery on the path of a service that moves to another engine: a tenant who
+    may write their service's status names another namespace's building engine in it, with a
+    running Job of their own service under that engine's build name, and edits the spec. The
+    service lets its Job go (its own); the other namespace's record is not told anything."""
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        sb.add_namespace("victim")
+        await sb.start_operator()  # no kubelet: every build stays running
+        victim = _named("v")
+        victim["metadata"]["namespace"] = "victim"
+        await sb.create(victim)
+        await sb.wait_for(lambda: ((sb.get("llmservices", "v", "victim") or {}).get("status") or {}).get("engine"),
+                          what="the victim's engine")
+        engine = sb.get("llmservices", "v", "victim")["status"]["engine"]
+        await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", engine["name"])) == "EngineBuilding",
+                          what="the victim's engine building")
+        await sb.create(_named("t"))
+        await sb.wait_for(lambda: _engine_name(sb, "t"), what="t's own engine")
+        tenant = sb.get("llmservices", "t", NS)
+        await sb.create({"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+            "name": engine["name"] + "-build", "namespace": NS, "ownerReferences": [{
+                "apiVersion": tenant["apiVersion"], "kind": "LLMService", "name": "t",
+                "uid": tenant["metadata"]["uid"]}]},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                {"name": "x", "image": "busybox", "command": ["sleep", "3600"]}]}}}})
+        await sb.api.patch_status(tenant, {"engine": engine})
+        await sb.patch_spec(NS, "t", {"engine": {"maxBatchSize": 32}})
+        await sb.wait_for(lambda: _engine_name(sb, "t") not in (None, engine["name"]), what="t on its new engine")
+        await asyncio.sleep(1.0)
+        assert _ready_reason(sb.get("llmengines", engine["name"])) == "EngineBuilding"
+        assert sb.operator_error is None
+
+
 def _stalled(sb, name):
     conditions = ((sb.get("llmservices", name, NS) or {}).get("status") or {}).get("conditions") or []
     return next((str(c.get("message")) for c in conditions if c.get("type") == "Stalled" and c.get("status") == "True"), "")
