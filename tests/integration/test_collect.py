@@ -207,25 +207,34 @@ async def test_services_that_move_on_together_leave_a_shared_build_to_the_one_le
         assert sb.operator_error is None
 
 
+async def _squatted_build(sb):
+    """A tenant's running Job under the name of the build Job of ``_named("t")``'s engine, and
+    service ``t`` stalled on the conflict: the probe's build Job (that engine's, as read
+    before its service was deleted) and the tenant's."""
+    await sb.create(_named("probe"))
+    await sb.wait_for(lambda: sb.objects("jobs"), what="a build, to learn its name")
+    [probe] = sb.objects("jobs")
+    await sb.api.delete(sb.get("llmservices", "probe", NS))
+    await sb.wait_for(lambda: not sb.objects("jobs") and not sb.objects("llmservices"), timeout=60,
+                      what="the probe and its build gone")
+    await sb.create({"apiVersion": "batch/v1", "kind": "Job",
+                     "metadata": {"name": probe["metadata"]["name"], "namespace": NS},
+                     "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                         {"name": "x", "image": "busybox", "command": ["sleep", "3600"]}]}}}})
+    tenant = sb.get("jobs", probe["metadata"]["name"], NS)
+    await sb.create(_named("t"))
+    await sb.wait_for(lambda: "not owned by LLMServices alone" in _stalled(sb, "t"), what="t in conflict")
+    return probe, tenant
+
+
 async def test_a_service_never_deletes_a_build_job_it_does_not_own(make_sandbox, backend):
     """A tenant's Job named like a build Job: the service stalled on the conflict, and when its
     spec moved to another engine it deleted that Job as its own superseded build."""
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         await sb.start_operator()
-        await sb.create(_named("probe"))
-        await sb.wait_for(lambda: sb.objects("jobs"), what="a build, to learn its name")
-        [probe] = sb.objects("jobs")
+        probe, tenant = await _squatted_build(sb)
         name = probe["metadata"]["name"]
-        await sb.api.delete(sb.get("llmservices", "probe", NS))
-        await sb.wait_for(lambda: not sb.objects("jobs") and not sb.objects("llmservices"), timeout=60,
-                          what="the probe and its build gone")
-        await sb.create({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NS},
-                         "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
-                             {"name": "x", "image": "busybox", "command": ["sleep", "3600"]}]}}}})
-        tenant = sb.get("jobs", name, NS)
-        await sb.create(_named("t"))
-        await sb.wait_for(lambda: "not owned by LLMServices alone" in _stalled(sb, "t"), what="t in conflict")
         await sb.patch_spec(NS, "t", {"engine": {"maxBatchSize": 32}})
         await sb.wait_for(lambda: _engine_name(sb, "t") not in (None, probe["metadata"]["labels"].get("kiln.dev/engine")) and
                           len(sb.objects("jobs")) == 2, what="t on its new engine, building it")
@@ -243,19 +252,8 @@ async def test_the_sweep_never_deletes_a_build_job_it_does_not_own_with_its_engi
                             timings=FAST_COLLECTION) as sb:
         sb.add_namespace(NS)
         await sb.start_operator()  # no kubelet: the tenant's Job stays running
-        await sb.create(_named("probe"))
-        await sb.wait_for(lambda: sb.objects("jobs"), what="a build, to learn its name")
-        [probe] = sb.objects("jobs")
+        probe, tenant = await _squatted_build(sb)
         name = probe["metadata"]["name"]
-        await sb.api.delete(sb.get("llmservices", "probe", NS))
-        await sb.wait_for(lambda: not sb.objects("jobs") and not sb.objects("llmservices"), timeout=60,
-                          what="the probe and its build gone")
-        await sb.create({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NS},
-                         "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
-                             {"name": "x", "image": "busybox", "command": ["sleep", "3600"]}]}}}})
-        tenant = sb.get("jobs", name, NS)
-        await sb.create(_named("t"))
-        await sb.wait_for(lambda: "not owned by LLMServices alone" in _stalled(sb, "t"), what="t in conflict")
         engine = _engine_name(sb, "t")
         assert sb.get("llmengines", engine) is not None
         await sb.patch_spec(NS, "t", {"engine": {"maxBatchSize": 32}})  # its resyncs sweep the namespace
@@ -294,23 +292,30 @@ async def test_the_sweep_deletes_a_build_whose_owners_all_moved_on(make_sandbox,
         assert sb.operator_error is None
 
 
+async def _victim_building(sb):
+    """Service ``v`` of namespace ``victim`` building its engine (no kubelet: builds stay
+    running), with the operator started and namespace ``NS`` made; the status's engine."""
+    sb.add_namespace(NS)
+    sb.add_namespace("victim")
+    await sb.start_operator()
+    victim = _named("v")
+    victim["metadata"]["namespace"] = "victim"
+    await sb.create(victim)
+    await sb.wait_for(lambda: ((sb.get("llmservices", "v", "victim") or {}).get("status") or {}).get("engine"),
+                      what="the victim's engine")
+    engine = sb.get("llmservices", "v", "victim")["status"]["engine"]
+    await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", engine["name"])) == "EngineBuilding",
+                      what="the victim's engine building")
+    return engine
+
+
 async def test_a_deleted_service_s_status_never_tells_another_namespace_s_engine_its_build_stopped(
         make_sandbox, backend):
     """A tenant who may write their service's status named another namespace's engine in it,
     building, and deleted the service: the operator wrote EngineBuildCancelled onto that
     cluster-scoped record, whose build ran on."""
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
-        sb.add_namespace(NS)
-        sb.add_namespace("victim")
-        await sb.start_operator()  # no kubelet: the victim's build stays running
-        victim = _named("v")
-        victim["metadata"]["namespace"] = "victim"
-        await sb.create(victim)
-        await sb.wait_for(lambda: ((sb.get("llmservices", "v", "victim") or {}).get("status") or {}).get("engine"),
-                          what="the victim's engine")
-        engine = sb.get("llmservices", "v", "victim")["status"]["engine"]
-        await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", engine["name"])) == "EngineBuilding",
-                          what="the victim's engine building")
+        engine = await _victim_building(sb)
         tenant = _named("t")
         tenant["spec"]["model"]["credentials"] = {"secretName": "hf-token"}  # absent: t stalls, its status kept
         await sb.create(tenant)
@@ -331,17 +336,7 @@ async def test_a_forged_engine_in_a_status_never_has_another_namespace_s_engine_
     running Job of their own service under that engine's build name, and edits the spec. The
     service lets its Job go (its own); the other namespace's record is not told anything."""
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
-        sb.add_namespace(NS)
-        sb.add_namespace("victim")
-        await sb.start_operator()  # no kubelet: every build stays running
-        victim = _named("v")
-        victim["metadata"]["namespace"] = "victim"
-        await sb.create(victim)
-        await sb.wait_for(lambda: ((sb.get("llmservices", "v", "victim") or {}).get("status") or {}).get("engine"),
-                          what="the victim's engine")
-        engine = sb.get("llmservices", "v", "victim")["status"]["engine"]
-        await sb.wait_for(lambda: _ready_reason(sb.get("llmengines", engine["name"])) == "EngineBuilding",
-                          what="the victim's engine building")
+        engine = await _victim_building(sb)
         await sb.create(_named("t"))
         await sb.wait_for(lambda: _engine_name(sb, "t"), what="t's own engine")
         tenant = sb.get("llmservices", "t", NS)
