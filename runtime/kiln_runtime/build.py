@@ -100,6 +100,17 @@ def _afresh(root: Path, directory: Path) -> None:
     directory.mkdir(parents=True)
 
 
+def _check_group_tokenizer(spec: BuildSpec, model_dir: Path) -> None:
+    """An engine built across nodes is served by a multi-node leader, which holds the token
+    that may exec into its workers and refuses a tokenizer that runs code of its own
+    (``serve.prepare``): refused here, as a failed build, before any GPU work."""
+    if spec.gpus_per_node and (code := cache.remote_code(model_dir)):
+        raise StepFailed("checkpoint", f"the model's tokenizer runs code of its own ({code}), which Triton "
+                         "loads with trust_remote_code; a multi-node leader holds the token that may exec "
+                         "into its workers and does not run it: serve this model on one node "
+                         "(gpus <= gpu.perNode)")
+
+
 def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
     """Build (or reuse) the engine; returns the summary also written to the termination log."""
     layout = Layout(spec)
@@ -156,6 +167,7 @@ def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:
                 else:
                     if step.name == "checkpoint":  # downloaded or mounted, before any GPU work
                         check_weights(layout.model_dir)
+                        _check_group_tokenizer(spec, layout.model_dir)
                     _run_child(step, out)
                 _log(out, f"  done in {time.monotonic() - step_started:.1f}s")
         except BaseException as error:

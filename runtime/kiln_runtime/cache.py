@@ -32,7 +32,7 @@ from .errors import BadSpec, StepFailed
 from .safe_io import MAX_JSON_BYTES, open_inside, open_regular
 
 __all__ = ["complete_entry", "damage", "build_lock", "verify_engine", "publish", "delete_entry",
-           "delete_s3_entry", "tokenizer_code", "check_writable", "MANIFEST", "TOKENIZER_FILES"]
+           "delete_s3_entry", "tokenizer_code", "remote_code", "check_writable", "MANIFEST", "TOKENIZER_FILES"]
 
 MANIFEST = "manifest.json"
 # A tokenizer_config.json with every added token is a few MiB at most; past this it is not read.
@@ -89,6 +89,28 @@ def tokenizer_code(model_dir: Path) -> list[str]:
     refs = [refs] if isinstance(refs, str) else refs if isinstance(refs, list) else []
     modules = {ref.rpartition(".")[0] for ref in refs if isinstance(ref, str) and "--" not in ref}
     return sorted(f"{module}.py" for module in modules if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,100}", module))
+
+
+def remote_code(model_dir: Path) -> str | None:
+    """What in a model's tokenizer files has transformers import the model's own Python when
+    loaded with trust_remote_code, as Triton's preprocessing model loads it (an ``auto_map``:
+    AutoTokenizer reads tokenizer_config.json's, and AutoConfig config.json's, naming a module
+    beside them or ``org/repo--module`` on the Hub), or None."""
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            with open_regular(model_dir / name) as handle:
+                data = handle.read(MAX_JSON_BYTES + 1)
+        except OSError:
+            continue
+        if len(data) > MAX_JSON_BYTES:
+            return f"{name} is too large to be checked for an auto_map"
+        try:
+            config = json.loads(data)
+        except (ValueError, RecursionError):
+            continue  # transformers cannot read it either
+        if isinstance(config, dict) and config.get("auto_map"):
+            return f"{name}'s auto_map"
+    return None
 
 
 def _read_manifest(entry: Path) -> tuple[dict[str, Any] | None, str]:

@@ -222,6 +222,38 @@ async def test_a_prometheus_answer_whose_data_is_not_an_object_gives_no_samples(
         assert await _query(server.port) == []
 
 
+@pytest.mark.parametrize("url", [
+    "http://gateway.monitoring.svc/team-b/../prometheus",
+    "http://gateway.monitoring.svc/team-b/%2e%2e/prometheus",
+    "http://gateway.monitoring.svc/team-b%2F..%2Fprometheus",
+    "http://gateway.monitoring.svc/prometheus/.",
+], ids=["dot-segments", "escaped-dots", "escaped-slashes", "dot"])
+def test_keda_is_given_the_prometheus_url_the_platform_allowed_as_written(url):
+    """prometheus.allowedUrls is compared with the tenant's URL as yarl normalizes it (dot
+    segments removed, escapes decoded), but the ScaledObject hands KEDA the text as written,
+    and Go's HTTP client sends its path as it is: a proxy that routes on path prefixes
+    without normalizing them (Envoy's default, ``normalize_path: false``) sends
+    ``/team-b/../prometheus/api/v1/query`` to team-b's backend, which the list does not allow.
+    The URL KEDA gets is one of the list's, or the service is refused naming the field."""
+    from kiln.decide.policy import Policy
+    from kiln.errors import SpecInvalid
+    from kiln.render.scaling import scaled_object
+    from yarl import URL
+
+    allowed = "http://gateway.monitoring.svc/prometheus"
+    policy = Policy(prometheus_urls=(allowed,))
+    spec = parse_service_spec({"model": {"source": "hf://a/b"}, "autoscaling": {
+        "mode": "keda", "maxReplicas": 2, "prometheusUrl": url}})
+    try:
+        policy.check_prometheus(url)
+    except SpecInvalid as error:
+        assert error.message.startswith("spec.autoscaling.prometheusUrl: ")
+        return
+    [trigger] = scaled_object(spec, "svc", "llm", None)["spec"]["triggers"]
+    written = URL(trigger["metadata"]["serverAddress"], encoded=True)
+    assert written.raw_path.rstrip("/") == URL(allowed, encoded=True).raw_path, written
+
+
 # --- attacks the code withstood ---------------------------------------------------------------
 
 def _dripping(chunks, headers=None):

@@ -212,6 +212,58 @@ def test_a_hub_repository_of_many_files_beside_the_model_is_refused_before_the_d
         source.download("hf://org/model", "main", tmp_path / "model")
 
 
+def _entry_with_tokenizer(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A published cache entry (one rank) whose model directory held ``files``."""
+    model, staging = tmp_path / "model", tmp_path / "staging"
+    model.mkdir()
+    for name, text in files.items():
+        (model / name).write_text(text)
+    (staging / "engine").mkdir(parents=True)
+    (staging / "engine" / "config.json").write_text(json.dumps({"build_config": {"max_batch_size": 4}}))
+    (staging / "engine" / "rank0.engine").write_bytes(b"engine-0")
+    (tmp_path / "cache").mkdir()
+    cache.publish(staging, tmp_path / "cache", KEY, model, {}, {}, 1.0)
+    return tmp_path / "cache" / KEY
+
+
+_REMOTE_CODE = {
+    "tokenizer-module": {"tokenizer_config.json": json.dumps(
+        {"auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}}),
+        "tokenization_evil.py": "import os  # reads the launcher's token, execs into a pod\n"},
+    "hub-module": {"tokenizer_config.json": json.dumps(
+        {"auto_map": {"AutoTokenizer": ["attacker/repo--tokenization_evil.EvilTokenizer", None]}})},
+    "config-module": {"tokenizer_config.json": "{}", "config.json": json.dumps(
+        {"architectures": ["LlamaForCausalLM"], "auto_map": {"AutoConfig": "attacker/repo--evil.Config"}})},
+}
+
+
+@pytest.mark.parametrize("files", _REMOTE_CODE.values(), ids=_REMOTE_CODE.keys())
+def test_a_tokenizers_remote_code_does_not_run_beside_the_launcher_token(tmp_path, files):
+    """A multi-node leader mounts the ``<name>-launcher`` token, which may exec into pods named
+    like its group's workers; the threat model keeps an author's own code away from it (a
+    custom image needs ``multiNode.customImages``). But Triton's preprocessing model loads the
+    entry's tokenizer with ``trust_remote_code=True`` (TensorRT-LLM ``triton_backend/all_models/
+    inflight_batcher_llm/preprocessing/1/model.py``), so a tokenizer_config.json or config.json
+    ``auto_map`` (a module in the model, or ``org/repo--module`` fetched from the Hub at start:
+    egress is open) runs the model's Python in the leader. The leader refuses it before writing
+    its repository; a single-node pod, which holds no token, still serves it (GLM-4's tokenizer)."""
+    from kiln_runtime.group import Group
+    from kiln_runtime.serve import parse_serve_spec, prepare
+
+    from ..support.triton_templates import write_templates
+
+    entry = _entry_with_tokenizer(tmp_path, files)
+    templates = write_templates(tmp_path / "templates")
+    spec = parse_serve_spec(json.dumps({"engineDir": str(entry), "tensorParallel": 1, "pipelineParallel": 1,
+                                        "kvCacheFreeGpuMemFraction": 0.9}))
+    with pytest.raises(BadSpec, match=r"^engineDir: the model's tokenizer runs code of its own \((tokenizer_)?"
+                                      r"config\.json's auto_map\).*multi-node leader"):
+        prepare(spec, tmp_path / "leader", templates, Group("g-0.g.ns", size=2, slots=1), 0)
+    assert not (tmp_path / "leader" / "preprocessing").exists()
+    prepare(spec, tmp_path / "single", templates)
+    assert (tmp_path / "single" / "preprocessing" / "config.pbtxt").is_file()
+
+
 # --- attacks the code withstood --------------------------------------------------------------
 
 @pytest.mark.parametrize("key", ["model/../../x.json", "model//abs.json", "model/a/../../b.json",
@@ -332,3 +384,34 @@ def test_a_key_with_a_c1_control_or_line_separator_is_refused(tmp_path, monkeypa
     with pytest.raises(BadSpec, match="control character"):
         source.download("s3://bucket/model", "main", tmp_path / "model")
     assert char not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value", [
+    ("servedModelName", 'llm"\nmax_batch_size: 1\n#'),  # a second pbtxt field after the name
+    ("servedModelName", "llm}\ninstance_group [{ count: 64 }]"),
+    ("servedModelName", "${engine_dir}"),
+    ("servedModelName", "llm\n"),  # Python's `$` matches before a final newline
+    ("model.source", "pvc://models/llama\noption.trust_remote_code=true"),  # a serving.properties line
+])
+def test_withstood_a_value_written_to_add_a_line_to_config_pbtxt_or_serving_properties(field, value):
+    """The served model name becomes ``name: "<it>"`` in the BLS model's config.pbtxt, and a
+    pvc:// source's path DJL's ``option.model_id`` in serving.properties (a line per key): a
+    quote, a brace, a newline or a placeholder would add a field or a property. The schema
+    refuses each (pydantic here, the same pattern in the CRD), and the serve spec the runtime
+    reads refuses a name the pattern does not match."""
+    from kiln.api import parse_service_spec
+    from kiln.errors import SpecInvalid
+    from kiln_runtime.serve import parse_serve_spec
+
+    spec: dict = {"model": {"source": "hf://a/b"}}
+    if field == "model.source":
+        spec["model"]["source"] = value
+    else:
+        spec[field] = value
+    with pytest.raises(SpecInvalid, match=rf"^spec\.{field}: "):
+        parse_service_spec(spec)
+    if field == "servedModelName":
+        with pytest.raises(BadSpec, match="^servedModelName: "):
+            parse_serve_spec(json.dumps({"engineDir": "/cache/" + KEY, "tensorParallel": 1, "pipelineParallel": 1,
+                                         "kvCacheFreeGpuMemFraction": 0.9, "servedModelName": value,
+                                         "ports": {"http": 8000, "grpc": 8001, "openai": 9000}}))

@@ -352,3 +352,24 @@ def test_a_cache_volume_the_build_cannot_write_is_named_with_the_fix(fakes):
         assert _calls(fakes) == []
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_multi_node_build_refuses_a_tokenizer_that_runs_code_of_its_own_before_any_gpu_work(fakes):
+    """An engine built across nodes serves only from a multi-node leader, which mounts the
+    token that may exec into its workers and refuses to load a tokenizer with an ``auto_map``
+    (Triton loads it with trust_remote_code: ``kiln_runtime.serve``). The build says so before
+    the checkpoint step, as a failed build the service's status shows, instead of leaving an
+    engine whose leader crash-loops. One node builds it as before (GLM-4's tokenizer)."""
+    model = Path(fakes["spec"]["model"]["source"])
+    (model / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": {"AutoTokenizer": ["tokenization_glm.GLMTokenizer", None]}}))
+    (model / "tokenization_glm.py").write_text("class GLMTokenizer: ...\n")
+    result = _run(fakes, {**fakes["spec"], "gpusPerNode": 1})
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step 'checkpoint' failed: the model's tokenizer runs code of its own "
+                           "(tokenizer_config.json's auto_map)") and "one node" in last, last
+    assert _calls(fakes) == []
+    report = json.loads((fakes["root"] / "termination-log").read_text())
+    assert report["result"] == "failed" and report["step"] == "checkpoint"
+    assert _run(fakes).returncode == 0

@@ -33,7 +33,15 @@ def base_url(text: str, field: str = "spec.autoscaling.prometheusUrl") -> URL:
         raise SpecInvalid(f"{field}: {text[:80]!r} is not a base URL "
                           "(http or https, a host, an optional port and path; no query, fragment "
                           "or credentials)")
-    return url.with_path(url.path.rstrip("/") or "/")  # one form per URL, to compare with the list
+    checked = url.with_path(url.path.rstrip("/") or "/")  # one form per URL, to compare with the list
+    # KEDA is given the text as written, and Go's HTTP client sends its path as it is: a path
+    # this form rewrites ('.' and '..' segments, escapes decoded) is compared as one path here
+    # and may be routed as another by a proxy that does not normalize it (Envoy's default).
+    if checked.raw_path.rstrip("/") != URL(text, encoded=True).raw_path.rstrip("/"):
+        raise SpecInvalid(f"{field}: {text[:80]!r} has a path that normalizes to another "
+                          f"({checked.raw_path[:80]!r}): no '.' or '..' segments, and no escaped "
+                          "'/', '.' or other character that needs no escaping")
+    return checked
 
 
 @dataclass(frozen=True)
