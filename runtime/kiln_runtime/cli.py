@@ -30,6 +30,7 @@ from .djl import DJLSettings, write_properties
 from .errors import BadSpec, StepFailed
 from .group import (check_worker, group_from_env, mark_ready, rsh_argv, wait_for_workers, wait_forever,
                     worker_index)
+from .safe_io import MAX_JSON_BYTES, load_json, open_regular
 from .serve import SERVE_SPEC_ENV, metrics_url, parse_serve_spec, prepare, run_server, server_argv
 from .spec import load_build_spec
 from .steps import Layout, check_model
@@ -44,9 +45,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         config = None
         if args.model_config:
             try:
-                config = json.loads(Path(args.model_config).read_text())
-            except (OSError, json.JSONDecodeError) as error:
+                with open_regular(Path(args.model_config)) as handle:
+                    data = handle.read(MAX_JSON_BYTES + 1)
+            except OSError as error:
                 raise BadSpec(f"--model-config: cannot read {args.model_config}: {error}") from None
+            if len(data) > MAX_JSON_BYTES:
+                raise BadSpec(f"--model-config: {args.model_config} is larger than {MAX_JSON_BYTES} bytes")
+            config = load_json(data, f"--model-config: {args.model_config}")
         print(json.dumps(dry_run(spec, config), indent=2))
         return 0
     run_build(spec)

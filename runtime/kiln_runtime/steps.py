@@ -9,6 +9,7 @@ written by the quantizer or converter from ``--tp_size/--pp_size``, decides them
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,13 +94,9 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
                       "transformers writes it")
     architecture = str((named or [config.get("architecture") or "?"])[0])[:100]
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    try:
-        heads = int(text.get("num_attention_heads") or 0)
-        kv_heads = int(text.get("num_key_value_heads") or heads)
-        layers = int(text.get("num_hidden_layers") or 0)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise BadSpec(f"model.source: config.json: a head or layer count is not a whole number "
-                      f"({' '.join(str(error).split())[:100]})") from None
+    heads = _count(text, "num_attention_heads")
+    kv_heads = _count(text, "num_key_value_heads") or heads
+    layers = _count(text, "num_hidden_layers")
     quantized = support.prequantized(config)
     refused = support.refusals(architecture, spec.precision, spec.kv_cache_dtype,
                                spec.arch_number, spec.limits.weight_streaming, quantized) \
@@ -124,6 +121,19 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
     if layers and spec.pipeline_parallel > layers:
         raise BadSpec(f"pipelineParallel: {spec.pipeline_parallel} exceeds the {layers} layers")
     return architecture
+
+
+def _count(config: Any, name: str) -> int:
+    """``config[name]``, a head or layer count; 0 when it is not given. A float only when whole:
+    int(0.5) is 0, read as "not given", and a negative count passes the divisibility checks."""
+    value = config.get(name)
+    if value is None:
+        return 0
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf \
+            or value != int(value):
+        got = repr(value)[:40] if isinstance(value, (int, float)) else f"a {type(value).__name__}"
+        raise BadSpec(f"model.source: config.json: {name} must be a whole number of at least 1 (got {got})")
+    return int(value)
 
 
 def check_weights(model_dir: Path) -> None:

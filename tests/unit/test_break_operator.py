@@ -254,6 +254,115 @@ def test_keda_is_given_the_prometheus_url_the_platform_allowed_as_written(url):
     assert written.raw_path.rstrip("/") == URL(allowed, encoded=True).raw_path, written
 
 
+_CONFIG = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 16, "hidden_size": 2048,
+           "intermediate_size": 8192, "num_attention_heads": 16, "num_key_value_heads": 8, "vocab_size": 32000}
+_MIXTRAL = {**_CONFIG, "architectures": ["MixtralForCausalLM"], "num_local_experts": 8, "num_experts_per_tok": 2}
+_FRACTIONS = [({**_CONFIG, "num_attention_heads": 0.5}, "num_attention_heads"),
+              ({**_CONFIG, "num_key_value_heads": 0.5}, "num_key_value_heads"),
+              ({**_CONFIG, "head_dim": 0.5}, "head_dim"),
+              ({**_CONFIG, "kv_channels": 0.1}, "kv_channels"),
+              ({**_CONFIG, "num_hidden_layers": 0.5}, "num_hidden_layers"),
+              ({**_CONFIG, "vocab_size": 0.5}, "vocab_size"),
+              ({**_CONFIG, "hidden_size": 2048.5}, "hidden_size"),
+              ({**_MIXTRAL, "num_experts_per_tok": 1.5}, "num_experts_per_tok"),
+              ({**_CONFIG, "text_config": {"num_key_value_heads": 0.25}}, "num_key_value_heads")]
+
+
+@pytest.mark.parametrize("raw, field", _FRACTIONS, ids=[f"{field}={raw.get('text_config', raw)[field]}"
+                                                        for raw, field in _FRACTIONS])
+def test_a_config_s_fractional_dimension_is_malformed_naming_it(raw, field):
+    """A head count of 0.5 is a positive number under the bound: read as int(0.5) == 0, it
+    was a ZeroDivisionError out of the planner (``hidden // heads``, the KV pool over 0 bytes a
+    token), in the operator's reconcile at every retry and out of ``kiln plan`` as an
+    internal error; a vocabulary of 0.5 planned as a vocabulary of none."""
+    from kiln.planner import model_config
+
+    with pytest.raises(ValueError) as refused:
+        model_config("hf://someone/model", raw)
+    said = str(refused.value)
+    assert field in said and "whole number" in said and len(said) < 200, said
+
+
+@pytest.mark.parametrize("raw, field", _FRACTIONS[:2], ids=["heads", "kv-heads"])
+async def test_the_operator_says_a_fractional_head_count_is_malformed_naming_it(raw, field, tmp_path, monkeypatch):
+    from kiln.controller.models import REASON_CHARS, ModelResolver
+    from tests.support.fake_hub import Repo, fake_hub
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    spec = parse_service_spec({"model": {"source": "hf://someone/model"}})
+    with fake_hub({"someone/model": Repo({"config.json": json.dumps(raw).encode()})}) as hub:
+        resolved, why = await ModelResolver(endpoint=hub.url).resolve(spec, None)
+    assert resolved is None and field in why and len(why) <= REASON_CHARS, why
+
+
+def test_kiln_plan_says_a_fractional_head_count_is_malformed_naming_it(tmp_path, capsys):
+    from kiln.cli import main
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**_CONFIG, "num_attention_heads": 0.5}))
+    service = tmp_path / "svc.yaml"
+    service.write_text(json.dumps({"apiVersion": "serving.kiln.dev/v1alpha1", "kind": "LLMService",
+                                   "metadata": {"name": "svc"}, "spec": {"model": {"source": "s3://bucket/m"}}}))
+    code = main(["plan", "-f", str(service), "--model-config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --model-config: ") and "num_attention_heads" in err, err
+
+
+def _integers(value):
+    if isinstance(value, dict):
+        return [n for item in value.values() for n in _integers(item)]
+    if isinstance(value, list):
+        return [n for item in value for n in _integers(item)]
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+
+
+_VAST = {**_CONFIG, "num_hidden_layers": 2**20, "hidden_size": 2**20, "intermediate_size": 2**22,
+         "vocab_size": 2**20}
+
+
+@pytest.mark.parametrize("raw", [_VAST, {**_MIXTRAL, "num_local_experts": 2**24, "intermediate_size": 2**24,
+                                         "hidden_size": 2**16, "num_hidden_layers": 2**10},
+                                 {**_CONFIG, "num_hidden_layers": 2**10, "hidden_size": 2**16, "intermediate_size": 2**20}],
+                         ids=["dense", "experts", "under-the-bound"])
+def test_a_config_s_sizes_never_make_a_plan_the_api_server_cannot_store(raw):
+    """Each size under its own bound, together a model of 2**64 bytes and more: status.plan's
+    weightBytesPerGpu past int64, which the API server decodes as a float and refuses for a
+    field of type integer (go-openapi ``swag.IsFloat64AJSONInteger``: 2**53 at most), so the
+    status write fails at every reconcile and the Fits reason is never seen. Refused with the
+    fields that make it, or planned within int64."""
+    from kiln.errors import PlanRefused
+    from kiln.planner import lookup_gpu, model_config, plan
+
+    try:
+        config, why = model_config("hf://someone/model", raw)
+    except ValueError as refused:
+        said = str(refused)
+        assert "num_hidden_layers" in said and len(said) < 300, said
+        return
+    assert config is not None, why
+    spec = parse_service_spec({"model": {"source": "hf://someone/model"}})
+    try:
+        written = plan(config, spec, lookup_gpu(spec.gpu.type)).status().wire()
+    except PlanRefused:
+        return
+    assert all(-2**63 <= n < 2**63 for n in _integers(written)), written
+
+
+async def test_an_architecture_that_is_not_a_name_is_refused_naming_the_field(tmp_path, monkeypatch):
+    """``architectures: [[[...]]]`` nested to just under the JSON parser's depth: read in the
+    resolver's thread, then quoted with ``str()`` on the event loop, whose stack is deeper; a
+    RecursionError, reported as "maximum recursion depth exceeded", naming nothing."""
+    from kiln.controller.models import REASON_CHARS, ModelResolver
+    from tests.support.fake_hub import Repo, fake_hub
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    body = ('{"architectures": [' + "[" * 985 + "]" * 985 + '], "num_hidden_layers": 2}').encode()
+    spec = parse_service_spec({"model": {"source": "hf://someone/model"}})
+    with fake_hub({"someone/model": Repo({"config.json": body})}) as hub:
+        resolved, why = await ModelResolver(endpoint=hub.url).resolve(spec, None)
+    assert resolved is None and "architectures" in why and len(why) <= REASON_CHARS, why
+
+
 # --- attacks the code withstood ---------------------------------------------------------------
 
 def _dripping(chunks, headers=None):
@@ -435,3 +544,45 @@ def test_an_unschedulable_pod_s_message_reaches_a_status_as_printable_text():
     assert name == "x-0"
     assert message.isprintable() and message.startswith("0/4 nodes[2J are available: Insufficient")
     assert len(message) <= 400
+
+
+@pytest.mark.parametrize("raw, field", [({**_CONFIG, "hidden_size": float("nan")}, "hidden_size"),
+                                        ({**_CONFIG, "num_hidden_layers": True}, "num_hidden_layers"),
+                                        ({**_CONFIG, "vocab_size": float("-inf")}, "vocab_size"),
+                                        ({**_CONFIG, "num_key_value_heads": False}, "num_key_value_heads"),
+                                        ({**_CONFIG, "head_dim": 0}, "head_dim"),
+                                        ({**_MIXTRAL, "num_local_experts": float("nan")}, "num_local_experts"),
+                                        ({**_CONFIG, "text_config": {"num_attention_heads": True}}, "num_attention_heads")])
+def test_withstood_a_config_s_nan_boolean_or_zero_dimension_is_malformed_naming_it(raw, field):
+    from kiln.planner import model_config
+
+    with pytest.raises(ValueError, match=field):
+        model_config("hf://someone/model", raw)
+
+
+async def test_withstood_a_config_nested_past_the_parser_s_depth_is_unknown_with_a_short_reason(tmp_path, monkeypatch):
+    from kiln.controller.models import REASON_CHARS, ModelResolver
+    from tests.support.fake_hub import Repo, fake_hub
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    body = b'{"architectures": ["LlamaForCausalLM"], "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    spec = parse_service_spec({"model": {"source": "hf://someone/model"}})
+    with fake_hub({"someone/model": Repo({"config.json": body})}) as hub:
+        resolved, why = await ModelResolver(endpoint=hub.url).resolve(spec, None)
+    assert resolved is None and 0 < len(why) <= REASON_CHARS and why.isprintable(), why
+
+
+def test_withstood_the_layout_search_over_a_model_no_gpu_count_splits_is_quick():
+    """No layout of 512 GPUs, one a node, takes a prime number of layers: the search for the
+    nearest counts that do walks every count to 2,048 and each count's divisors."""
+    from kiln.errors import PlanRefused
+    from kiln.planner import lookup_gpu, model_config, plan
+
+    config, _ = model_config("hf://someone/model", {**_CONFIG, "num_hidden_layers": 1_000_003,
+                                                    "num_attention_heads": 1021, "num_key_value_heads": 1021,
+                                                    "head_dim": 1})
+    spec = parse_service_spec({"model": {"source": "hf://someone/model"}, "gpus": 512, "gpu": {"perNode": 1}})
+    started = time.monotonic()
+    with pytest.raises(PlanRefused, match="spec.gpus"):
+        plan(config, spec, lookup_gpu(spec.gpu.type))
+    assert time.monotonic() - started < 2.0

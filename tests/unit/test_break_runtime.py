@@ -264,6 +264,51 @@ def test_a_tokenizers_remote_code_does_not_run_beside_the_launcher_token(tmp_pat
     assert (tmp_path / "single" / "preprocessing" / "config.pbtxt").is_file()
 
 
+def _build_spec(tmp_path):
+    """A build spec (fp8, TP 2) in a file, for ``build --dry-run``."""
+    spec = {"engineKey": KEY, "engineName": "tiny-0123456789", "model": {"source": "s3://bucket/model", "revision": "main"},
+            "precision": "fp8", "kvCacheDtype": "fp8", "tensorParallel": 2, "pipelineParallel": 1,
+            "gpuArch": "sm90", "toolchain": "tensorrt-llm==1.2.1",
+            "limits": {"maxBatchSize": 8, "maxInputLen": 512, "maxSeqLen": 1024, "maxNumTokens": 1024,
+                       "tokensPerBlock": 32},
+            "cacheDir": str(tmp_path / "cache"), "workDir": str(tmp_path / "work")}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.mark.parametrize("body", [b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                  b'{"num_hidden_layers": ' + b"9" * 5000 + b"}",
+                                  b'{"architectures": ["Llama\xff"]}'], ids=["deep", "digits", "not-utf-8"])
+def test_a_dry_run_s_model_config_that_is_not_json_is_bad_input_naming_the_flag(tmp_path, capsys, body):
+    """``kiln-runtime build --dry-run --model-config`` read the file with ``json.loads`` and
+    caught only JSONDecodeError: nesting, a 5,000-digit number or a byte that is not UTF-8 was
+    ``error: RecursionError: ...`` and exit 1, which the runtime says for a failed step."""
+    from kiln_runtime.cli import main
+
+    config = tmp_path / "config.json"
+    config.write_bytes(body)
+    code = main(["build", "--spec", str(_build_spec(tmp_path)), "--dry-run", "--model-config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --model-config: ") and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("field, value", [("num_attention_heads", 0.5), ("num_key_value_heads", 0.5),
+                                          ("num_hidden_layers", 0.5), ("num_attention_heads", -64),
+                                          ("num_hidden_layers", True)])
+def test_a_head_or_layer_count_that_is_not_a_count_is_refused_naming_it(tmp_path, field, value):
+    """A head count of 0.5 was read as int(0.5) == 0, "no heads", and the tensor-parallel check
+    skipped; -64 heads passed it (-64 % 2 == 0): a build of an s3:// or volume source, whose
+    config the operator does not read, ran on to fail in TensorRT-LLM's converter."""
+    from kiln_runtime.spec import load_build_spec
+    from kiln_runtime.steps import check_model
+
+    config = {"architectures": ["LlamaForCausalLM"], "num_attention_heads": 32, "num_key_value_heads": 8,
+              "num_hidden_layers": 32, field: value}
+    with pytest.raises(BadSpec, match=field):
+        check_model(load_build_spec(str(_build_spec(tmp_path))), config)
+
+
 # --- attacks the code withstood --------------------------------------------------------------
 
 @pytest.mark.parametrize("key", ["model/../../x.json", "model//abs.json", "model/a/../../b.json",

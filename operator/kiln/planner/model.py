@@ -29,6 +29,10 @@ SUPPORTED = {
 # small enough that the planner's arithmetic on it stays finite. A config.json is whatever
 # the repository a tenant names holds.
 MAX_DIMENSION = 2**30
+# The most parameters the sizes together may make: hundreds of times the largest model
+# published, and small enough that every byte count status.plan holds stays an int64 (the
+# API server refuses a larger integer: it decodes it as a float).
+MAX_PARAMETERS = 2**50
 # The architecture's name as a refusal quotes it, at most.
 _NAME_CHARS = 80
 
@@ -69,7 +73,11 @@ class ModelConfig:
         if not (raw.get("architecture") or first):
             raise UnsupportedModel("config.json names no architecture (its \"architectures\" list, as "
                                    "transformers writes it, is missing or empty)")
-        architecture = str(raw.get("architecture") or first).split(" ", 1)[0]
+        chosen = raw.get("architecture") or first
+        if not isinstance(chosen, str):  # str() of a list nested a thousand deep is a RecursionError
+            raise ValueError(f"config.json's \"architectures\" must be a list of names, as transformers writes "
+                             f"it (its first is a {type(chosen).__name__})")
+        architecture = chosen.split(" ", 1)[0]
         if architecture not in SUPPORTED:
             # Printable: the name is the config's to write, and the reason goes into a status
             # (a control character or a bidirectional override shown as its escape, by repr).
@@ -86,9 +94,11 @@ class ModelConfig:
             for name in names:
                 value = merged.get(name)
                 if value is not None:
+                    # A float only when whole (4096.0): int(0.5) is a count of none, and a
+                    # divisor of none is a ZeroDivisionError further on.
                     if not isinstance(value, (int, float)) or isinstance(value, bool) \
-                            or not 0 < value <= MAX_DIMENSION:
-                        raise ValueError(f"config.json: {name} must be a positive number of at most "
+                            or not 0 < value <= MAX_DIMENSION or value != int(value):
+                        raise ValueError(f"config.json: {name} must be a whole number from 1 to "
                                          f"{MAX_DIMENSION}")
                     return int(value)
             if default is None:
@@ -101,7 +111,7 @@ class ModelConfig:
             raise ValueError("config.json: num_attention_heads exceeds hidden_size and no head_dim is given")
         experts = num("num_local_experts", "num_experts", "n_routed_experts", default=0)
         intermediate = num("intermediate_size", "ffn_hidden_size")
-        return cls(
+        config = cls(
             architecture=architecture,
             num_layers=num("num_hidden_layers", "num_layers", "n_layer"),
             hidden_size=hidden,
@@ -118,6 +128,11 @@ class ModelConfig:
             qkv_bias=architecture in ("Qwen2ForCausalLM",) or bool(merged.get("add_qkv_bias")),
             quantized=support.prequantized(raw),
         )
+        if config.hf_param_count > MAX_PARAMETERS:
+            raise ValueError(f"config.json: num_hidden_layers, hidden_size, intermediate_size, vocab_size and "
+                             f"the head and expert counts make {config.hf_param_count:.2e} parameters, past "
+                             f"the {MAX_PARAMETERS:.2e} Kiln plans")
+        return config
 
     # Parameter counts, as TensorRT-LLM lays the weights out.
     @property
