@@ -887,3 +887,37 @@ async def test_a_service_waiting_for_its_build_is_polled_without_writing_to_it(s
     reconciles, writes = _reconciles(sb), sb.changes("llmservices")
     await sb.wait_for(lambda: _reconciles(sb) >= reconciles + 3, what="three polls of the build")
     assert sb.changes("llmservices") == writes
+
+
+async def test_a_serving_container_that_keeps_exiting_is_said_with_its_last_words(make_sandbox, backend):
+    """A serving container that exits at start (a damaged cache entry, an engine that does not
+    fit the GPU it got, a leader that refuses a tokenizer's own code) and restarts: the
+    service is Reconciling with reason ServerFailing, naming the pod, the exit code and the
+    last lines it printed as the kubelet keeps them (``terminationMessagePolicy:
+    FallbackToLogsOnError``), instead of an unexplained "0/1 replicas ready". Once the server
+    starts, the service is Ready and the message gone."""
+    last_words = ("[kiln-runtime] reading the cache entry\nerror: engineDir: the cache entry /cache/ab is "
+                  "damaged: engine/rank0.engine has another sha256; delete it (and its LLMEngine)")
+    async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
+        sb.add_namespace(NS)
+        sb.cluster.crashing["mistral-7b"] = last_words
+        await sb.start_operator()
+        sb.start_kubelet()
+        await sb.create(copy.deepcopy(MISTRAL))
+
+        def failing():
+            svc = _service(sb)
+            condition = svc and get_condition(_conditions(svc), "Reconciling")
+            return condition if condition and condition.get("reason") == "ServerFailing" else None
+        condition = await sb.wait_for(failing, timeout=30, what="Reconciling, ServerFailing")
+        message = condition["message"]
+        assert message.startswith("0/1 replicas ready; pod mistral-7b-server-"), message
+        assert "(container server, exit code 2): [kiln-runtime] reading the cache entry / error: engineDir: " \
+               "the cache entry /cache/ab is damaged" in message, message
+        assert "restarted 3 times" in message and f"kubectl logs -n {sb.ns(NS)} " in message, message
+        assert not _ready(sb)
+
+        sb.cluster.crashing.clear()
+        await sb.wait_for(lambda: _ready(sb), timeout=30, what="Ready once the server starts")
+        assert "ServerFailing" not in str(_conditions(_service(sb)))
+        assert sb.operator_error is None

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from kiln.controller.cache import UNSCHEDULABLE_MESSAGE_CHARS, slim_pod
+from kiln.controller.cache import TERMINATION_MESSAGE_CHARS, UNSCHEDULABLE_MESSAGE_CHARS, slim_pod
+from kiln.controller.gather import _failing
 from kiln.decide import decide
 from kiln.decide.status import get_condition
 
@@ -83,3 +84,44 @@ def test_a_pod_held_back_by_its_claims_is_told_to_make_them_not_to_add_gpus():
         message = get_condition(serving.status, "Reconciling").message
         assert "PersistentVolumeClaim kiln-engine-cache of this namespace" in message
         assert "lower spec.replicas" not in message
+
+
+LAST_WORDS = "error: engineDir: the cache entry /cache/ab is damaged: engine/rank0.engine has another sha256"
+
+
+def _crash_looping(name, ready=False, message=LAST_WORDS):
+    return {"metadata": {"name": name, "namespace": "llm"}, "spec": {"containers": []},
+            "status": {"phase": "Running",
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                       "containerStatuses": [{
+                           "name": "server", "ready": ready, "restartCount": 3, "image": "i", "imageID": "x",
+                           "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                           "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": message,
+                                                        "startedAt": "t", "finishedAt": "t"}}}]}}
+
+
+def test_the_pod_cache_keeps_how_a_container_failed_and_no_more():
+    pod = _crash_looping("p", message="x" * 9000)
+    pod["status"]["containerStatuses"].append({"name": "sidecar", "restartCount": 0, "state": {
+        "terminated": {"exitCode": 0, "reason": "Completed", "message": "fine"}}})
+    assert slim_pod(pod)["status"]["containerStatuses"] == [
+        {"name": "server", "restartCount": 3,
+         "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": "x" * TERMINATION_MESSAGE_CHARS}}},
+        {"name": "sidecar", "restartCount": 0}]
+
+
+def test_a_serving_pod_that_exits_is_said_with_its_last_words_unless_it_serves_again():
+    slim = [slim_pod(_crash_looping("s-b")), slim_pod(_crash_looping("s-a", ready=True))]
+    assert _failing(slim) == ("s-b", f" (container server, exit code 2): {LAST_WORDS}", 3)
+    assert _failing([slim[1]]) is None  # restarted once, and serving since
+
+    actions = decide(_with(World(engine="ready", workload="rolling", status=ENGINE_KEYED),
+                           failing=("s-b", f" (container server, exit code 2): {LAST_WORDS}", 3)))
+    reconciling = get_condition(actions.status, "Reconciling")
+    assert (reconciling.status, reconciling.reason) == ("True", "ServerFailing")
+    assert f"pod s-b exits (container server, exit code 2): {LAST_WORDS} (restarted 3 times" in reconciling.message
+    assert actions.requeue is not None
+    serving = decide(_with(World(engine="ready", workload="ready"), failing=("s-b", " (container server)", 3)))
+    ready = get_condition(serving.status, "Ready")
+    assert (ready.status, ready.reason) == ("True", "ReplicasReady") and "pod s-b exits" in ready.message
+    assert serving.requeue is not None  # looked at again until it starts

@@ -126,6 +126,8 @@ class Reason(StrEnum):
     UNSCHEDULABLE = "Unschedulable"
     # Rolling out, and the namespace refuses a serving pod (a quota, a LimitRange, a policy).
     PODS_REFUSED = "PodsRefused"
+    # Rolling out, and a serving container exits and is restarted (its last words said).
+    SERVER_FAILING = "ServerFailing"
     REPLICAS_READY = "ReplicasReady"
     SCALED_TO_ZERO = "ScaledToZero"
     MISSING_DEPENDENCY = "MissingDependency"

@@ -87,10 +87,30 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
 UNSCHEDULABLE_MESSAGE_CHARS = 400
 
 
+# A container's termination message as kept: the kubelet keeps at most 4,096 bytes of the
+# file, or 2,048 of the log's tail (``terminationMessagePolicy: FallbackToLogsOnError``).
+TERMINATION_MESSAGE_CHARS = 4096
+
+
+def _ended(terminated: Any) -> dict[str, Any] | None:
+    """A container's termination, if it was a failure (a non-zero exit code)."""
+    if not isinstance(terminated, Mapping) or terminated.get("exitCode") in (None, 0):
+        return None
+    return {"exitCode": terminated.get("exitCode"), "reason": terminated.get("reason"),
+            "message": str(terminated.get("message") or "")[:TERMINATION_MESSAGE_CHARS]}
+
+
+def _slim_container(container: Mapping[str, Any]) -> dict[str, Any]:
+    """Of a container's status, what says it fails: its restarts and its failed terminations."""
+    states = {key: {"terminated": ended} for key in ("state", "lastState")
+              if (ended := _ended((container.get(key) or {}).get("terminated"))) is not None}
+    return {"name": container.get("name"), "restartCount": container.get("restartCount"), **states}
+
+
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     """What choosing a pod to scrape reads (``metrics.ready_pods``, ``metrics._metrics_port``),
-    and why a pod is not placed (``PodScheduled`` False: the rollout says it), in the pod's
-    own shape."""
+    why a pod is not placed (``PodScheduled`` False) and how its containers failed, if they
+    did (the rollout says both), in the pod's own shape."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     ports = [{"name": port.get("name"), "containerPort": port.get("containerPort")}
              for container in (body.get("spec") or {}).get("containers") or []
@@ -106,7 +126,9 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
                    + [{"type": c.get("type"), "status": c.get("status"), "reason": c.get("reason"),
                        "message": str(c.get("message") or "")[:UNSCHEDULABLE_MESSAGE_CHARS]}
                       for c in status.get("conditions") or []
-                      if c.get("type") == "PodScheduled" and c.get("status") == "False"]},
+                      if c.get("type") == "PodScheduled" and c.get("status") == "False"],
+                   "containerStatuses": [_slim_container(c) for c in status.get("containerStatuses") or []
+                                         if isinstance(c, Mapping)]},
     }
 
 

@@ -126,7 +126,7 @@ async def _serving_pods(api: KubeApi, snapshot: Snapshot, rendered: Rendered,
         if isinstance(listed, Exception):
             raise listed
     every = [pod for listed in pods if isinstance(listed, list) for pod in listed]
-    found: dict[str, Any] = {"unschedulable": _unscheduled(every)}
+    found: dict[str, Any] = {"unschedulable": _unscheduled(every), "failing": _failing(every)}
     size = int(((rendered.workload.get("spec") or {}).get("leaderWorkerTemplate") or {}).get("size") or 1)
     if group and len(every) < wanted * size:
         found["refused"] = await _group_refusal(api, ref.namespace, rendered.workload["metadata"]["name"], snapshot.now)
@@ -162,6 +162,21 @@ def _unscheduled(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
             if (condition.get("type"), condition.get("status"), condition.get("reason")) == \
                     ("PodScheduled", "False", "Unschedulable"):
                 return str(pod["metadata"]["name"]), one_line(condition.get("message"), UNSCHEDULABLE_MESSAGE_CHARS)
+    return None
+
+
+def _failing(pods: list[dict[str, Any]]) -> tuple[str, str, int] | None:
+    """The first of ``pods`` by name whose container exited with a failure, now or before its
+    last restart (``lastState``: a crash loop's container waits in CrashLoopBackOff), with how
+    it ended (:func:`kiln.decide.engine.termination`) and its restarts."""
+    for pod in sorted(pods, key=lambda p: str(p["metadata"].get("name"))):
+        if is_true((pod.get("status") or {}).get("conditions") or [], "Ready"):
+            continue  # serving again: a failure before its last restart is over
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            for key in ("state", "lastState"):
+                ended = termination({"name": container.get("name"), "state": container.get(key) or {}})
+                if ended is not None:
+                    return str(pod["metadata"]["name"]), ended, int(container.get("restartCount") or 0)
     return None
 
 

@@ -131,6 +131,7 @@ def _reconcile(snapshot: Snapshot, actions: Actions) -> None:
     actions.workload_generation = ((workload or {}).get("metadata") or {}).get("generation")
     actions.rollout = (intent.replicas, snapshot.now, snapshot.generation)
     actions.unschedulable = cluster.unschedulable
+    actions.failing = cluster.failing
     actions.refused = cluster.refused
     _prune(snapshot, actions, objects)
     rolled_out(actions, workload)
@@ -491,16 +492,20 @@ def rolled_out(actions: Actions, workload: dict[str, Any] | None) -> None:
         conclude(status, stalled=False, reconciling=False, reason=Reason.REPLICAS_READY, now=now,
                  generation=generation,
                  message=f"{ready}/{replicas} replicas ready at {status.endpoint}{_unplaced(actions)}"
-                         f"{_refused(workload, actions)}")
-        if actions.unschedulable is not None or _refused(workload, actions):
-            actions.requeue = NotReadyYet("a replica cannot be scheduled or created", delay=ROLLOUT_POLL_SECONDS)
+                         f"{_refused(workload, actions)}{_failing(actions, workload)}")
+        if actions.unschedulable is not None or _refused(workload, actions) or actions.failing is not None:
+            actions.requeue = NotReadyYet("a replica cannot be scheduled, created or started",
+                                          delay=ROLLOUT_POLL_SECONDS)
     else:
-        # Not Stalled when a pod cannot be placed or is refused: a node may yet come (a
-        # cluster autoscaler's, a drained one back), a quota be raised.
+        # Not Stalled when a pod cannot be placed, is refused or exits: a node may yet come
+        # (a cluster autoscaler's, a drained one back), a quota be raised, a server recover.
         reason = Reason.ROLLING_OUT if actions.unschedulable is None else Reason.UNSCHEDULABLE
+        if actions.unschedulable is None and actions.failing is not None:
+            reason = Reason.SERVER_FAILING
         if _refused(workload, actions):
             reason = Reason.PODS_REFUSED
-        message = f"{ready}/{replicas} replicas ready{_unplaced(actions)}{_refused(workload, actions)}"
+        message = (f"{ready}/{replicas} replicas ready{_unplaced(actions)}{_refused(workload, actions)}"
+                   f"{_failing(actions, workload)}")
         conclude(status, stalled=False, reconciling=True, reason=reason, message=message,
                  now=now, generation=generation)
         actions.requeue = NotReadyYet(message, delay=ROLLOUT_POLL_SECONDS)
@@ -534,6 +539,22 @@ def _refused(workload: dict[str, Any] | None, actions: Actions) -> str:
         advice = (f"a ResourceQuota, LimitRange or admission policy of namespace {namespace} refuses it: ask "
                   "for more, or lower spec.replicas")
     return f"; a serving pod cannot be created: {one_line(why, REFUSAL_CHARS)} ({advice})"
+
+
+# How a serving container ended, as kept in a message.
+FAILING_CHARS = 800
+
+
+def _failing(actions: Actions, workload: dict[str, Any] | None) -> str:
+    """What the rollout's message adds for a serving container that exited with a failure:
+    the pod, how it ended (the container, the exit code, its last lines: kiln-runtime's error
+    or the server's), its restarts and where its log is."""
+    if actions.failing is None:
+        return ""
+    pod, ended, restarts = actions.failing
+    namespace = ((workload or {}).get("metadata") or {}).get("namespace")
+    return (f"; pod {pod} exits {one_line(ended, FAILING_CHARS)} (restarted {restarts} times; its log: "
+            f"kubectl logs -n {namespace} {pod} --previous)")
 
 
 def _gpus_of(job: dict[str, Any]) -> str:

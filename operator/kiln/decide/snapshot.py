@@ -85,6 +85,9 @@ class Cluster:
     # A serving pod the scheduler cannot place, and the scheduler's message: (pod, message),
     # read while the workload has fewer ready replicas than the rollout wants.
     unschedulable: tuple[str, str] | None = None
+    # A serving pod whose container exited with a failure: its name, how (the container, the
+    # exit code, its last lines) and its restarts.
+    failing: tuple[str, str, int] | None = None
     build_unschedulable: tuple[str, str] | None = None  # the same, of the build Job's pod
     build_refused: str | None = None  # why the namespace refuses the build Job's pod (its Events)
     refused: str | None = None  # why it refuses a multi-node group's pods (its StatefulSets' Events)
@@ -148,4 +151,5 @@ class Actions:
     # from the workload the API server returns (kiln.decide.decide.rolled_out).
     rollout: tuple[int, str, int | None] | None = None
     unschedulable: tuple[str, str] | None = None  # the snapshot's, for the rollout's message
+    failing: tuple[str, str, int] | None = None  # the same: a serving container that exits
     refused: str | None = None  # the same: a multi-node group's pods refused

@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 
 from ..controller.kube import ApiException, KubeApi
-from .kubelet import GPU_NODES, SimulatedCluster, SimulatedTriton, served_model
+from .kubelet import GPU_NODES, SimulatedCluster, SimulatedTriton, crash_looping, served_model
 from .watch import LISTED, ListWatch
 
 __all__ = ["ApiKubelet", "WORKERS"]
@@ -106,6 +106,7 @@ class ApiKubelet(SimulatedCluster):
         self.addresses: Iterator[str] = (f"127.{1 + (i >> 16) % 254}.{(i >> 8) % 256}.{1 + i % 254}"
                            for i in itertools.count(first))
         self._ip: dict[str, str] = {}  # pod uid -> its address
+        self._crashed: set[str] = set()  # pods whose crash loop this kubelet wrote
         self._uids: dict[str, tuple[str, str]] = {}  # pod uid -> (namespace, name)
 
     async def register_nodes(self, nodes: list[dict[str, Any]] | None = None) -> None:
@@ -300,6 +301,12 @@ class ApiKubelet(SimulatedCluster):
             job = await self.api.get("batch/v1", "Job", job_name, meta["namespace"])
             await self._finish_build(pod, job is not None and self.fail_builds(job))
         elif not self._workers_run(pod):
+            return now + 0.2
+        elif (last_words := self._crashing(pod)) is not None:
+            if uid not in self._crashed:  # and looked at again until it starts
+                await self._patch_pod_status(pod, {"phase": "Running", "podIP": next(self.addresses),
+                                                   **crash_looping(pod, last_words)})
+                self._crashed.add(uid)
             return now + 0.2
         else:
             await self._serve(pod)

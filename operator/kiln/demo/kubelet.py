@@ -29,7 +29,7 @@ from ..render.meta import LABEL_COMPONENT, LABEL_ENGINE, LABEL_INSTANCE
 from .openai_sim import add_openai_routes
 from .replay import PodLoad, TraceReplay
 
-__all__ = ["SimulatedCluster", "GPU_NODES", "served_model"]
+__all__ = ["crash_looping", "SimulatedCluster", "GPU_NODES", "served_model"]
 
 GPU_NODES = [
     {"name": f"gpu-node-{i}", "product": "NVIDIA-H100-80GB-HBM3", "gpus": 8} for i in range(4)
@@ -47,6 +47,25 @@ def served_model(template: dict[str, Any]) -> str | None:
                     return None
                 return name if isinstance(name, str) else None
     return None
+
+
+def crash_looping(pod: dict[str, Any], last_words: str) -> dict[str, Any]:
+    """The status of a pod whose containers exited with code 2 and were restarted three
+    times, as the kubelet writes it: waiting in CrashLoopBackOff, the last termination in
+    ``lastState`` with the tail of the log as its message (``terminationMessagePolicy:
+    FallbackToLogsOnError``)."""
+    now = _now()
+    return {
+        "conditions": [{"type": t, "status": s, "lastTransitionTime": now}
+                       for t, s in (("PodScheduled", "True"), ("ContainersReady", "False"), ("Ready", "False"))],
+        "containerStatuses": [{
+            "name": c["name"], "ready": False, "started": False, "restartCount": 3,
+            "image": c.get("image", ""), "imageID": "",
+            "state": {"waiting": {"reason": "CrashLoopBackOff",
+                                  "message": f"back-off 40s restarting failed container={c['name']}"}},
+            "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": last_words,
+                                         "startedAt": now, "finishedAt": now}}}
+            for c in pod["spec"].get("containers") or []]}
 
 
 def _now() -> str:
@@ -75,6 +94,9 @@ class SimulatedCluster:
         self.replays: dict[str, TraceReplay] = {}
         # Services whose metrics endpoints answer 503, to show that the autoscaler holds.
         self.metrics_outage: set[str] = set()
+        # Services whose serving containers exit at start and restart, by instance: the last
+        # lines each prints (see :func:`crash_looping`).
+        self.crashing: dict[str, str] = {}
         # False: LeaderWorkerSets' status as a controller before LWS v0.9.0 writes it, without
         # observedGeneration (kubernetes-sigs/lws v0.8.0, config/crd/bases).
         self.group_observes_generation = True
@@ -132,11 +154,12 @@ class SimulatedCluster:
             meta = workload["metadata"]
             want = int(workload["spec"].get("replicas", 1))
             status = workload.get("status") or {}
-            target = {"replicas": want, "readyReplicas": want, "updatedReplicas": want}
+            ready = 0 if self._crashing(template) is not None else want
+            target = {"replicas": want, "readyReplicas": ready, "updatedReplicas": want}
             if kind == "deployment" or self.group_observes_generation:
                 target["observedGeneration"] = meta.get("generation")
             if kind == "deployment":
-                target["availableReplicas"] = want
+                target["availableReplicas"] = ready
             if all(status.get(k) == v for k, v in target.items()):
                 continue
             key = (kind, meta["namespace"], f"{meta['name']}@{meta.get('generation')}")
@@ -205,6 +228,14 @@ class SimulatedCluster:
         for index in range(want):
             name = f"{meta['name']}-{index}"
             key = (namespace, name)
+            if (last_words := self._crashing(template)) is not None and key not in self._triton:
+                pod = {"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": name, "namespace": namespace, "labels": dict(template["metadata"]["labels"])},
+                       "spec": {"containers": [{"name": "server", "image": "simulated"}]}}
+                await self.api.apply(pod)
+                await self.api.patch_status(pod, {"phase": "Running", "podIP": "127.0.0.1",
+                                                  **crash_looping(pod, last_words)})
+                continue
             if key not in self._triton:
                 predicted = self._predicted_tokens(namespace, instance)
                 triton = SimulatedTriton(instance, predicted, lambda i=instance: self._per_pod_load(i),
@@ -236,6 +267,11 @@ class SimulatedCluster:
                 await triton.stop()
                 del self._triton[(namespace, name)]
                 self._pods[triton.instance_of] -= 1
+
+    def _crashing(self, template: dict[str, Any]) -> str | None:
+        """What a serving pod of ``template`` prints last before it exits, if it does."""
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        return self.crashing.get(labels.get(LABEL_INSTANCE, ""))
 
     async def close(self) -> None:
         for triton in self._triton.values():

@@ -216,6 +216,12 @@ def _finish_container(container: dict[str, Any], spec: LLMServiceSpec, gpus: int
                                            spec.gpu.resource_name: str(gpus)},
                               "limits": {spec.gpu.resource_name: str(gpus)}}
     container["securityContext"] = restricted_container_security()
+    # A server that exits with an error leaves the tail of its log (kiln-runtime's error line,
+    # or the server's last words) as its termination message, which the service's rollout
+    # message quotes (kubernetes.io/docs/tasks/debug/debug-application/
+    # determine-reason-pod-failure: the log's last 2,048 bytes or 80 lines, whichever is
+    # smaller; Knative's serving container is rendered the same way).
+    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
     container["volumeMounts"] = [
         {"name": "engine-cache", "mountPath": CACHE_MOUNT, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
