@@ -96,6 +96,9 @@ def check_model(spec: BuildSpec, config: dict[str, Any]) -> str:
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     heads = _count(text, "num_attention_heads")
     kv_heads = _count(text, "num_key_value_heads") or heads
+    if heads and kv_heads and heads % kv_heads:  # each KV head serves a whole group of query heads
+        raise BadSpec(f"model.source: config.json's num_attention_heads ({heads}) is not a multiple of "
+                      f"num_key_value_heads ({kv_heads})")
     layers = _count(text, "num_hidden_layers")
     quantized = support.prequantized(config)
     refused = support.refusals(architecture, spec.precision, spec.kv_cache_dtype,

@@ -295,11 +295,12 @@ def test_a_dry_run_s_model_config_that_is_not_json_is_bad_input_naming_the_flag(
 
 @pytest.mark.parametrize("field, value", [("num_attention_heads", 0.5), ("num_key_value_heads", 0.5),
                                           ("num_hidden_layers", 0.5), ("num_attention_heads", -64),
-                                          ("num_hidden_layers", True)])
+                                          ("num_hidden_layers", True), ("num_key_value_heads", 5)])
 def test_a_head_or_layer_count_that_is_not_a_count_is_refused_naming_it(tmp_path, field, value):
     """A head count of 0.5 was read as int(0.5) == 0, "no heads", and the tensor-parallel check
-    skipped; -64 heads passed it (-64 % 2 == 0): a build of an s3:// or volume source, whose
-    config the operator does not read, ran on to fail in TensorRT-LLM's converter."""
+    skipped; -64 heads passed it (-64 % 2 == 0), and 5 KV heads for 32 heads (no whole groups):
+    a build of an s3:// or volume source, whose config the operator does not read, ran on to
+    fail in TensorRT-LLM's converter."""
     from kiln_runtime.spec import load_build_spec
     from kiln_runtime.steps import check_model
 

@@ -5,6 +5,7 @@ anything it cannot size; never an exception, never a message the size of the fil
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -176,3 +177,20 @@ async def test_a_config_over_the_bound_is_not_downloaded(hub_cache):
         config, why = await ModelResolver(endpoint=hub.url).resolve(spec, None)
         assert config is None and "larger than" in why and len(why) <= REASON_CHARS
         assert [method for method, _, _ in hub.requests] == ["HEAD"]
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"num_attention_heads": 16, "num_key_value_heads": 5}, "num_attention_heads (16) is not a multiple of "
+                                                           "num_key_value_heads (5)"),
+    ({"num_key_value_heads": 32}, "num_attention_heads (16) is not a multiple of num_key_value_heads (32)"),
+    ({"num_local_experts": 8, "num_experts_per_tok": 9}, "num_experts_per_tok (9) exceeds the 8 experts"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
+])
+def test_a_config_no_model_can_have_is_malformed_naming_its_fields(fields, named):
+    """Sizes each within bounds that no model has together: key/value heads that do not split
+    the query heads into whole groups (transformers' ``repeat_kv`` and TensorRT-LLM's
+    attention both need it), more experts per token than experts, a ``tie_word_embeddings``
+    that is a string ("false" is true to Python). Planned, each gave a verdict on a model
+    that cannot be built."""
+    with pytest.raises(ValueError, match="^" + re.escape(f"config.json: {named}")):
+        model_config("hf://someone/model", {**LLAMA, **fields})

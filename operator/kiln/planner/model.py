@@ -111,19 +111,29 @@ class ModelConfig:
             raise ValueError("config.json: num_attention_heads exceeds hidden_size and no head_dim is given")
         experts = num("num_local_experts", "num_experts", "n_routed_experts", default=0)
         intermediate = num("intermediate_size", "ffn_hidden_size")
+        kv_heads = num("num_key_value_heads", "multi_query_group_num", default=heads)
+        if heads % kv_heads:  # each key/value head serves a whole group (transformers' repeat_kv)
+            raise ValueError(f"config.json: num_attention_heads ({heads}) is not a multiple of "
+                             f"num_key_value_heads ({kv_heads})")
+        per_token = num("num_experts_per_tok", default=2 if experts else 0)
+        if experts and per_token > experts:
+            raise ValueError(f"config.json: num_experts_per_tok ({per_token}) exceeds the {experts} experts")
+        tied = False if merged.get("tie_word_embeddings") is None else merged["tie_word_embeddings"]
+        if not isinstance(tied, bool):  # "false" is true to Python
+            raise ValueError("config.json: tie_word_embeddings must be true or false")
         config = cls(
             architecture=architecture,
             num_layers=num("num_hidden_layers", "num_layers", "n_layer"),
             hidden_size=hidden,
             intermediate_size=intermediate,
             num_heads=heads,
-            num_kv_heads=num("num_key_value_heads", "multi_query_group_num", default=heads),
+            num_kv_heads=kv_heads,
             head_dim=num("head_dim", "kv_channels", default=hidden // heads),
             vocab_size=num("vocab_size", "padded_vocab_size"),
             max_position_embeddings=num("max_position_embeddings", "seq_length", default=4096),
-            tie_word_embeddings=bool(merged.get("tie_word_embeddings", False)),
+            tie_word_embeddings=tied,
             num_experts=experts,
-            experts_per_token=num("num_experts_per_tok", default=2 if experts else 0),
+            experts_per_token=per_token,
             moe_intermediate_size=num("moe_intermediate_size", default=intermediate) if experts else 0,
             qkv_bias=architecture in ("Qwen2ForCausalLM",) or bool(merged.get("add_qkv_bias")),
             quantized=support.prequantized(raw),
