@@ -125,3 +125,10 @@ def test_a_serving_pod_that_exits_is_said_with_its_last_words_unless_it_serves_a
     ready = get_condition(serving.status, "Ready")
     assert (ready.status, ready.reason) == ("True", "ReplicasReady") and "pod s-b exits" in ready.message
     assert serving.requeue is not None  # looked at again until it starts
+
+
+def test_a_container_the_kernel_killed_for_memory_is_said_so():
+    pod = _crash_looping("s-a", message="[TensorRT-LLM][INFO] Loaded engine size: 15 GiB")
+    pod["status"]["containerStatuses"][0]["lastState"]["terminated"].update(exitCode=137, reason="OOMKilled")
+    assert _failing([slim_pod(pod)]) == (
+        "s-a", " (container server, exit code 137, OOMKilled): [TensorRT-LLM][INFO] Loaded engine size: 15 GiB", 3)

@@ -68,8 +68,10 @@ def termination(container: dict[str, Any]) -> str | None:
         where = f" at step {one_line(summary['step'], _NAME_CHARS)}"
         text = str(summary.get("message") or "").strip().removeprefix(f"step {summary['step']!r} failed: ")
     lines = [shown for line in text.splitlines() if (shown := one_line(line, _LINE_CHARS))][-FAILURE_LINES:]
+    # The kubelet's reason when it says more than "Error": OOMKilled, ContainerCannotRun, ...
+    reason = one_line(terminated.get("reason"), _NAME_CHARS)
     head = (f"{where} (container {one_line(container.get('name'), _NAME_CHARS)}, "
-            f"exit code {terminated.get('exitCode')})")
+            f"exit code {terminated.get('exitCode')}{f', {reason}' if reason not in ('', 'Error') else ''})")
     return head + (": " + " / ".join(lines) if lines else "")
 
 
