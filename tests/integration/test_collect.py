@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 
-import pytest
 import yaml
 
 from kiln.decide.conditions import is_true
@@ -420,8 +419,6 @@ async def test_a_cancelled_build_s_pod_goes_with_its_job(make_sandbox, backend):
     GPUs), and the API server takes the policy from the DeleteOptions body alone when there is
     one (the UID and resourceVersion preconditions), not from the query. The Job was left with
     the ``orphan`` finalizer, and its pod ran on without an owner."""
-    if backend != "real":
-        pytest.skip("the Job controller makes the build's pod, and the garbage collector deletes it")
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
         sb.add_namespace(NS)
         await sb.start_operator()  # no kubelet: the build's pod stays pending

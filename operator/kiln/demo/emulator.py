@@ -24,8 +24,9 @@ sets a CRD's ``default`` values on every write and every read from etcd: the spe
 the same pydantic models the operator parses a spec with, so both back-ends decide alike, and
 the status schemas have none, as a default there put back what the operator removed; see
 :func:`kiln.api.crd._status_schema`), authorizes every request (RBAC is audited
-here, enforced there), and runs no Job, ReplicaSet or Deployment controller (the simulated
-kubelet writes a Deployment's status here; there, the controllers do from the Pods' status).
+here, enforced there), and runs no ReplicaSet or Deployment controller (the simulated
+kubelet writes a Deployment's status here; there, the controllers do from the Pods' status)
+and of the Job controller only the pod a new Job gets (the simulated kubelet finishes it).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import jsonpatch
 import attrs
 import yaml
 from kmock import (KubernetesEmulator, KubernetesError, KubernetesObjectNotFoundError,
-                   KubernetesResourceNotFoundError, action)
+                   KubernetesResourceNotFoundError, action, resource)
 from kmock import KubernetesScaffold
 from kmock._internal.dicts import json_patch_dict  # kmock's own RFC 6902 implementation
 
@@ -316,7 +317,7 @@ class KilnEmulator(KubernetesEmulator):
             if key in self._objects and not self._objects[key].deleted:
                 raise KubernetesError(status=409, reason="AlreadyExists",
                                       message=f"{resource.plural} {name!r} already exists")
-            await self._store(key, self._stamp_new(copy.deepcopy(body)), "ADDED")
+            await self._create(key, self._stamp_new(copy.deepcopy(body)))
             return
         key = (resource, request.namespace, request.name)
         exists = key in self._objects and not self._objects[key].deleted
@@ -341,7 +342,7 @@ class KilnEmulator(KubernetesEmulator):
             body.setdefault("metadata", {}).setdefault("namespace", request.namespace)
             if request.namespace is None:
                 body["metadata"].pop("namespace", None)
-            await self._store(key, self._stamp_new(copy.deepcopy(body)), "ADDED")
+            await self._create(key, self._stamp_new(copy.deepcopy(body)))
             return
         current = copy.deepcopy(self._objects[key].raw)
         # A resourceVersion in a patch is a precondition, as the API server checks it
@@ -397,6 +398,29 @@ class KilnEmulator(KubernetesEmulator):
             await self._delete(key)
             return
         await self._store(key, updated, "MODIFIED")
+
+    async def _create(self, key: Any, obj: dict[str, Any]) -> None:
+        await self._store(key, obj, "ADDED")
+        if (key[0].group, key[0].plural) == ("batch", "jobs") and not (obj.get("spec") or {}).get("suspend"):
+            await self._start_job(obj)
+
+    async def _start_job(self, job: dict[str, Any]) -> None:
+        """What the Job controller does for a new Job at once: its pod, pending, the Job its
+        controller, labelled with the Job's name and UID (kubernetes/kubernetes,
+        pkg/controller/job/job_controller.go, ``manageJob``; the labels are the ones
+        ``pkg/registry/batch/job/strategy.go`` adds to the template). The simulated kubelet
+        finishes it with its Job."""
+        meta, template = job["metadata"], (job.get("spec") or {}).get("template") or {}
+        labels = {**((template.get("metadata") or {}).get("labels") or {}),
+                  **{key: meta["name"] for key in ("job-name", "batch.kubernetes.io/job-name")},
+                  **{key: meta["uid"] for key in ("controller-uid", "batch.kubernetes.io/controller-uid")}}
+        name = f"{meta['name']}-{uuid.uuid4().hex[:5]}"
+        pod = {"apiVersion": "v1", "kind": "Pod", "status": {"phase": "Pending"},
+               "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "ownerReferences": [{
+                   "apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
+                   "controller": True, "blockOwnerDeletion": True}]},
+               "spec": copy.deepcopy(template.get("spec") or {})}
+        await self._store((resource("v1/pods"), meta["namespace"], name), self._stamp_new(pod), "ADDED")
 
     def _has_status(self, resource: Any) -> bool:
         try:

@@ -136,8 +136,7 @@ class SimulatedCluster:
             failed = self.fail_builds(job)
             kind = "Failed" if failed else "Complete"
             finished = _now()
-            if failed:
-                await self._failed_build_pod(job)
+            await self._finish_build_pods(job, failed)
             await self.api.patch_status(job, {
                 "startTime": job["metadata"].get("creationTimestamp", finished),
                 **({} if failed else {"completionTime": finished}),
@@ -175,11 +174,11 @@ class SimulatedCluster:
             await self.api.patch_status(workload, target)
             self.on_event(f"{kind}/{meta['name']} {want} replica(s) ready (simulated pods)")
 
-    async def _failed_build_pod(self, job: dict[str, Any]) -> None:
-        """The Job's last pod, terminated with what kiln-runtime writes to its termination log
-        when trtllm-build runs out of GPU memory (a summary with the step and its output tail),
-        its controller the Job, as the Job controller makes its pods (kubernetes/kubernetes,
-        pkg/controller/job/job_controller.go, ``manageJob``: ``metav1.NewControllerRef``)."""
+    async def _finish_build_pods(self, job: dict[str, Any], failed: bool) -> None:
+        """The Job's pod (the emulator made it with the Job, as the Job controller does)
+        terminated: at once with exit code 0, or with what kiln-runtime writes to its
+        termination log when trtllm-build runs out of GPU memory (a summary with the step and
+        its output tail)."""
         meta = job["metadata"]
         summary = {"engineKey": job["spec"]["template"]["metadata"]["labels"].get(LABEL_ENGINE, ""),
                    "result": "failed", "step": "engine",
@@ -187,19 +186,15 @@ class SimulatedCluster:
                               "[TensorRT-LLM][INFO] Total activation memory: 71.20 GiB | "
                               "[TensorRT-LLM][ERROR] CUDA runtime error in cudaMalloc: out of memory | "
                               "RuntimeError: [TensorRT-LLM][ERROR] Assertion failed: engine build failed"}
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": f"{meta['name']}-attempt-2", "namespace": meta["namespace"],
-                            "labels": {"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"]},
-                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
-                                                 "uid": meta["uid"], "controller": True,
-                                                 "blockOwnerDeletion": True}]},
-               "spec": {"restartPolicy": "Never",
-                        "containers": [{"name": "build", "image": "simulated"}]}}
-        await self.api.apply(pod)
-        await self.api.patch_status(pod, {"phase": "Failed", "containerStatuses": [{
-            "name": "build", "ready": False, "restartCount": 0, "image": "simulated", "imageID": "",
-            "state": {"terminated": {"exitCode": 1, "reason": "Error",
-                                     "message": json.dumps(summary, sort_keys=True)}}}]})
+        terminated = {"exitCode": 1, "reason": "Error", "message": json.dumps(summary, sort_keys=True)} \
+            if failed else {"exitCode": 0, "reason": "Completed"}
+        for pod in self.emulator.live("pods"):
+            if (pod["metadata"].get("labels") or {}).get("controller-uid") != meta["uid"]:
+                continue
+            containers = (pod.get("spec") or {}).get("containers") or [{"name": "build"}]
+            await self.api.patch_status(pod, {"phase": "Failed" if failed else "Succeeded", "containerStatuses": [{
+                "name": c["name"], "ready": False, "restartCount": 0, "image": c.get("image", ""), "imageID": "",
+                "state": {"terminated": terminated}} for c in containers]})
 
     def _predicted_tokens(self, namespace: str, instance: str) -> int:
         service = self.emulator.get_live("llmservices", namespace, instance) or {}
