@@ -132,3 +132,10 @@ def test_a_container_the_kernel_killed_for_memory_is_said_so():
     pod["status"]["containerStatuses"][0]["lastState"]["terminated"].update(exitCode=137, reason="OOMKilled")
     assert _failing([slim_pod(pod)]) == (
         "s-a", " (container server, exit code 137, OOMKilled): [TensorRT-LLM][INFO] Loaded engine size: 15 GiB", 3)
+
+
+def test_a_container_that_exited_and_was_not_restarted_yet_has_its_log_read_as_it_is():
+    actions = decide(_with(World(engine="ready", workload="rolling", status=ENGINE_KEYED),
+                           failing=("s-b", " (container server, exit code 2): x", 0)))
+    message = get_condition(actions.status, "Reconciling").message
+    assert message.endswith("exits (container server, exit code 2): x (its log: kubectl logs -n llm s-b)"), message

@@ -553,8 +553,9 @@ def _failing(actions: Actions, workload: dict[str, Any] | None) -> str:
         return ""
     pod, ended, restarts = actions.failing
     namespace = ((workload or {}).get("metadata") or {}).get("namespace")
-    return (f"; pod {pod} exits {one_line(ended, FAILING_CHARS)} (restarted {restarts} times; its log: "
-            f"kubectl logs -n {namespace} {pod} --previous)")
+    log = f"kubectl logs -n {namespace} {pod}"
+    return f"; pod {pod} exits {one_line(ended, FAILING_CHARS)} (" + (
+        f"restarted {restarts} times; its log: {log} --previous)" if restarts else f"its log: {log})")
 
 
 def _gpus_of(job: dict[str, Any]) -> str:
