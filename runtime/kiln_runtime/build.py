@@ -105,10 +105,7 @@ def _check_group_tokenizer(spec: BuildSpec, model_dir: Path) -> None:
     that may exec into its workers and refuses a tokenizer that runs code of its own
     (``serve.prepare``): refused here, as a failed build, before any GPU work."""
     if spec.gpus_per_node and (code := cache.remote_code(model_dir)):
-        raise StepFailed("checkpoint", f"the model's tokenizer runs code of its own ({code}), which Triton "
-                         "loads with trust_remote_code; a multi-node leader holds the token that may exec "
-                         "into its workers and does not run it: serve this model on one node "
-                         "(gpus <= gpu.perNode)")
+        raise StepFailed("checkpoint", cache.leader_refuses(code))
 
 
 def run_build(spec: BuildSpec, out: TextIO = sys.stderr) -> dict[str, Any]:

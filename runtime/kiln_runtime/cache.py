@@ -32,7 +32,7 @@ from .errors import BadSpec, StepFailed
 from .safe_io import MAX_JSON_BYTES, open_inside, open_regular
 
 __all__ = ["complete_entry", "damage", "build_lock", "verify_engine", "publish", "delete_entry",
-           "delete_s3_entry", "tokenizer_code", "remote_code", "check_writable", "MANIFEST", "TOKENIZER_FILES"]
+           "delete_s3_entry", "tokenizer_code", "remote_code", "leader_refuses", "check_writable", "MANIFEST", "TOKENIZER_FILES"]
 
 MANIFEST = "manifest.json"
 # A tokenizer_config.json with every added token is a few MiB at most; past this it is not read.
@@ -89,6 +89,14 @@ def tokenizer_code(model_dir: Path) -> list[str]:
     refs = [refs] if isinstance(refs, str) else refs if isinstance(refs, list) else []
     modules = {ref.rpartition(".")[0] for ref in refs if isinstance(ref, str) and "--" not in ref}
     return sorted(f"{module}.py" for module in modules if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,100}", module))
+
+
+def leader_refuses(code: str) -> str:
+    """Why an engine whose tokenizer runs code of its own (:func:`remote_code`) is not served
+    across nodes: what the build of such an engine and its leader both say."""
+    return (f"the model's tokenizer runs code of its own ({code}), which Triton loads with "
+            "trust_remote_code; a multi-node leader holds the token that may exec into its workers "
+            "and does not run it: serve this model on one node (gpus <= gpu.perNode)")
 
 
 def remote_code(model_dir: Path) -> str | None:

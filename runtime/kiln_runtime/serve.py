@@ -185,10 +185,7 @@ def prepare(spec: ServeSpec, repo: Path, templates: Path, group: Group | None = 
     # tokenizer with trust_remote_code (inflight_batcher_llm preprocessing/1/model.py): the
     # model's own code would run beside it, which a custom image needs multiNode.customImages for.
     if group is not None and index == 0 and (code := cache.remote_code(spec.engine_root / "tokenizer")):
-        raise BadSpec(f"engineDir: the model's tokenizer runs code of its own ({code}), which Triton "
-                      "loads with trust_remote_code; a multi-node leader holds the token that may exec "
-                      "into its workers and does not run it: serve this model on one node, or with a "
-                      "tokenizer transformers ships")
+        raise BadSpec(f"engineDir: {cache.leader_refuses(code)}")
     write_model_repo(templates, repo, RepoSettings(
         engine_dir=engine_dir, tokenizer_dir=spec.engine_root / "tokenizer",
         kv_cache_free_gpu_mem_fraction=spec.kv_cache_free_gpu_mem_fraction,

@@ -69,6 +69,14 @@ def _ready(sb, name="mistral-7b"):
     return svc is not None and is_true(_conditions(svc), "Ready")
 
 
+async def _serving_mistral(sb):
+    """The operator and the simulated kubelet started, and the example Mistral service Ready."""
+    await sb.start_operator()
+    sb.start_kubelet()
+    await sb.create(copy.deepcopy(MISTRAL))
+    await sb.wait_for(lambda: _ready(sb), what="Ready")
+
+
 @pytest.fixture
 async def sandbox(make_sandbox):
     async with make_sandbox(build_seconds=0.2, start_seconds=0.1, retry_delay=0.2) as sb:
@@ -190,10 +198,7 @@ async def test_a_timer_s_status_write_from_an_older_view_is_refused_not_written_
     # over the newer ones: Ready True over RollingOut at the new generation (seen on the real
     # API server, on a loaded machine). Made on the view's resourceVersion, it is refused.
     sb = sandbox
-    await sb.start_operator()
-    sb.start_kubelet()
-    await sb.create(copy.deepcopy(MISTRAL))
-    await sb.wait_for(lambda: _ready(sb), what="Ready")
+    await _serving_mistral(sb)
     await sb.stop_operator()
     view = copy.deepcopy(_service(sb))  # the timer's view: Ready
     rolling = parse_status(view["status"])
@@ -598,10 +603,7 @@ async def test_a_child_deleted_by_someone_else_is_made_again_at_once_not_at_the_
     # controller-runtime's Owns() requeues the owner on its child's events; Kiln's resync tick
     # came every 30 s, so a Deployment deleted by mistake stayed gone for up to that long.
     sb = sandbox
-    await sb.start_operator()
-    sb.start_kubelet()
-    await sb.create(copy.deepcopy(MISTRAL))
-    await sb.wait_for(lambda: _ready(sb), what="Ready")
+    await _serving_mistral(sb)
     for plural in ("deployments", "services"):
         child = sb.get(plural, "mistral-7b-server", sb.ns(NS))
         await sb.api.delete(child)
@@ -645,10 +647,7 @@ async def test_a_spec_change_deletes_the_children_it_no_longer_asks_for(sandbox)
 async def _ready_with_an_hpa_then_stopped(sb):
     """Mistral Ready, then moved to an HPA at generation 2, then the operator stopped: the
     service as it is then."""
-    await sb.start_operator()
-    sb.start_kubelet()
-    await sb.create(copy.deepcopy(MISTRAL))
-    await sb.wait_for(lambda: _ready(sb), what="Ready")
+    await _serving_mistral(sb)
     await sb.patch_spec(NS, "mistral-7b", {"autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}})
     await sb.wait_for(lambda: (svc := _service(sb)) and svc["status"].get("observedGeneration") == 2
                       and _ready(sb) and sb.get("horizontalpodautoscalers", "mistral-7b", NS), what="the HPA")

@@ -28,7 +28,6 @@ import asyncio
 import datetime
 import errno
 import itertools
-import json
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,7 +35,8 @@ from typing import Any
 import aiohttp
 
 from ..controller.kube import ApiException, KubeApi
-from .kubelet import GPU_NODES, SimulatedCluster, SimulatedTriton, crash_looping, served_model
+from ..render.meta import LABEL_ENGINE
+from .kubelet import GPU_NODES, SimulatedCluster, SimulatedTriton, build_terminated, crash_looping, served_model
 from .watch import LISTED, ListWatch
 
 __all__ = ["ApiKubelet", "WORKERS"]
@@ -335,14 +335,7 @@ class ApiKubelet(SimulatedCluster):
         meta = pod["metadata"]
         container = pod["spec"]["containers"][0]["name"]
         finished = _now()
-        terminated: dict[str, Any] = {"exitCode": 0, "reason": "Completed",
-                                      "startedAt": finished, "finishedAt": finished}
-        if failed:
-            summary = {"engineKey": "", "result": "failed", "step": "engine",
-                       "message": "step 'engine' failed: trtllm-build exited with 1; last output: "
-                                  "[TensorRT-LLM][ERROR] CUDA runtime error in cudaMalloc: out of memory"}
-            terminated = {**terminated, "exitCode": 1, "reason": "Error",
-                          "message": json.dumps(summary, sort_keys=True)}
+        terminated = build_terminated((meta.get("labels") or {}).get(LABEL_ENGINE, ""), failed)
         await self._patch_pod_status(pod, {
             "phase": "Failed" if failed else "Succeeded", "startTime": finished,
             "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted",

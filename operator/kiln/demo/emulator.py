@@ -5,9 +5,9 @@ served (trimmed here to the recent ones, see :meth:`KilnEmulator._handle`). A re
 (1) creates objects on server-side apply, (2) keeps ``status`` apart from the rest behind the
 ``/status`` subresource, (3) sets ``uid``, ``resourceVersion``, ``generation`` and
 ``creationTimestamp``, (4) sends no watch event for a no-op write, and (5) garbage-collects
-dependents through ``ownerReferences`` as the delete's propagation policy says, and (6) resumes a watch from the ``resourceVersion`` a
-list returned instead of replaying every object (kmock's list says ``"..."`` and its watch replays
-all objects as ADDED; kopf lists, then watches, so it would see each object twice and stall on a
+dependents through ``ownerReferences`` as the delete's propagation policy says, and (6) resumes
+a watch from the ``resourceVersion`` a list returned instead of replaying every object (kmock's
+list says ``"..."`` and its watch replays all objects as ADDED; kopf lists, then watches, so it would see each object twice and stall on a
 stale ``resourceVersion`` after adding its finalizer), and (7) lists only the objects a
 ``labelSelector`` selects (kmock's list ignores it, so every service's scrape would read
 every pod of its namespace). This subclass adds exactly those. It does *not*

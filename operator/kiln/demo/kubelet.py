@@ -29,7 +29,7 @@ from ..render.meta import LABEL_COMPONENT, LABEL_ENGINE, LABEL_INSTANCE
 from .openai_sim import add_openai_routes
 from .replay import PodLoad, TraceReplay
 
-__all__ = ["crash_looping", "SimulatedCluster", "GPU_NODES", "served_model"]
+__all__ = ["build_terminated", "crash_looping", "SimulatedCluster", "GPU_NODES", "served_model"]
 
 GPU_NODES = [
     {"name": f"gpu-node-{i}", "product": "NVIDIA-H100-80GB-HBM3", "gpus": 8} for i in range(4)
@@ -66,6 +66,22 @@ def crash_looping(pod: dict[str, Any], last_words: str) -> dict[str, Any]:
             "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": last_words,
                                          "startedAt": now, "finishedAt": now}}}
             for c in pod["spec"].get("containers") or []]}
+
+
+def build_terminated(engine_key: str, failed: bool) -> dict[str, Any]:
+    """How a simulated build container ended: exit code 0, or what kiln-runtime writes to its
+    termination log when trtllm-build runs out of GPU memory (a summary with the step and its
+    output tail)."""
+    finished = _now()
+    if not failed:
+        return {"exitCode": 0, "reason": "Completed", "startedAt": finished, "finishedAt": finished}
+    summary = {"engineKey": engine_key, "result": "failed", "step": "engine",
+               "message": "step 'engine' failed: trtllm-build exited with 1; last output: "
+                          "[TensorRT-LLM][INFO] Total activation memory: 71.20 GiB | "
+                          "[TensorRT-LLM][ERROR] CUDA runtime error in cudaMalloc: out of memory | "
+                          "RuntimeError: [TensorRT-LLM][ERROR] Assertion failed: engine build failed"}
+    return {"exitCode": 1, "reason": "Error", "message": json.dumps(summary, sort_keys=True),
+            "startedAt": finished, "finishedAt": finished}
 
 
 def _now() -> str:
@@ -176,18 +192,9 @@ class SimulatedCluster:
 
     async def _finish_build_pods(self, job: dict[str, Any], failed: bool) -> None:
         """The Job's pod (the emulator made it with the Job, as the Job controller does)
-        terminated: at once with exit code 0, or with what kiln-runtime writes to its
-        termination log when trtllm-build runs out of GPU memory (a summary with the step and
-        its output tail)."""
+        terminated, as :func:`build_terminated` says."""
         meta = job["metadata"]
-        summary = {"engineKey": job["spec"]["template"]["metadata"]["labels"].get(LABEL_ENGINE, ""),
-                   "result": "failed", "step": "engine",
-                   "message": "step 'engine' failed: trtllm-build exited with 1; last output: "
-                              "[TensorRT-LLM][INFO] Total activation memory: 71.20 GiB | "
-                              "[TensorRT-LLM][ERROR] CUDA runtime error in cudaMalloc: out of memory | "
-                              "RuntimeError: [TensorRT-LLM][ERROR] Assertion failed: engine build failed"}
-        terminated = {"exitCode": 1, "reason": "Error", "message": json.dumps(summary, sort_keys=True)} \
-            if failed else {"exitCode": 0, "reason": "Completed"}
+        terminated = build_terminated(job["spec"]["template"]["metadata"]["labels"].get(LABEL_ENGINE, ""), failed)
         for pod in self.emulator.live("pods"):
             if (pod["metadata"].get("labels") or {}).get("controller-uid") != meta["uid"]:
                 continue
